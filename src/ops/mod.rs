@@ -1,0 +1,12 @@
+//! Op families. Each op is a forward and a backward with a CPU implementation and a CUDA kernel behind one
+//! signature, dispatched on the device of its tensors.
+
+pub mod check;
+pub mod fused_linear;
+pub mod logprobs;
+pub mod preference;
+
+use crate::runtime::cuda::KernelModule;
+
+/// Every kernel file of the library, for ahead-of-time compile checks (CI compiles each for sm_80 and sm_90).
+pub const KERNEL_MODULES: &[KernelModule] = &[logprobs::KERNELS, fused_linear::KERNELS, preference::KERNELS];

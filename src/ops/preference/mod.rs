@@ -1,0 +1,5 @@
+//! (in progress)
+
+use crate::runtime::cuda::KernelModule;
+
+pub const KERNELS: KernelModule = crate::kernel_module!("preference");

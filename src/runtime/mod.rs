@@ -1,0 +1,11 @@
+//! Devices, dtypes, tensors and the two backends.
+
+pub mod cpu;
+pub mod cuda;
+mod device;
+mod dtype;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Element, FloatElement};
+pub use tensor::{Storage, Tensor};

@@ -1,0 +1,292 @@
+//! `Tensor`: a shape, strides and a dtype over CPU or CUDA storage.
+
+use std::fmt;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use super::cuda::{self, CudaBackend};
+use super::{DType, Device, Element};
+use crate::{Error, Result};
+
+/// Host memory, 8-byte aligned so that it can be viewed as any element type.
+#[derive(Clone)]
+pub struct CpuStorage {
+    words: Vec<u64>,
+    len_bytes: usize,
+}
+
+impl CpuStorage {
+    fn zeroed(len_bytes: usize) -> Self {
+        // `vec![0; n]` asks the allocator for zeroed pages, so large tensors cost nothing until touched.
+        CpuStorage { words: vec![0u64; len_bytes.div_ceil(8)], len_bytes }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len_bytes]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len_bytes]
+    }
+}
+
+/// Device memory on one CUDA device, owned by the tensor.
+pub struct CudaStorage {
+    buffer: CudaSlice<u8>,
+    backend: Arc<CudaBackend>,
+}
+
+/// Where a tensor's bytes are.
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+/// A dense tensor. Every tensor the library creates is contiguous (row-major); ops check contiguity of their
+/// inputs and refuse strided ones with a clear error.
+pub struct Tensor {
+    storage: Storage,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    dtype: DType,
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+fn checked_numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Shape(format!("shape {shape:?} has more elements than fit in memory")))
+}
+
+impl Tensor {
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        let len_bytes = checked_numel(shape)? * dtype.size_in_bytes();
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(CpuStorage::zeroed(len_bytes)),
+            Device::Cuda(ordinal) => {
+                let backend = cuda::backend(ordinal)?;
+                let buffer = backend.stream().alloc_zeros::<u8>(len_bytes)?;
+                Storage::Cuda(CudaStorage { buffer, backend })
+            }
+        };
+        Ok(Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), dtype })
+    }
+
+    /// A tensor holding a copy of `data`, laid out row-major in `shape`.
+    pub fn from_slice<T: Element>(data: &[T], shape: &[usize], device: Device) -> Result<Tensor> {
+        let numel = checked_numel(shape)?;
+        if numel != data.len() {
+            return Err(Error::Shape(format!(
+                "{} values cannot fill shape {shape:?} ({numel} elements)",
+                data.len()
+            )));
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let storage = match device {
+            Device::Cpu => {
+                let mut cpu = CpuStorage::zeroed(bytes.len());
+                cpu.bytes_mut().copy_from_slice(bytes);
+                Storage::Cpu(cpu)
+            }
+            Device::Cuda(ordinal) => {
+                let backend = cuda::backend(ordinal)?;
+                let buffer = backend.stream().clone_htod(bytes)?;
+                Storage::Cuda(CudaStorage { buffer, backend })
+            }
+        };
+        Ok(Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), dtype: T::DTYPE })
+    }
+
+    /// A scalar (rank-0) tensor.
+    pub fn scalar<T: Element>(value: T, device: Device) -> Result<Tensor> {
+        Tensor::from_slice(&[value], &[], device)
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.numel() * self.dtype.size_in_bytes()
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(c) => Device::Cuda(c.backend.ordinal()),
+        }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.strides == contiguous_strides(&self.shape)
+    }
+
+    /// The same data under another shape with as many elements (no copy).
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        if checked_numel(shape)? != self.numel() {
+            return Err(Error::Shape(format!("cannot reshape {:?} into {shape:?}", self.shape)));
+        }
+        if !self.is_contiguous() {
+            return Err(Error::Shape("cannot reshape a non-contiguous tensor".into()));
+        }
+        self.shape = shape.to_vec();
+        self.strides = contiguous_strides(shape);
+        Ok(self)
+    }
+
+    fn expect_dtype<T: Element>(&self) -> Result<()> {
+        if self.dtype != T::DTYPE {
+            return Err(Error::DType { arg: "tensor", got: self.dtype, expected: T::DTYPE.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The elements of a CPU tensor.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        self.expect_dtype::<T>()?;
+        match &self.storage {
+            Storage::Cpu(c) => Ok(bytemuck::cast_slice(c.bytes())),
+            Storage::Cuda(_) => Err(Error::Device(format!("as_slice needs a CPU tensor, this one is on {}", self.device()))),
+        }
+    }
+
+    /// The elements of a CPU tensor, writable.
+    pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
+        self.expect_dtype::<T>()?;
+        let device = self.device();
+        match &mut self.storage {
+            Storage::Cpu(c) => Ok(bytemuck::cast_slice_mut(c.bytes_mut())),
+            Storage::Cuda(_) => Err(Error::Device(format!("as_mut_slice needs a CPU tensor, this one is on {device}"))),
+        }
+    }
+
+    /// The device pointer of a CUDA tensor and its backend, for kernel launches. The pointer is valid while
+    /// `self` is borrowed.
+    pub fn cuda_ptr(&self) -> Result<(u64, &Arc<CudaBackend>)> {
+        match &self.storage {
+            Storage::Cuda(c) => {
+                let (ptr, _sync) = c.buffer.device_ptr(c.backend.stream());
+                Ok((ptr, &c.backend))
+            }
+            Storage::Cpu(_) => Err(Error::Device("expected a CUDA tensor, got a CPU one".into())),
+        }
+    }
+
+    /// Like [`Tensor::cuda_ptr`], for a tensor a kernel writes.
+    pub fn cuda_ptr_mut(&mut self) -> Result<(u64, Arc<CudaBackend>)> {
+        match &mut self.storage {
+            Storage::Cuda(c) => {
+                let backend = c.backend.clone();
+                let ptr = {
+                    let (ptr, _sync) = c.buffer.device_ptr_mut(backend.stream());
+                    ptr
+                };
+                Ok((ptr, backend))
+            }
+            Storage::Cpu(_) => Err(Error::Device("expected a CUDA tensor, got a CPU one".into())),
+        }
+    }
+
+    /// Copies the elements out to a `Vec`, from either device.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.expect_dtype::<T>()?;
+        match &self.storage {
+            Storage::Cpu(c) => Ok(bytemuck::cast_slice(c.bytes()).to_vec()),
+            Storage::Cuda(c) => {
+                let bytes = c.backend.stream().clone_dtoh(&c.buffer)?;
+                Ok(bytemuck::pod_collect_to_vec(&bytes))
+            }
+        }
+    }
+
+    /// A copy on `device` (a copy even when it is already there).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        let bytes: Vec<u8> = match &self.storage {
+            Storage::Cpu(c) => c.bytes().to_vec(),
+            Storage::Cuda(c) => c.backend.stream().clone_dtoh(&c.buffer)?,
+        };
+        let mut out = Tensor::zeros(&self.shape, self.dtype, Device::Cpu)?;
+        match &mut out.storage {
+            Storage::Cpu(c) => c.bytes_mut().copy_from_slice(&bytes),
+            Storage::Cuda(_) => unreachable!("created on the CPU above"),
+        }
+        if device == Device::Cpu {
+            return Ok(out);
+        }
+        let backend = match device {
+            Device::Cuda(ordinal) => cuda::backend(ordinal)?,
+            Device::Cpu => unreachable!(),
+        };
+        let buffer = backend.stream().clone_htod(&bytes)?;
+        Ok(Tensor { storage: Storage::Cuda(CudaStorage { buffer, backend }), ..out })
+    }
+
+    /// A deep copy on the same device.
+    pub fn try_clone(&self) -> Result<Tensor> {
+        let storage = match &self.storage {
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+            Storage::Cuda(c) => Storage::Cuda(CudaStorage { buffer: c.buffer.try_clone()?, backend: c.backend.clone() }),
+        };
+        Ok(Tensor { storage, shape: self.shape.clone(), strides: self.strides.clone(), dtype: self.dtype })
+    }
+
+    /// A copy with every element converted to `dtype` (floats round to nearest; floats to integers are refused).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        use half::{bf16, f16};
+        if self.dtype.is_float() && !dtype.is_float() {
+            return Err(Error::DType { arg: "to_dtype", got: self.dtype, expected: "an integer source for an integer target".into() });
+        }
+        let host = self.to_device(Device::Cpu)?;
+        let as_f64: Vec<f64> = match self.dtype {
+            DType::F32 => host.as_slice::<f32>()?.iter().map(|&v| v as f64).collect(),
+            DType::BF16 => host.as_slice::<bf16>()?.iter().map(|v| v.to_f64()).collect(),
+            DType::F16 => host.as_slice::<f16>()?.iter().map(|v| v.to_f64()).collect(),
+            DType::I32 => host.as_slice::<i32>()?.iter().map(|&v| v as f64).collect(),
+            DType::I64 => host.as_slice::<i64>()?.iter().map(|&v| v as f64).collect(),
+        };
+        let device = self.device();
+        match dtype {
+            DType::F32 => Tensor::from_slice(&as_f64.iter().map(|&v| v as f32).collect::<Vec<_>>(), &self.shape, device),
+            DType::BF16 => Tensor::from_slice(&as_f64.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device),
+            DType::F16 => Tensor::from_slice(&as_f64.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device),
+            DType::I32 => Tensor::from_slice(&as_f64.iter().map(|&v| v as i32).collect::<Vec<_>>(), &self.shape, device),
+            DType::I64 => Tensor::from_slice(&as_f64.iter().map(|&v| v as i64).collect::<Vec<_>>(), &self.shape, device),
+        }
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?}, {}, {})", self.shape, self.dtype, self.device())
+    }
+}

@@ -3,3 +3,5 @@
 use crate::runtime::cuda::KernelModule;
 
 pub const KERNELS: KernelModule = crate::kernel_module!("logprobs");
+
+pub mod row;

@@ -86,10 +86,7 @@ impl Tensor {
     pub fn from_slice<T: Element>(data: &[T], shape: &[usize], device: Device) -> Result<Tensor> {
         let numel = checked_numel(shape)?;
         if numel != data.len() {
-            return Err(Error::Shape(format!(
-                "{} values cannot fill shape {shape:?} ({numel} elements)",
-                data.len()
-            )));
+            return Err(Error::Shape(format!("{} values cannot fill shape {shape:?} ({numel} elements)", data.len())));
         }
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let storage = match device {
@@ -176,7 +173,9 @@ impl Tensor {
         self.expect_dtype::<T>()?;
         match &self.storage {
             Storage::Cpu(c) => Ok(bytemuck::cast_slice(c.bytes())),
-            Storage::Cuda(_) => Err(Error::Device(format!("as_slice needs a CPU tensor, this one is on {}", self.device()))),
+            Storage::Cuda(_) => {
+                Err(Error::Device(format!("as_slice needs a CPU tensor, this one is on {}", self.device())))
+            }
         }
     }
 
@@ -255,7 +254,9 @@ impl Tensor {
     pub fn try_clone(&self) -> Result<Tensor> {
         let storage = match &self.storage {
             Storage::Cpu(c) => Storage::Cpu(c.clone()),
-            Storage::Cuda(c) => Storage::Cuda(CudaStorage { buffer: c.buffer.try_clone()?, backend: c.backend.clone() }),
+            Storage::Cuda(c) => {
+                Storage::Cuda(CudaStorage { buffer: c.buffer.try_clone()?, backend: c.backend.clone() })
+            }
         };
         Ok(Tensor { storage, shape: self.shape.clone(), strides: self.strides.clone(), dtype: self.dtype })
     }
@@ -264,7 +265,11 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         use half::{bf16, f16};
         if self.dtype.is_float() && !dtype.is_float() {
-            return Err(Error::DType { arg: "to_dtype", got: self.dtype, expected: "an integer source for an integer target".into() });
+            return Err(Error::DType {
+                arg: "to_dtype",
+                got: self.dtype,
+                expected: "an integer source for an integer target".into(),
+            });
         }
         let host = self.to_device(Device::Cpu)?;
         let as_f64: Vec<f64> = match self.dtype {
@@ -276,11 +281,21 @@ impl Tensor {
         };
         let device = self.device();
         match dtype {
-            DType::F32 => Tensor::from_slice(&as_f64.iter().map(|&v| v as f32).collect::<Vec<_>>(), &self.shape, device),
-            DType::BF16 => Tensor::from_slice(&as_f64.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device),
-            DType::F16 => Tensor::from_slice(&as_f64.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device),
-            DType::I32 => Tensor::from_slice(&as_f64.iter().map(|&v| v as i32).collect::<Vec<_>>(), &self.shape, device),
-            DType::I64 => Tensor::from_slice(&as_f64.iter().map(|&v| v as i64).collect::<Vec<_>>(), &self.shape, device),
+            DType::F32 => {
+                Tensor::from_slice(&as_f64.iter().map(|&v| v as f32).collect::<Vec<_>>(), &self.shape, device)
+            }
+            DType::BF16 => {
+                Tensor::from_slice(&as_f64.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device)
+            }
+            DType::F16 => {
+                Tensor::from_slice(&as_f64.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device)
+            }
+            DType::I32 => {
+                Tensor::from_slice(&as_f64.iter().map(|&v| v as i32).collect::<Vec<_>>(), &self.shape, device)
+            }
+            DType::I64 => {
+                Tensor::from_slice(&as_f64.iter().map(|&v| v as i64).collect::<Vec<_>>(), &self.shape, device)
+            }
         }
     }
 }

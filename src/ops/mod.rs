@@ -5,6 +5,7 @@ pub mod check;
 pub mod fused_linear;
 pub mod logprobs;
 pub mod preference;
+pub mod tokens;
 
 use crate::runtime::cuda::KernelModule;
 

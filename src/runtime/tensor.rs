@@ -104,6 +104,32 @@ impl Tensor {
         Ok(Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), dtype: T::DTYPE })
     }
 
+    /// A float tensor of `dtype` from f32 values, rounding to nearest for bf16 and f16.
+    pub fn from_f32(data: &[f32], shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        use half::{bf16, f16};
+        match dtype {
+            DType::F32 => Tensor::from_slice(data, shape, device),
+            DType::BF16 => Tensor::from_slice(&data.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(), shape, device),
+            DType::F16 => Tensor::from_slice(&data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(), shape, device),
+            other => Err(Error::DType { arg: "from_f32", got: other, expected: "a float dtype".into() }),
+        }
+    }
+
+    /// The elements of a float tensor as f32 (borrowed when it already is a CPU f32 tensor).
+    pub fn to_f32_cow(&self) -> Result<std::borrow::Cow<'_, [f32]>> {
+        use half::{bf16, f16};
+        use std::borrow::Cow;
+        if self.dtype == DType::F32 && self.device() == Device::Cpu {
+            return Ok(Cow::Borrowed(self.as_slice::<f32>()?));
+        }
+        Ok(Cow::Owned(match self.dtype {
+            DType::F32 => self.to_vec::<f32>()?,
+            DType::BF16 => self.to_vec::<bf16>()?.iter().map(|v| v.to_f32()).collect(),
+            DType::F16 => self.to_vec::<f16>()?.iter().map(|v| v.to_f32()).collect(),
+            other => return Err(Error::DType { arg: "tensor", got: other, expected: "a float dtype".into() }),
+        }))
+    }
+
     /// A scalar (rank-0) tensor.
     pub fn scalar<T: Element>(value: T, device: Device) -> Result<Tensor> {
         Tensor::from_slice(&[value], &[], device)

@@ -4,6 +4,7 @@
 //! machine without CUDA gets [`Error::CudaUnavailable`](crate::Error::CudaUnavailable), never a panic.
 
 mod backend;
+pub mod blas;
 mod module;
 pub mod nvrtc;
 

@@ -287,42 +287,41 @@ impl Tensor {
         Ok(Tensor { storage, shape: self.shape.clone(), strides: self.strides.clone(), dtype: self.dtype })
     }
 
-    /// A copy with every element converted to `dtype` (floats round to nearest; floats to integers are refused).
+    /// A copy with every element converted to `dtype`. Floats round to nearest, once: f32 holds every f32, bf16
+    /// and f16 value exactly, so conversions go through it (not through f64: `half`'s f64 conversions truncate
+    /// before rounding). Integers convert exactly or fail: floats to integers are refused, and an i64 that does not
+    /// fit in i32 is an error.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
-        use half::{bf16, f16};
-        if self.dtype.is_float() && !dtype.is_float() {
-            return Err(Error::DType {
-                arg: "to_dtype",
-                got: self.dtype,
-                expected: "an integer source for an integer target".into(),
-            });
-        }
-        let host = self.to_device(Device::Cpu)?;
-        let as_f64: Vec<f64> = match self.dtype {
-            DType::F32 => host.as_slice::<f32>()?.iter().map(|&v| v as f64).collect(),
-            DType::BF16 => host.as_slice::<bf16>()?.iter().map(|v| v.to_f64()).collect(),
-            DType::F16 => host.as_slice::<f16>()?.iter().map(|v| v.to_f64()).collect(),
-            DType::I32 => host.as_slice::<i32>()?.iter().map(|&v| v as f64).collect(),
-            DType::I64 => host.as_slice::<i64>()?.iter().map(|&v| v as f64).collect(),
-        };
         let device = self.device();
-        match dtype {
-            DType::F32 => {
-                Tensor::from_slice(&as_f64.iter().map(|&v| v as f32).collect::<Vec<_>>(), &self.shape, device)
-            }
-            DType::BF16 => {
-                Tensor::from_slice(&as_f64.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device)
-            }
-            DType::F16 => {
-                Tensor::from_slice(&as_f64.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(), &self.shape, device)
-            }
-            DType::I32 => {
-                Tensor::from_slice(&as_f64.iter().map(|&v| v as i32).collect::<Vec<_>>(), &self.shape, device)
-            }
-            DType::I64 => {
-                Tensor::from_slice(&as_f64.iter().map(|&v| v as i64).collect::<Vec<_>>(), &self.shape, device)
-            }
+        if dtype.is_float() {
+            let values: Vec<f32> = match self.dtype {
+                DType::I32 => self.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect(),
+                DType::I64 => self.to_vec::<i64>()?.into_iter().map(|v| v as f32).collect(),
+                DType::F32 | DType::BF16 | DType::F16 => self.to_f32_cow()?.into_owned(),
+            };
+            return Tensor::from_f32(&values, &self.shape, dtype, device);
         }
+        let values: Vec<i64> = match self.dtype {
+            DType::I32 => self.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
+            DType::I64 => self.to_vec::<i64>()?,
+            DType::F32 | DType::BF16 | DType::F16 => {
+                return Err(Error::DType {
+                    arg: "to_dtype",
+                    got: self.dtype,
+                    expected: "an integer source for an integer target".into(),
+                })
+            }
+        };
+        if dtype == DType::I64 {
+            return Tensor::from_slice(&values, &self.shape, device);
+        }
+        let narrow = values
+            .iter()
+            .map(|&v| {
+                i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("to_dtype: {v} does not fit in i32")))
+            })
+            .collect::<Result<Vec<i32>>>()?;
+        Tensor::from_slice(&narrow, &self.shape, device)
     }
 }
 

@@ -1,0 +1,278 @@
+//! The runtime: tensors on the CPU (every dtype), errors for bad shapes and dtypes, CUDA refused cleanly where
+//! there is no GPU, and the CPU matrix product against a float64 loop.
+
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use unireward::runtime::cpu::{matmul, rows_per_task, MatRef};
+use unireward::runtime::{cuda, Element};
+use unireward::{DType, Device, Error, Tensor};
+
+/// A seeded generator; the seed is printed so that a failure can be replayed with `UNIREWARD_SEED`.
+fn rng() -> StdRng {
+    let seed = std::env::var("UNIREWARD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("seed {seed} (replay with UNIREWARD_SEED={seed})");
+    StdRng::seed_from_u64(seed)
+}
+
+fn round_trip<T: Element + PartialEq>(values: Vec<T>) {
+    let n = values.len();
+    let t = Tensor::from_slice(&values, &[n / 2, 2], Device::Cpu).unwrap();
+    assert_eq!((t.shape(), t.strides(), t.rank()), (&[n / 2, 2][..], &[2, 1][..], 2));
+    assert_eq!((t.dtype(), t.device(), t.numel()), (T::DTYPE, Device::Cpu, n));
+    assert_eq!(t.size_in_bytes(), n * T::DTYPE.size_in_bytes());
+    assert!(t.is_contiguous());
+    assert_eq!(t.as_slice::<T>().unwrap(), &values[..]);
+    assert_eq!(t.to_vec::<T>().unwrap(), values);
+    assert_eq!(t.to_device(Device::Cpu).unwrap().to_vec::<T>().unwrap(), values);
+}
+
+#[test]
+fn from_slice_and_to_vec_round_trip_every_dtype() {
+    round_trip(vec![0.0f32, -1.5, f32::MAX, f32::MIN_POSITIVE, 1e-42, -0.0]);
+    round_trip([0.0f32, -1.5, 3.0e38, 1e-3, 65504.0, 7.0].map(bf16::from_f32).to_vec());
+    round_trip([0.0f32, -1.5, 65504.0, 6.1e-5, 1e-7, 7.0].map(f16::from_f32).to_vec());
+    round_trip(vec![0i32, -1, i32::MAX, i32::MIN, -100, 151_935]);
+    round_trip(vec![0i64, -1, i64::MAX, i64::MIN, -100, (1 << 53) + 1]);
+    // NaN compares unequal, so check its bits.
+    let nan = Tensor::from_slice(&[f32::NAN], &[1], Device::Cpu).unwrap();
+    assert!(nan.to_vec::<f32>().unwrap()[0].is_nan());
+}
+
+#[test]
+fn scalars_and_empty_tensors() {
+    let s = Tensor::scalar(2.5f32, Device::Cpu).unwrap();
+    assert_eq!((s.shape(), s.rank(), s.numel()), (&[][..], 0, 1));
+    assert_eq!(s.to_vec::<f32>().unwrap(), vec![2.5]);
+    for shape in [&[0][..], &[3, 0], &[0, 5, 7]] {
+        let e = Tensor::from_slice::<bf16>(&[], shape, Device::Cpu).unwrap();
+        assert_eq!((e.numel(), e.size_in_bytes()), (0, 0));
+        assert!(e.as_slice::<bf16>().unwrap().is_empty());
+        assert!(Tensor::zeros(shape, DType::I64, Device::Cpu).unwrap().to_vec::<i64>().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn zeros_every_dtype() {
+    let shape = [3, 5, 7];
+    for dtype in [DType::F32, DType::BF16, DType::F16, DType::I32, DType::I64] {
+        let t = Tensor::zeros(&shape, dtype, Device::Cpu).unwrap();
+        assert_eq!((t.shape(), t.strides(), t.dtype()), (&shape[..], &[35, 7, 1][..], dtype));
+        let zero = match dtype {
+            DType::F32 => t.as_slice::<f32>().unwrap().iter().all(|&v| v.to_bits() == 0),
+            DType::BF16 => t.as_slice::<bf16>().unwrap().iter().all(|v| v.to_bits() == 0),
+            DType::F16 => t.as_slice::<f16>().unwrap().iter().all(|v| v.to_bits() == 0),
+            DType::I32 => t.as_slice::<i32>().unwrap().iter().all(|&v| v == 0),
+            DType::I64 => t.as_slice::<i64>().unwrap().iter().all(|&v| v == 0),
+        };
+        assert!(zero && t.numel() == 105, "{dtype}");
+    }
+}
+
+#[test]
+fn shape_mismatches_are_errors() {
+    let err = Tensor::from_slice(&[1.0f32; 5], &[2, 3], Device::Cpu).unwrap_err();
+    assert!(matches!(&err, Error::Shape(m) if m.contains('5') && m.contains("[2, 3]")), "{err}");
+    let err = Tensor::zeros(&[usize::MAX, 2], DType::F32, Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+    let err = Tensor::from_slice::<i32>(&[], &[usize::MAX, usize::MAX], Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+}
+
+#[test]
+fn reshape_keeps_data_and_refuses_other_sizes() {
+    let data: Vec<i32> = (0..24).collect();
+    let t = Tensor::from_slice(&data, &[2, 3, 4], Device::Cpu).unwrap();
+    let t = t.reshape(&[4, 6]).unwrap();
+    assert_eq!((t.shape(), t.strides()), (&[4, 6][..], &[6, 1][..]));
+    assert_eq!(t.to_vec::<i32>().unwrap(), data);
+    let t = t.reshape(&[24]).unwrap().reshape(&[1, 24, 1]).unwrap();
+    assert_eq!(t.to_vec::<i32>().unwrap(), data);
+    let err = t.try_clone().unwrap().reshape(&[5, 5]).unwrap_err();
+    assert!(matches!(&err, Error::Shape(m) if m.contains("[5, 5]")), "{err}");
+    let err = t.reshape(&[usize::MAX, 3]).unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+}
+
+#[test]
+fn wrong_dtype_access_is_an_error() {
+    let mut t = Tensor::zeros(&[4], DType::BF16, Device::Cpu).unwrap();
+    let err = t.as_slice::<f32>().unwrap_err();
+    assert!(matches!(err, Error::DType { got: DType::BF16, .. }), "{err}");
+    assert!(matches!(t.as_mut_slice::<f16>().unwrap_err(), Error::DType { .. }));
+    assert!(matches!(t.to_vec::<i64>().unwrap_err(), Error::DType { .. }));
+    assert!(matches!(t.cuda_ptr(), Err(Error::Device(_))));
+    assert!(matches!(t.cuda_ptr_mut(), Err(Error::Device(_))));
+}
+
+#[test]
+fn writes_through_as_mut_slice_and_clones_are_deep() {
+    let mut t = Tensor::zeros(&[2, 2], DType::F16, Device::Cpu).unwrap();
+    t.as_mut_slice::<f16>().unwrap()[3] = f16::from_f32(1.5);
+    let mut c = t.try_clone().unwrap();
+    c.as_mut_slice::<f16>().unwrap()[0] = f16::ONE;
+    assert_eq!(t.to_vec::<f16>().unwrap(), [0.0, 0.0, 0.0, 1.5].map(f16::from_f32));
+    assert_eq!(c.to_vec::<f16>().unwrap(), [1.0, 0.0, 0.0, 1.5].map(f16::from_f32));
+}
+
+#[test]
+fn to_dtype_rounds_to_nearest_and_refuses_float_to_integer() {
+    let mut rng = rng();
+    let values: Vec<f32> = (0..1000).map(|_| rng.gen_range(-1e4f32..1e4) * rng.gen::<f32>().powi(8)).collect();
+    let t = Tensor::from_slice(&values, &[10, 100], Device::Cpu).unwrap();
+    let b = t.to_dtype(DType::BF16).unwrap();
+    assert_eq!((b.dtype(), b.shape()), (DType::BF16, &[10, 100][..]));
+    assert_eq!(b.to_vec::<bf16>().unwrap(), values.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>());
+    let h = t.to_dtype(DType::F16).unwrap();
+    assert_eq!(h.to_vec::<f16>().unwrap(), values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>());
+    // Widening is exact.
+    let back: Vec<f32> = b.to_dtype(DType::F32).unwrap().to_vec().unwrap();
+    assert_eq!(back, values.iter().map(|&v| bf16::from_f32(v).to_f32()).collect::<Vec<_>>());
+    assert_eq!(t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), values);
+
+    let ids = Tensor::from_slice(&[-100i64, 0, 151_935], &[3], Device::Cpu).unwrap();
+    assert_eq!(ids.to_dtype(DType::I32).unwrap().to_vec::<i32>().unwrap(), vec![-100, 0, 151_935]);
+    assert_eq!(ids.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![-100.0, 0.0, 151_935.0]);
+    for target in [DType::I32, DType::I64] {
+        let err = h.to_dtype(target).unwrap_err();
+        assert!(matches!(err, Error::DType { got: DType::F16, .. }), "{err}");
+    }
+}
+
+#[test]
+fn integer_conversions_are_exact_or_refused() {
+    let big = [i64::MAX, i64::MIN, (1 << 53) + 1, -((1 << 60) + 3)];
+    let t = Tensor::from_slice(&big, &[4], Device::Cpu).unwrap();
+    assert_eq!(t.to_dtype(DType::I64).unwrap().to_vec::<i64>().unwrap(), big);
+    let err = t.to_dtype(DType::I32).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let small = Tensor::from_slice(&[i32::MAX, i32::MIN], &[2], Device::Cpu).unwrap();
+    assert_eq!(small.to_dtype(DType::I64).unwrap().to_vec::<i64>().unwrap(), [i32::MAX as i64, i32::MIN as i64]);
+}
+
+#[test]
+fn from_f32_and_to_f32_cow() {
+    let values = [0.1f32, -2.0, 1e4, 3.3e-3];
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let t = Tensor::from_f32(&values, &[2, 2], dtype, Device::Cpu).unwrap();
+        assert_eq!(t.dtype(), dtype);
+        let expected = Tensor::from_slice(&values, &[2, 2], Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        assert_eq!(t.to_f32_cow().unwrap(), expected.to_f32_cow().unwrap());
+    }
+    assert!(matches!(Tensor::from_f32(&values, &[4], DType::I32, Device::Cpu), Err(Error::DType { .. })));
+    let ids = Tensor::zeros(&[2], DType::I64, Device::Cpu).unwrap();
+    assert!(matches!(ids.to_f32_cow(), Err(Error::DType { .. })));
+}
+
+/// Asking for a GPU fails cleanly with `CudaUnavailable` on a machine without one (this test machine), and works
+/// on a machine with one.
+#[test]
+fn cuda_device_is_an_error_without_a_gpu() {
+    let count = cuda::device_count();
+    println!(
+        "CUDA devices: {count}, driver present: {}, NVRTC present: {}",
+        cuda::driver_present(),
+        cuda::nvrtc_present()
+    );
+    let host = Tensor::from_slice(&[1.0f32, 2.0, 3.0], &[3], Device::Cpu).unwrap();
+    let missing = Device::Cuda(count);
+    let unavailable = |r: unireward::Result<Tensor>| match r {
+        Err(Error::CudaUnavailable(m)) => assert!(!m.is_empty()),
+        other => panic!("expected CudaUnavailable for {missing}, got {other:?}"),
+    };
+    unavailable(Tensor::zeros(&[3], DType::F32, missing));
+    unavailable(Tensor::from_slice(&[1i32], &[1], missing));
+    unavailable(host.to_device(missing));
+    assert!(matches!(cuda::backend(count), Err(Error::CudaUnavailable(_))));
+    if count == 0 {
+        assert!(!cuda::is_available());
+        unavailable(Tensor::zeros(&[3], DType::F32, Device::Cuda(0)));
+        return;
+    }
+    // A GPU is present: the same calls succeed and data survives the round trip.
+    let gpu = host.to_device(Device::Cuda(0)).unwrap();
+    assert_eq!(gpu.device(), Device::Cuda(0));
+    assert!(gpu.cuda_ptr().is_ok() && gpu.as_slice::<f32>().is_err());
+    assert_eq!(gpu.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
+    assert_eq!(gpu.to_dtype(DType::BF16).unwrap().device(), Device::Cuda(0));
+    let z = Tensor::zeros(&[5], DType::I64, Device::Cuda(0)).unwrap();
+    assert_eq!(z.try_clone().unwrap().to_device(Device::Cpu).unwrap().to_vec::<i64>().unwrap(), vec![0; 5]);
+}
+
+#[test]
+fn launch_config_refuses_empty_and_huge_grids() {
+    assert!(matches!(cuda::launch_config(0, 256, 0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(cuda::launch_config(1 << 32, 256, 0), Err(Error::InvalidArgument(_))));
+    let cfg = cuda::launch_config(7, 128, 64).unwrap();
+    assert_eq!((cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes), ((7, 1, 1), (128, 1, 1), 64));
+}
+
+#[test]
+fn rows_per_task_stays_in_range() {
+    for (rows, len) in [(0, 0), (1, 1), (1, 1 << 20), (4096, 1), (2048, 151_936), (7, 3)] {
+        let r = rows_per_task(rows, len);
+        assert!(r >= 1 && r <= rows.max(1), "rows {rows}, len {len}: {r}");
+    }
+}
+
+/// `a · b` in f64, with the same strided views.
+fn matmul_f64(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
+    let at = |m: MatRef<'_>, i: usize, j: usize| m.data[i * m.row_stride + j * m.col_stride] as f64;
+    let mut out = vec![0.0; a.rows * b.cols];
+    for i in 0..a.rows {
+        for j in 0..b.cols {
+            out[i * b.cols + j] = (0..a.cols).map(|k| at(a, i, k) * at(b, k, j)).sum();
+        }
+    }
+    out
+}
+
+/// Σ|a||b| per output element: the scale of the rounding error of each dot product.
+fn abs_products(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
+    let ad: Vec<f32> = a.data.iter().map(|v| v.abs()).collect();
+    let bd: Vec<f32> = b.data.iter().map(|v| v.abs()).collect();
+    matmul_f64(MatRef { data: &ad, ..a }, MatRef { data: &bd, ..b })
+}
+
+#[test]
+fn matmul_matches_f64_on_awkward_shapes_and_views() {
+    let mut rng = rng();
+    let shapes = [(1, 1, 1), (3, 5, 7), (17, 1, 33), (1, 300, 1), (64, 129, 31), (130, 67, 257), (5, 0, 4)];
+    for &(m, k, n) in &shapes {
+        for (a_t, b_t, beta) in [(false, false, 0.0), (true, false, 1.0), (false, true, 0.5), (true, true, 0.0)] {
+            // Stored transposed when `a_t`, then viewed back with `.t()`: the product sees an m × k matrix either way.
+            let a_data: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let b_data: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let a = if a_t { MatRef::row_major(&a_data, k, m).t() } else { MatRef::row_major(&a_data, m, k) };
+            let b = if b_t { MatRef::row_major(&b_data, n, k).t() } else { MatRef::row_major(&b_data, k, n) };
+            let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut dst = start.clone();
+            matmul(&mut dst, a, b, beta);
+            let (exact, scale) = (matmul_f64(a, b), abs_products(a, b));
+            for i in 0..m * n {
+                let want = beta as f64 * start[i] as f64 + exact[i];
+                let tol = 4.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * (scale[i] + start[i].abs() as f64) + 1e-30;
+                assert!(
+                    (dst[i] as f64 - want).abs() <= tol,
+                    "m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}: [{i}] {} vs {want}",
+                    dst[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_reads_strided_sub_matrices() {
+    let mut rng = rng();
+    // A 9 × 11 block inside a 20 × 30 buffer (row stride 30), times every other column of a 11 × 26 buffer.
+    let big_a: Vec<f32> = (0..20 * 30).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let big_b: Vec<f32> = (0..11 * 26).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let a = MatRef { data: &big_a[2 * 30 + 3..], rows: 9, cols: 11, row_stride: 30, col_stride: 1 };
+    let b = MatRef { data: &big_b[1..], rows: 11, cols: 12, row_stride: 26, col_stride: 2 };
+    let mut dst = vec![f32::NAN; 9 * 12];
+    matmul(&mut dst, a, b, 0.0);
+    for (got, want) in dst.iter().zip(matmul_f64(a, b)) {
+        assert!((*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The CPU fused path: f32 chunks through `gemm`, per-row statistics through rayon.
+
+use rayon::prelude::*;
+
+use super::{FusedLinearConfig, FusedLinearGrads, LinearHead, Plan};
+use crate::ops::logprobs::row::{row_grad_in_place, row_stats, RowStats};
+use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
+use crate::ops::tokens::CountedToken;
+use crate::runtime::cpu::{matmul, MatRef};
+use crate::runtime::{DType, Device, Tensor};
+use crate::Result;
+
+/// The head's weight and bias as f32 (borrowed when already f32), and a scratch for one chunk.
+struct Head<'a> {
+    hidden: std::borrow::Cow<'a, [f32]>,
+    weight: std::borrow::Cow<'a, [f32]>,
+    bias: Option<std::borrow::Cow<'a, [f32]>>,
+    h: usize,
+    v: usize,
+}
+
+impl<'a> Head<'a> {
+    fn new(head: &LinearHead<'a>, plan: &Plan) -> Result<Self> {
+        Ok(Head {
+            hidden: head.hidden.to_f32_cow()?,
+            weight: head.weight.to_f32_cow()?,
+            bias: head.bias.map(Tensor::to_f32_cow).transpose()?,
+            h: plan.h,
+            v: plan.v,
+        })
+    }
+
+    /// Gathers the chunk's hidden rows into `rows` [c,H] and writes its logits into `logits` [c,V].
+    fn chunk_logits(&self, chunk: &[CountedToken], rows: &mut [f32], logits: &mut [f32]) {
+        let (h, v, c) = (self.h, self.v, chunk.len());
+        for (dst, tok) in rows.chunks_exact_mut(h).zip(chunk) {
+            dst.copy_from_slice(&self.hidden[tok.position * h..(tok.position + 1) * h]);
+        }
+        let rows = MatRef::row_major(&rows[..c * h], c, h);
+        matmul(&mut logits[..c * v], rows, MatRef::row_major(&self.weight, v, h).t(), 0.0);
+        if let Some(bias) = &self.bias {
+            logits[..c * v]
+                .par_chunks_mut(v)
+                .for_each(|row| row.iter_mut().zip(bias.iter()).for_each(|(x, b)| *x += b));
+        }
+    }
+}
+
+/// Scratch buffers for one chunk, allocated once per call.
+fn scratch(plan: &Plan, cfg: &FusedLinearConfig) -> (usize, Vec<f32>, Vec<f32>) {
+    let chunk = cfg.chunk_tokens_for(plan.v).min(plan.tokens.len().max(1));
+    (chunk, vec![0.0; chunk * plan.h], vec![0.0; chunk * plan.v])
+}
+
+pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<SequenceLogProbs> {
+    let f32_head = Head::new(head, plan)?;
+    let (chunk_len, mut rows, mut logits) = scratch(plan, cfg);
+    let (n, v) = (plan.n, plan.v);
+    let mut logps = vec![0.0f32; n];
+    let mut sum_mean_logits = vec![0.0f32; n];
+    let mut sum_entropy = vec![0.0f32; n];
+    let mut counts = vec![0.0f32; n];
+    let mut lse = vec![0.0f32; n * plan.t];
+    for chunk in plan.tokens.chunks(chunk_len) {
+        f32_head.chunk_logits(chunk, &mut rows, &mut logits);
+        let stats: Vec<RowStats> =
+            logits.par_chunks(v).zip(chunk.par_iter()).map(|(row, tok)| row_stats(row, Some(tok.label))).collect();
+        for (s, tok) in stats.iter().zip(chunk) {
+            logps[tok.sequence] += s.target_logp;
+            sum_mean_logits[tok.sequence] += s.sum_logits / v as f32;
+            sum_entropy[tok.sequence] += s.entropy;
+            counts[tok.sequence] += 1.0;
+            lse[tok.position] = s.lse;
+        }
+    }
+    let per_token = |sums: &[f32]| -> Vec<f32> {
+        sums.iter().zip(&counts).map(|(s, &c)| if c > 0.0 { s / c } else { 0.0 }).collect()
+    };
+    if cfg.logprobs.reduction == TokenReduction::Mean {
+        logps = per_token(&logps);
+    }
+    Ok(SequenceLogProbs {
+        logps: Tensor::from_slice(&logps, &[n], Device::Cpu)?,
+        token_counts: Tensor::from_slice(&counts, &[n], Device::Cpu)?,
+        mean_logits: Tensor::from_slice(&per_token(&sum_mean_logits), &[n], Device::Cpu)?,
+        entropy: Tensor::from_slice(&per_token(&sum_entropy), &[n], Device::Cpu)?,
+        lse: Tensor::from_slice(&lse, &[n, plan.t], Device::Cpu)?,
+    })
+}
+
+pub(super) fn backward(
+    head: &LinearHead<'_>,
+    plan: &Plan,
+    saved: &SequenceLogProbs,
+    grad_logps: &Tensor,
+    cfg: &FusedLinearConfig,
+) -> Result<FusedLinearGrads> {
+    let f32_head = Head::new(head, plan)?;
+    let (chunk_len, mut rows, mut grads) = scratch(plan, cfg);
+    let (h, v) = (plan.h, plan.v);
+    let lse = saved.lse.to_f32_cow()?;
+    let upstream = grad_logps.to_f32_cow()?;
+    let scale = plan.gradient_scales(cfg, &upstream);
+
+    let mut grad_hidden = vec![0.0f32; plan.n * plan.t * h];
+    let mut grad_weight = vec![0.0f32; v * h];
+    let mut grad_bias = head.bias.map(|_| vec![0.0f32; v]);
+    let mut grad_rows = vec![0.0f32; chunk_len * h];
+    for chunk in plan.tokens.chunks(chunk_len) {
+        let c = chunk.len();
+        f32_head.chunk_logits(chunk, &mut rows, &mut grads);
+        grads[..c * v].par_chunks_mut(v).zip(chunk.par_iter()).for_each(|(row, tok)| {
+            row_grad_in_place(row, lse[tok.position], tok.label, scale[tok.sequence]);
+        });
+        let g = MatRef::row_major(&grads[..c * v], c, v);
+        // d_hidden rows = G·W, scattered back to their positions.
+        matmul(&mut grad_rows[..c * h], g, MatRef::row_major(&f32_head.weight, v, h), 0.0);
+        for (src, tok) in grad_rows.chunks_exact(h).zip(chunk) {
+            grad_hidden[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
+        }
+        // d_weight += Gᵀ·h_rows
+        matmul(&mut grad_weight, g.t(), MatRef::row_major(&rows[..c * h], c, h), 1.0);
+        if let Some(gb) = grad_bias.as_mut() {
+            gb.par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
+                let columns = block * 4096..block * 4096 + gb.len();
+                for row in grads[..c * v].chunks_exact(v) {
+                    gb.iter_mut().zip(&row[columns.clone()]).for_each(|(acc, g)| *acc += g);
+                }
+            });
+        }
+    }
+    let out = |data: &[f32], shape: &[usize], dtype: DType| Tensor::from_f32(data, shape, dtype, Device::Cpu);
+    Ok(FusedLinearGrads {
+        grad_hidden: out(&grad_hidden, head.hidden.shape(), head.hidden.dtype())?,
+        grad_weight: out(&grad_weight, head.weight.shape(), head.weight.dtype())?,
+        grad_bias: match (grad_bias, head.bias) {
+            (Some(gb), Some(b)) => Some(out(&gb, b.shape(), b.dtype())?),
+            _ => None,
+        },
+    })
+}

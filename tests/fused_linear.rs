@@ -1,0 +1,430 @@
+//! The fused linear log-prob path against float64 references: PyTorch fixtures, an f64 Rust loop on fresh random
+//! inputs, finite differences, and the materialised path (`sequence_logprobs` on `h·Wᵀ + b`).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use unireward::ops::fused_linear::{
+    fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, FusedLinearGrads, LinearHead,
+};
+use unireward::ops::logprobs::{sequence_logprobs, LogProbsConfig, SequenceLogProbs, TokenReduction};
+use unireward::{DType, Device, Error, Tensor};
+
+const IGNORE: i64 = -100;
+
+/// A problem instance in f64, the layout of the fixtures.
+#[derive(Clone, Deserialize)]
+struct Case {
+    n: usize,
+    t: usize,
+    h: usize,
+    v: usize,
+    reduction: String,
+    has_bias: bool,
+    hidden: Vec<f64>,
+    weight: Vec<f64>,
+    bias: Vec<f64>,
+    labels: Vec<i64>,
+    mask: Vec<i64>,
+    grad_logps: Vec<f64>,
+}
+
+/// Expected outputs, from PyTorch or from [`reference`].
+#[derive(Deserialize)]
+struct Expected {
+    logps: Vec<f64>,
+    token_counts: Vec<f64>,
+    entropy: Vec<f64>,
+    mean_logits: Vec<f64>,
+    grad_hidden: Vec<f64>,
+    grad_weight: Vec<f64>,
+    grad_bias: Vec<f64>,
+}
+
+/// The float64 reference: materialised logits, log-softmax, masked reduction and the analytic gradients.
+fn reference(c: &Case) -> Expected {
+    let (n, t, h, v) = (c.n, c.t, c.h, c.v);
+    let mean = c.reduction == "mean";
+    let mut e = Expected {
+        logps: vec![0.0; n],
+        token_counts: vec![0.0; n],
+        entropy: vec![0.0; n],
+        mean_logits: vec![0.0; n],
+        grad_hidden: vec![0.0; n * t * h],
+        grad_weight: vec![0.0; v * h],
+        grad_bias: vec![0.0; if c.has_bias { v } else { 0 }],
+    };
+    let counted = |p: usize| c.labels[p] != IGNORE && c.mask[p] != 0;
+    for p in 0..n * t {
+        if counted(p) {
+            e.token_counts[p / t] += 1.0;
+        }
+    }
+    for p in (0..n * t).filter(|&p| counted(p)) {
+        let s = p / t;
+        let logits: Vec<f64> = (0..v)
+            .map(|j| {
+                let dot: f64 = (0..h).map(|k| c.hidden[p * h + k] * c.weight[j * h + k]).sum();
+                dot + if c.has_bias { c.bias[j] } else { 0.0 }
+            })
+            .collect();
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + logits.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        let probs: Vec<f64> = logits.iter().map(|x| (x - lse).exp()).collect();
+        let label = c.labels[p] as usize;
+        let count = e.token_counts[s];
+        e.logps[s] += logits[label] - lse;
+        e.entropy[s] += -probs.iter().zip(&logits).map(|(q, x)| q * (x - lse)).sum::<f64>() / count;
+        e.mean_logits[s] += logits.iter().sum::<f64>() / v as f64 / count;
+        let scale = c.grad_logps[s] / if mean { count } else { 1.0 };
+        for j in 0..v {
+            let g = scale * (if j == label { 1.0 } else { 0.0 } - probs[j]);
+            for k in 0..h {
+                e.grad_hidden[p * h + k] += g * c.weight[j * h + k];
+                e.grad_weight[j * h + k] += g * c.hidden[p * h + k];
+            }
+            if c.has_bias {
+                e.grad_bias[j] += g;
+            }
+        }
+    }
+    if mean {
+        for s in 0..n {
+            if e.token_counts[s] > 0.0 {
+                e.logps[s] /= e.token_counts[s];
+            }
+        }
+    }
+    e
+}
+
+fn random_case(rng: &mut StdRng, (n, t, h, v): (usize, usize, usize, usize), has_bias: bool, mean: bool) -> Case {
+    let mut normal =
+        |len: usize, scale: f64| -> Vec<f64> { (0..len).map(|_| rng.gen_range(-1.0..1.0) * scale).collect() };
+    let hidden = normal(n * t * h, 1.0);
+    let weight = normal(v * h, 2.0 / (h as f64).sqrt());
+    let bias = if has_bias { normal(v, 0.5) } else { vec![] };
+    let grad_logps = normal(n, 1.0);
+    let labels = (0..n * t).map(|p| if p % t == 0 { IGNORE } else { rng.gen_range(0..v as i64) }).collect();
+    let mask = (0..n * t).map(|_| i64::from(rng.gen_bool(0.8))).collect();
+    Case {
+        n,
+        t,
+        h,
+        v,
+        reduction: if mean { "mean" } else { "sum" }.into(),
+        has_bias,
+        hidden,
+        weight,
+        bias,
+        labels,
+        mask,
+        grad_logps,
+    }
+}
+
+/// The op's inputs as tensors of `dtype`.
+struct Inputs {
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    labels: Tensor,
+    mask: Tensor,
+    grad_logps: Tensor,
+}
+
+impl Inputs {
+    fn new(c: &Case, dtype: DType, device: Device) -> Inputs {
+        let f = |x: &[f64], shape: &[usize]| {
+            Tensor::from_f32(&x.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape, dtype, device).unwrap()
+        };
+        Inputs {
+            hidden: f(&c.hidden, &[c.n, c.t, c.h]),
+            weight: f(&c.weight, &[c.v, c.h]),
+            bias: c.has_bias.then(|| f(&c.bias, &[c.v])),
+            labels: Tensor::from_slice(&c.labels, &[c.n, c.t], device).unwrap(),
+            mask: Tensor::from_slice(&c.mask, &[c.n, c.t], device).unwrap(),
+            grad_logps: Tensor::from_f32(
+                &c.grad_logps.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                &[c.n],
+                DType::F32,
+                device,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn head(&self) -> LinearHead<'_> {
+        LinearHead { hidden: &self.hidden, weight: &self.weight, bias: self.bias.as_ref() }
+    }
+
+    fn run(&self, cfg: &FusedLinearConfig) -> unireward::Result<(SequenceLogProbs, FusedLinearGrads)> {
+        let out = fused_linear_logprobs(self.head(), &self.labels, Some(&self.mask), cfg)?;
+        let grads =
+            fused_linear_logprobs_backward(self.head(), &self.labels, Some(&self.mask), &out, &self.grad_logps, cfg)?;
+        Ok((out, grads))
+    }
+}
+
+fn config(c: &Case, chunk_tokens: Option<usize>) -> FusedLinearConfig {
+    let reduction = if c.reduction == "mean" { TokenReduction::Mean } else { TokenReduction::Sum };
+    FusedLinearConfig { logprobs: LogProbsConfig { reduction, ..Default::default() }, chunk_tokens }
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+
+/// Every element within `rel` of the expected value, relative to the largest expected magnitude (floor 1).
+fn assert_close(what: &str, got: &[f64], expected: &[f64], rel: f64) {
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert!((g - e).abs() <= rel * scale, "{what}[{i}]: got {g}, expected {e} (tolerance {})", rel * scale);
+    }
+}
+
+fn check(c: &Case, e: &Expected, dtype: DType, device: Device, chunk_tokens: Option<usize>, rel: f64) {
+    let inputs = Inputs::new(c, dtype, device);
+    let (out, grads) = inputs.run(&config(c, chunk_tokens)).unwrap();
+    assert_close("logps", &values(&out.logps), &e.logps, rel);
+    assert_close("token_counts", &values(&out.token_counts), &e.token_counts, 0.0);
+    assert_close("entropy", &values(&out.entropy), &e.entropy, rel);
+    assert_close("mean_logits", &values(&out.mean_logits), &e.mean_logits, rel);
+    assert_close("grad_hidden", &values(&grads.grad_hidden), &e.grad_hidden, rel);
+    assert_close("grad_weight", &values(&grads.grad_weight), &e.grad_weight, rel);
+    match (&grads.grad_bias, c.has_bias) {
+        (Some(gb), true) => assert_close("grad_bias", &values(gb), &e.grad_bias, rel),
+        (None, false) => {}
+        _ => panic!("grad_bias present iff the bias is"),
+    }
+    assert_eq!(grads.grad_hidden.dtype(), dtype);
+    assert_eq!(grads.grad_weight.dtype(), dtype);
+}
+
+fn fixture(name: &str) -> (Case, Expected) {
+    let path = format!("{}/tests/fixtures/fused_linear/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    (serde_json::from_str(&text).unwrap(), serde_json::from_str(&text).unwrap())
+}
+
+const FIXTURES: [&str; 4] = ["sum_bias", "mean_nobias", "single_token", "large_logits"];
+
+#[test]
+fn matches_pytorch_fixtures_in_f32() {
+    for name in FIXTURES {
+        let (c, e) = fixture(name);
+        for chunk in [None, Some(1), Some(3)] {
+            check(&c, &e, DType::F32, Device::Cpu, chunk, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn rust_reference_agrees_with_pytorch() {
+    for name in FIXTURES {
+        let (c, e) = fixture(name);
+        let r = reference(&c);
+        for (what, a, b) in [
+            ("logps", &r.logps, &e.logps),
+            ("grad_weight", &r.grad_weight, &e.grad_weight),
+            ("grad_hidden", &r.grad_hidden, &e.grad_hidden),
+        ] {
+            assert_close(what, a, b, 1e-10);
+        }
+    }
+}
+
+#[test]
+fn matches_pytorch_fixtures_in_half_precision() {
+    for name in ["sum_bias", "mean_nobias", "single_token"] {
+        let (c, e) = fixture(name);
+        for dtype in [DType::BF16, DType::F16] {
+            // Inputs are rounded to 8 (bf16) or 11 (f16) significant bits before any arithmetic.
+            check(&c, &e, dtype, Device::Cpu, Some(2), 3e-2);
+        }
+    }
+}
+
+#[test]
+fn random_inputs_match_the_f64_loop() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (dims, bias, mean) in
+        [((2, 7, 5, 37), true, false), ((3, 1, 3, 1000), false, true), ((1, 9, 16, 129), true, true)]
+    {
+        let c = random_case(&mut rng, dims, bias, mean);
+        let e = reference(&c);
+        for chunk in [None, Some(1), Some(4)] {
+            check(&c, &e, DType::F32, Device::Cpu, chunk, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = random_case(&mut rng, (2, 4, 6, 23), true, true);
+    let e = reference(&c);
+    // The objective Σ g·logps in f64, as a function of the inputs.
+    let objective = |c: &Case| reference(c).logps.iter().zip(&c.grad_logps).map(|(l, g)| l * g).sum::<f64>();
+    let step = 1e-6;
+    let central = |mutate: &dyn Fn(&mut Case, f64)| {
+        let (mut plus, mut minus) = (c.clone(), c.clone());
+        mutate(&mut plus, step);
+        mutate(&mut minus, -step);
+        (objective(&plus) - objective(&minus)) / (2.0 * step)
+    };
+    for _ in 0..6 {
+        let i = rng.gen_range(0..c.hidden.len());
+        let fd = central(&|c, d| c.hidden[i] += d);
+        assert!(
+            (fd - e.grad_hidden[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "d hidden[{i}]: fd {fd} vs {}",
+            e.grad_hidden[i]
+        );
+        let j = rng.gen_range(0..c.weight.len());
+        let fd = central(&|c, d| c.weight[j] += d);
+        assert!(
+            (fd - e.grad_weight[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "d weight[{j}]: fd {fd} vs {}",
+            e.grad_weight[j]
+        );
+        let k = rng.gen_range(0..c.v);
+        let fd = central(&|c, d| c.bias[k] += d);
+        assert!((fd - e.grad_bias[k]).abs() < 1e-6 * (1.0 + fd.abs()), "d bias[{k}]: fd {fd} vs {}", e.grad_bias[k]);
+    }
+    // And the f32 op itself, with a step its precision supports.
+    let inputs = Inputs::new(&c, DType::F32, Device::Cpu);
+    let (_, grads) = inputs.run(&config(&c, Some(3))).unwrap();
+    let gh = values(&grads.grad_hidden);
+    let objective_f32 = |c: &Case| {
+        let (out, _) = Inputs::new(c, DType::F32, Device::Cpu).run(&config(c, Some(3))).unwrap();
+        values(&out.logps).iter().zip(&c.grad_logps).map(|(l, g)| l * g).sum::<f64>()
+    };
+    let i = (0..c.hidden.len()).max_by(|&a, &b| gh[a].abs().total_cmp(&gh[b].abs())).unwrap();
+    let (mut plus, mut minus) = (c.clone(), c.clone());
+    plus.hidden[i] += 1e-2;
+    minus.hidden[i] -= 1e-2;
+    let fd = (objective_f32(&plus) - objective_f32(&minus)) / 2e-2;
+    assert!((fd - gh[i]).abs() < 1e-2 * (1.0 + gh[i].abs()), "f32 d hidden[{i}]: fd {fd} vs {}", gh[i]);
+}
+
+#[test]
+fn equals_the_materialised_path() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let c = random_case(&mut rng, (2, 6, 8, 301), true, false);
+    let inputs = Inputs::new(&c, DType::F32, Device::Cpu);
+    let (fused, _) = inputs.run(&config(&c, Some(5))).unwrap();
+    let e = reference(&c);
+    // Materialise the logits in f64, round to f32, and run the unfused op.
+    let logits: Vec<f32> = (0..c.n * c.t)
+        .flat_map(|p| {
+            let c = &c;
+            (0..c.v).map(move |j| {
+                ((0..c.h).map(|k| c.hidden[p * c.h + k] * c.weight[j * c.h + k]).sum::<f64>() + c.bias[j]) as f32
+            })
+        })
+        .collect();
+    let logits = Tensor::from_slice(&logits, &[c.n, c.t, c.v], Device::Cpu).unwrap();
+    let plain = sequence_logprobs(&logits, &inputs.labels, Some(&inputs.mask), &LogProbsConfig::default()).unwrap();
+    for (what, a, b) in [
+        ("logps", &fused.logps, &plain.logps),
+        ("entropy", &fused.entropy, &plain.entropy),
+        ("mean_logits", &fused.mean_logits, &plain.mean_logits),
+        ("lse", &fused.lse, &plain.lse),
+    ] {
+        assert_close(what, &values(a), &values(b), 1e-5);
+    }
+    assert_close("logps", &values(&fused.logps), &e.logps, 1e-5);
+}
+
+#[test]
+fn fully_masked_sequences_give_zeros() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut c = random_case(&mut rng, (3, 4, 4, 17), true, true);
+    c.mask[4..8].iter_mut().for_each(|m| *m = 0);
+    let (out, grads) = Inputs::new(&c, DType::F32, Device::Cpu).run(&config(&c, None)).unwrap();
+    assert_eq!(values(&out.token_counts)[1], 0.0);
+    assert_eq!(values(&out.logps)[1], 0.0);
+    assert_eq!(values(&out.entropy)[1], 0.0);
+    assert!(values(&grads.grad_hidden)[4 * 4..8 * 4].iter().all(|&g| g == 0.0));
+}
+
+fn expect_err(result: unireward::Result<(SequenceLogProbs, FusedLinearGrads)>, fragment: &str) -> Error {
+    let err = result.err().unwrap_or_else(|| panic!("expected an error mentioning `{fragment}`"));
+    assert!(err.to_string().contains(fragment), "error `{err}` does not mention `{fragment}`");
+    err
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let c = random_case(&mut rng, (2, 3, 4, 10), true, false);
+    let good = Inputs::new(&c, DType::F32, Device::Cpu);
+    let cfg = config(&c, None);
+
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    bad.weight = Tensor::zeros(&[10, 5], DType::F32, Device::Cpu).unwrap();
+    assert!(matches!(expect_err(bad.run(&cfg), "hidden size"), Error::Shape(_)));
+
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    bad.bias = Some(Tensor::zeros(&[9], DType::F32, Device::Cpu).unwrap());
+    expect_err(bad.run(&cfg), "`bias`");
+
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    let mut labels = c.labels.clone();
+    labels[4] = 10;
+    bad.labels = Tensor::from_slice(&labels, &[2, 3], Device::Cpu).unwrap();
+    bad.mask = Tensor::from_slice(&[1i64; 6], &[2, 3], Device::Cpu).unwrap();
+    assert!(matches!(expect_err(bad.run(&cfg), "sequence 1, token 1"), Error::InvalidArgument(_)));
+
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    bad.hidden = Tensor::zeros(&[2, 3, 4], DType::I32, Device::Cpu).unwrap();
+    assert!(matches!(expect_err(bad.run(&cfg), "hidden"), Error::DType { .. }));
+
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    bad.labels = Tensor::zeros(&[2, 3], DType::F32, Device::Cpu).unwrap();
+    expect_err(bad.run(&cfg), "labels");
+
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    bad.hidden = Tensor::zeros(&[0, 3, 4], DType::F32, Device::Cpu).unwrap();
+    bad.labels = Tensor::zeros(&[0, 3], DType::I64, Device::Cpu).unwrap();
+    bad.mask = Tensor::zeros(&[0, 3], DType::I64, Device::Cpu).unwrap();
+    expect_err(bad.run(&cfg), "empty");
+
+    expect_err(good.run(&FusedLinearConfig { chunk_tokens: Some(0), ..cfg.clone() }), "chunk_tokens");
+
+    let (out, _) = good.run(&cfg).unwrap();
+    let wrong = Tensor::zeros(&[3], DType::F32, Device::Cpu).unwrap();
+    let err =
+        fused_linear_logprobs_backward(good.head(), &good.labels, Some(&good.mask), &out, &wrong, &cfg).unwrap_err();
+    assert!(err.to_string().contains("grad_logps"), "{err}");
+
+    if unireward::runtime::cuda::device_count() == 0 {
+        let err = Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).unwrap_err();
+        assert!(matches!(err, Error::CudaUnavailable(_)), "{err}");
+    }
+}
+
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+#[test]
+fn cuda_matches_cpu() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (dims, bias, mean) in
+        [((2, 7, 5, 37), true, false), ((3, 33, 64, 1000), false, true), ((1, 1, 8, 129), true, true)]
+    {
+        let c = random_case(&mut rng, dims, bias, mean);
+        let e = reference(&c);
+        for chunk in [None, Some(1), Some(8)] {
+            check(&c, &e, DType::F32, Device::Cuda(0), chunk, 1e-4);
+            check(&c, &e, DType::BF16, Device::Cuda(0), chunk, 5e-2);
+            check(&c, &e, DType::F16, Device::Cuda(0), chunk, 3e-2);
+        }
+    }
+}

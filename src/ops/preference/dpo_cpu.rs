@@ -1,0 +1,191 @@
+//! The DPO family on the CPU: the per-pair math in f64 (the same formulas as `kernels/preference.cu`), summed over
+//! pairs in fixed chunks so that results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::dpo::{stat, DpoLossType, PairParams, Plan, PreferenceLogps};
+use super::host;
+use super::math::{log1mexp, log_sigmoid, sigmoid};
+use crate::{Result, Tensor};
+
+/// One pair's loss, its derivatives with respect to the chosen and rejected log-ratios, and ORPO's two logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PairTerms {
+    pub loss: f64,
+    pub d_chosen: f64,
+    pub d_rejected: f64,
+    pub log_odds_ratio: f64,
+    pub log_odds: f64,
+}
+
+/// The loss of one pair from its chosen and rejected log-ratios `a` and `b` (policy minus reference log-probs,
+/// length-normalised where the loss is; the reference is 0 when unused). TRL's `logits` is `z = a - b`.
+pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
+    let (beta, eps) = (p.beta, p.label_smoothing);
+    let z = a - b;
+    // Losses of z alone: (loss, d loss / d z).
+    let of_z = |loss: f64, dz: f64| PairTerms { loss, d_chosen: dz, d_rejected: -dz, ..Default::default() };
+    match p.kind {
+        // TRL sigmoid: -logσ(βz)(1-ε) - logσ(-βz)ε. SimPO (CPO): the same with z - γ/β.
+        DpoLossType::Sigmoid | DpoLossType::Simpo => {
+            let z = if p.kind == DpoLossType::Simpo { z - p.gamma / beta } else { z };
+            let u = beta * z;
+            of_z(
+                -(1.0 - eps) * log_sigmoid(u) - eps * log_sigmoid(-u),
+                beta * (-(1.0 - eps) * sigmoid(-u) + eps * sigmoid(u)),
+            )
+        }
+        // TRL robust: (-logσ(βz)(1-ε) + logσ(-βz)ε) / (1-2ε).
+        DpoLossType::Robust => {
+            let u = beta * z;
+            let k = 1.0 / (1.0 - 2.0 * eps);
+            of_z(
+                k * (-(1.0 - eps) * log_sigmoid(u) + eps * log_sigmoid(-u)),
+                k * beta * (-(1.0 - eps) * sigmoid(-u) - eps * sigmoid(u)),
+            )
+        }
+        // TRL exo_pair: σ(βz)(logσ(βz) - log(1-ε)) + σ(-βz)(logσ(-βz) - log ε); the derivative simplifies to
+        // β σ(u)σ(-u) (u - log((1-ε)/ε)).
+        DpoLossType::ExoPair => {
+            let u = beta * z;
+            let (s, t) = (sigmoid(u), sigmoid(-u));
+            of_z(
+                s * (log_sigmoid(u) - (1.0 - eps).ln()) + t * (log_sigmoid(-u) - eps.ln()),
+                beta * s * t * (u - ((1.0 - eps) / eps).ln()),
+            )
+        }
+        // TRL hinge: relu(1 - βz) (torch's relu has derivative 0 at 0).
+        DpoLossType::Hinge => {
+            let h = 1.0 - beta * z;
+            of_z(h.max(0.0), if h > 0.0 { -beta } else { 0.0 })
+        }
+        // TRL ipo: (z - 1/(2β))².
+        DpoLossType::Ipo => {
+            let d = z - 0.5 / beta;
+            of_z(d * d, 2.0 * d)
+        }
+        // TRL bco_pair: -logσ(βa - δ) - logσ(-(βb - δ)).
+        DpoLossType::BcoPair => {
+            let (u, v) = (beta * a - p.delta, beta * b - p.delta);
+            PairTerms {
+                loss: -log_sigmoid(u) - log_sigmoid(-v),
+                d_chosen: -beta * sigmoid(-u),
+                d_rejected: beta * sigmoid(v),
+                ..Default::default()
+            }
+        }
+        // TRL nca_pair: -logσ(βa) - ½logσ(-βa) - ½logσ(-βb).
+        DpoLossType::NcaPair => {
+            let (u, v) = (beta * a, beta * b);
+            PairTerms {
+                loss: -log_sigmoid(u) - 0.5 * log_sigmoid(-u) - 0.5 * log_sigmoid(-v),
+                d_chosen: beta * (-sigmoid(-u) + 0.5 * sigmoid(u)),
+                d_rejected: beta * 0.5 * sigmoid(v),
+                ..Default::default()
+            }
+        }
+        // TRL sppo_hard: (a - 1/(2β))² + (b + 1/(2β))².
+        DpoLossType::SppoHard => {
+            let (da, db) = (a - 0.5 / beta, b + 0.5 / beta);
+            PairTerms { loss: da * da + db * db, d_chosen: 2.0 * da, d_rejected: 2.0 * db, ..Default::default() }
+        }
+        // TRL apo_zero: (1 - σ(βa)) + σ(βb).
+        DpoLossType::ApoZero => {
+            let (u, v) = (beta * a, beta * b);
+            PairTerms {
+                loss: 1.0 - sigmoid(u) + sigmoid(v),
+                d_chosen: -beta * sigmoid(u) * sigmoid(-u),
+                d_rejected: beta * sigmoid(v) * sigmoid(-v),
+                ..Default::default()
+            }
+        }
+        // TRL apo_down: σ(βa) + (1 - σ(β(a - b))).
+        DpoLossType::ApoDown => {
+            let (u, w) = (beta * a, beta * z);
+            let dw = beta * sigmoid(w) * sigmoid(-w);
+            PairTerms {
+                loss: sigmoid(u) + 1.0 - sigmoid(w),
+                d_chosen: beta * sigmoid(u) * sigmoid(-u) - dw,
+                d_rejected: dw,
+                ..Default::default()
+            }
+        }
+        // TRL odds_ratio_loss: log_odds = (a - b) - (log1p(-exp(a)) - log1p(-exp(b))), loss = -β logσ(log_odds);
+        // d log_odds / da = 1/(1 - e^a), d log_odds / db = -1/(1 - e^b).
+        DpoLossType::Orpo => {
+            let log_odds = z - (log1mexp(a) - log1mexp(b));
+            let ratio = log_sigmoid(log_odds);
+            let d = -beta * sigmoid(-log_odds);
+            PairTerms {
+                loss: -beta * ratio,
+                d_chosen: d / -a.exp_m1(),
+                d_rejected: d / b.exp_m1(),
+                log_odds_ratio: ratio,
+                log_odds,
+            }
+        }
+    }
+}
+
+/// Pairs per task; chunk sums are added in chunk order, so the result is the same on any number of threads.
+const CHUNK: usize = 2048;
+
+/// Sums of the per-pair statistics (see [`stat`]) and the gradients with respect to the policy log-probs.
+pub(crate) fn run(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::COUNT], Tensor, Tensor)> {
+    let pc = host::floats(inputs.policy_chosen)?;
+    let pr = host::floats(inputs.policy_rejected)?;
+    let reference = match (inputs.reference_chosen, inputs.reference_rejected) {
+        (Some(c), Some(r)) if plan.use_reference => Some((host::floats(c)?, host::floats(r)?)),
+        _ => None,
+    };
+    let n = plan.pairs;
+    let mut grad_c = vec![0.0f64; n];
+    let mut grad_r = vec![0.0f64; n];
+    let chunk_sums: Vec<[f64; stat::COUNT]> = grad_c
+        .par_chunks_mut(CHUNK)
+        .zip(grad_r.par_chunks_mut(CHUNK))
+        .enumerate()
+        .map(|(chunk, (gc, gr))| {
+            let mut sums = [0.0f64; stat::COUNT];
+            for (j, (gc, gr)) in gc.iter_mut().zip(gr.iter_mut()).enumerate() {
+                let i = chunk * CHUNK + j;
+                let (nc, nr) = match &plan.lengths {
+                    Some((lc, lr)) => (1.0 / lc[i] as f64, 1.0 / lr[i] as f64),
+                    None => (1.0, 1.0),
+                };
+                let (c, r) = (pc[i] * nc, pr[i] * nr);
+                let (a, b) = match &reference {
+                    Some((rc, rr)) => (c - rc[i] * nc, r - rr[i] * nr),
+                    None => (c, r),
+                };
+                let t = pair_terms(&plan.params, a, b);
+                *gc = plan.mean_scale * t.d_chosen * nc + plan.nll_grad;
+                *gr = plan.mean_scale * t.d_rejected * nr;
+                let (reward_c, reward_r) = (plan.params.beta * a, plan.params.beta * b);
+                let values = [
+                    t.loss,
+                    reward_c,
+                    reward_r,
+                    if reward_c > reward_r { 1.0 } else { 0.0 },
+                    c,
+                    r,
+                    t.log_odds_ratio,
+                    t.log_odds,
+                    pc[i],
+                ];
+                for (s, v) in sums.iter_mut().zip(values) {
+                    *s += v;
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut sums = [0.0f64; stat::COUNT];
+    for chunk in &chunk_sums {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    let dtype = inputs.policy_chosen.dtype();
+    Ok((sums, host::tensor_from(&grad_c, &[n], dtype)?, host::tensor_from(&grad_r, &[n], dtype)?))
+}

@@ -1,0 +1,34 @@
+//! Numerically safe scalar functions in f64, shared by the CPU paths of the family.
+
+/// log σ(x) = -softplus(-x), exact for |x| in the thousands.
+pub(crate) fn log_sigmoid(x: f64) -> f64 {
+    x.min(0.0) - (-x.abs()).exp().ln_1p()
+}
+
+/// σ(x) without overflow for either sign.
+pub(crate) fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// log(1 - e^x) for x < 0 (NaN for x > 0, -inf at 0), accurate at both ends (Mächler's log1mexp).
+pub(crate) fn log1mexp(x: f64) -> f64 {
+    if x > -std::f64::consts::LN_2 {
+        (-x.exp_m1()).ln()
+    } else {
+        (-x.exp()).ln_1p()
+    }
+}
+
+/// log Σ exp(x) of a non-empty slice.
+pub(crate) fn logsumexp(x: impl Iterator<Item = f64> + Clone) -> f64 {
+    let m = x.clone().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + x.map(|v| (v - m).exp()).sum::<f64>().ln()
+}

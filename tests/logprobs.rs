@@ -336,8 +336,12 @@ fn large_magnitude_logits() {
 #[test]
 fn negative_infinity_logits_are_excluded() {
     // Vocabulary masking by −∞ logits: they get probability 0 and add nothing to the entropy.
-    let logits = f32_tensor(&[0.0, f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY], &[1, 1, 4]);
-    let labels = labels_tensor(&[2], &[1, 1], DType::I64);
+    // A whole leading block of −∞ (longer than the CPU's 1024-element blocks) must not poison the sums.
+    let mut row = vec![f32::NEG_INFINITY; 3000];
+    row[2100] = 0.0;
+    row[2500] = 0.0;
+    let logits = f32_tensor(&row, &[1, 1, 3000]);
+    let labels = labels_tensor(&[2500], &[1, 1], DType::I64);
     let out = sequence_logprobs(&logits, &labels, None, &LogProbsConfig::default()).unwrap();
     let ln2 = std::f64::consts::LN_2;
     assert_close("logp", &floats(&out.logps), &[-ln2], 1e-6, 1.0);

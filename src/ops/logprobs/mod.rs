@@ -155,11 +155,20 @@ fn check_backward(
     grad_logps: &Tensor,
 ) -> Result<(Device, Dims)> {
     let (device, dims) = check_inputs(logits, labels, mask)?;
-    check::dtype("saved.lse", &saved.lse, DType::F32)?;
-    check::shape("saved.lse", &saved.lse, &[dims.n, dims.t])?;
-    check::dtype("grad_logps", grad_logps, DType::F32)?;
-    check::shape("grad_logps", grad_logps, &[dims.n])?;
-    check::same_device(&[("logits", logits), ("saved.lse", &saved.lse), ("grad_logps", grad_logps)])?;
+    for (name, t, shape) in [
+        ("saved.lse", &saved.lse, &[dims.n, dims.t][..]),
+        ("saved.token_counts", &saved.token_counts, &[dims.n]),
+        ("grad_logps", grad_logps, &[dims.n]),
+    ] {
+        check::dtype(name, t, DType::F32)?;
+        check::shape(name, t, shape)?;
+    }
+    check::same_device(&[
+        ("logits", logits),
+        ("saved.lse", &saved.lse),
+        ("saved.token_counts", &saved.token_counts),
+        ("grad_logps", grad_logps),
+    ])?;
     Ok((device, dims))
 }
 

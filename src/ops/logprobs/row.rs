@@ -105,7 +105,8 @@ fn row_stats_impl<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats
             }
             max = block_max;
         }
-        let (bs, bsd, bsx) = block_sums(xs, max);
+        // While every logit so far is −∞ there is nothing to add but their sum (and x − max would be NaN).
+        let (bs, bsd, bsx) = if max == f32::NEG_INFINITY { (0.0, 0.0, xs.iter().sum()) } else { block_sums(xs, max) };
         s += bs as f64;
         sd += bsd as f64;
         sx += bsx as f64;
@@ -215,7 +216,7 @@ pub(crate) fn exp_approx(d: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let poly = p * r * r + r + 1.0;
     // 2ⁿ from the integer in `shifted`'s mantissa: bits(shifted) = bits(ROUND) + n.
     let pow2 = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);

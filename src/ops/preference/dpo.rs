@@ -4,9 +4,10 @@
 //! each loss type's formula is written next to its code in `dpo_cpu.rs` and in `kernels/preference.cu`.
 
 use crate::ops::check;
-use crate::runtime::{DType, Device, Tensor};
+use crate::runtime::{Device, Tensor};
 use crate::{Error, Result};
 
+use super::args::same_float_dtype;
 use super::{cuda, dpo_cpu, host};
 
 /// The loss types, named as TRL names them (`DPOConfig.loss_type`; `simpo` is `CPOConfig.loss_type`; `orpo` is
@@ -304,7 +305,7 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
     let mut tensors = vec![("policy_chosen", inputs.policy_chosen)];
     for (arg, t) in logps {
         if let Some(t) = t {
-            same_dtype(arg, t, dtype)?;
+            same_float_dtype(arg, t, dtype, "policy_chosen")?;
             check::shape(arg, t, &[pairs])?;
             tensors.push((arg, t));
         }
@@ -400,14 +401,6 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
     let plan =
         Plan { pairs, params, use_reference, lengths, nll_grad, mean_scale: cfg.grad_output as f64 / pairs as f64 };
     Ok((device, plan, chosen_length_sum))
-}
-
-fn same_dtype(arg: &'static str, t: &Tensor, dtype: DType) -> Result<()> {
-    check::float(arg, t)?;
-    if t.dtype() != dtype {
-        return Err(Error::DType { arg, got: t.dtype(), expected: format!("{dtype}, the dtype of `policy_chosen`") });
-    }
-    Ok(())
 }
 
 /// Token counts, each at least 1.

@@ -1,11 +1,9 @@
-//! The DPO family on the CPU: the per-pair math in f64 (the same formulas as `kernels/preference.cu`), summed over
-//! pairs in fixed chunks so that results do not depend on the thread count.
-
-use rayon::prelude::*;
+//! The DPO family on the CPU: the per-pair math in f64 (the same formulas as `kernels/preference.cu`).
 
 use super::dpo::{stat, DpoLossType, PairParams, Plan, PreferenceLogps};
 use super::host;
 use super::math::{log1mexp, log_sigmoid, sigmoid};
+use super::reduce::sum_items;
 use crate::{Result, Tensor};
 
 /// One pair's loss, its derivatives with respect to the chosen and rejected log-ratios, and ORPO's two logs.
@@ -127,9 +125,6 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
     }
 }
 
-/// Pairs per task; chunk sums are added in chunk order, so the result is the same on any number of threads.
-const CHUNK: usize = 2048;
-
 /// Sums of the per-pair statistics (see [`stat`]) and the gradients with respect to the policy log-probs.
 pub(crate) fn run(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::COUNT], Tensor, Tensor)> {
     let pc = host::floats(inputs.policy_chosen)?;
@@ -139,53 +134,26 @@ pub(crate) fn run(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::
         _ => None,
     };
     let n = plan.pairs;
-    let mut grad_c = vec![0.0f64; n];
-    let mut grad_r = vec![0.0f64; n];
-    let chunk_sums: Vec<[f64; stat::COUNT]> = grad_c
-        .par_chunks_mut(CHUNK)
-        .zip(grad_r.par_chunks_mut(CHUNK))
-        .enumerate()
-        .map(|(chunk, (gc, gr))| {
-            let mut sums = [0.0f64; stat::COUNT];
-            for (j, (gc, gr)) in gc.iter_mut().zip(gr.iter_mut()).enumerate() {
-                let i = chunk * CHUNK + j;
-                let (nc, nr) = match &plan.lengths {
-                    Some((lc, lr)) => (1.0 / lc[i] as f64, 1.0 / lr[i] as f64),
-                    None => (1.0, 1.0),
-                };
-                let (c, r) = (pc[i] * nc, pr[i] * nr);
-                let (a, b) = match &reference {
-                    Some((rc, rr)) => (c - rc[i] * nc, r - rr[i] * nr),
-                    None => (c, r),
-                };
-                let t = pair_terms(&plan.params, a, b);
-                *gc = plan.mean_scale * t.d_chosen * nc + plan.nll_grad;
-                *gr = plan.mean_scale * t.d_rejected * nr;
-                let (reward_c, reward_r) = (plan.params.beta * a, plan.params.beta * b);
-                let values = [
-                    t.loss,
-                    reward_c,
-                    reward_r,
-                    if reward_c > reward_r { 1.0 } else { 0.0 },
-                    c,
-                    r,
-                    t.log_odds_ratio,
-                    t.log_odds,
-                    pc[i],
-                ];
-                for (s, v) in sums.iter_mut().zip(values) {
-                    *s += v;
-                }
-            }
-            sums
-        })
-        .collect();
-    let mut sums = [0.0f64; stat::COUNT];
-    for chunk in &chunk_sums {
-        for (s, v) in sums.iter_mut().zip(chunk) {
-            *s += v;
-        }
-    }
+    // Per pair: the gradients with respect to the chosen and the rejected log-prob.
+    let mut grads = vec![0.0f64; 2 * n];
+    let sums = sum_items(&mut grads, 2, |i, grad| {
+        let (nc, nr) = match &plan.lengths {
+            Some((lc, lr)) => (1.0 / lc[i] as f64, 1.0 / lr[i] as f64),
+            None => (1.0, 1.0),
+        };
+        let (c, r) = (pc[i] * nc, pr[i] * nr);
+        let (a, b) = match &reference {
+            Some((rc, rr)) => (c - rc[i] * nc, r - rr[i] * nr),
+            None => (c, r),
+        };
+        let t = pair_terms(&plan.params, a, b);
+        grad[0] = plan.mean_scale * t.d_chosen * nc + plan.nll_grad;
+        grad[1] = plan.mean_scale * t.d_rejected * nr;
+        let (reward_c, reward_r) = (plan.params.beta * a, plan.params.beta * b);
+        let accurate = if reward_c > reward_r { 1.0 } else { 0.0 };
+        [t.loss, reward_c, reward_r, accurate, c, r, t.log_odds_ratio, t.log_odds, pc[i]]
+    });
+    let (grad_c, grad_r): (Vec<f64>, Vec<f64>) = grads.chunks(2).map(|g| (g[0], g[1])).unzip();
     let dtype = inputs.policy_chosen.dtype();
     Ok((sums, host::tensor_from(&grad_c, &[n], dtype)?, host::tensor_from(&grad_r, &[n], dtype)?))
 }

@@ -23,12 +23,3 @@ pub(crate) fn log1mexp(x: f64) -> f64 {
         (-x.exp()).ln_1p()
     }
 }
-
-/// log Σ exp(x) of a non-empty slice.
-pub(crate) fn logsumexp(x: impl Iterator<Item = f64> + Clone) -> f64 {
-    let m = x.clone().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + x.map(|v| (v - m).exp()).sum::<f64>().ln()
-}

@@ -1,0 +1,33 @@
+//! `unireward kernels`: the NVRTC compile report over every embedded kernel.
+
+use unireward::ops::KERNEL_MODULES;
+use unireward::runtime::cuda::nvrtc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Architectures to compile for.
+    #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90")]
+    arch: Vec<String>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "{:<14} {:<34} {:>6} {:>5} {:>7} {:>7} {:>6}",
+        "module", "kernel", "arch", "regs", "spill_st", "spill_ld", "smem"
+    );
+    let mut spilling = 0;
+    for module in KERNEL_MODULES {
+        for arch in &args.arch {
+            let compiled = nvrtc::compile(module, arch, true)?;
+            for k in nvrtc::ptxas_stats(&compiled.log) {
+                spilling += usize::from(k.spill_stores + k.spill_loads > 0);
+                println!(
+                    "{:<14} {:<34} {:>6} {:>5} {:>7} {:>7} {:>6}",
+                    module.name, k.name, k.arch, k.registers, k.spill_stores, k.spill_loads, k.shared
+                );
+            }
+        }
+    }
+    println!("{} modules compiled for {}; {spilling} kernels spill", KERNEL_MODULES.len(), args.arch.join(", "));
+    Ok(())
+}

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Everything a machine with an NVIDIA GPU should run: the GPU tests (CUDA against CPU on random inputs, every op,
+# every dtype), the NVRTC compile check for the device's own architecture, and the benches in a quick mode; then
+# a short table. Exits non-zero on any failure, and when there is no GPU.
+#
+# The GPU machine has CUDA 13.0 and PyTorch but no Rust toolchain and no network, so the script has two halves:
+#
+#   scripts/gpu_check.sh build     here, with Rust: builds every test binary with `--features gpu-tests` and the
+#                                  bench binaries (release), copies them, stripped, into gpu-bin/ (git-ignored)
+#                                  and prints its size (the device tool carries at most 64 MiB).
+#   bash scripts/gpu_check.sh run  on the GPU machine, from the repo root, with gpu-bin/ carried: about 8 minutes
+#                                  at most (UNIREWARD_GPU_BUDGET seconds, default 420, for tests and benches).
+#
+# Through the device tool: run `scripts/gpu_check.sh build` here, then
+#   run(command="bash scripts/gpu_check.sh run", carry=["gpu-bin"], timeout_s=540)
+#
+# Environment for `run`: UNIREWARD_GPU_BUDGET (seconds, default 420), UNIREWARD_TEST_TIMEOUT (per test binary,
+# default 240), UNIREWARD_BENCH_TIMEOUT (per bench binary, default 150), UNIREWARD_BENCH_FILTER (a criterion
+# filter, default: every bench).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly OUT=gpu-bin
+readonly START=$SECONDS
+
+step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - START))" "$*"; }
+die() {
+    printf '\nERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------------------- build
+
+# Prints "<kind> <target name> <executable>" for each executable cargo built, from its JSON messages on stdin.
+executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    if not line.startswith("{"):
+        continue
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kind = m["target"]["kind"][0]
+    if kind in ("rlib", "dylib", "cdylib", "staticlib"):
+        kind = "lib"
+    if m["profile"]["test"] and kind not in ("bench",):
+        kind = "test-" + kind          # test-lib, test-bin, test-test
+    print(kind, m["target"]["name"], m["executable"])
+'
+}
+
+build() {
+    command -v cargo >/dev/null || die "cargo not found: the build half runs where Rust is installed"
+    step "building the test binaries (release, --features gpu-tests) and the bench binaries"
+    local tests benches
+    tests=$(cargo test --release --features gpu-tests --no-run --message-format=json-render-diagnostics | executables)
+    benches=$(cargo bench --features gpu-tests --no-run --message-format=json-render-diagnostics | executables)
+    rm -rf "$OUT"
+    mkdir -p "$OUT"
+    local kind name exe dest
+    while read -r kind name exe; do
+        case "$kind" in
+        test-lib) dest="test-lib-$name" ;;
+        test-bin) dest="test-bin-$name" ;;
+        test-test) dest="test-$name" ;;
+        bench) dest="bench-$name" ;;
+        bin) dest="$name" ;;
+        *) continue ;;
+        esac
+        cp "$exe" "$OUT/$dest"
+        # Debug info is most of the size; the symbol table stays, so backtraces still name functions.
+        strip --strip-debug "$OUT/$dest" 2>/dev/null || echo "note: could not strip $dest"
+        echo "$dest  <-  $exe"
+    done < <(printf '%s\n%s\n' "$tests" "$benches" | sort -u)
+    # Tests may read fixtures through the absolute CARGO_MANIFEST_DIR baked in at build time; `run` recreates it.
+    pwd >"$OUT/manifest_dir"
+    {
+        echo "built $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
+        echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+        rustc --version
+    } >"$OUT/BUILD_INFO"
+    step "carry size (must stay under 64 MiB)"
+    ls -lh "$OUT"
+    local bytes
+    bytes=$(du -sb "$OUT" | cut -f1)
+    printf 'total: %s MiB\n' "$((bytes / 1048576))"
+    ((bytes < 64 * 1048576)) || die "$OUT is $((bytes / 1048576)) MiB: over the device tool's 64 MiB carry limit"
+    echo
+    echo 'next, through the device tool: run(command="bash scripts/gpu_check.sh run", carry=["gpu-bin"], timeout_s=540)'
+}
+
+# ------------------------------------------------------------------------------------------------------------ run
+
+# Puts CUDA 13's libraries (driver, NVRTC, cuBLAS) where the dynamic loader finds them.
+cuda_library_path() {
+    local dirs=() d
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/lib64 \
+        /usr/local/cuda-13/lib64 /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64; do
+        [[ -d "$d" ]] && dirs+=("$d")
+    done
+    # No toolkit NVRTC: fall back to a pip wheel (nvidia/cu13/lib) in any python on the machine.
+    if ! compgen -G '/usr/local/cuda*/lib64/libnvrtc.so.13*' >/dev/null; then
+        local so
+        so=$(timeout 30 find / -xdev -name 'libnvrtc.so.13' -path '*nvidia*' 2>/dev/null | head -n 1 || true)
+        [[ -n "$so" ]] && dirs+=("$(dirname "$so")")
+    fi
+    local joined
+    joined=$(
+        IFS=:
+        echo "${dirs[*]}"
+    )
+    export LD_LIBRARY_PATH="$joined${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
+
+# Seconds left of the budget, at most $1.
+time_left() {
+    local left=$((BUDGET - (SECONDS - START)))
+    ((left > $1)) && left=$1
+    echo "$left"
+}
+
+# Human-readable nanoseconds.
+human_ns() {
+    awk -v ns="$1" 'BEGIN {
+        if (ns >= 1e9) printf "%.3f s", ns / 1e9; else if (ns >= 1e6) printf "%.3f ms", ns / 1e6;
+        else if (ns >= 1e3) printf "%.2f us", ns / 1e3; else printf "%d ns", ns }'
+}
+
+run_checks() {
+    [[ -d "$OUT" ]] || die "$OUT/ is missing: run 'scripts/gpu_check.sh build' where Rust is installed, then carry $OUT"
+    BUDGET=${UNIREWARD_GPU_BUDGET:-420}
+    local test_timeout=${UNIREWARD_TEST_TIMEOUT:-240} bench_timeout=${UNIREWARD_BENCH_TIMEOUT:-150}
+    local failures=0 gpu=yes summary=() logs
+    logs=$(mktemp -d)
+    cat "$OUT/BUILD_INFO" 2>/dev/null || true
+
+    step "GPU"
+    cuda_library_path
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    if ! command -v nvidia-smi >/dev/null; then
+        gpu="no GPU: nvidia-smi is not installed"
+    elif ! timeout 60 nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap \
+        --format=csv,noheader; then
+        gpu="no GPU: nvidia-smi failed (no driver or no device)"
+    fi
+    [[ "$gpu" == yes ]] || printf '\n*** %s: GPU tests will fail with CudaUnavailable ***\n' "$gpu"
+
+    # Fixture paths compiled in as absolute paths under the build machine's checkout: point that path here.
+    export CARGO_MANIFEST_DIR=$PWD
+    local built_in
+    built_in=$(cat "$OUT/manifest_dir" 2>/dev/null || true)
+    if [[ -n "$built_in" && ! -e "$built_in" ]]; then
+        mkdir -p "$(dirname "$built_in")" 2>/dev/null && ln -s "$PWD" "$built_in" 2>/dev/null ||
+            echo "note: could not link $built_in to $PWD; tests reading fixtures by absolute path may fail"
+    fi
+    # Criterion would ask `cargo metadata` for its output folder; give it one.
+    export CARGO_TARGET_DIR="$logs/target"
+
+    local bin name log rc limit result
+    for bin in "$OUT"/test-*; do
+        [[ -x "$bin" ]] || continue
+        name=${bin#"$OUT"/}
+        log="$logs/$name.log"
+        limit=$(time_left "$test_timeout")
+        if ((limit < 10)); then
+            summary+=("$(printf '%-32s %s' "$name" 'SKIPPED: out of time')")
+            failures=$((failures + 1))
+            continue
+        fi
+        step "$name (timeout ${limit}s)"
+        local extra=()
+        [[ "$name" == test-kernels_compile ]] && extra=(--nocapture)
+        rc=0
+        timeout --kill-after=10 "$limit" "$bin" --color never "${extra[@]}" 2>&1 | tee "$log" || rc=$?
+        result=$(grep -E '^test result:' "$log" | tail -n 1 || true)
+        if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+            result="TIMED OUT after ${limit}s"
+        elif [[ -z "$result" ]]; then
+            result="CRASHED (exit $rc)"
+        else
+            result=$(sed -E 's/^test result: ([A-Za-z]+)\. ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1: \2 passed, \3 failed, \4 ignored/' <<<"$result")
+        fi
+        ((rc == 0)) || failures=$((failures + 1))
+        summary+=("$(printf '%-32s %s' "$name" "$result")")
+    done
+
+    local filter=()
+    [[ -n "${UNIREWARD_BENCH_FILTER:-}" ]] && filter=("$UNIREWARD_BENCH_FILTER")
+    for bin in "$OUT"/bench-*; do
+        [[ -x "$bin" ]] || continue
+        name=${bin#"$OUT"/}
+        log="$logs/$name.log"
+        limit=$(time_left "$bench_timeout")
+        if ((limit < 10)); then
+            summary+=("$(printf '%-32s %s' "$name" 'SKIPPED: out of time')")
+            failures=$((failures + 1))
+            continue
+        fi
+        step "$name (quick mode, timeout ${limit}s)"
+        rc=0
+        timeout --kill-after=10 "$limit" "$bin" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 \
+            --noplot --output-format bencher "${filter[@]}" 2>&1 | tee "$log" || rc=$?
+        # bencher format: "test <id> ... bench:   1,234,567 ns/iter (+/- 890)", the median.
+        local id ns
+        while read -r id ns; do
+            summary+=("$(printf '%-32s %-44s %s' "$name" "$id" "$(human_ns "${ns//,/}")")")
+        done < <(sed -nE 's/^test (.+) \.\.\. bench: +([0-9,]+) ns\/iter.*/\1 \2/p' "$log")
+        if ((rc != 0)); then
+            failures=$((failures + 1))
+            summary+=("$(printf '%-32s %s' "$name" "FAILED (exit $rc$( ((rc == 124 || rc == 137)) && echo ', timed out'))")")
+        fi
+    done
+
+    step "summary (test binary: results; bench: median time)"
+    [[ "$gpu" == yes ]] || echo "*** $gpu ***"
+    printf '%s\n' "${summary[@]:-nothing ran: $OUT/ holds no test or bench binaries}"
+    rm -rf "$logs"
+    if [[ "$gpu" != yes ]]; then
+        echo "FAILED: $gpu"
+        exit 1
+    fi
+    ((failures == 0)) || die "$failures test or bench binaries failed"
+    echo "all GPU checks passed in $((SECONDS - START))s"
+}
+
+case "${1:-}" in
+build) build ;;
+run) run_checks ;;
+*)
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

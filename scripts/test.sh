@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Every check of unireward, as CI runs it (.ci/run calls this). Needs only a Rust toolchain and python3.
+#
+#   ./scripts/test.sh
+#
+# 1. installs the pinned NVRTC 13.0 wheels (no GPU, no CUDA toolkit needed) into a cached virtual environment,
+#    ${UNIREWARD_CACHE:-$HOME/.cache/unireward}/nvrtc-venv, and puts their libraries on LD_LIBRARY_PATH;
+# 2. cargo fmt --check and cargo clippy -D warnings (when rustfmt / clippy are installed);
+# 3. cargo test: unit, integration and doc tests (CUDA tests are ignored without --features gpu-tests);
+# 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
+# 5. a release build and a smoke run of `unireward demo`.
+#
+# Stops at the first failure with a non-zero exit status.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly PINS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.88)
+readonly CACHE="${UNIREWARD_CACHE:-$HOME/.cache/unireward}"
+readonly VENV="$CACHE/nvrtc-venv"
+readonly START=$SECONDS
+
+step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - START))" "$*"; }
+run() {
+    printf '+ %s\n' "$*"
+    "$@"
+}
+die() {
+    printf '\nERROR: %s\n' "$*" >&2
+    exit 1
+}
+trap 'status=$?; [[ $status -eq 0 ]] || printf "\nFAILED (exit %s) after %ss: see the step above.\n" "$status" "$((SECONDS - START))" >&2' EXIT
+
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+command -v python3 >/dev/null || die "python3 not found: it installs the NVRTC wheels"
+step "toolchain"
+cargo --version
+rustc --version
+python3 --version
+
+step "NVRTC 13.0 wheels in $VENV"
+# The stamp records the pins the environment was built with; a change of pins rebuilds it.
+if [[ "$(cat "$VENV/.unireward-pins" 2>/dev/null)" != "${PINS[*]}" ]]; then
+    rm -rf "$VENV"
+    run python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+    run "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
+    echo "${PINS[*]}" >"$VENV/.unireward-pins"
+else
+    echo "cached (${PINS[*]})"
+fi
+# The wheels' layout has moved between CUDA releases (nvidia/cuda_nvrtc/lib, nvidia/cu13/lib): find the library.
+nvrtc_so=$(find "$VENV" -name 'libnvrtc.so.13*' -path '*nvidia*' ! -name '*builtins*' | sort | head -n 1)
+[[ -n "$nvrtc_so" ]] || die "libnvrtc.so.13 not found under $VENV; delete it and rerun"
+NVRTC_DIR=$(dirname "$nvrtc_so")
+export LD_LIBRARY_PATH="$NVRTC_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+
+if cargo fmt --version >/dev/null 2>&1; then
+    step "format"
+    run cargo fmt --all --check
+else
+    step "format: skipped (rustfmt not installed)"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    step "lint"
+    run cargo clippy --all-targets --all-features -- -D warnings
+else
+    step "lint: skipped (clippy not installed)"
+fi
+
+step "unit and integration tests"
+run cargo test --all-targets --no-fail-fast
+step "doc tests"
+run cargo test --doc --no-fail-fast
+
+step "NVRTC compile check (sm_80, sm_90)"
+run cargo test --test kernels_compile -- --nocapture
+
+step "release build"
+run cargo build --release
+if ./target/release/unireward --help 2>/dev/null | grep -qE '^\s+demo\b'; then
+    step "smoke run: unireward demo"
+    run cargo run --release -- demo
+else
+    step "smoke run: skipped (the binary has no demo subcommand yet)"
+fi
+
+step "all checks passed"

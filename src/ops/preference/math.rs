@@ -23,3 +23,10 @@ pub(crate) fn log1mexp(x: f64) -> f64 {
         (-x.exp()).ln_1p()
     }
 }
+
+/// (log σ(x), σ(-x)) from one exponential: the loss and the derivative magnitude of `-log σ(x)`.
+pub(crate) fn log_sigmoid_and_complement(x: f64) -> (f64, f64) {
+    let e = (-x.abs()).exp();
+    let complement = if x >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
+    (x.min(0.0) - e.ln_1p(), complement)
+}

@@ -107,11 +107,25 @@ impl Tensor {
     /// A float tensor of `dtype` from f32 values, rounding to nearest for bf16 and f16.
     pub fn from_f32(data: &[f32], shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         use half::{bf16, f16};
-        match dtype {
-            DType::F32 => Tensor::from_slice(data, shape, device),
-            DType::BF16 => Tensor::from_slice(&data.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(), shape, device),
-            DType::F16 => Tensor::from_slice(&data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(), shape, device),
-            other => Err(Error::DType { arg: "from_f32", got: other, expected: "a float dtype".into() }),
+        fn fill<T: Element>(data: &[f32], shape: &[usize], convert: fn(f32) -> T) -> Result<Tensor> {
+            let mut out = Tensor::zeros(shape, T::DTYPE, Device::Cpu)?;
+            let dst = out.as_mut_slice::<T>()?;
+            if dst.len() != data.len() {
+                return Err(Error::Shape(format!("{} values cannot fill shape {shape:?}", data.len())));
+            }
+            dst.iter_mut().zip(data).for_each(|(d, &v)| *d = convert(v));
+            Ok(out)
+        }
+        let host = match dtype {
+            DType::F32 => return Tensor::from_slice(data, shape, device),
+            DType::BF16 => fill(data, shape, bf16::from_f32)?,
+            DType::F16 => fill(data, shape, f16::from_f32)?,
+            other => return Err(Error::DType { arg: "from_f32", got: other, expected: "a float dtype".into() }),
+        };
+        if device == Device::Cpu {
+            Ok(host)
+        } else {
+            host.to_device(device)
         }
     }
 
@@ -294,10 +308,10 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         let device = self.device();
         if dtype.is_float() {
-            let values: Vec<f32> = match self.dtype {
+            let values: std::borrow::Cow<'_, [f32]> = match self.dtype {
                 DType::I32 => self.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect(),
                 DType::I64 => self.to_vec::<i64>()?.into_iter().map(|v| v as f32).collect(),
-                DType::F32 | DType::BF16 | DType::F16 => self.to_f32_cow()?.into_owned(),
+                DType::F32 | DType::BF16 | DType::F16 => self.to_f32_cow()?,
             };
             return Tensor::from_f32(&values, &self.shape, dtype, device);
         }

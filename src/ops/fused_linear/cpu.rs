@@ -102,9 +102,11 @@ pub(super) fn backward(
     let upstream = grad_logps.to_f32_cow()?;
     let scale = plan.gradient_scales(cfg, &upstream);
 
-    let mut grad_hidden = vec![0.0f32; plan.n * plan.t * h];
-    let mut grad_weight = vec![0.0f32; v * h];
-    let mut grad_bias = head.bias.map(|_| vec![0.0f32; v]);
+    // f32 accumulators; for f32 inputs they are the outputs themselves (no copy of a [V,H] gradient).
+    let mut grad_hidden = Tensor::zeros(head.hidden.shape(), DType::F32, Device::Cpu)?;
+    let mut grad_weight = Tensor::zeros(head.weight.shape(), DType::F32, Device::Cpu)?;
+    let mut grad_bias = head.bias.map(|b| Tensor::zeros(b.shape(), DType::F32, Device::Cpu)).transpose()?;
+    let (grad_hidden_acc, grad_weight_acc) = (grad_hidden.as_mut_slice::<f32>()?, grad_weight.as_mut_slice::<f32>()?);
     let mut grad_rows = vec![0.0f32; chunk_len * h];
     for chunk in plan.tokens.chunks(chunk_len) {
         let c = chunk.len();
@@ -116,12 +118,12 @@ pub(super) fn backward(
         // d_hidden rows = G·W, scattered back to their positions.
         matmul(&mut grad_rows[..c * h], g, MatRef::row_major(&f32_head.weight, v, h), 0.0);
         for (src, tok) in grad_rows.chunks_exact(h).zip(chunk) {
-            grad_hidden[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
+            grad_hidden_acc[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
         }
         // d_weight += Gᵀ·h_rows
-        matmul(&mut grad_weight, g.t(), MatRef::row_major(&rows[..c * h], c, h), 1.0);
+        matmul(grad_weight_acc, g.t(), MatRef::row_major(&rows[..c * h], c, h), 1.0);
         if let Some(gb) = grad_bias.as_mut() {
-            gb.par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
+            gb.as_mut_slice::<f32>()?.par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
                 let columns = block * 4096..block * 4096 + gb.len();
                 for row in grads[..c * v].chunks_exact(v) {
                     gb.iter_mut().zip(&row[columns.clone()]).for_each(|(acc, g)| *acc += g);
@@ -129,12 +131,12 @@ pub(super) fn backward(
             });
         }
     }
-    let out = |data: &[f32], shape: &[usize], dtype: DType| Tensor::from_f32(data, shape, dtype, Device::Cpu);
+    let cast = |acc: Tensor, dtype: DType| if dtype == DType::F32 { Ok(acc) } else { acc.to_dtype(dtype) };
     Ok(FusedLinearGrads {
-        grad_hidden: out(&grad_hidden, head.hidden.shape(), head.hidden.dtype())?,
-        grad_weight: out(&grad_weight, head.weight.shape(), head.weight.dtype())?,
+        grad_hidden: cast(grad_hidden, head.hidden.dtype())?,
+        grad_weight: cast(grad_weight, head.weight.dtype())?,
         grad_bias: match (grad_bias, head.bias) {
-            (Some(gb), Some(b)) => Some(out(&gb, b.shape(), b.dtype())?),
+            (Some(gb), Some(b)) => Some(cast(gb, b.dtype())?),
             _ => None,
         },
     })

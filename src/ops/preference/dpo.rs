@@ -151,7 +151,7 @@ pub struct PreferenceLogps<'a> {
 }
 
 impl<'a> PreferenceLogps<'a> {
-    /// Policy and reference log-probs, no token counts.
+    /// Policy log-probs only (add a reference and token counts with the builders below).
     pub fn new(policy_chosen: &'a Tensor, policy_rejected: &'a Tensor) -> Self {
         PreferenceLogps {
             policy_chosen,
@@ -388,7 +388,7 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
         _ => None,
     };
     let label_smoothing = match (kind, cfg.label_smoothing) {
-        (DpoLossType::ExoPair, ls) if ls == 0.0 => 1e-3,
+        (DpoLossType::ExoPair, 0.0) => 1e-3,
         (_, ls) => ls as f64,
     };
     let params = PairParams {

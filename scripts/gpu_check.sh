@@ -14,13 +14,14 @@
 # Through the device tool: run `scripts/gpu_check.sh build` here, then
 #   run(command="bash scripts/gpu_check.sh run", carry=["gpu-bin"], timeout_s=540)
 #
+# Under the device tool the whole log is also written to $OUT/gpu_check.log (the reply holds only its tail).
 # Environment for `run`: UNIREWARD_GPU_BUDGET (seconds, default 420), UNIREWARD_TEST_TIMEOUT (per test binary,
 # default 240), UNIREWARD_BENCH_TIMEOUT (per bench binary, default 150), UNIREWARD_BENCH_FILTER (a criterion
 # filter, default: every bench).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-readonly OUT=gpu-bin
+readonly BIN=gpu-bin
 readonly START=$SECONDS
 
 step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - START))" "$*"; }
@@ -56,8 +57,8 @@ build() {
     local tests benches
     tests=$(cargo test --release --features gpu-tests --no-run --message-format=json-render-diagnostics | executables)
     benches=$(cargo bench --features gpu-tests --no-run --message-format=json-render-diagnostics | executables)
-    rm -rf "$OUT"
-    mkdir -p "$OUT"
+    rm -rf "$BIN"
+    mkdir -p "$BIN"
     local kind name exe dest
     while read -r kind name exe; do
         case "$kind" in
@@ -68,24 +69,24 @@ build() {
         bin) dest="$name" ;;
         *) continue ;;
         esac
-        cp "$exe" "$OUT/$dest"
+        cp "$exe" "$BIN/$dest"
         # Debug info is most of the size; the symbol table stays, so backtraces still name functions.
-        strip --strip-debug "$OUT/$dest" 2>/dev/null || echo "note: could not strip $dest"
+        strip --strip-debug "$BIN/$dest" 2>/dev/null || echo "note: could not strip $dest"
         echo "$dest  <-  $exe"
     done < <(printf '%s\n%s\n' "$tests" "$benches" | sort -u)
     # Tests may read fixtures through the absolute CARGO_MANIFEST_DIR baked in at build time; `run` recreates it.
-    pwd >"$OUT/manifest_dir"
+    pwd >"$BIN/manifest_dir"
     {
         echo "built $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
         echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
         rustc --version
-    } >"$OUT/BUILD_INFO"
+    } >"$BIN/BUILD_INFO"
     step "carry size (must stay under 64 MiB)"
-    ls -lh "$OUT"
+    ls -lh "$BIN"
     local bytes
-    bytes=$(du -sb "$OUT" | cut -f1)
+    bytes=$(du -sb "$BIN" | cut -f1)
     printf 'total: %s MiB\n' "$((bytes / 1048576))"
-    ((bytes < 64 * 1048576)) || die "$OUT is $((bytes / 1048576)) MiB: over the device tool's 64 MiB carry limit"
+    ((bytes < 64 * 1048576)) || die "$BIN is $((bytes / 1048576)) MiB: over the device tool's 64 MiB carry limit"
     echo
     echo 'next, through the device tool: run(command="bash scripts/gpu_check.sh run", carry=["gpu-bin"], timeout_s=540)'
 }
@@ -113,11 +114,16 @@ cuda_library_path() {
     export LD_LIBRARY_PATH="$joined${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
 
-# Seconds left of the budget, at most $1.
-time_left() {
+# The time limit of the next step: $1 seconds, cut to what is left of the budget; 0 (skip it) under 10 s left.
+step_limit() {
     local left=$((BUDGET - (SECONDS - START)))
-    ((left > $1)) && left=$1
-    echo "$left"
+    if ((left < 10)); then
+        echo 0
+    elif ((left < $1)); then
+        echo "$left"
+    else
+        echo "$1"
+    fi
 }
 
 # Human-readable nanoseconds.
@@ -128,12 +134,19 @@ human_ns() {
 }
 
 run_checks() {
-    [[ -d "$OUT" ]] || die "$OUT/ is missing: run 'scripts/gpu_check.sh build' where Rust is installed, then carry $OUT"
+    [[ -d "$BIN" ]] || die "$BIN/ is missing: run 'scripts/gpu_check.sh build' where Rust is installed, then carry $BIN"
     BUDGET=${UNIREWARD_GPU_BUDGET:-420}
     local test_timeout=${UNIREWARD_TEST_TIMEOUT:-240} bench_timeout=${UNIREWARD_BENCH_TIMEOUT:-150}
     local failures=0 gpu=yes summary=() logs
     logs=$(mktemp -d)
-    cat "$OUT/BUILD_INFO" 2>/dev/null || true
+    # Under the device tool, $OUT is a folder that comes back: keep the whole log there.
+    if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
+        exec > >(tee "$OUT/gpu_check.log") 2>&1
+        # On exit, close our end and let tee write the last lines (the summary) before the tool reads the output.
+        TEE_PID=$!
+        trap 'exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null || true' EXIT
+    fi
+    cat "$BIN/BUILD_INFO" 2>/dev/null || true
 
     step "GPU"
     cuda_library_path
@@ -149,7 +162,7 @@ run_checks() {
     # Fixture paths compiled in as absolute paths under the build machine's checkout: point that path here.
     export CARGO_MANIFEST_DIR=$PWD
     local built_in
-    built_in=$(cat "$OUT/manifest_dir" 2>/dev/null || true)
+    built_in=$(cat "$BIN/manifest_dir" 2>/dev/null || true)
     if [[ -n "$built_in" && ! -e "$built_in" ]]; then
         mkdir -p "$(dirname "$built_in")" 2>/dev/null && ln -s "$PWD" "$built_in" 2>/dev/null ||
             echo "note: could not link $built_in to $PWD; tests reading fixtures by absolute path may fail"
@@ -158,13 +171,13 @@ run_checks() {
     export CARGO_TARGET_DIR="$logs/target"
 
     local bin name log rc limit result
-    for bin in "$OUT"/test-*; do
+    for bin in "$BIN"/test-*; do
         [[ -x "$bin" ]] || continue
-        name=${bin#"$OUT"/}
+        name=${bin#"$BIN"/}
         log="$logs/$name.log"
-        limit=$(time_left "$test_timeout")
-        if ((limit < 10)); then
-            summary+=("$(printf '%-32s %s' "$name" 'SKIPPED: out of time')")
+        limit=$(step_limit "$test_timeout")
+        if ((limit == 0)); then
+            summary+=("$(printf '%-42s %s' "$name" 'SKIPPED: out of time')")
             failures=$((failures + 1))
             continue
         fi
@@ -182,18 +195,38 @@ run_checks() {
             result=$(sed -E 's/^test result: ([A-Za-z]+)\. ([0-9]+) passed; ([0-9]+) failed; ([0-9]+) ignored.*/\1: \2 passed, \3 failed, \4 ignored/' <<<"$result")
         fi
         ((rc == 0)) || failures=$((failures + 1))
-        summary+=("$(printf '%-32s %s' "$name" "$result")")
+        summary+=("$(printf '%-42s %s' "$name" "$result")")
     done
+
+    # The command line on the GPU: what a user runs first.
+    if [[ -x "$BIN/unireward" ]]; then
+        local smoke
+        for smoke in "devices" "demo --device cuda" "demo --device cuda --dtype bf16"; do
+            limit=$(step_limit 120)
+            if ((limit == 0)); then
+                summary+=("$(printf '%-42s %s' "unireward $smoke" 'SKIPPED: out of time')")
+                failures=$((failures + 1))
+                continue
+            fi
+            step "unireward $smoke (timeout ${limit}s)"
+            rc=0
+            # shellcheck disable=SC2086 # the subcommand and its flags are split on purpose
+            timeout --kill-after=10 "$limit" "$BIN/unireward" $smoke 2>&1 || rc=$?
+            ((rc == 0)) && result=ok || result="FAILED (exit $rc)"
+            ((rc == 0)) || failures=$((failures + 1))
+            summary+=("$(printf '%-42s %s' "unireward $smoke" "$result")")
+        done
+    fi
 
     local filter=()
     [[ -n "${UNIREWARD_BENCH_FILTER:-}" ]] && filter=("$UNIREWARD_BENCH_FILTER")
-    for bin in "$OUT"/bench-*; do
+    for bin in "$BIN"/bench-*; do
         [[ -x "$bin" ]] || continue
-        name=${bin#"$OUT"/}
+        name=${bin#"$BIN"/}
         log="$logs/$name.log"
-        limit=$(time_left "$bench_timeout")
-        if ((limit < 10)); then
-            summary+=("$(printf '%-32s %s' "$name" 'SKIPPED: out of time')")
+        limit=$(step_limit "$bench_timeout")
+        if ((limit == 0)); then
+            summary+=("$(printf '%-42s %s' "$name" 'SKIPPED: out of time')")
             failures=$((failures + 1))
             continue
         fi
@@ -204,17 +237,17 @@ run_checks() {
         # bencher format: "test <id> ... bench:   1,234,567 ns/iter (+/- 890)", the median.
         local id ns
         while read -r id ns; do
-            summary+=("$(printf '%-32s %-44s %s' "$name" "$id" "$(human_ns "${ns//,/}")")")
+            summary+=("$(printf '%-42s %-44s %s' "$name" "$id" "$(human_ns "${ns//,/}")")")
         done < <(sed -nE 's/^test (.+) \.\.\. bench: +([0-9,]+) ns\/iter.*/\1 \2/p' "$log")
         if ((rc != 0)); then
             failures=$((failures + 1))
-            summary+=("$(printf '%-32s %s' "$name" "FAILED (exit $rc$( ((rc == 124 || rc == 137)) && echo ', timed out'))")")
+            summary+=("$(printf '%-42s %s' "$name" "FAILED (exit $rc$( ((rc == 124 || rc == 137)) && echo ', timed out'))")")
         fi
     done
 
     step "summary (test binary: results; bench: median time)"
     [[ "$gpu" == yes ]] || echo "*** $gpu ***"
-    printf '%s\n' "${summary[@]:-nothing ran: $OUT/ holds no test or bench binaries}"
+    printf '%s\n' "${summary[@]:-nothing ran: $BIN/ holds no test or bench binaries}"
     rm -rf "$logs"
     if [[ "$gpu" != yes ]]; then
         echo "FAILED: $gpu"

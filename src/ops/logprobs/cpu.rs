@@ -31,6 +31,12 @@ fn token_stats<T: FloatElement>(logits: &[T], tokens: &[CountedToken], v: usize)
         .collect()
 }
 
+/// Host bytes of per-token bookkeeping at the backward's peak (the counted tokens and one plan per row), for
+/// [`super::compare_fused_vs_naive`].
+pub(super) fn bookkeeping_bytes(dims: Dims) -> usize {
+    dims.n * dims.t * (std::mem::size_of::<CountedToken>() + std::mem::size_of::<RowPlan>())
+}
+
 /// Per row of [N·T]: the label, the saved logsumexp and the gradient factor, or `None` for rows that do not count.
 type RowPlan = Option<(usize, f32, f32)>;
 

@@ -6,11 +6,13 @@
 //! A token counts when its label is not the ignore index and, if a mask is given, its mask is nonzero. Rows that
 //! do not count are skipped by the forward (their saved `lse` is 0) and get a zero gradient.
 
+mod compare;
 mod cpu;
 mod cuda;
 mod naive;
 pub mod row;
 
+pub use compare::{compare_fused_vs_naive, ComparisonReport, PathReport};
 pub use naive::{naive_sequence_logprobs, naive_sequence_logprobs_backward};
 
 use crate::ops::check;

@@ -10,7 +10,7 @@ use super::{
     SequenceLogProbs,
 };
 use crate::ops::tokens;
-use crate::runtime::{Device, FloatElement, Tensor};
+use crate::runtime::{DType, Device, FloatElement, Tensor};
 use crate::{Error, Result};
 
 /// Sequence log-probabilities through a materialised f32 log-softmax (same outputs as
@@ -81,6 +81,13 @@ pub fn naive_sequence_logprobs_backward(
         out.as_mut_slice::<T>()?.par_iter_mut().zip(&grad).for_each(|(o, &g)| *o = T::from_f32(g));
     });
     Ok(out)
+}
+
+/// Bytes the naive path allocates beyond its inputs at its peak (the backward's f32 buffer plus its result), for
+/// [`super::compare_fused_vs_naive`]; the forward's log-softmax is freed before the backward starts.
+pub(super) fn peak_bytes(dims: Dims, dtype: DType) -> usize {
+    let elements = dims.n * dims.t * dims.v;
+    elements * (4 + dtype.size_in_bytes())
 }
 
 /// The materialised log-softmax of every row, and each row's logsumexp.

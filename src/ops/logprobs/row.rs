@@ -35,59 +35,81 @@ pub struct RowStats {
 /// numbers, so it stays exact for logits of magnitude 1e4.
 #[inline]
 pub fn row_stats<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { avx2::row_stats(row, target) };
-    }
-    row_stats_impl(row, target)
+    dispatch!(row_stats_impl::<T>(row, target))
 }
 
 /// Writes `scale · (softmax(row) − onehot(target))` into `out` (as long as `row`) given the row's logsumexp.
 #[inline]
 pub fn row_grad<T: FloatElement>(row: &[T], lse: f32, target: usize, scale: f32, out: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { avx2::row_grad(row, lse, target, scale, out) };
-    }
-    row_grad_impl(row, lse, target, scale, out)
+    dispatch!(row_grad_impl::<T>(row, lse, target, scale, out))
 }
 
 /// [`row_grad`] over the row itself, replacing the logits by their gradient.
 #[inline]
 pub fn row_grad_in_place<T: FloatElement>(row: &mut [T], lse: f32, target: usize, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { avx2::row_grad_in_place(row, lse, target, scale) };
-    }
-    row_grad_in_place_impl(row, lse, target, scale)
+    dispatch!(row_grad_in_place_impl::<T>(row, lse, target, scale))
 }
 
-/// The same bodies compiled with AVX2 enabled (the default x86-64 target has SSE2 only).
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::*;
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn row_stats<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats {
-        row_stats_impl(row, target)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn row_grad<T: FloatElement>(row: &[T], lse: f32, target: usize, scale: f32, out: &mut [T]) {
-        row_grad_impl(row, lse, target, scale, out)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn row_grad_in_place<T: FloatElement>(row: &mut [T], lse: f32, target: usize, scale: f32) {
-        row_grad_in_place_impl(row, lse, target, scale)
-    }
+/// Calls the widest variant of `$f` this CPU runs: AVX-512, AVX2 + FMA, or the portable build (the default
+/// x86-64 target has SSE2 only).
+macro_rules! dispatch {
+    ($f:ident::<$t:ty>($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (which implies AVX2 and FMA), checked just above.
+                return unsafe { avx512::$f::<$t>($($arg),*) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                return unsafe { avx2::$f::<$t>($($arg),*) };
+            }
+        }
+        $f::<$t, false>($($arg),*)
+    }};
 }
+use dispatch;
+
+/// The row functions compiled with `$features` enabled, with fused multiply-adds.
+macro_rules! simd_variant {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn row_stats_impl<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats {
+                super::row_stats_impl::<T, true>(row, target)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn row_grad_impl<T: FloatElement>(
+                row: &[T],
+                lse: f32,
+                target: usize,
+                scale: f32,
+                out: &mut [T],
+            ) {
+                super::row_grad_impl::<T, true>(row, lse, target, scale, out)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn row_grad_in_place_impl<T: FloatElement>(
+                row: &mut [T],
+                lse: f32,
+                target: usize,
+                scale: f32,
+            ) {
+                super::row_grad_in_place_impl::<T, true>(row, lse, target, scale)
+            }
+        }
+    };
+}
+simd_variant!(avx2, "avx2,fma");
+simd_variant!(avx512, "avx512f");
 
 #[inline(always)]
-fn row_stats_impl<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats {
+fn row_stats_impl<T: FloatElement, const FMA: bool>(row: &[T], target: Option<usize>) -> RowStats {
     let mut buf = [0.0f32; BLOCK];
     let mut max = f32::NEG_INFINITY;
     // Σ e, Σ e·d and Σ x over the blocks seen so far, relative to `max`.
@@ -106,7 +128,8 @@ fn row_stats_impl<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats
             max = block_max;
         }
         // While every logit so far is −∞ there is nothing to add but their sum (and x − max would be NaN).
-        let (bs, bsd, bsx) = if max == f32::NEG_INFINITY { (0.0, 0.0, xs.iter().sum()) } else { block_sums(xs, max) };
+        let (bs, bsd, bsx) =
+            if max == f32::NEG_INFINITY { (0.0, 0.0, xs.iter().sum()) } else { block_sums::<FMA>(xs, max) };
         s += bs as f64;
         sd += bsd as f64;
         sx += bsx as f64;
@@ -122,36 +145,52 @@ fn row_stats_impl<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats
 }
 
 #[inline(always)]
-fn row_grad_impl<T: FloatElement>(row: &[T], lse: f32, target: usize, scale: f32, out: &mut [T]) {
-    let mut buf = [0.0f32; BLOCK];
+fn row_grad_impl<T: FloatElement, const FMA: bool>(row: &[T], lse: f32, target: usize, scale: f32, out: &mut [T]) {
     let target_value = row[target].to_f32();
-    for (src, dst) in row.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
-        let xs = &mut buf[..src.len()];
-        widen_into(src, xs);
-        softmax_block(xs, lse, scale);
-        narrow(xs, dst);
+    if T::DTYPE == DType::F32 {
+        softmax_into::<FMA>(bytemuck::cast_slice(row), lse, scale, bytemuck::cast_slice_mut(out));
+    } else {
+        let mut buf = [0.0f32; BLOCK];
+        for (src, dst) in row.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+            let xs = &mut buf[..src.len()];
+            widen_into(src, xs);
+            softmax_in_place::<FMA>(xs, lse, scale);
+            narrow(xs, dst);
+        }
     }
-    out[target] = T::from_f32(scale * (exp_approx(target_value - lse) - 1.0));
+    out[target] = T::from_f32(scale * (exp_approx::<FMA>(target_value - lse) - 1.0));
 }
 
 #[inline(always)]
-fn row_grad_in_place_impl<T: FloatElement>(row: &mut [T], lse: f32, target: usize, scale: f32) {
-    let mut buf = [0.0f32; BLOCK];
+fn row_grad_in_place_impl<T: FloatElement, const FMA: bool>(row: &mut [T], lse: f32, target: usize, scale: f32) {
     let target_value = row[target].to_f32();
-    for block in row.chunks_mut(BLOCK) {
-        let xs = &mut buf[..block.len()];
-        widen_into(block, xs);
-        softmax_block(xs, lse, scale);
-        narrow(xs, block);
+    if T::DTYPE == DType::F32 {
+        softmax_in_place::<FMA>(bytemuck::cast_slice_mut(row), lse, scale);
+    } else {
+        let mut buf = [0.0f32; BLOCK];
+        for block in row.chunks_mut(BLOCK) {
+            let xs = &mut buf[..block.len()];
+            widen_into(block, xs);
+            softmax_in_place::<FMA>(xs, lse, scale);
+            narrow(xs, block);
+        }
     }
-    row[target] = T::from_f32(scale * (exp_approx(target_value - lse) - 1.0));
+    row[target] = T::from_f32(scale * (exp_approx::<FMA>(target_value - lse) - 1.0));
+}
+
+/// `out[i] = scale · exp(xs[i] − lse)`.
+#[inline(always)]
+fn softmax_into<const FMA: bool>(xs: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = scale * exp_approx::<FMA>(x - lse);
+    }
 }
 
 /// `xs[i] = scale · exp(xs[i] − lse)`.
 #[inline(always)]
-fn softmax_block(xs: &mut [f32], lse: f32, scale: f32) {
+fn softmax_in_place<const FMA: bool>(xs: &mut [f32], lse: f32, scale: f32) {
     for x in xs {
-        *x = scale * exp_approx(*x - lse);
+        *x = scale * exp_approx::<FMA>(*x - lse);
     }
 }
 
@@ -173,16 +212,16 @@ fn lane_max(xs: &[f32]) -> f32 {
 
 /// (Σ e, Σ e·d, Σ x) over a block with `d = x − max`, `e = exp(d)`.
 #[inline(always)]
-fn block_sums(xs: &[f32], max: f32) -> (f32, f32, f32) {
+fn block_sums<const FMA: bool>(xs: &[f32], max: f32) -> (f32, f32, f32) {
     let mut s = [0.0f32; LANES];
     let mut sd = [0.0f32; LANES];
     let mut sx = [0.0f32; LANES];
     let mut push = |lane: usize, x: f32| {
-        let d = x - max;
-        let e = exp_approx(d);
+        // Clamped so that a logit of −∞ (e = 0) adds 0·(−87) to Σ e·d, not 0·∞ = NaN.
+        let d = (x - max).max(-87.0);
+        let e = exp_approx::<FMA>(d);
         s[lane] += e;
-        // A logit of −∞ has e = 0 and contributes nothing (not 0·∞ = NaN).
-        sd[lane] += if e > 0.0 { e * d } else { 0.0 };
+        sd[lane] = madd::<FMA>(e, d, sd[lane]);
         sx[lane] += x;
     };
     let mut chunks = xs.chunks_exact(LANES);
@@ -197,27 +236,35 @@ fn block_sums(xs: &[f32], max: f32) -> (f32, f32, f32) {
     (s.iter().sum(), sd.iter().sum(), sx.iter().sum())
 }
 
+/// `a·b + c`, fused in the variants compiled with FMA (elsewhere `mul_add` would be a slow libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `exp(d)` for `d ≤ 88` to about 1 ulp (Cephes' expf polynomial), branch-free so that loops over it vectorise;
 /// 0 below −87, where the true value is under f32's normal range and negligible against a sum ≥ 1.
 #[inline(always)]
-pub(crate) fn exp_approx(d: f32) -> f32 {
+fn exp_approx<const FMA: bool>(d: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2²³: adding it rounds to an integer, which lands in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let x = if d < -87.0 { -87.0 } else { d };
-    let shifted = x * LOG2E + ROUND;
+    let x = d.max(-87.0);
+    let shifted = madd::<FMA>(x, LOG2E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let poly = p * r * r + r + 1.0;
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = madd::<FMA>(p, r, c);
+    }
+    let poly = madd::<FMA>(p, r * r, r + 1.0);
     // 2ⁿ from the integer in `shifted`'s mantissa: bits(shifted) = bits(ROUND) + n.
     let pow2 = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     if d < -87.0 {
@@ -275,12 +322,54 @@ mod tests {
         let mut d = -90.0f32;
         while d <= 1.0 {
             let want = d.exp();
-            let got = exp_approx(d);
+            let got = exp_approx::<false>(d);
             let tol = if d < -87.0 { 1e-37 } else { 3e-7 * want };
             assert!((got - want).abs() <= tol, "exp({d}) = {got}, want {want}");
             d += 0.0137;
         }
-        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_approx::<false>(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// Every variant this CPU can run (portable, AVX2 + FMA, AVX-512) against an f64 loop.
+    #[test]
+    fn every_variant_matches_f64() {
+        let row: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 1013) as f32 / 64.0 - 8.0).collect();
+        let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+        let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let entropy = -row.iter().map(|&x| (x as f64 - lse).exp() * (x as f64 - lse)).sum::<f64>();
+        type Stats = fn(&[f32], Option<usize>) -> RowStats;
+        type Grad = fn(&[f32], f32, usize, f32, &mut [f32]);
+        let mut variants: Vec<(&str, Stats, Grad)> =
+            vec![("portable", row_stats_impl::<f32, false>, row_grad_impl::<f32, false>)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY (both closures): called only when the CPU has the variant's features.
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                variants.push((
+                    "avx2",
+                    |r, t| unsafe { avx2::row_stats_impl(r, t) },
+                    |r, l, t, s, o| unsafe { avx2::row_grad_impl(r, l, t, s, o) },
+                ));
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                variants.push((
+                    "avx512",
+                    |r, t| unsafe { avx512::row_stats_impl(r, t) },
+                    |r, l, t, s, o| unsafe { avx512::row_grad_impl(r, l, t, s, o) },
+                ));
+            }
+        }
+        for (name, stats, grad) in variants {
+            let s = stats(&row, Some(123));
+            assert!((s.lse as f64 - lse).abs() < 1e-5 * lse.abs(), "{name}: lse {} vs {lse}", s.lse);
+            assert!((s.entropy as f64 - entropy).abs() < 1e-5 * entropy, "{name}: entropy {} vs {entropy}", s.entropy);
+            let mut out = vec![0.0f32; row.len()];
+            grad(&row, s.lse, 123, 2.0, &mut out);
+            for (j, (&g, &x)) in out.iter().zip(&row).enumerate() {
+                let want = 2.0 * ((x as f64 - lse).exp() - if j == 123 { 1.0 } else { 0.0 });
+                assert!((g as f64 - want).abs() < 1e-5 * want.abs().max(1e-3), "{name}: grad[{j}] {g} vs {want}");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::runtime::{Device, Tensor};
 use crate::{Error, Result};
 
 use super::args::{non_finite_is_an_error, same_float_dtype};
-use super::math::{log_sigmoid, sigmoid};
+use super::math::sigmoid;
 use super::{cuda, diffusion_dpo_cpu};
 
 /// Predictions and targets, each of shape [B, D...] (flattened after B), one float dtype, one device. Winner and
@@ -144,9 +144,10 @@ impl PerSample {
             // diffusers: inside = -½β(model_diff - ref_diff); loss = -logσ(inside); the model MSEs' gradient is
             // 2(pred - target)/D, and d inside / d mse_w = -½β = -d inside / d mse_l.
             let inside = -0.5 * beta * ((mse(0, b) - mse(1, b)) - (mse(2, b) - mse(3, b)));
-            loss -= log_sigmoid(inside);
+            let s = sigmoid(inside);
+            loss -= s.log_pos;
             correct += if inside > 0.0 { 1.0 } else { 0.0 };
-            let c = cfg.grad_output as f64 * sigmoid(-inside) * beta / (batch * width) as f64;
+            let c = cfg.grad_output as f64 * s.neg * beta / (batch * width) as f64;
             coefficients[b] = c;
             coefficients[batch + b] = -c;
         }

@@ -2,7 +2,7 @@
 
 use super::dpo::{stat, DpoLossType, PairParams, Plan, PreferenceLogps};
 use super::host;
-use super::math::{log1mexp, log_sigmoid, sigmoid};
+use super::math::{log1mexp, sigmoid};
 use super::reduce::sum_items;
 use crate::{Result, Tensor};
 
@@ -27,29 +27,23 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
         // TRL sigmoid: -logσ(βz)(1-ε) - logσ(-βz)ε. SimPO (CPO): the same with z - γ/β.
         DpoLossType::Sigmoid | DpoLossType::Simpo => {
             let z = if p.kind == DpoLossType::Simpo { z - p.gamma / beta } else { z };
-            let u = beta * z;
-            of_z(
-                -(1.0 - eps) * log_sigmoid(u) - eps * log_sigmoid(-u),
-                beta * (-(1.0 - eps) * sigmoid(-u) + eps * sigmoid(u)),
-            )
+            let s = sigmoid(beta * z);
+            of_z(-(1.0 - eps) * s.log_pos - eps * s.log_neg, beta * (-(1.0 - eps) * s.neg + eps * s.pos))
         }
         // TRL robust: (-logσ(βz)(1-ε) + logσ(-βz)ε) / (1-2ε).
         DpoLossType::Robust => {
-            let u = beta * z;
+            let s = sigmoid(beta * z);
             let k = 1.0 / (1.0 - 2.0 * eps);
-            of_z(
-                k * (-(1.0 - eps) * log_sigmoid(u) + eps * log_sigmoid(-u)),
-                k * beta * (-(1.0 - eps) * sigmoid(-u) - eps * sigmoid(u)),
-            )
+            of_z(k * (-(1.0 - eps) * s.log_pos + eps * s.log_neg), k * beta * (-(1.0 - eps) * s.neg - eps * s.pos))
         }
         // TRL exo_pair: σ(βz)(logσ(βz) - log(1-ε)) + σ(-βz)(logσ(-βz) - log ε); the derivative simplifies to
         // β σ(u)σ(-u) (u - log((1-ε)/ε)).
         DpoLossType::ExoPair => {
             let u = beta * z;
-            let (s, t) = (sigmoid(u), sigmoid(-u));
+            let s = sigmoid(u);
             of_z(
-                s * (log_sigmoid(u) - (1.0 - eps).ln()) + t * (log_sigmoid(-u) - eps.ln()),
-                beta * s * t * (u - ((1.0 - eps) / eps).ln()),
+                s.pos * (s.log_pos - (1.0 - eps).ln()) + s.neg * (s.log_neg - eps.ln()),
+                beta * s.pos * s.neg * (u - ((1.0 - eps) / eps).ln()),
             )
         }
         // TRL hinge: relu(1 - βz) (torch's relu has derivative 0 at 0).
@@ -64,21 +58,21 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
         }
         // TRL bco_pair: -logσ(βa - δ) - logσ(-(βb - δ)).
         DpoLossType::BcoPair => {
-            let (u, v) = (beta * a - p.delta, beta * b - p.delta);
+            let (u, v) = (sigmoid(beta * a - p.delta), sigmoid(beta * b - p.delta));
             PairTerms {
-                loss: -log_sigmoid(u) - log_sigmoid(-v),
-                d_chosen: -beta * sigmoid(-u),
-                d_rejected: beta * sigmoid(v),
+                loss: -u.log_pos - v.log_neg,
+                d_chosen: -beta * u.neg,
+                d_rejected: beta * v.pos,
                 ..Default::default()
             }
         }
         // TRL nca_pair: -logσ(βa) - ½logσ(-βa) - ½logσ(-βb).
         DpoLossType::NcaPair => {
-            let (u, v) = (beta * a, beta * b);
+            let (u, v) = (sigmoid(beta * a), sigmoid(beta * b));
             PairTerms {
-                loss: -log_sigmoid(u) - 0.5 * log_sigmoid(-u) - 0.5 * log_sigmoid(-v),
-                d_chosen: beta * (-sigmoid(-u) + 0.5 * sigmoid(u)),
-                d_rejected: beta * 0.5 * sigmoid(v),
+                loss: -u.log_pos - 0.5 * u.log_neg - 0.5 * v.log_neg,
+                d_chosen: beta * (-u.neg + 0.5 * u.pos),
+                d_rejected: beta * 0.5 * v.pos,
                 ..Default::default()
             }
         }
@@ -89,21 +83,21 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
         }
         // TRL apo_zero: (1 - σ(βa)) + σ(βb).
         DpoLossType::ApoZero => {
-            let (u, v) = (beta * a, beta * b);
+            let (u, v) = (sigmoid(beta * a), sigmoid(beta * b));
             PairTerms {
-                loss: 1.0 - sigmoid(u) + sigmoid(v),
-                d_chosen: -beta * sigmoid(u) * sigmoid(-u),
-                d_rejected: beta * sigmoid(v) * sigmoid(-v),
+                loss: 1.0 - u.pos + v.pos,
+                d_chosen: -beta * u.pos * u.neg,
+                d_rejected: beta * v.pos * v.neg,
                 ..Default::default()
             }
         }
         // TRL apo_down: σ(βa) + (1 - σ(β(a - b))).
         DpoLossType::ApoDown => {
-            let (u, w) = (beta * a, beta * z);
-            let dw = beta * sigmoid(w) * sigmoid(-w);
+            let (u, w) = (sigmoid(beta * a), sigmoid(beta * z));
+            let dw = beta * w.pos * w.neg;
             PairTerms {
-                loss: sigmoid(u) + 1.0 - sigmoid(w),
-                d_chosen: beta * sigmoid(u) * sigmoid(-u) - dw,
+                loss: u.pos + 1.0 - w.pos,
+                d_chosen: beta * u.pos * u.neg - dw,
                 d_rejected: dw,
                 ..Default::default()
             }
@@ -112,13 +106,13 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
         // d log_odds / da = 1/(1 - e^a), d log_odds / db = -1/(1 - e^b).
         DpoLossType::Orpo => {
             let log_odds = z - (log1mexp(a) - log1mexp(b));
-            let ratio = log_sigmoid(log_odds);
-            let d = -beta * sigmoid(-log_odds);
+            let s = sigmoid(log_odds);
+            let d = -beta * s.neg;
             PairTerms {
-                loss: -beta * ratio,
+                loss: -beta * s.log_pos,
                 d_chosen: d / -a.exp_m1(),
                 d_rejected: d / b.exp_m1(),
-                log_odds_ratio: ratio,
+                log_odds_ratio: s.log_pos,
                 log_odds,
             }
         }

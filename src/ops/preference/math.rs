@@ -1,17 +1,27 @@
 //! Numerically safe scalar functions in f64, shared by the CPU paths of the family.
 
-/// log σ(x) = -softplus(-x), exact for |x| in the thousands.
-pub(crate) fn log_sigmoid(x: f64) -> f64 {
-    x.min(0.0) - (-x.abs()).exp().ln_1p()
+/// log σ(±x) and σ(±x), exact for |x| in the thousands.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sigmoid {
+    /// log σ(x)
+    pub log_pos: f64,
+    /// log σ(-x)
+    pub log_neg: f64,
+    /// σ(x)
+    pub pos: f64,
+    /// σ(-x)
+    pub neg: f64,
 }
 
-/// σ(x) without overflow for either sign.
-pub(crate) fn sigmoid(x: f64) -> f64 {
+/// [`Sigmoid`] of `x` from one exponential and one logarithm (e^{-|x|} never overflows).
+pub(crate) fn sigmoid(x: f64) -> Sigmoid {
+    let e = (-x.abs()).exp();
+    let l = e.ln_1p();
+    let (small, large) = (e / (1.0 + e), 1.0 / (1.0 + e));
     if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+        Sigmoid { log_pos: -l, log_neg: -x - l, pos: large, neg: small }
     } else {
-        let e = x.exp();
-        e / (1.0 + e)
+        Sigmoid { log_pos: x - l, log_neg: -l, pos: small, neg: large }
     }
 }
 
@@ -22,11 +32,4 @@ pub(crate) fn log1mexp(x: f64) -> f64 {
     } else {
         (-x.exp()).ln_1p()
     }
-}
-
-/// (log σ(x), σ(-x)) from one exponential: the loss and the derivative magnitude of `-log σ(x)`.
-pub(crate) fn log_sigmoid_and_complement(x: f64) -> (f64, f64) {
-    let e = (-x.abs()).exp();
-    let complement = if x >= 0.0 { e / (1.0 + e) } else { 1.0 / (1.0 + e) };
-    (x.min(0.0) - e.ln_1p(), complement)
 }

@@ -1,7 +1,7 @@
 //! Reward-model losses on the CPU, per pair or per group in f64.
 
 use super::host;
-use super::math::log_sigmoid_and_complement;
+use super::math::sigmoid;
 use super::reduce::sum_items;
 use super::reward_model::{bt_stat, BradleyTerryPlan, KwiseMethod, KwisePlan};
 use crate::{Result, Tensor};
@@ -20,12 +20,12 @@ pub(crate) fn bradley_terry(
         // TRL: -logσ(r_c - r_r - margin) + c·(r_c + r_r)², each averaged over pairs.
         let d = rc[i] - rr[i] - margin.as_ref().map_or(0.0, |m| m[i]);
         let center = rc[i] + rr[i];
-        let (log_sig, complement) = log_sigmoid_and_complement(d);
-        let g = -complement;
+        let s = sigmoid(d);
+        let g = -s.neg;
         grad[0] = plan.mean_scale * (g + 2.0 * plan.coefficient * center);
         grad[1] = plan.mean_scale * (-g + 2.0 * plan.coefficient * center);
         let accurate = if rc[i] > rr[i] { 1.0 } else { 0.0 };
-        [-log_sig, center * center, accurate, rc[i], rr[i]]
+        [-s.log_pos, center * center, accurate, rc[i], rr[i]]
     });
     let (gc, gr): (Vec<f64>, Vec<f64>) = grads.chunks(2).map(|g| (g[0], g[1])).unzip();
     let dtype = chosen.dtype();
@@ -65,9 +65,9 @@ fn group_loss(method: KwiseMethod, x: &[f64], d: &mut [f64]) -> f64 {
             let mut loss = 0.0;
             for i in 0..k {
                 for j in i + 1..k {
-                    let (log_sig, complement) = log_sigmoid_and_complement(x[i] - x[j]);
-                    loss -= log_sig;
-                    let g = complement / pairs;
+                    let s = sigmoid(x[i] - x[j]);
+                    loss -= s.log_pos;
+                    let g = s.neg / pairs;
                     d[i] -= g;
                     d[j] += g;
                 }

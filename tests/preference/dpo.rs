@@ -269,6 +269,17 @@ fn sigmoid_with_rpo_matches_a_plain_f64_loop() {
     assert_close("loss", out.loss as f64, loss, 1e-5, 0.0);
     assert_all_close("grad chosen", &values(&out.grad_policy_chosen), &grad_c, 1e-5);
     assert_close("nll", out.metrics.nll_loss.expect("nll") as f64, -chosen_sum / tokens, 1e-5, 0.0);
+
+    // Token counts may be i32 as well as i64.
+    let t = Tensors::new(&case, DType::F32, Device::Cpu);
+    let (lc32, lr32): (Vec<i32>, Vec<i32>) = lc.iter().map(|&v| (v as i32, 1)).unzip();
+    let lc32 = Tensor::from_slice(&lc32, &[pairs], Device::Cpu).expect("i32");
+    let lr32 = Tensor::from_slice(&lr32, &[pairs], Device::Cpu).expect("i32");
+    let (rc, rr) = t.reference.as_ref().expect("reference");
+    let inputs = PreferenceLogps::new(&t.pc, &t.pr).with_reference(rc, rr).with_lengths(&lc32, &lr32);
+    let out32 = dpo_loss(&inputs, &cfg).expect("i32 lengths");
+    assert_eq!(out32.loss, out.loss);
+    assert_eq!(values(&out32.grad_policy_chosen), values(&out.grad_policy_chosen));
 }
 
 /// Large batches are summed in fixed chunks: the result does not depend on the thread pool.
@@ -417,4 +428,16 @@ fn cuda_matches_cpu() {
             }
         }
     }
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn device_mismatch_is_an_error() {
+    let gpu = cuda();
+    let on_cpu = tensor(&[-1.0, -2.0], &[2], DType::F32, Device::Cpu);
+    let on_gpu = tensor(&[-1.0, -2.0], &[2], DType::F32, gpu);
+    let inputs = PreferenceLogps::new(&on_cpu, &on_cpu).with_reference(&on_gpu, &on_gpu);
+    let err = dpo_loss(&inputs, &DpoConfig::default()).expect_err("mixed devices");
+    assert!(matches!(err, Error::Device(_)), "{err}");
+    assert!(err.to_string().contains("`reference_chosen` is on cuda:0, but `policy_chosen` is on cpu"), "{err}");
 }

@@ -16,11 +16,17 @@ use super::{cuda, diffusion_dpo_cpu};
 /// loser may have different targets (diffusers uses the same noise for both).
 #[derive(Clone, Copy, Debug)]
 pub struct DiffusionDpoInputs<'a> {
+    /// The trained model's prediction for the preferred sample; the gradient is taken with respect to it.
     pub model_winner: &'a Tensor,
+    /// The trained model's prediction for the dispreferred sample.
     pub model_loser: &'a Tensor,
+    /// The frozen reference model's prediction for the preferred sample.
     pub ref_winner: &'a Tensor,
+    /// The frozen reference model's prediction for the dispreferred sample.
     pub ref_loser: &'a Tensor,
+    /// The regression target of the preferred sample (the added noise, or the velocity).
     pub target_winner: &'a Tensor,
+    /// The regression target of the dispreferred sample.
     pub target_loser: &'a Tensor,
 }
 
@@ -44,9 +50,13 @@ impl Default for DiffusionDpoConfig {
 pub struct DiffusionDpoMetrics {
     /// Share of samples with `-½β(model_diff - ref_diff) > 0`.
     pub implicit_accuracy: f32,
+    /// Mean per-sample MSE of the model on the winners.
     pub model_mse_winner: f32,
+    /// Mean per-sample MSE of the model on the losers.
     pub model_mse_loser: f32,
+    /// Mean per-sample MSE of the reference on the winners.
     pub ref_mse_winner: f32,
+    /// Mean per-sample MSE of the reference on the losers.
     pub ref_mse_loser: f32,
 }
 
@@ -54,9 +64,13 @@ pub struct DiffusionDpoMetrics {
 /// scaled by `grad_output`) and the metrics.
 #[derive(Debug)]
 pub struct DiffusionDpoOutput {
+    /// Mean over the batch.
     pub loss: f32,
+    /// d loss / d `model_winner`.
     pub grad_model_winner: Tensor,
+    /// d loss / d `model_loser`.
     pub grad_model_loser: Tensor,
+    /// diffusers' logged values.
     pub metrics: DiffusionDpoMetrics,
 }
 

@@ -104,6 +104,7 @@ impl DpoLossType {
 /// Hyper-parameters of [`dpo_loss`]. `Default` is TRL's: sigmoid, β = 0.1, no smoothing, SimPO γ = 0.5.
 #[derive(Clone, Copy, Debug)]
 pub struct DpoConfig {
+    /// Which loss (TRL's `loss_type`).
     pub loss_type: DpoLossType,
     /// β > 0 (for IPO, TRL's τ; for ORPO, TRL's λ).
     pub beta: f32,
@@ -142,11 +143,17 @@ impl Default for DpoConfig {
 /// TRL's averages for IPO, SimPO and ORPO and the RPO NLL. Reference log-probs may be precomputed: they are inputs.
 #[derive(Clone, Copy, Debug)]
 pub struct PreferenceLogps<'a> {
+    /// Log-probs of the chosen completions under the trained policy; the gradient is taken with respect to them.
     pub policy_chosen: &'a Tensor,
+    /// Log-probs of the rejected completions under the trained policy.
     pub policy_rejected: &'a Tensor,
+    /// Reference-model log-probs of the chosen completions (required unless reference-free, SimPO or ORPO).
     pub reference_chosen: Option<&'a Tensor>,
+    /// Reference-model log-probs of the rejected completions.
     pub reference_rejected: Option<&'a Tensor>,
+    /// Completion token counts of the chosen sequences (IPO, SimPO, ORPO, RPO).
     pub chosen_lengths: Option<&'a Tensor>,
+    /// Completion token counts of the rejected sequences (IPO, SimPO, ORPO).
     pub rejected_lengths: Option<&'a Tensor>,
 }
 
@@ -178,12 +185,17 @@ impl<'a> PreferenceLogps<'a> {
 /// reference-free mode); logps are the (length-normalised where the loss is) policy log-probs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DpoMetrics {
+    /// `rewards/chosen`.
     pub rewards_chosen: f32,
+    /// `rewards/rejected`.
     pub rewards_rejected: f32,
     /// Share of pairs whose chosen reward is strictly above the rejected one.
     pub rewards_accuracies: f32,
+    /// `rewards/margins`: mean of chosen minus rejected reward.
     pub rewards_margins: f32,
+    /// `logps/chosen`.
     pub logps_chosen: f32,
+    /// `logps/rejected`.
     pub logps_rejected: f32,
     /// The RPO NLL term (before α), when `rpo_alpha` is set.
     pub nll_loss: Option<f32>,
@@ -206,8 +218,11 @@ impl DpoMetrics {
 pub struct DpoOutput {
     /// Mean over pairs, plus `α·NLL` with RPO.
     pub loss: f32,
+    /// d loss / d `policy_chosen`, [P].
     pub grad_policy_chosen: Tensor,
+    /// d loss / d `policy_rejected`, [P].
     pub grad_policy_rejected: Tensor,
+    /// TRL's logged metrics.
     pub metrics: DpoMetrics,
 }
 

@@ -9,6 +9,7 @@
 
 use crate::runtime::cuda::KernelModule;
 
+/// `kernels/preference.cu`.
 pub const KERNELS: KernelModule = crate::kernel_module!("preference");
 
 mod args;

@@ -29,7 +29,9 @@ impl Default for BradleyTerryConfig {
 pub struct BradleyTerryMetrics {
     /// Share of pairs with `r_chosen > r_rejected` strictly (TRL's evaluation leaves ties out instead).
     pub accuracy: f32,
+    /// Mean chosen reward.
     pub rewards_chosen: f32,
+    /// Mean rejected reward.
     pub rewards_rejected: f32,
     /// Mean of `r_chosen - r_rejected`.
     pub margins: f32,
@@ -40,9 +42,13 @@ pub struct BradleyTerryMetrics {
 /// The loss, its gradient with respect to both rewards (their dtype, scaled by `grad_output`) and the metrics.
 #[derive(Debug)]
 pub struct BradleyTerryOutput {
+    /// The loss, with the centring term.
     pub loss: f32,
+    /// d loss / d `rewards_chosen`, [P].
     pub grad_chosen: Tensor,
+    /// d loss / d `rewards_rejected`, [P].
     pub grad_rejected: Tensor,
+    /// Means over the pairs.
     pub metrics: BradleyTerryMetrics,
 }
 
@@ -135,6 +141,7 @@ impl KwiseMethod {
 /// Hyper-parameters of [`kwise_loss`].
 #[derive(Clone, Copy, Debug)]
 pub struct KwiseConfig {
+    /// How a ranking is scored.
     pub method: KwiseMethod,
     /// The upstream gradient of the loss.
     pub grad_output: f32,
@@ -150,8 +157,11 @@ impl Default for KwiseConfig {
 /// correctly ordered pairs (`r_i > r_j` strictly for i ranked above j), over all groups.
 #[derive(Debug)]
 pub struct KwiseOutput {
+    /// Mean over groups.
     pub loss: f32,
+    /// d loss / d `rewards`, [G, K].
     pub grad: Tensor,
+    /// Share of correctly ordered pairs.
     pub accuracy: f32,
 }
 

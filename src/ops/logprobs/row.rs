@@ -285,12 +285,18 @@ fn widen<'a, T: FloatElement>(src: &'a [T], buf: &'a mut [f32; BLOCK]) -> &'a [f
     dst
 }
 
-/// Converts `src` into `dst` (same length). f16 goes through `half`'s SIMD conversion (F16C when present).
+/// Converts `src` into `dst` (same length). bf16 is a shift (branch-free, so it vectorises); f16 goes through
+/// `half`'s SIMD conversion (F16C when present).
 #[inline(always)]
 fn widen_into<T: FloatElement>(src: &[T], dst: &mut [f32]) {
     match T::DTYPE {
         DType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
         DType::F16 => bytemuck::cast_slice::<T, f16>(src).convert_to_f32_slice(dst),
+        DType::BF16 => {
+            for (d, &bits) in dst.iter_mut().zip(bytemuck::cast_slice::<T, u16>(src)) {
+                *d = f32::from_bits((bits as u32) << 16);
+            }
+        }
         _ => {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d = s.to_f32();
@@ -299,12 +305,20 @@ fn widen_into<T: FloatElement>(src: &[T], dst: &mut [f32]) {
     }
 }
 
-/// Rounds `src` into `dst` (same length).
+/// Rounds `src` into `dst` (same length), to nearest even; bf16 branch-free so that it vectorises.
 #[inline(always)]
 fn narrow<T: FloatElement>(src: &[f32], dst: &mut [T]) {
     match T::DTYPE {
         DType::F32 => bytemuck::cast_slice_mut::<T, f32>(dst).copy_from_slice(src),
         DType::F16 => bytemuck::cast_slice_mut::<T, f16>(dst).convert_from_f32_slice(src),
+        DType::BF16 => {
+            for (d, &x) in bytemuck::cast_slice_mut::<T, u16>(dst).iter_mut().zip(src) {
+                let bits = x.to_bits();
+                let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+                // NaN stays a (quiet) NaN instead of rounding into infinity.
+                *d = if x.is_nan() { ((bits >> 16) | 0x40) as u16 } else { rounded as u16 };
+            }
+        }
         _ => {
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = T::from_f32(s);
@@ -369,6 +383,24 @@ mod tests {
                 let want = 2.0 * ((x as f64 - lse).exp() - if j == 123 { 1.0 } else { 0.0 });
                 assert!((g as f64 - want).abs() < 1e-5 * want.abs().max(1e-3), "{name}: grad[{j}] {g} vs {want}");
             }
+        }
+    }
+
+    #[test]
+    fn bf16_conversions_match_half() {
+        let values = [0.0f32, -0.0, 1.0, 1.00390625, 1.01171875, -3.3e38, 3.4e38, 1e-40, f32::INFINITY, 0.1, -7.77];
+        let mut narrowed = [half::bf16::ZERO; 11];
+        narrow(&values, &mut narrowed);
+        for (&x, &b) in values.iter().zip(&narrowed) {
+            assert_eq!(b.to_bits(), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+        let mut nan = [half::bf16::ZERO];
+        narrow(&[f32::NAN], &mut nan);
+        assert!(nan[0].is_nan());
+        let mut widened = [0.0f32; 11];
+        widen_into(&narrowed, &mut widened);
+        for (&w, &b) in widened.iter().zip(&narrowed) {
+            assert_eq!(w, b.to_f32());
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod fused_linear;
+pub mod heads;
 pub mod logprobs;
 pub mod preference;
 pub mod tokens;

@@ -296,6 +296,24 @@ fn large_batch_is_deterministic() {
     assert_eq!(values(&a.grad_policy_chosen), values(&b.grad_policy_chosen));
 }
 
+/// Reference log-probs given to a loss that does not use them (SimPO, ORPO, reference-free mode) are ignored.
+#[test]
+fn unused_references_are_ignored() {
+    let mut rng = rng("dpo unused_references_are_ignored");
+    let with = random_case(&mut rng, 9, true, true);
+    let without = Case { reference: None, ..with.clone() };
+    for cfg in [
+        DpoConfig { loss_type: DpoLossType::Simpo, ..Default::default() },
+        DpoConfig { loss_type: DpoLossType::Orpo, ..Default::default() },
+        DpoConfig { reference_free: true, ..Default::default() },
+    ] {
+        let (a, b) = (run(&with, &cfg, DType::F32, Device::Cpu), run(&without, &cfg, DType::F32, Device::Cpu));
+        assert_eq!(a.loss, b.loss);
+        assert_eq!(a.metrics, b.metrics);
+        assert_eq!(values(&a.grad_policy_chosen), values(&b.grad_policy_chosen));
+    }
+}
+
 #[test]
 fn trl_names_round_trip() {
     for t in DpoLossType::ALL {
@@ -334,7 +352,9 @@ fn bad_input_is_a_clear_error() {
     assert!(matches!(e, Error::Shape(_)));
     let e = expect_err(&PreferenceLogps::new(&v3, &v3), &cfg, "needs `reference_chosen` and `reference_rejected`");
     assert!(matches!(e, Error::InvalidArgument(_)));
-    expect_err(&PreferenceLogps::new(&v3, &v3).with_reference(&v3, &v3), &free, "`reference_free` is set");
+    let only_one = PreferenceLogps { reference_chosen: Some(&v3), ..PreferenceLogps::new(&v3, &v3) };
+    expect_err(&only_one, &cfg, "needs `reference_chosen` and `reference_rejected`");
+    expect_err(&PreferenceLogps::new(&v3, &v3).with_reference(&v3, &v2), &free, "`reference_rejected` has shape [2]");
     let simpo = DpoConfig { loss_type: DpoLossType::Simpo, ..cfg };
     expect_err(&PreferenceLogps::new(&v3, &v3), &simpo, "`chosen_lengths` is required: the simpo loss averages");
     let ipo = DpoConfig { loss_type: DpoLossType::Ipo, ..cfg };

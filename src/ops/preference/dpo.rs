@@ -110,7 +110,8 @@ pub struct DpoConfig {
     pub beta: f32,
     /// ε in [0, 0.5): cDPO / robust / EXO / SimPO label smoothing.
     pub label_smoothing: f32,
-    /// Compare against a uniform reference: reference log-probs are taken as 0 (and must not be given).
+    /// Compare against a uniform reference: reference log-probs are taken as 0 (any given are checked, then
+    /// ignored, as TRL does).
     pub reference_free: bool,
     /// Adds `α · NLL` of the chosen sequences (RPO; TRL's `rpo_alpha`, CPO's `cpo_alpha`, ORPO with α = 1):
     /// `NLL = -Σ chosen log-probs / Σ chosen token counts`, on the raw (summed) log-probs. Needs `chosen_lengths`.
@@ -147,7 +148,8 @@ pub struct PreferenceLogps<'a> {
     pub policy_chosen: &'a Tensor,
     /// Log-probs of the rejected completions under the trained policy.
     pub policy_rejected: &'a Tensor,
-    /// Reference-model log-probs of the chosen completions (required unless reference-free, SimPO or ORPO).
+    /// Reference-model log-probs of the chosen completions: required unless reference-free, ignored (after the
+    /// shape, dtype and device checks) by SimPO, ORPO and reference-free mode.
     pub reference_chosen: Option<&'a Tensor>,
     /// Reference-model log-probs of the rejected completions.
     pub reference_rejected: Option<&'a Tensor>,
@@ -367,13 +369,6 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
              unless `reference_free` is set"
         )));
     }
-    if !use_reference && references.contains(&true) {
-        let why = if kind.uses_reference() { "`reference_free` is set" } else { "the loss is reference-free" };
-        return Err(Error::InvalidArgument(format!(
-            "reference log-probs were given but {why} ({name}): they would be ignored"
-        )));
-    }
-
     let needs_chosen = kind.length_normalised() || cfg.rpo_alpha.is_some();
     let chosen_lengths = match inputs.chosen_lengths {
         Some(t) => Some(token_counts("chosen_lengths", t)?),

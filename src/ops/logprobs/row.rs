@@ -6,9 +6,6 @@
 //! loop vectorises; block totals go into f64 so that a 151,936-wide row loses nothing to summation order. On
 //! x86-64 the same code is also compiled for AVX2 and chosen at run time.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-
 use crate::runtime::{DType, FloatElement};
 
 /// Elements widened to f32 at a time: 4 KiB, which stays in L1 between the max pass and the sum pass.
@@ -285,13 +282,16 @@ fn widen<'a, T: FloatElement>(src: &'a [T], buf: &'a mut [f32; BLOCK]) -> &'a [f
     dst
 }
 
-/// Converts `src` into `dst` (same length). bf16 is a shift (branch-free, so it vectorises); f16 goes through
-/// `half`'s SIMD conversion (F16C when present).
+/// Converts `src` into `dst` (same length), branch-free so that the loops vectorise.
 #[inline(always)]
 fn widen_into<T: FloatElement>(src: &[T], dst: &mut [f32]) {
     match T::DTYPE {
         DType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
-        DType::F16 => bytemuck::cast_slice::<T, f16>(src).convert_to_f32_slice(dst),
+        DType::F16 => {
+            for (d, &bits) in dst.iter_mut().zip(bytemuck::cast_slice::<T, u16>(src)) {
+                *d = f16_to_f32(bits);
+            }
+        }
         DType::BF16 => {
             for (d, &bits) in dst.iter_mut().zip(bytemuck::cast_slice::<T, u16>(src)) {
                 *d = f32::from_bits((bits as u32) << 16);
@@ -310,7 +310,11 @@ fn widen_into<T: FloatElement>(src: &[T], dst: &mut [f32]) {
 fn narrow<T: FloatElement>(src: &[f32], dst: &mut [T]) {
     match T::DTYPE {
         DType::F32 => bytemuck::cast_slice_mut::<T, f32>(dst).copy_from_slice(src),
-        DType::F16 => bytemuck::cast_slice_mut::<T, f16>(dst).convert_from_f32_slice(src),
+        DType::F16 => {
+            for (d, &x) in bytemuck::cast_slice_mut::<T, u16>(dst).iter_mut().zip(src) {
+                *d = f32_to_f16(x);
+            }
+        }
         DType::BF16 => {
             for (d, &x) in bytemuck::cast_slice_mut::<T, u16>(dst).iter_mut().zip(src) {
                 let bits = x.to_bits();
@@ -327,9 +331,49 @@ fn narrow<T: FloatElement>(src: &[f32], dst: &mut [T]) {
     }
 }
 
+/// The f32 value of f16 bits, exact (normals, subnormals, infinities, NaN), with selects instead of branches.
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let magnitude = h & 0x7fff;
+    let normal = f32::from_bits((magnitude << 13) + ((127 - 15) << 23));
+    let subnormal = magnitude as f32 * f32::from_bits((127 - 24) << 23); // mantissa · 2⁻²⁴
+    let special = f32::from_bits((magnitude << 13) | 0x7f80_0000); // infinity or NaN, payload kept
+    let v = if magnitude < 0x0400 {
+        subnormal
+    } else if magnitude >= 0x7c00 {
+        special
+    } else {
+        normal
+    };
+    f32::from_bits(v.to_bits() | ((h & 0x8000) << 16))
+}
+
+/// f16 bits of `x`, rounded to nearest even, with selects instead of branches (after Fabian Giesen's
+/// `float_to_half_fast3_rtne`).
+#[inline(always)]
+fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let magnitude = bits & 0x7fff_ffff;
+    // Rebias the exponent and round the mantissa from 23 to 10 bits; a carry rounds up into the exponent.
+    let normal = magnitude.wrapping_sub(112 << 23).wrapping_add(0xfff + ((magnitude >> 13) & 1)) >> 13;
+    // Adding 0.5 lines the subnormal mantissa up at the bottom and lets the FPU round it.
+    let subnormal = (f32::from_bits(magnitude) + 0.5).to_bits().wrapping_sub(126 << 23);
+    let overflow = if magnitude > 0x7f80_0000 { 0x7e00 } else { 0x7c00 };
+    let h = if magnitude >= 143 << 23 {
+        overflow
+    } else if magnitude < 113 << 23 {
+        subnormal
+    } else {
+        normal
+    };
+    (h | ((bits >> 16) & 0x8000)) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     #[test]
     fn exp_approx_matches_std_exp() {
@@ -402,6 +446,25 @@ mod tests {
         for (&w, &b) in widened.iter().zip(&narrowed) {
             assert_eq!(w, b.to_f32());
         }
+    }
+
+    #[test]
+    fn f16_conversions_match_half() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#x}: {got} vs {want}");
+            // The value itself, and the midpoints and near-midpoints to its neighbour, round like `half`.
+            let next = f16::from_bits(h.wrapping_add(1)).to_f32();
+            let mid = ((want as f64 + next as f64) / 2.0) as f32;
+            for x in [want, mid, f32::from_bits(mid.to_bits() + 1), f32::from_bits(mid.to_bits().wrapping_sub(1))] {
+                let (got, want) = (f32_to_f16(x), f16::from_f32(x).to_bits());
+                let nan = f16::from_bits(got).is_nan() && f16::from_bits(want).is_nan();
+                assert!(got == want || nan, "{x:e}: {got:#x} vs {want:#x}");
+            }
+        }
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        assert_eq!(f32_to_f16(-1e-10), 0x8000);
     }
 
     #[test]

@@ -432,7 +432,20 @@ mod tests {
 
     #[test]
     fn bf16_conversions_match_half() {
-        let values = [0.0f32, -0.0, 1.0, 1.00390625, 1.01171875, -3.3e38, 3.4e38, 1e-40, f32::INFINITY, 0.1, -7.77];
+        // Includes the two rounding ties 1 + 2⁻⁸ and 1 + 3·2⁻⁸ (to even: down, then up).
+        let values = [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            -3.3e38,
+            3.4e38,
+            1e-40,
+            f32::INFINITY,
+            0.1,
+            -7.77,
+        ];
         let mut narrowed = [half::bf16::ZERO; 11];
         narrow(&values, &mut narrowed);
         for (&x, &b) in values.iter().zip(&narrowed) {

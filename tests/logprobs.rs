@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use unireward::ops::logprobs::{
-    naive_sequence_logprobs, naive_sequence_logprobs_backward, sequence_logprobs, sequence_logprobs_backward,
-    sequence_logprobs_backward_in_place, LogProbsConfig, SequenceLogProbs, TokenReduction,
+    compare_fused_vs_naive, naive_sequence_logprobs, naive_sequence_logprobs_backward, sequence_logprobs,
+    sequence_logprobs_backward, sequence_logprobs_backward_in_place, LogProbsConfig, SequenceLogProbs, TokenReduction,
 };
 use unireward::{DType, Device, Error, Tensor};
 
@@ -433,6 +433,25 @@ fn naive_path_agrees_with_fused_path() {
         assert_eq!(g_naive.dtype(), dtype);
         check_grad(&format!("naive grad {dtype}"), &g_naive, &floats(&g_fused), tol(dtype));
     }
+}
+
+#[test]
+fn comparison_report_is_consistent() {
+    for dtype in [DType::F32, DType::F16] {
+        let r = compare_fused_vs_naive(2, 8, 1000, dtype).unwrap();
+        let logits_bytes = 2 * 8 * 1000 * dtype.size_in_bytes();
+        assert_eq!(r.logits_bytes, logits_bytes);
+        assert!(r.max_logp_diff < 1e-3 && r.max_grad_diff < 1e-3, "{r}");
+        // The fused path allocates its gradient and O(N·T) more; in place only the O(N·T); naive the [N,T,V] f32
+        // buffers besides its result.
+        assert!(r.fused.extra_bytes >= logits_bytes && r.fused.extra_bytes < logits_bytes + 4096, "{r}");
+        assert!(r.fused_in_place.extra_bytes < 4096, "{r}");
+        assert!(r.naive.extra_bytes >= logits_bytes + 2 * 8 * 1000 * 4, "{r}");
+        assert!(r.fused.total_s() > 0.0 && r.speedup() > 0.0 && r.memory_saving() > 1.0);
+        assert!(r.to_string().contains("naive / fused"), "{r}");
+    }
+    assert!(matches!(compare_fused_vs_naive(2, 8, 1000, DType::I32), Err(Error::DType { .. })));
+    assert!(matches!(compare_fused_vs_naive(0, 8, 1000, DType::F32), Err(Error::Shape(_))));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

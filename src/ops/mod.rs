@@ -2,6 +2,7 @@
 //! signature, dispatched on the device of its tensors.
 
 pub mod check;
+pub mod compare;
 pub mod fused_linear;
 pub mod heads;
 pub mod logprobs;
@@ -11,4 +12,5 @@ pub mod tokens;
 use crate::runtime::cuda::KernelModule;
 
 /// Every kernel file of the library, for ahead-of-time compile checks (CI compiles each for sm_80 and sm_90).
-pub const KERNEL_MODULES: &[KernelModule] = &[logprobs::KERNELS, fused_linear::KERNELS, preference::KERNELS];
+pub const KERNEL_MODULES: &[KernelModule] =
+    &[logprobs::KERNELS, fused_linear::KERNELS, preference::KERNELS, compare::KERNELS];

@@ -13,4 +13,4 @@ use crate::runtime::cuda::KernelModule;
 
 /// Every kernel file of the library, for ahead-of-time compile checks (CI compiles each for sm_80 and sm_90).
 pub const KERNEL_MODULES: &[KernelModule] =
-    &[logprobs::KERNELS, fused_linear::KERNELS, preference::KERNELS, compare::KERNELS];
+    &[logprobs::KERNELS, fused_linear::KERNELS, preference::KERNELS, compare::KERNELS, heads::KERNELS];

@@ -77,7 +77,7 @@ run cargo test --test kernels_compile -- --nocapture
 
 step "release build"
 run cargo build --release
-if ./target/release/unireward --help 2>/dev/null | grep -qE '^\s+demo\b'; then
+if cargo run --quiet --release -- --help 2>/dev/null | grep -qE '^\s+demo\b'; then
     step "smoke run: unireward demo"
     run cargo run --release -- demo
 else

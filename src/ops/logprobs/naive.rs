@@ -27,7 +27,7 @@ pub fn naive_sequence_logprobs(
     let v = dims.v;
     let log_softmax = with_float_type!(logits.dtype(), T => log_softmax(logits.as_slice::<T>()?, v));
     let stats: Vec<RowStats> = tokens
-        .iter()
+        .par_iter()
         .map(|tok| {
             let x = &log_softmax.rows[tok.position * v..][..v];
             let lse = log_softmax.lse[tok.position];

@@ -7,7 +7,8 @@
 // 2. logprobs_forward_<T>: one block per counted row, one pass with an online logsumexp in f32 (16-byte loads
 //    when the row is aligned), writing the row's lse and its log-prob, mean logit and entropy.
 // 3. logprobs_sequences: one block per sequence reduces its tokens in a fixed order (deterministic).
-// 4. logprobs_backward_<T>: one block per row writes scale·(softmax - onehot); `grad` may be `logits` itself.
+// 4. logprobs_backward_<T>: one block per row writes scale·(softmax - onehot); `grad` is either freshly zeroed or
+//    `logits` itself (in place).
 
 #define MAX_WARPS 32
 
@@ -199,6 +200,8 @@ __device__ void backward_rows(const T* logits, T* grad, const int* targets, cons
         const long long seq = row / t;
         const float c = counts[seq];
         const float scale = (target < 0 || c == 0.0f) ? 0.0f : -grad_logps[seq] * (mean ? 1.0f / c : 1.0f);
+        // A separate `grad` starts zeroed: rows that do not count (prompts, padding) need no writes.
+        if (scale == 0.0f && grad != logits) continue;
         const float l = lse[row];
         const T* x = logits + row * (long long)vocab;
         T* g = grad + row * (long long)vocab;

@@ -111,7 +111,8 @@ pub(super) fn forward(
     Ok(SequenceLogProbs { logps, token_counts, mean_logits, entropy, lse })
 }
 
-/// Launches the gradient kernel from `logits_ptr` into `grad_ptr` (the same pointer for in place).
+/// Launches the gradient kernel from `logits_ptr` into `grad_ptr`: a zeroed buffer (rows that do not count are
+/// skipped) or `logits_ptr` itself (in place).
 #[allow(clippy::too_many_arguments)]
 fn launch_backward(
     logits: &Tensor,

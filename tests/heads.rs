@@ -284,9 +284,9 @@ fn scalar_gradients_match_finite_differences() {
         let r = values(&ScalarInputs::new(c, DType::F32, Device::Cpu).run().unwrap().0);
         r.iter().zip(&c.grad).map(|(r, g)| g * r).sum::<f64>()
     };
-    for j in 0..c.weight.len() {
+    for (j, &g) in gw.iter().enumerate() {
         let fd = central(&c, 1e-2, |c, d| c.weight[j] += d, op_objective);
-        assert!((fd - gw[j]).abs() < 1e-3 * (1.0 + gw[j].abs()), "f32 d weight[{j}]: {fd} vs {}", gw[j]);
+        assert!((fd - g).abs() < 1e-3 * (1.0 + g.abs()), "f32 d weight[{j}]: {fd} vs {g}");
     }
 }
 
@@ -337,6 +337,12 @@ fn scalar_cuda_matches_cpu() {
             let r = c.rounded(dtype);
             check_scalar(&r, &scalar_reference(&r), dtype, GPU, 1e-2);
         }
+        // Reductions run in a fixed order: a second run gives the same bits.
+        let inputs = ScalarInputs::new(&c, DType::F32, GPU);
+        let bits = |(r, g): (Tensor, ScalarHeadGrads)| {
+            [r, g.grad_hidden, g.grad_weight].iter().map(|t| t.to_vec::<f32>().unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(inputs.run().unwrap()), bits(inputs.run().unwrap()));
     }
 }
 
@@ -410,18 +416,18 @@ fn verdict_reference(c: &VerdictCase) -> VerdictExpected {
         let union = lse64(c.ids.iter().map(|&id| x(id)));
         let g_sum: f64 = (0..k).map(|j| c.grad_log_probs[r * k + j]).sum();
         let mut expected = 0.0;
-        for j in 0..k {
-            e.log_probs[r * k + j] = class_lse[j] - union;
-            e.probs[r * k + j] = (class_lse[j] - union).exp();
+        for (j, &l) in class_lse.iter().enumerate() {
+            e.log_probs[r * k + j] = l - union;
+            e.probs[r * k + j] = (l - union).exp();
             expected += e.probs[r * k + j] * c.values.get(j).map_or(0.0, |&v| v as f64);
         }
         if !c.values.is_empty() {
             e.expected[r] = expected;
         }
         let g_e = c.grad_expected.get(r).copied().unwrap_or(0.0);
-        for j in 0..k {
+        for (j, &l) in class_lse.iter().enumerate() {
             for &id in c.class(j) {
-                let (w, q) = ((x(id) - class_lse[j]).exp(), (x(id) - union).exp());
+                let (w, q) = ((x(id) - l).exp(), (x(id) - union).exp());
                 let value = c.values.get(j).map_or(0.0, |&v| v as f64);
                 e.grad_logits[r * v + id as usize] =
                     c.grad_log_probs[r * k + j] * w - q * g_sum + g_e * q * (value - expected);
@@ -559,9 +565,9 @@ fn verdict_gradients_match_finite_differences() {
         let lp: f64 = values(&out.log_probs).iter().zip(&c.grad_log_probs).map(|(l, g)| l * g).sum();
         lp + values(&out.expected_score.unwrap()).iter().zip(&c.grad_expected).map(|(s, g)| s * g).sum::<f64>()
     };
-    for i in 0..c.logits.len() {
+    for (i, &g) in grad.iter().enumerate() {
         let fd = central(&c, 1e-2, |c, d| c.logits[i] += d, op_objective);
-        assert!((fd - grad[i]).abs() < 2e-3 * (1.0 + grad[i].abs()), "f32 d logits[{i}]: {fd} vs {}", grad[i]);
+        assert!((fd - g).abs() < 2e-3 * (1.0 + g.abs()), "f32 d logits[{i}]: {fd} vs {g}");
     }
 }
 
@@ -687,6 +693,9 @@ fn verdict_cuda_matches_cpu() {
             let r = c.rounded(dtype);
             check_verdict(&r, &verdict_reference(&r), dtype, GPU, rel);
         }
+        let bits =
+            |(out, grad): (Verdict, Tensor)| (out.log_probs.to_vec::<f32>().unwrap(), grad.to_vec::<f32>().unwrap());
+        assert_eq!(bits(run_verdict(c, DType::F32, GPU)), bits(run_verdict(c, DType::F32, GPU)));
     }
     let logits = Tensor::zeros(&[2, 4], DType::F32, GPU).unwrap();
     let far = VerdictClasses::from_sets(&[&[1], &[4]]).unwrap();

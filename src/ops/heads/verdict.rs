@@ -48,7 +48,8 @@ fn check_logits(logits: &Tensor, classes: &VerdictClasses) -> Result<(Device, Di
 /// or f16; the logits at each answer position), on their device.
 ///
 /// Logits of −∞ (masked tokens) are allowed: a class whose tokens are all −∞ gets `p = 0`, `log p = −∞`; a row
-/// whose listed tokens are all −∞, or that holds a NaN, gives NaN.
+/// whose listed tokens are all −∞, or that holds a NaN, gives NaN. On CUDA, at most 6,144 classes (their
+/// logsumexps live in shared memory).
 pub fn verdict_head(logits: &Tensor, classes: &VerdictClasses) -> Result<Verdict> {
     let (device, dims) = check_logits(logits, classes)?;
     match device {

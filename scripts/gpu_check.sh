@@ -6,8 +6,9 @@
 # The GPU machine has CUDA 13.0 and PyTorch but no Rust toolchain and no network, so the script has two halves:
 #
 #   scripts/gpu_check.sh build     here, with Rust: builds every test binary with `--features gpu-tests` and the
-#                                  bench binaries (release), copies them, stripped, into gpu-bin/ (git-ignored)
-#                                  and prints its size (the device tool carries at most 64 MiB).
+#                                  bench binaries (release), and packs them, stripped of debug info, into
+#                                  gpu-bin/bins.tar.gz (git-ignored); prints its size (the device tool carries at
+#                                  most 64 MiB, working tree included).
 #   bash scripts/gpu_check.sh run  on the GPU machine, from the repo root, with gpu-bin/ carried: about 8 minutes
 #                                  at most (UNIREWARD_GPU_BUDGET seconds, default 420, for tests and benches).
 #
@@ -59,7 +60,8 @@ build() {
     benches=$(cargo bench --features gpu-tests --no-run --message-format=json-render-diagnostics | executables)
     rm -rf "$BIN"
     mkdir -p "$BIN"
-    local kind name exe dest
+    local stage kind name exe dest
+    stage=$(mktemp -d)
     while read -r kind name exe; do
         case "$kind" in
         test-lib) dest="test-lib-$name" ;;
@@ -69,9 +71,9 @@ build() {
         bin) dest="$name" ;;
         *) continue ;;
         esac
-        cp "$exe" "$BIN/$dest"
+        cp "$exe" "$stage/$dest"
         # Debug info is most of the size; the symbol table stays, so backtraces still name functions.
-        strip --strip-debug "$BIN/$dest" 2>/dev/null || echo "note: could not strip $dest"
+        strip --strip-debug "$stage/$dest" 2>/dev/null || echo "note: could not strip $dest"
         echo "$dest  <-  $exe"
     done < <(printf '%s\n%s\n' "$tests" "$benches" | sort -u)
     # Tests may read fixtures through the absolute CARGO_MANIFEST_DIR baked in at build time; `run` recreates it.
@@ -81,7 +83,12 @@ build() {
         echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
         rustc --version
     } >"$BIN/BUILD_INFO"
-    step "carry size (must stay under 64 MiB)"
+    # Packed: the binaries share most of their code and shrink about 3x, leaving room under the carry limit.
+    tar -C "$stage" -czf "$BIN/bins.tar.gz" .
+    step "carry size (must stay under 64 MiB with the working tree)"
+    ls -lh "$stage"
+    printf 'unpacked: %s MiB\n' "$(($(du -sb "$stage" | cut -f1) / 1048576))"
+    rm -rf "$stage"
     ls -lh "$BIN"
     local bytes
     bytes=$(du -sb "$BIN" | cut -f1)
@@ -134,7 +141,8 @@ human_ns() {
 }
 
 run_checks() {
-    [[ -d "$BIN" ]] || die "$BIN/ is missing: run 'scripts/gpu_check.sh build' where Rust is installed, then carry $BIN"
+    [[ -f "$BIN/bins.tar.gz" ]] ||
+        die "$BIN/bins.tar.gz is missing: run 'scripts/gpu_check.sh build' where Rust is installed, then carry $BIN"
     BUDGET=${UNIREWARD_GPU_BUDGET:-420}
     local test_timeout=${UNIREWARD_TEST_TIMEOUT:-240} bench_timeout=${UNIREWARD_BENCH_TIMEOUT:-150}
     local failures=0 gpu=yes summary=() logs
@@ -171,9 +179,13 @@ run_checks() {
     export CARGO_TARGET_DIR="$logs/target"
 
     local bin name log rc limit result
-    for bin in "$BIN"/test-*; do
+    local bins="$logs/bin"
+    mkdir -p "$bins"
+    tar -C "$bins" -xzf "$BIN/bins.tar.gz"
+
+    for bin in "$bins"/test-*; do
         [[ -x "$bin" ]] || continue
-        name=${bin#"$BIN"/}
+        name=${bin#"$bins"/}
         log="$logs/$name.log"
         limit=$(step_limit "$test_timeout")
         if ((limit == 0)); then
@@ -199,7 +211,7 @@ run_checks() {
     done
 
     # The command line on the GPU: what a user runs first.
-    if [[ -x "$BIN/unireward" ]]; then
+    if [[ -x "$bins/unireward" ]]; then
         local smoke
         for smoke in "devices" "demo --device cuda" "demo --device cuda --dtype bf16"; do
             limit=$(step_limit 120)
@@ -211,7 +223,7 @@ run_checks() {
             step "unireward $smoke (timeout ${limit}s)"
             rc=0
             # shellcheck disable=SC2086 # the subcommand and its flags are split on purpose
-            timeout --kill-after=10 "$limit" "$BIN/unireward" $smoke 2>&1 || rc=$?
+            timeout --kill-after=10 "$limit" "$bins/unireward" $smoke 2>&1 || rc=$?
             ((rc == 0)) && result=ok || result="FAILED (exit $rc)"
             ((rc == 0)) || failures=$((failures + 1))
             summary+=("$(printf '%-42s %s' "unireward $smoke" "$result")")
@@ -220,9 +232,9 @@ run_checks() {
 
     local filter=()
     [[ -n "${UNIREWARD_BENCH_FILTER:-}" ]] && filter=("$UNIREWARD_BENCH_FILTER")
-    for bin in "$BIN"/bench-*; do
+    for bin in "$bins"/bench-*; do
         [[ -x "$bin" ]] || continue
-        name=${bin#"$BIN"/}
+        name=${bin#"$bins"/}
         log="$logs/$name.log"
         limit=$(step_limit "$bench_timeout")
         if ((limit == 0)); then

@@ -41,8 +41,14 @@ step "NVRTC 13.0 wheels in $VENV"
 # The stamp records the pins the environment was built with; a change of pins rebuilds it.
 if [[ "$(cat "$VENV/.unireward-pins" 2>/dev/null)" != "${PINS[*]}" ]]; then
     rm -rf "$VENV"
-    run python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
-    run "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
+    if run python3 -m venv "$VENV"; then
+        run "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
+    else
+        # Debian/Ubuntu without python3-venv: the system pip can still unpack the wheels into a plain folder.
+        rm -rf "$VENV"
+        run python3 -m pip install --quiet --disable-pip-version-check --target "$VENV/site" "${PINS[@]}" ||
+            die "neither python3 -m venv nor python3 -m pip works: install python3-venv (Debian/Ubuntu) or pip"
+    fi
     echo "${PINS[*]}" >"$VENV/.unireward-pins"
 else
     echo "cached (${PINS[*]})"

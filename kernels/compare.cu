@@ -15,8 +15,6 @@ __device__ __forceinline__ double sigmoid_d(double x) {
     return e / (1.0 + e);
 }
 
-__device__ __forceinline__ double log_sigmoid_d(double x) { return fmin(x, 0.0) - log1p(exp(-fabs(x))); }
-
 // One group's verdicts: K scores or K×K log-odds, starting at `base`.
 template <typename T>
 struct GroupIn {
@@ -67,19 +65,6 @@ __device__ double block_max_d(double v, double* red) {
     return m;
 }
 
-// Row i of the objective Σ_j P[i,j]·log σ(θ_i − θ_j) − ½·ridge·θ_i² at `th` (0 for threads past K).
-template <typename T>
-__device__ double row_objective(const GroupIn<T>& in, int hard, int i, const double* th, double ridge) {
-    if (i >= in.k) return 0.0;
-    double s = 0.0;
-    for (int j = 0; j < in.k; ++j) {
-        if (j == i) continue;
-        const double p = probability(in.margin(i, j), hard);
-        if (!isnan(p)) s += p * log_sigmoid_d(th[i] - th[j]);
-    }
-    return s - 0.5 * ridge * th[i] * th[i];
-}
-
 // Shared memory of one comparison block; the host sizes it with the same layout (cuda.rs: shared_bytes).
 struct FitShared {
     double* theta;  // [K] log-strengths
@@ -87,6 +72,7 @@ struct FitShared {
     double* red;    // [32] reduction scratch
     float* sys;     // [K*K] minus the Hessian, eliminated in place
     float* rhs;     // [K] gradient, then the Newton step
+    float* step;    // [K] the Newton step of the current iteration
     int* cope;      // [K] Copeland scores
 };
 
@@ -97,42 +83,69 @@ __device__ FitShared carve(void* smem, int k) {
     s.red = s.trial + k;
     s.sys = (float*)(s.red + 32);
     s.rhs = s.sys + (long long)k * k;
-    s.cope = (int*)(s.rhs + k);
+    s.step = s.rhs + k;
+    s.cope = (int*)(s.step + k);
     return s;
+}
+
+// Row i of bradley_terry.rs::evaluate at `point`: writes row i of the Newton system (minus the Hessian) and the
+// gradient into sh.rhs[i], returns Σ_j P[i,j]·log σ(θ_i − θ_j) − ½·ridge·θ_i² (0 for threads past K).
+template <typename T>
+__device__ double evaluate_row(const GroupIn<T>& in, int hard, int i, const double* point, double ridge,
+                               const FitShared& sh) {
+    const int k = in.k;
+    if (i >= k) return 0.0;
+    double value = -0.5 * ridge * point[i] * point[i], grad = -ridge * point[i], diag = ridge;
+    for (int j = 0; j < k; ++j) {
+        if (j == i) continue;
+        const float m = in.margin(i, j);
+        const double p = probability(m, hard), q = probability(-m, hard);
+        if (isnan(p)) {
+            sh.sys[i * k + j] = 0.0f;
+            continue;
+        }
+        const double x = point[i] - point[j], e = exp(-fabs(x));
+        const double big = 1.0 / (1.0 + e), small = e / (1.0 + e);
+        const double sig = x >= 0.0 ? big : small, sig_neg = x >= 0.0 ? small : big;
+        value += p * (fmin(x, 0.0) - log1p(e));
+        // d/dθ_i of the pair's two terms, written without cancellation when P is 0 or 1.
+        grad += p * sig_neg - q * sig;
+        const double w = sig * sig_neg;
+        diag += w;
+        sh.sys[i * k + j] = (float)(-w);
+    }
+    sh.sys[i * k + i] = (float)diag;
+    sh.rhs[i] = (float)grad;
+    return value;
+}
+
+// bradley_terry.rs::start: the row means of the margins clamped to ±START_CLAMP for the sigmoid link, else 0.
+#define START_CLAMP 8.0f
+
+template <typename T>
+__device__ double start_row(const GroupIn<T>& in, int hard, int i) {
+    if (hard || i >= in.k) return 0.0;
+    double sum = 0.0;
+    for (int j = 0; j < in.k; ++j) {
+        const float m = in.margin(i, j);
+        if (!isnan(m)) sum += (double)fminf(fmaxf(m, -START_CLAMP), START_CLAMP);
+    }
+    return sum / in.k;
 }
 
 // The ridge-regularised Bradley–Terry fit by damped Newton steps (bradley_terry.rs::fit), one thread per row.
 // Leaves θ (not centred) in sh.theta; returns the steps taken and sets *converged.
 template <typename T>
-__device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, int max_iter, FitShared sh,
+__device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, int max_iter, const FitShared& sh,
                       int* converged) {
     const int k = in.k, i = threadIdx.x;
     const bool row = i < k;
-    if (row) sh.theta[i] = 0.0;
+    if (row) sh.theta[i] = start_row(in, hard, i);
     __syncthreads();
-    double current = block_sum_d(row_objective(in, hard, i, sh.theta, ridge), sh.red);
+    double current = block_sum_d(evaluate_row(in, hard, i, sh.theta, ridge, sh), sh.red);
     int it = 0, done = 0;
     while (it < max_iter && !done) {
         ++it;
-        if (row) {  // Row i of the Newton system.
-            double grad = -ridge * sh.theta[i], diag = ridge;
-            for (int j = 0; j < k; ++j) {
-                if (j == i) continue;
-                const float m = in.margin(i, j);
-                const double p = probability(m, hard);
-                if (isnan(p)) {
-                    sh.sys[i * k + j] = 0.0f;
-                    continue;
-                }
-                const double x = sh.theta[i] - sh.theta[j], s = sigmoid_d(x), r = sigmoid_d(-x);
-                grad += p * r - probability(-m, hard) * s;
-                diag += s * r;
-                sh.sys[i * k + j] = (float)(-(s * r));
-            }
-            sh.sys[i * k + i] = (float)diag;
-            sh.rhs[i] = (float)grad;
-        }
-        __syncthreads();
         // Gaussian elimination (SPD, no pivoting): step p updates rows below p, each by its own thread.
         for (int p = 0; p < k; ++p) {
             if (row && i > p) {
@@ -148,18 +161,20 @@ __device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, 
             if (i < p) sh.rhs[i] -= sh.sys[i * k + p] * sh.rhs[p];
             __syncthreads();
         }
+        if (row) sh.step[i] = sh.rhs[i];
+        // Damped step: halve until the objective does not decrease; the accepted point's system is then built.
         double t = 1.0;
         for (int h = 0; h <= MAX_HALVINGS; ++h) {
-            if (row) sh.trial[i] = sh.theta[i] + t * (double)sh.rhs[i];
+            if (row) sh.trial[i] = sh.theta[i] + t * (double)sh.step[i];
             __syncthreads();
-            const double value = block_sum_d(row_objective(in, hard, i, sh.trial, ridge), sh.red);
+            const double value = block_sum_d(evaluate_row(in, hard, i, sh.trial, ridge, sh), sh.red);
             if (value >= current - 1e-12 * (1.0 + fabs(current)) || h == MAX_HALVINGS) {
                 current = value;
                 break;
             }
             t *= 0.5;
         }
-        const double moved = block_max_d(row ? fabs(t * (double)sh.rhs[i]) : 0.0, sh.red);
+        const double moved = block_max_d(row ? fabs(t * (double)sh.step[i]) : 0.0, sh.red);
         if (row) sh.theta[i] = sh.trial[i];
         __syncthreads();
         done = moved <= tol;

@@ -4,8 +4,11 @@
 //! The log-strengths, gradient and objective are f64; the Newton system is built and solved in f32 (the CUDA kernel
 //! keeps it in shared memory). Its rounding only changes the step, not the fixed point, which is where the f64
 //! gradient vanishes: near it, steps shrink geometrically at a rate of about cond(H)·2⁻²⁴.
+//!
+//! Each evaluation (objective, gradient and system together, one exponential per pair) happens at the trial point
+//! of the line search, so an accepted step already has the next system; a typical fit takes 3–8 steps.
 
-use super::group::{log_sigmoid, sigmoid, Group, Link};
+use super::group::{Group, Link};
 use super::BradleyTerryFit;
 
 /// Step halvings tried before a step is taken anyway (it is then 2⁻³⁰ of the Newton step).
@@ -24,6 +27,9 @@ pub(crate) struct Workspace {
     /// The negated Hessian (f32, K×K) and the right-hand side, overwritten by the solve.
     system: Vec<f32>,
     rhs: Vec<f32>,
+    /// The f64 gradient, and the Newton step of the current iteration.
+    grad: Vec<f64>,
+    step: Vec<f32>,
     theta: Vec<f64>,
     trial: Vec<f64>,
 }
@@ -34,46 +40,85 @@ impl Workspace {
             prob: vec![0.0; k * k],
             system: vec![0.0; k * k],
             rhs: vec![0.0; k],
+            grad: vec![0.0; k],
+            step: vec![0.0; k],
             theta: vec![0.0; k],
             trial: vec![0.0; k],
         }
     }
 }
 
-/// `Σ_{i≠j} P[i,j]·log σ(θ_i − θ_j) − ½·ridge·Σθ²` over valid pairs.
-fn objective(prob: &[f64], theta: &[f64], ridge: f64) -> f64 {
-    let k = theta.len();
-    (0..k)
-        .map(|i| {
-            let row: f64 = (0..k)
-                .filter(|&j| j != i && !prob[i * k + j].is_nan())
-                .map(|j| prob[i * k + j] * log_sigmoid(theta[i] - theta[j]))
-                .sum();
-            row - 0.5 * ridge * theta[i] * theta[i]
-        })
-        .sum()
+impl Workspace {
+    /// `P[i,j]` in f64 as the last fit used it: ½ on the diagonal, NaN for void pairs.
+    pub fn probabilities(&self) -> &[f64] {
+        &self.prob
+    }
+
+    fn fill_probabilities(&mut self, group: Group<'_>, link: Link) {
+        let k = self.theta.len();
+        for i in 0..k {
+            self.prob[i * k + i] = 0.5;
+            for j in i + 1..k {
+                let m = group.margin(i, j);
+                self.prob[i * k + j] = link.probability(m);
+                self.prob[j * k + i] = link.probability(-m);
+            }
+        }
+    }
 }
 
-/// Builds the Newton system at θ: `rhs` = the gradient, `system` = minus the Hessian (SPD thanks to the ridge).
-fn newton_system(ws: &mut Workspace, ridge: f64) {
-    let k = ws.theta.len();
+/// Evaluates the objective `Σ_{i≠j} P[i,j]·log σ(θ_i − θ_j) − ½·ridge·Σθ²` at `point` and builds the Newton system
+/// there: `rhs` = the gradient, `system` = minus the Hessian (SPD thanks to the ridge). One exponential and one
+/// logarithm per valid pair.
+fn evaluate(ws: &mut Workspace, point: &[f64], ridge: f64) -> f64 {
+    let k = point.len();
+    let mut value = 0.0;
+    ws.system.fill(0.0);
+    for (i, (g, &th)) in ws.grad.iter_mut().zip(point).enumerate() {
+        *g = -ridge * th;
+        value -= 0.5 * ridge * th * th;
+        ws.system[i * k + i] = ridge as f32;
+    }
     for i in 0..k {
-        let (mut grad, mut diag) = (-ridge * ws.theta[i], ridge);
-        for j in (0..k).filter(|&j| j != i) {
-            let p = ws.prob[i * k + j];
+        for j in i + 1..k {
+            let (p, q) = (ws.prob[i * k + j], ws.prob[j * k + i]);
             if p.is_nan() {
-                ws.system[i * k + j] = 0.0;
                 continue;
             }
-            let x = ws.theta[i] - ws.theta[j];
-            let (s, r) = (sigmoid(x), sigmoid(-x));
-            // d/dθ_i of P[i,j]·log σ(x) + P[j,i]·log σ(−x), written without cancellation when P is 0 or 1.
-            grad += p * r - ws.prob[j * k + i] * s;
-            diag += s * r;
-            ws.system[i * k + j] = -(s * r) as f32;
+            let pair = Pair::at(point[i] - point[j]);
+            value += p * pair.log_sig + q * pair.log_sig_neg;
+            // d/dθ_i of the pair's two terms, written without cancellation when P is 0 or 1.
+            let g = p * pair.sig_neg - q * pair.sig;
+            ws.grad[i] += g;
+            ws.grad[j] -= g;
+            let w = pair.sig * pair.sig_neg;
+            ws.system[i * k + i] += w as f32;
+            ws.system[j * k + j] += w as f32;
+            ws.system[i * k + j] = -w as f32;
+            ws.system[j * k + i] = -w as f32;
         }
-        ws.system[i * k + i] = diag as f32;
-        ws.rhs[i] = grad as f32;
+    }
+    for (r, &g) in ws.rhs.iter_mut().zip(&ws.grad) {
+        *r = g as f32;
+    }
+    value
+}
+
+/// σ(±x) and log σ(±x) from one exponential.
+struct Pair {
+    sig: f64,
+    sig_neg: f64,
+    log_sig: f64,
+    log_sig_neg: f64,
+}
+
+impl Pair {
+    fn at(x: f64) -> Pair {
+        let e = (-x.abs()).exp();
+        let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
+        let l = e.ln_1p();
+        let (sig, sig_neg) = if x >= 0.0 { (big, small) } else { (small, big) };
+        Pair { sig, sig_neg, log_sig: x.min(0.0) - l, log_sig_neg: (-x).min(0.0) - l }
     }
 }
 
@@ -99,6 +144,27 @@ fn solve(system: &mut [f32], rhs: &mut [f32]) {
     }
 }
 
+/// Where the fit starts: for the sigmoid link, the row means of the margins clamped to ±[`START_CLAMP`] (the
+/// least-squares fit of θ_i − θ_j ≈ M[i,j], exact up to the ridge for consistent scores), else 0.
+pub(crate) const START_CLAMP: f32 = 8.0;
+
+fn start(group: Group<'_>, link: Link, theta: &mut [f64]) {
+    let k = theta.len();
+    for (i, th) in theta.iter_mut().enumerate() {
+        *th = match link {
+            Link::Hard => 0.0,
+            Link::Sigmoid => {
+                let sum: f64 = (0..k)
+                    .map(|j| group.margin(i, j))
+                    .filter(|m| !m.is_nan())
+                    .map(|m| f64::from(m.clamp(-START_CLAMP, START_CLAMP)))
+                    .sum();
+                sum / k as f64
+            }
+        };
+    }
+}
+
 /// Fits one group's log-strengths into `strengths` (mean 0) and reports convergence.
 pub(crate) fn fit(
     group: Group<'_>,
@@ -109,31 +175,32 @@ pub(crate) fn fit(
 ) -> FitReport {
     let k = strengths.len();
     let ridge = f64::from(cfg.ridge);
-    for i in 0..k {
-        for j in 0..k {
-            ws.prob[i * k + j] = if i == j { f64::NAN } else { link.probability(group.margin(i, j)) };
-        }
-    }
-    ws.theta.fill(0.0);
-    let mut current = objective(&ws.prob, &ws.theta, ridge);
+    ws.fill_probabilities(group, link);
+    start(group, link, &mut ws.theta);
+    let theta = std::mem::take(&mut ws.theta);
+    let mut current = evaluate(ws, &theta, ridge);
+    ws.theta = theta;
     let mut report = FitReport { iterations: 0, converged: false };
     while report.iterations < cfg.max_iterations as i32 && !report.converged {
         report.iterations += 1;
-        newton_system(ws, ridge);
         solve(&mut ws.system, &mut ws.rhs);
+        ws.step.copy_from_slice(&ws.rhs);
+        // Damped step: halve until the objective does not decrease; the accepted point's system is already built.
         let mut t = 1.0f64;
         for halving in 0..=MAX_HALVINGS {
             for i in 0..k {
-                ws.trial[i] = ws.theta[i] + t * f64::from(ws.rhs[i]);
+                ws.trial[i] = ws.theta[i] + t * f64::from(ws.step[i]);
             }
-            let value = objective(&ws.prob, &ws.trial, ridge);
+            let trial = std::mem::take(&mut ws.trial);
+            let value = evaluate(ws, &trial, ridge);
+            ws.trial = trial;
             if value >= current - 1e-12 * (1.0 + current.abs()) || halving == MAX_HALVINGS {
                 current = value;
                 break;
             }
             t *= 0.5;
         }
-        let moved = ws.rhs.iter().fold(0.0f64, |m, &d| m.max((t * f64::from(d)).abs()));
+        let moved = ws.step.iter().fold(0.0f64, |m, &d| m.max((t * f64::from(d)).abs()));
         std::mem::swap(&mut ws.theta, &mut ws.trial);
         report.converged = moved <= f64::from(cfg.tolerance);
     }

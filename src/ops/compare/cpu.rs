@@ -78,10 +78,10 @@ pub(super) fn compare(verdicts: Verdicts<'_>, shape: Shape, cfg: &CompareConfig)
         || Workspace::new(k),
         |ws, (gi, out)| {
             let group = group_of(&values, log_odds, k, gi);
-            preference::fill_preference(group, link, k, out.preference);
+            let fit = bradley_terry::fit(group, link, &cfg.fit, ws, out.strengths);
+            preference::fill_preference(ws.probabilities(), out.preference);
             preference::wins_and_copeland(group, out.wins, out.copeland);
             preference::ranks(out.copeland, out.ranks);
-            let fit = bradley_terry::fit(group, link, &cfg.fit, ws, out.strengths);
             out.report.copy_from_slice(&[fit.iterations, i32::from(fit.converged)]);
             let (best, worst) = preference::best_and_worst(out.copeland, out.strengths);
             out.extremes.copy_from_slice(&[best, worst]);

@@ -33,9 +33,9 @@ fn groups_i32(shape: Shape) -> Result<i32> {
 }
 
 /// Dynamic shared memory of one comparison block: θ, trial and 32 reduction doubles, then the f32 Newton system
-/// (K²) and right-hand side (K), then the i32 Copeland scores (K); the layout of `carve` in the kernel.
+/// (K²), right-hand side (K) and step (K), then the i32 Copeland scores (K); the layout of `carve` in the kernel.
 fn shared_bytes(k: usize) -> u32 {
-    (8 * (2 * k + 32) + 4 * (k * k + k) + 4 * k) as u32
+    (8 * (2 * k + 32) + 4 * (k * k + 2 * k) + 4 * k) as u32
 }
 
 pub(super) fn compare(verdicts: Verdicts<'_>, shape: Shape, cfg: &CompareConfig) -> Result<Comparison> {

@@ -40,11 +40,6 @@ pub(crate) fn sigmoid(x: f64) -> f64 {
     }
 }
 
-/// log σ(x), exact for large |x|.
-pub(crate) fn log_sigmoid(x: f64) -> f64 {
-    x.min(0.0) - (-x.abs()).exp().ln_1p()
-}
-
 /// One group's verdicts, read as f32.
 #[derive(Clone, Copy)]
 pub(crate) enum Group<'a> {

@@ -29,6 +29,9 @@ pub const KERNELS: KernelModule = crate::kernel_module!("compare");
 /// (K² floats) in shared memory.
 pub const CUDA_MAX_CANDIDATES: usize = 96;
 
+/// The smallest ridge accepted: it keeps the f32 Newton system of the fit regular.
+pub const MIN_RIDGE: f32 = 1e-8;
+
 /// What the candidates of each group are compared on. Inputs are f32, bf16 or f16, read into f32.
 #[derive(Clone, Copy, Debug)]
 pub enum Verdicts<'a> {
@@ -51,14 +54,16 @@ pub enum ScoreLink {
 /// The Bradley–Terry maximum-likelihood fit.
 ///
 /// It maximises `Σ_{i≠j} P[i,j]·log σ(θ_i − θ_j) − ½·ridge·Σ θ_i²` over the log-strengths θ (the soft win matrix
-/// `P` as the observed wins, void pairs left out) by Newton's method from θ = 0, halving a step until the
-/// objective does not decrease. The ridge (a Gaussian prior of variance 1/ridge on each θ) makes the problem
+/// `P` as the observed wins, void pairs left out) by Newton's method, halving a step until the objective does not
+/// decrease. It starts from the row means of the margins clamped to ±8 for the sigmoid link (the least-squares
+/// fit of θ_i − θ_j ≈ M[i,j]: within the ridge's shrinkage of the optimum for consistent scores) and from 0 for
+/// the hard link. The ridge (a Gaussian prior of variance 1/ridge on each θ) makes the problem
 /// strictly concave, so the fit converges even when one candidate wins everything; since `P[i,j] + P[j,i] = 1` its
 /// optimum already has mean 0. A group has converged when a step moves no θ by more than `tolerance`; after
 /// `max_iterations` steps it stops and reports that it has not. Returned strengths are θ minus their mean.
 #[derive(Clone, Copy, Debug)]
 pub struct BradleyTerryFit {
-    /// Weight of the ridge ½·ridge·Σθ²; positive and finite.
+    /// Weight of the ridge ½·ridge·Σθ²; finite and at least [`MIN_RIDGE`].
     pub ridge: f32,
     /// Largest change of any log-strength in the last step for the fit to count as converged; positive.
     pub tolerance: f32,
@@ -194,8 +199,11 @@ impl BradleyTerryFit {
     fn validate(&self) -> Result<()> {
         check::finite("fit.ridge", self.ridge)?;
         check::finite("fit.tolerance", self.tolerance)?;
-        if self.ridge <= 0.0 {
-            return Err(Error::InvalidArgument(format!("`fit.ridge` must be positive, got {}", self.ridge)));
+        if self.ridge < MIN_RIDGE {
+            return Err(Error::InvalidArgument(format!(
+                "`fit.ridge` must be at least {MIN_RIDGE:e}, got {}",
+                self.ridge
+            )));
         }
         if self.tolerance <= 0.0 {
             return Err(Error::InvalidArgument(format!("`fit.tolerance` must be positive, got {}", self.tolerance)));

@@ -1,13 +1,12 @@
 //! One group's preference matrix, win counts, Copeland scores and ranks, best and worst candidate, and
 //! position consistency on the CPU (the same rules as `cmp_group` in `kernels/compare.cu`).
 
-use super::group::{Group, Link};
+use super::group::Group;
 
-/// Row-major `P[i,j]` in f32 (½ on the diagonal, NaN for void pairs).
-pub(crate) fn fill_preference(group: Group<'_>, link: Link, k: usize, out: &mut [f32]) {
-    for (e, p) in out.iter_mut().enumerate() {
-        let (i, j) = (e / k, e % k);
-        *p = if i == j { 0.5 } else { link.probability(group.margin(i, j)) as f32 };
+/// `P[i,j]` as f32 from the fit's f64 probabilities.
+pub(crate) fn fill_preference(prob: &[f64], out: &mut [f32]) {
+    for (o, &p) in out.iter_mut().zip(prob) {
+        *o = p as f32;
     }
 }
 

@@ -9,7 +9,8 @@ to the ignore index -100), summed per sequence; the backward gives d logits. Two
 
 Logits and labels are aligned (TRL's one-token shift is left out: it is a view and the op takes aligned inputs).
 Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own; "extra memory"
-is that peak minus the resident memory once the inputs exist (the peak is reset after making them). Times are the median of --repeats runs after one
+is that peak minus the resident memory once the inputs exist (the peak is reset after making them); on CUDA
+(--device cuda), torch's peak allocation minus its allocation once the inputs exist. Times are the median of --repeats runs after one
 warm-up. Any python with torch works:
 
     python3 scripts/bench_torch_logprobs.py                     # N=4, T=512, V=151936, f32, CPU
@@ -78,14 +79,21 @@ def measure(args):
         torch.set_num_threads(args.threads)
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     fn = {"naive": logps_naive, "selective": logps_selective}[args.impl]
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(args.n, args.t, args.v, generator=gen).to(dtype)
-    labels = torch.randint(0, args.v, (args.n, args.t), generator=gen)
-    labels[torch.rand(args.n, args.t, generator=gen) < 0.1] = IGNORE_INDEX
+    device = torch.device(args.device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(args.n, args.t, args.v, generator=gen, device=device).to(dtype)
+    labels = torch.randint(0, args.v, (args.n, args.t), generator=gen, device=device)
+    labels[torch.rand(args.n, args.t, generator=gen, device=device) < 0.1] = IGNORE_INDEX
     if args.mode == "fwdbwd":
         logits.requires_grad_(True)
-    exact = reset_peak_rss()
-    base = current_rss_bytes()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        exact = reset_peak_rss()
+        base = current_rss_bytes()
 
     def once():
         if args.mode == "fwd":
@@ -100,6 +108,8 @@ def measure(args):
     for i in range(args.repeats + 1):
         start = time.perf_counter()
         out = once()
+        if cuda:
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         if i > 0:  # the first run is the warm-up
             times.append(elapsed)
@@ -107,8 +117,9 @@ def measure(args):
     print(json.dumps({
         "median_s": statistics.median(times),
         "min_s": min(times),
-        "extra_bytes": max(0, peak_rss_bytes() - base),
-        "peak_reset": exact,
+        "extra_bytes": max(0, (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()) - base),
+        "peak_reset": cuda or exact,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
         "input_bytes": logits.numel() * logits.element_size(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -121,6 +132,7 @@ def main():
     p.add_argument("--t", type=int, default=512, help="tokens per sequence")
     p.add_argument("--v", type=int, default=151_936, help="vocabulary (Qwen2)")
     p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (extra memory: torch's peak allocation there)")
     p.add_argument("--impl", choices=["naive", "selective", "both"], default="naive")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -132,7 +144,7 @@ def main():
         return
 
     gb = args.n * args.t * args.v * (4 if args.dtype == "f32" else 2) / 1e9
-    print(f"PyTorch eager, CPU: N={args.n} T={args.t} V={args.v} {args.dtype} ({gb:.2f} GB of logits), "
+    print(f"PyTorch eager, {args.device}: N={args.n} T={args.t} V={args.v} {args.dtype} ({gb:.2f} GB of logits), "
           f"median of {args.repeats} after a warm-up, each row in its own process")
     impls = ["naive", "selective"] if args.impl == "both" else [args.impl]
     print(f"{'impl':<10} {'pass':<28} {'median':>9} {'min':>9} {'extra memory':>13} {'extra/logits':>13}")
@@ -140,15 +152,19 @@ def main():
         for mode, label in [("fwd", "forward (no_grad)"), ("fwdbwd", "forward + backward")]:
             cmd = [sys.executable, __file__, "--mode", mode, "--impl", impl, "--n", str(args.n), "--t", str(args.t),
                    "--v", str(args.v), "--dtype", args.dtype, "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
-            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                   "--threads", str(args.threads), "--device", args.device]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                errors = [l for l in proc.stderr.splitlines() if "Error" in l] or proc.stderr.splitlines()[-1:]
+                sys.exit(f"{impl} {mode} on {args.device} failed: {errors[-1] if errors else proc.returncode}")
+            r = json.loads(proc.stdout.splitlines()[-1])
             if args.json:
                 print(json.dumps({"impl": impl, "mode": mode, **r}))
                 continue
             print(f"{impl:<10} {label:<28} {r['median_s']:>8.3f}s {r['min_s']:>8.3f}s "
                   f"{r['extra_bytes'] / 1e9:>10.2f} GB {r['extra_bytes'] / r['input_bytes']:>12.2f}x")
     if not args.json:
-        print(f"torch {r['torch']}, {r['threads']} threads")
+        print(f"torch {r['torch']}, {r['device']}")
 
 
 if __name__ == "__main__":

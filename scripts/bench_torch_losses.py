@@ -10,7 +10,8 @@
   prediction.
 
 Times are per call (forward alone under no_grad, and forward + backward), the median of --repeats timings of
---inner calls each, after a warm-up. Any python with torch works:
+--inner calls each, after a warm-up (on CUDA, --device cuda, synchronised after each timing). Any python with torch
+works:
 
     python3 scripts/bench_torch_losses.py
 """
@@ -43,13 +44,15 @@ def diffusion_dpo(model_pred, ref_pred, target, beta=5000.0):
     return -F.logsigmoid(inside).mean(), model_losses
 
 
-def time_per_call(fn, repeats, inner):
+def time_per_call(fn, repeats, inner, sync):
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(inner):
             fn()
+        sync()
         times.append((time.perf_counter() - start) / inner)
     return statistics.median(times)
 
@@ -63,14 +66,17 @@ def main():
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--inner", type=int, default=200, help="calls per timing")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
 
     # Sequence log-probs of a few hundred tokens: around -200.
-    pc, pr, rc, rr = [(-200 + 20 * torch.randn(args.pairs, generator=gen)).to(dtype) for _ in range(4)]
+    pc, pr, rc, rr = [(-200 + 20 * torch.randn(args.pairs, generator=gen)).to(device, dtype) for _ in range(4)]
     pc.requires_grad_(True)
     pr.requires_grad_(True)
 
@@ -85,9 +91,10 @@ def main():
         return metrics
 
     shape = (2 * args.batch, args.dim)
-    target = torch.randn(shape, generator=gen).to(dtype)
-    ref_pred = (target + 0.1 * torch.randn(shape, generator=gen)).to(dtype)
-    model_pred = (target + 0.1 * torch.randn(shape, generator=gen)).to(dtype).requires_grad_(True)
+    target = torch.randn(shape, generator=gen)
+    ref_pred = (target + 0.1 * torch.randn(shape, generator=gen)).to(device, dtype)
+    model_pred = (target + 0.1 * torch.randn(shape, generator=gen)).to(device, dtype).requires_grad_(True)
+    target = target.to(device, dtype)
 
     def ddpo_fwd():
         with torch.no_grad():
@@ -99,17 +106,18 @@ def main():
         loss.backward()
         return loss
 
-    print(f"PyTorch eager, CPU, {args.dtype}: median of {args.repeats} timings of {args.inner} calls, per call")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"PyTorch eager, {where}, {args.dtype}: median of {args.repeats} timings of {args.inner} calls, per call")
     rows = [
         (f"DPO sigmoid, {args.pairs} pairs", dpo_fwd, dpo_fwdbwd),
         (f"Diffusion-DPO, B={args.batch}, D={args.dim}, beta=5000", ddpo_fwd, ddpo_fwdbwd),
     ]
     print(f"{'loss':<44} {'forward':>12} {'forward+backward':>18}")
     for name, fwd, fwdbwd in rows:
-        f = time_per_call(fwd, args.repeats, args.inner)
-        fb = time_per_call(fwdbwd, args.repeats, args.inner)
+        f = time_per_call(fwd, args.repeats, args.inner, sync)
+        fb = time_per_call(fwdbwd, args.repeats, args.inner, sync)
         print(f"{name:<44} {f * 1e6:>9.1f} us {fb * 1e6:>15.1f} us")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}")
 
 
 if __name__ == "__main__":

@@ -320,6 +320,26 @@ fn random_inputs_match_f64_reference() {
     }
 }
 
+/// The per-sequence reduction runs in a fixed order: one thread or many give the same bits.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = StdRng::seed_from_u64(seed());
+    let case = random_case(&mut rng, [3, 40, 3000], 8.0, true);
+    let logits = case.logits(DType::F32);
+    let labels = labels_tensor(&case.labels, &[3, 40], DType::I64);
+    let mask = mask_tensor(case.mask.as_ref().unwrap(), &[3, 40], DType::I64);
+    let grad_logps = f32_tensor(&case.grad_logps, &[3]);
+    let cfg = cfg(TokenReduction::Mean);
+    let run = || {
+        let out = sequence_logprobs(&logits, &labels, Some(&mask), &cfg).unwrap();
+        let grad = sequence_logprobs_backward(&logits, &labels, Some(&mask), &out, &grad_logps, &cfg).unwrap();
+        [floats(&out.logps), floats(&out.mean_logits), floats(&out.entropy), floats(&out.lse), floats(&grad)]
+    };
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+    let four_threads = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(run);
+    assert_eq!(one_thread, four_threads);
+}
+
 #[test]
 fn large_magnitude_logits() {
     let mut rng = StdRng::seed_from_u64(seed());

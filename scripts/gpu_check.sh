@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a machine with an NVIDIA GPU should run: the GPU tests (CUDA against CPU on random inputs, every op,
-# every dtype), the NVRTC compile check for the device's own architecture, and the benches in a quick mode; then
-# a short table. Exits non-zero on any failure, and when there is no GPU.
+# every dtype), the NVRTC compile check for the device's own architecture, the command line's demo on CUDA, the
+# benches in a quick mode and the PyTorch eager baselines on the same GPU; then a short table. Exits non-zero on
+# any failure, and when there is no GPU.
 #
 # The GPU machine has CUDA 13.0 and PyTorch but no Rust toolchain and no network, so the script has two halves:
 #
@@ -257,7 +258,25 @@ run_checks() {
         fi
     done
 
+    # PyTorch eager on the same GPU, for the side-by-side table (informative: a failure here fails nothing).
+    local torch_tables=()
+    if [[ "$gpu" == yes ]] && timeout 60 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+        local script
+        for script in "bench_torch_logprobs.py --impl both" "bench_torch_logprobs.py --dtype bf16"             "bench_torch_losses.py"; do
+            limit=$(step_limit 90)
+            ((limit == 0)) && break
+            step "PyTorch baseline: $script --device cuda (timeout ${limit}s)"
+            log="$logs/torch.log"
+            # shellcheck disable=SC2086 # the script and its flags are split on purpose
+            timeout --kill-after=10 "$limit" python3 scripts/$script --device cuda 2>&1 | tee "$log" || true
+            torch_tables+=("$(cat "$log")")
+        done
+    else
+        echo "(PyTorch baselines skipped: no GPU, or no torch with CUDA in python3)"
+    fi
+
     step "summary (test binary: results; bench: median time)"
+    ((${#torch_tables[@]} == 0)) || printf '%s\n\n' "${torch_tables[@]}"
     [[ "$gpu" == yes ]] || echo "*** $gpu ***"
     printf '%s\n' "${summary[@]:-nothing ran: $BIN/ holds no test or bench binaries}"
     rm -rf "$logs"

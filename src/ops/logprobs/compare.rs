@@ -17,14 +17,18 @@ use crate::{Error, Result};
 /// Time and memory of one path.
 #[derive(Clone, Debug)]
 pub struct PathReport {
+    /// `fused`, `fused, in place` or `naive`.
     pub name: &'static str,
+    /// Wall-clock seconds of the forward.
     pub forward_s: f64,
+    /// Wall-clock seconds of the backward (allocating its gradient, or writing over the logits).
     pub backward_s: f64,
     /// Bytes the path allocates beyond its inputs at its peak (tensors and buffers it creates).
     pub extra_bytes: usize,
 }
 
 impl PathReport {
+    /// Forward + backward seconds.
     pub fn total_s(&self) -> f64 {
         self.forward_s + self.backward_s
     }
@@ -33,6 +37,7 @@ impl PathReport {
 /// The result of [`compare_fused_vs_naive`].
 #[derive(Clone, Debug)]
 pub struct ComparisonReport {
+    /// Sequences, tokens per sequence, vocabulary size and dtype of the logits.
     pub n: usize,
     pub t: usize,
     pub v: usize,

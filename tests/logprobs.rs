@@ -625,10 +625,13 @@ fn cuda_matches_cpu() {
 
 #[test]
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
-fn cuda_refuses_labels_out_of_range() {
+fn cuda_refuses_bad_input() {
     let gpu = Device::Cuda(0);
-    let (logits, _) = small_inputs();
+    let (logits, cpu_labels) = small_inputs();
+    let logits = logits.to_device(gpu).unwrap();
     let labels = labels_tensor(&[0, 1, 2, 3, 4, 5], &[2, 3], DType::I64).to_device(gpu).unwrap();
-    let e = forward_err(&logits.to_device(gpu).unwrap(), &labels, None);
+    let e = forward_err(&logits, &labels, None);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("sequence 1, token 2")), "{e}");
+    let e = forward_err(&logits, &cpu_labels, None);
+    assert!(matches!(&e, Error::Device(m) if m.contains("labels")), "{e}");
 }

@@ -16,9 +16,25 @@ use crate::synthetic;
 
 #[derive(clap::Subcommand)]
 pub enum Bench {
+    /// Per-sequence log-probs from logits [N,T,V]: fused (out of place and in place) against the naive
+    /// materialised log-softmax, forward and backward, on the CPU.
+    Logprobs(LogprobsArgs),
     /// Log-probs from hidden states and the LM head: fused (chunked) against materialised logits, forward and
     /// backward, f32 on the CPU.
     FusedLinear(FusedLinearArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LogprobsArgs {
+    #[arg(long, default_value_t = 4)]
+    n: usize,
+    #[arg(long, default_value_t = 512)]
+    t: usize,
+    #[arg(long, default_value_t = 151_936)]
+    v: usize,
+    /// Logits dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = crate::parse_float_dtype)]
+    dtype: DType,
 }
 
 #[derive(clap::Args)]
@@ -39,6 +55,10 @@ pub struct FusedLinearArgs {
 
 pub fn run(bench: &Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Logprobs(args) => {
+            print!("{}", unireward::ops::logprobs::compare_fused_vs_naive(args.n, args.t, args.v, args.dtype)?);
+            Ok(())
+        }
         Bench::FusedLinear(args) => fused_linear(args),
     }
 }

@@ -105,7 +105,7 @@ __device__ double evaluate_row(const GroupIn<T>& in, int hard, int i, const doub
             continue;
         }
         const double x = point[i] - point[j], e = exp(-fabs(x));
-        const double big = 1.0 / (1.0 + e), small = e / (1.0 + e);
+        const double big = 1.0 / (1.0 + e), small = e * big;
         const double sig = x >= 0.0 ? big : small, sig_neg = x >= 0.0 ? small : big;
         value += p * (fmin(x, 0.0) - log1p(e));
         // d/dθ_i of the pair's two terms, written without cancellation when P is 0 or 1.
@@ -272,7 +272,16 @@ __device__ void compare_group(const T* verdicts, int log_odds, int hard, int k, 
 // UnifiedReward's selection rule (selection.rs::select_group), one thread per group, grid-stride. Pairing: 0
 // adjacent, 1 all pairs; ties: 0 skip, 1 first wins, 2 drop group; nans: 0 error, 1 skip. status[g] is 0, or 1
 // (NaN verdict) / 2 (NaN score) under the error policy.
-__device__ __forceinline__ bool paired(int all_pairs, int a, int b) { return all_pairs || (a % 2 == 0 && b == a + 1); }
+// selection.rs::partners: the range [lo, hi) of candidates c is compared with (it may include c itself).
+__device__ __forceinline__ void partners(int all_pairs, int c, int k, int& lo, int& hi) {
+    if (all_pairs) {
+        lo = 0;
+        hi = k;
+    } else {
+        lo = c ^ 1;
+        hi = lo < k ? lo + 1 : lo;
+    }
+}
 
 template <typename T>
 __device__ void select_groups(const T* verdicts, int log_odds, const T* scores, int groups, int k, int all_pairs,
@@ -284,8 +293,9 @@ __device__ void select_groups(const T* verdicts, int log_odds, const T* scores, 
         const T* s = scores + g * k;
         int code = 0, dropped = 0;
         for (int a = 0; a < k && !code; ++a) {
-            for (int b = a + 1; b < k && !code; ++b) {
-                if (!paired(all_pairs, a, b)) continue;
+            int lo, hi;
+            partners(all_pairs, a, k, lo, hi);
+            for (int b = max(lo, a + 1); b < hi && !code; ++b) {
                 const float m = in.margin(a, b);
                 if (!nan_skip) {
                     if (isnan(m)) code = 1;
@@ -301,8 +311,10 @@ __device__ void select_groups(const T* verdicts, int log_odds, const T* scores, 
                 const float sc = to_float(s[c]);
                 if (isnan(sc)) continue;
                 bool won = false, lost = false;
-                for (int p = 0; p < k; ++p) {
-                    if (p == c || !paired(all_pairs, min(c, p), max(c, p))) continue;
+                int lo, hi;
+                partners(all_pairs, c, k, lo, hi);
+                for (int p = lo; p < hi; ++p) {
+                    if (p == c) continue;
                     const float m = in.margin(c, p);
                     const bool first_wins = m == 0.0f && ties == 1;
                     won |= m > 0.0f || (first_wins && c < p);

@@ -115,7 +115,8 @@ struct Pair {
 impl Pair {
     fn at(x: f64) -> Pair {
         let e = (-x.abs()).exp();
-        let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
+        let big = 1.0 / (1.0 + e);
+        let small = e * big;
         let l = e.ln_1p();
         let (sig, sig_neg) = if x >= 0.0 { (big, small) } else { (small, big) };
         Pair { sig, sig_neg, log_sig: x.min(0.0) - l, log_sig_neg: (-x).min(0.0) - l }
@@ -127,13 +128,14 @@ impl Pair {
 fn solve(system: &mut [f32], rhs: &mut [f32]) {
     let k = rhs.len();
     for p in 0..k {
-        let pivot = system[p * k + p];
-        for i in p + 1..k {
-            let f = system[i * k + p] / pivot;
-            for j in p + 1..k {
-                system[i * k + j] -= f * system[p * k + j];
+        let (above, below) = system.split_at_mut((p + 1) * k);
+        let pivot_row = &above[p * k + p..];
+        for (r, row) in below.chunks_exact_mut(k).enumerate() {
+            let f = row[p] / pivot_row[0];
+            for (x, &y) in row[p + 1..].iter_mut().zip(&pivot_row[1..]) {
+                *x -= f * y;
             }
-            rhs[i] -= f * rhs[p];
+            rhs[p + 1 + r] -= f * rhs[p];
         }
     }
     for p in (0..k).rev() {

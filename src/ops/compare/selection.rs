@@ -40,11 +40,13 @@ pub(crate) struct Pick {
 
 const NO_PICK: Pick = Pick { chosen: -1, rejected: -1, chosen_score: f32::NAN, rejected_score: f32::NAN, kept: false };
 
-/// Whether `a < b` are compared under `pairing`.
-fn paired(pairing: Pairing, a: usize, b: usize) -> bool {
+/// The candidates `c` is compared with under `pairing` (a range that may include `c` itself, which callers skip):
+/// its neighbour 2j ↔ 2j+1 (none for the last of an odd K), or everyone.
+fn partners(pairing: Pairing, c: usize, k: usize) -> std::ops::Range<usize> {
     match pairing {
-        Pairing::Adjacent => a % 2 == 0 && b == a + 1,
-        Pairing::AllPairs => true,
+        Pairing::Adjacent if (c ^ 1) < k => (c ^ 1)..(c ^ 1) + 1,
+        Pairing::Adjacent => 0..0,
+        Pairing::AllPairs => 0..k,
     }
 }
 
@@ -53,7 +55,7 @@ pub(crate) fn select_group(group: Group<'_>, scores: &[f32], cfg: &SelectionConf
     let k = scores.len();
     let mut dropped = false;
     for a in 0..k {
-        for b in (a + 1..k).filter(|&b| paired(cfg.pairing, a, b)) {
+        for b in partners(cfg.pairing, a, k).filter(|&b| b > a) {
             let m = group.margin(a, b);
             if cfg.nans == NanPolicy::Error {
                 if m.is_nan() {
@@ -72,7 +74,7 @@ pub(crate) fn select_group(group: Group<'_>, scores: &[f32], cfg: &SelectionConf
     let mut pick = NO_PICK;
     for c in (0..k).filter(|&c| !scores[c].is_nan()) {
         let (mut won, mut lost) = (false, false);
-        for p in (0..k).filter(|&p| p != c && paired(cfg.pairing, c.min(p), c.max(p))) {
+        for p in partners(cfg.pairing, c, k).filter(|&p| p != c) {
             let m = group.margin(c, p);
             let first_wins = m == 0.0 && cfg.ties == TiePolicy::FirstWins;
             won |= m > 0.0 || (first_wins && c < p);

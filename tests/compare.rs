@@ -141,7 +141,9 @@ fn check_group(kind: &str, v: &[f32], k: usize, hard: bool, ridge: f64, out: &Gr
     assert!(mean.abs() < 1e-5, "strengths have mean {mean}");
     let grad = bt_gradient(&p, theta, ridge);
     let worst = grad.iter().fold(0.0f64, |a, g| a.max(g.abs()));
-    assert!(worst < 1e-4 * k as f64, "BT gradient at the fit is {worst} (k = {k})");
+    // The objective is strictly concave, so a vanishing gradient identifies the optimum; what remains is the f32
+    // rounding of the strengths (about 1e-7 per pair term).
+    assert!(worst < 1e-6 * k as f64, "BT gradient at the fit is {worst} (k = {k})");
     let s32 = |i: usize| theta[i] as f32;
     let better = |a: usize, b: usize| cope[a] > cope[b] || (cope[a] == cope[b] && s32(a) > s32(b) + 1e-5);
     let best = (0..k).fold(0, |b, i| if better(i, b) { i } else { b });

@@ -162,6 +162,13 @@ __device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, 
             __syncthreads();
         }
         if (row) sh.step[i] = sh.rhs[i];
+        const double full = block_max_d(row ? fabs((double)sh.rhs[i]) : 0.0, sh.red);
+        if (full <= tol) {  // Converged: take the step without evaluating the objective there.
+            if (row) sh.theta[i] += (double)sh.step[i];
+            __syncthreads();
+            done = 1;
+            break;
+        }
         // Damped step: halve until the objective does not decrease; the accepted point's system is then built.
         double t = 1.0;
         for (int h = 0; h <= MAX_HALVINGS; ++h) {
@@ -174,10 +181,9 @@ __device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, 
             }
             t *= 0.5;
         }
-        const double moved = block_max_d(row ? fabs(t * (double)sh.step[i]) : 0.0, sh.red);
         if (row) sh.theta[i] = sh.trial[i];
         __syncthreads();
-        done = moved <= tol;
+        done = t * full <= tol;
     }
     *converged = done;
     return it;

@@ -187,6 +187,16 @@ pub(crate) fn fit(
         report.iterations += 1;
         solve(&mut ws.system, &mut ws.rhs);
         ws.step.copy_from_slice(&ws.rhs);
+        let full = ws.step.iter().fold(0.0f64, |m, &d| m.max(f64::from(d).abs()));
+        let tolerance = f64::from(cfg.tolerance);
+        if full <= tolerance {
+            // Converged: take the step (it cannot matter) without evaluating the objective there.
+            for (th, &d) in ws.theta.iter_mut().zip(&ws.step) {
+                *th += f64::from(d);
+            }
+            report.converged = true;
+            break;
+        }
         // Damped step: halve until the objective does not decrease; the accepted point's system is already built.
         let mut t = 1.0f64;
         for halving in 0..=MAX_HALVINGS {
@@ -202,9 +212,8 @@ pub(crate) fn fit(
             }
             t *= 0.5;
         }
-        let moved = ws.step.iter().fold(0.0f64, |m, &d| m.max((t * f64::from(d)).abs()));
         std::mem::swap(&mut ws.theta, &mut ws.trial);
-        report.converged = moved <= f64::from(cfg.tolerance);
+        report.converged = t * full <= tolerance;
     }
     let mean = ws.theta.iter().sum::<f64>() / k as f64;
     for (s, &th) in strengths.iter_mut().zip(&ws.theta) {

@@ -431,9 +431,9 @@ fn bad_input_is_a_clear_error() {
 
     let sel = SelectionConfig::default();
     let wrong = Tensor::zeros(&[2, 4], DType::F32, cpu).unwrap();
-    shape_error(select_pairs(Verdicts::Scores(&scores), &wrong, &sel), "`scores`");
+    shape_error(select_pairs(Verdicts::Scores(&scores), &wrong, &sel), "`pointwise`");
     let half = Tensor::zeros(&[2, 3], DType::BF16, cpu).unwrap();
-    assert!(matches!(select_pairs(Verdicts::Scores(&scores), &half, &sel), Err(Error::DType { arg: "scores", .. })));
+    assert!(matches!(select_pairs(Verdicts::Scores(&scores), &half, &sel), Err(Error::DType { arg: "pointwise", .. })));
     shape_error(select_pairs(Verdicts::Scores(&empty_groups), &empty_groups, &sel), "scores (G)");
 }
 

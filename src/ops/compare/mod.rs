@@ -9,7 +9,12 @@
 //! probability): i beats j when `M[i,j] > 0`, they tie when it is 0. A NaN margin (a NaN input, or `∞ − ∞`) makes
 //! the pair **void**: its probability is NaN and it counts as neither a win, a loss nor a tie, and the
 //! Bradley–Terry fit leaves it out. The CPU path (`cpu.rs`) and the CUDA kernels (`kernels/compare.cu`, launched
-//! from `cuda.rs`) do the same per-group math, the fit in f64 with its Newton system in f32.
+//! from `cuda.rs`) do the same per-group math, the fit in f64 with its Newton system in f32. The CUDA comparison
+//! takes K ≤ [`CUDA_MAX_CANDIDATES`] (the selection has no limit); kernels flush f32 denormals, so a margin below
+//! 1.2e-38 in magnitude is a tie there.
+//!
+//! G = 0 or K = 0 is an error. K = 1 is a group without pairs: P = [½], no wins, rank 1, strength 0, best = worst
+//! = 0, consistency NaN, and the selection keeps nothing.
 
 mod bradley_terry;
 mod cpu;
@@ -181,7 +186,7 @@ fn shape_of(verdicts: Verdicts<'_>) -> Result<Shape> {
         Verdicts::LogOdds(t) => ("log_odds", t, 3),
     };
     let dims = check::rank(name, t, rank)?;
-    check::float(if rank == 2 { "scores" } else { "log_odds" }, t)?;
+    check::float(name, t)?;
     let (groups, candidates) = (dims[0], dims[1]);
     if rank == 3 && dims[2] != candidates {
         return Err(Error::Shape(format!("`log_odds` must be [G, K, K], got {dims:?}")));
@@ -232,26 +237,24 @@ pub fn compare(verdicts: Verdicts<'_>, cfg: &CompareConfig) -> Result<Comparison
 
 /// UnifiedReward's selection rule, per group: the pair verdicts (`verdicts`) split the paired candidates into a
 /// chosen list (winners) and a rejected list (losers); the final chosen is the best-scored of the chosen list by
-/// `scores` [G,K], the final rejected the worst-scored of the rejected list, and the pair is kept only if the
+/// the pointwise scores `pointwise` [G,K] (same dtype as the verdicts), the final rejected the worst-scored of the rejected list, and the pair is kept only if the
 /// chosen score is strictly greater. Scores are compared as numbers (10 > 9), never as text. K = 1 is never kept.
-pub fn select_pairs(verdicts: Verdicts<'_>, scores: &Tensor, cfg: &SelectionConfig) -> Result<Selection> {
+pub fn select_pairs(verdicts: Verdicts<'_>, pointwise: &Tensor, cfg: &SelectionConfig) -> Result<Selection> {
     let shape = shape_of(verdicts)?;
-    let first = match verdicts {
-        Verdicts::Scores(t) | Verdicts::LogOdds(t) => t,
-    };
-    check::float("scores", scores)?;
-    check::shape("scores", scores, &[shape.groups, shape.candidates])?;
-    check::same_device(&[("verdicts", first), ("scores", scores)])?;
-    if scores.dtype() != first.dtype() {
+    let (Verdicts::Scores(first) | Verdicts::LogOdds(first)) = verdicts;
+    check::float("pointwise", pointwise)?;
+    check::shape("pointwise", pointwise, &[shape.groups, shape.candidates])?;
+    check::same_device(&[("verdicts", first), ("pointwise", pointwise)])?;
+    if pointwise.dtype() != first.dtype() {
         return Err(Error::DType {
-            arg: "scores",
-            got: scores.dtype(),
+            arg: "pointwise",
+            got: pointwise.dtype(),
             expected: format!("the verdicts' dtype ({})", first.dtype()),
         });
     }
     let status = match shape.device {
-        Device::Cpu => cpu::select(verdicts, scores, shape, cfg)?,
-        Device::Cuda(_) => cuda::select(verdicts, scores, shape, cfg)?,
+        Device::Cpu => cpu::select(verdicts, pointwise, shape, cfg)?,
+        Device::Cuda(_) => cuda::select(verdicts, pointwise, shape, cfg)?,
     };
     status.into_result()
 }

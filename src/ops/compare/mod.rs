@@ -1,8 +1,8 @@
 //! Batched pairwise comparisons of G groups of K candidates, and UnifiedReward's pair selection rule.
 //!
 //! Every comparison starts from a **margin** `M[i,j]`, the evidence that candidate i beats j:
-//! - from scores `s` [G,K]: `M[i,j] = s_i − s_j`;
-//! - from verdict log-odds `L` [G,K,K] (`L[i,j] = log P(i beats j) − log P(j beats i)` judged with i shown first):
+//! - from scores `s` `[G,K]`: `M[i,j] = s_i − s_j`;
+//! - from verdict log-odds `L` `[G,K,K]` (`L[i,j] = log P(i beats j) − log P(j beats i)` judged with i shown first):
 //!   `M[i,j] = ½(L[i,j] − L[j,i])`, the mean over both presentation orders, so a position bias cancels.
 //!
 //! `M[j,i] = −M[i,j]` exactly, in floating point too. Who wins is decided by the sign of `M` (not by the rounded
@@ -13,7 +13,7 @@
 //! takes K ≤ [`CUDA_MAX_CANDIDATES`] (the selection has no limit); kernels flush f32 denormals, so a margin below
 //! 1.2e-38 in magnitude is a tie there.
 //!
-//! G = 0 or K = 0 is an error. K = 1 is a group without pairs: P = [½], no wins, rank 1, strength 0, best = worst
+//! G = 0 or K = 0 is an error. K = 1 is a group without pairs: P = `[½]`, no wins, rank 1, strength 0, best = worst
 //! = 0, consistency NaN, and the selection keeps nothing.
 
 mod bradley_terry;
@@ -40,9 +40,9 @@ pub const MIN_RIDGE: f32 = 1e-8;
 /// What the candidates of each group are compared on. Inputs are f32, bf16 or f16, read into f32.
 #[derive(Clone, Copy, Debug)]
 pub enum Verdicts<'a> {
-    /// Scalar scores [G,K], higher is better.
+    /// Scalar scores `[G,K]`, higher is better.
     Scores(&'a Tensor),
-    /// Verdict log-odds [G,K,K] with both presentation orders; the diagonal is ignored.
+    /// Verdict log-odds `[G,K,K]` with both presentation orders; the diagonal is ignored.
     LogOdds(&'a Tensor),
 }
 
@@ -61,7 +61,7 @@ pub enum ScoreLink {
 /// It maximises `Σ_{i≠j} P[i,j]·log σ(θ_i − θ_j) − ½·ridge·Σ θ_i²` over the log-strengths θ (the soft win matrix
 /// `P` as the observed wins, void pairs left out) by Newton's method, halving a step until the objective does not
 /// decrease. It starts from the row means of the margins clamped to ±8 for the sigmoid link (the least-squares
-/// fit of θ_i − θ_j ≈ M[i,j]: within the ridge's shrinkage of the optimum for consistent scores) and from 0 for
+/// fit of `θ_i − θ_j ≈ M[i,j]`: within the ridge's shrinkage of the optimum for consistent scores) and from 0 for
 /// the hard link. The ridge (a Gaussian prior of variance 1/ridge on each θ) makes the problem
 /// strictly concave, so the fit converges even when one candidate wins everything; since `P[i,j] + P[j,i] = 1` its
 /// optimum already has mean 0. A group has converged when a step moves no θ by more than `tolerance`; after
@@ -92,27 +92,27 @@ pub struct CompareConfig {
 /// Everything [`compare`] computes, on the input's device.
 #[derive(Debug)]
 pub struct Comparison {
-    /// `P[i,j]` [G,K,K] f32: the probability that i beats j; ½ on the diagonal, NaN for a void pair.
+    /// `P[i,j]` `[G,K,K]` f32: the probability that i beats j; ½ on the diagonal, NaN for a void pair.
     pub preference: Tensor,
-    /// [G,K] f32: pairs won, a tie counting ½.
+    /// `[G,K]` f32: pairs won, a tie counting ½.
     pub wins: Tensor,
-    /// [G,K] i32: the Copeland score, pairs won minus pairs lost (ties and void pairs count 0).
+    /// `[G,K]` i32: the Copeland score, pairs won minus pairs lost (ties and void pairs count 0).
     pub copeland: Tensor,
-    /// [G,K] i32: the Copeland rank, 1 for the best; tied scores share the best of their ranks and the next rank
+    /// `[G,K]` i32: the Copeland rank, 1 for the best; tied scores share the best of their ranks and the next rank
     /// skips ("1, 2, 2, 4": one plus the number of candidates with a strictly higher score).
     pub ranks: Tensor,
-    /// [G,K] f32: Bradley–Terry log-strengths, mean 0 in each group.
+    /// `[G,K]` f32: Bradley–Terry log-strengths, mean 0 in each group.
     pub strengths: Tensor,
-    /// [G] i32: Newton steps the fit took.
+    /// `[G]` i32: Newton steps the fit took.
     pub iterations: Tensor,
-    /// [G] i32: 1 if the fit met the tolerance within the iteration cap, else 0.
+    /// `[G]` i32: 1 if the fit met the tolerance within the iteration cap, else 0.
     pub converged: Tensor,
-    /// [G] i32: the best candidate: highest Copeland score, then highest strength, then lowest index (strengths
+    /// `[G]` i32: the best candidate: highest Copeland score, then highest strength, then lowest index (strengths
     /// within 1e-5 count as equal: equal records have equal strengths, up to rounding).
     pub best: Tensor,
-    /// [G] i32: the worst candidate: lowest Copeland score, then lowest strength, then highest index.
+    /// `[G]` i32: the worst candidate: lowest Copeland score, then lowest strength, then highest index.
     pub worst: Tensor,
-    /// [G] f32, log-odds input only: the share of unordered pairs whose winner survives swapping the order,
+    /// `[G]` f32, log-odds input only: the share of unordered pairs whose winner survives swapping the order,
     /// `sign(L[i,j]) == −sign(L[j,i])` (two zeros agree); pairs with a NaN verdict are left out, and a group
     /// without pairs (K = 1) gets NaN.
     pub consistency: Option<Tensor>,
@@ -161,14 +161,14 @@ pub struct SelectionConfig {
 /// Per group, the selected pair, on the input's device. A group without a pick has index −1 and score NaN.
 #[derive(Debug)]
 pub struct Selection {
-    /// [G] i32: the best-scored candidate of the chosen list (the lowest index among equal scores).
+    /// `[G]` i32: the best-scored candidate of the chosen list (the lowest index among equal scores).
     pub chosen: Tensor,
-    /// [G] i32: the worst-scored candidate of the rejected list (the lowest index among equal scores).
+    /// `[G]` i32: the worst-scored candidate of the rejected list (the lowest index among equal scores).
     pub rejected: Tensor,
-    /// [G] f32: their pointwise scores.
+    /// `[G]` f32: their pointwise scores.
     pub chosen_score: Tensor,
     pub rejected_score: Tensor,
-    /// [G] i32: 1 if both exist and the chosen score is strictly greater (as numbers), else 0.
+    /// `[G]` i32: 1 if both exist and the chosen score is strictly greater (as numbers), else 0.
     pub kept: Tensor,
 }
 
@@ -237,7 +237,7 @@ pub fn compare(verdicts: Verdicts<'_>, cfg: &CompareConfig) -> Result<Comparison
 
 /// UnifiedReward's selection rule, per group: the pair verdicts (`verdicts`) split the paired candidates into a
 /// chosen list (winners) and a rejected list (losers); the final chosen is the best-scored of the chosen list by
-/// the pointwise scores `pointwise` [G,K] (same dtype as the verdicts), the final rejected the worst-scored of the rejected list, and the pair is kept only if the
+/// the pointwise scores `pointwise` `[G,K]` (same dtype as the verdicts), the final rejected the worst-scored of the rejected list, and the pair is kept only if the
 /// chosen score is strictly greater. Scores are compared as numbers (10 > 9), never as text. K = 1 is never kept.
 pub fn select_pairs(verdicts: Verdicts<'_>, pointwise: &Tensor, cfg: &SelectionConfig) -> Result<Selection> {
     let shape = shape_of(verdicts)?;

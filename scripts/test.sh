@@ -10,7 +10,7 @@
 # 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
 # 5. a release build and a smoke run of `unireward demo`.
 #
-# Stops at the first failure with a non-zero exit status.
+# Stops at the first failing step with a non-zero exit status (each test step runs all its tests first).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -83,7 +83,9 @@ run cargo test --test kernels_compile -- --nocapture
 
 step "release build"
 run cargo build --release
-if cargo run --quiet --release -- --help 2>/dev/null | grep -qE '^\s+demo\b'; then
+# (Captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail.)
+cli_help=$(cargo run --quiet --release -- --help 2>/dev/null || true)
+if grep -qE '^\s+demo\b' <<<"$cli_help"; then
     step "smoke run: unireward demo"
     run cargo run --release -- demo
 else

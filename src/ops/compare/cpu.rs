@@ -10,10 +10,13 @@ use super::{CompareConfig, Comparison, Selection, SelectionConfig, SelectionStat
 use crate::runtime::{Device, Tensor};
 use crate::Result;
 
-/// Groups handed to one rayon task, about 64K margin evaluations each.
-fn groups_per_task(k: usize) -> usize {
-    ((1 << 16) / (k * k).max(1)).max(1)
+/// Groups handed to one rayon task: about 64K units of work when one group costs `cost_per_pair`·K² units.
+fn groups_per_task(k: usize, cost_per_pair: usize) -> usize {
+    ((1 << 16) / (cost_per_pair * k * k).max(1)).max(1)
 }
+
+/// The fit costs a few Newton steps of an exponential and a logarithm per pair, plus the K³/3 elimination.
+const FIT_COST_PER_PAIR: usize = 64;
 
 /// The verdicts as f32, and whether they are log-odds.
 fn host_verdicts(verdicts: Verdicts<'_>) -> Result<(std::borrow::Cow<'_, [f32]>, bool)> {
@@ -74,7 +77,7 @@ pub(super) fn compare(verdicts: Verdicts<'_>, shape: Shape, cfg: &CompareConfig)
             consistency,
         })
         .collect();
-    outs.par_iter_mut().enumerate().with_min_len(groups_per_task(k)).for_each_init(
+    outs.par_iter_mut().enumerate().with_min_len(groups_per_task(k, FIT_COST_PER_PAIR)).for_each_init(
         || Workspace::new(k),
         |ws, (gi, out)| {
             let group = group_of(&values, log_odds, k, gi);
@@ -119,7 +122,7 @@ pub(super) fn select(
     let scores = scores.to_f32_cow()?;
     let picks: Vec<std::result::Result<selection::Pick, NanKind>> = (0..g)
         .into_par_iter()
-        .with_min_len(groups_per_task(k))
+        .with_min_len(groups_per_task(k, 1))
         .map(|gi| selection::select_group(group_of(&values, log_odds, k, gi), &scores[gi * k..(gi + 1) * k], cfg))
         .collect();
     let nan = picks.iter().enumerate().find_map(|(gi, p)| p.as_ref().err().map(|&kind| (gi, kind)));

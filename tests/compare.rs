@@ -374,6 +374,19 @@ fn all_ties_and_single_candidates() {
 }
 
 #[test]
+fn a_group_of_void_pairs_has_no_winner() {
+    let nan = tensor(&[f64::NAN; 3], &[1, 3], DType::F32, Device::Cpu);
+    let out = Host::new(&compare(Verdicts::Scores(&nan), &CompareConfig::default()).unwrap());
+    let off_diagonal = out.preference.iter().enumerate().filter(|(e, _)| e / 3 != e % 3);
+    assert!(off_diagonal.map(|(_, p)| p).all(|p| p.is_nan()), "void pairs have P = NaN: {:?}", out.preference);
+    assert_eq!((out.wins.clone(), out.copeland.clone(), out.ranks.clone()), (vec![0.0; 3], vec![0.0; 3], vec![1.0; 3]));
+    assert_eq!((out.strengths.clone(), out.converged.clone()), (vec![0.0; 3], vec![1.0]));
+    let skip = SelectionConfig { pairing: Pairing::AllPairs, nans: NanPolicy::Skip, ..Default::default() };
+    let got = selection_host(&select_pairs(Verdicts::Scores(&nan), &nan, &skip).unwrap());
+    assert_eq!((got[0][0], got[1][0], got[4][0]), (-1.0, -1.0, 0.0));
+}
+
+#[test]
 fn iteration_cap_is_reported() {
     let scores = tensor(&[3.0, -1.0, 0.5, 2.0], &[1, 4], DType::F32, Device::Cpu);
     let cfg = CompareConfig { fit: BradleyTerryFit { max_iterations: 1, ..Default::default() }, ..Default::default() };

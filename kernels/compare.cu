@@ -275,9 +275,6 @@ __device__ void compare_group(const T* verdicts, int log_odds, int hard, int k, 
     }
 }
 
-// UnifiedReward's selection rule (selection.rs::select_group), one thread per group, grid-stride. Pairing: 0
-// adjacent, 1 all pairs; ties: 0 skip, 1 first wins, 2 drop group; nans: 0 error, 1 skip. status[g] is 0, or 1
-// (NaN verdict) / 2 (NaN score) under the error policy.
 // selection.rs::partners: the range [lo, hi) of candidates c is compared with (it may include c itself).
 __device__ __forceinline__ void partners(int all_pairs, int c, int k, int& lo, int& hi) {
     if (all_pairs) {
@@ -289,6 +286,9 @@ __device__ __forceinline__ void partners(int all_pairs, int c, int k, int& lo, i
     }
 }
 
+// UnifiedReward's selection rule (selection.rs::select_group), one thread per group, grid-stride. Pairing: 0
+// adjacent, 1 all pairs; ties: 0 skip, 1 first wins, 2 drop group; nans: 0 error, 1 skip. status[g] is 0, or 1
+// (NaN verdict) / 2 (NaN score) under the error policy.
 template <typename T>
 __device__ void select_groups(const T* verdicts, int log_odds, const T* scores, int groups, int k, int all_pairs,
                               int ties, int nan_skip, int* chosen, int* rejected, float* chosen_score,

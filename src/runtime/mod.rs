@@ -4,6 +4,7 @@ pub mod cpu;
 pub mod cuda;
 mod device;
 mod dtype;
+mod storage;
 mod tensor;
 
 pub use device::Device;

@@ -3,39 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-
 use super::cuda::{self, CudaBackend};
+pub use super::storage::{CpuStorage, CudaStorage};
 use super::{DType, Device, Element};
 use crate::{Error, Result};
-
-/// Host memory, 8-byte aligned so that it can be viewed as any element type.
-#[derive(Clone)]
-pub struct CpuStorage {
-    words: Vec<u64>,
-    len_bytes: usize,
-}
-
-impl CpuStorage {
-    fn zeroed(len_bytes: usize) -> Self {
-        // `vec![0; n]` asks the allocator for zeroed pages, so large tensors cost nothing until touched.
-        CpuStorage { words: vec![0u64; len_bytes.div_ceil(8)], len_bytes }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.words)[..self.len_bytes]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len_bytes]
-    }
-}
-
-/// Device memory on one CUDA device, owned by the tensor.
-pub struct CudaStorage {
-    buffer: CudaSlice<u8>,
-    backend: Arc<CudaBackend>,
-}
 
 /// Where a tensor's bytes are.
 pub enum Storage {
@@ -73,10 +44,36 @@ impl Tensor {
         let len_bytes = checked_numel(shape)? * dtype.size_in_bytes();
         let storage = match device {
             Device::Cpu => Storage::Cpu(CpuStorage::zeroed(len_bytes)),
+            Device::Cuda(ordinal) => Storage::Cuda(CudaStorage::zeroed(len_bytes, cuda::backend(ordinal)?)?),
+        };
+        Ok(Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), dtype })
+    }
+
+    /// A tensor over memory the caller owns (a DLPack tensor, a PyTorch tensor), without a copy.
+    ///
+    /// # Safety
+    /// `ptr` must point to `shape.product() · dtype.size_in_bytes()` bytes on `device`, laid out row-major, valid
+    /// for the tensor's whole life, and not accessed by anyone else while the tensor is used except for reads when
+    /// the tensor is only read. On CUDA, the memory must belong to device `ordinal`, and work on it is ordered on the
+    /// stream that [`cuda::backend`] returns on this thread (see [`cuda::on_stream`]).
+    pub unsafe fn from_raw_parts(ptr: u64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        let len_bytes = checked_numel(shape)? * dtype.size_in_bytes();
+        if ptr == 0 && len_bytes > 0 {
+            return Err(Error::InvalidArgument("tensor data pointer is null".into()));
+        }
+        if ptr % dtype.size_in_bytes() as u64 != 0 {
+            return Err(Error::InvalidArgument(format!("tensor data pointer {ptr:#x} is not aligned for {dtype}")));
+        }
+        let storage = match device {
+            Device::Cpu => {
+                // A zero-byte tensor may have a null pointer: give it an aligned dangling one, never dereferenced.
+                let ptr = std::ptr::NonNull::new(ptr as *mut u8).unwrap_or(std::ptr::NonNull::<u64>::dangling().cast());
+                // SAFETY: this function's contract (a null pointer only with zero bytes, never read).
+                Storage::Cpu(unsafe { CpuStorage::borrowed(ptr, len_bytes) })
+            }
+            // SAFETY: this function's contract.
             Device::Cuda(ordinal) => {
-                let backend = cuda::backend(ordinal)?;
-                let buffer = backend.stream().alloc_zeros::<u8>(len_bytes)?;
-                Storage::Cuda(CudaStorage { buffer, backend })
+                Storage::Cuda(unsafe { CudaStorage::borrowed(ptr, len_bytes, cuda::backend(ordinal)?) })
             }
         };
         Ok(Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), dtype })
@@ -96,9 +93,9 @@ impl Tensor {
                 Storage::Cpu(cpu)
             }
             Device::Cuda(ordinal) => {
-                let backend = cuda::backend(ordinal)?;
-                let buffer = backend.stream().clone_htod(bytes)?;
-                Storage::Cuda(CudaStorage { buffer, backend })
+                let mut cuda = CudaStorage::zeroed(bytes.len(), cuda::backend(ordinal)?)?;
+                cuda.copy_from_host(bytes)?;
+                Storage::Cuda(cuda)
             }
         };
         Ok(Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), dtype: T::DTYPE })
@@ -233,10 +230,7 @@ impl Tensor {
     /// `self` is borrowed.
     pub fn cuda_ptr(&self) -> Result<(u64, &Arc<CudaBackend>)> {
         match &self.storage {
-            Storage::Cuda(c) => {
-                let (ptr, _sync) = c.buffer.device_ptr(c.backend.stream());
-                Ok((ptr, &c.backend))
-            }
+            Storage::Cuda(c) => Ok((c.ptr(), &c.backend)),
             Storage::Cpu(_) => Err(Error::Device("expected a CUDA tensor, got a CPU one".into())),
         }
     }
@@ -244,14 +238,7 @@ impl Tensor {
     /// Like [`Tensor::cuda_ptr`], for a tensor a kernel writes.
     pub fn cuda_ptr_mut(&mut self) -> Result<(u64, Arc<CudaBackend>)> {
         match &mut self.storage {
-            Storage::Cuda(c) => {
-                let backend = c.backend.clone();
-                let ptr = {
-                    let (ptr, _sync) = c.buffer.device_ptr_mut(backend.stream());
-                    ptr
-                };
-                Ok((ptr, backend))
-            }
+            Storage::Cuda(c) => Ok((c.ptr(), c.backend.clone())),
             Storage::Cpu(_) => Err(Error::Device("expected a CUDA tensor, got a CPU one".into())),
         }
     }
@@ -261,42 +248,33 @@ impl Tensor {
         self.expect_dtype::<T>()?;
         match &self.storage {
             Storage::Cpu(c) => Ok(bytemuck::cast_slice(c.bytes()).to_vec()),
-            Storage::Cuda(c) => {
-                let bytes = c.backend.stream().clone_dtoh(&c.buffer)?;
-                Ok(bytemuck::pod_collect_to_vec(&bytes))
-            }
+            Storage::Cuda(c) => Ok(bytemuck::pod_collect_to_vec(&c.to_host()?)),
         }
     }
 
     /// A copy on `device` (a copy even when it is already there).
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        let bytes: Vec<u8> = match &self.storage {
-            Storage::Cpu(c) => c.bytes().to_vec(),
-            Storage::Cuda(c) => c.backend.stream().clone_dtoh(&c.buffer)?,
+        let host;
+        let bytes: &[u8] = match &self.storage {
+            Storage::Cpu(c) => c.bytes(),
+            Storage::Cuda(c) => {
+                host = c.to_host()?;
+                &host
+            }
         };
-        let mut out = Tensor::zeros(&self.shape, self.dtype, Device::Cpu)?;
+        let mut out = Tensor::zeros(&self.shape, self.dtype, device)?;
         match &mut out.storage {
-            Storage::Cpu(c) => c.bytes_mut().copy_from_slice(&bytes),
-            Storage::Cuda(_) => unreachable!("created on the CPU above"),
+            Storage::Cpu(c) => c.bytes_mut().copy_from_slice(bytes),
+            Storage::Cuda(c) => c.copy_from_host(bytes)?,
         }
-        if device == Device::Cpu {
-            return Ok(out);
-        }
-        let backend = match device {
-            Device::Cuda(ordinal) => cuda::backend(ordinal)?,
-            Device::Cpu => unreachable!(),
-        };
-        let buffer = backend.stream().clone_htod(&bytes)?;
-        Ok(Tensor { storage: Storage::Cuda(CudaStorage { buffer, backend }), ..out })
+        Ok(out)
     }
 
     /// A deep copy on the same device.
     pub fn try_clone(&self) -> Result<Tensor> {
         let storage = match &self.storage {
-            Storage::Cpu(c) => Storage::Cpu(c.clone()),
-            Storage::Cuda(c) => {
-                Storage::Cuda(CudaStorage { buffer: c.buffer.try_clone()?, backend: c.backend.clone() })
-            }
+            Storage::Cpu(c) => Storage::Cpu(c.to_owned()),
+            Storage::Cuda(c) => Storage::Cuda(c.to_owned()?),
         };
         Ok(Tensor { storage, shape: self.shape.clone(), strides: self.strides.clone(), dtype: self.dtype })
     }

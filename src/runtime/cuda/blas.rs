@@ -64,32 +64,33 @@ pub fn matmul(backend: &CudaBackend, dst: u64, a: DeviceMat, b: DeviceMat, beta:
     let (op_b, ld_b) = b.as_column_major_transpose();
     let (op_a, ld_a) = a.as_column_major_transpose();
     let alpha = 1.0f32;
-    let blas = backend.blas()?;
-    // SAFETY: row-major C = A·B is computed as column-major Cᵀ = Bᵀ·Aᵀ; the operations and leading dimensions
-    // describe exactly the stored extents of `a` and `b`, which the callers allocate, and `dst` holds m·n f32.
-    // alpha and beta are f32 as CUBLAS_COMPUTE_32F requires, and live across the (asynchronous) call's enqueue.
-    unsafe {
-        result::gemm_ex(
-            *blas.handle(),
-            op_b,
-            op_a,
-            n as i32,
-            m as i32,
-            k as i32,
-            (&alpha as *const f32).cast(),
-            b.ptr as *const _,
-            dtype,
-            ld_b,
-            a.ptr as *const _,
-            dtype,
-            ld_a,
-            (&beta as *const f32).cast(),
-            dst as *mut _,
-            sys::cudaDataType::CUDA_R_32F,
-            n as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-        )
-    }
-    .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx ({m}×{k}×{n}, {}): {e}", a.dtype)))
+    backend.with_blas(|blas| {
+        // SAFETY: row-major C = A·B is computed as column-major Cᵀ = Bᵀ·Aᵀ; the operations and leading dimensions
+        // describe exactly the stored extents of `a` and `b`, which the callers allocate, and `dst` holds m·n f32.
+        // alpha and beta are f32 as CUBLAS_COMPUTE_32F requires, and live across the (asynchronous) call's enqueue.
+        unsafe {
+            result::gemm_ex(
+                *blas.handle(),
+                op_b,
+                op_a,
+                n as i32,
+                m as i32,
+                k as i32,
+                (&alpha as *const f32).cast(),
+                b.ptr as *const _,
+                dtype,
+                ld_b,
+                a.ptr as *const _,
+                dtype,
+                ld_a,
+                (&beta as *const f32).cast(),
+                dst as *mut _,
+                sys::cudaDataType::CUDA_R_32F,
+                n as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx ({m}×{k}×{n}, {}): {e}", a.dtype)))
+    })
 }

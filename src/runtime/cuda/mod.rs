@@ -42,8 +42,46 @@ pub fn is_available() -> bool {
     device_count() > 0 && nvrtc_present()
 }
 
-/// The backend of device `ordinal`, created on first use and shared after.
+thread_local! {
+    /// Backends on callers' streams, innermost last (see [`on_stream`]).
+    static STREAM_SCOPES: std::cell::RefCell<Vec<Arc<CudaBackend>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the library's work on device `ordinal` ordered on the caller's stream `cu_stream` (PyTorch's
+/// current stream, or a stream handed through the C ABI; null is the legacy default stream): inside `f`, on this
+/// thread, [`backend`] returns a backend on that stream, so the tensors `f` creates and the kernels it launches use
+/// it. Nothing is synchronised: the caller keeps ordering its own work on its stream.
+///
+/// # Safety
+/// `cu_stream` must be null or a valid stream of device `ordinal`'s primary context, alive while `f` runs and
+/// while work `f` queued on it may still run.
+pub unsafe fn on_stream<R>(
+    ordinal: usize,
+    cu_stream: cudarc::driver::sys::CUstream,
+    f: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    let base = backend(ordinal)?;
+    // SAFETY: this function's contract.
+    let stream = unsafe { base.context().wrap_borrowed_stream(cu_stream) };
+    STREAM_SCOPES.with(|s| s.borrow_mut().push(Arc::new(base.on_stream(stream))));
+    /// Pops the scope on every way out of `f`, panics included.
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            STREAM_SCOPES.with(|s| s.borrow_mut().pop());
+        }
+    }
+    let _pop = Pop;
+    f()
+}
+
+/// The backend of device `ordinal`: on the caller's stream inside [`on_stream`], else on the device's default
+/// stream (created on first use and shared after).
 pub fn backend(ordinal: usize) -> Result<Arc<CudaBackend>> {
+    let scoped = STREAM_SCOPES.with(|s| s.borrow().iter().rev().find(|b| b.ordinal() == ordinal).cloned());
+    if let Some(b) = scoped {
+        return Ok(b);
+    }
     static BACKENDS: OnceLock<Mutex<HashMap<usize, Arc<CudaBackend>>>> = OnceLock::new();
     let mut backends = BACKENDS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = backends.get(&ordinal) {

@@ -9,6 +9,8 @@
 # 3. cargo test: unit, integration and doc tests (CUDA tests are ignored without --features gpu-tests);
 # 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
 # 5. a release build and a smoke run of `unireward demo`.
+# 6. the PyTorch package's tests (bindings/python) in a cached virtual environment with torch, against the release
+#    build of libunireward.so.
 #
 # Stops at the first failing step with a non-zero exit status (each test step runs all its tests first).
 set -euo pipefail
@@ -91,5 +93,26 @@ if grep -qE '^\s+demo\b' <<<"$cli_help"; then
 else
     step "smoke run: skipped (the binary has no demo subcommand yet)"
 fi
+
+# PyTorch bindings (bindings/python): torch (PyPI's default wheel, used on the CPU here), pytest and numpy in a cached
+# venv, ${UNIREWARD_CACHE:-~/.cache/unireward}/torch-venv, rebuilt when the pins change; the package is installed
+# editable and loads the release libunireward.so built above. pytest's "no tests collected" (exit 5) fails too.
+readonly TORCH_PINS=(torch==2.10.0 numpy==2.4.6 pytest==9.2.0 "setuptools>=70.1")
+readonly TORCH_VENV="$CACHE/torch-venv"
+step "PyTorch bindings: torch venv in $TORCH_VENV"
+if [[ "$(cat "$TORCH_VENV/.unireward-pins" 2>/dev/null)" != "${TORCH_PINS[*]}" ]]; then
+    rm -rf "$TORCH_VENV"
+    run python3 -m venv "$TORCH_VENV" || die "python3 -m venv failed: install python3-venv (Debian/Ubuntu)"
+    run "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TORCH_PINS[@]}"
+    echo "${TORCH_PINS[*]}" >"$TORCH_VENV/.unireward-pins"
+else
+    echo "cached (${TORCH_PINS[*]})"
+fi
+run "$TORCH_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e bindings/python
+step "PyTorch bindings: pytest"
+lib_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+export UNIREWARD_LIB="$lib_dir/libunireward.so"
+[[ -f "$UNIREWARD_LIB" ]] || die "$UNIREWARD_LIB not found after the release build"
+run "$TORCH_VENV/bin/python" -m pytest -q bindings/python/tests
 
 step "all checks passed"

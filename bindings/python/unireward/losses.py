@@ -1,0 +1,297 @@
+"""The preference and reward-model losses: `unireward::dpo_loss`, `bradley_terry_loss`, `kwise_loss` and
+`diffusion_dpo_loss`. Each library call is a forward and a backward at once: the op returns the loss, the
+gradients with respect to the trained inputs (for an upstream gradient of 1) and the metrics; the autograd
+formula saves those gradients and scales them by the loss's incoming gradient."""
+
+import ctypes
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._c import call, declare, lib, stream_of
+from ._dlpack import DLTensor
+
+_T = ctypes.POINTER(DLTensor)
+_F = ctypes.POINTER(ctypes.c_float)
+
+# `ur_dpo_config.loss_type` codes: TRL's names in the order of UR_DPO_SIGMOID = 0 ... UR_DPO_ORPO = 11.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "exo_pair", "nca_pair", "sppo_hard", "apo_zero",
+                  "apo_down", "simpo", "orpo")  # fmt: skip
+KWISE_METHODS = ("all_pairs", "plackett_luce")  # UR_KWISE_ALL_PAIRS, UR_KWISE_PLACKETT_LUCE
+
+
+def _struct(name, fields):
+    return type(name, (ctypes.Structure,), {"_fields_": [(f, ctypes.c_float) for f in fields]})
+
+
+class _DpoConfig(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("loss_type", ctypes.c_int32), ("beta", ctypes.c_float),
+                ("label_smoothing", ctypes.c_float), ("reference_free", ctypes.c_int32),
+                ("use_rpo_alpha", ctypes.c_int32), ("rpo_alpha", ctypes.c_float), ("simpo_gamma", ctypes.c_float),
+                ("bco_delta", ctypes.c_float), ("grad_output", ctypes.c_float)]  # fmt: skip
+
+
+class _BradleyTerryConfig(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("center_rewards_coefficient", ctypes.c_float),
+                ("grad_output", ctypes.c_float)]  # fmt: skip
+
+
+class _KwiseConfig(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("method", ctypes.c_int32), ("grad_output", ctypes.c_float)]
+
+
+class _DiffusionDpoConfig(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("beta", ctypes.c_float), ("grad_output", ctypes.c_float)]
+
+
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected", "nll_loss", "log_odds_ratio", "log_odds_chosen")  # fmt: skip
+BRADLEY_TERRY_METRICS = ("accuracy", "rewards_chosen", "rewards_rejected", "margins", "center_term")
+DIFFUSION_DPO_METRICS = ("implicit_accuracy", "model_mse_winner", "model_mse_loser", "ref_mse_winner",
+                         "ref_mse_loser")  # fmt: skip
+_DpoMetrics = _struct("_DpoMetrics", [f"m{i}" for i in range(len(DPO_METRICS))])
+_BradleyTerryMetrics = _struct("_BradleyTerryMetrics", BRADLEY_TERRY_METRICS)
+_DiffusionDpoMetrics = _struct("_DiffusionDpoMetrics", DIFFUSION_DPO_METRICS)
+
+for _name, _cls in [("ur_dpo_config_default", _DpoConfig), ("ur_bradley_terry_config_default", _BradleyTerryConfig),
+                    ("ur_kwise_config_default", _KwiseConfig),
+                    ("ur_diffusion_dpo_config_default", _DiffusionDpoConfig)]:  # fmt: skip
+    getattr(lib, _name).restype = _cls
+_P = ctypes.POINTER
+declare("ur_dpo_loss", [_T] * 6 + [_P(_DpoConfig), _F, _T, _T, _P(_DpoMetrics), ctypes.c_void_p])
+declare("ur_bradley_terry_loss", [_T] * 3 + [_P(_BradleyTerryConfig), _F, _T, _T, _P(_BradleyTerryMetrics),
+                                             ctypes.c_void_p])  # fmt: skip
+declare("ur_kwise_loss", [_T, _T, _P(_KwiseConfig), _F, _T, _F, ctypes.c_void_p])
+declare("ur_diffusion_dpo_loss", [_T] * 6 + [_P(_DiffusionDpoConfig), _F, _T, _T, _P(_DiffusionDpoMetrics),
+                                             ctypes.c_void_p])  # fmt: skip
+
+
+def _contiguous(*ts):
+    return [None if t is None else t.contiguous() for t in ts]
+
+
+def _code(kind, name, names):
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(names)}")
+    return names.index(name)
+
+
+def _scalars(like: Tensor, values) -> Tensor:
+    """Host floats as a float32 tensor on the device of `like` (the loss [] or a metrics vector)."""
+    return torch.tensor(values, dtype=torch.float32).to(like.device)
+
+
+def _fake_scalars(like: Tensor, *shape) -> Tensor:
+    return like.new_empty(shape, dtype=torch.float32)
+
+
+def _register_loss_autograd(op, trained: Tuple[int, ...], n_inputs: int):
+    """Autograd for a loss op returning `(loss, grad for each input in trained, metrics...)`: the backward scales the
+    saved gradients by the loss's incoming gradient."""
+
+    def setup_context(ctx, inputs, output):
+        grads = output[1 : 1 + len(trained)]
+        ctx.save_for_backward(*grads)
+        ctx.mark_non_differentiable(*output[1:])
+
+    def backward(ctx, grad_loss, *_):
+        result = [None] * n_inputs
+        for i, g in zip(trained, ctx.saved_tensors):
+            result[i] = (g * grad_loss).to(g.dtype)
+        return tuple(result)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+# ---- dpo_loss -------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unireward::dpo_loss", mutates_args=())
+def _dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    reference_chosen: Optional[Tensor],
+    reference_rejected: Optional[Tensor],
+    chosen_lengths: Optional[Tensor],
+    rejected_lengths: Optional[Tensor],
+    loss_type: str,
+    beta: float,
+    label_smoothing: float,
+    reference_free: bool,
+    rpo_alpha: Optional[float],
+    simpo_gamma: float,
+    bco_delta: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    ins = _contiguous(policy_chosen, policy_rejected, reference_chosen, reference_rejected, chosen_lengths,
+                      rejected_lengths)  # fmt: skip
+    cfg = lib.ur_dpo_config_default()
+    cfg.loss_type = _code("DPO loss type", loss_type, DPO_LOSS_TYPES)
+    cfg.beta, cfg.label_smoothing, cfg.reference_free = beta, label_smoothing, int(reference_free)
+    cfg.use_rpo_alpha, cfg.rpo_alpha = int(rpo_alpha is not None), rpo_alpha or 0.0
+    cfg.simpo_gamma, cfg.bco_delta = simpo_gamma, bco_delta
+    loss, metrics = ctypes.c_float(), _DpoMetrics()
+    grad_c, grad_r = torch.empty_like(ins[0]), torch.empty_like(ins[1])
+    call("ur_dpo_loss", *ins, ctypes.byref(cfg), ctypes.byref(loss), grad_c, grad_r, ctypes.byref(metrics),
+         stream_of(ins[0]))  # fmt: skip
+    # Values the loss type does not compute are NaN in the C struct; the op reports them as 0.
+    values = [getattr(metrics, f"m{i}") for i in range(len(DPO_METRICS))]
+    values = [0.0 if v != v else v for v in values]
+    return _scalars(grad_c, loss.value), grad_c, grad_r, _scalars(grad_c, values)
+
+
+@_dpo_loss.register_fake
+def _(pc, pr, rc, rr, cl, rl, loss_type, beta, label_smoothing, reference_free, rpo_alpha, simpo_gamma, bco_delta):
+    return _fake_scalars(pc), torch.empty_like(pc), torch.empty_like(pr), _fake_scalars(pc, len(DPO_METRICS))
+
+
+_register_loss_autograd(_dpo_loss, (0, 1), 13)
+
+
+# ---- bradley_terry_loss ---------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unireward::bradley_terry_loss", mutates_args=())
+def _bradley_terry_loss(
+    rewards_chosen: Tensor, rewards_rejected: Tensor, margin: Optional[Tensor], center_rewards_coefficient: float
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    chosen, rejected, margin = _contiguous(rewards_chosen, rewards_rejected, margin)
+    cfg = lib.ur_bradley_terry_config_default()
+    cfg.center_rewards_coefficient = center_rewards_coefficient
+    loss, metrics = ctypes.c_float(), _BradleyTerryMetrics()
+    grad_c, grad_r = torch.empty_like(chosen), torch.empty_like(rejected)
+    call("ur_bradley_terry_loss", chosen, rejected, margin, ctypes.byref(cfg), ctypes.byref(loss), grad_c, grad_r,
+         ctypes.byref(metrics), stream_of(chosen))  # fmt: skip
+    values = [getattr(metrics, f) for f in BRADLEY_TERRY_METRICS]
+    return _scalars(grad_c, loss.value), grad_c, grad_r, _scalars(grad_c, values)
+
+
+@_bradley_terry_loss.register_fake
+def _(chosen, rejected, margin, center_rewards_coefficient):
+    return (_fake_scalars(chosen), torch.empty_like(chosen), torch.empty_like(rejected),
+            _fake_scalars(chosen, len(BRADLEY_TERRY_METRICS)))  # fmt: skip
+
+
+_register_loss_autograd(_bradley_terry_loss, (0, 1), 4)
+
+
+# ---- kwise_loss -----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unireward::kwise_loss", mutates_args=())
+def _kwise_loss(rewards: Tensor, order: Optional[Tensor], method: str) -> Tuple[Tensor, Tensor, Tensor]:
+    rewards, order = _contiguous(rewards, order)
+    cfg = lib.ur_kwise_config_default()
+    cfg.method = _code("K-wise method", method, KWISE_METHODS)
+    loss, accuracy = ctypes.c_float(), ctypes.c_float()
+    grad = torch.empty_like(rewards)
+    call("ur_kwise_loss", rewards, order, ctypes.byref(cfg), ctypes.byref(loss), grad, ctypes.byref(accuracy),
+         stream_of(rewards))  # fmt: skip
+    return _scalars(grad, loss.value), grad, _scalars(grad, accuracy.value)
+
+
+@_kwise_loss.register_fake
+def _(rewards, order, method):
+    return _fake_scalars(rewards), torch.empty_like(rewards), _fake_scalars(rewards)
+
+
+_register_loss_autograd(_kwise_loss, (0,), 3)
+
+
+# ---- diffusion_dpo_loss ---------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("unireward::diffusion_dpo_loss", mutates_args=())
+def _diffusion_dpo_loss(
+    model_winner: Tensor,
+    model_loser: Tensor,
+    ref_winner: Tensor,
+    ref_loser: Tensor,
+    target_winner: Tensor,
+    target_loser: Tensor,
+    beta: float,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    ins = _contiguous(model_winner, model_loser, ref_winner, ref_loser, target_winner, target_loser)
+    cfg = lib.ur_diffusion_dpo_config_default()
+    cfg.beta = beta
+    loss, metrics = ctypes.c_float(), _DiffusionDpoMetrics()
+    grad_w, grad_l = torch.empty_like(ins[0]), torch.empty_like(ins[1])
+    call("ur_diffusion_dpo_loss", *ins, ctypes.byref(cfg), ctypes.byref(loss), grad_w, grad_l, ctypes.byref(metrics),
+         stream_of(ins[0]))  # fmt: skip
+    values = [getattr(metrics, f) for f in DIFFUSION_DPO_METRICS]
+    return _scalars(grad_w, loss.value), grad_w, grad_l, _scalars(grad_w, values)
+
+
+@_diffusion_dpo_loss.register_fake
+def _(mw, ml, rw, rl, tw, tl, beta):
+    return (_fake_scalars(mw), torch.empty_like(mw), torch.empty_like(ml),
+            _fake_scalars(mw, len(DIFFUSION_DPO_METRICS)))  # fmt: skip
+
+
+_register_loss_autograd(_diffusion_dpo_loss, (0, 1), 7)
+
+
+# ---- public API -----------------------------------------------------------------------------------------------
+
+
+def _named(keys, values: Tensor):
+    return dict(zip(keys, values.unbind(0)))
+
+
+def dpo_loss(
+    policy_chosen,
+    policy_rejected,
+    reference_chosen=None,
+    reference_rejected=None,
+    *,
+    chosen_lengths=None,
+    rejected_lengths=None,
+    loss_type="sigmoid",
+    beta=0.1,
+    label_smoothing=0.0,
+    reference_free=False,
+    rpo_alpha=None,
+    simpo_gamma=0.5,
+    bco_delta=0.0,
+):
+    """The DPO family on per-sequence log-probs [P] (one float dtype): `(loss, metrics)`, the loss a 0-dim float32
+    tensor (mean over pairs, plus `rpo_alpha · NLL`) differentiable with respect to the policy log-probs; metrics
+    under TRL's keys (0-dim tensors; `nll_loss` and ORPO's `log_odds_*` only where they apply). For `ipo`,
+    `simpo`, `orpo` and RPO, pass summed log-probs and the token counts `chosen_lengths` / `rejected_lengths`
+    (int [P]). Reference log-probs are constants (TRL computes them without gradient). See `unireward.dpo_loss`
+    for TRL's call shape."""
+    loss, _, _, metrics = _dpo_loss(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected, chosen_lengths, rejected_lengths,
+        loss_type, beta, label_smoothing, reference_free, rpo_alpha, simpo_gamma, bco_delta,
+    )  # fmt: skip
+    named = _named(DPO_METRICS, metrics)
+    # Leave out the values this call does not compute (decided from the arguments, never synchronising).
+    absent = (() if rpo_alpha is not None else ("nll_loss",)) + (
+        () if loss_type == "orpo" else ("log_odds_ratio", "log_odds_chosen")
+    )
+    return loss, {k: v for k, v in named.items() if k not in absent}
+
+
+def bradley_terry_loss(rewards_chosen, rewards_rejected, margin=None, *, center_rewards_coefficient=None):
+    """TRL's reward-model loss `mean(−logσ(r_c − r_r − margin)) + c·mean((r_c + r_r)²)` on rewards [P]:
+    `(loss, metrics)` with `accuracy`, `rewards_chosen`, `rewards_rejected`, `margins`, `center_term`."""
+    loss, _, _, metrics = _bradley_terry_loss(rewards_chosen, rewards_rejected, margin,
+                                              center_rewards_coefficient or 0.0)  # fmt: skip
+    return loss, _named(BRADLEY_TERRY_METRICS, metrics)
+
+
+def kwise_loss(rewards, order=None, *, method="all_pairs"):
+    """A K-wise ranking loss on rewards [G, K] listed best first (or `order` [G, K]: each group's candidate
+    indices from best to worst): `method` "all_pairs" (mean −logσ(r_i − r_j) over ranked pairs) or
+    "plackett_luce". Returns `(loss, accuracy)`: the mean over groups and the share of correctly ordered pairs."""
+    loss, _, accuracy = _kwise_loss(rewards, order, method)
+    return loss, accuracy
+
+
+def diffusion_dpo_loss(model_winner, model_loser, ref_winner, ref_loser, target_winner, target_loser, *, beta=2500.0):
+    """Diffusion-DPO as diffusers' `train_diffusion_dpo.py` computes it, on predictions and targets [B, D...]:
+    `(loss, metrics)`, differentiable with respect to the model's predictions; metrics `implicit_accuracy`,
+    `model_mse_winner`, `model_mse_loser`, `ref_mse_winner`, `ref_mse_loser`."""
+    loss, _, _, metrics = _diffusion_dpo_loss(model_winner, model_loser, ref_winner, ref_loser, target_winner,
+                                              target_loser, beta)  # fmt: skip
+    return loss, _named(DIFFUSION_DPO_METRICS, metrics)

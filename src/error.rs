@@ -26,6 +26,10 @@ pub enum Error {
     /// NVRTC refused a kernel source: a bug in the library, reported with the compiler log.
     #[error("kernel compilation failed for `{module}`: {log}")]
     KernelCompile { module: String, log: String },
+    /// A model file (config.json, safetensors weights, tokenizer.json) is missing, corrupt, or describes a model
+    /// the library does not implement; the message names the file, the key or tensor, and what was expected.
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
 }
 
 /// Shorthand used across the crate.

@@ -83,3 +83,9 @@ def test_opcheck_heads(gen):
     logits = torch.randn(2, 6, requires_grad=True)
     torch.library.opcheck(ops.verdict_head, (logits, offsets, ids, None))
     torch.library.opcheck(ops.verdict_head, (logits, offsets, ids, [1.0, 3.0]))
+    # The backward ops on their own (the checks above reach them through autograd); no double backward.
+    hidden, weight, bias, logits = (t.detach() for t in (hidden, weight, bias, logits))
+    torch.library.opcheck(ops.scalar_reward_backward, (hidden, ends, weight, bias, torch.randn(2, 2)))
+    g = torch.randn(2, 2)
+    torch.library.opcheck(ops.verdict_head_backward, (logits, offsets, ids, [1.0, 3.0], g, torch.randn(2)))
+    torch.library.opcheck(ops.verdict_head_backward, (logits, offsets, ids, None, g, None))

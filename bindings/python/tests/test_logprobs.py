@@ -97,6 +97,13 @@ def test_opcheck_logprobs(gen):
     bias = torch.randn(5, requires_grad=True)
     torch.library.opcheck(ops.fused_linear_logprobs, (hidden, weight, bias, labels, None, -100, False, 2))
     torch.library.opcheck(ops.fused_linear_logprobs, (hidden, weight, None, labels, mask, -100, True, 0))
+    # The backward ops on their own (the checks above reach them through autograd); no double backward.
+    logits, hidden, weight, bias = (t.detach() for t in (logits, hidden, weight, bias))
+    _, counts, _, _, lse = ops.sequence_logprobs(logits, labels, mask, -100, False)
+    g = torch.randn(2)
+    torch.library.opcheck(ops.sequence_logprobs_backward, (logits, labels, mask, lse, counts, g, -100, False))
+    lse = ops.fused_linear_logprobs(hidden, weight, bias, labels, None, -100, True, 2)[4]
+    torch.library.opcheck(ops.fused_linear_logprobs_backward, (hidden, weight, bias, labels, None, lse, g, -100, True, 2))
 
 
 def test_torch_compile_traces_the_ops(gen):

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference as ref
 import unireward
 from conftest import close
 

@@ -2,12 +2,31 @@
 reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, loaded from `libunireward.so`
 through ctypes (no compilation). See README.md, section "PyTorch"."""
 
+from . import _c, ops
 from ._lib import ABI_VERSION, UnirewardError
-from . import _c
-from . import ops
-from .ops import *  # noqa: F401,F403
-from .trl import dpo_loss
 from .liger import FusedLinearDPOLoss
+from .ops import (
+    Comparison,
+    LogProbs,
+    Selection,
+    Verdict,
+    bradley_terry_loss,
+    compare,
+    diffusion_dpo_loss,
+    fused_linear_logprobs,
+    kwise_loss,
+    scalar_reward,
+    select_pairs,
+    sequence_logprobs,
+    verdict_head,
+)
+from .trl import dpo_loss
+
+# `ops.dpo_loss` is the raw op; the package's `dpo_loss` has TRL's call shape.
+__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "dpo_loss", "ops", "library_path", "version",
+           "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",
+           "fused_linear_logprobs", "kwise_loss", "scalar_reward", "select_pairs", "sequence_logprobs",
+           "verdict_head"]  # fmt: skip
 
 
 def library_path():

@@ -30,6 +30,18 @@ def call(name: str, *args) -> None:
     _lib.check(lib, name, getattr(lib, name)(_context, *converted))
 
 
+def contiguous(*ts):
+    """The tensors made contiguous (the C ABI takes row-major tensors only); `None` stays `None`."""
+    return [None if t is None else t.contiguous() for t in ts]
+
+
+def enum_code(kind: str, name: str, names) -> int:
+    """The C enum code of `name`: its index in `names` (the header's numbering)."""
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(names)}")
+    return names.index(name)
+
+
 def declare(name: str, argtypes, restype=ctypes.c_int32) -> None:
     """Declares an export's C signature (without its leading `ur_context*`)."""
     f = getattr(lib, name)

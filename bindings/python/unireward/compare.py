@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._c import call, declare, lib, stream_of
+from ._c import call, declare, enum_code, lib, stream_of
 from ._dlpack import DLTensor
 
 _T = ctypes.POINTER(DLTensor)
@@ -34,12 +34,6 @@ declare("ur_compare", [_T, ctypes.POINTER(_CompareConfig)] + [_T] * 10 + [ctypes
 declare("ur_select_pairs", [_T, _T, ctypes.POINTER(_SelectConfig)] + [_T] * 5 + [ctypes.c_void_p])
 
 
-def _code(kind, name, names):
-    if name not in names:
-        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(names)}")
-    return names.index(name)
-
-
 def _compare_outputs(verdicts: Tensor, verdict_kind: str):
     """The ten outputs; consistency is [G] for log-odds and empty for scores."""
     g, k = verdicts.shape[0], verdicts.shape[1]
@@ -55,8 +49,8 @@ def _compare(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     verdicts = verdicts.contiguous()
     cfg = lib.ur_compare_config_default()
-    cfg.verdict_kind = _code("verdict kind", verdict_kind, VERDICT_KINDS)
-    cfg.score_link = _code("score link", score_link, SCORE_LINKS)
+    cfg.verdict_kind = enum_code("verdict kind", verdict_kind, VERDICT_KINDS)
+    cfg.score_link = enum_code("score link", score_link, SCORE_LINKS)
     cfg.ridge, cfg.tolerance, cfg.max_iterations = ridge, tolerance, max_iterations
     outs = _compare_outputs(verdicts, verdict_kind)
     consistency = outs[9] if verdict_kind == "log_odds" else None
@@ -82,9 +76,9 @@ def _select_pairs(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     verdicts, pointwise = verdicts.contiguous(), pointwise.contiguous()
     cfg = lib.ur_select_config_default()
-    cfg.verdict_kind = _code("verdict kind", verdict_kind, VERDICT_KINDS)
-    cfg.pairing, cfg.ties = _code("pairing", pairing, PAIRINGS), _code("tie policy", ties, TIES)
-    cfg.nans = _code("NaN policy", nans, NANS)
+    cfg.verdict_kind = enum_code("verdict kind", verdict_kind, VERDICT_KINDS)
+    cfg.pairing, cfg.ties = enum_code("pairing", pairing, PAIRINGS), enum_code("tie policy", ties, TIES)
+    cfg.nans = enum_code("NaN policy", nans, NANS)
     outs = _selection_outputs(verdicts)
     call("ur_select_pairs", verdicts, pointwise, ctypes.byref(cfg), *outs, stream_of(verdicts))
     return outs

@@ -8,7 +8,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._c import call, declare, stream_of
+from ._c import call, contiguous, declare, stream_of
 from ._dlpack import DLTensor
 
 _T = ctypes.POINTER(DLTensor)
@@ -19,16 +19,12 @@ declare("ur_verdict_head_forward", [_T, _T, _T, _F, _T, _T, _T, ctypes.c_void_p]
 declare("ur_verdict_head_backward", [_T, _T, _T, _F, _T, _T, _T, ctypes.c_void_p])
 
 
-def _contiguous(*ts):
-    return [None if t is None else t.contiguous() for t in ts]
-
-
 # ---- scalar_reward --------------------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("unireward::scalar_reward", mutates_args=())
 def _scalar_reward(hidden: Tensor, ends: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    hidden, ends, weight, bias = _contiguous(hidden, ends, weight, bias)
+    hidden, ends, weight, bias = contiguous(hidden, ends, weight, bias)
     rewards = hidden.new_empty((hidden.shape[0], weight.shape[0]), dtype=torch.float32)
     call("ur_scalar_head_forward", hidden, ends, weight, bias, rewards, stream_of(hidden))
     return rewards
@@ -43,7 +39,7 @@ def _(hidden, ends, weight, bias):
 def _scalar_reward_backward(
     hidden: Tensor, ends: Tensor, weight: Tensor, bias: Optional[Tensor], grad_rewards: Tensor
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    hidden, ends, weight, bias, grad_rewards = _contiguous(hidden, ends, weight, bias, grad_rewards.float())
+    hidden, ends, weight, bias, grad_rewards = contiguous(hidden, ends, weight, bias, grad_rewards.float())
     grad_hidden, grad_weight = torch.empty_like(hidden), torch.empty_like(weight)
     grad_bias = torch.empty_like(bias) if bias is not None else weight.new_empty(0)  # placeholder without a bias
     call("ur_scalar_head_backward", hidden, ends, weight, bias, grad_rewards, grad_hidden, grad_weight,
@@ -81,7 +77,7 @@ def _values(values: Optional[List[float]]):
 def _verdict_head(
     logits: Tensor, class_offsets: Tensor, token_ids: Tensor, values: Optional[List[float]]
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    logits, class_offsets, token_ids = _contiguous(logits, class_offsets, token_ids)
+    logits, class_offsets, token_ids = contiguous(logits, class_offsets, token_ids)
     probs, log_probs, expected = _verdict_outputs(logits, class_offsets, values)
     call("ur_verdict_head_forward", logits, class_offsets, token_ids, _values(values), probs, log_probs,
          expected if values is not None else None, stream_of(logits))  # fmt: skip
@@ -110,7 +106,7 @@ def _verdict_head_backward(
     grad_log_probs: Tensor,
     grad_expected_score: Optional[Tensor],
 ) -> Tensor:
-    logits, class_offsets, token_ids, grad_log_probs, grad_expected_score = _contiguous(
+    logits, class_offsets, token_ids, grad_log_probs, grad_expected_score = contiguous(
         logits, class_offsets, token_ids, grad_log_probs.float(),
         None if grad_expected_score is None else grad_expected_score.float(),
     )  # fmt: skip

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._c import call, declare, lib, stream_of
+from ._c import call, contiguous, declare, lib, stream_of
 from ._dlpack import DLTensor
 
 _T = ctypes.POINTER(DLTensor)
@@ -46,10 +46,6 @@ def _fused_config(ignore_index: int, average: bool, chunk_tokens: int):
     return ctypes.byref(cfg)
 
 
-def _contiguous(*ts):
-    return [None if t is None else t.contiguous() for t in ts]
-
-
 def _forward_outputs(like: Tensor, n: int, t: int):
     """logps, token_counts, mean_logits, entropy [N] and lse [N,T], float32 on the device of `like`."""
     return tuple(like.new_empty(s, dtype=torch.float32) for s in [(n,)] * 4 + [(n, t)])
@@ -62,7 +58,7 @@ def _forward_outputs(like: Tensor, n: int, t: int):
 def _sequence_logprobs(
     logits: Tensor, labels: Tensor, mask: Optional[Tensor], ignore_index: int, average: bool
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    logits, labels, mask = _contiguous(logits, labels, mask)
+    logits, labels, mask = contiguous(logits, labels, mask)
     outs = _forward_outputs(logits, logits.shape[0], logits.shape[1])
     cfg = _logprobs_config(ignore_index, average)
     call("ur_logprobs_forward", logits, labels, mask, cfg, *outs, stream_of(logits))
@@ -85,7 +81,7 @@ def _sequence_logprobs_backward(
     ignore_index: int,
     average: bool,
 ) -> Tensor:
-    logits, labels, mask, lse, token_counts, grad_logps = _contiguous(
+    logits, labels, mask, lse, token_counts, grad_logps = contiguous(
         logits, labels, mask, lse, token_counts, grad_logps.float()
     )
     grad = torch.empty_like(logits)
@@ -131,7 +127,7 @@ def _fused_linear_logprobs(
     average: bool,
     chunk_tokens: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    hidden, weight, bias, labels, mask = _contiguous(hidden, weight, bias, labels, mask)
+    hidden, weight, bias, labels, mask = contiguous(hidden, weight, bias, labels, mask)
     outs = _forward_outputs(hidden, hidden.shape[0], hidden.shape[1])
     cfg = _fused_config(ignore_index, average, chunk_tokens)
     call("ur_fused_linear_logprobs_forward", hidden, weight, bias, labels, mask, cfg, *outs, stream_of(hidden))
@@ -156,7 +152,7 @@ def _fused_linear_logprobs_backward(
     average: bool,
     chunk_tokens: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    hidden, weight, bias, labels, mask, lse, grad_logps = _contiguous(
+    hidden, weight, bias, labels, mask, lse, grad_logps = contiguous(
         hidden, weight, bias, labels, mask, lse, grad_logps.float()
     )
     grad_hidden, grad_weight = torch.empty_like(hidden), torch.empty_like(weight)

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._c import call, declare, lib, stream_of
+from ._c import call, contiguous, declare, enum_code, lib, stream_of
 from ._dlpack import DLTensor
 
 _T = ctypes.POINTER(DLTensor)
@@ -67,16 +67,6 @@ declare("ur_diffusion_dpo_loss", [_T] * 6 + [_P(_DiffusionDpoConfig), _F, _T, _T
                                              ctypes.c_void_p])  # fmt: skip
 
 
-def _contiguous(*ts):
-    return [None if t is None else t.contiguous() for t in ts]
-
-
-def _code(kind, name, names):
-    if name not in names:
-        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(names)}")
-    return names.index(name)
-
-
 def _scalars(like: Tensor, values) -> Tensor:
     """Host floats as a float32 tensor on the device of `like` (the loss [] or a metrics vector)."""
     return torch.tensor(values, dtype=torch.float32).to(like.device)
@@ -123,10 +113,10 @@ def _dpo_loss(
     simpo_gamma: float,
     bco_delta: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    ins = _contiguous(policy_chosen, policy_rejected, reference_chosen, reference_rejected, chosen_lengths,
+    ins = contiguous(policy_chosen, policy_rejected, reference_chosen, reference_rejected, chosen_lengths,
                       rejected_lengths)  # fmt: skip
     cfg = lib.ur_dpo_config_default()
-    cfg.loss_type = _code("DPO loss type", loss_type, DPO_LOSS_TYPES)
+    cfg.loss_type = enum_code("DPO loss type", loss_type, DPO_LOSS_TYPES)
     cfg.beta, cfg.label_smoothing, cfg.reference_free = beta, label_smoothing, int(reference_free)
     cfg.use_rpo_alpha, cfg.rpo_alpha = int(rpo_alpha is not None), rpo_alpha or 0.0
     cfg.simpo_gamma, cfg.bco_delta = simpo_gamma, bco_delta
@@ -155,7 +145,7 @@ _register_loss_autograd(_dpo_loss, (0, 1), 13)
 def _bradley_terry_loss(
     rewards_chosen: Tensor, rewards_rejected: Tensor, margin: Optional[Tensor], center_rewards_coefficient: float
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    chosen, rejected, margin = _contiguous(rewards_chosen, rewards_rejected, margin)
+    chosen, rejected, margin = contiguous(rewards_chosen, rewards_rejected, margin)
     cfg = lib.ur_bradley_terry_config_default()
     cfg.center_rewards_coefficient = center_rewards_coefficient
     loss, metrics = ctypes.c_float(), _BradleyTerryMetrics()
@@ -180,9 +170,9 @@ _register_loss_autograd(_bradley_terry_loss, (0, 1), 4)
 
 @torch.library.custom_op("unireward::kwise_loss", mutates_args=())
 def _kwise_loss(rewards: Tensor, order: Optional[Tensor], method: str) -> Tuple[Tensor, Tensor, Tensor]:
-    rewards, order = _contiguous(rewards, order)
+    rewards, order = contiguous(rewards, order)
     cfg = lib.ur_kwise_config_default()
-    cfg.method = _code("K-wise method", method, KWISE_METHODS)
+    cfg.method = enum_code("K-wise method", method, KWISE_METHODS)
     loss, accuracy = ctypes.c_float(), ctypes.c_float()
     grad = torch.empty_like(rewards)
     call("ur_kwise_loss", rewards, order, ctypes.byref(cfg), ctypes.byref(loss), grad, ctypes.byref(accuracy),
@@ -211,7 +201,7 @@ def _diffusion_dpo_loss(
     target_loser: Tensor,
     beta: float,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    ins = _contiguous(model_winner, model_loser, ref_winner, ref_loser, target_winner, target_loser)
+    ins = contiguous(model_winner, model_loser, ref_winner, ref_loser, target_winner, target_loser)
     cfg = lib.ur_diffusion_dpo_config_default()
     cfg.beta = beta
     loss, metrics = ctypes.c_float(), _DiffusionDpoMetrics()

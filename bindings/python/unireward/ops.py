@@ -1,6 +1,6 @@
 """Every op of the library, as functions over torch tensors (each backed by a `torch.ops.unireward.*` op)."""
 
-from .compare import Comparison, Selection, compare, select_pairs
+from .comparisons import Comparison, Selection, compare, select_pairs
 from .heads import Verdict, scalar_reward, verdict_head
 from .logprobs import LogProbs, fused_linear_logprobs, sequence_logprobs
 from .losses import bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss

@@ -1,0 +1,108 @@
+"""The ctypes mirrors against include/unireward.h: every config and metrics struct field by field, every declared
+export's parameter count and kinds, and the enum codes the wrappers use. A drift here would corrupt memory
+silently (metrics structs are written by the library), so it fails loudly."""
+
+import ctypes
+import pathlib
+import re
+
+import pytest
+
+import unireward
+from unireward import _lib, comparisons, heads, logprobs, losses
+
+HEADER = pathlib.Path(__file__).resolve().parents[3] / "include" / "unireward.h"
+pytestmark = pytest.mark.skipif(not HEADER.is_file(), reason="include/unireward.h is not generated yet")
+
+C_SCALARS = {
+    "uint32_t": ctypes.c_uint32,
+    "int32_t": ctypes.c_int32,
+    "int64_t": ctypes.c_int64,
+    "uint64_t": ctypes.c_uint64,
+    "float": ctypes.c_float,
+}
+
+
+def header():
+    text = HEADER.read_text()
+    return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
+
+
+def c_structs():
+    """{name: [(field, C type)]} of the header's structs."""
+    out = {}
+    for m in re.finditer(r"struct\s+(ur_\w+)\s*\{(.*?)\}", header(), flags=re.S):
+        fields = [f.strip().rsplit(None, 1) for f in m.group(2).split(";") if f.strip()]
+        out[m.group(1)] = [(name, ctype) for ctype, name in fields]
+    return out
+
+
+def c_functions():
+    """{name: [parameter C types]} of the header's functions."""
+    out = {}
+    for m in re.finditer(r"\b(ur_\w+)\s*\(([^;{]*?)\)\s*;", header(), flags=re.S):
+        params = [p.strip() for p in m.group(2).split(",") if p.strip() and p.strip() != "void"]
+        out[m.group(1)] = [p.rsplit(None, 1)[0] if "*" not in p else "*" for p in params]
+    return out
+
+
+def c_defines():
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"#define\s+(UR_\w+)\s+\(?(-?\d+)", header())}
+
+
+MIRRORS = {
+    "ur_logprobs_config": logprobs._LogprobsConfig,
+    "ur_fused_linear_config": logprobs._FusedLinearConfig,
+    "ur_dpo_config": losses._DpoConfig,
+    "ur_dpo_metrics": losses._DpoMetrics,
+    "ur_bradley_terry_config": losses._BradleyTerryConfig,
+    "ur_bradley_terry_metrics": losses._BradleyTerryMetrics,
+    "ur_kwise_config": losses._KwiseConfig,
+    "ur_diffusion_dpo_config": losses._DiffusionDpoConfig,
+    "ur_diffusion_dpo_metrics": losses._DiffusionDpoMetrics,
+    "ur_compare_config": comparisons._CompareConfig,
+    "ur_select_config": comparisons._SelectConfig,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIRRORS))
+def test_struct_mirrors_match_the_header(name):
+    c_fields = c_structs()[name]
+    mirror = MIRRORS[name]._fields_
+    assert len(mirror) == len(c_fields), f"{name}: {len(mirror)} fields here, {len(c_fields)} in the header"
+    for (py_name, py_type), (c_name, c_type) in zip(mirror, c_fields):
+        assert C_SCALARS[c_type] is py_type, f"{name}.{c_name}: {c_type} in the header"
+    if not name.endswith("_metrics"):  # metrics mirrors name fields positionally; configs by name
+        assert [f for f, _ in mirror] == [f for f, _ in c_fields]
+
+
+def test_declared_exports_match_the_header():
+    functions = c_functions()
+    declared = [n for n in functions if getattr(unireward._c.lib, n).argtypes is not None]
+    ops = [n for n in functions if n.endswith(("_forward", "_backward", "_loss")) or n in ("ur_compare", "ur_select_pairs")]
+    assert set(ops) <= set(declared), f"exports the package does not bind: {sorted(set(ops) - set(declared))}"
+    for name in declared:
+        argtypes = getattr(unireward._c.lib, name).argtypes
+        params = functions[name]
+        assert len(argtypes) == len(params), f"{name}: {len(argtypes)} arguments here, {len(params)} in the header"
+        for i, (py, c) in enumerate(zip(argtypes, params)):
+            is_pointer = c == "*"
+            assert is_pointer == (py is ctypes.c_void_p or hasattr(py, "contents")), f"{name} argument {i}: {c}"
+            if not is_pointer:
+                assert C_SCALARS.get(c) is py, f"{name} argument {i}: {c}"
+
+
+def test_enum_codes_match_the_header():
+    d = c_defines()
+    assert d["UR_ABI_VERSION"] == _lib.ABI_VERSION
+    for i, name in enumerate(losses.DPO_LOSS_TYPES):
+        assert d[f"UR_DPO_{name.upper()}"] == i
+    assert [d["UR_KWISE_ALL_PAIRS"], d["UR_KWISE_PLACKETT_LUCE"]] == [0, 1]
+    assert [d["UR_REDUCTION_SUM"], d["UR_REDUCTION_MEAN"]] == [0, 1]
+    for prefix, names in [("UR_VERDICTS_", comparisons.VERDICT_KINDS), ("UR_SCORE_LINK_", comparisons.SCORE_LINKS),
+                          ("UR_PAIRING_", comparisons.PAIRINGS), ("UR_TIES_", comparisons.TIES), ("UR_NANS_", comparisons.NANS)]:
+        for i, name in enumerate(names):
+            assert d[prefix + name.upper()] == i
+    for code, name in _lib.STATUS_NAMES.items():
+        assert re.search(rf"\b{name}\s*=\s*{code}\b", header()), name
+    assert heads  # the heads take no enums; their exports are checked above

@@ -72,3 +72,20 @@ def test_fused_linear_dpo_matches_liger_formula(use_ref_model, compute_nll_loss,
     assert chosen_rewards.shape == rejected_rewards.shape == (pairs,)
     for got, want in ((w, w64), (hd, h64), (b, b64)):
         close(got.grad, want.grad, scale=10)
+
+
+def test_fused_linear_dpo_under_torch_compile(gen):
+    """The module traces into one graph (fake tensors for every op) and gives eager's loss and gradients."""
+    weight = torch.randn(11, 6, generator=gen)
+    hidden = torch.randn(4, 5, 6, generator=gen)
+    target = torch.randint(0, 11, (4, 5), generator=gen)
+    module = unireward.FusedLinearDPOLoss(beta=0.3, compute_nll_loss=True)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    results = []
+    for f in (module, compiled):
+        w, h = weight.clone().requires_grad_(), hidden.clone().requires_grad_()
+        loss, _ = f(w, h, target)
+        loss.backward()
+        results.append((loss, w.grad, h.grad))
+    for eager, traced in zip(*results):
+        close(traced, eager)

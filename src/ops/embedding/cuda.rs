@@ -1,0 +1,54 @@
+//! CUDA embedding: `kernels/embedding.cu`, with the host-built token lists uploaded as i32.
+
+use super::{TokenLists, KERNELS};
+use crate::ops::launch::{self, backend_of, check_i32, elementwise, ptr, THREADS};
+use crate::runtime::cuda::{launch_config, PushKernelArg};
+use crate::runtime::Tensor;
+use crate::Result;
+
+/// Host indices as a device i32 tensor (one padding entry keeps it non-empty).
+fn upload(values: &[usize], like: &Tensor) -> Result<Tensor> {
+    let mut v = values.iter().map(|&x| check_i32("index", x)).collect::<Result<Vec<i32>>>()?;
+    v.push(0);
+    Tensor::from_slice(&v, &[v.len()], like.device())
+}
+
+pub(super) fn forward(table: &Tensor, ids: &[usize], shape: &[usize]) -> Result<Tensor> {
+    let backend = backend_of(table)?;
+    let h = check_i32("H", table.shape()[1])?;
+    let tokens = ids.len() as i64;
+    let ids = upload(ids, table)?;
+    let out = Tensor::zeros(shape, table.dtype(), table.device())?;
+    let f = launch::kernel(&backend, &KERNELS, "embedding_forward", table.dtype())?;
+    let (table_p, ids_p, out_p) = (ptr(table)?, ptr(&ids)?, ptr(&out)?);
+    let mut b = backend.stream().launch_builder(&f);
+    b.arg(&table_p).arg(&ids_p).arg(&tokens).arg(&h).arg(&out_p);
+    // SAFETY: embedding_forward_<T>(const T*, const int*, long long, int, T*): `table` holds V·H elements of T and
+    // every id is < V; `ids` holds `tokens` ints; `out` holds tokens·H elements of T.
+    unsafe { b.launch(elementwise(out.numel())?) }?;
+    Ok(out)
+}
+
+pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, vocab: usize, h: usize) -> Result<Tensor> {
+    let backend = backend_of(grad_out)?;
+    let d_table = Tensor::zeros(&[vocab, h], grad_out.dtype(), grad_out.device())?;
+    if lists.rows.is_empty() {
+        return Ok(d_table);
+    }
+    let (rows, starts, tokens) =
+        (upload(&lists.rows, grad_out)?, upload(&lists.starts, grad_out)?, upload(&lists.tokens, grad_out)?);
+    let h_i32 = check_i32("H", h)?;
+    let f = launch::kernel(&backend, &KERNELS, "embedding_backward", grad_out.dtype())?;
+    let args = [ptr(grad_out)?, ptr(&rows)?, ptr(&starts)?, ptr(&tokens)?];
+    let out = ptr(&d_table)?;
+    let mut b = backend.stream().launch_builder(&f);
+    for a in &args {
+        b.arg(a);
+    }
+    b.arg(&h_i32).arg(&out);
+    // SAFETY: embedding_backward_<T>(const T*, const int* ×3, int, T*): one block per occurring id; `rows` and
+    // `starts` hold rows + 1 entries, `tokens` the token positions (each < tokens of `grad_out`, which holds
+    // tokens·H elements of T); `d_table` holds V·H elements of T and every row id is < V.
+    unsafe { b.launch(launch_config(lists.rows.len(), THREADS, 0)?) }?;
+    Ok(d_table)
+}

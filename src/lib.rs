@@ -7,6 +7,7 @@
 //! Every fallible call returns [`Result`]; user input never panics.
 
 pub mod error;
+pub mod ffi;
 pub mod model;
 pub mod ops;
 pub mod runtime;

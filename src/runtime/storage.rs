@@ -118,6 +118,22 @@ impl CudaStorage {
         Ok(())
     }
 
+    /// Copies `src`'s bytes (as many as this storage holds) on this storage's stream, without waiting.
+    pub(super) fn copy_from_device(&mut self, src: &CudaStorage) -> Result<()> {
+        assert_eq!(src.len_bytes, self.len_bytes, "copy_from_device: size mismatch");
+        // SAFETY: both buffers hold `len_bytes` bytes of device memory (constructors' contracts); the copy is
+        // ordered on this storage's stream, where the caller orders the work that produced `src`.
+        unsafe { driver::memcpy_dtod_async(self.ptr, src.ptr, self.len_bytes, self.backend.stream().cu_stream()) }?;
+        Ok(())
+    }
+
+    /// Sets every byte to zero on the backend's stream, without waiting.
+    pub(super) fn fill_zeros(&mut self) -> Result<()> {
+        // SAFETY: `ptr` holds `len_bytes` bytes of this device (constructors' contracts).
+        unsafe { driver::memset_d8_async(self.ptr, 0, self.len_bytes, self.backend.stream().cu_stream()) }?;
+        Ok(())
+    }
+
     /// An owned copy on the same stream.
     pub(super) fn to_owned(&self) -> Result<Self> {
         let copy = CudaStorage::zeroed(self.len_bytes, self.backend.clone())?;

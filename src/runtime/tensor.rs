@@ -279,6 +279,36 @@ impl Tensor {
         Ok(Tensor { storage, shape: self.shape.clone(), strides: self.strides.clone(), dtype: self.dtype })
     }
 
+    /// Copies `src`'s elements into this tensor (same shape and dtype), from either device: a memcpy on the CPU, a
+    /// device-to-device copy on this tensor's stream (not waited for) between CUDA tensors of one device, and a
+    /// waited-for transfer between host and device. Lets a caller-owned buffer receive a result.
+    pub fn copy_from(&mut self, src: &Tensor) -> Result<()> {
+        if src.shape != self.shape || src.dtype != self.dtype {
+            return Err(Error::Shape(format!(
+                "cannot copy a {:?} {} tensor into a {:?} {} one",
+                src.shape, src.dtype, self.shape, self.dtype
+            )));
+        }
+        let (src_device, dst_device) = (src.device(), self.device());
+        match (&mut self.storage, &src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => d.bytes_mut().copy_from_slice(s.bytes()),
+            (Storage::Cuda(d), Storage::Cpu(s)) => d.copy_from_host(s.bytes())?,
+            (Storage::Cpu(d), Storage::Cuda(s)) => d.bytes_mut().copy_from_slice(&s.to_host()?),
+            (Storage::Cuda(d), Storage::Cuda(s)) if src_device == dst_device => d.copy_from_device(s)?,
+            _ => return Err(Error::Device(format!("cannot copy from {src_device} to {dst_device} directly"))),
+        }
+        Ok(())
+    }
+
+    /// Sets every element to zero (on CUDA, queued on the tensor's stream).
+    pub fn fill_zeros(&mut self) -> Result<()> {
+        match &mut self.storage {
+            Storage::Cpu(c) => c.bytes_mut().fill(0),
+            Storage::Cuda(c) => c.fill_zeros()?,
+        }
+        Ok(())
+    }
+
     /// A copy with every element converted to `dtype`. Floats round to nearest, once: f32 holds every f32, bf16
     /// and f16 value exactly, so conversions go through it (not through f64: `half`'s f64 conversions truncate
     /// before rounding). Integers convert exactly or fail: floats to integers are refused, and an i64 that does not

@@ -93,11 +93,46 @@ pub fn sequence_logprobs_backward(
 ) -> Result<Tensor> {
     let (device, dims) = check_backward(logits, labels, mask, saved, grad_logps)?;
     let mut grad = Tensor::zeros(logits.shape(), logits.dtype(), device)?;
-    match device {
-        Device::Cpu => cpu::backward(logits, labels, mask, saved, grad_logps, cfg, dims, &mut grad)?,
-        Device::Cuda(_) => cuda::backward(logits, labels, mask, saved, grad_logps, cfg, dims, &mut grad)?,
-    }
+    backward_into_zeroed(logits, labels, mask, saved, grad_logps, cfg, dims, &mut grad)?;
     Ok(grad)
+}
+
+/// [`sequence_logprobs_backward`] written into a buffer the caller owns (a C ABI or PyTorch output), which must
+/// have the shape, dtype and device of `logits` and must not overlap it (for that, use
+/// [`sequence_logprobs_backward_in_place`]). Every element is written.
+pub fn sequence_logprobs_backward_into(
+    logits: &Tensor,
+    labels: &Tensor,
+    mask: Option<&Tensor>,
+    saved: &SequenceLogProbs,
+    grad_logps: &Tensor,
+    cfg: &LogProbsConfig,
+    grad: &mut Tensor,
+) -> Result<()> {
+    let (_, dims) = check_backward(logits, labels, mask, saved, grad_logps)?;
+    check::dtype("grad", grad, logits.dtype())?;
+    check::shape("grad", grad, logits.shape())?;
+    check::same_device(&[("logits", logits), ("grad", grad)])?;
+    // The kernels skip rows that do not count: they must read as zero.
+    grad.fill_zeros()?;
+    backward_into_zeroed(logits, labels, mask, saved, grad_logps, cfg, dims, grad)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_into_zeroed(
+    logits: &Tensor,
+    labels: &Tensor,
+    mask: Option<&Tensor>,
+    saved: &SequenceLogProbs,
+    grad_logps: &Tensor,
+    cfg: &LogProbsConfig,
+    dims: Dims,
+    grad: &mut Tensor,
+) -> Result<()> {
+    match grad.device() {
+        Device::Cpu => cpu::backward(logits, labels, mask, saved, grad_logps, cfg, dims, grad),
+        Device::Cuda(_) => cuda::backward(logits, labels, mask, saved, grad_logps, cfg, dims, grad),
+    }
 }
 
 /// [`sequence_logprobs_backward`] written over `logits` (no extra memory): afterwards `logits` holds the gradient.

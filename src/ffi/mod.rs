@@ -1,0 +1,54 @@
+//! The C ABI of `libunireward.so` / `libunireward.a`, declared in `include/unireward.h` (generated from this
+//! module by cbindgen; `tests/c_header.rs` fails when the committed header is stale).
+//!
+//! Conventions (the header repeats them for C users):
+//! - every function is `ur_*`, returns a [`ur_status`] (except the version, name and free functions), catches
+//!   panics, and explains failures in the thread's `ur_last_error_message()`;
+//! - tensors cross as DLPack `DLTensor`s in CPU or CUDA memory, row-major (strides NULL or compact), wrapped
+//!   without copies; outputs are caller-allocated and must have exactly the shape and dtype the op produces;
+//! - every op takes a [`ur_context`] first and a CUDA stream (`cudaStream_t`, NULL = legacy default stream) last;
+//!   CUDA work runs on that stream and the call returns without synchronising, except where a result goes to host
+//!   memory (losses, metrics: those calls wait for their own work);
+//! - config structs start with `struct_size` and come from `ur_*_config_default()`; NULL means the defaults.
+
+mod compare;
+mod context;
+mod dlpack;
+mod fused_linear;
+mod heads;
+mod logprobs;
+mod preference;
+mod status;
+
+pub use compare::*;
+pub use context::{ur_context, ur_context_create, ur_context_free};
+pub use dlpack::{DLDataType, DLDevice, DLTensor};
+pub use fused_linear::*;
+pub use heads::*;
+pub use logprobs::*;
+pub use preference::*;
+pub use status::{ur_last_error_message, ur_status, ur_status_name};
+
+use std::ffi::c_char;
+
+/// The library's major version (semantic versioning of the Rust crate).
+pub const UR_VERSION_MAJOR: u32 = 0;
+/// The library's minor version.
+pub const UR_VERSION_MINOR: u32 = 1;
+/// The library's patch version.
+pub const UR_VERSION_PATCH: u32 = 0;
+/// The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
+/// `ur_abi_version()` at start-up.
+pub const UR_ABI_VERSION: u32 = 1;
+
+/// The ABI version of the loaded library (`UR_ABI_VERSION` of the header it was built with).
+#[no_mangle]
+pub extern "C" fn ur_abi_version() -> u32 {
+    UR_ABI_VERSION
+}
+
+/// The loaded library's version, "MAJOR.MINOR.PATCH". A static string.
+#[no_mangle]
+pub extern "C" fn ur_version_string() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

@@ -1,0 +1,486 @@
+//! Preference losses: `ur_dpo_loss`, `ur_bradley_terry_loss`, `ur_kwise_loss`, `ur_diffusion_dpo_loss`. Each is a
+//! forward and a backward in one call: the loss and metrics to host memory (so on CUDA the call waits for its own
+//! work), the gradients into caller-allocated tensors.
+
+use std::ffi::c_void;
+
+use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned};
+use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
+use super::status::{call, ur_status, FfiResult, Failure};
+use crate::ops::preference::{
+    bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
+    DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
+};
+
+/// `ur_dpo_config.loss_type` codes, TRL's `loss_type` names (the order of `DpoLossType::ALL`).
+pub const UR_DPO_SIGMOID: i32 = 0;
+pub const UR_DPO_HINGE: i32 = 1;
+pub const UR_DPO_IPO: i32 = 2;
+pub const UR_DPO_ROBUST: i32 = 3;
+pub const UR_DPO_BCO_PAIR: i32 = 4;
+pub const UR_DPO_EXO_PAIR: i32 = 5;
+pub const UR_DPO_NCA_PAIR: i32 = 6;
+pub const UR_DPO_SPPO_HARD: i32 = 7;
+pub const UR_DPO_APO_ZERO: i32 = 8;
+pub const UR_DPO_APO_DOWN: i32 = 9;
+pub const UR_DPO_SIMPO: i32 = 10;
+pub const UR_DPO_ORPO: i32 = 11;
+
+/// `ur_kwise_config.method`: mean of -log sigmoid(r_i - r_j) over the pairs, i ranked above j.
+pub const UR_KWISE_ALL_PAIRS: i32 = 0;
+/// `ur_kwise_config.method`: the Plackett-Luce negative log-likelihood of the ranking.
+pub const UR_KWISE_PLACKETT_LUCE: i32 = 1;
+
+fn write_scalar(name: &str, out: *mut f32, value: f32) -> FfiResult {
+    if out.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: checked non-NULL; every export's contract makes its host outputs writable.
+    unsafe { *out = value };
+    Ok(())
+}
+
+/// Writes `value` to `out` when `out` is not NULL.
+fn write_optional<T>(out: *mut T, value: T) {
+    // SAFETY: every export's contract makes its non-NULL host outputs writable.
+    if let Some(out) = unsafe { out.as_mut() } {
+        *out = value;
+    }
+}
+
+/// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_dpo_config {
+    /// `sizeof(ur_dpo_config)`.
+    pub struct_size: u32,
+    /// A `UR_DPO_*` code (default `UR_DPO_SIGMOID`).
+    pub loss_type: i32,
+    /// beta > 0 (default 0.1; IPO's tau, ORPO's lambda).
+    pub beta: f32,
+    /// epsilon in [0, 0.5): cDPO / robust / EXO / SimPO label smoothing (default 0).
+    pub label_smoothing: f32,
+    /// Nonzero: reference log-probs are taken as 0 (default 0).
+    pub reference_free: i32,
+    /// Nonzero: add `rpo_alpha * NLL` of the chosen sequences (RPO; needs `chosen_lengths`). Default 0.
+    pub use_rpo_alpha: i32,
+    /// The RPO weight, read when `use_rpo_alpha` is nonzero.
+    pub rpo_alpha: f32,
+    /// SimPO's target margin gamma (default 0.5).
+    pub simpo_gamma: f32,
+    /// BCO's delta: the caller's running mean of rewards (default 0).
+    pub bco_delta: f32,
+    /// The upstream gradient of the loss (default 1).
+    pub grad_output: f32,
+}
+
+impl Versioned for ur_dpo_config {
+    const NAME: &'static str = "ur_dpo_config";
+    fn default_value() -> Self {
+        let d = DpoConfig::default();
+        ur_dpo_config {
+            struct_size: size_of_u32::<Self>(),
+            loss_type: UR_DPO_SIGMOID,
+            beta: d.beta,
+            label_smoothing: d.label_smoothing,
+            reference_free: d.reference_free as i32,
+            use_rpo_alpha: d.rpo_alpha.is_some() as i32,
+            rpo_alpha: d.rpo_alpha.unwrap_or(0.0),
+            simpo_gamma: d.simpo_gamma,
+            bco_delta: d.bco_delta,
+            grad_output: d.grad_output,
+        }
+    }
+}
+
+/// TRL's defaults: sigmoid, beta 0.1, no smoothing, no RPO, SimPO gamma 0.5, grad_output 1.
+#[no_mangle]
+pub extern "C" fn ur_dpo_config_default() -> ur_dpo_config {
+    ur_dpo_config::default_value()
+}
+
+/// TRL's logged DPO metrics, means over the pairs. Values a loss type does not have are NaN.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_dpo_metrics {
+    pub rewards_chosen: f32,
+    pub rewards_rejected: f32,
+    pub rewards_accuracies: f32,
+    pub rewards_margins: f32,
+    pub logps_chosen: f32,
+    pub logps_rejected: f32,
+    /// The RPO NLL term (before alpha); NaN without RPO.
+    pub nll_loss: f32,
+    /// ORPO's mean log sigmoid(log odds); NaN for other loss types.
+    pub log_odds_ratio: f32,
+    /// ORPO's mean log odds; NaN for other loss types.
+    pub log_odds_chosen: f32,
+}
+
+/// The DPO family (TRL's loss types, SimPO, ORPO, RPO) on per-sequence log-probs of P pairs: the loss, its
+/// gradient with respect to the policy log-probs, and TRL's metrics.
+///
+/// Inputs: float [P] tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
+/// `reference_rejected` (NULL only when reference-free or for SimPO/ORPO); `chosen_lengths`, `rejected_lengths`
+/// int32/int64 [P] completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
+/// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` [P] in the inputs'
+/// dtype (required); `*metrics_out` (host, may be NULL). Waits for its CUDA work (the loss goes to host memory).
+///
+/// # Safety
+/// As for `ur_logprobs_forward`; `loss_out` and a non-NULL `metrics_out` are writable host memory.
+#[no_mangle]
+pub unsafe extern "C" fn ur_dpo_loss(
+    ctx: *mut ur_context,
+    policy_chosen: *const DLTensor,
+    policy_rejected: *const DLTensor,
+    reference_chosen: *const DLTensor,
+    reference_rejected: *const DLTensor,
+    chosen_lengths: *const DLTensor,
+    rejected_lengths: *const DLTensor,
+    cfg: *const ur_dpo_config,
+    loss_out: *mut f32,
+    grad_policy_chosen_out: *const DLTensor,
+    grad_policy_rejected_out: *const DLTensor,
+    metrics_out: *mut ur_dpo_metrics,
+    stream: *mut c_void,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let c = read_config(cfg)?;
+        let cfg = DpoConfig {
+            loss_type: code("loss_type", c.loss_type, &DpoLossType::ALL)?,
+            beta: c.beta,
+            label_smoothing: c.label_smoothing,
+            reference_free: c.reference_free != 0,
+            rpo_alpha: (c.use_rpo_alpha != 0).then_some(c.rpo_alpha),
+            simpo_gamma: c.simpo_gamma,
+            bco_delta: c.bco_delta,
+            grad_output: c.grad_output,
+        };
+        if loss_out.is_null() {
+            return Err(Failure::null("loss_out"));
+        }
+        let pc = Desc::required("policy_chosen", policy_chosen)?;
+        let pr = Desc::required("policy_rejected", policy_rejected)?;
+        let rc = Desc::optional("reference_chosen", reference_chosen)?;
+        let rr = Desc::optional("reference_rejected", reference_rejected)?;
+        let cl = Desc::optional("chosen_lengths", chosen_lengths)?;
+        let rl = Desc::optional("rejected_lengths", rejected_lengths)?;
+        let gc = Desc::required("grad_policy_chosen_out", grad_policy_chosen_out)?;
+        let gr = Desc::required("grad_policy_rejected_out", grad_policy_rejected_out)?;
+        let descs = [Some(&pc), Some(&pr), rc.as_ref(), rr.as_ref(), cl.as_ref(), rl.as_ref(), Some(&gc), Some(&gr)];
+        on_device(&descs, stream, || {
+            let opt = |d: &Option<Desc>| d.as_ref().map(|d| d.tensor()).transpose();
+            let (pc, pr, rc, rr, cl, rl) = (pc.tensor()?, pr.tensor()?, opt(&rc)?, opt(&rr)?, opt(&cl)?, opt(&rl)?);
+            let logps = PreferenceLogps {
+                policy_chosen: &pc,
+                policy_rejected: &pr,
+                reference_chosen: rc.as_ref(),
+                reference_rejected: rr.as_ref(),
+                chosen_lengths: cl.as_ref(),
+                rejected_lengths: rl.as_ref(),
+            };
+            let r = dpo_loss(&logps, &cfg)?;
+            write_outputs(&[(Some(&gc), &r.grad_policy_chosen), (Some(&gr), &r.grad_policy_rejected)])?;
+            write_scalar("loss_out", loss_out, r.loss)?;
+            let m = r.metrics;
+            write_optional(
+                metrics_out,
+                ur_dpo_metrics {
+                    rewards_chosen: m.rewards_chosen,
+                    rewards_rejected: m.rewards_rejected,
+                    rewards_accuracies: m.rewards_accuracies,
+                    rewards_margins: m.rewards_margins,
+                    logps_chosen: m.logps_chosen,
+                    logps_rejected: m.logps_rejected,
+                    nll_loss: m.nll_loss.unwrap_or(f32::NAN),
+                    log_odds_ratio: m.log_odds_ratio.unwrap_or(f32::NAN),
+                    log_odds_chosen: m.log_odds_chosen.unwrap_or(f32::NAN),
+                },
+            );
+            Ok(())
+        })
+    })
+}
+
+/// Hyper-parameters of `ur_bradley_terry_loss`. Initialise with `ur_bradley_terry_config_default()`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_bradley_terry_config {
+    /// `sizeof(ur_bradley_terry_config)`.
+    pub struct_size: u32,
+    /// TRL's `center_rewards_coefficient` (>= 0; default 0, no centring term).
+    pub center_rewards_coefficient: f32,
+    /// The upstream gradient of the loss (default 1).
+    pub grad_output: f32,
+}
+
+impl Versioned for ur_bradley_terry_config {
+    const NAME: &'static str = "ur_bradley_terry_config";
+    fn default_value() -> Self {
+        let d = BradleyTerryConfig::default();
+        ur_bradley_terry_config {
+            struct_size: size_of_u32::<Self>(),
+            center_rewards_coefficient: d.center_rewards_coefficient.unwrap_or(0.0),
+            grad_output: d.grad_output,
+        }
+    }
+}
+
+/// No centring, grad_output 1.
+#[no_mangle]
+pub extern "C" fn ur_bradley_terry_config_default() -> ur_bradley_terry_config {
+    ur_bradley_terry_config::default_value()
+}
+
+/// Means over the pairs.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_bradley_terry_metrics {
+    /// Share of pairs with r_chosen > r_rejected strictly.
+    pub accuracy: f32,
+    pub rewards_chosen: f32,
+    pub rewards_rejected: f32,
+    pub margins: f32,
+    /// Mean of (r_chosen + r_rejected)^2, before its coefficient.
+    pub center_term: f32,
+}
+
+/// The Bradley-Terry reward-model loss `mean(-log sigmoid(r_c - r_r - margin)) + c * mean((r_c + r_r)^2)` on float
+/// [P] rewards of one dtype (`margin` [P] or NULL). Outputs: `*loss_out` (required), `grad_chosen_out`,
+/// `grad_rejected_out` [P] in the rewards' dtype (required), `*metrics_out` (may be NULL). Waits for its CUDA work.
+///
+/// # Safety
+/// As for `ur_dpo_loss`.
+#[no_mangle]
+pub unsafe extern "C" fn ur_bradley_terry_loss(
+    ctx: *mut ur_context,
+    rewards_chosen: *const DLTensor,
+    rewards_rejected: *const DLTensor,
+    margin: *const DLTensor,
+    cfg: *const ur_bradley_terry_config,
+    loss_out: *mut f32,
+    grad_chosen_out: *const DLTensor,
+    grad_rejected_out: *const DLTensor,
+    metrics_out: *mut ur_bradley_terry_metrics,
+    stream: *mut c_void,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let c = read_config(cfg)?;
+        let cfg = BradleyTerryConfig {
+            center_rewards_coefficient: Some(c.center_rewards_coefficient),
+            grad_output: c.grad_output,
+        };
+        if loss_out.is_null() {
+            return Err(Failure::null("loss_out"));
+        }
+        let chosen = Desc::required("rewards_chosen", rewards_chosen)?;
+        let rejected = Desc::required("rewards_rejected", rewards_rejected)?;
+        let margin = Desc::optional("margin", margin)?;
+        let gc = Desc::required("grad_chosen_out", grad_chosen_out)?;
+        let gr = Desc::required("grad_rejected_out", grad_rejected_out)?;
+        on_device(&[Some(&chosen), Some(&rejected), margin.as_ref(), Some(&gc), Some(&gr)], stream, || {
+            let margin = margin.as_ref().map(|m| m.tensor()).transpose()?;
+            let r = bradley_terry_loss(&chosen.tensor()?, &rejected.tensor()?, margin.as_ref(), &cfg)?;
+            write_outputs(&[(Some(&gc), &r.grad_chosen), (Some(&gr), &r.grad_rejected)])?;
+            write_scalar("loss_out", loss_out, r.loss)?;
+            let m = r.metrics;
+            write_optional(
+                metrics_out,
+                ur_bradley_terry_metrics {
+                    accuracy: m.accuracy,
+                    rewards_chosen: m.rewards_chosen,
+                    rewards_rejected: m.rewards_rejected,
+                    margins: m.margins,
+                    center_term: m.center_term,
+                },
+            );
+            Ok(())
+        })
+    })
+}
+
+/// Hyper-parameters of `ur_kwise_loss`. Initialise with `ur_kwise_config_default()`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_kwise_config {
+    /// `sizeof(ur_kwise_config)`.
+    pub struct_size: u32,
+    /// `UR_KWISE_ALL_PAIRS` (default) or `UR_KWISE_PLACKETT_LUCE`.
+    pub method: i32,
+    /// The upstream gradient of the loss (default 1).
+    pub grad_output: f32,
+}
+
+impl Versioned for ur_kwise_config {
+    const NAME: &'static str = "ur_kwise_config";
+    fn default_value() -> Self {
+        ur_kwise_config { struct_size: size_of_u32::<Self>(), method: UR_KWISE_ALL_PAIRS, grad_output: 1.0 }
+    }
+}
+
+/// All pairs, grad_output 1.
+#[no_mangle]
+pub extern "C" fn ur_kwise_config_default() -> ur_kwise_config {
+    ur_kwise_config::default_value()
+}
+
+/// A K-wise ranking loss on float `rewards` [G,K] (K >= 2), candidates listed best first unless `order` (int32/
+/// int64 [G,K], or NULL) gives each group's candidate indices from best to worst. Outputs: `*loss_out` (mean over
+/// groups, required), `grad_out` [G,K] in the rewards' dtype (required), `*accuracy_out` (share of correctly
+/// ordered pairs; may be NULL). Waits for its CUDA work.
+///
+/// # Safety
+/// As for `ur_dpo_loss`.
+#[no_mangle]
+pub unsafe extern "C" fn ur_kwise_loss(
+    ctx: *mut ur_context,
+    rewards: *const DLTensor,
+    order: *const DLTensor,
+    cfg: *const ur_kwise_config,
+    loss_out: *mut f32,
+    grad_out: *const DLTensor,
+    accuracy_out: *mut f32,
+    stream: *mut c_void,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let c = read_config(cfg)?;
+        let method = code("method", c.method, &[KwiseMethod::AllPairs, KwiseMethod::PlackettLuce])?;
+        let cfg = KwiseConfig { method, grad_output: c.grad_output };
+        if loss_out.is_null() {
+            return Err(Failure::null("loss_out"));
+        }
+        let rewards = Desc::required("rewards", rewards)?;
+        let order = Desc::optional("order", order)?;
+        let grad = Desc::required("grad_out", grad_out)?;
+        on_device(&[Some(&rewards), order.as_ref(), Some(&grad)], stream, || {
+            let order = order.as_ref().map(|o| o.tensor()).transpose()?;
+            let r = kwise_loss(&rewards.tensor()?, order.as_ref(), &cfg)?;
+            write_outputs(&[(Some(&grad), &r.grad)])?;
+            write_scalar("loss_out", loss_out, r.loss)?;
+            write_optional(accuracy_out, r.accuracy);
+            Ok(())
+        })
+    })
+}
+
+/// Hyper-parameters of `ur_diffusion_dpo_loss`. Initialise with `ur_diffusion_dpo_config_default()`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_diffusion_dpo_config {
+    /// `sizeof(ur_diffusion_dpo_config)`.
+    pub struct_size: u32,
+    /// beta > 0 (diffusers' `beta_dpo`; default 2500).
+    pub beta: f32,
+    /// The upstream gradient of the loss (default 1).
+    pub grad_output: f32,
+}
+
+impl Versioned for ur_diffusion_dpo_config {
+    const NAME: &'static str = "ur_diffusion_dpo_config";
+    fn default_value() -> Self {
+        let d = DiffusionDpoConfig::default();
+        ur_diffusion_dpo_config { struct_size: size_of_u32::<Self>(), beta: d.beta, grad_output: d.grad_output }
+    }
+}
+
+/// beta 2500, grad_output 1.
+#[no_mangle]
+pub extern "C" fn ur_diffusion_dpo_config_default() -> ur_diffusion_dpo_config {
+    ur_diffusion_dpo_config::default_value()
+}
+
+/// diffusers' logged values, means over the batch.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_diffusion_dpo_metrics {
+    pub implicit_accuracy: f32,
+    pub model_mse_winner: f32,
+    pub model_mse_loser: f32,
+    pub ref_mse_winner: f32,
+    pub ref_mse_loser: f32,
+}
+
+/// Diffusion-DPO (diffusers' `train_diffusion_dpo.py`) on noise predictions: six float tensors of one shape
+/// [B, D...] and dtype. Outputs: `*loss_out` (required), `grad_model_winner_out`, `grad_model_loser_out` (shape and
+/// dtype of the predictions; required), `*metrics_out` (may be NULL). Waits for its CUDA work.
+///
+/// # Safety
+/// As for `ur_dpo_loss`.
+#[no_mangle]
+pub unsafe extern "C" fn ur_diffusion_dpo_loss(
+    ctx: *mut ur_context,
+    model_winner: *const DLTensor,
+    model_loser: *const DLTensor,
+    ref_winner: *const DLTensor,
+    ref_loser: *const DLTensor,
+    target_winner: *const DLTensor,
+    target_loser: *const DLTensor,
+    cfg: *const ur_diffusion_dpo_config,
+    loss_out: *mut f32,
+    grad_model_winner_out: *const DLTensor,
+    grad_model_loser_out: *const DLTensor,
+    metrics_out: *mut ur_diffusion_dpo_metrics,
+    stream: *mut c_void,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let c = read_config(cfg)?;
+        let cfg = DiffusionDpoConfig { beta: c.beta, grad_output: c.grad_output };
+        if loss_out.is_null() {
+            return Err(Failure::null("loss_out"));
+        }
+        let ins = [
+            Desc::required("model_winner", model_winner)?,
+            Desc::required("model_loser", model_loser)?,
+            Desc::required("ref_winner", ref_winner)?,
+            Desc::required("ref_loser", ref_loser)?,
+            Desc::required("target_winner", target_winner)?,
+            Desc::required("target_loser", target_loser)?,
+        ];
+        let gw = Desc::required("grad_model_winner_out", grad_model_winner_out)?;
+        let gl = Desc::required("grad_model_loser_out", grad_model_loser_out)?;
+        let mut descs: Vec<Option<&Desc>> = ins.iter().map(Some).collect();
+        descs.extend([Some(&gw), Some(&gl)]);
+        on_device(&descs, stream, || {
+            let [mw, ml, rw, rl, tw, tl] = [0, 1, 2, 3, 4, 5].map(|i| ins[i].tensor());
+            let (mw, ml, rw, rl, tw, tl) = (mw?, ml?, rw?, rl?, tw?, tl?);
+            let inputs = DiffusionDpoInputs {
+                model_winner: &mw,
+                model_loser: &ml,
+                ref_winner: &rw,
+                ref_loser: &rl,
+                target_winner: &tw,
+                target_loser: &tl,
+            };
+            let r = diffusion_dpo_loss(&inputs, &cfg)?;
+            write_outputs(&[(Some(&gw), &r.grad_model_winner), (Some(&gl), &r.grad_model_loser)])?;
+            write_scalar("loss_out", loss_out, r.loss)?;
+            let m = r.metrics;
+            write_optional(
+                metrics_out,
+                ur_diffusion_dpo_metrics {
+                    implicit_accuracy: m.implicit_accuracy,
+                    model_mse_winner: m.model_mse_winner,
+                    model_mse_loser: m.model_mse_loser,
+                    ref_mse_winner: m.ref_mse_winner,
+                    ref_mse_loser: m.ref_mse_loser,
+                },
+            );
+            Ok(())
+        })
+    })
+}

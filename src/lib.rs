@@ -6,9 +6,9 @@
 //!
 //! Every fallible call returns [`Result`]; user input never panics.
 
+#[cfg(feature = "cxx")]
+mod cxx_bridge;
 pub mod error;
-pub mod ffi;
-pub mod model;
 pub mod ops;
 pub mod runtime;
 

@@ -10,6 +10,7 @@ import pytest
 
 import unireward
 from unireward import _lib, comparisons, heads, logprobs, losses
+from unireward._dlpack import DLTensor
 
 HEADER = pathlib.Path(__file__).resolve().parents[3] / "include" / "unireward.h"
 pytestmark = pytest.mark.skipif(not HEADER.is_file(), reason="include/unireward.h is not generated yet")
@@ -42,8 +43,16 @@ def c_functions():
     out = {}
     for m in re.finditer(r"\b(ur_\w+)\s*\(([^;{]*?)\)\s*;", header(), flags=re.S):
         params = [p.strip() for p in m.group(2).split(",") if p.strip() and p.strip() != "void"]
-        out[m.group(1)] = [p.rsplit(None, 1)[0] if "*" not in p else "*" for p in params]
+        out[m.group(1)] = [c_type(p) for p in params]
     return out
+
+
+def c_type(param: str) -> str:
+    """A parameter's type: a scalar type name, or `*` and the pointee's name (`*DLTensor`, `*ur_dpo_config`)."""
+    if "*" not in param:
+        return param.rsplit(None, 1)[0]
+    pointee = param[: param.index("*")].replace("const", "").replace("struct", "").strip()
+    return "*" + pointee
 
 
 def c_defines():
@@ -86,10 +95,20 @@ def test_declared_exports_match_the_header():
         params = functions[name]
         assert len(argtypes) == len(params), f"{name}: {len(argtypes)} arguments here, {len(params)} in the header"
         for i, (py, c) in enumerate(zip(argtypes, params)):
-            is_pointer = c == "*"
-            assert is_pointer == (py is ctypes.c_void_p or hasattr(py, "contents")), f"{name} argument {i}: {c}"
-            if not is_pointer:
-                assert C_SCALARS.get(c) is py, f"{name} argument {i}: {c}"
+            assert py_type(py) == c or (py is ctypes.c_void_p and c in ("*void", "*ur_context")), (
+                f"{name} argument {i}: {py_type(py)} here, {c} in the header"
+            )
+
+
+def py_type(t) -> str:
+    """An argtype in the notation of `c_type`."""
+    if t is ctypes.c_void_p:
+        return "*void"
+    if hasattr(t, "contents"):
+        pointee = t._type_
+        names = {DLTensor: "DLTensor", ctypes.c_float: "float", **{v: k for k, v in MIRRORS.items()}}
+        return "*" + names[pointee]
+    return next(name for name, scalar in C_SCALARS.items() if scalar is t)
 
 
 def test_enum_codes_match_the_header():

@@ -9,6 +9,8 @@
 #[cfg(feature = "cxx")]
 mod cxx_bridge;
 pub mod error;
+pub mod ffi;
+pub mod model;
 pub mod ops;
 pub mod runtime;
 

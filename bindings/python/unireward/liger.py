@@ -15,7 +15,8 @@ class FusedLinearDPOLoss(torch.nn.Module):
     chosen_rewards, rejected_rewards))` as Liger does. The loss is the mean preference loss over pairs, plus the
     chosen NLL (Σ over chosen tokens / chosen token count) with `compute_nll_loss`. Log-probs are sums over tokens,
     or means with `average_log_prob`. One difference: the logits means are TRL's (over counted tokens, then over
-    sequences), where Liger's also count the ignored positions.
+    sequences), where Liger's also count the ignored positions. Defaults are Liger's (a reference model, summed
+    log-probs, no NLL term).
     """
 
     def __init__(
@@ -24,8 +25,9 @@ class FusedLinearDPOLoss(torch.nn.Module):
         beta: float = 0.1,
         compute_nll_loss: bool = False,
         compiled: bool = True,
-        use_ref_model: bool = False,
+        use_ref_model: bool = True,
         average_log_prob: bool = False,
+        chunk_size: int = 1,
         loss_type: str = "sigmoid",
         chunk_tokens: int = 0,
     ):
@@ -33,7 +35,9 @@ class FusedLinearDPOLoss(torch.nn.Module):
         self.ignore_index = ignore_index
         self.beta = beta
         self.compute_nll_loss = compute_nll_loss
-        self.compiled = compiled  # accepted for Liger compatibility: the ops need no torch.compile
+        # Accepted for Liger compatibility: the ops need no torch.compile, and they chunk by tokens (`chunk_tokens`,
+        # 0 for about 256 MiB of float32 logits per chunk), not by pairs.
+        self.compiled, self.chunk_size = compiled, chunk_size
         self.use_ref_model = use_ref_model
         self.average_log_prob = average_log_prob
         self.loss_type = loss_type

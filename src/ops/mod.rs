@@ -1,16 +1,33 @@
 //! Op families. Each op is a forward and a backward with a CPU implementation and a CUDA kernel behind one
 //! signature, dispatched on the device of its tensors.
 
+pub mod attention;
 pub mod check;
 pub mod compare;
+pub mod embedding;
 pub mod fused_linear;
 pub mod heads;
+pub(crate) mod launch;
+pub mod linear;
 pub mod logprobs;
 pub mod preference;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 pub mod tokens;
 
 use crate::runtime::cuda::KernelModule;
 
 /// Every kernel file of the library, for ahead-of-time compile checks (CI compiles each for sm_80 and sm_90).
-pub const KERNEL_MODULES: &[KernelModule] =
-    &[logprobs::KERNELS, fused_linear::KERNELS, preference::KERNELS, compare::KERNELS, heads::KERNELS];
+pub const KERNEL_MODULES: &[KernelModule] = &[
+    logprobs::KERNELS,
+    fused_linear::KERNELS,
+    preference::KERNELS,
+    compare::KERNELS,
+    heads::KERNELS,
+    embedding::KERNELS,
+    rmsnorm::KERNELS,
+    rope::KERNELS,
+    linear::KERNELS,
+    swiglu::KERNELS,
+];

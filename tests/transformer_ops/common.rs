@@ -120,7 +120,11 @@ pub fn finite_differences(x: &[f64], probes: usize, f: impl Fn(&[f64]) -> f64) -
 pub fn assert_fd(what: &str, grad: &[f64], fd: &[(usize, f64)]) {
     let scale = grad.iter().fold(0.0f64, |m, g| m.max(g.abs())).max(1e-30);
     for &(i, want) in fd {
-        assert!((grad[i] - want).abs() <= 1e-4 * (scale + want.abs()), "{what}[{i}]: backward {} vs finite difference {want}", grad[i]);
+        assert!(
+            (grad[i] - want).abs() <= 1e-4 * (scale + want.abs()),
+            "{what}[{i}]: backward {} vs finite difference {want}",
+            grad[i]
+        );
     }
 }
 

@@ -83,7 +83,8 @@ fn bad_input() {
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("outside the vocabulary [0, 4)")), "{e}");
     let e = embedding(&table, &tensor(&[1.0], &[1], DType::F32, Device::Cpu)).unwrap_err();
     assert!(matches!(e, Error::DType { arg: "ids", .. }), "{e}");
-    let e = embedding(&tensor(&[0.0; 4], &[4], DType::F32, Device::Cpu), &ids(&[0], &[1], DType::I32, Device::Cpu)).unwrap_err();
+    let e = embedding(&tensor(&[0.0; 4], &[4], DType::F32, Device::Cpu), &ids(&[0], &[1], DType::I32, Device::Cpu))
+        .unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`table` must have rank 2")), "{e}");
     let e = embedding(&table, &ids(&[], &[0], DType::I32, Device::Cpu)).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`ids` is empty")), "{e}");

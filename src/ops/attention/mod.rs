@@ -1,0 +1,112 @@
+//! Grouped-query causal self-attention with a padding mask, as Qwen2 computes it: `q` [N,T,Hq,d] attends `k`, `v`
+//! [N,T,Hkv,d] (query head h reads KV head h / (Hq/Hkv)), softmax scale 1/sqrt(d). Query i sees key j when j ≤ i
+//! and `attention_mask[n, j] ≠ 0`; queries at padding positions (mask 0) output zeros. The forward also returns the
+//! per-row logsumexp of the scaled scores, from which the backward recomputes the probabilities.
+//!
+//! CPU: per (n, head) with `gemm` products, rayon over tasks. CUDA: flash-style kernels that tile over keys with an
+//! online softmax and keep no [T,T] matrix in global memory (head dim up to 128).
+
+mod cpu;
+mod cuda;
+
+use crate::ops::{check, launch};
+use crate::runtime::cuda::KernelModule;
+use crate::runtime::{DType, Device, Tensor};
+use crate::{Error, Result};
+
+pub const KERNELS: KernelModule = crate::kernel_module!("attention");
+
+/// The forward's output and what the backward needs.
+#[derive(Debug)]
+pub struct AttentionOutput {
+    /// [N,T,Hq,d] in `q`'s dtype; zero at padding queries.
+    pub out: Tensor,
+    /// f32 [N,Hq,T]: logsumexp over the visible keys of the scaled scores; 0 at padding queries.
+    pub lse: Tensor,
+}
+
+/// Gradients, each in the dtype of the input it differentiates; `grad_k` and `grad_v` are summed over the query
+/// heads of each KV group.
+#[derive(Debug)]
+pub struct AttentionGrads {
+    pub grad_q: Tensor,
+    pub grad_k: Tensor,
+    pub grad_v: Tensor,
+}
+
+/// Validated sizes and the host copy of the mask.
+struct Plan {
+    n: usize,
+    t: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    /// [N·T]: whether each position is a real token.
+    valid: Vec<bool>,
+    device: Device,
+}
+
+impl Plan {
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+
+    /// Query heads per KV head.
+    fn group(&self) -> usize {
+        self.hq / self.hkv
+    }
+}
+
+fn plan(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, others: &[(&str, &Tensor)]) -> Result<Plan> {
+    let &[n, t, hq, d] = check::rank("q", q, 4)? else { unreachable!() };
+    let &[_, _, hkv, _] = check::rank("k", k, 4)? else { unreachable!() };
+    for (name, x) in [("q", q), ("k", k), ("v", v)] {
+        check::float(name, x)?;
+    }
+    check::shape("k", k, &[n, t, hkv, d])?;
+    check::shape("v", v, &[n, t, hkv, d])?;
+    check::non_empty("q (N·T)", n * t)?;
+    check::non_empty("q (d)", d)?;
+    if hkv == 0 || hq == 0 || hq % hkv != 0 {
+        return Err(Error::Shape(format!("query heads ({hq}) must be a positive multiple of KV heads ({hkv})")));
+    }
+    check::integer("attention_mask", mask)?;
+    check::shape("attention_mask", mask, &[n, t])?;
+    let mut named = vec![("q", q), ("k", k), ("v", v), ("attention_mask", mask)];
+    named.extend_from_slice(others);
+    let device = check::same_device(&named)?;
+    let valid = launch::host_ids(mask)?.into_iter().map(|m| m != 0).collect();
+    Ok(Plan { n, t, hq, hkv, d, valid, device })
+}
+
+/// Causal grouped-query attention of `q` [N,T,Hq,d] over `k`, `v` [N,T,Hkv,d] under `attention_mask` [N,T]
+/// (i32 or i64, nonzero = real token).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor) -> Result<AttentionOutput> {
+    let p = plan(q, k, v, attention_mask, &[])?;
+    match p.device {
+        Device::Cpu => cpu::forward(q, k, v, &p),
+        Device::Cuda(_) => cuda::forward(q, k, v, &p),
+    }
+}
+
+/// Gradients of `Σ grad_out · attention(q, k, v, mask).out`, from the forward's saved output and logsumexp.
+pub fn attention_backward(
+    grad_out: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    saved: &AttentionOutput,
+) -> Result<AttentionGrads> {
+    let p =
+        plan(q, k, v, attention_mask, &[("grad_out", grad_out), ("saved.out", &saved.out), ("saved.lse", &saved.lse)])?;
+    check::float("grad_out", grad_out)?;
+    check::shape("grad_out", grad_out, q.shape())?;
+    check::shape("saved.out", &saved.out, q.shape())?;
+    check::dtype("saved.lse", &saved.lse, DType::F32)?;
+    check::shape("saved.lse", &saved.lse, &[p.n, p.hq, p.t])?;
+    match p.device {
+        Device::Cpu => cpu::backward(grad_out, q, k, v, &saved.lse, &p),
+        Device::Cuda(_) => cuda::backward(grad_out, q, k, v, saved, &p),
+    }
+}

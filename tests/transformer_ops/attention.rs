@@ -1,0 +1,225 @@
+use rand::Rng;
+use unireward::ops::attention::{attention, attention_backward};
+use unireward::{DType, Device, Error, Tensor};
+
+use crate::common::*;
+
+/// Sizes of a problem.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    t: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn q_len(&self) -> usize {
+        self.n * self.t * self.hq * self.d
+    }
+    fn kv_len(&self) -> usize {
+        self.n * self.t * self.hkv * self.d
+    }
+    fn q_at(&self, n: usize, i: usize, h: usize) -> usize {
+        ((n * self.t + i) * self.hq + h) * self.d
+    }
+    fn kv_at(&self, n: usize, j: usize, h: usize) -> usize {
+        ((n * self.t + j) * self.hkv + h / (self.hq / self.hkv)) * self.d
+    }
+}
+
+/// f64 reference probabilities of query (n, i, h): `None` at padding queries.
+fn probs(z: Dims, q: &[f64], k: &[f64], mask: &[i64], n: usize, i: usize, h: usize) -> Option<(Vec<f64>, f64)> {
+    if mask[n * z.t + i] == 0 {
+        return None;
+    }
+    let scale = 1.0 / (z.d as f64).sqrt();
+    let qi = &q[z.q_at(n, i, h)..][..z.d];
+    let s: Vec<f64> = (0..z.t)
+        .map(|j| {
+            if j <= i && mask[n * z.t + j] != 0 {
+                dot(qi, &k[z.kv_at(n, j, h)..][..z.d]) * scale
+            } else {
+                f64::NEG_INFINITY
+            }
+        })
+        .collect();
+    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + s.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+    Some((s.iter().map(|x| (x - lse).exp()).collect(), lse))
+}
+
+/// f64 reference forward: (out, lse).
+fn forward(z: Dims, q: &[f64], k: &[f64], v: &[f64], mask: &[i64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut out, mut lse) = (vec![0.0; z.q_len()], vec![0.0; z.n * z.hq * z.t]);
+    for n in 0..z.n {
+        for h in 0..z.hq {
+            for i in 0..z.t {
+                let Some((p, l)) = probs(z, q, k, mask, n, i, h) else { continue };
+                lse[(n * z.hq + h) * z.t + i] = l;
+                for j in 0..z.t {
+                    for c in 0..z.d {
+                        out[z.q_at(n, i, h) + c] += p[j] * v[z.kv_at(n, j, h) + c];
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// f64 reference backward: (dq, dk, dv).
+fn backward(z: Dims, q: &[f64], k: &[f64], v: &[f64], mask: &[i64], g: &[f64]) -> [Vec<f64>; 3] {
+    let (mut dq, mut dk, mut dv) = (vec![0.0; z.q_len()], vec![0.0; z.kv_len()], vec![0.0; z.kv_len()]);
+    let scale = 1.0 / (z.d as f64).sqrt();
+    for n in 0..z.n {
+        for h in 0..z.hq {
+            for i in 0..z.t {
+                let Some((p, _)) = probs(z, q, k, mask, n, i, h) else { continue };
+                let gi = &g[z.q_at(n, i, h)..][..z.d];
+                let dp: Vec<f64> = (0..z.t).map(|j| dot(gi, &v[z.kv_at(n, j, h)..][..z.d])).collect();
+                let row_dot = dot(&p, &dp);
+                for j in 0..z.t {
+                    let ds = p[j] * (dp[j] - row_dot) * scale;
+                    for c in 0..z.d {
+                        dv[z.kv_at(n, j, h) + c] += p[j] * gi[c];
+                        dq[z.q_at(n, i, h) + c] += ds * k[z.kv_at(n, j, h) + c];
+                        dk[z.kv_at(n, j, h) + c] += ds * q[z.q_at(n, i, h) + c];
+                    }
+                }
+            }
+        }
+    }
+    [dq, dk, dv]
+}
+
+struct Inputs {
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+    g: Vec<f64>,
+    mask: Vec<i64>,
+}
+
+fn random_inputs(rng: &mut rand::rngs::StdRng, z: Dims) -> Inputs {
+    // Right padding of random length per sequence; the last sequence is entirely padding when N > 2.
+    let mut mask = Vec::with_capacity(z.n * z.t);
+    for n in 0..z.n {
+        let real = if z.n > 2 && n == z.n - 1 { 0 } else { rng.gen_range(1..=z.t) };
+        mask.extend((0..z.t).map(|i| i64::from(i < real)));
+    }
+    Inputs {
+        q: normal(rng, z.q_len()),
+        k: normal(rng, z.kv_len()),
+        v: normal(rng, z.kv_len()),
+        g: normal(rng, z.q_len()),
+        mask,
+    }
+}
+
+fn run(z: Dims, x: &Inputs, dtype: DType, device: Device) -> [Vec<f64>; 5] {
+    let t = |data: &[f64], heads| tensor(data, &[z.n, z.t, heads, z.d], dtype, device);
+    let (q, k, v) = (t(&x.q, z.hq), t(&x.k, z.hkv), t(&x.v, z.hkv));
+    let mask = ids(&x.mask, &[z.n, z.t], DType::I64, device);
+    let saved = attention(&q, &k, &v, &mask).unwrap();
+    assert_eq!((saved.out.dtype(), saved.lse.shape()), (dtype, &[z.n, z.hq, z.t][..]));
+    let grads = attention_backward(&t(&x.g, z.hq), &q, &k, &v, &mask, &saved).unwrap();
+    assert_eq!((grads.grad_k.dtype(), grads.grad_k.shape()), (dtype, k.shape()));
+    [values(&saved.out), values(&saved.lse), values(&grads.grad_q), values(&grads.grad_k), values(&grads.grad_v)]
+}
+
+const NAMES: [&str; 5] = ["out", "lse", "grad_q", "grad_k", "grad_v"];
+
+#[test]
+fn matches_pytorch_fixture() {
+    for name in ["attention_gqa", "attention_padded"] {
+        let f = Fixture::load(name);
+        let z = Dims { n: f.usize("n"), t: f.usize("t"), hq: f.usize("hq"), hkv: f.usize("hkv"), d: f.usize("d") };
+        let x = Inputs { q: f.f64s("q"), k: f.f64s("k"), v: f.f64s("v"), g: f.f64s("grad_out"), mask: f.i64s("mask") };
+        let got = run(z, &x, DType::F32, Device::Cpu);
+        for (name, got) in NAMES.iter().zip(&got) {
+            assert_close(name, got, &f.f64s(name), 1e-5);
+        }
+    }
+}
+
+#[test]
+fn random_awkward_shapes_every_dtype_and_finite_differences() {
+    let mut rng = seed();
+    let shapes = [
+        Dims { n: 3, t: 17, hq: 14, hkv: 2, d: 64 }, // GQA ratio 7, an all-padding sequence
+        Dims { n: 1, t: 1, hq: 2, hkv: 1, d: 8 },    // T = 1
+        Dims { n: 2, t: 33, hq: 3, hkv: 3, d: 72 },  // no grouping, d not a multiple of a warp
+        Dims { n: 4, t: 6, hq: 4, hkv: 2, d: 5 },
+    ];
+    for z in shapes {
+        let x = random_inputs(&mut rng, z);
+        for dtype in FLOATS {
+            let r = |v: &[f64]| rounded(v, dtype);
+            let (q, k, v, g) = (r(&x.q), r(&x.k), r(&x.v), r(&x.g));
+            let (out, lse) = forward(z, &q, &k, &v, &x.mask);
+            let [dq, dk, dv] = backward(z, &q, &k, &v, &x.mask, &g);
+            let got = run(z, &x, dtype, Device::Cpu);
+            for (name, (got, want)) in NAMES.iter().zip(got.iter().zip([out, lse, dq, dk, dv].iter())) {
+                assert_close(&format!("{name} {dtype} {z:?}"), got, want, tol(dtype));
+            }
+            if dtype == DType::F32 && z.d < 64 {
+                let loss = |q: &[f64], k: &[f64], v: &[f64]| dot(&forward(z, q, k, v, &x.mask).0, &x.g);
+                assert_fd("grad_q", &got[2], &finite_differences(&x.q, 25, |p| loss(p, &x.k, &x.v)));
+                assert_fd("grad_k", &got[3], &finite_differences(&x.k, 25, |p| loss(&x.q, p, &x.v)));
+                assert_fd("grad_v", &got[4], &finite_differences(&x.v, 25, |p| loss(&x.q, &x.k, p)));
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input() {
+    let t = |shape: &[usize]| tensor(&vec![0.0; shape.iter().product()], shape, DType::F32, Device::Cpu);
+    let (q, k) = (t(&[1, 2, 4, 8]), t(&[1, 2, 2, 8]));
+    let mask = ids(&[1, 1], &[1, 2], DType::I32, Device::Cpu);
+    let e = attention(&q, &t(&[1, 2, 3, 8]), &t(&[1, 2, 3, 8]), &mask).unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape(m) if m.contains("query heads (4) must be a positive multiple of KV heads (3)")),
+        "{e}"
+    );
+    let e = attention(&q, &k, &t(&[1, 2, 2, 4]), &mask).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`v` has shape [1, 2, 2, 4], expected [1, 2, 2, 8]")), "{e}");
+    let e = attention(&q, &k, &k, &t(&[1, 2])).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "attention_mask", .. }), "{e}");
+    let e = attention(&q, &k, &k, &ids(&[1, 1, 1], &[1, 3], DType::I32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`attention_mask` has shape [1, 3]")), "{e}");
+    let saved = attention(&q, &k, &k, &mask).unwrap();
+    let bad_lse = unireward::ops::attention::AttentionOutput {
+        out: saved.out.try_clone().unwrap(),
+        lse: Tensor::zeros(&[1, 2, 4], DType::F32, Device::Cpu).unwrap(),
+    };
+    let e = attention_backward(&q, &q, &k, &k, &mask, &bad_lse).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`saved.lse` has shape [1, 2, 4], expected [1, 4, 2]")), "{e}");
+    let e = attention_backward(&k, &q, &k, &k, &mask, &saved).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_out`")), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_matches_cpu() {
+    let mut rng = seed();
+    let shapes = [
+        Dims { n: 2, t: 512, hq: 14, hkv: 2, d: 64 },
+        Dims { n: 3, t: 70, hq: 4, hkv: 1, d: 128 },
+        Dims { n: 1, t: 1, hq: 2, hkv: 1, d: 8 },
+        Dims { n: 3, t: 33, hq: 7, hkv: 1, d: 72 },
+        Dims { n: 4, t: 6, hq: 4, hkv: 2, d: 5 },
+    ];
+    for z in shapes {
+        let x = random_inputs(&mut rng, z);
+        for dtype in FLOATS {
+            let (cpu, cuda) = (run(z, &x, dtype, Device::Cpu), run(z, &x, dtype, Device::Cuda(0)));
+            let t = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+            for (name, (c, g)) in NAMES.iter().zip(cpu.iter().zip(&cuda)) {
+                assert_close(&format!("{name} {dtype} {z:?}"), g, c, t);
+            }
+        }
+    }
+}

@@ -226,6 +226,18 @@ impl WeightStore {
     }
 }
 
+impl std::fmt::Debug for WeightStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WeightStore({}, {} tensors in {} files)",
+            self.source.display(),
+            self.tensors.len(),
+            self.files.len()
+        )
+    }
+}
+
 /// "`a`, `b` and 3 more": long lists are cut so that an error stays readable.
 fn name_list(names: &[&str]) -> String {
     const SHOWN: usize = 8;

@@ -18,6 +18,8 @@ def test_dpo_loss_metric_keys(gen):
     assert TRL_KEYS <= metrics.keys()
     assert chosen_rewards.shape == rejected_rewards.shape == (3,)
     assert not chosen_rewards.requires_grad
+    with pytest.raises(ValueError, match="unknown DPO loss type 'nope'; known: sigmoid, hinge"):
+        unireward.dpo_loss(pc, pr, rc, rr, loss_type="nope")
 
 
 def liger_reference(weight, hidden, target, bias, ref_hidden, ref_weight, beta, compute_nll, average, ignore=-100):

@@ -3,6 +3,8 @@
 import torch
 
 from . import ops
+from ._c import enum_code
+from .losses import DPO_LOSS_TYPES
 
 # Loss types TRL length-normalises (`average_log_prob`): their log-probs are divided by the token counts.
 _LENGTH_NORMALISED = ("ipo", "simpo", "orpo")
@@ -38,6 +40,7 @@ def dpo_loss(
     needs the summed log-probs and `chosen_lengths`). `bco_delta` is the running mean of rewards TRL keeps for
     `bco_pair` (feed it `0.5 * (metrics["rewards/chosen"] + metrics["rewards/rejected"])`).
     """
+    enum_code("DPO loss type", loss_type, DPO_LOSS_TYPES)
     dtype = policy_chosen_logps.dtype
     use_reference = loss_type not in _REFERENCE_FREE and not reference_free
     if use_reference and (reference_chosen_logps is None or reference_rejected_logps is None):

@@ -10,6 +10,7 @@
 mod cxx_bridge;
 pub mod error;
 pub mod ffi;
+pub mod judge;
 pub mod model;
 pub mod ops;
 pub mod runtime;

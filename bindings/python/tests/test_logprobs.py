@@ -70,6 +70,26 @@ def test_fused_linear_logprobs(with_bias, gen):
         close(got.grad, expected.grad, scale=10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_backward_overwrites_the_logits(dtype, gen):
+    """Through an LM head: the same gradients as the out-of-place backward, and the logits' memory holds them."""
+    hidden = torch.randn(3, 5, 8, generator=gen, dtype=dtype)
+    head = torch.randn(13, 8, generator=gen, dtype=dtype)
+    labels = torch.randint(0, 13, (3, 5), generator=gen)
+    grads, kept = [], []
+    for in_place in (False, True):
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+        logits = h @ w.T
+        unireward.sequence_logprobs(logits, labels, in_place_backward=in_place).logps.sum().backward()
+        grads.append((h.grad, w.grad))
+        kept.append(logits.detach())
+    for out_of_place, in_place in zip(*grads):
+        torch.testing.assert_close(in_place, out_of_place)
+    x = kept[0].detach().requires_grad_()
+    unireward.sequence_logprobs(x, labels).logps.sum().backward()
+    torch.testing.assert_close(kept[1], x.grad)  # the logits now hold d(sum logps)/d logits
+
+
 def test_bad_label_raises(gen):
     logits, labels, _ = batch(gen)
     labels[0, 3] = 11
@@ -90,8 +110,8 @@ def test_non_contiguous_inputs_are_made_contiguous(gen):
 def test_opcheck_logprobs(gen):
     logits, labels, mask = batch(gen, n=2, t=3, v=5)
     ops = torch.ops.unireward
-    torch.library.opcheck(ops.sequence_logprobs, (logits.requires_grad_(), labels, mask, -100, False))
-    torch.library.opcheck(ops.sequence_logprobs, (logits, labels, None, -100, True))
+    torch.library.opcheck(ops.sequence_logprobs, (logits.requires_grad_(), labels, mask, -100, False, False))
+    torch.library.opcheck(ops.sequence_logprobs, (logits, labels, None, -100, True, False))
     hidden = torch.randn(2, 3, 4, requires_grad=True)
     weight = torch.randn(5, 4, requires_grad=True)
     bias = torch.randn(5, requires_grad=True)
@@ -99,9 +119,10 @@ def test_opcheck_logprobs(gen):
     torch.library.opcheck(ops.fused_linear_logprobs, (hidden, weight, None, labels, mask, -100, True, 0))
     # The backward ops on their own (the checks above reach them through autograd); no double backward.
     logits, hidden, weight, bias = (t.detach() for t in (logits, hidden, weight, bias))
-    _, counts, _, _, lse = ops.sequence_logprobs(logits, labels, mask, -100, False)
+    _, counts, _, _, lse = ops.sequence_logprobs(logits, labels, mask, -100, False, False)
     g = torch.randn(2)
     torch.library.opcheck(ops.sequence_logprobs_backward, (logits, labels, mask, lse, counts, g, -100, False))
+    torch.library.opcheck(ops.sequence_logprobs_backward_, (logits.clone(), labels, mask, lse, counts, g, -100, False))
     lse = ops.fused_linear_logprobs(hidden, weight, bias, labels, None, -100, True, 2)[4]
     torch.library.opcheck(ops.fused_linear_logprobs_backward, (hidden, weight, bias, labels, None, lse, g, -100, True, 2))
 

@@ -56,7 +56,7 @@ def _forward_outputs(like: Tensor, n: int, t: int):
 
 @torch.library.custom_op("unireward::sequence_logprobs", mutates_args=())
 def _sequence_logprobs(
-    logits: Tensor, labels: Tensor, mask: Optional[Tensor], ignore_index: int, average: bool
+    logits: Tensor, labels: Tensor, mask: Optional[Tensor], ignore_index: int, average: bool, in_place_backward: bool
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     logits, labels, mask = contiguous(logits, labels, mask)
     outs = _forward_outputs(logits, logits.shape[0], logits.shape[1])
@@ -66,7 +66,7 @@ def _sequence_logprobs(
 
 
 @_sequence_logprobs.register_fake
-def _(logits, labels, mask, ignore_index, average):
+def _(logits, labels, mask, ignore_index, average, in_place_backward):
     return _forward_outputs(logits, logits.shape[0], logits.shape[1])
 
 
@@ -95,8 +95,30 @@ def _(logits, labels, mask, lse, token_counts, grad_logps, ignore_index, average
     return torch.empty_like(logits)
 
 
+@torch.library.custom_op("unireward::sequence_logprobs_backward_", mutates_args=("logits",))
+def _sequence_logprobs_backward_in_place(
+    logits: Tensor,
+    labels: Tensor,
+    mask: Optional[Tensor],
+    lse: Tensor,
+    token_counts: Tensor,
+    grad_logps: Tensor,
+    ignore_index: int,
+    average: bool,
+) -> None:
+    """`sequence_logprobs_backward` written over `logits` (contiguous): no [N,T,V] allocation."""
+    labels, mask, lse, token_counts, grad_logps = contiguous(labels, mask, lse, token_counts, grad_logps.float())
+    cfg = _logprobs_config(ignore_index, average)
+    call("ur_logprobs_backward", logits, labels, mask, lse, token_counts, grad_logps, cfg, logits, stream_of(logits))
+
+
+@_sequence_logprobs_backward_in_place.register_fake
+def _(logits, labels, mask, lse, token_counts, grad_logps, ignore_index, average):
+    return None
+
+
 def _setup_sequence(ctx, inputs, output):
-    logits, labels, mask, ctx.ignore_index, ctx.average = inputs
+    logits, labels, mask, ctx.ignore_index, ctx.average, ctx.in_place = inputs
     _, token_counts, mean_logits, entropy, lse = output
     ctx.save_for_backward(logits, labels, mask, lse, token_counts)
     ctx.mark_non_differentiable(token_counts, mean_logits, entropy, lse)
@@ -104,10 +126,13 @@ def _setup_sequence(ctx, inputs, output):
 
 def _backward_sequence(ctx, grad_logps, *_):
     logits, labels, mask, lse, token_counts = ctx.saved_tensors
-    grad = torch.ops.unireward.sequence_logprobs_backward(
-        logits, labels, mask, lse, token_counts, grad_logps, ctx.ignore_index, ctx.average
-    )
-    return grad, None, None, None, None
+    args = (logits, labels, mask, lse, token_counts, grad_logps, ctx.ignore_index, ctx.average)
+    if ctx.in_place:
+        torch.ops.unireward.sequence_logprobs_backward_(*args)
+        grad = logits
+    else:
+        grad = torch.ops.unireward.sequence_logprobs_backward(*args)
+    return grad, None, None, None, None, None
 
 
 _sequence_logprobs.register_autograd(_backward_sequence, setup_context=_setup_sequence)
@@ -204,11 +229,22 @@ class LogProbs(NamedTuple):
     entropy: Tensor
 
 
-def sequence_logprobs(logits, labels, mask=None, *, ignore_index=-100, average=False) -> LogProbs:
+def sequence_logprobs(
+    logits, labels, mask=None, *, ignore_index=-100, average=False, in_place_backward=False
+) -> LogProbs:
     """Log-probabilities of `labels` [N,T] (int32/int64) under `logits` [N,T,V] (float32/bfloat16/float16), summed
     (or averaged, `average=True`) over the tokens that count: label ≠ `ignore_index` and, with `mask` [N,T], mask ≠
-    0. The [N,T,V] log-softmax is never materialised; the backward writes `g·(onehot − softmax)` in one pass."""
-    logps, counts, mean_logits, entropy, _ = _sequence_logprobs(logits, labels, mask, ignore_index, average)
+    0. The [N,T,V] log-softmax is never materialised; the backward writes `g·(onehot − softmax)` in one pass.
+
+    With `in_place_backward=True` the backward writes the gradient over `logits` itself (which must be contiguous)
+    and hands that memory on as the logits' gradient, saving an [N,T,V] buffer: the logits' values are gone
+    afterwards, so use it when nothing else reads them after the backward (eager mode; torch.compile cannot trace
+    a mutation of a forward input in the backward)."""
+    if in_place_backward and not logits.is_contiguous():
+        raise ValueError("sequence_logprobs: in_place_backward needs contiguous logits")
+    logps, counts, mean_logits, entropy, _ = _sequence_logprobs(
+        logits, labels, mask, ignore_index, average, in_place_backward
+    )
     return LogProbs(logps, counts, mean_logits, entropy)
 
 

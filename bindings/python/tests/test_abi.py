@@ -81,8 +81,7 @@ def test_struct_mirrors_match_the_header(name):
     assert len(mirror) == len(c_fields), f"{name}: {len(mirror)} fields here, {len(c_fields)} in the header"
     for (py_name, py_type), (c_name, c_type) in zip(mirror, c_fields):
         assert C_SCALARS[c_type] is py_type, f"{name}.{c_name}: {c_type} in the header"
-    if not name.endswith("_metrics"):  # metrics mirrors name fields positionally; configs by name
-        assert [f for f, _ in mirror] == [f for f, _ in c_fields]
+    assert [f for f, _ in mirror] == [f for f, _ in c_fields]
 
 
 def test_declared_exports_match_the_header():

@@ -50,7 +50,8 @@ DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewa
 BRADLEY_TERRY_METRICS = ("accuracy", "rewards_chosen", "rewards_rejected", "margins", "center_term")
 DIFFUSION_DPO_METRICS = ("implicit_accuracy", "model_mse_winner", "model_mse_loser", "ref_mse_winner",
                          "ref_mse_loser")  # fmt: skip
-_DpoMetrics = _struct("_DpoMetrics", [f"m{i}" for i in range(len(DPO_METRICS))])
+# ur_dpo_metrics's fields, in the order of TRL's keys above.
+_DpoMetrics = _struct("_DpoMetrics", [k.replace("/", "_") for k in DPO_METRICS])
 _BradleyTerryMetrics = _struct("_BradleyTerryMetrics", BRADLEY_TERRY_METRICS)
 _DiffusionDpoMetrics = _struct("_DiffusionDpoMetrics", DIFFUSION_DPO_METRICS)
 
@@ -125,7 +126,7 @@ def _dpo_loss(
     call("ur_dpo_loss", *ins, ctypes.byref(cfg), ctypes.byref(loss), grad_c, grad_r, ctypes.byref(metrics),
          stream_of(ins[0]))  # fmt: skip
     # Values the loss type does not compute are NaN in the C struct; the op reports them as 0.
-    values = [getattr(metrics, f"m{i}") for i in range(len(DPO_METRICS))]
+    values = [getattr(metrics, f) for f, _ in _DpoMetrics._fields_]
     values = [0.0 if v != v else v for v in values]
     return _scalars(grad_c, loss.value), grad_c, grad_r, _scalars(grad_c, values)
 

@@ -46,3 +46,9 @@ def test_status_becomes_exception_with_name_and_message():
 def test_unsupported_dtype_is_refused_before_the_call():
     with pytest.raises(TypeError, match="float64"):
         unireward.sequence_logprobs(torch.randn(2, 3, 4, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_abi_mismatch_is_refused(monkeypatch):
+    monkeypatch.setattr(_lib, "ABI_VERSION", _lib.ABI_VERSION + 1)
+    with pytest.raises(ImportError, match=r"has ABI version \d+, but these bindings were written for ABI version"):
+        _lib.load_library()

@@ -1,0 +1,309 @@
+// unireward.hpp: a header-only C++17 wrapper over the C ABI (unireward.h). Link libunireward.so
+// (`unireward::unireward` in CMake).
+//
+//   unireward::Context ctx;                                   // ur_context_create, freed by the destructor
+//   const int64_t N = 2, T = 3, V = 4;   // (list-initialised shapes: int64_t, not size_t, to avoid narrowing)
+//   std::vector<float> logits(N * T * V);  std::vector<int64_t> labels(N * T);  std::vector<float> logps(N);
+//   ctx.logprobs_forward(unireward::TensorRef(logits.data(), {N, T, V}),
+//                        unireward::TensorRef(labels.data(), {N, T}), nullptr, nullptr,
+//                        unireward::TensorRef(logps.data(), {N}));
+//
+// - A failing call throws `unireward::Error`, carrying the `ur_status` code and `ur_last_error_message()`.
+// - Every C export `ur_X(ctx, args..., stream)` is `Context::X(args..., stream = nullptr)`: the same arguments in
+//   the same order (tensors as `const DLTensor*`, which a `TensorRef` converts to; NULL configs mean the defaults;
+//   optional tensors may be nullptr). Calls that write host scalars return them (`DpoLoss`, ...) instead.
+// - `TensorRef` describes memory the caller owns as a DLPack tensor (row-major, no copy): from a typed pointer
+//   (float, int32_t, int64_t) or from `void*` plus a dtype (bfloat16 and float16 data), on `cpu()` or `cuda(n)`.
+#ifndef UNIREWARD_HPP
+#define UNIREWARD_HPP
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "unireward.h"
+
+namespace unireward {
+
+/// A failed call: the status code and the library's message for it.
+class Error : public std::runtime_error {
+ public:
+  Error(ur_status status, const std::string& message)
+      : std::runtime_error(std::string(ur_status_name(status)) + ": " + message), status_(status) {}
+
+  /// The C ABI's status code (never UR_OK).
+  ur_status status() const noexcept { return status_; }
+
+ private:
+  ur_status status_;
+};
+
+namespace detail {
+/// Throws the thread's last error when `status` is not UR_OK.
+inline void check(ur_status status) {
+  if (status != UR_OK) throw Error(status, ur_last_error_message());
+}
+}  // namespace detail
+
+/// The library's version string ("0.1.0") and ABI version, as loaded at run time.
+inline std::string version() { return ur_version_string(); }
+inline uint32_t abi_version() noexcept { return ur_abi_version(); }
+
+/// Throws when the loaded library's ABI is not the one this header was written for (a stale libunireward.so).
+inline void check_abi() {
+  if (ur_abi_version() != UR_ABI_VERSION) {
+    throw Error(UR_ERROR_UNSUPPORTED, "libunireward.so has ABI version " + std::to_string(ur_abi_version()) +
+                                          ", this header expects " + std::to_string(UR_ABI_VERSION));
+  }
+}
+
+/// DLPack dtypes the library takes.
+namespace dtype {
+inline constexpr DLDataType float32{static_cast<uint8_t>(kDLFloat), 32, 1};
+inline constexpr DLDataType bfloat16{static_cast<uint8_t>(kDLBfloat), 16, 1};
+inline constexpr DLDataType float16{static_cast<uint8_t>(kDLFloat), 16, 1};
+inline constexpr DLDataType int32{static_cast<uint8_t>(kDLInt), 32, 1};
+inline constexpr DLDataType int64{static_cast<uint8_t>(kDLInt), 64, 1};
+}  // namespace dtype
+
+/// The DLPack dtype of a C++ element type.
+template <typename T>
+constexpr DLDataType dtype_of() {
+  using U = std::remove_cv_t<T>;
+  static_assert(std::is_same_v<U, float> || std::is_same_v<U, int32_t> || std::is_same_v<U, int64_t>,
+                "TensorRef(T*, shape): T is float, int32_t or int64_t; give bfloat16/float16 data as void* + dtype");
+  if constexpr (std::is_same_v<U, float>) {
+    return dtype::float32;
+  } else if constexpr (std::is_same_v<U, int32_t>) {
+    return dtype::int32;
+  } else {
+    return dtype::int64;
+  }
+}
+
+/// Devices.
+inline DLDevice cpu() noexcept { return DLDevice{kDLCPU, 0}; }
+inline DLDevice cuda(int32_t ordinal = 0) noexcept { return DLDevice{kDLCUDA, ordinal}; }
+
+/// A DLPack view of row-major memory the caller owns (nothing is copied or freed). It owns its shape array, so
+/// it stays valid when copied or moved; the data must outlive the calls that use it. Converts to
+/// `const DLTensor*` for the `Context` methods (and the C functions).
+class TensorRef {
+ public:
+  TensorRef(void* data, std::vector<int64_t> shape, DLDataType dtype, DLDevice device = cpu())
+      : shape_(std::move(shape)), tensor_{} {
+    tensor_.data = data;
+    tensor_.device = device;
+    tensor_.ndim = static_cast<int32_t>(shape_.size());
+    tensor_.dtype = dtype;
+    tensor_.shape = shape_.data();
+    tensor_.strides = nullptr;  // row-major
+    tensor_.byte_offset = 0;
+  }
+
+  /// Typed memory: float, int32_t or int64_t (const for inputs: the library only reads inputs).
+  template <typename T>
+  TensorRef(T* data, std::vector<int64_t> shape, DLDevice device = cpu())
+      : TensorRef(const_cast<std::remove_cv_t<T>*>(data), std::move(shape), dtype_of<T>(), device) {}
+
+  TensorRef(const TensorRef& other) : shape_(other.shape_), tensor_(other.tensor_) { tensor_.shape = shape_.data(); }
+  TensorRef(TensorRef&& other) noexcept : shape_(std::move(other.shape_)), tensor_(other.tensor_) {
+    tensor_.shape = shape_.data();
+  }
+  TensorRef& operator=(TensorRef other) noexcept {
+    shape_.swap(other.shape_);
+    tensor_ = other.tensor_;
+    tensor_.shape = shape_.data();
+    return *this;
+  }
+  ~TensorRef() = default;
+
+  const DLTensor* get() const noexcept { return &tensor_; }
+  operator const DLTensor*() const noexcept { return &tensor_; }  // NOLINT: implicit by design
+  const std::vector<int64_t>& shape() const noexcept { return shape_; }
+
+ private:
+  std::vector<int64_t> shape_;
+  DLTensor tensor_;
+};
+
+/// `Context::dpo_loss`'s host results.
+struct DpoLoss {
+  float loss;
+  ur_dpo_metrics metrics;
+};
+
+/// `Context::bradley_terry_loss`'s host results.
+struct BradleyTerryLoss {
+  float loss;
+  ur_bradley_terry_metrics metrics;
+};
+
+/// `Context::kwise_loss`'s host results.
+struct KwiseLoss {
+  float loss;
+  float accuracy;
+};
+
+/// `Context::diffusion_dpo_loss`'s host results.
+struct DiffusionDpoLoss {
+  float loss;
+  ur_diffusion_dpo_metrics metrics;
+};
+
+/// Owns a `ur_context` (move-only). The ops only read it, so one context may serve several threads; see
+/// unireward.h for each op's shapes, dtypes and CUDA stream behaviour.
+class Context {
+ public:
+  /// Creates a context, after checking the loaded library's ABI.
+  Context() {
+    check_abi();
+    detail::check(ur_context_create(&ctx_));
+  }
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  Context(Context&& other) noexcept : ctx_(std::exchange(other.ctx_, nullptr)) {}
+  Context& operator=(Context&& other) noexcept {
+    if (this != &other) {
+      ur_context_free(ctx_);
+      ctx_ = std::exchange(other.ctx_, nullptr);
+    }
+    return *this;
+  }
+  ~Context() { ur_context_free(ctx_); }
+
+  /// The C handle (nullptr after a move), for calling the C functions directly.
+  ur_context* get() const noexcept { return ctx_; }
+
+  void logprobs_forward(const DLTensor* logits, const DLTensor* labels, const DLTensor* mask,
+                        const ur_logprobs_config* cfg, const DLTensor* logps_out,
+                        const DLTensor* token_counts_out = nullptr, const DLTensor* mean_logits_out = nullptr,
+                        const DLTensor* entropy_out = nullptr, const DLTensor* lse_out = nullptr,
+                        void* stream = nullptr) const {
+    detail::check(ur_logprobs_forward(ctx_, logits, labels, mask, cfg, logps_out, token_counts_out,
+                                      mean_logits_out, entropy_out, lse_out, stream));
+  }
+
+  void logprobs_backward(const DLTensor* logits, const DLTensor* labels, const DLTensor* mask, const DLTensor* lse,
+                         const DLTensor* token_counts, const DLTensor* grad_logps, const ur_logprobs_config* cfg,
+                         const DLTensor* grad_logits_out, void* stream = nullptr) const {
+    detail::check(
+        ur_logprobs_backward(ctx_, logits, labels, mask, lse, token_counts, grad_logps, cfg, grad_logits_out, stream));
+  }
+
+  void fused_linear_logprobs_forward(const DLTensor* hidden, const DLTensor* weight, const DLTensor* bias,
+                                     const DLTensor* labels, const DLTensor* mask, const ur_fused_linear_config* cfg,
+                                     const DLTensor* logps_out, const DLTensor* token_counts_out = nullptr,
+                                     const DLTensor* mean_logits_out = nullptr, const DLTensor* entropy_out = nullptr,
+                                     const DLTensor* lse_out = nullptr, void* stream = nullptr) const {
+    detail::check(ur_fused_linear_logprobs_forward(ctx_, hidden, weight, bias, labels, mask, cfg, logps_out,
+                                                   token_counts_out, mean_logits_out, entropy_out, lse_out, stream));
+  }
+
+  void fused_linear_logprobs_backward(const DLTensor* hidden, const DLTensor* weight, const DLTensor* bias,
+                                      const DLTensor* labels, const DLTensor* mask, const DLTensor* lse,
+                                      const DLTensor* grad_logps, const ur_fused_linear_config* cfg,
+                                      const DLTensor* grad_hidden_out, const DLTensor* grad_weight_out,
+                                      const DLTensor* grad_bias_out = nullptr, void* stream = nullptr) const {
+    detail::check(ur_fused_linear_logprobs_backward(ctx_, hidden, weight, bias, labels, mask, lse, grad_logps, cfg,
+                                                    grad_hidden_out, grad_weight_out, grad_bias_out, stream));
+  }
+
+  DpoLoss dpo_loss(const DLTensor* policy_chosen, const DLTensor* policy_rejected, const DLTensor* reference_chosen,
+                   const DLTensor* reference_rejected, const DLTensor* chosen_lengths,
+                   const DLTensor* rejected_lengths, const ur_dpo_config* cfg, const DLTensor* grad_policy_chosen_out,
+                   const DLTensor* grad_policy_rejected_out, void* stream = nullptr) const {
+    DpoLoss out{};
+    detail::check(ur_dpo_loss(ctx_, policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+                              chosen_lengths, rejected_lengths, cfg, &out.loss, grad_policy_chosen_out,
+                              grad_policy_rejected_out, &out.metrics, stream));
+    return out;
+  }
+
+  BradleyTerryLoss bradley_terry_loss(const DLTensor* rewards_chosen, const DLTensor* rewards_rejected,
+                                      const DLTensor* margin, const ur_bradley_terry_config* cfg,
+                                      const DLTensor* grad_chosen_out, const DLTensor* grad_rejected_out,
+                                      void* stream = nullptr) const {
+    BradleyTerryLoss out{};
+    detail::check(ur_bradley_terry_loss(ctx_, rewards_chosen, rewards_rejected, margin, cfg, &out.loss,
+                                        grad_chosen_out, grad_rejected_out, &out.metrics, stream));
+    return out;
+  }
+
+  KwiseLoss kwise_loss(const DLTensor* rewards, const DLTensor* order, const ur_kwise_config* cfg,
+                       const DLTensor* grad_out, void* stream = nullptr) const {
+    KwiseLoss out{};
+    detail::check(ur_kwise_loss(ctx_, rewards, order, cfg, &out.loss, grad_out, &out.accuracy, stream));
+    return out;
+  }
+
+  DiffusionDpoLoss diffusion_dpo_loss(const DLTensor* model_winner, const DLTensor* model_loser,
+                                      const DLTensor* ref_winner, const DLTensor* ref_loser,
+                                      const DLTensor* target_winner, const DLTensor* target_loser,
+                                      const ur_diffusion_dpo_config* cfg, const DLTensor* grad_model_winner_out,
+                                      const DLTensor* grad_model_loser_out, void* stream = nullptr) const {
+    DiffusionDpoLoss out{};
+    detail::check(ur_diffusion_dpo_loss(ctx_, model_winner, model_loser, ref_winner, ref_loser, target_winner,
+                                        target_loser, cfg, &out.loss, grad_model_winner_out, grad_model_loser_out,
+                                        &out.metrics, stream));
+    return out;
+  }
+
+  void scalar_head_forward(const DLTensor* hidden, const DLTensor* ends, const DLTensor* weight, const DLTensor* bias,
+                           const DLTensor* rewards_out, void* stream = nullptr) const {
+    detail::check(ur_scalar_head_forward(ctx_, hidden, ends, weight, bias, rewards_out, stream));
+  }
+
+  void scalar_head_backward(const DLTensor* hidden, const DLTensor* ends, const DLTensor* weight,
+                            const DLTensor* bias, const DLTensor* grad_rewards, const DLTensor* grad_hidden_out,
+                            const DLTensor* grad_weight_out, const DLTensor* grad_bias_out = nullptr,
+                            void* stream = nullptr) const {
+    detail::check(ur_scalar_head_backward(ctx_, hidden, ends, weight, bias, grad_rewards, grad_hidden_out,
+                                          grad_weight_out, grad_bias_out, stream));
+  }
+
+  /// `class_values`: K host floats, or nullptr.
+  void verdict_head_forward(const DLTensor* logits, const DLTensor* class_offsets, const DLTensor* token_ids,
+                            const float* class_values, const DLTensor* probs_out,
+                            const DLTensor* log_probs_out = nullptr, const DLTensor* expected_score_out = nullptr,
+                            void* stream = nullptr) const {
+    detail::check(ur_verdict_head_forward(ctx_, logits, class_offsets, token_ids, class_values, probs_out,
+                                          log_probs_out, expected_score_out, stream));
+  }
+
+  void verdict_head_backward(const DLTensor* logits, const DLTensor* class_offsets, const DLTensor* token_ids,
+                             const float* class_values, const DLTensor* grad_log_probs,
+                             const DLTensor* grad_expected_score, const DLTensor* grad_logits_out,
+                             void* stream = nullptr) const {
+    detail::check(ur_verdict_head_backward(ctx_, logits, class_offsets, token_ids, class_values, grad_log_probs,
+                                           grad_expected_score, grad_logits_out, stream));
+  }
+
+  /// Each output may be nullptr (`consistency_out` must be for scores).
+  void compare(const DLTensor* verdicts, const ur_compare_config* cfg, const DLTensor* preference_out,
+               const DLTensor* wins_out, const DLTensor* copeland_out, const DLTensor* ranks_out,
+               const DLTensor* strengths_out, const DLTensor* iterations_out, const DLTensor* converged_out,
+               const DLTensor* best_out, const DLTensor* worst_out, const DLTensor* consistency_out = nullptr,
+               void* stream = nullptr) const {
+    detail::check(ur_compare(ctx_, verdicts, cfg, preference_out, wins_out, copeland_out, ranks_out, strengths_out,
+                             iterations_out, converged_out, best_out, worst_out, consistency_out, stream));
+  }
+
+  /// Each output may be nullptr.
+  void select_pairs(const DLTensor* verdicts, const DLTensor* pointwise, const ur_select_config* cfg,
+                    const DLTensor* chosen_out, const DLTensor* rejected_out, const DLTensor* chosen_score_out,
+                    const DLTensor* rejected_score_out, const DLTensor* kept_out, void* stream = nullptr) const {
+    detail::check(ur_select_pairs(ctx_, verdicts, pointwise, cfg, chosen_out, rejected_out, chosen_score_out,
+                                  rejected_score_out, kept_out, stream));
+  }
+
+ private:
+  ur_context* ctx_ = nullptr;
+};
+
+}  // namespace unireward
+
+#endif  // UNIREWARD_HPP

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import reference as ref
 import unireward
 from conftest import close
 
@@ -91,3 +92,18 @@ def test_fused_linear_dpo_under_torch_compile(gen):
         results.append((loss, w.grad, h.grad))
     for eager, traced in zip(*results):
         close(traced, eager)
+
+
+@pytest.mark.parametrize("average_log_prob", [False, True])
+def test_fused_linear_dpo_length_normalised_loss_type(average_log_prob, gen):
+    """IPO averages over tokens whether the module sums (the op divides by the counts) or averages already."""
+    weight = torch.randn(11, 6, generator=gen)
+    hidden = torch.randn(4, 5, 6, generator=gen)
+    target = torch.randint(0, 11, (4, 5), generator=gen)
+    target[:, :2] = -100
+    module = unireward.FusedLinearDPOLoss(beta=0.5, use_ref_model=False, loss_type="ipo",
+                                          average_log_prob=average_log_prob)
+    loss, _ = module(weight, hidden, target)
+    logps = unireward.fused_linear_logprobs(hidden, weight, target, average=True).logps.double()
+    expected = ref.dpo_losses(logps[:2], logps[2:], None, None, "ipo", beta=0.5)[0].mean()
+    close(loss, expected)

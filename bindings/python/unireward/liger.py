@@ -4,6 +4,7 @@ op (the [B, T, V] logits are never materialised) and the DPO loss op."""
 import torch
 
 from . import ops
+from .trl import LENGTH_NORMALISED
 
 
 class FusedLinearDPOLoss(torch.nn.Module):
@@ -68,6 +69,11 @@ class FusedLinearDPOLoss(torch.nn.Module):
             with torch.no_grad():
                 ref_logps, _, _ = self._logps(ref_input, ref_weight, target, ref_bias)
             ref_chosen, ref_rejected = ref_logps[:pairs], ref_logps[pairs:]
+        lengths = {}
+        if self.loss_type in LENGTH_NORMALISED:
+            # These loss types average over tokens: by the op from summed log-probs, or already averaged.
+            per_row = torch.ones_like(counts) if self.average_log_prob else counts.clamp(min=1)
+            lengths = dict(chosen_lengths=per_row[:pairs].long(), rejected_lengths=per_row[pairs:].long())
         loss, _ = ops.dpo_loss(
             chosen,
             rejected,
@@ -76,6 +82,7 @@ class FusedLinearDPOLoss(torch.nn.Module):
             loss_type=self.loss_type,
             beta=self.beta,
             reference_free=not self.use_ref_model,
+            **lengths,
         )
         chosen_counts = counts[:pairs]
         chosen_sums = chosen * chosen_counts if self.average_log_prob else chosen

@@ -7,7 +7,7 @@ from ._c import enum_code
 from .losses import DPO_LOSS_TYPES
 
 # Loss types TRL length-normalises (`average_log_prob`): their log-probs are divided by the token counts.
-_LENGTH_NORMALISED = ("ipo", "simpo", "orpo")
+LENGTH_NORMALISED = ("ipo", "simpo", "orpo")
 # Loss types that never compare against a reference model.
 _REFERENCE_FREE = ("simpo", "orpo")
 
@@ -47,7 +47,7 @@ def dpo_loss(
         raise ValueError(f"dpo_loss: loss_type {loss_type!r} needs the reference log-probs (or reference_free=True)")
     cast = lambda t: None if t is None else t.detach().to(dtype)
     ref_c, ref_r = cast(reference_chosen_logps), cast(reference_rejected_logps)
-    normalised = loss_type in _LENGTH_NORMALISED
+    normalised = loss_type in LENGTH_NORMALISED
     if normalised and chosen_lengths is None and rejected_lengths is None:
         if rpo_alpha is not None:
             raise ValueError("dpo_loss: rpo_alpha needs summed log-probs and chosen_lengths")

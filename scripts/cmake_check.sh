@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The C++ and CMake checks (scripts/test.sh calls this; it also runs alone). Needs cargo, cmake >= 3.16, a C++17
+# compiler, python3 and valgrind.
+#
+#   ./scripts/cmake_check.sh
+#
+# 1. clippy on the cxx bridge (the `cxx` feature needs a C++ compiler, so the main lint leaves it out);
+# 2. configures, builds and installs the CMake package (cmake/) into a temporary prefix: cargo builds into the
+#    repository's target/ folder, sharing what `cargo build --release` compiled;
+# 3. builds and runs the consumer project tests/cmake_consumer (find_package, both targets) and the examples in
+#    bindings/cpp against the installed package;
+# 4. runs both examples under valgrind: no leak, no invalid access;
+# 5. checks that the README's C++ and CMake examples are the consumer's files, which step 3 built and ran.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+readonly WORK="${UNIREWARD_CMAKE_CHECK_DIR:-target/cmake-check}"
+readonly PREFIX="$WORK/prefix"
+readonly START=$SECONDS
+
+step() { printf '\n==> [cmake %4ss] %s\n' "$((SECONDS - START))" "$*"; }
+run() {
+    printf '+ %s\n' "$*"
+    "$@"
+}
+die() {
+    printf '\nERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+for tool in cargo cmake valgrind python3; do
+    command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: apt-get install -y cmake valgrind)"
+done
+cmake --version | head -n 1
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+if cargo clippy --version >/dev/null 2>&1; then
+    step "lint: the cxx bridge"
+    run cargo clippy --lib --features cxx -- -D warnings
+fi
+
+step "CMake package: configure, build, install into $PREFIX"
+run cmake -S cmake -B "$WORK/package" -DCMAKE_INSTALL_PREFIX="$PWD/$PREFIX" -DCMAKE_BUILD_TYPE=Release
+run cmake --build "$WORK/package"
+run cmake --install "$WORK/package"
+
+step "consumer project (tests/cmake_consumer) against the installed package"
+run cmake -S tests/cmake_consumer -B "$WORK/consumer" -DCMAKE_PREFIX_PATH="$PWD/$PREFIX"
+run cmake --build "$WORK/consumer"
+run "$WORK/consumer/dpo"
+run "$WORK/consumer/dpo_cxx"
+
+step "examples (bindings/cpp) against the installed package"
+run cmake -S bindings/cpp -B "$WORK/examples" -DCMAKE_PREFIX_PATH="$PWD/$PREFIX"
+run cmake --build "$WORK/examples"
+(cd "$WORK/examples" && run ctest --output-on-failure)
+
+step "valgrind: both examples, no leak and no invalid access"
+for program in unireward_example unireward_cxx_example; do
+    run valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
+        --suppressions=tests/cmake_consumer/valgrind.supp "$WORK/examples/$program" >/dev/null ||
+        die "valgrind found errors in $program (rerun the command above without --quiet)"
+    echo "$program: valgrind clean"
+done
+
+step "README: the C++ and CMake examples are tests/cmake_consumer's files"
+python3 - <<'EOF'
+import pathlib, sys
+readme = pathlib.Path("README.md").read_text()
+missing = [f for f in ("CMakeLists.txt", "main.cpp", "cxx_main.cpp")
+           if pathlib.Path("tests/cmake_consumer", f).read_text().strip() not in readme]
+if missing:
+    sys.exit(f"README.md does not contain tests/cmake_consumer/{', '.join(missing)} verbatim: copy them in")
+print("the README shows tests/cmake_consumer/{CMakeLists.txt,main.cpp,cxx_main.cpp}")
+EOF
+
+step "C++ and CMake checks passed"

@@ -6,8 +6,8 @@ use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::status::{call, ur_status, FfiResult};
 use crate::ops::compare::{
-    compare, select_pairs, BradleyTerryFit, CompareConfig, NanPolicy, Pairing, ScoreLink, SelectionConfig,
-    TiePolicy, Verdicts,
+    compare, select_pairs, BradleyTerryFit, CompareConfig, NanPolicy, Pairing, ScoreLink, SelectionConfig, TiePolicy,
+    Verdicts,
 };
 use crate::Tensor;
 

@@ -1,6 +1,6 @@
 //! The context handle, and the checked reading of versioned config structs.
 
-use super::status::{call, ur_status, FfiResult, Failure};
+use super::status::{call, ur_status, Failure, FfiResult};
 
 /// Tells a live context from garbage (a freed or never-created pointer is still undefined behaviour).
 const MAGIC: u64 = 0x7572_5f63_7478_0001; // "ur_ctx" v1
@@ -92,7 +92,8 @@ pub(crate) fn size_of_u32<T>() -> u32 {
 
 /// Maps an `int32_t` enum code to its value, or fails naming the field and the codes it takes.
 pub(crate) fn code<T: Copy>(field: &str, value: i32, table: &[T]) -> FfiResult<T> {
-    usize::try_from(value).ok().and_then(|i| table.get(i).copied()).ok_or_else(|| {
-        Failure::invalid(format!("`{field}` is {value}, expected a code from 0 to {}", table.len() - 1))
-    })
+    usize::try_from(value)
+        .ok()
+        .and_then(|i| table.get(i).copied())
+        .ok_or_else(|| Failure::invalid(format!("`{field}` is {value}, expected a code from 0 to {}", table.len() - 1)))
 }

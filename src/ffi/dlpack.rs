@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use super::status::{FfiResult, Failure};
+use super::status::{Failure, FfiResult};
 use crate::runtime::cuda;
 use crate::{DType, Device, Error, Tensor};
 
@@ -247,6 +247,8 @@ pub(crate) unsafe fn on_device<R>(
     match common_device(&given)? {
         Device::Cpu => f(),
         // SAFETY: this function's contract.
-        Device::Cuda(ordinal) => unsafe { cuda::on_stream(ordinal, stream as cudarc::driver::sys::CUstream, || Ok(f())) }?,
+        Device::Cuda(ordinal) => {
+            unsafe { cuda::on_stream(ordinal, stream as cudarc::driver::sys::CUstream, || Ok(f())) }?
+        }
     }
 }

@@ -160,7 +160,14 @@ pub unsafe extern "C" fn ur_fused_linear_logprobs_backward(
             let lse = lse.tensor()?;
             let counts = crate::Tensor::zeros(&[0], crate::DType::F32, lse.device())?;
             let saved = saved(lse, counts)?;
-            let g = fused_linear_logprobs_backward(head, &labels.tensor()?, mask.as_ref(), &saved, &grad_logps.tensor()?, &cfg)?;
+            let g = fused_linear_logprobs_backward(
+                head,
+                &labels.tensor()?,
+                mask.as_ref(),
+                &saved,
+                &grad_logps.tensor()?,
+                &cfg,
+            )?;
             let mut outs = vec![(Some(&grad_hidden_out), &g.grad_hidden), (Some(&grad_weight_out), &g.grad_weight)];
             if let (Some(out), Some(grad)) = (grad_bias_out.as_ref(), g.grad_bias.as_ref()) {
                 outs.push((Some(out), grad));

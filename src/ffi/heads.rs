@@ -4,7 +4,7 @@ use std::ffi::c_void;
 
 use super::context::{self, ur_context};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
-use super::status::{call, ur_status, FfiResult, Failure};
+use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::heads::{
     scalar_reward, scalar_reward_backward, verdict_head, verdict_head_backward, ScalarHead, VerdictClasses,
     VerdictGrads,
@@ -81,7 +81,8 @@ pub unsafe extern "C" fn ur_scalar_head_forward(
         descs.push(Some(&out));
         on_device(&descs, stream, || {
             let (hidden, ends, weight, bias) = ins.tensors()?;
-            let rewards = scalar_reward(ScalarHead { hidden: &hidden, ends: &ends, weight: &weight, bias: bias.as_ref() })?;
+            let rewards =
+                scalar_reward(ScalarHead { hidden: &hidden, ends: &ends, weight: &weight, bias: bias.as_ref() })?;
             write_outputs(&[(Some(&out), &rewards)])
         })
     })

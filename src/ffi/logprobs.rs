@@ -4,7 +4,7 @@ use std::ffi::c_void;
 
 use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
-use super::status::{call, ur_status, FfiResult, Failure};
+use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::logprobs::{
     sequence_logprobs, sequence_logprobs_backward_in_place, sequence_logprobs_backward_into, LogProbsConfig,
     SequenceLogProbs, TokenReduction,
@@ -85,7 +85,13 @@ impl SavedOutputs {
     }
 
     pub fn descs(&self) -> [Option<&Desc>; 5] {
-        [Some(&self.logps), self.token_counts.as_ref(), self.mean_logits.as_ref(), self.entropy.as_ref(), self.lse.as_ref()]
+        [
+            Some(&self.logps),
+            self.token_counts.as_ref(),
+            self.mean_logits.as_ref(),
+            self.entropy.as_ref(),
+            self.lse.as_ref(),
+        ]
     }
 
     /// # Safety

@@ -6,7 +6,7 @@ use std::ffi::c_void;
 
 use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
-use super::status::{call, ur_status, FfiResult, Failure};
+use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::preference::{
     bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
     DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,

@@ -1,0 +1,686 @@
+/*
+ * Calls every export of include/unireward.h from C, on the CPU: the successful paths (their inputs and outputs are
+ * dumped to the file named by argv[1], and tests/c_abi.rs recomputes every output with the Rust API and compares),
+ * and the failing paths (NULL pointers, wrong dtype, device, rank, strides, shapes, configs), whose status codes
+ * and messages are checked here. Exits nonzero on the first failed check. tests/c_abi.rs also runs it under
+ * valgrind.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unireward.h"
+
+static FILE* dump_file;
+static int checks;
+
+#define CHECK(cond, ...)                                              \
+  do {                                                                \
+    checks++;                                                         \
+    if (!(cond)) {                                                    \
+      fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+      fprintf(stderr, __VA_ARGS__);                                   \
+      fprintf(stderr, "\n");                                          \
+      exit(1);                                                        \
+    }                                                                 \
+  } while (0)
+
+/* A call that must succeed. */
+#define OK(call)                                                                                    \
+  do {                                                                                              \
+    ur_status s_ = (call);                                                                          \
+    CHECK(s_ == UR_OK, "%s returned %s: %s", #call, ur_status_name(s_), ur_last_error_message());   \
+  } while (0)
+
+/* A call that must fail with `status`, with a message mentioning `needle`. */
+#define FAILS(status, needle, call)                                                                        \
+  do {                                                                                                     \
+    ur_status s_ = (call);                                                                                 \
+    const char* m_ = ur_last_error_message();                                                              \
+    CHECK(s_ == (status), "%s returned %s, expected %s (message: %s)", #call, ur_status_name(s_),          \
+          ur_status_name(status), m_);                                                                     \
+    CHECK(strstr(m_, (needle)) != NULL, "%s: message \"%s\" does not mention \"%s\"", #call, m_, (needle)); \
+  } while (0)
+
+static const DLDataType F32 = {kDLFloat, 32, 1};
+static const DLDataType F64 = {kDLFloat, 64, 1};
+static const DLDataType BF16 = {kDLBfloat, 16, 1};
+static const DLDataType I32 = {kDLInt, 32, 1};
+static const DLDataType I64 = {kDLInt, 64, 1};
+
+/* A DLTensor with its own shape storage (row-major, strides NULL). */
+typedef struct {
+  DLTensor dl;
+  int64_t shape[4];
+} Tensor;
+
+static Tensor* tensor(Tensor* t, void* data, DLDataType dtype, int ndim, ...) {
+  va_list ap;
+  va_start(ap, ndim);
+  memset(t, 0, sizeof *t);
+  for (int i = 0; i < ndim; i++) t->shape[i] = va_arg(ap, int64_t);
+  va_end(ap);
+  t->dl.data = data;
+  t->dl.device.device_type = kDLCPU;
+  t->dl.ndim = ndim;
+  t->dl.dtype = dtype;
+  t->dl.shape = t->shape;
+  return t;
+}
+#define D(x) ((int64_t)(x))
+
+static int64_t numel(const DLTensor* t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  return n;
+}
+
+/* One line per array: key dtype ndim dims... values... (floats with 9 significant digits: exact for f32). */
+static void dump(const char* key, const Tensor* t) {
+  const DLTensor* d = &t->dl;
+  const char* name = d->dtype.code == kDLFloat ? "f32" : d->dtype.bits == 32 ? "i32" : "i64";
+  fprintf(dump_file, "%s %s %d", key, name, d->ndim);
+  for (int i = 0; i < d->ndim; i++) fprintf(dump_file, " %lld", (long long)d->shape[i]);
+  const char* base = (const char*)d->data + d->byte_offset;
+  for (int64_t i = 0; i < numel(d); i++) {
+    if (d->dtype.code == kDLFloat) fprintf(dump_file, " %.9g", ((const float*)base)[i]);
+    else if (d->dtype.bits == 32) fprintf(dump_file, " %d", ((const int32_t*)base)[i]);
+    else fprintf(dump_file, " %lld", (long long)((const int64_t*)base)[i]);
+  }
+  fprintf(dump_file, "\n");
+}
+
+static void dump_scalar(const char* key, float v) { fprintf(dump_file, "%s f32 0 %.9g\n", key, v); }
+
+/* Values in multiples of 1/4 in [-2, 2): exact in float32 and bfloat16, so both paths see the same inputs. */
+static void fill(float* x, int n, int seed) {
+  for (int i = 0; i < n; i++) x[i] = (float)((i * 7 + seed * 13) % 17) * 0.25f - 2.0f;
+}
+
+static int close_to(float a, float b, float tol) { return fabsf(a - b) <= tol * (1.0f + fabsf(b)); }
+
+static ur_context* ctx;
+
+static void test_version_and_status(void) {
+  CHECK(ur_abi_version() == UR_ABI_VERSION, "ABI %u", ur_abi_version());
+  char expected[64];
+  snprintf(expected, sizeof expected, "%d.%d.%d", UR_VERSION_MAJOR, UR_VERSION_MINOR, UR_VERSION_PATCH);
+  CHECK(strcmp(ur_version_string(), expected) == 0, "%s vs %s", ur_version_string(), expected);
+  CHECK(strcmp(ur_status_name(UR_OK), "UR_OK") == 0, "name");
+  CHECK(strcmp(ur_status_name(UR_ERROR_UNSUPPORTED), "UR_ERROR_UNSUPPORTED") == 0, "name");
+  CHECK(strcmp(ur_status_name(UR_ERROR_SHAPE), "UR_ERROR_SHAPE") == 0, "name");
+  CHECK(strcmp(ur_status_name(77), "UR_UNKNOWN_STATUS") == 0, "name");
+  CHECK(strcmp(ur_status_name(-1), "UR_UNKNOWN_STATUS") == 0, "name");
+  /* The numbers are the ABI. */
+  CHECK(UR_ERROR_NULL_POINTER == 1 && UR_ERROR_DTYPE == 4 && UR_ERROR_PANIC == 9 && UR_ERROR_UNSUPPORTED == 10, "codes");
+}
+
+static void test_context(void) {
+  FAILS(UR_ERROR_NULL_POINTER, "out", ur_context_create(NULL));
+  ur_context_free(NULL);
+  ur_context* other = NULL;
+  OK(ur_context_create(&other));
+  CHECK(other != NULL, "context");
+  ur_context_free(other);
+  OK(ur_context_create(&ctx));
+}
+
+enum { N = 2, T = 3, V = 5, H = 4 };
+
+static void test_logprobs(void) {
+  float logits[N * T * V], logps[N], counts[N], mean_logits[N], entropy[N], lse[N * T];
+  int64_t labels[N * T] = {1, 4, -100, 0, 2, 3};
+  fill(logits, N * T * V, 1);
+  Tensor tl, tlab, tlp, tc, tm, te, tlse;
+  tensor(&tl, logits, F32, 3, D(N), D(T), D(V));
+  tensor(&tlab, labels, I64, 2, D(N), D(T));
+  tensor(&tlp, logps, F32, 1, D(N));
+  tensor(&tc, counts, F32, 1, D(N));
+  tensor(&tm, mean_logits, F32, 1, D(N));
+  tensor(&te, entropy, F32, 1, D(N));
+  tensor(&tlse, lse, F32, 2, D(N), D(T));
+  OK(ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &tlp.dl, &tc.dl, &tm.dl, &te.dl, &tlse.dl, NULL));
+  dump("lp.logits", &tl);
+  dump("lp.labels", &tlab);
+  dump("lp.logps", &tlp);
+  dump("lp.counts", &tc);
+  dump("lp.mean_logits", &tm);
+  dump("lp.entropy", &te);
+  dump("lp.lse", &tlse);
+  CHECK(counts[0] == 2.0f && counts[1] == 3.0f, "counts %g %g", counts[0], counts[1]);
+
+  /* Mean reduction, int32 labels, a float mask, explicit row-major strides and a byte offset. */
+  ur_logprobs_config cfg = ur_logprobs_config_default();
+  CHECK(cfg.struct_size == sizeof cfg && cfg.ignore_index == -100 && cfg.reduction == UR_REDUCTION_SUM, "defaults");
+  cfg.reduction = UR_REDUCTION_MEAN;
+  int32_t labels32[1 + N * T] = {99, 1, 4, -100, 0, 2, 3};
+  float mask[N * T] = {1, 0, 1, 1, 1, 0};
+  float mean_logps[N];
+  Tensor tlab32, tmask, tmean;
+  tensor(&tlab32, labels32, I32, 2, D(N), D(T));
+  tlab32.dl.byte_offset = sizeof(int32_t);
+  int64_t strides[3] = {T * V, V, 1};
+  Tensor tl_strided = tl;
+  tl_strided.dl.shape = tl_strided.shape;
+  tl_strided.dl.strides = strides;
+  tensor(&tmask, mask, F32, 2, D(N), D(T));
+  tensor(&tmean, mean_logps, F32, 1, D(N));
+  OK(ur_logprobs_forward(ctx, &tl_strided.dl, &tlab32.dl, &tmask.dl, &cfg, &tmean.dl, NULL, NULL, NULL, NULL, NULL));
+  dump("lpm.mask", &tmask);
+  dump("lpm.logps", &tmean);
+
+  /* bfloat16 logits (the inputs are exact in bf16) agree with float32. */
+  uint16_t logits_bf16[N * T * V];
+  for (int i = 0; i < N * T * V; i++) {
+    uint32_t bits;
+    memcpy(&bits, &logits[i], 4);
+    logits_bf16[i] = (uint16_t)(bits >> 16);
+  }
+  float logps_bf16[N];
+  Tensor tbf, tlpb;
+  tensor(&tbf, logits_bf16, BF16, 3, D(N), D(T), D(V));
+  tensor(&tlpb, logps_bf16, F32, 1, D(N));
+  OK(ur_logprobs_forward(ctx, &tbf.dl, &tlab.dl, NULL, NULL, &tlpb.dl, NULL, NULL, NULL, NULL, NULL));
+  for (int n = 0; n < N; n++) CHECK(close_to(logps_bf16[n], logps[n], 1e-5f), "bf16 %g vs %g", logps_bf16[n], logps[n]);
+
+  /* Backward into a separate buffer, then in place over a copy of the logits: the same gradient. */
+  float grad_logps[N] = {1.0f, -0.5f}, grad[N * T * V], in_place[N * T * V];
+  Tensor tg, tgrad, tip;
+  tensor(&tg, grad_logps, F32, 1, D(N));
+  tensor(&tgrad, grad, F32, 3, D(N), D(T), D(V));
+  memset(grad, 0x7f, sizeof grad); /* garbage: every element must be written */
+  OK(ur_logprobs_backward(ctx, &tl.dl, &tlab.dl, NULL, &tlse.dl, &tc.dl, &tg.dl, NULL, &tgrad.dl, NULL));
+  dump("lp.grad_logps", &tg);
+  dump("lp.grad", &tgrad);
+  memcpy(in_place, logits, sizeof logits);
+  tensor(&tip, in_place, F32, 3, D(N), D(T), D(V));
+  OK(ur_logprobs_backward(ctx, &tip.dl, &tlab.dl, NULL, &tlse.dl, &tc.dl, &tg.dl, NULL, &tip.dl, NULL));
+  CHECK(memcmp(in_place, grad, sizeof grad) == 0, "in-place gradient differs from the out-of-place one");
+  for (int v = 0; v < V; v++) CHECK(grad[2 * V + v] == 0.0f, "ignored token has a gradient");
+
+  /* Failing paths. */
+  FAILS(UR_ERROR_NULL_POINTER, "ctx",
+        ur_logprobs_forward(NULL, &tl.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "logits",
+        ur_logprobs_forward(ctx, NULL, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "logps_out",
+        ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL));
+  Tensor bad = tl;
+  bad.dl.shape = NULL;
+  FAILS(UR_ERROR_NULL_POINTER, "logits->shape",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad = tl;
+  bad.dl.shape = bad.shape;
+  bad.dl.data = NULL;
+  FAILS(UR_ERROR_NULL_POINTER, "logits->data",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.data = logits;
+  bad.dl.dtype = F64;
+  FAILS(UR_ERROR_UNSUPPORTED, "logits",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.dtype = I32;
+  FAILS(UR_ERROR_DTYPE, "logits",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.dtype = F32;
+  bad.dl.dtype.lanes = 4;
+  FAILS(UR_ERROR_UNSUPPORTED, "lanes",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.dtype = F32;
+  bad.dl.ndim = 2;
+  bad.shape[1] = T * V;
+  FAILS(UR_ERROR_SHAPE, "rank",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad = tl;
+  bad.dl.shape = bad.shape;
+  bad.dl.ndim = 99;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ndim",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.ndim = 3;
+  bad.shape[2] = -5;
+  FAILS(UR_ERROR_SHAPE, "negative",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad = tl;
+  bad.dl.shape = bad.shape;
+  int64_t transposed[3] = {T * V, 1, T}; /* a [N,V,T] buffer viewed as [N,T,V] */
+  bad.dl.strides = transposed;
+  FAILS(UR_ERROR_UNSUPPORTED, "strides",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.strides = NULL;
+  bad.dl.byte_offset = 2;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "aligned",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.byte_offset = 0;
+  bad.dl.device.device_type = kDLOpenCL;
+  FAILS(UR_ERROR_UNSUPPORTED, "device type",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad.dl.device.device_type = kDLCUDA;
+  FAILS(UR_ERROR_DEVICE, "one device",
+        ur_logprobs_forward(ctx, &bad.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  Tensor short_labels;
+  tensor(&short_labels, labels, I64, 2, D(N), D(T - 1));
+  FAILS(UR_ERROR_SHAPE, "labels",
+        ur_logprobs_forward(ctx, &tl.dl, &short_labels.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  Tensor wrong_out;
+  tensor(&wrong_out, logps, F32, 1, D(N + 1));
+  float big[N + 1];
+  wrong_out.dl.data = big;
+  FAILS(UR_ERROR_SHAPE, "logps_out",
+        ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &wrong_out.dl, NULL, NULL, NULL, NULL, NULL));
+  tensor(&wrong_out, labels, I64, 1, D(N));
+  FAILS(UR_ERROR_DTYPE, "logps_out",
+        ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &wrong_out.dl, NULL, NULL, NULL, NULL, NULL));
+  int64_t bad_labels[N * T] = {1, 4, 7, 0, 2, 3};
+  Tensor tbad_labels;
+  tensor(&tbad_labels, bad_labels, I64, 2, D(N), D(T));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "label",
+        ur_logprobs_forward(ctx, &tl.dl, &tbad_labels.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  ur_logprobs_config bad_cfg = ur_logprobs_config_default();
+  bad_cfg.struct_size = 8;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "struct_size",
+        ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, &bad_cfg, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  bad_cfg = ur_logprobs_config_default();
+  bad_cfg.reduction = 7;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "reduction",
+        ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, &bad_cfg, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  /* A gradient buffer that half-overlaps the logits is neither in place nor separate. */
+  Tensor shifted;
+  tensor(&shifted, in_place, F32, 3, D(N), D(T), D(V));
+  shifted.dl.byte_offset = sizeof(float);
+  Tensor src_copy;
+  tensor(&src_copy, in_place, F32, 3, D(N), D(T), D(V));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "overlaps",
+        ur_logprobs_backward(ctx, &src_copy.dl, &tlab.dl, NULL, &tlse.dl, &tc.dl, &tg.dl, NULL, &shifted.dl, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "lse",
+        ur_logprobs_backward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &tc.dl, &tg.dl, NULL, &tgrad.dl, NULL));
+  Tensor lse_i64;
+  tensor(&lse_i64, labels, I64, 2, D(N), D(T));
+  FAILS(UR_ERROR_DTYPE, "lse",
+        ur_logprobs_backward(ctx, &tl.dl, &tlab.dl, NULL, &lse_i64.dl, &tc.dl, &tg.dl, NULL, &tgrad.dl, NULL));
+  /* The message of the last failure stays until the next failure. */
+  OK(ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL, NULL, NULL, NULL));
+  CHECK(strstr(ur_last_error_message(), "lse") != NULL, "message: %s", ur_last_error_message());
+}
+
+static void test_fused_linear(void) {
+  float hidden[N * T * H], weight[V * H], bias[V], logps[N], lse[N * T], counts[N];
+  int64_t labels[N * T] = {1, 4, -100, 0, 2, 3};
+  fill(hidden, N * T * H, 2);
+  fill(weight, V * H, 3);
+  fill(bias, V, 4);
+  Tensor th, tw, tb, tlab, tlp, tlse, tc;
+  tensor(&th, hidden, F32, 3, D(N), D(T), D(H));
+  tensor(&tw, weight, F32, 2, D(V), D(H));
+  tensor(&tb, bias, F32, 1, D(V));
+  tensor(&tlab, labels, I64, 2, D(N), D(T));
+  tensor(&tlp, logps, F32, 1, D(N));
+  tensor(&tlse, lse, F32, 2, D(N), D(T));
+  tensor(&tc, counts, F32, 1, D(N));
+  ur_fused_linear_config cfg = ur_fused_linear_config_default();
+  cfg.chunk_tokens = 2;
+  OK(ur_fused_linear_logprobs_forward(ctx, &th.dl, &tw.dl, &tb.dl, &tlab.dl, NULL, &cfg, &tlp.dl, &tc.dl, NULL,
+                                      NULL, &tlse.dl, NULL));
+  dump("fl.hidden", &th);
+  dump("fl.weight", &tw);
+  dump("fl.bias", &tb);
+  dump("fl.labels", &tlab);
+  dump("fl.logps", &tlp);
+  dump("fl.lse", &tlse);
+  float grad_logps[N] = {0.75f, -1.25f}, gh[N * T * H], gw[V * H], gb[V];
+  Tensor tg, tgh, tgw, tgb;
+  tensor(&tg, grad_logps, F32, 1, D(N));
+  tensor(&tgh, gh, F32, 3, D(N), D(T), D(H));
+  tensor(&tgw, gw, F32, 2, D(V), D(H));
+  tensor(&tgb, gb, F32, 1, D(V));
+  OK(ur_fused_linear_logprobs_backward(ctx, &th.dl, &tw.dl, &tb.dl, &tlab.dl, NULL, &tlse.dl, &tg.dl, &cfg,
+                                       &tgh.dl, &tgw.dl, &tgb.dl, NULL));
+  dump("fl.grad_logps", &tg);
+  dump("fl.grad_hidden", &tgh);
+  dump("fl.grad_weight", &tgw);
+  dump("fl.grad_bias", &tgb);
+
+  FAILS(UR_ERROR_NULL_POINTER, "grad_bias_out",
+        ur_fused_linear_logprobs_backward(ctx, &th.dl, &tw.dl, &tb.dl, &tlab.dl, NULL, &tlse.dl, &tg.dl, &cfg,
+                                          &tgh.dl, &tgw.dl, NULL, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "grad_bias_out",
+        ur_fused_linear_logprobs_backward(ctx, &th.dl, &tw.dl, NULL, &tlab.dl, NULL, &tlse.dl, &tg.dl, &cfg,
+                                          &tgh.dl, &tgw.dl, &tgb.dl, NULL));
+  Tensor wrong_w;
+  tensor(&wrong_w, weight, F32, 2, D(H), D(V));
+  FAILS(UR_ERROR_SHAPE, "weight",
+        ur_fused_linear_logprobs_forward(ctx, &th.dl, &wrong_w.dl, NULL, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL,
+                                         NULL, NULL, NULL));
+  FAILS(UR_ERROR_SHAPE, "grad_weight_out",
+        ur_fused_linear_logprobs_backward(ctx, &th.dl, &tw.dl, &tb.dl, &tlab.dl, NULL, &tlse.dl, &tg.dl, &cfg,
+                                          &tgh.dl, &wrong_w.dl, &tgb.dl, NULL));
+}
+
+enum { P = 3 };
+
+static void test_dpo(void) {
+  float pc[P] = {-3.0f, -5.5f, -2.25f}, pr[P] = {-4.0f, -5.0f, -6.0f};
+  float rc[P] = {-3.5f, -5.0f, -2.75f}, rr[P] = {-3.75f, -5.25f, -5.5f};
+  int64_t lc[P] = {3, 5, 2}, lr[P] = {4, 6, 5};
+  float gc[P], gr[P], loss;
+  ur_dpo_metrics m;
+  Tensor tpc, tpr, trc, trr, tlc, tlr, tgc, tgr;
+  tensor(&tpc, pc, F32, 1, D(P));
+  tensor(&tpr, pr, F32, 1, D(P));
+  tensor(&trc, rc, F32, 1, D(P));
+  tensor(&trr, rr, F32, 1, D(P));
+  tensor(&tlc, lc, I64, 1, D(P));
+  tensor(&tlr, lr, I64, 1, D(P));
+  tensor(&tgc, gc, F32, 1, D(P));
+  tensor(&tgr, gr, F32, 1, D(P));
+  dump("dpo.pc", &tpc);
+  dump("dpo.pr", &tpr);
+  dump("dpo.rc", &trc);
+  dump("dpo.rr", &trr);
+  dump("dpo.lc", &tlc);
+  dump("dpo.lr", &tlr);
+  const int32_t types[] = {UR_DPO_SIGMOID, UR_DPO_IPO, UR_DPO_SIMPO, UR_DPO_APO_ZERO};
+  for (unsigned k = 0; k < sizeof types / sizeof types[0]; k++) {
+    ur_dpo_config cfg = ur_dpo_config_default();
+    cfg.loss_type = types[k];
+    cfg.beta = 0.5f;
+    cfg.use_rpo_alpha = k == 0;
+    cfg.rpo_alpha = 0.25f;
+    OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, &tlc.dl, &tlr.dl, &cfg, &loss, &tgc.dl, &tgr.dl, &m,
+                   NULL));
+    char key[64];
+    snprintf(key, sizeof key, "dpo%d.loss", types[k]);
+    dump_scalar(key, loss);
+    snprintf(key, sizeof key, "dpo%d.gc", types[k]);
+    dump(key, &tgc);
+    snprintf(key, sizeof key, "dpo%d.gr", types[k]);
+    dump(key, &tgr);
+    snprintf(key, sizeof key, "dpo%d.margins", types[k]);
+    dump_scalar(key, m.rewards_margins);
+    snprintf(key, sizeof key, "dpo%d.accuracies", types[k]);
+    dump_scalar(key, m.rewards_accuracies);
+    CHECK(k == 0 ? !isnan(m.nll_loss) : isnan(m.nll_loss), "nll_loss %g", m.nll_loss);
+  }
+  /* The defaults are TRL's, and NULL means the defaults. */
+  ur_dpo_config d = ur_dpo_config_default();
+  CHECK(d.struct_size == sizeof d && d.loss_type == UR_DPO_SIGMOID && d.beta == 0.1f && d.grad_output == 1.0f, "defaults");
+  float loss_null_cfg, loss_default_cfg;
+  OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss_null_cfg, &tgc.dl, &tgr.dl, NULL,
+                 NULL));
+  OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &d, &loss_default_cfg, &tgc.dl, &tgr.dl, NULL,
+                 NULL));
+  CHECK(loss_null_cfg == loss_default_cfg, "%g vs %g", loss_null_cfg, loss_default_cfg);
+
+  FAILS(UR_ERROR_NULL_POINTER, "loss_out",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, NULL, &tgc.dl, &tgr.dl, NULL, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "grad_policy_rejected_out",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss, &tgc.dl, NULL, NULL, NULL));
+  d.loss_type = 12;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "loss_type",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &d, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+  d = ur_dpo_config_default();
+  d.beta = -1.0f;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "beta",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &d, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+  Tensor two;
+  tensor(&two, pr, F32, 1, D(2));
+  FAILS(UR_ERROR_SHAPE, "policy_rejected",
+        ur_dpo_loss(ctx, &tpc.dl, &two.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "reference",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, NULL, NULL, NULL, NULL, NULL, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+}
+
+static void test_reward_losses(void) {
+  float chosen[P] = {1.5f, -0.25f, 0.75f}, rejected[P] = {0.5f, 0.25f, -1.0f}, margin[P] = {0.5f, 0.0f, 1.0f};
+  float gc[P], gr[P], loss;
+  ur_bradley_terry_metrics bm;
+  Tensor tc, tr, tm, tgc, tgr;
+  tensor(&tc, chosen, F32, 1, D(P));
+  tensor(&tr, rejected, F32, 1, D(P));
+  tensor(&tm, margin, F32, 1, D(P));
+  tensor(&tgc, gc, F32, 1, D(P));
+  tensor(&tgr, gr, F32, 1, D(P));
+  ur_bradley_terry_config bcfg = ur_bradley_terry_config_default();
+  bcfg.center_rewards_coefficient = 0.01f;
+  OK(ur_bradley_terry_loss(ctx, &tc.dl, &tr.dl, &tm.dl, &bcfg, &loss, &tgc.dl, &tgr.dl, &bm, NULL));
+  dump("bt.chosen", &tc);
+  dump("bt.rejected", &tr);
+  dump("bt.margin", &tm);
+  dump_scalar("bt.loss", loss);
+  dump("bt.gc", &tgc);
+  dump("bt.gr", &tgr);
+  dump_scalar("bt.accuracy", bm.accuracy);
+  CHECK(close_to(bm.accuracy, 2.0f / 3.0f, 1e-6f), "accuracy %g", bm.accuracy);
+  FAILS(UR_ERROR_NULL_POINTER, "rewards_rejected",
+        ur_bradley_terry_loss(ctx, &tc.dl, NULL, NULL, NULL, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+  Tensor ints;
+  int32_t int_rewards[P] = {1, 2, 3};
+  tensor(&ints, int_rewards, I32, 1, D(P));
+  FAILS(UR_ERROR_DTYPE, "rewards_chosen",
+        ur_bradley_terry_loss(ctx, &ints.dl, &tr.dl, NULL, NULL, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+
+  enum { G = 2, K = 3 };
+  float rewards[G * K] = {0.5f, 1.0f, -0.5f, 2.0f, 0.0f, 0.25f}, grad[G * K], accuracy;
+  int64_t order[G * K] = {1, 0, 2, 0, 2, 1};
+  Tensor trw, to, tgrad;
+  tensor(&trw, rewards, F32, 2, D(G), D(K));
+  tensor(&to, order, I64, 2, D(G), D(K));
+  tensor(&tgrad, grad, F32, 2, D(G), D(K));
+  ur_kwise_config kcfg = ur_kwise_config_default();
+  kcfg.method = UR_KWISE_PLACKETT_LUCE;
+  OK(ur_kwise_loss(ctx, &trw.dl, &to.dl, &kcfg, &loss, &tgrad.dl, &accuracy, NULL));
+  dump("kw.rewards", &trw);
+  dump("kw.order", &to);
+  dump_scalar("kw.loss", loss);
+  dump("kw.grad", &tgrad);
+  dump_scalar("kw.accuracy", accuracy);
+  CHECK(accuracy == 1.0f, "accuracy %g", accuracy);
+  int64_t not_perm[G * K] = {0, 0, 2, 0, 1, 2};
+  Tensor tnp;
+  tensor(&tnp, not_perm, I64, 2, D(G), D(K));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "permutation", ur_kwise_loss(ctx, &trw.dl, &tnp.dl, NULL, &loss, &tgrad.dl, NULL, NULL));
+  kcfg.method = -1;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "method", ur_kwise_loss(ctx, &trw.dl, NULL, &kcfg, &loss, &tgrad.dl, NULL, NULL));
+
+  enum { B = 2, C = 2, W = 3 };
+  float x[6][B * C * W], gw[B * C * W], gl[B * C * W];
+  for (int s = 0; s < 6; s++) fill(x[s], B * C * W, 10 + s);
+  Tensor tx[6], tgw, tgl;
+  const char* names[6] = {"dd.mw", "dd.ml", "dd.rw", "dd.rl", "dd.tw", "dd.tl"};
+  for (int s = 0; s < 6; s++) {
+    tensor(&tx[s], x[s], F32, 3, D(B), D(C), D(W));
+    dump(names[s], &tx[s]);
+  }
+  tensor(&tgw, gw, F32, 3, D(B), D(C), D(W));
+  tensor(&tgl, gl, F32, 3, D(B), D(C), D(W));
+  ur_diffusion_dpo_config dcfg = ur_diffusion_dpo_config_default();
+  dcfg.beta = 5.0f;
+  ur_diffusion_dpo_metrics dm;
+  OK(ur_diffusion_dpo_loss(ctx, &tx[0].dl, &tx[1].dl, &tx[2].dl, &tx[3].dl, &tx[4].dl, &tx[5].dl, &dcfg, &loss,
+                           &tgw.dl, &tgl.dl, &dm, NULL));
+  dump_scalar("dd.loss", loss);
+  dump("dd.gw", &tgw);
+  dump("dd.gl", &tgl);
+  dump_scalar("dd.model_mse_winner", dm.model_mse_winner);
+  Tensor flat;
+  tensor(&flat, x[1], F32, 2, D(B), D(C * W));
+  FAILS(UR_ERROR_SHAPE, "model_loser",
+        ur_diffusion_dpo_loss(ctx, &tx[0].dl, &flat.dl, &tx[2].dl, &tx[3].dl, &tx[4].dl, &tx[5].dl, &dcfg, &loss,
+                              &tgw.dl, &tgl.dl, NULL, NULL));
+}
+
+static void test_heads(void) {
+  enum { C = 2 };
+  float hidden[N * T * H], weight[C * H], bias[C], rewards[N * C];
+  int64_t ends[N] = {2, 0};
+  fill(hidden, N * T * H, 5);
+  fill(weight, C * H, 6);
+  fill(bias, C, 7);
+  Tensor th, te, tw, tb, tr;
+  tensor(&th, hidden, F32, 3, D(N), D(T), D(H));
+  tensor(&te, ends, I64, 1, D(N));
+  tensor(&tw, weight, F32, 2, D(C), D(H));
+  tensor(&tb, bias, F32, 1, D(C));
+  tensor(&tr, rewards, F32, 2, D(N), D(C));
+  OK(ur_scalar_head_forward(ctx, &th.dl, &te.dl, &tw.dl, &tb.dl, &tr.dl, NULL));
+  dump("sh.hidden", &th);
+  dump("sh.ends", &te);
+  dump("sh.weight", &tw);
+  dump("sh.bias", &tb);
+  dump("sh.rewards", &tr);
+  float grad_rewards[N * C] = {1.0f, -0.5f, 0.25f, 2.0f}, gh[N * T * H], gw[C * H], gb[C];
+  Tensor tgr, tgh, tgw, tgb;
+  tensor(&tgr, grad_rewards, F32, 2, D(N), D(C));
+  tensor(&tgh, gh, F32, 3, D(N), D(T), D(H));
+  tensor(&tgw, gw, F32, 2, D(C), D(H));
+  tensor(&tgb, gb, F32, 1, D(C));
+  OK(ur_scalar_head_backward(ctx, &th.dl, &te.dl, &tw.dl, &tb.dl, &tgr.dl, &tgh.dl, &tgw.dl, &tgb.dl, NULL));
+  dump("sh.grad_rewards", &tgr);
+  dump("sh.gh", &tgh);
+  dump("sh.gw", &tgw);
+  dump("sh.gb", &tgb);
+  int64_t far_ends[N] = {2, 3};
+  Tensor tfe;
+  tensor(&tfe, far_ends, I64, 1, D(N));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ends[1]", ur_scalar_head_forward(ctx, &th.dl, &tfe.dl, &tw.dl, &tb.dl, &tr.dl, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "grad_bias_out",
+        ur_scalar_head_backward(ctx, &th.dl, &te.dl, &tw.dl, &tb.dl, &tgr.dl, &tgh.dl, &tgw.dl, NULL, NULL));
+
+  enum { B = 2, VV = 6, K = 3 };
+  float logits[B * VV], probs[B * K], log_probs[B * K], expected[B], values[K] = {1.0f, 2.0f, 3.0f};
+  int64_t offsets[K + 1] = {0, 2, 3, 4}, ids[4] = {0, 1, 3, 5};
+  fill(logits, B * VV, 8);
+  Tensor tl, to, ti, tp, tlp, tex;
+  tensor(&tl, logits, F32, 2, D(B), D(VV));
+  tensor(&to, offsets, I64, 1, D(K + 1));
+  tensor(&ti, ids, I64, 1, D(4));
+  tensor(&tp, probs, F32, 2, D(B), D(K));
+  tensor(&tlp, log_probs, F32, 2, D(B), D(K));
+  tensor(&tex, expected, F32, 1, D(B));
+  OK(ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, values, &tp.dl, &tlp.dl, &tex.dl, NULL));
+  dump("vh.logits", &tl);
+  dump("vh.probs", &tp);
+  dump("vh.log_probs", &tlp);
+  dump("vh.expected", &tex);
+  for (int b = 0; b < B; b++) {
+    float sum = probs[b * K] + probs[b * K + 1] + probs[b * K + 2];
+    CHECK(close_to(sum, 1.0f, 1e-6f), "probabilities sum to %g", sum);
+  }
+  float g_lp[B * K] = {1.0f, 0.0f, -1.0f, 0.5f, 0.5f, 0.0f}, g_es[B] = {1.0f, -2.0f}, grad[B * VV];
+  Tensor tglp, tges, tgrad;
+  tensor(&tglp, g_lp, F32, 2, D(B), D(K));
+  tensor(&tges, g_es, F32, 1, D(B));
+  tensor(&tgrad, grad, F32, 2, D(B), D(VV));
+  OK(ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, values, &tglp.dl, &tges.dl, &tgrad.dl, NULL));
+  dump("vh.g_lp", &tglp);
+  dump("vh.g_es", &tges);
+  dump("vh.grad", &tgrad);
+  CHECK(grad[2] == 0.0f && grad[VV + 4] == 0.0f, "unlisted ids have no gradient");
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "class_values",
+        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, &tp.dl, &tlp.dl, &tex.dl, NULL));
+  int64_t overlapping[4] = {0, 1, 1, 5};
+  Tensor tov;
+  tensor(&tov, overlapping, I64, 1, D(4));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "disjoint",
+        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &tov.dl, NULL, &tp.dl, NULL, NULL, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "grads",
+        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, NULL, NULL, &tgrad.dl, NULL));
+}
+
+static void test_compare(void) {
+  enum { G = 2, K = 3 };
+  float scores[G * K] = {0.5f, 2.0f, -1.0f, 1.0f, 1.0f, 0.0f};
+  float pref[G * K * K], wins[G * K], strengths[G * K];
+  int32_t copeland[G * K], ranks[G * K], iters[G], conv[G], best[G], worst[G];
+  Tensor ts, tpref, twins, tcop, tranks, tstr, tit, tconv, tbest, tworst;
+  tensor(&ts, scores, F32, 2, D(G), D(K));
+  tensor(&tpref, pref, F32, 3, D(G), D(K), D(K));
+  tensor(&twins, wins, F32, 2, D(G), D(K));
+  tensor(&tcop, copeland, I32, 2, D(G), D(K));
+  tensor(&tranks, ranks, I32, 2, D(G), D(K));
+  tensor(&tstr, strengths, F32, 2, D(G), D(K));
+  tensor(&tit, iters, I32, 1, D(G));
+  tensor(&tconv, conv, I32, 1, D(G));
+  tensor(&tbest, best, I32, 1, D(G));
+  tensor(&tworst, worst, I32, 1, D(G));
+  OK(ur_compare(ctx, &ts.dl, NULL, &tpref.dl, &twins.dl, &tcop.dl, &tranks.dl, &tstr.dl, &tit.dl, &tconv.dl,
+                &tbest.dl, &tworst.dl, NULL, NULL));
+  dump("cmp.scores", &ts);
+  dump("cmp.pref", &tpref);
+  dump("cmp.wins", &twins);
+  dump("cmp.copeland", &tcop);
+  dump("cmp.ranks", &tranks);
+  dump("cmp.strengths", &tstr);
+  dump("cmp.best", &tbest);
+  dump("cmp.worst", &tworst);
+  CHECK(best[0] == 1 && worst[0] == 2, "best %d worst %d", best[0], worst[0]);
+
+  float log_odds[K * K] = {0.0f, 1.0f, -2.0f, -0.5f, 0.0f, 1.5f, 2.5f, -1.0f, 0.0f}, consistency[1], pref1[K * K];
+  Tensor tlo, tcons, tp1;
+  tensor(&tlo, log_odds, F32, 3, D(1), D(K), D(K));
+  tensor(&tcons, consistency, F32, 1, D(1));
+  tensor(&tp1, pref1, F32, 3, D(1), D(K), D(K));
+  ur_compare_config cfg = ur_compare_config_default();
+  cfg.verdict_kind = UR_VERDICTS_LOG_ODDS;
+  OK(ur_compare(ctx, &tlo.dl, &cfg, &tp1.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, &tcons.dl, NULL));
+  dump("cmpl.log_odds", &tlo);
+  dump("cmpl.pref", &tp1);
+  dump("cmpl.consistency", &tcons);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "consistency_out",
+        ur_compare(ctx, &ts.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, &tcons.dl, NULL));
+  FAILS(UR_ERROR_SHAPE, "log_odds", ur_compare(ctx, &ts.dl, &cfg, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL));
+  cfg = ur_compare_config_default();
+  cfg.ridge = 0.0f;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ridge", ur_compare(ctx, &ts.dl, &cfg, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL));
+  FAILS(UR_ERROR_DTYPE, "ranks_out",
+        ur_compare(ctx, &ts.dl, NULL, NULL, NULL, NULL, &twins.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL));
+
+  enum { K4 = 4 };
+  float verdicts[G * K4] = {1.0f, 0.0f, 3.0f, 2.0f, 0.0f, 1.0f, 1.0f, 1.0f};
+  float pointwise[G * K4] = {7.0f, 5.0f, 9.0f, 4.0f, 3.0f, 8.0f, 6.0f, 2.0f};
+  int32_t chosen[G], rejected[G], kept[G];
+  float chosen_score[G], rejected_score[G];
+  Tensor tv, tpw, tch, trj, tcs, trs, tk;
+  tensor(&tv, verdicts, F32, 2, D(G), D(K4));
+  tensor(&tpw, pointwise, F32, 2, D(G), D(K4));
+  tensor(&tch, chosen, I32, 1, D(G));
+  tensor(&trj, rejected, I32, 1, D(G));
+  tensor(&tcs, chosen_score, F32, 1, D(G));
+  tensor(&trs, rejected_score, F32, 1, D(G));
+  tensor(&tk, kept, I32, 1, D(G));
+  OK(ur_select_pairs(ctx, &tv.dl, &tpw.dl, NULL, &tch.dl, &trj.dl, &tcs.dl, &trs.dl, &tk.dl, NULL));
+  dump("sel.verdicts", &tv);
+  dump("sel.pointwise", &tpw);
+  dump("sel.chosen", &tch);
+  dump("sel.rejected", &trj);
+  dump("sel.chosen_score", &tcs);
+  dump("sel.kept", &tk);
+  CHECK(chosen[0] == 2 && rejected[0] == 3 && kept[0] == 1, "group 0: %d %d %d", chosen[0], rejected[0], kept[0]);
+  ur_select_config scfg = ur_select_config_default();
+  scfg.ties = 3;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ties", ur_select_pairs(ctx, &tv.dl, &tpw.dl, &scfg, &tch.dl, NULL, NULL, NULL, NULL, NULL));
+  Tensor tpw_i32;
+  tensor(&tpw_i32, chosen, I32, 2, D(G), D(K4));
+  FAILS(UR_ERROR_DTYPE, "pointwise", ur_select_pairs(ctx, &tv.dl, &tpw_i32.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL));
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s DUMP_FILE\n", argv[0]);
+    return 2;
+  }
+  dump_file = fopen(argv[1], "w");
+  CHECK(dump_file != NULL, "cannot open %s", argv[1]);
+  test_version_and_status();
+  test_context();
+  test_logprobs();
+  test_fused_linear();
+  test_dpo();
+  test_reward_losses();
+  test_heads();
+  test_compare();
+  ur_context_free(ctx);
+  fclose(dump_file);
+  printf("test_abi: %d checks passed\n", checks);
+  return 0;
+}

@@ -1,0 +1,296 @@
+//! The C ABI from C: compiles `tests/c/test_abi.c` and `bindings/c/example.c` with the system C compiler against
+//! the freshly built `libunireward.so`, runs them (the test program checks every export's failing paths itself and
+//! dumps the inputs and outputs of its successful calls, which are recomputed here with the Rust API and
+//! compared), then runs both under valgrind, which must report no error and no leak.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use unireward::ops::compare::{compare, select_pairs, CompareConfig, SelectionConfig, Verdicts};
+use unireward::ops::fused_linear::{
+    fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead,
+};
+use unireward::ops::heads::{
+    scalar_reward, scalar_reward_backward, verdict_head, verdict_head_backward, ScalarHead, VerdictClasses,
+    VerdictGrads,
+};
+use unireward::ops::logprobs::{sequence_logprobs, sequence_logprobs_backward, LogProbsConfig, TokenReduction};
+use unireward::ops::preference::{
+    bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
+    DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
+};
+use unireward::{DType, Device, Tensor};
+
+/// `target/<profile>/deps`, where cargo built `libunireward.so` with the rlib this test links (the copy one level
+/// up is only refreshed by `cargo build`).
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    assert!(dir.join("libunireward.so").exists(), "libunireward.so not found in {}", dir.display());
+    dir
+}
+
+/// Compiles `source` against the library into a fresh executable.
+fn compile(source: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = library_dir();
+    let out = std::env::temp_dir().join(format!("unireward-{name}-{}", std::process::id()));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(root.join(source))
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lunireward", "-lm", "-o"])
+        .arg(&out)
+        .status()
+        .expect("could not run the C compiler (set CC or install gcc)");
+    assert!(status.success(), "compiling {source} failed");
+    out
+}
+
+/// Runs `program args...`, directly or under valgrind, and returns its stdout; fails the test on a nonzero exit.
+fn run(program: &Path, args: &[&Path], valgrind: bool) -> String {
+    let mut cmd = if valgrind {
+        let mut c = Command::new("valgrind");
+        c.args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--quiet"]);
+        c.arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let out = cmd.args(args).output().expect("could not run the C program");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed{} ({}):\n{stdout}\n{}",
+        program.display(),
+        if valgrind { " under valgrind" } else { "" },
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn valgrind_present() -> bool {
+    Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// The arrays the C program dumped: key -> (dtype, shape, values).
+struct Dump(HashMap<String, (String, Vec<usize>, Vec<f64>)>);
+
+impl Dump {
+    fn read(path: &Path) -> Dump {
+        let text = std::fs::read_to_string(path).expect("dump file");
+        let mut map = HashMap::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let key = words.next().expect("key").to_string();
+            let dtype = words.next().expect("dtype").to_string();
+            let ndim: usize = words.next().expect("ndim").parse().expect("ndim");
+            let shape: Vec<usize> = (0..ndim).map(|_| words.next().expect("dim").parse().expect("dim")).collect();
+            let values: Vec<f64> = words.map(|w| w.parse().expect("value")).collect();
+            assert_eq!(values.len(), shape.iter().product::<usize>(), "{key}: wrong number of values");
+            map.insert(key, (dtype, shape, values));
+        }
+        Dump(map)
+    }
+
+    fn get(&self, key: &str) -> &(String, Vec<usize>, Vec<f64>) {
+        self.0.get(key).unwrap_or_else(|| panic!("the C program did not dump `{key}`"))
+    }
+
+    fn tensor(&self, key: &str) -> Tensor {
+        let (dtype, shape, values) = self.get(key);
+        match dtype.as_str() {
+            "f32" => Tensor::from_slice(&values.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape, Device::Cpu),
+            "i32" => Tensor::from_slice(&values.iter().map(|&v| v as i32).collect::<Vec<_>>(), shape, Device::Cpu),
+            _ => Tensor::from_slice(&values.iter().map(|&v| v as i64).collect::<Vec<_>>(), shape, Device::Cpu),
+        }
+        .unwrap()
+    }
+
+    fn scalar(&self, key: &str) -> f64 {
+        self.get(key).2[0]
+    }
+
+    /// The C result `key` equals the Rust API's `expected` (to the last bits: same library, same inputs).
+    fn check(&self, key: &str, expected: &Tensor) {
+        let (_, shape, values) = self.get(key);
+        assert_eq!(shape.as_slice(), expected.shape(), "{key}: shape");
+        let expected: Vec<f64> = match expected.dtype() {
+            DType::I32 => expected.to_vec::<i32>().unwrap().into_iter().map(f64::from).collect(),
+            DType::I64 => expected.to_vec::<i64>().unwrap().into_iter().map(|v| v as f64).collect(),
+            _ => expected.to_f32_cow().unwrap().iter().map(|&v| v as f64).collect(),
+        };
+        for (i, (&c, &r)) in values.iter().zip(&expected).enumerate() {
+            assert!(close(c, r), "{key}[{i}]: C gave {c}, the Rust API {r}");
+        }
+    }
+
+    fn check_scalar(&self, key: &str, expected: f32) {
+        let c = self.scalar(key);
+        assert!(close(c, expected as f64), "{key}: C gave {c}, the Rust API {expected}");
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * (1.0 + b.abs())
+}
+
+fn check_logprobs(d: &Dump) {
+    let (logits, labels) = (d.tensor("lp.logits"), d.tensor("lp.labels"));
+    let cfg = LogProbsConfig::default();
+    let r = sequence_logprobs(&logits, &labels, None, &cfg).unwrap();
+    d.check("lp.logps", &r.logps);
+    d.check("lp.counts", &r.token_counts);
+    d.check("lp.mean_logits", &r.mean_logits);
+    d.check("lp.entropy", &r.entropy);
+    d.check("lp.lse", &r.lse);
+    let grad = sequence_logprobs_backward(&logits, &labels, None, &r, &d.tensor("lp.grad_logps"), &cfg).unwrap();
+    d.check("lp.grad", &grad);
+    let mean = LogProbsConfig { reduction: TokenReduction::Mean, ..cfg };
+    let masked = sequence_logprobs(&logits, &labels, Some(&d.tensor("lpm.mask")), &mean).unwrap();
+    d.check("lpm.logps", &masked.logps);
+}
+
+fn check_fused_linear(d: &Dump) {
+    let (hidden, weight, bias, labels) =
+        (d.tensor("fl.hidden"), d.tensor("fl.weight"), d.tensor("fl.bias"), d.tensor("fl.labels"));
+    let head = LinearHead { hidden: &hidden, weight: &weight, bias: Some(&bias) };
+    let cfg = FusedLinearConfig { chunk_tokens: Some(2), ..Default::default() };
+    let r = fused_linear_logprobs(head, &labels, None, &cfg).unwrap();
+    d.check("fl.logps", &r.logps);
+    d.check("fl.lse", &r.lse);
+    let g = fused_linear_logprobs_backward(head, &labels, None, &r, &d.tensor("fl.grad_logps"), &cfg).unwrap();
+    d.check("fl.grad_hidden", &g.grad_hidden);
+    d.check("fl.grad_weight", &g.grad_weight);
+    d.check("fl.grad_bias", g.grad_bias.as_ref().unwrap());
+}
+
+fn check_losses(d: &Dump) {
+    let [pc, pr, rc, rr, lc, lr] = ["pc", "pr", "rc", "rr", "lc", "lr"].map(|k| d.tensor(&format!("dpo.{k}")));
+    let logps = PreferenceLogps::new(&pc, &pr).with_reference(&rc, &rr).with_lengths(&lc, &lr);
+    // The C program's loss types by their UR_DPO_* codes (the index in DpoLossType::ALL).
+    for code in [0, 2, 10, 8] {
+        let cfg = DpoConfig {
+            loss_type: DpoLossType::ALL[code],
+            beta: 0.5,
+            rpo_alpha: (code == 0).then_some(0.25),
+            ..Default::default()
+        };
+        let r = dpo_loss(&logps, &cfg).unwrap();
+        d.check_scalar(&format!("dpo{code}.loss"), r.loss);
+        d.check(&format!("dpo{code}.gc"), &r.grad_policy_chosen);
+        d.check(&format!("dpo{code}.gr"), &r.grad_policy_rejected);
+        d.check_scalar(&format!("dpo{code}.margins"), r.metrics.rewards_margins);
+        d.check_scalar(&format!("dpo{code}.accuracies"), r.metrics.rewards_accuracies);
+    }
+
+    let cfg = BradleyTerryConfig { center_rewards_coefficient: Some(0.01), grad_output: 1.0 };
+    let bt = bradley_terry_loss(&d.tensor("bt.chosen"), &d.tensor("bt.rejected"), Some(&d.tensor("bt.margin")), &cfg)
+        .unwrap();
+    d.check_scalar("bt.loss", bt.loss);
+    d.check("bt.gc", &bt.grad_chosen);
+    d.check("bt.gr", &bt.grad_rejected);
+    d.check_scalar("bt.accuracy", bt.metrics.accuracy);
+
+    let cfg = KwiseConfig { method: KwiseMethod::PlackettLuce, grad_output: 1.0 };
+    let kw = kwise_loss(&d.tensor("kw.rewards"), Some(&d.tensor("kw.order")), &cfg).unwrap();
+    d.check_scalar("kw.loss", kw.loss);
+    d.check("kw.grad", &kw.grad);
+    d.check_scalar("kw.accuracy", kw.accuracy);
+
+    let [mw, ml, rw, rl, tw, tl] = ["mw", "ml", "rw", "rl", "tw", "tl"].map(|k| d.tensor(&format!("dd.{k}")));
+    let inputs = DiffusionDpoInputs {
+        model_winner: &mw,
+        model_loser: &ml,
+        ref_winner: &rw,
+        ref_loser: &rl,
+        target_winner: &tw,
+        target_loser: &tl,
+    };
+    let dd = diffusion_dpo_loss(&inputs, &DiffusionDpoConfig { beta: 5.0, grad_output: 1.0 }).unwrap();
+    d.check_scalar("dd.loss", dd.loss);
+    d.check("dd.gw", &dd.grad_model_winner);
+    d.check("dd.gl", &dd.grad_model_loser);
+    d.check_scalar("dd.model_mse_winner", dd.metrics.model_mse_winner);
+}
+
+fn check_heads(d: &Dump) {
+    let [hidden, ends, weight, bias] = ["hidden", "ends", "weight", "bias"].map(|k| d.tensor(&format!("sh.{k}")));
+    let head = ScalarHead { hidden: &hidden, ends: &ends, weight: &weight, bias: Some(&bias) };
+    d.check("sh.rewards", &scalar_reward(head).unwrap());
+    let g = scalar_reward_backward(head, &d.tensor("sh.grad_rewards")).unwrap();
+    d.check("sh.gh", &g.grad_hidden);
+    d.check("sh.gw", &g.grad_weight);
+    d.check("sh.gb", g.grad_bias.as_ref().unwrap());
+
+    let classes = VerdictClasses::from_sets(&[&[0, 1], &[3], &[5]]).unwrap().with_values(&[1.0, 2.0, 3.0]).unwrap();
+    let logits = d.tensor("vh.logits");
+    let v = verdict_head(&logits, &classes).unwrap();
+    d.check("vh.probs", &v.probs);
+    d.check("vh.log_probs", &v.log_probs);
+    d.check("vh.expected", v.expected_score.as_ref().unwrap());
+    let (g_lp, g_es) = (d.tensor("vh.g_lp"), d.tensor("vh.g_es"));
+    let grads = VerdictGrads { log_probs: Some(&g_lp), expected_score: Some(&g_es) };
+    d.check("vh.grad", &verdict_head_backward(&logits, &classes, grads).unwrap());
+}
+
+fn check_compare(d: &Dump) {
+    let scores = d.tensor("cmp.scores");
+    let c = compare(Verdicts::Scores(&scores), &CompareConfig::default()).unwrap();
+    d.check("cmp.pref", &c.preference);
+    d.check("cmp.wins", &c.wins);
+    d.check("cmp.copeland", &c.copeland);
+    d.check("cmp.ranks", &c.ranks);
+    d.check("cmp.strengths", &c.strengths);
+    d.check("cmp.best", &c.best);
+    d.check("cmp.worst", &c.worst);
+    let log_odds = d.tensor("cmpl.log_odds");
+    let l = compare(Verdicts::LogOdds(&log_odds), &CompareConfig::default()).unwrap();
+    d.check("cmpl.pref", &l.preference);
+    d.check("cmpl.consistency", l.consistency.as_ref().unwrap());
+    let verdicts = d.tensor("sel.verdicts");
+    let s = select_pairs(Verdicts::Scores(&verdicts), &d.tensor("sel.pointwise"), &SelectionConfig::default()).unwrap();
+    d.check("sel.chosen", &s.chosen);
+    d.check("sel.rejected", &s.rejected);
+    d.check("sel.chosen_score", &s.chosen_score);
+    d.check("sel.kept", &s.kept);
+}
+
+#[test]
+fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
+    let program = compile("tests/c/test_abi.c", "test_abi");
+    let dump_path = program.with_extension("dump");
+    let stdout = run(&program, &[&dump_path], false);
+    println!("{stdout}");
+    let dump = Dump::read(&dump_path);
+    check_logprobs(&dump);
+    check_fused_linear(&dump);
+    check_losses(&dump);
+    check_heads(&dump);
+    check_compare(&dump);
+
+    assert!(
+        valgrind_present(),
+        "valgrind is not installed: the C ABI must be checked under it (apt-get install -y valgrind; \
+         scripts/test.sh installs it)"
+    );
+    run(&program, &[&dump_path], true);
+    std::fs::remove_file(&dump_path).ok();
+    std::fs::remove_file(&program).ok();
+}
+
+#[test]
+fn readme_c_example_runs_cleanly_under_valgrind() {
+    let program = compile("bindings/c/example.c", "example");
+    let stdout = run(&program, &[], false);
+    assert!(stdout.contains("loss"), "unexpected output:\n{stdout}");
+    assert!(valgrind_present(), "valgrind is not installed (apt-get install -y valgrind; scripts/test.sh does)");
+    run(&program, &[], true);
+    std::fs::remove_file(&program).ok();
+}

@@ -201,6 +201,13 @@ fn unsupported_options_are_refused_by_key_and_value() {
 }
 
 #[test]
+fn validate_refuses_zero_sizes_in_hand_built_configs() {
+    let mut c = Qwen2Config::from_json(QWEN2_0_5B).unwrap();
+    c.num_attention_heads = 0;
+    assert_contains(&checkpoint_message(c.validate()), &["`num_attention_heads` is 0"]);
+}
+
+#[test]
 fn null_options_take_defaults() {
     // transformers 5 writes null for unset options; null means absent.
     let c = Qwen2Config::from_json(&config_with("num_key_value_heads", "null")).unwrap();

@@ -58,8 +58,7 @@ impl Qwen2Config {
         if keys.bool_or("use_sliding_window", false)? {
             return Err(unsupported("use_sliding_window", &Value::Bool(true), "false"));
         }
-        let dropout = keys.f64_or("attention_dropout", 0.0)?;
-        if dropout != 0.0 {
+        if keys.number("attention_dropout")?.is_some_and(|p| p != 0.0) {
             return Err(unsupported("attention_dropout", &map["attention_dropout"], "0.0 (no dropout)"));
         }
 
@@ -74,7 +73,7 @@ impl Qwen2Config {
             num_key_value_heads: keys.size_or("num_key_value_heads", num_attention_heads)?,
             max_position_embeddings: keys.size_or("max_position_embeddings", 32768)?,
             rope_theta: rope_theta(&keys)?,
-            rms_norm_eps: keys.f64_or("rms_norm_eps", 1e-6)?,
+            rms_norm_eps: keys.number("rms_norm_eps")?.unwrap_or(1e-6),
             tie_word_embeddings: keys.bool_or("tie_word_embeddings", false)?,
             torch_dtype: torch_dtype(&keys)?,
             eos_token_ids: eos_token_ids(&keys)?,
@@ -98,13 +97,25 @@ impl Qwen2Config {
     /// Checks that the sizes fit together (heads divide the width, KV heads divide the heads, ...).
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Checkpoint(format!("config: {msg}")));
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((key, _)) = sizes.iter().find(|(_, size)| *size == 0) {
+            return fail(format!("`{key}` is 0"));
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
             return fail(format!(
                 "num_attention_heads {} is not divisible by num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
@@ -132,7 +143,7 @@ fn unsupported(key: &str, value: &Value, expected: &str) -> Error {
 
 /// `rope_theta` (transformers 4) or `rope_parameters` with the default rope type (transformers 5); 10000 if neither.
 fn rope_theta(keys: &Keys<'_>) -> Result<f64> {
-    let top = keys.get("rope_theta").map(|_| keys.f64_or("rope_theta", 0.0)).transpose()?;
+    let top = keys.number("rope_theta")?;
     let Some(params) = keys.get("rope_parameters") else { return Ok(top.unwrap_or(10000.0)) };
     let Some(params) = params.as_object() else {
         return Err(unsupported("rope_parameters", params, "an object {rope_type: \"default\", rope_theta}"));
@@ -144,7 +155,7 @@ fn rope_theta(keys: &Keys<'_>) -> Result<f64> {
     if let Some(key) = params.keys().find(|k| !matches!(k.as_str(), "rope_type" | "rope_theta")) {
         return Err(unsupported(&format!("rope_parameters.{key}"), &params[key], "the default rope (no scaling)"));
     }
-    let theta = inner.f64_or("rope_theta", top.unwrap_or(10000.0))?;
+    let theta = inner.number("rope_theta")?.or(top).unwrap_or(10000.0);
     match top {
         Some(t) if t != theta => Err(Error::Checkpoint(format!(
             "config: `rope_theta` = {t} disagrees with `rope_parameters.rope_theta` = {theta}"
@@ -220,8 +231,8 @@ impl Keys<'_> {
         self.size(key)
     }
 
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        self.get(key).map_or(Ok(default), |v| v.as_f64().ok_or_else(|| self.bad(key, "a number")))
+    fn number(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key).map(|v| v.as_f64().ok_or_else(|| self.bad(key, "a number"))).transpose()
     }
 
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {

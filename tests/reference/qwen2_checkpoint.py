@@ -49,9 +49,8 @@ def save_model(name, overrides, dtype, max_shard_size, seed):
     shutil.rmtree(out, ignore_errors=True)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
-    for extra in ("generation_config.json",):
-        if os.path.exists(os.path.join(out, extra)):
-            os.remove(os.path.join(out, extra))
+    if os.path.exists(os.path.join(out, "generation_config.json")):
+        os.remove(os.path.join(out, "generation_config.json"))
     # What the Rust loader must read back: every tensor's exact values as float64 sums and leading values (all
     # three dtypes are exact in float64), in state_dict order (the order transformers saves and shards).
     expected = {"dtype": str(dtype).removeprefix("torch."), "max_shard_size": max_shard_size, "tensors": []}

@@ -1,0 +1,247 @@
+#include "common.cuh"
+
+// Grouped-query causal attention with a key padding mask, flash style: no [T,T] matrix ever reaches global memory.
+// Layouts: q, out, grad_out [N,T,Hq,d]; k, v [N,T,Hkv,d]; mask [N,T] (int, 0 = padding); lse, delta [N,Hq,T] f32.
+//
+// Every kernel runs blocks of WARPS warps; each warp owns ROWS rows (query rows in the forward and the dq pass, key
+// rows in the dk/dv pass) and each lane owns the columns c = lane + 32·u, u < COLS, of those rows, so d ≤ 128.
+// Dot products are warp reductions; the softmax is online (forward) or recomputed from the saved logsumexp
+// (backward). Branches on row or key validity depend only on warp-uniform values, so shuffles are never divergent.
+// Accumulation is f32 in a fixed order: results are deterministic, and there are no atomics.
+
+#define WARPS 4
+#define ROWS 4
+#define COLS 4
+#define TILE (WARPS * ROWS)
+
+struct Sizes {
+    int t, hq, hkv, d;
+};
+
+// Element offset of row i of head h in sequence n of a [N,T,heads,d] tensor.
+__device__ __forceinline__ long long row_offset(int n, int i, int h, int t, int heads, int d) {
+    return (((long long)n * t + i) * heads + h) * d;
+}
+
+// Loads the lane's columns of one row (zero past d), times `scale`.
+template <typename T>
+__device__ __forceinline__ void load_row(const T* __restrict__ src, long long offset, int d, float scale,
+                                         float (&dst)[COLS]) {
+    const int lane = threadIdx.x % WARP_SIZE;
+#pragma unroll
+    for (int u = 0; u < COLS; ++u) {
+        const int c = lane + WARP_SIZE * u;
+        dst[u] = c < d ? to_float(src[offset + c]) * scale : 0.0f;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_row(T* __restrict__ dst, long long offset, int d, const float (&src)[COLS],
+                                          float scale) {
+    const int lane = threadIdx.x % WARP_SIZE;
+#pragma unroll
+    for (int u = 0; u < COLS; ++u) {
+        const int c = lane + WARP_SIZE * u;
+        if (c < d) dst[offset + c] = from_float<T>(src[u] * scale);
+    }
+}
+
+__device__ __forceinline__ float row_dot(const float (&a)[COLS], const float (&b)[COLS]) {
+    float s = 0.0f;
+#pragma unroll
+    for (int u = 0; u < COLS; ++u) s += a[u] * b[u];
+    return warp_sum(s);
+}
+
+// Block b → (n, head, tile) with tiles of TILE rows over T.
+__device__ __forceinline__ void decode_block(int t, int heads, int& n, int& h, int& tile) {
+    const int tiles = (t + TILE - 1) / TILE;
+    tile = blockIdx.x % tiles;
+    const int rest = blockIdx.x / tiles;
+    h = rest % heads;
+    n = rest / heads;
+}
+
+// Forward: one block per (n, query head, tile of TILE queries); keys stream through with an online softmax.
+template <typename T>
+__device__ void attention_forward(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                  const int* __restrict__ mask, Sizes z, float scale, T* __restrict__ out,
+                                  float* __restrict__ lse) {
+    int n, h, tile;
+    decode_block(z.t, z.hq, n, h, tile);
+    const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, g = h / (z.hq / z.hkv);
+    if (first >= z.t) return;
+    float qr[ROWS][COLS], o[ROWS][COLS], m[ROWS], l[ROWS];
+    bool real[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int i = first + r;
+        real[r] = i < z.t && mask[(long long)n * z.t + i] != 0;
+        load_row(q, row_offset(n, min(i, z.t - 1), h, z.t, z.hq, z.d), z.d, scale, qr[r]);
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int u = 0; u < COLS; ++u) o[r][u] = 0.0f;
+    }
+    const int last = min(z.t - 1, first + ROWS - 1);
+    for (int j = 0; j <= last; ++j) {
+        if (mask[(long long)n * z.t + j] == 0) continue;
+        float kr[COLS], vr[COLS];
+        load_row(k, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, kr);
+        load_row(v, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, vr);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            if (!real[r] || j > first + r) continue;
+            const float s = row_dot(qr[r], kr);
+            const float m_new = fmaxf(m[r], s), correction = __expf(m[r] - m_new), p = __expf(s - m_new);
+            l[r] = l[r] * correction + p;
+#pragma unroll
+            for (int u = 0; u < COLS; ++u) o[r][u] = o[r][u] * correction + p * vr[u];
+            m[r] = m_new;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int i = first + r;
+        if (i >= z.t) continue;
+        // A real query always sees itself, so l > 0; padding queries output zeros and a logsumexp of 0.
+        store_row(out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, o[r], real[r] ? 1.0f / l[r] : 0.0f);
+        if (threadIdx.x % WARP_SIZE == 0) lse[((long long)n * z.hq + h) * z.t + i] = real[r] ? m[r] + __logf(l[r]) : 0.0f;
+    }
+}
+
+// delta[n, h, i] = Σ_c grad_out·out over the row: one warp per (n, i, h) row, grid-stride over rows.
+template <typename T>
+__device__ void attention_backward_delta(const T* __restrict__ grad_out, const T* __restrict__ out, long long rows,
+                                         Sizes z, float* __restrict__ delta) {
+    const int lane = threadIdx.x % WARP_SIZE, warps_per_block = blockDim.x / WARP_SIZE;
+    for (long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / WARP_SIZE; row < rows;
+         row += (long long)gridDim.x * warps_per_block) {
+        float s = 0.0f;
+        for (int c = lane; c < z.d; c += WARP_SIZE) s += to_float(grad_out[row * z.d + c]) * to_float(out[row * z.d + c]);
+        s = warp_sum(s);
+        const long long h = row % z.hq, ni = row / z.hq, i = ni % z.t, n = ni / z.t;
+        if (lane == 0) delta[(n * z.hq + h) * z.t + i] = s;
+    }
+}
+
+// dq: one block per (n, query head, tile of TILE queries); keys stream through, probabilities recomputed from lse.
+// dq_i = scale · Σ_j p_ij (dp_ij − delta_i) k_j with dp_ij = grad_out_i · v_j.
+template <typename T>
+__device__ void attention_backward_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                      const T* __restrict__ grad_out, const int* __restrict__ mask,
+                                      const float* __restrict__ lse, const float* __restrict__ delta, Sizes z,
+                                      float scale, T* __restrict__ dq) {
+    int n, h, tile;
+    decode_block(z.t, z.hq, n, h, tile);
+    const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, g = h / (z.hq / z.hkv);
+    if (first >= z.t) return;
+    float qr[ROWS][COLS], gr[ROWS][COLS], acc[ROWS][COLS], l[ROWS], dl[ROWS];
+    bool real[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int i = min(first + r, z.t - 1);
+        real[r] = first + r < z.t && mask[(long long)n * z.t + i] != 0;
+        load_row(q, row_offset(n, i, h, z.t, z.hq, z.d), z.d, scale, qr[r]);
+        load_row(grad_out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, 1.0f, gr[r]);
+        l[r] = lse[((long long)n * z.hq + h) * z.t + i];
+        dl[r] = delta[((long long)n * z.hq + h) * z.t + i];
+#pragma unroll
+        for (int u = 0; u < COLS; ++u) acc[r][u] = 0.0f;
+    }
+    const int last = min(z.t - 1, first + ROWS - 1);
+    for (int j = 0; j <= last; ++j) {
+        if (mask[(long long)n * z.t + j] == 0) continue;
+        float kr[COLS], vr[COLS];
+        load_row(k, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, kr);
+        load_row(v, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, vr);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            if (!real[r] || j > first + r) continue;
+            const float p = __expf(row_dot(qr[r], kr) - l[r]);
+            const float ds = p * (row_dot(gr[r], vr) - dl[r]);
+#pragma unroll
+            for (int u = 0; u < COLS; ++u) acc[r][u] += ds * kr[u];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        if (first + r < z.t) store_row(dq, row_offset(n, first + r, h, z.t, z.hq, z.d), z.d, acc[r], scale);
+    }
+}
+
+// dk, dv: one block per (n, KV head, tile of TILE keys); the queries of every head of the group stream through.
+// dv_j = Σ_i p_ij grad_out_i, dk_j = scale · Σ_i p_ij (dp_ij − delta_i) q_i, summed over the group's heads.
+template <typename T>
+__device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                       const T* __restrict__ grad_out, const int* __restrict__ mask,
+                                       const float* __restrict__ lse, const float* __restrict__ delta, Sizes z,
+                                       float scale, T* __restrict__ dk, T* __restrict__ dv) {
+    int n, g, tile;
+    decode_block(z.t, z.hkv, n, g, tile);
+    const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, group = z.hq / z.hkv;
+    if (first >= z.t) return;
+    float kr[ROWS][COLS], vr[ROWS][COLS], dk_acc[ROWS][COLS], dv_acc[ROWS][COLS];
+    bool real[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int j = min(first + r, z.t - 1);
+        real[r] = first + r < z.t && mask[(long long)n * z.t + j] != 0;
+        load_row(k, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, kr[r]);
+        load_row(v, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, vr[r]);
+#pragma unroll
+        for (int u = 0; u < COLS; ++u) dk_acc[r][u] = dv_acc[r][u] = 0.0f;
+    }
+    for (int h = g * group; h < (g + 1) * group; ++h) {
+        for (int i = first; i < z.t; ++i) {
+            if (mask[(long long)n * z.t + i] == 0) continue;
+            float qr[COLS], gr[COLS];
+            load_row(q, row_offset(n, i, h, z.t, z.hq, z.d), z.d, scale, qr);
+            load_row(grad_out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, 1.0f, gr);
+            const float l = lse[((long long)n * z.hq + h) * z.t + i], dl = delta[((long long)n * z.hq + h) * z.t + i];
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                if (!real[r] || first + r > i) continue;
+                const float p = __expf(row_dot(qr, kr[r]) - l);
+                const float ds = p * (row_dot(gr, vr[r]) - dl);
+#pragma unroll
+                for (int u = 0; u < COLS; ++u) {
+                    dv_acc[r][u] += p * gr[u];
+                    dk_acc[r][u] += ds * qr[u];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        if (first + r >= z.t) continue;
+        const long long offset = row_offset(n, first + r, g, z.t, z.hkv, z.d);
+        store_row(dk, offset, z.d, dk_acc[r], 1.0f);
+        store_row(dv, offset, z.d, dv_acc[r], 1.0f);
+    }
+}
+
+#define INSTANTIATE(T, S)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(WARPS * WARP_SIZE, 4)                                              \
+        attention_forward_##S(const T* q, const T* k, const T* v, const int* mask, int t, int hq, int hkv, int d, float scale, T* out, \
+                              float* lse) {                                                                      \
+        attention_forward<T>(q, k, v, mask, Sizes{t, hq, hkv, d}, scale, out, lse);                                                 \
+    }                                                                                                            \
+    extern "C" __global__ void attention_backward_delta_##S(const T* grad_out, const T* out, long long rows, int t, \
+                                                            int hq, int hkv, int d, float* delta) {                             \
+        attention_backward_delta<T>(grad_out, out, rows, Sizes{t, hq, hkv, d}, delta);                                              \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(WARPS * WARP_SIZE, 4)                                              \
+        attention_backward_dq_##S(const T* q, const T* k, const T* v, const T* grad_out, const int* mask,        \
+                                  const float* lse, const float* delta, int t, int hq, int hkv, int d, float scale, T* dq) {           \
+        attention_backward_dq<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dq);                             \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(WARPS * WARP_SIZE, 4)                                              \
+        attention_backward_dkv_##S(const T* q, const T* k, const T* v, const T* grad_out, const int* mask,       \
+                                   const float* lse, const float* delta, int t, int hq, int hkv, int d, float scale, T* dk, T* dv) {   \
+        attention_backward_dkv<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dk, dv);                        \
+    }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(bf16, bf16)
+INSTANTIATE(f16, f16)

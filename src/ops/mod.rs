@@ -30,4 +30,5 @@ pub const KERNEL_MODULES: &[KernelModule] = &[
     rope::KERNELS,
     linear::KERNELS,
     swiglu::KERNELS,
+    attention::KERNELS,
 ];

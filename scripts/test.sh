@@ -11,6 +11,7 @@
 # 5. a release build and a smoke run of `unireward demo`.
 # 6. the PyTorch package's tests (bindings/python) in a cached virtual environment with torch, against the release
 #    build of libunireward.so.
+# 7. the C++ and CMake checks (scripts/cmake_check.sh; installs cmake and valgrind with apt-get when missing).
 #
 # Stops at the first failing step with a non-zero exit status (each test step runs all its tests first).
 set -euo pipefail
@@ -115,5 +116,18 @@ lib_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 export UNIREWARD_LIB="$lib_dir/libunireward.so"
 [[ -f "$UNIREWARD_LIB" ]] || die "$UNIREWARD_LIB not found after the release build"
 run "$TORCH_VENV/bin/python" -m pytest -q bindings/python/tests
+
+# C++ and CMake (scripts/cmake_check.sh): the CMake package installed to a temporary prefix, the consumer project
+# and the C++ examples built against it, valgrind on the examples. cmake and valgrind come from apt when missing.
+step "C++ and CMake"
+missing_tools=()
+for tool in cmake valgrind; do command -v "$tool" >/dev/null || missing_tools+=("$tool"); done
+if ((${#missing_tools[@]})); then
+    command -v apt-get >/dev/null || die "${missing_tools[*]} not found and no apt-get: install them"
+    sudo=$([[ $EUID -eq 0 ]] || echo sudo)
+    run $sudo apt-get update -qq
+    run $sudo apt-get install -y -qq "${missing_tools[@]}"
+fi
+run ./scripts/cmake_check.sh
 
 step "all checks passed"

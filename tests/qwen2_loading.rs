@@ -247,6 +247,7 @@ fn fixtures_load_with_the_values_python_saved() {
             expected.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
         assert_eq!(names, python, "{model}: expected tensor names");
         store.check_exact(&names).unwrap();
+        store.check_qwen2(&config).unwrap();
         assert_eq!(store.names().len(), names.len());
         let stored = match expected.dtype.as_str() {
             "float32" => DType::F32,
@@ -396,6 +397,23 @@ fn non_float_and_unexpected_tensors_are_refused() {
     // Tied embeddings with an LM head in the file: config and weights disagree.
     let msg = checkpoint_message(store.check_exact(&qwen2_weight_names(&config)));
     assert_contains(&msg, &["stored as I32", "unexpected `lm_head.weight`"]);
+}
+
+#[test]
+fn a_tied_model_may_carry_an_identical_lm_head_only() {
+    let scratch = Scratch::copy_of("mha_tied");
+    let config = Qwen2Config::from_file(&scratch.0.join("config.json")).unwrap();
+    let mut tensors = all_tensors("mha_tied");
+    let embed = tensors.iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1.try_clone().unwrap();
+    tensors.push(("lm_head.weight".into(), embed));
+    save_safetensors(&scratch.0.join("model.safetensors"), &refs(&tensors)).unwrap();
+    WeightStore::open(&scratch.0).unwrap().check_qwen2(&config).unwrap();
+    // A different head: the config says tied, the weights say otherwise.
+    let head = &mut tensors.last_mut().unwrap().1;
+    head.as_mut_slice::<f32>().unwrap()[7] += 1.0;
+    save_safetensors(&scratch.0.join("model.safetensors"), &refs(&tensors)).unwrap();
+    let msg = checkpoint_message(WeightStore::open(&scratch.0).unwrap().check_qwen2(&config));
+    assert_contains(&msg, &["unexpected `lm_head.weight`"]);
 }
 
 #[test]

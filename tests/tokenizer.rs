@@ -175,7 +175,7 @@ fn errors_name_the_file_and_the_problem() {
     let missing = fixture_dir().join("nope.json");
     match Tokenizer::from_file(&missing) {
         Err(Error::Checkpoint(msg)) => assert!(msg.contains("nope.json"), "{msg}"),
-        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+        other => panic!("expected a checkpoint error, got {other:?}"),
     }
     // A tokenizer without Qwen's chat tokens cannot encode the template.
     let dir = std::env::temp_dir().join(format!("unireward-tokenizer-{}", std::process::id()));
@@ -187,7 +187,7 @@ fn errors_name_the_file_and_the_problem() {
     let _ = std::fs::remove_dir_all(&dir);
     match result {
         Err(Error::Checkpoint(msg)) => assert!(msg.contains("no `<|im_start|>` token"), "{msg}"),
-        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+        other => panic!("expected a checkpoint error, got {other:?}"),
     }
     let tok = tokenizer();
     match tok.decode(&[1, 100_000], false) {

@@ -72,6 +72,12 @@ pub struct Tokenizer {
     stop_ids: Vec<u32>,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({} tokens)", self.vocab_size())
+    }
+}
+
 impl Tokenizer {
     /// Loads `tokenizer.json` (the file, or a model directory holding it). The file must define `<|im_start|>` and
     /// `<|im_end|>`: without them the chat template cannot be encoded.

@@ -206,6 +206,26 @@ impl WeightStore {
         Err(Error::Checkpoint(format!("{} does not match the model: {}", self.source.display(), problems.join("; "))))
     }
 
+    /// Checks the checkpoint against [`qwen2_weight_names`]. A tied model's file may also hold `lm_head.weight`
+    /// when it is a bit-identical copy of the embeddings (some savers write both); any other LM head is refused.
+    pub fn check_qwen2(&self, config: &Qwen2Config) -> Result<()> {
+        let mut expected = qwen2_weight_names(config);
+        let (head, embed) = ("lm_head.weight", "model.embed_tokens.weight");
+        if config.tie_word_embeddings && self.same_bytes(head, embed) {
+            expected.push((head.to_string(), vec![config.vocab_size, config.hidden_size]));
+        }
+        self.check_exact(&expected)
+    }
+
+    /// Whether `a` and `b` are stored with the same dtype, shape and bytes.
+    fn same_bytes(&self, a: &str, b: &str) -> bool {
+        let bytes = |e: &Entry| &self.files[e.file].mmap[e.bytes.clone()];
+        match (self.tensors.get(a), self.tensors.get(b)) {
+            (Some(x), Some(y)) => x.dtype == y.dtype && x.shape == y.shape && bytes(x) == bytes(y),
+            _ => false,
+        }
+    }
+
     fn entry(&self, name: &str) -> Result<&Entry> {
         self.tensors.get(name).ok_or_else(|| {
             let files: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();

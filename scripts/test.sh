@@ -6,7 +6,8 @@
 # 1. installs the pinned NVRTC 13.0 wheels (no GPU, no CUDA toolkit needed) into a cached virtual environment,
 #    ${UNIREWARD_CACHE:-$HOME/.cache/unireward}/nvrtc-venv, and puts their libraries on LD_LIBRARY_PATH;
 # 2. cargo fmt --check and cargo clippy -D warnings, GPU test code included (when rustfmt / clippy are installed);
-# 3. cargo test: unit, integration and doc tests (CUDA tests are ignored without --features gpu-tests);
+# 3. cargo test: unit, integration and doc tests (CUDA tests are ignored without --features gpu-tests); the C ABI
+#    tests need a C compiler and valgrind (installed with apt-get when missing);
 # 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
 # 5. a release build and a smoke run of `unireward demo`.
 # 6. the PyTorch package's tests (bindings/python) in a cached virtual environment with torch, against the release
@@ -77,6 +78,15 @@ else
     step "lint: skipped (clippy not installed)"
 fi
 
+# tests/c_abi.rs compiles C programs against libunireward.so and runs them under valgrind.
+missing_c=()
+for tool in cc valgrind; do command -v "$tool" >/dev/null || missing_c+=("$tool"); done
+if ((${#missing_c[@]})); then
+    step "C compiler and valgrind for tests/c_abi.rs"
+    command -v apt-get >/dev/null || die "${missing_c[*]} not found and no apt-get: install gcc and valgrind"
+    run $([[ $EUID -eq 0 ]] || echo sudo) apt-get update -qq
+    run $([[ $EUID -eq 0 ]] || echo sudo) apt-get install -y -qq gcc valgrind
+fi
 step "unit and integration tests"
 run cargo test --all-targets --no-fail-fast
 step "doc tests"

@@ -287,6 +287,10 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
 
 #[test]
 fn readme_c_example_runs_cleanly_under_valgrind() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("bindings/c/example.c")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains(&format!("```c\n{example}```")), "README.md's C example differs from bindings/c/example.c");
     let program = compile("bindings/c/example.c", "example");
     let stdout = run(&program, &[], false);
     assert!(stdout.contains("loss"), "unexpected output:\n{stdout}");

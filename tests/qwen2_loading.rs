@@ -323,6 +323,28 @@ fn a_safetensors_file_opens_directly() {
     assert_eq!(store.shape("lm_head.weight"), None);
 }
 
+#[test]
+fn unaligned_tensor_data_loads() {
+    // Safetensors does not promise aligned data: a header of odd length puts the f32s at an odd file offset.
+    let mut header = r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#.to_string();
+    while (8 + header.len()) % 4 != 1 {
+        header.push(' ');
+    }
+    let values = [1.5f32, -2.25, f32::from_bits(0x7fc0_1234)];
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    let scratch = Scratch::new("unaligned");
+    let file = scratch.0.join("w.safetensors");
+    std::fs::write(&file, bytes).unwrap();
+    let store = WeightStore::open(&file).unwrap();
+    let bits: Vec<u32> = store.get("w", &[3]).unwrap().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();
+    assert_eq!(bits, values.map(f32::to_bits), "stored bits, NaN payload included");
+    let b = store.get_as("w", &[3], DType::BF16, Device::Cpu).unwrap().to_vec::<bf16>().unwrap();
+    assert_eq!(&b[..2], &[bf16::from_f32(1.5), bf16::from_f32(-2.25)]);
+    assert!(b[2].is_nan());
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Corrupt or mismatched checkpoints
 

@@ -298,3 +298,21 @@ fn readme_c_example_runs_cleanly_under_valgrind() {
     run(&program, &[], true);
     std::fs::remove_file(&program).ok();
 }
+
+#[test]
+fn c_program_calls_every_function_of_the_header() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = std::fs::read_to_string(root.join("include/unireward.h")).unwrap();
+    let program = std::fs::read_to_string(root.join("tests/c/test_abi.c")).unwrap();
+    // Declarations look like `<return type> ur_name(` at the start of a line.
+    let functions: Vec<&str> = header
+        .lines()
+        .filter(|l| l.contains('(') && !l.starts_with("//") && !l.starts_with(' '))
+        .filter_map(|l| l.split('(').next()?.split_whitespace().last())
+        .map(|name| name.trim_start_matches('*'))
+        .filter(|name| name.starts_with("ur_"))
+        .collect();
+    assert!(functions.len() >= 28, "found only {functions:?} in include/unireward.h");
+    let missing: Vec<_> = functions.iter().filter(|f| !program.contains(&format!("{f}("))).collect();
+    assert!(missing.is_empty(), "tests/c/test_abi.c does not call {missing:?}");
+}

@@ -263,6 +263,7 @@ fn check_compare(d: &Dump) {
 }
 
 #[test]
+#[cfg_attr(feature = "gpu-tests", ignore = "runs where the library is built (C compiler, valgrind, libunireward.so)")]
 fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     let program = compile("tests/c/test_abi.c", "test_abi");
     let dump_path = program.with_extension("dump");
@@ -286,6 +287,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
 }
 
 #[test]
+#[cfg_attr(feature = "gpu-tests", ignore = "runs where the library is built (C compiler, valgrind, libunireward.so)")]
 fn readme_c_example_runs_cleanly_under_valgrind() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("bindings/c/example.c")).unwrap();

@@ -1,0 +1,172 @@
+//! The C ABI on CUDA (scripts/gpu_check.sh runs it; ignored without `--features gpu-tests`): the exports called
+//! with DLTensors in device memory and a caller-created stream agree with the Rust API on the CPU, the in-place
+//! logits gradient works on the device, and mixed devices are refused.
+
+use std::ffi::{c_void, CStr};
+use std::ptr::{null, null_mut};
+
+use unireward::ffi::*;
+use unireward::ops::logprobs::{sequence_logprobs, sequence_logprobs_backward, LogProbsConfig};
+use unireward::ops::preference::{dpo_loss, DpoConfig, PreferenceLogps};
+use unireward::runtime::cuda;
+use unireward::{DType, Device, Tensor};
+
+/// A DLTensor describing `t` (CPU or CUDA), with its shape storage.
+struct Dl {
+    dl: DLTensor,
+    _shape: Box<[i64]>,
+}
+
+fn dl(t: &Tensor) -> Dl {
+    let mut shape: Box<[i64]> = t.shape().iter().map(|&d| d as i64).collect();
+    let (code, bits) = match t.dtype() {
+        DType::F32 => (2, 32),
+        DType::BF16 => (4, 16),
+        DType::F16 => (2, 16),
+        DType::I32 => (0, 32),
+        DType::I64 => (0, 64),
+    };
+    let (data, device) = match t.device() {
+        Device::Cpu => (cpu_ptr(t), DLDevice { device_type: 1, device_id: 0 }),
+        Device::Cuda(n) => (t.cuda_ptr().unwrap().0 as *mut c_void, DLDevice { device_type: 2, device_id: n as i32 }),
+    };
+    let dl = DLTensor {
+        data,
+        device,
+        ndim: shape.len() as i32,
+        dtype: DLDataType { code, bits, lanes: 1 },
+        shape: shape.as_mut_ptr(),
+        strides: null_mut(),
+        byte_offset: 0,
+    };
+    Dl { dl, _shape: shape }
+}
+
+fn cpu_ptr(t: &Tensor) -> *mut c_void {
+    match t.dtype() {
+        DType::F32 => t.as_slice::<f32>().unwrap().as_ptr() as *mut c_void,
+        DType::I64 => t.as_slice::<i64>().unwrap().as_ptr() as *mut c_void,
+        _ => unimplemented!("only f32 and i64 CPU tensors in this test"),
+    }
+}
+
+fn ok(status: ur_status) {
+    // SAFETY: the message is a NUL-terminated string.
+    let message = unsafe { CStr::from_ptr(ur_last_error_message()) };
+    assert_eq!(status, ur_status::UR_OK, "{message:?}");
+}
+
+fn close(a: &[f32], b: &[f32]) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "[{i}]: CUDA {x}, CPU {y}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn exports_on_cuda_tensors_and_a_caller_stream_agree_with_the_cpu() {
+    let gpu = Device::Cuda(0);
+    let backend = cuda::backend(0).unwrap();
+    let stream = backend.context().new_stream().unwrap();
+    let cu_stream = stream.cu_stream() as *mut c_void;
+    let (n, t, v) = (3, 17, 1000);
+    let logits: Vec<f32> = (0..n * t * v).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+    let labels: Vec<i64> = (0..n * t).map(|i| if i % 5 == 0 { -100 } else { (i * 31 % v) as i64 }).collect();
+    let cpu_logits = Tensor::from_slice(&logits, &[n, t, v], Device::Cpu).unwrap();
+    let cpu_labels = Tensor::from_slice(&labels, &[n, t], Device::Cpu).unwrap();
+    let cfg = LogProbsConfig::default();
+    let expected = sequence_logprobs(&cpu_logits, &cpu_labels, None, &cfg).unwrap();
+    let grad_logps = Tensor::from_slice(&[1.0f32, -0.5, 2.0], &[n], Device::Cpu).unwrap();
+    let expected_grad =
+        sequence_logprobs_backward(&cpu_logits, &cpu_labels, None, &expected, &grad_logps, &cfg).unwrap();
+
+    let mut ctx = null_mut();
+    // SAFETY: a valid out-pointer.
+    ok(unsafe { ur_context_create(&mut ctx) });
+    let (d_logits, d_labels) = (cpu_logits.to_device(gpu).unwrap(), cpu_labels.to_device(gpu).unwrap());
+    let d_grad_logps = grad_logps.to_device(gpu).unwrap();
+    let outs = [[n].as_slice(), &[n], &[n, t]].map(|s| Tensor::zeros(s, DType::F32, gpu).unwrap());
+    backend.synchronize().unwrap(); // the inputs were written on the library's stream, the calls use another
+    let (l, lab, g) = (dl(&d_logits), dl(&d_labels), dl(&d_grad_logps));
+    let [logps, counts, lse] = outs.each_ref().map(dl);
+    // SAFETY: every descriptor describes live device memory of device 0; the stream belongs to its context.
+    unsafe {
+        ok(ur_logprobs_forward(
+            ctx,
+            &l.dl,
+            &lab.dl,
+            null(),
+            null(),
+            &logps.dl,
+            &counts.dl,
+            null(),
+            null(),
+            &lse.dl,
+            cu_stream,
+        ));
+        // In place: the logits become their gradient.
+        ok(ur_logprobs_backward(ctx, &l.dl, &lab.dl, null(), &lse.dl, &counts.dl, &g.dl, null(), &l.dl, cu_stream));
+    }
+    stream.synchronize().unwrap();
+    close(&outs[0].to_vec::<f32>().unwrap(), &expected.logps.to_vec::<f32>().unwrap());
+    close(&outs[2].to_vec::<f32>().unwrap(), &expected.lse.to_vec::<f32>().unwrap());
+    close(&d_logits.to_vec::<f32>().unwrap(), &expected_grad.to_vec::<f32>().unwrap());
+
+    // A loss writes host memory: the call waits for its work.
+    let (pc, pr, rc, rr) = ([-3.0f32, -5.5], [-4.0f32, -5.0], [-3.5f32, -5.0], [-3.75f32, -5.25]);
+    let cpu = [pc, pr, rc, rr].map(|x| Tensor::from_slice(&x, &[2], Device::Cpu).unwrap());
+    let expected =
+        dpo_loss(&PreferenceLogps::new(&cpu[0], &cpu[1]).with_reference(&cpu[2], &cpu[3]), &DpoConfig::default())
+            .unwrap();
+    let dev = cpu.each_ref().map(|x| x.to_device(gpu).unwrap());
+    let grads = [0, 1].map(|_| Tensor::zeros(&[2], DType::F32, gpu).unwrap());
+    backend.synchronize().unwrap();
+    let [a, b, c, d] = dev.each_ref().map(dl);
+    let [ga, gb] = grads.each_ref().map(dl);
+    let mut loss = 0f32;
+    // SAFETY: as above; `loss` is host memory.
+    ok(unsafe {
+        ur_dpo_loss(
+            ctx,
+            &a.dl,
+            &b.dl,
+            &c.dl,
+            &d.dl,
+            null(),
+            null(),
+            null(),
+            &mut loss,
+            &ga.dl,
+            &gb.dl,
+            null_mut(),
+            cu_stream,
+        )
+    });
+    assert!((loss - expected.loss).abs() <= 1e-6 * (1.0 + expected.loss.abs()), "{loss} vs {}", expected.loss);
+    stream.synchronize().unwrap();
+    close(&grads[0].to_vec::<f32>().unwrap(), &expected.grad_policy_chosen.to_vec::<f32>().unwrap());
+
+    // One tensor on the host, the rest on the device: refused before any work.
+    let host = dl(&cpu[1]);
+    // SAFETY: as above; the host tensor is live CPU memory.
+    let status = unsafe {
+        ur_dpo_loss(
+            ctx,
+            &a.dl,
+            &host.dl,
+            &c.dl,
+            &d.dl,
+            null(),
+            null(),
+            null(),
+            &mut loss,
+            &ga.dl,
+            &gb.dl,
+            null_mut(),
+            cu_stream,
+        )
+    };
+    assert_eq!(status, ur_status::UR_ERROR_DEVICE);
+    // SAFETY: created above.
+    unsafe { ur_context_free(ctx) };
+}

@@ -222,7 +222,8 @@ const H: usize = 3;
 const K: usize = 4;
 const C: usize = 5;
 
-/// Runs one fuzz case and returns the call's status; panics (a test failure) if the call panicked across the boundary or broke the status rules.
+/// Runs one fuzz case and returns the call's status; panics (a test failure) if the call panicked across the
+/// boundary or broke the status rules.
 pub fn run(data: &[u8]) -> ur_status {
     let mut call = Call::new(data);
     let mut ctx: *mut ur_context = null_mut();

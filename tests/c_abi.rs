@@ -56,7 +56,9 @@ fn compile(source: &str, name: &str) -> PathBuf {
 fn run(program: &Path, args: &[&Path], valgrind: bool) -> String {
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
-        c.args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--quiet"]);
+        let suppressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/valgrind.supp");
+        c.args(["--error-exitcode=1", "--leak-check=full", "--quiet"])
+            .arg(format!("--suppressions={}", suppressions.display()));
         c.arg(program);
         c
     } else {

@@ -9,7 +9,7 @@
 #    repository's target/ folder, sharing what `cargo build --release` compiled;
 # 3. builds and runs the consumer project tests/cmake_consumer (find_package, both targets) and the examples in
 #    bindings/cpp against the installed package;
-# 4. runs both examples under valgrind: no leak, no invalid access;
+# 4. runs them under valgrind: no leak, no invalid access;
 # 5. checks that the README's C++ and CMake examples are the consumer's files, which step 3 built and ran.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,8 +56,8 @@ run cmake -S bindings/cpp -B "$WORK/examples" -DCMAKE_PREFIX_PATH="$PWD/$PREFIX"
 run cmake --build "$WORK/examples"
 (cd "$WORK/examples" && run ctest --output-on-failure)
 
-step "valgrind: both examples, no leak and no invalid access"
-for program in unireward_example unireward_cxx_example; do
+step "valgrind: the C++ programs, no leak and no invalid access"
+for program in unireward_example unireward_every_method unireward_cxx_example; do
     run valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
         --suppressions=tests/cmake_consumer/valgrind.supp "$WORK/examples/$program" >/dev/null ||
         die "valgrind found errors in $program (rerun the command above without --quiet)"

@@ -1,0 +1,141 @@
+// Every unireward::Context method once on small CPU tensors, checked against a reference or against another op, so
+// that a wrapper passing arguments in the wrong order fails here (example.cpp shows the common ones). Exits non-zero
+// if a result is wrong.
+#include "unireward.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+using unireward::TensorRef;
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char* what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what);
+  failures += ok ? 0 : 1;
+}
+
+bool near(float a, float b, float tol = 1e-4f) { return std::fabs(a - b) <= tol * (1.0f + std::fabs(b)); }
+
+float log_sigmoid(float x) { return -std::log1p(std::exp(-x)); }
+
+std::vector<float> ramp(size_t n, float scale, float shift) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = scale * static_cast<float>((i * 7) % 11) + shift;
+  return v;
+}
+
+}  // namespace
+
+int main() {
+  const unireward::Context ctx;
+  const int64_t N = 2, T = 3, H = 4, V = 5;
+
+  // Fused linear log-probs equal the log-probs of the materialised logits hidden · weightᵀ + bias.
+  const std::vector<float> hidden = ramp(N * T * H, 0.1f, -0.4f), weight = ramp(V * H, 0.07f, -0.3f);
+  const std::vector<float> bias = ramp(V, 0.05f, 0.0f);
+  const std::vector<int64_t> labels{1, 4, -100, 0, 2, 3};
+  std::vector<float> logits(N * T * V);
+  for (int64_t r = 0; r < N * T; ++r)
+    for (int64_t v = 0; v < V; ++v) {
+      float x = bias[v];
+      for (int64_t h = 0; h < H; ++h) x += hidden[r * H + h] * weight[v * H + h];
+      logits[r * V + v] = x;
+    }
+  std::vector<float> logps(N), counts(N), lse(N * T), fused_logps(N), fused_lse(N * T);
+  const TensorRef labels_ref(labels.data(), {N, T});
+  ctx.logprobs_forward(TensorRef(logits.data(), {N, T, V}), labels_ref, nullptr, nullptr, TensorRef(logps.data(), {N}),
+                       TensorRef(counts.data(), {N}), nullptr, nullptr, TensorRef(lse.data(), {N, T}));
+  const TensorRef hidden_ref(hidden.data(), {N, T, H}), weight_ref(weight.data(), {V, H}), bias_ref(bias.data(), {V});
+  ctx.fused_linear_logprobs_forward(hidden_ref, weight_ref, bias_ref, labels_ref, nullptr, nullptr,
+                                    TensorRef(fused_logps.data(), {N}), nullptr, nullptr, nullptr,
+                                    TensorRef(fused_lse.data(), {N, T}));
+  expect(near(fused_logps[0], logps[0]) && near(fused_logps[1], logps[1]), "fused_linear_logprobs_forward");
+
+  // Its bias gradient is the logits gradient summed over tokens.
+  const std::vector<float> ones(N, 1.0f);
+  std::vector<float> grad_logits(N * T * V), grad_hidden(N * T * H), grad_weight(V * H), grad_bias(V);
+  ctx.logprobs_backward(TensorRef(logits.data(), {N, T, V}), labels_ref, nullptr, TensorRef(lse.data(), {N, T}),
+                        TensorRef(counts.data(), {N}), TensorRef(ones.data(), {N}), nullptr,
+                        TensorRef(grad_logits.data(), {N, T, V}));
+  ctx.fused_linear_logprobs_backward(hidden_ref, weight_ref, bias_ref, labels_ref, nullptr,
+                                     TensorRef(fused_lse.data(), {N, T}), TensorRef(ones.data(), {N}), nullptr,
+                                     TensorRef(grad_hidden.data(), {N, T, H}), TensorRef(grad_weight.data(), {V, H}),
+                                     TensorRef(grad_bias.data(), {V}));
+  bool bias_ok = true;
+  for (int64_t v = 0; v < V; ++v) {
+    float sum = 0.0f;
+    for (int64_t r = 0; r < N * T; ++r) sum += grad_logits[r * V + v];
+    bias_ok = bias_ok && near(grad_bias[v], sum);
+  }
+  expect(bias_ok, "fused_linear_logprobs_backward");
+
+  // Scalar head: rewards [N, C] = weight · hidden[n, ends[n]] + bias; the bias gradient sums grad_rewards over N.
+  const int64_t C = 2;
+  const std::vector<int64_t> ends{2, 1};
+  const std::vector<float> head_w = ramp(C * H, 0.2f, -0.5f), head_b{0.25f, -0.25f};
+  std::vector<float> rewards(N * C);
+  ctx.scalar_head_forward(hidden_ref, TensorRef(ends.data(), {N}), TensorRef(head_w.data(), {C, H}),
+                          TensorRef(head_b.data(), {C}), TensorRef(rewards.data(), {N, C}));
+  float r10 = head_b[0];
+  for (int64_t h = 0; h < H; ++h) r10 += head_w[h] * hidden[(1 * T + ends[1]) * H + h];
+  expect(near(rewards[1 * C + 0], r10), "scalar_head_forward");
+  const std::vector<float> grad_rewards{1.0f, 2.0f, 3.0f, 4.0f};
+  std::vector<float> head_grad_hidden(N * T * H), head_grad_w(C * H), head_grad_b(C);
+  ctx.scalar_head_backward(hidden_ref, TensorRef(ends.data(), {N}), TensorRef(head_w.data(), {C, H}),
+                           TensorRef(head_b.data(), {C}), TensorRef(grad_rewards.data(), {N, C}),
+                           TensorRef(head_grad_hidden.data(), {N, T, H}), TensorRef(head_grad_w.data(), {C, H}),
+                           TensorRef(head_grad_b.data(), {C}));
+  expect(near(head_grad_b[0], 4.0f) && near(head_grad_b[1], 6.0f) && head_grad_hidden[0] == 0.0f,
+         "scalar_head_backward");
+
+  // K-wise with K = 2 is Bradley-Terry.
+  const std::vector<float> ranked{1.0f, 0.0f, 0.5f, 1.5f};  // [G = 2, K = 2], best first
+  std::vector<float> kwise_grad(4);
+  const unireward::KwiseLoss kwise =
+      ctx.kwise_loss(TensorRef(ranked.data(), {2, 2}), nullptr, nullptr, TensorRef(kwise_grad.data(), {2, 2}));
+  expect(near(kwise.loss, -(log_sigmoid(1.0f) + log_sigmoid(-1.0f)) / 2.0f) && kwise.accuracy == 0.5f,
+         "kwise_loss");
+
+  // Diffusion-DPO: mean_b -log sigmoid(-beta/2 ((mse_w - mse_l) - (ref_mse_w - ref_mse_l))).
+  const int64_t B = 2, D = 3;
+  const std::vector<float> mw = ramp(B * D, 0.1f, 0.0f), ml = ramp(B * D, -0.1f, 0.2f);
+  const std::vector<float> rw = ramp(B * D, 0.05f, 0.1f), rl = ramp(B * D, 0.02f, -0.1f);
+  const std::vector<float> tw(B * D, 0.3f), tl(B * D, -0.2f);
+  std::vector<float> grad_w(B * D), grad_l(B * D);
+  ur_diffusion_dpo_config dcfg = ur_diffusion_dpo_config_default();
+  dcfg.beta = 10.0f;
+  const unireward::DiffusionDpoLoss diffusion = ctx.diffusion_dpo_loss(
+      TensorRef(mw.data(), {B, D}), TensorRef(ml.data(), {B, D}), TensorRef(rw.data(), {B, D}),
+      TensorRef(rl.data(), {B, D}), TensorRef(tw.data(), {B, D}), TensorRef(tl.data(), {B, D}), &dcfg,
+      TensorRef(grad_w.data(), {B, D}), TensorRef(grad_l.data(), {B, D}));
+  float diffusion_expected = 0.0f;
+  for (int64_t b = 0; b < B; ++b) {
+    auto mse = [&](const std::vector<float>& x, const std::vector<float>& t) {
+      float s = 0.0f;
+      for (int64_t d = 0; d < D; ++d) s += (x[b * D + d] - t[b * D + d]) * (x[b * D + d] - t[b * D + d]);
+      return s / static_cast<float>(D);
+    };
+    const float diff = (mse(mw, tw) - mse(ml, tl)) - (mse(rw, tw) - mse(rl, tl));
+    diffusion_expected -= log_sigmoid(-0.5f * dcfg.beta * diff) / static_cast<float>(B);
+  }
+  expect(near(diffusion.loss, diffusion_expected), "diffusion_dpo_loss");
+
+  // Verdict head backward: zero outside the listed ids, and each row sums to 0 for grad_log_probs.
+  const std::vector<float> answer{0.5f, 2.0f, 1.0f, 1.0f};  // [B = 1, V = 4]; id 0 is in no class
+  const std::vector<int64_t> offsets{0, 1, 3}, ids{1, 2, 3};
+  const std::vector<float> g{1.0f, -0.5f};
+  std::vector<float> verdict_grad(4);
+  ctx.verdict_head_backward(TensorRef(answer.data(), {1, 4}), TensorRef(offsets.data(), {3}),
+                            TensorRef(ids.data(), {3}), nullptr, TensorRef(g.data(), {1, 2}), nullptr,
+                            TensorRef(verdict_grad.data(), {1, 4}));
+  expect(verdict_grad[0] == 0.0f && near(verdict_grad[1] + verdict_grad[2] + verdict_grad[3], 0.0f),
+         "verdict_head_backward");
+
+  std::printf("%s\n", failures == 0 ? "all passed" : "FAILED");
+  return failures == 0 ? 0 : 1;
+}

@@ -152,6 +152,7 @@ fn random_awkward_shapes_every_dtype_and_finite_differences() {
         Dims { n: 1, t: 1, hq: 2, hkv: 1, d: 8 },    // T = 1
         Dims { n: 2, t: 33, hq: 3, hkv: 3, d: 72 },  // no grouping, d not a multiple of a warp
         Dims { n: 4, t: 6, hq: 4, hkv: 2, d: 5 },
+        Dims { n: 3, t: 150, hq: 2, hkv: 1, d: 4 }, // several query blocks
     ];
     for z in shapes {
         let x = random_inputs(&mut rng, z);

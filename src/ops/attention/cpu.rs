@@ -1,6 +1,7 @@
-//! CPU attention: per (n, head) the [T,T] scores through `gemm`, a masked softmax per row, and `gemm` again;
-//! rayon over (n, query head) in the forward and over (n, KV head) in the backward, where each task owns its
-//! group's `d_k` and `d_v`.
+//! CPU attention: per (n, head), blocks of queries at a time: the block's scores against the keys up to its last
+//! query through `gemm` (so most of the causal upper triangle is never computed), a masked softmax per row, and
+//! `gemm` again. Rayon over (n, query head) in the forward and over (n, KV head) in the backward, where each task
+//! owns its group's `d_k` and `d_v`.
 
 use rayon::prelude::*;
 
@@ -9,10 +10,21 @@ use crate::runtime::cpu::{matmul, MatRef};
 use crate::runtime::{Device, Tensor};
 use crate::Result;
 
-/// Head `head` of sequence `n` of a [N,T,heads,d] f32 buffer, as a strided [T,d] matrix.
-fn head_view<'a>(data: &'a [f32], p: &Plan, heads: usize, n: usize, head: usize) -> MatRef<'a> {
-    let start = (n * p.t * heads + head) * p.d;
-    MatRef { data: &data[start..], rows: p.t, cols: p.d, row_stride: heads * p.d, col_stride: 1 }
+/// Queries per block: the scratch holds [QUERY_BLOCK, T] scores.
+const QUERY_BLOCK: usize = 64;
+
+/// Rows [first, first + rows) of head `head` of sequence `n` of a [N,T,heads,d] f32 buffer, as a strided matrix.
+fn head_rows<'a>(
+    data: &'a [f32],
+    p: &Plan,
+    heads: usize,
+    n: usize,
+    head: usize,
+    first: usize,
+    rows: usize,
+) -> MatRef<'a> {
+    let start = ((n * p.t + first) * heads + head) * p.d;
+    MatRef { data: &data[start..], rows, cols: p.d, row_stride: heads * p.d, col_stride: 1 }
 }
 
 /// Writes a [T,d] row-major block into head `head` of sequence `n` of a [N,T,heads,d] buffer.
@@ -23,32 +35,43 @@ fn scatter_head(dst: &mut [f32], src: &[f32], p: &Plan, heads: usize, n: usize, 
     }
 }
 
-/// Whether query i of sequence n sees key j.
-fn visible(p: &Plan, n: usize, i: usize, j: usize) -> bool {
-    j <= i && p.valid[n * p.t + i] && p.valid[n * p.t + j]
+/// The query blocks of a sequence: (first query, queries, keys they can see = one past the last query).
+fn query_blocks(p: &Plan) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    (0..p.t).step_by(QUERY_BLOCK).map(|first| {
+        let end = (first + QUERY_BLOCK).min(p.t);
+        (first, end - first, end)
+    })
 }
 
-/// A [T,T] block of raw scores of sequence `n` turned into probabilities in place, from the logsumexp in `lse`
-/// when `lse_known` (backward), else computing it there (forward). Rows of padding queries become zero.
-fn probabilities(scores: &mut [f32], p: &Plan, n: usize, lse: &mut [f32], lse_known: bool) {
+/// Raw scores of queries `first..` of sequence `n` against keys `0..keys` (`scores` is [queries, keys]) turned into
+/// probabilities in place, from the logsumexp in `lse` when `lse_known` (backward), else computing it there
+/// (forward). Rows of padding queries become zero (with a logsumexp of 0).
+fn probabilities(scores: &mut [f32], p: &Plan, n: usize, first: usize, keys: usize, lse: &mut [f32], lse_known: bool) {
     let scale = p.scale();
-    for (i, row) in scores.chunks_exact_mut(p.t).enumerate() {
-        if !p.valid[n * p.t + i] {
+    let valid = &p.valid[n * p.t..(n + 1) * p.t];
+    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+        let i = first + r;
+        if !valid[i] {
             row.fill(0.0);
-            lse[i] = 0.0;
+            lse[r] = 0.0;
             continue;
         }
+        let visible = |j: usize| j <= i && valid[j];
         if !lse_known {
-            let max =
-                (0..p.t).filter(|&j| visible(p, n, i, j)).map(|j| row[j] * scale).fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = (0..p.t).filter(|&j| visible(p, n, i, j)).map(|j| (row[j] * scale - max).exp()).sum();
-            lse[i] = max + sum.ln();
+            let max = (0..keys).filter(|&j| visible(j)).map(|j| row[j] * scale).fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = (0..keys).filter(|&j| visible(j)).map(|j| (row[j] * scale - max).exp()).sum();
+            lse[r] = max + sum.ln();
         }
-        let l = lse[i];
+        let l = lse[r];
         for (j, s) in row.iter_mut().enumerate() {
-            *s = if visible(p, n, i, j) { (*s * scale - l).exp() } else { 0.0 };
+            *s = if visible(j) { (*s * scale - l).exp() } else { 0.0 };
         }
     }
+}
+
+/// Whether queries `first..first + rows` of sequence `n` hold a real token (blocks of padding are skipped).
+fn any_real(p: &Plan, n: usize, first: usize, rows: usize) -> bool {
+    p.valid[n * p.t + first..n * p.t + first + rows].iter().any(|&v| v)
 }
 
 pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<AttentionOutput> {
@@ -57,14 +80,17 @@ pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<At
     let tasks: Vec<(Vec<f32>, Vec<f32>)> = (0..p.n * p.hq)
         .into_par_iter()
         .map(|task| {
-            let (n, h) = (task / p.hq, task % p.hq);
-            let mut scores = vec![0.0f32; t * t];
-            let kh = head_view(&ks, p, p.hkv, n, h / group);
-            matmul(&mut scores, head_view(&qs, p, p.hq, n, h), kh.t(), 0.0);
-            let mut lse = vec![0.0f32; t];
-            probabilities(&mut scores, p, n, &mut lse, false);
-            let mut o = vec![0.0f32; t * d];
-            matmul(&mut o, MatRef::row_major(&scores, t, t), head_view(&vs, p, p.hkv, n, h / group), 0.0);
+            let (n, h, kv) = (task / p.hq, task % p.hq, task % p.hq / group);
+            let (mut o, mut lse) = (vec![0.0f32; t * d], vec![0.0f32; t]);
+            let mut scores = vec![0.0f32; QUERY_BLOCK.min(t) * t];
+            for (first, rows, keys) in query_blocks(p).filter(|&(f, r, _)| any_real(p, n, f, r)) {
+                let scores = &mut scores[..rows * keys];
+                let kh = head_rows(&ks, p, p.hkv, n, kv, 0, keys);
+                matmul(scores, head_rows(&qs, p, p.hq, n, h, first, rows), kh.t(), 0.0);
+                probabilities(scores, p, n, first, keys, &mut lse[first..first + rows], false);
+                let probs = MatRef::row_major(scores, rows, keys);
+                matmul(&mut o[first * d..(first + rows) * d], probs, head_rows(&vs, p, p.hkv, n, kv, 0, keys), 0.0);
+            }
             (o, lse)
         })
         .collect();
@@ -102,25 +128,31 @@ pub(super) fn backward(
         .into_par_iter()
         .map(|task| {
             let (n, kv) = (task / p.hkv, task % p.hkv);
-            let (kh, vh) = (head_view(&ks, p, p.hkv, n, kv), head_view(&vs, p, p.hkv, n, kv));
             let mut out = GroupGrads { dq: Vec::with_capacity(group), dk: vec![0.0; t * d], dv: vec![0.0; t * d] };
-            let (mut probs, mut dprobs) = (vec![0.0f32; t * t], vec![0.0f32; t * t]);
+            let block = QUERY_BLOCK.min(t) * t;
+            let (mut probs, mut dprobs) = (vec![0.0f32; block], vec![0.0f32; block]);
             for h in kv * group..(kv + 1) * group {
-                let (qh, doh) = (head_view(&qs, p, p.hq, n, h), head_view(&g, p, p.hq, n, h));
-                matmul(&mut probs, qh, kh.t(), 0.0);
-                let mut lse_h = lse_all[(n * p.hq + h) * t..(n * p.hq + h + 1) * t].to_vec();
-                probabilities(&mut probs, p, n, &mut lse_h, true);
-                matmul(&mut out.dv, MatRef::row_major(&probs, t, t).t(), doh, 1.0);
-                matmul(&mut dprobs, doh, vh.t(), 0.0);
-                // d_scores = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP.
-                for (prow, dprow) in probs.chunks_exact(t).zip(dprobs.chunks_exact_mut(t)) {
-                    let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                    dprow.iter_mut().zip(prow).for_each(|(ds, &pr)| *ds = pr * (*ds - dot) * scale);
-                }
-                let ds = MatRef::row_major(&dprobs, t, t);
                 let mut dq = vec![0.0f32; t * d];
-                matmul(&mut dq, ds, kh, 0.0);
-                matmul(&mut out.dk, ds.t(), qh, 1.0);
+                let mut lse_h = lse_all[(n * p.hq + h) * t..(n * p.hq + h + 1) * t].to_vec();
+                for (first, rows, keys) in query_blocks(p).filter(|&(f, r, _)| any_real(p, n, f, r)) {
+                    let (probs, dprobs) = (&mut probs[..rows * keys], &mut dprobs[..rows * keys]);
+                    let (kh, vh) = (head_rows(&ks, p, p.hkv, n, kv, 0, keys), head_rows(&vs, p, p.hkv, n, kv, 0, keys));
+                    let (qh, doh) =
+                        (head_rows(&qs, p, p.hq, n, h, first, rows), head_rows(&g, p, p.hq, n, h, first, rows));
+                    matmul(probs, qh, kh.t(), 0.0);
+                    probabilities(probs, p, n, first, keys, &mut lse_h[first..first + rows], true);
+                    let pm = MatRef::row_major(probs, rows, keys);
+                    matmul(&mut out.dv[..keys * d], pm.t(), doh, 1.0);
+                    matmul(dprobs, doh, vh.t(), 0.0);
+                    // d_scores = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP.
+                    for (prow, dprow) in probs.chunks_exact(keys).zip(dprobs.chunks_exact_mut(keys)) {
+                        let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                        dprow.iter_mut().zip(prow).for_each(|(ds, &pr)| *ds = pr * (*ds - dot) * scale);
+                    }
+                    let ds = MatRef::row_major(dprobs, rows, keys);
+                    matmul(&mut dq[first * d..(first + rows) * d], ds, kh, 0.0);
+                    matmul(&mut out.dk[..keys * d], ds.t(), qh, 1.0);
+                }
                 out.dq.push(dq);
             }
             out

@@ -379,6 +379,8 @@ const DPO_LOSS_TYPES: [ffi::DpoLossType; 12] = [
     ffi::DpoLossType::Simpo,
     ffi::DpoLossType::Orpo,
 ];
+// A loss type added to the crate must be added to the bridge too.
+const _: () = assert!(DPO_LOSS_TYPES.len() == preference::DpoLossType::ALL.len());
 
 fn dpo_options_default() -> ffi::DpoOptions {
     let cfg = preference::DpoConfig::default();

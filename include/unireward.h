@@ -457,8 +457,9 @@ enum ur_status ur_verdict_head_forward(struct ur_context *ctx,
 
 // The gradient with respect to `logits` [B,V] (their dtype, zero outside the listed ids) of
 // `sum grad_log_probs * log_probs + sum grad_expected_score * expected_score`; give `grad_log_probs` [B,K]
-// float32, `grad_expected_score` [B] float32 (needs `class_values`), or both. Written into `grad_logits_out`
-// (separate memory; the result is copied in). Does not synchronise on CUDA beyond reading the classes.
+// float32, `grad_expected_score` [B] float32 (needs `class_values`), or both. Written straight into
+// `grad_logits_out` (separate memory: an overlap with an input is `UR_ERROR_INVALID_ARGUMENT`). Does not
+// synchronise on CUDA beyond reading the classes.
 //
 // # Safety
 // As for `ur_verdict_head_forward`.

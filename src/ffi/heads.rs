@@ -6,7 +6,7 @@ use super::context::{self, ur_context};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::heads::{
-    scalar_reward, scalar_reward_backward, verdict_head, verdict_head_backward, ScalarHead, VerdictClasses,
+    scalar_reward, scalar_reward_backward, verdict_head, verdict_head_backward_into, ScalarHead, VerdictClasses,
     VerdictGrads,
 };
 use crate::Tensor;
@@ -199,8 +199,9 @@ pub unsafe extern "C" fn ur_verdict_head_forward(
 
 /// The gradient with respect to `logits` [B,V] (their dtype, zero outside the listed ids) of
 /// `sum grad_log_probs * log_probs + sum grad_expected_score * expected_score`; give `grad_log_probs` [B,K]
-/// float32, `grad_expected_score` [B] float32 (needs `class_values`), or both. Written into `grad_logits_out`
-/// (separate memory; the result is copied in). Does not synchronise on CUDA beyond reading the classes.
+/// float32, `grad_expected_score` [B] float32 (needs `class_values`), or both. Written straight into
+/// `grad_logits_out` (separate memory: an overlap with an input is `UR_ERROR_INVALID_ARGUMENT`). Does not
+/// synchronise on CUDA beyond reading the classes.
 ///
 /// # Safety
 /// As for `ur_verdict_head_forward`.
@@ -225,14 +226,21 @@ pub unsafe extern "C" fn ur_verdict_head_backward(
         let g_lp = Desc::optional("grad_log_probs", grad_log_probs)?;
         let g_es = Desc::optional("grad_expected_score", grad_expected_score)?;
         let out = Desc::required("grad_logits_out", grad_logits_out)?;
-        let descs = [Some(&logits), Some(&offsets), Some(&ids), g_lp.as_ref(), g_es.as_ref(), Some(&out)];
+        let inputs = [Some(&logits), Some(&offsets), Some(&ids), g_lp.as_ref(), g_es.as_ref()];
+        if let Some(d) = inputs.iter().flatten().find(|d| d.overlaps(&out)) {
+            return Err(Failure::invalid(format!(
+                "`grad_logits_out` overlaps `{}`: it must be separate memory",
+                d.name
+            )));
+        }
+        let mut descs = inputs.to_vec();
+        descs.push(Some(&out));
         on_device(&descs, stream, || {
             let classes = classes(&offsets, &ids, class_values)?;
             let g_lp = g_lp.as_ref().map(|g| g.tensor()).transpose()?;
             let g_es = g_es.as_ref().map(|g| g.tensor()).transpose()?;
             let grads = VerdictGrads { log_probs: g_lp.as_ref(), expected_score: g_es.as_ref() };
-            let grad = verdict_head_backward(&logits.tensor()?, &classes, grads)?;
-            write_outputs(&[(Some(&out), &grad)])
+            Ok(verdict_head_backward_into(&logits.tensor()?, &classes, grads, &mut out.tensor()?)?)
         })
     })
 }

@@ -571,6 +571,7 @@ static void test_heads(void) {
   tensor(&tglp, g_lp, F32, 2, D(B), D(K));
   tensor(&tges, g_es, F32, 1, D(B));
   tensor(&tgrad, grad, F32, 2, D(B), D(VV));
+  memset(grad, 0x7f, sizeof grad); /* garbage: every element must be written */
   OK(ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, values, &tglp.dl, &tges.dl, &tgrad.dl, NULL));
   dump("vh.g_lp", &tglp);
   dump("vh.g_es", &tges);
@@ -585,6 +586,8 @@ static void test_heads(void) {
         ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &tov.dl, NULL, &tp.dl, NULL, NULL, NULL));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "grads",
         ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, NULL, NULL, &tgrad.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "overlaps",
+        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, &tglp.dl, NULL, &tl.dl, NULL));
 }
 
 static void test_compare(void) {

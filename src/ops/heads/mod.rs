@@ -23,6 +23,6 @@ use crate::runtime::cuda::KernelModule;
 
 pub use classes::VerdictClasses;
 pub use scalar::{scalar_reward, scalar_reward_backward, ScalarHead, ScalarHeadGrads};
-pub use verdict::{verdict_head, verdict_head_backward, Verdict, VerdictGrads};
+pub use verdict::{verdict_head, verdict_head_backward, verdict_head_backward_into, Verdict, VerdictGrads};
 
 pub const KERNELS: KernelModule = crate::kernel_module!("heads");

@@ -62,6 +62,44 @@ pub fn verdict_head(logits: &Tensor, classes: &VerdictClasses) -> Result<Verdict
 /// logits: [B,V] in their dtype, zero outside the listed token ids. The forward is recomputed (it reads B·M
 /// logits).
 pub fn verdict_head_backward(logits: &Tensor, classes: &VerdictClasses, grads: VerdictGrads<'_>) -> Result<Tensor> {
+    let (device, dims) = check_backward(logits, classes, grads)?;
+    let mut grad = Tensor::zeros(logits.shape(), logits.dtype(), device)?;
+    backward_into_zeroed(logits, classes, grads, dims, &mut grad)?;
+    Ok(grad)
+}
+
+/// [`verdict_head_backward`] written into a buffer the caller owns (a C ABI or PyTorch output), with the shape,
+/// dtype and device of `logits` and not overlapping it. Every element is written.
+pub fn verdict_head_backward_into(
+    logits: &Tensor,
+    classes: &VerdictClasses,
+    grads: VerdictGrads<'_>,
+    grad: &mut Tensor,
+) -> Result<()> {
+    let (_, dims) = check_backward(logits, classes, grads)?;
+    check::dtype("grad", grad, logits.dtype())?;
+    check::shape("grad", grad, logits.shape())?;
+    check::same_device(&[("logits", logits), ("grad", grad)])?;
+    // The kernels write only the listed token ids: the rest must read as zero.
+    grad.fill_zeros()?;
+    backward_into_zeroed(logits, classes, grads, dims, grad)
+}
+
+fn backward_into_zeroed(
+    logits: &Tensor,
+    classes: &VerdictClasses,
+    grads: VerdictGrads<'_>,
+    dims: Dims,
+    grad: &mut Tensor,
+) -> Result<()> {
+    match grad.device() {
+        Device::Cpu => verdict_cpu::backward(logits, classes, grads, dims, grad),
+        Device::Cuda(_) => verdict_cuda::backward(logits, classes, grads, dims, grad),
+    }
+}
+
+/// Checks the backward's arguments; returns the device and sizes.
+fn check_backward(logits: &Tensor, classes: &VerdictClasses, grads: VerdictGrads<'_>) -> Result<(Device, Dims)> {
     let (device, dims) = check_logits(logits, classes)?;
     let k = classes.num_classes();
     let mut named = vec![("logits", logits)];
@@ -87,10 +125,5 @@ pub fn verdict_head_backward(logits: &Tensor, classes: &VerdictClasses, grads: V
         ));
     }
     check::same_device(&named)?;
-    let mut grad = Tensor::zeros(logits.shape(), logits.dtype(), device)?;
-    match device {
-        Device::Cpu => verdict_cpu::backward(logits, classes, grads, dims, &mut grad)?,
-        Device::Cuda(_) => verdict_cuda::backward(logits, classes, grads, dims, &mut grad)?,
-    }
-    Ok(grad)
+    Ok((device, dims))
 }

@@ -141,3 +141,28 @@ pub extern "C" fn ur_status_name(status: i32) -> *const c_char {
     };
     name.as_ptr()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: a NUL-terminated string owned by this thread.
+        unsafe { CStr::from_ptr(ur_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let status = call(|| panic!("boom at the boundary"));
+        assert_eq!(status, ur_status::UR_ERROR_PANIC);
+        assert!(last_error().contains("boom at the boundary"), "{}", last_error());
+    }
+
+    #[test]
+    fn the_last_error_is_per_thread_and_survives_successes() {
+        assert_eq!(call(|| Err(Failure::invalid("mine"))), ur_status::UR_ERROR_INVALID_ARGUMENT);
+        assert_eq!(call(|| Ok(())), ur_status::UR_OK);
+        assert_eq!(last_error(), "mine");
+        assert_eq!(std::thread::spawn(last_error).join().unwrap(), "");
+    }
+}

@@ -77,8 +77,8 @@ fn reference(c: &Case) -> Expected {
         e.entropy[s] += -probs.iter().zip(&logits).map(|(q, x)| q * (x - lse)).sum::<f64>() / count;
         e.mean_logits[s] += logits.iter().sum::<f64>() / v as f64 / count;
         let scale = c.grad_logps[s] / if mean { count } else { 1.0 };
-        for j in 0..v {
-            let g = scale * (if j == label { 1.0 } else { 0.0 } - probs[j]);
+        for (j, &prob) in probs.iter().enumerate() {
+            let g = scale * (if j == label { 1.0 } else { 0.0 } - prob);
             for k in 0..h {
                 e.grad_hidden[p * h + k] += g * c.weight[j * h + k];
                 e.grad_weight[j * h + k] += g * c.hidden[p * h + k];

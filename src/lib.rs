@@ -1,8 +1,14 @@
 //! unireward: the numerical engine of a unified multimodal reward model and of preference alignment.
 //!
 //! Layers, each depending only on those above it (see `DESIGN.md` in the shared folder):
-//! - [`runtime`]: devices, tensors, the CPU backend and the CUDA backend (cudarc, NVRTC, dynamic loading);
-//! - [`ops`]: op families with a forward and a backward, on CPU and CUDA behind one signature.
+//! - [`runtime`]: devices, tensors (owned or over caller memory), the CPU backend and the CUDA backend (cudarc,
+//!   NVRTC, dynamic loading, callers' streams);
+//! - [`ops`]: op families with a forward and a backward, on CPU and CUDA behind one signature: per-sequence
+//!   log-probs (from logits or fused with the LM head), the DPO family and reward-model losses, Diffusion-DPO,
+//!   scoring heads, batched pairwise comparisons, and the transformer ops the Qwen2 decoder is built from;
+//! - [`model`]: Hugging Face configs and safetensors checkpoints;
+//! - [`judge`]: the tokenizer and Qwen's chat template;
+//! - [`ffi`]: the stable C ABI (`include/unireward.h`), on which the C++ header and the Python package stand.
 //!
 //! Every fallible call returns [`Result`]; user input never panics.
 

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::{AttentionGrads, AttentionOutput, Plan};
+use crate::ops::logprobs::row::exp_approx;
 use crate::runtime::cpu::{matmul, MatRef};
 use crate::runtime::{Device, Tensor};
 use crate::Result;
@@ -45,7 +46,7 @@ fn query_blocks(p: &Plan) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
 
 /// Raw scores of queries `first..` of sequence `n` against keys `0..keys` (`scores` is [queries, keys]) turned into
 /// probabilities in place, from the logsumexp in `lse` when `lse_known` (backward), else computing it there
-/// (forward). Rows of padding queries become zero (with a logsumexp of 0).
+/// (forward). Rows of padding queries become zero (with a logsumexp of 0). One vectorisable exp per score.
 fn probabilities(scores: &mut [f32], p: &Plan, n: usize, first: usize, keys: usize, lse: &mut [f32], lse_known: bool) {
     let scale = p.scale();
     let valid = &p.valid[n * p.t..(n + 1) * p.t];
@@ -56,16 +57,32 @@ fn probabilities(scores: &mut [f32], p: &Plan, n: usize, first: usize, keys: usi
             lse[r] = 0.0;
             continue;
         }
-        let visible = |j: usize| j <= i && valid[j];
-        if !lse_known {
-            let max = (0..keys).filter(|&j| visible(j)).map(|j| row[j] * scale).fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = (0..keys).filter(|&j| visible(j)).map(|j| (row[j] * scale - max).exp()).sum();
-            lse[r] = max + sum.ln();
+        // Scaled scores, −inf where the key is in the future or padding (exp gives 0 there).
+        for (j, (s, &real)) in row.iter_mut().zip(valid).enumerate() {
+            *s = if j <= i && real { *s * scale } else { f32::NEG_INFINITY };
         }
-        let l = lse[r];
-        for (j, s) in row.iter_mut().enumerate() {
-            *s = if visible(j) { (*s * scale - l).exp() } else { 0.0 };
+        if lse_known {
+            row.iter_mut().for_each(|s| *s = exp_approx::<false>(*s - lse[r]));
+            continue;
         }
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        // Eight partial sums, so that the loop vectorises without reordering a single float sum.
+        let mut sums = [0.0f32; 8];
+        let mut chunks = row.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            for (s, acc) in chunk.iter_mut().zip(&mut sums) {
+                *s = exp_approx::<false>(*s - max);
+                *acc += *s;
+            }
+        }
+        for (s, acc) in chunks.into_remainder().iter_mut().zip(&mut sums) {
+            *s = exp_approx::<false>(*s - max);
+            *acc += *s;
+        }
+        let sum: f32 = sums.iter().sum();
+        lse[r] = max + sum.ln();
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
     }
 }
 

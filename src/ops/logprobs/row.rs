@@ -246,7 +246,7 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// `exp(d)` for `d ≤ 88` to about 1 ulp (Cephes' expf polynomial), branch-free so that loops over it vectorise;
 /// 0 below −87, where the true value is under f32's normal range and negligible against a sum ≥ 1.
 #[inline(always)]
-fn exp_approx<const FMA: bool>(d: f32) -> f32 {
+pub(crate) fn exp_approx<const FMA: bool>(d: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact.
     const LN2_HI: f32 = 0.693_359_4;

@@ -112,6 +112,8 @@ fn cuda_matches_cpu() {
             let cpu = embedding_backward(&tensor(&grad_out, &[n, t, h], dtype, Device::Cpu), &ids_cpu, v).unwrap();
             let cuda = embedding_backward(&tensor(&grad_out, &[n, t, h], dtype, gpu), &ids_gpu, v).unwrap();
             assert_eq!(cuda.device(), gpu);
+            let again = embedding_backward(&tensor(&grad_out, &[n, t, h], dtype, gpu), &ids_gpu, v).unwrap();
+            assert_eq!(values(&again), values(&cuda), "the CUDA backward is deterministic");
             assert_close("grad_table", &values(&cuda), &values(&cpu), 1e-6);
         }
     }

@@ -87,6 +87,9 @@ if ((${#missing_c[@]})); then
     run $([[ $EUID -eq 0 ]] || echo sudo) apt-get update -qq
     run $([[ $EUID -eq 0 ]] || echo sudo) apt-get install -y -qq gcc valgrind
 fi
+# tests/c_abi.rs links C programs against target/debug/libunireward.so, which `cargo test` alone does not produce.
+step "library build (libunireward.so for the C ABI tests)"
+run cargo build --lib
 step "unit and integration tests"
 run cargo test --all-targets --no-fail-fast
 step "doc tests"

@@ -170,16 +170,17 @@ __device__ void attention_backward_dq(const T* __restrict__ q, const T* __restri
     }
 }
 
-// dk, dv: one block per (n, KV head, tile of TILE keys); the queries of every head of the group stream through.
-// dv_j = Σ_i p_ij grad_out_i, dk_j = scale · Σ_i p_ij (dp_ij − delta_i) q_i, summed over the group's heads.
+// dk, dv partials: one block per (n, query head h, tile of TILE keys of h's KV head); the queries of head h stream
+// through. dv_j += Σ_i p_ij grad_out_i, dk_j += scale · Σ_i p_ij (dp_ij − delta_i) q_i, written in f32 per query
+// head ([N,T,Hq,d]) so that every head of a group runs in parallel; the reduce kernel sums the group in order.
 template <typename T>
 __device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                        const T* __restrict__ grad_out, const int* __restrict__ mask,
                                        const float* __restrict__ lse, const float* __restrict__ delta, Sizes z,
-                                       float scale, T* __restrict__ dk, T* __restrict__ dv) {
-    int n, g, tile;
-    decode_block(z.t, z.hkv, n, g, tile);
-    const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, group = z.hq / z.hkv;
+                                       float scale, float* __restrict__ dk_part, float* __restrict__ dv_part) {
+    int n, h, tile;
+    decode_block(z.t, z.hq, n, h, tile);
+    const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, g = h / (z.hq / z.hkv);
     if (first >= z.t) return;
     float kr[ROWS][COLS], vr[ROWS][COLS], dk_acc[ROWS][COLS], dv_acc[ROWS][COLS];
     bool real[ROWS];
@@ -192,54 +193,79 @@ __device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restr
 #pragma unroll
         for (int u = 0; u < COLS; ++u) dk_acc[r][u] = dv_acc[r][u] = 0.0f;
     }
-    for (int h = g * group; h < (g + 1) * group; ++h) {
-        for (int i = first; i < z.t; ++i) {
-            if (mask[(long long)n * z.t + i] == 0) continue;
-            float qr[COLS], gr[COLS];
-            load_row(q, row_offset(n, i, h, z.t, z.hq, z.d), z.d, scale, qr);
-            load_row(grad_out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, 1.0f, gr);
-            const float l = lse[((long long)n * z.hq + h) * z.t + i], dl = delta[((long long)n * z.hq + h) * z.t + i];
+    for (int i = first; i < z.t; ++i) {
+        if (mask[(long long)n * z.t + i] == 0) continue;
+        float qr[COLS], gr[COLS];
+        load_row(q, row_offset(n, i, h, z.t, z.hq, z.d), z.d, scale, qr);
+        load_row(grad_out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, 1.0f, gr);
+        const float l = lse[((long long)n * z.hq + h) * z.t + i], dl = delta[((long long)n * z.hq + h) * z.t + i];
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (!real[r] || first + r > i) continue;
-                const float p = __expf(row_dot(qr, kr[r]) - l);
-                const float ds = p * (row_dot(gr, vr[r]) - dl);
+        for (int r = 0; r < ROWS; ++r) {
+            if (!real[r] || first + r > i) continue;
+            const float p = __expf(row_dot(qr, kr[r]) - l);
+            const float ds = p * (row_dot(gr, vr[r]) - dl);
 #pragma unroll
-                for (int u = 0; u < COLS; ++u) {
-                    dv_acc[r][u] += p * gr[u];
-                    dk_acc[r][u] += ds * qr[u];
-                }
+            for (int u = 0; u < COLS; ++u) {
+                dv_acc[r][u] += p * gr[u];
+                dk_acc[r][u] += ds * qr[u];
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
         if (first + r >= z.t) continue;
-        const long long offset = row_offset(n, first + r, g, z.t, z.hkv, z.d);
-        store_row(dk, offset, z.d, dk_acc[r], 1.0f);
-        store_row(dv, offset, z.d, dv_acc[r], 1.0f);
+        const long long offset = row_offset(n, first + r, h, z.t, z.hq, z.d);
+        store_row(dk_part, offset, z.d, dk_acc[r], 1.0f);
+        store_row(dv_part, offset, z.d, dv_acc[r], 1.0f);
     }
 }
 
+// dk[n, j, g, c] = Σ_{h of group g, in order} dk_part[n, j, h, c], and the same for dv; grid-stride over N·T·Hkv·d.
+template <typename T>
+__device__ void attention_backward_dkv_reduce(const float* __restrict__ dk_part, const float* __restrict__ dv_part,
+                                              long long total, Sizes z, T* __restrict__ dk, T* __restrict__ dv) {
+    const int group = z.hq / z.hkv;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long c = idx % z.d, rest = idx / z.d, g = rest % z.hkv, nj = rest / z.hkv;
+        float sk = 0.0f, sv = 0.0f;
+        for (long long h = g * group; h < (g + 1) * group; ++h) {
+            const long long from = (nj * z.hq + h) * z.d + c;
+            sk += dk_part[from];
+            sv += dv_part[from];
+        }
+        dk[idx] = from_float<T>(sk);
+        dv[idx] = from_float<T>(sv);
+    }
+}
+
+#define TILED __launch_bounds__(WARPS * WARP_SIZE, 4)
+#define SIZES int t, int hq, int hkv, int d
 #define INSTANTIATE(T, S)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(WARPS * WARP_SIZE, 4)                                              \
-        attention_forward_##S(const T* q, const T* k, const T* v, const int* mask, int t, int hq, int hkv, int d, float scale, T* out, \
-                              float* lse) {                                                                      \
-        attention_forward<T>(q, k, v, mask, Sizes{t, hq, hkv, d}, scale, out, lse);                                                 \
+    extern "C" __global__ void TILED attention_forward_##S(const T* q, const T* k, const T* v, const int* mask,  \
+                                                           SIZES, float scale, T* out, float* lse) {             \
+        attention_forward<T>(q, k, v, mask, Sizes{t, hq, hkv, d}, scale, out, lse);                              \
     }                                                                                                            \
-    extern "C" __global__ void attention_backward_delta_##S(const T* grad_out, const T* out, long long rows, int t, \
-                                                            int hq, int hkv, int d, float* delta) {                             \
-        attention_backward_delta<T>(grad_out, out, rows, Sizes{t, hq, hkv, d}, delta);                                              \
+    extern "C" __global__ void attention_backward_delta_##S(const T* grad_out, const T* out, long long rows,     \
+                                                            SIZES, float* delta) {                               \
+        attention_backward_delta<T>(grad_out, out, rows, Sizes{t, hq, hkv, d}, delta);                           \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(WARPS * WARP_SIZE, 4)                                              \
-        attention_backward_dq_##S(const T* q, const T* k, const T* v, const T* grad_out, const int* mask,        \
-                                  const float* lse, const float* delta, int t, int hq, int hkv, int d, float scale, T* dq) {           \
-        attention_backward_dq<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dq);                             \
+    extern "C" __global__ void TILED attention_backward_dq_##S(const T* q, const T* k, const T* v,               \
+                                                               const T* grad_out, const int* mask,               \
+                                                               const float* lse, const float* delta, SIZES,      \
+                                                               float scale, T* dq) {                             \
+        attention_backward_dq<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dq);          \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(WARPS * WARP_SIZE, 4)                                              \
-        attention_backward_dkv_##S(const T* q, const T* k, const T* v, const T* grad_out, const int* mask,       \
-                                   const float* lse, const float* delta, int t, int hq, int hkv, int d, float scale, T* dk, T* dv) {   \
-        attention_backward_dkv<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dk, dv);                        \
+    extern "C" __global__ void TILED attention_backward_dkv_##S(const T* q, const T* k, const T* v,              \
+                                                                const T* grad_out, const int* mask,              \
+                                                                const float* lse, const float* delta, SIZES,     \
+                                                                float scale, float* dk_part, float* dv_part) {   \
+        attention_backward_dkv<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dk_part,     \
+                                  dv_part);                                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void attention_backward_dkv_reduce_##S(const float* dk_part, const float* dv_part,     \
+                                                                 long long total, SIZES, T* dk, T* dv) {         \
+        attention_backward_dkv_reduce<T>(dk_part, dv_part, total, Sizes{t, hq, hkv, d}, dk, dv);                 \
     }
 
 INSTANTIATE(float, f32)

@@ -1,6 +1,6 @@
 //! CUDA attention: `kernels/attention.cu`. Forward: one flash-style kernel (online softmax over streamed keys).
-//! Backward: `delta = rowsum(grad_out ∘ out)`, then a dq pass over query tiles and a dk/dv pass over key tiles that
-//! sums the group's query heads itself (no atomics).
+//! Backward: `delta = rowsum(grad_out ∘ out)`, then a dq pass over query tiles, a dk/dv pass over key tiles per
+//! query head into f32 partials, and a pass that sums each KV group's partials in order (no atomics).
 
 use super::{AttentionGrads, AttentionOutput, Plan, KERNELS};
 use crate::ops::launch::{self, backend_of, check_i32, elementwise, ptr};
@@ -110,9 +110,10 @@ pub(super) fn backward(
     // (n, query head, tile); sizes as in the forward, lse and delta hold N·Hq·T floats, dq N·T·Hq·d elements of T.
     unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
 
-    let grad_k = Tensor::zeros(k.shape(), dtype, p.device)?;
-    let grad_v = Tensor::zeros(v.shape(), dtype, p.device)?;
-    let (dk_p, dv_p) = (ptr(&grad_k)?, ptr(&grad_v)?);
+    // dk, dv per query head in f32 (every head of a group in parallel), then summed over each group in order.
+    let dk_part = Tensor::zeros(q.shape(), DType::F32, p.device)?;
+    let dv_part = Tensor::zeros(q.shape(), DType::F32, p.device)?;
+    let (dk_part_p, dv_part_p) = (ptr(&dk_part)?, ptr(&dv_part)?);
     let f = launch::kernel(&backend, &KERNELS, "attention_backward_dkv", dtype)?;
     let mut b = backend.stream().launch_builder(&f);
     ins.iter().for_each(|a| {
@@ -121,9 +122,23 @@ pub(super) fn backward(
     sizes.iter().for_each(|s| {
         b.arg(s);
     });
-    b.arg(&scale).arg(&dk_p).arg(&dv_p);
-    // SAFETY: attention_backward_dkv_<T>(const T* ×4, const int*, const float* ×2, int ×4, float, T* ×2): one block
-    // per (n, KV head, tile of keys); dk and dv hold N·T·Hkv·d elements of T, the rest as in the dq pass.
-    unsafe { b.launch(launch_config(tiled_blocks(p, p.hkv), BLOCK_THREADS, 0)?) }?;
+    b.arg(&scale).arg(&dk_part_p).arg(&dv_part_p);
+    // SAFETY: attention_backward_dkv_<T>(const T* ×4, const int*, const float* ×2, int ×4, float, float* ×2): one
+    // block per (n, query head, tile of keys); the partials hold N·T·Hq·d floats, the rest as in the dq pass.
+    unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
+
+    let grad_k = Tensor::zeros(k.shape(), dtype, p.device)?;
+    let grad_v = Tensor::zeros(v.shape(), dtype, p.device)?;
+    let (dk_p, dv_p, total) = (ptr(&grad_k)?, ptr(&grad_v)?, k.numel() as i64);
+    let f = launch::kernel(&backend, &KERNELS, "attention_backward_dkv_reduce", dtype)?;
+    let mut b = backend.stream().launch_builder(&f);
+    b.arg(&dk_part_p).arg(&dv_part_p).arg(&total);
+    sizes.iter().for_each(|s| {
+        b.arg(s);
+    });
+    b.arg(&dk_p).arg(&dv_p);
+    // SAFETY: attention_backward_dkv_reduce_<T>(const float* ×2, long long, int ×4, T* ×2): grid-stride over the
+    // N·T·Hkv·d = `total` elements of dk and dv; each reads the group's Hq/Hkv partials, inside N·T·Hq·d.
+    unsafe { b.launch(elementwise(k.numel())?) }?;
     Ok(AttentionGrads { grad_q, grad_k, grad_v })
 }

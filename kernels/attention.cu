@@ -3,11 +3,11 @@
 // Grouped-query causal attention with a key padding mask, flash style: no [T,T] matrix ever reaches global memory.
 // Layouts: q, out, grad_out [N,T,Hq,d]; k, v [N,T,Hkv,d]; mask [N,T] (int, 0 = padding); lse, delta [N,Hq,T] f32.
 //
-// Every kernel runs blocks of WARPS warps; each warp owns ROWS rows (query rows in the forward and the dq pass, key
-// rows in the dk/dv pass) and each lane owns the columns c = lane + 32·u, u < COLS, of those rows, so d ≤ 128.
-// Dot products are warp reductions; the softmax is online (forward) or recomputed from the saved logsumexp
-// (backward). Branches on row or key validity depend only on warp-uniform values, so shuffles are never divergent.
-// Accumulation is f32 in a fixed order: results are deterministic, and there are no atomics.
+// Every tiled kernel runs blocks of WARPS warps; each warp owns ROWS rows (query rows in the forward and the dq pass,
+// key rows in the dk/dv pass) and each lane owns the columns c = lane + 32·u, u < COLS, of those rows, so d ≤ 128.
+// Dot products are warp reductions (several at once, see warp_sums); the softmax is online (forward) or recomputed
+// from the saved logsumexp (backward). Branches on row or key validity depend only on warp-uniform values, so
+// shuffles are never divergent. Accumulation is f32 in a fixed order: results are deterministic, with no atomics.
 
 #define WARPS 4
 #define ROWS 4
@@ -46,11 +46,36 @@ __device__ __forceinline__ void store_row(T* __restrict__ dst, long long offset,
     }
 }
 
-__device__ __forceinline__ float row_dot(const float (&a)[COLS], const float (&b)[COLS]) {
+// The lane's share of a row dot product (its columns only).
+__device__ __forceinline__ float lane_dot(const float (&a)[COLS], const float (&b)[COLS]) {
     float s = 0.0f;
 #pragma unroll
     for (int u = 0; u < COLS; ++u) s += a[u] * b[u];
-    return warp_sum(s);
+    return s;
+}
+
+// Sums NV values over the warp; afterwards every lane holds the NV totals in `a`. A butterfly halves the values
+// per step (lane bit `offset` picks which half a lane keeps), then the remaining offsets finish lane r·32/NV's
+// total of value r, which is broadcast: NV − 1 + log2(32/NV) + NV shuffles instead of NV full reductions (5·NV).
+template <int NV>
+__device__ __forceinline__ void warp_sums(float (&a)[NV]) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    int offset = WARP_SIZE / 2;
+#pragma unroll
+    for (int cur = NV; cur > 1; cur /= 2, offset /= 2) {
+        const bool upper = (lane & offset) != 0;
+#pragma unroll
+        for (int k = 0; k < cur / 2; ++k) {
+            const float send = upper ? a[k] : a[k + cur / 2];
+            const float keep = upper ? a[k + cur / 2] : a[k];
+            a[k] = keep + __shfl_xor_sync(FULL_MASK, send, offset);
+        }
+    }
+    float s = a[0];
+#pragma unroll
+    for (; offset > 0; offset /= 2) s += __shfl_xor_sync(FULL_MASK, s, offset);
+#pragma unroll
+    for (int r = 0; r < NV; ++r) a[r] = __shfl_sync(FULL_MASK, s, r * (WARP_SIZE / NV));
 }
 
 // Block b → (n, head, tile) with tiles of TILE rows over T.
@@ -89,10 +114,14 @@ __device__ void attention_forward(const T* __restrict__ q, const T* __restrict__
         float kr[COLS], vr[COLS];
         load_row(k, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, kr);
         load_row(v, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, vr);
+        float scores[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) scores[r] = lane_dot(qr[r], kr);
+        warp_sums(scores);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             if (!real[r] || j > first + r) continue;
-            const float s = row_dot(qr[r], kr);
+            const float s = scores[r];
             const float m_new = fmaxf(m[r], s), correction = __expf(m[r] - m_new), p = __expf(s - m_new);
             l[r] = l[r] * correction + p;
 #pragma unroll
@@ -106,7 +135,8 @@ __device__ void attention_forward(const T* __restrict__ q, const T* __restrict__
         if (i >= z.t) continue;
         // A real query always sees itself, so l > 0; padding queries output zeros and a logsumexp of 0.
         store_row(out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, o[r], real[r] ? 1.0f / l[r] : 0.0f);
-        if (threadIdx.x % WARP_SIZE == 0) lse[((long long)n * z.hq + h) * z.t + i] = real[r] ? m[r] + __logf(l[r]) : 0.0f;
+        if (threadIdx.x % WARP_SIZE == 0)
+            lse[((long long)n * z.hq + h) * z.t + i] = real[r] ? m[r] + __logf(l[r]) : 0.0f;
     }
 }
 
@@ -118,7 +148,8 @@ __device__ void attention_backward_delta(const T* __restrict__ grad_out, const T
     for (long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / WARP_SIZE; row < rows;
          row += (long long)gridDim.x * warps_per_block) {
         float s = 0.0f;
-        for (int c = lane; c < z.d; c += WARP_SIZE) s += to_float(grad_out[row * z.d + c]) * to_float(out[row * z.d + c]);
+        for (int c = lane; c < z.d; c += WARP_SIZE)
+            s += to_float(grad_out[row * z.d + c]) * to_float(out[row * z.d + c]);
         s = warp_sum(s);
         const long long h = row % z.hq, ni = row / z.hq, i = ni % z.t, n = ni / z.t;
         if (lane == 0) delta[(n * z.hq + h) * z.t + i] = s;
@@ -155,11 +186,19 @@ __device__ void attention_backward_dq(const T* __restrict__ q, const T* __restri
         float kr[COLS], vr[COLS];
         load_row(k, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, kr);
         load_row(v, row_offset(n, j, g, z.t, z.hkv, z.d), z.d, 1.0f, vr);
+        // Scores q·k in [0, ROWS), dp = grad_out·v in [ROWS, 2·ROWS).
+        float dots[2 * ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            dots[r] = lane_dot(qr[r], kr);
+            dots[ROWS + r] = lane_dot(gr[r], vr);
+        }
+        warp_sums(dots);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             if (!real[r] || j > first + r) continue;
-            const float p = __expf(row_dot(qr[r], kr) - l[r]);
-            const float ds = p * (row_dot(gr[r], vr) - dl[r]);
+            const float p = __expf(dots[r] - l[r]);
+            const float ds = p * (dots[ROWS + r] - dl[r]);
 #pragma unroll
             for (int u = 0; u < COLS; ++u) acc[r][u] += ds * kr[u];
         }
@@ -199,11 +238,19 @@ __device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restr
         load_row(q, row_offset(n, i, h, z.t, z.hq, z.d), z.d, scale, qr);
         load_row(grad_out, row_offset(n, i, h, z.t, z.hq, z.d), z.d, 1.0f, gr);
         const float l = lse[((long long)n * z.hq + h) * z.t + i], dl = delta[((long long)n * z.hq + h) * z.t + i];
+        // Scores q·k in [0, ROWS), dp = grad_out·v in [ROWS, 2·ROWS), one per key of the warp.
+        float dots[2 * ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            dots[r] = lane_dot(qr, kr[r]);
+            dots[ROWS + r] = lane_dot(gr, vr[r]);
+        }
+        warp_sums(dots);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             if (!real[r] || first + r > i) continue;
-            const float p = __expf(row_dot(qr, kr[r]) - l);
-            const float ds = p * (row_dot(gr, vr[r]) - dl);
+            const float p = __expf(dots[r] - l);
+            const float ds = p * (dots[ROWS + r] - dl);
 #pragma unroll
             for (int u = 0; u < COLS; ++u) {
                 dv_acc[r][u] += p * gr[u];

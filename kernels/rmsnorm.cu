@@ -14,7 +14,8 @@ __device__ void rmsnorm_forward(const T* __restrict__ x, const T* __restrict__ w
         sq += v * v;
     }
     const float r = rsqrtf(block_sum(sq, scratch) / (float)h + eps);
-    for (int j = threadIdx.x; j < h; j += blockDim.x) y[base + j] = from_float<T>(to_float(x[base + j]) * r * to_float(w[j]));
+    for (int j = threadIdx.x; j < h; j += blockDim.x)
+        y[base + j] = from_float<T>(to_float(x[base + j]) * r * to_float(w[j]));
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
 }
 
@@ -26,7 +27,8 @@ __device__ void rmsnorm_backward_dx(const T* __restrict__ g, const T* __restrict
     const long long base = (long long)blockIdx.x * h;
     const float r = rstd[blockIdx.x];
     float dot = 0.0f;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) dot += to_float(g[base + j]) * to_float(w[j]) * to_float(x[base + j]);
+    for (int j = threadIdx.x; j < h; j += blockDim.x)
+        dot += to_float(g[base + j]) * to_float(w[j]) * to_float(x[base + j]);
     const float c = r * r * r * block_sum(dot, scratch) / (float)h;
     for (int j = threadIdx.x; j < h; j += blockDim.x)
         dx[base + j] = from_float<T>(r * to_float(g[base + j]) * to_float(w[j]) - c * to_float(x[base + j]));

@@ -4,7 +4,8 @@
 
 template <typename T>
 __device__ void swiglu_forward(const T* __restrict__ gate, const T* __restrict__ up, long long n, T* __restrict__ y) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
         const float g = to_float(gate[i]);
         y[i] = from_float<T>(g * sigmoid(g) * to_float(up[i]));
     }
@@ -13,7 +14,8 @@ __device__ void swiglu_forward(const T* __restrict__ gate, const T* __restrict__
 template <typename T>
 __device__ void swiglu_backward(const T* __restrict__ dy, const T* __restrict__ gate, const T* __restrict__ up,
                                 long long n, T* __restrict__ d_gate, T* __restrict__ d_up) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
         const float g = to_float(gate[i]), u = to_float(up[i]), d = to_float(dy[i]), s = sigmoid(g);
         d_gate[i] = from_float<T>(d * u * s * (1.0f + g * (1.0f - s)));
         d_up[i] = from_float<T>(d * g * s);

@@ -79,8 +79,8 @@ pub fn values(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
 }
 
-/// |got − want| ≤ atol + rtol·|want| element-wise, with atol = rtol · max|want| (so tiny entries of a large vector
-/// are judged on the vector's scale).
+/// |got − want| ≤ atol + rtol·|want| element-wise, with atol = rtol · max|want| (so tiny entries of a large
+/// vector are judged on the vector's scale).
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs())).max(1e-30);

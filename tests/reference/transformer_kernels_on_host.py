@@ -1,0 +1,192 @@
+"""Runs the f32 kernels of the transformer ops (kernels/attention.cu, rmsnorm.cu, rope.cu, embedding.cu,
+swiglu.cu) on the host, against the committed float64 fixtures of tests/fixtures/transformer_ops/.
+
+A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
+It reuses heads_kernels_on_host.py's prelude: every CUDA thread of a block runs as a std::thread, warp shuffles go
+through a per-warp buffer behind barriers, so the grid decomposition, the warp reductions (attention's butterfly
+included) and every formula run as written. Launch sizes are the library's. Needs g++ (C++20) and numpy.
+
+    /root/.cache/unireward/venv/bin/python tests/reference/transformer_kernels_on_host.py
+"""
+import ctypes, json, math, os, subprocess, sys, tempfile
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# PRELUDE, common_header() and ROOT: the definitions before heads_kernels_on_host.py's own harness.
+_heads = open(HERE + "/heads_kernels_on_host.py").read()
+exec(_heads[: _heads.index("HARNESS = ")])
+FIX = ROOT + "/tests/fixtures/transformer_ops/"
+
+EXTRA = r"""
+#define __launch_bounds__(...)
+using std::min;
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+"""
+
+HARNESS = r"""
+template <typename K>
+static void run(unsigned blocks, unsigned threads, K kernel) {
+    gridDim = {blocks, 1, 1}; blockDim = {threads, 1, 1};
+    for (unsigned b = 0; b < blocks; ++b) {
+        blockIdx = {b, 0, 0};
+        std::barrier<> bar(threads); block_barrier = &bar;
+        warp_barriers.clear();
+        for (unsigned w = 0; w < threads / 32; ++w) warp_barriers.emplace_back(new std::barrier<>(32));
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < threads; ++t) ts.emplace_back([=] { threadIdx = {t, 0, 0}; kernel(); });
+        for (auto& t : ts) t.join();
+    }
+}
+static unsigned tiled(int n, int heads, int t) { return n * heads * ((t + 15) / 16); }
+static unsigned elementwise(long long len) { long long b = (len + 255) / 256; return b < 1 ? 1 : (b > 4096 ? 4096 : b); }
+extern "C" {
+void emu_attention_forward(const float* q, const float* k, const float* v, const int* mask, int n, int t, int hq,
+                           int hkv, int d, float* out, float* lse) {
+    float scale = 1.0f / sqrtf((float)d);
+    run(tiled(n, hq, t), 128, [=] { attention_forward_f32(q, k, v, mask, t, hq, hkv, d, scale, out, lse); });
+}
+void emu_attention_backward(const float* q, const float* k, const float* v, const float* g, const float* out,
+                            const int* mask, const float* lse, int n, int t, int hq, int hkv, int d, float* delta,
+                            float* dq, float* dk_part, float* dv_part, float* dk, float* dv) {
+    float scale = 1.0f / sqrtf((float)d);
+    long long rows = (long long)n * t * hq, total = (long long)n * t * hkv * d;
+    run(elementwise(rows * 32), 256, [=] { attention_backward_delta_f32(g, out, rows, t, hq, hkv, d, delta); });
+    run(tiled(n, hq, t), 128, [=] { attention_backward_dq_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dq); });
+    run(tiled(n, hq, t), 128, [=] {
+        attention_backward_dkv_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dk_part, dv_part);
+    });
+    run(elementwise(total), 256, [=] { attention_backward_dkv_reduce_f32(dk_part, dv_part, total, t, hq, hkv, d, dk, dv); });
+}
+void emu_rmsnorm(const float* x, const float* w, const float* g, int rows, int h, float eps, float* y, float* rstd,
+                 float* dx, float* partial, float* dw) {
+    run(rows, 256, [=] { rmsnorm_forward_f32(x, w, eps, h, y, rstd); });
+    run(rows, 256, [=] { rmsnorm_backward_dx_f32(g, x, w, rstd, h, dx); });
+    int chunks = (rows + 31) / 32;
+    run(chunks * ((h + 255) / 256), 256, [=] { rmsnorm_backward_dw_partial_f32(g, x, rstd, rows, h, 32, partial); });
+    run(elementwise(h), 256, [=] { rmsnorm_backward_dw_reduce_f32(partial, chunks, h, dw); });
+}
+void emu_rope(float* x, const int* pos, const float* inv, long long rows, int heads, int d, float sign) {
+    run(elementwise(rows * heads * d / 2), 256, [=] { rope_f32(x, pos, inv, rows, heads, d, sign); });
+}
+void emu_embedding(const float* table, const int* ids, long long tokens, int h, float* out, const float* g,
+                   const int* rows, const int* starts, const int* toks, int n_rows, float* d_table) {
+    run(elementwise(tokens * h), 256, [=] { embedding_forward_f32(table, ids, tokens, h, out); });
+    run(n_rows, 256, [=] { embedding_backward_f32(g, rows, starts, toks, h, d_table); });
+}
+void emu_swiglu(const float* gate, const float* up, const float* dy, long long n, float* y, float* dg, float* du) {
+    run(elementwise(n), 256, [=] { swiglu_forward_f32(gate, up, n, y); });
+    run(elementwise(n), 256, [=] { swiglu_backward_f32(dy, gate, up, n, dg, du); });
+}
+}
+"""
+
+def build():
+    src = ""
+    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu"]:
+        body = open(f"{ROOT}/kernels/{name}.cu").read().replace('#include "common.cuh"', "")
+        # Each file defines its own INSTANTIATE (and attention its TILE-sized macros): undefine between files.
+        src += body.replace('extern "C" __global__', 'extern "C"') + "\n#undef INSTANTIATE\n"
+    d = tempfile.mkdtemp()
+    open(d + "/k.cpp", "w").write(PRELUDE + EXTRA + common_header() + src + HARNESS)
+    subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", d + "/k.cpp", "-o", d + "/k.so"],
+                   check=True)
+    return ctypes.CDLL(d + "/k.so")
+
+lib = build()
+P = lambda a: a.ctypes.data_as(ctypes.c_void_p)
+f32 = lambda x: np.ascontiguousarray(np.array(x, dtype=np.float32))
+i32 = lambda x: np.ascontiguousarray(np.array(x, dtype=np.int32))
+zeros = lambda n: np.zeros(n, np.float32)
+load = lambda name: json.load(open(FIX + name + ".json"))
+
+def close(what, got, exp, rel=1e-5):
+    got, exp = np.asarray(got, np.float64), np.asarray(exp, np.float64)
+    scale = max(1e-30, np.abs(exp).max())
+    err = np.abs(got - exp).max()
+    ok = bool(err <= rel * scale)
+    print(f"  {what:<12} max err {err:.2e} (scale {scale:.1e}) {'ok' if ok else 'FAIL'}")
+    return ok
+
+ok = True
+for name in ["attention_gqa", "attention_padded"]:
+    c = load(name); print(name)
+    n, t, hq, hkv, d = c["n"], c["t"], c["hq"], c["hkv"], c["d"]
+    q, k, v, g, mask = f32(c["q"]), f32(c["k"]), f32(c["v"]), f32(c["grad_out"]), i32(c["mask"])
+    out, lse = zeros(q.size), zeros(n * hq * t)
+    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, P(out), P(lse))
+    ok &= close("out", out, c["out"]) & close("lse", lse, c["lse"])
+    delta, dq, dkp, dvp, dk, dv = zeros(n * hq * t), zeros(q.size), zeros(q.size), zeros(q.size), zeros(k.size), zeros(k.size)
+    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, P(delta), P(dq),
+                               P(dkp), P(dvp), P(dk), P(dv))
+    ok &= close("grad_q", dq, c["grad_q"]) & close("grad_k", dk, c["grad_k"]) & close("grad_v", dv, c["grad_v"])
+
+def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d):
+    """float64 attention as in transformer_ops.py (numpy): out, lse, and the gradients of sum(g * out)."""
+    q, k, v, g = (a.astype(np.float64).reshape(n, t, -1, d).transpose(0, 2, 1, 3) for a in (q, k, v, g))
+    k, v = np.repeat(k, hq // hkv, axis=1), np.repeat(v, hq // hkv, axis=1)
+    real = mask.reshape(n, t) != 0
+    allowed = np.tril(np.ones((t, t), bool))[None, None] & real[:, None, None, :]
+    s = np.where(allowed, q @ k.transpose(0, 1, 3, 2) / math.sqrt(d), -np.inf)
+    m = np.where(real[:, None, :, None], s.max(-1, keepdims=True), 0.0)
+    e = np.where(allowed, np.exp(s - m), 0.0)
+    lse = np.where(real[:, None, :], m[..., 0] + np.log(np.maximum(e.sum(-1), 1e-300)), 0.0)
+    p = np.where(real[:, None, :, None], e / np.maximum(e.sum(-1, keepdims=True), 1e-300), 0.0)
+    dp = g @ v.transpose(0, 1, 3, 2)
+    ds = p * (dp - (p * dp).sum(-1, keepdims=True)) / math.sqrt(d)
+    group = lambda x: x.reshape(n, hkv, hq // hkv, t, d).sum(2)
+    back = lambda x: x.transpose(0, 2, 1, 3).reshape(-1)
+    return back(p @ v), lse.reshape(-1), back(ds @ k), back(group(ds.transpose(0, 1, 3, 2) @ q)), \
+        back(group(p.transpose(0, 1, 3, 2) @ g))
+
+# Several tiles per head, d > 64 (a partly used third column per lane), GQA, right padding, an all-padding row.
+rng = np.random.default_rng(7)
+n, t, hq, hkv, d = 3, 37, 6, 2, 72
+print(f"attention random n={n} t={t} hq={hq} hkv={hkv} d={d}")
+q, g = f32(rng.standard_normal(n * t * hq * d)), f32(rng.standard_normal(n * t * hq * d))
+k, v = f32(rng.standard_normal(n * t * hkv * d)), f32(rng.standard_normal(n * t * hkv * d))
+mask = i32([[1] * t, [1] * 20 + [0] * (t - 20), [0] * t])
+want = attention_reference(q, k, v, g, mask, n, t, hq, hkv, d)
+out, lse = zeros(q.size), zeros(n * hq * t)
+lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, P(out), P(lse))
+delta, dq, dkp, dvp, dk, dv = zeros(n * hq * t), zeros(q.size), zeros(q.size), zeros(q.size), zeros(k.size), zeros(k.size)
+lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, P(delta), P(dq),
+                           P(dkp), P(dvp), P(dk), P(dv))
+for what, got, exp in zip(["out", "lse", "grad_q", "grad_k", "grad_v"], [out, lse, dq, dk, dv], want):
+    ok &= close(what, got, exp)
+
+c = load("rmsnorm"); print("rmsnorm")
+h = c["shape"][-1]; rows = len(c["x"]) // h
+x, w, g = f32(c["x"]), f32(c["weight"]), f32(c["grad_y"])
+y, rstd, dx, partial, dw = zeros(x.size), zeros(rows), zeros(x.size), zeros(((rows + 31) // 32) * h), zeros(h)
+lib.emu_rmsnorm(P(x), P(w), P(g), rows, h, ctypes.c_float(c["eps"]), P(y), P(rstd), P(dx), P(partial), P(dw))
+ok &= close("y", y, c["y"]) & close("grad_x", dx, c["grad_x"]) & close("grad_weight", dw, c["grad_weight"])
+
+for name in ["rope", "rope_far"]:
+    c = load(name); print(name)
+    heads, d, theta = c["heads"], c["d"], c["theta"]
+    inv = f32([1.0 / np.float32(theta ** float(np.float32(2 * i) / np.float32(d))) for i in range(d // 2)])
+    pos = i32(c["positions"])
+    for key, src, sign in [("out", c["x"], 1.0), ("grad_x", c["grad_out"], -1.0)]:
+        x = f32(src)
+        lib.emu_rope(P(x), P(pos), P(inv), ctypes.c_longlong(pos.size), heads, d, ctypes.c_float(sign))
+        ok &= close(key, x, c[key])
+
+c = load("embedding"); print("embedding")
+vocab, h, ids = c["v"], c["h"], c["ids"]
+present = sorted(set(ids))
+toks = [p for vid in present for p in range(len(ids)) if ids[p] == vid]
+starts = np.cumsum([0] + [ids.count(vid) for vid in present])
+table, g = f32(c["table"]), f32(c["grad_out"])
+out, d_table = zeros(len(ids) * h), zeros(vocab * h)
+lib.emu_embedding(P(table), P(i32(ids)), ctypes.c_longlong(len(ids)), h, P(out), P(g), P(i32(present)),
+                  P(i32(starts)), P(i32(toks)), len(present), P(d_table))
+ok &= close("out", out, c["out"]) & close("grad_table", d_table, c["grad_table"])
+
+c = load("swiglu"); print("swiglu")
+gate, up, dy = f32(c["gate"]), f32(c["up"]), f32(c["grad_y"])
+y, dg, du = zeros(gate.size), zeros(gate.size), zeros(gate.size)
+lib.emu_swiglu(P(gate), P(up), P(dy), ctypes.c_longlong(gate.size), P(y), P(dg), P(du))
+ok &= close("y", y, c["y"]) & close("grad_gate", dg, c["grad_gate"]) & close("grad_up", du, c["grad_up"])
+
+print("ALL OK" if ok else "FAILURES")
+sys.exit(0 if ok else 1)

@@ -6,8 +6,9 @@
 #
 # The GPU machine has CUDA 13.0 and PyTorch but no Rust toolchain and no network, so the script has two halves:
 #
-#   scripts/gpu_check.sh build     here, with Rust: builds every test binary with `--features gpu-tests` and the
-#                                  bench binaries (release), and packs them, stripped of debug info, into
+#   scripts/gpu_check.sh build     here, with Rust: builds the test binaries with `--features gpu-tests` and the
+#                                  bench binaries (release), and packs those with GPU tests (plus the runtime test
+#                                  and the NVRTC compile check), the benches and the CLI, stripped of debug info, into
 #                                  gpu-bin/bins.tar.gz (git-ignored); prints its size (the device tool carries at
 #                                  most 64 MiB, working tree included).
 #   bash scripts/gpu_check.sh run  on the GPU machine, from the repo root, with gpu-bin/ carried: about 8 minutes
@@ -34,7 +35,7 @@ die() {
 
 # ---------------------------------------------------------------------------------------------------------- build
 
-# Prints "<kind> <target name> <executable>" for each executable cargo built, from its JSON messages on stdin.
+# Prints "<kind> <target name> <executable> <source>" for each executable cargo built, from its JSON messages.
 executables() {
     python3 -c '
 import json, sys
@@ -49,7 +50,7 @@ for line in sys.stdin:
         kind = "lib"
     if m["profile"]["test"] and kind not in ("bench",):
         kind = "test-" + kind          # test-lib, test-bin, test-test
-    print(kind, m["target"]["name"], m["executable"])
+    print(kind, m["target"]["name"], m["executable"], m["target"]["src_path"])
 '
 }
 
@@ -61,17 +62,22 @@ build() {
     benches=$(cargo bench --features gpu-tests --no-run --message-format=json-render-diagnostics | executables)
     rm -rf "$BIN"
     mkdir -p "$BIN"
-    local stage kind name exe dest
+    local stage kind name exe src dest
     stage=$(mktemp -d)
-    while read -r kind name exe; do
+    while read -r kind name exe src; do
         case "$kind" in
-        test-lib) dest="test-lib-$name" ;;
-        test-bin) dest="test-bin-$name" ;;
         test-test) dest="test-$name" ;;
         bench) dest="bench-$name" ;;
         bin) dest="$name" ;;
         *) continue ;;
         esac
+        # Test binaries without GPU tests stay here: some need tools the GPU machine lacks (valgrind, a C compiler,
+        # the build tree). The runtime test has a CUDA path, and the compile check adds the device's architecture.
+        if [[ "$kind" == test-test && "$name" != runtime && "$name" != kernels_compile ]] &&
+            ! grep -rqs 'gpu-tests' "$([[ "$src" == */main.rs ]] && dirname "$src" || echo "$src")"; then
+            echo "$dest: no GPU tests, not carried"
+            continue
+        fi
         cp "$exe" "$stage/$dest"
         # Debug info is most of the size; the symbol table stays, so backtraces still name functions.
         strip --strip-debug "$stage/$dest" 2>/dev/null || echo "note: could not strip $dest"

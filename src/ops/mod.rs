@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod check;
 pub mod compare;
+pub(crate) mod convert;
 pub mod embedding;
 pub mod fused_linear;
 pub mod heads;

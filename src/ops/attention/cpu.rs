@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::{AttentionGrads, AttentionOutput, Plan};
+use crate::ops::convert::{f32_values, float_tensor};
 use crate::ops::logprobs::row::exp_approx;
 use crate::runtime::cpu::{matmul, MatRef};
 use crate::runtime::{Device, Tensor};
@@ -92,7 +93,7 @@ fn any_real(p: &Plan, n: usize, first: usize, rows: usize) -> bool {
 }
 
 pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<AttentionOutput> {
-    let (qs, ks, vs) = (q.to_f32_cow()?, k.to_f32_cow()?, v.to_f32_cow()?);
+    let (qs, ks, vs) = (f32_values(q)?, f32_values(k)?, f32_values(v)?);
     let (t, d, group) = (p.t, p.d, p.group());
     let tasks: Vec<(Vec<f32>, Vec<f32>)> = (0..p.n * p.hq)
         .into_par_iter()
@@ -118,7 +119,7 @@ pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<At
         lse.extend_from_slice(l);
     }
     Ok(AttentionOutput {
-        out: Tensor::from_f32(&out, q.shape(), q.dtype(), Device::Cpu)?,
+        out: float_tensor(&out, q.shape(), q.dtype())?,
         lse: Tensor::from_slice(&lse, &[p.n, p.hq, t], Device::Cpu)?,
     })
 }
@@ -138,8 +139,8 @@ pub(super) fn backward(
     lse: &Tensor,
     p: &Plan,
 ) -> Result<AttentionGrads> {
-    let (g, qs, ks, vs) = (grad_out.to_f32_cow()?, q.to_f32_cow()?, k.to_f32_cow()?, v.to_f32_cow()?);
-    let lse_all = lse.to_f32_cow()?;
+    let (g, qs, ks, vs) = (f32_values(grad_out)?, f32_values(q)?, f32_values(k)?, f32_values(v)?);
+    let lse_all = f32_values(lse)?;
     let (t, d, group, scale) = (p.t, p.d, p.group(), p.scale());
     let tasks: Vec<GroupGrads> = (0..p.n * p.hkv)
         .into_par_iter()
@@ -184,6 +185,6 @@ pub(super) fn backward(
         scatter_head(&mut dk, &gg.dk, p, p.hkv, n, kv);
         scatter_head(&mut dv, &gg.dv, p, p.hkv, n, kv);
     }
-    let grad = |data: &[f32], like: &Tensor| Tensor::from_f32(data, like.shape(), like.dtype(), Device::Cpu);
+    let grad = |data: &[f32], like: &Tensor| float_tensor(data, like.shape(), like.dtype());
     Ok(AttentionGrads { grad_q: grad(&dq, q)?, grad_k: grad(&dk, k)?, grad_v: grad(&dv, v)? })
 }

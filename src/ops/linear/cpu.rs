@@ -3,19 +3,20 @@
 use rayon::prelude::*;
 
 use super::{out_shape, LinearGrads, Plan};
+use crate::ops::convert::{f32_values, float_tensor};
 use crate::runtime::cpu::{matmul, MatRef};
-use crate::runtime::{Device, Tensor};
+use crate::runtime::Tensor;
 use crate::Result;
 
 pub(super) fn forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: &Plan) -> Result<Tensor> {
-    let (xs, w) = (x.to_f32_cow()?, weight.to_f32_cow()?);
+    let (xs, w) = (f32_values(x)?, f32_values(weight)?);
     let mut y = vec![0.0f32; p.rows * p.m];
     matmul(&mut y, MatRef::row_major(&xs, p.rows, p.k), MatRef::row_major(&w, p.m, p.k).t(), 0.0);
     if let Some(b) = bias {
-        let b = b.to_f32_cow()?;
+        let b = f32_values(b)?;
         y.par_chunks_mut(p.m).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
     }
-    Tensor::from_f32(&y, &out_shape(x, p.m), x.dtype(), Device::Cpu)
+    float_tensor(&y, &out_shape(x, p.m), x.dtype())
 }
 
 pub(super) fn backward(
@@ -25,7 +26,7 @@ pub(super) fn backward(
     bias: Option<&Tensor>,
     p: &Plan,
 ) -> Result<LinearGrads> {
-    let (g, xs, w) = (grad_y.to_f32_cow()?, x.to_f32_cow()?, weight.to_f32_cow()?);
+    let (g, xs, w) = (f32_values(grad_y)?, f32_values(x)?, f32_values(weight)?);
     let g_mat = MatRef::row_major(&g, p.rows, p.m);
     let mut dx = vec![0.0f32; p.rows * p.k];
     matmul(&mut dx, g_mat, MatRef::row_major(&w, p.m, p.k), 0.0);
@@ -41,12 +42,12 @@ pub(super) fn backward(
                     db.iter_mut().zip(&row[columns.clone()]).for_each(|(a, g)| *a += g);
                 }
             });
-            Tensor::from_f32(&db, &[p.m], b.dtype(), Device::Cpu)
+            float_tensor(&db, &[p.m], b.dtype())
         })
         .transpose()?;
     Ok(LinearGrads {
-        grad_x: Tensor::from_f32(&dx, x.shape(), x.dtype(), Device::Cpu)?,
-        grad_weight: Tensor::from_f32(&dw, &[p.m, p.k], weight.dtype(), Device::Cpu)?,
+        grad_x: float_tensor(&dx, x.shape(), x.dtype())?,
+        grad_weight: float_tensor(&dw, &[p.m, p.k], weight.dtype())?,
         grad_bias,
     })
 }

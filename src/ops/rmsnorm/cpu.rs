@@ -3,12 +3,13 @@
 use rayon::prelude::*;
 
 use super::{RmsNormGrads, RmsNormOutput};
+use crate::ops::convert::{f32_values, float_tensor};
 use crate::runtime::cpu::rows_per_task;
 use crate::runtime::{Device, Tensor};
 use crate::Result;
 
 pub(super) fn forward(x: &Tensor, weight: &Tensor, eps: f32, rows: usize, h: usize) -> Result<RmsNormOutput> {
-    let (xs, w) = (x.to_f32_cow()?, weight.to_f32_cow()?);
+    let (xs, w) = (f32_values(x)?, f32_values(weight)?);
     let mut y = vec![0.0f32; rows * h];
     let mut rstd = vec![0.0f32; rows];
     y.par_chunks_mut(h).zip(xs.par_chunks(h)).zip(rstd.par_iter_mut()).for_each(|((y, x), r)| {
@@ -17,7 +18,7 @@ pub(super) fn forward(x: &Tensor, weight: &Tensor, eps: f32, rows: usize, h: usi
         y.iter_mut().zip(x).zip(w.iter()).for_each(|((y, x), w)| *y = x * *r * w);
     });
     Ok(RmsNormOutput {
-        y: Tensor::from_f32(&y, x.shape(), x.dtype(), Device::Cpu)?,
+        y: float_tensor(&y, x.shape(), x.dtype())?,
         rstd: Tensor::from_slice(&rstd, &[rows], Device::Cpu)?,
     })
 }
@@ -31,7 +32,7 @@ pub(super) fn backward(
     rows: usize,
     h: usize,
 ) -> Result<RmsNormGrads> {
-    let (g, xs, w, rstd) = (grad_y.to_f32_cow()?, x.to_f32_cow()?, weight.to_f32_cow()?, rstd.as_slice::<f32>()?);
+    let (g, xs, w, rstd) = (f32_values(grad_y)?, f32_values(x)?, f32_values(weight)?, rstd.as_slice::<f32>()?);
     let mut dx = vec![0.0f32; rows * h];
     let task = rows_per_task(rows, h);
     let partials: Vec<Vec<f32>> = dx
@@ -57,7 +58,7 @@ pub(super) fn backward(
         dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     Ok(RmsNormGrads {
-        grad_x: Tensor::from_f32(&dx, x.shape(), x.dtype(), Device::Cpu)?,
-        grad_weight: Tensor::from_f32(&dw, &[h], weight.dtype(), Device::Cpu)?,
+        grad_x: float_tensor(&dx, x.shape(), x.dtype())?,
+        grad_weight: float_tensor(&dw, &[h], weight.dtype())?,
     })
 }

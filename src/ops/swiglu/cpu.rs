@@ -3,8 +3,9 @@
 use rayon::prelude::*;
 
 use super::SwigluGrads;
+use crate::ops::convert::{f32_values, float_tensor};
 use crate::ops::logprobs::row::exp_approx;
-use crate::runtime::{Device, Tensor};
+use crate::runtime::Tensor;
 use crate::Result;
 
 /// Elements per rayon task.
@@ -17,18 +18,18 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 pub(super) fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let (g, u) = (gate.to_f32_cow()?, up.to_f32_cow()?);
+    let (g, u) = (f32_values(gate)?, f32_values(up)?);
     let mut y = vec![0.0f32; g.len()];
     y.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).zip(u.par_chunks(BLOCK)).for_each(|((y, g), u)| {
         for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
             *y = g * sigmoid(g) * u;
         }
     });
-    Tensor::from_f32(&y, gate.shape(), gate.dtype(), Device::Cpu)
+    float_tensor(&y, gate.shape(), gate.dtype())
 }
 
 pub(super) fn backward(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<SwigluGrads> {
-    let (dy, g, u) = (grad_y.to_f32_cow()?, gate.to_f32_cow()?, up.to_f32_cow()?);
+    let (dy, g, u) = (f32_values(grad_y)?, f32_values(gate)?, f32_values(up)?);
     let (mut dg, mut du) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
     dg.par_chunks_mut(BLOCK)
         .zip(du.par_chunks_mut(BLOCK))
@@ -41,7 +42,7 @@ pub(super) fn backward(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<Sw
             }
         });
     Ok(SwigluGrads {
-        grad_gate: Tensor::from_f32(&dg, gate.shape(), gate.dtype(), Device::Cpu)?,
-        grad_up: Tensor::from_f32(&du, up.shape(), up.dtype(), Device::Cpu)?,
+        grad_gate: float_tensor(&dg, gate.shape(), gate.dtype())?,
+        grad_up: float_tensor(&du, up.shape(), up.dtype())?,
     })
 }

@@ -22,4 +22,9 @@ pub mod ops;
 pub mod runtime;
 
 pub use error::{Error, Result};
+
+/// The README's Rust examples, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use runtime::{DType, Device, Tensor};

@@ -1,11 +1,12 @@
-//! CPU SwiGLU: element-wise in f32, rayon over blocks whose inner loops vectorise (a branch-free exp).
+//! CPU SwiGLU: element-wise in f32 straight from and to the storage dtype (no f32 copies of the tensors), rayon
+//! over blocks whose inner loops vectorise (a branch-free exp).
 
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::SwigluGrads;
-use crate::ops::convert::{f32_values, float_tensor};
 use crate::ops::logprobs::row::exp_approx;
-use crate::runtime::Tensor;
+use crate::runtime::{DType, Device, FloatElement, Tensor};
 use crate::Result;
 
 /// Elements per rayon task.
@@ -17,32 +18,52 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_approx::<false>((-x).min(88.0)))
 }
 
-pub(super) fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let (g, u) = (f32_values(gate)?, f32_values(up)?);
-    let mut y = vec![0.0f32; g.len()];
-    y.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).zip(u.par_chunks(BLOCK)).for_each(|((y, g), u)| {
-        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-            *y = g * sigmoid(g) * u;
-        }
-    });
-    float_tensor(&y, gate.shape(), gate.dtype())
+fn forward_typed<T: FloatElement>(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (g, u) = (gate.as_slice::<T>()?, up.as_slice::<T>()?);
+    let mut out = Tensor::zeros(gate.shape(), T::DTYPE, Device::Cpu)?;
+    out.as_mut_slice::<T>()?.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).zip(u.par_chunks(BLOCK)).for_each(
+        |((y, g), u)| {
+            for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                let g = g.to_f32();
+                *y = T::from_f32(g * sigmoid(g) * u.to_f32());
+            }
+        },
+    );
+    Ok(out)
 }
 
-pub(super) fn backward(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<SwigluGrads> {
-    let (dy, g, u) = (f32_values(grad_y)?, f32_values(gate)?, f32_values(up)?);
-    let (mut dg, mut du) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
-    dg.par_chunks_mut(BLOCK)
-        .zip(du.par_chunks_mut(BLOCK))
+fn backward_typed<T: FloatElement>(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<SwigluGrads> {
+    let (dy, g, u) = (grad_y.as_slice::<T>()?, gate.as_slice::<T>()?, up.as_slice::<T>()?);
+    let mut grad_gate = Tensor::zeros(gate.shape(), T::DTYPE, Device::Cpu)?;
+    let mut grad_up = Tensor::zeros(gate.shape(), T::DTYPE, Device::Cpu)?;
+    grad_gate
+        .as_mut_slice::<T>()?
+        .par_chunks_mut(BLOCK)
+        .zip(grad_up.as_mut_slice::<T>()?.par_chunks_mut(BLOCK))
         .zip(dy.par_chunks(BLOCK).zip(g.par_chunks(BLOCK)).zip(u.par_chunks(BLOCK)))
         .for_each(|((dg, du), ((dy, g), u))| {
             for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
-                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                du[i] = dy[i] * g[i] * s;
+                let (d, g, u) = (dy[i].to_f32(), g[i].to_f32(), u[i].to_f32());
+                let s = sigmoid(g);
+                dg[i] = T::from_f32(d * u * s * (1.0 + g * (1.0 - s)));
+                du[i] = T::from_f32(d * g * s);
             }
         });
-    Ok(SwigluGrads {
-        grad_gate: float_tensor(&dg, gate.shape(), gate.dtype())?,
-        grad_up: float_tensor(&du, up.shape(), up.dtype())?,
-    })
+    Ok(SwigluGrads { grad_gate, grad_up })
+}
+
+pub(super) fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    match gate.dtype() {
+        DType::BF16 => forward_typed::<bf16>(gate, up),
+        DType::F16 => forward_typed::<f16>(gate, up),
+        _ => forward_typed::<f32>(gate, up),
+    }
+}
+
+pub(super) fn backward(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<SwigluGrads> {
+    match gate.dtype() {
+        DType::BF16 => backward_typed::<bf16>(grad_y, gate, up),
+        DType::F16 => backward_typed::<f16>(grad_y, gate, up),
+        _ => backward_typed::<f32>(grad_y, gate, up),
+    }
 }

@@ -5,31 +5,12 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use unireward::ops::compare::{compare, select_pairs, CompareConfig, Pairing, SelectionConfig, Verdicts};
-use unireward::{DType, Device, Tensor};
+use unireward::DType;
+
+mod common;
+use common::{device, sync, tensor};
 
 const GROUPS: usize = 4096;
-
-/// Deterministic values in [-scale, scale] (with repeats, so some ties).
-fn tensor(shape: &[usize], seed: usize, scale: f32, dtype: DType, device: Device) -> Tensor {
-    let len = shape.iter().product();
-    let values: Vec<f32> = (0..len).map(|i| scale * ((((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
-    Tensor::from_f32(&values, shape, dtype, device).unwrap()
-}
-
-fn device() -> Device {
-    if cfg!(feature = "gpu-tests") {
-        Device::Cuda(0)
-    } else {
-        Device::Cpu
-    }
-}
-
-/// Waits for queued GPU work inside the timing (outputs are returned before the kernels finish).
-fn sync(device: Device) {
-    if let Device::Cuda(ordinal) = device {
-        unireward::runtime::cuda::backend(ordinal).unwrap().synchronize().unwrap();
-    }
-}
 
 fn comparisons(c: &mut Criterion) {
     let device = device();
@@ -37,8 +18,8 @@ fn comparisons(c: &mut Criterion) {
     group.throughput(Throughput::Elements(GROUPS as u64));
     group.sample_size(10);
     for k in [10, 64] {
-        let scores = tensor(&[GROUPS, k], 1, 3.0, DType::F32, device);
-        let log_odds = tensor(&[GROUPS, k, k], 2, 4.0, DType::F32, device);
+        let scores = tensor(&[GROUPS, k], 1, 0.0, 3.0, DType::F32, device);
+        let log_odds = tensor(&[GROUPS, k, k], 2, 0.0, 4.0, DType::F32, device);
         let cfg = CompareConfig::default();
         for (name, verdicts) in [("scores", Verdicts::Scores(&scores)), ("log_odds", Verdicts::LogOdds(&log_odds))] {
             group.bench_function(BenchmarkId::new(format!("compare_{name}"), format!("G{GROUPS}_K{k}")), |b| {

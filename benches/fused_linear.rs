@@ -5,37 +5,29 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use unireward::ops::fused_linear::{
     fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead,
 };
-use unireward::{DType, Device, Tensor};
+use unireward::{DType, Tensor};
 
-fn tensor(len: usize, shape: &[usize], scale: f32, dtype: DType, device: Device) -> Tensor {
-    let values: Vec<f32> = (0..len).map(|i| scale * (((i * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
-    Tensor::from_f32(&values, shape, dtype, device).unwrap()
-}
+mod common;
+use common::{device, sync, tensor};
 
 fn bench(c: &mut Criterion) {
-    let device = if cfg!(feature = "gpu-tests") { Device::Cuda(0) } else { Device::Cpu };
+    let device = device();
     let (n, t, h, v) = (2, 32, 896, 151_936);
     let mut group = c.benchmark_group(format!("fused_linear_{device}"));
     group.sample_size(10);
     group.throughput(Throughput::Elements((n * t) as u64));
     for dtype in [DType::F32, DType::BF16] {
-        let hidden = tensor(n * t * h, &[n, t, h], 1.0, dtype, device);
-        let weight = tensor(v * h, &[v, h], 0.03, dtype, device);
+        let hidden = tensor(&[n, t, h], 0, 0.0, 1.0, dtype, device);
+        let weight = tensor(&[v, h], 0, 0.0, 0.03, dtype, device);
         let labels: Vec<i64> = (0..n * t).map(|i| ((i * 104_729) % v) as i64).collect();
         let labels = Tensor::from_slice(&labels, &[n, t], device).unwrap();
         let grad = Tensor::from_slice(&vec![1.0f32; n], &[n], device).unwrap();
         let head = LinearHead { hidden: &hidden, weight: &weight, bias: None };
         let cfg = FusedLinearConfig::default();
-        // GPU work is asynchronous: wait for it inside the timed region.
-        let sync = || {
-            if let Device::Cuda(ordinal) = device {
-                unireward::runtime::cuda::backend(ordinal).unwrap().synchronize().unwrap();
-            }
-        };
         group.bench_function(BenchmarkId::new("forward", dtype), |b| {
             b.iter(|| {
                 let out = fused_linear_logprobs(head, &labels, None, &cfg).unwrap();
-                sync();
+                sync(device);
                 out
             })
         });
@@ -43,7 +35,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let out = fused_linear_logprobs(head, &labels, None, &cfg).unwrap();
                 let grads = fused_linear_logprobs_backward(head, &labels, None, &out, &grad, &cfg).unwrap();
-                sync();
+                sync(device);
                 grads
             })
         });

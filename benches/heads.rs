@@ -4,50 +4,14 @@
 //! On the CPU by default; on CUDA device 0 with the `gpu-tests` feature (scripts/gpu_check.sh).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use half::{bf16, f16};
 use unireward::ops::heads::{
     scalar_reward, scalar_reward_backward, verdict_head, verdict_head_backward, ScalarHead, VerdictClasses,
     VerdictGrads,
 };
-use unireward::runtime::FloatElement;
-use unireward::{DType, Device, Tensor};
+use unireward::{DType, Tensor};
 
-fn device() -> Device {
-    if cfg!(feature = "gpu-tests") {
-        Device::Cuda(0)
-    } else {
-        Device::Cpu
-    }
-}
-
-/// Waits for queued GPU work inside the timing.
-fn sync(device: Device) {
-    if let Device::Cuda(ordinal) = device {
-        unireward::runtime::cuda::backend(ordinal).unwrap().synchronize().unwrap();
-    }
-}
-
-/// Deterministic values in [-scale, scale], filled in place (a [1024, 512, 896] f32 tensor is 1.9 GB: no staging
-/// copy), then moved to `device`.
-fn tensor(shape: &[usize], scale: f32, dtype: DType, device: Device) -> Tensor {
-    fn fill<T: FloatElement>(dst: &mut [T], scale: f32) {
-        dst.iter_mut()
-            .enumerate()
-            .for_each(|(i, x)| *x = T::from_f32(scale * ((i * 7919 % 1000) as f32 / 500.0 - 1.0)));
-    }
-    let mut t = Tensor::zeros(shape, dtype, Device::Cpu).unwrap();
-    match dtype {
-        DType::F32 => fill(t.as_mut_slice::<f32>().unwrap(), scale),
-        DType::BF16 => fill(t.as_mut_slice::<bf16>().unwrap(), scale),
-        DType::F16 => fill(t.as_mut_slice::<f16>().unwrap(), scale),
-        other => panic!("not a float dtype: {other}"),
-    }
-    if device == Device::Cpu {
-        t
-    } else {
-        t.to_device(device).unwrap()
-    }
-}
+mod common;
+use common::{device, sync, tensor};
 
 fn verdict(c: &mut Criterion) {
     let device = device();
@@ -63,7 +27,7 @@ fn verdict(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(b as u64));
     for dtype in [DType::F32, DType::BF16] {
-        let logits = tensor(&[b, v], 8.0, dtype, device);
+        let logits = tensor(&[b, v], 0, 0.0, 8.0, dtype, device);
         for (name, classes) in [("pair3", &pair), ("score10", &scores)] {
             let k = classes.num_classes();
             let g = Tensor::from_slice(&vec![0.5f32; b * k], &[b, k], device).unwrap();
@@ -98,10 +62,10 @@ fn scalar(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(n as u64));
     for dtype in [DType::BF16, DType::F32] {
-        let hidden = tensor(&[n, t, h], 1.0, dtype, device);
+        let hidden = tensor(&[n, t, h], 0, 0.0, 1.0, dtype, device);
         for classes in [1, 4] {
-            let weight = tensor(&[classes, h], 0.03, dtype, device);
-            let bias = tensor(&[classes], 0.1, dtype, device);
+            let weight = tensor(&[classes, h], 0, 0.0, 0.03, dtype, device);
+            let bias = tensor(&[classes], 0, 0.0, 0.1, dtype, device);
             let head = ScalarHead { hidden: &hidden, ends: &ends, weight: &weight, bias: Some(&bias) };
             let grad = Tensor::from_slice(&vec![1.0f32; n * classes], &[n, classes], device).unwrap();
             group.bench_function(BenchmarkId::new(format!("forward_c{classes}"), dtype), |bench| {

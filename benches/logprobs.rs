@@ -10,29 +10,25 @@ use unireward::ops::logprobs::{
 };
 use unireward::{DType, Device, Tensor};
 
+mod common;
+use common::{device, sync, tensor};
+
 fn bench(c: &mut Criterion) {
-    let device = if cfg!(feature = "gpu-tests") { Device::Cuda(0) } else { Device::Cpu };
+    let device = device();
     let (n, t, v) = (2, 64, 151_936);
     let mut group = c.benchmark_group(format!("logprobs_{device}"));
     group.sample_size(10);
-    let values: Vec<f32> = (0..n * t * v).map(|i| ((i * 7919) % 1000) as f32 / 62.5 - 8.0).collect();
     let labels: Vec<i64> = (0..n * t).map(|i| if i % t < 8 { -100 } else { ((i * 104_729) % v) as i64 }).collect();
     let labels = Tensor::from_slice(&labels, &[n, t], device).unwrap();
     let grad = Tensor::from_slice(&vec![1.0f32; n], &[n], device).unwrap();
     let cfg = LogProbsConfig::default();
-    // GPU work is asynchronous: wait for it inside the timed region.
-    let sync = || {
-        if let Device::Cuda(ordinal) = device {
-            unireward::runtime::cuda::backend(ordinal).unwrap().synchronize().unwrap();
-        }
-    };
     for dtype in [DType::F32, DType::BF16] {
-        let logits = Tensor::from_f32(&values, &[n, t, v], dtype, device).unwrap();
+        let logits = tensor(&[n, t, v], 0, 0.0, 8.0, dtype, device);
         group.throughput(Throughput::Bytes(logits.size_in_bytes() as u64));
         group.bench_function(BenchmarkId::new("forward", dtype), |b| {
             b.iter(|| {
                 let out = sequence_logprobs(&logits, &labels, None, &cfg).unwrap();
-                sync();
+                sync(device);
                 out
             })
         });
@@ -40,7 +36,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let out = sequence_logprobs(&logits, &labels, None, &cfg).unwrap();
                 let g = sequence_logprobs_backward(&logits, &labels, None, &out, &grad, &cfg).unwrap();
-                sync();
+                sync(device);
                 g
             })
         });
@@ -50,7 +46,7 @@ fn bench(c: &mut Criterion) {
                 |mut x| {
                     let out = sequence_logprobs(&x, &labels, None, &cfg).unwrap();
                     sequence_logprobs_backward_in_place(&mut x, &labels, None, &out, &grad, &cfg).unwrap();
-                    sync();
+                    sync(device);
                     x
                 },
                 BatchSize::PerIteration,

@@ -7,30 +7,10 @@ use unireward::ops::preference::{
     bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
     DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
 };
-use unireward::{DType, Device, Tensor};
+use unireward::{DType, Tensor};
 
-/// Deterministic values in [offset - scale, offset + scale].
-fn tensor(shape: &[usize], seed: usize, offset: f32, scale: f32, dtype: DType, device: Device) -> Tensor {
-    let len = shape.iter().product();
-    let values: Vec<f32> =
-        (0..len).map(|i| offset + scale * ((((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
-    Tensor::from_f32(&values, shape, dtype, device).unwrap()
-}
-
-fn device() -> Device {
-    if cfg!(feature = "gpu-tests") {
-        Device::Cuda(0)
-    } else {
-        Device::Cpu
-    }
-}
-
-/// GPU work may still be queued when a call returns (Diffusion-DPO's gradient kernel): wait inside the timing.
-fn sync(device: Device) {
-    if let Device::Cuda(ordinal) = device {
-        unireward::runtime::cuda::backend(ordinal).unwrap().synchronize().unwrap();
-    }
-}
+mod common;
+use common::{device, sync, tensor};
 
 fn dpo(c: &mut Criterion) {
     let device = device();

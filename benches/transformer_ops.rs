@@ -9,7 +9,10 @@ use unireward::ops::linear::{linear, linear_backward};
 use unireward::ops::rmsnorm::{rmsnorm, rmsnorm_backward, RmsNormConfig};
 use unireward::ops::rope::{rope, rope_backward, RopeConfig};
 use unireward::ops::swiglu::{swiglu, swiglu_backward};
-use unireward::{DType, Device, Tensor};
+use unireward::{DType, Tensor};
+
+mod common;
+use common::{device, sync, tensor};
 
 const T: usize = 512;
 const H: usize = 896;
@@ -19,20 +22,8 @@ const D: usize = 64;
 const I: usize = 4864;
 const V: usize = 151_936;
 
-fn tensor(shape: &[usize], scale: f32, dtype: DType, device: Device) -> Tensor {
-    let len = shape.iter().product();
-    let values: Vec<f32> = (0..len).map(|i| scale * (((i * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
-    Tensor::from_f32(&values, shape, dtype, device).unwrap()
-}
-
 fn bench(c: &mut Criterion) {
-    let device = if cfg!(feature = "gpu-tests") { Device::Cuda(0) } else { Device::Cpu };
-    // GPU work is asynchronous: wait for it inside the timed region.
-    let sync = || {
-        if let Device::Cuda(ordinal) = device {
-            unireward::runtime::cuda::backend(ordinal).unwrap().synchronize().unwrap();
-        }
-    };
+    let device = device();
     let mut group = c.benchmark_group(format!("transformer_ops_{device}"));
     group.sample_size(10);
     group.throughput(Throughput::Elements(T as u64));
@@ -46,23 +37,23 @@ fn bench(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(name, dtype), |b| {
                 b.iter(|| {
                     f();
-                    sync();
+                    sync(device);
                 })
             });
         };
-        let hidden = tensor(&[1, T, H], 1.0, dtype, device);
-        let table = tensor(&[V, H], 0.02, dtype, device);
+        let hidden = tensor(&[1, T, H], 0, 0.0, 1.0, dtype, device);
+        let table = tensor(&[V, H], 0, 0.0, 0.02, dtype, device);
         run("embedding_forward", &mut || drop(embedding(&table, &ids).unwrap()));
         run("embedding_backward", &mut || drop(embedding_backward(&hidden, &ids, V).unwrap()));
         drop(table);
 
-        let w = tensor(&[H], 1.0, dtype, device);
+        let w = tensor(&[H], 0, 0.0, 1.0, dtype, device);
         let saved = rmsnorm(&hidden, &w, &RmsNormConfig::default()).unwrap();
         run("rmsnorm_forward", &mut || drop(rmsnorm(&hidden, &w, &RmsNormConfig::default()).unwrap()));
         run("rmsnorm_backward", &mut || drop(rmsnorm_backward(&hidden, &hidden, &w, &saved.rstd).unwrap()));
 
-        let q = tensor(&[1, T, HQ, D], 1.0, dtype, device);
-        let k = tensor(&[1, T, HKV, D], 1.0, dtype, device);
+        let q = tensor(&[1, T, HQ, D], 0, 0.0, 1.0, dtype, device);
+        let k = tensor(&[1, T, HKV, D], 0, 0.0, 1.0, dtype, device);
         let cfg = RopeConfig::default();
         run("rope_q_forward", &mut || drop(rope(&q, &positions, &cfg).unwrap()));
         run("rope_q_backward", &mut || drop(rope_backward(&q, &positions, &cfg).unwrap()));
@@ -71,8 +62,8 @@ fn bench(c: &mut Criterion) {
         run("attention_forward", &mut || drop(attention(&q, &k, &k, &mask).unwrap()));
         run("attention_backward", &mut || drop(attention_backward(&q, &q, &k, &k, &mask, &saved).unwrap()));
 
-        let (w_up, b_q) = (tensor(&[I, H], 0.03, dtype, device), tensor(&[I], 0.1, dtype, device));
-        let grad_up = tensor(&[1, T, I], 1.0, dtype, device);
+        let (w_up, b_q) = (tensor(&[I, H], 0, 0.0, 0.03, dtype, device), tensor(&[I], 0, 0.0, 0.1, dtype, device));
+        let grad_up = tensor(&[1, T, I], 0, 0.0, 1.0, dtype, device);
         run("linear_896x4864_forward", &mut || drop(linear(&hidden, &w_up, Some(&b_q)).unwrap()));
         run("linear_896x4864_backward", &mut || drop(linear_backward(&grad_up, &hidden, &w_up, Some(&b_q)).unwrap()));
 

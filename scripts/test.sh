@@ -11,7 +11,7 @@
 # 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
 # 5. a release build and a smoke run of `unireward demo`.
 # 6. the PyTorch package's tests (bindings/python) in a cached virtual environment with torch, against the release
-#    build of libunireward.so.
+#    build of libunireward.so; then the CUDA kernels emulated on the host (tests/reference/*_kernels_on_host.py);
 # 7. the C++ and CMake checks (scripts/cmake_check.sh; installs cmake and valgrind with apt-get when missing).
 #
 # Stops at the first failing step with a non-zero exit status (each test step runs all its tests first).
@@ -100,14 +100,8 @@ run cargo test --test kernels_compile -- --nocapture
 
 step "release build"
 run cargo build --release
-# (Captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail.)
-cli_help=$(cargo run --quiet --release -- --help 2>/dev/null || true)
-if grep -qE '^\s+demo\b' <<<"$cli_help"; then
-    step "smoke run: unireward demo"
-    run cargo run --release -- demo
-else
-    step "smoke run: skipped (the binary has no demo subcommand yet)"
-fi
+step "smoke run: unireward demo"
+run cargo run --release -- demo
 
 # PyTorch bindings (bindings/python): torch (PyPI's default wheel, used on the CPU here), pytest and numpy in a cached
 # venv, ${UNIREWARD_CACHE:-~/.cache/unireward}/torch-venv, rebuilt when the pins change; the package is installed
@@ -129,6 +123,14 @@ lib_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 export UNIREWARD_LIB="$lib_dir/libunireward.so"
 [[ -f "$UNIREWARD_LIB" ]] || die "$UNIREWARD_LIB not found after the release build"
 run "$TORCH_VENV/bin/python" -m pytest -q bindings/python/tests
+
+# No GPU here: the CUDA kernels of the preference losses, the heads and the transformer ops also run on the host,
+# compiled by g++ with every CUDA thread a std::thread (barriers for __syncthreads and warp shuffles), against the
+# float64 fixtures. The GPU tests in scripts/gpu_check.sh remain the real check.
+step "CUDA kernels emulated on the host"
+for harness in tests/reference/*_kernels_on_host.py; do
+    run "$TORCH_VENV/bin/python" "$harness"
+done
 
 # C++ and CMake (scripts/cmake_check.sh): the CMake package installed to a temporary prefix, the consumer project
 # and the C++ examples built against it, valgrind on the examples. cmake and valgrind come from apt when missing.

@@ -85,10 +85,10 @@ pub(super) fn compare(verdicts: Verdicts<'_>, shape: Shape, cfg: &CompareConfig)
         launch.arg(o);
     }
     let threads = k.div_ceil(32) as u32 * 32;
-    // SAFETY: cmp_group_<T>(const T*, int, int, int, double, double, int, float*, float*, int*, int*, float*,
-    // int*, int*, int*, int*, float*): one block per group (G blocks) of ⌈K/32⌉·32 ≥ K threads; `inputs` holds
-    // G·K or G·K·K elements of T; the outputs hold G·K·K, G·K (×4) and G (×5) elements; `consistency` is null for
-    // scores, which the kernel checks; the dynamic shared memory is the kernel's `carve` layout for K ≤ 96.
+    // Kernel: cmp_group_<T>(const T*, int, int, int, double, double, int, float*, float*, int*, int*, float*,
+    // int*, int*, int*, int*, float*), one block per group (G blocks) of ⌈K/32⌉·32 ≥ K threads.
+    // SAFETY: arguments match the kernel; `inputs` holds G·K or G·K·K elements of T; the outputs G·K·K, G·K (×4)
+    // and G (×5); `consistency` is null for scores (checked by the kernel); shared memory is `carve`'s for K ≤ 96.
     unsafe { launch.launch(launch_config(g, threads, shared_bytes(k))?) }?;
     Ok(out)
 }

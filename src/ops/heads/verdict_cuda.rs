@@ -69,10 +69,10 @@ pub(super) fn forward(logits: &Tensor, classes: &VerdictClasses, dims: Dims) -> 
     for out in &outs {
         launch.arg(out);
     }
-    // SAFETY: heads_verdict_forward_<T>(const T*, long long, const int*, const int*, const float*, int, float* ×3):
-    // one block per row of `logits` [B, V]; offsets hold K + 1 entries delimiting `ids` [M], every id < V;
-    // `values` and `expected` are null or hold K and B floats; `log_probs` and `probs` hold B·K; the dynamic shared
-    // memory holds K (max, sum) pairs.
+    // Kernel: heads_verdict_forward_<T>(const T*, long long, const int*, const int*, const float*, int, float* ×3),
+    // one block per row of `logits` [B, V]; offsets hold K + 1 entries delimiting `ids` [M], every id < V.
+    // SAFETY: arguments match the kernel; `values`/`expected` are null or hold K/B floats; `log_probs` and `probs`
+    // hold B·K; the dynamic shared memory holds K (max, sum) pairs.
     unsafe { launch.launch(launch_config(b, THREADS, device_classes.shared_bytes)?) }?;
     Ok(Verdict { probs, log_probs, expected_score: expected })
 }
@@ -93,10 +93,10 @@ pub(super) fn backward(
     let mut launch = backend.stream().launch_builder(&f);
     launch.arg(&x).arg(&v).arg(&offsets).arg(&ids).arg(&values).arg(&device_classes.k);
     launch.arg(&g_log_probs).arg(&g_expected).arg(&out);
-    // SAFETY: heads_verdict_backward_<T>(const T*, long long, const int*, const int*, const float*, int,
-    // const float*, const float*, T*): one block per row; as for the forward, plus `grad_log_probs` null or B·K
-    // floats, `grad_expected` null or B floats (only given with values), `grad` B·V elements of T, written only at
-    // the listed ids, which are distinct within a row.
+    // Kernel: heads_verdict_backward_<T>(const T*, long long, const int*, const int*, const float*, int,
+    // const float*, const float*, T*), one block per row; `grad` is written only at the listed ids (distinct).
+    // SAFETY: arguments match the kernel; as for the forward, plus `grad_log_probs` null or B·K floats,
+    // `grad_expected` null or B floats (only given with values), `grad` B·V elements of T.
     unsafe { launch.launch(launch_config(dims.b, THREADS, device_classes.shared_bytes)?) }?;
     Ok(())
 }

@@ -136,10 +136,10 @@ fn launch_backward(
         launch.arg(p);
     }
     launch.arg(&rows_i64).arg(&t_i32).arg(&v_i32).arg(&mean);
-    // SAFETY: logprobs_backward_<T>(const T*, T*, const int*, const float* ×3, long long, int, int, int): `logits`
-    // and `grad` hold N·T·V elements of T (they may be the same buffer: each element is read, then written, by one
-    // thread), `targets` and `lse` N·T entries, `grad_logps` and `token_counts` N floats (shapes checked by
-    // `check_backward`); one block per row.
+    // Kernel: logprobs_backward_<T>(const T*, T*, const int*, const float* ×3, long long, int, int, int). `logits`
+    // and `grad` may be the same buffer: each element is read, then written, by one thread.
+    // SAFETY: arguments match the kernel; `logits`/`grad` hold N·T·V elements of T, `targets` and `lse` N·T,
+    // `grad_logps` and `token_counts` N (shapes checked by `check_backward`); one block per row.
     unsafe { launch.launch(launch_config(rows.min(MAX_BLOCKS), THREADS, 0)?) }?;
     Ok(())
 }

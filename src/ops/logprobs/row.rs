@@ -401,18 +401,21 @@ mod tests {
             vec![("portable", row_stats_impl::<f32, false>, row_grad_impl::<f32, false>)];
         #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY (both closures): called only when the CPU has the variant's features.
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 variants.push((
                     "avx2",
+                    // SAFETY: this CPU has AVX2 and FMA (checked just above).
                     |r, t| unsafe { avx2::row_stats_impl(r, t) },
+                    // SAFETY: as above.
                     |r, l, t, s, o| unsafe { avx2::row_grad_impl(r, l, t, s, o) },
                 ));
             }
             if std::is_x86_feature_detected!("avx512f") {
                 variants.push((
                     "avx512",
+                    // SAFETY: this CPU has AVX-512F (checked just above).
                     |r, t| unsafe { avx512::row_stats_impl(r, t) },
+                    // SAFETY: as above.
                     |r, l, t, s, o| unsafe { avx512::row_grad_impl(r, l, t, s, o) },
                 ));
             }

@@ -318,3 +318,115 @@ __device__ void attention_backward_dkv_reduce(const float* __restrict__ dk_part,
 INSTANTIATE(float, f32)
 INSTANTIATE(bf16, bf16)
 INSTANTIATE(f16, f16)
+
+// ---- KV-cache attention for generation (forward only) ----
+// q, out [N,Tq,Hq,d]; k, v caches [N,S,Hkv,d]; key mask [N,S] (int or long long per `mask_i64`, 0 = empty slot);
+// start[n] = the cache slot of query 0 of sequence n (start[n] + Tq ≤ S, checked by the caller). Query i of
+// sequence n sits at slot start[n] + i and sees key j iff j ≤ that slot and slot j is real.
+
+struct CachedSizes {
+    int tq, s, hq, hkv, d;
+};
+
+__device__ __forceinline__ bool slot_real(const void* mask, int mask_i64, long long idx) {
+    return mask_i64 ? ((const long long*)mask)[idx] != 0 : ((const int*)mask)[idx] != 0;
+}
+
+// One block of WARPS warps per (n, query, query head). Warp w takes keys w·ROWS.. in chunks of ROWS, a stride of
+// TILE, with its own online softmax (ROWS dot products reduced together); the warps' states (max, sum, weighted
+// values) merge through shared memory. Whether a key is seen depends only on the warp's key index, so the shuffles
+// never diverge. A query that sees no key outputs zeros.
+template <typename T>
+__device__ void attention_cached(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                 const void* __restrict__ mask, int mask_i64, const long long* __restrict__ start,
+                                 CachedSizes z, float scale, T* __restrict__ out) {
+    __shared__ float part_o[WARPS][WARP_SIZE * COLS];
+    __shared__ float part_m[WARPS], part_l[WARPS];
+    const int h = blockIdx.x % z.hq, i = blockIdx.x / z.hq % z.tq, n = blockIdx.x / z.hq / z.tq;
+    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = h / (z.hq / z.hkv);
+    const long long slot = start[n] + i;
+    float qr[COLS], o[COLS], m = NEG_INF, l = 0.0f;
+    load_row(q, row_offset(n, i, h, z.tq, z.hq, z.d), z.d, scale, qr);
+#pragma unroll
+    for (int u = 0; u < COLS; ++u) o[u] = 0.0f;
+    for (long long first = warp * ROWS; first <= slot; first += TILE) {
+        bool seen[ROWS];
+        float scores[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const long long j = first + r;
+            seen[r] = j <= slot && slot_real(mask, mask_i64, (long long)n * z.s + j);
+            float kr[COLS];
+            if (seen[r]) {
+                load_row(k, row_offset(n, (int)j, g, z.s, z.hkv, z.d), z.d, 1.0f, kr);
+            } else {
+#pragma unroll
+                for (int u = 0; u < COLS; ++u) kr[u] = 0.0f;
+            }
+            scores[r] = lane_dot(qr, kr);
+        }
+        warp_sums(scores);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            if (!seen[r]) continue;
+            float vr[COLS];
+            load_row(v, row_offset(n, (int)(first + r), g, z.s, z.hkv, z.d), z.d, 1.0f, vr);
+            const float m_new = fmaxf(m, scores[r]), correction = __expf(m - m_new), p = __expf(scores[r] - m_new);
+            l = l * correction + p;
+#pragma unroll
+            for (int u = 0; u < COLS; ++u) o[u] = o[u] * correction + p * vr[u];
+            m = m_new;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < COLS; ++u) part_o[warp][lane + WARP_SIZE * u] = o[u];
+    if (lane == 0) {
+        part_m[warp] = m;
+        part_l[warp] = l;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    float top = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) top = fmaxf(top, part_m[w]);
+    float total = 0.0f;
+#pragma unroll
+    for (int u = 0; u < COLS; ++u) o[u] = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+        // A warp that saw no key has m = −inf and contributes nothing (also when no warp saw one).
+        const float f = part_m[w] == NEG_INF ? 0.0f : __expf(part_m[w] - top);
+        total += part_l[w] * f;
+#pragma unroll
+        for (int u = 0; u < COLS; ++u) o[u] += part_o[w][lane + WARP_SIZE * u] * f;
+    }
+    store_row(out, row_offset(n, i, h, z.tq, z.hq, z.d), z.d, o, total > 0.0f ? 1.0f / total : 0.0f);
+}
+
+// cache[n, start[n] + i, :] = src[b, i, :] with b = n, or 0 when `broadcast`; rows of `row` = H·d elements;
+// grid-stride over the N·Tq·row = `total` written elements.
+template <typename T>
+__device__ void kv_cache_write(T* __restrict__ cache, const T* __restrict__ src, const long long* __restrict__ start,
+                               long long total, int tq, int s, int row, int broadcast) {
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long c = idx % row, ni = idx / row, i = ni % tq, n = ni / tq;
+        const long long from = ((broadcast ? 0 : n) * tq + i) * row + c;
+        cache[((n * s + start[n] + i) * row) + c] = src[from];
+    }
+}
+
+#define INSTANTIATE_CACHED(T, S)                                                                                 \
+    extern "C" __global__ void TILED attention_cached_##S(const T* q, const T* k, const T* v, const void* mask,  \
+                                                          int mask_i64, const long long* start, int tq, int s,   \
+                                                          int hq, int hkv, int d, float scale, T* out) {         \
+        attention_cached<T>(q, k, v, mask, mask_i64, start, CachedSizes{tq, s, hq, hkv, d}, scale, out);         \
+    }                                                                                                            \
+    extern "C" __global__ void kv_cache_write_##S(T* cache, const T* src, const long long* start,                \
+                                                  long long total, int tq, int s, int row, int broadcast) {      \
+        kv_cache_write<T>(cache, src, start, total, tq, s, row, broadcast);                                      \
+    }
+
+INSTANTIATE_CACHED(float, f32)
+INSTANTIATE_CACHED(bf16, bf16)
+INSTANTIATE_CACHED(f16, f16)

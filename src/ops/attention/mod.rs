@@ -5,9 +5,17 @@
 //!
 //! CPU: per (n, head) with `gemm` products, rayon over tasks. CUDA: flash-style kernels that tile over keys with an
 //! online softmax and keep no [T,T] matrix in global memory (head dim up to 128).
+//!
+//! For generation, [`attention_cached`] attends new queries over a KV cache that [`kv_cache_write`] fills (see
+//! `cached.rs`).
 
+mod cached;
+mod cached_cpu;
+mod cached_cuda;
 mod cpu;
 mod cuda;
+
+pub use cached::{attention_cached, kv_cache_write};
 
 use crate::ops::{check, launch};
 use crate::runtime::cuda::KernelModule;

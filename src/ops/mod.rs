@@ -12,6 +12,7 @@ pub(crate) mod launch;
 pub mod linear;
 pub mod logprobs;
 pub mod preference;
+pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
@@ -32,4 +33,5 @@ pub const KERNEL_MODULES: &[KernelModule] = &[
     linear::KERNELS,
     swiglu::KERNELS,
     attention::KERNELS,
+    residual::KERNELS,
 ];

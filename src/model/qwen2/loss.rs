@@ -1,0 +1,67 @@
+//! The causal language-modelling loss of a forward pass, through the fused LM-head kernels (no [N,T,V] logits):
+//! the mean next-token negative log-likelihood over the tokens transformers counts (`labels = input_ids`, −100 at
+//! padding, shifted by one).
+
+use super::{ForwardPass, OutputGrads, Qwen2Model};
+use crate::ops::check;
+use crate::ops::fused_linear::{fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead};
+use crate::ops::launch::host_ids;
+use crate::runtime::{DType, Tensor};
+use crate::{Error, Result};
+
+/// The loss and the gradient it hands back to [`Qwen2Model::backward`].
+#[derive(Debug)]
+pub struct CausalLmLoss {
+    /// Mean negative log-likelihood over the counted next tokens.
+    pub loss: f32,
+    /// Next tokens counted: position t predicts token t + 1 when the mask at t + 1 is nonzero.
+    pub tokens: usize,
+    pub grads: OutputGrads,
+}
+
+/// Labels [N,T] for next-token prediction: `ids[n, t+1]` where `mask[n, t+1] ≠ 0`, −100 elsewhere.
+fn next_token_labels(ids: &Tensor, mask: &Tensor, ignore_index: i64) -> Result<(Vec<i64>, usize)> {
+    let &[n, t] = ids.shape() else { unreachable!("checked by forward") };
+    let (ids, mask) = (host_ids(ids)?, host_ids(mask)?);
+    let mut counted = 0;
+    let labels = (0..n * t)
+        .map(|i| {
+            let next = i + 1;
+            if next % t != 0 && mask[next] != 0 {
+                counted += 1;
+                ids[next]
+            } else {
+                ignore_index
+            }
+        })
+        .collect();
+    Ok((labels, counted))
+}
+
+impl Qwen2Model {
+    /// The causal-LM loss of `pass` over its own `ids` [N,T] (the ids the pass was run on), with its gradient.
+    pub fn causal_lm_loss(&self, pass: &ForwardPass, ids: &Tensor, cfg: &FusedLinearConfig) -> Result<CausalLmLoss> {
+        check::shape("input_ids", ids, &pass.hidden().shape()[..2])?;
+        check::integer("input_ids", ids)?;
+        let (labels, tokens) = next_token_labels(ids, pass.mask(), cfg.logprobs.ignore_index)?;
+        if tokens == 0 {
+            return Err(Error::InvalidArgument(
+                "the batch has no next token to predict (every sequence is shorter than 2 tokens)".into(),
+            ));
+        }
+        let labels = Tensor::from_slice(&labels, ids.shape(), self.device())?;
+        let head = LinearHead { hidden: pass.hidden(), weight: self.weights.head(), bias: None };
+        let mut cfg = cfg.clone();
+        cfg.logprobs.reduction = crate::ops::logprobs::TokenReduction::Sum;
+        let out = fused_linear_logprobs(head, &labels, None, &cfg)?;
+        let total: f64 = out.logps.to_vec::<f32>()?.iter().map(|&l| f64::from(l)).sum();
+        let n = ids.shape()[0];
+        let grad_logps = Tensor::from_f32(&vec![-1.0 / tokens as f32; n], &[n], DType::F32, self.device())?;
+        let g = fused_linear_logprobs_backward(head, &labels, None, &out, &grad_logps, &cfg)?;
+        Ok(CausalLmLoss {
+            loss: (-total / tokens as f64) as f32,
+            tokens,
+            grads: OutputGrads { hidden: g.grad_hidden, lm_head: Some(g.grad_weight) },
+        })
+    }
+}

@@ -1,0 +1,164 @@
+//! `Qwen2Weights`: every parameter of a Qwen2 decoder (or, with the same layout, every gradient), under the names
+//! and in the order of [`qwen2_weight_names`]. Loaded from a [`WeightStore`] in one compute dtype on one device.
+
+use crate::model::{qwen2_weight_names, Qwen2Config, WeightStore};
+use crate::runtime::{DType, Device, Tensor};
+use crate::{Error, Result};
+
+/// The parameters of one decoder layer (projection weights are [out, in], as in PyTorch).
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub q_proj: Tensor,
+    pub q_bias: Tensor,
+    pub k_proj: Tensor,
+    pub k_bias: Tensor,
+    pub v_proj: Tensor,
+    pub v_bias: Tensor,
+    pub o_proj: Tensor,
+    pub gate_proj: Tensor,
+    pub up_proj: Tensor,
+    pub down_proj: Tensor,
+    pub input_layernorm: Tensor,
+    pub post_attention_layernorm: Tensor,
+}
+
+/// Tensor suffixes of a layer under `model.layers.<i>.`, in [`qwen2_weight_names`] order.
+const LAYER_NAMES: [&str; 12] = [
+    "self_attn.q_proj.weight",
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.weight",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.weight",
+    "self_attn.v_proj.bias",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+];
+
+impl LayerWeights {
+    fn from_ordered(mut next: impl FnMut() -> Result<Tensor>) -> Result<LayerWeights> {
+        Ok(LayerWeights {
+            q_proj: next()?,
+            q_bias: next()?,
+            k_proj: next()?,
+            k_bias: next()?,
+            v_proj: next()?,
+            v_bias: next()?,
+            o_proj: next()?,
+            gate_proj: next()?,
+            up_proj: next()?,
+            down_proj: next()?,
+            input_layernorm: next()?,
+            post_attention_layernorm: next()?,
+        })
+    }
+
+    fn ordered(&self) -> [&Tensor; 12] {
+        [
+            &self.q_proj,
+            &self.q_bias,
+            &self.k_proj,
+            &self.k_bias,
+            &self.v_proj,
+            &self.v_bias,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+            &self.input_layernorm,
+            &self.post_attention_layernorm,
+        ]
+    }
+}
+
+/// All parameters of a Qwen2 decoder, or all their gradients.
+#[derive(Debug)]
+pub struct Qwen2Weights {
+    /// [V,H]. With tied embeddings it is also the LM head (and, as a gradient, holds both shares).
+    pub embed_tokens: Tensor,
+    pub layers: Vec<LayerWeights>,
+    /// [H]: the final RMSNorm.
+    pub norm: Tensor,
+    /// [V,H], absent when the LM head is tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+}
+
+impl Qwen2Weights {
+    /// Reads every tensor of `config`'s model from `store`, converted to `dtype` on `device`, after checking that
+    /// the checkpoint holds exactly those names and shapes (all problems reported at once).
+    pub fn load(store: &WeightStore, config: &Qwen2Config, dtype: DType, device: Device) -> Result<Qwen2Weights> {
+        if !dtype.is_float() {
+            return Err(Error::DType { arg: "dtype", got: dtype, expected: "f32, bf16 or f16".into() });
+        }
+        store.check_qwen2(config)?;
+        let mut entries = qwen2_weight_names(config).into_iter();
+        Qwen2Weights::from_ordered(config, || {
+            let (name, shape) = entries.next().ok_or_else(|| Error::Checkpoint("weight list ended early".into()))?;
+            store.get_as(&name, &shape, dtype, device)
+        })
+    }
+
+    /// Zeros with the shapes, dtype and device of `self` (a gradient buffer).
+    pub fn zeros_like(&self) -> Result<Qwen2Weights> {
+        let mut tensors = self.tensors().into_iter();
+        let mut next = || -> Result<Tensor> {
+            let t = tensors.next().ok_or_else(|| Error::InvalidArgument("weight list ended early".into()))?;
+            Tensor::zeros(t.shape(), t.dtype(), t.device())
+        };
+        let embed_tokens = next()?;
+        let layers = (0..self.layers.len()).map(|_| LayerWeights::from_ordered(&mut next)).collect::<Result<_>>()?;
+        let norm = next()?;
+        let lm_head = self.lm_head.as_ref().map(|_| next()).transpose()?;
+        Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head })
+    }
+
+    fn from_ordered(config: &Qwen2Config, mut next: impl FnMut() -> Result<Tensor>) -> Result<Qwen2Weights> {
+        let embed_tokens = next()?;
+        let layers =
+            (0..config.num_hidden_layers).map(|_| LayerWeights::from_ordered(&mut next)).collect::<Result<_>>()?;
+        let norm = next()?;
+        let lm_head = if config.tie_word_embeddings { None } else { Some(next()?) };
+        Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head })
+    }
+
+    /// The LM head's weight [V,H]: `lm_head`, or the embeddings when tied.
+    pub fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// The tensors in [`qwen2_weight_names`] order.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = vec![&self.embed_tokens];
+        all.extend(self.layers.iter().flat_map(|l| l.ordered()));
+        all.push(&self.norm);
+        all.extend(self.lm_head.as_ref());
+        all
+    }
+
+    /// `(Hugging Face name, tensor)` pairs in [`qwen2_weight_names`] order (what a checkpoint or a gradient
+    /// dictionary holds).
+    pub fn named(&self) -> Vec<(String, &Tensor)> {
+        let mut names = vec!["model.embed_tokens.weight".to_string()];
+        for i in 0..self.layers.len() {
+            names.extend(LAYER_NAMES.iter().map(|n| format!("model.layers.{i}.{n}")));
+        }
+        names.push("model.norm.weight".into());
+        if self.lm_head.is_some() {
+            names.push("lm_head.weight".into());
+        }
+        names.into_iter().zip(self.tensors()).collect()
+    }
+
+    /// Bytes held by all tensors.
+    pub fn size_in_bytes(&self) -> usize {
+        self.tensors().iter().map(|t| t.size_in_bytes()).sum()
+    }
+
+    /// Number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.tensors().iter().map(|t| t.numel()).sum()
+    }
+}

@@ -1,0 +1,4 @@
+//! The Qwen2 model against transformers (float64 fixtures): logits, loss, every gradient, memory, bad input.
+
+mod model;
+mod reference;

@@ -94,10 +94,24 @@ impl Qwen2Weights {
             return Err(Error::DType { arg: "dtype", got: dtype, expected: "f32, bf16 or f16".into() });
         }
         store.check_qwen2(config)?;
+        Qwen2Weights::from_fn(config, |name, shape| store.get_as(name, shape, dtype, device))
+    }
+
+    /// Builds every tensor of `config`'s model with `make(name, shape)` (random weights for benchmarks, weights from
+    /// another source), in [`qwen2_weight_names`] order; each result's shape is checked.
+    pub fn from_fn(
+        config: &Qwen2Config,
+        mut make: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Qwen2Weights> {
+        config.validate()?;
         let mut entries = qwen2_weight_names(config).into_iter();
         Qwen2Weights::from_ordered(config, || {
             let (name, shape) = entries.next().ok_or_else(|| Error::Checkpoint("weight list ended early".into()))?;
-            store.get_as(&name, &shape, dtype, device)
+            let tensor = make(&name, &shape)?;
+            if tensor.shape() != shape.as_slice() {
+                return Err(Error::Shape(format!("`{name}` is {:?}, expected {shape:?}", tensor.shape())));
+            }
+            Ok(tensor)
         })
     }
 

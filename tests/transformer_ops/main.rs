@@ -7,6 +7,7 @@ mod common;
 
 mod attention;
 mod embedding;
+mod kv_cache;
 mod linear;
 mod rmsnorm;
 mod rope;

@@ -1,5 +1,6 @@
-"""Runs the f32 kernels of the transformer ops (kernels/attention.cu, rmsnorm.cu, rope.cu, embedding.cu,
-swiglu.cu) on the host, against the committed float64 fixtures of tests/fixtures/transformer_ops/.
+"""Runs the f32 kernels of the transformer ops (kernels/attention.cu, its KV-cache kernels included, rmsnorm.cu,
+rope.cu, embedding.cu, swiglu.cu) on the host, against the committed float64 fixtures of
+tests/fixtures/transformer_ops/ (and numpy float64 references on random inputs).
 
 A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
 It reuses heads_kernels_on_host.py's prelude: every CUDA thread of a block runs as a std::thread, warp shuffles go
@@ -56,6 +57,16 @@ void emu_attention_backward(const float* q, const float* k, const float* v, cons
         attention_backward_dkv_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dk_part, dv_part);
     });
     run(elementwise(total), 256, [=] { attention_backward_dkv_reduce_f32(dk_part, dv_part, total, t, hq, hkv, d, dk, dv); });
+}
+void emu_attention_cached(const float* q, const float* k, const float* v, const void* mask, int mask_i64,
+                          const long long* start, int n, int tq, int s, int hq, int hkv, int d, float* out) {
+    float scale = 1.0f / sqrtf((float)d);
+    run(n * tq * hq, 128, [=] { attention_cached_f32(q, k, v, mask, mask_i64, start, tq, s, hq, hkv, d, scale, out); });
+}
+void emu_kv_cache_write(float* cache, const float* src, const long long* start, int n, int tq, int s, int row,
+                        int broadcast) {
+    long long total = (long long)n * tq * row;
+    run(elementwise(total), 256, [=] { kv_cache_write_f32(cache, src, start, total, tq, s, row, broadcast); });
 }
 void emu_rmsnorm(const float* x, const float* w, const float* g, int rows, int h, float eps, float* y, float* rstd,
                  float* dx, float* partial, float* dw) {
@@ -153,6 +164,48 @@ lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t
                            P(dkp), P(dvp), P(dk), P(dv))
 for what, got, exp in zip(["out", "lse", "grad_q", "grad_k", "grad_v"], [out, lse, dq, dk, dv], want):
     ok &= close(what, got, exp)
+
+def cached_reference(q, k, v, mask, start, n, tq, s, hq, hkv, d):
+    """float64 attention of queries at slots start[b] + i over the real cache slots up to theirs; zeros if none."""
+    q, k, v = q.astype(np.float64).reshape(n, tq, hq, d), k.reshape(n, s, hkv, d), v.reshape(n, s, hkv, d)
+    out = np.zeros((n, tq, hq, d))
+    for b in range(n):
+        for i in range(tq):
+            seen = [j for j in range(start[b] + i + 1) if mask[b, j]]
+            for h in range(hq):
+                if seen:
+                    g = h // (hq // hkv)
+                    sc = k[b, seen, g].astype(np.float64) @ q[b, i, h] / math.sqrt(d)
+                    p = np.exp(sc - sc.max())
+                    out[b, i, h] = p / p.sum() @ v[b, seen, g]
+    return out.reshape(-1)
+
+# KV-cache attention: several strides of keys per warp, holes in the mask, per-sequence starts, a sequence that
+# sees no key; then decode (Tq = 1) over a longer cache with d = 128 and an i32 mask.
+for (n, tq, s, hq, hkv, d, starts, wide) in [(3, 5, 45, 6, 2, 72, [0, 40, 17], True),
+                                             (2, 1, 300, 2, 1, 128, [299, 150], False)]:
+    print(f"attention_cached n={n} tq={tq} s={s} hq={hq} hkv={hkv} d={d} starts={starts}")
+    q = f32(rng.standard_normal(n * tq * hq * d))
+    k, v = f32(rng.standard_normal(n * s * hkv * d)), f32(rng.standard_normal(n * s * hkv * d))
+    mask = (rng.random((n, s)) < 0.7).astype(np.int64 if wide else np.int32)
+    if n > 2:
+        mask[2] = 0
+    start = np.array(starts, np.int64)
+    out = zeros(q.size)
+    lib.emu_attention_cached(P(q), P(k), P(v), P(mask), int(wide), P(start), n, tq, s, hq, hkv, d, P(out))
+    ok &= close("out", out, cached_reference(q, k, v, mask, starts, n, tq, s, hq, hkv, d))
+
+# Cache writes: one block per sequence, then a broadcast one, over several grid-stride blocks.
+n, s, row, tq = 3, 50, 24, 20
+print(f"kv_cache_write n={n} s={s} row={row} tq={tq}")
+cache = f32(rng.standard_normal(n * s * row))
+want = cache.reshape(n, s, row).copy()
+for starts, b in [([0, 30, 7], n), ([5, 0, 30], 1)]:
+    src, start = f32(rng.standard_normal(b * tq * row)), np.array(starts, np.int64)
+    lib.emu_kv_cache_write(P(cache), P(src), P(start), n, tq, s, row, int(b == 1))
+    for i, st in enumerate(starts):
+        want[i, st:st + tq] = src.reshape(b, tq, row)[0 if b == 1 else i]
+    ok &= close(f"cache (B={b})", cache, want.reshape(-1), 0.0)
 
 c = load("rmsnorm"); print("rmsnorm")
 h = c["shape"][-1]; rows = len(c["x"]) // h

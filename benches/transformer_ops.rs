@@ -3,7 +3,7 @@
 //! (and bf16), or on CUDA with the `gpu-tests` feature (scripts/gpu_check.sh).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use unireward::ops::attention::{attention, attention_backward};
+use unireward::ops::attention::{attention, attention_backward, attention_cached, kv_cache_write};
 use unireward::ops::embedding::{embedding, embedding_backward};
 use unireward::ops::linear::{linear, linear_backward};
 use unireward::ops::rmsnorm::{rmsnorm, rmsnorm_backward, RmsNormConfig};
@@ -61,6 +61,17 @@ fn bench(c: &mut Criterion) {
         let saved = attention(&q, &k, &k, &mask).unwrap();
         run("attention_forward", &mut || drop(attention(&q, &k, &k, &mask).unwrap()));
         run("attention_backward", &mut || drop(attention_backward(&q, &q, &k, &k, &mask, &saved).unwrap()));
+
+        // Decode: 8 sequences, one new token each, over a 1024-slot cache filled to different lengths.
+        let (q1, k1) =
+            (tensor(&[8, 1, HQ, D], 0, 0.0, 1.0, dtype, device), tensor(&[8, 1, HKV, D], 0, 0.0, 1.0, dtype, device));
+        let mut cache = tensor(&[8, 1024, HKV, D], 0, 0.0, 1.0, dtype, device);
+        let starts: Vec<usize> = (0..8).map(|n| 1000 - 100 * n).collect();
+        let key_mask = Tensor::from_slice(&vec![1i64; 8 * 1024], &[8, 1024], device).unwrap();
+        run("attention_cached_decode_8x1024", &mut || {
+            drop(attention_cached(&q1, &cache, &cache, &key_mask, &starts).unwrap())
+        });
+        run("kv_cache_write_decode_8", &mut || kv_cache_write(&mut cache, &k1, &starts).unwrap());
 
         let (w_up, b_q) = (tensor(&[I, H], 0, 0.0, 0.03, dtype, device), tensor(&[I], 0, 0.0, 0.1, dtype, device));
         let grad_up = tensor(&[1, T, I], 0, 0.0, 1.0, dtype, device);

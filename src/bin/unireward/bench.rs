@@ -22,6 +22,9 @@ pub enum Bench {
     /// Log-probs from hidden states and the LM head: fused (chunked) against materialised logits, forward and
     /// backward, f32 on the CPU.
     FusedLinear(FusedLinearArgs),
+    /// The Qwen2 decoder at Qwen2-0.5B's shapes with random weights: forward + loss and forward + backward,
+    /// tokens per second, peak memory and (on CUDA) MFU; `scripts/bench_torch_qwen2.py` is PyTorch's side.
+    Model(crate::bench_model::ModelArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +63,7 @@ pub fn run(bench: &Bench) -> anyhow::Result<()> {
             Ok(())
         }
         Bench::FusedLinear(args) => fused_linear(args),
+        Bench::Model(args) => crate::bench_model::run(args),
     }
 }
 

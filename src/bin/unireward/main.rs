@@ -1,6 +1,7 @@
 //! `unireward`: the command line of the library.
 
 mod bench;
+mod bench_model;
 mod demo;
 mod kernels;
 mod peak_alloc;

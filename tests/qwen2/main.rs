@@ -1,4 +1,5 @@
 //! The Qwen2 model against transformers (float64 fixtures): logits, loss, every gradient, memory, bad input.
 
+mod generate;
 mod model;
 mod reference;

@@ -56,6 +56,12 @@ pub(super) struct LayerActivations {
     pub attn: AttentionOutput,
     /// After the attention residual [N,T,H].
     pub a: Tensor,
+    pub mlp: MlpActivations,
+}
+
+/// What the MLP block's backward reads.
+#[derive(Debug)]
+pub(super) struct MlpActivations {
     pub norm2: RmsNormOutput,
     pub gate: Tensor,
     pub up: Tensor,
@@ -75,11 +81,11 @@ impl LayerActivations {
             &self.attn.out,
             &self.attn.lse,
             &self.a,
-            &self.norm2.y,
-            &self.norm2.rstd,
-            &self.gate,
-            &self.up,
-            &self.act,
+            &self.mlp.norm2.y,
+            &self.mlp.norm2.rstd,
+            &self.mlp.gate,
+            &self.mlp.up,
+            &self.mlp.act,
         ]
         .iter()
         .map(|t| t.size_in_bytes())
@@ -87,27 +93,55 @@ impl LayerActivations {
     }
 }
 
-/// The layer's output and its saved activations (which own `x`).
-pub(super) fn forward(w: &LayerWeights, ctx: &LayerContext<'_>, x: Tensor) -> Result<(Tensor, LayerActivations)> {
-    let norm1 = rmsnorm(&x, &w.input_layernorm, &ctx.norm)?;
+/// The attention block's inputs: `n1 = rmsnorm(x)` and the rotated queries [N,T,Hq,d], rotated keys and values
+/// [N,T,Hkv,d] at `ctx.positions`.
+pub(super) fn project_qkv(
+    w: &LayerWeights,
+    ctx: &LayerContext<'_>,
+    x: &Tensor,
+) -> Result<(RmsNormOutput, Tensor, Tensor, Tensor)> {
+    let norm1 = rmsnorm(x, &w.input_layernorm, &ctx.norm)?;
     let mut q = ctx.split_heads(linear(&norm1.y, &w.q_proj, Some(&w.q_bias))?, ctx.heads)?;
     let mut k = ctx.split_heads(linear(&norm1.y, &w.k_proj, Some(&w.k_bias))?, ctx.kv_heads)?;
     let v = ctx.split_heads(linear(&norm1.y, &w.v_proj, Some(&w.v_bias))?, ctx.kv_heads)?;
     rope_in_place(&mut q, ctx.positions, &ctx.rope, Rotation::Forward)?;
     rope_in_place(&mut k, ctx.positions, &ctx.rope, Rotation::Forward)?;
-    let mut attn = attention(&q, &k, &v, ctx.mask)?;
-    // The projection reads the heads merged; the backward reads them split: move the tensor, never copy it.
-    let merged = merge_heads(attn.out)?;
+    Ok((norm1, q, k, v))
+}
+
+/// `x + o_proj(attn)` for the attention output `attn` [N,T,Hq,d], which is handed back unchanged (the projection
+/// reads the heads merged, the backward reads them split: the tensor is moved, never copied).
+pub(super) fn attention_residual(
+    w: &LayerWeights,
+    ctx: &LayerContext<'_>,
+    x: &Tensor,
+    attn: Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let merged = merge_heads(attn)?;
     let mut a = linear(&merged, &w.o_proj, None)?;
-    attn.out = ctx.split_heads(merged, ctx.heads)?;
-    add_in_place(&mut a, &x)?;
-    let norm2 = rmsnorm(&a, &w.post_attention_layernorm, &ctx.norm)?;
+    add_in_place(&mut a, x)?;
+    Ok((a, ctx.split_heads(merged, ctx.heads)?))
+}
+
+/// The MLP block's output `a + down(silu(gate(n2)) ∘ up(n2))`, `n2 = rmsnorm(a)`, and what its backward reads.
+pub(super) fn mlp(w: &LayerWeights, ctx: &LayerContext<'_>, a: &Tensor) -> Result<(Tensor, MlpActivations)> {
+    let norm2 = rmsnorm(a, &w.post_attention_layernorm, &ctx.norm)?;
     let gate = linear(&norm2.y, &w.gate_proj, None)?;
     let up = linear(&norm2.y, &w.up_proj, None)?;
     let act = swiglu(&gate, &up)?;
     let mut out = linear(&act, &w.down_proj, None)?;
-    add_in_place(&mut out, &a)?;
-    Ok((out, LayerActivations { x, norm1, q, k, v, attn, a, norm2, gate, up, act }))
+    add_in_place(&mut out, a)?;
+    Ok((out, MlpActivations { norm2, gate, up, act }))
+}
+
+/// The layer's output and its saved activations (which own `x`).
+pub(super) fn forward(w: &LayerWeights, ctx: &LayerContext<'_>, x: Tensor) -> Result<(Tensor, LayerActivations)> {
+    let (norm1, q, k, v) = project_qkv(w, ctx, &x)?;
+    let mut attn = attention(&q, &k, &v, ctx.mask)?;
+    let (a, attn_out) = attention_residual(w, ctx, &x, attn.out)?;
+    attn.out = attn_out;
+    let (out, mlp) = mlp(w, ctx, &a)?;
+    Ok((out, LayerActivations { x, norm1, q, k, v, attn, a, mlp }))
 }
 
 /// From the gradient of the layer's output, the gradient of its input and of every weight of the layer. Consumes
@@ -119,13 +153,14 @@ pub(super) fn backward(
     grad_out: Tensor,
 ) -> Result<(Tensor, LayerWeights)> {
     // MLP: out = a + down(act).
-    let down = linear_backward(&grad_out, &s.act, &w.down_proj, None)?;
-    let glu = swiglu_backward(&down.grad_x, &s.gate, &s.up)?;
-    let gate = linear_backward(&glu.grad_gate, &s.norm2.y, &w.gate_proj, None)?;
-    let up = linear_backward(&glu.grad_up, &s.norm2.y, &w.up_proj, None)?;
+    let m = &s.mlp;
+    let down = linear_backward(&grad_out, &m.act, &w.down_proj, None)?;
+    let glu = swiglu_backward(&down.grad_x, &m.gate, &m.up)?;
+    let gate = linear_backward(&glu.grad_gate, &m.norm2.y, &w.gate_proj, None)?;
+    let up = linear_backward(&glu.grad_up, &m.norm2.y, &w.up_proj, None)?;
     let mut grad_norm2 = gate.grad_x;
     add_in_place(&mut grad_norm2, &up.grad_x)?;
-    let norm2 = rmsnorm_backward(&grad_norm2, &s.a, &w.post_attention_layernorm, &s.norm2.rstd)?;
+    let norm2 = rmsnorm_backward(&grad_norm2, &s.a, &w.post_attention_layernorm, &m.norm2.rstd)?;
     let mut grad_a = grad_out;
     add_in_place(&mut grad_a, &norm2.grad_x)?;
 

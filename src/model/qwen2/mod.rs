@@ -5,12 +5,15 @@
 //! [`ForwardOptions::recompute`], only each layer's input, recomputing the rest in the backward); the final hidden
 //! states go to the fused log-prob and DPO kernels (or to [`Qwen2Model::causal_lm_loss`], or to materialised
 //! logits), whose gradient [`Qwen2Model::backward`] turns into the gradient of every parameter and of the input
-//! embeddings.
+//! embeddings. Inference: [`Qwen2Model::extend`] runs new tokens against a [`KvCache`], which a prompt encoded once
+//! can fork into many rows ([`KvCache::fork`]).
 
+mod cache;
 mod layer;
 mod loss;
 mod weights;
 
+pub use cache::KvCache;
 pub use loss::CausalLmLoss;
 pub use weights::{LayerWeights, Qwen2Weights};
 

@@ -1,0 +1,171 @@
+//! Inference with a KV cache: the rotated keys and the values of every layer for the tokens seen so far, so that
+//! new tokens cost one pass over themselves. A batch-1 cache (one encoded prompt) forks into many rows: prefix
+//! sharing, so that K candidates of one prompt reuse its keys and values instead of re-encoding it K times.
+
+use super::layer::{self, LayerContext};
+use super::Qwen2Model;
+use crate::ops::attention::{attention_cached, kv_cache_write};
+use crate::ops::embedding::embedding;
+use crate::ops::linear::linear;
+use crate::ops::rmsnorm::rmsnorm;
+use crate::runtime::{DType, Tensor};
+use crate::{Error, Result};
+
+/// Keys and values of every layer for a batch of sequences, each with its own length.
+#[derive(Debug)]
+pub struct KvCache {
+    /// Per layer: rotated keys and values [N,S,Hkv,d] in the model's dtype (S = capacity).
+    layers: Vec<(Tensor, Tensor)>,
+    /// [N·S]: 1 where a slot holds a token.
+    valid: Vec<i64>,
+    /// Tokens held per sequence.
+    lengths: Vec<usize>,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Slots per sequence.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens held by each sequence.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// Bytes held by the keys and values.
+    pub fn size_in_bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| k.size_in_bytes() + v.size_in_bytes()).sum()
+    }
+
+    /// `copies` sequences that each start with what this batch-1 cache holds, with room for `capacity` tokens
+    /// each (at least this cache's capacity). The keys and values are copied on the device; nothing is recomputed.
+    pub fn fork(&self, copies: usize, capacity: usize) -> Result<KvCache> {
+        if self.batch() != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "only a batch-1 cache (one encoded prefix) can be forked, this one holds {} sequences",
+                self.batch()
+            )));
+        }
+        if copies == 0 || capacity < self.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "fork needs at least one copy and a capacity of at least {} (got {copies} copies of {capacity})",
+                self.capacity
+            )));
+        }
+        let starts = vec![0; copies];
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| {
+                let fork = |src: &Tensor| -> Result<Tensor> {
+                    let &[_, _, heads, d] = src.shape() else { unreachable!("caches are [N,S,H,d]") };
+                    let mut dst = Tensor::zeros(&[copies, capacity, heads, d], src.dtype(), src.device())?;
+                    kv_cache_write(&mut dst, src, &starts)?;
+                    Ok(dst)
+                };
+                Ok((fork(k)?, fork(v)?))
+            })
+            .collect::<Result<_>>()?;
+        let mut valid = vec![0; copies * capacity];
+        for row in valid.chunks_mut(capacity) {
+            row[..self.capacity].copy_from_slice(&self.valid);
+        }
+        Ok(KvCache { layers, valid, lengths: vec![self.lengths[0]; copies], capacity })
+    }
+}
+
+impl Qwen2Model {
+    /// An empty cache for `batch` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let c = &self.config;
+        if batch == 0 || capacity == 0 || capacity > c.max_position_embeddings {
+            return Err(Error::InvalidArgument(format!(
+                "a KV cache needs batch ≥ 1 and 1 ≤ capacity ≤ max_position_embeddings ({}), got batch {batch}, \
+                 capacity {capacity}",
+                c.max_position_embeddings
+            )));
+        }
+        let shape = [batch, capacity, c.num_key_value_heads, c.head_dim()];
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(&shape, self.dtype(), self.device())?,
+                    Tensor::zeros(&shape, self.dtype(), self.device())?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, valid: vec![0; batch * capacity], lengths: vec![0; batch], capacity })
+    }
+
+    /// Runs `tokens[n]` after what sequence n of `cache` holds (an empty list adds nothing to that sequence),
+    /// appending their keys and values, and returns the f32 logits [N,V] after each sequence's last new token
+    /// (rows of sequences that got none are unspecified).
+    pub fn extend(&self, cache: &mut KvCache, tokens: &[&[u32]]) -> Result<Tensor> {
+        let n = cache.batch();
+        if tokens.len() != n {
+            return Err(Error::InvalidArgument(format!("{} token lists for a cache of {n} sequences", tokens.len())));
+        }
+        let tq = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+        if tq == 0 {
+            return Err(Error::InvalidArgument("extend needs at least one new token".into()));
+        }
+        let starts = cache.lengths.clone();
+        if let Some(row) = (0..n).find(|&r| starts[r] + tq > cache.capacity) {
+            return Err(Error::InvalidArgument(format!(
+                "sequence {row} holds {} tokens; {tq} more exceed the cache capacity {}",
+                starts[row], cache.capacity
+            )));
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some((row, id)) =
+            tokens.iter().enumerate().find_map(|(row, t)| t.iter().find(|&&id| id >= vocab).map(|&id| (row, id)))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token {id} of sequence {row} is outside the vocabulary [0, {vocab})"
+            )));
+        }
+        // The cache's bookkeeping changes only once every layer has run (an error leaves it as it was).
+        let (mut valid, mut lengths) = (cache.valid.clone(), cache.lengths.clone());
+        let mut ids = vec![0i64; n * tq];
+        let mut positions = vec![0i64; n * tq];
+        for (row, list) in tokens.iter().enumerate() {
+            for i in 0..tq {
+                positions[row * tq + i] = (starts[row] + i) as i64;
+            }
+            for (i, &id) in list.iter().enumerate() {
+                ids[row * tq + i] = i64::from(id);
+                valid[row * cache.capacity + starts[row] + i] = 1;
+            }
+            lengths[row] += list.len();
+        }
+        let device = self.device();
+        let ids = Tensor::from_slice(&ids, &[n, tq], device)?;
+        let positions = Tensor::from_slice(&positions, &[n, tq], device)?;
+        let slot_mask = Tensor::from_slice(&valid, &[n, cache.capacity], device)?;
+        let ctx: LayerContext<'_> = self.layer_context(&positions, &slot_mask);
+        let mut x = embedding(&self.weights.embed_tokens, &ids)?;
+        for (w, (k_cache, v_cache)) in self.weights.layers.iter().zip(&mut cache.layers) {
+            let (_, q, k, v) = layer::project_qkv(w, &ctx, &x)?;
+            kv_cache_write(k_cache, &k, &starts)?;
+            kv_cache_write(v_cache, &v, &starts)?;
+            let attn = attention_cached(&q, k_cache, v_cache, &slot_mask, &starts)?;
+            let (a, _) = layer::attention_residual(w, &ctx, &x, attn)?;
+            x = layer::mlp(w, &ctx, &a)?.0;
+        }
+        // Only each sequence's last new token reaches the LM head: gather those rows ([N·Tq, H] read as a table).
+        let h = self.config.hidden_size;
+        let last: Vec<i64> = tokens.iter().enumerate().map(|(row, t)| (row * tq + t.len().max(1) - 1) as i64).collect();
+        let rows = embedding(&x.reshape(&[n * tq, h])?, &Tensor::from_slice(&last, &[n], device)?)?;
+        let hidden = rmsnorm(&rows, &self.weights.norm, &self.norm_config())?.y;
+        let logits = linear(&hidden, self.weights.head(), None)?.to_dtype(DType::F32)?;
+        (cache.valid, cache.lengths) = (valid, lengths);
+        Ok(logits)
+    }
+}

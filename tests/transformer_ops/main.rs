@@ -1,6 +1,6 @@
-//! The transformer ops (embedding, RMSNorm, RoPE, attention, linear, SwiGLU) against float64 references: PyTorch
-//! fixtures from `tests/reference/transformer_ops.py`, plain-Rust f64 loops on fresh random inputs, finite
-//! differences of those loops for every backward, bf16/f16 storage, awkward shapes, bad input, and (with the
+//! The transformer ops (embedding, RMSNorm, RoPE, attention, KV cache, linear, residual add, SwiGLU) against
+//! float64 references: PyTorch fixtures from `tests/reference/transformer_ops.py`, plain-Rust f64 loops on fresh
+//! random inputs, finite differences of those loops for every backward, bf16/f16 storage, awkward shapes, bad input, and (with the
 //! `gpu-tests` feature) CUDA against CPU in every dtype.
 
 mod common;
@@ -9,6 +9,7 @@ mod attention;
 mod embedding;
 mod kv_cache;
 mod linear;
+mod residual;
 mod rmsnorm;
 mod rope;
 mod swiglu;

@@ -1,7 +1,7 @@
 //! The transformer ops (embedding, RMSNorm, RoPE, attention, KV cache, linear, residual add, SwiGLU) against
 //! float64 references: PyTorch fixtures from `tests/reference/transformer_ops.py`, plain-Rust f64 loops on fresh
-//! random inputs, finite differences of those loops for every backward, bf16/f16 storage, awkward shapes, bad input, and (with the
-//! `gpu-tests` feature) CUDA against CPU in every dtype.
+//! random inputs, finite differences of those loops for every backward, bf16/f16 storage, awkward shapes, bad
+//! input, and (with the `gpu-tests` feature) CUDA against CPU in every dtype.
 
 mod common;
 

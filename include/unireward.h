@@ -38,8 +38,8 @@
 #define UR_VERSION_PATCH 0
 
 // The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
-// `ur_abi_version()` at start-up.
-#define UR_ABI_VERSION 1
+// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`.
+#define UR_ABI_VERSION 2
 
 // `verdict_kind`: scores [G,K], higher is better.
 #define UR_VERDICTS_SCORES 0
@@ -138,12 +138,21 @@ typedef enum ur_status {
   // Valid DLPack that the library does not take: strides other than row-major, a dtype code, bit width or
   // lane count it has no kernels for, a device type other than CPU and CUDA.
   UR_ERROR_UNSUPPORTED = 10,
+  // A model file (`config.json`, safetensors weights) is missing, unreadable, corrupt, or describes a model the
+  // library does not implement; the message names the file and what was wrong.
+  UR_ERROR_CHECKPOINT = 11,
 } ur_status;
 
 // Library state shared by the calls that take it: defaults and (later) workspaces. Opaque; create it with
 // `ur_context_create`, free it with `ur_context_free`. The ops only read it, so one context may be used from
 // several threads at once.
 typedef struct ur_context ur_context;
+
+// A Qwen2 decoder with its weights on one device, and the state of one training step: the forward pass kept for
+// the backward, then the gradients. Opaque; create it with `ur_model_load`, free it with `ur_model_free`.
+// `ur_model_forward`, `ur_model_backward` and `ur_model_gradient` change or read that state: use a model from one
+// thread at a time. The other calls only read the weights.
+typedef struct ur_model ur_model;
 
 // Configuration of `ur_compare`. Initialise with `ur_compare_config_default()`.
 typedef struct ur_compare_config {
@@ -196,6 +205,43 @@ typedef struct ur_logprobs_config {
   // Labels equal to this do not count (default -100).
   int64_t ignore_index;
 } ur_logprobs_config;
+
+// How `ur_model_generate` picks tokens. Initialise with `ur_generation_config_default()`.
+typedef struct ur_generation_config {
+  // `sizeof(ur_generation_config)`.
+  uint32_t struct_size;
+  // At most this many new tokens (default 64, at least 1).
+  uint32_t max_new_tokens;
+  // 0 (default) picks the most likely token; above 0 samples from softmax(logits / temperature).
+  float temperature;
+  // Nucleus sampling mass in (0, 1] (default 1: every token).
+  float top_p;
+  // The sampler's seed (default 0); a given seed gives the same tokens.
+  uint64_t seed;
+  // Generation ends after one of these tokens (which is kept in the output); NULL when `num_stop_tokens` is 0.
+  const int32_t *stop_tokens;
+  size_t num_stop_tokens;
+} ur_generation_config;
+
+// What `ur_model_get_info` reports. Set `struct_size = sizeof(ur_model_info)` before the call.
+typedef struct ur_model_info {
+  // `sizeof(ur_model_info)`, set by the caller.
+  uint32_t struct_size;
+  uint64_t vocab_size;
+  uint64_t hidden_size;
+  uint64_t intermediate_size;
+  uint64_t num_layers;
+  uint64_t num_attention_heads;
+  uint64_t num_key_value_heads;
+  uint64_t max_position_embeddings;
+  // Scalar parameters (a tied LM head counted once).
+  uint64_t num_parameters;
+  // 1 when the LM head is the embedding matrix (no `lm_head.weight` parameter).
+  int32_t tie_word_embeddings;
+  // The weights' (compute) dtype.
+  DLDataType dtype;
+  DLDevice device;
+} ur_model_info;
 
 // Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults).
 typedef struct ur_dpo_config {
@@ -522,6 +568,123 @@ enum ur_status ur_logprobs_backward(struct ur_context *ctx,
                                     const struct ur_logprobs_config *cfg,
                                     const DLTensor *grad_logits_out,
                                     void *stream);
+
+// Greedy decoding, 64 new tokens at most, seed 0, no stop tokens.
+struct ur_generation_config ur_generation_config_default(void);
+
+// Loads the Qwen2 checkpoint in directory `dir` (`config.json` and `model.safetensors`, or sharded weights with
+// `model.safetensors.index.json`), converted to `dtype` (float32, bfloat16 or float16) on `device` (kDLCPU, or
+// kDLCUDA with its ordinal), into `*out`. A missing, unreadable or unsupported file is `UR_ERROR_CHECKPOINT`, with a
+// message naming it. Synchronises. On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `dir` is NULL or a NUL-terminated UTF-8 path; `out` is NULL or writable.
+enum ur_status ur_model_load(struct ur_context *ctx,
+                             const char *dir,
+                             DLDataType dtype,
+                             DLDevice device,
+                             struct ur_model **out);
+
+// Frees a model (its weights, a kept forward pass, kept gradients). NULL is accepted and does nothing.
+//
+// # Safety
+// `model` is NULL or a pointer returned by `ur_model_load`, not yet freed, and no call is using it.
+void ur_model_free(struct ur_model *model);
+
+// The model's sizes, dtype and device into `*out`, whose `struct_size` the caller sets to
+// `sizeof(ur_model_info)`.
+//
+// # Safety
+// `model` comes from `ur_model_load`; `out` is NULL or points to a writable `ur_model_info`.
+enum ur_status ur_model_get_info(const struct ur_model *model,
+                                 struct ur_model_info *out);
+
+// The number of parameter tensors into `*out` (what `ur_model_parameter_name` indexes).
+//
+// # Safety
+// `model` comes from `ur_model_load`; `out` is NULL or writable.
+enum ur_status ur_model_parameter_count(const struct ur_model *model,
+                                        size_t *out);
+
+// The Hugging Face name of parameter `index` (`model.layers.0.self_attn.q_proj.weight`, ...) into `*name`: a
+// NUL-terminated string owned by the model, valid until `ur_model_free`.
+//
+// # Safety
+// `model` comes from `ur_model_load`; `name` is NULL or writable.
+enum ur_status ur_model_parameter_name(const struct ur_model *model,
+                                       size_t index,
+                                       const char **name);
+
+// The shape of parameter `index`: its rank into `*rank` and its dimensions into `dims[0..rank]` (`capacity`
+// values available; 2 always suffice for Qwen2).
+//
+// # Safety
+// `model` comes from `ur_model_load`; `rank` is NULL or writable; `dims` is NULL or holds `capacity` writable
+// values.
+enum ur_status ur_model_parameter_shape(const struct ur_model *model,
+                                        size_t index,
+                                        int32_t *rank,
+                                        int64_t *dims,
+                                        size_t capacity);
+
+// Runs the model over token ids `ids` [N,T] (int32/int64, each below the vocabulary size) with `mask` [N,T]
+// (int32/int64, nonzero = a real token, typically right padding; NULL = every token real) and writes the logits
+// [N,T,V] in the model's dtype into `logits_out`. All tensors are on the model's device. The pass's activations
+// stay in the model for one `ur_model_backward` (a new forward replaces them; kept gradients are dropped). Does
+// not synchronise on CUDA (run the backward on the same stream).
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `model` from `ur_model_load` (used by this thread only); every non-NULL
+// `DLTensor*` describes memory valid for its extent on its device (outputs writable); `stream` is NULL or a valid
+// stream of the model's CUDA device.
+enum ur_status ur_model_forward(struct ur_context *ctx,
+                                struct ur_model *model,
+                                const DLTensor *ids,
+                                const DLTensor *mask,
+                                const DLTensor *logits_out,
+                                void *stream);
+
+// Back-propagates `grad_logits` [N,T,V] (the gradient of a loss with respect to the logits of the last
+// `ur_model_forward`, in the model's dtype, on its device) through the model, consuming the kept forward pass
+// (`UR_ERROR_INVALID_ARGUMENT` when there is none). The gradients stay in the model for `ur_model_gradient` until
+// the next forward. Does not synchronise on CUDA.
+//
+// # Safety
+// As for `ur_model_forward`.
+enum ur_status ur_model_backward(struct ur_context *ctx,
+                                 struct ur_model *model,
+                                 const DLTensor *grad_logits,
+                                 void *stream);
+
+// Copies the gradient named `name` (a parameter's Hugging Face name, or "inputs_embeds" for the gradient of the
+// input embeddings [N,T,H]) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
+// dtype, on its device). Does not synchronise on CUDA.
+//
+// # Safety
+// As for `ur_model_forward`; `name` is NULL or NUL-terminated.
+enum ur_status ur_model_gradient(struct ur_context *ctx,
+                                 struct ur_model *model,
+                                 const char *name,
+                                 const DLTensor *out,
+                                 void *stream);
+
+// Generates up to `cfg->max_new_tokens` tokens after `prompt` (`prompt_len` > 0 token ids) with a KV cache,
+// writing them to `out` (room for `out_capacity` ids, at least `max_new_tokens`) and their number to `*out_len`
+// (fewer than `max_new_tokens` when a stop token ended the generation; the stop token is included). `cfg` NULL
+// means the defaults (greedy, 64 tokens). Synchronises (each step reads the logits on the host).
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `model` from `ur_model_load`; `prompt` holds `prompt_len` values; `out`
+// holds `out_capacity` writable values; `out_len` is NULL or writable; `cfg` is NULL or a readable config whose
+// `stop_tokens` holds `num_stop_tokens` values.
+enum ur_status ur_model_generate(struct ur_context *ctx,
+                                 const struct ur_model *model,
+                                 const int32_t *prompt,
+                                 size_t prompt_len,
+                                 const struct ur_generation_config *cfg,
+                                 int32_t *out,
+                                 size_t out_capacity,
+                                 size_t *out_len);
 
 // TRL's defaults: sigmoid, beta 0.1, no smoothing, no RPO, SimPO gamma 0.5, grad_output 1.
 struct ur_dpo_config ur_dpo_config_default(void);

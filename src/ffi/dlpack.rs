@@ -55,7 +55,7 @@ pub(crate) struct Desc {
     pub device: Device,
 }
 
-fn dtype_of(name: &str, d: DLDataType) -> FfiResult<DType> {
+pub(crate) fn dtype_of(name: &str, d: DLDataType) -> FfiResult<DType> {
     let dtype = match (d.code, d.bits, d.lanes) {
         (KDL_FLOAT, 32, 1) => DType::F32,
         (KDL_FLOAT, 16, 1) => DType::F16,
@@ -72,7 +72,7 @@ fn dtype_of(name: &str, d: DLDataType) -> FfiResult<DType> {
     Ok(dtype)
 }
 
-fn device_of(name: &str, d: DLDevice) -> FfiResult<Device> {
+pub(crate) fn device_of(name: &str, d: DLDevice) -> FfiResult<Device> {
     match d.device_type {
         KDL_CPU => Ok(Device::Cpu),
         KDL_CUDA => usize::try_from(d.device_id)
@@ -81,6 +81,26 @@ fn device_of(name: &str, d: DLDevice) -> FfiResult<Device> {
         other => Err(Failure::unsupported(format!(
             "`{name}` has DLPack device type {other}; supported: kDLCPU (1) and kDLCUDA (2)"
         ))),
+    }
+}
+
+/// The DLPack dtype of `dtype` (the inverse of [`dtype_of`]).
+pub(crate) fn dl_dtype(dtype: DType) -> DLDataType {
+    let (code, bits) = match dtype {
+        DType::F32 => (KDL_FLOAT, 32),
+        DType::F16 => (KDL_FLOAT, 16),
+        DType::BF16 => (KDL_BFLOAT, 16),
+        DType::I32 => (KDL_INT, 32),
+        DType::I64 => (KDL_INT, 64),
+    };
+    DLDataType { code, bits, lanes: 1 }
+}
+
+/// The DLPack device of `device` (the inverse of [`device_of`]).
+pub(crate) fn dl_device(device: Device) -> DLDevice {
+    match device {
+        Device::Cpu => DLDevice { device_type: KDL_CPU, device_id: 0 },
+        Device::Cuda(ordinal) => DLDevice { device_type: KDL_CUDA, device_id: ordinal as i32 },
     }
 }
 

@@ -17,6 +17,7 @@ mod dlpack;
 mod fused_linear;
 mod heads;
 mod logprobs;
+mod model;
 mod preference;
 mod status;
 
@@ -26,6 +27,7 @@ pub use dlpack::{DLDataType, DLDevice, DLTensor};
 pub use fused_linear::*;
 pub use heads::*;
 pub use logprobs::*;
+pub use model::*;
 pub use preference::*;
 pub use status::{ur_last_error_message, ur_status, ur_status_name};
 
@@ -38,8 +40,8 @@ pub const UR_VERSION_MINOR: u32 = 1;
 /// The library's patch version.
 pub const UR_VERSION_PATCH: u32 = 0;
 /// The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
-/// `ur_abi_version()` at start-up.
-pub const UR_ABI_VERSION: u32 = 1;
+/// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`.
+pub const UR_ABI_VERSION: u32 = 2;
 
 /// The ABI version of the loaded library (`UR_ABI_VERSION` of the header it was built with).
 #[no_mangle]

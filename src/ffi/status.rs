@@ -36,6 +36,9 @@ pub enum ur_status {
     /// Valid DLPack that the library does not take: strides other than row-major, a dtype code, bit width or
     /// lane count it has no kernels for, a device type other than CPU and CUDA.
     UR_ERROR_UNSUPPORTED = 10,
+    /// A model file (`config.json`, safetensors weights) is missing, unreadable, corrupt, or describes a model the
+    /// library does not implement; the message names the file and what was wrong.
+    UR_ERROR_CHECKPOINT = 11,
 }
 
 /// A failure on its way to the caller: a status and a message.
@@ -73,7 +76,8 @@ impl From<Error> for Failure {
             Error::CudaUnavailable(_) => ur_status::UR_ERROR_CUDA_UNAVAILABLE,
             Error::Cuda(_) => ur_status::UR_ERROR_CUDA,
             Error::KernelCompile { .. } => ur_status::UR_ERROR_KERNEL_COMPILE,
-            // Errors no op of the C ABI raises (model files), and variants added later until they get a code.
+            Error::Checkpoint(_) => ur_status::UR_ERROR_CHECKPOINT,
+            // Variants added later, until they get a code of their own.
             #[allow(unreachable_patterns)]
             _ => ur_status::UR_ERROR_INVALID_ARGUMENT,
         };
@@ -137,6 +141,7 @@ pub extern "C" fn ur_status_name(status: i32) -> *const c_char {
         8 => c"UR_ERROR_KERNEL_COMPILE",
         9 => c"UR_ERROR_PANIC",
         10 => c"UR_ERROR_UNSUPPORTED",
+        11 => c"UR_ERROR_CHECKPOINT",
         _ => c"UR_UNKNOWN_STATUS",
     };
     name.as_ptr()

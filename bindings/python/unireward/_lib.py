@@ -6,7 +6,7 @@ import pathlib
 import sys
 
 # The `UR_ABI_VERSION` of include/unireward.h these bindings were written for.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _LIB_NAME = {"darwin": "libunireward.dylib", "win32": "unireward.dll"}.get(sys.platform, "libunireward.so")
 
@@ -23,6 +23,7 @@ STATUS_NAMES = {
     8: "UR_ERROR_KERNEL_COMPILE",
     9: "UR_ERROR_PANIC",
     10: "UR_ERROR_UNSUPPORTED",
+    11: "UR_ERROR_CHECKPOINT",
 }
 
 

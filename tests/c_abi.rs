@@ -1,12 +1,21 @@
 //! The C ABI from C: compiles `tests/c/test_abi.c` and `bindings/c/example.c` with the system C compiler against
 //! the freshly built `libunireward.so`, runs them (the test program checks every export's failing paths itself and
 //! dumps the inputs and outputs of its successful calls, which are recomputed here with the Rust API and
-//! compared), then runs both under valgrind, which must report no error and no leak.
+//! compared), then runs both under valgrind, which must report no error and no leak. The model calls run on the
+//! Qwen2 fixture `tests/fixtures/qwen2/gqa_untied`, whose float64 reference gives the greedy tokens to expect.
+
+// Shared with tests/qwen2/ (this test uses only part of it).
+#[allow(dead_code)]
+#[path = "qwen2/reference.rs"]
+mod reference;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use unireward::model::qwen2::ForwardOptions;
+use unireward::model::Qwen2Model;
 use unireward::ops::compare::{compare, select_pairs, CompareConfig, SelectionConfig, Verdicts};
 use unireward::ops::fused_linear::{
     fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead,
@@ -53,7 +62,7 @@ fn compile(source: &str, name: &str) -> PathBuf {
 }
 
 /// Runs `program args...`, directly or under valgrind, and returns its stdout; fails the test on a nonzero exit.
-fn run(program: &Path, args: &[&Path], valgrind: bool) -> String {
+fn run(program: &Path, args: &[&OsStr], valgrind: bool) -> String {
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
         let suppressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/valgrind.supp");
@@ -264,12 +273,36 @@ fn check_compare(d: &Dump) {
     d.check("sel.kept", &s.kept);
 }
 
+/// The model's logits and gradients from the C calls equal the Rust API's on the same ids, mask and logits gradient.
+fn check_model(d: &Dump) {
+    let model = Qwen2Model::load(&reference::model_dir(MODEL), DType::F32, Device::Cpu).unwrap();
+    let pass = model.forward(&d.tensor("model.ids"), &d.tensor("model.mask"), ForwardOptions::default()).unwrap();
+    d.check("model.logits", &model.logits(&pass).unwrap());
+    let grads = model.backward_from_logits(pass, &d.tensor("model.grad_logits")).unwrap();
+    for (name, grad) in grads.weights.named() {
+        d.check(&format!("grad.{name}"), grad);
+    }
+    d.check("grad.inputs_embeds", &grads.inputs_embeds);
+}
+
+/// The Qwen2 fixture the C program loads.
+const MODEL: &str = "gqa_untied";
+
+/// The C program's arguments after the dump file: the model directory, a greedy prompt and its expected tokens.
+fn model_args() -> [String; 3] {
+    let r = reference::Reference::load(MODEL);
+    let list = |key: &str| r.ids(key).iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
+    [reference::model_dir(MODEL).display().to_string(), list("generate.0.prompt"), list("generate.0.tokens")]
+}
+
 #[test]
 #[cfg_attr(feature = "gpu-tests", ignore = "runs where the library is built (C compiler, valgrind, libunireward.so)")]
 fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     let program = compile("tests/c/test_abi.c", "test_abi");
     let dump_path = program.with_extension("dump");
-    let stdout = run(&program, &[&dump_path], false);
+    let [dir, prompt, tokens] = model_args();
+    let args = [dump_path.as_os_str(), dir.as_ref(), prompt.as_ref(), tokens.as_ref()];
+    let stdout = run(&program, &args, false);
     println!("{stdout}");
     let dump = Dump::read(&dump_path);
     check_logprobs(&dump);
@@ -277,13 +310,14 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_losses(&dump);
     check_heads(&dump);
     check_compare(&dump);
+    check_model(&dump);
 
     assert!(
         valgrind_present(),
         "valgrind is not installed: the C ABI must be checked under it (apt-get install -y valgrind; \
          scripts/test.sh installs it)"
     );
-    run(&program, &[&dump_path], true);
+    run(&program, &args, true);
     std::fs::remove_file(&dump_path).ok();
     std::fs::remove_file(&program).ok();
 }

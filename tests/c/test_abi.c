@@ -3,7 +3,8 @@
  * dumped to the file named by argv[1], and tests/c_abi.rs recomputes every output with the Rust API and compares),
  * and the failing paths (NULL pointers, wrong dtype, device, rank, strides, shapes, configs), whose status codes
  * and messages are checked here. Exits nonzero on the first failed check. tests/c_abi.rs also runs it under
- * valgrind.
+ * valgrind. The Qwen2 model calls run on a fixture checkpoint whose directory, greedy prompt and expected tokens
+ * tests/c_abi.rs passes as arguments.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -114,7 +115,10 @@ static void test_version_and_status(void) {
   CHECK(strcmp(ur_status_name(77), "UR_UNKNOWN_STATUS") == 0, "name");
   CHECK(strcmp(ur_status_name(-1), "UR_UNKNOWN_STATUS") == 0, "name");
   /* The numbers are the ABI. */
-  CHECK(UR_ERROR_NULL_POINTER == 1 && UR_ERROR_DTYPE == 4 && UR_ERROR_PANIC == 9 && UR_ERROR_UNSUPPORTED == 10, "codes");
+  CHECK(UR_ERROR_NULL_POINTER == 1 && UR_ERROR_DTYPE == 4 && UR_ERROR_PANIC == 9 && UR_ERROR_UNSUPPORTED == 10 &&
+            UR_ERROR_CHECKPOINT == 11,
+        "codes");
+  CHECK(strcmp(ur_status_name(UR_ERROR_CHECKPOINT), "UR_ERROR_CHECKPOINT") == 0, "name");
 }
 
 static void test_context(void) {
@@ -667,9 +671,205 @@ static void test_compare(void) {
   FAILS(UR_ERROR_DTYPE, "pointwise", ur_select_pairs(ctx, &tv.dl, &tpw_i32.dl, NULL, NULL, NULL, NULL, NULL, NULL, NULL));
 }
 
+/* "1,2,3" into ids[]; returns the count. */
+static size_t parse_ids(const char* text, int32_t* ids, size_t capacity) {
+  size_t n = 0;
+  for (const char* p = text; *p && n < capacity;) {
+    char* end;
+    ids[n++] = (int32_t)strtol(p, &end, 10);
+    p = *end == ',' ? end + 1 : end;
+  }
+  return n;
+}
+
+enum { MN = 2, MT = 5, MV = 128, MH = 32, MAX_TOKENS = 64 };
+
+/* The Qwen2 fixture `dir` (tests/fixtures/qwen2/gqa_untied): load, info, parameters, forward (logits dumped for
+ * tests/c_abi.rs to recompute), backward, every gradient by name (dumped), greedy generation from `prompt` equal to
+ * `expected` (the float64 reference's tokens), and the failing paths. */
+static void test_model(const char* dir, const char* prompt_text, const char* expected_text) {
+  const DLDataType f32 = F32;
+  const DLDevice cpu = {kDLCPU, 0};
+  ur_model* model = NULL;
+  FAILS(UR_ERROR_NULL_POINTER, "ctx", ur_model_load(NULL, dir, f32, cpu, &model));
+  FAILS(UR_ERROR_NULL_POINTER, "dir", ur_model_load(ctx, NULL, f32, cpu, &model));
+  FAILS(UR_ERROR_NULL_POINTER, "out", ur_model_load(ctx, dir, f32, cpu, NULL));
+  FAILS(UR_ERROR_CHECKPOINT, "/no/such/model/config.json", ur_model_load(ctx, "/no/such/model", f32, cpu, &model));
+  FAILS(UR_ERROR_DTYPE, "dtype", ur_model_load(ctx, dir, I32, cpu, &model));
+  const DLDevice vulkan = {7, 0};
+  FAILS(UR_ERROR_UNSUPPORTED, "device", ur_model_load(ctx, dir, f32, vulkan, &model));
+  CHECK(model == NULL, "a failed load wrote *out");
+  ur_model_free(NULL);
+  OK(ur_model_load(ctx, dir, f32, cpu, &model));
+
+  ur_model_info info;
+  memset(&info, 0, sizeof info);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "struct_size", ur_model_get_info(model, &info));
+  info.struct_size = sizeof info;
+  FAILS(UR_ERROR_NULL_POINTER, "model", ur_model_get_info(NULL, &info));
+  FAILS(UR_ERROR_NULL_POINTER, "out", ur_model_get_info(model, NULL));
+  OK(ur_model_get_info(model, &info));
+  CHECK(info.vocab_size == MV && info.hidden_size == MH && info.intermediate_size == 64 && info.num_layers == 2 &&
+            info.num_attention_heads == 4 && info.num_key_value_heads == 2 && info.max_position_embeddings == 64 &&
+            info.tie_word_embeddings == 0,
+        "info: vocab %llu hidden %llu layers %llu", (unsigned long long)info.vocab_size,
+        (unsigned long long)info.hidden_size, (unsigned long long)info.num_layers);
+  CHECK(info.dtype.code == kDLFloat && info.dtype.bits == 32 && info.device.device_type == kDLCPU, "dtype/device");
+
+  /* Parameters: names, shapes, and their sizes add up to num_parameters. */
+  size_t count = 0;
+  FAILS(UR_ERROR_NULL_POINTER, "out", ur_model_parameter_count(model, NULL));
+  OK(ur_model_parameter_count(model, &count));
+  CHECK(count == 1 + 2 * 12 + 2, "%zu parameters", count);
+  const char* name = NULL;
+  OK(ur_model_parameter_name(model, 0, &name));
+  CHECK(strcmp(name, "model.embed_tokens.weight") == 0, "first parameter %s", name);
+  OK(ur_model_parameter_name(model, count - 1, &name));
+  CHECK(strcmp(name, "lm_head.weight") == 0, "last parameter %s", name);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "index", ur_model_parameter_name(model, count, &name));
+  FAILS(UR_ERROR_NULL_POINTER, "name", ur_model_parameter_name(model, 0, NULL));
+  int32_t rank = 0;
+  int64_t dims[4];
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "capacity", ur_model_parameter_shape(model, 0, &rank, dims, 1));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "index", ur_model_parameter_shape(model, count, &rank, dims, 4));
+  FAILS(UR_ERROR_NULL_POINTER, "rank", ur_model_parameter_shape(model, 0, NULL, dims, 4));
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; i++) {
+    OK(ur_model_parameter_shape(model, i, &rank, dims, 4));
+    uint64_t numel = 1;
+    for (int k = 0; k < rank; k++) numel *= (uint64_t)dims[k];
+    total += numel;
+  }
+  CHECK(total == info.num_parameters, "parameters add up to %llu, info says %llu", (unsigned long long)total,
+        (unsigned long long)info.num_parameters);
+
+  /* No backward and no gradient before a forward. */
+  static float logits[MN * MT * MV], grad_logits[MN * MT * MV], grad[MV * MH];
+  Tensor tgl, tgrad;
+  tensor(&tgl, grad_logits, F32, 3, D(MN), D(MT), D(MV));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ur_model_forward", ur_model_backward(ctx, model, &tgl.dl, NULL));
+  tensor(&tgrad, grad, F32, 2, D(MV), D(MH));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "no gradients",
+        ur_model_gradient(ctx, model, "model.embed_tokens.weight", &tgrad.dl, NULL));
+
+  /* Forward: two rows, the second right-padded. */
+  int64_t ids[MN * MT] = {5, 17, 99, 3, 64, 120, 0, 42, 1, 1};
+  int32_t mask[MN * MT] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+  Tensor tids, tmask, tlog;
+  tensor(&tids, ids, I64, 2, D(MN), D(MT));
+  tensor(&tmask, mask, I32, 2, D(MN), D(MT));
+  tensor(&tlog, logits, F32, 3, D(MN), D(MT), D(MV));
+  FAILS(UR_ERROR_NULL_POINTER, "ids", ur_model_forward(ctx, model, NULL, &tmask.dl, &tlog.dl, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "model", ur_model_forward(ctx, NULL, &tids.dl, &tmask.dl, &tlog.dl, NULL));
+  Tensor small, bf16_out;
+  tensor(&small, logits, F32, 3, D(MN), D(MT), D(MV - 1));
+  FAILS(UR_ERROR_SHAPE, "logits_out", ur_model_forward(ctx, model, &tids.dl, &tmask.dl, &small.dl, NULL));
+  tensor(&bf16_out, logits, BF16, 3, D(MN), D(MT), D(MV));
+  FAILS(UR_ERROR_DTYPE, "logits_out", ur_model_forward(ctx, model, &tids.dl, &tmask.dl, &bf16_out.dl, NULL));
+  int64_t bad_ids[MN * MT] = {5, 17, 99, 3, 64, 120, 0, 42, 1, MV};
+  Tensor tbad;
+  tensor(&tbad, bad_ids, I64, 2, D(MN), D(MT));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "128", ur_model_forward(ctx, model, &tbad.dl, &tmask.dl, &tlog.dl, NULL));
+  /* Without a mask every token is real: the first row (all real) gives the same logits as with the mask. */
+  OK(ur_model_forward(ctx, model, &tids.dl, NULL, &tlog.dl, NULL));
+  float row0[MT * MV];
+  memcpy(row0, logits, sizeof row0);
+  OK(ur_model_forward(ctx, model, &tids.dl, &tmask.dl, &tlog.dl, NULL));
+  CHECK(memcmp(row0, logits, sizeof row0) == 0, "row 0's logits depend on the mask of row 1");
+  dump("model.ids", &tids);
+  dump("model.mask", &tmask);
+  dump("model.logits", &tlog);
+
+  /* Backward from an arbitrary logits gradient; the pass is consumed. */
+  for (int i = 0; i < MN * MT * MV; i++) grad_logits[i] = (float)((i * 7) % 11 - 5) * 0.01f;
+  Tensor tgl_small;
+  tensor(&tgl_small, grad_logits, F32, 3, D(MN), D(MT - 1), D(MV));
+  FAILS(UR_ERROR_SHAPE, "grad_logits", ur_model_backward(ctx, model, &tgl_small.dl, NULL));
+  OK(ur_model_backward(ctx, model, &tgl.dl, NULL));
+  dump("model.grad_logits", &tgl);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ur_model_forward", ur_model_backward(ctx, model, &tgl.dl, NULL));
+
+  /* Every gradient by name, and the input embeddings' one. */
+  for (size_t i = 0; i < count; i++) {
+    OK(ur_model_parameter_name(model, i, &name));
+    OK(ur_model_parameter_shape(model, i, &rank, dims, 4));
+    Tensor tg;
+    tensor(&tg, grad, F32, 0);
+    tg.dl.ndim = rank;
+    for (int k = 0; k < rank; k++) tg.shape[k] = dims[k];
+    OK(ur_model_gradient(ctx, model, name, &tg.dl, NULL));
+    char key[128];
+    snprintf(key, sizeof key, "grad.%s", name);
+    dump(key, &tg);
+  }
+  static float grad_embeds[MN * MT * MH];
+  Tensor tge;
+  tensor(&tge, grad_embeds, F32, 3, D(MN), D(MT), D(MH));
+  OK(ur_model_gradient(ctx, model, "inputs_embeds", &tge.dl, NULL));
+  dump("grad.inputs_embeds", &tge);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "model.no_such.weight", ur_model_gradient(ctx, model, "model.no_such.weight", &tgrad.dl, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "name", ur_model_gradient(ctx, model, NULL, &tgrad.dl, NULL));
+  Tensor tsmall_grad;
+  tensor(&tsmall_grad, grad, F32, 2, D(MV - 1), D(MH));
+  FAILS(UR_ERROR_SHAPE, "out", ur_model_gradient(ctx, model, "model.embed_tokens.weight", &tsmall_grad.dl, NULL));
+
+  /* Greedy generation equals the float64 reference's tokens; a stop token ends it early. */
+  int32_t prompt[MAX_TOKENS], expected[MAX_TOKENS], out[MAX_TOKENS];
+  size_t prompt_len = parse_ids(prompt_text, prompt, MAX_TOKENS);
+  size_t expected_len = parse_ids(expected_text, expected, MAX_TOKENS);
+  CHECK(prompt_len > 0 && expected_len > 4, "prompt %zu tokens, expected %zu", prompt_len, expected_len);
+  ur_generation_config gen = ur_generation_config_default();
+  CHECK(gen.struct_size == sizeof gen && gen.max_new_tokens == 64 && gen.temperature == 0.0f && gen.top_p == 1.0f &&
+            gen.num_stop_tokens == 0,
+        "generation defaults");
+  gen.max_new_tokens = (uint32_t)expected_len;
+  size_t out_len = 0;
+  OK(ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  CHECK(out_len == expected_len, "generated %zu tokens, expected %zu", out_len, expected_len);
+  for (size_t i = 0; i < expected_len; i++) CHECK(out[i] == expected[i], "token %zu: %d vs %d", i, out[i], expected[i]);
+  gen.stop_tokens = &expected[3];
+  gen.num_stop_tokens = 1;
+  OK(ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  size_t first = 0;
+  while (expected[first] != expected[3]) first++;
+  CHECK(out_len == first + 1 && out[first] == expected[3], "stopped after %zu tokens", out_len);
+  /* Sampling is reproducible for a seed. */
+  ur_generation_config sample = ur_generation_config_default();
+  sample.max_new_tokens = 8;
+  sample.temperature = 1.0f;
+  sample.top_p = 0.9f;
+  sample.seed = 7;
+  int32_t again[8];
+  size_t again_len = 0;
+  OK(ur_model_generate(ctx, model, prompt, prompt_len, &sample, out, MAX_TOKENS, &out_len));
+  OK(ur_model_generate(ctx, model, prompt, prompt_len, &sample, again, 8, &again_len));
+  CHECK(out_len == again_len && memcmp(out, again, out_len * sizeof *out) == 0, "sampling with one seed differs");
+  /* Failing paths. */
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "out_capacity",
+        ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, expected_len - 1, &out_len));
+  FAILS(UR_ERROR_NULL_POINTER, "prompt", ur_model_generate(ctx, model, NULL, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  FAILS(UR_ERROR_NULL_POINTER, "out_len", ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "prompt_len", ur_model_generate(ctx, model, prompt, 0, &gen, out, MAX_TOKENS, &out_len));
+  int32_t bad_prompt[2] = {3, -1}, huge_prompt[2] = {3, MV};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "-1", ur_model_generate(ctx, model, bad_prompt, 2, &gen, out, MAX_TOKENS, &out_len));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "vocabulary",
+        ur_model_generate(ctx, model, huge_prompt, 2, &gen, out, MAX_TOKENS, &out_len));
+  gen.temperature = -1.0f;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "temperature",
+        ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  gen = ur_generation_config_default();
+  gen.num_stop_tokens = 2;
+  FAILS(UR_ERROR_NULL_POINTER, "stop_tokens",
+        ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  gen.struct_size = 4;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "struct_size",
+        ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  ur_model_free(model);
+}
+
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: %s DUMP_FILE\n", argv[0]);
+  if (argc != 5) {
+    fprintf(stderr, "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS (ids comma-separated)\n", argv[0]);
     return 2;
   }
   dump_file = fopen(argv[1], "w");
@@ -682,6 +882,7 @@ int main(int argc, char** argv) {
   test_reward_losses();
   test_heads();
   test_compare();
+  test_model(argv[2], argv[3], argv[4]);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

@@ -79,3 +79,14 @@ pub fn non_empty(name: &str, n: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// An output the caller provides (an `_into` op): exactly `shape` and `dtype`, on `device` (the inputs'), and
+/// contiguous.
+pub fn output(name: &'static str, t: &Tensor, expected_shape: &[usize], dtype: DType, device: Device) -> Result<()> {
+    shape(name, t, expected_shape)?;
+    self::dtype(name, t, dtype)?;
+    if t.device() != device {
+        return Err(Error::Device(format!("output `{name}` is on {}, but the inputs are on {device}", t.device())));
+    }
+    contiguous(name, t)
+}

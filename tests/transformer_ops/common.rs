@@ -132,3 +132,30 @@ pub fn assert_fd(what: &str, grad: &[f64], fd: &[(usize, f64)]) {
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
+
+/// A float tensor full of NaN: an `_into` output holding garbage, which the op must overwrite whole.
+pub fn garbage(shape: &[usize], dtype: DType, device: Device) -> Tensor {
+    Tensor::from_f32(&vec![f32::NAN; shape.iter().product()], shape, dtype, device).unwrap()
+}
+
+/// The stored bits of a float tensor, from either device.
+fn bits(t: &Tensor) -> Vec<u32> {
+    match t.dtype() {
+        DType::BF16 => t.to_vec::<half::bf16>().unwrap().iter().map(|v| u32::from(v.to_bits())).collect(),
+        DType::F16 => t.to_vec::<half::f16>().unwrap().iter().map(|v| u32::from(v.to_bits())).collect(),
+        _ => t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect(),
+    }
+}
+
+/// `got` equals `want` bit for bit, with the same shape, dtype and device.
+pub fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(
+        (got.shape(), got.dtype(), got.device()),
+        (want.shape(), want.dtype(), want.device()),
+        "{what}: shape, dtype or device"
+    );
+    let (g, w) = (bits(got), bits(want));
+    if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
+        panic!("{what}[{i}]: bits {:#x}, want {:#x}", g[i], w[i]);
+    }
+}

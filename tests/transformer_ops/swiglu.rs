@@ -1,4 +1,4 @@
-use unireward::ops::swiglu::{swiglu, swiglu_backward};
+use unireward::ops::swiglu::{swiglu, swiglu_backward, swiglu_backward_into, swiglu_into};
 use unireward::{DType, Device, Error};
 
 use crate::common::*;
@@ -70,6 +70,63 @@ fn bad_input() {
     assert!(matches!(e, Error::DType { arg: "grad_y", .. }), "{e}");
     let empty = tensor(&[], &[0, 3], DType::F32, Device::Cpu);
     assert!(matches!(swiglu(&empty, &empty).unwrap_err(), Error::Shape(_)));
+}
+
+/// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`.
+fn into_equals_allocating(device: Device) {
+    let mut rng = seed();
+    let shape = [3, 1001];
+    let (gate, up, g) = (normal(&mut rng, 3003), normal(&mut rng, 3003), normal(&mut rng, 3003));
+    for dtype in FLOATS {
+        let (gt, ut, dy) = (
+            tensor(&gate, &shape, dtype, device),
+            tensor(&up, &shape, dtype, device),
+            tensor(&g, &shape, dtype, device),
+        );
+        let mut out = garbage(&shape, dtype, device);
+        swiglu_into(&gt, &ut, &mut out).unwrap();
+        assert_same("out", &out, &swiglu(&gt, &ut).unwrap());
+        let (mut dg, mut du) = (garbage(&shape, dtype, device), garbage(&shape, dtype, device));
+        swiglu_backward_into(&dy, &gt, &ut, &mut dg, &mut du).unwrap();
+        let want = swiglu_backward(&dy, &gt, &ut).unwrap();
+        assert_same("grad_gate", &dg, &want.grad_gate);
+        assert_same("grad_up", &du, &want.grad_up);
+        if device != Device::Cpu {
+            let cpu = |x: &[f64]| tensor(x, &shape, dtype, Device::Cpu);
+            let want = swiglu_backward(&cpu(&g), &cpu(&gate), &cpu(&up)).unwrap();
+            assert_close("out vs cpu", &values(&out), &values(&swiglu(&cpu(&gate), &cpu(&up)).unwrap()), tol(dtype));
+            assert_close("grad_gate vs cpu", &values(&dg), &values(&want.grad_gate), tol(dtype));
+            assert_close("grad_up vs cpu", &values(&du), &values(&want.grad_up), tol(dtype));
+        }
+    }
+}
+
+#[test]
+fn into_overwrites_garbage_and_equals_allocating() {
+    into_equals_allocating(Device::Cpu);
+}
+
+#[test]
+fn into_refuses_bad_outputs() {
+    let a = tensor(&[1.0; 6], &[2, 3], DType::F32, Device::Cpu);
+    let e = swiglu_into(&a, &a, &mut garbage(&[3, 2], DType::F32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`out` has shape [3, 2], expected [2, 3]")), "{e}");
+    let e = swiglu_into(&a, &a, &mut garbage(&[2, 3], DType::BF16, Device::Cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "out", .. }), "{e}");
+    let mut ok = garbage(&[2, 3], DType::F32, Device::Cpu);
+    let e = swiglu_backward_into(&a, &a, &a, &mut ok, &mut garbage(&[6], DType::F32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_up` has shape [6]")), "{e}");
+    let e = swiglu_backward_into(&a, &a, &a, &mut garbage(&[2, 3], DType::F16, Device::Cpu), &mut ok).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "grad_gate", .. }), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_into_overwrites_garbage_and_refuses_a_cpu_output() {
+    into_equals_allocating(Device::Cuda(0));
+    let a = tensor(&[1.0; 6], &[2, 3], DType::F32, Device::Cuda(0));
+    let e = swiglu_into(&a, &a, &mut garbage(&[2, 3], DType::F32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Device(m) if m.contains("output `out` is on cpu")), "{e}");
 }
 
 #[test]

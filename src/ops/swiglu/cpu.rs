@@ -4,9 +4,8 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::SwigluGrads;
 use crate::ops::logprobs::row::exp_approx;
-use crate::runtime::{DType, Device, FloatElement, Tensor};
+use crate::runtime::{DType, FloatElement, Tensor};
 use crate::Result;
 
 /// Elements per rayon task.
@@ -18,9 +17,8 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_approx::<false>((-x).min(88.0)))
 }
 
-fn forward_typed<T: FloatElement>(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+fn forward_typed<T: FloatElement>(gate: &Tensor, up: &Tensor, out: &mut Tensor) -> Result<()> {
     let (g, u) = (gate.as_slice::<T>()?, up.as_slice::<T>()?);
-    let mut out = Tensor::zeros(gate.shape(), T::DTYPE, Device::Cpu)?;
     out.as_mut_slice::<T>()?.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).zip(u.par_chunks(BLOCK)).for_each(
         |((y, g), u)| {
             for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
@@ -29,13 +27,17 @@ fn forward_typed<T: FloatElement>(gate: &Tensor, up: &Tensor) -> Result<Tensor> 
             }
         },
     );
-    Ok(out)
+    Ok(())
 }
 
-fn backward_typed<T: FloatElement>(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<SwigluGrads> {
+fn backward_typed<T: FloatElement>(
+    grad_y: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    grad_gate: &mut Tensor,
+    grad_up: &mut Tensor,
+) -> Result<()> {
     let (dy, g, u) = (grad_y.as_slice::<T>()?, gate.as_slice::<T>()?, up.as_slice::<T>()?);
-    let mut grad_gate = Tensor::zeros(gate.shape(), T::DTYPE, Device::Cpu)?;
-    let mut grad_up = Tensor::zeros(gate.shape(), T::DTYPE, Device::Cpu)?;
     grad_gate
         .as_mut_slice::<T>()?
         .par_chunks_mut(BLOCK)
@@ -49,21 +51,27 @@ fn backward_typed<T: FloatElement>(grad_y: &Tensor, gate: &Tensor, up: &Tensor) 
                 du[i] = T::from_f32(d * g * s);
             }
         });
-    Ok(SwigluGrads { grad_gate, grad_up })
+    Ok(())
 }
 
-pub(super) fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+pub(super) fn forward(gate: &Tensor, up: &Tensor, out: &mut Tensor) -> Result<()> {
     match gate.dtype() {
-        DType::BF16 => forward_typed::<bf16>(gate, up),
-        DType::F16 => forward_typed::<f16>(gate, up),
-        _ => forward_typed::<f32>(gate, up),
+        DType::BF16 => forward_typed::<bf16>(gate, up, out),
+        DType::F16 => forward_typed::<f16>(gate, up, out),
+        _ => forward_typed::<f32>(gate, up, out),
     }
 }
 
-pub(super) fn backward(grad_y: &Tensor, gate: &Tensor, up: &Tensor) -> Result<SwigluGrads> {
+pub(super) fn backward(
+    grad_y: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    grad_gate: &mut Tensor,
+    grad_up: &mut Tensor,
+) -> Result<()> {
     match gate.dtype() {
-        DType::BF16 => backward_typed::<bf16>(grad_y, gate, up),
-        DType::F16 => backward_typed::<f16>(grad_y, gate, up),
-        _ => backward_typed::<f32>(grad_y, gate, up),
+        DType::BF16 => backward_typed::<bf16>(grad_y, gate, up, grad_gate, grad_up),
+        DType::F16 => backward_typed::<f16>(grad_y, gate, up, grad_gate, grad_up),
+        _ => backward_typed::<f32>(grad_y, gate, up, grad_gate, grad_up),
     }
 }

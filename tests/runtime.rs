@@ -276,3 +276,28 @@ fn matmul_reads_strided_sub_matrices() {
         assert!((*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
     }
 }
+
+#[test]
+fn an_arena_carves_aligned_disjoint_tensors_and_relays_them_out() {
+    use unireward::runtime::arena::{Arena, Slot};
+    let slots = vec![Slot::new(&[3, 5], DType::F32), Slot::new(&[7], DType::BF16), Slot::new(&[2, 2], DType::I64)];
+    let mut arena = Arena::new(slots.clone(), Device::Cpu).unwrap();
+    assert_eq!(arena.size_in_bytes(), 3 * 256, "each slot starts on a 256-byte boundary");
+    {
+        // SAFETY: the views are dropped at the end of this block, before the arena is touched again.
+        let mut views = unsafe { arena.views() }.unwrap();
+        assert_eq!(views.iter().map(|v| v.shape().to_vec()).collect::<Vec<_>>(), vec![vec![3, 5], vec![7], vec![2, 2]]);
+        views[0].as_mut_slice::<f32>().unwrap().fill(1.5);
+        views[2].as_mut_slice::<i64>().unwrap().fill(-1);
+        assert!(views[1].to_vec::<bf16>().unwrap().iter().all(|v| v.to_f32() == 0.0), "slots do not overlap");
+        assert_eq!(views[0].to_vec::<f32>().unwrap(), vec![1.5; 15]);
+    }
+    // A smaller layout reuses the buffer (and sees what the last step left); a larger one does not fit.
+    assert!(arena.relayout(vec![Slot::new(&[4], DType::F32)]).unwrap());
+    // SAFETY: as above.
+    let views = unsafe { arena.views() }.unwrap();
+    assert_eq!(views[0].to_vec::<f32>().unwrap(), vec![1.5; 4]);
+    drop(views);
+    assert!(!arena.relayout(vec![Slot::new(&[1000], DType::F32)]).unwrap());
+    assert_eq!(arena.slots(), &[Slot::new(&[4], DType::F32)], "a layout that does not fit leaves the arena as it was");
+}

@@ -1,5 +1,6 @@
 //! Devices, dtypes, tensors and the two backends.
 
+pub mod arena;
 pub mod cpu;
 pub mod cuda;
 mod device;

@@ -187,6 +187,13 @@ impl Tensor {
 
     /// The same data under another shape with as many elements (no copy).
     pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        self.reshape_in_place(shape)?;
+        Ok(self)
+    }
+
+    /// Gives the tensor another shape with as many elements (no copy): a [N,T,heads·d] projection output read as
+    /// [N,T,heads,d] attention input, in a buffer the caller keeps.
+    pub fn reshape_in_place(&mut self, shape: &[usize]) -> Result<()> {
         if checked_numel(shape)? != self.numel() {
             return Err(Error::Shape(format!("cannot reshape {:?} into {shape:?}", self.shape)));
         }
@@ -195,7 +202,7 @@ impl Tensor {
         }
         self.shape = shape.to_vec();
         self.strides = contiguous_strides(shape);
-        Ok(self)
+        Ok(())
     }
 
     fn expect_dtype<T: Element>(&self) -> Result<()> {

@@ -20,16 +20,10 @@ fn widen<T: FloatElement>(src: &[T]) -> Vec<f32> {
     out
 }
 
-fn narrow<T: FloatElement>(values: &[f32], shape: &[usize]) -> Result<Tensor> {
-    let mut t = Tensor::zeros(shape, T::DTYPE, Device::Cpu)?;
-    let dst = t.as_mut_slice::<T>()?;
-    if dst.len() != values.len() {
-        return Err(Error::Shape(format!("{} values cannot fill shape {shape:?}", values.len())));
-    }
+fn narrow<T: FloatElement>(values: &[f32], dst: &mut [T]) {
     dst.par_chunks_mut(BLOCK).zip(values.par_chunks(BLOCK)).for_each(|(d, s)| {
         d.iter_mut().zip(s).for_each(|(d, &s)| *d = T::from_f32(s));
     });
-    Ok(t)
 }
 
 /// The elements of a CPU float tensor as f32 (borrowed when it already is f32).
@@ -41,11 +35,34 @@ pub(crate) fn f32_values(t: &Tensor) -> Result<Cow<'_, [f32]>> {
     }
 }
 
+/// Stores f32 values into the CPU float tensor `out` (as many elements), rounding to nearest for bf16 and f16.
+fn store(values: &[f32], out: &mut Tensor) -> Result<()> {
+    if values.len() != out.numel() {
+        return Err(Error::Shape(format!("{} values cannot fill shape {:?}", values.len(), out.shape())));
+    }
+    match out.dtype() {
+        DType::BF16 => narrow(values, out.as_mut_slice::<bf16>()?),
+        DType::F16 => narrow(values, out.as_mut_slice::<f16>()?),
+        _ => out.as_mut_slice::<f32>()?.copy_from_slice(values),
+    }
+    Ok(())
+}
+
+/// Fills the CPU float tensor `out` through an f32 buffer of its length: `fill` gets `out`'s own storage when it is
+/// f32 (no copy), else a zeroed scratch buffer that is then rounded into `out`. The buffer may hold anything on
+/// entry (an `_into` op's output can hold garbage): `fill` must write every element.
+pub(crate) fn write_f32(out: &mut Tensor, fill: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    if out.dtype() == DType::F32 {
+        return fill(out.as_mut_slice::<f32>()?);
+    }
+    let mut buf = vec![0.0f32; out.numel()];
+    fill(&mut buf)?;
+    store(&buf, out)
+}
+
 /// A CPU tensor of `dtype` and `shape` from f32 values, rounding to nearest for bf16 and f16.
 pub(crate) fn float_tensor(values: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-    match dtype {
-        DType::BF16 => narrow::<bf16>(values, shape),
-        DType::F16 => narrow::<f16>(values, shape),
-        _ => Tensor::from_f32(values, shape, dtype, Device::Cpu),
-    }
+    let mut t = Tensor::zeros(shape, dtype, Device::Cpu)?;
+    store(values, &mut t)?;
+    Ok(t)
 }

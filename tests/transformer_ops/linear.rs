@@ -1,4 +1,4 @@
-use unireward::ops::linear::{linear, linear_backward};
+use unireward::ops::linear::{linear, linear_backward, linear_backward_into, linear_into};
 use unireward::{DType, Device, Error};
 
 use crate::common::*;
@@ -95,6 +95,92 @@ fn bad_input() {
     assert!(matches!(&e, Error::Shape(m) if m.contains("`weight` must have rank 2")), "{e}");
     let e = linear_backward(&x, &x, &w, None).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_y` has shape [2, 3], expected [2, 4]")), "{e}");
+}
+
+/// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`,
+/// with and without a bias (and with a bias whose gradient is skipped); on CUDA also close to the CPU.
+fn into_equals_allocating(device: Device) {
+    let mut rng = seed();
+    let (rows, k, m) = (37, 96, 1030);
+    let (x, w, b, g) =
+        (normal(&mut rng, rows * k), normal(&mut rng, m * k), normal(&mut rng, m), normal(&mut rng, rows * m));
+    for dtype in FLOATS {
+        let on = |data: &[f64], shape: &[usize], device| tensor(data, shape, dtype, device);
+        let (xt, wt, bt, gt) =
+            (on(&x, &[rows, k], device), on(&w, &[m, k], device), on(&b, &[m], device), on(&g, &[rows, m], device));
+        for bias in [Some(&bt), None] {
+            let mut y = garbage(&[rows, m], dtype, device);
+            linear_into(&xt, &wt, bias, &mut y).unwrap();
+            assert_same("y", &y, &linear(&xt, &wt, bias).unwrap());
+            let want = linear_backward(&gt, &xt, &wt, bias).unwrap();
+            let (mut dx, mut dw, mut db) =
+                (garbage(&[rows, k], dtype, device), garbage(&[m, k], dtype, device), garbage(&[m], dtype, device));
+            linear_backward_into(&gt, &xt, &wt, bias, &mut dx, &mut dw, bias.map(|_| &mut db)).unwrap();
+            assert_same("grad_x", &dx, &want.grad_x);
+            assert_same("grad_weight", &dw, &want.grad_weight);
+            if let Some(want_db) = &want.grad_bias {
+                assert_same("grad_bias", &db, want_db);
+            }
+            if device != Device::Cpu {
+                let cpu = |data: &[f64], shape: &[usize]| on(data, shape, Device::Cpu);
+                let (xc, wc, bc) = (cpu(&x, &[rows, k]), cpu(&w, &[m, k]), cpu(&b, &[m]));
+                let bc = bias.map(|_| &bc);
+                let t = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+                assert_close("y vs cpu", &values(&y), &values(&linear(&xc, &wc, bc).unwrap()), t);
+                let cpu_grads = linear_backward(&cpu(&g, &[rows, m]), &xc, &wc, bc).unwrap();
+                assert_close("grad_x vs cpu", &values(&dx), &values(&cpu_grads.grad_x), t);
+                assert_close("grad_weight vs cpu", &values(&dw), &values(&cpu_grads.grad_weight), t);
+                if let Some(want_db) = &cpu_grads.grad_bias {
+                    assert_close("grad_bias vs cpu", &values(&db), &values(want_db), t);
+                }
+            }
+        }
+        // A bias whose gradient is not wanted: the other gradients are unchanged.
+        let (mut dx, mut dw) = (garbage(&[rows, k], dtype, device), garbage(&[m, k], dtype, device));
+        linear_backward_into(&gt, &xt, &wt, Some(&bt), &mut dx, &mut dw, None).unwrap();
+        assert_same("grad_x (bias gradient skipped)", &dx, &linear_backward(&gt, &xt, &wt, None).unwrap().grad_x);
+    }
+}
+
+#[test]
+fn into_overwrites_garbage_and_equals_allocating() {
+    into_equals_allocating(Device::Cpu);
+}
+
+#[test]
+fn into_refuses_bad_outputs() {
+    let cpu = Device::Cpu;
+    let (x, w, b) = (
+        tensor(&[1.0; 6], &[2, 3], DType::F32, cpu),
+        tensor(&[1.0; 12], &[4, 3], DType::F32, cpu),
+        tensor(&[1.0; 4], &[4], DType::F32, cpu),
+    );
+    let e = linear_into(&x, &w, None, &mut garbage(&[2, 3], DType::F32, cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`out` has shape [2, 3], expected [2, 4]")), "{e}");
+    let e = linear_into(&x, &w, None, &mut garbage(&[2, 4], DType::BF16, cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "out", .. }), "{e}");
+    let g = tensor(&[1.0; 8], &[2, 4], DType::F32, cpu);
+    let (mut dx, mut dw) = (garbage(&[2, 3], DType::F32, cpu), garbage(&[4, 3], DType::F32, cpu));
+    let e = linear_backward_into(&g, &x, &w, None, &mut garbage(&[6], DType::F32, cpu), &mut dw, None).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_x` has shape [6], expected [2, 3]")), "{e}");
+    let e = linear_backward_into(&g, &x, &w, None, &mut dx, &mut garbage(&[4, 3], DType::F16, cpu), None).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "grad_weight", .. }), "{e}");
+    let e = linear_backward_into(&g, &x, &w, Some(&b), &mut dx, &mut dw, Some(&mut garbage(&[3], DType::F32, cpu)))
+        .unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_bias` has shape [3], expected [4]")), "{e}");
+    let e = linear_backward_into(&g, &x, &w, None, &mut dx, &mut dw, Some(&mut garbage(&[4], DType::F32, cpu)))
+        .unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("`grad_bias` is given but `bias` is not")), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_into_overwrites_garbage_and_refuses_a_cpu_output() {
+    into_equals_allocating(Device::Cuda(0));
+    let gpu = Device::Cuda(0);
+    let (x, w) = (tensor(&[1.0; 6], &[2, 3], DType::F32, gpu), tensor(&[1.0; 12], &[4, 3], DType::F32, gpu));
+    let e = linear_into(&x, &w, None, &mut garbage(&[2, 4], DType::F32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Device(m) if m.contains("output `out` is on cpu")), "{e}");
 }
 
 #[test]

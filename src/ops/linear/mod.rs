@@ -20,6 +20,13 @@ pub struct LinearGrads {
     pub grad_bias: Option<Tensor>,
 }
 
+/// The backward's outputs, validated.
+struct Outputs<'a> {
+    grad_x: &'a mut Tensor,
+    grad_weight: &'a mut Tensor,
+    grad_bias: Option<&'a mut Tensor>,
+}
+
 /// Validated sizes of a linear layer: rows of `x`, input size K, output size M.
 struct Plan {
     rows: usize,
@@ -62,9 +69,18 @@ fn out_shape(x: &Tensor, m: usize) -> Vec<usize> {
 /// `x·weightᵀ + bias` for `x` [.., K], `weight` [M,K], `bias` [M]: shape [.., M] in `x`'s dtype.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let p = plan(x, weight, bias, &[])?;
+    let mut out = Tensor::zeros(&out_shape(x, p.m), x.dtype(), p.device)?;
+    linear_into(x, weight, bias, &mut out)?;
+    Ok(out)
+}
+
+/// [`linear`] into `out` ([.., M], `x`'s dtype and device), which is overwritten whole and must not alias an input.
+pub fn linear_into(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
+    let p = plan(x, weight, bias, &[])?;
+    check::output("out", out, &out_shape(x, p.m), x.dtype(), p.device)?;
     match p.device {
-        Device::Cpu => cpu::forward(x, weight, bias, &p),
-        Device::Cuda(_) => cuda::forward(x, weight, bias, &p),
+        Device::Cpu => cpu::forward(x, weight, bias, &p, out),
+        Device::Cuda(_) => cuda::forward(x, weight, bias, &p, out),
     }
 }
 
@@ -72,10 +88,41 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `grad_bias`.
 pub fn linear_backward(grad_y: &Tensor, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<LinearGrads> {
     let p = plan(x, weight, bias, &[("grad_y", grad_y)])?;
+    let zeros = |like: &Tensor| Tensor::zeros(like.shape(), like.dtype(), p.device);
+    let (mut grad_x, mut grad_weight) = (zeros(x)?, zeros(weight)?);
+    let mut grad_bias = bias.map(zeros).transpose()?;
+    linear_backward_into(grad_y, x, weight, bias, &mut grad_x, &mut grad_weight, grad_bias.as_mut())?;
+    Ok(LinearGrads { grad_x, grad_weight, grad_bias })
+}
+
+/// [`linear_backward`] into `grad_x`, `grad_weight` and `grad_bias` (each with the shape, dtype and device of what
+/// it differentiates), overwritten whole; none may alias an input or another output. `grad_bias` is computed when
+/// given, which needs `bias`; with a `bias` but no `grad_bias` the bias gradient is skipped.
+pub fn linear_backward_into(
+    grad_y: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    grad_x: &mut Tensor,
+    grad_weight: &mut Tensor,
+    grad_bias: Option<&mut Tensor>,
+) -> Result<()> {
+    let p = plan(x, weight, bias, &[("grad_y", grad_y)])?;
     check::float("grad_y", grad_y)?;
     check::shape("grad_y", grad_y, &out_shape(x, p.m))?;
+    check::output("grad_x", grad_x, x.shape(), x.dtype(), p.device)?;
+    check::output("grad_weight", grad_weight, weight.shape(), weight.dtype(), p.device)?;
+    let grad_bias = match (bias, grad_bias) {
+        (Some(b), Some(db)) => {
+            check::output("grad_bias", db, b.shape(), b.dtype(), p.device)?;
+            Some(db)
+        }
+        (None, Some(_)) => return Err(Error::InvalidArgument("`grad_bias` is given but `bias` is not".into())),
+        (_, None) => None,
+    };
+    let grads = Outputs { grad_x, grad_weight, grad_bias };
     match p.device {
-        Device::Cpu => cpu::backward(grad_y, x, weight, bias, &p),
-        Device::Cuda(_) => cuda::backward(grad_y, x, weight, bias, &p),
+        Device::Cpu => cpu::backward(grad_y, x, weight, &p, grads),
+        Device::Cuda(_) => cuda::backward(grad_y, x, weight, bias, &p, grads),
     }
 }

@@ -807,7 +807,8 @@ static void test_model(const char* dir, const char* prompt_text, const char* exp
   tensor(&tge, grad_embeds, F32, 3, D(MN), D(MT), D(MH));
   OK(ur_model_gradient(ctx, model, "inputs_embeds", &tge.dl, NULL));
   dump("grad.inputs_embeds", &tge);
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "model.no_such.weight", ur_model_gradient(ctx, model, "model.no_such.weight", &tgrad.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "model.no_such.weight",
+        ur_model_gradient(ctx, model, "model.no_such.weight", &tgrad.dl, NULL));
   FAILS(UR_ERROR_NULL_POINTER, "name", ur_model_gradient(ctx, model, NULL, &tgrad.dl, NULL));
   Tensor tsmall_grad;
   tensor(&tsmall_grad, grad, F32, 2, D(MV - 1), D(MH));
@@ -847,9 +848,12 @@ static void test_model(const char* dir, const char* prompt_text, const char* exp
   /* Failing paths. */
   FAILS(UR_ERROR_INVALID_ARGUMENT, "out_capacity",
         ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, expected_len - 1, &out_len));
-  FAILS(UR_ERROR_NULL_POINTER, "prompt", ur_model_generate(ctx, model, NULL, prompt_len, &gen, out, MAX_TOKENS, &out_len));
-  FAILS(UR_ERROR_NULL_POINTER, "out_len", ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, NULL));
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "prompt_len", ur_model_generate(ctx, model, prompt, 0, &gen, out, MAX_TOKENS, &out_len));
+  FAILS(UR_ERROR_NULL_POINTER, "prompt",
+        ur_model_generate(ctx, model, NULL, prompt_len, &gen, out, MAX_TOKENS, &out_len));
+  FAILS(UR_ERROR_NULL_POINTER, "out_len",
+        ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "prompt_len",
+        ur_model_generate(ctx, model, prompt, 0, &gen, out, MAX_TOKENS, &out_len));
   int32_t bad_prompt[2] = {3, -1}, huge_prompt[2] = {3, MV};
   FAILS(UR_ERROR_INVALID_ARGUMENT, "-1", ur_model_generate(ctx, model, bad_prompt, 2, &gen, out, MAX_TOKENS, &out_len));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "vocabulary",

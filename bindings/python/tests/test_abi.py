@@ -9,8 +9,8 @@ import re
 import pytest
 
 import unireward
-from unireward import _lib, comparisons, heads, logprobs, losses
-from unireward._dlpack import DLTensor
+from unireward import _lib, comparisons, heads, logprobs, losses, model
+from unireward._dlpack import DLDataType, DLDevice, DLTensor
 
 HEADER = pathlib.Path(__file__).resolve().parents[3] / "include" / "unireward.h"
 pytestmark = pytest.mark.skipif(not HEADER.is_file(), reason="include/unireward.h is not generated yet")
@@ -21,6 +21,11 @@ C_SCALARS = {
     "int64_t": ctypes.c_int64,
     "uint64_t": ctypes.c_uint64,
     "float": ctypes.c_float,
+    "size_t": ctypes.c_size_t,
+    # Passed or stored by value.
+    "DLDataType": DLDataType,
+    "DLDevice": DLDevice,
+    "const int32_t *": ctypes.POINTER(ctypes.c_int32),
 }
 
 
@@ -34,7 +39,8 @@ def c_structs():
     out = {}
     for m in re.finditer(r"struct\s+(ur_\w+)\s*\{(.*?)\}", header(), flags=re.S):
         fields = [f.strip().rsplit(None, 1) for f in m.group(2).split(";") if f.strip()]
-        out[m.group(1)] = [(name, ctype) for ctype, name in fields]
+        # A pointer field reads `const int32_t *name`: the star belongs to the type.
+        out[m.group(1)] = [(name.lstrip("*"), f"{ctype} *" if name.startswith("*") else ctype) for ctype, name in fields]
     return out
 
 
@@ -71,6 +77,8 @@ MIRRORS = {
     "ur_diffusion_dpo_metrics": losses._DiffusionDpoMetrics,
     "ur_compare_config": comparisons._CompareConfig,
     "ur_select_config": comparisons._SelectConfig,
+    "ur_model_info": model._ModelInfo,
+    "ur_generation_config": model._GenerationConfig,
 }
 
 
@@ -94,20 +102,27 @@ def test_declared_exports_match_the_header():
         params = functions[name]
         assert len(argtypes) == len(params), f"{name}: {len(argtypes)} arguments here, {len(params)} in the header"
         for i, (py, c) in enumerate(zip(argtypes, params)):
-            assert py_type(py) == c or (py is ctypes.c_void_p and c in ("*void", "*ur_context")), (
-                f"{name} argument {i}: {py_type(py)} here, {c} in the header"
-            )
+            assert matches(py, c), f"{name} argument {i}: {py} here, {c} in the header"
 
 
-def py_type(t) -> str:
-    """An argtype in the notation of `c_type`."""
+# Opaque handles, passed as `void*`.
+HANDLES = ("void", "ur_context", "ur_model")
+
+
+def matches(t, c: str) -> bool:
+    """Whether the argtype `t` is the header's type `c` (in the notation of `c_type`, which keeps one `*`)."""
     if t is ctypes.c_void_p:
-        return "*void"
+        return c in ["*" + h for h in HANDLES]
+    if t is ctypes.c_char_p:
+        return c == "*char"
     if hasattr(t, "contents"):
         pointee = t._type_
-        names = {DLTensor: "DLTensor", ctypes.c_float: "float", **{v: k for k, v in MIRRORS.items()}}
-        return "*" + names[pointee]
-    return next(name for name, scalar in C_SCALARS.items() if scalar is t)
+        names = {DLTensor: "DLTensor", ctypes.c_float: "float", ctypes.c_char_p: "char",
+                 **{v: k for k, v in MIRRORS.items()}}  # fmt: skip
+        if pointee is ctypes.c_void_p:  # an `ur_model**` output
+            return c in ["*" + h for h in HANDLES]
+        return c.startswith("*") and (names.get(pointee) == c[1:] or C_SCALARS.get(c[1:]) is pointee)
+    return C_SCALARS.get(c) is t
 
 
 def test_enum_codes_match_the_header():

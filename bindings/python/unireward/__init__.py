@@ -1,10 +1,12 @@
 """unireward for PyTorch: the library's fused ops (log-probs, the DPO family, reward-model losses, Diffusion-DPO,
-reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, loaded from `libunireward.so`
-through ctypes (no compilation). See README.md, section "PyTorch"."""
+reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, and the Qwen2 decoder
+(`Qwen2Model`: logits, parameter gradients, generation), loaded from `libunireward.so` through ctypes (no
+compilation). See README.md, section "PyTorch"."""
 
 from . import _c, ops
 from ._lib import ABI_VERSION, UnirewardError
 from .liger import FusedLinearDPOLoss
+from .model import Qwen2Model
 from .ops import (
     Comparison,
     LogProbs,
@@ -23,7 +25,7 @@ from .ops import (
 from .trl import dpo_loss
 
 # `ops.dpo_loss` is the raw op; the package's `dpo_loss` has TRL's call shape.
-__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "dpo_loss", "ops", "library_path", "version",
+__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "Qwen2Model", "dpo_loss", "ops", "library_path", "version",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",
            "fused_linear_logprobs", "kwise_loss", "scalar_reward", "select_pairs", "sequence_logprobs",
            "verdict_head"]  # fmt: skip

@@ -12,6 +12,7 @@
 // - Every C export `ur_X(ctx, args..., stream)` is `Context::X(args..., stream = nullptr)`: the same arguments in
 //   the same order (tensors as `const DLTensor*`, which a `TensorRef` converts to; NULL configs mean the defaults;
 //   optional tensors may be nullptr). Calls that write host scalars return them (`DpoLoss`, ...) instead.
+// - `Model` owns a Qwen2 decoder loaded from a checkpoint (`ur_model_*`): forward, backward, gradients, generate.
 // - `TensorRef` describes memory the caller owns as a DLPack tensor (row-major, no copy): from a typed pointer
 //   (float, int32_t, int64_t) or from `void*` plus a dtype (bfloat16 and float16 data), on `cpu()` or `cuda(n)`.
 #ifndef UNIREWARD_HPP
@@ -302,6 +303,99 @@ class Context {
 
  private:
   ur_context* ctx_ = nullptr;
+};
+
+
+/// A Qwen2 decoder loaded by the library (`ur_model_*`), owned and freed by this object (move-only). The context
+/// it was loaded with must outlive it. `forward` writes the logits and keeps the pass for one `backward`, after
+/// which `gradient` copies any parameter's gradient (Hugging Face names, or "inputs_embeds") into caller memory.
+/// Use a model from one thread at a time.
+///
+///   unireward::Model model(ctx, "path/to/qwen2");                 // float32 on the CPU
+///   model.forward(TensorRef(ids.data(), {N, T}), nullptr, TensorRef(logits.data(), {N, T, V}));
+///   model.backward(TensorRef(grad_logits.data(), {N, T, V}));
+///   model.gradient("model.norm.weight", TensorRef(grad_norm.data(), {H}));
+///   std::vector<int32_t> tokens = model.generate(prompt);          // greedy, 64 tokens at most
+class Model {
+ public:
+  Model(const Context& ctx, const std::string& dir, DLDataType dtype = dtype::float32, DLDevice device = cpu())
+      : ctx_(ctx.get()) {
+    detail::check(ur_model_load(ctx_, dir.c_str(), dtype, device, &model_));
+  }
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  Model(Model&& other) noexcept : ctx_(other.ctx_), model_(std::exchange(other.model_, nullptr)) {}
+  Model& operator=(Model&& other) noexcept {
+    if (this != &other) {
+      ur_model_free(model_);
+      ctx_ = other.ctx_;
+      model_ = std::exchange(other.model_, nullptr);
+    }
+    return *this;
+  }
+  ~Model() { ur_model_free(model_); }
+
+  /// The C handle (nullptr after a move), for calling the C functions directly.
+  ur_model* get() const noexcept { return model_; }
+
+  /// Sizes, dtype and device.
+  ur_model_info info() const {
+    ur_model_info out{};
+    out.struct_size = sizeof out;
+    detail::check(ur_model_get_info(model_, &out));
+    return out;
+  }
+
+  /// Every parameter's Hugging Face name, in checkpoint order.
+  std::vector<std::string> parameter_names() const {
+    size_t count = 0;
+    detail::check(ur_model_parameter_count(model_, &count));
+    std::vector<std::string> names;
+    for (size_t i = 0; i < count; ++i) {
+      const char* name = nullptr;
+      detail::check(ur_model_parameter_name(model_, i, &name));
+      names.emplace_back(name);
+    }
+    return names;
+  }
+
+  /// The shape of parameter `index` (an index into `parameter_names()`).
+  std::vector<int64_t> parameter_shape(size_t index) const {
+    int32_t rank = 0;
+    std::vector<int64_t> dims(8);
+    detail::check(ur_model_parameter_shape(model_, index, &rank, dims.data(), dims.size()));
+    dims.resize(static_cast<size_t>(rank));
+    return dims;
+  }
+
+  /// Logits [N,T,V] of `ids` [N,T] with `mask` [N,T] (nullptr: every token real) into `logits_out`.
+  void forward(const DLTensor* ids, const DLTensor* mask, const DLTensor* logits_out, void* stream = nullptr) {
+    detail::check(ur_model_forward(ctx_, model_, ids, mask, logits_out, stream));
+  }
+
+  /// Back-propagates the logits' gradient [N,T,V] of the last `forward` (consumed) to every parameter.
+  void backward(const DLTensor* grad_logits, void* stream = nullptr) {
+    detail::check(ur_model_backward(ctx_, model_, grad_logits, stream));
+  }
+
+  /// Copies the gradient `name` (a parameter name, or "inputs_embeds") of the last `backward` into `out`.
+  void gradient(const std::string& name, const DLTensor* out, void* stream = nullptr) {
+    detail::check(ur_model_gradient(ctx_, model_, name.c_str(), out, stream));
+  }
+
+  /// The new tokens after `prompt` (`cfg` nullptr: greedy, at most 64 tokens).
+  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const ur_generation_config* cfg = nullptr) const {
+    const uint32_t max_new = cfg != nullptr ? cfg->max_new_tokens : ur_generation_config_default().max_new_tokens;
+    std::vector<int32_t> out(max_new);
+    size_t len = 0;
+    detail::check(ur_model_generate(ctx_, model_, prompt.data(), prompt.size(), cfg, out.data(), out.size(), &len));
+    out.resize(len);
+    return out;
+  }
+
+ private:
+  ur_context* ctx_ = nullptr;
+  ur_model* model_ = nullptr;
 };
 
 }  // namespace unireward

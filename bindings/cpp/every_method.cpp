@@ -1,11 +1,12 @@
-// Every unireward::Context method once on small CPU tensors, checked against a reference or against another op, so
-// that a wrapper passing arguments in the wrong order fails here (example.cpp shows the common ones). Exits non-zero
-// if a result is wrong.
+// Every unireward::Context and unireward::Model method once on small CPU inputs, checked against a reference or
+// against another op, so that a wrapper passing arguments in the wrong order fails here (example.cpp shows the
+// common ones). Exits non-zero if a result is wrong.
 #include "unireward.hpp"
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 using unireward::TensorRef;
@@ -135,6 +136,45 @@ int main() {
                             TensorRef(verdict_grad.data(), {1, 4}));
   expect(verdict_grad[0] == 0.0f && near(verdict_grad[1] + verdict_grad[2] + verdict_grad[3], 0.0f),
          "verdict_head_backward");
+
+  // unireward::Model on the Qwen2 fixture: greedy tokens equal transformers' (tests/fixtures/qwen2/gqa_untied's
+  // reference), the first is the argmax of the forward's last logits, and the LM head's gradient from a one-hot
+  // logits gradient is zero outside that token's row.
+  unireward::Model model(ctx, UNIREWARD_QWEN2_FIXTURE);
+  const ur_model_info info = model.info();
+  const int64_t MV = static_cast<int64_t>(info.vocab_size), MH = static_cast<int64_t>(info.hidden_size);
+  const std::vector<int32_t> prompt{54, 72, 78, 77, 54}, expected{83, 21, 22, 86, 22, 86, 95, 51, 113, 95, 22, 86};
+  ur_generation_config gen = ur_generation_config_default();
+  gen.max_new_tokens = static_cast<uint32_t>(expected.size());
+  expect(model.generate(prompt, &gen) == expected, "Model::generate");
+  const int64_t MT = static_cast<int64_t>(prompt.size());
+  std::vector<float> model_logits(MT * MV), one_hot(MT * MV, 0.0f), grad_head(MV * MH);
+  model.forward(TensorRef(prompt.data(), {1, MT}), nullptr, TensorRef(model_logits.data(), {1, MT, MV}));
+  int64_t best = 0;
+  for (int64_t v = 0; v < MV; ++v) {
+    if (model_logits[(MT - 1) * MV + v] > model_logits[(MT - 1) * MV + best]) best = v;
+  }
+  expect(best == expected[0], "Model::forward");
+  one_hot[(MT - 1) * MV + best] = 1.0f;
+  model.backward(TensorRef(one_hot.data(), {1, MT, MV}));
+  model.gradient("lm_head.weight", TensorRef(grad_head.data(), {MV, MH}));
+  bool only_row = true, row_set = false;
+  for (int64_t i = 0; i < MV * MH; ++i) {
+    if (i / MH == best) {
+      row_set = row_set || grad_head[i] != 0.0f;
+    } else {
+      only_row = only_row && grad_head[i] == 0.0f;
+    }
+  }
+  const std::vector<std::string> names = model.parameter_names();
+  expect(only_row && row_set && names.back() == "lm_head.weight" && model.parameter_shape(names.size() - 1)[0] == MV,
+         "Model::backward, gradient, parameter_names, parameter_shape");
+  try {
+    model.gradient("no.such.weight", TensorRef(grad_head.data(), {MV, MH}));
+    expect(false, "Model::gradient throws for an unknown name");
+  } catch (const unireward::Error& e) {
+    expect(e.status() == UR_ERROR_INVALID_ARGUMENT, "Model::gradient throws for an unknown name");
+  }
 
   std::printf("%s\n", failures == 0 ? "all passed" : "FAILED");
   return failures == 0 ? 0 : 1;

@@ -1,4 +1,4 @@
-use unireward::ops::rmsnorm::{rmsnorm, rmsnorm_backward, RmsNormConfig};
+use unireward::ops::rmsnorm::{rmsnorm, rmsnorm_backward, rmsnorm_backward_into, rmsnorm_into, RmsNormConfig};
 use unireward::{DType, Device, Error};
 
 use crate::common::*;
@@ -84,6 +84,79 @@ fn bad_input() {
     assert!(matches!(&e, Error::Shape(m) if m.contains("`rstd` has shape [3], expected [2]")), "{e}");
     let e = rmsnorm_backward(&w, &x, &w, &out.rstd).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_y`")), "{e}");
+}
+
+/// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`;
+/// on CUDA also close to the CPU.
+fn into_equals_allocating(device: Device) {
+    let mut rng = seed();
+    let (rows, h, cfg) = (70, 1031, RmsNormConfig::default());
+    let (x, w, g) = (normal(&mut rng, rows * h), weight(&mut rng, h), normal(&mut rng, rows * h));
+    for dtype in FLOATS {
+        let inputs = |device| {
+            (
+                tensor(&x, &[rows, h], dtype, device),
+                tensor(&w, &[h], dtype, device),
+                tensor(&g, &[rows, h], dtype, device),
+            )
+        };
+        let (xt, wt, gt) = inputs(device);
+        let (mut y, mut rstd) = (garbage(&[rows, h], dtype, device), garbage(&[rows], DType::F32, device));
+        rmsnorm_into(&xt, &wt, &cfg, &mut y, &mut rstd).unwrap();
+        let want = rmsnorm(&xt, &wt, &cfg).unwrap();
+        assert_same("y", &y, &want.y);
+        assert_same("rstd", &rstd, &want.rstd);
+        let (mut dx, mut dw) = (garbage(&[rows, h], dtype, device), garbage(&[h], dtype, device));
+        rmsnorm_backward_into(&gt, &xt, &wt, &rstd, &mut dx, &mut dw).unwrap();
+        let want = rmsnorm_backward(&gt, &xt, &wt, &rstd).unwrap();
+        assert_same("grad_x", &dx, &want.grad_x);
+        assert_same("grad_weight", &dw, &want.grad_weight);
+        if device != Device::Cpu {
+            let (xc, wc, gc) = inputs(Device::Cpu);
+            let out = rmsnorm(&xc, &wc, &cfg).unwrap();
+            let grads = rmsnorm_backward(&gc, &xc, &wc, &out.rstd).unwrap();
+            assert_close("y vs cpu", &values(&y), &values(&out.y), tol(dtype));
+            assert_close("rstd vs cpu", &values(&rstd), &values(&out.rstd), tol(dtype));
+            assert_close("grad_x vs cpu", &values(&dx), &values(&grads.grad_x), tol(dtype));
+            assert_close("grad_weight vs cpu", &values(&dw), &values(&grads.grad_weight), tol(dtype));
+        }
+    }
+}
+
+#[test]
+fn into_overwrites_garbage_and_equals_allocating() {
+    into_equals_allocating(Device::Cpu);
+}
+
+#[test]
+fn into_refuses_bad_outputs() {
+    let (cpu, cfg) = (Device::Cpu, RmsNormConfig::default());
+    let (x, w) = (tensor(&[1.0; 6], &[2, 3], DType::F32, cpu), tensor(&[1.0; 3], &[3], DType::F32, cpu));
+    let (mut y, mut rstd) = (garbage(&[2, 3], DType::F32, cpu), garbage(&[2], DType::F32, cpu));
+    let e = rmsnorm_into(&x, &w, &cfg, &mut garbage(&[3, 2], DType::F32, cpu), &mut rstd).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`y` has shape [3, 2], expected [2, 3]")), "{e}");
+    let e = rmsnorm_into(&x, &w, &cfg, &mut y, &mut garbage(&[2], DType::BF16, cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "rstd", .. }), "{e}");
+    let e = rmsnorm_into(&x, &w, &cfg, &mut y, &mut garbage(&[2, 1], DType::F32, cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`rstd` has shape [2, 1], expected [2]")), "{e}");
+    rmsnorm_into(&x, &w, &cfg, &mut y, &mut rstd).unwrap();
+    let (mut dx, mut dw) = (garbage(&[2, 3], DType::F32, cpu), garbage(&[3], DType::F32, cpu));
+    let e = rmsnorm_backward_into(&x, &x, &w, &rstd, &mut garbage(&[6], DType::F32, cpu), &mut dw).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_x` has shape [6]")), "{e}");
+    let e = rmsnorm_backward_into(&x, &x, &w, &rstd, &mut dx, &mut garbage(&[3], DType::F16, cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "grad_weight", .. }), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_into_overwrites_garbage_and_refuses_a_cpu_output() {
+    into_equals_allocating(Device::Cuda(0));
+    let gpu = Device::Cuda(0);
+    let (x, w) = (tensor(&[1.0; 6], &[2, 3], DType::F32, gpu), tensor(&[1.0; 3], &[3], DType::F32, gpu));
+    let mut y = garbage(&[2, 3], DType::F32, gpu);
+    let e = rmsnorm_into(&x, &w, &RmsNormConfig::default(), &mut y, &mut garbage(&[2], DType::F32, Device::Cpu))
+        .unwrap_err();
+    assert!(matches!(&e, Error::Device(m) if m.contains("output `rstd` is on cpu")), "{e}");
 }
 
 #[test]

@@ -2,24 +2,28 @@
 
 use rayon::prelude::*;
 
-use super::{RmsNormGrads, RmsNormOutput};
-use crate::ops::convert::{f32_values, float_tensor};
+use super::Outputs;
+use crate::ops::convert::{f32_values, write_f32};
 use crate::runtime::cpu::rows_per_task;
-use crate::runtime::{Device, Tensor};
+use crate::runtime::Tensor;
 use crate::Result;
 
-pub(super) fn forward(x: &Tensor, weight: &Tensor, eps: f32, rows: usize, h: usize) -> Result<RmsNormOutput> {
-    let (xs, w) = (f32_values(x)?, f32_values(weight)?);
-    let mut y = vec![0.0f32; rows * h];
-    let mut rstd = vec![0.0f32; rows];
-    y.par_chunks_mut(h).zip(xs.par_chunks(h)).zip(rstd.par_iter_mut()).for_each(|((y, x), r)| {
-        let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / h as f32;
-        *r = 1.0 / (mean_sq + eps).sqrt();
-        y.iter_mut().zip(x).zip(w.iter()).for_each(|((y, x), w)| *y = x * *r * w);
-    });
-    Ok(RmsNormOutput {
-        y: float_tensor(&y, x.shape(), x.dtype())?,
-        rstd: Tensor::from_slice(&rstd, &[rows], Device::Cpu)?,
+pub(super) fn forward(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    h: usize,
+    y: &mut Tensor,
+    rstd: &mut Tensor,
+) -> Result<()> {
+    let (xs, w, rstd) = (f32_values(x)?, f32_values(weight)?, rstd.as_mut_slice::<f32>()?);
+    write_f32(y, |y| {
+        y.par_chunks_mut(h).zip(xs.par_chunks(h)).zip(rstd.par_iter_mut()).for_each(|((y, x), r)| {
+            let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / h as f32;
+            *r = 1.0 / (mean_sq + eps).sqrt();
+            y.iter_mut().zip(x).zip(w.iter()).for_each(|((y, x), w)| *y = x * *r * w);
+        });
+        Ok(())
     })
 }
 
@@ -31,34 +35,37 @@ pub(super) fn backward(
     rstd: &Tensor,
     rows: usize,
     h: usize,
-) -> Result<RmsNormGrads> {
+    out: Outputs<'_>,
+) -> Result<()> {
     let (g, xs, w, rstd) = (f32_values(grad_y)?, f32_values(x)?, f32_values(weight)?, rstd.as_slice::<f32>()?);
-    let mut dx = vec![0.0f32; rows * h];
     let task = rows_per_task(rows, h);
-    let partials: Vec<Vec<f32>> = dx
-        .par_chunks_mut(task * h)
-        .enumerate()
-        .map(|(i, dx)| {
-            let mut dw = vec![0.0f32; h];
-            for (k, dx) in dx.chunks_mut(h).enumerate() {
-                let row = i * task + k;
-                let (g, x, r) = (&g[row * h..(row + 1) * h], &xs[row * h..(row + 1) * h], rstd[row]);
-                let dot: f32 = g.iter().zip(x).zip(w.iter()).map(|((g, x), w)| g * w * x).sum();
-                let c = r * r * r * dot / h as f32;
-                for j in 0..h {
-                    dx[j] = r * g[j] * w[j] - c * x[j];
-                    dw[j] += g[j] * x[j] * r;
+    let mut partials: Vec<Vec<f32>> = Vec::new();
+    write_f32(out.grad_x, |dx| {
+        partials = dx
+            .par_chunks_mut(task * h)
+            .enumerate()
+            .map(|(i, dx)| {
+                let mut dw = vec![0.0f32; h];
+                for (k, dx) in dx.chunks_mut(h).enumerate() {
+                    let row = i * task + k;
+                    let (g, x, r) = (&g[row * h..(row + 1) * h], &xs[row * h..(row + 1) * h], rstd[row]);
+                    let dot: f32 = g.iter().zip(x).zip(w.iter()).map(|((g, x), w)| g * w * x).sum();
+                    let c = r * r * r * dot / h as f32;
+                    for j in 0..h {
+                        dx[j] = r * g[j] * w[j] - c * x[j];
+                        dw[j] += g[j] * x[j] * r;
+                    }
                 }
-            }
-            dw
-        })
-        .collect();
-    let mut dw = vec![0.0f32; h];
-    for p in &partials {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
-    Ok(RmsNormGrads {
-        grad_x: float_tensor(&dx, x.shape(), x.dtype())?,
-        grad_weight: float_tensor(&dw, &[h], weight.dtype())?,
+                dw
+            })
+            .collect();
+        Ok(())
+    })?;
+    write_f32(out.grad_weight, |dw| {
+        dw.fill(0.0);
+        for p in &partials {
+            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
     })
 }

@@ -1,7 +1,7 @@
 //! CUDA RMSNorm: `kernels/rmsnorm.cu`. One block per row; `d_w` in two deterministic passes (per-chunk column
 //! partials, then a sum over chunks in order).
 
-use super::{RmsNormGrads, RmsNormOutput, KERNELS};
+use super::{Outputs, KERNELS};
 use crate::ops::launch::{self, backend_of, check_i32, elementwise, ptr, THREADS};
 use crate::runtime::cuda::{launch_config, PushKernelArg};
 use crate::runtime::{DType, Tensor};
@@ -23,20 +23,26 @@ fn same_dtype(x: &Tensor, others: &[(&'static str, &Tensor)]) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn forward(x: &Tensor, weight: &Tensor, eps: f32, rows: usize, h: usize) -> Result<RmsNormOutput> {
+pub(super) fn forward(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    rows: usize,
+    h: usize,
+    y: &mut Tensor,
+    rstd: &mut Tensor,
+) -> Result<()> {
     same_dtype(x, &[("weight", weight)])?;
     let backend = backend_of(x)?;
-    let y = Tensor::zeros(x.shape(), x.dtype(), x.device())?;
-    let rstd = Tensor::zeros(&[rows], DType::F32, x.device())?;
     let f = launch::kernel(&backend, &KERNELS, "rmsnorm_forward", x.dtype())?;
     let h_i32 = check_i32("H", h)?;
-    let (x_p, w_p, y_p, r_p) = (ptr(x)?, ptr(weight)?, ptr(&y)?, ptr(&rstd)?);
+    let (x_p, w_p, y_p, r_p) = (ptr(x)?, ptr(weight)?, ptr(y)?, ptr(rstd)?);
     let mut b = backend.stream().launch_builder(&f);
     b.arg(&x_p).arg(&w_p).arg(&eps).arg(&h_i32).arg(&y_p).arg(&r_p);
     // SAFETY: rmsnorm_forward_<T>(const T*, const T*, float, int, T*, float*): one block per row; `x` and `y` hold
     // rows·H elements of T, `weight` H, `rstd` rows floats.
     unsafe { b.launch(launch_config(rows, THREADS, 0)?) }?;
-    Ok(RmsNormOutput { y, rstd })
+    Ok(())
 }
 
 pub(super) fn backward(
@@ -46,14 +52,14 @@ pub(super) fn backward(
     rstd: &Tensor,
     rows: usize,
     h: usize,
-) -> Result<RmsNormGrads> {
+    out: Outputs<'_>,
+) -> Result<()> {
     same_dtype(x, &[("weight", weight), ("grad_y", grad_y)])?;
     let (backend, dtype, device) = (backend_of(x)?, x.dtype(), x.device());
     let (rows_i32, h_i32) = (check_i32("rows", rows)?, check_i32("H", h)?);
     let (g_p, x_p, w_p, r_p) = (ptr(grad_y)?, ptr(x)?, ptr(weight)?, ptr(rstd)?);
 
-    let grad_x = Tensor::zeros(x.shape(), dtype, device)?;
-    let dx_p = ptr(&grad_x)?;
+    let dx_p = ptr(out.grad_x)?;
     let f = launch::kernel(&backend, &KERNELS, "rmsnorm_backward_dx", dtype)?;
     let mut b = backend.stream().launch_builder(&f);
     b.arg(&g_p).arg(&x_p).arg(&w_p).arg(&r_p).arg(&h_i32).arg(&dx_p);
@@ -72,13 +78,12 @@ pub(super) fn backward(
     // blocks blocks of THREADS threads; `partial` holds chunks·H floats; threads past H return.
     unsafe { b.launch(launch_config(chunks * h.div_ceil(THREADS as usize), THREADS, 0)?) }?;
 
-    let grad_weight = Tensor::zeros(&[h], dtype, device)?;
-    let (chunks_i32, dw_p) = (check_i32("row chunks", chunks)?, ptr(&grad_weight)?);
+    let (chunks_i32, dw_p) = (check_i32("row chunks", chunks)?, ptr(out.grad_weight)?);
     let f = launch::kernel(&backend, &KERNELS, "rmsnorm_backward_dw_reduce", dtype)?;
     let mut b = backend.stream().launch_builder(&f);
     b.arg(&p_p).arg(&chunks_i32).arg(&h_i32).arg(&dw_p);
     // SAFETY: rmsnorm_backward_dw_reduce_<T>(const float*, int, int, T*): grid-stride over H columns; `partial`
     // holds chunks·H floats and `grad_weight` H elements of T.
     unsafe { b.launch(elementwise(h)?) }?;
-    Ok(RmsNormGrads { grad_x, grad_weight })
+    Ok(())
 }

@@ -2,7 +2,7 @@
 and a tiny byte-level BPE tokenizer with Qwen's special tokens and chat template.
 
 Run with the project's venv (torch, transformers, tokenizers):
-    /root/.cache/unireward/venv/bin/python tests/reference/qwen2_checkpoint.py
+    /root/.cache/unireward/venv/bin/python tests/reference/qwen2_checkpoint.py [MODEL...]
 Writes tests/fixtures/qwen2/<model>/ (config.json, safetensors, expected.json) and tests/fixtures/qwen2/tokenizer/.
 """
 
@@ -31,13 +31,17 @@ MODELS = {
     # Sharded into several files by a tiny max_shard_size, stored in f16, untied.
     "sharded_f16": (dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                          vocab_size=128, tie_word_embeddings=False), torch.float16, "8KB"),
+    # The vocabulary of tests/fixtures/qwen2/tokenizer (363 ids, the chat tokens last) and its stop tokens as eos
+    # (<|im_end|>, <|endoftext|>): a model the tokenizer can drive, for the `unireward generate` test.
+    "chat_tied": (dict(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, intermediate_size=32,
+                       vocab_size=363, tie_word_embeddings=True, eos_token_id=[362, 360]), torch.float32, None),
 }
 
 
 def save_model(name, overrides, dtype, max_shard_size, seed):
     torch.manual_seed(seed)
     config = Qwen2Config(num_hidden_layers=2, max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6,
-                         eos_token_id=2, **overrides)
+                         **{"eos_token_id": 2, **overrides})
     model = Qwen2ForCausalLM(config).eval()
     with torch.no_grad():
         # Random values everywhere (the default init leaves norms at one and biases at zero, which would hide a
@@ -162,10 +166,14 @@ def save_tokenizer():
 
 
 def main():
+    """Writes every fixture, or with model names as arguments only those models (each keeps its seed)."""
     os.makedirs(OUT, exist_ok=True)
+    only = sys.argv[1:]
     for seed, (name, (overrides, dtype, shard)) in enumerate(MODELS.items()):
-        save_model(name, overrides, dtype, shard, seed)
-    save_tokenizer()
+        if not only or name in only:
+            save_model(name, overrides, dtype, shard, seed)
+    if not only:
+        save_tokenizer()
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(OUT) for f in fs)
     print(f"wrote {OUT} ({total / 1024:.0f} KiB)", file=sys.stderr)
 

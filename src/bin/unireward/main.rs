@@ -3,6 +3,7 @@
 mod bench;
 mod bench_model;
 mod demo;
+mod generate;
 mod kernels;
 mod peak_alloc;
 mod report;
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::Bench),
     /// Compiles every CUDA kernel with NVRTC and prints registers and spills per kernel.
     Kernels(kernels::Args),
+    /// Generates text with a Qwen2 checkpoint (greedy or sampled; the prompt raw or in the chat template).
+    Generate(generate::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(bench) => bench::run(&bench),
         Command::Kernels(args) => kernels::run(&args),
+        Command::Generate(args) => generate::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

@@ -1,0 +1,100 @@
+//! `unireward generate` (the binary) on a checkpoint directory assembled from fixtures: the Qwen2 model
+//! `tests/fixtures/qwen2/chat_tied` (its vocabulary is the tokenizer's, its eos ids the chat stop tokens) and the
+//! tokenizer of `tests/fixtures/qwen2/tokenizer`. Its output must be the library's generate + decode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use unireward::judge::{generate, render_chat, ChatMessage, GenerationConfig, Tokenizer};
+use unireward::model::Qwen2Model;
+use unireward::{DType, Device};
+
+/// A temporary model directory, removed on drop.
+struct ModelDir(PathBuf);
+
+impl ModelDir {
+    fn new(name: &str, with_tokenizer: bool) -> ModelDir {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2");
+        let dir = std::env::temp_dir().join(format!("unireward-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = vec![fixtures.join("chat_tied/config.json"), fixtures.join("chat_tied/model.safetensors")];
+        if with_tokenizer {
+            for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+                files.push(fixtures.join("tokenizer").join(f));
+            }
+        }
+        for f in files {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        ModelDir(dir)
+    }
+}
+
+impl Drop for ModelDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn unireward(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unireward")).arg("generate").args(args).output().expect("run unireward")
+}
+
+/// The library's text for `prompt_text` under `cfg` (stop tokens: the config's eos ids).
+fn expected(dir: &Path, prompt_text: &str, mut cfg: GenerationConfig) -> String {
+    let tokenizer = Tokenizer::from_file(dir).unwrap();
+    let model = Qwen2Model::load(dir, DType::F32, Device::Cpu).unwrap();
+    assert_eq!(model.config.vocab_size, tokenizer.vocab_size(), "the fixture model must fit the tokenizer");
+    cfg.stop_tokens = model.config.eos_token_ids.clone();
+    let prompt = tokenizer.encode(prompt_text).unwrap();
+    let tokens = generate(&model, &[prompt], &cfg).unwrap().pop().unwrap();
+    format!("{}\n", tokenizer.decode(&tokens, true).unwrap())
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "unireward generate failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn chat_generation_prints_the_library_output() {
+    let dir = ModelDir::new("chat", true);
+    let path = dir.0.to_str().unwrap();
+    let out = unireward(&[
+        "--model",
+        path,
+        "--prompt",
+        "Which image is better?",
+        "--chat",
+        "--system",
+        "You are a strict judge.",
+        "--max-new-tokens",
+        "12",
+        "--verbose",
+    ]);
+    let messages = [ChatMessage::system("You are a strict judge."), ChatMessage::user("Which image is better?")];
+    let cfg = GenerationConfig { max_new_tokens: 12, ..Default::default() };
+    assert_eq!(stdout(&out), expected(&dir.0, &render_chat(&messages, true), cfg));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("new ids (") && log.contains("tokens/s") && log.contains("KV cache"), "{log}");
+}
+
+#[test]
+fn raw_sampled_generation_prints_the_library_output() {
+    let dir = ModelDir::new("raw", true);
+    let path = dir.0.to_str().unwrap();
+    let args = ["--model", path, "--prompt", "Hello world", "--max-new-tokens", "9", "--temperature", "0.8"];
+    let out = unireward(&[&args[..], &["--top-p", "0.9", "--seed", "11"]].concat());
+    let cfg = GenerationConfig { max_new_tokens: 9, temperature: 0.8, top_p: 0.9, seed: 11, stop_tokens: vec![] };
+    assert_eq!(stdout(&out), expected(&dir.0, "Hello world", cfg));
+}
+
+#[test]
+fn a_missing_tokenizer_or_a_bad_option_is_an_error() {
+    let dir = ModelDir::new("no-tokenizer", false);
+    let out = unireward(&["--model", dir.0.to_str().unwrap(), "--prompt", "hi"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"), "{out:?}");
+    let out = unireward(&["--model", dir.0.to_str().unwrap(), "--prompt", "hi", "--system", "judge"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--chat"), "{out:?}");
+}

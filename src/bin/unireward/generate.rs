@@ -67,7 +67,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         stop_tokens: model.config.eos_token_ids.clone(),
     };
     let start = Instant::now();
-    let tokens = generate(&model, &[prompt.clone()], &cfg)?.pop().unwrap_or_default();
+    let tokens = generate(&model, std::slice::from_ref(&prompt), &cfg)?.pop().unwrap_or_default();
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", tokenizer.decode(&tokens, true)?);
     if args.verbose {

@@ -14,14 +14,14 @@ __device__ void embedding_forward(const T* __restrict__ table, const int* __rest
     }
 }
 
-// One block per occurring id r: d_table[rows[r], :] = Σ_{k in [starts[r], starts[r+1])} grad[tokens[k], :], summed
-// in token order in f32 (deterministic, no atomics). Rows of ids that do not occur stay as allocated (zero).
+// One block per vocabulary row v: d_table[v, :] = Σ_{k in [starts[v], starts[v+1])} grad[tokens[k], :], summed in
+// token order in f32 (deterministic, no atomics); rows of ids that do not occur are written as zeros, so every
+// element of d_table is written (it may hold garbage on entry).
 template <typename T>
-__device__ void embedding_backward(const T* __restrict__ grad, const int* __restrict__ rows,
-                                   const int* __restrict__ starts, const int* __restrict__ tokens, int h,
-                                   T* __restrict__ d_table) {
-    const int r = blockIdx.x, begin = starts[r], end = starts[r + 1];
-    T* dst = d_table + (long long)rows[r] * h;
+__device__ void embedding_backward(const T* __restrict__ grad, const int* __restrict__ starts,
+                                   const int* __restrict__ tokens, int h, T* __restrict__ d_table) {
+    const int v = blockIdx.x, begin = starts[v], end = starts[v + 1];
+    T* dst = d_table + (long long)v * h;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
         float acc = 0.0f;
         for (int k = begin; k < end; ++k) acc += to_float(grad[(long long)tokens[k] * h + j]);
@@ -34,9 +34,9 @@ __device__ void embedding_backward(const T* __restrict__ grad, const int* __rest
                                                      T* out) {                                                   \
         embedding_forward<T>(table, ids, tokens, h, out);                                                        \
     }                                                                                                            \
-    extern "C" __global__ void embedding_backward_##S(const T* grad, const int* rows, const int* starts,         \
-                                                      const int* tokens, int h, T* d_table) {                    \
-        embedding_backward<T>(grad, rows, starts, tokens, h, d_table);                                           \
+    extern "C" __global__ void embedding_backward_##S(const T* grad, const int* starts, const int* tokens, int h, \
+                                                      T* d_table) {                                              \
+        embedding_backward<T>(grad, starts, tokens, h, d_table);                                                 \
     }
 
 INSTANTIATE(float, f32)

@@ -1,5 +1,5 @@
 use rand::Rng;
-use unireward::ops::embedding::{embedding, embedding_backward};
+use unireward::ops::embedding::{embedding, embedding_backward, embedding_backward_into, embedding_into};
 use unireward::{DType, Device, Error};
 
 use crate::common::*;
@@ -93,6 +93,62 @@ fn bad_input() {
     assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_out` has shape [2, 3], expected [3, 3]")), "{e}");
     let e = embedding_backward(&grad, &ids(&[0, 9], &[2], DType::I32, Device::Cpu), 4).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}
+
+/// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`,
+/// with ids that leave most vocabulary rows untouched; on CUDA also equal to the CPU's (same f32 sums).
+fn into_equals_allocating(device: Device) {
+    let mut rng = seed();
+    let (v, h, n, t) = (1001, 257, 3, 7);
+    let (table, grad_out) = (normal(&mut rng, v * h), normal(&mut rng, n * t * h));
+    let id_values: Vec<i64> = (0..n * t).map(|_| rng.gen_range(0..v as i64 / 3)).collect();
+    for dtype in FLOATS {
+        let (tt, gt) = (tensor(&table, &[v, h], dtype, device), tensor(&grad_out, &[n, t, h], dtype, device));
+        let ids_t = ids(&id_values, &[n, t], DType::I32, device);
+        let mut out = garbage(&[n, t, h], dtype, device);
+        embedding_into(&tt, &ids_t, &mut out).unwrap();
+        assert_same("out", &out, &embedding(&tt, &ids_t).unwrap());
+        let mut grad = garbage(&[v, h], dtype, device);
+        embedding_backward_into(&gt, &ids_t, v, &mut grad).unwrap();
+        assert_same("grad_table", &grad, &embedding_backward(&gt, &ids_t, v).unwrap());
+        if device != Device::Cpu {
+            let ids_cpu = ids(&id_values, &[n, t], DType::I64, Device::Cpu);
+            let cpu = embedding(&tensor(&table, &[v, h], dtype, Device::Cpu), &ids_cpu).unwrap();
+            assert_close("out vs cpu", &values(&out), &values(&cpu), 0.0);
+            let cpu = embedding_backward(&tensor(&grad_out, &[n, t, h], dtype, Device::Cpu), &ids_cpu, v).unwrap();
+            assert_close("grad_table vs cpu", &values(&grad), &values(&cpu), 1e-6);
+        }
+    }
+}
+
+#[test]
+fn into_overwrites_garbage_and_equals_allocating() {
+    into_equals_allocating(Device::Cpu);
+}
+
+#[test]
+fn into_refuses_bad_outputs() {
+    let cpu = Device::Cpu;
+    let (table, id_t) = (tensor(&[0.0; 12], &[4, 3], DType::F32, cpu), ids(&[0, 3], &[2], DType::I64, cpu));
+    let e = embedding_into(&table, &id_t, &mut garbage(&[2, 4], DType::F32, cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`out` has shape [2, 4], expected [2, 3]")), "{e}");
+    let e = embedding_into(&table, &id_t, &mut garbage(&[2, 3], DType::BF16, cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "out", .. }), "{e}");
+    let grad = tensor(&[0.0; 6], &[2, 3], DType::F32, cpu);
+    let e = embedding_backward_into(&grad, &id_t, 4, &mut garbage(&[5, 3], DType::F32, cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_table` has shape [5, 3], expected [4, 3]")), "{e}");
+    let e = embedding_backward_into(&grad, &id_t, 4, &mut garbage(&[4, 3], DType::F16, cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "grad_table", .. }), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_into_overwrites_garbage_and_refuses_a_cpu_output() {
+    into_equals_allocating(Device::Cuda(0));
+    let gpu = Device::Cuda(0);
+    let (table, id_t) = (tensor(&[0.0; 12], &[4, 3], DType::F32, gpu), ids(&[0, 3], &[2], DType::I64, gpu));
+    let e = embedding_into(&table, &id_t, &mut garbage(&[2, 3], DType::F32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Device(m) if m.contains("output `out` is on cpu")), "{e}");
 }
 
 #[test]

@@ -4,57 +4,54 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::TokenLists;
-use crate::runtime::{DType, Device, Element, FloatElement, Tensor};
+use crate::runtime::{DType, Element, FloatElement, Tensor};
 use crate::Result;
 
-fn gather<T: Element>(table: &Tensor, ids: &[usize], shape: &[usize]) -> Result<Tensor> {
+fn gather<T: Element>(table: &Tensor, ids: &[usize], out: &mut Tensor) -> Result<()> {
     let h = table.shape()[1];
     let table = table.as_slice::<T>()?;
-    let mut out = Tensor::zeros(shape, T::DTYPE, Device::Cpu)?;
     out.as_mut_slice::<T>()?
         .par_chunks_mut(h)
         .zip(ids.par_iter())
         .for_each(|(row, &id)| row.copy_from_slice(&table[id * h..(id + 1) * h]));
-    Ok(out)
+    Ok(())
 }
 
-pub(super) fn forward(table: &Tensor, ids: &[usize], shape: &[usize]) -> Result<Tensor> {
+pub(super) fn forward(table: &Tensor, ids: &[usize], out: &mut Tensor) -> Result<()> {
     match table.dtype() {
-        DType::BF16 => gather::<bf16>(table, ids, shape),
-        DType::F16 => gather::<f16>(table, ids, shape),
-        _ => gather::<f32>(table, ids, shape),
+        DType::BF16 => gather::<bf16>(table, ids, out),
+        DType::F16 => gather::<f16>(table, ids, out),
+        _ => gather::<f32>(table, ids, out),
     }
 }
 
-fn scatter_add<T: FloatElement>(grad_out: &Tensor, lists: &TokenLists, vocab: usize, h: usize) -> Result<Tensor> {
+/// Every row of the table's gradient: the f32 sum of its tokens' gradient rows, or zeros.
+fn scatter_add<T: FloatElement>(
+    grad_out: &Tensor,
+    lists: &TokenLists,
+    h: usize,
+    grad_table: &mut Tensor,
+) -> Result<()> {
     let grad = grad_out.as_slice::<T>()?;
-    let mut out = Tensor::zeros(&[vocab, h], T::DTYPE, Device::Cpu)?;
-    let dst = out.as_mut_slice::<T>()?;
-    // Each occurring id owns one destination row: hand them out as disjoint chunks, in vocabulary order.
-    let mut rows: Vec<(usize, &mut [T])> = Vec::with_capacity(lists.rows.len());
-    let mut rest = dst;
-    let mut offset = 0;
-    for (r, &v) in lists.rows.iter().enumerate() {
-        let (_, tail) = rest.split_at_mut((v - offset) * h);
-        let (row, tail) = tail.split_at_mut(h);
-        rows.push((r, row));
-        rest = tail;
-        offset = v + 1;
-    }
-    rows.into_par_iter().for_each(|(r, row)| {
+    grad_table.as_mut_slice::<T>()?.par_chunks_mut(h).enumerate().for_each(|(v, row)| {
+        let tokens = &lists.tokens[lists.starts[v]..lists.starts[v + 1]];
+        if tokens.is_empty() {
+            row.fill(T::from_f32(0.0));
+            return;
+        }
         let mut acc = vec![0.0f32; h];
-        for &p in &lists.tokens[lists.starts[r]..lists.starts[r + 1]] {
+        for &p in tokens {
             acc.iter_mut().zip(&grad[p * h..(p + 1) * h]).for_each(|(a, g)| *a += g.to_f32());
         }
         row.iter_mut().zip(&acc).for_each(|(d, &a)| *d = T::from_f32(a));
     });
-    Ok(out)
+    Ok(())
 }
 
-pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, vocab: usize, h: usize) -> Result<Tensor> {
+pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, h: usize, grad_table: &mut Tensor) -> Result<()> {
     match grad_out.dtype() {
-        DType::BF16 => scatter_add::<bf16>(grad_out, lists, vocab, h),
-        DType::F16 => scatter_add::<f16>(grad_out, lists, vocab, h),
-        _ => scatter_add::<f32>(grad_out, lists, vocab, h),
+        DType::BF16 => scatter_add::<bf16>(grad_out, lists, h, grad_table),
+        DType::F16 => scatter_add::<f16>(grad_out, lists, h, grad_table),
+        _ => scatter_add::<f32>(grad_out, lists, h, grad_table),
     }
 }

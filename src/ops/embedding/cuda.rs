@@ -13,42 +13,34 @@ fn upload(values: &[usize], like: &Tensor) -> Result<Tensor> {
     Tensor::from_slice(&v, &[v.len()], like.device())
 }
 
-pub(super) fn forward(table: &Tensor, ids: &[usize], shape: &[usize]) -> Result<Tensor> {
+pub(super) fn forward(table: &Tensor, ids: &[usize], out: &mut Tensor) -> Result<()> {
     let backend = backend_of(table)?;
     let h = check_i32("H", table.shape()[1])?;
     let tokens = ids.len() as i64;
     let ids = upload(ids, table)?;
-    let out = Tensor::zeros(shape, table.dtype(), table.device())?;
     let f = launch::kernel(&backend, &KERNELS, "embedding_forward", table.dtype())?;
-    let (table_p, ids_p, out_p) = (ptr(table)?, ptr(&ids)?, ptr(&out)?);
+    let (table_p, ids_p, out_p) = (ptr(table)?, ptr(&ids)?, ptr(out)?);
     let mut b = backend.stream().launch_builder(&f);
     b.arg(&table_p).arg(&ids_p).arg(&tokens).arg(&h).arg(&out_p);
     // SAFETY: embedding_forward_<T>(const T*, const int*, long long, int, T*): `table` holds V·H elements of T and
     // every id is < V; `ids` holds `tokens` ints; `out` holds tokens·H elements of T.
     unsafe { b.launch(elementwise(out.numel())?) }?;
-    Ok(out)
+    Ok(())
 }
 
-pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, vocab: usize, h: usize) -> Result<Tensor> {
+pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, h: usize, grad_table: &mut Tensor) -> Result<()> {
     let backend = backend_of(grad_out)?;
-    let d_table = Tensor::zeros(&[vocab, h], grad_out.dtype(), grad_out.device())?;
-    if lists.rows.is_empty() {
-        return Ok(d_table);
-    }
-    let (rows, starts, tokens) =
-        (upload(&lists.rows, grad_out)?, upload(&lists.starts, grad_out)?, upload(&lists.tokens, grad_out)?);
+    let vocab = lists.starts.len() - 1;
+    check_i32("vocab", vocab)?;
+    let (starts, tokens) = (upload(&lists.starts, grad_out)?, upload(&lists.tokens, grad_out)?);
     let h_i32 = check_i32("H", h)?;
     let f = launch::kernel(&backend, &KERNELS, "embedding_backward", grad_out.dtype())?;
-    let args = [ptr(grad_out)?, ptr(&rows)?, ptr(&starts)?, ptr(&tokens)?];
-    let out = ptr(&d_table)?;
+    let (grad_p, starts_p, tokens_p, out_p) = (ptr(grad_out)?, ptr(&starts)?, ptr(&tokens)?, ptr(grad_table)?);
     let mut b = backend.stream().launch_builder(&f);
-    for a in &args {
-        b.arg(a);
-    }
-    b.arg(&h_i32).arg(&out);
-    // SAFETY: embedding_backward_<T>(const T*, const int* ×3, int, T*): one block per occurring id; `rows` and
-    // `starts` hold rows + 1 entries, `tokens` the token positions (each < tokens of `grad_out`, which holds
-    // tokens·H elements of T); `d_table` holds V·H elements of T and every row id is < V.
-    unsafe { b.launch(launch_config(lists.rows.len(), THREADS, 0)?) }?;
-    Ok(d_table)
+    b.arg(&grad_p).arg(&starts_p).arg(&tokens_p).arg(&h_i32).arg(&out_p);
+    // SAFETY: embedding_backward_<T>(const T*, const int* ×2, int, T*): one block per vocabulary row; `starts`
+    // holds V + 1 entries, `tokens` the token positions (each < tokens of `grad_out`, which holds tokens·H elements
+    // of T); `grad_table` holds V·H elements of T.
+    unsafe { b.launch(launch_config(vocab, THREADS, 0)?) }?;
+    Ok(())
 }

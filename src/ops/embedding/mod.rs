@@ -30,47 +30,57 @@ fn valid_ids(ids: &Tensor, vocab: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Tokens grouped by id: `rows` are the ids that occur, ascending; the tokens of `rows[r]` are
-/// `tokens[starts[r]..starts[r + 1]]`, ascending.
+/// Tokens grouped by id: the tokens of vocabulary row v are `tokens[starts[v]..starts[v + 1]]`, ascending (none for
+/// an id that does not occur); `starts` has V + 1 entries.
 struct TokenLists {
-    rows: Vec<usize>,
     starts: Vec<usize>,
     tokens: Vec<usize>,
 }
 
 impl TokenLists {
     fn new(ids: &[usize], vocab: usize) -> Self {
-        let mut counts = vec![0usize; vocab + 1];
-        ids.iter().for_each(|&id| counts[id + 1] += 1);
+        let mut starts = vec![0usize; vocab + 1];
+        ids.iter().for_each(|&id| starts[id + 1] += 1);
         for v in 0..vocab {
-            counts[v + 1] += counts[v];
+            starts[v + 1] += starts[v];
         }
-        let mut next = counts.clone();
+        let mut next = starts.clone();
         let mut tokens = vec![0; ids.len()];
         for (p, &id) in ids.iter().enumerate() {
             tokens[next[id]] = p;
             next[id] += 1;
         }
-        let rows: Vec<usize> = (0..vocab).filter(|&v| counts[v + 1] > counts[v]).collect();
-        let mut starts: Vec<usize> = rows.iter().map(|&v| counts[v]).collect();
-        starts.push(ids.len());
-        TokenLists { rows, starts, tokens }
+        TokenLists { starts, tokens }
     }
+}
+
+/// The table's [V, H] after checking it.
+fn table_sizes(table: &Tensor) -> Result<(usize, usize)> {
+    let &[vocab, h] = check::rank("table", table, 2)? else { unreachable!() };
+    check::float("table", table)?;
+    check::non_empty("table (H)", h)?;
+    Ok((vocab, h))
 }
 
 /// Rows of `table` [V,H] picked by `ids` (any shape, i32 or i64, each in [0, V)): shape `ids.shape + [H]`, in the
 /// table's dtype.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let &[vocab, h] = check::rank("table", table, 2)? else { unreachable!() };
-    check::float("table", table)?;
-    check::non_empty("table (H)", h)?;
+    let (_, h) = table_sizes(table)?;
+    let mut out = Tensor::zeros(&[ids.shape(), &[h]].concat(), table.dtype(), table.device())?;
+    embedding_into(table, ids, &mut out)?;
+    Ok(out)
+}
+
+/// [`embedding`] into `out` (`ids.shape + [H]`, the table's dtype and device), overwritten whole; it must not alias
+/// the table.
+pub fn embedding_into(table: &Tensor, ids: &Tensor, out: &mut Tensor) -> Result<()> {
+    let (vocab, h) = table_sizes(table)?;
     let device = check::same_device(&[("table", table), ("ids", ids)])?;
     let ids_host = valid_ids(ids, vocab)?;
-    let mut shape = ids.shape().to_vec();
-    shape.push(h);
+    check::output("out", out, &[ids.shape(), &[h]].concat(), table.dtype(), device)?;
     match device {
-        Device::Cpu => cpu::forward(table, &ids_host, &shape),
-        Device::Cuda(_) => cuda::forward(table, &ids_host, &shape),
+        Device::Cpu => cpu::forward(table, &ids_host, out),
+        Device::Cuda(_) => cuda::forward(table, &ids_host, out),
     }
 }
 
@@ -78,17 +88,25 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// of the gradient rows of the tokens with id v (zero for ids that do not occur). In `grad_out`'s dtype, summed in
 /// f32.
 pub fn embedding_backward(grad_out: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
+    let h = *grad_out.shape().last().unwrap_or(&0);
+    let mut grad_table = Tensor::zeros(&[vocab, h], grad_out.dtype(), grad_out.device())?;
+    embedding_backward_into(grad_out, ids, vocab, &mut grad_table)?;
+    Ok(grad_table)
+}
+
+/// [`embedding_backward`] into `grad_table` ([`vocab`, H], `grad_out`'s dtype and device), every row written (zero
+/// for ids that do not occur); it must not alias `grad_out`.
+pub fn embedding_backward_into(grad_out: &Tensor, ids: &Tensor, vocab: usize, grad_table: &mut Tensor) -> Result<()> {
     check::float("grad_out", grad_out)?;
     check::non_empty("vocab", vocab)?;
     let h = *grad_out.shape().last().unwrap_or(&0);
-    let mut expected = ids.shape().to_vec();
-    expected.push(h);
-    check::shape("grad_out", grad_out, &expected)?;
+    check::shape("grad_out", grad_out, &[ids.shape(), &[h]].concat())?;
     check::non_empty("grad_out (H)", h)?;
     let device = check::same_device(&[("grad_out", grad_out), ("ids", ids)])?;
+    check::output("grad_table", grad_table, &[vocab, h], grad_out.dtype(), device)?;
     let lists = TokenLists::new(&valid_ids(ids, vocab)?, vocab);
     match device {
-        Device::Cpu => cpu::backward(grad_out, &lists, vocab, h),
-        Device::Cuda(_) => cuda::backward(grad_out, &lists, vocab, h),
+        Device::Cpu => cpu::backward(grad_out, &lists, h, grad_table),
+        Device::Cuda(_) => cuda::backward(grad_out, &lists, h, grad_table),
     }
 }

@@ -170,3 +170,92 @@ fn exports_on_cuda_tensors_and_a_caller_stream_agree_with_the_cpu() {
     // SAFETY: created above.
     unsafe { ur_context_free(ctx) };
 }
+
+/// max |got − want| / max |want|.
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    diff / want.iter().map(|x| x.abs()).fold(f32::MIN_POSITIVE, f32::max)
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn model_on_cuda_with_a_caller_stream_agrees_with_the_cpu() {
+    use unireward::judge::{generate, GenerationConfig};
+    use unireward::model::{ForwardOptions, Qwen2Model};
+
+    let gpu = Device::Cuda(0);
+    let backend = cuda::backend(0).unwrap();
+    let stream = backend.context().new_stream().unwrap();
+    let cu_stream = stream.cu_stream() as *mut c_void;
+    let dir = format!("{}/tests/fixtures/qwen2/gqa_untied", env!("CARGO_MANIFEST_DIR"));
+    let cpu_model = Qwen2Model::load(std::path::Path::new(&dir), DType::F32, Device::Cpu).unwrap();
+    let (n, t, v) = (2, 6, cpu_model.config.vocab_size);
+    let ids: Vec<i64> = (0..n * t).map(|i| (i * 37 % v) as i64).collect();
+    let mask: Vec<i64> = (0..n * t).map(|i| i64::from(i != n * t - 1)).collect();
+    let (ids, mask) = (
+        Tensor::from_slice(&ids, &[n, t], Device::Cpu).unwrap(),
+        Tensor::from_slice(&mask, &[n, t], Device::Cpu).unwrap(),
+    );
+    let grad: Vec<f32> = (0..n * t * v).map(|i| ((i * 7) % 11) as f32 * 0.01 - 0.05).collect();
+    let grad = Tensor::from_slice(&grad, &[n, t, v], Device::Cpu).unwrap();
+    let pass = cpu_model.forward(&ids, &mask, ForwardOptions::default()).unwrap();
+    let expected_logits = cpu_model.logits(&pass).unwrap();
+    let expected = cpu_model.backward_from_logits(pass, &grad).unwrap();
+
+    let mut ctx = null_mut();
+    let mut model = null_mut();
+    let path = std::ffi::CString::new(dir).unwrap();
+    // SAFETY: valid out-pointers and a NUL-terminated path.
+    unsafe {
+        ok(ur_context_create(&mut ctx));
+        let f32_dtype = DLDataType { code: 2, bits: 32, lanes: 1 };
+        ok(ur_model_load(ctx, path.as_ptr(), f32_dtype, DLDevice { device_type: 2, device_id: 0 }, &mut model));
+    }
+    let (d_ids, d_mask, d_grad) =
+        (ids.to_device(gpu).unwrap(), mask.to_device(gpu).unwrap(), grad.to_device(gpu).unwrap());
+    let logits = Tensor::zeros(&[n, t, v], DType::F32, gpu).unwrap();
+    backend.synchronize().unwrap(); // the inputs were written on the library's stream, the calls use another
+    let (i, m, l, g) = (dl(&d_ids), dl(&d_mask), dl(&logits), dl(&d_grad));
+    // SAFETY: every descriptor describes live device memory of device 0; the stream belongs to its context.
+    unsafe {
+        ok(ur_model_forward(ctx, model, &i.dl, &m.dl, &l.dl, cu_stream));
+        ok(ur_model_backward(ctx, model, &g.dl, cu_stream));
+    }
+    stream.synchronize().unwrap();
+    let err = relative_error(&logits.to_vec::<f32>().unwrap(), &expected_logits.to_vec::<f32>().unwrap());
+    assert!(err < 1e-4, "logits: CUDA vs CPU {err:.3e}");
+    let mut wanted: Vec<(String, &Tensor)> = expected.weights.named();
+    wanted.push(("inputs_embeds".into(), &expected.inputs_embeds));
+    for (name, want) in wanted {
+        let out = Tensor::zeros(want.shape(), DType::F32, gpu).unwrap();
+        backend.synchronize().unwrap();
+        let (o, c_name) = (dl(&out), std::ffi::CString::new(name.clone()).unwrap());
+        // SAFETY: as above.
+        ok(unsafe { ur_model_gradient(ctx, model, c_name.as_ptr(), &o.dl, cu_stream) });
+        stream.synchronize().unwrap();
+        let err = relative_error(&out.to_vec::<f32>().unwrap(), &want.to_vec::<f32>().unwrap());
+        assert!(err < 1e-4, "{name}: CUDA vs CPU {err:.3e}");
+    }
+
+    let prompt = [54i32, 72, 78, 77, 54];
+    let cfg = GenerationConfig { max_new_tokens: 12, ..Default::default() };
+    let cpu_tokens = generate(&cpu_model, &[prompt.iter().map(|&p| p as u32).collect()], &cfg).unwrap();
+    let mut gen = ur_generation_config_default();
+    gen.max_new_tokens = 12;
+    let (mut out, mut len) = ([0i32; 12], 0usize);
+    // SAFETY: host arrays of the stated lengths.
+    ok(unsafe { ur_model_generate(ctx, model, prompt.as_ptr(), prompt.len(), &gen, out.as_mut_ptr(), 12, &mut len) });
+    assert_eq!(out[..len].iter().map(|&x| x as u32).collect::<Vec<_>>(), cpu_tokens[0]);
+
+    // Host logits for a CUDA model: refused before any work.
+    let host = Tensor::zeros(&[n, t, v], DType::F32, Device::Cpu).unwrap();
+    let h = dl(&host);
+    // SAFETY: as above; the host tensor is live CPU memory.
+    let status = unsafe { ur_model_forward(ctx, model, &i.dl, &m.dl, &h.dl, cu_stream) };
+    assert_eq!(status, ur_status::UR_ERROR_DEVICE);
+    // SAFETY: created above.
+    unsafe {
+        ur_model_free(model);
+        ur_context_free(ctx);
+    }
+}

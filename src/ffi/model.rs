@@ -10,7 +10,8 @@ use super::status::{call, ur_status, Failure, FfiResult};
 use crate::judge::{generate, GenerationConfig};
 use crate::model::qwen2::{ForwardOptions, ForwardPass, Qwen2Gradients};
 use crate::model::Qwen2Model;
-use crate::{Error, Tensor};
+use crate::runtime::cuda;
+use crate::{Device, Error, Tensor};
 
 /// Tells a live model from garbage (a freed or never-created pointer is still undefined behaviour).
 const MAGIC: u64 = 0x7572_5f6d_6f64_0001; // "ur_mod" v1
@@ -215,7 +216,12 @@ pub unsafe extern "C" fn ur_model_load(
             return Err(Failure::null("out"));
         }
         let dir = CStr::from_ptr(dir).to_str().map_err(|_| Failure::invalid("`dir` is not valid UTF-8"))?;
-        let model = Qwen2Model::load(Path::new(dir), dtype_of("dtype", dtype)?, device_of("device", device)?)?;
+        let device = device_of("device", device)?;
+        let model = Qwen2Model::load(Path::new(dir), dtype_of("dtype", dtype)?, device)?;
+        if let Device::Cuda(ordinal) = device {
+            // The weights were written on the library's own stream; the ops run on the callers' streams.
+            cuda::backend(ordinal)?.synchronize()?;
+        }
         let names = model
             .weights
             .named()

@@ -90,7 +90,7 @@ def test_logits_loss_and_gradients_match_the_reference(model, reference):
 
 def test_backward_consumes_the_pass(model, reference):
     ids, mask = reference["input_ids"], reference["attention_mask"]
-    logits = model.forward(ids, mask)
+    logits = model.forward(ids, mask.bool())  # a bool mask works too
     model.backward(torch.zeros_like(logits))
     with pytest.raises(UnirewardError, match="ur_model_forward") as e:
         model.backward(torch.zeros_like(logits))

@@ -126,7 +126,12 @@ class Qwen2Model:
         """The logits [N,T,V] (the model's dtype, on its device) of `input_ids` [N,T] with `attention_mask` [N,T]
         (nonzero = a real token; `None`: every token is real). Keeps the pass for one `backward`."""
         ids = input_ids.to(self.device).contiguous()
-        mask = None if attention_mask is None else attention_mask.to(self.device).contiguous()
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.to(self.device)
+            if mask.dtype not in (torch.int32, torch.int64):  # bool or float masks: nonzero = a real token
+                mask = (mask != 0).to(torch.int64)
+            mask = mask.contiguous()
         if ids.dim() != 2:
             raise ValueError(f"unireward: input_ids must be [N, T], got shape {tuple(ids.shape)}")
         logits = torch.empty((*ids.shape, self.config["vocab_size"]), dtype=self.dtype, device=self.device)

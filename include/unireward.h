@@ -663,7 +663,7 @@ enum ur_status ur_model_backward(struct ur_context *ctx,
 // # Safety
 // As for `ur_model_forward`; `name` is NULL or NUL-terminated.
 enum ur_status ur_model_gradient(struct ur_context *ctx,
-                                 struct ur_model *model,
+                                 const struct ur_model *model,
                                  const char *name,
                                  const DLTensor *out,
                                  void *stream);

@@ -379,7 +379,7 @@ class Model {
   }
 
   /// Copies the gradient `name` (a parameter name, or "inputs_embeds") of the last `backward` into `out`.
-  void gradient(const std::string& name, const DLTensor* out, void* stream = nullptr) {
+  void gradient(const std::string& name, const DLTensor* out, void* stream = nullptr) const {
     detail::check(ur_model_gradient(ctx_, model_, name.c_str(), out, stream));
   }
 

@@ -453,7 +453,7 @@ pub unsafe extern "C" fn ur_model_backward(
 #[no_mangle]
 pub unsafe extern "C" fn ur_model_gradient(
     ctx: *mut ur_context,
-    model: *mut ur_model,
+    model: *const ur_model,
     name: *const c_char,
     out: *const DLTensor,
     stream: *mut c_void,
@@ -461,7 +461,7 @@ pub unsafe extern "C" fn ur_model_gradient(
     // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
     call(|| unsafe {
         context::check(ctx)?;
-        let m = handle_mut(model)?;
+        let m = handle(model)?;
         if name.is_null() {
             return Err(Failure::null("name"));
         }

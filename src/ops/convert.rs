@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::runtime::{DType, Device, FloatElement, Tensor};
-use crate::{Error, Result};
+use crate::runtime::{DType, FloatElement, Tensor};
+use crate::Result;
 
 /// Elements per rayon task.
 const BLOCK: usize = 1 << 14;
@@ -35,34 +35,18 @@ pub(crate) fn f32_values(t: &Tensor) -> Result<Cow<'_, [f32]>> {
     }
 }
 
-/// Stores f32 values into the CPU float tensor `out` (as many elements), rounding to nearest for bf16 and f16.
-fn store(values: &[f32], out: &mut Tensor) -> Result<()> {
-    if values.len() != out.numel() {
-        return Err(Error::Shape(format!("{} values cannot fill shape {:?}", values.len(), out.shape())));
-    }
+/// Fills the CPU float tensor `out` through an f32 buffer of its length: `fill` gets `out`'s own storage when it is
+/// f32 (no copy), else a zeroed scratch buffer that is then rounded to nearest into `out` (bf16, f16). The buffer
+/// may hold anything on entry (an `_into` op's output can hold garbage): `fill` must write every element.
+pub(crate) fn write_f32(out: &mut Tensor, fill: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    let mut buf = match out.dtype() {
+        DType::BF16 | DType::F16 => vec![0.0f32; out.numel()],
+        _ => return fill(out.as_mut_slice::<f32>()?),
+    };
+    fill(&mut buf)?;
     match out.dtype() {
-        DType::BF16 => narrow(values, out.as_mut_slice::<bf16>()?),
-        DType::F16 => narrow(values, out.as_mut_slice::<f16>()?),
-        _ => out.as_mut_slice::<f32>()?.copy_from_slice(values),
+        DType::BF16 => narrow(&buf, out.as_mut_slice::<bf16>()?),
+        _ => narrow(&buf, out.as_mut_slice::<f16>()?),
     }
     Ok(())
-}
-
-/// Fills the CPU float tensor `out` through an f32 buffer of its length: `fill` gets `out`'s own storage when it is
-/// f32 (no copy), else a zeroed scratch buffer that is then rounded into `out`. The buffer may hold anything on
-/// entry (an `_into` op's output can hold garbage): `fill` must write every element.
-pub(crate) fn write_f32(out: &mut Tensor, fill: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
-    if out.dtype() == DType::F32 {
-        return fill(out.as_mut_slice::<f32>()?);
-    }
-    let mut buf = vec![0.0f32; out.numel()];
-    fill(&mut buf)?;
-    store(&buf, out)
-}
-
-/// A CPU tensor of `dtype` and `shape` from f32 values, rounding to nearest for bf16 and f16.
-pub(crate) fn float_tensor(values: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-    let mut t = Tensor::zeros(shape, dtype, Device::Cpu)?;
-    store(values, &mut t)?;
-    Ok(t)
 }

@@ -1,5 +1,7 @@
 use rand::Rng;
-use unireward::ops::attention::{attention, attention_backward};
+use unireward::ops::attention::{
+    attention, attention_backward, attention_backward_into, attention_into, AttentionOutput,
+};
 use unireward::{DType, Device, Error, Tensor};
 
 use crate::common::*;
@@ -200,6 +202,119 @@ fn bad_input() {
     assert!(matches!(&e, Error::Shape(m) if m.contains("`saved.lse` has shape [1, 2, 4], expected [1, 4, 2]")), "{e}");
     let e = attention_backward(&k, &q, &k, &k, &mask, &saved).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_out`")), "{e}");
+}
+
+/// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`,
+/// with GQA, several tiles and query blocks, padding and an all-padding sequence; on CUDA also close to the CPU.
+fn into_equals_allocating(device: Device) {
+    let mut rng = seed();
+    let z = Dims { n: 3, t: 70, hq: 6, hkv: 2, d: 40 };
+    let x = random_inputs(&mut rng, z);
+    for dtype in FLOATS {
+        let t = |data: &[f64], heads| tensor(data, &[z.n, z.t, heads, z.d], dtype, device);
+        let (q, k, v, g) = (t(&x.q, z.hq), t(&x.k, z.hkv), t(&x.v, z.hkv), t(&x.g, z.hq));
+        let mask = ids(&x.mask, &[z.n, z.t], DType::I32, device);
+        let mut saved = AttentionOutput {
+            out: garbage(q.shape(), dtype, device),
+            lse: garbage(&[z.n, z.hq, z.t], DType::F32, device),
+        };
+        attention_into(&q, &k, &v, &mask, &mut saved.out, &mut saved.lse).unwrap();
+        let want = attention(&q, &k, &v, &mask).unwrap();
+        assert_same("out", &saved.out, &want.out);
+        assert_same("lse", &saved.lse, &want.lse);
+        let (mut dq, mut dk, mut dv) =
+            (garbage(q.shape(), dtype, device), garbage(k.shape(), dtype, device), garbage(v.shape(), dtype, device));
+        attention_backward_into(&g, &q, &k, &v, &mask, &saved, &mut dq, &mut dk, &mut dv).unwrap();
+        let want = attention_backward(&g, &q, &k, &v, &mask, &saved).unwrap();
+        assert_same("grad_q", &dq, &want.grad_q);
+        assert_same("grad_k", &dk, &want.grad_k);
+        assert_same("grad_v", &dv, &want.grad_v);
+        if device != Device::Cpu {
+            let got = [&saved.out, &saved.lse, &dq, &dk, &dv].map(values);
+            let tolerance = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+            for (name, (c, g)) in NAMES.iter().zip(run(z, &x, dtype, Device::Cpu).iter().zip(&got)) {
+                assert_close(&format!("{name} vs cpu, {dtype}"), g, c, tolerance);
+            }
+        }
+    }
+}
+
+#[test]
+fn into_overwrites_garbage_and_equals_allocating() {
+    into_equals_allocating(Device::Cpu);
+}
+
+#[test]
+fn into_refuses_bad_outputs() {
+    let cpu = Device::Cpu;
+    let t = |shape: &[usize]| tensor(&vec![0.5; shape.iter().product()], shape, DType::F32, cpu);
+    let (q, k) = (t(&[1, 2, 4, 8]), t(&[1, 2, 2, 8]));
+    let mask = ids(&[1, 1], &[1, 2], DType::I32, cpu);
+    let (mut out, mut lse) = (garbage(&[1, 2, 4, 8], DType::F32, cpu), garbage(&[1, 4, 2], DType::F32, cpu));
+    let e = attention_into(&q, &k, &k, &mask, &mut garbage(&[1, 2, 2, 8], DType::F32, cpu), &mut lse).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`out` has shape [1, 2, 2, 8], expected [1, 2, 4, 8]")), "{e}");
+    let e = attention_into(&q, &k, &k, &mask, &mut out, &mut garbage(&[1, 4, 2], DType::BF16, cpu)).unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "lse", .. }), "{e}");
+    let e = attention_into(&q, &k, &k, &mask, &mut out, &mut garbage(&[1, 2, 4], DType::F32, cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`lse` has shape [1, 2, 4], expected [1, 4, 2]")), "{e}");
+    let saved = attention(&q, &k, &k, &mask).unwrap();
+    let (mut dq, mut dk, mut dv) =
+        (garbage(q.shape(), DType::F32, cpu), garbage(k.shape(), DType::F32, cpu), garbage(k.shape(), DType::F32, cpu));
+    let e = attention_backward_into(
+        &q,
+        &q,
+        &k,
+        &k,
+        &mask,
+        &saved,
+        &mut dq,
+        &mut garbage(q.shape(), DType::F32, cpu),
+        &mut dv,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape(m) if m.contains("`grad_k` has shape [1, 2, 4, 8], expected [1, 2, 2, 8]")),
+        "{e}"
+    );
+    let e = attention_backward_into(
+        &q,
+        &q,
+        &k,
+        &k,
+        &mask,
+        &saved,
+        &mut garbage(q.shape(), DType::F16, cpu),
+        &mut dk,
+        &mut dv,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::DType { arg: "grad_q", .. }), "{e}");
+    let e = attention_backward_into(
+        &q,
+        &q,
+        &k,
+        &k,
+        &mask,
+        &saved,
+        &mut dq,
+        &mut dk,
+        &mut garbage(&[2, 8], DType::F32, cpu),
+    )
+    .unwrap_err();
+    assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_v` has shape [2, 8]")), "{e}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_into_overwrites_garbage_and_refuses_a_cpu_output() {
+    into_equals_allocating(Device::Cuda(0));
+    let gpu = Device::Cuda(0);
+    let t = |shape: &[usize]| tensor(&vec![0.5; shape.iter().product()], shape, DType::F32, gpu);
+    let (q, k) = (t(&[1, 2, 4, 8]), t(&[1, 2, 2, 8]));
+    let mask = ids(&[1, 1], &[1, 2], DType::I32, gpu);
+    let mut out = garbage(&[1, 2, 4, 8], DType::F32, gpu);
+    let e = attention_into(&q, &k, &k, &mask, &mut out, &mut garbage(&[1, 4, 2], DType::F32, Device::Cpu)).unwrap_err();
+    assert!(matches!(&e, Error::Device(m) if m.contains("output `lse` is on cpu")), "{e}");
 }
 
 #[test]

@@ -5,11 +5,11 @@
 
 use rayon::prelude::*;
 
-use super::{AttentionGrads, AttentionOutput, Plan};
-use crate::ops::convert::{f32_values, float_tensor};
+use super::{Outputs, Plan};
+use crate::ops::convert::{f32_values, write_f32};
 use crate::ops::logprobs::row::exp_approx;
 use crate::runtime::cpu::{matmul, MatRef};
-use crate::runtime::{Device, Tensor};
+use crate::runtime::Tensor;
 use crate::Result;
 
 /// Queries per block: the scratch holds [QUERY_BLOCK, T] scores.
@@ -92,7 +92,7 @@ fn any_real(p: &Plan, n: usize, first: usize, rows: usize) -> bool {
     p.valid[n * p.t + first..n * p.t + first + rows].iter().any(|&v| v)
 }
 
-pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<AttentionOutput> {
+pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan, out: &mut Tensor, lse: &mut Tensor) -> Result<()> {
     let (qs, ks, vs) = (f32_values(q)?, f32_values(k)?, f32_values(v)?);
     let (t, d, group) = (p.t, p.d, p.group());
     let tasks: Vec<(Vec<f32>, Vec<f32>)> = (0..p.n * p.hq)
@@ -112,15 +112,13 @@ pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<At
             (o, lse)
         })
         .collect();
-    let mut out = vec![0.0f32; q.numel()];
-    let mut lse = Vec::with_capacity(p.n * p.hq * t);
-    for (task, (o, l)) in tasks.iter().enumerate() {
-        scatter_head(&mut out, o, p, p.hq, task / p.hq, task % p.hq);
-        lse.extend_from_slice(l);
-    }
-    Ok(AttentionOutput {
-        out: float_tensor(&out, q.shape(), q.dtype())?,
-        lse: Tensor::from_slice(&lse, &[p.n, p.hq, t], Device::Cpu)?,
+    // Every (n, head) task covers its T rows: each element of `out` and `lse` is written.
+    lse.as_mut_slice::<f32>()?.chunks_exact_mut(t).zip(&tasks).for_each(|(dst, (_, l))| dst.copy_from_slice(l));
+    write_f32(out, |out| {
+        for (task, (o, _)) in tasks.iter().enumerate() {
+            scatter_head(out, o, p, p.hq, task / p.hq, task % p.hq);
+        }
+        Ok(())
     })
 }
 
@@ -138,7 +136,8 @@ pub(super) fn backward(
     v: &Tensor,
     lse: &Tensor,
     p: &Plan,
-) -> Result<AttentionGrads> {
+    out: Outputs<'_>,
+) -> Result<()> {
     let (g, qs, ks, vs) = (f32_values(grad_out)?, f32_values(q)?, f32_values(k)?, f32_values(v)?);
     let lse_all = f32_values(lse)?;
     let (t, d, group, scale) = (p.t, p.d, p.group(), p.scale());
@@ -176,15 +175,24 @@ pub(super) fn backward(
             out
         })
         .collect();
-    let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.numel()], vec![0.0f32; k.numel()], vec![0.0f32; v.numel()]);
-    for (task, gg) in tasks.iter().enumerate() {
-        let (n, kv) = (task / p.hkv, task % p.hkv);
-        for (i, dqh) in gg.dq.iter().enumerate() {
-            scatter_head(&mut dq, dqh, p, p.hq, n, kv * group + i);
+    // Every (n, KV head) task covers its T rows of d_k and d_v and those of its group's query heads in d_q.
+    write_f32(out.grad_q, |dq| {
+        for (task, gg) in tasks.iter().enumerate() {
+            let (n, kv) = (task / p.hkv, task % p.hkv);
+            for (i, dqh) in gg.dq.iter().enumerate() {
+                scatter_head(dq, dqh, p, p.hq, n, kv * group + i);
+            }
         }
-        scatter_head(&mut dk, &gg.dk, p, p.hkv, n, kv);
-        scatter_head(&mut dv, &gg.dv, p, p.hkv, n, kv);
-    }
-    let grad = |data: &[f32], like: &Tensor| float_tensor(data, like.shape(), like.dtype());
-    Ok(AttentionGrads { grad_q: grad(&dq, q)?, grad_k: grad(&dk, k)?, grad_v: grad(&dv, v)? })
+        Ok(())
+    })?;
+    let write_kv = |dst: &mut Tensor, part: fn(&GroupGrads) -> &[f32]| {
+        write_f32(dst, |d| {
+            for (task, gg) in tasks.iter().enumerate() {
+                scatter_head(d, part(gg), p, p.hkv, task / p.hkv, task % p.hkv);
+            }
+            Ok(())
+        })
+    };
+    write_kv(out.grad_k, |gg| &gg.dk)?;
+    write_kv(out.grad_v, |gg| &gg.dv)
 }

@@ -2,7 +2,7 @@
 //! Backward: `delta = rowsum(grad_out ∘ out)`, then a dq pass over query tiles, a dk/dv pass over key tiles per
 //! query head into f32 partials, and a pass that sums each KV group's partials in order (no atomics).
 
-use super::{AttentionGrads, AttentionOutput, Plan, KERNELS};
+use super::{AttentionOutput, Outputs, Plan, KERNELS};
 use crate::ops::launch::{self, backend_of, check_i32, elementwise, ptr};
 use crate::runtime::cuda::{launch_config, PushKernelArg};
 use crate::runtime::{DType, Tensor};
@@ -43,14 +43,12 @@ fn tiled_blocks(p: &Plan, heads: usize) -> usize {
     p.n * heads * p.t.div_ceil(TILE)
 }
 
-pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<AttentionOutput> {
+pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan, out: &mut Tensor, lse: &mut Tensor) -> Result<()> {
     let (sizes, scale, mask) = setup(p, q, &[("k", k), ("v", v)])?;
     let (backend, dtype) = (backend_of(q)?, q.dtype());
-    let out = Tensor::zeros(q.shape(), dtype, p.device)?;
-    let lse = Tensor::zeros(&[p.n, p.hq, p.t], DType::F32, p.device)?;
     let f = launch::kernel(&backend, &KERNELS, "attention_forward", dtype)?;
     let ins = [ptr(q)?, ptr(k)?, ptr(v)?, ptr(&mask)?];
-    let outs = [ptr(&out)?, ptr(&lse)?];
+    let outs = [ptr(out)?, ptr(lse)?];
     let mut b = backend.stream().launch_builder(&f);
     ins.iter().for_each(|a| {
         b.arg(a);
@@ -66,7 +64,7 @@ pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan) -> Result<At
     // BLOCK_THREADS per (n, head, tile); q and out hold N·T·Hq·d elements of T, k and v N·T·Hkv·d, the mask N·T
     // ints, lse N·Hq·T floats; d ≤ 128 = 32 lanes × COLS.
     unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
-    Ok(AttentionOutput { out, lse })
+    Ok(())
 }
 
 pub(super) fn backward(
@@ -76,7 +74,8 @@ pub(super) fn backward(
     v: &Tensor,
     saved: &AttentionOutput,
     p: &Plan,
-) -> Result<AttentionGrads> {
+    out: Outputs<'_>,
+) -> Result<()> {
     let (sizes, scale, mask) = setup(p, q, &[("k", k), ("v", v), ("grad_out", grad_out), ("saved.out", &saved.out)])?;
     let (backend, dtype) = (backend_of(q)?, q.dtype());
 
@@ -95,8 +94,7 @@ pub(super) fn backward(
     unsafe { b.launch(elementwise(p.n * p.t * p.hq * 32)?) }?;
 
     let ins = [ptr(q)?, ptr(k)?, ptr(v)?, g_p, ptr(&mask)?, ptr(&saved.lse)?, delta_p];
-    let grad_q = Tensor::zeros(q.shape(), dtype, p.device)?;
-    let dq_p = ptr(&grad_q)?;
+    let dq_p = ptr(out.grad_q)?;
     let f = launch::kernel(&backend, &KERNELS, "attention_backward_dq", dtype)?;
     let mut b = backend.stream().launch_builder(&f);
     ins.iter().for_each(|a| {
@@ -127,9 +125,7 @@ pub(super) fn backward(
     // block per (n, query head, tile of keys); the partials hold N·T·Hq·d floats, the rest as in the dq pass.
     unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
 
-    let grad_k = Tensor::zeros(k.shape(), dtype, p.device)?;
-    let grad_v = Tensor::zeros(v.shape(), dtype, p.device)?;
-    let (dk_p, dv_p, total) = (ptr(&grad_k)?, ptr(&grad_v)?, k.numel() as i64);
+    let (dk_p, dv_p, total) = (ptr(out.grad_k)?, ptr(out.grad_v)?, k.numel() as i64);
     let f = launch::kernel(&backend, &KERNELS, "attention_backward_dkv_reduce", dtype)?;
     let mut b = backend.stream().launch_builder(&f);
     b.arg(&dk_part_p).arg(&dv_part_p).arg(&total);
@@ -140,5 +136,5 @@ pub(super) fn backward(
     // SAFETY: attention_backward_dkv_reduce_<T>(const float* ×2, long long, int ×4, T* ×2): grid-stride over the
     // N·T·Hkv·d = `total` elements of dk and dv; each reads the group's Hq/Hkv partials, inside N·T·Hq·d.
     unsafe { b.launch(elementwise(k.numel())?) }?;
-    Ok(AttentionGrads { grad_q, grad_k, grad_v })
+    Ok(())
 }

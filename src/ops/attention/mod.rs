@@ -91,9 +91,73 @@ fn plan(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, others: &[(&str, &Ten
 /// (i32 or i64, nonzero = real token).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor) -> Result<AttentionOutput> {
     let p = plan(q, k, v, attention_mask, &[])?;
+    let mut out = Tensor::zeros(q.shape(), q.dtype(), p.device)?;
+    let mut lse = Tensor::zeros(&[p.n, p.hq, p.t], DType::F32, p.device)?;
+    forward(q, k, v, &p, &mut out, &mut lse)?;
+    Ok(AttentionOutput { out, lse })
+}
+
+/// [`attention`] into `out` (`q`'s shape, dtype and device) and `lse` (f32 [N,Hq,T]), overwritten whole (zeros at
+/// padding queries); neither may alias an input or the other.
+pub fn attention_into(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    out: &mut Tensor,
+    lse: &mut Tensor,
+) -> Result<()> {
+    let p = plan(q, k, v, attention_mask, &[])?;
+    check::output("out", out, q.shape(), q.dtype(), p.device)?;
+    check::output("lse", lse, &[p.n, p.hq, p.t], DType::F32, p.device)?;
+    forward(q, k, v, &p, out, lse)
+}
+
+fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan, out: &mut Tensor, lse: &mut Tensor) -> Result<()> {
     match p.device {
-        Device::Cpu => cpu::forward(q, k, v, &p),
-        Device::Cuda(_) => cuda::forward(q, k, v, &p),
+        Device::Cpu => cpu::forward(q, k, v, p, out, lse),
+        Device::Cuda(_) => cuda::forward(q, k, v, p, out, lse),
+    }
+}
+
+/// The backward's outputs, validated.
+struct Outputs<'a> {
+    grad_q: &'a mut Tensor,
+    grad_k: &'a mut Tensor,
+    grad_v: &'a mut Tensor,
+}
+
+/// The plan of a backward, with `grad_out` and the forward's saved tensors checked.
+fn backward_plan(
+    grad_out: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    saved: &AttentionOutput,
+) -> Result<Plan> {
+    let p =
+        plan(q, k, v, attention_mask, &[("grad_out", grad_out), ("saved.out", &saved.out), ("saved.lse", &saved.lse)])?;
+    check::float("grad_out", grad_out)?;
+    check::shape("grad_out", grad_out, q.shape())?;
+    check::shape("saved.out", &saved.out, q.shape())?;
+    check::dtype("saved.lse", &saved.lse, DType::F32)?;
+    check::shape("saved.lse", &saved.lse, &[p.n, p.hq, p.t])?;
+    Ok(p)
+}
+
+fn backward(
+    grad_out: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    saved: &AttentionOutput,
+    p: &Plan,
+    out: Outputs<'_>,
+) -> Result<()> {
+    match p.device {
+        Device::Cpu => cpu::backward(grad_out, q, k, v, &saved.lse, p, out),
+        Device::Cuda(_) => cuda::backward(grad_out, q, k, v, saved, p, out),
     }
 }
 
@@ -106,15 +170,31 @@ pub fn attention_backward(
     attention_mask: &Tensor,
     saved: &AttentionOutput,
 ) -> Result<AttentionGrads> {
-    let p =
-        plan(q, k, v, attention_mask, &[("grad_out", grad_out), ("saved.out", &saved.out), ("saved.lse", &saved.lse)])?;
-    check::float("grad_out", grad_out)?;
-    check::shape("grad_out", grad_out, q.shape())?;
-    check::shape("saved.out", &saved.out, q.shape())?;
-    check::dtype("saved.lse", &saved.lse, DType::F32)?;
-    check::shape("saved.lse", &saved.lse, &[p.n, p.hq, p.t])?;
-    match p.device {
-        Device::Cpu => cpu::backward(grad_out, q, k, v, &saved.lse, &p),
-        Device::Cuda(_) => cuda::backward(grad_out, q, k, v, saved, &p),
-    }
+    let p = backward_plan(grad_out, q, k, v, attention_mask, saved)?;
+    let zeros = |like: &Tensor| Tensor::zeros(like.shape(), like.dtype(), p.device);
+    let mut grads = AttentionGrads { grad_q: zeros(q)?, grad_k: zeros(k)?, grad_v: zeros(v)? };
+    let out = Outputs { grad_q: &mut grads.grad_q, grad_k: &mut grads.grad_k, grad_v: &mut grads.grad_v };
+    backward(grad_out, q, k, v, saved, &p, out)?;
+    Ok(grads)
+}
+
+/// [`attention_backward`] into `grad_q`, `grad_k` and `grad_v` (each with the shape, dtype and device of what it
+/// differentiates), overwritten whole; none may alias an input or another output.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_into(
+    grad_out: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    saved: &AttentionOutput,
+    grad_q: &mut Tensor,
+    grad_k: &mut Tensor,
+    grad_v: &mut Tensor,
+) -> Result<()> {
+    let p = backward_plan(grad_out, q, k, v, attention_mask, saved)?;
+    check::output("grad_q", grad_q, q.shape(), q.dtype(), p.device)?;
+    check::output("grad_k", grad_k, k.shape(), k.dtype(), p.device)?;
+    check::output("grad_v", grad_v, v.shape(), v.dtype(), p.device)?;
+    backward(grad_out, q, k, v, saved, &p, Outputs { grad_q, grad_k, grad_v })
 }

@@ -294,6 +294,7 @@ fn an_arena_carves_aligned_disjoint_tensors_and_relays_them_out() {
     }
     // A smaller layout reuses the buffer (and sees what the last step left); a larger one does not fit.
     assert!(arena.relayout(vec![Slot::new(&[4], DType::F32)]).unwrap());
+    assert_eq!((arena.used_bytes(), arena.size_in_bytes()), (256, 3 * 256));
     // SAFETY: as above.
     let views = unsafe { arena.views() }.unwrap();
     assert_eq!(views[0].to_vec::<f32>().unwrap(), vec![1.5; 4]);

@@ -46,24 +46,37 @@ pub struct Arena {
     buffer: Tensor,
     slots: Vec<Slot>,
     offsets: Vec<usize>,
+    /// Bytes the current layout spans (the buffer may be larger: laid out for a larger batch before).
+    used: usize,
 }
 
 impl Arena {
     /// A zeroed buffer laid out for `slots` on `device`.
     pub fn new(slots: Vec<Slot>, device: Device) -> Result<Arena> {
-        let (offsets, end) = layout(&slots)?;
-        let buffer = Tensor::zeros(&[end.div_ceil(8).max(1)], DType::I64, device)?;
-        Ok(Arena { buffer, slots, offsets })
+        let (offsets, used) = layout(&slots)?;
+        let buffer = Tensor::zeros(&[used.div_ceil(8).max(1)], DType::I64, device)?;
+        Ok(Arena { buffer, slots, offsets, used })
+    }
+
+    /// `old` laid out for `slots` when it is on `device` and large enough (freed otherwise, before the new one is
+    /// allocated), else a new arena.
+    pub fn reuse_or_new(old: Option<Arena>, slots: Vec<Slot>, device: Device) -> Result<Arena> {
+        if let Some(mut arena) = old.filter(|a| a.device() == device) {
+            if arena.relayout(slots.clone())? {
+                return Ok(arena);
+            }
+        }
+        Arena::new(slots, device)
     }
 
     /// Lays `slots` out over the same buffer if they fit in it (a batch no larger than the one the arena was made
     /// for); returns whether they did. The memory keeps whatever the previous layout left in it.
     pub fn relayout(&mut self, slots: Vec<Slot>) -> Result<bool> {
-        let (offsets, end) = layout(&slots)?;
-        if end > self.buffer.size_in_bytes() {
+        let (offsets, used) = layout(&slots)?;
+        if used > self.buffer.size_in_bytes() {
             return Ok(false);
         }
-        (self.slots, self.offsets) = (slots, offsets);
+        (self.slots, self.offsets, self.used) = (slots, offsets, used);
         Ok(true)
     }
 
@@ -72,8 +85,14 @@ impl Arena {
         &self.slots
     }
 
+    /// Bytes of the buffer.
     pub fn size_in_bytes(&self) -> usize {
         self.buffer.size_in_bytes()
+    }
+
+    /// Bytes the current layout spans (at most [`Arena::size_in_bytes`]).
+    pub fn used_bytes(&self) -> usize {
+        self.used
     }
 
     pub fn device(&self) -> Device {

@@ -77,7 +77,7 @@ fn random_model(config: Qwen2Config, dtype: DType, device: Device) -> unireward:
             synthetic::tensor(seed, shape, 0.02, dtype, device)
         }
     })?;
-    Ok(Qwen2Model { config, weights })
+    Qwen2Model::new(config, weights)
 }
 
 /// Waits for queued GPU work (ops return before their kernels finish); nothing on the CPU.
@@ -106,7 +106,7 @@ struct Pass {
     name: &'static str,
     times: Vec<Duration>,
     peak_heap: usize,
-    /// Device memory in use beyond the weights, sampled when the pass holds the most (a lower bound on the peak).
+    /// Device memory in use beyond the weights, sampled when the pass holds the most (approximate).
     peak_device: usize,
     flops: f64,
     loss: f32,
@@ -287,10 +287,11 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     }
     if cuda {
         println!(
-            "device mem: in use beyond the weights and inputs, sampled after the loss and after the backward in the warm-up \
-             runs (a lower bound on the peak); MFU: model FLOPs \
-             (2·P·tokens forward, 6·P·tokens forward + backward, plus attention 4·L·N·T²·H forward, 3× that with \
-             the backward) against H200 dense peaks: bf16 989 TFLOP/s, f32 67 TFLOP/s"
+            "device mem: total − free (cuMemGetInfo) beyond the weights and inputs, sampled after the loss and \
+             after the backward in the warm-up runs (approximate: misses peaks between samples, counts what the \
+             driver's pool holds)\nMFU: model FLOPs (2·P·tokens forward, 6·P·tokens forward + backward, plus \
+             attention 4·L·N·T²·H forward, 3× that with the backward) against H200 dense peaks: bf16 989 TFLOP/s, \
+             f32 67 TFLOP/s"
         );
     }
     Ok(())

@@ -2,12 +2,13 @@
 //! new tokens cost one pass over themselves. A batch-1 cache (one encoded prompt) forks into many rows: prefix
 //! sharing, so that K candidates of one prompt reuse its keys and values instead of re-encoding it K times.
 
-use super::layer::{self, LayerContext};
+use super::layer::{self, next_view, Dims, LayerActivations};
 use super::Qwen2Model;
 use crate::ops::attention::{attention_cached, kv_cache_write};
-use crate::ops::embedding::embedding;
+use crate::ops::embedding::{embedding, embedding_into};
 use crate::ops::linear::linear;
 use crate::ops::rmsnorm::rmsnorm;
+use crate::runtime::arena::{Arena, Slot};
 use crate::runtime::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -21,6 +22,8 @@ pub struct KvCache {
     /// Tokens held per sequence.
     lengths: Vec<usize>,
     capacity: usize,
+    /// The activations of the last `extend`, reused by the next (decode steps allocate nothing).
+    scratch: Option<Arena>,
 }
 
 impl KvCache {
@@ -77,7 +80,7 @@ impl KvCache {
         for row in valid.chunks_mut(capacity) {
             row[..self.capacity].copy_from_slice(&self.valid);
         }
-        Ok(KvCache { layers, valid, lengths: vec![self.lengths[0]; copies], capacity })
+        Ok(KvCache { layers, valid, lengths: vec![self.lengths[0]; copies], capacity, scratch: None })
     }
 }
 
@@ -101,7 +104,7 @@ impl Qwen2Model {
                 ))
             })
             .collect::<Result<_>>()?;
-        Ok(KvCache { layers, valid: vec![0; batch * capacity], lengths: vec![0; batch], capacity })
+        Ok(KvCache { layers, valid: vec![0; batch * capacity], lengths: vec![0; batch], capacity, scratch: None })
     }
 
     /// Runs `tokens[n]` after what sequence n of `cache` holds (an empty list adds nothing to that sequence),
@@ -149,23 +152,33 @@ impl Qwen2Model {
         let ids = Tensor::from_slice(&ids, &[n, tq], device)?;
         let positions = Tensor::from_slice(&positions, &[n, tq], device)?;
         let slot_mask = Tensor::from_slice(&valid, &[n, cache.capacity], device)?;
-        let ctx: LayerContext<'_> = self.layer_context(&positions, &slot_mask);
-        let mut x = embedding(&self.weights.embed_tokens, &ids)?;
+        let dims = Dims::new(&self.config, n, tq);
+        let ctx = self.layer_context(dims, &positions, &slot_mask);
+        let mut slots = vec![Slot::new(&dims.stream(), self.dtype()); 2];
+        slots.extend(LayerActivations::slots(&dims, self.dtype()));
+        let mut arena = Arena::reuse_or_new(cache.scratch.take(), slots, device)?;
+        // SAFETY: the views live in this block only; the arena outlives them and is not laid out again meanwhile.
+        let mut views = unsafe { arena.views()? }.into_iter();
+        let (mut x, mut y) = (next_view(&mut views)?, next_view(&mut views)?);
+        let mut acts = LayerActivations::from_views(&mut views)?;
+        embedding_into(&self.weights.embed_tokens, &ids, &mut x)?;
         for (w, (k_cache, v_cache)) in self.weights.layers.iter().zip(&mut cache.layers) {
-            let (_, q, k, v) = layer::project_qkv(w, &ctx, &x)?;
-            kv_cache_write(k_cache, &k, &starts)?;
-            kv_cache_write(v_cache, &v, &starts)?;
-            let attn = attention_cached(&q, k_cache, v_cache, &slot_mask, &starts)?;
-            let (a, _) = layer::attention_residual(w, &ctx, &x, attn)?;
-            x = layer::mlp(w, &ctx, &a)?.0;
+            layer::forward_into(w, &ctx, &x, &mut acts, &mut y, |q, k, v, attn| {
+                kv_cache_write(k_cache, k, &starts)?;
+                kv_cache_write(v_cache, v, &starts)?;
+                attn.out.copy_from(&attention_cached(q, k_cache, v_cache, &slot_mask, &starts)?)
+            })?;
+            std::mem::swap(&mut x, &mut y);
         }
         // Only each sequence's last new token reaches the LM head: gather those rows ([N·Tq, H] read as a table).
         let h = self.config.hidden_size;
         let last: Vec<i64> = tokens.iter().enumerate().map(|(row, t)| (row * tq + t.len().max(1) - 1) as i64).collect();
-        let rows = embedding(&x.reshape(&[n * tq, h])?, &Tensor::from_slice(&last, &[n], device)?)?;
+        x.reshape_in_place(&[n * tq, h])?;
+        let rows = embedding(&x, &Tensor::from_slice(&last, &[n], device)?)?;
         let hidden = rmsnorm(&rows, &self.weights.norm, &self.norm_config())?.y;
         let logits = linear(&hidden, self.weights.head(), None)?.to_dtype(DType::F32)?;
-        (cache.valid, cache.lengths) = (valid, lengths);
+        drop((x, y, acts, views));
+        (cache.valid, cache.lengths, cache.scratch) = (valid, lengths, Some(arena));
         Ok(logits)
     }
 }

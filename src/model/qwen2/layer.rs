@@ -5,63 +5,104 @@
 //! out = a + down_proj(silu(gate_proj(n2)) ∘ up_proj(n2))                           n2 = rmsnorm(a)
 //! ```
 //!
-//! The forward keeps what the backward reads ([`LayerActivations`]); the layer's output is not kept (it is the next
-//! layer's input, or the final norm's).
+//! Every op writes into tensors the caller provides (views of the model's activation arena): the forward into the
+//! layer's [`LayerActivations`] and its output, the backward into a [`GradScratch`] that all layers share and into
+//! the layer's parameter gradients.
 
 use super::weights::LayerWeights;
-use crate::ops::attention::{attention, attention_backward, AttentionOutput};
-use crate::ops::linear::{linear, linear_backward};
+use crate::model::Qwen2Config;
+use crate::ops::attention::{attention_backward_into, AttentionOutput};
+use crate::ops::linear::{linear_backward_into, linear_into};
 use crate::ops::residual::add_in_place;
-use crate::ops::rmsnorm::{rmsnorm, rmsnorm_backward, RmsNormConfig, RmsNormOutput};
+use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig, RmsNormOutput};
 use crate::ops::rope::{rope_in_place, RopeConfig, Rotation};
-use crate::ops::swiglu::{swiglu, swiglu_backward};
-use crate::runtime::Tensor;
+use crate::ops::swiglu::{swiglu_backward_into, swiglu_into};
+use crate::runtime::arena::Slot;
+use crate::runtime::{DType, Tensor};
 use crate::{Error, Result};
 
-/// What a layer needs besides its weights: head counts, the norm epsilon, the rotary base, and the batch's
-/// positions [N,T] and attention mask [N,T] on the model's device.
-pub(super) struct LayerContext<'a> {
+/// The sizes of one batch through the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Dims {
+    pub n: usize,
+    pub t: usize,
+    pub hidden: usize,
+    pub inter: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Dims {
+    pub fn new(config: &Qwen2Config, n: usize, t: usize) -> Dims {
+        Dims {
+            n,
+            t,
+            hidden: config.hidden_size,
+            inter: config.intermediate_size,
+            heads: config.num_attention_heads,
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim(),
+        }
+    }
+
+    /// [N,T,H]: the residual stream.
+    pub fn stream(&self) -> [usize; 3] {
+        [self.n, self.t, self.hidden]
+    }
+
+    fn heads(&self, heads: usize) -> [usize; 4] {
+        [self.n, self.t, heads, self.head_dim]
+    }
+
+    fn mlp(&self) -> [usize; 3] {
+        [self.n, self.t, self.inter]
+    }
+}
+
+/// What a layer needs besides its weights: the batch's sizes, the norm epsilon, the rotary base, and the positions
+/// [N,T] and attention mask [N,T] (or KV-cache slot mask) on the model's device.
+pub(super) struct LayerContext<'a> {
+    pub dims: Dims,
     pub norm: RmsNormConfig,
     pub rope: RopeConfig,
     pub positions: &'a Tensor,
     pub mask: &'a Tensor,
 }
 
-impl LayerContext<'_> {
-    /// `x` [N,T,heads·d] viewed as [N,T,heads,d].
-    fn split_heads(&self, x: Tensor, heads: usize) -> Result<Tensor> {
-        let &[n, t, width] = x.shape() else { unreachable!("projections are [N,T,width]") };
-        x.reshape(&[n, t, heads, width / heads])
-    }
+/// Runs `f` on `t` viewed under `shape`, then restores `t`'s shape (also when `f` fails).
+fn with_shape<R>(t: &mut Tensor, shape: &[usize], f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
+    let original = t.shape().to_vec();
+    t.reshape_in_place(shape)?;
+    let result = f(t);
+    t.reshape_in_place(&original)?;
+    result
 }
 
-/// `x` [N,T,heads,d] viewed as [N,T,heads·d].
-fn merge_heads(x: Tensor) -> Result<Tensor> {
-    let &[n, t, heads, d] = x.shape() else { unreachable!("attention tensors are [N,T,heads,d]") };
-    x.reshape(&[n, t, heads * d])
+/// `t` [N,T,heads,d] read as [N,T,heads·d].
+fn merged(t: &Tensor) -> [usize; 3] {
+    let s = t.shape();
+    [s[0], s[1], s[2] * s[3]]
 }
 
-/// The activations one layer's backward reads.
+/// The next view of an arena, in layout order.
+pub(super) fn next_view(views: &mut impl Iterator<Item = Tensor>) -> Result<Tensor> {
+    views
+        .next()
+        .ok_or_else(|| Error::InvalidArgument("the activation arena holds fewer tensors than its layout".into()))
+}
+
+/// The activations one layer's backward reads (its input, the residual stream, is kept by the model).
 #[derive(Debug)]
 pub(super) struct LayerActivations {
-    /// The layer's input [N,T,H].
-    pub x: Tensor,
     pub norm1: RmsNormOutput,
-    /// Rotated queries [N,T,Hq,d] and keys [N,T,Hkv,d], values [N,T,Hkv,d].
+    /// Rotated queries [N,T,Hq,d], rotated keys and values [N,T,Hkv,d].
     pub q: Tensor,
     pub k: Tensor,
     pub v: Tensor,
     pub attn: AttentionOutput,
     /// After the attention residual [N,T,H].
     pub a: Tensor,
-    pub mlp: MlpActivations,
-}
-
-/// What the MLP block's backward reads.
-#[derive(Debug)]
-pub(super) struct MlpActivations {
     pub norm2: RmsNormOutput,
     pub gate: Tensor,
     pub up: Tensor,
@@ -70,137 +111,192 @@ pub(super) struct MlpActivations {
 }
 
 impl LayerActivations {
-    pub fn size_in_bytes(&self) -> usize {
-        [
-            &self.x,
-            &self.norm1.y,
-            &self.norm1.rstd,
-            &self.q,
-            &self.k,
-            &self.v,
-            &self.attn.out,
-            &self.attn.lse,
-            &self.a,
-            &self.mlp.norm2.y,
-            &self.mlp.norm2.rstd,
-            &self.mlp.gate,
-            &self.mlp.up,
-            &self.mlp.act,
+    /// The arena slots of one layer, in the order [`LayerActivations::from_views`] takes them.
+    pub fn slots(d: &Dims, dtype: DType) -> Vec<Slot> {
+        let rows = [d.n * d.t];
+        vec![
+            Slot::new(&d.stream(), dtype),
+            Slot::new(&rows, DType::F32),
+            Slot::new(&d.heads(d.heads), dtype),
+            Slot::new(&d.heads(d.kv_heads), dtype),
+            Slot::new(&d.heads(d.kv_heads), dtype),
+            Slot::new(&d.heads(d.heads), dtype),
+            Slot::new(&[d.n, d.heads, d.t], DType::F32),
+            Slot::new(&d.stream(), dtype),
+            Slot::new(&d.stream(), dtype),
+            Slot::new(&rows, DType::F32),
+            Slot::new(&d.mlp(), dtype),
+            Slot::new(&d.mlp(), dtype),
+            Slot::new(&d.mlp(), dtype),
         ]
-        .iter()
-        .map(|t| t.size_in_bytes())
-        .sum()
+    }
+
+    pub fn from_views(views: &mut impl Iterator<Item = Tensor>) -> Result<LayerActivations> {
+        let mut next = || next_view(views);
+        Ok(LayerActivations {
+            norm1: RmsNormOutput { y: next()?, rstd: next()? },
+            q: next()?,
+            k: next()?,
+            v: next()?,
+            attn: AttentionOutput { out: next()?, lse: next()? },
+            a: next()?,
+            norm2: RmsNormOutput { y: next()?, rstd: next()? },
+            gate: next()?,
+            up: next()?,
+            act: next()?,
+        })
     }
 }
 
-/// The attention block's inputs: `n1 = rmsnorm(x)` and the rotated queries [N,T,Hq,d], rotated keys and values
-/// [N,T,Hkv,d] at `ctx.positions`.
-pub(super) fn project_qkv(
-    w: &LayerWeights,
-    ctx: &LayerContext<'_>,
-    x: &Tensor,
-) -> Result<(RmsNormOutput, Tensor, Tensor, Tensor)> {
-    let norm1 = rmsnorm(x, &w.input_layernorm, &ctx.norm)?;
-    let mut q = ctx.split_heads(linear(&norm1.y, &w.q_proj, Some(&w.q_bias))?, ctx.heads)?;
-    let mut k = ctx.split_heads(linear(&norm1.y, &w.k_proj, Some(&w.k_bias))?, ctx.kv_heads)?;
-    let v = ctx.split_heads(linear(&norm1.y, &w.v_proj, Some(&w.v_bias))?, ctx.kv_heads)?;
-    rope_in_place(&mut q, ctx.positions, &ctx.rope, Rotation::Forward)?;
-    rope_in_place(&mut k, ctx.positions, &ctx.rope, Rotation::Forward)?;
-    Ok((norm1, q, k, v))
-}
-
-/// `x + o_proj(attn)` for the attention output `attn` [N,T,Hq,d], which is handed back unchanged (the projection
-/// reads the heads merged, the backward reads them split: the tensor is moved, never copied).
-pub(super) fn attention_residual(
-    w: &LayerWeights,
-    ctx: &LayerContext<'_>,
-    x: &Tensor,
+/// Gradient buffers of one layer's backward, shared by all layers.
+#[derive(Debug)]
+pub(super) struct GradScratch {
+    /// The gradient of the residual stream [N,T,H]: of the layer's output on entry, of its input on return.
+    pub stream: Tensor,
+    /// Of a norm's output, and a second [N,T,H] buffer for the terms summed into it.
+    norm: Tensor,
+    tmp: Tensor,
+    act: Tensor,
+    gate: Tensor,
+    up: Tensor,
     attn: Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let merged = merge_heads(attn)?;
-    let mut a = linear(&merged, &w.o_proj, None)?;
-    add_in_place(&mut a, x)?;
-    Ok((a, ctx.split_heads(merged, ctx.heads)?))
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
 }
 
-/// The MLP block's output `a + down(silu(gate(n2)) ∘ up(n2))`, `n2 = rmsnorm(a)`, and what its backward reads.
-pub(super) fn mlp(w: &LayerWeights, ctx: &LayerContext<'_>, a: &Tensor) -> Result<(Tensor, MlpActivations)> {
-    let norm2 = rmsnorm(a, &w.post_attention_layernorm, &ctx.norm)?;
-    let gate = linear(&norm2.y, &w.gate_proj, None)?;
-    let up = linear(&norm2.y, &w.up_proj, None)?;
-    let act = swiglu(&gate, &up)?;
-    let mut out = linear(&act, &w.down_proj, None)?;
-    add_in_place(&mut out, a)?;
-    Ok((out, MlpActivations { norm2, gate, up, act }))
+impl GradScratch {
+    /// The arena slots, in the order [`GradScratch::from_views`] takes them.
+    pub fn slots(d: &Dims, dtype: DType) -> Vec<Slot> {
+        let mut slots = vec![Slot::new(&d.stream(), dtype); 3];
+        slots.extend(vec![Slot::new(&d.mlp(), dtype); 3]);
+        slots.extend(vec![Slot::new(&d.heads(d.heads), dtype); 2]);
+        slots.extend(vec![Slot::new(&d.heads(d.kv_heads), dtype); 2]);
+        slots
+    }
+
+    pub fn from_views(views: &mut impl Iterator<Item = Tensor>) -> Result<GradScratch> {
+        let mut next = || next_view(views);
+        Ok(GradScratch {
+            stream: next()?,
+            norm: next()?,
+            tmp: next()?,
+            act: next()?,
+            gate: next()?,
+            up: next()?,
+            attn: next()?,
+            q: next()?,
+            k: next()?,
+            v: next()?,
+        })
+    }
 }
 
-/// The layer's output and its saved activations (which own `x`).
-pub(super) fn forward(w: &LayerWeights, ctx: &LayerContext<'_>, x: Tensor) -> Result<(Tensor, LayerActivations)> {
-    let (norm1, q, k, v) = project_qkv(w, ctx, &x)?;
-    let mut attn = attention(&q, &k, &v, ctx.mask)?;
-    let (a, attn_out) = attention_residual(w, ctx, &x, attn.out)?;
-    attn.out = attn_out;
-    let (out, mlp) = mlp(w, ctx, &a)?;
-    Ok((out, LayerActivations { x, norm1, q, k, v, attn, a, mlp }))
+/// `out` [N,T,heads,d] = `x·Wᵀ + b`, the projection written through its merged [N,T,heads·d] view.
+fn project(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
+    let shape = merged(out);
+    with_shape(out, &shape, |o| linear_into(x, weight, bias, o))
 }
 
-/// From the gradient of the layer's output, the gradient of its input and of every weight of the layer. Consumes
-/// the activations (each is read once).
-pub(super) fn backward(
+/// Runs the layer on `x` [N,T,H], writing its activations into `acts` and its output into `out`. `attend` fills
+/// `acts.attn` from the rotated queries, keys and values: causal attention over the batch, or over a KV cache.
+pub(super) fn forward_into(
     w: &LayerWeights,
     ctx: &LayerContext<'_>,
-    s: LayerActivations,
-    grad_out: Tensor,
-) -> Result<(Tensor, LayerWeights)> {
+    x: &Tensor,
+    acts: &mut LayerActivations,
+    out: &mut Tensor,
+    attend: impl FnOnce(&Tensor, &Tensor, &Tensor, &mut AttentionOutput) -> Result<()>,
+) -> Result<()> {
+    let s = acts;
+    rmsnorm_into(x, &w.input_layernorm, &ctx.norm, &mut s.norm1.y, &mut s.norm1.rstd)?;
+    project(&s.norm1.y, &w.q_proj, Some(&w.q_bias), &mut s.q)?;
+    project(&s.norm1.y, &w.k_proj, Some(&w.k_bias), &mut s.k)?;
+    project(&s.norm1.y, &w.v_proj, Some(&w.v_bias), &mut s.v)?;
+    rope_in_place(&mut s.q, ctx.positions, &ctx.rope, Rotation::Forward)?;
+    rope_in_place(&mut s.k, ctx.positions, &ctx.rope, Rotation::Forward)?;
+    attend(&s.q, &s.k, &s.v, &mut s.attn)?;
+    let stream = ctx.dims.stream();
+    with_shape(&mut s.attn.out, &stream, |o| linear_into(o, &w.o_proj, None, &mut s.a))?;
+    add_in_place(&mut s.a, x)?;
+    rmsnorm_into(&s.a, &w.post_attention_layernorm, &ctx.norm, &mut s.norm2.y, &mut s.norm2.rstd)?;
+    linear_into(&s.norm2.y, &w.gate_proj, None, &mut s.gate)?;
+    linear_into(&s.norm2.y, &w.up_proj, None, &mut s.up)?;
+    swiglu_into(&s.gate, &s.up, &mut s.act)?;
+    linear_into(&s.act, &w.down_proj, None, out)?;
+    add_in_place(out, &s.a)
+}
+
+/// The gradient of a projection's input and parameters from the gradient of its [N,T,heads,d] output.
+fn project_backward(
+    grad_y: &mut Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    grad_x: &mut Tensor,
+    grads: (&mut Tensor, Option<&mut Tensor>),
+) -> Result<()> {
+    let shape = merged(grad_y);
+    with_shape(grad_y, &shape, |g| linear_backward_into(g, x, weight, bias, grad_x, grads.0, grads.1))
+}
+
+/// The layer's backward: `g.stream` holds the gradient of the layer's output on entry and of its input `x` on
+/// return; the gradient of every weight of the layer is written into `grads`.
+pub(super) fn backward_into(
+    w: &LayerWeights,
+    ctx: &LayerContext<'_>,
+    x: &Tensor,
+    s: &mut LayerActivations,
+    g: &mut GradScratch,
+    grads: &mut LayerWeights,
+) -> Result<()> {
     // MLP: out = a + down(act).
-    let m = &s.mlp;
-    let down = linear_backward(&grad_out, &m.act, &w.down_proj, None)?;
-    let glu = swiglu_backward(&down.grad_x, &m.gate, &m.up)?;
-    let gate = linear_backward(&glu.grad_gate, &m.norm2.y, &w.gate_proj, None)?;
-    let up = linear_backward(&glu.grad_up, &m.norm2.y, &w.up_proj, None)?;
-    let mut grad_norm2 = gate.grad_x;
-    add_in_place(&mut grad_norm2, &up.grad_x)?;
-    let norm2 = rmsnorm_backward(&grad_norm2, &s.a, &w.post_attention_layernorm, &m.norm2.rstd)?;
-    let mut grad_a = grad_out;
-    add_in_place(&mut grad_a, &norm2.grad_x)?;
+    linear_backward_into(&g.stream, &s.act, &w.down_proj, None, &mut g.act, &mut grads.down_proj, None)?;
+    swiglu_backward_into(&g.act, &s.gate, &s.up, &mut g.gate, &mut g.up)?;
+    linear_backward_into(&g.gate, &s.norm2.y, &w.gate_proj, None, &mut g.norm, &mut grads.gate_proj, None)?;
+    linear_backward_into(&g.up, &s.norm2.y, &w.up_proj, None, &mut g.tmp, &mut grads.up_proj, None)?;
+    add_in_place(&mut g.norm, &g.tmp)?;
+    let post_norm = &mut grads.post_attention_layernorm;
+    rmsnorm_backward_into(&g.norm, &s.a, &w.post_attention_layernorm, &s.norm2.rstd, &mut g.tmp, post_norm)?;
+    add_in_place(&mut g.stream, &g.tmp)?;
 
     // Attention: a = x + o(attention(...)).
-    let mut attn = s.attn;
-    let merged = merge_heads(attn.out)?;
-    let o = linear_backward(&grad_a, &merged, &w.o_proj, None)?;
-    attn.out = ctx.split_heads(merged, ctx.heads)?;
-    let grad_attn = ctx.split_heads(o.grad_x, ctx.heads)?;
-    let att = attention_backward(&grad_attn, &s.q, &s.k, &s.v, ctx.mask, &attn)?;
-    let (mut grad_q, mut grad_k) = (att.grad_q, att.grad_k);
-    rope_in_place(&mut grad_q, ctx.positions, &ctx.rope, Rotation::Inverse)?;
-    rope_in_place(&mut grad_k, ctx.positions, &ctx.rope, Rotation::Inverse)?;
-    let q = linear_backward(&merge_heads(grad_q)?, &s.norm1.y, &w.q_proj, Some(&w.q_bias))?;
-    let k = linear_backward(&merge_heads(grad_k)?, &s.norm1.y, &w.k_proj, Some(&w.k_bias))?;
-    let v = linear_backward(&merge_heads(att.grad_v)?, &s.norm1.y, &w.v_proj, Some(&w.v_bias))?;
-    let mut grad_norm1 = q.grad_x;
-    add_in_place(&mut grad_norm1, &k.grad_x)?;
-    add_in_place(&mut grad_norm1, &v.grad_x)?;
-    let norm1 = rmsnorm_backward(&grad_norm1, &s.x, &w.input_layernorm, &s.norm1.rstd)?;
-    let mut grad_x = grad_a;
-    add_in_place(&mut grad_x, &norm1.grad_x)?;
-    let grads = LayerWeights {
-        q_proj: q.grad_weight,
-        q_bias: bias_grad(q.grad_bias)?,
-        k_proj: k.grad_weight,
-        k_bias: bias_grad(k.grad_bias)?,
-        v_proj: v.grad_weight,
-        v_bias: bias_grad(v.grad_bias)?,
-        o_proj: o.grad_weight,
-        gate_proj: gate.grad_weight,
-        up_proj: up.grad_weight,
-        down_proj: down.grad_weight,
-        input_layernorm: norm1.grad_weight,
-        post_attention_layernorm: norm2.grad_weight,
-    };
-    Ok((grad_x, grads))
-}
-
-/// `linear_backward` returns a bias gradient whenever it is given a bias.
-fn bias_grad(grad: Option<Tensor>) -> Result<Tensor> {
-    grad.ok_or_else(|| Error::InvalidArgument("linear_backward returned no bias gradient".into()))
+    let stream = ctx.dims.stream();
+    with_shape(&mut s.attn.out, &stream, |o| {
+        with_shape(&mut g.attn, &stream, |ga| {
+            linear_backward_into(&g.stream, o, &w.o_proj, None, ga, &mut grads.o_proj, None)
+        })
+    })?;
+    attention_backward_into(&g.attn, &s.q, &s.k, &s.v, ctx.mask, &s.attn, &mut g.q, &mut g.k, &mut g.v)?;
+    rope_in_place(&mut g.q, ctx.positions, &ctx.rope, Rotation::Inverse)?;
+    rope_in_place(&mut g.k, ctx.positions, &ctx.rope, Rotation::Inverse)?;
+    let n1 = &s.norm1.y;
+    project_backward(
+        &mut g.q,
+        n1,
+        &w.q_proj,
+        Some(&w.q_bias),
+        &mut g.norm,
+        (&mut grads.q_proj, Some(&mut grads.q_bias)),
+    )?;
+    project_backward(
+        &mut g.k,
+        n1,
+        &w.k_proj,
+        Some(&w.k_bias),
+        &mut g.tmp,
+        (&mut grads.k_proj, Some(&mut grads.k_bias)),
+    )?;
+    add_in_place(&mut g.norm, &g.tmp)?;
+    project_backward(
+        &mut g.v,
+        n1,
+        &w.v_proj,
+        Some(&w.v_bias),
+        &mut g.tmp,
+        (&mut grads.v_proj, Some(&mut grads.v_bias)),
+    )?;
+    add_in_place(&mut g.norm, &g.tmp)?;
+    rmsnorm_backward_into(&g.norm, x, &w.input_layernorm, &s.norm1.rstd, &mut g.tmp, &mut grads.input_layernorm)?;
+    add_in_place(&mut g.stream, &g.tmp)
 }

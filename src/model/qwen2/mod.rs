@@ -1,13 +1,15 @@
 //! The Qwen2 decoder (the language half of the reward model and of the policies it judges), with hand-written
 //! forward and backward passes, loaded from Hugging Face checkpoints and equal to transformers' `Qwen2ForCausalLM`.
 //!
-//! Training: [`Qwen2Model::forward`] keeps each layer's activations in a [`ForwardPass`] (or, with
+//! Training: [`Qwen2Model::forward`] keeps each layer's activations in one arena (or, with
 //! [`ForwardOptions::recompute`], only each layer's input, recomputing the rest in the backward); the final hidden
 //! states go to the fused log-prob and DPO kernels (or to [`Qwen2Model::causal_lm_loss`], or to materialised
 //! logits), whose gradient [`Qwen2Model::backward`] turns into the gradient of every parameter and of the input
-//! embeddings. Inference: [`Qwen2Model::extend`] runs new tokens against a [`KvCache`], which a prompt encoded once
-//! can fork into many rows ([`KvCache::fork`]).
+//! embeddings. The arena outlives the pass: the model keeps it for the next one. Inference:
+//! [`Qwen2Model::extend`] runs new tokens against a [`KvCache`], which a prompt encoded once can fork into many
+//! rows ([`KvCache::fork`]).
 
+mod activations;
 mod cache;
 mod layer;
 mod loss;
@@ -18,58 +20,65 @@ pub use loss::CausalLmLoss;
 pub use weights::{LayerWeights, Qwen2Weights};
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use crate::model::{Qwen2Config, WeightStore};
+use crate::ops::attention::attention_into;
 use crate::ops::check;
-use crate::ops::embedding::{embedding, embedding_backward};
+use crate::ops::embedding::{embedding_backward_into, embedding_into};
 use crate::ops::linear::{linear, linear_backward};
 use crate::ops::residual::add_in_place;
-use crate::ops::rmsnorm::{rmsnorm, rmsnorm_backward, RmsNormConfig, RmsNormOutput};
+use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig};
 use crate::ops::rope::RopeConfig;
+use crate::runtime::arena::Arena;
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
-use layer::{LayerActivations, LayerContext};
+use activations::Activations;
+use layer::{Dims, LayerContext};
+
+/// Where a model keeps the activation arena between passes.
+type ArenaHome = Arc<Mutex<Option<Arena>>>;
 
 /// A Qwen2 decoder with its weights in one compute dtype on one device.
 #[derive(Debug)]
 pub struct Qwen2Model {
     pub config: Qwen2Config,
     pub weights: Qwen2Weights,
+    /// The last pass's activation arena, reused by the next.
+    arena: ArenaHome,
 }
 
 /// How much the forward keeps for the backward.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForwardOptions {
     /// Keep only each layer's input and recompute the layer in the backward: activation memory drops from about
-    /// `N·T·(10·H + 3·I)` values per layer to `N·T·H`, for one more forward pass of compute.
+    /// `N·T·(6·H + 3·I + 2·Hkv·d)` values per layer to `N·T·H`, for one more forward pass of compute.
     pub recompute: bool,
 }
 
-/// What one layer kept for the backward.
-#[derive(Debug)]
-enum Saved {
-    All(Box<LayerActivations>),
-    /// The layer's input only (recompute).
-    Input(Tensor),
-}
-
-/// A forward pass over a batch, holding what the backward needs.
+/// A forward pass over a batch, holding what the backward needs. Dropping it hands its activation arena back to the
+/// model for the next pass.
 #[derive(Debug)]
 pub struct ForwardPass {
     /// Token ids [N,T] when the pass started from ids (the embedding backward reads them).
     ids: Option<Tensor>,
     mask: Tensor,
     positions: Tensor,
-    layers: Vec<Saved>,
-    /// The final norm's input and output; `norm.y` is the hidden states [N,T,H] the LM head reads.
-    last: Tensor,
-    norm: RmsNormOutput,
+    dims: Dims,
+    recompute: bool,
+    /// Present until the pass drops.
+    acts: Option<Activations>,
+    home: ArenaHome,
 }
 
 impl ForwardPass {
+    fn acts(&self) -> &Activations {
+        self.acts.as_ref().expect("a pass holds its activations until it drops")
+    }
+
     /// The final hidden states [N,T,H] (after the final norm): the LM head's input.
     pub fn hidden(&self) -> &Tensor {
-        &self.norm.y
+        &self.acts().norm.y
     }
 
     /// The attention mask [N,T] on the model's device.
@@ -77,21 +86,18 @@ impl ForwardPass {
         &self.mask
     }
 
-    /// Bytes of activations kept for the backward.
+    /// Bytes of activations kept for the backward and of the backward's scratch (the arena holding them may be
+    /// larger when a larger batch ran before).
     pub fn activation_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|s| match s {
-                Saved::All(a) => a.size_in_bytes(),
-                Saved::Input(x) => x.size_in_bytes(),
-            })
-            .sum();
-        layers
-            + [&self.last, &self.norm.y, &self.norm.rstd, &self.positions]
-                .iter()
-                .map(|t| t.size_in_bytes())
-                .sum::<usize>()
+        self.acts().size_in_bytes()
+    }
+}
+
+impl Drop for ForwardPass {
+    fn drop(&mut self) {
+        if let (Some(acts), Ok(mut home)) = (self.acts.take(), self.home.lock()) {
+            *home = Some(acts.into_arena());
+        }
     }
 }
 
@@ -117,6 +123,7 @@ pub struct MemoryReport {
     pub parameters: usize,
     /// Parameter gradients (the same size as the parameters).
     pub gradients: usize,
+    /// The pass's activations and the backward's scratch, in the arena.
     pub activations: usize,
 }
 
@@ -125,7 +132,7 @@ impl std::fmt::Display for MemoryReport {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         write!(
             f,
-            "parameters {:.1} MiB, gradients {:.1} MiB, activations {:.1} MiB",
+            "parameters {:.2} MiB, gradients {:.2} MiB, activations {:.2} MiB",
             mib(self.parameters),
             mib(self.gradients),
             mib(self.activations)
@@ -133,13 +140,33 @@ impl std::fmt::Display for MemoryReport {
     }
 }
 
+/// Where the first layer's input comes from.
+enum Inputs<'a> {
+    Ids(&'a Tensor),
+    Embeds(&'a Tensor),
+}
+
 impl Qwen2Model {
+    /// A model over `weights`, which must all have one float dtype and one device.
+    pub fn new(config: Qwen2Config, weights: Qwen2Weights) -> Result<Qwen2Model> {
+        config.validate()?;
+        let (dtype, device) = (weights.embed_tokens.dtype(), weights.embed_tokens.device());
+        if let Some((name, t)) = weights.named().into_iter().find(|(_, t)| t.dtype() != dtype || t.device() != device) {
+            return Err(Error::InvalidArgument(format!(
+                "weight `{name}` is {} on {}, the embeddings {dtype} on {device}: a model has one dtype and device",
+                t.dtype(),
+                t.device()
+            )));
+        }
+        Ok(Qwen2Model { config, weights, arena: ArenaHome::default() })
+    }
+
     /// Loads `dir`'s `config.json` and safetensors weights (one file or sharded), converted to `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: Device) -> Result<Qwen2Model> {
         let config = Qwen2Config::from_file(&dir.join("config.json"))?;
         let store = WeightStore::open(dir)?;
         let weights = Qwen2Weights::load(&store, &config, dtype, device)?;
-        Ok(Qwen2Model { config, weights })
+        Qwen2Model::new(config, weights)
     }
 
     /// The compute dtype (that of the weights).
@@ -157,10 +184,9 @@ impl Qwen2Model {
         MemoryReport { parameters, gradients: parameters, activations: pass.activation_bytes() }
     }
 
-    fn layer_context<'a>(&self, positions: &'a Tensor, mask: &'a Tensor) -> LayerContext<'a> {
+    fn layer_context<'a>(&self, dims: Dims, positions: &'a Tensor, mask: &'a Tensor) -> LayerContext<'a> {
         LayerContext {
-            heads: self.config.num_attention_heads,
-            kv_heads: self.config.num_key_value_heads,
+            dims,
             norm: self.norm_config(),
             rope: RopeConfig { theta: self.config.rope_theta as f32 },
             positions,
@@ -194,10 +220,7 @@ impl Qwen2Model {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, opts: ForwardOptions) -> Result<ForwardPass> {
         let &[n, t] = check::rank("input_ids", ids, 2)? else { unreachable!() };
         check::integer("input_ids", ids)?;
-        let (mask, positions) = self.mask_and_positions((n, t), mask)?;
-        let ids = ids.to_device(self.device())?;
-        let embeds = embedding(&self.weights.embed_tokens, &ids)?;
-        self.run_layers(Some(ids), embeds, mask, positions, opts)
+        self.run(Inputs::Ids(ids), (n, t), mask, opts)
     }
 
     /// Forward from input embeddings [N,T,H] in the model's dtype (token embeddings with, for the judge, image
@@ -208,27 +231,44 @@ impl Qwen2Model {
             return Err(Error::Shape(format!("`inputs_embeds` has width {h}, the model {}", self.config.hidden_size)));
         }
         check::dtype("inputs_embeds", embeds, self.dtype())?;
-        let (mask, positions) = self.mask_and_positions((n, t), mask)?;
-        self.run_layers(None, embeds.to_device(self.device())?, mask, positions, opts)
+        self.run(Inputs::Embeds(embeds), (n, t), mask, opts)
     }
 
-    fn run_layers(
+    fn run(
         &self,
-        ids: Option<Tensor>,
-        mut x: Tensor,
-        mask: Tensor,
-        positions: Tensor,
+        inputs: Inputs<'_>,
+        (n, t): (usize, usize),
+        mask: &Tensor,
         opts: ForwardOptions,
     ) -> Result<ForwardPass> {
-        let ctx = self.layer_context(&positions, &mask);
-        let mut layers = Vec::with_capacity(self.weights.layers.len());
-        for w in &self.weights.layers {
-            let (out, acts) = layer::forward(w, &ctx, x)?;
-            layers.push(if opts.recompute { Saved::Input(acts.x) } else { Saved::All(Box::new(acts)) });
-            x = out;
+        let (mask, positions) = self.mask_and_positions((n, t), mask)?;
+        let dims = Dims::new(&self.config, n, t);
+        let layers = self.weights.layers.len();
+        let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
+        let mut acts = Activations::new(reuse, dims, self.dtype(), layers, opts.recompute, self.device())?;
+        let ids = match inputs {
+            Inputs::Ids(ids) => {
+                let ids = ids.to_device(self.device())?;
+                embedding_into(&self.weights.embed_tokens, &ids, &mut acts.xs[0])?;
+                Some(ids)
+            }
+            Inputs::Embeds(embeds) => {
+                acts.xs[0].copy_from(&embeds.to_device(self.device())?)?;
+                None
+            }
+        };
+        let ctx = self.layer_context(dims, &positions, &mask);
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            let (done, next) = acts.xs.split_at_mut(l + 1);
+            let layer_acts = &mut acts.layers[if opts.recompute { 0 } else { l }];
+            layer::forward_into(w, &ctx, &done[l], layer_acts, &mut next[0], |q, k, v, out| {
+                attention_into(q, k, v, &mask, &mut out.out, &mut out.lse)
+            })?;
         }
-        let norm = rmsnorm(&x, &self.weights.norm, &self.norm_config())?;
-        Ok(ForwardPass { ids, mask, positions, layers, last: x, norm })
+        let norm = &mut acts.norm;
+        rmsnorm_into(&acts.xs[layers], &self.weights.norm, &self.norm_config(), &mut norm.y, &mut norm.rstd)?;
+        let home = self.arena.clone();
+        Ok(ForwardPass { ids, mask, positions, dims, recompute: opts.recompute, acts: Some(acts), home })
     }
 
     /// The logits [N,T,V] of a pass, materialised in the model's dtype (prefer the fused kernels for losses).
@@ -243,41 +283,85 @@ impl Qwen2Model {
     }
 
     /// The gradient of every parameter and of the input embeddings, from the gradient of the pass's outputs.
-    /// Consumes the pass (its activations are freed layer by layer as the backward goes).
     pub fn backward(&self, pass: ForwardPass, grads: OutputGrads) -> Result<Qwen2Gradients> {
-        let ForwardPass { ids, mask, positions, layers, last, norm } = pass;
-        check::shape("grad hidden", &grads.hidden, norm.y.shape())?;
-        check::dtype("grad hidden", &grads.hidden, self.dtype())?;
-        let final_norm = rmsnorm_backward(&grads.hidden, &last, &self.weights.norm, &norm.rstd)?;
-        drop((last, norm));
-        let ctx = self.layer_context(&positions, &mask);
-        let mut grad_x = final_norm.grad_x;
-        let mut layer_grads = Vec::with_capacity(layers.len());
-        for (saved, w) in layers.into_iter().zip(&self.weights.layers).rev() {
-            let acts = match saved {
-                Saved::All(acts) => *acts,
-                Saved::Input(x) => layer::forward(w, &ctx, x)?.1,
+        let stream = pass.dims.stream();
+        let mut out = Qwen2Gradients {
+            weights: self.weights.zeros_like()?,
+            inputs_embeds: Tensor::zeros(&stream, self.dtype(), self.device())?,
+        };
+        self.backward_into(pass, grads, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Qwen2Model::backward`] into gradient buffers the caller keeps across steps (every element is written).
+    pub fn backward_into(&self, mut pass: ForwardPass, grads: OutputGrads, out: &mut Qwen2Gradients) -> Result<()> {
+        self.check_gradients(&pass, &grads, out)?;
+        let ForwardPass { ids, mask, positions, dims, recompute, acts, .. } = &mut pass;
+        let acts = acts.as_mut().expect("a pass holds its activations until it drops");
+        let layers = self.weights.layers.len();
+        let g = &mut acts.grads;
+        rmsnorm_backward_into(
+            &grads.hidden,
+            &acts.xs[layers],
+            &self.weights.norm,
+            &acts.norm.rstd,
+            &mut g.stream,
+            &mut out.weights.norm,
+        )?;
+        let ctx = self.layer_context(*dims, positions, mask);
+        for (l, w) in self.weights.layers.iter().enumerate().rev() {
+            let x = &acts.xs[l];
+            let layer_acts = if *recompute {
+                let (scratch, spare) = (&mut acts.layers[0], acts.spare.as_mut().expect("recompute keeps a spare"));
+                layer::forward_into(w, &ctx, x, scratch, spare, |q, k, v, o| {
+                    attention_into(q, k, v, mask, &mut o.out, &mut o.lse)
+                })?;
+                scratch
+            } else {
+                &mut acts.layers[l]
             };
-            let (g, lw) = layer::backward(w, &ctx, acts, grad_x)?;
-            grad_x = g;
-            layer_grads.push(lw);
+            layer::backward_into(w, &ctx, x, layer_acts, g, &mut out.weights.layers[l])?;
         }
-        layer_grads.reverse();
-        let vocab = self.config.vocab_size;
-        let mut embed_tokens = match &ids {
-            Some(ids) => embedding_backward(&grad_x, ids, vocab)?,
-            None => Tensor::zeros(self.weights.embed_tokens.shape(), self.dtype(), self.device())?,
-        };
-        let lm_head = match (grads.lm_head, self.config.tie_word_embeddings) {
-            (Some(head), true) => {
-                add_in_place(&mut embed_tokens, &head)?;
-                None
+        out.inputs_embeds.copy_from(&g.stream)?;
+        let embed = &mut out.weights.embed_tokens;
+        match ids {
+            Some(ids) => embedding_backward_into(&g.stream, ids, self.config.vocab_size, embed)?,
+            None => embed.fill_zeros()?,
+        }
+        match (grads.lm_head, out.weights.lm_head.as_mut()) {
+            (Some(head), None) => add_in_place(embed, &head)?,
+            (Some(head), Some(lm_head)) => lm_head.copy_from(&head)?,
+            (None, Some(lm_head)) => lm_head.fill_zeros()?,
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Shapes, dtypes and devices of a backward's inputs and outputs.
+    fn check_gradients(&self, pass: &ForwardPass, grads: &OutputGrads, out: &Qwen2Gradients) -> Result<()> {
+        let stream = pass.dims.stream();
+        check::output("grad hidden", &grads.hidden, &stream, self.dtype(), self.device())?;
+        if let Some(head) = &grads.lm_head {
+            check::output("grad lm_head", head, self.weights.head().shape(), self.dtype(), self.device())?;
+        }
+        check::output("inputs_embeds gradient", &out.inputs_embeds, &stream, self.dtype(), self.device())?;
+        let (want, got) = (self.weights.named(), out.weights.named());
+        if want.len() != got.len() {
+            return Err(Error::Shape(format!("{} gradient buffers for {} parameters", got.len(), want.len())));
+        }
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            if g.shape() != w.shape() || g.dtype() != w.dtype() || g.device() != w.device() {
+                return Err(Error::Shape(format!(
+                    "the gradient buffer for `{name}` is {:?} {} on {}, the parameter {:?} {} on {}",
+                    g.shape(),
+                    g.dtype(),
+                    g.device(),
+                    w.shape(),
+                    w.dtype(),
+                    w.device()
+                )));
             }
-            (Some(head), false) => Some(head),
-            (None, true) => None,
-            (None, false) => Some(Tensor::zeros(self.weights.head().shape(), self.dtype(), self.device())?),
-        };
-        let weights = Qwen2Weights { embed_tokens, layers: layer_grads, norm: final_norm.grad_weight, lm_head };
-        Ok(Qwen2Gradients { weights, inputs_embeds: grad_x })
+        }
+        Ok(())
     }
 }

@@ -25,18 +25,22 @@ pub(super) fn forward(table: &Tensor, ids: &[usize], out: &mut Tensor) -> Result
     }
 }
 
-/// Every row of the table's gradient: the f32 sum of its tokens' gradient rows, or zeros.
+/// Every row of the table's gradient: the f32 sum of its tokens' gradient rows, or zeros (left alone when the table
+/// is `zeroed` already).
 fn scatter_add<T: FloatElement>(
     grad_out: &Tensor,
     lists: &TokenLists,
     h: usize,
     grad_table: &mut Tensor,
+    zeroed: bool,
 ) -> Result<()> {
     let grad = grad_out.as_slice::<T>()?;
     grad_table.as_mut_slice::<T>()?.par_chunks_mut(h).enumerate().for_each(|(v, row)| {
         let tokens = &lists.tokens[lists.starts[v]..lists.starts[v + 1]];
         if tokens.is_empty() {
-            row.fill(T::from_f32(0.0));
+            if !zeroed {
+                row.fill(T::from_f32(0.0));
+            }
             return;
         }
         let mut acc = vec![0.0f32; h];
@@ -48,10 +52,16 @@ fn scatter_add<T: FloatElement>(
     Ok(())
 }
 
-pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, h: usize, grad_table: &mut Tensor) -> Result<()> {
+pub(super) fn backward(
+    grad_out: &Tensor,
+    lists: &TokenLists,
+    h: usize,
+    grad_table: &mut Tensor,
+    zeroed: bool,
+) -> Result<()> {
     match grad_out.dtype() {
-        DType::BF16 => scatter_add::<bf16>(grad_out, lists, h, grad_table),
-        DType::F16 => scatter_add::<f16>(grad_out, lists, h, grad_table),
-        _ => scatter_add::<f32>(grad_out, lists, h, grad_table),
+        DType::BF16 => scatter_add::<bf16>(grad_out, lists, h, grad_table, zeroed),
+        DType::F16 => scatter_add::<f16>(grad_out, lists, h, grad_table, zeroed),
+        _ => scatter_add::<f32>(grad_out, lists, h, grad_table, zeroed),
     }
 }

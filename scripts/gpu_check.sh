@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything a machine with an NVIDIA GPU should run: the GPU tests (CUDA against CPU on random inputs, every op,
 # every dtype), the NVRTC compile check for the device's own architecture, the command line's demo on CUDA, the
-# benches in a quick mode and the PyTorch eager baselines on the same GPU; then a short table. Exits non-zero on
-# any failure, and when there is no GPU.
+# Qwen2-0.5B-shaped model benchmark (`unireward bench model`, bf16), the benches in a quick mode and the PyTorch
+# eager baselines on the same GPU; then a short table. Exits non-zero on any failure, and when there is no GPU.
 #
 # The GPU machine has CUDA 13.0 and PyTorch but no Rust toolchain and no network, so the script has two halves:
 #
@@ -237,6 +237,28 @@ run_checks() {
         done
     fi
 
+    # The Qwen2-0.5B-shaped model on the GPU (every transformer kernel at once), before the op benches so the budget
+    # cannot skip it; its table goes to the summary beside PyTorch's (bench_torch_qwen2.py below).
+    local model_table=()
+    if [[ -x "$bins/unireward" ]]; then
+        local model_bench="bench model --device cuda:0 --dtype bf16"
+        limit=$(step_limit 180)
+        if ((limit == 0)); then
+            summary+=("$(printf '%-42s %s' "unireward $model_bench" 'SKIPPED: out of time')")
+            failures=$((failures + 1))
+        else
+            step "unireward $model_bench (timeout ${limit}s)"
+            log="$logs/bench_model.log"
+            rc=0
+            # shellcheck disable=SC2086 # the subcommand and its flags are split on purpose
+            timeout --kill-after=10 "$limit" "$bins/unireward" $model_bench 2>&1 | tee "$log" || rc=$?
+            ((rc == 0)) && result=ok || result="FAILED (exit $rc)"
+            ((rc == 0)) || failures=$((failures + 1))
+            summary+=("$(printf '%-42s %s' "unireward $model_bench" "$result")")
+            model_table+=("$(cat "$log")")
+        fi
+    fi
+
     local filter=()
     [[ -n "${UNIREWARD_BENCH_FILTER:-}" ]] && filter=("$UNIREWARD_BENCH_FILTER")
     for bin in "$bins"/bench-*; do
@@ -268,7 +290,8 @@ run_checks() {
     local torch_tables=()
     if [[ "$gpu" == yes ]] && timeout 60 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
         local script
-        for script in "bench_torch_logprobs.py --impl both" "bench_torch_logprobs.py --dtype bf16"             "bench_torch_losses.py"; do
+        for script in "bench_torch_qwen2.py --dtype bf16" "bench_torch_logprobs.py --impl both" \
+            "bench_torch_logprobs.py --dtype bf16" "bench_torch_losses.py"; do
             limit=$(step_limit 90)
             ((limit == 0)) && break
             step "PyTorch baseline: $script --device cuda (timeout ${limit}s)"
@@ -282,6 +305,7 @@ run_checks() {
     fi
 
     step "summary (test binary: results; bench: median time)"
+    ((${#model_table[@]} == 0)) || printf '%s\n\n' "${model_table[@]}"
     ((${#torch_tables[@]} == 0)) || printf '%s\n\n' "${torch_tables[@]}"
     [[ "$gpu" == yes ]] || echo "*** $gpu ***"
     printf '%s\n' "${summary[@]:-nothing ran: $BIN/ holds no test or bench binaries}"

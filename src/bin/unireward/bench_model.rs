@@ -3,11 +3,10 @@
 //! warm-up, with tokens per second, peak memory and, on CUDA, model FLOP utilisation. `scripts/bench_torch_qwen2.py`
 //! runs the same work in PyTorch eager.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use unireward::model::qwen2::MemoryReport;
-use unireward::model::qwen2::Qwen2Weights;
+use unireward::model::qwen2::{MemoryReport, Qwen2Gradients, Qwen2Weights};
 use unireward::model::{ForwardOptions, Qwen2Config, Qwen2Model};
 use unireward::ops::fused_linear::{fused_linear_logprobs, FusedLinearConfig, LinearHead};
 use unireward::{DType, Device, Tensor};
@@ -171,6 +170,16 @@ impl Bench<'_> {
         Ok(loss.loss)
     }
 
+    /// The same into gradient buffers kept across steps (a training loop's: no fresh pages to fault in).
+    fn forward_backward_into(&self, out: &mut Qwen2Gradients) -> unireward::Result<f32> {
+        let pass = self.model.forward(&self.ids, &self.mask, self.opts)?;
+        let loss = self.model.causal_lm_loss(&pass, &self.ids, &FusedLinearConfig::default())?;
+        self.sample_device()?;
+        self.model.backward_into(pass, loss.grads, out)?;
+        self.sample_device()?;
+        Ok(loss.loss)
+    }
+
     /// Runs `f` once untimed (the warm-up, sampling device memory), then `iters` times timed (synchronised) with
     /// the heap peak of each.
     fn measure(
@@ -250,6 +259,13 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
 
     let fwd = bench.measure("forward + loss", args.iters, fwd_flops, Bench::forward)?;
     let fwd_bwd = bench.measure("forward + loss + backward", args.iters, bwd_flops, Bench::forward_backward)?;
+    let kept = RefCell::new(Qwen2Gradients {
+        weights: model.weights.zeros_like()?,
+        inputs_embeds: Tensor::zeros(&[n, t, config.hidden_size], args.dtype, device)?,
+    });
+    let fwd_bwd_kept = bench.measure("  the same, kept gradients", args.iters, bwd_flops, |b| {
+        b.forward_backward_into(&mut kept.borrow_mut())
+    })?;
 
     let cuda = matches!(device, Device::Cuda(_));
     print!("{:<26} {:>10} {:>10} {:>12} {:>9}", "pass", "median", "tokens/s", "peak heap", "loss");
@@ -257,7 +273,7 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
         print!(" {:>12} {:>10} {:>10} {:>10}", "device mem", "TFLOP/s", "MFU bf16", "MFU f32");
     }
     println!();
-    for p in [&fwd, &fwd_bwd] {
+    for p in [&fwd, &fwd_bwd, &fwd_bwd_kept] {
         let secs = p.median().as_secs_f64();
         print!(
             "{:<26} {:>10} {:>10.0} {:>12} {:>9.4}",

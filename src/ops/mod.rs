@@ -1,5 +1,7 @@
 //! Op families. Each op is a forward and a backward with a CPU implementation and a CUDA kernel behind one
-//! signature, dispatched on the device of its tensors.
+//! signature, dispatched on the device of its tensors. The transformer ops (embedding, rmsnorm, linear, swiglu,
+//! attention) also come as `_into` variants that write every element of outputs the caller provides (views of a
+//! model's preallocated buffers, which may hold garbage); the allocating versions wrap them.
 
 pub mod attention;
 pub mod check;

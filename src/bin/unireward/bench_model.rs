@@ -137,7 +137,7 @@ struct Bench<'a> {
     memory: Cell<Option<MemoryReport>>,
 }
 
-impl Bench<'_> {
+impl<'m> Bench<'m> {
     fn sample_device(&self) -> unireward::Result<()> {
         if !self.sampling.get() {
             return Ok(());
@@ -180,32 +180,35 @@ impl Bench<'_> {
         Ok(loss.loss)
     }
 
-    /// Runs `f` once untimed (the warm-up, sampling device memory), then `iters` times timed (synchronised) with
-    /// the heap peak of each.
-    fn measure(
-        &self,
-        name: &'static str,
-        iters: usize,
-        flops: f64,
-        f: impl Fn(&Self) -> unireward::Result<f32>,
-    ) -> unireward::Result<Pass> {
-        let mut pass = Pass { name, times: Vec::new(), peak_heap: 0, peak_device: 0, flops, loss: f32::NAN };
-        self.peak_device.set(0);
-        self.sampling.set(true);
-        f(self)?;
-        self.sampling.set(false);
-        for _ in 0..iters {
-            let meter = PeakMeter::start();
-            let start = Instant::now();
-            pass.loss = f(self)?;
-            sync(self.device)?;
-            pass.times.push(start.elapsed());
-            pass.peak_heap = pass.peak_heap.max(meter.peak_extra());
+    /// Runs each work once untimed (its warm-up, sampling device memory), then `iters` rounds that time each work
+    /// in turn (synchronised), with the heap peak of each: interleaved, so that none gains from running first in a
+    /// process whose memory the others have not shaped yet.
+    fn measure(&self, works: &[Work<'_, 'm>], iters: usize) -> unireward::Result<Vec<Pass>> {
+        let mut passes = Vec::with_capacity(works.len());
+        for &(name, flops, f) in works {
+            self.peak_device.set(0);
+            self.sampling.set(true);
+            f(self)?;
+            self.sampling.set(false);
+            let peak_device = self.peak_device.get();
+            passes.push(Pass { name, times: Vec::new(), peak_heap: 0, peak_device, flops, loss: f32::NAN });
         }
-        pass.peak_device = self.peak_device.get();
-        Ok(pass)
+        for _ in 0..iters {
+            for (pass, &(_, _, f)) in passes.iter_mut().zip(works) {
+                let meter = PeakMeter::start();
+                let start = Instant::now();
+                pass.loss = f(self)?;
+                sync(self.device)?;
+                pass.times.push(start.elapsed());
+                pass.peak_heap = pass.peak_heap.max(meter.peak_extra());
+            }
+        }
+        Ok(passes)
     }
 }
+
+/// A pass to time: its name, its model FLOPs and the work (returning the loss).
+type Work<'w, 'm> = (&'static str, f64, &'w dyn Fn(&Bench<'m>) -> unireward::Result<f32>);
 
 pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
@@ -235,7 +238,7 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
 
     println!(
         "Qwen2-0.5B shapes (hidden {}, {} layers, {}/{} heads, intermediate {}, vocab {}, tied), random weights: \
-         {:.1}M parameters, {} on {device:?}; N = {n}, T = {t}{}; median of {} runs after a warm-up",
+         {:.1}M parameters, {} on {device:?}; N = {n}, T = {t}{}; median of {} interleaved runs after a warm-up",
         config.hidden_size,
         config.num_hidden_layers,
         config.num_attention_heads,
@@ -257,15 +260,19 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     let fwd_flops = 2.0 * params as f64 * tokens + attention;
     let bwd_flops = 6.0 * params as f64 * tokens + 3.0 * attention;
 
-    let fwd = bench.measure("forward + loss", args.iters, fwd_flops, Bench::forward)?;
-    let fwd_bwd = bench.measure("forward + loss + backward", args.iters, bwd_flops, Bench::forward_backward)?;
     let kept = RefCell::new(Qwen2Gradients {
         weights: model.weights.zeros_like()?,
         inputs_embeds: Tensor::zeros(&[n, t, config.hidden_size], args.dtype, device)?,
     });
-    let fwd_bwd_kept = bench.measure("  the same, kept gradients", args.iters, bwd_flops, |b| {
-        b.forward_backward_into(&mut kept.borrow_mut())
-    })?;
+    let into_kept = |b: &Bench<'_>| b.forward_backward_into(&mut kept.borrow_mut());
+    let passes = bench.measure(
+        &[
+            ("forward + loss", fwd_flops, &Bench::forward),
+            ("forward + loss + backward", bwd_flops, &Bench::forward_backward),
+            ("  the same, kept gradients", bwd_flops, &into_kept),
+        ],
+        args.iters,
+    )?;
 
     let cuda = matches!(device, Device::Cuda(_));
     print!("{:<26} {:>10} {:>10} {:>12} {:>9}", "pass", "median", "tokens/s", "peak heap", "loss");
@@ -273,7 +280,7 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
         print!(" {:>12} {:>10} {:>10} {:>10}", "device mem", "TFLOP/s", "MFU bf16", "MFU f32");
     }
     println!();
-    for p in [&fwd, &fwd_bwd, &fwd_bwd_kept] {
+    for p in &passes {
         let secs = p.median().as_secs_f64();
         print!(
             "{:<26} {:>10} {:>10.0} {:>12} {:>9.4}",

@@ -108,7 +108,7 @@ pub(super) fn backward(
     let mut grad_bias = head.bias.map(|b| Tensor::zeros(b.shape(), DType::F32, Device::Cpu)).transpose()?;
     let (grad_hidden_acc, grad_weight_acc) = (grad_hidden.as_mut_slice::<f32>()?, grad_weight.as_mut_slice::<f32>()?);
     let mut grad_rows = vec![0.0f32; chunk_len * h];
-    for chunk in plan.tokens.chunks(chunk_len) {
+    for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
         let c = chunk.len();
         f32_head.chunk_logits(chunk, &mut rows, &mut grads);
         grads[..c * v].par_chunks_mut(v).zip(chunk.par_iter()).for_each(|(row, tok)| {
@@ -120,8 +120,10 @@ pub(super) fn backward(
         for (src, tok) in grad_rows.chunks_exact(h).zip(chunk) {
             grad_hidden_acc[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
         }
-        // d_weight += Gᵀ·h_rows
-        matmul(grad_weight_acc, g.t(), MatRef::row_major(&rows[..c * h], c, h), 1.0);
+        // d_weight += Gᵀ·h_rows. The first chunk overwrites: reading the fresh zero pages before writing them would
+        // fault each one twice (the shared zero page, then a copy with a TLB shootdown across threads).
+        let beta = if index == 0 { 0.0 } else { 1.0 };
+        matmul(grad_weight_acc, g.t(), MatRef::row_major(&rows[..c * h], c, h), beta);
         if let Some(gb) = grad_bias.as_mut() {
             gb.as_mut_slice::<f32>()?.par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
                 let columns = block * 4096..block * 4096 + gb.len();

@@ -11,7 +11,7 @@
 
 use super::weights::LayerWeights;
 use crate::model::Qwen2Config;
-use crate::ops::attention::{attention_backward_into, AttentionOutput};
+use crate::ops::attention::{attention_backward_into, attention_into, AttentionOutput};
 use crate::ops::linear::{linear_backward_into, linear_into};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig, RmsNormOutput};
@@ -225,6 +225,17 @@ pub(super) fn forward_into(
     swiglu_into(&s.gate, &s.up, &mut s.act)?;
     linear_into(&s.act, &w.down_proj, None, out)?;
     add_in_place(out, &s.a)
+}
+
+/// [`forward_into`] with causal attention over the batch under `ctx.mask` (training and scoring).
+pub(super) fn forward_causal(
+    w: &LayerWeights,
+    ctx: &LayerContext<'_>,
+    x: &Tensor,
+    acts: &mut LayerActivations,
+    out: &mut Tensor,
+) -> Result<()> {
+    forward_into(w, ctx, x, acts, out, |q, k, v, attn| attention_into(q, k, v, ctx.mask, &mut attn.out, &mut attn.lse))
 }
 
 /// The gradient of a projection's input and parameters from the gradient of its [N,T,heads,d] output.

@@ -23,7 +23,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::model::{Qwen2Config, WeightStore};
-use crate::ops::attention::attention_into;
 use crate::ops::check;
 use crate::ops::embedding::{embedding_backward_into, embedding_into};
 use crate::ops::linear::{linear, linear_backward};
@@ -261,9 +260,7 @@ impl Qwen2Model {
         for (l, w) in self.weights.layers.iter().enumerate() {
             let (done, next) = acts.xs.split_at_mut(l + 1);
             let layer_acts = &mut acts.layers[if opts.recompute { 0 } else { l }];
-            layer::forward_into(w, &ctx, &done[l], layer_acts, &mut next[0], |q, k, v, out| {
-                attention_into(q, k, v, &mask, &mut out.out, &mut out.lse)
-            })?;
+            layer::forward_causal(w, &ctx, &done[l], layer_acts, &mut next[0])?;
         }
         let norm = &mut acts.norm;
         rmsnorm_into(&acts.xs[layers], &self.weights.norm, &self.norm_config(), &mut norm.y, &mut norm.rstd)?;
@@ -313,9 +310,7 @@ impl Qwen2Model {
             let x = &acts.xs[l];
             let layer_acts = if *recompute {
                 let (scratch, spare) = (&mut acts.layers[0], acts.spare.as_mut().expect("recompute keeps a spare"));
-                layer::forward_into(w, &ctx, x, scratch, spare, |q, k, v, o| {
-                    attention_into(q, k, v, mask, &mut o.out, &mut o.lse)
-                })?;
+                layer::forward_causal(w, &ctx, x, scratch, spare)?;
                 scratch
             } else {
                 &mut acts.layers[l]

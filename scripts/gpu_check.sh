@@ -292,7 +292,8 @@ run_checks() {
         local script
         for script in "bench_torch_qwen2.py --dtype bf16" "bench_torch_logprobs.py --impl both" \
             "bench_torch_logprobs.py --dtype bf16" "bench_torch_losses.py"; do
-            limit=$(step_limit 90)
+            # The model script starts four processes, each importing transformers and building a 0.5B model.
+            limit=$(step_limit "$([[ "$script" == bench_torch_qwen2* ]] && echo 180 || echo 90)")
             ((limit == 0)) && break
             step "PyTorch baseline: $script --device cuda (timeout ${limit}s)"
             log="$logs/torch.log"

@@ -1,7 +1,7 @@
 //! `unireward bench model`: the Qwen2 decoder at Qwen2-0.5B's shapes with random weights — forward (to the hidden
-//! states and the fused causal-LM loss) and forward + loss + backward — timed as the median of a few runs after a
-//! warm-up, with tokens per second, peak memory and, on CUDA, model FLOP utilisation. `scripts/bench_torch_qwen2.py`
-//! runs the same work in PyTorch eager.
+//! states and the fused causal-LM loss) and forward + loss + backward, into fresh gradients and into gradients kept
+//! across steps — timed as the median of a few interleaved runs after a warm-up, with tokens per second, peak memory
+//! and, on CUDA, model FLOP utilisation. `scripts/bench_torch_qwen2.py` runs the same work in PyTorch eager.
 
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -223,6 +223,11 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     let ids = synthetic::labels(7, n, t, 0, config.vocab_size, device)?;
     let host_ids = ids.to_vec::<i64>()?;
     let labels: Vec<i64> = (0..n * t).map(|i| if (i + 1) % t == 0 { -100 } else { host_ids[i + 1] }).collect();
+    // Gradient buffers kept across steps, made before the baselines so that no figure counts them.
+    let kept = RefCell::new(Qwen2Gradients {
+        weights: model.weights.zeros_like()?,
+        inputs_embeds: Tensor::zeros(&[n, t, config.hidden_size], args.dtype, device)?,
+    });
     let bench = Bench {
         model: &model,
         labels: Tensor::from_slice(&labels, &[n, t], device)?,
@@ -260,10 +265,6 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     let fwd_flops = 2.0 * params as f64 * tokens + attention;
     let bwd_flops = 6.0 * params as f64 * tokens + 3.0 * attention;
 
-    let kept = RefCell::new(Qwen2Gradients {
-        weights: model.weights.zeros_like()?,
-        inputs_embeds: Tensor::zeros(&[n, t, config.hidden_size], args.dtype, device)?,
-    });
     let into_kept = |b: &Bench<'_>| b.forward_backward_into(&mut kept.borrow_mut());
     let passes = bench.measure(
         &[

@@ -4,7 +4,7 @@
 
 use super::layer::{self, next_view, Dims, LayerActivations};
 use super::Qwen2Model;
-use crate::ops::attention::{attention_cached, kv_cache_write};
+use crate::ops::attention::{attention_cached, attention_into, kv_cache_write};
 use crate::ops::embedding::{embedding, embedding_into};
 use crate::ops::linear::linear;
 use crate::ops::rmsnorm::rmsnorm;
@@ -152,6 +152,14 @@ impl Qwen2Model {
         let ids = Tensor::from_slice(&ids, &[n, tq], device)?;
         let positions = Tensor::from_slice(&positions, &[n, tq], device)?;
         let slot_mask = Tensor::from_slice(&valid, &[n, cache.capacity], device)?;
+        // A prefill into an empty cache is plain causal attention over the new tokens: the tiled (flash-style)
+        // kernels instead of one cached-attention row per query.
+        let prefill_mask = if starts.iter().all(|&s| s == 0) {
+            let real: Vec<i64> = tokens.iter().flat_map(|t| (0..tq).map(move |i| i64::from(i < t.len()))).collect();
+            Some(Tensor::from_slice(&real, &[n, tq], device)?)
+        } else {
+            None
+        };
         let dims = Dims::new(&self.config, n, tq);
         let ctx = self.layer_context(dims, &positions, &slot_mask);
         let mut slots = vec![Slot::new(&dims.stream(), self.dtype()); 2];
@@ -166,7 +174,10 @@ impl Qwen2Model {
             layer::forward_into(w, &ctx, &x, &mut acts, &mut y, |q, k, v, attn| {
                 kv_cache_write(k_cache, k, &starts)?;
                 kv_cache_write(v_cache, v, &starts)?;
-                attn.out.copy_from(&attention_cached(q, k_cache, v_cache, &slot_mask, &starts)?)
+                match &prefill_mask {
+                    Some(mask) => attention_into(q, k, v, mask, &mut attn.out, &mut attn.lse),
+                    None => attn.out.copy_from(&attention_cached(q, k_cache, v_cache, &slot_mask, &starts)?),
+                }
             })?;
             std::mem::swap(&mut x, &mut y);
         }

@@ -302,3 +302,28 @@ fn an_arena_carves_aligned_disjoint_tensors_and_relays_them_out() {
     assert!(!arena.relayout(vec![Slot::new(&[1000], DType::F32)]).unwrap());
     assert_eq!(arena.slots(), &[Slot::new(&[4], DType::F32)], "a layout that does not fit leaves the arena as it was");
 }
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn an_arena_taken_up_on_another_stream_sees_the_first_streams_writes() {
+    use unireward::runtime::arena::{Arena, Slot};
+    let len = 1 << 22;
+    let mut arena = Arena::new(vec![Slot::new(&[len], DType::F32)], Device::Cuda(0)).unwrap();
+    let values: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    {
+        // SAFETY: the views are dropped at the end of this block, before the arena is touched again.
+        let mut views = unsafe { arena.views() }.unwrap();
+        views[0].copy_from(&Tensor::from_slice(&values, &[len], Device::Cuda(0)).unwrap()).unwrap();
+    }
+    let other = cuda::backend(0).unwrap().context().new_stream().unwrap();
+    // SAFETY: `other` is a stream of device 0's primary context and outlives the scope.
+    let read = unsafe {
+        cuda::on_stream(0, other.cu_stream(), || {
+            // SAFETY: the views are dropped inside this closure.
+            let views = unsafe { arena.views() }?;
+            views[0].to_vec::<f32>()
+        })
+    }
+    .unwrap();
+    assert_eq!(read, values);
+}

@@ -1,7 +1,13 @@
 //! `Arena`: one allocation carved into tensors, llm.c style. A model lays out its activations once for a batch
 //! shape (each tensor 256-byte aligned, back to back) and reuses the memory on every step: no allocator traffic, no
 //! fresh pages to fault in, and the footprint is known before the first op runs.
+//!
+//! On CUDA the views' work is queued on the stream current when they were made; an arena taken up on another stream
+//! first waits for that one, so a pass on one stream never overwrites what a pass on another is still reading.
 
+use std::sync::Arc;
+
+use crate::runtime::cuda::{self, CudaBackend};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -40,7 +46,6 @@ fn layout(slots: &[Slot]) -> Result<(Vec<usize>, usize)> {
 }
 
 /// One buffer holding a list of tensors.
-#[derive(Debug)]
 pub struct Arena {
     /// 8-byte words, so that the CPU buffer is aligned for every dtype; CUDA allocations are 256-byte aligned.
     buffer: Tensor,
@@ -48,6 +53,19 @@ pub struct Arena {
     offsets: Vec<usize>,
     /// Bytes the current layout spans (the buffer may be larger: laid out for a larger batch before).
     used: usize,
+    /// On CUDA, the backend (stream) the last views were made on.
+    last_stream: Option<Arc<CudaBackend>>,
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("device", &self.buffer.device())
+            .field("bytes", &self.buffer.size_in_bytes())
+            .field("used", &self.used)
+            .field("slots", &self.slots.len())
+            .finish()
+    }
 }
 
 impl Arena {
@@ -55,7 +73,7 @@ impl Arena {
     pub fn new(slots: Vec<Slot>, device: Device) -> Result<Arena> {
         let (offsets, used) = layout(&slots)?;
         let buffer = Tensor::zeros(&[used.div_ceil(8).max(1)], DType::I64, device)?;
-        Ok(Arena { buffer, slots, offsets, used })
+        Ok(Arena { buffer, slots, offsets, used, last_stream: None })
     }
 
     /// `old` laid out for `slots` when it is on `device` and large enough (freed otherwise, before the new one is
@@ -99,7 +117,8 @@ impl Arena {
         self.buffer.device()
     }
 
-    /// One tensor per slot, in layout order, over the arena's memory (the previous step's values, or zeros).
+    /// One tensor per slot, in layout order, over the arena's memory (the previous step's values, or zeros). On
+    /// CUDA, when the current stream is not the one the last views were made on, waits for that stream first.
     ///
     /// # Safety
     /// The tensors borrow the arena's buffer: they must be dropped before the arena is dropped or `views` is called
@@ -109,7 +128,15 @@ impl Arena {
         let device = self.buffer.device();
         let base = match device {
             Device::Cpu => self.buffer.as_mut_slice::<i64>()?.as_mut_ptr() as u64,
-            Device::Cuda(_) => self.buffer.cuda_ptr_mut()?.0,
+            Device::Cuda(ordinal) => {
+                let current = cuda::backend(ordinal)?;
+                if let Some(last) = self.last_stream.replace(current.clone()) {
+                    if last.stream().cu_stream() != current.stream().cu_stream() {
+                        last.synchronize()?;
+                    }
+                }
+                self.buffer.cuda_ptr_mut()?.0
+            }
         };
         self.slots
             .iter()

@@ -316,14 +316,12 @@ fn an_arena_taken_up_on_another_stream_sees_the_first_streams_writes() {
         views[0].copy_from(&Tensor::from_slice(&values, &[len], Device::Cuda(0)).unwrap()).unwrap();
     }
     let other = cuda::backend(0).unwrap().context().new_stream().unwrap();
+    let read_back = || {
+        // SAFETY: the views are dropped inside this closure.
+        let views = unsafe { arena.views() }?;
+        views[0].to_vec::<f32>()
+    };
     // SAFETY: `other` is a stream of device 0's primary context and outlives the scope.
-    let read = unsafe {
-        cuda::on_stream(0, other.cu_stream(), || {
-            // SAFETY: the views are dropped inside this closure.
-            let views = unsafe { arena.views() }?;
-            views[0].to_vec::<f32>()
-        })
-    }
-    .unwrap();
+    let read = unsafe { cuda::on_stream(0, other.cu_stream(), read_back) }.unwrap();
     assert_eq!(read, values);
 }

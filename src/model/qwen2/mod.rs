@@ -51,7 +51,8 @@ pub struct Qwen2Model {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForwardOptions {
     /// Keep only each layer's input and recompute the layer in the backward: activation memory drops from about
-    /// `N·T·(6·H + 3·I + 2·Hkv·d)` values per layer to `N·T·H`, for one more forward pass of compute.
+    /// `N·T·(5·H + 3·I + 2·Hkv·d)` values per layer to `N·T·H` (plus one layer's worth, shared), for one more
+    /// forward pass of compute.
     pub recompute: bool,
 }
 

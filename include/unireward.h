@@ -41,16 +41,16 @@
 // `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`.
 #define UR_ABI_VERSION 2
 
-// `verdict_kind`: scores [G,K], higher is better.
+// `verdict_kind`: scores `[G,K]`, higher is better.
 #define UR_VERDICTS_SCORES 0
 
-// `verdict_kind`: verdict log-odds [G,K,K] with both presentation orders.
+// `verdict_kind`: verdict log-odds `[G,K,K]` with both presentation orders.
 #define UR_VERDICTS_LOG_ODDS 1
 
-// `ur_compare_config.score_link`: P[i,j] = sigmoid(s_i - s_j).
+// `ur_compare_config.score_link`: `P[i,j]` = sigmoid(s_i - s_j).
 #define UR_SCORE_LINK_SIGMOID 0
 
-// `ur_compare_config.score_link`: P[i,j] is 1, 1/2 or 0 (wins only).
+// `ur_compare_config.score_link`: `P[i,j]` is 1, 1/2 or 0 (wins only).
 #define UR_SCORE_LINK_HARD 1
 
 // `ur_select_config.pairing`: UnifiedReward's pairs (0,1), (2,3), ...
@@ -346,12 +346,12 @@ const char *ur_version_string(void);
 // Scores, sigmoid link, the default fit.
 struct ur_compare_config ur_compare_config_default(void);
 
-// Compares the K candidates of each of G groups (`verdicts`: float scores [G,K] or log-odds [G,K,K], as
-// `cfg->verdict_kind` says). Outputs, each may be NULL: `preference_out` [G,K,K] float32 (P[i,j] that i beats j),
-// `wins_out` [G,K] float32, `copeland_out` [G,K] int32, `ranks_out` [G,K] int32 (1 = best), `strengths_out` [G,K]
-// float32 (Bradley-Terry log-strengths), `iterations_out` [G] int32, `converged_out` [G] int32, `best_out` [G]
-// int32, `worst_out` [G] int32, `consistency_out` [G] float32 (log-odds only; must be NULL for scores). Does not
-// synchronise on CUDA.
+// Compares the K candidates of each of G groups (`verdicts`: float scores `[G,K]` or log-odds `[G,K,K]`, as
+// `cfg->verdict_kind` says). Outputs, each may be NULL: `preference_out` `[G,K,K]` float32 (`P[i,j]` that i beats j),
+// `wins_out` `[G,K]` float32, `copeland_out` `[G,K]` int32, `ranks_out` `[G,K]` int32 (1 = best), `strengths_out`
+// `[G,K]` float32 (Bradley-Terry log-strengths), `iterations_out` `[G]` int32, `converged_out` `[G]` int32, `best_out`
+// `[G]` int32, `worst_out` `[G]` int32, `consistency_out` `[G]` float32 (log-odds only; must be NULL for scores). Does
+// not synchronise on CUDA.
 //
 // # Safety
 // As for `ur_logprobs_forward`.
@@ -374,9 +374,9 @@ enum ur_status ur_compare(struct ur_context *ctx,
 struct ur_select_config ur_select_config_default(void);
 
 // UnifiedReward's pair selection per group: the pair verdicts (`verdicts`, as `cfg->verdict_kind` says) split
-// the paired candidates into winners and losers; the chosen is the best by `pointwise` [G,K] (the verdicts'
+// the paired candidates into winners and losers; the chosen is the best by `pointwise` `[G,K]` (the verdicts'
 // dtype) among the winners, the rejected the worst among the losers, kept when the chosen score is strictly
-// greater. Outputs [G], each may be NULL: `chosen_out`, `rejected_out` int32 (-1 when none), `chosen_score_out`,
+// greater. Outputs `[G]`, each may be NULL: `chosen_out`, `rejected_out` int32 (-1 when none), `chosen_score_out`,
 // `rejected_score_out` float32 (NaN when none), `kept_out` int32 (0/1). With `UR_NANS_ERROR` a NaN fails the call
 // (on CUDA after a wait on `stream`).
 //
@@ -410,9 +410,9 @@ struct ur_fused_linear_config ur_fused_linear_config_default(void);
 
 // Like `ur_logprobs_forward` on the logits `hidden · weightᵀ + bias`, without materialising them.
 //
-// Inputs: `hidden` [N,T,H], `weight` [V,H], `bias` [V] or NULL (float32/bfloat16/float16); `labels`, `mask` as in
-// `ur_logprobs_forward`. Outputs as in `ur_logprobs_forward` (float32; `logps_out` required, the rest may be
-// NULL; the backward needs `lse_out`). Does not synchronise on CUDA.
+// Inputs: `hidden` `[N,T,H]`, `weight` `[V,H]`, `bias` `[V]` or NULL (float32/bfloat16/float16); `labels`, `mask` as
+// in `ur_logprobs_forward`. Outputs as in `ur_logprobs_forward` (float32; `logps_out` required, the rest may be NULL;
+// the backward needs `lse_out`). Does not synchronise on CUDA.
 //
 // # Safety
 // As for `ur_logprobs_forward`.
@@ -431,8 +431,8 @@ enum ur_status ur_fused_linear_logprobs_forward(struct ur_context *ctx,
                                                 void *stream);
 
 // Gradients of `sum_n grad_logps[n] * logps[n]` with respect to `hidden`, `weight` and `bias`, from the forward's
-// `lse` [N,T] float32. `grad_logps` [N] float32. Outputs, each in the dtype and shape of what it differentiates:
-// `grad_hidden_out` [N,T,H], `grad_weight_out` [V,H], `grad_bias_out` [V] (required when `bias` is given, else
+// `lse` `[N,T]` float32. `grad_logps` `[N]` float32. Outputs, each in the dtype and shape of what it differentiates:
+// `grad_hidden_out` `[N,T,H]`, `grad_weight_out` `[V,H]`, `grad_bias_out` `[V]` (required when `bias` is given, else
 // NULL). Does not synchronise on CUDA.
 //
 // # Safety
@@ -451,9 +451,9 @@ enum ur_status ur_fused_linear_logprobs_backward(struct ur_context *ctx,
                                                  const DLTensor *grad_bias_out,
                                                  void *stream);
 
-// Rewards `rewards_out` [N,C] float32 = `weight · hidden[n, ends[n]] + bias`, from `hidden` [N,T,H] float,
-// `ends` [N] int32/int64 (the token read per sequence, 0 <= ends[n] < T), `weight` [C,H] and `bias` [C] or NULL
-// (the dtype of `hidden`). Does not synchronise on CUDA.
+// Rewards `rewards_out` `[N,C]` float32 = `weight · hidden[n, ends[n]] + bias`, from `hidden` `[N,T,H]` float, `ends`
+// `[N]` int32/int64 (the token read per sequence, 0 <= `ends[n]` < T), `weight` `[C,H]` and `bias` `[C]` or NULL (the
+// dtype of `hidden`). Does not synchronise on CUDA.
 //
 // # Safety
 // As for `ur_logprobs_forward`.
@@ -465,8 +465,8 @@ enum ur_status ur_scalar_head_forward(struct ur_context *ctx,
                                       const DLTensor *rewards_out,
                                       void *stream);
 
-// Gradients of `sum grad_rewards * rewards` ([N,C] float32) with respect to `hidden` ([N,T,H], zero except at the
-// gathered rows), `weight` [C,H] and `bias` [C] (required when `bias` is given, else NULL), in the dtype of
+// Gradients of `sum grad_rewards * rewards` (`[N,C]` float32) with respect to `hidden` (`[N,T,H]`, zero except at the
+// gathered rows), `weight` `[C,H]` and `bias` `[C]` (required when `bias` is given, else NULL), in the dtype of
 // `hidden`. Does not synchronise on CUDA.
 //
 // # Safety
@@ -483,10 +483,10 @@ enum ur_status ur_scalar_head_backward(struct ur_context *ctx,
                                        void *stream);
 
 // The verdict head of a generative judge: per class k (token ids `token_ids[class_offsets[k] ..
-// class_offsets[k+1]]`, disjoint sets; both int32/int64 [K+1] and [M] on the logits' device), `log_probs_out`
-// [B,K] = logsumexp over the class's logits minus logsumexp over all listed logits, `probs_out` [B,K] its exp,
-// and, when `class_values` (K host floats, or NULL) is given, `expected_score_out` [B] = sum_k p_k * value_k.
-// `logits` [B,V] float. Outputs float32; each may be NULL. On CUDA the classes are read to the host first (a
+// class_offsets[k+1]]`, disjoint sets; both int32/int64 [K+1] and `[M]` on the logits' device), `log_probs_out`
+// `[B,K]` = logsumexp over the class's logits minus logsumexp over all listed logits, `probs_out` `[B,K]` its exp,
+// and, when `class_values` (K host floats, or NULL) is given, `expected_score_out` `[B]` = sum_k p_k * value_k.
+// `logits` `[B,V]` float. Outputs float32; each may be NULL. On CUDA the classes are read to the host first (a
 // wait on `stream`).
 //
 // # Safety
@@ -501,9 +501,9 @@ enum ur_status ur_verdict_head_forward(struct ur_context *ctx,
                                        const DLTensor *expected_score_out,
                                        void *stream);
 
-// The gradient with respect to `logits` [B,V] (their dtype, zero outside the listed ids) of
-// `sum grad_log_probs * log_probs + sum grad_expected_score * expected_score`; give `grad_log_probs` [B,K]
-// float32, `grad_expected_score` [B] float32 (needs `class_values`), or both. Written straight into
+// The gradient with respect to `logits` `[B,V]` (their dtype, zero outside the listed ids) of
+// `sum grad_log_probs * log_probs + sum grad_expected_score * expected_score`; give `grad_log_probs` `[B,K]`
+// float32, `grad_expected_score` `[B]` float32 (needs `class_values`), or both. Written straight into
 // `grad_logits_out` (separate memory: an overlap with an input is `UR_ERROR_INVALID_ARGUMENT`). Does not
 // synchronise on CUDA beyond reading the classes.
 //
@@ -524,11 +524,11 @@ struct ur_logprobs_config ur_logprobs_config_default(void);
 
 // Per-sequence log-probabilities of `labels` under `logits`, never materialising the log-softmax.
 //
-// Inputs: `logits` [N,T,V] float32/bfloat16/float16; `labels` [N,T] int32/int64; `mask` [N,T] int32/int64/
+// Inputs: `logits` `[N,T,V]` float32/bfloat16/float16; `labels` `[N,T]` int32/int64; `mask` `[N,T]` int32/int64/
 // float32 or NULL (a token counts when its label is not the ignore index and its mask is nonzero). `cfg` NULL
-// means the defaults. Outputs (float32, on the device of the logits): `logps_out` [N] (required),
-// `token_counts_out` [N], `mean_logits_out` [N] (mean logit over counted tokens), `entropy_out` [N] (mean token
-// entropy), `lse_out` [N,T] (per-token logsumexp, 0 where a token does not count: the backward needs it);
+// means the defaults. Outputs (float32, on the device of the logits): `logps_out` `[N]` (required),
+// `token_counts_out` `[N]`, `mean_logits_out` `[N]` (mean logit over counted tokens), `entropy_out` `[N]` (mean token
+// entropy), `lse_out` `[N,T]` (per-token logsumexp, 0 where a token does not count: the backward needs it);
 // each optional output may be NULL. Does not synchronise on CUDA.
 //
 // # Safety
@@ -548,12 +548,12 @@ enum ur_status ur_logprobs_forward(struct ur_context *ctx,
                                    void *stream);
 
 // The gradient with respect to the logits of `sum_n grad_logps[n] * logps[n]`, written into `grad_logits_out`
-// ([N,T,V], the dtype of `logits`), with no copy and no [N,T,V] temporary.
+// (`[N,T,V]`, the dtype of `logits`), with no copy and no `[N,T,V]` temporary.
 //
 // In place when `grad_logits_out` describes the same memory as `logits` (same data pointer plus byte offset):
 // the logits are overwritten by their gradient, the memory-saving path of a training step. Any other overlap of
-// `grad_logits_out` with an input is `UR_ERROR_INVALID_ARGUMENT`. `lse` [N,T] and `token_counts` [N] are the
-// forward's float32 outputs; `grad_logps` [N] float32; `labels`, `mask` and `cfg` as in the forward. Does not
+// `grad_logits_out` with an input is `UR_ERROR_INVALID_ARGUMENT`. `lse` `[N,T]` and `token_counts` `[N]` are the
+// forward's float32 outputs; `grad_logps` `[N]` float32; `labels`, `mask` and `cfg` as in the forward. Does not
 // synchronise on CUDA.
 //
 // # Safety
@@ -627,9 +627,9 @@ enum ur_status ur_model_parameter_shape(const struct ur_model *model,
                                         int64_t *dims,
                                         size_t capacity);
 
-// Runs the model over token ids `ids` [N,T] (int32/int64, each below the vocabulary size) with `mask` [N,T]
+// Runs the model over token ids `ids` `[N,T]` (int32/int64, each below the vocabulary size) with `mask` `[N,T]`
 // (int32/int64, nonzero = a real token, typically right padding; NULL = every token real) and writes the logits
-// [N,T,V] in the model's dtype into `logits_out`. All tensors are on the model's device. The pass's activations
+// `[N,T,V]` in the model's dtype into `logits_out`. All tensors are on the model's device. The pass's activations
 // stay in the model for one `ur_model_backward` (a new forward replaces them; kept gradients are dropped). Does
 // not synchronise on CUDA (run the backward on the same stream).
 //
@@ -644,7 +644,7 @@ enum ur_status ur_model_forward(struct ur_context *ctx,
                                 const DLTensor *logits_out,
                                 void *stream);
 
-// Back-propagates `grad_logits` [N,T,V] (the gradient of a loss with respect to the logits of the last
+// Back-propagates `grad_logits` `[N,T,V]` (the gradient of a loss with respect to the logits of the last
 // `ur_model_forward`, in the model's dtype, on its device) through the model, consuming the kept forward pass
 // (`UR_ERROR_INVALID_ARGUMENT` when there is none). The gradients stay in the model for `ur_model_gradient` until
 // the next forward. Does not synchronise on CUDA.
@@ -657,7 +657,7 @@ enum ur_status ur_model_backward(struct ur_context *ctx,
                                  void *stream);
 
 // Copies the gradient named `name` (a parameter's Hugging Face name, or "inputs_embeds" for the gradient of the
-// input embeddings [N,T,H]) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
+// input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
 // dtype, on its device). Does not synchronise on CUDA.
 //
 // # Safety
@@ -692,10 +692,10 @@ struct ur_dpo_config ur_dpo_config_default(void);
 // The DPO family (TRL's loss types, SimPO, ORPO, RPO) on per-sequence log-probs of P pairs: the loss, its
 // gradient with respect to the policy log-probs, and TRL's metrics.
 //
-// Inputs: float [P] tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
+// Inputs: float `[P]` tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
 // `reference_rejected` (NULL only when reference-free or for SimPO/ORPO); `chosen_lengths`, `rejected_lengths`
-// int32/int64 [P] completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
-// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` [P] in the inputs'
+// int32/int64 `[P]` completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
+// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` `[P]` in the inputs'
 // dtype (required); `*metrics_out` (host, may be NULL). Waits for its CUDA work (the loss goes to host memory).
 //
 // # Safety
@@ -718,8 +718,8 @@ enum ur_status ur_dpo_loss(struct ur_context *ctx,
 struct ur_bradley_terry_config ur_bradley_terry_config_default(void);
 
 // The Bradley-Terry reward-model loss `mean(-log sigmoid(r_c - r_r - margin)) + c * mean((r_c + r_r)^2)` on float
-// [P] rewards of one dtype (`margin` [P] or NULL). Outputs: `*loss_out` (required), `grad_chosen_out`,
-// `grad_rejected_out` [P] in the rewards' dtype (required), `*metrics_out` (may be NULL). Waits for its CUDA work.
+// `[P]` rewards of one dtype (`margin` `[P]` or NULL). Outputs: `*loss_out` (required), `grad_chosen_out`,
+// `grad_rejected_out` `[P]` in the rewards' dtype (required), `*metrics_out` (may be NULL). Waits for its CUDA work.
 //
 // # Safety
 // As for `ur_dpo_loss`.
@@ -737,9 +737,9 @@ enum ur_status ur_bradley_terry_loss(struct ur_context *ctx,
 // All pairs, grad_output 1.
 struct ur_kwise_config ur_kwise_config_default(void);
 
-// A K-wise ranking loss on float `rewards` [G,K] (K >= 2), candidates listed best first unless `order` (int32/
-// int64 [G,K], or NULL) gives each group's candidate indices from best to worst. Outputs: `*loss_out` (mean over
-// groups, required), `grad_out` [G,K] in the rewards' dtype (required), `*accuracy_out` (share of correctly
+// A K-wise ranking loss on float `rewards` `[G,K]` (K >= 2), candidates listed best first unless `order` (int32/
+// int64 `[G,K]`, or NULL) gives each group's candidate indices from best to worst. Outputs: `*loss_out` (mean over
+// groups, required), `grad_out` `[G,K]` in the rewards' dtype (required), `*accuracy_out` (share of correctly
 // ordered pairs; may be NULL). Waits for its CUDA work.
 //
 // # Safety

@@ -11,13 +11,13 @@ use crate::ops::compare::{
 };
 use crate::Tensor;
 
-/// `verdict_kind`: scores [G,K], higher is better.
+/// `verdict_kind`: scores `[G,K]`, higher is better.
 pub const UR_VERDICTS_SCORES: i32 = 0;
-/// `verdict_kind`: verdict log-odds [G,K,K] with both presentation orders.
+/// `verdict_kind`: verdict log-odds `[G,K,K]` with both presentation orders.
 pub const UR_VERDICTS_LOG_ODDS: i32 = 1;
-/// `ur_compare_config.score_link`: P[i,j] = sigmoid(s_i - s_j).
+/// `ur_compare_config.score_link`: `P[i,j]` = sigmoid(s_i - s_j).
 pub const UR_SCORE_LINK_SIGMOID: i32 = 0;
-/// `ur_compare_config.score_link`: P[i,j] is 1, 1/2 or 0 (wins only).
+/// `ur_compare_config.score_link`: `P[i,j]` is 1, 1/2 or 0 (wins only).
 pub const UR_SCORE_LINK_HARD: i32 = 1;
 /// `ur_select_config.pairing`: UnifiedReward's pairs (0,1), (2,3), ...
 pub const UR_PAIRING_ADJACENT: i32 = 0;
@@ -79,12 +79,12 @@ pub extern "C" fn ur_compare_config_default() -> ur_compare_config {
     ur_compare_config::default_value()
 }
 
-/// Compares the K candidates of each of G groups (`verdicts`: float scores [G,K] or log-odds [G,K,K], as
-/// `cfg->verdict_kind` says). Outputs, each may be NULL: `preference_out` [G,K,K] float32 (P[i,j] that i beats j),
-/// `wins_out` [G,K] float32, `copeland_out` [G,K] int32, `ranks_out` [G,K] int32 (1 = best), `strengths_out` [G,K]
-/// float32 (Bradley-Terry log-strengths), `iterations_out` [G] int32, `converged_out` [G] int32, `best_out` [G]
-/// int32, `worst_out` [G] int32, `consistency_out` [G] float32 (log-odds only; must be NULL for scores). Does not
-/// synchronise on CUDA.
+/// Compares the K candidates of each of G groups (`verdicts`: float scores `[G,K]` or log-odds `[G,K,K]`, as
+/// `cfg->verdict_kind` says). Outputs, each may be NULL: `preference_out` `[G,K,K]` float32 (`P[i,j]` that i beats j),
+/// `wins_out` `[G,K]` float32, `copeland_out` `[G,K]` int32, `ranks_out` `[G,K]` int32 (1 = best), `strengths_out`
+/// `[G,K]` float32 (Bradley-Terry log-strengths), `iterations_out` `[G]` int32, `converged_out` `[G]` int32, `best_out`
+/// `[G]` int32, `worst_out` `[G]` int32, `consistency_out` `[G]` float32 (log-odds only; must be NULL for scores). Does
+/// not synchronise on CUDA.
 ///
 /// # Safety
 /// As for `ur_logprobs_forward`.
@@ -193,9 +193,9 @@ pub extern "C" fn ur_select_config_default() -> ur_select_config {
 }
 
 /// UnifiedReward's pair selection per group: the pair verdicts (`verdicts`, as `cfg->verdict_kind` says) split
-/// the paired candidates into winners and losers; the chosen is the best by `pointwise` [G,K] (the verdicts'
+/// the paired candidates into winners and losers; the chosen is the best by `pointwise` `[G,K]` (the verdicts'
 /// dtype) among the winners, the rejected the worst among the losers, kept when the chosen score is strictly
-/// greater. Outputs [G], each may be NULL: `chosen_out`, `rejected_out` int32 (-1 when none), `chosen_score_out`,
+/// greater. Outputs `[G]`, each may be NULL: `chosen_out`, `rejected_out` int32 (-1 when none), `chosen_score_out`,
 /// `rejected_score_out` float32 (NaN when none), `kept_out` int32 (0/1). With `UR_NANS_ERROR` a NaN fails the call
 /// (on CUDA after a wait on `stream`).
 ///

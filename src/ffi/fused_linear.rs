@@ -52,9 +52,9 @@ pub extern "C" fn ur_fused_linear_config_default() -> ur_fused_linear_config {
 
 /// Like `ur_logprobs_forward` on the logits `hidden · weightᵀ + bias`, without materialising them.
 ///
-/// Inputs: `hidden` [N,T,H], `weight` [V,H], `bias` [V] or NULL (float32/bfloat16/float16); `labels`, `mask` as in
-/// `ur_logprobs_forward`. Outputs as in `ur_logprobs_forward` (float32; `logps_out` required, the rest may be
-/// NULL; the backward needs `lse_out`). Does not synchronise on CUDA.
+/// Inputs: `hidden` `[N,T,H]`, `weight` `[V,H]`, `bias` `[V]` or NULL (float32/bfloat16/float16); `labels`, `mask` as
+/// in `ur_logprobs_forward`. Outputs as in `ur_logprobs_forward` (float32; `logps_out` required, the rest may be NULL;
+/// the backward needs `lse_out`). Does not synchronise on CUDA.
 ///
 /// # Safety
 /// As for `ur_logprobs_forward`.
@@ -98,8 +98,8 @@ pub unsafe extern "C" fn ur_fused_linear_logprobs_forward(
 }
 
 /// Gradients of `sum_n grad_logps[n] * logps[n]` with respect to `hidden`, `weight` and `bias`, from the forward's
-/// `lse` [N,T] float32. `grad_logps` [N] float32. Outputs, each in the dtype and shape of what it differentiates:
-/// `grad_hidden_out` [N,T,H], `grad_weight_out` [V,H], `grad_bias_out` [V] (required when `bias` is given, else
+/// `lse` `[N,T]` float32. `grad_logps` `[N]` float32. Outputs, each in the dtype and shape of what it differentiates:
+/// `grad_hidden_out` `[N,T,H]`, `grad_weight_out` `[V,H]`, `grad_bias_out` `[V]` (required when `bias` is given, else
 /// NULL). Does not synchronise on CUDA.
 ///
 /// # Safety

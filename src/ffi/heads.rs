@@ -56,9 +56,9 @@ impl ScalarInputs {
     }
 }
 
-/// Rewards `rewards_out` [N,C] float32 = `weight · hidden[n, ends[n]] + bias`, from `hidden` [N,T,H] float,
-/// `ends` [N] int32/int64 (the token read per sequence, 0 <= ends[n] < T), `weight` [C,H] and `bias` [C] or NULL
-/// (the dtype of `hidden`). Does not synchronise on CUDA.
+/// Rewards `rewards_out` `[N,C]` float32 = `weight · hidden[n, ends[n]] + bias`, from `hidden` `[N,T,H]` float, `ends`
+/// `[N]` int32/int64 (the token read per sequence, 0 <= `ends[n]` < T), `weight` `[C,H]` and `bias` `[C]` or NULL (the
+/// dtype of `hidden`). Does not synchronise on CUDA.
 ///
 /// # Safety
 /// As for `ur_logprobs_forward`.
@@ -88,8 +88,8 @@ pub unsafe extern "C" fn ur_scalar_head_forward(
     })
 }
 
-/// Gradients of `sum grad_rewards * rewards` ([N,C] float32) with respect to `hidden` ([N,T,H], zero except at the
-/// gathered rows), `weight` [C,H] and `bias` [C] (required when `bias` is given, else NULL), in the dtype of
+/// Gradients of `sum grad_rewards * rewards` (`[N,C]` float32) with respect to `hidden` (`[N,T,H]`, zero except at the
+/// gathered rows), `weight` `[C,H]` and `bias` `[C]` (required when `bias` is given, else NULL), in the dtype of
 /// `hidden`. Does not synchronise on CUDA.
 ///
 /// # Safety
@@ -152,10 +152,10 @@ unsafe fn classes(class_offsets: &Desc, token_ids: &Desc, class_values: *const f
 }
 
 /// The verdict head of a generative judge: per class k (token ids `token_ids[class_offsets[k] ..
-/// class_offsets[k+1]]`, disjoint sets; both int32/int64 [K+1] and [M] on the logits' device), `log_probs_out`
-/// [B,K] = logsumexp over the class's logits minus logsumexp over all listed logits, `probs_out` [B,K] its exp,
-/// and, when `class_values` (K host floats, or NULL) is given, `expected_score_out` [B] = sum_k p_k * value_k.
-/// `logits` [B,V] float. Outputs float32; each may be NULL. On CUDA the classes are read to the host first (a
+/// class_offsets[k+1]]`, disjoint sets; both int32/int64 [K+1] and `[M]` on the logits' device), `log_probs_out`
+/// `[B,K]` = logsumexp over the class's logits minus logsumexp over all listed logits, `probs_out` `[B,K]` its exp,
+/// and, when `class_values` (K host floats, or NULL) is given, `expected_score_out` `[B]` = sum_k p_k * value_k.
+/// `logits` `[B,V]` float. Outputs float32; each may be NULL. On CUDA the classes are read to the host first (a
 /// wait on `stream`).
 ///
 /// # Safety
@@ -197,9 +197,9 @@ pub unsafe extern "C" fn ur_verdict_head_forward(
     })
 }
 
-/// The gradient with respect to `logits` [B,V] (their dtype, zero outside the listed ids) of
-/// `sum grad_log_probs * log_probs + sum grad_expected_score * expected_score`; give `grad_log_probs` [B,K]
-/// float32, `grad_expected_score` [B] float32 (needs `class_values`), or both. Written straight into
+/// The gradient with respect to `logits` `[B,V]` (their dtype, zero outside the listed ids) of
+/// `sum grad_log_probs * log_probs + sum grad_expected_score * expected_score`; give `grad_log_probs` `[B,K]`
+/// float32, `grad_expected_score` `[B]` float32 (needs `class_values`), or both. Written straight into
 /// `grad_logits_out` (separate memory: an overlap with an input is `UR_ERROR_INVALID_ARGUMENT`). Does not
 /// synchronise on CUDA beyond reading the classes.
 ///

@@ -120,11 +120,11 @@ pub(crate) fn saved(lse: Tensor, token_counts: Tensor) -> FfiResult<SequenceLogP
 
 /// Per-sequence log-probabilities of `labels` under `logits`, never materialising the log-softmax.
 ///
-/// Inputs: `logits` [N,T,V] float32/bfloat16/float16; `labels` [N,T] int32/int64; `mask` [N,T] int32/int64/
+/// Inputs: `logits` `[N,T,V]` float32/bfloat16/float16; `labels` `[N,T]` int32/int64; `mask` `[N,T]` int32/int64/
 /// float32 or NULL (a token counts when its label is not the ignore index and its mask is nonzero). `cfg` NULL
-/// means the defaults. Outputs (float32, on the device of the logits): `logps_out` [N] (required),
-/// `token_counts_out` [N], `mean_logits_out` [N] (mean logit over counted tokens), `entropy_out` [N] (mean token
-/// entropy), `lse_out` [N,T] (per-token logsumexp, 0 where a token does not count: the backward needs it);
+/// means the defaults. Outputs (float32, on the device of the logits): `logps_out` `[N]` (required),
+/// `token_counts_out` `[N]`, `mean_logits_out` `[N]` (mean logit over counted tokens), `entropy_out` `[N]` (mean token
+/// entropy), `lse_out` `[N,T]` (per-token logsumexp, 0 where a token does not count: the backward needs it);
 /// each optional output may be NULL. Does not synchronise on CUDA.
 ///
 /// # Safety
@@ -164,12 +164,12 @@ pub unsafe extern "C" fn ur_logprobs_forward(
 }
 
 /// The gradient with respect to the logits of `sum_n grad_logps[n] * logps[n]`, written into `grad_logits_out`
-/// ([N,T,V], the dtype of `logits`), with no copy and no [N,T,V] temporary.
+/// (`[N,T,V]`, the dtype of `logits`), with no copy and no `[N,T,V]` temporary.
 ///
 /// In place when `grad_logits_out` describes the same memory as `logits` (same data pointer plus byte offset):
 /// the logits are overwritten by their gradient, the memory-saving path of a training step. Any other overlap of
-/// `grad_logits_out` with an input is `UR_ERROR_INVALID_ARGUMENT`. `lse` [N,T] and `token_counts` [N] are the
-/// forward's float32 outputs; `grad_logps` [N] float32; `labels`, `mask` and `cfg` as in the forward. Does not
+/// `grad_logits_out` with an input is `UR_ERROR_INVALID_ARGUMENT`. `lse` `[N,T]` and `token_counts` `[N]` are the
+/// forward's float32 outputs; `grad_logps` `[N]` float32; `labels`, `mask` and `cfg` as in the forward. Does not
 /// synchronise on CUDA.
 ///
 /// # Safety

@@ -362,9 +362,9 @@ pub unsafe extern "C" fn ur_model_parameter_shape(
     })
 }
 
-/// Runs the model over token ids `ids` [N,T] (int32/int64, each below the vocabulary size) with `mask` [N,T]
+/// Runs the model over token ids `ids` `[N,T]` (int32/int64, each below the vocabulary size) with `mask` `[N,T]`
 /// (int32/int64, nonzero = a real token, typically right padding; NULL = every token real) and writes the logits
-/// [N,T,V] in the model's dtype into `logits_out`. All tensors are on the model's device. The pass's activations
+/// `[N,T,V]` in the model's dtype into `logits_out`. All tensors are on the model's device. The pass's activations
 /// stay in the model for one `ur_model_backward` (a new forward replaces them; kept gradients are dropped). Does
 /// not synchronise on CUDA (run the backward on the same stream).
 ///
@@ -409,7 +409,7 @@ pub unsafe extern "C" fn ur_model_forward(
     })
 }
 
-/// Back-propagates `grad_logits` [N,T,V] (the gradient of a loss with respect to the logits of the last
+/// Back-propagates `grad_logits` `[N,T,V]` (the gradient of a loss with respect to the logits of the last
 /// `ur_model_forward`, in the model's dtype, on its device) through the model, consuming the kept forward pass
 /// (`UR_ERROR_INVALID_ARGUMENT` when there is none). The gradients stay in the model for `ur_model_gradient` until
 /// the next forward. Does not synchronise on CUDA.
@@ -445,7 +445,7 @@ pub unsafe extern "C" fn ur_model_backward(
 }
 
 /// Copies the gradient named `name` (a parameter's Hugging Face name, or "inputs_embeds" for the gradient of the
-/// input embeddings [N,T,H]) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
+/// input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
 /// dtype, on its device). Does not synchronise on CUDA.
 ///
 /// # Safety

@@ -122,10 +122,10 @@ pub struct ur_dpo_metrics {
 /// The DPO family (TRL's loss types, SimPO, ORPO, RPO) on per-sequence log-probs of P pairs: the loss, its
 /// gradient with respect to the policy log-probs, and TRL's metrics.
 ///
-/// Inputs: float [P] tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
+/// Inputs: float `[P]` tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
 /// `reference_rejected` (NULL only when reference-free or for SimPO/ORPO); `chosen_lengths`, `rejected_lengths`
-/// int32/int64 [P] completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
-/// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` [P] in the inputs'
+/// int32/int64 `[P]` completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
+/// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` `[P]` in the inputs'
 /// dtype (required); `*metrics_out` (host, may be NULL). Waits for its CUDA work (the loss goes to host memory).
 ///
 /// # Safety
@@ -252,8 +252,8 @@ pub struct ur_bradley_terry_metrics {
 }
 
 /// The Bradley-Terry reward-model loss `mean(-log sigmoid(r_c - r_r - margin)) + c * mean((r_c + r_r)^2)` on float
-/// [P] rewards of one dtype (`margin` [P] or NULL). Outputs: `*loss_out` (required), `grad_chosen_out`,
-/// `grad_rejected_out` [P] in the rewards' dtype (required), `*metrics_out` (may be NULL). Waits for its CUDA work.
+/// `[P]` rewards of one dtype (`margin` `[P]` or NULL). Outputs: `*loss_out` (required), `grad_chosen_out`,
+/// `grad_rejected_out` `[P]` in the rewards' dtype (required), `*metrics_out` (may be NULL). Waits for its CUDA work.
 ///
 /// # Safety
 /// As for `ur_dpo_loss`.
@@ -333,9 +333,9 @@ pub extern "C" fn ur_kwise_config_default() -> ur_kwise_config {
     ur_kwise_config::default_value()
 }
 
-/// A K-wise ranking loss on float `rewards` [G,K] (K >= 2), candidates listed best first unless `order` (int32/
-/// int64 [G,K], or NULL) gives each group's candidate indices from best to worst. Outputs: `*loss_out` (mean over
-/// groups, required), `grad_out` [G,K] in the rewards' dtype (required), `*accuracy_out` (share of correctly
+/// A K-wise ranking loss on float `rewards` `[G,K]` (K >= 2), candidates listed best first unless `order` (int32/
+/// int64 `[G,K]`, or NULL) gives each group's candidate indices from best to worst. Outputs: `*loss_out` (mean over
+/// groups, required), `grad_out` `[G,K]` in the rewards' dtype (required), `*accuracy_out` (share of correctly
 /// ordered pairs; may be NULL). Waits for its CUDA work.
 ///
 /// # Safety

@@ -1,4 +1,4 @@
-//! Which tokens of a [N,T] batch count toward a sequence's log-probability: labels not equal to the ignore index
+//! Which tokens of a `[N,T]` batch count toward a sequence's log-probability: labels not equal to the ignore index
 //! and, when a mask is given, mask ≠ 0. Read once on the host, validated against the vocabulary.
 
 use crate::ops::check;
@@ -13,7 +13,7 @@ pub struct CountedToken {
     pub label: usize,
 }
 
-/// Labels of a [N,T] integer tensor as i64, from either device.
+/// Labels of a `[N,T]` integer tensor as i64, from either device.
 pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
     check::integer("labels", labels)?;
     let host = if labels.device() == Device::Cpu { None } else { Some(labels.to_device(Device::Cpu)?) };
@@ -24,7 +24,7 @@ pub fn labels_i64(labels: &Tensor) -> Result<Vec<i64>> {
     })
 }
 
-/// A [N,T] mask (i32, i64 or f32; nonzero counts) as booleans, from either device.
+/// A `[N,T]` mask (i32, i64 or f32; nonzero counts) as booleans, from either device.
 pub fn mask_bools(mask: &Tensor) -> Result<Vec<bool>> {
     let host = if mask.device() == Device::Cpu { None } else { Some(mask.to_device(Device::Cpu)?) };
     let mask = host.as_ref().unwrap_or(mask);

@@ -192,7 +192,7 @@ impl Tensor {
     }
 
     /// Gives the tensor another shape with as many elements (no copy): a [N,T,heads·d] projection output read as
-    /// [N,T,heads,d] attention input, in a buffer the caller keeps.
+    /// `[N,T,heads,d]` attention input, in a buffer the caller keeps.
     pub fn reshape_in_place(&mut self, shape: &[usize]) -> Result<()> {
         if checked_numel(shape)? != self.numel() {
             return Err(Error::Shape(format!("cannot reshape {:?} into {shape:?}", self.shape)));

@@ -108,7 +108,7 @@ impl Qwen2Model {
     }
 
     /// Runs `tokens[n]` after what sequence n of `cache` holds (an empty list adds nothing to that sequence),
-    /// appending their keys and values, and returns the f32 logits [N,V] after each sequence's last new token
+    /// appending their keys and values, and returns the f32 logits `[N,V]` after each sequence's last new token
     /// (rows of sequences that got none are unspecified).
     pub fn extend(&self, cache: &mut KvCache, tokens: &[&[u32]]) -> Result<Tensor> {
         let n = cache.batch();

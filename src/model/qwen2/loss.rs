@@ -39,7 +39,7 @@ fn next_token_labels(ids: &Tensor, mask: &Tensor, ignore_index: i64) -> Result<(
 }
 
 impl Qwen2Model {
-    /// The causal-LM loss of `pass` over its own `ids` [N,T] (the ids the pass was run on), with its gradient.
+    /// The causal-LM loss of `pass` over its own `ids` `[N,T]` (the ids the pass was run on), with its gradient.
     pub fn causal_lm_loss(&self, pass: &ForwardPass, ids: &Tensor, cfg: &FusedLinearConfig) -> Result<CausalLmLoss> {
         check::shape("input_ids", ids, &pass.hidden().shape()[..2])?;
         check::integer("input_ids", ids)?;

@@ -76,12 +76,12 @@ impl ForwardPass {
         self.acts.as_ref().expect("a pass holds its activations until it drops")
     }
 
-    /// The final hidden states [N,T,H] (after the final norm): the LM head's input.
+    /// The final hidden states `[N,T,H]` (after the final norm): the LM head's input.
     pub fn hidden(&self) -> &Tensor {
         &self.acts().norm.y
     }
 
-    /// The attention mask [N,T] on the model's device.
+    /// The attention mask `[N,T]` on the model's device.
     pub fn mask(&self) -> &Tensor {
         &self.mask
     }
@@ -101,8 +101,8 @@ impl Drop for ForwardPass {
     }
 }
 
-/// The gradient a loss hands back to the model: of the final hidden states [N,T,H] and, when the loss applied the LM
-/// head itself (fused kernels, materialised logits), of the head's weight [V,H].
+/// The gradient a loss hands back to the model: of the final hidden states `[N,T,H]` and, when the loss applied the LM
+/// head itself (fused kernels, materialised logits), of the head's weight `[V,H]`.
 #[derive(Debug)]
 pub struct OutputGrads {
     pub hidden: Tensor,
@@ -113,7 +113,7 @@ pub struct OutputGrads {
 #[derive(Debug)]
 pub struct Qwen2Gradients {
     pub weights: Qwen2Weights,
-    /// [N,T,H]: the gradient of the embeddings fed to the first layer (a vision tower's output, for the judge).
+    /// `[N,T,H]`: the gradient of the embeddings fed to the first layer (a vision tower's output, for the judge).
     pub inputs_embeds: Tensor,
 }
 
@@ -215,7 +215,7 @@ impl Qwen2Model {
         Ok((mask.to_device(device)?, Tensor::from_slice(&positions, &[n, t], device)?))
     }
 
-    /// Forward over token ids [N,T] with an attention mask [N,T] (i32 or i64, nonzero = real token; typically right
+    /// Forward over token ids `[N,T]` with an attention mask `[N,T]` (i32 or i64, nonzero = real token; typically right
     /// padding), keeping what [`Qwen2Model::backward`] needs.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, opts: ForwardOptions) -> Result<ForwardPass> {
         let &[n, t] = check::rank("input_ids", ids, 2)? else { unreachable!() };
@@ -223,7 +223,7 @@ impl Qwen2Model {
         self.run(Inputs::Ids(ids), (n, t), mask, opts)
     }
 
-    /// Forward from input embeddings [N,T,H] in the model's dtype (token embeddings with, for the judge, image
+    /// Forward from input embeddings `[N,T,H]` in the model's dtype (token embeddings with, for the judge, image
     /// features spliced in).
     pub fn forward_embeds(&self, embeds: &Tensor, mask: &Tensor, opts: ForwardOptions) -> Result<ForwardPass> {
         let &[n, t, h] = check::rank("inputs_embeds", embeds, 3)? else { unreachable!() };
@@ -269,12 +269,12 @@ impl Qwen2Model {
         Ok(ForwardPass { ids, mask, positions, dims, recompute: opts.recompute, acts: Some(acts), home })
     }
 
-    /// The logits [N,T,V] of a pass, materialised in the model's dtype (prefer the fused kernels for losses).
+    /// The logits `[N,T,V]` of a pass, materialised in the model's dtype (prefer the fused kernels for losses).
     pub fn logits(&self, pass: &ForwardPass) -> Result<Tensor> {
         linear(pass.hidden(), self.weights.head(), None)
     }
 
-    /// [`Qwen2Model::backward`] from the gradient of materialised logits [N,T,V].
+    /// [`Qwen2Model::backward`] from the gradient of materialised logits `[N,T,V]`.
     pub fn backward_from_logits(&self, pass: ForwardPass, grad_logits: &Tensor) -> Result<Qwen2Gradients> {
         let head = linear_backward(grad_logits, pass.hidden(), self.weights.head(), None)?;
         self.backward(pass, OutputGrads { hidden: head.grad_x, lm_head: Some(head.grad_weight) })

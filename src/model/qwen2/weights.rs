@@ -77,12 +77,12 @@ impl LayerWeights {
 /// All parameters of a Qwen2 decoder, or all their gradients.
 #[derive(Debug)]
 pub struct Qwen2Weights {
-    /// [V,H]. With tied embeddings it is also the LM head (and, as a gradient, holds both shares).
+    /// `[V,H]`. With tied embeddings it is also the LM head (and, as a gradient, holds both shares).
     pub embed_tokens: Tensor,
     pub layers: Vec<LayerWeights>,
-    /// [H]: the final RMSNorm.
+    /// `[H]`: the final RMSNorm.
     pub norm: Tensor,
-    /// [V,H], absent when the LM head is tied to `embed_tokens`.
+    /// `[V,H]`, absent when the LM head is tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
 }
 
@@ -138,7 +138,7 @@ impl Qwen2Weights {
         Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head })
     }
 
-    /// The LM head's weight [V,H]: `lm_head`, or the embeddings when tied.
+    /// The LM head's weight `[V,H]`: `lm_head`, or the embeddings when tied.
     pub fn head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }

@@ -76,12 +76,12 @@ fn check_starts(query_start: &[usize], n: usize, tq: usize, s: usize) -> Result<
     Ok(())
 }
 
-/// Attention of new queries over a KV cache. `q` [N,Tq,Hq,d]; `k_cache`, `v_cache` [N,S,Hkv,d] (same dtype as q);
-/// `key_mask` [N,S] i32/i64 (nonzero = slot holds a real token); `query_start[n]` = the cache slot of query 0 of
-/// sequence n. Query i of sequence n sits at slot s = query_start[n] + i and sees key j iff j <= s and
-/// key_mask[n,j] != 0. A query that sees no key outputs zeros. Scale 1/sqrt(d), grouped-query as in
-/// [`attention`](super::attention) (query head h reads KV head h / (Hq/Hkv)). Requires query_start[n] + Tq <= S
-/// (error otherwise). Returns [N,Tq,Hq,d] in q's dtype, softmax in f32. Forward only (inference).
+/// Attention of new queries over a KV cache. `q` `[N,Tq,Hq,d]`; `k_cache`, `v_cache` `[N,S,Hkv,d]` (same dtype as q);
+/// `key_mask` `[N,S]` i32/i64 (nonzero = slot holds a real token); `query_start[n]` = the cache slot of query 0 of
+/// sequence n. Query i of sequence n sits at slot s = `query_start[n]` + i and sees key j iff j <= s and
+/// `key_mask[n,j]` != 0. A query that sees no key outputs zeros. Scale 1/sqrt(d), grouped-query as in
+/// [`attention`](super::attention) (query head h reads KV head h / (Hq/Hkv)). Requires `query_start[n]` + Tq <= S
+/// (error otherwise). Returns `[N,Tq,Hq,d]` in q's dtype, softmax in f32. Forward only (inference).
 pub fn attention_cached(
     q: &Tensor,
     k_cache: &Tensor,
@@ -112,9 +112,9 @@ pub fn attention_cached(
     }
 }
 
-/// Writes `new` [B,Tq,H,d] into `cache` [N,S,H,d] at slots query_start[n]..query_start[n]+Tq of each sequence n.
-/// B is N, or 1 to broadcast one block to every sequence (prefix sharing: fork one encoded prompt to N rows).
-/// Same dtype and device; query_start.len() == N; query_start[n] + Tq <= S, else a clear error.
+/// Writes `new` `[B,Tq,H,d]` into `cache` `[N,S,H,d]` at slots `query_start[n]`..`query_start[n]`+Tq of each sequence
+/// n. B is N, or 1 to broadcast one block to every sequence (prefix sharing: fork one encoded prompt to N rows). Same
+/// dtype and device; query_start.len() == N; `query_start[n]` + Tq <= S, else a clear error.
 pub fn kv_cache_write(cache: &mut Tensor, new: &Tensor, query_start: &[usize]) -> Result<()> {
     let &[n, s, h, d] = check::rank("cache", cache, 4)? else { unreachable!("rank checked") };
     let &[b, tq, _, _] = check::rank("new", new, 4)? else { unreachable!("rank checked") };

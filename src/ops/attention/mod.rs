@@ -1,10 +1,10 @@
-//! Grouped-query causal self-attention with a padding mask, as Qwen2 computes it: `q` [N,T,Hq,d] attends `k`, `v`
-//! [N,T,Hkv,d] (query head h reads KV head h / (Hq/Hkv)), softmax scale 1/sqrt(d). Query i sees key j when j ≤ i
+//! Grouped-query causal self-attention with a padding mask, as Qwen2 computes it: `q` `[N,T,Hq,d]` attends `k`, `v`
+//! `[N,T,Hkv,d]` (query head h reads KV head h / (Hq/Hkv)), softmax scale 1/sqrt(d). Query i sees key j when j ≤ i
 //! and `attention_mask[n, j] ≠ 0`; queries at padding positions (mask 0) output zeros. The forward also returns the
 //! per-row logsumexp of the scaled scores, from which the backward recomputes the probabilities.
 //!
 //! CPU: per (n, head) with `gemm` products, rayon over tasks. CUDA: flash-style kernels that tile over keys with an
-//! online softmax and keep no [T,T] matrix in global memory (head dim up to 128).
+//! online softmax and keep no `[T,T]` matrix in global memory (head dim up to 128).
 //!
 //! For generation, [`attention_cached`] attends new queries over a KV cache that [`kv_cache_write`] fills (see
 //! `cached.rs`).
@@ -27,9 +27,9 @@ pub const KERNELS: KernelModule = crate::kernel_module!("attention");
 /// The forward's output and what the backward needs.
 #[derive(Debug)]
 pub struct AttentionOutput {
-    /// [N,T,Hq,d] in `q`'s dtype; zero at padding queries.
+    /// `[N,T,Hq,d]` in `q`'s dtype; zero at padding queries.
     pub out: Tensor,
-    /// f32 [N,Hq,T]: logsumexp over the visible keys of the scaled scores; 0 at padding queries.
+    /// f32 `[N,Hq,T]`: logsumexp over the visible keys of the scaled scores; 0 at padding queries.
     pub lse: Tensor,
 }
 
@@ -87,7 +87,7 @@ fn plan(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, others: &[(&str, &Ten
     Ok(Plan { n, t, hq, hkv, d, valid, device })
 }
 
-/// Causal grouped-query attention of `q` [N,T,Hq,d] over `k`, `v` [N,T,Hkv,d] under `attention_mask` [N,T]
+/// Causal grouped-query attention of `q` `[N,T,Hq,d]` over `k`, `v` `[N,T,Hkv,d]` under `attention_mask` `[N,T]`
 /// (i32 or i64, nonzero = real token).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor) -> Result<AttentionOutput> {
     let p = plan(q, k, v, attention_mask, &[])?;
@@ -97,7 +97,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor) ->
     Ok(AttentionOutput { out, lse })
 }
 
-/// [`attention`] into `out` (`q`'s shape, dtype and device) and `lse` (f32 [N,Hq,T]), overwritten whole (zeros at
+/// [`attention`] into `out` (`q`'s shape, dtype and device) and `lse` (f32 `[N,Hq,T]`), overwritten whole (zeros at
 /// padding queries); neither may alias an input or the other.
 pub fn attention_into(
     q: &Tensor,

@@ -62,7 +62,7 @@ fn table_sizes(table: &Tensor) -> Result<(usize, usize)> {
     Ok((vocab, h))
 }
 
-/// Rows of `table` [V,H] picked by `ids` (any shape, i32 or i64, each in [0, V)): shape `ids.shape + [H]`, in the
+/// Rows of `table` `[V,H]` picked by `ids` (any shape, i32 or i64, each in [0, V)): shape `ids.shape + [H]`, in the
 /// table's dtype.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_, h) = table_sizes(table)?;

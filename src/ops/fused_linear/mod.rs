@@ -1,4 +1,4 @@
-//! Per-sequence log-probabilities straight from hidden states and the LM head, never materialising [N,T,V].
+//! Per-sequence log-probabilities straight from hidden states and the LM head, never materialising `[N,T,V]`.
 //!
 //! Tokens that count (label ≠ ignore index, mask ≠ 0) are processed in chunks of `chunk_tokens`: for each chunk the
 //! logits `h·Wᵀ (+ b)` are computed into a [chunk, V] f32 scratch, reduced to per-token statistics, and dropped.
@@ -47,7 +47,7 @@ pub struct FusedLinearGrads {
     pub grad_bias: Option<Tensor>,
 }
 
-/// The LM head's inputs: hidden states [N,T,H], weight [V,H] and an optional bias [V], all float.
+/// The LM head's inputs: hidden states `[N,T,H]`, weight `[V,H]` and an optional bias `[V]`, all float.
 #[derive(Clone, Copy)]
 pub struct LinearHead<'a> {
     pub hidden: &'a Tensor,

@@ -33,7 +33,7 @@ impl VerdictClasses {
     }
 
     /// Classes from CSR tensors (i32 or i64, on any device): `class_offsets` [K+1], non-decreasing from 0 to M,
-    /// and `token_ids` [M].
+    /// and `token_ids` `[M]`.
     pub fn from_csr(class_offsets: &Tensor, token_ids: &Tensor) -> Result<Self> {
         check::integer("class_offsets", class_offsets)?;
         check::integer("token_ids", token_ids)?;
@@ -97,7 +97,7 @@ impl VerdictClasses {
         &self.offsets
     }
 
-    /// Every class's ids, class after class [M].
+    /// Every class's ids, class after class `[M]`.
     pub fn token_ids(&self) -> &[u32] {
         &self.ids
     }

@@ -7,9 +7,9 @@ use crate::ops::check;
 use crate::runtime::{Device, Tensor};
 use crate::{Error, Result};
 
-/// The head's inputs. `hidden` [N,T,H] (f32, bf16 or f16); `ends` [N] (i32 or i64): the index of the token whose
+/// The head's inputs. `hidden` `[N,T,H]` (f32, bf16 or f16); `ends` `[N]` (i32 or i64): the index of the token whose
 /// hidden state is read, `0 ≤ ends[n] < T` (given explicitly: "the last non-pad token" breaks when pad and EOS
-/// share an id); `weight` [C,H] and `bias` [C], both in the dtype of `hidden`.
+/// share an id); `weight` `[C,H]` and `bias` `[C]`, both in the dtype of `hidden`.
 #[derive(Clone, Copy)]
 pub struct ScalarHead<'a> {
     pub hidden: &'a Tensor,
@@ -21,11 +21,11 @@ pub struct ScalarHead<'a> {
 /// Gradients of the head, each in the dtype of the input it differentiates (accumulated in f32).
 #[derive(Debug)]
 pub struct ScalarHeadGrads {
-    /// [N,T,H]: zero except at the gathered positions.
+    /// `[N,T,H]`: zero except at the gathered positions.
     pub grad_hidden: Tensor,
-    /// [C,H].
+    /// `[C,H]`.
     pub grad_weight: Tensor,
-    /// [C], when the head has a bias.
+    /// `[C]`, when the head has a bias.
     pub grad_bias: Option<Tensor>,
 }
 
@@ -90,7 +90,7 @@ fn same_dtype(arg: &'static str, t: &Tensor, head: &ScalarHead<'_>) -> Result<()
     Ok(())
 }
 
-/// Rewards [N,C] f32: `rewards[n] = weight · hidden[n, ends[n]] + bias`, on the device of the inputs.
+/// Rewards `[N,C]` f32: `rewards[n] = weight · hidden[n, ends[n]] + bias`, on the device of the inputs.
 pub fn scalar_reward(head: ScalarHead<'_>) -> Result<Tensor> {
     let plan = plan(&head)?;
     match plan.device {
@@ -100,7 +100,7 @@ pub fn scalar_reward(head: ScalarHead<'_>) -> Result<Tensor> {
 }
 
 /// Gradients of `Σ grad_rewards · rewards` with respect to the hidden states, the weight and the bias, given
-/// `grad_rewards` [N,C] f32.
+/// `grad_rewards` `[N,C]` f32.
 pub fn scalar_reward_backward(head: ScalarHead<'_>, grad_rewards: &Tensor) -> Result<ScalarHeadGrads> {
     let plan = plan(&head)?;
     check::dtype("grad_rewards", grad_rewards, crate::runtime::DType::F32)?;

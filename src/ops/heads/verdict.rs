@@ -11,20 +11,20 @@ use crate::{Error, Result};
 /// The head's outputs, all f32 on the device of the logits.
 #[derive(Debug)]
 pub struct Verdict {
-    /// [B,K]: `p_k = exp(log_probs)`, summing to 1 over the classes.
+    /// `[B,K]`: `p_k = exp(log_probs)`, summing to 1 over the classes.
     pub probs: Tensor,
-    /// [B,K]: `log p_k = lse_{i∈S_k} x_i − lse_{i∈S_1∪…∪S_K} x_i`.
+    /// `[B,K]`: `log p_k = lse_{i∈S_k} x_i − lse_{i∈S_1∪…∪S_K} x_i`.
     pub log_probs: Tensor,
-    /// [B]: `Σ_k p_k · values[k]`, when the classes have values.
+    /// `[B]`: `Σ_k p_k · values[k]`, when the classes have values.
     pub expected_score: Option<Tensor>,
 }
 
 /// Upstream gradients for [`verdict_head_backward`]; give one or both (f32).
 #[derive(Clone, Copy, Default)]
 pub struct VerdictGrads<'a> {
-    /// [B,K], with respect to `log_probs`.
+    /// `[B,K]`, with respect to `log_probs`.
     pub log_probs: Option<&'a Tensor>,
-    /// [B], with respect to `expected_score` (needs class values).
+    /// `[B]`, with respect to `expected_score` (needs class values).
     pub expected_score: Option<&'a Tensor>,
 }
 
@@ -44,12 +44,12 @@ fn check_logits(logits: &Tensor, classes: &VerdictClasses) -> Result<(Device, Di
     Ok((check::same_device(&[("logits", logits)])?, Dims { b, v }))
 }
 
-/// Class probabilities, log-probabilities and (with class values) expected scores of `logits` [B,V] (f32, bf16
+/// Class probabilities, log-probabilities and (with class values) expected scores of `logits` `[B,V]` (f32, bf16
 /// or f16; the logits at each answer position), on their device.
 ///
-/// Logits of −∞ (masked tokens) are allowed: a class whose tokens are all −∞ gets `p = 0`, `log p = −∞`; a row
-/// whose listed tokens are all −∞, or that holds a NaN, gives NaN. On CUDA, at most 6,144 classes (their
-/// logsumexps live in shared memory).
+/// Logits of −∞ (masked tokens) are allowed: a class whose tokens are all −∞ gets `p = 0`, `log p = −∞`; a row whose
+/// listed tokens are all −∞, or that holds a NaN, gives NaN. On CUDA, at most 6,144 classes (their logsumexps live in
+/// shared memory).
 pub fn verdict_head(logits: &Tensor, classes: &VerdictClasses) -> Result<Verdict> {
     let (device, dims) = check_logits(logits, classes)?;
     match device {
@@ -59,7 +59,7 @@ pub fn verdict_head(logits: &Tensor, classes: &VerdictClasses) -> Result<Verdict
 }
 
 /// The gradient of `Σ grads.log_probs · log_probs + Σ grads.expected_score · expected_score` with respect to the
-/// logits: [B,V] in their dtype, zero outside the listed token ids. The forward is recomputed (it reads B·M
+/// logits: `[B,V]` in their dtype, zero outside the listed token ids. The forward is recomputed (it reads B·M
 /// logits).
 pub fn verdict_head_backward(logits: &Tensor, classes: &VerdictClasses, grads: VerdictGrads<'_>) -> Result<Tensor> {
     let (device, dims) = check_backward(logits, classes, grads)?;

@@ -1,4 +1,4 @@
-//! Linear layers: `y = x·Wᵀ + b` over the last dimension of `x` [.., K] with `W` [M,K] and an optional `b` [M].
+//! Linear layers: `y = x·Wᵀ + b` over the last dimension of `x` [.., K] with `W` `[M,K]` and an optional `b` `[M]`.
 //! Products accumulate in f32 (the CPU `gemm` crate, cuBLAS `GemmEx` on the GPU); the backward gives `d_x = g·W`,
 //! `d_W = gᵀ·x` and `d_b = Σ_rows g`, each in the dtype of what it differentiates.
 
@@ -66,7 +66,7 @@ fn out_shape(x: &Tensor, m: usize) -> Vec<usize> {
     shape
 }
 
-/// `x·weightᵀ + bias` for `x` [.., K], `weight` [M,K], `bias` [M]: shape [.., M] in `x`'s dtype.
+/// `x·weightᵀ + bias` for `x` [.., K], `weight` `[M,K]`, `bias` `[M]`: shape [.., M] in `x`'s dtype.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let p = plan(x, weight, bias, &[])?;
     let mut out = Tensor::zeros(&out_shape(x, p.m), x.dtype(), p.device)?;

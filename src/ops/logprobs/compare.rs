@@ -109,7 +109,7 @@ impl fmt::Display for ComparisonReport {
 /// Runs the fused path (out of place and in place) and the naive path, forward + backward, on the same synthetic
 /// CPU inputs: logits uniform in [−8, 8), the first tenth of each sequence a prompt (ignore index), Sum
 /// reduction, `grad_logps = 1`. Times are wall-clock ([`Instant`]); memory is the bytes each path allocates
-/// beyond its inputs (the tensors it returns, its [N,T,V] buffers and its per-token bookkeeping).
+/// beyond its inputs (the tensors it returns, its `[N,T,V]` buffers and its per-token bookkeeping).
 pub fn compare_fused_vs_naive(n: usize, t: usize, v: usize, dtype: DType) -> Result<ComparisonReport> {
     let dims = Dims { n, t, v };
     let logits = synthetic_logits(dims, dtype)?;

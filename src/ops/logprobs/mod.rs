@@ -1,4 +1,4 @@
-//! Per-sequence log-probabilities from logits [N,T,V] and labels [N,T], never materialising the [N,T,V]
+//! Per-sequence log-probabilities from logits `[N,T,V]` and labels `[N,T]`, never materialising the `[N,T,V]`
 //! log-softmax: one pass over each counted row with an online logsumexp in f32 (forward), one more pass that writes
 //! `g·w·(softmax − onehot)` (backward, optionally over the logits themselves). Also the mean logit and the token
 //! entropy per sequence, as TRL logs them.
@@ -51,21 +51,21 @@ impl Default for LogProbsConfig {
 /// Forward outputs (all f32) plus what the backward needs.
 #[derive(Debug)]
 pub struct SequenceLogProbs {
-    /// [N]: sum or mean over counted tokens of log softmax(logits)[label].
+    /// `[N]`: sum or mean over counted tokens of log `softmax(logits)[label]`.
     pub logps: Tensor,
-    /// [N]: counted tokens (label ≠ ignore index and mask ≠ 0).
+    /// `[N]`: counted tokens (label ≠ ignore index and mask ≠ 0).
     pub token_counts: Tensor,
-    /// [N]: mean over counted tokens of the mean over V of the logits (TRL's `logits/chosen`).
+    /// `[N]`: mean over counted tokens of the mean over V of the logits (TRL's `logits/chosen`).
     pub mean_logits: Tensor,
-    /// [N]: mean over counted tokens of the token entropy.
+    /// `[N]`: mean over counted tokens of the token entropy.
     pub entropy: Tensor,
-    /// [N,T]: per-token logsumexp (0 for tokens that do not count), saved for the backward.
+    /// `[N,T]`: per-token logsumexp (0 for tokens that do not count), saved for the backward.
     pub lse: Tensor,
 }
 
 /// Log-probabilities of `labels` under `logits`, per sequence.
 ///
-/// `logits` [N,T,V] f32, bf16 or f16; `labels` [N,T] i32 or i64; `mask` [N,T] i32, i64 or f32 (nonzero counts).
+/// `logits` `[N,T,V]` f32, bf16 or f16; `labels` `[N,T]` i32 or i64; `mask` `[N,T]` i32, i64 or f32 (nonzero counts).
 /// A counted label outside `[0, V)` is an [`Error::InvalidArgument`] naming its position.
 pub fn sequence_logprobs(
     logits: &Tensor,
@@ -80,9 +80,9 @@ pub fn sequence_logprobs(
     }
 }
 
-/// The gradient of a loss with respect to the logits, given its gradient `grad_logps` [N] f32 with respect to
-/// `logps`: `−g[n]·w·(softmax − onehot(label))` for counted tokens (w = 1 for Sum, 1/count for Mean), 0 elsewhere;
-/// in the dtype of `logits`. (With `g = −1`, the gradient of the summed NLL: `softmax − onehot`.)
+/// The gradient of a loss with respect to the logits, given its gradient `grad_logps` `[N]` f32 with respect to
+/// `logps`: `−g[n]·w·(softmax − onehot(label))` for counted tokens (w = 1 for Sum, 1/count for Mean), 0 elsewhere; in
+/// the dtype of `logits`. (With `g = −1`, the gradient of the summed NLL: `softmax − onehot`.)
 pub fn sequence_logprobs_backward(
     logits: &Tensor,
     labels: &Tensor,

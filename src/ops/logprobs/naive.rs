@@ -43,7 +43,7 @@ pub fn naive_sequence_logprobs(
     sequence_outputs(&tokens, &stats, dims, cfg.reduction)
 }
 
-/// The logits' gradient through a materialised f32 `softmax − onehot` [N,T,V] (same result as
+/// The logits' gradient through a materialised f32 `softmax − onehot` `[N,T,V]` (same result as
 /// [`super::sequence_logprobs_backward`]; `saved` is checked but only its shape matters: the log-softmax is
 /// recomputed).
 pub fn naive_sequence_logprobs_backward(

@@ -1,8 +1,8 @@
 //! Per-row math of log-softmax over a vocabulary row, shared by the log-prob ops and the fused linear path.
 //!
-//! A row is processed in blocks of [`BLOCK`] elements widened to f32 (L1-resident): the block's max is taken
+//! A row is processed in blocks of `BLOCK` elements widened to f32 (L1-resident): the block's max is taken
 //! first (a branch-free vector max), the running sums are rescaled only when that max rises (rare after the first
-//! blocks), then `exp(x − max)` is accumulated over [`LANES`] independent f32 lanes with a polynomial exp, so the
+//! blocks), then `exp(x − max)` is accumulated over `LANES` independent f32 lanes with a polynomial exp, so the
 //! loop vectorises; block totals go into f64 so that a 151,936-wide row loses nothing to summation order. On
 //! x86-64 the same code is also compiled for AVX2 and chosen at run time.
 
@@ -18,7 +18,7 @@ const LANES: usize = 16;
 pub struct RowStats {
     /// log Σ exp(x).
     pub lse: f32,
-    /// x[target] − lse: the target token's log-probability (0 when there is no target).
+    /// `x[target]` − lse: the target token's log-probability (0 when there is no target).
     pub target_logp: f32,
     /// Σ x, for the mean logit.
     pub sum_logits: f32,

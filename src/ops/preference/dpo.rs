@@ -22,8 +22,8 @@ pub enum DpoLossType {
     Ipo,
     /// `(-logσ(βz)(1-ε) + logσ(-βz)ε) / (1-2ε)` (robust DPO).
     Robust,
-    /// `-logσ(βa - δ) - logσ(-(βb - δ))`, a and b the chosen and rejected log-ratios, δ the caller's running mean
-    /// of rewards (BCO).
+    /// `-logσ(βa - δ) - logσ(-(βb - δ))`, a and b the chosen and rejected log-ratios, δ the caller's running mean of
+    /// rewards (BCO).
     BcoPair,
     /// EXO: `σ(βz)(logσ(βz) - log(1-ε)) + σ(-βz)(logσ(-βz) - log ε)`, with ε = 1e-3 when label smoothing is 0.
     ExoPair,
@@ -139,7 +139,7 @@ impl Default for DpoConfig {
     }
 }
 
-/// Per-sequence log-probabilities of P preference pairs: float tensors of shape [P], all of one dtype and on one
+/// Per-sequence log-probabilities of P preference pairs: float tensors of shape `[P]`, all of one dtype and on one
 /// device. Log-probs are sums over the completion tokens; the token counts (i32 or i64, each ≥ 1) let the op take
 /// TRL's averages for IPO, SimPO and ORPO and the RPO NLL. Reference log-probs may be precomputed: they are inputs.
 #[derive(Clone, Copy, Debug)]
@@ -220,9 +220,9 @@ impl DpoMetrics {
 pub struct DpoOutput {
     /// Mean over pairs, plus `α·NLL` with RPO.
     pub loss: f32,
-    /// d loss / d `policy_chosen`, [P].
+    /// d loss / d `policy_chosen`, `[P]`.
     pub grad_policy_chosen: Tensor,
-    /// d loss / d `policy_rejected`, [P].
+    /// d loss / d `policy_rejected`, `[P]`.
     pub grad_policy_rejected: Tensor,
     /// TRL's logged metrics.
     pub metrics: DpoMetrics,

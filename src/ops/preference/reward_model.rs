@@ -44,9 +44,9 @@ pub struct BradleyTerryMetrics {
 pub struct BradleyTerryOutput {
     /// The loss, with the centring term.
     pub loss: f32,
-    /// d loss / d `rewards_chosen`, [P].
+    /// d loss / d `rewards_chosen`, `[P]`.
     pub grad_chosen: Tensor,
-    /// d loss / d `rewards_rejected`, [P].
+    /// d loss / d `rewards_rejected`, `[P]`.
     pub grad_rejected: Tensor,
     /// Means over the pairs.
     pub metrics: BradleyTerryMetrics,
@@ -62,7 +62,7 @@ pub(crate) mod bt_stat {
     pub const COUNT: usize = 5;
 }
 
-/// The Bradley–Terry loss `mean(-logσ(r_c - r_r - margin)) + c·mean((r_c + r_r)²)` on rewards of shape [P]
+/// The Bradley–Terry loss `mean(-logσ(r_c - r_r - margin)) + c·mean((r_c + r_r)²)` on rewards of shape `[P]`
 /// (float, one dtype; `margin` optional, same shape and dtype), with its gradient; CPU or CUDA by device.
 pub fn bradley_terry_loss(
     rewards_chosen: &Tensor,

@@ -29,7 +29,7 @@ impl Default for RmsNormConfig {
 pub struct RmsNormOutput {
     /// The normalised rows, shape and dtype of `x`.
     pub y: Tensor,
-    /// f32 [rows]: `1 / sqrt(mean(x²) + eps)` per row (rows = every dimension of `x` but the last).
+    /// f32 `[rows]`: `1 / sqrt(mean(x²) + eps)` per row (rows = every dimension of `x` but the last).
     pub rstd: Tensor,
 }
 
@@ -60,7 +60,7 @@ fn sizes(x: &Tensor, weight: &Tensor, others: &[(&str, &Tensor)]) -> Result<(usi
     Ok((rows, h, check::same_device(&named)?))
 }
 
-/// `x / sqrt(mean(x²) + eps) · weight` over the last dimension of `x` [.., H], `weight` [H].
+/// `x / sqrt(mean(x²) + eps) · weight` over the last dimension of `x` [.., H], `weight` `[H]`.
 pub fn rmsnorm(x: &Tensor, weight: &Tensor, cfg: &RmsNormConfig) -> Result<RmsNormOutput> {
     let (rows, _, device) = sizes(x, weight, &[])?;
     let mut y = Tensor::zeros(x.shape(), x.dtype(), device)?;
@@ -69,7 +69,7 @@ pub fn rmsnorm(x: &Tensor, weight: &Tensor, cfg: &RmsNormConfig) -> Result<RmsNo
     Ok(RmsNormOutput { y, rstd })
 }
 
-/// [`rmsnorm`] into `y` (`x`'s shape, dtype and device) and `rstd` (f32 [rows]), overwritten whole; neither may
+/// [`rmsnorm`] into `y` (`x`'s shape, dtype and device) and `rstd` (f32 `[rows]`), overwritten whole; neither may
 /// alias an input or the other.
 pub fn rmsnorm_into(x: &Tensor, weight: &Tensor, cfg: &RmsNormConfig, y: &mut Tensor, rstd: &mut Tensor) -> Result<()> {
     check::finite("eps", cfg.eps)?;

@@ -4,7 +4,7 @@
 //! of thousands give the same rotation as the reference), and their cosine and sine are taken in f64.
 //!
 //! The backward of a rotation is the inverse rotation, so one routine serves both; it works in place on
-//! [N,T,heads,d] tensors (q and k alike) with explicit position ids [N,T] (right padding is just positions).
+//! `[N,T,heads,d]` tensors (q and k alike) with explicit position ids `[N,T]` (right padding is just positions).
 
 mod cpu;
 mod cuda;
@@ -72,7 +72,7 @@ fn plan(x: &Tensor, positions: &Tensor, cfg: &RopeConfig) -> Result<(usize, usiz
     Ok((heads, d, positions))
 }
 
-/// Rotates `x` [N,T,heads,d] in place by the angles of `positions` [N,T] (i32 or i64, each in [0, 2^24)).
+/// Rotates `x` `[N,T,heads,d]` in place by the angles of `positions` `[N,T]` (i32 or i64, each in [0, 2^24)).
 pub fn rope_in_place(x: &mut Tensor, positions: &Tensor, cfg: &RopeConfig, rotation: Rotation) -> Result<()> {
     let (heads, d, pos) = plan(x, positions, cfg)?;
     let inv = inv_freq(d, cfg.theta);
@@ -82,7 +82,7 @@ pub fn rope_in_place(x: &mut Tensor, positions: &Tensor, cfg: &RopeConfig, rotat
     }
 }
 
-/// `x` [N,T,heads,d] with rotary embeddings applied (a new tensor).
+/// `x` `[N,T,heads,d]` with rotary embeddings applied (a new tensor).
 pub fn rope(x: &Tensor, positions: &Tensor, cfg: &RopeConfig) -> Result<Tensor> {
     let mut out = x.try_clone()?;
     rope_in_place(&mut out, positions, cfg, Rotation::Forward)?;

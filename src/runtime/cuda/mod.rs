@@ -1,7 +1,7 @@
 //! The CUDA backend: cudarc with dynamic loading, so nothing CUDA is needed to build or to run on the CPU.
 //!
 //! The driver library is looked for before cudarc touches it (cudarc panics when a library is missing), so a
-//! machine without CUDA gets [`Error::CudaUnavailable`](crate::Error::CudaUnavailable), never a panic.
+//! machine without CUDA gets [`Error::CudaUnavailable`], never a panic.
 
 mod backend;
 pub mod blas;

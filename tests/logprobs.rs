@@ -139,13 +139,18 @@ fn check_forward(what: &str, out: &SequenceLogProbs, want: &Expected, tol: f64) 
     assert_close(&format!("{what}: lse"), &floats(&out.lse), &want.lse, tol, 1.0);
 }
 
-fn check_grad(what: &str, got: &Tensor, want: &[f64], tol: f64) {
+/// Each element within `tol` of its reference, relative to at least a thousandth of the largest element or the
+/// upstream gradient `g` (a gradient `g·w·(softmax − onehot)` has f32 rounding of order |g|·ε in every element: when
+/// the label holds almost all the mass, `1 − p` cancels and every element is far below |g|).
+fn check_grad(what: &str, got: &Tensor, want: &[f64], tol: f64, grad_logps: &[f32]) {
     let scale = want.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-    assert_close(what, &floats(got), want, tol, 1e-3 * scale.max(1e-30));
+    let upstream = grad_logps.iter().fold(0.0f64, |m, &g| m.max(f64::from(g).abs()));
+    assert_close(what, &floats(got), want, tol, (1e-3 * scale).max(upstream).max(1e-30));
 }
 
+/// A fresh seed, printed; `UNIREWARD_SEED` replays one.
 fn seed() -> u64 {
-    let seed = rand::random::<u64>();
+    let seed = std::env::var("UNIREWARD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
     println!("seed {seed}");
     seed
 }
@@ -227,7 +232,8 @@ fn matches_torch_fixtures_in_f32() {
             if fx.expected.grad.is_some() {
                 let grad =
                     sequence_logprobs_backward(&logits, &labels, mask.as_ref(), &out, &grad_logps, &fx.cfg()).unwrap();
-                check_grad(&format!("{what}: grad"), &grad, &want.grad, f32_rounding_tol);
+                let g: Vec<f32> = fx.grad_logps.iter().map(|&x| x as f32).collect();
+                check_grad(&format!("{what}: grad"), &grad, &want.grad, f32_rounding_tol, &g);
             }
         }
     }
@@ -297,7 +303,7 @@ impl Case {
         check_forward(&what, &out, &want, tol(dtype));
         let grad = sequence_logprobs_backward(&logits, &labels, mask.as_ref(), &out, &grad_logps, cfg).unwrap();
         assert_eq!(grad.dtype(), dtype);
-        check_grad(&format!("{what}: grad"), &grad, &want.grad, tol(dtype));
+        check_grad(&format!("{what}: grad"), &grad, &want.grad, tol(dtype), &self.grad_logps);
         let mut in_place = logits.try_clone().unwrap();
         sequence_logprobs_backward_in_place(&mut in_place, &labels, mask.as_ref(), &out, &grad_logps, cfg).unwrap();
         assert_eq!(floats(&in_place), floats(&grad), "{what}: in place differs from out of place");
@@ -451,7 +457,7 @@ fn naive_path_agrees_with_fused_path() {
         let g_naive =
             naive_sequence_logprobs_backward(&logits, &labels, Some(&mask), &naive, &grad_logps, &cfg).unwrap();
         assert_eq!(g_naive.dtype(), dtype);
-        check_grad(&format!("naive grad {dtype}"), &g_naive, &floats(&g_fused), tol(dtype));
+        check_grad(&format!("naive grad {dtype}"), &g_naive, &floats(&g_fused), tol(dtype), &case.grad_logps);
     }
 }
 
@@ -612,7 +618,7 @@ fn cuda_matches_cpu() {
                     let grad =
                         sequence_logprobs_backward(&d_logits, &d_labels, d_mask.as_ref(), &out, &d_g, &cfg).unwrap();
                     assert_eq!(grad.device(), gpu);
-                    check_grad(&format!("cuda grad {what}"), &grad, &floats(&cpu_grad), tol(dtype));
+                    check_grad(&format!("cuda grad {what}"), &grad, &floats(&cpu_grad), tol(dtype), &case.grad_logps);
                     let mut in_place = d_logits.try_clone().unwrap();
                     sequence_logprobs_backward_in_place(&mut in_place, &d_labels, d_mask.as_ref(), &out, &d_g, &cfg)
                         .unwrap();

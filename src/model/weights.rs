@@ -320,28 +320,46 @@ fn convert<S: FloatElement, T: FloatElement>(src: &[u8], dst: &mut [T]) {
     });
 }
 
+/// The tensors of each decoder layer, under `model.layers.<i>.`, in transformers' order.
+pub(crate) const QWEN2_LAYER_TENSORS: [&str; 12] = [
+    "self_attn.q_proj.weight",
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.weight",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.weight",
+    "self_attn.v_proj.bias",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+];
+
 /// Every tensor a Qwen2 checkpoint holds, with its shape, under its Hugging Face name, in transformers' order
 /// (embeddings, then each layer, then the final norm and, unless tied to the embeddings, the LM head).
 pub fn qwen2_weight_names(config: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
     let (hidden, inter) = (config.hidden_size, config.intermediate_size);
     let kv = config.num_key_value_heads * config.head_dim();
+    // The shapes of QWEN2_LAYER_TENSORS, in its order.
+    let layer_shapes = [
+        vec![hidden, hidden],
+        vec![hidden],
+        vec![kv, hidden],
+        vec![kv],
+        vec![kv, hidden],
+        vec![kv],
+        vec![hidden, hidden],
+        vec![inter, hidden],
+        vec![inter, hidden],
+        vec![hidden, inter],
+        vec![hidden],
+        vec![hidden],
+    ];
     let mut names = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, hidden])];
     for i in 0..config.num_hidden_layers {
-        let layer = [
-            ("self_attn.q_proj.weight", vec![hidden, hidden]),
-            ("self_attn.q_proj.bias", vec![hidden]),
-            ("self_attn.k_proj.weight", vec![kv, hidden]),
-            ("self_attn.k_proj.bias", vec![kv]),
-            ("self_attn.v_proj.weight", vec![kv, hidden]),
-            ("self_attn.v_proj.bias", vec![kv]),
-            ("self_attn.o_proj.weight", vec![hidden, hidden]),
-            ("mlp.gate_proj.weight", vec![inter, hidden]),
-            ("mlp.up_proj.weight", vec![inter, hidden]),
-            ("mlp.down_proj.weight", vec![hidden, inter]),
-            ("input_layernorm.weight", vec![hidden]),
-            ("post_attention_layernorm.weight", vec![hidden]),
-        ];
-        names.extend(layer.into_iter().map(|(name, shape)| (format!("model.layers.{i}.{name}"), shape)));
+        let layer = QWEN2_LAYER_TENSORS.iter().zip(&layer_shapes);
+        names.extend(layer.map(|(name, shape)| (format!("model.layers.{i}.{name}"), shape.clone())));
     }
     names.push(("model.norm.weight".to_string(), vec![hidden]));
     if !config.tie_word_embeddings {

@@ -5,11 +5,7 @@ use unireward::model::{ForwardOptions, Qwen2Model};
 use unireward::ops::fused_linear::FusedLinearConfig;
 use unireward::{DType, Device, Tensor};
 
-use super::reference::{model_dir, relative_error, Reference};
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
-}
+use super::reference::{model_dir, relative_error, values, Reference};
 
 /// Logits, loss, gradients (by name) and the input-embedding gradient of one training step.
 fn step(model: &Qwen2Model, r: &Reference, recompute: bool) -> Vec<(String, Vec<f64>)> {

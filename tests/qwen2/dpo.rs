@@ -11,7 +11,7 @@ use unireward::ops::logprobs::{sequence_logprobs, sequence_logprobs_backward, Lo
 use unireward::ops::preference::{dpo_loss, DpoConfig, PreferenceLogps};
 use unireward::{DType, Device, Tensor};
 
-use super::reference::{model_dir, relative_error};
+use super::reference::{model_dir, relative_error, values};
 
 const T: usize = 8;
 
@@ -115,7 +115,6 @@ fn a_dpo_step_through_the_model_matches_materialised_logits_and_finite_differenc
     assert!((loss - loss_m).abs() < 1e-6, "{loss} vs {loss_m}");
     let grad_logits = sequence_logprobs_backward(&logits, &b.labels, None, &out, &grad_logps, &cfg).unwrap();
     let materialised = policy.backward_from_logits(pass, &grad_logits).unwrap();
-    let values = |t: &Tensor| t.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect::<Vec<_>>();
     for ((name, a), (_, m)) in fused.weights.named().into_iter().zip(materialised.weights.named()) {
         let err = relative_error(&values(a), &values(m), |_| true);
         assert!(err < 1e-5, "{name}: fused vs materialised {err:.3e}");

@@ -5,13 +5,9 @@ use unireward::model::{ForwardOptions, Qwen2Model};
 use unireward::ops::fused_linear::FusedLinearConfig;
 use unireward::{DType, Device, Tensor};
 
-use super::reference::{model_dir, relative_error, Reference};
+use super::reference::{model_dir, relative_error, values, Reference};
 
 const MODELS: [&str; 4] = ["gqa_untied", "mha_tied", "mqa_tied_bf16", "sharded_f16"];
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
-}
 
 fn batch(r: &Reference) -> (Tensor, Tensor) {
     let shape = r.shape("input_ids").to_vec();

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
+use unireward::{DType, Tensor};
 
 pub fn model_dir(model: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2").join(model)
@@ -67,4 +68,9 @@ pub fn relative_error(got: &[f64], want: &[f64], keep: impl Fn(usize) -> bool) -
         scale = scale.max(want[i].abs());
     }
     diff / scale.max(f64::MIN_POSITIVE)
+}
+
+/// A float tensor's values as f64 (through f32, exact for every storage dtype).
+pub fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
 }

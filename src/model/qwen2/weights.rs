@@ -1,6 +1,7 @@
 //! `Qwen2Weights`: every parameter of a Qwen2 decoder (or, with the same layout, every gradient), under the names
 //! and in the order of [`qwen2_weight_names`]. Loaded from a [`WeightStore`] in one compute dtype on one device.
 
+use crate::model::weights::QWEN2_LAYER_TENSORS;
 use crate::model::{qwen2_weight_names, Qwen2Config, WeightStore};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
@@ -21,22 +22,6 @@ pub struct LayerWeights {
     pub input_layernorm: Tensor,
     pub post_attention_layernorm: Tensor,
 }
-
-/// Tensor suffixes of a layer under `model.layers.<i>.`, in [`qwen2_weight_names`] order.
-const LAYER_NAMES: [&str; 12] = [
-    "self_attn.q_proj.weight",
-    "self_attn.q_proj.bias",
-    "self_attn.k_proj.weight",
-    "self_attn.k_proj.bias",
-    "self_attn.v_proj.weight",
-    "self_attn.v_proj.bias",
-    "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-    "input_layernorm.weight",
-    "post_attention_layernorm.weight",
-];
 
 impl LayerWeights {
     fn from_ordered(mut next: impl FnMut() -> Result<Tensor>) -> Result<LayerWeights> {
@@ -157,7 +142,7 @@ impl Qwen2Weights {
     pub fn named(&self) -> Vec<(String, &Tensor)> {
         let mut names = vec!["model.embed_tokens.weight".to_string()];
         for i in 0..self.layers.len() {
-            names.extend(LAYER_NAMES.iter().map(|n| format!("model.layers.{i}.{n}")));
+            names.extend(QWEN2_LAYER_TENSORS.iter().map(|n| format!("model.layers.{i}.{n}")));
         }
         names.push("model.norm.weight".into());
         if self.lm_head.is_some() {

@@ -53,7 +53,7 @@ __device__ void write_partials(const double (&v)[COUNT], double* partial) {
 
 // ------------------------------------------------------------------------------------------------------------
 // DPO family. Loss codes are the indices of DpoLossType::ALL; the formulas are TRL's (see dpo_cpu.rs, which
-// mirrors this function line by line).
+// mirrors these functions line by line).
 
 #define DPO_SIGMOID 0
 #define DPO_HINGE 1
@@ -67,37 +67,105 @@ __device__ void write_partials(const double (&v)[COUNT], double* partial) {
 #define DPO_APO_DOWN 9
 #define DPO_SIMPO 10
 #define DPO_ORPO 11
+#define DPO_AOT 12
+#define DPO_AOT_PAIR 13
+#define DPO_DISCOPOP 14
+#define DPO_TYPES 15
 #define DPO_STATS 9
+
+#define F_DIV_JS 1
+#define F_DIV_ALPHA 2
+
+// Rows of the AOT sort orders (dpo.rs's `order` module), each n long.
+#define ORDER_AOT_PERM 0
+#define ORDER_AOT_RANK 1
+#define ORDER_AOT_REF_PERM 2
+#define ORDER_PAIR_CHOSEN_PERM 3
+#define ORDER_PAIR_CHOSEN_RANK 4
+#define ORDER_PAIR_REJECTED_PERM 5
+#define ORDER_PAIR_REJECTED_RANK 6
+
+// The scalars of one call (cuda.rs's DpoScalars, field for field): a mixture of `terms` loss types.
+struct DpoScalars {
+    double beta, eps, gamma, delta, tau, f_alpha, exp_cap, ld_alpha, mean_scale, nll_grad, reward_scale;
+    double weights[DPO_TYPES];
+    int kinds[DPO_TYPES];
+    int terms, f_divergence, reference_free, use_ld;
+};
 
 struct PairTerms {
     double loss, d_chosen, d_rejected, log_odds_ratio, log_odds;
 };
 
-// One pair's loss and its derivatives with respect to the chosen and rejected log-ratios a and b.
-__device__ PairTerms dpo_pair(int kind, double beta, double eps, double gamma, double delta, double a, double b) {
+// A pair's log-ratios: a, b with the reference always counted; a_free, b_free without it under reference_free.
+struct LogRatios {
+    double a, b, a_free, b_free;
+};
+
+__device__ LogRatios log_ratios(const DpoScalars& s, double c, double r, double c_ref, double r_ref) {
+    LogRatios l;
+    l.a = c - c_ref;
+    l.b = r - r_ref;
+    l.a_free = s.reference_free ? c : l.a;
+    l.b_free = s.reference_free ? r : l.b;
+    return l;
+}
+
+// exp(min(x, cap)) and its derivative (0 where capped): TRL's cap_exp.
+__device__ __forceinline__ double cap_exp(double x, double cap, double* d) {
+    const bool under = x <= cap;
+    const double e = exp(under ? x : cap);
+    *d = under ? e : 0.0;
+    return e;
+}
+
+// -logsig(bx)(1-e) - logsig(-bx)e and its derivative in x.
+__device__ double smoothed_sigmoid(const DpoScalars& s, double x, double* dx) {
+    const double u = s.beta * x;
+    *dx = s.beta * (-(1.0 - s.eps) * sigmoid_d(-u) + s.eps * sigmoid_d(u));
+    return -(1.0 - s.eps) * log_sigmoid_d(u) - s.eps * log_sigmoid_d(-u);
+}
+
+// One pair's term of a loss type that does not sort the batch, with its derivatives in c and r.
+__device__ PairTerms dpo_pair(const DpoScalars& s, int kind, const LogRatios& l) {
+    const double beta = s.beta, eps = s.eps, a = l.a, b = l.b;
     PairTerms t = {0.0, 0.0, 0.0, 0.0, 0.0};
-    double z = a - b, dz = 0.0;
+    // TRL's logits z under the f-divergence, and dz/dc, dz/dr.
+    double z, z_c = 1.0, z_r = -1.0;
+    if (s.f_divergence == F_DIV_JS) {  // a - b - (softplus(a) - softplus(b))
+        z = l.a_free - l.b_free - log_sigmoid_d(-l.a_free) + log_sigmoid_d(-l.b_free);
+        z_c = sigmoid_d(-l.a_free);
+        z_r = -sigmoid_d(-l.b_free);
+    } else if (s.f_divergence == F_DIV_ALPHA) {  // (cap_exp(-alpha b) - cap_exp(-alpha a)) / alpha
+        double da, db;
+        const double ea = cap_exp(-s.f_alpha * l.a_free, s.exp_cap, &da);
+        const double eb = cap_exp(-s.f_alpha * l.b_free, s.exp_cap, &db);
+        z = (eb - ea) / s.f_alpha;
+        z_c = da;
+        z_r = -db;
+    } else {
+        z = l.a_free - l.b_free;
+    }
+    double dz = 0.0;
     bool of_z = true;
     switch (kind) {
         case DPO_SIMPO:  // CPO simpo: the sigmoid loss of z - gamma/beta
-            z -= gamma / beta;
-            [[fallthrough]];
-        case DPO_SIGMOID: {  // -logsig(bz)(1-e) - logsig(-bz)e
-            const double u = beta * z;
-            t.loss = -(1.0 - eps) * log_sigmoid_d(u) - eps * log_sigmoid_d(-u);
-            dz = beta * (-(1.0 - eps) * sigmoid_d(-u) + eps * sigmoid_d(u));
+            t.loss = smoothed_sigmoid(s, z - s.gamma / beta, &dz);
             break;
-        }
+        case DPO_SIGMOID:  // -logsig(bz)(1-e) - logsig(-bz)e
+            t.loss = smoothed_sigmoid(s, z, &dz);
+            break;
         case DPO_ROBUST: {  // (-logsig(bz)(1-e) + logsig(-bz)e) / (1-2e)
             const double u = beta * z, k = 1.0 / (1.0 - 2.0 * eps);
             t.loss = k * (-(1.0 - eps) * log_sigmoid_d(u) + eps * log_sigmoid_d(-u));
             dz = k * beta * (-(1.0 - eps) * sigmoid_d(-u) - eps * sigmoid_d(u));
             break;
         }
-        case DPO_EXO_PAIR: {  // sig(u)(logsig(u) - log(1-e)) + sig(-u)(logsig(-u) - log e)
-            const double u = beta * z, s = sigmoid_d(u), r = sigmoid_d(-u);
-            t.loss = s * (log_sigmoid_d(u) - log(1.0 - eps)) + r * (log_sigmoid_d(-u) - log(eps));
-            dz = beta * s * r * (u - log((1.0 - eps) / eps));
+        case DPO_EXO_PAIR: {  // sig(u)(logsig(u) - log(1-e)) + sig(-u)(logsig(-u) - log e), e = 1e-3 for 0
+            const double e = eps == 0.0 ? 1e-3 : eps;
+            const double u = beta * z, p = sigmoid_d(u), q = sigmoid_d(-u);
+            t.loss = p * (log_sigmoid_d(u) - log(1.0 - e)) + q * (log_sigmoid_d(-u) - log(e));
+            dz = beta * p * q * (u - log((1.0 - e) / e));
             break;
         }
         case DPO_HINGE: {  // relu(1 - bz)
@@ -116,13 +184,13 @@ __device__ PairTerms dpo_pair(int kind, double beta, double eps, double gamma, d
             of_z = false;
     }
     if (of_z) {
-        t.d_chosen = dz;
-        t.d_rejected = -dz;
+        t.d_chosen = dz * z_c;
+        t.d_rejected = dz * z_r;
         return t;
     }
     switch (kind) {
         case DPO_BCO_PAIR: {  // -logsig(ba - delta) - logsig(-(bb - delta))
-            const double u = beta * a - delta, v = beta * b - delta;
+            const double u = beta * a - s.delta, v = beta * b - s.delta;
             t.loss = -log_sigmoid_d(u) - log_sigmoid_d(-v);
             t.d_chosen = -beta * sigmoid_d(-u);
             t.d_rejected = beta * sigmoid_d(v);
@@ -142,22 +210,31 @@ __device__ PairTerms dpo_pair(int kind, double beta, double eps, double gamma, d
             t.d_rejected = 2.0 * db;
             break;
         }
-        case DPO_APO_ZERO: {  // 1 - sig(ba) + sig(bb)
-            const double u = beta * a, v = beta * b;
+        case DPO_APO_ZERO: {  // 1 - sig(b a_free) + sig(b b_free)
+            const double u = beta * l.a_free, v = beta * l.b_free;
             t.loss = 1.0 - sigmoid_d(u) + sigmoid_d(v);
             t.d_chosen = -beta * sigmoid_d(u) * sigmoid_d(-u);
             t.d_rejected = beta * sigmoid_d(v) * sigmoid_d(-v);
             break;
         }
-        case DPO_APO_DOWN: {  // sig(ba) + 1 - sig(b(a - b))
-            const double u = beta * a, w = beta * z, dw = beta * sigmoid_d(w) * sigmoid_d(-w);
+        case DPO_APO_DOWN: {  // sig(b a_free) + 1 - sig(b(a_free - b_free))
+            const double u = beta * l.a_free, w = beta * (l.a_free - l.b_free);
+            const double dw = beta * sigmoid_d(w) * sigmoid_d(-w);
             t.loss = sigmoid_d(u) + 1.0 - sigmoid_d(w);
             t.d_chosen = beta * sigmoid_d(u) * sigmoid_d(-u) - dw;
             t.d_rejected = dw;
             break;
         }
-        case DPO_ORPO: {  // log_odds = z - (log1mexp(a) - log1mexp(b)); loss = -beta logsig(log_odds)
-            t.log_odds = z - (log1mexp_d(a) - log1mexp_d(b));
+        case DPO_DISCOPOP: {  // u = b(a - b), m = sig(u/tau): -logsig(u)(1 - m) + exp(-u) m
+            const double u = beta * (a - b), m = sigmoid_d(u / s.tau), e = exp(-u), ls = log_sigmoid_d(u);
+            const double du = -sigmoid_d(-u) * (1.0 - m) - e * m + (e + ls) * m * (1.0 - m) / s.tau;
+            t.loss = -ls * (1.0 - m) + e * m;
+            t.d_chosen = beta * du;
+            t.d_rejected = -beta * du;
+            break;
+        }
+        case DPO_ORPO: {  // log_odds = (a - b) - (log1mexp(a) - log1mexp(b)); loss = -beta logsig(log_odds)
+            t.log_odds = (a - b) - (log1mexp_d(a) - log1mexp_d(b));
             t.log_odds_ratio = log_sigmoid_d(t.log_odds);
             const double d = -beta * sigmoid_d(-t.log_odds);
             t.loss = -beta * t.log_odds_ratio;
@@ -169,38 +246,124 @@ __device__ PairTerms dpo_pair(int kind, double beta, double eps, double gamma, d
     return t;
 }
 
-// Per pair: the gradients with respect to the policy log-probs and the statistics of DpoLossType's `stat`
-// module (loss, rewards chosen/rejected, accuracy, logps chosen/rejected, log_odds_ratio, log_odds, raw chosen
-// log-prob), summed per block. Reference and length pointers may be null (no reference; no normalisation).
+// The inputs of a call. Reference, verbose, weight, length and order pointers may be null.
 template <typename T>
-__device__ void dpo_impl(const T* pc, const T* pr, const T* rc, const T* rr, const long long* lc, const long long* lr,
-                         int n, int kind, double beta, double eps, double gamma, double delta, double mean_scale,
-                         double nll_grad, T* gc, T* gr, double* partial) {
+struct DpoInputs {
+    const T *pc, *pr, *rc, *rr, *cv, *rv, *pw;
+    const long long *lc, *lr, *order;
+    int n;
+
+    // Pair i's log-probs as the losses see them: c, r (length-normalised, or LD-DPO's public + alpha verbose) and
+    // the references (0 when absent; length-normalised likewise); scale_c, scale_r: dc/d pc, dr/d pr.
+    __device__ void logps(const DpoScalars& s, long long i, double* c, double* r, double* c_ref, double* r_ref,
+                         double* scale_c, double* scale_r) const {
+        const double nc = lc ? 1.0 / (double)lc[i] : 1.0, nr = lr ? 1.0 / (double)lr[i] : 1.0;
+        *c_ref = rc ? load_value(rc, i) * nc : 0.0;
+        *r_ref = rr ? load_value(rr, i) * nr : 0.0;
+        if (s.use_ld) {
+            *c = load_value(pc, i) - (1.0 - s.ld_alpha) * load_value(cv, i);
+            *r = load_value(pr, i) - (1.0 - s.ld_alpha) * load_value(rv, i);
+            *scale_c = *scale_r = 1.0;
+        } else {
+            *c = load_value(pc, i) * nc;
+            *r = load_value(pr, i) * nr;
+            *scale_c = nc;
+            *scale_r = nr;
+        }
+    }
+    __device__ static double load_value(const T* p, long long i) { return ::load(p, i); }
+    __device__ double weight(long long i) const { return pw ? ::load(pw, i) : 1.0; }
+    __device__ long long at(int row, long long i) const { return order[(long long)row * n + i]; }
+    __device__ void ratios(const DpoScalars& s, long long i, double* diff, double* ref_diff, double* a,
+                           double* b) const {
+        double c, r, c_ref, r_ref, sc, sr;
+        logps(s, i, &c, &r, &c_ref, &r_ref, &sc, &sr);
+        *diff = c - r;
+        *ref_diff = c_ref - r_ref;
+        *a = c - c_ref;
+        *b = r - r_ref;
+    }
+};
+
+// Per pair k (also sorted position k): the gradients with respect to the policy log-probs (and LD-DPO's verbose
+// parts), TRL's per-pair loss, and the statistics of dpo.rs's `stat` module (loss, rewards chosen/rejected,
+// accuracy, logps chosen/rejected, log_odds_ratio, log_odds, raw chosen log-prob), summed per block.
+template <typename T>
+__device__ void dpo_impl(const DpoInputs<T> in, const DpoScalars s, T* gc, T* gr, T* gcv, T* grv, float* losses,
+                         double* partial) {
     double acc[DPO_STATS];
 #pragma unroll
-    for (int s = 0; s < DPO_STATS; ++s) acc[s] = 0.0;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        const double nc = lc ? 1.0 / (double)lc[i] : 1.0, nr = lr ? 1.0 / (double)lr[i] : 1.0;
-        const double raw_c = load(pc, i), c = raw_c * nc, r = load(pr, i) * nr;
-        const double a = rc ? c - load(rc, i) * nc : c, b = rr ? r - load(rr, i) * nr : r;
-        const PairTerms t = dpo_pair(kind, beta, eps, gamma, delta, a, b);
-        gc[i] = from_float<T>((float)(mean_scale * t.d_chosen * nc + nll_grad));
-        gr[i] = from_float<T>((float)(mean_scale * t.d_rejected * nr));
-        const double reward_c = beta * a, reward_r = beta * b;
-        const double v[DPO_STATS] = {t.loss, reward_c, reward_r, reward_c > reward_r ? 1.0 : 0.0, c, r,
-                                     t.log_odds_ratio, t.log_odds, raw_c};
+    for (int q = 0; q < DPO_STATS; ++q) acc[q] = 0.0;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < in.n;
+         k += (long long)gridDim.x * blockDim.x) {
+        double c, r, c_ref, r_ref, scale_c, scale_r;
+        in.logps(s, k, &c, &r, &c_ref, &r_ref, &scale_c, &scale_r);
+        const LogRatios own = log_ratios(s, c, r, c_ref, r_ref);
+        double d_chosen = 0.0, d_rejected = 0.0, loss = 0.0, weighted = 0.0, log_odds_ratio = 0.0, log_odds = 0.0;
+        for (int term = 0; term < s.terms; ++term) {
+            const int kind = s.kinds[term];
+            const double weight = s.weights[term];
+            double d, diff, ref_diff, a, b, x_diff, x_ref, x_a, x_b;
+            if (kind == DPO_AOT) {  // sort(c - r)_i - sort(c_ref - r_ref)_i; pair k's own sits at rank(k)
+                in.ratios(s, in.at(ORDER_AOT_PERM, k), &diff, &x_ref, &x_a, &x_b);
+                in.ratios(s, in.at(ORDER_AOT_REF_PERM, k), &x_diff, &ref_diff, &x_a, &x_b);
+                const double l = smoothed_sigmoid(s, diff - ref_diff, &d);
+                loss += weight * l;
+                weighted += weight * in.weight(k) * l;
+                const long long j = in.at(ORDER_AOT_RANK, k);
+                in.ratios(s, in.at(ORDER_AOT_REF_PERM, j), &x_diff, &ref_diff, &x_a, &x_b);
+                smoothed_sigmoid(s, (c - r) - ref_diff, &d);
+                d_chosen += weight * in.weight(j) * d;
+                d_rejected -= weight * in.weight(j) * d;
+            } else if (kind == DPO_AOT_PAIR) {  // sort(a)_i - sort(b)_i
+                in.ratios(s, in.at(ORDER_PAIR_CHOSEN_PERM, k), &x_diff, &x_ref, &a, &x_b);
+                in.ratios(s, in.at(ORDER_PAIR_REJECTED_PERM, k), &x_diff, &x_ref, &x_a, &b);
+                const double l = smoothed_sigmoid(s, a - b, &d);
+                loss += weight * l;
+                weighted += weight * in.weight(k) * l;
+                long long j = in.at(ORDER_PAIR_CHOSEN_RANK, k);
+                in.ratios(s, in.at(ORDER_PAIR_REJECTED_PERM, j), &x_diff, &x_ref, &x_a, &b);
+                smoothed_sigmoid(s, own.a - b, &d);
+                d_chosen += weight * in.weight(j) * d;
+                j = in.at(ORDER_PAIR_REJECTED_RANK, k);
+                in.ratios(s, in.at(ORDER_PAIR_CHOSEN_PERM, j), &x_diff, &x_ref, &a, &x_b);
+                smoothed_sigmoid(s, a - own.b, &d);
+                d_rejected -= weight * in.weight(j) * d;
+            } else {
+                const PairTerms t = dpo_pair(s, kind, own);
+                const double w = weight * in.weight(k);
+                loss += weight * t.loss;
+                weighted += w * t.loss;
+                d_chosen += w * t.d_chosen;
+                d_rejected += w * t.d_rejected;
+                log_odds_ratio = t.log_odds_ratio;
+                log_odds = t.log_odds;
+            }
+        }
+        const double dc = s.mean_scale * d_chosen, dr = s.mean_scale * d_rejected;
+        gc[k] = from_float<T>((float)(dc * scale_c + s.nll_grad));
+        gr[k] = from_float<T>((float)(dr * scale_r));
+        if (s.use_ld) {  // c = full - (1 - alpha) verbose
+            gcv[k] = from_float<T>((float)(-(1.0 - s.ld_alpha) * dc));
+            grv[k] = from_float<T>((float)(-(1.0 - s.ld_alpha) * dr));
+        }
+        losses[k] = (float)loss;
+        const double reward_c = s.reward_scale * s.beta * own.a, reward_r = s.reward_scale * s.beta * own.b;
+        const double v[DPO_STATS] = {weighted, reward_c, reward_r, reward_c > reward_r ? 1.0 : 0.0, c, r,
+                                     log_odds_ratio, log_odds, DpoInputs<T>::load_value(in.pc, k)};
 #pragma unroll
-        for (int s = 0; s < DPO_STATS; ++s) acc[s] += v[s];
+        for (int q = 0; q < DPO_STATS; ++q) acc[q] += v[q];
     }
     write_partials<DPO_STATS>(acc, partial);
 }
 
 #define DPO_KERNEL(T, NAME)                                                                                          \
     extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)                                                   \
-        dpo_loss_##NAME(const T* pc, const T* pr, const T* rc, const T* rr, const long long* lc, const long long* lr, \
-                        int n, int kind, double beta, double eps, double gamma, double delta, double mean_scale,      \
-                        double nll_grad, T* gc, T* gr, double* partial) {                                             \
-        dpo_impl<T>(pc, pr, rc, rr, lc, lr, n, kind, beta, eps, gamma, delta, mean_scale, nll_grad, gc, gr, partial); \
+        dpo_loss_##NAME(const T* pc, const T* pr, const T* rc, const T* rr, const T* cv, const T* rv, const T* pw,  \
+                        const long long* lc, const long long* lr, const long long* order, int n, DpoScalars s,     \
+                        T* gc, T* gr, T* gcv, T* grv, float* losses, double* partial) {                            \
+        const DpoInputs<T> in = {pc, pr, rc, rr, cv, rv, pw, lc, lr, order, n};                                    \
+        dpo_impl<T>(in, s, gc, gr, gcv, grv, losses, partial);                                                     \
     }
 DPO_KERNEL(float, f32)
 DPO_KERNEL(bf16, bf16)

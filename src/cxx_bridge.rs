@@ -60,6 +60,9 @@ mod ffi {
         ApoDown,
         Simpo,
         Orpo,
+        Aot,
+        AotPair,
+        Discopop,
     }
 
     /// Hyper-parameters of `dpo_loss` (see `dpo_options_default`); `rpo_alpha` counts only when `use_rpo`.
@@ -71,7 +74,10 @@ mod ffi {
         use_rpo: bool,
         rpo_alpha: f32,
         simpo_gamma: f32,
+        /// BCO's running mean before this batch; with a negative `bco_count`, the delta used as given.
         bco_delta: f32,
+        /// BCO's running count before this batch (0 at the start): see `ur_dpo_config.bco_count`.
+        bco_count: f32,
         grad_output: f32,
     }
 
@@ -86,6 +92,9 @@ mod ffi {
         nll_loss: f32,
         log_odds_ratio: f32,
         log_odds_chosen: f32,
+        /// BCO's running mean and count after this batch, for the next call's options; NaN without bco_pair.
+        bco_delta: f32,
+        bco_count: f32,
     }
 
     /// The loss, its gradients with respect to the policy log-probs [P], and the metrics.
@@ -365,7 +374,7 @@ fn sequence_logprobs_backward(
 }
 
 /// The bridge's loss types, in the order of [`preference::DpoLossType::ALL`].
-const DPO_LOSS_TYPES: [ffi::DpoLossType; 12] = [
+const DPO_LOSS_TYPES: [ffi::DpoLossType; 15] = [
     ffi::DpoLossType::Sigmoid,
     ffi::DpoLossType::Hinge,
     ffi::DpoLossType::Ipo,
@@ -378,6 +387,9 @@ const DPO_LOSS_TYPES: [ffi::DpoLossType; 12] = [
     ffi::DpoLossType::ApoDown,
     ffi::DpoLossType::Simpo,
     ffi::DpoLossType::Orpo,
+    ffi::DpoLossType::Aot,
+    ffi::DpoLossType::AotPair,
+    ffi::DpoLossType::Discopop,
 ];
 // A loss type added to the crate must be added to the bridge too.
 const _: () = assert!(DPO_LOSS_TYPES.len() == preference::DpoLossType::ALL.len());
@@ -393,7 +405,8 @@ fn dpo_options_default() -> ffi::DpoOptions {
         use_rpo: cfg.rpo_alpha.is_some(),
         rpo_alpha: cfg.rpo_alpha.unwrap_or(0.0),
         simpo_gamma: cfg.simpo_gamma,
-        bco_delta: cfg.bco_delta,
+        bco_delta: 0.0,
+        bco_count: 0.0,
         grad_output: cfg.grad_output,
     }
 }
@@ -406,6 +419,11 @@ impl TryFrom<&ffi::DpoOptions> for preference::DpoConfig {
         let loss_type = index
             .map(|i| preference::DpoLossType::ALL[i])
             .ok_or_else(|| Error::InvalidArgument(format!("DpoLossType has no value {}", o.loss_type.repr)))?;
+        let bco_delta = if o.bco_count < 0.0 {
+            preference::BcoDelta::Fixed(o.bco_delta)
+        } else {
+            preference::BcoDelta::Running { mean: o.bco_delta, count: o.bco_count }
+        };
         Ok(preference::DpoConfig {
             loss_type,
             beta: o.beta,
@@ -413,8 +431,9 @@ impl TryFrom<&ffi::DpoOptions> for preference::DpoConfig {
             reference_free: o.reference_free,
             rpo_alpha: o.use_rpo.then_some(o.rpo_alpha),
             simpo_gamma: o.simpo_gamma,
-            bco_delta: o.bco_delta,
+            bco_delta,
             grad_output: o.grad_output,
+            ..Default::default()
         })
     }
 }
@@ -442,8 +461,16 @@ fn dpo_loss(
         rejected_lengths: len_rejected.as_ref(),
         ..PreferenceLogps::new(&chosen, &rejected)
     };
-    let out = preference::dpo_loss(&inputs, &options.try_into()?)?;
+    let cfg: preference::DpoConfig = options.try_into()?;
+    let out = preference::dpo_loss(&inputs, &cfg)?;
     let m = out.metrics;
+    let (bco_delta, bco_count) = match out.bco_delta {
+        preference::BcoDelta::Running { mean, count } if cfg.loss_type == preference::DpoLossType::BcoPair => {
+            (mean, count)
+        }
+        preference::BcoDelta::Fixed(delta) if cfg.loss_type == preference::DpoLossType::BcoPair => (delta, -1.0),
+        _ => (f32::NAN, f32::NAN),
+    };
     Ok(ffi::DpoResult {
         loss: out.loss,
         grad_policy_chosen: out.grad_policy_chosen.to_vec()?,
@@ -458,6 +485,8 @@ fn dpo_loss(
             nll_loss: m.nll_loss.unwrap_or(f32::NAN),
             log_odds_ratio: m.log_odds_ratio.unwrap_or(f32::NAN),
             log_odds_chosen: m.log_odds_chosen.unwrap_or(f32::NAN),
+            bco_delta,
+            bco_count,
         },
     })
 }

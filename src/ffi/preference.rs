@@ -8,8 +8,8 @@ use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::preference::{
-    bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
-    DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
+    bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BcoDelta, BradleyTerryConfig, DiffusionDpoConfig,
+    DiffusionDpoInputs, DpoConfig, DpoLossType, FDivergence, KwiseConfig, KwiseMethod, LossMixture, PreferenceLogps,
 };
 
 /// `ur_dpo_config.loss_type` codes, TRL's `loss_type` names (the order of `DpoLossType::ALL`).
@@ -25,6 +25,16 @@ pub const UR_DPO_APO_ZERO: i32 = 8;
 pub const UR_DPO_APO_DOWN: i32 = 9;
 pub const UR_DPO_SIMPO: i32 = 10;
 pub const UR_DPO_ORPO: i32 = 11;
+pub const UR_DPO_AOT: i32 = 12;
+/// TRL's `aot_pair` (AOT for unpaired data; `aot_unpaired` from TRL v0.28).
+pub const UR_DPO_AOT_PAIR: i32 = 13;
+pub const UR_DPO_DISCOPOP: i32 = 14;
+
+/// `ur_dpo_config.f_divergence_type` codes, TRL's `f_divergence_type`.
+pub const UR_F_DIVERGENCE_REVERSE_KL: i32 = 0;
+pub const UR_F_DIVERGENCE_JS: i32 = 1;
+/// The alpha-divergence with `f_alpha_divergence_coef` (forward KL at 1).
+pub const UR_F_DIVERGENCE_ALPHA: i32 = 2;
 
 /// `ur_kwise_config.method`: mean of -log sigmoid(r_i - r_j) over the pairs, i ranked above j.
 pub const UR_KWISE_ALL_PAIRS: i32 = 0;
@@ -48,20 +58,24 @@ fn write_optional<T>(out: *mut T, value: T) {
     }
 }
 
-/// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults).
+/// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
+/// from `f_divergence_type` on were added after ABI version 2; the tensors among them are optional extra inputs and
+/// outputs of `ur_dpo_loss` (NULL: not given), on the device of the call's other tensors.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ur_dpo_config {
     /// `sizeof(ur_dpo_config)`.
     pub struct_size: u32,
-    /// A `UR_DPO_*` code (default `UR_DPO_SIGMOID`).
+    /// A `UR_DPO_*` code (default `UR_DPO_SIGMOID`); ignored when `num_loss_types` > 0.
     pub loss_type: i32,
     /// beta > 0 (default 0.1; IPO's tau, ORPO's lambda).
     pub beta: f32,
-    /// epsilon in [0, 0.5): cDPO / robust / EXO / SimPO label smoothing (default 0).
+    /// epsilon in [0, 0.5): cDPO / robust / EXO / AOT / SimPO label smoothing (default 0).
     pub label_smoothing: f32,
-    /// Nonzero: reference log-probs are taken as 0 (default 0).
+    /// Nonzero: TRL's `reference_free` (default 0): the sigmoid, hinge, IPO, robust, EXO and APO losses drop the
+    /// reference log-probs; bco_pair, nca_pair, sppo_hard, AOT, DiscoPOP and the rewards still use them. NULL
+    /// reference tensors are taken as 0.
     pub reference_free: i32,
     /// Nonzero: add `rpo_alpha * NLL` of the chosen sequences (RPO; needs `chosen_lengths`). Default 0.
     pub use_rpo_alpha: i32,
@@ -69,16 +83,48 @@ pub struct ur_dpo_config {
     pub rpo_alpha: f32,
     /// SimPO's target margin gamma (default 0.5).
     pub simpo_gamma: f32,
-    /// BCO's delta: the caller's running mean of rewards (default 0).
+    /// BCO's running mean of the rewards before this batch (TRL's `running.mean`, default 0); with a negative
+    /// `bco_count`, the delta used as given.
     pub bco_delta: f32,
     /// The upstream gradient of the loss (default 1).
     pub grad_output: f32,
+    /// A `UR_F_DIVERGENCE_*` code (default `UR_F_DIVERGENCE_REVERSE_KL`).
+    pub f_divergence_type: i32,
+    /// The alpha of `UR_F_DIVERGENCE_ALPHA`, nonzero (default 1: forward KL).
+    pub f_alpha_divergence_coef: f32,
+    /// DiscoPOP's tau > 0 (default 0.05).
+    pub discopop_tau: f32,
+    /// BCO: how many batch means `bco_delta` averages (TRL's `running.count`, default 0). The call adds this
+    /// batch's mean reward first, uses the updated mean, and reports it in `ur_dpo_metrics.bco_delta` /
+    /// `bco_count` for the next call. Negative: `bco_delta` is used as delta, not updated.
+    pub bco_count: f32,
+    /// Nonzero: LD-DPO with `ld_alpha` (default 0); needs `policy_chosen_verbose` and `policy_rejected_verbose`.
+    pub use_ld_alpha: i32,
+    /// LD-DPO's alpha: the policy log-prob is its public part plus alpha times the verbose part.
+    pub ld_alpha: f32,
+    /// A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
+    /// in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
+    pub num_loss_types: u32,
+    pub loss_types: *const i32,
+    pub loss_weights: *const f32,
+    /// Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.
+    pub pair_weights: *const DLTensor,
+    /// LD-DPO: the log-probs of the verbose parts (the tokens past `min(chosen, rejected length)`) `[P]`.
+    pub policy_chosen_verbose: *const DLTensor,
+    pub policy_rejected_verbose: *const DLTensor,
+    /// LD-DPO: outputs, the gradients with respect to the verbose parts `[P]` (required with `use_ld_alpha`).
+    pub grad_policy_chosen_verbose_out: *const DLTensor,
+    pub grad_policy_rejected_verbose_out: *const DLTensor,
+    /// Output, optional: TRL's per-pair losses `[P]` float32 (without the NLL term and the pair weights; AOT's at
+    /// sorted positions).
+    pub losses_out: *const DLTensor,
 }
 
 impl Versioned for ur_dpo_config {
     const NAME: &'static str = "ur_dpo_config";
     fn default_value() -> Self {
         let d = DpoConfig::default();
+        let null = std::ptr::null();
         ur_dpo_config {
             struct_size: size_of_u32::<Self>(),
             loss_type: UR_DPO_SIGMOID,
@@ -88,13 +134,95 @@ impl Versioned for ur_dpo_config {
             use_rpo_alpha: d.rpo_alpha.is_some() as i32,
             rpo_alpha: d.rpo_alpha.unwrap_or(0.0),
             simpo_gamma: d.simpo_gamma,
-            bco_delta: d.bco_delta,
+            bco_delta: 0.0,
             grad_output: d.grad_output,
+            f_divergence_type: UR_F_DIVERGENCE_REVERSE_KL,
+            f_alpha_divergence_coef: 1.0,
+            discopop_tau: d.discopop_tau,
+            bco_count: 0.0,
+            use_ld_alpha: 0,
+            ld_alpha: 1.0,
+            num_loss_types: 0,
+            loss_types: null,
+            loss_weights: null,
+            pair_weights: null,
+            policy_chosen_verbose: null,
+            policy_rejected_verbose: null,
+            grad_policy_chosen_verbose_out: null,
+            grad_policy_rejected_verbose_out: null,
+            losses_out: null,
         }
     }
 }
 
-/// TRL's defaults: sigmoid, beta 0.1, no smoothing, no RPO, SimPO gamma 0.5, grad_output 1.
+impl ur_dpo_config {
+    /// The Rust config this C config says.
+    ///
+    /// # Safety
+    /// `loss_types` and `loss_weights` hold `num_loss_types` values each when it is nonzero.
+    unsafe fn to_config(&self) -> FfiResult<DpoConfig> {
+        let loss_type = code("loss_type", self.loss_type, &DpoLossType::ALL)?;
+        let loss_mixture = match self.num_loss_types {
+            0 => None,
+            n if n as usize > DpoLossType::ALL.len() => {
+                return Err(Failure::invalid(format!(
+                    "`num_loss_types` is {n}: at most {} loss types can be mixed",
+                    DpoLossType::ALL.len()
+                )))
+            }
+            n => {
+                if self.loss_types.is_null() || self.loss_weights.is_null() {
+                    return Err(Failure::null(if self.loss_types.is_null() { "loss_types" } else { "loss_weights" }));
+                }
+                // SAFETY: this function's contract.
+                let (types, weights) = unsafe {
+                    (
+                        std::slice::from_raw_parts(self.loss_types, n as usize),
+                        std::slice::from_raw_parts(self.loss_weights, n as usize),
+                    )
+                };
+                let terms = types
+                    .iter()
+                    .zip(weights)
+                    .map(|(&t, &w)| Ok((code("loss_types[i]", t, &DpoLossType::ALL)?, w)))
+                    .collect::<FfiResult<Vec<_>>>()?;
+                Some(LossMixture::new(&terms)?)
+            }
+        };
+        let f_divergence = match self.f_divergence_type {
+            UR_F_DIVERGENCE_REVERSE_KL => FDivergence::ReverseKl,
+            UR_F_DIVERGENCE_JS => FDivergence::JsDivergence,
+            UR_F_DIVERGENCE_ALPHA => FDivergence::AlphaDivergence(self.f_alpha_divergence_coef),
+            other => {
+                return Err(Failure::invalid(format!(
+                    "`f_divergence_type` is {other}, expected a code from 0 to {UR_F_DIVERGENCE_ALPHA}"
+                )))
+            }
+        };
+        let bco_delta = if self.bco_count < 0.0 {
+            BcoDelta::Fixed(self.bco_delta)
+        } else {
+            BcoDelta::Running { mean: self.bco_delta, count: self.bco_count }
+        };
+        Ok(DpoConfig {
+            loss_type,
+            loss_mixture,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            reference_free: self.reference_free != 0,
+            f_divergence,
+            rpo_alpha: (self.use_rpo_alpha != 0).then_some(self.rpo_alpha),
+            ld_alpha: (self.use_ld_alpha != 0).then_some(self.ld_alpha),
+            simpo_gamma: self.simpo_gamma,
+            discopop_tau: self.discopop_tau,
+            bco_delta,
+            grad_output: self.grad_output,
+        })
+    }
+}
+
+/// TRL's defaults: sigmoid, beta 0.1, no smoothing, reverse KL, no RPO, no LD-DPO, SimPO gamma 0.5, DiscoPOP
+/// tau 0.05, a fresh BCO running mean, grad_output 1, no extra tensors.
 #[no_mangle]
 pub extern "C" fn ur_dpo_config_default() -> ur_dpo_config {
     ur_dpo_config::default_value()
@@ -117,19 +245,25 @@ pub struct ur_dpo_metrics {
     pub log_odds_ratio: f32,
     /// ORPO's mean log odds; NaN for other loss types.
     pub log_odds_chosen: f32,
+    /// BCO's running mean after this batch, for the next call's `bco_delta`; NaN without a bco_pair term.
+    pub bco_delta: f32,
+    /// BCO's running count after this batch, for the next call's `bco_count`; NaN without a bco_pair term.
+    pub bco_count: f32,
 }
 
-/// The DPO family (TRL's loss types, SimPO, ORPO, RPO) on per-sequence log-probs of P pairs: the loss, its
-/// gradient with respect to the policy log-probs, and TRL's metrics.
+/// The DPO family (TRL's loss types and mixtures, SimPO, ORPO, RPO, WPO, LD-DPO) on per-sequence log-probs of P
+/// pairs: the loss, its gradient with respect to the policy log-probs, and TRL's metrics.
 ///
 /// Inputs: float `[P]` tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
 /// `reference_rejected` (NULL only when reference-free or for SimPO/ORPO); `chosen_lengths`, `rejected_lengths`
-/// int32/int64 `[P]` completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
-/// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` `[P]` in the inputs'
-/// dtype (required); `*metrics_out` (host, may be NULL). Waits for its CUDA work (the loss goes to host memory).
+/// int32/int64 `[P]` completion token counts (needed by IPO, SimPO, ORPO, RPO; else may be NULL); more optional
+/// tensors in `cfg` (pair weights, LD-DPO's verbose parts). Outputs: `*loss_out` (host float, required);
+/// `grad_policy_chosen_out`, `grad_policy_rejected_out` `[P]` in the inputs' dtype (required); `*metrics_out`
+/// (host, may be NULL); the output tensors named in `cfg`. Waits for its CUDA work (the loss goes to host memory).
 ///
 /// # Safety
-/// As for `ur_logprobs_forward`; `loss_out` and a non-NULL `metrics_out` are writable host memory.
+/// As for `ur_logprobs_forward`; `loss_out` and a non-NULL `metrics_out` are writable host memory; the tensors
+/// and arrays `cfg` points to are as its fields describe.
 #[no_mangle]
 pub unsafe extern "C" fn ur_dpo_loss(
     ctx: *mut ur_context,
@@ -150,16 +284,7 @@ pub unsafe extern "C" fn ur_dpo_loss(
     call(|| unsafe {
         context::check(ctx)?;
         let c = read_config(cfg)?;
-        let cfg = DpoConfig {
-            loss_type: code("loss_type", c.loss_type, &DpoLossType::ALL)?,
-            beta: c.beta,
-            label_smoothing: c.label_smoothing,
-            reference_free: c.reference_free != 0,
-            rpo_alpha: (c.use_rpo_alpha != 0).then_some(c.rpo_alpha),
-            simpo_gamma: c.simpo_gamma,
-            bco_delta: c.bco_delta,
-            grad_output: c.grad_output,
-        };
+        let cfg = c.to_config()?;
         if loss_out.is_null() {
             return Err(Failure::null("loss_out"));
         }
@@ -169,12 +294,40 @@ pub unsafe extern "C" fn ur_dpo_loss(
         let rr = Desc::optional("reference_rejected", reference_rejected)?;
         let cl = Desc::optional("chosen_lengths", chosen_lengths)?;
         let rl = Desc::optional("rejected_lengths", rejected_lengths)?;
+        let pw = Desc::optional("pair_weights", c.pair_weights)?;
+        let cv = Desc::optional("policy_chosen_verbose", c.policy_chosen_verbose)?;
+        let rv = Desc::optional("policy_rejected_verbose", c.policy_rejected_verbose)?;
         let gc = Desc::required("grad_policy_chosen_out", grad_policy_chosen_out)?;
         let gr = Desc::required("grad_policy_rejected_out", grad_policy_rejected_out)?;
-        let descs = [Some(&pc), Some(&pr), rc.as_ref(), rr.as_ref(), cl.as_ref(), rl.as_ref(), Some(&gc), Some(&gr)];
+        let (gcv, grv) = if cfg.ld_alpha.is_some() {
+            (
+                Some(Desc::required("grad_policy_chosen_verbose_out", c.grad_policy_chosen_verbose_out)?),
+                Some(Desc::required("grad_policy_rejected_verbose_out", c.grad_policy_rejected_verbose_out)?),
+            )
+        } else {
+            (None, None)
+        };
+        let losses = Desc::optional("losses_out", c.losses_out)?;
+        let descs = [
+            Some(&pc),
+            Some(&pr),
+            rc.as_ref(),
+            rr.as_ref(),
+            cl.as_ref(),
+            rl.as_ref(),
+            pw.as_ref(),
+            cv.as_ref(),
+            rv.as_ref(),
+            Some(&gc),
+            Some(&gr),
+            gcv.as_ref(),
+            grv.as_ref(),
+            losses.as_ref(),
+        ];
         on_device(&descs, stream, || {
             let opt = |d: &Option<Desc>| d.as_ref().map(|d| d.tensor()).transpose();
             let (pc, pr, rc, rr, cl, rl) = (pc.tensor()?, pr.tensor()?, opt(&rc)?, opt(&rr)?, opt(&cl)?, opt(&rl)?);
+            let (pw, cv, rv) = (opt(&pw)?, opt(&cv)?, opt(&rv)?);
             let logps = PreferenceLogps {
                 policy_chosen: &pc,
                 policy_rejected: &pr,
@@ -182,11 +335,28 @@ pub unsafe extern "C" fn ur_dpo_loss(
                 reference_rejected: rr.as_ref(),
                 chosen_lengths: cl.as_ref(),
                 rejected_lengths: rl.as_ref(),
+                policy_chosen_verbose: cv.as_ref(),
+                policy_rejected_verbose: rv.as_ref(),
+                pair_weights: pw.as_ref(),
             };
             let r = dpo_loss(&logps, &cfg)?;
-            write_outputs(&[(Some(&gc), &r.grad_policy_chosen), (Some(&gr), &r.grad_policy_rejected)])?;
+            let mut outputs = vec![(Some(&gc), &r.grad_policy_chosen), (Some(&gr), &r.grad_policy_rejected)];
+            outputs.push((losses.as_ref(), &r.losses));
+            if let (Some(g), Some(t)) = (gcv.as_ref(), r.grad_policy_chosen_verbose.as_ref()) {
+                outputs.push((Some(g), t));
+            }
+            if let (Some(g), Some(t)) = (grv.as_ref(), r.grad_policy_rejected_verbose.as_ref()) {
+                outputs.push((Some(g), t));
+            }
+            write_outputs(&outputs)?;
             write_scalar("loss_out", loss_out, r.loss)?;
             let m = r.metrics;
+            let bco = cfg.losses().contains(DpoLossType::BcoPair);
+            let (bco_delta, bco_count) = match r.bco_delta {
+                BcoDelta::Running { mean, count } if bco => (mean, count),
+                BcoDelta::Fixed(delta) if bco => (delta, -1.0),
+                _ => (f32::NAN, f32::NAN),
+            };
             write_optional(
                 metrics_out,
                 ur_dpo_metrics {
@@ -199,6 +369,8 @@ pub unsafe extern "C" fn ur_dpo_loss(
                     nll_loss: m.nll_loss.unwrap_or(f32::NAN),
                     log_odds_ratio: m.log_odds_ratio.unwrap_or(f32::NAN),
                     log_odds_chosen: m.log_odds_chosen.unwrap_or(f32::NAN),
+                    bco_delta,
+                    bco_count,
                 },
             );
             Ok(())

@@ -2,7 +2,9 @@
 
 use rand::Rng;
 use serde_json::Value;
-use unireward::ops::preference::{dpo_loss, DpoConfig, DpoLossType, DpoOutput, PreferenceLogps};
+use unireward::ops::preference::{
+    dpo_loss, BcoDelta, DpoConfig, DpoLossType, DpoOutput, FDivergence, LossMixture, PreferenceLogps,
+};
 use unireward::{DType, Device, Error, Tensor};
 
 use crate::util::*;
@@ -14,6 +16,9 @@ struct Case {
     policy_rejected: Vec<f32>,
     reference: Option<(Vec<f32>, Vec<f32>)>,
     lengths: Option<(Vec<i64>, Vec<i64>)>,
+    /// LD-DPO's verbose parts.
+    verbose: Option<(Vec<f32>, Vec<f32>)>,
+    pair_weights: Option<Vec<f32>>,
 }
 
 /// The case as tensors of `dtype` on `device`.
@@ -22,6 +27,8 @@ struct Tensors {
     pr: Tensor,
     reference: Option<(Tensor, Tensor)>,
     lengths: Option<(Tensor, Tensor)>,
+    verbose: Option<(Tensor, Tensor)>,
+    pair_weights: Option<Tensor>,
 }
 
 impl Tensors {
@@ -34,6 +41,8 @@ impl Tensors {
             pr: t(&case.policy_rejected),
             reference: case.reference.as_ref().map(|(c, r)| (t(c), t(r))),
             lengths: case.lengths.as_ref().map(|(c, r)| (ints(c), ints(r))),
+            verbose: case.verbose.as_ref().map(|(c, r)| (t(c), t(r))),
+            pair_weights: case.pair_weights.as_deref().map(t),
         }
     }
 
@@ -45,42 +54,82 @@ impl Tensors {
         if let Some((c, r)) = &self.lengths {
             l = l.with_lengths(c, r);
         }
+        if let Some((c, r)) = &self.verbose {
+            l = l.with_verbose(c, r);
+        }
+        if let Some(w) = &self.pair_weights {
+            l = l.with_pair_weights(w);
+        }
         l
     }
 }
 
 fn run(case: &Case, cfg: &DpoConfig, dtype: DType, device: Device) -> DpoOutput {
     let t = Tensors::new(case, dtype, device);
-    dpo_loss(&t.logps(), cfg).unwrap_or_else(|e| panic!("{}: {e}", cfg.loss_type.trl_name()))
+    dpo_loss(&t.logps(), cfg).unwrap_or_else(|e| panic!("{}: {e}", name_of(cfg)))
+}
+
+/// The loss types of a config, TRL's names joined by `+`.
+fn name_of(cfg: &DpoConfig) -> String {
+    cfg.losses().terms().iter().map(|(t, _)| t.trl_name()).collect::<Vec<_>>().join("+")
 }
 
 fn parse(case: &Value) -> (Case, DpoConfig) {
     let c = &case["config"];
+    let f = |key: &str| c[key].as_f64().unwrap_or_else(|| panic!("{key}")) as f32;
+    let types: Vec<DpoLossType> = c["loss_type"]
+        .as_array()
+        .expect("loss types")
+        .iter()
+        .map(|t| DpoLossType::from_trl_name(t.as_str().expect("name")).expect("known"))
+        .collect();
+    let weights = f32s(&c["loss_weights"]);
+    let terms: Vec<_> = types.iter().copied().zip(weights).collect();
+    let loss_mixture = (terms.len() > 1 || terms[0].1 != 1.0).then(|| LossMixture::new(&terms).expect("mixture"));
+    let f_divergence = match c["f_divergence_type"].as_str().expect("f-divergence") {
+        "js_divergence" => FDivergence::JsDivergence,
+        "alpha_divergence" => FDivergence::AlphaDivergence(f("f_alpha_divergence_coef")),
+        _ => FDivergence::ReverseKl,
+    };
+    let bco_delta = match c["bco"].as_array() {
+        Some(b) if b[0].as_str() == Some("fixed") => BcoDelta::Fixed(b[1].as_f64().expect("delta") as f32),
+        Some(b) => BcoDelta::Running {
+            mean: b[0].as_f64().expect("mean") as f32,
+            count: b[1].as_f64().expect("count") as f32,
+        },
+        None => BcoDelta::default(),
+    };
     let cfg = DpoConfig {
-        loss_type: DpoLossType::from_trl_name(c["loss_type"].as_str().expect("loss type")).expect("known"),
-        beta: c["beta"].as_f64().expect("beta") as f32,
-        label_smoothing: c["label_smoothing"].as_f64().expect("ls") as f32,
+        loss_type: types[0],
+        loss_mixture,
+        beta: f("beta"),
+        label_smoothing: f("label_smoothing"),
         reference_free: c["reference_free"].as_bool().expect("bool"),
+        f_divergence,
         rpo_alpha: c["rpo_alpha"].as_f64().map(|v| v as f32),
-        simpo_gamma: c["simpo_gamma"].as_f64().expect("gamma") as f32,
-        bco_delta: c["bco_delta"].as_f64().expect("delta") as f32,
-        grad_output: c["grad_output"].as_f64().expect("go") as f32,
+        ld_alpha: c["ld_alpha"].as_f64().map(|v| v as f32),
+        simpo_gamma: f("simpo_gamma"),
+        discopop_tau: f("discopop_tau"),
+        bco_delta,
+        grad_output: f("grad_output"),
     };
     let i = &case["inputs"];
-    let reference =
-        (!i["reference_chosen"].is_null()).then(|| (f32s(&i["reference_chosen"]), f32s(&i["reference_rejected"])));
+    let pair = |c: &str, r: &str| (!i[c].is_null()).then(|| (f32s(&i[c]), f32s(&i[r])));
     let lengths = (!i["chosen_lengths"].is_null()).then(|| (i64s(&i["chosen_lengths"]), i64s(&i["rejected_lengths"])));
     let case = Case {
         policy_chosen: f32s(&i["policy_chosen"]),
         policy_rejected: f32s(&i["policy_rejected"]),
-        reference,
+        reference: pair("reference_chosen", "reference_rejected"),
         lengths,
+        verbose: pair("policy_chosen_verbose", "policy_rejected_verbose"),
+        pair_weights: (!i["pair_weights"].is_null()).then(|| f32s(&i["pair_weights"])),
     };
     (case, cfg)
 }
 
 fn check_against_fixture(name: &str, out: &DpoOutput, expected: &Value, rtol: f64) {
     assert_close(&format!("{name} loss"), out.loss as f64, expected["loss"].as_f64().expect("loss"), rtol, 1e-7);
+    assert_all_close(&format!("{name} losses"), &values(&out.losses), &f64s(&expected["losses"]), rtol);
     assert_all_close(
         &format!("{name} grad chosen"),
         &values(&out.grad_policy_chosen),
@@ -93,6 +142,25 @@ fn check_against_fixture(name: &str, out: &DpoOutput, expected: &Value, rtol: f6
         &f64s(&expected["grad_policy_rejected"]),
         rtol,
     );
+    for (key, got) in [
+        ("grad_policy_chosen_verbose", &out.grad_policy_chosen_verbose),
+        ("grad_policy_rejected_verbose", &out.grad_policy_rejected_verbose),
+    ] {
+        match (got, expected[key].is_null()) {
+            (Some(g), false) => assert_all_close(&format!("{name} {key}"), &values(g), &f64s(&expected[key]), rtol),
+            (None, true) => {}
+            (g, _) => panic!("{name} {key}: got {g:?}, want {}", expected[key]),
+        }
+    }
+    if let Some(b) = expected["bco"].as_array() {
+        match out.bco_delta {
+            BcoDelta::Running { mean, count } => {
+                assert_close(&format!("{name} bco mean"), mean as f64, b[0].as_f64().expect("mean"), rtol, 1e-7);
+                assert_eq!(count as f64, b[1].as_f64().expect("count"), "{name} bco count");
+            }
+            BcoDelta::Fixed(delta) => assert_eq!(delta as f64, b[1].as_f64().expect("delta"), "{name} fixed"),
+        }
+    }
     let m = &expected["metrics"];
     let metrics = [
         ("rewards_chosen", Some(out.metrics.rewards_chosen)),
@@ -122,7 +190,7 @@ fn matches_trl_reference_in_f32() {
     for case in cases {
         let name = case["name"].as_str().expect("name");
         let (inputs, cfg) = parse(case);
-        covered.insert(cfg.loss_type);
+        covered.extend(cfg.losses().terms().iter().map(|&(t, _)| t));
         let out = run(&inputs, &cfg, DType::F32, Device::Cpu);
         check_against_fixture(name, &out, &case["expected"], 1e-5);
     }
@@ -143,6 +211,8 @@ fn half_precision_inputs_match_f32_on_the_same_values() {
                 policy_rejected: r(&inputs.policy_rejected),
                 reference: inputs.reference.as_ref().map(|(c, rr)| (r(c), r(rr))),
                 lengths: inputs.lengths.clone(),
+                verbose: inputs.verbose.as_ref().map(|(c, rr)| (r(c), r(rr))),
+                pair_weights: inputs.pair_weights.as_deref().map(r),
             };
             let want = run(&rounded_case, &cfg, DType::F32, Device::Cpu);
             let got = run(&rounded_case, &cfg, dtype, Device::Cpu);
@@ -180,62 +250,178 @@ fn random_case(rng: &mut impl Rng, pairs: usize, reference: bool, lengths: bool)
         v.iter().map(|&x| x + rng.gen_range(-2.0f32..2.0)).collect()
     };
     let refs = reference.then(|| (near(&pc, rng), near(&pr, rng)));
-    Case { policy_chosen: pc, policy_rejected: pr, reference: refs, lengths: lengths.then_some((lc, lr)) }
+    Case {
+        policy_chosen: pc,
+        policy_rejected: pr,
+        reference: refs,
+        lengths: lengths.then_some((lc, lr)),
+        verbose: None,
+        pair_weights: None,
+    }
 }
 
-fn configs() -> Vec<(DpoConfig, bool)> {
+/// What a config's random case carries besides the policy log-probs and lengths.
+#[derive(Clone, Copy, Debug)]
+struct Extras {
+    reference: bool,
+    weights: bool,
+}
+
+/// [`random_case`] with LD-DPO's verbose parts (a share of each sum) when `cfg` has `ld_alpha`, and WPO weights.
+fn case_for(rng: &mut impl Rng, pairs: usize, cfg: &DpoConfig, extras: Extras) -> Case {
+    let mut case = random_case(rng, pairs, extras.reference, true);
+    if cfg.ld_alpha.is_some() {
+        let part = |v: &[f32], rng: &mut dyn rand::RngCore| -> Vec<f32> {
+            v.iter().map(|&x| x * rng.gen_range(0.0f32..0.8)).collect()
+        };
+        case.verbose = Some((part(&case.policy_chosen, rng), part(&case.policy_rejected, rng)));
+    }
+    if extras.weights {
+        case.pair_weights = Some((0..pairs).map(|_| rng.gen_range(0.1f32..1.0)).collect());
+    }
+    case
+}
+
+/// Every loss type plain, TRL-reference-free (with and without reference log-probs) and with smoothing, RPO and an
+/// upstream gradient; then f-divergences, mixtures, WPO weights and LD-DPO. BCO's δ is fixed: TRL's running mean
+/// is a constant of the gradient (detached), so finite differences must not move it.
+fn configs() -> Vec<(DpoConfig, Extras)> {
+    let (plain, free, weighted) = (
+        Extras { reference: true, weights: false },
+        Extras { reference: false, weights: false },
+        Extras { reference: true, weights: true },
+    );
     let mut out = Vec::new();
     for loss_type in DpoLossType::ALL {
-        let base = DpoConfig { loss_type, beta: 0.4, bco_delta: 0.2, simpo_gamma: 0.7, ..Default::default() };
-        out.push((base, loss_type.uses_reference()));
+        let base = DpoConfig {
+            loss_type,
+            beta: 0.4,
+            bco_delta: BcoDelta::Fixed(0.2),
+            simpo_gamma: 0.7,
+            discopop_tau: 0.3,
+            ..Default::default()
+        };
+        let uses_reference = Extras { reference: loss_type.uses_reference(), weights: false };
+        out.push((base, uses_reference));
         if loss_type.uses_reference() {
-            out.push((DpoConfig { reference_free: true, ..base }, false));
+            out.push((DpoConfig { reference_free: true, ..base }, plain));
+            out.push((DpoConfig { reference_free: true, ..base }, free));
         }
-        out.push((
-            DpoConfig { label_smoothing: 0.15, rpo_alpha: Some(0.3), grad_output: 1.7, ..base },
-            loss_type.uses_reference(),
-        ));
+        out.push((DpoConfig { label_smoothing: 0.15, rpo_alpha: Some(0.3), grad_output: 1.7, ..base }, uses_reference));
+    }
+    let base = DpoConfig { beta: 0.3, bco_delta: BcoDelta::Fixed(-0.1), ..Default::default() };
+    for f_divergence in [FDivergence::JsDivergence, FDivergence::AlphaDivergence(0.6), FDivergence::ForwardKl] {
+        for loss_type in [DpoLossType::Sigmoid, DpoLossType::Ipo, DpoLossType::ExoPair, DpoLossType::Robust] {
+            out.push((DpoConfig { loss_type, f_divergence, beta: 0.05, ..base }, plain));
+        }
+        out.push((DpoConfig { f_divergence, beta: 0.05, reference_free: true, ..base }, plain));
+    }
+    let mixture = |terms: &[(DpoLossType, f32)]| Some(LossMixture::new(terms).expect("mixture"));
+    out.push((
+        DpoConfig {
+            loss_mixture: mixture(&[(DpoLossType::Sigmoid, 0.8), (DpoLossType::BcoPair, 0.2), (DpoLossType::Aot, 0.5)]),
+            rpo_alpha: Some(0.5),
+            ..base
+        },
+        weighted,
+    ));
+    out.push((
+        DpoConfig { loss_mixture: mixture(&[(DpoLossType::Ipo, 1.0), (DpoLossType::AotPair, 0.7)]), ..base },
+        plain,
+    ));
+    for loss_type in [DpoLossType::Sigmoid, DpoLossType::AotPair, DpoLossType::Discopop] {
+        out.push((DpoConfig { loss_type, rpo_alpha: Some(0.2), ..base }, weighted));
+    }
+    for loss_type in [DpoLossType::Sigmoid, DpoLossType::Ipo, DpoLossType::NcaPair] {
+        out.push((DpoConfig { loss_type, ld_alpha: Some(0.4), rpo_alpha: Some(0.3), ..base }, plain));
     }
     out
 }
 
 /// Central differences of the loss at steps 2^-5 and 2^-6 (exact in f32 at these magnitudes), combined by
 /// Richardson extrapolation (error O(h⁴): ORPO near log-prob 0 is strongly curved); the tolerance allows for the
-/// f32 rounding of the loss itself.
+/// f32 rounding of the loss itself. Every differentiated input: the policy log-probs and LD-DPO's verbose parts.
 #[test]
 fn gradients_match_finite_differences() {
     let mut rng = rng("dpo gradients_match_finite_differences");
-    for (cfg, reference) in configs() {
-        let case = random_case(&mut rng, 5, reference, true);
+    for (cfg, extras) in configs() {
+        let case = case_for(&mut rng, 5, &cfg, extras);
         let out = run(&case, &cfg, DType::F32, Device::Cpu);
         let h = 1.0f32 / 32.0;
         let noise = 3.0 * 4.0 * f32::EPSILON as f64 * out.loss.abs() as f64 / h as f64;
-        for (side, grad) in [(0, &out.grad_policy_chosen), (1, &out.grad_policy_rejected)] {
+        let grads = [
+            Some(&out.grad_policy_chosen),
+            Some(&out.grad_policy_rejected),
+            out.grad_policy_chosen_verbose.as_ref(),
+            out.grad_policy_rejected_verbose.as_ref(),
+        ];
+        for (side, grad) in grads.into_iter().enumerate() {
+            let Some(grad) = grad else { continue };
             let grad = values(grad);
             let scale = grad.iter().fold(0.0f32, |m, g| m.max(g.abs())) as f64;
             for i in 0..case.policy_chosen.len() {
-                let loss_at = |d: f32| {
+                let moved = |d: f32| {
                     let mut c = case.clone();
-                    let v = if side == 0 { &mut c.policy_chosen } else { &mut c.policy_rejected };
+                    let v = match side {
+                        0 => &mut c.policy_chosen,
+                        1 => &mut c.policy_rejected,
+                        2 => &mut c.verbose.as_mut().expect("verbose").0,
+                        _ => &mut c.verbose.as_mut().expect("verbose").1,
+                    };
                     v[i] += d;
-                    run(&c, &cfg, DType::F32, Device::Cpu).loss as f64
+                    c
                 };
-                if cfg.loss_type == DpoLossType::Hinge && near_hinge_kink(&case, &cfg, i, h) {
+                let kinked = [moved(-h), moved(h)].iter().any(|c| !same_sort_orders(&case, c, &cfg))
+                    || (cfg.losses().contains(DpoLossType::Hinge) && near_hinge_kink(&case, &cfg, i, h));
+                if kinked {
                     continue;
                 }
+                let loss_at = |d: f32| run(&moved(d), &cfg, DType::F32, Device::Cpu).loss as f64;
                 let central = |h: f32| (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
                 let fd = cfg.grad_output as f64 * (4.0 * central(h / 2.0) - central(h)) / 3.0;
-                let what = format!("{} side {side} pair {i} ({cfg:?})", cfg.loss_type.trl_name());
+                let what = format!("{} side {side} pair {i} ({cfg:?})", name_of(&cfg));
                 assert_close(&what, grad[i] as f64, fd, 2e-3, 2e-3 * scale + noise + 1e-6);
             }
         }
     }
 }
 
+/// Whether AOT's sort orders (of `c - r` and of each side's log-ratios) are the same for both cases (a change of
+/// order is a kink of the AOT losses). Cases of configs without AOT always agree.
+fn same_sort_orders(a: &Case, b: &Case, cfg: &DpoConfig) -> bool {
+    if !cfg.losses().terms().iter().any(|(t, _)| t.sorts_the_batch()) {
+        return true;
+    }
+    let keys = |case: &Case| -> Vec<Vec<usize>> {
+        let n = case.policy_chosen.len();
+        let (rc, rr) = case.reference.clone().unwrap_or((vec![0.0; n], vec![0.0; n]));
+        let (lc, lr) = case.lengths.clone().expect("lengths");
+        let norm = cfg.losses().length_normalised();
+        let scaled = |v: f32, l: i64| if norm { v as f64 / l as f64 } else { v as f64 };
+        let c: Vec<f64> = (0..n).map(|i| scaled(case.policy_chosen[i], lc[i])).collect();
+        let r: Vec<f64> = (0..n).map(|i| scaled(case.policy_rejected[i], lr[i])).collect();
+        let a: Vec<f64> = (0..n).map(|i| c[i] - scaled(rc[i], lc[i])).collect();
+        let b: Vec<f64> = (0..n).map(|i| r[i] - scaled(rr[i], lr[i])).collect();
+        let d: Vec<f64> = (0..n).map(|i| c[i] - r[i]).collect();
+        [a, b, d]
+            .iter()
+            .map(|v| {
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+                order
+            })
+            .collect()
+    };
+    keys(a) == keys(b)
+}
+
 /// Whether moving pair `i`'s log-probs by `h` can cross the hinge's kink at βz = 1 (no derivative there).
 fn near_hinge_kink(case: &Case, cfg: &DpoConfig, i: usize, h: f32) -> bool {
     let (c, r) = (case.policy_chosen[i] as f64, case.policy_rejected[i] as f64);
-    let (rc, rr) = case.reference.as_ref().map_or((0.0, 0.0), |(a, b)| (a[i] as f64, b[i] as f64));
+    let (rc, rr) = match &case.reference {
+        Some((a, b)) if !cfg.reference_free => (a[i] as f64, b[i] as f64),
+        _ => (0.0, 0.0),
+    };
     let beta = cfg.beta as f64;
     (1.0 - beta * ((c - rc) - (r - rr))).abs() <= 2.0 * beta * h as f64
 }
@@ -296,7 +482,7 @@ fn large_batch_is_deterministic() {
     assert_eq!(values(&a.grad_policy_chosen), values(&b.grad_policy_chosen));
 }
 
-/// Reference log-probs given to a loss that does not use them (SimPO, ORPO, reference-free mode) are ignored.
+/// Reference log-probs given to a loss that does not use them (SimPO, ORPO) are ignored.
 #[test]
 fn unused_references_are_ignored() {
     let mut rng = rng("dpo unused_references_are_ignored");
@@ -305,7 +491,6 @@ fn unused_references_are_ignored() {
     for cfg in [
         DpoConfig { loss_type: DpoLossType::Simpo, ..Default::default() },
         DpoConfig { loss_type: DpoLossType::Orpo, ..Default::default() },
-        DpoConfig { reference_free: true, ..Default::default() },
     ] {
         let (a, b) = (run(&with, &cfg, DType::F32, Device::Cpu), run(&without, &cfg, DType::F32, Device::Cpu));
         assert_eq!(a.loss, b.loss);
@@ -314,13 +499,63 @@ fn unused_references_are_ignored() {
     }
 }
 
+/// TRL updates BCO's running mean with the batch before using it: a trainer that carries `bco_delta` from one
+/// output to the next config gets, at each step, δ = the mean of the batch means so far (TRL's RunningMoments).
+#[test]
+fn bco_running_mean_is_updated_before_use() {
+    let mut rng = rng("dpo bco_running_mean_is_updated_before_use");
+    let mut cfg = DpoConfig { loss_type: DpoLossType::BcoPair, beta: 0.3, ..Default::default() };
+    let mut batch_means = Vec::new();
+    for step in 0..3 {
+        let case = random_case(&mut rng, 11, true, false);
+        let out = run(&case, &cfg, DType::F32, Device::Cpu);
+        let (rc, rr) = case.reference.as_ref().expect("reference");
+        let rewards: f64 = (0..11)
+            .map(|i| {
+                (case.policy_chosen[i] as f64 - rc[i] as f64) + (case.policy_rejected[i] as f64 - rr[i] as f64)
+            })
+            .sum::<f64>()
+            * 0.3
+            / 22.0;
+        batch_means.push(rewards);
+        let delta = batch_means.iter().sum::<f64>() / batch_means.len() as f64;
+        // The same loss with δ fixed at the updated mean.
+        let fixed = run(&case, &DpoConfig { bco_delta: BcoDelta::Fixed(delta as f32), ..cfg }, DType::F32, Device::Cpu);
+        assert_close(&format!("step {step} loss"), out.loss as f64, fixed.loss as f64, 1e-6, 1e-7);
+        let BcoDelta::Running { mean, count } = out.bco_delta else { panic!("running") };
+        assert_close(&format!("step {step} mean"), mean as f64, delta, 1e-6, 1e-7);
+        assert_eq!(count, step as f32 + 1.0);
+        cfg.bco_delta = out.bco_delta;
+    }
+}
+
+/// WPO: pair weights multiply each pair's loss and the RPO term, as TRL's `losses * policy_weights` does; all-one
+/// weights change nothing.
+#[test]
+fn pair_weights_scale_each_pair() {
+    let mut rng = rng("dpo pair_weights_scale_each_pair");
+    let cfg = DpoConfig { beta: 0.2, rpo_alpha: Some(0.5), ..Default::default() };
+    let plain = random_case(&mut rng, 7, true, true);
+    let ones = Case { pair_weights: Some(vec![1.0; 7]), ..plain.clone() };
+    let (a, b) = (run(&plain, &cfg, DType::F32, Device::Cpu), run(&ones, &cfg, DType::F32, Device::Cpu));
+    assert_eq!(a.loss, b.loss);
+    assert_eq!(values(&a.grad_policy_chosen), values(&b.grad_policy_chosen));
+    let w: Vec<f32> = (0..7).map(|i| 0.1 * (i + 1) as f32).collect();
+    let weighted = run(&Case { pair_weights: Some(w.clone()), ..plain.clone() }, &cfg, DType::F32, Device::Cpu);
+    let nll = a.metrics.nll_loss.expect("nll") as f64;
+    let losses = values(&a.losses);
+    let want: f64 = (0..7).map(|i| w[i] as f64 * (losses[i] as f64 + 0.5 * nll)).sum::<f64>() / 7.0;
+    assert_close("weighted loss", weighted.loss as f64, want, 1e-5, 1e-7);
+}
+
 #[test]
 fn trl_names_round_trip() {
     for t in DpoLossType::ALL {
         assert_eq!(DpoLossType::from_trl_name(t.trl_name()).expect("known"), t);
     }
-    let err = DpoLossType::from_trl_name("aot").expect_err("unknown");
-    assert!(err.to_string().contains("unknown DPO loss type `aot`"), "{err}");
+    assert_eq!(DpoLossType::from_trl_name("aot_unpaired").expect("TRL v0.28's name"), DpoLossType::AotPair);
+    let err = DpoLossType::from_trl_name("kto_pair").expect_err("unknown");
+    assert!(err.to_string().contains("unknown DPO loss type `kto_pair`"), "{err}");
 }
 
 fn expect_err(inputs: &PreferenceLogps, cfg: &DpoConfig, needle: &str) -> Error {
@@ -397,6 +632,28 @@ fn bad_input_is_a_clear_error() {
         &orpo,
         "ORPO needs probabilities below 1",
     );
+
+    let ld = DpoConfig { ld_alpha: Some(0.5), ..free };
+    expect_err(&PreferenceLogps::new(&v3, &v3), &ld, "`ld_alpha` needs `policy_chosen_verbose`");
+    expect_err(&PreferenceLogps::new(&v3, &v3).with_verbose(&v3, &v3), &free, "set `ld_alpha` to use them");
+    expect_err(&PreferenceLogps::new(&v3, &v3).with_verbose(&v3, &v2), &ld, "`policy_rejected_verbose` has shape");
+    expect_err(&PreferenceLogps::new(&v3, &v3), &DpoConfig { discopop_tau: 0.0, ..free }, "`discopop_tau` must be");
+    let alpha0 = DpoConfig { f_divergence: FDivergence::AlphaDivergence(0.0), ..free };
+    expect_err(&PreferenceLogps::new(&v3, &v3), &alpha0, "`f_alpha_divergence_coef` must not be 0");
+    let simpo_js = DpoConfig { f_divergence: FDivergence::JsDivergence, ..simpo };
+    expect_err(&PreferenceLogps::new(&v3, &v3).with_lengths(&lens, &lens), &simpo_js, "takes no f-divergence");
+    let nan_weights = tensor(&[1.0, f32::NAN, 1.0], &[3], DType::F32, cpu);
+    expect_err(&PreferenceLogps::new(&v3, &v3).with_pair_weights(&nan_weights), &free, "`pair_weights`[1] is NaN");
+    expect_err(&PreferenceLogps::new(&v3, &v3).with_pair_weights(&v2), &free, "`pair_weights` has shape [2]");
+    let running = DpoConfig { bco_delta: BcoDelta::Running { mean: 0.0, count: -1.0 }, ..free };
+    expect_err(&PreferenceLogps::new(&v3, &v3), &running, "`bco_count` must not be negative");
+    let both = [(DpoLossType::Sigmoid, 1.0), (DpoLossType::Sigmoid, 0.5)];
+    assert!(LossMixture::new(&both).expect_err("twice").to_string().contains("listed twice"));
+    let cross = [(DpoLossType::Sigmoid, 1.0), (DpoLossType::Simpo, 0.5)];
+    assert!(LossMixture::new(&cross).expect_err("simpo").to_string().contains("cannot be mixed"));
+    assert!(LossMixture::new(&[]).is_err());
+    let nan_weight = [(DpoLossType::Sigmoid, f32::NAN)];
+    assert!(LossMixture::new(&nan_weight).expect_err("nan").to_string().contains("must be finite"));
 }
 
 #[test]
@@ -413,13 +670,13 @@ fn bad_device_is_a_clear_error_without_cuda() {
 fn cuda_matches_cpu() {
     let gpu = cuda();
     let mut rng = rng("dpo cuda_matches_cpu");
-    for (cfg, reference) in configs() {
+    for (cfg, extras) in configs() {
         for pairs in [1, 37, 5000] {
-            let case = random_case(&mut rng, pairs, reference, true);
+            let case = case_for(&mut rng, pairs, &cfg, extras);
             for dtype in FLOAT_DTYPES {
                 let want = run(&case, &cfg, dtype, Device::Cpu);
                 let got = run(&case, &cfg, dtype, gpu);
-                let what = format!("{} {dtype} P={pairs}", cfg.loss_type.trl_name());
+                let what = format!("{} {dtype} P={pairs}", name_of(&cfg));
                 assert_close(&format!("{what} loss"), got.loss as f64, want.loss as f64, 1e-5, 1e-7);
                 let w = |t: &Tensor| values(t).iter().map(|&v| v as f64).collect::<Vec<_>>();
                 let rtol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
@@ -435,6 +692,11 @@ fn cuda_matches_cpu() {
                     &w(&want.grad_policy_rejected),
                     rtol,
                 );
+                assert_all_close(&format!("{what} losses"), &values(&got.losses), &w(&want.losses), 1e-5);
+                if let (Some(g), Some(c)) = (&got.grad_policy_chosen_verbose, &want.grad_policy_chosen_verbose) {
+                    assert_all_close(&format!("{what} grad chosen verbose"), &values(g), &w(c), rtol);
+                }
+                assert_eq!(got.bco_delta, want.bco_delta, "{what} bco");
                 let (g, m) = (got.metrics, want.metrics);
                 for (k, a, b) in [
                     ("rewards_chosen", g.rewards_chosen, m.rewards_chosen),

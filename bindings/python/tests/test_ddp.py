@@ -23,7 +23,7 @@ class TinyPolicy(torch.nn.Module):
         hidden = torch.tanh(self.body(x))
         out = unireward.fused_linear_logprobs(hidden, self.lm_head.weight, labels)
         p = labels.shape[0] // 2
-        loss, _ = unireward.ops.dpo_loss(out.logps[:p], out.logps[p:], ref_logps[:p], ref_logps[p:], beta=0.5)
+        loss, _ = unireward.ops.fused_dpo_loss(out.logps[:p], out.logps[p:], ref_logps[:p], ref_logps[p:], beta=0.5)
         return loss
 
 

@@ -22,10 +22,10 @@ from .ops import (
     sequence_logprobs,
     verdict_head,
 )
-from .trl import dpo_loss
+from .trl import RunningMean, dpo_loss
 
-# `ops.dpo_loss` is the raw op; the package's `dpo_loss` has TRL's call shape.
-__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "Qwen2Model", "dpo_loss", "ops", "library_path", "version",
+# `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
+__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "Qwen2Model", "RunningMean", "dpo_loss", "ops", "library_path", "version",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",
            "fused_linear_logprobs", "kwise_loss", "scalar_reward", "select_pairs", "sequence_logprobs",
            "verdict_head"]  # fmt: skip

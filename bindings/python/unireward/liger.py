@@ -74,7 +74,7 @@ class FusedLinearDPOLoss(torch.nn.Module):
             # These loss types average over tokens: by the op from summed log-probs, or already averaged.
             per_row = torch.ones_like(counts) if self.average_log_prob else counts.clamp(min=1)
             lengths = dict(chosen_lengths=per_row[:pairs].long(), rejected_lengths=per_row[pairs:].long())
-        loss, _ = ops.dpo_loss(
+        loss, _ = ops.fused_dpo_loss(
             chosen,
             rejected,
             ref_chosen,

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr};
 
 use super::diffusion_dpo::{DiffusionDpoInputs, STREAMS};
-use super::dpo::{stat, Plan, PreferenceLogps};
+use super::dpo::{stat, Grads, Plan, PreferenceLogps};
+use super::dpo_config::DpoLossType;
 use super::reward_model::{bt_stat, BradleyTerryPlan, KwiseMethod, KwisePlan};
 use super::KERNELS;
 use crate::runtime::cuda::{launch_config, CudaBackend, LaunchConfig, PushKernelArg};
-use crate::runtime::Tensor;
+use crate::runtime::{DType, Tensor};
 use crate::{Error, Result};
 
 /// Threads per block; the kernels' REDUCE_THREADS (a power of two).
@@ -66,7 +67,64 @@ fn upload_i64(values: &[i64], like: &Tensor) -> Result<Tensor> {
     Tensor::from_slice(values, &[values.len()], like.device())
 }
 
-pub(crate) fn dpo(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::COUNT], Tensor, Tensor)> {
+/// The scalars of one DPO call, field for field the kernels' `DpoScalars`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct DpoScalars {
+    beta: f64,
+    eps: f64,
+    gamma: f64,
+    delta: f64,
+    tau: f64,
+    f_alpha: f64,
+    exp_cap: f64,
+    ld_alpha: f64,
+    mean_scale: f64,
+    nll_grad: f64,
+    reward_scale: f64,
+    weights: [f64; DpoLossType::ALL.len()],
+    kinds: [i32; DpoLossType::ALL.len()],
+    terms: i32,
+    f_divergence: i32,
+    reference_free: i32,
+    use_ld: i32,
+}
+
+// SAFETY: a `#[repr(C)]` struct of plain numbers, laid out as the kernels' `DpoScalars` (doubles, then ints).
+unsafe impl DeviceRepr for DpoScalars {}
+
+impl DpoScalars {
+    fn new(plan: &Plan) -> Self {
+        let p = &plan.params;
+        let mut weights = [0.0; DpoLossType::ALL.len()];
+        let mut kinds = [0; DpoLossType::ALL.len()];
+        for (i, &(kind, weight)) in plan.mixture.terms().iter().enumerate() {
+            kinds[i] = kind.code();
+            weights[i] = weight as f64;
+        }
+        DpoScalars {
+            beta: p.beta,
+            eps: p.label_smoothing,
+            gamma: p.gamma,
+            delta: p.delta,
+            tau: p.tau,
+            f_alpha: p.f_alpha,
+            exp_cap: p.exp_cap,
+            ld_alpha: plan.ld_alpha.unwrap_or(1.0),
+            mean_scale: plan.mean_scale,
+            nll_grad: plan.nll_grad,
+            reward_scale: plan.reward_scale,
+            weights,
+            kinds,
+            terms: plan.mixture.terms().len() as i32,
+            f_divergence: p.f_divergence,
+            reference_free: p.reference_free as i32,
+            use_ld: plan.ld_alpha.is_some() as i32,
+        }
+    }
+}
+
+pub(crate) fn dpo(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::COUNT], Grads)> {
     let first = inputs.policy_chosen;
     let (backend, dtype, device) = (backend_of(first)?, first.dtype(), first.device());
     let n = count(plan.pairs, "pairs")?;
@@ -75,30 +133,42 @@ pub(crate) fn dpo(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::
         None => None,
     };
     let (lc, lr) = (optional_ptr(lengths.as_ref().map(|l| &l.0))?, optional_ptr(lengths.as_ref().map(|l| &l.1))?);
+    let order = plan.order.as_deref().map(|o| upload_i64(o, first)).transpose()?;
+    let order_ptr = optional_ptr(order.as_ref())?;
     let (rc, rr) = if plan.use_reference {
         (optional_ptr(inputs.reference_chosen)?, optional_ptr(inputs.reference_rejected)?)
     } else {
         (0, 0)
     };
+    let (cv, rv) = (optional_ptr(inputs.policy_chosen_verbose)?, optional_ptr(inputs.policy_rejected_verbose)?);
+    let pw = optional_ptr(inputs.pair_weights)?;
     let (pc, pr) = (ptr(first)?, ptr(inputs.policy_rejected)?);
-    let mut grad_c = Tensor::zeros(&[plan.pairs], dtype, device)?;
-    let mut grad_r = Tensor::zeros(&[plan.pairs], dtype, device)?;
+    let zeros = || Tensor::zeros(&[plan.pairs], dtype, device);
+    let (mut grad_c, mut grad_r) = (zeros()?, zeros()?);
+    let mut verbose = plan.ld_alpha.map(|_| Ok::<_, Error>((zeros()?, zeros()?))).transpose()?;
+    let mut losses = Tensor::zeros(&[plan.pairs], DType::F32, device)?;
     let (gc, gr) = (grad_c.cuda_ptr_mut()?.0, grad_r.cuda_ptr_mut()?.0);
+    let (gcv, grv) = match verbose.as_mut() {
+        Some((c, r)) => (c.cuda_ptr_mut()?.0, r.cuda_ptr_mut()?.0),
+        None => (0, 0),
+    };
+    let losses_ptr = losses.cuda_ptr_mut()?.0;
     let blocks = item_blocks(plan.pairs);
     let mut partial = partials::<{ stat::COUNT }>(&backend, blocks)?;
-    let p = &plan.params;
-    let kind = p.kind.code();
+    let scalars = DpoScalars::new(plan);
     let f = backend.function(&KERNELS, &format!("dpo_loss_{}", dtype.name()))?;
     let mut launch = backend.stream().launch_builder(&f);
-    launch.arg(&pc).arg(&pr).arg(&rc).arg(&rr).arg(&lc).arg(&lr).arg(&n).arg(&kind);
-    launch.arg(&p.beta).arg(&p.label_smoothing).arg(&p.gamma).arg(&p.delta).arg(&plan.mean_scale).arg(&plan.nll_grad);
-    launch.arg(&gc).arg(&gr).arg(&mut partial);
-    // SAFETY: dpo_loss_<T>(const T* ×4, const long long* ×2, int, int, double ×6, T* ×2, double*) matches these
-    // 17 arguments. pc, pr and (when non-null) rc, rr hold n elements of T; lc, lr (when non-null) n i64; gc, gr
-    // n elements of T; partial blocks·COUNT doubles, the grid being `blocks` blocks.
+    launch.arg(&pc).arg(&pr).arg(&rc).arg(&rr).arg(&cv).arg(&rv).arg(&pw).arg(&lc).arg(&lr).arg(&order_ptr);
+    launch.arg(&n).arg(&scalars).arg(&gc).arg(&gr).arg(&gcv).arg(&grv).arg(&losses_ptr).arg(&mut partial);
+    // SAFETY: dpo_loss_<T>(const T* ×7, const long long* ×3, int, DpoScalars, T* ×4, float*, double*) matches
+    // these 18 arguments, DpoScalars being laid out as the kernels' struct. pc, pr, gc, gr hold n elements of T;
+    // rc, rr, cv, rv, pw (when non-null) n elements of T; lc, lr (when non-null) n i64; order (when non-null,
+    // which it is whenever the mixture has an AOT term) 7·n i64 in 0..n; gcv, grv (non-null when use_ld) n
+    // elements of T; losses n floats; partial blocks·COUNT doubles, the grid being `blocks` blocks.
     unsafe { launch.launch(launch_config(blocks, THREADS, 0)?) }?;
     let sums = sum_partials::<{ stat::COUNT }>(&backend, &partial)?;
-    Ok((sums, grad_c, grad_r))
+    let (chosen_verbose, rejected_verbose) = verbose.map_or((None, None), |(c, r)| (Some(c), Some(r)));
+    Ok((sums, Grads { losses, chosen: grad_c, rejected: grad_r, chosen_verbose, rejected_verbose }))
 }
 
 pub(crate) fn bradley_terry(

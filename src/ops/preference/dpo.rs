@@ -1,143 +1,15 @@
-//! The DPO family on per-sequence log-probabilities: types, argument checks and the device dispatch.
+//! The DPO family on per-sequence log-probabilities: inputs, outputs, argument checks and the device dispatch.
 //!
-//! Formulas follow TRL (`DPOTrainer.dpo_loss`, `CPOTrainer.cpo_loss` for SimPO, `ORPOTrainer.odds_ratio_loss`);
-//! each loss type's formula is written next to its code in `dpo_cpu.rs` and in `kernels/preference.cu`.
+//! Formulas follow TRL (see `dpo_config.rs` for the versions); each loss type's formula is written next to its
+//! code in `dpo_cpu.rs` and in `kernels/preference.cu`.
 
 use crate::ops::check;
 use crate::runtime::{Device, Tensor};
 use crate::{Error, Result};
 
 use super::args::same_float_dtype;
+use super::dpo_config::{BcoDelta, DpoConfig, DpoLossType, FDivergence, LossMixture};
 use super::{cuda, dpo_cpu, host};
-
-/// The loss types, named as TRL names them (`DPOConfig.loss_type`; `simpo` is `CPOConfig.loss_type`; `orpo` is
-/// the odds-ratio term of `ORPOTrainer`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DpoLossType {
-    /// `-logσ(βz)(1-ε) - logσ(-βz)ε`, z the log-ratio difference; ε > 0 is conservative DPO (cDPO).
-    Sigmoid,
-    /// `relu(1 - βz)` (SLiC).
-    Hinge,
-    /// `(z - 1/(2β))²` on length-normalised log-probs (IPO).
-    Ipo,
-    /// `(-logσ(βz)(1-ε) + logσ(-βz)ε) / (1-2ε)` (robust DPO).
-    Robust,
-    /// `-logσ(βa - δ) - logσ(-(βb - δ))`, a and b the chosen and rejected log-ratios, δ the caller's running mean of
-    /// rewards (BCO).
-    BcoPair,
-    /// EXO: `σ(βz)(logσ(βz) - log(1-ε)) + σ(-βz)(logσ(-βz) - log ε)`, with ε = 1e-3 when label smoothing is 0.
-    ExoPair,
-    /// NCA: `-logσ(βa) - ½logσ(-βa) - ½logσ(-βb)`.
-    NcaPair,
-    /// SPPO with hard probabilities: `(a - 1/(2β))² + (b + 1/(2β))²`.
-    SppoHard,
-    /// APO-zero: `1 - σ(βa) + σ(βb)`.
-    ApoZero,
-    /// APO-down: `σ(βa) + 1 - σ(β(a - b))`.
-    ApoDown,
-    /// SimPO (reference-free, length-normalised): the sigmoid loss on `z = c - r - γ/β`.
-    Simpo,
-    /// The ORPO odds-ratio term `-β·logσ(log_odds)` on length-normalised log-probs; TRL's ORPO loss adds the NLL of
-    /// the chosen sequences with weight 1 (`rpo_alpha = Some(1.0)` here).
-    Orpo,
-}
-
-impl DpoLossType {
-    /// Every loss type, in the order of their kernel codes.
-    pub const ALL: [DpoLossType; 12] = [
-        DpoLossType::Sigmoid,
-        DpoLossType::Hinge,
-        DpoLossType::Ipo,
-        DpoLossType::Robust,
-        DpoLossType::BcoPair,
-        DpoLossType::ExoPair,
-        DpoLossType::NcaPair,
-        DpoLossType::SppoHard,
-        DpoLossType::ApoZero,
-        DpoLossType::ApoDown,
-        DpoLossType::Simpo,
-        DpoLossType::Orpo,
-    ];
-
-    /// TRL's name for this loss type.
-    pub fn trl_name(self) -> &'static str {
-        match self {
-            DpoLossType::Sigmoid => "sigmoid",
-            DpoLossType::Hinge => "hinge",
-            DpoLossType::Ipo => "ipo",
-            DpoLossType::Robust => "robust",
-            DpoLossType::BcoPair => "bco_pair",
-            DpoLossType::ExoPair => "exo_pair",
-            DpoLossType::NcaPair => "nca_pair",
-            DpoLossType::SppoHard => "sppo_hard",
-            DpoLossType::ApoZero => "apo_zero",
-            DpoLossType::ApoDown => "apo_down",
-            DpoLossType::Simpo => "simpo",
-            DpoLossType::Orpo => "orpo",
-        }
-    }
-
-    /// The loss type TRL calls `name`.
-    pub fn from_trl_name(name: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|t| t.trl_name() == name).ok_or_else(|| {
-            let known: Vec<_> = Self::ALL.iter().map(|t| t.trl_name()).collect();
-            Error::InvalidArgument(format!("unknown DPO loss type `{name}`; known: {}", known.join(", ")))
-        })
-    }
-
-    /// Whether TRL divides the log-probs by the token counts for this loss (`average_log_prob`).
-    pub fn length_normalised(self) -> bool {
-        matches!(self, DpoLossType::Ipo | DpoLossType::Simpo | DpoLossType::Orpo)
-    }
-
-    /// Whether the loss compares against a reference model (SimPO and ORPO never do).
-    pub fn uses_reference(self) -> bool {
-        !matches!(self, DpoLossType::Simpo | DpoLossType::Orpo)
-    }
-
-    /// The number the kernels switch on (the index in [`DpoLossType::ALL`]).
-    pub(crate) fn code(self) -> i32 {
-        Self::ALL.iter().position(|&t| t == self).unwrap_or(0) as i32
-    }
-}
-
-/// Hyper-parameters of [`dpo_loss`]. `Default` is TRL's: sigmoid, β = 0.1, no smoothing, SimPO γ = 0.5.
-#[derive(Clone, Copy, Debug)]
-pub struct DpoConfig {
-    /// Which loss (TRL's `loss_type`).
-    pub loss_type: DpoLossType,
-    /// β > 0 (for IPO, TRL's τ; for ORPO, TRL's λ).
-    pub beta: f32,
-    /// ε in [0, 0.5): cDPO / robust / EXO / SimPO label smoothing.
-    pub label_smoothing: f32,
-    /// Compare against a uniform reference: reference log-probs are taken as 0 (any given are checked, then
-    /// ignored, as TRL does).
-    pub reference_free: bool,
-    /// Adds `α · NLL` of the chosen sequences (RPO; TRL's `rpo_alpha`, CPO's `cpo_alpha`, ORPO with α = 1):
-    /// `NLL = -Σ chosen log-probs / Σ chosen token counts`, on the raw (summed) log-probs. Needs `chosen_lengths`.
-    pub rpo_alpha: Option<f32>,
-    /// SimPO's target margin γ.
-    pub simpo_gamma: f32,
-    /// BCO's δ: the caller's running mean of rewards (see [`DpoMetrics::mean_reward`]).
-    pub bco_delta: f32,
-    /// The upstream gradient of the loss (1 when the loss is the objective).
-    pub grad_output: f32,
-}
-
-impl Default for DpoConfig {
-    fn default() -> Self {
-        DpoConfig {
-            loss_type: DpoLossType::Sigmoid,
-            beta: 0.1,
-            label_smoothing: 0.0,
-            reference_free: false,
-            rpo_alpha: None,
-            simpo_gamma: 0.5,
-            bco_delta: 0.0,
-            grad_output: 1.0,
-        }
-    }
-}
 
 /// Per-sequence log-probabilities of P preference pairs: float tensors of shape `[P]`, all of one dtype and on one
 /// device. Log-probs are sums over the completion tokens; the token counts (i32 or i64, each ≥ 1) let the op take
@@ -149,7 +21,7 @@ pub struct PreferenceLogps<'a> {
     /// Log-probs of the rejected completions under the trained policy.
     pub policy_rejected: &'a Tensor,
     /// Reference-model log-probs of the chosen completions: required unless reference-free, ignored (after the
-    /// shape, dtype and device checks) by SimPO, ORPO and reference-free mode.
+    /// shape, dtype and device checks) by SimPO and ORPO.
     pub reference_chosen: Option<&'a Tensor>,
     /// Reference-model log-probs of the rejected completions.
     pub reference_rejected: Option<&'a Tensor>,
@@ -157,10 +29,19 @@ pub struct PreferenceLogps<'a> {
     pub chosen_lengths: Option<&'a Tensor>,
     /// Completion token counts of the rejected sequences (IPO, SimPO, ORPO).
     pub rejected_lengths: Option<&'a Tensor>,
+    /// LD-DPO: the policy log-probs of the chosen completions' verbose parts (the tokens past the public length
+    /// `min(chosen, rejected length)`), part of `policy_chosen`; the gradient is taken with respect to them too.
+    pub policy_chosen_verbose: Option<&'a Tensor>,
+    /// LD-DPO: the verbose parts of the rejected completions.
+    pub policy_rejected_verbose: Option<&'a Tensor>,
+    /// Per-pair weights, constants (WPO: TRL's `policy_weights`, `min(exp(w_chosen + w_rejected), 1)`): the loss
+    /// is `mean(wᵢ · (lossᵢ + α·NLL))` as TRL's `use_weighting` makes it (AOT's losses are at sorted positions:
+    /// weight i multiplies position i, as in TRL).
+    pub pair_weights: Option<&'a Tensor>,
 }
 
 impl<'a> PreferenceLogps<'a> {
-    /// Policy log-probs only (add a reference and token counts with the builders below).
+    /// Policy log-probs only (add the rest with the builders below).
     pub fn new(policy_chosen: &'a Tensor, policy_rejected: &'a Tensor) -> Self {
         PreferenceLogps {
             policy_chosen,
@@ -169,6 +50,9 @@ impl<'a> PreferenceLogps<'a> {
             reference_rejected: None,
             chosen_lengths: None,
             rejected_lengths: None,
+            policy_chosen_verbose: None,
+            policy_rejected_verbose: None,
+            pair_weights: None,
         }
     }
 
@@ -181,10 +65,21 @@ impl<'a> PreferenceLogps<'a> {
     pub fn with_lengths(self, chosen: &'a Tensor, rejected: &'a Tensor) -> Self {
         PreferenceLogps { chosen_lengths: Some(chosen), rejected_lengths: Some(rejected), ..self }
     }
+
+    /// With LD-DPO's verbose parts of the policy log-probs (for `ld_alpha`).
+    pub fn with_verbose(self, chosen: &'a Tensor, rejected: &'a Tensor) -> Self {
+        PreferenceLogps { policy_chosen_verbose: Some(chosen), policy_rejected_verbose: Some(rejected), ..self }
+    }
+
+    /// With per-pair weights (WPO).
+    pub fn with_pair_weights(self, weights: &'a Tensor) -> Self {
+        PreferenceLogps { pair_weights: Some(weights), ..self }
+    }
 }
 
-/// TRL's logged metrics, means over the pairs. Rewards are `β·(logp - ref logp)` (`β·logp` for SimPO, ORPO and
-/// reference-free mode); logps are the (length-normalised where the loss is) policy log-probs.
+/// TRL's logged metrics, means over the pairs. Rewards are `β·(logp - ref logp)` (`β·logp` for SimPO and ORPO, and
+/// without reference log-probs), times the sum of the weights of a loss mixture; logps are the policy log-probs the
+/// losses see (length-normalised where the loss is, LD-DPO-weighted with `ld_alpha`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DpoMetrics {
     /// `rewards/chosen`.
@@ -207,25 +102,28 @@ pub struct DpoMetrics {
     pub log_odds_chosen: Option<f32>,
 }
 
-impl DpoMetrics {
-    /// The batch mean of the chosen and rejected rewards: what TRL feeds BCO's running mean (`RunningMoments`).
-    pub fn mean_reward(&self) -> f32 {
-        0.5 * (self.rewards_chosen + self.rewards_rejected)
-    }
-}
-
 /// The loss, its gradient with respect to the policy log-probs (dtype of the inputs, scaled by `grad_output`)
 /// and the metrics.
 #[derive(Debug)]
 pub struct DpoOutput {
-    /// Mean over pairs, plus `α·NLL` with RPO.
+    /// Mean over pairs (weighted by the pair weights), plus `α·NLL` with RPO.
     pub loss: f32,
+    /// TRL's per-pair `losses` (f32 `[P]`, what `dpo_loss` returns: the weighted sum over a mixture, without the
+    /// NLL term and the pair weights; for AOT, at the sorted positions).
+    pub losses: Tensor,
     /// d loss / d `policy_chosen`, `[P]`.
     pub grad_policy_chosen: Tensor,
     /// d loss / d `policy_rejected`, `[P]`.
     pub grad_policy_rejected: Tensor,
+    /// d loss / d `policy_chosen_verbose` (LD-DPO).
+    pub grad_policy_chosen_verbose: Option<Tensor>,
+    /// d loss / d `policy_rejected_verbose` (LD-DPO).
+    pub grad_policy_rejected_verbose: Option<Tensor>,
     /// TRL's logged metrics.
     pub metrics: DpoMetrics,
+    /// BCO's δ to pass to the next step: the running mean updated with this batch (the config's, when not
+    /// running or when the loss has no `bco_pair` term).
+    pub bco_delta: BcoDelta,
 }
 
 /// Per-pair statistics both backends sum over pairs, in this order (the kernels write the same rows).
@@ -243,53 +141,101 @@ pub(crate) mod stat {
     pub const COUNT: usize = 9;
 }
 
+/// The rows of [`Plan::order`] (each `[P]`), the batch's sort orders for AOT: `PERM` rows list the pairs by
+/// ascending value, `RANK` rows give each pair's position.
+pub(crate) mod order {
+    /// `aot`: the policy log-ratio differences `c - r`.
+    pub const AOT_PERM: usize = 0;
+    pub const AOT_RANK: usize = 1;
+    /// `aot`: the reference log-ratio differences `c_ref - r_ref`.
+    pub const AOT_REF_PERM: usize = 2;
+    /// `aot_pair`: the chosen log-ratios `a`.
+    pub const PAIR_CHOSEN_PERM: usize = 3;
+    pub const PAIR_CHOSEN_RANK: usize = 4;
+    /// `aot_pair`: the rejected log-ratios `b`.
+    pub const PAIR_REJECTED_PERM: usize = 5;
+    pub const PAIR_REJECTED_RANK: usize = 6;
+    pub const ROWS: usize = 7;
+}
+
 /// The scalars of one call, checked, in the form both backends use.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PairParams {
-    pub kind: DpoLossType,
     pub beta: f64,
-    /// Label smoothing, already replaced by 1e-3 for EXO when 0 (as TRL does).
+    /// Label smoothing (EXO takes 1e-3 for 0, as TRL does).
     pub label_smoothing: f64,
     pub gamma: f64,
     pub delta: f64,
+    pub tau: f64,
+    /// The f-divergence code (`FDivergence::code`), its α, and the exponent cap of the inputs' dtype.
+    pub f_divergence: i32,
+    pub f_alpha: f64,
+    pub exp_cap: f64,
+    /// TRL's `reference_free`: the `logits` and APO losses leave the reference out.
+    pub reference_free: bool,
 }
 
 /// What the backends need beyond the tensors.
 pub(crate) struct Plan {
     pub pairs: usize,
     pub params: PairParams,
+    pub mixture: LossMixture,
+    /// Whether the reference tensors are read (else they are 0).
     pub use_reference: bool,
     /// Token counts when the loss normalises by them.
     pub lengths: Option<(Vec<i64>, Vec<i64>)>,
-    /// `d loss / d chosen_sum[p]` of the RPO term (0 without RPO): `-grad_output·α / Σ chosen lengths`.
+    /// LD-DPO's α.
+    pub ld_alpha: Option<f64>,
+    /// The AOT sort orders (`order::ROWS · P`, see [`order`]) when the mixture has an AOT term.
+    pub order: Option<Vec<i64>>,
+    /// `d loss / d chosen_sum[p]` of the RPO term (0 without RPO): `-grad_output·α·mean(w) / Σ chosen lengths`.
     pub nll_grad: f64,
     /// `grad_output / P`.
     pub mean_scale: f64,
+    /// The factor of the logged rewards (the sum of the mixture's weights).
+    pub reward_scale: f64,
 }
 
 /// DPO-family loss, gradient and metrics; CPU or CUDA by the device of the inputs.
 pub fn dpo_loss(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<DpoOutput> {
-    let (device, plan, chosen_length_sum) = validate(inputs, cfg)?;
-    let (sums, grad_chosen, grad_rejected) = match device {
-        Device::Cpu => dpo_cpu::run(inputs, &plan)?,
-        Device::Cuda(_) => cuda::dpo(inputs, &plan)?,
+    let (device, mut plan, checked) = validate(inputs, cfg)?;
+    let mixture = plan.mixture;
+    // BCO's running mean and AOT's sort orders need the whole batch first.
+    let bco = mixture.contains(DpoLossType::BcoPair);
+    let sorts = mixture.terms().iter().any(|(t, _)| t.sorts_the_batch());
+    let logps = if device == Device::Cpu || bco || sorts { Some(dpo_cpu::effective(inputs, &plan)?) } else { None };
+    let mut bco_delta = cfg.bco_delta;
+    if let (true, Some(l)) = (bco, &logps) {
+        let (delta, next) = cfg.bco_delta.update(plan.params.beta * l.mean_log_ratio());
+        plan.params.delta = delta;
+        bco_delta = next;
+    }
+    if let (true, Some(l)) = (sorts, &logps) {
+        plan.order = Some(l.aot_orders());
+    }
+    let sums_and_grads = match (device, &logps) {
+        (Device::Cpu, Some(l)) => dpo_cpu::run(inputs, l, &plan)?,
+        _ => cuda::dpo(inputs, &plan)?,
     };
+    let (sums, grads) = sums_and_grads;
     let n = plan.pairs as f64;
     let mean = |i: usize| (sums[i] / n) as f32;
-    let nll = cfg.rpo_alpha.map(|_| -sums[stat::CHOSEN_SUM] / chosen_length_sum);
-    let loss = (sums[stat::LOSS] / n + cfg.rpo_alpha.map_or(0.0, |a| a as f64) * nll.unwrap_or(0.0)) as f32;
+    let nll = cfg.rpo_alpha.map(|_| -sums[stat::CHOSEN_SUM] / checked.chosen_tokens);
+    let rpo = cfg.rpo_alpha.map_or(0.0, |a| a as f64 * nll.unwrap_or(0.0) * checked.mean_weight);
+    let loss = (sums[stat::LOSS] / n + rpo) as f32;
+    let orpo = mixture.contains(DpoLossType::Orpo);
     // ORPO at an average log-prob of 0 has an infinite log-odds but a finite loss (and NaN gradients).
-    let log_odds_sum = if cfg.loss_type == DpoLossType::Orpo { sums[stat::LOG_ODDS] } else { 0.0 };
+    let log_odds_sum = if orpo { sums[stat::LOG_ODDS] } else { 0.0 };
     if !loss.is_finite() || !log_odds_sum.is_finite() {
-        let why = if cfg.loss_type == DpoLossType::Orpo {
+        let names: Vec<_> = mixture.terms().iter().map(|(t, _)| t.trl_name()).collect();
+        let why = if orpo {
             "the log-probabilities contain NaN or infinity, or an average log-probability is not below 0 (ORPO \
              needs probabilities below 1)"
         } else {
-            "the log-probabilities contain NaN or infinity"
+            "the inputs contain NaN or infinity, or the loss overflows (DiscoPOP's e^(-βz) at very negative z)"
         };
-        return Err(Error::InvalidArgument(format!("the {} loss is {loss}: {why}", cfg.loss_type.trl_name())));
+        return Err(Error::InvalidArgument(format!("the {} loss is {loss}: {why}", names.join(" + "))));
     }
-    let orpo = cfg.loss_type == DpoLossType::Orpo;
     let metrics = DpoMetrics {
         rewards_chosen: mean(stat::REWARD_CHOSEN),
         rewards_rejected: mean(stat::REWARD_REJECTED),
@@ -301,26 +247,55 @@ pub fn dpo_loss(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<DpoOutput> 
         log_odds_ratio: orpo.then(|| mean(stat::LOG_ODDS_RATIO)),
         log_odds_chosen: orpo.then(|| mean(stat::LOG_ODDS)),
     };
-    Ok(DpoOutput { loss, grad_policy_chosen: grad_chosen, grad_policy_rejected: grad_rejected, metrics })
+    Ok(DpoOutput {
+        loss,
+        losses: grads.losses,
+        grad_policy_chosen: grads.chosen,
+        grad_policy_rejected: grads.rejected,
+        grad_policy_chosen_verbose: grads.chosen_verbose,
+        grad_policy_rejected_verbose: grads.rejected_verbose,
+        metrics,
+        bco_delta,
+    })
 }
 
-/// Checks shapes, dtypes, devices and hyper-parameters; reads the token counts. Returns the device, the plan and
-/// the sum of the chosen token counts (for the RPO NLL).
-fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, f64)> {
-    let kind = cfg.loss_type;
-    let name = kind.trl_name();
+/// What a backend returns besides the sums: the per-pair losses and the gradients.
+pub(crate) struct Grads {
+    pub losses: Tensor,
+    pub chosen: Tensor,
+    pub rejected: Tensor,
+    pub chosen_verbose: Option<Tensor>,
+    pub rejected_verbose: Option<Tensor>,
+}
+
+/// Values read on the host while checking.
+struct Checked {
+    /// Σ chosen token counts (the RPO NLL's denominator).
+    chosen_tokens: f64,
+    /// The mean pair weight (1 without weights): the factor of the RPO term under WPO.
+    mean_weight: f64,
+}
+
+/// Checks shapes, dtypes, devices and hyper-parameters; reads the token counts and pair weights.
+fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, Checked)> {
+    let mixture = cfg.losses();
+    let names: Vec<_> = mixture.terms().iter().map(|(t, _)| t.trl_name()).collect();
+    let name = names.join(" + ");
     check::float("policy_chosen", inputs.policy_chosen)?;
     let dtype = inputs.policy_chosen.dtype();
     let pairs = check::rank("policy_chosen", inputs.policy_chosen, 1)?[0];
     check::non_empty("policy_chosen", pairs)?;
 
-    let logps = [
+    let floats = [
         ("policy_rejected", Some(inputs.policy_rejected)),
         ("reference_chosen", inputs.reference_chosen),
         ("reference_rejected", inputs.reference_rejected),
+        ("policy_chosen_verbose", inputs.policy_chosen_verbose),
+        ("policy_rejected_verbose", inputs.policy_rejected_verbose),
+        ("pair_weights", inputs.pair_weights),
     ];
     let mut tensors = vec![("policy_chosen", inputs.policy_chosen)];
-    for (arg, t) in logps {
+    for (arg, t) in floats {
         if let Some(t) = t {
             same_float_dtype(arg, t, dtype, "policy_chosen")?;
             check::shape(arg, t, &[pairs])?;
@@ -340,13 +315,16 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
         ("beta", cfg.beta),
         ("label_smoothing", cfg.label_smoothing),
         ("simpo_gamma", cfg.simpo_gamma),
-        ("bco_delta", cfg.bco_delta),
+        ("discopop_tau", cfg.discopop_tau),
         ("grad_output", cfg.grad_output),
     ] {
         check::finite(arg, value)?;
     }
     if cfg.beta <= 0.0 {
         return Err(Error::InvalidArgument(format!("`beta` must be positive, got {}", cfg.beta)));
+    }
+    if cfg.discopop_tau <= 0.0 {
+        return Err(Error::InvalidArgument(format!("`discopop_tau` must be positive, got {}", cfg.discopop_tau)));
     }
     if !(0.0..0.5).contains(&cfg.label_smoothing) {
         return Err(Error::InvalidArgument(format!(
@@ -360,20 +338,66 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
             return Err(Error::InvalidArgument(format!("`rpo_alpha` must not be negative, got {alpha}")));
         }
     }
+    match cfg.bco_delta {
+        BcoDelta::Fixed(delta) => check::finite("bco_delta", delta)?,
+        BcoDelta::Running { mean, count } => {
+            check::finite("bco_delta", mean)?;
+            check::finite("bco_count", count)?;
+            if count < 0.0 {
+                return Err(Error::InvalidArgument(format!("`bco_count` must not be negative, got {count}")));
+            }
+        }
+    }
+    if let FDivergence::AlphaDivergence(alpha) = cfg.f_divergence {
+        check::finite("f_alpha_divergence_coef", alpha)?;
+        if alpha == 0.0 {
+            return Err(Error::InvalidArgument(
+                "`f_alpha_divergence_coef` must not be 0 (the α-divergence divides by it; α → 0 is reverse KL)".into(),
+            ));
+        }
+    }
+    let uses_reference = mixture.uses_reference();
+    if !uses_reference && (cfg.f_divergence != FDivergence::ReverseKl || cfg.ld_alpha.is_some()) {
+        return Err(Error::InvalidArgument(format!(
+            "the {name} loss takes no f-divergence and no `ld_alpha` (they act on log-ratios to a reference)"
+        )));
+    }
+    let verbose = [inputs.policy_chosen_verbose.is_some(), inputs.policy_rejected_verbose.is_some()];
+    match (cfg.ld_alpha, verbose) {
+        (Some(alpha), [true, true]) => check::finite("ld_alpha", alpha)?,
+        (Some(_), _) => {
+            return Err(Error::InvalidArgument(
+                "`ld_alpha` needs `policy_chosen_verbose` and `policy_rejected_verbose` (the log-probs of the tokens \
+                 past each pair's public length)"
+                    .into(),
+            ))
+        }
+        (None, [false, false]) => {}
+        (None, _) => {
+            return Err(Error::InvalidArgument(
+                "`policy_chosen_verbose` / `policy_rejected_verbose` are LD-DPO's: set `ld_alpha` to use them".into(),
+            ))
+        }
+    }
 
-    let use_reference = kind.uses_reference() && !cfg.reference_free;
     let references = [inputs.reference_chosen.is_some(), inputs.reference_rejected.is_some()];
-    if use_reference && references != [true, true] {
+    if uses_reference && !cfg.reference_free && references != [true, true] {
         return Err(Error::InvalidArgument(format!(
             "the {name} loss needs `reference_chosen` and `reference_rejected` (precomputed reference log-probs) \
              unless `reference_free` is set"
         )));
     }
-    let needs_chosen = kind.length_normalised() || cfg.rpo_alpha.is_some();
+    if references == [true, false] || references == [false, true] {
+        return Err(Error::InvalidArgument(
+            "give both `reference_chosen` and `reference_rejected`, or neither".into(),
+        ));
+    }
+    let normalised = mixture.length_normalised();
+    let needs_chosen = normalised || cfg.rpo_alpha.is_some();
     let chosen_lengths = match inputs.chosen_lengths {
         Some(t) => Some(token_counts("chosen_lengths", t)?),
         None if needs_chosen => {
-            let why = if kind.length_normalised() {
+            let why = if normalised {
                 format!("the {name} loss averages over tokens")
             } else {
                 "the RPO NLL term averages over the chosen tokens".into()
@@ -383,34 +407,56 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
         None => None,
     };
     let rejected_lengths = match inputs.rejected_lengths {
-        Some(t) if kind.length_normalised() => Some(token_counts("rejected_lengths", t)?),
-        None if kind.length_normalised() => {
+        Some(t) if normalised => Some(token_counts("rejected_lengths", t)?),
+        None if normalised => {
             return Err(Error::InvalidArgument(format!(
                 "`rejected_lengths` is required: the {name} loss averages over tokens"
             )));
         }
         _ => None,
     };
-    let chosen_length_sum = chosen_lengths.as_ref().map_or(0.0, |l| l.iter().map(|&v| v as f64).sum());
-    let nll_grad = cfg.rpo_alpha.map_or(0.0, |a| -(cfg.grad_output as f64) * a as f64 / chosen_length_sum);
+    let mean_weight = match inputs.pair_weights {
+        Some(w) => {
+            let w = host::floats(w)?;
+            if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::InvalidArgument(format!("`pair_weights`[{i}] is {v}: weights must be finite")));
+            }
+            w.iter().sum::<f64>() / pairs as f64
+        }
+        None => 1.0,
+    };
+    let chosen_tokens = chosen_lengths.as_ref().map_or(0.0, |l| l.iter().map(|&v| v as f64).sum());
+    let nll_grad =
+        cfg.rpo_alpha.map_or(0.0, |a| -(cfg.grad_output as f64) * a as f64 * mean_weight / chosen_tokens);
     let lengths = match (chosen_lengths, rejected_lengths) {
-        (Some(c), Some(r)) if kind.length_normalised() => Some((c, r)),
+        (Some(c), Some(r)) if normalised => Some((c, r)),
         _ => None,
     };
-    let label_smoothing = match (kind, cfg.label_smoothing) {
-        (DpoLossType::ExoPair, 0.0) => 1e-3,
-        (_, ls) => ls as f64,
-    };
+    let (f_divergence, f_alpha) = cfg.f_divergence.code();
     let params = PairParams {
-        kind,
         beta: cfg.beta as f64,
-        label_smoothing,
+        label_smoothing: cfg.label_smoothing as f64,
         gamma: cfg.simpo_gamma as f64,
-        delta: cfg.bco_delta as f64,
+        delta: 0.0,
+        tau: cfg.discopop_tau as f64,
+        f_divergence,
+        f_alpha,
+        exp_cap: FDivergence::exp_cap(dtype),
+        reference_free: cfg.reference_free,
     };
-    let plan =
-        Plan { pairs, params, use_reference, lengths, nll_grad, mean_scale: cfg.grad_output as f64 / pairs as f64 };
-    Ok((device, plan, chosen_length_sum))
+    let plan = Plan {
+        pairs,
+        params,
+        mixture,
+        use_reference: uses_reference && references == [true, true],
+        lengths,
+        ld_alpha: cfg.ld_alpha.map(|a| a as f64),
+        order: None,
+        nll_grad,
+        mean_scale: cfg.grad_output as f64 / pairs as f64,
+        reward_scale: mixture.total_weight(),
+    };
+    Ok((device, plan, Checked { chosen_tokens, mean_weight }))
 }
 
 /// Token counts, each at least 1.

@@ -1,12 +1,15 @@
-//! The DPO family on the CPU: the per-pair math in f64 (the same formulas as `kernels/preference.cu`).
+//! The DPO family on the CPU: the per-pair math in f64 (the same formulas as `kernels/preference.cu`), and the
+//! host pass over the whole batch that BCO's running mean and AOT's sort orders need on either device.
 
-use super::dpo::{stat, DpoLossType, PairParams, Plan, PreferenceLogps};
+use super::dpo::{order, stat, Grads, PairParams, Plan, PreferenceLogps};
+use super::dpo_config::DpoLossType;
 use super::host;
 use super::math::{log1mexp, sigmoid};
 use super::reduce::sum_items;
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 
-/// One pair's loss, its derivatives with respect to the chosen and rejected log-ratios, and ORPO's two logs.
+/// One loss term of one pair: its loss, its derivatives with respect to the pair's effective chosen and rejected
+/// log-probs `c` and `r`, and ORPO's two logs.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct PairTerms {
     pub loss: f64,
@@ -16,19 +19,68 @@ pub(crate) struct PairTerms {
     pub log_odds: f64,
 }
 
-/// The loss of one pair from its chosen and rejected log-ratios `a` and `b` (policy minus reference log-probs,
-/// length-normalised where the loss is; the reference is 0 when unused). TRL's `logits` is `z = a - b`.
-pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
+/// A pair's log-ratios as TRL's `dpo_loss` forms them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogRatios {
+    /// `c - c_ref`, `r - r_ref` (the reference always counted: BCO, NCA, SPPO, DiscoPOP, rewards).
+    pub a: f64,
+    pub b: f64,
+    /// The same with the reference dropped under `reference_free` (TRL's `chosen_logratios`: APO, f-divergences).
+    pub a_free: f64,
+    pub b_free: f64,
+}
+
+impl LogRatios {
+    pub(crate) fn new(p: &PairParams, c: f64, r: f64, c_ref: f64, r_ref: f64) -> Self {
+        let (a, b) = (c - c_ref, r - r_ref);
+        let (a_free, b_free) = if p.reference_free { (c, r) } else { (a, b) };
+        LogRatios { a, b, a_free, b_free }
+    }
+
+    /// TRL's `logits` z under the f-divergence, with dz/dc and dz/dr.
+    fn logits(&self, p: &PairParams) -> (f64, f64, f64) {
+        let (a, b) = (self.a_free, self.b_free);
+        match p.f_divergence {
+            // JS: z = a - b - (softplus(a) - softplus(b)); softplus(x) = -logσ(-x), softplus' = σ.
+            1 => {
+                let (u, v) = (sigmoid(a), sigmoid(b));
+                (a - b + u.log_neg - v.log_neg, u.neg, -v.neg)
+            }
+            // α-divergence: z = (cap_exp(-αb) - cap_exp(-αa)) / α, cap_exp(x) = exp(min(x, cap)).
+            2 => {
+                let alpha = p.f_alpha;
+                let capped = |x: f64| if x <= p.exp_cap { (x.exp(), x.exp()) } else { (p.exp_cap.exp(), 0.0) };
+                let ((ea, da), (eb, db)) = (capped(-alpha * a), capped(-alpha * b));
+                ((eb - ea) / alpha, da, -db)
+            }
+            _ => (a - b, 1.0, -1.0),
+        }
+    }
+}
+
+/// TRL's sigmoid loss with label smoothing of `x`: `-logσ(βx)(1-ε) - logσ(-βx)ε`, and its derivative in x.
+pub(crate) fn smoothed_sigmoid(p: &PairParams, x: f64) -> (f64, f64) {
     let (beta, eps) = (p.beta, p.label_smoothing);
-    let z = a - b;
-    // Losses of z alone: (loss, d loss / d z).
-    let of_z = |loss: f64, dz: f64| PairTerms { loss, d_chosen: dz, d_rejected: -dz, ..Default::default() };
-    match p.kind {
+    let s = sigmoid(beta * x);
+    (-(1.0 - eps) * s.log_pos - eps * s.log_neg, beta * (-(1.0 - eps) * s.neg + eps * s.pos))
+}
+
+/// The term of one pair for a loss type that does not sort the batch.
+pub(crate) fn pair_terms(p: &PairParams, kind: DpoLossType, l: &LogRatios) -> PairTerms {
+    let (beta, eps) = (p.beta, p.label_smoothing);
+    // Losses of TRL's logits z alone: (loss, d loss / d z).
+    let (z, z_c, z_r) = l.logits(p);
+    let of_z = |loss: f64, dz: f64| PairTerms { loss, d_chosen: dz * z_c, d_rejected: dz * z_r, ..Default::default() };
+    let (a, b) = (l.a, l.b);
+    match kind {
         // TRL sigmoid: -logσ(βz)(1-ε) - logσ(-βz)ε. SimPO (CPO): the same with z - γ/β.
-        DpoLossType::Sigmoid | DpoLossType::Simpo => {
-            let z = if p.kind == DpoLossType::Simpo { z - p.gamma / beta } else { z };
-            let s = sigmoid(beta * z);
-            of_z(-(1.0 - eps) * s.log_pos - eps * s.log_neg, beta * (-(1.0 - eps) * s.neg + eps * s.pos))
+        DpoLossType::Sigmoid => {
+            let (loss, dz) = smoothed_sigmoid(p, z);
+            of_z(loss, dz)
+        }
+        DpoLossType::Simpo => {
+            let (loss, dz) = smoothed_sigmoid(p, z - p.gamma / beta);
+            of_z(loss, dz)
         }
         // TRL robust: (-logσ(βz)(1-ε) + logσ(-βz)ε) / (1-2ε).
         DpoLossType::Robust => {
@@ -36,9 +88,10 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
             let k = 1.0 / (1.0 - 2.0 * eps);
             of_z(k * (-(1.0 - eps) * s.log_pos + eps * s.log_neg), k * beta * (-(1.0 - eps) * s.neg - eps * s.pos))
         }
-        // TRL exo_pair: σ(βz)(logσ(βz) - log(1-ε)) + σ(-βz)(logσ(-βz) - log ε); the derivative simplifies to
-        // β σ(u)σ(-u) (u - log((1-ε)/ε)).
+        // TRL exo_pair: σ(βz)(logσ(βz) - log(1-ε)) + σ(-βz)(logσ(-βz) - log ε), ε = 1e-3 when 0; the derivative
+        // simplifies to β σ(u)σ(-u) (u - log((1-ε)/ε)).
         DpoLossType::ExoPair => {
+            let eps = if eps == 0.0 { 1e-3 } else { eps };
             let u = beta * z;
             let s = sigmoid(u);
             of_z(
@@ -81,9 +134,9 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
             let (da, db) = (a - 0.5 / beta, b + 0.5 / beta);
             PairTerms { loss: da * da + db * db, d_chosen: 2.0 * da, d_rejected: 2.0 * db, ..Default::default() }
         }
-        // TRL apo_zero: (1 - σ(βa)) + σ(βb).
+        // TRL apo_zero: (1 - σ(βa)) + σ(βb), on the reference-free-aware log-ratios.
         DpoLossType::ApoZero => {
-            let (u, v) = (sigmoid(beta * a), sigmoid(beta * b));
+            let (u, v) = (sigmoid(beta * l.a_free), sigmoid(beta * l.b_free));
             PairTerms {
                 loss: 1.0 - u.pos + v.pos,
                 d_chosen: -beta * u.pos * u.neg,
@@ -91,9 +144,9 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
                 ..Default::default()
             }
         }
-        // TRL apo_down: σ(βa) + (1 - σ(β(a - b))).
+        // TRL apo_down: σ(βa) + (1 - σ(β(a - b))), likewise.
         DpoLossType::ApoDown => {
-            let (u, w) = (sigmoid(beta * a), sigmoid(beta * z));
+            let (u, w) = (sigmoid(beta * l.a_free), sigmoid(beta * (l.a_free - l.b_free)));
             let dw = beta * w.pos * w.neg;
             PairTerms {
                 loss: u.pos + 1.0 - w.pos,
@@ -102,10 +155,24 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
                 ..Default::default()
             }
         }
-        // TRL odds_ratio_loss: log_odds = (a - b) - (log1p(-exp(a)) - log1p(-exp(b))), loss = -β logσ(log_odds);
-        // d log_odds / da = 1/(1 - e^a), d log_odds / db = -1/(1 - e^b).
+        // TRL discopop: u = β(a - b), m = σ(u/τ); -logσ(u)(1 - m) + e^{-u} m;
+        // d/du = -σ(-u)(1 - m) - e^{-u} m + (e^{-u} + logσ(u)) m(1 - m)/τ.
+        DpoLossType::Discopop => {
+            let u = beta * (a - b);
+            let (s, m) = (sigmoid(u), sigmoid(u / p.tau));
+            let e = (-u).exp();
+            let du = -s.neg * m.neg - e * m.pos + (e + s.log_pos) * m.pos * m.neg / p.tau;
+            PairTerms {
+                loss: -s.log_pos * m.neg + e * m.pos,
+                d_chosen: beta * du,
+                d_rejected: -beta * du,
+                ..Default::default()
+            }
+        }
+        // TRL odds_ratio_loss: log_odds = (c - r) - (log1p(-exp(c)) - log1p(-exp(r))), loss = -β logσ(log_odds);
+        // d log_odds / dc = 1/(1 - e^c), d log_odds / dr = -1/(1 - e^r). (No reference: a = c, b = r.)
         DpoLossType::Orpo => {
-            let log_odds = z - (log1mexp(a) - log1mexp(b));
+            let log_odds = (a - b) - (log1mexp(a) - log1mexp(b));
             let s = sigmoid(log_odds);
             let d = -beta * s.neg;
             PairTerms {
@@ -116,38 +183,203 @@ pub(crate) fn pair_terms(p: &PairParams, a: f64, b: f64) -> PairTerms {
                 log_odds,
             }
         }
+        // Sorting types are handled per position by `Batch::row`.
+        DpoLossType::Aot | DpoLossType::AotPair => PairTerms::default(),
     }
 }
 
-/// Sums of the per-pair statistics (see [`stat`]) and the gradients with respect to the policy log-probs.
-pub(crate) fn run(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::COUNT], Tensor, Tensor)> {
-    let pc = host::floats(inputs.policy_chosen)?;
-    let pr = host::floats(inputs.policy_rejected)?;
-    let reference = match (inputs.reference_chosen, inputs.reference_rejected) {
-        (Some(c), Some(r)) if plan.use_reference => Some((host::floats(c)?, host::floats(r)?)),
-        _ => None,
-    };
+/// The whole batch on the host in f64: the log-probs the losses see.
+pub(crate) struct Batch {
+    /// Effective policy log-probs (length-normalised, or LD-DPO-weighted) and reference log-probs (0 when unused).
+    pub c: Vec<f64>,
+    pub r: Vec<f64>,
+    pub c_ref: Vec<f64>,
+    pub r_ref: Vec<f64>,
+    /// The raw chosen sums (RPO's NLL).
+    pub raw_c: Vec<f64>,
+    /// d c / d policy_chosen and d r / d policy_rejected (1/length when normalised, else 1).
+    pub scale_c: Vec<f64>,
+    pub scale_r: Vec<f64>,
+    /// Pair weights, when given.
+    pub weights: Option<Vec<f64>>,
+}
+
+/// Reads the inputs into a [`Batch`].
+pub(crate) fn effective(inputs: &PreferenceLogps, plan: &Plan) -> Result<Batch> {
     let n = plan.pairs;
-    // Per pair: the gradients with respect to the chosen and the rejected log-prob.
-    let mut grads = vec![0.0f64; 2 * n];
-    let sums = sum_items(&mut grads, 2, |i, grad| {
-        let (nc, nr) = match &plan.lengths {
-            Some((lc, lr)) => (1.0 / lc[i] as f64, 1.0 / lr[i] as f64),
-            None => (1.0, 1.0),
+    let raw_c = host::floats(inputs.policy_chosen)?;
+    let raw_r = host::floats(inputs.policy_rejected)?;
+    let (ref_c, ref_r) = match (inputs.reference_chosen, inputs.reference_rejected) {
+        (Some(c), Some(r)) if plan.use_reference => (host::floats(c)?, host::floats(r)?),
+        _ => (vec![0.0; n], vec![0.0; n]),
+    };
+    let (scale_c, scale_r): (Vec<f64>, Vec<f64>) = match &plan.lengths {
+        Some((lc, lr)) => lc.iter().zip(lr).map(|(&c, &r)| (1.0 / c as f64, 1.0 / r as f64)).unzip(),
+        None => (vec![1.0; n], vec![1.0; n]),
+    };
+    let c_ref: Vec<f64> = ref_c.iter().zip(&scale_c).map(|(v, s)| v * s).collect();
+    let r_ref: Vec<f64> = ref_r.iter().zip(&scale_r).map(|(v, s)| v * s).collect();
+    // LD-DPO (TRL applies it to the policy only, after and instead of IPO's averaging): public + α·verbose.
+    let (c, r, scale_c, scale_r) = match (plan.ld_alpha, inputs.policy_chosen_verbose, inputs.policy_rejected_verbose)
+    {
+        (Some(alpha), Some(cv), Some(rv)) => {
+            let ld = |full: &[f64], verbose: Vec<f64>| -> Vec<f64> {
+                full.iter().zip(verbose).map(|(f, v)| f - (1.0 - alpha) * v).collect()
+            };
+            (ld(&raw_c, host::floats(cv)?), ld(&raw_r, host::floats(rv)?), vec![1.0; n], vec![1.0; n])
+        }
+        _ => {
+            let scaled = |v: &[f64], s: &[f64]| -> Vec<f64> { v.iter().zip(s).map(|(v, s)| v * s).collect() };
+            (scaled(&raw_c, &scale_c), scaled(&raw_r, &scale_r), scale_c, scale_r)
+        }
+    };
+    let weights = inputs.pair_weights.map(host::floats).transpose()?;
+    Ok(Batch { c, r, c_ref, r_ref, raw_c, scale_c, scale_r, weights })
+}
+
+/// Stable ascending order of `values` (ties keep index order) and each element's position in it.
+fn argsort(values: &[f64]) -> (Vec<i64>, Vec<i64>) {
+    let mut perm: Vec<usize> = (0..values.len()).collect();
+    perm.sort_by(|&i, &j| values[i].total_cmp(&values[j]));
+    let mut rank = vec![0i64; values.len()];
+    for (position, &i) in perm.iter().enumerate() {
+        rank[i] = position as i64;
+    }
+    (perm.into_iter().map(|i| i as i64).collect(), rank)
+}
+
+impl Batch {
+    fn log_ratios(&self, p: &PairParams, i: usize) -> LogRatios {
+        LogRatios::new(p, self.c[i], self.r[i], self.c_ref[i], self.r_ref[i])
+    }
+
+    fn weight(&self, i: usize) -> f64 {
+        self.weights.as_ref().map_or(1.0, |w| w[i])
+    }
+
+    /// The mean of the chosen and rejected log-ratios (TRL's BCO reward mean, before β).
+    pub(crate) fn mean_log_ratio(&self) -> f64 {
+        let n = self.c.len() as f64;
+        let sum: f64 = (0..self.c.len()).map(|i| (self.c[i] - self.c_ref[i]) + (self.r[i] - self.r_ref[i])).sum();
+        sum / (2.0 * n)
+    }
+
+    /// The AOT sort orders, laid out as [`order`] says.
+    pub(crate) fn aot_orders(&self) -> Vec<i64> {
+        let n = self.c.len();
+        let diff = |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(x, y)| x - y).collect() };
+        let (aot_perm, aot_rank) = argsort(&diff(&self.c, &self.r));
+        let (ref_perm, _) = argsort(&diff(&self.c_ref, &self.r_ref));
+        let (chosen_perm, chosen_rank) = argsort(&diff(&self.c, &self.c_ref));
+        let (rejected_perm, rejected_rank) = argsort(&diff(&self.r, &self.r_ref));
+        let mut out = Vec::with_capacity(order::ROWS * n);
+        for row in [aot_perm, aot_rank, ref_perm, chosen_perm, chosen_rank, rejected_perm, rejected_rank] {
+            out.extend(row);
+        }
+        out
+    }
+}
+
+/// One pair's share of the batch (pair `k`, which is also sorted position `k`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Row {
+    /// d loss / d c_k and d loss / d r_k, before the mean's scale.
+    d_chosen: f64,
+    d_rejected: f64,
+    /// TRL's per-pair loss at position k (mixture-weighted) and the same times the pair weight.
+    loss: f64,
+    weighted_loss: f64,
+    log_odds_ratio: f64,
+    log_odds: f64,
+}
+
+impl Batch {
+    fn row(&self, plan: &Plan, k: usize) -> Row {
+        let p = &plan.params;
+        let own = self.log_ratios(p, k);
+        let mut row = Row::default();
+        let n = self.c.len();
+        let at = |row_index: usize, i: usize| -> usize {
+            plan.order.as_ref().map_or(i, |o| o[row_index * n + i] as usize)
         };
-        let (c, r) = (pc[i] * nc, pr[i] * nr);
-        let (a, b) = match &reference {
-            Some((rc, rr)) => (c - rc[i] * nc, r - rr[i] * nr),
-            None => (c, r),
-        };
-        let t = pair_terms(&plan.params, a, b);
-        grad[0] = plan.mean_scale * t.d_chosen * nc + plan.nll_grad;
-        grad[1] = plan.mean_scale * t.d_rejected * nr;
-        let (reward_c, reward_r) = (plan.params.beta * a, plan.params.beta * b);
+        for &(kind, weight) in plan.mixture.terms() {
+            let weight = weight as f64;
+            match kind {
+                // TRL aot: sort(c - r)_i - sort(c_ref - r_ref)_i; pair k's own log-ratios sit at position rank(k).
+                DpoLossType::Aot => {
+                    let ref_diff = |i: usize| self.c_ref[i] - self.r_ref[i];
+                    let diff = |i: usize| self.c[i] - self.r[i];
+                    let loss = smoothed_sigmoid(p, diff(at(order::AOT_PERM, k)) - ref_diff(at(order::AOT_REF_PERM, k))).0;
+                    row.loss += weight * loss;
+                    row.weighted_loss += weight * self.weight(k) * loss;
+                    let j = at(order::AOT_RANK, k);
+                    let d = smoothed_sigmoid(p, diff(k) - ref_diff(at(order::AOT_REF_PERM, j))).1;
+                    row.d_chosen += weight * self.weight(j) * d;
+                    row.d_rejected -= weight * self.weight(j) * d;
+                }
+                // TRL aot_pair: sort(a)_i - sort(b)_i; a_k sits at position rank_a(k), b_k at rank_b(k).
+                DpoLossType::AotPair => {
+                    let a = |i: usize| self.c[i] - self.c_ref[i];
+                    let b = |i: usize| self.r[i] - self.r_ref[i];
+                    let (perm_a, perm_b) = (order::PAIR_CHOSEN_PERM, order::PAIR_REJECTED_PERM);
+                    let loss = smoothed_sigmoid(p, a(at(perm_a, k)) - b(at(perm_b, k))).0;
+                    row.loss += weight * loss;
+                    row.weighted_loss += weight * self.weight(k) * loss;
+                    let j = at(order::PAIR_CHOSEN_RANK, k);
+                    row.d_chosen += weight * self.weight(j) * smoothed_sigmoid(p, a(k) - b(at(perm_b, j))).1;
+                    let j = at(order::PAIR_REJECTED_RANK, k);
+                    row.d_rejected -= weight * self.weight(j) * smoothed_sigmoid(p, a(at(perm_a, j)) - b(k)).1;
+                }
+                _ => {
+                    let t = pair_terms(p, kind, &own);
+                    let w = weight * self.weight(k);
+                    row.loss += weight * t.loss;
+                    row.weighted_loss += w * t.loss;
+                    row.d_chosen += w * t.d_chosen;
+                    row.d_rejected += w * t.d_rejected;
+                    row.log_odds_ratio = t.log_odds_ratio;
+                    row.log_odds = t.log_odds;
+                }
+            }
+        }
+        row
+    }
+}
+
+/// Sums of the per-pair statistics (see [`stat`]), the per-pair losses and the gradients.
+pub(crate) fn run(inputs: &PreferenceLogps, batch: &Batch, plan: &Plan) -> Result<([f64; stat::COUNT], Grads)> {
+    let n = plan.pairs;
+    let ld = plan.ld_alpha;
+    // Per pair: the gradients with respect to the chosen and rejected log-probs, and the loss.
+    let mut out = vec![0.0f64; 3 * n];
+    let sums = sum_items(&mut out, 3, |k, out| {
+        let row = batch.row(plan, k);
+        let (dc, dr) = (plan.mean_scale * row.d_chosen, plan.mean_scale * row.d_rejected);
+        out[0] = dc * batch.scale_c[k] + plan.nll_grad;
+        out[1] = dr * batch.scale_r[k];
+        out[2] = row.loss;
+        let l = batch.log_ratios(&plan.params, k);
+        let (reward_c, reward_r) = (plan.reward_scale * plan.params.beta * l.a, plan.reward_scale * plan.params.beta * l.b);
         let accurate = if reward_c > reward_r { 1.0 } else { 0.0 };
-        [t.loss, reward_c, reward_r, accurate, c, r, t.log_odds_ratio, t.log_odds, pc[i]]
+        let (c, r) = (batch.c[k], batch.r[k]);
+        [row.weighted_loss, reward_c, reward_r, accurate, c, r, row.log_odds_ratio, row.log_odds, batch.raw_c[k]]
     });
-    let (grad_c, grad_r): (Vec<f64>, Vec<f64>) = grads.chunks(2).map(|g| (g[0], g[1])).unzip();
+    let column = |i: usize| -> Vec<f64> { out.chunks(3).map(|o| o[i]).collect() };
     let dtype = inputs.policy_chosen.dtype();
-    Ok((sums, host::tensor_from(&grad_c, &[n], dtype)?, host::tensor_from(&grad_r, &[n], dtype)?))
+    let (grad_c, grad_r) = (column(0), column(1));
+    // LD-DPO: c = full - (1 - α)·verbose, so d/d verbose = -(1 - α)·d/dc (the NLL term is on the full sums).
+    let verbose = |grad: &[f64], nll: f64| -> Option<Result<Tensor>> {
+        ld.map(|alpha| {
+            let g: Vec<f64> = grad.iter().map(|g| -(1.0 - alpha) * (g - nll)).collect();
+            host::tensor_from(&g, &[n], dtype)
+        })
+    };
+    let grads = Grads {
+        losses: host::tensor_from(&column(2), &[n], DType::F32)?,
+        chosen_verbose: verbose(&grad_c, plan.nll_grad).transpose()?,
+        rejected_verbose: verbose(&grad_r, 0.0).transpose()?,
+        chosen: host::tensor_from(&grad_c, &[n], dtype)?,
+        rejected: host::tensor_from(&grad_r, &[n], dtype)?,
+    };
+    Ok((sums, grads))
 }

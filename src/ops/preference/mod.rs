@@ -1,5 +1,6 @@
-//! Preference losses on per-sequence quantities: the DPO family (TRL's loss types, SimPO, ORPO, RPO), reward-model
-//! losses (Bradley–Terry with centring, K-wise all-pairs and Plackett–Luce) and Diffusion-DPO.
+//! Preference losses on per-sequence quantities: the DPO family (TRL's loss types and their weighted mixtures,
+//! f-divergences, SimPO, ORPO, RPO, WPO weights, LD-DPO), reward-model losses (Bradley–Terry with centring, K-wise
+//! all-pairs and Plackett–Luce) and Diffusion-DPO.
 //!
 //! Each loss is a forward and a backward in one call: it returns the loss (f32), the gradient with respect to the
 //! trained model's outputs (in their dtype, scaled by an upstream `grad_output`) and the metrics TRL or diffusers
@@ -17,6 +18,7 @@ mod cuda;
 mod diffusion_dpo;
 mod diffusion_dpo_cpu;
 mod dpo;
+mod dpo_config;
 mod dpo_cpu;
 mod host;
 mod math;
@@ -27,7 +29,8 @@ mod reward_model_cpu;
 pub use diffusion_dpo::{
     diffusion_dpo_loss, DiffusionDpoConfig, DiffusionDpoInputs, DiffusionDpoMetrics, DiffusionDpoOutput,
 };
-pub use dpo::{dpo_loss, DpoConfig, DpoLossType, DpoMetrics, DpoOutput, PreferenceLogps};
+pub use dpo::{dpo_loss, DpoMetrics, DpoOutput, PreferenceLogps};
+pub use dpo_config::{BcoDelta, DpoConfig, DpoLossType, FDivergence, LossMixture};
 pub use reward_model::{
     bradley_terry_loss, kwise_loss, BradleyTerryConfig, BradleyTerryMetrics, BradleyTerryOutput, KwiseConfig,
     KwiseMethod, KwiseOutput,

@@ -180,9 +180,15 @@ impl<'a> Call<'a> {
 
     /// A config: NULL, the defaults, a corrupted byte, or a wrong `struct_size`.
     fn config<T: Copy>(&mut self, default: T, storage: &mut Option<T>) -> *const T {
+        self.config_prefix(default, storage, std::mem::size_of::<T>())
+    }
+
+    /// [`Self::config`] flipping bits only in the first `plain` bytes (the integers and floats before any
+    /// pointer fields, which must stay valid pointers or NULL).
+    fn config_prefix<T: Copy>(&mut self, default: T, storage: &mut Option<T>, plain: usize) -> *const T {
         let mut value = default;
-        let size = std::mem::size_of::<T>();
-        // SAFETY: `value` is a plain `#[repr(C)]` struct of integers and floats: any bytes are a valid value.
+        let size = plain.min(std::mem::size_of::<T>());
+        // SAFETY: the first `size` bytes of `value` are integers and floats: any bytes are a valid value there.
         let bytes = unsafe { std::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), size) };
         match self.r.u8() % 8 {
             0 => return null(),
@@ -308,7 +314,8 @@ pub fn run(data: &[u8]) -> ur_status {
             4 => {
                 let f = [false, false, true, true].map(|o| c.tensor(&[S(N)], Kind::Float, o));
                 let (lc, lr) = (c.tensor(&[S(N)], Kind::Int, true), c.tensor(&[S(N)], Kind::Int, true));
-                let cfg = c.config(ur_dpo_config_default(), &mut c3);
+                let plain = std::mem::offset_of!(ur_dpo_config, loss_types);
+                let cfg = c.config_prefix(ur_dpo_config_default(), &mut c3, plain);
                 let (gc, gr) = (c.tensor(&[S(N)], Kind::Float, false), c.tensor(&[S(N)], Kind::Float, false));
                 let m = if c.r.one_in(2) { null_mut() } else { &mut dpo_m };
                 ur_dpo_loss(ctx_arg, f[0], f[1], f[2], f[3], lc, lr, cfg, loss_out, gc, gr, m, s)
@@ -432,6 +439,8 @@ fn ur_dpo_metrics_zeroed() -> ur_dpo_metrics {
         nll_loss: 0.0,
         log_odds_ratio: 0.0,
         log_odds_chosen: 0.0,
+        bco_delta: 0.0,
+        bco_count: 0.0,
     }
 }
 

@@ -132,8 +132,8 @@ __device__ PairTerms dpo_pair(const DpoScalars& s, int kind, const LogRatios& l)
     PairTerms t = {0.0, 0.0, 0.0, 0.0, 0.0};
     // TRL's logits z under the f-divergence, and dz/dc, dz/dr.
     double z, z_c = 1.0, z_r = -1.0;
-    if (s.f_divergence == F_DIV_JS) {  // a - b - (softplus(a) - softplus(b))
-        z = l.a_free - l.b_free - log_sigmoid_d(-l.a_free) + log_sigmoid_d(-l.b_free);
+    if (s.f_divergence == F_DIV_JS) {  // a - b - (softplus(a) - softplus(b)), softplus(x) = -logsig(-x)
+        z = l.a_free - l.b_free + log_sigmoid_d(-l.a_free) - log_sigmoid_d(-l.b_free);
         z_c = sigmoid_d(-l.a_free);
         z_r = -sigmoid_d(-l.b_free);
     } else if (s.f_divergence == F_DIV_ALPHA) {  // (cap_exp(-alpha b) - cap_exp(-alpha a)) / alpha

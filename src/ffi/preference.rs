@@ -124,7 +124,6 @@ impl Versioned for ur_dpo_config {
     const NAME: &'static str = "ur_dpo_config";
     fn default_value() -> Self {
         let d = DpoConfig::default();
-        let null = std::ptr::null();
         ur_dpo_config {
             struct_size: size_of_u32::<Self>(),
             loss_type: UR_DPO_SIGMOID,
@@ -143,14 +142,14 @@ impl Versioned for ur_dpo_config {
             use_ld_alpha: 0,
             ld_alpha: 1.0,
             num_loss_types: 0,
-            loss_types: null,
-            loss_weights: null,
-            pair_weights: null,
-            policy_chosen_verbose: null,
-            policy_rejected_verbose: null,
-            grad_policy_chosen_verbose_out: null,
-            grad_policy_rejected_verbose_out: null,
-            losses_out: null,
+            loss_types: std::ptr::null(),
+            loss_weights: std::ptr::null(),
+            pair_weights: std::ptr::null(),
+            policy_chosen_verbose: std::ptr::null(),
+            policy_rejected_verbose: std::ptr::null(),
+            grad_policy_chosen_verbose_out: std::ptr::null(),
+            grad_policy_rejected_verbose_out: std::ptr::null(),
+            losses_out: std::ptr::null(),
         }
     }
 }

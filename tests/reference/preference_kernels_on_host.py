@@ -10,6 +10,7 @@ loops, the partial-sum layout and all per-item formulas are exercised). Needs g+
 
 import ctypes
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,12 +52,13 @@ template <> inline f16 from_float<f16>(float) { return f16{0}; }
 
 HARNESS = r"""static void grid(unsigned x, unsigned y, unsigned z) { gridDim = {x, y, z}; blockDim = {1, 1, 1}; threadIdx = {0, 0, 0}; }
 extern "C" {
-void emu_dpo(const float* pc, const float* pr, const float* rc, const float* rr, const long long* lc, const long long* lr,
-             int n, int kind, double beta, double eps, double gamma, double delta, double ms, double nll,
-             float* gc, float* gr, double* partial, int blocks) {
+void emu_dpo(const float* pc, const float* pr, const float* rc, const float* rr, const float* cv, const float* rv,
+             const float* pw, const long long* lc, const long long* lr, const long long* order, int n,
+             const DpoScalars* s, float* gc, float* gr, float* gcv, float* grv, float* losses, double* partial,
+             int blocks) {
     grid(blocks, 1, 1);
     for (unsigned b = 0; b < (unsigned)blocks; ++b) { blockIdx = {b, 0, 0};
-        dpo_loss_f32(pc, pr, rc, rr, lc, lr, n, kind, beta, eps, gamma, delta, ms, nll, gc, gr, partial); }
+        dpo_loss_f32(pc, pr, rc, rr, cv, rv, pw, lc, lr, order, n, *s, gc, gr, gcv, grv, losses, partial); }
 }
 void emu_bt(const float* rc, const float* rr, const float* m, int n, double coef, double ms, float* gc, float* gr, double* partial, int blocks) {
     grid(blocks, 1, 1);
@@ -96,8 +98,17 @@ def build():
 
 L = build()
 KINDS = ["sigmoid", "hinge", "ipo", "robust", "bco_pair", "exo_pair", "nca_pair", "sppo_hard", "apo_zero",
-         "apo_down", "simpo", "orpo"]  # DpoLossType::ALL order
+         "apo_down", "simpo", "orpo", "aot", "aot_pair", "discopop"]  # DpoLossType::ALL order
+F_DIVERGENCES = {"reverse_kl": 0, "js_divergence": 1, "alpha_divergence": 2}
 BLOCKS = 3  # several blocks, so the grid-stride loops and the block-ordered partial sums are exercised
+
+
+class DpoScalars(ctypes.Structure):
+    """kernels/preference.cu's DpoScalars (cuda.rs mirrors it too)."""
+    _fields_ = [(f, ctypes.c_double) for f in ("beta", "eps", "gamma", "delta", "tau", "f_alpha", "exp_cap",
+                                               "ld_alpha", "mean_scale", "nll_grad", "reward_scale")] + [
+        ("weights", ctypes.c_double * 15), ("kinds", ctypes.c_int * 15), ("terms", ctypes.c_int),
+        ("f_divergence", ctypes.c_int), ("reference_free", ctypes.c_int), ("use_ld", ctypes.c_int)]
 
 
 def ptr(a):
@@ -122,35 +133,94 @@ def close(what, got, want, rtol=1e-5, atol=1e-7):
     return not bad.any()
 
 
+def host_pass(c, i, types, normalised, use_reference, ld_alpha):
+    """dpo.rs's host pass (dpo_cpu.rs's `effective`): the effective log-probs, for BCO's mean and AOT's orders."""
+    arr = lambda k: np.array(i[k], np.float32).astype(float)
+    n = len(i["policy_chosen"])
+    lc = np.array(i["chosen_lengths"], float) if normalised else np.ones(n)
+    lr = np.array(i["rejected_lengths"], float) if normalised else np.ones(n)
+    cr, rr = (arr("reference_chosen") / lc, arr("reference_rejected") / lr) if use_reference else (np.zeros(n),) * 2
+    if ld_alpha is not None:
+        keep = 1.0 - ld_alpha
+        cp = arr("policy_chosen") - keep * arr("policy_chosen_verbose")
+        rp = arr("policy_rejected") - keep * arr("policy_rejected_verbose")
+    else:
+        cp, rp = arr("policy_chosen") / lc, arr("policy_rejected") / lr
+    return cp, rp, cr, rr
+
+
+def aot_orders(cp, rp, cr, rr):
+    rows = []
+    for values, with_rank in [(cp - rp, True), (cr - rr, False), (cp - cr, True), (rp - rr, True)]:
+        perm = np.argsort(values, kind="stable")
+        rows.append(perm)
+        if with_rank:
+            rank = np.empty_like(perm)
+            rank[perm] = np.arange(len(perm))
+            rows.append(rank)
+    return np.concatenate(rows).astype(np.int64)
+
+
 def check_dpo():
     ok = True
     for case in json.load(open(F + "dpo.json"))["cases"]:
         c, i, e, name = case["config"], case["inputs"], case["expected"], case["name"]
         n = len(i["policy_chosen"])
         arr = lambda k: None if i[k] is None else np.array(i[k], np.float32)
-        normalised = c["loss_type"] in ("ipo", "simpo", "orpo")
+        types = c["loss_type"]
+        normalised = any(t in ("ipo", "simpo", "orpo") for t in types)
+        use_reference = i["reference_chosen"] is not None and not any(t in ("simpo", "orpo") for t in types)
         lengths = lambda k: np.array(i[k], np.int64) if normalised else None
-        eps = 1e-3 if (c["loss_type"] == "exo_pair" and c["label_smoothing"] == 0) else as_f32(c["label_smoothing"])
+        ld = c["ld_alpha"]
+        ld_alpha = None if ld is None else as_f32(ld)
+        cp, rp, cr, rr = host_pass(c, i, types, normalised, use_reference, ld_alpha)
+        beta = as_f32(c["beta"])
         alpha = c["rpo_alpha"]
         tokens = float(np.sum(i["chosen_lengths"])) if alpha is not None else 1.0
+        weights = arr("pair_weights")
+        mean_weight = float(np.mean(weights.astype(float))) if weights is not None else 1.0
         go = as_f32(c["grad_output"])
-        nll_grad = -go * as_f32(alpha) / tokens if alpha is not None else 0.0
-        gc, gr = np.zeros(n, np.float32), np.zeros(n, np.float32)
-        part = np.zeros(BLOCKS * 9)
-        L.emu_dpo(ptr(arr("policy_chosen")), ptr(arr("policy_rejected")), ptr(arr("reference_chosen")),
-                  ptr(arr("reference_rejected")), ptr(lengths("chosen_lengths")), ptr(lengths("rejected_lengths")), n,
-                  KINDS.index(c["loss_type"]), f64(as_f32(c["beta"])), f64(eps), f64(as_f32(c["simpo_gamma"])),
-                  f64(as_f32(c["bco_delta"])), f64(go / n), f64(nll_grad), ptr(gc), ptr(gr), ptr(part), BLOCKS)
-        s = part.reshape(BLOCKS, 9).sum(0)
-        loss = s[0] / n + (as_f32(alpha) * -s[8] / tokens if alpha is not None else 0.0)
+        nll_grad = -go * as_f32(alpha) * mean_weight / tokens if alpha is not None else 0.0
+        s = DpoScalars()
+        s.beta, s.eps, s.gamma = beta, as_f32(c["label_smoothing"]), as_f32(c["simpo_gamma"])
+        s.tau, s.mean_scale, s.nll_grad = as_f32(c["discopop_tau"]), go / n, nll_grad
+        s.exp_cap = math.floor(math.log(float(np.finfo(np.float32).max)) * 1e4) / 1e4
+        s.f_divergence = F_DIVERGENCES[c["f_divergence_type"]]
+        s.f_alpha = as_f32(c["f_alpha_divergence_coef"]) if s.f_divergence == 2 else 0.0
+        s.reference_free, s.use_ld, s.ld_alpha = int(c["reference_free"]), int(ld is not None), ld_alpha or 1.0
+        s.terms = len(types)
+        for k, (t, w) in enumerate(zip(types, c["loss_weights"])):
+            s.kinds[k], s.weights[k] = KINDS.index(t), as_f32(w)
+        s.reward_scale = sum(as_f32(w) for w in c["loss_weights"])
+        if c["bco"] is not None:
+            batch_mean = beta * float(np.mean(np.concatenate([cp - cr, rp - rr])))
+            if c["bco"][0] == "fixed":
+                s.delta = as_f32(c["bco"][1])
+            else:
+                mean, count = as_f32(c["bco"][0]), as_f32(c["bco"][1])
+                s.delta = mean + (batch_mean - mean) / (count + 1.0)
+        order = aot_orders(cp, rp, cr, rr) if any(t in ("aot", "aot_pair") for t in types) else None
+        gc, gr, gcv, grv = (np.zeros(n, np.float32) for _ in range(4))
+        losses, part = np.zeros(n, np.float32), np.zeros(BLOCKS * 9)
+        refs = (arr("reference_chosen"), arr("reference_rejected")) if use_reference else (None, None)
+        L.emu_dpo(ptr(arr("policy_chosen")), ptr(arr("policy_rejected")), ptr(refs[0]), ptr(refs[1]),
+                  ptr(arr("policy_chosen_verbose")), ptr(arr("policy_rejected_verbose")), ptr(weights),
+                  ptr(lengths("chosen_lengths")), ptr(lengths("rejected_lengths")), ptr(order), n, ctypes.byref(s),
+                  ptr(gc), ptr(gr), ptr(gcv), ptr(grv), ptr(losses), ptr(part), BLOCKS)
+        sums = part.reshape(BLOCKS, 9).sum(0)
+        loss = sums[0] / n + (as_f32(alpha) * mean_weight * -sums[8] / tokens if alpha is not None else 0.0)
         ok &= close(f"{name} loss", loss, e["loss"])
+        ok &= close(f"{name} losses", losses, e["losses"])
         ok &= close(f"{name} grad chosen", gc, e["grad_policy_chosen"])
         ok &= close(f"{name} grad rejected", gr, e["grad_policy_rejected"])
+        if ld is not None:
+            ok &= close(f"{name} grad chosen verbose", gcv, e["grad_policy_chosen_verbose"])
+            ok &= close(f"{name} grad rejected verbose", grv, e["grad_policy_rejected_verbose"])
         m = e["metrics"]
         for idx, key in [(1, "rewards_chosen"), (2, "rewards_rejected"), (3, "rewards_accuracies"),
                          (4, "logps_chosen"), (5, "logps_rejected"), (6, "log_odds_ratio"), (7, "log_odds_chosen")]:
             if m[key] is not None:
-                ok &= close(f"{name} {key}", s[idx] / n, m[key], atol=1e-6)
+                ok &= close(f"{name} {key}", sums[idx] / n, m[key], atol=1e-6)
     return ok
 
 

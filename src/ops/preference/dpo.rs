@@ -388,9 +388,7 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
         )));
     }
     if references == [true, false] || references == [false, true] {
-        return Err(Error::InvalidArgument(
-            "give both `reference_chosen` and `reference_rejected`, or neither".into(),
-        ));
+        return Err(Error::InvalidArgument("give both `reference_chosen` and `reference_rejected`, or neither".into()));
     }
     let normalised = mixture.length_normalised();
     let needs_chosen = normalised || cfg.rpo_alpha.is_some();
@@ -426,8 +424,7 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
         None => 1.0,
     };
     let chosen_tokens = chosen_lengths.as_ref().map_or(0.0, |l| l.iter().map(|&v| v as f64).sum());
-    let nll_grad =
-        cfg.rpo_alpha.map_or(0.0, |a| -(cfg.grad_output as f64) * a as f64 * mean_weight / chosen_tokens);
+    let nll_grad = cfg.rpo_alpha.map_or(0.0, |a| -(cfg.grad_output as f64) * a as f64 * mean_weight / chosen_tokens);
     let lengths = match (chosen_lengths, rejected_lengths) {
         (Some(c), Some(r)) if normalised => Some((c, r)),
         _ => None,

@@ -220,8 +220,7 @@ pub(crate) fn effective(inputs: &PreferenceLogps, plan: &Plan) -> Result<Batch> 
     let c_ref: Vec<f64> = ref_c.iter().zip(&scale_c).map(|(v, s)| v * s).collect();
     let r_ref: Vec<f64> = ref_r.iter().zip(&scale_r).map(|(v, s)| v * s).collect();
     // LD-DPO (TRL applies it to the policy only, after and instead of IPO's averaging): public + α·verbose.
-    let (c, r, scale_c, scale_r) = match (plan.ld_alpha, inputs.policy_chosen_verbose, inputs.policy_rejected_verbose)
-    {
+    let (c, r, scale_c, scale_r) = match (plan.ld_alpha, inputs.policy_chosen_verbose, inputs.policy_rejected_verbose) {
         (Some(alpha), Some(cv), Some(rv)) => {
             let ld = |full: &[f64], verbose: Vec<f64>| -> Vec<f64> {
                 full.iter().zip(verbose).map(|(f, v)| f - (1.0 - alpha) * v).collect()
@@ -299,9 +298,8 @@ impl Batch {
         let own = self.log_ratios(p, k);
         let mut row = Row::default();
         let n = self.c.len();
-        let at = |row_index: usize, i: usize| -> usize {
-            plan.order.as_ref().map_or(i, |o| o[row_index * n + i] as usize)
-        };
+        let at =
+            |row_index: usize, i: usize| -> usize { plan.order.as_ref().map_or(i, |o| o[row_index * n + i] as usize) };
         for &(kind, weight) in plan.mixture.terms() {
             let weight = weight as f64;
             match kind {
@@ -309,7 +307,8 @@ impl Batch {
                 DpoLossType::Aot => {
                     let ref_diff = |i: usize| self.c_ref[i] - self.r_ref[i];
                     let diff = |i: usize| self.c[i] - self.r[i];
-                    let loss = smoothed_sigmoid(p, diff(at(order::AOT_PERM, k)) - ref_diff(at(order::AOT_REF_PERM, k))).0;
+                    let loss =
+                        smoothed_sigmoid(p, diff(at(order::AOT_PERM, k)) - ref_diff(at(order::AOT_REF_PERM, k))).0;
                     row.loss += weight * loss;
                     row.weighted_loss += weight * self.weight(k) * loss;
                     let j = at(order::AOT_RANK, k);
@@ -359,7 +358,8 @@ pub(crate) fn run(inputs: &PreferenceLogps, batch: &Batch, plan: &Plan) -> Resul
         out[1] = dr * batch.scale_r[k];
         out[2] = row.loss;
         let l = batch.log_ratios(&plan.params, k);
-        let (reward_c, reward_r) = (plan.reward_scale * plan.params.beta * l.a, plan.reward_scale * plan.params.beta * l.b);
+        let (reward_c, reward_r) =
+            (plan.reward_scale * plan.params.beta * l.a, plan.reward_scale * plan.params.beta * l.b);
         let accurate = if reward_c > reward_r { 1.0 } else { 0.0 };
         let (c, r) = (batch.c[k], batch.r[k]);
         [row.weighted_loss, reward_c, reward_r, accurate, c, r, row.log_odds_ratio, row.log_odds, batch.raw_c[k]]

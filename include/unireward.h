@@ -105,6 +105,21 @@
 
 #define UR_DPO_ORPO 11
 
+#define UR_DPO_AOT 12
+
+// TRL's `aot_pair` (AOT for unpaired data; `aot_unpaired` from TRL v0.28).
+#define UR_DPO_AOT_PAIR 13
+
+#define UR_DPO_DISCOPOP 14
+
+// `ur_dpo_config.f_divergence_type` codes, TRL's `f_divergence_type`.
+#define UR_F_DIVERGENCE_REVERSE_KL 0
+
+#define UR_F_DIVERGENCE_JS 1
+
+// The alpha-divergence with `f_alpha_divergence_coef` (forward KL at 1).
+#define UR_F_DIVERGENCE_ALPHA 2
+
 // `ur_kwise_config.method`: mean of -log sigmoid(r_i - r_j) over the pairs, i ranked above j.
 #define UR_KWISE_ALL_PAIRS 0
 
@@ -243,17 +258,21 @@ typedef struct ur_model_info {
   DLDevice device;
 } ur_model_info;
 
-// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults).
+// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
+// from `f_divergence_type` on were added after ABI version 2; the tensors among them are optional extra inputs and
+// outputs of `ur_dpo_loss` (NULL: not given), on the device of the call's other tensors.
 typedef struct ur_dpo_config {
   // `sizeof(ur_dpo_config)`.
   uint32_t struct_size;
-  // A `UR_DPO_*` code (default `UR_DPO_SIGMOID`).
+  // A `UR_DPO_*` code (default `UR_DPO_SIGMOID`); ignored when `num_loss_types` > 0.
   int32_t loss_type;
   // beta > 0 (default 0.1; IPO's tau, ORPO's lambda).
   float beta;
-  // epsilon in [0, 0.5): cDPO / robust / EXO / SimPO label smoothing (default 0).
+  // epsilon in [0, 0.5): cDPO / robust / EXO / AOT / SimPO label smoothing (default 0).
   float label_smoothing;
-  // Nonzero: reference log-probs are taken as 0 (default 0).
+  // Nonzero: TRL's `reference_free` (default 0): the sigmoid, hinge, IPO, robust, EXO and APO losses drop the
+  // reference log-probs; bco_pair, nca_pair, sppo_hard, AOT, DiscoPOP and the rewards still use them. NULL
+  // reference tensors are taken as 0.
   int32_t reference_free;
   // Nonzero: add `rpo_alpha * NLL` of the chosen sequences (RPO; needs `chosen_lengths`). Default 0.
   int32_t use_rpo_alpha;
@@ -261,10 +280,41 @@ typedef struct ur_dpo_config {
   float rpo_alpha;
   // SimPO's target margin gamma (default 0.5).
   float simpo_gamma;
-  // BCO's delta: the caller's running mean of rewards (default 0).
+  // BCO's running mean of the rewards before this batch (TRL's `running.mean`, default 0); with a negative
+  // `bco_count`, the delta used as given.
   float bco_delta;
   // The upstream gradient of the loss (default 1).
   float grad_output;
+  // A `UR_F_DIVERGENCE_*` code (default `UR_F_DIVERGENCE_REVERSE_KL`).
+  int32_t f_divergence_type;
+  // The alpha of `UR_F_DIVERGENCE_ALPHA`, nonzero (default 1: forward KL).
+  float f_alpha_divergence_coef;
+  // DiscoPOP's tau > 0 (default 0.05).
+  float discopop_tau;
+  // BCO: how many batch means `bco_delta` averages (TRL's `running.count`, default 0). The call adds this
+  // batch's mean reward first, uses the updated mean, and reports it in `ur_dpo_metrics.bco_delta` /
+  // `bco_count` for the next call. Negative: `bco_delta` is used as delta, not updated.
+  float bco_count;
+  // Nonzero: LD-DPO with `ld_alpha` (default 0); needs `policy_chosen_verbose` and `policy_rejected_verbose`.
+  int32_t use_ld_alpha;
+  // LD-DPO's alpha: the policy log-prob is its public part plus alpha times the verbose part.
+  float ld_alpha;
+  // A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
+  // in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
+  uint32_t num_loss_types;
+  const int32_t *loss_types;
+  const float *loss_weights;
+  // Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.
+  const DLTensor *pair_weights;
+  // LD-DPO: the log-probs of the verbose parts (the tokens past `min(chosen, rejected length)`) `[P]`.
+  const DLTensor *policy_chosen_verbose;
+  const DLTensor *policy_rejected_verbose;
+  // LD-DPO: outputs, the gradients with respect to the verbose parts `[P]` (required with `use_ld_alpha`).
+  const DLTensor *grad_policy_chosen_verbose_out;
+  const DLTensor *grad_policy_rejected_verbose_out;
+  // Output, optional: TRL's per-pair losses `[P]` float32 (without the NLL term and the pair weights; AOT's at
+  // sorted positions).
+  const DLTensor *losses_out;
 } ur_dpo_config;
 
 // TRL's logged DPO metrics, means over the pairs. Values a loss type does not have are NaN.
@@ -281,6 +331,10 @@ typedef struct ur_dpo_metrics {
   float log_odds_ratio;
   // ORPO's mean log odds; NaN for other loss types.
   float log_odds_chosen;
+  // BCO's running mean after this batch, for the next call's `bco_delta`; NaN without a bco_pair term.
+  float bco_delta;
+  // BCO's running count after this batch, for the next call's `bco_count`; NaN without a bco_pair term.
+  float bco_count;
 } ur_dpo_metrics;
 
 // Hyper-parameters of `ur_bradley_terry_loss`. Initialise with `ur_bradley_terry_config_default()`.
@@ -686,20 +740,23 @@ enum ur_status ur_model_generate(struct ur_context *ctx,
                                  size_t out_capacity,
                                  size_t *out_len);
 
-// TRL's defaults: sigmoid, beta 0.1, no smoothing, no RPO, SimPO gamma 0.5, grad_output 1.
+// TRL's defaults: sigmoid, beta 0.1, no smoothing, reverse KL, no RPO, no LD-DPO, SimPO gamma 0.5, DiscoPOP
+// tau 0.05, a fresh BCO running mean, grad_output 1, no extra tensors.
 struct ur_dpo_config ur_dpo_config_default(void);
 
-// The DPO family (TRL's loss types, SimPO, ORPO, RPO) on per-sequence log-probs of P pairs: the loss, its
-// gradient with respect to the policy log-probs, and TRL's metrics.
+// The DPO family (TRL's loss types and mixtures, SimPO, ORPO, RPO, WPO, LD-DPO) on per-sequence log-probs of P
+// pairs: the loss, its gradient with respect to the policy log-probs, and TRL's metrics.
 //
 // Inputs: float `[P]` tensors of one dtype: `policy_chosen`, `policy_rejected`, `reference_chosen`,
 // `reference_rejected` (NULL only when reference-free or for SimPO/ORPO); `chosen_lengths`, `rejected_lengths`
-// int32/int64 `[P]` completion token counts (needed by IPO, SimPO, ORPO and RPO; else may be NULL). Outputs:
-// `*loss_out` (host float, required); `grad_policy_chosen_out`, `grad_policy_rejected_out` `[P]` in the inputs'
-// dtype (required); `*metrics_out` (host, may be NULL). Waits for its CUDA work (the loss goes to host memory).
+// int32/int64 `[P]` completion token counts (needed by IPO, SimPO, ORPO, RPO; else may be NULL); more optional
+// tensors in `cfg` (pair weights, LD-DPO's verbose parts). Outputs: `*loss_out` (host float, required);
+// `grad_policy_chosen_out`, `grad_policy_rejected_out` `[P]` in the inputs' dtype (required); `*metrics_out`
+// (host, may be NULL); the output tensors named in `cfg`. Waits for its CUDA work (the loss goes to host memory).
 //
 // # Safety
-// As for `ur_logprobs_forward`; `loss_out` and a non-NULL `metrics_out` are writable host memory.
+// As for `ur_logprobs_forward`; `loss_out` and a non-NULL `metrics_out` are writable host memory; the tensors
+// and arrays `cfg` points to are as its fields describe.
 enum ur_status ur_dpo_loss(struct ur_context *ctx,
                            const DLTensor *policy_chosen,
                            const DLTensor *policy_rejected,

@@ -419,7 +419,28 @@ static void test_dpo(void) {
         ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, NULL, &tgc.dl, &tgr.dl, NULL, NULL));
   FAILS(UR_ERROR_NULL_POINTER, "grad_policy_rejected_out",
         ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss, &tgc.dl, NULL, NULL, NULL));
-  d.loss_type = 12;
+  /* A mixture (TRL's loss_type list with loss_weights) with BCO's running mean and the per-pair losses. */
+  {
+    const int32_t types[2] = {UR_DPO_SIGMOID, UR_DPO_BCO_PAIR};
+    const float weights[2] = {0.8f, 0.2f};
+    float l[P];
+    Tensor losses;
+    tensor(&losses, l, F32, 1, D(P));
+    ur_dpo_config mix = ur_dpo_config_default();
+    mix.num_loss_types = 2;
+    mix.loss_types = types;
+    mix.loss_weights = weights;
+    mix.losses_out = &losses.dl;
+    ur_dpo_metrics m;
+    OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &mix, &loss, &tgc.dl, &tgr.dl, &m, NULL));
+    CHECK(fabsf(loss - (l[0] + l[1] + l[2]) / 3.0f) <= 1e-6f * fabsf(loss), "mixture loss %g vs losses %g %g %g", loss,
+          l[0], l[1], l[2]);
+    CHECK(m.bco_count == 1.0f && !isnan(m.bco_delta), "bco state %g %g", m.bco_delta, m.bco_count);
+    mix.loss_weights = NULL;
+    FAILS(UR_ERROR_NULL_POINTER, "loss_weights",
+          ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &mix, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
+  }
+  d.loss_type = UR_DPO_DISCOPOP + 1;
   FAILS(UR_ERROR_INVALID_ARGUMENT, "loss_type",
         ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &d, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
   d = ur_dpo_config_default();

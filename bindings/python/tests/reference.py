@@ -31,18 +31,22 @@ def fused_linear_logprobs(hidden, weight, bias, labels, mask=None, ignore_index=
     return sequence_logprobs(logits, labels, mask, ignore_index, average)
 
 
-def dpo_losses(pc, pr, rc, rr, loss_type="sigmoid", beta=0.1, label_smoothing=0.0, simpo_gamma=0.5, bco_delta=0.0):
-    """TRL's per-pair losses (`DPOTrainer.dpo_loss`, `CPOTrainer` for simpo, `ORPOTrainer` for orpo) and the
-    chosen / rejected rewards. Log-probs are already length-normalised where TRL does it (ipo, simpo, orpo)."""
+def dpo_losses(pc, pr, rc, rr, loss_type="sigmoid", beta=0.1, label_smoothing=0.0, simpo_gamma=0.5, bco_delta=0.0,
+               reference_free=False, discopop_tau=0.05):
+    """TRL v0.27.2's per-pair losses (`DPOTrainer.dpo_loss`, `CPOTrainer` for simpo, `ORPOTrainer` for orpo) and the
+    chosen / rejected rewards. Log-probs are already length-normalised where TRL does it (ipo, simpo, orpo).
+    `reference_free` is TRL's: only the `logits` losses and APO drop the reference."""
     pc, pr = pc.double(), pr.double()
     if rc is None or loss_type in ("simpo", "orpo"):
         rc, rr = torch.zeros_like(pc), torch.zeros_like(pr)
     rc, rr = rc.double(), rr.double()
     a, b = pc - rc, pr - rr
-    logits = a - b
+    af, bf = (pc, pr) if reference_free else (a, b)
+    logits = af - bf
     ls = label_smoothing
+    smoothed = lambda x: -F.logsigmoid(beta * x) * (1 - ls) - F.logsigmoid(-beta * x) * ls
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * logits) * (1 - ls) - F.logsigmoid(-beta * logits) * ls
+        losses = smoothed(logits)
     elif loss_type == "robust":
         losses = (-F.logsigmoid(beta * logits) * (1 - ls) + F.logsigmoid(-beta * logits) * ls) / (1 - 2 * ls)
     elif loss_type == "exo_pair":
@@ -61,12 +65,19 @@ def dpo_losses(pc, pr, rc, rr, loss_type="sigmoid", beta=0.1, label_smoothing=0.
     elif loss_type == "sppo_hard":
         losses = (a - 0.5 / beta) ** 2 + (b + 0.5 / beta) ** 2
     elif loss_type == "apo_zero":
-        losses = 1 - (beta * a).sigmoid() + (beta * b).sigmoid()
+        losses = 1 - (beta * af).sigmoid() + (beta * bf).sigmoid()
     elif loss_type == "apo_down":
-        losses = (beta * a).sigmoid() + 1 - (beta * (a - b)).sigmoid()
+        losses = (beta * af).sigmoid() + 1 - (beta * (af - bf)).sigmoid()
+    elif loss_type == "aot":
+        losses = smoothed(torch.sort(pc - pr, stable=True)[0] - torch.sort(rc - rr, stable=True)[0])
+    elif loss_type == "aot_pair":
+        losses = smoothed(torch.sort(a, stable=True)[0] - torch.sort(b, stable=True)[0])
+    elif loss_type == "discopop":
+        u = beta * (a - b)
+        m = torch.sigmoid(u / discopop_tau)
+        losses = -F.logsigmoid(u) * (1 - m) + torch.exp(-u) * m
     elif loss_type == "simpo":
-        z = logits - simpo_gamma / beta
-        losses = -F.logsigmoid(beta * z) * (1 - ls) - F.logsigmoid(-beta * z) * ls
+        losses = smoothed(logits - simpo_gamma / beta)
     elif loss_type == "orpo":
         log_odds = (pc - pr) - (torch.log1p(-torch.exp(pc)) - torch.log1p(-torch.exp(pr)))
         losses = -beta * F.logsigmoid(log_odds)

@@ -40,7 +40,7 @@ def test_logprobs_and_dpo_on_cuda(dtype):
 
     def f(x, y, r):
         lp = unireward.sequence_logprobs(x, y).logps
-        loss, _, _, _ = unireward.dpo_loss(lp[:2], lp[2:], r[:2], r[2:])
+        loss = unireward.dpo_loss(lp[:2], lp[2:], r[:2], r[2:])[0].mean()
         loss.backward()
         return loss
 

@@ -9,7 +9,7 @@ import unireward
 from conftest import close
 
 LOSS_TYPES = ["sigmoid", "hinge", "ipo", "robust", "bco_pair", "exo_pair", "nca_pair", "sppo_hard", "apo_zero",
-              "apo_down", "simpo", "orpo"]
+              "apo_down", "simpo", "orpo", "aot", "aot_pair", "discopop"]
 
 
 def logps(gen, p, scale=1.0):
@@ -17,34 +17,39 @@ def logps(gen, p, scale=1.0):
     return -(torch.rand(p, generator=gen, dtype=torch.float64) * 3 + 0.1) * scale
 
 
+@pytest.mark.parametrize("reference_free", [False, True])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_dpo_loss_matches_trl(loss_type, gen):
+def test_dpo_loss_matches_trl(loss_type, reference_free, gen):
+    """TRL's `dpo_loss` per pair: losses, their Jacobian (through a weighted sum), rewards; TRL's reference_free."""
+    if reference_free and loss_type in ("simpo", "orpo"):
+        pytest.skip("SimPO and ORPO have no reference")
     p = 37
     pc, pr, rc, rr = (logps(gen, p) for _ in range(4))
-    kw = dict(beta=0.3, label_smoothing=0.1 if loss_type in ("sigmoid", "robust", "exo_pair") else 0.0)
+    w = torch.rand(p, generator=gen, dtype=torch.float64)
+    kw = dict(beta=0.3, label_smoothing=0.1 if loss_type in ("sigmoid", "robust", "exo_pair", "aot") else 0.0,
+              reference_free=reference_free)
+    running = unireward.RunningMean(0.2, 3.0)
+    # TRL's running mean, updated with this batch before use
+    delta = (0.2 * 3.0 + 0.3 * torch.cat([pc - rc, pr - rr]).mean().item()) / 4.0
     pc64, pr64 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
-    losses, c_rew, r_rew = ref.dpo_losses(pc64, pr64, rc, rr, loss_type, **kw)
-    losses.mean().backward()
+    losses, c_rew, r_rew = ref.dpo_losses(pc64, pr64, rc, rr, loss_type, bco_delta=delta, **kw)
+    (losses * w).sum().backward()
 
     pc32, pr32 = pc.float().requires_grad_(), pr.float().requires_grad_()
-    loss, chosen_rewards, rejected_rewards, metrics = unireward.dpo_loss(
-        pc32, pr32, rc.float(), rr.float(), loss_type=loss_type, **kw
-    )
-    loss.backward()
-    close(loss, losses.mean())
+    got, chosen_rewards, rejected_rewards = unireward.dpo_loss(pc32, pr32, rc.float(), rr.float(), loss_type,
+                                                               running=running, **kw)  # fmt: skip
+    (got * w.float()).sum().backward()
+    close(got, losses)
     close(pc32.grad, pc64.grad, scale=1e-2)
     close(pr32.grad, pr64.grad, scale=1e-2)
     close(chosen_rewards, c_rew)
     close(rejected_rewards, r_rew)
-    close(metrics["rewards/chosen"], c_rew.mean())
-    close(metrics["rewards/rejected"], r_rew.mean())
-    close(metrics["rewards/margins"], (c_rew - r_rew).mean())
-    close(metrics["rewards/accuracies"], (c_rew > r_rew).double().mean())
-    close(metrics["logps/chosen"], pc.mean())
-    close(metrics["logps/rejected"], pr.mean())
+    if loss_type == "bco_pair":
+        assert running.count == 4.0
+        close(torch.tensor(running.mean), torch.tensor(delta))
 
 
-def test_dpo_loss_length_normalised_and_rpo(gen):
+def test_fused_dpo_loss_length_normalised_and_rpo(gen):
     p = 16
     pc, pr, rc, rr = (logps(gen, p, scale=20.0) for _ in range(4))
     lc = torch.randint(1, 30, (p,), generator=gen)
@@ -54,7 +59,7 @@ def test_dpo_loss_length_normalised_and_rpo(gen):
     nll = -pc64.sum() / lc.sum()
     (losses.mean() + 0.7 * nll).backward()
     pc32 = pc.float().requires_grad_()
-    loss, _, _, metrics = unireward.dpo_loss(
+    loss, metrics = unireward.ops.fused_dpo_loss(
         pc32, pr.float(), rc.float(), rr.float(), beta=0.5, loss_type="ipo", chosen_lengths=lc, rejected_lengths=lr,
         rpo_alpha=0.7,
     )
@@ -64,22 +69,46 @@ def test_dpo_loss_length_normalised_and_rpo(gen):
     close(metrics["nll_loss"], nll)
 
 
+def test_fused_dpo_loss_mixture_weights_and_ld(gen):
+    """TRL's loss_type list with loss_weights, WPO pair weights and LD-DPO in one call, against the per-type sum."""
+    p = 8
+    pc, pr, rc, rr = (logps(gen, p, scale=10.0) for _ in range(4))
+    cv, rv = pc * 0.3, pr * 0.6  # the verbose parts' log-probs
+    w = torch.rand(p, generator=gen, dtype=torch.float64)
+    pc64, pr64, cv64, rv64 = (t.clone().requires_grad_() for t in (pc, pr, cv, rv))
+    c, r = pc64 - 0.5 * cv64, pr64 - 0.5 * rv64  # ld_alpha = 0.5
+    terms = [ref.dpo_losses(c, r, rc, rr, t, beta=0.2)[0] * wt for t, wt in [("sigmoid", 0.8), ("aot_pair", 0.4)]]
+    expected = ((terms[0] + terms[1]) * w).mean()
+    expected.backward()
+    ins = [t.float().requires_grad_() for t in (pc, pr, cv, rv)]
+    loss, metrics = unireward.ops.fused_dpo_loss(
+        ins[0], ins[1], rc.float(), rr.float(), loss_type=["sigmoid", "aot_pair"], loss_weights=[0.8, 0.4], beta=0.2,
+        ld_alpha=0.5, policy_chosen_verbose=ins[2], policy_rejected_verbose=ins[3], pair_weights=w.float(),
+    )
+    loss.backward()
+    close(loss, expected)
+    for got, want in zip(ins, (pc64, pr64, cv64, rv64)):
+        close(got.grad, want.grad, scale=1e-2)
+    close(metrics["rewards/chosen"], 1.2 * 0.2 * (c - rc).mean())
+
+
 def test_dpo_gradient_scales_with_upstream(gen):
     pc, pr, rc, rr = (logps(gen, 5).float() for _ in range(4))
     pc.requires_grad_()
-    loss, _ = unireward.ops.dpo_loss(pc, pr, rc, rr)
+    loss, _ = unireward.ops.fused_dpo_loss(pc, pr, rc, rr)
     (3.0 * loss).backward()
     g3 = pc.grad.clone()
     pc.grad = None
-    unireward.ops.dpo_loss(pc, pr, rc, rr)[0].backward()
+    unireward.ops.fused_dpo_loss(pc, pr, rc, rr)[0].backward()
     close(g3, 3.0 * pc.grad)
 
 
 def test_dpo_bf16(gen):
     pc, pr, rc, rr = (logps(gen, 9) for _ in range(4))
-    loss, _, _, _ = unireward.dpo_loss(*(t.bfloat16() for t in (pc, pr, rc, rr)))
-    expected = ref.dpo_losses(*(t.bfloat16().double() for t in (pc, pr, rc, rr)))[0].mean()
-    close(loss, expected, torch.bfloat16)
+    losses, _, _ = unireward.dpo_loss(*(t.bfloat16() for t in (pc, pr, rc, rr)))
+    assert losses.dtype == torch.bfloat16
+    expected = ref.dpo_losses(*(t.bfloat16().double() for t in (pc, pr, rc, rr)))[0]
+    close(losses, expected, torch.bfloat16)
 
 
 def test_bradley_terry(gen):
@@ -135,7 +164,7 @@ def test_losses_gradcheck_float32(gen):
     """gradcheck in float32 (the library takes f32/bf16/f16): central differences with a large step."""
     pc, pr, rc, rr = (logps(gen, 4).float() for _ in range(4))
     kw = dict(eps=1e-2, atol=2e-3, rtol=2e-2, nondet_tol=0.0, fast_mode=False)
-    f = lambda c, r: unireward.ops.dpo_loss(c, r, rc, rr, beta=0.5)[0]
+    f = lambda c, r: unireward.ops.fused_dpo_loss(c, r, rc, rr, beta=0.5)[0]
     assert torch.autograd.gradcheck(f, (pc.requires_grad_(), pr.requires_grad_()), **kw)
     bt = lambda c, r: unireward.bradley_terry_loss(c, r)[0]
     assert torch.autograd.gradcheck(bt, (rc.clone().requires_grad_(), rr.clone().requires_grad_()), **kw)
@@ -144,11 +173,11 @@ def test_losses_gradcheck_float32(gen):
 def test_bad_input_raises_with_status(gen):
     pc = torch.randn(4)
     with pytest.raises(unireward.UnirewardError) as info:
-        unireward.ops.dpo_loss(pc, torch.randn(5), pc, pc)
+        unireward.ops.fused_dpo_loss(pc, torch.randn(5), pc, pc)
     assert info.value.status_name == "UR_ERROR_SHAPE"
     assert "policy_rejected" in str(info.value)
     with pytest.raises(unireward.UnirewardError) as info:
-        unireward.ops.dpo_loss(pc, pc, pc, pc, beta=-1.0)
+        unireward.ops.fused_dpo_loss(pc, pc, pc, pc, beta=-1.0)
     assert info.value.status_name == "UR_ERROR_INVALID_ARGUMENT"
     assert "beta" in str(info.value)
 
@@ -158,8 +187,11 @@ def test_opcheck_losses(gen):
     ops = torch.ops.unireward
     lengths = torch.tensor([1, 2, 3, 4])
     cases = [
-        (ops.dpo_loss, (pc.requires_grad_(), pr, rc, rr, None, None, "sigmoid", 0.1, 0.0, False, None, 0.5, 0.0)),
-        (ops.dpo_loss, (pc, pr, None, None, lengths, lengths, "simpo", 2.0, 0.0, False, None, 0.5, 0.0)),
+        (ops.fused_dpo_loss, (pc.requires_grad_(), pr, rc, rr, None, None, None, None, None, "sigmoid", [1.0], 0.1,
+                              0.0, False, "reverse_kl", 1.0, None, None, 0.5, 0.05, 0.0, 0.0)),
+        (ops.fused_dpo_loss, (pc, pr, None, None, lengths, lengths, None, None, None, "simpo", [1.0], 2.0, 0.0, False,
+                              "reverse_kl", 1.0, None, None, 0.5, 0.05, 0.0, 0.0)),
+        (ops.dpo_pair_losses, (pc, pr, rc, rr, "aot", 0.1, 0.0, False, "reverse_kl", 1.0, 0.5, 0.05, 0.0, 0.0)),
         (ops.bradley_terry_loss, (rc.clone().requires_grad_(), rr, None, 0.0)),
         (ops.kwise_loss, (torch.randn(2, 3, requires_grad=True), None, "plackett_luce")),
         (ops.diffusion_dpo_loss, (*(torch.randn(2, 3, requires_grad=i < 2) for i in range(6)), 10.0)),

@@ -15,12 +15,15 @@ TRL_KEYS = {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards
 
 def test_dpo_loss_metric_keys(gen):
     pc, pr, rc, rr = (-torch.rand(3, generator=gen) * 5 for _ in range(4))
-    _, chosen_rewards, rejected_rewards, metrics = unireward.dpo_loss(pc, pr, rc, rr)
+    _, metrics = unireward.ops.fused_dpo_loss(pc, pr, rc, rr)
     assert TRL_KEYS <= metrics.keys()
-    assert chosen_rewards.shape == rejected_rewards.shape == (3,)
+    losses, chosen_rewards, rejected_rewards = unireward.dpo_loss(pc, pr, rc, rr)
+    assert losses.shape == chosen_rewards.shape == rejected_rewards.shape == (3,)
     assert not chosen_rewards.requires_grad
     with pytest.raises(ValueError, match="unknown DPO loss type 'nope'; known: sigmoid, hinge"):
         unireward.dpo_loss(pc, pr, rc, rr, loss_type="nope")
+    with pytest.raises(ValueError, match="bco_pair needs `running`"):
+        unireward.dpo_loss(pc, pr, rc, rr, loss_type="bco_pair")
 
 
 def liger_reference(weight, hidden, target, bias, ref_hidden, ref_weight, beta, compute_nll, average, ignore=-100):

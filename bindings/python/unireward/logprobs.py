@@ -221,7 +221,9 @@ _fused_linear_logprobs.register_autograd(_backward_fused, setup_context=_setup_f
 
 class LogProbs(NamedTuple):
     """Per-sequence outputs [N], float32: `logps` (differentiable), `token_counts`, `mean_logits` (mean logit over
-    counted tokens, TRL's `logits/chosen`) and `entropy` (mean token entropy)."""
+    counted tokens, TRL's `logits/chosen`) and `entropy` (mean token entropy). `mean_logits` and `entropy` are
+    metrics: they carry no gradient. `logits[n, t]` scores `labels[n, t]`: labels are not shifted (as in Liger;
+    transformers' causal-LM loss shifts them by one)."""
 
     logps: Tensor
     token_counts: Tensor

@@ -55,15 +55,17 @@ pub struct SequenceLogProbs {
     pub logps: Tensor,
     /// `[N]`: counted tokens (label ≠ ignore index and mask ≠ 0).
     pub token_counts: Tensor,
-    /// `[N]`: mean over counted tokens of the mean over V of the logits (TRL's `logits/chosen`).
+    /// `[N]`: mean over counted tokens of the mean over V of the logits (TRL's `logits/chosen`). A metric: the
+    /// backward takes no gradient through it.
     pub mean_logits: Tensor,
-    /// `[N]`: mean over counted tokens of the token entropy.
+    /// `[N]`: mean over counted tokens of the token entropy. A metric: the backward takes no gradient through it.
     pub entropy: Tensor,
     /// `[N,T]`: per-token logsumexp (0 for tokens that do not count), saved for the backward.
     pub lse: Tensor,
 }
 
-/// Log-probabilities of `labels` under `logits`, per sequence.
+/// Log-probabilities of `labels` under `logits`, per sequence. `logits[n, t]` scores `labels[n, t]`: labels are
+/// not shifted (as in Liger; transformers' causal-LM loss shifts them by one).
 ///
 /// `logits` `[N,T,V]` f32, bf16 or f16; `labels` `[N,T]` i32 or i64; `mask` `[N,T]` i32, i64 or f32 (nonzero counts).
 /// A counted label outside `[0, V)` is an [`Error::InvalidArgument`] naming its position.

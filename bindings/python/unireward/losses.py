@@ -99,7 +99,8 @@ def _register_loss_autograd(op, trained: Tuple[int, ...], n_inputs: int):
     def backward(ctx, grad_loss, *_):
         result = [None] * n_inputs
         for i, g in zip(trained, ctx.saved_tensors):
-            result[i] = (g * grad_loss).to(g.dtype)
+            # An empty saved gradient stands for an optional input that was not given.
+            result[i] = (g * grad_loss).to(g.dtype) if g.numel() else None
         return tuple(result)
 
     op.register_autograd(backward, setup_context=setup_context)

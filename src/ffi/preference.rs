@@ -159,7 +159,7 @@ impl ur_dpo_config {
     ///
     /// # Safety
     /// `loss_types` and `loss_weights` hold `num_loss_types` values each when it is nonzero.
-    unsafe fn to_config(&self) -> FfiResult<DpoConfig> {
+    unsafe fn to_config(self) -> FfiResult<DpoConfig> {
         let loss_type = code("loss_type", self.loss_type, &DpoLossType::ALL)?;
         let loss_mixture = match self.num_loss_types {
             0 => None,

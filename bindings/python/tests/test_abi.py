@@ -26,6 +26,8 @@ C_SCALARS = {
     "DLDataType": DLDataType,
     "DLDevice": DLDevice,
     "const int32_t *": ctypes.POINTER(ctypes.c_int32),
+    "const float *": ctypes.POINTER(ctypes.c_float),
+    "const DLTensor *": ctypes.POINTER(DLTensor),
 }
 
 

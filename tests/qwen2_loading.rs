@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::{bf16, f16};
-use unireward::model::{qwen2_weight_names, save_safetensors, save_sharded, Qwen2Config, WeightStore};
+use unireward::model::{qwen2_weight_names, save_safetensors, save_sharded, Qwen2Config, Qwen2Model, WeightStore};
 use unireward::{DType, Device, Error, Tensor};
 
 const MODELS: [&str; 4] = ["gqa_untied", "mha_tied", "mqa_tied_bf16", "sharded_f16"];
@@ -205,6 +205,61 @@ fn validate_refuses_zero_sizes_in_hand_built_configs() {
     let mut c = Qwen2Config::from_json(QWEN2_0_5B).unwrap();
     c.num_attention_heads = 0;
     assert_contains(&checkpoint_message(c.validate()), &["`num_attention_heads` is 0"]);
+}
+
+#[test]
+fn sizes_past_any_real_model_are_refused_by_key() {
+    let cases = [
+        ("num_hidden_layers", "1000000"),
+        ("num_hidden_layers", "1000000000000000000"),
+        ("vocab_size", "4294967296"),
+        ("hidden_size", "1048576"),
+        ("max_position_embeddings", "1000000000"),
+    ];
+    for (key, value) in cases {
+        let msg = checkpoint_message(Qwen2Config::from_json(&config_with(key, value)));
+        assert_contains(&msg, &[key, value, "more than this library accepts"]);
+    }
+    assert_contains(
+        &checkpoint_message(Qwen2Config::from_json(&config_with("num_hidden_layers", "1e18"))),
+        &["num_hidden_layers", "positive integer"],
+    );
+}
+
+#[test]
+fn a_layer_count_the_weights_do_not_hold_fails_before_loading() {
+    for layers in ["1", "3", "4096"] {
+        let scratch = Scratch::copy_of("gqa_untied");
+        let path = scratch.0.join("config.json");
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        map.insert("num_hidden_layers".into(), serde_json::from_str(layers).unwrap());
+        map.remove("layer_types");
+        std::fs::write(&path, serde_json::to_string(&map).unwrap()).unwrap();
+        let msg = checkpoint_message(Qwen2Model::load(&scratch.0, DType::F32, Device::Cpu));
+        assert_contains(&msg, &[&format!("num_hidden_layers = {layers}"), "hold 2 layers"]);
+    }
+}
+
+/// Opening a FIFO for reading blocks until a writer comes: the loader must refuse it without opening it.
+#[cfg(unix)]
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let scratch = Scratch::copy_of("gqa_untied");
+    for name in ["config.json", "model.safetensors"] {
+        let path = scratch.0.join(name);
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&path).status().expect("mkfifo runs");
+        assert!(made.success());
+        let msg = checkpoint_message(Qwen2Model::load(&scratch.0, DType::F32, Device::Cpu));
+        assert_contains(&msg, &[name, "not a regular file"]);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::copy(fixture("gqa_untied").join(name), &path).unwrap();
+    }
+    let dir_as_config = Scratch::new("dir-config");
+    std::fs::create_dir(dir_as_config.0.join("config.json")).unwrap();
+    let msg = checkpoint_message(Qwen2Config::from_file(&dir_as_config.0.join("config.json")));
+    assert_contains(&msg, &["config.json", "not a regular file"]);
 }
 
 #[test]

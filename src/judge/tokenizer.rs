@@ -83,7 +83,8 @@ impl Tokenizer {
     /// `<|im_end|>`: without them the chat template cannot be encoded.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
         let file = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
-        let inner = tokenizers::Tokenizer::from_file(&file)
+        let text = crate::model::files::read_text(&file, crate::model::files::MAX_TOKENIZER_BYTES)?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| Error::Checkpoint(format!("cannot load tokenizer {}: {e}", file.display())))?;
         for token in [IM_START, IM_END] {
             if inner.token_to_id(token).is_none() {

@@ -34,11 +34,15 @@ pub struct Qwen2Config {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// Upper bounds of the sizes in `Qwen2Config::validate`'s order, far above any released model (Qwen2-72B: vocab
+/// 152,064, hidden 8,192, 80 layers, 64 heads, intermediate 29,568), so that a corrupt or hostile config.json is an
+/// error before anything is allocated from it.
+const SIZE_LIMITS: [usize; 7] = [1 << 24, 1 << 17, 1 << 20, 4096, 4096, 4096, 1 << 24];
+
 impl Qwen2Config {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Qwen2Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Checkpoint(format!("cannot read {}: {e}", path.display())))?;
+        let text = super::files::read_text(path, super::files::MAX_JSON_BYTES)?;
         Qwen2Config::from_json(&text).map_err(|e| match e {
             Error::Checkpoint(msg) => Error::Checkpoint(format!("{}: {msg}", path.display())),
             other => other,
@@ -108,6 +112,11 @@ impl Qwen2Config {
         ];
         if let Some((key, _)) = sizes.iter().find(|(_, size)| *size == 0) {
             return fail(format!("`{key}` is 0"));
+        }
+        if let Some((key, size, max)) =
+            sizes.iter().zip(SIZE_LIMITS).map(|((k, s), m)| (k, s, m)).find(|(_, s, m)| *s > m)
+        {
+            return fail(format!("`{key}` is {size}, more than this library accepts ({max})"));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return fail(format!(

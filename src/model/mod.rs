@@ -1,6 +1,7 @@
 //! Models under their Hugging Face names: configuration (`config.json`) and safetensors weights.
 
 pub mod config;
+pub mod files;
 pub mod qwen2;
 pub mod weights;
 

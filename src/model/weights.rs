@@ -10,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -55,16 +54,17 @@ impl WeightStore {
     pub fn open(path: &Path) -> Result<WeightStore> {
         let index = path.join(WEIGHTS_INDEX_FILE);
         let single = path.join(WEIGHTS_FILE);
-        if path.is_file() {
+        // `exists`, not `is_file`: a special file where a weights file belongs is then refused by name.
+        if !path.is_dir() && path.exists() {
             WeightStore::from_files(path, &[path.to_path_buf()], None)
-        } else if index.is_file() {
+        } else if index.exists() {
             let weight_map = read_index(&index)?;
             let mut shards: Vec<&String> = weight_map.values().collect();
             shards.sort();
             shards.dedup();
             let shards: Vec<PathBuf> = shards.into_iter().map(|s| path.join(s)).collect();
             WeightStore::from_files(path, &shards, Some((&index, &weight_map)))
-        } else if single.is_file() {
+        } else if single.exists() {
             WeightStore::from_files(path, &[single], None)
         } else {
             Err(Error::Checkpoint(format!(
@@ -81,8 +81,7 @@ impl WeightStore {
     ) -> Result<WeightStore> {
         let mut store = WeightStore { source: source.to_path_buf(), files: Vec::new(), tensors: HashMap::new() };
         for path in paths {
-            let file =
-                File::open(path).map_err(|e| Error::Checkpoint(format!("cannot open {}: {e}", path.display())))?;
+            let file = super::files::open_regular(path)?;
             // SAFETY: the map is read-only and lives as long as the store; the module's documentation asks that the
             // file is not modified meanwhile, the contract of every memory-mapped loader.
             let mmap = unsafe { Mmap::map(&file) }
@@ -209,12 +208,28 @@ impl WeightStore {
     /// Checks the checkpoint against [`qwen2_weight_names`]. A tied model's file may also hold `lm_head.weight`
     /// when it is a bit-identical copy of the embeddings (some savers write both); any other LM head is refused.
     pub fn check_qwen2(&self, config: &Qwen2Config) -> Result<()> {
+        // Before the list of expected names, whose length follows the config: a config claiming a million layers
+        // must fail here, not after allocating a million layers' names.
+        let stored = self.layer_count();
+        if stored != config.num_hidden_layers {
+            return Err(Error::Checkpoint(format!(
+                "config.json has num_hidden_layers = {}, but the weights in {} hold {stored} layers",
+                config.num_hidden_layers,
+                self.source.display()
+            )));
+        }
         let mut expected = qwen2_weight_names(config);
         let (head, embed) = ("lm_head.weight", "model.embed_tokens.weight");
         if config.tie_word_embeddings && self.same_bytes(head, embed) {
             expected.push((head.to_string(), vec![config.vocab_size, config.hidden_size]));
         }
         self.check_exact(&expected)
+    }
+
+    /// One more than the highest `i` in the stored `model.layers.{i}.*` names (0 without any).
+    fn layer_count(&self) -> usize {
+        let index = |name: &str| name.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok();
+        self.tensors.keys().filter_map(|name| index(name)).max().map_or(0, |i| i + 1)
     }
 
     /// Whether `a` and `b` are stored with the same dtype, shape and bytes.
@@ -274,7 +289,7 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
         weight_map: BTreeMap<String, String>,
     }
     let fail = |msg: String| Error::Checkpoint(format!("{}: {msg}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let text = super::files::read_text(path, super::files::MAX_JSON_BYTES)?;
     let index: Index = serde_json::from_str(&text).map_err(|e| fail(format!("not a valid index: {e}")))?;
     if let Some(shard) = index.weight_map.values().find(|s| Path::new(s).file_name() != Some(s.as_ref())) {
         return Err(fail(format!("shard `{shard}` is not a file name in the checkpoint directory")));

@@ -98,3 +98,21 @@ fn a_missing_tokenizer_or_a_bad_option_is_an_error() {
     let out = unireward(&["--model", dir.0.to_str().unwrap(), "--prompt", "hi", "--system", "judge"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--chat"), "{out:?}");
 }
+
+/// A user error is one line and exit status 1, also when the environment asks Rust for backtraces.
+#[test]
+fn user_errors_are_one_line_even_with_rust_backtrace_set() {
+    let missing = std::env::temp_dir().join("unireward-no-such-model-dir");
+    for backtrace in ["1", "full"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_unireward"))
+            .env("RUST_BACKTRACE", backtrace)
+            .args(["generate", "--model", missing.to_str().unwrap(), "--prompt", "hi"])
+            .output()
+            .expect("run unireward");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected, got:\n{stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains("unireward-no-such-model-dir"), "{stderr}");
+        assert!(!stderr.contains("backtrace") && !stderr.contains("Stack"), "{stderr}");
+    }
+}

@@ -60,8 +60,20 @@ fn parse_float_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// Errors are for the user: one line with its causes (`{:#}`), exit status 1. Returning them from `main` would print
+/// their Debug form, a backtrace included whenever `RUST_BACKTRACE` is set.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(bench) => bench::run(&bench),
         Command::Kernels(args) => kernels::run(&args),

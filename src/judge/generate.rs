@@ -55,11 +55,12 @@ pub fn generate(model: &Qwen2Model, prompts: &[Vec<u32>], cfg: &GenerationConfig
     if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
         return Err(Error::InvalidArgument("generate needs at least one prompt, and no empty prompt".into()));
     }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let mut cache = model.new_cache(prompts.len(), longest + cfg.max_new_tokens)?;
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let limits = new_token_limits(model, &lengths, cfg)?;
+    let mut cache = model.new_cache(prompts.len(), cache_capacity(&lengths, &limits))?;
     let lists: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let logits = model.extend(&mut cache, &lists)?.to_vec::<f32>()?;
-    decode(model, &mut cache, logits, cfg)
+    decode(model, &mut cache, logits, cfg, &limits)
 }
 
 /// The new tokens after `prefix + suffixes[i]` for each i: the prefix is encoded once and its keys and values are
@@ -76,10 +77,12 @@ pub fn generate_with_prefix(
             "generate_with_prefix needs a non-empty prefix and at least one suffix".into(),
         ));
     }
+    let lengths: Vec<usize> = suffixes.iter().map(|s| prefix.len() + s.len()).collect();
+    let limits = new_token_limits(model, &lengths, cfg)?;
     let mut shared = model.new_cache(1, prefix.len())?;
     let prefix_logits = model.extend(&mut shared, &[prefix])?.to_vec::<f32>()?;
     let longest = suffixes.iter().map(Vec::len).max().unwrap_or(0);
-    let mut cache = shared.fork(suffixes.len(), prefix.len() + longest + cfg.max_new_tokens)?;
+    let mut cache = shared.fork(suffixes.len(), cache_capacity(&lengths, &limits))?;
     let vocab = prefix_logits.len();
     let mut logits = if longest > 0 {
         let lists: Vec<&[u32]> = suffixes.iter().map(Vec::as_slice).collect();
@@ -94,7 +97,64 @@ pub fn generate_with_prefix(
             logits[row * vocab..(row + 1) * vocab].copy_from_slice(&prefix_logits);
         }
     }
-    decode(model, &mut cache, logits, cfg)
+    decode(model, &mut cache, logits, cfg, &limits)
+}
+
+/// Why a sequence's generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced one of the stop tokens (the last token).
+    Stop,
+    /// It produced `max_new_tokens` tokens.
+    MaxNewTokens,
+    /// Prompt and new tokens filled the model's `max_position_embeddings`.
+    ContextLength,
+}
+
+impl FinishReason {
+    /// Why the generation of `new_tokens` after a prompt of `prompt_len` tokens ended, under `cfg` on `model`:
+    /// read from the result, so that [`generate`] keeps returning plain token lists.
+    pub fn of(model: &Qwen2Model, prompt_len: usize, new_tokens: &[u32], cfg: &GenerationConfig) -> FinishReason {
+        if new_tokens.last().is_some_and(|t| cfg.stop_tokens.contains(t)) {
+            FinishReason::Stop
+        } else if prompt_len + new_tokens.len() >= model.config.max_position_embeddings {
+            FinishReason::ContextLength
+        } else {
+            FinishReason::MaxNewTokens
+        }
+    }
+
+    /// The name OpenAI-style servers and transformers users know (`stop`, `length`), with the context limit apart.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::MaxNewTokens => "max_new_tokens",
+            FinishReason::ContextLength => "context_length",
+        }
+    }
+}
+
+/// How many tokens each sequence may add: `max_new_tokens`, fewer where the prompt and the new tokens would pass the
+/// model's `max_position_embeddings` (generation then stops there, as transformers' does at its maximum length). Only
+/// a prompt that leaves no room for one new token is refused.
+fn new_token_limits(model: &Qwen2Model, prompt_lengths: &[usize], cfg: &GenerationConfig) -> Result<Vec<usize>> {
+    let positions = model.config.max_position_embeddings;
+    prompt_lengths
+        .iter()
+        .map(|&len| match positions.checked_sub(len) {
+            Some(room) if room > 0 => Ok(room.min(cfg.max_new_tokens)),
+            _ => Err(Error::InvalidArgument(format!(
+                "a prompt of {len} tokens leaves no room for a new token within the model's \
+                 max_position_embeddings ({positions})"
+            ))),
+        })
+        .collect()
+}
+
+/// The cache positions the longest sequence needs: its prompt and every new token but the last (never fed back), plus
+/// the slot a finished sequence's padding takes while the others go on (each step writes one slot per sequence).
+fn cache_capacity(prompt_lengths: &[usize], limits: &[usize]) -> usize {
+    prompt_lengths.iter().zip(limits).map(|(len, limit)| len + limit).max().unwrap_or(1)
 }
 
 /// The decoding loop from the logits [N·V] after each sequence's prompt.
@@ -103,6 +163,7 @@ fn decode(
     cache: &mut KvCache,
     mut logits: Vec<f32>,
     cfg: &GenerationConfig,
+    limits: &[usize],
 ) -> Result<Vec<Vec<u32>>> {
     let n = cache.batch();
     let vocab = logits.len() / n;
@@ -117,7 +178,7 @@ fn decode(
             }
             let token = pick(&logits[row * vocab..(row + 1) * vocab], cfg, &mut rngs[row]);
             out[row].push(token);
-            done[row] = cfg.stop_tokens.contains(&token) || out[row].len() == cfg.max_new_tokens;
+            done[row] = cfg.stop_tokens.contains(&token) || out[row].len() == limits[row];
             if !done[row] {
                 next[row].push(token);
             }

@@ -3,5 +3,5 @@
 pub mod generate;
 pub mod tokenizer;
 
-pub use generate::{generate, generate_with_prefix, GenerationConfig};
+pub use generate::{generate, generate_with_prefix, FinishReason, GenerationConfig};
 pub use tokenizer::{render_chat, ChatMessage, Tokenizer};

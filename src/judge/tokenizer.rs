@@ -105,18 +105,19 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// The text of `ids`; byte-level decoding makes `decode(encode(t)) == t` for any NFC-normalised text.
-    /// An id outside the vocabulary is an error (the LM head may be wider than the tokenizer).
+    /// The text of `ids`; byte-level decoding makes `decode(encode(t)) == t` for any NFC-normalised text. Ids past
+    /// the vocabulary are skipped, as transformers' decode does: real checkpoints pad the embedding (Qwen2: 151,936
+    /// rows for 151,665 tokens), so a model can emit them; [`Tokenizer::unknown_ids`] lists them.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        if let Some(id) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
-            return Err(Error::InvalidArgument(format!(
-                "token id {id} is not in the tokenizer's vocabulary ({} tokens)",
-                self.vocab_size()
-            )));
-        }
+        let known: Vec<u32> = ids.iter().copied().filter(|&id| self.inner.id_to_token(id).is_some()).collect();
         self.inner
-            .decode(ids, skip_special_tokens)
+            .decode(&known, skip_special_tokens)
             .map_err(|e| Error::InvalidArgument(format!("cannot decode token ids: {e}")))
+    }
+
+    /// The ids among `ids` that name no token (skipped by [`Tokenizer::decode`]).
+    pub fn unknown_ids(&self, ids: &[u32]) -> Vec<u32> {
+        ids.iter().copied().filter(|&id| self.inner.id_to_token(id).is_none()).collect()
     }
 
     /// The chat template's text for `messages`, tokenized.

@@ -1,7 +1,7 @@
 //! KV-cache inference and generation against transformers' greedy generations, and prefix sharing against plain
 //! generation.
 
-use unireward::judge::{generate, generate_with_prefix, GenerationConfig};
+use unireward::judge::{generate, generate_with_prefix, FinishReason, GenerationConfig};
 use unireward::model::{ForwardOptions, Qwen2Model};
 use unireward::{DType, Device, Tensor};
 
@@ -121,7 +121,7 @@ fn bad_generation_requests_are_clear_errors() {
     assert!(err(greedy(0), &p).contains("max_new_tokens"));
     assert!(err(greedy(4), &[vec![]]).contains("empty prompt"));
     assert!(err(greedy(4), &[vec![1, 96]]).contains("96"));
-    assert!(err(greedy(64), &p).contains("max_position_embeddings"));
+    assert!(err(greedy(4), &[vec![1; 64]]).contains("max_position_embeddings (64)"));
     let mut cache = model.new_cache(2, 4).unwrap();
     let e = model.extend(&mut cache, &[&[1, 2, 3], &[4, 5, 6, 7, 8]]).unwrap_err().to_string();
     assert!(e.contains("capacity"), "{e}");
@@ -129,4 +129,34 @@ fn bad_generation_requests_are_clear_errors() {
     assert!(e.contains("2 sequences"), "{e}");
     assert_eq!(cache.lengths(), &[0, 0], "a refused extend leaves the cache as it was");
     assert!(cache.fork(3, 8).unwrap_err().to_string().contains("batch-1"));
+}
+
+/// Generation runs up to the model's context (64 positions here) and stops there with its own reason, alone, batched
+/// and from a shared prefix; only a prompt that fills the context is refused.
+#[test]
+fn generation_stops_at_the_context_length_instead_of_refusing() {
+    let (model, _) = load("mha_tied");
+    let positions = model.config.max_position_embeddings;
+    let short = vec![1u32, 2, 3];
+    let long: Vec<u32> = (0..positions as u32 - 5).map(|i| i % 50 + 1).collect();
+    let cfg = greedy(100);
+    let both = generate(&model, &[short.clone(), long.clone()], &cfg).unwrap();
+    for (prompt, tokens) in [&short, &long].into_iter().zip(&both) {
+        assert_eq!(prompt.len() + tokens.len(), positions, "prompt of {}", prompt.len());
+        assert_eq!(FinishReason::of(&model, prompt.len(), tokens, &cfg), FinishReason::ContextLength);
+        // The same tokens as a request that fits: the limit only cuts generation short.
+        let fits = greedy(positions - prompt.len());
+        assert_eq!(&generate(&model, std::slice::from_ref(prompt), &fits).unwrap()[0], tokens);
+    }
+    let shared = generate_with_prefix(&model, &long[..10], &[long[10..].to_vec(), vec![]], &cfg).unwrap();
+    assert_eq!(shared[0], both[1]);
+    assert_eq!(shared[1].len(), positions - 10);
+    let one_left: Vec<u32> = vec![1; positions - 1];
+    assert_eq!(generate(&model, &[one_left], &cfg).unwrap()[0].len(), 1);
+    let few = greedy(2);
+    let tokens = &generate(&model, std::slice::from_ref(&short), &few).unwrap()[0];
+    assert_eq!(FinishReason::of(&model, short.len(), tokens, &few), FinishReason::MaxNewTokens);
+    let stop = GenerationConfig { stop_tokens: vec![tokens[0]], ..few };
+    let tokens = &generate(&model, std::slice::from_ref(&short), &stop).unwrap()[0];
+    assert_eq!((tokens.len(), FinishReason::of(&model, short.len(), tokens, &stop)), (1, FinishReason::Stop));
 }

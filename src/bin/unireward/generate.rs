@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use unireward::judge::{generate, render_chat, ChatMessage, GenerationConfig, Tokenizer};
+use unireward::judge::{generate, render_chat, ChatMessage, FinishReason, GenerationConfig, Tokenizer};
 use unireward::model::Qwen2Model;
 use unireward::{DType, Device};
 
@@ -71,9 +71,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", tokenizer.decode(&tokens, true)?);
     if args.verbose {
-        let cache = model.new_cache(1, prompt.len() + args.max_new_tokens)?.size_in_bytes();
+        let positions = (prompt.len() + args.max_new_tokens).min(model.config.max_position_embeddings);
+        let cache = model.new_cache(1, positions)?.size_in_bytes();
         eprintln!("prompt ids ({}): {prompt:?}", prompt.len());
         eprintln!("new ids ({}): {tokens:?}", tokens.len());
+        eprintln!("finish reason: {}", FinishReason::of(&model, prompt.len(), &tokens, &cfg).as_str());
+        let unknown = tokenizer.unknown_ids(&tokens);
+        if !unknown.is_empty() {
+            eprintln!(
+                "warning: ids {unknown:?} are past the tokenizer's {} tokens (a padded embedding) and were skipped",
+                tokenizer.vocab_size()
+            );
+        }
         eprintln!(
             "{:.1} tokens/s ({} tokens in {:.3} s, prompt included in the time); KV cache {:.2} MiB on {}",
             tokens.len() as f64 / seconds,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use unireward::judge::{generate, render_chat, ChatMessage, GenerationConfig, Tokenizer};
-use unireward::model::Qwen2Model;
-use unireward::{DType, Device};
+use unireward::model::{qwen2_weight_names, save_safetensors, Qwen2Config, Qwen2Model, WeightStore};
+use unireward::{DType, Device, Tensor};
 
 /// A temporary model directory, removed on drop.
 struct ModelDir(PathBuf);
@@ -115,4 +115,27 @@ fn user_errors_are_one_line_even_with_rust_backtrace_set() {
         assert!(stderr.starts_with("error: ") && stderr.contains("unireward-no-such-model-dir"), "{stderr}");
         assert!(!stderr.contains("backtrace") && !stderr.contains("Stack"), "{stderr}");
     }
+}
+
+#[test]
+fn lenient_and_check_finite_flags_reach_the_loader() {
+    let dir = ModelDir::new("flags", true);
+    // The fixture's weights plus a tensor the model does not use.
+    let config = Qwen2Config::from_file(&dir.0.join("config.json")).unwrap();
+    let store = WeightStore::open(&dir.0).unwrap();
+    let mut tensors: Vec<(String, Tensor)> =
+        qwen2_weight_names(&config).into_iter().map(|(n, shape)| (n.clone(), store.get(&n, &shape).unwrap())).collect();
+    drop(store);
+    tensors.push(("extra.weight".into(), Tensor::from_slice(&[1f32], &[1], Device::Cpu).unwrap()));
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_safetensors(&dir.0.join("model.safetensors"), &refs).unwrap();
+
+    let model = dir.0.to_str().unwrap();
+    let strict = unireward(&["--model", model, "--prompt", "hi", "--max-new-tokens", "2"]);
+    assert!(!strict.status.success() && String::from_utf8_lossy(&strict.stderr).contains("extra.weight"), "{strict:?}");
+    let lenient =
+        unireward(&["--model", model, "--prompt", "hi", "--max-new-tokens", "2", "--lenient", "--check-finite"]);
+    assert!(lenient.status.success(), "{lenient:?}");
+    let stderr = String::from_utf8_lossy(&lenient.stderr);
+    assert!(stderr.contains("ignored 1 unused tensors: extra.weight"), "{stderr}");
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::{bf16, f16};
-use unireward::model::{qwen2_weight_names, save_safetensors, save_sharded, Qwen2Config, Qwen2Model, WeightStore};
+use unireward::model::{
+    qwen2_weight_names, save_safetensors, save_sharded, LoadOptions, Qwen2Config, Qwen2Model, WeightStore,
+};
 use unireward::{DType, Device, Error, Tensor};
 
 const MODELS: [&str; 4] = ["gqa_untied", "mha_tied", "mqa_tied_bf16", "sharded_f16"];
@@ -491,6 +493,52 @@ fn a_tied_model_may_carry_an_identical_lm_head_only() {
     save_safetensors(&scratch.0.join("model.safetensors"), &refs(&tensors)).unwrap();
     let msg = checkpoint_message(WeightStore::open(&scratch.0).unwrap().check_qwen2(&config));
     assert_contains(&msg, &["unexpected `lm_head.weight`"]);
+}
+
+/// Lenient loading takes what transformers takes (a differing tied head, unknown extra tensors), reports it, and
+/// computes with the embeddings as the head; strict loading (the default) refuses the same checkpoint.
+#[test]
+fn lenient_loading_ignores_and_reports_unused_tensors() {
+    let scratch = Scratch::copy_of("mha_tied");
+    let mut tensors = all_tensors("mha_tied");
+    let mut head = tensors.iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1.try_clone().unwrap();
+    head.as_mut_slice::<f32>().unwrap()[7] += 1.0;
+    let extra = Tensor::from_slice(&[1f32, 2.0, 3.0], &[3], Device::Cpu).unwrap();
+    tensors.push(("lm_head.weight".into(), head));
+    tensors.push(("vision_tower.extra.weight".into(), extra));
+    save_safetensors(&scratch.0.join("model.safetensors"), &refs(&tensors)).unwrap();
+    let msg = checkpoint_message(Qwen2Model::load(&scratch.0, DType::F32, Device::Cpu));
+    assert_contains(&msg, &["unexpected `lm_head.weight`, `vision_tower.extra.weight`"]);
+    let lenient = LoadOptions { lenient: true, ..LoadOptions::default() };
+    let (model, report) = Qwen2Model::load_with(&scratch.0, DType::F32, Device::Cpu, &lenient).unwrap();
+    assert_eq!(report.ignored, ["lm_head.weight", "vision_tower.extra.weight"]);
+    assert!(model.weights.lm_head.is_none(), "a tied model computes with its embeddings");
+    let strict_fixture = Qwen2Model::load(&fixture("mha_tied"), DType::F32, Device::Cpu).unwrap();
+    assert_eq!(values_f64(&model.weights.embed_tokens), values_f64(&strict_fixture.weights.embed_tokens));
+    // Lenient is not careless: a missing tensor is still an error.
+    tensors.retain(|(n, _)| n != "model.norm.weight");
+    save_safetensors(&scratch.0.join("model.safetensors"), &refs(&tensors)).unwrap();
+    let msg = checkpoint_message(Qwen2Model::load_with(&scratch.0, DType::F32, Device::Cpu, &lenient));
+    assert_contains(&msg, &["missing `model.norm.weight`"]);
+}
+
+#[test]
+fn check_finite_names_the_first_non_finite_weight() {
+    for (bad, dtype) in [(f32::NAN, DType::F32), (f32::INFINITY, DType::BF16), (f32::NEG_INFINITY, DType::F16)] {
+        let scratch = Scratch::copy_of("gqa_untied");
+        let mut tensors = all_tensors("gqa_untied");
+        let (_, norm) =
+            tensors.iter_mut().find(|(n, _)| n == "model.layers.1.post_attention_layernorm.weight").unwrap();
+        norm.as_mut_slice::<f32>().unwrap()[3] = bad;
+        save_safetensors(&scratch.0.join("model.safetensors"), &refs(&tensors)).unwrap();
+        // Loads silently by default (the values are the checkpoint's).
+        Qwen2Model::load(&scratch.0, dtype, Device::Cpu).unwrap();
+        let check = LoadOptions { check_finite: true, ..LoadOptions::default() };
+        let msg = checkpoint_message(Qwen2Model::load_with(&scratch.0, dtype, Device::Cpu, &check));
+        assert_contains(&msg, &["`model.layers.1.post_attention_layernorm.weight`", &format!("{bad}"), "index 3"]);
+    }
+    let check = LoadOptions { check_finite: true, lenient: true };
+    Qwen2Model::load_with(&fixture("gqa_untied"), DType::F32, Device::Cpu, &check).unwrap();
 }
 
 #[test]

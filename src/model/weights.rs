@@ -174,6 +174,12 @@ impl WeightStore {
     /// (refused rather than ignored: a stray `lm_head.weight` beside tied embeddings means the config and the
     /// weights disagree, and ignoring it would compute with a head the checkpoint did not intend).
     pub fn check_exact(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
+        self.check_expected(expected, false).map(drop)
+    }
+
+    /// [`WeightStore::check_exact`], except that with `lenient` unexpected tensors are not an error but returned,
+    /// sorted (transformers' behaviour: it warns about unused weights and goes on).
+    pub fn check_expected(&self, expected: &[(String, Vec<usize>)], lenient: bool) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let mut missing = Vec::new();
         for (name, shape) in expected {
@@ -196,11 +202,11 @@ impl WeightStore {
         if !missing.is_empty() {
             problems.insert(0, format!("missing {}", name_list(&missing)));
         }
-        if !extra.is_empty() {
+        if !extra.is_empty() && !lenient {
             problems.push(format!("unexpected {}", name_list(&extra)));
         }
         if problems.is_empty() {
-            return Ok(());
+            return Ok(if lenient { extra.into_iter().map(str::to_string).collect() } else { Vec::new() });
         }
         Err(Error::Checkpoint(format!("{} does not match the model: {}", self.source.display(), problems.join("; "))))
     }
@@ -208,6 +214,12 @@ impl WeightStore {
     /// Checks the checkpoint against [`qwen2_weight_names`]. A tied model's file may also hold `lm_head.weight`
     /// when it is a bit-identical copy of the embeddings (some savers write both); any other LM head is refused.
     pub fn check_qwen2(&self, config: &Qwen2Config) -> Result<()> {
+        self.check_qwen2_with(config, false).map(drop)
+    }
+
+    /// [`WeightStore::check_qwen2`]; with `lenient`, tensors the model does not use (a tied model's differing
+    /// `lm_head.weight` among them) are returned instead of refused.
+    pub fn check_qwen2_with(&self, config: &Qwen2Config, lenient: bool) -> Result<Vec<String>> {
         // Before the list of expected names, whose length follows the config: a config claiming a million layers
         // must fail here, not after allocating a million layers' names.
         let stored = self.layer_count();
@@ -223,7 +235,7 @@ impl WeightStore {
         if config.tie_word_embeddings && self.same_bytes(head, embed) {
             expected.push((head.to_string(), vec![config.vocab_size, config.hidden_size]));
         }
-        self.check_exact(&expected)
+        self.check_expected(&expected, lenient)
     }
 
     /// One more than the highest `i` in the stored `model.layers.{i}.*` names (0 without any).

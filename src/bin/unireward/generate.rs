@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use unireward::judge::{generate, render_chat, ChatMessage, FinishReason, GenerationConfig, Tokenizer};
-use unireward::model::Qwen2Model;
+use unireward::model::{LoadOptions, Qwen2Model};
 use unireward::{DType, Device};
 
 #[derive(clap::Args)]
@@ -42,6 +42,13 @@ pub struct Args {
     /// Also print (to stderr) the token ids, the speed and the KV cache's size.
     #[arg(long)]
     verbose: bool,
+    /// Load a checkpoint holding tensors the model does not use (they are listed on stderr), as transformers does;
+    /// by default such a checkpoint is refused.
+    #[arg(long)]
+    lenient: bool,
+    /// Refuse weights holding NaN or infinity, naming the tensor.
+    #[arg(long)]
+    check_finite: bool,
 }
 
 /// The prompt's text: as given, or rendered with the chat template.
@@ -56,8 +63,12 @@ fn prompt_text(args: &Args) -> String {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_file(&args.model)?;
-    let model = Qwen2Model::load(&args.model, args.dtype, args.device)
+    let options = LoadOptions { lenient: args.lenient, check_finite: args.check_finite };
+    let (model, report) = Qwen2Model::load_with(&args.model, args.dtype, args.device, &options)
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    if !report.ignored.is_empty() {
+        eprintln!("warning: ignored {} unused tensors: {}", report.ignored.len(), report.ignored.join(", "));
+    }
     let prompt = tokenizer.encode(&prompt_text(args))?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,

@@ -22,7 +22,7 @@ pub use weights::{LayerWeights, Qwen2Weights};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::model::{Qwen2Config, WeightStore};
+use crate::model::{LoadOptions, LoadReport, Qwen2Config, WeightStore};
 use crate::ops::check;
 use crate::ops::embedding::{embedding_backward_into, embedding_into};
 use crate::ops::linear::{linear, linear_backward};
@@ -163,10 +163,21 @@ impl Qwen2Model {
 
     /// Loads `dir`'s `config.json` and safetensors weights (one file or sharded), converted to `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: Device) -> Result<Qwen2Model> {
+        Qwen2Model::load_with(dir, dtype, device, &LoadOptions::default()).map(|(model, _)| model)
+    }
+
+    /// [`Qwen2Model::load`] under `options` (lenient about unused tensors, checking finiteness), with what the load
+    /// ignored.
+    pub fn load_with(
+        dir: &Path,
+        dtype: DType,
+        device: Device,
+        options: &LoadOptions,
+    ) -> Result<(Qwen2Model, LoadReport)> {
         let config = Qwen2Config::from_file(&dir.join("config.json"))?;
         let store = WeightStore::open(dir)?;
-        let weights = Qwen2Weights::load(&store, &config, dtype, device)?;
-        Qwen2Model::new(config, weights)
+        let (weights, report) = Qwen2Weights::load_with(&store, &config, dtype, device, options)?;
+        Ok((Qwen2Model::new(config, weights)?, report))
     }
 
     /// The compute dtype (that of the weights).

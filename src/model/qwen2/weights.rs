@@ -1,8 +1,9 @@
 //! `Qwen2Weights`: every parameter of a Qwen2 decoder (or, with the same layout, every gradient), under the names
 //! and in the order of [`qwen2_weight_names`]. Loaded from a [`WeightStore`] in one compute dtype on one device.
 
+use crate::model::loading::check_finite;
 use crate::model::weights::QWEN2_LAYER_TENSORS;
-use crate::model::{qwen2_weight_names, Qwen2Config, WeightStore};
+use crate::model::{qwen2_weight_names, LoadOptions, LoadReport, Qwen2Config, WeightStore};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -75,11 +76,26 @@ impl Qwen2Weights {
     /// Reads every tensor of `config`'s model from `store`, converted to `dtype` on `device`, after checking that
     /// the checkpoint holds exactly those names and shapes (all problems reported at once).
     pub fn load(store: &WeightStore, config: &Qwen2Config, dtype: DType, device: Device) -> Result<Qwen2Weights> {
+        Qwen2Weights::load_with(store, config, dtype, device, &LoadOptions::default()).map(|(weights, _)| weights)
+    }
+
+    /// [`Qwen2Weights::load`] under `options`: lenient about unused tensors, checking that weights are finite.
+    pub fn load_with(
+        store: &WeightStore,
+        config: &Qwen2Config,
+        dtype: DType,
+        device: Device,
+        options: &LoadOptions,
+    ) -> Result<(Qwen2Weights, LoadReport)> {
         if !dtype.is_float() {
             return Err(Error::DType { arg: "dtype", got: dtype, expected: "f32, bf16 or f16".into() });
         }
-        store.check_qwen2(config)?;
-        Qwen2Weights::from_fn(config, |name, shape| store.get_as(name, shape, dtype, device))
+        let ignored = store.check_qwen2_with(config, options.lenient)?;
+        let weights = Qwen2Weights::from_fn(config, |name, shape| store.get_as(name, shape, dtype, device))?;
+        if options.check_finite {
+            check_finite(weights.named())?;
+        }
+        Ok((weights, LoadReport { ignored }))
     }
 
     /// Builds every tensor of `config`'s model with `make(name, shape)` (random weights for benchmarks, weights from

@@ -140,12 +140,20 @@ __device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, 
                       int* converged) {
     const int k = in.k, i = threadIdx.x;
     const bool row = i < k;
-    if (row) sh.theta[i] = start_row(in, hard, i);
+    const double start = start_row(in, hard, i);
+    const double start_mean = block_sum_d(start, sh.red) / k;  // centred, as bradley_terry.rs::start
+    if (row) sh.theta[i] = start - start_mean;
     __syncthreads();
     double current = block_sum_d(evaluate_row(in, hard, i, sh.theta, ridge, sh), sh.red);
     int it = 0, done = 0;
     while (it < max_iter && !done) {
         ++it;
+        // bradley_terry.rs::pin_common_shift: c/k on every entry, c the mean diagonal (the step is unchanged, the
+        // system stays invertible when a tiny ridge vanishes in f32).
+        const float shift = (float)(block_sum_d(row ? (double)sh.sys[i * k + i] : 0.0, sh.red) / ((double)k * k));
+        if (row)
+            for (int j = 0; j < k; ++j) sh.sys[i * k + j] += shift;
+        __syncthreads();
         // Gaussian elimination (SPD, no pivoting): step p updates rows below p, each by its own thread.
         for (int p = 0; p < k; ++p) {
             if (row && i > p) {
@@ -163,6 +171,8 @@ __device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, 
         }
         if (row) sh.step[i] = sh.rhs[i];
         const double full = block_max_d(row ? fabs((double)sh.rhs[i]) : 0.0, sh.red);
+        // A step f32 could not solve: stop at the last finite point, not converged.
+        if (block_sum_d(row && !isfinite(sh.rhs[i]) ? 1.0 : 0.0, sh.red) > 0.0) break;
         if (full <= tol) {  // Converged: take the step without evaluating the objective there.
             if (row) sh.theta[i] += (double)sh.step[i];
             __syncthreads();
@@ -171,16 +181,19 @@ __device__ int fit_bt(const GroupIn<T>& in, int hard, double ridge, double tol, 
         }
         // Damped step: halve until the objective does not decrease; the accepted point's system is then built.
         double t = 1.0;
+        int accepted = 0;
         for (int h = 0; h <= MAX_HALVINGS; ++h) {
             if (row) sh.trial[i] = sh.theta[i] + t * (double)sh.step[i];
             __syncthreads();
             const double value = block_sum_d(evaluate_row(in, hard, i, sh.trial, ridge, sh), sh.red);
-            if (value >= current - 1e-12 * (1.0 + fabs(current)) || h == MAX_HALVINGS) {
+            if (isfinite(value) && (value >= current - 1e-12 * (1.0 + fabs(current)) || h == MAX_HALVINGS)) {
                 current = value;
+                accepted = 1;
                 break;
             }
             t *= 0.5;
         }
+        if (!accepted) break;
         if (row) sh.theta[i] = sh.trial[i];
         __syncthreads();
         done = t * full <= tol;

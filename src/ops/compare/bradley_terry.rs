@@ -123,6 +123,18 @@ impl Pair {
     }
 }
 
+/// Adds `c/k` to every entry of the K×K `system`, c its mean diagonal. The pair terms are blind to a common shift of
+/// θ, so their Hessian is singular along the all-ones vector and only the ridge kept the system invertible — and a
+/// tiny ridge vanishes in f32 next to the pair weights (1e-8 + 0.25 rounds to 0.25), leaving a zero pivot and a NaN
+/// step. θ starts centred and the gradient of the pair terms sums to zero, so gradient and steps are orthogonal to
+/// the all-ones vector, where the added term is zero: the Newton step is unchanged, only its conditioning is.
+fn pin_common_shift(system: &mut [f32], k: usize) {
+    let shift = (0..k).map(|i| f64::from(system[i * k + i])).sum::<f64>() / (k * k) as f64;
+    for x in system.iter_mut() {
+        *x += shift as f32;
+    }
+}
+
 /// Solves `system · x = rhs` in place (x in `rhs`) by Gaussian elimination without pivoting (the system is SPD),
 /// in the order of the kernel's parallel version.
 fn solve(system: &mut [f32], rhs: &mut [f32]) {
@@ -152,6 +164,7 @@ pub(crate) const START_CLAMP: f32 = 8.0;
 
 fn start(group: Group<'_>, link: Link, theta: &mut [f64]) {
     let k = theta.len();
+    // Centred, as the fit's steps keep it (see `pin_common_shift`); margins need not be antisymmetric.
     for (i, th) in theta.iter_mut().enumerate() {
         *th = match link {
             Link::Hard => 0.0,
@@ -165,6 +178,8 @@ fn start(group: Group<'_>, link: Link, theta: &mut [f64]) {
             }
         };
     }
+    let mean = theta.iter().sum::<f64>() / k as f64;
+    theta.iter_mut().for_each(|th| *th -= mean);
 }
 
 /// Fits one group's log-strengths into `strengths` (mean 0) and reports convergence.
@@ -185,10 +200,16 @@ pub(crate) fn fit(
     let mut report = FitReport { iterations: 0, converged: false };
     while report.iterations < cfg.max_iterations as i32 && !report.converged {
         report.iterations += 1;
+        pin_common_shift(&mut ws.system, k);
         solve(&mut ws.system, &mut ws.rhs);
         ws.step.copy_from_slice(&ws.rhs);
-        let full = ws.step.iter().fold(0.0f64, |m, &d| m.max(f64::from(d).abs()));
+        let full = ws.step.iter().fold(0.0f64, |m, &d| if m.is_nan() { m } else { m.max(f64::from(d).abs()) });
         let tolerance = f64::from(cfg.tolerance);
+        if !full.is_finite() {
+            // A system f32 cannot solve (a comparison graph in pieces that only a tiny ridge joins): stop at the
+            // last finite point, not converged.
+            break;
+        }
         if full <= tolerance {
             // Converged: take the step (it cannot matter) without evaluating the objective there.
             for (th, &d) in ws.theta.iter_mut().zip(&ws.step) {
@@ -199,6 +220,7 @@ pub(crate) fn fit(
         }
         // Damped step: halve until the objective does not decrease; the accepted point's system is already built.
         let mut t = 1.0f64;
+        let mut accepted = false;
         for halving in 0..=MAX_HALVINGS {
             for i in 0..k {
                 ws.trial[i] = ws.theta[i] + t * f64::from(ws.step[i]);
@@ -206,11 +228,15 @@ pub(crate) fn fit(
             let trial = std::mem::take(&mut ws.trial);
             let value = evaluate(ws, &trial, ridge);
             ws.trial = trial;
-            if value >= current - 1e-12 * (1.0 + current.abs()) || halving == MAX_HALVINGS {
+            if value.is_finite() && (value >= current - 1e-12 * (1.0 + current.abs()) || halving == MAX_HALVINGS) {
                 current = value;
+                accepted = true;
                 break;
             }
             t *= 0.5;
+        }
+        if !accepted {
+            break;
         }
         std::mem::swap(&mut ws.theta, &mut ws.trial);
         report.converged = t * full <= tolerance;

@@ -34,7 +34,7 @@ pub const KERNELS: KernelModule = crate::kernel_module!("compare");
 /// (K² floats) in shared memory.
 pub const CUDA_MAX_CANDIDATES: usize = 96;
 
-/// The smallest ridge accepted: it keeps the f32 Newton system of the fit regular.
+/// The smallest ridge accepted (the optimum moves out as ln(1/ridge)).
 pub const MIN_RIDGE: f32 = 1e-8;
 
 /// What the candidates of each group are compared on. Inputs are f32, bf16 or f16, read into f32.
@@ -66,6 +66,11 @@ pub enum ScoreLink {
 /// strictly concave, so the fit converges even when one candidate wins everything; since `P[i,j] + P[j,i] = 1` its
 /// optimum already has mean 0. A group has converged when a step moves no θ by more than `tolerance`; after
 /// `max_iterations` steps it stops and reports that it has not. Returned strengths are θ minus their mean.
+///
+/// Separable groups (one candidate beats another in every comparison, as always under the hard link) have no finite
+/// maximum without the ridge; with it the optimum is finite but far out (about ±ln(1/ridge)/2 for K = 2), and the
+/// strengths are always finite. A step that f32 cannot solve (a comparison graph in pieces joined only by a tiny
+/// ridge) ends the fit at its last point, reported as not converged.
 #[derive(Clone, Copy, Debug)]
 pub struct BradleyTerryFit {
     /// Weight of the ridge ½·ridge·Σθ²; finite and at least [`MIN_RIDGE`].

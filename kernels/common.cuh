@@ -33,6 +33,8 @@ template <> __device__ __forceinline__ f16 from_float<f16>(float x) {
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
+#define POS_INF __int_as_float(0x7f800000)
+#define NAN_F __int_as_float(0x7fc00000)
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -82,6 +84,7 @@ __device__ __forceinline__ Lse lse_push(Lse a, float x) {
 }
 
 __device__ __forceinline__ Lse lse_merge(Lse a, Lse b) {
+    if (isnan(a.m) || isnan(b.m)) return Lse{NAN_F, NAN_F};  // a NaN state (lse_poisoned) stays NaN
     if (a.m == NEG_INF) return b;
     if (b.m == NEG_INF) return a;
     float m = fmaxf(a.m, b.m);
@@ -89,6 +92,16 @@ __device__ __forceinline__ Lse lse_merge(Lse a, Lse b) {
 }
 
 __device__ __forceinline__ float lse_value(Lse a) { return a.m + __logf(a.s); }
+
+// The state after a NaN or +inf logit: PyTorch's log_softmax is NaN over the whole row then (the max and the
+// rescaling above would drop a NaN, and an empty state's sum too).
+__device__ __forceinline__ Lse lse_poisoned() { return Lse{NAN_F, NAN_F}; }
+
+// Whether a row's accumulated logits held a NaN or +inf, from their plain sum and their max (the sum is NaN
+// exactly when a NaN, or both infinities, were added; the max is +inf with a +inf).
+__device__ __forceinline__ bool row_poisoned(float sum_of_logits, float max_logit) {
+    return isnan(sum_of_logits) || max_logit == POS_INF;
+}
 
 // Numerically safe log(sigmoid(x)) = -softplus(-x), exact for |x| in the thousands.
 __device__ __forceinline__ float log_sigmoid(float x) {

@@ -7,7 +7,6 @@
 // denormal size (|s_i − s_j| < 1.2e-38) reads as a tie here.
 
 #define MAX_HALVINGS 30
-#define NAN_F __int_as_float(0x7fc00000)
 
 __device__ __forceinline__ double sigmoid_d(double x) {
     if (x >= 0.0) return 1.0 / (1.0 + exp(-x));

@@ -81,7 +81,8 @@ __device__ void row_stats(const float* __restrict__ logits, const T* __restrict_
     acc = block_acc(acc);
     if (threadIdx.x == 0) {
         const int k = first + c, label = labels[k];
-        const float l = acc.m + __logf(acc.s);
+        // logprobs/row.rs: a NaN or +inf logit makes the row's lse, log-prob and entropy NaN.
+        const float l = row_poisoned(acc.sum, acc.m) ? NAN_F : acc.m + __logf(acc.s);
         const float target = row[label] + (bias ? to_float(bias[label]) : 0.0f);
         lse[k] = l;
         logp[k] = target - l;

@@ -84,7 +84,11 @@ __device__ void scalar_grad_bias(const float* __restrict__ grad, int n_count, in
 extern __shared__ Lse class_lse[];
 
 // A −∞ logit (a masked token) leaves the state unchanged (lse_push would compute exp(−∞ − (−∞)) on an empty one).
-__device__ __forceinline__ Lse push_logit(Lse a, float x) { return x == NEG_INF ? a : lse_push(a, x); }
+// A NaN or +inf makes it NaN for good (verdict_cpu.rs: PyTorch's log_softmax is NaN then).
+__device__ __forceinline__ Lse push_logit(Lse a, float x) {
+    if (isnan(a.m) || isnan(x) || x == POS_INF) return lse_poisoned();
+    return x == NEG_INF ? a : lse_push(a, x);
+}
 
 // Merge over the warp by a butterfly; lane 0's value is broadcast so that every lane holds the same bits.
 __device__ __forceinline__ Lse warp_lse(Lse a) {

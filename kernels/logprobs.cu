@@ -152,7 +152,8 @@ __device__ void forward_rows(const T* logits, const int* targets, long long rows
         }
         acc = acc_block_merge(acc, scratch);
         if (threadIdx.x == 0) {
-            const float ln_s = __logf(acc.s);
+            // row.rs: a NaN or +inf logit makes the row's lse, log-prob and entropy NaN (so its gradient too).
+            const float ln_s = row_poisoned(acc.sx, acc.m) ? NAN_F : __logf(acc.s);
             lse[row] = acc.m + ln_s;
             // (x - max) is exact for nearby values: no rounding of a large lse for logits of magnitude 1e4.
             per_token[row] = (to_float(x[target]) - acc.m) - ln_s;

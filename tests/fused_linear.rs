@@ -428,3 +428,24 @@ fn cuda_matches_cpu() {
         }
     }
 }
+
+/// A NaN (or +∞) in one LM-head row puts a NaN logit in every token's row: every counted token's log-prob, every
+/// sequence's, and the gradients become NaN, as PyTorch's log_softmax of the materialised logits gives.
+#[test]
+fn a_non_finite_head_row_makes_every_log_prob_nan() {
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    for bad in [f64::NAN, f64::INFINITY] {
+        let mut c = random_case(&mut rng, (2, 5, 4, 23), false, false);
+        c.mask = vec![1; c.n * c.t];
+        c.weight[7 * c.h + 1] = bad;
+        if bad.is_infinite() {
+            // +∞·h is ±∞ (or NaN at h = 0): make the row's logit +∞ for every token.
+            c.hidden.iter_mut().for_each(|h| *h = h.abs() + 0.1);
+        }
+        for chunk in [None, Some(3)] {
+            let (out, grads) = Inputs::new(&c, DType::F32, Device::Cpu).run(&config(&c, chunk)).unwrap();
+            assert!(values(&out.logps).iter().all(|x| x.is_nan()), "{bad}: {:?}", values(&out.logps));
+            assert!(values(&grads.grad_hidden).iter().any(|x| x.is_nan()), "{bad}: the hidden gradient");
+        }
+    }
+}

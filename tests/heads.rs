@@ -701,3 +701,38 @@ fn verdict_cuda_matches_cpu() {
     let far = VerdictClasses::from_sets(&[&[1], &[4]]).unwrap();
     expect_err(verdict_head(&logits, &far), "outside the vocabulary");
 }
+
+/// A NaN or +∞ among a row's listed logits makes every class's log-prob, probability and the expected score NaN
+/// (PyTorch's log_softmax over the listed logits), and the row's gradient NaN; a −∞ is a zero-probability token;
+/// unlisted logits are never read.
+#[test]
+fn nan_and_infinite_listed_logits_make_the_row_nan() {
+    let classes = VerdictClasses::from_sets(&[&[0], &[1, 2], &[3]]).unwrap().with_values(&[1.0, 2.0, 3.0]).unwrap();
+    let v = 6;
+    let mut x = vec![0.5f64, -0.25, 1.0, 0.0, 2.0, -1.0].repeat(5);
+    x[1] = f64::NAN; // row 0: a listed logit
+    x[v + 3] = f64::INFINITY; // row 1: a listed logit, alone in its class
+    x[2 * v] = f64::NEG_INFINITY; // row 2: finite
+    x[3 * v + 5] = f64::NAN; // row 3: an unlisted logit, never read
+    let logits = tensor(&x, &[5, v], DType::F32, Device::Cpu);
+    let out = verdict_head(&logits, &classes).unwrap();
+    let (log_probs, probs, expected) =
+        (values(&out.log_probs), values(&out.probs), values(out.expected_score.as_ref().unwrap()));
+    for row in 0..5 {
+        let nan = row < 2;
+        let lp = &log_probs[row * 3..][..3];
+        assert!(lp.iter().chain(&probs[row * 3..][..3]).all(|p| p.is_nan() == nan), "row {row}: {lp:?}");
+        assert_eq!(expected[row].is_nan(), nan, "row {row}");
+    }
+    assert_eq!(probs[2 * 3], 0.0, "a class of one −∞ logit has probability 0");
+    let g = tensor(&[1.0; 15], &[5, 3], DType::F32, Device::Cpu);
+    let ge = tensor(&[1.0; 5], &[5], DType::F32, Device::Cpu);
+    let grad = values(
+        &verdict_head_backward(&logits, &classes, VerdictGrads { log_probs: Some(&g), expected_score: Some(&ge) })
+            .unwrap(),
+    );
+    for row in 0..5 {
+        let listed = &grad[row * v..][..4];
+        assert!(listed.iter().all(|d| d.is_nan() == (row < 2)), "row {row}: {listed:?}");
+    }
+}

@@ -641,3 +641,62 @@ fn cuda_refuses_bad_input() {
     let e = forward_err(&logits, &cpu_labels, None);
     assert!(matches!(&e, Error::Device(m) if m.contains("labels")), "{e}");
 }
+
+/// A NaN or +∞ logit anywhere in a row makes that token's log-prob NaN, and so its sequence's, with a NaN gradient
+/// row — PyTorch's log_softmax; a −∞ logit off the label is an ordinary zero-probability token. Other rows and
+/// sequences are untouched.
+#[test]
+fn nan_and_infinite_logits_propagate_as_in_pytorch() {
+    let (n, t, v) = (4, 3, 37);
+    let mut rng = StdRng::seed_from_u64(seed());
+    let mut logits: Vec<f32> = (0..n * t * v).map(|_| rng.gen_range(-3.0..3.0)).collect();
+    let labels: Vec<i64> = (0..n * t).map(|r| (r * 7 % v) as i64).collect();
+    let off_label = |row: usize| row * v + (labels[row] as usize + 5) % v;
+    logits[off_label(1)] = f32::NAN; // sequence 0, token 1
+    logits[off_label(3 + 2)] = f32::INFINITY; // sequence 1, token 2
+    logits[off_label(6)] = f32::NEG_INFINITY; // sequence 2, token 0: finite
+    let shape = [n, t, v];
+    let out = sequence_logprobs(
+        &f32_tensor(&logits, &shape),
+        &labels_tensor(&labels, &[n, t], DType::I64),
+        None,
+        &cfg(TokenReduction::Sum),
+    )
+    .unwrap();
+    let logps = floats(&out.logps);
+    let entropy = floats(&out.entropy);
+    assert!(logps[0].is_nan() && logps[1].is_nan(), "{logps:?}");
+    assert!(entropy[0].is_nan() && entropy[1].is_nan(), "{entropy:?}");
+    // The f64 reference of the clean sequences (−∞ adds exp(−∞) = 0).
+    for seq in [2, 3] {
+        let want: f64 = (0..t)
+            .map(|j| {
+                let row = &logits[(seq * t + j) * v..][..v];
+                let lse = row.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln();
+                f64::from(row[labels[seq * t + j] as usize]) - lse
+            })
+            .sum();
+        assert!((logps[seq] - want).abs() < 1e-5 * (1.0 + want.abs()), "sequence {seq}: {} vs {want}", logps[seq]);
+    }
+    let grad_logps = f32_tensor(&[1.0, -0.5, 2.0, 0.25], &[n]);
+    let grad = floats(
+        &sequence_logprobs_backward(
+            &f32_tensor(&logits, &shape),
+            &labels_tensor(&labels, &[n, t], DType::I64),
+            None,
+            &out,
+            &grad_logps,
+            &cfg(TokenReduction::Sum),
+        )
+        .unwrap(),
+    );
+    for row in 0..n * t {
+        let g = &grad[row * v..][..v];
+        if row == 1 || row == 5 {
+            assert!(g.iter().all(|x| x.is_nan()), "row {row}: {g:?}");
+        } else {
+            assert!(g.iter().all(|x| x.is_finite()), "row {row}: {g:?}");
+        }
+    }
+    assert_eq!(grad[off_label(6)], 0.0, "a −∞ logit has zero probability and gradient");
+}

@@ -51,6 +51,8 @@ static inline float __int_as_float(int v) { float f; memcpy(&f, &v, 4); return f
 static inline float __uint_as_float(unsigned v) { float f; memcpy(&f, &v, 4); return f; }
 #define __expf expf
 #define __logf logf
+using std::isnan;
+using std::isfinite;
 
 
 """

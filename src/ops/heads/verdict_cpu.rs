@@ -18,8 +18,12 @@ struct Lse {
 }
 
 impl Lse {
-    /// Of no elements, or of all −∞: `m = −∞`, `s = 0`.
+    /// Of no elements, or of all −∞: `m = −∞`, `s = 0`. With a NaN or +∞ among them: NaN (PyTorch's log_softmax
+    /// gives NaN for the whole row; `f32::max` would drop a NaN).
     fn of(xs: impl Iterator<Item = f32> + Clone) -> Lse {
+        if xs.clone().any(|x| x.is_nan() || x == f32::INFINITY) {
+            return Lse { m: f32::NAN, s: f32::NAN };
+        }
         let m = xs.clone().fold(f32::NEG_INFINITY, f32::max);
         if m == f32::NEG_INFINITY {
             return Lse { m, s: 0.0 };
@@ -38,6 +42,9 @@ impl Lse {
 fn class_lses(logits: Floats<'_>, row: usize, v: usize, classes: &VerdictClasses, class_lse: &mut [Lse]) -> Lse {
     for (k, l) in class_lse.iter_mut().enumerate() {
         *l = Lse::of(classes.class(k).iter().map(|&id| logits.get(row * v + id as usize)));
+    }
+    if class_lse.iter().any(|l| l.m.is_nan()) {
+        return Lse { m: f32::NAN, s: f32::NAN };
     }
     let m = class_lse.iter().fold(f32::NEG_INFINITY, |m, l| m.max(l.m));
     Lse { m, s: class_lse.iter().filter(|l| l.s > 0.0).map(|l| l.s * (l.m - m).exp()).sum() }

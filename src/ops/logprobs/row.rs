@@ -132,6 +132,11 @@ fn row_stats_impl<T: FloatElement, const FMA: bool>(row: &[T], target: Option<us
         sx += bsx as f64;
     }
     let ln_s = s.ln();
+    // A NaN or +∞ logit makes the whole row NaN, as in PyTorch's log_softmax: Σx is NaN exactly when the row holds a
+    // NaN (or both infinities), and the max is +∞ with a +∞. (The sums above clamp x − max, which would drop a NaN.)
+    if sx.is_nan() || max == f32::INFINITY {
+        return RowStats { lse: f32::NAN, target_logp: f32::NAN, sum_logits: sx as f32, entropy: f32::NAN };
+    }
     RowStats {
         lse: max + ln_s as f32,
         // (x − max) is exact for nearby values: no rounding of a large lse, even for logits of magnitude 1e4.
@@ -143,6 +148,11 @@ fn row_stats_impl<T: FloatElement, const FMA: bool>(row: &[T], target: Option<us
 
 #[inline(always)]
 fn row_grad_impl<T: FloatElement, const FMA: bool>(row: &[T], lse: f32, target: usize, scale: f32, out: &mut [T]) {
+    if lse.is_nan() {
+        // A row with a NaN or +∞ logit (see `row_stats_impl`): PyTorch's gradient is NaN throughout.
+        out.fill(T::from_f32(f32::NAN));
+        return;
+    }
     let target_value = row[target].to_f32();
     if T::DTYPE == DType::F32 {
         softmax_into::<FMA>(bytemuck::cast_slice(row), lse, scale, bytemuck::cast_slice_mut(out));
@@ -160,6 +170,10 @@ fn row_grad_impl<T: FloatElement, const FMA: bool>(row: &[T], lse: f32, target: 
 
 #[inline(always)]
 fn row_grad_in_place_impl<T: FloatElement, const FMA: bool>(row: &mut [T], lse: f32, target: usize, scale: f32) {
+    if lse.is_nan() {
+        row.fill(T::from_f32(f32::NAN));
+        return;
+    }
     let target_value = row[target].to_f32();
     if T::DTYPE == DType::F32 {
         softmax_in_place::<FMA>(bytemuck::cast_slice_mut(row), lse, scale);

@@ -709,7 +709,7 @@ fn verdict_cuda_matches_cpu() {
 fn nan_and_infinite_listed_logits_make_the_row_nan() {
     let classes = VerdictClasses::from_sets(&[&[0], &[1, 2], &[3]]).unwrap().with_values(&[1.0, 2.0, 3.0]).unwrap();
     let v = 6;
-    let mut x = vec![0.5f64, -0.25, 1.0, 0.0, 2.0, -1.0].repeat(5);
+    let mut x = [0.5f64, -0.25, 1.0, 0.0, 2.0, -1.0].repeat(5);
     x[1] = f64::NAN; // row 0: a listed logit
     x[v + 3] = f64::INFINITY; // row 1: a listed logit, alone in its class
     x[2 * v] = f64::NEG_INFINITY; // row 2: finite

@@ -258,6 +258,8 @@ pub fn run(data: &[u8]) -> ur_status {
     };
     let values = [1.0f32; 256];
     let values_ptr = if call.r.one_in(2) { values.as_ptr() } else { null() };
+    // Any count the buffer holds: the library must refuse every count but K.
+    let values_len = usize::from(call.r.u8());
     let s = null_mut::<c_void>();
     let c = &mut call;
     // SAFETY: every descriptor is NULL or describes memory covering its extent (see `Call::tensor`); host outputs
@@ -371,7 +373,7 @@ pub fn run(data: &[u8]) -> ur_status {
                 );
                 if op == 10 {
                     let outs = [&[S(N), S(K)][..], &[S(N), S(K)], &[S(N)]].map(|d| c.tensor(d, Kind::F32, true));
-                    ur_verdict_head_forward(ctx_arg, l, o, i, values_ptr, outs[0], outs[1], outs[2], s)
+                    ur_verdict_head_forward(ctx_arg, l, o, i, values_ptr, values_len, outs[0], outs[1], outs[2], s)
                 } else {
                     let (glp, ges) = (c.tensor(&[S(N), S(K)], Kind::F32, true), c.tensor(&[S(N)], Kind::F32, true));
                     ur_verdict_head_backward(
@@ -380,6 +382,7 @@ pub fn run(data: &[u8]) -> ur_status {
                         o,
                         i,
                         values_ptr,
+                        values_len,
                         glp,
                         ges,
                         c.tensor(&[S(N), S(V)], Kind::Float, false),

@@ -38,8 +38,9 @@
 #define UR_VERSION_PATCH 0
 
 // The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
-// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`.
-#define UR_ABI_VERSION 2
+// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`; version 3 gave
+// `ur_verdict_head_forward/_backward` the count of their `class_values` (`num_class_values`).
+#define UR_ABI_VERSION 3
 
 // `verdict_kind`: scores `[G,K]`, higher is better.
 #define UR_VERDICTS_SCORES 0
@@ -539,17 +540,20 @@ enum ur_status ur_scalar_head_backward(struct ur_context *ctx,
 // The verdict head of a generative judge: per class k (token ids `token_ids[class_offsets[k] ..
 // class_offsets[k+1]]`, disjoint sets; both int32/int64 [K+1] and `[M]` on the logits' device), `log_probs_out`
 // `[B,K]` = logsumexp over the class's logits minus logsumexp over all listed logits, `probs_out` `[B,K]` its exp,
-// and, when `class_values` (K host floats, or NULL) is given, `expected_score_out` `[B]` = sum_k p_k * value_k.
+// and, when `class_values` (`num_class_values` = K host floats, or NULL) is given, `expected_score_out` `[B]` =
+// sum_k p_k * value_k.
 // `logits` `[B,V]` float. Outputs float32; each may be NULL. On CUDA the classes are read to the host first (a
 // wait on `stream`).
 //
 // # Safety
-// As for `ur_logprobs_forward`; a non-NULL `class_values` holds K floats.
+// As for `ur_logprobs_forward`; a non-NULL `class_values` holds `num_class_values` floats (anything else than K
+// is refused before it is read).
 enum ur_status ur_verdict_head_forward(struct ur_context *ctx,
                                        const DLTensor *logits,
                                        const DLTensor *class_offsets,
                                        const DLTensor *token_ids,
                                        const float *class_values,
+                                       size_t num_class_values,
                                        const DLTensor *probs_out,
                                        const DLTensor *log_probs_out,
                                        const DLTensor *expected_score_out,
@@ -568,6 +572,7 @@ enum ur_status ur_verdict_head_backward(struct ur_context *ctx,
                                         const DLTensor *class_offsets,
                                         const DLTensor *token_ids,
                                         const float *class_values,
+                                        size_t num_class_values,
                                         const DLTensor *grad_log_probs,
                                         const DLTensor *grad_expected_score,
                                         const DLTensor *grad_logits_out,

@@ -266,21 +266,21 @@ class Context {
                                           grad_weight_out, grad_bias_out, stream));
   }
 
-  /// `class_values`: K host floats, or nullptr.
+  /// `class_values`: `num_class_values` = K host floats, or nullptr and 0.
   void verdict_head_forward(const DLTensor* logits, const DLTensor* class_offsets, const DLTensor* token_ids,
-                            const float* class_values, const DLTensor* probs_out,
+                            const float* class_values, size_t num_class_values, const DLTensor* probs_out,
                             const DLTensor* log_probs_out = nullptr, const DLTensor* expected_score_out = nullptr,
                             void* stream = nullptr) const {
-    detail::check(ur_verdict_head_forward(ctx_, logits, class_offsets, token_ids, class_values, probs_out,
-                                          log_probs_out, expected_score_out, stream));
+    detail::check(ur_verdict_head_forward(ctx_, logits, class_offsets, token_ids, class_values, num_class_values,
+                                          probs_out, log_probs_out, expected_score_out, stream));
   }
 
   void verdict_head_backward(const DLTensor* logits, const DLTensor* class_offsets, const DLTensor* token_ids,
-                             const float* class_values, const DLTensor* grad_log_probs,
+                             const float* class_values, size_t num_class_values, const DLTensor* grad_log_probs,
                              const DLTensor* grad_expected_score, const DLTensor* grad_logits_out,
                              void* stream = nullptr) const {
-    detail::check(ur_verdict_head_backward(ctx_, logits, class_offsets, token_ids, class_values, grad_log_probs,
-                                           grad_expected_score, grad_logits_out, stream));
+    detail::check(ur_verdict_head_backward(ctx_, logits, class_offsets, token_ids, class_values, num_class_values,
+                                           grad_log_probs, grad_expected_score, grad_logits_out, stream));
   }
 
   /// Each output may be nullptr (`consistency_out` must be for scores).

@@ -736,3 +736,12 @@ fn nan_and_infinite_listed_logits_make_the_row_nan() {
         assert!(listed.iter().all(|d| d.is_nan() == (row < 2)), "row {row}: {listed:?}");
     }
 }
+
+#[test]
+fn class_values_must_be_one_per_class() {
+    let classes = VerdictClasses::from_sets(&[&[0], &[1]]).unwrap();
+    for values in [&[1.0f32][..], &[1.0, 2.0, 3.0]] {
+        let err = classes.clone().with_values(values).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} entries for 2 classes", values.len())), "{err}");
+    }
+}

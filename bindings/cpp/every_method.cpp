@@ -132,7 +132,7 @@ int main() {
   const std::vector<float> g{1.0f, -0.5f};
   std::vector<float> verdict_grad(4);
   ctx.verdict_head_backward(TensorRef(answer.data(), {1, 4}), TensorRef(offsets.data(), {3}),
-                            TensorRef(ids.data(), {3}), nullptr, TensorRef(g.data(), {1, 2}), nullptr,
+                            TensorRef(ids.data(), {3}), nullptr, 0, TensorRef(g.data(), {1, 2}), nullptr,
                             TensorRef(verdict_grad.data(), {1, 4}));
   expect(verdict_grad[0] == 0.0f && near(verdict_grad[1] + verdict_grad[2] + verdict_grad[3], 0.0f),
          "verdict_head_backward");

@@ -94,7 +94,7 @@ int main() {
   const float values[2] = {1.0f, 0.0f};
   std::vector<float> probs(2), score(1);
   ctx.verdict_head_forward(TensorRef(answer.data(), {1, 4}), TensorRef(offsets.data(), {3}),
-                           TensorRef(ids.data(), {3}), values, TensorRef(probs.data(), {1, 2}), nullptr,
+                           TensorRef(ids.data(), {3}), values, 2, TensorRef(probs.data(), {1, 2}), nullptr,
                            TensorRef(score.data(), {1}));
   const float p_yes = std::exp(2.0f) / (std::exp(2.0f) + 2.0f * std::exp(1.0f));
   expect(near(probs[0], p_yes) && near(score[0], p_yes), "verdict head");

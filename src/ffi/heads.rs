@@ -139,27 +139,42 @@ pub unsafe extern "C" fn ur_scalar_head_backward(
 ///
 /// # Safety
 /// `class_offsets` and `token_ids` as for [`Desc::tensor`] (read inside the device scope); `class_values` is NULL
-/// or holds one float per class.
-unsafe fn classes(class_offsets: &Desc, token_ids: &Desc, class_values: *const f32) -> FfiResult<VerdictClasses> {
+/// or holds `num_class_values` floats, which must be one per class.
+unsafe fn classes(
+    class_offsets: &Desc,
+    token_ids: &Desc,
+    class_values: *const f32,
+    num_class_values: usize,
+) -> FfiResult<VerdictClasses> {
     // SAFETY: this function's contract.
     let classes = unsafe { VerdictClasses::from_csr(&class_offsets.tensor()?, &token_ids.tensor()?) }?;
     if class_values.is_null() {
         return Ok(classes);
     }
-    // SAFETY: this function's contract: one value per class.
-    let values = unsafe { std::slice::from_raw_parts(class_values, classes.num_classes()) };
+    // Checked here, before reading: a count past the caller's buffer would be an out-of-bounds read.
+    if num_class_values != classes.num_classes() {
+        return Err(Failure::invalid(format!(
+            "`class_values` holds {num_class_values} floats (`num_class_values`), but `class_offsets` describes {} \
+             classes: give one value per class",
+            classes.num_classes()
+        )));
+    }
+    // SAFETY: this function's contract: `num_class_values` floats.
+    let values = unsafe { std::slice::from_raw_parts(class_values, num_class_values) };
     Ok(classes.with_values(values)?)
 }
 
 /// The verdict head of a generative judge: per class k (token ids `token_ids[class_offsets[k] ..
 /// class_offsets[k+1]]`, disjoint sets; both int32/int64 [K+1] and `[M]` on the logits' device), `log_probs_out`
 /// `[B,K]` = logsumexp over the class's logits minus logsumexp over all listed logits, `probs_out` `[B,K]` its exp,
-/// and, when `class_values` (K host floats, or NULL) is given, `expected_score_out` `[B]` = sum_k p_k * value_k.
+/// and, when `class_values` (`num_class_values` = K host floats, or NULL) is given, `expected_score_out` `[B]` =
+/// sum_k p_k * value_k.
 /// `logits` `[B,V]` float. Outputs float32; each may be NULL. On CUDA the classes are read to the host first (a
 /// wait on `stream`).
 ///
 /// # Safety
-/// As for `ur_logprobs_forward`; a non-NULL `class_values` holds K floats.
+/// As for `ur_logprobs_forward`; a non-NULL `class_values` holds `num_class_values` floats (anything else than K
+/// is refused before it is read).
 #[no_mangle]
 pub unsafe extern "C" fn ur_verdict_head_forward(
     ctx: *mut ur_context,
@@ -167,6 +182,7 @@ pub unsafe extern "C" fn ur_verdict_head_forward(
     class_offsets: *const DLTensor,
     token_ids: *const DLTensor,
     class_values: *const f32,
+    num_class_values: usize,
     probs_out: *const DLTensor,
     log_probs_out: *const DLTensor,
     expected_score_out: *const DLTensor,
@@ -186,7 +202,7 @@ pub unsafe extern "C" fn ur_verdict_head_forward(
         }
         let descs = [Some(&logits), Some(&offsets), Some(&ids), probs.as_ref(), log_probs.as_ref(), expected.as_ref()];
         on_device(&descs, stream, || {
-            let classes = classes(&offsets, &ids, class_values)?;
+            let classes = classes(&offsets, &ids, class_values, num_class_values)?;
             let v = verdict_head(&logits.tensor()?, &classes)?;
             let mut outs = vec![(probs.as_ref(), &v.probs), (log_probs.as_ref(), &v.log_probs)];
             if let Some(score) = v.expected_score.as_ref() {
@@ -212,6 +228,7 @@ pub unsafe extern "C" fn ur_verdict_head_backward(
     class_offsets: *const DLTensor,
     token_ids: *const DLTensor,
     class_values: *const f32,
+    num_class_values: usize,
     grad_log_probs: *const DLTensor,
     grad_expected_score: *const DLTensor,
     grad_logits_out: *const DLTensor,
@@ -236,7 +253,7 @@ pub unsafe extern "C" fn ur_verdict_head_backward(
         let mut descs = inputs.to_vec();
         descs.push(Some(&out));
         on_device(&descs, stream, || {
-            let classes = classes(&offsets, &ids, class_values)?;
+            let classes = classes(&offsets, &ids, class_values, num_class_values)?;
             let g_lp = g_lp.as_ref().map(|g| g.tensor()).transpose()?;
             let g_es = g_es.as_ref().map(|g| g.tensor()).transpose()?;
             let grads = VerdictGrads { log_probs: g_lp.as_ref(), expected_score: g_es.as_ref() };

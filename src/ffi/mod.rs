@@ -40,8 +40,9 @@ pub const UR_VERSION_MINOR: u32 = 1;
 /// The library's patch version.
 pub const UR_VERSION_PATCH: u32 = 0;
 /// The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
-/// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`.
-pub const UR_ABI_VERSION: u32 = 2;
+/// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`; version 3 gave
+/// `ur_verdict_head_forward/_backward` the count of their `class_values` (`num_class_values`).
+pub const UR_ABI_VERSION: u32 = 3;
 
 /// The ABI version of the loaded library (`UR_ABI_VERSION` of the header it was built with).
 #[no_mangle]

@@ -582,7 +582,7 @@ static void test_heads(void) {
   tensor(&tp, probs, F32, 2, D(B), D(K));
   tensor(&tlp, log_probs, F32, 2, D(B), D(K));
   tensor(&tex, expected, F32, 1, D(B));
-  OK(ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, values, &tp.dl, &tlp.dl, &tex.dl, NULL));
+  OK(ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, values, K, &tp.dl, &tlp.dl, &tex.dl, NULL));
   dump("vh.logits", &tl);
   dump("vh.probs", &tp);
   dump("vh.log_probs", &tlp);
@@ -597,22 +597,27 @@ static void test_heads(void) {
   tensor(&tges, g_es, F32, 1, D(B));
   tensor(&tgrad, grad, F32, 2, D(B), D(VV));
   memset(grad, 0x7f, sizeof grad); /* garbage: every element must be written */
-  OK(ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, values, &tglp.dl, &tges.dl, &tgrad.dl, NULL));
+  OK(ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, values, K, &tglp.dl, &tges.dl, &tgrad.dl, NULL));
   dump("vh.g_lp", &tglp);
   dump("vh.g_es", &tges);
   dump("vh.grad", &tgrad);
   CHECK(grad[2] == 0.0f && grad[VV + 4] == 0.0f, "unlisted ids have no gradient");
   FAILS(UR_ERROR_INVALID_ARGUMENT, "class_values",
-        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, &tp.dl, &tlp.dl, &tex.dl, NULL));
+        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, 0, &tp.dl, &tlp.dl, &tex.dl, NULL));
+  /* A count other than K is refused before the values are read (one float would be read past as three). */
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "num_class_values",
+        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &ti.dl, values, 1, &tp.dl, &tlp.dl, &tex.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "num_class_values",
+        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, values, K + 1, &tglp.dl, &tges.dl, &tgrad.dl, NULL));
   int64_t overlapping[4] = {0, 1, 1, 5};
   Tensor tov;
   tensor(&tov, overlapping, I64, 1, D(4));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "disjoint",
-        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &tov.dl, NULL, &tp.dl, NULL, NULL, NULL));
+        ur_verdict_head_forward(ctx, &tl.dl, &to.dl, &tov.dl, NULL, 0, &tp.dl, NULL, NULL, NULL));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "grads",
-        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, NULL, NULL, &tgrad.dl, NULL));
+        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, 0, NULL, NULL, &tgrad.dl, NULL));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "overlaps",
-        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, &tglp.dl, NULL, &tl.dl, NULL));
+        ur_verdict_head_backward(ctx, &tl.dl, &to.dl, &ti.dl, NULL, 0, &tglp.dl, NULL, &tl.dl, NULL));
 }
 
 static void test_compare(void) {

@@ -61,6 +61,16 @@ def test_verdict_head_rejects_overlapping_classes():
     assert info.value.status_name == "UR_ERROR_INVALID_ARGUMENT"
 
 
+def test_verdict_head_checks_values_against_the_classes():
+    # One value for two classes: refused in Python, and by the library through the raw op with its own count.
+    logits, offsets, ids = torch.randn(2, 5), torch.tensor([0, 1, 2]), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="1 entries for 2 classes"):
+        unireward.verdict_head(logits, [[0], [1]], values=[1.0])
+    with pytest.raises(unireward.UnirewardError, match="num_class_values") as info:
+        torch.ops.unireward.verdict_head(logits, offsets, ids, [1.0])
+    assert info.value.status_name == "UR_ERROR_INVALID_ARGUMENT"
+
+
 def test_heads_gradcheck_float32(gen):
     hidden = torch.randn(2, 3, 4, generator=gen).requires_grad_()
     weight = torch.randn(2, 4, generator=gen).requires_grad_()

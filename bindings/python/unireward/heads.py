@@ -15,8 +15,8 @@ _T = ctypes.POINTER(DLTensor)
 _F = ctypes.POINTER(ctypes.c_float)
 declare("ur_scalar_head_forward", [_T] * 5 + [ctypes.c_void_p])
 declare("ur_scalar_head_backward", [_T] * 8 + [ctypes.c_void_p])
-declare("ur_verdict_head_forward", [_T, _T, _T, _F, _T, _T, _T, ctypes.c_void_p])
-declare("ur_verdict_head_backward", [_T, _T, _T, _F, _T, _T, _T, ctypes.c_void_p])
+declare("ur_verdict_head_forward", [_T, _T, _T, _F, ctypes.c_size_t, _T, _T, _T, ctypes.c_void_p])
+declare("ur_verdict_head_backward", [_T, _T, _T, _F, ctypes.c_size_t, _T, _T, _T, ctypes.c_void_p])
 
 
 # ---- scalar_reward --------------------------------------------------------------------------------------------
@@ -73,14 +73,18 @@ def _values(values: Optional[List[float]]):
     return None if values is None else (ctypes.c_float * len(values))(*values)
 
 
+def _count(values: Optional[List[float]]) -> int:
+    return 0 if values is None else len(values)
+
+
 @torch.library.custom_op("unireward::verdict_head", mutates_args=())
 def _verdict_head(
     logits: Tensor, class_offsets: Tensor, token_ids: Tensor, values: Optional[List[float]]
 ) -> Tuple[Tensor, Tensor, Tensor]:
     logits, class_offsets, token_ids = contiguous(logits, class_offsets, token_ids)
     probs, log_probs, expected = _verdict_outputs(logits, class_offsets, values)
-    call("ur_verdict_head_forward", logits, class_offsets, token_ids, _values(values), probs, log_probs,
-         expected if values is not None else None, stream_of(logits))  # fmt: skip
+    call("ur_verdict_head_forward", logits, class_offsets, token_ids, _values(values), _count(values), probs,
+         log_probs, expected if values is not None else None, stream_of(logits))  # fmt: skip
     return probs, log_probs, expected
 
 
@@ -111,8 +115,8 @@ def _verdict_head_backward(
         None if grad_expected_score is None else grad_expected_score.float(),
     )  # fmt: skip
     grad = torch.empty_like(logits)
-    call("ur_verdict_head_backward", logits, class_offsets, token_ids, _values(values), grad_log_probs,
-         grad_expected_score, grad, stream_of(logits))  # fmt: skip
+    call("ur_verdict_head_backward", logits, class_offsets, token_ids, _values(values), _count(values),
+         grad_log_probs, grad_expected_score, grad, stream_of(logits))  # fmt: skip
     return grad
 
 
@@ -173,5 +177,7 @@ def verdict_head(logits, classes, values=None) -> Verdict:
         ids = torch.tensor([i for c in classes for i in c], dtype=torch.int64)
     offsets, ids = offsets.to(logits.device), ids.to(logits.device)
     values = None if values is None else [float(v) for v in values]
+    if values is not None and len(values) != offsets.numel() - 1:
+        raise ValueError(f"verdict_head: `values` has {len(values)} entries for {offsets.numel() - 1} classes")
     probs, log_probs, expected = _verdict_head(logits, offsets, ids, values)
     return Verdict(probs, log_probs, expected if values is not None else None)

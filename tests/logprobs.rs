@@ -8,7 +8,8 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use unireward::ops::logprobs::{
     compare_fused_vs_naive, naive_sequence_logprobs, naive_sequence_logprobs_backward, sequence_logprobs,
-    sequence_logprobs_backward, sequence_logprobs_backward_in_place, LogProbsConfig, SequenceLogProbs, TokenReduction,
+    sequence_logprobs_backward, sequence_logprobs_backward_in_place, sequence_logprobs_backward_into, LogProbsConfig,
+    SequenceLogProbs, TokenReduction,
 };
 use unireward::{DType, Device, Error, Tensor};
 
@@ -699,4 +700,32 @@ fn nan_and_infinite_logits_propagate_as_in_pytorch() {
         }
     }
     assert_eq!(grad[off_label(6)], 0.0, "a −∞ logit has zero probability and gradient");
+}
+
+/// A refused backward leaves the caller's gradient buffer byte-identical (the C ABI and PyTorch outputs are
+/// written through this function): labels are validated before the buffer is zeroed.
+#[test]
+fn a_bad_label_leaves_the_gradient_buffer_untouched() {
+    let (n, t, v) = (2, 3, 5);
+    let logits = f32_tensor(&(0..n * t * v).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), &[n, t, v]);
+    let good = labels_tensor(&[0, 1, 2, 3, 4, 0], &[n, t], DType::I64);
+    let out = sequence_logprobs(&logits, &good, None, &cfg(TokenReduction::Sum)).unwrap();
+    let grad_logps = f32_tensor(&[1.0, 1.0], &[n]);
+    for bad in [5i64, -7] {
+        let labels = labels_tensor(&[0, 1, bad, 3, 4, 0], &[n, t], DType::I64);
+        let mut grad = f32_tensor(&vec![7.0; n * t * v], &[n, t, v]);
+        let err = sequence_logprobs_backward_into(
+            &logits,
+            &labels,
+            None,
+            &out,
+            &grad_logps,
+            &cfg(TokenReduction::Sum),
+            &mut grad,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&bad.to_string()), "{err}");
+        assert!(floats(&grad).iter().all(|&g| g == 7.0), "label {bad}: the buffer was written");
+    }
 }

@@ -4,7 +4,7 @@ use bytemuck::Zeroable;
 use rayon::prelude::*;
 
 use super::row::{row_grad, row_grad_in_place, row_stats, RowStats};
-use super::{sequence_outputs, sequence_scales, with_float_type, Dims, LogProbsConfig, SequenceLogProbs};
+use super::{sequence_outputs, sequence_scales, with_float_type, Dims, LogProbsConfig, SequenceLogProbs, Zeroing};
 use crate::ops::tokens::{self, CountedToken};
 use crate::runtime::cpu::rows_per_task;
 use crate::runtime::{FloatElement, Tensor};
@@ -69,8 +69,12 @@ pub(super) fn backward(
     cfg: &LogProbsConfig,
     dims: Dims,
     grad: &mut Tensor,
+    zeroing: Zeroing,
 ) -> Result<()> {
     let plans = row_plans(labels, mask, saved, grad_logps, cfg, dims)?;
+    if zeroing == Zeroing::AfterValidation {
+        grad.fill_zeros()?;
+    }
     let v = dims.v;
     with_float_type!(logits.dtype(), T => {
         let src = logits.as_slice::<T>()?;

@@ -1,7 +1,7 @@
 //! CUDA path: the kernels of `kernels/logprobs.cu`, all on the device's stream. Labels and mask are turned into
 //! per-row targets on the device; the only host round trip is the out-of-range flag read after that kernel.
 
-use super::{Dims, LogProbsConfig, SequenceLogProbs, TokenReduction, KERNELS};
+use super::{Dims, LogProbsConfig, SequenceLogProbs, TokenReduction, Zeroing, KERNELS};
 use crate::ops::tokens;
 use crate::runtime::cuda::{launch_config, PushKernelArg};
 use crate::runtime::{DType, Tensor};
@@ -154,8 +154,12 @@ pub(super) fn backward(
     cfg: &LogProbsConfig,
     dims: Dims,
     grad: &mut Tensor,
+    zeroing: Zeroing,
 ) -> Result<()> {
     let targets = targets(labels, mask, cfg, dims)?;
+    if zeroing == Zeroing::AfterValidation {
+        grad.fill_zeros()?;
+    }
     let grad_ptr = grad.cuda_ptr_mut()?.0;
     launch_backward(logits, ptr(logits)?, grad_ptr, &targets, saved, grad_logps, cfg, dims)
 }

@@ -95,7 +95,7 @@ pub fn sequence_logprobs_backward(
 ) -> Result<Tensor> {
     let (device, dims) = check_backward(logits, labels, mask, saved, grad_logps)?;
     let mut grad = Tensor::zeros(logits.shape(), logits.dtype(), device)?;
-    backward_into_zeroed(logits, labels, mask, saved, grad_logps, cfg, dims, &mut grad)?;
+    backward_into(logits, labels, mask, saved, grad_logps, cfg, dims, &mut grad, Zeroing::Done)?;
     Ok(grad)
 }
 
@@ -115,13 +115,19 @@ pub fn sequence_logprobs_backward_into(
     check::dtype("grad", grad, logits.dtype())?;
     check::shape("grad", grad, logits.shape())?;
     check::same_device(&[("logits", logits), ("grad", grad)])?;
-    // The kernels skip rows that do not count: they must read as zero.
-    grad.fill_zeros()?;
-    backward_into_zeroed(logits, labels, mask, saved, grad_logps, cfg, dims, grad)
+    backward_into(logits, labels, mask, saved, grad_logps, cfg, dims, grad, Zeroing::AfterValidation)
+}
+
+/// Whether the backends must zero `grad` (the kernels skip rows that do not count: they must read as zero). They do
+/// it once the labels are validated, so that a call refused for a bad label leaves a caller's buffer untouched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Zeroing {
+    Done,
+    AfterValidation,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward_into_zeroed(
+fn backward_into(
     logits: &Tensor,
     labels: &Tensor,
     mask: Option<&Tensor>,
@@ -130,10 +136,11 @@ fn backward_into_zeroed(
     cfg: &LogProbsConfig,
     dims: Dims,
     grad: &mut Tensor,
+    zeroing: Zeroing,
 ) -> Result<()> {
     match grad.device() {
-        Device::Cpu => cpu::backward(logits, labels, mask, saved, grad_logps, cfg, dims, grad),
-        Device::Cuda(_) => cuda::backward(logits, labels, mask, saved, grad_logps, cfg, dims, grad),
+        Device::Cpu => cpu::backward(logits, labels, mask, saved, grad_logps, cfg, dims, grad, zeroing),
+        Device::Cuda(_) => cuda::backward(logits, labels, mask, saved, grad_logps, cfg, dims, grad, zeroing),
     }
 }
 

@@ -258,12 +258,29 @@ fn common_device(descs: &[&Desc]) -> FfiResult<Device> {
 /// # Safety
 /// For CUDA tensors, `stream` is NULL (the legacy default stream) or a valid `CUstream`/`cudaStream_t` of that
 /// device's primary context, alive until the work queued on it has run.
+/// Outputs (named `*_out`, or `out`) must not overlap any other tensor of the call, input or output: a kernel
+/// would read what it already overwrote. Every export passes all its tensors through here; the one documented
+/// in-place case (`ur_logprobs_backward` writing over `logits`) passes the logits once, as the output.
+fn check_no_overlap(descs: &[&Desc]) -> FfiResult<()> {
+    let is_output = |d: &Desc| d.name == "out" || d.name.ends_with("_out");
+    for (i, out) in descs.iter().enumerate().filter(|(_, d)| is_output(d)) {
+        if let Some(other) = descs.iter().enumerate().find(|&(j, d)| j != i && out.overlaps(d)).map(|(_, d)| d) {
+            return Err(Failure::invalid(format!(
+                "`{}` overlaps `{}`: an output must be separate memory",
+                out.name, other.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) unsafe fn on_device<R>(
     descs: &[Option<&Desc>],
     stream: *mut c_void,
     f: impl FnOnce() -> FfiResult<R>,
 ) -> FfiResult<R> {
     let given: Vec<&Desc> = descs.iter().flatten().copied().collect();
+    check_no_overlap(&given)?;
     match common_device(&given)? {
         Device::Cpu => f(),
         // SAFETY: this function's contract.

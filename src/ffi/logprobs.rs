@@ -214,7 +214,8 @@ pub unsafe extern "C" fn ur_logprobs_backward(
         if in_place && (out.shape != logits.shape || out.dtype != logits.dtype) {
             return Err(Failure::invalid("`grad_logits_out` is the logits' memory but not their shape and dtype"));
         }
-        let mut descs = vec![Some(&logits), Some(&out)];
+        // In place, the logits are the output's memory: passed once, as the output.
+        let mut descs = vec![(!in_place).then_some(&logits), Some(&out)];
         descs.extend(others);
         on_device(&descs, stream, || {
             let mask = mask.as_ref().map(|m| m.tensor()).transpose()?;

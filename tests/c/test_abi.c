@@ -272,7 +272,8 @@ static void test_logprobs(void) {
   wrong_out.dl.data = big;
   FAILS(UR_ERROR_SHAPE, "logps_out",
         ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &wrong_out.dl, NULL, NULL, NULL, NULL, NULL));
-  tensor(&wrong_out, labels, I64, 1, D(N));
+  int64_t int_out[N];
+  tensor(&wrong_out, int_out, I64, 1, D(N));
   FAILS(UR_ERROR_DTYPE, "logps_out",
         ur_logprobs_forward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &wrong_out.dl, NULL, NULL, NULL, NULL, NULL));
   int64_t bad_labels[N * T] = {1, 4, 7, 0, 2, 3};
@@ -298,6 +299,12 @@ static void test_logprobs(void) {
         ur_logprobs_backward(ctx, &src_copy.dl, &tlab.dl, NULL, &tlse.dl, &tc.dl, &tg.dl, NULL, &shifted.dl, NULL));
   FAILS(UR_ERROR_NULL_POINTER, "lse",
         ur_logprobs_backward(ctx, &tl.dl, &tlab.dl, NULL, NULL, &tc.dl, &tg.dl, NULL, &tgrad.dl, NULL));
+  /* A forward output written over the logits it reads. */
+  Tensor logps_over_logits;
+  tensor(&logps_over_logits, in_place, F32, 1, D(N));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`logps_out` overlaps `logits`",
+        ur_logprobs_forward(ctx, &src_copy.dl, &tlab.dl, NULL, NULL, &logps_over_logits.dl, NULL, NULL, NULL, NULL,
+                            NULL));
   Tensor lse_i64;
   tensor(&lse_i64, labels, I64, 2, D(N), D(T));
   FAILS(UR_ERROR_DTYPE, "lse",
@@ -355,6 +362,8 @@ static void test_fused_linear(void) {
   FAILS(UR_ERROR_SHAPE, "weight",
         ur_fused_linear_logprobs_forward(ctx, &th.dl, &wrong_w.dl, NULL, &tlab.dl, NULL, NULL, &tlp.dl, NULL, NULL,
                                          NULL, NULL, NULL));
+  float wrong_grad_w[V * H];
+  tensor(&wrong_w, wrong_grad_w, F32, 2, D(H), D(V));
   FAILS(UR_ERROR_SHAPE, "grad_weight_out",
         ur_fused_linear_logprobs_backward(ctx, &th.dl, &tw.dl, &tb.dl, &tlab.dl, NULL, &tlse.dl, &tg.dl, &cfg,
                                           &tgh.dl, &wrong_w.dl, &tgb.dl, NULL));
@@ -414,6 +423,13 @@ static void test_dpo(void) {
   OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &d, &loss_default_cfg, &tgc.dl, &tgr.dl, NULL,
                  NULL));
   CHECK(loss_null_cfg == loss_default_cfg, "%g vs %g", loss_null_cfg, loss_default_cfg);
+  /* Outputs over inputs or over each other are refused (one shared check for every export). */
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`grad_policy_chosen_out` overlaps `policy_chosen`",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss_null_cfg, &tpc.dl, &tgr.dl, NULL,
+                    NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "overlaps",
+        ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss_null_cfg, &tgc.dl, &tgc.dl, NULL,
+                    NULL));
 
   FAILS(UR_ERROR_NULL_POINTER, "loss_out",
         ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, NULL, &tgc.dl, &tgr.dl, NULL, NULL));

@@ -576,7 +576,8 @@ fn nan_policies() {
     let scores = tensor(&[1.0, 2.0, 3.0, 4.0], &[1, 4], DType::F32, cpu);
     invalid_argument(
         select_pairs(Verdicts::Scores(&verdict), &scores, &SelectionConfig::default()),
-        "group 0: a pair verdict is NaN",
+        "group 0: a pair verdict is NaN (the NaN policy is `error`; the `skip` policy leaves NaN verdicts out: \
+         UR_NANS_SKIP in C, nans=\"skip\" in Python, NanPolicy::Skip in Rust)",
     );
     let skip = SelectionConfig { nans: NanPolicy::Skip, ..Default::default() };
     let got = selection_host(&select_pairs(Verdicts::Scores(&verdict), &scores, &skip).unwrap());

@@ -808,6 +808,10 @@ static void test_model(const char* dir, const char* prompt_text, const char* exp
   FAILS(UR_ERROR_SHAPE, "logits_out", ur_model_forward(ctx, model, &tids.dl, &tmask.dl, &small.dl, NULL));
   tensor(&bf16_out, logits, BF16, 3, D(MN), D(MT), D(MV));
   FAILS(UR_ERROR_DTYPE, "logits_out", ur_model_forward(ctx, model, &tids.dl, &tmask.dl, &bf16_out.dl, NULL));
+  /* Messages name the C parameters (`mask`, not the Rust model's former `attention_mask`). */
+  Tensor short_mask;
+  tensor(&short_mask, mask, I32, 2, D(MN), D(MT - 1));
+  FAILS(UR_ERROR_SHAPE, "`mask`", ur_model_forward(ctx, model, &tids.dl, &short_mask.dl, &tlog.dl, NULL));
   int64_t bad_ids[MN * MT] = {5, 17, 99, 3, 64, 120, 0, 42, 1, MV};
   Tensor tbad;
   tensor(&tbad, bad_ids, I64, 2, D(MN), D(MT));

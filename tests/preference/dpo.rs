@@ -632,6 +632,10 @@ fn bad_input_is_a_clear_error() {
         &orpo,
         "ORPO needs probabilities below 1",
     );
+    // The loss is finite there; the message names the log-odds, not the loss, as what is infinite.
+    let e =
+        expect_err(&PreferenceLogps::new(&certain, &v3).with_lengths(&lens, &lens), &orpo, "ORPO's log-odds ratio is");
+    assert!(e.to_string().contains("has no finite gradient"), "{e}");
 
     let ld = DpoConfig { ld_alpha: Some(0.5), ..free };
     expect_err(&PreferenceLogps::new(&v3, &v3), &ld, "`ld_alpha` needs `policy_chosen_verbose`");

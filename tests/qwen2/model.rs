@@ -203,11 +203,11 @@ fn bad_batches_are_clear_errors() {
     let ok_mask = Tensor::from_slice(&[1i64; 4], &[2, 2], Device::Cpu).unwrap();
     let message = |r: unireward::Result<unireward::model::qwen2::ForwardPass>| r.unwrap_err().to_string();
     let flat = ids.try_clone().unwrap().reshape(&[4]).unwrap();
-    assert!(message(model.forward(&flat, &ok_mask, ForwardOptions::default())).contains("input_ids"));
+    assert!(message(model.forward(&flat, &ok_mask, ForwardOptions::default())).contains("`ids`"));
     let short_mask = Tensor::from_slice(&[1i64; 2], &[1, 2], Device::Cpu).unwrap();
-    assert!(message(model.forward(&ids, &short_mask, ForwardOptions::default())).contains("attention_mask"));
+    assert!(message(model.forward(&ids, &short_mask, ForwardOptions::default())).contains("`mask`"));
     let float_ids = Tensor::from_slice(&[1f32; 4], &[2, 2], Device::Cpu).unwrap();
-    assert!(message(model.forward(&float_ids, &ok_mask, ForwardOptions::default())).contains("input_ids"));
+    assert!(message(model.forward(&float_ids, &ok_mask, ForwardOptions::default())).contains("`ids`"));
     let out_of_vocab = Tensor::from_slice(&[1i64, 2, 3, 96], &[2, 2], Device::Cpu).unwrap();
     assert!(message(model.forward(&out_of_vocab, &ok_mask, ForwardOptions::default())).contains("96"));
     let t = model.config.max_position_embeddings + 1;

@@ -41,8 +41,8 @@ fn next_token_labels(ids: &Tensor, mask: &Tensor, ignore_index: i64) -> Result<(
 impl Qwen2Model {
     /// The causal-LM loss of `pass` over its own `ids` `[N,T]` (the ids the pass was run on), with its gradient.
     pub fn causal_lm_loss(&self, pass: &ForwardPass, ids: &Tensor, cfg: &FusedLinearConfig) -> Result<CausalLmLoss> {
-        check::shape("input_ids", ids, &pass.hidden().shape()[..2])?;
-        check::integer("input_ids", ids)?;
+        check::shape("ids", ids, &pass.hidden().shape()[..2])?;
+        check::integer("ids", ids)?;
         let (labels, tokens) = next_token_labels(ids, pass.mask(), cfg.logprobs.ignore_index)?;
         if tokens == 0 {
             return Err(Error::InvalidArgument(

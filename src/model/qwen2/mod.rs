@@ -212,8 +212,8 @@ impl Qwen2Model {
     /// The mask checked against [N,T] and moved to the model's device, with positions 0..T per row (as
     /// transformers numbers a batch without a cache).
     fn mask_and_positions(&self, (n, t): (usize, usize), mask: &Tensor) -> Result<(Tensor, Tensor)> {
-        check::integer("attention_mask", mask)?;
-        check::shape("attention_mask", mask, &[n, t])?;
+        check::integer("mask", mask)?;
+        check::shape("mask", mask, &[n, t])?;
         check::non_empty("the batch (N·T)", n * t)?;
         if t > self.config.max_position_embeddings {
             return Err(Error::Shape(format!(
@@ -229,8 +229,8 @@ impl Qwen2Model {
     /// Forward over token ids `[N,T]` with an attention mask `[N,T]` (i32 or i64, nonzero = real token; typically right
     /// padding), keeping what [`Qwen2Model::backward`] needs.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, opts: ForwardOptions) -> Result<ForwardPass> {
-        let &[n, t] = check::rank("input_ids", ids, 2)? else { unreachable!() };
-        check::integer("input_ids", ids)?;
+        let &[n, t] = check::rank("ids", ids, 2)? else { unreachable!() };
+        check::integer("ids", ids)?;
         self.run(Inputs::Ids(ids), (n, t), mask, opts)
     }
 

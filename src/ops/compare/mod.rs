@@ -220,7 +220,7 @@ impl BradleyTerryFit {
         }
         if self.max_iterations == 0 || self.max_iterations > i32::MAX as u32 {
             return Err(Error::InvalidArgument(format!(
-                "`fit.max_iterations` must be in 1..=i32::MAX, got {}",
+                "`fit.max_iterations` must be between 1 and 2147483647, got {}",
                 self.max_iterations
             )));
         }
@@ -276,7 +276,8 @@ impl SelectionStatus {
         match self.nan {
             None => Ok(self.selection),
             Some((g, kind)) => Err(Error::InvalidArgument(format!(
-                "group {g}: {} is NaN (NanPolicy::Error; use NanPolicy::Skip to leave it out)",
+                "group {g}: {} is NaN (the NaN policy is `error`; the `skip` policy leaves NaN verdicts out: \
+                 UR_NANS_SKIP in C, nans=\"skip\" in Python, NanPolicy::Skip in Rust)",
                 kind.describe()
             ))),
         }

@@ -113,7 +113,8 @@ fn check_backward(logits: &Tensor, classes: &VerdictClasses, grads: VerdictGrads
         check::shape("grads.expected_score", g, &[dims.b])?;
         if classes.values().is_none() {
             return Err(Error::InvalidArgument(
-                "`grads.expected_score` is given but the classes have no values (see `VerdictClasses::with_values`)"
+                "the expected score's gradient is given but the classes have no values (`class_values` in C, `values` in \
+                 Python, VerdictClasses::with_values in Rust)"
                     .into(),
             ));
         }

@@ -234,7 +234,16 @@ pub fn dpo_loss(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<DpoOutput> 
         } else {
             "the inputs contain NaN or infinity, or the loss overflows (DiscoPOP's e^(-βz) at very negative z)"
         };
-        return Err(Error::InvalidArgument(format!("the {} loss is {loss}: {why}", names.join(" + "))));
+        // Name what is not finite: with ORPO the loss itself can be finite while the log-odds (and the gradient) are not.
+        let what = if loss.is_finite() {
+            format!(
+                "ORPO's log-odds ratio is {log_odds_sum} (the {} loss, {loss}, has no finite gradient)",
+                names.join(" + ")
+            )
+        } else {
+            format!("the {} loss is {loss}", names.join(" + "))
+        };
+        return Err(Error::InvalidArgument(format!("{what}: {why}")));
     }
     let metrics = DpoMetrics {
         rewards_chosen: mean(stat::REWARD_CHOSEN),

@@ -193,7 +193,9 @@ impl<'a> Call<'a> {
         match self.r.u8() % 8 {
             0 => return null(),
             1 => bytes[4 + self.r.u8() as usize % (size - 4)] ^= 1 << (self.r.u8() % 8),
-            2 => bytes[..4].copy_from_slice(&(self.r.u8() as u32).to_ne_bytes()),
+            // Any size up to the struct's own (a larger one would describe memory the caller does not have).
+            2 => bytes[..4]
+                .copy_from_slice(&((self.r.u8() as usize % (std::mem::size_of::<T>() + 1)) as u32).to_ne_bytes()),
             _ => {}
         }
         storage.insert(value)

@@ -60,29 +60,51 @@ pub unsafe extern "C" fn ur_context_free(ctx: *mut ur_context) {
 pub(crate) trait Versioned: Copy {
     /// The C name, for messages.
     const NAME: &'static str;
+    /// The struct's size in the first ABI that had it: callers built against that header pass it. Fields are
+    /// only ever appended, so a caller's struct is a prefix of ours (or ours of theirs).
+    const FIRST_SIZE: usize = std::mem::size_of::<Self>();
     fn default_value() -> Self;
 }
 
-/// Reads a config: NULL means the defaults; otherwise `struct_size` must be the size this library knows (ABI 1).
+/// Reads a config: NULL means the defaults. A caller's `struct_size` may be any size from the first released one
+/// on, at a field boundary: an older caller's missing fields take their defaults; a newer caller's extra fields,
+/// which this library does not know, must be zero (a feature it cannot honour is refused, not ignored).
 ///
 /// # Safety
-/// `cfg` is NULL or points to a readable `T`.
+/// `cfg` is NULL or points to `struct_size` readable bytes.
 pub(crate) unsafe fn read_config<T: Versioned>(cfg: *const T) -> FfiResult<T> {
     if cfg.is_null() {
         return Ok(T::default_value());
     }
     // SAFETY: this function's contract; every `Versioned` struct is `#[repr(C)]` and starts with its `u32` size.
     let size = unsafe { *(cfg as *const u32) } as usize;
-    if size != std::mem::size_of::<T>() {
+    let ours = std::mem::size_of::<T>();
+    // A multiple of the alignment: never half of a pointer field.
+    if size < T::FIRST_SIZE || size % std::mem::align_of::<T>() != 0 {
         return Err(Failure::invalid(format!(
-            "`{}.struct_size` is {size}, expected {}: initialise the struct with {}_default()",
+            "`{}.struct_size` is {size}, expected {ours} (or, from a caller built against an older or newer header, \
+             a field boundary from {} on): initialise the struct with {}_default()",
             T::NAME,
-            std::mem::size_of::<T>(),
+            T::FIRST_SIZE,
             T::NAME
         )));
     }
-    // SAFETY: this function's contract, and the caller's struct is as large as `T`.
-    Ok(unsafe { *cfg })
+    // SAFETY: this function's contract: `size` readable bytes.
+    let caller = unsafe { std::slice::from_raw_parts(cfg as *const u8, size) };
+    if let Some(at) = caller.iter().skip(ours).position(|&b| b != 0) {
+        return Err(Failure::invalid(format!(
+            "`{}` sets a field at byte {} that this library (ABI {}) does not know; upgrade the library",
+            T::NAME,
+            ours + at,
+            super::UR_ABI_VERSION
+        )));
+    }
+    let mut value = T::default_value();
+    let known = size.min(ours);
+    // SAFETY: `value` is a `#[repr(C)]` `T` of `ours` ≥ `known` bytes and `known` is a field boundary, so the copy
+    // replaces whole fields of the default with the caller's (plain numbers and pointers: any bit pattern is valid).
+    unsafe { std::ptr::copy_nonoverlapping(caller.as_ptr(), &mut value as *mut T as *mut u8, known) };
+    Ok(value)
 }
 
 /// Converts a `struct_size` for a config's default.

@@ -9,7 +9,8 @@
 //! - every op takes a [`ur_context`] first and a CUDA stream (`cudaStream_t`, NULL = legacy default stream) last;
 //!   CUDA work runs on that stream and the call returns without synchronising, except where a result goes to host
 //!   memory (losses, metrics: those calls wait for their own work);
-//! - config structs start with `struct_size` and come from `ur_*_config_default()`; NULL means the defaults.
+//! - config structs start with `struct_size` and come from `ur_*_config_default()`; NULL means the defaults; any
+//!   `struct_size` from a struct's first released size on is accepted (fields are only appended).
 
 mod compare;
 mod context;

@@ -105,6 +105,8 @@ pub struct ur_dpo_config {
     /// A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
     /// in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
     pub num_loss_types: u32,
+    /// Must be 0 (explicit padding before the pointers; a future field).
+    pub reserved: u32,
     pub loss_types: *const i32,
     pub loss_weights: *const f32,
     /// Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.
@@ -122,6 +124,8 @@ pub struct ur_dpo_config {
 
 impl Versioned for ur_dpo_config {
     const NAME: &'static str = "ur_dpo_config";
+    /// ABI 2's struct ended at `grad_output`; the fields after it were appended in ABI 3.
+    const FIRST_SIZE: usize = std::mem::offset_of!(ur_dpo_config, f_divergence_type);
     fn default_value() -> Self {
         let d = DpoConfig::default();
         ur_dpo_config {
@@ -142,6 +146,7 @@ impl Versioned for ur_dpo_config {
             use_ld_alpha: 0,
             ld_alpha: 1.0,
             num_loss_types: 0,
+            reserved: 0,
             loss_types: std::ptr::null(),
             loss_weights: std::ptr::null(),
             pair_weights: std::ptr::null(),
@@ -160,6 +165,9 @@ impl ur_dpo_config {
     /// # Safety
     /// `loss_types` and `loss_weights` hold `num_loss_types` values each when it is nonzero.
     unsafe fn to_config(self) -> FfiResult<DpoConfig> {
+        if self.reserved != 0 {
+            return Err(Failure::invalid(format!("`reserved` is {}: it must be 0", self.reserved)));
+        }
         let loss_type = code("loss_type", self.loss_type, &DpoLossType::ALL)?;
         let loss_mixture = match self.num_loss_types {
             0 => None,

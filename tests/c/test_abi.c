@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -423,6 +424,36 @@ static void test_dpo(void) {
   OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &d, &loss_default_cfg, &tgc.dl, &tgr.dl, NULL,
                  NULL));
   CHECK(loss_null_cfg == loss_default_cfg, "%g vs %g", loss_null_cfg, loss_default_cfg);
+  /* Extensible structs: a caller built against ABI 2's header (the struct ended at grad_output) gets the defaults of
+     the later fields; a newer caller's longer struct is accepted when its unknown fields are zero. */
+  {
+    struct {
+      ur_dpo_config c;
+      uint64_t newer_field;
+    } longer = {ur_dpo_config_default(), 0};
+    float loss_old, loss_new;
+    ur_dpo_config old = ur_dpo_config_default();
+    old.struct_size = offsetof(ur_dpo_config, f_divergence_type);
+    old.f_divergence_type = 99; /* past the caller's struct: never read */
+    OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &old, &loss_old, &tgc.dl, &tgr.dl, NULL, NULL));
+    CHECK(loss_old == loss_default_cfg, "an ABI 2 config: %g vs %g", loss_old, loss_default_cfg);
+    longer.c.struct_size = sizeof longer;
+    OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &longer.c, &loss_new, &tgc.dl, &tgr.dl, NULL,
+                   NULL));
+    CHECK(loss_new == loss_default_cfg, "a longer config: %g vs %g", loss_new, loss_default_cfg);
+    longer.newer_field = 1;
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "does not know",
+          ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &longer.c, &loss_new, &tgc.dl, &tgr.dl, NULL,
+                      NULL));
+    old.struct_size = offsetof(ur_dpo_config, grad_output); /* shorter than any released struct */
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "struct_size",
+          ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &old, &loss_old, &tgc.dl, &tgr.dl, NULL, NULL));
+    ur_dpo_config padded = ur_dpo_config_default();
+    padded.reserved = 1;
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "reserved",
+          ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &padded, &loss_old, &tgc.dl, &tgr.dl, NULL,
+                      NULL));
+  }
   /* Outputs over inputs or over each other are refused (one shared check for every export). */
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`grad_policy_chosen_out` overlaps `policy_chosen`",
         ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, NULL, &loss_null_cfg, &tpc.dl, &tgr.dl, NULL,

@@ -204,6 +204,8 @@ def logprobs_case(name, th, cap):
         lp_lib.emu_backward_f32(P(inplace), P(inplace), P(tg), P(lse), P(g), P(counts), LL(rows), t, v, mean, th, LL(cap))
         ok &= close("grad/in_place", inplace, e["grad"], grad_rel)
 
+    ok &= poisoned_rows(x, tg, n, t, v, counted_rows, th, cap)
+
     # bf16 logits (the fixture's expectations are on the logits rounded to bf16).
     xb = to_bf16_bits(x)
     lse_b = np.zeros(rows, np.float32)
@@ -216,6 +218,40 @@ def logprobs_case(name, th, cap):
     ok &= close("bf16/mean_logits", outs[2], eb["mean_logits"], 1e-4)
     ok &= close("bf16/entropy", outs[3], eb["entropy"], 1e-4)
     return ok
+
+
+def poisoned_rows(x, tg, n, t, v, counted_rows, th, cap):
+    """A NaN in one counted row and a +inf in another (both off the label): as PyTorch's log_softmax, those rows'
+    lse and gradients are NaN and their sequences' log-probs NaN; every other row is as without them."""
+    if len(counted_rows) < 2:
+        return True
+    rows = n * t
+    bad = x.copy().reshape(rows, v)
+    # The NaN in a row the kernel reads with scalar loads where it can (one element per thread: the NaN alone in a
+    # thread's accumulator, which the running max alone would drop).
+    unaligned = [r for r in counted_rows[:-1] if (r * v * 4) % 16 != 0]
+    nan_row, inf_row = (unaligned or list(counted_rows))[0], counted_rows[-1]
+    bad[nan_row, (tg[nan_row] + 1) % v] = np.nan
+    bad[inf_row, (tg[inf_row] + 2) % v] = np.inf
+    bad = np.ascontiguousarray(bad.reshape(-1))
+    outs = {}
+    for key, logits in (("clean", x), ("bad", bad)):
+        lse, per = np.zeros(rows, np.float32), np.zeros(3 * rows, np.float32)
+        lp_lib.emu_forward_f32(P(logits), P(tg), LL(rows), v, P(lse), P(per), th, LL(cap))
+        seq = [np.zeros(n, np.float32) for _ in range(4)]
+        lp_lib.emu_sequences(P(per), P(tg), n, t, 0, *[P(o) for o in seq], th, LL(cap))
+        grad = np.zeros(rows * v, np.float32)
+        g = np.ones(n, np.float32)
+        lp_lib.emu_backward_f32(P(logits), P(grad), P(tg), P(lse), P(g), P(seq[1]), LL(rows), t, v, 0, th, LL(cap))
+        outs[key] = (lse, seq[0], grad.reshape(rows, v))
+    (lse0, logps0, grad0), (lse1, logps1, grad1) = outs["clean"], outs["bad"]
+    poisoned = np.zeros(rows, bool)
+    poisoned[[nan_row, inf_row]] = True
+    seq_poisoned = np.zeros(n, bool)
+    seq_poisoned[[nan_row // t, inf_row // t]] = True
+    return check("non-finite rows", np.isnan(lse1[poisoned]).all() and np.array_equal(lse1[~poisoned], lse0[~poisoned])
+                 and np.isnan(logps1[seq_poisoned]).all() and np.array_equal(logps1[~seq_poisoned], logps0[~seq_poisoned])
+                 and np.isnan(grad1[poisoned]).all() and np.array_equal(grad1[~poisoned], grad0[~poisoned]))
 
 
 def fused_case(name, th, cap, chunk_len):

@@ -9,8 +9,10 @@
 #    repository's target/ folder, sharing what `cargo build --release` compiled;
 # 3. builds and runs the consumer project tests/cmake_consumer (find_package, both targets) and the examples in
 #    bindings/cpp against the installed package;
-# 4. runs them under valgrind: no leak, no invalid access;
-# 5. checks that the README's C++ and CMake examples are the consumer's files, which step 3 built and ran.
+# 4. packages a prebuilt libunireward.so without cargo (UNIREWARD_PREBUILT_LIB: no cxx bridge, no .a installed), builds
+#    a C-ABI consumer against it, and checks that asking it for COMPONENTS cxx fails naming the component;
+# 5. runs them under valgrind: no leak, no invalid access;
+# 6. checks that the README's C++ and CMake examples are the consumer's files, which step 3 built and ran.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -50,6 +52,37 @@ run cmake -S tests/cmake_consumer -B "$WORK/consumer" -DCMAKE_PREFIX_PATH="$PWD/
 run cmake --build "$WORK/consumer"
 run "$WORK/consumer/dpo"
 run "$WORK/consumer/dpo_cxx"
+
+step "CMake package from a prebuilt library: no cargo on PATH, no cxx bridge, no libunireward.a installed"
+readonly PREBUILT="$WORK/prefix-prebuilt"
+so="$(find "$PREFIX" -name libunireward.so | head -n 1)"
+run env PATH=/usr/local/bin:/usr/bin:/bin CARGO_HOME=/nonexistent HOME=/nonexistent cmake -S cmake -B "$WORK/prebuilt" \
+    -DCMAKE_INSTALL_PREFIX="$PWD/$PREBUILT" -DUNIREWARD_PREBUILT_LIB="$PWD/$so"
+run env PATH=/usr/local/bin:/usr/bin:/bin cmake --build "$WORK/prebuilt"
+run env PATH=/usr/local/bin:/usr/bin:/bin cmake --install "$WORK/prebuilt"
+[[ -n "$(find "$PREBUILT" -name libunireward.so)" ]] || die "the prebuilt package has no libunireward.so"
+[[ -z "$(find "$PREBUILT" -name libunireward.a)" ]] || die "the prebuilt package installed libunireward.a"
+mkdir -p "$WORK/c-only" "$WORK/wants-cxx"
+cp tests/cmake_consumer/main.cpp "$WORK/c-only/"
+cat >"$WORK/c-only/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(c_only LANGUAGES CXX)
+find_package(unireward CONFIG REQUIRED)
+add_executable(dpo main.cpp)
+target_compile_features(dpo PRIVATE cxx_std_17)
+target_link_libraries(dpo PRIVATE unireward::unireward)
+CMAKE
+run cmake -S "$WORK/c-only" -B "$WORK/c-only/build" -DCMAKE_PREFIX_PATH="$PWD/$PREBUILT"
+run cmake --build "$WORK/c-only/build"
+run "$WORK/c-only/build/dpo"
+printf 'cmake_minimum_required(VERSION 3.16)\nproject(wants_cxx LANGUAGES CXX)\nfind_package(unireward CONFIG REQUIRED COMPONENTS cxx)\n' \
+    >"$WORK/wants-cxx/CMakeLists.txt"
+if cmake -S "$WORK/wants-cxx" -B "$WORK/wants-cxx/build" -DCMAKE_PREFIX_PATH="$PWD/$PREBUILT" >"$WORK/wants-cxx.log" 2>&1; then
+    die "COMPONENTS cxx was found in an install without it"
+fi
+grep -q "component .cxx. (libunireward.a" "$WORK/wants-cxx.log" ||
+    die "COMPONENTS cxx from an install without it did not name the component: see $WORK/wants-cxx.log"
+echo "COMPONENTS cxx without it: refused, naming the component"
 
 step "examples (bindings/cpp) against the installed package"
 run cmake -S bindings/cpp -B "$WORK/examples" -DCMAKE_PREFIX_PATH="$PWD/$PREFIX"

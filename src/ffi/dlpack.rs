@@ -252,12 +252,6 @@ fn common_device(descs: &[&Desc]) -> FfiResult<Device> {
     Ok(first.device)
 }
 
-/// Runs `f` on the device of `descs` (all on one device): directly for the CPU; for CUDA inside
-/// [`cuda::on_stream`], so kernels and allocations go on the caller's `stream` of that device.
-///
-/// # Safety
-/// For CUDA tensors, `stream` is NULL (the legacy default stream) or a valid `CUstream`/`cudaStream_t` of that
-/// device's primary context, alive until the work queued on it has run.
 /// Outputs (named `*_out`, or `out`) must not overlap any other tensor of the call, input or output: a kernel
 /// would read what it already overwrote. Every export passes all its tensors through here; the one documented
 /// in-place case (`ur_logprobs_backward` writing over `logits`) passes the logits once, as the output.
@@ -274,6 +268,12 @@ fn check_no_overlap(descs: &[&Desc]) -> FfiResult<()> {
     Ok(())
 }
 
+/// Runs `f` on the device of `descs` (all on one device, no output overlapping another tensor): directly for the
+/// CPU; for CUDA inside [`cuda::on_stream`], so kernels and allocations go on the caller's `stream` of that device.
+///
+/// # Safety
+/// For CUDA tensors, `stream` is NULL (the legacy default stream) or a valid `CUstream`/`cudaStream_t` of that
+/// device's primary context, alive until the work queued on it has run.
 pub(crate) unsafe fn on_device<R>(
     descs: &[Option<&Desc>],
     stream: *mut c_void,

@@ -243,15 +243,7 @@ pub unsafe extern "C" fn ur_verdict_head_backward(
         let g_lp = Desc::optional("grad_log_probs", grad_log_probs)?;
         let g_es = Desc::optional("grad_expected_score", grad_expected_score)?;
         let out = Desc::required("grad_logits_out", grad_logits_out)?;
-        let inputs = [Some(&logits), Some(&offsets), Some(&ids), g_lp.as_ref(), g_es.as_ref()];
-        if let Some(d) = inputs.iter().flatten().find(|d| d.overlaps(&out)) {
-            return Err(Failure::invalid(format!(
-                "`grad_logits_out` overlaps `{}`: it must be separate memory",
-                d.name
-            )));
-        }
-        let mut descs = inputs.to_vec();
-        descs.push(Some(&out));
+        let descs = [Some(&logits), Some(&offsets), Some(&ids), g_lp.as_ref(), g_es.as_ref(), Some(&out)];
         on_device(&descs, stream, || {
             let classes = classes(&offsets, &ids, class_values, num_class_values)?;
             let g_lp = g_lp.as_ref().map(|g| g.tensor()).transpose()?;

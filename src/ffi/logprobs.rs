@@ -200,17 +200,6 @@ pub unsafe extern "C" fn ur_logprobs_backward(
         let out = Desc::required("grad_logits_out", grad_logits_out)?;
         let in_place = out.ptr == logits.ptr && out.device == logits.device;
         let others = [Some(&labels), mask.as_ref(), Some(&lse), Some(&token_counts), Some(&grad_logps)];
-        let mut inputs: Vec<&Desc> = others.iter().flatten().copied().collect();
-        if !in_place {
-            inputs.push(&logits);
-        }
-        let clash = inputs.iter().find(|d| d.overlaps(&out));
-        if let Some(d) = clash {
-            return Err(Failure::invalid(format!(
-                "`grad_logits_out` overlaps `{}`: it must be the logits' own memory (in place) or separate memory",
-                d.name
-            )));
-        }
         if in_place && (out.shape != logits.shape || out.dtype != logits.dtype) {
             return Err(Failure::invalid("`grad_logits_out` is the logits' memory but not their shape and dtype"));
         }

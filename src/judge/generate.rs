@@ -124,7 +124,7 @@ impl FinishReason {
         }
     }
 
-    /// The name OpenAI-style servers and transformers users know (`stop`, `length`), with the context limit apart.
+    /// Its name in the CLI's output and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",

@@ -34,11 +34,6 @@ pub struct Qwen2Config {
     pub eos_token_ids: Vec<u32>,
 }
 
-/// Upper bounds of the sizes in `Qwen2Config::validate`'s order, far above any released model (Qwen2-72B: vocab
-/// 152,064, hidden 8,192, 80 layers, 64 heads, intermediate 29,568), so that a corrupt or hostile config.json is an
-/// error before anything is allocated from it.
-const SIZE_LIMITS: [usize; 7] = [1 << 24, 1 << 17, 1 << 20, 4096, 4096, 4096, 1 << 24];
-
 impl Qwen2Config {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Qwen2Config> {
@@ -101,22 +96,25 @@ impl Qwen2Config {
     /// Checks that the sizes fit together (heads divide the width, KV heads divide the heads, ...).
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Checkpoint(format!("config: {msg}")));
+        // Each size with its upper bound, far above any released model (Qwen2-72B: vocab 152,064, hidden 8,192, 80
+        // layers, 64 heads, intermediate 29,568): a corrupt or hostile config.json is an error before anything is
+        // allocated from it.
         let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size, 1 << 24), // token ids fit i32 with room to spare
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+            ("num_key_value_heads", self.num_key_value_heads, 4096),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
         ];
-        if let Some((key, _)) = sizes.iter().find(|(_, size)| *size == 0) {
-            return fail(format!("`{key}` is 0"));
-        }
-        if let Some((key, size, max)) =
-            sizes.iter().zip(SIZE_LIMITS).map(|((k, s), m)| (k, s, m)).find(|(_, s, m)| *s > m)
-        {
-            return fail(format!("`{key}` is {size}, more than this library accepts ({max})"));
+        for (key, size, max) in sizes {
+            if size == 0 {
+                return fail(format!("`{key}` is 0"));
+            }
+            if size > max {
+                return fail(format!("`{key}` is {size}, more than this library accepts ({max})"));
+            }
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return fail(format!(
@@ -132,9 +130,6 @@ impl Qwen2Config {
         }
         if self.head_dim() % 2 != 0 {
             return fail(format!("head dimension {} is odd: rotary embeddings rotate pairs", self.head_dim()));
-        }
-        if self.vocab_size > i32::MAX as usize {
-            return fail(format!("vocab_size {} does not fit token ids in i32", self.vocab_size));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return fail(format!("rope_theta {} must be positive and finite", self.rope_theta));

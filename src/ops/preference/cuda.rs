@@ -160,11 +160,11 @@ pub(crate) fn dpo(inputs: &PreferenceLogps, plan: &Plan) -> Result<([f64; stat::
     let mut launch = backend.stream().launch_builder(&f);
     launch.arg(&pc).arg(&pr).arg(&rc).arg(&rr).arg(&cv).arg(&rv).arg(&pw).arg(&lc).arg(&lr).arg(&order_ptr);
     launch.arg(&n).arg(&scalars).arg(&gc).arg(&gr).arg(&gcv).arg(&grv).arg(&losses_ptr).arg(&mut partial);
+    // The buffers: pc, pr, gc, gr hold n elements of T; rc, rr, cv, rv, pw (when non-null) n elements of T; lc, lr
+    // (when non-null) n i64; order (when non-null, which it is whenever the mixture has an AOT term) 7·n i64 in
+    // 0..n; gcv, grv (non-null when use_ld) n elements of T; losses n floats; partial blocks·COUNT doubles.
     // SAFETY: dpo_loss_<T>(const T* ×7, const long long* ×3, int, DpoScalars, T* ×4, float*, double*) matches
-    // these 18 arguments, DpoScalars being laid out as the kernels' struct. pc, pr, gc, gr hold n elements of T;
-    // rc, rr, cv, rv, pw (when non-null) n elements of T; lc, lr (when non-null) n i64; order (when non-null,
-    // which it is whenever the mixture has an AOT term) 7·n i64 in 0..n; gcv, grv (non-null when use_ld) n
-    // elements of T; losses n floats; partial blocks·COUNT doubles, the grid being `blocks` blocks.
+    // these 18 arguments (DpoScalars laid out as the kernels' struct), with the buffers above for `blocks` blocks.
     unsafe { launch.launch(launch_config(blocks, THREADS, 0)?) }?;
     let sums = sum_partials::<{ stat::COUNT }>(&backend, &partial)?;
     let (chosen_verbose, rejected_verbose) = verbose.map_or((None, None), |(c, r)| (Some(c), Some(r)));

@@ -1,11 +1,19 @@
-//! Build script. Without the `cxx` feature it does nothing (ordinary builds need no C++ compiler); with it, it
-//! compiles the C++ half of the cxx bridge (`src/cxx_bridge.rs`) into the crate, so `libunireward.a` carries it.
+//! Build script. It gives `libunireward.so` its SONAME on Linux, `libunireward.so.<UR_ABI_VERSION>` (two ABI
+//! versions install side by side; a program never loads a library of another ABI). With the `cxx` feature it also
+//! compiles the C++ half of the cxx bridge (`src/cxx_bridge.rs`) into the crate, so `libunireward.a` carries it
+//! (ordinary builds need no C++ compiler).
 //!
 //! `UNIREWARD_CXX_INCLUDE_DIR` (set by `cmake/CMakeLists.txt`): where to copy the generated headers,
 //! `unireward_cxx.h` and `rust/cxx.h`, since cargo's `OUT_DIR` is not a path a C++ build can name.
 
+include!("src/ffi/abi_version.rs");
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/ffi/abi_version.rs");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libunireward.so.{UR_ABI_VERSION}");
+    }
     // `cfg(feature)` is how a build script sees CARGO_FEATURE_CXX; cxx-build is only a dependency with it.
     #[cfg(feature = "cxx")]
     cxx_bridge::build();

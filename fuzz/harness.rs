@@ -200,6 +200,13 @@ impl<'a> Call<'a> {
         }
         storage.insert(value)
     }
+
+    /// A metrics struct's `struct_size`: mostly its own, sometimes any smaller one (never larger: that would
+    /// describe memory the caller does not have).
+    fn metrics_size<T>(&mut self) -> u32 {
+        let size = std::mem::size_of::<T>();
+        (if self.r.one_in(4) { self.r.u8() as usize % size } else { size }) as u32
+    }
 }
 
 /// Fills a buffer: small integers (valid labels, CSR offsets, permutations), arbitrary bits, or small floats.
@@ -243,21 +250,11 @@ pub fn run(data: &[u8]) -> ur_status {
     let (mut c5, mut c6, mut c7, mut c8) = (None, None, None, None);
     let (mut loss, mut acc) = (0f32, 0f32);
     let loss_out: *mut f32 = if call.r.one_in(10) { null_mut() } else { &mut loss };
-    let mut dpo_m = ur_dpo_metrics_zeroed();
-    let mut bt_m = ur_bradley_terry_metrics {
-        accuracy: 0.0,
-        rewards_chosen: 0.0,
-        rewards_rejected: 0.0,
-        margins: 0.0,
-        center_term: 0.0,
-    };
-    let mut dd_m = ur_diffusion_dpo_metrics {
-        implicit_accuracy: 0.0,
-        model_mse_winner: 0.0,
-        model_mse_loser: 0.0,
-        ref_mse_winner: 0.0,
-        ref_mse_loser: 0.0,
-    };
+    let mut dpo_m = ur_dpo_metrics { struct_size: call.metrics_size::<ur_dpo_metrics>(), ..Default::default() };
+    let mut bt_m =
+        ur_bradley_terry_metrics { struct_size: call.metrics_size::<ur_bradley_terry_metrics>(), ..Default::default() };
+    let mut dd_m =
+        ur_diffusion_dpo_metrics { struct_size: call.metrics_size::<ur_diffusion_dpo_metrics>(), ..Default::default() };
     let values = [1.0f32; 256];
     let values_ptr = if call.r.one_in(2) { values.as_ptr() } else { null() };
     // Any count the buffer holds: the library must refuse every count but K.
@@ -431,22 +428,6 @@ pub fn run(data: &[u8]) -> ur_status {
     // SAFETY: `ctx` came from `ur_context_create`.
     unsafe { ur_context_free(ctx) };
     status
-}
-
-fn ur_dpo_metrics_zeroed() -> ur_dpo_metrics {
-    ur_dpo_metrics {
-        rewards_chosen: 0.0,
-        rewards_rejected: 0.0,
-        rewards_accuracies: 0.0,
-        rewards_margins: 0.0,
-        logps_chosen: 0.0,
-        logps_rejected: 0.0,
-        nll_loss: 0.0,
-        log_odds_ratio: 0.0,
-        log_odds_chosen: 0.0,
-        bco_delta: 0.0,
-        bco_count: 0.0,
-    }
 }
 
 /// The status rules: no panic crossed (UR_ERROR_PANIC means one was caught), a failure has a message.

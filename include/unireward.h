@@ -15,6 +15,8 @@
  *   write host memory (losses, metrics), which wait for their own work.
  * - Config structs start with `struct_size`: fill them with the matching `ur_*_config_default()` and change the
  *   fields you need; a NULL config means the defaults. Enum fields are `int32_t` with the `UR_*` codes below.
+ * - Structs the library writes (metrics, `ur_model_info`) start with `struct_size` too: set it to the struct's
+ *   `sizeof` before the call (`ur_dpo_metrics m = {.struct_size = sizeof m};`).
  * - Check the ABI at start-up: `ur_abi_version() == UR_ABI_VERSION`.
  */
 
@@ -39,8 +41,9 @@
 
 // The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
 // `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`; version 3 gave
-// `ur_verdict_head_forward/_backward` the count of their `class_values` (`num_class_values`).
-#define UR_ABI_VERSION 3
+// `ur_verdict_head_forward/_backward` the count of their `class_values` (`num_class_values`); version 4 gave the
+// metrics structs a leading `struct_size`, which the caller sets.
+#define UR_ABI_VERSION 4
 
 // `verdict_kind`: scores `[G,K]`, higher is better.
 #define UR_VERDICTS_SCORES 0
@@ -243,6 +246,8 @@ typedef struct ur_generation_config {
 typedef struct ur_model_info {
   // `sizeof(ur_model_info)`, set by the caller.
   uint32_t struct_size;
+  // Written 0 (keeps the struct free of padding).
+  uint32_t reserved;
   uint64_t vocab_size;
   uint64_t hidden_size;
   uint64_t intermediate_size;
@@ -322,6 +327,8 @@ typedef struct ur_dpo_config {
 
 // TRL's logged DPO metrics, means over the pairs. Values a loss type does not have are NaN.
 typedef struct ur_dpo_metrics {
+  // `sizeof(ur_dpo_metrics)`, set by the caller before the call: this library writes the fields both know.
+  uint32_t struct_size;
   float rewards_chosen;
   float rewards_rejected;
   float rewards_accuracies;
@@ -352,6 +359,8 @@ typedef struct ur_bradley_terry_config {
 
 // Means over the pairs.
 typedef struct ur_bradley_terry_metrics {
+  // `sizeof(ur_bradley_terry_metrics)`, set by the caller before the call: this library writes the fields both know.
+  uint32_t struct_size;
   // Share of pairs with r_chosen > r_rejected strictly.
   float accuracy;
   float rewards_chosen;
@@ -383,6 +392,8 @@ typedef struct ur_diffusion_dpo_config {
 
 // diffusers' logged values, means over the batch.
 typedef struct ur_diffusion_dpo_metrics {
+  // `sizeof(ur_diffusion_dpo_metrics)`, set by the caller before the call: this library writes the fields both know.
+  uint32_t struct_size;
   float implicit_accuracy;
   float model_mse_winner;
   float model_mse_loser;

@@ -218,6 +218,7 @@ class Context {
                    const DLTensor* rejected_lengths, const ur_dpo_config* cfg, const DLTensor* grad_policy_chosen_out,
                    const DLTensor* grad_policy_rejected_out, void* stream = nullptr) const {
     DpoLoss out{};
+    out.metrics.struct_size = sizeof(out.metrics);
     detail::check(ur_dpo_loss(ctx_, policy_chosen, policy_rejected, reference_chosen, reference_rejected,
                               chosen_lengths, rejected_lengths, cfg, &out.loss, grad_policy_chosen_out,
                               grad_policy_rejected_out, &out.metrics, stream));
@@ -229,6 +230,7 @@ class Context {
                                       const DLTensor* grad_chosen_out, const DLTensor* grad_rejected_out,
                                       void* stream = nullptr) const {
     BradleyTerryLoss out{};
+    out.metrics.struct_size = sizeof(out.metrics);
     detail::check(ur_bradley_terry_loss(ctx_, rewards_chosen, rewards_rejected, margin, cfg, &out.loss,
                                         grad_chosen_out, grad_rejected_out, &out.metrics, stream));
     return out;
@@ -247,6 +249,7 @@ class Context {
                                       const ur_diffusion_dpo_config* cfg, const DLTensor* grad_model_winner_out,
                                       const DLTensor* grad_model_loser_out, void* stream = nullptr) const {
     DiffusionDpoLoss out{};
+    out.metrics.struct_size = sizeof(out.metrics);
     detail::check(ur_diffusion_dpo_loss(ctx_, model_winner, model_loser, ref_winner, ref_loser, target_winner,
                                         target_loser, cfg, &out.loss, grad_model_winner_out, grad_model_loser_out,
                                         &out.metrics, stream));

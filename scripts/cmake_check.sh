@@ -6,7 +6,8 @@
 #
 # 1. clippy on the cxx bridge (the `cxx` feature needs a C++ compiler, so the main lint leaves it out);
 # 2. configures, builds and installs the CMake package (cmake/) into a temporary prefix: cargo builds into the
-#    repository's target/ folder, sharing what `cargo build --release` compiled;
+#    repository's target/ folder, sharing what `cargo build --release` compiled; the library is installed under its
+#    SONAME libunireward.so.<UR_ABI_VERSION> with libunireward.so linking to it, and consumers need the SONAME;
 # 3. builds and runs the consumer project tests/cmake_consumer (find_package, both targets) and the examples in
 #    bindings/cpp against the installed package;
 # 4. packages a prebuilt libunireward.so without cargo (UNIREWARD_PREBUILT_LIB: no cxx bridge, no .a installed), builds
@@ -30,7 +31,7 @@ die() {
     exit 1
 }
 
-for tool in cargo cmake valgrind python3; do
+for tool in cargo cmake valgrind python3 readelf; do
     command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: apt-get install -y cmake valgrind)"
 done
 cmake --version | head -n 1
@@ -47,20 +48,30 @@ run cmake -S cmake -B "$WORK/package" -DCMAKE_INSTALL_PREFIX="$PWD/$PREFIX" -DCM
 run cmake --build "$WORK/package"
 run cmake --install "$WORK/package"
 
+abi="$(sed -n 's/^#define UR_ABI_VERSION \([0-9]*\)$/\1/p' include/unireward.h)"
+soname="libunireward.so.$abi"
+installed="$(find "$PREFIX" -name "$soname")"
+[[ -f "$installed" && ! -L "$installed" ]] || die "the package did not install the library as $soname"
+[[ "$(readlink "$(dirname "$installed")/libunireward.so")" == "$soname" ]] ||
+    die "the package's libunireward.so does not link to $soname"
+readelf -d "$installed" | grep -q "Library soname: \[$soname\]" || die "$installed has no SONAME $soname"
+echo "installed as $soname (its SONAME), libunireward.so -> $soname"
+
 step "consumer project (tests/cmake_consumer) against the installed package"
 run cmake -S tests/cmake_consumer -B "$WORK/consumer" -DCMAKE_PREFIX_PATH="$PWD/$PREFIX"
 run cmake --build "$WORK/consumer"
 run "$WORK/consumer/dpo"
 run "$WORK/consumer/dpo_cxx"
+readelf -d "$WORK/consumer/dpo" | grep -q "Shared library: \[$soname\]" || die "the consumer does not need $soname"
 
 step "CMake package from a prebuilt library: no cargo on PATH, no cxx bridge, no libunireward.a installed"
 readonly PREBUILT="$WORK/prefix-prebuilt"
-so="$(find "$PREFIX" -name libunireward.so | head -n 1)"
+so="$installed"
 run env PATH=/usr/local/bin:/usr/bin:/bin CARGO_HOME=/nonexistent HOME=/nonexistent cmake -S cmake -B "$WORK/prebuilt" \
     -DCMAKE_INSTALL_PREFIX="$PWD/$PREBUILT" -DUNIREWARD_PREBUILT_LIB="$PWD/$so"
 run env PATH=/usr/local/bin:/usr/bin:/bin cmake --build "$WORK/prebuilt"
 run env PATH=/usr/local/bin:/usr/bin:/bin cmake --install "$WORK/prebuilt"
-[[ -n "$(find "$PREBUILT" -name libunireward.so)" ]] || die "the prebuilt package has no libunireward.so"
+[[ -n "$(find "$PREBUILT" -name "$soname")" ]] || die "the prebuilt package has no $soname"
 [[ -z "$(find "$PREBUILT" -name libunireward.a)" ]] || die "the prebuilt package installed libunireward.a"
 mkdir -p "$WORK/c-only" "$WORK/wants-cxx"
 cp tests/cmake_consumer/main.cpp "$WORK/c-only/"

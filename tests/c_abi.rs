@@ -14,6 +14,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use unireward::ffi::UR_ABI_VERSION;
 use unireward::model::qwen2::ForwardOptions;
 use unireward::model::Qwen2Model;
 use unireward::ops::compare::{compare, select_pairs, CompareConfig, SelectionConfig, Verdicts};
@@ -37,6 +38,12 @@ fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
     assert!(dir.join("libunireward.so").exists(), "libunireward.so not found in {}", dir.display());
+    // A program linked with -lunireward needs the library under its SONAME (as `cmake --install` provides it).
+    let soname = dir.join(format!("libunireward.so.{UR_ABI_VERSION}"));
+    match std::os::unix::fs::symlink("libunireward.so", &soname) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("linking {}: {e}", soname.display()),
+        _ => {}
+    }
     dir
 }
 

@@ -44,7 +44,7 @@ int main(void) {
   DLTensor rc = cpu(&ref_chosen, f32, 1, pair_shape), rr = cpu(&ref_rejected, f32, 1, pair_shape);
   DLTensor gc = cpu(&grad_chosen, f32, 1, pair_shape), gr = cpu(&grad_rejected, f32, 1, pair_shape);
   ur_dpo_config cfg = ur_dpo_config_default(); /* TRL's defaults: sigmoid loss, beta = 0.1 */
-  ur_dpo_metrics metrics;
+  ur_dpo_metrics metrics = {.struct_size = sizeof metrics};
   CHECK(ur_dpo_loss(ctx, &pc, &pr, &rc, &rr, NULL, NULL, &cfg, &loss, &gc, &gr, &metrics, NULL));
   printf("logps %.4f %.4f  loss %.4f  d/dchosen %.4f  margin %.4f\n", logps[0], logps[1], loss, grad_chosen,
          metrics.rewards_margins);

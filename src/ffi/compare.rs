@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned};
+use super::context::{self, code, read_config, size_of_u32, ur_context, Config, Versioned};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::status::{call, ur_status, FfiResult};
 use crate::ops::compare::{
@@ -60,6 +60,9 @@ pub struct ur_compare_config {
 
 impl Versioned for ur_compare_config {
     const NAME: &'static str = "ur_compare_config";
+}
+
+impl Config for ur_compare_config {
     fn default_value() -> Self {
         let fit = BradleyTerryFit::default();
         ur_compare_config {
@@ -175,6 +178,9 @@ pub struct ur_select_config {
 
 impl Versioned for ur_select_config {
     const NAME: &'static str = "ur_select_config";
+}
+
+impl Config for ur_select_config {
     fn default_value() -> Self {
         ur_select_config {
             struct_size: size_of_u32::<Self>(),

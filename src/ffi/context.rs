@@ -56,14 +56,35 @@ pub unsafe extern "C" fn ur_context_free(ctx: *mut ur_context) {
     ctx.magic = 0;
 }
 
-/// A config struct that starts with `uint32_t struct_size`.
+/// A C struct that starts with `uint32_t struct_size` and only ever grows by appended fields: the configs a caller
+/// passes in and the metrics a call writes out.
 pub(crate) trait Versioned: Copy {
     /// The C name, for messages.
     const NAME: &'static str;
     /// The struct's size in the first ABI that had it: callers built against that header pass it. Fields are
     /// only ever appended, so a caller's struct is a prefix of ours (or ours of theirs).
     const FIRST_SIZE: usize = std::mem::size_of::<Self>();
+}
+
+/// A config struct: NULL stands for its defaults.
+pub(crate) trait Config: Versioned {
     fn default_value() -> Self;
+}
+
+/// Checks a caller's `struct_size` for `T`: any size from the first released one on, at a field boundary (a
+/// multiple of the alignment: never half of a pointer field). `remedy` says how a caller sets it.
+pub(crate) fn caller_size<T: Versioned>(size: u32, remedy: &str) -> FfiResult<usize> {
+    let size = size as usize;
+    if size < T::FIRST_SIZE || size % std::mem::align_of::<T>() != 0 {
+        return Err(Failure::invalid(format!(
+            "`{}.struct_size` is {size}, expected {} (or, from a caller built against an older or newer header, \
+             a field boundary from {} on): {remedy}",
+            T::NAME,
+            std::mem::size_of::<T>(),
+            T::FIRST_SIZE,
+        )));
+    }
+    Ok(size)
 }
 
 /// Reads a config: NULL means the defaults. A caller's `struct_size` may be any size from the first released one
@@ -72,23 +93,14 @@ pub(crate) trait Versioned: Copy {
 ///
 /// # Safety
 /// `cfg` is NULL or points to `struct_size` readable bytes.
-pub(crate) unsafe fn read_config<T: Versioned>(cfg: *const T) -> FfiResult<T> {
+pub(crate) unsafe fn read_config<T: Config>(cfg: *const T) -> FfiResult<T> {
     if cfg.is_null() {
         return Ok(T::default_value());
     }
     // SAFETY: this function's contract; every `Versioned` struct is `#[repr(C)]` and starts with its `u32` size.
-    let size = unsafe { *(cfg as *const u32) } as usize;
+    let size = unsafe { *(cfg as *const u32) };
+    let size = caller_size::<T>(size, &format!("initialise the struct with {}_default()", T::NAME))?;
     let ours = std::mem::size_of::<T>();
-    // A multiple of the alignment: never half of a pointer field.
-    if size < T::FIRST_SIZE || size % std::mem::align_of::<T>() != 0 {
-        return Err(Failure::invalid(format!(
-            "`{}.struct_size` is {size}, expected {ours} (or, from a caller built against an older or newer header, \
-             a field boundary from {} on): initialise the struct with {}_default()",
-            T::NAME,
-            T::FIRST_SIZE,
-            T::NAME
-        )));
-    }
     // SAFETY: this function's contract: `size` readable bytes.
     let caller = unsafe { std::slice::from_raw_parts(cfg as *const u8, size) };
     if let Some(at) = caller.iter().skip(ours).position(|&b| b != 0) {

@@ -3,13 +3,15 @@
 
 use std::ffi::c_void;
 
+use bytemuck::NoUninit;
+
 use super::status::{Failure, FfiResult};
 use crate::runtime::cuda;
 use crate::{DType, Device, Error, Tensor};
 
 /// DLPack's `DLDevice`. `device_type` is read as a plain integer (a C enum), so any value is safe.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, NoUninit)]
 pub struct DLDevice {
     pub device_type: i32,
     pub device_id: i32,
@@ -17,7 +19,7 @@ pub struct DLDevice {
 
 /// DLPack's `DLDataType`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, NoUninit)]
 pub struct DLDataType {
     pub code: u8,
     pub bits: u8,
@@ -176,7 +178,7 @@ impl Desc {
         Ok(Some(Desc { name, ptr, shape, dtype, device }))
     }
 
-    fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         (self.shape.iter().product::<usize>() * self.dtype.size_in_bytes()) as u64
     }
 

@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use super::context::{self, read_config, size_of_u32, ur_context, Versioned};
+use super::context::{self, read_config, size_of_u32, ur_context, Config, Versioned};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::logprobs::{saved, ur_logprobs_config, SavedOutputs};
 use super::status::{call, ur_status, FfiResult};
@@ -25,6 +25,9 @@ pub struct ur_fused_linear_config {
 
 impl Versioned for ur_fused_linear_config {
     const NAME: &'static str = "ur_fused_linear_config";
+}
+
+impl Config for ur_fused_linear_config {
     fn default_value() -> Self {
         let lp = ur_logprobs_config::default_value();
         ur_fused_linear_config {

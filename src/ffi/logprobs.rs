@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned};
+use super::context::{self, code, read_config, size_of_u32, ur_context, Config, Versioned};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::logprobs::{
@@ -31,6 +31,9 @@ pub struct ur_logprobs_config {
 
 impl Versioned for ur_logprobs_config {
     const NAME: &'static str = "ur_logprobs_config";
+}
+
+impl Config for ur_logprobs_config {
     fn default_value() -> Self {
         ur_logprobs_config {
             struct_size: size_of_u32::<Self>(),

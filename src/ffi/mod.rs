@@ -10,18 +10,23 @@
 //!   CUDA work runs on that stream and the call returns without synchronising, except where a result goes to host
 //!   memory (losses, metrics: those calls wait for their own work);
 //! - config structs start with `struct_size` and come from `ur_*_config_default()`; NULL means the defaults; any
-//!   `struct_size` from a struct's first released size on is accepted (fields are only appended).
+//!   `struct_size` from a struct's first released size on is accepted (fields are only appended);
+//! - metrics structs start with `struct_size` too, set by the caller to `sizeof` its struct: the call writes only
+//!   the fields both the caller's header and the library know.
 
+mod abi_version;
 mod compare;
 mod context;
 mod dlpack;
 mod fused_linear;
 mod heads;
+mod host_out;
 mod logprobs;
 mod model;
 mod preference;
 mod status;
 
+pub use abi_version::UR_ABI_VERSION;
 pub use compare::*;
 pub use context::{ur_context, ur_context_create, ur_context_free};
 pub use dlpack::{DLDataType, DLDevice, DLTensor};
@@ -40,10 +45,6 @@ pub const UR_VERSION_MAJOR: u32 = 0;
 pub const UR_VERSION_MINOR: u32 = 1;
 /// The library's patch version.
 pub const UR_VERSION_PATCH: u32 = 0;
-/// The C ABI's version: bumped on any change that breaks a program built against an older header. Compare it with
-/// `ur_abi_version()` at start-up. Version 2 added the model handle (`ur_model_*`) and `UR_ERROR_CHECKPOINT`; version 3 gave
-/// `ur_verdict_head_forward/_backward` the count of their `class_values` (`num_class_values`).
-pub const UR_ABI_VERSION: u32 = 3;
 
 /// The ABI version of the loaded library (`UR_ABI_VERSION` of the header it was built with).
 #[no_mangle]

@@ -4,8 +4,11 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 
-use super::context::{self, read_config, size_of_u32, ur_context, Versioned};
+use bytemuck::NoUninit;
+
+use super::context::{self, read_config, size_of_u32, ur_context, Config, Versioned};
 use super::dlpack::{device_of, dl_device, dl_dtype, dtype_of, on_device, DLDataType, DLDevice, DLTensor, Desc};
+use super::host_out::HostOut;
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::judge::{generate, GenerationConfig};
 use crate::model::qwen2::{ForwardOptions, ForwardPass, Qwen2Gradients};
@@ -36,10 +39,12 @@ pub struct ur_model {
 /// What `ur_model_get_info` reports. Set `struct_size = sizeof(ur_model_info)` before the call.
 #[allow(non_camel_case_types)]
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, NoUninit)]
 pub struct ur_model_info {
     /// `sizeof(ur_model_info)`, set by the caller.
     pub struct_size: u32,
+    /// Written 0 (keeps the struct free of padding).
+    pub reserved: u32,
     pub vocab_size: u64,
     pub hidden_size: u64,
     pub intermediate_size: u64,
@@ -54,6 +59,10 @@ pub struct ur_model_info {
     /// The weights' (compute) dtype.
     pub dtype: DLDataType,
     pub device: DLDevice,
+}
+
+impl Versioned for ur_model_info {
+    const NAME: &'static str = "ur_model_info";
 }
 
 /// How `ur_model_generate` picks tokens. Initialise with `ur_generation_config_default()`.
@@ -78,6 +87,9 @@ pub struct ur_generation_config {
 
 impl Versioned for ur_generation_config {
     const NAME: &'static str = "ur_generation_config";
+}
+
+impl Config for ur_generation_config {
     fn default_value() -> Self {
         let d = GenerationConfig::default();
         ur_generation_config {
@@ -261,19 +273,11 @@ pub unsafe extern "C" fn ur_model_get_info(model: *const ur_model, out: *mut ur_
     // SAFETY (whole body): this function's contract.
     call(|| unsafe {
         let m = handle(model)?;
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        let size = (*out).struct_size;
-        if size != size_of_u32::<ur_model_info>() {
-            return Err(Failure::invalid(format!(
-                "`out->struct_size` is {size}, expected {}: set it to sizeof(ur_model_info)",
-                size_of_u32::<ur_model_info>()
-            )));
-        }
+        let out = HostOut::versioned("out", out)?.ok_or_else(|| Failure::null("out"))?;
         let c = &m.model.config;
-        *out = ur_model_info {
-            struct_size: size,
+        out.write(ur_model_info {
+            struct_size: size_of_u32::<ur_model_info>(),
+            reserved: 0,
             vocab_size: c.vocab_size as u64,
             hidden_size: c.hidden_size as u64,
             intermediate_size: c.intermediate_size as u64,
@@ -285,7 +289,7 @@ pub unsafe extern "C" fn ur_model_get_info(model: *const ur_model, out: *mut ur_
             tie_word_embeddings: i32::from(c.tie_word_embeddings),
             dtype: dl_dtype(m.model.dtype()),
             device: dl_device(m.model.device()),
-        };
+        });
         Ok(())
     })
 }

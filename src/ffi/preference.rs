@@ -4,8 +4,11 @@
 
 use std::ffi::c_void;
 
-use super::context::{self, code, read_config, size_of_u32, ur_context, Versioned};
+use bytemuck::NoUninit;
+
+use super::context::{self, code, read_config, size_of_u32, ur_context, Config, Versioned};
 use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
+use super::host_out::{check_host_outputs, HostOut};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::ops::preference::{
     bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BcoDelta, BradleyTerryConfig, DiffusionDpoConfig,
@@ -40,23 +43,6 @@ pub const UR_F_DIVERGENCE_ALPHA: i32 = 2;
 pub const UR_KWISE_ALL_PAIRS: i32 = 0;
 /// `ur_kwise_config.method`: the Plackett-Luce negative log-likelihood of the ranking.
 pub const UR_KWISE_PLACKETT_LUCE: i32 = 1;
-
-fn write_scalar(name: &str, out: *mut f32, value: f32) -> FfiResult {
-    if out.is_null() {
-        return Err(Failure::null(name));
-    }
-    // SAFETY: checked non-NULL; every export's contract makes its host outputs writable.
-    unsafe { *out = value };
-    Ok(())
-}
-
-/// Writes `value` to `out` when `out` is not NULL.
-fn write_optional<T>(out: *mut T, value: T) {
-    // SAFETY: every export's contract makes its non-NULL host outputs writable.
-    if let Some(out) = unsafe { out.as_mut() } {
-        *out = value;
-    }
-}
 
 /// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
 /// from `f_divergence_type` on were added after ABI version 2; the tensors among them are optional extra inputs and
@@ -126,6 +112,9 @@ impl Versioned for ur_dpo_config {
     const NAME: &'static str = "ur_dpo_config";
     /// ABI 2's struct ended at `grad_output`; the fields after it were appended in ABI 3.
     const FIRST_SIZE: usize = std::mem::offset_of!(ur_dpo_config, f_divergence_type);
+}
+
+impl Config for ur_dpo_config {
     fn default_value() -> Self {
         let d = DpoConfig::default();
         ur_dpo_config {
@@ -238,8 +227,10 @@ pub extern "C" fn ur_dpo_config_default() -> ur_dpo_config {
 /// TRL's logged DPO metrics, means over the pairs. Values a loss type does not have are NaN.
 #[allow(non_camel_case_types)]
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, NoUninit)]
 pub struct ur_dpo_metrics {
+    /// `sizeof(ur_dpo_metrics)`, set by the caller before the call: this library writes the fields both know.
+    pub struct_size: u32,
     pub rewards_chosen: f32,
     pub rewards_rejected: f32,
     pub rewards_accuracies: f32,
@@ -256,6 +247,10 @@ pub struct ur_dpo_metrics {
     pub bco_delta: f32,
     /// BCO's running count after this batch, for the next call's `bco_count`; NaN without a bco_pair term.
     pub bco_count: f32,
+}
+
+impl Versioned for ur_dpo_metrics {
+    const NAME: &'static str = "ur_dpo_metrics";
 }
 
 /// The DPO family (TRL's loss types and mixtures, SimPO, ORPO, RPO, WPO, LD-DPO) on per-sequence log-probs of P
@@ -292,9 +287,7 @@ pub unsafe extern "C" fn ur_dpo_loss(
         context::check(ctx)?;
         let c = read_config(cfg)?;
         let cfg = c.to_config()?;
-        if loss_out.is_null() {
-            return Err(Failure::null("loss_out"));
-        }
+        let loss = HostOut::scalar("loss_out", loss_out)?;
         let pc = Desc::required("policy_chosen", policy_chosen)?;
         let pr = Desc::required("policy_rejected", policy_rejected)?;
         let rc = Desc::optional("reference_chosen", reference_chosen)?;
@@ -331,6 +324,8 @@ pub unsafe extern "C" fn ur_dpo_loss(
             grv.as_ref(),
             losses.as_ref(),
         ];
+        let metrics = HostOut::versioned("metrics_out", metrics_out)?;
+        check_host_outputs(&[Some(&loss), metrics.as_ref().map(|m| m as _)], &descs)?;
         on_device(&descs, stream, || {
             let opt = |d: &Option<Desc>| d.as_ref().map(|d| d.tensor()).transpose();
             let (pc, pr, rc, rr, cl, rl) = (pc.tensor()?, pr.tensor()?, opt(&rc)?, opt(&rr)?, opt(&cl)?, opt(&rl)?);
@@ -356,7 +351,7 @@ pub unsafe extern "C" fn ur_dpo_loss(
                 outputs.push((Some(g), t));
             }
             write_outputs(&outputs)?;
-            write_scalar("loss_out", loss_out, r.loss)?;
+            loss.write(r.loss);
             let m = r.metrics;
             let bco = cfg.losses().contains(DpoLossType::BcoPair);
             let (bco_delta, bco_count) = match r.bco_delta {
@@ -364,9 +359,9 @@ pub unsafe extern "C" fn ur_dpo_loss(
                 BcoDelta::Fixed(delta) if bco => (delta, -1.0),
                 _ => (f32::NAN, f32::NAN),
             };
-            write_optional(
-                metrics_out,
-                ur_dpo_metrics {
+            if let Some(out) = metrics {
+                out.write(ur_dpo_metrics {
+                    struct_size: size_of_u32::<ur_dpo_metrics>(),
                     rewards_chosen: m.rewards_chosen,
                     rewards_rejected: m.rewards_rejected,
                     rewards_accuracies: m.rewards_accuracies,
@@ -378,8 +373,8 @@ pub unsafe extern "C" fn ur_dpo_loss(
                     log_odds_chosen: m.log_odds_chosen.unwrap_or(f32::NAN),
                     bco_delta,
                     bco_count,
-                },
-            );
+                });
+            }
             Ok(())
         })
     })
@@ -400,6 +395,9 @@ pub struct ur_bradley_terry_config {
 
 impl Versioned for ur_bradley_terry_config {
     const NAME: &'static str = "ur_bradley_terry_config";
+}
+
+impl Config for ur_bradley_terry_config {
     fn default_value() -> Self {
         let d = BradleyTerryConfig::default();
         ur_bradley_terry_config {
@@ -419,8 +417,10 @@ pub extern "C" fn ur_bradley_terry_config_default() -> ur_bradley_terry_config {
 /// Means over the pairs.
 #[allow(non_camel_case_types)]
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, NoUninit)]
 pub struct ur_bradley_terry_metrics {
+    /// `sizeof(ur_bradley_terry_metrics)`, set by the caller before the call: this library writes the fields both know.
+    pub struct_size: u32,
     /// Share of pairs with r_chosen > r_rejected strictly.
     pub accuracy: f32,
     pub rewards_chosen: f32,
@@ -428,6 +428,10 @@ pub struct ur_bradley_terry_metrics {
     pub margins: f32,
     /// Mean of (r_chosen + r_rejected)^2, before its coefficient.
     pub center_term: f32,
+}
+
+impl Versioned for ur_bradley_terry_metrics {
+    const NAME: &'static str = "ur_bradley_terry_metrics";
 }
 
 /// The Bradley-Terry reward-model loss `mean(-log sigmoid(r_c - r_r - margin)) + c * mean((r_c + r_r)^2)` on float
@@ -457,30 +461,31 @@ pub unsafe extern "C" fn ur_bradley_terry_loss(
             center_rewards_coefficient: Some(c.center_rewards_coefficient),
             grad_output: c.grad_output,
         };
-        if loss_out.is_null() {
-            return Err(Failure::null("loss_out"));
-        }
+        let loss = HostOut::scalar("loss_out", loss_out)?;
         let chosen = Desc::required("rewards_chosen", rewards_chosen)?;
         let rejected = Desc::required("rewards_rejected", rewards_rejected)?;
         let margin = Desc::optional("margin", margin)?;
         let gc = Desc::required("grad_chosen_out", grad_chosen_out)?;
         let gr = Desc::required("grad_rejected_out", grad_rejected_out)?;
-        on_device(&[Some(&chosen), Some(&rejected), margin.as_ref(), Some(&gc), Some(&gr)], stream, || {
+        let metrics = HostOut::versioned("metrics_out", metrics_out)?;
+        let descs = [Some(&chosen), Some(&rejected), margin.as_ref(), Some(&gc), Some(&gr)];
+        check_host_outputs(&[Some(&loss), metrics.as_ref().map(|m| m as _)], &descs)?;
+        on_device(&descs, stream, || {
             let margin = margin.as_ref().map(|m| m.tensor()).transpose()?;
             let r = bradley_terry_loss(&chosen.tensor()?, &rejected.tensor()?, margin.as_ref(), &cfg)?;
             write_outputs(&[(Some(&gc), &r.grad_chosen), (Some(&gr), &r.grad_rejected)])?;
-            write_scalar("loss_out", loss_out, r.loss)?;
+            loss.write(r.loss);
             let m = r.metrics;
-            write_optional(
-                metrics_out,
-                ur_bradley_terry_metrics {
+            if let Some(out) = metrics {
+                out.write(ur_bradley_terry_metrics {
+                    struct_size: size_of_u32::<ur_bradley_terry_metrics>(),
                     accuracy: m.accuracy,
                     rewards_chosen: m.rewards_chosen,
                     rewards_rejected: m.rewards_rejected,
                     margins: m.margins,
                     center_term: m.center_term,
-                },
-            );
+                });
+            }
             Ok(())
         })
     })
@@ -501,6 +506,9 @@ pub struct ur_kwise_config {
 
 impl Versioned for ur_kwise_config {
     const NAME: &'static str = "ur_kwise_config";
+}
+
+impl Config for ur_kwise_config {
     fn default_value() -> Self {
         ur_kwise_config { struct_size: size_of_u32::<Self>(), method: UR_KWISE_ALL_PAIRS, grad_output: 1.0 }
     }
@@ -536,18 +544,21 @@ pub unsafe extern "C" fn ur_kwise_loss(
         let c = read_config(cfg)?;
         let method = code("method", c.method, &[KwiseMethod::AllPairs, KwiseMethod::PlackettLuce])?;
         let cfg = KwiseConfig { method, grad_output: c.grad_output };
-        if loss_out.is_null() {
-            return Err(Failure::null("loss_out"));
-        }
+        let loss = HostOut::scalar("loss_out", loss_out)?;
         let rewards = Desc::required("rewards", rewards)?;
         let order = Desc::optional("order", order)?;
         let grad = Desc::required("grad_out", grad_out)?;
-        on_device(&[Some(&rewards), order.as_ref(), Some(&grad)], stream, || {
+        let accuracy = HostOut::optional_scalar("accuracy_out", accuracy_out);
+        let descs = [Some(&rewards), order.as_ref(), Some(&grad)];
+        check_host_outputs(&[Some(&loss), accuracy.as_ref().map(|a| a as _)], &descs)?;
+        on_device(&descs, stream, || {
             let order = order.as_ref().map(|o| o.tensor()).transpose()?;
             let r = kwise_loss(&rewards.tensor()?, order.as_ref(), &cfg)?;
             write_outputs(&[(Some(&grad), &r.grad)])?;
-            write_scalar("loss_out", loss_out, r.loss)?;
-            write_optional(accuracy_out, r.accuracy);
+            loss.write(r.loss);
+            if let Some(out) = accuracy {
+                out.write(r.accuracy);
+            }
             Ok(())
         })
     })
@@ -568,6 +579,9 @@ pub struct ur_diffusion_dpo_config {
 
 impl Versioned for ur_diffusion_dpo_config {
     const NAME: &'static str = "ur_diffusion_dpo_config";
+}
+
+impl Config for ur_diffusion_dpo_config {
     fn default_value() -> Self {
         let d = DiffusionDpoConfig::default();
         ur_diffusion_dpo_config { struct_size: size_of_u32::<Self>(), beta: d.beta, grad_output: d.grad_output }
@@ -583,13 +597,19 @@ pub extern "C" fn ur_diffusion_dpo_config_default() -> ur_diffusion_dpo_config {
 /// diffusers' logged values, means over the batch.
 #[allow(non_camel_case_types)]
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, NoUninit)]
 pub struct ur_diffusion_dpo_metrics {
+    /// `sizeof(ur_diffusion_dpo_metrics)`, set by the caller before the call: this library writes the fields both know.
+    pub struct_size: u32,
     pub implicit_accuracy: f32,
     pub model_mse_winner: f32,
     pub model_mse_loser: f32,
     pub ref_mse_winner: f32,
     pub ref_mse_loser: f32,
+}
+
+impl Versioned for ur_diffusion_dpo_metrics {
+    const NAME: &'static str = "ur_diffusion_dpo_metrics";
 }
 
 /// Diffusion-DPO (diffusers' `train_diffusion_dpo.py`) on noise predictions: six float tensors of one shape
@@ -619,9 +639,7 @@ pub unsafe extern "C" fn ur_diffusion_dpo_loss(
         context::check(ctx)?;
         let c = read_config(cfg)?;
         let cfg = DiffusionDpoConfig { beta: c.beta, grad_output: c.grad_output };
-        if loss_out.is_null() {
-            return Err(Failure::null("loss_out"));
-        }
+        let loss = HostOut::scalar("loss_out", loss_out)?;
         let ins = [
             Desc::required("model_winner", model_winner)?,
             Desc::required("model_loser", model_loser)?,
@@ -634,6 +652,8 @@ pub unsafe extern "C" fn ur_diffusion_dpo_loss(
         let gl = Desc::required("grad_model_loser_out", grad_model_loser_out)?;
         let mut descs: Vec<Option<&Desc>> = ins.iter().map(Some).collect();
         descs.extend([Some(&gw), Some(&gl)]);
+        let metrics = HostOut::versioned("metrics_out", metrics_out)?;
+        check_host_outputs(&[Some(&loss), metrics.as_ref().map(|m| m as _)], &descs)?;
         on_device(&descs, stream, || {
             let [mw, ml, rw, rl, tw, tl] = [0, 1, 2, 3, 4, 5].map(|i| ins[i].tensor());
             let (mw, ml, rw, rl, tw, tl) = (mw?, ml?, rw?, rl?, tw?, tl?);
@@ -647,18 +667,18 @@ pub unsafe extern "C" fn ur_diffusion_dpo_loss(
             };
             let r = diffusion_dpo_loss(&inputs, &cfg)?;
             write_outputs(&[(Some(&gw), &r.grad_model_winner), (Some(&gl), &r.grad_model_loser)])?;
-            write_scalar("loss_out", loss_out, r.loss)?;
+            loss.write(r.loss);
             let m = r.metrics;
-            write_optional(
-                metrics_out,
-                ur_diffusion_dpo_metrics {
+            if let Some(out) = metrics {
+                out.write(ur_diffusion_dpo_metrics {
+                    struct_size: size_of_u32::<ur_diffusion_dpo_metrics>(),
                     implicit_accuracy: m.implicit_accuracy,
                     model_mse_winner: m.model_mse_winner,
                     model_mse_loser: m.model_mse_loser,
                     ref_mse_winner: m.ref_mse_winner,
                     ref_mse_loser: m.ref_mse_loser,
-                },
-            );
+                });
+            }
             Ok(())
         })
     })

@@ -377,7 +377,7 @@ static void test_dpo(void) {
   float rc[P] = {-3.5f, -5.0f, -2.75f}, rr[P] = {-3.75f, -5.25f, -5.5f};
   int64_t lc[P] = {3, 5, 2}, lr[P] = {4, 6, 5};
   float gc[P], gr[P], loss;
-  ur_dpo_metrics m;
+  ur_dpo_metrics m = {.struct_size = sizeof m};
   Tensor tpc, tpr, trc, trr, tlc, tlr, tgc, tgr;
   tensor(&tpc, pc, F32, 1, D(P));
   tensor(&tpr, pr, F32, 1, D(P));
@@ -478,7 +478,7 @@ static void test_dpo(void) {
     mix.loss_types = types;
     mix.loss_weights = weights;
     mix.losses_out = &losses.dl;
-    ur_dpo_metrics m;
+    ur_dpo_metrics m = {.struct_size = sizeof m};
     OK(ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &mix, &loss, &tgc.dl, &tgr.dl, &m, NULL));
     CHECK(fabsf(loss - (l[0] + l[1] + l[2]) / 3.0f) <= 1e-6f * fabsf(loss), "mixture loss %g vs losses %g %g %g", loss,
           l[0], l[1], l[2]);
@@ -505,7 +505,7 @@ static void test_dpo(void) {
 static void test_reward_losses(void) {
   float chosen[P] = {1.5f, -0.25f, 0.75f}, rejected[P] = {0.5f, 0.25f, -1.0f}, margin[P] = {0.5f, 0.0f, 1.0f};
   float gc[P], gr[P], loss;
-  ur_bradley_terry_metrics bm;
+  ur_bradley_terry_metrics bm = {.struct_size = sizeof bm};
   Tensor tc, tr, tm, tgc, tgr;
   tensor(&tc, chosen, F32, 1, D(P));
   tensor(&tr, rejected, F32, 1, D(P));
@@ -523,6 +523,33 @@ static void test_reward_losses(void) {
   dump("bt.gr", &tgr);
   dump_scalar("bt.accuracy", bm.accuracy);
   CHECK(close_to(bm.accuracy, 2.0f / 3.0f, 1e-6f), "accuracy %g", bm.accuracy);
+  /* Metrics structs are extensible: a newer caller's longer struct keeps its unknown fields, a struct shorter than
+     any released one is refused before any output is written. */
+  {
+    struct {
+      ur_bradley_terry_metrics m;
+      float newer_field;
+    } longer = {.m = {.struct_size = sizeof longer}, .newer_field = 42.0f};
+    OK(ur_bradley_terry_loss(ctx, &tc.dl, &tr.dl, &tm.dl, &bcfg, &loss, &tgc.dl, &tgr.dl, &longer.m, NULL));
+    CHECK(longer.m.accuracy == bm.accuracy && longer.newer_field == 42.0f && longer.m.struct_size == sizeof longer,
+          "a longer metrics struct: %g, %g", longer.m.accuracy, longer.newer_field);
+    ur_bradley_terry_metrics shorter = {.struct_size = offsetof(ur_bradley_terry_metrics, center_term)};
+    shorter.center_term = 7.0f;
+    float loss_before = -1.0f, gc_before = gc[0] = -3.0f;
+    loss = loss_before;
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "ur_bradley_terry_metrics.struct_size",
+          ur_bradley_terry_loss(ctx, &tc.dl, &tr.dl, &tm.dl, &bcfg, &loss, &tgc.dl, &tgr.dl, &shorter, NULL));
+    CHECK(loss == loss_before && gc[0] == gc_before && shorter.center_term == 7.0f, "a refused call wrote its outputs");
+    ur_bradley_terry_metrics unset = {0};
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "sizeof(ur_bradley_terry_metrics)",
+          ur_bradley_terry_loss(ctx, &tc.dl, &tr.dl, &tm.dl, &bcfg, &loss, &tgc.dl, &tgr.dl, &unset, NULL));
+    /* Host outputs over a CPU input or over each other are refused like output tensors. */
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "`loss_out` overlaps `rewards_chosen`",
+          ur_bradley_terry_loss(ctx, &tc.dl, &tr.dl, &tm.dl, &bcfg, &chosen[1], &tgc.dl, &tgr.dl, NULL, NULL));
+    CHECK(chosen[1] == -0.25f, "loss written over an input");
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "`loss_out` overlaps `metrics_out`",
+          ur_bradley_terry_loss(ctx, &tc.dl, &tr.dl, &tm.dl, &bcfg, &bm.accuracy, &tgc.dl, &tgr.dl, &bm, NULL));
+  }
   FAILS(UR_ERROR_NULL_POINTER, "rewards_rejected",
         ur_bradley_terry_loss(ctx, &tc.dl, NULL, NULL, NULL, &loss, &tgc.dl, &tgr.dl, NULL, NULL));
   Tensor ints;
@@ -567,7 +594,7 @@ static void test_reward_losses(void) {
   tensor(&tgl, gl, F32, 3, D(B), D(C), D(W));
   ur_diffusion_dpo_config dcfg = ur_diffusion_dpo_config_default();
   dcfg.beta = 5.0f;
-  ur_diffusion_dpo_metrics dm;
+  ur_diffusion_dpo_metrics dm = {.struct_size = sizeof dm};
   OK(ur_diffusion_dpo_loss(ctx, &tx[0].dl, &tx[1].dl, &tx[2].dl, &tx[3].dl, &tx[4].dl, &tx[5].dl, &dcfg, &loss,
                            &tgw.dl, &tgl.dl, &dm, NULL));
   dump_scalar("dd.loss", loss);

@@ -6,7 +6,7 @@ import pathlib
 import sys
 
 # The `UR_ABI_VERSION` of include/unireward.h these bindings were written for.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _LIB_NAME = {"darwin": "libunireward.dylib", "win32": "unireward.dll"}.get(sys.platform, "libunireward.so")
 

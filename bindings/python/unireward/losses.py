@@ -24,8 +24,14 @@ F_DIVERGENCE_TYPES = ("reverse_kl", "js_divergence", "alpha_divergence")
 KWISE_METHODS = ("all_pairs", "plackett_luce")  # UR_KWISE_ALL_PAIRS, UR_KWISE_PLACKETT_LUCE
 
 
-def _struct(name, fields):
-    return type(name, (ctypes.Structure,), {"_fields_": [(f, ctypes.c_float) for f in fields]})
+def _metrics_struct(name, fields):
+    """A metrics struct: `struct_size` (set by the caller to the struct's size), then floats."""
+    fields = [("struct_size", ctypes.c_uint32)] + [(f, ctypes.c_float) for f in fields]
+    return type(name, (ctypes.Structure,), {"_fields_": fields})
+
+
+def _new_metrics(cls):
+    return cls(struct_size=ctypes.sizeof(cls))
 
 
 class _DpoConfig(ctypes.Structure):
@@ -61,9 +67,9 @@ BRADLEY_TERRY_METRICS = ("accuracy", "rewards_chosen", "rewards_rejected", "marg
 DIFFUSION_DPO_METRICS = ("implicit_accuracy", "model_mse_winner", "model_mse_loser", "ref_mse_winner",
                          "ref_mse_loser")  # fmt: skip
 # ur_dpo_metrics's fields, in the order of TRL's keys above.
-_DpoMetrics = _struct("_DpoMetrics", [k.replace("/", "_") for k in DPO_METRICS])
-_BradleyTerryMetrics = _struct("_BradleyTerryMetrics", BRADLEY_TERRY_METRICS)
-_DiffusionDpoMetrics = _struct("_DiffusionDpoMetrics", DIFFUSION_DPO_METRICS)
+_DpoMetrics = _metrics_struct("_DpoMetrics", [k.replace("/", "_") for k in DPO_METRICS])
+_BradleyTerryMetrics = _metrics_struct("_BradleyTerryMetrics", BRADLEY_TERRY_METRICS)
+_DiffusionDpoMetrics = _metrics_struct("_DiffusionDpoMetrics", DIFFUSION_DPO_METRICS)
 
 for _name, _cls in [("ur_dpo_config_default", _DpoConfig), ("ur_bradley_terry_config_default", _BradleyTerryConfig),
                     ("ur_kwise_config_default", _KwiseConfig),
@@ -152,7 +158,7 @@ def _fused_dpo_loss(
     cfg.use_rpo_alpha, cfg.rpo_alpha = int(rpo_alpha is not None), rpo_alpha or 0.0
     cfg.use_ld_alpha, cfg.ld_alpha = int(ld_alpha is not None), 1.0 if ld_alpha is None else ld_alpha
     cfg.simpo_gamma, cfg.discopop_tau, cfg.bco_delta, cfg.bco_count = simpo_gamma, discopop_tau, bco_delta, bco_count
-    loss, metrics = ctypes.c_float(), _DpoMetrics()
+    loss, metrics = ctypes.c_float(), _new_metrics(_DpoMetrics)
     grad_c, grad_r = torch.empty_like(ins[0]), torch.empty_like(ins[1])
     losses = torch.empty(ins[0].shape, dtype=torch.float32, device=ins[0].device)
     with_ld = ld_alpha is not None
@@ -166,7 +172,7 @@ def _fused_dpo_loss(
     call("ur_dpo_loss", *ins, ctypes.byref(cfg), ctypes.byref(loss), grad_c, grad_r, ctypes.byref(metrics),
          stream_of(ins[0]))  # fmt: skip
     # Values the loss type does not compute are NaN in the C struct; the op reports them as 0.
-    values = [getattr(metrics, f) for f, _ in _DpoMetrics._fields_]
+    values = [getattr(metrics, f) for f, _ in _DpoMetrics._fields_[1:]]
     values = [0.0 if v != v else v for v in values]
     return _scalars(grad_c, loss.value), grad_c, grad_r, grad_cv, grad_rv, losses, _scalars(grad_c, values)
 
@@ -194,7 +200,7 @@ def _bradley_terry_loss(
     chosen, rejected, margin = contiguous(rewards_chosen, rewards_rejected, margin)
     cfg = lib.ur_bradley_terry_config_default()
     cfg.center_rewards_coefficient = center_rewards_coefficient
-    loss, metrics = ctypes.c_float(), _BradleyTerryMetrics()
+    loss, metrics = ctypes.c_float(), _new_metrics(_BradleyTerryMetrics)
     grad_c, grad_r = torch.empty_like(chosen), torch.empty_like(rejected)
     call("ur_bradley_terry_loss", chosen, rejected, margin, ctypes.byref(cfg), ctypes.byref(loss), grad_c, grad_r,
          ctypes.byref(metrics), stream_of(chosen))  # fmt: skip
@@ -250,7 +256,7 @@ def _diffusion_dpo_loss(
     ins = contiguous(model_winner, model_loser, ref_winner, ref_loser, target_winner, target_loser)
     cfg = lib.ur_diffusion_dpo_config_default()
     cfg.beta = beta
-    loss, metrics = ctypes.c_float(), _DiffusionDpoMetrics()
+    loss, metrics = ctypes.c_float(), _new_metrics(_DiffusionDpoMetrics)
     grad_w, grad_l = torch.empty_like(ins[0]), torch.empty_like(ins[1])
     call("ur_diffusion_dpo_loss", *ins, ctypes.byref(cfg), ctypes.byref(loss), grad_w, grad_l, ctypes.byref(metrics),
          stream_of(ins[0]))  # fmt: skip

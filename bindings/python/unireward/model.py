@@ -17,7 +17,8 @@ _P = ctypes.c_void_p  # ur_model*
 
 
 class _ModelInfo(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_uint32), ("vocab_size", ctypes.c_uint64), ("hidden_size", ctypes.c_uint64),
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("vocab_size", ctypes.c_uint64),
+                ("hidden_size", ctypes.c_uint64),
                 ("intermediate_size", ctypes.c_uint64), ("num_layers", ctypes.c_uint64),
                 ("num_attention_heads", ctypes.c_uint64), ("num_key_value_heads", ctypes.c_uint64),
                 ("max_position_embeddings", ctypes.c_uint64), ("num_parameters", ctypes.c_uint64),

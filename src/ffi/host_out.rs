@@ -1,0 +1,103 @@
+//! Host outputs of a call (a loss, an accuracy, a metrics struct): checked with the call's other arguments before
+//! any work, written after it.
+
+use bytemuck::NoUninit;
+
+use super::context::{caller_size, Versioned};
+use super::dlpack::Desc;
+use super::status::{Failure, FfiResult};
+use crate::Device;
+
+/// A caller's host output: where it is and how many of its bytes this library writes.
+pub(crate) struct HostOut<T> {
+    name: &'static str,
+    ptr: *mut T,
+    /// The bytes written, from `skip` to `end`: a whole scalar; a metrics struct's fields that both the caller's
+    /// header and this library know, never its `struct_size`.
+    skip: usize,
+    end: usize,
+}
+
+impl HostOut<f32> {
+    /// A required host float.
+    pub fn scalar(name: &'static str, ptr: *mut f32) -> FfiResult<Self> {
+        if ptr.is_null() {
+            return Err(Failure::null(name));
+        }
+        Ok(HostOut::optional_scalar(name, ptr).expect("checked non-NULL"))
+    }
+
+    /// An optional host float (NULL: not wanted).
+    pub fn optional_scalar(name: &'static str, ptr: *mut f32) -> Option<Self> {
+        (!ptr.is_null()).then_some(HostOut { name, ptr, skip: 0, end: std::mem::size_of::<f32>() })
+    }
+}
+
+impl<T: Versioned + NoUninit> HostOut<T> {
+    /// A struct with a leading `struct_size` that the caller sets (NULL: `None`), read and checked now: an older
+    /// caller's struct gets the fields it has, a newer caller's fields past ours are left as they are.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or points to a readable `uint32_t`.
+    pub unsafe fn versioned(name: &'static str, ptr: *mut T) -> FfiResult<Option<Self>> {
+        if ptr.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: this function's contract; every `Versioned` struct is `#[repr(C)]` and starts with its `u32` size.
+        let size = unsafe { *(ptr as *const u32) };
+        let size = caller_size::<T>(size, &format!("set it to sizeof({}) before the call", T::NAME))?;
+        let end = size.min(std::mem::size_of::<T>());
+        Ok(Some(HostOut { name, ptr, skip: std::mem::size_of::<u32>(), end }))
+    }
+}
+
+impl<T: NoUninit> HostOut<T> {
+    /// Writes this library's part of `value`.
+    ///
+    /// # Safety
+    /// The export's contract: the pointer given to the constructor is writable for the caller's `struct_size`
+    /// bytes (a scalar's size for a scalar).
+    pub unsafe fn write(&self, value: T) {
+        let bytes = &bytemuck::bytes_of(&value)[self.skip..self.end];
+        // SAFETY: `skip..end` lies inside the caller's memory (`end` ≤ its size, by this function's contract) and
+        // falls on field boundaries of a padding-free struct; `value` is a local, so the two cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (self.ptr as *mut u8).add(self.skip), bytes.len()) };
+    }
+}
+
+/// A host output of any type, for the overlap check: its name and the bytes it writes.
+pub(crate) trait HostSpan {
+    fn name(&self) -> &'static str;
+    /// `[start, start + len)` of host memory.
+    fn span(&self) -> (u64, u64);
+}
+
+impl<T> HostSpan for HostOut<T> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn span(&self) -> (u64, u64) {
+        (self.ptr as u64 + self.skip as u64, (self.end - self.skip) as u64)
+    }
+}
+
+/// A host output must not overlap a CPU tensor of the call (an input it would corrupt, or an output written over
+/// it) nor another host output: the same rule as for output tensors.
+pub(crate) fn check_host_outputs(host: &[Option<&dyn HostSpan>], descs: &[Option<&Desc>]) -> FfiResult {
+    let host: Vec<&dyn HostSpan> = host.iter().flatten().copied().collect();
+    let tensors = descs.iter().flatten().filter(|d| d.device == Device::Cpu).map(|d| (d.name, (d.ptr, d.bytes())));
+    let others: Vec<(&str, (u64, u64))> = host.iter().map(|h| (h.name(), h.span())).chain(tensors).collect();
+    for (i, out) in host.iter().enumerate() {
+        let (start, len) = out.span();
+        let clash = others.iter().enumerate().find(|&(j, &(_, (ptr, bytes)))| {
+            j != i && len > 0 && bytes > 0 && start < ptr + bytes && ptr < start + len
+        });
+        if let Some((_, (name, _))) = clash {
+            return Err(Failure::invalid(format!(
+                "`{}` overlaps `{name}`: an output must be separate memory",
+                out.name()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -4,8 +4,8 @@
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use unireward::runtime::cpu::{matmul, rows_per_task, MatRef};
-use unireward::runtime::{cuda, Element};
+use unireward::runtime::cpu::{matmul, matmul_mixed, rows_per_task, MatRef};
+use unireward::runtime::{cuda, Element, FloatElement};
 use unireward::{DType, Device, Error, Tensor};
 
 /// A seeded generator; the seed is printed so that a failure can be replayed with `UNIREWARD_SEED`.
@@ -237,7 +237,17 @@ fn abs_products(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
 #[test]
 fn matmul_matches_f64_on_awkward_shapes_and_views() {
     let mut rng = rng();
-    let shapes = [(1, 1, 1), (3, 5, 7), (17, 1, 33), (1, 300, 1), (64, 129, 31), (130, 67, 257), (5, 0, 4)];
+    let shapes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (17, 1, 33),
+        (1, 300, 1),
+        (64, 129, 31),
+        (130, 67, 257),
+        (5, 0, 4),
+        (7, 1023, 33),
+        (1023, 7, 1),
+    ];
     for &(m, k, n) in &shapes {
         for (a_t, b_t, beta) in [(false, false, 0.0), (true, false, 1.0), (false, true, 0.5), (true, true, 0.0)] {
             // Stored transposed when `a_t`, then viewed back with `.t()`: the product sees an m × k matrix either way.
@@ -258,6 +268,50 @@ fn matmul_matches_f64_on_awkward_shapes_and_views() {
                     dst[i]
                 );
             }
+        }
+    }
+}
+
+/// A bf16/f16 right operand (a weight in its storage dtype), widened panel by panel inside the product, gives the
+/// product of the widened values: shapes spanning several 2^18-element panels, row-major and transposed, a row
+/// stride past the row's end, and the accumulating `beta`.
+#[test]
+fn mixed_matmul_matches_f64_of_the_widened_operand() {
+    fn check<T: FloatElement>(rng: &mut StdRng, (m, k, n): (usize, usize, usize), transposed: bool, pad: usize) {
+        let a_data: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let a = MatRef::row_major(&a_data, m, k);
+        // Stored as n × k (transposed) or k × n, each row followed by `pad` unused elements.
+        let (rows, cols) = if transposed { (n, k) } else { (k, n) };
+        let stored: Vec<T> = (0..rows * (cols + pad)).map(|_| T::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let view = MatRef { data: &stored[..], rows, cols, row_stride: cols + pad, col_stride: 1 };
+        let b = if transposed { view.t() } else { view };
+        let widened: Vec<f32> = stored.iter().map(|v| v.to_f32()).collect();
+        let b32 = MatRef {
+            data: &widened[..],
+            rows: b.rows,
+            cols: b.cols,
+            row_stride: b.row_stride,
+            col_stride: b.col_stride,
+        };
+        let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        for beta in [0.0f32, 0.5] {
+            let mut dst = start.clone();
+            matmul_mixed(&mut dst, a, b, beta);
+            let (exact, scale) = (matmul_f64(a, b32), abs_products(a, b32));
+            for i in 0..m * n {
+                let want = beta as f64 * start[i] as f64 + exact[i];
+                let tol = 4.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * (scale[i] + start[i].abs() as f64) + 1e-30;
+                let what = format!("{:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
+                assert!((dst[i] as f64 - want).abs() <= tol, "{what}: [{i}] {} vs {want}", dst[i]);
+            }
+        }
+    }
+    let mut rng = rng();
+    for (shape, pad) in [((1, 1, 1), 0), ((3, 1023, 300), 0), ((2, 7, 40_000), 3), ((5, 33, 1), 1), ((0, 4, 5), 0)] {
+        for transposed in [false, true] {
+            check::<bf16>(&mut rng, shape, transposed, pad);
+            check::<f16>(&mut rng, shape, transposed, pad);
+            check::<f32>(&mut rng, shape, transposed, pad);
         }
     }
 }

@@ -1,4 +1,12 @@
-//! CPU backend helpers shared by the op families: parallel chunking and matrix products (the `gemm` crate).
+//! CPU backend helpers shared by the op families: parallel chunking and matrix products (the `gemm` crate), with
+//! bf16/f16 operands widened panel by panel inside the product instead of as whole tensors.
+
+use rayon::prelude::*;
+
+use half::{bf16, f16};
+
+use super::{DType, FloatElement, Tensor};
+use crate::{Error, Result};
 
 /// Rows handed to one rayon task: big enough to amortise scheduling, small enough to balance two cores or many.
 pub fn rows_per_task(rows: usize, row_len: usize) -> usize {
@@ -6,19 +14,19 @@ pub fn rows_per_task(rows: usize, row_len: usize) -> usize {
     (TARGET_ELEMENTS_PER_TASK / row_len.max(1)).clamp(1, rows.max(1))
 }
 
-/// A read-only f32 matrix: `rows × cols`, element (i, j) at `data[i * row_stride + j * col_stride]`.
+/// A read-only matrix: `rows × cols`, element (i, j) at `data[i * row_stride + j * col_stride]`; f32 unless said.
 #[derive(Clone, Copy)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
+pub struct MatRef<'a, T = f32> {
+    pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
     pub row_stride: usize,
     pub col_stride: usize,
 }
 
-impl<'a> MatRef<'a> {
+impl<'a, T> MatRef<'a, T> {
     /// A row-major matrix.
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
         MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
@@ -40,16 +48,101 @@ impl<'a> MatRef<'a> {
 /// # Panics
 /// If the shapes disagree or a view reaches past its slice: callers validate user shapes before this.
 pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, beta: f32) {
+    let n = b.cols;
+    matmul_into(dst, n, a, b, beta);
+}
+
+/// Elements of one widened panel of a bf16/f16 operand: 1 MiB of f32, which stays in a core's L2 cache while the
+/// product streams it.
+const PANEL_ELEMENTS: usize = 1 << 18;
+
+/// [`matmul`] with `b` in any float dtype: a bf16/f16 `b` (a weight in its storage dtype) is widened to f32 one
+/// panel at a time — along `b`'s contiguous dimension, so each panel is read in order — never as a whole tensor.
+/// The products are f32 products of exactly the widened values, as if `b` had been widened first.
+///
+/// # Panics
+/// As [`matmul`]; also if `b` is neither row-major nor a transposed row-major view.
+pub fn matmul_mixed<T: FloatElement>(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_, T>, beta: f32) {
+    let (k, n) = (b.rows, b.cols);
+    if T::DTYPE == DType::F32 {
+        let data: &[f32] = bytemuck::cast_slice(b.data);
+        let (row_stride, col_stride) = (b.row_stride, b.col_stride);
+        return matmul(dst, a, MatRef { data, rows: k, cols: n, row_stride, col_stride }, beta);
+    }
+    assert_eq!(a.cols, k, "matmul: inner dimensions differ");
+    assert!(b.fits(), "matmul: a view reaches past its slice");
+    if b.col_stride == 1 {
+        // Row-major b: panels of whole rows (a slice of the inner dimension), accumulated into dst.
+        let rows = (PANEL_ELEMENTS / n.max(1)).clamp(1, k.max(1));
+        let mut panel = vec![0.0f32; rows * n];
+        if k == 0 {
+            return matmul(dst, a, MatRef::row_major(&panel[..0], 0, n), beta);
+        }
+        for first in (0..k).step_by(rows) {
+            let r = rows.min(k - first);
+            widen_rows(&mut panel[..r * n], b.data, first, r, n, b.row_stride);
+            let a_part = MatRef { data: &a.data[first * a.col_stride..], cols: r, ..a };
+            let beta = if first == 0 { beta } else { 1.0 };
+            matmul(dst, a_part, MatRef::row_major(&panel[..r * n], r, n), beta);
+        }
+    } else {
+        // A transposed row-major view (b = Wᵀ, W n × k): panels of W's rows, i.e. of dst's columns.
+        assert_eq!(b.row_stride, 1, "matmul: a bf16/f16 operand must be row-major or a transposed row-major view");
+        let cols = (PANEL_ELEMENTS / k.max(1)).clamp(1, n.max(1));
+        let mut panel = vec![0.0f32; cols * k];
+        for first in (0..n).step_by(cols) {
+            let c = cols.min(n - first);
+            widen_rows(&mut panel[..c * k], b.data, first, c, k, b.col_stride);
+            let panel_t = MatRef::row_major(&panel[..c * k], c, k).t();
+            matmul_into(&mut dst[first..], n, a, panel_t, beta);
+        }
+    }
+}
+
+/// [`matmul_mixed`] with `b` a CPU float tensor (a weight, any float dtype) of `rows × cols` elements, row-major,
+/// or its transpose when `transposed`.
+pub fn matmul_tensor(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: &Tensor,
+    (rows, cols): (usize, usize),
+    transposed: bool,
+    beta: f32,
+) -> Result<()> {
+    fn go<T: FloatElement>(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_, T>, transposed: bool, beta: f32) {
+        matmul_mixed(dst, a, if transposed { b.t() } else { b }, beta);
+    }
+    match b.dtype() {
+        DType::F32 => go(dst, a, MatRef::row_major(b.as_slice::<f32>()?, rows, cols), transposed, beta),
+        DType::BF16 => go(dst, a, MatRef::row_major(b.as_slice::<bf16>()?, rows, cols), transposed, beta),
+        DType::F16 => go(dst, a, MatRef::row_major(b.as_slice::<f16>()?, rows, cols), transposed, beta),
+        got => return Err(Error::DType { arg: "matrix operand", got, expected: "f32, bf16 or f16".into() }),
+    }
+    Ok(())
+}
+
+/// Widens `count` rows of `len` elements, the first at row `first`, `stride` apart in `src`, into `dst`.
+fn widen_rows<T: FloatElement>(dst: &mut [f32], src: &[T], first: usize, count: usize, len: usize, stride: usize) {
+    dst.par_chunks_mut(len).enumerate().take(count).for_each(|(i, row)| {
+        let start = (first + i) * stride;
+        row.iter_mut().zip(&src[start..start + len]).for_each(|(d, s)| *d = s.to_f32());
+    });
+}
+
+/// `dst = beta · dst + a · b` for `dst` of `a.rows × b.cols` with rows `dst_row_stride` apart (a block of columns of
+/// a wider matrix when the stride exceeds `b.cols`).
+fn matmul_into(dst: &mut [f32], dst_row_stride: usize, a: MatRef<'_>, b: MatRef<'_>, beta: f32) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
-    assert!(dst.len() >= m * n && a.fits() && b.fits(), "matmul: a view reaches past its slice");
+    let dst_fits = m == 0 || n == 0 || (m - 1) * dst_row_stride + n <= dst.len();
+    assert!(dst_fits && n <= dst_row_stride && a.fits() && b.fits(), "matmul: a view reaches past its slice");
     if m == 0 || n == 0 {
         return;
     }
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above keep every index of `dst` (m × n, row-major), `a` and `b` inside their slices;
-    // `dst` is borrowed mutably, so it does not alias `a` or `b`.
+    // SAFETY: the asserts above keep every index of `dst` (m rows of n, `dst_row_stride` apart), `a` and `b` inside
+    // their slices; `dst` is borrowed mutably, so it does not alias `a` or `b`.
     unsafe {
         gemm::gemm(
             m,
@@ -57,7 +150,7 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, beta: f32) {
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             beta != 0.0,
             a.data.as_ptr(),
             a.col_stride as isize,

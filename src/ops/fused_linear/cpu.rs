@@ -6,14 +6,15 @@ use super::{FusedLinearConfig, FusedLinearGrads, LinearHead, Plan};
 use crate::ops::logprobs::row::{row_grad_in_place, row_stats, RowStats};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::ops::tokens::CountedToken;
-use crate::runtime::cpu::{matmul, MatRef};
+use crate::runtime::cpu::{matmul, matmul_tensor, MatRef};
 use crate::runtime::{DType, Device, Tensor};
 use crate::Result;
 
-/// The head's weight and bias as f32 (borrowed when already f32), and a scratch for one chunk.
+/// The hidden states and bias as f32 (borrowed when already f32); the weight in its own dtype (a bf16/f16 LM head is
+/// widened panel by panel inside each product, never as a whole [V, H] copy).
 struct Head<'a> {
     hidden: std::borrow::Cow<'a, [f32]>,
-    weight: std::borrow::Cow<'a, [f32]>,
+    weight: &'a Tensor,
     bias: Option<std::borrow::Cow<'a, [f32]>>,
     h: usize,
     v: usize,
@@ -23,7 +24,7 @@ impl<'a> Head<'a> {
     fn new(head: &LinearHead<'a>, plan: &Plan) -> Result<Self> {
         Ok(Head {
             hidden: head.hidden.to_f32_cow()?,
-            weight: head.weight.to_f32_cow()?,
+            weight: head.weight,
             bias: head.bias.map(Tensor::to_f32_cow).transpose()?,
             h: plan.h,
             v: plan.v,
@@ -31,18 +32,19 @@ impl<'a> Head<'a> {
     }
 
     /// Gathers the chunk's hidden rows into `rows` [c,H] and writes its logits into `logits` [c,V].
-    fn chunk_logits(&self, chunk: &[CountedToken], rows: &mut [f32], logits: &mut [f32]) {
+    fn chunk_logits(&self, chunk: &[CountedToken], rows: &mut [f32], logits: &mut [f32]) -> Result<()> {
         let (h, v, c) = (self.h, self.v, chunk.len());
         for (dst, tok) in rows.chunks_exact_mut(h).zip(chunk) {
             dst.copy_from_slice(&self.hidden[tok.position * h..(tok.position + 1) * h]);
         }
         let rows = MatRef::row_major(&rows[..c * h], c, h);
-        matmul(&mut logits[..c * v], rows, MatRef::row_major(&self.weight, v, h).t(), 0.0);
+        matmul_tensor(&mut logits[..c * v], rows, self.weight, (v, h), true, 0.0)?;
         if let Some(bias) = &self.bias {
             logits[..c * v]
                 .par_chunks_mut(v)
                 .for_each(|row| row.iter_mut().zip(bias.iter()).for_each(|(x, b)| *x += b));
         }
+        Ok(())
     }
 }
 
@@ -62,7 +64,7 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     let mut counts = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n * plan.t];
     for chunk in plan.tokens.chunks(chunk_len) {
-        f32_head.chunk_logits(chunk, &mut rows, &mut logits);
+        f32_head.chunk_logits(chunk, &mut rows, &mut logits)?;
         let stats: Vec<RowStats> =
             logits.par_chunks(v).zip(chunk.par_iter()).map(|(row, tok)| row_stats(row, Some(tok.label))).collect();
         for (s, tok) in stats.iter().zip(chunk) {
@@ -110,13 +112,13 @@ pub(super) fn backward(
     let mut grad_rows = vec![0.0f32; chunk_len * h];
     for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
         let c = chunk.len();
-        f32_head.chunk_logits(chunk, &mut rows, &mut grads);
+        f32_head.chunk_logits(chunk, &mut rows, &mut grads)?;
         grads[..c * v].par_chunks_mut(v).zip(chunk.par_iter()).for_each(|(row, tok)| {
             row_grad_in_place(row, lse[tok.position], tok.label, scale[tok.sequence]);
         });
         let g = MatRef::row_major(&grads[..c * v], c, v);
         // d_hidden rows = G·W, scattered back to their positions.
-        matmul(&mut grad_rows[..c * h], g, MatRef::row_major(&f32_head.weight, v, h), 0.0);
+        matmul_tensor(&mut grad_rows[..c * h], g, f32_head.weight, (v, h), false, 0.0)?;
         for (src, tok) in grad_rows.chunks_exact(h).zip(chunk) {
             grad_hidden_acc[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
         }

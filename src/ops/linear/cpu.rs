@@ -1,17 +1,18 @@
-//! CPU linear layers: f32 `gemm` products (multi-threaded), bias sums over rows in row order.
+//! CPU linear layers: f32 `gemm` products (multi-threaded; a bf16/f16 weight widened panel by panel inside the
+//! product), bias sums over rows in row order.
 
 use rayon::prelude::*;
 
 use super::{Outputs, Plan};
 use crate::ops::convert::{f32_values, write_f32};
-use crate::runtime::cpu::{matmul, MatRef};
+use crate::runtime::cpu::{matmul, matmul_tensor, MatRef};
 use crate::runtime::Tensor;
 use crate::Result;
 
 pub(super) fn forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: &Plan, out: &mut Tensor) -> Result<()> {
-    let (xs, w, b) = (f32_values(x)?, f32_values(weight)?, bias.map(f32_values).transpose()?);
+    let (xs, b) = (f32_values(x)?, bias.map(f32_values).transpose()?);
     write_f32(out, |y| {
-        matmul(y, MatRef::row_major(&xs, p.rows, p.k), MatRef::row_major(&w, p.m, p.k).t(), 0.0);
+        matmul_tensor(y, MatRef::row_major(&xs, p.rows, p.k), weight, (p.m, p.k), true, 0.0)?;
         if let Some(b) = &b {
             y.par_chunks_mut(p.m).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b));
         }
@@ -20,12 +21,9 @@ pub(super) fn forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: &Pl
 }
 
 pub(super) fn backward(grad_y: &Tensor, x: &Tensor, weight: &Tensor, p: &Plan, out: Outputs<'_>) -> Result<()> {
-    let (g, xs, w) = (f32_values(grad_y)?, f32_values(x)?, f32_values(weight)?);
+    let (g, xs) = (f32_values(grad_y)?, f32_values(x)?);
     let g_mat = MatRef::row_major(&g, p.rows, p.m);
-    write_f32(out.grad_x, |dx| {
-        matmul(dx, g_mat, MatRef::row_major(&w, p.m, p.k), 0.0);
-        Ok(())
-    })?;
+    write_f32(out.grad_x, |dx| matmul_tensor(dx, g_mat, weight, (p.m, p.k), false, 0.0))?;
     write_f32(out.grad_weight, |dw| {
         matmul(dw, g_mat.t(), MatRef::row_major(&xs, p.rows, p.k), 0.0);
         Ok(())

@@ -54,7 +54,7 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, beta: f32) {
 
 /// Elements of one widened panel of a bf16/f16 operand: 1 MiB of f32, which stays in a core's L2 cache while the
 /// product streams it.
-const PANEL_ELEMENTS: usize = 1 << 18;
+const PANEL_ELEMENTS: usize = 1 << 20;
 
 /// [`matmul`] with `b` in any float dtype: a bf16/f16 `b` (a weight in its storage dtype) is widened to f32 one
 /// panel at a time — along `b`'s contiguous dimension, so each panel is read in order — never as a whole tensor.
@@ -123,9 +123,12 @@ pub fn matmul_tensor(
 
 /// Widens `count` rows of `len` elements, the first at row `first`, `stride` apart in `src`, into `dst`.
 fn widen_rows<T: FloatElement>(dst: &mut [f32], src: &[T], first: usize, count: usize, len: usize, stride: usize) {
-    dst.par_chunks_mut(len).enumerate().take(count).for_each(|(i, row)| {
-        let start = (first + i) * stride;
-        row.iter_mut().zip(&src[start..start + len]).for_each(|(d, s)| *d = s.to_f32());
+    let per_task = rows_per_task(count, len);
+    dst[..count * len].par_chunks_mut(per_task * len).enumerate().for_each(|(task, rows)| {
+        for (i, row) in rows.chunks_exact_mut(len).enumerate() {
+            let start = (first + task * per_task + i) * stride;
+            row.iter_mut().zip(&src[start..start + len]).for_each(|(d, s)| *d = s.to_f32());
+        }
     });
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_model;
+mod bench_products;
 mod demo;
 mod generate;
 mod kernels;

@@ -1,23 +1,27 @@
 """Runs every kernel of kernels/compare.cu on the host, against float64 references written from the definitions in
-src/ops/compare/mod.rs (and, when libunireward.so is at hand, against the library's CPU path).
+src/ops/compare/mod.rs, and (when libunireward.so and torch are at hand, as in scripts/test.sh) against the CPU path.
 
 A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
-It reuses heads_kernels_on_host.py's prelude: every CUDA thread of a block runs as a std::thread, warp shuffles go
-through a per-warp buffer behind barriers, so the block reductions, the parallel elimination of the Newton system,
-the line search and every formula run as written. Launches are the library's (src/ops/compare/cuda.rs): one block
-of ⌈K/32⌉·32 threads per group (32, 64 and 96 here) with exactly `shared_bytes(K)` of dynamic shared memory (the
-expression is read from cuda.rs), filled with NaN bytes before each block and followed by a guard that must stay
-intact; the selection with 128 threads per block, also on a grid capped at one block to run its grid-stride loop.
+It reuses heads_kernels_on_host.py's prelude, with its CUDA threads as fibers (see FIBERS) rather than std::threads:
+barriers, warp shuffles and shared memory behave as written, so the block reductions, the parallel elimination of
+the Newton system and the line search run as on the GPU. Launches are the library's (src/ops/compare/cuda.rs): one
+block of ⌈K/32⌉·32 threads per group (32, 64 and 96 here) with exactly `shared_bytes(K)` of dynamic shared memory
+(the expression read from cuda.rs), NaN bytes before each block and a guard after it that must stay intact; the
+selection with its 128 threads per block, also on a grid capped at one block to run its grid-stride loop.
 
-Checks: preference, wins, Copeland scores and ranks, consistency and best/worst from their definitions; the
-Bradley–Terry strengths (centred) against a float64 Newton fit for K in {1,2,3,5,8,13,33,64,96}, both score links,
-log-odds, ridges 1e-8, 1e-4 and 1, on continuous, tied, separable (clusters 80 apart, every hard-link group) and
-NaN/inf groups: strengths always finite, `converged` only where the f64 gradient is as small as the step tolerance
-allows (and always for non-separable groups at ridge >= 1e-4), strengths within 1e-5·(1 + max|θ|) of the f64 fit
-where it is well conditioned; a comparison graph in two pieces joined only by ridge 1e-8 (finite, not converged);
-the separable pair [1, 0] at the analytic gap. The selection rule against a reference of every pairing, tie and
-NaN policy. bf16 and f16 instantiations must match the f32 one on the same values bit for bit. Needs g++ (C++20) and
-numpy; torch and the library only for the optional CPU-path comparison.
+Checks, over K in {1,2,3,5,8,13,33,64,96}, both score links and log-odds, ridges 1e-8, 1e-4 and 1, on continuous,
+tied, separable (clusters 80 apart, every hard-link group, ±inf), NaN and noisy-judge groups:
+- preference, wins, Copeland scores and ranks, best/worst and consistency equal to their definitions;
+- strengths finite and centred; `converged` only where the f64 gradient is as small as the step tolerance leaves
+  it, and always where the fit is well posed (no pair separated, graph connected or ridge >= 1e-4); strengths
+  within 1e-6·(1 + max|θ|) of a float64 Newton fit where its Hessian's condition number is at most 1e4;
+- decisive verdicts beyond the start's clamp, equal Copeland scores with strengths 5e-6 / 1.6e-5 / 5e-4 apart
+  (STRENGTH_TIE), graphs in pieces joined only by ridge 1e-8 (a step f32 cannot solve: finite, not converged),
+  the iteration cap, the separable pair [1, 0] at its analytic gap;
+- the selection rule against a reference of every pairing, tie and NaN policy (NaN status codes included);
+- bf16 and f16 instantiations bit for bit equal to the f32 one on the values they read;
+- the CPU path: the same outputs, the same iteration counts for well-posed fits, strengths within 1e-6.
+Needs g++ (C++20) and numpy; torch and the library only for the CPU path, which is reported as not compared without.
 
     ~/.cache/unireward/torch-venv/bin/python tests/reference/compare_kernels_on_host.py
 """
@@ -157,7 +161,8 @@ def rust_const(name):
 # The host's sizing of the comparison's shared memory, read from cuda.rs so that a layout the host under-sizes fails.
 _SHARED = re.search(r"fn shared_bytes\(k: usize\) -> u32 \{\s*(.*?) as u32\s*\}", CUDA_RS, re.S).group(1)
 shared_bytes = lambda k: eval(_SHARED, {"k": k})
-threads_for = lambda k: -(-k // 32) * 32  # cuda.rs: k.div_ceil(32) * 32
+_THREADS = re.search(r"let threads = k\.div_ceil\((\d+)\) as u32 \* (\d+);", CUDA_RS)
+threads_for = lambda k: -(-k // int(_THREADS.group(1))) * int(_THREADS.group(2))  # as cuda.rs launches
 SELECT_THREADS, MAX_SELECT_BLOCKS = rust_const("SELECT_THREADS"), rust_const("MAX_SELECT_BLOCKS")
 
 
@@ -195,15 +200,21 @@ def to_storage(values, dtype):
     return bits, (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def unwritten(shape, dtype):
+    """An output buffer whose every element the kernel must write: filled with a value no output of these tests
+    takes (−1e30 is no probability, count, strength, rate or pointwise score; −12345 no index, count or flag)."""
+    return np.full(shape, -1e30 if dtype == np.float32 else -12345, dtype)
+
+
 def compare_kernel(values, log_odds, hard, ridge, tol=TOL, max_iter=MAX_ITER, dtype="f32"):
     """cmp_group_<dtype> on [G,K] scores or [G,K,K] log-odds, launched as cuda.rs does; a dict of the outputs."""
     g, k = values.shape[:2]
     stored, _ = to_storage(values, dtype)
-    o = dict(preference=np.zeros((g, k, k), np.float32), wins=np.zeros((g, k), np.float32),
-             copeland=np.zeros((g, k), np.int32), ranks=np.zeros((g, k), np.int32),
-             strengths=np.zeros((g, k), np.float32), iterations=np.zeros(g, np.int32),
-             converged=np.zeros(g, np.int32), best=np.zeros(g, np.int32), worst=np.zeros(g, np.int32),
-             consistency=np.zeros(g, np.float32) if log_odds else None)
+    o = dict(preference=unwritten((g, k, k), np.float32), wins=unwritten((g, k), np.float32),
+             copeland=unwritten((g, k), np.int32), ranks=unwritten((g, k), np.int32),
+             strengths=unwritten((g, k), np.float32), iterations=unwritten(g, np.int32),
+             converged=unwritten(g, np.int32), best=unwritten(g, np.int32), worst=unwritten(g, np.int32),
+             consistency=unwritten(g, np.float32) if log_odds else None)
     rc = getattr(lib, "emu_group_" + dtype)(
         P(stored), int(log_odds), int(hard and not log_odds), g, k, ctypes.c_double(as_f32(ridge)),
         ctypes.c_double(tol), max_iter, *[P(x) for x in o.values()], threads_for(k), ctypes.c_size_t(shared_bytes(k)))
@@ -215,8 +226,8 @@ def select_kernel(verdicts, log_odds, pointwise, all_pairs, ties, nan_skip, capp
     g, k = pointwise.shape
     v, _ = to_storage(verdicts, dtype)
     s, _ = to_storage(pointwise, dtype)
-    o = dict(chosen=np.zeros(g, np.int32), rejected=np.zeros(g, np.int32), chosen_score=np.zeros(g, np.float32),
-             rejected_score=np.zeros(g, np.float32), kept=np.zeros(g, np.int32), status=np.zeros(g, np.int32))
+    o = dict(chosen=unwritten(g, np.int32), rejected=unwritten(g, np.int32), chosen_score=unwritten(g, np.float32),
+             rejected_score=unwritten(g, np.float32), kept=unwritten(g, np.int32), status=unwritten(g, np.int32))
     blocks = 1 if capped else min(-(-g // SELECT_THREADS), MAX_SELECT_BLOCKS)
     getattr(lib, "emu_select_" + dtype)(P(v), int(log_odds), P(s), g, k, int(all_pairs), ties, int(nan_skip),
                                         *[P(x) for x in o.values()], blocks, SELECT_THREADS)
@@ -296,11 +307,14 @@ def compare_reference(values, log_odds, hard, ridge, strengths):
     wins = ((m > 0) & off).sum(1) + 0.5 * ((m == 0) & off).sum(1)
     cope = ((m > 0) & off).sum(1) - ((m < 0) & off).sum(1)
     ranks = 1 + (cope[None, :] > cope[:, None]).sum(1)
-    # Best: highest Copeland, then highest strength (within 1e-5 counts as equal), then lowest index; worst likewise.
-    top = cope == cope.max()
-    best = np.flatnonzero(top & (strengths >= strengths[top].max() - 1e-5))[0]
-    low = cope == cope.min()
-    worst = np.flatnonzero(low & (strengths <= strengths[low].min() + 1e-5))[-1]
+    # Best: highest Copeland, then highest strength, then lowest index, strengths within 1e-5 counting as equal —
+    # not a transitive rule, so as Comparison::best states it: scanning up from 0, a candidate replaces the best if
+    # it is better; the worst scanning down from K − 1.
+    better = lambda a, b: cope[a] > cope[b] or (cope[a] == cope[b] and strengths[a] > strengths[b] + np.float32(1e-5))
+    best, worst = 0, k - 1
+    for a in range(k):
+        best = a if better(a, best) else best
+        worst = k - 1 - a if better(worst, k - 1 - a) else worst
     out = dict(preference=p, wins=wins, copeland=cope, ranks=ranks, best=best, worst=worst)
     if log_odds:
         iu = np.triu_indices(k, 1)
@@ -355,7 +369,19 @@ def well_posed(p, ridge):
     return len(reached) == k or ridge >= 1e-4
 
 
-def check_group_outputs(name, values, log_odds, hard, ridge, o, gi):
+def converged_honestly(p, theta, ridge):
+    """Whether the f64 gradient at `theta` is as small as a converged fit leaves it: its last f32-solved step was
+    within the tolerance (twice it, for the f32 solve), then θ was rounded to f32; the gradient is at most ‖H‖∞
+    times that."""
+    grad, h = bt_gradient_hessian(p, theta, ridge)
+    bound = 2 * np.abs(h).sum(1).max() * (TOL + np.abs(theta).max() * 2.0**-23)
+    ok = np.abs(grad).max() <= bound
+    if not ok:
+        print(f"  |grad| {np.abs(grad).max():.2e} > {bound:.2e}")
+    return ok
+
+
+def check_group_outputs(name, values, log_odds, hard, ridge, o, gi, max_iter=MAX_ITER):
     """One group of a compare_kernel result against the references."""
     ridge32 = as_f32(ridge)
     ref, p, theta_ref = compare_reference(values, log_odds, hard, ridge, o["strengths"][gi])
@@ -375,18 +401,12 @@ def check_group_outputs(name, values, log_odds, hard, ridge, o, gi):
     stats["most_steps"] = max(stats["most_steps"], int(steps))
     check(f"{tag} strengths finite", np.isfinite(theta).all(), theta)
     check(f"{tag} strengths centred", abs(theta.mean()) <= 1e-6 * (1 + np.abs(theta).max()))
-    check(f"{tag} iterations in 1..max", 1 <= steps <= MAX_ITER, steps)
-    if well_posed(p, ridge32):
+    check(f"{tag} iterations in 1..max", 1 <= steps <= max_iter, steps)
+    if well_posed(p, ridge32) and max_iter == MAX_ITER:
         stats["well_posed"] += 1
         check(f"{tag} converged", conv == 1, f"after {steps} steps")
-    grad, h = bt_gradient_hessian(p, theta, ridge32)
-    scale = np.abs(h).sum(1).max()
-    # A converged fit's last f32-solved step was within the tolerance (twice it, for the f32 solve) and θ was then
-    # rounded to f32: the f64 gradient is at most ‖H‖∞ times that.
-    bound = 2 * scale * (TOL + np.abs(theta).max() * 2.0**-23)
     if conv:
-        check(f"{tag} converged with a small f64 gradient", np.abs(grad).max() <= bound,
-              f"|grad| {np.abs(grad).max():.2e} > {bound:.2e}")
+        check(f"{tag} converged with a small f64 gradient", converged_honestly(p, theta, ridge32))
     _, h_ref = bt_gradient_hessian(p, theta_ref, ridge32)
     cond = np.linalg.cond(h_ref)
     if conv and cond <= 1e4:
@@ -413,10 +433,11 @@ def score_group(rng, kind, k):
     return s
 
 
-def log_odds_group(rng, k):
-    """Judge log-odds with a position bias, a few NaN verdicts and exact ties."""
+def log_odds_group(rng, k, noise=1.0):
+    """Judge log-odds with a position bias, a few NaN verdicts and exact ties; a large `noise` makes a judge of
+    strong, inconsistent verdicts (whose fits start far off and need damped steps)."""
     s = rng.uniform(-3, 3, k)
-    lo = s[:, None] - s[None, :] + 0.7 + rng.normal(0, 1.0, (k, k))
+    lo = s[:, None] - s[None, :] + 0.7 + rng.normal(0, noise, (k, k))
     lo[rng.random((k, k)) < 0.08] = np.nan
     lo[rng.random((k, k)) < 0.05] = 0.0
     return lo
@@ -433,9 +454,9 @@ def check_compare():
                     check_group_outputs(f"scores k={k} {'hard' if hard else 'sigmoid'} ridge={ridge:g}",
                                         values[gi], False, hard, ridge, o, gi)
         for ridge in (1e-8, 1e-4, 1.0):
-            values = np.stack([log_odds_group(rng, k) for _ in range(2)]).astype(np.float32)
+            values = np.stack([log_odds_group(rng, k, noise) for noise in (1.0, 1.0, 40.0)]).astype(np.float32)
             o = compare_kernel(values, True, False, ridge)
-            for gi in range(2):
+            for gi in range(len(values)):
                 check_group_outputs(f"log-odds k={k} ridge={ridge:g}", values[gi], True, False, ridge, o, gi)
     # The largest K the CUDA path takes: three warps.
     values = score_group(rng, "tied", 96)[None].astype(np.float32)
@@ -447,6 +468,21 @@ def check_compare():
 
 
 def check_special_fits():
+    # Decisive verdicts beyond the start's clamp: the fit walks out to the ridge's optimum.
+    for values, hard, ridge in (([100.0, 0.0], False, 1e-8), ([100.0, 0.0, -100.0], False, 1e-8),
+                                ([20.0, 0.0], False, 1e-4), ([1.0, 0.0], True, 1e-8)):
+        v = np.array([values], np.float32)
+        check_group_outputs(f"scores {values} {'hard' if hard else 'sigmoid'} ridge={ridge:g}", v[0], False, hard,
+                            ridge, compare_kernel(v, False, hard, ridge), 0)
+    # Equal Copeland scores (a cycle 0 > 1 > 2 > 0) with strengths apart by 5e-6 (equal), 1.6e-5 (2 beats 0 but
+    # not 1: the scan's order decides) and 5e-4 (distinct), under every relabelling.
+    for d in (1e-5, 3e-5, 1e-3):
+        m = np.zeros((3, 3))
+        m[0, 1], m[1, 2], m[2, 0] = 1.0, 1.0, 1.0 + d
+        for perm in ([0, 1, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]):
+            v = (m - m.T)[np.ix_(perm, perm)].astype(np.float32)[None]
+            check_group_outputs(f"cycle d={d:g} labels {perm}", v[0], True, False, 1e-2,
+                                compare_kernel(v, True, False, 1e-2), 0)
     # The separable pair [1, 0] (hard link, ridge 1e-8): the optimum is at the gap d with σ(−d) = ridge·d/2.
     lo, hi = 0.0, 100.0
     ridge = as_f32(1e-8)
@@ -456,32 +492,32 @@ def check_special_fits():
     o = compare_kernel(np.array([[1.0, 0.0]], np.float32), False, True, 1e-8)
     check("[1, 0] hard ridge 1e-8: the analytic gap", o["converged"][0] == 1
           and np.allclose(o["strengths"][0], [lo / 2, -lo / 2], rtol=0, atol=1e-5 * lo), o["strengths"][0])
-    # Two components {0,1,2} and {3,4,5} with no verdict between them (NaN), joined only by ridge 1e-8, which
-    # vanishes in f32: the step cannot be solved, so the fit stops at a finite point, not converged.
-    k = 6
-    lo_odds = np.full((k, k), np.nan, np.float32)
-    for block in (range(0, 3), range(3, 6)):
-        for i in block:
-            for j in block:
-                lo_odds[i, j] = 0.3 * (i - j)
-    o = compare_kernel(lo_odds[None], True, False, 1e-8)
-    check("disconnected groups at ridge 1e-8: finite strengths", np.isfinite(o["strengths"]).all(), o["strengths"])
-    check("disconnected groups at ridge 1e-8: converged only with a small gradient",
-          o["converged"][0] == 0 or np.abs(bt_gradient_hessian(probabilities(margins(lo_odds, True), False),
-                                                               o["strengths"][0].astype(float), ridge)[0]).max()
-          <= 1e-5, o["converged"])
-    # The iteration cap: at most max_iter steps, and converged only with a small gradient.
+    # Comparison graphs in pieces joined only by ridge 1e-8, which vanishes in f32: the step cannot be solved.
+    for name, lo_odds in unsolvable_groups():
+        check_group_outputs(f"{name} ridge=1e-8", lo_odds, True, False, 1e-8,
+                            compare_kernel(lo_odds[None], True, False, 1e-8), 0)
+    # The iteration cap.
     rng = np.random.default_rng(5)
     values = np.stack([score_group(rng, "clusters", 8), score_group(rng, "continuous", 8)]).astype(np.float32)
     for max_iter in (1, 2):
         o = compare_kernel(values, False, True, 1e-8, max_iter=max_iter)
-        check(f"max_iter={max_iter}: iterations capped", (o["iterations"] <= max_iter).all(), o["iterations"])
         for gi in range(2):
-            p = probabilities(margins(values[gi], False), True)
-            grad, h = bt_gradient_hessian(p, o["strengths"][gi].astype(float), ridge)
-            bound = 2 * np.abs(h).sum(1).max() * (TOL + np.abs(o["strengths"][gi]).max() * 2.0**-23)
-            check(f"max_iter={max_iter} group {gi}: converged only with a small gradient",
-                  o["converged"][gi] == 0 or np.abs(grad).max() <= bound)
+            check_group_outputs(f"max_iter={max_iter}", values[gi], False, True, 1e-8, o, gi, max_iter)
+
+
+def unsolvable_groups():
+    """(name, log-odds) of candidates in pieces with no verdict between them (NaN): tied pieces (a 0/0 step), and
+    pieces with margins 0.3·(i − j)."""
+    groups = []
+    for pieces, slope in ((((0, 1), (2, 3)), 0.0), (((0, 1), (2, 3, 4)), 0.0), (((0, 1, 2), (3, 4, 5)), 0.3)):
+        k = sum(map(len, pieces))
+        lo = np.full((k, k), np.nan, np.float32)
+        for piece in pieces:
+            for i in piece:
+                for j in piece:
+                    lo[i, j] = slope * (i - j)
+        groups.append((f"pieces {pieces} slope {slope}", lo))
+    return groups
 
 
 def check_storage_types():
@@ -570,42 +606,72 @@ def check_select():
 
 # ---- the CPU path, through the Python bindings ---------------------------------------------------------------------
 
-def check_cpu_path():
-    """The library's CPU path on the same inputs: the same per-group math, so the same outputs (strengths up to the
-    f32 Newton system's rounding). Needs torch and libunireward.so (UNIREWARD_LIB, or the repository's target/)."""
+def check_library():
+    """The library on the same inputs, on the CPU and, where torch sees one, on a GPU (the real kernels: a check of
+    this emulation itself): the same per-group math, so the same outputs (strengths up to the rounding of the f32
+    Newton systems). Needs torch and libunireward.so (UNIREWARD_LIB, or the repository's target/), as
+    scripts/test.sh has them."""
     sys.path.insert(0, ROOT + "/bindings/python")
     try:
         import torch
         import unireward
     except (ImportError, OSError) as e:
-        print(f"CPU path: NOT compared ({e})")
+        print(f"library: NOT COMPARED ({e})")
         return
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        check_library_on(device, torch, unireward)
+
+
+def check_library_on(device, torch, unireward):
+    tensor = lambda a: torch.from_numpy(a).to(device)
     rng = np.random.default_rng(11)
-    worst = 0.0
+    cases = [("pieces ridge=1e-8", lo[None], True, False, 1e-8) for _, lo in unsolvable_groups()]
     for k in (2, 5, 13, 33):
         for hard, log_odds in ((False, False), (True, False), (False, True)):
             for ridge in (1e-8, 1e-4, 1.0):
-                values = (np.stack([log_odds_group(rng, k) for _ in range(3)]) if log_odds else
+                values = (np.stack([log_odds_group(rng, k, noise) for noise in (1, 1, 40)]) if log_odds else
                           np.stack([score_group(rng, kind, k) for kind in KINDS])).astype(np.float32)
-                emu = compare_kernel(values, log_odds, hard, ridge)
-                t = torch.from_numpy(values)
-                kw = dict(log_odds=t) if log_odds else dict(scores=t, score_link="hard" if hard else "sigmoid")
-                cpu = unireward.compare(**kw, ridge=as_f32(ridge), tolerance=TOL, max_iterations=MAX_ITER)._asdict()
-                name = f"CPU path k={k} hard={hard} log_odds={log_odds} ridge={ridge:g}"
-                for key in ("preference", "wins", "copeland", "ranks", "best", "worst", "consistency"):
-                    if emu[key] is not None:
-                        check(f"{name} {key}", close(emu[key], cpu[key].numpy(), 1e-6))
-                for gi in range(len(values)):
-                    a, b = emu["strengths"][gi].astype(float), cpu["strengths"][gi].numpy().astype(float)
-                    check(f"{name} group {gi} strengths finite on both", np.isfinite(a).all() and np.isfinite(b).all())
-                    if emu["converged"][gi] and cpu["converged"][gi]:
-                        p = probabilities(margins(values[gi], log_odds), hard and not log_odds)
-                        cond = np.linalg.cond(bt_gradient_hessian(p, bt_reference(p, as_f32(ridge)), as_f32(ridge))[1])
-                        if cond <= 1e4:
-                            rel = np.abs(a - b).max() / (1 + np.abs(b).max())
-                            worst = max(worst, rel)
-                            check(f"{name} group {gi} strengths", rel <= 1e-5, f"rel {rel:.1e}")
-    print(f"CPU path: same outputs; well-conditioned strengths within {worst:.1e}·(1 + max|θ|)")
+                cases.append((f"k={k} hard={hard} log_odds={log_odds} ridge={ridge:g}", values, log_odds, hard, ridge))
+    worst = 0.0
+    for name, values, log_odds, hard, ridge in cases:
+        name, ridge32 = f"{device} path {name}", as_f32(ridge)
+        emu = compare_kernel(values, log_odds, hard, ridge)
+        t = tensor(values)
+        kw = dict(log_odds=t) if log_odds else dict(scores=t, score_link="hard" if hard else "sigmoid")
+        lib_out = {key: None if v is None else v.cpu().numpy()
+               for key, v in unireward.compare(**kw, ridge=ridge32, tolerance=TOL, max_iterations=MAX_ITER)
+               ._asdict().items()}
+        for key in ("preference", "wins", "copeland", "ranks", "consistency"):
+            if emu[key] is not None:
+                check(f"{name} {key}", close(emu[key], lib_out[key], 1e-6))
+        for gi in range(len(values)):
+            p = probabilities(margins(values[gi], log_odds), hard and not log_odds)
+            a, b = emu["strengths"][gi].astype(float), lib_out["strengths"][gi].astype(float)
+            check(f"{name} group {gi} strengths finite on both", np.isfinite(a).all() and np.isfinite(b).all(),
+                  f"{a} vs {b}")
+            check(f"{name} group {gi} library converged only with a small f64 gradient",
+                  not lib_out["converged"][gi] or converged_honestly(p, b, ridge32))
+            if well_posed(p, ridge32):
+                # The same steps up to rounding (the CPU sums the systems' diagonals in f32, the kernel in f64; the
+                # GPU fuses multiply-adds): the same count, and the same strengths to break Copeland ties with.
+                # Ill-conditioned fits amplify that rounding.
+                for key in ("iterations", "converged", "best", "worst"):
+                    check(f"{name} group {gi} {key}", emu[key][gi] == lib_out[key][gi], f"{emu[key][gi]} vs {lib_out[key][gi]}")
+                rel = np.abs(a - b).max() / (1 + np.abs(b).max())
+                worst = max(worst, rel)
+                check(f"{name} group {gi} strengths", rel <= 1e-6, f"rel {rel:.1e}")
+    # The selection under the skip policy (the error policy raises).
+    v = rng.choice(np.arange(-2.0, 3.0), (64, 5)).astype(np.float32)
+    s = rng.choice(np.arange(0.0, 11.0), (64, 5)).astype(np.float32)
+    v[rng.random(v.shape) < 0.05], s[rng.random(s.shape) < 0.05] = np.nan, np.nan
+    for all_pairs in (False, True):
+        for ties, tie_name in enumerate(("skip", "first_wins", "drop_group")):
+            emu = select_kernel(v, False, s, all_pairs, ties, True)
+            got = unireward.select_pairs(tensor(s), scores=tensor(v), nans="skip", ties=tie_name,
+                                         pairing="all_pairs" if all_pairs else "adjacent")._asdict()
+            for key, c in got.items():
+                check(f"{device} path select all_pairs={all_pairs} ties={tie_name} {key}", same(emu[key], c.cpu().numpy()))
+    print(f"{device} path: same outputs; strengths of well-posed fits within {worst:.1e}·(1 + max|θ|)")
 
 
 if __name__ == "__main__":
@@ -613,7 +679,7 @@ if __name__ == "__main__":
     check_special_fits()
     check_storage_types()
     check_select()
-    check_cpu_path()
+    check_library()
     print(f"{stats['groups']} fitted groups ({stats['converged']} converged, at most {stats['most_steps']} Newton "
           f"steps, {stats['well_posed']} required to); {stats['compared']} well-conditioned fits within {stats['worst_rel']:.1e}·(1 + max|θ|) of f64")
     print("ALL OK" if not failures else f"{len(failures)} FAILURES")

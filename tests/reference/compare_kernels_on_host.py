@@ -269,14 +269,14 @@ def pair_terms(p, theta):
 
 def bt_objective(p, theta, ridge):
     """Σ_{i≠j} P[i,j]·log σ(θ_i − θ_j) − ½·ridge·Σθ², void pairs left out."""
-    valid, q, x = pair_terms(p, theta)
+    _, q, x = pair_terms(p, theta)
     log_sig = np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x)))
     return (q * log_sig).sum() - 0.5 * ridge * theta @ theta
 
 
 def bt_gradient_hessian(p, theta, ridge):
     """The objective's gradient and minus its Hessian."""
-    valid, q, x = pair_terms(p, theta)
+    _, q, x = pair_terms(p, theta)
     sig, sig_neg = sigmoid(x), sigmoid(-x)
     grad = (q * sig_neg - q.T * sig).sum(1) - ridge * theta
     w = (q + q.T) * sig * sig_neg
@@ -345,9 +345,11 @@ def same(a, b):
 
 
 def close(a, b, rtol):
+    """Equal within `rtol` relative, NaN where NaN."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     fin = ~np.isnan(b)
-    return np.array_equal(np.isnan(a), np.isnan(b)) and np.all(np.abs(a[fin] - b[fin]) <= rtol * (1e-30 + np.abs(b[fin])))
+    err = np.abs(a[fin] - b[fin])
+    return np.array_equal(np.isnan(a), np.isnan(b)) and bool(np.all(err <= rtol * (1e-30 + np.abs(b[fin]))))
 
 
 stats = dict(worst_rel=0.0, most_steps=0, groups=0, converged=0, well_posed=0, compared=0)
@@ -656,7 +658,8 @@ def check_library_on(device, torch, unireward):
                 # GPU fuses multiply-adds): the same count, and the same strengths to break Copeland ties with.
                 # Ill-conditioned fits amplify that rounding.
                 for key in ("iterations", "converged", "best", "worst"):
-                    check(f"{name} group {gi} {key}", emu[key][gi] == lib_out[key][gi], f"{emu[key][gi]} vs {lib_out[key][gi]}")
+                    check(f"{name} group {gi} {key}", emu[key][gi] == lib_out[key][gi],
+                          f"{emu[key][gi]} vs {lib_out[key][gi]}")
                 rel = np.abs(a - b).max() / (1 + np.abs(b).max())
                 worst = max(worst, rel)
                 check(f"{name} group {gi} strengths", rel <= 1e-6, f"rel {rel:.1e}")
@@ -670,7 +673,8 @@ def check_library_on(device, torch, unireward):
             got = unireward.select_pairs(tensor(s), scores=tensor(v), nans="skip", ties=tie_name,
                                          pairing="all_pairs" if all_pairs else "adjacent")._asdict()
             for key, c in got.items():
-                check(f"{device} path select all_pairs={all_pairs} ties={tie_name} {key}", same(emu[key], c.cpu().numpy()))
+                check(f"{device} path select all_pairs={all_pairs} ties={tie_name} {key}",
+                      same(emu[key], c.cpu().numpy()))
     print(f"{device} path: same outputs; strengths of well-posed fits within {worst:.1e}·(1 + max|θ|)")
 
 
@@ -680,7 +684,8 @@ if __name__ == "__main__":
     check_storage_types()
     check_select()
     check_library()
-    print(f"{stats['groups']} fitted groups ({stats['converged']} converged, at most {stats['most_steps']} Newton "
-          f"steps, {stats['well_posed']} required to); {stats['compared']} well-conditioned fits within {stats['worst_rel']:.1e}·(1 + max|θ|) of f64")
+    print(f"{stats['groups']} fitted groups ({stats['converged']} converged, {stats['well_posed']} required to; "
+          f"at most {stats['most_steps']} Newton steps); {stats['compared']} well-conditioned fits within "
+          f"{stats['worst_rel']:.1e}·(1 + max|θ|) of the f64 fit")
     print("ALL OK" if not failures else f"{len(failures)} FAILURES")
     sys.exit(0 if not failures else 1)

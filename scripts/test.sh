@@ -124,9 +124,10 @@ export UNIREWARD_LIB="$lib_dir/libunireward.so"
 [[ -f "$UNIREWARD_LIB" ]] || die "$UNIREWARD_LIB not found after the release build"
 run "$TORCH_VENV/bin/python" -m pytest -q bindings/python/tests
 
-# No GPU here: the CUDA kernels of the preference losses, the heads and the transformer ops also run on the host,
-# compiled by g++ with every CUDA thread a std::thread (barriers for __syncthreads and warp shuffles), against the
-# float64 fixtures. The GPU tests in scripts/gpu_check.sh remain the real check.
+# No GPU here: the CUDA kernels of the preference losses, the heads, the log-probs, the comparisons and the
+# transformer ops also run on the host, compiled by g++ with every CUDA thread a std::thread or a fiber (barriers
+# for __syncthreads and warp shuffles), against float64 references. The GPU tests in scripts/gpu_check.sh remain
+# the real check.
 step "CUDA kernels emulated on the host"
 for harness in tests/reference/*_kernels_on_host.py; do
     run "$TORCH_VENV/bin/python" "$harness"

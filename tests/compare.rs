@@ -427,6 +427,19 @@ fn a_group_of_void_pairs_has_no_winner() {
     assert_eq!((got[0][0], got[1][0], got[4][0]), (-1.0, -1.0, 0.0));
 }
 
+/// Two components of tied candidates with no verdict between them (NaN log-odds), joined only by ridge 1e-8, which
+/// vanishes in f32 next to the pair weights: the Newton system is singular, its solve gives NaN (0/0), and the fit
+/// stops at its last point, finite and not converged (it once took the NaN step as converged).
+#[test]
+fn a_step_f32_cannot_solve_ends_the_fit_unconverged() {
+    let k = 4;
+    let lo: Vec<f64> = (0..k * k).map(|e| if (e / k < 2) == (e % k < 2) { 0.0 } else { f64::NAN }).collect();
+    let input = tensor(&lo, &[1, k, k], DType::F32, Device::Cpu);
+    let cfg = CompareConfig { fit: BradleyTerryFit { ridge: 1e-8, ..Default::default() }, ..Default::default() };
+    let out = Host::new(&compare(Verdicts::LogOdds(&input), &cfg).unwrap());
+    assert_eq!((out.strengths.clone(), out.converged[0]), (vec![0.0; 4], 0.0), "iterations {:?}", out.iterations);
+}
+
 #[test]
 fn iteration_cap_is_reported() {
     let scores = tensor(&[3.0, -1.0, 0.5, 2.0], &[1, 4], DType::F32, Device::Cpu);

@@ -203,13 +203,14 @@ pub(crate) fn fit(
         pin_common_shift(&mut ws.system, k);
         solve(&mut ws.system, &mut ws.rhs);
         ws.step.copy_from_slice(&ws.rhs);
-        let full = ws.step.iter().fold(0.0f64, |m, &d| if m.is_nan() { m } else { m.max(f64::from(d).abs()) });
-        let tolerance = f64::from(cfg.tolerance);
-        if !full.is_finite() {
+        if ws.step.iter().any(|d| !d.is_finite()) {
             // A system f32 cannot solve (a comparison graph in pieces that only a tiny ridge joins): stop at the
-            // last finite point, not converged.
+            // last finite point, not converged. Every entry is tested: the max below would skip a NaN (f64::max
+            // returns the other argument), and an all-NaN step would pass as converged with NaN strengths.
             break;
         }
+        let full = ws.step.iter().fold(0.0f64, |m, &d| m.max(f64::from(d).abs()));
+        let tolerance = f64::from(cfg.tolerance);
         if full <= tolerance {
             // Converged: take the step (it cannot matter) without evaluating the objective there.
             for (th, &d) in ws.theta.iter_mut().zip(&ws.step) {

@@ -193,16 +193,19 @@ fn folder_of_frames_in_name_order() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
-/// A PNG of `width x height` with only a signature and a valid IHDR chunk (CRC included).
+/// A PNG declaring `width x height` (8-bit RGB): the signature, a valid IHDR chunk and an empty IDAT chunk, so that
+/// the header reads and only the pixels are missing.
 fn png_header(width: u32, height: u32) -> Vec<u8> {
     let mut ihdr = b"IHDR".to_vec();
     ihdr.extend(width.to_be_bytes());
     ihdr.extend(height.to_be_bytes());
     ihdr.extend([8, 2, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend(13u32.to_be_bytes());
-    png.extend(&ihdr);
-    png.extend(crc32(&ihdr).to_be_bytes());
+    for chunk in [ihdr, b"IDAT".to_vec()] {
+        png.extend((chunk.len() as u32 - 4).to_be_bytes());
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+    }
     png
 }
 
@@ -222,9 +225,9 @@ fn bad_files_are_clear_errors_naming_the_file() {
     let dir = temp_dir("bad");
     let palette = std::fs::read(fixtures().join("palette.png")).unwrap();
     let cases: [(&str, Vec<u8>, &str); 6] = [
-        ("truncated.png", palette[..palette.len() / 2].to_vec(), ""),
-        ("zero.png", png_header(0, 5), ""),
-        ("huge.png", png_header(100_000, 100_000), ""),
+        ("truncated.png", palette[..palette.len() / 2].to_vec(), "unexpected end of file"),
+        ("zero.png", png_header(0, 5), "dimensions"),
+        ("huge.png", png_header(100_000, 20), "100000x20, larger than this library accepts"),
         ("text.png", b"just some text".to_vec(), "unknown image format"),
         ("picture.bmp", b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0".to_vec(), "Bmp images are not supported"),
         ("empty.jpg", Vec::new(), "unknown image format"),
@@ -234,7 +237,6 @@ fn bad_files_are_clear_errors_naming_the_file() {
         std::fs::write(&path, bytes).unwrap();
         let err = decode_image(&path).unwrap_err().to_string();
         assert!(err.contains(&*path.to_string_lossy()) && err.contains(message), "{name}: {err}");
-        println!("{name}: {err}");
     }
     for (path, message) in [(dir.clone(), "not a regular file"), (dir.join("missing.png"), "cannot open")] {
         let err = decode_image(&path).unwrap_err().to_string();
@@ -251,4 +253,60 @@ fn caller_pixels_are_checked() {
     assert!(err.contains("zero size"), "{err}");
     let err = RgbImage::new(40_000, 1, vec![0; 120_000]).unwrap_err().to_string();
     assert!(err.contains("larger than this library accepts"), "{err}");
+}
+
+/// The float32 values of an .npy file the CLI wrote, with its shape.
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && (10 + header_len) % 64 == 0, "{header}");
+    let shape = header.split('(').nth(1).unwrap().split(')').next().unwrap();
+    let shape = shape.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let values = bytes[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (shape, values)
+}
+
+#[test]
+fn cli_preprocess_writes_the_library_output() {
+    let dir = temp_dir("cli");
+    let config = fixtures().join("tiny_bicubic.json");
+    let image = fixtures().join("rgba.png");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_unireward"))
+        .args(["preprocess", "--json", "--frames", "2", "--config"])
+        .arg(&config)
+        .arg("--image")
+        .arg(&image)
+        .arg("--video")
+        .arg(fixtures().join("anim.gif"))
+        .arg("--save")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary[0]["image_size"], serde_json::json!([7, 10]));
+    assert_eq!(summary[1]["frame_indices"], serde_json::json!([0, 4]));
+
+    let processor = processor("tiny_bicubic");
+    let expected = processor.preprocess(&decode_image(&image).unwrap(), ImageLayout::Anyres).unwrap();
+    let (shape, values) = read_npy(&dir.join("rgba.npy"));
+    assert_eq!(
+        (shape.as_slice(), values.as_slice()),
+        (expected.pixel_values.shape(), expected.pixel_values.as_slice::<f32>().unwrap())
+    );
+    let video = load_video(&VideoSource::from_path(&fixtures().join("anim.gif")).unwrap(), 2).unwrap();
+    let expected = processor.preprocess_frames(&video.frames).unwrap();
+    let (shape, values) = read_npy(&dir.join("anim.npy"));
+    assert_eq!((shape.as_slice(), values.as_slice()), (expected.shape(), expected.as_slice::<f32>().unwrap()));
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_unireward"))
+        .args(["preprocess", "--image"])
+        .arg(dir.join("missing.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("missing.png") && stderr.lines().count() == 1, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

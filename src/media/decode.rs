@@ -31,10 +31,12 @@ pub fn decode_image(path: &Path) -> Result<RgbImage> {
         Some(other) => return Err(media_error(path, &format!("{other:?} images are not supported ({SUPPORTED})"))),
         None => return Err(media_error(path, &format!("unknown image format ({SUPPORTED})"))),
     }
-    reader.limits(limits());
-    let decoder = reader.into_decoder().map_err(fail)?;
+    reader.limits(memory_limit());
+    let mut decoder = reader.into_decoder().map_err(fail)?;
+    // The header is read, the pixels not yet: the declared size is checked here, with this library's message.
     let (width, height) = decoder.dimensions();
     check_size(&format!("image {}", path.display()), width as usize, height as usize)?;
+    decoder.set_limits(side_and_memory_limits()).map_err(fail)?;
     to_rgb(DynamicImage::from_decoder(decoder).map_err(fail)?).map_err(|msg| media_error(path, &msg))
 }
 
@@ -79,7 +81,7 @@ fn gif_frames(path: &Path) -> Result<impl Iterator<Item = Result<RgbImage>> + '_
     let mut decoder = GifDecoder::new(open_media(path)?).map_err(fail)?;
     let (width, height) = decoder.dimensions();
     check_size(&format!("GIF {}", path.display()), width as usize, height as usize)?;
-    decoder.set_limits(limits()).map_err(fail)?;
+    decoder.set_limits(side_and_memory_limits()).map_err(fail)?;
     Ok(decoder.into_frames().map(move |frame| {
         let rgba = frame.map_err(fail)?.into_buffer();
         to_rgb(DynamicImage::ImageRgba8(rgba)).map_err(|msg| media_error(path, &msg))
@@ -92,11 +94,16 @@ fn media_error(path: &Path, message: &str) -> Error {
     Error::InvalidArgument(format!("image {}: {message}", path.display()))
 }
 
-fn limits() -> Limits {
+fn memory_limit() -> Limits {
     let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+fn side_and_memory_limits() -> Limits {
+    let mut limits = memory_limit();
     limits.max_image_width = Some(MAX_IMAGE_SIDE as u32);
     limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
     limits
 }
 

@@ -76,8 +76,10 @@ fn images_match_transformers_processor() {
     for case in expected["images"].as_array().unwrap() {
         let (width, height) = (case["width"].as_u64().unwrap() as usize, case["height"].as_u64().unwrap() as usize);
         let layout = if case["layout"] == "anyres" { ImageLayout::Anyres } else { ImageLayout::Square };
-        let out = processor(case["config"].as_str().unwrap()).preprocess(&pattern(width, height, 0), layout).unwrap();
+        let processor = processor(case["config"].as_str().unwrap());
+        let out = processor.preprocess(&pattern(width, height, 0), layout).unwrap();
         assert_eq!(out.pixel_values.shape(), usizes(&case["shape"]), "{}", case["name"]);
+        assert_eq!(processor.output_shape((height, width), layout).unwrap().as_slice(), out.pixel_values.shape());
         let image_size = usizes(&case["image_size"]);
         assert_eq!(out.image_size, (image_size[0], image_size[1]), "{}", case["name"]);
         if let Some(grid) = out.grid {

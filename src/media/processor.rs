@@ -8,7 +8,7 @@
 use super::anyres::{centring_offset, fitted_size, select_best_resolution, Size};
 use super::config::{ImageProcessorConfig, Normalization};
 use super::resample::resize;
-use super::rgb::RgbImage;
+use super::rgb::{check_size, RgbImage};
 use crate::{DType, Device, Result, Tensor};
 
 /// How an image enters the model. transformers decides by the sample: an image alone in its sample takes the anyres
@@ -69,6 +69,27 @@ impl ImageProcessor {
         Ok(ImagePixels { pixel_values: self.to_tensor(&patches)?, image_size, grid })
     }
 
+    /// The tile grid an image of `image_size` (`(height, width)`) takes in the anyres layout: what the model's
+    /// packing step needs to arrange the tiles' features, without the pixels.
+    pub fn tile_grid(&self, image_size: Size) -> Result<TileGrid> {
+        let resolution = select_best_resolution(image_size, &self.config.grid_pinpoints)?;
+        let tile = self.config.size.0;
+        Ok(TileGrid { resolution, rows: resolution.0.div_ceil(tile), cols: resolution.1.div_ceil(tile) })
+    }
+
+    /// The shape [`ImageProcessor::preprocess`] gives an image of `image_size` (`(height, width)`) in `layout`.
+    pub fn output_shape(&self, image_size: Size, layout: ImageLayout) -> Result<[usize; 4]> {
+        check_size("image", image_size.1, image_size.0)?;
+        let patches = match layout {
+            ImageLayout::Anyres => {
+                let grid = self.tile_grid(image_size)?;
+                1 + grid.rows * grid.cols
+            }
+            ImageLayout::Square => 1,
+        };
+        Ok([patches, 3, self.config.size.0, self.config.size.1])
+    }
+
     /// Video frames (already sampled) each resized plainly to one tile: `[frames, 3, height, width]` f32.
     pub fn preprocess_frames(&self, frames: &[RgbImage]) -> Result<Tensor> {
         if frames.is_empty() {
@@ -82,13 +103,13 @@ impl ImageProcessor {
     /// cut into tiles of `size.0` pixels a side (each then resized to `size`), after the whole image resized to `size`.
     fn anyres_patches(&self, image: &RgbImage) -> Result<(Vec<RgbImage>, TileGrid)> {
         let original = (image.height(), image.width());
-        let resolution = select_best_resolution(original, &self.config.grid_pinpoints)?;
+        let grid = self.tile_grid(original)?;
+        let resolution = grid.resolution;
         let fitted = fitted_size(original, resolution);
         let scaled = resize(image, fitted.1, fitted.0, self.config.resample)?;
         let (top, left) = centring_offset(fitted, resolution);
         let canvas = scaled.paste_onto(resolution.1, resolution.0, left, top, [0, 0, 0]);
         let tile = self.config.size.0;
-        let grid = TileGrid { resolution, rows: resolution.0.div_ceil(tile), cols: resolution.1.div_ceil(tile) };
         let mut patches = Vec::with_capacity(1 + grid.rows * grid.cols);
         patches.push(self.resize_to_tile(image)?);
         for row in 0..grid.rows {

@@ -185,7 +185,8 @@ def write_rgb16_png(path, pixels):
 
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)))
+        f.write(chunk(b"IEND", b""))
 
 
 def pil_rgb(image):
@@ -200,7 +201,8 @@ def main():
     for name, config in CONFIGS.items():
         with open(os.path.join(OUT, f"{name}.json"), "w") as f:
             json.dump(config, f, indent=1)
-    expected = dict(pillow=PIL.__version__, transformers=transformers.__version__, images=image_cases(), video=video_case(), decoded=decode_files())
+    expected = dict(pillow=PIL.__version__, transformers=transformers.__version__, images=image_cases(),
+                    video=video_case(), decoded=decode_files())
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f)
     total = sum(os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT))

@@ -92,6 +92,32 @@ fn images_match_transformers_processor() {
 }
 
 #[test]
+fn images_of_a_batch_are_padded_with_zero_patches() {
+    let tiny = processor("tiny_bicubic");
+    let images = [&pattern(1, 1, 0), &pattern(40, 40, 1)].map(|i| tiny.preprocess(i, ImageLayout::Anyres).unwrap());
+    let batch = tiny.stack(&images).unwrap(); // 2 and 10 patches
+    assert_eq!(batch.shape(), &[2, 10, 3, 16, 16]);
+    let values = batch.as_slice::<f32>().unwrap();
+    let (patch, image) = (3 * 16 * 16, 10 * 3 * 16 * 16);
+    assert_eq!(&values[..2 * patch], images[0].pixel_values.as_slice::<f32>().unwrap());
+    assert!(values[2 * patch..image].iter().all(|&v| v == 0.0));
+    assert_eq!(&values[image..], images[1].pixel_values.as_slice::<f32>().unwrap());
+
+    let config = ImageProcessorConfig::from_json(
+        r#"{"size": 16, "image_grid_pinpoints": [[16, 16], [48, 48]], "do_pad": false}"#,
+    );
+    let unpadded = ImageProcessor::new(config.unwrap());
+    let err = unpadded.stack(&images).unwrap_err().to_string();
+    assert!(err.contains("needs `do_pad`"), "{err}");
+    // Equal counts need no padding; pixel values of another tile size are refused.
+    let squares = [&pattern(3, 3, 0), &pattern(5, 2, 0)].map(|i| unpadded.preprocess(i, ImageLayout::Square).unwrap());
+    assert_eq!(unpadded.stack(&squares).unwrap().shape(), &[2, 1, 3, 16, 16]);
+    let other = processor("onevision").preprocess(&pattern(3, 3, 0), ImageLayout::Square).unwrap();
+    let err = unpadded.stack(&[other]).unwrap_err().to_string();
+    assert!(err.contains("[patches, 3, 16, 16]"), "{err}");
+}
+
+#[test]
 fn video_frames_match_the_per_frame_resize() {
     let expected = expected();
     let case = &expected["video"];

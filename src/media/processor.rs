@@ -69,6 +69,35 @@ impl ImageProcessor {
         Ok(ImagePixels { pixel_values: self.to_tensor(&patches)?, image_size, grid })
     }
 
+    /// Several images' pixel values as one `[images, patches, 3, H, W]` tensor (transformers' batching): with
+    /// `do_pad` (the default) images with fewer patches are padded with zero patches up to the most any image has,
+    /// which the packing step skips (it knows each image's patch count from its size); without it, the counts must
+    /// be equal.
+    pub fn stack(&self, images: &[ImagePixels]) -> Result<Tensor> {
+        let (height, width) = self.config.size;
+        let patch_len = 3 * height * width;
+        let most = images.iter().map(|image| image.pixel_values.shape()[0]).max().unwrap_or(0);
+        let mut out = Tensor::zeros(&[images.len(), most, 3, height, width], DType::F32, Device::Cpu)?;
+        let values = out.as_mut_slice::<f32>()?;
+        for (i, image) in images.iter().enumerate() {
+            let shape = image.pixel_values.shape();
+            if shape[1..] != [3, height, width] {
+                return Err(crate::Error::Shape(format!(
+                    "image {i} has pixel values of shape {shape:?}; this processor makes [patches, 3, {height}, {width}]"
+                )));
+            }
+            if shape[0] != most && !self.config.pad_tiles {
+                return Err(crate::Error::Shape(format!(
+                    "image {i} has {} patches and another {most}: stacking them needs `do_pad`",
+                    shape[0]
+                )));
+            }
+            let start = i * most * patch_len;
+            values[start..start + shape[0] * patch_len].copy_from_slice(image.pixel_values.as_slice::<f32>()?);
+        }
+        Ok(out)
+    }
+
     /// The tile grid an image of `image_size` (`(height, width)`) takes in the anyres layout: what the model's
     /// packing step needs to arrange the tiles' features, without the pixels.
     pub fn tile_grid(&self, image_size: Size) -> Result<TileGrid> {

@@ -297,7 +297,7 @@ fn check_image_processor(d: &Dump) {
     let (_, shape, values) = d.get("img.pixels");
     let image = RgbImage::new(shape[1], shape[0], values.iter().map(|&v| v as u8).collect()).unwrap();
     let config = ImageProcessorConfig::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join(MEDIA_CONFIG)).unwrap();
-    let pixels = ImageProcessor::new(config).preprocess(&image, ImageLayout::Anyres).unwrap();
+    let pixels = ImageProcessor::new(config).unwrap().preprocess(&image, ImageLayout::Anyres).unwrap();
     d.check("img.pixel_values", &pixels.pixel_values);
 }
 

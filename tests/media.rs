@@ -17,7 +17,7 @@ fn expected() -> Value {
 }
 
 fn processor(config: &str) -> ImageProcessor {
-    ImageProcessor::new(ImageProcessorConfig::from_file(&fixtures().join(format!("{config}.json"))).unwrap())
+    ImageProcessor::new(ImageProcessorConfig::from_file(&fixtures().join(format!("{config}.json"))).unwrap()).unwrap()
 }
 
 /// The script's `pattern`: edges, gradients and pseudo-noise in integers.
@@ -106,7 +106,7 @@ fn images_of_a_batch_are_padded_with_zero_patches() {
     let config = ImageProcessorConfig::from_json(
         r#"{"size": 16, "image_grid_pinpoints": [[16, 16], [48, 48]], "do_pad": false}"#,
     );
-    let unpadded = ImageProcessor::new(config.unwrap());
+    let unpadded = ImageProcessor::new(config.unwrap()).unwrap();
     let err = unpadded.stack(&images).unwrap_err().to_string();
     assert!(err.contains("needs `do_pad`"), "{err}");
     // Equal counts need no padding; pixel values of another tile size are refused.

@@ -52,7 +52,7 @@ pub unsafe extern "C" fn ur_image_processor_create(
                 .map_err(|_| Failure::invalid("`config_path` is not valid UTF-8"))?;
             ImageProcessorConfig::from_file(Path::new(path))?
         };
-        *out = Box::into_raw(Box::new(ur_image_processor { magic: MAGIC, processor: ImageProcessor::new(config) }));
+        *out = Box::into_raw(Box::new(ur_image_processor { magic: MAGIC, processor: ImageProcessor::new(config)? }));
         Ok(())
     })
 }

@@ -116,7 +116,7 @@ impl ImageProcessorConfig {
             mean: channels(&map, "image_mean", CLIP_MEAN, |m| (0.0..=1.0).contains(&m), "in [0, 1]")?,
             std: channels(&map, "image_std", CLIP_STD, |s| s.is_finite() && s > 0.0, "positive and finite")?,
         };
-        Ok(ImageProcessorConfig {
+        let config = ImageProcessorConfig {
             size,
             grid_pinpoints,
             resample,
@@ -124,7 +124,37 @@ impl ImageProcessorConfig {
             normalization,
             do_normalize: flag("do_normalize", true)?,
             pad_tiles: flag("do_pad", true)?,
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks a configuration built in code (a parsed one already is): sizes within the bounds above, at least one
+    /// pinpoint, a positive finite rescale factor, means in [0, 1], positive finite stds.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |what: String| Err(Error::InvalidArgument(format!("image processor config: {what}")));
+        let (height, width) = self.size;
+        if !(1..=MAX_TILE_SIDE).contains(&height) || !(1..=MAX_TILE_SIDE).contains(&width) {
+            return fail(format!("size {height}x{width} is outside 1 to {MAX_TILE_SIDE} a side"));
+        }
+        if self.grid_pinpoints.is_empty() || self.grid_pinpoints.len() > MAX_PINPOINTS {
+            return fail(format!("{} grid pinpoints (1 to {MAX_PINPOINTS} accepted)", self.grid_pinpoints.len()));
+        }
+        if let Some(&(h, w)) = self
+            .grid_pinpoints
+            .iter()
+            .find(|(h, w)| !(1..=MAX_PINPOINT_SIDE).contains(h) || !(1..=MAX_PINPOINT_SIDE).contains(w))
+        {
+            return fail(format!("grid pinpoint {h}x{w} is outside 1 to {MAX_PINPOINT_SIDE} a side"));
+        }
+        if let Some(factor) = self.rescale_factor.filter(|f| !(f.is_finite() && *f > 0.0)) {
+            return fail(format!("rescale factor {factor} is not positive and finite"));
+        }
+        let Normalization { mean, std } = &self.normalization;
+        if !mean.iter().all(|m| (0.0..=1.0).contains(m)) || !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return fail(format!("mean {mean:?} must be in [0, 1] and std {std:?} positive and finite"));
+        }
+        Ok(())
     }
 
     /// The same configuration with the grid pinpoints of a model's `config.json` (the original LLaVA layout keeps
@@ -280,6 +310,29 @@ mod tests {
             let err = ImageProcessorConfig::from_json(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn configs_built_in_code_are_validated() {
+        let valid = ImageProcessorConfig::default();
+        let cases = [
+            (ImageProcessorConfig { size: (0, 384), ..valid.clone() }, "size 0x384"),
+            (ImageProcessorConfig { grid_pinpoints: Vec::new(), ..valid.clone() }, "0 grid pinpoints"),
+            (ImageProcessorConfig { grid_pinpoints: vec![(384, 0)], ..valid.clone() }, "pinpoint 384x0"),
+            (ImageProcessorConfig { rescale_factor: Some(f64::NAN), ..valid.clone() }, "rescale factor NaN"),
+            (
+                ImageProcessorConfig {
+                    normalization: Normalization { mean: [0.5; 3], std: [0.5, 0.0, 0.5] },
+                    ..valid.clone()
+                },
+                "std",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        valid.validate().unwrap();
     }
 
     #[test]

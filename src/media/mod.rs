@@ -7,7 +7,7 @@
 //! use unireward::media::{decode_image, ImageLayout, ImageProcessor, ImageProcessorConfig};
 //! # fn main() -> unireward::Result<()> {
 //! let config = ImageProcessorConfig::from_file("checkpoint/preprocessor_config.json".as_ref())?;
-//! let processor = ImageProcessor::new(config);
+//! let processor = ImageProcessor::new(config)?;
 //! let image = decode_image("cat.jpg".as_ref())?;
 //! let pixels = processor.preprocess(&image, ImageLayout::Anyres)?; // [1 + tiles, 3, 384, 384]
 //! # Ok(()) }

@@ -48,8 +48,10 @@ pub struct ImageProcessor {
 }
 
 impl ImageProcessor {
-    pub fn new(config: ImageProcessorConfig) -> ImageProcessor {
-        ImageProcessor { config }
+    /// A processor for `config` (checked with [`ImageProcessorConfig::validate`]).
+    pub fn new(config: ImageProcessorConfig) -> Result<ImageProcessor> {
+        config.validate()?;
+        Ok(ImageProcessor { config })
     }
 
     pub fn config(&self) -> &ImageProcessorConfig {
@@ -76,16 +78,19 @@ impl ImageProcessor {
     pub fn stack(&self, images: &[ImagePixels]) -> Result<Tensor> {
         let (height, width) = self.config.size;
         let patch_len = 3 * height * width;
+        for (i, image) in images.iter().enumerate() {
+            let shape = image.pixel_values.shape();
+            if shape.len() != 4 || shape[1..] != [3, height, width] {
+                return Err(crate::Error::Shape(format!(
+                    "image {i} has pixel values of shape {shape:?}; this processor makes [patches, 3, {height}, {width}]"
+                )));
+            }
+        }
         let most = images.iter().map(|image| image.pixel_values.shape()[0]).max().unwrap_or(0);
         let mut out = Tensor::zeros(&[images.len(), most, 3, height, width], DType::F32, Device::Cpu)?;
         let values = out.as_mut_slice::<f32>()?;
         for (i, image) in images.iter().enumerate() {
             let shape = image.pixel_values.shape();
-            if shape[1..] != [3, height, width] {
-                return Err(crate::Error::Shape(format!(
-                    "image {i} has pixel values of shape {shape:?}; this processor makes [patches, 3, {height}, {width}]"
-                )));
-            }
             if shape[0] != most && !self.config.pad_tiles {
                 return Err(crate::Error::Shape(format!(
                     "image {i} has {} patches and another {most}: stacking them needs `do_pad`",

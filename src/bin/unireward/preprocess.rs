@@ -48,7 +48,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(path) => ImageProcessorConfig::from_file(path)?,
         None => ImageProcessorConfig::default(),
     };
-    let processor = ImageProcessor::new(config);
+    let processor = ImageProcessor::new(config)?;
     let layout = if args.image.len() == 1 { ImageLayout::Anyres } else { ImageLayout::Square };
     let mut summaries = Vec::new();
     for path in &args.image {

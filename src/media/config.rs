@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::resample::Filter;
+use super::resample::{Filter, PassOrder};
 use crate::model::files::{read_text, MAX_JSON_BYTES};
 use crate::{Error, Result};
 
@@ -31,6 +31,9 @@ pub struct ImageProcessorConfig {
     /// Candidate `(height, width)` resolutions of the tile grid (anyres).
     pub grid_pinpoints: Vec<(usize, usize)>,
     pub resample: Filter,
+    /// The Pillow version whose resampling to reproduce (not a `preprocessor_config.json` key: transformers resizes
+    /// with whatever Pillow is installed). Pillow 13 by default.
+    pub pass_order: PassOrder,
     /// `None`: pixels stay in 0..=255.
     pub rescale_factor: Option<f64>,
     /// The checkpoint's mean and std; the mean also colours the padding of square-layout images.
@@ -56,6 +59,7 @@ impl Default for ImageProcessorConfig {
             size: (384, 384),
             grid_pinpoints: grid_range((1, 1), (6, 6), 384),
             resample: Filter::Bicubic,
+            pass_order: PassOrder::Pillow13,
             rescale_factor: Some(1.0 / 255.0),
             normalization: Normalization { mean: CLIP_MEAN, std: CLIP_STD },
             do_normalize: true,
@@ -120,6 +124,7 @@ impl ImageProcessorConfig {
             size,
             grid_pinpoints,
             resample,
+            pass_order: PassOrder::Pillow13,
             rescale_factor: flag("do_rescale", true)?.then_some(rescale_factor),
             normalization,
             do_normalize: flag("do_normalize", true)?,

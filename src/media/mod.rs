@@ -27,6 +27,6 @@ pub use config::{
 };
 pub use decode::{decode_gif_frames, decode_image, MAX_DECODE_BYTES, MAX_FILE_BYTES, MAX_GIF_FRAMES};
 pub use processor::{ImageLayout, ImagePixels, ImageProcessor, TileGrid};
-pub use resample::{resize, Filter};
+pub use resample::{resize, Filter, PassOrder};
 pub use rgb::{RgbImage, MAX_IMAGE_SIDE};
 pub use video::{load_video, sample_frame_indices, VideoFrames, VideoSource, MAX_SAMPLED_FRAMES, MAX_VIDEO_FRAMES};

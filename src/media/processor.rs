@@ -140,7 +140,7 @@ impl ImageProcessor {
         let grid = self.tile_grid(original)?;
         let resolution = grid.resolution;
         let fitted = fitted_size(original, resolution);
-        let scaled = resize(image, fitted.1, fitted.0, self.config.resample)?;
+        let scaled = resize(image, fitted.1, fitted.0, self.config.resample, self.config.pass_order)?;
         let (top, left) = centring_offset(fitted, resolution);
         let canvas = scaled.paste_onto(resolution.1, resolution.0, left, top, [0, 0, 0]);
         let tile = self.config.size.0;
@@ -168,7 +168,7 @@ impl ImageProcessor {
     }
 
     fn resize_to_tile(&self, image: &RgbImage) -> Result<RgbImage> {
-        resize(image, self.config.size.1, self.config.size.0, self.config.resample)
+        resize(image, self.config.size.1, self.config.size.0, self.config.resample, self.config.pass_order)
     }
 
     /// Rescaled, normalised, channels first.

@@ -5,7 +5,8 @@
 //! weighted sum of the input pixels under the filter, the filter stretched by the down-scaling factor (so that
 //! shrinking averages instead of skipping). The weights are normalised to sum to one and then rounded to 22-bit fixed
 //! point, and each pass rounds its result to 8 bits: both roundings are reproduced here, so the output is the same
-//! bytes PIL produces (the `image` crate's resize is a different algorithm and differs by many levels).
+//! bytes PIL produces (the `image` crate's resize is a different algorithm and differs by many levels). Pillow 13
+//! changed the order of the passes for some sizes; [`PassOrder`] picks the version to match.
 
 use rayon::prelude::*;
 
@@ -161,17 +162,26 @@ fn convolve(data: &[u8], stride: usize, taps: &[i32]) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// `image` resized to `width x height` with `filter`, byte for byte as `PIL.Image.resize` in Pillow 13 (a copy when
-/// the size does not change).
-///
-/// Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many pixels as the width
-/// does (before 13 the horizontal pass always came first); the order changes the 8-bit rounding between the passes,
-/// so it is followed here. Against Pillow 12 and older, such resizes can differ by a level or two in some bytes.
-pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Filter) -> Result<RgbImage> {
+/// Which Pillow's order of the two passes to follow. The order changes the 8-bit rounding between them, so a resize
+/// that both passes take can differ by a level or two in some bytes between the two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PassOrder {
+    /// Pillow 13 and later: the vertical pass first when the height shrinks by more than twice as many pixels as the
+    /// width does, the horizontal pass first otherwise.
+    #[default]
+    Pillow13,
+    /// Pillow 12 and older: always the horizontal pass first.
+    Pillow12,
+}
+
+/// `image` resized to `width x height` with `filter`, byte for byte as `PIL.Image.resize` in the Pillow that `order`
+/// names (a copy when the size does not change).
+pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Filter, order: PassOrder) -> Result<RgbImage> {
     check_size("resize target", width, height)?;
     let (in_width, in_height) = (image.width(), image.height());
     let shrink_y = in_height as i64 - height as i64;
-    let vertical_first = shrink_y > 0 && shrink_y > (in_width as i64 - width as i64) * 2;
+    let vertical_first =
+        order == PassOrder::Pillow13 && shrink_y > 0 && shrink_y > (in_width as i64 - width as i64) * 2;
     let horizontal = (width != in_width).then(|| Coefficients::new(in_width, width, filter));
     let vertical = (height != in_height).then(|| Coefficients::new(in_height, height, filter));
     match (horizontal, vertical) {
@@ -238,9 +248,12 @@ mod tests {
     #[test]
     fn a_flat_image_stays_flat_and_nearest_is_refused() {
         let flat = RgbImage::filled(13, 5, [7, 200, 255]).unwrap();
-        let out = resize(&flat, 4, 9, Filter::Bicubic).unwrap();
+        let out = resize(&flat, 4, 9, Filter::Bicubic, PassOrder::Pillow13).unwrap();
         assert!(out.pixels().chunks(3).all(|p| p == [7, 200, 255]));
         assert!(Filter::from_pil(0).unwrap_err().to_string().contains("NEAREST"));
-        assert!(resize(&flat, 0, 9, Filter::Bicubic).unwrap_err().to_string().contains("zero size"));
+        assert!(resize(&flat, 0, 9, Filter::Bicubic, PassOrder::Pillow12)
+            .unwrap_err()
+            .to_string()
+            .contains("zero size"));
     }
 }

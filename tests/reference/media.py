@@ -1,11 +1,13 @@
 """Fixtures for tests/media.rs: what transformers' LlavaOnevisionImageProcessor (the slow, PIL-based processor) makes
 of images, and what PIL decodes from small image files.
 
-Run with the torch venv plus Pillow 13 (the processor needs Pillow; the venv's pins do not carry it; Pillow 13
-changed the order of the resampling passes, which tests/media.rs follows):
-    pip install --target /tmp/pillow pillow==13.0.0
+Run with the torch venv plus Pillow (the processor needs it; the venv's pins do not carry it), once with Pillow 13
+and once with Pillow 12 (Pillow 13 changed the order of the resampling passes for some sizes; both are checked):
+    pip install --target /tmp/pillow pillow==13.0.0 && pip install --target /tmp/pillow12 pillow==12.0.0
     PYTHONPATH=/tmp/pillow ~/.cache/unireward/torch-venv/bin/python tests/reference/media.py
-Writes tests/fixtures/media/: the small image files, expected.json, and *.f32 (raw little-endian float32 tensors).
+    PYTHONPATH=/tmp/pillow12 ~/.cache/unireward/torch-venv/bin/python tests/reference/media.py
+Pillow 13 writes tests/fixtures/media/: the small image files, expected.json, and *.f32 (raw little-endian float32
+tensors); Pillow 12 writes pillow12.json and pillow12_*.f32 for the cases whose bytes depend on the pass order.
 
 Processor inputs are synthetic: `pattern(width, height)` is an integer formula that tests/media.rs computes too, so
 no large image is committed. Small configurations (16x16 tiles) are compared in full; the real 384x384 configuration
@@ -49,6 +51,7 @@ IMAGE_CASES = [
     ("tiny_bicubic", 33, 7, "anyres"),
     ("tiny_bicubic", 40, 40, "anyres"),
     ("tiny_bicubic", 100, 37, "anyres"),
+    ("tiny_bicubic", 17, 26, "anyres"),
     ("tiny_bicubic", 50, 17, "square"),
     ("tiny_bicubic", 17, 50, "square"),
     ("tiny_bilinear", 45, 29, "anyres"),
@@ -64,6 +67,10 @@ IMAGE_CASES = [
 VIDEO_CASE = ("tiny_bicubic", [(20, 12), (9, 9), (31, 40), (16, 16)])
 
 FULL_LIMIT = 40_000  # tensors up to this many values are stored whole
+
+# Cases whose resizes take both passes with the height shrinking by more than twice the width (7x33 to 16x16):
+# Pillow 12 and 13 give different bytes.
+PILLOW12_CASES = [("tiny_bicubic", 7, 33, "anyres"), ("tiny_bicubic", 17, 26, "anyres")]
 
 
 def pattern(width, height, phase=0):
@@ -95,16 +102,16 @@ def processor(config):
     return LlavaOnevisionImageProcessor(**config)
 
 
-def image_cases():
+def image_cases(cases_to_run=IMAGE_CASES, prefix=""):
     cases = []
-    for config, width, height, layout in IMAGE_CASES:
+    for config, width, height, layout in cases_to_run:
         image = Image.fromarray(pattern(width, height))
         # A sample with two images takes the pad-to-square path for each; the output holds one entry per image.
         images = [[image]] if layout == "anyres" else [[image, image]]
         # The channel axis is named: transformers cannot infer it for a 1x1x3 array.
         out = processor(CONFIGS[config])(images, return_tensors="np", do_pad=False, input_data_format="channels_last")
         pixels = out["pixel_values"][0]
-        name = f"{config}_{width}x{height}_{layout}"
+        name = f"{prefix}{config}_{width}x{height}_{layout}"
         case = dict(name=name, config=config, width=width, height=height, layout=layout, shape=list(pixels.shape),
                     image_size=[int(s) for s in out["image_sizes"][0]])
         case.update(store(name, pixels))
@@ -196,8 +203,17 @@ def pil_rgb(image):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if int(PIL.__version__.split(".")[0]) < 13:
+        for name in os.listdir(OUT):
+            if name.startswith("pillow12"):
+                os.remove(os.path.join(OUT, name))
+        with open(os.path.join(OUT, "pillow12.json"), "w") as f:
+            json.dump(dict(pillow=PIL.__version__, images=image_cases(PILLOW12_CASES, "pillow12_")), f)
+        print(f"wrote the Pillow {PIL.__version__} cases to {os.path.normpath(OUT)}")
+        return
     for name in os.listdir(OUT):
-        os.remove(os.path.join(OUT, name))
+        if not name.startswith("pillow12"):
+            os.remove(os.path.join(OUT, name))
     for name, config in CONFIGS.items():
         with open(os.path.join(OUT, f"{name}.json"), "w") as f:
             json.dump(config, f, indent=1)

@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use unireward::media::{decode_image, load_video, ImageLayout, ImageProcessor, ImageProcessorConfig, VideoSource};
+use unireward::media::{
+    decode_image, load_video, ImageLayout, ImageProcessor, ImageProcessorConfig, PassOrder, VideoSource,
+};
 use unireward::Tensor;
 
 #[derive(clap::Args)]
@@ -27,6 +29,9 @@ pub struct Args {
     /// Write each input's pixel values to DIR/<input name>.npy (float32, [patches or frames, 3, H, W]).
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
+    /// Resize as Pillow 12 and older do (the horizontal pass always first) instead of Pillow 13.
+    #[arg(long)]
+    pillow_12: bool,
     /// Print the summary as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -44,10 +49,13 @@ struct Summary {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.image.is_empty() || !args.video.is_empty(), "give at least one --image or --video");
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => ImageProcessorConfig::from_file(path)?,
         None => ImageProcessorConfig::default(),
     };
+    if args.pillow_12 {
+        config.pass_order = PassOrder::Pillow12;
+    }
     let processor = ImageProcessor::new(config)?;
     let layout = if args.image.len() == 1 { ImageLayout::Anyres } else { ImageLayout::Square };
     let mut summaries = Vec::new();

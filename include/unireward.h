@@ -84,6 +84,12 @@
 // `ur_logprobs_config.reduction`: the mean over counted tokens, 0 without any (IPO, SimPO).
 #define UR_REDUCTION_MEAN 1
 
+// An image alone in its sample: the whole image resized to one tile, then the tiles of the best grid resolution.
+#define UR_IMAGE_LAYOUT_ANYRES 0
+
+// One of several images in a sample: padded to a square of the mean colour and resized to one tile.
+#define UR_IMAGE_LAYOUT_SQUARE 1
+
 // `ur_dpo_config.loss_type` codes, TRL's `loss_type` names (the order of `DpoLossType::ALL`).
 #define UR_DPO_SIGMOID 0
 
@@ -166,6 +172,10 @@ typedef enum ur_status {
 // `ur_context_create`, free it with `ur_context_free`. The ops only read it, so one context may be used from
 // several threads at once.
 typedef struct ur_context ur_context;
+
+// A checkpoint's image preprocessing. Opaque; create it with `ur_image_processor_create`, free it with
+// `ur_image_processor_free`. It is only read after creation: any thread may use it.
+typedef struct ur_image_processor ur_image_processor;
 
 // A Qwen2 decoder with its weights on one device, and the state of one training step: the forward pass kept for
 // the backward, then the gradients. Opaque; create it with `ur_model_load`, free it with `ur_model_free`.
@@ -640,6 +650,49 @@ enum ur_status ur_logprobs_backward(struct ur_context *ctx,
                                     const struct ur_logprobs_config *cfg,
                                     const DLTensor *grad_logits_out,
                                     void *stream);
+
+// Reads the preprocessing of a checkpoint from `config_path` (its `preprocessor_config.json`; NULL: transformers'
+// `LlavaOnevisionImageProcessor` defaults) into `*out`. A missing, unreadable or unsupported file is
+// `UR_ERROR_CHECKPOINT`, with a message naming it. On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `config_path` is NULL or a NUL-terminated UTF-8 path; `out` is NULL (an
+// error) or writable.
+enum ur_status ur_image_processor_create(struct ur_context *ctx,
+                                         const char *config_path,
+                                         struct ur_image_processor **out);
+
+// Frees a processor. NULL is accepted and does nothing.
+//
+// # Safety
+// `processor` is NULL or a pointer returned by `ur_image_processor_create`, not yet freed, and no call is using it.
+void ur_image_processor_free(struct ur_image_processor *processor);
+
+// The shape `[patches, 3, tile height, tile width]` that `ur_image_processor_run` writes for a `height x width`
+// image in `layout` (`UR_IMAGE_LAYOUT_*`), into `shape[0..4]`.
+//
+// # Safety
+// `processor` comes from `ur_image_processor_create`; `shape` is NULL (an error) or has 4 writable values.
+enum ur_status ur_image_processor_output_shape(const struct ur_image_processor *processor,
+                                               uint64_t height,
+                                               uint64_t width,
+                                               int32_t layout,
+                                               uint64_t *shape);
+
+// Preprocesses one image: `pixels` holds `height · width · 3` bytes (rows top to bottom, R G B interleaved), `out`
+// receives `out_len` float32 values, which must be exactly the count of `ur_image_processor_output_shape`'s shape.
+// Both are host memory. Nothing is written to `out` on failure.
+//
+// # Safety
+// `processor` comes from `ur_image_processor_create`; `pixels` is NULL (an error) or has `height · width · 3`
+// readable bytes; `out` is NULL (an error) or has `out_len` writable floats not overlapping `pixels`.
+enum ur_status ur_image_processor_run(const struct ur_image_processor *processor,
+                                      const uint8_t *pixels,
+                                      uint64_t height,
+                                      uint64_t width,
+                                      int32_t layout,
+                                      float *out,
+                                      uint64_t out_len);
 
 // Greedy decoding, 64 new tokens at most, seed 0, no stop tokens.
 struct ur_generation_config ur_generation_config_default(void);

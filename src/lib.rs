@@ -7,6 +7,7 @@
 //!   log-probs (from logits or fused with the LM head), the DPO family and reward-model losses, Diffusion-DPO,
 //!   scoring heads, batched pairwise comparisons, and the transformer ops the Qwen2 decoder is built from;
 //! - [`model`]: Hugging Face configs and safetensors checkpoints;
+//! - [`media`]: image and video input (decoding, frame sampling, LLaVA-OneVision's preprocessing);
 //! - [`judge`]: the tokenizer and Qwen's chat template;
 //! - [`ffi`]: the stable C ABI (`include/unireward.h`), on which the C++ header and the Python package stand.
 //!
@@ -17,6 +18,7 @@ mod cxx_bridge;
 pub mod error;
 pub mod ffi;
 pub mod judge;
+pub mod media;
 pub mod model;
 pub mod ops;
 pub mod runtime;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use unireward::ffi::UR_ABI_VERSION;
+use unireward::media::{ImageLayout, ImageProcessor, ImageProcessorConfig, RgbImage};
 use unireward::model::qwen2::ForwardOptions;
 use unireward::model::Qwen2Model;
 use unireward::ops::compare::{compare, select_pairs, CompareConfig, SelectionConfig, Verdicts};
@@ -296,6 +297,17 @@ fn check_model(d: &Dump) {
 const MODEL: &str = "gqa_untied";
 
 /// The C program's arguments after the dump file: the model directory, a greedy prompt and its expected tokens.
+/// The preprocessing config the C program's image test runs under (16x16 tiles, grids up to 3x3).
+const MEDIA_CONFIG: &str = "tests/fixtures/media/tiny_bicubic.json";
+
+fn check_image_processor(d: &Dump) {
+    let (_, shape, values) = d.get("img.pixels");
+    let image = RgbImage::new(shape[1], shape[0], values.iter().map(|&v| v as u8).collect()).unwrap();
+    let config = ImageProcessorConfig::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join(MEDIA_CONFIG)).unwrap();
+    let pixels = ImageProcessor::new(config).unwrap().preprocess(&image, ImageLayout::Anyres).unwrap();
+    d.check("img.pixel_values", &pixels.pixel_values);
+}
+
 fn model_args() -> [String; 3] {
     let r = reference::Reference::load(MODEL);
     let list = |key: &str| r.ids(key).iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
@@ -308,7 +320,8 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     let program = compile("tests/c/test_abi.c", "test_abi");
     let dump_path = program.with_extension("dump");
     let [dir, prompt, tokens] = model_args();
-    let args = [dump_path.as_os_str(), dir.as_ref(), prompt.as_ref(), tokens.as_ref()];
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(MEDIA_CONFIG);
+    let args = [dump_path.as_os_str(), dir.as_ref(), prompt.as_ref(), tokens.as_ref(), config.as_os_str()];
     let stdout = run(&program, &args, false);
     println!("{stdout}");
     let dump = Dump::read(&dump_path);
@@ -318,6 +331,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_heads(&dump);
     check_compare(&dump);
     check_model(&dump);
+    check_image_processor(&dump);
 
     assert!(
         valgrind_present(),

@@ -975,9 +975,51 @@ static void test_model(const char* dir, const char* prompt_text, const char* exp
   ur_model_free(model);
 }
 
+/* Image preprocessing under the 16x16-tile fixture config: a 5x3 image, its pixels and pixel values dumped for
+   tests/c_abi.rs to recompute with the Rust API. */
+static void test_image_processor(const char* config_path) {
+  ur_image_processor* processor = NULL;
+  OK(ur_image_processor_create(ctx, config_path, &processor));
+  enum { W = 5, H = 3 };
+  uint8_t pixels[H * W * 3];
+  int32_t pixels_i32[H * W * 3];
+  for (int i = 0; i < H * W * 3; i++) pixels_i32[i] = pixels[i] = (uint8_t)((i * 37 + 11) % 256);
+  uint64_t shape[4];
+  OK(ur_image_processor_output_shape(processor, H, W, UR_IMAGE_LAYOUT_ANYRES, shape));
+  CHECK(shape[0] == 2 && shape[1] == 3 && shape[2] == 16 && shape[3] == 16, "shape %llu %llu %llu %llu",
+        (unsigned long long)shape[0], (unsigned long long)shape[1], (unsigned long long)shape[2],
+        (unsigned long long)shape[3]);
+  size_t count = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+  float* out = malloc(count * sizeof *out);
+  CHECK(out != NULL, "malloc");
+  OK(ur_image_processor_run(processor, pixels, H, W, UR_IMAGE_LAYOUT_ANYRES, out, count));
+  Tensor tp, to;
+  dump("img.pixels", tensor(&tp, pixels_i32, I32, 3, D(H), D(W), D(3)));
+  dump("img.pixel_values", tensor(&to, out, F32, 4, D(shape[0]), D(shape[1]), D(shape[2]), D(shape[3])));
+  OK(ur_image_processor_output_shape(processor, H, W, UR_IMAGE_LAYOUT_SQUARE, shape));
+  CHECK(shape[0] == 1, "square layout: %llu patches", (unsigned long long)shape[0]);
+
+  FAILS(UR_ERROR_SHAPE, "out", ur_image_processor_run(processor, pixels, H, W, UR_IMAGE_LAYOUT_ANYRES, out, count - 1));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "layout", ur_image_processor_run(processor, pixels, H, W, 7, out, count));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "zero size", ur_image_processor_output_shape(processor, 0, W, 0, shape));
+  FAILS(UR_ERROR_NULL_POINTER, "pixels", ur_image_processor_run(processor, NULL, H, W, 0, out, count));
+  FAILS(UR_ERROR_NULL_POINTER, "processor", ur_image_processor_output_shape(NULL, H, W, 0, shape));
+  free(out);
+  ur_image_processor_free(processor);
+  ur_image_processor_free(NULL);
+
+  FAILS(UR_ERROR_CHECKPOINT, "missing.json", ur_image_processor_create(ctx, "missing.json", &processor));
+  OK(ur_image_processor_create(ctx, NULL, &processor)); /* transformers' defaults: 384x384 tiles */
+  OK(ur_image_processor_output_shape(processor, 300, 500, UR_IMAGE_LAYOUT_ANYRES, shape));
+  CHECK(shape[0] == 3 && shape[2] == 384, "default shape %llu %llu", (unsigned long long)shape[0],
+        (unsigned long long)shape[2]);
+  ur_image_processor_free(processor);
+}
+
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS (ids comma-separated)\n", argv[0]);
+  if (argc != 6) {
+    fprintf(stderr, "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS PREPROCESSOR_CONFIG (ids comma-separated)\n",
+            argv[0]);
     return 2;
   }
   dump_file = fopen(argv[1], "w");
@@ -991,6 +1033,7 @@ int main(int argc, char** argv) {
   test_heads();
   test_compare();
   test_model(argv[2], argv[3], argv[4]);
+  test_image_processor(argv[5]);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

@@ -9,7 +9,7 @@ import re
 import pytest
 
 import unireward
-from unireward import _lib, comparisons, heads, logprobs, losses, model
+from unireward import _lib, comparisons, heads, logprobs, losses, media, model
 from unireward._dlpack import DLDataType, DLDevice, DLTensor
 
 HEADER = pathlib.Path(__file__).resolve().parents[3] / "include" / "unireward.h"
@@ -20,6 +20,7 @@ C_SCALARS = {
     "int32_t": ctypes.c_int32,
     "int64_t": ctypes.c_int64,
     "uint64_t": ctypes.c_uint64,
+    "uint8_t": ctypes.c_uint8,
     "float": ctypes.c_float,
     "size_t": ctypes.c_size_t,
     # Passed or stored by value.
@@ -108,7 +109,7 @@ def test_declared_exports_match_the_header():
 
 
 # Opaque handles, passed as `void*`.
-HANDLES = ("void", "ur_context", "ur_model")
+HANDLES = ("void", "ur_context", "ur_model", "ur_image_processor")
 
 
 def matches(t, c: str) -> bool:
@@ -134,6 +135,7 @@ def test_enum_codes_match_the_header():
         assert d[f"UR_DPO_{name.upper()}"] == i
     assert [d["UR_KWISE_ALL_PAIRS"], d["UR_KWISE_PLACKETT_LUCE"]] == [0, 1]
     assert [d["UR_REDUCTION_SUM"], d["UR_REDUCTION_MEAN"]] == [0, 1]
+    assert [d["UR_IMAGE_LAYOUT_" + name.upper()] for name in media.LAYOUTS] == [0, 1]
     for prefix, names in [("UR_VERDICTS_", comparisons.VERDICT_KINDS), ("UR_SCORE_LINK_", comparisons.SCORE_LINKS),
                           ("UR_PAIRING_", comparisons.PAIRINGS), ("UR_TIES_", comparisons.TIES), ("UR_NANS_", comparisons.NANS)]:
         for i, name in enumerate(names):

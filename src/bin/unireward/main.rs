@@ -7,6 +7,7 @@ mod demo;
 mod generate;
 mod kernels;
 mod peak_alloc;
+mod preprocess;
 mod report;
 mod synthetic;
 
@@ -34,6 +35,8 @@ enum Command {
     Kernels(kernels::Args),
     /// Generates text with a Qwen2 checkpoint (greedy or sampled; the prompt raw or in the chat template).
     Generate(generate::Args),
+    /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
+    Preprocess(preprocess::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -79,6 +82,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(bench) => bench::run(&bench),
         Command::Kernels(args) => kernels::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Preprocess(args) => preprocess::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

@@ -137,7 +137,12 @@ pub unsafe extern "C" fn ur_image_processor_run(
             .into());
         }
         // The size was checked (at most 32768 a side) by output_shape: the byte count cannot overflow.
-        let bytes = std::slice::from_raw_parts(pixels, height * width * 3).to_vec();
+        let in_bytes = height * width * 3;
+        let (out_start, in_start) = (out as usize, pixels as usize);
+        if out_start < in_start + in_bytes && in_start < out_start + expected * 4 {
+            return Err(Failure::invalid("`out` overlaps `pixels`: an output must be separate memory"));
+        }
+        let bytes = std::slice::from_raw_parts(pixels, in_bytes).to_vec();
         let result = processor.preprocess(&RgbImage::new(width, height, bytes)?, layout)?;
         let values = result.pixel_values.as_slice::<f32>()?;
         std::slice::from_raw_parts_mut(out, expected).copy_from_slice(values);

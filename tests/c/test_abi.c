@@ -1003,6 +1003,8 @@ static void test_image_processor(const char* config_path) {
   FAILS(UR_ERROR_INVALID_ARGUMENT, "layout", ur_image_processor_run(processor, pixels, H, W, 7, out, count));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "zero size", ur_image_processor_output_shape(processor, 0, W, 0, shape));
   FAILS(UR_ERROR_NULL_POINTER, "pixels", ur_image_processor_run(processor, NULL, H, W, 0, out, count));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`out` overlaps `pixels`",
+        ur_image_processor_run(processor, (const uint8_t*)out, H, W, UR_IMAGE_LAYOUT_ANYRES, out, count));
   FAILS(UR_ERROR_NULL_POINTER, "processor", ur_image_processor_output_shape(NULL, H, W, 0, shape));
   free(out);
   ur_image_processor_free(processor);

@@ -25,9 +25,14 @@ fn step(model: &Qwen2Model, r: &Reference, recompute: bool) -> Vec<(String, Vec<
 #[test]
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
 fn cuda_training_step_matches_cpu_and_transformers() {
-    for (name, dtype, tol) in
-        [("gqa_untied", DType::F32, 1e-4), ("mha_tied", DType::F32, 1e-4), ("mqa_tied_bf16", DType::BF16, 3e-2)]
-    {
+    // bf16: two bf16 computations summing in different orders; a gradient whose terms cancel (k_proj's bias: the
+    // softmax rows' gradients sum to zero up to RoPE) differs by a few per cent, so gradients are held to the bound
+    // the CPU's bf16 gradients meet against float truth (model.rs), logits and loss to 3e-2.
+    for (name, dtype, tol, grad_tol) in [
+        ("gqa_untied", DType::F32, 1e-4, 1e-4),
+        ("mha_tied", DType::F32, 1e-4, 1e-4),
+        ("mqa_tied_bf16", DType::BF16, 3e-2, 1e-1),
+    ] {
         let r = Reference::load(name);
         let mask = r.ids("attention_mask");
         let cpu = Qwen2Model::load(&model_dir(name), dtype, Device::Cpu).unwrap();
@@ -39,6 +44,7 @@ fn cuda_training_step_matches_cpu_and_transformers() {
                 let vocab = cpu.config.vocab_size;
                 let keep = |i: usize| what != "logits" || mask[i / vocab] != 0;
                 let err = relative_error(got, want, keep);
+                let tol = if what == "logits" || what == "loss" { tol } else { grad_tol };
                 assert!(err < tol, "{name} {dtype:?} recompute={recompute}: {what} CUDA vs CPU {err:.3e}");
             }
         }

@@ -82,8 +82,14 @@ pub fn values(t: &Tensor) -> Vec<f64> {
 /// |got − want| ≤ atol + rtol·|want| element-wise, with atol = rtol · max|want| (so tiny entries of a large
 /// vector are judged on the vector's scale).
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64) {
+    assert_close_on_scale(what, got, want, rtol, 0.0);
+}
+
+/// [`assert_close`] with atol = rtol · max(max|want|, `scale`): for results whose terms cancel, judged on the scale
+/// of the terms rather than of what is left.
+pub fn assert_close_on_scale(what: &str, got: &[f64], want: &[f64], rtol: f64, scale: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs())).max(1e-30);
+    let scale = want.iter().fold(scale, |m, w| m.max(w.abs())).max(1e-30);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
             (g - w).abs() <= rtol * (scale + w.abs()) && g.is_finite(),

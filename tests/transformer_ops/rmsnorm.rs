@@ -173,8 +173,12 @@ fn cuda_matches_cpu() {
                 [values(&out.y), values(&out.rstd), values(&grads.grad_x), values(&grads.grad_weight)]
             };
             let (cpu, cuda) = (run(Device::Cpu), run(gpu));
-            for (name, (c, g)) in ["y", "rstd", "grad_x", "grad_weight"].iter().zip(cpu.iter().zip(&cuda)) {
-                assert_close(name, g, c, tol(dtype));
+            // grad_x = rstd·(g·w − x̂·mean(g·w·x̂)) cancels (to eps's part alone at h = 1): judged on its terms' scale.
+            let max = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            let terms = max(&cpu[1]) * max(&g) * max(&w);
+            for (name, (c, got)) in ["y", "rstd", "grad_x", "grad_weight"].iter().zip(cpu.iter().zip(&cuda)) {
+                let scale = if *name == "grad_x" { terms } else { 0.0 };
+                assert_close_on_scale(name, got, c, tol(dtype), scale);
             }
         }
     }

@@ -42,19 +42,21 @@ static unsigned tiled(int n, int heads, int t) { return n * heads * ((t + 15) / 
 static unsigned elementwise(long long len) { long long b = (len + 255) / 256; return b < 1 ? 1 : (b > 4096 ? 4096 : b); }
 extern "C" {
 void emu_attention_forward(const float* q, const float* k, const float* v, const int* mask, int n, int t, int hq,
-                           int hkv, int d, float* out, float* lse) {
+                           int hkv, int d, int causal, float* out, float* lse) {
     float scale = 1.0f / sqrtf((float)d);
-    run(tiled(n, hq, t), 128, [=] { attention_forward_f32(q, k, v, mask, t, hq, hkv, d, scale, out, lse); });
+    run(tiled(n, hq, t), 128, [=] { attention_forward_f32(q, k, v, mask, t, hq, hkv, d, causal, scale, out, lse); });
 }
 void emu_attention_backward(const float* q, const float* k, const float* v, const float* g, const float* out,
-                            const int* mask, const float* lse, int n, int t, int hq, int hkv, int d, float* delta,
-                            float* dq, float* dk_part, float* dv_part, float* dk, float* dv) {
+                            const int* mask, const float* lse, int n, int t, int hq, int hkv, int d, int causal,
+                            float* delta, float* dq, float* dk_part, float* dv_part, float* dk, float* dv) {
     float scale = 1.0f / sqrtf((float)d);
     long long rows = (long long)n * t * hq, total = (long long)n * t * hkv * d;
     run(elementwise(rows * 32), 256, [=] { attention_backward_delta_f32(g, out, rows, t, hq, hkv, d, delta); });
-    run(tiled(n, hq, t), 128, [=] { attention_backward_dq_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dq); });
     run(tiled(n, hq, t), 128, [=] {
-        attention_backward_dkv_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dk_part, dv_part);
+        attention_backward_dq_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, causal, scale, dq);
+    });
+    run(tiled(n, hq, t), 128, [=] {
+        attention_backward_dkv_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, causal, scale, dk_part, dv_part);
     });
     run(elementwise(total), 256, [=] { attention_backward_dkv_reduce_f32(dk_part, dv_part, total, t, hq, hkv, d, dk, dv); });
 }
@@ -120,24 +122,25 @@ def close(what, got, exp, rel=1e-5):
     return ok
 
 ok = True
-for name in ["attention_gqa", "attention_padded"]:
+for name in ["attention_gqa", "attention_padded", "attention_bidirectional", "attention_bidirectional_padded"]:
     c = load(name); print(name)
-    n, t, hq, hkv, d = c["n"], c["t"], c["hq"], c["hkv"], c["d"]
+    n, t, hq, hkv, d, causal = c["n"], c["t"], c["hq"], c["hkv"], c["d"], int(c["causal"])
     q, k, v, g, mask = f32(c["q"]), f32(c["k"]), f32(c["v"]), f32(c["grad_out"]), i32(c["mask"])
     out, lse = garbage(q.size), garbage(n * hq * t)
-    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, P(out), P(lse))
+    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, causal, P(out), P(lse))
     ok &= close("out", out, c["out"]) & close("lse", lse, c["lse"])
     delta, dq, dkp, dvp, dk, dv = garbage(n * hq * t), garbage(q.size), garbage(q.size), garbage(q.size), garbage(k.size), garbage(k.size)
-    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, P(delta), P(dq),
-                               P(dkp), P(dvp), P(dk), P(dv))
+    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, causal, P(delta),
+                               P(dq), P(dkp), P(dvp), P(dk), P(dv))
     ok &= close("grad_q", dq, c["grad_q"]) & close("grad_k", dk, c["grad_k"]) & close("grad_v", dv, c["grad_v"])
 
-def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d):
+def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d, causal):
     """float64 attention as in transformer_ops.py (numpy): out, lse, and the gradients of sum(g * out)."""
     q, k, v, g = (a.astype(np.float64).reshape(n, t, -1, d).transpose(0, 2, 1, 3) for a in (q, k, v, g))
     k, v = np.repeat(k, hq // hkv, axis=1), np.repeat(v, hq // hkv, axis=1)
     real = mask.reshape(n, t) != 0
-    allowed = np.tril(np.ones((t, t), bool))[None, None] & real[:, None, None, :]
+    visible = np.tril(np.ones((t, t), bool)) if causal else np.ones((t, t), bool)
+    allowed = visible[None, None] & real[:, None, None, :]
     s = np.where(allowed, q @ k.transpose(0, 1, 3, 2) / math.sqrt(d), -np.inf)
     m = np.where(real[:, None, :, None], s.max(-1, keepdims=True), 0.0)
     e = np.where(allowed, np.exp(s - m), 0.0)
@@ -150,21 +153,23 @@ def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d):
     return back(p @ v), lse.reshape(-1), back(ds @ k), back(group(ds.transpose(0, 1, 3, 2) @ q)), \
         back(group(p.transpose(0, 1, 3, 2) @ g))
 
-# Several tiles per head, d > 64 (a partly used third column per lane), GQA, right padding, an all-padding row.
+# Several tiles per head, d > 64 (a partly used third column per lane: SigLIP-so400m's 72), GQA, right padding, an
+# all-padding row; causal and bidirectional.
 rng = np.random.default_rng(7)
 n, t, hq, hkv, d = 3, 37, 6, 2, 72
-print(f"attention random n={n} t={t} hq={hq} hkv={hkv} d={d}")
-q, g = f32(rng.standard_normal(n * t * hq * d)), f32(rng.standard_normal(n * t * hq * d))
-k, v = f32(rng.standard_normal(n * t * hkv * d)), f32(rng.standard_normal(n * t * hkv * d))
-mask = i32([[1] * t, [1] * 20 + [0] * (t - 20), [0] * t])
-want = attention_reference(q, k, v, g, mask, n, t, hq, hkv, d)
-out, lse = garbage(q.size), garbage(n * hq * t)
-lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, P(out), P(lse))
-delta, dq, dkp, dvp, dk, dv = garbage(n * hq * t), garbage(q.size), garbage(q.size), garbage(q.size), garbage(k.size), garbage(k.size)
-lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, P(delta), P(dq),
-                           P(dkp), P(dvp), P(dk), P(dv))
-for what, got, exp in zip(["out", "lse", "grad_q", "grad_k", "grad_v"], [out, lse, dq, dk, dv], want):
-    ok &= close(what, got, exp)
+for causal in [1, 0]:
+    print(f"attention random n={n} t={t} hq={hq} hkv={hkv} d={d} causal={causal}")
+    q, g = f32(rng.standard_normal(n * t * hq * d)), f32(rng.standard_normal(n * t * hq * d))
+    k, v = f32(rng.standard_normal(n * t * hkv * d)), f32(rng.standard_normal(n * t * hkv * d))
+    mask = i32([[1] * t, [1] * 20 + [0] * (t - 20), [0] * t])
+    want = attention_reference(q, k, v, g, mask, n, t, hq, hkv, d, causal)
+    out, lse = garbage(q.size), garbage(n * hq * t)
+    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, causal, P(out), P(lse))
+    delta, dq, dkp, dvp, dk, dv = garbage(n * hq * t), garbage(q.size), garbage(q.size), garbage(q.size), garbage(k.size), garbage(k.size)
+    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, causal, P(delta),
+                               P(dq), P(dkp), P(dvp), P(dk), P(dv))
+    for what, got, exp in zip(["out", "lse", "grad_q", "grad_k", "grad_v"], [out, lse, dq, dk, dv], want):
+        ok &= close(what, got, exp)
 
 def cached_reference(q, k, v, mask, start, n, tq, s, hq, hkv, d):
     """float64 attention of queries at slots start[b] + i over the real cache slots up to theirs; zeros if none."""

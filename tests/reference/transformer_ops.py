@@ -2,8 +2,8 @@
 
 Each op follows transformers' Qwen2 implementation, in float64: Qwen2RMSNorm's formula, rotate_half RoPE with the
 angles formed in float32 as Qwen2RotaryEmbedding forms them (cos/sin then taken in float64), eager attention with
-repeat_kv, a causal mask and a padding mask on keys (queries at padding positions output zeros), nn.Linear, and
-silu(gate) * up. Gradients by autograd of sum(grad_out * out).
+repeat_kv, a causal mask (or none: SigLIP's encoder) and a padding mask on keys (queries at padding positions output
+zeros), nn.Linear, and silu(gate) * up. Gradients by autograd of sum(grad_out * out).
 
 Run: python tests/reference/transformer_ops.py  (writes tests/fixtures/transformer_ops/*.json)
 """
@@ -69,7 +69,7 @@ def rope(name, n, t, heads, d, theta, positions, seed):
          grad_x=x.grad)
 
 
-def attention(name, n, t, hq, hkv, d, mask, seed):
+def attention(name, n, t, hq, hkv, d, mask, seed, causal=True):
     g = torch.Generator().manual_seed(seed)
     q, k, v = randn(g, n, t, hq, d), randn(g, n, t, hkv, d), randn(g, n, t, hkv, d)
     mask = torch.tensor(mask)
@@ -78,8 +78,10 @@ def attention(name, n, t, hq, hkv, d, mask, seed):
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     kh, vh = kh.repeat_interleave(rep, dim=1), vh.repeat_interleave(rep, dim=1)
     scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
-    allowed = causal[None, None] & (mask[:, None, None, :] != 0)
+    visible = torch.ones(t, t, dtype=torch.bool)
+    if causal:
+        visible = visible.tril()
+    allowed = visible[None, None] & (mask[:, None, None, :] != 0)
     scores = scores.masked_fill(~allowed, torch.finfo(torch.float64).min)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.softmax(scores, dim=-1)
@@ -88,8 +90,8 @@ def attention(name, n, t, hq, hkv, d, mask, seed):
     lse = lse * query_real[..., 0]
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
     (out * grad_out).sum().backward()
-    save(name, n=n, t=t, hq=hq, hkv=hkv, d=d, q=q, k=k, v=v, mask=mask, grad_out=grad_out, out=out, lse=lse,
-         grad_q=q.grad, grad_k=k.grad, grad_v=v.grad)
+    save(name, n=n, t=t, hq=hq, hkv=hkv, d=d, causal=causal, q=q, k=k, v=v, mask=mask, grad_out=grad_out, out=out,
+         lse=lse, grad_q=q.grad, grad_k=k.grad, grad_v=v.grad)
 
 
 def linear(name, shape, m, bias, seed):
@@ -121,6 +123,9 @@ if __name__ == "__main__":
     rope("rope_far", n=1, t=3, heads=2, d=16, theta=1000000.0, positions=[[1000, 30000, 131071]], seed=4)
     attention("attention_gqa", n=2, t=5, hq=6, hkv=2, d=8, mask=[[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], seed=5)
     attention("attention_padded", n=2, t=3, hq=2, hkv=2, d=5, mask=[[0, 0, 0], [1, 0, 0]], seed=6)
+    attention("attention_bidirectional", n=1, t=6, hq=4, hkv=4, d=9, mask=[[1] * 6], seed=10, causal=False)
+    attention("attention_bidirectional_padded", n=2, t=5, hq=6, hkv=2, d=8, mask=[[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]],
+              seed=11, causal=False)
     linear("linear_bias", shape=(2, 3, 5), m=7, bias=True, seed=7)
     linear("linear_nobias", shape=(4, 9), m=3, bias=False, seed=8)
     swiglu("swiglu", shape=(2, 3, 7), seed=9)

@@ -1,5 +1,5 @@
 """Runs the f32 kernels of the transformer ops (kernels/attention.cu, its KV-cache kernels included, rmsnorm.cu,
-rope.cu, embedding.cu, swiglu.cu) on the host, against the committed float64 fixtures of
+rope.cu, embedding.cu, swiglu.cu, layernorm.cu) on the host, against the committed float64 fixtures of
 tests/fixtures/transformer_ops/ (and numpy float64 references on random inputs).
 
 A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
@@ -78,6 +78,17 @@ void emu_rmsnorm(const float* x, const float* w, const float* g, int rows, int h
     run(chunks * ((h + 255) / 256), 256, [=] { rmsnorm_backward_dw_partial_f32(g, x, rstd, rows, h, 32, partial); });
     run(elementwise(h), 256, [=] { rmsnorm_backward_dw_reduce_f32(partial, chunks, h, dw); });
 }
+void emu_layernorm(const float* x, const float* w, const float* b, const float* g, int rows, int h, float eps,
+                   float* y, float* mean, float* rstd, float* dx, float* partial_w, float* partial_b, float* dw,
+                   float* db) {
+    run(rows, 256, [=] { layernorm_forward_f32(x, w, b, eps, h, y, mean, rstd); });
+    run(rows, 256, [=] { layernorm_backward_dx_f32(g, x, w, mean, rstd, h, dx); });
+    int chunks = (rows + 31) / 32;
+    run(chunks * ((h + 255) / 256), 256, [=] {
+        layernorm_backward_dwb_partial_f32(g, x, mean, rstd, rows, h, 32, partial_w, partial_b);
+    });
+    run(elementwise(h), 256, [=] { layernorm_backward_dwb_reduce_f32(partial_w, partial_b, chunks, h, dw, db); });
+}
 void emu_rope(float* x, const int* pos, const float* inv, long long rows, int heads, int d, float sign) {
     run(elementwise(rows * heads * d / 2), 256, [=] { rope_f32(x, pos, inv, rows, heads, d, sign); });
 }
@@ -95,7 +106,7 @@ void emu_swiglu(const float* gate, const float* up, const float* dy, long long n
 
 def build():
     src = ""
-    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu"]:
+    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu", "layernorm"]:
         body = open(f"{ROOT}/kernels/{name}.cu").read().replace('#include "common.cuh"', "")
         # Each file defines its own INSTANTIATE (and attention its TILE-sized macros): undefine between files.
         src += body.replace('extern "C" __global__', 'extern "C"') + "\n#undef INSTANTIATE\n"
@@ -219,6 +230,35 @@ x, w, g = f32(c["x"]), f32(c["weight"]), f32(c["grad_y"])
 y, rstd, dx, partial, dw = garbage(x.size), garbage(rows), garbage(x.size), garbage(((rows + 31) // 32) * h), garbage(h)
 lib.emu_rmsnorm(P(x), P(w), P(g), rows, h, ctypes.c_float(c["eps"]), P(y), P(rstd), P(dx), P(partial), P(dw))
 ok &= close("y", y, c["y"]) & close("grad_x", dx, c["grad_x"]) & close("grad_weight", dw, c["grad_weight"])
+
+def layernorm_reference(x, w, b, g, h, eps):
+    """float64 LayerNorm over rows of h (numpy): y, mean, rstd and the gradients of sum(g * y)."""
+    x, g = x.astype(np.float64).reshape(-1, h), g.astype(np.float64).reshape(-1, h)
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    xhat, gw = (x - mean) * rstd, g * w
+    dx = rstd * (gw - gw.mean(-1, keepdims=True) - xhat * (gw * xhat).mean(-1, keepdims=True))
+    return (xhat * w + b).reshape(-1), mean.reshape(-1), rstd.reshape(-1), dx.reshape(-1), (g * xhat).sum(0), g.sum(0)
+
+# The fixture, then several row chunks and column blocks of the d_w/d_b passes (H = 1152, SigLIP-so400m's width)
+# with a common offset that a one-pass variance would lose.
+c = load("layernorm")
+h = c["shape"][-1]
+cases = [("layernorm", f32(c["x"]), f32(c["weight"]), f32(c["bias"]), f32(c["grad_y"]), h, c["eps"])]
+rows, h = 70, 1152
+cases.append(("layernorm random rows=70 h=1152", f32(rng.standard_normal(rows * h) + 30.0),
+              f32(1.0 + 0.2 * rng.standard_normal(h)), f32(rng.standard_normal(h)), f32(rng.standard_normal(rows * h)),
+              h, 1e-6))
+for name, x, w, b, g, h, eps in cases:
+    print(name)
+    rows = x.size // h
+    chunks = (rows + 31) // 32
+    outs = [garbage(n) for n in [x.size, rows, rows, x.size, chunks * h, chunks * h, h, h]]
+    lib.emu_layernorm(P(x), P(w), P(b), P(g), rows, h, ctypes.c_float(eps), *map(P, outs))
+    y, mean, rstd, dx, _, _, dw, db = outs
+    want = layernorm_reference(x, w.astype(np.float64), b.astype(np.float64), g, h, eps)
+    for what, got, exp in zip(["y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias"], [y, mean, rstd, dx, dw, db], want):
+        ok &= close(what, got, exp, 2e-5 if name != "layernorm" else 1e-5)
 
 for name in ["rope", "rope_far"]:
     c = load(name); print(name)

@@ -1,9 +1,10 @@
-"""Float64 fixtures for the transformer ops: embedding, RMSNorm, RoPE, attention, linear, SwiGLU.
+"""Float64 fixtures for the transformer ops: embedding, RMSNorm, RoPE, attention, linear, SwiGLU, LayerNorm.
 
 Each op follows transformers' Qwen2 implementation, in float64: Qwen2RMSNorm's formula, rotate_half RoPE with the
 angles formed in float32 as Qwen2RotaryEmbedding forms them (cos/sin then taken in float64), eager attention with
 repeat_kv, a causal mask (or none: SigLIP's encoder) and a padding mask on keys (queries at padding positions output
-zeros), nn.Linear, and silu(gate) * up. Gradients by autograd of sum(grad_out * out).
+zeros), nn.Linear, silu(gate) * up, and F.layer_norm with a weight and a bias. Gradients by autograd of
+sum(grad_out * out).
 
 Run: python tests/reference/transformer_ops.py  (writes tests/fixtures/transformer_ops/*.json)
 """
@@ -46,6 +47,18 @@ def rmsnorm(name, shape, eps, seed):
     grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
     (y * grad_y).sum().backward()
     save(name, shape=list(shape), eps=eps, x=x, weight=w, grad_y=grad_y, y=y, grad_x=x.grad, grad_weight=w.grad)
+
+
+def layernorm(name, shape, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = randn(g, *shape)
+    w = (1.0 + 0.1 * torch.randn(shape[-1], generator=g, dtype=torch.float64)).requires_grad_()
+    b = randn(g, shape[-1])
+    y = F.layer_norm(x, (shape[-1],), w, b, eps)
+    grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    (y * grad_y).sum().backward()
+    save(name, shape=list(shape), eps=eps, x=x, weight=w, bias=b, grad_y=grad_y, y=y, grad_x=x.grad,
+         grad_weight=w.grad, grad_bias=b.grad)
 
 
 def rotate_half(x):
@@ -129,3 +142,4 @@ if __name__ == "__main__":
     linear("linear_bias", shape=(2, 3, 5), m=7, bias=True, seed=7)
     linear("linear_nobias", shape=(4, 9), m=3, bias=False, seed=8)
     swiglu("swiglu", shape=(2, 3, 7), seed=9)
+    layernorm("layernorm", shape=(2, 3, 11), eps=1e-6, seed=12)

@@ -9,6 +9,7 @@ mod common;
 mod attention;
 mod embedding;
 mod kv_cache;
+mod layernorm;
 mod linear;
 mod residual;
 mod rmsnorm;

@@ -9,6 +9,7 @@ pub mod compare;
 pub(crate) mod convert;
 pub mod embedding;
 pub mod fused_linear;
+pub mod gelu;
 pub mod heads;
 pub(crate) mod launch;
 pub mod layernorm;
@@ -38,4 +39,5 @@ pub const KERNEL_MODULES: &[KernelModule] = &[
     attention::KERNELS,
     residual::KERNELS,
     layernorm::KERNELS,
+    gelu::KERNELS,
 ];

@@ -1,5 +1,5 @@
 """Runs the f32 kernels of the transformer ops (kernels/attention.cu, its KV-cache kernels included, rmsnorm.cu,
-rope.cu, embedding.cu, swiglu.cu, layernorm.cu) on the host, against the committed float64 fixtures of
+rope.cu, embedding.cu, swiglu.cu, layernorm.cu, gelu.cu) on the host, against the committed float64 fixtures of
 tests/fixtures/transformer_ops/ (and numpy float64 references on random inputs).
 
 A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
@@ -101,12 +101,16 @@ void emu_swiglu(const float* gate, const float* up, const float* dy, long long n
     run(elementwise(n), 256, [=] { swiglu_forward_f32(gate, up, n, y); });
     run(elementwise(n), 256, [=] { swiglu_backward_f32(dy, gate, up, n, dg, du); });
 }
+void emu_gelu(const float* x, const float* dy, long long n, int tanh_form, float* y, float* dx) {
+    run(elementwise(n), 256, [=] { gelu_forward_f32(x, n, tanh_form, y); });
+    run(elementwise(n), 256, [=] { gelu_backward_f32(dy, x, n, tanh_form, dx); });
+}
 }
 """
 
 def build():
     src = ""
-    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu", "layernorm"]:
+    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu", "layernorm", "gelu"]:
         body = open(f"{ROOT}/kernels/{name}.cu").read().replace('#include "common.cuh"', "")
         # Each file defines its own INSTANTIATE (and attention its TILE-sized macros): undefine between files.
         src += body.replace('extern "C" __global__', 'extern "C"') + "\n#undef INSTANTIATE\n"
@@ -285,6 +289,20 @@ gate, up, dy = f32(c["gate"]), f32(c["up"]), f32(c["grad_y"])
 y, dg, du = garbage(gate.size), garbage(gate.size), garbage(gate.size)
 lib.emu_swiglu(P(gate), P(up), P(dy), ctypes.c_longlong(gate.size), P(y), P(dg), P(du))
 ok &= close("y", y, c["y"]) & close("grad_gate", dg, c["grad_gate"]) & close("grad_up", du, c["grad_up"])
+
+# The fixtures (unit, wide and tail values), then NaN in either input: NaN out where it went in, nothing else touched.
+for name, form in [("gelu_tanh", 1), ("gelu_exact", 0)]:
+    c = load(name); print(name)
+    x, dy = f32(c["x"]), f32(c["grad_y"])
+    y, dx = garbage(x.size), garbage(x.size)
+    lib.emu_gelu(P(x), P(dy), ctypes.c_longlong(x.size), form, P(y), P(dx))
+    ok &= close("y", y, c["y"]) & close("grad_x", dx, c["grad_x"])
+    x, dy = f32([1.0, np.nan, -2.0]), f32([1.0, 1.0, np.nan])
+    y, dx = garbage(3), garbage(3)
+    lib.emu_gelu(P(x), P(dy), ctypes.c_longlong(3), form, P(y), P(dx))
+    nan_ok = bool(np.isnan(y).tolist() == [False, True, False] and np.isnan(dx).tolist() == [False, True, True])
+    print(f"  NaN in, NaN out: {'ok' if nan_ok else 'FAIL'} (y {y}, grad_x {dx})")
+    ok &= nan_ok
 
 print("ALL OK" if ok else "FAILURES")
 sys.exit(0 if ok else 1)

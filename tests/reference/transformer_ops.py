@@ -1,10 +1,10 @@
-"""Float64 fixtures for the transformer ops: embedding, RMSNorm, RoPE, attention, linear, SwiGLU, LayerNorm.
+"""Float64 fixtures for the transformer ops: embedding, RMSNorm, RoPE, attention, linear, SwiGLU, LayerNorm, GELU.
 
 Each op follows transformers' Qwen2 implementation, in float64: Qwen2RMSNorm's formula, rotate_half RoPE with the
 angles formed in float32 as Qwen2RotaryEmbedding forms them (cos/sin then taken in float64), eager attention with
 repeat_kv, a causal mask (or none: SigLIP's encoder) and a padding mask on keys (queries at padding positions output
-zeros), nn.Linear, silu(gate) * up, and F.layer_norm with a weight and a bias. Gradients by autograd of
-sum(grad_out * out).
+zeros), nn.Linear, silu(gate) * up, F.layer_norm with a weight and a bias, and F.gelu (tanh and exact). Gradients
+by autograd of sum(grad_out * out).
 
 Run: python tests/reference/transformer_ops.py  (writes tests/fixtures/transformer_ops/*.json)
 """
@@ -59,6 +59,19 @@ def layernorm(name, shape, eps, seed):
     (y * grad_y).sum().backward()
     save(name, shape=list(shape), eps=eps, x=x, weight=w, bias=b, grad_y=grad_y, y=y, grad_x=x.grad,
          grad_weight=w.grad, grad_bias=b.grad)
+
+
+def gelu(name, approximate, seed):
+    g = torch.Generator().manual_seed(seed)
+    # Unit-size values, wide ones, and the tails.
+    x = torch.cat([torch.randn(30, generator=g, dtype=torch.float64),
+                   6.0 * torch.randn(30, generator=g, dtype=torch.float64),
+                   torch.tensor([-40.0, -8.0, -1e-4, 0.0, 1e-4, 8.0, 40.0], dtype=torch.float64)])
+    x = x.reshape(1, -1).requires_grad_()
+    y = F.gelu(x, approximate=approximate)
+    grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    (y * grad_y).sum().backward()
+    save(name, shape=list(x.shape), x=x, grad_y=grad_y, y=y, grad_x=x.grad)
 
 
 def rotate_half(x):
@@ -143,3 +156,5 @@ if __name__ == "__main__":
     linear("linear_nobias", shape=(4, 9), m=3, bias=False, seed=8)
     swiglu("swiglu", shape=(2, 3, 7), seed=9)
     layernorm("layernorm", shape=(2, 3, 11), eps=1e-6, seed=12)
+    gelu("gelu_tanh", approximate="tanh", seed=13)
+    gelu("gelu_exact", approximate="none", seed=14)

@@ -8,6 +8,7 @@ mod common;
 
 mod attention;
 mod embedding;
+mod gelu;
 mod kv_cache;
 mod layernorm;
 mod linear;

@@ -1,5 +1,5 @@
 """Runs the f32 kernels of the transformer ops (kernels/attention.cu, its KV-cache kernels included, rmsnorm.cu,
-rope.cu, embedding.cu, swiglu.cu, layernorm.cu, gelu.cu) on the host, against the committed float64 fixtures of
+rope.cu, embedding.cu, swiglu.cu, layernorm.cu, gelu.cu, interpolate.cu) on the host, against the committed float64 fixtures of
 tests/fixtures/transformer_ops/ (and numpy float64 references on random inputs).
 
 A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
@@ -22,6 +22,7 @@ EXTRA = r"""
 #define __launch_bounds__(...)
 using std::min;
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline float __fmul_rn(float a, float b) { return a * b; }
 """
 
 HARNESS = r"""
@@ -105,12 +106,17 @@ void emu_gelu(const float* x, const float* dy, long long n, int tanh_form, float
     run(elementwise(n), 256, [=] { gelu_forward_f32(x, n, tanh_form, y); });
     run(elementwise(n), 256, [=] { gelu_backward_f32(dy, x, n, tanh_form, dx); });
 }
+void emu_bilinear(const float* x, const float* dy, int n, int h, int w, int c, int h2, int w2, float* y, float* dx) {
+    float scale_h = (float)h / h2, scale_w = (float)w / w2;
+    run(elementwise((long long)n * h2 * w2 * c), 256, [=] { bilinear_forward_f32(x, n, h, w, c, h2, w2, scale_h, scale_w, y); });
+    run(elementwise((long long)n * h * w * c), 256, [=] { bilinear_backward_f32(dy, n, h, w, c, h2, w2, scale_h, scale_w, dx); });
+}
 }
 """
 
 def build():
     src = ""
-    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu", "layernorm", "gelu"]:
+    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu", "layernorm", "gelu", "interpolate"]:
         body = open(f"{ROOT}/kernels/{name}.cu").read().replace('#include "common.cuh"', "")
         # Each file defines its own INSTANTIATE (and attention its TILE-sized macros): undefine between files.
         src += body.replace('extern "C" __global__', 'extern "C"') + "\n#undef INSTANTIATE\n"
@@ -303,6 +309,50 @@ for name, form in [("gelu_tanh", 1), ("gelu_exact", 0)]:
     nan_ok = bool(np.isnan(y).tolist() == [False, True, False] and np.isnan(dx).tolist() == [False, True, True])
     print(f"  NaN in, NaN out: {'ok' if nan_ok else 'FAIL'} (y {y}, grad_x {dx})")
     ok &= nan_ok
+
+def bilinear_matrices(n_in, n_out):
+    """float64 [n_out, n_in] weights of one axis of torch's bilinear resize (align_corners=False), and which inputs
+    each output reads (its two taps, even at a zero weight)."""
+    a, reads = np.zeros((n_out, n_in)), np.zeros((n_out, n_in))
+    for o in range(n_out):
+        s = max(n_in / n_out * (o + 0.5) - 0.5, 0.0)
+        i0 = min(int(math.floor(s)), n_in - 1)
+        for i, weight in [(i0, 1.0 - (s - i0)), (min(i0 + 1, n_in - 1), s - i0)]:
+            a[o, i] += weight
+            reads[o, i] = 1.0
+    return a, reads
+
+def resize(a_h, reads_h, a_w, reads_w, t):
+    """a_h · t · a_wᵀ over the spatial axes of a channels-last t [n, h, w, c], NaN wherever a NaN is read."""
+    nan = np.isnan(t)
+    apply = lambda m_h, m_w, u: np.einsum("oh,nhwc,qw->noqc", m_h, u, m_w)
+    return np.where(apply(reads_h, reads_w, nan.astype(float)) > 0, np.nan, apply(a_h, a_w, np.where(nan, 0.0, t)))
+
+# The fixtures, then LLaVA-OneVision's sizes on numpy references: video pooling 27 -> 14 over several grid-stride
+# blocks, an anyres grid down-sampled by a non-integer ratio, up-sampling from one row; a NaN pixel and a NaN
+# gradient spread to exactly what they touch.
+cases = []
+for name in ["bilinear_pool", "bilinear_down", "bilinear_up"]:
+    c = load(name)
+    cases.append((name, c["n"], c["c"], *c["input_size"], *c["size"], f32(c["x"]), f32(c["grad_y"]), c["y"], c["grad_x"]))
+for (n, ch, h, w, h2, w2) in [(2, 40, 27, 27, 14, 14), (1, 9, 24, 40, 17, 28), (2, 3, 1, 5, 6, 11), (1, 2, 14, 6, 7, 12)]:
+    x, g = f32(rng.standard_normal(n * h * w * ch)), f32(rng.standard_normal(n * h2 * w2 * ch))
+    if h == 14:
+        x[(5 * 6 + 3) * 2 + 1], g[(3 * 12 + 11) * 2] = np.nan, np.nan
+    (ah, rh), (aw, rw) = bilinear_matrices(h, h2), bilinear_matrices(w, w2)
+    x4, g4 = x.astype(np.float64).reshape(n, h, w, ch), g.astype(np.float64).reshape(n, h2, w2, ch)
+    y, dx = resize(ah, rh, aw, rw, x4), resize(ah.T, rh.T, aw.T, rw.T, g4)
+    cases.append((f"bilinear random n={n} c={ch} {h}x{w} -> {h2}x{w2}", n, ch, h, w, h2, w2, x, g, y, dx))
+for name, n, ch, h, w, h2, w2, x, g, want_y, want_dx in cases:
+    print(name)
+    y, dx = garbage(n * h2 * w2 * ch), garbage(n * h * w * ch)
+    lib.emu_bilinear(P(x), P(g), n, h, w, ch, h2, w2, P(y), P(dx))
+    for what, got, exp in [("y", y, want_y), ("grad_x", dx, want_dx)]:
+        exp = np.asarray(exp, np.float64).reshape(-1)
+        nan_ok = bool((np.isnan(got) == np.isnan(exp)).all())
+        if np.isnan(exp).any():
+            print(f"  {what:<12} NaN at {int(np.isnan(exp).sum())} elements, as expected: {'ok' if nan_ok else 'FAIL'}")
+        ok &= nan_ok & close(what, got[~np.isnan(exp)], exp[~np.isnan(exp)])
 
 print("ALL OK" if ok else "FAILURES")
 sys.exit(0 if ok else 1)

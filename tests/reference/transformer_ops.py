@@ -1,10 +1,12 @@
-"""Float64 fixtures for the transformer ops: embedding, RMSNorm, RoPE, attention, linear, SwiGLU, LayerNorm, GELU.
+"""Float64 fixtures for the transformer ops: embedding, RMSNorm, RoPE, attention, linear, SwiGLU, LayerNorm, GELU,
+bilinear interpolation.
 
 Each op follows transformers' Qwen2 implementation, in float64: Qwen2RMSNorm's formula, rotate_half RoPE with the
 angles formed in float32 as Qwen2RotaryEmbedding forms them (cos/sin then taken in float64), eager attention with
 repeat_kv, a causal mask (or none: SigLIP's encoder) and a padding mask on keys (queries at padding positions output
-zeros), nn.Linear, silu(gate) * up, F.layer_norm with a weight and a bias, and F.gelu (tanh and exact). Gradients
-by autograd of sum(grad_out * out).
+zeros), nn.Linear, silu(gate) * up, F.layer_norm with a weight and a bias, F.gelu (tanh and exact), and
+F.interpolate(mode="bilinear", align_corners=False) as LLaVA-OneVision calls it (its tensors saved channels-last,
+[N, H, W, C], the op's layout). Gradients by autograd of sum(grad_out * out).
 
 Run: python tests/reference/transformer_ops.py  (writes tests/fixtures/transformer_ops/*.json)
 """
@@ -72,6 +74,17 @@ def gelu(name, approximate, seed):
     grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
     (y * grad_y).sum().backward()
     save(name, shape=list(x.shape), x=x, grad_y=grad_y, y=y, grad_x=x.grad)
+
+
+def bilinear(name, n, c, input_size, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = randn(g, n, c, *input_size)
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    (y * grad_y).sum().backward()
+    channels_last = lambda t: t.permute(0, 2, 3, 1)
+    save(name, n=n, c=c, input_size=list(input_size), size=list(size), x=channels_last(x),
+         grad_y=channels_last(grad_y), y=channels_last(y), grad_x=channels_last(x.grad))
 
 
 def rotate_half(x):
@@ -158,3 +171,8 @@ if __name__ == "__main__":
     layernorm("layernorm", shape=(2, 3, 11), eps=1e-6, seed=12)
     gelu("gelu_tanh", approximate="tanh", seed=13)
     gelu("gelu_exact", approximate="none", seed=14)
+    # Video pooling (ceil(13 / 2)), a down-sampling by uneven ratios, up-sampling with one input row (and to one
+    # output column).
+    bilinear("bilinear_pool", n=1, c=2, input_size=(13, 13), size=(7, 7), seed=15)
+    bilinear("bilinear_down", n=2, c=3, input_size=(7, 9), size=(3, 4), seed=16)
+    bilinear("bilinear_up", n=2, c=2, input_size=(1, 4), size=(5, 1), seed=17)

@@ -9,6 +9,7 @@ mod common;
 mod attention;
 mod embedding;
 mod gelu;
+mod interpolate;
 mod kv_cache;
 mod layernorm;
 mod linear;

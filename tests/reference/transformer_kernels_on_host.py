@@ -312,7 +312,9 @@ for name, form in [("gelu_tanh", 1), ("gelu_exact", 0)]:
 
 def bilinear_matrices(n_in, n_out):
     """float64 [n_out, n_in] weights of one axis of torch's bilinear resize (align_corners=False), and which inputs
-    each output reads (its two taps, even at a zero weight)."""
+    each output reads (its two taps, even at a zero weight; an axis of unchanged size is the identity)."""
+    if n_in == n_out:
+        return np.eye(n_in), np.eye(n_in)
     a, reads = np.zeros((n_out, n_in)), np.zeros((n_out, n_in))
     for o in range(n_out):
         s = max(n_in / n_out * (o + 0.5) - 0.5, 0.0)
@@ -328,14 +330,23 @@ def resize(a_h, reads_h, a_w, reads_w, t):
     apply = lambda m_h, m_w, u: np.einsum("oh,nhwc,qw->noqc", m_h, u, m_w)
     return np.where(apply(reads_h, reads_w, nan.astype(float)) > 0, np.nan, apply(a_h, a_w, np.where(nan, 0.0, t)))
 
-# The fixtures, then LLaVA-OneVision's sizes on numpy references: video pooling 27 -> 14 over several grid-stride
-# blocks, an anyres grid down-sampled by a non-integer ratio, up-sampling from one row; a NaN pixel and a NaN
-# gradient spread to exactly what they touch.
+def with_nans(c, key):
+    """A fixture's values with NaN at its `{key}_nan` indices (JSON has no NaN)."""
+    v = np.array(c[key], np.float64)
+    v[c.get(key + "_nan", [])] = np.nan
+    return v
+
+# The fixtures (NaN where torch puts it included), then LLaVA-OneVision's sizes on numpy references: video pooling
+# 27 -> 14 over several grid-stride blocks, an anyres grid down-sampled by a non-integer ratio, up-sampling from one
+# row; a NaN pixel and a NaN gradient spread to exactly what they touch, along resized axes and not along an
+# unchanged one.
 cases = []
-for name in ["bilinear_pool", "bilinear_down", "bilinear_up"]:
+for name in ["bilinear_pool", "bilinear_down", "bilinear_up", "bilinear_nan"]:
     c = load(name)
-    cases.append((name, c["n"], c["c"], *c["input_size"], *c["size"], f32(c["x"]), f32(c["grad_y"]), c["y"], c["grad_x"]))
-for (n, ch, h, w, h2, w2) in [(2, 40, 27, 27, 14, 14), (1, 9, 24, 40, 17, 28), (2, 3, 1, 5, 6, 11), (1, 2, 14, 6, 7, 12)]:
+    cases.append((name, c["n"], c["c"], *c["input_size"], *c["size"], f32(with_nans(c, "x")),
+                  f32(with_nans(c, "grad_y")), with_nans(c, "y"), with_nans(c, "grad_x")))
+for (n, ch, h, w, h2, w2) in [(2, 40, 27, 27, 14, 14), (1, 9, 24, 40, 17, 28), (2, 3, 1, 5, 6, 11), (1, 2, 14, 6, 7, 12),
+                              (1, 2, 14, 6, 14, 12)]:
     x, g = f32(rng.standard_normal(n * h * w * ch)), f32(rng.standard_normal(n * h2 * w2 * ch))
     if h == 14:
         x[(5 * 6 + 3) * 2 + 1], g[(3 * 12 + 11) * 2] = np.nan, np.nan

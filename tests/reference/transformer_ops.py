@@ -87,6 +87,25 @@ def bilinear(name, n, c, input_size, size, seed):
          grad_y=channels_last(grad_y), y=channels_last(y), grad_x=channels_last(x.grad))
 
 
+def bilinear_nan(name, seed):
+    """Where NaN goes in PyTorch's CPU kernel: an axis of unchanged size (H, 5 -> 5) keeps it in its row, a resized
+    one (W, 9 -> 3: each output's second tap has weight 0) spreads it to every output that reads it, zero weight
+    or not. JSON has no NaN: the NaN positions go as flat channels-last indices, NaN values as 0."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 2, 5, 9, generator=g, dtype=torch.float64)
+    x[0, 0, 2, 2] = x[0, 1, 0, 4] = math.nan  # read with weight 0 (by output column 0), and with weight 1
+    x.requires_grad_()
+    y = F.interpolate(x, size=(5, 3), mode="bilinear", align_corners=False)
+    grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    grad_y[0, 0, 3, 1] = math.nan
+    (y * grad_y).sum().backward()
+    channels_last = lambda t: t.detach().permute(0, 2, 3, 1).reshape(-1)
+    nan_at = lambda t: torch.nonzero(channels_last(t).isnan()).reshape(-1)
+    zeroed = lambda t: channels_last(t).nan_to_num(0.0)
+    save(name, n=1, c=2, input_size=[5, 9], size=[5, 3], x=zeroed(x), x_nan=nan_at(x), grad_y=zeroed(grad_y),
+         grad_y_nan=nan_at(grad_y), y=zeroed(y), y_nan=nan_at(y), grad_x=zeroed(x.grad), grad_x_nan=nan_at(x.grad))
+
+
 def rotate_half(x):
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
     return torch.cat((-x2, x1), dim=-1)
@@ -176,3 +195,4 @@ if __name__ == "__main__":
     bilinear("bilinear_pool", n=1, c=2, input_size=(13, 13), size=(7, 7), seed=15)
     bilinear("bilinear_down", n=2, c=3, input_size=(7, 9), size=(3, 4), seed=16)
     bilinear("bilinear_up", n=2, c=2, input_size=(1, 4), size=(5, 1), seed=17)
+    bilinear_nan("bilinear_nan", seed=18)

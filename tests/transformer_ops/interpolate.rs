@@ -4,15 +4,18 @@ use unireward::{DType, Device, Error};
 use crate::common::*;
 
 /// f64 taps of an axis resized from `n_in` to `n_out` points, as PyTorch's align_corners=False bilinear: per output,
-/// its two inputs and their weights.
-fn taps(n_in: usize, n_out: usize) -> Vec<[(usize, f64); 2]> {
+/// the inputs it reads and their weights. An axis of unchanged size is the identity (PyTorch's CPU kernel skips it).
+fn taps(n_in: usize, n_out: usize) -> Vec<Vec<(usize, f64)>> {
     let scale = n_in as f64 / n_out as f64;
     (0..n_out)
         .map(|o| {
+            if n_in == n_out {
+                return vec![(o, 1.0)];
+            }
             let s = (scale * (o as f64 + 0.5) - 0.5).max(0.0);
             let i0 = (s.floor() as usize).min(n_in - 1);
             let l = s - i0 as f64;
-            [(i0, 1.0 - l), ((i0 + 1).min(n_in - 1), l)]
+            vec![(i0, 1.0 - l), ((i0 + 1).min(n_in - 1), l)]
         })
         .collect()
 }
@@ -135,6 +138,32 @@ fn random_awkward_sizes_every_dtype_and_finite_differences() {
                 assert_eq!(y, xr, "the identity resize gives x exactly ({dtype})");
             }
         }
+    }
+}
+
+/// A fixture's values with NaN at its `{key}_nan` indices.
+fn with_nans(f: &Fixture, key: &str) -> Vec<f64> {
+    let mut v = f.f64s(key);
+    f.usizes(&format!("{key}_nan")).into_iter().for_each(|i| v[i] = f64::NAN);
+    v
+}
+
+#[test]
+fn nan_goes_where_pytorch_puts_it() {
+    let f = Fixture::load("bilinear_nan");
+    let pair = |key: &str| -> [usize; 2] { f.usizes(key).try_into().unwrap() };
+    let case = case(f.usize("n"), f.usize("c"), pair("input_size"), pair("size"));
+    let [y, dx] = case.run(&with_nans(&f, "x"), &with_nans(&f, "grad_y"), DType::F32, Device::Cpu);
+    assert_close_nan_where_expected("y", &y, &with_nans(&f, "y"), 1e-5);
+    assert_close_nan_where_expected("grad_x", &dx, &with_nans(&f, "grad_x"), 1e-5);
+}
+
+#[test]
+fn an_unchanged_size_is_a_copy_even_of_infinities() {
+    let x = [1.0, f64::INFINITY, f64::NAN, -f64::INFINITY, 2.0, 3.0];
+    let [y, dx] = case(1, 1, [2, 3], [2, 3]).run(&x, &x, DType::F32, Device::Cpu);
+    for (what, got) in [("y", y), ("grad_x", dx)] {
+        assert!(got.iter().zip(&x).all(|(g, x)| g == x || g.is_nan() && x.is_nan()), "{what}: {got:?}, want {x:?}");
     }
 }
 

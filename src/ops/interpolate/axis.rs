@@ -1,6 +1,6 @@
-//! The taps of one axis, as PyTorch's bilinear kernels form them (`area_pixel_compute_source_index`, then
-//! `guard_index_and_lambda`). `kernels/interpolate.cu` has the same formulas, without fused multiply-adds, so both
-//! devices pick the same taps.
+//! The taps of one axis, by the formula of PyTorch's CUDA bilinear kernel (`area_pixel_compute_source_index`, then
+//! `guard_index_and_lambda`) in f32. `kernels/interpolate.cu` has the same formulas, without fused multiply-adds, so
+//! both devices pick the same taps.
 
 use std::ops::Range;
 
@@ -28,6 +28,11 @@ impl Axis {
     }
 
     pub(super) fn tap(&self, o: usize) -> Tap {
+        if self.input == self.output {
+            // PyTorch's CPU kernel leaves an axis of unchanged size alone: no zero-weight read of the next point (a
+            // NaN there stays put).
+            return Tap { i0: o, i1: o, l0: 1.0, l1: 0.0 };
+        }
         let s = (self.scale * (o as f32 + 0.5) - 0.5).max(0.0);
         // s ≥ 0: truncation is the floor.
         let i0 = (s as usize).min(self.input - 1);
@@ -35,27 +40,41 @@ impl Axis {
         Tap { i0, i1: if i0 + 1 < self.input { i0 + 1 } else { i0 }, l0: 1.0 - l1, l1 }
     }
 
-    /// The first output whose `i0` is at least `k` (`output` if none): a binary search, `i0` growing with `o`.
-    fn first_output_from(&self, k: usize) -> usize {
+    /// The first output whose tap satisfies `reached` (`output` if none), which must hold from some output on: a
+    /// binary search, `i0` and `i1` growing with `o`.
+    fn first_output(&self, reached: impl Fn(Tap) -> bool) -> usize {
         let (mut lo, mut hi) = (0, self.output);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.tap(mid).i0 < k {
-                lo = mid + 1;
-            } else {
+            if reached(self.tap(mid)) {
                 hi = mid;
+            } else {
+                lo = mid + 1;
             }
         }
         lo
     }
 
-    /// The outputs whose taps reach input `i`: those with `i0` = `i − 1` (their `i1` is `i`) or `i`.
+    /// The outputs whose taps read input `i` (`i0 ≤ i ≤ i1`): a contiguous range.
     pub(super) fn outputs_reaching(&self, i: usize) -> Range<usize> {
-        self.first_output_from(i.saturating_sub(1))..self.first_output_from(i + 1)
+        self.first_output(|t| t.i1 >= i)..self.first_output(|t| t.i0 > i)
     }
 
     /// The weight of input `i` in output tap `t` (both weights when both taps are `i`, at the last input).
     pub(super) fn weight(t: Tap, i: usize) -> f32 {
         (if t.i0 == i { t.l0 } else { 0.0 }) + (if t.i1 == i { t.l1 } else { 0.0 })
+    }
+}
+
+impl Tap {
+    /// `l0·a + l1·b` for the values `a`, `b` at `i0`, `i1`; just `a` when both taps are one point at full weight
+    /// (an unchanged axis), which PyTorch copies: an infinite `a` stays infinite instead of `∞·0 = NaN`.
+    #[inline(always)]
+    pub(super) fn mix(&self, a: f32, b: f32) -> f32 {
+        if self.i0 == self.i1 && self.l1 == 0.0 {
+            a
+        } else {
+            self.l0 * a + self.l1 * b
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! CPU bilinear resizing: f32 rows through rayon, one task per row of the written tensor (an output row in the
-//! forward, an input row in the backward, which adds up the output rows reaching it in order).
+//! forward; an input row in the backward, which gathers the outputs reading each of its pixels in order, as the
+//! CUDA kernel does).
 
 use rayon::prelude::*;
 
@@ -10,14 +11,14 @@ use crate::runtime::Tensor;
 use crate::Result;
 
 /// The axes along H and W, and the taps of every output column.
-fn axes(p: &Plan) -> (Axis, Vec<Tap>) {
+fn axes(p: &Plan) -> (Axis, Axis, Vec<Tap>) {
     let cols = Axis::new(p.input[1], p.output[1]);
-    (Axis::new(p.input[0], p.output[0]), (0..p.output[1]).map(|o| cols.tap(o)).collect())
+    (Axis::new(p.input[0], p.output[0]), cols, (0..p.output[1]).map(|o| cols.tap(o)).collect())
 }
 
 pub(super) fn forward(x: &Tensor, p: &Plan, out: &mut Tensor) -> Result<()> {
     let xs = f32_values(x)?;
-    let (rows, col_taps) = axes(p);
+    let (rows, _, col_taps) = axes(p);
     let (c, in_row, image) = (p.c, p.input[1] * p.c, p.input[0] * p.input[1] * p.c);
     write_f32(out, |y| {
         y.par_chunks_mut(p.output[1] * c).enumerate().for_each(|(r, y_row)| {
@@ -28,8 +29,7 @@ pub(super) fn forward(x: &Tensor, p: &Plan, out: &mut Tensor) -> Result<()> {
                 let (j0, j1) = (tw.i0 * c, tw.i1 * c);
                 for (k, y) in y_px.iter_mut().enumerate() {
                     // PyTorch's order: the two columns of each row first.
-                    *y = th.l0 * (tw.l0 * top[j0 + k] + tw.l1 * top[j1 + k])
-                        + th.l1 * (tw.l0 * bottom[j0 + k] + tw.l1 * bottom[j1 + k]);
+                    *y = th.mix(tw.mix(top[j0 + k], top[j1 + k]), tw.mix(bottom[j0 + k], bottom[j1 + k]));
                 }
             }
         });
@@ -39,7 +39,8 @@ pub(super) fn forward(x: &Tensor, p: &Plan, out: &mut Tensor) -> Result<()> {
 
 pub(super) fn backward(grad_y: &Tensor, p: &Plan, grad_x: &mut Tensor) -> Result<()> {
     let g = f32_values(grad_y)?;
-    let (rows, col_taps) = axes(p);
+    let (rows, cols, col_taps) = axes(p);
+    let col_reach: Vec<_> = (0..p.input[1]).map(|j| cols.outputs_reaching(j)).collect();
     let (c, out_row, out_image) = (p.c, p.output[1] * p.c, p.output[0] * p.output[1] * p.c);
     write_f32(grad_x, |dx| {
         dx.par_chunks_mut(p.input[1] * c).enumerate().for_each(|(r, dx_row)| {
@@ -48,10 +49,10 @@ pub(super) fn backward(grad_y: &Tensor, p: &Plan, grad_x: &mut Tensor) -> Result
             for o in rows.outputs_reaching(i) {
                 let wh = Axis::weight(rows.tap(o), i);
                 let g_row = &g[n * out_image + o * out_row..][..out_row];
-                for (g_px, tw) in g_row.chunks(c).zip(&col_taps) {
-                    for (j, l) in [(tw.i0, tw.l0), (tw.i1, tw.l1)] {
-                        let w = wh * l;
-                        dx_row[j * c..][..c].iter_mut().zip(g_px).for_each(|(d, g)| *d += w * g);
+                for (j, (dx_px, reach)) in dx_row.chunks_mut(c).zip(&col_reach).enumerate() {
+                    for q in reach.clone() {
+                        let w = wh * Axis::weight(col_taps[q], j);
+                        dx_px.iter_mut().zip(&g_row[q * c..][..c]).for_each(|(d, g)| *d += w * g);
                     }
                 }
             }

@@ -45,11 +45,12 @@ pub(super) fn backward(grad_y: &Tensor, p: &Plan, grad_x: &mut Tensor) -> Result
     write_f32(grad_x, |dx| {
         dx.par_chunks_mut(p.input[1] * c).enumerate().for_each(|(r, dx_row)| {
             let (n, i) = (r / p.input[0], r % p.input[0]);
-            dx_row.fill(0.0);
-            for o in rows.outputs_reaching(i) {
-                let wh = Axis::weight(rows.tap(o), i);
-                let g_row = &g[n * out_image + o * out_row..][..out_row];
-                for (j, (dx_px, reach)) in dx_row.chunks_mut(c).zip(&col_reach).enumerate() {
+            let row_weights: Vec<_> = rows.outputs_reaching(i).map(|o| (o, Axis::weight(rows.tap(o), i))).collect();
+            // Per input pixel, every output reading it, its C-vector staying in cache.
+            for (j, (dx_px, reach)) in dx_row.chunks_mut(c).zip(&col_reach).enumerate() {
+                dx_px.fill(0.0);
+                for &(o, wh) in &row_weights {
+                    let g_row = &g[n * out_image + o * out_row..][..out_row];
                     for q in reach.clone() {
                         let w = wh * Axis::weight(col_taps[q], j);
                         dx_px.iter_mut().zip(&g_row[q * c..][..c]).for_each(|(d, g)| *d += w * g);

@@ -3,7 +3,7 @@
 //! (and bf16), or on CUDA with the `gpu-tests` feature (scripts/gpu_check.sh).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use unireward::ops::attention::{attention, attention_backward, attention_cached, kv_cache_write};
+use unireward::ops::attention::{attention, attention_backward, attention_cached, kv_cache_write, Masking};
 use unireward::ops::embedding::{embedding, embedding_backward};
 use unireward::ops::linear::{linear, linear_backward};
 use unireward::ops::rmsnorm::{rmsnorm, rmsnorm_backward, RmsNormConfig};
@@ -58,9 +58,10 @@ fn bench(c: &mut Criterion) {
         run("rope_q_forward", &mut || drop(rope(&q, &positions, &cfg).unwrap()));
         run("rope_q_backward", &mut || drop(rope_backward(&q, &positions, &cfg).unwrap()));
 
-        let saved = attention(&q, &k, &k, &mask).unwrap();
-        run("attention_forward", &mut || drop(attention(&q, &k, &k, &mask).unwrap()));
-        run("attention_backward", &mut || drop(attention_backward(&q, &q, &k, &k, &mask, &saved).unwrap()));
+        let causal = Masking::Causal;
+        let saved = attention(&q, &k, &k, &mask, causal).unwrap();
+        run("attention_forward", &mut || drop(attention(&q, &k, &k, &mask, causal).unwrap()));
+        run("attention_backward", &mut || drop(attention_backward(&q, &q, &k, &k, &mask, causal, &saved).unwrap()));
 
         // Decode: 8 sequences, one new token each, over a 1024-slot cache filled to different lengths.
         let (q1, k1) =

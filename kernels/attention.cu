@@ -1,7 +1,8 @@
 #include "common.cuh"
 
-// Grouped-query causal attention with a key padding mask, flash style: no [T,T] matrix ever reaches global memory.
+// Grouped-query attention with a key padding mask, flash style: no [T,T] matrix ever reaches global memory.
 // Layouts: q, out, grad_out [N,T,Hq,d]; k, v [N,T,Hkv,d]; mask [N,T] (int, 0 = padding); lse, delta [N,Hq,T] f32.
+// `causal` (0 or 1, uniform over the grid): query i sees key j only when j ≤ i; else every real key.
 //
 // Every tiled kernel runs blocks of WARPS warps; each warp owns ROWS rows (query rows in the forward and the dq pass,
 // key rows in the dk/dv pass) and each lane owns the columns c = lane + 32·u, u < COLS, of those rows, so d ≤ 128.
@@ -90,8 +91,8 @@ __device__ __forceinline__ void decode_block(int t, int heads, int& n, int& h, i
 // Forward: one block per (n, query head, tile of TILE queries); keys stream through with an online softmax.
 template <typename T>
 __device__ void attention_forward(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                                  const int* __restrict__ mask, Sizes z, float scale, T* __restrict__ out,
-                                  float* __restrict__ lse) {
+                                  const int* __restrict__ mask, Sizes z, int causal, float scale,
+                                  T* __restrict__ out, float* __restrict__ lse) {
     int n, h, tile;
     decode_block(z.t, z.hq, n, h, tile);
     const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, g = h / (z.hq / z.hkv);
@@ -108,7 +109,7 @@ __device__ void attention_forward(const T* __restrict__ q, const T* __restrict__
 #pragma unroll
         for (int u = 0; u < COLS; ++u) o[r][u] = 0.0f;
     }
-    const int last = min(z.t - 1, first + ROWS - 1);
+    const int last = causal ? min(z.t - 1, first + ROWS - 1) : z.t - 1;
     for (int j = 0; j <= last; ++j) {
         if (mask[(long long)n * z.t + j] == 0) continue;
         float kr[COLS], vr[COLS];
@@ -120,7 +121,7 @@ __device__ void attention_forward(const T* __restrict__ q, const T* __restrict__
         warp_sums(scores);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            if (!real[r] || j > first + r) continue;
+            if (!real[r] || (causal && j > first + r)) continue;
             const float s = scores[r];
             const float m_new = fmaxf(m[r], s), correction = __expf(m[r] - m_new), p = __expf(s - m_new);
             l[r] = l[r] * correction + p;
@@ -162,7 +163,7 @@ template <typename T>
 __device__ void attention_backward_dq(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                       const T* __restrict__ grad_out, const int* __restrict__ mask,
                                       const float* __restrict__ lse, const float* __restrict__ delta, Sizes z,
-                                      float scale, T* __restrict__ dq) {
+                                      int causal, float scale, T* __restrict__ dq) {
     int n, h, tile;
     decode_block(z.t, z.hq, n, h, tile);
     const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, g = h / (z.hq / z.hkv);
@@ -180,7 +181,7 @@ __device__ void attention_backward_dq(const T* __restrict__ q, const T* __restri
 #pragma unroll
         for (int u = 0; u < COLS; ++u) acc[r][u] = 0.0f;
     }
-    const int last = min(z.t - 1, first + ROWS - 1);
+    const int last = causal ? min(z.t - 1, first + ROWS - 1) : z.t - 1;
     for (int j = 0; j <= last; ++j) {
         if (mask[(long long)n * z.t + j] == 0) continue;
         float kr[COLS], vr[COLS];
@@ -196,7 +197,7 @@ __device__ void attention_backward_dq(const T* __restrict__ q, const T* __restri
         warp_sums(dots);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            if (!real[r] || j > first + r) continue;
+            if (!real[r] || (causal && j > first + r)) continue;
             const float p = __expf(dots[r] - l[r]);
             const float ds = p * (dots[ROWS + r] - dl[r]);
 #pragma unroll
@@ -216,7 +217,8 @@ template <typename T>
 __device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                        const T* __restrict__ grad_out, const int* __restrict__ mask,
                                        const float* __restrict__ lse, const float* __restrict__ delta, Sizes z,
-                                       float scale, float* __restrict__ dk_part, float* __restrict__ dv_part) {
+                                       int causal, float scale, float* __restrict__ dk_part,
+                                       float* __restrict__ dv_part) {
     int n, h, tile;
     decode_block(z.t, z.hq, n, h, tile);
     const int warp = threadIdx.x / WARP_SIZE, first = tile * TILE + warp * ROWS, g = h / (z.hq / z.hkv);
@@ -232,7 +234,7 @@ __device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restr
 #pragma unroll
         for (int u = 0; u < COLS; ++u) dk_acc[r][u] = dv_acc[r][u] = 0.0f;
     }
-    for (int i = first; i < z.t; ++i) {
+    for (int i = causal ? first : 0; i < z.t; ++i) {
         if (mask[(long long)n * z.t + i] == 0) continue;
         float qr[COLS], gr[COLS];
         load_row(q, row_offset(n, i, h, z.t, z.hq, z.d), z.d, scale, qr);
@@ -248,7 +250,7 @@ __device__ void attention_backward_dkv(const T* __restrict__ q, const T* __restr
         warp_sums(dots);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
-            if (!real[r] || first + r > i) continue;
+            if (!real[r] || (causal && first + r > i)) continue;
             const float p = __expf(dots[r] - l);
             const float ds = p * (dots[ROWS + r] - dl);
 #pragma unroll
@@ -290,8 +292,8 @@ __device__ void attention_backward_dkv_reduce(const float* __restrict__ dk_part,
 #define SIZES int t, int hq, int hkv, int d
 #define INSTANTIATE(T, S)                                                                                        \
     extern "C" __global__ void TILED attention_forward_##S(const T* q, const T* k, const T* v, const int* mask,  \
-                                                           SIZES, float scale, T* out, float* lse) {             \
-        attention_forward<T>(q, k, v, mask, Sizes{t, hq, hkv, d}, scale, out, lse);                              \
+                                                           SIZES, int causal, float scale, T* out, float* lse) { \
+        attention_forward<T>(q, k, v, mask, Sizes{t, hq, hkv, d}, causal, scale, out, lse);                      \
     }                                                                                                            \
     extern "C" __global__ void attention_backward_delta_##S(const T* grad_out, const T* out, long long rows,     \
                                                             SIZES, float* delta) {                               \
@@ -300,15 +302,16 @@ __device__ void attention_backward_dkv_reduce(const float* __restrict__ dk_part,
     extern "C" __global__ void TILED attention_backward_dq_##S(const T* q, const T* k, const T* v,               \
                                                                const T* grad_out, const int* mask,               \
                                                                const float* lse, const float* delta, SIZES,      \
-                                                               float scale, T* dq) {                             \
-        attention_backward_dq<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dq);          \
+                                                               int causal, float scale, T* dq) {                 \
+        attention_backward_dq<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, causal, scale, dq);  \
     }                                                                                                            \
     extern "C" __global__ void TILED attention_backward_dkv_##S(const T* q, const T* k, const T* v,              \
                                                                 const T* grad_out, const int* mask,              \
                                                                 const float* lse, const float* delta, SIZES,     \
-                                                                float scale, float* dk_part, float* dv_part) {   \
-        attention_backward_dkv<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, scale, dk_part,     \
-                                  dv_part);                                                                      \
+                                                                int causal, float scale, float* dk_part,         \
+                                                                float* dv_part) {                                \
+        attention_backward_dkv<T>(q, k, v, grad_out, mask, lse, delta, Sizes{t, hq, hkv, d}, causal, scale,      \
+                                  dk_part, dv_part);                                                             \
     }                                                                                                            \
     extern "C" __global__ void attention_backward_dkv_reduce_##S(const float* dk_part, const float* dv_part,     \
                                                                  long long total, SIZES, T* dk, T* dv) {         \

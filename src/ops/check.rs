@@ -64,6 +64,25 @@ pub fn same_device(tensors: &[(&str, &Tensor)]) -> Result<Device> {
     Ok(device)
 }
 
+/// The operands of an element-wise op: floats of one shape and dtype (the first's), not empty, contiguous and on
+/// one device; returns that device.
+pub fn elementwise(named: &[(&'static str, &Tensor)]) -> Result<Device> {
+    let (first_name, first) = *named.first().ok_or_else(|| Error::InvalidArgument("no tensors given".into()))?;
+    for &(name, t) in named {
+        float(name, t)?;
+        shape(name, t, first.shape())?;
+        if t.dtype() != first.dtype() {
+            return Err(Error::DType {
+                arg: name,
+                got: t.dtype(),
+                expected: format!("the dtype of `{first_name}` ({})", first.dtype()),
+            });
+        }
+    }
+    non_empty(first_name, first.numel())?;
+    same_device(named)
+}
+
 /// A finite scalar hyper-parameter.
 pub fn finite(name: &str, value: f32) -> Result<()> {
     if !value.is_finite() {

@@ -50,3 +50,19 @@ pub(crate) fn host_ids(ids: &Tensor) -> Result<Vec<i64>> {
         _ => ids.to_vec::<i64>(),
     }
 }
+
+/// Every tensor of `others` has the dtype of `anchor` (the CUDA kernels take one storage type for all their float
+/// arguments).
+pub(crate) fn same_dtype(anchor: (&str, &Tensor), others: &[(&'static str, &Tensor)]) -> Result<()> {
+    let (anchor_name, anchor) = anchor;
+    for &(name, t) in others {
+        if t.dtype() != anchor.dtype() {
+            return Err(Error::DType {
+                arg: name,
+                got: t.dtype(),
+                expected: format!("the dtype of `{anchor_name}` ({}) on CUDA", anchor.dtype()),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! Op families. Each op is a forward and a backward with a CPU implementation and a CUDA kernel behind one
-//! signature, dispatched on the device of its tensors. The transformer ops (embedding, rmsnorm, linear, swiglu,
-//! attention) also come as `_into` variants that write every element of outputs the caller provides (views of a
-//! model's preallocated buffers, which may hold garbage); the allocating versions wrap them.
+//! signature, dispatched on the device of its tensors. The transformer ops (embedding, rmsnorm, layernorm, linear,
+//! swiglu, gelu, attention, bilinear interpolation) also come as `_into` variants that write every element of
+//! outputs the caller provides (views of a model's preallocated buffers, which may hold garbage); the allocating
+//! versions wrap them.
 
 pub mod attention;
 pub mod check;
@@ -9,8 +10,11 @@ pub mod compare;
 pub(crate) mod convert;
 pub mod embedding;
 pub mod fused_linear;
+pub mod gelu;
 pub mod heads;
+pub mod interpolate;
 pub(crate) mod launch;
+pub mod layernorm;
 pub mod linear;
 pub mod logprobs;
 pub mod preference;
@@ -36,4 +40,7 @@ pub const KERNEL_MODULES: &[KernelModule] = &[
     swiglu::KERNELS,
     attention::KERNELS,
     residual::KERNELS,
+    layernorm::KERNELS,
+    gelu::KERNELS,
+    interpolate::KERNELS,
 ];

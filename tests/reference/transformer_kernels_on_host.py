@@ -1,5 +1,5 @@
 """Runs the f32 kernels of the transformer ops (kernels/attention.cu, its KV-cache kernels included, rmsnorm.cu,
-rope.cu, embedding.cu, swiglu.cu) on the host, against the committed float64 fixtures of
+rope.cu, embedding.cu, swiglu.cu, layernorm.cu, gelu.cu, interpolate.cu) on the host, against the committed float64 fixtures of
 tests/fixtures/transformer_ops/ (and numpy float64 references on random inputs).
 
 A check of the kernels for machines without a GPU (the GPU tests compare CUDA against the CPU where there is one).
@@ -22,6 +22,7 @@ EXTRA = r"""
 #define __launch_bounds__(...)
 using std::min;
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline float __fmul_rn(float a, float b) { return a * b; }
 """
 
 HARNESS = r"""
@@ -42,19 +43,21 @@ static unsigned tiled(int n, int heads, int t) { return n * heads * ((t + 15) / 
 static unsigned elementwise(long long len) { long long b = (len + 255) / 256; return b < 1 ? 1 : (b > 4096 ? 4096 : b); }
 extern "C" {
 void emu_attention_forward(const float* q, const float* k, const float* v, const int* mask, int n, int t, int hq,
-                           int hkv, int d, float* out, float* lse) {
+                           int hkv, int d, int causal, float* out, float* lse) {
     float scale = 1.0f / sqrtf((float)d);
-    run(tiled(n, hq, t), 128, [=] { attention_forward_f32(q, k, v, mask, t, hq, hkv, d, scale, out, lse); });
+    run(tiled(n, hq, t), 128, [=] { attention_forward_f32(q, k, v, mask, t, hq, hkv, d, causal, scale, out, lse); });
 }
 void emu_attention_backward(const float* q, const float* k, const float* v, const float* g, const float* out,
-                            const int* mask, const float* lse, int n, int t, int hq, int hkv, int d, float* delta,
-                            float* dq, float* dk_part, float* dv_part, float* dk, float* dv) {
+                            const int* mask, const float* lse, int n, int t, int hq, int hkv, int d, int causal,
+                            float* delta, float* dq, float* dk_part, float* dv_part, float* dk, float* dv) {
     float scale = 1.0f / sqrtf((float)d);
     long long rows = (long long)n * t * hq, total = (long long)n * t * hkv * d;
     run(elementwise(rows * 32), 256, [=] { attention_backward_delta_f32(g, out, rows, t, hq, hkv, d, delta); });
-    run(tiled(n, hq, t), 128, [=] { attention_backward_dq_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dq); });
     run(tiled(n, hq, t), 128, [=] {
-        attention_backward_dkv_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, scale, dk_part, dv_part);
+        attention_backward_dq_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, causal, scale, dq);
+    });
+    run(tiled(n, hq, t), 128, [=] {
+        attention_backward_dkv_f32(q, k, v, g, mask, lse, delta, t, hq, hkv, d, causal, scale, dk_part, dv_part);
     });
     run(elementwise(total), 256, [=] { attention_backward_dkv_reduce_f32(dk_part, dv_part, total, t, hq, hkv, d, dk, dv); });
 }
@@ -76,6 +79,17 @@ void emu_rmsnorm(const float* x, const float* w, const float* g, int rows, int h
     run(chunks * ((h + 255) / 256), 256, [=] { rmsnorm_backward_dw_partial_f32(g, x, rstd, rows, h, 32, partial); });
     run(elementwise(h), 256, [=] { rmsnorm_backward_dw_reduce_f32(partial, chunks, h, dw); });
 }
+void emu_layernorm(const float* x, const float* w, const float* b, const float* g, int rows, int h, float eps,
+                   float* y, float* mean, float* rstd, float* dx, float* partial_w, float* partial_b, float* dw,
+                   float* db) {
+    run(rows, 256, [=] { layernorm_forward_f32(x, w, b, eps, h, y, mean, rstd); });
+    run(rows, 256, [=] { layernorm_backward_dx_f32(g, x, w, mean, rstd, h, dx); });
+    int chunks = (rows + 31) / 32;
+    run(chunks * ((h + 255) / 256), 256, [=] {
+        layernorm_backward_dwb_partial_f32(g, x, mean, rstd, rows, h, 32, partial_w, partial_b);
+    });
+    run(elementwise(h), 256, [=] { layernorm_backward_dwb_reduce_f32(partial_w, partial_b, chunks, h, dw, db); });
+}
 void emu_rope(float* x, const int* pos, const float* inv, long long rows, int heads, int d, float sign) {
     run(elementwise(rows * heads * d / 2), 256, [=] { rope_f32(x, pos, inv, rows, heads, d, sign); });
 }
@@ -88,12 +102,21 @@ void emu_swiglu(const float* gate, const float* up, const float* dy, long long n
     run(elementwise(n), 256, [=] { swiglu_forward_f32(gate, up, n, y); });
     run(elementwise(n), 256, [=] { swiglu_backward_f32(dy, gate, up, n, dg, du); });
 }
+void emu_gelu(const float* x, const float* dy, long long n, int tanh_form, float* y, float* dx) {
+    run(elementwise(n), 256, [=] { gelu_forward_f32(x, n, tanh_form, y); });
+    run(elementwise(n), 256, [=] { gelu_backward_f32(dy, x, n, tanh_form, dx); });
+}
+void emu_bilinear(const float* x, const float* dy, int n, int h, int w, int c, int h2, int w2, float* y, float* dx) {
+    float scale_h = (float)h / h2, scale_w = (float)w / w2;
+    run(elementwise((long long)n * h2 * w2 * c), 256, [=] { bilinear_forward_f32(x, n, h, w, c, h2, w2, scale_h, scale_w, y); });
+    run(elementwise((long long)n * h * w * c), 256, [=] { bilinear_backward_f32(dy, n, h, w, c, h2, w2, scale_h, scale_w, dx); });
+}
 }
 """
 
 def build():
     src = ""
-    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu"]:
+    for name in ["attention", "rmsnorm", "rope", "embedding", "swiglu", "layernorm", "gelu", "interpolate"]:
         body = open(f"{ROOT}/kernels/{name}.cu").read().replace('#include "common.cuh"', "")
         # Each file defines its own INSTANTIATE (and attention its TILE-sized macros): undefine between files.
         src += body.replace('extern "C" __global__', 'extern "C"') + "\n#undef INSTANTIATE\n"
@@ -120,24 +143,25 @@ def close(what, got, exp, rel=1e-5):
     return ok
 
 ok = True
-for name in ["attention_gqa", "attention_padded"]:
+for name in ["attention_gqa", "attention_padded", "attention_bidirectional", "attention_bidirectional_padded"]:
     c = load(name); print(name)
-    n, t, hq, hkv, d = c["n"], c["t"], c["hq"], c["hkv"], c["d"]
+    n, t, hq, hkv, d, causal = c["n"], c["t"], c["hq"], c["hkv"], c["d"], int(c["causal"])
     q, k, v, g, mask = f32(c["q"]), f32(c["k"]), f32(c["v"]), f32(c["grad_out"]), i32(c["mask"])
     out, lse = garbage(q.size), garbage(n * hq * t)
-    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, P(out), P(lse))
+    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, causal, P(out), P(lse))
     ok &= close("out", out, c["out"]) & close("lse", lse, c["lse"])
     delta, dq, dkp, dvp, dk, dv = garbage(n * hq * t), garbage(q.size), garbage(q.size), garbage(q.size), garbage(k.size), garbage(k.size)
-    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, P(delta), P(dq),
-                               P(dkp), P(dvp), P(dk), P(dv))
+    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, causal, P(delta),
+                               P(dq), P(dkp), P(dvp), P(dk), P(dv))
     ok &= close("grad_q", dq, c["grad_q"]) & close("grad_k", dk, c["grad_k"]) & close("grad_v", dv, c["grad_v"])
 
-def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d):
+def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d, causal):
     """float64 attention as in transformer_ops.py (numpy): out, lse, and the gradients of sum(g * out)."""
     q, k, v, g = (a.astype(np.float64).reshape(n, t, -1, d).transpose(0, 2, 1, 3) for a in (q, k, v, g))
     k, v = np.repeat(k, hq // hkv, axis=1), np.repeat(v, hq // hkv, axis=1)
     real = mask.reshape(n, t) != 0
-    allowed = np.tril(np.ones((t, t), bool))[None, None] & real[:, None, None, :]
+    visible = np.tril(np.ones((t, t), bool)) if causal else np.ones((t, t), bool)
+    allowed = visible[None, None] & real[:, None, None, :]
     s = np.where(allowed, q @ k.transpose(0, 1, 3, 2) / math.sqrt(d), -np.inf)
     m = np.where(real[:, None, :, None], s.max(-1, keepdims=True), 0.0)
     e = np.where(allowed, np.exp(s - m), 0.0)
@@ -150,21 +174,23 @@ def attention_reference(q, k, v, g, mask, n, t, hq, hkv, d):
     return back(p @ v), lse.reshape(-1), back(ds @ k), back(group(ds.transpose(0, 1, 3, 2) @ q)), \
         back(group(p.transpose(0, 1, 3, 2) @ g))
 
-# Several tiles per head, d > 64 (a partly used third column per lane), GQA, right padding, an all-padding row.
+# Several tiles per head, d > 64 (a partly used third column per lane: SigLIP-so400m's 72), GQA, right padding, an
+# all-padding row; causal and bidirectional.
 rng = np.random.default_rng(7)
 n, t, hq, hkv, d = 3, 37, 6, 2, 72
-print(f"attention random n={n} t={t} hq={hq} hkv={hkv} d={d}")
-q, g = f32(rng.standard_normal(n * t * hq * d)), f32(rng.standard_normal(n * t * hq * d))
-k, v = f32(rng.standard_normal(n * t * hkv * d)), f32(rng.standard_normal(n * t * hkv * d))
-mask = i32([[1] * t, [1] * 20 + [0] * (t - 20), [0] * t])
-want = attention_reference(q, k, v, g, mask, n, t, hq, hkv, d)
-out, lse = garbage(q.size), garbage(n * hq * t)
-lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, P(out), P(lse))
-delta, dq, dkp, dvp, dk, dv = garbage(n * hq * t), garbage(q.size), garbage(q.size), garbage(q.size), garbage(k.size), garbage(k.size)
-lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, P(delta), P(dq),
-                           P(dkp), P(dvp), P(dk), P(dv))
-for what, got, exp in zip(["out", "lse", "grad_q", "grad_k", "grad_v"], [out, lse, dq, dk, dv], want):
-    ok &= close(what, got, exp)
+for causal in [1, 0]:
+    print(f"attention random n={n} t={t} hq={hq} hkv={hkv} d={d} causal={causal}")
+    q, g = f32(rng.standard_normal(n * t * hq * d)), f32(rng.standard_normal(n * t * hq * d))
+    k, v = f32(rng.standard_normal(n * t * hkv * d)), f32(rng.standard_normal(n * t * hkv * d))
+    mask = i32([[1] * t, [1] * 20 + [0] * (t - 20), [0] * t])
+    want = attention_reference(q, k, v, g, mask, n, t, hq, hkv, d, causal)
+    out, lse = garbage(q.size), garbage(n * hq * t)
+    lib.emu_attention_forward(P(q), P(k), P(v), P(mask), n, t, hq, hkv, d, causal, P(out), P(lse))
+    delta, dq, dkp, dvp, dk, dv = garbage(n * hq * t), garbage(q.size), garbage(q.size), garbage(q.size), garbage(k.size), garbage(k.size)
+    lib.emu_attention_backward(P(q), P(k), P(v), P(g), P(out), P(mask), P(lse), n, t, hq, hkv, d, causal, P(delta),
+                               P(dq), P(dkp), P(dvp), P(dk), P(dv))
+    for what, got, exp in zip(["out", "lse", "grad_q", "grad_k", "grad_v"], [out, lse, dq, dk, dv], want):
+        ok &= close(what, got, exp)
 
 def cached_reference(q, k, v, mask, start, n, tq, s, hq, hkv, d):
     """float64 attention of queries at slots start[b] + i over the real cache slots up to theirs; zeros if none."""
@@ -215,6 +241,35 @@ y, rstd, dx, partial, dw = garbage(x.size), garbage(rows), garbage(x.size), garb
 lib.emu_rmsnorm(P(x), P(w), P(g), rows, h, ctypes.c_float(c["eps"]), P(y), P(rstd), P(dx), P(partial), P(dw))
 ok &= close("y", y, c["y"]) & close("grad_x", dx, c["grad_x"]) & close("grad_weight", dw, c["grad_weight"])
 
+def layernorm_reference(x, w, b, g, h, eps):
+    """float64 LayerNorm over rows of h (numpy): y, mean, rstd and the gradients of sum(g * y)."""
+    x, g = x.astype(np.float64).reshape(-1, h), g.astype(np.float64).reshape(-1, h)
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+    xhat, gw = (x - mean) * rstd, g * w
+    dx = rstd * (gw - gw.mean(-1, keepdims=True) - xhat * (gw * xhat).mean(-1, keepdims=True))
+    return (xhat * w + b).reshape(-1), mean.reshape(-1), rstd.reshape(-1), dx.reshape(-1), (g * xhat).sum(0), g.sum(0)
+
+# The fixture, then several row chunks and column blocks of the d_w/d_b passes (H = 1152, SigLIP-so400m's width)
+# with a common offset that a one-pass variance would lose.
+c = load("layernorm")
+h = c["shape"][-1]
+cases = [("layernorm", f32(c["x"]), f32(c["weight"]), f32(c["bias"]), f32(c["grad_y"]), h, c["eps"])]
+rows, h = 70, 1152
+cases.append(("layernorm random rows=70 h=1152", f32(rng.standard_normal(rows * h) + 30.0),
+              f32(1.0 + 0.2 * rng.standard_normal(h)), f32(rng.standard_normal(h)), f32(rng.standard_normal(rows * h)),
+              h, 1e-6))
+for name, x, w, b, g, h, eps in cases:
+    print(name)
+    rows = x.size // h
+    chunks = (rows + 31) // 32
+    outs = [garbage(n) for n in [x.size, rows, rows, x.size, chunks * h, chunks * h, h, h]]
+    lib.emu_layernorm(P(x), P(w), P(b), P(g), rows, h, ctypes.c_float(eps), *map(P, outs))
+    y, mean, rstd, dx, _, _, dw, db = outs
+    want = layernorm_reference(x, w.astype(np.float64), b.astype(np.float64), g, h, eps)
+    for what, got, exp in zip(["y", "mean", "rstd", "grad_x", "grad_weight", "grad_bias"], [y, mean, rstd, dx, dw, db], want):
+        ok &= close(what, got, exp, 2e-5 if name != "layernorm" else 1e-5)
+
 for name in ["rope", "rope_far"]:
     c = load(name); print(name)
     heads, d, theta = c["heads"], c["d"], c["theta"]
@@ -240,6 +295,75 @@ gate, up, dy = f32(c["gate"]), f32(c["up"]), f32(c["grad_y"])
 y, dg, du = garbage(gate.size), garbage(gate.size), garbage(gate.size)
 lib.emu_swiglu(P(gate), P(up), P(dy), ctypes.c_longlong(gate.size), P(y), P(dg), P(du))
 ok &= close("y", y, c["y"]) & close("grad_gate", dg, c["grad_gate"]) & close("grad_up", du, c["grad_up"])
+
+# The fixtures (unit, wide and tail values), then NaN in either input: NaN out where it went in, nothing else touched.
+for name, form in [("gelu_tanh", 1), ("gelu_exact", 0)]:
+    c = load(name); print(name)
+    x, dy = f32(c["x"]), f32(c["grad_y"])
+    y, dx = garbage(x.size), garbage(x.size)
+    lib.emu_gelu(P(x), P(dy), ctypes.c_longlong(x.size), form, P(y), P(dx))
+    ok &= close("y", y, c["y"]) & close("grad_x", dx, c["grad_x"])
+    x, dy = f32([1.0, np.nan, -2.0]), f32([1.0, 1.0, np.nan])
+    y, dx = garbage(3), garbage(3)
+    lib.emu_gelu(P(x), P(dy), ctypes.c_longlong(3), form, P(y), P(dx))
+    nan_ok = bool(np.isnan(y).tolist() == [False, True, False] and np.isnan(dx).tolist() == [False, True, True])
+    print(f"  NaN in, NaN out: {'ok' if nan_ok else 'FAIL'} (y {y}, grad_x {dx})")
+    ok &= nan_ok
+
+def bilinear_matrices(n_in, n_out):
+    """float64 [n_out, n_in] weights of one axis of torch's bilinear resize (align_corners=False), and which inputs
+    each output reads (its two taps, even at a zero weight; an axis of unchanged size is the identity)."""
+    if n_in == n_out:
+        return np.eye(n_in), np.eye(n_in)
+    a, reads = np.zeros((n_out, n_in)), np.zeros((n_out, n_in))
+    for o in range(n_out):
+        s = max(n_in / n_out * (o + 0.5) - 0.5, 0.0)
+        i0 = min(int(math.floor(s)), n_in - 1)
+        for i, weight in [(i0, 1.0 - (s - i0)), (min(i0 + 1, n_in - 1), s - i0)]:
+            a[o, i] += weight
+            reads[o, i] = 1.0
+    return a, reads
+
+def resize(a_h, reads_h, a_w, reads_w, t):
+    """a_h · t · a_wᵀ over the spatial axes of a channels-last t [n, h, w, c], NaN wherever a NaN is read."""
+    nan = np.isnan(t)
+    apply = lambda m_h, m_w, u: np.einsum("oh,nhwc,qw->noqc", m_h, u, m_w)
+    return np.where(apply(reads_h, reads_w, nan.astype(float)) > 0, np.nan, apply(a_h, a_w, np.where(nan, 0.0, t)))
+
+def with_nans(c, key):
+    """A fixture's values with NaN at its `{key}_nan` indices (JSON has no NaN)."""
+    v = np.array(c[key], np.float64)
+    v[c.get(key + "_nan", [])] = np.nan
+    return v
+
+# The fixtures (NaN where torch puts it included), then LLaVA-OneVision's sizes on numpy references: video pooling
+# 27 -> 14 over several grid-stride blocks, an anyres grid down-sampled by a non-integer ratio, up-sampling from one
+# row; a NaN pixel and a NaN gradient spread to exactly what they touch, along resized axes and not along an
+# unchanged one.
+cases = []
+for name in ["bilinear_pool", "bilinear_down", "bilinear_up", "bilinear_nan"]:
+    c = load(name)
+    cases.append((name, c["n"], c["c"], *c["input_size"], *c["size"], f32(with_nans(c, "x")),
+                  f32(with_nans(c, "grad_y")), with_nans(c, "y"), with_nans(c, "grad_x")))
+for (n, ch, h, w, h2, w2) in [(2, 40, 27, 27, 14, 14), (1, 9, 24, 40, 17, 28), (2, 3, 1, 5, 6, 11), (1, 2, 14, 6, 7, 12),
+                              (1, 2, 14, 6, 14, 12)]:
+    x, g = f32(rng.standard_normal(n * h * w * ch)), f32(rng.standard_normal(n * h2 * w2 * ch))
+    if h == 14:
+        x[(5 * 6 + 3) * 2 + 1], g[(3 * 12 + 11) * 2] = np.nan, np.nan
+    (ah, rh), (aw, rw) = bilinear_matrices(h, h2), bilinear_matrices(w, w2)
+    x4, g4 = x.astype(np.float64).reshape(n, h, w, ch), g.astype(np.float64).reshape(n, h2, w2, ch)
+    y, dx = resize(ah, rh, aw, rw, x4), resize(ah.T, rh.T, aw.T, rw.T, g4)
+    cases.append((f"bilinear random n={n} c={ch} {h}x{w} -> {h2}x{w2}", n, ch, h, w, h2, w2, x, g, y, dx))
+for name, n, ch, h, w, h2, w2, x, g, want_y, want_dx in cases:
+    print(name)
+    y, dx = garbage(n * h2 * w2 * ch), garbage(n * h * w * ch)
+    lib.emu_bilinear(P(x), P(g), n, h, w, ch, h2, w2, P(y), P(dx))
+    for what, got, exp in [("y", y, want_y), ("grad_x", dx, want_dx)]:
+        exp = np.asarray(exp, np.float64).reshape(-1)
+        nan_ok = bool((np.isnan(got) == np.isnan(exp)).all())
+        if np.isnan(exp).any():
+            print(f"  {what:<12} NaN at {int(np.isnan(exp).sum())} elements, as expected: {'ok' if nan_ok else 'FAIL'}")
+        ok &= nan_ok & close(what, got[~np.isnan(exp)], exp[~np.isnan(exp)])
 
 print("ALL OK" if ok else "FAILURES")
 sys.exit(0 if ok else 1)

@@ -1,6 +1,6 @@
 use rand::Rng;
 use unireward::ops::attention::{
-    attention, attention_backward, attention_backward_into, attention_into, AttentionOutput,
+    attention, attention_backward, attention_backward_into, attention_into, AttentionOutput, Masking,
 };
 use unireward::{DType, Device, Error, Tensor};
 
@@ -31,8 +31,21 @@ impl Dims {
     }
 }
 
+const MASKINGS: [Masking; 2] = [Masking::Causal, Masking::Bidirectional];
+
+/// The inputs of one problem: q, k, v, the upstream gradient, the padding mask and which keys a query sees.
+struct Inputs {
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+    g: Vec<f64>,
+    mask: Vec<i64>,
+    masking: Masking,
+}
+
 /// f64 reference probabilities of query (n, i, h): `None` at padding queries.
-fn probs(z: Dims, q: &[f64], k: &[f64], mask: &[i64], n: usize, i: usize, h: usize) -> Option<(Vec<f64>, f64)> {
+fn probs(z: Dims, x: &Inputs, q: &[f64], k: &[f64], n: usize, i: usize, h: usize) -> Option<(Vec<f64>, f64)> {
+    let mask = &x.mask;
     if mask[n * z.t + i] == 0 {
         return None;
     }
@@ -40,7 +53,7 @@ fn probs(z: Dims, q: &[f64], k: &[f64], mask: &[i64], n: usize, i: usize, h: usi
     let qi = &q[z.q_at(n, i, h)..][..z.d];
     let s: Vec<f64> = (0..z.t)
         .map(|j| {
-            if j <= i && mask[n * z.t + j] != 0 {
+            if (j <= i || x.masking == Masking::Bidirectional) && mask[n * z.t + j] != 0 {
                 dot(qi, &k[z.kv_at(n, j, h)..][..z.d]) * scale
             } else {
                 f64::NEG_INFINITY
@@ -52,13 +65,13 @@ fn probs(z: Dims, q: &[f64], k: &[f64], mask: &[i64], n: usize, i: usize, h: usi
     Some((s.iter().map(|x| (x - lse).exp()).collect(), lse))
 }
 
-/// f64 reference forward: (out, lse).
-fn forward(z: Dims, q: &[f64], k: &[f64], v: &[f64], mask: &[i64]) -> (Vec<f64>, Vec<f64>) {
+/// f64 reference forward of `x`'s mask and masking at (possibly perturbed or rounded) q, k, v: (out, lse).
+fn forward(z: Dims, x: &Inputs, q: &[f64], k: &[f64], v: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let (mut out, mut lse) = (vec![0.0; z.q_len()], vec![0.0; z.n * z.hq * z.t]);
     for n in 0..z.n {
         for h in 0..z.hq {
             for i in 0..z.t {
-                let Some((p, l)) = probs(z, q, k, mask, n, i, h) else { continue };
+                let Some((p, l)) = probs(z, x, q, k, n, i, h) else { continue };
                 lse[(n * z.hq + h) * z.t + i] = l;
                 for j in 0..z.t {
                     for c in 0..z.d {
@@ -71,14 +84,14 @@ fn forward(z: Dims, q: &[f64], k: &[f64], v: &[f64], mask: &[i64]) -> (Vec<f64>,
     (out, lse)
 }
 
-/// f64 reference backward: (dq, dk, dv).
-fn backward(z: Dims, q: &[f64], k: &[f64], v: &[f64], mask: &[i64], g: &[f64]) -> [Vec<f64>; 3] {
+/// f64 reference backward of `x`'s mask and masking at q, k, v, g: (dq, dk, dv).
+fn backward(z: Dims, x: &Inputs, q: &[f64], k: &[f64], v: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
     let (mut dq, mut dk, mut dv) = (vec![0.0; z.q_len()], vec![0.0; z.kv_len()], vec![0.0; z.kv_len()]);
     let scale = 1.0 / (z.d as f64).sqrt();
     for n in 0..z.n {
         for h in 0..z.hq {
             for i in 0..z.t {
-                let Some((p, _)) = probs(z, q, k, mask, n, i, h) else { continue };
+                let Some((p, _)) = probs(z, x, q, k, n, i, h) else { continue };
                 let gi = &g[z.q_at(n, i, h)..][..z.d];
                 let dp: Vec<f64> = (0..z.t).map(|j| dot(gi, &v[z.kv_at(n, j, h)..][..z.d])).collect();
                 let row_dot = dot(&p, &dp);
@@ -96,15 +109,7 @@ fn backward(z: Dims, q: &[f64], k: &[f64], v: &[f64], mask: &[i64], g: &[f64]) -
     [dq, dk, dv]
 }
 
-struct Inputs {
-    q: Vec<f64>,
-    k: Vec<f64>,
-    v: Vec<f64>,
-    g: Vec<f64>,
-    mask: Vec<i64>,
-}
-
-fn random_inputs(rng: &mut rand::rngs::StdRng, z: Dims) -> Inputs {
+fn random_inputs(rng: &mut rand::rngs::StdRng, z: Dims, masking: Masking) -> Inputs {
     // Right padding of random length per sequence; the last sequence is entirely padding when N > 2.
     let mut mask = Vec::with_capacity(z.n * z.t);
     for n in 0..z.n {
@@ -117,6 +122,7 @@ fn random_inputs(rng: &mut rand::rngs::StdRng, z: Dims) -> Inputs {
         v: normal(rng, z.kv_len()),
         g: normal(rng, z.q_len()),
         mask,
+        masking,
     }
 }
 
@@ -124,9 +130,9 @@ fn run(z: Dims, x: &Inputs, dtype: DType, device: Device) -> [Vec<f64>; 5] {
     let t = |data: &[f64], heads| tensor(data, &[z.n, z.t, heads, z.d], dtype, device);
     let (q, k, v) = (t(&x.q, z.hq), t(&x.k, z.hkv), t(&x.v, z.hkv));
     let mask = ids(&x.mask, &[z.n, z.t], DType::I64, device);
-    let saved = attention(&q, &k, &v, &mask).unwrap();
+    let saved = attention(&q, &k, &v, &mask, x.masking).unwrap();
     assert_eq!((saved.out.dtype(), saved.lse.shape()), (dtype, &[z.n, z.hq, z.t][..]));
-    let grads = attention_backward(&t(&x.g, z.hq), &q, &k, &v, &mask, &saved).unwrap();
+    let grads = attention_backward(&t(&x.g, z.hq), &q, &k, &v, &mask, x.masking, &saved).unwrap();
     assert_eq!((grads.grad_k.dtype(), grads.grad_k.shape()), (dtype, k.shape()));
     [values(&saved.out), values(&saved.lse), values(&grads.grad_q), values(&grads.grad_k), values(&grads.grad_v)]
 }
@@ -135,10 +141,12 @@ const NAMES: [&str; 5] = ["out", "lse", "grad_q", "grad_k", "grad_v"];
 
 #[test]
 fn matches_pytorch_fixture() {
-    for name in ["attention_gqa", "attention_padded"] {
+    for name in ["attention_gqa", "attention_padded", "attention_bidirectional", "attention_bidirectional_padded"] {
         let f = Fixture::load(name);
         let z = Dims { n: f.usize("n"), t: f.usize("t"), hq: f.usize("hq"), hkv: f.usize("hkv"), d: f.usize("d") };
-        let x = Inputs { q: f.f64s("q"), k: f.f64s("k"), v: f.f64s("v"), g: f.f64s("grad_out"), mask: f.i64s("mask") };
+        let masking = if f.bool("causal") { Masking::Causal } else { Masking::Bidirectional };
+        let (q, k, v, g, mask) = (f.f64s("q"), f.f64s("k"), f.f64s("v"), f.f64s("grad_out"), f.i64s("mask"));
+        let x = Inputs { q, k, v, g, mask, masking };
         let got = run(z, &x, DType::F32, Device::Cpu);
         for (name, got) in NAMES.iter().zip(&got) {
             assert_close(name, got, &f.f64s(name), 1e-5);
@@ -155,20 +163,21 @@ fn random_awkward_shapes_every_dtype_and_finite_differences() {
         Dims { n: 2, t: 33, hq: 3, hkv: 3, d: 72 },  // no grouping, d not a multiple of a warp
         Dims { n: 4, t: 6, hq: 4, hkv: 2, d: 5 },
         Dims { n: 3, t: 150, hq: 2, hkv: 1, d: 4 }, // several query blocks
+        Dims { n: 2, t: 41, hq: 4, hkv: 4, d: 72 }, // SigLIP-so400m's heads (d = 1152 / 16)
     ];
-    for z in shapes {
-        let x = random_inputs(&mut rng, z);
+    for (z, masking) in shapes.into_iter().flat_map(|z| MASKINGS.map(|m| (z, m))) {
+        let x = random_inputs(&mut rng, z, masking);
         for dtype in FLOATS {
             let r = |v: &[f64]| rounded(v, dtype);
             let (q, k, v, g) = (r(&x.q), r(&x.k), r(&x.v), r(&x.g));
-            let (out, lse) = forward(z, &q, &k, &v, &x.mask);
-            let [dq, dk, dv] = backward(z, &q, &k, &v, &x.mask, &g);
+            let (out, lse) = forward(z, &x, &q, &k, &v);
+            let [dq, dk, dv] = backward(z, &x, &q, &k, &v, &g);
             let got = run(z, &x, dtype, Device::Cpu);
             for (name, (got, want)) in NAMES.iter().zip(got.iter().zip([out, lse, dq, dk, dv].iter())) {
-                assert_close(&format!("{name} {dtype} {z:?}"), got, want, tol(dtype));
+                assert_close(&format!("{name} {dtype} {masking:?} {z:?}"), got, want, tol(dtype));
             }
             if dtype == DType::F32 && z.d < 64 {
-                let loss = |q: &[f64], k: &[f64], v: &[f64]| dot(&forward(z, q, k, v, &x.mask).0, &x.g);
+                let loss = |q: &[f64], k: &[f64], v: &[f64]| dot(&forward(z, &x, q, k, v).0, &x.g);
                 assert_fd("grad_q", &got[2], &finite_differences(&x.q, 25, |p| loss(p, &x.k, &x.v)));
                 assert_fd("grad_k", &got[3], &finite_differences(&x.k, 25, |p| loss(&x.q, p, &x.v)));
                 assert_fd("grad_v", &got[4], &finite_differences(&x.v, 25, |p| loss(&x.q, &x.k, p)));
@@ -182,35 +191,36 @@ fn bad_input() {
     let t = |shape: &[usize]| tensor(&vec![0.0; shape.iter().product()], shape, DType::F32, Device::Cpu);
     let (q, k) = (t(&[1, 2, 4, 8]), t(&[1, 2, 2, 8]));
     let mask = ids(&[1, 1], &[1, 2], DType::I32, Device::Cpu);
-    let e = attention(&q, &t(&[1, 2, 3, 8]), &t(&[1, 2, 3, 8]), &mask).unwrap_err();
+    let e = attention(&q, &t(&[1, 2, 3, 8]), &t(&[1, 2, 3, 8]), &mask, Masking::Bidirectional).unwrap_err();
     assert!(
         matches!(&e, Error::Shape(m) if m.contains("query heads (4) must be a positive multiple of KV heads (3)")),
         "{e}"
     );
-    let e = attention(&q, &k, &t(&[1, 2, 2, 4]), &mask).unwrap_err();
+    let e = attention(&q, &k, &t(&[1, 2, 2, 4]), &mask, Masking::Bidirectional).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`v` has shape [1, 2, 2, 4], expected [1, 2, 2, 8]")), "{e}");
-    let e = attention(&q, &k, &k, &t(&[1, 2])).unwrap_err();
+    let e = attention(&q, &k, &k, &t(&[1, 2]), Masking::Causal).unwrap_err();
     assert!(matches!(e, Error::DType { arg: "attention_mask", .. }), "{e}");
-    let e = attention(&q, &k, &k, &ids(&[1, 1, 1], &[1, 3], DType::I32, Device::Cpu)).unwrap_err();
+    let e = attention(&q, &k, &k, &ids(&[1, 1, 1], &[1, 3], DType::I32, Device::Cpu), Masking::Causal).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`attention_mask` has shape [1, 3]")), "{e}");
-    let saved = attention(&q, &k, &k, &mask).unwrap();
+    let saved = attention(&q, &k, &k, &mask, Masking::Causal).unwrap();
     let bad_lse = unireward::ops::attention::AttentionOutput {
         out: saved.out.try_clone().unwrap(),
         lse: Tensor::zeros(&[1, 2, 4], DType::F32, Device::Cpu).unwrap(),
     };
-    let e = attention_backward(&q, &q, &k, &k, &mask, &bad_lse).unwrap_err();
+    let e = attention_backward(&q, &q, &k, &k, &mask, Masking::Causal, &bad_lse).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`saved.lse` has shape [1, 2, 4], expected [1, 4, 2]")), "{e}");
-    let e = attention_backward(&k, &q, &k, &k, &mask, &saved).unwrap_err();
+    let e = attention_backward(&k, &q, &k, &k, &mask, Masking::Causal, &saved).unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`grad_out`")), "{e}");
 }
 
 /// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`,
-/// with GQA, several tiles and query blocks, padding and an all-padding sequence; on CUDA also close to the CPU.
+/// with GQA, several tiles and query blocks, padding and an all-padding sequence, under either masking; on CUDA also
+/// close to the CPU.
 fn into_equals_allocating(device: Device) {
     let mut rng = seed();
     let z = Dims { n: 3, t: 70, hq: 6, hkv: 2, d: 40 };
-    let x = random_inputs(&mut rng, z);
-    for dtype in FLOATS {
+    for (masking, dtype) in MASKINGS.into_iter().flat_map(|m| FLOATS.map(|d| (m, d))) {
+        let x = random_inputs(&mut rng, z, masking);
         let t = |data: &[f64], heads| tensor(data, &[z.n, z.t, heads, z.d], dtype, device);
         let (q, k, v, g) = (t(&x.q, z.hq), t(&x.k, z.hkv), t(&x.v, z.hkv), t(&x.g, z.hq));
         let mask = ids(&x.mask, &[z.n, z.t], DType::I32, device);
@@ -218,14 +228,14 @@ fn into_equals_allocating(device: Device) {
             out: garbage(q.shape(), dtype, device),
             lse: garbage(&[z.n, z.hq, z.t], DType::F32, device),
         };
-        attention_into(&q, &k, &v, &mask, &mut saved.out, &mut saved.lse).unwrap();
-        let want = attention(&q, &k, &v, &mask).unwrap();
+        attention_into(&q, &k, &v, &mask, masking, &mut saved.out, &mut saved.lse).unwrap();
+        let want = attention(&q, &k, &v, &mask, masking).unwrap();
         assert_same("out", &saved.out, &want.out);
         assert_same("lse", &saved.lse, &want.lse);
         let (mut dq, mut dk, mut dv) =
             (garbage(q.shape(), dtype, device), garbage(k.shape(), dtype, device), garbage(v.shape(), dtype, device));
-        attention_backward_into(&g, &q, &k, &v, &mask, &saved, &mut dq, &mut dk, &mut dv).unwrap();
-        let want = attention_backward(&g, &q, &k, &v, &mask, &saved).unwrap();
+        attention_backward_into(&g, &q, &k, &v, &mask, masking, &saved, &mut dq, &mut dk, &mut dv).unwrap();
+        let want = attention_backward(&g, &q, &k, &v, &mask, masking, &saved).unwrap();
         assert_same("grad_q", &dq, &want.grad_q);
         assert_same("grad_k", &dk, &want.grad_k);
         assert_same("grad_v", &dv, &want.grad_v);
@@ -233,7 +243,7 @@ fn into_equals_allocating(device: Device) {
             let got = [&saved.out, &saved.lse, &dq, &dk, &dv].map(values);
             let tolerance = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
             for (name, (c, g)) in NAMES.iter().zip(run(z, &x, dtype, Device::Cpu).iter().zip(&got)) {
-                assert_close(&format!("{name} vs cpu, {dtype}"), g, c, tolerance);
+                assert_close(&format!("{name} vs cpu, {dtype} {masking:?}"), g, c, tolerance);
             }
         }
     }
@@ -251,13 +261,16 @@ fn into_refuses_bad_outputs() {
     let (q, k) = (t(&[1, 2, 4, 8]), t(&[1, 2, 2, 8]));
     let mask = ids(&[1, 1], &[1, 2], DType::I32, cpu);
     let (mut out, mut lse) = (garbage(&[1, 2, 4, 8], DType::F32, cpu), garbage(&[1, 4, 2], DType::F32, cpu));
-    let e = attention_into(&q, &k, &k, &mask, &mut garbage(&[1, 2, 2, 8], DType::F32, cpu), &mut lse).unwrap_err();
+    let e = attention_into(&q, &k, &k, &mask, Masking::Causal, &mut garbage(&[1, 2, 2, 8], DType::F32, cpu), &mut lse)
+        .unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`out` has shape [1, 2, 2, 8], expected [1, 2, 4, 8]")), "{e}");
-    let e = attention_into(&q, &k, &k, &mask, &mut out, &mut garbage(&[1, 4, 2], DType::BF16, cpu)).unwrap_err();
+    let e = attention_into(&q, &k, &k, &mask, Masking::Causal, &mut out, &mut garbage(&[1, 4, 2], DType::BF16, cpu))
+        .unwrap_err();
     assert!(matches!(e, Error::DType { arg: "lse", .. }), "{e}");
-    let e = attention_into(&q, &k, &k, &mask, &mut out, &mut garbage(&[1, 2, 4], DType::F32, cpu)).unwrap_err();
+    let e = attention_into(&q, &k, &k, &mask, Masking::Causal, &mut out, &mut garbage(&[1, 2, 4], DType::F32, cpu))
+        .unwrap_err();
     assert!(matches!(&e, Error::Shape(m) if m.contains("`lse` has shape [1, 2, 4], expected [1, 4, 2]")), "{e}");
-    let saved = attention(&q, &k, &k, &mask).unwrap();
+    let saved = attention(&q, &k, &k, &mask, Masking::Causal).unwrap();
     let (mut dq, mut dk, mut dv) =
         (garbage(q.shape(), DType::F32, cpu), garbage(k.shape(), DType::F32, cpu), garbage(k.shape(), DType::F32, cpu));
     let e = attention_backward_into(
@@ -266,6 +279,7 @@ fn into_refuses_bad_outputs() {
         &k,
         &k,
         &mask,
+        Masking::Causal,
         &saved,
         &mut dq,
         &mut garbage(q.shape(), DType::F32, cpu),
@@ -282,6 +296,7 @@ fn into_refuses_bad_outputs() {
         &k,
         &k,
         &mask,
+        Masking::Causal,
         &saved,
         &mut garbage(q.shape(), DType::F16, cpu),
         &mut dk,
@@ -295,6 +310,7 @@ fn into_refuses_bad_outputs() {
         &k,
         &k,
         &mask,
+        Masking::Causal,
         &saved,
         &mut dq,
         &mut dk,
@@ -313,7 +329,9 @@ fn cuda_into_overwrites_garbage_and_refuses_a_cpu_output() {
     let (q, k) = (t(&[1, 2, 4, 8]), t(&[1, 2, 2, 8]));
     let mask = ids(&[1, 1], &[1, 2], DType::I32, gpu);
     let mut out = garbage(&[1, 2, 4, 8], DType::F32, gpu);
-    let e = attention_into(&q, &k, &k, &mask, &mut out, &mut garbage(&[1, 4, 2], DType::F32, Device::Cpu)).unwrap_err();
+    let e =
+        attention_into(&q, &k, &k, &mask, Masking::Causal, &mut out, &mut garbage(&[1, 4, 2], DType::F32, Device::Cpu))
+            .unwrap_err();
     assert!(matches!(&e, Error::Device(m) if m.contains("output `lse` is on cpu")), "{e}");
 }
 
@@ -327,19 +345,20 @@ fn cuda_matches_cpu() {
         Dims { n: 1, t: 1, hq: 2, hkv: 1, d: 8 },
         Dims { n: 3, t: 33, hq: 7, hkv: 1, d: 72 },
         Dims { n: 4, t: 6, hq: 4, hkv: 2, d: 5 },
+        Dims { n: 2, t: 729, hq: 16, hkv: 16, d: 72 }, // SigLIP-so400m on one 384×384 image
     ];
-    for z in shapes {
-        let x = random_inputs(&mut rng, z);
+    for (z, masking) in shapes.into_iter().flat_map(|z| MASKINGS.map(|m| (z, m))) {
+        let x = random_inputs(&mut rng, z, masking);
         for dtype in FLOATS {
             let (cpu, cuda) = (run(z, &x, dtype, Device::Cpu), run(z, &x, dtype, Device::Cuda(0)));
             // No atomics: a second run gives the same bits.
             assert!(
                 cuda.iter().zip(&run(z, &x, dtype, Device::Cuda(0))).all(|(a, b)| a == b),
-                "{z:?} not deterministic"
+                "{z:?} {masking:?} not deterministic"
             );
             let t = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
             for (name, (c, g)) in NAMES.iter().zip(cpu.iter().zip(&cuda)) {
-                assert_close(&format!("{name} {dtype} {z:?}"), g, c, t);
+                assert_close(&format!("{name} {dtype} {masking:?} {z:?}"), g, c, t);
             }
         }
     }

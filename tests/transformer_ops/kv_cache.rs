@@ -4,7 +4,7 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use unireward::ops::attention::{attention, attention_cached, kv_cache_write};
+use unireward::ops::attention::{attention, attention_cached, kv_cache_write, Masking};
 use unireward::{DType, Device, Error, Tensor};
 
 use crate::common::*;
@@ -130,9 +130,8 @@ fn padded_batch_matches_attention(rng: &mut StdRng, dtype: DType, device: Device
     let mask: Vec<i64> = (0..n * t).map(|p| i64::from(p % t < lens[p / t])).collect();
     let (q, k, v) = (normal(rng, n * t * hq * d), normal(rng, n * t * hkv * d), normal(rng, n * t * hkv * d));
     let tt = |x: &[f64], heads| tensor(x, &[n, t, heads, d], dtype, device);
-    let full = values(
-        &attention(&tt(&q, hq), &tt(&k, hkv), &tt(&v, hkv), &ids(&mask, &[n, t], DType::I64, device)).unwrap().out,
-    );
+    let mask_t = ids(&mask, &[n, t], DType::I64, device);
+    let full = values(&attention(&tt(&q, hq), &tt(&k, hkv), &tt(&v, hkv), &mask_t, Masking::Causal).unwrap().out);
 
     let (mut kc, mut vc) = (
         Tensor::zeros(&[n, s, hkv, d], dtype, device).unwrap(),
@@ -169,11 +168,9 @@ fn decoding_matches_attention(rng: &mut StdRng, dtype: DType, device: Device) {
     let mask: Vec<i64> = (0..n * t).map(|p| i64::from(p % t < lens[p / t])).collect();
     let (q, k, v) = (normal(rng, n * t * hq * d), normal(rng, n * t * hkv * d), normal(rng, n * t * hkv * d));
     let tt = |x: &[f64], rows, heads| tensor(x, &[n, rows, heads, d], dtype, device);
-    let full = values(
-        &attention(&tt(&q, t, hq), &tt(&k, t, hkv), &tt(&v, t, hkv), &ids(&mask, &[n, t], DType::I64, device))
-            .unwrap()
-            .out,
-    );
+    let mask_t = ids(&mask, &[n, t], DType::I64, device);
+    let full =
+        values(&attention(&tt(&q, t, hq), &tt(&k, t, hkv), &tt(&v, t, hkv), &mask_t, Masking::Causal).unwrap().out);
     let full_at = |b: usize, i: usize| full[(b * t + i) * hq * d..][..hq * d].to_vec();
 
     let (mut kc, mut vc) = (

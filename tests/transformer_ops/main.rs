@@ -8,7 +8,10 @@ mod common;
 
 mod attention;
 mod embedding;
+mod gelu;
+mod interpolate;
 mod kv_cache;
+mod layernorm;
 mod linear;
 mod residual;
 mod rmsnorm;

@@ -4,7 +4,7 @@
 
 use super::layer::{self, next_view, Dims, LayerActivations};
 use super::Qwen2Model;
-use crate::ops::attention::{attention_cached, attention_into, kv_cache_write};
+use crate::ops::attention::{attention_cached, attention_into, kv_cache_write, Masking};
 use crate::ops::embedding::{embedding, embedding_into};
 use crate::ops::linear::linear;
 use crate::ops::rmsnorm::rmsnorm;
@@ -175,7 +175,7 @@ impl Qwen2Model {
                 kv_cache_write(k_cache, k, &starts)?;
                 kv_cache_write(v_cache, v, &starts)?;
                 match &prefill_mask {
-                    Some(mask) => attention_into(q, k, v, mask, &mut attn.out, &mut attn.lse),
+                    Some(mask) => attention_into(q, k, v, mask, Masking::Causal, &mut attn.out, &mut attn.lse),
                     None => attn.out.copy_from(&attention_cached(q, k_cache, v_cache, &slot_mask, &starts)?),
                 }
             })?;

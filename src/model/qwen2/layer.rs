@@ -11,7 +11,7 @@
 
 use super::weights::LayerWeights;
 use crate::model::Qwen2Config;
-use crate::ops::attention::{attention_backward_into, attention_into, AttentionOutput};
+use crate::ops::attention::{attention_backward_into, attention_into, AttentionOutput, Masking};
 use crate::ops::linear::{linear_backward_into, linear_into};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig, RmsNormOutput};
@@ -235,7 +235,9 @@ pub(super) fn forward_causal(
     acts: &mut LayerActivations,
     out: &mut Tensor,
 ) -> Result<()> {
-    forward_into(w, ctx, x, acts, out, |q, k, v, attn| attention_into(q, k, v, ctx.mask, &mut attn.out, &mut attn.lse))
+    forward_into(w, ctx, x, acts, out, |q, k, v, attn| {
+        attention_into(q, k, v, ctx.mask, Masking::Causal, &mut attn.out, &mut attn.lse)
+    })
 }
 
 /// The gradient of a projection's input and parameters from the gradient of its [N,T,heads,d] output.
@@ -278,7 +280,8 @@ pub(super) fn backward_into(
             linear_backward_into(&g.stream, o, &w.o_proj, None, ga, &mut grads.o_proj, None)
         })
     })?;
-    attention_backward_into(&g.attn, &s.q, &s.k, &s.v, ctx.mask, &s.attn, &mut g.q, &mut g.k, &mut g.v)?;
+    let (q, k, v) = (&mut g.q, &mut g.k, &mut g.v);
+    attention_backward_into(&g.attn, &s.q, &s.k, &s.v, ctx.mask, Masking::Causal, &s.attn, q, k, v)?;
     rope_in_place(&mut g.q, ctx.positions, &ctx.rope, Rotation::Inverse)?;
     rope_in_place(&mut g.k, ctx.positions, &ctx.rope, Rotation::Inverse)?;
     let n1 = &s.norm1.y;

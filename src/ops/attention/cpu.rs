@@ -1,5 +1,6 @@
-//! CPU attention: per (n, head), blocks of queries at a time: the block's scores against the keys up to its last
-//! query through `gemm` (so most of the causal upper triangle is never computed), a masked softmax per row, and
+//! CPU attention: per (n, head), blocks of queries at a time: the block's scores against the keys its queries may
+//! see through `gemm` (causal: up to its last query, so most of the upper triangle is never computed), a masked
+//! softmax per row, and
 //! `gemm` again. Rayon over (n, query head) in the forward and over (n, KV head) in the backward, where each task
 //! owns its group's `d_k` and `d_v`.
 
@@ -37,11 +38,11 @@ fn scatter_head(dst: &mut [f32], src: &[f32], p: &Plan, heads: usize, n: usize, 
     }
 }
 
-/// The query blocks of a sequence: (first query, queries, keys they can see = one past the last query).
+/// The query blocks of a sequence: (first query, queries, keys they can see = one past the last query's last key).
 fn query_blocks(p: &Plan) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     (0..p.t).step_by(QUERY_BLOCK).map(|first| {
         let end = (first + QUERY_BLOCK).min(p.t);
-        (first, end - first, end)
+        (first, end - first, p.key_end(end - 1))
     })
 }
 
@@ -58,9 +59,10 @@ fn probabilities(scores: &mut [f32], p: &Plan, n: usize, first: usize, keys: usi
             lse[r] = 0.0;
             continue;
         }
-        // Scaled scores, −inf where the key is in the future or padding (exp gives 0 there).
+        // Scaled scores, −inf where the key is hidden (causal future) or padding (exp gives 0 there).
+        let end = p.key_end(i);
         for (j, (s, &real)) in row.iter_mut().zip(valid).enumerate() {
-            *s = if j <= i && real { *s * scale } else { f32::NEG_INFINITY };
+            *s = if j < end && real { *s * scale } else { f32::NEG_INFINITY };
         }
         if lse_known {
             row.iter_mut().for_each(|s| *s = exp_approx::<false>(*s - lse[r]));

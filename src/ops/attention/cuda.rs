@@ -14,9 +14,19 @@ const BLOCK_THREADS: u32 = 128;
 /// The largest head dimension the kernels hold in registers (32 lanes × COLS).
 const MAX_HEAD_DIM: usize = 128;
 
-/// Checks the CUDA limits and dtypes; returns the sizes as kernel arguments (t, hq, hkv, d), the scale and the
-/// mask on the device.
-fn setup(p: &Plan, q: &Tensor, others: &[(&'static str, &Tensor)]) -> Result<([i32; 4], f32, Tensor)> {
+/// Kernel arguments shared by the tiled kernels.
+struct Setup {
+    /// t, hq, hkv, d.
+    sizes: [i32; 4],
+    /// 1 for causal masking, 0 for bidirectional.
+    causal: i32,
+    scale: f32,
+    /// The padding mask on the device, as i32 0/1.
+    mask: Tensor,
+}
+
+/// Checks the CUDA limits and dtypes; returns the kernel arguments.
+fn setup(p: &Plan, q: &Tensor, others: &[(&'static str, &Tensor)]) -> Result<Setup> {
     if p.d > MAX_HEAD_DIM {
         return Err(Error::Shape(format!(
             "the CUDA attention kernels take head dims up to {MAX_HEAD_DIM}, got {}",
@@ -35,7 +45,8 @@ fn setup(p: &Plan, q: &Tensor, others: &[(&'static str, &Tensor)]) -> Result<([i
     let sizes = [check_i32("T", p.t)?, check_i32("Hq", p.hq)?, check_i32("Hkv", p.hkv)?, check_i32("d", p.d)?];
     check_i32("N·Hq·T", p.n * p.hq * p.t)?;
     let mask: Vec<i32> = p.valid.iter().map(|&v| i32::from(v)).collect();
-    Ok((sizes, p.scale(), Tensor::from_slice(&mask, &[mask.len()], p.device)?))
+    let mask = Tensor::from_slice(&mask, &[mask.len()], p.device)?;
+    Ok(Setup { sizes, causal: i32::from(p.causal), scale: p.scale(), mask })
 }
 
 /// Blocks of the tiled kernels: one per (n, head, tile of TILE rows).
@@ -44,7 +55,7 @@ fn tiled_blocks(p: &Plan, heads: usize) -> usize {
 }
 
 pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan, out: &mut Tensor, lse: &mut Tensor) -> Result<()> {
-    let (sizes, scale, mask) = setup(p, q, &[("k", k), ("v", v)])?;
+    let Setup { sizes, causal, scale, mask } = setup(p, q, &[("k", k), ("v", v)])?;
     let (backend, dtype) = (backend_of(q)?, q.dtype());
     let f = launch::kernel(&backend, &KERNELS, "attention_forward", dtype)?;
     let ins = [ptr(q)?, ptr(k)?, ptr(v)?, ptr(&mask)?];
@@ -56,11 +67,11 @@ pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan, out: &mut Te
     sizes.iter().for_each(|s| {
         b.arg(s);
     });
-    b.arg(&scale);
+    b.arg(&causal).arg(&scale);
     outs.iter().for_each(|a| {
         b.arg(a);
     });
-    // SAFETY: attention_forward_<T>(const T* ×3, const int*, int ×4, float, T*, float*): one block of
+    // SAFETY: attention_forward_<T>(const T* ×3, const int*, int ×5, float, T*, float*): one block of
     // BLOCK_THREADS per (n, head, tile); q and out hold N·T·Hq·d elements of T, k and v N·T·Hkv·d, the mask N·T
     // ints, lse N·Hq·T floats; d ≤ 128 = 32 lanes × COLS.
     unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
@@ -76,7 +87,8 @@ pub(super) fn backward(
     p: &Plan,
     out: Outputs<'_>,
 ) -> Result<()> {
-    let (sizes, scale, mask) = setup(p, q, &[("k", k), ("v", v), ("grad_out", grad_out), ("saved.out", &saved.out)])?;
+    let others = [("k", k), ("v", v), ("grad_out", grad_out), ("saved.out", &saved.out)];
+    let Setup { sizes, causal, scale, mask } = setup(p, q, &others)?;
     let (backend, dtype) = (backend_of(q)?, q.dtype());
 
     let delta = Tensor::zeros(&[p.n, p.hq, p.t], DType::F32, p.device)?;
@@ -103,8 +115,8 @@ pub(super) fn backward(
     sizes.iter().for_each(|s| {
         b.arg(s);
     });
-    b.arg(&scale).arg(&dq_p);
-    // SAFETY: attention_backward_dq_<T>(const T* ×4, const int*, const float* ×2, int ×4, float, T*): one block per
+    b.arg(&causal).arg(&scale).arg(&dq_p);
+    // SAFETY: attention_backward_dq_<T>(const T* ×4, const int*, const float* ×2, int ×5, float, T*): one block per
     // (n, query head, tile); sizes as in the forward, lse and delta hold N·Hq·T floats, dq N·T·Hq·d elements of T.
     unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
 
@@ -120,8 +132,8 @@ pub(super) fn backward(
     sizes.iter().for_each(|s| {
         b.arg(s);
     });
-    b.arg(&scale).arg(&dk_part_p).arg(&dv_part_p);
-    // SAFETY: attention_backward_dkv_<T>(const T* ×4, const int*, const float* ×2, int ×4, float, float* ×2): one
+    b.arg(&causal).arg(&scale).arg(&dk_part_p).arg(&dv_part_p);
+    // SAFETY: attention_backward_dkv_<T>(const T* ×4, const int*, const float* ×2, int ×5, float, float* ×2): one
     // block per (n, query head, tile of keys); the partials hold N·T·Hq·d floats, the rest as in the dq pass.
     unsafe { b.launch(launch_config(tiled_blocks(p, p.hq), BLOCK_THREADS, 0)?) }?;
 

@@ -1,7 +1,8 @@
-//! Grouped-query causal self-attention with a padding mask, as Qwen2 computes it: `q` `[N,T,Hq,d]` attends `k`, `v`
-//! `[N,T,Hkv,d]` (query head h reads KV head h / (Hq/Hkv)), softmax scale 1/sqrt(d). Query i sees key j when j ≤ i
-//! and `attention_mask[n, j] ≠ 0`; queries at padding positions (mask 0) output zeros. The forward also returns the
-//! per-row logsumexp of the scaled scores, from which the backward recomputes the probabilities.
+//! Grouped-query self-attention with a padding mask: `q` `[N,T,Hq,d]` attends `k`, `v` `[N,T,Hkv,d]` (query head h
+//! reads KV head h / (Hq/Hkv)), softmax scale 1/sqrt(d). Query i sees key j when `attention_mask[n, j] ≠ 0` and,
+//! under [`Masking::Causal`] (Qwen2's decoder), j ≤ i; under [`Masking::Bidirectional`] (SigLIP's encoder) every
+//! real key. Queries at padding positions (mask 0) output zeros. The forward also returns the per-row logsumexp of
+//! the scaled scores, from which the backward recomputes the probabilities.
 //!
 //! CPU: per (n, head) with `gemm` products, rayon over tasks. CUDA: flash-style kernels that tile over keys with an
 //! online softmax and keep no `[T,T]` matrix in global memory (head dim up to 128).
@@ -23,6 +24,16 @@ use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
 pub const KERNELS: KernelModule = crate::kernel_module!("attention");
+
+/// Which real keys a query sees. The backward must be given the forward's masking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Masking {
+    /// Keys at or before the query (a decoder: Qwen2).
+    #[default]
+    Causal,
+    /// Every key of the sequence (an encoder: SigLIP's vision tower).
+    Bidirectional,
+}
 
 /// The forward's output and what the backward needs.
 #[derive(Debug)]
@@ -51,6 +62,7 @@ struct Plan {
     d: usize,
     /// [N·T]: whether each position is a real token.
     valid: Vec<bool>,
+    causal: bool,
     device: Device,
 }
 
@@ -63,9 +75,25 @@ impl Plan {
     fn group(&self) -> usize {
         self.hq / self.hkv
     }
+
+    /// One past the last key that query `i` may see.
+    fn key_end(&self, i: usize) -> usize {
+        if self.causal {
+            i + 1
+        } else {
+            self.t
+        }
+    }
 }
 
-fn plan(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, others: &[(&str, &Tensor)]) -> Result<Plan> {
+fn plan(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    masking: Masking,
+    others: &[(&str, &Tensor)],
+) -> Result<Plan> {
     let &[n, t, hq, d] = check::rank("q", q, 4)? else { unreachable!() };
     let &[_, _, hkv, _] = check::rank("k", k, 4)? else { unreachable!() };
     for (name, x) in [("q", q), ("k", k), ("v", v)] {
@@ -84,13 +112,19 @@ fn plan(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, others: &[(&str, &Ten
     named.extend_from_slice(others);
     let device = check::same_device(&named)?;
     let valid = launch::host_ids(mask)?.into_iter().map(|m| m != 0).collect();
-    Ok(Plan { n, t, hq, hkv, d, valid, device })
+    Ok(Plan { n, t, hq, hkv, d, valid, causal: masking == Masking::Causal, device })
 }
 
-/// Causal grouped-query attention of `q` `[N,T,Hq,d]` over `k`, `v` `[N,T,Hkv,d]` under `attention_mask` `[N,T]`
-/// (i32 or i64, nonzero = real token).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor) -> Result<AttentionOutput> {
-    let p = plan(q, k, v, attention_mask, &[])?;
+/// Grouped-query attention of `q` `[N,T,Hq,d]` over `k`, `v` `[N,T,Hkv,d]` under `attention_mask` `[N,T]` (i32 or
+/// i64, nonzero = real token) and `masking`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    masking: Masking,
+) -> Result<AttentionOutput> {
+    let p = plan(q, k, v, attention_mask, masking, &[])?;
     let mut out = Tensor::zeros(q.shape(), q.dtype(), p.device)?;
     let mut lse = Tensor::zeros(&[p.n, p.hq, p.t], DType::F32, p.device)?;
     forward(q, k, v, &p, &mut out, &mut lse)?;
@@ -104,10 +138,11 @@ pub fn attention_into(
     k: &Tensor,
     v: &Tensor,
     attention_mask: &Tensor,
+    masking: Masking,
     out: &mut Tensor,
     lse: &mut Tensor,
 ) -> Result<()> {
-    let p = plan(q, k, v, attention_mask, &[])?;
+    let p = plan(q, k, v, attention_mask, masking, &[])?;
     check::output("out", out, q.shape(), q.dtype(), p.device)?;
     check::output("lse", lse, &[p.n, p.hq, p.t], DType::F32, p.device)?;
     forward(q, k, v, &p, out, lse)
@@ -134,10 +169,11 @@ fn backward_plan(
     k: &Tensor,
     v: &Tensor,
     attention_mask: &Tensor,
+    masking: Masking,
     saved: &AttentionOutput,
 ) -> Result<Plan> {
-    let p =
-        plan(q, k, v, attention_mask, &[("grad_out", grad_out), ("saved.out", &saved.out), ("saved.lse", &saved.lse)])?;
+    let saved_tensors = [("grad_out", grad_out), ("saved.out", &saved.out), ("saved.lse", &saved.lse)];
+    let p = plan(q, k, v, attention_mask, masking, &saved_tensors)?;
     check::float("grad_out", grad_out)?;
     check::shape("grad_out", grad_out, q.shape())?;
     check::shape("saved.out", &saved.out, q.shape())?;
@@ -161,16 +197,18 @@ fn backward(
     }
 }
 
-/// Gradients of `Σ grad_out · attention(q, k, v, mask).out`, from the forward's saved output and logsumexp.
+/// Gradients of `Σ grad_out · attention(q, k, v, mask, masking).out`, from the forward's saved output and
+/// logsumexp.
 pub fn attention_backward(
     grad_out: &Tensor,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     attention_mask: &Tensor,
+    masking: Masking,
     saved: &AttentionOutput,
 ) -> Result<AttentionGrads> {
-    let p = backward_plan(grad_out, q, k, v, attention_mask, saved)?;
+    let p = backward_plan(grad_out, q, k, v, attention_mask, masking, saved)?;
     let zeros = |like: &Tensor| Tensor::zeros(like.shape(), like.dtype(), p.device);
     let mut grads = AttentionGrads { grad_q: zeros(q)?, grad_k: zeros(k)?, grad_v: zeros(v)? };
     let out = Outputs { grad_q: &mut grads.grad_q, grad_k: &mut grads.grad_k, grad_v: &mut grads.grad_v };
@@ -187,12 +225,13 @@ pub fn attention_backward_into(
     k: &Tensor,
     v: &Tensor,
     attention_mask: &Tensor,
+    masking: Masking,
     saved: &AttentionOutput,
     grad_q: &mut Tensor,
     grad_k: &mut Tensor,
     grad_v: &mut Tensor,
 ) -> Result<()> {
-    let p = backward_plan(grad_out, q, k, v, attention_mask, saved)?;
+    let p = backward_plan(grad_out, q, k, v, attention_mask, masking, saved)?;
     check::output("grad_q", grad_q, q.shape(), q.dtype(), p.device)?;
     check::output("grad_k", grad_k, k.shape(), k.dtype(), p.device)?;
     check::output("grad_v", grad_v, v.shape(), v.dtype(), p.device)?;

@@ -7,7 +7,7 @@ mod cuda;
 use crate::ops::check;
 use crate::runtime::cuda::KernelModule;
 use crate::runtime::{Device, Tensor};
-use crate::{Error, Result};
+use crate::Result;
 
 pub const KERNELS: KernelModule = crate::kernel_module!("swiglu");
 
@@ -16,23 +16,6 @@ pub const KERNELS: KernelModule = crate::kernel_module!("swiglu");
 pub struct SwigluGrads {
     pub grad_gate: Tensor,
     pub grad_up: Tensor,
-}
-
-fn plan(named: &[(&'static str, &Tensor)]) -> Result<Device> {
-    let (_, first) = named[0];
-    for &(name, t) in named {
-        check::float(name, t)?;
-        check::shape(name, t, first.shape())?;
-        if t.dtype() != first.dtype() {
-            return Err(Error::DType {
-                arg: name,
-                got: t.dtype(),
-                expected: format!("the dtype of `gate` ({})", first.dtype()),
-            });
-        }
-    }
-    check::non_empty("gate", first.numel())?;
-    check::same_device(named)
 }
 
 /// `silu(gate) ∘ up` for two tensors of one shape and dtype.
@@ -45,7 +28,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// [`swiglu`] into `out`, which has `gate`'s shape, dtype and device and is overwritten whole (it must not alias
 /// an input).
 pub fn swiglu_into(gate: &Tensor, up: &Tensor, out: &mut Tensor) -> Result<()> {
-    let device = plan(&[("gate", gate), ("up", up)])?;
+    let device = check::elementwise(&[("gate", gate), ("up", up)])?;
     check::output("out", out, gate.shape(), gate.dtype(), device)?;
     match device {
         Device::Cpu => cpu::forward(gate, up, out),
@@ -71,7 +54,7 @@ pub fn swiglu_backward_into(
     grad_gate: &mut Tensor,
     grad_up: &mut Tensor,
 ) -> Result<()> {
-    let device = plan(&[("gate", gate), ("up", up), ("grad_y", grad_y)])?;
+    let device = check::elementwise(&[("gate", gate), ("up", up), ("grad_y", grad_y)])?;
     check::output("grad_gate", grad_gate, gate.shape(), gate.dtype(), device)?;
     check::output("grad_up", grad_up, gate.shape(), gate.dtype(), device)?;
     match device {

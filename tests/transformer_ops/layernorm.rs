@@ -241,8 +241,13 @@ fn cuda_matches_cpu() {
             let cpu = run(&x, &w, &b, &g, &[rows, h], dtype, Device::Cpu);
             let cuda = run(&x, &w, &b, &g, &[rows, h], dtype, Device::Cuda(0));
             assert_eq!(cuda, run(&x, &w, &b, &g, &[rows, h], dtype, Device::Cuda(0)), "{rows}x{h} not deterministic");
-            for (name, (c, g)) in NAMES.iter().chain(&["mean", "rstd"]).zip(cpu.iter().zip(&cuda)) {
-                assert_close(&format!("{name} {dtype} {rows}x{h}"), g, c, tol(dtype));
+            // grad_x = rstd·(g·w − mean(g·w) − x̂·mean(g·w·x̂)) cancels (to exactly 0 at h = 1, where rstd is
+            // 1/√eps): judged on its terms' scale.
+            let max = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            let terms = max(&cpu[5]) * max(&g) * max(&w);
+            for (name, (c, got)) in NAMES.iter().chain(&["mean", "rstd"]).zip(cpu.iter().zip(&cuda)) {
+                let scale = if *name == "grad_x" { terms } else { 0.0 };
+                assert_close_on_scale(&format!("{name} {dtype} {rows}x{h}"), got, c, tol(dtype), scale);
             }
         }
     }

@@ -43,6 +43,7 @@ fn version_macros_match_the_crate() {
     ] {
         assert!(header.contains(&format!("#define {name} {value}\n")), "{name} should be {value}");
     }
+    // SAFETY: ur_version_string returns a static NUL-terminated string.
     let version = unsafe { std::ffi::CStr::from_ptr(unireward::ffi::ur_version_string()) };
     assert_eq!(version.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }

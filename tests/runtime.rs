@@ -234,6 +234,17 @@ fn abs_products(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
     matmul_f64(MatRef { data: &ad, ..a }, MatRef { data: &bd, ..b })
 }
 
+/// `dst` = `beta · start + a · b` within f32's rounding of each dot product (its length times ε, on the scale of
+/// Σ|a||b|).
+fn assert_product(dst: &[f32], start: &[f32], beta: f32, a: MatRef<'_>, b: MatRef<'_>, what: &str) {
+    let (exact, scale, k) = (matmul_f64(a, b), abs_products(a, b), a.cols as f64);
+    for i in 0..dst.len() {
+        let want = beta as f64 * start[i] as f64 + exact[i];
+        let tol = 4.0 * (k + 2.0) * f32::EPSILON as f64 * (scale[i] + start[i].abs() as f64) + 1e-30;
+        assert!((dst[i] as f64 - want).abs() <= tol, "{what}: [{i}] {} vs {want}", dst[i]);
+    }
+}
+
 #[test]
 fn matmul_matches_f64_on_awkward_shapes_and_views() {
     let mut rng = rng();
@@ -258,16 +269,7 @@ fn matmul_matches_f64_on_awkward_shapes_and_views() {
             let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut dst = start.clone();
             matmul(&mut dst, a, b, beta);
-            let (exact, scale) = (matmul_f64(a, b), abs_products(a, b));
-            for i in 0..m * n {
-                let want = beta as f64 * start[i] as f64 + exact[i];
-                let tol = 4.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * (scale[i] + start[i].abs() as f64) + 1e-30;
-                assert!(
-                    (dst[i] as f64 - want).abs() <= tol,
-                    "m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}: [{i}] {} vs {want}",
-                    dst[i]
-                );
-            }
+            assert_product(&dst, &start, beta, a, b, &format!("m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}"));
         }
     }
 }
@@ -297,13 +299,8 @@ fn mixed_matmul_matches_f64_of_the_widened_operand() {
         for beta in [0.0f32, 0.5] {
             let mut dst = start.clone();
             matmul_mixed(&mut dst, a, b, beta);
-            let (exact, scale) = (matmul_f64(a, b32), abs_products(a, b32));
-            for i in 0..m * n {
-                let want = beta as f64 * start[i] as f64 + exact[i];
-                let tol = 4.0 * (k as f64 + 2.0) * f32::EPSILON as f64 * (scale[i] + start[i].abs() as f64) + 1e-30;
-                let what = format!("{:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
-                assert!((dst[i] as f64 - want).abs() <= tol, "{what}: [{i}] {} vs {want}", dst[i]);
-            }
+            let what = format!("{:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
+            assert_product(&dst, &start, beta, a, b32, &what);
         }
     }
     let mut rng = rng();

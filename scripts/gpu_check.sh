@@ -128,6 +128,20 @@ cuda_library_path() {
     export LD_LIBRARY_PATH="$joined${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
 
+# Runs scripts/$1 with --device cuda within the budget, appending its output to the caller's `torch_tables`;
+# fails (so a loop can stop) when the budget is spent.
+run_torch_baseline() {
+    local limit log
+    # The model script starts a process per pass, each importing transformers and building a 0.5B model.
+    limit=$(step_limit "$([[ "$1" == bench_torch_qwen2* ]] && echo 150 || echo 90)")
+    ((limit > 0)) || return 1
+    step "PyTorch baseline: $1 --device cuda (timeout ${limit}s)"
+    log="$logs/torch.log"
+    # shellcheck disable=SC2086 # the script and its flags are split on purpose
+    timeout --kill-after=10 "$limit" python3 scripts/$1 --device cuda 2>&1 | tee "$log" || true
+    torch_tables+=("$(cat "$log")")
+}
+
 # The time limit of the next step: $1 seconds, cut to what is left of the budget; 0 (skip it) under 10 s left.
 step_limit() {
     local left=$((BUDGET - (SECONDS - START)))
@@ -259,6 +273,17 @@ run_checks() {
         fi
     fi
 
+    # PyTorch eager on the same GPU, for the side-by-side tables (informative: a failure here fails nothing). The
+    # model's twin runs right after ours, before the op benches can use up the budget.
+    local torch_tables=() torch_scripts=()
+    if [[ "$gpu" == yes ]] && timeout 60 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+        torch_scripts=("bench_torch_qwen2.py --dtype bf16 --attn sdpa" "bench_torch_logprobs.py --impl both"
+            "bench_torch_logprobs.py --dtype bf16" "bench_torch_losses.py")
+        run_torch_baseline "${torch_scripts[0]}"
+    else
+        echo "(PyTorch baselines skipped: no GPU, or no torch with CUDA in python3)"
+    fi
+
     local filter=()
     [[ -n "${UNIREWARD_BENCH_FILTER:-}" ]] && filter=("$UNIREWARD_BENCH_FILTER")
     for bin in "$bins"/bench-*; do
@@ -286,24 +311,10 @@ run_checks() {
         fi
     done
 
-    # PyTorch eager on the same GPU, for the side-by-side table (informative: a failure here fails nothing).
-    local torch_tables=()
-    if [[ "$gpu" == yes ]] && timeout 60 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-        local script
-        for script in "bench_torch_qwen2.py --dtype bf16" "bench_torch_logprobs.py --impl both" \
-            "bench_torch_logprobs.py --dtype bf16" "bench_torch_losses.py"; do
-            # The model script starts four processes, each importing transformers and building a 0.5B model.
-            limit=$(step_limit "$([[ "$script" == bench_torch_qwen2* ]] && echo 180 || echo 90)")
-            ((limit == 0)) && break
-            step "PyTorch baseline: $script --device cuda (timeout ${limit}s)"
-            log="$logs/torch.log"
-            # shellcheck disable=SC2086 # the script and its flags are split on purpose
-            timeout --kill-after=10 "$limit" python3 scripts/$script --device cuda 2>&1 | tee "$log" || true
-            torch_tables+=("$(cat "$log")")
-        done
-    else
-        echo "(PyTorch baselines skipped: no GPU, or no torch with CUDA in python3)"
-    fi
+    local script
+    for script in "${torch_scripts[@]:1}"; do
+        run_torch_baseline "$script" || break
+    done
 
     step "summary (test binary: results; bench: median time)"
     ((${#model_table[@]} == 0)) || printf '%s\n\n' "${model_table[@]}"

@@ -245,7 +245,7 @@ pub fn run(data: &[u8]) -> ur_status {
     // SAFETY: `ctx` is a valid out-pointer.
     assert_eq!(unsafe { ur_context_create(&mut ctx) }, ur_status::UR_OK);
     let ctx_arg = if call.r.one_in(30) { null_mut() } else { ctx };
-    let op = call.r.u8() % 15;
+    let op = call.r.u8() % 16;
     let (mut c1, mut c2, mut c3, mut c4) = (None, None, None, None);
     let (mut c5, mut c6, mut c7, mut c8) = (None, None, None, None);
     let (mut loss, mut acc) = (0f32, 0f32);
@@ -418,6 +418,7 @@ pub fn run(data: &[u8]) -> ur_status {
                 let n = [Kind::I32, Kind::I32, Kind::F32, Kind::F32, Kind::I32].map(|k| c.tensor(&[S(N)], k, true));
                 ur_select_pairs(ctx_arg, v, p, cfg, n[0], n[1], n[2], n[3], n[4], s)
             }
+            14 => image_processor(c, ctx_arg),
             _ => {
                 assert!(!CStr::from_ptr(ur_status_name(i32::from_ne_bytes([0; 4].map(|_| c.r.u8())))).is_empty());
                 ur_context_create(null_mut())
@@ -427,6 +428,45 @@ pub fn run(data: &[u8]) -> ur_status {
     check(status);
     // SAFETY: `ctx` came from `ur_context_create`.
     unsafe { ur_context_free(ctx) };
+    status
+}
+
+/// The image processor (transformers' defaults) on a small image of any size (0 included) and any layout code,
+/// into an output of the right count or one off, its pixels sometimes the output's own bytes.
+///
+/// # Safety
+/// `ctx` is NULL or a live context.
+unsafe fn image_processor(c: &mut Call<'_>, ctx: *mut ur_context) -> ur_status {
+    let mut processor = null_mut();
+    // SAFETY: this function's contract; `processor` is a valid out-pointer.
+    let created = unsafe { ur_image_processor_create(ctx, null(), &mut processor) };
+    if created != ur_status::UR_OK {
+        return created;
+    }
+    let (height, width) = (u64::from(c.r.u8() % 9), u64::from(c.r.u8() % 9));
+    let layout = i32::from(c.r.u8() % 3);
+    let mut shape = [0u64; 4];
+    // SAFETY: a live processor and four writable values.
+    let known = unsafe { ur_image_processor_output_shape(processor, height, width, layout, shape.as_mut_ptr()) };
+    let expected = if known == ur_status::UR_OK { shape.iter().product::<u64>() } else { 16 };
+    let out_len = match c.r.u8() % 3 {
+        0 => expected.saturating_sub(1),
+        1 => expected + 1,
+        _ => expected,
+    };
+    let mut out = vec![0f32; out_len as usize];
+    let pixels = vec![7u8; (height * width * 3) as usize];
+    let pixels_ptr = match c.r.u8() % 8 {
+        0 => null(),
+        // The output's own bytes, as many as the pixels need (the output is never smaller).
+        1 if out.len() * 4 >= pixels.len() => out.as_ptr().cast::<u8>(),
+        _ => pixels.as_ptr(),
+    };
+    // SAFETY: `pixels_ptr` is NULL or holds height·width·3 bytes; `out` holds `out_len` floats.
+    let status =
+        unsafe { ur_image_processor_run(processor, pixels_ptr, height, width, layout, out.as_mut_ptr(), out_len) };
+    // SAFETY: created above, used by no other call.
+    unsafe { ur_image_processor_free(processor) };
     status
 }
 

@@ -65,37 +65,35 @@ impl<T: NoUninit> HostOut<T> {
     }
 }
 
-/// A host output of any type, for the overlap check: its name and the bytes it writes.
-pub(crate) trait HostSpan {
-    fn name(&self) -> &'static str;
-    /// `[start, start + len)` of host memory.
-    fn span(&self) -> (u64, u64);
+/// Where a host output writes, for the overlap check: `[start, start + len)` of host memory.
+#[derive(Clone, Copy)]
+pub(crate) struct HostSpan {
+    name: &'static str,
+    start: u64,
+    len: u64,
 }
 
-impl<T> HostSpan for HostOut<T> {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn span(&self) -> (u64, u64) {
-        (self.ptr as u64 + self.skip as u64, (self.end - self.skip) as u64)
+impl<T> HostOut<T> {
+    pub fn span(&self) -> HostSpan {
+        HostSpan { name: self.name, start: self.ptr as u64 + self.skip as u64, len: (self.end - self.skip) as u64 }
     }
 }
 
 /// A host output must not overlap a CPU tensor of the call (an input it would corrupt, or an output written over
 /// it) nor another host output: the same rule as for output tensors.
-pub(crate) fn check_host_outputs(host: &[Option<&dyn HostSpan>], descs: &[Option<&Desc>]) -> FfiResult {
-    let host: Vec<&dyn HostSpan> = host.iter().flatten().copied().collect();
-    let tensors = descs.iter().flatten().filter(|d| d.device == Device::Cpu).map(|d| (d.name, (d.ptr, d.bytes())));
-    let others: Vec<(&str, (u64, u64))> = host.iter().map(|h| (h.name(), h.span())).chain(tensors).collect();
+pub(crate) fn check_host_outputs(host: &[Option<HostSpan>], descs: &[Option<&Desc>]) -> FfiResult {
+    let host: Vec<HostSpan> = host.iter().flatten().copied().collect();
+    let tensors = descs.iter().flatten().filter(|d| d.device == Device::Cpu);
+    let others: Vec<HostSpan> =
+        host.iter().copied().chain(tensors.map(|d| HostSpan { name: d.name, start: d.ptr, len: d.bytes() })).collect();
     for (i, out) in host.iter().enumerate() {
-        let (start, len) = out.span();
-        let clash = others.iter().enumerate().find(|&(j, &(_, (ptr, bytes)))| {
-            j != i && len > 0 && bytes > 0 && start < ptr + bytes && ptr < start + len
+        let clash = others.iter().enumerate().find(|&(j, o)| {
+            j != i && out.len > 0 && o.len > 0 && out.start < o.start + o.len && o.start < out.start + out.len
         });
-        if let Some((_, (name, _))) = clash {
+        if let Some((_, other)) = clash {
             return Err(Failure::invalid(format!(
-                "`{}` overlaps `{name}`: an output must be separate memory",
-                out.name()
+                "`{}` overlaps `{}`: an output must be separate memory",
+                out.name, other.name
             )));
         }
     }

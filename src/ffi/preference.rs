@@ -325,7 +325,7 @@ pub unsafe extern "C" fn ur_dpo_loss(
             losses.as_ref(),
         ];
         let metrics = HostOut::versioned("metrics_out", metrics_out)?;
-        check_host_outputs(&[Some(&loss), metrics.as_ref().map(|m| m as _)], &descs)?;
+        check_host_outputs(&[Some(loss.span()), metrics.as_ref().map(HostOut::span)], &descs)?;
         on_device(&descs, stream, || {
             let opt = |d: &Option<Desc>| d.as_ref().map(|d| d.tensor()).transpose();
             let (pc, pr, rc, rr, cl, rl) = (pc.tensor()?, pr.tensor()?, opt(&rc)?, opt(&rr)?, opt(&cl)?, opt(&rl)?);
@@ -469,7 +469,7 @@ pub unsafe extern "C" fn ur_bradley_terry_loss(
         let gr = Desc::required("grad_rejected_out", grad_rejected_out)?;
         let metrics = HostOut::versioned("metrics_out", metrics_out)?;
         let descs = [Some(&chosen), Some(&rejected), margin.as_ref(), Some(&gc), Some(&gr)];
-        check_host_outputs(&[Some(&loss), metrics.as_ref().map(|m| m as _)], &descs)?;
+        check_host_outputs(&[Some(loss.span()), metrics.as_ref().map(HostOut::span)], &descs)?;
         on_device(&descs, stream, || {
             let margin = margin.as_ref().map(|m| m.tensor()).transpose()?;
             let r = bradley_terry_loss(&chosen.tensor()?, &rejected.tensor()?, margin.as_ref(), &cfg)?;
@@ -550,7 +550,7 @@ pub unsafe extern "C" fn ur_kwise_loss(
         let grad = Desc::required("grad_out", grad_out)?;
         let accuracy = HostOut::optional_scalar("accuracy_out", accuracy_out);
         let descs = [Some(&rewards), order.as_ref(), Some(&grad)];
-        check_host_outputs(&[Some(&loss), accuracy.as_ref().map(|a| a as _)], &descs)?;
+        check_host_outputs(&[Some(loss.span()), accuracy.as_ref().map(HostOut::span)], &descs)?;
         on_device(&descs, stream, || {
             let order = order.as_ref().map(|o| o.tensor()).transpose()?;
             let r = kwise_loss(&rewards.tensor()?, order.as_ref(), &cfg)?;
@@ -653,7 +653,7 @@ pub unsafe extern "C" fn ur_diffusion_dpo_loss(
         let mut descs: Vec<Option<&Desc>> = ins.iter().map(Some).collect();
         descs.extend([Some(&gw), Some(&gl)]);
         let metrics = HostOut::versioned("metrics_out", metrics_out)?;
-        check_host_outputs(&[Some(&loss), metrics.as_ref().map(|m| m as _)], &descs)?;
+        check_host_outputs(&[Some(loss.span()), metrics.as_ref().map(HostOut::span)], &descs)?;
         on_device(&descs, stream, || {
             let [mw, ml, rw, rl, tw, tl] = [0, 1, 2, 3, 4, 5].map(|i| ins[i].tensor());
             let (mw, ml, rw, rl, tw, tl) = (mw?, ml?, rw?, rl?, tw?, tl?);

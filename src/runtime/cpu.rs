@@ -76,7 +76,8 @@ pub fn matmul_mixed<T: FloatElement>(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'
         let rows = (PANEL_ELEMENTS / n.max(1)).clamp(1, k.max(1));
         let mut panel = vec![0.0f32; rows * n];
         if k == 0 {
-            return matmul(dst, a, MatRef::row_major(&panel[..0], 0, n), beta);
+            // No panel to accumulate: `dst = beta · dst`, as the f32 product gives.
+            return matmul(dst, a, MatRef::row_major(&[], 0, n), beta);
         }
         for first in (0..k).step_by(rows) {
             let r = rows.min(k - first);

@@ -15,15 +15,17 @@ __device__ void embedding_forward(const T* __restrict__ table, const int* __rest
 }
 
 // One block per vocabulary row v: d_table[v, :] = Σ_{k in [starts[v], starts[v+1])} grad[tokens[k], :], summed in
-// token order in f32 (deterministic, no atomics); rows of ids that do not occur are written as zeros, so every
-// element of d_table is written (it may hold garbage on entry).
+// token order in f32 (deterministic, no atomics). Overwriting (accumulate = 0), rows of ids that do not occur are
+// written as zeros, so every element of d_table is written (it may hold garbage on entry); accumulating, the sums
+// are added to what d_table holds and rows of ids that do not occur are left alone.
 template <typename T>
 __device__ void embedding_backward(const T* __restrict__ grad, const int* __restrict__ starts,
-                                   const int* __restrict__ tokens, int h, T* __restrict__ d_table) {
+                                   const int* __restrict__ tokens, int h, int accumulate, T* __restrict__ d_table) {
     const int v = blockIdx.x, begin = starts[v], end = starts[v + 1];
+    if (accumulate && begin == end) return;
     T* dst = d_table + (long long)v * h;
     for (int j = threadIdx.x; j < h; j += blockDim.x) {
-        float acc = 0.0f;
+        float acc = accumulate ? to_float(dst[j]) : 0.0f;
         for (int k = begin; k < end; ++k) acc += to_float(grad[(long long)tokens[k] * h + j]);
         dst[j] = from_float<T>(acc);
     }
@@ -35,8 +37,8 @@ __device__ void embedding_backward(const T* __restrict__ grad, const int* __rest
         embedding_forward<T>(table, ids, tokens, h, out);                                                        \
     }                                                                                                            \
     extern "C" __global__ void embedding_backward_##S(const T* grad, const int* starts, const int* tokens, int h, \
-                                                      T* d_table) {                                              \
-        embedding_backward<T>(grad, starts, tokens, h, d_table);                                                 \
+                                                      int accumulate, T* d_table) {                              \
+        embedding_backward<T>(grad, starts, tokens, h, accumulate, d_table);                                     \
     }
 
 INSTANTIATE(float, f32)

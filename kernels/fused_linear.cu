@@ -120,9 +120,9 @@ __device__ void scatter_rows(const float* __restrict__ rows, const int* __restri
 }
 
 template <typename T>
-__device__ void convert(const float* __restrict__ src, long long n, T* __restrict__ dst) {
+__device__ void convert(const float* __restrict__ src, long long n, int accumulate, T* __restrict__ dst) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        dst[i] = from_float<T>(src[i]);
+        dst[i] = from_float<T>(accumulate ? to_float(dst[i]) + src[i] : src[i]);
 }
 
 #define INSTANTIATE(T, S)                                                                                        \
@@ -144,7 +144,9 @@ __device__ void convert(const float* __restrict__ src, long long n, T* __restric
                                                    int chunk, int h, T* grad_hidden) {                           \
         scatter_rows<T>(rows, positions, first, chunk, h, grad_hidden);                                          \
     }                                                                                                            \
-    extern "C" __global__ void fl_convert_##S(const float* src, long long n, T* dst) { convert<T>(src, n, dst); }
+    extern "C" __global__ void fl_convert_##S(const float* src, long long n, int accumulate, T* dst) {            \
+        convert<T>(src, n, accumulate, dst);                                                                     \
+    }
 
 INSTANTIATE(float, f32)
 INSTANTIATE(bf16, bf16)

@@ -5,7 +5,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use unireward::ops::fused_linear::{
-    fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, FusedLinearGrads, LinearHead,
+    fused_linear_logprobs, fused_linear_logprobs_backward, fused_linear_logprobs_backward_into, FusedLinearConfig,
+    FusedLinearGrads, FusedLinearGradsMut, LinearHead,
 };
 use unireward::ops::logprobs::{sequence_logprobs, LogProbsConfig, SequenceLogProbs, TokenReduction};
 use unireward::{DType, Device, Error, Tensor};
@@ -408,6 +409,105 @@ fn bad_input_is_a_clear_error() {
         let err = Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).unwrap_err();
         assert!(matches!(err, Error::CudaUnavailable(_)), "{err}");
     }
+}
+
+/// Buffers filled with `values` (random, or NaN) in the inputs' dtypes and shapes.
+fn buffers(inputs: &Inputs, rng: &mut StdRng, nan: bool) -> FusedLinearGrads {
+    let mut fill = |like: &Tensor| {
+        let v: Vec<f32> = (0..like.numel()).map(|_| if nan { f32::NAN } else { rng.gen_range(-1.0..1.0) }).collect();
+        Tensor::from_f32(&v, like.shape(), like.dtype(), like.device()).unwrap()
+    };
+    FusedLinearGrads {
+        grad_hidden: fill(&inputs.hidden),
+        grad_weight: fill(&inputs.weight),
+        grad_bias: inputs.bias.as_ref().map(fill),
+    }
+}
+
+/// The `_into` backward overwrites NaN-filled buffers with the allocating backward's bits, and accumulating adds the
+/// same gradients to what the weight's and bias's buffers held (the hidden states' gradient is always overwritten).
+fn backward_into_overwrites_or_accumulates(device: Device) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let c = random_case(&mut rng, (3, 9, 24, 301), true, false);
+    for (dtype, rel) in [(DType::F32, 1e-6), (DType::BF16, 1e-2)] {
+        let inputs = Inputs::new(&c, dtype, device);
+        for chunk in [None, Some(4)] {
+            let cfg = config(&c, chunk);
+            let (saved, fresh) = inputs.run(&cfg).unwrap();
+            let backward = |out: &mut FusedLinearGrads, accumulate: bool| {
+                let out = FusedLinearGradsMut {
+                    grad_hidden: &mut out.grad_hidden,
+                    grad_weight: &mut out.grad_weight,
+                    grad_bias: out.grad_bias.as_mut(),
+                    accumulate,
+                };
+                let (labels, mask) = (&inputs.labels, Some(&inputs.mask));
+                fused_linear_logprobs_backward_into(inputs.head(), labels, mask, &saved, &inputs.grad_logps, &cfg, out)
+                    .unwrap();
+            };
+            let mut overwritten = buffers(&inputs, &mut rng, true);
+            backward(&mut overwritten, false);
+            let pairs = [
+                (&overwritten.grad_hidden, &fresh.grad_hidden),
+                (&overwritten.grad_weight, &fresh.grad_weight),
+                (overwritten.grad_bias.as_ref().unwrap(), fresh.grad_bias.as_ref().unwrap()),
+            ];
+            for (got, want) in pairs {
+                assert_eq!(values(got), values(want), "{dtype} chunk {chunk:?}: overwritten buffers");
+            }
+            let mut summed = buffers(&inputs, &mut rng, false);
+            let prior = (values(&summed.grad_weight), values(summed.grad_bias.as_ref().unwrap()));
+            backward(&mut summed, true);
+            let plus = |a: &[f64], b: &Tensor| a.iter().zip(values(b)).map(|(x, y)| x + y).collect::<Vec<_>>();
+            assert_close("hidden", &values(&summed.grad_hidden), &values(&fresh.grad_hidden), 0.0);
+            assert_close("weight", &values(&summed.grad_weight), &plus(&prior.0, &fresh.grad_weight), rel);
+            let bias = summed.grad_bias.as_ref().unwrap();
+            assert_close("bias", &values(bias), &plus(&prior.1, fresh.grad_bias.as_ref().unwrap()), rel);
+        }
+    }
+}
+
+#[test]
+fn backward_into_overwrites_or_accumulates_on_cpu() {
+    backward_into_overwrites_or_accumulates(Device::Cpu);
+}
+
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+#[test]
+fn backward_into_overwrites_or_accumulates_on_cuda() {
+    backward_into_overwrites_or_accumulates(Device::Cuda(0));
+}
+
+#[test]
+fn backward_into_refuses_mismatched_buffers() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let c = random_case(&mut rng, (2, 3, 8, 17), true, false);
+    let inputs = Inputs::new(&c, DType::F32, Device::Cpu);
+    let cfg = config(&c, None);
+    let (saved, _) = inputs.run(&cfg).unwrap();
+    let mut out = buffers(&inputs, &mut rng, false);
+    let before = values(&out.grad_weight);
+    let mut short = Tensor::zeros(&[16, 8], DType::F32, Device::Cpu).unwrap();
+    let bad = FusedLinearGradsMut {
+        grad_hidden: &mut out.grad_hidden,
+        grad_weight: &mut short,
+        grad_bias: out.grad_bias.as_mut(),
+        accumulate: false,
+    };
+    let (labels, mask) = (&inputs.labels, Some(&inputs.mask));
+    let e = fused_linear_logprobs_backward_into(inputs.head(), labels, mask, &saved, &inputs.grad_logps, &cfg, bad)
+        .unwrap_err();
+    assert!(e.to_string().contains("grad_weight"), "{e}");
+    let no_bias = FusedLinearGradsMut {
+        grad_hidden: &mut out.grad_hidden,
+        grad_weight: &mut out.grad_weight,
+        grad_bias: None,
+        accumulate: false,
+    };
+    let e = fused_linear_logprobs_backward_into(inputs.head(), labels, mask, &saved, &inputs.grad_logps, &cfg, no_bias)
+        .unwrap_err();
+    assert!(e.to_string().contains("grad_bias"), "{e}");
+    assert_eq!(values(&out.grad_weight), before, "a refused call writes nothing");
 }
 
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]

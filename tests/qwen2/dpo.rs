@@ -2,7 +2,7 @@
 //! [chosen; rejected], completion log-probs through the fused LM head, the DPO loss, and the policy's backward.
 //! Checked against the same step through materialised logits and against finite differences of the loss.
 
-use unireward::model::qwen2::{OutputGrads, Qwen2Gradients};
+use unireward::model::qwen2::{HeadGradient, OutputGrads, Qwen2Gradients};
 use unireward::model::{ForwardOptions, Qwen2Model};
 use unireward::ops::fused_linear::{
     fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead,
@@ -95,7 +95,9 @@ fn fused_step(policy: &Qwen2Model, reference_logps: &Tensor, b: &Batch) -> (f32,
     let head = LinearHead { hidden: pass.hidden(), weight: policy.weights.head(), bias: None };
     let g = fused_linear_logprobs_backward(head, &b.labels, None, &out, &grad_logps, &FusedLinearConfig::default())
         .unwrap();
-    let grads = policy.backward(pass, OutputGrads { hidden: g.grad_hidden, lm_head: Some(g.grad_weight) }).unwrap();
+    let grads = policy
+        .backward(pass, OutputGrads { hidden: g.grad_hidden, lm_head: HeadGradient::Tensor(g.grad_weight) })
+        .unwrap();
     (loss, grads)
 }
 

@@ -160,6 +160,33 @@ fn materialised_logits_and_the_fused_loss_give_the_same_gradients() {
     }
 }
 
+/// `causal_lm_loss_into` + `backward_into` over kept buffers (holding the previous step's gradients): the head's
+/// gradient goes straight into its buffer — the embedding's when tied, which then gains the embedding's share —
+/// and every gradient equals the allocating path's and transformers'.
+#[test]
+fn the_head_gradient_written_into_kept_buffers_matches_transformers() {
+    for name in MODELS {
+        let (model, r) = load(name, DType::F32);
+        let (ids, mask) = batch(&r);
+        let (_, fresh) = loss_and_grads(&model, &ids, &mask, ForwardOptions::default());
+        let mut kept = loss_and_grads(&model, &ids, &mask, ForwardOptions::default()).1;
+        for step in 0..2 {
+            let pass = model.forward(&ids, &mask, ForwardOptions::default()).unwrap();
+            let loss = model.causal_lm_loss_into(&pass, &ids, &FusedLinearConfig::default(), &mut kept).unwrap();
+            model.backward_into(pass, loss.grads, &mut kept).unwrap();
+            assert_same_grads(&kept, &fresh, 1e-6, &format!("{name} step {step}"));
+        }
+        for (name, g) in kept.weights.named() {
+            let err = relative_error(&values(g), r.get(&format!("grad.{name}")), |_| true);
+            assert!(err < 1e-4, "{name}: {err:.3e}");
+        }
+        let pass = model.forward(&ids, &mask, ForwardOptions::default()).unwrap();
+        let loss = model.causal_lm_loss_into(&pass, &ids, &FusedLinearConfig::default(), &mut kept).unwrap();
+        let err = model.backward(pass, loss.grads).unwrap_err().to_string();
+        assert!(err.contains("backward_into"), "{err}");
+    }
+}
+
 #[test]
 fn forward_from_embeddings_equals_forward_from_ids() {
     let (model, r) = load("mha_tied", DType::F32);
@@ -224,7 +251,7 @@ fn bad_batches_are_clear_errors() {
     let pass = model.forward(&ids, &ok_mask, ForwardOptions::default()).unwrap();
     let bad = unireward::model::qwen2::OutputGrads {
         hidden: Tensor::zeros(&[2, 3, 16], DType::F32, Device::Cpu).unwrap(),
-        lm_head: None,
+        lm_head: unireward::model::qwen2::HeadGradient::None,
     };
     assert!(model.backward(pass, bad).unwrap_err().to_string().contains("grad hidden"));
     let pass = model

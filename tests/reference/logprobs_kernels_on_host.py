@@ -97,7 +97,7 @@ void emu_scatter(const float* rows, const int* positions, int first, int c, int 
     run(capped(((long long)c * h + th - 1) / th, cap), th, [=] { fl_scatter_rows_f32(rows, positions, first, c, h, gh); });
 }
 void emu_convert(const float* src, long long n, float* dst, unsigned th, long long cap) {
-    run(capped((n + th - 1) / th, cap), th, [=] { fl_convert_f32(src, n, dst); });
+    run(capped((n + th - 1) / th, cap), th, [=] { fl_convert_f32(src, n, 0, dst); });
 }
 }
 """

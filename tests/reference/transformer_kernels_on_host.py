@@ -94,9 +94,9 @@ void emu_rope(float* x, const int* pos, const float* inv, long long rows, int he
     run(elementwise(rows * heads * d / 2), 256, [=] { rope_f32(x, pos, inv, rows, heads, d, sign); });
 }
 void emu_embedding(const float* table, const int* ids, long long tokens, int h, float* out, const float* g,
-                   const int* starts, const int* toks, int vocab, float* d_table) {
+                   const int* starts, const int* toks, int vocab, int accumulate, float* d_table) {
     run(elementwise(tokens * h), 256, [=] { embedding_forward_f32(table, ids, tokens, h, out); });
-    run(vocab, 256, [=] { embedding_backward_f32(g, starts, toks, h, d_table); });
+    run(vocab, 256, [=] { embedding_backward_f32(g, starts, toks, h, accumulate, d_table); });
 }
 void emu_swiglu(const float* gate, const float* up, const float* dy, long long n, float* y, float* dg, float* du) {
     run(elementwise(n), 256, [=] { swiglu_forward_f32(gate, up, n, y); });
@@ -287,8 +287,14 @@ starts = np.cumsum([0] + [ids.count(vid) for vid in range(vocab)])
 table, g = f32(c["table"]), f32(c["grad_out"])
 out, d_table = garbage(len(ids) * h), garbage(vocab * h)
 lib.emu_embedding(P(table), P(i32(ids)), ctypes.c_longlong(len(ids)), h, P(out), P(g), P(i32(starts)),
-                  P(i32(toks)), vocab, P(d_table))
+                  P(i32(toks)), vocab, 0, P(d_table))
 ok &= close("out", out, c["out"]) & close("grad_table", d_table, c["grad_table"])
+# Accumulating onto a tied head's gradient: rows of ids that occur gain their sums, the others keep their values.
+prior = f32(np.random.default_rng(7).standard_normal(vocab * h))
+d_table = prior.copy()
+lib.emu_embedding(P(table), P(i32(ids)), ctypes.c_longlong(len(ids)), h, P(out), P(g), P(i32(starts)),
+                  P(i32(toks)), vocab, 1, P(d_table))
+ok &= close("grad_table accumulated", d_table, prior.astype(np.float64) + np.asarray(c["grad_table"]).reshape(-1))
 
 c = load("swiglu"); print("swiglu")
 gate, up, dy = f32(c["gate"]), f32(c["up"]), f32(c["grad_y"])

@@ -1,5 +1,7 @@
 use rand::Rng;
-use unireward::ops::embedding::{embedding, embedding_backward, embedding_backward_into, embedding_into};
+use unireward::ops::embedding::{
+    embedding, embedding_backward, embedding_backward_accumulate, embedding_backward_into, embedding_into,
+};
 use unireward::{DType, Device, Error};
 
 use crate::common::*;
@@ -110,7 +112,20 @@ fn into_equals_allocating(device: Device) {
         assert_same("out", &out, &embedding(&tt, &ids_t).unwrap());
         let mut grad = garbage(&[v, h], dtype, device);
         embedding_backward_into(&gt, &ids_t, v, &mut grad).unwrap();
-        assert_same("grad_table", &grad, &embedding_backward(&gt, &ids_t, v).unwrap());
+        let fresh = embedding_backward(&gt, &ids_t, v).unwrap();
+        assert_same("grad_table", &grad, &fresh);
+        // Accumulating onto a tied head's gradient: each occurring row gains its f32 sum (one rounding to the
+        // dtype), the others keep their values.
+        let prior = rounded(&normal(&mut rng, v * h), dtype);
+        let mut summed = tensor(&prior, &[v, h], dtype, device);
+        embedding_backward_accumulate(&gt, &ids_t, v, &mut summed).unwrap();
+        let want: Vec<f64> = prior.iter().zip(values(&fresh)).map(|(p, g)| p + g).collect();
+        assert_close("grad_table accumulated", &values(&summed), &want, tol(dtype));
+        let untouched = (0..v).filter(|r| !id_values.contains(&(*r as i64)));
+        for row in untouched {
+            let (got, kept) = (&values(&summed)[row * h..(row + 1) * h], &prior[row * h..(row + 1) * h]);
+            assert_eq!(got, kept, "row {row} has no token and keeps its value");
+        }
         if device != Device::Cpu {
             let ids_cpu = ids(&id_values, &[n, t], DType::I64, Device::Cpu);
             let cpu = embedding(&tensor(&table, &[v, h], dtype, Device::Cpu), &ids_cpu).unwrap();

@@ -170,10 +170,11 @@ impl<'m> Bench<'m> {
         Ok(loss.loss)
     }
 
-    /// The same into gradient buffers kept across steps (a training loop's: no fresh pages to fault in).
+    /// The same into gradient buffers kept across steps (a training loop's: no fresh pages to fault in, and the
+    /// LM head's gradient written straight into its buffer).
     fn forward_backward_into(&self, out: &mut Qwen2Gradients) -> unireward::Result<f32> {
         let pass = self.model.forward(&self.ids, &self.mask, self.opts)?;
-        let loss = self.model.causal_lm_loss(&pass, &self.ids, &FusedLinearConfig::default())?;
+        let loss = self.model.causal_lm_loss_into(&pass, &self.ids, &FusedLinearConfig::default(), out)?;
         self.sample_device()?;
         self.model.backward_into(pass, loss.grads, out)?;
         self.sample_device()?;

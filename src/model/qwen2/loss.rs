@@ -2,9 +2,11 @@
 //! the mean next-token negative log-likelihood over the tokens transformers counts (`labels = input_ids`, −100 at
 //! padding, shifted by one).
 
-use super::{ForwardPass, OutputGrads, Qwen2Model};
+use super::{ForwardPass, HeadGradient, OutputGrads, Qwen2Gradients, Qwen2Model};
 use crate::ops::check;
-use crate::ops::fused_linear::{fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead};
+use crate::ops::fused_linear::{
+    fused_linear_logprobs, fused_linear_logprobs_backward_into, FusedLinearConfig, FusedLinearGradsMut, LinearHead,
+};
 use crate::ops::launch::host_ids;
 use crate::runtime::{DType, Tensor};
 use crate::{Error, Result};
@@ -41,6 +43,39 @@ fn next_token_labels(ids: &Tensor, mask: &Tensor, ignore_index: i64) -> Result<(
 impl Qwen2Model {
     /// The causal-LM loss of `pass` over its own `ids` `[N,T]` (the ids the pass was run on), with its gradient.
     pub fn causal_lm_loss(&self, pass: &ForwardPass, ids: &Tensor, cfg: &FusedLinearConfig) -> Result<CausalLmLoss> {
+        let mut grad_head = Tensor::zeros(self.weights.head().shape(), self.dtype(), self.device())?;
+        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, cfg, &mut grad_head)?;
+        Ok(CausalLmLoss { loss, tokens, grads: OutputGrads { hidden, lm_head: HeadGradient::Tensor(grad_head) } })
+    }
+
+    /// [`Qwen2Model::causal_lm_loss`] with the LM head's gradient written straight into `out`'s head buffer (the
+    /// embedding's when the head is tied): no `[V,H]` gradient of its own, and [`Qwen2Model::backward_into`] with
+    /// the same `out` then adds the embedding's share there. Pass the returned gradient to that call only.
+    pub fn causal_lm_loss_into(
+        &self,
+        pass: &ForwardPass,
+        ids: &Tensor,
+        cfg: &FusedLinearConfig,
+        out: &mut Qwen2Gradients,
+    ) -> Result<CausalLmLoss> {
+        let head = self.weights.head();
+        let buffer = match out.weights.lm_head.as_mut() {
+            Some(lm_head) => lm_head,
+            None => &mut out.weights.embed_tokens,
+        };
+        check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
+        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, cfg, buffer)?;
+        Ok(CausalLmLoss { loss, tokens, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
+    }
+
+    /// The loss, its token count and the hidden states' gradient; the head's gradient overwrites `grad_head`.
+    fn loss_into_head(
+        &self,
+        pass: &ForwardPass,
+        ids: &Tensor,
+        cfg: &FusedLinearConfig,
+        grad_head: &mut Tensor,
+    ) -> Result<(f32, usize, Tensor)> {
         check::shape("ids", ids, &pass.hidden().shape()[..2])?;
         check::integer("ids", ids)?;
         let (labels, tokens) = next_token_labels(ids, pass.mask(), cfg.logprobs.ignore_index)?;
@@ -57,11 +92,14 @@ impl Qwen2Model {
         let total: f64 = out.logps.to_vec::<f32>()?.iter().map(|&l| f64::from(l)).sum();
         let n = ids.shape()[0];
         let grad_logps = Tensor::from_f32(&vec![-1.0 / tokens as f32; n], &[n], DType::F32, self.device())?;
-        let g = fused_linear_logprobs_backward(head, &labels, None, &out, &grad_logps, &cfg)?;
-        Ok(CausalLmLoss {
-            loss: (-total / tokens as f64) as f32,
-            tokens,
-            grads: OutputGrads { hidden: g.grad_hidden, lm_head: Some(g.grad_weight) },
-        })
+        let mut grad_hidden = Tensor::zeros(pass.hidden().shape(), self.dtype(), self.device())?;
+        let grads = FusedLinearGradsMut {
+            grad_hidden: &mut grad_hidden,
+            grad_weight: grad_head,
+            grad_bias: None,
+            accumulate: false,
+        };
+        fused_linear_logprobs_backward_into(head, &labels, None, &out, &grad_logps, &cfg, grads)?;
+        Ok(((-total / tokens as f64) as f32, tokens, grad_hidden))
     }
 }

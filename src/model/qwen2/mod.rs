@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::model::{LoadOptions, LoadReport, Qwen2Config, WeightStore};
 use crate::ops::check;
-use crate::ops::embedding::{embedding_backward_into, embedding_into};
+use crate::ops::embedding::{embedding_backward_accumulate, embedding_backward_into, embedding_into};
 use crate::ops::linear::{linear, linear_backward};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig};
@@ -106,7 +106,19 @@ impl Drop for ForwardPass {
 #[derive(Debug)]
 pub struct OutputGrads {
     pub hidden: Tensor,
-    pub lm_head: Option<Tensor>,
+    pub lm_head: HeadGradient,
+}
+
+/// The LM head weight's gradient as a loss hands it back.
+#[derive(Debug)]
+pub enum HeadGradient {
+    /// The loss started from the hidden states: the head has no gradient.
+    None,
+    /// A `[V,H]` gradient of its own.
+    Tensor(Tensor),
+    /// Already in the head's buffer of the [`Qwen2Gradients`] that [`Qwen2Model::backward_into`] gets (the
+    /// embedding's when the head is tied), as [`Qwen2Model::causal_lm_loss_into`] leaves it.
+    InBuffers,
 }
 
 /// Gradients of every parameter (under the same layout and names as the weights) and of the input embeddings.
@@ -288,11 +300,17 @@ impl Qwen2Model {
     /// [`Qwen2Model::backward`] from the gradient of materialised logits `[N,T,V]`.
     pub fn backward_from_logits(&self, pass: ForwardPass, grad_logits: &Tensor) -> Result<Qwen2Gradients> {
         let head = linear_backward(grad_logits, pass.hidden(), self.weights.head(), None)?;
-        self.backward(pass, OutputGrads { hidden: head.grad_x, lm_head: Some(head.grad_weight) })
+        self.backward(pass, OutputGrads { hidden: head.grad_x, lm_head: HeadGradient::Tensor(head.grad_weight) })
     }
 
     /// The gradient of every parameter and of the input embeddings, from the gradient of the pass's outputs.
     pub fn backward(&self, pass: ForwardPass, grads: OutputGrads) -> Result<Qwen2Gradients> {
+        if matches!(grads.lm_head, HeadGradient::InBuffers) {
+            return Err(Error::InvalidArgument(
+                "the head's gradient is in the buffers `causal_lm_loss_into` wrote: pass them to `backward_into`"
+                    .into(),
+            ));
+        }
         let stream = pass.dims.stream();
         let mut out = Qwen2Gradients {
             weights: self.weights.zeros_like()?,
@@ -331,15 +349,20 @@ impl Qwen2Model {
         }
         out.inputs_embeds.copy_from(&g.stream)?;
         let embed = &mut out.weights.embed_tokens;
-        match ids {
-            Some(ids) => embedding_backward_into(&g.stream, ids, self.config.vocab_size, embed)?,
-            None => embed.fill_zeros()?,
+        let vocab = self.config.vocab_size;
+        // A tied head's gradient already in the embedding's buffer keeps it: the embedding's share is added.
+        let keep_head_share = out.weights.lm_head.is_none() && matches!(grads.lm_head, HeadGradient::InBuffers);
+        match (ids, keep_head_share) {
+            (Some(ids), true) => embedding_backward_accumulate(&g.stream, ids, vocab, embed)?,
+            (Some(ids), false) => embedding_backward_into(&g.stream, ids, vocab, embed)?,
+            (None, true) => {}
+            (None, false) => embed.fill_zeros()?,
         }
         match (grads.lm_head, out.weights.lm_head.as_mut()) {
-            (Some(head), None) => add_in_place(embed, &head)?,
-            (Some(head), Some(lm_head)) => lm_head.copy_from(&head)?,
-            (None, Some(lm_head)) => lm_head.fill_zeros()?,
-            (None, None) => {}
+            (HeadGradient::Tensor(head), None) => add_in_place(embed, &head)?,
+            (HeadGradient::Tensor(head), Some(lm_head)) => lm_head.copy_from(&head)?,
+            (HeadGradient::None, Some(lm_head)) => lm_head.fill_zeros()?,
+            (HeadGradient::None, None) | (HeadGradient::InBuffers, _) => {}
         }
         Ok(())
     }
@@ -348,7 +371,7 @@ impl Qwen2Model {
     fn check_gradients(&self, pass: &ForwardPass, grads: &OutputGrads, out: &Qwen2Gradients) -> Result<()> {
         let stream = pass.dims.stream();
         check::output("grad hidden", &grads.hidden, &stream, self.dtype(), self.device())?;
-        if let Some(head) = &grads.lm_head {
+        if let HeadGradient::Tensor(head) = &grads.lm_head {
             check::output("grad lm_head", head, self.weights.head().shape(), self.dtype(), self.device())?;
         }
         check::output("inputs_embeds gradient", &out.inputs_embeds, &stream, self.dtype(), self.device())?;

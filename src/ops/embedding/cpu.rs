@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::TokenLists;
+use super::{TableWrite, TokenLists};
 use crate::runtime::{DType, Element, FloatElement, Tensor};
 use crate::Result;
 
@@ -25,25 +25,28 @@ pub(super) fn forward(table: &Tensor, ids: &[usize], out: &mut Tensor) -> Result
     }
 }
 
-/// Every row of the table's gradient: the f32 sum of its tokens' gradient rows, or zeros (left alone when the table
-/// is `zeroed` already).
+/// Every row of the table's gradient: the f32 sum of its tokens' gradient rows (added to the row's value when
+/// accumulating), or zeros for ids that do not occur (only when overwriting).
 fn scatter_add<T: FloatElement>(
     grad_out: &Tensor,
     lists: &TokenLists,
     h: usize,
     grad_table: &mut Tensor,
-    zeroed: bool,
+    write: TableWrite,
 ) -> Result<()> {
     let grad = grad_out.as_slice::<T>()?;
     grad_table.as_mut_slice::<T>()?.par_chunks_mut(h).enumerate().for_each(|(v, row)| {
         let tokens = &lists.tokens[lists.starts[v]..lists.starts[v + 1]];
         if tokens.is_empty() {
-            if !zeroed {
+            if write == TableWrite::Overwrite {
                 row.fill(T::from_f32(0.0));
             }
             return;
         }
-        let mut acc = vec![0.0f32; h];
+        let mut acc: Vec<f32> = match write {
+            TableWrite::Accumulate => row.iter().map(|x| x.to_f32()).collect(),
+            TableWrite::Zeroed | TableWrite::Overwrite => vec![0.0; h],
+        };
         for &p in tokens {
             acc.iter_mut().zip(&grad[p * h..(p + 1) * h]).for_each(|(a, g)| *a += g.to_f32());
         }
@@ -57,11 +60,11 @@ pub(super) fn backward(
     lists: &TokenLists,
     h: usize,
     grad_table: &mut Tensor,
-    zeroed: bool,
+    write: TableWrite,
 ) -> Result<()> {
     match grad_out.dtype() {
-        DType::BF16 => scatter_add::<bf16>(grad_out, lists, h, grad_table, zeroed),
-        DType::F16 => scatter_add::<f16>(grad_out, lists, h, grad_table, zeroed),
-        _ => scatter_add::<f32>(grad_out, lists, h, grad_table, zeroed),
+        DType::BF16 => scatter_add::<bf16>(grad_out, lists, h, grad_table, write),
+        DType::F16 => scatter_add::<f16>(grad_out, lists, h, grad_table, write),
+        _ => scatter_add::<f32>(grad_out, lists, h, grad_table, write),
     }
 }

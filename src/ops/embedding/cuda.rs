@@ -1,6 +1,6 @@
 //! CUDA embedding: `kernels/embedding.cu`, with the host-built token lists uploaded as i32.
 
-use super::{TokenLists, KERNELS};
+use super::{TableWrite, TokenLists, KERNELS};
 use crate::ops::launch::{self, backend_of, check_i32, elementwise, ptr, THREADS};
 use crate::runtime::cuda::{launch_config, PushKernelArg};
 use crate::runtime::Tensor;
@@ -28,17 +28,24 @@ pub(super) fn forward(table: &Tensor, ids: &[usize], out: &mut Tensor) -> Result
     Ok(())
 }
 
-pub(super) fn backward(grad_out: &Tensor, lists: &TokenLists, h: usize, grad_table: &mut Tensor) -> Result<()> {
+pub(super) fn backward(
+    grad_out: &Tensor,
+    lists: &TokenLists,
+    h: usize,
+    grad_table: &mut Tensor,
+    write: TableWrite,
+) -> Result<()> {
     let backend = backend_of(grad_out)?;
     let vocab = lists.starts.len() - 1;
     check_i32("vocab", vocab)?;
     let (starts, tokens) = (upload(&lists.starts, grad_out)?, upload(&lists.tokens, grad_out)?);
     let h_i32 = check_i32("H", h)?;
+    let accumulate = i32::from(write == TableWrite::Accumulate);
     let f = launch::kernel(&backend, &KERNELS, "embedding_backward", grad_out.dtype())?;
     let (grad_p, starts_p, tokens_p, out_p) = (ptr(grad_out)?, ptr(&starts)?, ptr(&tokens)?, ptr(grad_table)?);
     let mut b = backend.stream().launch_builder(&f);
-    b.arg(&grad_p).arg(&starts_p).arg(&tokens_p).arg(&h_i32).arg(&out_p);
-    // SAFETY: embedding_backward_<T>(const T*, const int* ×2, int, T*): one block per vocabulary row; `starts`
+    b.arg(&grad_p).arg(&starts_p).arg(&tokens_p).arg(&h_i32).arg(&accumulate).arg(&out_p);
+    // SAFETY: embedding_backward_<T>(const T*, const int* ×2, int, int, T*): one block per vocabulary row; `starts`
     // holds V + 1 entries, `tokens` the token positions (each < tokens of `grad_out`, which holds tokens·H elements
     // of T); `grad_table` holds V·H elements of T.
     unsafe { b.launch(launch_config(vocab, THREADS, 0)?) }?;

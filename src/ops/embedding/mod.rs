@@ -90,20 +90,41 @@ pub fn embedding_into(table: &Tensor, ids: &Tensor, out: &mut Tensor) -> Result<
 pub fn embedding_backward(grad_out: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
     let h = *grad_out.shape().last().unwrap_or(&0);
     let mut grad_table = Tensor::zeros(&[vocab, h], grad_out.dtype(), grad_out.device())?;
-    backward(grad_out, ids, vocab, &mut grad_table, true)?;
+    backward(grad_out, ids, vocab, &mut grad_table, TableWrite::Zeroed)?;
     Ok(grad_table)
 }
 
 /// [`embedding_backward`] into `grad_table` ([`vocab`, H], `grad_out`'s dtype and device), every row written (zero
 /// for ids that do not occur); it must not alias `grad_out`.
 pub fn embedding_backward_into(grad_out: &Tensor, ids: &Tensor, vocab: usize, grad_table: &mut Tensor) -> Result<()> {
-    backward(grad_out, ids, vocab, grad_table, false)
+    backward(grad_out, ids, vocab, grad_table, TableWrite::Overwrite)
 }
 
-/// The backward into `grad_table`. `zeroed`: it is known to hold zeros, so the CPU leaves the rows of ids that do
-/// not occur alone (a fresh table's pages are then never written: 228 → 3 ms for Qwen2's 151,936 × 896 in f32);
-/// the CUDA kernel writes every row either way.
-fn backward(grad_out: &Tensor, ids: &Tensor, vocab: usize, grad_table: &mut Tensor, zeroed: bool) -> Result<()> {
+/// [`embedding_backward`] added into `grad_table` (row v gains the f32 sum of its tokens' gradient rows; rows of ids
+/// that do not occur are left as they are): a tied LM head's gradient, written there first, then gets the
+/// embedding's share without a second `[V, H]` buffer.
+pub fn embedding_backward_accumulate(
+    grad_out: &Tensor,
+    ids: &Tensor,
+    vocab: usize,
+    grad_table: &mut Tensor,
+) -> Result<()> {
+    backward(grad_out, ids, vocab, grad_table, TableWrite::Accumulate)
+}
+
+/// How the backward treats what `grad_table` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TableWrite {
+    /// It holds zeros already: rows of ids that do not occur are left alone on the CPU (a fresh table's pages are
+    /// then never written: 228 → 3 ms for Qwen2's 151,936 × 896 in f32).
+    Zeroed,
+    /// Every row is written.
+    Overwrite,
+    /// Sums are added to it.
+    Accumulate,
+}
+
+fn backward(grad_out: &Tensor, ids: &Tensor, vocab: usize, grad_table: &mut Tensor, write: TableWrite) -> Result<()> {
     check::float("grad_out", grad_out)?;
     check::non_empty("vocab", vocab)?;
     let h = *grad_out.shape().last().unwrap_or(&0);
@@ -113,7 +134,7 @@ fn backward(grad_out: &Tensor, ids: &Tensor, vocab: usize, grad_table: &mut Tens
     check::output("grad_table", grad_table, &[vocab, h], grad_out.dtype(), device)?;
     let lists = TokenLists::new(&valid_ids(ids, vocab)?, vocab);
     match device {
-        Device::Cpu => cpu::backward(grad_out, &lists, h, grad_table, zeroed),
-        Device::Cuda(_) => cuda::backward(grad_out, &lists, h, grad_table),
+        Device::Cpu => cpu::backward(grad_out, &lists, h, grad_table, write),
+        Device::Cuda(_) => cuda::backward(grad_out, &lists, h, grad_table, write),
     }
 }

@@ -1,13 +1,14 @@
 //! The CPU fused path: f32 chunks through `gemm`, per-row statistics through rayon.
 
+use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{FusedLinearConfig, FusedLinearGrads, LinearHead, Plan};
+use super::{FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan};
 use crate::ops::logprobs::row::{row_grad_in_place, row_stats, RowStats};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::ops::tokens::CountedToken;
 use crate::runtime::cpu::{matmul, matmul_tensor, MatRef};
-use crate::runtime::{DType, Device, Tensor};
+use crate::runtime::{DType, Device, FloatElement, Tensor};
 use crate::Result;
 
 /// The hidden states and bias as f32 (borrowed when already f32); the weight in its own dtype (a bf16/f16 LM head is
@@ -96,7 +97,8 @@ pub(super) fn backward(
     saved: &SequenceLogProbs,
     grad_logps: &Tensor,
     cfg: &FusedLinearConfig,
-) -> Result<FusedLinearGrads> {
+    out: FusedLinearGradsMut<'_>,
+) -> Result<()> {
     let f32_head = Head::new(head, plan)?;
     let (chunk_len, mut rows, mut grads) = scratch(plan, cfg);
     let (h, v) = (plan.h, plan.v);
@@ -104,11 +106,17 @@ pub(super) fn backward(
     let upstream = grad_logps.to_f32_cow()?;
     let scale = plan.gradient_scales(cfg, &upstream);
 
-    // f32 accumulators; for f32 inputs they are the outputs themselves (no copy of a [V,H] gradient).
-    let mut grad_hidden = Tensor::zeros(head.hidden.shape(), DType::F32, Device::Cpu)?;
-    let mut grad_weight = Tensor::zeros(head.weight.shape(), DType::F32, Device::Cpu)?;
-    let mut grad_bias = head.bias.map(|b| Tensor::zeros(b.shape(), DType::F32, Device::Cpu)).transpose()?;
-    let (grad_hidden_acc, grad_weight_acc) = (grad_hidden.as_mut_slice::<f32>()?, grad_weight.as_mut_slice::<f32>()?);
+    let mut grad_hidden = Sums::new(out.grad_hidden, false)?;
+    let mut grad_weight = Sums::new(out.grad_weight, out.accumulate)?;
+    let mut grad_bias = out.grad_bias.map(|gb| Sums::new(gb, out.accumulate)).transpose()?;
+    // Rows of uncounted tokens get a zero gradient, and the bias sums start from zero unless they accumulate.
+    grad_hidden.clear_unless_kept();
+    if let Some(gb) = grad_bias.as_mut() {
+        gb.clear_unless_kept();
+    }
+    if plan.tokens.is_empty() {
+        grad_weight.clear_unless_kept();
+    }
     let mut grad_rows = vec![0.0f32; chunk_len * h];
     for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
         let c = chunk.len();
@@ -120,14 +128,14 @@ pub(super) fn backward(
         // d_hidden rows = G·W, scattered back to their positions.
         matmul_tensor(&mut grad_rows[..c * h], g, f32_head.weight, (v, h), false, 0.0)?;
         for (src, tok) in grad_rows.chunks_exact(h).zip(chunk) {
-            grad_hidden_acc[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
+            grad_hidden.values()[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
         }
-        // d_weight += Gᵀ·h_rows. The first chunk overwrites: reading the fresh zero pages before writing them would
-        // fault each one twice (the shared zero page, then a copy with a TLB shootdown across threads).
-        let beta = if index == 0 { 0.0 } else { 1.0 };
-        matmul(grad_weight_acc, g.t(), MatRef::row_major(&rows[..c * h], c, h), beta);
+        // d_weight += Gᵀ·h_rows. The first chunk overwrites unless it adds to kept values: reading fresh zero pages
+        // before writing them would fault each one twice (the shared zero page, then a copy with a TLB shootdown).
+        let beta = if index == 0 && !grad_weight.keeps_values() { 0.0 } else { 1.0 };
+        matmul(grad_weight.values(), g.t(), MatRef::row_major(&rows[..c * h], c, h), beta);
         if let Some(gb) = grad_bias.as_mut() {
-            gb.as_mut_slice::<f32>()?.par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
+            gb.values().par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
                 let columns = block * 4096..block * 4096 + gb.len();
                 for row in grads[..c * v].chunks_exact(v) {
                     gb.iter_mut().zip(&row[columns.clone()]).for_each(|(acc, g)| *acc += g);
@@ -135,13 +143,61 @@ pub(super) fn backward(
             });
         }
     }
-    let cast = |acc: Tensor, dtype: DType| if dtype == DType::F32 { Ok(acc) } else { acc.to_dtype(dtype) };
-    Ok(FusedLinearGrads {
-        grad_hidden: cast(grad_hidden, head.hidden.dtype())?,
-        grad_weight: cast(grad_weight, head.weight.dtype())?,
-        grad_bias: match (grad_bias, head.bias) {
-            (Some(gb), Some(b)) => Some(cast(gb, b.dtype())?),
-            _ => None,
-        },
-    })
+    grad_hidden.finish()?;
+    grad_weight.finish()?;
+    grad_bias.map(Sums::finish).transpose()?;
+    Ok(())
+}
+
+/// An output's f32 sums: an f32 output's own elements, or a fresh f32 buffer written (or added) into a bf16/f16
+/// output at the end.
+enum Sums<'a> {
+    InPlace { out: &'a mut [f32], accumulate: bool },
+    Widened { sums: Vec<f32>, out: &'a mut Tensor, accumulate: bool },
+}
+
+impl<'a> Sums<'a> {
+    fn new(out: &'a mut Tensor, accumulate: bool) -> Result<Self> {
+        Ok(if out.dtype() == DType::F32 {
+            Sums::InPlace { out: out.as_mut_slice::<f32>()?, accumulate }
+        } else {
+            Sums::Widened { sums: vec![0.0; out.numel()], out, accumulate }
+        })
+    }
+
+    fn values(&mut self) -> &mut [f32] {
+        match self {
+            Sums::InPlace { out, .. } => out,
+            Sums::Widened { sums, .. } => sums,
+        }
+    }
+
+    /// Whether the sums start from values to keep (an f32 output accumulated into).
+    fn keeps_values(&self) -> bool {
+        matches!(self, Sums::InPlace { accumulate: true, .. })
+    }
+
+    fn clear_unless_kept(&mut self) {
+        if !self.keeps_values() {
+            self.values().fill(0.0);
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        let Sums::Widened { sums, out, accumulate } = self else { return Ok(()) };
+        match out.dtype() {
+            DType::BF16 => narrow_into::<bf16>(out.as_mut_slice()?, &sums, accumulate),
+            _ => narrow_into::<f16>(out.as_mut_slice()?, &sums, accumulate),
+        }
+        Ok(())
+    }
+}
+
+/// `out = sums` (or `out += sums`, added in f32) rounded to `T`.
+fn narrow_into<T: FloatElement>(out: &mut [T], sums: &[f32], accumulate: bool) {
+    out.par_chunks_mut(1 << 14).zip(sums.par_chunks(1 << 14)).for_each(|(out, sums)| {
+        for (o, &s) in out.iter_mut().zip(sums) {
+            *o = T::from_f32(if accumulate { o.to_f32() + s } else { s });
+        }
+    });
 }

@@ -1,7 +1,7 @@
 //! The CUDA fused path: cuBLAS for the chunk products, `kernels/fused_linear.cu` for gathers, row reductions and
 //! gradients. Everything runs on the device's stream; token indices are uploaded once per call.
 
-use super::{FusedLinearConfig, FusedLinearGrads, LinearHead, Plan, KERNELS};
+use super::{FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan, KERNELS};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::runtime::cuda::blas::{self, DeviceMat};
 use crate::runtime::cuda::{launch_config, CudaBackend, PushKernelArg};
@@ -183,7 +183,8 @@ pub(super) fn backward(
     saved: &SequenceLogProbs,
     grad_logps: &Tensor,
     cfg: &FusedLinearConfig,
-) -> Result<FusedLinearGrads> {
+    out: FusedLinearGradsMut<'_>,
+) -> Result<()> {
     let chunks = Chunks::new(head, plan, cfg)?;
     let (h, v, dtype, device) = (plan.h, plan.v, chunks.dtype(), plan.device);
     let upstream = grad_logps.to_f32_cow()?;
@@ -194,10 +195,12 @@ pub(super) fn backward(
     // For f32 the gradient overwrites the chunk's logits; bf16/f16 products need it in the weight's dtype.
     let grads_t = if dtype == DType::F32 { None } else { Some(Tensor::zeros(&[chunks.chunk_len, v], dtype, device)?) };
     let grad_rows = Tensor::zeros(&[chunks.chunk_len, h], DType::F32, device)?;
-    let grad_weight_f32 = Tensor::zeros(&[v, h], DType::F32, device)?;
-    let grad_bias_f32 = head.bias.map(|_| Tensor::zeros(&[1, v], DType::F32, device)).transpose()?;
+    let grad_weight = F32Sums::new(out.grad_weight, out.accumulate)?;
+    let grad_bias = out.grad_bias.map(|gb| F32Sums::new(gb, out.accumulate)).transpose()?;
     let ones = Tensor::from_f32(&vec![1.0; chunks.chunk_len], &[1, chunks.chunk_len], dtype, device)?;
-    let grad_hidden = Tensor::zeros(head.hidden.shape(), dtype, device)?;
+    let grad_hidden = out.grad_hidden;
+    // Rows of uncounted tokens get a zero gradient.
+    grad_hidden.fill_zeros()?;
 
     let row_grad = chunks.backend.function(&KERNELS, &format!("fl_row_grad_{}", dtype.name()))?;
     let scatter = chunks.backend.function(&KERNELS, &format!("fl_scatter_rows_{}", dtype.name()))?;
@@ -228,12 +231,12 @@ pub(super) fn backward(
         let g = DeviceMat::row_major(grads, dtype, c, v);
         let rows = DeviceMat::row_major(ptr(&chunks.rows)?, dtype, c, h);
         blas::matmul(&chunks.backend, ptr(&grad_rows)?, g, DeviceMat::row_major(ptr(head.weight)?, dtype, v, h), 0.0)?;
-        blas::matmul(&chunks.backend, ptr(&grad_weight_f32)?, g.t(), rows, 1.0)?;
-        if let Some(gb) = &grad_bias_f32 {
-            blas::matmul(&chunks.backend, ptr(gb)?, DeviceMat::row_major(ptr(&ones)?, dtype, 1, c), g, 1.0)?;
+        blas::matmul(&chunks.backend, grad_weight.ptr()?, g.t(), rows, 1.0)?;
+        if let Some(gb) = &grad_bias {
+            blas::matmul(&chunks.backend, gb.ptr()?, DeviceMat::row_major(ptr(&ones)?, dtype, 1, c), g, 1.0)?;
         }
 
-        let (src, positions, dst) = (ptr(&grad_rows)?, ptr(&chunks.tokens.positions)?, ptr(&grad_hidden)?);
+        let (src, positions, dst) = (ptr(&grad_rows)?, ptr(&chunks.tokens.positions)?, ptr(grad_hidden)?);
         let mut launch = chunks.backend.stream().launch_builder(&scatter);
         launch.arg(&src).arg(&positions).arg(&first_i32).arg(&c_i32).arg(&h_i32).arg(&dst);
         // SAFETY: fl_scatter_rows_<T>(const float*, const int*, int, int, int, T*): `src` holds c·H floats,
@@ -242,24 +245,47 @@ pub(super) fn backward(
             launch.launch(launch_config((c * h).div_ceil(THREADS as usize).min(MAX_ELEMENT_BLOCKS), THREADS, 0)?)
         }?;
     }
-    let grad_weight = to_dtype(&chunks.backend, grad_weight_f32, dtype, &[v, h])?;
-    let grad_bias = grad_bias_f32.map(|gb| to_dtype(&chunks.backend, gb, dtype, &[v])).transpose()?;
-    Ok(FusedLinearGrads { grad_hidden, grad_weight, grad_bias })
+    grad_weight.finish(&chunks.backend)?;
+    grad_bias.map(|gb| gb.finish(&chunks.backend)).transpose()?;
+    Ok(())
 }
 
-/// An f32 accumulator as a tensor of `dtype` and `shape`.
-fn to_dtype(backend: &CudaBackend, acc: Tensor, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-    if dtype == DType::F32 {
-        return acc.reshape(shape);
+/// An output's f32 sums on the device: an f32 output summed in place (cleared first unless accumulating), or a
+/// zeroed f32 buffer written (or added) into a bf16/f16 output at the end.
+struct F32Sums<'a> {
+    out: &'a mut Tensor,
+    widened: Option<Tensor>,
+    accumulate: bool,
+}
+
+impl<'a> F32Sums<'a> {
+    fn new(out: &'a mut Tensor, accumulate: bool) -> Result<Self> {
+        let widened = if out.dtype() == DType::F32 {
+            if !accumulate {
+                out.fill_zeros()?;
+            }
+            None
+        } else {
+            Some(Tensor::zeros(out.shape(), DType::F32, out.device())?)
+        };
+        Ok(F32Sums { out, widened, accumulate })
     }
-    let out = Tensor::zeros(shape, dtype, acc.device())?;
-    let f = backend.function(&KERNELS, &format!("fl_convert_{}", dtype.name()))?;
-    let (src, dst, n) = (ptr(&acc)?, ptr(&out)?, acc.numel() as i64);
-    let mut launch = backend.stream().launch_builder(&f);
-    launch.arg(&src).arg(&n).arg(&dst);
-    // SAFETY: fl_convert_<T>(const float*, long long, T*): `src` holds n floats and `dst` n elements of T.
-    unsafe {
-        launch.launch(launch_config((n as usize).div_ceil(THREADS as usize).min(MAX_ELEMENT_BLOCKS), THREADS, 0)?)
-    }?;
-    Ok(out)
+
+    fn ptr(&self) -> Result<u64> {
+        ptr(self.widened.as_ref().unwrap_or(&*self.out))
+    }
+
+    fn finish(self, backend: &CudaBackend) -> Result<()> {
+        let Some(sums) = self.widened else { return Ok(()) };
+        let f = backend.function(&KERNELS, &format!("fl_convert_{}", self.out.dtype().name()))?;
+        let (src, dst, n, accumulate) = (ptr(&sums)?, ptr(self.out)?, sums.numel() as i64, i32::from(self.accumulate));
+        let mut launch = backend.stream().launch_builder(&f);
+        launch.arg(&src).arg(&n).arg(&accumulate).arg(&dst);
+        // SAFETY: fl_convert_<T>(const float*, long long, int, T*): `src` holds n floats and `dst` n elements of T
+        // (the output's shape, checked by the caller).
+        unsafe {
+            launch.launch(launch_config((n as usize).div_ceil(THREADS as usize).min(MAX_ELEMENT_BLOCKS), THREADS, 0)?)
+        }?;
+        Ok(())
+    }
 }

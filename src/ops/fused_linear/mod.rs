@@ -47,6 +47,18 @@ pub struct FusedLinearGrads {
     pub grad_bias: Option<Tensor>,
 }
 
+/// Buffers the backward writes: `grad_hidden` (overwritten whole) and the head's parameter gradients, overwritten or,
+/// with `accumulate`, added to (a tied embedding's gradient, micro-batches summed into one buffer) — no `[V, H]`
+/// gradient of its own is allocated for an f32 head. Each in the dtype and shape of what it differentiates, on its
+/// device; none may alias the inputs.
+#[derive(Debug)]
+pub struct FusedLinearGradsMut<'a> {
+    pub grad_hidden: &'a mut Tensor,
+    pub grad_weight: &'a mut Tensor,
+    pub grad_bias: Option<&'a mut Tensor>,
+    pub accumulate: bool,
+}
+
 /// The LM head's inputs: hidden states `[N,T,H]`, weight `[V,H]` and an optional bias `[V]`, all float.
 #[derive(Clone, Copy)]
 pub struct LinearHead<'a> {
@@ -119,15 +131,52 @@ pub fn fused_linear_logprobs_backward(
     grad_logps: &Tensor,
     cfg: &FusedLinearConfig,
 ) -> Result<FusedLinearGrads> {
+    let zeros_like = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+    let mut grads = FusedLinearGrads {
+        grad_hidden: zeros_like(head.hidden)?,
+        grad_weight: zeros_like(head.weight)?,
+        grad_bias: head.bias.map(zeros_like).transpose()?,
+    };
+    let out = FusedLinearGradsMut {
+        grad_hidden: &mut grads.grad_hidden,
+        grad_weight: &mut grads.grad_weight,
+        grad_bias: grads.grad_bias.as_mut(),
+        accumulate: false,
+    };
+    fused_linear_logprobs_backward_into(head, labels, mask, saved, grad_logps, cfg, out)?;
+    Ok(grads)
+}
+
+/// [`fused_linear_logprobs_backward`] into the caller's buffers (see [`FusedLinearGradsMut`]). Everything is
+/// validated before anything is written.
+pub fn fused_linear_logprobs_backward_into(
+    head: LinearHead<'_>,
+    labels: &Tensor,
+    mask: Option<&Tensor>,
+    saved: &SequenceLogProbs,
+    grad_logps: &Tensor,
+    cfg: &FusedLinearConfig,
+    out: FusedLinearGradsMut<'_>,
+) -> Result<()> {
     let plan = plan(&head, labels, mask, cfg)?;
     check::shape("grad_logps", grad_logps, &[plan.n])?;
     check::float("grad_logps", grad_logps)?;
     check::shape("saved.lse", &saved.lse, &[plan.n, plan.t])?;
     check::dtype("saved.lse", &saved.lse, crate::runtime::DType::F32)?;
     check::same_device(&[("hidden", head.hidden), ("grad_logps", grad_logps), ("saved.lse", &saved.lse)])?;
+    let like =
+        |name: &'static str, grad: &Tensor, of: &Tensor| check::output(name, grad, of.shape(), of.dtype(), plan.device);
+    like("grad_hidden", out.grad_hidden, head.hidden)?;
+    like("grad_weight", out.grad_weight, head.weight)?;
+    match (head.bias, out.grad_bias.as_deref()) {
+        (Some(b), Some(gb)) => like("grad_bias", gb, b)?,
+        (None, None) => {}
+        (Some(_), None) => return Err(Error::InvalidArgument("the head has a bias but no `grad_bias` buffer".into())),
+        (None, Some(_)) => return Err(Error::InvalidArgument("a `grad_bias` buffer for a head without bias".into())),
+    }
     match plan.device {
-        Device::Cpu => cpu::backward(&head, &plan, saved, grad_logps, cfg),
-        Device::Cuda(_) => cuda::backward(&head, &plan, saved, grad_logps, cfg),
+        Device::Cpu => cpu::backward(&head, &plan, saved, grad_logps, cfg, out),
+        Device::Cuda(_) => cuda::backward(&head, &plan, saved, grad_logps, cfg, out),
     }
 }
 

@@ -69,6 +69,26 @@ fn zeros_every_dtype() {
     }
 }
 
+/// Large freed host buffers are kept for reuse (src/runtime/host_cache.rs): whatever a freed tensor held, the next
+/// tensor of that size starts as zeros, or as exactly the copied data.
+#[test]
+fn reused_host_buffers_come_back_zeroed() {
+    use unireward::runtime::host_cache::MIN_CACHED_BYTES;
+    let len = MIN_CACHED_BYTES / 4 * 3 + 5;
+    for round in 0..3 {
+        let mut t = Tensor::zeros(&[len], DType::F32, Device::Cpu).unwrap();
+        assert!(t.as_slice::<f32>().unwrap().iter().all(|&x| x.to_bits() == 0), "round {round}");
+        t.as_mut_slice::<f32>().unwrap().fill(f32::NAN);
+        drop(t);
+        let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let copied = Tensor::from_slice(&data, &[len], Device::Cpu).unwrap();
+        assert_eq!(copied.as_slice::<f32>().unwrap(), &data[..]);
+        // Same byte count, another dtype (and a length that is not a whole number of words).
+        let halves = Tensor::zeros(&[len * 2 - 1], DType::BF16, Device::Cpu).unwrap();
+        assert!(halves.as_slice::<bf16>().unwrap().iter().all(|x| x.to_bits() == 0), "round {round}");
+    }
+}
+
 #[test]
 fn shape_mismatches_are_errors() {
     let err = Tensor::from_slice(&[1.0f32; 5], &[2, 3], Device::Cpu).unwrap_err();

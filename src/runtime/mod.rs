@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod cuda;
 mod device;
 mod dtype;
+pub mod host_cache;
 mod storage;
 mod tensor;
 

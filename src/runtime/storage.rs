@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{result as driver, CudaSlice, DevicePtr};
 
 use super::cuda::CudaBackend;
+use super::host_cache;
 use crate::Result;
 
 /// Host memory: owned (8-byte aligned words, so it can be viewed as any element type) or borrowed.
@@ -26,8 +27,7 @@ unsafe impl Sync for CpuStorage {}
 
 impl CpuStorage {
     pub(super) fn zeroed(len_bytes: usize) -> Self {
-        // `vec![0; n]` asks the allocator for zeroed pages, so large tensors cost nothing until touched.
-        CpuStorage(CpuMemory::Owned { words: vec![0u64; len_bytes.div_ceil(8)], len_bytes })
+        CpuStorage(CpuMemory::Owned { words: host_cache::zeroed_words(len_bytes.div_ceil(8)), len_bytes })
     }
 
     /// # Safety
@@ -59,6 +59,14 @@ impl CpuStorage {
         let mut copy = CpuStorage::zeroed(self.bytes().len());
         copy.bytes_mut().copy_from_slice(self.bytes());
         copy
+    }
+}
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        if let CpuMemory::Owned { words, .. } = &mut self.0 {
+            host_cache::recycle(std::mem::take(words));
+        }
     }
 }
 

@@ -147,6 +147,47 @@ fn original_with(key: &str, value: Value) -> Value {
     config
 }
 
+/// A config shaped like UnifiedReward-0.5b's (LLaVA-OneVision-0.5B, LLaVA-NeXT layout), keys as LLaVA-NeXT saves them.
+#[test]
+fn a_released_llava_qwen_config_parses() {
+    let text: Value = serde_json::from_str(
+        r#"{
+        "architectures": ["LlavaQwenForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "image_aspect_ratio": "anyres_max_9",
+        "image_crop_resolution": null, "image_grid_pinpoints": "(1x1),...,(6x6)", "image_split_resolution": null,
+        "initializer_range": 0.02, "intermediate_size": 4864, "max_position_embeddings": 32768,
+        "max_window_layers": 24, "mm_hidden_size": 1152, "mm_newline_position": "one_token",
+        "mm_patch_merge_type": "spatial_unpad", "mm_projector_lr": null, "mm_projector_type": "mlp2x_gelu",
+        "mm_resampler_type": null, "mm_spatial_pool_mode": "bilinear", "mm_spatial_pool_stride": 2,
+        "mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model", "mm_use_im_patch_token": false,
+        "mm_use_im_start_end": false, "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2,
+        "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_vision_tower_lr": 2e-06,
+        "model_type": "llava_qwen", "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "tie_word_embeddings": true, "tokenizer_model_max_length": 32768, "tokenizer_padding_side": "right",
+        "torch_dtype": "bfloat16", "transformers_version": "4.40.0.dev0", "use_cache": true, "use_mm_proj": true,
+        "use_pos_skipping": false, "use_sliding_window": false, "vision_tower_pretrained": null, "vocab_size": 151936
+    }"#,
+    )
+    .unwrap();
+    let config = parse(&text, Path::new("/nonexistent")).unwrap();
+    assert_eq!(config.vision_tower, VisionTower::Known(SO400M_TOWER.to_string()));
+    assert_eq!((config.text.hidden_size, config.text.num_hidden_layers, config.text.vocab_size), (896, 24, 151936));
+    assert!(config.text.tie_word_embeddings);
+    assert_eq!(config.text.torch_dtype, DType::BF16);
+    assert_eq!(config.image_grid_pinpoints.len(), 36);
+    assert_eq!(config.image_grid_pinpoints[6], (768, 384));
+    assert_eq!(config.image_grid_pinpoints[35], (2304, 2304));
+    assert_eq!((config.max_anyres_tiles, config.vision_feature_layer), (9, -2));
+    // The projector's names in this layout, for a tied model (no lm_head.weight expected).
+    let layout = LlavaLayout::LlavaQwen;
+    assert_eq!(layout.projector_prefixes(), ["model.mm_projector.0.", "model.mm_projector.2."]);
+    assert_eq!(layout.image_newline(), "model.image_newline");
+    let names = unireward::model::qwen2_weight_names_under(&config.text, &layout.language_model());
+    assert_eq!(names.len(), 1 + 24 * 12 + 1);
+    assert_eq!(names[0].0, "model.embed_tokens.weight");
+}
+
 #[test]
 fn vision_towers_are_the_known_hub_id_or_a_directory() {
     let dir = fixture("llava_qwen");

@@ -31,13 +31,15 @@ Writes tests/fixtures/llava/ (rerunning writes identical bytes):
   - loss float64 []: labels = input_ids except -100 at padding and at image/video placeholders; shifted (token t
     predicts t + 1), mean over the counted tokens (ForCausalLMLoss without its cast to float32).
   - grad.<name> [...]: d loss / d parameter for every entry of model.named_parameters(), under the HF names (zeros
-    where transformers leaves no gradient: the vision tower's post_layernorm, which no feature passes through).
+    for the vision tower's post_layernorm, which no feature passes through: see `features_before_post_layernorm`).
   - generate.input_ids int64 [L] (case 0 alone), generate.tokens int64 [NEW_TOKENS]: greedy, equal to a by-hand
     loop of full forwards, equal in float32, with a top-1/top-2 logit gap of at least MIN_GAP at every step.
 
 Float64 throughout: transformers computes parts of a float64 model in float32 (Qwen2's RMSNorm, eager attention
 softmax and RoPE cos/sin, patched as in qwen2_model.py; SigLIP's eager attention softmax, patched here), and the
-stock model is asserted to agree to float32 accuracy.
+stock model is asserted to agree to float32 accuracy. The vision features are the last encoder layer's output, before
+SigLIP's post-layernorm, as LLaVA-NeXT computes them (transformers 4.57.1 post-normalises them; see
+`features_before_post_layernorm`).
 """
 
 import hashlib
@@ -102,6 +104,25 @@ STOCK_SIGLIP_ATTENTION = modeling_siglip.eager_attention_forward
 def float64_ops(on):
     use_float64_ops(on)
     modeling_siglip.eager_attention_forward = siglip_eager_attention if on else STOCK_SIGLIP_ATTENTION
+
+
+def features_before_post_layernorm(model):
+    """transformers 4.57.1 hands SigLIP's post-layernorm output out as `hidden_states[-1]` (its `check_model_inputs`
+    replaces the last recorded hidden state with `last_hidden_state`: transformers issue 40964, fixed upstream by
+    pull request 40994), so its LLaVA-OneVision reads post-normalised features at vision_feature_layer = -1. LLaVA-NeXT,
+    which trained these checkpoints, and transformers' conversion read the last encoder layer's output: the reference
+    does too, with the post-layernorm made the identity (its parameters stay, unused, with zero gradients). Asserted
+    against the encoder run by hand."""
+    vision = model.model.vision_tower.vision_model
+    pixels = torch.randn(2, 3, TILE, TILE, dtype=vision.embeddings.patch_embedding.weight.dtype,
+                         generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        by_hand = vision.encoder(inputs_embeds=vision.embeddings(pixels)).last_hidden_state
+        assert not torch.allclose(model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1],
+                                  by_hand), "transformers no longer post-normalises hidden_states[-1]: drop the patch"
+        vision.post_layernorm.forward = lambda x: x
+        assert torch.equal(model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1], by_hand)
+    return model
 
 
 def build_model():
@@ -350,7 +371,7 @@ def generate(model, inputs, dtype):
 
 def main():
     torch.set_num_threads(1)
-    model = save_layouts(build_model())
+    model = features_before_post_layernorm(save_layouts(build_model()))
     pil, frames = images()
     save_images(pil, frames)
     processor = Processor(image_processor=image_processor(), tokenizer=tokenizer(), video_processor=None,
@@ -402,8 +423,8 @@ def main():
         assert abs(hf_loss.item() - loss.item()) <= 1e-5 * abs(loss.item()), (hf_loss, loss)
 
     # Greedy generation for the anyres image case: a prompt whose run is stable (words advanced until it is).
-    model32 = LlavaOnevisionForConditionalGeneration.from_pretrained(os.path.join(OUT, "hf"),
-                                                                     attn_implementation="eager").eval()
+    model32 = features_before_post_layernorm(LlavaOnevisionForConditionalGeneration.from_pretrained(
+        os.path.join(OUT, "hf"), attn_implementation="eager").eval())
     gen = process(processor, pil, frames, ["anyres"])
     base_ids = gen["input_ids"].clone()
     for attempt in range(100):

@@ -1,12 +1,14 @@
 //! `LlavaLayout`: how a LLaVA-OneVision checkpoint names its tensors. Three namings exist:
 //!
-//! | part | `llava_qwen` (LLaVA-NeXT) | transformers 4.x files | transformers' parameters (5.x files) |
+//! | part | `llava_qwen` (LLaVA-NeXT) | transformers 4.x files | transformers' parameters |
 //! | --- | --- | --- | --- |
-//! | vision tower | `model.vision_tower.vision_tower.vision_model.` | `vision_tower.vision_model.` | `model.vision_tower.vision_model.` |
-//! | projector | `model.mm_projector.{0,2}.` | `multi_modal_projector.linear_{1,2}.` | `model.multi_modal_projector.linear_{1,2}.` |
+//! | vision tower¹ | `model.vision_tower.vision_tower.` | `vision_tower.` | `model.vision_tower.` |
+//! | projector² | `model.mm_projector.{0,2}.` | `multi_modal_projector.` | `model.multi_modal_projector.` |
 //! | newline | `model.image_newline` | `image_newline` | `model.image_newline` |
 //! | language model | `model.` | `language_model.model.` | `model.language_model.` |
 //! | LM head | `lm_head.weight` | `language_model.lm_head.weight` | `lm_head.weight` |
+//!
+//! ¹ each followed by SigLIP's `vision_model.`; ² transformers' two layers are `linear_1.` and `linear_2.`.
 //!
 //! transformers 4.57 names its parameters as in the last column but `save_pretrained` writes the legacy names of the
 //! middle one (the llava-hf conversions on the hub are stored so too) and renames them when it loads

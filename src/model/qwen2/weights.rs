@@ -1,6 +1,7 @@
 //! `Qwen2Weights`: every parameter of a Qwen2 decoder (or, with the same layout, every gradient), under the names
-//! and in the order of [`qwen2_weight_names`](crate::model::qwen2_weight_names) (or, for a decoder nested in a larger checkpoint, of
-//! [`qwen2_weight_names_under`] its [`Qwen2Names`]). Loaded from a [`WeightStore`] in one compute dtype on one device.
+//! and in the order of [`qwen2_weight_names`](crate::model::qwen2_weight_names) (or, for a decoder nested in a
+//! larger checkpoint, of [`qwen2_weight_names_under`] its [`Qwen2Names`]). Loaded from a [`WeightStore`] in one
+//! compute dtype on one device.
 
 use crate::model::loading::check_finite;
 use crate::model::weights::{qwen2_weight_names_under, Qwen2Names, QWEN2_LAYER_TENSORS};
@@ -115,7 +116,8 @@ impl Qwen2Weights {
     }
 
     /// Builds every tensor of `config`'s model with `make(name, shape)` (random weights for benchmarks, weights from
-    /// another source), in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order; each result's shape is checked.
+    /// another source), in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order; each result's shape is
+    /// checked.
     pub fn from_fn(config: &Qwen2Config, make: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Qwen2Weights> {
         Qwen2Weights::from_fn_under(config, &Qwen2Names::default(), make)
     }
@@ -184,8 +186,9 @@ impl Qwen2Weights {
         all
     }
 
-    /// `(checkpoint name, tensor)` pairs in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order (what a checkpoint or a gradient
-    /// dictionary holds), under the names the weights were loaded with ([`Qwen2Weights::names`]).
+    /// `(checkpoint name, tensor)` pairs in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order (what a
+    /// checkpoint or a gradient dictionary holds), under the names the weights were loaded with
+    /// ([`Qwen2Weights::names`]).
     pub fn named(&self) -> Vec<(String, &Tensor)> {
         let n = &self.names;
         let mut names = vec![n.embed_tokens()];

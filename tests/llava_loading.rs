@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
-use unireward::media::ImageProcessorConfig;
+use unireward::media::{decode_image, load_video, ImageLayout, ImageProcessor, ImageProcessorConfig, VideoSource};
 use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER, SO400M_TOWER};
 use unireward::model::llava::{LlavaConfigFormat, LlavaLayout, LlavaOnevisionConfig, VisionTower};
 use unireward::model::qwen2::Qwen2Weights;
@@ -561,4 +561,46 @@ fn text_only_logits_equal_the_reference_from_either_layout() {
         let diff = got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
         assert!(diff / scale < 1e-4, "{dir}: relative error {:.3e}", diff / scale);
     }
+}
+
+/// The cases' PNG files through unireward's preprocessing give the pixels transformers' processor gave the reference
+/// (the same Pillow-exact resize: equal to f32 rounding).
+#[test]
+fn the_cases_pixels_equal_the_reference_from_the_image_files() {
+    let reference = Reference::load();
+    let processor =
+        ImageProcessor::new(ImageProcessorConfig::from_file(&fixture("hf/preprocessor_config.json")).unwrap()).unwrap();
+    let (tiles_shape, tiles) = reference.get("pixel_values");
+    let tile_len: usize = tiles_shape[1..].iter().product();
+    let (_, sizes) = reference.get("image_sizes");
+    let (_, counts) = reference.get("image_tiles");
+    // One image alone in its sample takes the anyres path; the two of one sample are each padded to a square.
+    let images = [
+        ("anyres_0.png", ImageLayout::Anyres),
+        ("downsampled_0.png", ImageLayout::Anyres),
+        ("two_images_0.png", ImageLayout::Square),
+        ("two_images_1.png", ImageLayout::Square),
+    ];
+    assert_eq!(counts.len(), images.len());
+    let mut start = 0;
+    for (i, (file, layout)) in images.into_iter().enumerate() {
+        let image = decode_image(&fixture("images").join(file)).unwrap();
+        let pixels = processor.preprocess(&image, layout).unwrap();
+        let size = pixels.image_size;
+        assert_eq!([size.0 as f64, size.1 as f64], sizes[2 * i..2 * i + 2], "{file}");
+        let count = counts[i] as usize;
+        assert_eq!(pixels.pixel_values.shape(), [count, 3, 12, 12], "{file}");
+        let want = &tiles[start * tile_len..(start + count) * tile_len];
+        let diff = values(&pixels.pixel_values).iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+        assert!(diff <= 1e-5, "{file}: max difference {diff}");
+        start += count;
+    }
+    assert_eq!(start, tiles_shape[0]);
+
+    let video = load_video(&VideoSource::from_path(&fixture("video")).unwrap(), 4).unwrap();
+    let frames = processor.preprocess_frames(&video.frames).unwrap();
+    let (video_shape, want) = reference.get("pixel_values_videos");
+    assert_eq!(frames.shape(), &video_shape[1..]);
+    let diff = values(&frames).iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    assert!(diff <= 1e-5, "video: max difference {diff}");
 }

@@ -48,9 +48,16 @@ impl Qwen2Config {
     pub fn from_json(text: &str) -> Result<Qwen2Config> {
         let map: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| Error::Checkpoint(format!("config is not a JSON object: {e}")))?;
-        let keys = Keys(&map);
+        Qwen2Config::from_object(&map, "qwen2")
+    }
 
-        keys.expect_str("model_type", "qwen2", true)?;
+    /// Parses and validates a Qwen2 configuration held in a JSON object whose `model_type` must be `model_type`: a
+    /// multimodal config's part (LLaVA-OneVision's `text_config`, or the top level of LLaVA-NeXT's `llava_qwen`,
+    /// whose other keys are ignored here).
+    pub fn from_object(map: &Map<String, Value>, model_type: &str) -> Result<Qwen2Config> {
+        let keys = Keys(map);
+
+        keys.expect_str("model_type", model_type, true)?;
         keys.expect_str("hidden_act", "silu", false)?;
         keys.refuse_present("rope_scaling")?;
         keys.refuse_present("quantization_config")?;

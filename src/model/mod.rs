@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod files;
+pub mod llava;
 pub mod loading;
 pub mod qwen2;
 pub mod weights;
@@ -9,4 +10,6 @@ pub mod weights;
 pub use config::Qwen2Config;
 pub use loading::{LoadOptions, LoadReport};
 pub use qwen2::{ForwardOptions, Qwen2Model};
-pub use weights::{qwen2_weight_names, save_safetensors, save_sharded, WeightStore};
+pub use weights::{
+    qwen2_weight_names, qwen2_weight_names_under, save_safetensors, save_sharded, Qwen2Names, WeightStore,
+};

@@ -180,6 +180,25 @@ impl WeightStore {
     /// [`WeightStore::check_exact`], except that with `lenient` unexpected tensors are not an error but returned,
     /// sorted (transformers' behaviour: it warns about unused weights and goes on).
     pub fn check_expected(&self, expected: &[(String, Vec<usize>)], lenient: bool) -> Result<Vec<String>> {
+        let wanted: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        self.check_expected_except(expected, |name| wanted.contains(name), lenient)
+    }
+
+    /// Checks that the checkpoint holds `expected` with those shapes, each in a float dtype, whatever else it holds
+    /// (a part of a larger checkpoint).
+    pub fn check_present(&self, expected: &[(String, Vec<usize>)]) -> Result<()> {
+        self.check_expected_except(expected, |_| true, false).map(drop)
+    }
+
+    /// Checks that the checkpoint holds `expected` with those shapes, each in a float dtype, and nothing that
+    /// `accounted` does not claim (a part of a larger model whose other tensors another loader checks, such as a
+    /// vision tower's under its prefix). With `lenient`, unclaimed tensors are returned, sorted, instead of refused.
+    pub fn check_expected_except(
+        &self,
+        expected: &[(String, Vec<usize>)],
+        accounted: impl Fn(&str) -> bool,
+        lenient: bool,
+    ) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let mut missing = Vec::new();
         for (name, shape) in expected {
@@ -195,9 +214,7 @@ impl WeightStore {
                 }
             }
         }
-        let wanted: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<&str> = self.names().into_iter().filter(|n| !wanted.contains(n)).collect();
-        extra.sort_unstable();
+        let extra: Vec<&str> = self.names().into_iter().filter(|n| !accounted(n)).collect();
         missing.sort_unstable();
         if !missing.is_empty() {
             problems.insert(0, format!("missing {}", name_list(&missing)));
@@ -220,27 +237,37 @@ impl WeightStore {
     /// [`WeightStore::check_qwen2`]; with `lenient`, tensors the model does not use (a tied model's differing
     /// `lm_head.weight` among them) are returned instead of refused.
     pub fn check_qwen2_with(&self, config: &Qwen2Config, lenient: bool) -> Result<Vec<String>> {
-        // Before the list of expected names, whose length follows the config: a config claiming a million layers
-        // must fail here, not after allocating a million layers' names.
-        let stored = self.layer_count();
-        if stored != config.num_hidden_layers {
-            return Err(Error::Checkpoint(format!(
-                "config.json has num_hidden_layers = {}, but the weights in {} hold {stored} layers",
-                config.num_hidden_layers,
-                self.source.display()
-            )));
-        }
-        let mut expected = qwen2_weight_names(config);
-        let (head, embed) = ("lm_head.weight", "model.embed_tokens.weight");
-        if config.tie_word_embeddings && self.same_bytes(head, embed) {
-            expected.push((head.to_string(), vec![config.vocab_size, config.hidden_size]));
-        }
+        let expected = self.qwen2_expected(config, &Qwen2Names::default())?;
         self.check_expected(&expected, lenient)
     }
 
-    /// One more than the highest `i` in the stored `model.layers.{i}.*` names (0 without any).
-    fn layer_count(&self) -> usize {
-        let index = |name: &str| name.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok();
+    /// The tensors a Qwen2 decoder stored under `names` must have here: [`qwen2_weight_names_under`], plus the LM
+    /// head when a tied model's file also holds it as a bit-identical copy of the embeddings. The number of stored
+    /// layers is checked against the config first.
+    pub fn qwen2_expected(&self, config: &Qwen2Config, names: &Qwen2Names) -> Result<Vec<(String, Vec<usize>)>> {
+        // Before the list of expected names, whose length follows the config: a config claiming a million layers
+        // must fail here, not after allocating a million layers' names.
+        let stored = self.layer_count(&names.prefix);
+        if stored != config.num_hidden_layers {
+            return Err(Error::Checkpoint(format!(
+                "config.json has num_hidden_layers = {}, but the weights in {} hold {stored} layers under `{}layers.`",
+                config.num_hidden_layers,
+                self.source.display(),
+                names.prefix
+            )));
+        }
+        let mut expected = qwen2_weight_names_under(config, names);
+        let embed = names.embed_tokens();
+        if config.tie_word_embeddings && self.same_bytes(&names.lm_head, &embed) {
+            expected.push((names.lm_head.clone(), vec![config.vocab_size, config.hidden_size]));
+        }
+        Ok(expected)
+    }
+
+    /// One more than the highest `i` in the stored `{prefix}layers.{i}.*` names (0 without any).
+    fn layer_count(&self, prefix: &str) -> usize {
+        let index =
+            |name: &str| name.strip_prefix(prefix)?.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok();
         self.tensors.keys().filter_map(|name| index(name)).max().map_or(0, |i| i + 1)
     }
 
@@ -347,7 +374,7 @@ fn convert<S: FloatElement, T: FloatElement>(src: &[u8], dst: &mut [T]) {
     });
 }
 
-/// The tensors of each decoder layer, under `model.layers.<i>.`, in transformers' order.
+/// The tensors of each decoder layer, under `{prefix}layers.<i>.`, in transformers' order.
 pub(crate) const QWEN2_LAYER_TENSORS: [&str; 12] = [
     "self_attn.q_proj.weight",
     "self_attn.q_proj.bias",
@@ -363,9 +390,44 @@ pub(crate) const QWEN2_LAYER_TENSORS: [&str; 12] = [
     "post_attention_layernorm.weight",
 ];
 
+/// Where a Qwen2 decoder's tensors sit in a checkpoint: `{prefix}embed_tokens.weight`, `{prefix}layers.<i>.*`,
+/// `{prefix}norm.weight`, and the LM head `lm_head`. A Qwen2 checkpoint uses `model.` and `lm_head.weight` (the
+/// default); a multimodal checkpoint nests its language model (`model::llava::LlavaLayout::language_model`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Qwen2Names {
+    pub prefix: String,
+    pub lm_head: String,
+}
+
+impl Default for Qwen2Names {
+    fn default() -> Self {
+        Qwen2Names { prefix: "model.".into(), lm_head: "lm_head.weight".into() }
+    }
+}
+
+impl Qwen2Names {
+    pub fn embed_tokens(&self) -> String {
+        format!("{}embed_tokens.weight", self.prefix)
+    }
+
+    /// `tensor` (one of the layer tensors, e.g. `self_attn.q_proj.weight`) of layer `layer`.
+    pub fn layer(&self, layer: usize, tensor: &str) -> String {
+        format!("{}layers.{layer}.{tensor}", self.prefix)
+    }
+
+    pub fn norm(&self) -> String {
+        format!("{}norm.weight", self.prefix)
+    }
+}
+
 /// Every tensor a Qwen2 checkpoint holds, with its shape, under its Hugging Face name, in transformers' order
 /// (embeddings, then each layer, then the final norm and, unless tied to the embeddings, the LM head).
 pub fn qwen2_weight_names(config: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
+    qwen2_weight_names_under(config, &Qwen2Names::default())
+}
+
+/// [`qwen2_weight_names`] for a decoder stored under `names`.
+pub fn qwen2_weight_names_under(config: &Qwen2Config, names: &Qwen2Names) -> Vec<(String, Vec<usize>)> {
     let (hidden, inter) = (config.hidden_size, config.intermediate_size);
     let kv = config.num_key_value_heads * config.head_dim();
     // The shapes of QWEN2_LAYER_TENSORS, in its order.
@@ -383,16 +445,16 @@ pub fn qwen2_weight_names(config: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
         vec![hidden],
         vec![hidden],
     ];
-    let mut names = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, hidden])];
+    let mut out = vec![(names.embed_tokens(), vec![config.vocab_size, hidden])];
     for i in 0..config.num_hidden_layers {
         let layer = QWEN2_LAYER_TENSORS.iter().zip(&layer_shapes);
-        names.extend(layer.map(|(name, shape)| (format!("model.layers.{i}.{name}"), shape.clone())));
+        out.extend(layer.map(|(name, shape)| (names.layer(i, name), shape.clone())));
     }
-    names.push(("model.norm.weight".to_string(), vec![hidden]));
+    out.push((names.norm(), vec![hidden]));
     if !config.tie_word_embeddings {
-        names.push(("lm_head.weight".to_string(), vec![config.vocab_size, hidden]));
+        out.push((names.lm_head.clone(), vec![config.vocab_size, hidden]));
     }
-    names
+    out
 }
 
 /// A tensor as safetensors sees it: its bytes (borrowed from CPU memory, copied from a GPU).

@@ -1,9 +1,11 @@
 //! `Qwen2Weights`: every parameter of a Qwen2 decoder (or, with the same layout, every gradient), under the names
-//! and in the order of [`qwen2_weight_names`]. Loaded from a [`WeightStore`] in one compute dtype on one device.
+//! and in the order of [`qwen2_weight_names`](crate::model::qwen2_weight_names) (or, for a decoder nested in a
+//! larger checkpoint, of [`qwen2_weight_names_under`] its [`Qwen2Names`]). Loaded from a [`WeightStore`] in one
+//! compute dtype on one device.
 
 use crate::model::loading::check_finite;
-use crate::model::weights::QWEN2_LAYER_TENSORS;
-use crate::model::{qwen2_weight_names, LoadOptions, LoadReport, Qwen2Config, WeightStore};
+use crate::model::weights::{qwen2_weight_names_under, Qwen2Names, QWEN2_LAYER_TENSORS};
+use crate::model::{LoadOptions, LoadReport, Qwen2Config, WeightStore};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -70,6 +72,8 @@ pub struct Qwen2Weights {
     pub norm: Tensor,
     /// `[V,H]`, absent when the LM head is tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// The checkpoint's names for these tensors ([`Qwen2Weights::named`]).
+    names: Qwen2Names,
 }
 
 impl Qwen2Weights {
@@ -87,9 +91,7 @@ impl Qwen2Weights {
         device: Device,
         options: &LoadOptions,
     ) -> Result<(Qwen2Weights, LoadReport)> {
-        if !dtype.is_float() {
-            return Err(Error::DType { arg: "dtype", got: dtype, expected: "f32, bf16 or f16".into() });
-        }
+        check_float(dtype)?;
         let ignored = store.check_qwen2_with(config, options.lenient)?;
         let weights = Qwen2Weights::from_fn(config, |name, shape| store.get_as(name, shape, dtype, device))?;
         if options.check_finite {
@@ -98,15 +100,37 @@ impl Qwen2Weights {
         Ok((weights, LoadReport { ignored }))
     }
 
-    /// Builds every tensor of `config`'s model with `make(name, shape)` (random weights for benchmarks, weights from
-    /// another source), in [`qwen2_weight_names`] order; each result's shape is checked.
-    pub fn from_fn(
+    /// Reads the decoder stored under `names` in a larger checkpoint (a multimodal model's language model), after
+    /// checking its layer count, names, shapes and dtypes. The checkpoint's other tensors are the caller's to account
+    /// for; [`Qwen2Weights::named`] gives these under the checkpoint's names.
+    pub fn load_under(
+        store: &WeightStore,
         config: &Qwen2Config,
+        names: &Qwen2Names,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Qwen2Weights> {
+        check_float(dtype)?;
+        store.check_present(&store.qwen2_expected(config, names)?)?;
+        Qwen2Weights::from_fn_under(config, names, |name, shape| store.get_as(name, shape, dtype, device))
+    }
+
+    /// Builds every tensor of `config`'s model with `make(name, shape)` (random weights for benchmarks, weights from
+    /// another source), in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order; each result's shape is
+    /// checked.
+    pub fn from_fn(config: &Qwen2Config, make: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<Qwen2Weights> {
+        Qwen2Weights::from_fn_under(config, &Qwen2Names::default(), make)
+    }
+
+    /// [`Qwen2Weights::from_fn`] for a decoder named as in `names` (`make` receives those names).
+    pub fn from_fn_under(
+        config: &Qwen2Config,
+        names: &Qwen2Names,
         mut make: impl FnMut(&str, &[usize]) -> Result<Tensor>,
     ) -> Result<Qwen2Weights> {
         config.validate()?;
-        let mut entries = qwen2_weight_names(config).into_iter();
-        Qwen2Weights::from_ordered(config, || {
+        let mut entries = qwen2_weight_names_under(config, names).into_iter();
+        Qwen2Weights::from_ordered(config, names.clone(), || {
             let (name, shape) = entries.next().ok_or_else(|| Error::Checkpoint("weight list ended early".into()))?;
             let tensor = make(&name, &shape)?;
             if tensor.shape() != shape.as_slice() {
@@ -127,16 +151,25 @@ impl Qwen2Weights {
         let layers = (0..self.layers.len()).map(|_| LayerWeights::from_ordered(&mut next)).collect::<Result<_>>()?;
         let norm = next()?;
         let lm_head = self.lm_head.as_ref().map(|_| next()).transpose()?;
-        Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head })
+        Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head, names: self.names.clone() })
     }
 
-    fn from_ordered(config: &Qwen2Config, mut next: impl FnMut() -> Result<Tensor>) -> Result<Qwen2Weights> {
+    fn from_ordered(
+        config: &Qwen2Config,
+        names: Qwen2Names,
+        mut next: impl FnMut() -> Result<Tensor>,
+    ) -> Result<Qwen2Weights> {
         let embed_tokens = next()?;
         let layers =
             (0..config.num_hidden_layers).map(|_| LayerWeights::from_ordered(&mut next)).collect::<Result<_>>()?;
         let norm = next()?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(next()?) };
-        Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head })
+        Ok(Qwen2Weights { embed_tokens, layers, norm, lm_head, names })
+    }
+
+    /// Where these tensors sit in their checkpoint.
+    pub fn names(&self) -> &Qwen2Names {
+        &self.names
     }
 
     /// The LM head's weight `[V,H]`: `lm_head`, or the embeddings when tied.
@@ -144,7 +177,7 @@ impl Qwen2Weights {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// The tensors in [`qwen2_weight_names`] order.
+    /// The tensors in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order.
     pub fn tensors(&self) -> Vec<&Tensor> {
         let mut all = vec![&self.embed_tokens];
         all.extend(self.layers.iter().flat_map(|l| l.ordered()));
@@ -153,16 +186,18 @@ impl Qwen2Weights {
         all
     }
 
-    /// `(Hugging Face name, tensor)` pairs in [`qwen2_weight_names`] order (what a checkpoint or a gradient
-    /// dictionary holds).
+    /// `(checkpoint name, tensor)` pairs in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order (what a
+    /// checkpoint or a gradient dictionary holds), under the names the weights were loaded with
+    /// ([`Qwen2Weights::names`]).
     pub fn named(&self) -> Vec<(String, &Tensor)> {
-        let mut names = vec!["model.embed_tokens.weight".to_string()];
+        let n = &self.names;
+        let mut names = vec![n.embed_tokens()];
         for i in 0..self.layers.len() {
-            names.extend(QWEN2_LAYER_TENSORS.iter().map(|n| format!("model.layers.{i}.{n}")));
+            names.extend(QWEN2_LAYER_TENSORS.iter().map(|t| n.layer(i, t)));
         }
-        names.push("model.norm.weight".into());
+        names.push(n.norm());
         if self.lm_head.is_some() {
-            names.push("lm_head.weight".into());
+            names.push(n.lm_head.clone());
         }
         names.into_iter().zip(self.tensors()).collect()
     }
@@ -175,5 +210,13 @@ impl Qwen2Weights {
     /// Number of scalar parameters.
     pub fn numel(&self) -> usize {
         self.tensors().iter().map(|t| t.numel()).sum()
+    }
+}
+
+fn check_float(dtype: DType) -> Result<()> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::DType { arg: "dtype", got: dtype, expected: "f32, bf16 or f16".into() })
     }
 }

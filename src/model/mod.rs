@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod files;
+pub mod llava;
 pub mod loading;
 pub mod qwen2;
 pub mod weights;

@@ -3,6 +3,7 @@
 //! approximation. Forward keeps the pre-activation and the activation for the backward, which gives the input's
 //! gradient and the four parameters'.
 
+use crate::ops::check;
 use crate::ops::gelu::{gelu, gelu_backward, GeluApproximation};
 use crate::ops::linear::{linear, linear_backward};
 use crate::runtime::{DType, Device, Tensor};
@@ -50,16 +51,17 @@ impl Projector {
         let act = GeluApproximation::from_hidden_act(hidden_act)?;
         let ((w1, b1), (w2, b2)) = (&weights.linear_1, &weights.linear_2);
         let &[h, c] = w1.shape() else {
-            return Err(Error::Shape(format!("projector `linear_1.weight` must be [H, C_vision], got {:?}", w1.shape())));
+            return Err(Error::Shape(format!(
+                "projector `linear_1.weight` must be [H, C_vision], got {:?}",
+                w1.shape()
+            )));
         };
         if h == 0 || c == 0 {
             return Err(Error::Shape(format!("projector `linear_1.weight` is empty: {:?}", w1.shape())));
         }
-        for (name, t, shape) in [
-            ("linear_1.bias", b1, vec![h]),
-            ("linear_2.weight", w2, vec![h, h]),
-            ("linear_2.bias", b2, vec![h]),
-        ] {
+        for (name, t, shape) in
+            [("linear_1.bias", b1, vec![h]), ("linear_2.weight", w2, vec![h, h]), ("linear_2.bias", b2, vec![h])]
+        {
             if t.shape() != shape.as_slice() {
                 return Err(Error::Shape(format!("projector `{name}` must be {shape:?}, got {:?}", t.shape())));
             }
@@ -100,9 +102,33 @@ impl Projector {
         self.weights.linear_1.0.device()
     }
 
-    /// `x` `[.., C_vision]` to `[.., H]`, with the activations the backward needs.
+    /// `x`'s shape with the last dimension `H`, when `x` holds no rows (a batch without images or videos): the
+    /// linear ops refuse empty inputs, the projector gives empty outputs and zero parameter gradients.
+    fn empty_output(&self, x: &Tensor) -> Result<Option<Vec<usize>>> {
+        let c = x.shape().last().copied().unwrap_or(0);
+        if c != self.input_size() {
+            return Err(Error::Shape(format!(
+                "the projector takes {} features per row but `x` has shape {:?}",
+                self.input_size(),
+                x.shape()
+            )));
+        }
+        if x.numel() > 0 {
+            return Ok(None);
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank checked above") = self.output_size();
+        Ok(Some(shape))
+    }
+
+    /// `x` `[.., C_vision]` to `[.., H]`, with the activations the backward needs. An `x` with no rows gives an
+    /// empty output.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, ProjectorActivations)> {
         let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
+        if let Some(shape) = self.empty_output(x)? {
+            let empty = || Tensor::zeros(&shape, x.dtype(), x.device());
+            return Ok((empty()?, ProjectorActivations { pre_activation: empty()?, activation: empty()? }));
+        }
         let pre_activation = linear(x, w1, Some(b1))?;
         let activation = gelu(&pre_activation, self.act)?;
         let y = linear(&activation, w2, Some(b2))?;
@@ -112,10 +138,20 @@ impl Projector {
     /// The gradients of `Σ grad_y · forward(x)` from the forward's input `x` and `saved` activations.
     pub fn backward(&self, grad_y: &Tensor, x: &Tensor, saved: &ProjectorActivations) -> Result<ProjectorGrads> {
         let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
+        if self.empty_output(x)?.is_some() {
+            check::shape("grad_y", grad_y, saved.activation.shape())?;
+            let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+            return Ok(ProjectorGrads {
+                grad_x: zeros(x)?,
+                linear_1: (zeros(w1)?, zeros(b1)?),
+                linear_2: (zeros(w2)?, zeros(b2)?),
+            });
+        }
         let second = linear_backward(grad_y, &saved.activation, w2, Some(b2))?;
         let grad_pre = gelu_backward(&second.grad_x, &saved.pre_activation, self.act)?;
         let first = linear_backward(&grad_pre, x, w1, Some(b1))?;
-        let bias = |g: Option<Tensor>| g.ok_or_else(|| Error::InvalidArgument("linear backward gave no bias gradient".into()));
+        let bias =
+            |g: Option<Tensor>| g.ok_or_else(|| Error::InvalidArgument("linear backward gave no bias gradient".into()));
         Ok(ProjectorGrads {
             grad_x: first.grad_x,
             linear_1: (first.grad_weight, bias(first.grad_bias)?),

@@ -27,7 +27,13 @@ fn copy<T: Element>(src: &Tensor, src_rows: &[usize], dst: &mut Tensor, dst_rows
     Ok(())
 }
 
-pub(super) fn copy_rows(src: &Tensor, src_rows: &[usize], dst: &mut Tensor, dst_rows: &[usize], c: usize) -> Result<()> {
+pub(super) fn copy_rows(
+    src: &Tensor,
+    src_rows: &[usize],
+    dst: &mut Tensor,
+    dst_rows: &[usize],
+    c: usize,
+) -> Result<()> {
     match src.dtype() {
         DType::BF16 => copy::<bf16>(src, src_rows, dst, dst_rows, c),
         DType::F16 => copy::<f16>(src, src_rows, dst, dst_rows, c),

@@ -13,7 +13,13 @@ fn upload(values: &[usize], like: &Tensor) -> Result<Tensor> {
     Tensor::from_slice(&v, &[v.len()], like.device())
 }
 
-pub(super) fn copy_rows(src: &Tensor, src_rows: &[usize], dst: &mut Tensor, dst_rows: &[usize], c: usize) -> Result<()> {
+pub(super) fn copy_rows(
+    src: &Tensor,
+    src_rows: &[usize],
+    dst: &mut Tensor,
+    dst_rows: &[usize],
+    c: usize,
+) -> Result<()> {
     let backend = backend_of(src)?;
     let (count, c_i32) = (src_rows.len() as i64, check_i32("row length", c)?);
     let (src_idx, dst_idx) = (upload(src_rows, src)?, upload(dst_rows, src)?);

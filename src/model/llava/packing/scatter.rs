@@ -2,9 +2,9 @@
 //! `masked_scatter` with `get_placeholder_mask`), and the backward that takes their gradient back out.
 
 use super::plan::PackingPlan;
+use crate::ops::check;
 use crate::ops::launch::host_ids;
 use crate::ops::rows::copy_rows;
-use crate::ops::check;
 use crate::runtime::Tensor;
 use crate::{Error, Result};
 
@@ -39,7 +39,8 @@ impl ScatterMap {
         }
         let ids = host_ids(ids)?;
         let find = |id: i64| ids.iter().enumerate().filter(move |&(_, &t)| t == id).map(|(p, _)| p);
-        let (images, videos): (Vec<usize>, Vec<usize>) = (find(placeholders.image).collect(), find(placeholders.video).collect());
+        let (images, videos): (Vec<usize>, Vec<usize>) =
+            (find(placeholders.image).collect(), find(placeholders.video).collect());
         for (kind, id, found, rows) in [
             ("image", placeholders.image, images.len(), plan.image_rows()),
             ("video", placeholders.video, videos.len(), plan.video_rows()),

@@ -83,7 +83,7 @@ fn placeholder_count_mismatch_names_the_counts() {
     assert!(e.contains("1 video placeholder tokens (id 11)") && e.contains("0 rows"), "{e}");
     let e = err(ScatterMap::new(&ids17, PlaceholderTokens { image: 10, video: 10 }, &plan));
     assert!(e.contains("both 10"), "{e}");
-    let ok = Tensor::from_slice(&vec![10i64; 17], &[1, 17], Device::Cpu).unwrap();
+    let ok = Tensor::from_slice(&[10i64; 17], &[1, 17], Device::Cpu).unwrap();
     let map = ScatterMap::new(&ok, tokens, &plan).unwrap();
     let mut embeds = zeros(&[1, 18, 3]);
     let e = err(map.scatter(&zeros(&[17, 3]), &mut embeds));

@@ -49,8 +49,11 @@ fn random_inputs(rng: &mut StdRng, config: PackingConfig, media: Vec<Media>, hid
     }
 }
 
+/// Picks one input vector of [`Inputs`] to perturb.
+type Field = fn(&mut Inputs) -> &mut Vec<f64>;
+
 /// The central difference of the loss along one input, perturbed through `field`.
-fn central(inputs: &Inputs, field: fn(&mut Inputs) -> &mut Vec<f64>, i: usize, eps: f64) -> f64 {
+fn central(inputs: &Inputs, field: Field, i: usize, eps: f64) -> f64 {
     let at = |delta: f64| {
         let mut p = inputs.clone();
         field(&mut p)[i] += delta;
@@ -79,7 +82,7 @@ fn gradients_match_central_differences() {
     println!("image {size:?} on a {best:?} grid: {tiles} tiles");
     let inputs = random_inputs(&mut rng, config, media, 3, 4);
     let out = inputs.run(DType::F32, Device::Cpu);
-    let fields: [(&str, fn(&mut Inputs) -> &mut Vec<f64>, &[f64]); 6] = [
+    let fields: [(&str, Field, &[f64]); 6] = [
         ("x", |p| &mut p.x, &out.grad_x),
         ("w1", |p| &mut p.w1, &out.grad_w1),
         ("b1", |p| &mut p.b1, &out.grad_b1),

@@ -14,14 +14,25 @@ unsafe impl<T> Send for RowsPtr<T> {}
 // SAFETY: as for Send.
 unsafe impl<T> Sync for RowsPtr<T> {}
 
+impl<T> RowsPtr<T> {
+    /// Row `r` of `c` elements (a method, so closures capture the whole `Send` wrapper, not its raw pointer).
+    ///
+    /// # Safety
+    /// Row `r` lies inside the buffer and no one else accesses it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, r: usize, c: usize) -> &mut [T] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(r * c), c) }
+    }
+}
+
 fn copy<T: Element>(src: &Tensor, src_rows: &[usize], dst: &mut Tensor, dst_rows: &[usize], c: usize) -> Result<()> {
     let src = src.as_slice::<T>()?;
     let out = RowsPtr(dst.as_mut_slice::<T>()?.as_mut_ptr());
     src_rows.par_iter().zip(dst_rows).for_each(|(&s, &d)| {
-        let out = out;
         // SAFETY: `d` < the destination's rows (checked), so the row lies inside its buffer; destination rows are
         // distinct, so no two tasks write one row, and `src` does not alias `dst` (`&mut` borrow).
-        let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(d * c), c) };
+        let row = unsafe { out.row(d, c) };
         row.copy_from_slice(&src[s * c..(s + 1) * c]);
     });
     Ok(())

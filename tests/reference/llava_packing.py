@@ -167,6 +167,14 @@ if __name__ == "__main__":
     case("downsample", [("image", (23, 21))], [[2, "m", 3]], aspect="anyres_max_1", seed=2)
     # Two images in one sample: a tile each, with the `default` selection (the first feature row dropped).
     case("two_images", [("image", (7, 9)), ("image", (12, 5))], [[2, "m", 1, "m", 2]], select="default", seed=3)
+    # 47 high x 188 wide on a 1x3 tile grid (4x12 patches): the unpadded height is 4 * 188/47... = 2.9999999999999996
+    # in floats; transformers' int(round(x, 7)) keeps 3 (no rows cut), LLaVA-NeXT's int(x) 2 (one row cut at each end).
+    out = case("unpad_rounding", [("image", (47, 188))], [[1, "m", 1]], seed=8)
+    x = 47 * (12 / 188)
+    assert int(round(x, 7)) == 3 and int(x) == 2
+    kept_llava_next = 4 - 2 * ((4 - int(x)) // 2)
+    out["llava_next_image_rows"] = 16 + kept_llava_next * 13
+    (OUT / "unpad_rounding.json").write_text(json.dumps(out))
     case("video_even", [("video", 4)], [[2, "m", 3]], seed=4)
     case("video_odd", [("video", 4)], [[1, "m", 2]], tile=10, seed=5)
     case("text_only", [], [[7], [4]], seed=6)

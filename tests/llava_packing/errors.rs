@@ -130,3 +130,29 @@ fn nan_in_features_shows_in_the_packed_rows() {
     assert!(v[0].is_nan(), "{v:?}");
     assert!(v[v.len() - 2..].iter().all(|&n| n == 0.0), "the newline row: {v:?}");
 }
+
+#[test]
+fn into_variants_overwrite_garbage() {
+    let c = PackingConfig { anyres_max: Some(1), ..config() };
+    // (13, 15) takes the 16x16 grid: 1 + 4 tiles, 8x8 patches, down-sampled under anyres_max_1.
+    let media = [Media::Image { size: (13, 15), tiles: 5 }, Media::Video { frames: 2 }];
+    let plan = PackingPlan::new(&c, &media, [7, 16]).unwrap();
+    let x: Vec<f64> = (0..7 * 16 * 2).map(|i| (i as f64 * 0.37).sin()).collect();
+    let features = tensor(&x, &[7, 16, 2], DType::F32, Device::Cpu);
+    let newline = tensor(&[0.5, -2.0], &[2], DType::F32, Device::Cpu);
+    let packed = pack(&plan, &features, &newline).unwrap();
+    let mut into = tensor(&vec![f64::NAN; plan.rows() * 2], &[plan.rows(), 2], DType::F32, Device::Cpu);
+    unireward::model::llava::packing::pack_into(&plan, &features, &newline, &mut into).unwrap();
+    assert_eq!(values(&into), values(&packed));
+    let g: Vec<f64> = (0..plan.rows() * 2).map(|i| (i as f64 * 0.11).cos()).collect();
+    let g = tensor(&g, &[plan.rows(), 2], DType::F32, Device::Cpu);
+    let grads = pack_backward(&plan, &g).unwrap();
+    let mut gf = tensor(&vec![f64::NAN; 7 * 16 * 2], &[7, 16, 2], DType::F32, Device::Cpu);
+    let mut gn = tensor(&[f64::NAN; 2], &[2], DType::F32, Device::Cpu);
+    unireward::model::llava::packing::pack_backward_into(&plan, &g, &mut gf, &mut gn).unwrap();
+    assert_eq!(values(&gf), values(&grads.features));
+    assert_eq!(values(&gn), values(&grads.newline));
+    let mut wrong = zeros(&[plan.rows() + 1, 2]);
+    let e = err(unireward::model::llava::packing::pack_into(&plan, &features, &newline, &mut wrong));
+    assert!(e.contains("packed"), "{e}");
+}

@@ -29,6 +29,19 @@ fn f32_matches_transformers_float64() {
 }
 
 #[test]
+fn bf16_and_f16_storage_stay_near_float64() {
+    for name in ["downsample", "batch_mixed"] {
+        let f = Fixture::load(name);
+        for (dtype, tol) in [(DType::BF16, 5e-2), (DType::F16, 1e-2)] {
+            let out = f.inputs().run(dtype, Device::Cpu);
+            for (key, got) in out.named() {
+                assert_close(&format!("{name} {key} {dtype}"), got, &f.f64s(key), tol);
+            }
+        }
+    }
+}
+
+#[test]
 fn plans_give_transformers_lengths() {
     for name in CASES {
         let f = Fixture::load(name);

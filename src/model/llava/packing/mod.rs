@@ -58,18 +58,27 @@ fn iota(n: usize) -> Vec<usize> {
 /// `[tiles, rows_per_tile, C]` and `image_newline` `[C]`, in the features' dtype and on their device.
 pub fn pack(plan: &PackingPlan, features: &Tensor, newline: &Tensor) -> Result<Tensor> {
     let c = feature_channels(plan, features)?;
+    let mut packed = Tensor::zeros(&[plan.rows(), c], features.dtype(), features.device())?;
+    pack_into(plan, features, newline, &mut packed)?;
+    Ok(packed)
+}
+
+/// [`pack`] into `packed` (`[plan.rows(), C]`, the features' dtype and device, e.g. a view of a pass's arena), every
+/// row of which is written: the plan gives each packed row exactly one source.
+pub fn pack_into(plan: &PackingPlan, features: &Tensor, newline: &Tensor, packed: &mut Tensor) -> Result<()> {
+    let c = feature_channels(plan, features)?;
     check::shape("image_newline", newline, &[c])?;
     let device = check::same_device(&[("features", features), ("image_newline", newline)])?;
-    let mut packed = Tensor::zeros(&[plan.rows(), c], features.dtype(), device)?;
-    copy_rows(features, &plan.direct_src, &mut packed, &plan.direct_dst)?;
-    copy_rows(newline, &vec![0; plan.newline_dst.len()], &mut packed, &plan.newline_dst)?;
+    check::output("packed", packed, &[plan.rows(), c], features.dtype(), device)?;
+    copy_rows(features, &plan.direct_src, packed, &plan.direct_dst)?;
+    copy_rows(newline, &vec![0; plan.newline_dst.len()], packed, &plan.newline_dst)?;
     for r in &plan.resamples {
         let mut grid = Tensor::zeros(&[r.n, r.input[0], r.input[1], c], features.dtype(), device)?;
         copy_rows(features, &r.src, &mut grid, &iota(r.src.len()))?;
         let resized = bilinear(&grid, r.output)?;
-        copy_rows(&resized, &iota(r.dst.len()), &mut packed, &r.dst)?;
+        copy_rows(&resized, &iota(r.dst.len()), packed, &r.dst)?;
     }
-    Ok(packed)
+    Ok(())
 }
 
 /// Gradients of a packing.
@@ -81,9 +90,8 @@ pub struct PackingGrads {
     pub newline: Tensor,
 }
 
-/// The gradients of `Σ grad_packed · pack(plan, features, newline)` from `grad_packed` `[plan.rows(), C]`, in its
-/// dtype and on its device.
-pub fn pack_backward(plan: &PackingPlan, grad_packed: &Tensor) -> Result<PackingGrads> {
+/// `grad_packed`'s `[rows, C]` checked against the plan; returns `C`.
+fn packed_channels(plan: &PackingPlan, grad_packed: &Tensor) -> Result<usize> {
     check::float("grad_packed", grad_packed)?;
     let &[rows, c] = grad_packed.shape() else {
         return Err(Error::Shape(format!("`grad_packed` must be [rows, C], got shape {:?}", grad_packed.shape())));
@@ -92,17 +100,44 @@ pub fn pack_backward(plan: &PackingPlan, grad_packed: &Tensor) -> Result<Packing
         return Err(Error::Shape(format!("`grad_packed` has {rows} rows but the packing plan makes {}", plan.rows())));
     }
     check::non_empty("grad_packed (C)", c)?;
+    Ok(c)
+}
+
+/// The gradients of `Σ grad_packed · pack(plan, features, newline)` from `grad_packed` `[plan.rows(), C]`, in its
+/// dtype and on its device.
+pub fn pack_backward(plan: &PackingPlan, grad_packed: &Tensor) -> Result<PackingGrads> {
+    let c = packed_channels(plan, grad_packed)?;
     let (dtype, device) = (grad_packed.dtype(), grad_packed.device());
     let [tiles, rows_per_tile] = plan.features_shape();
-    let mut features = Tensor::zeros(&[tiles, rows_per_tile, c], dtype, device)?;
-    copy_rows(grad_packed, &plan.direct_dst, &mut features, &plan.direct_src)?;
+    let mut grads = PackingGrads {
+        features: Tensor::zeros(&[tiles, rows_per_tile, c], dtype, device)?,
+        newline: Tensor::zeros(&[c], dtype, device)?,
+    };
+    pack_backward_into(plan, grad_packed, &mut grads.features, &mut grads.newline)?;
+    Ok(grads)
+}
+
+/// [`pack_backward`] into `grad_features` (`[tiles, rows_per_tile, C]`) and `grad_newline` (`[C]`), in
+/// `grad_packed`'s dtype and device, overwritten whole (they may hold garbage).
+pub fn pack_backward_into(
+    plan: &PackingPlan,
+    grad_packed: &Tensor,
+    grad_features: &mut Tensor,
+    grad_newline: &mut Tensor,
+) -> Result<()> {
+    let c = packed_channels(plan, grad_packed)?;
+    let (dtype, device) = (grad_packed.dtype(), grad_packed.device());
+    let [tiles, rows_per_tile] = plan.features_shape();
+    check::output("grad_features", grad_features, &[tiles, rows_per_tile, c], dtype, device)?;
+    check::output("grad_newline", grad_newline, &[c], dtype, device)?;
+    // Rows no packed row reads keep a zero gradient.
+    grad_features.fill_zeros()?;
+    copy_rows(grad_packed, &plan.direct_dst, grad_features, &plan.direct_src)?;
     for r in &plan.resamples {
         let mut grad_resized = Tensor::zeros(&[r.n, r.output[0], r.output[1], c], dtype, device)?;
         copy_rows(grad_packed, &r.dst, &mut grad_resized, &iota(r.dst.len()))?;
         let grad_grid = bilinear_backward(&grad_resized, r.input)?;
-        copy_rows(&grad_grid, &iota(r.src.len()), &mut features, &r.src)?;
+        copy_rows(&grad_grid, &iota(r.src.len()), grad_features, &r.src)?;
     }
-    let mut newline = Tensor::zeros(&[c], dtype, device)?;
-    sum_rows_into(grad_packed, &plan.newline_dst, &mut newline)?;
-    Ok(PackingGrads { features, newline })
+    sum_rows_into(grad_packed, &plan.newline_dst, grad_newline)
 }

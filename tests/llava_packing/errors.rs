@@ -40,6 +40,18 @@ fn plan_errors_name_the_item_and_the_counts() {
     assert!(e.contains("size 0x12"), "{e}");
     let e = err(PackingPlan::new(&c, &[Media::Image { size: (5, 0), tiles: 1 }], [1, 16]));
     assert!(e.contains("size 5x0"), "{e}");
+    let huge = usize::MAX / 2;
+    let e =
+        err(PackingPlan::new(&c, &[Media::Video { frames: 1 }, Media::Image { size: (huge, 3), tiles: 3 }], [4, 16]));
+    assert!(e.contains("image 1") && e.contains(&format!("{huge}x3")), "{e}");
+    let e = err(PackingPlan::new(&PackingConfig { grid_pinpoints: vec![(8, 0)], ..c.clone() }, &[], [0, 16]));
+    assert!(e.contains("pinpoint 8x0"), "{e}");
+    let e = err(PackingPlan::new(&PackingConfig { image_size: 1 << 20, ..c.clone() }, &[], [0, 16]));
+    assert!(e.contains("image_size"), "{e}");
+    // A huge anyres_max never down-samples (and does not overflow): the 4x8 grid unpads to 3 rows, cut (4 − 3) / 2 = 0
+    // from each end, so all 4 rows of 8 and a newline each follow the 16 base rows.
+    let big = PackingConfig { anyres_max: Some(usize::MAX), ..c.clone() };
+    assert_eq!(PackingPlan::new(&big, &[image(3)], [3, 16]).unwrap().image_rows(), 16 + 4 * 9);
     let e = err(PackingPlan::new(&c, &[image(3)], [3, 15]));
     assert!(e.contains("15 features") && e.contains("4x4"), "{e}");
     let e = err(PackingPlan::new(&c, &[Media::Video { frames: 2 }], [2, 17]));

@@ -1,6 +1,6 @@
 //! What the packing step needs from a checkpoint's configuration, under either layout's names.
 
-use crate::media::Size;
+use crate::media::{Size, MAX_PINPOINTS, MAX_PINPOINT_SIDE, MAX_TILE_SIDE};
 use crate::{Error, Result};
 
 /// Which rows of each tile's vision features the model keeps (`vision_feature_select_strategy`,
@@ -98,8 +98,26 @@ impl PackingConfig {
         self.image_size / self.patch_size.max(1)
     }
 
-    /// Checks the sizes.
+    /// Checks the sizes, with the image processor's bounds on tiles and pinpoints.
     pub fn validate(&self) -> Result<()> {
+        if self.image_size > MAX_TILE_SIDE {
+            return Err(Error::InvalidArgument(format!(
+                "image_size {} exceeds the {MAX_TILE_SIDE} pixels a tile may have",
+                self.image_size
+            )));
+        }
+        if self.grid_pinpoints.len() > MAX_PINPOINTS {
+            return Err(Error::InvalidArgument(format!(
+                "{} grid pinpoints exceed the {MAX_PINPOINTS} supported",
+                self.grid_pinpoints.len()
+            )));
+        }
+        if let Some(&(h, w)) = self.grid_pinpoints.iter().find(|&&(h, w)| h.max(w) > MAX_PINPOINT_SIDE || h.min(w) == 0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "grid pinpoint {h}x{w} is outside 1 to {MAX_PINPOINT_SIDE} pixels a side"
+            )));
+        }
         if self.patch_size == 0 || self.image_size < self.patch_size {
             return Err(Error::InvalidArgument(format!(
                 "packing needs 1 ≤ patch_size ≤ image_size, got patch_size {} and image_size {}",

@@ -41,7 +41,8 @@ fn python_floor_div(a: f64, b: f64) -> f64 {
 /// The size an unpadded `[h, w]` grid is down-sampled to under `anyres_max_N` with `side` patches a tile:
 /// `ratio = √(h·w / (N·side²))`, and when `ratio > 1.1`, `[int(h // ratio), int(w // ratio)]`; `None` otherwise.
 pub(super) fn downsampled(h: usize, w: usize, max_tiles: usize, side: usize) -> Option<[usize; 2]> {
-    let ratio = ((h * w) as f64 / (max_tiles * side * side) as f64).sqrt();
+    // In f64 as Python's ints then true division: N comes from a config and may be large.
+    let ratio = ((h * w) as f64 / (max_tiles as f64 * (side * side) as f64)).sqrt();
     (ratio > 1.1).then(|| [python_floor_div(h as f64, ratio) as usize, python_floor_div(w as f64, ratio) as usize])
 }
 

@@ -3,7 +3,7 @@
 
 use super::config::PackingConfig;
 use super::geometry::{downsampled, pooled, unpadded};
-use crate::media::{select_best_resolution, Size};
+use crate::media::{select_best_resolution, Size, MAX_IMAGE_SIDE};
 use crate::{Error, Result};
 
 /// One image or video of a batch, in the order its features come from the vision tower.
@@ -84,7 +84,7 @@ impl Builder {
 
 impl PackingPlan {
     /// The plan for `media` over features of `[tiles, rows_per_tile, C]` (every item's tiles, in media order) under
-    /// `config`. Errors name the item and what does not fit: a tile count that is not the item's, an empty image
+    /// `config`. Errors name the item (by its index in `media`) and what does not fit: a tile count that is not the item's, an empty image
     /// size, a tile whose feature count is not the grid's.
     pub fn new(config: &PackingConfig, media: &[Media], features_shape: [usize; 2]) -> Result<PackingPlan> {
         config.validate()?;
@@ -112,9 +112,9 @@ impl PackingPlan {
                 Media::Image { size, tiles: 0 } => {
                     return Err(Error::Shape(format!("image {i} ({}x{}) has 0 tiles of features", size.0, size.1)))
                 }
-                Media::Image { size, .. } if size.0 == 0 || size.1 == 0 => {
+                Media::Image { size, .. } if size.0 == 0 || size.1 == 0 || size.0.max(size.1) > MAX_IMAGE_SIDE => {
                     return Err(Error::InvalidArgument(format!(
-                        "image {i} has size {}x{} (height x width): an image needs at least one pixel",
+                        "image {i} has size {}x{} (height x width): each side must be 1 to {MAX_IMAGE_SIDE} pixels",
                         size.0, size.1
                     )))
                 }

@@ -1,5 +1,5 @@
 //! The whole pipeline's gradients against central differences of its own forward, on fresh random inputs: an anyres
-//! image down-sampled under anyres_max, a video on an odd patch grid, a single-tile image, over two padded samples.
+//! image down-sampled under anyres_max, two videos on an odd patch grid, a single-tile image, over two padded samples.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -78,7 +78,12 @@ fn gradients_match_central_differences() {
     let size = (rng.gen_range(20..30), rng.gen_range(14..30));
     let best = select_best_resolution(size, &config.grid_pinpoints).unwrap();
     let tiles = 1 + (best.0 / 10) * (best.1 / 10);
-    let media = vec![Media::Image { size, tiles }, Media::Video { frames: 2 }, Media::Image { size: (3, 4), tiles: 1 }];
+    let media = vec![
+        Media::Image { size, tiles },
+        Media::Video { frames: 2 },
+        Media::Image { size: (3, 4), tiles: 1 },
+        Media::Video { frames: 1 },
+    ];
     println!("image {size:?} on a {best:?} grid: {tiles} tiles");
     let inputs = random_inputs(&mut rng, config, media, 3, 4);
     let out = inputs.run(DType::F32, Device::Cpu);

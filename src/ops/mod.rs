@@ -21,6 +21,7 @@ pub mod preference;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
+pub mod rows;
 pub mod swiglu;
 pub mod tokens;
 
@@ -43,4 +44,5 @@ pub const KERNEL_MODULES: &[KernelModule] = &[
     layernorm::KERNELS,
     gelu::KERNELS,
     interpolate::KERNELS,
+    rows::KERNELS,
 ];

@@ -1,0 +1,161 @@
+//! The multimodal projector: `linear_2(act(linear_1(x)))` over each vision feature, `act` the exact GELU
+//! (`projector_hidden_act: "gelu"`, transformers' default and the original layout's `mlp2x_gelu`) or its tanh
+//! approximation. Forward keeps the pre-activation and the activation for the backward, which gives the input's
+//! gradient and the four parameters'.
+
+use crate::ops::check;
+use crate::ops::gelu::{gelu, gelu_backward, GeluApproximation};
+use crate::ops::linear::{linear, linear_backward};
+use crate::runtime::{DType, Device, Tensor};
+use crate::{Error, Result};
+
+/// The projector's parameters as plain tensors, `(weight, bias)` per layer: `linear_1` `[H, C_vision]` and `[H]`,
+/// `linear_2` `[H, H]` and `[H]`. The loader fills them from either layout (`model.multi_modal_projector.linear_{1,2}`
+/// or `model.mm_projector.{0,2}`).
+#[derive(Debug)]
+pub struct ProjectorWeights {
+    pub linear_1: (Tensor, Tensor),
+    pub linear_2: (Tensor, Tensor),
+}
+
+/// What the forward keeps for the backward (`[.., H]` each).
+#[derive(Debug)]
+pub struct ProjectorActivations {
+    /// `linear_1(x)`.
+    pub pre_activation: Tensor,
+    /// `act(linear_1(x))`, the input of `linear_2`.
+    pub activation: Tensor,
+}
+
+/// The gradients of a projector backward, each in the dtype of what it differentiates.
+#[derive(Debug)]
+pub struct ProjectorGrads {
+    pub grad_x: Tensor,
+    /// `(weight, bias)` of `linear_1`.
+    pub linear_1: (Tensor, Tensor),
+    /// `(weight, bias)` of `linear_2`.
+    pub linear_2: (Tensor, Tensor),
+}
+
+/// A projector ready to run.
+#[derive(Debug)]
+pub struct Projector {
+    weights: ProjectorWeights,
+    act: GeluApproximation,
+}
+
+impl Projector {
+    /// Checks the weights' shapes, dtype and device, and reads the activation from its Hugging Face name
+    /// (`projector_hidden_act`: `gelu`, `gelu_pytorch_tanh` or `gelu_new`).
+    pub fn new(weights: ProjectorWeights, hidden_act: &str) -> Result<Projector> {
+        let act = GeluApproximation::from_hidden_act(hidden_act)?;
+        let ((w1, b1), (w2, b2)) = (&weights.linear_1, &weights.linear_2);
+        let &[h, c] = w1.shape() else {
+            return Err(Error::Shape(format!(
+                "projector `linear_1.weight` must be [H, C_vision], got {:?}",
+                w1.shape()
+            )));
+        };
+        if h == 0 || c == 0 {
+            return Err(Error::Shape(format!("projector `linear_1.weight` is empty: {:?}", w1.shape())));
+        }
+        for (name, t, shape) in
+            [("linear_1.bias", b1, vec![h]), ("linear_2.weight", w2, vec![h, h]), ("linear_2.bias", b2, vec![h])]
+        {
+            if t.shape() != shape.as_slice() {
+                return Err(Error::Shape(format!("projector `{name}` must be {shape:?}, got {:?}", t.shape())));
+            }
+        }
+        for (name, t) in [("linear_1.bias", b1), ("linear_2.weight", w2), ("linear_2.bias", b2)] {
+            if t.dtype() != w1.dtype() || t.device() != w1.device() {
+                return Err(Error::InvalidArgument(format!(
+                    "projector `{name}` is {} on {} but `linear_1.weight` is {} on {}",
+                    t.dtype(),
+                    t.device(),
+                    w1.dtype(),
+                    w1.device()
+                )));
+            }
+        }
+        Ok(Projector { weights, act })
+    }
+
+    pub fn weights(&self) -> &ProjectorWeights {
+        &self.weights
+    }
+
+    /// The vision feature size `C_vision` the projector takes.
+    pub fn input_size(&self) -> usize {
+        self.weights.linear_1.0.shape()[1]
+    }
+
+    /// The language model's hidden size `H` the projector gives.
+    pub fn output_size(&self) -> usize {
+        self.weights.linear_1.0.shape()[0]
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.weights.linear_1.0.dtype()
+    }
+
+    pub fn device(&self) -> Device {
+        self.weights.linear_1.0.device()
+    }
+
+    /// `x`'s shape with the last dimension `H`, when `x` holds no rows (a batch without images or videos): the
+    /// linear ops refuse empty inputs, the projector gives empty outputs and zero parameter gradients.
+    fn empty_output(&self, x: &Tensor) -> Result<Option<Vec<usize>>> {
+        let c = x.shape().last().copied().unwrap_or(0);
+        if c != self.input_size() {
+            return Err(Error::Shape(format!(
+                "the projector takes {} features per row but `x` has shape {:?}",
+                self.input_size(),
+                x.shape()
+            )));
+        }
+        if x.numel() > 0 {
+            return Ok(None);
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank checked above") = self.output_size();
+        Ok(Some(shape))
+    }
+
+    /// `x` `[.., C_vision]` to `[.., H]`, with the activations the backward needs. An `x` with no rows gives an
+    /// empty output.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, ProjectorActivations)> {
+        let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
+        if let Some(shape) = self.empty_output(x)? {
+            let empty = || Tensor::zeros(&shape, x.dtype(), x.device());
+            return Ok((empty()?, ProjectorActivations { pre_activation: empty()?, activation: empty()? }));
+        }
+        let pre_activation = linear(x, w1, Some(b1))?;
+        let activation = gelu(&pre_activation, self.act)?;
+        let y = linear(&activation, w2, Some(b2))?;
+        Ok((y, ProjectorActivations { pre_activation, activation }))
+    }
+
+    /// The gradients of `Σ grad_y · forward(x)` from the forward's input `x` and `saved` activations.
+    pub fn backward(&self, grad_y: &Tensor, x: &Tensor, saved: &ProjectorActivations) -> Result<ProjectorGrads> {
+        let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
+        if self.empty_output(x)?.is_some() {
+            check::shape("grad_y", grad_y, saved.activation.shape())?;
+            let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+            return Ok(ProjectorGrads {
+                grad_x: zeros(x)?,
+                linear_1: (zeros(w1)?, zeros(b1)?),
+                linear_2: (zeros(w2)?, zeros(b2)?),
+            });
+        }
+        let second = linear_backward(grad_y, &saved.activation, w2, Some(b2))?;
+        let grad_pre = gelu_backward(&second.grad_x, &saved.pre_activation, self.act)?;
+        let first = linear_backward(&grad_pre, x, w1, Some(b1))?;
+        let bias =
+            |g: Option<Tensor>| g.ok_or_else(|| Error::InvalidArgument("linear backward gave no bias gradient".into()));
+        Ok(ProjectorGrads {
+            grad_x: first.grad_x,
+            linear_1: (first.grad_weight, bias(first.grad_bias)?),
+            linear_2: (second.grad_weight, bias(second.grad_bias)?),
+        })
+    }
+}

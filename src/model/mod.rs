@@ -4,9 +4,15 @@ pub mod config;
 pub mod files;
 pub mod loading;
 pub mod qwen2;
+pub mod siglip;
+pub(crate) mod views;
 pub mod weights;
 
 pub use config::Qwen2Config;
 pub use loading::{LoadOptions, LoadReport};
 pub use qwen2::{ForwardOptions, Qwen2Model};
+pub use siglip::{
+    layers_for_feature_layer, siglip_weight_names, SiglipGradients, SiglipVisionConfig, SiglipVisionTower,
+    SiglipWeights, TowerPass,
+};
 pub use weights::{qwen2_weight_names, save_safetensors, save_sharded, WeightStore};

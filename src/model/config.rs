@@ -148,7 +148,7 @@ impl Qwen2Config {
     }
 }
 
-fn unsupported(key: &str, value: &Value, expected: &str) -> Error {
+pub(crate) fn unsupported(key: &str, value: &Value, expected: &str) -> Error {
     Error::Checkpoint(format!("config: unsupported `{key}` = {value} (this library implements only {expected})"))
 }
 
@@ -212,20 +212,20 @@ fn check_layer_types(keys: &Keys<'_>, layers: usize) -> Result<()> {
 }
 
 /// Typed reads from the JSON object, with errors that name the key and the value. `null` counts as absent.
-struct Keys<'a>(&'a Map<String, Value>);
+pub(crate) struct Keys<'a>(pub(crate) &'a Map<String, Value>);
 
 impl Keys<'_> {
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())
     }
 
-    fn bad(&self, key: &str, what: &str) -> Error {
+    pub(crate) fn bad(&self, key: &str, what: &str) -> Error {
         let value = self.get(key).map_or("null".to_string(), Value::to_string);
         Error::Checkpoint(format!("config: `{key}` = {value} is not {what}"))
     }
 
     /// A required positive integer.
-    fn size(&self, key: &str) -> Result<usize> {
+    pub(crate) fn size(&self, key: &str) -> Result<usize> {
         let Some(value) = self.get(key) else {
             return Err(Error::Checkpoint(format!("config: `{key}` is missing")));
         };
@@ -235,23 +235,23 @@ impl Keys<'_> {
         }
     }
 
-    fn size_or(&self, key: &str, default: usize) -> Result<usize> {
+    pub(crate) fn size_or(&self, key: &str, default: usize) -> Result<usize> {
         if self.get(key).is_none() {
             return Ok(default);
         }
         self.size(key)
     }
 
-    fn number(&self, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn number(&self, key: &str) -> Result<Option<f64>> {
         self.get(key).map(|v| v.as_f64().ok_or_else(|| self.bad(key, "a number"))).transpose()
     }
 
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+    pub(crate) fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         self.get(key).map_or(Ok(default), |v| v.as_bool().ok_or_else(|| self.bad(key, "true or false")))
     }
 
     /// A string key that must equal `want`; it may be absent unless `required`.
-    fn expect_str(&self, key: &str, want: &str, required: bool) -> Result<()> {
+    pub(crate) fn expect_str(&self, key: &str, want: &str, required: bool) -> Result<()> {
         match self.get(key) {
             None if required => Err(Error::Checkpoint(format!("config: `{key}` is missing"))),
             None => Ok(()),
@@ -260,7 +260,7 @@ impl Keys<'_> {
         }
     }
 
-    fn refuse_present(&self, key: &str) -> Result<()> {
+    pub(crate) fn refuse_present(&self, key: &str) -> Result<()> {
         match self.get(key) {
             Some(v) => Err(unsupported(key, v, "its absence (null)")),
             None => Ok(()),

@@ -5,7 +5,7 @@
 //! On CUDA the views' work is queued on the stream current when they were made; an arena taken up on another stream
 //! first waits for that one, so a pass on one stream never overwrites what a pass on another is still reading.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::runtime::cuda::{self, CudaBackend};
 use crate::runtime::{DType, Device, Tensor};
@@ -44,6 +44,9 @@ fn layout(slots: &[Slot]) -> Result<(Vec<usize>, usize)> {
     }
     Ok((offsets, end))
 }
+
+/// Where a model keeps its activation arena between passes (a pass takes it and hands it back when it drops).
+pub type ArenaHome = Arc<Mutex<Option<Arena>>>;
 
 /// One buffer holding a list of tensors.
 pub struct Arena {

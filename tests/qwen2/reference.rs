@@ -17,7 +17,12 @@ pub struct Reference {
 
 impl Reference {
     pub fn load(model: &str) -> Reference {
-        let bytes = std::fs::read(model_dir(model).join("reference.safetensors")).expect("reference fixture");
+        Reference::from_file(&model_dir(model).join("reference.safetensors"))
+    }
+
+    /// A reference file of another fixture family (tests/siglip reads its own through this module).
+    pub fn from_file(path: &std::path::Path) -> Reference {
+        let bytes = std::fs::read(path).expect("reference fixture");
         let file = SafeTensors::deserialize(&bytes).expect("reference fixture parses");
         let tensors = file
             .tensors()

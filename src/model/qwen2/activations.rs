@@ -1,7 +1,8 @@
 //! The activations of a forward pass in one [`Arena`], llm.c style: laid out for the batch shape and reused by the
 //! next pass (a pass hands its arena back to the model when it ends).
 
-use super::layer::{next_view, Dims, GradScratch, LayerActivations};
+use super::layer::{Dims, GradScratch, LayerActivations};
+use crate::model::views::next_view;
 use crate::ops::rmsnorm::RmsNormOutput;
 use crate::runtime::arena::{Arena, Slot};
 use crate::runtime::{DType, Device, Tensor};

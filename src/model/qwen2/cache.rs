@@ -2,8 +2,9 @@
 //! new tokens cost one pass over themselves. A batch-1 cache (one encoded prompt) forks into many rows: prefix
 //! sharing, so that K candidates of one prompt reuse its keys and values instead of re-encoding it K times.
 
-use super::layer::{self, next_view, Dims, LayerActivations};
+use super::layer::{self, Dims, LayerActivations};
 use super::Qwen2Model;
+use crate::model::views::next_view;
 use crate::ops::attention::{attention_cached, attention_into, kv_cache_write, Masking};
 use crate::ops::embedding::{embedding, embedding_into};
 use crate::ops::linear::linear;

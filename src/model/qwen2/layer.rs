@@ -10,6 +10,7 @@
 //! the layer's parameter gradients.
 
 use super::weights::LayerWeights;
+use crate::model::views::{next_view, project, project_backward, with_shape};
 use crate::model::Qwen2Config;
 use crate::ops::attention::{attention_backward_into, attention_into, AttentionOutput, Masking};
 use crate::ops::linear::{linear_backward_into, linear_into};
@@ -19,7 +20,7 @@ use crate::ops::rope::{rope_in_place, RopeConfig, Rotation};
 use crate::ops::swiglu::{swiglu_backward_into, swiglu_into};
 use crate::runtime::arena::Slot;
 use crate::runtime::{DType, Tensor};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The sizes of one batch through the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,28 +69,6 @@ pub(super) struct LayerContext<'a> {
     pub rope: RopeConfig,
     pub positions: &'a Tensor,
     pub mask: &'a Tensor,
-}
-
-/// Runs `f` on `t` viewed under `shape`, then restores `t`'s shape (also when `f` fails).
-fn with_shape<R>(t: &mut Tensor, shape: &[usize], f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
-    let original = t.shape().to_vec();
-    t.reshape_in_place(shape)?;
-    let result = f(t);
-    t.reshape_in_place(&original)?;
-    result
-}
-
-/// `t` [N,T,heads,d] read as [N,T,heads·d].
-fn merged(t: &Tensor) -> [usize; 3] {
-    let s = t.shape();
-    [s[0], s[1], s[2] * s[3]]
-}
-
-/// The next view of an arena, in layout order.
-pub(super) fn next_view(views: &mut impl Iterator<Item = Tensor>) -> Result<Tensor> {
-    views
-        .next()
-        .ok_or_else(|| Error::InvalidArgument("the activation arena holds fewer tensors than its layout".into()))
 }
 
 /// The activations one layer's backward reads (its input, the residual stream, is kept by the model).
@@ -192,12 +171,6 @@ impl GradScratch {
     }
 }
 
-/// `out` [N,T,heads,d] = `x·Wᵀ + b`, the projection written through its merged [N,T,heads·d] view.
-fn project(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
-    let shape = merged(out);
-    with_shape(out, &shape, |o| linear_into(x, weight, bias, o))
-}
-
 /// Runs the layer on `x` [N,T,H], writing its activations into `acts` and its output into `out`. `attend` fills
 /// `acts.attn` from the rotated queries, keys and values: causal attention over the batch, or over a KV cache.
 pub(super) fn forward_into(
@@ -238,19 +211,6 @@ pub(super) fn forward_causal(
     forward_into(w, ctx, x, acts, out, |q, k, v, attn| {
         attention_into(q, k, v, ctx.mask, Masking::Causal, &mut attn.out, &mut attn.lse)
     })
-}
-
-/// The gradient of a projection's input and parameters from the gradient of its [N,T,heads,d] output.
-fn project_backward(
-    grad_y: &mut Tensor,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    grad_x: &mut Tensor,
-    grads: (&mut Tensor, Option<&mut Tensor>),
-) -> Result<()> {
-    let shape = merged(grad_y);
-    with_shape(grad_y, &shape, |g| linear_backward_into(g, x, weight, bias, grad_x, grads.0, grads.1))
 }
 
 /// The layer's backward: `g.stream` holds the gradient of the layer's output on entry and of its input `x` on

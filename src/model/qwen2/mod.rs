@@ -19,9 +19,6 @@ pub use cache::KvCache;
 pub use loss::CausalLmLoss;
 pub use weights::{LayerWeights, Qwen2Weights};
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
 use crate::model::{LoadOptions, LoadReport, Qwen2Config, WeightStore};
 use crate::ops::check;
 use crate::ops::embedding::{embedding_backward_accumulate, embedding_backward_into, embedding_into};
@@ -29,14 +26,12 @@ use crate::ops::linear::{linear, linear_backward};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig};
 use crate::ops::rope::RopeConfig;
-use crate::runtime::arena::Arena;
+use crate::runtime::arena::ArenaHome;
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 use activations::Activations;
 use layer::{Dims, LayerContext};
-
-/// Where a model keeps the activation arena between passes.
-type ArenaHome = Arc<Mutex<Option<Arena>>>;
+use std::path::Path;
 
 /// A Qwen2 decoder with its weights in one compute dtype on one device.
 #[derive(Debug)]

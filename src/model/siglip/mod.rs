@@ -1,0 +1,307 @@
+//! The SigLIP vision tower of LLaVA-OneVision (and so of the UnifiedReward judge), with hand-written forward and
+//! backward passes, loaded from any checkpoint that holds it under a prefix, and equal to transformers'
+//! `SiglipVisionModel` up to the selected encoder layer:
+//!
+//! ```text
+//! x₀ = patches(pixels)·Kᵀ + b + position      the conv with stride = kernel as a product (patches.rs)
+//! xᵢ = encoder_layer(xᵢ₋₁)                     pre-LayerNorm attention and GELU MLP, every patch sees every patch
+//! features = x_layers                         no post_layernorm, no head (LLaVA reads a layer's output)
+//! ```
+//!
+//! How a LLaVA config's feature layer maps to the number of layers to run is in [`layers_for_feature_layer`] (both
+//! the Hugging Face and the original LLaVA-NeXT conventions). The tower keeps each layer's activations in one arena
+//! (or, with [`ForwardOptions::recompute`], only each layer's input), which it keeps between passes like
+//! [`crate::model::Qwen2Model`]. The backward gives the gradient of every parameter, under the checkpoint's names
+//! relative to the tower's prefix, and of the pixels.
+
+mod activations;
+mod config;
+mod feature_layer;
+mod layer;
+mod patches;
+mod weights;
+
+pub use config::{SiglipVisionConfig, SO400M_PATCH14_384};
+pub use feature_layer::layers_for_feature_layer;
+pub use weights::{siglip_weight_names, SiglipLayerWeights, SiglipWeights};
+
+use crate::model::views::with_shape;
+use crate::model::{ForwardOptions, WeightStore};
+use crate::ops::check;
+use crate::ops::layernorm::LayerNormConfig;
+use crate::ops::linear::{linear_backward_into, linear_into};
+use crate::ops::residual::add_in_place;
+use crate::runtime::arena::ArenaHome;
+use crate::runtime::{DType, Device, Tensor};
+use crate::{Error, Result};
+use activations::Activations;
+use layer::{Dims, LayerContext};
+use patches::{patches_to_pixels, pixels_to_patches, PatchGrid};
+
+/// A SigLIP vision tower running its first `layers` encoder layers, with its weights in one compute dtype on one
+/// device.
+#[derive(Debug)]
+pub struct SiglipVisionTower {
+    pub config: SiglipVisionConfig,
+    pub weights: SiglipWeights,
+    /// The last pass's activation arena, reused by the next.
+    arena: ArenaHome,
+}
+
+/// A forward pass over a batch of images, holding what the backward needs. Dropping it hands its activation arena
+/// back to the tower for the next pass.
+#[derive(Debug)]
+pub struct TowerPass {
+    grid: PatchGrid,
+    dims: Dims,
+    recompute: bool,
+    /// `[N,1]` ones: the position embeddings are broadcast over the batch as the product `ones·positionᵀ`, and
+    /// their gradient summed over it as `gradᵀ·ones` (the linear op's forward and weight gradient).
+    ones: Tensor,
+    /// `[N,P]` ones: no patch is padding.
+    mask: Tensor,
+    /// Present until the pass drops.
+    acts: Option<Activations>,
+    home: ArenaHome,
+}
+
+impl TowerPass {
+    fn acts(&self) -> &Activations {
+        self.acts.as_ref().expect("a pass holds its activations until it drops")
+    }
+
+    /// `[N, P, hidden]`: the output of the tower's last layer (the embeddings when it runs none), before any
+    /// post-norm.
+    pub fn features(&self) -> &Tensor {
+        self.acts().xs.last().expect("a pass holds at least the embeddings")
+    }
+
+    /// Bytes of activations kept for the backward and of the backward's scratch.
+    pub fn activation_bytes(&self) -> usize {
+        self.acts().size_in_bytes()
+    }
+}
+
+impl Drop for TowerPass {
+    fn drop(&mut self) {
+        if let (Some(acts), Ok(mut home)) = (self.acts.take(), self.home.lock()) {
+            *home = Some(acts.into_arena());
+        }
+    }
+}
+
+/// Gradients of every parameter (under the same layout and names as the weights) and of the pixels.
+#[derive(Debug)]
+pub struct SiglipGradients {
+    pub weights: SiglipWeights,
+    /// `[N,C,H,W]` in the tower's dtype (zero for pixels past the last whole patch, which the tower does not read).
+    pub pixel_values: Tensor,
+}
+
+impl SiglipVisionTower {
+    /// A tower over `weights` (its layer count is how many layers run), which must all have one float dtype and
+    /// one device and the shapes of `config`.
+    pub fn new(config: SiglipVisionConfig, weights: SiglipWeights) -> Result<SiglipVisionTower> {
+        config.validate()?;
+        weights::check_layers(&config, weights.layers.len())?;
+        let (dtype, device) = (weights.patch_embedding.dtype(), weights.patch_embedding.device());
+        let expected = siglip_weight_names(&config, weights.layers.len());
+        for ((name, t), (_, shape)) in weights.named().into_iter().zip(&expected) {
+            if t.dtype() != dtype || t.device() != device || !dtype.is_float() {
+                return Err(Error::InvalidArgument(format!(
+                    "weight `{name}` is {} on {}, the patch embedding {dtype} on {device}: a tower has one float \
+                     dtype and device",
+                    t.dtype(),
+                    t.device()
+                )));
+            }
+            if t.shape() != shape.as_slice() {
+                return Err(Error::Shape(format!("weight `{name}` is {:?}, the config needs {shape:?}", t.shape())));
+            }
+        }
+        Ok(SiglipVisionTower { config, weights, arena: ArenaHome::default() })
+    }
+
+    /// Loads the embeddings and the first `layers` encoder layers from `store` under `prefix` (for example
+    /// `model.vision_tower.vision_model.` in a Hugging Face llava_onevision checkpoint,
+    /// `model.vision_tower.vision_tower.vision_model.` in an original LLaVA-NeXT one, `vision_model.` in a SigLIP
+    /// checkpoint), converted to `dtype` on `device`. Later layers, `post_layernorm` and `head` may be absent.
+    pub fn load(
+        store: &WeightStore,
+        prefix: &str,
+        config: &SiglipVisionConfig,
+        layers: usize,
+        dtype: DType,
+        device: Device,
+    ) -> Result<SiglipVisionTower> {
+        config.validate()?;
+        let weights = SiglipWeights::load(store, prefix, config, layers, dtype, device)?;
+        SiglipVisionTower::new(config.clone(), weights)
+    }
+
+    /// The compute dtype (that of the weights).
+    pub fn dtype(&self) -> DType {
+        self.weights.patch_embedding.dtype()
+    }
+
+    pub fn device(&self) -> Device {
+        self.weights.patch_embedding.device()
+    }
+
+    /// How many encoder layers run.
+    pub fn layers(&self) -> usize {
+        self.weights.layers.len()
+    }
+
+    fn layer_context<'a>(&self, dims: Dims, mask: &'a Tensor) -> Result<LayerContext<'a>> {
+        Ok(LayerContext {
+            dims,
+            norm: LayerNormConfig { eps: self.config.layer_norm_eps as f32 },
+            gelu: self.config.gelu()?,
+            mask,
+        })
+    }
+
+    /// The patch embedding's kernel `[hidden, C,p,p]` read as the matrix `[hidden, C·p·p]` (a copy: a few MB).
+    fn kernel_matrix(&self) -> Result<Tensor> {
+        let kernel = &self.weights.patch_embedding;
+        kernel.try_clone()?.reshape(&[kernel.shape()[0], self.config.patch_dim()])
+    }
+
+    /// The position embeddings `[P, hidden]` read as the column `[P·hidden, 1]` (a copy).
+    fn position_column(&self) -> Result<Tensor> {
+        let positions = &self.weights.position_embedding;
+        positions.try_clone()?.reshape(&[positions.numel(), 1])
+    }
+
+    /// The batch geometry of `pixel_values`, which must be `[N, C, image_size, image_size]` floats with N ≥ 1.
+    fn grid(&self, pixel_values: &Tensor) -> Result<PatchGrid> {
+        check::float("pixel_values", pixel_values)?;
+        let c = &self.config;
+        let &[n, ..] = check::rank("pixel_values", pixel_values, 4)? else { unreachable!() };
+        check::non_empty("pixel_values (images)", n)?;
+        let grid = PatchGrid { n, channels: c.num_channels, image: c.image_size, patch: c.patch_size };
+        if pixel_values.shape() != grid.pixels_shape() {
+            return Err(Error::Shape(format!(
+                "`pixel_values` is {:?}, the vision tower takes [N, {}, {}, {}] (num_channels, image_size, image_size)",
+                pixel_values.shape(),
+                c.num_channels,
+                c.image_size,
+                c.image_size
+            )));
+        }
+        Ok(grid)
+    }
+
+    /// Forward over `pixel_values` `[N, C, image_size, image_size]` (any float dtype, on any device; converted to
+    /// the tower's), keeping what [`SiglipVisionTower::backward`] needs.
+    pub fn forward(&self, pixel_values: &Tensor, opts: ForwardOptions) -> Result<TowerPass> {
+        let grid = self.grid(pixel_values)?;
+        let (dtype, device, layers) = (self.dtype(), self.device(), self.layers());
+        let dims = Dims::new(&self.config, grid.n);
+        let ones = Tensor::from_f32(&vec![1.0; grid.n], &[grid.n, 1], dtype, device)?;
+        let mask = Tensor::from_slice(&vec![1i32; grid.n * dims.t], &[grid.n, dims.t], device)?;
+        let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
+        let mut acts = Activations::new(reuse, dims, grid.patches_shape(), dtype, layers, opts.recompute, device)?;
+
+        pixels_to_patches(&grid, pixel_values, &mut acts.patches)?;
+        let w = &self.weights;
+        linear_into(&acts.patches, &self.kernel_matrix()?, Some(&w.patch_bias), &mut acts.xs[0])?;
+        let positions = self.position_column()?;
+        let broadcast = &mut acts.grads.tmp;
+        with_shape(broadcast, &[grid.n, positions.numel()], |b| linear_into(&ones, &positions, None, b))?;
+        add_in_place(&mut acts.xs[0], &acts.grads.tmp)?;
+
+        let ctx = self.layer_context(dims, &mask)?;
+        for (l, w) in w.layers.iter().enumerate() {
+            let (done, next) = acts.xs.split_at_mut(l + 1);
+            let layer_acts = &mut acts.layers[if opts.recompute { 0 } else { l }];
+            layer::forward_into(w, &ctx, &done[l], layer_acts, &mut next[0])?;
+        }
+        let home = self.arena.clone();
+        Ok(TowerPass { grid, dims, recompute: opts.recompute, ones, mask, acts: Some(acts), home })
+    }
+
+    /// The gradient of every parameter and of the pixels, from the gradient of the pass's features `[N,P,hidden]`.
+    pub fn backward(&self, pass: TowerPass, grad_features: &Tensor) -> Result<SiglipGradients> {
+        let mut out = SiglipGradients {
+            weights: self.weights.zeros_like()?,
+            pixel_values: Tensor::zeros(&pass.grid.pixels_shape(), self.dtype(), self.device())?,
+        };
+        self.backward_into(pass, grad_features, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`SiglipVisionTower::backward`] into gradient buffers the caller keeps across steps (every element is
+    /// written).
+    pub fn backward_into(&self, mut pass: TowerPass, grad_features: &Tensor, out: &mut SiglipGradients) -> Result<()> {
+        self.check_gradients(&pass, grad_features, out)?;
+        let TowerPass { grid, dims, recompute, ones, mask, acts, .. } = &mut pass;
+        let acts = acts.as_mut().expect("a pass holds its activations until it drops");
+        let g = &mut acts.grads;
+        g.stream.copy_from(grad_features)?;
+        let ctx = self.layer_context(*dims, mask)?;
+        for (l, w) in self.weights.layers.iter().enumerate().rev() {
+            let x = &acts.xs[l];
+            let layer_acts = if *recompute {
+                let (scratch, spare) = (&mut acts.layers[0], acts.spare.as_mut().expect("recompute keeps a spare"));
+                layer::forward_into(w, &ctx, x, scratch, spare)?;
+                scratch
+            } else {
+                &mut acts.layers[l]
+            };
+            layer::backward_into(w, &ctx, x, layer_acts, g, &mut out.weights.layers[l])?;
+        }
+
+        // Embeddings: x₀ = patches·Kᵀ + b + ones·positionᵀ.
+        let (w, grads) = (&self.weights, &mut out.weights);
+        let kernel = self.kernel_matrix()?;
+        let kernel_shape = kernel.shape().to_vec();
+        with_shape(&mut grads.patch_embedding, &kernel_shape, |gk| {
+            let (patches, grad_patches) = (&acts.patches, &mut acts.grad_patches);
+            linear_backward_into(
+                &g.stream,
+                patches,
+                &kernel,
+                Some(&w.patch_bias),
+                grad_patches,
+                gk,
+                Some(&mut grads.patch_bias),
+            )
+        })?;
+        let positions = self.position_column()?;
+        let mut grad_ones = Tensor::zeros(ones.shape(), ones.dtype(), ones.device())?;
+        with_shape(&mut g.stream, &[grid.n, positions.numel()], |gs| {
+            with_shape(&mut grads.position_embedding, positions.shape(), |gp| {
+                linear_backward_into(gs, ones, &positions, None, &mut grad_ones, gp, None)
+            })
+        })?;
+        patches_to_pixels(grid, &acts.grad_patches, &mut out.pixel_values)
+    }
+
+    /// Shapes, dtypes and devices of a backward's inputs and outputs.
+    fn check_gradients(&self, pass: &TowerPass, grad_features: &Tensor, out: &SiglipGradients) -> Result<()> {
+        let (dtype, device) = (self.dtype(), self.device());
+        check::float("grad_features", grad_features)?;
+        check::output("grad_features", grad_features, &pass.dims.stream(), dtype, device)?;
+        check::output("pixel_values gradient", &out.pixel_values, &pass.grid.pixels_shape(), dtype, device)?;
+        let (want, got) = (self.weights.named(), out.weights.named());
+        if want.len() != got.len() {
+            return Err(Error::Shape(format!("{} gradient buffers for {} parameters", got.len(), want.len())));
+        }
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            if g.shape() != w.shape() || g.dtype() != w.dtype() || g.device() != w.device() {
+                return Err(Error::Shape(format!(
+                    "the gradient buffer for `{name}` is {:?} {} on {}, the parameter {:?} {} on {}",
+                    g.shape(),
+                    g.dtype(),
+                    g.device(),
+                    w.shape(),
+                    w.dtype(),
+                    w.device()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -3,10 +3,12 @@
 use std::ffi::c_void;
 
 use super::context::{self, read_config, size_of_u32, ur_context, Config, Versioned};
-use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
+use super::dlpack::{on_device, DLTensor, Desc};
 use super::logprobs::{saved, ur_logprobs_config, SavedOutputs};
 use super::status::{call, ur_status, FfiResult};
-use crate::ops::fused_linear::{fused_linear_logprobs, fused_linear_logprobs_backward, FusedLinearConfig, LinearHead};
+use crate::ops::fused_linear::{
+    fused_linear_logprobs, fused_linear_logprobs_backward_into, FusedLinearConfig, FusedLinearGradsMut, LinearHead,
+};
 
 /// Token reduction and chunking of the fused path. Initialise with `ur_fused_linear_config_default()`.
 #[allow(non_camel_case_types)]
@@ -158,24 +160,29 @@ pub unsafe extern "C" fn ur_fused_linear_logprobs_backward(
         on_device(&descs, stream, || {
             let (hidden, weight) = (hidden.tensor()?, weight.tensor()?);
             let bias = bias.as_ref().map(|b| b.tensor()).transpose()?;
+            // Each output has its input's shape and dtype: checked under the C names before anything runs.
+            grad_hidden_out.expect(&hidden)?;
+            grad_weight_out.expect(&weight)?;
+            if let (Some(out), Some(bias)) = (grad_bias_out.as_ref(), bias.as_ref()) {
+                out.expect(bias)?;
+            }
             let mask = mask.as_ref().map(|m| m.tensor()).transpose()?;
             let head = LinearHead { hidden: &hidden, weight: &weight, bias: bias.as_ref() };
             let lse = lse.tensor()?;
             let counts = crate::Tensor::zeros(&[0], crate::DType::F32, lse.device())?;
             let saved = saved(lse, counts)?;
-            let g = fused_linear_logprobs_backward(
-                head,
-                &labels.tensor()?,
-                mask.as_ref(),
-                &saved,
-                &grad_logps.tensor()?,
-                &cfg,
-            )?;
-            let mut outs = vec![(Some(&grad_hidden_out), &g.grad_hidden), (Some(&grad_weight_out), &g.grad_weight)];
-            if let (Some(out), Some(grad)) = (grad_bias_out.as_ref(), g.grad_bias.as_ref()) {
-                outs.push((Some(out), grad));
-            }
-            write_outputs(&outs)
+            // Written straight into the caller's buffers: no [V, H] gradient of the library's own to copy from.
+            let (mut grad_hidden, mut grad_weight) = (grad_hidden_out.tensor()?, grad_weight_out.tensor()?);
+            let mut grad_bias = grad_bias_out.as_ref().map(|d| d.tensor()).transpose()?;
+            let out = FusedLinearGradsMut {
+                grad_hidden: &mut grad_hidden,
+                grad_weight: &mut grad_weight,
+                grad_bias: grad_bias.as_mut(),
+                accumulate: false,
+            };
+            let (labels, grad_logps) = (labels.tensor()?, grad_logps.tensor()?);
+            fused_linear_logprobs_backward_into(head, &labels, mask.as_ref(), &saved, &grad_logps, &cfg, out)?;
+            Ok(())
         })
     })
 }

@@ -85,3 +85,35 @@ pub fn cached_bytes() -> usize {
 pub fn release_cached_memory() -> usize {
     lock().take().map_or(0, |cache| cache.bytes)
 }
+
+/// A zeroed f32 scratch buffer from the cache, given back to it when dropped: for an op's large temporaries (a
+/// chunk's logits, an f32 accumulator of a bf16 gradient) that are not tensors.
+pub struct F32Scratch {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl F32Scratch {
+    pub fn zeroed(len: usize) -> F32Scratch {
+        F32Scratch { words: zeroed_words(len.div_ceil(2)), len }
+    }
+}
+
+impl std::ops::Deref for F32Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for F32Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
+    }
+}
+
+impl Drop for F32Scratch {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.words));
+    }
+}

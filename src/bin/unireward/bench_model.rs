@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use unireward::model::qwen2::{MemoryReport, Qwen2Gradients, Qwen2Weights};
 use unireward::model::{ForwardOptions, Qwen2Config, Qwen2Model};
 use unireward::ops::fused_linear::{fused_linear_logprobs, FusedLinearConfig, LinearHead};
+use unireward::runtime::host_cache;
 use unireward::{DType, Device, Tensor};
 
 use crate::peak_alloc::PeakMeter;
@@ -181,9 +182,10 @@ impl<'m> Bench<'m> {
         Ok(loss.loss)
     }
 
-    /// Runs each work once untimed (its warm-up, sampling device memory), then `iters` rounds that time each work
-    /// in turn (synchronised), with the heap peak of each: interleaved, so that none gains from running first in a
-    /// process whose memory the others have not shaped yet.
+    /// Runs each work once untimed (its warm-up, sampling device memory), once more for its heap peak from an
+    /// empty host cache (what the work itself needs, not counting buffers other works left cached), then `iters`
+    /// rounds that time each work in turn (synchronised, with the cache warm as in a training loop): interleaved,
+    /// so that none gains from running first in a process whose memory the others have not shaped yet.
     fn measure(&self, works: &[Work<'_, 'm>], iters: usize) -> unireward::Result<Vec<Pass>> {
         let mut passes = Vec::with_capacity(works.len());
         for &(name, flops, f) in works {
@@ -194,14 +196,18 @@ impl<'m> Bench<'m> {
             let peak_device = self.peak_device.get();
             passes.push(Pass { name, times: Vec::new(), peak_heap: 0, peak_device, flops, loss: f32::NAN });
         }
+        for (pass, &(_, _, f)) in passes.iter_mut().zip(works) {
+            host_cache::release_cached_memory();
+            let meter = PeakMeter::start();
+            f(self)?;
+            pass.peak_heap = meter.peak_extra();
+        }
         for _ in 0..iters {
             for (pass, &(_, _, f)) in passes.iter_mut().zip(works) {
-                let meter = PeakMeter::start();
                 let start = Instant::now();
                 pass.loss = f(self)?;
                 sync(self.device)?;
                 pass.times.push(start.elapsed());
-                pass.peak_heap = pass.peak_heap.max(meter.peak_extra());
             }
         }
         Ok(passes)

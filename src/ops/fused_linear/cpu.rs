@@ -8,6 +8,7 @@ use crate::ops::logprobs::row::{row_grad_in_place, row_stats, RowStats};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::ops::tokens::CountedToken;
 use crate::runtime::cpu::{matmul, matmul_tensor, MatRef};
+use crate::runtime::host_cache::F32Scratch;
 use crate::runtime::{DType, Device, FloatElement, Tensor};
 use crate::Result;
 
@@ -50,9 +51,9 @@ impl<'a> Head<'a> {
 }
 
 /// Scratch buffers for one chunk, allocated once per call.
-fn scratch(plan: &Plan, cfg: &FusedLinearConfig) -> (usize, Vec<f32>, Vec<f32>) {
+fn scratch(plan: &Plan, cfg: &FusedLinearConfig) -> (usize, F32Scratch, F32Scratch) {
     let chunk = cfg.chunk_tokens_for(plan.v).min(plan.tokens.len().max(1));
-    (chunk, vec![0.0; chunk * plan.h], vec![0.0; chunk * plan.v])
+    (chunk, F32Scratch::zeroed(chunk * plan.h), F32Scratch::zeroed(chunk * plan.v))
 }
 
 pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<SequenceLogProbs> {
@@ -117,7 +118,7 @@ pub(super) fn backward(
     if plan.tokens.is_empty() {
         grad_weight.clear_unless_kept();
     }
-    let mut grad_rows = vec![0.0f32; chunk_len * h];
+    let mut grad_rows = F32Scratch::zeroed(chunk_len * h);
     for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
         let c = chunk.len();
         f32_head.chunk_logits(chunk, &mut rows, &mut grads)?;
@@ -153,7 +154,7 @@ pub(super) fn backward(
 /// output at the end.
 enum Sums<'a> {
     InPlace { out: &'a mut [f32], accumulate: bool },
-    Widened { sums: Vec<f32>, out: &'a mut Tensor, accumulate: bool },
+    Widened { sums: F32Scratch, out: &'a mut Tensor, accumulate: bool },
 }
 
 impl<'a> Sums<'a> {
@@ -161,14 +162,14 @@ impl<'a> Sums<'a> {
         Ok(if out.dtype() == DType::F32 {
             Sums::InPlace { out: out.as_mut_slice::<f32>()?, accumulate }
         } else {
-            Sums::Widened { sums: vec![0.0; out.numel()], out, accumulate }
+            Sums::Widened { sums: F32Scratch::zeroed(out.numel()), out, accumulate }
         })
     }
 
     fn values(&mut self) -> &mut [f32] {
         match self {
             Sums::InPlace { out, .. } => out,
-            Sums::Widened { sums, .. } => sums,
+            Sums::Widened { sums, .. } => &mut sums[..],
         }
     }
 

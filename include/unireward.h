@@ -418,6 +418,15 @@ extern "C" {
 // The ABI version of the loaded library (`UR_ABI_VERSION` of the header it was built with).
 uint32_t ur_abi_version(void);
 
+// Bytes of freed host (CPU) buffers the library keeps for reuse. Tensors of at least 1 MiB that the library frees
+// are kept by size, up to `UNIREWARD_HOST_CACHE_BYTES` (read once; 0 turns the cache off; default a quarter of the
+// machine's memory), and handed out again zeroed: a training step's fresh buffers then reuse warm pages instead of
+// faulting in new ones.
+uint64_t ur_host_cache_bytes(void);
+
+// Hands every buffer of the host cache back to the system; returns the bytes released.
+uint64_t ur_host_cache_release(void);
+
 // The loaded library's version, "MAJOR.MINOR.PATCH". A static string.
 const char *ur_version_string(void);
 

@@ -53,6 +53,11 @@ inline void check(ur_status status) {
 inline std::string version() { return ur_version_string(); }
 inline uint32_t abi_version() noexcept { return ur_abi_version(); }
 
+/// Bytes of freed host buffers the library keeps for reuse, and handing them back to the system (returns the bytes
+/// released): see `ur_host_cache_bytes`.
+inline uint64_t host_cache_bytes() noexcept { return ur_host_cache_bytes(); }
+inline uint64_t release_host_cache() noexcept { return ur_host_cache_release(); }
+
 /// Throws when the loaded library's ABI is not the one this header was written for (a stale libunireward.so).
 inline void check_abi() {
   if (ur_abi_version() != UR_ABI_VERSION) {

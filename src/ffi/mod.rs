@@ -54,6 +54,21 @@ pub extern "C" fn ur_abi_version() -> u32 {
     UR_ABI_VERSION
 }
 
+/// Bytes of freed host (CPU) buffers the library keeps for reuse. Tensors of at least 1 MiB that the library frees
+/// are kept by size, up to `UNIREWARD_HOST_CACHE_BYTES` (read once; 0 turns the cache off; default a quarter of the
+/// machine's memory), and handed out again zeroed: a training step's fresh buffers then reuse warm pages instead of
+/// faulting in new ones.
+#[no_mangle]
+pub extern "C" fn ur_host_cache_bytes() -> u64 {
+    crate::runtime::host_cache::cached_bytes() as u64
+}
+
+/// Hands every buffer of the host cache back to the system; returns the bytes released.
+#[no_mangle]
+pub extern "C" fn ur_host_cache_release() -> u64 {
+    crate::runtime::host_cache::release_cached_memory() as u64
+}
+
 /// The loaded library's version, "MAJOR.MINOR.PATCH". A static string.
 #[no_mangle]
 pub extern "C" fn ur_version_string() -> *const c_char {

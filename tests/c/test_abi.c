@@ -107,6 +107,8 @@ static ur_context* ctx;
 
 static void test_version_and_status(void) {
   CHECK(ur_abi_version() == UR_ABI_VERSION, "ABI %u", ur_abi_version());
+  uint64_t cached = ur_host_cache_bytes();
+  CHECK(ur_host_cache_release() == cached && ur_host_cache_bytes() == 0, "host cache released");
   char expected[64];
   snprintf(expected, sizeof expected, "%d.%d.%d", UR_VERSION_MAJOR, UR_VERSION_MINOR, UR_VERSION_PATCH);
   CHECK(strcmp(ur_version_string(), expected) == 0, "%s vs %s", ur_version_string(), expected);

@@ -143,3 +143,19 @@ def test_enum_codes_match_the_header():
     for code, name in _lib.STATUS_NAMES.items():
         assert re.search(rf"\b{name}\s*=\s*{code}\b", header()), name
     assert heads  # the heads take no enums; their exports are checked above
+
+
+def test_the_host_cache_keeps_large_freed_buffers_until_released():
+    import torch
+
+    unireward.release_host_cache()
+    assert unireward.host_cache_bytes() == 0
+    # A bf16 head's gradient is summed in an f32 scratch of V·H floats (1 MiB here), freed into the cache.
+    hidden = torch.randn(1, 4, 256, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(1024, 256, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 1024, (1, 4))
+    unireward.fused_linear_logprobs(hidden, weight, labels).logps.sum().backward()
+    held = unireward.host_cache_bytes()
+    assert held >= 1 << 20
+    assert unireward.release_host_cache() == held
+    assert unireward.host_cache_bytes() == 0

@@ -245,6 +245,7 @@ fn assert_product(dst: &[f32], start: &[f32], beta: f32, a: MatRef<'_>, b: MatRe
     }
 }
 
+/// f32 products on every level this CPU has (`gemm`'s AVX-512, AVX2 + FMA and scalar kernels) against float64.
 #[test]
 fn matmul_matches_f64_on_awkward_shapes_and_views() {
     let mut rng = rng();
@@ -258,8 +259,9 @@ fn matmul_matches_f64_on_awkward_shapes_and_views() {
         (5, 0, 4),
         (7, 1023, 33),
         (1023, 7, 1),
+        (33, 1, 1023),
     ];
-    for &(m, k, n) in &shapes {
+    for (isa, &(m, k, n)) in available_isas().into_iter().flat_map(|isa| shapes.iter().map(move |s| (isa, s))) {
         for (a_t, b_t, beta) in [(false, false, 0.0), (true, false, 1.0), (false, true, 0.5), (true, true, 0.0)] {
             // Stored transposed when `a_t`, then viewed back with `.t()`: the product sees an m × k matrix either way.
             let a_data: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -268,8 +270,9 @@ fn matmul_matches_f64_on_awkward_shapes_and_views() {
             let b = if b_t { MatRef::row_major(&b_data, n, k).t() } else { MatRef::row_major(&b_data, k, n) };
             let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut dst = start.clone();
-            matmul(&mut dst, a, b, beta);
-            assert_product(&dst, &start, beta, a, b, &format!("m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}"));
+            with_isa(isa, || matmul(&mut dst, a, b, beta)).unwrap();
+            let what = format!("{isa:?} m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}");
+            assert_product(&dst, &start, beta, a, b, &what);
         }
     }
 }
@@ -296,10 +299,10 @@ fn mixed_matmul_matches_f64_of_the_widened_operand() {
             col_stride: b.col_stride,
         };
         let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        for beta in [0.0f32, 0.5] {
+        for (isa, beta) in available_isas().into_iter().flat_map(|isa| [(isa, 0.0f32), (isa, 0.5)]) {
             let mut dst = start.clone();
-            matmul_mixed(&mut dst, a, b, beta);
-            let what = format!("{:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
+            with_isa(isa, || matmul_mixed(&mut dst, a, b, beta)).unwrap();
+            let what = format!("{isa:?} {:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
             assert_product(&dst, &start, beta, a, b32, &what);
         }
     }

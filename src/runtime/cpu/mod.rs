@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod bf16_kernel;
+mod gemm_levels;
 pub mod isa;
 mod products;
 

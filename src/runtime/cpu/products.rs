@@ -5,6 +5,9 @@ use rayon::prelude::*;
 
 use half::{bf16, f16};
 
+use gemm_common::Parallelism;
+
+use super::gemm_levels::{gemm_at, Strided};
 use super::isa::{self, Isa};
 use super::{rows_per_task, MatRef};
 use crate::runtime::{DType, FloatElement, Tensor};
@@ -173,30 +176,15 @@ fn matmul_into(dst: &mut [f32], dst_row_stride: usize, a: MatRef<'_>, b: MatRef<
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let strided = |m: MatRef<'_>| Strided {
+        ptr: m.data.as_ptr(),
+        col_stride: m.col_stride as isize,
+        row_stride: m.row_stride as isize,
+    };
+    let out = Strided { ptr: dst.as_mut_ptr(), col_stride: 1, row_stride: dst_row_stride as isize };
     // SAFETY: the asserts above keep every index of `dst` (m rows of n, `dst_row_stride` apart), `a` and `b` inside
-    // their slices; `dst` is borrowed mutably, so it does not alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_row_stride as isize,
-            beta != 0.0,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            beta,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    // their slices; `dst` is borrowed mutably, so it does not alias `a` or `b`; `isa::active` only returns levels
+    // this CPU runs.
+    unsafe { gemm_at(isa::active(), (m, n, k), out, beta != 0.0, strided(a), strided(b), beta, parallelism) }
 }

@@ -32,48 +32,117 @@ fn pair(lo: bf16, hi: bf16) -> u32 {
     u32::from(lo.to_bits()) | u32::from(hi.to_bits()) << 16
 }
 
-/// Element (i, j) of `m`, zero past its last column (an odd inner dimension's missing pair half).
-fn at(m: MatRef<'_, bf16>, i: usize, j: usize) -> bf16 {
-    if j < m.cols {
-        m.data[i * m.row_stride + j * m.col_stride]
+/// Pairs `pairs` of columns `first..first + width` of `src` (k × n: pairs run down its columns) into `panel`, word
+/// `(p - pairs.start) * width + c` holding column `first + c`'s elements 2p and 2p+1. Columns past `n` and the
+/// missing half of an odd k's last pair are zero. Both operands are packed this way: `b` itself (width NR), and
+/// `aᵀ` (width MR). The loops run along `src`'s contiguous dimension when it has one.
+#[target_feature(enable = "avx512f")]
+fn pack_panel(src: MatRef<'_, bf16>, pairs: Range<usize>, first: usize, width: usize, panel: &mut [u32]) {
+    let (k, cols) = (src.rows, width.min(src.cols - first));
+    let panel = &mut panel[..pairs.len() * width];
+    if cols < width {
+        panel.fill(0);
+    }
+    if src.col_stride == 1 {
+        // Rows of src (k) are contiguous: zip two rows at a time.
+        for (words, p) in panel.chunks_exact_mut(width).zip(pairs) {
+            let row = |i: usize| &src.data[i * src.row_stride + first..][..cols];
+            let lo = row(2 * p);
+            if 2 * p + 1 < k {
+                let hi = row(2 * p + 1);
+                words.iter_mut().zip(lo.iter().zip(hi)).for_each(|(w, (&lo, &hi))| *w = pair(lo, hi));
+            } else {
+                words.iter_mut().zip(lo).for_each(|(w, &lo)| *w = pair(lo, bf16::ZERO));
+            }
+        }
+    } else if src.row_stride == 1 {
+        // Columns of src are contiguous: each column's pairs are adjacent elements. Blocks of 16 columns × 16 pairs
+        // are transposed in registers; the rest go one word at a time, `width` apart.
+        let full = pairs.end.min(k / 2).saturating_sub(pairs.start);
+        let column = |c: usize| &src.data[(first + c) * src.col_stride..];
+        let (block_cols, block_pairs) = (cols / 16 * 16, full / 16 * 16);
+        for c in (0..block_cols).step_by(16) {
+            for q in (0..block_pairs).step_by(16) {
+                // SAFETY: each slice is 32 bf16 (64 bytes) of one column, bounds-checked; loads are unaligned.
+                let words = std::array::from_fn(|i| unsafe {
+                    _mm512_loadu_si512(column(c + i)[2 * (pairs.start + q)..][..32].as_ptr().cast())
+                });
+                for (i, word) in transpose_16x16(words).into_iter().enumerate() {
+                    let out = &mut panel[(q + i) * width + c..][..16];
+                    // SAFETY: `out` is 16 words (64 bytes), bounds-checked; the store is unaligned.
+                    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), word) };
+                }
+            }
+        }
+        for c in 0..cols {
+            let column = column(c);
+            let from = if c < block_cols { block_pairs } else { 0 };
+            let adjacent = column[2 * (pairs.start + from)..][..2 * (full - from)].chunks_exact(2);
+            for (q, two) in (from..).zip(adjacent) {
+                panel[q * width + c] = pair(two[0], two[1]);
+            }
+            if full < pairs.len() {
+                panel[full * width + c] = pair(column[k - 1], bf16::ZERO);
+            }
+        }
     } else {
-        bf16::ZERO
+        let at = |i: usize, j: usize| if i < k { src.data[i * src.row_stride + j * src.col_stride] } else { bf16::ZERO };
+        for (q, p) in pairs.enumerate() {
+            for c in 0..cols {
+                panel[q * width + c] = pair(at(2 * p, first + c), at(2 * p + 1, first + c));
+            }
+        }
     }
 }
 
-/// `a` (m × k) as panels of MR rows, each `pairs` words per row, word `p * MR + r` holding row r's pair p. Rows
-/// past `m` stay zero.
-fn pack_a(a: MatRef<'_, bf16>, pairs: usize) -> Vec<u32> {
+/// The transpose of a 16 × 16 block of words: `rows[i]` lane j becomes lane i of the result's vector j
+/// (128-bit-lane interleaves, then two rounds of 128-bit-lane shuffles).
+#[target_feature(enable = "avx512f")]
+fn transpose_16x16(rows: [__m512i; 16]) -> [__m512i; 16] {
+    let zero = _mm512_setzero_si512();
+    // t[4g + {0, 1, 2, 3}]: rows 4g, 4g+1 (low, high word pairs of each 128-bit lane), then rows 4g+2, 4g+3.
+    let mut t = [zero; 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(rows[2 * i], rows[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(rows[2 * i], rows[2 * i + 1]);
+    }
+    // u[4g + j]: rows 4g..4g+3 of columns j, j+4, j+8, j+12 (one per 128-bit lane).
+    let mut u = [zero; 16];
+    for b in (0..16).step_by(4) {
+        u[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+        u[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+        u[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+        u[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+    }
+    // v[8h + 2j]: columns j, j+8 of rows 8h..8h+3 and 8h+4..8h+7; v[8h + 2j + 1]: columns j+4, j+12 likewise.
+    let mut v = [zero; 16];
+    for h in [0, 8] {
+        for j in 0..4 {
+            v[h + 2 * j] = _mm512_shuffle_i32x4::<0x88>(u[h + j], u[h + 4 + j]);
+            v[h + 2 * j + 1] = _mm512_shuffle_i32x4::<0xdd>(u[h + j], u[h + 4 + j]);
+        }
+    }
+    let mut out = [zero; 16];
+    for j in 0..4 {
+        out[j] = _mm512_shuffle_i32x4::<0x88>(v[2 * j], v[8 + 2 * j]);
+        out[j + 8] = _mm512_shuffle_i32x4::<0xdd>(v[2 * j], v[8 + 2 * j]);
+        out[j + 4] = _mm512_shuffle_i32x4::<0x88>(v[2 * j + 1], v[9 + 2 * j]);
+        out[j + 12] = _mm512_shuffle_i32x4::<0xdd>(v[2 * j + 1], v[9 + 2 * j]);
+    }
+    out
+}
+
+/// `a` (m × k) as panels of MR rows holding every pair, word `p * MR + r` of a panel holding row r's pair p.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+unsafe fn pack_a(a: MatRef<'_, bf16>, pairs: usize) -> Vec<u32> {
     let mut packed = vec![0u32; a.rows.div_ceil(MR) * pairs * MR];
     packed.par_chunks_mut(pairs * MR).enumerate().for_each(|(panel_index, panel)| {
-        let first = panel_index * MR;
-        for r in 0..MR.min(a.rows - first) {
-            for p in 0..pairs {
-                panel[p * MR + r] = pair(at(a, first + r, 2 * p), at(a, first + r, 2 * p + 1));
-            }
-        }
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { pack_panel(a.t(), 0..pairs, panel_index * MR, MR, panel) };
     });
     packed
-}
-
-/// Pairs `pairs` of columns `first..first + NR` of `b` (k × n) into `panel`, word `(p - pairs.start) * NR + c`
-/// holding column c's pair p; columns past `n` are zero. The loops run along `b`'s contiguous dimension.
-fn pack_b(b: MatRef<'_, bf16>, pairs: Range<usize>, first: usize, panel: &mut [u32]) {
-    let cols = NR.min(b.cols - first);
-    let bt = b.t(); // (j, k): pairs run along bt's columns
-    let word = |c: usize, p: usize| pair(at(bt, first + c, 2 * p), at(bt, first + c, 2 * p + 1));
-    if b.col_stride == 1 {
-        for (q, p) in pairs.enumerate() {
-            let row = &mut panel[q * NR..(q + 1) * NR];
-            row.iter_mut().enumerate().for_each(|(c, w)| *w = if c < cols { word(c, p) } else { 0 });
-        }
-    } else {
-        for c in 0..NR {
-            for (q, p) in pairs.clone().enumerate() {
-                panel[q * NR + c] = if c < cols { word(c, p) } else { 0 };
-            }
-        }
-    }
 }
 
 /// How a finished register tile goes into `dst`.
@@ -177,12 +246,14 @@ pub(super) unsafe fn matmul(dst: &mut [f32], a: MatRef<'_, bf16>, b: MatRef<'_, 
         return;
     }
     let pairs = k.div_ceil(2);
-    let packed_a = pack_a(a, pairs);
+    // SAFETY: the caller guarantees AVX-512F.
+    let packed_a = unsafe { pack_a(a, pairs) };
     let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
-    // Tasks: blocks of at most MC rows × enough column panels for about four tasks per thread.
+    // Tasks: blocks of at most MC rows × column panels, about 16 tasks per thread to balance the load (a task costs
+    // little beyond its tiles: packed `a` is shared, and each `b` panel is packed once per row block anyway).
     let panels_per_row_block = (MC / MR).min(row_panels);
     let row_blocks = row_panels.div_ceil(panels_per_row_block);
-    let target_tasks = 4 * rayon::current_num_threads();
+    let target_tasks = 16 * rayon::current_num_threads();
     let panels_per_col_block = col_panels.div_ceil(target_tasks.div_ceil(row_blocks).clamp(1, col_panels));
     let col_blocks = col_panels.div_ceil(panels_per_col_block);
     let k_blocks = pairs.div_ceil(KC_PAIRS);
@@ -199,7 +270,8 @@ pub(super) unsafe fn matmul(dst: &mut [f32], a: MatRef<'_, bf16>, b: MatRef<'_, 
             for col_panel in col_panels_here {
                 for k_block in 0..k_blocks {
                     let block = k_block * pairs_per_block..pairs.min((k_block + 1) * pairs_per_block);
-                    pack_b(b, block.clone(), col_panel * NR, b_panel);
+                    // SAFETY: the caller guarantees AVX-512F.
+                    unsafe { pack_panel(b, block.clone(), col_panel * NR, NR, b_panel) };
                     let epilogue = if k_block > 0 {
                         Epilogue::Add
                     } else if beta == 0.0 {

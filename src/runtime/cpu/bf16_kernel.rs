@@ -24,8 +24,10 @@ const MR: usize = 8;
 const NR: usize = 32;
 /// Most pairs of the inner dimension a packed `b` panel holds: NR × 256 words = 32 KiB.
 const KC_PAIRS: usize = 256;
-/// Most rows of `a` one task covers: its packed block (MC × k bf16) stays in L2 while the task walks its columns.
+/// Most rows of `a` one task covers.
 const MC: usize = 256;
+/// Packed `a` rows a task may re-read for each of its column panels (half a typical 1–2 MiB L2).
+const A_L2_BYTES: usize = 512 << 10;
 
 /// Elements 2p (low half) and 2p+1 (high half) along the inner dimension, as `vdpbf16ps` pairs them.
 fn pair(lo: bf16, hi: bf16) -> u32 {
@@ -249,15 +251,20 @@ pub(super) unsafe fn matmul(dst: &mut [f32], a: MatRef<'_, bf16>, b: MatRef<'_, 
     // SAFETY: the caller guarantees AVX-512F.
     let packed_a = unsafe { pack_a(a, pairs) };
     let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
-    // Tasks: blocks of at most MC rows × column panels, about 16 tasks per thread to balance the load (a task costs
-    // little beyond its tiles: packed `a` is shared, and each `b` panel is packed once per row block anyway).
     let panels_per_row_block = (MC / MR).min(row_panels);
     let row_blocks = row_panels.div_ceil(panels_per_row_block);
-    let target_tasks = 16 * rayon::current_num_threads();
-    let panels_per_col_block = col_panels.div_ceil(target_tasks.div_ceil(row_blocks).clamp(1, col_panels));
-    let col_blocks = col_panels.div_ceil(panels_per_col_block);
     let k_blocks = pairs.div_ceil(KC_PAIRS);
     let pairs_per_block = pairs.div_ceil(k_blocks);
+    // A task walks its column panels with every block of pairs per panel (the dst tile stays in L1) while its rows
+    // of packed `a` fit in L2, so that re-reading them for each panel is cheap; past that (a long inner dimension)
+    // it walks the blocks of pairs outermost, reading its rows of `a` once, in few tasks.
+    let a_fits_l2 = panels_per_row_block * MR * pairs * 4 <= A_L2_BYTES;
+    // Tasks: blocks of at most MC rows × column panels; about 16 per thread to balance the load when `a` fits in
+    // L2 (packed `a` is shared, and each `b` panel is packed once per row block however the columns are split).
+    let threads = rayon::current_num_threads();
+    let target_tasks = if a_fits_l2 { 16 * threads } else { threads };
+    let panels_per_col_block = col_panels.div_ceil(target_tasks.div_ceil(row_blocks).clamp(1, col_panels));
+    let col_blocks = col_panels.div_ceil(panels_per_col_block);
     let out = SharedDst(dst.as_mut_ptr());
     (0..row_blocks * col_blocks).into_par_iter().for_each_init(
         || vec![0u32; pairs_per_block * NR],
@@ -267,28 +274,31 @@ pub(super) unsafe fn matmul(dst: &mut [f32], a: MatRef<'_, bf16>, b: MatRef<'_, 
                 row_block * panels_per_row_block..row_panels.min((row_block + 1) * panels_per_row_block);
             let col_panels_here =
                 col_block * panels_per_col_block..col_panels.min((col_block + 1) * panels_per_col_block);
-            for col_panel in col_panels_here {
-                for k_block in 0..k_blocks {
-                    let block = k_block * pairs_per_block..pairs.min((k_block + 1) * pairs_per_block);
-                    // SAFETY: the caller guarantees AVX-512F.
-                    unsafe { pack_panel(b, block.clone(), col_panel * NR, NR, b_panel) };
-                    let epilogue = if k_block > 0 {
-                        Epilogue::Add
-                    } else if beta == 0.0 {
-                        Epilogue::Store
-                    } else {
-                        Epilogue::Scale(beta)
-                    };
-                    for row_panel in row_panels_here.clone() {
-                        let a_panel = &packed_a[(row_panel * pairs + block.start) * MR..(row_panel + 1) * pairs * MR];
-                        let size = (MR.min(m - row_panel * MR), NR.min(n - col_panel * NR));
-                        let corner = row_panel * MR * n + col_panel * NR;
-                        // SAFETY: the caller guarantees the CPU features; the tile's rows × cols from `corner` lie
-                        // inside dst's m × n (asserted above), and each (row panel, column panel) tile belongs to
-                        // exactly one task, so no other thread touches it.
-                        unsafe { tile(block.len(), a_panel, b_panel, out.at(corner), n, size, epilogue) };
-                    }
+            let mut run = |col_panel: usize, k_block: usize| {
+                let block = k_block * pairs_per_block..pairs.min((k_block + 1) * pairs_per_block);
+                // SAFETY: the caller guarantees AVX-512F.
+                unsafe { pack_panel(b, block.clone(), col_panel * NR, NR, b_panel) };
+                let epilogue = if k_block > 0 {
+                    Epilogue::Add
+                } else if beta == 0.0 {
+                    Epilogue::Store
+                } else {
+                    Epilogue::Scale(beta)
+                };
+                for row_panel in row_panels_here.clone() {
+                    let a_panel = &packed_a[(row_panel * pairs + block.start) * MR..(row_panel + 1) * pairs * MR];
+                    let size = (MR.min(m - row_panel * MR), NR.min(n - col_panel * NR));
+                    let corner = row_panel * MR * n + col_panel * NR;
+                    // SAFETY: the caller guarantees the CPU features; the tile's rows × cols from `corner` lie
+                    // inside dst's m × n (asserted above), and each (row panel, column panel) tile belongs to
+                    // exactly one task, so no other thread touches it.
+                    unsafe { tile(block.len(), a_panel, b_panel, out.at(corner), n, size, epilogue) };
                 }
+            };
+            if a_fits_l2 {
+                col_panels_here.for_each(|col_panel| (0..k_blocks).for_each(|k_block| run(col_panel, k_block)));
+            } else {
+                (0..k_blocks).for_each(|k_block| col_panels_here.clone().for_each(|col_panel| run(col_panel, k_block)));
             }
         },
     );

@@ -340,8 +340,9 @@ fn widened_view<'a>(view: MatRef<'_, bf16>, wide: &'a [f32]) -> MatRef<'a, f32> 
 
 /// bf16 × bf16 products on every level this CPU has (AVX512-BF16's `vdpbf16ps` kernel, and the widening path
 /// below it) against float64 products of the same bf16 values (exact but for the f32 accumulation): sizes 1, 7, 33
-/// and 1023 in each of m, k, n (several register tiles, edge tiles, odd k, several blocks of k, several tasks),
-/// transposed operands, padded rows, and the accumulating `beta`.
+/// and 1023 in each of m, k, n (several register tiles, edge tiles, odd k, several blocks of k, several tasks, an
+/// inner dimension long enough to be walked outermost), transposed operands, padded rows, and the accumulating
+/// `beta`.
 #[test]
 fn bf16_matmul_matches_f64_on_every_isa_level() {
     let mut rng = rng();
@@ -353,6 +354,7 @@ fn bf16_matmul_matches_f64_on_every_isa_level() {
         (1, 1023, 1),
         (33, 1023, 65),
         (300, 33, 40),
+        (257, 1100, 40),
         (1, 7, 1023),
         (1023, 1, 1),
     ];

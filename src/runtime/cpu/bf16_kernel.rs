@@ -88,7 +88,8 @@ fn pack_panel(src: MatRef<'_, bf16>, pairs: Range<usize>, first: usize, width: u
             }
         }
     } else {
-        let at = |i: usize, j: usize| if i < k { src.data[i * src.row_stride + j * src.col_stride] } else { bf16::ZERO };
+        let at =
+            |i: usize, j: usize| if i < k { src.data[i * src.row_stride + j * src.col_stride] } else { bf16::ZERO };
         for (q, p) in pairs.enumerate() {
             for c in 0..cols {
                 panel[q * width + c] = pair(at(2 * p, first + c), at(2 * p + 1, first + c));

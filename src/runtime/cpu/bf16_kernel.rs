@@ -148,6 +148,13 @@ unsafe fn pack_a(a: MatRef<'_, bf16>, pairs: usize) -> Vec<u32> {
     packed
 }
 
+/// 16 words as the 32 bf16 (16 pairs) `vdpbf16ps` reads.
+#[inline(always)]
+fn bf16_pairs(words: __m512i) -> __m512bh {
+    // SAFETY: both are plain 64-byte vectors, and every bit pattern is a valid `__m512bh`.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(words) }
+}
+
 /// How a finished register tile goes into `dst`.
 #[derive(Clone, Copy)]
 enum Epilogue {
@@ -181,16 +188,13 @@ unsafe fn tile(
     for p in 0..pairs {
         // SAFETY: p < pairs, so both NR-word reads of pair p lie inside `b_panel` (asserted above); the intrinsic
         // reads unaligned memory.
-        let (b0, b1): (__m512bh, __m512bh) = unsafe {
+        let (b0, b1) = unsafe {
             let b = b_panel.as_ptr().add(p * NR);
-            (
-                std::mem::transmute(_mm512_loadu_si512(b.cast())),
-                std::mem::transmute(_mm512_loadu_si512(b.add(16).cast())),
-            )
+            (_mm512_loadu_si512(b.cast()), _mm512_loadu_si512(b.add(16).cast()))
         };
+        let (b0, b1) = (bf16_pairs(b0), bf16_pairs(b1));
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: a bit pattern of 16 bf16 pairs; transmuting between 64-byte vector types.
-            let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(a_panel[p * MR + r] as i32)) };
+            let a = bf16_pairs(_mm512_set1_epi32(a_panel[p * MR + r] as i32));
             acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
             acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
         }

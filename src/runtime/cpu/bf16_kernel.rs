@@ -19,8 +19,9 @@ use rayon::prelude::*;
 use super::MatRef;
 
 /// Rows of a register tile: one broadcast pair each.
-const MR: usize = 8;
-/// Columns of a register tile: two 16-lane f32 accumulators per row (MR × 2 = 16 of the 32 zmm registers).
+const MR: usize = 12;
+/// Columns of a register tile: two 16-lane f32 accumulators per row (MR × 2 = 24 of the 32 zmm registers; 12 rows
+/// measured a few per cent faster than 8 on Zen 5).
 const NR: usize = 32;
 /// Most pairs of the inner dimension a packed `b` panel holds: NR × 256 words = 32 KiB.
 const KC_PAIRS: usize = 256;

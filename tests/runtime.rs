@@ -412,7 +412,8 @@ fn bf16_matmul_propagates_nan_and_handles_empty_inner_dimension() {
 }
 
 /// `with_isa` runs the products at the level asked for when the CPU has it (and restores the level after), and
-/// refuses one it lacks with an error; level names parse back, unknown names are errors.
+/// refuses one it lacks with an error; level names parse back, unknown names are errors, and so are they (and levels
+/// the CPU lacks) as values of `UNIREWARD_CPU_ISA`.
 #[test]
 fn isa_levels_can_be_forced_and_unavailable_ones_are_refused() {
     let before = isa::active();
@@ -426,6 +427,13 @@ fn isa_levels_can_be_forced_and_unavailable_ones_are_refused() {
         assert_eq!(isa::active(), before);
     }
     assert!(matches!(Isa::parse("avx1024"), Err(Error::InvalidArgument(_))));
+    // What `UNIREWARD_CPU_ISA` accepts (case and spaces aside): the levels this CPU has; anything else is an error
+    // (the process then warns and uses the detected level).
+    for level in Isa::ALL {
+        let value = format!(" {} ", level.name().to_uppercase());
+        assert_eq!(isa::requested(&value).ok(), level.available().then_some(level), "{value}");
+    }
+    assert!(matches!(isa::requested("sse9"), Err(Error::InvalidArgument(_))));
     assert_eq!(isa::detected(), *available_isas().last().unwrap());
 }
 

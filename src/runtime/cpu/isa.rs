@@ -73,25 +73,31 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
+/// The level a name asks for (a value of `UNIREWARD_CPU_ISA`): an error for an unknown name or a level this CPU
+/// lacks.
+pub fn requested(value: &str) -> Result<Isa> {
+    let isa = Isa::parse(value)?;
+    if !isa.available() {
+        let best = detected().name();
+        return Err(Error::InvalidArgument(format!(
+            "CPU ISA level {} is not available (this CPU has {best})",
+            isa.name()
+        )));
+    }
+    Ok(isa)
+}
+
 /// The process-wide level: `UNIREWARD_CPU_ISA` (read once) when it names a level this CPU has, else the detected
 /// one. An unknown name or a level the CPU lacks falls back to the detected level with a warning on stderr (never
 /// an illegal instruction).
 fn process_isa() -> Isa {
     static PROCESS: OnceLock<Isa> = OnceLock::new();
     *PROCESS.get_or_init(|| {
-        let Ok(name) = std::env::var("UNIREWARD_CPU_ISA") else { return detected() };
-        match Isa::parse(&name) {
-            Ok(isa) if isa.available() => isa,
-            Ok(isa) => {
-                let best = detected().name();
-                eprintln!("unireward: UNIREWARD_CPU_ISA={} is not available on this CPU; using {best}", isa.name());
-                detected()
-            }
-            Err(e) => {
-                eprintln!("unireward: ignoring UNIREWARD_CPU_ISA: {e}; using {}", detected().name());
-                detected()
-            }
-        }
+        let Ok(value) = std::env::var("UNIREWARD_CPU_ISA") else { return detected() };
+        requested(&value).unwrap_or_else(|e| {
+            eprintln!("unireward: ignoring UNIREWARD_CPU_ISA: {e}; using {}", detected().name());
+            detected()
+        })
     })
 }
 
@@ -104,16 +110,11 @@ pub fn active() -> Isa {
     THREAD_ISA.with(Cell::get).unwrap_or_else(process_isa)
 }
 
-/// Runs `f` with the products called from this thread (and the rayon tasks they start) at level `isa`; an error
-/// when this CPU lacks it. Products pick their path on the calling thread, so other threads are not affected.
+/// Runs `f` with the products called from this thread at level `isa` (each product picks its kernels on the thread
+/// that calls it, then splits the work over rayon); an error when this CPU lacks it. Products called from other
+/// threads, an op's own rayon tasks included, keep the process-wide level.
 pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> Result<R> {
-    if !isa.available() {
-        let best = detected().name();
-        return Err(Error::InvalidArgument(format!(
-            "CPU ISA level {} is not available (this CPU has {best})",
-            isa.name()
-        )));
-    }
+    requested(isa.name())?;
     struct Restore(Option<Isa>);
     impl Drop for Restore {
         fn drop(&mut self) {

@@ -94,7 +94,14 @@ pub(super) unsafe fn gemm_at(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = isa;
+    let _ = isa; // one level off x86-64: what gemm itself picks there
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        // SAFETY: the caller's contract, and NEON is present; gemm pairs its NEON kernels with the `Scalar` driver.
+        return unsafe {
+            basic!(gemm_common::simd::Scalar, neon, 4, m, n, k, dst, read_dst, lhs, rhs, beta, parallelism)
+        };
+    }
     // SAFETY: the caller's contract; the scalar kernels need no CPU feature.
     unsafe { basic!(gemm_common::simd::Scalar, scalar, 1, m, n, k, dst, read_dst, lhs, rhs, beta, parallelism) }
 }

@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use gemm_common::Parallelism;
 
 use super::gemm_levels::{gemm_at, Strided};
-use super::isa::{self, Isa};
+use super::isa;
 use super::{rows_per_task, MatRef};
 use crate::runtime::{DType, FloatElement, Tensor};
 use crate::{Error, Result};
@@ -93,8 +93,8 @@ pub fn matmul_tensor(
 }
 
 /// `dst = beta · dst + a · b` for a row-major `dst` of `a.rows × b.cols`, both operands bf16, accumulated in f32:
-/// with `vdpbf16ps` where the active [`Isa`] is [`Isa::Avx512Bf16`] (subnormal inputs and partial sums flush to
-/// zero there, as in every such product), else `a` widened to f32 and `b` widened panel by panel.
+/// with `vdpbf16ps` where the active level ([`isa::active`]) is `Avx512Bf16` (subnormal inputs and partial sums
+/// flush to zero there, as in every such product), else `a` widened to f32 and `b` widened panel by panel.
 ///
 /// # Panics
 /// As [`matmul`].
@@ -103,7 +103,7 @@ pub fn matmul_bf16(dst: &mut [f32], a: MatRef<'_, bf16>, b: MatRef<'_, bf16>, be
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(a.fits() && b.fits() && dst.len() >= m * n, "matmul: a view reaches past its slice");
     #[cfg(target_arch = "x86_64")]
-    if isa::active() >= Isa::Avx512Bf16 {
+    if isa::active() >= isa::Isa::Avx512Bf16 {
         // SAFETY: `isa::active` only returns levels this CPU has (`with_isa` and `UNIREWARD_CPU_ISA` refuse the
         // others); the shapes and views were checked above.
         return unsafe { super::bf16_kernel::matmul(dst, a, b, beta) };

@@ -25,7 +25,7 @@ impl Bytes<'_> {
     }
     /// True with probability about 1/n.
     fn one_in(&mut self, n: u8) -> bool {
-        self.u8() % n == 0
+        self.u8().is_multiple_of(n)
     }
 }
 

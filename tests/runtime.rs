@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use unireward::runtime::cpu::{matmul, matmul_mixed, rows_per_task, MatRef};
+use unireward::runtime::cpu::{isa, matmul, matmul_bf16, matmul_mixed, rows_per_task, with_isa, Isa, MatRef};
 use unireward::runtime::{cuda, Element, FloatElement};
 use unireward::{DType, Device, Error, Tensor};
 
@@ -265,6 +265,7 @@ fn assert_product(dst: &[f32], start: &[f32], beta: f32, a: MatRef<'_>, b: MatRe
     }
 }
 
+/// f32 products on every level this CPU has (`gemm`'s AVX-512, AVX2 + FMA and scalar kernels) against float64.
 #[test]
 fn matmul_matches_f64_on_awkward_shapes_and_views() {
     let mut rng = rng();
@@ -278,8 +279,9 @@ fn matmul_matches_f64_on_awkward_shapes_and_views() {
         (5, 0, 4),
         (7, 1023, 33),
         (1023, 7, 1),
+        (33, 1, 1023),
     ];
-    for &(m, k, n) in &shapes {
+    for (isa, &(m, k, n)) in available_isas().into_iter().flat_map(|isa| shapes.iter().map(move |s| (isa, s))) {
         for (a_t, b_t, beta) in [(false, false, 0.0), (true, false, 1.0), (false, true, 0.5), (true, true, 0.0)] {
             // Stored transposed when `a_t`, then viewed back with `.t()`: the product sees an m × k matrix either way.
             let a_data: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -288,8 +290,9 @@ fn matmul_matches_f64_on_awkward_shapes_and_views() {
             let b = if b_t { MatRef::row_major(&b_data, n, k).t() } else { MatRef::row_major(&b_data, k, n) };
             let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut dst = start.clone();
-            matmul(&mut dst, a, b, beta);
-            assert_product(&dst, &start, beta, a, b, &format!("m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}"));
+            with_isa(isa, || matmul(&mut dst, a, b, beta)).unwrap();
+            let what = format!("{isa:?} m {m} k {k} n {n} a_t {a_t} b_t {b_t} beta {beta}");
+            assert_product(&dst, &start, beta, a, b, &what);
         }
     }
 }
@@ -316,10 +319,10 @@ fn mixed_matmul_matches_f64_of_the_widened_operand() {
             col_stride: b.col_stride,
         };
         let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        for beta in [0.0f32, 0.5] {
+        for (isa, beta) in available_isas().into_iter().flat_map(|isa| [(isa, 0.0f32), (isa, 0.5)]) {
             let mut dst = start.clone();
-            matmul_mixed(&mut dst, a, b, beta);
-            let what = format!("{:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
+            with_isa(isa, || matmul_mixed(&mut dst, a, b, beta)).unwrap();
+            let what = format!("{isa:?} {:?} m {m} k {k} n {n} transposed {transposed} beta {beta}", T::DTYPE);
             assert_product(&dst, &start, beta, a, b32, &what);
         }
     }
@@ -331,6 +334,127 @@ fn mixed_matmul_matches_f64_of_the_widened_operand() {
             check::<f32>(&mut rng, shape, transposed, pad);
         }
     }
+}
+
+/// The levels this CPU runs (each product path it has, down to the portable one).
+fn available_isas() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|isa| isa.available()).collect()
+}
+
+/// `values` stored as `rows × cols` (row-major, each row followed by `pad` unused elements), viewed transposed when
+/// `transposed`: a strided view of a `cols × rows` (transposed) or `rows × cols` matrix.
+fn strided<T>(values: &[T], (rows, cols): (usize, usize), pad: usize, transposed: bool) -> MatRef<'_, T> {
+    let view = MatRef { data: values, rows, cols, row_stride: cols + pad, col_stride: 1 };
+    if transposed {
+        view.t()
+    } else {
+        view
+    }
+}
+
+/// The same view over the f32 widening of `data`.
+fn widened_view<'a>(view: MatRef<'_, bf16>, wide: &'a [f32]) -> MatRef<'a, f32> {
+    let MatRef { rows, cols, row_stride, col_stride, .. } = view;
+    MatRef { data: wide, rows, cols, row_stride, col_stride }
+}
+
+/// bf16 × bf16 products on every level this CPU has (AVX512-BF16's `vdpbf16ps` kernel, and the widening path
+/// below it) against float64 products of the same bf16 values (exact but for the f32 accumulation): sizes 1, 7, 33
+/// and 1023 in each of m, k, n (several register tiles, edge tiles, odd k, several blocks of k, several tasks, an
+/// inner dimension long enough to be walked outermost), transposed operands, padded rows, and the accumulating
+/// `beta`.
+#[test]
+fn bf16_matmul_matches_f64_on_every_isa_level() {
+    let mut rng = rng();
+    let shapes = [
+        (1, 1, 1),
+        (7, 33, 1023),
+        (1023, 7, 33),
+        (33, 1023, 7),
+        (1, 1023, 1),
+        (33, 1023, 65),
+        (300, 33, 40),
+        (257, 1100, 40),
+        (1, 7, 1023),
+        (1023, 1, 1),
+    ];
+    for isa in available_isas() {
+        for &(m, k, n) in &shapes {
+            for (a_t, b_t, pad, beta) in
+                [(false, false, 0, 0.0), (true, false, 3, 1.0), (false, true, 1, 0.5), (true, true, 0, 0.0)]
+            {
+                let value = |rng: &mut StdRng| bf16::from_f32(rng.gen_range(-1.0..1.0));
+                let a_shape = if a_t { (k, m) } else { (m, k) };
+                let b_shape = if b_t { (n, k) } else { (k, n) };
+                let a_data: Vec<bf16> = (0..a_shape.0 * (a_shape.1 + pad)).map(|_| value(&mut rng)).collect();
+                let b_data: Vec<bf16> = (0..b_shape.0 * (b_shape.1 + pad)).map(|_| value(&mut rng)).collect();
+                let (a, b) = (strided(&a_data, a_shape, pad, a_t), strided(&b_data, b_shape, pad, b_t));
+                let start: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                let mut dst = if beta == 0.0 { vec![f32::NAN; m * n] } else { start.clone() };
+                with_isa(isa, || matmul_bf16(&mut dst, a, b, beta)).unwrap();
+                let (a_wide, b_wide): (Vec<f32>, Vec<f32>) =
+                    (a_data.iter().map(|v| v.to_f32()).collect(), b_data.iter().map(|v| v.to_f32()).collect());
+                let (a32, b32) = (widened_view(a, &a_wide), widened_view(b, &b_wide));
+                let what = format!("{isa:?} m {m} k {k} n {n} a_t {a_t} b_t {b_t} pad {pad} beta {beta}");
+                assert_product(&dst, &start, beta, a32, b32, &what);
+            }
+        }
+    }
+}
+
+/// A NaN operand element spoils exactly its row (of `a`) or column (of `b`) of the product, on every level; a
+/// NaN already in `dst` is ignored when `beta = 0`; with k = 0 the product is `beta · dst`.
+#[test]
+fn bf16_matmul_propagates_nan_and_handles_empty_inner_dimension() {
+    let mut rng = rng();
+    let (m, k, n) = (37, 45, 70);
+    for isa in available_isas() {
+        let mut a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let mut b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let (row, col) = (rng.gen_range(0..m), rng.gen_range(0..n));
+        a[row * k + rng.gen_range(0..k)] = bf16::NAN;
+        b[rng.gen_range(0..k) * n + col] = bf16::NAN;
+        let mut dst = vec![f32::NAN; m * n];
+        with_isa(isa, || matmul_bf16(&mut dst, MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n), 0.0)).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                assert_eq!(dst[i * n + j].is_nan(), i == row || j == col, "{isa:?} [{i}, {j}]: {}", dst[i * n + j]);
+            }
+        }
+        for beta in [0.0f32, 0.5] {
+            let mut dst = vec![f32::NAN, 2.0, -4.0];
+            let empty = MatRef::<bf16>::row_major(&[], 1, 0);
+            with_isa(isa, || matmul_bf16(&mut dst[1..], empty, MatRef::row_major(&[], 0, 2), beta)).unwrap();
+            let want = if beta == 0.0 { [0.0, 0.0] } else { [1.0, -2.0] };
+            assert!(dst[0].is_nan() && dst[1..] == want, "{isa:?} beta {beta}: {dst:?}");
+        }
+    }
+}
+
+/// `with_isa` runs the products at the level asked for when the CPU has it (and restores the level after), and
+/// refuses one it lacks with an error; level names parse back, unknown names are errors, and so are they (and levels
+/// the CPU lacks) as values of `UNIREWARD_CPU_ISA`.
+#[test]
+fn isa_levels_can_be_forced_and_unavailable_ones_are_refused() {
+    let before = isa::active();
+    assert!(before.available(), "{before:?}");
+    for level in Isa::ALL {
+        assert_eq!(Isa::parse(level.name()).unwrap(), level);
+        match with_isa(level, isa::active) {
+            Ok(active) => assert!(level.available() && active == level, "{level:?}: {active:?}"),
+            Err(e) => assert!(!level.available() && matches!(e, Error::InvalidArgument(_)), "{level:?}: {e}"),
+        }
+        assert_eq!(isa::active(), before);
+    }
+    assert!(matches!(Isa::parse("avx1024"), Err(Error::InvalidArgument(_))));
+    // What `UNIREWARD_CPU_ISA` accepts (case and spaces aside): the levels this CPU has; anything else is an error
+    // (the process then warns and uses the detected level).
+    for level in Isa::ALL {
+        let value = format!(" {} ", level.name().to_uppercase());
+        assert_eq!(isa::requested(&value).ok(), level.available().then_some(level), "{value}");
+    }
+    assert!(matches!(isa::requested("sse9"), Err(Error::InvalidArgument(_))));
+    assert_eq!(isa::detected(), *available_isas().last().unwrap());
 }
 
 #[test]

@@ -75,7 +75,7 @@ pub(crate) trait Config: Versioned {
 /// multiple of the alignment: never half of a pointer field). `remedy` says how a caller sets it.
 pub(crate) fn caller_size<T: Versioned>(size: u32, remedy: &str) -> FfiResult<usize> {
     let size = size as usize;
-    if size < T::FIRST_SIZE || size % std::mem::align_of::<T>() != 0 {
+    if size < T::FIRST_SIZE || !size.is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Failure::invalid(format!(
             "`{}.struct_size` is {size}, expected {} (or, from a caller built against an older or newer header, \
              a field boundary from {} on): {remedy}",

@@ -61,7 +61,7 @@ impl Tensor {
         if ptr == 0 && len_bytes > 0 {
             return Err(Error::InvalidArgument("tensor data pointer is null".into()));
         }
-        if ptr % dtype.size_in_bytes() as u64 != 0 {
+        if !ptr.is_multiple_of(dtype.size_in_bytes() as u64) {
             return Err(Error::InvalidArgument(format!("tensor data pointer {ptr:#x} is not aligned for {dtype}")));
         }
         let storage = match device {

@@ -25,7 +25,7 @@ pub enum Bench {
     /// The Qwen2 decoder at Qwen2-0.5B's shapes with random weights: forward + loss and forward + backward,
     /// tokens per second, peak memory and (on CUDA) MFU; `scripts/bench_torch_qwen2.py` is PyTorch's side.
     Model(crate::bench_model::ModelArgs),
-    /// The CPU matrix products alone at Qwen2-0.5B's shapes, f32 or bf16/f16 weights, in GFLOP/s;
+    /// The CPU matrix products alone at Qwen2-0.5B's shapes, f32, bf16 or f16 operands, at a chosen ISA level, in GFLOP/s;
     /// `scripts/bench_torch_matmul.py` is PyTorch's side.
     Products(crate::bench_products::ProductsArgs),
 }

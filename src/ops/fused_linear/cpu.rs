@@ -1,4 +1,5 @@
-//! The CPU fused path: f32 chunks through `gemm`, per-row statistics through rayon.
+//! The CPU fused path: chunks of logits through the CPU products (bf16 × bf16 without widening where the CPU has
+//! AVX512-BF16, else f32 through `gemm`), per-row statistics through rayon.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -7,25 +8,44 @@ use super::{FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan};
 use crate::ops::logprobs::row::{row_grad_in_place, row_stats, RowStats};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::ops::tokens::CountedToken;
-use crate::runtime::cpu::{matmul, matmul_tensor, MatRef};
+use crate::runtime::cpu::{matmul, matmul_bf16, matmul_tensor, MatRef};
 use crate::runtime::host_cache::F32Scratch;
 use crate::runtime::{DType, Device, FloatElement, Tensor};
 use crate::Result;
 
-/// The hidden states and bias as f32 (borrowed when already f32); the weight in its own dtype (a bf16/f16 LM head is
-/// widened panel by panel inside each product, never as a whole [V, H] copy).
+/// The hidden states as f32 (borrowed when already f32), or as bf16 when the weight is bf16 too (the logits are
+/// then bf16 × bf16 products, through the AVX512-BF16 kernel where the CPU has it); the bias as f32; the weight in
+/// its own dtype (a bf16/f16 LM head against f32 rows is widened panel by panel inside each product, never as a
+/// whole [V, H] copy).
 struct Head<'a> {
-    hidden: std::borrow::Cow<'a, [f32]>,
+    hidden: Hidden<'a>,
     weight: &'a Tensor,
     bias: Option<std::borrow::Cow<'a, [f32]>>,
     h: usize,
     v: usize,
 }
 
+enum Hidden<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    Bf16(&'a [bf16]),
+}
+
+/// Scratch buffers for one chunk's rows, allocated once per call: the gathered hidden rows [c,H] as f32 (what the
+/// weight gradient multiplies) and, for bf16 × bf16 logits, as bf16.
+struct Rows {
+    f32: F32Scratch,
+    bf16: Vec<bf16>,
+}
+
 impl<'a> Head<'a> {
     fn new(head: &LinearHead<'a>, plan: &Plan) -> Result<Self> {
+        let hidden = if head.hidden.dtype() == DType::BF16 && head.weight.dtype() == DType::BF16 {
+            Hidden::Bf16(head.hidden.as_slice::<bf16>()?)
+        } else {
+            Hidden::F32(head.hidden.to_f32_cow()?)
+        };
         Ok(Head {
-            hidden: head.hidden.to_f32_cow()?,
+            hidden,
             weight: head.weight,
             bias: head.bias.map(Tensor::to_f32_cow).transpose()?,
             h: plan.h,
@@ -33,32 +53,45 @@ impl<'a> Head<'a> {
         })
     }
 
-    /// Gathers the chunk's hidden rows into `rows` [c,H] and writes its logits into `logits` [c,V].
-    fn chunk_logits(&self, chunk: &[CountedToken], rows: &mut [f32], logits: &mut [f32]) -> Result<()> {
+    /// Gathers the chunk's hidden rows into `rows` and writes its logits into `logits` [c,V].
+    fn chunk_logits(&self, chunk: &[CountedToken], rows: &mut Rows, logits: &mut [f32]) -> Result<()> {
         let (h, v, c) = (self.h, self.v, chunk.len());
-        for (dst, tok) in rows.chunks_exact_mut(h).zip(chunk) {
-            dst.copy_from_slice(&self.hidden[tok.position * h..(tok.position + 1) * h]);
+        let logits = &mut logits[..c * v];
+        match &self.hidden {
+            Hidden::F32(hidden) => {
+                for (dst, tok) in rows.f32.chunks_exact_mut(h).zip(chunk) {
+                    dst.copy_from_slice(&hidden[tok.position * h..(tok.position + 1) * h]);
+                }
+                let x = MatRef::row_major(&rows.f32[..c * h], c, h);
+                matmul_tensor(logits, x, self.weight, (v, h), true, 0.0)?;
+            }
+            Hidden::Bf16(hidden) => {
+                for ((dst, wide), tok) in rows.bf16.chunks_exact_mut(h).zip(rows.f32.chunks_exact_mut(h)).zip(chunk) {
+                    dst.copy_from_slice(&hidden[tok.position * h..(tok.position + 1) * h]);
+                    wide.iter_mut().zip(dst.iter()).for_each(|(w, x)| *w = x.to_f32());
+                }
+                let x = MatRef::row_major(&rows.bf16[..c * h], c, h);
+                matmul_bf16(logits, x, MatRef::row_major(self.weight.as_slice::<bf16>()?, v, h).t(), 0.0);
+            }
         }
-        let rows = MatRef::row_major(&rows[..c * h], c, h);
-        matmul_tensor(&mut logits[..c * v], rows, self.weight, (v, h), true, 0.0)?;
         if let Some(bias) = &self.bias {
-            logits[..c * v]
-                .par_chunks_mut(v)
-                .for_each(|row| row.iter_mut().zip(bias.iter()).for_each(|(x, b)| *x += b));
+            logits.par_chunks_mut(v).for_each(|row| row.iter_mut().zip(bias.iter()).for_each(|(x, b)| *x += b));
         }
         Ok(())
     }
 }
 
-/// Scratch buffers for one chunk, allocated once per call.
-fn scratch(plan: &Plan, cfg: &FusedLinearConfig) -> (usize, F32Scratch, F32Scratch) {
+/// Scratch buffers for one chunk (its rows and its logits), allocated once per call from the host cache.
+fn scratch(head: &Head<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> (usize, Rows, F32Scratch) {
     let chunk = cfg.chunk_tokens_for(plan.v).min(plan.tokens.len().max(1));
-    (chunk, F32Scratch::zeroed(chunk * plan.h), F32Scratch::zeroed(chunk * plan.v))
+    let bf16_rows = if matches!(head.hidden, Hidden::Bf16(_)) { chunk * plan.h } else { 0 };
+    let rows = Rows { f32: F32Scratch::zeroed(chunk * plan.h), bf16: vec![bf16::ZERO; bf16_rows] };
+    (chunk, rows, F32Scratch::zeroed(chunk * plan.v))
 }
 
 pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<SequenceLogProbs> {
-    let f32_head = Head::new(head, plan)?;
-    let (chunk_len, mut rows, mut logits) = scratch(plan, cfg);
+    let head_data = Head::new(head, plan)?;
+    let (chunk_len, mut rows, mut logits) = scratch(&head_data, plan, cfg);
     let (n, v) = (plan.n, plan.v);
     let mut logps = vec![0.0f32; n];
     let mut sum_mean_logits = vec![0.0f32; n];
@@ -66,7 +99,7 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     let mut counts = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n * plan.t];
     for chunk in plan.tokens.chunks(chunk_len) {
-        f32_head.chunk_logits(chunk, &mut rows, &mut logits)?;
+        head_data.chunk_logits(chunk, &mut rows, &mut logits)?;
         let stats: Vec<RowStats> =
             logits.par_chunks(v).zip(chunk.par_iter()).map(|(row, tok)| row_stats(row, Some(tok.label))).collect();
         for (s, tok) in stats.iter().zip(chunk) {
@@ -100,8 +133,8 @@ pub(super) fn backward(
     cfg: &FusedLinearConfig,
     out: FusedLinearGradsMut<'_>,
 ) -> Result<()> {
-    let f32_head = Head::new(head, plan)?;
-    let (chunk_len, mut rows, mut grads) = scratch(plan, cfg);
+    let head_data = Head::new(head, plan)?;
+    let (chunk_len, mut rows, mut grads) = scratch(&head_data, plan, cfg);
     let (h, v) = (plan.h, plan.v);
     let lse = saved.lse.to_f32_cow()?;
     let upstream = grad_logps.to_f32_cow()?;
@@ -121,20 +154,20 @@ pub(super) fn backward(
     let mut grad_rows = F32Scratch::zeroed(chunk_len * h);
     for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
         let c = chunk.len();
-        f32_head.chunk_logits(chunk, &mut rows, &mut grads)?;
+        head_data.chunk_logits(chunk, &mut rows, &mut grads)?;
         grads[..c * v].par_chunks_mut(v).zip(chunk.par_iter()).for_each(|(row, tok)| {
             row_grad_in_place(row, lse[tok.position], tok.label, scale[tok.sequence]);
         });
         let g = MatRef::row_major(&grads[..c * v], c, v);
         // d_hidden rows = G·W, scattered back to their positions.
-        matmul_tensor(&mut grad_rows[..c * h], g, f32_head.weight, (v, h), false, 0.0)?;
+        matmul_tensor(&mut grad_rows[..c * h], g, head_data.weight, (v, h), false, 0.0)?;
         for (src, tok) in grad_rows.chunks_exact(h).zip(chunk) {
             grad_hidden.values()[tok.position * h..(tok.position + 1) * h].copy_from_slice(src);
         }
         // d_weight += Gᵀ·h_rows. The first chunk overwrites unless it adds to kept values: reading fresh zero pages
         // before writing them would fault each one twice (the shared zero page, then a copy with a TLB shootdown).
         let beta = if index == 0 && !grad_weight.keeps_values() { 0.0 } else { 1.0 };
-        matmul(grad_weight.values(), g.t(), MatRef::row_major(&rows[..c * h], c, h), beta);
+        matmul(grad_weight.values(), g.t(), MatRef::row_major(&rows.f32[..c * h], c, h), beta);
         if let Some(gb) = grad_bias.as_mut() {
             gb.values().par_chunks_mut(4096).enumerate().for_each(|(block, gb)| {
                 let columns = block * 4096..block * 4096 + gb.len();

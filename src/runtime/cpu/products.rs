@@ -1,46 +1,17 @@
-//! CPU backend helpers shared by the op families: parallel chunking and matrix products (the `gemm` crate), with
-//! bf16/f16 operands widened panel by panel inside the product instead of as whole tensors.
+//! The CPU matrix products: f32 (`gemm`), bf16 × bf16 (the AVX512-BF16 kernel, else widened), and an f32 `a`
+//! against a bf16/f16 `b` widened panel by panel.
 
 use rayon::prelude::*;
 
 use half::{bf16, f16};
 
-use super::{DType, FloatElement, Tensor};
+use gemm_common::Parallelism;
+
+use super::gemm_levels::{gemm_at, Strided};
+use super::isa;
+use super::{rows_per_task, MatRef};
+use crate::runtime::{DType, FloatElement, Tensor};
 use crate::{Error, Result};
-
-/// Rows handed to one rayon task: big enough to amortise scheduling, small enough to balance two cores or many.
-pub fn rows_per_task(rows: usize, row_len: usize) -> usize {
-    const TARGET_ELEMENTS_PER_TASK: usize = 1 << 16;
-    (TARGET_ELEMENTS_PER_TASK / row_len.max(1)).clamp(1, rows.max(1))
-}
-
-/// A read-only matrix: `rows × cols`, element (i, j) at `data[i * row_stride + j * col_stride]`; f32 unless said.
-#[derive(Clone, Copy)]
-pub struct MatRef<'a, T = f32> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl<'a, T> MatRef<'a, T> {
-    /// A row-major matrix.
-    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
-    }
-
-    /// The transpose, as a view (no copy).
-    pub fn t(self) -> Self {
-        MatRef { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
-    }
-}
 
 /// `dst = beta · dst + a · b` for a row-major `dst` of `a.rows × b.cols` (`beta = 0` ignores what `dst` held).
 /// Multi-threaded over rayon's pool.
@@ -52,8 +23,7 @@ pub fn matmul(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, beta: f32) {
     matmul_into(dst, n, a, b, beta);
 }
 
-/// Elements of one widened panel of a bf16/f16 operand: 1 MiB of f32, which stays in a core's L2 cache while the
-/// product streams it.
+/// Elements of one widened panel of a bf16/f16 operand: 4 MiB of f32, small beside the whole weights it stands for.
 const PANEL_ELEMENTS: usize = 1 << 20;
 
 /// [`matmul`] with `b` in any float dtype: a bf16/f16 `b` (a weight in its storage dtype) is widened to f32 one
@@ -122,6 +92,67 @@ pub fn matmul_tensor(
     Ok(())
 }
 
+/// `dst = beta · dst + a · b` for a row-major `dst` of `a.rows × b.cols`, both operands bf16, accumulated in f32:
+/// with `vdpbf16ps` where the active level ([`isa::active`]) is `Avx512Bf16` (subnormal inputs and partial sums
+/// flush to zero there, as in every such product), else `a` widened to f32 and `b` widened panel by panel.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_bf16(dst: &mut [f32], a: MatRef<'_, bf16>, b: MatRef<'_, bf16>, beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions differ");
+    assert!(a.fits() && b.fits() && dst.len() >= m * n, "matmul: a view reaches past its slice");
+    #[cfg(target_arch = "x86_64")]
+    if isa::active() >= isa::Isa::Avx512Bf16 {
+        // SAFETY: `isa::active` only returns levels this CPU has (`with_isa` and `UNIREWARD_CPU_ISA` refuse the
+        // others); the shapes and views were checked above.
+        return unsafe { super::bf16_kernel::matmul(dst, a, b, beta) };
+    }
+    let mut wide = vec![0.0f32; m * k];
+    wide.par_chunks_mut(k.max(1)).enumerate().for_each(|(i, row)| {
+        row.iter_mut().enumerate().for_each(|(j, w)| *w = a.data[i * a.row_stride + j * a.col_stride].to_f32());
+    });
+    matmul_mixed(dst, MatRef::row_major(&wide, m, k), b, beta);
+}
+
+/// A CPU float tensor of `rows × cols` elements as a row-major matrix operand, or its transpose.
+#[derive(Clone, Copy)]
+pub struct TensorMat<'a> {
+    pub tensor: &'a Tensor,
+    pub rows: usize,
+    pub cols: usize,
+    pub transposed: bool,
+}
+
+impl TensorMat<'_> {
+    fn view<'d, T: FloatElement>(&self, data: &'d [T]) -> MatRef<'d, T> {
+        let view = MatRef::row_major(data, self.rows, self.cols);
+        if self.transposed {
+            view.t()
+        } else {
+            view
+        }
+    }
+}
+
+/// `dst = beta · dst + a · b` for two CPU float tensors in any float dtypes: bf16 × bf16 through [`matmul_bf16`]
+/// (no widening where the CPU has AVX512-BF16); otherwise `a` as f32 (borrowed when f32) against `b` in its own
+/// dtype through [`matmul_tensor`].
+pub fn matmul_tensors(dst: &mut [f32], a: TensorMat<'_>, b: TensorMat<'_>, beta: f32) -> Result<()> {
+    for (name, m) in [("left operand", a), ("right operand", b)] {
+        if m.tensor.numel() != m.rows * m.cols {
+            let (rows, cols, shape) = (m.rows, m.cols, m.tensor.shape());
+            return Err(Error::Shape(format!("matmul {name}: {shape:?} is not {rows} × {cols} elements")));
+        }
+    }
+    if a.tensor.dtype() == DType::BF16 && b.tensor.dtype() == DType::BF16 {
+        matmul_bf16(dst, a.view(a.tensor.as_slice::<bf16>()?), b.view(b.tensor.as_slice::<bf16>()?), beta);
+        return Ok(());
+    }
+    let wide = a.tensor.to_f32_cow()?;
+    matmul_tensor(dst, a.view(&wide), b.tensor, (b.rows, b.cols), b.transposed, beta)
+}
+
 /// Widens `count` rows of `len` elements, the first at row `first`, `stride` apart in `src`, into `dst`.
 fn widen_rows<T: FloatElement>(dst: &mut [f32], src: &[T], first: usize, count: usize, len: usize, stride: usize) {
     let per_task = rows_per_task(count, len);
@@ -144,30 +175,15 @@ fn matmul_into(dst: &mut [f32], dst_row_stride: usize, a: MatRef<'_>, b: MatRef<
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let strided = |m: MatRef<'_>| Strided {
+        ptr: m.data.as_ptr(),
+        col_stride: m.col_stride as isize,
+        row_stride: m.row_stride as isize,
+    };
+    let out = Strided { ptr: dst.as_mut_ptr(), col_stride: 1, row_stride: dst_row_stride as isize };
     // SAFETY: the asserts above keep every index of `dst` (m rows of n, `dst_row_stride` apart), `a` and `b` inside
-    // their slices; `dst` is borrowed mutably, so it does not alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_row_stride as isize,
-            beta != 0.0,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            beta,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    // their slices; `dst` is borrowed mutably, so it does not alias `a` or `b`; `isa::active` only returns levels
+    // this CPU runs.
+    unsafe { gemm_at(isa::active(), (m, n, k), out, beta != 0.0, strided(a), strided(b), beta, parallelism) }
 }

@@ -156,7 +156,7 @@ impl SiglipVisionConfig {
                 return fail(format!("`{key}` is {size}, more than this library accepts ({max})"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -1,7 +1,7 @@
 //! The answer parser on a table of real-looking answers, with the built-in templates' grammars.
 
 use unireward::judge::answer::{parse_answer, AnswerError, Judgment, Verdict};
-use unireward::judge::{Mode, Task, TaskTemplate};
+use unireward::judge::{Mode, Task, TaskTemplate, Variant};
 
 #[derive(Clone)]
 enum Expect {
@@ -89,6 +89,21 @@ fn pointwise_scores_are_numbers_after_the_last_prefix_within_the_scale() {
     for (task, answer, expect) in table {
         check(task, Mode::Pointwise, answer, expect);
     }
+}
+
+#[test]
+fn think_verdicts_are_read_inside_the_last_answer_tag() {
+    let grammar = |task| TaskTemplate::built_in_variant(Variant::Think, task, Mode::Pairwise).unwrap().answer;
+    let image = grammar(Task::ImageGeneration);
+    let answer = "<think>\n1. Semantic consistency: Image 1 (9/10); Image 2 (7/10). At first Image 1 is better, but\n\
+                  Total score:\nImage 1: 9+6=15\nImage 2: 7+9=16\n</think>\n<answer>Image 2 is better</answer>";
+    assert_eq!(parse_answer(answer, &image), Ok(Judgment::Verdict(Verdict::Second)));
+    // Reasoning that names a verdict but an empty answer tag: the tag decides, so it is unparsable.
+    let empty = "<think>Image 1 is better</think>\n<answer></answer>";
+    assert!(matches!(parse_answer(empty, &image), Err(AnswerError::Unparsable(_))));
+    let understanding = grammar(Task::VideoUnderstanding);
+    let answer = "<think>Answer 2 misses the dog.</think>\n<answer>Answer 1 is better</answer>";
+    assert_eq!(parse_answer(answer, &understanding), Ok(Judgment::Verdict(Verdict::First)));
 }
 
 #[test]

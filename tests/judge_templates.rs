@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use unireward::judge::{render_chat, AnswerGrammar, ChatMessage, ChatTemplate, MediaInput, Mode, Task, TaskTemplate};
+use unireward::judge::{
+    render_chat, AnswerGrammar, ChatMessage, ChatTemplate, MediaInput, Mode, Task, TaskTemplate, Variant,
+};
 use unireward::Error;
 
 fn fixtures() -> PathBuf {
@@ -50,17 +52,21 @@ fn every_template_renders_the_released_scripts_prompt_byte_for_byte() {
     let cases = prompt_cases();
     let mut covered = std::collections::BTreeSet::new();
     for case in &cases {
-        let task: Task = case.task.parse().unwrap();
+        let (variant, task) = match case.task.strip_prefix("think/") {
+            Some(task) => (Variant::Think, task),
+            None => (Variant::UnifiedReward, case.task.as_str()),
+        };
+        let task: Task = task.parse().unwrap();
         let mode: Mode = case.mode.parse().unwrap();
-        covered.insert((task, mode));
-        let template = TaskTemplate::built_in(task, mode).unwrap();
+        covered.insert((variant, task, mode));
+        let template = TaskTemplate::built_in_variant(variant, task, mode).unwrap();
         let media = media(&template, &case.frames);
         for chat in [&ChatTemplate::Qwen2BuiltIn, &jinja] {
             let prompt = template.render_prompt(chat, &case.fields, media).unwrap();
             assert_eq!(prompt, case.prompt, "{task}.{mode} with fields {:?}, frames {:?}", case.fields, case.frames);
         }
     }
-    assert_eq!(covered.len(), 8, "the fixture covers every task × mode");
+    assert_eq!(covered.len(), 12, "the fixture covers every task × mode, and Think's four pairwise templates");
 }
 
 #[test]
@@ -145,6 +151,16 @@ fn built_in_templates_name_their_source_fields_media_and_grammar() {
                 other => panic!("{task}.{mode}: {other:?}"),
             }
         }
+    }
+    for task in Task::ALL {
+        let t = TaskTemplate::built_in_variant(Variant::Think, task, Mode::Pairwise).unwrap();
+        assert!(t.source.path.starts_with("UnifiedReward-Think/inference_llava/"), "{}", t.source.path);
+        match &t.answer {
+            AnswerGrammar::Verdict(v) => assert!(v.prefix == "<answer>" && v.tie.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let err = TaskTemplate::built_in_variant(Variant::Think, task, Mode::Pointwise).unwrap_err();
+        assert!(err.to_string().contains("Think has no released pointwise template"), "{err}");
     }
     let scale = |task| match TaskTemplate::built_in(task, Mode::Pointwise).unwrap().answer {
         AnswerGrammar::Score(s) => (s.min, s.max),

@@ -5,7 +5,8 @@
 //! "**Final Score:**  7" and "final score:7" read alike. The rules:
 //! - **Verdict**: every phrase of the grammar is looked for (a final period of a phrase is optional); the phrase that
 //!   starts last wins, since reasoned answers discuss both candidates before concluding (the longer phrase on a tie
-//!   of positions). No phrase found → unparsable.
+//!   of positions). With an answer prefix in the grammar (Think's `<answer>`) only the text after its last occurrence
+//!   is read (the whole answer when it never occurs). No phrase found → unparsable.
 //! - **Score**: the number right after the *last* occurrence of the score prefix (its colon optional), so with two
 //!   numbers ("visual quality: 4 … Final Score: 6", or a revised "Final Score") the final one counts, and a number
 //!   after the score ("Final Score: 7 8") is ignored. Numbers are compared as numbers ("10" > "9"); decimals are

@@ -10,5 +10,7 @@ pub mod tokenizer;
 
 pub use chat_template::ChatTemplate;
 pub use generate::{generate, generate_with_prefix, FinishReason, GenerationConfig};
-pub use templates::{AnswerGrammar, MediaInput, MediaSpec, Mode, ScoreGrammar, Task, TaskTemplate, VerdictGrammar};
+pub use templates::{
+    AnswerGrammar, MediaInput, MediaSpec, Mode, ScoreGrammar, Task, TaskTemplate, Variant, VerdictGrammar,
+};
 pub use tokenizer::{render_chat, ChatMessage, Tokenizer};

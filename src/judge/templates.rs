@@ -71,6 +71,16 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Which released checkpoint family a built-in template belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    /// UnifiedReward (`inference_llava/`): every task, pairwise and pointwise.
+    UnifiedReward,
+    /// UnifiedReward-Think (`UnifiedReward-Think/inference_llava/`): pairwise only, reasoning in `<think>`, the
+    /// verdict in `<answer>`.
+    Think,
+}
+
 /// Accepts `image_generation` and the command line's `image-generation`.
 impl FromStr for Task {
     type Err = Error;
@@ -201,25 +211,49 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 /// Bounds a user's template file before reading it.
 const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
-/// The text of the built-in template of `task` × `mode` (the files in `templates/`).
-fn built_in_text(task: Task, mode: Mode) -> &'static str {
-    use {Mode::*, Task::*};
-    match (task, mode) {
-        (ImageGeneration, Pairwise) => include_str!("../../templates/image_generation.pairwise.json"),
-        (ImageGeneration, Pointwise) => include_str!("../../templates/image_generation.pointwise.json"),
-        (ImageUnderstanding, Pairwise) => include_str!("../../templates/image_understanding.pairwise.json"),
-        (ImageUnderstanding, Pointwise) => include_str!("../../templates/image_understanding.pointwise.json"),
-        (VideoGeneration, Pairwise) => include_str!("../../templates/video_generation.pairwise.json"),
-        (VideoGeneration, Pointwise) => include_str!("../../templates/video_generation.pointwise.json"),
-        (VideoUnderstanding, Pairwise) => include_str!("../../templates/video_understanding.pairwise.json"),
-        (VideoUnderstanding, Pointwise) => include_str!("../../templates/video_understanding.pointwise.json"),
-    }
+/// The text of a built-in template (the files in `templates/`), if that variant released one.
+fn built_in_text(variant: Variant, task: Task, mode: Mode) -> Option<&'static str> {
+    use {Mode::*, Task::*, Variant::*};
+    Some(match (variant, task, mode) {
+        (UnifiedReward, ImageGeneration, Pairwise) => include_str!("../../templates/image_generation.pairwise.json"),
+        (UnifiedReward, ImageGeneration, Pointwise) => include_str!("../../templates/image_generation.pointwise.json"),
+        (UnifiedReward, ImageUnderstanding, Pairwise) => {
+            include_str!("../../templates/image_understanding.pairwise.json")
+        }
+        (UnifiedReward, ImageUnderstanding, Pointwise) => {
+            include_str!("../../templates/image_understanding.pointwise.json")
+        }
+        (UnifiedReward, VideoGeneration, Pairwise) => include_str!("../../templates/video_generation.pairwise.json"),
+        (UnifiedReward, VideoGeneration, Pointwise) => include_str!("../../templates/video_generation.pointwise.json"),
+        (UnifiedReward, VideoUnderstanding, Pairwise) => {
+            include_str!("../../templates/video_understanding.pairwise.json")
+        }
+        (UnifiedReward, VideoUnderstanding, Pointwise) => {
+            include_str!("../../templates/video_understanding.pointwise.json")
+        }
+        (Think, ImageGeneration, Pairwise) => include_str!("../../templates/think/image_generation.pairwise.json"),
+        (Think, ImageUnderstanding, Pairwise) => {
+            include_str!("../../templates/think/image_understanding.pairwise.json")
+        }
+        (Think, VideoGeneration, Pairwise) => include_str!("../../templates/think/video_generation.pairwise.json"),
+        (Think, VideoUnderstanding, Pairwise) => {
+            include_str!("../../templates/think/video_understanding.pairwise.json")
+        }
+        (Think, _, Pointwise) => return None,
+    })
 }
 
 impl TaskTemplate {
     /// The built-in template of `task` × `mode` (UnifiedReward's released format).
     pub fn built_in(task: Task, mode: Mode) -> Result<TaskTemplate> {
-        TaskTemplate::from_json(built_in_text(task, mode), &format!("built-in template {task}.{mode}"))
+        TaskTemplate::built_in_variant(Variant::UnifiedReward, task, mode)
+    }
+
+    /// The built-in template of a checkpoint family; an error where that family released none (Think: pointwise).
+    pub fn built_in_variant(variant: Variant, task: Task, mode: Mode) -> Result<TaskTemplate> {
+        let text = built_in_text(variant, task, mode)
+            .ok_or_else(|| Error::InvalidArgument(format!("{variant:?} has no released {mode} template for {task}")))?;
+        TaskTemplate::from_json(text, &format!("built-in {variant:?} template {task}.{mode}"))
     }
 
     /// A user's template file (the JSON schema of `templates/`), validated.

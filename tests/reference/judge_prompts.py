@@ -91,6 +91,73 @@ def video_understanding_pointwise(Query, Response, images):
     return question
 
 
+# UnifiedReward-Think (its answers end in <answer>...</answer>): the `question = ...` statements of
+# UnifiedReward-Think/inference_llava/{task}/infer_cot_{task}.py, verbatim.
+
+# UnifiedReward-Think/inference_llava/image_generation/infer_cot_image_generation.py
+def think_image_generation_pairwise(prompt):
+    question = f"<image>\n <image>\nGiven a caption and two images generated based on this caption, please analyze in detail the two provided images. Evaluate them on various dimensions such as semantic consistency (how closely the image content aligns with the caption), aesthetics (composition, color usage, artistic expression), authenticity (realism and attention to detail), and any other factors you deem relevant. For each evaluation dimension, provide a score between 1-10 for both images (e.g., Image 1: 8/10, Image 2: 6/10) and provide a concise rationale for the score. Calculate the total score for each image by summing all dimension scores. Use a chain-of-thought process to detail your reasoning steps, and enclose all your detailed reasoning within <think> and </think> tags. Then, in the <answer> tag, output exactly one of the following strings: \'Image 1 is better\' or \'Image 2 is better\' based on the total scores. No additional text is allowed in the <answer> section.\n\nExample output format:\n<think>\n1. Semantic consistency: Image 1 (9/10) - ...; Image 2 (7/10) - ...\n2. Aesthetics: Image 2 (8/10) - ...; Image 1 (8/10) - ...\n3. Authenticity: Image 1 (8/10) - ...; Image 2 (5/10) - ...\n[Additional dimensions if any]: Image 2 (8/10) - ...; Image 1 (6/10) - ...\nTotal score:\nImage 1: 9+8+8+6=31\nImage 2: 7+8+5+8=28\n</think>\n<answer>Image 1 is better</answer>\n**Note: In the example above, scores and the final answer are placeholders meant only to demonstrate the format. Your actual evaluation should be based on the quality of two given images.**\n\nYour task is provided as follows:\nText Caption: [{prompt}]"
+    return question
+
+
+# UnifiedReward-Think/inference_llava/image_understanding/infer_cot_image_understanding.py
+def think_image_understanding_pairwise(Query, R1, R2):
+    question = ("<image>\nGiven a question and a reference image, please analyze in detail the two provided answers (Answer 1 and Answer 2). " \
+                "Evaluate them based on the following three core dimensions:\n" \
+                "1. Semantic accuracy: How well the answer reflects the visual content of the image\n" \
+                "2. Correctness: Whether the answer is logically and factually correct\n" \
+                "3. Clarity: Whether the answer is clearly and fluently expressed\n" \
+                "You may also consider additional dimensions if you find them relevant (e.g., reasoning ability, attention to detail, multimodal grounding, etc.). " \
+                "For each dimension, provide a score from 1 to 10 for both answers, and briefly explain your reasoning. " \
+                "Then, compute the total score for each answer by explicitly adding the scores for all dimensions and showing the full calculation. " \
+                "Enclose your full reasoning within <think> and </think> tags. " \
+                "Then, in the <answer> tag, output exactly one of the following: 'Answer 1 is better' or 'Answer 2 is better'. No other text is allowed in the <answer> section.\n\n" \
+                "Example format:\n" \
+                "<think>\n" \
+                "1. Semantic accuracy: Answer 1 (9/10) - ...; Answer 2 (7/10) - ...\n" \
+                "2. Correctness: Answer 1 (8/10) - ...; Answer 2 (7/10) - ...\n" \
+                "3. Clarity: Answer 1 (9/10) - ...; Answer 2 (8/10) - ...\n" \
+                "[Additional dimensions if any]: Answer 1 (6/10) - ...; Answer 2 (7/10) - ...\n" \
+                "Total score:\nAnswer 1: 9+8+9+6=32\nAnswer 2: 7+7+8+7=29\n" \
+                "</think>\n" \
+                "<answer>Answer 1 is better</answer>\n\n" \
+                "**Note: In the example above, scores and the final answer are placeholders meant only to demonstrate the format. Your actual evaluation should be based on the quality of two given answers.**\n\n"
+                f"Your task is provided as follows:\nQuestion: [{Query}]\nAnswer 1: [{R1}]\nAnswer 2: [{R2}]")
+    return question
+
+
+# UnifiedReward-Think/inference_llava/video_generation/infer_cot_video_generation.py
+def think_video_generation_pairwise(prompt, images):
+    question = '<image>\n'*len(images) + f"Given a caption and two videos generated based on this caption, please analyze in detail the two provided videos. Evaluate them on various dimensions such as semantic consistency (how closely the video content aligns with the caption), temporal coherence (smoothness and logical flow of motion across frames), authenticity (realism and attention to detail), and any other factors you deem relevant. For each evaluation dimension, provide a score between 1-10 for both videos (e.g., Video 1: 8/10, Video 2: 6/10) and provide a concise rationale for the score. Calculate the total score for each video by summing all dimension scores. Use a chain-of-thought process to detail your reasoning steps, and enclose all your detailed reasoning within <think> and </think> tags. Then, in the <answer> tag, output exactly one of the following strings: 'Video 1 is better' or 'Video 2 is better' based on the total scores. No additional text is allowed in the <answer> section.\n\nExample output format:\n<think>\n1. Semantic consistency: Video 1 (9/10) - ...; Video 2 (7/10) - ...\n2. Temporal coherence: Video 1 (8/10) - ...; Video 2 (6/10) - ...\n3. Authenticity: Video 1 (7/10) - ...; Video 2 (5/10) - ...\n[Additional dimensions if any]: Video 2 (8/10) - ...; Video 1 (6/10) - ...\nTotal score:\nVideo 1: 9+8+7+6=30\nVideo 2: 7+6+5+8=26\n</think>\n<answer>Video 1 is better</answer>\n**Note: In the example above, scores and the final answer are placeholders meant only to demonstrate the format. Your actual evaluation should be based on the quality of two given videos.**\n\nYour task is provided as follows:\nText Caption: [{prompt}]"
+    return question
+
+
+# UnifiedReward-Think/inference_llava/video_understanding/infer_cot_video_understanding.py
+def think_video_understanding_pairwise(Query, R1, R2, images):
+    question = ('<image>\n'*len(images) + "Given a question and a reference video, please evaluate the two provided answers (Answer 1 and Answer 2). " \
+                    "Judge them based on the following key dimensions:\n" \
+                    "1. Semantic accuracy: Does the answer align with the visual and temporal content in the video?\n" \
+                    "2. Correctness: Is the answer factually and logically correct?\n" \
+                    "3. Clarity: Is the answer expressed fluently, clearly, and coherently?\n" \
+                    "You are encouraged to consider any additional dimensions if relevant (e.g., temporal reasoning, causal understanding, visual detail, emotional perception, etc.). " \
+                    "For each dimension, assign a score from 1 to 10 for both answers and explain briefly. " \
+                    "Then, compute and explicitly show the total score as an addition of all dimension scores. " \
+                    "Wrap your full reasoning in <think> tags. In the <answer> tag, output exactly one of the following: 'Answer 1 is better' or 'Answer 2 is better'. No additional commentary is allowed in the <answer> section.\n\n" \
+                    "Example format:\n" \
+                    "<think>\n" \
+                    "1. Semantic accuracy: Answer 1 (8/10) - ...; Answer 2 (9/10) - ...\n" \
+                    "2. Correctness: Answer 1 (7/10) - ...; Answer 2 (6/10) - ...\n" \
+                    "3. Clarity: Answer 1 (9/10) - ...; Answer 2 (8/10) - ...\n" \
+                    "[Additional dimensions if any]: Answer 1 (7/10) - ...; Answer 2 (6/10) - ...\n" \
+                    "Total score:\nAnswer 1: 8+7+9+7=31\nAnswer 2: 9+6+8+6=29\n" \
+                    "</think>\n" \
+                    "<answer>Answer 1 is better</answer>\n\n" \
+                    "**Note: In the example above, scores and the final answer are placeholders meant only to demonstrate the format. Your actual evaluation should be based on the quality of two given answers.**\n\n" \
+                    f"Your task is provided as follows:\nQuestion: {Query}\nAnswer 1: {R1}\nAnswer 2: {R2}\n"
+        )
+    return question
+
+
 # Awkward field values: empty, braces (must not be read as placeholders), quotes, newlines, non-ASCII,
 # text that looks like a chat marker or a media placeholder.
 CAPTION = "两只猫\nin \"snow\" {cube} <image> <|im_end|>"
@@ -118,6 +185,13 @@ def cases():
         fields = {"question": q, "response": r2}
         add("image_understanding", "pointwise", fields, [], image_understanding_pointwise(q, r2))
         add("video_understanding", "pointwise", fields, [2], video_understanding_pointwise(q, r2, _Frames(2)))
+    add("think/image_generation", "pairwise", {"caption": CAPTION}, [], think_image_generation_pairwise(CAPTION))
+    add("think/video_generation", "pairwise", {"caption": "a cat"}, [8, 8],
+        think_video_generation_pairwise("a cat", _Frames(16)))
+    fields = {"question": QUESTION, "first_response": RESPONSES[0], "second_response": RESPONSES[1]}
+    add("think/image_understanding", "pairwise", fields, [], think_image_understanding_pairwise(QUESTION, *RESPONSES))
+    add("think/video_understanding", "pairwise", fields, [8],
+        think_video_understanding_pairwise(QUESTION, *RESPONSES, _Frames(8)))
     return out
 
 

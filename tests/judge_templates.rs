@@ -105,6 +105,40 @@ fn jinja_path_renders_qwen2_as_transformers_and_render_chat_do() {
 }
 
 #[test]
+fn jinja_path_renders_checkpoint_style_templates_as_transformers_does() {
+    // Fixture by tests/reference/judge_chat_templates.py: transformers' render_jinja_template on three templates
+    // (Qwen2's, Qwen2.5's without tools, and one using namespace, string methods, filters and loop variables).
+    #[derive(serde::Deserialize)]
+    struct Template {
+        name: String,
+        template: String,
+        cases: Vec<Case>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Case {
+        messages: Vec<BTreeMap<String, String>>,
+        add_generation_prompt: bool,
+        text: String,
+    }
+    let text = std::fs::read_to_string(fixtures().join("judge/chat_templates.json")).unwrap();
+    let templates: Vec<Template> = serde_json::from_str(&text).unwrap();
+    assert_eq!(templates.len(), 3);
+    for t in &templates {
+        let template = ChatTemplate::jinja(&t.template).unwrap();
+        for case in &t.cases {
+            let messages: Vec<ChatMessage> =
+                case.messages.iter().map(|m| ChatMessage::new(&m["role"], &m["content"])).collect();
+            let rendered = template.render(&messages, case.add_generation_prompt).unwrap();
+            assert_eq!(rendered, case.text, "{} on {messages:?}", t.name);
+        }
+    }
+    // The feature template refuses roles it does not know, through raise_exception.
+    let features = ChatTemplate::jinja(&templates[2].template).unwrap();
+    let err = features.render(&[ChatMessage::new("tool", "x")], true).unwrap_err();
+    assert!(err.to_string().contains("unknown role tool"), "{err}");
+}
+
+#[test]
 fn checkpoint_without_a_template_falls_back_to_the_built_in_one() {
     let dir = std::env::temp_dir().join(format!("unireward-no-chat-template-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

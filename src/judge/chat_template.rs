@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use minijinja::{context, Environment, ErrorKind};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{context, Environment, ErrorKind, Value};
 
 use super::tokenizer::{render_chat, ChatMessage};
 use crate::{Error, Result};
@@ -34,6 +35,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::Checkpoint(format!("chat template does not compile: {e:#}")))?;
         Ok(ChatTemplate::Jinja(Box::new(env)))
@@ -99,4 +101,99 @@ fn chat_template_in_config(text: &str, path: &Path) -> Result<Option<String>> {
             .ok_or_else(|| Error::Checkpoint(format!("{name}: `chat_template` is a list with no `default` template"))),
         Some(_) => Err(Error::Checkpoint(format!("{name}: `chat_template` is neither a string nor a list"))),
     }
+}
+
+/// transformers' `tojson` filter: Python's `json.dumps(x, ensure_ascii=False, indent=indent, sort_keys=sort_keys)`
+/// (Jinja2's and minijinja's own HTML-escape `<`, `>`, `&` and `'`, which chat templates must not). Floats print as
+/// Rust's shortest round-trip form, which matches Python's `repr` except in exponent notation (`1e-7` vs `1e-07`).
+fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(&mut out, value, indent, sort_keys.unwrap_or(false), 0)?;
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    indent: Option<usize>,
+    sort_keys: bool,
+    depth: usize,
+) -> std::result::Result<(), minijinja::Error> {
+    // Python's separators: ", " and ": " without indent; "," and a newline plus indentation with it.
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * depth));
+        }
+    };
+    let item_separator = if indent.is_some() { "," } else { ", " };
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number if value.is_integer() => out.push_str(&value.to_string()),
+        ValueKind::Number => {
+            let x = f64::try_from(value.clone())?;
+            out.push_str(&if x.is_finite() {
+                format!("{x:?}")
+            } else if x.is_nan() {
+                "NaN".into()
+            } else if x > 0.0 {
+                "Infinity".into()
+            } else {
+                "-Infinity".into()
+            });
+        }
+        ValueKind::String => {
+            out.push_str(&serde_json::to_string(value.as_str().unwrap_or_default()).expect("a string serializes"))
+        }
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = value.try_iter()?.collect();
+            if sort_keys {
+                keys.sort();
+            }
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_separator);
+                }
+                newline(out, depth + 1);
+                out.push_str(&serde_json::to_string(&key.to_string()).expect("a string serializes"));
+                out.push_str(": ");
+                write_json(out, &value.get_item(key)?, indent, sort_keys, depth + 1)?;
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_separator);
+                }
+                newline(out, depth + 1);
+                write_json(out, item, indent, sort_keys, depth + 1)?;
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        other => {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson cannot serialize a {other}"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -114,7 +114,8 @@ fn a_dpo_step_through_the_model_matches_materialised_logits_and_finite_differenc
     let cfg = LogProbsConfig::default();
     let out = sequence_logprobs(&logits, &b.labels, None, &cfg).unwrap();
     let (loss_m, grad_logps) = dpo(&out.logps, &reference_logps);
-    assert!((loss - loss_m).abs() < 1e-6, "{loss} vs {loss_m}");
+    // Two f32 paths summing in different orders (the product kernels differ by ISA level: UNIREWARD_CPU_ISA).
+    assert!((loss - loss_m).abs() <= 4e-6 * loss_m.abs().max(1.0), "{loss} vs {loss_m}");
     let grad_logits = sequence_logprobs_backward(&logits, &b.labels, None, &out, &grad_logps, &cfg).unwrap();
     let materialised = policy.backward_from_logits(pass, &grad_logits).unwrap();
     for ((name, a), (_, m)) in fused.weights.named().into_iter().zip(materialised.weights.named()) {

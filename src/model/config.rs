@@ -115,14 +115,7 @@ impl Qwen2Config {
             ("num_key_value_heads", self.num_key_value_heads, 4096),
             ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
         ];
-        for (key, size, max) in sizes {
-            if size == 0 {
-                return fail(format!("`{key}` is 0"));
-            }
-            if size > max {
-                return fail(format!("`{key}` is {size}, more than this library accepts ({max})"));
-            }
-        }
+        check_sizes("config", &sizes)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
@@ -266,4 +259,20 @@ impl Keys<'_> {
             None => Ok(()),
         }
     }
+}
+
+/// Each `(key, size, max)` of a config: an error naming the key when the size is 0 or above `max` (bounds far above
+/// any released model, so that a corrupt or hostile config is refused before anything is allocated from it).
+pub(crate) fn check_sizes(context: &str, sizes: &[(&str, usize, usize)]) -> Result<()> {
+    for &(key, size, max) in sizes {
+        if size == 0 {
+            return Err(Error::Checkpoint(format!("{context}: `{key}` is 0")));
+        }
+        if size > max {
+            return Err(Error::Checkpoint(format!(
+                "{context}: `{key}` is {size}, more than this library accepts ({max})"
+            )));
+        }
+    }
+    Ok(())
 }

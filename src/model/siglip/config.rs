@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::model::config::{unsupported, Keys};
+use crate::model::config::{check_sizes, unsupported, Keys};
 use crate::ops::gelu::GeluApproximation;
 use crate::{Error, Result};
 
@@ -148,14 +148,7 @@ impl SiglipVisionConfig {
             ("image_size", self.image_size, 1 << 13),
             ("patch_size", self.patch_size, 1 << 10),
         ];
-        for (key, size, max) in sizes {
-            if size == 0 {
-                return fail(format!("`{key}` is 0"));
-            }
-            if size > max {
-                return fail(format!("`{key}` is {size}, more than this library accepts ({max})"));
-            }
-        }
+        check_sizes("vision config", &sizes)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",

@@ -120,6 +120,10 @@ fn bad_pixels_and_gradients_are_clear_errors() {
     let pass = tower.forward(&random(&[2, 3, 10, 10], 1), ForwardOptions::default()).unwrap();
     let err = tower.backward(pass, &random(&[2, 9, 11], 2)).unwrap_err().to_string();
     assert!(err.contains("grad_features") && err.contains("[2, 9, 12]"), "{err}");
+    let pass = tower.forward(&random(&[2, 3, 10, 10], 1), ForwardOptions::default()).unwrap();
+    let bf16 = random(&[2, 9, 12], 2).to_dtype(DType::BF16).unwrap();
+    let err = tower.backward(pass, &bf16).unwrap_err().to_string();
+    assert!(err.contains("grad_features"), "{err}");
 }
 
 #[test]

@@ -282,8 +282,12 @@ impl SiglipVisionTower {
     /// Shapes, dtypes and devices of a backward's inputs and outputs.
     fn check_gradients(&self, pass: &TowerPass, grad_features: &Tensor, out: &SiglipGradients) -> Result<()> {
         let (dtype, device) = (self.dtype(), self.device());
-        check::float("grad_features", grad_features)?;
-        check::output("grad_features", grad_features, &pass.dims.stream(), dtype, device)?;
+        check::shape("grad_features", grad_features, &pass.dims.stream())?;
+        check::dtype("grad_features", grad_features, dtype)?;
+        check::same_device(&[
+            ("grad_features", grad_features),
+            ("the tower's weights", &self.weights.patch_embedding),
+        ])?;
         check::output("pixel_values gradient", &out.pixel_values, &pass.grid.pixels_shape(), dtype, device)?;
         let (want, got) = (self.weights.named(), out.weights.named());
         if want.len() != got.len() {

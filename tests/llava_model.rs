@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
+use unireward::judge::GenerationConfig;
 use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
 use unireward::model::llava::{LlavaBatch, LlavaLayout, LlavaOnevisionModel, MediaInput};
-use unireward::model::ForwardOptions;
+use unireward::model::{save_safetensors, ForwardOptions, WeightStore};
 use unireward::ops::fused_linear::FusedLinearConfig;
 use unireward::{DType, Device, Tensor};
 
@@ -95,6 +96,12 @@ impl Inputs {
         media
     }
 
+    /// The `[·, vocab]` rows of `all` (`[N,T,vocab]`) at real (unpadded) tokens: padding's logits are unspecified.
+    fn real_rows(&self, all: &[f64], vocab: usize) -> Vec<f64> {
+        let real = self.mask.iter().enumerate().filter(|(_, &m)| m != 0).map(|(i, _)| i);
+        real.flat_map(|i| all[i * vocab..(i + 1) * vocab].to_vec()).collect()
+    }
+
     fn tensors(&self) -> (Tensor, Tensor) {
         let ids = Tensor::from_slice(&self.ids, &self.shape, Device::Cpu).unwrap();
         let mask = Tensor::from_slice(&self.mask, &self.shape, Device::Cpu).unwrap();
@@ -176,4 +183,179 @@ fn batch_equals_the_float64_reference_in_both_layouts() {
     for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
         check_against_reference(layout_dir(layout), DType::F32, 1e-4);
     }
+}
+
+/// Each row's media in the reference batch: the anyres image, the down-sampled image, two images, the video,
+/// nothing.
+fn row_media(inputs: &Inputs, row: usize) -> Vec<MediaInput<'_>> {
+    let image = |i: usize| MediaInput::Image { pixel_values: &inputs.images[i].0, size: inputs.images[i].1 };
+    match row {
+        0 => vec![image(0)],
+        1 => vec![image(1)],
+        2 => vec![image(2), image(3)],
+        3 => vec![MediaInput::Video { frames: &inputs.video }],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn each_row_alone_gives_its_rows_logits_in_the_batch() {
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture("hf"), DType::F32, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let (ids, mask) = inputs.tensors();
+    let media = inputs.media();
+    let pass = model.forward(&LlavaBatch { ids: &ids, mask: &mask, media: &media }, ForwardOptions::default()).unwrap();
+    let batch_logits = values(&model.logits(&pass).unwrap());
+    let [rows, t] = inputs.shape;
+    let vocab = batch_logits.len() / (rows * t);
+    for row in 0..rows {
+        let len = inputs.mask[row * t..(row + 1) * t].iter().filter(|&&m| m != 0).count();
+        let row_ids = Tensor::from_slice(&inputs.ids[row * t..row * t + len], &[1, len], Device::Cpu).unwrap();
+        let ones = Tensor::from_slice(&vec![1i64; len], &[1, len], Device::Cpu).unwrap();
+        let media = row_media(&inputs, row);
+        let batch = LlavaBatch { ids: &row_ids, mask: &ones, media: &media };
+        let alone = values(&model.logits(&model.forward(&batch, ForwardOptions::default()).unwrap()).unwrap());
+        let err = relative(&alone, &batch_logits[row * t * vocab..(row * t + len) * vocab]);
+        assert!(err < 1e-5, "row {row}: relative difference {err:.3e}");
+    }
+}
+
+#[test]
+fn greedy_generation_equals_the_reference_in_both_layouts() {
+    let r = reference();
+    let want: Vec<u32> = r["generate.tokens"].1.iter().map(|&v| v as u32).collect();
+    for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
+        let model = LlavaOnevisionModel::load(&fixture(layout_dir(layout)), DType::F32, Device::Cpu).unwrap();
+        let inputs = Inputs::new(&r, model.layout);
+        let image = model.placeholders().image;
+        let prompt: Vec<i64> =
+            r["generate.input_ids"].1.iter().map(|&v| if v as i64 == HF_IMAGE { image } else { v as i64 }).collect();
+        let cfg = GenerationConfig { max_new_tokens: want.len(), ..GenerationConfig::default() };
+        let got = model.generate(&prompt, &row_media(&inputs, 0), &cfg).unwrap();
+        assert_eq!(got, want, "{layout:?}");
+    }
+}
+
+#[test]
+fn bf16_storage_stays_near_the_reference() {
+    // bf16 keeps 8 bits of mantissa: logits, loss and gradients within a few percent of the tiny model's scale.
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture("hf"), DType::BF16, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let (ids, mask) = inputs.tensors();
+    let media = inputs.media();
+    let pass = model.forward(&LlavaBatch { ids: &ids, mask: &mask, media: &media }, ForwardOptions::default()).unwrap();
+    let logits = values(&model.logits(&pass).unwrap());
+    let vocab = r["logits"].0[2];
+    let err = relative(&inputs.real_rows(&logits, vocab), &inputs.real_rows(&r["logits"].1, vocab));
+    assert!(err < 5e-2, "bf16 logits relative error {err:.3e}");
+    let mut grads = model.zero_gradients().unwrap();
+    let loss = model.causal_lm_loss_into(&pass, &FusedLinearConfig::default(), &mut grads).unwrap();
+    let want = r["loss"].1[0];
+    assert!((loss.loss as f64 - want).abs() < 2e-2 * want.abs(), "bf16 loss {} vs {want}", loss.loss);
+    model.backward_into(pass, loss.grads, &mut grads).unwrap();
+    for (name, grad) in model.named_gradients(&grads) {
+        assert!(values(grad).iter().all(|v| v.is_finite()), "{name}");
+    }
+}
+
+fn error_text<T: std::fmt::Debug>(result: unireward::Result<T>) -> String {
+    result.unwrap_err().to_string()
+}
+
+#[test]
+fn bad_batches_are_refused_by_name() {
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture("hf"), DType::F32, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let (ids, mask) = inputs.tensors();
+    let forward = |media: &[MediaInput<'_>]| {
+        model.forward(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default()).map(|_| ())
+    };
+    // The video left out: its placeholders have no features.
+    let mut media = inputs.media();
+    media.pop();
+    let msg = error_text(forward(&media));
+    assert!(msg.contains("video placeholder") && msg.contains("must be equal"), "{msg}");
+    // An image with one tile too few.
+    let mut media = inputs.media();
+    let short = inputs.images[0].0.to_dtype(DType::F32).unwrap();
+    let tiles = short.shape()[0];
+    let values = short.to_vec::<f32>().unwrap();
+    let per_tile = values.len() / tiles;
+    let short = Tensor::from_slice(&values[per_tile..], &[tiles - 1, 3, 12, 12], Device::Cpu).unwrap();
+    media[0] = MediaInput::Image { pixel_values: &short, size: inputs.images[0].1 };
+    let msg = error_text(forward(&media));
+    assert!(msg.contains("tiles"), "{msg}");
+    // Pixels of the wrong side.
+    let wrong = Tensor::zeros(&[1, 3, 10, 10], DType::F32, Device::Cpu).unwrap();
+    let mut media = inputs.media();
+    media[1] = MediaInput::Image { pixel_values: &wrong, size: (10, 10) };
+    let msg = error_text(forward(&media));
+    assert!(msg.contains("media item 1") && msg.contains("[1, 3, 10, 10]"), "{msg}");
+    // Integer pixels.
+    let ints = Tensor::from_slice(&[0i64; 3 * 12 * 12], &[1, 3, 12, 12], Device::Cpu).unwrap();
+    media[1] = MediaInput::Image { pixel_values: &ints, size: (12, 12) };
+    assert!(error_text(forward(&media)).contains("pixel values"));
+    // Generation checks the same.
+    let msg = error_text(model.generate(&[HF_IMAGE, 5], &[], &GenerationConfig::default()));
+    assert!(msg.contains("image placeholder"), "{msg}");
+}
+
+/// A scratch copy of a fixture directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn copy_of(dir: &str, tag: &str) -> Scratch {
+        let to = std::env::temp_dir().join(format!("unireward-llava-model-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&to);
+        copy_dir(&fixture(dir), &to);
+        Scratch(to)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_refused_by_name() {
+    // An unknown tower.
+    let scratch = Scratch::copy_of("llava_qwen", "tower");
+    let path = scratch.0.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["mm_vision_tower"] = "google/siglip-base-patch16-224".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let msg = error_text(LlavaOnevisionModel::load(&scratch.0, DType::F32, Device::Cpu));
+    assert!(msg.contains("unknown vision tower") && msg.contains("siglip-base-patch16-224"), "{msg}");
+
+    // A missing weight.
+    let scratch = Scratch::copy_of("hf", "missing");
+    let store = WeightStore::open(&fixture("hf")).unwrap();
+    let kept: Vec<(String, Tensor)> = store
+        .names()
+        .into_iter()
+        .filter(|name| *name != "image_newline")
+        .map(|name| (name.to_string(), store.get(name, store.shape(name).unwrap()).unwrap()))
+        .collect();
+    let refs: Vec<(&str, &Tensor)> = kept.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_safetensors(&scratch.0.join("model.safetensors"), &refs).unwrap();
+    let msg = error_text(LlavaOnevisionModel::load(&scratch.0, DType::F32, Device::Cpu));
+    assert!(msg.contains("image_newline"), "{msg}");
 }

@@ -100,6 +100,24 @@ pub fn generate_with_prefix(
     decode(model, &mut cache, logits, cfg, &limits)
 }
 
+/// The new tokens after one prompt of `prompt_len` positions that `prefill` writes into an empty cache, returning
+/// the f32 logits `[1,V]` after its last position (a multimodal prompt run from its input embeddings).
+pub fn generate_after_prefill(
+    model: &Qwen2Model,
+    prompt_len: usize,
+    prefill: impl FnOnce(&mut KvCache) -> Result<crate::runtime::Tensor>,
+    cfg: &GenerationConfig,
+) -> Result<Vec<u32>> {
+    cfg.validate()?;
+    if prompt_len == 0 {
+        return Err(Error::InvalidArgument("generate needs a non-empty prompt".into()));
+    }
+    let limits = new_token_limits(model, &[prompt_len], cfg)?;
+    let mut cache = model.new_cache(1, cache_capacity(&[prompt_len], &limits))?;
+    let logits = prefill(&mut cache)?.to_vec::<f32>()?;
+    Ok(decode(model, &mut cache, logits, cfg, &limits)?.remove(0))
+}
+
 /// Why a sequence's generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {

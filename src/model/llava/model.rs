@@ -19,6 +19,7 @@ use super::packing::{
     pack, pack_backward, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap, UnpadRounding,
 };
 use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
+use crate::judge::generate::{generate_after_prefill, GenerationConfig};
 use crate::media::Size;
 use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients, Qwen2Weights};
 use crate::model::siglip::{layers_for_feature_layer, SiglipVisionConfig, SiglipVisionTower, SiglipWeights, TowerPass};
@@ -75,6 +76,16 @@ pub struct LlavaPass {
     /// The ids the token embeddings were looked up with (placeholders replaced by 0), on the model's device.
     lookup_ids: Tensor,
     /// The batch's own ids (the loss's labels), on the host.
+    ids: Tensor,
+}
+
+/// A batch's input embeddings and what the backward needs of how they were made.
+struct Embedded {
+    embeds: Tensor,
+    vision: Option<(TowerPass, ProjectorActivations)>,
+    plan: PackingPlan,
+    scatter: ScatterMap,
+    lookup_ids: Tensor,
     ids: Tensor,
 }
 
@@ -219,6 +230,15 @@ impl LlavaOnevisionModel {
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
     /// pixels' shapes, the placeholder counts against the media's packed rows) before the tower runs.
     pub fn forward(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<LlavaPass> {
+        let embedded = self.embed(batch, opts)?;
+        let lm = self.language_model.forward_embeds(&embedded.embeds, batch.mask, opts)?;
+        let Embedded { vision, plan, scatter, lookup_ids, ids, .. } = embedded;
+        Ok(LlavaPass { lm, vision, plan, scatter, lookup_ids, ids })
+    }
+
+    /// The language model's input embeddings of `batch`: token embeddings with the packed vision features at the
+    /// placeholders.
+    fn embed(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<Embedded> {
         let &[n, t] = check::rank("ids", batch.ids, 2)? else { unreachable!() };
         check::integer("ids", batch.ids)?;
         check::non_empty("the batch (N·T)", n * t)?;
@@ -248,9 +268,19 @@ impl LlavaOnevisionModel {
                 Some((tower, acts))
             }
         };
-        let lm = self.language_model.forward_embeds(&embeds, batch.mask, opts)?;
         let ids = Tensor::from_slice(&host, &[n, t], Device::Cpu)?;
-        Ok(LlavaPass { lm, vision, plan, scatter, lookup_ids, ids })
+        Ok(Embedded { embeds, vision, plan, scatter, lookup_ids, ids })
+    }
+
+    /// The new tokens after one prompt `ids` (with its placeholders) and its `media`, greedy or sampled as `cfg`
+    /// says, with the KV cache: the media are encoded once, in the prefill from the prompt's embeddings.
+    pub fn generate(&self, ids: &[i64], media: &[MediaInput<'_>], cfg: &GenerationConfig) -> Result<Vec<u32>> {
+        let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
+        let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
+        let embedded = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?;
+        let embeds = embedded.embeds;
+        let lm = &self.language_model;
+        generate_after_prefill(lm, ids.numel(), |cache| lm.extend_embeds(cache, &embeds), cfg)
     }
 
     /// The logits `[N,T,V]` of a pass, in the model's dtype.

@@ -128,14 +128,14 @@ fn layout_dir(layout: LlavaLayout) -> &'static str {
 }
 
 /// Logits of the real tokens, loss and every gradient of the reference batch, within `tol` relative.
-fn check_against_reference(dir: &str, dtype: DType, tol: f64) {
-    let r = reference();
-    let model = LlavaOnevisionModel::load(&fixture(dir), dtype, Device::Cpu).unwrap();
+fn check_against_reference(dir: &str, device: Device, recompute: bool, tol: f64) {
+    let (r, dtype) = (reference(), DType::F32);
+    let model = LlavaOnevisionModel::load(&fixture(dir), dtype, device).unwrap();
     let inputs = Inputs::new(&r, model.layout);
     let (ids, mask) = inputs.tensors();
     let media = inputs.media();
     let batch = LlavaBatch { ids: &ids, mask: &mask, media: &media };
-    let pass = model.forward(&batch, ForwardOptions::default()).unwrap();
+    let pass = model.forward(&batch, ForwardOptions { recompute }).unwrap();
 
     let logits = values(&model.logits(&pass).unwrap());
     let (logits_shape, want_logits) = &r["logits"];
@@ -144,13 +144,13 @@ fn check_against_reference(dir: &str, dtype: DType, tol: f64) {
     let pick =
         |all: &[f64]| -> Vec<f64> { real.iter().flat_map(|&i| all[i * vocab..(i + 1) * vocab].to_vec()).collect() };
     let err = relative(&pick(&logits), &pick(want_logits));
-    assert!(err < tol, "{dir} {dtype}: logits relative error {err:.3e}");
+    assert!(err < tol, "{dir} {device} recompute={recompute}: logits relative error {err:.3e}");
 
     let mut grads = model.zero_gradients().unwrap();
     let loss = model.causal_lm_loss_into(&pass, &FusedLinearConfig::default(), &mut grads).unwrap();
     let want_loss = r["loss"].1[0];
     let err = (loss.loss as f64 - want_loss).abs() / want_loss.abs();
-    assert!(err < tol, "{dir} {dtype}: loss {} vs {want_loss} ({err:.3e})", loss.loss);
+    assert!(err < tol, "{dir} {device}: loss {} vs {want_loss} ({err:.3e})", loss.loss);
     model.backward_into(pass, loss.grads, &mut grads).unwrap();
 
     let mut seen = 0;
@@ -165,7 +165,7 @@ fn check_against_reference(dir: &str, dtype: DType, tol: f64) {
         } else {
             relative(&values(grad), want)
         };
-        assert!(err < tol, "{dir} {dtype}: gradient of {name} relative error {err:.3e}");
+        assert!(err < tol, "{dir} {device} recompute={recompute}: gradient of {name} relative error {err:.3e}");
         seen += 1;
     }
     // Every reference gradient we do not give is that of a parameter the model never reads (post_layernorm).
@@ -181,7 +181,21 @@ fn check_against_reference(dir: &str, dtype: DType, tol: f64) {
 #[test]
 fn batch_equals_the_float64_reference_in_both_layouts() {
     for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
-        check_against_reference(layout_dir(layout), DType::F32, 1e-4);
+        for recompute in [false, true] {
+            check_against_reference(layout_dir(layout), Device::Cpu, recompute, 1e-4);
+        }
+    }
+}
+
+/// CUDA against the same float64 reference as the CPU (and so against the CPU), and the same greedy tokens.
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_equals_the_float64_reference_in_both_layouts() {
+    for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
+        for recompute in [false, true] {
+            check_against_reference(layout_dir(layout), Device::Cuda(0), recompute, 1e-4);
+        }
+        greedy_equals_the_reference(layout, Device::Cuda(0));
     }
 }
 
@@ -223,18 +237,22 @@ fn each_row_alone_gives_its_rows_logits_in_the_batch() {
 
 #[test]
 fn greedy_generation_equals_the_reference_in_both_layouts() {
+    for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
+        greedy_equals_the_reference(layout, Device::Cpu);
+    }
+}
+
+fn greedy_equals_the_reference(layout: LlavaLayout, device: Device) {
     let r = reference();
     let want: Vec<u32> = r["generate.tokens"].1.iter().map(|&v| v as u32).collect();
-    for layout in [LlavaLayout::Hf, LlavaLayout::LlavaQwen] {
-        let model = LlavaOnevisionModel::load(&fixture(layout_dir(layout)), DType::F32, Device::Cpu).unwrap();
-        let inputs = Inputs::new(&r, model.layout);
-        let image = model.placeholders().image;
-        let prompt: Vec<i64> =
-            r["generate.input_ids"].1.iter().map(|&v| if v as i64 == HF_IMAGE { image } else { v as i64 }).collect();
-        let cfg = GenerationConfig { max_new_tokens: want.len(), ..GenerationConfig::default() };
-        let got = model.generate(&prompt, &row_media(&inputs, 0), &cfg).unwrap();
-        assert_eq!(got, want, "{layout:?}");
-    }
+    let model = LlavaOnevisionModel::load(&fixture(layout_dir(layout)), DType::F32, device).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let image = model.placeholders().image;
+    let prompt: Vec<i64> =
+        r["generate.input_ids"].1.iter().map(|&v| if v as i64 == HF_IMAGE { image } else { v as i64 }).collect();
+    let cfg = GenerationConfig { max_new_tokens: want.len(), ..GenerationConfig::default() };
+    let got = model.generate(&prompt, &row_media(&inputs, 0), &cfg).unwrap();
+    assert_eq!(got, want, "{layout:?} on {device}");
 }
 
 #[test]

@@ -377,3 +377,32 @@ fn bad_checkpoints_are_refused_by_name() {
     let msg = error_text(LlavaOnevisionModel::load(&scratch.0, DType::F32, Device::Cpu));
     assert!(msg.contains("image_newline"), "{msg}");
 }
+
+#[test]
+fn a_batch_without_media_gives_zero_vision_gradients() {
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture("llava_qwen"), DType::F32, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let [_, t] = inputs.shape;
+    // Row 4 is text only.
+    let len = inputs.mask[4 * t..5 * t].iter().filter(|&&m| m != 0).count();
+    let ids = Tensor::from_slice(&inputs.ids[4 * t..4 * t + len], &[1, len], Device::Cpu).unwrap();
+    let ones = Tensor::from_slice(&vec![1i64; len], &[1, len], Device::Cpu).unwrap();
+    let pass = model.forward(&LlavaBatch { ids: &ids, mask: &ones, media: &[] }, ForwardOptions::default()).unwrap();
+    // Buffers holding garbage from an earlier step are overwritten.
+    let mut grads = model.zero_gradients().unwrap();
+    grads.image_newline = Tensor::from_f32(&vec![7.0; 32], &[32], DType::F32, Device::Cpu).unwrap();
+    let loss = model.causal_lm_loss_into(&pass, &FusedLinearConfig::default(), &mut grads).unwrap();
+    assert!(loss.loss.is_finite() && loss.tokens == len - 1);
+    model.backward_into(pass, loss.grads, &mut grads).unwrap();
+    let mut lm_nonzero = false;
+    for (name, grad) in model.named_gradients(&grads) {
+        let v = values(grad);
+        if name.starts_with(model.layout.vision_prefix()) || name.contains("mm_projector") || name.contains("newline") {
+            assert!(v.iter().all(|&x| x == 0.0), "{name} is not zero");
+        } else {
+            lm_nonzero |= v.iter().any(|&x| x != 0.0);
+        }
+    }
+    assert!(lm_nonzero);
+}

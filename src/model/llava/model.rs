@@ -290,17 +290,26 @@ impl LlavaOnevisionModel {
 
     /// Zeroed gradient buffers for every parameter.
     pub fn zero_gradients(&self) -> Result<LlavaGradients> {
-        let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
-        let w = self.projector.weights();
+        let (vision_tower, projector, image_newline) = self.zero_vision_gradients()?;
         Ok(LlavaGradients {
-            vision_tower: self.vision_tower.weights.zeros_like()?,
-            projector: [(zeros(&w.linear_1.0)?, zeros(&w.linear_1.1)?), (zeros(&w.linear_2.0)?, zeros(&w.linear_2.1)?)],
-            image_newline: zeros(&self.image_newline)?,
+            vision_tower,
+            projector,
+            image_newline,
             language_model: Qwen2Gradients {
                 weights: self.language_model.weights.zeros_like()?,
                 inputs_embeds: Tensor::zeros(&[1, 1, self.config.text.hidden_size], self.dtype(), self.device())?,
             },
         })
+    }
+
+    /// Zero gradients of the tower, the projector and the newline.
+    #[allow(clippy::type_complexity)]
+    fn zero_vision_gradients(&self) -> Result<(SiglipWeights, [(Tensor, Tensor); 2], Tensor)> {
+        let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+        let w = self.projector.weights();
+        let projector =
+            [(zeros(&w.linear_1.0)?, zeros(&w.linear_1.1)?), (zeros(&w.linear_2.0)?, zeros(&w.linear_2.1)?)];
+        Ok((self.vision_tower.weights.zeros_like()?, projector, zeros(&self.image_newline)?))
     }
 
     /// The mean next-token loss over the real, non-placeholder tokens (transformers' labels: −100 at padding and at
@@ -338,9 +347,8 @@ impl LlavaOnevisionModel {
         let vocab = self.config.text.vocab_size;
         embedding_backward_accumulate(inputs_embeds, &lookup_ids, vocab, &mut lm_grads.weights.embed_tokens)?;
         let Some((tower, acts)) = vision else {
-            let fresh = self.zero_gradients()?;
-            (out.vision_tower, out.projector, out.image_newline) =
-                (fresh.vision_tower, fresh.projector, fresh.image_newline);
+            // A batch without media: the vision parameters get zero gradients.
+            (out.vision_tower, out.projector, out.image_newline) = self.zero_vision_gradients()?;
             return Ok(());
         };
         let packing = pack_backward(&plan, &grad_packed)?;

@@ -391,7 +391,7 @@ fn a_batch_without_media_gives_zero_vision_gradients() {
     let pass = model.forward(&LlavaBatch { ids: &ids, mask: &ones, media: &[] }, ForwardOptions::default()).unwrap();
     // Buffers holding garbage from an earlier step are overwritten.
     let mut grads = model.zero_gradients().unwrap();
-    grads.image_newline = Tensor::from_f32(&vec![7.0; 32], &[32], DType::F32, Device::Cpu).unwrap();
+    grads.image_newline = Tensor::from_f32(&[7.0; 32], &[32], DType::F32, Device::Cpu).unwrap();
     let loss = model.causal_lm_loss_into(&pass, &FusedLinearConfig::default(), &mut grads).unwrap();
     assert!(loss.loss.is_finite() && loss.tokens == len - 1);
     model.backward_into(pass, loss.grads, &mut grads).unwrap();

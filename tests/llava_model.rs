@@ -251,8 +251,17 @@ fn greedy_equals_the_reference(layout: LlavaLayout, device: Device) {
     let prompt: Vec<i64> =
         r["generate.input_ids"].1.iter().map(|&v| if v as i64 == HF_IMAGE { image } else { v as i64 }).collect();
     let cfg = GenerationConfig { max_new_tokens: want.len(), ..GenerationConfig::default() };
-    let got = model.generate(&prompt, &row_media(&inputs, 0), &cfg).unwrap();
+    let media = row_media(&inputs, 0);
+    let got = model.generate(&prompt, &media, &cfg).unwrap();
     assert_eq!(got, want, "{layout:?} on {device}");
+    // Continuations of the one encoded image and prompt: each equals generating its whole prompt alone.
+    let suffixes = vec![Vec::new(), vec![want[0]], vec![7, 11]];
+    let shared = model.generate_with_prefix(&prompt, &media, &suffixes, &cfg).unwrap();
+    assert_eq!(shared[0], want, "{layout:?} on {device}");
+    for (suffix, got) in suffixes.iter().zip(&shared).skip(1) {
+        let whole: Vec<i64> = prompt.iter().copied().chain(suffix.iter().map(|&t| i64::from(t))).collect();
+        assert_eq!(got, &model.generate(&whole, &media, &cfg).unwrap(), "{layout:?} on {device}, suffix {suffix:?}");
+    }
 }
 
 #[test]

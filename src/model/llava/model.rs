@@ -19,7 +19,7 @@ use super::packing::{
     pack, pack_backward, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap, UnpadRounding,
 };
 use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
-use crate::judge::generate::{generate_after_prefill, GenerationConfig};
+use crate::judge::generate::{generate_with_prefilled_prefix, GenerationConfig};
 use crate::media::Size;
 use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients, Qwen2Weights};
 use crate::model::siglip::{layers_for_feature_layer, SiglipVisionConfig, SiglipVisionTower, SiglipWeights, TowerPass};
@@ -275,12 +275,25 @@ impl LlavaOnevisionModel {
     /// The new tokens after one prompt `ids` (with its placeholders) and its `media`, greedy or sampled as `cfg`
     /// says, with the KV cache: the media are encoded once, in the prefill from the prompt's embeddings.
     pub fn generate(&self, ids: &[i64], media: &[MediaInput<'_>], cfg: &GenerationConfig) -> Result<Vec<u32>> {
+        Ok(self.generate_with_prefix(ids, media, &[Vec::new()], cfg)?.remove(0))
+    }
+
+    /// The new tokens after `prefix + suffixes[i]` for each i, where the prefix `ids` holds the placeholders of
+    /// `media`: the media are encoded and the prefix prefilled once, and its keys and values forked to every
+    /// continuation (K answers to one image and question).
+    pub fn generate_with_prefix(
+        &self,
+        ids: &[i64],
+        media: &[MediaInput<'_>],
+        suffixes: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>> {
         let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
         let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
         let embedded = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?;
         let embeds = embedded.embeds;
         let lm = &self.language_model;
-        generate_after_prefill(lm, ids.numel(), |cache| lm.extend_embeds(cache, &embeds), cfg)
+        generate_with_prefilled_prefix(lm, ids.numel(), |cache| lm.extend_embeds(cache, &embeds), suffixes, cfg)
     }
 
     /// The logits `[N,T,V]` of a pass, in the model's dtype.

@@ -69,6 +69,12 @@ pub struct LlavaBatch<'a> {
 #[derive(Debug)]
 pub struct LlavaPass {
     pub lm: ForwardPass,
+    inputs: InputsProvenance,
+}
+
+/// How a batch's input embeddings were made, as the backward and the loss need it.
+#[derive(Debug)]
+struct InputsProvenance {
     /// The tower and projector passes; `None` for a batch without media.
     vision: Option<(TowerPass, ProjectorActivations)>,
     plan: PackingPlan,
@@ -76,16 +82,6 @@ pub struct LlavaPass {
     /// The ids the token embeddings were looked up with (placeholders replaced by 0), on the model's device.
     lookup_ids: Tensor,
     /// The batch's own ids (the loss's labels), on the host.
-    ids: Tensor,
-}
-
-/// A batch's input embeddings and what the backward needs of how they were made.
-struct Embedded {
-    embeds: Tensor,
-    vision: Option<(TowerPass, ProjectorActivations)>,
-    plan: PackingPlan,
-    scatter: ScatterMap,
-    lookup_ids: Tensor,
     ids: Tensor,
 }
 
@@ -230,15 +226,14 @@ impl LlavaOnevisionModel {
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
     /// pixels' shapes, the placeholder counts against the media's packed rows) before the tower runs.
     pub fn forward(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<LlavaPass> {
-        let embedded = self.embed(batch, opts)?;
-        let lm = self.language_model.forward_embeds(&embedded.embeds, batch.mask, opts)?;
-        let Embedded { vision, plan, scatter, lookup_ids, ids, .. } = embedded;
-        Ok(LlavaPass { lm, vision, plan, scatter, lookup_ids, ids })
+        let (embeds, inputs) = self.embed(batch, opts)?;
+        let lm = self.language_model.forward_embeds(&embeds, batch.mask, opts)?;
+        Ok(LlavaPass { lm, inputs })
     }
 
     /// The language model's input embeddings of `batch`: token embeddings with the packed vision features at the
     /// placeholders.
-    fn embed(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<Embedded> {
+    fn embed(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<(Tensor, InputsProvenance)> {
         let &[n, t] = check::rank("ids", batch.ids, 2)? else { unreachable!() };
         check::integer("ids", batch.ids)?;
         check::non_empty("the batch (N·T)", n * t)?;
@@ -269,7 +264,7 @@ impl LlavaOnevisionModel {
             }
         };
         let ids = Tensor::from_slice(&host, &[n, t], Device::Cpu)?;
-        Ok(Embedded { embeds, vision, plan, scatter, lookup_ids, ids })
+        Ok((embeds, InputsProvenance { vision, plan, scatter, lookup_ids, ids }))
     }
 
     /// The new tokens after one prompt `ids` (with its placeholders) and its `media`, greedy or sampled as `cfg`
@@ -290,8 +285,7 @@ impl LlavaOnevisionModel {
     ) -> Result<Vec<Vec<u32>>> {
         let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
         let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
-        let embedded = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?;
-        let embeds = embedded.embeds;
+        let (embeds, _) = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?;
         let lm = &self.language_model;
         generate_with_prefilled_prefix(lm, ids.numel(), |cache| lm.extend_embeds(cache, &embeds), suffixes, cfg)
     }
@@ -335,7 +329,13 @@ impl LlavaOnevisionModel {
     ) -> Result<CausalLmLoss> {
         let placeholders = self.placeholders();
         let excluded = [placeholders.image, placeholders.video];
-        self.language_model.causal_lm_loss_into_excluding(&pass.lm, &pass.ids, &excluded, cfg, &mut out.language_model)
+        self.language_model.causal_lm_loss_into_excluding(
+            &pass.lm,
+            &pass.inputs.ids,
+            &excluded,
+            cfg,
+            &mut out.language_model,
+        )
     }
 
     /// `out`'s input-embedding buffer resized to the pass's `[N,T,H]` when it holds another batch's.
@@ -350,7 +350,7 @@ impl LlavaOnevisionModel {
     /// The gradient of every parameter from the gradient of the pass's outputs, into `out` (every element written,
     /// except that a head gradient [`LlavaOnevisionModel::causal_lm_loss_into`] left in the buffers is kept).
     pub fn backward_into(&self, pass: LlavaPass, grads: OutputGrads, out: &mut LlavaGradients) -> Result<()> {
-        let LlavaPass { lm, vision, plan, scatter, lookup_ids, .. } = pass;
+        let LlavaPass { lm, inputs: InputsProvenance { vision, plan, scatter, lookup_ids, .. } } = pass;
         self.fit_inputs_embeds(&lm, &mut out.language_model)?;
         self.language_model.backward_into(lm, grads, &mut out.language_model)?;
         let lm_grads = &mut out.language_model;

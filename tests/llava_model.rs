@@ -338,6 +338,11 @@ fn bad_batches_are_refused_by_name() {
     let ints = Tensor::from_slice(&[0i64; 3 * 12 * 12], &[1, 3, 12, 12], Device::Cpu).unwrap();
     media[1] = MediaInput::Image { pixel_values: &ints, size: (12, 12) };
     assert!(error_text(forward(&media)).contains("pixel values"));
+    // A mask of the wrong shape.
+    let short_mask = Tensor::from_slice(&[1i64; 3], &[1, 3], Device::Cpu).unwrap();
+    let media = inputs.media();
+    let bad = model.forward(&LlavaBatch { ids: &ids, mask: &short_mask, media: &media }, ForwardOptions::default());
+    assert!(error_text(bad).contains("mask"));
     // Generation checks the same.
     let msg = error_text(model.generate(&[HF_IMAGE, 5], &[], &GenerationConfig::default()));
     assert!(msg.contains("image placeholder"), "{msg}");

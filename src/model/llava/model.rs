@@ -237,6 +237,9 @@ impl LlavaOnevisionModel {
         let &[n, t] = check::rank("ids", batch.ids, 2)? else { unreachable!() };
         check::integer("ids", batch.ids)?;
         check::non_empty("the batch (N·T)", n * t)?;
+        // Checked here too so that a bad mask is refused before the tower runs.
+        check::integer("mask", batch.mask)?;
+        check::shape("mask", batch.mask, &[n, t])?;
         let (pixels, media) = self.gather_media(batch.media)?;
         let patches = self.vision_tower.config.num_patches();
         let tiles = media.iter().map(Media::tiles).sum();

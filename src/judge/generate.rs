@@ -71,16 +71,29 @@ pub fn generate_with_prefix(
     suffixes: &[Vec<u32>],
     cfg: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_with_prefilled_prefix(model, prefix.len(), |cache| model.extend(cache, &[prefix]), suffixes, cfg)
+}
+
+/// [`generate_with_prefix`] for a prefix of `prefix_len` positions that `prefill` writes into an empty one-sequence
+/// cache, returning the f32 logits `[1,V]` after its last position (a multimodal prompt run from its input
+/// embeddings, its images encoded once for every continuation).
+pub fn generate_with_prefilled_prefix(
+    model: &Qwen2Model,
+    prefix_len: usize,
+    prefill: impl FnOnce(&mut KvCache) -> Result<crate::runtime::Tensor>,
+    suffixes: &[Vec<u32>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>> {
     cfg.validate()?;
-    if prefix.is_empty() || suffixes.is_empty() {
+    if prefix_len == 0 || suffixes.is_empty() {
         return Err(Error::InvalidArgument(
             "generate_with_prefix needs a non-empty prefix and at least one suffix".into(),
         ));
     }
-    let lengths: Vec<usize> = suffixes.iter().map(|s| prefix.len() + s.len()).collect();
+    let lengths: Vec<usize> = suffixes.iter().map(|s| prefix_len + s.len()).collect();
     let limits = new_token_limits(model, &lengths, cfg)?;
-    let mut shared = model.new_cache(1, prefix.len())?;
-    let prefix_logits = model.extend(&mut shared, &[prefix])?.to_vec::<f32>()?;
+    let mut shared = model.new_cache(1, prefix_len)?;
+    let prefix_logits = prefill(&mut shared)?.to_vec::<f32>()?;
     let longest = suffixes.iter().map(Vec::len).max().unwrap_or(0);
     let mut cache = shared.fork(suffixes.len(), cache_capacity(&lengths, &limits))?;
     let vocab = prefix_logits.len();

@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 
 use crate::media::{parse_grid_pinpoints, MAX_TILE_SIDE};
 use crate::model::files::{read_text, MAX_JSON_BYTES};
-use crate::model::Qwen2Config;
+use crate::model::{Qwen2Config, SiglipVisionConfig};
 use crate::{Error, Result};
 
 /// The image placeholder of `llava_qwen` checkpoints: LLaVA-NeXT's `IMAGE_TOKEN_INDEX`.
@@ -46,10 +46,8 @@ pub const LLAVA_IMAGE_PLACEHOLDER: i64 = -200;
 /// The video placeholder of `llava_qwen` checkpoints (LLaVA-NeXT marks videos with -200 too, and a `modalities`
 /// list; unireward puts the modality in the id).
 pub const LLAVA_VIDEO_PLACEHOLDER: i64 = -201;
-/// The vision tower every released LLaVA-OneVision checkpoint names, whose config unireward ships.
-pub const SO400M_TOWER: &str = "google/siglip-so400m-patch14-384";
-/// so400m-patch14-384's input side (the tile of `"(AxB)"` pinpoint strings).
-const SO400M_IMAGE_SIZE: usize = 384;
+/// The vision tower every released LLaVA-OneVision checkpoint names, whose config the SigLIP module ships.
+pub use crate::model::siglip::SO400M_PATCH14_384 as SO400M_TOWER;
 /// Bound on `anyres_max_N` (released checkpoints use 9) and on `|vision_feature_layer|`.
 const MAX_ANYRES_TILES: usize = 1024;
 const MAX_FEATURE_LAYER: i64 = 4096;
@@ -241,7 +239,7 @@ fn resolve_tower(name: &str, dir: &Path) -> Result<VisionTower> {
 /// The tower's input side: the tile of `"(AxB)"` pinpoint strings.
 fn tower_image_size(tower: &VisionTower) -> Result<usize> {
     match tower {
-        VisionTower::Known(_) => Ok(SO400M_IMAGE_SIZE),
+        VisionTower::Known(name) => Ok(SiglipVisionConfig::for_tower_name(name)?.image_size),
         VisionTower::Config(config) => config
             .get("image_size")
             .and_then(Value::as_u64)

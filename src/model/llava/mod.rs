@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod layout;
+mod model;
 pub mod packing;
 pub mod projector;
 
 pub use config::{LlavaConfigFormat, LlavaOnevisionConfig, VisionTower};
 pub use layout::LlavaLayout;
+pub use model::{LlavaBatch, LlavaGradients, LlavaOnevisionModel, LlavaPass, MediaInput};

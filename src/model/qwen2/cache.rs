@@ -116,7 +116,54 @@ impl Qwen2Model {
         if tokens.len() != n {
             return Err(Error::InvalidArgument(format!("{} token lists for a cache of {n} sequences", tokens.len())));
         }
-        let tq = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+        let vocab = self.config.vocab_size as u32;
+        if let Some((row, id)) =
+            tokens.iter().enumerate().find_map(|(row, t)| t.iter().find(|&&id| id >= vocab).map(|&id| (row, id)))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token {id} of sequence {row} is outside the vocabulary [0, {vocab})"
+            )));
+        }
+        let counts: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
+        let tq = counts.iter().copied().max().unwrap_or(0);
+        let mut ids = vec![0i64; n * tq];
+        for (row, list) in tokens.iter().enumerate() {
+            for (i, &id) in list.iter().enumerate() {
+                ids[row * tq + i] = i64::from(id);
+            }
+        }
+        // Built before the checks of `extend_with`, which refuse an empty step before `fill` reads it.
+        let ids = Tensor::from_slice(&ids, &[n, tq], self.device());
+        let table = &self.weights.embed_tokens;
+        self.extend_with(cache, &counts, |x| embedding_into(table, &ids?, x))
+    }
+
+    /// [`Qwen2Model::extend`] from input embeddings `[N,Tq,H]` in the model's dtype: every sequence gets `Tq` new
+    /// positions (a prompt's token embeddings with image features spliced in, for the judge's prefill).
+    pub fn extend_embeds(&self, cache: &mut KvCache, embeds: &Tensor) -> Result<Tensor> {
+        let &[n, tq, h] = crate::ops::check::rank("inputs_embeds", embeds, 3)? else { unreachable!() };
+        if n != cache.batch() || h != self.config.hidden_size {
+            return Err(Error::Shape(format!(
+                "`inputs_embeds` is {:?}; the cache holds {} sequences and the model's width is {}",
+                embeds.shape(),
+                cache.batch(),
+                self.config.hidden_size
+            )));
+        }
+        crate::ops::check::dtype("inputs_embeds", embeds, self.dtype())?;
+        let embeds = embeds.to_device(self.device())?;
+        self.extend_with(cache, &vec![tq; n], |x| x.copy_from(&embeds))
+    }
+
+    /// The cached forward over `counts[n]` new positions per sequence, whose input `[N,Tq,H]` `fill` writes.
+    fn extend_with(
+        &self,
+        cache: &mut KvCache,
+        counts: &[usize],
+        fill: impl FnOnce(&mut Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let n = cache.batch();
+        let tq = counts.iter().copied().max().unwrap_or(0);
         if tq == 0 {
             return Err(Error::InvalidArgument("extend needs at least one new token".into()));
         }
@@ -127,36 +174,25 @@ impl Qwen2Model {
                 starts[row], cache.capacity
             )));
         }
-        let vocab = self.config.vocab_size as u32;
-        if let Some((row, id)) =
-            tokens.iter().enumerate().find_map(|(row, t)| t.iter().find(|&&id| id >= vocab).map(|&id| (row, id)))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "token {id} of sequence {row} is outside the vocabulary [0, {vocab})"
-            )));
-        }
         // The cache's bookkeeping changes only once every layer has run (an error leaves it as it was).
         let (mut valid, mut lengths) = (cache.valid.clone(), cache.lengths.clone());
-        let mut ids = vec![0i64; n * tq];
         let mut positions = vec![0i64; n * tq];
-        for (row, list) in tokens.iter().enumerate() {
+        for (row, &count) in counts.iter().enumerate() {
             for i in 0..tq {
                 positions[row * tq + i] = (starts[row] + i) as i64;
             }
-            for (i, &id) in list.iter().enumerate() {
-                ids[row * tq + i] = i64::from(id);
+            for i in 0..count {
                 valid[row * cache.capacity + starts[row] + i] = 1;
             }
-            lengths[row] += list.len();
+            lengths[row] += count;
         }
         let device = self.device();
-        let ids = Tensor::from_slice(&ids, &[n, tq], device)?;
         let positions = Tensor::from_slice(&positions, &[n, tq], device)?;
         let slot_mask = Tensor::from_slice(&valid, &[n, cache.capacity], device)?;
         // A prefill into an empty cache is plain causal attention over the new tokens: the tiled (flash-style)
         // kernels instead of one cached-attention row per query.
         let prefill_mask = if starts.iter().all(|&s| s == 0) {
-            let real: Vec<i64> = tokens.iter().flat_map(|t| (0..tq).map(move |i| i64::from(i < t.len()))).collect();
+            let real: Vec<i64> = counts.iter().flat_map(|&c| (0..tq).map(move |i| i64::from(i < c))).collect();
             Some(Tensor::from_slice(&real, &[n, tq], device)?)
         } else {
             None
@@ -170,7 +206,7 @@ impl Qwen2Model {
         let mut views = unsafe { arena.views()? }.into_iter();
         let (mut x, mut y) = (next_view(&mut views)?, next_view(&mut views)?);
         let mut acts = LayerActivations::from_views(&mut views)?;
-        embedding_into(&self.weights.embed_tokens, &ids, &mut x)?;
+        fill(&mut x)?;
         for (w, (k_cache, v_cache)) in self.weights.layers.iter().zip(&mut cache.layers) {
             layer::forward_into(w, &ctx, &x, &mut acts, &mut y, |q, k, v, attn| {
                 kv_cache_write(k_cache, k, &starts)?;
@@ -184,7 +220,7 @@ impl Qwen2Model {
         }
         // Only each sequence's last new token reaches the LM head: gather those rows ([N·Tq, H] read as a table).
         let h = self.config.hidden_size;
-        let last: Vec<i64> = tokens.iter().enumerate().map(|(row, t)| (row * tq + t.len().max(1) - 1) as i64).collect();
+        let last: Vec<i64> = counts.iter().enumerate().map(|(row, &c)| (row * tq + c.max(1) - 1) as i64).collect();
         x.reshape_in_place(&[n * tq, h])?;
         let rows = embedding(&x, &Tensor::from_slice(&last, &[n], device)?)?;
         let hidden = rmsnorm(&rows, &self.weights.norm, &self.norm_config())?.y;

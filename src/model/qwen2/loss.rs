@@ -21,15 +21,16 @@ pub struct CausalLmLoss {
     pub grads: OutputGrads,
 }
 
-/// Labels [N,T] for next-token prediction: `ids[n, t+1]` where `mask[n, t+1] ≠ 0`, −100 elsewhere.
-fn next_token_labels(ids: &Tensor, mask: &Tensor, ignore_index: i64) -> Result<(Vec<i64>, usize)> {
+/// Labels [N,T] for next-token prediction: `ids[n, t+1]` where `mask[n, t+1] ≠ 0` and the id is not `excluded`,
+/// −100 elsewhere.
+fn next_token_labels(ids: &Tensor, mask: &Tensor, excluded: &[i64], ignore_index: i64) -> Result<(Vec<i64>, usize)> {
     let &[n, t] = ids.shape() else { unreachable!("checked by forward") };
     let (ids, mask) = (host_ids(ids)?, host_ids(mask)?);
     let mut counted = 0;
     let labels = (0..n * t)
         .map(|i| {
             let next = i + 1;
-            if next % t != 0 && mask[next] != 0 {
+            if next % t != 0 && mask[next] != 0 && !excluded.contains(&ids[next]) {
                 counted += 1;
                 ids[next]
             } else {
@@ -44,7 +45,7 @@ impl Qwen2Model {
     /// The causal-LM loss of `pass` over its own `ids` `[N,T]` (the ids the pass was run on), with its gradient.
     pub fn causal_lm_loss(&self, pass: &ForwardPass, ids: &Tensor, cfg: &FusedLinearConfig) -> Result<CausalLmLoss> {
         let mut grad_head = Tensor::zeros(self.weights.head().shape(), self.dtype(), self.device())?;
-        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, cfg, &mut grad_head)?;
+        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, &[], cfg, &mut grad_head)?;
         Ok(CausalLmLoss { loss, tokens, grads: OutputGrads { hidden, lm_head: HeadGradient::Tensor(grad_head) } })
     }
 
@@ -58,13 +59,26 @@ impl Qwen2Model {
         cfg: &FusedLinearConfig,
         out: &mut Qwen2Gradients,
     ) -> Result<CausalLmLoss> {
+        self.causal_lm_loss_into_excluding(pass, ids, &[], cfg, out)
+    }
+
+    /// [`Qwen2Model::causal_lm_loss_into`] not counting the tokens whose id is in `excluded` (a multimodal model's
+    /// image and video placeholders, as transformers' labels mask them).
+    pub fn causal_lm_loss_into_excluding(
+        &self,
+        pass: &ForwardPass,
+        ids: &Tensor,
+        excluded: &[i64],
+        cfg: &FusedLinearConfig,
+        out: &mut Qwen2Gradients,
+    ) -> Result<CausalLmLoss> {
         let head = self.weights.head();
         let buffer = match out.weights.lm_head.as_mut() {
             Some(lm_head) => lm_head,
             None => &mut out.weights.embed_tokens,
         };
         check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
-        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, cfg, buffer)?;
+        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, excluded, cfg, buffer)?;
         Ok(CausalLmLoss { loss, tokens, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
     }
 
@@ -73,12 +87,13 @@ impl Qwen2Model {
         &self,
         pass: &ForwardPass,
         ids: &Tensor,
+        excluded: &[i64],
         cfg: &FusedLinearConfig,
         grad_head: &mut Tensor,
     ) -> Result<(f32, usize, Tensor)> {
         check::shape("ids", ids, &pass.hidden().shape()[..2])?;
         check::integer("ids", ids)?;
-        let (labels, tokens) = next_token_labels(ids, pass.mask(), cfg.logprobs.ignore_index)?;
+        let (labels, tokens) = next_token_labels(ids, pass.mask(), excluded, cfg.logprobs.ignore_index)?;
         if tokens == 0 {
             return Err(Error::InvalidArgument(
                 "the batch has no next token to predict (every sequence is shorter than 2 tokens)".into(),

@@ -1,0 +1,398 @@
+//! `LlavaOnevisionModel`: the whole judge (SigLIP tower → projector → packing → Qwen2), loaded from either layout,
+//! forward to logits or the causal-LM loss and backward to every parameter under the checkpoint's own names.
+//!
+//! ```text
+//! tiles/frames [K,3,S,S] ─tower─▶ [K,P,C] ─projector─▶ [K,P,H] ─pack─▶ [R,H] ─scatter─▶ embeds [N,T,H] ─Qwen2─▶
+//! ```
+//!
+//! The token embeddings are looked up with every placeholder id replaced by 0 (a valid row; `llava_qwen`'s
+//! placeholders are negative), and the placeholder rows are then overwritten by the packed features, as
+//! transformers' `masked_scatter` does. The backward runs the chain in reverse: the language model's
+//! `inputs_embeds` gradient is split by [`ScatterMap::backward`] into the packed features' gradient and the token
+//! embeddings' (added onto the embedding table's gradient, after the tied head's share when there is one).
+
+use std::path::Path;
+
+use super::config::{LlavaOnevisionConfig, VisionTower};
+use super::layout::LlavaLayout;
+use super::packing::{
+    pack, pack_backward, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap, UnpadRounding,
+};
+use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
+use crate::judge::generate::{generate_with_prefilled_prefix, GenerationConfig};
+use crate::media::Size;
+use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients, Qwen2Weights};
+use crate::model::siglip::{layers_for_feature_layer, SiglipVisionConfig, SiglipVisionTower, SiglipWeights, TowerPass};
+use crate::model::{ForwardOptions, Qwen2Model, WeightStore};
+use crate::ops::check;
+use crate::ops::embedding::{embedding_backward_accumulate, embedding_into};
+use crate::ops::fused_linear::FusedLinearConfig;
+use crate::ops::launch::host_ids;
+use crate::ops::rows::copy_rows;
+use crate::runtime::{DType, Device, Tensor};
+use crate::{Error, Result};
+
+/// One image or video of a batch, in the order their placeholders appear over the batch (sample by sample).
+#[derive(Clone, Copy, Debug)]
+pub enum MediaInput<'a> {
+    /// An image's tiles `[tiles, 3, S, S]` as the image processor made them (anyres: the base image, then the
+    /// grid's tiles; square: one tile) and its `(height, width)` before preprocessing.
+    Image { pixel_values: &'a Tensor, size: Size },
+    /// A video's frames `[F, 3, S, S]`.
+    Video { frames: &'a Tensor },
+}
+
+impl<'a> MediaInput<'a> {
+    /// The pixels and the original size of preprocessed image (`media::ImagePixels`).
+    pub fn image(pixels: &'a crate::media::ImagePixels) -> MediaInput<'a> {
+        MediaInput::Image { pixel_values: &pixels.pixel_values, size: pixels.image_size }
+    }
+
+    fn pixels(&self) -> &'a Tensor {
+        match *self {
+            MediaInput::Image { pixel_values, .. } => pixel_values,
+            MediaInput::Video { frames } => frames,
+        }
+    }
+}
+
+/// A batch: token ids `[N,T]` (i32 or i64) with one placeholder per packed feature row, the attention mask `[N,T]`
+/// and the media in placeholder order.
+#[derive(Clone, Copy, Debug)]
+pub struct LlavaBatch<'a> {
+    pub ids: &'a Tensor,
+    pub mask: &'a Tensor,
+    pub media: &'a [MediaInput<'a>],
+}
+
+/// A forward pass, holding what the backward needs.
+#[derive(Debug)]
+pub struct LlavaPass {
+    pub lm: ForwardPass,
+    inputs: InputsProvenance,
+}
+
+/// How a batch's input embeddings were made, as the backward and the loss need it.
+#[derive(Debug)]
+struct InputsProvenance {
+    /// The tower and projector passes; `None` for a batch without media.
+    vision: Option<(TowerPass, ProjectorActivations)>,
+    plan: PackingPlan,
+    scatter: ScatterMap,
+    /// The ids the token embeddings were looked up with (placeholders replaced by 0), on the model's device.
+    lookup_ids: Tensor,
+    /// The batch's own ids (the loss's labels), on the host.
+    ids: Tensor,
+}
+
+/// Gradients of every parameter, in the model's parts.
+#[derive(Debug)]
+pub struct LlavaGradients {
+    pub vision_tower: SiglipWeights,
+    /// `(weight, bias)` of the projector's two layers.
+    pub projector: [(Tensor, Tensor); 2],
+    pub image_newline: Tensor,
+    /// The language model's parameters and the `[N,T,H]` gradient of its input embeddings (of the last batch).
+    pub language_model: Qwen2Gradients,
+}
+
+/// The multimodal judge.
+#[derive(Debug)]
+pub struct LlavaOnevisionModel {
+    pub config: LlavaOnevisionConfig,
+    pub layout: LlavaLayout,
+    pub vision_tower: SiglipVisionTower,
+    pub projector: Projector,
+    /// `[H]`.
+    pub image_newline: Tensor,
+    pub language_model: Qwen2Model,
+    pub packing: PackingConfig,
+}
+
+/// The tower's configuration: the checkpoint's, or the shipped one of a known hub id.
+fn tower_config(tower: &VisionTower) -> Result<SiglipVisionConfig> {
+    match tower {
+        VisionTower::Config(value) => SiglipVisionConfig::from_value(value),
+        VisionTower::Known(name) => SiglipVisionConfig::for_tower_name(name),
+    }
+}
+
+impl LlavaOnevisionModel {
+    /// Loads `dir`'s `config.json` and safetensors weights in either layout, converted to `dtype` on `device`.
+    pub fn load(dir: &Path, dtype: DType, device: Device) -> Result<LlavaOnevisionModel> {
+        let config = LlavaOnevisionConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open(dir)?;
+        let layout = LlavaLayout::detect(&config, &store)?;
+        layout.check(&config, &store, false)?;
+        if !config.projector_bias {
+            return Err(Error::Checkpoint(
+                "config: `multimodal_projector_bias` = false is not implemented (the projector has biases)".into(),
+            ));
+        }
+        let tower_config = tower_config(&config.vision_tower)?;
+        let layers = layers_for_feature_layer(tower_config.num_hidden_layers, config.vision_feature_layer)?;
+        let vision_tower =
+            SiglipVisionTower::load(&store, layout.vision_prefix(), &tower_config, layers, dtype, device)?;
+        let hidden = config.text.hidden_size;
+        let vision_hidden = tower_config.hidden_size;
+        let linear = |prefix: &str, width: usize| -> Result<(Tensor, Tensor)> {
+            Ok((
+                store.get_as(&format!("{prefix}weight"), &[hidden, width], dtype, device)?,
+                store.get_as(&format!("{prefix}bias"), &[hidden], dtype, device)?,
+            ))
+        };
+        let [first, second] = layout.projector_prefixes();
+        let weights = ProjectorWeights { linear_1: linear(first, vision_hidden)?, linear_2: linear(second, hidden)? };
+        // Both formats' config readers accept only the exact GELU.
+        let projector = Projector::new(weights, "gelu")?;
+        let image_newline = store.get_as(layout.image_newline(), &[hidden], dtype, device)?;
+        let lm_weights = Qwen2Weights::load_under(&store, &config.text, &layout.language_model(), dtype, device)?;
+        let language_model = Qwen2Model::new(config.text.clone(), lm_weights)?;
+        let packing = PackingConfig {
+            image_size: tower_config.image_size,
+            patch_size: tower_config.patch_size,
+            grid_pinpoints: config.image_grid_pinpoints.clone(),
+            anyres_max: Some(config.max_anyres_tiles),
+            feature_select: FeatureSelect::Full,
+            unpad_rounding: match layout {
+                LlavaLayout::LlavaQwen => UnpadRounding::LlavaNext,
+                LlavaLayout::Hf | LlavaLayout::HfLegacy => UnpadRounding::Transformers,
+            },
+        };
+        packing.validate()?;
+        Ok(LlavaOnevisionModel { config, layout, vision_tower, projector, image_newline, language_model, packing })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.language_model.dtype()
+    }
+
+    pub fn device(&self) -> Device {
+        self.language_model.device()
+    }
+
+    pub fn placeholders(&self) -> PlaceholderTokens {
+        PlaceholderTokens { image: self.config.image_token_id, video: self.config.video_token_id }
+    }
+
+    /// Every media item's pixels checked (`[k, C, S, S]` floats, k ≥ 1, naming the item) and gathered into one
+    /// `[K, C, S, S]` tensor in the tower's dtype on its device, with the packing's view of each item.
+    fn gather_media(&self, media: &[MediaInput<'_>]) -> Result<(Option<Tensor>, Vec<Media>)> {
+        let c = &self.vision_tower.config;
+        let tile = [c.num_channels, c.image_size, c.image_size];
+        let mut items = Vec::with_capacity(media.len());
+        for (i, item) in media.iter().enumerate() {
+            let pixels = item.pixels();
+            let (kind, what) = match item {
+                MediaInput::Image { .. } => ("image", "tiles"),
+                MediaInput::Video { .. } => ("video", "frames"),
+            };
+            check::float("pixel values", pixels)?;
+            let ok = pixels.shape().len() == 4 && pixels.shape()[1..] == tile && pixels.shape()[0] > 0;
+            if !ok {
+                return Err(Error::Shape(format!(
+                    "media item {i} (a {kind}) has pixel values of shape {:?}; the vision tower takes [{what}, {}, {}, \
+                     {}] with at least one of the {what}",
+                    pixels.shape(),
+                    tile[0],
+                    tile[1],
+                    tile[2]
+                )));
+            }
+            let count = pixels.shape()[0];
+            items.push(match *item {
+                MediaInput::Image { size, .. } => Media::Image { size, tiles: count },
+                MediaInput::Video { .. } => Media::Video { frames: count },
+            });
+        }
+        let total: usize = items.iter().map(Media::tiles).sum();
+        if total == 0 {
+            return Ok((None, items));
+        }
+        let per_tile: usize = tile.iter().product();
+        let (dtype, device) = (self.vision_tower.dtype(), self.vision_tower.device());
+        let mut all = Tensor::zeros(&[total, per_tile], dtype, device)?;
+        let mut start = 0;
+        for item in media {
+            let pixels = item.pixels();
+            let count = pixels.shape()[0];
+            let rows = pixels.to_dtype(dtype)?.to_device(device)?.reshape(&[count, per_tile])?;
+            copy_rows(&rows, &(0..count).collect::<Vec<_>>(), &mut all, &(start..start + count).collect::<Vec<_>>())?;
+            start += count;
+        }
+        Ok((Some(all.reshape(&[total, tile[0], tile[1], tile[2]])?), items))
+    }
+
+    /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
+    /// pixels' shapes, the placeholder counts against the media's packed rows) before the tower runs.
+    pub fn forward(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<LlavaPass> {
+        let (embeds, inputs) = self.embed(batch, opts)?;
+        let lm = self.language_model.forward_embeds(&embeds, batch.mask, opts)?;
+        Ok(LlavaPass { lm, inputs })
+    }
+
+    /// The language model's input embeddings of `batch`: token embeddings with the packed vision features at the
+    /// placeholders.
+    fn embed(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<(Tensor, InputsProvenance)> {
+        let &[n, t] = check::rank("ids", batch.ids, 2)? else { unreachable!() };
+        check::integer("ids", batch.ids)?;
+        check::non_empty("the batch (N·T)", n * t)?;
+        // Checked here too so that a bad mask is refused before the tower runs.
+        check::integer("mask", batch.mask)?;
+        check::shape("mask", batch.mask, &[n, t])?;
+        let (pixels, media) = self.gather_media(batch.media)?;
+        let patches = self.vision_tower.config.num_patches();
+        let tiles = media.iter().map(Media::tiles).sum();
+        let plan = PackingPlan::new(&self.packing, &media, [tiles, patches])?;
+        let placeholders = self.placeholders();
+        let scatter = ScatterMap::new(batch.ids, placeholders, &plan)?;
+
+        let host = host_ids(batch.ids)?;
+        let lookup: Vec<i64> =
+            host.iter().map(|&id| if id == placeholders.image || id == placeholders.video { 0 } else { id }).collect();
+        let device = self.device();
+        let lookup_ids = Tensor::from_slice(&lookup, &[n, t], device)?;
+        let hidden = self.config.text.hidden_size;
+        let mut embeds = Tensor::zeros(&[n, t, hidden], self.dtype(), device)?;
+        embedding_into(&self.language_model.weights.embed_tokens, &lookup_ids, &mut embeds)?;
+
+        let vision = match pixels {
+            None => None,
+            Some(pixels) => {
+                let tower = self.vision_tower.forward(&pixels, opts)?;
+                let (projected, acts) = self.projector.forward(tower.features())?;
+                let packed = pack(&plan, &projected, &self.image_newline)?;
+                scatter.scatter(&packed, &mut embeds)?;
+                Some((tower, acts))
+            }
+        };
+        let ids = Tensor::from_slice(&host, &[n, t], Device::Cpu)?;
+        Ok((embeds, InputsProvenance { vision, plan, scatter, lookup_ids, ids }))
+    }
+
+    /// The new tokens after one prompt `ids` (with its placeholders) and its `media`, greedy or sampled as `cfg`
+    /// says, with the KV cache: the media are encoded once, in the prefill from the prompt's embeddings.
+    pub fn generate(&self, ids: &[i64], media: &[MediaInput<'_>], cfg: &GenerationConfig) -> Result<Vec<u32>> {
+        Ok(self.generate_with_prefix(ids, media, &[Vec::new()], cfg)?.remove(0))
+    }
+
+    /// The new tokens after `prefix + suffixes[i]` for each i, where the prefix `ids` holds the placeholders of
+    /// `media`: the media are encoded and the prefix prefilled once, and its keys and values forked to every
+    /// continuation (K answers to one image and question).
+    pub fn generate_with_prefix(
+        &self,
+        ids: &[i64],
+        media: &[MediaInput<'_>],
+        suffixes: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>> {
+        let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
+        let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
+        let (embeds, _) = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?;
+        let lm = &self.language_model;
+        generate_with_prefilled_prefix(lm, ids.numel(), |cache| lm.extend_embeds(cache, &embeds), suffixes, cfg)
+    }
+
+    /// The logits `[N,T,V]` of a pass, in the model's dtype.
+    pub fn logits(&self, pass: &LlavaPass) -> Result<Tensor> {
+        self.language_model.logits(&pass.lm)
+    }
+
+    /// Zeroed gradient buffers for every parameter.
+    pub fn zero_gradients(&self) -> Result<LlavaGradients> {
+        let (vision_tower, projector, image_newline) = self.zero_vision_gradients()?;
+        Ok(LlavaGradients {
+            vision_tower,
+            projector,
+            image_newline,
+            language_model: Qwen2Gradients {
+                weights: self.language_model.weights.zeros_like()?,
+                inputs_embeds: Tensor::zeros(&[1, 1, self.config.text.hidden_size], self.dtype(), self.device())?,
+            },
+        })
+    }
+
+    /// Zero gradients of the tower, the projector and the newline.
+    #[allow(clippy::type_complexity)]
+    fn zero_vision_gradients(&self) -> Result<(SiglipWeights, [(Tensor, Tensor); 2], Tensor)> {
+        let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+        let w = self.projector.weights();
+        let projector =
+            [(zeros(&w.linear_1.0)?, zeros(&w.linear_1.1)?), (zeros(&w.linear_2.0)?, zeros(&w.linear_2.1)?)];
+        Ok((self.vision_tower.weights.zeros_like()?, projector, zeros(&self.image_newline)?))
+    }
+
+    /// The mean next-token loss over the real, non-placeholder tokens (transformers' labels: −100 at padding and at
+    /// the placeholders), through the fused head kernels; the head's gradient goes straight into `out`.
+    pub fn causal_lm_loss_into(
+        &self,
+        pass: &LlavaPass,
+        cfg: &FusedLinearConfig,
+        out: &mut LlavaGradients,
+    ) -> Result<CausalLmLoss> {
+        let placeholders = self.placeholders();
+        let excluded = [placeholders.image, placeholders.video];
+        self.language_model.causal_lm_loss_into_excluding(
+            &pass.lm,
+            &pass.inputs.ids,
+            &excluded,
+            cfg,
+            &mut out.language_model,
+        )
+    }
+
+    /// `out`'s input-embedding buffer resized to the pass's `[N,T,H]` when it holds another batch's.
+    fn fit_inputs_embeds(&self, pass: &ForwardPass, out: &mut Qwen2Gradients) -> Result<()> {
+        let stream = pass.hidden().shape();
+        if out.inputs_embeds.shape() != stream {
+            out.inputs_embeds = Tensor::zeros(stream, self.dtype(), self.device())?;
+        }
+        Ok(())
+    }
+
+    /// The gradient of every parameter from the gradient of the pass's outputs, into `out` (every element written,
+    /// except that a head gradient [`LlavaOnevisionModel::causal_lm_loss_into`] left in the buffers is kept).
+    pub fn backward_into(&self, pass: LlavaPass, grads: OutputGrads, out: &mut LlavaGradients) -> Result<()> {
+        let LlavaPass { lm, inputs: InputsProvenance { vision, plan, scatter, lookup_ids, .. } } = pass;
+        self.fit_inputs_embeds(&lm, &mut out.language_model)?;
+        self.language_model.backward_into(lm, grads, &mut out.language_model)?;
+        let lm_grads = &mut out.language_model;
+        let inputs_embeds = &mut lm_grads.inputs_embeds;
+        // The placeholder rows go to the packed features; the rest is the token embeddings' gradient.
+        let grad_packed = scatter.backward(inputs_embeds)?;
+        let vocab = self.config.text.vocab_size;
+        embedding_backward_accumulate(inputs_embeds, &lookup_ids, vocab, &mut lm_grads.weights.embed_tokens)?;
+        let Some((tower, acts)) = vision else {
+            // A batch without media: the vision parameters get zero gradients.
+            (out.vision_tower, out.projector, out.image_newline) = self.zero_vision_gradients()?;
+            return Ok(());
+        };
+        let packing = pack_backward(&plan, &grad_packed)?;
+        out.image_newline = packing.newline;
+        let projector = self.projector.backward(&packing.features, tower.features(), &acts)?;
+        out.projector = [projector.linear_1, projector.linear_2];
+        out.vision_tower = self.vision_tower.backward(tower, &projector.grad_x)?.weights;
+        Ok(())
+    }
+
+    /// [`LlavaOnevisionModel::backward_into`] into fresh buffers.
+    pub fn backward(&self, pass: LlavaPass, grads: OutputGrads) -> Result<LlavaGradients> {
+        let mut out = self.zero_gradients()?;
+        self.backward_into(pass, grads, &mut out)?;
+        Ok(out)
+    }
+
+    /// `(checkpoint name, gradient)` for every parameter of `grads`, under this model's layout.
+    pub fn named_gradients<'a>(&self, grads: &'a LlavaGradients) -> Vec<(String, &'a Tensor)> {
+        let prefix = self.layout.vision_prefix();
+        let mut named: Vec<(String, &Tensor)> =
+            grads.vision_tower.named().into_iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect();
+        for (p, (w, b)) in self.layout.projector_prefixes().into_iter().zip(&grads.projector) {
+            named.push((format!("{p}weight"), w));
+            named.push((format!("{p}bias"), b));
+        }
+        named.push((self.layout.image_newline().to_string(), &grads.image_newline));
+        named.extend(grads.language_model.weights.named());
+        named
+    }
+}

@@ -86,6 +86,13 @@ fn reused_host_buffers_come_back_zeroed() {
         // Same byte count, another dtype (and a length that is not a whole number of words).
         let halves = Tensor::zeros(&[len * 2 - 1], DType::BF16, Device::Cpu).unwrap();
         assert!(halves.as_slice::<bf16>().unwrap().iter().all(|x| x.to_bits() == 0), "round {round}");
+        // A smaller tensor may reuse a larger freed buffer: it still reads exactly its own zeros.
+        let mut large = Tensor::zeros(&[len * 2], DType::F32, Device::Cpu).unwrap();
+        large.as_mut_slice::<f32>().unwrap().fill(f32::NAN);
+        drop(large);
+        let smaller = Tensor::zeros(&[len * 3 / 2], DType::F32, Device::Cpu).unwrap();
+        assert_eq!(smaller.numel(), len * 3 / 2);
+        assert!(smaller.as_slice::<f32>().unwrap().iter().all(|&x| x.to_bits() == 0), "round {round}");
     }
 }
 

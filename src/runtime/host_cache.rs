@@ -46,16 +46,24 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Cache>> {
     CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `words` zeroed words: a cached buffer of that length, cleared, or fresh zeroed memory from the allocator.
+/// At least `words` zeroed words: the smallest cached buffer of that length up to twice it (its first `words`
+/// cleared; a step's smaller buffers can so reuse a larger one it freed earlier instead of adding to the footprint),
+/// or fresh zeroed memory from the allocator.
 pub(super) fn zeroed_words(words: usize) -> Vec<u64> {
     if words * 8 >= MIN_CACHED_BYTES {
         let reused = lock().as_mut().and_then(|cache| {
-            let buffer = cache.buffers.get_mut(&words)?.pop()?;
-            cache.bytes -= words * 8;
+            let fit = cache
+                .buffers
+                .iter()
+                .filter(|(&len, buffers)| len >= words && len / 2 <= words && !buffers.is_empty())
+                .map(|(&len, _)| len)
+                .min()?;
+            let buffer = cache.buffers.get_mut(&fit)?.pop()?;
+            cache.bytes -= fit * 8;
             Some(buffer)
         });
         if let Some(mut buffer) = reused {
-            buffer.par_chunks_mut(1 << 15).for_each(|chunk| chunk.fill(0));
+            buffer[..words].par_chunks_mut(1 << 15).for_each(|chunk| chunk.fill(0));
             return buffer;
         }
     }

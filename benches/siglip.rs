@@ -2,7 +2,8 @@
 //! patches, f32): forward, and forward + backward to every parameter and the pixels. On the CPU, or on CUDA with the
 //! `gpu-tests` feature (scripts/gpu_check.sh). A forward is ~0.6 TFLOP: seconds per iteration on a few cores, hence
 //! the minimum sample count; `UNIREWARD_SIGLIP_BENCH_LAYERS` runs fewer layers on a busy machine (the time scales
-//! with the layer count). scripts/bench_torch_siglip.py times transformers' eager tower at the same shapes.
+//! with the layer count), `UNIREWARD_SIGLIP_BENCH_TILES` more tiles (10: a 9-tile anyres image and its base
+//! image). scripts/bench_torch_siglip.py times transformers' eager tower at the same shapes.
 
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ const DEFAULT_LAYERS: usize = 26;
 fn bench(c: &mut Criterion) {
     let device = device();
     let config = SiglipVisionConfig::so400m_patch14_384();
-    let layers =
-        std::env::var("UNIREWARD_SIGLIP_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_LAYERS);
+    let from_env =
+        |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let layers = from_env("UNIREWARD_SIGLIP_BENCH_LAYERS", DEFAULT_LAYERS);
+    let tiles = from_env("UNIREWARD_SIGLIP_BENCH_TILES", 1);
     let mut seed = 0;
     let weights = SiglipWeights::from_fn(&config, layers, |_, shape| {
         seed += 1;
@@ -29,8 +32,8 @@ fn bench(c: &mut Criterion) {
     })
     .unwrap();
     let tower = SiglipVisionTower::new(config, weights).unwrap();
-    let pixels = tensor(&[1, 3, 384, 384], 100, 0.0, 1.0, DType::F32, device);
-    let grad = tensor(&[1, 729, 1152], 101, 0.0, 1.0, DType::F32, device);
+    let pixels = tensor(&[tiles, 3, 384, 384], 100, 0.0, 1.0, DType::F32, device);
+    let grad = tensor(&[tiles, 729, 1152], 101, 0.0, 1.0, DType::F32, device);
 
     let pass = tower.forward(&pixels, ForwardOptions::default()).unwrap();
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
@@ -41,7 +44,7 @@ fn bench(c: &mut Criterion) {
     );
     drop(pass);
 
-    let mut group = c.benchmark_group(format!("siglip_so400m_{layers}_layers_{device}"));
+    let mut group = c.benchmark_group(format!("siglip_so400m_{layers}_layers_{tiles}_tiles_{device}"));
     group.sample_size(10).warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(1));
     let opts = ForwardOptions::default();
     group.bench_function("forward_f32", |b| {

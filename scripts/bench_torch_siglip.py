@@ -3,7 +3,8 @@
 
 Same work as the Rust bench on the same machine: so400m's shapes (hidden 1152, intermediate 4304, 16 heads of 72,
 patch 14, image 384: 729 patches) with --layers encoder layers (LLaVA-OneVision runs 26 of 27), no head, random
-weights (transformers' init), f32, one random 384×384 image. Two passes:
+weights (transformers' init), f32, one random 384×384 image (or --tiles of them: 10 are a 9-tile anyres image with
+its base image). Two passes:
 
 - forward:            model(pixel_values) under no_grad;
 - forward + backward: the same with grad (parameters and pixels), then (last_hidden_state · g).sum().backward() into
@@ -43,8 +44,8 @@ def measure(args):
     with device:
         model = SiglipVisionModel(config).float()
     model.train(False)
-    pixels = torch.randn(1, 3, 384, 384, device=device)
-    grad = torch.randn(1, 729, 1152, device=device)
+    pixels = torch.randn(args.tiles, 3, 384, 384, device=device)
+    grad = torch.randn(args.tiles, 729, 1152, device=device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -86,6 +87,7 @@ def measure(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=26, help="encoder layers (LLaVA-OneVision: 26 of so400m's 27)")
+    p.add_argument("--tiles", type=int, default=1, help="384x384 tiles in the batch (10: a 9-tile anyres image)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--iters", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -95,10 +97,12 @@ def main():
         measure(args)
         return
     print(f"PyTorch eager, SiglipVisionModel at so400m-patch14-384 shapes, {args.layers} layers, f32 on "
-          f"{args.device}, one 384x384 image; median of {args.iters} runs after a warm-up, each row in its own process")
+          f"{args.device}, {args.tiles} 384x384 tile(s); median of {args.iters} runs after a warm-up, each row in its "
+          "own process")
     print(f"{'pass':<20} {'median':>10} {'min':>10} {'peak extra':>12}")
     for mode, label in [("fwd", "forward (no_grad)"), ("fwdbwd", "forward + backward")]:
-        cmd = [sys.executable, __file__, "--mode", mode, "--layers", str(args.layers), "--device", args.device,
+        cmd = [sys.executable, __file__, "--mode", mode, "--layers", str(args.layers), "--tiles", str(args.tiles),
+               "--device", args.device,
                "--iters", str(args.iters), "--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

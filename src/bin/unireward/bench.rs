@@ -25,6 +25,9 @@ pub enum Bench {
     /// The Qwen2 decoder at Qwen2-0.5B's shapes with random weights: forward + loss and forward + backward,
     /// tokens per second, peak memory and (on CUDA) MFU; `scripts/bench_torch_qwen2.py` is PyTorch's side.
     Model(crate::bench_model::ModelArgs),
+    /// The whole LLaVA-OneVision reward model on one image's batch: forward + loss and forward + backward, tokens
+    /// per second, peak memory; `scripts/bench_torch_llava.py` makes the checkpoint and is PyTorch's side.
+    Llava(crate::bench_llava::LlavaArgs),
     /// The CPU matrix products alone at Qwen2-0.5B's shapes, f32, bf16 or f16 operands, at a chosen ISA level, in GFLOP/s;
     /// `scripts/bench_torch_matmul.py` is PyTorch's side.
     Products(crate::bench_products::ProductsArgs),
@@ -67,6 +70,7 @@ pub fn run(bench: &Bench) -> anyhow::Result<()> {
         }
         Bench::FusedLinear(args) => fused_linear(args),
         Bench::Model(args) => crate::bench_model::run(args),
+        Bench::Llava(args) => crate::bench_llava::run(args),
         Bench::Products(args) => crate::bench_products::run(args),
     }
 }

@@ -4,21 +4,16 @@
 //! and, on CUDA, model FLOP utilisation. `scripts/bench_torch_qwen2.py` runs the same work in PyTorch eager.
 
 use std::cell::{Cell, RefCell};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use unireward::model::qwen2::{MemoryReport, Qwen2Gradients, Qwen2Weights};
 use unireward::model::{ForwardOptions, Qwen2Config, Qwen2Model};
 use unireward::ops::fused_linear::{fused_linear_logprobs, FusedLinearConfig, LinearHead};
-use unireward::runtime::host_cache;
 use unireward::{DType, Device, Tensor};
 
-use crate::peak_alloc::PeakMeter;
+use crate::bench_passes::PassTimer;
 use crate::report;
 use crate::synthetic;
-
-/// H200 peaks (dense, no sparsity): bf16 tensor cores, and f32 without tensor cores.
-const H200_BF16_FLOPS: f64 = 989e12;
-const H200_F32_FLOPS: f64 = 67e12;
 
 #[derive(clap::Args)]
 pub struct ModelArgs {
@@ -80,46 +75,6 @@ fn random_model(config: Qwen2Config, dtype: DType, device: Device) -> unireward:
     Qwen2Model::new(config, weights)
 }
 
-/// Waits for queued GPU work (ops return before their kernels finish); nothing on the CPU.
-fn sync(device: Device) -> unireward::Result<()> {
-    match device {
-        Device::Cuda(ordinal) => unireward::runtime::cuda::backend(ordinal)?.synchronize(),
-        Device::Cpu => Ok(()),
-    }
-}
-
-/// Device memory in use (total − free) on a CUDA device, after waiting for queued work; 0 on the CPU.
-fn device_used(device: Device) -> unireward::Result<usize> {
-    match device {
-        Device::Cuda(ordinal) => {
-            let backend = unireward::runtime::cuda::backend(ordinal)?;
-            backend.synchronize()?;
-            let (free, total) = backend.context().mem_get_info()?;
-            Ok(total - free)
-        }
-        Device::Cpu => Ok(0),
-    }
-}
-
-/// One pass's measurements over the timed runs.
-struct Pass {
-    name: &'static str,
-    times: Vec<Duration>,
-    peak_heap: usize,
-    /// Device memory in use beyond the weights, sampled when the pass holds the most (approximate).
-    peak_device: usize,
-    flops: f64,
-    loss: f32,
-}
-
-impl Pass {
-    fn median(&self) -> Duration {
-        let mut t = self.times.clone();
-        t.sort();
-        t[t.len() / 2]
-    }
-}
-
 struct Bench<'a> {
     model: &'a Qwen2Model,
     ids: Tensor,
@@ -127,34 +82,19 @@ struct Bench<'a> {
     /// Next-token labels [N,T] (the last position of each sequence is ignored).
     labels: Tensor,
     opts: ForwardOptions,
-    device: Device,
-    /// Device memory in use once the model exists.
-    base_device: usize,
-    /// Whether to sample device memory (in the untimed warm-up runs only: sampling synchronises).
-    sampling: Cell<bool>,
-    /// Most device memory seen in use beyond `base_device` since the last reset.
-    peak_device: Cell<usize>,
+    timer: PassTimer,
     /// The memory report of the last forward.
     memory: Cell<Option<MemoryReport>>,
 }
 
-impl<'m> Bench<'m> {
-    fn sample_device(&self) -> unireward::Result<()> {
-        if !self.sampling.get() {
-            return Ok(());
-        }
-        let used = device_used(self.device)?.saturating_sub(self.base_device);
-        self.peak_device.set(self.peak_device.get().max(used));
-        Ok(())
-    }
-
+impl Bench<'_> {
     /// Forward and the fused loss only (no gradient); returns the loss.
     fn forward(&self) -> unireward::Result<f32> {
         let pass = self.model.forward(&self.ids, &self.mask, self.opts)?;
         let head = LinearHead { hidden: pass.hidden(), weight: self.model.weights.head(), bias: None };
         let out = fused_linear_logprobs(head, &self.labels, None, &FusedLinearConfig::default())?;
         let total: f64 = out.logps.to_vec::<f32>()?.iter().map(|&l| f64::from(l)).sum();
-        self.sample_device()?;
+        self.timer.sample_device()?;
         let counted = self.ids.numel() - self.ids.shape()[0];
         self.memory.set(Some(self.model.memory_report(&pass)));
         Ok((-total / counted as f64) as f32)
@@ -164,9 +104,9 @@ impl<'m> Bench<'m> {
     fn forward_backward(&self) -> unireward::Result<f32> {
         let pass = self.model.forward(&self.ids, &self.mask, self.opts)?;
         let loss = self.model.causal_lm_loss(&pass, &self.ids, &FusedLinearConfig::default())?;
-        self.sample_device()?;
+        self.timer.sample_device()?;
         let grads = self.model.backward(pass, loss.grads)?;
-        self.sample_device()?;
+        self.timer.sample_device()?;
         drop(grads);
         Ok(loss.loss)
     }
@@ -176,46 +116,12 @@ impl<'m> Bench<'m> {
     fn forward_backward_into(&self, out: &mut Qwen2Gradients) -> unireward::Result<f32> {
         let pass = self.model.forward(&self.ids, &self.mask, self.opts)?;
         let loss = self.model.causal_lm_loss_into(&pass, &self.ids, &FusedLinearConfig::default(), out)?;
-        self.sample_device()?;
+        self.timer.sample_device()?;
         self.model.backward_into(pass, loss.grads, out)?;
-        self.sample_device()?;
+        self.timer.sample_device()?;
         Ok(loss.loss)
     }
-
-    /// Runs each work once untimed (its warm-up, sampling device memory), once more for its heap peak from an
-    /// empty host cache (what the work itself needs, not counting buffers other works left cached), then `iters`
-    /// rounds that time each work in turn (synchronised, with the cache warm as in a training loop): interleaved,
-    /// so that none gains from running first in a process whose memory the others have not shaped yet.
-    fn measure(&self, works: &[Work<'_, 'm>], iters: usize) -> unireward::Result<Vec<Pass>> {
-        let mut passes = Vec::with_capacity(works.len());
-        for &(name, flops, f) in works {
-            self.peak_device.set(0);
-            self.sampling.set(true);
-            f(self)?;
-            self.sampling.set(false);
-            let peak_device = self.peak_device.get();
-            passes.push(Pass { name, times: Vec::new(), peak_heap: 0, peak_device, flops, loss: f32::NAN });
-        }
-        for (pass, &(_, _, f)) in passes.iter_mut().zip(works) {
-            host_cache::release_cached_memory();
-            let meter = PeakMeter::start();
-            f(self)?;
-            pass.peak_heap = meter.peak_extra();
-        }
-        for _ in 0..iters {
-            for (pass, &(_, _, f)) in passes.iter_mut().zip(works) {
-                let start = Instant::now();
-                pass.loss = f(self)?;
-                sync(self.device)?;
-                pass.times.push(start.elapsed());
-            }
-        }
-        Ok(passes)
-    }
 }
-
-/// A pass to time: its name, its model FLOPs and the work (returning the loss).
-type Work<'w, 'm> = (&'static str, f64, &'w dyn Fn(&Bench<'m>) -> unireward::Result<f32>);
 
 pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
@@ -241,10 +147,7 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
         mask: Tensor::from_slice(&vec![1i64; n * t], &[n, t], device)?,
         ids,
         opts: ForwardOptions { recompute: args.recompute },
-        device,
-        base_device: device_used(device)?,
-        sampling: Cell::new(false),
-        peak_device: Cell::new(0),
+        timer: PassTimer::new(device)?,
         memory: Cell::new(None),
     };
 
@@ -272,58 +175,23 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     let fwd_flops = 2.0 * params as f64 * tokens + attention;
     let bwd_flops = 6.0 * params as f64 * tokens + 3.0 * attention;
 
-    let into_kept = |b: &Bench<'_>| b.forward_backward_into(&mut kept.borrow_mut());
-    let passes = bench.measure(
+    let into_kept = || bench.forward_backward_into(&mut kept.borrow_mut());
+    let passes = bench.timer.measure(
         &[
-            ("forward + loss", fwd_flops, &Bench::forward),
-            ("forward + loss + backward", bwd_flops, &Bench::forward_backward),
+            ("forward + loss", fwd_flops, &|| bench.forward()),
+            ("forward + loss + backward", bwd_flops, &|| bench.forward_backward()),
             ("  the same, kept gradients", bwd_flops, &into_kept),
         ],
         args.iters,
     )?;
-
-    let cuda = matches!(device, Device::Cuda(_));
-    print!("{:<26} {:>10} {:>10} {:>12} {:>9}", "pass", "median", "tokens/s", "peak heap", "loss");
-    if cuda {
-        print!(" {:>12} {:>10} {:>10} {:>10}", "device mem", "TFLOP/s", "MFU bf16", "MFU f32");
-    }
-    println!();
-    for p in &passes {
-        let secs = p.median().as_secs_f64();
-        print!(
-            "{:<26} {:>10} {:>10.0} {:>12} {:>9.4}",
-            p.name,
-            report::seconds(p.median()),
-            tokens / secs,
-            report::bytes(p.peak_heap),
-            p.loss
-        );
-        if cuda {
-            let achieved = p.flops / secs;
-            print!(
-                " {:>12} {:>10.1} {:>9.1}% {:>9.1}%",
-                report::bytes(p.peak_device),
-                achieved / 1e12,
-                100.0 * achieved / H200_BF16_FLOPS,
-                100.0 * achieved / H200_F32_FLOPS
-            );
-        } else {
-            print!("   {:.1} GFLOP/s", p.flops / secs / 1e9);
-        }
-        println!();
-    }
+    bench.timer.print(&passes, n * t);
+    println!(
+        "model FLOPs: 2·P·tokens forward, 6·P·tokens forward + backward, plus attention 4·L·N·T²·H forward, 3× that \
+         with the backward"
+    );
     if let Some(memory) = bench.memory.get() {
         let kept = if args.recompute { "layer inputs kept (recompute)" } else { "all activations kept" };
         println!("model memory_report ({kept}): {memory}");
-    }
-    if cuda {
-        println!(
-            "device mem: total − free (cuMemGetInfo) beyond the weights and inputs, sampled after the loss and \
-             after the backward in the warm-up runs (approximate: misses peaks between samples, counts what the \
-             driver's pool holds)\nMFU: model FLOPs (2·P·tokens forward, 6·P·tokens forward + backward, plus \
-             attention 4·L·N·T²·H forward, 3× that with the backward) against H200 dense peaks: bf16 989 TFLOP/s, \
-             f32 67 TFLOP/s"
-        );
     }
     Ok(())
 }

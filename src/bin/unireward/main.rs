@@ -1,7 +1,9 @@
 //! `unireward`: the command line of the library.
 
 mod bench;
+mod bench_llava;
 mod bench_model;
+mod bench_passes;
 mod bench_products;
 mod demo;
 mod generate;

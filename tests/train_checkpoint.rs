@@ -253,7 +253,8 @@ fn bad_requests_are_refused_before_anything_is_written() {
     let out = scratch.0.join("out");
     let named = model.weights.named();
     let twice = [named[0].clone(), named[0].clone()];
-    let cases: [(&[(String, &Tensor)], &Path, SaveOptions, &str); 3] = [
+    type Case<'a> = (&'a [(String, &'a Tensor)], &'a Path, SaveOptions, &'a str);
+    let cases: [Case; 3] = [
         (&twice, &source, SaveOptions::default(), "given twice"),
         (&named, &scratch.0, SaveOptions::default(), "config.json"),
         (&named, &source, SaveOptions { max_shard_bytes: 0, ..SaveOptions::default() }, "max_shard_bytes"),

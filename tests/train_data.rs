@@ -291,7 +291,7 @@ fn task_weights_set_each_tasks_share_of_an_epoch() {
         };
         assert!(allowed.contains(&count), "example {i} of task {} seen {count} times", tasks[i]);
     }
-    for (name, weight) in [("task9", 1.0), ("task0", -1.0), ("task0", f64::NAN)] {
+    for (name, weight) in [("task9", 1.0), ("task0", -1.0), ("task0", f64::NAN), ("task1", 1e300)] {
         let config = SamplerConfig { task_weights: vec![(name.into(), weight)], ..SamplerConfig::default() };
         let msg = BatchSampler::new(lengths.clone(), tasks.clone(), &names, config).unwrap_err().to_string();
         assert!(msg.contains(name), "{msg}");
@@ -327,4 +327,48 @@ fn a_restored_loader_continues_exactly_where_it_stopped() {
     assert!(restored.restore(&other_seed).unwrap_err().to_string().contains("seed"));
     let past_end = LoaderState { batches_done: 14, ..state };
     assert!(restored.restore(&past_end).unwrap_err().to_string().contains("14"));
+}
+
+#[test]
+fn bad_pairs_are_reported_by_line() {
+    let source = [DataSource::new(fixture("train/bad_pairs.jsonl"))];
+    let (data, report) = PairDataset::load_pairs(&source, &tokenizer(LabelMask::LlavaNext), &options()).unwrap();
+    assert_eq!(data.examples.iter().map(|e| e.line).collect::<Vec<_>>(), [5]);
+    let problems: Vec<(usize, String)> = report.bad.iter().map(|b| (b.line, b.problem.to_string())).collect();
+    let want = [
+        (1, "no `rejected` field"),
+        (2, "0 `<image>` placeholder(s) in the text for 1 media item(s)"),
+        (3, "`rejected` is a number instead of a string"),
+        (4, "`video` lists a non-string item"),
+        (6, "no-such-video.mp4 does not exist"),
+    ];
+    assert_eq!(problems.len(), want.len());
+    for ((line, got), (want_line, needle)) in problems.iter().zip(want) {
+        assert_eq!(*line, want_line);
+        assert!(got.contains(needle), "line {line}: {got}");
+    }
+}
+
+#[test]
+fn a_record_the_template_refuses_is_a_bad_record() {
+    // Qwen2's template, refusing roles other than system, user and assistant.
+    let template = "{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}\
+        {{ raise_exception('unknown role ' + m.role) }}{% endif %}\
+        {{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endfor %}\
+        {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let tok = ConversationTokenizer::new(
+        unireward::judge::Tokenizer::from_file(&fixture("train/tokenizer")).unwrap(),
+        unireward::judge::ChatTemplate::jinja(template).unwrap(),
+    )
+    .unwrap();
+    let path = std::env::temp_dir().join(format!("unireward-robot-{}.jsonl", std::process::id()));
+    let robot = r#"{"conversations": [{"from": "human", "value": "Q"}, {"from": "robot", "value": "beep"}, {"from": "gpt", "value": "A"}]}"#;
+    let fine = r#"{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}"#;
+    std::fs::write(&path, format!("{robot}\n{fine}\n")).unwrap();
+    let (data, report) = SftDataset::load_conversations(&[DataSource::new(&path)], &tok, &options()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(data.examples.len(), 1);
+    assert_eq!(report.bad.len(), 1);
+    assert_eq!(report.bad[0].line, 1);
+    assert!(report.bad[0].problem.to_string().contains("unknown role robot"), "{}", report.bad[0]);
 }

@@ -27,11 +27,14 @@ fn sibling(out: &Path, kind: &str) -> Result<PathBuf> {
     Ok(out.with_file_name(sibling))
 }
 
-/// Flushes every file in `dir`, then `dir` itself (its entries), to disk.
+/// Flushes every file under `dir`, then each directory (its entries), to disk.
 fn sync_tree(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
-        let path = entry.map_err(io("list", dir))?.path();
-        if path.is_file() {
+        let entry = entry.map_err(io("list", dir))?;
+        let (path, kind) = (entry.path(), entry.file_type().map_err(io("inspect", dir))?);
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
             File::open(&path).and_then(|f| f.sync_all()).map_err(io("flush", &path))?;
         }
     }

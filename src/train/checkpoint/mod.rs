@@ -6,6 +6,7 @@
 //!   config.json                          copied from the source checkpoint
 //!   model.safetensors                    or model-0000i-of-0000n.safetensors + model.safetensors.index.json
 //!   tokenizer.json, tokenizer_config.json, chat_template.jinja, preprocessor_config.json, ...   copied
+//!   <mm_vision_tower>/config.json        copied when a `llava_qwen` config names its tower by a local directory
 //!   trainer_state/                       reserved for the trainer: optimizer moments, schedule step, loader
 //!                                        position (`LoaderState`), RNG state — written into the same temporary
 //!                                        directory by the `extra` callback, so weights and state appear together

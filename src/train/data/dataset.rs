@@ -147,7 +147,7 @@ impl<E> Dataset<E> {
         for (source_index, source) in sources.iter().enumerate() {
             let mut reader = BufReader::new(open_regular(&source.path)?);
             let mut line_no = 0;
-            while let Some(line) = read_line(&mut reader, &source.path)? {
+            while let Some(line) = read_line(&mut reader, &source.path, MAX_LINE_BYTES)? {
                 line_no += 1;
                 let parsed = match line {
                     Ok(text) if text.trim().is_empty() => continue,
@@ -227,7 +227,10 @@ impl PairDataset {
                 return Ok(Err(problem));
             }
             let (prompt, [chosen, rejected]) =
-                tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])?;
+                match tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])? {
+                    Ok(tokens) => tokens,
+                    Err(problem) => return Ok(Err(problem)),
+                };
             let example = PairExample {
                 task: 0,
                 source: origin.source,
@@ -246,18 +249,22 @@ impl PairDataset {
     }
 }
 
-/// The next line of `reader` (without its line ending): `None` at the end, a [`Problem`] for a line that is too
-/// long or not UTF-8 (the rest of it skipped), an error when the file cannot be read.
-fn read_line(reader: &mut impl BufRead, path: &Path) -> Result<Option<std::result::Result<String, Problem>>> {
+/// The next line of `reader` (without its line ending): `None` at the end, a [`Problem`] for a line longer than
+/// `max_bytes` or not UTF-8 (the rest of it skipped), an error when the file cannot be read.
+fn read_line(
+    reader: &mut impl BufRead,
+    path: &Path,
+    max_bytes: usize,
+) -> Result<Option<std::result::Result<String, Problem>>> {
     let io = |e: std::io::Error| Error::InvalidArgument(format!("cannot read {}: {e}", path.display()));
     let mut bytes = Vec::new();
-    let read = reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut bytes).map_err(io)?;
+    let read = reader.by_ref().take(max_bytes as u64 + 1).read_until(b'\n', &mut bytes).map_err(io)?;
     if read == 0 {
         return Ok(None);
     }
-    if bytes.len() > MAX_LINE_BYTES && bytes.last() != Some(&b'\n') {
+    if bytes.len() > max_bytes && bytes.last() != Some(&b'\n') {
         skip_line(reader).map_err(io)?;
-        return Ok(Some(Err(Problem::Unparsable(format!("line longer than {MAX_LINE_BYTES} bytes")))));
+        return Ok(Some(Err(Problem::Unparsable(format!("line longer than {max_bytes} bytes")))));
     }
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
@@ -282,5 +289,26 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
                 reader.consume(len);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_and_non_utf8_lines_are_problems_and_the_next_line_is_read() {
+        let text = b"short\r\n0123456789abcdef\n\xff\xfe\nlast";
+        let mut reader = BufReader::with_capacity(4, &text[..]);
+        let path = Path::new("mem.jsonl");
+        let mut lines = Vec::new();
+        while let Some(line) = read_line(&mut reader, path, 8).unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], Ok("short".to_string()));
+        assert_eq!(lines[1], Err(Problem::Unparsable("line longer than 8 bytes".into())));
+        assert_eq!(lines[2], Err(Problem::Unparsable("not UTF-8 text".into())));
+        assert_eq!(lines[3], Ok("last".to_string()));
     }
 }

@@ -20,5 +20,5 @@ pub use batch::{collate_conversations, collate_pairs, SequenceBatch};
 pub use dataset::{DataOptions, DataSource, Dataset, PairDataset, PairExample, SftDataset, SftExample, MAX_LINE_BYTES};
 pub use problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 pub use record::{MediaKind, MediaRef, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
-pub use sampler::{BatchIndices, BatchSampler, LoaderState, SamplerConfig};
+pub use sampler::{BatchIndices, BatchSampler, LoaderState, SamplerConfig, MAX_TASK_WEIGHT};
 pub use tokenize::{ConversationTokenizer, LabelMask, IGNORE_INDEX};

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::dataset::{PairDataset, SftDataset};
 use crate::{Error, Result};
 
+/// The largest task weight (an epoch is held in memory as a list of example indices).
+pub const MAX_TASK_WEIGHT: f64 = 1000.0;
+
 /// How batches are drawn.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
@@ -118,9 +121,9 @@ impl BatchSampler {
                     "task weight for `{name}`, a task the data does not have ({task_names:?})"
                 ))
             })?;
-            if !(weight.is_finite() && *weight >= 0.0) {
+            if !(0.0..=MAX_TASK_WEIGHT).contains(weight) {
                 return Err(Error::InvalidArgument(format!(
-                    "task `{name}` has weight {weight}; weights are finite, ≥ 0"
+                    "task `{name}` has weight {weight}; weights are between 0 and {MAX_TASK_WEIGHT}"
                 )));
             }
             weights[task] = *weight;

@@ -117,8 +117,13 @@ impl ConversationTokenizer {
     }
 
     /// Token ids and labels (aligned with the ids; the loss shifts them) of a conversation. A leading `system` turn
-    /// replaces the system message; other leading non-user turns are dropped, as LLaVA-NeXT drops them.
+    /// replaces the system message; other leading non-user turns are dropped, as LLaVA-NeXT drops them. What only
+    /// this record gets wrong (a template that raises on it, text that does not tokenize) is its [`Problem`]; a
+    /// placeholder the tokenizer lacks is an error.
     pub(crate) fn conversation(&self, turns: &[ChatMessage]) -> Result<std::result::Result<Labelled, Problem>> {
+        for turn in turns {
+            self.check_placeholders(&turn.content)?;
+        }
         let (system, mut rest) = match turns.split_first() {
             Some((first, rest)) if first.role == "system" => (first.content.clone(), rest),
             _ => (self.system_message.clone(), turns),
@@ -131,9 +136,12 @@ impl ConversationTokenizer {
         }
         let mut messages = vec![ChatMessage::system(system)];
         messages.extend_from_slice(rest);
+        Ok(self.labelled(&messages).map_err(|e| Problem::Invalid(e.to_string())))
+    }
+
+    fn labelled(&self, messages: &[ChatMessage]) -> Result<Labelled> {
         let (mut ids, mut labels) = (Vec::new(), Vec::new());
-        for (message, segment) in messages.iter().zip(self.segments(&messages)?) {
-            self.check_placeholders(&segment)?;
+        for (message, segment) in messages.iter().zip(self.segments(messages)?) {
             let segment_ids = self.tokenizer.encode(&segment)?;
             let learn = message.role == "assistant";
             labels.extend(segment_ids.iter().map(|&id| if learn { i64::from(id) } else { IGNORE_INDEX }));
@@ -146,33 +154,37 @@ impl ConversationTokenizer {
                 }
             }
         }
-        Ok(Ok(Labelled { ids, labels }))
+        Ok(Labelled { ids, labels })
     }
 
     /// The prompt's ids (system and user turns, then the assistant header) and the ids of each completion (the
-    /// assistant turn's text after its header, its end marker included), each tokenized on its own.
+    /// assistant turn's text after its header, its end marker included), each tokenized on its own. Errors as for
+    /// [`ConversationTokenizer::conversation`].
     pub(crate) fn prompt_and_completions(
         &self,
         prompt: &str,
         completions: [&str; 2],
-    ) -> Result<(Vec<u32>, [Vec<u32>; 2])> {
+    ) -> Result<std::result::Result<(Vec<u32>, [Vec<u32>; 2]), Problem>> {
+        self.check_placeholders(prompt)?;
         let messages = vec![ChatMessage::system(self.system_message.clone()), ChatMessage::user(prompt)];
-        let prompt_text = self.template.render(&messages, true)?;
-        self.check_placeholders(&prompt_text)?;
-        let completion = |answer: &str| -> Result<Vec<u32>> {
-            let mut full = messages.clone();
-            full.push(ChatMessage::assistant(answer));
-            let text = self.template.render(&full, false)?;
-            let tail = text.strip_prefix(prompt_text.as_str()).ok_or_else(|| {
-                Error::InvalidArgument(
-                    "the chat template's prompt with its generation prompt is not the start of the conversation with \
-                     the answer: the completion cannot be cut out"
-                        .into(),
-                )
-            })?;
-            self.tokenizer.encode(tail)
+        let encode = || -> Result<(Vec<u32>, [Vec<u32>; 2])> {
+            let prompt_text = self.template.render(&messages, true)?;
+            let completion = |answer: &str| -> Result<Vec<u32>> {
+                let mut full = messages.clone();
+                full.push(ChatMessage::assistant(answer));
+                let text = self.template.render(&full, false)?;
+                let tail = text.strip_prefix(prompt_text.as_str()).ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "the chat template's prompt with its generation prompt is not the start of the conversation \
+                         with the answer: the completion cannot be cut out"
+                            .into(),
+                    )
+                })?;
+                self.tokenizer.encode(tail)
+            };
+            Ok((self.tokenizer.encode(&prompt_text)?, [completion(completions[0])?, completion(completions[1])?]))
         };
-        Ok((self.tokenizer.encode(&prompt_text)?, [completion(completions[0])?, completion(completions[1])?]))
+        Ok(encode().map_err(|e| Problem::Invalid(e.to_string())))
     }
 }
 

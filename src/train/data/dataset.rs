@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 use super::record::{self, match_placeholders, MediaRef};
-use super::tokenize::ConversationTokenizer;
+use super::tokenize::{ConversationTokenizer, PairTokens};
 use crate::model::files::open_regular;
 use crate::{Error, Result};
 
@@ -226,7 +226,7 @@ impl PairDataset {
             if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
                 return Ok(Err(problem));
             }
-            let (prompt, [chosen, rejected]) =
+            let PairTokens { prompt, chosen, rejected } =
                 match tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])? {
                     Ok(tokens) => tokens,
                     Err(problem) => return Ok(Err(problem)),

@@ -164,10 +164,10 @@ impl ConversationTokenizer {
         &self,
         prompt: &str,
         completions: [&str; 2],
-    ) -> Result<std::result::Result<(Vec<u32>, [Vec<u32>; 2]), Problem>> {
+    ) -> Result<std::result::Result<PairTokens, Problem>> {
         self.check_placeholders(prompt)?;
         let messages = vec![ChatMessage::system(self.system_message.clone()), ChatMessage::user(prompt)];
-        let encode = || -> Result<(Vec<u32>, [Vec<u32>; 2])> {
+        let encode = || -> Result<PairTokens> {
             let prompt_text = self.template.render(&messages, true)?;
             let completion = |answer: &str| -> Result<Vec<u32>> {
                 let mut full = messages.clone();
@@ -182,10 +182,21 @@ impl ConversationTokenizer {
                 })?;
                 self.tokenizer.encode(tail)
             };
-            Ok((self.tokenizer.encode(&prompt_text)?, [completion(completions[0])?, completion(completions[1])?]))
+            Ok(PairTokens {
+                prompt: self.tokenizer.encode(&prompt_text)?,
+                chosen: completion(completions[0])?,
+                rejected: completion(completions[1])?,
+            })
         };
         Ok(encode().map_err(|e| Problem::Invalid(e.to_string())))
     }
+}
+
+/// A tokenized pair.
+pub(crate) struct PairTokens {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
 }
 
 /// A tokenized conversation.

@@ -114,12 +114,28 @@ struct Origin {
     line: usize,
 }
 
-/// What one line turned into.
+/// What one line turned into: an example, its task's name if the record gives one, and its length.
 struct Parsed<E> {
     task: Option<String>,
     tokens: usize,
-    /// The example, given its task index.
-    make: Box<dyn FnOnce(usize) -> E>,
+    example: E,
+}
+
+/// An example whose task index the loader sets once the task is known.
+trait Tasked {
+    fn set_task(&mut self, task: usize);
+}
+
+impl Tasked for SftExample {
+    fn set_task(&mut self, task: usize) {
+        self.task = task;
+    }
+}
+
+impl Tasked for PairExample {
+    fn set_task(&mut self, task: usize) {
+        self.task = task;
+    }
 }
 
 impl<E> Dataset<E> {
@@ -139,7 +155,10 @@ impl<E> Dataset<E> {
         sources: &[DataSource],
         options: &DataOptions,
         mut parse: impl FnMut(&str, Origin) -> Result<std::result::Result<Parsed<E>, Problem>>,
-    ) -> Result<(Dataset<E>, DataReport)> {
+    ) -> Result<(Dataset<E>, DataReport)>
+    where
+        E: Tasked,
+    {
         if options.max_len == 0 {
             return Err(Error::InvalidArgument("max_len must be at least 1".into()));
         }
@@ -160,10 +179,11 @@ impl<E> Dataset<E> {
                     false => Ok(p),
                 });
                 match parsed {
-                    Ok(p) => {
+                    Ok(mut p) => {
                         let task = data.task_index(p.task.unwrap_or_else(|| source.default_task()), &mut report);
                         report.kept_per_task[task] += 1;
-                        data.examples.push((p.make)(task));
+                        p.example.set_task(task);
+                        data.examples.push(p.example);
                     }
                     Err(problem) => report.record_bad(
                         options.bad_records,
@@ -192,20 +212,17 @@ impl SftDataset {
             if let Err(problem) = match_placeholders(&mut texts, &record.media) {
                 return Ok(Err(problem));
             }
-            Ok(tokenizer.conversation(&record.turns)?.map(|labelled| {
-                let media = record.media;
-                Parsed {
-                    task: record.task,
-                    tokens: labelled.ids.len(),
-                    make: Box::new(move |task| SftExample {
-                        task,
-                        source: origin.source,
-                        line: origin.line,
-                        ids: labelled.ids,
-                        labels: labelled.labels,
-                        media,
-                    }) as Box<dyn FnOnce(usize) -> SftExample>,
-                }
+            Ok(tokenizer.conversation(&record.turns)?.map(|labelled| Parsed {
+                task: record.task,
+                tokens: labelled.ids.len(),
+                example: SftExample {
+                    task: 0,
+                    source: origin.source,
+                    line: origin.line,
+                    ids: labelled.ids,
+                    labels: labelled.labels,
+                    media: record.media,
+                },
             }))
         })
     }
@@ -240,11 +257,7 @@ impl PairDataset {
                 rejected,
                 media: record.media,
             };
-            Ok(Ok(Parsed {
-                task: record.task,
-                tokens: example.len(),
-                make: Box::new(move |task| PairExample { task, ..example }),
-            }))
+            Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
         })
     }
 }

@@ -325,6 +325,13 @@ fn a_restored_loader_continues_exactly_where_it_stopped() {
     let state: LoaderState = serde_json::from_str(&saved).unwrap();
     let other_seed = LoaderState { seed: state.seed ^ 1, ..state.clone() };
     assert!(restored.restore(&other_seed).unwrap_err().to_string().contains("seed"));
+    let other_batch = sampler(&lengths, &tasks, &names, SamplerConfig { batch_size: 5, ..config.clone() }).state();
+    assert!(restored.restore(&LoaderState { fingerprint: other_batch.fingerprint, ..state.clone() }).is_err());
+    let mut longer = lengths.clone();
+    longer[0] += 1;
+    let other_data = sampler(&longer, &tasks, &names, config.clone()).state();
+    let msg = restored.restore(&LoaderState { fingerprint: other_data.fingerprint, ..state.clone() }).unwrap_err();
+    assert!(msg.to_string().contains("fingerprint"), "{msg}");
     let past_end = LoaderState { batches_done: 14, ..state };
     assert!(restored.restore(&past_end).unwrap_err().to_string().contains("14"));
 }

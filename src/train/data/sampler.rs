@@ -62,6 +62,10 @@ pub struct LoaderState {
     pub batches_done: usize,
     /// The dataset's example count, checked on restore (a different file would silently change the plan).
     pub examples: usize,
+    /// FNV-1a (64-bit) of everything else the plan depends on: the batch size, length grouping, drop-last, the task
+    /// weights, and every example's length and task, as little-endian integers (weights as their f64 bits).
+    /// Checked on restore.
+    pub fingerprint: u64,
 }
 
 /// A batch's place and examples.
@@ -128,8 +132,10 @@ impl BatchSampler {
             }
             weights[task] = *weight;
         }
-        let state = LoaderState { seed: config.seed, epoch: 0, batches_done: 0, examples: lengths.len() };
+        let state =
+            LoaderState { seed: config.seed, epoch: 0, batches_done: 0, examples: lengths.len(), fingerprint: 0 };
         let mut sampler = BatchSampler { config, lengths, tasks, weights, state, plan: Vec::new() };
+        sampler.state.fingerprint = sampler.fingerprint();
         sampler.plan = sampler.plan_epoch(0);
         if sampler.plan.is_empty() {
             return Err(Error::InvalidArgument("an epoch has no batch: no examples, or every task weighs 0".into()));
@@ -179,6 +185,21 @@ impl BatchSampler {
         batches
     }
 
+    /// See [`LoaderState::fingerprint`].
+    fn fingerprint(&self) -> u64 {
+        let c = &self.config;
+        let head = [c.batch_size as u64, u64::from(c.group_by_length), c.group_factor as u64, u64::from(c.drop_last)];
+        let weights = self.weights.iter().map(|w| w.to_bits());
+        let examples = self.lengths.iter().zip(&self.tasks).flat_map(|(&l, &t)| [l as u64, t as u64]);
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for word in head.into_iter().chain(weights).chain(examples) {
+            for byte in word.to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
     /// The next batch, moving to the next epoch when this one is done.
     pub fn next_batch(&mut self) -> BatchIndices {
         if self.state.batches_done == self.plan.len() {
@@ -198,14 +219,12 @@ impl BatchSampler {
 
     /// Continues from `state`, saved by a sampler of the same configuration over the same data.
     pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
-        if state.seed != self.config.seed || state.examples != self.lengths.len() {
+        let mine = (self.config.seed, self.lengths.len(), self.fingerprint());
+        if (state.seed, state.examples, state.fingerprint) != mine {
             return Err(Error::InvalidArgument(format!(
-                "loader state (seed {}, {} examples) does not belong to this data and configuration (seed {}, {} \
-                 examples)",
-                state.seed,
-                state.examples,
-                self.config.seed,
-                self.lengths.len()
+                "loader state (seed {}, {} examples, fingerprint {:#x}) does not belong to this data and \
+                 configuration (seed {}, {} examples, fingerprint {:#x})",
+                state.seed, state.examples, state.fingerprint, mine.0, mine.1, mine.2
             )));
         }
         let plan = self.plan_epoch(state.epoch);

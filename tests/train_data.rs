@@ -149,6 +149,15 @@ fn bad_records_are_reported_by_line_or_refused() {
     assert!(matches!(problems[5], Problem::Unparsable(m) if m.contains("array")));
     assert!(matches!(problems[6], Problem::Invalid(m) if m.contains("conversations")));
     assert!(report.bad[3].to_string().contains("bad.jsonl line 5"), "{}", report.bad[3]);
+    let want = BTreeMap::from([
+        ("invalid", 1),
+        ("missing media", 1),
+        ("no assistant turn", 1),
+        ("placeholder mismatch", 1),
+        ("too long", 1),
+        ("unparsable", 2),
+    ]);
+    assert_eq!(report.bad_per_kind(), want);
 
     let refuse = DataOptions { bad_records: BadRecordPolicy::Refuse, ..options };
     let msg = SftDataset::load_conversations(&source, &tok, &refuse).unwrap_err().to_string();

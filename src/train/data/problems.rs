@@ -1,5 +1,6 @@
 //! Bad records: what is wrong with a line of a data file, and whether a load skips it or stops.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -30,6 +31,20 @@ pub enum Problem {
     TooLong { tokens: usize, max: usize },
     /// The text's placeholders do not match the record's media.
     PlaceholderMismatch { placeholder: &'static str, found: usize, media: usize },
+}
+
+impl Problem {
+    /// A short name of the kind of problem, for counts (`"too long"`, `"missing media"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::Unparsable(_) => "unparsable",
+            Problem::Invalid(_) => "invalid",
+            Problem::MissingMedia(_) => "missing media",
+            Problem::NoAssistantTurn => "no assistant turn",
+            Problem::TooLong { .. } => "too long",
+            Problem::PlaceholderMismatch { .. } => "placeholder mismatch",
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -77,6 +92,15 @@ impl DataReport {
     /// Records kept in all.
     pub fn kept(&self) -> usize {
         self.kept_per_task.iter().sum()
+    }
+
+    /// How many records were left out for each kind of problem ([`Problem::kind`]).
+    pub fn bad_per_kind(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for bad in &self.bad {
+            *counts.entry(bad.problem.kind()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Records `policy` lets through: a bad one under [`BadRecordPolicy::Refuse`] is an error naming it.

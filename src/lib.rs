@@ -9,6 +9,7 @@
 //! - [`model`]: Hugging Face configs and safetensors checkpoints;
 //! - [`media`]: image and video input (decoding, frame sampling, LLaVA-OneVision's preprocessing);
 //! - [`judge`]: the tokenizer and Qwen's chat template;
+//! - [`train`]: training data (conversations, preference pairs, batching and mixing) and checkpoints;
 //! - [`ffi`]: the stable C ABI (`include/unireward.h`), on which the C++ header and the Python package stand.
 //!
 //! Every fallible call returns [`Result`]; user input never panics.
@@ -22,6 +23,7 @@ pub mod media;
 pub mod model;
 pub mod ops;
 pub mod runtime;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,327 @@
+//! Loading data files into tokenized examples: every line read, checked and tokenized, bad ones reported (or
+//! refused) with their file, line and reason, the rest kept under their task.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use super::problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
+use super::record::{self, match_placeholders, MediaRef};
+use super::tokenize::{ConversationTokenizer, PairTokens};
+use crate::model::files::open_regular;
+use crate::{Error, Result};
+
+/// The longest line read (a record's text; media are separate files).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// A data file and the task its records belong to when they name none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSource {
+    pub path: PathBuf,
+    /// The task of records without a task field; `None`: the file's name without its extension.
+    pub task: Option<String>,
+}
+
+impl DataSource {
+    pub fn new(path: impl Into<PathBuf>) -> DataSource {
+        DataSource { path: path.into(), task: None }
+    }
+
+    fn default_task(&self) -> String {
+        self.task.clone().unwrap_or_else(|| {
+            self.path.file_stem().map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned())
+        })
+    }
+}
+
+/// How records are read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataOptions {
+    /// The folder media paths are relative to (LLaVA's `image_folder`).
+    pub media_folder: PathBuf,
+    /// The most tokens a record may have (for a pair: the prompt and the longer completion), each placeholder
+    /// counted as one token.
+    pub max_len: usize,
+    pub bad_records: BadRecordPolicy,
+    /// The record field naming its task.
+    pub task_field: String,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            media_folder: PathBuf::from("."),
+            max_len: 2048,
+            bad_records: BadRecordPolicy::Skip,
+            task_field: "task".into(),
+        }
+    }
+}
+
+/// A conversation, tokenized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SftExample {
+    /// Index into the dataset's `tasks`.
+    pub task: usize,
+    /// Index into the sources the dataset was loaded from, and the 1-based line there.
+    pub source: usize,
+    pub line: usize,
+    pub ids: Vec<u32>,
+    /// Aligned with `ids`: the id where the loss learns it, [`IGNORE_INDEX`](super::IGNORE_INDEX) elsewhere.
+    pub labels: Vec<i64>,
+    pub media: Vec<MediaRef>,
+}
+
+/// A preference pair, tokenized: the prompt (through the assistant header) and each completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairExample {
+    pub task: usize,
+    pub source: usize,
+    pub line: usize,
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+    pub media: Vec<MediaRef>,
+}
+
+impl PairExample {
+    /// Tokens of the longer of the two sequences.
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.chosen.len().max(self.rejected.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Examples with the names of their tasks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dataset<E> {
+    /// Task names, in order of first appearance.
+    pub tasks: Vec<String>,
+    pub examples: Vec<E>,
+}
+
+/// Conversations for supervised fine-tuning.
+pub type SftDataset = Dataset<SftExample>;
+/// Preference pairs for DPO.
+pub type PairDataset = Dataset<PairExample>;
+
+/// Where a line comes from: the source's index and the 1-based line number.
+#[derive(Clone, Copy)]
+struct Origin {
+    source: usize,
+    line: usize,
+}
+
+/// What one line turned into: an example, its task's name if the record gives one, and its length.
+struct Parsed<E> {
+    task: Option<String>,
+    tokens: usize,
+    example: E,
+}
+
+/// An example whose task index the loader sets once the task is known.
+trait Tasked {
+    fn set_task(&mut self, task: usize);
+}
+
+impl Tasked for SftExample {
+    fn set_task(&mut self, task: usize) {
+        self.task = task;
+    }
+}
+
+impl Tasked for PairExample {
+    fn set_task(&mut self, task: usize) {
+        self.task = task;
+    }
+}
+
+impl<E> Dataset<E> {
+    fn task_index(&mut self, name: String, report: &mut DataReport) -> usize {
+        match self.tasks.iter().position(|t| *t == name) {
+            Some(i) => i,
+            None => {
+                self.tasks.push(name);
+                report.kept_per_task.push(0);
+                self.tasks.len() - 1
+            }
+        }
+    }
+
+    /// Reads every source line by line; `parse` gives each line's example or its problem (or a hard error).
+    fn load(
+        sources: &[DataSource],
+        options: &DataOptions,
+        mut parse: impl FnMut(&str, Origin) -> Result<std::result::Result<Parsed<E>, Problem>>,
+    ) -> Result<(Dataset<E>, DataReport)>
+    where
+        E: Tasked,
+    {
+        if options.max_len == 0 {
+            return Err(Error::InvalidArgument("max_len must be at least 1".into()));
+        }
+        let (mut data, mut report) = (Dataset { tasks: Vec::new(), examples: Vec::new() }, DataReport::default());
+        for (source_index, source) in sources.iter().enumerate() {
+            let mut reader = BufReader::new(open_regular(&source.path)?);
+            let mut line_no = 0;
+            while let Some(line) = read_line(&mut reader, &source.path, MAX_LINE_BYTES)? {
+                line_no += 1;
+                let parsed = match line {
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => parse(&text, Origin { source: source_index, line: line_no })?,
+                    Err(problem) => Err(problem),
+                };
+                report.records += 1;
+                let parsed = parsed.and_then(|p| match p.tokens > options.max_len {
+                    true => Err(Problem::TooLong { tokens: p.tokens, max: options.max_len }),
+                    false => Ok(p),
+                });
+                match parsed {
+                    Ok(mut p) => {
+                        let task = data.task_index(p.task.unwrap_or_else(|| source.default_task()), &mut report);
+                        report.kept_per_task[task] += 1;
+                        p.example.set_task(task);
+                        data.examples.push(p.example);
+                    }
+                    Err(problem) => report.record_bad(
+                        options.bad_records,
+                        BadRecord { file: source.path.clone(), line: line_no, problem },
+                    )?,
+                }
+            }
+        }
+        Ok((data, report))
+    }
+}
+
+impl SftDataset {
+    /// Reads conversation files (LLaVA's format), tokenized by `tokenizer`.
+    pub fn load_conversations(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+    ) -> Result<(SftDataset, DataReport)> {
+        Dataset::load(sources, options, |line, origin| {
+            let mut record = match record::conversation(line, &options.media_folder, &options.task_field) {
+                Ok(record) => record,
+                Err(problem) => return Ok(Err(problem)),
+            };
+            let mut texts: Vec<&mut String> = record.turns.iter_mut().map(|t| &mut t.content).collect();
+            if let Err(problem) = match_placeholders(&mut texts, &record.media) {
+                return Ok(Err(problem));
+            }
+            Ok(tokenizer.conversation(&record.turns)?.map(|labelled| Parsed {
+                task: record.task,
+                tokens: labelled.ids.len(),
+                example: SftExample {
+                    task: 0,
+                    source: origin.source,
+                    line: origin.line,
+                    ids: labelled.ids,
+                    labels: labelled.labels,
+                    media: record.media,
+                },
+            }))
+        })
+    }
+}
+
+impl PairDataset {
+    /// Reads preference-pair files (`prompt`, `chosen`, `rejected`, optional media), tokenized by `tokenizer`.
+    pub fn load_pairs(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+    ) -> Result<(PairDataset, DataReport)> {
+        Dataset::load(sources, options, |line, origin| {
+            let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
+                Ok(record) => record,
+                Err(problem) => return Ok(Err(problem)),
+            };
+            if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
+                return Ok(Err(problem));
+            }
+            let PairTokens { prompt, chosen, rejected } =
+                match tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])? {
+                    Ok(tokens) => tokens,
+                    Err(problem) => return Ok(Err(problem)),
+                };
+            let example = PairExample {
+                task: 0,
+                source: origin.source,
+                line: origin.line,
+                prompt,
+                chosen,
+                rejected,
+                media: record.media,
+            };
+            Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
+        })
+    }
+}
+
+/// The next line of `reader` (without its line ending): `None` at the end, a [`Problem`] for a line longer than
+/// `max_bytes` or not UTF-8 (the rest of it skipped), an error when the file cannot be read.
+fn read_line(
+    reader: &mut impl BufRead,
+    path: &Path,
+    max_bytes: usize,
+) -> Result<Option<std::result::Result<String, Problem>>> {
+    let io = |e: std::io::Error| Error::InvalidArgument(format!("cannot read {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    let read = reader.by_ref().take(max_bytes as u64 + 1).read_until(b'\n', &mut bytes).map_err(io)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if bytes.len() > max_bytes && bytes.last() != Some(&b'\n') {
+        skip_line(reader).map_err(io)?;
+        return Ok(Some(Err(Problem::Unparsable(format!("line longer than {max_bytes} bytes")))));
+    }
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(Some(String::from_utf8(bytes).map_err(|_| Problem::Unparsable("not UTF-8 text".into()))))
+}
+
+/// Discards input through the next newline without holding it.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                reader.consume(end + 1);
+                return Ok(());
+            }
+            None => {
+                let len = buf.len();
+                reader.consume(len);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_and_non_utf8_lines_are_problems_and_the_next_line_is_read() {
+        let text = b"short\r\n0123456789abcdef\n\xff\xfe\nlast";
+        let mut reader = BufReader::with_capacity(4, &text[..]);
+        let path = Path::new("mem.jsonl");
+        let mut lines = Vec::new();
+        while let Some(line) = read_line(&mut reader, path, 8).unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], Ok("short".to_string()));
+        assert_eq!(lines[1], Err(Problem::Unparsable("line longer than 8 bytes".into())));
+        assert_eq!(lines[2], Err(Problem::Unparsable("not UTF-8 text".into())));
+        assert_eq!(lines[3], Ok("last".to_string()));
+    }
+}

@@ -1,0 +1,193 @@
+//! One line of a data file, parsed: a LLaVA conversation (`conversations` of `{"from", "value"}` turns, or
+//! `{"role", "content"}`) or a preference pair (`prompt`, `chosen`, `rejected`), each with optional `image` / `video`
+//! fields (a path or a list of paths, relative to the media folder) and an optional task field.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::problems::Problem;
+use crate::judge::ChatMessage;
+
+/// The text that stands for one image in a conversation.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+/// The text that stands for one video.
+pub const VIDEO_PLACEHOLDER: &str = "<video>";
+
+/// What a media file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Image,
+    Video,
+}
+
+/// A media file of a record: images first, then videos, each in the record's order (the order in which the model
+/// fills the placeholders of each kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaRef {
+    pub kind: MediaKind,
+    /// Resolved against the media folder; checked to exist when the record was read.
+    pub path: PathBuf,
+}
+
+/// A conversation record: the turns as chat messages (LLaVA's `human` / `gpt` mapped to `user` / `assistant`).
+pub(crate) struct ConversationRecord {
+    pub task: Option<String>,
+    pub media: Vec<MediaRef>,
+    pub turns: Vec<ChatMessage>,
+}
+
+/// A preference-pair record.
+pub(crate) struct PairRecord {
+    pub task: Option<String>,
+    pub media: Vec<MediaRef>,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+fn object(line: &str) -> Result<Map<String, Value>, Problem> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(Problem::Unparsable(format!("a JSON {} instead of an object", kind_of(&other)))),
+        Err(e) => Err(Problem::Unparsable(e.to_string())),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn string_field(map: &Map<String, Value>, field: &str) -> Result<String, Problem> {
+    match map.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(Problem::Invalid(format!("`{field}` is a {} instead of a string", kind_of(other)))),
+        None => Err(Problem::Invalid(format!("no `{field}` field"))),
+    }
+}
+
+fn task(map: &Map<String, Value>, task_field: &str) -> Result<Option<String>, Problem> {
+    map.get(task_field).filter(|v| !v.is_null()).map(|_| string_field(map, task_field)).transpose()
+}
+
+/// The media of `field` (`image` or `video`): a path or a list of paths, each resolved against `folder` and
+/// required to exist.
+fn media_field(
+    map: &Map<String, Value>,
+    field: &str,
+    kind: MediaKind,
+    folder: &Path,
+) -> Result<Vec<MediaRef>, Problem> {
+    let paths: Vec<&str> = match map.get(field) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(path)) => vec![path],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().ok_or_else(|| Problem::Invalid(format!("`{field}` lists a non-string item"))))
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(Problem::Invalid(format!("`{field}` is a {} instead of a path or a list", kind_of(other))))
+        }
+    };
+    paths
+        .into_iter()
+        .map(|p| {
+            let path = folder.join(p);
+            if path.exists() {
+                Ok(MediaRef { kind, path })
+            } else {
+                Err(Problem::MissingMedia(path))
+            }
+        })
+        .collect()
+}
+
+fn media(map: &Map<String, Value>, folder: &Path) -> Result<Vec<MediaRef>, Problem> {
+    let mut all = media_field(map, "image", MediaKind::Image, folder)?;
+    all.extend(media_field(map, "video", MediaKind::Video, folder)?);
+    Ok(all)
+}
+
+/// LLaVA's speaker names as chat roles (`human` → `user`, `gpt` → `assistant`; others kept, as LLaVA-NeXT does).
+fn role(from: &str) -> String {
+    match from {
+        "human" => "user".into(),
+        "gpt" => "assistant".into(),
+        other => other.into(),
+    }
+}
+
+fn turn(value: &Value, index: usize) -> Result<ChatMessage, Problem> {
+    let map =
+        value.as_object().ok_or_else(|| Problem::Invalid(format!("conversation turn {index} is not an object")))?;
+    let pick = |a: &str, b: &str| -> Result<String, Problem> {
+        string_field(map, a)
+            .or_else(|_| string_field(map, b))
+            .map_err(|_| Problem::Invalid(format!("conversation turn {index} has no string `{a}` (or `{b}`) field")))
+    };
+    Ok(ChatMessage::new(role(&pick("from", "role")?), pick("value", "content")?))
+}
+
+/// Parses a conversation line; `task_field` names the record's task field.
+pub(crate) fn conversation(line: &str, folder: &Path, task_field: &str) -> Result<ConversationRecord, Problem> {
+    let map = object(line)?;
+    let turns = match map.get("conversations") {
+        Some(Value::Array(turns)) => turns.iter().enumerate().map(|(i, t)| turn(t, i)).collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(Problem::Invalid(format!("`conversations` is a {} instead of a list", kind_of(other))))
+        }
+        None => return Err(Problem::Invalid("no `conversations` field".into())),
+    };
+    let media = media(&map, folder)?;
+    Ok(ConversationRecord { task: task(&map, task_field)?, media, turns })
+}
+
+/// Parses a preference-pair line.
+pub(crate) fn pair(line: &str, folder: &Path, task_field: &str) -> Result<PairRecord, Problem> {
+    let map = object(line)?;
+    Ok(PairRecord {
+        task: task(&map, task_field)?,
+        prompt: string_field(&map, "prompt")?,
+        chosen: string_field(&map, "chosen")?,
+        rejected: string_field(&map, "rejected")?,
+        media: media(&map, folder)?,
+    })
+}
+
+/// Checks that the texts' placeholders match the media, one `<image>` per image and one `<video>` per video. A
+/// video record written as LLaVA-NeXT writes them (videos only, `<image>` for each) gets its `<image>`
+/// placeholders turned into `<video>` ones, which the model fills with video features.
+pub(crate) fn match_placeholders(texts: &mut [&mut String], media: &[MediaRef]) -> Result<(), Problem> {
+    let count = |texts: &[&mut String], p: &str| texts.iter().map(|t| t.matches(p).count()).sum::<usize>();
+    let images = media.iter().filter(|m| m.kind == MediaKind::Image).count();
+    let videos = media.len() - images;
+    let (found_images, found_videos) = (count(texts, IMAGE_PLACEHOLDER), count(texts, VIDEO_PLACEHOLDER));
+    if images == 0 && videos > 0 && found_videos == 0 && found_images == videos {
+        for text in texts.iter_mut() {
+            **text = text.replace(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER);
+        }
+        return Ok(());
+    }
+    if found_images != images {
+        return Err(Problem::PlaceholderMismatch {
+            placeholder: IMAGE_PLACEHOLDER,
+            found: found_images,
+            media: images,
+        });
+    }
+    if found_videos != videos {
+        return Err(Problem::PlaceholderMismatch {
+            placeholder: VIDEO_PLACEHOLDER,
+            found: found_videos,
+            media: videos,
+        });
+    }
+    Ok(())
+}

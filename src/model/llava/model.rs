@@ -384,15 +384,26 @@ impl LlavaOnevisionModel {
 
     /// `(checkpoint name, gradient)` for every parameter of `grads`, under this model's layout.
     pub fn named_gradients<'a>(&self, grads: &'a LlavaGradients) -> Vec<(String, &'a Tensor)> {
-        let prefix = self.layout.vision_prefix();
-        let mut named: Vec<(String, &Tensor)> =
-            grads.vision_tower.named().into_iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect();
-        for (p, (w, b)) in self.layout.projector_prefixes().into_iter().zip(&grads.projector) {
-            named.push((format!("{p}weight"), w));
-            named.push((format!("{p}bias"), b));
-        }
-        named.push((self.layout.image_newline().to_string(), &grads.image_newline));
-        named.extend(grads.language_model.weights.named());
-        named
+        let [(w1, b1), (w2, b2)] = &grads.projector;
+        let projector = [(w1, b1), (w2, b2)];
+        let language = grads.language_model.weights.named();
+        self.layout.named(grads.vision_tower.named(), projector, &grads.image_newline, language)
+    }
+
+    /// `(checkpoint name, parameter)` for every parameter, in the order of
+    /// [`LlavaOnevisionModel::named_gradients`].
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        let w = self.projector.weights();
+        let projector = [(&w.linear_1.0, &w.linear_1.1), (&w.linear_2.0, &w.linear_2.1)];
+        let language = self.language_model.weights.named();
+        self.layout.named(self.vision_tower.weights.named(), projector, &self.image_newline, language)
+    }
+
+    /// [`LlavaOnevisionModel::named_parameters`], writable: what an optimizer steps.
+    pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let w = self.projector.weights_mut();
+        let projector = [(&mut w.linear_1.0, &mut w.linear_1.1), (&mut w.linear_2.0, &mut w.linear_2.1)];
+        let language = self.language_model.weights.named_mut();
+        self.layout.named(self.vision_tower.weights.named_mut(), projector, &mut self.image_newline, language)
     }
 }

@@ -9,7 +9,8 @@
 //! - [`model`]: Hugging Face configs and safetensors checkpoints;
 //! - [`media`]: image and video input (decoding, frame sampling, LLaVA-OneVision's preprocessing);
 //! - [`judge`]: the tokenizer and Qwen's chat template;
-//! - [`train`]: training data (conversations, preference pairs, batching and mixing) and checkpoints;
+//! - [`train`]: the optimizer (AdamW fused over a model's parameters, clipping, schedules, accumulation), training
+//!   data (conversations, preference pairs, batching and mixing) and checkpoints;
 //! - [`ffi`]: the stable C ABI (`include/unireward.h`), on which the C++ header and the Python package stand.
 //!
 //! Every fallible call returns [`Result`]; user input never panics.
@@ -32,3 +33,9 @@ pub use error::{Error, Result};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 pub use runtime::{DType, Device, Tensor};
+
+/// Every kernel file of the library (the ops' and the optimizer's), for ahead-of-time compile checks (CI compiles
+/// each for sm_80 and sm_90).
+pub fn kernel_modules() -> impl Iterator<Item = &'static runtime::cuda::KernelModule> {
+    ops::KERNEL_MODULES.iter().chain(train::KERNEL_MODULES)
+}

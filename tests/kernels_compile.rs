@@ -5,7 +5,6 @@
 //! it this test fails rather than skips, so that CI cannot pass without compiling the kernels.
 //! Run `cargo test --test kernels_compile -- --nocapture` to see the table.
 
-use unireward::ops::KERNEL_MODULES;
 use unireward::runtime::cuda::{self, nvrtc};
 
 /// The architectures CI compiles for (A100, H100/H200).
@@ -33,12 +32,12 @@ fn every_kernel_compiles_with_nvrtc() {
     let archs = archs();
     let mut failures = Vec::new();
     let mut spilling = 0;
-    println!("\nNVRTC compile check: {} kernel files × {archs:?}", KERNEL_MODULES.len());
+    println!("\nNVRTC compile check: {} kernel files × {archs:?}", unireward::kernel_modules().count());
     println!(
         "{:<14} {:<44} {:<6} {:>5} {:>12} {:>11} {:>11} {:>7}",
         "file", "kernel", "arch", "regs", "spill stores", "spill loads", "stack", "smem"
     );
-    for module in KERNEL_MODULES {
+    for module in unireward::kernel_modules() {
         for arch in &archs {
             let compiled = match nvrtc::compile(module, arch, true) {
                 Ok(c) => c,

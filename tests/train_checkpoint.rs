@@ -149,14 +149,14 @@ fn llava_checkpoints_load_back_bit_for_bit_in_their_layout() {
         // The unused tower layer and post-layernorm are carried over: the checkpoint is as complete as its source.
         assert_eq!(stored_names(&out), stored_names(&source), "{name}");
         let (saved, original) = (WeightStore::open(&out).unwrap(), WeightStore::open(&source).unwrap());
-        let held: Vec<String> = model.named_weights().into_iter().map(|(n, _)| n).collect();
+        let held: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
         for carried in stored_names(&source).iter().filter(|n| !held.contains(n)) {
             let shape = original.shape(carried).unwrap().to_vec();
             assert_eq!(bits(&saved.get(carried, &shape).unwrap()), bits(&original.get(carried, &shape).unwrap()));
         }
         let back = LlavaOnevisionModel::load(&out, DType::F32, Device::Cpu).unwrap();
         assert_eq!(back.layout, model.layout);
-        same_tensors(&back.named_weights(), &model.named_weights());
+        same_tensors(&back.named_parameters(), &model.named_parameters());
         assert_eq!(bits(&llava_logits(&back)), bits(&llava_logits(&model)), "{name}");
         if let (Some(export), "llava/hf") = (export_dir(), name) {
             let dir = export.join("llava");

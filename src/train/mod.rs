@@ -1,5 +1,12 @@
-//! Training: the data pipeline (conversation and preference-pair files, tokenization with loss masks, batching,
-//! shuffling and task mixing that a resume can restore) and checkpoints written in the Hugging Face layout.
+//! Training: the optimizer (AdamW fused over a model's parameters, clipping, schedules, accumulation), the data
+//! pipeline (conversation and preference-pair files, tokenization with loss masks, batching, shuffling and task
+//! mixing that a resume can restore) and checkpoints written in the Hugging Face layout.
 
 pub mod checkpoint;
 pub mod data;
+pub mod optim;
+
+use crate::runtime::cuda::KernelModule;
+
+/// The kernel files of this layer (see [`crate::kernel_modules`]).
+pub const KERNEL_MODULES: &[KernelModule] = &[optim::KERNELS];

@@ -1,6 +1,5 @@
 //! `unireward kernels`: the NVRTC compile report over every embedded kernel.
 
-use unireward::ops::KERNEL_MODULES;
 use unireward::runtime::cuda::nvrtc;
 
 #[derive(clap::Args)]
@@ -15,8 +14,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "{:<14} {:<34} {:>6} {:>5} {:>7} {:>7} {:>6}",
         "module", "kernel", "arch", "regs", "spill_st", "spill_ld", "smem"
     );
-    let mut spilling = 0;
-    for module in KERNEL_MODULES {
+    let (mut spilling, mut modules) = (0, 0);
+    for module in unireward::kernel_modules() {
+        modules += 1;
         for arch in &args.arch {
             let compiled = nvrtc::compile(module, arch, true)?;
             for k in nvrtc::ptxas_stats(&compiled.log) {
@@ -28,6 +28,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
-    println!("{} modules compiled for {}; {spilling} kernels spill", KERNEL_MODULES.len(), args.arch.join(", "));
+    println!("{modules} modules compiled for {}; {spilling} kernels spill", args.arch.join(", "));
     Ok(())
 }

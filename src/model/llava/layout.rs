@@ -90,6 +90,27 @@ impl LlavaLayout {
         self.at(Part::Newline)
     }
 
+    /// Every tensor of the model under its checkpoint name, in one order (tower, projector, newline, language
+    /// model): `vision` named relative to the tower and `language` already under this layout's names. Shared by the
+    /// parameters and the gradients, read-only or writable.
+    pub fn named<T>(
+        self,
+        vision: Vec<(String, T)>,
+        projector: [(T, T); 2],
+        image_newline: T,
+        language: Vec<(String, T)>,
+    ) -> Vec<(String, T)> {
+        let prefix = self.vision_prefix();
+        let mut named: Vec<(String, T)> = vision.into_iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect();
+        for (p, (w, b)) in self.projector_prefixes().into_iter().zip(projector) {
+            named.push((format!("{p}weight"), w));
+            named.push((format!("{p}bias"), b));
+        }
+        named.push((self.image_newline().to_string(), image_newline));
+        named.extend(language);
+        named
+    }
+
     /// Where the language model's tensors are (its LM head included).
     pub fn language_model(self) -> Qwen2Names {
         Qwen2Names { prefix: self.at(Part::LanguageModel).into(), lm_head: self.at(Part::LmHead).into() }

@@ -386,33 +386,24 @@ impl LlavaOnevisionModel {
     pub fn named_gradients<'a>(&self, grads: &'a LlavaGradients) -> Vec<(String, &'a Tensor)> {
         let [(w1, b1), (w2, b2)] = &grads.projector;
         let projector = [(w1, b1), (w2, b2)];
-        self.named(&grads.vision_tower, projector, &grads.image_newline, grads.language_model.weights.named())
+        let language = grads.language_model.weights.named();
+        self.layout.named(grads.vision_tower.named(), projector, &grads.image_newline, language)
     }
 
-    /// `(checkpoint name, weight)` for every parameter, under this model's layout, in the order of
-    /// [`LlavaOnevisionModel::named_gradients`] (what a checkpoint writer saves).
-    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
-        let p = self.projector.weights();
-        let projector = [(&p.linear_1.0, &p.linear_1.1), (&p.linear_2.0, &p.linear_2.1)];
-        self.named(&self.vision_tower.weights, projector, &self.image_newline, self.language_model.weights.named())
+    /// `(checkpoint name, parameter)` for every parameter, in the order of
+    /// [`LlavaOnevisionModel::named_gradients`].
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        let w = self.projector.weights();
+        let projector = [(&w.linear_1.0, &w.linear_1.1), (&w.linear_2.0, &w.linear_2.1)];
+        let language = self.language_model.weights.named();
+        self.layout.named(self.vision_tower.weights.named(), projector, &self.image_newline, language)
     }
 
-    fn named<'a>(
-        &self,
-        tower: &'a SiglipWeights,
-        projector: [(&'a Tensor, &'a Tensor); 2],
-        image_newline: &'a Tensor,
-        language_model: Vec<(String, &'a Tensor)>,
-    ) -> Vec<(String, &'a Tensor)> {
-        let prefix = self.layout.vision_prefix();
-        let mut named: Vec<(String, &Tensor)> =
-            tower.named().into_iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect();
-        for (p, (w, b)) in self.layout.projector_prefixes().into_iter().zip(projector) {
-            named.push((format!("{p}weight"), w));
-            named.push((format!("{p}bias"), b));
-        }
-        named.push((self.layout.image_newline().to_string(), image_newline));
-        named.extend(language_model);
-        named
+    /// [`LlavaOnevisionModel::named_parameters`], writable: what an optimizer steps.
+    pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let w = self.projector.weights_mut();
+        let projector = [(&mut w.linear_1.0, &mut w.linear_1.1), (&mut w.linear_2.0, &mut w.linear_2.1)];
+        let language = self.language_model.weights.named_mut();
+        self.layout.named(self.vision_tower.weights.named_mut(), projector, &mut self.image_newline, language)
     }
 }

@@ -84,6 +84,11 @@ impl Projector {
         &self.weights
     }
 
+    /// The weights, writable in place (an optimizer's step; their shapes must not change).
+    pub fn weights_mut(&mut self) -> &mut ProjectorWeights {
+        &mut self.weights
+    }
+
     /// The vision feature size `C_vision` the projector takes.
     pub fn input_size(&self) -> usize {
         self.weights.linear_1.0.shape()[1]

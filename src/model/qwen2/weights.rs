@@ -60,6 +60,23 @@ impl LayerWeights {
             &self.post_attention_layernorm,
         ]
     }
+
+    fn ordered_mut(&mut self) -> [&mut Tensor; 12] {
+        [
+            &mut self.q_proj,
+            &mut self.q_bias,
+            &mut self.k_proj,
+            &mut self.k_bias,
+            &mut self.v_proj,
+            &mut self.v_bias,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+            &mut self.input_layernorm,
+            &mut self.post_attention_layernorm,
+        ]
+    }
 }
 
 /// All parameters of a Qwen2 decoder, or all their gradients.
@@ -190,6 +207,26 @@ impl Qwen2Weights {
     /// checkpoint or a gradient dictionary holds), under the names the weights were loaded with
     /// ([`Qwen2Weights::names`]).
     pub fn named(&self) -> Vec<(String, &Tensor)> {
+        self.checkpoint_names().into_iter().zip(self.tensors()).collect()
+    }
+
+    /// The tensors in [`qwen2_weight_names`](crate::model::qwen2_weight_names) order, writable (an optimizer's
+    /// step).
+    pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut all = vec![&mut self.embed_tokens];
+        all.extend(self.layers.iter_mut().flat_map(|l| l.ordered_mut()));
+        all.push(&mut self.norm);
+        all.extend(self.lm_head.as_mut());
+        all
+    }
+
+    /// [`Qwen2Weights::named`], writable: what an optimizer steps.
+    pub fn named_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        self.checkpoint_names().into_iter().zip(self.tensors_mut()).collect()
+    }
+
+    /// The checkpoint names of [`Qwen2Weights::tensors`], in order.
+    fn checkpoint_names(&self) -> Vec<String> {
         let n = &self.names;
         let mut names = vec![n.embed_tokens()];
         for i in 0..self.layers.len() {
@@ -199,7 +236,7 @@ impl Qwen2Weights {
         if self.lm_head.is_some() {
             names.push(n.lm_head.clone());
         }
-        names.into_iter().zip(self.tensors()).collect()
+        names
     }
 
     /// Bytes held by all tensors.

@@ -127,6 +127,27 @@ impl SiglipLayerWeights {
             &self.layer_norm2_bias,
         ]
     }
+
+    fn ordered_mut(&mut self) -> [&mut Tensor; 16] {
+        [
+            &mut self.k_proj,
+            &mut self.k_bias,
+            &mut self.v_proj,
+            &mut self.v_bias,
+            &mut self.q_proj,
+            &mut self.q_bias,
+            &mut self.out_proj,
+            &mut self.out_bias,
+            &mut self.layer_norm1,
+            &mut self.layer_norm1_bias,
+            &mut self.fc1,
+            &mut self.fc1_bias,
+            &mut self.fc2,
+            &mut self.fc2_bias,
+            &mut self.layer_norm2,
+            &mut self.layer_norm2_bias,
+        ]
+    }
 }
 
 /// The parameters of a SigLIP tower's embeddings and first encoder layers, or all their gradients.
@@ -226,6 +247,19 @@ impl SiglipWeights {
 
     /// `(name relative to the tower's prefix, tensor)` pairs in [`siglip_weight_names`] order.
     pub fn named(&self) -> Vec<(String, &Tensor)> {
+        self.relative_names().into_iter().zip(self.tensors()).collect()
+    }
+
+    /// [`SiglipWeights::named`], writable: what an optimizer steps.
+    pub fn named_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let names = self.relative_names();
+        let mut all = vec![&mut self.patch_embedding, &mut self.patch_bias, &mut self.position_embedding];
+        all.extend(self.layers.iter_mut().flat_map(|l| l.ordered_mut()));
+        names.into_iter().zip(all).collect()
+    }
+
+    /// The names of [`SiglipWeights::tensors`] relative to the tower's prefix, in order.
+    fn relative_names(&self) -> Vec<String> {
         let mut names: Vec<String> = ["patch_embedding.weight", "patch_embedding.bias", "position_embedding.weight"]
             .iter()
             .map(|n| format!("embeddings.{n}"))
@@ -233,7 +267,7 @@ impl SiglipWeights {
         for i in 0..self.layers.len() {
             names.extend(LAYER_TENSORS.iter().map(|n| format!("encoder.layers.{i}.{n}")));
         }
-        names.into_iter().zip(self.tensors()).collect()
+        names
     }
 
     /// Bytes held by all tensors.

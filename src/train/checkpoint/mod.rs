@@ -146,7 +146,7 @@ pub fn save_llava(model: &LlavaOnevisionModel, source: &Path, out: &Path, option
     let names = model.layout.language_model();
     let left_out: Vec<&str> = if model.config.text.tie_word_embeddings { vec![names.lm_head.as_str()] } else { vec![] };
     let tower_dir = local_tower_dir(source)?;
-    save_checkpoint(out, source, &model.named_weights(), &left_out, options, |dir| match &tower_dir {
+    save_checkpoint(out, source, &model.named_parameters(), &left_out, options, |dir| match &tower_dir {
         Some(name) => copy_file(&source.join(name).join("config.json"), &dir.join(name).join("config.json")),
         None => Ok(()),
     })

@@ -19,7 +19,10 @@ the resident set once the model and inputs exist, or torch.cuda.max_memory_alloc
                              with the placeholders at -100 (transformers shifts them);
 - forward + loss + backward: the same with grad, then loss.backward() into fresh gradients.
 
-Times are the median of --iters runs after one warm-up. The loss printed must equal unireward's.
+Times are the median of --iters runs after one warm-up. The loss printed must equal unireward's: as in
+tests/reference/llava_onevision_model.py, SigLIP's post-layernorm is made the identity, since transformers 4.57.1
+hands its output out as `hidden_states[-1]` (transformers issue 40964) where LLaVA-NeXT, which trained these
+checkpoints, reads the last encoder layer's output (one LayerNorm less work for PyTorch).
 """
 
 import argparse
@@ -84,6 +87,7 @@ def measure(args):
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.model, torch_dtype=dtype,
                                                                    attn_implementation=args.attn).to(device)
     model.train(False)
+    model.model.vision_tower.vision_model.post_layernorm.forward = lambda x: x  # transformers issue 40964
     inputs = load_file(os.path.join(args.model, INPUTS_FILE))
     ids = inputs["input_ids"].to(device)
     labels = ids.masked_fill(ids == model.config.image_token_index, -100)

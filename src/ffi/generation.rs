@@ -215,6 +215,7 @@ pub unsafe extern "C" fn ur_model_generate_ex(
                 "`cfg->stop_tokens` holds {id}, outside the vocabulary ({vocab} tokens)"
             )));
         }
+        m.network.check_media_count(num_media)?;
         let items = read_media(media, num_media)?;
         let device = lm.device();
         if let Some(d) = pixel_descs(&items).into_iter().find(|d| d.device != device) {

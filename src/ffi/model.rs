@@ -448,6 +448,7 @@ pub unsafe extern "C" fn ur_model_forward_ex(
         let ids = Desc::required("ids", ids)?;
         let mask = Desc::optional("mask", mask)?;
         let out = Desc::required("logits_out", logits_out)?;
+        m.network.check_media_count(num_media)?;
         let items = read_media(media, num_media)?;
         let mut descs = vec![Some(&ids), mask.as_ref(), Some(&out)];
         descs.extend(pixel_descs(&items).into_iter().map(Some));
@@ -489,6 +490,7 @@ pub unsafe extern "C" fn ur_model_placeholder_counts(
     // SAFETY (whole body): this function's contract.
     call(|| unsafe {
         let m = handle(model)?;
+        m.network.check_media_count(num_media)?;
         let items = read_media(media, num_media)?;
         if num_media > 0 && counts.is_null() {
             return Err(Failure::null("counts"));

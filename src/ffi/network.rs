@@ -81,12 +81,11 @@ impl Network {
         self.named_parameters().iter().map(|(_, t)| t.numel()).sum()
     }
 
-    /// Refuses media for a text-only model, naming how many were given.
-    fn expect_no_media(&self, media: &[MediaInput<'_>]) -> Result<()> {
-        if !media.is_empty() && self.placeholders().is_none() {
+    /// Refuses `count` media for a text-only model (before any file is read).
+    pub fn check_media_count(&self, count: usize) -> Result<()> {
+        if count > 0 && self.placeholders().is_none() {
             return Err(Error::InvalidArgument(format!(
-                "`num_media` is {}, but the model is a Qwen2 decoder, which takes no images or videos",
-                media.len()
+                "`num_media` is {count}, but the model is a Qwen2 decoder, which takes no images or videos"
             )));
         }
         Ok(())
@@ -94,7 +93,7 @@ impl Network {
 
     /// The forward pass over `ids` `[N,T]` with `mask` and the batch's `media`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, media: &[MediaInput<'_>]) -> Result<Pass> {
-        self.expect_no_media(media)?;
+        self.check_media_count(media.len())?;
         let opts = ForwardOptions::default();
         Ok(match self {
             Network::Qwen2(model) => Pass::Qwen2(model.forward(ids, mask, opts)?),
@@ -133,7 +132,7 @@ impl Network {
 
     /// The placeholder ids each item of `media` takes in the input ids.
     pub fn placeholder_counts(&self, media: &[MediaInput<'_>]) -> Result<Vec<usize>> {
-        self.expect_no_media(media)?;
+        self.check_media_count(media.len())?;
         match self {
             Network::Qwen2(_) => Ok(Vec::new()),
             Network::Llava(model) => model.placeholder_counts(media),
@@ -142,7 +141,7 @@ impl Network {
 
     /// New tokens after `prompt` (with the placeholders of `media`).
     pub fn generate(&self, prompt: &[i64], media: &[MediaInput<'_>], cfg: &GenerationConfig) -> Result<Vec<u32>> {
-        self.expect_no_media(media)?;
+        self.check_media_count(media.len())?;
         match self {
             Network::Qwen2(model) => {
                 let ids = prompt.iter().map(|&id| id as u32).collect();

@@ -97,14 +97,14 @@ def _dl_device(device: torch.device) -> DLDevice:
 class _MediaArray:
     """The `ur_media` array of a call, keeping the DLTensors and path bytes it points to alive."""
 
-    def __init__(self, device: torch.device, images, videos, image_layout):
+    def __init__(self, device: torch.device, images, videos, image_layout, video_frames: int = 8):
         images, videos = list(images or []), list(videos or [])
         layouts = image_layout if isinstance(image_layout, (list, tuple)) else [image_layout] * len(images)
         if len(layouts) != len(images):
             raise ValueError(f"unireward: image_layout has {len(layouts)} entries for {len(images)} images")
         self._keep = []
         items = [self._image(device, image, layout, i) for i, (image, layout) in enumerate(zip(images, layouts))]
-        items += [self._video(device, video, i) for i, video in enumerate(videos)]
+        items += [self._video(device, video, video_frames, i) for i, video in enumerate(videos)]
         self.count = len(items)
         self.array = (_Media * max(self.count, 1))(*items)
 
@@ -132,11 +132,14 @@ class _MediaArray:
                             f"got {type(image).__name__}")  # fmt: skip
         return item
 
-    def _video(self, device, video, i: int):
+    def _video(self, device, video, frames: int, i: int):
         item = lib.ur_media_default()
         item.kind = 1  # UR_MEDIA_VIDEO
         if isinstance(video, (str, os.PathLike)):
+            if not 1 <= frames < 2**32:
+                raise ValueError(f"unireward: video_frames must be at least 1, got {frames}")
             self._path(item, video)
+            item.num_frames = frames
         elif isinstance(video, Tensor):
             self._pixels(item, device, video)
         else:
@@ -243,10 +246,10 @@ class Model:
         return self._handle
 
     def placeholder_counts(self, images: Optional[Sequence[Image]] = None, videos: Optional[Sequence[Video]] = None,
-                           image_layout: Union[str, Sequence[str]] = "anyres") -> List[int]:  # fmt: skip
+                           image_layout: Union[str, Sequence[str]] = "anyres", video_frames: int = 8) -> List[int]:  # fmt: skip
         """How many placeholder ids each image, then each video, takes in `input_ids` (its packed feature rows):
         what one `<image>` / `<video>` expands to."""
-        media = _MediaArray(self.device, images, videos, image_layout)
+        media = _MediaArray(self.device, images, videos, image_layout, video_frames)
         counts = (ctypes.c_uint64 * max(media.count, 1))()
         check(lib, "ur_model_placeholder_counts",
               lib.ur_model_placeholder_counts(self._live(), media.pointer(), media.count, counts))  # fmt: skip
@@ -254,11 +257,11 @@ class Model:
 
     def expand_placeholders(self, input_ids: Sequence[int], images: Optional[Sequence[Image]] = None,
                             videos: Optional[Sequence[Video]] = None,
-                            image_layout: Union[str, Sequence[str]] = "anyres") -> List[int]:  # fmt: skip
+                            image_layout: Union[str, Sequence[str]] = "anyres", video_frames: int = 8) -> List[int]:  # fmt: skip
         """`input_ids` (one sample) with each single image / video placeholder id (`config["image_token_id"]` /
         `["video_token_id"]`, as a tokenizer makes of `<image>` / `<video>`) repeated to its item's count, as
         transformers' processor does."""
-        counts = self.placeholder_counts(images, videos, image_layout)
+        counts = self.placeholder_counts(images, videos, image_layout, video_frames)
         n_images = len(images or [])
         queues = {self.config["image_token_id"]: counts[:n_images], self.config["video_token_id"]: counts[n_images:]}
         found = {k: sum(1 for i in input_ids if i == k) for k in queues}
@@ -278,14 +281,15 @@ class Model:
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 images: Optional[Sequence[Image]] = None, videos: Optional[Sequence[Video]] = None,
-                image_layout: Union[str, Sequence[str]] = "anyres") -> Tensor:  # fmt: skip
+                image_layout: Union[str, Sequence[str]] = "anyres", video_frames: int = 8) -> Tensor:  # fmt: skip
         """The logits [N,T,V] (the model's dtype, on its device) of `input_ids` [N,T] with `attention_mask` [N,T]
         (nonzero = a real token; `None`: every token is real). Keeps the pass for one `backward`.
 
         LLaVA-OneVision: `images` and `videos` (see `Image`, `Video`) fill the placeholders of `input_ids` in order,
         each kind on its own, over the batch; each item needs as many placeholders as `placeholder_counts` says.
         Image files are preprocessed with the checkpoint's preprocessor_config.json in `image_layout` ("anyres" for
-        an image alone in its sample, "square" for one of several; one value or one per image)."""
+        an image alone in its sample, "square" for one of several; one value or one per image); `video_frames`
+        frames are sampled evenly from each video file."""
         ids = input_ids.to(self.device).contiguous()
         mask = None
         if attention_mask is not None:
@@ -296,7 +300,7 @@ class Model:
         if ids.dim() != 2:
             raise ValueError(f"unireward: input_ids must be [N, T], got shape {tuple(ids.shape)}")
         logits = torch.empty((*ids.shape, self.config["vocab_size"]), dtype=self.dtype, device=self.device)
-        media = _MediaArray(self.device, images, videos, image_layout)
+        media = _MediaArray(self.device, images, videos, image_layout, video_frames)
         self._batch = None
         call("ur_model_forward_ex", self._live(), ids, mask, media.pointer(), media.count, logits, stream_of(logits))
         self._batch = tuple(ids.shape)
@@ -322,7 +326,8 @@ class Model:
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, stop_tokens: Optional[Sequence[int]] = None,
                  images: Optional[Sequence[Image]] = None, videos: Optional[Sequence[Video]] = None,
-                 image_layout: Union[str, Sequence[str]] = "anyres", return_finish_reason: bool = False):
+                 image_layout: Union[str, Sequence[str]] = "anyres", video_frames: int = 8,
+                 return_finish_reason: bool = False):
         """The new tokens after `prompt_ids` (greedy at temperature 0, else sampled with `top_p` and `seed`); ends
         early after a token of `stop_tokens`, which is kept, or when the context is full. LLaVA-OneVision: `images`
         and `videos` as for `forward` (the prompt holds their expanded placeholders). With `return_finish_reason`,
@@ -336,7 +341,7 @@ class Model:
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed = max_new_tokens, temperature, top_p, seed
         cfg.stop_tokens = ctypes.cast(stop_array, ctypes.POINTER(ctypes.c_int32))
         cfg.num_stop_tokens = len(stop)
-        media = _MediaArray(self.device, images, videos, image_layout)
+        media = _MediaArray(self.device, images, videos, image_layout, video_frames)
         out = (ctypes.c_int32 * max_new_tokens)()
         result = _GenerationResult(struct_size=ctypes.sizeof(_GenerationResult))
         check(lib, "ur_model_generate_ex",

@@ -52,6 +52,7 @@ class _GenerationConfig(ctypes.Structure):
 
 declare("ur_model_load_ex", [ctypes.c_char_p, DLDataType, DLDevice, ctypes.POINTER(_LoadOptions), ctypes.POINTER(_P)])
 _M = ctypes.POINTER(_Media)
+declare("ur_model_forward", [_P, _T, _T, _T, ctypes.c_void_p])
 declare("ur_model_forward_ex", [_P, _T, _T, _M, ctypes.c_size_t, _T, ctypes.c_void_p])
 declare("ur_model_backward", [_P, _T, ctypes.c_void_p])
 declare("ur_model_gradient", [_P, ctypes.c_char_p, _T, ctypes.c_void_p])
@@ -302,7 +303,11 @@ class Model:
         logits = torch.empty((*ids.shape, self.config["vocab_size"]), dtype=self.dtype, device=self.device)
         media = _MediaArray(self.device, images, videos, image_layout, video_frames)
         self._batch = None
-        call("ur_model_forward_ex", self._live(), ids, mask, media.pointer(), media.count, logits, stream_of(logits))
+        if media.count:
+            call("ur_model_forward_ex", self._live(), ids, mask, media.pointer(), media.count, logits,
+                 stream_of(logits))  # fmt: skip
+        else:
+            call("ur_model_forward", self._live(), ids, mask, logits, stream_of(logits))
         self._batch = tuple(ids.shape)
         return logits
 

@@ -14,20 +14,20 @@ use crate::{DType, Device, Error, Result, Tensor};
 /// A loaded model.
 #[derive(Debug)]
 pub(super) enum Network {
-    Qwen2(Qwen2Model),
+    Qwen2(Box<Qwen2Model>),
     Llava(Box<LlavaOnevisionModel>),
 }
 
 /// A forward pass kept for the backward.
 pub(super) enum Pass {
-    Qwen2(ForwardPass),
-    Llava(LlavaPass),
+    Qwen2(Box<ForwardPass>),
+    Llava(Box<LlavaPass>),
 }
 
 /// Gradients kept for `ur_model_gradient`.
 pub(super) enum Gradients {
-    Qwen2(Qwen2Gradients),
-    Llava(LlavaGradients),
+    Qwen2(Box<Qwen2Gradients>),
+    Llava(Box<LlavaGradients>),
 }
 
 impl Network {
@@ -36,7 +36,7 @@ impl Network {
         Ok(match Architecture::of_checkpoint(dir)? {
             Architecture::Qwen2 => {
                 let (model, report) = Qwen2Model::load_with(dir, dtype, device, options)?;
-                (Network::Qwen2(model), report)
+                (Network::Qwen2(Box::new(model)), report)
             }
             Architecture::LlavaOnevision => {
                 let (model, report) = LlavaOnevisionModel::load_with(dir, dtype, device, options)?;
@@ -96,8 +96,8 @@ impl Network {
         self.check_media_count(media.len())?;
         let opts = ForwardOptions::default();
         Ok(match self {
-            Network::Qwen2(model) => Pass::Qwen2(model.forward(ids, mask, opts)?),
-            Network::Llava(model) => Pass::Llava(model.forward(&LlavaBatch { ids, mask, media }, opts)?),
+            Network::Qwen2(model) => Pass::Qwen2(Box::new(model.forward(ids, mask, opts)?)),
+            Network::Llava(model) => Pass::Llava(Box::new(model.forward(&LlavaBatch { ids, mask, media }, opts)?)),
         })
     }
 
@@ -110,10 +110,10 @@ impl Network {
     pub fn backward(&self, pass: Pass, grad_logits: &Tensor) -> Result<Gradients> {
         Ok(match (self, pass) {
             (Network::Qwen2(model), Pass::Qwen2(pass)) => {
-                Gradients::Qwen2(model.backward_from_logits(pass, grad_logits)?)
+                Gradients::Qwen2(Box::new(model.backward_from_logits(*pass, grad_logits)?))
             }
             (Network::Llava(model), Pass::Llava(pass)) => {
-                Gradients::Llava(model.backward_from_logits(pass, grad_logits)?)
+                Gradients::Llava(Box::new(model.backward_from_logits(*pass, grad_logits)?))
             }
             _ => return Err(Error::InvalidArgument("the kept forward pass is of another model".into())),
         })
@@ -123,7 +123,7 @@ impl Network {
     pub fn named_gradients<'a>(&self, grads: &'a Gradients, inputs_embeds: &str) -> Vec<(String, &'a Tensor)> {
         let (mut named, lm) = match (self, grads) {
             (Network::Llava(model), Gradients::Llava(g)) => (model.named_gradients(g), &g.language_model),
-            (_, Gradients::Qwen2(g)) => (g.weights.named(), g),
+            (_, Gradients::Qwen2(g)) => (g.weights.named(), &**g),
             (Network::Qwen2(_), Gradients::Llava(g)) => (Vec::new(), &g.language_model),
         };
         named.push((inputs_embeds.to_string(), &lm.inputs_embeds));

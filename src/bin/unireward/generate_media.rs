@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use unireward::judge::Tokenizer;
-use unireward::media::{ImageLayout, ImageProcessor};
+use unireward::media::{ImageLayout, ImageProcessor, Size};
 use unireward::model::llava::{LlavaOnevisionModel, MediaInput};
 use unireward::Tensor;
 
@@ -50,8 +50,11 @@ pub fn run(args: &Args, tokenizer: &Tokenizer) -> anyhow::Result<()> {
     report_output(args, tokenizer, lm, &prompt, &tokens, &cfg, start.elapsed().as_secs_f64())
 }
 
-/// Every `--image` then every `--video`, preprocessed (an image with its original size).
-fn load_media(args: &Args) -> anyhow::Result<Vec<(Tensor, Option<(usize, usize)>)>> {
+/// Preprocessed pixels, with an image's size before preprocessing (`None` for a video's frames).
+type Pixels = (Tensor, Option<Size>);
+
+/// Every `--image` then every `--video`, preprocessed.
+fn load_media(args: &Args) -> anyhow::Result<Vec<Pixels>> {
     if args.image.is_empty() && args.video.is_empty() {
         return Ok(Vec::new());
     }

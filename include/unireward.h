@@ -344,11 +344,11 @@ typedef struct ur_model_info {
   DLDataType dtype;
   DLDevice device;
   // `UR_ARCHITECTURE_QWEN2` or `UR_ARCHITECTURE_LLAVA_ONEVISION` (the sizes above are then its language
-  // model's). Since ABI 5.
+  // model's; appended: older callers pass the shorter struct).
   int32_t architecture;
   // Written 0.
   int32_t reserved2;
-  // The placeholder ids of an image and a video in LLaVA input ids (-1 for Qwen2). Since ABI 5.
+  // The placeholder ids of an image and a video in LLaVA input ids (-1 for Qwen2).
   int64_t image_token_id;
   int64_t video_token_id;
 } ur_model_info;

@@ -1166,6 +1166,27 @@ static void test_llava(const char* root) {
   OK(ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, media, 3, &tlog2.dl, NULL));
   CHECK(memcmp(logits, logits2, sizeof(float) * (size_t)(2 * t * LV)) == 0, "media order across kinds matters");
 
+  /* A caller built against a newer header (a field more, left zero: the array's stride is its struct_size) gets
+     the same logits; one built with a field fewer than the first release is refused. */
+  struct {
+    ur_media m;
+    uint64_t newer_field;
+  } longer[3];
+  memset(longer, 0, sizeof longer);
+  for (int i = 0; i < 3; i++) {
+    longer[i].m = order[i];
+    longer[i].m.struct_size = sizeof longer[0];
+  }
+  OK(ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, &longer[0].m, 3, &tlog2.dl, NULL));
+  CHECK(memcmp(logits, logits2, sizeof(float) * (size_t)(2 * t * LV)) == 0, "a longer ur_media changed the logits");
+  longer[1].newer_field = 1;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "does not know",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, &longer[0].m, 3, &tlog2.dl, NULL));
+  ur_media shorter[3] = {order[0], order[1], order[2]};
+  for (int i = 0; i < 3; i++) shorter[i].struct_size = (uint32_t)offsetof(ur_media, num_frames);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ur_media.struct_size",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, shorter, 3, &tlog2.dl, NULL));
+
   for (int64_t i = 0; i < 2 * t * LV; i++) grad_logits[i] = (float)((i * 5) % 13 - 6) * 0.01f;
   tensor(&tgl, grad_logits, F32, 3, D(2), D(t), D(LV));
   OK(ur_model_backward(ctx, model, &tgl.dl, NULL));

@@ -9,7 +9,6 @@ use super::model::{handle, ur_model};
 use super::model_media::{load_pixels, media_inputs, pixel_descs, read_media, ur_media};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::judge::{FinishReason, GenerationConfig};
-use crate::Error;
 
 /// The generation produced one of the stop tokens (its last token).
 pub const UR_FINISH_STOP: i32 = 0;
@@ -217,10 +216,7 @@ pub unsafe extern "C" fn ur_model_generate_ex(
         }
         m.network.check_media_count(num_media)?;
         let items = read_media(media, num_media)?;
-        let device = lm.device();
-        if let Some(d) = pixel_descs(&items).into_iter().find(|d| d.device != device) {
-            return Err(Error::Device(format!("`{}` is on {}, the model on {device}", d.name, d.device)).into());
-        }
+        m.same_device(&pixel_descs(&items))?;
         let pixels = load_pixels(&items, &m.dir)?;
         let tokens = m.network.generate(&prompt, &media_inputs(&items, &pixels), &cfg)?;
         for (k, &id) in tokens.iter().enumerate() {

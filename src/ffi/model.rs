@@ -154,7 +154,7 @@ pub(super) unsafe fn write<T>(name: &str, out: *mut T, value: T) -> FfiResult {
 
 impl ur_model {
     /// Checks that every descriptor is on the model's device.
-    fn same_device(&self, descs: &[&Desc]) -> FfiResult {
+    pub(super) fn same_device(&self, descs: &[&Desc]) -> FfiResult {
         let device = self.network.language_model().device();
         match descs.iter().find(|d| d.device != device) {
             Some(d) => Err(Error::Device(format!("`{}` is on {}, the model on {device}", d.name, d.device)).into()),

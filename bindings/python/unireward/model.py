@@ -347,6 +347,8 @@ class Model:
         cfg.stop_tokens = ctypes.cast(stop_array, ctypes.POINTER(ctypes.c_int32))
         cfg.num_stop_tokens = len(stop)
         media = _MediaArray(self.device, images, videos, image_layout, video_frames)
+        if media.count and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # generation reads the pixels on its own stream
         out = (ctypes.c_int32 * max_new_tokens)()
         result = _GenerationResult(struct_size=ctypes.sizeof(_GenerationResult))
         check(lib, "ur_model_generate_ex",

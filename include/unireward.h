@@ -975,8 +975,8 @@ enum ur_status ur_model_backward(struct ur_context *ctx,
                                  void *stream);
 
 // Copies the gradient named `name` (a parameter's checkpoint name, or "inputs_embeds" for the gradient of the
-// language model's input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
-// dtype, on its device). Does not synchronise on CUDA.
+// language model's input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape
+// and the model's dtype, on its device). Does not synchronise on CUDA.
 //
 // # Safety
 // As for `ur_model_forward`; `name` is NULL or NUL-terminated.

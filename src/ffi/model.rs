@@ -540,8 +540,8 @@ pub unsafe extern "C" fn ur_model_backward(
 }
 
 /// Copies the gradient named `name` (a parameter's checkpoint name, or "inputs_embeds" for the gradient of the
-/// language model's input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
-/// dtype, on its device). Does not synchronise on CUDA.
+/// language model's input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape
+/// and the model's dtype, on its device). Does not synchronise on CUDA.
 ///
 /// # Safety
 /// As for `ur_model_forward`; `name` is NULL or NUL-terminated.

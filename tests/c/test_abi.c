@@ -1236,7 +1236,8 @@ static void test_llava(const char* root) {
   Tensor wrong;
   tensor(&wrong, pixels, F32, 4, D(1), D(3), D(LS - 1), D(LS));
   bad[0].pixel_values = &wrong.dl;
-  FAILS(UR_ERROR_SHAPE, "media item 0", ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  FAILS(UR_ERROR_SHAPE, "media item 0",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
   bad[0] = media[0];
   bad[1].path = "/no/such/image.png";
   FAILS(UR_ERROR_INVALID_ARGUMENT, "media[1]: invalid argument: image /no/such/image.png: cannot open",
@@ -1247,24 +1248,29 @@ static void test_llava(const char* root) {
         ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
   bad[0] = media[0];
   bad[0].path = image_path;
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "both", ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "both",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
   bad[0] = ur_media_default();
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "neither", ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "neither",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
   bad[0] = media[0];
   bad[0].kind = 5;
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "UR_MEDIA_VIDEO", ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "UR_MEDIA_VIDEO",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
   bad[0] = media[0];
   bad[1].struct_size = 8;
   FAILS(UR_ERROR_INVALID_ARGUMENT, "media[1].struct_size",
         ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
   bad[1] = media[2];
-  FAILS(UR_ERROR_NULL_POINTER, "media", ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, NULL, 3, &tlog2.dl, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "media",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, NULL, 3, &tlog2.dl, NULL));
   /* The video left out (its placeholders unfilled), and the logits overlapping the pixels. */
   FAILS(UR_ERROR_INVALID_ARGUMENT, "video placeholder tokens (id 91)",
         ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 2, &tlog2.dl, NULL));
   Tensor over;
   tensor(&over, pixels, F32, 3, D(2), D(t), D(LV));
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "overlap", ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &over.dl, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "overlap",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &over.dl, NULL));
   for (size_t i = 0; i < sizeof logits2 / sizeof *logits2; i++) CHECK(logits2[i] == 0.0f, "a failing call wrote logits");
   /* A prompt id that is neither a token nor a placeholder. */
   prompt[0] = -3;

@@ -67,7 +67,8 @@ for _name, _args in [("ur_model_get_info", [_P, ctypes.POINTER(_ModelInfo)]),
                                                    ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t]),
                      ("ur_model_ignored_count", [_P, ctypes.POINTER(ctypes.c_size_t)]),
                      ("ur_model_ignored_name", [_P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_char_p)]),
-                     ("ur_model_placeholder_counts", [_P, _M, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)])]:  # fmt: skip
+                     ("ur_model_placeholder_counts",
+                      [_P, _M, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)])]:  # fmt: skip
     getattr(lib, _name).argtypes = _args
     getattr(lib, _name).restype = ctypes.c_int32
 lib.ur_model_free.argtypes = [_P]
@@ -247,7 +248,8 @@ class Model:
         return self._handle
 
     def placeholder_counts(self, images: Optional[Sequence[Image]] = None, videos: Optional[Sequence[Video]] = None,
-                           image_layout: Union[str, Sequence[str]] = "anyres", video_frames: int = 8) -> List[int]:  # fmt: skip
+                           image_layout: Union[str, Sequence[str]] = "anyres",
+                           video_frames: int = 8) -> List[int]:  # fmt: skip
         """How many placeholder ids each image, then each video, takes in `input_ids` (its packed feature rows):
         what one `<image>` / `<video>` expands to."""
         media = _MediaArray(self.device, images, videos, image_layout, video_frames)
@@ -258,7 +260,8 @@ class Model:
 
     def expand_placeholders(self, input_ids: Sequence[int], images: Optional[Sequence[Image]] = None,
                             videos: Optional[Sequence[Video]] = None,
-                            image_layout: Union[str, Sequence[str]] = "anyres", video_frames: int = 8) -> List[int]:  # fmt: skip
+                            image_layout: Union[str, Sequence[str]] = "anyres",
+                           video_frames: int = 8) -> List[int]:  # fmt: skip
         """`input_ids` (one sample) with each single image / video placeholder id (`config["image_token_id"]` /
         `["video_token_id"]`, as a tokenizer makes of `<image>` / `<video>`) repeated to its item's count, as
         transformers' processor does."""

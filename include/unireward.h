@@ -78,6 +78,15 @@
 // `ur_select_config.nans`: a NaN pair adds to neither list.
 #define UR_NANS_SKIP 1
 
+// The generation produced one of the stop tokens (its last token).
+#define UR_FINISH_STOP 0
+
+// It produced `max_new_tokens` tokens.
+#define UR_FINISH_MAX_NEW_TOKENS 1
+
+// Prompt and new tokens filled the model's `max_position_embeddings`.
+#define UR_FINISH_CONTEXT_LENGTH 2
+
 // `ur_logprobs_config.reduction`: the sum over counted tokens (DPO).
 #define UR_REDUCTION_SUM 0
 
@@ -89,6 +98,21 @@
 
 // One of several images in a sample: padded to a square of the mean colour and resized to one tile.
 #define UR_IMAGE_LAYOUT_SQUARE 1
+
+// `ur_model_info.architecture` of a Qwen2 decoder (`model_type: "qwen2"`).
+#define UR_ARCHITECTURE_QWEN2 0
+
+// `ur_model_info.architecture` of LLaVA-OneVision (`model_type: "llava_onevision"` or `"llava_qwen"`).
+#define UR_ARCHITECTURE_LLAVA_ONEVISION 1
+
+// An image: its placeholders are the model's image token.
+#define UR_MEDIA_IMAGE 0
+
+// A video: its placeholders are the model's video token.
+#define UR_MEDIA_VIDEO 1
+
+// The frames sampled from a video file when `num_frames` is 0 (UnifiedReward's count).
+#define UR_DEFAULT_VIDEO_FRAMES 8
 
 // `ur_dpo_config.loss_type` codes, TRL's `loss_type` names (the order of `DpoLossType::ALL`).
 #define UR_DPO_SIGMOID 0
@@ -177,10 +201,10 @@ typedef struct ur_context ur_context;
 // `ur_image_processor_free`. It is only read after creation: any thread may use it.
 typedef struct ur_image_processor ur_image_processor;
 
-// A Qwen2 decoder with its weights on one device, and the state of one training step: the forward pass kept for
-// the backward, then the gradients. Opaque; create it with `ur_model_load`, free it with `ur_model_free`.
-// `ur_model_forward`, `ur_model_backward` and `ur_model_gradient` change or read that state: use a model from one
-// thread at a time. The other calls only read the weights.
+// A model (Qwen2 or LLaVA-OneVision) with its weights on one device, and the state of one training step: the
+// forward pass kept for the backward, then the gradients. Opaque; create it with `ur_model_load`, free it with
+// `ur_model_free`. `ur_model_forward(_ex)`, `ur_model_backward` and `ur_model_gradient` change or read that state:
+// use a model from one thread at a time. The other calls only read the weights.
 typedef struct ur_model ur_model;
 
 // Configuration of `ur_compare`. Initialise with `ur_compare_config_default()`.
@@ -225,17 +249,7 @@ typedef struct ur_fused_linear_config {
   uint64_t chunk_tokens;
 } ur_fused_linear_config;
 
-// Which tokens count and how they are reduced. Initialise with `ur_logprobs_config_default()`.
-typedef struct ur_logprobs_config {
-  // `sizeof(ur_logprobs_config)`.
-  uint32_t struct_size;
-  // `UR_REDUCTION_SUM` (default) or `UR_REDUCTION_MEAN`.
-  int32_t reduction;
-  // Labels equal to this do not count (default -100).
-  int64_t ignore_index;
-} ur_logprobs_config;
-
-// How `ur_model_generate` picks tokens. Initialise with `ur_generation_config_default()`.
+// How `ur_model_generate(_ex)` picks tokens. Initialise with `ur_generation_config_default()`.
 typedef struct ur_generation_config {
   // `sizeof(ur_generation_config)`.
   uint32_t struct_size;
@@ -251,6 +265,63 @@ typedef struct ur_generation_config {
   const int32_t *stop_tokens;
   size_t num_stop_tokens;
 } ur_generation_config;
+
+// One image or video of a batch. Initialise with `ur_media_default()`. Images and videos are matched to the
+// placeholders in order, each kind on its own: the first image to the first run of image placeholders over the
+// batch (sample by sample), and so on. Pass an array of them; every item's `struct_size` must be the same (the
+// array's stride).
+typedef struct ur_media {
+  // `sizeof(ur_media)`.
+  uint32_t struct_size;
+  // `UR_MEDIA_IMAGE` (default) or `UR_MEDIA_VIDEO`.
+  int32_t kind;
+  // The preprocessed pixels `[tiles or frames, 3, S, S]` (float32/bfloat16/float16, on the model's device), as
+  // `ur_image_processor_run` or transformers' processor makes them; NULL to read `path` instead.
+  const DLTensor *pixel_values;
+  // An image's height and width before preprocessing (transformers' `image_sizes`), with `pixel_values`.
+  uint64_t height;
+  uint64_t width;
+  // With `pixel_values` NULL: an image file (PNG, JPEG, WebP, GIF), or a video as a folder of frame files or an
+  // animated GIF; NUL-terminated UTF-8. Needs the checkpoint's `preprocessor_config.json`.
+  const char *path;
+  // For an image read from `path`: `UR_IMAGE_LAYOUT_ANYRES` (default: an image alone in its sample) or
+  // `UR_IMAGE_LAYOUT_SQUARE` (one of several images in a sample), as transformers' processor decides.
+  int32_t layout;
+  // For a video read from `path`: frames to sample evenly (0: `UR_DEFAULT_VIDEO_FRAMES`).
+  uint32_t num_frames;
+} ur_media;
+
+// What `ur_model_generate_ex` reports besides the tokens. Set `struct_size = sizeof(ur_generation_result)`.
+typedef struct ur_generation_result {
+  // `sizeof(ur_generation_result)`, set by the caller.
+  uint32_t struct_size;
+  // `UR_FINISH_STOP`, `UR_FINISH_MAX_NEW_TOKENS` or `UR_FINISH_CONTEXT_LENGTH`.
+  int32_t finish_reason;
+  // The new tokens written to `out`.
+  uint64_t num_tokens;
+} ur_generation_result;
+
+// Which tokens count and how they are reduced. Initialise with `ur_logprobs_config_default()`.
+typedef struct ur_logprobs_config {
+  // `sizeof(ur_logprobs_config)`.
+  uint32_t struct_size;
+  // `UR_REDUCTION_SUM` (default) or `UR_REDUCTION_MEAN`.
+  int32_t reduction;
+  // Labels equal to this do not count (default -100).
+  int64_t ignore_index;
+} ur_logprobs_config;
+
+// How `ur_model_load_ex` takes a checkpoint. Initialise with `ur_load_options_default()`.
+typedef struct ur_load_options {
+  // `sizeof(ur_load_options)`.
+  uint32_t struct_size;
+  // Nonzero: load a checkpoint holding tensors the model does not use (an extra head, a tied model's separate
+  // `lm_head.weight`), listing them for `ur_model_ignored_name`, as transformers warns and goes on. Default 0:
+  // such a checkpoint is refused. Missing tensors and wrong shapes are errors either way.
+  int32_t lenient;
+  // Nonzero: refuse weights holding NaN or ±inf, naming the tensor (costs one pass over the weights). Default 0.
+  int32_t check_finite;
+} ur_load_options;
 
 // What `ur_model_get_info` reports. Set `struct_size = sizeof(ur_model_info)` before the call.
 typedef struct ur_model_info {
@@ -272,6 +343,14 @@ typedef struct ur_model_info {
   // The weights' (compute) dtype.
   DLDataType dtype;
   DLDevice device;
+  // `UR_ARCHITECTURE_QWEN2` or `UR_ARCHITECTURE_LLAVA_ONEVISION` (the sizes above are then its language
+  // model's; appended: older callers pass the shorter struct).
+  int32_t architecture;
+  // Written 0.
+  int32_t reserved2;
+  // The placeholder ids of an image and a video in LLaVA input ids (-1 for Qwen2).
+  int64_t image_token_id;
+  int64_t video_token_id;
 } ur_model_info;
 
 // Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
@@ -538,6 +617,48 @@ enum ur_status ur_fused_linear_logprobs_backward(struct ur_context *ctx,
                                                  const DLTensor *grad_bias_out,
                                                  void *stream);
 
+// Greedy decoding, 64 new tokens at most, seed 0, no stop tokens.
+struct ur_generation_config ur_generation_config_default(void);
+
+// Generates up to `cfg->max_new_tokens` tokens after `prompt` (`prompt_len` > 0 token ids) with a KV cache,
+// writing them to `out` (room for `out_capacity` ids, at least `max_new_tokens`) and their number to `*out_len`
+// (fewer than `max_new_tokens` when a stop token ended the generation, which is included, or when the prompt and
+// the new tokens reached the model's `max_position_embeddings`). `cfg` NULL means the defaults (greedy, 64
+// tokens). Synchronises (each step reads the logits on the host). `ur_model_generate_ex` without media.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `model` from `ur_model_load`; `prompt` holds `prompt_len` values; `out`
+// holds `out_capacity` writable values; `out_len` is NULL or writable; `cfg` is NULL or a readable config whose
+// `stop_tokens` holds `num_stop_tokens` values.
+enum ur_status ur_model_generate(struct ur_context *ctx,
+                                 const struct ur_model *model,
+                                 const int32_t *prompt,
+                                 size_t prompt_len,
+                                 const struct ur_generation_config *cfg,
+                                 int32_t *out,
+                                 size_t out_capacity,
+                                 size_t *out_len);
+
+// `ur_model_generate` with `num_media` images and videos (as for `ur_model_forward_ex`; the prompt holds their
+// placeholder ids, which for a `llava_qwen` checkpoint are negative) for a LLaVA-OneVision model, and the number of
+// new tokens and why the generation ended (`UR_FINISH_*`) written to `*result`, whose `struct_size` the caller
+// sets. The images are encoded once, in the prefill. Pixel values on a CUDA device must be complete when the
+// call starts (it runs on the library's own stream). Nothing is written to `out` or `*result` on failure.
+//
+// # Safety
+// As for `ur_model_generate` and, for `media`, `ur_model_forward_ex`; `result` is NULL (an error) or points to
+// `result->struct_size` writable bytes.
+enum ur_status ur_model_generate_ex(struct ur_context *ctx,
+                                    const struct ur_model *model,
+                                    const int32_t *prompt,
+                                    size_t prompt_len,
+                                    const struct ur_media *media,
+                                    size_t num_media,
+                                    const struct ur_generation_config *cfg,
+                                    int32_t *out,
+                                    size_t out_capacity,
+                                    struct ur_generation_result *result);
+
 // Rewards `rewards_out` `[N,C]` float32 = `weight · hidden[n, ends[n]] + bias`, from `hidden` `[N,T,H]` float, `ends`
 // `[N]` int32/int64 (the token read per sequence, 0 <= `ends[n]` < T), `weight` `[C,H]` and `bias` `[C]` or NULL (the
 // dtype of `hidden`). Does not synchronise on CUDA.
@@ -703,13 +824,15 @@ enum ur_status ur_image_processor_run(const struct ur_image_processor *processor
                                       float *out,
                                       uint64_t out_len);
 
-// Greedy decoding, 64 new tokens at most, seed 0, no stop tokens.
-struct ur_generation_config ur_generation_config_default(void);
+// Strict: unused tensors refused, finiteness not checked.
+struct ur_load_options ur_load_options_default(void);
 
-// Loads the Qwen2 checkpoint in directory `dir` (`config.json` and `model.safetensors`, or sharded weights with
-// `model.safetensors.index.json`), converted to `dtype` (float32, bfloat16 or float16) on `device` (kDLCPU, or
-// kDLCUDA with its ordinal), into `*out`. A missing, unreadable or unsupported file is `UR_ERROR_CHECKPOINT`, with a
-// message naming it. Synchronises. On failure `*out` is left unchanged.
+// Loads the checkpoint in directory `dir` (`config.json` and `model.safetensors`, or sharded weights with
+// `model.safetensors.index.json`): a Qwen2 decoder, or LLaVA-OneVision (`model_type` "llava_onevision" or
+// "llava_qwen"; `ur_model_info.architecture` tells), converted to `dtype` (float32, bfloat16 or float16) on
+// `device` (kDLCPU, or kDLCUDA with its ordinal), into `*out`. Strict: `ur_model_load_ex` with NULL options. A
+// missing, unreadable or unsupported file is `UR_ERROR_CHECKPOINT`, with a message naming it. Synchronises. On
+// failure `*out` is left unchanged.
 //
 // # Safety
 // `ctx` comes from `ur_context_create`; `dir` is NULL or a NUL-terminated UTF-8 path; `out` is NULL or writable.
@@ -718,6 +841,35 @@ enum ur_status ur_model_load(struct ur_context *ctx,
                              DLDataType dtype,
                              DLDevice device,
                              struct ur_model **out);
+
+// `ur_model_load` under `options` (NULL: the defaults of `ur_load_options_default()`): a lenient load lists the
+// tensors it ignored (`ur_model_ignored_count` / `ur_model_ignored_name`); `check_finite` refuses NaN or infinite
+// weights with `UR_ERROR_CHECKPOINT` naming the tensor.
+//
+// # Safety
+// As for `ur_model_load`; `options` is NULL or a readable `ur_load_options` of its `struct_size`.
+enum ur_status ur_model_load_ex(struct ur_context *ctx,
+                                const char *dir,
+                                DLDataType dtype,
+                                DLDevice device,
+                                const struct ur_load_options *options,
+                                struct ur_model **out);
+
+// The number of stored tensors the (lenient) load ignored into `*out` (0 after a strict load).
+//
+// # Safety
+// `model` comes from `ur_model_load`; `out` is NULL or writable.
+enum ur_status ur_model_ignored_count(const struct ur_model *model,
+                                      size_t *out);
+
+// The name of ignored tensor `index` (sorted by name) into `*name`: a NUL-terminated string owned by the model,
+// valid until `ur_model_free`.
+//
+// # Safety
+// `model` comes from `ur_model_load`; `name` is NULL or writable.
+enum ur_status ur_model_ignored_name(const struct ur_model *model,
+                                     size_t index,
+                                     const char **name);
 
 // Frees a model (its weights, a kept forward pass, kept gradients). NULL is accepted and does nothing.
 //
@@ -740,8 +892,8 @@ enum ur_status ur_model_get_info(const struct ur_model *model,
 enum ur_status ur_model_parameter_count(const struct ur_model *model,
                                         size_t *out);
 
-// The Hugging Face name of parameter `index` (`model.layers.0.self_attn.q_proj.weight`, ...) into `*name`: a
-// NUL-terminated string owned by the model, valid until `ur_model_free`.
+// The checkpoint name of parameter `index` (`model.layers.0.self_attn.q_proj.weight`, ...; a LLaVA model's under
+// its layout's prefixes) into `*name`: a NUL-terminated string owned by the model, valid until `ur_model_free`.
 //
 // # Safety
 // `model` comes from `ur_model_load`; `name` is NULL or writable.
@@ -750,7 +902,7 @@ enum ur_status ur_model_parameter_name(const struct ur_model *model,
                                        const char **name);
 
 // The shape of parameter `index`: its rank into `*rank` and its dimensions into `dims[0..rank]` (`capacity`
-// values available; 2 always suffice for Qwen2).
+// values available; 4 always suffice).
 //
 // # Safety
 // `model` comes from `ur_model_load`; `rank` is NULL or writable; `dims` is NULL or holds `capacity` writable
@@ -765,7 +917,7 @@ enum ur_status ur_model_parameter_shape(const struct ur_model *model,
 // (int32/int64, nonzero = a real token, typically right padding; NULL = every token real) and writes the logits
 // `[N,T,V]` in the model's dtype into `logits_out`. All tensors are on the model's device. The pass's activations
 // stay in the model for one `ur_model_backward` (a new forward replaces them; kept gradients are dropped). Does
-// not synchronise on CUDA (run the backward on the same stream).
+// not synchronise on CUDA (run the backward on the same stream). `ur_model_forward_ex` without media.
 //
 // # Safety
 // `ctx` comes from `ur_context_create`, `model` from `ur_model_load` (used by this thread only); every non-NULL
@@ -777,6 +929,38 @@ enum ur_status ur_model_forward(struct ur_context *ctx,
                                 const DLTensor *mask,
                                 const DLTensor *logits_out,
                                 void *stream);
+
+// `ur_model_forward` with `num_media` images and videos (`media`: an array of `ur_media`, NULL when
+// `num_media` is 0) for a LLaVA-OneVision model. `ids` then hold, for each item, as many placeholder ids
+// (`ur_model_info.image_token_id` / `video_token_id`) as its packed features have rows, as transformers'
+// processor expands them (`ur_model_placeholder_counts` tells how many); a count that does not match is
+// `UR_ERROR_SHAPE` or `UR_ERROR_INVALID_ARGUMENT` naming it. Pixel values are on the model's device; files are
+// decoded and preprocessed with the checkpoint's `preprocessor_config.json`. Everything is checked before
+// `logits_out` is written.
+//
+// # Safety
+// As for `ur_model_forward`; `media` points to `num_media` items of `media[0].struct_size` bytes each whose
+// `pixel_values` are NULL or valid `DLTensor`s and whose `path`s are NULL or NUL-terminated.
+enum ur_status ur_model_forward_ex(struct ur_context *ctx,
+                                   struct ur_model *model,
+                                   const DLTensor *ids,
+                                   const DLTensor *mask,
+                                   const struct ur_media *media,
+                                   size_t num_media,
+                                   const DLTensor *logits_out,
+                                   void *stream);
+
+// The placeholder ids each of `num_media` items takes in the input ids (its packed feature rows, from the pixels'
+// shape and the image's size, or the file after preprocessing) into `counts[0..num_media]`: what a prompt's
+// `<image>` / `<video>` expands to. `UR_ERROR_INVALID_ARGUMENT` for a Qwen2 model given media.
+//
+// # Safety
+// `model` comes from `ur_model_load`; `media` as for `ur_model_forward_ex` (host memory is read, CUDA pixel values
+// only described); `counts` is NULL (an error when `num_media` > 0) or has `num_media` writable values.
+enum ur_status ur_model_placeholder_counts(const struct ur_model *model,
+                                           const struct ur_media *media,
+                                           size_t num_media,
+                                           uint64_t *counts);
 
 // Back-propagates `grad_logits` `[N,T,V]` (the gradient of a loss with respect to the logits of the last
 // `ur_model_forward`, in the model's dtype, on its device) through the model, consuming the kept forward pass
@@ -790,9 +974,9 @@ enum ur_status ur_model_backward(struct ur_context *ctx,
                                  const DLTensor *grad_logits,
                                  void *stream);
 
-// Copies the gradient named `name` (a parameter's Hugging Face name, or "inputs_embeds" for the gradient of the
-// input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape and the model's
-// dtype, on its device). Does not synchronise on CUDA.
+// Copies the gradient named `name` (a parameter's checkpoint name, or "inputs_embeds" for the gradient of the
+// language model's input embeddings `[N,T,H]`) from the last `ur_model_backward` into `out` (the parameter's shape
+// and the model's dtype, on its device). Does not synchronise on CUDA.
 //
 // # Safety
 // As for `ur_model_forward`; `name` is NULL or NUL-terminated.
@@ -802,23 +986,8 @@ enum ur_status ur_model_gradient(struct ur_context *ctx,
                                  const DLTensor *out,
                                  void *stream);
 
-// Generates up to `cfg->max_new_tokens` tokens after `prompt` (`prompt_len` > 0 token ids) with a KV cache,
-// writing them to `out` (room for `out_capacity` ids, at least `max_new_tokens`) and their number to `*out_len`
-// (fewer than `max_new_tokens` when a stop token ended the generation; the stop token is included). `cfg` NULL
-// means the defaults (greedy, 64 tokens). Synchronises (each step reads the logits on the host).
-//
-// # Safety
-// `ctx` comes from `ur_context_create`, `model` from `ur_model_load`; `prompt` holds `prompt_len` values; `out`
-// holds `out_capacity` writable values; `out_len` is NULL or writable; `cfg` is NULL or a readable config whose
-// `stop_tokens` holds `num_stop_tokens` values.
-enum ur_status ur_model_generate(struct ur_context *ctx,
-                                 const struct ur_model *model,
-                                 const int32_t *prompt,
-                                 size_t prompt_len,
-                                 const struct ur_generation_config *cfg,
-                                 int32_t *out,
-                                 size_t out_capacity,
-                                 size_t *out_len);
+// An image with no pixels or path yet, anyres layout, 8 video frames.
+struct ur_media ur_media_default(void);
 
 // TRL's defaults: sigmoid, beta 0.1, no smoothing, reverse KL, no RPO, no LD-DPO, SimPO gamma 0.5, DiscoPOP
 // tau 0.05, a fresh BCO running mean, grad_output 1, no extra tensors.

@@ -12,7 +12,8 @@
 // - Every C export `ur_X(ctx, args..., stream)` is `Context::X(args..., stream = nullptr)`: the same arguments in
 //   the same order (tensors as `const DLTensor*`, which a `TensorRef` converts to; NULL configs mean the defaults;
 //   optional tensors may be nullptr). Calls that write host scalars return them (`DpoLoss`, ...) instead.
-// - `Model` owns a Qwen2 decoder loaded from a checkpoint (`ur_model_*`): forward, backward, gradients, generate.
+// - `Model` owns a checkpoint (`ur_model_*`: Qwen2 or LLaVA-OneVision, with images and videos as `Media`):
+//   forward, backward, gradients by name, generate (with the finish reason).
 // - `TensorRef` describes memory the caller owns as a DLPack tensor (row-major, no copy): from a typed pointer
 //   (float, int32_t, int64_t) or from `void*` plus a dtype (bfloat16 and float16 data), on `cpu()` or `cuda(n)`.
 #ifndef UNIREWARD_HPP
@@ -314,10 +315,63 @@ class Context {
 };
 
 
-/// A Qwen2 decoder loaded by the library (`ur_model_*`), owned and freed by this object (move-only). The context
-/// it was loaded with must outlive it. `forward` writes the logits and keeps the pass for one `backward`, after
-/// which `gradient` copies any parameter's gradient (Hugging Face names, or "inputs_embeds") into caller memory.
-/// Use a model from one thread at a time.
+/// One image or video of a `Model` call (`ur_media`): pixel values as a `TensorRef` (with an image's original
+/// size), or a file the library decodes with the checkpoint's preprocessor_config.json. The `TensorRef` and the
+/// path string must outlive the call.
+///
+///   auto image = unireward::Media::image(TensorRef(pixels.data(), {5, 3, 384, 384}), 480, 640);
+///   auto video = unireward::Media::video_file("clip/");             // a folder of frames, 8 sampled
+struct Media {
+  ur_media media = ur_media_default();
+
+  static Media image(const TensorRef& pixel_values, uint64_t height, uint64_t width) {
+    Media m;
+    m.media.pixel_values = pixel_values.get();
+    m.media.height = height;
+    m.media.width = width;
+    return m;
+  }
+  static Media image_file(const char* path, int32_t layout = UR_IMAGE_LAYOUT_ANYRES) {
+    Media m;
+    m.media.path = path;
+    m.media.layout = layout;
+    return m;
+  }
+  static Media video(const TensorRef& frames) {
+    Media m;
+    m.media.kind = UR_MEDIA_VIDEO;
+    m.media.pixel_values = frames.get();
+    return m;
+  }
+  static Media video_file(const char* path, uint32_t num_frames = 0) {
+    Media m;
+    m.media.kind = UR_MEDIA_VIDEO;
+    m.media.path = path;
+    m.media.num_frames = num_frames;
+    return m;
+  }
+};
+
+/// `Model::generate_ex`'s result: the new tokens and why generation ended (`UR_FINISH_*`).
+struct Generation {
+  std::vector<int32_t> tokens;
+  int32_t finish_reason = UR_FINISH_MAX_NEW_TOKENS;
+};
+
+namespace detail {
+/// The `ur_media` array of `media` (the C structs, contiguous).
+inline std::vector<ur_media> media_array(const std::vector<Media>& media) {
+  std::vector<ur_media> out;
+  out.reserve(media.size());
+  for (const Media& m : media) out.push_back(m.media);
+  return out;
+}
+}  // namespace detail
+
+/// A checkpoint loaded by the library (`ur_model_*`): a Qwen2 decoder or LLaVA-OneVision (`info().architecture`),
+/// owned and freed by this object (move-only). The context it was loaded with must outlive it. `forward` writes
+/// the logits and keeps the pass for one `backward`, after which `gradient` copies any parameter's gradient (the
+/// checkpoint's names, or "inputs_embeds") into caller memory. Use a model from one thread at a time.
 ///
 ///   unireward::Model model(ctx, "path/to/qwen2");                 // float32 on the CPU
 ///   model.forward(TensorRef(ids.data(), {N, T}), nullptr, TensorRef(logits.data(), {N, T, V}));
@@ -326,9 +380,11 @@ class Context {
 ///   std::vector<int32_t> tokens = model.generate(prompt);          // greedy, 64 tokens at most
 class Model {
  public:
-  Model(const Context& ctx, const std::string& dir, DLDataType dtype = dtype::float32, DLDevice device = cpu())
+  /// Loads `dir` under `options` (nullptr: strict, unchecked; see `ur_load_options`).
+  Model(const Context& ctx, const std::string& dir, DLDataType dtype = dtype::float32, DLDevice device = cpu(),
+        const ur_load_options* options = nullptr)
       : ctx_(ctx.get()) {
-    detail::check(ur_model_load(ctx_, dir.c_str(), dtype, device, &model_));
+    detail::check(ur_model_load_ex(ctx_, dir.c_str(), dtype, device, options, &model_));
   }
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -367,6 +423,27 @@ class Model {
     return names;
   }
 
+  /// The stored tensors a lenient load ignored, sorted.
+  std::vector<std::string> ignored_tensors() const {
+    size_t count = 0;
+    detail::check(ur_model_ignored_count(model_, &count));
+    std::vector<std::string> names;
+    for (size_t i = 0; i < count; ++i) {
+      const char* name = nullptr;
+      detail::check(ur_model_ignored_name(model_, i, &name));
+      names.emplace_back(name);
+    }
+    return names;
+  }
+
+  /// The placeholder ids each item of `media` takes in the input ids (LLaVA-OneVision).
+  std::vector<uint64_t> placeholder_counts(const std::vector<Media>& media) const {
+    std::vector<ur_media> items = detail::media_array(media);
+    std::vector<uint64_t> counts(media.size());
+    detail::check(ur_model_placeholder_counts(model_, items.data(), items.size(), counts.data()));
+    return counts;
+  }
+
   /// The shape of parameter `index` (an index into `parameter_names()`).
   std::vector<int64_t> parameter_shape(size_t index) const {
     int32_t rank = 0;
@@ -379,6 +456,13 @@ class Model {
   /// Logits [N,T,V] of `ids` [N,T] with `mask` [N,T] (nullptr: every token real) into `logits_out`.
   void forward(const DLTensor* ids, const DLTensor* mask, const DLTensor* logits_out, void* stream = nullptr) {
     detail::check(ur_model_forward(ctx_, model_, ids, mask, logits_out, stream));
+  }
+
+  /// `forward` with the images and videos of a LLaVA-OneVision batch, matched to the placeholders in order.
+  void forward(const DLTensor* ids, const DLTensor* mask, const std::vector<Media>& media, const DLTensor* logits_out,
+               void* stream = nullptr) {
+    std::vector<ur_media> items = detail::media_array(media);
+    detail::check(ur_model_forward_ex(ctx_, model_, ids, mask, items.data(), items.size(), logits_out, stream));
   }
 
   /// Back-propagates the logits' gradient [N,T,V] of the last `forward` (consumed) to every parameter.
@@ -398,6 +482,22 @@ class Model {
     size_t len = 0;
     detail::check(ur_model_generate(ctx_, model_, prompt.data(), prompt.size(), cfg, out.data(), out.size(), &len));
     out.resize(len);
+    return out;
+  }
+
+  /// The new tokens after `prompt` (holding the placeholders of `media`) and why generation ended.
+  Generation generate_ex(const std::vector<int32_t>& prompt, const std::vector<Media>& media = {},
+                         const ur_generation_config* cfg = nullptr) const {
+    const uint32_t max_new = cfg != nullptr ? cfg->max_new_tokens : ur_generation_config_default().max_new_tokens;
+    std::vector<ur_media> items = detail::media_array(media);
+    Generation out;
+    out.tokens.resize(max_new);
+    ur_generation_result result{};
+    result.struct_size = sizeof result;
+    detail::check(ur_model_generate_ex(ctx_, model_, prompt.data(), prompt.size(), items.data(), items.size(), cfg,
+                                       out.tokens.data(), out.tokens.size(), &result));
+    out.tokens.resize(static_cast<size_t>(result.num_tokens));
+    out.finish_reason = result.finish_reason;
     return out;
   }
 

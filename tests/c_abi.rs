@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use unireward::ffi::UR_ABI_VERSION;
+use unireward::judge::GenerationConfig;
 use unireward::media::{ImageLayout, ImageProcessor, ImageProcessorConfig, RgbImage};
+use unireward::model::llava::{LlavaBatch, LlavaOnevisionModel, MediaInput};
 use unireward::model::qwen2::ForwardOptions;
 use unireward::model::Qwen2Model;
 use unireward::ops::compare::{compare, select_pairs, CompareConfig, SelectionConfig, Verdicts};
@@ -308,6 +310,37 @@ fn check_image_processor(d: &Dump) {
     d.check("img.pixel_values", &pixels.pixel_values);
 }
 
+/// The LLaVA fixtures the C program's multimodal test runs on.
+const LLAVA: &str = "tests/fixtures/llava";
+
+/// The LLaVA batch's logits, every gradient and the greedy tokens from the C calls equal the Rust model's on the
+/// same ids, mask, pixel values, files and logits gradient.
+fn check_llava(d: &Dump) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(LLAVA);
+    let model = LlavaOnevisionModel::load(&root.join("hf"), DType::F32, Device::Cpu).unwrap();
+    let processor = ImageProcessor::for_checkpoint(&root.join("hf")).unwrap();
+    let from_file = processor.preprocess_file(&root.join("images/anyres_0.png"), ImageLayout::Anyres).unwrap();
+    let video = processor.preprocess_video(&root.join("video"), 4).unwrap();
+    let pixels = d.tensor("llava.pixel_values");
+    let media = [
+        MediaInput::Image { pixel_values: &pixels, size: (7, 13) },
+        MediaInput::image(&from_file),
+        MediaInput::Video { frames: &video },
+    ];
+    let (ids, mask) = (d.tensor("llava.ids"), d.tensor("llava.mask"));
+    let pass = model.forward(&LlavaBatch { ids: &ids, mask: &mask, media: &media }, ForwardOptions::default()).unwrap();
+    d.check("llava.logits", &model.logits(&pass).unwrap());
+    let grads = model.backward_from_logits(pass, &d.tensor("llava.grad_logits")).unwrap();
+    for (name, grad) in model.named_gradients(&grads) {
+        d.check(&format!("llava.grad.{name}"), grad);
+    }
+    let prompt: Vec<i64> = d.get("llava.prompt").2.iter().map(|&v| v as i64).collect();
+    let cfg = GenerationConfig { max_new_tokens: 8, ..GenerationConfig::default() };
+    let tokens = model.generate(&prompt, &[media[0], media[2]], &cfg).unwrap();
+    let tokens: Vec<i32> = tokens.into_iter().map(|t| t as i32).collect();
+    d.check("llava.tokens", &Tensor::from_slice(&tokens, &[tokens.len()], Device::Cpu).unwrap());
+}
+
 fn model_args() -> [String; 3] {
     let r = reference::Reference::load(MODEL);
     let list = |key: &str| r.ids(key).iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
@@ -321,7 +354,9 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     let dump_path = program.with_extension("dump");
     let [dir, prompt, tokens] = model_args();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(MEDIA_CONFIG);
-    let args = [dump_path.as_os_str(), dir.as_ref(), prompt.as_ref(), tokens.as_ref(), config.as_os_str()];
+    let llava = Path::new(env!("CARGO_MANIFEST_DIR")).join(LLAVA);
+    let args =
+        [dump_path.as_os_str(), dir.as_ref(), prompt.as_ref(), tokens.as_ref(), config.as_os_str(), llava.as_os_str()];
     let stdout = run(&program, &args, false);
     println!("{stdout}");
     let dump = Dump::read(&dump_path);
@@ -332,6 +367,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_compare(&dump);
     check_model(&dump);
     check_image_processor(&dump);
+    check_llava(&dump);
 
     assert!(
         valgrind_present(),

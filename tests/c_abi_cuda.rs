@@ -259,3 +259,120 @@ fn model_on_cuda_with_a_caller_stream_agrees_with_the_cpu() {
         ur_context_free(ctx);
     }
 }
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn llava_on_cuda_with_media_agrees_with_the_cpu() {
+    use unireward::judge::GenerationConfig;
+    use unireward::media::{ImageLayout, ImageProcessor};
+    use unireward::model::llava::{LlavaBatch, LlavaOnevisionModel, MediaInput};
+    use unireward::model::ForwardOptions;
+
+    let gpu = Device::Cuda(0);
+    let backend = cuda::backend(0).unwrap();
+    let stream = backend.context().new_stream().unwrap();
+    let cu_stream = stream.cu_stream() as *mut c_void;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava");
+    let cpu_model = LlavaOnevisionModel::load(&root.join("hf"), DType::F32, Device::Cpu).unwrap();
+    let processor = ImageProcessor::for_checkpoint(&root.join("hf")).unwrap();
+    let image = processor.preprocess_file(&root.join("images/anyres_0.png"), ImageLayout::Anyres).unwrap();
+    let video = processor.preprocess_video(&root.join("video"), 4).unwrap();
+    let media = [MediaInput::image(&image), MediaInput::Video { frames: &video }];
+    let counts = cpu_model.placeholder_counts(&media).unwrap();
+    let p = cpu_model.placeholders();
+    let mut ids = vec![5i64];
+    ids.extend(std::iter::repeat_n(p.image, counts[0]));
+    ids.push(7);
+    ids.extend(std::iter::repeat_n(p.video, counts[1]));
+    ids.push(8);
+    let (t, v) = (ids.len(), cpu_model.config.text.vocab_size);
+    let ids = Tensor::from_slice(&ids, &[1, t], Device::Cpu).unwrap();
+    let mask = Tensor::from_slice(&vec![1i64; t], &[1, t], Device::Cpu).unwrap();
+    let grad: Vec<f32> = (0..t * v).map(|i| ((i * 5) % 13) as f32 * 0.01 - 0.06).collect();
+    let grad = Tensor::from_slice(&grad, &[1, t, v], Device::Cpu).unwrap();
+    let pass =
+        cpu_model.forward(&LlavaBatch { ids: &ids, mask: &mask, media: &media }, ForwardOptions::default()).unwrap();
+    let expected_logits = cpu_model.logits(&pass).unwrap();
+    let expected = cpu_model.backward_from_logits(pass, &grad).unwrap();
+
+    let (mut ctx, mut model) = (null_mut(), null_mut());
+    let path = std::ffi::CString::new(root.join("hf").to_str().unwrap()).unwrap();
+    let video_path = std::ffi::CString::new(root.join("video").to_str().unwrap()).unwrap();
+    // SAFETY: valid out-pointers and a NUL-terminated path.
+    unsafe {
+        ok(ur_context_create(&mut ctx));
+        let f32_dtype = DLDataType { code: 2, bits: 32, lanes: 1 };
+        ok(ur_model_load(ctx, path.as_ptr(), f32_dtype, DLDevice { device_type: 2, device_id: 0 }, &mut model));
+    }
+    let (d_ids, d_grad, d_pixels) =
+        (ids.to_device(gpu).unwrap(), grad.to_device(gpu).unwrap(), image.pixel_values.to_device(gpu).unwrap());
+    let logits = Tensor::zeros(&[1, t, v], DType::F32, gpu).unwrap();
+    backend.synchronize().unwrap(); // the inputs were written on the library's stream, the calls use another
+    let (i, l, g, px) = (dl(&d_ids), dl(&logits), dl(&d_grad), dl(&d_pixels));
+    let mut items = [ur_media_default(), ur_media_default()];
+    items[0].pixel_values = &px.dl;
+    (items[0].height, items[0].width) = (image.image_size.0 as u64, image.image_size.1 as u64);
+    items[1].kind = UR_MEDIA_VIDEO;
+    items[1].path = video_path.as_ptr();
+    items[1].num_frames = 4;
+    // SAFETY: every descriptor describes live device memory of device 0; the stream belongs to its context.
+    unsafe {
+        ok(ur_model_forward_ex(ctx, model, &i.dl, null(), items.as_ptr(), 2, &l.dl, cu_stream));
+        ok(ur_model_backward(ctx, model, &g.dl, cu_stream));
+    }
+    stream.synchronize().unwrap();
+    let err = relative_error(&logits.to_vec::<f32>().unwrap(), &expected_logits.to_vec::<f32>().unwrap());
+    assert!(err < 1e-4, "logits: CUDA vs CPU {err:.3e}");
+    for (name, want) in cpu_model.named_gradients(&expected) {
+        let out = Tensor::zeros(want.shape(), DType::F32, gpu).unwrap();
+        backend.synchronize().unwrap();
+        let (o, c_name) = (dl(&out), std::ffi::CString::new(name.clone()).unwrap());
+        // SAFETY: as above.
+        ok(unsafe { ur_model_gradient(ctx, model, c_name.as_ptr(), &o.dl, cu_stream) });
+        stream.synchronize().unwrap();
+        let (got, want) = (out.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+        // A vision key bias's gradient is zero in exact arithmetic: rounding noise on both devices.
+        if name.contains("k_proj.bias") && name.contains("vision") {
+            assert!(got.iter().chain(&want).all(|x| x.abs() < 1e-4), "{name}");
+        } else {
+            let err = relative_error(&got, &want);
+            assert!(err < 1e-4, "{name}: CUDA vs CPU {err:.3e}");
+        }
+    }
+
+    let prompt: Vec<i32> = ids.to_vec::<i64>().unwrap().into_iter().map(|id| id as i32).collect();
+    let prompt64: Vec<i64> = prompt.iter().map(|&id| id.into()).collect();
+    let cfg = GenerationConfig { max_new_tokens: 6, ..Default::default() };
+    let cpu_tokens = cpu_model.generate(&prompt64, &media, &cfg).unwrap();
+    let mut gen = ur_generation_config_default();
+    gen.max_new_tokens = 6;
+    let mut out = [0i32; 6];
+    let mut result = ur_generation_result {
+        struct_size: size_of::<ur_generation_result>() as u32,
+        finish_reason: -1,
+        num_tokens: 0,
+    };
+    backend.synchronize().unwrap();
+    // SAFETY: host arrays of the stated lengths; the pixels are complete on the device.
+    ok(unsafe {
+        ur_model_generate_ex(
+            ctx,
+            model,
+            prompt.as_ptr(),
+            prompt.len(),
+            items.as_ptr(),
+            2,
+            &gen,
+            out.as_mut_ptr(),
+            6,
+            &mut result,
+        )
+    });
+    assert_eq!(out[..result.num_tokens as usize].iter().map(|&x| x as u32).collect::<Vec<_>>(), cpu_tokens);
+    assert_eq!(result.finish_reason, UR_FINISH_MAX_NEW_TOKENS);
+    // SAFETY: created above.
+    unsafe {
+        ur_model_free(model);
+        ur_context_free(ctx);
+    }
+}

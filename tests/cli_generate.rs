@@ -139,3 +139,98 @@ fn lenient_and_check_finite_flags_reach_the_loader() {
     let stderr = String::from_utf8_lossy(&lenient.stderr);
     assert!(stderr.contains("ignored 1 unused tensors: extra.weight"), "{stderr}");
 }
+
+/// The tiny LLaVA-OneVision fixture (with the chat tokenizer of tests/reference/llava_tokenizer.py).
+fn llava(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava").join(path).display().to_string()
+}
+
+/// The float64 reference's generation prompt (tests/fixtures/llava/reference.safetensors' generate.input_ids:
+/// three tokens, the anyres image's 49 placeholders, five tokens) as text for the fixture's tokenizer.
+const REFERENCE_PROMPT: &str = "<unused85><unused56><unused61><image><unused80><unused52><unused70><unused75>z";
+
+#[test]
+fn llava_generation_with_an_image_file_gives_the_reference_tokens() {
+    let (model, image) = (llava("hf"), llava("images/anyres_0.png"));
+    let out = unireward(&[
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--prompt",
+        REFERENCE_PROMPT,
+        "--max-new-tokens",
+        "6",
+        "--verbose",
+    ]);
+    // transformers' greedy tokens [39, 65, 65, 65, 65, 65]: "," then `<unused65>` five times.
+    assert_eq!(stdout(&out), format!(",{}\n", "<unused65>".repeat(5)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let placeholders = vec!["90"; 49].join(", ");
+    assert!(stderr.contains(&format!("prompt ids (57): [85, 56, 61, {placeholders}, 80, 52, 70, 75, 27]")), "{stderr}");
+    assert!(
+        stderr.contains("new ids (6): [39, 65, 65, 65, 65, 65]") && stderr.contains("finish reason: max_new_tokens")
+    );
+}
+
+#[test]
+fn llava_markers_are_inserted_when_the_prompt_has_none() {
+    let (model, image, video) = (llava("hf"), llava("images/two_images_0.png"), llava("video"));
+    let common = ["--model", &model, "--image", &image, "--video", &video, "--frames", "4", "--max-new-tokens", "5"];
+    let implicit = unireward(&[&common[..], &["--prompt", "is it red?", "--chat"]].concat());
+    let explicit = unireward(&[&common[..], &["--prompt", "<image>\n<video>\nis it red?", "--chat"]].concat());
+    assert_eq!(stdout(&implicit), stdout(&explicit));
+    let verbose = unireward(&[&common[..], &["--prompt", "<video> then <image>", "--verbose"]].concat());
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    // The video's 4 frames pooled to 2x2 patches each plus a newline: 17 placeholders, then the image's.
+    let video_ids = vec!["91"; 17].join(", ");
+    assert!(stderr.contains(&format!("[{video_ids}, 1, 21, 9, 6, 15, 1, 90")), "{stderr}");
+}
+
+#[test]
+fn llava_input_errors_are_one_clear_line() {
+    let (model, image) = (llava("hf"), llava("images/anyres_0.png"));
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--model", &model, "--image", &image, "--prompt", "<image><image>"],
+            "the prompt has 2 <image> and 0 <video>, but 1 --image",
+        ),
+        (&["--model", &model, "--image", "/no/such.png", "--prompt", "x"], "--image /no/such.png"),
+        (&["--model", &model, "--video", "/no/such/video", "--prompt", "x"], "--video /no/such/video"),
+        (
+            &[
+                "--model",
+                &model,
+                "--image",
+                &llava("video/frame_0.png"),
+                "--image",
+                &image,
+                "--prompt",
+                "<image> <image> <video>",
+            ],
+            "0 --video",
+        ),
+        (&["--model", &model, "--prompt", "<image> x"], "but 0 --image and 0 --video"),
+    ];
+    for (args, needle) in cases {
+        let out = unireward(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn images_need_a_llava_checkpoint() {
+    let dir = ModelDir::new("qwen2-image", true);
+    let out =
+        unireward(&["--model", dir.0.to_str().unwrap(), "--image", &llava("images/anyres_0.png"), "--prompt", "x"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--image and --video need a LLaVA-OneVision checkpoint"),
+        "{stderr}"
+    );
+}

@@ -11,9 +11,11 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 use unireward::media::{decode_image, load_video, ImageLayout, ImageProcessor, ImageProcessorConfig, VideoSource};
 use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER, SO400M_TOWER};
-use unireward::model::llava::{LlavaConfigFormat, LlavaLayout, LlavaOnevisionConfig, VisionTower};
+use unireward::model::llava::{
+    LlavaConfigFormat, LlavaLayout, LlavaOnevisionConfig, LlavaOnevisionModel, MediaInput, VisionTower,
+};
 use unireward::model::qwen2::Qwen2Weights;
-use unireward::model::{save_safetensors, ForwardOptions, Qwen2Model, WeightStore};
+use unireward::model::{save_safetensors, Architecture, ForwardOptions, LoadOptions, Qwen2Model, WeightStore};
 use unireward::{DType, Device, Error, Tensor};
 
 fn fixture(path: &str) -> PathBuf {
@@ -603,4 +605,95 @@ fn the_cases_pixels_equal_the_reference_from_the_image_files() {
     assert_eq!(frames.shape(), &video_shape[1..]);
     let diff = values(&frames).iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
     assert!(diff <= 1e-5, "video: max difference {diff}");
+}
+
+/// A copy of the HF fixture's checkpoint with `change` applied to its tensors.
+fn hf_copy_with(tag: &str, change: impl FnOnce(&mut BTreeMap<String, Tensor>)) -> Scratch {
+    let scratch = Scratch::new(tag);
+    let mut all = tensors(&WeightStore::open(&fixture("hf")).unwrap());
+    change(&mut all);
+    let refs: Vec<(&str, &Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_safetensors(&scratch.0.join("model.safetensors"), &refs).unwrap();
+    std::fs::copy(fixture("hf/config.json"), scratch.0.join("config.json")).unwrap();
+    scratch
+}
+
+#[test]
+fn load_options_reach_the_whole_model() {
+    let load = |dir: &Path, lenient: bool, check_finite: bool| {
+        LlavaOnevisionModel::load_with(dir, DType::F32, Device::Cpu, &LoadOptions { lenient, check_finite })
+    };
+    let (_, report) = load(&fixture("hf"), false, true).unwrap();
+    assert!(report.ignored.is_empty());
+
+    let extra = hf_copy_with("extra", |all| {
+        let head = Tensor::zeros(&[2, 32], DType::F32, Device::Cpu).unwrap();
+        all.insert("score.weight".into(), head);
+    });
+    assert_contains(&checkpoint_message(load(&extra.0, false, false)), &["unexpected `score.weight`"]);
+    let (model, report) = load(&extra.0, true, false).unwrap();
+    assert_eq!(report.ignored, ["score.weight"]);
+    assert_eq!(
+        model.named_parameters().len(),
+        LlavaOnevisionModel::load(&fixture("hf"), DType::F32, Device::Cpu).unwrap().named_parameters().len()
+    );
+
+    // A NaN in the vision tower, then in the projector: each named, only when asked for.
+    for name in ["vision_tower.vision_model.encoder.layers.0.mlp.fc2.weight", "multi_modal_projector.linear_2.bias"] {
+        let poisoned = hf_copy_with("nan", |all| {
+            let t = &all[name];
+            let mut v = values(t);
+            let middle = v.len() / 2;
+            v[middle] = f32::NAN;
+            all.insert(name.into(), Tensor::from_slice(&v, t.shape(), Device::Cpu).unwrap());
+        });
+        assert_contains(&checkpoint_message(load(&poisoned.0, false, true)), &[&format!("weight `{name}` holds NaN")]);
+        load(&poisoned.0, false, false).unwrap();
+    }
+}
+
+#[test]
+fn named_parameters_are_the_checkpoint_tensors() {
+    let model = LlavaOnevisionModel::load(&fixture("hf"), DType::F32, Device::Cpu).unwrap();
+    let store = WeightStore::open(&fixture("hf")).unwrap();
+    let named = model.named_parameters();
+    let names: BTreeSet<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), named.len(), "a name twice");
+    for (name, tensor) in &named {
+        let stored = store.get(name, store.shape(name).unwrap()).unwrap();
+        assert_eq!(values(tensor), values(&stored), "{name}");
+    }
+    // Every stored tensor is a parameter, except the tower's post-layernorm the features skip.
+    let unused: Vec<&str> = store.names().into_iter().filter(|n| !names.contains(n)).collect();
+    assert!(unused.iter().all(|n| n.contains("post_layernorm")), "{unused:?}");
+}
+
+#[test]
+fn placeholder_counts_are_the_processors_expansion() {
+    let model = LlavaOnevisionModel::load(&fixture("hf"), DType::F32, Device::Cpu).unwrap();
+    let processor = ImageProcessor::for_checkpoint(&fixture("hf")).unwrap();
+    let r = Reference::load();
+    let ids = r.get("input_ids").1;
+    let t = r.get("input_ids").0[1];
+    let count = |row: usize, id: f64| ids[row * t..(row + 1) * t].iter().filter(|&&v| v == id).count();
+    let anyres = processor.preprocess_file(&fixture("images/anyres_0.png"), ImageLayout::Anyres).unwrap();
+    let downsampled = processor.preprocess_file(&fixture("images/downsampled_0.png"), ImageLayout::Anyres).unwrap();
+    let video = processor.preprocess_video(&fixture("video"), 4).unwrap();
+    let media = [MediaInput::image(&anyres), MediaInput::image(&downsampled), MediaInput::Video { frames: &video }];
+    assert_eq!(model.placeholder_counts(&media).unwrap(), [count(0, 90.0), count(1, 90.0), count(3, 91.0)]);
+    let wrong = Tensor::zeros(&[2, 3, 11, 12], DType::F32, Device::Cpu).unwrap();
+    let err = model.placeholder_counts(&[MediaInput::Video { frames: &wrong }]).unwrap_err().to_string();
+    assert_contains(&err, &["media item 0 (a video)", "[2, 3, 11, 12]"]);
+}
+
+#[test]
+fn the_architecture_is_read_from_config_json() {
+    assert_eq!(Architecture::of_checkpoint(&fixture("hf")).unwrap(), Architecture::LlavaOnevision);
+    assert_eq!(Architecture::of_checkpoint(&fixture("llava_qwen")).unwrap(), Architecture::LlavaOnevision);
+    let qwen2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2/gqa_untied");
+    assert_eq!(Architecture::of_checkpoint(&qwen2).unwrap(), Architecture::Qwen2);
+    let scratch = Scratch::new("arch");
+    assert_contains(&checkpoint_message(Architecture::of_checkpoint(&scratch.0)), &["config.json"]);
+    std::fs::write(scratch.0.join("config.json"), "{not json").unwrap();
+    assert_contains(&checkpoint_message(Architecture::of_checkpoint(&scratch.0)), &["not valid JSON"]);
 }

@@ -176,6 +176,59 @@ int main() {
     expect(e.status() == UR_ERROR_INVALID_ARGUMENT, "Model::gradient throws for an unknown name");
   }
 
+  // Load options, the ignored-tensor report and the finish reason.
+  ur_load_options options = ur_load_options_default();
+  options.lenient = 1;
+  options.check_finite = 1;
+  const unireward::Model checked(ctx, UNIREWARD_QWEN2_FIXTURE, unireward::dtype::float32, unireward::cpu(), &options);
+  expect(checked.ignored_tensors().empty(), "Model(options), ignored_tensors");
+  const unireward::Generation full = checked.generate_ex(prompt, {}, &gen);
+  gen.stop_tokens = &expected[2];
+  gen.num_stop_tokens = 1;
+  const unireward::Generation stopped = checked.generate_ex(prompt, {}, &gen);
+  expect(full.tokens == expected && full.finish_reason == UR_FINISH_MAX_NEW_TOKENS && stopped.tokens.size() == 3 &&
+             stopped.finish_reason == UR_FINISH_STOP,
+         "Model::generate_ex");
+
+  // LLaVA-OneVision on its fixture: an image file expanded to its placeholders, greedy tokens equal transformers'
+  // (tests/fixtures/llava/reference.safetensors' generate.*), the forward's last logits agreeing, the newline's
+  // gradient set; a missing file throws.
+  unireward::Model llava(ctx, UNIREWARD_LLAVA_FIXTURE "/hf");
+  const ur_model_info llava_info = llava.info();
+  const std::string image_path = UNIREWARD_LLAVA_FIXTURE "/images/anyres_0.png";
+  const std::vector<unireward::Media> media{unireward::Media::image_file(image_path.c_str())};
+  const std::vector<uint64_t> placeholders = llava.placeholder_counts(media);
+  std::vector<int32_t> llava_prompt{85, 56, 61};
+  llava_prompt.insert(llava_prompt.end(), placeholders.at(0), static_cast<int32_t>(llava_info.image_token_id));
+  llava_prompt.insert(llava_prompt.end(), {80, 52, 70, 75, 27});
+  const std::vector<int32_t> llava_expected{39, 65, 65, 65, 65, 65};
+  ur_generation_config six = ur_generation_config_default();
+  six.max_new_tokens = 6;
+  const unireward::Generation llava_answer = llava.generate_ex(llava_prompt, media, &six);
+  expect(llava_info.architecture == UR_ARCHITECTURE_LLAVA_ONEVISION && placeholders.at(0) == 49 &&
+             llava_answer.tokens == llava_expected && llava_answer.finish_reason == UR_FINISH_MAX_NEW_TOKENS,
+         "Model (LLaVA): info, placeholder_counts, generate_ex with an image file");
+  const int64_t LT = static_cast<int64_t>(llava_prompt.size()), LV = static_cast<int64_t>(llava_info.vocab_size);
+  std::vector<float> llava_logits(LT * LV), llava_grad(LT * LV, 0.0f), newline(llava_info.hidden_size);
+  llava.forward(TensorRef(llava_prompt.data(), {1, LT}), nullptr, media, TensorRef(llava_logits.data(), {1, LT, LV}));
+  int64_t top = 0;
+  for (int64_t v = 0; v < LV; ++v) {
+    if (llava_logits[(LT - 1) * LV + v] > llava_logits[(LT - 1) * LV + top]) top = v;
+  }
+  llava_grad[(LT - 1) * LV + top] = 1.0f;
+  llava.backward(TensorRef(llava_grad.data(), {1, LT, LV}));
+  llava.gradient("image_newline", TensorRef(newline.data(), {static_cast<int64_t>(newline.size())}));
+  bool newline_set = false;
+  for (const float g : newline) newline_set = newline_set || g != 0.0f;
+  expect(top == llava_expected[0] && newline_set, "Model::forward with media, backward, gradient (LLaVA)");
+  try {
+    llava.placeholder_counts({unireward::Media::image_file("/no/such/image.png")});
+    expect(false, "a missing image file throws");
+  } catch (const unireward::Error& e) {
+    const bool named = std::string(e.what()).find("/no/such/image.png") != std::string::npos;
+    expect(e.status() == UR_ERROR_INVALID_ARGUMENT && named, "a missing image file throws, naming it");
+  }
+
   std::printf("%s\n", failures == 0 ? "all passed" : "FAILED");
   return failures == 0 ? 0 : 1;
 }

@@ -165,7 +165,7 @@ fn size(value: u64, name: &str) -> FfiResult<usize> {
     usize::try_from(value).map_err(|_| Failure::invalid(format!("`{name}` {value} does not fit in memory")))
 }
 
-fn layout_of(layout: i32) -> FfiResult<ImageLayout> {
+pub(super) fn layout_of(layout: i32) -> FfiResult<ImageLayout> {
     match layout {
         UR_IMAGE_LAYOUT_ANYRES => Ok(ImageLayout::Anyres),
         UR_IMAGE_LAYOUT_SQUARE => Ok(ImageLayout::Square),

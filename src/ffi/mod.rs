@@ -19,11 +19,14 @@ mod compare;
 mod context;
 mod dlpack;
 mod fused_linear;
+mod generation;
 mod heads;
 mod host_out;
 mod logprobs;
 mod media;
 mod model;
+mod model_media;
+mod network;
 mod preference;
 mod status;
 
@@ -32,10 +35,12 @@ pub use compare::*;
 pub use context::{ur_context, ur_context_create, ur_context_free};
 pub use dlpack::{DLDataType, DLDevice, DLTensor};
 pub use fused_linear::*;
+pub use generation::*;
 pub use heads::*;
 pub use logprobs::*;
 pub use media::*;
 pub use model::*;
+pub use model_media::*;
 pub use preference::*;
 pub use status::{ur_last_error_message, ur_status, ur_status_name};
 

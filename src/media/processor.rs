@@ -5,10 +5,14 @@
 //! `f32(v · rescale_factor)` (the product in f64, as numpy does it) and `(x - mean) / std` in f32: the result is the
 //! processor's float32 output bit for bit.
 
+use std::path::Path;
+
 use super::anyres::{centring_offset, fitted_size, select_best_resolution, Size};
 use super::config::{ImageProcessorConfig, Normalization};
+use super::decode::decode_image;
 use super::resample::resize;
 use super::rgb::{check_size, RgbImage};
+use super::video::{load_video, VideoSource};
 use crate::{DType, Device, Result, Tensor};
 
 /// How an image enters the model. transformers decides by the sample: an image alone in its sample takes the anyres
@@ -122,6 +126,23 @@ impl ImageProcessor {
             ImageLayout::Square => 1,
         };
         Ok([patches, 3, self.config.size.0, self.config.size.1])
+    }
+
+    /// The processor of the checkpoint in `dir`, from its `preprocessor_config.json` (an error naming the file when
+    /// it is missing: the tile size and normalisation are the checkpoint's, never guessed).
+    pub fn for_checkpoint(dir: &Path) -> Result<ImageProcessor> {
+        ImageProcessor::new(ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?)
+    }
+
+    /// The image file `path` decoded and preprocessed in `layout`.
+    pub fn preprocess_file(&self, path: &Path, layout: ImageLayout) -> Result<ImagePixels> {
+        self.preprocess(&decode_image(path)?, layout)
+    }
+
+    /// `frames` frames sampled evenly from the video at `path` (a folder of frame files or an animated GIF, see
+    /// [`VideoSource::from_path`]) and preprocessed: `[frames, 3, height, width]` f32.
+    pub fn preprocess_video(&self, path: &Path, frames: usize) -> Result<Tensor> {
+        self.preprocess_frames(&load_video(&VideoSource::from_path(path)?, frames)?.frames)
     }
 
     /// Video frames (already sampled) each resized plainly to one tile: `[frames, 3, height, width]` f32.

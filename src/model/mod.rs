@@ -1,5 +1,6 @@
 //! Models under their Hugging Face names: configuration (`config.json`) and safetensors weights.
 
+pub mod architecture;
 pub mod config;
 pub mod files;
 pub mod llava;
@@ -9,6 +10,7 @@ pub mod siglip;
 pub(crate) mod views;
 pub mod weights;
 
+pub use architecture::Architecture;
 pub use config::Qwen2Config;
 pub use loading::{LoadOptions, LoadReport};
 pub use qwen2::{ForwardOptions, Qwen2Model};

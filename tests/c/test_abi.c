@@ -817,6 +817,35 @@ static void test_model(const char* dir, const char* prompt_text, const char* exp
         "info: vocab %llu hidden %llu layers %llu", (unsigned long long)info.vocab_size,
         (unsigned long long)info.hidden_size, (unsigned long long)info.num_layers);
   CHECK(info.dtype.code == kDLFloat && info.dtype.bits == 32 && info.device.device_type == kDLCPU, "dtype/device");
+  CHECK(info.architecture == UR_ARCHITECTURE_QWEN2 && info.image_token_id == -1 && info.video_token_id == -1,
+        "architecture %d", info.architecture);
+  /* A caller built before the architecture fields passes the shorter struct: they are left as they were. */
+  ur_model_info older;
+  memset(&older, 0x5a, sizeof older);
+  older.struct_size = (uint32_t)offsetof(ur_model_info, architecture);
+  OK(ur_model_get_info(model, &older));
+  CHECK(older.vocab_size == MV && older.architecture == 0x5a5a5a5a && older.image_token_id == 0x5a5a5a5a5a5a5a5a,
+        "an older caller's struct was written past its size");
+
+  /* Load options: the defaults are strict; a strict load ignores nothing; lenient and check_finite load this
+     clean checkpoint too; a bad struct_size is refused. */
+  ur_load_options options = ur_load_options_default();
+  CHECK(options.struct_size == sizeof options && options.lenient == 0 && options.check_finite == 0, "load defaults");
+  size_t ignored = 99;
+  FAILS(UR_ERROR_NULL_POINTER, "out", ur_model_ignored_count(model, NULL));
+  OK(ur_model_ignored_count(model, &ignored));
+  CHECK(ignored == 0, "a strict load ignored %zu tensors", ignored);
+  const char* ignored_name = NULL;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "0 ignored tensors", ur_model_ignored_name(model, 0, &ignored_name));
+  options.lenient = 1;
+  options.check_finite = 1;
+  ur_model* checked = NULL;
+  OK(ur_model_load_ex(ctx, dir, f32, cpu, &options, &checked));
+  OK(ur_model_ignored_count(checked, &ignored));
+  CHECK(ignored == 0, "a lenient load of a clean checkpoint ignored %zu tensors", ignored);
+  ur_model_free(checked);
+  options.struct_size = 4;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ur_load_options", ur_model_load_ex(ctx, dir, f32, cpu, &options, &checked));
 
   /* Parameters: names, shapes, and their sizes add up to num_parameters. */
   size_t count = 0;
@@ -934,12 +963,39 @@ static void test_model(const char* dir, const char* prompt_text, const char* exp
   OK(ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
   CHECK(out_len == expected_len, "generated %zu tokens, expected %zu", out_len, expected_len);
   for (size_t i = 0; i < expected_len; i++) CHECK(out[i] == expected[i], "token %zu: %d vs %d", i, out[i], expected[i]);
+  ur_generation_result result;
+  memset(&result, 0, sizeof result);
+  result.struct_size = sizeof result;
+  OK(ur_model_generate_ex(ctx, model, prompt, prompt_len, NULL, 0, &gen, out, MAX_TOKENS, &result));
+  CHECK(result.num_tokens == expected_len && result.finish_reason == UR_FINISH_MAX_NEW_TOKENS, "%llu tokens, reason %d",
+        (unsigned long long)result.num_tokens, result.finish_reason);
   gen.stop_tokens = &expected[3];
   gen.num_stop_tokens = 1;
   OK(ur_model_generate(ctx, model, prompt, prompt_len, &gen, out, MAX_TOKENS, &out_len));
   size_t first = 0;
   while (expected[first] != expected[3]) first++;
   CHECK(out_len == first + 1 && out[first] == expected[3], "stopped after %zu tokens", out_len);
+  OK(ur_model_generate_ex(ctx, model, prompt, prompt_len, NULL, 0, &gen, out, MAX_TOKENS, &result));
+  CHECK(result.num_tokens == first + 1 && result.finish_reason == UR_FINISH_STOP, "reason %d", result.finish_reason);
+  /* The context (64 positions) ends a long generation: reason context_length. */
+  ur_generation_config longest = ur_generation_config_default();
+  longest.max_new_tokens = MAX_TOKENS;
+  OK(ur_model_generate_ex(ctx, model, prompt, prompt_len, NULL, 0, &longest, out, MAX_TOKENS, &result));
+  CHECK(result.num_tokens == 64 - prompt_len && result.finish_reason == UR_FINISH_CONTEXT_LENGTH,
+        "%llu tokens, reason %d", (unsigned long long)result.num_tokens, result.finish_reason);
+  FAILS(UR_ERROR_NULL_POINTER, "result",
+        ur_model_generate_ex(ctx, model, prompt, prompt_len, NULL, 0, &gen, out, MAX_TOKENS, NULL));
+  result.struct_size = 2;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "struct_size",
+        ur_model_generate_ex(ctx, model, prompt, prompt_len, NULL, 0, &gen, out, MAX_TOKENS, &result));
+  /* A Qwen2 model takes no media. */
+  ur_media image = ur_media_default();
+  image.path = "image.png";
+  result.struct_size = sizeof result;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "num_media",
+        ur_model_generate_ex(ctx, model, prompt, prompt_len, &image, 1, &gen, out, MAX_TOKENS, &result));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "num_media",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, &image, 1, &tlog.dl, NULL));
   /* Sampling is reproducible for a seed. */
   ur_generation_config sample = ur_generation_config_default();
   sample.max_new_tokens = 8;
@@ -1020,9 +1076,214 @@ static void test_image_processor(const char* config_path) {
   ur_image_processor_free(processor);
 }
 
+enum { LT = 96, LV = 96, LS = 12, LP = 8 }; /* the LLaVA fixture: room for the ids, vocabulary, tile side */
+
+/* A LLaVA-OneVision batch through the C ABI, on the fixture `root` (tests/fixtures/llava): row 0 holds an image
+ * given as pixel values (a synthetic 7x13 image preprocessed with ur_image_processor_run) and a video given as a
+ * folder of frames; row 1 an image given as a file, then text and padding. Logits, every gradient by name and a
+ * greedy generation are dumped for tests/c_abi.rs to recompute with the Rust model; bad media fail clearly. */
+static void test_llava(const char* root) {
+  char dir[512], image_path[512], video_path[512], config_path[512];
+  snprintf(dir, sizeof dir, "%s/hf", root);
+  snprintf(image_path, sizeof image_path, "%s/images/anyres_0.png", root);
+  snprintf(video_path, sizeof video_path, "%s/video", root);
+  snprintf(config_path, sizeof config_path, "%s/hf/preprocessor_config.json", root);
+  const DLDevice cpu = {kDLCPU, 0};
+  ur_model* model = NULL;
+  OK(ur_model_load(ctx, dir, F32, cpu, &model));
+  ur_model_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  OK(ur_model_get_info(model, &info));
+  CHECK(info.architecture == UR_ARCHITECTURE_LLAVA_ONEVISION && info.image_token_id == 90 &&
+            info.video_token_id == 91 && info.vocab_size == LV,
+        "architecture %d, image token %lld", info.architecture, (long long)info.image_token_id);
+  const int64_t image_id = info.image_token_id, video_id = info.video_token_id;
+
+  /* Pixel values of a synthetic 7x13 image, made by the checkpoint's own preprocessing. */
+  enum { IH = 7, IW = 13 };
+  ur_image_processor* processor = NULL;
+  OK(ur_image_processor_create(ctx, config_path, &processor));
+  uint8_t rgb[IH * IW * 3];
+  for (int i = 0; i < IH * IW * 3; i++) rgb[i] = (uint8_t)((i * 53 + 7) % 256);
+  uint64_t shape[4];
+  OK(ur_image_processor_output_shape(processor, IH, IW, UR_IMAGE_LAYOUT_ANYRES, shape));
+  CHECK(shape[0] <= LP && shape[2] == LS, "tiles %llu of side %llu", (unsigned long long)shape[0],
+        (unsigned long long)shape[2]);
+  static float pixels[LP * 3 * LS * LS];
+  OK(ur_image_processor_run(processor, rgb, IH, IW, UR_IMAGE_LAYOUT_ANYRES, pixels, shape[0] * 3 * LS * LS));
+  ur_image_processor_free(processor);
+  Tensor tpix;
+  tensor(&tpix, pixels, F32, 4, D(shape[0]), D(3), D(LS), D(LS));
+
+  ur_media media[3] = {ur_media_default(), ur_media_default(), ur_media_default()};
+  media[0].pixel_values = &tpix.dl;
+  media[0].height = IH;
+  media[0].width = IW;
+  media[1].kind = UR_MEDIA_VIDEO;
+  media[1].path = video_path;
+  media[1].num_frames = 4;
+  media[2].path = image_path;
+  uint64_t counts[3];
+  FAILS(UR_ERROR_NULL_POINTER, "counts", ur_model_placeholder_counts(model, media, 3, NULL));
+  OK(ur_model_placeholder_counts(model, media, 3, counts));
+  /* The placeholders of the images (in order: media 0, then media 2) and of the video. */
+  const uint64_t row0 = 2 + counts[0] + 1 + counts[1] + 1, row1 = counts[2] + 3;
+  const int64_t t = (int64_t)(row0 > row1 ? row0 : row1);
+  CHECK(t <= LT, "%lld tokens", (long long)t);
+  static int64_t ids[2 * LT];
+  static int32_t mask[2 * LT];
+  int64_t* p = ids;
+  *p++ = 5;
+  *p++ = 6;
+  for (uint64_t i = 0; i < counts[0]; i++) *p++ = image_id;
+  *p++ = 7;
+  for (uint64_t i = 0; i < counts[1]; i++) *p++ = video_id;
+  *p++ = 8;
+  for (int64_t i = (int64_t)row0; i < t; i++) *p++ = 0;
+  for (uint64_t i = 0; i < counts[2]; i++) *p++ = image_id;
+  *p++ = 9;
+  *p++ = 10;
+  *p++ = 11;
+  for (int64_t i = (int64_t)row1; i < t; i++) *p++ = 0;
+  for (int64_t i = 0; i < 2 * t; i++) mask[i] = (i < t ? i < (int64_t)row0 : i - t < (int64_t)row1) ? 1 : 0;
+  Tensor tids, tmask, tlog, tgl;
+  tensor(&tids, ids, I64, 2, D(2), D(t));
+  tensor(&tmask, mask, I32, 2, D(2), D(t));
+  static float logits[2 * LT * LV], grad_logits[2 * LT * LV];
+  tensor(&tlog, logits, F32, 3, D(2), D(t), D(LV));
+  /* The logits are the library's media order: images before videos within each kind's own order. */
+  ur_media order[3] = {media[0], media[2], media[1]};
+  OK(ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, order, 3, &tlog.dl, NULL));
+  dump("llava.ids", &tids);
+  dump("llava.mask", &tmask);
+  dump("llava.pixel_values", &tpix);
+  dump("llava.logits", &tlog);
+  /* The same media listed with the video first: each kind keeps its own order, so the logits are the same. */
+  static float logits2[2 * LT * LV];
+  Tensor tlog2;
+  tensor(&tlog2, logits2, F32, 3, D(2), D(t), D(LV));
+  OK(ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, media, 3, &tlog2.dl, NULL));
+  CHECK(memcmp(logits, logits2, sizeof(float) * (size_t)(2 * t * LV)) == 0, "media order across kinds matters");
+
+  /* A caller built against a newer header (a field more, left zero: the array's stride is its struct_size) gets
+     the same logits; one built with a field fewer than the first release is refused. */
+  struct {
+    ur_media m;
+    uint64_t newer_field;
+  } longer[3];
+  memset(longer, 0, sizeof longer);
+  for (int i = 0; i < 3; i++) {
+    longer[i].m = order[i];
+    longer[i].m.struct_size = sizeof longer[0];
+  }
+  OK(ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, &longer[0].m, 3, &tlog2.dl, NULL));
+  CHECK(memcmp(logits, logits2, sizeof(float) * (size_t)(2 * t * LV)) == 0, "a longer ur_media changed the logits");
+  longer[1].newer_field = 1;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "does not know",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, &longer[0].m, 3, &tlog2.dl, NULL));
+  ur_media shorter[3] = {order[0], order[1], order[2]};
+  for (int i = 0; i < 3; i++) shorter[i].struct_size = (uint32_t)offsetof(ur_media, num_frames);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "ur_media.struct_size",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, shorter, 3, &tlog2.dl, NULL));
+
+  for (int64_t i = 0; i < 2 * t * LV; i++) grad_logits[i] = (float)((i * 5) % 13 - 6) * 0.01f;
+  tensor(&tgl, grad_logits, F32, 3, D(2), D(t), D(LV));
+  OK(ur_model_backward(ctx, model, &tgl.dl, NULL));
+  dump("llava.grad_logits", &tgl);
+  size_t count = 0;
+  OK(ur_model_parameter_count(model, &count));
+  CHECK(count > 30, "%zu parameters", count);
+  static float grad[LV * 48];
+  for (size_t i = 0; i < count; i++) {
+    const char* name = NULL;
+    int32_t rank = 0;
+    int64_t dims[4];
+    OK(ur_model_parameter_name(model, i, &name));
+    OK(ur_model_parameter_shape(model, i, &rank, dims, 4));
+    Tensor tg;
+    tensor(&tg, grad, F32, 0);
+    tg.dl.ndim = rank;
+    for (int k = 0; k < rank; k++) tg.shape[k] = dims[k];
+    CHECK(numel(&tg.dl) <= (int64_t)(sizeof grad / sizeof *grad), "%s is larger than the buffer", name);
+    OK(ur_model_gradient(ctx, model, name, &tg.dl, NULL));
+    char key[192];
+    snprintf(key, sizeof key, "llava.grad.%s", name);
+    dump(key, &tg);
+  }
+
+  /* Greedy generation after row 0 with its image and video, and why it ended. */
+  int32_t prompt[LT], out[8];
+  for (uint64_t i = 0; i < row0; i++) prompt[i] = (int32_t)ids[i];
+  ur_generation_config gen = ur_generation_config_default();
+  gen.max_new_tokens = 8;
+  ur_generation_result result;
+  memset(&result, 0, sizeof result);
+  result.struct_size = sizeof result;
+  ur_media row0_media[2] = {media[0], media[1]};
+  OK(ur_model_generate_ex(ctx, model, prompt, row0, row0_media, 2, &gen, out, 8, &result));
+  CHECK(result.num_tokens == 8 && result.finish_reason == UR_FINISH_MAX_NEW_TOKENS, "reason %d",
+        result.finish_reason);
+  int32_t generated[8];
+  memcpy(generated, out, sizeof generated);
+  Tensor tprompt, tout;
+  dump("llava.prompt", tensor(&tprompt, prompt, I32, 1, D(row0)));
+  dump("llava.tokens", tensor(&tout, generated, I32, 1, D(8)));
+
+  /* Bad media, each refused before logits_out is written. */
+  memset(logits2, 0, sizeof logits2);
+  ur_media bad[3] = {media[0], media[2], media[1]};
+  Tensor wrong;
+  tensor(&wrong, pixels, F32, 4, D(1), D(3), D(LS - 1), D(LS));
+  bad[0].pixel_values = &wrong.dl;
+  FAILS(UR_ERROR_SHAPE, "media item 0",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[0] = media[0];
+  bad[1].path = "/no/such/image.png";
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "media[1]: invalid argument: image /no/such/image.png: cannot open",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[1] = media[2];
+  bad[0].height = 0;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "media[0]: `height` is 0",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[0] = media[0];
+  bad[0].path = image_path;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "both",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[0] = ur_media_default();
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "neither",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[0] = media[0];
+  bad[0].kind = 5;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "UR_MEDIA_VIDEO",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[0] = media[0];
+  bad[1].struct_size = 8;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "media[1].struct_size",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &tlog2.dl, NULL));
+  bad[1] = media[2];
+  FAILS(UR_ERROR_NULL_POINTER, "media",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, NULL, 3, &tlog2.dl, NULL));
+  /* The video left out (its placeholders unfilled), and the logits overlapping the pixels. */
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "video placeholder tokens (id 91)",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 2, &tlog2.dl, NULL));
+  Tensor over;
+  tensor(&over, pixels, F32, 3, D(2), D(t), D(LV));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "overlap",
+        ur_model_forward_ex(ctx, model, &tids.dl, &tmask.dl, bad, 3, &over.dl, NULL));
+  for (size_t i = 0; i < sizeof logits2 / sizeof *logits2; i++) CHECK(logits2[i] == 0.0f, "a failing call wrote logits");
+  /* A prompt id that is neither a token nor a placeholder. */
+  prompt[0] = -3;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "-3",
+        ur_model_generate_ex(ctx, model, prompt, row0, row0_media, 2, &gen, out, 8, &result));
+  ur_model_free(model);
+}
+
 int main(int argc, char** argv) {
-  if (argc != 6) {
-    fprintf(stderr, "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS PREPROCESSOR_CONFIG (ids comma-separated)\n",
+  if (argc != 7) {
+    fprintf(stderr,
+            "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS PREPROCESSOR_CONFIG LLAVA_FIXTURES (ids "
+            "comma-separated)\n",
             argv[0]);
     return 2;
   }
@@ -1038,6 +1299,7 @@ int main(int argc, char** argv) {
   test_compare();
   test_model(argv[2], argv[3], argv[4]);
   test_image_processor(argv[5]);
+  test_llava(argv[6]);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

@@ -29,6 +29,7 @@ C_SCALARS = {
     "const int32_t *": ctypes.POINTER(ctypes.c_int32),
     "const float *": ctypes.POINTER(ctypes.c_float),
     "const DLTensor *": ctypes.POINTER(DLTensor),
+    "const char *": ctypes.c_char_p,
 }
 
 
@@ -82,6 +83,9 @@ MIRRORS = {
     "ur_select_config": comparisons._SelectConfig,
     "ur_model_info": model._ModelInfo,
     "ur_generation_config": model._GenerationConfig,
+    "ur_generation_result": model._GenerationResult,
+    "ur_load_options": model._LoadOptions,
+    "ur_media": model._Media,
 }
 
 

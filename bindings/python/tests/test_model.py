@@ -135,7 +135,7 @@ def test_errors_carry_the_library_message(model, tmp_path):
         model.forward(torch.tensor([[1, 2, 128]]))
     with pytest.raises(UnirewardError, match="temperature"):
         model.generate([1, 2], temperature=-1.0)
-    with pytest.raises(UnirewardError, match="negative token id -4"):
+    with pytest.raises(UnirewardError, match="token id -4"):
         model.generate([1, -4])
     with pytest.raises(UnirewardError, match="prompt_len"):
         model.generate([])
@@ -143,3 +143,79 @@ def test_errors_carry_the_library_message(model, tmp_path):
     with pytest.raises(UnirewardError, match="grad_logits") as e:
         model.backward(torch.zeros(1, 2, 128))
     assert e.value.status_name == "UR_ERROR_SHAPE"
+
+
+def write_safetensors(path, tensors: dict) -> None:
+    """`tensors` (name -> float32 tensor) as a safetensors file, written without the safetensors package."""
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        data = t.detach().to(torch.float32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+def copy_with_weights(tmp_path, change) -> pathlib.Path:
+    """The fixture checkpoint copied to `tmp_path`, its weights passed through `change(dict) -> dict` first."""
+    weights = {name: t.clone() for name, t in read_f32_safetensors(MODEL / "model.safetensors").items()}
+    (tmp_path / "config.json").write_text((MODEL / "config.json").read_text())
+    write_safetensors(tmp_path / "model.safetensors", change(weights))
+    return tmp_path
+
+
+def read_f32_safetensors(path) -> dict:
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    data = raw[8 + size :]
+    return {name: torch.frombuffer(bytearray(data[e["data_offsets"][0] : e["data_offsets"][1]]),
+                                   dtype=torch.float32).reshape(e["shape"])
+            for name, e in header.items() if name != "__metadata__"}  # fmt: skip
+
+
+def test_lenient_load_reports_the_tensors_it_ignored(tmp_path):
+    extra = lambda w: {**w, "score.weight": torch.ones(2, 32), "model.extra.bias": torch.zeros(3)}
+    path = copy_with_weights(tmp_path, extra)
+    with pytest.raises(UnirewardError, match="score.weight") as e:
+        unireward.Model(path)
+    assert e.value.status_name == "UR_ERROR_CHECKPOINT"
+    model = unireward.Model(path, lenient=True)
+    assert model.ignored == ["model.extra.bias", "score.weight"]
+    assert unireward.Model(MODEL, lenient=True).ignored == []
+    strict = unireward.Model(MODEL)
+    ids = torch.tensor([[3, 9, 27]])
+    assert torch.equal(model.forward(ids), strict.forward(ids))
+
+
+def test_check_finite_names_the_non_finite_weight(tmp_path):
+    def poison(w):
+        w["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+        return w
+
+    path = copy_with_weights(tmp_path, poison)
+    with pytest.raises(UnirewardError, match="model.layers.1.mlp.up_proj.weight") as e:
+        unireward.Model(path, check_finite=True)
+    assert e.value.status_name == "UR_ERROR_CHECKPOINT"
+    assert unireward.Model(path).architecture == "qwen2"  # unchecked, it loads
+
+
+def test_generation_reports_why_it_ended(model, reference):
+    prompt = reference["generate.0.prompt"].tolist()
+    expected = reference["generate.0.tokens"].tolist()
+    tokens, reason = model.generate(prompt, max_new_tokens=len(expected), return_finish_reason=True)
+    assert tokens == expected and reason == "max_new_tokens"
+    stop = expected[2]
+    tokens, reason = model.generate(prompt, max_new_tokens=len(expected), stop_tokens=[stop], return_finish_reason=True)
+    assert tokens == expected[: expected.index(stop) + 1] and reason == "stop"
+    room = model.config["max_position_embeddings"] - len(prompt)
+    tokens, reason = model.generate(prompt, max_new_tokens=room + 10, return_finish_reason=True)
+    assert len(tokens) == room and reason == "context_length"
+
+
+def test_architecture_is_checked():
+    assert unireward.Model(MODEL).architecture == "qwen2"
+    with pytest.raises(ValueError, match="not llava_onevision"):
+        unireward.LlavaOnevisionModel(MODEL)

@@ -1,7 +1,7 @@
 """unireward for PyTorch: the library's fused ops (log-probs, the DPO family, reward-model losses, Diffusion-DPO,
-reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the Qwen2 decoder (`Qwen2Model`:
-logits, parameter gradients, generation) and LLaVA-OneVision's image preprocessing (`ImageProcessor`), loaded from
-`libunireward.so` through ctypes (no compilation). See README.md, sections "PyTorch" and "Images and videos"."""
+reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the models (`Model`, a Qwen2 decoder
+or LLaVA-OneVision with images and videos: logits, parameter gradients, generation) and LLaVA-OneVision's image
+preprocessing (`ImageProcessor`), loaded from `libunireward.so` through ctypes (no compilation). See README.md, sections "PyTorch" and "Images and videos"."""
 
 import ctypes
 
@@ -9,7 +9,7 @@ from . import _c, ops
 from ._lib import ABI_VERSION, UnirewardError
 from .liger import FusedLinearDPOLoss
 from .media import ImageProcessor
-from .model import Qwen2Model
+from .model import LlavaOnevisionModel, Model, Qwen2Model
 from .ops import (
     Comparison,
     LogProbs,
@@ -28,7 +28,8 @@ from .ops import (
 from .trl import RunningMean, dpo_loss
 
 # `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
-__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Qwen2Model", "RunningMean", "dpo_loss", "ops", "library_path", "version",
+__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "LlavaOnevisionModel", "Model",
+           "Qwen2Model", "RunningMean", "dpo_loss", "ops", "library_path", "version",
            "host_cache_bytes", "release_host_cache",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",
            "fused_linear_logprobs", "kwise_loss", "scalar_reward", "select_pairs", "sequence_logprobs",

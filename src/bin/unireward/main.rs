@@ -7,6 +7,7 @@ mod bench_passes;
 mod bench_products;
 mod demo;
 mod generate;
+mod generate_media;
 mod kernels;
 mod peak_alloc;
 mod preprocess;
@@ -35,7 +36,8 @@ enum Command {
     Bench(bench::Bench),
     /// Compiles every CUDA kernel with NVRTC and prints registers and spills per kernel.
     Kernels(kernels::Args),
-    /// Generates text with a Qwen2 checkpoint (greedy or sampled; the prompt raw or in the chat template).
+    /// Generates text with a Qwen2 or LLaVA-OneVision checkpoint (images and videos with the latter; greedy or
+    /// sampled; the prompt raw or in the chat template).
     Generate(generate::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),

@@ -21,9 +21,10 @@ use super::packing::{
 use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
 use crate::judge::generate::{generate_with_prefilled_prefix, GenerationConfig};
 use crate::media::Size;
+use crate::model::loading::check_finite;
 use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients, Qwen2Weights};
 use crate::model::siglip::{layers_for_feature_layer, SiglipVisionConfig, SiglipVisionTower, SiglipWeights, TowerPass};
-use crate::model::{ForwardOptions, Qwen2Model, WeightStore};
+use crate::model::{ForwardOptions, LoadOptions, LoadReport, Qwen2Model, WeightStore};
 use crate::ops::check;
 use crate::ops::embedding::{embedding_backward_accumulate, embedding_into};
 use crate::ops::fused_linear::FusedLinearConfig;
@@ -120,10 +121,22 @@ fn tower_config(tower: &VisionTower) -> Result<SiglipVisionConfig> {
 impl LlavaOnevisionModel {
     /// Loads `dir`'s `config.json` and safetensors weights in either layout, converted to `dtype` on `device`.
     pub fn load(dir: &Path, dtype: DType, device: Device) -> Result<LlavaOnevisionModel> {
+        LlavaOnevisionModel::load_with(dir, dtype, device, &LoadOptions::default()).map(|(model, _)| model)
+    }
+
+    /// [`LlavaOnevisionModel::load`] under `options` (lenient about unused tensors, checking finiteness), with
+    /// what the load ignored. The vision tower's own unused tensors (later layers, `post_layernorm`, `head`) are
+    /// always left alone and not reported.
+    pub fn load_with(
+        dir: &Path,
+        dtype: DType,
+        device: Device,
+        options: &LoadOptions,
+    ) -> Result<(LlavaOnevisionModel, LoadReport)> {
         let config = LlavaOnevisionConfig::from_file(&dir.join("config.json"))?;
         let store = WeightStore::open(dir)?;
         let layout = LlavaLayout::detect(&config, &store)?;
-        layout.check(&config, &store, false)?;
+        let ignored = layout.check(&config, &store, options.lenient)?;
         if !config.projector_bias {
             return Err(Error::Checkpoint(
                 "config: `multimodal_projector_bias` = false is not implemented (the projector has biases)".into(),
@@ -160,7 +173,12 @@ impl LlavaOnevisionModel {
             },
         };
         packing.validate()?;
-        Ok(LlavaOnevisionModel { config, layout, vision_tower, projector, image_newline, language_model, packing })
+        let model =
+            LlavaOnevisionModel { config, layout, vision_tower, projector, image_newline, language_model, packing };
+        if options.check_finite {
+            check_finite(model.named_parameters())?;
+        }
+        Ok((model, LoadReport { ignored }))
     }
 
     pub fn dtype(&self) -> DType {
@@ -175,11 +193,9 @@ impl LlavaOnevisionModel {
         PlaceholderTokens { image: self.config.image_token_id, video: self.config.video_token_id }
     }
 
-    /// Every media item's pixels checked (`[k, C, S, S]` floats, k ≥ 1, naming the item) and gathered into one
-    /// `[K, C, S, S]` tensor in the tower's dtype on its device, with the packing's view of each item.
-    fn gather_media(&self, media: &[MediaInput<'_>]) -> Result<(Option<Tensor>, Vec<Media>)> {
-        let c = &self.vision_tower.config;
-        let tile = [c.num_channels, c.image_size, c.image_size];
+    /// Every media item's pixels checked (`[k, C, S, S]` floats, k ≥ 1, naming the item), as the packing sees them.
+    fn media_items(&self, media: &[MediaInput<'_>]) -> Result<Vec<Media>> {
+        let tile = self.tile_shape();
         let mut items = Vec::with_capacity(media.len());
         for (i, item) in media.iter().enumerate() {
             let pixels = item.pixels();
@@ -205,6 +221,20 @@ impl LlavaOnevisionModel {
                 MediaInput::Video { .. } => Media::Video { frames: count },
             });
         }
+        Ok(items)
+    }
+
+    /// `[C, S, S]` of one tile or frame.
+    fn tile_shape(&self) -> [usize; 3] {
+        let c = &self.vision_tower.config;
+        [c.num_channels, c.image_size, c.image_size]
+    }
+
+    /// The media's pixels checked ([`LlavaOnevisionModel::media_items`]) and gathered into one `[K, C, S, S]`
+    /// tensor in the tower's dtype on its device, with the packing's view of each item.
+    fn gather_media(&self, media: &[MediaInput<'_>]) -> Result<(Option<Tensor>, Vec<Media>)> {
+        let items = self.media_items(media)?;
+        let tile = self.tile_shape();
         let total: usize = items.iter().map(Media::tiles).sum();
         if total == 0 {
             return Ok((None, items));
@@ -221,6 +251,18 @@ impl LlavaOnevisionModel {
             start += count;
         }
         Ok((Some(all.reshape(&[total, tile[0], tile[1], tile[2]])?), items))
+    }
+
+    /// How many placeholder tokens each item of `media` takes in the input ids (its packed feature rows), from the
+    /// pixels' shapes and the images' sizes alone: what a prompt's `<image>` / `<video>` expands to. The pixels are
+    /// checked as [`LlavaOnevisionModel::forward`] checks them.
+    pub fn placeholder_counts(&self, media: &[MediaInput<'_>]) -> Result<Vec<usize>> {
+        let patches = self.vision_tower.config.num_patches();
+        let items = self.media_items(media)?;
+        let plan = |item: &Media| {
+            Ok(PackingPlan::new(&self.packing, std::slice::from_ref(item), [item.tiles(), patches])?.rows())
+        };
+        items.iter().map(plan).collect()
     }
 
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
@@ -373,6 +415,12 @@ impl LlavaOnevisionModel {
         out.projector = [projector.linear_1, projector.linear_2];
         out.vision_tower = self.vision_tower.backward(tower, &projector.grad_x)?.weights;
         Ok(())
+    }
+
+    /// [`LlavaOnevisionModel::backward`] from the gradient of materialised logits `[N,T,V]`.
+    pub fn backward_from_logits(&self, pass: LlavaPass, grad_logits: &Tensor) -> Result<LlavaGradients> {
+        let grads = self.language_model.output_grads_from_logits(&pass.lm, grad_logits)?;
+        self.backward(pass, grads)
     }
 
     /// [`LlavaOnevisionModel::backward_into`] into fresh buffers.

@@ -294,8 +294,14 @@ impl Qwen2Model {
 
     /// [`Qwen2Model::backward`] from the gradient of materialised logits `[N,T,V]`.
     pub fn backward_from_logits(&self, pass: ForwardPass, grad_logits: &Tensor) -> Result<Qwen2Gradients> {
+        let grads = self.output_grads_from_logits(&pass, grad_logits)?;
+        self.backward(pass, grads)
+    }
+
+    /// The gradient of a pass's outputs (final hidden states and LM head) from that of its logits `[N,T,V]`.
+    pub fn output_grads_from_logits(&self, pass: &ForwardPass, grad_logits: &Tensor) -> Result<OutputGrads> {
         let head = linear_backward(grad_logits, pass.hidden(), self.weights.head(), None)?;
-        self.backward(pass, OutputGrads { hidden: head.grad_x, lm_head: HeadGradient::Tensor(head.grad_weight) })
+        Ok(OutputGrads { hidden: head.grad_x, lm_head: HeadGradient::Tensor(head.grad_weight) })
     }
 
     /// The gradient of every parameter and of the input embeddings, from the gradient of the pass's outputs.

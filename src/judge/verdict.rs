@@ -9,7 +9,7 @@ use super::answer::Verdict;
 use super::metrics::swapped;
 use super::scoring::{JudgeModel, ScoredSequence, SequenceScores};
 use super::templates::AnswerGrammar;
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{Tokenizer, IM_END};
 use crate::model::llava::MediaInput;
 use crate::ops::heads::{verdict_head, VerdictClasses};
 use crate::runtime::Tensor;
@@ -30,8 +30,9 @@ pub struct AnswerClasses {
 
 impl AnswerClasses {
     /// The classes of `grammar`: the canonical (first) phrase of first / second / tie (tie only when the grammar has
-    /// one) after the verdict prefix, or `"{prefix} {value}"` for each value of the score scale. The answers'
-    /// common leading tokens become the fixed prefix.
+    /// one) after the verdict prefix, or `"{prefix} {value}"` for each value of the score scale (followed by the end
+    /// of the turn, `<|im_end|>`, when one value's tokens begin another's, as "1" begins "10"). The answers' common
+    /// leading tokens become the fixed prefix.
     pub fn for_grammar(grammar: &AnswerGrammar, tokenizer: &Tokenizer) -> Result<AnswerClasses> {
         let (texts, values): (Vec<String>, Option<Vec<f32>>) = match grammar {
             AnswerGrammar::Verdict(v) => {
@@ -53,7 +54,16 @@ impl AnswerClasses {
                 )
             }
         };
-        let tokens = texts.iter().map(|t| tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        let mut tokens = texts.iter().map(|t| tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        // "Final Score: 1" is a token prefix of "Final Score: 10" where digits are single tokens: there each answer
+        // ends the turn, so that "1" means the number 1 and not the start of 10.
+        let ambiguous = tokens.iter().any(|a| tokens.iter().any(|b| b.len() > a.len() && b.starts_with(a)));
+        if ambiguous {
+            let end = tokenizer.token_to_id(IM_END).ok_or_else(|| {
+                Error::Checkpoint(format!("the tokenizer has no `{IM_END}` to end the answers of a multi-digit scale"))
+            })?;
+            tokens.iter_mut().for_each(|t| t.push(end));
+        }
         let mut classes = AnswerClasses::from_tokens(&tokens, values)?;
         classes.labels = texts;
         Ok(classes)

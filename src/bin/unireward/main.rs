@@ -5,6 +5,7 @@ mod bench_model;
 mod bench_products;
 mod demo;
 mod generate;
+mod judge;
 mod kernels;
 mod peak_alloc;
 mod preprocess;
@@ -35,6 +36,8 @@ enum Command {
     Kernels(kernels::Args),
     /// Generates text with a Qwen2 checkpoint (greedy or sampled; the prompt raw or in the chat template).
     Generate(generate::Args),
+    /// Judges a pair (which is better) or one candidate (its score) with a UnifiedReward checkpoint.
+    Judge(judge::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
@@ -82,6 +85,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(bench) => bench::run(&bench),
         Command::Kernels(args) => kernels::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Judge(args) => judge::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();

@@ -1,6 +1,7 @@
 //! `unireward`: the command line of the library.
 
 mod bench;
+mod bench_judge;
 mod bench_model;
 mod bench_products;
 mod demo;

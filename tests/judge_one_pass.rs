@@ -61,7 +61,7 @@ fn llava_image() -> (Tensor, (usize, usize)) {
 }
 
 fn qwen2() -> JudgeModel {
-    JudgeModel::Text(Qwen2Model::load(&fixtures().join("qwen2/gqa_untied"), DType::F32, Device::Cpu).unwrap())
+    JudgeModel::Text(Box::new(Qwen2Model::load(&fixtures().join("qwen2/gqa_untied"), DType::F32, Device::Cpu).unwrap()))
 }
 
 fn llava() -> JudgeModel {

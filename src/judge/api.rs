@@ -7,6 +7,7 @@
 //! rendered prompt becomes one placeholder id per packed feature row of its image; video templates give each
 //! sampled frame its own `<image>`, so a video is its frames, each preprocessed as one of several images.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -159,7 +160,7 @@ impl Judge {
             .get("model_type")
             .and_then(|v| v.as_str().map(str::to_string));
         let (model, processor) = if model_type.as_deref() == Some("qwen2") {
-            (JudgeModel::Text(Qwen2Model::load(dir, dtype, device)?), None)
+            (JudgeModel::Text(Box::new(Qwen2Model::load(dir, dtype, device)?)), None)
         } else {
             let preprocessor = dir.join("preprocessor_config.json");
             let config = if preprocessor.is_file() {
@@ -232,11 +233,12 @@ impl Judge {
         let mut labels: BTreeMap<(Task, Mode), AnswerClasses> = BTreeMap::new();
         let (mut prefill_tokens, mut prefill_tokens_saved) = (0, 0);
         for ((task, mode, media), units) in &groups {
-            if !labels.contains_key(&(*task, *mode)) {
-                let template = self.template(*task, *mode)?;
-                labels.insert((*task, *mode), AnswerClasses::for_grammar(&template.answer, &self.tokenizer)?);
-            }
-            let answers = &labels[&(*task, *mode)];
+            let answers = match labels.entry((*task, *mode)) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(slot) => {
+                    slot.insert(AnswerClasses::for_grammar(&self.template(*task, *mode)?.answer, &self.tokenizer)?)
+                }
+            };
             let pixels = &loaded[media];
             let inputs: Vec<MediaInput<'_>> = pixels.iter().map(MediaInput::image).collect();
             let prompts: Vec<Vec<i64>> = units.iter().map(|u| u.ids.clone()).collect();

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// A model that can judge: the text-only decoder, or the multimodal one.
 #[derive(Debug)]
 pub enum JudgeModel {
-    Text(Qwen2Model),
+    Text(Box<Qwen2Model>),
     Llava(Box<LlavaOnevisionModel>),
 }
 

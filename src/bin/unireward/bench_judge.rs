@@ -43,7 +43,7 @@ fn tokens(seed: u64, len: usize) -> Vec<i64> {
 
 pub fn run(args: &JudgeArgs) -> anyhow::Result<()> {
     let config = qwen2_0_5b(args.layers);
-    let model = JudgeModel::Text(random_model(config, args.dtype, args.device)?);
+    let model = JudgeModel::Text(Box::new(random_model(config, args.dtype, args.device)?));
     let JudgeModel::Text(lm) = &model else { unreachable!() };
     // The verdict classes' token lengths of "Image 1 is better than Image 2" / "… 2 … 1" / "Both images are equally
     // good" under Qwen2's tokenizer (8, 8, 5 tokens), with the first token telling 1/2 apart from "Both".

@@ -60,14 +60,20 @@ fn llava_image() -> (Tensor, (usize, usize)) {
     (Tensor::from_slice(&pixels, &shape, Device::Cpu).unwrap(), (sizes[0] as usize, sizes[1] as usize))
 }
 
+fn qwen2_on(device: Device) -> JudgeModel {
+    JudgeModel::Text(Box::new(Qwen2Model::load(&fixtures().join("qwen2/gqa_untied"), DType::F32, device).unwrap()))
+}
+
+fn llava_on(device: Device) -> JudgeModel {
+    JudgeModel::Llava(Box::new(LlavaOnevisionModel::load(&fixtures().join("llava/hf"), DType::F32, device).unwrap()))
+}
+
 fn qwen2() -> JudgeModel {
-    JudgeModel::Text(Box::new(Qwen2Model::load(&fixtures().join("qwen2/gqa_untied"), DType::F32, Device::Cpu).unwrap()))
+    qwen2_on(Device::Cpu)
 }
 
 fn llava() -> JudgeModel {
-    JudgeModel::Llava(Box::new(
-        LlavaOnevisionModel::load(&fixtures().join("llava/hf"), DType::F32, Device::Cpu).unwrap(),
-    ))
+    llava_on(Device::Cpu)
 }
 
 fn classes(case: &Case) -> AnswerClasses {
@@ -79,7 +85,7 @@ fn assert_close(what: &str, got: f32, want: f64, tol: f64) {
     assert!(err <= tol * want.abs().max(1.0), "{what}: {got} vs {want} (error {err:.2e})");
 }
 
-fn check_against_reference(model: &JudgeModel, media: &[MediaInput<'_>], model_name: &str) {
+fn check_against_reference(model: &JudgeModel, media: &[MediaInput<'_>], model_name: &str, tol: f64) {
     for case in cases(model_name) {
         let answers = classes(&case);
         let (got, scores) = one_pass(model, &case.prompts, media, &answers).unwrap();
@@ -87,13 +93,13 @@ fn check_against_reference(model: &JudgeModel, media: &[MediaInput<'_>], model_n
         for (k, row) in got.iter().enumerate() {
             for c in 0..answers.num_classes() {
                 let what = format!("{model_name} {} prompt {k} class {c}", case.name);
-                assert_close(&format!("{what} log-prob"), row.log_probs[c], case.log_probs[k][c], 2e-5);
-                assert_close(&format!("{what} prob"), row.probs[c], case.probs[k][c], 2e-5);
+                assert_close(&format!("{what} log-prob"), row.log_probs[c], case.log_probs[k][c], tol);
+                assert_close(&format!("{what} prob"), row.probs[c], case.probs[k][c], tol);
             }
             let best = (0..row.probs.len()).fold(0, |b, i| if case.probs[k][i] > case.probs[k][b] { i } else { b });
             assert_eq!(row.argmax, best);
             match (&case.expected, row.expected) {
-                (Some(want), Some(got)) => assert_close("expected score", got, want[k], 2e-5),
+                (Some(want), Some(got)) => assert_close("expected score", got, want[k], tol),
                 (None, None) => {}
                 other => panic!("expected score presence differs: {other:?}"),
             }
@@ -132,7 +138,7 @@ fn check_forked_equals_alone(model: &JudgeModel, media: &[MediaInput<'_>], model
 
 #[test]
 fn qwen2_one_pass_equals_float64_reference() {
-    check_against_reference(&qwen2(), &[], "qwen2_gqa_untied");
+    check_against_reference(&qwen2(), &[], "qwen2_gqa_untied", 2e-5);
 }
 
 #[test]
@@ -143,13 +149,26 @@ fn qwen2_prefix_forked_equals_alone() {
 #[test]
 fn llava_one_pass_equals_float64_reference() {
     let (pixel_values, size) = llava_image();
-    check_against_reference(&llava(), &[MediaInput::Image { pixel_values: &pixel_values, size }], "llava_hf_anyres");
+    let media = [MediaInput::Image { pixel_values: &pixel_values, size }];
+    check_against_reference(&llava(), &media, "llava_hf_anyres", 2e-5);
 }
 
 #[test]
 fn llava_prefix_forked_equals_alone() {
     let (pixel_values, size) = llava_image();
     check_forked_equals_alone(&llava(), &[MediaInput::Image { pixel_values: &pixel_values, size }], "llava_hf_anyres");
+}
+
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn cuda_one_pass_equals_float64_reference() {
+    let cuda = Device::Cuda(0);
+    check_against_reference(&qwen2_on(cuda), &[], "qwen2_gqa_untied", 1e-4);
+    check_forked_equals_alone(&qwen2_on(cuda), &[], "qwen2_gqa_untied");
+    let (pixel_values, size) = llava_image();
+    let media = [MediaInput::Image { pixel_values: &pixel_values, size }];
+    check_against_reference(&llava_on(cuda), &media, "llava_hf_anyres", 1e-4);
+    check_forked_equals_alone(&llava_on(cuda), &media, "llava_hf_anyres");
 }
 
 fn probabilities(probs: &[f32]) -> ClassProbabilities {

@@ -5,6 +5,7 @@ mod bench_judge;
 mod bench_model;
 mod bench_products;
 mod demo;
+mod eval;
 mod generate;
 mod judge;
 mod kernels;
@@ -39,6 +40,9 @@ enum Command {
     Generate(generate::Args),
     /// Judges a pair (which is better) or one candidate (its score) with a UnifiedReward checkpoint.
     Judge(judge::Args),
+    /// A judge on a pairwise benchmark file (JSONL): GenAI-Bench tau/diff, VL-RewardBench accuracies, position
+    /// consistency, calibration.
+    Eval(eval::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
@@ -87,6 +91,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Kernels(args) => kernels::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Judge(args) => judge::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();

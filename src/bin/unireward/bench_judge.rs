@@ -46,7 +46,7 @@ pub fn run(args: &JudgeArgs) -> anyhow::Result<()> {
     let model = JudgeModel::Text(Box::new(random_model(config, args.dtype, args.device)?));
     let JudgeModel::Text(lm) = &model else { unreachable!() };
     // The verdict classes' token lengths of "Image 1 is better than Image 2" / "… 2 … 1" / "Both images are equally
-    // good" under Qwen2's tokenizer (8, 8, 5 tokens), with the first token telling 1/2 apart from "Both".
+    // good" under Qwen2's tokenizer (9, 9, 5 tokens; the ids stand in), the first token telling 1/2 apart from "Both".
     let verdicts = AnswerClasses::from_tokens(
         &[
             vec![1805, 220, 16, 374, 2664, 1091, 4654, 220, 17],

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use unireward::judge::metrics::swapped;
-use unireward::judge::{one_pass, AnswerClasses, ClassProbabilities, JudgeModel, PairVerdict, ScoredSequence};
+use unireward::judge::{
+    one_pass, AnswerClasses, ClassProbabilities, JudgeModel, Mode, PairVerdict, ScoredSequence, Task, TaskTemplate,
+    Tokenizer,
+};
 use unireward::model::llava::{LlavaOnevisionModel, MediaInput};
 use unireward::model::Qwen2Model;
 use unireward::{DType, Device, Tensor};
@@ -214,4 +217,40 @@ fn bad_scoring_input_is_refused_by_name() {
     assert!(err.contains("max_position_embeddings"), "{err}");
     let err = model.score(&[ScoredSequence { ids: vec![1, 2], scored_from: 2 }], &[]).unwrap_err().to_string();
     assert!(err.contains("scored_from"), "{err}");
+    let lm = model.language_model();
+    let mut cache = lm.new_cache(1, 8).unwrap();
+    let err = lm.extend_logits_at(&mut cache, &[&[1, 2, 3]], &[vec![3]]).unwrap_err().to_string();
+    assert!(err.contains("new position 3"), "{err}");
+    let err = lm.extend_logits_at(&mut cache, &[&[1, 2, 3]], &[vec![]]).unwrap_err().to_string();
+    assert!(err.contains("at least one position"), "{err}");
+    assert_eq!(cache.lengths(), &[0], "a refused step leaves the cache as it was");
+}
+
+#[test]
+fn answer_classes_follow_the_templates_grammar() {
+    let tokenizer = Tokenizer::from_file(&fixtures().join("qwen2/tokenizer")).unwrap();
+    let pair = TaskTemplate::built_in(Task::ImageGeneration, Mode::Pairwise).unwrap();
+    let classes = AnswerClasses::for_grammar(&pair.answer, &tokenizer).unwrap();
+    assert_eq!(
+        classes.labels,
+        ["Image 1 is better than Image 2", "Image 2 is better than Image 1", "Both images are equally good"]
+    );
+    assert!(classes.values.is_none());
+    for (c, label) in classes.labels.iter().enumerate() {
+        let whole: Vec<u32> = classes.prefix.iter().chain(&classes.continuations[c]).copied().collect();
+        assert_eq!(whole, tokenizer.encode(label).unwrap());
+    }
+    // 0..=100: "1" begins "10", so every score answer ends the turn.
+    let point = TaskTemplate::built_in(Task::ImageUnderstanding, Mode::Pointwise).unwrap();
+    let classes = AnswerClasses::for_grammar(&point.answer, &tokenizer).unwrap();
+    assert_eq!(classes.num_classes(), 101);
+    assert_eq!(classes.values.as_ref().unwrap()[100], 100.0);
+    let end = tokenizer.token_to_id("<|im_end|>").unwrap();
+    assert!(classes.continuations.iter().all(|c| c.last() == Some(&end)));
+    let prefix = tokenizer.encode("Final Score:").unwrap();
+    assert!(classes.prefix.starts_with(&prefix), "{:?}", classes.prefix);
+    // 1..=5: single digits, no end needed.
+    let point = TaskTemplate::built_in(Task::ImageGeneration, Mode::Pointwise).unwrap();
+    let classes = AnswerClasses::for_grammar(&point.answer, &tokenizer).unwrap();
+    assert!(classes.continuations.iter().all(|c| c.last() != Some(&end)));
 }

@@ -479,3 +479,35 @@ fn result(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::templates::{ScoreGrammar, VerdictGrammar};
+
+    #[test]
+    fn reasoning_ends_before_the_last_answer() {
+        let labels = vec!["Image 1 is better than Image 2".to_string(), "Image 2 is better than Image 1".to_string()];
+        let verdict = AnswerGrammar::Verdict(VerdictGrammar {
+            prefix: String::new(),
+            first: vec![labels[0].clone()],
+            second: vec![labels[1].clone()],
+            tie: vec![],
+        });
+        let answer = "Image 1 is better than Image 2 at colour. Overall, image 2 is better than image 1.";
+        assert_eq!(reasoning_end(answer, &labels, &verdict), answer.find("image 2 is better").unwrap());
+        assert_eq!(reasoning_end("no verdict", &labels, &verdict), "no verdict".len());
+        let think = AnswerGrammar::Verdict(VerdictGrammar {
+            prefix: "<answer>".into(),
+            ..match verdict {
+                AnswerGrammar::Verdict(v) => v,
+                AnswerGrammar::Score(_) => unreachable!(),
+            }
+        });
+        let answer = "<think>Image 1 is better than Image 2</think><answer>Image 2 is better than Image 1</answer>";
+        assert_eq!(reasoning_end(answer, &labels, &think), answer.find("<answer>").unwrap());
+        let score = AnswerGrammar::Score(ScoreGrammar { prefix: "Final Score:".into(), min: 1, max: 5 });
+        let answer = "cat (object): 1\nFINAL SCORE: 4";
+        assert_eq!(reasoning_end(answer, &[], &score), answer.find("FINAL").unwrap());
+    }
+}

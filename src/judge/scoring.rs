@@ -11,7 +11,7 @@ use crate::model::qwen2::KvCache;
 use crate::model::Qwen2Model;
 use crate::ops::embedding::embedding;
 use crate::ops::logprobs::{sequence_logprobs, LogProbsConfig};
-use crate::runtime::{Device, Tensor};
+use crate::runtime::Tensor;
 use crate::{Error, Result};
 
 /// A model that can judge: the text-only decoder, or the multimodal one.
@@ -57,10 +57,6 @@ impl JudgeModel {
             JudgeModel::Text(m) => m,
             JudgeModel::Llava(m) => &m.language_model,
         }
-    }
-
-    pub fn device(&self) -> Device {
-        self.language_model().device()
     }
 
     /// The ids that stand for media rows (none for the text-only model).

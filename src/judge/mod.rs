@@ -1,16 +1,22 @@
-//! The judge's text side: Qwen2's tokenizer and chat template, text generation, UnifiedReward's task templates, the
-//! answer parser and the benchmark metrics.
+//! The judge: Qwen2's tokenizer and chat template, text generation, UnifiedReward's task templates, the answer
+//! parser, one-pass verdicts (teacher-forced class scoring with a shared prefix) and the benchmark metrics.
 
 pub mod answer;
+pub mod api;
 pub mod chat_template;
 pub mod generate;
 pub mod metrics;
+pub mod scoring;
 pub mod templates;
 pub mod tokenizer;
+pub mod verdict;
 
+pub use api::{Candidate, Context, Judge, JudgeBatch, JudgeRequest, JudgeResult, MediaFile, Reasoning};
 pub use chat_template::ChatTemplate;
 pub use generate::{generate, generate_with_prefix, FinishReason, GenerationConfig};
+pub use scoring::{JudgeModel, ScoredSequence, SequenceScores};
 pub use templates::{
     AnswerGrammar, MediaInput, MediaSpec, Mode, ScoreGrammar, Task, TaskTemplate, Variant, VerdictGrammar,
 };
 pub use tokenizer::{render_chat, ChatMessage, Tokenizer};
+pub use verdict::{one_pass, AnswerClasses, ClassProbabilities, PairVerdict};

@@ -31,6 +31,9 @@ pub enum Bench {
     /// The CPU matrix products alone at Qwen2-0.5B's shapes, f32, bf16 or f16 operands, at a chosen ISA level, in GFLOP/s;
     /// `scripts/bench_torch_matmul.py` is PyTorch's side.
     Products(crate::bench_products::ProductsArgs),
+    /// One-pass verdicts against generate-then-parse on one random judge: judgments per second, and the prefill
+    /// that prefix sharing saves for K candidates.
+    Judge(crate::bench_judge::JudgeArgs),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +75,7 @@ pub fn run(bench: &Bench) -> anyhow::Result<()> {
         Bench::Model(args) => crate::bench_model::run(args),
         Bench::Llava(args) => crate::bench_llava::run(args),
         Bench::Products(args) => crate::bench_products::run(args),
+        Bench::Judge(args) => crate::bench_judge::run(args),
     }
 }
 

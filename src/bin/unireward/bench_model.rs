@@ -41,7 +41,7 @@ pub struct ModelArgs {
 }
 
 /// Qwen2-0.5B's configuration with `layers` decoder layers.
-fn qwen2_0_5b(layers: usize) -> Qwen2Config {
+pub(crate) fn qwen2_0_5b(layers: usize) -> Qwen2Config {
     Qwen2Config {
         vocab_size: 151_936,
         hidden_size: 896,
@@ -60,7 +60,7 @@ fn qwen2_0_5b(layers: usize) -> Qwen2Config {
 
 /// Random weights: projections and embeddings roughly normal with std 0.02 (a fresh seed per tensor), biases at
 /// zero and norms at one, as transformers initialises a new model.
-fn random_model(config: Qwen2Config, dtype: DType, device: Device) -> unireward::Result<Qwen2Model> {
+pub(crate) fn random_model(config: Qwen2Config, dtype: DType, device: Device) -> unireward::Result<Qwen2Model> {
     let mut seed = 0;
     let weights = Qwen2Weights::from_fn(&config, |name, shape| {
         seed += 1;

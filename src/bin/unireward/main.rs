@@ -1,13 +1,16 @@
 //! `unireward`: the command line of the library.
 
 mod bench;
+mod bench_judge;
 mod bench_llava;
 mod bench_model;
 mod bench_passes;
 mod bench_products;
 mod demo;
+mod eval;
 mod generate;
 mod generate_media;
+mod judge;
 mod kernels;
 mod peak_alloc;
 mod preprocess;
@@ -39,6 +42,11 @@ enum Command {
     /// Generates text with a Qwen2 or LLaVA-OneVision checkpoint (images and videos with the latter; greedy or
     /// sampled; the prompt raw or in the chat template).
     Generate(generate::Args),
+    /// Judges a pair (which is better) or one candidate (its score) with a UnifiedReward checkpoint.
+    Judge(judge::Args),
+    /// A judge on a pairwise benchmark file (JSONL): GenAI-Bench tau/diff, VL-RewardBench accuracies, position
+    /// consistency, calibration.
+    Eval(eval::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
@@ -86,6 +94,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(bench) => bench::run(&bench),
         Command::Kernels(args) => kernels::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Judge(args) => judge::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();

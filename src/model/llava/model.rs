@@ -328,11 +328,17 @@ impl LlavaOnevisionModel {
         suffixes: &[Vec<u32>],
         cfg: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>> {
+        let embeds = self.prompt_embeds(ids, media)?;
+        let lm = &self.language_model;
+        generate_with_prefilled_prefix(lm, ids.len(), |cache| lm.extend_embeds(cache, &embeds), suffixes, cfg)
+    }
+
+    /// The input embeddings `[1,T,H]` of one prompt `ids` with the placeholders of `media` (the media encoded and
+    /// spliced in), for a prefill through [`Qwen2Model::extend_embeds`].
+    pub fn prompt_embeds(&self, ids: &[i64], media: &[MediaInput<'_>]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
         let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
-        let (embeds, _) = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?;
-        let lm = &self.language_model;
-        generate_with_prefilled_prefix(lm, ids.numel(), |cache| lm.extend_embeds(cache, &embeds), suffixes, cfg)
+        Ok(self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?.0)
     }
 
     /// The logits `[N,T,V]` of a pass, in the model's dtype.

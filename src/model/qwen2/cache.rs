@@ -112,6 +112,14 @@ impl Qwen2Model {
     /// appending their keys and values, and returns the f32 logits `[N,V]` after each sequence's last new token
     /// (rows of sequences that got none are unspecified).
     pub fn extend(&self, cache: &mut KvCache, tokens: &[&[u32]]) -> Result<Tensor> {
+        let last: Vec<Vec<usize>> = tokens.iter().map(|t| vec![t.len().max(1) - 1]).collect();
+        self.extend_logits_at(cache, tokens, &last)
+    }
+
+    /// [`Qwen2Model::extend`] returning the f32 logits `[R,V]` at the listed new positions: `at[n]` indexes the new
+    /// tokens of sequence n (each below its count), rows in order, sequence by sequence (teacher-forced scoring of
+    /// every token of a continuation in one step).
+    pub fn extend_logits_at(&self, cache: &mut KvCache, tokens: &[&[u32]], at: &[Vec<usize>]) -> Result<Tensor> {
         let n = cache.batch();
         if tokens.len() != n {
             return Err(Error::InvalidArgument(format!("{} token lists for a cache of {n} sequences", tokens.len())));
@@ -124,6 +132,9 @@ impl Qwen2Model {
                 "token {id} of sequence {row} is outside the vocabulary [0, {vocab})"
             )));
         }
+        if at.len() != n {
+            return Err(Error::InvalidArgument(format!("{} position lists for a cache of {n} sequences", at.len())));
+        }
         let counts: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
         let tq = counts.iter().copied().max().unwrap_or(0);
         let mut ids = vec![0i64; n * tq];
@@ -135,7 +146,7 @@ impl Qwen2Model {
         // Built before the checks of `extend_with`, which refuse an empty step before `fill` reads it.
         let ids = Tensor::from_slice(&ids, &[n, tq], self.device());
         let table = &self.weights.embed_tokens;
-        self.extend_with(cache, &counts, |x| embedding_into(table, &ids?, x))
+        self.extend_with(cache, &counts, at, |x| embedding_into(table, &ids?, x))
     }
 
     /// [`Qwen2Model::extend`] from input embeddings `[N,Tq,H]` in the model's dtype: every sequence gets `Tq` new
@@ -152,20 +163,36 @@ impl Qwen2Model {
         }
         crate::ops::check::dtype("inputs_embeds", embeds, self.dtype())?;
         let embeds = embeds.to_device(self.device())?;
-        self.extend_with(cache, &vec![tq; n], |x| x.copy_from(&embeds))
+        let last: Vec<Vec<usize>> = vec![vec![tq.max(1) - 1]; n];
+        self.extend_with(cache, &vec![tq; n], &last, |x| x.copy_from(&embeds))
     }
 
-    /// The cached forward over `counts[n]` new positions per sequence, whose input `[N,Tq,H]` `fill` writes.
+    /// The cached forward over `counts[n]` new positions per sequence, whose input `[N,Tq,H]` `fill` writes; the
+    /// logits at new positions `at[n]` of each sequence.
     fn extend_with(
         &self,
         cache: &mut KvCache,
         counts: &[usize],
+        at: &[Vec<usize>],
         fill: impl FnOnce(&mut Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let n = cache.batch();
         let tq = counts.iter().copied().max().unwrap_or(0);
         if tq == 0 {
             return Err(Error::InvalidArgument("extend needs at least one new token".into()));
+        }
+        if at.iter().all(Vec::is_empty) {
+            return Err(Error::InvalidArgument("extend needs at least one position to return logits at".into()));
+        }
+        if let Some((row, &i)) = at
+            .iter()
+            .enumerate()
+            .find_map(|(row, list)| list.iter().find(|&&i| i >= counts[row].max(1)).map(|i| (row, i)))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "logits asked at new position {i} of sequence {row}, which gets {} new tokens",
+                counts[row]
+            )));
         }
         let starts = cache.lengths.clone();
         if let Some(row) = (0..n).find(|&r| starts[r] + tq > cache.capacity) {
@@ -218,11 +245,12 @@ impl Qwen2Model {
             })?;
             std::mem::swap(&mut x, &mut y);
         }
-        // Only each sequence's last new token reaches the LM head: gather those rows ([N·Tq, H] read as a table).
+        // Only the asked positions reach the LM head: gather those rows ([N·Tq, H] read as a table).
         let h = self.config.hidden_size;
-        let last: Vec<i64> = counts.iter().enumerate().map(|(row, &c)| (row * tq + c.max(1) - 1) as i64).collect();
+        let picked: Vec<i64> =
+            at.iter().enumerate().flat_map(|(row, list)| list.iter().map(move |&i| (row * tq + i) as i64)).collect();
         x.reshape_in_place(&[n * tq, h])?;
-        let rows = embedding(&x, &Tensor::from_slice(&last, &[n], device)?)?;
+        let rows = embedding(&x, &Tensor::from_slice(&picked, &[picked.len()], device)?)?;
         let hidden = rmsnorm(&rows, &self.weights.norm, &self.norm_config())?.y;
         let logits = linear(&hidden, self.weights.head(), None)?.to_dtype(DType::F32)?;
         drop((x, y, acts, views));

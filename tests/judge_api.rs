@@ -1,0 +1,162 @@
+//! The Judge API on a tiny LLaVA-OneVision checkpoint (tests/judge_checkpoint): the mechanics and equalities of
+//! pairwise, pointwise, batched and reasoned judgments, and bad requests refused by name. (The one-pass numbers
+//! themselves are checked against transformers in tests/judge_one_pass.rs.)
+
+mod judge_checkpoint;
+
+use judge_checkpoint::{fixtures, image, judge_dir};
+use unireward::judge::answer::Verdict;
+use unireward::judge::{Candidate, Context, GenerationConfig, Judge, JudgeRequest, MediaFile, Mode, Task};
+use unireward::{DType, Device};
+
+fn judge(name: &str) -> (judge_checkpoint::JudgeDir, Judge) {
+    let dir = judge_dir(name);
+    let judge = Judge::load(&dir.0, DType::F32, Device::Cpu).unwrap();
+    (dir, judge)
+}
+
+fn img(name: &str) -> Candidate {
+    Candidate::Media(MediaFile::Image(image(name)))
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-5
+}
+
+#[test]
+fn pairwise_generation_is_mirrored_by_swapping_the_candidates() {
+    let (_dir, judge) = judge("mirror");
+    let context = Context::with_field("caption", "a red square");
+    let ab = judge.pairwise(Task::ImageGeneration, &context, img("two_images_0.png"), img("two_images_1.png")).unwrap();
+    let ba = judge.pairwise(Task::ImageGeneration, &context, img("two_images_1.png"), img("two_images_0.png")).unwrap();
+    assert_eq!(ab.labels.len(), 3, "{:?}", ab.labels);
+    assert!(close(ab.probs.iter().sum(), 1.0), "{:?}", ab.probs);
+    let (pab, pba) = (ab.pair.as_ref().unwrap(), ba.pair.as_ref().unwrap());
+    // Swapping the candidates swaps the orders: A's forward is B's swapped.
+    for i in 0..3 {
+        let j = [1, 0, 2][i];
+        assert!(close(pab.forward[i], pba.swapped[j]), "{pab:?} vs {pba:?}");
+        assert!(close(ab.probs[i], ba.probs[j]), "{:?} vs {:?}", ab.probs, ba.probs);
+    }
+    assert_eq!(pab.position_consistent, pba.position_consistent);
+    let mirrored = match ab.verdict.unwrap() {
+        Verdict::First => Verdict::Second,
+        Verdict::Second => Verdict::First,
+        Verdict::Tie => Verdict::Tie,
+    };
+    assert_eq!(ba.verdict.unwrap(), mirrored);
+    assert!(ab.prompt_tokens > 0 && ab.score.is_none());
+}
+
+#[test]
+fn pointwise_understanding_batch_shares_the_prefix_and_equals_each_alone() {
+    let (_dir, judge) = judge("batch");
+    let mut context = Context::with_field("question", "What color is the square?");
+    context.media = vec![MediaFile::Image(image("anyres_0.png"))];
+    let responses = ["It is red.", "Blue, I think.", "There is no square."];
+    let requests: Vec<JudgeRequest> = responses
+        .iter()
+        .map(|r| JudgeRequest {
+            task: Task::ImageUnderstanding,
+            mode: Mode::Pointwise,
+            context: context.clone(),
+            candidates: vec![Candidate::Text(r.to_string())],
+        })
+        .collect();
+    let batch = judge.judge_many(&requests).unwrap();
+    assert_eq!(batch.results.len(), 3);
+    let values = 101; // the scale 0..=100
+                      // K prompts × the scale's values share one prefill: every sequence but one saves the shared prefix.
+    assert!(batch.prefill_tokens_saved > (3 * values - 1) * 100, "{}", batch.prefill_tokens_saved);
+    for (request, together) in requests.iter().zip(&batch.results) {
+        let alone = judge.pointwise(request.task, &request.context, request.candidates[0].clone()).unwrap();
+        assert_eq!(together.probs.len(), values);
+        for (a, b) in together.probs.iter().zip(&alone.probs) {
+            assert!((a - b).abs() <= 1e-5 * b.max(1e-3), "{a} vs {b}");
+        }
+        let score = together.score.unwrap();
+        assert!((0.0..=100.0).contains(&score) && close(score, alone.score.unwrap()));
+        let argmax = together.argmax_score.unwrap();
+        let best = together.probs.iter().cloned().fold(f32::MIN, f32::max);
+        assert_eq!(together.probs[argmax as usize], best);
+        assert_eq!(together.prompt_tokens, alone.prompt_tokens);
+    }
+}
+
+#[test]
+fn video_pointwise_and_understanding_pairwise_judge() {
+    let (_dir, judge) = judge("video");
+    let video = Candidate::Media(MediaFile::Video(fixtures().join("llava/video")));
+    let result = judge.pointwise(Task::VideoGeneration, &Context::with_field("caption", "a square"), video).unwrap();
+    assert_eq!(result.probs.len(), 10);
+    assert!((1.0..=10.0).contains(&result.score.unwrap()));
+    let mut context = Context::with_field("question", "What moves?");
+    context.media = vec![MediaFile::Image(image("downsampled_0.png"))];
+    let pair = judge
+        .pairwise(Task::ImageUnderstanding, &context, Candidate::Text("A".into()), Candidate::Text("B".into()))
+        .unwrap();
+    // No tie phrase for understanding: the tie probability is 0.
+    assert_eq!(pair.labels.len(), 2);
+    assert_eq!(pair.probs[2], 0.0);
+    assert!(close(pair.probs[0] + pair.probs[1], 1.0));
+}
+
+#[test]
+fn reasoned_judgment_reports_its_text_and_parse() {
+    let (_dir, judge) = judge("reasoned");
+    let request = JudgeRequest {
+        task: Task::ImageGeneration,
+        mode: Mode::Pointwise,
+        context: Context::with_field("caption", "a red square"),
+        candidates: vec![img("anyres_0.png")],
+    };
+    let cfg = GenerationConfig { max_new_tokens: 6, ..Default::default() };
+    let result = judge.reasoned(&request, &cfg).unwrap();
+    let reasoning = result.reasoning.as_ref().unwrap();
+    assert!(reasoning.generated_tokens >= 1 && reasoning.generated_tokens <= 6);
+    // What the parser makes of the text, never a silent 0.
+    assert_eq!(
+        reasoning.parsed,
+        unireward::judge::answer::parse_answer(
+            &reasoning.text,
+            &unireward::judge::TaskTemplate::built_in(Task::ImageGeneration, Mode::Pointwise).unwrap().answer
+        )
+    );
+    assert_eq!(result.probs.len(), 5);
+    assert!(close(result.probs.iter().sum(), 1.0));
+}
+
+#[test]
+fn bad_requests_are_refused_by_name() {
+    let (_dir, judge) = judge("bad");
+    let err = |r: unireward::Result<unireward::judge::JudgeResult>| r.unwrap_err().to_string();
+    let e = err(judge.pairwise(
+        Task::ImageGeneration,
+        &Context::default(),
+        img("two_images_0.png"),
+        img("two_images_1.png"),
+    ));
+    assert!(e.contains("caption"), "{e}");
+    let missing = Candidate::Media(MediaFile::Image(image("no_such.png")));
+    let e = err(judge.pointwise(Task::ImageGeneration, &Context::with_field("caption", "x"), missing));
+    assert!(e.contains("no_such.png") && e.contains("does not exist"), "{e}");
+    let mut two = Context::with_field("question", "q");
+    two.media = vec![MediaFile::Image(image("two_images_0.png")), MediaFile::Image(image("two_images_1.png"))];
+    let e = err(judge.pointwise(Task::ImageUnderstanding, &two, Candidate::Text("r".into())));
+    assert!(e.contains("1 image(s), 2 given"), "{e}");
+    let e =
+        err(judge.pointwise(Task::ImageGeneration, &Context::with_field("caption", "x"), Candidate::Text("r".into())));
+    assert!(e.contains("candidates[0]"), "{e}");
+    let e = err(judge.pointwise(Task::VideoGeneration, &Context::with_field("caption", "x"), img("anyres_0.png")));
+    assert!(e.contains("takes videos"), "{e}");
+    let e = "image-gen".parse::<Task>().unwrap_err().to_string();
+    assert!(e.contains("unknown task `image-gen`"), "{e}");
+    let request = JudgeRequest {
+        task: Task::ImageGeneration,
+        mode: Mode::Pairwise,
+        context: Context::with_field("caption", "x"),
+        candidates: vec![img("anyres_0.png")],
+    };
+    let e = judge.judge_many(&[request]).unwrap_err().to_string();
+    assert!(e.contains("`candidates`") && e.contains("takes 2, 1 given"), "{e}");
+}

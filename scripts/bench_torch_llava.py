@@ -28,12 +28,10 @@ checkpoints, reads the last encoder layer's output (one LayerNorm less work for 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
-from bench_torch_qwen2 import reset_peak_rss, status_kib
+from bench_torch_qwen2 import time_pass
 
 INPUTS_FILE = "bench_inputs.safetensors"
 
@@ -93,15 +91,6 @@ def measure(args):
     labels = ids.masked_fill(ids == model.config.image_token_index, -100)
     pixel_values = inputs["pixel_values"].to(device, dtype)[None]
     image_sizes = inputs["image_size"].to(device)[None]
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        exact = reset_peak_rss()
-        base = status_kib("VmRSS")
-
     def once():
         if args.mode == "fwd":
             with torch.no_grad():
@@ -111,24 +100,8 @@ def measure(args):
         loss.backward()
         return loss
 
-    times = []
-    for i in range(args.iters + 1):
-        start = time.perf_counter()
-        loss = once()
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:  # the first run is the warm-up
-            times.append(time.perf_counter() - start)
-    print(json.dumps({
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "loss": loss.item(),
-        "extra_bytes": max(0, (torch.cuda.max_memory_allocated() if cuda else status_kib("VmHWM")) - base),
-        "peak_reset": cuda or exact,
-        "tokens": ids.shape[1],
-        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-    }))
+    r = time_pass(once, args.iters, device)
+    print(json.dumps({**r, "result": None, "loss": r["result"].item(), "tokens": ids.shape[1]}))
 
 
 def main():

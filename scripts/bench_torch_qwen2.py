@@ -50,6 +50,39 @@ def reset_peak_rss():
         return False
 
 
+def time_pass(once, iters, device):
+    """Runs once() iters + 1 times (the first is the warm-up) and measures, from the memory in use now: the median
+    and minimum time, the peak extra memory (resident set growth on the CPU, torch.cuda.max_memory_allocated() on
+    CUDA) and the last run's result, as a dict for the pass's JSON line."""
+    import torch
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        exact = reset_peak_rss()
+        base = status_kib("VmRSS")
+    times = []
+    for i in range(iters + 1):
+        start = time.perf_counter()
+        result = once()
+        if cuda:
+            torch.cuda.synchronize()
+        if i > 0:  # the first run is the warm-up
+            times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "extra_bytes": max(0, (torch.cuda.max_memory_allocated() if cuda else status_kib("VmHWM")) - base),
+        "peak_reset": cuda or exact,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "result": result,
+    }
+
+
 def measure(args):
     """One (attention, pass) measurement in this process; prints a JSON line."""
     import torch
@@ -69,15 +102,6 @@ def measure(args):
     model.train(args.mode == "fwdbwd")
     params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, config.vocab_size, (args.n, args.t), device=device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        exact = reset_peak_rss()
-        base = status_kib("VmRSS")
-
     def once():
         if args.mode == "fwd":
             with torch.no_grad():
@@ -87,24 +111,8 @@ def measure(args):
         loss.backward()
         return loss
 
-    times = []
-    for i in range(args.iters + 1):
-        start = time.perf_counter()
-        loss = once()
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:  # the first run is the warm-up
-            times.append(time.perf_counter() - start)
-    print(json.dumps({
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "loss": loss.item(),
-        "extra_bytes": max(0, (torch.cuda.max_memory_allocated() if cuda else status_kib("VmHWM")) - base),
-        "peak_reset": cuda or exact,
-        "params": params,
-        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-    }))
+    r = time_pass(once, args.iters, device)
+    print(json.dumps({**r, "result": None, "loss": r["result"].item(), "params": params}))
 
 
 def model_flops(params, layers, n, t, mode):

@@ -21,12 +21,10 @@ torch.cuda.max_memory_allocated() over the allocation then. Times are the median
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 
-from bench_torch_qwen2 import reset_peak_rss, status_kib
+from bench_torch_qwen2 import time_pass
 
 
 def measure(args):
@@ -46,15 +44,6 @@ def measure(args):
     model.train(False)
     pixels = torch.randn(args.tiles, 3, 384, 384, device=device)
     grad = torch.randn(args.tiles, 729, 1152, device=device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        exact = reset_peak_rss()
-        base = status_kib("VmRSS")
-
     def once():
         if args.mode == "fwd":
             with torch.no_grad():
@@ -65,23 +54,8 @@ def measure(args):
         (out * grad).sum().backward()
         return out
 
-    times = []
-    for i in range(args.iters + 1):
-        start = time.perf_counter()
-        once()
-        if cuda:
-            torch.cuda.synchronize()
-        if i > 0:  # the first run is the warm-up
-            times.append(time.perf_counter() - start)
-    print(json.dumps({
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "extra_bytes": max(0, (torch.cuda.max_memory_allocated() if cuda else status_kib("VmHWM")) - base),
-        "peak_reset": cuda or exact,
-        "params": sum(p.numel() for p in model.parameters()),
-        "device": torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-    }))
+    r = time_pass(once, args.iters, device)
+    print(json.dumps({**r, "result": None, "params": sum(p.numel() for p in model.parameters())}))
 
 
 def main():

@@ -24,6 +24,7 @@ mod host_out;
 mod logprobs;
 mod media;
 mod model;
+mod optim;
 mod preference;
 mod status;
 
@@ -36,6 +37,7 @@ pub use heads::*;
 pub use logprobs::*;
 pub use media::*;
 pub use model::*;
+pub use optim::*;
 pub use preference::*;
 pub use status::{ur_last_error_message, ur_status, ur_status_name};
 

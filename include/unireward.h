@@ -114,6 +114,15 @@
 // The frames sampled from a video file when `num_frames` is 0 (UnifiedReward's count).
 #define UR_DEFAULT_VIDEO_FRAMES 8
 
+// A constant learning rate after warm-up.
+#define UR_SCHEDULE_CONSTANT 0
+
+// Linear decay to 0 at `total_steps` after warm-up.
+#define UR_SCHEDULE_LINEAR 1
+
+// Half a cosine to 0 at `total_steps` after warm-up (transformers' `get_cosine_schedule_with_warmup`).
+#define UR_SCHEDULE_COSINE 2
+
 // `ur_dpo_config.loss_type` codes, TRL's `loss_type` names (the order of `DpoLossType::ALL`).
 #define UR_DPO_SIGMOID 0
 
@@ -191,6 +200,10 @@ typedef enum ur_status {
   // library does not implement; the message names the file and what was wrong.
   UR_ERROR_CHECKPOINT = 11,
 } ur_status;
+
+// AdamW over a fixed list of parameters (each its own state: two fp32 moments, and an fp32 master for a bf16/f16
+// parameter). Opaque; create it with `ur_adamw_create`, free it with `ur_adamw_free`; one thread at a time.
+typedef struct ur_adamw ur_adamw;
 
 // Library state shared by the calls that take it: defaults and (later) workspaces. Opaque; create it with
 // `ur_context_create`, free it with `ur_context_free`. The ops only read it, so one context may be used from
@@ -352,6 +365,50 @@ typedef struct ur_model_info {
   int64_t image_token_id;
   int64_t video_token_id;
 } ur_model_info;
+
+// Configuration of `ur_adamw_create`. Initialise with `ur_adamw_config_default()`.
+typedef struct ur_adamw_config {
+  // `sizeof(ur_adamw_config)`.
+  uint32_t struct_size;
+  // `UR_SCHEDULE_CONSTANT` (default), `UR_SCHEDULE_LINEAR` or `UR_SCHEDULE_COSINE`.
+  int32_t schedule;
+  // Learning rate, finite and >= 0 (default 1e-3).
+  double lr;
+  // In [0, 1) (defaults 0.9 and 0.999).
+  double beta1;
+  double beta2;
+  // >= 0 (default 1e-8).
+  double eps;
+  // Decoupled weight decay, >= 0 (default 1e-2).
+  double weight_decay;
+  // Clip the gradients' global L2 norm to this; 0 (default) turns clipping off.
+  double max_grad_norm;
+  // Linear warm-up steps from 0 (default 0).
+  uint64_t warmup_steps;
+  // Optimizer steps of the run, > 0 for the linear and cosine schedules (default 0).
+  uint64_t total_steps;
+  // 1: with clipping, a NaN/inf norm is an error and nothing is written (`clip_grad_norm_`'s
+  // `error_if_nonfinite`); 0 (default): NaN reaches the parameters, as in PyTorch.
+  int32_t error_if_nonfinite;
+  // Must be 0.
+  int32_t reserved;
+} ur_adamw_config;
+
+// What `ur_adamw_step` reports. Set `struct_size = sizeof(ur_adamw_step_report)` before the call.
+typedef struct ur_adamw_step_report {
+  // `sizeof(ur_adamw_step_report)`, set by the caller.
+  uint32_t struct_size;
+  // Written 0 (keeps the struct free of padding).
+  uint32_t reserved;
+  // Steps done, this one included.
+  uint64_t step;
+  // This step's learning rate (the config's `lr` times the schedule's factor).
+  double lr;
+  // The gradients' global L2 norm before clipping; NaN when clipping is off.
+  double grad_norm;
+  // The factor the gradients were scaled by (1 without clipping).
+  double clip_coef;
+} ur_adamw_step_report;
 
 // Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
 // from `f_divergence_type` on were added after ABI version 2; the tensors among them are optional extra inputs and
@@ -988,6 +1045,49 @@ enum ur_status ur_model_gradient(struct ur_context *ctx,
 
 // An image with no pixels or path yet, anyres layout, 8 video frames.
 struct ur_media ur_media_default(void);
+
+// The defaults of `ur_adamw_config` (torch.optim.AdamW's, no clipping, a constant learning rate).
+struct ur_adamw_config ur_adamw_config_default(void);
+
+// Creates an optimizer for the `count` parameters of `params` (a DLTensor array: float32/bfloat16/float16,
+// row-major, all on one device), named by `names` (`count` NUL-terminated UTF-8 strings, or NULL for `name_0`,
+// `name_1`, ...), with `config` (NULL = defaults), into `*out`. The moments start at zero; the masters of bf16/f16
+// parameters are copied from them. Synchronises: the parameters must be ready (on CUDA, wait for the stream that
+// wrote them first). On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `params` points to `count` DLTensors describing memory valid for its extent;
+// `names` is NULL or points to `count` NUL-terminated strings; `config` is NULL or a readable `ur_adamw_config`;
+// `out` is NULL or writable.
+enum ur_status ur_adamw_create(struct ur_context *ctx,
+                               const DLTensor *params,
+                               const char *const *names,
+                               size_t count,
+                               const struct ur_adamw_config *config,
+                               struct ur_adamw **out);
+
+// One step: `grads[i]` (a DLTensor array, any float dtype, each the shape of its parameter) updates `params[i]` in
+// place, both arrays of the `count` parameters the optimizer was created with, in that order, on its device
+// (every check done before anything is written). `report` is NULL or receives the step's learning rate, norm and
+// clipping factor. With clipping on CUDA, the call waits for its norm; otherwise it does not synchronise.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `opt` from `ur_adamw_create` (used by this thread only); `params` and
+// `grads` point to `count` DLTensors describing memory valid for its extent (parameters writable, no overlaps);
+// `report` is NULL or a writable `ur_adamw_step_report`; `stream` is NULL or a valid stream of the device.
+enum ur_status ur_adamw_step(struct ur_context *ctx,
+                             struct ur_adamw *opt,
+                             const DLTensor *params,
+                             const DLTensor *grads,
+                             size_t count,
+                             struct ur_adamw_step_report *report,
+                             void *stream);
+
+// Frees an optimizer and its state. NULL is accepted and does nothing.
+//
+// # Safety
+// `opt` is NULL or a pointer returned by `ur_adamw_create`, not yet freed, and no call is using it.
+void ur_adamw_free(struct ur_adamw *opt);
 
 // TRL's defaults: sigmoid, beta 0.1, no smoothing, reverse KL, no RPO, no LD-DPO, SimPO gamma 0.5, DiscoPOP
 // tau 0.05, a fresh BCO running mean, grad_output 1, no extra tensors.

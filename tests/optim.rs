@@ -44,7 +44,8 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, floor: f64) {
     let mut worst = (0.0f64, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs() / w.abs().max(floor);
-        if !(err <= worst.0) {
+        // A NaN error counts as the worst.
+        if err.is_nan() || err > worst.0 {
             worst = (err, i);
         }
     }
@@ -507,7 +508,9 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     let wrong_shape = tensor(&[1.0; 6], &[3, 2], DType::F32, Device::Cpu);
     let wrong_dtype = tensor(&[0.5, -1.0, 2.0, 0.25, 1.5, -0.75], &[2, 3], DType::BF16, Device::Cpu);
     let int_grad = Tensor::from_slice(&[1i32; 6], &[2, 3], Device::Cpu).unwrap();
-    let cases: Vec<(Vec<(String, &Tensor)>, bool, &str)> = vec![
+    /// The gradients given, whether `b` is left out of the parameters, and what the error says.
+    type BadStep<'a> = (Vec<(String, &'a Tensor)>, bool, &'a str);
+    let cases: Vec<BadStep> = vec![
         (vec![("w".into(), &gw)], false, "`b` has no gradient"),
         (vec![("w".into(), &wrong_shape), ("b".into(), &gb)], false, "gradient `w` has shape [3, 2]"),
         (vec![("w".into(), &int_grad), ("b".into(), &gb)], false, "f32, bf16 or f16 for `w`"),
@@ -537,6 +540,75 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     expect_err(opt.load_state(5, &bad_state, &v, &master), "state `exp_avg` is [3] f32");
     opt.load_state(5, &m, &v, &master).unwrap();
     assert_eq!(opt.steps_done(), 5);
+}
+
+/// One step of `config` (no clipping, constant schedule) on `(param, grad)` in f64: what a first AdamW step does.
+fn first_step(p: &[f64], g: &[f64], config: &AdamWConfig, lr: f64, wd: f64) -> Vec<f64> {
+    let (b1, b2) = config.betas;
+    p.iter()
+        .zip(g)
+        .map(|(&p, &g)| {
+            let (m, v) = ((1.0 - b1) * g, (1.0 - b2) * g * g);
+            p * (1.0 - lr * wd) - lr / (1.0 - b1) * m / (v.sqrt() / (1.0 - b2).sqrt() + config.eps)
+        })
+        .collect()
+}
+
+#[test]
+fn steps_a_qwen2_and_a_llava_model_in_place_through_their_named_parameters() {
+    use unireward::model::llava::{LlavaBatch, LlavaOnevisionModel};
+    use unireward::model::{ForwardOptions, Qwen2Model};
+    use unireward::ops::fused_linear::FusedLinearConfig;
+    let dir = |d: &str| std::path::PathBuf::from(format!("{}/tests/fixtures/{d}", env!("CARGO_MANIFEST_DIR")));
+    let config = AdamWConfig { lr: 1e-2, ..AdamWConfig::default() };
+    let ids = Tensor::from_slice(&[5i64, 9, 2, 7, 11, 4, 8, 0], &[2, 4], Device::Cpu).unwrap();
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 0], &[2, 4], Device::Cpu).unwrap();
+
+    // Qwen2: the norms frozen, everything else one step from the model's own gradients.
+    let mut model = Qwen2Model::load(&dir("qwen2/gqa_untied"), DType::F32, Device::Cpu).unwrap();
+    let pass = model.forward(&ids, &mask, ForwardOptions::default()).unwrap();
+    let loss = model.causal_lm_loss(&pass, &ids, &FusedLinearConfig::default()).unwrap();
+    let grads = model.backward(pass, loss.grads).unwrap();
+    let before: Vec<(String, Vec<f64>)> = model.weights.named().into_iter().map(|(n, t)| (n, values(t))).collect();
+    let groups = vec![ParamGroup::new("norms", &["norm"]).frozen()];
+    let mut opt = AdamW::new(&model.weights.named(), groups, config.clone()).unwrap();
+    opt.step(&mut model.weights.named_mut(), &grads.weights.named()).unwrap();
+    let named_grads = grads.weights.named();
+    for ((name, p0), ((after_name, p1), (grad_name, g))) in
+        before.iter().zip(model.weights.named().into_iter().zip(&named_grads))
+    {
+        assert_eq!((name, name), (&after_name, grad_name), "named, named_mut and the gradients' names agree");
+        let p1 = values(p1);
+        if name.contains("norm") {
+            assert_eq!(&p1, p0, "{name}: frozen");
+        } else {
+            assert_params_close(name, &p1, &first_step(p0, &values(g), &config, config.lr, config.weight_decay));
+        }
+    }
+
+    // LLaVA-OneVision (text-only batch): parameters and gradients listed under the same names, in the same order.
+    let mut llava = LlavaOnevisionModel::load(&dir("llava/hf"), DType::F32, Device::Cpu).unwrap();
+    let batch = LlavaBatch { ids: &ids, mask: &mask, media: &[] };
+    let pass = llava.forward(&batch, ForwardOptions::default()).unwrap();
+    let mut grads = llava.zero_gradients().unwrap();
+    let loss = llava.causal_lm_loss_into(&pass, &FusedLinearConfig::default(), &mut grads).unwrap();
+    llava.backward_into(pass, loss.grads, &mut grads).unwrap();
+    let names: Vec<String> = llava.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let grad_names: Vec<String> = llava.named_gradients(&grads).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, grad_names);
+    let before: Vec<Vec<f64>> = llava.named_parameters().into_iter().map(|(_, t)| values(t)).collect();
+    let groups = vec![ParamGroup::new("vision", &["vision_tower."]).frozen()];
+    let mut opt = AdamW::new(&llava.named_parameters(), groups, config.clone()).unwrap();
+    let named_grads = llava.named_gradients(&grads);
+    opt.step(&mut llava.named_parameters_mut(), &named_grads).unwrap();
+    for (((name, p1), p0), (_, g)) in llava.named_parameters().into_iter().zip(&before).zip(&named_grads) {
+        let p1 = values(p1);
+        if name.contains("vision_tower.") {
+            assert_eq!(&p1, p0, "{name}: frozen");
+        } else {
+            assert_params_close(&name, &p1, &first_step(p0, &values(g), &config, config.lr, config.weight_decay));
+        }
+    }
 }
 
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]

@@ -27,6 +27,7 @@ mod media;
 mod model;
 mod model_media;
 mod network;
+mod optim;
 mod preference;
 mod status;
 
@@ -41,6 +42,7 @@ pub use logprobs::*;
 pub use media::*;
 pub use model::*;
 pub use model_media::*;
+pub use optim::*;
 pub use preference::*;
 pub use status::{ur_last_error_message, ur_status, ur_status_name};
 

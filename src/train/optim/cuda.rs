@@ -4,8 +4,10 @@
 
 use super::layout::{chunks, Bound, GradSource, Slot};
 use super::{State, StepScalars, KERNELS};
-use crate::ops::launch::{backend_of, ptr, THREADS};
-use crate::runtime::cuda::{launch_config, PushKernelArg};
+use std::sync::Arc;
+
+use crate::ops::launch::{ptr, THREADS};
+use crate::runtime::cuda::{self, launch_config, CudaBackend, PushKernelArg};
 use crate::runtime::{DType, Device, Tensor};
 use crate::Result;
 
@@ -30,6 +32,15 @@ fn dtype_code(dtype: DType) -> i32 {
         DType::BF16 => 1,
         DType::F16 => 2,
         _ => 0,
+    }
+}
+
+/// The backend of the tensors' device on the calling thread's stream: the optimizer's state outlives the stream
+/// it was made on (a caller's, under [`cuda::on_stream`]), so launches take the current one, not the state's.
+fn current_backend(device: Device) -> Result<Arc<CudaBackend>> {
+    match device {
+        Device::Cuda(ordinal) => cuda::backend(ordinal),
+        Device::Cpu => Err(crate::Error::Device("the optimizer's CUDA path got CPU tensors".into())),
     }
 }
 
@@ -60,7 +71,7 @@ fn slot(s: &Slot, param: u64, grad: u64, grad_dtype: DType, (lr, weight_decay): 
 }
 
 pub(super) fn step(bound: Vec<Bound<'_>>, hyper: &[(f32, f32)], state: &mut State, s: &StepScalars) -> Result<()> {
-    let backend = backend_of(&state.exp_avg)?;
+    let backend = current_backend(state.exp_avg.device())?;
     let accum = state.accum.as_ref().map(ptr).transpose()?;
     let mut slots = Vec::with_capacity(bound.len());
     for (b, &h) in bound.iter().zip(hyper) {
@@ -94,7 +105,7 @@ pub(super) fn step(bound: Vec<Bound<'_>>, hyper: &[(f32, f32)], state: &mut Stat
 /// Σ g² over the gradients (each `(slot, gradient)`), as fp32 per-chunk partial sums added in f64 on the host.
 pub(super) fn sum_of_squares(grads: &[(&Slot, &Tensor)]) -> Result<f64> {
     let Some((_, first)) = grads.first() else { return Ok(0.0) };
-    let backend = backend_of(first)?;
+    let backend = current_backend(first.device())?;
     let slots =
         grads.iter().map(|(s, g)| Ok(slot(s, 0, ptr(g)?, g.dtype(), (0.0, 0.0)))).collect::<Result<Vec<_>>>()?;
     let (slots_d, chunks_d, blocks) = upload(&slots, &chunks(grads.iter().map(|(s, _)| *s)), first.device())?;
@@ -120,7 +131,7 @@ pub(super) fn accumulate(
     weight: f32,
     into_masters: bool,
 ) -> Result<()> {
-    let backend = backend_of(acc)?;
+    let backend = current_backend(acc.device())?;
     let mut slots = Vec::with_capacity(sources.len());
     for (s, t) in sources {
         let mut d = slot(s, 0, ptr(t)?, t.dtype(), (0.0, 0.0));

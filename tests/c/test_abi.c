@@ -1279,6 +1279,69 @@ static void test_llava(const char* root) {
   ur_model_free(model);
 }
 
+/* AdamW over two f32 parameters: two steps (the second with a halved gradient) against a double-precision loop of
+   torch.optim.AdamW's formulas; the clipping report of an optimizer made with max_grad_norm; a count mismatch and a
+   NULL optimizer refused with nothing written. */
+static void test_adamw(void) {
+  enum { A = 6, B = 3, N = A + B };
+  float w[N], g[N];
+  double ref[N], m[N] = {0}, v[N] = {0};
+  fill(w, N, 31);
+  fill(g, N, 37);
+  for (int i = 0; i < N; i++) ref[i] = w[i];
+  Tensor params[2], grads[2];
+  tensor(&params[0], w, F32, 2, D(2), D(3));
+  tensor(&params[1], w + A, F32, 1, D(B));
+  tensor(&grads[0], g, F32, 2, D(2), D(3));
+  tensor(&grads[1], g + A, F32, 1, D(B));
+  DLTensor p_dl[2] = {params[0].dl, params[1].dl}, g_dl[2] = {grads[0].dl, grads[1].dl};
+  const char* names[2] = {"weight", "bias"};
+  ur_adamw_config cfg = ur_adamw_config_default();
+  CHECK(cfg.struct_size == sizeof cfg && cfg.lr == 1e-3 && cfg.beta2 == 0.999, "defaults");
+  cfg.lr = 0.1;
+  cfg.weight_decay = 0.01;
+  ur_adamw* opt = NULL;
+  OK(ur_adamw_create(ctx, p_dl, names, 2, &cfg, &opt));
+  ur_adamw_step_report report;
+  for (int step = 1; step <= 2; step++) {
+    if (step == 2)
+      for (int i = 0; i < N; i++) g[i] *= 0.5f;
+    for (int i = 0; i < N; i++) {
+      ref[i] *= 1 - cfg.lr * cfg.weight_decay;
+      m[i] = cfg.beta1 * m[i] + (1 - cfg.beta1) * g[i];
+      v[i] = cfg.beta2 * v[i] + (1 - cfg.beta2) * (double)g[i] * g[i];
+      double mhat = m[i] / (1 - pow(cfg.beta1, step)), vhat = v[i] / (1 - pow(cfg.beta2, step));
+      ref[i] -= cfg.lr * mhat / (sqrt(vhat) + cfg.eps);
+    }
+    report.struct_size = sizeof report;
+    OK(ur_adamw_step(ctx, opt, p_dl, g_dl, 2, &report, NULL));
+    CHECK(report.step == (uint64_t)step && report.lr == 0.1 && report.clip_coef == 1.0 && isnan(report.grad_norm),
+          "report: step %llu, lr %g, clip_coef %g, grad_norm %g", (unsigned long long)report.step, report.lr,
+          report.clip_coef, report.grad_norm);
+    for (int i = 0; i < N; i++)
+      CHECK(close_to(w[i], (float)ref[i], 1e-6f), "step %d: w[%d] %g, expected %g", step, i, w[i], ref[i]);
+  }
+  float before[N];
+  memcpy(before, w, sizeof w);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`count` is 1", ur_adamw_step(ctx, opt, p_dl, g_dl, 1, &report, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "`opt`", ur_adamw_step(ctx, NULL, p_dl, g_dl, 2, &report, NULL));
+  CHECK(memcmp(before, w, sizeof w) == 0, "a refused step wrote the parameters");
+  ur_adamw_free(opt);
+
+  double norm = 0;
+  for (int i = 0; i < N; i++) norm += (double)g[i] * g[i];
+  norm = sqrt(norm);
+  cfg.max_grad_norm = 1.0;
+  OK(ur_adamw_create(ctx, p_dl, NULL, 2, &cfg, &opt));
+  report.struct_size = sizeof report;
+  OK(ur_adamw_step(ctx, opt, p_dl, g_dl, 2, &report, NULL));
+  CHECK(fabs(report.grad_norm - norm) <= 1e-6 * norm, "grad_norm %g, expected %g", report.grad_norm, norm);
+  double coef = norm > 1.0 ? 1.0 / (norm + 1e-6) : 1.0;
+  CHECK(fabs(report.clip_coef - coef) <= 1e-9, "clip_coef %g, expected %g", report.clip_coef, coef);
+  ur_adamw_free(opt);
+  ur_adamw_free(NULL);
+}
+
 int main(int argc, char** argv) {
   if (argc != 7) {
     fprintf(stderr,
@@ -1297,6 +1360,7 @@ int main(int argc, char** argv) {
   test_reward_losses();
   test_heads();
   test_compare();
+  test_adamw();
   test_model(argv[2], argv[3], argv[4]);
   test_image_processor(argv[5]);
   test_llava(argv[6]);

@@ -32,12 +32,15 @@ fn adamw(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("adamw_qwen2_0.5b_{device}"));
     group.sample_size(10);
     group.throughput(Throughput::Elements(numel as u64));
-    for (label, dtype, max_grad_norm) in
-        [("step_f32", DType::F32, None), ("clip_step_f32", DType::F32, Some(1.0)), ("step_bf16_masters", DType::BF16, None)]
-    {
+    for (label, dtype, max_grad_norm) in [
+        ("step_f32", DType::F32, None),
+        ("clip_step_f32", DType::F32, Some(1.0)),
+        ("step_bf16_masters", DType::BF16, None),
+    ] {
         let mut params: Vec<Tensor> =
             shapes.iter().enumerate().map(|(k, s)| tensor(s, k, 0.0, 0.02, dtype, device)).collect();
-        let grads: Vec<Tensor> = shapes.iter().enumerate().map(|(k, s)| tensor(s, k + 7, 0.0, 1e-3, dtype, device)).collect();
+        let grads: Vec<Tensor> =
+            shapes.iter().enumerate().map(|(k, s)| tensor(s, k + 7, 0.0, 1e-3, dtype, device)).collect();
         let named_grads: Vec<(String, &Tensor)> = names.iter().cloned().zip(grads.iter()).collect();
         let config = AdamWConfig { lr: 1e-4, max_grad_norm, ..AdamWConfig::default() };
         let named: Vec<(String, &Tensor)> = names.iter().cloned().zip(params.iter()).collect();

@@ -12,6 +12,7 @@ mod peak_alloc;
 mod preprocess;
 mod report;
 mod synthetic;
+mod train_judge;
 
 use clap::{Parser, Subcommand};
 use unireward::{DType, Device};
@@ -39,6 +40,8 @@ enum Command {
     Generate(generate::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),
+    /// Supervised fine-tuning of a judge on a conversation file, with checkpoints and --resume.
+    TrainJudge(train_judge::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -85,6 +88,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Kernels(args) => kernels::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
+        Command::TrainJudge(args) => train_judge::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

@@ -5,6 +5,10 @@
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
 //! equals one step on their concatenation.
 
+mod run;
+
+pub use run::{latest_checkpoint, SftOutcome, SftRun};
+
 use super::data::SequenceBatch;
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::model::qwen2::{CausalLmLoss, ForwardOptions, Qwen2Gradients, Qwen2Model};

@@ -160,10 +160,9 @@ impl AdamW {
     /// gradients of frozen parameters are ignored.
     pub fn step(&mut self, params: &mut [(String, &mut Tensor)], grads: &[(String, &Tensor)]) -> Result<StepReport> {
         let bound = self.layout.bind(params, Some(grads))?;
-        apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, 1.0).map(|r| {
-            self.step += 1;
-            r
-        })
+        let report = apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, 1.0)?;
+        self.step += 1;
+        Ok(report)
     }
 
     /// Adds one micro-batch's gradients, weighted by `weight` (its share of the batch: 1 for a plain average, its

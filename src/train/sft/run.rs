@@ -174,7 +174,7 @@ impl SftRun {
             let metrics = trainer.step(&micro)?;
             on_step(&metrics, total_steps);
             let step = metrics.step as usize;
-            if (self.save_every > 0 && step % self.save_every == 0) || step == total_steps {
+            if (self.save_every > 0 && step.is_multiple_of(self.save_every)) || step == total_steps {
                 checkpoint = self.save(&trainer, &sampler.state(), total_steps)?;
             }
         }

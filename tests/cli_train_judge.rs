@@ -71,18 +71,20 @@ fn succeed(output: Output) -> String {
     stderr
 }
 
-fn final_weights(dir: &Path) -> Vec<u8> {
+/// The last checkpoint's weights, after `steps` (epochs of 12 micro-batches, 2 per step).
+fn final_weights(dir: &Path, steps: u64) -> Vec<u8> {
     let (step, checkpoint) = latest_checkpoint(dir).expect("a checkpoint");
-    assert_eq!(step, 18, "3 epochs of 12 micro-batches, 2 per step");
+    assert_eq!(step, steps);
     std::fs::read(checkpoint.join("model.safetensors")).unwrap()
 }
 
 #[test]
 fn a_run_killed_at_a_random_step_resumes_to_bitwise_equal_parameters() {
     let scratch = Scratch::new("resume");
+    let steps = 18;
     let stderr = succeed(scratch.command("straight", &[]).output().unwrap());
     assert!(stderr.contains("step 18/18"), "{stderr}");
-    let straight = final_weights(&scratch.0.join("straight"));
+    let straight = final_weights(&scratch.0.join("straight"), steps);
     let log = std::fs::read_to_string(scratch.0.join("straight/metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 18);
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
@@ -113,7 +115,37 @@ fn a_run_killed_at_a_random_step_resumes_to_bitwise_equal_parameters() {
     }
     let stderr = succeed(scratch.command("killed", &["--resume"]).output().unwrap());
     assert!(!stderr.contains("step 1/18"), "the resumed run started over: {stderr}");
-    assert!(final_weights(&out) == straight, "resumed from step {at} (kill after {kill_after}): weights differ");
+    assert!(final_weights(&out, steps) == straight, "resumed from step {at} (kill after {kill_after}): weights differ");
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let scratch = Scratch::new("sigint");
+    let (epochs, steps) = ("30", 180);
+    succeed(scratch.command("straight", &["--epochs", epochs]).output().unwrap());
+    let straight = final_weights(&scratch.0.join("straight"), steps);
+    let out = scratch.0.join("stopped");
+    // Checkpoints only at the end: the one found after the interrupt is the interrupt's own.
+    let mut command = scratch.command("stopped", &["--save-every", "0", "--epochs", epochs]);
+    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // The handler is in place once the first step is logged; the interrupt then lands at a random later step.
+    let log = out.join("metrics.jsonl");
+    while std::fs::read_to_string(&log).map_or(true, |l| l.is_empty()) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..30)));
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (step, _) = latest_checkpoint(&out).expect("a checkpoint at the interrupt");
+    let ended = if step < steps { "interrupted after".to_string() } else { format!("done: {steps} steps") };
+    assert!(stdout.contains(&ended), "{stdout}");
+    eprintln!("interrupted at step {step}: {stdout}");
+    succeed(scratch.command("stopped", &["--resume", "--epochs", epochs]).output().unwrap());
+    assert!(final_weights(&out, steps) == straight, "resumed from the interrupt at step {step}: weights differ");
 }
 
 #[test]

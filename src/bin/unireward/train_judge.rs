@@ -1,13 +1,15 @@
 //! `unireward train-judge`: supervised fine-tuning of a (text-only, Qwen2) judge on a conversation file, with
 //! checkpoints in `--out` every `--save-every` steps and at the end, `--resume` from the latest, and one JSON line
-//! of metrics per step appended to `--out/metrics.jsonl`. A progress line (step, loss, tokens/s, ETA) goes to stderr.
+//! of metrics per step appended to `--out/metrics.jsonl`. Progress (step, loss, tokens/s, ETA) is a bar on a
+//! terminal, one line per step otherwise. Ctrl-C stops after the current step with a checkpoint.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use unireward::train::sft::SftRun;
 use unireward::Device;
 
@@ -83,24 +85,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         device: args.device,
         ..SftRun::default()
     };
-    let stop = AtomicBool::new(false);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}").context("the progress bar's template")?,
+    );
     let start = Instant::now();
     let mut tokens_seen = 0usize;
     let mut first_step = None;
     let mut log_error = None;
-    let outcome = run.run(&stop, |m, total| {
+    let outcome = run.run(&STOP, |m, total| {
         tokens_seen += m.tokens;
         let first = *first_step.get_or_insert(m.step - 1);
         let elapsed = start.elapsed().as_secs_f64();
         let done = (m.step - first) as f64;
         let eta = elapsed / done * (total as f64 - m.step as f64);
-        eprintln!(
-            "step {}/{total}  loss {:.4}  {:.0} tokens/s  ETA {:.0}s",
-            m.step,
-            m.loss,
-            tokens_seen as f64 / elapsed,
-            eta
-        );
+        let speed = tokens_seen as f64 / elapsed;
+        if bar.is_hidden() {
+            eprintln!("step {}/{total}  loss {:.4}  {speed:.0} tokens/s  ETA {eta:.0}s", m.step, m.loss);
+        } else {
+            bar.set_length(total as u64);
+            bar.set_position(m.step);
+            bar.set_message(format!("loss {:.4}  {speed:.0} tokens/s", m.loss));
+        }
         let line = serde_json::json!({
             "step": m.step, "loss": m.loss, "tokens": m.tokens, "grad_norm": m.grad_norm, "lr": m.lr,
             "task_loss": m.task_loss,
@@ -109,6 +116,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             log_error.get_or_insert(e);
         }
     })?;
+    bar.finish_and_clear();
     if let Some(e) = log_error {
         return Err(e).with_context(|| format!("writing {}", log_path.display()));
     }
@@ -116,6 +124,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if skipped > 0 {
         eprintln!("skipped {skipped} bad records of {}", args.data.display());
     }
-    println!("{} steps of {}; checkpoint {}", outcome.steps_done, outcome.total_steps, outcome.checkpoint.display());
+    let how = if outcome.interrupted { "interrupted after" } else { "done:" };
+    println!(
+        "{how} {} steps of {}; checkpoint {}",
+        outcome.steps_done,
+        outcome.total_steps,
+        outcome.checkpoint.display()
+    );
     Ok(())
 }

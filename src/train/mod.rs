@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod optim;
+pub mod sft;
 
 use crate::runtime::cuda::KernelModule;
 

@@ -16,6 +16,7 @@ mod peak_alloc;
 mod preprocess;
 mod report;
 mod synthetic;
+mod train_judge;
 
 use clap::{Parser, Subcommand};
 use unireward::{DType, Device};
@@ -49,6 +50,8 @@ enum Command {
     Eval(eval::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),
+    /// Supervised fine-tuning of a judge on a conversation file, with checkpoints and --resume.
+    TrainJudge(train_judge::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -97,6 +100,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Judge(args) => judge::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
+        Command::TrainJudge(args) => train_judge::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

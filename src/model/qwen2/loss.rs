@@ -18,6 +18,8 @@ pub struct CausalLmLoss {
     pub loss: f32,
     /// Next tokens counted: position t predicts token t + 1 when the mask at t + 1 is nonzero.
     pub tokens: usize,
+    /// Each row's summed negative log-likelihood (per-task losses of a mixed batch).
+    pub row_nll: Vec<f64>,
     pub grads: OutputGrads,
 }
 
@@ -45,8 +47,12 @@ impl Qwen2Model {
     /// The causal-LM loss of `pass` over its own `ids` `[N,T]` (the ids the pass was run on), with its gradient.
     pub fn causal_lm_loss(&self, pass: &ForwardPass, ids: &Tensor, cfg: &FusedLinearConfig) -> Result<CausalLmLoss> {
         let mut grad_head = Tensor::zeros(self.weights.head().shape(), self.dtype(), self.device())?;
-        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, &[], cfg, &mut grad_head)?;
-        Ok(CausalLmLoss { loss, tokens, grads: OutputGrads { hidden, lm_head: HeadGradient::Tensor(grad_head) } })
+        check::shape("ids", ids, &pass.hidden().shape()[..2])?;
+        check::integer("ids", ids)?;
+        let labels = next_token_labels(ids, pass.mask(), &[], cfg.logprobs.ignore_index)?;
+        let (loss, tokens, row_nll, hidden) = self.loss_into_head(pass, labels, cfg, &mut grad_head)?;
+        let grads = OutputGrads { hidden, lm_head: HeadGradient::Tensor(grad_head) };
+        Ok(CausalLmLoss { loss, tokens, row_nll, grads })
     }
 
     /// [`Qwen2Model::causal_lm_loss`] with the LM head's gradient written straight into `out`'s head buffer (the
@@ -78,34 +84,71 @@ impl Qwen2Model {
             None => &mut out.weights.embed_tokens,
         };
         check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
-        let (loss, tokens, hidden) = self.loss_into_head(pass, ids, excluded, cfg, buffer)?;
-        Ok(CausalLmLoss { loss, tokens, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
+        check::shape("ids", ids, &pass.hidden().shape()[..2])?;
+        check::integer("ids", ids)?;
+        let labels = next_token_labels(ids, pass.mask(), excluded, cfg.logprobs.ignore_index)?;
+        let (loss, tokens, row_nll, hidden) = self.loss_into_head(pass, labels, cfg, buffer)?;
+        Ok(CausalLmLoss { loss, tokens, row_nll, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
     }
 
-    /// The loss, its token count and the hidden states' gradient; the head's gradient overwrites `grad_head`.
+    /// [`Qwen2Model::causal_lm_loss_into`] on explicit `labels` `[N,T]` aligned with the ids (transformers'
+    /// `labels`: shifted here, so token t is predicted from position t − 1), −100 (`cfg`'s ignore index) where
+    /// nothing is learnt: an SFT batch's loss on assistant tokens only.
+    pub fn causal_lm_loss_into_labels(
+        &self,
+        pass: &ForwardPass,
+        labels: &[i64],
+        cfg: &FusedLinearConfig,
+        out: &mut Qwen2Gradients,
+    ) -> Result<CausalLmLoss> {
+        let head = self.weights.head();
+        let buffer = match out.weights.lm_head.as_mut() {
+            Some(lm_head) => lm_head,
+            None => &mut out.weights.embed_tokens,
+        };
+        check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
+        let &[n, t, _] = pass.hidden().shape() else { unreachable!("the hidden states are [N,T,H]") };
+        if labels.len() != n * t {
+            return Err(Error::Shape(format!("`labels` has {} values, the pass is [{n}, {t}]", labels.len())));
+        }
+        let ignore = cfg.logprobs.ignore_index;
+        let mut counted = 0;
+        let shifted = (0..n * t)
+            .map(|i| match labels.get(i + 1) {
+                Some(&label) if (i + 1) % t != 0 && label != ignore => {
+                    counted += 1;
+                    label
+                }
+                _ => ignore,
+            })
+            .collect();
+        let (loss, tokens, row_nll, hidden) = self.loss_into_head(pass, (shifted, counted), cfg, buffer)?;
+        Ok(CausalLmLoss { loss, tokens, row_nll, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
+    }
+
+    /// The loss, its token count, each row's summed NLL and the hidden states' gradient, from next-token labels
+    /// (already shifted) and their count; the head's gradient overwrites `grad_head`.
     fn loss_into_head(
         &self,
         pass: &ForwardPass,
-        ids: &Tensor,
-        excluded: &[i64],
+        (labels, tokens): (Vec<i64>, usize),
         cfg: &FusedLinearConfig,
         grad_head: &mut Tensor,
-    ) -> Result<(f32, usize, Tensor)> {
-        check::shape("ids", ids, &pass.hidden().shape()[..2])?;
-        check::integer("ids", ids)?;
-        let (labels, tokens) = next_token_labels(ids, pass.mask(), excluded, cfg.logprobs.ignore_index)?;
+    ) -> Result<(f32, usize, Vec<f64>, Tensor)> {
         if tokens == 0 {
             return Err(Error::InvalidArgument(
                 "the batch has no next token to predict (every sequence is shorter than 2 tokens)".into(),
             ));
         }
-        let labels = Tensor::from_slice(&labels, ids.shape(), self.device())?;
+        let shape = &pass.hidden().shape()[..2];
+        let labels = Tensor::from_slice(&labels, shape, self.device())?;
         let head = LinearHead { hidden: pass.hidden(), weight: self.weights.head(), bias: None };
         let mut cfg = cfg.clone();
         cfg.logprobs.reduction = crate::ops::logprobs::TokenReduction::Sum;
         let out = fused_linear_logprobs(head, &labels, None, &cfg)?;
-        let total: f64 = out.logps.to_vec::<f32>()?.iter().map(|&l| f64::from(l)).sum();
-        let n = ids.shape()[0];
+        let row_nll: Vec<f64> = out.logps.to_vec::<f32>()?.iter().map(|&l| -f64::from(l)).collect();
+        let total: f64 = row_nll.iter().sum();
+        let n = shape[0];
         let grad_logps = Tensor::from_f32(&vec![-1.0 / tokens as f32; n], &[n], DType::F32, self.device())?;
         let mut grad_hidden = Tensor::zeros(pass.hidden().shape(), self.dtype(), self.device())?;
         let grads = FusedLinearGradsMut {
@@ -115,6 +158,6 @@ impl Qwen2Model {
             accumulate: false,
         };
         fused_linear_logprobs_backward_into(head, &labels, None, &out, &grad_logps, &cfg, grads)?;
-        Ok(((-total / tokens as f64) as f32, tokens, grad_hidden))
+        Ok(((total / tokens as f64) as f32, tokens, row_nll, grad_hidden))
     }
 }

@@ -1,0 +1,171 @@
+//! Supervised fine-tuning of a text-only (Qwen2) judge on its judgment text: per optimizer step, each micro-batch
+//! runs forward, the next-token cross-entropy on the batch's labels through the fused LM head (no `[N,T,V]`
+//! logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
+//! accumulator weighted by its labelled tokens; the step then clips, applies the schedule and updates (AdamW).
+//! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
+//! equals one step on their concatenation.
+
+mod run;
+
+pub use run::{latest_checkpoint, SftOutcome, SftRun};
+
+use super::data::SequenceBatch;
+use super::optim::{AdamW, AdamWConfig, ParamGroup};
+use crate::model::qwen2::{CausalLmLoss, ForwardOptions, Qwen2Gradients, Qwen2Model};
+use crate::ops::fused_linear::FusedLinearConfig;
+use crate::runtime::Tensor;
+use crate::{Error, Result};
+
+/// What an SFT trainer is built with.
+#[derive(Clone, Debug, Default)]
+pub struct SftConfig {
+    pub optimizer: AdamWConfig,
+    /// Parameter groups (own learning rate, frozen), matched by checkpoint name.
+    pub groups: Vec<ParamGroup>,
+    /// The fused head's chunking (and ignore index: the labels' `-100`).
+    pub head: FusedLinearConfig,
+    pub forward: ForwardOptions,
+    /// The number of tasks the batches' `tasks` index (per-task losses).
+    pub tasks: usize,
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftStepMetrics {
+    /// Steps done, this one included.
+    pub step: u64,
+    /// Mean negative log-likelihood over the step's labelled next tokens, before the update.
+    pub loss: f64,
+    /// Labelled next tokens of the step (all micro-batches).
+    pub tokens: usize,
+    /// The global gradient norm before clipping (when clipping is on).
+    pub grad_norm: Option<f64>,
+    /// The default group's learning rate of this step.
+    pub lr: f64,
+    /// Per task: its mean loss over its tokens in this step, `None` when the step had none of its tokens.
+    pub task_loss: Vec<Option<f64>>,
+}
+
+/// A Qwen2 model with its optimizer and gradient buffers.
+#[derive(Debug)]
+pub struct SftTrainer {
+    model: Qwen2Model,
+    grads: Qwen2Gradients,
+    optimizer: AdamW,
+    config: SftConfig,
+}
+
+impl SftTrainer {
+    pub fn new(model: Qwen2Model, config: SftConfig) -> Result<SftTrainer> {
+        let optimizer = AdamW::new(&model.weights.named(), config.groups.clone(), config.optimizer.clone())?;
+        let grads = Qwen2Gradients {
+            weights: model.weights.zeros_like()?,
+            inputs_embeds: Tensor::zeros(&[0, 0, model.config.hidden_size], model.dtype(), model.device())?,
+        };
+        Ok(SftTrainer { model, grads, optimizer, config })
+    }
+
+    pub fn model(&self) -> &Qwen2Model {
+        &self.model
+    }
+
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// The optimizer, writable: restoring its state from a checkpoint.
+    pub fn optimizer_mut(&mut self) -> &mut AdamW {
+        &mut self.optimizer
+    }
+
+    /// The trained model.
+    pub fn into_model(self) -> Qwen2Model {
+        self.model
+    }
+
+    /// One optimizer step over `micro_batches` (gradient accumulation: one or more).
+    pub fn step(&mut self, micro_batches: &[SequenceBatch]) -> Result<SftStepMetrics> {
+        if micro_batches.is_empty() {
+            return Err(Error::InvalidArgument("an SFT step needs at least one micro-batch".into()));
+        }
+        // Everything is checked before the first micro-batch adds to the accumulator, which a failed step would
+        // otherwise leave holding a part of its gradients.
+        for (i, batch) in micro_batches.iter().enumerate() {
+            self.check_batch(batch).map_err(|e| Error::InvalidArgument(format!("micro-batch {i}: {e}")))?;
+        }
+        let tasks = self.config.tasks;
+        let (mut nll, mut tokens) = (0.0, 0);
+        let (mut task_nll, mut task_tokens) = (vec![0.0; tasks], vec![0usize; tasks]);
+        for batch in micro_batches {
+            let (batch_tokens, row_nll) = self.micro_batch(batch)?;
+            nll += row_nll.iter().sum::<f64>();
+            tokens += batch_tokens;
+            for (row, row_nll) in row_nll.iter().enumerate() {
+                task_nll[batch.tasks[row]] += row_nll;
+                task_tokens[batch.tasks[row]] += counted_in_row(batch, row, self.config.head.logprobs.ignore_index);
+            }
+        }
+        let report = self.optimizer.step_accumulated(&mut self.model.weights.named_mut())?;
+        let task_loss = task_nll.iter().zip(&task_tokens).map(|(&l, &n)| (n > 0).then(|| l / n as f64)).collect();
+        Ok(SftStepMetrics {
+            step: report.step,
+            loss: nll / tokens as f64,
+            tokens,
+            grad_norm: report.grad_norm,
+            lr: report.lr,
+            task_loss,
+        })
+    }
+
+    /// What is wrong with `batch`, if anything.
+    fn check_batch(&self, batch: &SequenceBatch) -> std::result::Result<(), String> {
+        let (size, vocab, tasks) = (batch.rows * batch.len, self.model.config.vocab_size, self.config.tasks);
+        let ignore = self.config.head.logprobs.ignore_index;
+        for (name, len, want) in [
+            ("ids", batch.ids.len(), size),
+            ("mask", batch.mask.len(), size),
+            ("labels", batch.labels.len(), size),
+            ("tasks", batch.tasks.len(), batch.rows),
+        ] {
+            if len != want {
+                return Err(format!("`{name}` has {len} values, want {want} for {} rows", batch.rows));
+            }
+        }
+        let in_vocab = |id: i64| (0..vocab as i64).contains(&id);
+        if let Some(id) = batch.ids.iter().find(|&&id| !in_vocab(id)) {
+            return Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}"));
+        }
+        if let Some(l) = batch.labels.iter().find(|&&l| l != ignore && !in_vocab(l)) {
+            return Err(format!("label {l} is neither {ignore} nor in the vocabulary of {vocab}"));
+        }
+        if let Some(t) = batch.tasks.iter().find(|&&t| t >= tasks) {
+            return Err(format!("a row has task {t}, the trainer has {tasks} tasks"));
+        }
+        if (0..batch.rows).all(|row| counted_in_row(batch, row, ignore) == 0) {
+            return Err("no labelled token past a row's first position: nothing to learn".into());
+        }
+        Ok(())
+    }
+
+    /// Forward, loss and backward of one micro-batch; its gradients go to the accumulator weighted by its tokens.
+    /// Returns its labelled tokens and each row's summed loss.
+    fn micro_batch(&mut self, batch: &SequenceBatch) -> Result<(usize, Vec<f64>)> {
+        let device = self.model.device();
+        let [ids, mask, _] = batch.tensors(device)?;
+        let stream = [batch.rows, batch.len, self.model.config.hidden_size];
+        if self.grads.inputs_embeds.shape() != stream {
+            self.grads.inputs_embeds = Tensor::zeros(&stream, self.model.dtype(), device)?;
+        }
+        let pass = self.model.forward(&ids, &mask, self.config.forward)?;
+        let CausalLmLoss { tokens, row_nll, grads, .. } =
+            self.model.causal_lm_loss_into_labels(&pass, &batch.labels, &self.config.head, &mut self.grads)?;
+        self.model.backward_into(pass, grads, &mut self.grads)?;
+        self.optimizer.accumulate(&self.grads.weights.named(), tokens as f64)?;
+        Ok((tokens, row_nll))
+    }
+}
+
+/// Labels of `row` the loss counts: every one past the first position (position 0 is never predicted).
+fn counted_in_row(batch: &SequenceBatch, row: usize, ignore: i64) -> usize {
+    batch.labels[row * batch.len..(row + 1) * batch.len].iter().skip(1).filter(|&&l| l != ignore).count()
+}

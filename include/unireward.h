@@ -935,6 +935,17 @@ enum ur_status ur_judge_load(struct ur_context *ctx,
 // `judge` is NULL or a pointer returned by `ur_judge_load`, not yet freed, and no call is using it.
 void ur_judge_free(struct ur_judge *judge);
 
+// The probabilities a judgment of `task` (`UR_TASK_*`) in `mode` (`UR_JUDGE_PAIRWISE` / `_POINTWISE`) writes
+// into `*out`: 3 pairwise, the scale's values pointwise (5, 10 or 101 with the built-in templates). Size `probs`
+// with it.
+//
+// # Safety
+// `judge` comes from `ur_judge_load`; `out` is NULL or writable.
+enum ur_status ur_judge_num_probs(const struct ur_judge *judge,
+                                  int32_t task,
+                                  int32_t mode,
+                                  size_t *out);
+
 // Which of candidates `a` and `b` is better for `task` (`UR_TASK_*`), or a tie, judged in one pass from both
 // orders against `context` (NULL: empty): generation tasks judge `UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` files
 // against a `caption` field, understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's

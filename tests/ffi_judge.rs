@@ -99,6 +99,20 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         assert!(judge.is_null());
         assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
 
+        let mut n = 0usize;
+        for (task, mode, want) in [
+            (UR_TASK_IMAGE_GENERATION, UR_JUDGE_PAIRWISE, 3),
+            (UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, 5),
+            (UR_TASK_IMAGE_UNDERSTANDING, UR_JUDGE_POINTWISE, 101),
+            (UR_TASK_VIDEO_GENERATION, UR_JUDGE_POINTWISE, 10),
+        ] {
+            assert_eq!(ur_judge_num_probs(judge, task, mode, &mut n), ur_status::UR_OK, "{}", last_error());
+            assert_eq!(n, want);
+        }
+        expect_status(ur_judge_num_probs(judge, 0, 2, &mut n), ur_status::UR_ERROR_INVALID_ARGUMENT, "`mode` is 2");
+        expect_status(ur_judge_num_probs(judge, -1, 0, &mut n), ur_status::UR_ERROR_INVALID_ARGUMENT, "`task` is -1");
+        expect_status(ur_judge_num_probs(judge, 0, 0, null_mut()), ur_status::UR_ERROR_NULL_POINTER, "`out`");
+
         // Pairwise image generation: A and B files against a caption.
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];

@@ -483,6 +483,27 @@ pub unsafe extern "C" fn ur_judge_free(judge: *mut ur_judge) {
     }));
 }
 
+/// The probabilities a judgment of `task` (`UR_TASK_*`) in `mode` (`UR_JUDGE_PAIRWISE` / `_POINTWISE`) writes
+/// into `*out`: 3 pairwise, the scale's values pointwise (5, 10 or 101 with the built-in templates). Size `probs`
+/// with it.
+///
+/// # Safety
+/// `judge` comes from `ur_judge_load`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ur_judge_num_probs(
+    judge: *const ur_judge,
+    task: i32,
+    mode: i32,
+    out: *mut usize,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract.
+    call(|| unsafe {
+        let judge = handle(judge)?;
+        let n = probabilities(judge, code("task", task, &TASKS)?, code("mode", mode, &MODES)?)?;
+        super::model::write("out", out, n)
+    })
+}
+
 /// Which of candidates `a` and `b` is better for `task` (`UR_TASK_*`), or a tie, judged in one pass from both
 /// orders against `context` (NULL: empty): generation tasks judge `UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` files
 /// against a `caption` field, understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's

@@ -208,7 +208,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
             3,
             batch_probs.as_mut_ptr(),
             101,
-            &mut results[0].r,
+            results.as_mut_ptr().cast(),
             &mut info,
         );
         assert_eq!(status, ur_status::UR_OK, "{}", last_error());
@@ -256,6 +256,12 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         );
         expect_status(pairwise(0, &gen_ctx, &a, &b, null_mut(), 3, r), ur_status::UR_ERROR_NULL_POINTER, "`probs`");
         expect_status(pairwise(0, &gen_ctx, null(), &b, probs3, 3, r), ur_status::UR_ERROR_NULL_POINTER, "`a`");
+        let inside_result = (r as *mut u8).add(8) as *mut f32;
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &b, inside_result, 3, r),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "overlaps",
+        );
         expect_status(
             pairwise(0, &gen_ctx, &a, &b, probs3, 3, null_mut()),
             ur_status::UR_ERROR_NULL_POINTER,
@@ -333,7 +339,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         );
         let mut bad = requests;
         bad[1].mode = 5;
-        let results_ptr = &mut results[0].r as *mut ur_judge_result;
+        let results_ptr: *mut ur_judge_result = results.as_mut_ptr().cast();
         let scratch = batch_probs.as_mut_ptr();
         expect_status(
             ur_judge_many(ctx, judge, bad.as_ptr(), 3, scratch, 101, results_ptr, null_mut()),
@@ -366,7 +372,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         );
         results[2].r.struct_size = 8;
         expect_status(
-            ur_judge_many(ctx, judge, requests.as_ptr(), 3, scratch, 101, results_ptr, null_mut()),
+            ur_judge_many(ctx, judge, requests.as_ptr(), 3, scratch, 101, results.as_mut_ptr().cast(), null_mut()),
             ur_status::UR_ERROR_INVALID_ARGUMENT,
             "`results[2].struct_size` is 8",
         );

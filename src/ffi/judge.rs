@@ -9,7 +9,7 @@ use bytemuck::NoUninit;
 
 use super::context::{self, caller_size, code, read_config, size_of_u32, ur_context, Config, Versioned};
 use super::dlpack::{device_of, dtype_of, DLDataType, DLDevice};
-use super::host_out::HostOut;
+use super::host_out::{check_host_outputs, HostOut, HostSpan};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::judge::answer::Verdict;
 use crate::judge::{AnswerClasses, Candidate, Context, Judge, JudgeRequest, JudgeResult, MediaFile, Mode, Task};
@@ -348,6 +348,10 @@ impl Outputs {
         if probs.is_null() && most > 0 {
             return Err(Failure::null("probs"));
         }
+        let mut spans: Vec<Option<HostSpan>> = outs.iter().map(|o| Some(o.span())).collect();
+        let probs_bytes = needed.len() * capacity * std::mem::size_of::<f32>();
+        spans.push(Some(HostSpan::new("probs", probs as *const u8, probs_bytes)));
+        check_host_outputs(&spans, &[])?;
         Ok(Outputs { results: outs, probs, capacity })
     }
 

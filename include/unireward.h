@@ -87,6 +87,42 @@
 // Prompt and new tokens filled the model's `max_position_embeddings`.
 #define UR_FINISH_CONTEXT_LENGTH 2
 
+// `task` codes (the numbers never change).
+#define UR_TASK_IMAGE_GENERATION 0
+
+#define UR_TASK_IMAGE_UNDERSTANDING 1
+
+#define UR_TASK_VIDEO_GENERATION 2
+
+#define UR_TASK_VIDEO_UNDERSTANDING 3
+
+// `ur_judge_request.mode`: which of two candidates is better (or a tie), from both orders.
+#define UR_JUDGE_PAIRWISE 0
+
+// `ur_judge_request.mode`: one candidate's score on the task's scale.
+#define UR_JUDGE_POINTWISE 1
+
+// `ur_judge_item.kind`: a response text (the candidates of understanding tasks).
+#define UR_JUDGE_TEXT 0
+
+// `ur_judge_item.kind`: an image file (PNG, JPEG, WebP, GIF).
+#define UR_JUDGE_IMAGE 1
+
+// `ur_judge_item.kind`: a video, as a folder of frame images or an animated GIF.
+#define UR_JUDGE_VIDEO 2
+
+// `ur_judge_result.verdict`: the first candidate given (A) is better.
+#define UR_VERDICT_FIRST 0
+
+// The second candidate given (B) is better.
+#define UR_VERDICT_SECOND 1
+
+// Neither is better.
+#define UR_VERDICT_TIE 2
+
+// No verdict: a pointwise judgment.
+#define UR_VERDICT_NONE -1
+
 // `ur_logprobs_config.reduction`: the sum over counted tokens (DPO).
 #define UR_REDUCTION_SUM 0
 
@@ -214,6 +250,11 @@ typedef struct ur_context ur_context;
 // `ur_image_processor_free`. It is only read after creation: any thread may use it.
 typedef struct ur_image_processor ur_image_processor;
 
+// A judge checkpoint (LLaVA-OneVision, or a text-only Qwen2) with its tokenizer, chat template, image processor
+// and task templates. Opaque; create it with `ur_judge_load`, free it with `ur_judge_free`. Use it from one
+// thread at a time.
+typedef struct ur_judge ur_judge;
+
 // A model (Qwen2 or LLaVA-OneVision) with its weights on one device, and the state of one training step: the
 // forward pass kept for the backward, then the gradients. Opaque; create it with `ur_model_load`, free it with
 // `ur_model_free`. `ur_model_forward(_ex)`, `ur_model_backward` and `ur_model_gradient` change or read that state:
@@ -313,6 +354,86 @@ typedef struct ur_generation_result {
   // The new tokens written to `out`.
   uint64_t num_tokens;
 } ur_generation_result;
+
+// One candidate, or one image or video of a context: a kind (`UR_JUDGE_TEXT`, `UR_JUDGE_IMAGE`,
+// `UR_JUDGE_VIDEO`) and its value (the text, or the file's path), NUL-terminated UTF-8. Its layout is fixed.
+typedef struct ur_judge_item {
+  int32_t kind;
+  // Set to 0.
+  int32_t reserved;
+  const char *value;
+} ur_judge_item;
+
+// What the candidates are judged against: the template's fields by name (`caption` for generation tasks,
+// `question` for understanding tasks) and, for understanding tasks, the image or video the question is about.
+// Initialise with `ur_judge_context_default()`.
+typedef struct ur_judge_context {
+  // `sizeof(ur_judge_context)`.
+  uint32_t struct_size;
+  // Set to 0.
+  uint32_t reserved;
+  // `num_fields` names and values, NUL-terminated UTF-8 (NULL when `num_fields` is 0).
+  const char *const *field_names;
+  const char *const *field_values;
+  size_t num_fields;
+  // `num_media` images or videos (`UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` items; NULL when `num_media` is 0).
+  const struct ur_judge_item *media;
+  size_t num_media;
+} ur_judge_context;
+
+// One judgment of a `ur_judge_many` batch. Initialise with `ur_judge_request_default()`.
+typedef struct ur_judge_request {
+  // `sizeof(ur_judge_request)`.
+  uint32_t struct_size;
+  // `UR_TASK_*`.
+  int32_t task;
+  // `UR_JUDGE_PAIRWISE` (default) or `UR_JUDGE_POINTWISE`.
+  int32_t mode;
+  // Set to 0.
+  int32_t reserved;
+  // NULL: an empty context.
+  const struct ur_judge_context *context;
+  // Two candidates (A, B) for pairwise, one for pointwise: media files for generation tasks, texts for
+  // understanding tasks.
+  const struct ur_judge_item *candidates;
+  size_t num_candidates;
+} ur_judge_request;
+
+// A judgment, besides its probabilities. Set `struct_size = sizeof(ur_judge_result)` before the call.
+typedef struct ur_judge_result {
+  // `sizeof(ur_judge_result)`, set by the caller.
+  uint32_t struct_size;
+  // Pairwise: the position-debiased verdict, `UR_VERDICT_FIRST` / `_SECOND` / `_TIE`; pointwise:
+  // `UR_VERDICT_NONE`.
+  int32_t verdict;
+  // The probabilities written: pairwise 3 (`[A better, B better, tie]`, debiased over both orders; the tie's 0
+  // for templates without a tie phrase), pointwise one per score value of the task's scale, lowest first.
+  uint64_t num_probs;
+  // Pointwise: the expected score and the most probable score value; NaN for pairwise.
+  float score;
+  float argmax_score;
+  // Pairwise: 1 when both orders pick the same candidate, else 0; -1 for pointwise.
+  int32_t position_consistent;
+  // Written 0.
+  int32_t reserved;
+  // Tokens of the (forward-order) prompt, media placeholders included.
+  uint64_t prompt_tokens;
+  // Wall time; in a batch, the batch's time shared equally by its requests.
+  double seconds;
+} ur_judge_result;
+
+// What a `ur_judge_many` batch cost. Set `struct_size = sizeof(ur_judge_batch_info)` before the call.
+typedef struct ur_judge_batch_info {
+  // `sizeof(ur_judge_batch_info)`, set by the caller.
+  uint32_t struct_size;
+  // Written 0.
+  uint32_t reserved;
+  // Positions run through the model, and the positions prefix sharing saved (prompts seeing the same media
+  // share their prefix).
+  uint64_t prefill_tokens;
+  uint64_t prefill_tokens_saved;
+  double seconds;
+} ur_judge_batch_info;
 
 // Which tokens count and how they are reduced. Initialise with `ur_logprobs_config_default()`.
 typedef struct ur_logprobs_config {
@@ -787,6 +908,101 @@ enum ur_status ur_verdict_head_backward(struct ur_context *ctx,
                                         const DLTensor *grad_expected_score,
                                         const DLTensor *grad_logits_out,
                                         void *stream);
+
+// An empty context: no fields, no media.
+struct ur_judge_context ur_judge_context_default(void);
+
+// Image generation, pairwise, no context, no candidates.
+struct ur_judge_request ur_judge_request_default(void);
+
+// Loads the judge checkpoint in directory `dir` — LLaVA-OneVision, or a text-only Qwen2 (`model_type` "qwen2")
+// — with its `tokenizer.json`, chat template (the built-in Qwen2 one when it has none) and
+// `preprocessor_config.json` (transformers' defaults when absent), converted to `dtype` (float32, bfloat16 or
+// float16) on `device` (kDLCPU, or kDLCUDA with its ordinal), into `*out`. A missing, unreadable or unsupported
+// file is `UR_ERROR_CHECKPOINT` naming it. On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `dir` is NULL or NUL-terminated; `out` is NULL or writable.
+enum ur_status ur_judge_load(struct ur_context *ctx,
+                             const char *dir,
+                             DLDataType dtype,
+                             DLDevice device,
+                             struct ur_judge **out);
+
+// Frees a judge. NULL is accepted and does nothing.
+//
+// # Safety
+// `judge` is NULL or a pointer returned by `ur_judge_load`, not yet freed, and no call is using it.
+void ur_judge_free(struct ur_judge *judge);
+
+// The probabilities a judgment of `task` (`UR_TASK_*`) in `mode` (`UR_JUDGE_PAIRWISE` / `_POINTWISE`) writes
+// into `*out`: 3 pairwise, the scale's values pointwise (5, 10 or 101 with the built-in templates). Size `probs`
+// with it.
+//
+// # Safety
+// `judge` comes from `ur_judge_load`; `out` is NULL or writable.
+enum ur_status ur_judge_num_probs(const struct ur_judge *judge,
+                                  int32_t task,
+                                  int32_t mode,
+                                  size_t *out);
+
+// Which of candidates `a` and `b` is better for `task` (`UR_TASK_*`), or a tie, judged in one pass from both
+// orders against `context` (NULL: empty): generation tasks judge `UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` files
+// against a `caption` field, understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's
+// image or video. Writes `[A better, B better, tie]` to `probs` (room for `probs_capacity` floats, at least 3)
+// and the verdict to `*result`. Everything (the arguments, the fields the task's template needs, the media files)
+// is checked before anything is written. Synchronises.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `judge` from `ur_judge_load`; `context` is NULL or a readable
+// `ur_judge_context`; `a` and `b` are NULL or readable items; strings are NUL-terminated; `probs` holds
+// `probs_capacity` writable floats; `result` is NULL (an error) or points to `result->struct_size` writable bytes.
+enum ur_status ur_judge_pairwise(struct ur_context *ctx,
+                                 const struct ur_judge *judge,
+                                 int32_t task,
+                                 const struct ur_judge_context *context,
+                                 const struct ur_judge_item *a,
+                                 const struct ur_judge_item *b,
+                                 float *probs,
+                                 size_t probs_capacity,
+                                 struct ur_judge_result *result);
+
+// The score of `candidate` for `task` (`UR_TASK_*`) on the task's scale, judged in one pass against `context`
+// (as for `ur_judge_pairwise`): the probability of each score value, lowest first, to `probs` (room for
+// `probs_capacity` floats: the scale's values, 101 at most for the built-in templates), the expected and the most
+// probable score to `*result`. Everything is checked before anything is written. Synchronises.
+//
+// # Safety
+// As for `ur_judge_pairwise`, with `candidate` for `a` and `b`.
+enum ur_status ur_judge_pointwise(struct ur_context *ctx,
+                                  const struct ur_judge *judge,
+                                  int32_t task,
+                                  const struct ur_judge_context *context,
+                                  const struct ur_judge_item *candidate,
+                                  float *probs,
+                                  size_t probs_capacity,
+                                  struct ur_judge_result *result);
+
+// `num_requests` judgments in one batch (their prompts that see the same media share their prefill): request
+// `i`'s probabilities go to `probs[i * probs_capacity ...]` (`probs` holds `num_requests * probs_capacity`
+// floats; `probs_capacity` at least the most probabilities a request has), its result to `results[i]` (an array
+// whose items all have the first one's `struct_size`, the stride). `info` (NULL: not wanted) gets the batch's
+// prefill tokens, the tokens prefix sharing saved, and its time. Every request is checked before anything is
+// written. Synchronises.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `judge` from `ur_judge_load`; `requests` points to `num_requests`
+// requests of its first `struct_size` each, whose pointers are valid as for `ur_judge_pairwise`; `probs` holds
+// `num_requests * probs_capacity` writable floats; `results` points to `num_requests` writable results of its
+// first `struct_size` each; `info` is NULL or points to `info->struct_size` writable bytes.
+enum ur_status ur_judge_many(struct ur_context *ctx,
+                             const struct ur_judge *judge,
+                             const struct ur_judge_request *requests,
+                             size_t num_requests,
+                             float *probs,
+                             size_t probs_capacity,
+                             struct ur_judge_result *results,
+                             struct ur_judge_batch_info *info);
 
 // The defaults: sum over tokens, ignore index -100.
 struct ur_logprobs_config ur_logprobs_config_default(void);

@@ -14,11 +14,14 @@
 //   optional tensors may be nullptr). Calls that write host scalars return them (`DpoLoss`, ...) instead.
 // - `Model` owns a checkpoint (`ur_model_*`: Qwen2 or LLaVA-OneVision, with images and videos as `Media`):
 //   forward, backward, gradients by name, generate (with the finish reason).
+// - `Judge` owns a judge checkpoint (`ur_judge_*`): one-pass `pairwise` / `pointwise` judgments and batches
+//   (`many`) of the four UnifiedReward tasks, media as file paths, results as `Judgment`.
 // - `TensorRef` describes memory the caller owns as a DLPack tensor (row-major, no copy): from a typed pointer
 //   (float, int32_t, int64_t) or from `void*` plus a dtype (bfloat16 and float16 data), on `cpu()` or `cuda(n)`.
 #ifndef UNIREWARD_HPP
 #define UNIREWARD_HPP
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -504,6 +507,170 @@ class Model {
  private:
   ur_context* ctx_ = nullptr;
   ur_model* model_ = nullptr;
+};
+
+/// A candidate, or an image or video of a judge context: a response text or a file path (`UR_JUDGE_*`).
+struct JudgeItem {
+  int32_t kind = UR_JUDGE_TEXT;
+  std::string value;
+
+  static JudgeItem text(std::string value) { return {UR_JUDGE_TEXT, std::move(value)}; }
+  static JudgeItem image(std::string path) { return {UR_JUDGE_IMAGE, std::move(path)}; }
+  /// A folder of frame images or an animated GIF.
+  static JudgeItem video(std::string path) { return {UR_JUDGE_VIDEO, std::move(path)}; }
+};
+
+/// What candidates are judged against: the template's fields (`caption`, `question`) and, for understanding tasks,
+/// the image or video the question is about.
+struct JudgeContext {
+  std::vector<std::pair<std::string, std::string>> fields;
+  std::vector<JudgeItem> media;
+
+  static JudgeContext caption(std::string text) { return {{{"caption", std::move(text)}}, {}}; }
+  static JudgeContext question(std::string text, std::vector<JudgeItem> media) {
+    return {{{"question", std::move(text)}}, std::move(media)};
+  }
+};
+
+/// One judgment of `Judge::many`: `UR_TASK_*`, `UR_JUDGE_PAIRWISE` (two candidates) or `_POINTWISE` (one).
+struct JudgeRequest {
+  int32_t task = UR_TASK_IMAGE_GENERATION;
+  int32_t mode = UR_JUDGE_PAIRWISE;
+  JudgeContext context;
+  std::vector<JudgeItem> candidates;
+};
+
+/// A judgment: `probs` (pairwise `[A better, B better, tie]` debiased over both orders; pointwise one per score
+/// value, lowest first), and the rest of `ur_judge_result` (verdict, score and argmax score, position consistency,
+/// prompt tokens, seconds).
+struct Judgment {
+  std::vector<float> probs;
+  int32_t verdict = UR_VERDICT_NONE;
+  float score = 0.0f;
+  float argmax_score = 0.0f;
+  int32_t position_consistent = -1;
+  uint64_t prompt_tokens = 0;
+  double seconds = 0.0;
+};
+
+namespace detail {
+/// The C structs of judge requests, pointing into the requests (which must outlive it) and its own arrays.
+class JudgeRequests {
+ public:
+  explicit JudgeRequests(const std::vector<JudgeRequest>& requests) {
+    // Reserved up front: the C structs point into these vectors, which must not reallocate.
+    names_.resize(requests.size());
+    values_.resize(requests.size());
+    media_.resize(requests.size());
+    candidates_.resize(requests.size());
+    contexts_.resize(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const JudgeRequest& r = requests[i];
+      for (const auto& field : r.context.fields) {
+        names_[i].push_back(field.first.c_str());
+        values_[i].push_back(field.second.c_str());
+      }
+      for (const JudgeItem& m : r.context.media) media_[i].push_back({m.kind, 0, m.value.c_str()});
+      for (const JudgeItem& c : r.candidates) candidates_[i].push_back({c.kind, 0, c.value.c_str()});
+      ur_judge_context& ctx = contexts_[i];
+      ctx = ur_judge_context_default();
+      ctx.field_names = names_[i].data();
+      ctx.field_values = values_[i].data();
+      ctx.num_fields = names_[i].size();
+      ctx.media = media_[i].data();
+      ctx.num_media = media_[i].size();
+      ur_judge_request c = ur_judge_request_default();
+      c.task = r.task;
+      c.mode = r.mode;
+      c.context = &contexts_[i];
+      c.candidates = candidates_[i].data();
+      c.num_candidates = candidates_[i].size();
+      requests_.push_back(c);
+    }
+  }
+  const std::vector<ur_judge_request>& get() const noexcept { return requests_; }
+
+ private:
+  std::vector<std::vector<const char*>> names_, values_;
+  std::vector<std::vector<ur_judge_item>> media_, candidates_;
+  std::vector<ur_judge_context> contexts_;
+  std::vector<ur_judge_request> requests_;
+};
+}  // namespace detail
+
+/// A judge checkpoint loaded by the library (`ur_judge_*`: LLaVA-OneVision or a text-only Qwen2, with its
+/// tokenizer, chat template, image processor and the built-in task templates), owned and freed by this object
+/// (move-only). The context it was loaded with must outlive it. Use a judge from one thread at a time.
+///
+///   unireward::Judge judge(ctx, "path/to/judge");
+///   auto caption = unireward::JudgeContext::caption("a red square");
+///   unireward::Judgment j = judge.pairwise(UR_TASK_IMAGE_GENERATION, caption, unireward::JudgeItem::image("a.png"),
+///                                          unireward::JudgeItem::image("b.png"));
+///   // j.verdict == UR_VERDICT_FIRST: a.png is better; j.probs = {P(A), P(B), P(tie)}
+class Judge {
+ public:
+  Judge(const Context& ctx, const std::string& dir, DLDataType dtype = dtype::float32, DLDevice device = cpu())
+      : ctx_(ctx.get()) {
+    detail::check(ur_judge_load(ctx_, dir.c_str(), dtype, device, &judge_));
+  }
+  Judge(const Judge&) = delete;
+  Judge& operator=(const Judge&) = delete;
+  Judge(Judge&& other) noexcept : ctx_(other.ctx_), judge_(std::exchange(other.judge_, nullptr)) {}
+  Judge& operator=(Judge&& other) noexcept {
+    if (this != &other) {
+      ur_judge_free(judge_);
+      ctx_ = other.ctx_;
+      judge_ = std::exchange(other.judge_, nullptr);
+    }
+    return *this;
+  }
+  ~Judge() { ur_judge_free(judge_); }
+
+  /// The C handle (nullptr after a move).
+  ur_judge* get() const noexcept { return judge_; }
+
+  /// The probabilities a judgment of `task` in `mode` has.
+  size_t num_probs(int32_t task, int32_t mode) const {
+    size_t n = 0;
+    detail::check(ur_judge_num_probs(judge_, task, mode, &n));
+    return n;
+  }
+
+  /// Which of `a` and `b` is better for `task`, or a tie, from both orders in one pass.
+  Judgment pairwise(int32_t task, const JudgeContext& context, const JudgeItem& a, const JudgeItem& b) const {
+    return many({JudgeRequest{task, UR_JUDGE_PAIRWISE, context, {a, b}}}).at(0);
+  }
+
+  /// The score of `candidate` on the task's scale, in one pass.
+  Judgment pointwise(int32_t task, const JudgeContext& context, const JudgeItem& candidate) const {
+    return many({JudgeRequest{task, UR_JUDGE_POINTWISE, context, {candidate}}}).at(0);
+  }
+
+  /// One-pass judgments of `requests` in one batch; `info` (nullptr: not wanted) gets what the batch cost.
+  std::vector<Judgment> many(const std::vector<JudgeRequest>& requests, ur_judge_batch_info* info = nullptr) const {
+    size_t capacity = 0;
+    for (const JudgeRequest& r : requests) capacity = std::max(capacity, num_probs(r.task, r.mode));
+    detail::JudgeRequests c(requests);
+    std::vector<float> probs(requests.size() * capacity);
+    ur_judge_result blank{};
+    blank.struct_size = sizeof blank;
+    std::vector<ur_judge_result> results(requests.size(), blank);
+    if (info != nullptr) info->struct_size = sizeof *info;
+    detail::check(ur_judge_many(ctx_, judge_, c.get().data(), requests.size(), probs.data(), capacity,
+                                results.data(), info));
+    std::vector<Judgment> out;
+    for (size_t i = 0; i < results.size(); ++i) {
+      const ur_judge_result& r = results[i];
+      const float* p = probs.data() + i * capacity;
+      out.push_back({std::vector<float>(p, p + r.num_probs), r.verdict, r.score, r.argmax_score,
+                     r.position_consistent, r.prompt_tokens, r.seconds});
+    }
+    return out;
+  }
+
+ private:
+  ur_context* ctx_ = nullptr;
+  ur_judge* judge_ = nullptr;
 };
 
 }  // namespace unireward

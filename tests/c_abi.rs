@@ -9,13 +9,17 @@
 #[path = "qwen2/reference.rs"]
 mod reference;
 
+// Shared with tests/judge_api.rs (this test uses only part of it).
+#[allow(dead_code)]
+mod judge_checkpoint;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use unireward::ffi::UR_ABI_VERSION;
-use unireward::judge::GenerationConfig;
+use unireward::ffi::{UR_ABI_VERSION, UR_VERDICT_FIRST, UR_VERDICT_NONE, UR_VERDICT_SECOND, UR_VERDICT_TIE};
+use unireward::judge::{Candidate, Context, GenerationConfig, Judge, JudgeResult, MediaFile, Task};
 use unireward::media::{ImageLayout, ImageProcessor, ImageProcessorConfig, RgbImage};
 use unireward::model::llava::{LlavaBatch, LlavaOnevisionModel, MediaInput};
 use unireward::model::qwen2::ForwardOptions;
@@ -50,13 +54,18 @@ fn library_dir() -> PathBuf {
     dir
 }
 
-/// Compiles `source` against the library into a fresh executable.
+/// Compiles C `source` against the library into a fresh executable.
 fn compile(source: &str, name: &str) -> PathBuf {
+    compile_with(("CC", "cc", "-std=c11"), source, name)
+}
+
+/// Compiles `source` with the compiler named by `env` (else `default`) in language standard `std`.
+fn compile_with((env, default, std): (&str, &str, &str), source: &str, name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = library_dir();
     let out = std::env::temp_dir().join(format!("unireward-{name}-{}", std::process::id()));
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
+    let status = Command::new(std::env::var(env).unwrap_or_else(|_| default.into()))
+        .args([std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-O1"])
         .arg("-I")
         .arg(root.join("include"))
         .arg(root.join(source))
@@ -66,7 +75,7 @@ fn compile(source: &str, name: &str) -> PathBuf {
         .args(["-lunireward", "-lm", "-o"])
         .arg(&out)
         .status()
-        .expect("could not run the C compiler (set CC or install gcc)");
+        .unwrap_or_else(|e| panic!("could not run the compiler (set {env} or install gcc): {e}"));
     assert!(status.success(), "compiling {source} failed");
     out
 }
@@ -341,6 +350,32 @@ fn check_llava(d: &Dump) {
     d.check("llava.tokens", &Tensor::from_slice(&tokens, &[tokens.len()], Device::Cpu).unwrap());
 }
 
+/// The judge calls of the C program against the Rust `Judge` on the same checkpoint and inputs.
+fn check_judge(d: &Dump, dir: &Path) {
+    let judge = Judge::load(dir, DType::F32, Device::Cpu).unwrap();
+    let image = |name: &str| Candidate::Media(MediaFile::Image(judge_checkpoint::image(name)));
+    let caption = Context::with_field("caption", "a red square");
+    let pair = judge.pairwise(Task::ImageGeneration, &caption, image("two_images_0.png"), image("two_images_1.png"));
+    let mut question = Context::with_field("question", "What color is the square?");
+    question.media = vec![MediaFile::Image(judge_checkpoint::image("anyres_0.png"))];
+    let point = judge.pointwise(Task::ImageUnderstanding, &question, Candidate::Text("It is red.".into()));
+    for (key, r) in [("judge.pair", pair.unwrap()), ("judge.point", point.unwrap())] {
+        check_judgment(d, key, &r);
+    }
+}
+
+fn check_judgment(d: &Dump, key: &str, r: &JudgeResult) {
+    d.check(&format!("{key}.probs"), &Tensor::from_slice(&r.probs, &[r.probs.len()], Device::Cpu).unwrap());
+    let verdict =
+        r.verdict.map_or(UR_VERDICT_NONE, |v| [UR_VERDICT_FIRST, UR_VERDICT_SECOND, UR_VERDICT_TIE][v as usize]);
+    d.check_scalar(&format!("{key}.verdict"), verdict as f32);
+    d.check_scalar(&format!("{key}.score"), r.score.unwrap_or(f32::NAN));
+    d.check_scalar(&format!("{key}.argmax_score"), r.argmax_score.unwrap_or(f32::NAN));
+    let consistent = r.pair.as_ref().map_or(-1, |p| i32::from(p.position_consistent));
+    d.check_scalar(&format!("{key}.position_consistent"), consistent as f32);
+    d.check_scalar(&format!("{key}.prompt_tokens"), r.prompt_tokens as f32);
+}
+
 fn model_args() -> [String; 3] {
     let r = reference::Reference::load(MODEL);
     let list = |key: &str| r.ids(key).iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
@@ -355,8 +390,16 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     let [dir, prompt, tokens] = model_args();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(MEDIA_CONFIG);
     let llava = Path::new(env!("CARGO_MANIFEST_DIR")).join(LLAVA);
-    let args =
-        [dump_path.as_os_str(), dir.as_ref(), prompt.as_ref(), tokens.as_ref(), config.as_os_str(), llava.as_os_str()];
+    let judge = judge_checkpoint::judge_dir("c-abi");
+    let args = [
+        dump_path.as_os_str(),
+        dir.as_ref(),
+        prompt.as_ref(),
+        tokens.as_ref(),
+        config.as_os_str(),
+        llava.as_os_str(),
+        judge.0.as_os_str(),
+    ];
     let stdout = run(&program, &args, false);
     println!("{stdout}");
     let dump = Dump::read(&dump_path);
@@ -368,6 +411,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_model(&dump);
     check_image_processor(&dump);
     check_llava(&dump);
+    check_judge(&dump, &judge.0);
 
     assert!(
         valgrind_present(),
@@ -391,6 +435,51 @@ fn readme_c_example_runs_cleanly_under_valgrind() {
     assert!(stdout.contains("loss"), "unexpected output:\n{stdout}");
     assert!(valgrind_present(), "valgrind is not installed (apt-get install -y valgrind; scripts/test.sh does)");
     run(&program, &[], true);
+    std::fs::remove_file(&program).ok();
+}
+
+#[test]
+#[cfg_attr(feature = "gpu-tests", ignore = "runs where the library is built (C++ compiler, valgrind, libunireward.so)")]
+fn cpp_judge_equals_the_rust_judge_under_valgrind() {
+    let program = compile_with(("CXX", "c++", "-std=c++17"), "tests/c/judge.cpp", "judge_cpp");
+    let judge = judge_checkpoint::judge_dir("cpp");
+    let llava = Path::new(env!("CARGO_MANIFEST_DIR")).join(LLAVA);
+    let args = [judge.0.as_os_str(), llava.as_os_str()];
+    let stdout = run(&program, &args, false);
+    let rust = Judge::load(&judge.0, DType::F32, Device::Cpu).unwrap();
+    let image = |name: &str| Candidate::Media(MediaFile::Image(judge_checkpoint::image(name)));
+    let caption = Context::with_field("caption", "a red square");
+    let pair = rust.pairwise(Task::ImageGeneration, &caption, image("two_images_0.png"), image("two_images_1.png"));
+    let mut question = Context::with_field("question", "What color is the square?");
+    question.media = vec![MediaFile::Image(judge_checkpoint::image("anyres_0.png"))];
+    let point = rust.pointwise(Task::ImageUnderstanding, &question, Candidate::Text("It is red.".into()));
+    let (pair, point) = (pair.unwrap(), point.unwrap());
+    let lines: HashMap<&str, Vec<f64>> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(key, rest)| (key, rest.split_whitespace().map(|v| v.parse().expect("a number")).collect()))
+        .collect();
+    for (key, expected) in [("pair", &pair), ("many.0", &pair), ("point", &point), ("many.1", &point)] {
+        let got = lines.get(key).unwrap_or_else(|| panic!("the C++ program printed no `{key}`:\n{stdout}"));
+        let verdict = expected
+            .verdict
+            .map_or(UR_VERDICT_NONE, |v| [UR_VERDICT_FIRST, UR_VERDICT_SECOND, UR_VERDICT_TIE][v as usize]);
+        let consistent = expected.pair.as_ref().map_or(-1, |p| i32::from(p.position_consistent));
+        let head = [
+            verdict as f64,
+            expected.score.unwrap_or(f32::NAN) as f64,
+            expected.argmax_score.unwrap_or(f32::NAN) as f64,
+            consistent as f64,
+            expected.prompt_tokens as f64,
+        ];
+        let want: Vec<f64> = head.into_iter().chain(expected.probs.iter().map(|&p| p as f64)).collect();
+        assert_eq!(got.len(), want.len(), "{key}: {got:?} vs {want:?}");
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(close(g, w), "{key}[{i}]: C++ gave {g}, the Rust Judge {w}");
+        }
+    }
+    assert!(valgrind_present(), "valgrind is not installed (apt-get install -y valgrind; scripts/test.sh does)");
+    run(&program, &args, true);
     std::fs::remove_file(&program).ok();
 }
 

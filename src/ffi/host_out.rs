@@ -73,6 +73,13 @@ pub(crate) struct HostSpan {
     len: u64,
 }
 
+impl HostSpan {
+    /// `len` bytes at `start` that a call writes (a caller's array, not a `HostOut`).
+    pub fn new(name: &'static str, start: *const u8, len: usize) -> Self {
+        HostSpan { name, start: start as u64, len: len as u64 }
+    }
+}
+
 impl<T> HostOut<T> {
     pub fn span(&self) -> HostSpan {
         HostSpan { name: self.name, start: self.ptr as u64 + self.skip as u64, len: (self.end - self.skip) as u64 }

@@ -4,7 +4,7 @@
  * and the failing paths (NULL pointers, wrong dtype, device, rank, strides, shapes, configs), whose status codes
  * and messages are checked here. Exits nonzero on the first failed check. tests/c_abi.rs also runs it under
  * valgrind. The Qwen2 model calls run on a fixture checkpoint whose directory, greedy prompt and expected tokens
- * tests/c_abi.rs passes as arguments.
+ * tests/c_abi.rs passes as arguments, the judge calls on the tiny judge checkpoint it assembles.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -1340,12 +1340,126 @@ static void test_adamw(void) {
   CHECK(fabs(report.clip_coef - coef) <= 1e-9, "clip_coef %g, expected %g", report.clip_coef, coef);
   ur_adamw_free(opt);
   ur_adamw_free(NULL);
+
+/* The judge on the tiny LLaVA judge checkpoint `dir` (tests/c_abi.rs assembles it): a pair of image files against a
+   caption, a response scored against a question about an image, and the two in one batch. tests/c_abi.rs recomputes
+   each with the Rust Judge. Bad input is refused by name with nothing written. */
+static void dump_judgment(const char* key, const float* probs, const ur_judge_result* r) {
+  char name[64];
+  float copy[101];
+  Tensor t;
+  CHECK(r->num_probs <= 101, "%llu probabilities", (unsigned long long)r->num_probs);
+  memcpy(copy, probs, sizeof(float) * (size_t)r->num_probs);
+  snprintf(name, sizeof name, "%s.probs", key);
+  dump(name, tensor(&t, copy, F32, 1, D(r->num_probs)));
+  const float fields[5] = {(float)r->verdict, r->score, r->argmax_score, (float)r->position_consistent,
+                           (float)r->prompt_tokens};
+  const char* names[5] = {"verdict", "score", "argmax_score", "position_consistent", "prompt_tokens"};
+  for (int i = 0; i < 5; i++) {
+    snprintf(name, sizeof name, "%s.%s", key, names[i]);
+    dump_scalar(name, fields[i]);
+  }
+  CHECK(r->seconds > 0.0, "%s took no time", key);
+}
+
+static void test_judge(const char* dir, const char* llava_root) {
+  char image0[512], image1[512], scene[512];
+  snprintf(image0, sizeof image0, "%s/images/two_images_0.png", llava_root);
+  snprintf(image1, sizeof image1, "%s/images/two_images_1.png", llava_root);
+  snprintf(scene, sizeof scene, "%s/images/anyres_0.png", llava_root);
+  const DLDevice cpu = {kDLCPU, 0};
+  ur_judge* judge = NULL;
+  FAILS(UR_ERROR_CHECKPOINT, "/no/such/judge", ur_judge_load(ctx, "/no/such/judge", F32, cpu, &judge));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`dtype`", ur_judge_load(ctx, dir, I32, cpu, &judge));
+  CHECK(judge == NULL, "a failed load wrote the handle");
+  OK(ur_judge_load(ctx, dir, F32, cpu, &judge));
+  size_t n = 0;
+  OK(ur_judge_num_probs(judge, UR_TASK_IMAGE_UNDERSTANDING, UR_JUDGE_POINTWISE, &n));
+  CHECK(n == 101, "%zu probabilities on the 0..100 scale", n);
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`mode` is 4", ur_judge_num_probs(judge, 0, 4, &n));
+
+  const char* caption_name[1] = {"caption"};
+  const char* caption_value[1] = {"a red square"};
+  ur_judge_context gen = ur_judge_context_default();
+  gen.field_names = caption_name;
+  gen.field_values = caption_value;
+  gen.num_fields = 1;
+  const ur_judge_item a = {UR_JUDGE_IMAGE, 0, image0}, b = {UR_JUDGE_IMAGE, 0, image1};
+  float pair[3];
+  ur_judge_result pr;
+  memset(&pr, 0, sizeof pr);
+  pr.struct_size = sizeof pr;
+  OK(ur_judge_pairwise(ctx, judge, UR_TASK_IMAGE_GENERATION, &gen, &a, &b, pair, 3, &pr));
+  dump_judgment("judge.pair", pair, &pr);
+
+  const char* question_name[1] = {"question"};
+  const char* question_value[1] = {"What color is the square?"};
+  const ur_judge_item media[1] = {{UR_JUDGE_IMAGE, 0, scene}};
+  ur_judge_context und = ur_judge_context_default();
+  und.field_names = question_name;
+  und.field_values = question_value;
+  und.num_fields = 1;
+  und.media = media;
+  und.num_media = 1;
+  const ur_judge_item response = {UR_JUDGE_TEXT, 0, "It is red."};
+  float scale[101];
+  ur_judge_result sr;
+  memset(&sr, 0, sizeof sr);
+  sr.struct_size = sizeof sr;
+  OK(ur_judge_pointwise(ctx, judge, UR_TASK_IMAGE_UNDERSTANDING, &und, &response, scale, 101, &sr));
+  dump_judgment("judge.point", scale, &sr);
+
+  /* Both again in one batch: the same numbers. */
+  ur_judge_request requests[2] = {ur_judge_request_default(), ur_judge_request_default()};
+  const ur_judge_item pair_items[2] = {a, b};
+  requests[0].context = &gen;
+  requests[0].candidates = pair_items;
+  requests[0].num_candidates = 2;
+  requests[1].task = UR_TASK_IMAGE_UNDERSTANDING;
+  requests[1].mode = UR_JUDGE_POINTWISE;
+  requests[1].context = &und;
+  requests[1].candidates = &response;
+  requests[1].num_candidates = 1;
+  static float batch[2 * 101];
+  ur_judge_result results[2];
+  memset(results, 0, sizeof results);
+  results[0].struct_size = results[1].struct_size = sizeof results[0];
+  ur_judge_batch_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  OK(ur_judge_many(ctx, judge, requests, 2, batch, 101, results, &info));
+  CHECK(memcmp(batch, pair, sizeof pair) == 0 && memcmp(batch + 101, scale, sizeof scale) == 0,
+        "a batch changed the probabilities");
+  CHECK(info.prefill_tokens > 0, "no prefill reported");
+
+  /* Bad input: nothing written. */
+  float untouched[3] = {-1.0f, -1.0f, -1.0f};
+  ur_judge_result none;
+  memset(&none, 0, sizeof none);
+  none.struct_size = sizeof none;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`task` is 9", ur_judge_pairwise(ctx, judge, 9, &gen, &a, &b, untouched, 3, &none));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "caption", ur_judge_pairwise(ctx, judge, 0, NULL, &a, &b, untouched, 3, &none));
+  const ur_judge_item missing = {UR_JUDGE_IMAGE, 0, "/no/such/image.png"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "/no/such/image.png",
+        ur_judge_pairwise(ctx, judge, 0, &gen, &a, &missing, untouched, 3, &none));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`probs_capacity` is 2",
+        ur_judge_pairwise(ctx, judge, 0, &gen, &a, &b, untouched, 2, &none));
+  FAILS(UR_ERROR_NULL_POINTER, "`b`", ur_judge_pairwise(ctx, judge, 0, &gen, &a, NULL, untouched, 3, &none));
+  FAILS(UR_ERROR_NULL_POINTER, "`result`", ur_judge_pointwise(ctx, judge, 0, &gen, &a, untouched, 3, NULL));
+  FAILS(UR_ERROR_NULL_POINTER, "`requests`", ur_judge_many(ctx, judge, NULL, 2, batch, 101, results, NULL));
+  CHECK(untouched[0] == -1.0f && untouched[1] == -1.0f && untouched[2] == -1.0f && none.num_probs == 0,
+        "a failing call wrote its outputs");
+  ur_judge_free(judge);
+  ur_judge_free(NULL);
+  /* The judge's KV caches are large enough for the host cache to keep: hand them back so valgrind sees no leak. */
+  ur_host_cache_release();
+  CHECK(ur_host_cache_bytes() == 0, "host cache released after the judge");
 }
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
+  if (argc != 8) {
     fprintf(stderr,
-            "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS PREPROCESSOR_CONFIG LLAVA_FIXTURES (ids "
+            "usage: %s DUMP_FILE QWEN2_DIR PROMPT_IDS EXPECTED_IDS PREPROCESSOR_CONFIG LLAVA_FIXTURES JUDGE_DIR (ids "
             "comma-separated)\n",
             argv[0]);
     return 2;
@@ -1364,6 +1478,7 @@ int main(int argc, char** argv) {
   test_model(argv[2], argv[3], argv[4]);
   test_image_processor(argv[5]);
   test_llava(argv[6]);
+  test_judge(argv[7], argv[6]);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

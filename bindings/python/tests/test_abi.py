@@ -9,7 +9,7 @@ import re
 import pytest
 
 import unireward
-from unireward import _lib, comparisons, heads, logprobs, losses, media, model
+from unireward import _lib, comparisons, heads, judge, logprobs, losses, media, model
 from unireward._dlpack import DLDataType, DLDevice, DLTensor
 
 HEADER = pathlib.Path(__file__).resolve().parents[3] / "include" / "unireward.h"
@@ -30,6 +30,10 @@ C_SCALARS = {
     "const float *": ctypes.POINTER(ctypes.c_float),
     "const DLTensor *": ctypes.POINTER(DLTensor),
     "const char *": ctypes.c_char_p,
+    "double": ctypes.c_double,
+    "const char *const *": ctypes.POINTER(ctypes.c_char_p),
+    "const struct ur_judge_item *": ctypes.POINTER(judge._JudgeItem),
+    "const struct ur_judge_context *": ctypes.POINTER(judge._JudgeContext),
 }
 
 
@@ -86,6 +90,11 @@ MIRRORS = {
     "ur_generation_result": model._GenerationResult,
     "ur_load_options": model._LoadOptions,
     "ur_media": model._Media,
+    "ur_judge_item": judge._JudgeItem,
+    "ur_judge_context": judge._JudgeContext,
+    "ur_judge_request": judge._JudgeRequest,
+    "ur_judge_result": judge._JudgeResult,
+    "ur_judge_batch_info": judge._JudgeBatchInfo,
 }
 
 
@@ -113,7 +122,7 @@ def test_declared_exports_match_the_header():
 
 
 # Opaque handles, passed as `void*`.
-HANDLES = ("void", "ur_context", "ur_model", "ur_image_processor")
+HANDLES = ("void", "ur_context", "ur_model", "ur_image_processor", "ur_judge")
 
 
 def matches(t, c: str) -> bool:
@@ -146,6 +155,10 @@ def test_enum_codes_match_the_header():
             assert d[prefix + name.upper()] == i
     for code, name in _lib.STATUS_NAMES.items():
         assert re.search(rf"\b{name}\s*=\s*{code}\b", header()), name
+    assert [d["UR_TASK_" + name.upper()] for name in judge.TASKS] == [0, 1, 2, 3]
+    assert [d["UR_JUDGE_" + name.upper()] for name in judge.MODES] == [0, 1]
+    assert [d["UR_JUDGE_TEXT"], d["UR_JUDGE_IMAGE"], d["UR_JUDGE_VIDEO"]] == [judge._TEXT, judge._IMAGE, judge._VIDEO]
+    assert [d["UR_VERDICT_FIRST"], d["UR_VERDICT_SECOND"], d["UR_VERDICT_TIE"], d["UR_VERDICT_NONE"]] == [0, 1, 2, -1]
     assert heads  # the heads take no enums; their exports are checked above
 
 

@@ -1,5 +1,6 @@
 """unireward for PyTorch: the library's fused ops (log-probs, the DPO family, reward-model losses, Diffusion-DPO,
-reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the models (`Model`, a Qwen2 decoder
+reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the judge (`Judge`: one-pass
+verdicts and scores of the four UnifiedReward tasks), the models (`Model`, a Qwen2 decoder
 or LLaVA-OneVision with images and videos: logits, parameter gradients, generation) and LLaVA-OneVision's image
 preprocessing (`ImageProcessor`), loaded from `libunireward.so` through ctypes (no compilation). See README.md, sections "PyTorch" and "Images and videos"."""
 
@@ -8,6 +9,7 @@ import ctypes
 from . import _c, ops
 from ._lib import ABI_VERSION, UnirewardError
 from .liger import FusedLinearDPOLoss
+from .judge import Judge, JudgeRequest, JudgeResult
 from .media import ImageProcessor
 from .model import LlavaOnevisionModel, Model, Qwen2Model
 from .ops import (
@@ -28,7 +30,7 @@ from .ops import (
 from .trl import RunningMean, dpo_loss
 
 # `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
-__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "LlavaOnevisionModel", "Model",
+__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
            "Qwen2Model", "RunningMean", "dpo_loss", "ops", "library_path", "version",
            "host_cache_bytes", "release_host_cache",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",

@@ -1,0 +1,249 @@
+"""`unireward.Judge`: a UnifiedReward judge checkpoint held by the library (`ur_judge_*`) — one-pass pairwise
+verdicts and pointwise scores of the four tasks, one at a time or batched (`judge_many`).
+
+Media are file paths: the library decodes and preprocesses them itself with the checkpoint's
+preprocessor_config.json (an image file, or a video as a folder of frames or an animated GIF). Tensors, arrays and
+PIL images are refused: the C judge takes no pixels, and writing them to a file would be lossy for float pixels."""
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from . import _dlpack
+from ._c import call, declare, lib
+from ._dlpack import DLDataType, DLDevice
+from ._lib import check
+from .model import _dl_device
+
+_P = ctypes.c_void_p  # ur_judge*
+
+#: Task names by `UR_TASK_*` code ("image-generation" is accepted for "image_generation").
+TASKS = ("image_generation", "image_understanding", "video_generation", "video_understanding")
+#: Modes by `UR_JUDGE_PAIRWISE` / `UR_JUDGE_POINTWISE` code.
+MODES = ("pairwise", "pointwise")
+#: `ur_judge_result.verdict` codes 0, 1, 2 ("A": the first candidate given is better).
+VERDICTS = ("A", "B", "tie")
+_TEXT, _IMAGE, _VIDEO = 0, 1, 2  # UR_JUDGE_TEXT, UR_JUDGE_IMAGE, UR_JUDGE_VIDEO
+
+Path = Union[str, os.PathLike]
+
+
+class _JudgeItem(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("reserved", ctypes.c_int32), ("value", ctypes.c_char_p)]
+
+
+class _JudgeContext(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("field_names", ctypes.POINTER(ctypes.c_char_p)), ("field_values", ctypes.POINTER(ctypes.c_char_p)),
+                ("num_fields", ctypes.c_size_t), ("media", ctypes.POINTER(_JudgeItem)),
+                ("num_media", ctypes.c_size_t)]  # fmt: skip
+
+
+class _JudgeRequest(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("task", ctypes.c_int32), ("mode", ctypes.c_int32),
+                ("reserved", ctypes.c_int32), ("context", ctypes.POINTER(_JudgeContext)),
+                ("candidates", ctypes.POINTER(_JudgeItem)), ("num_candidates", ctypes.c_size_t)]  # fmt: skip
+
+
+class _JudgeResult(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("verdict", ctypes.c_int32), ("num_probs", ctypes.c_uint64),
+                ("score", ctypes.c_float), ("argmax_score", ctypes.c_float),
+                ("position_consistent", ctypes.c_int32), ("reserved", ctypes.c_int32),
+                ("prompt_tokens", ctypes.c_uint64), ("seconds", ctypes.c_double)]  # fmt: skip
+
+
+class _JudgeBatchInfo(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("prefill_tokens", ctypes.c_uint64),
+                ("prefill_tokens_saved", ctypes.c_uint64), ("seconds", ctypes.c_double)]  # fmt: skip
+
+
+_I = ctypes.POINTER(_JudgeItem)
+_C = ctypes.POINTER(_JudgeContext)
+_F = ctypes.POINTER(ctypes.c_float)
+_R = ctypes.POINTER(_JudgeResult)
+declare("ur_judge_load", [ctypes.c_char_p, DLDataType, DLDevice, ctypes.POINTER(_P)])
+declare("ur_judge_pairwise", [_P, ctypes.c_int32, _C, _I, _I, _F, ctypes.c_size_t, _R])
+declare("ur_judge_pointwise", [_P, ctypes.c_int32, _C, _I, _F, ctypes.c_size_t, _R])
+declare("ur_judge_many", [_P, ctypes.POINTER(_JudgeRequest), ctypes.c_size_t, _F, ctypes.c_size_t, _R,
+                          ctypes.POINTER(_JudgeBatchInfo)])  # fmt: skip
+lib.ur_judge_num_probs.argtypes = [_P, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)]
+lib.ur_judge_num_probs.restype = ctypes.c_int32
+lib.ur_judge_free.argtypes = [_P]
+lib.ur_judge_free.restype = None
+for _name, _struct in [("ur_judge_context_default", _JudgeContext), ("ur_judge_request_default", _JudgeRequest)]:
+    getattr(lib, _name).argtypes = []
+    getattr(lib, _name).restype = _struct
+
+
+@dataclass
+class JudgeResult:
+    """A judgment. `probs`: pairwise `[A better, B better, tie]`, position-debiased over both orders (the tie's 0
+    for templates without a tie phrase); pointwise one probability per score value of the task's scale, lowest
+    first. `verdict` ("A", "B", "tie") and `position_consistent` (both orders pick the same) are pairwise only;
+    `score` (expected) and `argmax_score` (most probable value) pointwise only. `seconds`: in a batch, the batch's
+    time shared equally by its requests."""
+
+    probs: List[float]
+    verdict: Optional[str]
+    score: Optional[float]
+    argmax_score: Optional[float]
+    position_consistent: Optional[bool]
+    prompt_tokens: int
+    seconds: float
+
+
+@dataclass
+class JudgeRequest:
+    """One judgment of a `judge_many` batch: `candidates` (two for "pairwise", one for "pointwise") are media paths
+    for generation tasks and response texts for understanding tasks; the context is `caption` (generation),
+    `question` and `images` / `videos` (understanding), and any other template `fields`."""
+
+    task: str
+    mode: str
+    candidates: Sequence[Union[str, os.PathLike]]
+    caption: Optional[str] = None
+    question: Optional[str] = None
+    images: Sequence[Path] = ()
+    videos: Sequence[Path] = ()
+    fields: Dict[str, str] = field(default_factory=dict)
+
+
+def _task_code(task: str) -> int:
+    name = str(task).strip().replace("-", "_")
+    if name not in TASKS:
+        raise ValueError(f"unireward: unknown task {task!r}; known: {', '.join(TASKS)}")
+    return TASKS.index(name)
+
+
+def _path(what: str, value) -> bytes:
+    if isinstance(value, (str, os.PathLike)):
+        return os.fsencode(value)
+    raise TypeError(f"unireward: {what} must be a file path, got {type(value).__name__}: the judge reads media files "
+                    "itself (save tensors, arrays and PIL images losslessly, e.g. as PNG, and pass the path)")  # fmt: skip
+
+
+class _Request:
+    """The C structs of one request, keeping every buffer they point to alive."""
+
+    def __init__(self, request: JudgeRequest):
+        self.task = _task_code(request.task)
+        if request.mode not in MODES:
+            raise ValueError(f"unireward: unknown mode {request.mode!r}; known: {', '.join(MODES)}")
+        fields = dict(request.fields)
+        for name, value in (("caption", request.caption), ("question", request.question)):
+            if value is not None:
+                fields[name] = value
+        names = [k.encode() for k in fields]
+        values = [str(v).encode() for v in fields.values()]
+        self.names = (ctypes.c_char_p * max(len(names), 1))(*names)
+        self.values = (ctypes.c_char_p * max(len(values), 1))(*values)
+        media = [(_IMAGE, _path(f"images[{i}]", m)) for i, m in enumerate(request.images)]
+        media += [(_VIDEO, _path(f"videos[{i}]", m)) for i, m in enumerate(request.videos)]
+        self.media = (_JudgeItem * max(len(media), 1))(*[_JudgeItem(kind, 0, value) for kind, value in media])
+        self.context = lib.ur_judge_context_default()
+        self.context.field_names, self.context.field_values = self.names, self.values
+        self.context.num_fields = len(names)
+        self.context.media, self.context.num_media = self.media, len(media)
+        kind = {0: _IMAGE, 2: _VIDEO}.get(self.task, _TEXT)
+        items = []
+        for i, c in enumerate(request.candidates):
+            if kind == _TEXT:
+                if not isinstance(c, str):
+                    raise TypeError(f"unireward: candidates[{i}] of {TASKS[self.task]} is a response text, "
+                                    f"got {type(c).__name__}")  # fmt: skip
+                items.append(_JudgeItem(kind, 0, c.encode()))
+            else:
+                items.append(_JudgeItem(kind, 0, _path(f"candidates[{i}]", c)))
+        self.candidates = (_JudgeItem * max(len(items), 1))(*items)
+        self.c = lib.ur_judge_request_default()
+        self.c.task, self.c.mode = self.task, MODES.index(request.mode)
+        self.c.context = ctypes.pointer(self.context)
+        self.c.candidates, self.c.num_candidates = self.candidates, len(items)
+
+
+def _result(r: _JudgeResult, probs) -> JudgeResult:
+    pairwise = r.verdict >= 0
+    return JudgeResult(
+        probs=[float(p) for p in probs[: r.num_probs]],
+        verdict=VERDICTS[r.verdict] if pairwise else None,
+        score=None if pairwise else float(r.score),
+        argmax_score=None if pairwise else float(r.argmax_score),
+        position_consistent=bool(r.position_consistent) if pairwise else None,
+        prompt_tokens=int(r.prompt_tokens),
+        seconds=float(r.seconds),
+    )
+
+
+class Judge:
+    """A judge checkpoint (LLaVA-OneVision, or a text-only Qwen2) with its tokenizer, chat template, image processor
+    and the built-in task templates, in `dtype` on `device`. Generation tasks ("image_generation",
+    "video_generation") judge media files against a `caption`; understanding tasks ("image_understanding",
+    "video_understanding") judge response texts to a `question` about `images` / `videos`. Not thread-safe."""
+
+    def __init__(self, path: Path, dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu"):
+        code_bits = _dlpack._DTYPES.get(dtype)
+        if code_bits is None or not dtype.is_floating_point:
+            raise TypeError(f"unireward: judge dtype {dtype} is not supported (float32, bfloat16, float16)")
+        self.path, self.dtype, self.device = path, dtype, torch.device(device)
+        handle = _P()
+        call("ur_judge_load", os.fsencode(path), DLDataType(*code_bits, 1), _dl_device(self.device),
+             ctypes.byref(handle))  # fmt: skip
+        self._handle = handle
+
+    def close(self) -> None:
+        """Frees the judge now (also done when it is garbage-collected)."""
+        if getattr(self, "_handle", None) is not None:
+            lib.ur_judge_free(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def _live(self):
+        if self._handle is None:
+            raise RuntimeError("unireward: the judge was closed")
+        return self._handle
+
+    def _num_probs(self, task: int, mode: int) -> int:
+        n = ctypes.c_size_t()
+        check(lib, "ur_judge_num_probs", lib.ur_judge_num_probs(self._live(), task, mode, ctypes.byref(n)))
+        return n.value
+
+    def pairwise(self, task: str, a, b, caption: Optional[str] = None, question: Optional[str] = None,
+                 images: Sequence[Path] = (), videos: Sequence[Path] = (),
+                 fields: Optional[Dict[str, str]] = None) -> JudgeResult:  # fmt: skip
+        """Which of `a` and `b` is better (or a tie), from both orders in one pass."""
+        return self.judge_many([JudgeRequest(task, "pairwise", [a, b], caption, question, images, videos,
+                                             dict(fields or {}))])[0]  # fmt: skip
+
+    def pointwise(self, task: str, candidate, caption: Optional[str] = None, question: Optional[str] = None,
+                  images: Sequence[Path] = (), videos: Sequence[Path] = (),
+                  fields: Optional[Dict[str, str]] = None) -> JudgeResult:  # fmt: skip
+        """The score of `candidate` on the task's scale (the probability of each value, their expectation and the
+        most probable value), in one pass."""
+        return self.judge_many([JudgeRequest(task, "pointwise", [candidate], caption, question, images, videos,
+                                             dict(fields or {}))])[0]  # fmt: skip
+
+    def judge_many(self, requests: Sequence[JudgeRequest], return_info: bool = False):
+        """One-pass judgments of many requests in one batch (prompts seeing the same media share their prefill).
+        With `return_info`, returns `(results, info)`, info a dict of the batch's `prefill_tokens`,
+        `prefill_tokens_saved` and `seconds`."""
+        if not requests:
+            raise ValueError("unireward: judge_many needs at least one request")
+        built = [_Request(r) for r in requests]
+        array = (_JudgeRequest * len(built))(*[r.c for r in built])
+        n = len(built)
+        capacity = max(self._num_probs(r.c.task, r.c.mode) for r in built)
+        probs = (ctypes.c_float * (n * capacity))()
+        results = (_JudgeResult * n)(*[_JudgeResult(struct_size=ctypes.sizeof(_JudgeResult)) for _ in built])
+        info = _JudgeBatchInfo(struct_size=ctypes.sizeof(_JudgeBatchInfo))
+        call("ur_judge_many", self._live(), array, n, probs, capacity, results, ctypes.byref(info))
+        out = [_result(r, probs[i * capacity : (i + 1) * capacity]) for i, r in enumerate(results)]
+        if return_info:
+            stats = {"prefill_tokens": info.prefill_tokens, "prefill_tokens_saved": info.prefill_tokens_saved,
+                     "seconds": info.seconds}  # fmt: skip
+            return out, stats
+        return out

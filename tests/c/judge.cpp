@@ -1,0 +1,78 @@
+// unireward::Judge (include/unireward.hpp) on the tiny judge checkpoint argv[1] with the LLaVA fixture images under
+// argv[2]: prints each judgment as one line "key verdict score argmax_score position_consistent prompt_tokens probs..."
+// for tests/c_abi.rs to compare with the Rust Judge, and checks that bad input throws the status and message.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "unireward.hpp"
+
+namespace {
+
+void print(const char* key, const unireward::Judgment& j) {
+  std::printf("%s %d %.9g %.9g %d %llu", key, j.verdict, j.score, j.argmax_score, j.position_consistent,
+              static_cast<unsigned long long>(j.prompt_tokens));
+  for (float p : j.probs) std::printf(" %.9g", p);
+  std::printf("\n");
+}
+
+// Runs `call`, which must throw `unireward::Error` with `status` and a message holding `needle`.
+template <typename F>
+void expect_error(F call, ur_status status, const char* needle) {
+  try {
+    call();
+  } catch (const unireward::Error& e) {
+    if (e.status() == status && std::strstr(e.what(), needle) != nullptr) return;
+    std::fprintf(stderr, "wrong error: %s (expected %s)\n", e.what(), needle);
+    std::exit(1);
+  }
+  std::fprintf(stderr, "no error (expected %s)\n", needle);
+  std::exit(1);
+}
+
+int judge_checks(const char* dir, const char* llava) {
+  const std::string images = std::string(llava) + "/images/";
+  using unireward::JudgeItem;
+  unireward::Context ctx;
+  unireward::Judge judge(ctx, dir);
+  const auto caption = unireward::JudgeContext::caption("a red square");
+  const auto a = JudgeItem::image(images + "two_images_0.png"), b = JudgeItem::image(images + "two_images_1.png");
+  print("pair", judge.pairwise(UR_TASK_IMAGE_GENERATION, caption, a, b));
+  const auto question =
+      unireward::JudgeContext::question("What color is the square?", {JudgeItem::image(images + "anyres_0.png")});
+  print("point", judge.pointwise(UR_TASK_IMAGE_UNDERSTANDING, question, JudgeItem::text("It is red.")));
+  ur_judge_batch_info info{};
+  const std::vector<unireward::Judgment> batch =
+      judge.many({{UR_TASK_IMAGE_GENERATION, UR_JUDGE_PAIRWISE, caption, {a, b}},
+                  {UR_TASK_IMAGE_UNDERSTANDING, UR_JUDGE_POINTWISE, question, {JudgeItem::text("It is red.")}}},
+                 &info);
+  print("many.0", batch.at(0));
+  print("many.1", batch.at(1));
+  if (info.prefill_tokens == 0 || judge.num_probs(UR_TASK_VIDEO_GENERATION, UR_JUDGE_POINTWISE) != 10) return 1;
+
+  expect_error([&] { judge.pairwise(9, caption, a, b); }, UR_ERROR_INVALID_ARGUMENT, "`task` is 9");
+  expect_error([&] { judge.pairwise(UR_TASK_IMAGE_GENERATION, {}, a, b); }, UR_ERROR_INVALID_ARGUMENT, "caption");
+  expect_error([&] { judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, JudgeItem::image("/no/such.png")); },
+               UR_ERROR_INVALID_ARGUMENT, "/no/such.png");
+  expect_error([&] { judge.many({}); }, UR_ERROR_INVALID_ARGUMENT, "`num_requests` is 0");
+  expect_error([&] { unireward::Judge(ctx, "/no/such/judge"); }, UR_ERROR_CHECKPOINT, "/no/such/judge");
+  unireward::Judge moved = std::move(judge);
+  if (judge.get() != nullptr || moved.get() == nullptr) return 1;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s JUDGE_DIR LLAVA_FIXTURES\n", argv[0]);
+    return 2;
+  }
+  const int status = judge_checks(argv[1], argv[2]);
+  // The judge's large buffers (KV caches, then its weights when freed) stay in the library's host cache for reuse:
+  // hand them back, once the judge is gone, so that valgrind sees no leak.
+  unireward::release_host_cache();
+  return status;
+}

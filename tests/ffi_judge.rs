@@ -1,0 +1,387 @@
+//! `ur_judge_*` called as C would call them, on the tiny LLaVA judge of tests/judge_checkpoint: pairwise, pointwise
+//! and batched judgments equal the Rust `Judge`'s; bad input is a status and a message naming the C argument, with
+//! nothing written.
+
+mod judge_checkpoint;
+
+use std::ffi::{CStr, CString};
+use std::ptr::{null, null_mut};
+
+use judge_checkpoint::{image, judge_dir};
+use unireward::ffi::*;
+use unireward::judge::answer::Verdict;
+use unireward::judge::{Candidate, Context, Judge, JudgeResult, MediaFile, Task};
+use unireward::{DType, Device};
+
+fn last_error() -> String {
+    // SAFETY: never NULL, NUL-terminated, valid until the next failing call on this thread.
+    unsafe { CStr::from_ptr(ur_last_error_message()) }.to_string_lossy().into_owned()
+}
+
+fn expect_status(status: ur_status, want: ur_status, fragment: &str) {
+    assert_eq!(status, want, "{}", last_error());
+    assert!(last_error().contains(fragment), "`{}` does not mention `{fragment}`", last_error());
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn item(kind: i32, value: &CString) -> ur_judge_item {
+    ur_judge_item { kind, reserved: 0, value: value.as_ptr() }
+}
+
+fn fresh_result() -> ur_judge_result {
+    // SAFETY: a plain-number struct: all zeros is a valid value.
+    let mut r: ur_judge_result = unsafe { std::mem::zeroed() };
+    r.struct_size = std::mem::size_of::<ur_judge_result>() as u32;
+    r
+}
+
+/// The C result agrees with the Rust one: every probability within 1e-6, the verdict, scores and token count.
+fn assert_same(probs: &[f32], result: &ur_judge_result, rust: &JudgeResult) {
+    assert_eq!(result.num_probs as usize, rust.probs.len());
+    for (c, r) in probs[..rust.probs.len()].iter().zip(&rust.probs) {
+        assert!((c - r).abs() <= 1e-6, "{probs:?} vs {:?}", rust.probs);
+    }
+    let verdict = match rust.verdict {
+        Some(Verdict::First) => UR_VERDICT_FIRST,
+        Some(Verdict::Second) => UR_VERDICT_SECOND,
+        Some(Verdict::Tie) => UR_VERDICT_TIE,
+        None => UR_VERDICT_NONE,
+    };
+    assert_eq!(result.verdict, verdict);
+    let same = |c: f32, r: Option<f32>| match r {
+        Some(r) => (c - r).abs() <= 1e-5,
+        None => c.is_nan(),
+    };
+    assert!(same(result.score, rust.score) && same(result.argmax_score, rust.argmax_score), "{result:?} vs {rust:?}");
+    assert_eq!(result.position_consistent, rust.pair.as_ref().map_or(-1, |p| i32::from(p.position_consistent)));
+    assert_eq!(result.prompt_tokens as usize, rust.prompt_tokens);
+    assert!(result.seconds > 0.0);
+}
+
+#[test]
+fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
+    let dir = judge_dir("ffi");
+    let rust = Judge::load(&dir.0, DType::F32, Device::Cpu).unwrap();
+    let dir_c = c(dir.0.to_str().unwrap());
+    let (img0, img1) = (image("two_images_0.png"), image("two_images_1.png"));
+    let (img0_c, img1_c, scene_c) =
+        (c(img0.to_str().unwrap()), c(img1.to_str().unwrap()), c(image("anyres_0.png").to_str().unwrap()));
+    let (caption, caption_value, question, question_value) =
+        (c("caption"), c("a red square"), c("question"), c("What color is the square?"));
+    let responses = [c("It is red."), c("Blue, I think.")];
+    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
+
+    let mut ctx = null_mut();
+    // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
+    unsafe {
+        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
+        let mut judge: *mut ur_judge = null_mut();
+        let bad_dtype = DLDataType { code: 0, bits: 32, lanes: 1 };
+        expect_status(
+            ur_judge_load(ctx, dir_c.as_ptr(), bad_dtype, f32_cpu.1, &mut judge),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`dtype`",
+        );
+        expect_status(
+            ur_judge_load(ctx, null(), f32_cpu.0, f32_cpu.1, &mut judge),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`dir`",
+        );
+        let nowhere = c("/no/such/judge");
+        expect_status(
+            ur_judge_load(ctx, nowhere.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge),
+            ur_status::UR_ERROR_CHECKPOINT,
+            "/no/such/judge",
+        );
+        assert!(judge.is_null());
+        assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
+
+        let mut n = 0usize;
+        for (task, mode, want) in [
+            (UR_TASK_IMAGE_GENERATION, UR_JUDGE_PAIRWISE, 3),
+            (UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, 5),
+            (UR_TASK_IMAGE_UNDERSTANDING, UR_JUDGE_POINTWISE, 101),
+            (UR_TASK_VIDEO_GENERATION, UR_JUDGE_POINTWISE, 10),
+        ] {
+            assert_eq!(ur_judge_num_probs(judge, task, mode, &mut n), ur_status::UR_OK, "{}", last_error());
+            assert_eq!(n, want);
+        }
+        expect_status(ur_judge_num_probs(judge, 0, 2, &mut n), ur_status::UR_ERROR_INVALID_ARGUMENT, "`mode` is 2");
+        expect_status(ur_judge_num_probs(judge, -1, 0, &mut n), ur_status::UR_ERROR_INVALID_ARGUMENT, "`task` is -1");
+        expect_status(ur_judge_num_probs(judge, 0, 0, null_mut()), ur_status::UR_ERROR_NULL_POINTER, "`out`");
+
+        // Pairwise image generation: A and B files against a caption.
+        let names = [caption.as_ptr()];
+        let values = [caption_value.as_ptr()];
+        let mut gen_ctx = ur_judge_context_default();
+        gen_ctx.field_names = names.as_ptr();
+        gen_ctx.field_values = values.as_ptr();
+        gen_ctx.num_fields = 1;
+        let (a, b) = (item(UR_JUDGE_IMAGE, &img0_c), item(UR_JUDGE_IMAGE, &img1_c));
+        let mut probs = [0f32; 3];
+        let mut result = fresh_result();
+        let status = ur_judge_pairwise(
+            ctx,
+            judge,
+            UR_TASK_IMAGE_GENERATION,
+            &gen_ctx,
+            &a,
+            &b,
+            probs.as_mut_ptr(),
+            3,
+            &mut result,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let context = Context::with_field("caption", "a red square");
+        let image_candidate = |p: &std::path::Path| Candidate::Media(MediaFile::Image(p.to_path_buf()));
+        let expected =
+            rust.pairwise(Task::ImageGeneration, &context, image_candidate(&img0), image_candidate(&img1)).unwrap();
+        assert_same(&probs, &result, &expected);
+
+        // Pointwise image understanding: a response about the context's image, on the 0..=100 scale.
+        let names_q = [question.as_ptr()];
+        let values_q = [question_value.as_ptr()];
+        let scene = [item(UR_JUDGE_IMAGE, &scene_c)];
+        let mut und_ctx = ur_judge_context_default();
+        und_ctx.field_names = names_q.as_ptr();
+        und_ctx.field_values = values_q.as_ptr();
+        und_ctx.num_fields = 1;
+        und_ctx.media = scene.as_ptr();
+        und_ctx.num_media = 1;
+        let response = item(UR_JUDGE_TEXT, &responses[0]);
+        let mut scale = [0f32; 101];
+        let mut point = fresh_result();
+        let status = ur_judge_pointwise(
+            ctx,
+            judge,
+            UR_TASK_IMAGE_UNDERSTANDING,
+            &und_ctx,
+            &response,
+            scale.as_mut_ptr(),
+            101,
+            &mut point,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let mut context_q = Context::with_field("question", "What color is the square?");
+        context_q.media = vec![MediaFile::Image(image("anyres_0.png"))];
+        let expected_point =
+            rust.pointwise(Task::ImageUnderstanding, &context_q, Candidate::Text("It is red.".into())).unwrap();
+        assert_same(&scale, &point, &expected_point);
+
+        // A batch: the pointwise request, an understanding pair, the generation pair; a caller's longer structs
+        // (stride = struct_size) work.
+        let pair = [item(UR_JUDGE_TEXT, &responses[0]), item(UR_JUDGE_TEXT, &responses[1])];
+        let mut requests = [ur_judge_request_default(); 3];
+        requests[0].task = UR_TASK_IMAGE_UNDERSTANDING;
+        requests[0].mode = UR_JUDGE_POINTWISE;
+        requests[0].context = &und_ctx;
+        requests[0].candidates = &response;
+        requests[0].num_candidates = 1;
+        requests[1].task = UR_TASK_IMAGE_UNDERSTANDING;
+        requests[1].context = &und_ctx;
+        requests[1].candidates = pair.as_ptr();
+        requests[1].num_candidates = 2;
+        let gen_pair = [a, b];
+        requests[2].context = &gen_ctx;
+        requests[2].candidates = gen_pair.as_ptr();
+        requests[2].num_candidates = 2;
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Longer {
+            r: ur_judge_result,
+            newer: u64,
+        }
+        let mut results = [Longer { r: fresh_result(), newer: 7 }; 3];
+        for r in &mut results {
+            r.r.struct_size = std::mem::size_of::<Longer>() as u32;
+        }
+        let mut batch_probs = vec![f32::NAN; 3 * 101];
+        let mut info: ur_judge_batch_info = std::mem::zeroed();
+        info.struct_size = std::mem::size_of::<ur_judge_batch_info>() as u32;
+        let status = ur_judge_many(
+            ctx,
+            judge,
+            requests.as_ptr(),
+            3,
+            batch_probs.as_mut_ptr(),
+            101,
+            results.as_mut_ptr().cast(),
+            &mut info,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        assert_same(&batch_probs[..101], &results[0].r, &expected_point);
+        let expected_und = rust
+            .pairwise(
+                Task::ImageUnderstanding,
+                &context_q,
+                Candidate::Text("It is red.".into()),
+                Candidate::Text("Blue, I think.".into()),
+            )
+            .unwrap();
+        assert_same(&batch_probs[101..202], &results[1].r, &expected_und);
+        assert_same(&batch_probs[202..], &results[2].r, &expected);
+        assert!(batch_probs[205..].iter().all(|p| p.is_nan()), "wrote past a request's probabilities");
+        assert!(results.iter().all(|r| r.newer == 7), "wrote past the library's struct");
+        assert!(info.prefill_tokens > 0 && info.prefill_tokens_saved > 0 && info.seconds > 0.0, "{info:?}");
+
+        // Bad input: a status and a message naming the argument, nothing written.
+        let mut untouched = fresh_result();
+        let mut p3 = [-1f32; 3];
+        let pairwise =
+            |task: i32,
+             context: *const ur_judge_context,
+             a: *const ur_judge_item,
+             b: *const ur_judge_item,
+             probs: *mut f32,
+             cap: usize,
+             r: *mut ur_judge_result| { ur_judge_pairwise(ctx, judge, task, context, a, b, probs, cap, r) };
+        let probs3 = p3.as_mut_ptr();
+        let r = &mut untouched as *mut ur_judge_result;
+        expect_status(pairwise(7, &gen_ctx, &a, &b, probs3, 3, r), ur_status::UR_ERROR_INVALID_ARGUMENT, "`task` is 7");
+        expect_status(pairwise(0, null(), &a, &b, probs3, 3, r), ur_status::UR_ERROR_INVALID_ARGUMENT, "caption");
+        let missing_c = c("/no/such/image.png");
+        let missing = item(UR_JUDGE_IMAGE, &missing_c);
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &missing, probs3, 3, r),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "/no/such/image.png",
+        );
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &b, probs3, 2, r),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`probs_capacity` is 2",
+        );
+        expect_status(pairwise(0, &gen_ctx, &a, &b, null_mut(), 3, r), ur_status::UR_ERROR_NULL_POINTER, "`probs`");
+        expect_status(pairwise(0, &gen_ctx, null(), &b, probs3, 3, r), ur_status::UR_ERROR_NULL_POINTER, "`a`");
+        let inside_result = (r as *mut u8).add(8) as *mut f32;
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &b, inside_result, 3, r),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "overlaps",
+        );
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &b, probs3, 3, null_mut()),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`result`",
+        );
+        let bad_kind = ur_judge_item { kind: 9, ..a };
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &bad_kind, probs3, 3, r),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`b.kind` is 9",
+        );
+        let null_value = ur_judge_item { value: null(), ..a };
+        expect_status(
+            pairwise(0, &gen_ctx, &null_value, &b, probs3, 3, r),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`a.value`",
+        );
+        let mut holey = gen_ctx;
+        holey.field_values = null();
+        expect_status(
+            pairwise(0, &holey, &a, &b, probs3, 3, r),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`context->field_values`",
+        );
+        let mut short = gen_ctx;
+        short.struct_size = 4;
+        expect_status(
+            pairwise(0, &short, &a, &b, probs3, 3, r),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`context->struct_size` is 4",
+        );
+        let mut small = fresh_result();
+        small.struct_size = 8;
+        expect_status(
+            pairwise(0, &gen_ctx, &a, &b, probs3, 3, &mut small),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "ur_judge_result.struct_size",
+        );
+        expect_status(
+            ur_judge_pairwise(ctx, null(), 0, &gen_ctx, &a, &b, probs3, 3, r),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`judge`",
+        );
+        let mut small_scale = [0f32; 100];
+        expect_status(
+            ur_judge_pointwise(
+                ctx,
+                judge,
+                UR_TASK_IMAGE_UNDERSTANDING,
+                &und_ctx,
+                &response,
+                small_scale.as_mut_ptr(),
+                100,
+                r,
+            ),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "request 0 has 101 probabilities",
+        );
+        let mut text_media_ctx = und_ctx;
+        let text_media = [item(UR_JUDGE_TEXT, &responses[0])];
+        text_media_ctx.media = text_media.as_ptr();
+        expect_status(
+            ur_judge_pointwise(
+                ctx,
+                judge,
+                UR_TASK_IMAGE_UNDERSTANDING,
+                &text_media_ctx,
+                &response,
+                scale.as_mut_ptr(),
+                101,
+                r,
+            ),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`context->media[0].kind` is UR_JUDGE_TEXT",
+        );
+        let mut bad = requests;
+        bad[1].mode = 5;
+        let results_ptr: *mut ur_judge_result = results.as_mut_ptr().cast();
+        let scratch = batch_probs.as_mut_ptr();
+        expect_status(
+            ur_judge_many(ctx, judge, bad.as_ptr(), 3, scratch, 101, results_ptr, null_mut()),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`requests[1].mode` is 5",
+        );
+        bad = requests;
+        bad[2].num_candidates = 1;
+        expect_status(
+            ur_judge_many(ctx, judge, bad.as_ptr(), 3, scratch, 101, results_ptr, null_mut()),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "takes 2, 1 given",
+        );
+        bad = requests;
+        bad[0].candidates = null();
+        expect_status(
+            ur_judge_many(ctx, judge, bad.as_ptr(), 3, scratch, 101, results_ptr, null_mut()),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`requests[0].candidates`",
+        );
+        expect_status(
+            ur_judge_many(ctx, judge, requests.as_ptr(), 3, scratch, 3, results_ptr, null_mut()),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`probs_capacity` is 3, request 0 has 101",
+        );
+        expect_status(
+            ur_judge_many(ctx, judge, requests.as_ptr(), 0, scratch, 101, results_ptr, null_mut()),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`num_requests` is 0",
+        );
+        results[2].r.struct_size = 8;
+        expect_status(
+            ur_judge_many(ctx, judge, requests.as_ptr(), 3, scratch, 101, results.as_mut_ptr().cast(), null_mut()),
+            ur_status::UR_ERROR_INVALID_ARGUMENT,
+            "`results[2].struct_size` is 8",
+        );
+        assert_eq!(p3, [-1.0; 3], "a failing call wrote probabilities");
+        assert_eq!(untouched.num_probs, 0, "a failing call wrote a result");
+        assert_eq!(small_scale, [0.0; 100]);
+
+        ur_judge_free(judge);
+        ur_judge_free(null_mut());
+        ur_context_free(ctx);
+    }
+}

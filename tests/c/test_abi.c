@@ -1340,6 +1340,7 @@ static void test_adamw(void) {
   CHECK(fabs(report.clip_coef - coef) <= 1e-9, "clip_coef %g, expected %g", report.clip_coef, coef);
   ur_adamw_free(opt);
   ur_adamw_free(NULL);
+}
 
 /* The judge on the tiny LLaVA judge checkpoint `dir` (tests/c_abi.rs assembles it): a pair of image files against a
    caption, a response scored against a question about an image, and the two in one batch. tests/c_abi.rs recomputes

@@ -509,12 +509,15 @@ fn kept_buffers_get_the_allocating_backwards_gradients_bit_for_bit() {
     }
 }
 
+/// Replaces one gradient buffer by one of the wrong shape or dtype.
+type Spoil = fn(&mut LlavaGradients);
+
 #[test]
 fn mismatched_kept_buffers_are_refused_with_nothing_written() {
     let r = reference();
     let model = LlavaOnevisionModel::load(&fixture("llava_qwen"), DType::F32, Device::Cpu).unwrap();
     let inputs = Inputs::new(&r, model.layout);
-    let wrong: [(&str, fn(&mut LlavaGradients)); 3] = [
+    let wrong: [(&str, Spoil); 3] = [
         ("mm_projector.2.bias", |g| g.projector[1].1 = Tensor::zeros(&[3], DType::F32, Device::Cpu).unwrap()),
         ("image_newline", |g| {
             g.image_newline = Tensor::zeros(g.image_newline.shape(), DType::BF16, Device::Cpu).unwrap()

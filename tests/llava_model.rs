@@ -1,6 +1,6 @@
 //! The whole LLaVA-OneVision model (tower → projector → packing → Qwen2) against transformers' float64 reference
 //! (`tests/reference/llava_onevision_model.py`): logits, loss and every gradient of the padded five-row batch, from
-//! both checkpoint layouts; each row alone against the batch; bf16 storage; bad input.
+//! both checkpoint layouts; each row alone against the batch; bf16 storage; kept gradient buffers; bad input.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use unireward::judge::GenerationConfig;
 use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
-use unireward::model::llava::{LlavaBatch, LlavaLayout, LlavaOnevisionModel, MediaInput};
+use unireward::model::llava::{LlavaBatch, LlavaGradients, LlavaLayout, LlavaOnevisionModel, MediaInput};
 use unireward::model::{save_safetensors, ForwardOptions, WeightStore};
 use unireward::ops::fused_linear::FusedLinearConfig;
 use unireward::{DType, Device, Tensor};
@@ -432,4 +432,119 @@ fn a_batch_without_media_gives_zero_vision_gradients() {
         }
     }
     assert!(lm_nonzero);
+}
+
+/// Every element of every gradient buffer of `grads` as f32 bits, by name.
+fn gradient_bits(model: &LlavaOnevisionModel, grads: &LlavaGradients) -> Vec<(String, Vec<u32>)> {
+    let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect();
+    model.named_gradients(grads).into_iter().map(|(name, t)| (name, bits(t))).collect()
+}
+
+/// Kept gradient buffers holding NaN everywhere (the garbage of an earlier step, at its worst).
+fn nan_gradients(model: &LlavaOnevisionModel) -> LlavaGradients {
+    let mut grads = model.zero_gradients().unwrap();
+    let nan =
+        |t: &mut Tensor| *t = Tensor::from_f32(&vec![f32::NAN; t.numel()], t.shape(), t.dtype(), t.device()).unwrap();
+    grads.vision_tower.named_mut().into_iter().for_each(|(_, t)| nan(t));
+    grads.language_model.weights.named_mut().into_iter().for_each(|(_, t)| nan(t));
+    for (w, b) in &mut grads.projector {
+        nan(w);
+        nan(b);
+    }
+    nan(&mut grads.image_newline);
+    grads
+}
+
+/// Row `row` of the reference batch alone: its ids, mask and length.
+fn row_step(inputs: &Inputs, row: usize) -> (Tensor, Tensor, usize) {
+    let t = inputs.shape[1];
+    let len = inputs.mask[row * t..(row + 1) * t].iter().filter(|&&m| m != 0).count();
+    let ids = Tensor::from_slice(&inputs.ids[row * t..row * t + len], &[1, len], Device::Cpu).unwrap();
+    let ones = Tensor::from_slice(&vec![1i64; len], &[1, len], Device::Cpu).unwrap();
+    (ids, ones, len)
+}
+
+/// The gradients of row `row` for a fixed pseudo-random gradient of its logits, into `out` (or, with `None`,
+/// returned from the allocating backward).
+fn row_gradients(
+    model: &LlavaOnevisionModel,
+    inputs: &Inputs,
+    row: usize,
+    out: Option<&mut LlavaGradients>,
+) -> Option<LlavaGradients> {
+    let (ids, ones, len) = row_step(inputs, row);
+    let media = row_media(inputs, row);
+    let pass = model.forward(&LlavaBatch { ids: &ids, mask: &ones, media: &media }, ForwardOptions::default()).unwrap();
+    let vocab = model.config.text.vocab_size;
+    let g: Vec<f32> = (0..len * vocab).map(|i| ((i * 7919 + row * 31) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let grad_logits = Tensor::from_slice(&g, &[1, len, vocab], Device::Cpu).unwrap();
+    match out {
+        None => Some(model.backward_from_logits(pass, &grad_logits).unwrap()),
+        Some(out) => {
+            let grads = model.language_model.output_grads_from_logits(&pass.lm, &grad_logits).unwrap();
+            model.backward_into(pass, grads, out).unwrap();
+            None
+        }
+    }
+}
+
+#[test]
+fn kept_buffers_get_the_allocating_backwards_gradients_bit_for_bit() {
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture("hf"), DType::F32, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    // Rows: two images, the video, text only.
+    for row in [2, 3, 4] {
+        let fresh = row_gradients(&model, &inputs, row, None).unwrap();
+        let mut kept = nan_gradients(&model);
+        row_gradients(&model, &inputs, row, Some(&mut kept));
+        assert_eq!(gradient_bits(&model, &kept), gradient_bits(&model, &fresh), "row {row}");
+    }
+    // Two steps into the same buffers: the second's gradients, as a fresh backward gives them.
+    let mut kept = nan_gradients(&model);
+    for row in [0, 3] {
+        row_gradients(&model, &inputs, row, Some(&mut kept));
+        let fresh = row_gradients(&model, &inputs, row, None).unwrap();
+        assert_eq!(gradient_bits(&model, &kept), gradient_bits(&model, &fresh), "step on row {row}");
+    }
+}
+
+/// Replaces one gradient buffer by one of the wrong shape or dtype.
+type Spoil = fn(&mut LlavaGradients);
+
+#[test]
+fn mismatched_kept_buffers_are_refused_with_nothing_written() {
+    let r = reference();
+    let model = LlavaOnevisionModel::load(&fixture("llava_qwen"), DType::F32, Device::Cpu).unwrap();
+    let inputs = Inputs::new(&r, model.layout);
+    let wrong: [(&str, Spoil); 3] = [
+        ("mm_projector.2.bias", |g| g.projector[1].1 = Tensor::zeros(&[3], DType::F32, Device::Cpu).unwrap()),
+        ("image_newline", |g| {
+            g.image_newline = Tensor::zeros(g.image_newline.shape(), DType::BF16, Device::Cpu).unwrap()
+        }),
+        ("patch_embedding", |g| {
+            g.vision_tower.patch_embedding = Tensor::zeros(&[1, 2], DType::F32, Device::Cpu).unwrap()
+        }),
+    ];
+    for (name, spoil) in wrong {
+        for row in [0, 4] {
+            let mut out = nan_gradients(&model);
+            spoil(&mut out);
+            let (ids, ones, _) = row_step(&inputs, row);
+            let media = row_media(&inputs, row);
+            let pass = model
+                .forward(&LlavaBatch { ids: &ids, mask: &ones, media: &media }, ForwardOptions::default())
+                .unwrap();
+            let logits = model.logits(&pass).unwrap();
+            let grads = model.language_model.output_grads_from_logits(&pass.lm, &logits).unwrap();
+            let msg = error_text(model.backward_into(pass, grads, &mut out));
+            assert!(msg.contains(name), "{name}: {msg}");
+            for (buffer, grad) in model.named_gradients(&out) {
+                assert!(
+                    values(grad).iter().all(|v| v.is_nan()) || buffer.contains(name),
+                    "{name}: {buffer} was written"
+                );
+            }
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Helpers for models that run ops into views of their activation arena (Qwen2's decoder layers, SigLIP's encoder
 //! layers): taking the views in layout order, reading a `[N,T,heads,d]` buffer as `[N,T,heads·d]`, and the
-//! attention projections written through that merged view.
+//! attention projections written through that merged view; the check of a backward's kept gradient buffers.
 
 use crate::ops::linear::{linear_backward_into, linear_into};
 use crate::runtime::Tensor;
@@ -45,4 +45,26 @@ pub(crate) fn project_backward(
 ) -> Result<()> {
     let shape = merged(grad_y);
     with_shape(grad_y, &shape, |g| linear_backward_into(g, x, weight, bias, grad_x, grads.0, grads.1))
+}
+
+/// Gradient buffers `grads` against the `params` they differentiate, both named in one order: the same count and
+/// each buffer of its parameter's shape, dtype and device, naming the first that differs.
+pub(crate) fn check_gradient_buffers(params: &[(String, &Tensor)], grads: &[(String, &Tensor)]) -> Result<()> {
+    if params.len() != grads.len() {
+        return Err(Error::Shape(format!("{} gradient buffers for {} parameters", grads.len(), params.len())));
+    }
+    for ((name, w), (_, g)) in params.iter().zip(grads) {
+        if g.shape() != w.shape() || g.dtype() != w.dtype() || g.device() != w.device() {
+            return Err(Error::Shape(format!(
+                "the gradient buffer for `{name}` is {:?} {} on {}, the parameter {:?} {} on {}",
+                g.shape(),
+                g.dtype(),
+                g.device(),
+                w.shape(),
+                w.dtype(),
+                w.device()
+            )));
+        }
+    }
+    Ok(())
 }

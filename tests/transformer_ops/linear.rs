@@ -1,4 +1,4 @@
-use unireward::ops::linear::{linear, linear_backward, linear_backward_into, linear_into};
+use unireward::ops::linear::{linear, linear_backward, linear_backward_into, linear_into, linear_params_backward_into};
 use unireward::{DType, Device, Error};
 
 use crate::common::*;
@@ -98,7 +98,8 @@ fn bad_input() {
 }
 
 /// The `_into` variants over NaN-filled outputs give the allocating versions' bits, in every dtype on `device`,
-/// with and without a bias (and with a bias whose gradient is skipped); on CUDA also close to the CPU.
+/// with and without a bias (and with a bias whose gradient is skipped, or without the input's gradient); on CUDA
+/// also close to the CPU.
 fn into_equals_allocating(device: Device) {
     let mut rng = seed();
     let (rows, k, m) = (37, 96, 1030);
@@ -120,6 +121,13 @@ fn into_equals_allocating(device: Device) {
             assert_same("grad_weight", &dw, &want.grad_weight);
             if let Some(want_db) = &want.grad_bias {
                 assert_same("grad_bias", &db, want_db);
+            }
+            // Without the input's gradient: the parameters' are the same bits.
+            let (mut dw, mut db) = (garbage(&[m, k], dtype, device), garbage(&[m], dtype, device));
+            linear_params_backward_into(&gt, &xt, &wt, bias, &mut dw, bias.map(|_| &mut db)).unwrap();
+            assert_same("grad_weight (no grad_x)", &dw, &want.grad_weight);
+            if let Some(want_db) = &want.grad_bias {
+                assert_same("grad_bias (no grad_x)", &db, want_db);
             }
             if device != Device::Cpu {
                 let cpu = |data: &[f64], shape: &[usize]| on(data, shape, Device::Cpu);

@@ -16,7 +16,8 @@ use std::path::Path;
 use super::config::{LlavaOnevisionConfig, VisionTower};
 use super::layout::LlavaLayout;
 use super::packing::{
-    pack, pack_backward, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap, UnpadRounding,
+    pack, pack_backward_into, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap,
+    UnpadRounding,
 };
 use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
 use crate::judge::generate::{generate_with_prefilled_prefix, GenerationConfig};
@@ -24,6 +25,7 @@ use crate::media::Size;
 use crate::model::loading::check_finite;
 use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients, Qwen2Weights};
 use crate::model::siglip::{layers_for_feature_layer, SiglipVisionConfig, SiglipVisionTower, SiglipWeights, TowerPass};
+use crate::model::views::check_gradient_buffers;
 use crate::model::{ForwardOptions, LoadOptions, LoadReport, Qwen2Model, WeightStore};
 use crate::ops::check;
 use crate::ops::embedding::{embedding_backward_accumulate, embedding_into};
@@ -398,10 +400,12 @@ impl LlavaOnevisionModel {
         Ok(())
     }
 
-    /// The gradient of every parameter from the gradient of the pass's outputs, into `out` (every element written,
-    /// except that a head gradient [`LlavaOnevisionModel::causal_lm_loss_into`] left in the buffers is kept).
+    /// The gradient of every parameter from the gradient of the pass's outputs, into `out`'s buffers (every element
+    /// written, except that a head gradient [`LlavaOnevisionModel::causal_lm_loss_into`] left in the buffers is
+    /// kept). The vision buffers are checked before anything is written.
     pub fn backward_into(&self, pass: LlavaPass, grads: OutputGrads, out: &mut LlavaGradients) -> Result<()> {
         let LlavaPass { lm, inputs: InputsProvenance { vision, plan, scatter, lookup_ids, .. } } = pass;
+        self.check_vision_gradients(out)?;
         self.fit_inputs_embeds(&lm, &mut out.language_model)?;
         self.language_model.backward_into(lm, grads, &mut out.language_model)?;
         let lm_grads = &mut out.language_model;
@@ -412,15 +416,32 @@ impl LlavaOnevisionModel {
         embedding_backward_accumulate(inputs_embeds, &lookup_ids, vocab, &mut lm_grads.weights.embed_tokens)?;
         let Some((tower, acts)) = vision else {
             // A batch without media: the vision parameters get zero gradients.
-            (out.vision_tower, out.projector, out.image_newline) = self.zero_vision_gradients()?;
-            return Ok(());
+            let [(w1, b1), (w2, b2)] = &mut out.projector;
+            let vision = self.layout.named(
+                out.vision_tower.named_mut(),
+                [(w1, b1), (w2, b2)],
+                &mut out.image_newline,
+                Vec::new(),
+            );
+            return vision.into_iter().try_for_each(|(_, t)| t.fill_zeros());
         };
-        let packing = pack_backward(&plan, &grad_packed)?;
-        out.image_newline = packing.newline;
-        let projector = self.projector.backward(&packing.features, tower.features(), &acts)?;
-        out.projector = [projector.linear_1, projector.linear_2];
-        out.vision_tower = self.vision_tower.backward(tower, &projector.grad_x)?.weights;
-        Ok(())
+        let projected = acts.activation.shape();
+        let mut grad_projected = Tensor::zeros(projected, self.dtype(), self.device())?;
+        pack_backward_into(&plan, &grad_packed, &mut grad_projected, &mut out.image_newline)?;
+        drop(grad_packed);
+        let features = tower.features();
+        let mut grad_features = Tensor::zeros(features.shape(), features.dtype(), features.device())?;
+        self.projector.backward_into(&grad_projected, features, &acts, &mut grad_features, &mut out.projector)?;
+        drop((grad_projected, acts));
+        self.vision_tower.backward_weights_into(tower, &grad_features, &mut out.vision_tower, None)
+    }
+
+    /// `out`'s vision buffers (the tower's, the projector's, the newline's) against the parameters.
+    fn check_vision_gradients(&self, out: &LlavaGradients) -> Result<()> {
+        let [(w1, b1), (w2, b2)] = &out.projector;
+        let grads = self.layout.named(out.vision_tower.named(), [(w1, b1), (w2, b2)], &out.image_newline, Vec::new());
+        let params = self.named_parameters();
+        check_gradient_buffers(&params[..grads.len()], &grads)
     }
 
     /// [`LlavaOnevisionModel::backward`] from the gradient of materialised logits `[N,T,V]`.

@@ -4,8 +4,8 @@
 //! gradient and the four parameters'.
 
 use crate::ops::check;
-use crate::ops::gelu::{gelu, gelu_backward, GeluApproximation};
-use crate::ops::linear::{linear, linear_backward};
+use crate::ops::gelu::{gelu, gelu_backward_into, GeluApproximation};
+use crate::ops::linear::{linear, linear_backward_into};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -142,25 +142,47 @@ impl Projector {
 
     /// The gradients of `Σ grad_y · forward(x)` from the forward's input `x` and `saved` activations.
     pub fn backward(&self, grad_y: &Tensor, x: &Tensor, saved: &ProjectorActivations) -> Result<ProjectorGrads> {
+        let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+        let w = &self.weights;
+        let mut grad_x = zeros(x)?;
+        let mut params =
+            [(zeros(&w.linear_1.0)?, zeros(&w.linear_1.1)?), (zeros(&w.linear_2.0)?, zeros(&w.linear_2.1)?)];
+        self.backward_into(grad_y, x, saved, &mut grad_x, &mut params)?;
+        let [linear_1, linear_2] = params;
+        Ok(ProjectorGrads { grad_x, linear_1, linear_2 })
+    }
+
+    /// [`Projector::backward`] into `grad_x` (`x`'s shape) and `params`, `(weight, bias)` of `linear_1` and
+    /// `linear_2` in the parameters' shapes, dtype and device: all checked before any is written, then overwritten
+    /// whole (the buffers a training loop keeps).
+    pub fn backward_into(
+        &self,
+        grad_y: &Tensor,
+        x: &Tensor,
+        saved: &ProjectorActivations,
+        grad_x: &mut Tensor,
+        params: &mut [(Tensor, Tensor); 2],
+    ) -> Result<()> {
         let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
-        if self.empty_output(x)?.is_some() {
-            check::shape("grad_y", grad_y, saved.activation.shape())?;
-            let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
-            return Ok(ProjectorGrads {
-                grad_x: zeros(x)?,
-                linear_1: (zeros(w1)?, zeros(b1)?),
-                linear_2: (zeros(w2)?, zeros(b2)?),
-            });
+        let empty = self.empty_output(x)?.is_some();
+        check::shape("grad_y", grad_y, saved.activation.shape())?;
+        check::output("grad_x", grad_x, x.shape(), x.dtype(), x.device())?;
+        let [(gw1, gb1), (gw2, gb2)] = params;
+        let outputs = [("linear_1.weight", &*gw1, w1), ("linear_1.bias", gb1, b1), ("linear_2.weight", gw2, w2)];
+        for (name, g, w) in outputs.into_iter().chain([("linear_2.bias", &*gb2, b2)]) {
+            check::output(name, g, w.shape(), w.dtype(), w.device())?;
         }
-        let second = linear_backward(grad_y, &saved.activation, w2, Some(b2))?;
-        let grad_pre = gelu_backward(&second.grad_x, &saved.pre_activation, self.act)?;
-        let first = linear_backward(&grad_pre, x, w1, Some(b1))?;
-        let bias =
-            |g: Option<Tensor>| g.ok_or_else(|| Error::InvalidArgument("linear backward gave no bias gradient".into()));
-        Ok(ProjectorGrads {
-            grad_x: first.grad_x,
-            linear_1: (first.grad_weight, bias(first.grad_bias)?),
-            linear_2: (second.grad_weight, bias(second.grad_bias)?),
-        })
+        if empty {
+            for t in [grad_x, gw1, gb1, gw2, gb2] {
+                t.fill_zeros()?;
+            }
+            return Ok(());
+        }
+        let mut grad_activation = Tensor::zeros(saved.activation.shape(), saved.activation.dtype(), x.device())?;
+        linear_backward_into(grad_y, &saved.activation, w2, Some(b2), &mut grad_activation, gw2, Some(gb2))?;
+        let mut grad_pre = Tensor::zeros(saved.pre_activation.shape(), saved.pre_activation.dtype(), x.device())?;
+        gelu_backward_into(&grad_activation, &saved.pre_activation, self.act, &mut grad_pre)?;
+        drop(grad_activation); // before `linear_1`'s backward: a lower peak
+        linear_backward_into(&grad_pre, x, w1, Some(b1), grad_x, gw1, Some(gb1))
     }
 }

@@ -19,6 +19,7 @@ pub use cache::KvCache;
 pub use loss::CausalLmLoss;
 pub use weights::{LayerWeights, Qwen2Weights};
 
+use crate::model::views::check_gradient_buffers;
 use crate::model::{LoadOptions, LoadReport, Qwen2Config, WeightStore};
 use crate::ops::check;
 use crate::ops::embedding::{embedding_backward_accumulate, embedding_backward_into, embedding_into};
@@ -376,23 +377,6 @@ impl Qwen2Model {
             check::output("grad lm_head", head, self.weights.head().shape(), self.dtype(), self.device())?;
         }
         check::output("inputs_embeds gradient", &out.inputs_embeds, &stream, self.dtype(), self.device())?;
-        let (want, got) = (self.weights.named(), out.weights.named());
-        if want.len() != got.len() {
-            return Err(Error::Shape(format!("{} gradient buffers for {} parameters", got.len(), want.len())));
-        }
-        for ((name, w), (_, g)) in want.iter().zip(&got) {
-            if g.shape() != w.shape() || g.dtype() != w.dtype() || g.device() != w.device() {
-                return Err(Error::Shape(format!(
-                    "the gradient buffer for `{name}` is {:?} {} on {}, the parameter {:?} {} on {}",
-                    g.shape(),
-                    g.dtype(),
-                    g.device(),
-                    w.shape(),
-                    w.dtype(),
-                    w.device()
-                )));
-            }
-        }
-        Ok(())
+        check_gradient_buffers(&self.weights.named(), &out.weights.named())
     }
 }

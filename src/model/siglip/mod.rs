@@ -25,11 +25,11 @@ pub use config::{SiglipVisionConfig, SO400M_PATCH14_384};
 pub use feature_layer::layers_for_feature_layer;
 pub use weights::{siglip_weight_names, SiglipLayerWeights, SiglipWeights};
 
-use crate::model::views::with_shape;
+use crate::model::views::{check_gradient_buffers, with_shape};
 use crate::model::{ForwardOptions, WeightStore};
 use crate::ops::check;
 use crate::ops::layernorm::LayerNormConfig;
-use crate::ops::linear::{linear_backward_into, linear_into};
+use crate::ops::linear::{linear_backward_into, linear_into, linear_params_backward_into};
 use crate::ops::residual::add_in_place;
 use crate::runtime::arena::ArenaHome;
 use crate::runtime::{DType, Device, Tensor};
@@ -234,8 +234,21 @@ impl SiglipVisionTower {
 
     /// [`SiglipVisionTower::backward`] into gradient buffers the caller keeps across steps (every element is
     /// written).
-    pub fn backward_into(&self, mut pass: TowerPass, grad_features: &Tensor, out: &mut SiglipGradients) -> Result<()> {
-        self.check_gradients(&pass, grad_features, out)?;
+    pub fn backward_into(&self, pass: TowerPass, grad_features: &Tensor, out: &mut SiglipGradients) -> Result<()> {
+        self.backward_weights_into(pass, grad_features, &mut out.weights, Some(&mut out.pixel_values))
+    }
+
+    /// The parameters' gradients into `weights` and, when `grad_pixels` is given, the pixels' into it (every
+    /// element written); without it the pixels' gradient is neither computed nor stored (a model whose pixels are
+    /// data).
+    pub fn backward_weights_into(
+        &self,
+        mut pass: TowerPass,
+        grad_features: &Tensor,
+        weights: &mut SiglipWeights,
+        grad_pixels: Option<&mut Tensor>,
+    ) -> Result<()> {
+        self.check_gradients(&pass, grad_features, weights, grad_pixels.as_deref())?;
         let TowerPass { grid, dims, recompute, ones, mask, acts, .. } = &mut pass;
         let acts = acts.as_mut().expect("a pass holds its activations until it drops");
         let g = &mut acts.grads;
@@ -250,37 +263,49 @@ impl SiglipVisionTower {
             } else {
                 &mut acts.layers[l]
             };
-            layer::backward_into(w, &ctx, x, layer_acts, g, &mut out.weights.layers[l])?;
+            layer::backward_into(w, &ctx, x, layer_acts, g, &mut weights.layers[l])?;
         }
 
         // Embeddings: x₀ = patches·Kᵀ + b + ones·positionᵀ.
-        let (w, grads) = (&self.weights, &mut out.weights);
+        let w = &self.weights;
         let kernel = self.kernel_matrix()?;
         let kernel_shape = kernel.shape().to_vec();
-        with_shape(&mut grads.patch_embedding, &kernel_shape, |gk| {
-            let (patches, grad_patches) = (&acts.patches, &mut acts.grad_patches);
-            linear_backward_into(
-                &g.stream,
-                patches,
-                &kernel,
-                Some(&w.patch_bias),
-                grad_patches,
-                gk,
-                Some(&mut grads.patch_bias),
-            )
+        let patches = &acts.patches;
+        with_shape(&mut weights.patch_embedding, &kernel_shape, |gk| {
+            let grad_bias = Some(&mut weights.patch_bias);
+            match &grad_pixels {
+                Some(_) => linear_backward_into(
+                    &g.stream,
+                    patches,
+                    &kernel,
+                    Some(&w.patch_bias),
+                    &mut acts.grad_patches,
+                    gk,
+                    grad_bias,
+                ),
+                None => linear_params_backward_into(&g.stream, patches, &kernel, Some(&w.patch_bias), gk, grad_bias),
+            }
         })?;
         let positions = self.position_column()?;
-        let mut grad_ones = Tensor::zeros(ones.shape(), ones.dtype(), ones.device())?;
         with_shape(&mut g.stream, &[grid.n, positions.numel()], |gs| {
-            with_shape(&mut grads.position_embedding, positions.shape(), |gp| {
-                linear_backward_into(gs, ones, &positions, None, &mut grad_ones, gp, None)
+            with_shape(&mut weights.position_embedding, positions.shape(), |gp| {
+                linear_params_backward_into(gs, ones, &positions, None, gp, None)
             })
         })?;
-        patches_to_pixels(grid, &acts.grad_patches, &mut out.pixel_values)
+        match grad_pixels {
+            Some(grad_pixels) => patches_to_pixels(grid, &acts.grad_patches, grad_pixels),
+            None => Ok(()),
+        }
     }
 
     /// Shapes, dtypes and devices of a backward's inputs and outputs.
-    fn check_gradients(&self, pass: &TowerPass, grad_features: &Tensor, out: &SiglipGradients) -> Result<()> {
+    fn check_gradients(
+        &self,
+        pass: &TowerPass,
+        grad_features: &Tensor,
+        weights: &SiglipWeights,
+        grad_pixels: Option<&Tensor>,
+    ) -> Result<()> {
         let (dtype, device) = (self.dtype(), self.device());
         check::shape("grad_features", grad_features, &pass.dims.stream())?;
         check::dtype("grad_features", grad_features, dtype)?;
@@ -288,24 +313,9 @@ impl SiglipVisionTower {
             ("grad_features", grad_features),
             ("the tower's weights", &self.weights.patch_embedding),
         ])?;
-        check::output("pixel_values gradient", &out.pixel_values, &pass.grid.pixels_shape(), dtype, device)?;
-        let (want, got) = (self.weights.named(), out.weights.named());
-        if want.len() != got.len() {
-            return Err(Error::Shape(format!("{} gradient buffers for {} parameters", got.len(), want.len())));
+        if let Some(grad_pixels) = grad_pixels {
+            check::output("pixel_values gradient", grad_pixels, &pass.grid.pixels_shape(), dtype, device)?;
         }
-        for ((name, w), (_, g)) in want.iter().zip(&got) {
-            if g.shape() != w.shape() || g.dtype() != w.dtype() || g.device() != w.device() {
-                return Err(Error::Shape(format!(
-                    "the gradient buffer for `{name}` is {:?} {} on {}, the parameter {:?} {} on {}",
-                    g.shape(),
-                    g.dtype(),
-                    g.device(),
-                    w.shape(),
-                    w.dtype(),
-                    w.device()
-                )));
-            }
-        }
-        Ok(())
+        check_gradient_buffers(&self.weights.named(), &weights.named())
     }
 }

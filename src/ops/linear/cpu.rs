@@ -28,7 +28,9 @@ pub(super) fn forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: &Pl
 
 pub(super) fn backward(grad_y: &Tensor, x: &Tensor, weight: &Tensor, p: &Plan, out: Outputs<'_>) -> Result<()> {
     let g = operand(grad_y, (p.rows, p.m), false);
-    write_f32(out.grad_x, |dx| matmul_tensors(dx, g, operand(weight, (p.m, p.k), false), 0.0))?;
+    if let Some(grad_x) = out.grad_x {
+        write_f32(grad_x, |dx| matmul_tensors(dx, g, operand(weight, (p.m, p.k), false), 0.0))?;
+    }
     let g_t = TensorMat { transposed: true, ..g };
     write_f32(out.grad_weight, |dw| matmul_tensors(dw, g_t, operand(x, (p.rows, p.k), false), 0.0))?;
     if let Some(grad_bias) = out.grad_bias {

@@ -55,10 +55,11 @@ pub(super) fn backward(
     let (backend, dtype) = (backend_of(x)?, x.dtype());
     let g = DeviceMat::row_major(ptr(grad_y)?, dtype, p.rows, p.m);
 
-    let acc_x = Tensor::zeros(&[p.rows, p.k], DType::F32, p.device)?;
-    blas::matmul(&backend, ptr(&acc_x)?, g, DeviceMat::row_major(ptr(weight)?, dtype, p.m, p.k), 0.0)?;
-    finish(&backend, &acc_x, None, out.grad_x)?;
-    drop(acc_x);
+    if let Some(grad_x) = out.grad_x {
+        let acc_x = Tensor::zeros(&[p.rows, p.k], DType::F32, p.device)?;
+        blas::matmul(&backend, ptr(&acc_x)?, g, DeviceMat::row_major(ptr(weight)?, dtype, p.m, p.k), 0.0)?;
+        finish(&backend, &acc_x, None, grad_x)?;
+    }
 
     let acc_w = Tensor::zeros(&[p.m, p.k], DType::F32, p.device)?;
     blas::matmul(&backend, ptr(&acc_w)?, g.t(), DeviceMat::row_major(ptr(x)?, dtype, p.rows, p.k), 0.0)?;

@@ -22,7 +22,8 @@ pub struct LinearGrads {
 
 /// The backward's outputs, validated.
 struct Outputs<'a> {
-    grad_x: &'a mut Tensor,
+    /// `None`: the input's gradient is not wanted and not computed.
+    grad_x: Option<&'a mut Tensor>,
     grad_weight: &'a mut Tensor,
     grad_bias: Option<&'a mut Tensor>,
 }
@@ -107,10 +108,30 @@ pub fn linear_backward_into(
     grad_weight: &mut Tensor,
     grad_bias: Option<&mut Tensor>,
 ) -> Result<()> {
+    backward_into(grad_y, x, weight, bias, Outputs { grad_x: Some(grad_x), grad_weight, grad_bias })
+}
+
+/// [`linear_backward_into`] without the input's gradient, which is neither computed nor written: the parameters'
+/// gradients of a layer whose input is data (a patch embedding's pixels, a broadcast's ones).
+pub fn linear_params_backward_into(
+    grad_y: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    grad_weight: &mut Tensor,
+    grad_bias: Option<&mut Tensor>,
+) -> Result<()> {
+    backward_into(grad_y, x, weight, bias, Outputs { grad_x: None, grad_weight, grad_bias })
+}
+
+fn backward_into(grad_y: &Tensor, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out: Outputs<'_>) -> Result<()> {
     let p = plan(x, weight, bias, &[("grad_y", grad_y)])?;
     check::float("grad_y", grad_y)?;
     check::shape("grad_y", grad_y, &out_shape(x, p.m))?;
-    check::output("grad_x", grad_x, x.shape(), x.dtype(), p.device)?;
+    let Outputs { grad_x, grad_weight, grad_bias } = out;
+    if let Some(grad_x) = &grad_x {
+        check::output("grad_x", grad_x, x.shape(), x.dtype(), p.device)?;
+    }
     check::output("grad_weight", grad_weight, weight.shape(), weight.dtype(), p.device)?;
     let grad_bias = match (bias, grad_bias) {
         (Some(b), Some(db)) => {

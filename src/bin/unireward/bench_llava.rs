@@ -204,13 +204,11 @@ pub fn run(args: &LlavaArgs) -> anyhow::Result<()> {
     let fwd_flops = 2.0 * matmuls + lm_attention + tower_attention;
     let bwd_flops = 6.0 * matmuls + 3.0 * (lm_attention + tower_attention);
 
-    let into_kept = || bench.forward_backward_into(&mut kept.borrow_mut());
-    let passes = bench.timer.measure(
-        &[
-            ("forward + loss", fwd_flops, &|| bench.forward()),
-            ("forward + loss + backward", bwd_flops, &|| bench.forward_backward()),
-            ("  the same, kept gradients", bwd_flops, &into_kept),
-        ],
+    let passes = bench.timer.measure_training(
+        &|| bench.forward(),
+        &|| bench.forward_backward(),
+        &|| bench.forward_backward_into(&mut kept.borrow_mut()),
+        [fwd_flops, bwd_flops],
         args.iters,
     )?;
     bench.timer.print(&passes, t);

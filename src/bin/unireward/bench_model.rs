@@ -175,13 +175,11 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     let fwd_flops = 2.0 * params as f64 * tokens + attention;
     let bwd_flops = 6.0 * params as f64 * tokens + 3.0 * attention;
 
-    let into_kept = || bench.forward_backward_into(&mut kept.borrow_mut());
-    let passes = bench.timer.measure(
-        &[
-            ("forward + loss", fwd_flops, &|| bench.forward()),
-            ("forward + loss + backward", bwd_flops, &|| bench.forward_backward()),
-            ("  the same, kept gradients", bwd_flops, &into_kept),
-        ],
+    let passes = bench.timer.measure_training(
+        &|| bench.forward(),
+        &|| bench.forward_backward(),
+        &|| bench.forward_backward_into(&mut kept.borrow_mut()),
+        [fwd_flops, bwd_flops],
         args.iters,
     )?;
     bench.timer.print(&passes, n * t);

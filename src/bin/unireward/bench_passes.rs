@@ -121,6 +121,24 @@ impl PassTimer {
         Ok(passes)
     }
 
+    /// The three passes of a model bench: forward + loss, forward + loss + backward into fresh gradients, and the
+    /// same into gradients kept across steps; `flops` are a forward's and a forward + backward's.
+    pub fn measure_training(
+        &self,
+        forward: &dyn Fn() -> unireward::Result<f32>,
+        fresh: &dyn Fn() -> unireward::Result<f32>,
+        kept: &dyn Fn() -> unireward::Result<f32>,
+        [fwd_flops, bwd_flops]: [f64; 2],
+        iters: usize,
+    ) -> unireward::Result<Vec<Pass>> {
+        let works: [Work<'_>; 3] = [
+            ("forward + loss", fwd_flops, forward),
+            ("forward + loss + backward", bwd_flops, fresh),
+            ("  the same, kept gradients", bwd_flops, kept),
+        ];
+        self.measure(&works, iters)
+    }
+
     /// The passes as a table: median time, tokens per second, heap peak, loss, and GFLOP/s on the CPU or device
     /// memory, TFLOP/s and MFU on CUDA.
     pub fn print(&self, passes: &[Pass], tokens: usize) {

@@ -78,12 +78,7 @@ impl Qwen2Model {
         cfg: &FusedLinearConfig,
         out: &mut Qwen2Gradients,
     ) -> Result<CausalLmLoss> {
-        let head = self.weights.head();
-        let buffer = match out.weights.lm_head.as_mut() {
-            Some(lm_head) => lm_head,
-            None => &mut out.weights.embed_tokens,
-        };
-        check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
+        let buffer = self.head_gradient_buffer(out)?;
         check::shape("ids", ids, &pass.hidden().shape()[..2])?;
         check::integer("ids", ids)?;
         let labels = next_token_labels(ids, pass.mask(), excluded, cfg.logprobs.ignore_index)?;
@@ -101,12 +96,7 @@ impl Qwen2Model {
         cfg: &FusedLinearConfig,
         out: &mut Qwen2Gradients,
     ) -> Result<CausalLmLoss> {
-        let head = self.weights.head();
-        let buffer = match out.weights.lm_head.as_mut() {
-            Some(lm_head) => lm_head,
-            None => &mut out.weights.embed_tokens,
-        };
-        check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
+        let buffer = self.head_gradient_buffer(out)?;
         let &[n, t, _] = pass.hidden().shape() else { unreachable!("the hidden states are [N,T,H]") };
         if labels.len() != n * t {
             return Err(Error::Shape(format!("`labels` has {} values, the pass is [{n}, {t}]", labels.len())));
@@ -124,6 +114,17 @@ impl Qwen2Model {
             .collect();
         let (loss, tokens, row_nll, hidden) = self.loss_into_head(pass, (shifted, counted), cfg, buffer)?;
         Ok(CausalLmLoss { loss, tokens, row_nll, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
+    }
+
+    /// `out`'s buffer for the LM head's gradient (the embedding's when the head is tied), checked against the head.
+    fn head_gradient_buffer<'a>(&self, out: &'a mut Qwen2Gradients) -> Result<&'a mut Tensor> {
+        let head = self.weights.head();
+        let buffer = match out.weights.lm_head.as_mut() {
+            Some(lm_head) => lm_head,
+            None => &mut out.weights.embed_tokens,
+        };
+        check::output("the head's gradient buffer", buffer, head.shape(), head.dtype(), head.device())?;
+        Ok(buffer)
     }
 
     /// The loss, its token count, each row's summed NLL and the hidden states' gradient, from next-token labels

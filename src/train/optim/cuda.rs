@@ -94,10 +94,9 @@ pub(super) fn step(bound: Vec<Bound<'_>>, hyper: &[(f32, f32)], state: &mut Stat
     let mut l = backend.stream().launch_builder(&f);
     l.arg(&slots_p).arg(&chunks_p).arg(&m).arg(&v).arg(&w).arg(&s.grad_scale).arg(&s.one_minus_beta1);
     l.arg(&s.beta2).arg(&s.one_minus_beta2).arg(&s.eps).arg(&s.bias_correction1).arg(&s.bias_correction2_sqrt);
-    // SAFETY: adamw_step(const TensorSlot*, const Chunk*, float* ×3, float ×7): one block per chunk of the uploaded
-    // list, each naming a slot below `slots.len()` and a start below its numel; every slot's parameter and gradient
-    // hold `numel` elements of their dtypes (checked by `Layout::bind`), its moment range lies inside the moment
-    // buffers (`offset + numel <= trainable`) and its master range inside the master buffer; no two slots overlap.
+    // SAFETY: adamw_step(const TensorSlot*, const Chunk*, float* ×3, float ×7): one block per uploaded chunk, each in
+    // a slot below `slots.len()`; slots hold `numel` elements (`Layout::bind`), their moment and master ranges lie
+    // inside those buffers (`offset + numel <= trainable`, masters likewise), and no two slots overlap.
     unsafe { l.launch(launch_config(blocks, THREADS, 0)?) }?;
     Ok(())
 }

@@ -185,3 +185,97 @@ fn the_same_seed_gives_the_same_world() {
     assert_eq!(world(5), world(5));
     assert_ne!(world(5).4, world(6).4);
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("unireward-world-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn the_word_level_tokenizer_knows_every_word_of_its_corpus() {
+    use unireward::judge::tokenizer::Tokenizer;
+    use unireward::pipeline::world::{word_level_tokenizer, SPECIAL_TOKENS};
+    let corpus = ["How many red shapes are there?", "Image 1 is better than Image 2.", "Final Score: 4"];
+    let dir = temp_dir("tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), word_level_tokenizer(corpus).unwrap()).unwrap();
+    let tokenizer = Tokenizer::from_file(&dir).unwrap();
+    let unknown = tokenizer.token_to_id("<unk>").unwrap();
+    for (id, special) in SPECIAL_TOKENS.iter().enumerate() {
+        assert_eq!(tokenizer.token_to_id(special), Some(id as u32));
+    }
+    for text in corpus {
+        let ids = tokenizer.encode(text).unwrap();
+        assert!(!ids.contains(&unknown), "{text}: {ids:?}");
+        assert_eq!(tokenizer.decode(&ids, false).unwrap().replace(' ', ""), text.replace(' ', ""));
+    }
+    let ids = tokenizer.encode("<|im_start|>user\nHow many<image> purple shapes").unwrap();
+    let [start, image] = ["<|im_start|>", "<image>"].map(|t| tokenizer.token_to_id(t).unwrap());
+    assert_eq!(ids.iter().filter(|&&id| id == unknown).count(), 1, "`purple` is unknown: {ids:?}");
+    assert!(ids.contains(&start) && ids.contains(&image), "special tokens are single tokens: {ids:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_tiny_llava_checkpoint_made_from_nothing_loads_and_sees_a_rendered_scene() {
+    use unireward::judge::tokenizer::Tokenizer;
+    use unireward::media::{ImageLayout, ImageProcessor, ImageProcessorConfig};
+    use unireward::model::llava::{LlavaOnevisionModel, MediaInput};
+    use unireward::pipeline::world::{word_level_tokenizer, TinyLlava};
+    use unireward::DType;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let scene = Scene::random(&mut rng, 4);
+    let text = caption(&scene);
+    let dir = temp_dir("checkpoint");
+    let spec = TinyLlava::default();
+    spec.write(&dir, &word_level_tokenizer([text.as_str()]).unwrap(), 7).unwrap();
+    let model = LlavaOnevisionModel::load(&dir, DType::F32, unireward::Device::Cpu).unwrap();
+    for (name, t) in model.named_parameters() {
+        let v = t.to_vec::<f32>().unwrap();
+        if name.ends_with("bias") {
+            assert!(v.iter().all(|&x| x == 0.0), "{name}");
+        } else if name.contains("norm") {
+            assert!(v.iter().all(|&x| x == 1.0), "{name}");
+        } else if v.len() >= 1000 {
+            let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            assert!((std - 0.02).abs() < 0.002, "{name}: standard deviation {std}");
+        }
+    }
+    let processor =
+        ImageProcessor::new(ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap()).unwrap();
+    let picture = render(&scene, 40);
+    let picture = unireward::media::RgbImage::new(40, 40, picture.into_raw()).unwrap();
+    let pixels = processor.preprocess(&picture, ImageLayout::Anyres).unwrap();
+    let media = [MediaInput::image(&pixels)];
+    let count = model.placeholder_counts(&media).unwrap()[0];
+    let tokenizer = Tokenizer::from_file(&dir).unwrap();
+    let image = tokenizer.token_to_id("<image>").unwrap() as i64;
+    let mut ids = vec![image; count];
+    ids.extend(tokenizer.encode(&text).unwrap().into_iter().map(i64::from));
+    let greedy = unireward::judge::generate::GenerationConfig { max_new_tokens: 3, ..Default::default() };
+    let tokens = model.generate(&ids, &media, &greedy).unwrap();
+    assert_eq!(tokens.len(), 3);
+    assert!(tokens.iter().all(|&t| (t as usize) < tokenizer.vocab_size()));
+    // The same seed writes the same weights.
+    let again = temp_dir("checkpoint-again");
+    spec.write(&again, &word_level_tokenizer([text.as_str()]).unwrap(), 7).unwrap();
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&dir), bytes(&again));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
+}
+
+#[test]
+fn initial_parameters_refuse_a_bad_standard_deviation() {
+    use unireward::model::init::initial_parameters;
+    let expected = [("w".to_string(), vec![2, 3])];
+    for std in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let err = initial_parameters(&expected, std, 0).unwrap_err().to_string();
+        assert!(err.contains("standard deviation"), "{err}");
+    }
+    let a = initial_parameters(&expected, 0.1, 1).unwrap();
+    let b = initial_parameters(&expected, 0.1, 2).unwrap();
+    assert_ne!(a[0].1.to_vec::<f32>().unwrap(), b[0].1.to_vec::<f32>().unwrap());
+}

@@ -6,11 +6,13 @@
 //! caption or answer states can be read back from the pixels (the tests do), so the preferences made from it are
 //! true of the images, not only of the scene descriptions.
 
+mod checkpoint;
 mod draw;
 mod motion;
 mod scene;
 mod text;
 
+pub use checkpoint::{word_level_tokenizer, TinyLlava, CHAT_TEMPLATE, SPECIAL_TOKENS};
 pub use draw::{render, render_frames};
 pub use motion::{Direction, Motion};
 pub use scene::{Colour, Scene, Shape, ShapeKind, GRID};

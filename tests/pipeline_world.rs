@@ -279,3 +279,42 @@ fn initial_parameters_refuse_a_bad_standard_deviation() {
     let b = initial_parameters(&expected, 0.1, 2).unwrap();
     assert_ne!(a[0].1.to_vec::<f32>().unwrap(), b[0].1.to_vec::<f32>().unwrap());
 }
+
+#[test]
+fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
+    use unireward::judge::{Candidate, Context, Judge, MediaFile, Mode, Task, TaskTemplate, Variant};
+    use unireward::pipeline::world::{word_level_tokenizer, TinyLlava};
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let scene = Scene::random(&mut rng, 4);
+    let other = corrupt(&scene, &mut rng);
+    let text = caption(&scene);
+    let dir = temp_dir("judge");
+    let mut corpus: Vec<String> = vec![text.clone()];
+    for task in Task::ALL {
+        for mode in Mode::ALL {
+            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
+            corpus.push(template.instruction.clone());
+            if let unireward::judge::AnswerGrammar::Verdict(v) = &template.answer {
+                corpus.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
+            }
+        }
+    }
+    let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str)).unwrap();
+    TinyLlava::default().write(&dir, &tokenizer, 3).unwrap();
+    let judge = Judge::load(&dir, unireward::DType::F32, unireward::Device::Cpu).unwrap();
+    let template = judge.template(Task::ImageGeneration, Mode::Pairwise).unwrap();
+    assert_eq!(
+        template.instruction,
+        TaskTemplate::built_in_variant(Variant::Demo, Task::ImageGeneration, Mode::Pairwise).unwrap().instruction
+    );
+    let [a, b] = [(&scene, "a.png"), (&other, "b.png")].map(|(s, name)| {
+        let path = dir.join(name);
+        render(s, 40).save(&path).unwrap();
+        Candidate::Media(MediaFile::Image(path))
+    });
+    let result = judge.pairwise(Task::ImageGeneration, &Context::with_field("caption", &text), a, b).unwrap();
+    let total: f32 = result.probs.iter().sum();
+    assert_eq!(result.probs.len(), 3, "image 1, image 2, tie: {result:?}");
+    assert!((total - 1.0).abs() < 1e-5 && result.probs.iter().all(|x| x.is_finite() && *x >= 0.0), "{result:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

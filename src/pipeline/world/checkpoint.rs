@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
+use crate::judge::{Mode, Task, TaskTemplate, Variant, CHECKPOINT_TEMPLATES};
 use crate::model::init::initial_parameters;
 use crate::model::llava::{LlavaLayout, LlavaOnevisionConfig, VisionTower};
 use crate::model::{qwen2_weight_names_under, save_safetensors, siglip_weight_names, SiglipVisionConfig};
@@ -148,8 +149,9 @@ impl TinyLlava {
         })
     }
 
-    /// Writes a checkpoint of these sizes with `tokenizer_json` (from [`word_level_tokenizer`]) and weights
-    /// initialised from `seed` into `dir` (created; existing files of these names are replaced).
+    /// Writes a checkpoint of these sizes with `tokenizer_json` (from [`word_level_tokenizer`]), the demo's task
+    /// templates (`judge_templates/`, which the judge reads) and weights initialised from `seed` into `dir`
+    /// (created; existing files of these names are replaced).
     pub fn write(&self, dir: &Path, tokenizer_json: &str, seed: u64) -> Result<()> {
         let tokenizer: Value = serde_json::from_str(tokenizer_json)
             .map_err(|e| Error::InvalidArgument(format!("the tokenizer is not JSON: {e}")))?;
@@ -197,6 +199,14 @@ impl TinyLlava {
             "pad_token": "<pad>"}),
         )?;
         write_text("tokenizer.json", tokenizer_json)?;
+        let templates = dir.join(CHECKPOINT_TEMPLATES);
+        std::fs::create_dir_all(&templates).map_err(|e| failed("creating judge_templates/", e))?;
+        for task in Task::ALL {
+            for mode in Mode::ALL {
+                let name = format!("{CHECKPOINT_TEMPLATES}/{task}.{mode}.json");
+                write_text(&name, TaskTemplate::built_in_file(Variant::Demo, task, mode)?)?;
+            }
+        }
         let named: Vec<(&str, &crate::runtime::Tensor)> = parameters.iter().map(|(n, t)| (n.as_str(), t)).collect();
         save_safetensors(&dir.join("model.safetensors"), &named)
     }

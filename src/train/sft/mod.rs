@@ -7,7 +7,8 @@
 
 mod run;
 
-pub use run::{latest_checkpoint, SftOutcome, SftRun};
+pub use crate::train::run::latest_checkpoint;
+pub use run::{SftOutcome, SftRun};
 
 use super::data::SequenceBatch;
 use super::optim::{AdamW, AdamWConfig, ParamGroup};

@@ -16,63 +16,34 @@ use unireward::train::dpo::{DpoOutcome, DpoRun, ReferenceSource};
 use unireward::train::run::TrainOptions;
 use unireward::{DType, Device};
 
-/// A temporary directory with the model and a pair file, removed on drop.
-struct Scratch(PathBuf);
+mod common;
 
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("unireward-dpo-run-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(dir.join("model")).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2");
-        let mut files = vec![fixtures.join("chat_tied/config.json"), fixtures.join("chat_tied/model.safetensors")];
-        for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
-            files.push(fixtures.join("tokenizer").join(f));
-        }
-        for f in files {
-            std::fs::copy(&f, dir.join("model").join(f.file_name().unwrap())).unwrap();
-        }
-        std::fs::write(dir.join("pairs.jsonl"), pairs(10)).unwrap();
-        Scratch(dir)
-    }
+use common::{pairs, Scratch};
 
-    fn path(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-
-    fn run(&self, out: &str) -> DpoRun {
-        DpoRun {
-            policy: self.path("model"),
-            pairs: self.path("pairs.jsonl"),
-            out: self.path(out),
-            loss: DpoConfig { beta: 0.5, ..DpoConfig::default() },
-            train: TrainOptions {
-                epochs: 3,
-                lr: 1e-3,
-                batch_size: 2,
-                grad_accum: 1,
-                seed: 11,
-                save_every: 0,
-                ..TrainOptions::default()
-            },
-            ..DpoRun::default()
-        }
-    }
+/// The scratch checkpoint and 10 pairs, and a run over them into `out`.
+fn scratch(name: &str) -> Scratch {
+    let scratch = Scratch::new(&format!("dpo-run-{name}"));
+    std::fs::write(scratch.path("pairs.jsonl"), pairs(10)).unwrap();
+    scratch
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
+fn dpo_run(scratch: &Scratch, out: &str) -> DpoRun {
+    DpoRun {
+        policy: scratch.path("model"),
+        pairs: scratch.path("pairs.jsonl"),
+        out: scratch.path(out),
+        loss: DpoConfig { beta: 0.5, ..DpoConfig::default() },
+        train: TrainOptions {
+            epochs: 3,
+            lr: 1e-3,
+            batch_size: 2,
+            grad_accum: 1,
+            seed: 11,
+            save_every: 0,
+            ..TrainOptions::default()
+        },
+        ..DpoRun::default()
     }
-}
-
-fn pairs(n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let (chosen, rejected) = (format!("{}.", i % 3), if i % 2 == 0 { "No idea." } else { "Maybe 7." });
-            format!(r#"{{"prompt": "Best {i}?", "chosen": "{chosen}", "rejected": "{rejected}"}}"#) + "\n"
-        })
-        .collect()
 }
 
 fn train(run: &DpoRun) -> DpoOutcome {
@@ -103,8 +74,8 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn the_reference_cache_is_reused_and_a_stale_one_refused() {
-    let scratch = Scratch::new("cache");
-    let run = scratch.run("out");
+    let scratch = scratch("cache");
+    let run = dpo_run(&scratch, "out");
     let first = train(&run);
     assert_eq!((first.reference, first.steps_done, first.total_steps), (ReferenceSource::Computed, 15, 15));
     assert!(scratch.path("out").join(CACHE_FILE).is_file());
@@ -125,12 +96,14 @@ fn the_reference_cache_is_reused_and_a_stale_one_refused() {
 
 #[test]
 fn a_run_stopped_mid_epoch_resumes_to_bitwise_equal_parameters() {
-    let scratch = Scratch::new("resume");
-    let straight = train(&scratch.run("straight"));
+    let scratch = scratch("resume");
+    let straight = train(&dpo_run(&scratch, "straight"));
     // 5 batches an epoch, 15 steps: most stops fall inside an epoch.
     let stop_at = rand::thread_rng().gen_range(1..15u64);
-    let run =
-        DpoRun { train: TrainOptions { save_every: 4, ..scratch.run("stopped").train }, ..scratch.run("stopped") };
+    let run = DpoRun {
+        train: TrainOptions { save_every: 4, ..dpo_run(&scratch, "stopped").train },
+        ..dpo_run(&scratch, "stopped")
+    };
     let stop = AtomicBool::new(false);
     let stopped = run
         .run(&stop, |m, _| {
@@ -154,9 +127,9 @@ fn a_run_stopped_mid_epoch_resumes_to_bitwise_equal_parameters() {
 
 #[test]
 fn the_on_the_fly_reference_trains_the_same_model() {
-    let scratch = Scratch::new("on-the-fly");
-    let cached = train(&scratch.run("cached"));
-    let run = DpoRun { reference_on_the_fly: true, ..scratch.run("fly") };
+    let scratch = scratch("on-the-fly");
+    let cached = train(&dpo_run(&scratch, "cached"));
+    let run = DpoRun { reference_on_the_fly: true, ..dpo_run(&scratch, "fly") };
     let fly = train(&run);
     assert_eq!(fly.reference, ReferenceSource::OnTheFly);
     assert!(!scratch.path("fly").join(CACHE_FILE).exists());
@@ -173,36 +146,36 @@ fn the_on_the_fly_reference_trains_the_same_model() {
 
 #[test]
 fn bad_input_is_refused_before_anything_is_written() {
-    let scratch = Scratch::new("errors");
+    let scratch = scratch("errors");
     let refused = |run: &DpoRun| {
         let err = run.run(&AtomicBool::new(false), |_, _| {}).expect_err("must be refused").to_string();
         assert!(!run.out.exists(), "{} was written for: {err}", run.out.display());
         err
     };
-    let mut run = scratch.run("out");
+    let mut run = dpo_run(&scratch, "out");
     run.loss.beta = 0.0;
     assert!(refused(&run).contains("`--beta` must be finite and > 0, got 0"));
     run.loss.beta = -1.0;
     assert!(refused(&run).contains("`--beta`"));
-    run = scratch.run("out");
+    run = dpo_run(&scratch, "out");
     run.train.grad_accum = 0;
     assert!(refused(&run).contains("`--grad-accum` must be at least 1"));
 
     std::fs::write(scratch.path("pairs.jsonl"), "{\"prompt\": \"Q\", \"chosen\": \"A\"}\n{\"prompt\": \"Q\"}\n")
         .unwrap();
-    let err = refused(&scratch.run("out"));
+    let err = refused(&dpo_run(&scratch, "out"));
     assert!(
         err.contains("no usable pair (2 records, 2 left out; first:") && err.contains("line 1: no `rejected`"),
         "{err}"
     );
     std::fs::write(scratch.path("pairs.jsonl"), r#"{"prompt": "Q", "chosen": " ", "rejected": "B"}"#).unwrap();
-    assert!(refused(&scratch.run("out")).contains("`chosen` is empty"));
+    assert!(refused(&dpo_run(&scratch, "out")).contains("`chosen` is empty"));
     std::fs::write(scratch.path("pairs.jsonl"), pairs(4) + r#"{"prompt": "Q", "chosen": "A", "rejected": ""}"#)
         .unwrap();
-    let mut run = scratch.run("out");
+    let mut run = dpo_run(&scratch, "out");
     run.train.bad_records = BadRecordPolicy::Refuse;
     let err = refused(&run);
     assert!(err.contains("line 5: `rejected` is empty"), "{err}");
     std::fs::write(scratch.path("pairs.jsonl"), "").unwrap();
-    assert!(refused(&scratch.run("out")).contains("no usable pair (0 records"));
+    assert!(refused(&dpo_run(&scratch, "out")).contains("no usable pair (0 records"));
 }

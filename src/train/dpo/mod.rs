@@ -201,7 +201,7 @@ impl DpoTrainer {
     /// What is wrong with `batch`, if anything.
     fn check_batch(&self, batch: &PairBatch) -> std::result::Result<(), String> {
         let rows = &batch.rows;
-        if rows.rows == 0 || rows.rows % 2 != 0 {
+        if rows.rows == 0 || !rows.rows.is_multiple_of(2) {
             return Err(format!("{} rows: a pair batch has a chosen and a rejected row per pair", rows.rows));
         }
         let (size, vocab) = (rows.rows * rows.len, self.model.config.vocab_size);

@@ -6,10 +6,11 @@
 //! model. Gradients are accumulated weighted by each micro-batch's pairs, so a step's loss and gradient are the mean
 //! over all its pairs (for the losses that treat pairs independently: all but AOT's sorting and BCO's running mean,
 //! which see each micro-batch as TRL does). Reference log-probabilities come with the batches: precomputed once and
-//! cached ([`reference`]), or from a frozen copy on the fly ([`DpoRun`]).
+//! cached ([`mod@reference`]), or from a frozen copy on the fly ([`DpoRun`]).
 //!
-//! Every call on the model is in [`pair_logps`] and [`DpoTrainer::micro_batch`]: a LLaVA-capable policy changes
-//! only those two places.
+//! The model's forward, log-prob and backward calls are all in `pair_logps` and `DpoTrainer::micro_batch`; beyond
+//! them the policy's type appears only where it is held, loaded and saved (the parameter lists the optimizer and the
+//! checkpoint take), so a LLaVA-capable policy is a local change.
 
 pub mod reference;
 mod run;
@@ -21,7 +22,7 @@ use super::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::model::qwen2::{ForwardOptions, ForwardPass, LabelLogps, Qwen2Gradients, Qwen2Model};
 use crate::ops::fused_linear::FusedLinearConfig;
 use crate::ops::preference::{dpo_loss, BcoDelta, DpoConfig, DpoMetrics, DpoOutput, PreferenceLogps};
-use crate::runtime::{DType, Tensor};
+use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
 /// What a DPO trainer is built with.
@@ -219,7 +220,7 @@ impl DpoTrainer {
             return Err(format!("label {l} is neither {ignore} nor in the vocabulary of {vocab}"));
         }
         let pairs = batch.pairs();
-        if let Some(row) = (0..rows.rows).find(|&r| labelled_past_first(rows, r, ignore) == 0) {
+        if let Some(row) = (0..rows.rows).find(|&r| rows.predicted_labels(r, ignore) == 0) {
             let which = if row < pairs { "chosen" } else { "rejected" };
             return Err(format!("pair {}: the {which} completion has no token to learn", row % pairs));
         }
@@ -309,18 +310,13 @@ pub(crate) fn needs_reference(loss: &DpoConfig) -> bool {
     loss.losses().uses_reference() && !loss.reference_free
 }
 
-/// Labels of `row` the log-prob counts: every one past the first position (position 0 is never predicted).
-fn labelled_past_first(batch: &SequenceBatch, row: usize, ignore: i64) -> usize {
-    batch.labels[row * batch.len..(row + 1) * batch.len].iter().skip(1).filter(|&&l| l != ignore).count()
-}
-
 /// Refuses what the trainer does not do and what [`dpo_loss`] would refuse, by running its own checks on one
-/// made-up pair, so a bad β or mixture is an error before any model is loaded or file written.
+/// made-up pair, so a bad β or mixture is an error when the trainer is built, not at its first step.
 fn check_loss(loss: &DpoConfig) -> Result<()> {
     if loss.ld_alpha.is_some() {
         return Err(Error::InvalidArgument("the DPO trainer does not do LD-DPO (`ld_alpha`) yet".into()));
     }
-    let cpu = crate::runtime::Device::Cpu;
+    let cpu = Device::Cpu;
     let (chosen, rejected) =
         (Tensor::from_f32(&[-1.0], &[1], DType::F32, cpu)?, Tensor::from_f32(&[-2.0], &[1], DType::F32, cpu)?);
     let lengths = Tensor::from_slice(&[2i64], &[1], cpu)?;

@@ -92,10 +92,15 @@ fn sequence_batch(b: &Batch) -> SequenceBatch {
 }
 
 fn tiny_model() -> Qwen2Model {
-    Qwen2Model::load(&fixture("qwen2/mha_tied"), DType::F32, Device::Cpu).unwrap()
+    tiny_model_on(Device::Cpu)
 }
 
-fn ten_steps_match_pytorch(loss_type: DpoLossType) {
+fn tiny_model_on(device: Device) -> Qwen2Model {
+    Qwen2Model::load(&fixture("qwen2/mha_tied"), DType::F32, device).unwrap()
+}
+
+/// 10 steps on `device` against the fixture, every value within `rel` (relative, with the floors below).
+fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
     let text = std::fs::read_to_string(fixture("train_dpo/steps.json")).unwrap();
     let Fixture { config: c, batches, losses } = serde_json::from_str(&text).unwrap();
     let run = &losses[loss_type.trl_name()];
@@ -111,8 +116,8 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType) {
     let loss = DpoConfig { loss_type, beta: run.beta, label_smoothing: run.label_smoothing, ..DpoConfig::default() };
     let groups = vec![ParamGroup::new("frozen", &[&c.frozen]).frozen()];
     let config = DpoTrainerConfig { optimizer, groups, loss, ..DpoTrainerConfig::default() };
-    let reference = tiny_model();
-    let mut trainer = DpoTrainer::new(tiny_model(), config).unwrap();
+    let reference = tiny_model_on(device);
+    let mut trainer = DpoTrainer::new(tiny_model_on(device), config).unwrap();
     for (k, ((micro, refs), want)) in batches.iter().zip(&run.references).zip(&run.steps).enumerate() {
         let micro: Vec<PairBatch> = micro
             .iter()
@@ -121,7 +126,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType) {
                 let rows = sequence_batch(b);
                 let got = reference_logps(&reference, &rows, Default::default()).unwrap();
                 for (g, w) in got.chosen.iter().chain(&got.rejected).zip(r.chosen.iter().chain(&r.rejected)) {
-                    assert_close(&format!("step {k} reference log-prob"), f64::from(*g), *w, 1e-5, 1.0);
+                    assert_close(&format!("step {k} reference log-prob"), f64::from(*g), *w, rel, 1.0);
                 }
                 PairBatch { rows, reference: Some(got) }
             })
@@ -129,8 +134,8 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType) {
         let got = trainer.step(&micro).unwrap();
         let m = &got.metrics;
         assert_eq!((got.step, got.pairs, got.tokens), (k as u64 + 1, 4, want.tokens), "step {k}");
-        assert_close(&format!("step {k} loss"), got.loss, want.loss, 1e-5, 1e-3);
-        assert_close(&format!("step {k} grad norm"), got.grad_norm.unwrap(), want.grad_norm, 1e-5, 1e-3);
+        assert_close(&format!("step {k} loss"), got.loss, want.loss, rel, 1e-3);
+        assert_close(&format!("step {k} grad norm"), got.grad_norm.unwrap(), want.grad_norm, rel, 1e-3);
         assert_close(&format!("step {k} lr"), got.lr, want.lr, 1e-12, 1e-3);
         for (name, g, w) in [
             ("rewards/chosen", m.rewards_chosen, want.rewards_chosen),
@@ -141,7 +146,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType) {
             ("logps/rejected", m.logps_rejected, want.logps_rejected),
         ] {
             // Rewards start at 0 (policy = reference): an absolute floor of 1 for f32 log-probs of ~10.
-            assert_close(&format!("step {k} {name}"), f64::from(g), w, 1e-5, 1.0);
+            assert_close(&format!("step {k} {name}"), f64::from(g), w, rel, 1.0);
         }
     }
     let bytes = std::fs::read(fixture(&format!("train_dpo/final_{}.safetensors", loss_type.trl_name()))).unwrap();
@@ -158,7 +163,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType) {
         for (i, (g, w)) in values_f64(got).iter().zip(&want).enumerate() {
             let err = (g - w).abs() / w.abs().max(1e-2);
             worst = worst.max(err);
-            assert!(err <= 1e-5, "`{name}`[{i}]: got {g}, want {w}");
+            assert!(err <= rel, "`{name}`[{i}]: got {g}, want {w}");
         }
     }
     eprintln!("{}: worst relative error of the final parameters: {worst:e}", loss_type.trl_name());
@@ -166,12 +171,21 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType) {
 
 #[test]
 fn ten_sigmoid_dpo_steps_with_label_smoothing_and_accumulation_match_pytorch() {
-    ten_steps_match_pytorch(DpoLossType::Sigmoid);
+    ten_steps_match_pytorch(DpoLossType::Sigmoid, Device::Cpu, 1e-5);
 }
 
 #[test]
 fn ten_ipo_steps_with_accumulation_match_pytorch() {
-    ten_steps_match_pytorch(DpoLossType::Ipo);
+    ten_steps_match_pytorch(DpoLossType::Ipo, Device::Cpu, 1e-5);
+}
+
+/// The same on CUDA, whose kernels reduce in other orders: 1e-4 (the CPU run's worst final parameter is already
+/// 8e-6 from the float64 reference, an embedding row of a token no batch holds, moved by AdamW alone).
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn ten_dpo_steps_on_cuda_match_pytorch() {
+    ten_steps_match_pytorch(DpoLossType::Sigmoid, Device::Cuda(0), 1e-4);
+    ten_steps_match_pytorch(DpoLossType::Ipo, Device::Cuda(0), 1e-4);
 }
 
 /// Pairs whose chosen answer is a function of the prompt and whose rejected answer is another prompt's.

@@ -115,7 +115,9 @@ pub fn load(path: &Path, key: CacheKey, pairs: usize) -> Result<Option<PairLogps
     if !path.exists() {
         return Ok(None);
     }
-    let text = read_text(path, MAX_JSON_BYTES)?;
+    // A pair takes at most ~45 bytes (two f32 in their shortest form and a line number): bound the read by the
+    // pair count rather than by a fixed size, so a large pair file's cache reads back.
+    let text = read_text(path, MAX_JSON_BYTES.max(4096 + 64 * pairs as u64))?;
     let file: CacheFile = serde_json::from_str(&text)
         .map_err(|e| Error::Checkpoint(format!("{} is not a reference cache: {e}", path.display())))?;
     let stale = [

@@ -7,7 +7,8 @@
 
 mod run;
 
-pub use run::{latest_checkpoint, SftOutcome, SftRun};
+pub use crate::train::run::latest_checkpoint;
+pub use run::{SftOutcome, SftRun};
 
 use super::data::SequenceBatch;
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
@@ -102,7 +103,7 @@ impl SftTrainer {
             tokens += batch_tokens;
             for (row, row_nll) in row_nll.iter().enumerate() {
                 task_nll[batch.tasks[row]] += row_nll;
-                task_tokens[batch.tasks[row]] += counted_in_row(batch, row, self.config.head.logprobs.ignore_index);
+                task_tokens[batch.tasks[row]] += batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
             }
         }
         let report = self.optimizer.step_accumulated(&mut self.model.weights.named_mut())?;
@@ -141,7 +142,7 @@ impl SftTrainer {
         if let Some(t) = batch.tasks.iter().find(|&&t| t >= tasks) {
             return Err(format!("a row has task {t}, the trainer has {tasks} tasks"));
         }
-        if (0..batch.rows).all(|row| counted_in_row(batch, row, ignore) == 0) {
+        if (0..batch.rows).all(|row| batch.predicted_labels(row, ignore) == 0) {
             return Err("no labelled token past a row's first position: nothing to learn".into());
         }
         Ok(())
@@ -163,9 +164,4 @@ impl SftTrainer {
         self.optimizer.accumulate(&self.grads.weights.named(), tokens as f64)?;
         Ok((tokens, row_nll))
     }
-}
-
-/// Labels of `row` the loss counts: every one past the first position (position 0 is never predicted).
-fn counted_in_row(batch: &SequenceBatch, row: usize, ignore: i64) -> usize {
-    batch.labels[row * batch.len..(row + 1) * batch.len].iter().skip(1).filter(|&&l| l != ignore).count()
 }

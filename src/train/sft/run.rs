@@ -1,86 +1,28 @@
-//! The SFT training loop over a conversation file, with checkpoints that resume bitwise: every `save_every` steps,
-//! at the end, and when asked to stop, `out/checkpoint-<step>/` holds the weights in the source's layout and
-//! `trainer_state/` (the optimizer's moments and masters, its step count — which is the schedule's position — and
-//! the loader's [`LoaderState`]), written atomically in one rename. The loop has no other random state.
+//! The SFT training loop over a conversation file, with checkpoints that resume bitwise (see [`crate::train::run`]).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 use super::{SftConfig, SftStepMetrics, SftTrainer};
-use crate::model::files::{read_text, MAX_JSON_BYTES};
-use crate::model::{save_safetensors, Qwen2Model, WeightStore};
-use crate::runtime::{DType, Device, Tensor};
-use crate::train::checkpoint::{is_checkpoint, save_checkpoint, SaveOptions, TRAINER_STATE_DIR};
+use crate::model::Qwen2Model;
+use crate::runtime::DType;
 use crate::train::data::{
-    collate_conversations, BatchSampler, ConversationTokenizer, DataOptions, DataReport, DataSource, LoaderState,
-    SamplerConfig, SftDataset,
+    collate_conversations, BatchSampler, ConversationTokenizer, DataReport, DataSource, SftDataset,
 };
-use crate::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
+use crate::train::run::{
+    drive, latest_checkpoint, load_run_state, save_run_checkpoint, Parameters, Steps, TrainOptions, TrainerState,
+};
 use crate::{Error, Result};
 
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-const STATE_FILE: &str = "state.json";
-const CHECKPOINT_PREFIX: &str = "checkpoint-";
-
 /// A whole SFT run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SftRun {
     /// The checkpoint trained from (config, weights, tokenizer files, chat template).
     pub model: PathBuf,
     pub data: PathBuf,
     /// Checkpoints go to `out/checkpoint-<step>/`.
     pub out: PathBuf,
-    pub epochs: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub max_grad_norm: Option<f64>,
-    /// Examples per micro-batch.
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: usize,
-    pub max_len: usize,
-    pub warmup_ratio: f64,
-    pub seed: u64,
-    /// Save every this many steps (0: only at the end).
-    pub save_every: usize,
-    /// Continue from the latest checkpoint in `out` (from the start when there is none).
-    pub resume: bool,
-    /// Parameters left untrained, by name fragment.
-    pub frozen: Vec<String>,
-    pub device: Device,
-}
-
-impl Default for SftRun {
-    fn default() -> Self {
-        SftRun {
-            model: PathBuf::new(),
-            data: PathBuf::new(),
-            out: PathBuf::new(),
-            epochs: 1,
-            lr: 1e-5,
-            weight_decay: 0.0,
-            max_grad_norm: Some(1.0),
-            batch_size: 1,
-            grad_accum: 1,
-            max_len: 2048,
-            warmup_ratio: 0.03,
-            seed: 0,
-            save_every: 0,
-            resume: false,
-            frozen: Vec::new(),
-            device: Device::Cpu,
-        }
-    }
-}
-
-/// What the state file of a checkpoint holds beside the optimizer's buffers.
-#[derive(Serialize, Deserialize)]
-struct TrainerState {
-    step: u64,
-    total_steps: usize,
-    loader: LoaderState,
+    pub train: TrainOptions,
 }
 
 /// How a run ended.
@@ -95,36 +37,57 @@ pub struct SftOutcome {
     pub data: DataReport,
 }
 
-/// The newest complete `checkpoint-<step>` in `out`, if any.
-pub fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
-    let entries = std::fs::read_dir(out).ok()?;
-    entries
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let step = path.file_name()?.to_str()?.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()?;
-            (is_checkpoint(&path) && path.join(TRAINER_STATE_DIR).join(STATE_FILE).is_file()).then_some((step, path))
-        })
-        .max_by_key(|(step, _)| *step)
+/// A run's trainer, data and loader position, as [`drive`] steps them.
+struct Progress<'a> {
+    run: &'a SftRun,
+    trainer: SftTrainer,
+    data: SftDataset,
+    sampler: BatchSampler,
+    pad: u32,
+    total_steps: usize,
+}
+
+impl Steps for Progress<'_> {
+    type Metrics = SftStepMetrics;
+
+    fn steps_done(&self) -> u64 {
+        self.trainer.optimizer().steps_done()
+    }
+
+    fn step(&mut self) -> Result<SftStepMetrics> {
+        let micro: Vec<_> = (0..self.run.train.grad_accum)
+            .map(|_| {
+                let indices = self.sampler.next_batch();
+                let examples: Vec<_> = indices.examples.iter().map(|&i| &self.data.examples[i]).collect();
+                collate_conversations(&examples, self.pad)
+            })
+            .collect();
+        self.trainer.step(&micro)
+    }
+
+    fn save(&self) -> Result<PathBuf> {
+        let model = self.trainer.model();
+        let head = model.weights.names().lm_head.clone();
+        let left_out = if model.config.tie_word_embeddings { vec![head] } else { vec![] };
+        let params = Parameters { named: model.weights.named(), left_out };
+        let optimizer = self.trainer.optimizer();
+        let state = TrainerState {
+            step: optimizer.steps_done(),
+            total_steps: self.total_steps,
+            loader: self.sampler.state(),
+            extra: serde_json::Value::Null,
+        };
+        save_run_checkpoint(&self.run.out, &self.run.model, &params, optimizer, &state)
+    }
 }
 
 impl SftRun {
-    fn check(&self) -> Result<()> {
-        for (name, value) in
-            [("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum)]
-        {
-            if value == 0 {
-                return Err(Error::InvalidArgument(format!("`{name}` must be at least 1")));
-            }
-        }
-        Ok(())
-    }
-
     /// Trains, calling `on_step` after every step, until the end or until `stop` is set (then saves and returns).
-    pub fn run(&self, stop: &AtomicBool, mut on_step: impl FnMut(&SftStepMetrics, usize)) -> Result<SftOutcome> {
-        self.check()?;
+    pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&SftStepMetrics, usize)) -> Result<SftOutcome> {
+        let train = &self.train;
+        train.check()?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
-        let options = DataOptions { max_len: self.max_len, ..DataOptions::default() };
-        let (data, report) = SftDataset::load_conversations(&[DataSource::new(&self.data)], &tokenizer, &options)?;
+        let (data, report) = SftDataset::load_conversations(&[DataSource::new(&self.data)], &tokenizer, &train.data())?;
         if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
             return Err(Error::InvalidArgument(format!(
                 "line {} of {} has images or videos: the SFT trainer is text-only (Qwen2) for now",
@@ -132,105 +95,32 @@ impl SftRun {
                 self.data.display()
             )));
         }
-        let sampler_config = SamplerConfig { batch_size: self.batch_size, seed: self.seed, ..SamplerConfig::default() };
-        let mut sampler = BatchSampler::for_conversations(&data, sampler_config)?;
-        let total_steps = self.epochs * sampler.batches_per_epoch() / self.grad_accum;
-        if total_steps == 0 {
-            return Err(Error::InvalidArgument("the data holds fewer micro-batches than `--grad-accum`".into()));
-        }
-        let resumed = if self.resume { latest_checkpoint(&self.out) } else { None };
+        let mut sampler = BatchSampler::for_conversations(&data, train.sampler())?;
+        let total_steps = train.total_steps(sampler.batches_per_epoch())?;
+        let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
         let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
-        let model = Qwen2Model::load(weights_dir, DType::F32, self.device)?;
-        let optimizer = AdamWConfig {
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: self.max_grad_norm,
-            schedule: Schedule::with_warmup_ratio(ScheduleKind::Cosine, total_steps, self.warmup_ratio)?,
-            ..AdamWConfig::default()
+        let model = Qwen2Model::load(weights_dir, DType::F32, train.device)?;
+        let config = SftConfig {
+            optimizer: train.optimizer(total_steps)?,
+            groups: train.groups(),
+            tasks: data.tasks.len(),
+            ..SftConfig::default()
         };
-        let frozen: Vec<&str> = self.frozen.iter().map(String::as_str).collect();
-        let groups = if frozen.is_empty() { Vec::new() } else { vec![ParamGroup::new("frozen", &frozen).frozen()] };
-        let config = SftConfig { optimizer, groups, tasks: data.tasks.len(), ..SftConfig::default() };
         let mut trainer = SftTrainer::new(model, config)?;
         if let Some((_, dir)) = &resumed {
-            let state = load_trainer_state(dir, &mut trainer, total_steps)?;
+            let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
             sampler.restore(&state.loader)?;
         }
         let pad = tokenizer.pad_id();
-        let mut checkpoint = resumed.map(|(_, dir)| dir).unwrap_or_default();
-        let mut interrupted = false;
-        while (trainer.optimizer().steps_done() as usize) < total_steps {
-            if stop.load(Ordering::SeqCst) {
-                interrupted = true;
-                break;
-            }
-            let micro: Vec<_> = (0..self.grad_accum)
-                .map(|_| {
-                    let indices = sampler.next_batch();
-                    let examples: Vec<_> = indices.examples.iter().map(|&i| &data.examples[i]).collect();
-                    collate_conversations(&examples, pad)
-                })
-                .collect();
-            let metrics = trainer.step(&micro)?;
-            on_step(&metrics, total_steps);
-            let step = metrics.step as usize;
-            if (self.save_every > 0 && step.is_multiple_of(self.save_every)) || step == total_steps {
-                checkpoint = self.save(&trainer, &sampler.state(), total_steps)?;
-            }
-        }
-        let steps_done = trainer.optimizer().steps_done();
-        if interrupted && !checkpoint.ends_with(format!("{CHECKPOINT_PREFIX}{steps_done}")) {
-            checkpoint = self.save(&trainer, &sampler.state(), total_steps)?;
-        }
-        Ok(SftOutcome { steps_done, total_steps, checkpoint, interrupted, data: report })
+        let mut progress = Progress { run: self, trainer, data, sampler, pad, total_steps };
+        let resumed = resumed.map(|(_, dir)| dir);
+        let driven = drive(&mut progress, total_steps, train.save_every, stop, resumed, on_step)?;
+        Ok(SftOutcome {
+            steps_done: progress.steps_done(),
+            total_steps,
+            checkpoint: driven.checkpoint,
+            interrupted: driven.interrupted,
+            data: report,
+        })
     }
-
-    fn save(&self, trainer: &SftTrainer, loader: &LoaderState, total_steps: usize) -> Result<PathBuf> {
-        let optimizer = trainer.optimizer();
-        let step = optimizer.steps_done();
-        let dir = self.out.join(format!("{CHECKPOINT_PREFIX}{step}"));
-        let model = trainer.model();
-        let head = model.weights.names().lm_head.clone();
-        let left_out: Vec<&str> = if model.config.tie_word_embeddings { vec![head.as_str()] } else { vec![] };
-        let options = SaveOptions { overwrite: true, ..SaveOptions::default() };
-        save_checkpoint(&dir, &self.model, &model.weights.named(), &left_out, &options, |tmp| {
-            let state_dir = tmp.join(TRAINER_STATE_DIR);
-            std::fs::create_dir_all(&state_dir)
-                .map_err(|e| Error::Checkpoint(format!("cannot create {}: {e}", state_dir.display())))?;
-            let s = optimizer.state();
-            let buffers = [("exp_avg", s.exp_avg), ("exp_avg_sq", s.exp_avg_sq), ("master", s.master)];
-            save_safetensors(&state_dir.join(OPTIMIZER_FILE), &buffers)?;
-            let state = TrainerState { step, total_steps, loader: loader.clone() };
-            let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Checkpoint(e.to_string()))?;
-            std::fs::write(state_dir.join(STATE_FILE), json)
-                .map_err(|e| Error::Checkpoint(format!("cannot write the trainer state: {e}")))
-        })?;
-        Ok(dir)
-    }
-}
-
-/// Restores the optimizer from a checkpoint's `trainer_state/` and returns the rest of that state.
-fn load_trainer_state(dir: &Path, trainer: &mut SftTrainer, total_steps: usize) -> Result<TrainerState> {
-    let state_dir = dir.join(TRAINER_STATE_DIR);
-    let path = state_dir.join(STATE_FILE);
-    let state: TrainerState = serde_json::from_str(&read_text(&path, MAX_JSON_BYTES)?)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
-    if state.total_steps != total_steps {
-        return Err(Error::Checkpoint(format!(
-            "{} was written by a run of {} steps, this one has {total_steps}: resume with the same data and options",
-            dir.display(),
-            state.total_steps
-        )));
-    }
-    let store = WeightStore::open(&state_dir.join(OPTIMIZER_FILE))?;
-    let device = trainer.model().device();
-    let current = trainer.optimizer().state();
-    let buffer = |name: &str, like: &Tensor| store.get_as(name, like.shape(), DType::F32, device);
-    let (m, v, master) = (
-        buffer("exp_avg", current.exp_avg)?,
-        buffer("exp_avg_sq", current.exp_avg_sq)?,
-        buffer("master", current.master)?,
-    );
-    trainer.optimizer_mut().load_state(state.step, &m, &v, &master)?;
-    Ok(state)
 }

@@ -1,10 +1,11 @@
 //! Training: the optimizer (AdamW fused over a model's parameters, clipping, schedules, accumulation), the data
 //! pipeline (conversation and preference-pair files, tokenization with loss masks, batching, shuffling and task
-//! mixing that a resume can restore) and checkpoints written in the Hugging Face layout.
+//! mixing that a resume can restore), checkpoints written in the Hugging Face layout, and PNG plots of the metrics.
 
 pub mod checkpoint;
 pub mod data;
 pub mod optim;
+pub mod plots;
 pub mod sft;
 
 use crate::runtime::cuda::KernelModule;

@@ -13,6 +13,7 @@ mod generate_media;
 mod judge;
 mod kernels;
 mod peak_alloc;
+mod plot;
 mod preprocess;
 mod report;
 mod synthetic;
@@ -52,6 +53,8 @@ enum Command {
     Preprocess(preprocess::Args),
     /// Supervised fine-tuning of a judge on a conversation file, with checkpoints and --resume.
     TrainJudge(train_judge::Args),
+    /// PNG plots of a metrics log (JSONL), one per metric family: loss, lr, grad_norm, rewards, ...
+    Plot(plot::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -101,6 +104,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),
+        Command::Plot(args) => plot::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

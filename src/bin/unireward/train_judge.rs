@@ -1,7 +1,8 @@
 //! `unireward train-judge`: supervised fine-tuning of a (text-only, Qwen2) judge on a conversation file, with
 //! checkpoints in `--out` every `--save-every` steps and at the end, `--resume` from the latest, and one JSON line
-//! of metrics per step appended to `--out/metrics.jsonl`. Progress (step, loss, tokens/s, ETA) is a bar on a
-//! terminal, one line per step otherwise. Ctrl-C stops after the current step with a checkpoint.
+//! of metrics per step appended to `--out/metrics.jsonl`, plotted at the end (and after Ctrl-C) into `--out/*.png`.
+//! Progress (step, loss, tokens/s, ETA) is a bar on a terminal, one line per step otherwise. Ctrl-C stops after the
+//! current step with a checkpoint.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use unireward::train::plots::write_metric_plots;
 use unireward::train::sft::SftRun;
 use unireward::Device;
 
@@ -21,7 +23,7 @@ pub struct Args {
     /// Conversations in LLaVA's JSONL format (text-only for now).
     #[arg(long)]
     data: PathBuf,
-    /// Where checkpoints (`checkpoint-<step>/`) and `metrics.jsonl` go.
+    /// Where checkpoints (`checkpoint-<step>/`), `metrics.jsonl` and its plots (`loss.png`, `lr.png`, ...) go.
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value_t = 1)]
@@ -119,6 +121,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     if let Some(e) = log_error {
         return Err(e).with_context(|| format!("writing {}", log_path.display()));
+    }
+    drop(log);
+    // The checkpoint is safe whatever happens here: a plot that cannot be drawn is a warning, not a failed run.
+    match write_metric_plots(&log_path, &args.out) {
+        Ok(report) => crate::plot::print_report(&report, &log_path),
+        Err(e) => eprintln!("warning: no plots of {}: {e}", log_path.display()),
     }
     let skipped = outcome.data.bad.len();
     if skipped > 0 {

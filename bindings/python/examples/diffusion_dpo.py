@@ -14,11 +14,12 @@ model encodes both images with its VAE first and is otherwise trained the same w
 
     PYTHONPATH=bindings/python UNIREWARD_LIB=target/release/libunireward.so \\
         python bindings/python/examples/diffusion_dpo.py --steps 20            # pairs drawn on the fly
-    ... diffusion_dpo.py --pairs pairs.jsonl --steps 200 --beta 5000        # your pairs
+    ... diffusion_dpo.py --pairs pairs.jsonl --media-folder media/ --steps 200 --beta 5000   # the filter's pairs
 
-The pairs file has one JSON object a line: `{"caption": "a red square", "chosen": "a.png", "rejected": "b.png"}`
-(the caption may also sit in `context.caption`, as in the filter's candidates file); image paths are relative to
-the pairs file's folder. Images are read with Pillow (a dependency of diffusers), converted to RGB, resized to
+The pairs file is what `unireward filter` writes for an image-generation task, one JSON object a line:
+`{"caption": "a red square", "chosen_image": "c1_3.png", "rejected_image": "c1_7.png", ...}` (other fields are
+ignored); image paths are relative to `--media-folder`, by default the pairs file's folder, as the filter's are to
+its own `--media-folder`. Images are read with Pillow (a dependency of diffusers), converted to RGB, resized to
 `--size` and scaled to [-1, 1].
 
 β: unireward's loss is `-logσ(-½β((mse_w - mse_l) - (ref_mse_w - ref_mse_l)))`, the paper's and its authors'
@@ -54,9 +55,10 @@ class Pair:
     rejected: str
 
 
-def read_pairs(path: str) -> List[Pair]:
-    """Reads and checks a pairs JSONL file: every line's caption and both images, before any training."""
-    folder = os.path.dirname(os.path.abspath(path))
+def read_pairs(path: str, media_folder: Optional[str] = None) -> List[Pair]:
+    """Reads and checks a pairs JSONL file: every line's caption and both images, before any training. Image paths
+    are relative to `media_folder` (default: the file's folder)."""
+    folder = media_folder or os.path.dirname(os.path.abspath(path))
     pairs = []
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -69,11 +71,13 @@ def read_pairs(path: str) -> List[Pair]:
                 raise ValueError(f"{where}: not JSON ({err.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: a pair is a JSON object")
-            caption = record.get("caption", (record.get("context") or {}).get("caption"))
+            caption = record.get("caption")
             if not isinstance(caption, str):
                 raise ValueError(f"{where}: `caption` (a string) is missing")
+            if "chosen_video" in record:
+                raise ValueError(f"{where}: a video pair; this example trains an image model")
             images = []
-            for key in ("chosen", "rejected"):
+            for key in ("chosen_image", "rejected_image"):
                 value = record.get(key)
                 if not isinstance(value, str):
                     raise ValueError(f"{where}: `{key}` (an image path) is missing")
@@ -205,7 +209,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), 
 
 
 def draw_demo_pairs(folder: str, size: int = 16) -> str:
-    """Writes a small judged-pairs file like the filter's: for each caption "a <colour> square", the chosen image
+    """Writes a small judged-pairs file in the filter's format: for each caption "a <colour> square", the chosen image
     shows that colour, the rejected one another; returns the pairs file's path."""
     names = list(COLOURS)
     with open(os.path.join(folder, "pairs.jsonl"), "w", encoding="utf-8") as out:
@@ -216,16 +220,15 @@ def draw_demo_pairs(folder: str, size: int = 16) -> str:
                 pixels = np.full((size, size, 3), 245, dtype=np.uint8)
                 lo, hi = size // 4 + i % 2, 3 * size // 4 + i % 2
                 pixels[lo:hi, lo:hi] = COLOURS[fill]
-                files[role] = f"{i}_{role}.png"
-                Image.fromarray(pixels).save(os.path.join(folder, files[role]))
+                files[f"{role}_image"] = f"{i}_{role}.png"
+                Image.fromarray(pixels).save(os.path.join(folder, f"{i}_{role}.png"))
             out.write(json.dumps({"caption": f"a {colour} square", **files}) + "\n")
     return os.path.join(folder, "pairs.jsonl")
 
 
-def train(pairs_path: str, steps: int, batch_size: int, size: int, beta: float, lr: float, seed: int,
+def train(pairs: List[Pair], steps: int, batch_size: int, size: int, beta: float, lr: float, seed: int,
           log=print) -> List[Dict[str, float]]:  # fmt: skip
     """Aligns a fresh tiny UNet on the pairs for `steps` steps, cycling through them in file order."""
-    pairs = read_pairs(pairs_path)
     trainer = make_trainer(size, beta, lr, seed)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -239,7 +242,9 @@ def train(pairs_path: str, steps: int, batch_size: int, size: int, beta: float, 
 
 def main(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", help="pairs JSONL (caption, chosen, rejected); default: draw a few")
+    parser.add_argument("--pairs", help="the filter's pairs JSONL (caption, chosen_image, rejected_image); "
+                        "default: draw a few")  # fmt: skip
+    parser.add_argument("--media-folder", help="the folder image paths are relative to; default the pairs file's")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--size", type=int, default=16, help="image side the UNet works at")
@@ -252,11 +257,11 @@ def main(argv: Optional[List[str]] = None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.size % 2:
         parser.error("--size must be even (the UNet halves it once)")
-    run = lambda path: train(path, args.steps, args.batch_size, args.size, args.beta, args.lr, args.seed)
+    run = lambda pairs: train(pairs, args.steps, args.batch_size, args.size, args.beta, args.lr, args.seed)
     if args.pairs:
-        return run(args.pairs)
+        return run(read_pairs(args.pairs, args.media_folder))
     with tempfile.TemporaryDirectory() as folder:
-        return run(draw_demo_pairs(folder, args.size))
+        return run(read_pairs(draw_demo_pairs(folder, args.size)))
 
 
 if __name__ == "__main__":

@@ -82,8 +82,9 @@ def test_loss_and_unet_gradients_equal_diffusers_formula(tmp_path, gen):
 
 
 def write_pairs(tmp_path, records):
+    (tmp_path / "media").mkdir()
     for name in ("a.png", "b.png"):
-        (tmp_path / name).write_bytes(b"")
+        (tmp_path / "media" / name).write_bytes(b"")
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return str(path)
@@ -92,20 +93,25 @@ def write_pairs(tmp_path, records):
 @pytest.mark.parametrize(
     "records, message",
     [
-        ([{"caption": "x", "chosen": "a.png", "rejected": "b.png"}, "{oops"], ":2: not JSON"),
-        ([{"chosen": "a.png", "rejected": "b.png"}], ":1: `caption`"),
-        ([{"caption": "x", "chosen": "a.png"}], ":1: `rejected`"),
-        ([{"caption": "x", "chosen": "missing.png", "rejected": "b.png"}], "`chosen` image"),
+        ([{"caption": "x", "chosen_image": "a.png", "rejected_image": "b.png"}, "{oops"], ":2: not JSON"),
+        ([{"chosen_image": "a.png", "rejected_image": "b.png"}], ":1: `caption`"),
+        ([{"caption": "x", "chosen_image": "a.png"}], ":1: `rejected_image`"),
+        ([{"caption": "x", "chosen_image": "missing.png", "rejected_image": "b.png"}], "`chosen_image` image"),
+        ([{"caption": "x", "chosen_video": "a.mp4", "rejected_video": "b.mp4"}], ":1: a video pair"),
         ([[1, 2]], ":1: a pair is a JSON object"),
         (["", "  "], "no pairs"),
     ],
 )
 def test_bad_pairs_file_is_refused(tmp_path, records, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        example.read_pairs(write_pairs(tmp_path, records))
+        example.read_pairs(write_pairs(tmp_path, records), str(tmp_path / "media"))
 
 
-def test_caption_may_sit_in_context(tmp_path):
-    path = write_pairs(tmp_path, [{"context": {"caption": "a cat"}, "chosen": "a.png", "rejected": "b.png"}])
-    (pair,) = example.read_pairs(path)
-    assert pair.caption == "a cat" and pair.chosen == str(tmp_path / "a.png")
+def test_reads_the_filters_generation_pairs(tmp_path):
+    """A line as `unireward filter` writes it for image generation; paths relative to --media-folder."""
+    line = {"id": "c1", "index": 0, "task": "image_generation", "strategy": "pair-rank+point-sift",
+            "caption": "a cat", "chosen_image": "a.png", "rejected_image": "b.png", "chosen_index": 3,
+            "rejected_index": 7, "chosen_score": 4.5, "rejected_score": None}  # fmt: skip
+    (pair,) = example.read_pairs(write_pairs(tmp_path, [line]), str(tmp_path / "media"))
+    assert (pair.caption, pair.chosen, pair.rejected) == ("a cat", str(tmp_path / "media/a.png"),
+                                                          str(tmp_path / "media/b.png"))  # fmt: skip

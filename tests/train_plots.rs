@@ -92,6 +92,16 @@ fn series_are_the_files_values_with_nan_and_missing_keys() {
 }
 
 #[test]
+fn a_resumed_runs_repeated_steps_keep_their_last_value() {
+    // Killed after logging step 3 with its checkpoint at step 1; resumed from there.
+    let text = "{\"step\": 1, \"loss\": 4}\n{\"step\": 2, \"loss\": 3}\n{\"step\": 3, \"loss\": 2}\n\
+                {\"step\": 2, \"loss\": 3.5}\n{\"step\": 3, \"loss\": null}\n{\"step\": 4, \"loss\": 1}\n";
+    let log = parse_metrics(text).unwrap();
+    assert_eq!(log.records, 6);
+    assert_eq!(bits(&log.series[0].points), bits(&[(1.0, 4.0), (2.0, 3.5), (3.0, f64::NAN), (4.0, 1.0)]));
+}
+
+#[test]
 fn random_logs_round_trip() {
     let mut rng = rand::thread_rng();
     let keys = ["loss", "lr", "grad_norm", "rewards/margins", "eval/loss", "logps/chosen"];

@@ -1,13 +1,16 @@
 //! Metric series from a metrics log: JSONL, one object a line, as the trainers write it (`{"step": 3, "loss":
 //! 0.52, "lr": 1e-5, "task_loss": [0.4, null]}`; TRL's `rewards/accuracies`; evaluation's `eval/loss`).
 //!
-//! Every numeric value is a point at the record's `step` (the record's position, from 1, when it has none).
+//! Every numeric value is a point at the record's `step` (the record's position, from 1, when it has none). A
+//! resumed run appends steps it had already logged before it was killed: the last value logged for a step is the
+//! one kept, and each series is in step order.
 //! Arrays and objects are flattened into `key/index` and `key/field` series. `null`, `NaN` and `±Infinity` (the
 //! Python `json` module's tokens, or such strings) are non-finite points: gaps in the plotted line, counted per
 //! series. A key absent from a record is simply not a point there. Strings that are not numbers and booleans are
 //! not metrics. A last line cut short (a run killed while writing) is skipped and flagged; any other line that is
 //! not a JSON object is an error naming it.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -78,6 +81,7 @@ pub(super) fn naming(path: &Path) -> impl Fn(Error) -> Error + '_ {
 /// Parses a metrics log's text; see the module's documentation for what counts as a point.
 pub fn parse_metrics(text: &str) -> Result<MetricsLog> {
     let mut log = MetricsLog::default();
+    let mut positions: HashMap<String, usize> = HashMap::new();
     let lines: Vec<&str> = text.split('\n').collect();
     for (index, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
@@ -102,8 +106,8 @@ pub fn parse_metrics(text: &str) -> Result<MetricsLog> {
             flatten(key.clone(), value, 0, &mut values);
         }
         for (name, value) in values {
-            let position = match log.series.iter().position(|s| s.name == name) {
-                Some(position) => position,
+            let position = match positions.get(&name) {
+                Some(&position) => position,
                 None if log.series.len() == MAX_SERIES => {
                     return Err(Error::InvalidArgument(format!(
                         "line {}: more than {MAX_SERIES} metric keys (`{name}` is one too many)",
@@ -111,6 +115,7 @@ pub fn parse_metrics(text: &str) -> Result<MetricsLog> {
                     )))
                 }
                 None => {
+                    positions.insert(name.clone(), log.series.len());
                     log.series.push(Series { name, points: Vec::new() });
                     log.series.len() - 1
                 }
@@ -121,7 +126,24 @@ pub fn parse_metrics(text: &str) -> Result<MetricsLog> {
     if log.records == 0 {
         return Err(Error::InvalidArgument("no metrics records".into()));
     }
+    for series in &mut log.series {
+        keep_latest_per_step(&mut series.points);
+    }
     Ok(log)
+}
+
+/// `points` sorted by step, with only the last value logged at each step.
+fn keep_latest_per_step(points: &mut Vec<(f64, f64)>) {
+    // Stable: the values of one step stay in file order, the last written last.
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut kept: Vec<(f64, f64)> = Vec::with_capacity(points.len());
+    for point in points.drain(..) {
+        match kept.last_mut() {
+            Some(last) if last.0 == point.0 => *last = point,
+            _ => kept.push(point),
+        }
+    }
+    *points = kept;
 }
 
 /// A line as a JSON object; Python's `NaN` / `Infinity` tokens are read as the strings they spell.

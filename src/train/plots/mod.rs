@@ -18,8 +18,9 @@ pub use series::{parse_metrics, read_metrics, MetricsLog, Series, MAX_METRICS_BY
 
 use crate::{Error, Result};
 
-/// The size of every plot, in pixels.
+/// The width of every plot, in pixels.
 pub const PLOT_WIDTH: u32 = 960;
+/// The height of every plot, in pixels.
 pub const PLOT_HEIGHT: u32 = 540;
 
 /// What [`write_metric_plots`] wrote and found.

@@ -14,6 +14,7 @@ mod generate_media;
 mod judge;
 mod kernels;
 mod peak_alloc;
+mod plot;
 mod preprocess;
 mod report;
 mod synthetic;
@@ -56,6 +57,8 @@ enum Command {
     TrainJudge(train_judge::Args),
     /// DPO (and the DPO family's losses) of a policy on a preference-pair file, with a cached reference.
     Dpo(dpo::Args),
+    /// PNG plots of a metrics log (JSONL), one per metric family: loss, lr, grad_norm, rewards, ...
+    Plot(plot::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -106,6 +109,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),
         Command::Dpo(args) => dpo::run(&args),
+        Command::Plot(args) => plot::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

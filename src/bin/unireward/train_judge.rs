@@ -1,7 +1,8 @@
 //! `unireward train-judge`: supervised fine-tuning of a (text-only, Qwen2) judge on a conversation file, with
 //! checkpoints in `--out` every `--save-every` steps and at the end, `--resume` from the latest, and one JSON line
-//! of metrics per step appended to `--out/metrics.jsonl`. Progress (step, loss, tokens/s, ETA) is a bar on a
-//! terminal, one line per step otherwise. Ctrl-C stops after the current step with a checkpoint.
+//! of metrics per step appended to `--out/metrics.jsonl`, plotted at the end (and after Ctrl-C) into `--out/*.png`.
+//! Progress (step, loss, tokens/s, ETA) is a bar on a terminal, one line per step otherwise. Ctrl-C stops after the
+//! current step with a checkpoint.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ pub struct Args {
     /// Conversations in LLaVA's JSONL format (text-only for now).
     #[arg(long)]
     data: PathBuf,
-    /// Where checkpoints (`checkpoint-<step>/`) and `metrics.jsonl` go.
+    /// Where checkpoints (`checkpoint-<step>/`), `metrics.jsonl` and its plots (`loss.png`, `lr.png`, ...) go.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]

@@ -1,6 +1,8 @@
 //! A scripted judge for the filter tests: every pairwise and pointwise answer is a text written by the test (a
 //! verdict phrase, "Final Score: N", or something unparsable), read with the task template's own answer grammar,
 //! and candidates files written from the same script into a temporary folder (with empty media files).
+// Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -108,7 +108,13 @@ pub fn run_filter(
     for prompt in file.prompts.iter().filter(|p| shard.contains(p.index)) {
         match judgments.check(prompt, options.strategy.modes()) {
             Ok(()) => prompts.push(prompt),
-            Err(e) => invalid.push(InvalidPrompt { index: prompt.index, line: prompt.line, reason: e.to_string() }),
+            Err(e) => {
+                let reason = match e {
+                    Error::InvalidArgument(m) => m,
+                    other => other.to_string(),
+                };
+                invalid.push(InvalidPrompt { index: prompt.index, line: prompt.line, reason })
+            }
         }
     }
     invalid.sort_by_key(|p| p.index);

@@ -60,12 +60,20 @@ pub struct Args {
     dtype: DType,
 }
 
+/// The message of a parse error, without its kind.
+fn message(e: unireward::Error) -> String {
+    match e {
+        unireward::Error::InvalidArgument(m) => m,
+        other => other.to_string(),
+    }
+}
+
 fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    s.parse().map_err(|e: unireward::Error| e.to_string())
+    s.parse().map_err(message)
 }
 
 fn parse_shard(s: &str) -> Result<Shard, String> {
-    s.parse().map_err(|e: unireward::Error| e.to_string())
+    s.parse().map_err(message)
 }
 
 /// `<out>.audit.jsonl`.

@@ -34,13 +34,13 @@ fn scratch(name: &str) -> Scratch {
         std::fs::copy(image(f), dir.join(f)).unwrap();
     }
     let mut lines = Vec::new();
-    for i in 0..3 {
+    for (i, asked_about) in IMAGES.iter().take(3).enumerate() {
         let candidates: Vec<&str> = IMAGES.iter().copied().take(2 + i).collect();
         lines.push(serde_json::json!({"id": format!("g{i}"), "task": "image_generation",
             "context": {"caption": format!("a red square number {i}")}, "candidates": candidates}));
         let responses: Vec<String> = (0..4 - i).map(|c| format!("It shows {c} shapes.")).collect();
         lines.push(serde_json::json!({"id": format!("u{i}"), "task": "image-understanding",
-            "context": {"question": "How many shapes?", "image": IMAGES[i]}, "candidates": responses}));
+            "context": {"question": "How many shapes?", "image": asked_about}, "candidates": responses}));
     }
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("candidates.jsonl"), text).unwrap();

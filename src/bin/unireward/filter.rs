@@ -95,10 +95,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("loading the judge in {}", args.judge.display()))?;
     let reasoned =
         args.reasoned.then(|| GenerationConfig { max_new_tokens: args.max_new_tokens, ..Default::default() });
-    let label = match &reasoned {
-        Some(cfg) => format!("{} reasoned max_new_tokens={}", args.judge.display(), cfg.max_new_tokens),
-        None => format!("{} one-pass", args.judge.display()),
+    // What the outputs depend on besides the candidates and the strategy: a resume must ask the same judge the same way.
+    let mode = match &reasoned {
+        Some(cfg) => format!("reasoned max_new_tokens={}", cfg.max_new_tokens),
+        None => "one-pass".into(),
     };
+    let label = format!("{} {mode} {:?} {:?}", args.judge.display(), args.dtype, args.device);
     let options = FilterOptions {
         strategy: args.strategy,
         shard: args.shard,

@@ -5,7 +5,8 @@
 //! a win nor a loss; an **unparsable** verdict voids its pair (NaN margin: neither a win, a loss nor a tie, left out
 //! of the Bradley–Terry fit); a candidate with an **unparsable score** can be neither the chosen nor the rejected
 //! one of a score-based pick. With an **odd K**, adjacent pairing leaves the last candidate unpaired: it is in
-//! neither list (it is still scored). Scores are compared as numbers. Among equal picks the lowest index wins.
+//! neither list (it is still scored). Scores are compared as numbers. Among equal scores (or equal log-strengths)
+//! the lowest index is picked; round-robin breaks Copeland ties as the compare op does.
 //!
 //! - `pair-rank+point-sift` (UnifiedReward's): pairs (0,1), (2,3), …; winners form the chosen list, losers the
 //!   rejected list; every candidate is scored; one pair, (best-scored chosen, worst-scored rejected), only when the

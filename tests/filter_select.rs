@@ -1,5 +1,5 @@
 //! The filter's selection on a scripted judge (answer texts read by the templates' grammars, with ties,
-//! unparsable answers and "10" against "9"): for every strategy, the pairs written equal a plain reimplementation
+//! unparsable answers and "10" against "9", on all four tasks): for every strategy, the pairs written equal a plain reimplementation
 //! of the strategy's rule; understanding pairs load as training pairs; generation pairs read back.
 
 mod filter_scripted;
@@ -126,9 +126,8 @@ fn every_strategy_selects_as_its_rule_says() {
     let seed = rand::thread_rng().gen::<u64>();
     eprintln!("seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let tasks = [Task::ImageGeneration, Task::ImageUnderstanding];
     let mut prompts: Vec<ScriptedPrompt> =
-        (0..80).map(|i| random_prompt(&mut rng, format!("p{i}"), tasks[i % 2])).collect();
+        (0..80).map(|i| random_prompt(&mut rng, format!("p{i}"), Task::ALL[i % 4])).collect();
     // "9" chosen against "10" rejected: no pair (numbers, not strings); "10" chosen against "9": a pair.
     for (id, first, second) in [("nine_ten", 9, 10), ("ten_nine", 10, 9)] {
         let mut p = random_prompt(&mut rng, id.into(), Task::ImageUnderstanding);
@@ -225,11 +224,12 @@ fn conversation_tokenizer() -> unireward::train::data::ConversationTokenizer {
 
 #[test]
 fn understanding_pairs_load_as_training_pairs_and_generation_pairs_read_back() {
-    use unireward::train::data::{BadRecordPolicy, DataOptions, DataSource, PairDataset};
+    use unireward::train::data::{BadRecordPolicy, DataOptions, DataSource, MediaKind, PairDataset};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let scratch = Scratch::new("formats");
-    let understanding: Vec<ScriptedPrompt> =
-        (0..12).map(|i| random_prompt(&mut rng, format!("u{i}"), Task::ImageUnderstanding)).collect();
+    let understanding: Vec<ScriptedPrompt> = (0..12)
+        .map(|i| random_prompt(&mut rng, format!("u{i}"), [Task::ImageUnderstanding, Task::VideoUnderstanding][i % 2]))
+        .collect();
     let (got, _) = filter(&scratch, &understanding, Strategy::PairRank);
     assert!(!got.is_empty());
     let options =
@@ -237,18 +237,35 @@ fn understanding_pairs_load_as_training_pairs_and_generation_pairs_read_back() {
     let source = DataSource::new(scratch.path("pair-rank.pairs.jsonl"));
     let (data, report) = PairDataset::load_pairs(&[source], &conversation_tokenizer(), &options).unwrap();
     assert_eq!(data.examples.len(), got.len(), "{report:?}");
-    assert!(data.examples.iter().all(|e| e.media.len() == 1 && e.media[0].path.exists()));
+    for (example, (index, _, _)) in data.examples.iter().zip(&got) {
+        let kind = if index % 2 == 0 { MediaKind::Image } else { MediaKind::Video };
+        assert_eq!(example.media.len(), 1);
+        assert_eq!(example.media[0].kind, kind);
+        assert_eq!(example.media[0].path, scratch.path(&format!("u{index}.png")));
+    }
 
-    let generation: Vec<ScriptedPrompt> =
-        (0..12).map(|i| random_prompt(&mut rng, format!("g{i}"), Task::ImageGeneration)).collect();
+    let generation: Vec<ScriptedPrompt> = (0..12)
+        .map(|i| random_prompt(&mut rng, format!("g{i}"), [Task::ImageGeneration, Task::VideoGeneration][i % 2]))
+        .collect();
     let (got, _) = filter(&scratch, &generation, Strategy::PointSift);
     let text = std::fs::read_to_string(scratch.path("point-sift.pairs.jsonl")).unwrap();
     let read: Vec<GenerationPair> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(read.len(), got.len());
     for (pair, (index, chosen, rejected)) in read.iter().zip(&got) {
         assert_eq!(pair.index, *index);
-        assert_eq!(pair.chosen_image.as_deref(), Some(format!("{}_{chosen}.png", pair.id).as_str()));
-        assert_eq!(pair.rejected_image.as_deref(), Some(format!("{}_{rejected}.png", pair.id).as_str()));
+        let (chosen, rejected) = (format!("{}_{chosen}.png", pair.id), format!("{}_{rejected}.png", pair.id));
+        let (c, r) = if index % 2 == 0 {
+            (&pair.chosen_image, &pair.rejected_image)
+        } else {
+            (&pair.chosen_video, &pair.rejected_video)
+        };
+        let (other_c, other_r) = if index % 2 == 0 {
+            (&pair.chosen_video, &pair.rejected_video)
+        } else {
+            (&pair.chosen_image, &pair.rejected_image)
+        };
+        assert_eq!((c.as_deref(), r.as_deref()), (Some(chosen.as_str()), Some(rejected.as_str())));
+        assert!(other_c.is_none() && other_r.is_none());
         assert!(pair.chosen_score.unwrap() > pair.rejected_score.unwrap());
         assert_eq!(pair.caption, format!("caption of {}", pair.id));
     }

@@ -47,10 +47,12 @@ impl ScriptedPrompt {
     }
 }
 
-/// A random prompt of `task` with K in 2..=7; generation tasks get ties, understanding ones the 0..100 scale.
+/// A random prompt of `task` with K in 2..=7: ties where the task's grammar has a tie phrase, scores on its scale.
 pub fn random_prompt(rng: &mut impl Rng, id: String, task: Task) -> ScriptedPrompt {
     let k = rng.gen_range(2..=7);
-    let tie_allowed = task == Task::ImageGeneration;
+    let AnswerGrammar::Verdict(verdicts) = grammar(task, Mode::Pairwise) else { unreachable!() };
+    let AnswerGrammar::Score(scale) = grammar(task, Mode::Pointwise) else { unreachable!() };
+    let tie_allowed = !verdicts.tie.is_empty();
     let mut pairs = HashMap::new();
     for a in 0..k {
         for b in a + 1..k {
@@ -63,13 +65,12 @@ pub fn random_prompt(rng: &mut impl Rng, id: String, task: Task) -> ScriptedProm
             pairs.insert((a, b), truth);
         }
     }
-    let max = if task == Task::ImageGeneration { 5 } else { 100 };
     let scores = (0..k)
         .map(|_| match rng.gen_range(0..8) {
             0 => None,
-            // Few distinct values, so that equal scores happen; 9 and 10 are both there for the 0..100 scale.
-            _ if max == 100 => Some([8, 9, 10, 10, 90][rng.gen_range(0..5)]),
-            _ => Some(rng.gen_range(1..=max)),
+            // Few distinct values, so that equal scores happen; 9 and 10 both on scales that reach 10.
+            _ if scale.max >= 10 => Some([8, 9, 10, 10, scale.max][rng.gen_range(0..5)]),
+            _ => Some(rng.gen_range(scale.min..=scale.max)),
         })
         .collect();
     ScriptedPrompt { id, task, k, pairs, scores }
@@ -179,7 +180,8 @@ impl Drop for Scratch {
 
 /// The candidates line of a scripted prompt; media files are created (empty) in `folder`.
 pub fn candidates_line(p: &ScriptedPrompt, folder: &Path) -> String {
-    let generation = p.task == Task::ImageGeneration;
+    let generation = matches!(p.task, Task::ImageGeneration | Task::VideoGeneration);
+    let media_key = if matches!(p.task, Task::VideoGeneration | Task::VideoUnderstanding) { "video" } else { "image" };
     let candidates: Vec<String> = (0..p.k)
         .map(|c| {
             if generation {
@@ -196,7 +198,7 @@ pub fn candidates_line(p: &ScriptedPrompt, folder: &Path) -> String {
     } else {
         let image = format!("{}.png", p.id);
         std::fs::write(folder.join(&image), b"").unwrap();
-        serde_json::json!({"question": format!("question of {}?", p.id), "image": image})
+        serde_json::json!({"question": format!("question of {}?", p.id), media_key: image})
     };
     serde_json::json!({"id": p.id, "task": p.task.name(), "context": context, "candidates": candidates}).to_string()
 }

@@ -179,6 +179,8 @@ fn bad_input_is_one_clear_error_line() {
     let judge = judge_dir("filter-bad");
     let err = fail(s.filter(&judge.0, "out", &["--shard", "2/2"]).output().unwrap());
     assert!(err.contains("--shard `2/2`: expected i/n with 0 <= i < n"), "{err}");
+    let err = fail(s.filter(&judge.0, "out", &["--batch", "0"]).output().unwrap());
+    assert!(err.contains("--batch must be at least 1"), "{err}");
     let err = fail(s.filter(&judge.0, "out", &["--strategy", "best-of"]).output().unwrap());
     assert!(err.contains("unknown strategy `best-of`"), "{err}");
     let err = fail(s.filter(&judge.0, "out", &["--resume"]).output().unwrap());
@@ -213,4 +215,31 @@ fn reasoned_judgments_keep_their_answers_and_count_the_unparsable_ones() {
         unparsable += usize::from(a["unparsable"].is_string());
     }
     assert_eq!(summary["unparsable"].as_u64().unwrap() as usize, unparsable);
+}
+
+#[test]
+fn every_strategy_runs_on_the_judge_in_small_batches() {
+    let judge = judge_dir("filter-strategies");
+    let s = scratch("strategies");
+    for strategy in ["pair-rank", "point-sift", "round-robin", "bradley-terry"] {
+        let args = ["--strategy", strategy, "--batch", "2", "--json"];
+        let out = succeed(s.filter(&judge.0, strategy, &args).output().unwrap());
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary["prompts"], 6, "{strategy}");
+        let [pairs, audit, _] = s.files(strategy);
+        let pairs = String::from_utf8(pairs).unwrap();
+        assert_eq!(pairs.lines().count() as u64, summary["pairs"].as_u64().unwrap(), "{strategy}");
+        let ks = [2usize, 4, 3, 3, 4, 2];
+        let judgments: usize = match strategy {
+            "pair-rank" => ks.iter().map(|k| k / 2).sum(),
+            "point-sift" => ks.iter().sum(),
+            _ => ks.iter().map(|k| k * (k - 1) / 2).sum(),
+        };
+        assert_eq!(String::from_utf8(audit).unwrap().lines().count(), judgments, "{strategy}");
+        for line in pairs.lines() {
+            let p: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(p["strategy"], strategy);
+            assert_ne!(p["chosen_index"], p["rejected_index"]);
+        }
+    }
 }

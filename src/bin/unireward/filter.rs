@@ -34,6 +34,9 @@ pub struct Args {
     /// The most tokens a reasoned judgment generates.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
+    /// One-pass judgments scored per model batch (a prompt's pairs or candidates, in chunks of this many).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
     /// The audit file (JSONL, one judgment a line); default `<out>.audit.jsonl`.
     #[arg(long)]
     audit: Option<PathBuf>,
@@ -84,6 +87,7 @@ pub fn default_audit(out: &std::path::Path) -> PathBuf {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let media_folder = args
         .media_folder
         .clone()
@@ -100,7 +104,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(cfg) => format!("reasoned max_new_tokens={}", cfg.max_new_tokens),
         None => "one-pass".into(),
     };
-    let label = format!("{} {mode} {:?} {:?}", args.judge.display(), args.dtype, args.device);
+    let label = format!("{} {mode} batch={} {:?} {:?}", args.judge.display(), args.batch, args.dtype, args.device);
     let options = FilterOptions {
         strategy: args.strategy,
         shard: args.shard,
@@ -116,7 +120,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} prompts {msg} ETA {eta}")
             .context("the progress bar's template")?,
     );
-    let judgments = JudgeJudgments { judge: &judge, reasoned };
+    let judgments = JudgeJudgments { judge: &judge, reasoned, batch: args.batch };
     let outcome = run_filter(&file, &judgments, &options, &STOP, |done, total, s| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

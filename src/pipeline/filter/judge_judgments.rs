@@ -16,6 +16,9 @@ pub struct JudgeJudgments<'a> {
     pub judge: &'a Judge,
     /// `Some`: reasoned judgments generated with this configuration.
     pub reasoned: Option<GenerationConfig>,
+    /// One-pass judgments scored per model batch (bounds memory: round-robin over K = 256 asks 32,640 pairs); at
+    /// least 1. The same for a run and its resumption, so that both batch a prompt alike.
+    pub batch: usize,
 }
 
 fn request(prompt: &CandidatePrompt, mode: Mode, candidates: &[usize]) -> JudgeRequest {
@@ -38,7 +41,13 @@ fn log_odds(probs: &[f32]) -> f32 {
 impl JudgeJudgments<'_> {
     fn results(&self, requests: &[JudgeRequest]) -> Result<Vec<JudgeResult>> {
         match &self.reasoned {
-            None => Ok(self.judge.judge_many(requests)?.results),
+            None => {
+                let mut results = Vec::with_capacity(requests.len());
+                for chunk in requests.chunks(self.batch.max(1)) {
+                    results.extend(self.judge.judge_many(chunk)?.results);
+                }
+                Ok(results)
+            }
             Some(cfg) => requests.iter().map(|r| self.judge.reasoned(r, cfg)).collect(),
         }
     }

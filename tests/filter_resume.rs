@@ -155,6 +155,18 @@ fn shards_merged_equal_the_unsharded_run() {
         let err = merge_shards(&shards, &pairs, &scratch.path("y.audit")).unwrap_err().to_string();
         assert!(err.contains("exists"), "{err}");
     }
+    // A shard of another run (another strategy) is refused.
+    let mut foreign = options(&scratch, "foreign", Strategy::PairRank);
+    foreign.invalid = InvalidPolicy::Skip;
+    foreign.shard = Shard { index: 1, count: 2 };
+    run(&file, &judge, &foreign, None).unwrap();
+    let ours = options(&scratch, "n2-0", Strategy::PairRankPointSift);
+    let mixed = [
+        ShardOutput { pairs: ours.pairs, audit: ours.audit },
+        ShardOutput { pairs: foreign.pairs, audit: foreign.audit },
+    ];
+    let err = merge_shards(&mixed, &scratch.path("m.jsonl"), &scratch.path("m.audit")).unwrap_err().to_string();
+    assert!(err.contains("another run"), "{err}");
     // An unfinished shard is refused.
     let mut opts = options(&scratch, "unfinished", Strategy::PairRankPointSift);
     opts.invalid = InvalidPolicy::Skip;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::progress::{read_progress, OutputPaths};
+use super::progress::{read_progress, Header, OutputPaths};
 use super::records::Summary;
 use crate::model::files::open_regular;
 use crate::{Error, Result};
@@ -91,7 +91,7 @@ fn interleave(inputs: &[PathBuf], out: &Path) -> Result<()> {
 /// exist; returns the summed counts.
 pub fn merge_shards(shards: &[ShardOutput], pairs: &Path, audit: &Path) -> Result<Summary> {
     let mut seen: Vec<Option<usize>> = Vec::new();
-    let mut first_header = None;
+    let mut first_run: Option<Header> = None;
     let mut summary = Summary::default();
     for (position, shard) in shards.iter().enumerate() {
         let progress = OutputPaths { pairs: shard.pairs.clone(), audit: shard.audit.clone() }.progress();
@@ -100,11 +100,9 @@ pub fn merge_shards(shards: &[ShardOutput], pairs: &Path, audit: &Path) -> Resul
             Error::InvalidArgument(format!("{}: the shard's run never started (no header)", progress.display()))
         })?;
         let [index, count] = header.shard;
-        let same_run = |h: &super::progress::Header| {
-            (h.candidates.as_str(), h.records, h.strategy.as_str(), h.judge.as_str(), h.shard[1])
-                == (header.candidates.as_str(), header.records, header.strategy.as_str(), header.judge.as_str(), count)
-        };
-        match &first_header {
+        // The run, whatever the shard.
+        let run = Header { shard: [0, count], ..header.clone() };
+        match &first_run {
             None => {
                 if count != shards.len() {
                     return Err(Error::InvalidArgument(format!(
@@ -114,9 +112,9 @@ pub fn merge_shards(shards: &[ShardOutput], pairs: &Path, audit: &Path) -> Resul
                     )));
                 }
                 seen = vec![None; count];
-                first_header = Some(header.clone());
+                first_run = Some(run);
             }
-            Some(first) if !same_run(first) => {
+            Some(first) if *first != run => {
                 return Err(Error::InvalidArgument(format!(
                     "{} belongs to another run than the first shard",
                     progress.display()

@@ -90,6 +90,9 @@ pub fn read_progress(path: &Path) -> Result<Recorded> {
     if header.format != FORMAT {
         return Err(corrupt(path, format!("line 1: format {:?}, expected {FORMAT:?}", header.format)));
     }
+    if header.shard[0] >= header.shard[1] {
+        return Err(corrupt(path, format!("line 1: shard {}/{}", header.shard[0], header.shard[1])));
+    }
     let mut last: Option<Progress> = None;
     for (i, line) in lines {
         let record: Progress = serde_json::from_str(line).map_err(|e| corrupt(path, format!("line {}: {e}", i + 1)))?;
@@ -157,6 +160,12 @@ impl Outputs {
             audit_bytes: 0,
         };
         outputs.append_progress_line(&serde_json::to_string(header).expect("headers serialize"))?;
+        // The new files' names, on disk with their folder's entries (a power cut must not lose them).
+        let folder = match outputs.paths.pairs.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        File::open(&folder).and_then(|f| f.sync_all()).map_err(|e| io_error("flush", &folder, e))?;
         Ok(outputs)
     }
 

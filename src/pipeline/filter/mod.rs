@@ -7,7 +7,8 @@
 //! - [`strategy`]: which judgments each [`Strategy`] makes and how it selects pairs (the aggregation is
 //!   [`crate::ops::compare`]'s);
 //! - [`records`]: the pair, audit and progress lines written;
-//! - [`run`]: the resumable, shardable run; [`merge`]: shards joined into the unsharded output.
+//! - [`run`]: the resumable, shardable run (its progress file: `progress.rs`); [`merge`]: shards joined into the
+//!   unsharded output.
 //!
 //! See the README's "Filter" section for the file formats and the policies.
 
@@ -15,7 +16,7 @@ pub mod candidates;
 pub mod judge_judgments;
 pub mod judgments;
 pub mod merge;
-pub mod progress;
+pub(crate) mod progress;
 pub mod records;
 pub mod run;
 pub mod strategy;

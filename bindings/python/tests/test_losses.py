@@ -17,12 +17,13 @@ def logps(gen, p, scale=1.0):
     return -(torch.rand(p, generator=gen, dtype=torch.float64) * 3 + 0.1) * scale
 
 
-@pytest.mark.parametrize("reference_free", [False, True])
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+# SimPO and ORPO have no reference to leave out.
+WITH_REFERENCE_FREE = [(t, free) for t in LOSS_TYPES for free in (False, True) if not (free and t in ("simpo", "orpo"))]
+
+
+@pytest.mark.parametrize(("loss_type", "reference_free"), WITH_REFERENCE_FREE)
 def test_dpo_loss_matches_trl(loss_type, reference_free, gen):
     """TRL's `dpo_loss` per pair: losses, their Jacobian (through a weighted sum), rewards; TRL's reference_free."""
-    if reference_free and loss_type in ("simpo", "orpo"):
-        pytest.skip("SimPO and ORPO have no reference")
     p = 37
     pc, pr, rc, rr = (logps(gen, p) for _ in range(4))
     w = torch.rand(p, generator=gen, dtype=torch.float64)
@@ -40,8 +41,10 @@ def test_dpo_loss_matches_trl(loss_type, reference_free, gen):
                                                                running=running, **kw)  # fmt: skip
     (got * w.float()).sum().backward()
     close(got, losses)
-    close(pc32.grad, pc64.grad, scale=1e-2)
-    close(pr32.grad, pr64.grad, scale=1e-2)
+    # Absolute tolerance on the gradients' own scale: f32 rounds (pc - rc) - (pr - rr) to ~1e-7 of the log-probs,
+    # which IPO's gradient 2 (h - 1/(2β)) carries at full size even where it crosses zero.
+    close(pc32.grad, pc64.grad, scale=max(1e-2, pc64.grad.abs().max().item()))
+    close(pr32.grad, pr64.grad, scale=max(1e-2, pr64.grad.abs().max().item()))
     close(chosen_rewards, c_rew)
     close(rejected_rewards, r_rew)
     if loss_type == "bco_pair":

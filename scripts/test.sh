@@ -5,7 +5,8 @@
 #
 # 1. installs the pinned NVRTC 13.0 wheels (no GPU, no CUDA toolkit needed) into a cached virtual environment,
 #    ${UNIREWARD_CACHE:-$HOME/.cache/unireward}/nvrtc-venv, and puts their libraries on LD_LIBRARY_PATH;
-# 2. cargo fmt --check and cargo clippy -D warnings, GPU test code included (when rustfmt / clippy are installed);
+# 2. cargo fmt --check, cargo clippy -D warnings (GPU test code included) and cargo doc -D warnings (when rustfmt /
+#    clippy are installed);
 # 3. cargo test: unit, integration and doc tests (CUDA tests are ignored without --features gpu-tests); the C ABI
 #    tests need a C compiler and valgrind (installed with apt-get when missing);
 # 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
@@ -74,6 +75,8 @@ if cargo clippy --version >/dev/null 2>&1; then
     step "lint"
     # gpu-tests lints the CUDA test code too; not --all-features: the cxx feature needs a C++ compiler.
     run cargo clippy --all-targets --features gpu-tests -- -D warnings
+    # The API documentation's links resolve (a renamed item otherwise leaves a dead link behind).
+    RUSTDOCFLAGS="-D warnings" run cargo doc --no-deps --lib --quiet
 else
     step "lint: skipped (clippy not installed)"
 fi

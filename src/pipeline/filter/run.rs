@@ -1,5 +1,5 @@
 //! A filter run: every prompt of the shard checked, then judged in order, its audit and pair lines appended and a
-//! progress record written after each (see [`super::progress`]); a resumed run continues after the last record, so
+//! progress record written after each (see the `progress` module); a resumed run continues after the last record, so
 //! that a run killed at any point and resumed writes the same bytes as one never stopped.
 
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! The state is three flat fp32 buffers, llm.c style: the two moments of every trainable parameter, and the fp32
 //! master weights of the bf16/f16 ones (a bf16 parameter is its master rounded to nearest after each step); the
 //! accumulator, when used, is a fourth. Parameters and gradients stay in the model's own tensors and are passed to
-//! each call as `(checkpoint name, tensor)` lists ([`Qwen2Weights::named_mut`](crate::model::Qwen2Weights::named_mut),
+//! each call as `(checkpoint name, tensor)` lists ([`Qwen2Weights::named_mut`](crate::model::qwen2::Qwen2Weights::named_mut),
 //! [`LlavaOnevisionModel::named_parameters_mut`](crate::model::llava::LlavaOnevisionModel::named_parameters_mut) and
 //! their gradients' `named`), matched by name to the layout the optimizer was built with. A step is one pass on
 //! the CPU (rayon over chunks) and one kernel launch on CUDA (plus one for the clipping norm), and it checks every

@@ -4,7 +4,7 @@
 //! [`write_metric_plots`]; `unireward plot` is the same call.
 //!
 //! - [`series`]: the log parsed into series (flattening, NaN and missing values, a cut last line, bounds);
-//! - [`render`]: one family drawn into an image.
+//! - [`render()`]: one family drawn into an image.
 
 pub mod render;
 pub mod series;

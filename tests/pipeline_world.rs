@@ -3,6 +3,7 @@
 //! centroid), on random scenes of awkward sizes; the same seed gives the same pixels.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use image::RgbImage;
 use rand::SeedableRng;
@@ -316,5 +317,60 @@ fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
     let total: f32 = result.probs.iter().sum();
     assert_eq!(result.probs.len(), 3, "image 1, image 2, tie: {result:?}");
     assert!((total - 1.0).abs() < 1e-5 && result.probs.iter().all(|x| x.is_finite() && *x >= 0.0), "{result:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
+    use unireward::judge::Task;
+    use unireward::pipeline::world::{judgments, WorldCandidate, FRAMES};
+    let dir = temp_dir("judgments");
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    for task in Task::ALL {
+        for judgment in judgments(task, 3, &dir, "t-", &mut rng).unwrap() {
+            let conversations = judgment.conversations(&mut rng).unwrap();
+            assert_eq!(conversations.len(), 3, "a pairwise and two pointwise conversations");
+            for c in &conversations {
+                let human = c["conversations"][0]["value"].as_str().unwrap();
+                let images = c["image"].as_array().unwrap();
+                assert_eq!(human.matches("<image>").count(), images.len(), "{c}");
+                assert!(images.iter().all(|p| Path::new(p.as_str().unwrap()).is_file()), "{c}");
+                assert!(human.contains(&judgment.text), "{c}");
+                assert_eq!(c["task"], task.name());
+            }
+            let videos = matches!(task, Task::VideoGeneration | Task::VideoUnderstanding);
+            let per_candidate = if videos { FRAMES } else { 1 };
+            let pairwise = &conversations[0];
+            let verdict = pairwise["conversations"][1]["value"].as_str().unwrap();
+            // Which candidate the verdict prefers, read from where the better one sits in the prompt.
+            let better_first = match (&judgment.better, &judgment.worse) {
+                (WorldCandidate::Media(better), _) => {
+                    let first = pairwise["image"][0].as_str().unwrap();
+                    let shown = if videos { Path::new(first).parent().unwrap() } else { Path::new(first) };
+                    assert_eq!(pairwise["image"].as_array().unwrap().len(), 2 * per_candidate);
+                    shown == better.as_path()
+                }
+                (WorldCandidate::Text(better), WorldCandidate::Text(worse)) => {
+                    let human = pairwise["conversations"][0]["value"].as_str().unwrap();
+                    human.contains(&format!("Response 1: {better}\n"))
+                        && human.contains(&format!("Response 2: {worse}\n"))
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(verdict.contains(" 1 is better"), better_first, "{pairwise}");
+            let scores: Vec<&str> =
+                conversations[1..].iter().map(|c| c["conversations"][1]["value"].as_str().unwrap()).collect();
+            assert_eq!(scores, ["Final Score: 5", "Final Score: 1"]);
+
+            let line = judgment.eval_line(&mut rng);
+            let shown = |c: &WorldCandidate| match c {
+                WorldCandidate::Media(p) => p.display().to_string(),
+                WorldCandidate::Text(t) => t.clone(),
+            };
+            let label = if line["candidates"][0] == shown(&judgment.better) { "A" } else { "B" };
+            assert_eq!(line["label"], label, "{line}");
+            assert_eq!(line["task"].as_str().unwrap().parse::<Task>().unwrap(), task);
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

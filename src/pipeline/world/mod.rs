@@ -8,12 +8,14 @@
 
 mod checkpoint;
 mod draw;
+mod judgments;
 mod motion;
 mod scene;
 mod text;
 
 pub use checkpoint::{word_level_tokenizer, TinyLlava, CHAT_TEMPLATE, SPECIAL_TOKENS};
 pub use draw::{render, render_frames};
+pub use judgments::{judgments, WorldCandidate, WorldJudgment, FRAMES, IMAGE_SIZE};
 pub use motion::{Direction, Motion};
 pub use scene::{Colour, Scene, Shape, ShapeKind, GRID};
 pub use text::{caption, corrupt, question, Question};

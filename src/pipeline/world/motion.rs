@@ -3,6 +3,7 @@
 use rand::Rng;
 
 use super::scene::{random_colour, random_kind, Colour, ShapeKind};
+use super::text::Question;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -67,5 +68,15 @@ impl Motion {
             }
         }
         other
+    }
+
+    /// "Which way does the red circle move?", its direction, and another one.
+    pub fn question(&self, rng: &mut impl Rng) -> Question {
+        let others: Vec<Direction> = Direction::ALL.into_iter().filter(|&d| d != self.direction).collect();
+        Question {
+            text: format!("Which way does the {} {} move?", self.colour.name(), self.kind.name()),
+            answer: self.direction.name().into(),
+            wrong_answer: others[rng.gen_range(0..others.len())].name().into(),
+        }
     }
 }

@@ -1,0 +1,214 @@
+//! The world's judgments: for each of the judge's four tasks, two candidates of which the world knows the better one
+//! (the picture or video its caption describes, the true answer to a question), with their media drawn to files.
+//! They become the judge's training conversations — both modes, in the demo's templates, as UnifiedReward trains
+//! its judge — and evaluation lines of `unireward eval`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::draw::{render, render_frames};
+use super::motion::Motion;
+use super::scene::Scene;
+use super::text::{caption, corrupt, question};
+use crate::judge::{MediaInput, Mode, Task, TaskTemplate, Variant};
+use crate::{Error, Result};
+
+/// Pixels per side of the world's images and frames.
+pub const IMAGE_SIZE: u32 = 48;
+/// Frames per video (the demo templates' `frames_per_video`).
+pub const FRAMES: usize = 4;
+/// Shapes per scene at most.
+const MAX_SHAPES: usize = 4;
+/// The score of the better and of the worse candidate in the pointwise conversations (the templates' 1–5 scale).
+const SCORES: [u32; 2] = [5, 1];
+
+/// A candidate: a media file (an image, or a video as a folder of frames) or an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorldCandidate {
+    Media(PathBuf),
+    Text(String),
+}
+
+/// One judgment the world knows the answer to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorldJudgment {
+    pub task: Task,
+    /// The caption (generation tasks) or the question (understanding tasks).
+    pub text: String,
+    /// Understanding tasks: the image or the video asked about.
+    pub context_media: Option<PathBuf>,
+    pub better: WorldCandidate,
+    pub worse: WorldCandidate,
+}
+
+/// Writes the frames of `motion` into the folder `dir` (`frame_0.png`, …).
+fn write_video(motion: &Motion, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
+    for (i, frame) in render_frames(motion, IMAGE_SIZE, FRAMES).iter().enumerate() {
+        save(frame, &dir.join(format!("frame_{i}.png")))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn save(image: &image::RgbImage, path: &Path) -> Result<()> {
+    image.save(path).map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))
+}
+
+/// `count` judgments of `task`, their media drawn into `media_dir` under names starting with `prefix`.
+pub fn judgments(
+    task: Task,
+    count: usize,
+    media_dir: &Path,
+    prefix: &str,
+    rng: &mut impl Rng,
+) -> Result<Vec<WorldJudgment>> {
+    std::fs::create_dir_all(media_dir)
+        .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", media_dir.display())))?;
+    let name = |i: usize, part: &str| media_dir.join(format!("{prefix}{}-{i}-{part}", task.name()));
+    (0..count)
+        .map(|i| {
+            Ok(match task {
+                Task::ImageGeneration => {
+                    let scene = Scene::random(rng, MAX_SHAPES);
+                    let other = corrupt(&scene, rng);
+                    let [good, bad] = [name(i, "match.png"), name(i, "mismatch.png")];
+                    save(&render(&scene, IMAGE_SIZE), &good)?;
+                    save(&render(&other, IMAGE_SIZE), &bad)?;
+                    let (better, worse) = (WorldCandidate::Media(good), WorldCandidate::Media(bad));
+                    WorldJudgment { task, text: caption(&scene), context_media: None, better, worse }
+                }
+                Task::ImageUnderstanding => {
+                    let scene = Scene::random(rng, MAX_SHAPES);
+                    let q = question(&scene, rng);
+                    let image = name(i, "scene.png");
+                    save(&render(&scene, IMAGE_SIZE), &image)?;
+                    let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
+                    WorldJudgment { task, text: q.text, context_media: Some(image), better, worse }
+                }
+                Task::VideoGeneration => {
+                    let motion = Motion::random(rng);
+                    let good = write_video(&motion, &name(i, "match"))?;
+                    let bad = write_video(&motion.corrupt(rng), &name(i, "mismatch"))?;
+                    let (better, worse) = (WorldCandidate::Media(good), WorldCandidate::Media(bad));
+                    WorldJudgment { task, text: motion.caption(), context_media: None, better, worse }
+                }
+                Task::VideoUnderstanding => {
+                    let motion = Motion::random(rng);
+                    let q = motion.question(rng);
+                    let video = write_video(&motion, &name(i, "video"))?;
+                    let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
+                    WorldJudgment { task, text: q.text, context_media: Some(video), better, worse }
+                }
+            })
+        })
+        .collect()
+}
+
+fn is_video(task: Task) -> bool {
+    matches!(task, Task::VideoGeneration | Task::VideoUnderstanding)
+}
+
+/// The image files a prompt shows, in placeholder order: each image, or each frame of each video (the judge gives
+/// every frame its own `<image>`).
+fn image_files(task: Task, media: &[&Path]) -> Vec<String> {
+    let mut files = Vec::new();
+    for m in media {
+        if is_video(task) {
+            files.extend((0..FRAMES).map(|f| m.join(format!("frame_{f}.png")).display().to_string()));
+        } else {
+            files.push(m.display().to_string());
+        }
+    }
+    files
+}
+
+/// A training conversation: the template's instruction filled with `fields` over `media`, and `answer`.
+fn conversation(task: Task, mode: Mode, fields: &[(&str, &str)], media: &[&Path], answer: &str) -> Result<Value> {
+    let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode)?;
+    let fields: BTreeMap<String, String> = fields.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect();
+    let frames = vec![FRAMES; media.len()];
+    let input = if is_video(task) { MediaInput::Videos(&frames) } else { MediaInput::Images(media.len()) };
+    let instruction = template.render_instruction(&fields, input)?;
+    Ok(json!({
+        "task": task.name(),
+        "image": image_files(task, media),
+        "conversations": [{"from": "human", "value": instruction}, {"from": "gpt", "value": answer}],
+    }))
+}
+
+/// The field the task's text fills.
+fn text_field(task: Task) -> &'static str {
+    match task {
+        Task::ImageGeneration | Task::VideoGeneration => "caption",
+        Task::ImageUnderstanding | Task::VideoUnderstanding => "question",
+    }
+}
+
+impl WorldJudgment {
+    /// The candidates in a random order, and whether the better one came first.
+    fn shuffled(&self, rng: &mut impl Rng) -> ([&WorldCandidate; 2], bool) {
+        let better_first = rng.gen_bool(0.5);
+        let pair = if better_first { [&self.better, &self.worse] } else { [&self.worse, &self.better] };
+        (pair, better_first)
+    }
+
+    /// The judge's training conversations for this judgment: the pairwise one (candidates in a random order, the
+    /// verdict the template's canonical phrase) and a pointwise one per candidate (scores 5 and 1).
+    pub fn conversations(&self, rng: &mut impl Rng) -> Result<Vec<Value>> {
+        let task = self.task;
+        let pairwise = TaskTemplate::built_in_variant(Variant::Demo, task, Mode::Pairwise)?;
+        let crate::judge::AnswerGrammar::Verdict(verdict) = &pairwise.answer else {
+            return Err(Error::InvalidArgument(format!("the demo's {task} pairwise template has no verdict")));
+        };
+        let ([a, b], better_first) = self.shuffled(rng);
+        let answer = if better_first { &verdict.first[0] } else { &verdict.second[0] };
+        let text = (text_field(task), self.text.as_str());
+        let mut out = Vec::with_capacity(3);
+        match (a, b, &self.context_media) {
+            (WorldCandidate::Media(a), WorldCandidate::Media(b), None) => {
+                out.push(conversation(task, Mode::Pairwise, &[text], &[a, b], answer)?);
+            }
+            (WorldCandidate::Text(a), WorldCandidate::Text(b), Some(m)) => {
+                let fields = [text, ("first_response", a), ("second_response", b)];
+                out.push(conversation(task, Mode::Pairwise, &fields, &[m], answer)?);
+            }
+            _ => return Err(Error::InvalidArgument(format!("a {task} judgment with mismatched candidates"))),
+        }
+        for (candidate, score) in [&self.better, &self.worse].into_iter().zip(SCORES) {
+            let answer = format!("Final Score: {score}");
+            out.push(match (candidate, &self.context_media) {
+                (WorldCandidate::Media(c), _) => conversation(task, Mode::Pointwise, &[text], &[c], &answer)?,
+                (WorldCandidate::Text(c), Some(m)) => {
+                    conversation(task, Mode::Pointwise, &[text, ("response", c)], &[m], &answer)?
+                }
+                (WorldCandidate::Text(_), None) => {
+                    return Err(Error::InvalidArgument(format!("a {task} answer without the media it is about")))
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// A line of `unireward eval`'s pairwise benchmark file: the candidates in a random order, `label` the better's
+    /// position (`A` or `B`).
+    pub fn eval_line(&self, rng: &mut impl Rng) -> Value {
+        let ([a, b], better_first) = self.shuffled(rng);
+        let shown = |c: &WorldCandidate| match c {
+            WorldCandidate::Media(path) => path.display().to_string(),
+            WorldCandidate::Text(text) => text.clone(),
+        };
+        let mut line = json!({
+            "task": self.task.name().replace('_', "-"),
+            "candidates": [shown(a), shown(b)],
+            "label": if better_first { "A" } else { "B" },
+        });
+        line[text_field(self.task)] = json!(self.text);
+        if let Some(media) = &self.context_media {
+            line["media"] = json!(media.display().to_string());
+        }
+        line
+    }
+}

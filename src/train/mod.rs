@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod model;
 pub mod optim;
 pub mod sft;
 

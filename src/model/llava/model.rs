@@ -391,6 +391,18 @@ impl LlavaOnevisionModel {
         )
     }
 
+    /// The next-token loss on explicit `labels` `[N,T]` aligned with the ids (an SFT batch's: −100 on prompts,
+    /// padding and placeholders), as [`Qwen2Model::causal_lm_loss_into_labels`] computes it on the language model.
+    pub fn causal_lm_loss_into_labels(
+        &self,
+        pass: &LlavaPass,
+        labels: &[i64],
+        cfg: &FusedLinearConfig,
+        out: &mut LlavaGradients,
+    ) -> Result<CausalLmLoss> {
+        self.language_model.causal_lm_loss_into_labels(&pass.lm, labels, cfg, &mut out.language_model)
+    }
+
     /// `out`'s input-embedding buffer resized to the pass's `[N,T,H]` when it holds another batch's.
     fn fit_inputs_embeds(&self, pass: &ForwardPass, out: &mut Qwen2Gradients) -> Result<()> {
         let stream = pass.hidden().shape();

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::media::MediaLoader;
 use super::problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 use super::record::{self, match_placeholders, MediaRef};
 use super::tokenize::{ConversationTokenizer, PairTokens};
@@ -38,8 +39,8 @@ impl DataSource {
 pub struct DataOptions {
     /// The folder media paths are relative to (LLaVA's `image_folder`).
     pub media_folder: PathBuf,
-    /// The most tokens a record may have (for a pair: the prompt and the longer completion), each placeholder
-    /// counted as one token.
+    /// The most tokens a record may have (for a pair: the prompt and the longer completion), a placeholder counted
+    /// as the placeholder ids it expands to when the media are loaded ([`MediaLoader`]), else as one token.
     pub max_len: usize,
     pub bad_records: BadRecordPolicy,
     /// The record field naming its task.
@@ -197,12 +198,25 @@ impl<E> Dataset<E> {
 }
 
 impl SftDataset {
-    /// Reads conversation files (LLaVA's format), tokenized by `tokenizer`.
+    /// Reads conversation files (LLaVA's format), tokenized by `tokenizer`, placeholders left as one token each.
     pub fn load_conversations(
         sources: &[DataSource],
         tokenizer: &ConversationTokenizer,
         options: &DataOptions,
     ) -> Result<(SftDataset, DataReport)> {
+        SftDataset::load_conversations_with_media(sources, tokenizer, options, None)
+    }
+
+    /// [`SftDataset::load_conversations`] for a multimodal model: with `media`, every record's media are decoded
+    /// and preprocessed, and each `<image>` / `<video>` token is expanded to the model's placeholder ids, one per
+    /// packed feature row ([`MediaLoader`]); a file that cannot be read is a bad record.
+    pub fn load_conversations_with_media(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<(SftDataset, DataReport)> {
+        let markers = tokenizer.placeholder_ids();
         Dataset::load(sources, options, |line, origin| {
             let mut record = match record::conversation(line, &options.media_folder, &options.task_field) {
                 Ok(record) => record,
@@ -212,15 +226,26 @@ impl SftDataset {
             if let Err(problem) = match_placeholders(&mut texts, &record.media) {
                 return Ok(Err(problem));
             }
-            Ok(tokenizer.conversation(&record.turns)?.map(|labelled| Parsed {
+            let labelled = match tokenizer.conversation(&record.turns)? {
+                Ok(labelled) => labelled,
+                Err(problem) => return Ok(Err(problem)),
+            };
+            let (ids, labels) = match media.filter(|_| !record.media.is_empty()) {
+                Some(loader) => match loader.expand(&labelled.ids, &labelled.labels, &record.media, markers)? {
+                    Ok(expanded) => expanded,
+                    Err(problem) => return Ok(Err(problem)),
+                },
+                None => (labelled.ids, labelled.labels),
+            };
+            Ok(Ok(Parsed {
                 task: record.task,
-                tokens: labelled.ids.len(),
+                tokens: ids.len(),
                 example: SftExample {
                     task: 0,
                     source: origin.source,
                     line: origin.line,
-                    ids: labelled.ids,
-                    labels: labelled.labels,
+                    ids,
+                    labels,
                     media: record.media,
                 },
             }))

@@ -2,21 +2,27 @@
 //! at the end, and when asked to stop, `out/checkpoint-<step>/` holds the weights in the source's layout and
 //! `trainer_state/` (the optimizer's moments and masters, its step count — which is the schedule's position — and
 //! the loader's [`LoaderState`]), written atomically in one rename. The loop has no other random state.
+//!
+//! The checkpoint may be a Qwen2 or a LLaVA-OneVision one ([`TrainModel`]); for the latter every record's images
+//! and videos are decoded when the data is loaded (to expand its placeholders and to find unreadable files) and
+//! again for each batch ([`MediaLoader`]). A held-out file, when given, is evaluated every `eval_every` steps and
+//! at the end ([`SftTrainer::evaluate`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{SftConfig, SftStepMetrics, SftTrainer};
+use super::{EvalMetrics, SftConfig, SftStepMetrics, SftTrainer};
 use crate::model::files::{read_text, MAX_JSON_BYTES};
-use crate::model::{save_safetensors, Qwen2Model, WeightStore};
+use crate::model::{save_safetensors, WeightStore};
 use crate::runtime::{DType, Device, Tensor};
-use crate::train::checkpoint::{is_checkpoint, save_checkpoint, SaveOptions, TRAINER_STATE_DIR};
+use crate::train::checkpoint::{is_checkpoint, SaveOptions, TRAINER_STATE_DIR};
 use crate::train::data::{
     collate_conversations, BatchSampler, ConversationTokenizer, DataOptions, DataReport, DataSource, LoaderState,
-    SamplerConfig, SftDataset,
+    MediaLoader, SamplerConfig, SequenceBatch, SftDataset, DEFAULT_VIDEO_FRAMES,
 };
+use crate::train::model::TrainModel;
 use crate::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
 use crate::{Error, Result};
 
@@ -50,6 +56,13 @@ pub struct SftRun {
     /// Parameters left untrained, by name fragment.
     pub frozen: Vec<String>,
     pub device: Device,
+    /// The folder the records' media paths are relative to; `None`: the data file's folder.
+    pub media_folder: Option<PathBuf>,
+    /// Frames sampled from each video (a LLaVA-OneVision checkpoint).
+    pub video_frames: usize,
+    /// A held-out conversation file, evaluated every `eval_every` steps (0: only at the end) and at the end.
+    pub eval: Option<PathBuf>,
+    pub eval_every: usize,
 }
 
 impl Default for SftRun {
@@ -71,6 +84,10 @@ impl Default for SftRun {
             resume: false,
             frozen: Vec::new(),
             device: Device::Cpu,
+            media_folder: None,
+            video_frames: DEFAULT_VIDEO_FRAMES,
+            eval: None,
+            eval_every: 0,
         }
     }
 }
@@ -93,6 +110,8 @@ pub struct SftOutcome {
     /// Stopped by the caller's flag before the end.
     pub interrupted: bool,
     pub data: DataReport,
+    /// What loading the held-out file read and left out.
+    pub eval_data: Option<DataReport>,
 }
 
 /// The newest complete `checkpoint-<step>` in `out`, if any.
@@ -120,27 +139,36 @@ impl SftRun {
     }
 
     /// Trains, calling `on_step` after every step, until the end or until `stop` is set (then saves and returns).
-    pub fn run(&self, stop: &AtomicBool, mut on_step: impl FnMut(&SftStepMetrics, usize)) -> Result<SftOutcome> {
+    pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&SftStepMetrics, usize)) -> Result<SftOutcome> {
+        self.run_with_eval(stop, on_step, |_, _| {})
+    }
+
+    /// [`SftRun::run`], calling `on_eval` with the step and the held-out metrics after each evaluation.
+    pub fn run_with_eval(
+        &self,
+        stop: &AtomicBool,
+        mut on_step: impl FnMut(&SftStepMetrics, usize),
+        mut on_eval: impl FnMut(u64, &EvalMetrics),
+    ) -> Result<SftOutcome> {
         self.check()?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
-        let options = DataOptions { max_len: self.max_len, ..DataOptions::default() };
-        let (data, report) = SftDataset::load_conversations(&[DataSource::new(&self.data)], &tokenizer, &options)?;
-        if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
-            return Err(Error::InvalidArgument(format!(
-                "line {} of {} has images or videos: the SFT trainer is text-only (Qwen2) for now",
-                example.line,
-                self.data.display()
-            )));
-        }
+        let resumed = if self.resume { latest_checkpoint(&self.out) } else { None };
+        let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
+        let model = TrainModel::load(weights_dir, DType::F32, self.device, self.video_frames)?;
+        let (data, report) = self.load_data(&self.data, &tokenizer, model.media_loader())?;
+        let eval = match &self.eval {
+            Some(path) => {
+                let (eval, report) = self.load_data(path, &tokenizer, model.media_loader())?;
+                Some((self.eval_batches(&eval, &data.tasks, &tokenizer, path)?, report))
+            }
+            None => None,
+        };
         let sampler_config = SamplerConfig { batch_size: self.batch_size, seed: self.seed, ..SamplerConfig::default() };
         let mut sampler = BatchSampler::for_conversations(&data, sampler_config)?;
         let total_steps = self.epochs * sampler.batches_per_epoch() / self.grad_accum;
         if total_steps == 0 {
             return Err(Error::InvalidArgument("the data holds fewer micro-batches than `--grad-accum`".into()));
         }
-        let resumed = if self.resume { latest_checkpoint(&self.out) } else { None };
-        let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
-        let model = Qwen2Model::load(weights_dir, DType::F32, self.device)?;
         let optimizer = AdamWConfig {
             lr: self.lr,
             weight_decay: self.weight_decay,
@@ -174,6 +202,11 @@ impl SftRun {
             let metrics = trainer.step(&micro)?;
             on_step(&metrics, total_steps);
             let step = metrics.step as usize;
+            if let Some((batches, _)) = &eval {
+                if (self.eval_every > 0 && step.is_multiple_of(self.eval_every)) || step == total_steps {
+                    on_eval(metrics.step, &trainer.evaluate(batches)?);
+                }
+            }
             if (self.save_every > 0 && step.is_multiple_of(self.save_every)) || step == total_steps {
                 checkpoint = self.save(&trainer, &sampler.state(), total_steps)?;
             }
@@ -182,18 +215,69 @@ impl SftRun {
         if interrupted && !checkpoint.ends_with(format!("{CHECKPOINT_PREFIX}{steps_done}")) {
             checkpoint = self.save(&trainer, &sampler.state(), total_steps)?;
         }
-        Ok(SftOutcome { steps_done, total_steps, checkpoint, interrupted, data: report })
+        let eval_data = eval.map(|(_, report)| report);
+        Ok(SftOutcome { steps_done, total_steps, checkpoint, interrupted, data: report, eval_data })
+    }
+
+    /// A conversation file, its media expanded when the model has a media loader.
+    fn load_data(
+        &self,
+        path: &Path,
+        tokenizer: &ConversationTokenizer,
+        media: Option<&MediaLoader>,
+    ) -> Result<(SftDataset, DataReport)> {
+        let media_folder = match &self.media_folder {
+            Some(folder) => folder.clone(),
+            None => path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        };
+        let options = DataOptions { max_len: self.max_len, media_folder, ..DataOptions::default() };
+        let (data, report) =
+            SftDataset::load_conversations_with_media(&[DataSource::new(path)], tokenizer, &options, media)?;
+        if media.is_none() {
+            if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
+                return Err(Error::InvalidArgument(format!(
+                    "line {} of {} has images or videos but the model is a text-only Qwen2",
+                    example.line,
+                    path.display()
+                )));
+            }
+        }
+        Ok((data, report))
+    }
+
+    /// The held-out examples in file order, `batch_size` a batch, their tasks mapped to the training data's
+    /// (a task the training data lacks is an error: the trainer reports per training task).
+    fn eval_batches(
+        &self,
+        eval: &SftDataset,
+        tasks: &[String],
+        tokenizer: &ConversationTokenizer,
+        path: &Path,
+    ) -> Result<Vec<SequenceBatch>> {
+        let mut examples = eval.examples.clone();
+        for example in &mut examples {
+            let name = &eval.tasks[example.task];
+            example.task = tasks.iter().position(|t| t == name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "line {} of {} has task `{name}`, which the training data does not have",
+                    example.line,
+                    path.display()
+                ))
+            })?;
+        }
+        if examples.is_empty() {
+            return Err(Error::InvalidArgument(format!("{} holds no usable record to evaluate on", path.display())));
+        }
+        let refs: Vec<_> = examples.iter().collect();
+        Ok(refs.chunks(self.batch_size).map(|chunk| collate_conversations(chunk, tokenizer.pad_id())).collect())
     }
 
     fn save(&self, trainer: &SftTrainer, loader: &LoaderState, total_steps: usize) -> Result<PathBuf> {
         let optimizer = trainer.optimizer();
         let step = optimizer.steps_done();
         let dir = self.out.join(format!("{CHECKPOINT_PREFIX}{step}"));
-        let model = trainer.model();
-        let head = model.weights.names().lm_head.clone();
-        let left_out: Vec<&str> = if model.config.tie_word_embeddings { vec![head.as_str()] } else { vec![] };
         let options = SaveOptions { overwrite: true, ..SaveOptions::default() };
-        save_checkpoint(&dir, &self.model, &model.weights.named(), &left_out, &options, |tmp| {
+        trainer.model().save(&self.model, &dir, &options, |tmp| {
             let state_dir = tmp.join(TRAINER_STATE_DIR);
             std::fs::create_dir_all(&state_dir)
                 .map_err(|e| Error::Checkpoint(format!("cannot create {}: {e}", state_dir.display())))?;

@@ -186,7 +186,8 @@ fn a_frozen_vision_tower_and_projector_stay_bit_identical() {
 
 /// Per row, the summed NLL, correct argmaxes and labelled next tokens from materialised logits, in f64.
 fn recompute(model: &TrainModel, batch: &SequenceBatch, video_frames: usize) -> Vec<(f64, usize, usize)> {
-    let TrainModel::Llava { model, media } = model else { panic!("a LLaVA model") };
+    let TrainModel::Llava(llava) = model else { panic!("a LLaVA model") };
+    let (model, media) = (&llava.model, &llava.media);
     assert_eq!(media.video_frames(), video_frames);
     let loaded: Vec<_> = batch.media.iter().flat_map(|refs| media.load(refs).unwrap()).collect();
     let inputs: Vec<MediaInput<'_>> = loaded.iter().map(|m| m.input()).collect();
@@ -384,8 +385,8 @@ fn conversations_with_images_are_expanded_and_bad_media_reported_by_line() {
         let loaded = loader.load(&example.media).unwrap();
         let counts = loader.placeholder_counts(&loaded).unwrap();
         let inputs: Vec<MediaInput<'_>> = loaded.iter().map(|m| m.input()).collect();
-        let TrainModel::Llava { model: llava, .. } = &model else { unreachable!() };
-        assert_eq!(counts, llava.placeholder_counts(&inputs).unwrap());
+        let TrainModel::Llava(llava) = &model else { unreachable!() };
+        assert_eq!(counts, llava.model.placeholder_counts(&inputs).unwrap());
         let expanded = example.ids.iter().filter(|&&id| i64::from(id) == placeholders.image).count();
         assert_eq!(expanded, counts.iter().sum::<usize>(), "line {line}");
         assert_eq!(example.ids.len(), unexpanded.ids.len() + expanded - example.media.len(), "line {line}");
@@ -449,12 +450,16 @@ fn train_judge_trains_a_llava_checkpoint_on_images_with_evaluation() {
     let mut source_names = source.names();
     source_names.sort_unstable();
     assert_eq!(names, source_names);
+    let (mut frozen, mut changed) = (0, 0);
     for name in names {
         let shape = source.shape(name).unwrap().to_vec();
         let (a, b) = (values(&trained.get(name, &shape).unwrap()), values(&source.get(name, &shape).unwrap()));
         if name.starts_with("vision_tower.") {
             assert_eq!(a, b, "frozen `{name}` changed");
+            frozen += 1;
+        } else {
+            changed += usize::from(a != b);
         }
     }
+    assert!(frozen > 0 && changed > 0, "{frozen} frozen tensors, {changed} trained ones changed");
 }
-

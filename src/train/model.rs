@@ -24,26 +24,29 @@ use crate::{Error, Result};
 /// A trainable model.
 #[derive(Debug)]
 pub enum TrainModel {
-    Qwen2(Qwen2Model),
-    /// The model and the loader of its batches' media.
-    Llava {
-        model: Box<LlavaOnevisionModel>,
-        media: MediaLoader,
-    },
+    Qwen2(Box<Qwen2Model>),
+    Llava(Box<LlavaTrainModel>),
+}
+
+/// A LLaVA-OneVision model and the loader of its batches' media.
+#[derive(Debug)]
+pub struct LlavaTrainModel {
+    pub model: LlavaOnevisionModel,
+    pub media: MediaLoader,
 }
 
 /// Gradient buffers of every parameter of a [`TrainModel`], kept across steps.
 #[derive(Debug)]
 pub enum TrainGradients {
-    Qwen2(Qwen2Gradients),
+    Qwen2(Box<Qwen2Gradients>),
     Llava(Box<LlavaGradients>),
 }
 
 /// A forward pass of a [`TrainModel`].
 #[derive(Debug)]
 pub enum TrainPass {
-    Qwen2(ForwardPass),
-    Llava(LlavaPass),
+    Qwen2(Box<ForwardPass>),
+    Llava(Box<LlavaPass>),
 }
 
 /// A batch ready for the forward: its ids and mask on the model's device and its media decoded.
@@ -58,7 +61,7 @@ pub struct PreparedBatch<'a> {
 
 impl From<Qwen2Model> for TrainModel {
     fn from(model: Qwen2Model) -> TrainModel {
-        TrainModel::Qwen2(model)
+        TrainModel::Qwen2(Box::new(model))
     }
 }
 
@@ -87,11 +90,11 @@ impl TrainModel {
     /// `device`; a LLaVA model samples `video_frames` frames from each video of its batches.
     pub fn load(dir: &Path, dtype: DType, device: Device, video_frames: usize) -> Result<TrainModel> {
         Ok(match Architecture::of_checkpoint(dir)? {
-            Architecture::Qwen2 => TrainModel::Qwen2(Qwen2Model::load(dir, dtype, device)?),
+            Architecture::Qwen2 => TrainModel::from(Qwen2Model::load(dir, dtype, device)?),
             Architecture::LlavaOnevision => {
                 let model = LlavaOnevisionModel::load(dir, dtype, device)?;
                 let media = MediaLoader::for_checkpoint(dir, &model, video_frames)?;
-                TrainModel::Llava { model: Box::new(model), media }
+                TrainModel::Llava(Box::new(LlavaTrainModel { model, media }))
             }
         })
     }
@@ -99,7 +102,7 @@ impl TrainModel {
     pub fn architecture(&self) -> Architecture {
         match self {
             TrainModel::Qwen2(_) => Architecture::Qwen2,
-            TrainModel::Llava { .. } => Architecture::LlavaOnevision,
+            TrainModel::Llava(_) => Architecture::LlavaOnevision,
         }
     }
 
@@ -107,7 +110,7 @@ impl TrainModel {
     pub fn language_model(&self) -> &Qwen2Model {
         match self {
             TrainModel::Qwen2(model) => model,
-            TrainModel::Llava { model, .. } => &model.language_model,
+            TrainModel::Llava(llava) => &llava.model.language_model,
         }
     }
 
@@ -115,7 +118,7 @@ impl TrainModel {
     pub fn media_loader(&self) -> Option<&MediaLoader> {
         match self {
             TrainModel::Qwen2(_) => None,
-            TrainModel::Llava { media, .. } => Some(media),
+            TrainModel::Llava(llava) => Some(&llava.media),
         }
     }
 
@@ -130,11 +133,11 @@ impl TrainModel {
     /// Zeroed buffers for every parameter's gradient.
     pub fn zero_gradients(&self) -> Result<TrainGradients> {
         Ok(match self {
-            TrainModel::Qwen2(model) => TrainGradients::Qwen2(Qwen2Gradients {
+            TrainModel::Qwen2(model) => TrainGradients::Qwen2(Box::new(Qwen2Gradients {
                 weights: model.weights.zeros_like()?,
                 inputs_embeds: Tensor::zeros(&[0, 0, model.config.hidden_size], model.dtype(), model.device())?,
-            }),
-            TrainModel::Llava { model, .. } => TrainGradients::Llava(Box::new(model.zero_gradients()?)),
+            })),
+            TrainModel::Llava(llava) => TrainGradients::Llava(Box::new(llava.model.zero_gradients()?)),
         })
     }
 
@@ -151,7 +154,8 @@ impl TrainModel {
                     )));
                 }
             }
-            TrainModel::Llava { media: loader, .. } => {
+            TrainModel::Llava(llava) => {
+                let loader = &llava.media;
                 for (row, refs) in batch.media.iter().enumerate() {
                     let loaded = loader.load(refs).map_err(|e| Error::InvalidArgument(format!("row {row}: {e}")))?;
                     check_row_placeholders(loader, batch, row, &loaded)?;
@@ -165,12 +169,11 @@ impl TrainModel {
     /// The forward over a prepared batch.
     pub fn forward(&self, batch: &PreparedBatch<'_>, opts: ForwardOptions) -> Result<TrainPass> {
         Ok(match self {
-            TrainModel::Qwen2(model) => TrainPass::Qwen2(model.forward(&batch.ids, &batch.mask, opts)?),
-            TrainModel::Llava { model, .. } => {
+            TrainModel::Qwen2(model) => TrainPass::Qwen2(Box::new(model.forward(&batch.ids, &batch.mask, opts)?)),
+            TrainModel::Llava(llava) => {
                 let media: Vec<MediaInput<'_>> = batch.media.iter().map(LoadedMedia::input).collect();
-                TrainPass::Llava(
-                    model.forward(&LlavaBatch { ids: &batch.ids, mask: &batch.mask, media: &media }, opts)?,
-                )
+                let batch = LlavaBatch { ids: &batch.ids, mask: &batch.mask, media: &media };
+                TrainPass::Llava(Box::new(llava.model.forward(&batch, opts)?))
             }
         })
     }
@@ -188,8 +191,8 @@ impl TrainModel {
             (TrainModel::Qwen2(model), TrainPass::Qwen2(pass), TrainGradients::Qwen2(out)) => {
                 model.causal_lm_loss_into_labels(pass, labels, cfg, out)
             }
-            (TrainModel::Llava { model, .. }, TrainPass::Llava(pass), TrainGradients::Llava(out)) => {
-                model.causal_lm_loss_into_labels(pass, labels, cfg, out)
+            (TrainModel::Llava(llava), TrainPass::Llava(pass), TrainGradients::Llava(out)) => {
+                llava.model.causal_lm_loss_into_labels(pass, labels, cfg, out)
             }
             _ => Err(mismatched()),
         }
@@ -204,10 +207,10 @@ impl TrainModel {
                 if out.inputs_embeds.shape() != stream {
                     out.inputs_embeds = Tensor::zeros(stream, model.dtype(), model.device())?;
                 }
-                model.backward_into(pass, grads, out)
+                model.backward_into(*pass, grads, out)
             }
-            (TrainModel::Llava { model, .. }, TrainPass::Llava(pass), TrainGradients::Llava(out)) => {
-                model.backward_into(pass, grads, out)
+            (TrainModel::Llava(llava), TrainPass::Llava(pass), TrainGradients::Llava(out)) => {
+                llava.model.backward_into(*pass, grads, out)
             }
             _ => Err(mismatched()),
         }
@@ -217,7 +220,7 @@ impl TrainModel {
     pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
         match self {
             TrainModel::Qwen2(model) => model.weights.named(),
-            TrainModel::Llava { model, .. } => model.named_parameters(),
+            TrainModel::Llava(llava) => llava.model.named_parameters(),
         }
     }
 
@@ -225,7 +228,7 @@ impl TrainModel {
     pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         match self {
             TrainModel::Qwen2(model) => model.weights.named_mut(),
-            TrainModel::Llava { model, .. } => model.named_parameters_mut(),
+            TrainModel::Llava(llava) => llava.model.named_parameters_mut(),
         }
     }
 
@@ -233,7 +236,7 @@ impl TrainModel {
     pub fn named_gradients<'a>(&self, grads: &'a TrainGradients) -> Vec<(String, &'a Tensor)> {
         match (self, grads) {
             (TrainModel::Qwen2(_), TrainGradients::Qwen2(grads)) => grads.weights.named(),
-            (TrainModel::Llava { model, .. }, TrainGradients::Llava(grads)) => model.named_gradients(grads),
+            (TrainModel::Llava(llava), TrainGradients::Llava(grads)) => llava.model.named_gradients(grads),
             _ => Vec::new(),
         }
     }
@@ -249,7 +252,7 @@ impl TrainModel {
     ) -> Result<()> {
         match self {
             TrainModel::Qwen2(model) => save_qwen2_with(model, source, out, options, extra),
-            TrainModel::Llava { model, .. } => save_llava_with(model, source, out, options, extra),
+            TrainModel::Llava(llava) => save_llava_with(&llava.model, source, out, options, extra),
         }
     }
 }

@@ -29,7 +29,7 @@ pub struct LoadedMedia {
     pub kind: MediaKind,
     /// `[tiles or frames, 3, S, S]` f32 on the CPU.
     pub pixels: Tensor,
-    /// An image's `(height, width)` before preprocessing (a video's first frame's is not used).
+    /// An image's `(height, width)` before preprocessing (for a video, its frames' after; the model does not use it).
     pub size: Size,
 }
 
@@ -42,6 +42,9 @@ impl LoadedMedia {
         }
     }
 }
+
+/// A record's token ids and labels.
+type Tokens = (Vec<u32>, Vec<i64>);
 
 /// Decodes, preprocesses and counts the media of records for one LLaVA-OneVision checkpoint.
 #[derive(Clone, Debug)]
@@ -146,7 +149,7 @@ impl MediaLoader {
         labels: &[i64],
         media: &[MediaRef],
         markers: PlaceholderTokens,
-    ) -> Result<std::result::Result<(Vec<u32>, Vec<i64>), Problem>> {
+    ) -> Result<std::result::Result<Tokens, Problem>> {
         let (image_id, video_id) =
             (self.placeholder_u32(self.placeholders.image)?, self.placeholder_u32(self.placeholders.video)?);
         let loaded = match self.try_load(media) {

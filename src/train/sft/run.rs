@@ -135,6 +135,9 @@ impl SftRun {
                 return Err(Error::InvalidArgument(format!("`{name}` must be at least 1")));
             }
         }
+        if self.eval_every > 0 && self.eval.is_none() {
+            return Err(Error::InvalidArgument("`--eval-every` needs a held-out file (`--eval`)".into()));
+        }
         Ok(())
     }
 

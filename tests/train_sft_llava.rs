@@ -12,12 +12,12 @@ use serde::Deserialize;
 use unireward::model::llava::{LlavaBatch, MediaInput};
 use unireward::model::{save_safetensors, ForwardOptions, WeightStore};
 use unireward::train::data::{
-    BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, MediaKind, MediaRef, Problem, SequenceBatch,
-    SftDataset, IGNORE_INDEX,
+    BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, MediaKind, MediaRef, PairDataset, Problem,
+    SequenceBatch, SftDataset, IGNORE_INDEX,
 };
 use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
-use unireward::train::sft::{SftConfig, SftTrainer};
+use unireward::train::sft::{latest_checkpoint, SftConfig, SftRun, SftTrainer};
 use unireward::{DType, Device, Tensor};
 
 fn fixture(path: &str) -> PathBuf {
@@ -442,7 +442,7 @@ fn train_judge_trains_a_llava_checkpoint_on_images_with_evaluation() {
         assert!(e["eval/task_loss"][0].as_f64().is_some(), "{e}");
     }
     // The checkpoint is in the input layout, the frozen tower as it was.
-    let (_, last) = unireward::train::sft::latest_checkpoint(&out).unwrap();
+    let (_, last) = latest_checkpoint(&out).unwrap();
     let trained = WeightStore::open(&last).unwrap();
     let source = WeightStore::open(&checkpoint.model()).unwrap();
     let mut names = trained.names();
@@ -462,4 +462,66 @@ fn train_judge_trains_a_llava_checkpoint_on_images_with_evaluation() {
         }
     }
     assert!(frozen > 0 && changed > 0, "{frozen} frozen tensors, {changed} trained ones changed");
+}
+
+#[test]
+fn pair_prompts_with_images_are_expanded() {
+    let checkpoint = ChatCheckpoint::new("pairs");
+    let pair = |image: &str| {
+        serde_json::json!({"prompt": "<image>\nWhich answer is right?", "chosen": "The first.",
+            "rejected": "The second.", "image": format!("images/{image}")})
+    };
+    let path = checkpoint.dir.join("data/pairs.jsonl");
+    std::fs::write(&path, format!("{}\n{}\n", pair("anyres_0.png"), pair("corrupt.png"))).unwrap();
+    let model = TrainModel::load(&checkpoint.model(), DType::F32, Device::Cpu, 4).unwrap();
+    let loader = model.media_loader().unwrap();
+    let tokenizer = ConversationTokenizer::from_checkpoint_dir(&checkpoint.model()).unwrap();
+    let options = DataOptions { media_folder: checkpoint.dir.join("data"), ..DataOptions::default() };
+    let sources = [DataSource::new(&path)];
+    let (pairs, report) = PairDataset::load_pairs_with_media(&sources, &tokenizer, &options, Some(loader)).unwrap();
+    assert_eq!(report.bad.iter().map(|b| (b.line, b.problem.kind())).collect::<Vec<_>>(), [(2, "unreadable media")]);
+    let (plain, _) = PairDataset::load_pairs(&sources, &tokenizer, &options).unwrap();
+    let (got, want) = (&pairs.examples[0], &plain.examples[0]);
+    let count = loader.placeholder_counts(&loader.load(&got.media).unwrap()).unwrap()[0];
+    let image = loader.placeholders().image;
+    assert_eq!(got.prompt.iter().filter(|&&id| i64::from(id) == image).count(), count);
+    assert_eq!(got.prompt.len(), want.prompt.len() + count - 1);
+    assert_eq!((&got.chosen, &got.rejected), (&want.chosen, &want.rejected));
+}
+
+#[test]
+fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
+    let checkpoint = ChatCheckpoint::new("resume");
+    let images: [&[&str]; 3] = [&["anyres_0.png"], &["downsampled_0.png"], &["two_images_0.png", "two_images_1.png"]];
+    let records: Vec<(&[&str], &str, &str, &str)> = (0..6)
+        .map(|i| {
+            let question = if i % 3 == 2 { "<image> or <image>?" } else { "<image>\nIs it good?" };
+            (images[i % 3], question, if i % 2 == 0 { "Yes." } else { "No." }, "image")
+        })
+        .collect();
+    let data = checkpoint.data("train.jsonl", &records);
+    let run = |out: &str| SftRun {
+        model: checkpoint.model(),
+        data: data.clone(),
+        out: checkpoint.dir.join(out),
+        epochs: 2,
+        lr: 1e-3,
+        batch_size: 2,
+        seed: 5,
+        video_frames: 4,
+        ..SftRun::default()
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let whole = run("whole").run(&never, |_, _| {}).unwrap();
+    assert_eq!((whole.steps_done, whole.interrupted), (6, false));
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let first = run("halves").run(&stop, |m, _| stop.store(m.step == 4, std::sync::atomic::Ordering::SeqCst)).unwrap();
+    assert_eq!((first.steps_done, first.interrupted), (4, true));
+    let resumed = SftRun { resume: true, ..run("halves") }.run(&never, |_, _| {}).unwrap();
+    assert_eq!(resumed.steps_done, 6);
+    let weights =
+        |o: &unireward::train::sft::SftOutcome| std::fs::read(o.checkpoint.join("model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&resumed), "the resumed run's parameters differ");
+    assert!(weights(&whole) != std::fs::read(checkpoint.model().join("model.safetensors")).unwrap());
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::media::MediaLoader;
 use super::problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 use super::record::{self, match_placeholders, MediaRef};
-use super::tokenize::{ConversationTokenizer, PairTokens};
+use super::tokenize::{ConversationTokenizer, PairTokens, IGNORE_INDEX};
 use crate::model::files::open_regular;
 use crate::{Error, Result};
 
@@ -254,12 +254,25 @@ impl SftDataset {
 }
 
 impl PairDataset {
-    /// Reads preference-pair files (`prompt`, `chosen`, `rejected`, optional media), tokenized by `tokenizer`.
+    /// Reads preference-pair files (`prompt`, `chosen`, `rejected`, optional media), tokenized by `tokenizer`,
+    /// placeholders left as one token each.
     pub fn load_pairs(
         sources: &[DataSource],
         tokenizer: &ConversationTokenizer,
         options: &DataOptions,
     ) -> Result<(PairDataset, DataReport)> {
+        PairDataset::load_pairs_with_media(sources, tokenizer, options, None)
+    }
+
+    /// [`PairDataset::load_pairs`] for a multimodal model: with `media`, the prompt's placeholders are expanded as
+    /// [`SftDataset::load_conversations_with_media`] expands a conversation's.
+    pub fn load_pairs_with_media(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<(PairDataset, DataReport)> {
+        let markers = tokenizer.placeholder_ids();
         Dataset::load(sources, options, |line, origin| {
             let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
                 Ok(record) => record,
@@ -268,11 +281,18 @@ impl PairDataset {
             if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
                 return Ok(Err(problem));
             }
-            let PairTokens { prompt, chosen, rejected } =
+            let PairTokens { mut prompt, chosen, rejected } =
                 match tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])? {
                     Ok(tokens) => tokens,
                     Err(problem) => return Ok(Err(problem)),
                 };
+            if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
+                let unlabelled = vec![IGNORE_INDEX; prompt.len()];
+                match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
+                    Ok((ids, _)) => prompt = ids,
+                    Err(problem) => return Ok(Err(problem)),
+                }
+            }
             let example = PairExample {
                 task: 0,
                 source: origin.source,

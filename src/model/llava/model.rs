@@ -260,11 +260,7 @@ impl LlavaOnevisionModel {
     /// checked as [`LlavaOnevisionModel::forward`] checks them.
     pub fn placeholder_counts(&self, media: &[MediaInput<'_>]) -> Result<Vec<usize>> {
         let patches = self.vision_tower.config.num_patches();
-        let items = self.media_items(media)?;
-        let plan = |item: &Media| {
-            Ok(PackingPlan::new(&self.packing, std::slice::from_ref(item), [item.tiles(), patches])?.rows())
-        };
-        items.iter().map(plan).collect()
+        self.media_items(media)?.iter().map(|item| item.packed_rows(&self.packing, patches)).collect()
     }
 
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the

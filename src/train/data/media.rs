@@ -15,7 +15,7 @@ use super::problems::Problem;
 use super::record::{MediaKind, MediaRef};
 use super::tokenize::IGNORE_INDEX;
 use crate::media::{ImageLayout, ImageProcessor, Size, MAX_SAMPLED_FRAMES};
-use crate::model::llava::packing::{Media, PackingConfig, PackingPlan, PlaceholderTokens};
+use crate::model::llava::packing::{Media, PackingConfig, PlaceholderTokens};
 use crate::model::llava::{LlavaOnevisionModel, MediaInput};
 use crate::runtime::Tensor;
 use crate::{Error, Result};
@@ -134,7 +134,7 @@ impl MediaLoader {
                     MediaKind::Image => Media::Image { size: item.size, tiles },
                     MediaKind::Video => Media::Video { frames: tiles },
                 };
-                Ok(PackingPlan::new(&self.packing, &[packed], [tiles, self.patches_per_tile])?.rows())
+                packed.packed_rows(&self.packing, self.patches_per_tile)
             })
             .collect()
     }

@@ -23,6 +23,7 @@ pub mod judge;
 pub mod media;
 pub mod model;
 pub mod ops;
+pub mod pipeline;
 pub mod runtime;
 pub mod train;
 

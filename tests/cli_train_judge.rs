@@ -3,66 +3,50 @@
 //! generated conversation file: a run killed at a random step and resumed ends with parameters bitwise equal to an
 //! uninterrupted run's; metrics are logged; bad options are one clear error line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use rand::Rng;
 use unireward::train::sft::latest_checkpoint;
 
-/// A temporary directory, removed on drop.
-struct Scratch(PathBuf);
+mod common;
 
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("unireward-train-judge-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(dir.join("model")).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2");
-        let mut files = vec![fixtures.join("chat_tied/config.json"), fixtures.join("chat_tied/model.safetensors")];
-        for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
-            files.push(fixtures.join("tokenizer").join(f));
-        }
-        for f in files {
-            std::fs::copy(&f, dir.join("model").join(f.file_name().unwrap())).unwrap();
-        }
-        let mut lines = String::new();
-        for i in 0..24 {
-            let (q, a) = (format!("Which is better, {i} or {}?", i + 1), format!("{} is better.", i % 3));
-            let task = if i % 2 == 0 { "pair" } else { "score" };
-            lines += &format!(
-                r#"{{"task": "{task}", "conversations": [{{"from": "human", "value": "{q}"}}, {{"from": "gpt", "value": "{a}"}}]}}"#
-            );
-            lines.push('\n');
-        }
-        std::fs::write(dir.join("data.jsonl"), lines).unwrap();
-        Scratch(dir)
-    }
+use common::Scratch;
 
-    fn command(&self, out: &str, extra: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_unireward"));
-        let path = |p: &str| self.0.join(p).to_str().unwrap().to_string();
-        command.args(["train-judge", "--model", &path("model"), "--data", &path("data.jsonl"), "--out", &path(out)]);
-        let defaults = [
-            ("--epochs", "3"),
-            ("--batch-size", "2"),
-            ("--grad-accum", "2"),
-            ("--lr", "1e-3"),
-            ("--save-every", "1"),
-            ("--seed", "7"),
-        ];
-        for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {
-            command.args([flag, value]);
-        }
-        command.args(extra);
-        command
+/// The scratch checkpoint and 24 conversations of two tasks.
+fn scratch(name: &str) -> Scratch {
+    let scratch = Scratch::new(&format!("train-judge-{name}"));
+    let mut lines = String::new();
+    for i in 0..24 {
+        let (q, a) = (format!("Which is better, {i} or {}?", i + 1), format!("{} is better.", i % 3));
+        let task = if i % 2 == 0 { "pair" } else { "score" };
+        lines += &format!(
+            r#"{{"task": "{task}", "conversations": [{{"from": "human", "value": "{q}"}}, {{"from": "gpt", "value": "{a}"}}]}}"#
+        );
+        lines.push('\n');
     }
+    std::fs::write(scratch.path("data.jsonl"), lines).unwrap();
+    scratch
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
+fn command(scratch: &Scratch, out: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_unireward"));
+    let path = |p: &str| scratch.path(p).to_str().unwrap().to_string();
+    command.args(["train-judge", "--model", &path("model"), "--data", &path("data.jsonl"), "--out", &path(out)]);
+    let defaults = [
+        ("--epochs", "3"),
+        ("--batch-size", "2"),
+        ("--grad-accum", "2"),
+        ("--lr", "1e-3"),
+        ("--save-every", "1"),
+        ("--seed", "7"),
+    ];
+    for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {
+        command.args([flag, value]);
     }
+    command.args(extra);
+    command
 }
 
 fn succeed(output: Output) -> String {
@@ -80,9 +64,9 @@ fn final_weights(dir: &Path, steps: u64) -> Vec<u8> {
 
 #[test]
 fn a_run_killed_at_a_random_step_resumes_to_bitwise_equal_parameters() {
-    let scratch = Scratch::new("resume");
+    let scratch = scratch("resume");
     let steps = 18;
-    let stderr = succeed(scratch.command("straight", &[]).output().unwrap());
+    let stderr = succeed(command(&scratch, "straight", &[]).output().unwrap());
     assert!(stderr.contains("step 18/18"), "{stderr}");
     let straight = final_weights(&scratch.0.join("straight"), steps);
     let log = std::fs::read_to_string(scratch.0.join("straight/metrics.jsonl")).unwrap();
@@ -92,7 +76,7 @@ fn a_run_killed_at_a_random_step_resumes_to_bitwise_equal_parameters() {
 
     let kill_after = rand::thread_rng().gen_range(1..17);
     let out = scratch.0.join("killed");
-    let mut child = scratch.command("killed", &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = command(&scratch, "killed", &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let killed = loop {
         if latest_checkpoint(&out).is_some_and(|(step, _)| step >= kill_after) {
             child.kill().unwrap();
@@ -113,21 +97,21 @@ fn a_run_killed_at_a_random_step_resumes_to_bitwise_equal_parameters() {
     } else {
         assert!(at < 18, "killed after the last checkpoint");
     }
-    let stderr = succeed(scratch.command("killed", &["--resume"]).output().unwrap());
+    let stderr = succeed(command(&scratch, "killed", &["--resume"]).output().unwrap());
     assert!(!stderr.contains("step 1/18"), "the resumed run started over: {stderr}");
     assert!(final_weights(&out, steps) == straight, "resumed from step {at} (kill after {kill_after}): weights differ");
 }
 
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
-    let scratch = Scratch::new("sigint");
+    let scratch = scratch("sigint");
     let (epochs, steps) = ("30", 180);
-    succeed(scratch.command("straight", &["--epochs", epochs]).output().unwrap());
+    succeed(command(&scratch, "straight", &["--epochs", epochs]).output().unwrap());
     let straight = final_weights(&scratch.0.join("straight"), steps);
     let out = scratch.0.join("stopped");
     // Checkpoints only at the end: the one found after the interrupt is the interrupt's own.
-    let mut command = scratch.command("stopped", &["--save-every", "0", "--epochs", epochs]);
-    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stopped = command(&scratch, "stopped", &["--save-every", "0", "--epochs", epochs]);
+    let child = stopped.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // The handler is in place once the first step is logged; the interrupt then lands at a random later step.
     let log = out.join("metrics.jsonl");
     while std::fs::read_to_string(&log).map_or(true, |l| l.is_empty()) {
@@ -144,14 +128,14 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let ended = if step < steps { "interrupted after".to_string() } else { format!("done: {steps} steps") };
     assert!(stdout.contains(&ended), "{stdout}");
     eprintln!("interrupted at step {step}: {stdout}");
-    succeed(scratch.command("stopped", &["--resume", "--epochs", epochs]).output().unwrap());
+    succeed(command(&scratch, "stopped", &["--resume", "--epochs", epochs]).output().unwrap());
     assert!(final_weights(&out, steps) == straight, "resumed from the interrupt at step {step}: weights differ");
 }
 
 #[test]
 fn bad_options_and_media_are_one_clear_error() {
-    let scratch = Scratch::new("errors");
-    let output = scratch.command("out", &["--grad-accum", "0"]).output().unwrap();
+    let scratch = scratch("errors");
+    let output = command(&scratch, "out", &["--grad-accum", "0"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("`--grad-accum` must be at least 1"));
     std::fs::write(
@@ -160,7 +144,7 @@ fn bad_options_and_media_are_one_clear_error() {
     )
     .unwrap();
     std::fs::write(scratch.0.join("a.png"), b"not read").unwrap();
-    let output = scratch.command("out", &[]).output().unwrap();
+    let output = command(&scratch, "out", &[]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.lines().count() == 1, "{stderr}");
 }

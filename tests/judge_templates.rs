@@ -288,3 +288,56 @@ fn a_users_template_file_replaces_the_built_in_one_and_is_validated() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(TaskTemplate::from_file(&path).unwrap_err().to_string().contains("mine.json"));
 }
+
+#[test]
+fn the_demo_templates_keep_the_released_fields_phrases_and_score_prefix() {
+    for task in Task::ALL {
+        for mode in Mode::ALL {
+            let demo = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
+            let released = TaskTemplate::built_in(task, mode).unwrap();
+            assert_eq!((demo.task, demo.mode), (task, mode));
+            let sorted = |t: &TaskTemplate| {
+                let mut f = t.fields().to_vec();
+                f.sort();
+                f
+            };
+            assert_eq!(sorted(&demo), sorted(&released), "{task}.{mode}");
+            assert!(demo.instruction.len() < released.instruction.len() / 3, "{task}.{mode} is short");
+            match (&demo.answer, &released.answer) {
+                (AnswerGrammar::Verdict(d), AnswerGrammar::Verdict(r)) => {
+                    assert_eq!((&d.prefix, &d.first[0], &d.second[0]), (&r.prefix, &r.first[0], &r.second[0]));
+                    assert_eq!(d.tie.first(), r.tie.first(), "{task}.{mode}");
+                }
+                (AnswerGrammar::Score(d), AnswerGrammar::Score(r)) => {
+                    assert_eq!((d.prefix.as_str(), d.min, d.max), (r.prefix.as_str(), 1, 5), "{task}.{mode}");
+                }
+                other => panic!("{task}.{mode}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_carries_templates_that_replace_the_built_in_ones() {
+    use unireward::judge::CHECKPOINT_TEMPLATES;
+    let dir = std::env::temp_dir().join(format!("unireward-checkpoint-templates-{}", std::process::id()));
+    let folder = dir.join(CHECKPOINT_TEMPLATES);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(TaskTemplate::from_checkpoint_dir(&dir).unwrap().is_empty(), "no folder, no templates");
+    std::fs::create_dir_all(&folder).unwrap();
+    let demo = |task: &str, mode: &str| std::fs::read_to_string(format!("templates/demo/{task}.{mode}.json")).unwrap();
+    std::fs::write(folder.join("a.json"), demo("image_generation", "pairwise")).unwrap();
+    std::fs::write(folder.join("b.json"), demo("video_understanding", "pointwise")).unwrap();
+    std::fs::write(folder.join("notes.txt"), "not a template").unwrap();
+    let found: Vec<(Task, Mode)> =
+        TaskTemplate::from_checkpoint_dir(&dir).unwrap().iter().map(|t| (t.task, t.mode)).collect();
+    assert_eq!(found, [(Task::ImageGeneration, Mode::Pairwise), (Task::VideoUnderstanding, Mode::Pointwise)]);
+
+    std::fs::write(folder.join("c.json"), demo("image_generation", "pairwise")).unwrap();
+    let err = TaskTemplate::from_checkpoint_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("two templates for image_generation.pairwise") && err.contains("c.json"), "{err}");
+    std::fs::write(folder.join("c.json"), "{").unwrap();
+    let err = TaskTemplate::from_checkpoint_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("c.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -527,3 +527,21 @@ fn an_arena_taken_up_on_another_stream_sees_the_first_streams_writes() {
     let read = unsafe { cuda::on_stream(0, other.cu_stream(), read_back) }.unwrap();
     assert_eq!(read, values);
 }
+
+/// The bf16 narrowing the CPU paths use is half's rounding bit for bit: a sweep over f32 bit patterns (a prime
+/// stride, so every exponent and many mantissas), every dropped-half pattern around the ties of an even and an odd
+/// kept part, and the special values (NaNs with payloads and signs, infinities, the largest finite values that round
+/// to infinity, subnormals, zeros).
+#[test]
+fn bf16_narrowing_equals_half_bit_for_bit() {
+    let agrees = |bits: u32| {
+        let v = f32::from_bits(bits);
+        assert_eq!(<bf16 as FloatElement>::from_f32(v).to_bits(), bf16::from_f32(v).to_bits(), "f32 bits {bits:#010x}");
+    };
+    (0..=u32::MAX).step_by(65_521).for_each(agrees);
+    for kept in [0x3F80u32, 0x3F81, 0x7F7F, 0x0000, 0x8001, 0xFF7F] {
+        (0..=0xFFFF).map(|dropped| kept << 16 | dropped).for_each(agrees);
+    }
+    let specials = [0x7F80_0000u32, 0xFF80_0000, 0x7F80_0001, 0xFFC0_1234, 0x7FFF_FFFF, 0x7F7F_8000, 0x0000_0001];
+    specials.into_iter().chain([0x8000_0000, 0x0080_0000, 0x807F_FFFF]).for_each(agrees);
+}

@@ -17,6 +17,7 @@ use unireward::train::data::{
 };
 use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
+use unireward::train::run::TrainOptions;
 use unireward::train::sft::{latest_checkpoint, SftConfig, SftRun, SftTrainer};
 use unireward::{DType, Device, Tensor};
 
@@ -504,10 +505,7 @@ fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
         model: checkpoint.model(),
         data: data.clone(),
         out: checkpoint.dir.join(out),
-        epochs: 2,
-        lr: 1e-3,
-        batch_size: 2,
-        seed: 5,
+        train: TrainOptions { epochs: 2, lr: 1e-3, batch_size: 2, seed: 5, ..TrainOptions::default() },
         video_frames: 4,
         ..SftRun::default()
     };
@@ -518,7 +516,9 @@ fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let first = run("halves").run(&stop, |m, _| stop.store(m.step == 4, std::sync::atomic::Ordering::SeqCst)).unwrap();
     assert_eq!((first.steps_done, first.interrupted), (4, true));
-    let resumed = SftRun { resume: true, ..run("halves") }.run(&never, |_, _| {}).unwrap();
+    let mut again = run("halves");
+    again.train.resume = true;
+    let resumed = again.run(&never, |_, _| {}).unwrap();
     assert_eq!(resumed.steps_done, 6);
     let weights =
         |o: &unireward::train::sft::SftOutcome| std::fs::read(o.checkpoint.join("model.safetensors")).unwrap();

@@ -151,8 +151,9 @@ fn candidate_fields(mode: Mode) -> &'static [&'static str] {
 
 impl Judge {
     /// Loads a checkpoint directory: a LLaVA-OneVision judge, or a text-only Qwen2 (`model_type` "qwen2"), with its
-    /// `tokenizer.json`, its chat template (the built-in Qwen2 one when it has none) and, for LLaVA, its
-    /// `preprocessor_config.json` (transformers' defaults when absent).
+    /// `tokenizer.json`, its chat template (the built-in Qwen2 one when it has none), the task templates it carries
+    /// in `judge_templates/` (the built-in ones for the others) and, for LLaVA, its `preprocessor_config.json`
+    /// (transformers' defaults when absent).
     pub fn load(dir: &Path, dtype: DType, device: Device) -> Result<Judge> {
         let config = crate::model::files::read_text(&dir.join("config.json"), crate::model::files::MAX_JSON_BYTES)?;
         let model_type: Option<String> = serde_json::from_str::<serde_json::Value>(&config)
@@ -171,12 +172,13 @@ impl Judge {
             let model = LlavaOnevisionModel::load(dir, dtype, device)?;
             (JudgeModel::Llava(Box::new(model)), Some(ImageProcessor::new(config)?))
         };
+        let overrides = TaskTemplate::from_checkpoint_dir(dir)?.into_iter().map(|t| ((t.task, t.mode), t)).collect();
         Ok(Judge {
             model,
             tokenizer: Tokenizer::from_file(dir)?,
             chat: ChatTemplate::from_checkpoint_dir(dir)?,
             processor,
-            overrides: BTreeMap::new(),
+            overrides,
         })
     }
 

@@ -17,6 +17,7 @@ pub use generate::{generate, generate_with_prefix, FinishReason, GenerationConfi
 pub use scoring::{JudgeModel, ScoredSequence, SequenceScores};
 pub use templates::{
     AnswerGrammar, MediaInput, MediaSpec, Mode, ScoreGrammar, Task, TaskTemplate, Variant, VerdictGrammar,
+    CHECKPOINT_TEMPLATES,
 };
 pub use tokenizer::{render_chat, ChatMessage, Tokenizer};
 pub use verdict::{one_pass, AnswerClasses, ClassProbabilities, PairVerdict};

@@ -79,6 +79,9 @@ pub enum Variant {
     /// UnifiedReward-Think (`UnifiedReward-Think/inference_llava/`): pairwise only, reasoning in `<think>`, the
     /// verdict in `<answer>`.
     Think,
+    /// The embedded demo's judge (`templates/demo/`): every task, pairwise and pointwise, with the released fields
+    /// and verdict phrases in instructions of a few dozen tokens.
+    Demo,
 }
 
 /// Accepts `image_generation` and the command line's `image-generation`.
@@ -208,6 +211,9 @@ struct TemplateFile {
 /// The image placeholder of LLaVA's conversation format.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
+/// The folder of a checkpoint whose templates replace the built-in ones ([`TaskTemplate::from_checkpoint_dir`]).
+pub const CHECKPOINT_TEMPLATES: &str = "judge_templates";
+
 /// Bounds a user's template file before reading it.
 const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 
@@ -240,6 +246,18 @@ fn built_in_text(variant: Variant, task: Task, mode: Mode) -> Option<&'static st
             include_str!("../../templates/think/video_understanding.pairwise.json")
         }
         (Think, _, Pointwise) => return None,
+        (Demo, ImageGeneration, Pairwise) => include_str!("../../templates/demo/image_generation.pairwise.json"),
+        (Demo, ImageGeneration, Pointwise) => include_str!("../../templates/demo/image_generation.pointwise.json"),
+        (Demo, ImageUnderstanding, Pairwise) => include_str!("../../templates/demo/image_understanding.pairwise.json"),
+        (Demo, ImageUnderstanding, Pointwise) => {
+            include_str!("../../templates/demo/image_understanding.pointwise.json")
+        }
+        (Demo, VideoGeneration, Pairwise) => include_str!("../../templates/demo/video_generation.pairwise.json"),
+        (Demo, VideoGeneration, Pointwise) => include_str!("../../templates/demo/video_generation.pointwise.json"),
+        (Demo, VideoUnderstanding, Pairwise) => include_str!("../../templates/demo/video_understanding.pairwise.json"),
+        (Demo, VideoUnderstanding, Pointwise) => {
+            include_str!("../../templates/demo/video_understanding.pointwise.json")
+        }
     })
 }
 
@@ -251,9 +269,50 @@ impl TaskTemplate {
 
     /// The built-in template of a checkpoint family; an error where that family released none (Think: pointwise).
     pub fn built_in_variant(variant: Variant, task: Task, mode: Mode) -> Result<TaskTemplate> {
-        let text = built_in_text(variant, task, mode)
-            .ok_or_else(|| Error::InvalidArgument(format!("{variant:?} has no released {mode} template for {task}")))?;
+        let text = TaskTemplate::built_in_file(variant, task, mode)?;
         TaskTemplate::from_json(text, &format!("built-in {variant:?} template {task}.{mode}"))
+    }
+
+    /// The JSON file of a built-in template, as `templates/` holds it (to copy into a checkpoint's
+    /// [`CHECKPOINT_TEMPLATES`]).
+    pub fn built_in_file(variant: Variant, task: Task, mode: Mode) -> Result<&'static str> {
+        built_in_text(variant, task, mode)
+            .ok_or_else(|| Error::InvalidArgument(format!("{variant:?} has no released {mode} template for {task}")))
+    }
+
+    /// The templates a checkpoint carries in [`CHECKPOINT_TEMPLATES`] (`*.json` files of the schema of
+    /// `templates/`, read in name order), which replace the built-in ones for their task and mode; none when the
+    /// folder is absent. Two files for one task and mode are refused.
+    pub fn from_checkpoint_dir(dir: &Path) -> Result<Vec<TaskTemplate>> {
+        let folder = dir.join(CHECKPOINT_TEMPLATES);
+        if !folder.is_dir() {
+            return Ok(Vec::new());
+        }
+        let listing =
+            std::fs::read_dir(&folder).map_err(|e| Error::Checkpoint(format!("reading {}: {e}", folder.display())))?;
+        let mut paths = Vec::new();
+        for entry in listing {
+            let path = entry.map_err(|e| Error::Checkpoint(format!("reading {}: {e}", folder.display())))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut templates: Vec<TaskTemplate> = Vec::with_capacity(paths.len());
+        for path in paths {
+            let template = TaskTemplate::from_file(&path)?;
+            if templates.iter().any(|t| (t.task, t.mode) == (template.task, template.mode)) {
+                return Err(Error::Checkpoint(format!(
+                    "{} holds two templates for {}.{} ({} is the second)",
+                    folder.display(),
+                    template.task,
+                    template.mode,
+                    path.display()
+                )));
+            }
+            templates.push(template);
+        }
+        Ok(templates)
     }
 
     /// A user's template file (the JSON schema of `templates/`), validated.

@@ -3,6 +3,7 @@
 pub mod architecture;
 pub mod config;
 pub mod files;
+pub mod init;
 pub mod llava;
 pub mod loading;
 pub mod qwen2;

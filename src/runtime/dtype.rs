@@ -79,19 +79,42 @@ impl FloatElement for f32 {
     }
 }
 
-macro_rules! half_float {
-    ($t:ty) => {
-        impl FloatElement for $t {
-            #[inline(always)]
-            fn to_f32(self) -> f32 {
-                <$t>::to_f32(self)
-            }
-            #[inline(always)]
-            fn from_f32(v: f32) -> Self {
-                <$t>::from_f32(v)
-            }
-        }
-    };
+impl FloatElement for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_bits(bf16_bits_nearest_even(v))
+    }
 }
-half_float!(bf16);
-half_float!(f16);
+
+/// `half::bf16::from_f32`'s rounding (to nearest, ties to even; NaN kept quiet with its sign and top payload bits)
+/// written without branches: half's early return on NaN keeps every loop that narrows to bf16 scalar, which made
+/// the bf16 AdamW step 3.7x slower than the f32 one.
+#[inline(always)]
+fn bf16_bits_nearest_even(v: f32) -> u16 {
+    let x = v.to_bits();
+    let is_nan = (x & 0x7FFF_FFFF) > 0x7F80_0000;
+    // Adding 0x7FFF plus the kept part's lowest bit carries into it exactly when the dropped half is above the
+    // midpoint, or at it with an odd kept part.
+    let rounded = (x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((x >> 16) | 0x0040) as u16;
+    if is_nan {
+        quiet_nan
+    } else {
+        rounded
+    }
+}
+
+impl FloatElement for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}

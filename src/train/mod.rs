@@ -1,11 +1,15 @@
 //! Training: the optimizer (AdamW fused over a model's parameters, clipping, schedules, accumulation), the data
 //! pipeline (conversation and preference-pair files, tokenization with loss masks, batching, shuffling and task
-//! mixing that a resume can restore) and checkpoints written in the Hugging Face layout.
+//! mixing that a resume can restore), checkpoints written in the Hugging Face layout, and the trainers (SFT of the
+//! judge, DPO of a policy) with the run loop they share.
 
 pub mod checkpoint;
 pub mod data;
+pub mod dpo;
+pub mod fingerprint;
 pub mod model;
 pub mod optim;
+pub mod run;
 pub mod sft;
 
 use crate::runtime::cuda::KernelModule;

@@ -7,6 +7,7 @@ mod bench_model;
 mod bench_passes;
 mod bench_products;
 mod demo;
+mod dpo;
 mod eval;
 mod generate;
 mod generate_media;
@@ -17,6 +18,7 @@ mod preprocess;
 mod report;
 mod synthetic;
 mod train_judge;
+mod train_options;
 
 use clap::{Parser, Subcommand};
 use unireward::{DType, Device};
@@ -52,6 +54,8 @@ enum Command {
     Preprocess(preprocess::Args),
     /// Supervised fine-tuning of a judge on a conversation file, with checkpoints and --resume.
     TrainJudge(train_judge::Args),
+    /// DPO (and the DPO family's losses) of a policy on a preference-pair file, with a cached reference.
+    Dpo(dpo::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -101,6 +105,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),
+        Command::Dpo(args) => dpo::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

@@ -8,6 +8,7 @@ use crate::ops::fused_linear::{
     fused_linear_logprobs, fused_linear_logprobs_backward_into, FusedLinearConfig, FusedLinearGradsMut, LinearHead,
 };
 use crate::ops::launch::host_ids;
+use crate::ops::logprobs::SequenceLogProbs;
 use crate::runtime::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -101,19 +102,50 @@ impl Qwen2Model {
         if labels.len() != n * t {
             return Err(Error::Shape(format!("`labels` has {} values, the pass is [{n}, {t}]", labels.len())));
         }
-        let ignore = cfg.logprobs.ignore_index;
-        let mut counted = 0;
-        let shifted = (0..n * t)
-            .map(|i| match labels.get(i + 1) {
-                Some(&label) if (i + 1) % t != 0 && label != ignore => {
-                    counted += 1;
-                    label
-                }
-                _ => ignore,
-            })
-            .collect();
-        let (loss, tokens, row_nll, hidden) = self.loss_into_head(pass, (shifted, counted), cfg, buffer)?;
+        let shifted = shift_labels(labels, t, cfg.logprobs.ignore_index);
+        let (loss, tokens, row_nll, hidden) = self.loss_into_head(pass, shifted, cfg, buffer)?;
         Ok(CausalLmLoss { loss, tokens, row_nll, grads: OutputGrads { hidden, lm_head: HeadGradient::InBuffers } })
+    }
+
+    /// Each row's summed log-probability of its labelled tokens under the pass (a DPO completion's log-prob),
+    /// through the fused head: `labels` `[N,T]` aligned with the ids as for
+    /// [`Qwen2Model::causal_lm_loss_into_labels`] (−100, `cfg`'s ignore index, on prompt and padding). Keep the
+    /// result for [`Qwen2Model::label_logps_backward_into`].
+    pub fn label_logps(&self, pass: &ForwardPass, labels: &[i64], cfg: &FusedLinearConfig) -> Result<LabelLogps> {
+        let &[n, t, _] = pass.hidden().shape() else { unreachable!("the hidden states are [N,T,H]") };
+        if labels.len() != n * t {
+            return Err(Error::Shape(format!("`labels` has {} values, the pass is [{n}, {t}]", labels.len())));
+        }
+        let (shifted, _) = shift_labels(labels, t, cfg.logprobs.ignore_index);
+        let labels = Tensor::from_slice(&shifted, &[n, t], self.device())?;
+        let mut cfg = cfg.clone();
+        cfg.logprobs.reduction = crate::ops::logprobs::TokenReduction::Sum;
+        let head = LinearHead { hidden: pass.hidden(), weight: self.weights.head(), bias: None };
+        let saved = fused_linear_logprobs(head, &labels, None, &cfg)?;
+        let logps = saved.logps.to_vec::<f32>()?.into_iter().map(f64::from).collect();
+        let tokens =
+            saved.token_counts.to_dtype(DType::F32)?.to_vec::<f32>()?.into_iter().map(|c| c as usize).collect();
+        Ok(LabelLogps { logps, tokens, labels, saved, cfg })
+    }
+
+    /// The gradient of `Σ_n grad_logps[n] · logps[n]` (`grad_logps` `[N]`) of a [`Qwen2Model::label_logps`] result:
+    /// the LM head's share written straight into `out`'s head buffer (as [`Qwen2Model::causal_lm_loss_into`] does),
+    /// the hidden states' returned for [`Qwen2Model::backward_into`] with the same `out`.
+    pub fn label_logps_backward_into(
+        &self,
+        pass: &ForwardPass,
+        logps: &LabelLogps,
+        grad_logps: &[f32],
+        out: &mut Qwen2Gradients,
+    ) -> Result<OutputGrads> {
+        let buffer = self.head_gradient_buffer(out)?;
+        let n = logps.logps.len();
+        if grad_logps.len() != n {
+            return Err(Error::Shape(format!("`grad_logps` has {} values for {n} rows", grad_logps.len())));
+        }
+        let grad_logps = Tensor::from_f32(grad_logps, &[n], DType::F32, self.device())?;
+        let hidden = self.head_backward(pass, &logps.labels, &logps.saved, &grad_logps, &logps.cfg, buffer)?;
+        Ok(OutputGrads { hidden, lm_head: HeadGradient::InBuffers })
     }
 
     /// `out`'s buffer for the LM head's gradient (the embedding's when the head is tied), checked against the head.
@@ -151,6 +183,22 @@ impl Qwen2Model {
         let total: f64 = row_nll.iter().sum();
         let n = shape[0];
         let grad_logps = Tensor::from_f32(&vec![-1.0 / tokens as f32; n], &[n], DType::F32, self.device())?;
+        let grad_hidden = self.head_backward(pass, &labels, &out, &grad_logps, &cfg, grad_head)?;
+        Ok(((total / tokens as f64) as f32, tokens, row_nll, grad_hidden))
+    }
+
+    /// The fused head's backward from per-row `grad_logps`: the head's gradient overwrites `grad_head`, the hidden
+    /// states' is returned.
+    fn head_backward(
+        &self,
+        pass: &ForwardPass,
+        labels: &Tensor,
+        saved: &SequenceLogProbs,
+        grad_logps: &Tensor,
+        cfg: &FusedLinearConfig,
+        grad_head: &mut Tensor,
+    ) -> Result<Tensor> {
+        let head = LinearHead { hidden: pass.hidden(), weight: self.weights.head(), bias: None };
         let mut grad_hidden = Tensor::zeros(pass.hidden().shape(), self.dtype(), self.device())?;
         let grads = FusedLinearGradsMut {
             grad_hidden: &mut grad_hidden,
@@ -158,7 +206,36 @@ impl Qwen2Model {
             grad_bias: None,
             accumulate: false,
         };
-        fused_linear_logprobs_backward_into(head, &labels, None, &out, &grad_logps, &cfg, grads)?;
-        Ok(((total / tokens as f64) as f32, tokens, row_nll, grad_hidden))
+        fused_linear_logprobs_backward_into(head, labels, None, saved, grad_logps, cfg, grads)?;
+        Ok(grad_hidden)
     }
+}
+
+/// Per-row log-probabilities of labelled tokens ([`Qwen2Model::label_logps`]), with what their backward needs.
+#[derive(Debug)]
+pub struct LabelLogps {
+    /// Each row's summed log-probability (f32 values, widened).
+    pub logps: Vec<f64>,
+    /// Each row's counted tokens.
+    pub tokens: Vec<usize>,
+    /// The shifted labels the fused head ran on.
+    labels: Tensor,
+    saved: SequenceLogProbs,
+    cfg: FusedLinearConfig,
+}
+
+/// Next-token labels from labels aligned with the ids (token t is predicted at position t − 1, nothing at a row's
+/// last position), and how many count.
+fn shift_labels(labels: &[i64], t: usize, ignore: i64) -> (Vec<i64>, usize) {
+    let mut counted = 0;
+    let shifted = (0..labels.len())
+        .map(|i| match labels.get(i + 1) {
+            Some(&label) if (i + 1) % t != 0 && label != ignore => {
+                counted += 1;
+                label
+            }
+            _ => ignore,
+        })
+        .collect();
+    (shifted, counted)
 }

@@ -66,6 +66,12 @@ impl SequenceBatch {
         ])
     }
 
+    /// Labels of `row` a next-token loss counts: those other than `ignore` past the row's first position
+    /// (position 0 is never predicted).
+    pub fn predicted_labels(&self, row: usize, ignore: i64) -> usize {
+        self.labels[row * self.len..(row + 1) * self.len].iter().skip(1).filter(|&&l| l != ignore).count()
+    }
+
     /// Tokens carrying a label, per task index (`tasks` long): the weights of per-task loss averages.
     pub fn labelled_tokens_per_task(&self, tasks: usize) -> Vec<usize> {
         let mut counts = vec![0; tasks];

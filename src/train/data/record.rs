@@ -149,14 +149,22 @@ pub(crate) fn conversation(line: &str, folder: &Path, task_field: &str) -> Resul
     Ok(ConversationRecord { task: task(&map, task_field)?, media, turns })
 }
 
-/// Parses a preference-pair line.
+/// Parses a preference-pair line. An empty (or all-whitespace) completion is refused: there is nothing of it to
+/// prefer or learn, only the template's end marker.
 pub(crate) fn pair(line: &str, folder: &Path, task_field: &str) -> Result<PairRecord, Problem> {
     let map = object(line)?;
+    let completion = |field: &str| {
+        let text = string_field(&map, field)?;
+        match text.trim().is_empty() {
+            true => Err(Problem::Invalid(format!("`{field}` is empty"))),
+            false => Ok(text),
+        }
+    };
     Ok(PairRecord {
         task: task(&map, task_field)?,
         prompt: string_field(&map, "prompt")?,
-        chosen: string_field(&map, "chosen")?,
-        rejected: string_field(&map, "rejected")?,
+        chosen: completion("chosen")?,
+        rejected: completion("rejected")?,
         media: media(&map, folder)?,
     })
 }

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{PairDataset, SftDataset};
+use crate::train::fingerprint::Fingerprint;
 use crate::{Error, Result};
 
 /// The largest task weight (an epoch is held in memory as a list of example indices).
@@ -191,13 +192,11 @@ impl BatchSampler {
         let head = [c.batch_size as u64, u64::from(c.group_by_length), c.group_factor as u64, u64::from(c.drop_last)];
         let weights = self.weights.iter().map(|w| w.to_bits());
         let examples = self.lengths.iter().zip(&self.tasks).flat_map(|(&l, &t)| [l as u64, t as u64]);
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = Fingerprint::default();
         for word in head.into_iter().chain(weights).chain(examples) {
-            for byte in word.to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            hash.word(word);
         }
-        hash
+        hash.finish()
     }
 
     /// The next batch, moving to the next epoch when this one is done.

@@ -15,6 +15,20 @@ pub enum ScheduleKind {
     Cosine,
 }
 
+impl ScheduleKind {
+    /// The kind named `name` (`constant`, `linear` or `cosine`, transformers' `lr_scheduler_type` names).
+    pub fn from_name(name: &str) -> Result<ScheduleKind> {
+        match name {
+            "constant" => Ok(ScheduleKind::Constant),
+            "linear" => Ok(ScheduleKind::Linear),
+            "cosine" => Ok(ScheduleKind::Cosine),
+            other => {
+                Err(Error::InvalidArgument(format!("unknown schedule `{other}`; known: constant, linear, cosine")))
+            }
+        }
+    }
+}
+
 /// A learning-rate multiplier per optimizer step: linear warm-up from 0 over `warmup_steps`, then `kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Schedule {

@@ -1,6 +1,6 @@
 //! Supervised fine-tuning of a judge (a text-only Qwen2 or a LLaVA-OneVision [`TrainModel`]) on its judgment text:
-//! per optimizer step, each micro-batch (its media decoded first) runs forward, the next-token cross-entropy on the batch's labels through the fused LM head (no `[N,T,V]`
-//! logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
+//! per optimizer step, each micro-batch (its media decoded first) runs forward, the next-token cross-entropy on the
+//! batch's labels through the fused LM head (no `[N,T,V]` logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
 //! accumulator weighted by its labelled tokens; the step then clips, applies the schedule and updates (AdamW).
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
 //! equals one step on their concatenation.
@@ -8,8 +8,9 @@
 mod eval;
 mod run;
 
+pub use crate::train::run::latest_checkpoint;
 pub use eval::EvalMetrics;
-pub use run::{latest_checkpoint, SftOutcome, SftRun};
+pub use run::{SftOutcome, SftRun};
 
 use super::data::SequenceBatch;
 use super::model::{PreparedBatch, TrainGradients, TrainModel};
@@ -106,7 +107,7 @@ impl SftTrainer {
             tokens += batch_tokens;
             for (row, row_nll) in row_nll.iter().enumerate() {
                 task_nll[batch.tasks[row]] += row_nll;
-                task_tokens[batch.tasks[row]] += counted_in_row(batch, row, self.config.head.logprobs.ignore_index);
+                task_tokens[batch.tasks[row]] += batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
             }
         }
         let report = self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?;
@@ -146,7 +147,7 @@ impl SftTrainer {
         if let Some(t) = batch.tasks.iter().find(|&&t| t >= tasks) {
             return Err(format!("a row has task {t}, the trainer has {tasks} tasks"));
         }
-        if (0..batch.rows).all(|row| counted_in_row(batch, row, ignore) == 0) {
+        if (0..batch.rows).all(|row| batch.predicted_labels(row, ignore) == 0) {
             return Err("no labelled token past a row's first position: nothing to learn".into());
         }
         Ok(())
@@ -162,9 +163,4 @@ impl SftTrainer {
         self.optimizer.accumulate(&self.model.named_gradients(&self.grads), tokens as f64)?;
         Ok((tokens, row_nll))
     }
-}
-
-/// Labels of `row` the loss counts: every one past the first position (position 0 is never predicted).
-fn counted_in_row(batch: &SequenceBatch, row: usize, ignore: i64) -> usize {
-    batch.labels[row * batch.len..(row + 1) * batch.len].iter().skip(1).filter(|&&l| l != ignore).count()
 }

@@ -1,0 +1,87 @@
+//! `unireward dpo`: DPO of a (text-only, Qwen2) policy on a preference-pair file (`prompt`, `chosen`, `rejected`),
+//! against the reference log-probabilities of the initial policy (or `--ref DIR`) computed once and cached in
+//! `--out/ref_logps.json` (or from a frozen copy with `--ref-on-the-fly`). Checkpoints, `--resume`, Ctrl-C and
+//! `metrics.jsonl` (TRL's metric names) as for `train-judge`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use unireward::ops::preference::{DpoConfig, DpoLossType};
+use unireward::train::dpo::DpoRun;
+
+use crate::train_options::{report_end, TrainArgs, TrainProgress};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy to train: config.json, safetensors weights, tokenizer.json and a chat template.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Preference pairs, one JSON object a line: `prompt`, `chosen`, `rejected` (text-only for now).
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Where checkpoints (`checkpoint-<step>/`), `ref_logps.json` and `metrics.jsonl` go.
+    #[arg(long)]
+    out: PathBuf,
+    /// The reference checkpoint (default: the policy as it starts).
+    #[arg(long = "ref")]
+    reference: Option<PathBuf>,
+    /// Run a frozen reference beside the policy instead of caching its log-probabilities up front.
+    #[arg(long)]
+    ref_on_the_fly: bool,
+    /// DPO's β (IPO's τ).
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    beta: f32,
+    /// TRL's loss type: sigmoid, hinge, ipo, robust, bco_pair, exo_pair, nca_pair, sppo_hard, apo_zero, apo_down,
+    /// simpo, orpo, aot, aot_pair, discopop.
+    #[arg(long, default_value = "sigmoid")]
+    loss_type: String,
+    /// Label smoothing ε in [0, 0.5) (cDPO, robust, EXO).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
+    /// Leave the reference out of the loss (no reference pass; its log-probabilities taken as 0).
+    #[arg(long)]
+    reference_free: bool,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let loss_type = DpoLossType::from_trl_name(&args.loss_type).context("--loss-type")?;
+    let loss = DpoConfig {
+        loss_type,
+        beta: args.beta,
+        label_smoothing: args.label_smoothing,
+        reference_free: args.reference_free,
+        ..DpoConfig::default()
+    };
+    let run = DpoRun {
+        policy: args.policy.clone(),
+        pairs: args.pairs.clone(),
+        out: args.out.clone(),
+        reference: args.reference.clone(),
+        reference_on_the_fly: args.ref_on_the_fly,
+        loss,
+        train: args.train.options(),
+    };
+    static STOP: AtomicBool = AtomicBool::new(false);
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let mut progress = TrainProgress::new(&args.out)?;
+    let outcome = run.run(&STOP, |s, total| {
+        let m = &s.metrics;
+        let line = serde_json::json!({
+            "step": s.step, "loss": s.loss,
+            "rewards/chosen": m.rewards_chosen, "rewards/rejected": m.rewards_rejected,
+            "rewards/accuracies": m.rewards_accuracies, "rewards/margins": m.rewards_margins,
+            "logps/chosen": m.logps_chosen, "logps/rejected": m.logps_rejected,
+            "grad_norm": s.grad_norm, "lr": s.lr, "tokens": s.tokens, "pairs": s.pairs,
+        });
+        let message = format!("loss {:.4}  reward acc {:.2}", s.loss, m.rewards_accuracies);
+        progress.step(s.step, total, s.tokens, &message, line);
+    })?;
+    progress.finish()?;
+    let o = &outcome;
+    eprintln!("reference log-probabilities: {:?}", o.reference);
+    report_end(&o.data.bad, &args.pairs, o.interrupted, o.steps_done, o.total_steps, &o.checkpoint);
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! What the training subcommands share: their common flags (one [`TrainArgs`] flattened into each) and the
+//! progress they report — a bar on a terminal (step, the trainer's message, tokens/s, ETA), one line per step
+//! otherwise — with one JSON line of metrics per step appended to `--out/metrics.jsonl`, the file opened at the
+//! first step (a run refused before it writes nothing).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use unireward::train::data::{BadRecord, BadRecordPolicy};
+use unireward::train::optim::ScheduleKind;
+use unireward::train::run::TrainOptions;
+use unireward::Device;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the gradients' global norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Examples (conversations or pairs) per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Records longer than this many tokens are skipped (and counted).
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    /// The learning rate after warm-up: constant, linear or cosine (decay to 0 at the last step).
+    #[arg(long, default_value = "cosine", value_parser = parse_schedule)]
+    schedule: ScheduleKind,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Parameters to leave untrained, by name fragment (repeatable; `vision` is the LLaVA vision tower, `projector`
+    /// its projector in either layout).
+    #[arg(long)]
+    freeze: Vec<String>,
+    /// Refuse the data file at its first bad record instead of skipping bad records (they are counted either way).
+    #[arg(long)]
+    refuse_bad_records: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
+    device: Device,
+}
+
+fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
+    ScheduleKind::from_name(s).map_err(|e| e.to_string())
+}
+
+impl TrainArgs {
+    pub fn options(&self) -> TrainOptions {
+        let frozen = self
+            .freeze
+            .iter()
+            .flat_map(|f| match f.as_str() {
+                "vision" => vec!["vision_tower.".to_string()],
+                "projector" => vec!["multi_modal_projector.".to_string(), "mm_projector.".to_string()],
+                _ => vec![f.clone()],
+            })
+            .collect();
+        TrainOptions {
+            epochs: self.epochs,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_len: self.max_len,
+            warmup_ratio: self.warmup_ratio,
+            schedule: self.schedule,
+            seed: self.seed,
+            save_every: self.save_every,
+            resume: self.resume,
+            frozen,
+            bad_records: if self.refuse_bad_records { BadRecordPolicy::Refuse } else { BadRecordPolicy::Skip },
+            device: self.device,
+        }
+    }
+}
+
+/// The progress of a run and its metrics log.
+pub struct TrainProgress {
+    bar: ProgressBar,
+    log_path: PathBuf,
+    log: Option<File>,
+    log_error: Option<anyhow::Error>,
+    start: Instant,
+    tokens_seen: usize,
+    first_step: Option<u64>,
+}
+
+impl TrainProgress {
+    pub fn new(out: &Path) -> anyhow::Result<TrainProgress> {
+        let style =
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}").context("the bar's template")?;
+        Ok(TrainProgress {
+            bar: ProgressBar::new(0).with_style(style),
+            log_path: out.join("metrics.jsonl"),
+            log: None,
+            log_error: None,
+            start: Instant::now(),
+            tokens_seen: 0,
+            first_step: None,
+        })
+    }
+
+    /// Reports step `step` of `total` (`tokens` trained on, `message` the trainer's figures) and logs `metrics`.
+    pub fn step(&mut self, step: u64, total: usize, tokens: usize, message: &str, metrics: serde_json::Value) {
+        self.tokens_seen += tokens;
+        let first = *self.first_step.get_or_insert(step - 1);
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = elapsed / (step - first) as f64 * (total as f64 - step as f64);
+        let speed = self.tokens_seen as f64 / elapsed;
+        if self.bar.is_hidden() {
+            eprintln!("step {step}/{total}  {message}  {speed:.0} tokens/s  ETA {eta:.0}s");
+        } else {
+            self.bar.set_length(total as u64);
+            self.bar.set_position(step);
+            self.bar.set_message(format!("{message}  {speed:.0} tokens/s"));
+        }
+        if let Err(e) = self.append(&metrics) {
+            self.log_error.get_or_insert(e);
+        }
+    }
+
+    /// Prints `message` above the bar and logs `metrics` (an evaluation's).
+    pub fn note(&mut self, message: &str, metrics: serde_json::Value) {
+        self.bar.suspend(|| eprintln!("{message}"));
+        if let Err(e) = self.append(&metrics) {
+            self.log_error.get_or_insert(e);
+        }
+    }
+
+    fn append(&mut self, metrics: &serde_json::Value) -> anyhow::Result<()> {
+        let log = match &mut self.log {
+            Some(log) => log,
+            None => {
+                if let Some(dir) = self.log_path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+                self.log.insert(file)
+            }
+        };
+        writeln!(log, "{metrics}")?;
+        Ok(())
+    }
+
+    /// Clears the bar; the first error writing the log, if any.
+    pub fn finish(self) -> anyhow::Result<()> {
+        self.bar.finish_and_clear();
+        match self.log_error {
+            Some(e) => Err(e).with_context(|| format!("writing {}", self.log_path.display())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Prints how a run ended (and the bad records it skipped, with their lines).
+pub fn report_end(bad: &[BadRecord], data: &Path, interrupted: bool, steps: u64, total: usize, checkpoint: &Path) {
+    report_bad_records(data, bad);
+    let how = if interrupted { "interrupted after" } else { "done:" };
+    println!("{how} {steps} steps of {total}; checkpoint {}", checkpoint.display());
+}
+
+/// The records a load of `data` left out, the first few each with its line, and their count.
+pub fn report_bad_records(data: &Path, bad: &[BadRecord]) {
+    const LISTED: usize = 20;
+    if bad.is_empty() {
+        return;
+    }
+    eprintln!("skipped {} bad record(s) of {}:", bad.len(), data.display());
+    for record in bad.iter().take(LISTED) {
+        eprintln!("  {record}");
+    }
+    if bad.len() > LISTED {
+        eprintln!("  ... and {} more", bad.len() - LISTED);
+    }
+}

@@ -1,0 +1,320 @@
+//! The demo world: every fact its language states is read back from the pixels by a plain image analysis
+//! (connected regions of one colour, their shape from how much of their bounding box they fill, a moving region's
+//! centroid), on random scenes of awkward sizes; the same seed gives the same pixels.
+
+use std::collections::BTreeMap;
+
+use image::RgbImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use unireward::pipeline::world::{
+    caption, corrupt, question, render, render_frames, Colour, Direction, Motion, Scene, ShapeKind,
+};
+
+/// The (colour, kind) of every connected region of a shape colour in `image` (4-connected flood fill; the kind from
+/// which corners of its bounding box it fills: a square all four, a triangle (apex up) the two at its base, a circle
+/// none — robust at a few pixels across, where a small circle fills nearly all of its box).
+fn regions(image: &RgbImage) -> Vec<(Colour, ShapeKind)> {
+    let (w, h) = image.dimensions();
+    let colour_at = |x: u32, y: u32| Colour::ALL.into_iter().find(|c| c.rgb() == image.get_pixel(x, y).0);
+    let mut seen = vec![false; (w * h) as usize];
+    let mut found = Vec::new();
+    for start in 0..w * h {
+        let (sx, sy) = (start % w, start / w);
+        let Some(colour) = colour_at(sx, sy) else { continue };
+        if seen[start as usize] {
+            continue;
+        }
+        let (mut stack, mut pixels, mut bounds) = (vec![(sx, sy)], Vec::new(), (sx, sy, sx, sy));
+        seen[start as usize] = true;
+        while let Some((x, y)) = stack.pop() {
+            pixels.push((x, y));
+            bounds = (bounds.0.min(x), bounds.1.min(y), bounds.2.max(x), bounds.3.max(y));
+            let neighbours = [(x.wrapping_sub(1), y), (x + 1, y), (x, y.wrapping_sub(1)), (x, y + 1)];
+            for (nx, ny) in neighbours {
+                if nx < w && ny < h && !seen[(ny * w + nx) as usize] && colour_at(nx, ny) == Some(colour) {
+                    seen[(ny * w + nx) as usize] = true;
+                    stack.push((nx, ny));
+                }
+            }
+        }
+        let (left, top, right, bottom) = bounds;
+        let filled = |corner| pixels.contains(&corner);
+        let kind = match [(left, top), (right, top), (left, bottom), (right, bottom)].map(filled) {
+            [true, true, true, true] => ShapeKind::Square,
+            [false, false, true, true] => ShapeKind::Triangle,
+            [false, false, false, false] => ShapeKind::Circle,
+            corners => panic!("a region of no known shape: corners {corners:?} of {bounds:?}"),
+        };
+        found.push((colour, kind));
+    }
+    found
+}
+
+/// The caption of the scene that `image` shows, rebuilt from its regions alone.
+fn caption_from_pixels(image: &RgbImage) -> String {
+    let mut counts: BTreeMap<(ShapeKind, Colour), usize> = BTreeMap::new();
+    for (colour, kind) in regions(image) {
+        *counts.entry((kind, colour)).or_default() += 1;
+    }
+    // Cells are apart, so regions are shapes: give the scene back to the caption function under test only as data.
+    let shapes = counts
+        .iter()
+        .flat_map(|(&(kind, colour), &n)| std::iter::repeat_n((kind, colour), n))
+        .enumerate()
+        .map(|(i, (kind, colour))| unireward::pipeline::world::Shape { kind, colour, cell: (i % 3, i / 3) })
+        .collect();
+    caption(&Scene { shapes })
+}
+
+const SIZES: [u32; 3] = [36, 49, 64];
+
+#[test]
+fn captions_state_what_the_pixels_show() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for trial in 0..60 {
+        let scene = Scene::random(&mut rng, 9);
+        let size = SIZES[trial % SIZES.len()];
+        assert_eq!(caption_from_pixels(&render(&scene, size)), caption(&scene), "{scene:?} at {size} px");
+    }
+}
+
+#[test]
+fn a_corrupted_scene_shows_something_its_caption_does_not_say() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for trial in 0..60 {
+        let scene = Scene::random(&mut rng, 5);
+        let other = corrupt(&scene, &mut rng);
+        let size = SIZES[trial % SIZES.len()];
+        assert_ne!(caption_from_pixels(&render(&other, size)), caption(&scene), "{scene:?} -> {other:?}");
+        assert_eq!(caption_from_pixels(&render(&other, size)), caption(&other));
+    }
+}
+
+/// A question's answer read off the pixels: a plain parser of the four question forms over the image's regions.
+fn answer_from_pixels(question: &str, image: &RgbImage) -> String {
+    let regions = regions(image);
+    let colour_named = |word: &str| Colour::ALL.into_iter().find(|c| c.name() == word);
+    let kind_named = |word: &str| ShapeKind::ALL.into_iter().find(|k| k.name() == word);
+    let words: Vec<&str> = question.trim_end_matches('?').split(' ').collect();
+    match words[..] {
+        ["How", "many", "shapes", "are", "there"] => regions.len().to_string(),
+        ["How", "many", colour, "shapes", "are", "there"] => {
+            regions.iter().filter(|r| Some(r.0) == colour_named(colour)).count().to_string()
+        }
+        ["Is", "there", "a", colour, kind] => {
+            let wanted = (colour_named(colour).unwrap(), kind_named(kind).unwrap());
+            if regions.contains(&wanted) { "yes" } else { "no" }.to_string()
+        }
+        ["What", "colour", "is", "the", kind] => {
+            let of_kind: Vec<_> = regions.iter().filter(|r| Some(r.1) == kind_named(kind)).collect();
+            assert_eq!(of_kind.len(), 1, "asked the colour of the {kind} with {} of them", of_kind.len());
+            of_kind[0].0.name().to_string()
+        }
+        _ => panic!("a question of no known form: {question}"),
+    }
+}
+
+#[test]
+fn answers_are_true_of_the_pixels_and_wrong_answers_are_not() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut forms = std::collections::HashSet::new();
+    for trial in 0..200 {
+        let scene = Scene::random(&mut rng, 6);
+        let q = question(&scene, &mut rng);
+        let image = render(&scene, SIZES[trial % SIZES.len()]);
+        assert_eq!(answer_from_pixels(&q.text, &image), q.answer, "{q:?} about {scene:?}");
+        assert_ne!(q.wrong_answer, q.answer, "{q:?}");
+        forms.insert(q.text.split(' ').take(2).collect::<Vec<_>>().join(" "));
+    }
+    assert_eq!(forms.len(), 3, "every form of question comes up: {forms:?}"); // "How many", "Is there", "What colour"
+}
+
+/// The centroid of the shape's pixels in each frame.
+fn centroids(frames: &[RgbImage], colour: Colour) -> Vec<(f64, f64)> {
+    frames
+        .iter()
+        .map(|f| {
+            let points: Vec<(f64, f64)> =
+                f.enumerate_pixels().filter(|p| p.2 .0 == colour.rgb()).map(|p| (p.0 as f64, p.1 as f64)).collect();
+            assert!(!points.is_empty(), "the shape is in every frame");
+            let n = points.len() as f64;
+            (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n)
+        })
+        .collect()
+}
+
+#[test]
+fn videos_move_the_way_their_captions_say() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let mut directions = std::collections::HashSet::new();
+    for trial in 0..40 {
+        let motion = Motion::random(&mut rng);
+        let frames = render_frames(&motion, SIZES[trial % SIZES.len()], 2 + trial % 7);
+        let path = centroids(&frames, motion.colour);
+        let (dx, dy) = (path.last().unwrap().0 - path[0].0, path.last().unwrap().1 - path[0].1);
+        let seen = match (dx.abs() > dy.abs(), dx > 0.0, dy > 0.0) {
+            (true, true, _) => Direction::Right,
+            (true, false, _) => Direction::Left,
+            (false, _, true) => Direction::Down,
+            (false, _, false) => Direction::Up,
+        };
+        assert_eq!(seen, motion.direction, "{motion:?}: moved by ({dx}, {dy})");
+        for (frame, later) in frames.iter().zip(&frames[1..]) {
+            assert_eq!(regions(frame), regions(later), "one shape, unchanged, in every frame");
+        }
+        assert_eq!(regions(&frames[0]), vec![(motion.colour, motion.kind)]);
+        assert!(motion.caption().ends_with(motion.direction.name()));
+        assert_ne!(motion.corrupt(&mut rng).caption(), motion.caption());
+        directions.insert(motion.direction);
+    }
+    assert_eq!(directions.len(), 4);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_world() {
+    let world = |seed| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let scene = Scene::random(&mut rng, 9);
+        let q = question(&scene, &mut rng);
+        let other = corrupt(&scene, &mut rng);
+        let motion = Motion::random(&mut rng);
+        let pixels = [render(&scene, 40), render(&other, 40)].map(RgbImage::into_raw);
+        (caption(&scene), q, caption(&other), motion.caption(), pixels, render_frames(&motion, 40, 4))
+    };
+    assert_eq!(world(5), world(5));
+    assert_ne!(world(5).4, world(6).4);
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("unireward-world-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn the_word_level_tokenizer_knows_every_word_of_its_corpus() {
+    use unireward::judge::tokenizer::Tokenizer;
+    use unireward::pipeline::world::{word_level_tokenizer, SPECIAL_TOKENS};
+    let corpus = ["How many red shapes are there?", "Image 1 is better than Image 2.", "Final Score: 4"];
+    let dir = temp_dir("tokenizer");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), word_level_tokenizer(corpus).unwrap()).unwrap();
+    let tokenizer = Tokenizer::from_file(&dir).unwrap();
+    let unknown = tokenizer.token_to_id("<unk>").unwrap();
+    for (id, special) in SPECIAL_TOKENS.iter().enumerate() {
+        assert_eq!(tokenizer.token_to_id(special), Some(id as u32));
+    }
+    for text in corpus {
+        let ids = tokenizer.encode(text).unwrap();
+        assert!(!ids.contains(&unknown), "{text}: {ids:?}");
+        assert_eq!(tokenizer.decode(&ids, false).unwrap().replace(' ', ""), text.replace(' ', ""));
+    }
+    let ids = tokenizer.encode("<|im_start|>user\nHow many<image> purple shapes").unwrap();
+    let [start, image] = ["<|im_start|>", "<image>"].map(|t| tokenizer.token_to_id(t).unwrap());
+    assert_eq!(ids.iter().filter(|&&id| id == unknown).count(), 1, "`purple` is unknown: {ids:?}");
+    assert!(ids.contains(&start) && ids.contains(&image), "special tokens are single tokens: {ids:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_tiny_llava_checkpoint_made_from_nothing_loads_and_sees_a_rendered_scene() {
+    use unireward::judge::tokenizer::Tokenizer;
+    use unireward::media::{ImageLayout, ImageProcessor, ImageProcessorConfig};
+    use unireward::model::llava::{LlavaOnevisionModel, MediaInput};
+    use unireward::pipeline::world::{word_level_tokenizer, TinyLlava};
+    use unireward::DType;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let scene = Scene::random(&mut rng, 4);
+    let text = caption(&scene);
+    let dir = temp_dir("checkpoint");
+    let spec = TinyLlava::default();
+    spec.write(&dir, &word_level_tokenizer([text.as_str()]).unwrap(), 7).unwrap();
+    let model = LlavaOnevisionModel::load(&dir, DType::F32, unireward::Device::Cpu).unwrap();
+    for (name, t) in model.named_parameters() {
+        let v = t.to_vec::<f32>().unwrap();
+        if name.ends_with("bias") {
+            assert!(v.iter().all(|&x| x == 0.0), "{name}");
+        } else if name.contains("norm") {
+            assert!(v.iter().all(|&x| x == 1.0), "{name}");
+        } else if v.len() >= 1000 {
+            let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            assert!((std - 0.02).abs() < 0.002, "{name}: standard deviation {std}");
+        }
+    }
+    let processor =
+        ImageProcessor::new(ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap()).unwrap();
+    let picture = render(&scene, 40);
+    let picture = unireward::media::RgbImage::new(40, 40, picture.into_raw()).unwrap();
+    let pixels = processor.preprocess(&picture, ImageLayout::Anyres).unwrap();
+    let media = [MediaInput::image(&pixels)];
+    let count = model.placeholder_counts(&media).unwrap()[0];
+    let tokenizer = Tokenizer::from_file(&dir).unwrap();
+    let image = tokenizer.token_to_id("<image>").unwrap() as i64;
+    let mut ids = vec![image; count];
+    ids.extend(tokenizer.encode(&text).unwrap().into_iter().map(i64::from));
+    let greedy = unireward::judge::generate::GenerationConfig { max_new_tokens: 3, ..Default::default() };
+    let tokens = model.generate(&ids, &media, &greedy).unwrap();
+    assert_eq!(tokens.len(), 3);
+    assert!(tokens.iter().all(|&t| (t as usize) < tokenizer.vocab_size()));
+    // The same seed writes the same weights.
+    let again = temp_dir("checkpoint-again");
+    spec.write(&again, &word_level_tokenizer([text.as_str()]).unwrap(), 7).unwrap();
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&dir), bytes(&again));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
+}
+
+#[test]
+fn initial_parameters_refuse_a_bad_standard_deviation() {
+    use unireward::model::init::initial_parameters;
+    let expected = [("w".to_string(), vec![2, 3])];
+    for std in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let err = initial_parameters(&expected, std, 0).unwrap_err().to_string();
+        assert!(err.contains("standard deviation"), "{err}");
+    }
+    let a = initial_parameters(&expected, 0.1, 1).unwrap();
+    let b = initial_parameters(&expected, 0.1, 2).unwrap();
+    assert_ne!(a[0].1.to_vec::<f32>().unwrap(), b[0].1.to_vec::<f32>().unwrap());
+}
+
+#[test]
+fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
+    use unireward::judge::{Candidate, Context, Judge, MediaFile, Mode, Task, TaskTemplate, Variant};
+    use unireward::pipeline::world::{word_level_tokenizer, TinyLlava};
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let scene = Scene::random(&mut rng, 4);
+    let other = corrupt(&scene, &mut rng);
+    let text = caption(&scene);
+    let dir = temp_dir("judge");
+    let mut corpus: Vec<String> = vec![text.clone()];
+    for task in Task::ALL {
+        for mode in Mode::ALL {
+            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
+            corpus.push(template.instruction.clone());
+            if let unireward::judge::AnswerGrammar::Verdict(v) = &template.answer {
+                corpus.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
+            }
+        }
+    }
+    let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str)).unwrap();
+    TinyLlava::default().write(&dir, &tokenizer, 3).unwrap();
+    let judge = Judge::load(&dir, unireward::DType::F32, unireward::Device::Cpu).unwrap();
+    let template = judge.template(Task::ImageGeneration, Mode::Pairwise).unwrap();
+    assert_eq!(
+        template.instruction,
+        TaskTemplate::built_in_variant(Variant::Demo, Task::ImageGeneration, Mode::Pairwise).unwrap().instruction
+    );
+    let [a, b] = [(&scene, "a.png"), (&other, "b.png")].map(|(s, name)| {
+        let path = dir.join(name);
+        render(s, 40).save(&path).unwrap();
+        Candidate::Media(MediaFile::Image(path))
+    });
+    let result = judge.pairwise(Task::ImageGeneration, &Context::with_field("caption", &text), a, b).unwrap();
+    let total: f32 = result.probs.iter().sum();
+    assert_eq!(result.probs.len(), 3, "image 1, image 2, tie: {result:?}");
+    assert!((total - 1.0).abs() < 1e-5 && result.probs.iter().all(|x| x.is_finite() && *x >= 0.0), "{result:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

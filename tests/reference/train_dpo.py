@@ -1,0 +1,149 @@
+"""Float64 reference for the DPO trainer: 10 optimizer steps on the tiny tied Qwen2 checkpoint (mha_tied), each over
+two micro-batches of two pairs (gradient accumulation), for TRL's sigmoid loss (with label smoothing: cDPO) and its
+IPO loss, written out by hand as TRL's DPOTrainer computes them (v0.24-v0.27 `dpo_loss` and
+`concatenated_forward`): per-sequence log-probs summed over the completion tokens (averaged over them for IPO, for
+the policy and the reference alike), the reference a frozen copy of the initial policy, the loss the mean over the
+step's pairs; torch.optim.AdamW + clip_grad_norm_ + transformers' cosine schedule with warm-up. The model runs with
+qwen2_model.py's float64 ops (a true float64 forward).
+
+Run: ~/.cache/unireward/torch-venv/bin/python tests/reference/train_dpo.py
+Writes tests/fixtures/train_dpo/steps.json (config, the micro-batches as SequenceBatch fields (2P rows: chosen then
+rejected, labels on the completions only), and per loss type: the reference log-probs of every micro-batch, per-step
+loss, TRL's metrics, grad norm and learning rate) and tests/fixtures/train_dpo/final_<loss>.safetensors (every
+parameter after the 10 steps, rounded to float32 — far inside the test's tolerance — under its checkpoint name).
+"""
+import copy
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import get_cosine_schedule_with_warmup
+
+from qwen2_model import load, use_float64_ops
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "train_dpo")
+STEPS, MICRO, PAIRS = 10, 2, 2
+FROZEN = "k_proj.bias"
+CONFIG = {"lr": 5e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "warmup_ratio": 0.1,
+          "total_steps": STEPS, "frozen": FROZEN}
+# Clipping is active on some steps and not on others.
+LOSSES = {"sigmoid": {"beta": 0.5, "label_smoothing": 0.1, "max_grad_norm": 1.5},
+          "ipo": {"beta": 0.5, "label_smoothing": 0.0, "max_grad_norm": 6.0}}
+
+
+def micro_batch(g, vocab):
+    """P pairs, each a random prompt and two random completions, as collate_pairs lays them out."""
+    rows = []
+    for _ in range(PAIRS):
+        prompt = torch.randint(0, vocab, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist()
+        completions = [torch.randint(0, vocab, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+                       for _ in range(2)]
+        rows.append((prompt, completions))
+    seqs = [(p, c[0]) for p, c in rows] + [(p, c[1]) for p, c in rows]
+    width = max(len(p) + len(c) for p, c in seqs)
+    ids, mask, labels = [], [], []
+    for p, c in seqs:
+        pad = width - len(p) - len(c)
+        ids += p + c + [0] * pad
+        mask += [1] * (len(p) + len(c)) + [0] * pad
+        labels += [-100] * len(p) + c + [-100] * pad
+    return {"rows": 2 * PAIRS, "len": width, "ids": ids, "mask": mask, "labels": labels, "tasks": [0] * (2 * PAIRS)}
+
+
+def tensors(b):
+    shape = (b["rows"], b["len"])
+    return torch.tensor(b["ids"]).view(shape), torch.tensor(b["mask"]).view(shape), torch.tensor(b["labels"]).view(shape)
+
+
+def completion_logps(model, b, average):
+    """TRL's concatenated_forward: summed (or averaged) log-probs of the labelled tokens, chosen rows then rejected."""
+    ids, mask, labels = tensors(b)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    counted = target != -100
+    per_token = torch.gather(logits.log_softmax(-1), 2, target.clamp(min=0).unsqueeze(2)).squeeze(2)
+    logps = (per_token * counted).sum(1)
+    if average:
+        logps = logps / counted.sum(1)
+    return logps[:PAIRS], logps[PAIRS:], int(counted.sum())
+
+
+def dpo_loss(loss_type, beta, eps, pc, pr, rc, rr):
+    logits = (pc - rc) - (pr - rr)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * logits) * (1 - eps) - F.logsigmoid(-beta * logits) * eps
+    else:
+        losses = (logits - 1 / (2 * beta)) ** 2
+    return losses, beta * (pc - rc).detach(), beta * (pr - rr).detach()
+
+
+def run(loss_type, batches):
+    cfg = LOSSES[loss_type]
+    average = loss_type == "ipo"
+    model = load("mha_tied", torch.float64).train()
+    reference = copy.deepcopy(model).eval()
+    # The key biases get a gradient of pure rounding noise (softmax ignores a bias added to every key): frozen.
+    for name, p in model.named_parameters():
+        p.requires_grad_(FROZEN not in name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=CONFIG["lr"], betas=tuple(CONFIG["betas"]), eps=CONFIG["eps"],
+                            weight_decay=CONFIG["weight_decay"], foreach=False)
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(STEPS * CONFIG["warmup_ratio"]), STEPS)
+    steps, references = [], []
+    for step in batches:
+        opt.zero_grad()
+        loss, tokens, sums = 0.0, 0, {k: 0.0 for k in ["chosen", "rejected", "acc", "margin", "lc", "lr"]}
+        step_refs = []
+        for b in step:
+            with torch.no_grad():
+                rc, rr, _ = completion_logps(reference, b, average=False)
+            step_refs.append({"chosen": rc.tolist(), "rejected": rr.tolist()})
+            ids, mask, labels = tensors(b)
+            pc, pr, n = completion_logps(model, b, average)
+            if average:
+                counts = (labels[:, 1:] != -100).sum(1)
+                rc, rr = rc / counts[:PAIRS], rr / counts[PAIRS:]
+            losses, chosen, rejected = dpo_loss(loss_type, cfg["beta"], cfg["label_smoothing"], pc, pr, rc, rr)
+            # Equal micro-batches: the step's loss is the mean over all its pairs.
+            (losses.sum() / (MICRO * PAIRS)).backward()
+            loss += losses.sum().item()
+            tokens += n
+            sums["chosen"] += chosen.sum().item()
+            sums["rejected"] += rejected.sum().item()
+            sums["acc"] += (chosen > rejected).double().sum().item()
+            sums["margin"] += (chosen - rejected).sum().item()
+            sums["lc"] += pc.detach().sum().item()
+            sums["lr"] += pr.detach().sum().item()
+        lr = opt.param_groups[0]["lr"]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]))
+        opt.step()
+        sched.step()
+        pairs = MICRO * PAIRS
+        steps.append({"loss": loss / pairs, "tokens": tokens, "grad_norm": norm, "lr": lr,
+                      "rewards_chosen": sums["chosen"] / pairs, "rewards_rejected": sums["rejected"] / pairs,
+                      "rewards_accuracies": sums["acc"] / pairs, "rewards_margins": sums["margin"] / pairs,
+                      "logps_chosen": sums["lc"] / pairs, "logps_rejected": sums["lr"] / pairs})
+        references.append(step_refs)
+    final = {n: p.detach().float().contiguous() for n, p in model.named_parameters()}
+    save_file(final, os.path.join(OUT, f"final_{loss_type}.safetensors"))
+    print(loss_type, "losses", ["%.4f" % s["loss"] for s in steps], "norms", ["%.3f" % s["grad_norm"] for s in steps])
+    return {**cfg, "references": references, "steps": steps}
+
+
+def main():
+    torch.set_num_threads(1)
+    use_float64_ops(True)
+    vocab = load("mha_tied", torch.float64).config.vocab_size
+    g = torch.Generator().manual_seed(21)
+    batches = [[micro_batch(g, vocab) for _ in range(MICRO)] for _ in range(STEPS)]
+    os.makedirs(OUT, exist_ok=True)
+    losses = {name: run(name, batches) for name in LOSSES}
+    with open(os.path.join(OUT, "steps.json"), "w") as f:
+        json.dump({"config": CONFIG, "batches": batches, "losses": losses}, f)
+
+
+if __name__ == "__main__":
+    main()

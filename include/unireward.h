@@ -651,7 +651,7 @@ typedef struct ur_kwise_config {
 typedef struct ur_diffusion_dpo_config {
   // `sizeof(ur_diffusion_dpo_config)`.
   uint32_t struct_size;
-  // beta > 0 (diffusers' `beta_dpo`; default 2500).
+  // beta > 0, the paper's (default 2500); diffusers' `beta_dpo` is beta / 2.
   float beta;
   // The upstream gradient of the loss (default 1).
   float grad_output;
@@ -1378,9 +1378,10 @@ enum ur_status ur_kwise_loss(struct ur_context *ctx,
 // beta 2500, grad_output 1.
 struct ur_diffusion_dpo_config ur_diffusion_dpo_config_default(void);
 
-// Diffusion-DPO (diffusers' `train_diffusion_dpo.py`) on noise predictions: six float tensors of one shape
-// [B, D...] and dtype. Outputs: `*loss_out` (required), `grad_model_winner_out`, `grad_model_loser_out` (shape and
-// dtype of the predictions; required), `*metrics_out` (may be NULL). Waits for its CUDA work.
+// Diffusion-DPO (Wallace et al.'s loss, -logsigmoid(-beta/2 (model_diff - ref_diff))) on noise predictions: six
+// float tensors of one shape [B, D...] and dtype. Outputs: `*loss_out` (required), `grad_model_winner_out`,
+// `grad_model_loser_out` (shape and dtype of the predictions; required), `*metrics_out` (may be NULL). Waits for
+// its CUDA work.
 //
 // # Safety
 // As for `ur_dpo_loss`.

@@ -4,7 +4,7 @@
 - DPO sigmoid (TRL's `dpo_loss`, loss_type="sigmoid"): from per-sequence log-probs of policy and reference on
   --pairs pairs (default 4,096), -logsigmoid(beta * ((pi_c - pi_r) - (ref_c - ref_r))).mean(), with the rewards
   metrics TRL logs; backward to the policy log-probs.
-- Diffusion-DPO (diffusers' train_diffusion_dpo.py): from the model's and the reference's noise predictions and the
+- Diffusion-DPO (the authors' code; diffusers' train_diffusion_dpo.py with beta_dpo = beta / 2): from the model's and the reference's noise predictions and the
   targets, winners then losers, --batch pairs of --dim elements each (default B = 8, D = 4*64*64, SD latents):
   per-sample MSE, -logsigmoid(-beta/2 * (model_diff - ref_diff)).mean() at beta = 5000; backward to the model's
   prediction.

@@ -106,7 +106,9 @@ run cargo run --release -- demo
 # PyTorch bindings (bindings/python): torch (PyPI's default wheel, used on the CPU here), pytest and numpy in a cached
 # venv, ${UNIREWARD_CACHE:-~/.cache/unireward}/torch-venv, rebuilt when the pins change; the package is installed
 # editable and loads the release libunireward.so built above. pytest's "no tests collected" (exit 5) fails too.
-readonly TORCH_PINS=(torch==2.10.0 numpy==2.4.6 pytest==9.2.0 "setuptools>=70.1")
+# diffusers runs the Diffusion-DPO example (bindings/python/examples/diffusion_dpo.py); 0.39.0 is its newest release
+# that accepts huggingface_hub < 1.0, which transformers 4.57.1 (the reference scripts' version) requires.
+readonly TORCH_PINS=(torch==2.10.0 numpy==2.4.6 pytest==9.2.0 "setuptools>=70.1" diffusers==0.39.0)
 readonly TORCH_VENV="$CACHE/torch-venv"
 step "PyTorch bindings: torch venv in $TORCH_VENV"
 if [[ "$(cat "$TORCH_VENV/.unireward-pins" 2>/dev/null)" != "${TORCH_PINS[*]}" ]]; then

@@ -11,6 +11,7 @@
 //! - [`judge`]: the tokenizer and Qwen's chat template;
 //! - [`train`]: the optimizer (AdamW fused over a model's parameters, clipping, schedules, accumulation), training
 //!   data (conversations, preference pairs, batching and mixing) and checkpoints;
+//! - [`pipeline`]: the filter stage (a judge's pair ranking and point sifting of K candidates into preference pairs);
 //! - [`ffi`]: the stable C ABI (`include/unireward.h`), on which the C++ header and the Python package stand.
 //!
 //! Every fallible call returns [`Result`]; user input never panics.

@@ -80,6 +80,10 @@ fn dpo_trains_logs_trl_metrics_and_writes_a_checkpoint_that_loads() {
     }
     assert!((lines[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5, "{}", lines[0]);
     assert!(lines[8]["loss"].as_f64().unwrap() < lines[0]["loss"].as_f64().unwrap(), "{log}");
+    for plot in ["loss.png", "rewards.png", "logps.png", "lr.png"] {
+        let image = image::open(scratch.path("out").join(plot)).unwrap_or_else(|e| panic!("{plot}: {e}"));
+        assert!(image.width() > 0 && stdout.contains(plot), "{plot}: {stdout}");
+    }
     let (_, checkpoint) = latest_checkpoint(&scratch.path("out")).unwrap();
     let trained = Qwen2Model::load(&checkpoint, DType::F32, Device::Cpu).unwrap();
     let initial = Qwen2Model::load(&scratch.path("model"), DType::F32, Device::Cpu).unwrap();

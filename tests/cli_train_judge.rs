@@ -1,13 +1,14 @@
 //! `unireward train-judge` (the binary) on a checkpoint assembled from fixtures (the Qwen2 model
 //! `tests/fixtures/qwen2/chat_tied` with the tokenizer and chat template of `tests/fixtures/qwen2/tokenizer`) and a
 //! generated conversation file: a run killed at a random step and resumed ends with parameters bitwise equal to an
-//! uninterrupted run's; metrics are logged; bad options are one clear error line.
+//! uninterrupted run's; metrics are logged and plotted; bad options are one clear error line.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use rand::Rng;
+use unireward::train::plots::{PLOT_HEIGHT, PLOT_WIDTH};
 use unireward::train::sft::latest_checkpoint;
 
 mod common;
@@ -73,6 +74,10 @@ fn a_run_killed_at_a_random_step_resumes_to_bitwise_equal_parameters() {
     assert_eq!(log.lines().count(), 18);
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert!(first["loss"].as_f64().unwrap() > 0.0 && first["task_loss"].as_array().unwrap().len() == 2, "{first}");
+    for plot in ["loss.png", "lr.png", "grad_norm.png", "tokens.png"] {
+        let image = image::open(scratch.0.join("straight").join(plot)).unwrap_or_else(|e| panic!("{plot}: {e}"));
+        assert_eq!((image.width(), image.height()), (PLOT_WIDTH, PLOT_HEIGHT), "{plot}");
+    }
 
     let kill_after = rand::thread_rng().gen_range(1..17);
     let out = scratch.0.join("killed");
@@ -128,6 +133,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let ended = if step < steps { "interrupted after".to_string() } else { format!("done: {steps} steps") };
     assert!(stdout.contains(&ended), "{stdout}");
     eprintln!("interrupted at step {step}: {stdout}");
+    assert!(out.join("loss.png").is_file() && stdout.contains("loss.png"), "no plots after the interrupt: {stdout}");
     succeed(command(&scratch, "stopped", &["--resume", "--epochs", epochs]).output().unwrap());
     assert!(final_weights(&out, steps) == straight, "resumed from the interrupt at step {step}: weights differ");
 }

@@ -442,6 +442,7 @@ fn train_judge_trains_a_llava_checkpoint_on_images_with_evaluation() {
         assert!((0.0..=1.0).contains(&accuracy));
         assert!(e["eval/task_loss"][0].as_f64().is_some(), "{e}");
     }
+    assert!(out.join("loss.png").is_file(), "the metrics (held-out ones included) are plotted");
     // The checkpoint is in the input layout, the frozen tower as it was.
     let (_, last) = latest_checkpoint(&out).unwrap();
     let trained = WeightStore::open(&last).unwrap();

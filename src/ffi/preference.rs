@@ -571,7 +571,7 @@ pub unsafe extern "C" fn ur_kwise_loss(
 pub struct ur_diffusion_dpo_config {
     /// `sizeof(ur_diffusion_dpo_config)`.
     pub struct_size: u32,
-    /// beta > 0 (diffusers' `beta_dpo`; default 2500).
+    /// beta > 0, the paper's (default 2500); diffusers' `beta_dpo` is beta / 2.
     pub beta: f32,
     /// The upstream gradient of the loss (default 1).
     pub grad_output: f32,
@@ -612,9 +612,10 @@ impl Versioned for ur_diffusion_dpo_metrics {
     const NAME: &'static str = "ur_diffusion_dpo_metrics";
 }
 
-/// Diffusion-DPO (diffusers' `train_diffusion_dpo.py`) on noise predictions: six float tensors of one shape
-/// [B, D...] and dtype. Outputs: `*loss_out` (required), `grad_model_winner_out`, `grad_model_loser_out` (shape and
-/// dtype of the predictions; required), `*metrics_out` (may be NULL). Waits for its CUDA work.
+/// Diffusion-DPO (Wallace et al.'s loss, -logsigmoid(-beta/2 (model_diff - ref_diff))) on noise predictions: six
+/// float tensors of one shape [B, D...] and dtype. Outputs: `*loss_out` (required), `grad_model_winner_out`,
+/// `grad_model_loser_out` (shape and dtype of the predictions; required), `*metrics_out` (may be NULL). Waits for
+/// its CUDA work.
 ///
 /// # Safety
 /// As for `ur_dpo_loss`.

@@ -266,6 +266,26 @@ impl Judge {
         Ok(JudgeBatch { results, prefill_tokens, prefill_tokens_saved, seconds })
     }
 
+    /// Checks `request` as judging it would (its template exists and takes its fields, candidates and media; the
+    /// media files exist; the model can see them) without running the model, so that a whole batch of requests can
+    /// be refused before any is judged.
+    pub fn check(&self, request: &JudgeRequest) -> Result<()> {
+        let Rendered { media, .. } = self.render(request, false)?;
+        if !media.files.is_empty() && self.processor.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: this checkpoint is a text-only Qwen2, it cannot see images or videos",
+                request.task
+            )));
+        }
+        for m in &media.files {
+            let (MediaFile::Image(path) | MediaFile::Video(path)) = m;
+            if !path.exists() {
+                return Err(Error::InvalidArgument(format!("media file {} does not exist", path.display())));
+            }
+        }
+        Ok(())
+    }
+
     /// A reasoned judgment: the answer generated (forward order only) and parsed, and the one-pass probabilities of
     /// the final verdict or score given the generated reasoning (the text before the answer's last verdict phrase
     /// or score prefix).

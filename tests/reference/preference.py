@@ -430,7 +430,8 @@ def reward_cases():
 
 
 def diffusion_case(name, shape, beta, closeness=1e-2):
-    """diffusers examples/research_projects/diffusion_dpo/train_diffusion_dpo.py, with separate targets."""
+    """The Diffusion-DPO authors' loss (diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py
+    with its beta_dpo = beta / 2), with separate targets."""
     b = shape[0]
     target_w, target_l = normal(shape), normal(shape)
     ref_w = f32(target_w + 0.5 * normal(shape))

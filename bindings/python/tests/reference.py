@@ -112,7 +112,7 @@ def kwise_loss(rewards, order=None, method="all_pairs"):
 
 
 def diffusion_dpo_loss(mw, ml, rw, rl, tw, tl, beta=2500.0):
-    """diffusers' train_diffusion_dpo.py."""
+    """The Diffusion-DPO authors' code (diffusers' train_diffusion_dpo.py with its beta_dpo = beta / 2)."""
     mse = lambda p, t: ((p.double() - t.double()) ** 2).flatten(1).mean(1)
     model_diff = mse(mw, tw) - mse(ml, tl)
     ref_diff = mse(rw, tw) - mse(rl, tl)

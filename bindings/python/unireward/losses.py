@@ -369,9 +369,11 @@ def kwise_loss(rewards, order=None, *, method="all_pairs"):
 
 
 def diffusion_dpo_loss(model_winner, model_loser, ref_winner, ref_loser, target_winner, target_loser, *, beta=2500.0):
-    """Diffusion-DPO as diffusers' `train_diffusion_dpo.py` computes it, on predictions and targets [B, D...]:
-    `(loss, metrics)`, differentiable with respect to the model's predictions; metrics `implicit_accuracy`,
-    `model_mse_winner`, `model_mse_loser`, `ref_mse_winner`, `ref_mse_loser`."""
+    """Diffusion-DPO (Wallace et al. 2023) on predictions and targets [B, D...]: `(loss, metrics)`, differentiable
+    with respect to the model's predictions; metrics `implicit_accuracy`, `model_mse_winner`, `model_mse_loser`,
+    `ref_mse_winner`, `ref_mse_loser`. The loss is `mean -logσ(-½β((mse_w - mse_l) - (ref_mse_w - ref_mse_l)))`, the
+    paper's authors' form; diffusers' `train_diffusion_dpo.py` drops the ½, so its `beta_dpo` is β / 2.
+    bindings/python/examples/diffusion_dpo.py uses it in a diffusers training step."""
     loss, _, _, metrics = _diffusion_dpo_loss(model_winner, model_loser, ref_winner, ref_loser, target_winner,
                                               target_loser, beta)  # fmt: skip
     return loss, _named(DIFFUSION_DPO_METRICS, metrics)

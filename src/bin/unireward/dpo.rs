@@ -1,7 +1,7 @@
 //! `unireward dpo`: DPO of a (text-only, Qwen2) policy on a preference-pair file (`prompt`, `chosen`, `rejected`),
 //! against the reference log-probabilities of the initial policy (or `--ref DIR`) computed once and cached in
 //! `--out/ref_logps.json` (or from a frozen copy with `--ref-on-the-fly`). Checkpoints, `--resume`, Ctrl-C and
-//! `metrics.jsonl` (TRL's metric names) as for `train-judge`.
+//! `metrics.jsonl` (TRL's metric names) with its PNG plots as for `train-judge`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

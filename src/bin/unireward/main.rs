@@ -9,11 +9,14 @@ mod bench_products;
 mod demo;
 mod dpo;
 mod eval;
+mod filter;
+mod filter_merge;
 mod generate;
 mod generate_media;
 mod judge;
 mod kernels;
 mod peak_alloc;
+mod plot;
 mod preprocess;
 mod report;
 mod synthetic;
@@ -50,12 +53,19 @@ enum Command {
     /// A judge on a pairwise benchmark file (JSONL): GenAI-Bench tau/diff, VL-RewardBench accuracies, position
     /// consistency, calibration.
     Eval(eval::Args),
+    /// Judges K candidates per prompt (a candidates JSONL) into chosen/rejected preference pairs, resumable and
+    /// shardable, with an audit file of every judgment.
+    Filter(filter::Args),
+    /// Joins the finished shards of a `filter --shard i/n` run into the unsharded run's files.
+    FilterMerge(filter_merge::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
     Preprocess(preprocess::Args),
     /// Supervised fine-tuning of a judge on a conversation file, with checkpoints and --resume.
     TrainJudge(train_judge::Args),
     /// DPO (and the DPO family's losses) of a policy on a preference-pair file, with a cached reference.
     Dpo(dpo::Args),
+    /// PNG plots of a metrics log (JSONL), one per metric family: loss, lr, grad_norm, rewards, ...
+    Plot(plot::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
     Devices,
 }
@@ -103,9 +113,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Judge(args) => judge::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Filter(args) => filter::run(&args),
+        Command::FilterMerge(args) => filter_merge::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),
         Command::Dpo(args) => dpo::run(&args),
+        Command::Plot(args) => plot::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();
             println!("CUDA driver: {}", if unireward::runtime::cuda::driver_present() { "found" } else { "not found" });

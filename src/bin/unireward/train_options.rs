@@ -12,6 +12,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use unireward::train::data::{BadRecord, BadRecordPolicy};
 use unireward::train::optim::ScheduleKind;
+use unireward::train::plots::write_metric_plots;
 use unireward::train::run::TrainOptions;
 use unireward::Device;
 
@@ -163,13 +164,22 @@ impl TrainProgress {
         Ok(())
     }
 
-    /// Clears the bar; the first error writing the log, if any.
+    /// Clears the bar and plots the metrics log beside it (`loss.png`, `lr.png`, ...); the first error writing the
+    /// log, if any. A plot that cannot be drawn is only a warning: the checkpoint is saved whatever happens here.
     pub fn finish(self) -> anyhow::Result<()> {
         self.bar.finish_and_clear();
-        match self.log_error {
-            Some(e) => Err(e).with_context(|| format!("writing {}", self.log_path.display())),
-            None => Ok(()),
+        if let Some(e) = self.log_error {
+            return Err(e).with_context(|| format!("writing {}", self.log_path.display()));
         }
+        drop(self.log);
+        let out = self.log_path.parent().unwrap_or(Path::new("."));
+        if self.log_path.is_file() {
+            match write_metric_plots(&self.log_path, out) {
+                Ok(report) => crate::plot::print_report(&report, &self.log_path),
+                Err(e) => eprintln!("warning: no plots of {}: {e}", self.log_path.display()),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
-//! Diffusion-DPO (Wallace et al. 2023), as diffusers' `train_diffusion_dpo.py` computes it, fused: per-sample
-//! squared errors of the model's and the reference's noise predictions, then
+//! Diffusion-DPO (Wallace et al. 2023), as the paper's authors' code computes it, fused: per-sample squared errors
+//! of the model's and the reference's noise predictions, then
 //! `loss = mean_b -logσ(-½β((mse_w - mse_l) - (ref_mse_w - ref_mse_l)))` and its gradient with respect to the
-//! model's predictions. The reductions over D are in f64 on both devices, so β = 5000 costs no accuracy; the
+//! model's predictions. diffusers' `train_diffusion_dpo.py` writes the same loss without the ½: its `beta_dpo` is
+//! β / 2. The reductions over D are in f64 on both devices, so β = 5000 costs no accuracy; the
 //! per-sample math (B values) is done here on the host, once for both backends.
 
 use crate::ops::check;
@@ -33,7 +34,7 @@ pub struct DiffusionDpoInputs<'a> {
 /// Hyper-parameters of [`diffusion_dpo_loss`].
 #[derive(Clone, Copy, Debug)]
 pub struct DiffusionDpoConfig {
-    /// β > 0 (diffusers' `beta_dpo`, 2500 by default there; 5000 for SDXL).
+    /// β > 0, the paper's (5000 for Stable Diffusion 1.5); diffusers' `beta_dpo` is β / 2.
     pub beta: f32,
     /// The upstream gradient of the loss.
     pub grad_output: f32,

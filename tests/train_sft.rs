@@ -109,7 +109,7 @@ fn ten_sft_steps_with_accumulation_match_pytorch() {
     let bytes = std::fs::read(fixture("train_sft/final.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
     let model = trainer.into_model();
-    let named = model.weights.named();
+    let named = model.named_parameters();
     assert_eq!(named.len(), expected.len());
     let mut worst: f64 = 0.0;
     for (name, got) in named {
@@ -169,7 +169,7 @@ fn the_loss_falls_on_a_learnable_toy_task() {
 #[test]
 fn bad_batches_are_clear_errors() {
     let mut trainer = SftTrainer::new(tiny_model(), SftConfig { tasks: 2, ..SftConfig::default() }).unwrap();
-    let before = values_f64(trainer.model().weights.head());
+    let before = values_f64(trainer.model().language_model().weights.head());
     let mut message =
         |batches: &[SequenceBatch]| trainer.step(batches).expect_err("a bad batch must be refused").to_string();
     assert!(message(&[]).contains("at least one micro-batch"));
@@ -188,5 +188,9 @@ fn bad_batches_are_clear_errors() {
     let mut bad_id = toy_batch();
     bad_id.ids[0] = -3;
     assert!(message(&[bad_id]).contains("token id -3"));
-    assert_eq!(values_f64(trainer.model().weights.head()), before, "a failed step wrote the parameters");
+    assert_eq!(
+        values_f64(trainer.model().language_model().weights.head()),
+        before,
+        "a failed step wrote the parameters"
+    );
 }

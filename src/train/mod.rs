@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dpo;
 pub mod fingerprint;
+pub mod model;
 pub mod optim;
 pub mod plots;
 pub mod run;

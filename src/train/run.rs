@@ -172,10 +172,24 @@ pub(crate) fn save_run_checkpoint(
     optimizer: &AdamW,
     state: &TrainerState,
 ) -> Result<PathBuf> {
-    let dir = out.join(format!("{CHECKPOINT_PREFIX}{}", state.step));
     let left_out: Vec<&str> = params.left_out.iter().map(String::as_str).collect();
+    save_run_checkpoint_with(out, optimizer, state, |dir, options, extra| {
+        save_checkpoint(dir, source, &params.named, &left_out, options, extra)
+    })
+}
+
+/// [`save_run_checkpoint`] with the weights written by `save` (a model's own saver, as
+/// [`crate::train::model::TrainModel::save`]), which gets the checkpoint's directory, the options and the writer of
+/// the trainer's state to call on its temporary directory.
+pub(crate) fn save_run_checkpoint_with(
+    out: &Path,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    save: impl FnOnce(&Path, &SaveOptions, &mut dyn FnMut(&Path) -> Result<()>) -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = out.join(format!("{CHECKPOINT_PREFIX}{}", state.step));
     let options = SaveOptions { overwrite: true, ..SaveOptions::default() };
-    save_checkpoint(&dir, source, &params.named, &left_out, &options, |tmp| {
+    save(&dir, &options, &mut |tmp| {
         let state_dir = tmp.join(TRAINER_STATE_DIR);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| Error::Checkpoint(format!("cannot create {}: {e}", state_dir.display())))?;

@@ -82,6 +82,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     progress.finish()?;
     let o = &outcome;
     eprintln!("reference log-probabilities: {:?}", o.reference);
-    report_end(o.data.bad.len(), &args.pairs, o.interrupted, o.steps_done, o.total_steps, &o.checkpoint);
+    report_end(&o.data.bad, &args.pairs, o.interrupted, o.steps_done, o.total_steps, &o.checkpoint);
     Ok(())
 }

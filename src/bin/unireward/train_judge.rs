@@ -1,28 +1,44 @@
-//! `unireward train-judge`: supervised fine-tuning of a (text-only, Qwen2) judge on a conversation file, with
+//! `unireward train-judge`: supervised fine-tuning of a judge (a Qwen2 or a LLaVA-OneVision checkpoint, whose
+//! records' images and videos are decoded and preprocessed with its image processor) on a conversation file, with
 //! checkpoints in `--out` every `--save-every` steps and at the end, `--resume` from the latest, and one JSON line
-//! of metrics per step appended to `--out/metrics.jsonl`, plotted at the end (and after Ctrl-C) into `--out/*.png`.
-//! Progress (step, loss, tokens/s, ETA) is a bar on a terminal, one line per step otherwise. Ctrl-C stops after the
-//! current step with a checkpoint.
+//! of metrics per step appended to `--out/metrics.jsonl` (plus one per evaluation of `--eval`, keys `eval/...`),
+//! plotted at the end (and after Ctrl-C) into `--out/*.png`. Progress (step, loss, tokens/s, ETA) is a bar on a
+//! terminal, one line per step otherwise. Ctrl-C stops after the current step with a checkpoint.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use unireward::train::sft::SftRun;
+use unireward::train::data::DEFAULT_VIDEO_FRAMES;
+use unireward::train::sft::{EvalMetrics, SftRun, SftStepMetrics};
 
-use crate::train_options::{report_end, TrainArgs, TrainProgress};
+use crate::train_options::{report_bad_records, report_end, TrainArgs, TrainProgress};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The checkpoint to train: config.json, safetensors weights, tokenizer.json and a chat template.
+    /// The checkpoint to train: config.json, safetensors weights, tokenizer.json and a chat template (and the
+    /// preprocessor_config.json of a LLaVA-OneVision checkpoint).
     #[arg(long)]
     model: PathBuf,
-    /// Conversations in LLaVA's JSONL format (text-only for now).
+    /// Conversations in LLaVA's JSONL format (`image` / `video` fields for a LLaVA-OneVision checkpoint).
     #[arg(long)]
     data: PathBuf,
     /// Where checkpoints (`checkpoint-<step>/`), `metrics.jsonl` and its plots (`loss.png`, `lr.png`, ...) go.
     #[arg(long)]
     out: PathBuf,
+    /// A held-out conversation file: mean loss and token accuracy per task, every --eval-every steps and at the end.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Evaluate every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// The folder the records' media paths are relative to (default: the data file's folder).
+    #[arg(long)]
+    media_folder: Option<PathBuf>,
+    /// Frames sampled from each video.
+    #[arg(long, default_value_t = DEFAULT_VIDEO_FRAMES)]
+    video_frames: usize,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -33,19 +49,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         data: args.data.clone(),
         out: args.out.clone(),
         train: args.train.options(),
+        media_folder: args.media_folder.clone(),
+        video_frames: args.video_frames,
+        eval: args.eval.clone(),
+        eval_every: args.eval_every,
     };
     static STOP: AtomicBool = AtomicBool::new(false);
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let mut progress = TrainProgress::new(&args.out)?;
-    let outcome = run.run(&STOP, |m, total| {
+    // Both callbacks report through the one progress bar and log.
+    let progress = RefCell::new(TrainProgress::new(&args.out)?);
+    let on_step = |m: &SftStepMetrics, total: usize| {
         let line = serde_json::json!({
             "step": m.step, "loss": m.loss, "tokens": m.tokens, "grad_norm": m.grad_norm, "lr": m.lr,
             "task_loss": m.task_loss,
         });
-        progress.step(m.step, total, m.tokens, &format!("loss {:.4}", m.loss), line);
-    })?;
-    progress.finish()?;
+        progress.borrow_mut().step(m.step, total, m.tokens, &format!("loss {:.4}", m.loss), line);
+    };
+    let on_eval = |step: u64, e: &EvalMetrics| {
+        let line = serde_json::json!({
+            "step": step, "eval/loss": e.loss, "eval/accuracy": e.accuracy, "eval/tokens": e.tokens,
+            "eval/task_loss": e.task_loss, "eval/task_accuracy": e.task_accuracy,
+        });
+        progress.borrow_mut().note(&format!("step {step}  eval loss {:.4}  accuracy {:.4}", e.loss, e.accuracy), line);
+    };
+    let outcome = run.run_with_eval(&STOP, on_step, on_eval)?;
+    progress.into_inner().finish()?;
+    if let (Some(path), Some(report)) = (&args.eval, &outcome.eval_data) {
+        report_bad_records(path, &report.bad);
+    }
     let o = &outcome;
-    report_end(o.data.bad.len(), &args.data, o.interrupted, o.steps_done, o.total_steps, &o.checkpoint);
+    report_end(&o.data.bad, &args.data, o.interrupted, o.steps_done, o.total_steps, &o.checkpoint);
     Ok(())
 }

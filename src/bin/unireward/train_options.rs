@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use unireward::train::data::BadRecordPolicy;
+use unireward::train::data::{BadRecord, BadRecordPolicy};
 use unireward::train::optim::ScheduleKind;
 use unireward::train::plots::write_metric_plots;
 use unireward::train::run::TrainOptions;
@@ -49,7 +49,8 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint in --out.
     #[arg(long)]
     resume: bool,
-    /// Parameters to leave untrained, by name fragment (repeatable; `vision` is the LLaVA tower's prefix).
+    /// Parameters to leave untrained, by name fragment (repeatable; `vision` is the LLaVA vision tower, `projector`
+    /// its projector in either layout).
     #[arg(long)]
     freeze: Vec<String>,
     /// Refuse the data file at its first bad record instead of skipping bad records (they are counted either way).
@@ -66,8 +67,15 @@ fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
 
 impl TrainArgs {
     pub fn options(&self) -> TrainOptions {
-        let frozen =
-            self.freeze.iter().map(|f| if f == "vision" { "vision_tower".to_string() } else { f.clone() }).collect();
+        let frozen = self
+            .freeze
+            .iter()
+            .flat_map(|f| match f.as_str() {
+                "vision" => vec!["vision_tower.".to_string()],
+                "projector" => vec!["multi_modal_projector.".to_string(), "mm_projector.".to_string()],
+                _ => vec![f.clone()],
+            })
+            .collect();
         TrainOptions {
             epochs: self.epochs,
             lr: self.lr,
@@ -133,6 +141,14 @@ impl TrainProgress {
         }
     }
 
+    /// Prints `message` above the bar and logs `metrics` (an evaluation's).
+    pub fn note(&mut self, message: &str, metrics: serde_json::Value) {
+        self.bar.suspend(|| eprintln!("{message}"));
+        if let Err(e) = self.append(&metrics) {
+            self.log_error.get_or_insert(e);
+        }
+    }
+
     fn append(&mut self, metrics: &serde_json::Value) -> anyhow::Result<()> {
         let log = match &mut self.log {
             Some(log) => log,
@@ -167,11 +183,24 @@ impl TrainProgress {
     }
 }
 
-/// Prints how a run ended (and how many bad records it skipped).
-pub fn report_end(skipped: usize, data: &Path, interrupted: bool, steps: u64, total: usize, checkpoint: &Path) {
-    if skipped > 0 {
-        eprintln!("skipped {skipped} bad records of {}", data.display());
-    }
+/// Prints how a run ended (and the bad records it skipped, with their lines).
+pub fn report_end(bad: &[BadRecord], data: &Path, interrupted: bool, steps: u64, total: usize, checkpoint: &Path) {
+    report_bad_records(data, bad);
     let how = if interrupted { "interrupted after" } else { "done:" };
     println!("{how} {steps} steps of {total}; checkpoint {}", checkpoint.display());
+}
+
+/// The records a load of `data` left out, the first few each with its line, and their count.
+pub fn report_bad_records(data: &Path, bad: &[BadRecord]) {
+    const LISTED: usize = 20;
+    if bad.is_empty() {
+        return;
+    }
+    eprintln!("skipped {} bad record(s) of {}:", bad.len(), data.display());
+    for record in bad.iter().take(LISTED) {
+        eprintln!("  {record}");
+    }
+    if bad.len() > LISTED {
+        eprintln!("  ... and {} more", bad.len() - LISTED);
+    }
 }

@@ -260,11 +260,7 @@ impl LlavaOnevisionModel {
     /// checked as [`LlavaOnevisionModel::forward`] checks them.
     pub fn placeholder_counts(&self, media: &[MediaInput<'_>]) -> Result<Vec<usize>> {
         let patches = self.vision_tower.config.num_patches();
-        let items = self.media_items(media)?;
-        let plan = |item: &Media| {
-            Ok(PackingPlan::new(&self.packing, std::slice::from_ref(item), [item.tiles(), patches])?.rows())
-        };
-        items.iter().map(plan).collect()
+        self.media_items(media)?.iter().map(|item| item.packed_rows(&self.packing, patches)).collect()
     }
 
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
@@ -389,6 +385,18 @@ impl LlavaOnevisionModel {
             cfg,
             &mut out.language_model,
         )
+    }
+
+    /// The next-token loss on explicit `labels` `[N,T]` aligned with the ids (an SFT batch's: −100 on prompts,
+    /// padding and placeholders), as [`Qwen2Model::causal_lm_loss_into_labels`] computes it on the language model.
+    pub fn causal_lm_loss_into_labels(
+        &self,
+        pass: &LlavaPass,
+        labels: &[i64],
+        cfg: &FusedLinearConfig,
+        out: &mut LlavaGradients,
+    ) -> Result<CausalLmLoss> {
+        self.language_model.causal_lm_loss_into_labels(&pass.lm, labels, cfg, &mut out.language_model)
     }
 
     /// `out`'s input-embedding buffer resized to the pass's `[N,T,H]` when it holds another batch's.

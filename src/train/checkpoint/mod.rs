@@ -136,19 +136,43 @@ fn carried_over(source: &Path, held: &HashSet<&str>, left_out: &[&str]) -> Resul
 
 /// Saves a Qwen2 model loaded from (or trained from) the checkpoint in `source` to `out`.
 pub fn save_qwen2(model: &Qwen2Model, source: &Path, out: &Path, options: &SaveOptions) -> Result<()> {
+    save_qwen2_with(model, source, out, options, |_| Ok(()))
+}
+
+/// [`save_qwen2`] with `extra` writing more into the checkpoint's temporary directory (see [`save_checkpoint`]).
+pub fn save_qwen2_with(
+    model: &Qwen2Model,
+    source: &Path,
+    out: &Path,
+    options: &SaveOptions,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let head = model.weights.names().lm_head.clone();
     let left_out: Vec<&str> = if model.config.tie_word_embeddings { vec![head.as_str()] } else { vec![] };
-    save_checkpoint(out, source, &model.weights.named(), &left_out, options, |_| Ok(()))
+    save_checkpoint(out, source, &model.weights.named(), &left_out, options, extra)
 }
 
 /// Saves a LLaVA-OneVision model (either layout) loaded from the checkpoint in `source` to `out`, in its layout.
 pub fn save_llava(model: &LlavaOnevisionModel, source: &Path, out: &Path, options: &SaveOptions) -> Result<()> {
+    save_llava_with(model, source, out, options, |_| Ok(()))
+}
+
+/// [`save_llava`] with `extra` writing more into the checkpoint's temporary directory (see [`save_checkpoint`]).
+pub fn save_llava_with(
+    model: &LlavaOnevisionModel,
+    source: &Path,
+    out: &Path,
+    options: &SaveOptions,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let names = model.layout.language_model();
     let left_out: Vec<&str> = if model.config.text.tie_word_embeddings { vec![names.lm_head.as_str()] } else { vec![] };
     let tower_dir = local_tower_dir(source)?;
-    save_checkpoint(out, source, &model.named_parameters(), &left_out, options, |dir| match &tower_dir {
-        Some(name) => copy_file(&source.join(name).join("config.json"), &dir.join(name).join("config.json")),
-        None => Ok(()),
+    save_checkpoint(out, source, &model.named_parameters(), &left_out, options, |dir| {
+        if let Some(name) = &tower_dir {
+            copy_file(&source.join(name).join("config.json"), &dir.join(name).join("config.json"))?;
+        }
+        extra(dir)
     })
 }
 

@@ -4,9 +4,10 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::media::MediaLoader;
 use super::problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 use super::record::{self, match_placeholders, MediaRef};
-use super::tokenize::{ConversationTokenizer, PairTokens};
+use super::tokenize::{ConversationTokenizer, PairTokens, IGNORE_INDEX};
 use crate::model::files::open_regular;
 use crate::{Error, Result};
 
@@ -38,8 +39,8 @@ impl DataSource {
 pub struct DataOptions {
     /// The folder media paths are relative to (LLaVA's `image_folder`).
     pub media_folder: PathBuf,
-    /// The most tokens a record may have (for a pair: the prompt and the longer completion), each placeholder
-    /// counted as one token.
+    /// The most tokens a record may have (for a pair: the prompt and the longer completion), a placeholder counted
+    /// as the placeholder ids it expands to when the media are loaded ([`MediaLoader`]), else as one token.
     pub max_len: usize,
     pub bad_records: BadRecordPolicy,
     /// The record field naming its task.
@@ -197,12 +198,25 @@ impl<E> Dataset<E> {
 }
 
 impl SftDataset {
-    /// Reads conversation files (LLaVA's format), tokenized by `tokenizer`.
+    /// Reads conversation files (LLaVA's format), tokenized by `tokenizer`, placeholders left as one token each.
     pub fn load_conversations(
         sources: &[DataSource],
         tokenizer: &ConversationTokenizer,
         options: &DataOptions,
     ) -> Result<(SftDataset, DataReport)> {
+        SftDataset::load_conversations_with_media(sources, tokenizer, options, None)
+    }
+
+    /// [`SftDataset::load_conversations`] for a multimodal model: with `media`, every record's media are decoded
+    /// and preprocessed, and each `<image>` / `<video>` token is expanded to the model's placeholder ids, one per
+    /// packed feature row ([`MediaLoader`]); a file that cannot be read is a bad record.
+    pub fn load_conversations_with_media(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<(SftDataset, DataReport)> {
+        let markers = tokenizer.placeholder_ids();
         Dataset::load(sources, options, |line, origin| {
             let mut record = match record::conversation(line, &options.media_folder, &options.task_field) {
                 Ok(record) => record,
@@ -212,15 +226,26 @@ impl SftDataset {
             if let Err(problem) = match_placeholders(&mut texts, &record.media) {
                 return Ok(Err(problem));
             }
-            Ok(tokenizer.conversation(&record.turns)?.map(|labelled| Parsed {
+            let labelled = match tokenizer.conversation(&record.turns)? {
+                Ok(labelled) => labelled,
+                Err(problem) => return Ok(Err(problem)),
+            };
+            let (ids, labels) = match media.filter(|_| !record.media.is_empty()) {
+                Some(loader) => match loader.expand(&labelled.ids, &labelled.labels, &record.media, markers)? {
+                    Ok(expanded) => expanded,
+                    Err(problem) => return Ok(Err(problem)),
+                },
+                None => (labelled.ids, labelled.labels),
+            };
+            Ok(Ok(Parsed {
                 task: record.task,
-                tokens: labelled.ids.len(),
+                tokens: ids.len(),
                 example: SftExample {
                     task: 0,
                     source: origin.source,
                     line: origin.line,
-                    ids: labelled.ids,
-                    labels: labelled.labels,
+                    ids,
+                    labels,
                     media: record.media,
                 },
             }))
@@ -229,12 +254,25 @@ impl SftDataset {
 }
 
 impl PairDataset {
-    /// Reads preference-pair files (`prompt`, `chosen`, `rejected`, optional media), tokenized by `tokenizer`.
+    /// Reads preference-pair files (`prompt`, `chosen`, `rejected`, optional media), tokenized by `tokenizer`,
+    /// placeholders left as one token each.
     pub fn load_pairs(
         sources: &[DataSource],
         tokenizer: &ConversationTokenizer,
         options: &DataOptions,
     ) -> Result<(PairDataset, DataReport)> {
+        PairDataset::load_pairs_with_media(sources, tokenizer, options, None)
+    }
+
+    /// [`PairDataset::load_pairs`] for a multimodal model: with `media`, the prompt's placeholders are expanded as
+    /// [`SftDataset::load_conversations_with_media`] expands a conversation's.
+    pub fn load_pairs_with_media(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<(PairDataset, DataReport)> {
+        let markers = tokenizer.placeholder_ids();
         Dataset::load(sources, options, |line, origin| {
             let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
                 Ok(record) => record,
@@ -243,11 +281,18 @@ impl PairDataset {
             if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
                 return Ok(Err(problem));
             }
-            let PairTokens { prompt, chosen, rejected } =
+            let PairTokens { mut prompt, chosen, rejected } =
                 match tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])? {
                     Ok(tokens) => tokens,
                     Err(problem) => return Ok(Err(problem)),
                 };
+            if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
+                let unlabelled = vec![IGNORE_INDEX; prompt.len()];
+                match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
+                    Ok((ids, _)) => prompt = ids,
+                    Err(problem) => return Ok(Err(problem)),
+                }
+            }
             let example = PairExample {
                 task: 0,
                 source: origin.source,

@@ -11,6 +11,7 @@
 
 mod batch;
 mod dataset;
+mod media;
 mod problems;
 mod record;
 mod sampler;
@@ -18,6 +19,7 @@ mod tokenize;
 
 pub use batch::{collate_conversations, collate_pairs, SequenceBatch};
 pub use dataset::{DataOptions, DataSource, Dataset, PairDataset, PairExample, SftDataset, SftExample, MAX_LINE_BYTES};
+pub use media::{LoadedMedia, MediaLoader, DEFAULT_VIDEO_FRAMES};
 pub use problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 pub use record::{MediaKind, MediaRef, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 pub use sampler::{BatchIndices, BatchSampler, LoaderState, SamplerConfig, MAX_TASK_WEIGHT};

@@ -25,6 +25,8 @@ pub enum Problem {
     Invalid(String),
     /// A media file named by the record does not exist (the path as resolved against the media folder).
     MissingMedia(PathBuf),
+    /// A media file that cannot be decoded or preprocessed (corrupt, empty, an unsupported format).
+    UnreadableMedia { path: PathBuf, reason: String },
     /// The conversation has no assistant (`gpt`) turn after its first user turn: nothing to learn.
     NoAssistantTurn,
     /// More tokens than the maximum length (placeholders counted as one token each).
@@ -40,6 +42,7 @@ impl Problem {
             Problem::Unparsable(_) => "unparsable",
             Problem::Invalid(_) => "invalid",
             Problem::MissingMedia(_) => "missing media",
+            Problem::UnreadableMedia { .. } => "unreadable media",
             Problem::NoAssistantTurn => "no assistant turn",
             Problem::TooLong { .. } => "too long",
             Problem::PlaceholderMismatch { .. } => "placeholder mismatch",
@@ -53,6 +56,9 @@ impl fmt::Display for Problem {
             Problem::Unparsable(e) => write!(f, "not a JSON object: {e}"),
             Problem::Invalid(e) => write!(f, "{e}"),
             Problem::MissingMedia(path) => write!(f, "media file {} does not exist", path.display()),
+            Problem::UnreadableMedia { path, reason } => {
+                write!(f, "media file {} cannot be read: {reason}", path.display())
+            }
             Problem::NoAssistantTurn => write!(f, "no assistant (`gpt`) turn to learn from"),
             Problem::TooLong { tokens, max } => write!(f, "{tokens} tokens, more than the maximum length {max}"),
             Problem::PlaceholderMismatch { placeholder, found, media } => {

@@ -10,6 +10,7 @@ use super::problems::Problem;
 use super::record::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 use crate::judge::tokenizer::{DEFAULT_SYSTEM_PROMPT, END_OF_TEXT, IM_END, IM_START};
 use crate::judge::{ChatMessage, ChatTemplate, Tokenizer};
+use crate::model::llava::packing::PlaceholderTokens;
 use crate::{Error, Result};
 
 /// The label of a token the loss ignores (PyTorch's `ignore_index`).
@@ -80,6 +81,12 @@ impl ConversationTokenizer {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The ids the tokenizer gives `<image>` and `<video>` (−1 for one it lacks, which no token matches).
+    pub fn placeholder_ids(&self) -> PlaceholderTokens {
+        let id = |p: &str| self.tokenizer.token_to_id(p).map_or(-1, i64::from);
+        PlaceholderTokens { image: id(IMAGE_PLACEHOLDER), video: id(VIDEO_PLACEHOLDER) }
     }
 
     /// Refuses text holding a placeholder the tokenizer cannot encode as one token (it would be split into

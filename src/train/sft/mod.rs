@@ -1,20 +1,22 @@
-//! Supervised fine-tuning of a text-only (Qwen2) judge on its judgment text: per optimizer step, each micro-batch
-//! runs forward, the next-token cross-entropy on the batch's labels through the fused LM head (no `[N,T,V]`
-//! logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
+//! Supervised fine-tuning of a judge (a text-only Qwen2 or a LLaVA-OneVision [`TrainModel`]) on its judgment text:
+//! per optimizer step, each micro-batch (its media decoded first) runs forward, the next-token cross-entropy on the
+//! batch's labels through the fused LM head (no `[N,T,V]` logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
 //! accumulator weighted by its labelled tokens; the step then clips, applies the schedule and updates (AdamW).
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
 //! equals one step on their concatenation.
 
+mod eval;
 mod run;
 
 pub use crate::train::run::latest_checkpoint;
+pub use eval::EvalMetrics;
 pub use run::{SftOutcome, SftRun};
 
 use super::data::SequenceBatch;
+use super::model::{PreparedBatch, TrainGradients, TrainModel};
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::model::qwen2::{CausalLmLoss, ForwardOptions, Qwen2Gradients, Qwen2Model};
+use crate::model::qwen2::{CausalLmLoss, ForwardOptions};
 use crate::ops::fused_linear::FusedLinearConfig;
-use crate::runtime::Tensor;
 use crate::{Error, Result};
 
 /// What an SFT trainer is built with.
@@ -47,26 +49,24 @@ pub struct SftStepMetrics {
     pub task_loss: Vec<Option<f64>>,
 }
 
-/// A Qwen2 model with its optimizer and gradient buffers.
+/// A model with its optimizer and gradient buffers.
 #[derive(Debug)]
 pub struct SftTrainer {
-    model: Qwen2Model,
-    grads: Qwen2Gradients,
+    model: TrainModel,
+    grads: TrainGradients,
     optimizer: AdamW,
     config: SftConfig,
 }
 
 impl SftTrainer {
-    pub fn new(model: Qwen2Model, config: SftConfig) -> Result<SftTrainer> {
-        let optimizer = AdamW::new(&model.weights.named(), config.groups.clone(), config.optimizer.clone())?;
-        let grads = Qwen2Gradients {
-            weights: model.weights.zeros_like()?,
-            inputs_embeds: Tensor::zeros(&[0, 0, model.config.hidden_size], model.dtype(), model.device())?,
-        };
+    pub fn new(model: impl Into<TrainModel>, config: SftConfig) -> Result<SftTrainer> {
+        let model = model.into();
+        let optimizer = AdamW::new(&model.named_parameters(), config.groups.clone(), config.optimizer.clone())?;
+        let grads = model.zero_gradients()?;
         Ok(SftTrainer { model, grads, optimizer, config })
     }
 
-    pub fn model(&self) -> &Qwen2Model {
+    pub fn model(&self) -> &TrainModel {
         &self.model
     }
 
@@ -80,7 +80,7 @@ impl SftTrainer {
     }
 
     /// The trained model.
-    pub fn into_model(self) -> Qwen2Model {
+    pub fn into_model(self) -> TrainModel {
         self.model
     }
 
@@ -89,16 +89,20 @@ impl SftTrainer {
         if micro_batches.is_empty() {
             return Err(Error::InvalidArgument("an SFT step needs at least one micro-batch".into()));
         }
-        // Everything is checked before the first micro-batch adds to the accumulator, which a failed step would
-        // otherwise leave holding a part of its gradients.
+        // Everything is checked (and every batch's media decoded) before the first micro-batch adds to the
+        // accumulator, which a failed step would otherwise leave holding a part of its gradients.
+        let mut prepared = Vec::with_capacity(micro_batches.len());
         for (i, batch) in micro_batches.iter().enumerate() {
-            self.check_batch(batch).map_err(|e| Error::InvalidArgument(format!("micro-batch {i}: {e}")))?;
+            let in_batch = |e: String| Error::InvalidArgument(format!("micro-batch {i}: {e}"));
+            self.check_batch(batch).map_err(in_batch)?;
+            prepared.push(self.model.prepare(batch).map_err(|e| in_batch(e.to_string()))?);
         }
         let tasks = self.config.tasks;
         let (mut nll, mut tokens) = (0.0, 0);
         let (mut task_nll, mut task_tokens) = (vec![0.0; tasks], vec![0usize; tasks]);
-        for batch in micro_batches {
+        for batch in &prepared {
             let (batch_tokens, row_nll) = self.micro_batch(batch)?;
+            let batch = batch.batch;
             nll += row_nll.iter().sum::<f64>();
             tokens += batch_tokens;
             for (row, row_nll) in row_nll.iter().enumerate() {
@@ -106,7 +110,7 @@ impl SftTrainer {
                 task_tokens[batch.tasks[row]] += batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
             }
         }
-        let report = self.optimizer.step_accumulated(&mut self.model.weights.named_mut())?;
+        let report = self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?;
         let task_loss = task_nll.iter().zip(&task_tokens).map(|(&l, &n)| (n > 0).then(|| l / n as f64)).collect();
         Ok(SftStepMetrics {
             step: report.step,
@@ -120,7 +124,8 @@ impl SftTrainer {
 
     /// What is wrong with `batch`, if anything.
     fn check_batch(&self, batch: &SequenceBatch) -> std::result::Result<(), String> {
-        let (size, vocab, tasks) = (batch.rows * batch.len, self.model.config.vocab_size, self.config.tasks);
+        let (size, vocab, tasks) =
+            (batch.rows * batch.len, self.model.language_model().config.vocab_size, self.config.tasks);
         let ignore = self.config.head.logprobs.ignore_index;
         for (name, len, want) in [
             ("ids", batch.ids.len(), size),
@@ -150,18 +155,12 @@ impl SftTrainer {
 
     /// Forward, loss and backward of one micro-batch; its gradients go to the accumulator weighted by its tokens.
     /// Returns its labelled tokens and each row's summed loss.
-    fn micro_batch(&mut self, batch: &SequenceBatch) -> Result<(usize, Vec<f64>)> {
-        let device = self.model.device();
-        let [ids, mask, _] = batch.tensors(device)?;
-        let stream = [batch.rows, batch.len, self.model.config.hidden_size];
-        if self.grads.inputs_embeds.shape() != stream {
-            self.grads.inputs_embeds = Tensor::zeros(&stream, self.model.dtype(), device)?;
-        }
-        let pass = self.model.forward(&ids, &mask, self.config.forward)?;
+    fn micro_batch(&mut self, batch: &PreparedBatch<'_>) -> Result<(usize, Vec<f64>)> {
+        let pass = self.model.forward(batch, self.config.forward)?;
         let CausalLmLoss { tokens, row_nll, grads, .. } =
-            self.model.causal_lm_loss_into_labels(&pass, &batch.labels, &self.config.head, &mut self.grads)?;
+            self.model.causal_lm_loss_into_labels(&pass, &batch.batch.labels, &self.config.head, &mut self.grads)?;
         self.model.backward_into(pass, grads, &mut self.grads)?;
-        self.optimizer.accumulate(&self.grads.weights.named(), tokens as f64)?;
+        self.optimizer.accumulate(&self.model.named_gradients(&self.grads), tokens as f64)?;
         Ok((tokens, row_nll))
     }
 }

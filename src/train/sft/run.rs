@@ -1,28 +1,57 @@
 //! The SFT training loop over a conversation file, with checkpoints that resume bitwise (see [`crate::train::run`]).
+//!
+//! The checkpoint may be a Qwen2 or a LLaVA-OneVision one ([`TrainModel`]); for the latter every record's images
+//! and videos are decoded when the data is loaded (to expand its placeholders and to find unreadable files) and
+//! again for each batch ([`MediaLoader`]). A held-out file, when given, is evaluated every `eval_every` steps and
+//! at the end ([`SftTrainer::evaluate`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::{SftConfig, SftStepMetrics, SftTrainer};
-use crate::model::Qwen2Model;
+use super::{EvalMetrics, SftConfig, SftStepMetrics, SftTrainer};
 use crate::runtime::DType;
 use crate::train::data::{
-    collate_conversations, BatchSampler, ConversationTokenizer, DataReport, DataSource, SftDataset,
+    collate_conversations, BatchSampler, ConversationTokenizer, DataReport, DataSource, MediaLoader, SequenceBatch,
+    SftDataset, DEFAULT_VIDEO_FRAMES,
 };
+use crate::train::model::TrainModel;
 use crate::train::run::{
-    drive, latest_checkpoint, load_run_state, save_run_checkpoint, Parameters, Steps, TrainOptions, TrainerState,
+    drive, latest_checkpoint, load_run_state, save_run_checkpoint_with, Steps, TrainOptions, TrainerState,
 };
 use crate::{Error, Result};
 
 /// A whole SFT run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SftRun {
-    /// The checkpoint trained from (config, weights, tokenizer files, chat template).
+    /// The checkpoint trained from (config, weights, tokenizer files, chat template; for LLaVA-OneVision its
+    /// `preprocessor_config.json`).
     pub model: PathBuf,
     pub data: PathBuf,
     /// Checkpoints go to `out/checkpoint-<step>/`.
     pub out: PathBuf,
     pub train: TrainOptions,
+    /// The folder the records' media paths are relative to; `None`: the data file's folder.
+    pub media_folder: Option<PathBuf>,
+    /// Frames sampled from each video (a LLaVA-OneVision checkpoint).
+    pub video_frames: usize,
+    /// A held-out conversation file, evaluated every `eval_every` steps (0: only at the end) and at the end.
+    pub eval: Option<PathBuf>,
+    pub eval_every: usize,
+}
+
+impl Default for SftRun {
+    fn default() -> Self {
+        SftRun {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            train: TrainOptions::default(),
+            media_folder: None,
+            video_frames: DEFAULT_VIDEO_FRAMES,
+            eval: None,
+            eval_every: 0,
+        }
+    }
 }
 
 /// How a run ended.
@@ -35,19 +64,23 @@ pub struct SftOutcome {
     /// Stopped by the caller's flag before the end.
     pub interrupted: bool,
     pub data: DataReport,
+    /// What loading the held-out file read and left out.
+    pub eval_data: Option<DataReport>,
 }
 
 /// A run's trainer, data and loader position, as [`drive`] steps them.
-struct Progress<'a> {
+struct Progress<'a, E> {
     run: &'a SftRun,
     trainer: SftTrainer,
     data: SftDataset,
     sampler: BatchSampler,
     pad: u32,
     total_steps: usize,
+    /// The held-out batches and what to call with their metrics.
+    eval: Option<(Vec<SequenceBatch>, E)>,
 }
 
-impl Steps for Progress<'_> {
+impl<E: FnMut(u64, &EvalMetrics)> Steps for Progress<'_, E> {
     type Metrics = SftStepMetrics;
 
     fn steps_done(&self) -> u64 {
@@ -62,14 +95,18 @@ impl Steps for Progress<'_> {
                 collate_conversations(&examples, self.pad)
             })
             .collect();
-        self.trainer.step(&micro)
+        let metrics = self.trainer.step(&micro)?;
+        let step = metrics.step as usize;
+        if let Some((batches, on_eval)) = &mut self.eval {
+            let every = self.run.eval_every;
+            if (every > 0 && step.is_multiple_of(every)) || step == self.total_steps {
+                on_eval(metrics.step, &self.trainer.evaluate(batches)?);
+            }
+        }
+        Ok(metrics)
     }
 
     fn save(&self) -> Result<PathBuf> {
-        let model = self.trainer.model();
-        let head = model.weights.names().lm_head.clone();
-        let left_out = if model.config.tie_word_embeddings { vec![head] } else { vec![] };
-        let params = Parameters { named: model.weights.named(), left_out };
         let optimizer = self.trainer.optimizer();
         let state = TrainerState {
             step: optimizer.steps_done(),
@@ -77,29 +114,44 @@ impl Steps for Progress<'_> {
             loader: self.sampler.state(),
             extra: serde_json::Value::Null,
         };
-        save_run_checkpoint(&self.run.out, &self.run.model, &params, optimizer, &state)
+        save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, extra| {
+            self.trainer.model().save(&self.run.model, dir, options, extra)
+        })
     }
 }
 
 impl SftRun {
     /// Trains, calling `on_step` after every step, until the end or until `stop` is set (then saves and returns).
     pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&SftStepMetrics, usize)) -> Result<SftOutcome> {
+        self.run_with_eval(stop, on_step, |_, _| {})
+    }
+
+    /// [`SftRun::run`], calling `on_eval` with the step and the held-out metrics after each evaluation.
+    pub fn run_with_eval(
+        &self,
+        stop: &AtomicBool,
+        on_step: impl FnMut(&SftStepMetrics, usize),
+        on_eval: impl FnMut(u64, &EvalMetrics),
+    ) -> Result<SftOutcome> {
         let train = &self.train;
         train.check()?;
-        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
-        let (data, report) = SftDataset::load_conversations(&[DataSource::new(&self.data)], &tokenizer, &train.data())?;
-        if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
-            return Err(Error::InvalidArgument(format!(
-                "line {} of {} has images or videos: the SFT trainer is text-only (Qwen2) for now",
-                example.line,
-                self.data.display()
-            )));
+        if self.eval_every > 0 && self.eval.is_none() {
+            return Err(Error::InvalidArgument("`--eval-every` needs a held-out file (`--eval`)".into()));
         }
-        let mut sampler = BatchSampler::for_conversations(&data, train.sampler())?;
-        let total_steps = train.total_steps(sampler.batches_per_epoch())?;
+        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
         let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
         let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
-        let model = Qwen2Model::load(weights_dir, DType::F32, train.device)?;
+        let model = TrainModel::load(weights_dir, DType::F32, train.device, self.video_frames)?;
+        let (data, report) = self.load_data(&self.data, &tokenizer, model.media_loader())?;
+        let (eval, eval_data) = match &self.eval {
+            Some(path) => {
+                let (eval, report) = self.load_data(path, &tokenizer, model.media_loader())?;
+                (Some((self.eval_batches(&eval, &data.tasks, &tokenizer, path)?, on_eval)), Some(report))
+            }
+            None => (None, None),
+        };
+        let mut sampler = BatchSampler::for_conversations(&data, train.sampler())?;
+        let total_steps = train.total_steps(sampler.batches_per_epoch())?;
         let config = SftConfig {
             optimizer: train.optimizer(total_steps)?,
             groups: train.groups(),
@@ -112,7 +164,7 @@ impl SftRun {
             sampler.restore(&state.loader)?;
         }
         let pad = tokenizer.pad_id();
-        let mut progress = Progress { run: self, trainer, data, sampler, pad, total_steps };
+        let mut progress = Progress { run: self, trainer, data, sampler, pad, total_steps, eval };
         let resumed = resumed.map(|(_, dir)| dir);
         let driven = drive(&mut progress, total_steps, train.save_every, stop, resumed, on_step)?;
         Ok(SftOutcome {
@@ -121,6 +173,60 @@ impl SftRun {
             checkpoint: driven.checkpoint,
             interrupted: driven.interrupted,
             data: report,
+            eval_data,
         })
+    }
+
+    /// A conversation file, its media expanded when the model has a media loader.
+    fn load_data(
+        &self,
+        path: &Path,
+        tokenizer: &ConversationTokenizer,
+        media: Option<&MediaLoader>,
+    ) -> Result<(SftDataset, DataReport)> {
+        let mut options = self.train.data();
+        options.media_folder = match &self.media_folder {
+            Some(folder) => folder.clone(),
+            None => path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        };
+        let sources = [DataSource::new(path)];
+        let (data, report) = SftDataset::load_conversations_with_media(&sources, tokenizer, &options, media)?;
+        if media.is_none() {
+            if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
+                return Err(Error::InvalidArgument(format!(
+                    "line {} of {} has images or videos but the model is a text-only Qwen2",
+                    example.line,
+                    path.display()
+                )));
+            }
+        }
+        Ok((data, report))
+    }
+
+    /// The held-out examples in file order, `batch_size` a batch, their tasks mapped to the training data's
+    /// (a task the training data lacks is an error: the trainer reports per training task).
+    fn eval_batches(
+        &self,
+        eval: &SftDataset,
+        tasks: &[String],
+        tokenizer: &ConversationTokenizer,
+        path: &Path,
+    ) -> Result<Vec<SequenceBatch>> {
+        let mut examples = eval.examples.clone();
+        for example in &mut examples {
+            let name = &eval.tasks[example.task];
+            example.task = tasks.iter().position(|t| t == name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "line {} of {} has task `{name}`, which the training data does not have",
+                    example.line,
+                    path.display()
+                ))
+            })?;
+        }
+        if examples.is_empty() {
+            return Err(Error::InvalidArgument(format!("{} holds no usable record to evaluate on", path.display())));
+        }
+        let refs: Vec<_> = examples.iter().collect();
+        Ok(refs.chunks(self.train.batch_size).map(|chunk| collate_conversations(chunk, tokenizer.pad_id())).collect())
     }
 }

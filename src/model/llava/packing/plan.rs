@@ -25,6 +25,12 @@ impl Media {
             Media::Video { frames } => frames,
         }
     }
+
+    /// The packed feature rows the item takes alone under `config` with `patches` feature rows a tile: the
+    /// placeholder ids its `<image>` / `<video>` expands to.
+    pub fn packed_rows(&self, config: &PackingConfig, patches: usize) -> Result<usize> {
+        Ok(PackingPlan::new(config, std::slice::from_ref(self), [self.tiles(), patches])?.rows())
+    }
 }
 
 /// A bilinear resize inside the packing: `src` rows of the features, gathered as `[n, input]` grids, resized to

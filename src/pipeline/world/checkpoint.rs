@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use tokenizers::pre_tokenizers::whitespace::Whitespace;
-use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
 
 use crate::judge::{Mode, Task, TaskTemplate, Variant, CHECKPOINT_TEMPLATES};
 use crate::model::init::initial_parameters;
@@ -24,10 +24,20 @@ pub const SPECIAL_TOKENS: [&str; 7] =
 /// A chat template without Qwen2's default system turn: a tiny model's sequences stay short.
 pub const CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
-/// The words of `corpus` as the tokenizer splits them (runs of word characters, runs of punctuation).
+/// What a word is: a run of word characters, a run of punctuation, or a line break (kept: the chat format's turns
+/// end in one, and the trainers find the assistant's turns by it); other white space separates words.
+const WORD: &str = r"\w+|[^\w\s]+|\n";
+
+/// The pre-tokenizer splitting text into [`WORD`]s.
+fn splitter() -> Result<Split> {
+    Split::new(SplitPattern::Regex(WORD.into()), SplitDelimiterBehavior::Removed, true)
+        .map_err(|e| Error::InvalidArgument(format!("the word pattern: {e}")))
+}
+
+/// The words of `text` as the tokenizer splits them.
 fn words(text: &str) -> Result<Vec<String>> {
     let mut split = PreTokenizedString::from(text);
-    Whitespace.pre_tokenize(&mut split).map_err(|e| Error::InvalidArgument(format!("splitting `{text}`: {e}")))?;
+    splitter()?.pre_tokenize(&mut split).map_err(|e| Error::InvalidArgument(format!("splitting `{text}`: {e}")))?;
     Ok(split
         .get_splits(OffsetReferential::Original, OffsetType::Byte)
         .into_iter()
@@ -35,11 +45,11 @@ fn words(text: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `tokenizer.json` of a word-level tokenizer: [`SPECIAL_TOKENS`], then every word of `corpus` and of
-/// [`CHAT_TEMPLATE`]'s roles in sorted order; an unknown word reads as `<unk>`.
+/// `tokenizer.json` of a word-level tokenizer: [`SPECIAL_TOKENS`], then every word of `corpus`, of
+/// [`CHAT_TEMPLATE`]'s roles and the line break in sorted order; an unknown word reads as `<unk>`.
 pub fn word_level_tokenizer<'a>(corpus: impl IntoIterator<Item = &'a str>) -> Result<String> {
     let mut vocabulary = BTreeSet::new();
-    for text in corpus.into_iter().chain(["system user assistant"]) {
+    for text in corpus.into_iter().chain(["system user assistant\n"]) {
         vocabulary.extend(words(text)?);
     }
     let tokens: Vec<&str> = SPECIAL_TOKENS.into_iter().chain(vocabulary.iter().map(String::as_str)).collect();
@@ -55,7 +65,8 @@ pub fn word_level_tokenizer<'a>(corpus: impl IntoIterator<Item = &'a str>) -> Re
         .collect();
     let tokenizer = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "pre_tokenizer": serde_json::to_value(splitter()?).expect("a pre-tokenizer serialises"),
+        "post_processor": null, "decoder": null,
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
     });
     Ok(serde_json::to_string_pretty(&tokenizer).expect("a JSON value serialises"))
@@ -96,7 +107,7 @@ impl Default for TinyLlava {
             vision_intermediate: 64,
             image_size: 24,
             patch_size: 6,
-            max_positions: 512,
+            max_positions: 1024,
         }
     }
 }

@@ -11,6 +11,7 @@ use unireward::model::Qwen2Model;
 use unireward::ops::preference::{DpoConfig, DpoLossType};
 use unireward::train::data::{SequenceBatch, IGNORE_INDEX};
 use unireward::train::dpo::{reference_logps, DpoTrainer, DpoTrainerConfig, PairBatch, PairLogps};
+use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
 use unireward::{DType, Device, Tensor};
 
@@ -116,7 +117,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
     let loss = DpoConfig { loss_type, beta: run.beta, label_smoothing: run.label_smoothing, ..DpoConfig::default() };
     let groups = vec![ParamGroup::new("frozen", &[&c.frozen]).frozen()];
     let config = DpoTrainerConfig { optimizer, groups, loss, ..DpoTrainerConfig::default() };
-    let reference = tiny_model_on(device);
+    let reference = TrainModel::from(tiny_model_on(device));
     let mut trainer = DpoTrainer::new(tiny_model_on(device), config).unwrap();
     for (k, ((micro, refs), want)) in batches.iter().zip(&run.references).zip(&run.steps).enumerate() {
         let micro: Vec<PairBatch> = micro
@@ -152,7 +153,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
     let bytes = std::fs::read(fixture(&format!("train_dpo/final_{}.safetensors", loss_type.trl_name()))).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
     let model = trainer.into_model();
-    let named = model.weights.named();
+    let named = model.named_parameters();
     assert_eq!(named.len(), expected.len());
     let mut worst: f64 = 0.0;
     for (name, got) in named {
@@ -218,7 +219,7 @@ fn trainer_with(loss: DpoConfig, lr: f64, steps: usize) -> DpoTrainer {
 #[test]
 fn the_loss_falls_on_a_learnable_toy_preference_task() {
     let steps = 40;
-    let reference = tiny_model();
+    let reference = TrainModel::from(tiny_model());
     let batch = toy_batch();
     let pairs =
         PairBatch { reference: Some(reference_logps(&reference, &batch, Default::default()).unwrap()), rows: batch };
@@ -246,7 +247,7 @@ fn bad_batches_and_losses_are_clear_errors() {
         assert!(err.contains(what), "{err}");
     }
     let mut trainer = trainer_with(DpoConfig::default(), 1e-2, 10);
-    let before = values_f64(trainer.model().weights.head());
+    let before = values_f64(trainer.model().language_model().weights.head());
     let reference = Some(PairLogps { chosen: vec![-5.0; 4], rejected: vec![-5.0; 4] });
     let good = PairBatch { rows: toy_batch(), reference: reference.clone() };
     let mut message =
@@ -270,7 +271,11 @@ fn bad_batches_and_losses_are_clear_errors() {
     let mut bad_id = good.clone();
     bad_id.rows.ids[0] = 96;
     assert!(message(&[bad_id]).contains("token id 96"));
-    assert_eq!(values_f64(trainer.model().weights.head()), before, "a failed step wrote the parameters");
+    assert_eq!(
+        values_f64(trainer.model().language_model().weights.head()),
+        before,
+        "a failed step wrote the parameters"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::files::{read_text, MAX_JSON_BYTES};
 use crate::model::{save_safetensors, WeightStore};
 use crate::runtime::{DType, Device, Tensor};
-use crate::train::checkpoint::{is_checkpoint, save_checkpoint, SaveOptions, TRAINER_STATE_DIR};
+use crate::train::checkpoint::{is_checkpoint, SaveOptions, TRAINER_STATE_DIR};
 use crate::train::data::{BadRecordPolicy, DataOptions, LoaderState, SamplerConfig};
 use crate::train::optim::{AdamW, AdamWConfig, ParamGroup, Schedule, ScheduleKind};
 use crate::{Error, Result};
@@ -157,30 +157,9 @@ pub fn latest_checkpoint(out: &Path) -> Option<(u64, PathBuf)> {
         .max_by_key(|(step, _)| *step)
 }
 
-/// The trained parameters as a checkpoint writes them: `(checkpoint name, tensor)`, and the source's tensors not
-/// to carry over (a tied model's stored LM head).
-pub(crate) struct Parameters<'a> {
-    pub named: Vec<(String, &'a Tensor)>,
-    pub left_out: Vec<String>,
-}
-
-/// Writes `out/checkpoint-<step>/` (the source's files, `params`, the optimizer and `state`) and returns it.
-pub(crate) fn save_run_checkpoint(
-    out: &Path,
-    source: &Path,
-    params: &Parameters<'_>,
-    optimizer: &AdamW,
-    state: &TrainerState,
-) -> Result<PathBuf> {
-    let left_out: Vec<&str> = params.left_out.iter().map(String::as_str).collect();
-    save_run_checkpoint_with(out, optimizer, state, |dir, options, extra| {
-        save_checkpoint(dir, source, &params.named, &left_out, options, extra)
-    })
-}
-
-/// [`save_run_checkpoint`] with the weights written by `save` (a model's own saver, as
+/// Writes `out/checkpoint-<step>/` — the weights by `save` (a model's own saver, as
 /// [`crate::train::model::TrainModel::save`]), which gets the checkpoint's directory, the options and the writer of
-/// the trainer's state to call on its temporary directory.
+/// the trainer's state (the optimizer and `state`) to call on its temporary directory — and returns it.
 pub(crate) fn save_run_checkpoint_with(
     out: &Path,
     optimizer: &AdamW,

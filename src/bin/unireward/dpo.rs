@@ -1,4 +1,5 @@
-//! `unireward dpo`: DPO of a (text-only, Qwen2) policy on a preference-pair file (`prompt`, `chosen`, `rejected`),
+//! `unireward dpo`: DPO of a Qwen2 or LLaVA-OneVision policy on a preference-pair file (`prompt`, `chosen`,
+//! `rejected`, and the prompt's `image` / `video` for LLaVA),
 //! against the reference log-probabilities of the initial policy (or `--ref DIR`) computed once and cached in
 //! `--out/ref_logps.json` (or from a frozen copy with `--ref-on-the-fly`). Checkpoints, `--resume`, Ctrl-C and
 //! `metrics.jsonl` (TRL's metric names) with its PNG plots as for `train-judge`.
@@ -10,7 +11,7 @@ use anyhow::Context;
 use unireward::ops::preference::{DpoConfig, DpoLossType};
 use unireward::train::dpo::DpoRun;
 
-use crate::train_options::{report_end, TrainArgs, TrainProgress};
+use crate::train_options::{report_end, MediaArgs, TrainArgs, TrainProgress};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,6 +44,8 @@ pub struct Args {
     #[arg(long)]
     reference_free: bool,
     #[command(flatten)]
+    media: MediaArgs,
+    #[command(flatten)]
     train: TrainArgs,
 }
 
@@ -61,6 +64,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         out: args.out.clone(),
         reference: args.reference.clone(),
         reference_on_the_fly: args.ref_on_the_fly,
+        media_folder: args.media.media_folder.clone(),
+        video_frames: args.media.video_frames,
         loss,
         train: args.train.options(),
     };

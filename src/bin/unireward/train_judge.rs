@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use unireward::train::data::DEFAULT_VIDEO_FRAMES;
 use unireward::train::sft::{EvalMetrics, SftRun, SftStepMetrics};
 
-use crate::train_options::{report_bad_records, report_end, TrainArgs, TrainProgress};
+use crate::train_options::{report_bad_records, report_end, MediaArgs, TrainArgs, TrainProgress};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,12 +32,8 @@ pub struct Args {
     /// Evaluate every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
-    /// The folder the records' media paths are relative to (default: the data file's folder).
-    #[arg(long)]
-    media_folder: Option<PathBuf>,
-    /// Frames sampled from each video.
-    #[arg(long, default_value_t = DEFAULT_VIDEO_FRAMES)]
-    video_frames: usize,
+    #[command(flatten)]
+    media: MediaArgs,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -49,8 +44,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         data: args.data.clone(),
         out: args.out.clone(),
         train: args.train.options(),
-        media_folder: args.media_folder.clone(),
-        video_frames: args.video_frames,
+        media_folder: args.media.media_folder.clone(),
+        video_frames: args.media.video_frames,
         eval: args.eval.clone(),
         eval_every: args.eval_every,
     };

@@ -10,11 +10,22 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use unireward::train::data::{BadRecord, BadRecordPolicy};
+use unireward::train::data::{BadRecord, BadRecordPolicy, DEFAULT_VIDEO_FRAMES};
 use unireward::train::optim::ScheduleKind;
 use unireward::train::plots::write_metric_plots;
 use unireward::train::run::TrainOptions;
 use unireward::Device;
+
+/// Where a LLaVA-OneVision trainer finds the records' media and how it samples videos.
+#[derive(clap::Args)]
+pub struct MediaArgs {
+    /// The folder the records' media paths are relative to (default: the data file's folder).
+    #[arg(long)]
+    pub media_folder: Option<PathBuf>,
+    /// Frames sampled from each video.
+    #[arg(long, default_value_t = DEFAULT_VIDEO_FRAMES)]
+    pub video_frames: usize,
+}
 
 #[derive(clap::Args)]
 pub struct TrainArgs {

@@ -1,4 +1,5 @@
-//! Direct preference optimisation of a (text-only, Qwen2) policy: per optimizer step, each micro-batch of pairs
+//! Direct preference optimisation of a policy ([`TrainModel`]: Qwen2, or LLaVA-OneVision with the prompts' images and
+//! videos): per optimizer step, each micro-batch of pairs
 //! runs one forward over its chosen and rejected rows together (TRL's concatenated forward), takes each row's summed
 //! completion log-probability through the fused LM head (no `[N,T,V]` logits), gets the DPO-family loss and its
 //! gradient with respect to those log-probabilities from [`dpo_loss`] (TRL's loss types, length normalisation for
@@ -7,10 +8,6 @@
 //! over all its pairs (for the losses that treat pairs independently: all but AOT's sorting and BCO's running mean,
 //! which see each micro-batch as TRL does). Reference log-probabilities come with the batches: precomputed once and
 //! cached ([`mod@reference`]), or from a frozen copy on the fly ([`DpoRun`]).
-//!
-//! The model's forward, log-prob and backward calls are all in `pair_logps` and `DpoTrainer::micro_batch`; beyond
-//! them the policy's type appears only where it is held, loaded and saved (the parameter lists the optimizer and the
-//! checkpoint take), so a LLaVA-capable policy is a local change.
 
 pub mod reference;
 mod run;
@@ -19,10 +16,11 @@ pub use run::{DpoOutcome, DpoRun, ReferenceSource};
 
 use super::data::SequenceBatch;
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::model::qwen2::{ForwardOptions, ForwardPass, LabelLogps, Qwen2Gradients, Qwen2Model};
+use crate::model::qwen2::{ForwardOptions, LabelLogps};
 use crate::ops::fused_linear::FusedLinearConfig;
 use crate::ops::preference::{dpo_loss, BcoDelta, DpoConfig, DpoMetrics, DpoOutput, PreferenceLogps};
 use crate::runtime::{DType, Device, Tensor};
+use crate::train::model::{TrainGradients, TrainModel, TrainPass};
 use crate::{Error, Result};
 
 /// What a DPO trainer is built with.
@@ -82,19 +80,18 @@ pub struct DpoStepMetrics {
 /// The summed log-probabilities of each pair's completions under `model` and, with them, what their backward needs.
 /// The only place the trainer runs the model forward.
 fn pair_logps(
-    model: &Qwen2Model,
+    model: &TrainModel,
     rows: &SequenceBatch,
     forward: ForwardOptions,
     head: &FusedLinearConfig,
-) -> Result<(ForwardPass, LabelLogps)> {
-    let [ids, mask, _] = rows.tensors(model.device())?;
-    let pass = model.forward(&ids, &mask, forward)?;
-    let logps = model.label_logps(&pass, &rows.labels, head)?;
+) -> Result<(TrainPass, LabelLogps)> {
+    let pass = model.forward(&model.prepare(rows)?, forward)?;
+    let logps = model.language_model().label_logps(pass.lm(), &rows.labels, head)?;
     Ok((pass, logps))
 }
 
 /// [`PairLogps`] of a batch's rows under a model that is not trained (the reference): forward only.
-pub fn reference_logps(model: &Qwen2Model, rows: &SequenceBatch, forward: ForwardOptions) -> Result<PairLogps> {
+pub fn reference_logps(model: &TrainModel, rows: &SequenceBatch, forward: ForwardOptions) -> Result<PairLogps> {
     let (_, logps) = pair_logps(model, rows, forward, &FusedLinearConfig::default())?;
     Ok(split(&logps.logps))
 }
@@ -106,11 +103,11 @@ fn split(rows: &[f64]) -> PairLogps {
     PairLogps { chosen: f32s(chosen), rejected: f32s(rejected) }
 }
 
-/// A Qwen2 policy with its optimizer and gradient buffers.
+/// A policy (Qwen2 or LLaVA-OneVision) with its optimizer and gradient buffers.
 #[derive(Debug)]
 pub struct DpoTrainer {
-    model: Qwen2Model,
-    grads: Qwen2Gradients,
+    model: TrainModel,
+    grads: TrainGradients,
     optimizer: AdamW,
     config: DpoTrainerConfig,
     /// BCO's running mean, carried from step to step (and saved with a checkpoint).
@@ -119,18 +116,16 @@ pub struct DpoTrainer {
 
 impl DpoTrainer {
     /// Refuses a loss configuration [`dpo_loss`] would refuse before building anything.
-    pub fn new(model: Qwen2Model, config: DpoTrainerConfig) -> Result<DpoTrainer> {
+    pub fn new(model: impl Into<TrainModel>, config: DpoTrainerConfig) -> Result<DpoTrainer> {
         check_loss(&config.loss)?;
-        let optimizer = AdamW::new(&model.weights.named(), config.groups.clone(), config.optimizer.clone())?;
-        let grads = Qwen2Gradients {
-            weights: model.weights.zeros_like()?,
-            inputs_embeds: Tensor::zeros(&[0, 0, model.config.hidden_size], model.dtype(), model.device())?,
-        };
+        let model = model.into();
+        let optimizer = AdamW::new(&model.named_parameters(), config.groups.clone(), config.optimizer.clone())?;
+        let grads = model.zero_gradients()?;
         let bco_delta = config.loss.bco_delta;
         Ok(DpoTrainer { model, grads, optimizer, config, bco_delta })
     }
 
-    pub fn model(&self) -> &Qwen2Model {
+    pub fn model(&self) -> &TrainModel {
         &self.model
     }
 
@@ -148,7 +143,7 @@ impl DpoTrainer {
     }
 
     /// The trained model.
-    pub fn into_model(self) -> Qwen2Model {
+    pub fn into_model(self) -> TrainModel {
         self.model
     }
 
@@ -186,7 +181,7 @@ impl DpoTrainer {
             tokens += batch_tokens;
             parts.push((batch.pairs() as f64, out.metrics));
         }
-        let report = self.optimizer.step_accumulated(&mut self.model.weights.named_mut())?;
+        let report = self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?;
         let metrics = pair_weighted_mean(&parts);
         Ok(DpoStepMetrics {
             step: report.step,
@@ -205,7 +200,7 @@ impl DpoTrainer {
         if rows.rows == 0 || !rows.rows.is_multiple_of(2) {
             return Err(format!("{} rows: a pair batch has a chosen and a rejected row per pair", rows.rows));
         }
-        let (size, vocab) = (rows.rows * rows.len, self.model.config.vocab_size);
+        let (size, vocab) = (rows.rows * rows.len, self.model.language_model().config.vocab_size);
         for (name, len) in [("ids", rows.ids.len()), ("mask", rows.mask.len()), ("labels", rows.labels.len())] {
             if len != size {
                 return Err(format!("`{name}` has {len} values, want {size} for {} rows", rows.rows));
@@ -250,10 +245,6 @@ impl DpoTrainer {
     /// Returns the loss's output and the micro-batch's labelled tokens.
     fn micro_batch(&mut self, batch: &PairBatch) -> Result<(DpoOutput, usize)> {
         let device = self.model.device();
-        let stream = [batch.rows.rows, batch.rows.len, self.model.config.hidden_size];
-        if self.grads.inputs_embeds.shape() != stream {
-            self.grads.inputs_embeds = Tensor::zeros(&stream, self.model.dtype(), device)?;
-        }
         let (pass, logps) = pair_logps(&self.model, &batch.rows, self.config.forward, &self.config.head)?;
         let pairs = batch.pairs();
         let policy = split(&logps.logps);
@@ -274,9 +265,10 @@ impl DpoTrainer {
         let out = dpo_loss(&inputs, &loss_config)?;
         let mut grad_logps = out.grad_policy_chosen.to_dtype(DType::F32)?.to_vec::<f32>()?;
         grad_logps.extend(out.grad_policy_rejected.to_dtype(DType::F32)?.to_vec::<f32>()?);
-        let grads = self.model.label_logps_backward_into(&pass, &logps, &grad_logps, &mut self.grads)?;
+        let lm = self.model.language_model();
+        let grads = lm.label_logps_backward_into(pass.lm(), &logps, &grad_logps, self.grads.language_model_mut())?;
         self.model.backward_into(pass, grads, &mut self.grads)?;
-        self.optimizer.accumulate(&self.grads.weights.named(), pairs as f64)?;
+        self.optimizer.accumulate(&self.model.named_gradients(&self.grads), pairs as f64)?;
         self.bco_delta = out.bco_delta;
         Ok((out, logps.tokens.iter().sum()))
     }

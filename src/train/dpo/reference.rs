@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{reference_logps, PairLogps};
 use crate::model::files::{read_text, MAX_JSON_BYTES};
-use crate::model::qwen2::{ForwardOptions, Qwen2Model};
+use crate::model::qwen2::ForwardOptions;
 use crate::train::data::{collate_pairs, PairDataset};
 use crate::train::fingerprint::Fingerprint;
+use crate::train::model::TrainModel;
 use crate::{Error, Result};
 
 /// The cache's file name in a run's output folder.
@@ -78,7 +79,7 @@ struct CacheFile {
 
 /// Every pair's reference log-probabilities, in the dataset's order, in batches of `batch_size` pairs.
 pub fn compute(
-    model: &Qwen2Model,
+    model: &TrainModel,
     data: &PairDataset,
     pad_id: u32,
     batch_size: usize,

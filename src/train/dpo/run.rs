@@ -6,12 +6,14 @@ use std::sync::atomic::AtomicBool;
 
 use super::reference::{self, CacheKey, CACHE_FILE};
 use super::{needs_reference, reference_logps, DpoStepMetrics, DpoTrainer, DpoTrainerConfig, PairBatch, PairLogps};
-use crate::model::Qwen2Model;
 use crate::ops::preference::{BcoDelta, DpoConfig};
 use crate::runtime::DType;
-use crate::train::data::{collate_pairs, BatchSampler, ConversationTokenizer, DataReport, DataSource, PairDataset};
+use crate::train::data::{
+    collate_pairs, BatchSampler, ConversationTokenizer, DataReport, DataSource, MediaLoader, PairDataset,
+};
+use crate::train::model::TrainModel;
 use crate::train::run::{
-    drive, latest_checkpoint, load_run_state, save_run_checkpoint, Parameters, Steps, TrainOptions, TrainerState,
+    drive, latest_checkpoint, load_run_state, save_run_checkpoint_with, Steps, TrainOptions, TrainerState,
 };
 use crate::{Error, Result};
 
@@ -28,6 +30,10 @@ pub struct DpoRun {
     pub reference: Option<PathBuf>,
     /// Compute the reference log-probs of each batch with a frozen copy instead of caching them up front.
     pub reference_on_the_fly: bool,
+    /// The folder the prompts' media paths are relative to (`None`: the pair file's folder).
+    pub media_folder: Option<PathBuf>,
+    /// Frames sampled from each video (LLaVA-OneVision policies).
+    pub video_frames: usize,
     pub loss: DpoConfig,
     pub train: TrainOptions,
 }
@@ -61,7 +67,7 @@ pub struct DpoOutcome {
 /// The reference a run's batches get their log-probs from.
 enum Reference {
     Cached(PairLogps),
-    OnTheFly(Box<Qwen2Model>),
+    OnTheFly(Box<TrainModel>),
     Unused,
 }
 
@@ -113,10 +119,6 @@ impl Steps for Progress<'_> {
     }
 
     fn save(&self) -> Result<PathBuf> {
-        let model = self.trainer.model();
-        let head = model.weights.names().lm_head.clone();
-        let left_out = if model.config.tie_word_embeddings { vec![head] } else { vec![] };
-        let params = Parameters { named: model.weights.named(), left_out };
         let optimizer = self.trainer.optimizer();
         let bco = match self.trainer.bco_delta() {
             BcoDelta::Running { mean, count } => Some((mean, count)),
@@ -129,7 +131,9 @@ impl Steps for Progress<'_> {
             loader: self.sampler.state(),
             extra,
         };
-        save_run_checkpoint(&self.run.out, &self.run.policy, &params, optimizer, &state)
+        save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, extra| {
+            self.trainer.model().save(&self.run.policy, dir, options, extra)
+        })
     }
 }
 
@@ -147,6 +151,32 @@ impl DpoRun {
         Ok(())
     }
 
+    /// The pair file, its prompts' media decoded and their placeholders expanded for a LLaVA-OneVision policy
+    /// (`media`); a text-only policy refuses a record with media.
+    fn load_pairs(
+        &self,
+        tokenizer: &ConversationTokenizer,
+        media: Option<&MediaLoader>,
+    ) -> Result<(PairDataset, DataReport)> {
+        let mut options = self.train.data();
+        options.media_folder = match &self.media_folder {
+            Some(folder) => folder.clone(),
+            None => self.pairs.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        };
+        let (data, report) =
+            PairDataset::load_pairs_with_media(&[DataSource::new(&self.pairs)], tokenizer, &options, media)?;
+        if media.is_none() {
+            if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
+                return Err(Error::InvalidArgument(format!(
+                    "line {} of {} has images or videos but the policy is a text-only Qwen2",
+                    example.line,
+                    self.pairs.display()
+                )));
+            }
+        }
+        Ok((data, report))
+    }
+
     /// The checkpoint the reference is loaded from.
     fn reference_dir(&self) -> &Path {
         self.reference.as_deref().unwrap_or(&self.policy)
@@ -159,7 +189,10 @@ impl DpoRun {
         let train = &self.train;
         self.check()?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.policy)?;
-        let (data, report) = PairDataset::load_pairs(&[DataSource::new(&self.pairs)], &tokenizer, &train.data())?;
+        let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
+        let weights_dir = resumed.as_ref().map_or(self.policy.as_path(), |(_, dir)| dir.as_path());
+        let model = TrainModel::load(weights_dir, DType::F32, train.device, self.video_frames)?;
+        let (data, report) = self.load_pairs(&tokenizer, model.media_loader())?;
         if data.examples.is_empty() {
             let first = report.bad.first().map_or(String::new(), |b| format!("; first: {b}"));
             return Err(Error::InvalidArgument(format!(
@@ -169,18 +202,8 @@ impl DpoRun {
                 report.bad.len()
             )));
         }
-        if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
-            return Err(Error::InvalidArgument(format!(
-                "line {} of {} has images or videos: the DPO trainer is text-only (Qwen2) for now",
-                example.line,
-                self.pairs.display()
-            )));
-        }
         let mut sampler = BatchSampler::for_pairs(&data, train.sampler())?;
         let total_steps = train.total_steps(sampler.batches_per_epoch())?;
-        let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
-        let weights_dir = resumed.as_ref().map_or(self.policy.as_path(), |(_, dir)| dir.as_path());
-        let model = Qwen2Model::load(weights_dir, DType::F32, train.device)?;
         let config = DpoTrainerConfig {
             optimizer: train.optimizer(total_steps)?,
             groups: train.groups(),
@@ -218,7 +241,7 @@ impl DpoRun {
         if !needs_reference(&self.loss) {
             return Ok((Reference::Unused, ReferenceSource::Unused));
         }
-        let load = || Qwen2Model::load(self.reference_dir(), DType::F32, self.train.device);
+        let load = || TrainModel::load(self.reference_dir(), DType::F32, self.train.device, self.video_frames);
         if self.reference_on_the_fly {
             return Ok((Reference::OnTheFly(Box::new(load()?)), ReferenceSource::OnTheFly));
         }

@@ -18,7 +18,9 @@ mod kernels;
 mod peak_alloc;
 mod plot;
 mod preprocess;
+mod progress;
 mod report;
+mod sample;
 mod synthetic;
 mod train_judge;
 mod train_options;
@@ -56,6 +58,9 @@ enum Command {
     /// Judges K candidates per prompt (a candidates JSONL) into chosen/rejected preference pairs, resumable and
     /// shardable, with an audit file of every judgment.
     Filter(filter::Args),
+    /// K sampled answers per understanding prompt from a policy (Qwen2 or LLaVA-OneVision): the filter's candidates
+    /// file, resumable.
+    Sample(sample::Args),
     /// Joins the finished shards of a `filter --shard i/n` run into the unsharded run's files.
     FilterMerge(filter_merge::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
@@ -114,6 +119,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Judge(args) => judge::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Filter(args) => filter::run(&args),
+        Command::Sample(args) => sample::run(&args),
         Command::FilterMerge(args) => filter_merge::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),

@@ -2,10 +2,10 @@
 //! summary must be the metrics of the printed per-pair verdicts, a run killed mid-way and resumed writes the bytes
 //! and reports the metrics of an uninterrupted one, and a bad line must fail naming its line and field.
 
+mod common;
 mod judge_checkpoint;
 
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use judge_checkpoint::{image, judge_dir};
 
@@ -87,22 +87,8 @@ fn results_resume_after_a_kill_with_the_same_bytes_and_metrics() {
     assert_eq!(written.lines().count(), 11);
 
     let kill_after = rand::Rng::gen_range(&mut rand::thread_rng(), 1..9);
-    let mut child = run("killed.jsonl", &[])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let killed = dir.0.join("killed.jsonl");
-    let status = loop {
-        if std::fs::read_to_string(&killed).map_or(0, |t| t.lines().count()) >= kill_after {
-            child.kill().unwrap();
-            break child.wait().unwrap();
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = common::kill_when_lines(&mut run("killed.jsonl", &[]), &killed, kill_after);
     eprintln!("killed after {kill_after} pairs: {status}");
     // A line cut short, as a kill during a write leaves it.
     let mut torn = std::fs::read(&killed).unwrap();

@@ -25,7 +25,7 @@ use crate::judge::{
     expand_media_markers, generate_with_prefix, load_media, Candidate, ChatMessage, ChatTemplate, GenerationConfig,
     MediaPixels, Tokenizer,
 };
-use crate::media::{ImageProcessor, ImageProcessorConfig};
+use crate::media::ImageProcessor;
 use crate::model::llava::{LlavaOnevisionModel, MediaInput};
 use crate::model::{Architecture, Qwen2Model};
 use crate::runtime::{DType, Device};
@@ -109,14 +109,8 @@ impl Policy {
     pub fn load(dir: &Path, dtype: DType, device: Device) -> Result<Policy> {
         let (model, processor) = match Architecture::of_checkpoint(dir)? {
             Architecture::LlavaOnevision => {
-                let preprocessor = dir.join("preprocessor_config.json");
-                let config = if preprocessor.is_file() {
-                    ImageProcessorConfig::from_file(&preprocessor)?
-                } else {
-                    ImageProcessorConfig::default()
-                };
                 let model = LlavaOnevisionModel::load(dir, dtype, device)?;
-                (PolicyModel::Llava(Box::new(model)), Some(ImageProcessor::new(config)?))
+                (PolicyModel::Llava(Box::new(model)), Some(ImageProcessor::for_checkpoint_or_defaults(dir)?))
             }
             _ => (PolicyModel::Text(Box::new(Qwen2Model::load(dir, dtype, device)?)), None),
         };

@@ -89,10 +89,7 @@ pub fn default_audit(out: &std::path::Path) -> PathBuf {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    let media_folder = args
-        .media_folder
-        .clone()
-        .unwrap_or_else(|| args.candidates.parent().map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf));
+    let media_folder = crate::media_folder(&args.media_folder, &args.candidates);
     let file = read_candidates(&args.candidates, &media_folder)
         .with_context(|| format!("reading --candidates {}", args.candidates.display()))?;
     anyhow::ensure!(file.records > 0, "--candidates {} holds no prompts", args.candidates.display());

@@ -89,6 +89,11 @@ fn parse_device(s: &str) -> Result<Device, String> {
     }
 }
 
+/// The folder a file's media paths are relative to: `given`, else the file's own folder.
+fn media_folder(given: &Option<std::path::PathBuf>, file: &std::path::Path) -> std::path::PathBuf {
+    given.clone().unwrap_or_else(|| file.parent().map_or_else(|| ".".into(), std::path::Path::to_path_buf))
+}
+
 /// Parses a float dtype name.
 fn parse_float_dtype(s: &str) -> Result<DType, String> {
     match s {

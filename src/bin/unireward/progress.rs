@@ -22,7 +22,7 @@ impl Progress {
     /// `done` of `total` records finished (`message`: the counts so far).
     pub fn update(&self, done: usize, total: usize, message: &str) {
         if self.bar.is_hidden() {
-            if done % self.every == 0 || done == total {
+            if done.is_multiple_of(self.every) || done == total {
                 eprintln!("{done}/{total} {} {message}", self.unit);
             }
             return;

@@ -64,10 +64,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         frames: args.frames,
     };
     options.validate()?;
-    let media_folder = args
-        .media_folder
-        .clone()
-        .unwrap_or_else(|| args.prompts.parent().map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf));
+    let media_folder = crate::media_folder(&args.media_folder, &args.prompts);
     let file = read_prompts(&args.prompts, &media_folder)
         .with_context(|| format!("reading --prompts {}", args.prompts.display()))?;
     let policy = Policy::load(&args.policy, args.dtype, args.device)

@@ -103,8 +103,4 @@ impl JsonlAppender {
         debug_assert!(text.is_empty() || text.ends_with('\n'), "records end with their newline");
         append_synced(&mut self.file, text, &self.path)
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }

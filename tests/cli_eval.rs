@@ -1,6 +1,8 @@
 //! `unireward eval` on a small benchmark file judged by the tiny LLaVA-OneVision judge of tests/judge_checkpoint: the
-//! summary must be the metrics of the printed per-pair verdicts, and a bad line must fail naming its line and field.
+//! summary must be the metrics of the printed per-pair verdicts, a run killed mid-way and resumed writes the bytes
+//! and reports the metrics of an uninterrupted one, and a bad line must fail naming its line and field.
 
+mod common;
 mod judge_checkpoint;
 
 use std::process::{Command, Output};
@@ -47,6 +49,63 @@ fn summary_is_the_metrics_of_the_verdicts() {
     assert!((summary["position_consistency"].as_f64().unwrap() - consistent as f64 / 4.0).abs() < 1e-12);
     let ece = summary["ece"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ece));
+}
+
+#[test]
+fn results_resume_after_a_kill_with_the_same_bytes_and_metrics() {
+    let dir = judge_dir("eval-resume");
+    let (a, b, c) = (image("two_images_0.png"), image("two_images_1.png"), image("anyres_0.png"));
+    let (a, b, c) = (a.to_str().unwrap(), b.to_str().unwrap(), c.to_str().unwrap());
+    let lines: Vec<String> = (0..11)
+        .map(|i| match i % 3 {
+            0 => format!(r#"{{"task": "image-generation", "caption": "red {i}", "candidates": ["{a}", "{b}"], "label": "A"}}"#),
+            1 => format!(r#"{{"task": "image-generation", "caption": "blue {i}", "candidates": ["{c}", "{a}"], "label": "tie"}}"#),
+            _ => format!(
+                r#"{{"task": "image-understanding", "question": "q{i}", "media": "{c}", "candidates": ["x", "y"], "label": "B", "subset": "povid"}}"#
+            ),
+        })
+        .collect();
+    let data = dir.0.join("bench.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let model = dir.0.to_str().unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.0.join(out);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_unireward"));
+        command.args(["eval", "--model", model, "--data", data.to_str().unwrap(), "--batch", "2", "--json"]);
+        command.arg("--out").arg(out).args(extra);
+        command
+    };
+    let summary = |out: Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let straight = summary(run("straight.jsonl", &[]).output().unwrap());
+    let without_out =
+        summary(unireward(&["--model", model, "--data", data.to_str().unwrap(), "--batch", "2", "--json"]));
+    assert_eq!(straight, without_out);
+    let written = std::fs::read_to_string(dir.0.join("straight.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 11);
+
+    let kill_after = rand::Rng::gen_range(&mut rand::thread_rng(), 1..9);
+    let killed = dir.0.join("killed.jsonl");
+    let status = common::kill_when_lines(&mut run("killed.jsonl", &[]), &killed, kill_after);
+    eprintln!("killed after {kill_after} pairs: {status}");
+    // A line cut short, as a kill during a write leaves it.
+    let mut torn = std::fs::read(&killed).unwrap();
+    torn.extend_from_slice(br#"{"index": 9"#);
+    std::fs::write(&killed, torn).unwrap();
+    let resumed = summary(run("killed.jsonl", &["--resume"]).output().unwrap());
+    assert!(std::fs::read_to_string(&killed).unwrap() == written, "killed after {kill_after}: files differ");
+    assert_eq!(resumed, straight);
+
+    // Another benchmark's results are not continued.
+    std::fs::write(dir.0.join("other.jsonl"), written.replace(r#""label":"A""#, r#""label":"B""#)).unwrap();
+    let out = run("other.jsonl", &["--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("another run's output"), "{err}");
+    let out = run("straight.jsonl", &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("pass --resume"), "{err}");
 }
 
 #[test]

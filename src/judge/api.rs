@@ -21,9 +21,7 @@ use super::templates::{
 };
 use super::tokenizer::Tokenizer;
 use super::verdict::{one_pass, AnswerClasses, ClassProbabilities, PairVerdict};
-use crate::media::{
-    decode_image, load_video, ImageLayout, ImagePixels, ImageProcessor, ImageProcessorConfig, RgbImage, VideoSource,
-};
+use crate::media::{decode_image, load_video, ImageLayout, ImagePixels, ImageProcessor, RgbImage, VideoSource};
 use crate::model::llava::packing::{Media, PackingPlan};
 use crate::model::llava::{LlavaOnevisionModel, MediaInput};
 use crate::model::Qwen2Model;
@@ -163,14 +161,8 @@ impl Judge {
         let (model, processor) = if model_type.as_deref() == Some("qwen2") {
             (JudgeModel::Text(Box::new(Qwen2Model::load(dir, dtype, device)?)), None)
         } else {
-            let preprocessor = dir.join("preprocessor_config.json");
-            let config = if preprocessor.is_file() {
-                ImageProcessorConfig::from_file(&preprocessor)?
-            } else {
-                ImageProcessorConfig::default()
-            };
             let model = LlavaOnevisionModel::load(dir, dtype, device)?;
-            (JudgeModel::Llava(Box::new(model)), Some(ImageProcessor::new(config)?))
+            (JudgeModel::Llava(Box::new(model)), Some(ImageProcessor::for_checkpoint_or_defaults(dir)?))
         };
         let overrides = TaskTemplate::from_checkpoint_dir(dir)?.into_iter().map(|t| ((t.task, t.mode), t)).collect();
         Ok(Judge {

@@ -32,7 +32,8 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
-    fn validate(&self) -> Result<()> {
+    /// Refuses a temperature below 0 or not finite, a `top_p` outside (0, 1], `max_new_tokens` 0.
+    pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "`temperature` must be finite and ≥ 0, got {}",

@@ -5,6 +5,7 @@ pub mod answer;
 pub mod api;
 pub mod chat_template;
 pub mod generate;
+pub mod media_prompt;
 pub mod metrics;
 pub mod scoring;
 pub mod templates;
@@ -14,6 +15,7 @@ pub mod verdict;
 pub use api::{Candidate, Context, Judge, JudgeBatch, JudgeRequest, JudgeResult, MediaFile, Reasoning};
 pub use chat_template::ChatTemplate;
 pub use generate::{generate, generate_with_prefix, FinishReason, GenerationConfig};
+pub use media_prompt::{expand_media_markers, load_media, MediaPixels};
 pub use scoring::{JudgeModel, ScoredSequence, SequenceScores};
 pub use templates::{
     AnswerGrammar, MediaInput, MediaSpec, Mode, ScoreGrammar, Task, TaskTemplate, Variant, VerdictGrammar,

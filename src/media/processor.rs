@@ -134,6 +134,17 @@ impl ImageProcessor {
         ImageProcessor::new(ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?)
     }
 
+    /// The processor of the checkpoint in `dir`: its `preprocessor_config.json`, transformers' defaults when absent
+    /// (as the judge and the sampler load LLaVA-OneVision checkpoints).
+    pub fn for_checkpoint_or_defaults(dir: &Path) -> Result<ImageProcessor> {
+        let preprocessor = dir.join("preprocessor_config.json");
+        if preprocessor.is_file() {
+            ImageProcessor::for_checkpoint(dir)
+        } else {
+            ImageProcessor::new(ImageProcessorConfig::default())
+        }
+    }
+
     /// The image file `path` decoded and preprocessed in `layout`.
     pub fn preprocess_file(&self, path: &Path, layout: ImageLayout) -> Result<ImagePixels> {
         self.preprocess(&decode_image(path)?, layout)

@@ -45,3 +45,35 @@ pub fn pairs(n: usize) -> String {
         })
         .collect()
 }
+
+/// The stdout of a successful run of the binary.
+pub fn succeed(output: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "unireward failed: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The error line of a failed run of the binary (its first line on stderr, which must be one).
+pub fn fail(output: std::process::Output) -> String {
+    assert!(!output.status.success(), "unireward succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let first = stderr.lines().next().unwrap_or_default().to_string();
+    assert!(first.starts_with("error: "), "an error line first: {stderr}");
+    first
+}
+
+/// Runs `command` (its output discarded) and kills it once `file` has `lines` complete lines, or lets it finish.
+pub fn kill_when_lines(command: &mut std::process::Command, file: &Path, lines: usize) -> std::process::ExitStatus {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    loop {
+        if std::fs::read_to_string(file).map_or(0, |t| t.lines().count()) >= lines {
+            child.kill().unwrap();
+            return child.wait().unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -7,19 +7,22 @@
 //! generation tasks (candidates: media paths), `{"task": "image-understanding", "question": "…", "media": "x.png",
 //! "candidates": ["response 1", "response 2"], "label": "B", "subset": "povid"}` for understanding tasks; `label` is
 //! `A`, `B` or `tie`; paths are relative to the file's folder.
+//!
+//! With `--out`, every pair's result is appended to a JSONL file as its batch finishes (flushed to disk), `--resume`
+//! continues after the last complete batch, and the metrics are those of the whole file.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Deserialize;
 use unireward::judge::answer::Verdict;
-use unireward::judge::metrics::{
-    expected_calibration_error, pairwise_accuracy, position_consistency, vl_reward_bench_accuracy, VlCategory,
-    DEFAULT_CALIBRATION_BINS,
-};
+use unireward::judge::metrics::VlCategory;
 use unireward::judge::{Candidate, Context, Judge, JudgeRequest, MediaFile, Mode, Task};
+use unireward::pipeline::append::JsonlAppender;
 use unireward::{DType, Device};
+
+use crate::eval_results::{name, pair_json, parse_label, read_results, summarize, PairResult};
+use crate::progress::Progress;
 
 /// Bounds the benchmark file read into memory.
 const MAX_DATA_BYTES: u64 = 256 << 20;
@@ -35,6 +38,13 @@ pub struct Args {
     /// Pairs judged per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Where every pair's result goes (JSONL, a line a pair, flushed batch by batch); the metrics are the file's.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run whose --out this is, after its last complete batch (use the same --batch: the batches then
+    /// hold the same pairs and the file the same bytes as an uninterrupted run's).
+    #[arg(long, requires = "out")]
+    resume: bool,
     /// Print every pair's result and the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -63,20 +73,11 @@ struct Line {
     subset: Option<String>,
 }
 
-/// A parsed line: the request, its ground truth and VL-RewardBench category.
+/// A parsed line: the request, its ground truth and VL-RewardBench subset (its category checked).
 struct Record {
     request: JudgeRequest,
     truth: Verdict,
-    category: Option<VlCategory>,
-}
-
-fn parse_label(label: &str) -> anyhow::Result<Verdict> {
-    match label.trim() {
-        "A" | "a" => Ok(Verdict::First),
-        "B" | "b" => Ok(Verdict::Second),
-        "tie" | "Tie" => Ok(Verdict::Tie),
-        other => anyhow::bail!("`label` is {other:?}; expected A, B or tie"),
-    }
+    subset: Option<String>,
 }
 
 fn record(line: Line, folder: &Path) -> anyhow::Result<Record> {
@@ -102,11 +103,13 @@ fn record(line: Line, folder: &Path) -> anyhow::Result<Record> {
             vec![media(line.media.as_deref().context("`media` is missing (the image or video asked about)")?)];
         line.candidates.iter().map(|c| Candidate::Text(c.clone())).collect()
     };
-    let category = line.subset.as_deref().map(VlCategory::from_subset).transpose()?;
+    if let Some(subset) = &line.subset {
+        VlCategory::from_subset(subset)?;
+    }
     Ok(Record {
         request: JudgeRequest { task, mode: Mode::Pairwise, context, candidates },
         truth: parse_label(&line.label)?,
-        category,
+        subset: line.subset,
     })
 }
 
@@ -123,14 +126,6 @@ fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
         .collect()
 }
 
-/// One judged pair.
-struct Outcome {
-    verdict: Verdict,
-    probs: [f64; 3],
-    forward: Verdict,
-    swapped: Verdict,
-}
-
 fn most_probable(p: [f32; 3]) -> Verdict {
     let best = (0..3).fold(0, |best, i| if p[i] > p[best] { i } else { best });
     [Verdict::First, Verdict::Second, Verdict::Tie][best]
@@ -140,34 +135,55 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let records = read_records(&args.data)?;
     anyhow::ensure!(!records.is_empty(), "--data {} holds no pairs", args.data.display());
+    let (mut output, mut results) = match &args.out {
+        None => (None, Vec::new()),
+        Some(out) if args.resume => {
+            let (output, lines) = JsonlAppender::resume(out, args.batch, MAX_DATA_BYTES)?;
+            let results = read_results(&lines, out)?;
+            check_resumed(out, &results, &records)?;
+            (Some(output), results)
+        }
+        Some(out) => (Some(JsonlAppender::create(out)?), Vec::new()),
+    };
     let judge = Judge::load(&args.model, args.dtype, args.device)
         .with_context(|| format!("loading the judge in {}", args.model.display()))?;
-    let mut outcomes = Vec::with_capacity(records.len());
-    for chunk in records.chunks(args.batch) {
+    let progress = Progress::new("pairs", args.batch)?;
+    // Batches start at multiples of --batch, wherever a resumed run starts.
+    for (chunk_index, chunk) in records.chunks(args.batch).enumerate().skip(results.len() / args.batch) {
         let requests: Vec<JudgeRequest> = chunk.iter().map(|r| r.request.clone()).collect();
         let batch = judge.judge_many(&requests)?;
-        for result in batch.results {
+        let mut lines = String::new();
+        for (i, (record, result)) in chunk.iter().zip(batch.results).enumerate() {
             let pair = result.pair.context("a pairwise result holds both orders")?;
             // The swapped order's own verdict, in its positions (its "first" is candidate B).
             let [a, b, tie] = pair.swapped;
-            outcomes.push(Outcome {
-                verdict: pair.verdict,
+            let judged = PairResult {
+                index: chunk_index * args.batch + i,
+                task: record.request.task.name().into(),
+                label: name(record.truth).into(),
+                subset: record.subset.clone(),
+                verdict: name(pair.verdict).into(),
                 probs: pair.debiased.map(f64::from),
-                forward: most_probable(pair.forward),
-                swapped: most_probable([b, a, tie]),
-            });
+                forward: name(most_probable(pair.forward)).into(),
+                swapped: name(most_probable([b, a, tie])).into(),
+            };
+            lines += &judged.line();
+            results.push(judged);
         }
-        eprintln!("judged {}/{} pairs", outcomes.len(), records.len());
+        if let Some(output) = &mut output {
+            output.append(&lines)?;
+        }
+        progress.update(results.len(), records.len(), "");
     }
-    let summary = summarize(&records, &outcomes)?;
+    progress.finish();
+    if let Some(out) = &args.out {
+        drop(output);
+        let (_, lines) = JsonlAppender::resume(out, 1, MAX_DATA_BYTES)?;
+        results = read_results(&lines, out)?;
+    }
+    let summary = summarize(&results)?;
     if args.json {
-        let pairs: Vec<_> = outcomes
-            .iter()
-            .map(|o| {
-                serde_json::json!({"verdict": name(o.verdict), "probs": o.probs,
-                "position_consistent": o.forward == unireward::judge::metrics::swapped(o.swapped)})
-            })
-            .collect();
+        let pairs: Vec<_> = results.iter().map(pair_json).collect::<anyhow::Result<_>>()?;
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"pairs": pairs, "summary": summary}))?);
     } else {
         println!("| metric | value |\n| --- | ---: |");
@@ -178,47 +194,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::First => "A",
-        Verdict::Second => "B",
-        Verdict::Tie => "tie",
+/// Refuses to continue an output that is not this benchmark file's first pairs.
+fn check_resumed(out: &Path, results: &[PairResult], records: &[Record]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        results.len() <= records.len(),
+        "--resume: {} has {} pairs, --data {}: another run's output",
+        out.display(),
+        results.len(),
+        records.len()
+    );
+    for (i, (r, record)) in results.iter().zip(records).enumerate() {
+        let same = r.index == i && r.task == record.request.task.name() && r.label == name(record.truth);
+        anyhow::ensure!(
+            same && r.subset == record.subset,
+            "--resume: {} line {} is not pair {i} of --data: another run's output",
+            out.display(),
+            i + 1
+        );
     }
-}
-
-/// The metrics, named as the papers name them (`{task}.tau`, `vl_reward_bench.macro`, …).
-fn summarize(records: &[Record], outcomes: &[Outcome]) -> anyhow::Result<serde_json::Value> {
-    let mut out = BTreeMap::new();
-    let mut by_task: BTreeMap<Task, Vec<(Verdict, Option<Verdict>)>> = BTreeMap::new();
-    let mut vl = Vec::new();
-    for (r, o) in records.iter().zip(outcomes) {
-        by_task.entry(r.request.task).or_default().push((r.truth, Some(o.verdict)));
-        if let Some(category) = r.category {
-            vl.push((category, r.truth, Some(o.verdict)));
-        }
-    }
-    for (task, list) in &by_task {
-        let acc = pairwise_accuracy(list);
-        out.insert(format!("{task}.pairs"), serde_json::json!(acc.total));
-        if matches!(task, Task::ImageGeneration | Task::VideoGeneration) {
-            out.insert(format!("{task}.tau"), serde_json::json!(acc.tau));
-            out.insert(format!("{task}.diff"), serde_json::json!(acc.diff));
-        } else {
-            out.insert(format!("{task}.accuracy"), serde_json::json!(acc.tau));
-        }
-    }
-    if !vl.is_empty() {
-        let acc = vl_reward_bench_accuracy(&vl);
-        for (category, a) in VlCategory::ALL.iter().zip(&acc.categories) {
-            out.insert(format!("vl_reward_bench.{}", category.name()), serde_json::json!(a.accuracy));
-        }
-        out.insert("vl_reward_bench.overall".into(), serde_json::json!(acc.overall.accuracy));
-        out.insert("vl_reward_bench.macro".into(), serde_json::json!(acc.macro_average));
-    }
-    let orders: Vec<_> = outcomes.iter().map(|o| (Some(o.forward), Some(o.swapped))).collect();
-    out.insert("position_consistency".into(), serde_json::json!(position_consistency(&orders).accuracy));
-    let calibration: Vec<_> = records.iter().zip(outcomes).map(|(r, o)| (o.probs, r.truth)).collect();
-    let ece = expected_calibration_error(&calibration, DEFAULT_CALIBRATION_BINS)?.ece;
-    out.insert("ece".into(), serde_json::json!(ece));
-    Ok(serde_json::json!(out))
+    Ok(())
 }

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use unireward::judge::{GenerationConfig, Judge};
 use unireward::pipeline::filter::{
     read_candidates, run_filter, FilterOptions, InvalidPolicy, JudgeJudgments, Shard, Strategy, Summary,
 };
 use unireward::{DType, Device};
+
+use crate::progress::Progress;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -88,10 +89,7 @@ pub fn default_audit(out: &std::path::Path) -> PathBuf {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    let media_folder = args
-        .media_folder
-        .clone()
-        .unwrap_or_else(|| args.candidates.parent().map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf));
+    let media_folder = crate::media_folder(&args.media_folder, &args.candidates);
     let file = read_candidates(&args.candidates, &media_folder)
         .with_context(|| format!("reading --candidates {}", args.candidates.display()))?;
     anyhow::ensure!(file.records > 0, "--candidates {} holds no prompts", args.candidates.display());
@@ -116,17 +114,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     static STOP: AtomicBool = AtomicBool::new(false);
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} prompts {msg} ETA {eta}")
-            .context("the progress bar's template")?,
-    );
+    let progress = Progress::new("prompts", 10)?;
     let judgments = JudgeJudgments { judge: &judge, reasoned, batch: args.batch };
     let outcome = run_filter(&file, &judgments, &options, &STOP, |done, total, s| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(format!("{} pairs", s.pairs));
+        progress.update(done, total, &format!("{} pairs", s.pairs))
     })?;
-    bar.finish_and_clear();
+    progress.finish();
     for p in &outcome.invalid {
         eprintln!("skipped {} line {}: {}", args.candidates.display(), p.line, p.reason);
     }

@@ -9,6 +9,7 @@ mod bench_products;
 mod demo;
 mod dpo;
 mod eval;
+mod eval_results;
 mod filter;
 mod filter_merge;
 mod generate;
@@ -18,7 +19,9 @@ mod kernels;
 mod peak_alloc;
 mod plot;
 mod preprocess;
+mod progress;
 mod report;
+mod sample;
 mod synthetic;
 mod train_judge;
 mod train_options;
@@ -56,6 +59,9 @@ enum Command {
     /// Judges K candidates per prompt (a candidates JSONL) into chosen/rejected preference pairs, resumable and
     /// shardable, with an audit file of every judgment.
     Filter(filter::Args),
+    /// K sampled answers per understanding prompt from a policy (Qwen2 or LLaVA-OneVision): the filter's candidates
+    /// file, resumable.
+    Sample(sample::Args),
     /// Joins the finished shards of a `filter --shard i/n` run into the unsharded run's files.
     FilterMerge(filter_merge::Args),
     /// Images and videos to the vision tower's pixel input (LLaVA-OneVision's preprocessing), optionally as .npy.
@@ -81,6 +87,11 @@ fn parse_device(s: &str) -> Result<Device, String> {
             .map(Device::Cuda)
             .ok_or_else(|| format!("unknown device `{s}`: use cpu, cuda or cuda:N")),
     }
+}
+
+/// The folder a file's media paths are relative to: `given`, else the file's own folder.
+fn media_folder(given: &Option<std::path::PathBuf>, file: &std::path::Path) -> std::path::PathBuf {
+    given.clone().unwrap_or_else(|| file.parent().map_or_else(|| ".".into(), std::path::Path::to_path_buf))
 }
 
 /// Parses a float dtype name.
@@ -114,6 +125,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Judge(args) => judge::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Filter(args) => filter::run(&args),
+        Command::Sample(args) => sample::run(&args),
         Command::FilterMerge(args) => filter_merge::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),

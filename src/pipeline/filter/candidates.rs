@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::judge::{Candidate, Context, MediaFile, Task};
 use crate::model::files::read_text;
+use crate::train::data::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 use crate::Result;
 
 /// The most candidates a prompt may have (round-robin judges K(K−1)/2 pairs).
@@ -61,6 +62,14 @@ impl CandidatePrompt {
     pub fn subject_field(&self) -> &'static str {
         subject_field(self.task)
     }
+
+    /// An understanding prompt's user turn as a policy sees it and the preference pairs write it: one `<image>` /
+    /// `<video>` line per context media file, then the question.
+    pub fn user_text(&self) -> String {
+        let placeholder = if self.is_video() { VIDEO_PLACEHOLDER } else { IMAGE_PLACEHOLDER };
+        let subject = &self.context.fields[self.subject_field()];
+        format!("{}{subject}", format!("{placeholder}\n").repeat(self.context_media.len()))
+    }
 }
 
 /// A prompt that cannot be judged, and why.
@@ -85,14 +94,24 @@ pub struct CandidateFile {
     pub fingerprint: u64,
 }
 
-/// One line as written.
+/// One line as written (a prompts file's lines have no `candidates`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
     id: String,
     task: String,
     context: BTreeMap<String, Value>,
-    candidates: Vec<String>,
+    #[serde(default)]
+    candidates: Option<Vec<String>>,
+}
+
+/// What a file's lines list.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// K ≥ 2 candidates per prompt, to judge.
+    Candidates,
+    /// Understanding prompts alone, for a policy to answer.
+    Prompts,
 }
 
 fn is_generation(task: Task) -> bool {
@@ -107,6 +126,24 @@ fn subject_field(task: Task) -> &'static str {
     }
 }
 
+/// The most invalid prompts an error lists.
+const LISTED_PROBLEMS: usize = 10;
+
+/// The error refusing a file for its `invalid` prompts (the first few listed by line); `hint` says how to go on.
+pub(crate) fn refuse_invalid(path: &Path, invalid: &[InvalidPrompt], hint: &str) -> crate::Error {
+    let listed: Vec<String> = invalid
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(|p| format!("{} line {}: {}", path.display(), p.line, p.reason))
+        .collect();
+    crate::Error::InvalidArgument(format!(
+        "{} invalid prompts{hint}: {}{}",
+        invalid.len(),
+        listed.join("; "),
+        if invalid.len() > LISTED_PROBLEMS { "; …" } else { "" }
+    ))
+}
+
 /// FNV-1a, 64 bits.
 pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -115,6 +152,17 @@ pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
 /// Reads and checks every line of `path`; media paths are relative to `media_folder`. Only an unreadable file is an
 /// error: bad lines are returned in [`CandidateFile::invalid`].
 pub fn read_candidates(path: &Path, media_folder: &Path) -> Result<CandidateFile> {
+    read_lines(path, media_folder, Kind::Candidates)
+}
+
+/// Reads and checks a prompts file: the candidates file's lines without `candidates`, understanding tasks only (a
+/// policy answers their question about their image or video); the prompts' candidate lists are empty. Errors as
+/// [`read_candidates`].
+pub fn read_prompts(path: &Path, media_folder: &Path) -> Result<CandidateFile> {
+    read_lines(path, media_folder, Kind::Prompts)
+}
+
+fn read_lines(path: &Path, media_folder: &Path, kind: Kind) -> Result<CandidateFile> {
     let text = read_text(path, MAX_CANDIDATES_BYTES)?;
     let mut file = CandidateFile {
         path: path.to_path_buf(),
@@ -129,7 +177,7 @@ pub fn read_candidates(path: &Path, media_folder: &Path) -> Result<CandidateFile
         file.records += 1;
         let parsed = serde_json::from_str::<Line>(raw)
             .map_err(|e| e.to_string())
-            .and_then(|l| prompt(l, index, line, media_folder));
+            .and_then(|l| prompt(l, index, line, media_folder, kind));
         let parsed = parsed.and_then(|p| match ids.insert(p.id.clone(), line) {
             Some(first) => Err(format!("`id` {:?} repeats line {first}'s", p.id)),
             None => Ok(p),
@@ -163,13 +211,32 @@ fn paths(value: &Value, key: &str) -> std::result::Result<Vec<String>, String> {
     }
 }
 
-fn prompt(line: Line, index: usize, line_no: usize, folder: &Path) -> std::result::Result<CandidatePrompt, String> {
+fn prompt(
+    line: Line,
+    index: usize,
+    line_no: usize,
+    folder: &Path,
+    kind: Kind,
+) -> std::result::Result<CandidatePrompt, String> {
     let task: Task = line.task.parse().map_err(|e: crate::Error| format!("`task`: {e}"))?;
-    let k = line.candidates.len();
-    if !(2..=MAX_CANDIDATES).contains(&k) {
-        return Err(format!("`candidates` has {k}; a prompt needs between 2 and {MAX_CANDIDATES}"));
-    }
     let generation = is_generation(task);
+    let written = match (kind, line.candidates) {
+        (Kind::Candidates, None) => return Err("`candidates` is missing".into()),
+        (Kind::Candidates, Some(c)) if !(2..=MAX_CANDIDATES).contains(&c.len()) => {
+            return Err(format!("`candidates` has {}; a prompt needs between 2 and {MAX_CANDIDATES}", c.len()))
+        }
+        (Kind::Candidates, Some(c)) => c,
+        (Kind::Prompts, Some(_)) => {
+            return Err("`candidates`: a prompts file lists none (the policy makes them)".into())
+        }
+        (Kind::Prompts, None) if generation => {
+            return Err(format!(
+                "`task`: {task} is a generation task; a policy here answers questions (image or video \
+                 understanding), a generator's candidates go in a candidates file"
+            ))
+        }
+        (Kind::Prompts, None) => Vec::new(),
+    };
     let media_key = if matches!(task, Task::VideoGeneration | Task::VideoUnderstanding) { "video" } else { "image" };
     let mut context = Context::default();
     let mut context_media = Vec::new();
@@ -199,23 +266,14 @@ fn prompt(line: Line, index: usize, line_no: usize, folder: &Path) -> std::resul
     }
     let candidates = if generation {
         let resolve = |(i, c): (usize, &String)| media(task, c, folder, &format!("`candidates[{i}]`"));
-        line.candidates
+        written
             .iter()
             .enumerate()
             .map(resolve)
             .map(|m| m.map(Candidate::Media))
             .collect::<std::result::Result<_, _>>()?
     } else {
-        line.candidates.iter().map(|c| Candidate::Text(c.clone())).collect()
+        written.iter().map(|c| Candidate::Text(c.clone())).collect()
     };
-    Ok(CandidatePrompt {
-        index,
-        line: line_no,
-        id: line.id,
-        task,
-        context,
-        context_media,
-        written: line.candidates,
-        candidates,
-    })
+    Ok(CandidatePrompt { index, line: line_no, id: line.id, task, context, context_media, written, candidates })
 }

@@ -21,7 +21,7 @@ pub mod records;
 pub mod run;
 pub mod strategy;
 
-pub use candidates::{read_candidates, CandidateFile, CandidatePrompt, InvalidPrompt, MAX_CANDIDATES};
+pub use candidates::{read_candidates, read_prompts, CandidateFile, CandidatePrompt, InvalidPrompt, MAX_CANDIDATES};
 pub use judge_judgments::JudgeJudgments;
 pub use judgments::{Judgments, PairJudgment, PointJudgment};
 pub use merge::{merge_shards, ShardOutput};

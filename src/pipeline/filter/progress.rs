@@ -5,13 +5,15 @@
 //! line always describes complete outputs: a resume truncates whatever lies beyond it (a half-written prompt, a
 //! half-written progress line) and continues after it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::records::Summary;
+use crate::pipeline::append::{
+    append_synced, io_error, open_rw, refuse_existing, require_existing, sync_folder_of, truncate_to,
+};
 use crate::{Error, Result};
 
 /// The progress file's format name.
@@ -60,10 +62,6 @@ impl OutputPaths {
         name.push(".progress");
         PathBuf::from(name)
     }
-}
-
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::InvalidArgument(format!("cannot {what} {}: {e}", path.display()))
 }
 
 fn corrupt(path: &Path, what: String) -> Error {
@@ -119,22 +117,6 @@ pub struct Outputs {
     audit_bytes: u64,
 }
 
-fn open_rw(path: &Path, create_new: bool) -> Result<File> {
-    let mut options = OpenOptions::new();
-    options.read(true).write(true);
-    if create_new {
-        options.create_new(true);
-    }
-    options.open(path).map_err(|e| io_error(if create_new { "create" } else { "open" }, path, e))
-}
-
-/// Cuts `file` to `len` bytes and positions writes at its end.
-fn truncate_to(file: &mut File, len: u64, path: &Path) -> Result<()> {
-    file.set_len(len).map_err(|e| io_error("truncate", path, e))?;
-    file.seek(SeekFrom::Start(len)).map_err(|e| io_error("seek in", path, e))?;
-    file.sync_all().map_err(|e| io_error("flush", path, e))
-}
-
 fn file_len(path: &Path) -> Result<u64> {
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| io_error("inspect", path, e))
 }
@@ -143,12 +125,7 @@ impl Outputs {
     /// New output files (none may exist) with the header written.
     pub fn create(paths: OutputPaths, header: &Header) -> Result<Outputs> {
         for path in [&paths.pairs, &paths.audit, &paths.progress()] {
-            if path.exists() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} exists: pass --resume to continue that run, or remove it",
-                    path.display()
-                )));
-            }
+            refuse_existing(path)?;
         }
         let progress_path = paths.progress();
         let mut outputs = Outputs {
@@ -160,12 +137,7 @@ impl Outputs {
             audit_bytes: 0,
         };
         outputs.append_progress_line(&serde_json::to_string(header).expect("headers serialize"))?;
-        // The new files' names, on disk with their folder's entries (a power cut must not lose them).
-        let folder = match outputs.paths.pairs.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        File::open(&folder).and_then(|f| f.sync_all()).map_err(|e| io_error("flush", &folder, e))?;
+        sync_folder_of(&outputs.paths.pairs)?;
         Ok(outputs)
     }
 
@@ -173,12 +145,7 @@ impl Outputs {
     /// that record (`None`: no prompt was finished).
     pub fn resume(paths: OutputPaths, header: &Header) -> Result<(Outputs, Option<Progress>)> {
         let progress_path = paths.progress();
-        if !progress_path.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "--resume: {} does not exist (no run to continue; run without --resume)",
-                progress_path.display()
-            )));
-        }
+        require_existing(&progress_path)?;
         let recorded = read_progress(&progress_path)?;
         let header_text = serde_json::to_string(header).expect("headers serialize");
         match &recorded.header {
@@ -221,9 +188,7 @@ impl Outputs {
     }
 
     fn append_progress_line(&mut self, line: &str) -> Result<()> {
-        let path = self.paths.progress();
-        self.progress.write_all(format!("{line}\n").as_bytes()).map_err(|e| io_error("write", &path, e))?;
-        self.progress.sync_data().map_err(|e| io_error("flush", &path, e))
+        append_synced(&mut self.progress, &format!("{line}\n"), &self.paths.progress())
     }
 
     /// Appends one finished prompt: its audit and pair lines, flushed to disk, then its progress record (`next`
@@ -233,8 +198,7 @@ impl Outputs {
             (&mut self.audit, audit, &self.paths.audit, &mut self.audit_bytes),
             (&mut self.pairs, pairs, &self.paths.pairs, &mut self.pairs_bytes),
         ] {
-            file.write_all(text.as_bytes()).map_err(|e| io_error("write", path, e))?;
-            file.sync_data().map_err(|e| io_error("flush", path, e))?;
+            append_synced(file, text, path)?;
             *len += text.len() as u64;
         }
         let record = Progress { next, pairs_bytes: self.pairs_bytes, audit_bytes: self.audit_bytes, summary };

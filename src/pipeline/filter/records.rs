@@ -12,7 +12,6 @@ use super::candidates::CandidatePrompt;
 use super::judgments::{PairJudgment, PointJudgment};
 use super::strategy::{Selected, Strategy};
 use crate::judge::answer::Verdict;
-use crate::train::data::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 
 /// Counts of a run (or of a shard, or of merged shards).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,14 +108,13 @@ pub(crate) fn pair_line(prompt: &CandidatePrompt, strategy: Strategy, pick: &Sel
             rejected_score: pick.rejected_score,
         })
     } else {
-        let placeholder = if prompt.is_video() { VIDEO_PLACEHOLDER } else { IMAGE_PLACEHOLDER };
         let media = prompt.context_media.as_slice();
         serde_json::to_string(&UnderstandingPair {
             id: &prompt.id,
             index: prompt.index,
             task: prompt.task.name(),
             strategy: strategy.name(),
-            prompt: format!("{}{subject}", format!("{placeholder}\n").repeat(media.len())),
+            prompt: prompt.user_text(),
             chosen,
             rejected,
             image: (!prompt.is_video()).then_some(media),

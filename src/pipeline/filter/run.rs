@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::candidates::{CandidateFile, CandidatePrompt, InvalidPrompt};
+use super::candidates::{refuse_invalid, CandidateFile, CandidatePrompt, InvalidPrompt};
 use super::judgments::Judgments;
 use super::progress::{Header, OutputPaths, Outputs, FORMAT};
 use super::records::{pair_audit, pair_line, point_audit, Summary};
@@ -83,9 +83,6 @@ pub struct FilterOutcome {
     pub interrupted: bool,
 }
 
-/// The most invalid prompts an error lists.
-const LISTED_PROBLEMS: usize = 10;
-
 /// Runs the filter over `file`'s prompts of `options.shard` with `judgments`. Every prompt is checked before any
 /// output is written. `stop` is read before each prompt (set it to end the run after the prompt being judged);
 /// `on_prompt(done, total, summary)` follows each finished prompt.
@@ -119,17 +116,7 @@ pub fn run_filter(
     }
     invalid.sort_by_key(|p| p.index);
     if !invalid.is_empty() && options.invalid == InvalidPolicy::Refuse {
-        let listed: Vec<String> = invalid
-            .iter()
-            .take(LISTED_PROBLEMS)
-            .map(|p| format!("{} line {}: {}", file.path.display(), p.line, p.reason))
-            .collect();
-        return Err(Error::InvalidArgument(format!(
-            "{} invalid prompts (skip them with --skip-invalid): {}{}",
-            invalid.len(),
-            listed.join("; "),
-            if invalid.len() > LISTED_PROBLEMS { "; …" } else { "" }
-        )));
+        return Err(refuse_invalid(&file.path, &invalid, " (skip them with --skip-invalid)"));
     }
     let header = Header {
         format: FORMAT.into(),

@@ -1,0 +1,38 @@
+//! The progress of a long command over records: a bar on a terminal, else (a log, a pipe) one line on stderr every
+//! few records, so that a run in the background still says how far it got.
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Progress {
+    bar: ProgressBar,
+    unit: &'static str,
+    /// Records between two lines when the bar is hidden.
+    every: usize,
+}
+
+impl Progress {
+    /// A bar counting `unit` (`prompts`, `pairs`), or a line every `every` records when stderr is not a terminal.
+    pub fn new(unit: &'static str, every: usize) -> anyhow::Result<Progress> {
+        let style = ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} ETA {{eta}}"))
+            .context("the progress bar's template")?;
+        Ok(Progress { bar: ProgressBar::new(0).with_style(style), unit, every: every.max(1) })
+    }
+
+    /// `done` of `total` records finished (`message`: the counts so far).
+    pub fn update(&self, done: usize, total: usize, message: &str) {
+        if self.bar.is_hidden() {
+            if done.is_multiple_of(self.every) || done == total {
+                eprintln!("{done}/{total} {} {message}", self.unit);
+            }
+            return;
+        }
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
+        self.bar.set_message(message.to_string());
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

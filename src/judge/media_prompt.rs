@@ -1,0 +1,117 @@
+//! A LLaVA-OneVision prompt with media, as `unireward generate --image` and the sampler build it: each `<image>` /
+//! `<video>` marker of the text stands for the next image / video, and becomes as many placeholder ids as the media's
+//! packed features have rows (what transformers' processor does); the media preprocessed with the checkpoint's
+//! image processor (one image alone takes the anyres tiles, several are each padded to a square).
+
+use std::path::Path;
+
+use super::api::MediaFile;
+use super::tokenizer::Tokenizer;
+use crate::media::{ImageLayout, ImageProcessor, Size};
+use crate::model::llava::packing::PlaceholderTokens;
+use crate::model::llava::MediaInput;
+use crate::runtime::Tensor;
+use crate::{Error, Result};
+
+/// The prompt's markers, as LLaVA-OneVision's chat templates write them.
+pub const IMAGE_MARKER: &str = "<image>";
+pub const VIDEO_MARKER: &str = "<video>";
+
+/// One image or video, preprocessed.
+#[derive(Debug)]
+pub struct MediaPixels {
+    /// An image's tiles `[tiles, 3, S, S]` or a video's frames `[F, 3, S, S]`.
+    pub pixels: Tensor,
+    /// An image's size before preprocessing; `None` for a video.
+    pub image_size: Option<Size>,
+}
+
+impl MediaPixels {
+    /// Preprocesses `file`: an image with `layout`, a video as `frames` frames sampled evenly.
+    pub fn load(processor: &ImageProcessor, file: &MediaFile, layout: ImageLayout, frames: usize) -> Result<Self> {
+        Ok(match file {
+            MediaFile::Image(path) => {
+                let pixels = processor.preprocess_file(path, layout)?;
+                MediaPixels { pixels: pixels.pixel_values, image_size: Some(pixels.image_size) }
+            }
+            MediaFile::Video(path) => {
+                MediaPixels { pixels: processor.preprocess_video(path, frames)?, image_size: None }
+            }
+        })
+    }
+
+    /// The model's input.
+    pub fn input(&self) -> MediaInput<'_> {
+        match self.image_size {
+            Some(size) => MediaInput::Image { pixel_values: &self.pixels, size },
+            None => MediaInput::Video { frames: &self.pixels },
+        }
+    }
+}
+
+/// How the images of one prompt enter the model: transformers gives an image alone the anyres tiles and pads each of
+/// several to a square.
+pub fn image_layout(images: usize) -> ImageLayout {
+    if images == 1 {
+        ImageLayout::Anyres
+    } else {
+        ImageLayout::Square
+    }
+}
+
+/// Every file of one prompt preprocessed, an error naming the file that fails.
+pub fn load_media(processor: &ImageProcessor, files: &[MediaFile], frames: usize) -> Result<Vec<MediaPixels>> {
+    let layout = image_layout(files.iter().filter(|f| matches!(f, MediaFile::Image(_))).count());
+    let named = |path: &Path, e: Error| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", path.display())),
+        other => other,
+    };
+    files
+        .iter()
+        .map(|f| {
+            let (MediaFile::Image(path) | MediaFile::Video(path)) = f;
+            MediaPixels::load(processor, f, layout, frames).map_err(|e| named(path, e))
+        })
+        .collect()
+}
+
+/// The ids of `text` (a rendered prompt), each marker replaced by its item's `counts` placeholders: images' counts
+/// in `image_counts` in order, videos' in `video_counts`.
+pub fn expand_media_markers(
+    tokenizer: &Tokenizer,
+    text: &str,
+    placeholders: PlaceholderTokens,
+    image_counts: &[usize],
+    video_counts: &[usize],
+) -> Result<Vec<i64>> {
+    let (mut images, mut videos) = (image_counts.iter(), video_counts.iter());
+    let mut ids = Vec::new();
+    let mut rest = text;
+    loop {
+        let next_marker = [IMAGE_MARKER, VIDEO_MARKER]
+            .into_iter()
+            .filter_map(|marker| rest.find(marker).map(|at| (at, marker)))
+            .min();
+        let Some((at, marker)) = next_marker else {
+            ids.extend(tokenizer.encode(rest)?.into_iter().map(i64::from));
+            break;
+        };
+        ids.extend(tokenizer.encode(&rest[..at])?.into_iter().map(i64::from));
+        let (count, id) = if marker == IMAGE_MARKER {
+            (images.next(), placeholders.image)
+        } else {
+            (videos.next(), placeholders.video)
+        };
+        let count = count.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the prompt has more {marker} markers than media (one inside the system message?)"
+            ))
+        })?;
+        ids.extend(std::iter::repeat_n(id, *count));
+        rest = &rest[at + marker.len()..];
+    }
+    if images.next().is_some() || videos.next().is_some() {
+        return Err(Error::InvalidArgument("the prompt has fewer markers than media".into()));
+    }
+    Ok(ids)
+}

@@ -172,10 +172,24 @@ pub(crate) fn save_run_checkpoint(
     optimizer: &AdamW,
     state: &TrainerState,
 ) -> Result<PathBuf> {
+    save_run_checkpoint_with(out, source, params, optimizer, state, |_| Ok(()))
+}
+
+/// [`save_run_checkpoint`], with `edit` writing more into the checkpoint's temporary directory after the source's
+/// files are copied (a reward model's `config.json`).
+pub(crate) fn save_run_checkpoint_with(
+    out: &Path,
+    source: &Path,
+    params: &Parameters<'_>,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    edit: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let dir = out.join(format!("{CHECKPOINT_PREFIX}{}", state.step));
     let left_out: Vec<&str> = params.left_out.iter().map(String::as_str).collect();
     let options = SaveOptions { overwrite: true, ..SaveOptions::default() };
     save_checkpoint(&dir, source, &params.named, &left_out, &options, |tmp| {
+        edit(tmp)?;
         let state_dir = tmp.join(TRAINER_STATE_DIR);
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| Error::Checkpoint(format!("cannot create {}: {e}", state_dir.display())))?;

@@ -19,7 +19,9 @@ Checking a checkpoint written by unireward (the Rust tests cannot start Python):
     UNIREWARD_REWARD_CHECKPOINT_OUT=/tmp/ur-rm cargo test --test train_reward -- checkpoint
     ~/.cache/unireward/torch-venv/bin/python tests/reference/train_reward.py --check-checkpoint /tmp/ur-rm
 loads /tmp/ur-rm/checkpoint with AutoModelForSequenceClassification (no num_labels given: the config says one label)
-and compares its rewards on the padded batch in /tmp/ur-rm/expected.json with unireward's (1e-5).
+and compares its rewards on the padded batch in /tmp/ur-rm/expected.json with unireward's (1e-5 relative to the
+largest). Outcome at the commit that added it (transformers 4.57.1, torch 2.10, CPU, float32), with no missing or
+unexpected key reported: max |transformers - unireward| = 5.774e-08 (rewards up to 0.040) over 8 rows.
 """
 import json
 import math
@@ -147,8 +149,9 @@ def check_checkpoint(root):
         got = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).double()
     want = torch.tensor(expected["rewards"], dtype=torch.float64)
     err = (got - want).abs().max().item()
-    print("max |transformers - unireward| = %.3e (rewards up to %.3f)" % (err, want.abs().max().item()))
-    assert err <= 1e-5, (got, want)
+    scale = want.abs().max().item()
+    print("max |transformers - unireward| = %.3e (rewards up to %.3f, spread %.3e)" % (err, scale, want.std().item()))
+    assert want.std().item() > 0 and err <= 1e-5 * max(scale, 1e-3), (got, want)
 
 
 def main():

@@ -117,8 +117,8 @@ fn trainer(loss: RewardLoss, score: &[f32], optimizer: AdamWConfig) -> RewardTra
     RewardTrainer::new(tiny_model(), score_tensor(score), config).unwrap()
 }
 
-#[test]
-fn ten_bradley_terry_steps_with_margins_centring_and_accumulation_match_pytorch() {
+/// 10 steps on `device` against the fixture, every value within `rel` (relative, with the floors below).
+fn ten_bradley_terry_steps_match_pytorch(device: Device, rel: f64) {
     let Fixture { config: c, score, batches, steps, .. } = load_fixture();
     let optimizer = AdamWConfig {
         lr: c.lr,
@@ -132,8 +132,9 @@ fn ten_bradley_terry_steps_with_margins_centring_and_accumulation_match_pytorch(
     let loss = RewardLoss::BradleyTerry { center_rewards_coefficient: Some(c.center_rewards_coefficient) };
     let groups = vec![ParamGroup::new("frozen", &[&c.frozen]).frozen()];
     let config = RewardTrainerConfig { optimizer, groups, loss, ..RewardTrainerConfig::default() };
-    let mut trainer = RewardTrainer::new(tiny_model(), score_tensor(&score), config).unwrap();
-    let rel = 1e-5;
+    let model = Qwen2Model::load(&fixture("qwen2/mha_tied"), DType::F32, device).unwrap();
+    let score = Tensor::from_f32(&score, &[1, score.len()], DType::F32, device).unwrap();
+    let mut trainer = RewardTrainer::new(model, score, config).unwrap();
     for (k, (micro, want)) in batches.iter().zip(&steps).enumerate() {
         let micro: Vec<RewardBatch> =
             micro.iter().map(|b| RewardBatch::pairs(sequence_batch(b), b.margin.clone())).collect();
@@ -169,6 +170,18 @@ fn ten_bradley_terry_steps_with_margins_centring_and_accumulation_match_pytorch(
         }
     }
     eprintln!("worst relative error of the final parameters: {worst:e}");
+}
+
+#[test]
+fn ten_bradley_terry_steps_with_margins_centring_and_accumulation_match_pytorch() {
+    ten_bradley_terry_steps_match_pytorch(Device::Cpu, 1e-5);
+}
+
+/// The same on CUDA, whose kernels reduce in other orders: 1e-4, as for the DPO trainer.
+#[test]
+#[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
+fn ten_bradley_terry_steps_on_cuda_match_pytorch() {
+    ten_bradley_terry_steps_match_pytorch(Device::Cuda(0), 1e-4);
 }
 
 /// The K-wise batch's loss under a model whose parameter `name` has `delta` added at `index`.

@@ -333,3 +333,19 @@ fn bad_batches_and_losses_are_clear_errors() {
     assert!(message(&[bad_id]).contains("token id 96"));
     assert_eq!(values_f64(trainer.score()), before, "a failed step wrote the head");
 }
+
+#[test]
+fn a_fresh_head_is_normal_with_the_given_std_and_a_function_of_the_seed() {
+    let draw = |seed| init_score(4096, 0.02, seed, Device::Cpu).unwrap().to_vec::<f32>().unwrap();
+    let (a, b) = (draw(3), draw(4));
+    assert_eq!(a, draw(3));
+    assert_ne!(a, b);
+    let n = a.len() as f64;
+    let mean = a.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let std = (a.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n).sqrt();
+    // 4096 draws: the mean's standard error is 3e-4, the std's 2e-4.
+    assert!(mean.abs() < 1.5e-3 && (std - 0.02).abs() < 1e-3, "mean {mean}, std {std}");
+    let beyond = a.iter().filter(|x| x.abs() > 0.04).count() as f64 / n;
+    assert!((beyond - 0.0455).abs() < 0.015, "share beyond 2σ: {beyond}");
+    assert!(init_score(4, f64::NAN, 0, Device::Cpu).unwrap_err().to_string().contains("initial std"));
+}

@@ -30,16 +30,17 @@ pub fn load_score(dir: &Path, hidden: usize, device: Device) -> Result<Option<Te
 }
 
 /// A fresh head: normal(0, `std`) values (transformers initialises `score` with `initializer_range`), drawn with
-/// ChaCha8 keyed by the seed's 8 little-endian bytes on stream 1 (the batch sampler uses stream `epoch` of its own
-/// generator) through Box–Muller, so the same seed gives the same head on every platform.
+/// ChaCha8 keyed by the seed's 8 little-endian bytes, then the bytes of `"score"`, then zeros (a key of its own: the
+/// batch sampler's generator is keyed by the seed and zeros), through Box–Muller (one value per pair of draws), so
+/// the same seed gives the same head on every platform.
 pub fn init_score(hidden: usize, std: f64, seed: u64, device: Device) -> Result<Tensor> {
     if !(std.is_finite() && std >= 0.0) {
         return Err(Error::InvalidArgument(format!("the head's initial std must be finite and >= 0, got {std}")));
     }
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..13].copy_from_slice(b"score");
     let mut rng = ChaCha8Rng::from_seed(key);
-    rng.set_stream(1);
     // Uniform in (0, 1]: 53 random bits, shifted off zero so that the logarithm is finite.
     let mut uniform = || ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     let values: Vec<f32> = (0..hidden)

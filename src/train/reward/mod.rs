@@ -296,8 +296,9 @@ impl RewardTrainer {
         (self.model, self.score)
     }
 
-    /// Each row's reward (response-major, as the batch holds them): forward only.
+    /// Each row's reward (in the batch's order): forward only.
     pub fn rewards(&self, rows: &SequenceBatch) -> Result<Vec<f32>> {
+        self.check_rows(rows).map_err(Error::InvalidArgument)?;
         let ends = row_ends(rows).map_err(Error::InvalidArgument)?;
         let ends = Tensor::from_slice(&ends, &[rows.rows], self.model.device())?;
         let (_, rewards) = forward_rewards(&self.model, &self.score, rows, &ends, self.config.forward)?;
@@ -374,16 +375,12 @@ impl RewardTrainer {
         Ok(())
     }
 
-    /// What is wrong with `batch`, if anything.
-    fn check_batch(&self, batch: &RewardBatch) -> std::result::Result<(), String> {
-        let (rows, k) = (&batch.rows, batch.k);
-        if k < 2 || rows.rows == 0 || !rows.rows.is_multiple_of(k) {
-            return Err(format!("{} rows in groups of {k}: a reward batch has K ≥ 2 rows per group", rows.rows));
-        }
-        if matches!(self.config.loss, RewardLoss::BradleyTerry { .. }) && k != 2 {
-            return Err(format!("Bradley–Terry trains on pairs, the batch has groups of {k}: use a K-wise loss"));
-        }
+    /// What is wrong with the rows, if anything: sizes, token ids, a row without a token.
+    fn check_rows(&self, rows: &SequenceBatch) -> std::result::Result<(), String> {
         let size = rows.rows * rows.len;
+        if size == 0 {
+            return Err(format!("the batch is [{}, {}]: no token", rows.rows, rows.len));
+        }
         for (name, len) in [("ids", rows.ids.len()), ("mask", rows.mask.len())] {
             if len != size {
                 return Err(format!("`{name}` has {len} values, want {size} for {} rows", rows.rows));
@@ -393,7 +390,19 @@ impl RewardTrainer {
         if let Some(id) = rows.ids.iter().find(|&&id| !(0..vocab as i64).contains(&id)) {
             return Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}"));
         }
-        row_ends(rows)?;
+        row_ends(rows).map(|_| ())
+    }
+
+    /// What is wrong with `batch`, if anything.
+    fn check_batch(&self, batch: &RewardBatch) -> std::result::Result<(), String> {
+        let (rows, k) = (&batch.rows, batch.k);
+        if k < 2 || rows.rows == 0 || !rows.rows.is_multiple_of(k) {
+            return Err(format!("{} rows in groups of {k}: a reward batch has K ≥ 2 rows per group", rows.rows));
+        }
+        if matches!(self.config.loss, RewardLoss::BradleyTerry { .. }) && k != 2 {
+            return Err(format!("Bradley–Terry trains on pairs, the batch has groups of {k}: use a K-wise loss"));
+        }
+        self.check_rows(rows)?;
         match (&batch.margin, self.config.loss) {
             (Some(_), RewardLoss::Kwise(_)) => return Err("a margin is a Bradley–Terry input".into()),
             (Some(m), _) if m.len() != batch.groups() => {

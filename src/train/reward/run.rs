@@ -188,24 +188,12 @@ impl Steps for Progress<'_> {
 }
 
 impl RewardRun {
-    fn check(&self) -> Result<()> {
-        self.train.check()?;
-        if let RewardLoss::BradleyTerry { center_rewards_coefficient: Some(c) } = self.loss {
-            if !(c.is_finite() && c >= 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "`--center-rewards-coefficient` must be finite and >= 0, got {c}"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Trains, calling `on_step` after every step, until the end or until `stop` is set (then saves and returns).
     /// Everything (options, loss, the data and held-out files, checkpoints) is checked before anything is written
     /// to `out`.
     pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&RewardStepMetrics, usize)) -> Result<RewardOutcome> {
         let train = &self.train;
-        self.check()?;
+        train.check()?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
         let (data, margins, report) = self.data.load(&tokenizer, &train.data())?;
         let k = data.examples[0].responses.len();

@@ -220,7 +220,9 @@ fn kwise_loss_and_every_gradient_match_float64_and_finite_differences() {
     assert_eq!(grads.len(), expected.len());
     for (name, got) in &grads {
         let view = expected.tensor(&format!("grad.{name}")).unwrap();
-        let want: Vec<f64> = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+        let want: Vec<f64> =
+            view.data().chunks_exact(4).map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap()))).collect();
+        assert_eq!(view.shape(), got.shape(), "`{name}`");
         let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs())).max(1e-6);
         for (i, (g, w)) in values_f64(got).iter().zip(&want).enumerate() {
             assert!((g - w).abs() <= 1e-5 * scale, "`{name}` gradient [{i}]: got {g}, want {w} (scale {scale})");

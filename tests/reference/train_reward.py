@@ -13,7 +13,7 @@ Run: ~/.cache/unireward/torch-venv/bin/python tests/reference/train_reward.py
 Writes tests/fixtures/train_reward/steps.json (config, the initial head, the micro-batches as SequenceBatch fields
 (response-major rows: chosen then rejected, or best..worst), margins, per-step loss, TRL's metrics, grad norm, lr;
 the K-wise batch, loss and accuracy), final.safetensors (every parameter after the 10 steps, rounded to float32) and
-kwise_grads.safetensors (the K-wise gradients, float64).
+kwise_grads.safetensors (the K-wise gradients, rounded to float32).
 
 Checking a checkpoint written by unireward (the Rust tests cannot start Python):
     UNIREWARD_REWARD_CHECKPOINT_OUT=/tmp/ur-rm cargo test --test train_reward -- checkpoint
@@ -131,7 +131,7 @@ def plackett_luce(model, b):
     loss.backward()
     pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
     accuracy = sum((r[:, i] > r[:, j]).double().mean().item() for i, j in pairs) / len(pairs)
-    grads = {"grad." + n: p.grad.detach().clone().contiguous() for n, p in model.named_parameters()}
+    grads = {"grad." + n: p.grad.detach().float().contiguous() for n, p in model.named_parameters()}
     save_file(grads, os.path.join(OUT, "kwise_grads.safetensors"))
     print("plackett-luce loss %.6f accuracy %.3f" % (loss.item(), accuracy))
     return {"batch": b, "loss": loss.item(), "accuracy": accuracy}

@@ -187,6 +187,8 @@ fn bad_input_is_refused_before_anything_is_written() {
     let mut run = reward_run(&scratch, "out");
     run.loss = RewardLoss::BradleyTerry { center_rewards_coefficient: Some(f32::NAN) };
     assert!(refused(&run).contains("`--center-rewards-coefficient`"));
+    run = RewardRun { eval_every: 2, ..reward_run(&scratch, "out") };
+    assert!(refused(&run).contains("`--eval-every` needs a held-out file"));
     run = reward_run(&scratch, "out");
     run.train.batch_size = 0;
     assert!(refused(&run).contains("`--batch-size` must be at least 1"));

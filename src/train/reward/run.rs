@@ -194,6 +194,9 @@ impl RewardRun {
     pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&RewardStepMetrics, usize)) -> Result<RewardOutcome> {
         let train = &self.train;
         train.check()?;
+        if self.eval.is_none() && self.eval_every > 0 {
+            return Err(Error::InvalidArgument("`--eval-every` needs a held-out file: give `--eval FILE`".into()));
+        }
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
         let (data, margins, report) = self.data.load(&tokenizer, &train.data())?;
         let k = data.examples[0].responses.len();

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use unireward::train::data::{
-    collate_conversations, collate_pairs, BadRecordPolicy, BatchSampler, ConversationTokenizer, DataOptions,
-    DataSource, LabelMask, LoaderState, MediaKind, PairDataset, Problem, SamplerConfig, SftDataset, IGNORE_INDEX,
+    collate_conversations, collate_pairs, collate_rankings, BadRecordPolicy, BatchSampler, ConversationTokenizer,
+    DataOptions, DataSource, LabelMask, LoaderState, MediaKind, PairDataset, Problem, RankingDataset, SamplerConfig,
+    SftDataset, IGNORE_INDEX,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -125,6 +126,57 @@ fn pairs_match_the_chat_template() {
             assert!(batch.labels[at..at + e.prompt.len()].iter().all(|&l| l == IGNORE_INDEX));
             assert_eq!(batch.labels[at + e.prompt.len()..at + n], ids[e.prompt.len()..]);
             assert!(batch.labels[at + n..at + batch.len].iter().all(|&l| l == IGNORE_INDEX));
+            assert_eq!(batch.mask[at..at + batch.len].iter().sum::<i64>(), n as i64);
+        }
+    }
+}
+
+/// The pair fixture rewritten as ranked lists `[chosen, rejected, chosen]` (and the pairs with margins).
+#[test]
+fn ranked_lists_match_the_chat_template_and_pad_response_major() {
+    let dir = std::env::temp_dir().join(format!("unireward-rankings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut lists, mut margins) = (String::new(), String::new());
+    let text = std::fs::read_to_string(fixture("train/pairs.jsonl")).unwrap();
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let mut record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        let (chosen, rejected) = (record.remove("chosen").unwrap(), record.remove("rejected").unwrap());
+        let mut with_margin = record.clone();
+        with_margin.extend([("chosen".into(), chosen.clone()), ("rejected".into(), rejected.clone())]);
+        with_margin.insert("margin".into(), (0.25 * i as f64).into());
+        record.insert("responses".into(), serde_json::json!([chosen.clone(), rejected, chosen]));
+        lists += &(serde_json::Value::Object(record).to_string() + "\n");
+        margins += &(serde_json::Value::Object(with_margin).to_string() + "\n");
+    }
+    std::fs::write(dir.join("lists.jsonl"), lists).unwrap();
+    std::fs::write(dir.join("margins.jsonl"), margins).unwrap();
+    let tok = tokenizer(LabelMask::LlavaNext);
+    let source = [DataSource { path: dir.join("lists.jsonl"), task: Some("dpo".into()) }];
+    let (data, report) = RankingDataset::load_rankings(&source, &tok, &options()).unwrap();
+    let source = [DataSource { path: dir.join("margins.jsonl"), task: Some("dpo".into()) }];
+    let (pairs, _) = PairDataset::load_pairs(&source, &tok, &options()).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(report.bad.is_empty(), "{:?}", report.bad);
+    assert_eq!(data.tasks, ["image", "dpo"]);
+    let margins: Vec<_> = pairs.examples.iter().map(|e| e.margin).collect();
+    assert_eq!(margins, [Some(0.0), Some(0.25), Some(0.5)]);
+    for (got, want) in data.examples.iter().zip(&expected().pairs) {
+        assert_eq!((got.line, &got.prompt), (want.line, &want.prompt));
+        assert_eq!(got.responses, [want.chosen.clone(), want.rejected.clone(), want.chosen.clone()]);
+    }
+    // Row k·G + g: prompt g + its k-th response; labels on the responses only.
+    let refs: Vec<_> = data.examples.iter().collect();
+    let batch = collate_rankings(&refs, 360);
+    let g = refs.len();
+    assert_eq!(batch.rows, 3 * g);
+    for (row, e) in refs.iter().enumerate() {
+        for (k, response) in e.responses.iter().enumerate() {
+            let at = (k * g + row) * batch.len;
+            let n = e.prompt.len() + response.len();
+            let ids: Vec<i64> = e.prompt.iter().chain(response.iter()).map(|&i| i64::from(i)).collect();
+            assert_eq!(batch.ids[at..at + n], ids[..]);
+            assert!(batch.labels[at..at + e.prompt.len()].iter().all(|&l| l == IGNORE_INDEX));
+            assert_eq!(batch.labels[at + e.prompt.len()..at + n], ids[e.prompt.len()..]);
             assert_eq!(batch.mask[at..at + batch.len].iter().sum::<i64>(), n as i64);
         }
     }

@@ -1,7 +1,8 @@
 //! Training: the optimizer (AdamW fused over a model's parameters, clipping, schedules, accumulation), the data
-//! pipeline (conversation and preference-pair files, tokenization with loss masks, batching, shuffling and task
-//! mixing that a resume can restore), checkpoints written in the Hugging Face layout, the trainers (SFT of the
-//! judge, DPO of a policy) with the run loop they share, and PNG plots of their metrics.
+//! pipeline (conversation, preference-pair and ranked-list files, tokenization with loss masks, batching, shuffling
+//! and task mixing that a resume can restore), checkpoints written in the Hugging Face layout, the trainers (SFT of
+//! the judge, a scalar reward model with Bradley–Terry or K-wise losses, DPO of a policy) with the run loop they
+//! share, and PNG plots of their metrics.
 
 pub mod checkpoint;
 pub mod data;
@@ -10,6 +11,7 @@ pub mod fingerprint;
 pub mod model;
 pub mod optim;
 pub mod plots;
+pub mod reward;
 pub mod run;
 pub mod sft;
 

@@ -25,6 +25,7 @@ mod sample;
 mod synthetic;
 mod train_judge;
 mod train_options;
+mod train_reward;
 
 use clap::{Parser, Subcommand};
 use unireward::{DType, Device};
@@ -68,6 +69,8 @@ enum Command {
     Preprocess(preprocess::Args),
     /// Supervised fine-tuning of a judge on a conversation file, with checkpoints and --resume.
     TrainJudge(train_judge::Args),
+    /// A scalar reward model (Qwen2ForSequenceClassification) with Bradley–Terry on pairs or K-wise on rankings.
+    TrainReward(train_reward::Args),
     /// DPO (and the DPO family's losses) of a policy on a preference-pair file, with a cached reference.
     Dpo(dpo::Args),
     /// PNG plots of a metrics log (JSONL), one per metric family: loss, lr, grad_norm, rewards, ...
@@ -129,6 +132,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::FilterMerge(args) => filter_merge::run(&args),
         Command::Preprocess(args) => preprocess::run(&args),
         Command::TrainJudge(args) => train_judge::run(&args),
+        Command::TrainReward(args) => train_reward::run(&args),
         Command::Dpo(args) => dpo::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Devices => {

@@ -1,7 +1,7 @@
 //! Padding examples into a batch: right-padded ids, an attention mask, labels ignored on padding (and, for pairs,
 //! on the prompt), each row's task and media.
 
-use super::dataset::{PairExample, SftExample};
+use super::dataset::{PairExample, RankingExample, SftExample};
 use super::record::MediaRef;
 use super::tokenize::IGNORE_INDEX;
 use crate::runtime::{Device, Tensor};
@@ -93,19 +93,29 @@ pub fn collate_conversations(examples: &[&SftExample], pad_id: u32) -> SequenceB
     pad(rows, pad_id)
 }
 
+/// Prompt + completion as one row, labels on the completion only.
+fn completion_row<'a>(prompt: &[u32], completion: &[u32], task: usize, media: &'a [MediaRef]) -> Row<'a> {
+    let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+    let labels =
+        std::iter::repeat_n(IGNORE_INDEX, prompt.len()).chain(completion.iter().map(|&id| i64::from(id))).collect();
+    Row { ids, labels, task, media }
+}
+
 /// Pairs as one batch of `2·n` rows (TRL's concatenated forward): prompt + chosen in rows `0..n`, prompt + rejected
 /// in rows `n..2n`, padded to one length; labels on the completions only.
 pub fn collate_pairs(examples: &[&PairExample], pad_id: u32) -> SequenceBatch {
-    let row = |e: &'_ PairExample, completion: &[u32]| {
-        let ids: Vec<u32> = e.prompt.iter().chain(completion).copied().collect();
-        let labels = std::iter::repeat_n(IGNORE_INDEX, e.prompt.len())
-            .chain(completion.iter().map(|&id| i64::from(id)))
-            .collect();
-        (ids, labels)
-    };
-    let chosen = examples.iter().map(|&e| (row(e, &e.chosen), e));
-    let rejected = examples.iter().map(|&e| (row(e, &e.rejected), e));
-    let rows =
-        chosen.chain(rejected).map(|((ids, labels), e)| Row { ids, labels, task: e.task, media: &e.media }).collect();
+    let chosen = examples.iter().map(|e| completion_row(&e.prompt, &e.chosen, e.task, &e.media));
+    let rejected = examples.iter().map(|e| completion_row(&e.prompt, &e.rejected, e.task, &e.media));
+    pad(chosen.chain(rejected).collect(), pad_id)
+}
+
+/// G ranked lists of K responses each as one batch of `K·G` rows, response-major as [`collate_pairs`] lays pairs
+/// out: row `k·G + g` is prompt `g` + its `k`-th best response; labels on the responses only. Every example must
+/// hold K responses.
+pub fn collate_rankings(examples: &[&RankingExample], pad_id: u32) -> SequenceBatch {
+    let k = examples.first().map_or(0, |e| e.responses.len());
+    let rows = (0..k)
+        .flat_map(|rank| examples.iter().map(move |e| completion_row(&e.prompt, &e.responses[rank], e.task, &e.media)))
+        .collect();
     pad(rows, pad_id)
 }

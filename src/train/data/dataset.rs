@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::media::MediaLoader;
 use super::problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
 use super::record::{self, match_placeholders, MediaRef};
-use super::tokenize::{ConversationTokenizer, PairTokens, IGNORE_INDEX};
+use super::tokenize::{ConversationTokenizer, PromptTokens, IGNORE_INDEX};
 use crate::model::files::open_regular;
 use crate::{Error, Result};
 
@@ -73,7 +73,7 @@ pub struct SftExample {
 }
 
 /// A preference pair, tokenized: the prompt (through the assistant header) and each completion.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PairExample {
     pub task: usize,
     pub source: usize,
@@ -81,7 +81,39 @@ pub struct PairExample {
     pub prompt: Vec<u32>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
+    /// The record's optional `margin` (TRL's reward-trainer column; the DPO trainer ignores it).
+    pub margin: Option<f32>,
     pub media: Vec<MediaRef>,
+}
+
+/// A ranked list, tokenized: the prompt (through the assistant header) and K ≥ 2 responses, best first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RankingExample {
+    pub task: usize,
+    pub source: usize,
+    pub line: usize,
+    pub prompt: Vec<u32>,
+    pub responses: Vec<Vec<u32>>,
+    pub media: Vec<MediaRef>,
+}
+
+impl RankingExample {
+    /// Tokens of the longest of its sequences.
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.responses.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<PairExample> for RankingExample {
+    /// A pair as the ranking (chosen, rejected).
+    fn from(e: PairExample) -> RankingExample {
+        let PairExample { task, source, line, prompt, chosen, rejected, media, .. } = e;
+        RankingExample { task, source, line, prompt, responses: vec![chosen, rejected], media }
+    }
 }
 
 impl PairExample {
@@ -107,6 +139,8 @@ pub struct Dataset<E> {
 pub type SftDataset = Dataset<SftExample>;
 /// Preference pairs for DPO.
 pub type PairDataset = Dataset<PairExample>;
+/// Ranked lists for a K-wise reward model.
+pub type RankingDataset = Dataset<RankingExample>;
 
 /// Where a line comes from: the source's index and the 1-based line number.
 #[derive(Clone, Copy)]
@@ -134,6 +168,12 @@ impl Tasked for SftExample {
 }
 
 impl Tasked for PairExample {
+    fn set_task(&mut self, task: usize) {
+        self.task = task;
+    }
+}
+
+impl Tasked for RankingExample {
     fn set_task(&mut self, task: usize) {
         self.task = task;
     }
@@ -281,11 +321,12 @@ impl PairDataset {
             if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
                 return Ok(Err(problem));
             }
-            let PairTokens { mut prompt, chosen, rejected } =
-                match tokenizer.prompt_and_completions(&record.prompt, [&record.chosen, &record.rejected])? {
+            let PromptTokens { mut prompt, completions } =
+                match tokenizer.prompt_and_completions(&record.prompt, &[&record.chosen, &record.rejected])? {
                     Ok(tokens) => tokens,
                     Err(problem) => return Ok(Err(problem)),
                 };
+            let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
             if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
                 let unlabelled = vec![IGNORE_INDEX; prompt.len()];
                 match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
@@ -300,6 +341,41 @@ impl PairDataset {
                 prompt,
                 chosen,
                 rejected,
+                margin: record.margin,
+                media: record.media,
+            };
+            Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
+        })
+    }
+}
+
+impl RankingDataset {
+    /// Reads ranked-list files (`prompt`, `responses` best first, optional media), tokenized by `tokenizer`.
+    pub fn load_rankings(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+    ) -> Result<(RankingDataset, DataReport)> {
+        Dataset::load(sources, options, |line, origin| {
+            let mut record = match record::ranking(line, &options.media_folder, &options.task_field) {
+                Ok(record) => record,
+                Err(problem) => return Ok(Err(problem)),
+            };
+            if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
+                return Ok(Err(problem));
+            }
+            let responses: Vec<&str> = record.responses.iter().map(String::as_str).collect();
+            let PromptTokens { prompt, completions } =
+                match tokenizer.prompt_and_completions(&record.prompt, &responses)? {
+                    Ok(tokens) => tokens,
+                    Err(problem) => return Ok(Err(problem)),
+                };
+            let example = RankingExample {
+                task: 0,
+                source: origin.source,
+                line: origin.line,
+                prompt,
+                responses: completions,
                 media: record.media,
             };
             Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))

@@ -6,7 +6,9 @@
 //! ```text
 //! conversations: {"id": "1", "image": "a.png" | ["a.png", "b.png"], "video": "v.mp4", "task": "image_pair",
 //!                 "conversations": [{"from": "human", "value": "<image>\n..."}, {"from": "gpt", "value": "..."}]}
-//! pairs:         {"prompt": "<image>\n...", "chosen": "...", "rejected": "...", "image": "a.png", "task": "..."}
+//! pairs:         {"prompt": "<image>\n...", "chosen": "...", "rejected": "...", "image": "a.png", "task": "...",
+//!                 "margin": 0.5}                            (margin optional: the reward trainer's Bradley–Terry margin)
+//! rankings:      {"prompt": "...", "responses": ["best", "second", ..., "worst"], "image": ..., "task": ...}
 //! ```
 
 mod batch;
@@ -17,10 +19,13 @@ mod record;
 mod sampler;
 mod tokenize;
 
-pub use batch::{collate_conversations, collate_pairs, SequenceBatch};
-pub use dataset::{DataOptions, DataSource, Dataset, PairDataset, PairExample, SftDataset, SftExample, MAX_LINE_BYTES};
+pub use batch::{collate_conversations, collate_pairs, collate_rankings, SequenceBatch};
+pub use dataset::{
+    DataOptions, DataSource, Dataset, PairDataset, PairExample, RankingDataset, RankingExample, SftDataset, SftExample,
+    MAX_LINE_BYTES,
+};
 pub use media::{LoadedMedia, MediaLoader, DEFAULT_VIDEO_FRAMES};
 pub use problems::{BadRecord, BadRecordPolicy, DataReport, Problem};
-pub use record::{MediaKind, MediaRef, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
+pub use record::{MediaKind, MediaRef, IMAGE_PLACEHOLDER, MAX_RESPONSES, VIDEO_PLACEHOLDER};
 pub use sampler::{BatchIndices, BatchSampler, LoaderState, SamplerConfig, MAX_TASK_WEIGHT};
 pub use tokenize::{ConversationTokenizer, LabelMask, IGNORE_INDEX};

@@ -44,7 +44,20 @@ pub(crate) struct PairRecord {
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// TRL's optional `margin` column (the reward trainer's Bradley–Terry margin).
+    pub margin: Option<f32>,
 }
+
+/// A ranked-list record: K ≥ 2 responses to one prompt, listed best first.
+pub(crate) struct RankingRecord {
+    pub task: Option<String>,
+    pub media: Vec<MediaRef>,
+    pub prompt: String,
+    pub responses: Vec<String>,
+}
+
+/// The most responses a ranked-list record may hold.
+pub const MAX_RESPONSES: usize = 64;
 
 fn object(line: &str) -> Result<Map<String, Value>, Problem> {
     match serde_json::from_str::<Value>(line) {
@@ -149,22 +162,66 @@ pub(crate) fn conversation(line: &str, folder: &Path, task_field: &str) -> Resul
     Ok(ConversationRecord { task: task(&map, task_field)?, media, turns })
 }
 
-/// Parses a preference-pair line. An empty (or all-whitespace) completion is refused: there is nothing of it to
-/// prefer or learn, only the template's end marker.
+/// A completion's text, refused when empty (or all whitespace): there is nothing of it to prefer or learn, only
+/// the template's end marker.
+fn completion(text: String, name: &str) -> Result<String, Problem> {
+    match text.trim().is_empty() {
+        true => Err(Problem::Invalid(format!("`{name}` is empty"))),
+        false => Ok(text),
+    }
+}
+
+/// The optional finite number in `field`.
+fn number_field(map: &Map<String, Value>, field: &str) -> Result<Option<f32>, Problem> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64().map(|v| v as f32).filter(|v| v.is_finite()) {
+            Some(v) => Ok(Some(v)),
+            None => Err(Problem::Invalid(format!("`{field}` is {n}, not a finite f32"))),
+        },
+        Some(other) => Err(Problem::Invalid(format!("`{field}` is a {} instead of a number", kind_of(other)))),
+    }
+}
+
+/// Parses a preference-pair line (empty completions refused, an optional numeric `margin`).
 pub(crate) fn pair(line: &str, folder: &Path, task_field: &str) -> Result<PairRecord, Problem> {
     let map = object(line)?;
-    let completion = |field: &str| {
-        let text = string_field(&map, field)?;
-        match text.trim().is_empty() {
-            true => Err(Problem::Invalid(format!("`{field}` is empty"))),
-            false => Ok(text),
-        }
-    };
     Ok(PairRecord {
         task: task(&map, task_field)?,
         prompt: string_field(&map, "prompt")?,
-        chosen: completion("chosen")?,
-        rejected: completion("rejected")?,
+        chosen: completion(string_field(&map, "chosen")?, "chosen")?,
+        rejected: completion(string_field(&map, "rejected")?, "rejected")?,
+        margin: number_field(&map, "margin")?,
+        media: media(&map, folder)?,
+    })
+}
+
+/// Parses a ranked-list line: `prompt` and `responses`, a list of 2 to [`MAX_RESPONSES`] non-empty strings, best
+/// first.
+pub(crate) fn ranking(line: &str, folder: &Path, task_field: &str) -> Result<RankingRecord, Problem> {
+    let map = object(line)?;
+    let responses = match map.get("responses") {
+        Some(Value::Array(items)) if (2..=MAX_RESPONSES).contains(&items.len()) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(text) => completion(text.clone(), &format!("responses[{i}]")),
+                other => Err(Problem::Invalid(format!("`responses[{i}]` is a {} instead of a string", kind_of(other)))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(Value::Array(items)) => {
+            return Err(Problem::Invalid(format!(
+                "`responses` lists {} responses: a ranking needs 2 to {MAX_RESPONSES}",
+                items.len()
+            )))
+        }
+        Some(other) => return Err(Problem::Invalid(format!("`responses` is a {} instead of a list", kind_of(other)))),
+        None => return Err(Problem::Invalid("no `responses` field".into())),
+    };
+    Ok(RankingRecord {
+        task: task(&map, task_field)?,
+        prompt: string_field(&map, "prompt")?,
+        responses,
         media: media(&map, folder)?,
     })
 }

@@ -16,7 +16,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{PairDataset, SftDataset};
+use super::dataset::{PairDataset, RankingDataset, SftDataset};
 use crate::train::fingerprint::Fingerprint;
 use crate::{Error, Result};
 
@@ -152,6 +152,12 @@ impl BatchSampler {
 
     /// Over a pair dataset (lengths: the prompt and the longer completion).
     pub fn for_pairs(data: &PairDataset, config: SamplerConfig) -> Result<Self> {
+        let lengths = data.examples.iter().map(|e| e.len()).collect();
+        BatchSampler::new(lengths, data.examples.iter().map(|e| e.task).collect(), &data.tasks, config)
+    }
+
+    /// Over a ranked-list dataset (lengths: the prompt and the longest response).
+    pub fn for_rankings(data: &RankingDataset, config: SamplerConfig) -> Result<Self> {
         let lengths = data.examples.iter().map(|e| e.len()).collect();
         BatchSampler::new(lengths, data.examples.iter().map(|e| e.task).collect(), &data.tasks, config)
     }

@@ -170,11 +170,11 @@ impl ConversationTokenizer {
     pub(crate) fn prompt_and_completions(
         &self,
         prompt: &str,
-        completions: [&str; 2],
-    ) -> Result<std::result::Result<PairTokens, Problem>> {
+        completions: &[&str],
+    ) -> Result<std::result::Result<PromptTokens, Problem>> {
         self.check_placeholders(prompt)?;
         let messages = vec![ChatMessage::system(self.system_message.clone()), ChatMessage::user(prompt)];
-        let encode = || -> Result<PairTokens> {
+        let encode = || -> Result<PromptTokens> {
             let prompt_text = self.template.render(&messages, true)?;
             let completion = |answer: &str| -> Result<Vec<u32>> {
                 let mut full = messages.clone();
@@ -189,21 +189,19 @@ impl ConversationTokenizer {
                 })?;
                 self.tokenizer.encode(tail)
             };
-            Ok(PairTokens {
+            Ok(PromptTokens {
                 prompt: self.tokenizer.encode(&prompt_text)?,
-                chosen: completion(completions[0])?,
-                rejected: completion(completions[1])?,
+                completions: completions.iter().map(|c| completion(c)).collect::<Result<_>>()?,
             })
         };
         Ok(encode().map_err(|e| Problem::Invalid(e.to_string())))
     }
 }
 
-/// A tokenized pair.
-pub(crate) struct PairTokens {
+/// A tokenized prompt and its completions, in their order.
+pub(crate) struct PromptTokens {
     pub prompt: Vec<u32>,
-    pub chosen: Vec<u32>,
-    pub rejected: Vec<u32>,
+    pub completions: Vec<Vec<u32>>,
 }
 
 /// A tokenized conversation.

@@ -1,0 +1,283 @@
+//! The reward-model training loop over a pair file (Bradley–Terry) or a ranked-list file (K-wise), with an optional
+//! held-out file evaluated every `eval_every` steps and at the end, and checkpoints that resume bitwise (see
+//! [`crate::train::run`]) and that transformers loads as `Qwen2ForSequenceClassification`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use super::head::{init_score, load_score, reward_config};
+use super::{RewardBatch, RewardLoss, RewardStepMetrics, RewardTrainer, RewardTrainerConfig};
+use crate::model::{LoadOptions, Qwen2Model};
+use crate::runtime::DType;
+use crate::train::checkpoint::save_checkpoint;
+use crate::train::data::{
+    collate_rankings, BatchSampler, ConversationTokenizer, DataOptions, DataReport, DataSource, PairDataset,
+    RankingDataset, RankingExample,
+};
+use crate::train::run::{
+    drive, latest_checkpoint, load_run_state, save_run_checkpoint_with, Steps, TrainOptions, TrainerState,
+};
+use crate::{Error, Result};
+
+/// The standard deviation of a fresh head (transformers' default `initializer_range`).
+const INITIAL_SCORE_STD: f64 = 0.02;
+
+/// A training (or held-out) file and its format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RewardData {
+    /// `prompt`, `chosen`, `rejected` (optional `margin`): [`PairDataset::load_pairs`]'s format.
+    Pairs(PathBuf),
+    /// `prompt`, `responses` best first: [`RankingDataset::load_rankings`]'s format; every record of a file holds
+    /// the same number of responses.
+    Rankings(PathBuf),
+}
+
+impl Default for RewardData {
+    fn default() -> Self {
+        RewardData::Pairs(PathBuf::new())
+    }
+}
+
+impl RewardData {
+    pub fn path(&self) -> &Path {
+        match self {
+            RewardData::Pairs(p) | RewardData::Rankings(p) => p,
+        }
+    }
+
+    /// The file as ranked lists (pairs: chosen then rejected), each pair's margin (0 where a record has none;
+    /// `None` when no record has one) and the load's report. A file with no usable record, or with rankings of
+    /// different lengths, is refused.
+    fn load(
+        &self,
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+    ) -> Result<(RankingDataset, Option<Vec<f32>>, DataReport)> {
+        let sources = [DataSource::new(self.path())];
+        let (data, margins, report) = match self {
+            RewardData::Pairs(_) => {
+                let (pairs, report) = PairDataset::load_pairs(&sources, tokenizer, options)?;
+                let any_margin = pairs.examples.iter().any(|e| e.margin.is_some());
+                let margins = any_margin.then(|| pairs.examples.iter().map(|e| e.margin.unwrap_or(0.0)).collect());
+                let examples = pairs.examples.into_iter().map(RankingExample::from).collect();
+                (RankingDataset { tasks: pairs.tasks, examples }, margins, report)
+            }
+            RewardData::Rankings(_) => {
+                let (data, report) = RankingDataset::load_rankings(&sources, tokenizer, options)?;
+                (data, None, report)
+            }
+        };
+        let path = self.path().display();
+        let Some(first) = data.examples.first() else {
+            let first = report.bad.first().map_or(String::new(), |b| format!("; first: {b}"));
+            return Err(Error::InvalidArgument(format!(
+                "{path} holds no usable record ({} records, {} left out{first})",
+                report.records,
+                report.bad.len()
+            )));
+        };
+        let k = first.responses.len();
+        if let Some(e) = data.examples.iter().find(|e| e.responses.len() != k) {
+            return Err(Error::InvalidArgument(format!(
+                "line {} of {path} ranks {} responses, line {} ranks {k}: every record of a file ranks as many",
+                e.line,
+                e.responses.len(),
+                first.line
+            )));
+        }
+        if let Some(e) = data.examples.iter().find(|e| !e.media.is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "line {} of {path} has images or videos: the reward trainer is text-only (Qwen2) for now",
+                e.line
+            )));
+        }
+        Ok((data, margins, report))
+    }
+}
+
+/// A whole reward-model run.
+#[derive(Clone, Debug, Default)]
+pub struct RewardRun {
+    /// The checkpoint trained from (config, weights, tokenizer files, chat template); its `score.weight` is the
+    /// head's start when it has one, otherwise the head is drawn from `train.seed`.
+    pub model: PathBuf,
+    pub data: RewardData,
+    /// Checkpoints go to `out/checkpoint-<step>/`.
+    pub out: PathBuf,
+    /// A held-out file in `data`'s format.
+    pub eval: Option<PathBuf>,
+    /// Evaluate every this many steps (0: only at the end); always at the end.
+    pub eval_every: usize,
+    pub loss: RewardLoss,
+    pub train: TrainOptions,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RewardOutcome {
+    pub steps_done: u64,
+    pub total_steps: usize,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+    /// Stopped by the caller's flag before the end.
+    pub interrupted: bool,
+    pub data: DataReport,
+    /// The held-out file's report.
+    pub eval_data: Option<DataReport>,
+}
+
+/// A run's trainer, data, held-out batches and loader position, as [`drive`] steps them.
+struct Progress<'a> {
+    run: &'a RewardRun,
+    trainer: RewardTrainer,
+    data: RankingDataset,
+    margins: Option<Vec<f32>>,
+    sampler: BatchSampler,
+    eval: Vec<RewardBatch>,
+    pad: u32,
+    total_steps: usize,
+}
+
+/// `examples` (indices into `data`) as one batch.
+fn batch(data: &RankingDataset, margins: Option<&[f32]>, indices: &[usize], pad: u32) -> RewardBatch {
+    let examples: Vec<_> = indices.iter().map(|&i| &data.examples[i]).collect();
+    let k = examples.first().map_or(2, |e| e.responses.len());
+    let margin = margins.map(|m| indices.iter().map(|&i| m[i]).collect());
+    RewardBatch { rows: collate_rankings(&examples, pad), k, margin }
+}
+
+impl Steps for Progress<'_> {
+    type Metrics = RewardStepMetrics;
+
+    fn steps_done(&self) -> u64 {
+        self.trainer.optimizer().steps_done()
+    }
+
+    fn step(&mut self) -> Result<RewardStepMetrics> {
+        let micro: Vec<_> = (0..self.run.train.grad_accum)
+            .map(|_| batch(&self.data, self.margins.as_deref(), &self.sampler.next_batch().examples, self.pad))
+            .collect();
+        let mut metrics = self.trainer.step(&micro)?;
+        let step = metrics.step as usize;
+        let every = self.run.eval_every;
+        let due = (every > 0 && step.is_multiple_of(every)) || step == self.total_steps;
+        if due && !self.eval.is_empty() {
+            metrics.eval = Some(self.trainer.evaluate(&self.eval)?);
+        }
+        Ok(metrics)
+    }
+
+    fn save(&self) -> Result<PathBuf> {
+        let model = self.trainer.model();
+        let head = model.weights.names().lm_head.clone();
+        let left_out: Vec<&str> = if model.config.tie_word_embeddings { vec![head.as_str()] } else { vec![] };
+        let named = self.trainer.named_parameters();
+        let optimizer = self.trainer.optimizer();
+        let state = TrainerState {
+            step: optimizer.steps_done(),
+            total_steps: self.total_steps,
+            loader: self.sampler.state(),
+            extra: serde_json::Value::Null,
+        };
+        let config = reward_config(&self.run.model, self.pad)?;
+        save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, trainer_state| {
+            save_checkpoint(dir, &self.run.model, &named, &left_out, options, |tmp| {
+                // A sequence-classification config over the source's: transformers loads the head as `score`.
+                let path = tmp.join("config.json");
+                std::fs::write(&path, &config)
+                    .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))?;
+                trainer_state(tmp)
+            })
+        })
+    }
+}
+
+impl RewardRun {
+    /// Trains, calling `on_step` after every step, until the end or until `stop` is set (then saves and returns).
+    /// Everything (options, loss, the data and held-out files, checkpoints) is checked before anything is written
+    /// to `out`.
+    pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&RewardStepMetrics, usize)) -> Result<RewardOutcome> {
+        let train = &self.train;
+        train.check()?;
+        if self.eval.is_none() && self.eval_every > 0 {
+            return Err(Error::InvalidArgument("`--eval-every` needs a held-out file: give `--eval FILE`".into()));
+        }
+        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
+        let (data, margins, report) = self.data.load(&tokenizer, &train.data())?;
+        let k = data.examples[0].responses.len();
+        let path = self.data.path().display();
+        match self.loss {
+            RewardLoss::BradleyTerry { .. } if k != 2 => {
+                return Err(Error::InvalidArgument(format!(
+                    "{path} ranks {k} responses a record: Bradley–Terry trains on pairs, use `--loss kwise`"
+                )))
+            }
+            RewardLoss::Kwise(_) if margins.is_some() => {
+                return Err(Error::InvalidArgument(format!(
+                    "{path} gives margins, a Bradley–Terry input: use `--loss bradley-terry` or drop them"
+                )))
+            }
+            _ => {}
+        }
+        let pad = tokenizer.pad_id();
+        let (eval, eval_report) = match &self.eval {
+            Some(file) => {
+                let held_out = match &self.data {
+                    RewardData::Pairs(_) => RewardData::Pairs(file.clone()),
+                    RewardData::Rankings(_) => RewardData::Rankings(file.clone()),
+                };
+                let (eval_data, eval_margins, eval_report) = held_out.load(&tokenizer, &train.data())?;
+                let eval_k = eval_data.examples[0].responses.len();
+                if eval_k != k || (eval_margins.is_some() && matches!(self.loss, RewardLoss::Kwise(_))) {
+                    return Err(Error::InvalidArgument(format!(
+                        "the held-out file {} ranks {eval_k} responses a record{}, the training data {k}: they must \
+                         match the loss",
+                        file.display(),
+                        if eval_margins.is_some() { " with margins" } else { "" }
+                    )));
+                }
+                let indices: Vec<usize> = (0..eval_data.examples.len()).collect();
+                let batches = indices
+                    .chunks(train.batch_size)
+                    .map(|chunk| batch(&eval_data, eval_margins.as_deref(), chunk, pad))
+                    .collect();
+                (batches, Some(eval_report))
+            }
+            None => (Vec::new(), None),
+        };
+        let mut sampler = BatchSampler::for_rankings(&data, train.sampler())?;
+        let total_steps = train.total_steps(sampler.batches_per_epoch())?;
+        let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
+        let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
+        // Lenient: a reward checkpoint holds `score.weight` beside the decoder.
+        let options = LoadOptions { lenient: true, ..LoadOptions::default() };
+        let (model, _) = Qwen2Model::load_with(weights_dir, DType::F32, train.device, &options)?;
+        let hidden = model.config.hidden_size;
+        let score = match load_score(weights_dir, hidden, train.device)? {
+            Some(score) => score,
+            None => init_score(hidden, INITIAL_SCORE_STD, train.seed, train.device)?,
+        };
+        let config = RewardTrainerConfig {
+            optimizer: train.optimizer(total_steps)?,
+            groups: train.groups(),
+            loss: self.loss,
+            ..RewardTrainerConfig::default()
+        };
+        let mut trainer = RewardTrainer::new(model, score, config)?;
+        if let Some((_, dir)) = &resumed {
+            let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
+            sampler.restore(&state.loader)?;
+        }
+        let mut progress = Progress { run: self, trainer, data, margins, sampler, eval, pad, total_steps };
+        let resumed = resumed.map(|(_, dir)| dir);
+        let driven = drive(&mut progress, total_steps, train.save_every, stop, resumed, on_step)?;
+        Ok(RewardOutcome {
+            steps_done: progress.steps_done(),
+            total_steps,
+            checkpoint: driven.checkpoint,
+            interrupted: driven.interrupted,
+            data: report,
+            eval_data: eval_report,
+        })
+    }
+}

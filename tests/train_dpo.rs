@@ -3,8 +3,6 @@
 //! AdamW + clip_grad_norm_ + the cosine warm-up schedule), its reference pass against the same, a toy preference task
 //! it learns, and clear errors on bad batches and losses.
 
-use std::path::{Path, PathBuf};
-
 use safetensors::SafeTensors;
 use serde::Deserialize;
 use unireward::model::Qwen2Model;
@@ -13,21 +11,10 @@ use unireward::train::data::{SequenceBatch, IGNORE_INDEX};
 use unireward::train::dpo::{reference_logps, DpoTrainer, DpoTrainerConfig, PairBatch, PairLogps};
 use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
-use unireward::{DType, Device, Tensor};
+use unireward::{DType, Device};
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
-}
-
-fn values_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
-}
-
-/// `|got - want| <= rel · max(|want|, floor)`.
-fn assert_close(what: &str, got: f64, want: f64, rel: f64, floor: f64) {
-    let tol = rel * want.abs().max(floor);
-    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} (tolerance {tol:e})");
-}
+mod common;
+use common::reference::{assert_close, fixture, values_f64, ReferenceBatch};
 
 #[derive(Deserialize)]
 struct Config {
@@ -38,16 +25,6 @@ struct Config {
     warmup_ratio: f64,
     total_steps: usize,
     frozen: String,
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    rows: usize,
-    len: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    tasks: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -82,14 +59,8 @@ struct LossRun {
 #[derive(Deserialize)]
 struct Fixture {
     config: Config,
-    batches: Vec<Vec<Batch>>,
+    batches: Vec<Vec<ReferenceBatch>>,
     losses: std::collections::HashMap<String, LossRun>,
-}
-
-fn sequence_batch(b: &Batch) -> SequenceBatch {
-    let media = vec![Vec::new(); b.rows];
-    let (ids, mask, labels, tasks) = (b.ids.clone(), b.mask.clone(), b.labels.clone(), b.tasks.clone());
-    SequenceBatch { rows: b.rows, len: b.len, ids, mask, labels, tasks, media }
 }
 
 fn tiny_model() -> Qwen2Model {
@@ -124,7 +95,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
             .iter()
             .zip(refs)
             .map(|(b, r)| {
-                let rows = sequence_batch(b);
+                let rows = b.sequence_batch();
                 let got = reference_logps(&reference, &rows, Default::default()).unwrap();
                 for (g, w) in got.chosen.iter().chain(&got.rejected).zip(r.chosen.iter().chain(&r.rejected)) {
                     assert_close(&format!("step {k} reference log-prob"), f64::from(*g), *w, rel, 1.0);

@@ -4,8 +4,6 @@
 //! and finite differences; a learnable toy preference task whose held-out accuracy rises; clear errors on bad
 //! batches. The run over files (resume, evaluation, checkpoints, bad input) is in `train_reward_run.rs`.
 
-use std::path::{Path, PathBuf};
-
 use safetensors::SafeTensors;
 use serde::Deserialize;
 use unireward::model::Qwen2Model;
@@ -17,19 +15,8 @@ use unireward::train::reward::{
 };
 use unireward::{DType, Device, Tensor};
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
-}
-
-fn values_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
-}
-
-/// `|got - want| <= rel · max(|want|, floor)`.
-fn assert_close(what: &str, got: f64, want: f64, rel: f64, floor: f64) {
-    let tol = rel * want.abs().max(floor);
-    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} (tolerance {tol:e})");
-}
+mod common;
+use common::reference::{assert_close, fixture, values_f64, ReferenceBatch};
 
 #[derive(Deserialize)]
 struct Config {
@@ -42,18 +29,6 @@ struct Config {
     frozen: String,
     max_grad_norm: f64,
     center_rewards_coefficient: f32,
-}
-
-#[derive(Deserialize, Clone)]
-struct Batch {
-    rows: usize,
-    len: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    tasks: Vec<usize>,
-    #[serde(default)]
-    margin: Option<Vec<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -70,7 +45,7 @@ struct Step {
 
 #[derive(Deserialize)]
 struct Kwise {
-    batch: Batch,
+    batch: ReferenceBatch,
     loss: f64,
     accuracy: f64,
 }
@@ -79,19 +54,13 @@ struct Kwise {
 struct Fixture {
     config: Config,
     score: Vec<f32>,
-    batches: Vec<Vec<Batch>>,
+    batches: Vec<Vec<ReferenceBatch>>,
     steps: Vec<Step>,
     kwise: Kwise,
 }
 
 fn load_fixture() -> Fixture {
     serde_json::from_str(&std::fs::read_to_string(fixture("train_reward/steps.json")).unwrap()).unwrap()
-}
-
-fn sequence_batch(b: &Batch) -> SequenceBatch {
-    let media = vec![Vec::new(); b.rows];
-    let (ids, mask, labels, tasks) = (b.ids.clone(), b.mask.clone(), b.labels.clone(), b.tasks.clone());
-    SequenceBatch { rows: b.rows, len: b.len, ids, mask, labels, tasks, media }
 }
 
 fn tiny_model() -> Qwen2Model {
@@ -137,7 +106,7 @@ fn ten_bradley_terry_steps_match_pytorch(device: Device, rel: f64) {
     let mut trainer = RewardTrainer::new(model, score, config).unwrap();
     for (k, (micro, want)) in batches.iter().zip(&steps).enumerate() {
         let micro: Vec<RewardBatch> =
-            micro.iter().map(|b| RewardBatch::pairs(sequence_batch(b), b.margin.clone())).collect();
+            micro.iter().map(|b| RewardBatch::pairs(b.sequence_batch(), b.margin.clone())).collect();
         let got = trainer.step(&micro).unwrap();
         let m = &got.metrics;
         assert_eq!((got.step, got.groups, got.tokens), (k as u64 + 1, 4, want.tokens), "step {k}");
@@ -209,7 +178,7 @@ fn plackett_luce() -> RewardLoss {
 #[test]
 fn kwise_loss_and_every_gradient_match_float64_and_finite_differences() {
     let Fixture { score, kwise, .. } = load_fixture();
-    let batch = RewardBatch { rows: sequence_batch(&kwise.batch), k: 3, margin: None };
+    let batch = RewardBatch { rows: kwise.batch.sequence_batch(), k: 3, margin: None };
     let mut trainer = trainer(plackett_luce(), &score, AdamWConfig::default());
     let metrics = trainer.backward(&batch).unwrap();
     assert_close("loss", metrics.loss, kwise.loss, 1e-6, 1.0);

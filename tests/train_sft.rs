@@ -2,28 +2,16 @@
 //! transformers model + AdamW + clip_grad_norm_ + the cosine warm-up schedule), a toy task it learns, and clear
 //! errors on bad batches.
 
-use std::path::{Path, PathBuf};
-
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use unireward::model::Qwen2Model;
 use unireward::train::data::{SequenceBatch, IGNORE_INDEX};
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
 use unireward::train::sft::{SftConfig, SftTrainer};
-use unireward::{DType, Device, Tensor};
+use unireward::{DType, Device};
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
-}
-
-fn values_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
-}
-
-fn assert_close(what: &str, got: f64, want: f64, rel: f64) {
-    let tol = rel * want.abs().max(1e-3);
-    assert!((got - want).abs() <= tol, "{what}: got {got}, want {want} (tolerance {tol:e})");
-}
+mod common;
+use common::reference::{assert_close, fixture, values_f64, ReferenceBatch};
 
 #[derive(Deserialize)]
 struct Config {
@@ -40,16 +28,6 @@ struct Config {
 }
 
 #[derive(Deserialize)]
-struct Batch {
-    rows: usize,
-    len: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    tasks: Vec<usize>,
-}
-
-#[derive(Deserialize)]
 struct Step {
     loss: f64,
     tokens: usize,
@@ -61,13 +39,8 @@ struct Step {
 #[derive(Deserialize)]
 struct Steps {
     config: Config,
-    batches: Vec<Vec<Batch>>,
+    batches: Vec<Vec<ReferenceBatch>>,
     steps: Vec<Step>,
-}
-
-fn sequence_batch(b: Batch) -> SequenceBatch {
-    let media = vec![Vec::new(); b.rows];
-    SequenceBatch { rows: b.rows, len: b.len, ids: b.ids, mask: b.mask, labels: b.labels, tasks: b.tasks, media }
 }
 
 fn tiny_model() -> Qwen2Model {
@@ -91,17 +64,17 @@ fn ten_sft_steps_with_accumulation_match_pytorch() {
     let config = SftConfig { optimizer, groups, tasks: c.tasks, ..SftConfig::default() };
     let mut trainer = SftTrainer::new(tiny_model(), config).unwrap();
     for (k, (micro, want)) in batches.into_iter().zip(&steps).enumerate() {
-        let micro: Vec<SequenceBatch> = micro.into_iter().map(sequence_batch).collect();
+        let micro: Vec<SequenceBatch> = micro.iter().map(ReferenceBatch::sequence_batch).collect();
         let got = trainer.step(&micro).unwrap();
         assert_eq!(got.step, k as u64 + 1);
         assert_eq!(got.tokens, want.tokens, "step {k} tokens");
-        assert_close(&format!("step {k} loss"), got.loss, want.loss, 1e-5);
-        assert_close(&format!("step {k} grad norm"), got.grad_norm.unwrap(), want.grad_norm, 1e-5);
-        assert_close(&format!("step {k} lr"), got.lr, want.lr, 1e-12);
+        assert_close(&format!("step {k} loss"), got.loss, want.loss, 1e-5, 1e-3);
+        assert_close(&format!("step {k} grad norm"), got.grad_norm.unwrap(), want.grad_norm, 1e-5, 1e-3);
+        assert_close(&format!("step {k} lr"), got.lr, want.lr, 1e-12, 1e-3);
         assert_eq!(got.task_loss.len(), want.task_loss.len());
         for (t, (g, w)) in got.task_loss.iter().zip(&want.task_loss).enumerate() {
             match (g, w) {
-                (Some(g), Some(w)) => assert_close(&format!("step {k} task {t} loss"), *g, *w, 1e-5),
+                (Some(g), Some(w)) => assert_close(&format!("step {k} task {t} loss"), *g, *w, 1e-5, 1e-3),
                 (g, w) => assert_eq!(g.is_some(), w.is_some(), "step {k} task {t}: {g:?} vs {w:?}"),
             }
         }

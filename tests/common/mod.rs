@@ -4,6 +4,8 @@
 // Each test crate that includes this module uses a part of it.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 
 /// A temporary directory, removed on drop, with the checkpoint in `model/`.

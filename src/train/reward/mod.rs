@@ -8,9 +8,10 @@
 //! rows (response-major: row `k·G + g` is group g's k-th best, as [`collate_pairs`](super::data::collate_pairs) and
 //! [`collate_rankings`](super::data::collate_rankings) lay them out), reads one reward per row through the head,
 //! takes the loss and its gradient with respect to the rewards from the preference ops
-//! ([`bradley_terry_loss`], [`kwise_loss`]), sends that back through the head into the model, and adds its
-//! gradients to the optimizer's accumulator weighted by its groups: a step's loss and gradient are the mean over all
-//! its groups. An untied LM head is not part of the reward model and stays frozen.
+//! ([`bradley_terry_loss`](crate::ops::preference::bradley_terry_loss),
+//! [`kwise_loss`](crate::ops::preference::kwise_loss)), sends that back through the head into the model, and adds
+//! its gradients to the optimizer's accumulator weighted by its groups: a step's loss and gradient are the mean over
+//! all its groups. An untied LM head is not part of the reward model and stays frozen.
 //!
 //! Every model call (forward, backward) is in `forward_rewards` and `RewardTrainer::backward`; beyond them the
 //! model's type appears only where it is held, loaded and saved, so a LLaVA-capable model is a local change.

@@ -91,8 +91,8 @@ impl FloatElement for bf16 {
 }
 
 /// `half::bf16::from_f32`'s rounding (to nearest, ties to even; NaN kept quiet with its sign and top payload bits)
-/// written without branches: half's early return on NaN keeps every loop that narrows to bf16 scalar, which made
-/// the bf16 AdamW step 3.7x slower than the f32 one.
+/// written without branches: half's early return on NaN keeps a loop that narrows to bf16 scalar (a plain update
+/// loop over 16M values storing bf16: 60 ms with half's, 39 ms with this; 32 ms storing f32).
 #[inline(always)]
 fn bf16_bits_nearest_even(v: f32) -> u16 {
     let x = v.to_bits();

@@ -281,6 +281,22 @@ fn initial_parameters_refuse_a_bad_standard_deviation() {
     assert_ne!(a[0].1.to_vec::<f32>().unwrap(), b[0].1.to_vec::<f32>().unwrap());
 }
 
+/// The words of the demo's templates: every instruction and verdict phrase (a world tokenizer's base corpus).
+fn demo_templates_words() -> Vec<String> {
+    use unireward::judge::{AnswerGrammar, Mode, Task, TaskTemplate, Variant};
+    let mut corpus = Vec::new();
+    for task in Task::ALL {
+        for mode in Mode::ALL {
+            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
+            corpus.push(template.instruction.clone());
+            if let AnswerGrammar::Verdict(v) = &template.answer {
+                corpus.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
+            }
+        }
+    }
+    corpus
+}
+
 #[test]
 fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
     use unireward::judge::{Candidate, Context, Judge, MediaFile, Mode, Task, TaskTemplate, Variant};
@@ -290,16 +306,8 @@ fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
     let other = corrupt(&scene, &mut rng);
     let text = caption(&scene);
     let dir = temp_dir("judge");
-    let mut corpus: Vec<String> = vec![text.clone()];
-    for task in Task::ALL {
-        for mode in Mode::ALL {
-            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
-            corpus.push(template.instruction.clone());
-            if let unireward::judge::AnswerGrammar::Verdict(v) = &template.answer {
-                corpus.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
-            }
-        }
-    }
+    let mut corpus = demo_templates_words();
+    corpus.push(text.clone());
     let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str)).unwrap();
     TinyLlava::default().write(&dir, &tokenizer, 3).unwrap();
     let judge = Judge::load(&dir, unireward::DType::F32, unireward::Device::Cpu).unwrap();
@@ -381,19 +389,12 @@ fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
 #[test]
 fn train_judge_and_eval_run_on_the_world() {
     use std::process::Command;
-    use unireward::judge::{AnswerGrammar, Mode, Task, TaskTemplate, Variant};
+    use unireward::judge::Task;
     use unireward::pipeline::world::{judgments, word_level_tokenizer, TinyLlava};
     let dir = temp_dir("judge-stage");
     let mut rng = ChaCha8Rng::seed_from_u64(24);
-    let (mut train, mut held_out, mut corpus) = (String::new(), String::new(), Vec::new());
+    let (mut train, mut held_out, mut corpus) = (String::new(), String::new(), demo_templates_words());
     for task in Task::ALL {
-        for mode in Mode::ALL {
-            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
-            corpus.push(template.instruction.clone());
-            if let AnswerGrammar::Verdict(v) = &template.answer {
-                corpus.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
-            }
-        }
         for (i, judgment) in judgments(task, 3, &dir.join("media"), "", &mut rng).unwrap().into_iter().enumerate() {
             corpus.push(judgment.text.clone());
             for c in judgment.conversations(&mut rng).unwrap() {

@@ -182,6 +182,29 @@ pub(crate) fn save_run_checkpoint_with(
     Ok(dir)
 }
 
+/// The data options of the file at `path`: `train`'s, with media paths relative to `media_folder`, else to the
+/// file's own folder.
+pub(crate) fn data_options_for(train: &TrainOptions, path: &Path, media_folder: Option<&Path>) -> DataOptions {
+    let mut options = train.data();
+    options.media_folder = match media_folder {
+        Some(folder) => folder.to_path_buf(),
+        None => path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    options
+}
+
+/// A model without a media loader (a text-only Qwen2) refuses the file at `path` when a record has images or
+/// videos: `first_with_media` is the line of the first such record.
+pub(crate) fn refuse_media_without_loader(first_with_media: Option<usize>, path: &Path) -> Result<()> {
+    match first_with_media {
+        Some(line) => Err(Error::InvalidArgument(format!(
+            "line {line} of {} has images or videos but the model is a text-only Qwen2",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Restores `optimizer` from a checkpoint's `trainer_state/` and returns the rest of that state.
 pub(crate) fn load_run_state(dir: &Path, optimizer: &mut AdamW, total_steps: usize) -> Result<TrainerState> {
     let state_dir = dir.join(TRAINER_STATE_DIR);

@@ -13,7 +13,8 @@ use crate::train::data::{
 };
 use crate::train::model::TrainModel;
 use crate::train::run::{
-    drive, latest_checkpoint, load_run_state, save_run_checkpoint_with, Steps, TrainOptions, TrainerState,
+    data_options_for, drive, latest_checkpoint, load_run_state, refuse_media_without_loader, save_run_checkpoint_with,
+    Steps, TrainOptions, TrainerState,
 };
 use crate::{Error, Result};
 
@@ -158,21 +159,12 @@ impl DpoRun {
         tokenizer: &ConversationTokenizer,
         media: Option<&MediaLoader>,
     ) -> Result<(PairDataset, DataReport)> {
-        let mut options = self.train.data();
-        options.media_folder = match &self.media_folder {
-            Some(folder) => folder.clone(),
-            None => self.pairs.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        };
+        let options = data_options_for(&self.train, &self.pairs, self.media_folder.as_deref());
         let (data, report) =
             PairDataset::load_pairs_with_media(&[DataSource::new(&self.pairs)], tokenizer, &options, media)?;
         if media.is_none() {
-            if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
-                return Err(Error::InvalidArgument(format!(
-                    "line {} of {} has images or videos but the policy is a text-only Qwen2",
-                    example.line,
-                    self.pairs.display()
-                )));
-            }
+            let first = data.examples.iter().find(|e| !e.media.is_empty()).map(|e| e.line);
+            refuse_media_without_loader(first, &self.pairs)?;
         }
         Ok((data, report))
     }

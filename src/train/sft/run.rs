@@ -16,7 +16,8 @@ use crate::train::data::{
 };
 use crate::train::model::TrainModel;
 use crate::train::run::{
-    drive, latest_checkpoint, load_run_state, save_run_checkpoint_with, Steps, TrainOptions, TrainerState,
+    data_options_for, drive, latest_checkpoint, load_run_state, refuse_media_without_loader, save_run_checkpoint_with,
+    Steps, TrainOptions, TrainerState,
 };
 use crate::{Error, Result};
 
@@ -184,21 +185,12 @@ impl SftRun {
         tokenizer: &ConversationTokenizer,
         media: Option<&MediaLoader>,
     ) -> Result<(SftDataset, DataReport)> {
-        let mut options = self.train.data();
-        options.media_folder = match &self.media_folder {
-            Some(folder) => folder.clone(),
-            None => path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        };
+        let options = data_options_for(&self.train, path, self.media_folder.as_deref());
         let sources = [DataSource::new(path)];
         let (data, report) = SftDataset::load_conversations_with_media(&sources, tokenizer, &options, media)?;
         if media.is_none() {
-            if let Some(example) = data.examples.iter().find(|e| !e.media.is_empty()) {
-                return Err(Error::InvalidArgument(format!(
-                    "line {} of {} has images or videos but the model is a text-only Qwen2",
-                    example.line,
-                    path.display()
-                )));
-            }
+            let first = data.examples.iter().find(|e| !e.media.is_empty()).map(|e| e.line);
+            refuse_media_without_loader(first, path)?;
         }
         Ok((data, report))
     }

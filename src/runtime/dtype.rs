@@ -26,6 +26,16 @@ impl DType {
         matches!(self, DType::F32 | DType::BF16 | DType::F16)
     }
 
+    /// Parses a float dtype name (`f32`, `bf16`, `f16`), the spelling of the command line and the pipeline config.
+    pub fn parse_float(s: &str) -> Result<DType, String> {
+        match s {
+            "f32" => Ok(DType::F32),
+            "bf16" => Ok(DType::BF16),
+            "f16" => Ok(DType::F16),
+            _ => Err(format!("unknown dtype `{s}`: use f32, bf16 or f16")),
+        }
+    }
+
     /// The suffix of this dtype's kernel instantiations (`logprobs_forward_bf16`, ...).
     pub fn name(self) -> &'static str {
         match self {

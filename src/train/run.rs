@@ -134,6 +134,19 @@ impl TrainOptions {
     }
 }
 
+/// The parameter-name fragments that `--freeze` names stand for: `vision` is the LLaVA vision tower, `projector` its
+/// projector in either layout, anything else a fragment as given.
+pub fn frozen_fragments(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|f| match f.as_str() {
+            "vision" => vec!["vision_tower.".to_string()],
+            "projector" => vec!["multi_modal_projector.".to_string(), "mm_projector.".to_string()],
+            _ => vec![f.clone()],
+        })
+        .collect()
+}
+
 /// What the state file of a checkpoint holds beside the optimizer's buffers.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct TrainerState {

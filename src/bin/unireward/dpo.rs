@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use unireward::ops::preference::{DpoConfig, DpoLossType};
+use unireward::ops::preference::DpoConfig;
 use unireward::train::dpo::DpoRun;
 
 use crate::train_options::{report_end, MediaArgs, TrainArgs, TrainProgress};
@@ -50,14 +50,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let loss_type = DpoLossType::from_trl_name(&args.loss_type).context("--loss-type")?;
-    let loss = DpoConfig {
-        loss_type,
-        beta: args.beta,
-        label_smoothing: args.label_smoothing,
-        reference_free: args.reference_free,
-        ..DpoConfig::default()
-    };
+    let loss = DpoConfig::from_trl(&args.loss_type, args.beta, args.label_smoothing, args.reference_free)
+        .context("--loss-type")?;
     let run = DpoRun {
         policy: args.policy.clone(),
         pairs: args.pairs.clone(),
@@ -73,16 +67,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let mut progress = TrainProgress::new(&args.out)?;
     let outcome = run.run(&STOP, |s, total| {
-        let m = &s.metrics;
-        let line = serde_json::json!({
-            "step": s.step, "loss": s.loss,
-            "rewards/chosen": m.rewards_chosen, "rewards/rejected": m.rewards_rejected,
-            "rewards/accuracies": m.rewards_accuracies, "rewards/margins": m.rewards_margins,
-            "logps/chosen": m.logps_chosen, "logps/rejected": m.logps_rejected,
-            "grad_norm": s.grad_norm, "lr": s.lr, "tokens": s.tokens, "pairs": s.pairs,
-        });
-        let message = format!("loss {:.4}  reward acc {:.2}", s.loss, m.rewards_accuracies);
-        progress.step(s.step, total, s.tokens, &message, line);
+        let message = format!("loss {:.4}  reward acc {:.2}", s.loss, s.metrics.rewards_accuracies);
+        progress.step(s.step, total, s.tokens, &message, s.log_line());
     })?;
     progress.finish()?;
     let o = &outcome;

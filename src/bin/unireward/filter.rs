@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use unireward::judge::{GenerationConfig, Judge};
 use unireward::pipeline::filter::{
-    read_candidates, run_filter, FilterOptions, InvalidPolicy, JudgeJudgments, Shard, Strategy, Summary,
+    default_audit, read_candidates, run_filter, FilterOptions, InvalidPolicy, JudgeJudgments, Shard, Strategy, Summary,
 };
 use unireward::{DType, Device};
 
@@ -80,13 +80,6 @@ fn parse_shard(s: &str) -> Result<Shard, String> {
     s.parse().map_err(message)
 }
 
-/// `<out>.audit.jsonl`.
-pub fn default_audit(out: &std::path::Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".audit.jsonl");
-    PathBuf::from(name)
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let media_folder = crate::media_folder(&args.media_folder, &args.candidates);
@@ -97,12 +90,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("loading the judge in {}", args.judge.display()))?;
     let reasoned =
         args.reasoned.then(|| GenerationConfig { max_new_tokens: args.max_new_tokens, ..Default::default() });
-    // What the outputs depend on besides the candidates and the strategy: a resume must ask the same judge the same way.
-    let mode = match &reasoned {
-        Some(cfg) => format!("reasoned max_new_tokens={}", cfg.max_new_tokens),
-        None => "one-pass".into(),
-    };
-    let label = format!("{} {mode} batch={} {:?} {:?}", args.judge.display(), args.batch, args.dtype, args.device);
+    let judgments = JudgeJudgments { judge: &judge, reasoned, batch: args.batch };
     let options = FilterOptions {
         strategy: args.strategy,
         shard: args.shard,
@@ -110,12 +98,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         invalid: if args.skip_invalid { InvalidPolicy::Skip } else { InvalidPolicy::Refuse },
         pairs: args.out.clone(),
         audit: args.audit.clone().unwrap_or_else(|| default_audit(&args.out)),
-        judge: label,
+        judge: judgments.label(&args.judge, args.dtype, args.device),
     };
     static STOP: AtomicBool = AtomicBool::new(false);
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let progress = Progress::new("prompts", 10)?;
-    let judgments = JudgeJudgments { judge: &judge, reasoned, batch: args.batch };
     let outcome = run_filter(&file, &judgments, &options, &STOP, |done, total, s| {
         progress.update(done, total, &format!("{} pairs", s.pairs))
     })?;

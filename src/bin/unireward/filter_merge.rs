@@ -38,10 +38,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, pairs)| ShardOutput {
             pairs: pairs.clone(),
-            audit: args.audits.get(i).cloned().unwrap_or_else(|| crate::filter::default_audit(pairs)),
+            audit: args.audits.get(i).cloned().unwrap_or_else(|| unireward::pipeline::filter::default_audit(pairs)),
         })
         .collect();
-    let audit = args.audit.clone().unwrap_or_else(|| crate::filter::default_audit(&args.out));
+    let audit = args.audit.clone().unwrap_or_else(|| unireward::pipeline::filter::default_audit(&args.out));
     let summary = merge_shards(&shards, &args.out, &audit).context("merging the shards")?;
     crate::filter::print_summary(&summary, false, args.json)
 }

@@ -81,15 +81,7 @@ enum Command {
 
 /// Parses `cpu` or `cuda:N` (or `cuda` for device 0).
 fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("unknown device `{s}`: use cpu, cuda or cuda:N")),
-    }
+    Device::parse(s)
 }
 
 /// The folder a file's media paths are relative to: `given`, else the file's own folder.
@@ -99,12 +91,7 @@ fn media_folder(given: &Option<std::path::PathBuf>, file: &std::path::Path) -> s
 
 /// Parses a float dtype name.
 fn parse_float_dtype(s: &str) -> Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        _ => Err(format!("unknown dtype `{s}`: use f32, bf16 or f16")),
-    }
+    DType::parse_float(s)
 }
 
 /// Errors are for the user: one line with its causes (`{:#}`), exit status 1. Returning them from `main` would print

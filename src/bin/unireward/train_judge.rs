@@ -54,18 +54,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Both callbacks report through the one progress bar and log.
     let progress = RefCell::new(TrainProgress::new(&args.out)?);
     let on_step = |m: &SftStepMetrics, total: usize| {
-        let line = serde_json::json!({
-            "step": m.step, "loss": m.loss, "tokens": m.tokens, "grad_norm": m.grad_norm, "lr": m.lr,
-            "task_loss": m.task_loss,
-        });
-        progress.borrow_mut().step(m.step, total, m.tokens, &format!("loss {:.4}", m.loss), line);
+        progress.borrow_mut().step(m.step, total, m.tokens, &format!("loss {:.4}", m.loss), m.log_line());
     };
     let on_eval = |step: u64, e: &EvalMetrics| {
-        let line = serde_json::json!({
-            "step": step, "eval/loss": e.loss, "eval/accuracy": e.accuracy, "eval/tokens": e.tokens,
-            "eval/task_loss": e.task_loss, "eval/task_accuracy": e.task_accuracy,
-        });
-        progress.borrow_mut().note(&format!("step {step}  eval loss {:.4}  accuracy {:.4}", e.loss, e.accuracy), line);
+        let message = format!("step {step}  eval loss {:.4}  accuracy {:.4}", e.loss, e.accuracy);
+        progress.borrow_mut().note(&message, e.log_line(step));
     };
     let outcome = run.run_with_eval(&STOP, on_step, on_eval)?;
     progress.into_inner().finish()?;

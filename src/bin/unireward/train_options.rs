@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use unireward::train::data::{BadRecord, BadRecordPolicy, DEFAULT_VIDEO_FRAMES};
 use unireward::train::optim::ScheduleKind;
 use unireward::train::plots::write_metric_plots;
-use unireward::train::run::TrainOptions;
+use unireward::train::run::{frozen_fragments, TrainOptions};
 use unireward::Device;
 
 /// Where a LLaVA-OneVision trainer finds the records' media and how it samples videos.
@@ -78,15 +78,6 @@ fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
 
 impl TrainArgs {
     pub fn options(&self) -> TrainOptions {
-        let frozen = self
-            .freeze
-            .iter()
-            .flat_map(|f| match f.as_str() {
-                "vision" => vec!["vision_tower.".to_string()],
-                "projector" => vec!["multi_modal_projector.".to_string(), "mm_projector.".to_string()],
-                _ => vec![f.clone()],
-            })
-            .collect();
         TrainOptions {
             epochs: self.epochs,
             lr: self.lr,
@@ -100,7 +91,7 @@ impl TrainArgs {
             seed: self.seed,
             save_every: self.save_every,
             resume: self.resume,
-            frozen,
+            frozen: frozen_fragments(&self.freeze),
             bad_records: if self.refuse_bad_records { BadRecordPolicy::Refuse } else { BadRecordPolicy::Skip },
             device: self.device,
         }

@@ -314,6 +314,18 @@ impl Default for DpoConfig {
 }
 
 impl DpoConfig {
+    /// The configuration of a run given as TRL spells it (`unireward dpo`'s flags, the pipeline config's `[dpo]`):
+    /// the loss type by its TRL name, β, label smoothing ε, reference-free; the rest defaults.
+    pub fn from_trl(loss_type: &str, beta: f32, label_smoothing: f32, reference_free: bool) -> Result<DpoConfig> {
+        Ok(DpoConfig {
+            loss_type: DpoLossType::from_trl_name(loss_type)?,
+            beta,
+            label_smoothing,
+            reference_free,
+            ..DpoConfig::default()
+        })
+    }
+
     /// The loss types and their weights: `loss_mixture`, or `loss_type` with weight 1.
     pub fn losses(&self) -> LossMixture {
         self.loss_mixture.unwrap_or_else(|| LossMixture::single(self.loss_type))

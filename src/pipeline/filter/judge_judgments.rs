@@ -5,10 +5,13 @@
 //! the verdict or score is what the generated answer states (unparsable when it states none, or a score off the
 //! scale), and the probabilities are the one-pass ones of the final verdict given the reasoning.
 
+use std::path::{Path, PathBuf};
+
 use super::candidates::CandidatePrompt;
 use super::judgments::{Judgments, PairJudgment, PointJudgment};
 use crate::judge::answer::Judgment;
 use crate::judge::{GenerationConfig, Judge, JudgeRequest, JudgeResult, Mode};
+use crate::runtime::{DType, Device};
 use crate::Result;
 
 /// A judge answering the filter's questions.
@@ -19,6 +22,25 @@ pub struct JudgeJudgments<'a> {
     /// One-pass judgments scored per model batch (bounds memory: round-robin over K = 256 asks 32,640 pairs); at
     /// least 1. The same for a run and its resumption, so that both batch a prompt alike.
     pub batch: usize,
+}
+
+impl JudgeJudgments<'_> {
+    /// What a filter's outputs depend on besides the candidates and the strategy (its progress header's `judge`): the
+    /// judge checkpoint `dir`, the mode, the batch, dtype and device — a resume must ask the same judge the same way.
+    pub fn label(&self, dir: &Path, dtype: DType, device: Device) -> String {
+        let mode = match &self.reasoned {
+            Some(cfg) => format!("reasoned max_new_tokens={}", cfg.max_new_tokens),
+            None => "one-pass".into(),
+        };
+        format!("{} {mode} batch={} {dtype:?} {device:?}", dir.display(), self.batch)
+    }
+}
+
+/// `<pairs>.audit.jsonl`: the default audit file beside a pairs file.
+pub fn default_audit(pairs: &Path) -> PathBuf {
+    let mut name = pairs.as_os_str().to_owned();
+    name.push(".audit.jsonl");
+    PathBuf::from(name)
 }
 
 fn request(prompt: &CandidatePrompt, mode: Mode, candidates: &[usize]) -> JudgeRequest {

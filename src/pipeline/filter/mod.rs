@@ -22,7 +22,7 @@ pub mod run;
 pub mod strategy;
 
 pub use candidates::{read_candidates, read_prompts, CandidateFile, CandidatePrompt, InvalidPrompt, MAX_CANDIDATES};
-pub use judge_judgments::JudgeJudgments;
+pub use judge_judgments::{default_audit, JudgeJudgments};
 pub use judgments::{Judgments, PairJudgment, PointJudgment};
 pub use merge::{merge_shards, ShardOutput};
 pub use records::{GenerationPair, Summary};

@@ -77,6 +77,20 @@ pub struct DpoStepMetrics {
     pub lr: f64,
 }
 
+impl DpoStepMetrics {
+    /// The step's line of a `metrics.jsonl` log, TRL's metric names (`unireward dpo`'s and the pipeline's).
+    pub fn log_line(&self) -> serde_json::Value {
+        let m = &self.metrics;
+        serde_json::json!({
+            "step": self.step, "loss": self.loss,
+            "rewards/chosen": m.rewards_chosen, "rewards/rejected": m.rewards_rejected,
+            "rewards/accuracies": m.rewards_accuracies, "rewards/margins": m.rewards_margins,
+            "logps/chosen": m.logps_chosen, "logps/rejected": m.logps_rejected,
+            "grad_norm": self.grad_norm, "lr": self.lr, "tokens": self.tokens, "pairs": self.pairs,
+        })
+    }
+}
+
 /// The summed log-probabilities of each pair's completions under `model` and, with them, what their backward needs.
 /// The only place the trainer runs the model forward.
 fn pair_logps(

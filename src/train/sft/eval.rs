@@ -23,6 +23,16 @@ pub struct EvalMetrics {
     pub task_tokens: Vec<usize>,
 }
 
+impl EvalMetrics {
+    /// The line of a `metrics.jsonl` log of an evaluation after step `step` (keys `eval/...`).
+    pub fn log_line(&self, step: u64) -> serde_json::Value {
+        serde_json::json!({
+            "step": step, "eval/loss": self.loss, "eval/accuracy": self.accuracy, "eval/tokens": self.tokens,
+            "eval/task_loss": self.task_loss, "eval/task_accuracy": self.task_accuracy,
+        })
+    }
+}
+
 /// Sums over tokens.
 #[derive(Clone, Copy, Default)]
 struct Sums {

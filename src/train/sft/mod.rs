@@ -49,6 +49,16 @@ pub struct SftStepMetrics {
     pub task_loss: Vec<Option<f64>>,
 }
 
+impl SftStepMetrics {
+    /// The step's line of a `metrics.jsonl` log (`unireward train-judge`'s and the pipeline's).
+    pub fn log_line(&self) -> serde_json::Value {
+        serde_json::json!({
+            "step": self.step, "loss": self.loss, "tokens": self.tokens, "grad_norm": self.grad_norm, "lr": self.lr,
+            "task_loss": self.task_loss,
+        })
+    }
+}
+
 /// A model with its optimizer and gradient buffers.
 #[derive(Debug)]
 pub struct SftTrainer {

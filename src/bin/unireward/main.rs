@@ -9,7 +9,6 @@ mod bench_products;
 mod demo;
 mod dpo;
 mod eval;
-mod eval_results;
 mod filter;
 mod filter_merge;
 mod generate;

@@ -67,7 +67,7 @@ fn question(line: Line, index: usize, line_no: usize, folder: &Path) -> std::res
     }
     if wrong_answers.is_empty() || wrong_answers.len() > MAX_CANDIDATES {
         return Err(format!(
-            "`wrong_answers` has {}; a question needs between 1 and {MAX_CANDIDATES}",
+            "`wrong_answers` has {}, a question needs between 1 and {MAX_CANDIDATES}",
             wrong_answers.len()
         ));
     }

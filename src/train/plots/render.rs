@@ -191,7 +191,9 @@ fn bars(
 ) -> Result<RgbImage> {
     let top = bars.iter().map(|b| b.height).filter(|h| h.is_finite()).fold(0.0f64, f64::max);
     let low = bars.iter().map(|b| b.height).filter(|h| h.is_finite()).fold(0.0f64, f64::min);
-    let y_range = padded(low, if top > low { top } else { low + 1.0 });
+    // Headroom above the tallest bar for the legend in the upper right corner.
+    let top = if top > low { top } else { low + 1.0 };
+    let y_range = padded(low, top + (top - low) * 0.3);
     let y_span = y_range.end - y_range.start;
     let fail = drawing(title);
     canvas(title, width, height, |root| {

@@ -183,7 +183,7 @@ fn filter_section(md: &mut String, filter: &FilterReport, audit: Option<&AuditSt
 }
 
 /// The rows of the policy tables: `all` first, then each task of either evaluation.
-fn policy_rows<'a>(evaluations: &[Option<&'a PolicyEvaluation>]) -> Vec<(String, Vec<Option<PolicyTaskEvaluation>>)> {
+fn policy_rows(evaluations: &[Option<&PolicyEvaluation>]) -> Vec<(String, Vec<Option<PolicyTaskEvaluation>>)> {
     let overall = |e: &PolicyEvaluation| PolicyTaskEvaluation {
         questions: e.questions,
         correct: e.answers.iter().filter(|a| a.correct).count(),
@@ -204,7 +204,8 @@ fn policy_section(md: &mut String, before: Option<&PolicyEvaluation>, after: Opt
         "## Policy on held-out questions\n\n| task | questions | accuracy before | accuracy after | preference \
          accuracy before | preference accuracy after |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for (task, [b, a]) in policy_rows(&[before, after]).into_iter().map(|(t, v)| (t, [v[0].clone(), v[1].clone()])) {
+    for (task, cells) in policy_rows(&[before, after]) {
+        let (b, a) = (&cells[0], &cells[1]);
         let questions = a.as_ref().or(b.as_ref()).map_or(0, |e| e.questions);
         let _ = writeln!(
             md,

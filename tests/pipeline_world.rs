@@ -2,9 +2,12 @@
 //! (connected regions of one colour, their shape from how much of their bounding box they fill, a moving region's
 //! centroid), on random scenes of awkward sizes; the same seed gives the same pixels.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::world::demo_templates_words;
 use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -279,22 +282,6 @@ fn initial_parameters_refuse_a_bad_standard_deviation() {
     let a = initial_parameters(&expected, 0.1, 1).unwrap();
     let b = initial_parameters(&expected, 0.1, 2).unwrap();
     assert_ne!(a[0].1.to_vec::<f32>().unwrap(), b[0].1.to_vec::<f32>().unwrap());
-}
-
-/// The words of the demo's templates: every instruction and verdict phrase (a world tokenizer's base corpus).
-fn demo_templates_words() -> Vec<String> {
-    use unireward::judge::{AnswerGrammar, Mode, Task, TaskTemplate, Variant};
-    let mut corpus = Vec::new();
-    for task in Task::ALL {
-        for mode in Mode::ALL {
-            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode).unwrap();
-            corpus.push(template.instruction.clone());
-            if let AnswerGrammar::Verdict(v) = &template.answer {
-                corpus.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
-            }
-        }
-    }
-    corpus
 }
 
 #[test]

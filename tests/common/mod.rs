@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 

@@ -17,6 +17,7 @@ mod generate_media;
 mod judge;
 mod kernels;
 mod peak_alloc;
+mod pipeline;
 mod plot;
 mod preprocess;
 mod progress;
@@ -76,6 +77,9 @@ enum Command {
     TrainReward(train_reward::Args),
     /// DPO (and the DPO family's losses) of a policy on a preference-pair file, with a cached reference.
     Dpo(dpo::Args),
+    /// The whole pipeline of a config file: judge training and evaluation, policy SFT, sampling, filtering, DPO,
+    /// held-out evaluations and a report; rerun, it continues or redoes only what changed (`--online`: rounds).
+    Pipeline(pipeline::Args),
     /// PNG plots of a metrics log (JSONL), one per metric family: loss, lr, grad_norm, rewards, ...
     Plot(plot::Args),
     /// Lists the CUDA devices this machine offers (none is fine: the CPU path needs nothing).
@@ -125,6 +129,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::TrainJudge(args) => train_judge::run(&args),
         Command::TrainReward(args) => train_reward::run(&args),
         Command::Dpo(args) => dpo::run(&args),
+        Command::Pipeline(args) => pipeline::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Devices => {
             let count = unireward::runtime::cuda::device_count();

@@ -1,0 +1,356 @@
+//! The pipeline's config file (TOML): what each stage runs on and how. Unknown keys are refused (a misspelt option
+//! would otherwise be silently ignored); paths are relative to the config file's folder; [`PipelineConfig::check`]
+//! names every bad value by its key before any stage runs. The README's "Pipeline" section documents each key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::files::read_text;
+use crate::ops::preference::DpoConfig;
+use crate::pipeline::filter::Strategy;
+use crate::pipeline::sample::SampleOptions;
+use crate::runtime::{DType, Device};
+use crate::train::data::{BadRecordPolicy, DEFAULT_VIDEO_FRAMES};
+use crate::train::optim::ScheduleKind;
+use crate::train::run::{frozen_fragments, TrainOptions};
+use crate::{Error, Result};
+
+/// The largest config file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The whole pipeline: where its outputs go, the models and data of each stage, and the stages' options.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Every stage writes under `out/<stage>/`.
+    pub out: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// The compute dtype of the sampler, the filter's judge and the evaluations: `f32`, `bf16` or `f16` (the
+    /// trainers train in f32).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    pub judge: JudgeConfig,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub sample: SampleConfig,
+    #[serde(default)]
+    pub filter: FilterConfig,
+    #[serde(default)]
+    pub dpo: DpoSection,
+    /// Only read by an online run (`--online`).
+    #[serde(default)]
+    pub online: Option<OnlineConfig>,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// `[judge]`: the judge of the filter, optionally fine-tuned first and evaluated on a benchmark file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// The judge checkpoint (a UnifiedReward-style Qwen2 or LLaVA-OneVision checkpoint).
+    pub model: PathBuf,
+    /// Conversations to fine-tune the judge on first (`unireward train-judge`'s `--data`); none: the judge as is.
+    pub train: Option<PathBuf>,
+    /// `[judge.training]`: the options of that fine-tuning.
+    pub training: Option<TrainConfig>,
+    /// A pairwise benchmark file (`unireward eval`'s `--data`); none: no judge-eval stage.
+    pub eval: Option<PathBuf>,
+    /// Judgments scored per model batch in the evaluation and the filter.
+    #[serde(default = "default_judge_batch")]
+    pub batch: usize,
+    /// Frames sampled from each video in training (judging samples as its templates say).
+    #[serde(default = "default_video_frames")]
+    pub video_frames: usize,
+}
+
+fn default_judge_batch() -> usize {
+    32
+}
+
+fn default_video_frames() -> usize {
+    DEFAULT_VIDEO_FRAMES
+}
+
+/// `[policy]`: the policy aligned, optionally fine-tuned first, its sampler prompts and held-out questions.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub model: PathBuf,
+    /// Conversations to fine-tune the policy on first; none: the policy as is.
+    pub sft: Option<PathBuf>,
+    /// `[policy.training]`: the options of that fine-tuning.
+    pub training: Option<TrainConfig>,
+    /// The sampler's prompts (`unireward sample`'s `--prompts`); media paths relative to this file's folder.
+    pub prompts: PathBuf,
+    /// Held-out questions with known answers; none: no policy evaluation stages.
+    pub held_out: Option<PathBuf>,
+    /// The most tokens a held-out answer generates.
+    #[serde(default = "default_eval_tokens")]
+    pub eval_max_new_tokens: usize,
+    /// Frames sampled from each video (training and evaluation).
+    #[serde(default = "default_video_frames")]
+    pub video_frames: usize,
+}
+
+fn default_eval_tokens() -> usize {
+    32
+}
+
+/// `[sample]`: [`SampleOptions`], with `unireward sample`'s defaults.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    pub k: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub max_new_tokens: usize,
+    pub frames: usize,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        let o = SampleOptions::default();
+        SampleConfig {
+            k: o.k,
+            temperature: o.temperature,
+            top_p: o.top_p,
+            seed: o.seed,
+            max_new_tokens: o.max_new_tokens,
+            frames: o.frames,
+        }
+    }
+}
+
+impl SampleConfig {
+    pub fn options(&self) -> SampleOptions {
+        SampleOptions {
+            k: self.k,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+            frames: self.frames,
+        }
+    }
+}
+
+/// `[filter]`: the strategy (one-pass verdicts; the batch is `[judge] batch`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// pair-rank+point-sift, pair-rank, point-sift, round-robin or bradley-terry.
+    pub strategy: String,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig { strategy: Strategy::PairRankPointSift.name().into() }
+    }
+}
+
+/// `[dpo]`: the loss (as `unireward dpo`'s flags) and `[dpo.training]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoSection {
+    pub beta: f32,
+    pub loss_type: String,
+    pub label_smoothing: f32,
+    pub reference_free: bool,
+    pub training: TrainConfig,
+}
+
+impl Default for DpoSection {
+    fn default() -> Self {
+        DpoSection {
+            beta: 0.1,
+            loss_type: "sigmoid".into(),
+            label_smoothing: 0.0,
+            reference_free: false,
+            training: TrainConfig::default(),
+        }
+    }
+}
+
+/// `[online]`: rounds of sample → filter → DPO → evaluation from the current policy.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineConfig {
+    pub rounds: usize,
+    /// Each round's prompts: the next this many of the prompts file, cycling.
+    pub prompts_per_round: usize,
+    /// Epochs of DPO over a round's pairs (default `[dpo.training] epochs`).
+    pub dpo_epochs: Option<usize>,
+    /// The reference of a round's DPO: the policy the round starts from (true) or the initial policy (false).
+    #[serde(default)]
+    pub refresh_reference: bool,
+}
+
+/// A trainer's options (`[judge.training]`, `[policy.training]`, `[dpo.training]`), with the training commands'
+/// defaults and flag names (without the dashes).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// 0: no clipping.
+    pub max_grad_norm: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub warmup_ratio: f64,
+    /// constant, linear or cosine.
+    pub schedule: String,
+    pub seed: u64,
+    /// Also the resume points of a killed run (0: a killed training restarts from the beginning).
+    pub save_every: usize,
+    pub freeze: Vec<String>,
+    pub refuse_bad_records: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        let o = TrainOptions::default();
+        TrainConfig {
+            epochs: o.epochs,
+            lr: o.lr,
+            weight_decay: o.weight_decay,
+            max_grad_norm: o.max_grad_norm.unwrap_or(0.0),
+            batch_size: o.batch_size,
+            grad_accum: o.grad_accum,
+            max_len: o.max_len,
+            warmup_ratio: o.warmup_ratio,
+            schedule: "cosine".into(),
+            seed: o.seed,
+            save_every: o.save_every,
+            freeze: Vec::new(),
+            refuse_bad_records: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The trainer's options on `device` (a schedule of no known name is an error naming `key`, the section).
+    pub fn options(&self, key: &str, device: Device) -> Result<TrainOptions> {
+        let schedule = ScheduleKind::from_name(&self.schedule)
+            .map_err(|e| Error::InvalidArgument(format!("`[{key}] schedule`: {e}")))?;
+        let options = TrainOptions {
+            epochs: self.epochs,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_len: self.max_len,
+            warmup_ratio: self.warmup_ratio,
+            schedule,
+            seed: self.seed,
+            save_every: self.save_every,
+            resume: false,
+            frozen: frozen_fragments(&self.freeze),
+            bad_records: if self.refuse_bad_records { BadRecordPolicy::Refuse } else { BadRecordPolicy::Skip },
+            device,
+        };
+        // The trainers' checks name the command-line flag (`--lr`); here the key is `[section] lr`.
+        options.check().map_err(|e| rename_flags(e, key))?;
+        Ok(options)
+    }
+}
+
+/// An error naming `--some-flag` renamed to the config key `[section] some_flag`.
+fn rename_flags(e: Error, section: &str) -> Error {
+    let message = match e {
+        Error::InvalidArgument(m) => m,
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let mut rest = message.as_str();
+    while let Some(at) = rest.find("--") {
+        out.push_str(&rest[..at]);
+        let flag: String = rest[at + 2..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        out.push_str(&format!("[{section}] {}", flag.replace('-', "_")));
+        rest = &rest[at + 2 + flag.len()..];
+    }
+    out.push_str(rest);
+    Error::InvalidArgument(out)
+}
+
+impl PipelineConfig {
+    /// Reads `path`, its relative paths resolved against its folder. The values are checked by [`Self::check`].
+    pub fn from_file(path: &Path) -> Result<PipelineConfig> {
+        let text = read_text(path, MAX_CONFIG_BYTES)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses a config, its relative paths resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<PipelineConfig> {
+        let mut config: PipelineConfig = toml::from_str(text).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.out);
+        resolve(&mut config.judge.model);
+        resolve(&mut config.policy.model);
+        resolve(&mut config.policy.prompts);
+        for p in [&mut config.judge.train, &mut config.judge.eval, &mut config.policy.sft, &mut config.policy.held_out]
+        {
+            if let Some(p) = p {
+                resolve(p);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn device(&self) -> Result<Device> {
+        Device::parse(&self.device).map_err(|e| Error::InvalidArgument(format!("`device`: {e}")))
+    }
+
+    pub fn dtype(&self) -> Result<DType> {
+        DType::parse_float(&self.dtype).map_err(|e| Error::InvalidArgument(format!("`dtype`: {e}")))
+    }
+
+    pub fn strategy(&self) -> Result<Strategy> {
+        self.filter.strategy.parse().map_err(|e| Error::InvalidArgument(format!("`[filter] strategy`: {e}")))
+    }
+
+    /// `[dpo]`'s loss.
+    pub fn dpo_loss(&self) -> Result<DpoConfig> {
+        let d = &self.dpo;
+        let loss = DpoConfig::from_trl(&d.loss_type, d.beta, d.label_smoothing, d.reference_free)
+            .map_err(|e| Error::InvalidArgument(format!("`[dpo] loss_type`: {e}")))?;
+        if !(d.beta.is_finite() && d.beta > 0.0) {
+            return Err(Error::InvalidArgument(format!("`[dpo] beta` must be finite and > 0, got {}", d.beta)));
+        }
+        if !(0.0..0.5).contains(&d.label_smoothing) {
+            return Err(Error::InvalidArgument(format!(
+                "`[dpo] label_smoothing` must be in [0, 0.5), got {}",
+                d.label_smoothing
+            )));
+        }
+        Ok(loss)
+    }
+
+    /// The sampler's options, checked (`[sample] k` ...).
+    pub fn sample_options(&self) -> Result<SampleOptions> {
+        let options = self.sample.options();
+        options.validate().map_err(|e| rename_flags(e, "sample"))?;
+        Ok(options)
+    }
+}

@@ -1,0 +1,362 @@
+//! The pipeline runner on tiny checkpoints made from nothing and the demo world's data: the whole offline run writes
+//! every stage's outputs and the report; a second run skips every stage; a changed DPO option reruns only DPO and
+//! what follows; a run killed at several points and continued writes the bytes of an uninterrupted one; two online
+//! rounds; and bad configs are refused, each problem named by its key, before anything is written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+
+use common::world::demo_templates_words;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+use unireward::judge::Task;
+use unireward::pipeline::runner::{run_pipeline, PipelineConfig, PipelineOutcome, RunOptions, StageEvent};
+use unireward::pipeline::world::{judgments, question, render, word_level_tokenizer, Scene, TinyLlava};
+
+/// A folder with a tiny judge and policy, their data, and a config; removed on drop.
+struct World(PathBuf);
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The config's stages, small: 3 prompts, K = 4, one or two steps each.
+const CONFIG: &str = r#"
+out = "out"
+
+[judge]
+model = "judge"
+train = "judge-train.jsonl"
+eval = "bench.jsonl"
+batch = 8
+
+[judge.training]
+batch_size = 4
+lr = 1e-3
+save_every = 1
+
+[policy]
+model = "policy"
+prompts = "prompts.jsonl"
+held_out = "held-out.jsonl"
+eval_max_new_tokens = 3
+
+[sample]
+k = 4
+max_new_tokens = 4
+seed = 7
+
+[filter]
+strategy = "pair-rank"
+
+[dpo]
+beta = 0.1
+
+[dpo.training]
+batch_size = 2
+lr = 5e-3
+save_every = 1
+warmup_ratio = 0.0
+
+[online]
+rounds = 2
+prompts_per_round = 2
+refresh_reference = true
+"#;
+
+impl World {
+    fn new(name: &str) -> World {
+        let dir = std::env::temp_dir().join(format!("unireward-pipeline-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("media")).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(41);
+        let mut corpus = demo_templates_words();
+        // The judge: trained on image-understanding judgments, evaluated on one held-out pair.
+        let (mut train, mut bench) = (String::new(), String::new());
+        for (i, judgment) in
+            judgments(Task::ImageUnderstanding, 3, &dir.join("media"), "j-", &mut rng).unwrap().into_iter().enumerate()
+        {
+            corpus.push(judgment.text.clone());
+            for c in judgment.conversations(&mut rng).unwrap() {
+                corpus.extend(c["conversations"][1]["value"].as_str().map(str::to_string));
+                corpus.extend(c["conversations"][0]["value"].as_str().map(str::to_string));
+                train += &format!("{c}\n");
+            }
+            if i == 0 {
+                bench += &format!("{}\n", judgment.eval_line(&mut rng));
+            }
+        }
+        // The policy's prompts and held-out questions, about rendered scenes (media paths relative to the files).
+        let (mut prompts, mut held_out) = (String::new(), String::new());
+        for i in 0..5 {
+            let scene = Scene::random(&mut rng, 4);
+            let q = question(&scene, &mut rng);
+            let image = format!("media/scene-{i}.png");
+            render(&scene, 48).save(dir.join(&image)).unwrap();
+            let context = json!({"question": q.text, "image": image});
+            if i < 3 {
+                prompts +=
+                    &format!("{}\n", json!({"id": format!("p{i}"), "task": "image-understanding", "context": context}));
+            } else {
+                let line = json!({"id": format!("q{i}"), "task": "image-understanding", "context": context,
+                                  "answer": q.answer, "wrong_answers": [q.wrong_answer]});
+                held_out += &format!("{line}\n");
+            }
+            corpus.extend([q.text, q.answer, q.wrong_answer]);
+        }
+        let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str)).unwrap();
+        TinyLlava::default().write(&dir.join("judge"), &tokenizer, 5).unwrap();
+        TinyLlava::default().write(&dir.join("policy"), &tokenizer, 6).unwrap();
+        for (name, text) in [
+            ("judge-train.jsonl", train),
+            ("bench.jsonl", bench),
+            ("prompts.jsonl", prompts),
+            ("held-out.jsonl", held_out),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let world = World(dir);
+        world.write_config(CONFIG);
+        world
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.0.join("pipeline.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    fn out(&self) -> PathBuf {
+        self.0.join("out")
+    }
+
+    /// Runs the pipeline in this process; the stages run and skipped, in order.
+    fn run(&self, options: RunOptions) -> unireward::Result<(PipelineOutcome, Vec<String>, Vec<String>)> {
+        let config = PipelineConfig::from_file(&self.config_path())?;
+        let (mut ran, mut skipped) = (Vec::new(), Vec::new());
+        let stop = AtomicBool::new(false);
+        let outcome = run_pipeline(config, &options, &stop, &mut |e: StageEvent<'_>| match e {
+            StageEvent::Finished { stage, .. } => ran.push(stage.to_string()),
+            StageEvent::Skipped { stage } => skipped.push(stage.to_string()),
+            _ => {}
+        })?;
+        Ok((outcome, ran, skipped))
+    }
+
+    /// `unireward pipeline --config` in a child process, aborted as a kill would after `abort_at` (`STAGE:N`).
+    fn run_child(&self, abort_at: Option<&str>) -> std::process::Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_unireward"));
+        command.args(["pipeline", "--config"]).arg(self.config_path());
+        if let Some(at) = abort_at {
+            command.env("UNIREWARD_PIPELINE_ABORT_AT", at);
+        }
+        command.output().unwrap()
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+const OFFLINE: [&str; 8] =
+    ["judge-train", "judge-eval", "policy-eval-before", "sample", "filter", "dpo", "policy-eval-after", "report"];
+
+#[test]
+fn the_offline_pipeline_runs_every_stage_then_skips_them_and_reruns_what_a_changed_option_reaches() {
+    let world = World::new("offline");
+    let all = &OFFLINE;
+    let (outcome, ran, skipped) = world.run(RunOptions::default()).unwrap();
+    assert_eq!(ran, names(all));
+    assert!(skipped.is_empty() && !outcome.interrupted);
+    let out = world.out();
+    let report = std::fs::read_to_string(outcome.report.unwrap()).unwrap();
+    assert!(report.contains("Pipeline report"), "{report}");
+    // Every stage's outputs, with a finished record naming the digest of the stage before it.
+    let mut upstream = String::new();
+    for stage in all {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(stage).join("record.json")).unwrap()).unwrap();
+        assert_eq!(record["complete"], true, "{stage}");
+        assert_eq!(record["upstream"], upstream.as_str(), "{stage}");
+        upstream = digest_of(&out.join(stage));
+    }
+    assert!(out.join("judge-train/checkpoint-3/config.json").is_file());
+    for file in ["judge-train/metrics.jsonl", "judge-eval/summary.json", "judge-eval/base-summary.json"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let candidates = std::fs::read_to_string(out.join("sample/candidates.jsonl")).unwrap();
+    assert_eq!(candidates.lines().count(), 3);
+    for line in candidates.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["candidates"].as_array().unwrap().len(), 4, "{line}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("filter/summary.json")).unwrap()).unwrap();
+    let pairs = std::fs::read_to_string(out.join("filter/pairs.jsonl")).unwrap();
+    assert_eq!(summary["pairs"], pairs.lines().count());
+    assert!(!pairs.is_empty(), "pair-rank over 4 candidates gives pairs unless every verdict is a tie");
+    assert!(unireward::train::run::latest_checkpoint(&out.join("dpo")).is_some());
+    for stage in ["policy-eval-before", "policy-eval-after"] {
+        let evaluation: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(stage).join("evaluation.json")).unwrap()).unwrap();
+        assert_eq!(evaluation["questions"], 2, "{stage}");
+    }
+
+    // Again: nothing to do.
+    let (_, ran, skipped) = world.run(RunOptions::default()).unwrap();
+    assert!(ran.is_empty(), "{ran:?}");
+    assert_eq!(skipped, names(all));
+
+    // A DPO option changed: DPO and the stages after it run again, the ones before are kept.
+    let before = std::fs::read(out.join("sample/candidates.jsonl")).unwrap();
+    world.write_config(&CONFIG.replace("beta = 0.1", "beta = 0.2"));
+    let (_, ran, skipped) = world.run(RunOptions::default()).unwrap();
+    assert_eq!(ran, names(&all[5..]));
+    assert_eq!(skipped, names(&all[..5]));
+    assert_eq!(std::fs::read(out.join("sample/candidates.jsonl")).unwrap(), before);
+
+    // --rerun: the stage and every one after it.
+    let options = RunOptions { rerun: Some("filter".into()), ..RunOptions::default() };
+    let (_, ran, _) = world.run(options).unwrap();
+    assert_eq!(ran, names(&all[4..]));
+    let options = RunOptions { rerun: Some("nope".into()), ..RunOptions::default() };
+    let err = world.run(options).unwrap_err().to_string();
+    assert!(err.contains("--rerun nope") && err.contains("judge-train, judge-eval"), "{err}");
+}
+
+/// The digest a stage's record has (what the next stage's record names as its upstream).
+fn digest_of(dir: &Path) -> String {
+    let record: unireward::pipeline::runner::record::StageRecord =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("record.json")).unwrap()).unwrap();
+    record.digest()
+}
+
+/// Every file under `dir` but the report (its stage timings are this run's), by relative path.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(dir).unwrap().to_path_buf();
+            if relative.starts_with("report") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.insert(relative, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_pipeline_killed_at_several_points_and_rerun_writes_the_bytes_of_an_uninterrupted_one() {
+    let world = World::new("kill");
+    let output = world.run_child(None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let want = files(&world.out());
+    // The same out folder (the paths the outputs name are the same), killed in four stages, then finished.
+    std::fs::rename(world.out(), world.0.join("uninterrupted")).unwrap();
+    for at in ["judge-train:2", "sample:2", "filter:1", "dpo:1"] {
+        let output = world.run_child(Some(at));
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.signal(), Some(6), "{at}: the run was not killed where asked: {log}");
+        let stage = at.split(':').next().unwrap();
+        assert!(log.contains(&format!("{stage}: ")), "{log}");
+    }
+    let output = world.run_child(None);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    eprintln!("{log}");
+    assert!(log.contains("dpo: continuing") && log.contains("filter: up to date"), "{log}");
+    let got = files(&world.out());
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (path, bytes) in &want {
+        assert!(&got[path] == bytes, "{} differs from the uninterrupted run's", path.display());
+    }
+}
+
+#[test]
+fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() {
+    let world = World::new("online");
+    // The judge as it is (no judge-train stage).
+    let config = CONFIG.replace("train = \"judge-train.jsonl\"\n", "");
+    world.write_config(&config.replace("[judge.training]\nbatch_size = 4\nlr = 1e-3\nsave_every = 1\n", ""));
+    let online = RunOptions { online: true, ..RunOptions::default() };
+    let (outcome, ran, _) = world.run(online.clone()).unwrap();
+    let mut want = vec!["judge-eval".to_string(), "policy-eval-before".to_string()];
+    for round in 1..=2 {
+        for stage in ["sample", "filter", "dpo", "eval"] {
+            want.push(format!("online/round-{round}/{stage}"));
+        }
+    }
+    want.push("report".into());
+    assert_eq!(ran, want);
+    let out = world.out();
+    let ids = |round: usize| -> Vec<String> {
+        let text = std::fs::read_to_string(out.join(format!("online/round-{round}/sample/candidates.jsonl"))).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string()).collect()
+    };
+    assert_eq!(ids(1), ["\"p0\"", "\"p1\""]);
+    assert_eq!(ids(2), ["\"p2\"", "\"p0\""], "the next prompts, cycling");
+    // Round 2 trains from round 1's policy.
+    let record = std::fs::read_to_string(out.join("online/round-2/dpo/record.json")).unwrap();
+    assert!(!record.contains("\"policy\""), "round 2's policy is round 1's output, not an input file: {record}");
+    let report = std::fs::read_to_string(outcome.report.unwrap()).unwrap();
+    assert!(report.to_lowercase().contains("round"), "{report}");
+    let (_, ran, skipped) = world.run(online).unwrap();
+    assert!(ran.is_empty() && skipped == want, "{ran:?} {skipped:?}");
+}
+
+/// The error of a config with `replace` applied to the base config.
+fn refused(world: &World, from: &str, to: &str) -> String {
+    assert!(CONFIG.contains(from), "{from}");
+    world.write_config(&CONFIG.replacen(from, to, 1));
+    let err = world.run(RunOptions::default()).unwrap_err().to_string();
+    assert!(!world.out().exists(), "{err}: nothing is written");
+    err
+}
+
+#[test]
+fn bad_configs_are_refused_by_key_before_anything_is_written() {
+    let world = World::new("bad");
+    let err = refused(&world, "k = 4", "k = 4\nkk = 3");
+    assert!(err.contains("unknown field `kk`"), "{err}");
+    let err = refused(&world, "k = 4", "k = 1");
+    assert!(err.contains("[sample] k"), "{err}");
+    let err = refused(&world, "prompts = \"prompts.jsonl\"", "prompts = \"missing.jsonl\"");
+    assert!(err.contains("[policy] prompts") && err.contains("missing.jsonl"), "{err}");
+    let err = refused(&world, "beta = 0.1", "beta = -1.0\nloss_type = \"nope\"");
+    assert!(err.contains("[dpo] loss_type"), "{err}");
+    let err = refused(&world, "strategy = \"pair-rank\"", "strategy = \"best-of\"");
+    assert!(err.contains("[filter] strategy") && err.contains("best-of"), "{err}");
+    // Every problem at once, each by its key.
+    world.write_config(&CONFIG.replace("lr = 5e-3", "lr = -1.0").replace("k = 4", "k = 1"));
+    let err = world.run(RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("`[dpo.training] lr` must be finite") && err.contains("[sample] k 1"), "{err}");
+    assert!(!world.out().exists());
+    // A text-only judge cannot see the prompts' images.
+    let text_judge = common::Scratch::new("pipeline-text-judge");
+    let model = text_judge.0.join("model");
+    let err = refused(&world, "model = \"judge\"", &format!("model = {:?}", model.display().to_string()));
+    assert!(err.contains("[judge] model") && err.contains("text-only"), "{err}");
+    // --online without [online].
+    let without_online = &CONFIG[..CONFIG.find("[online]").unwrap()];
+    world.write_config(without_online);
+    let err = world.run(RunOptions { online: true, ..RunOptions::default() }).unwrap_err().to_string();
+    assert!(err.contains("`--online` needs an `[online]` section"), "{err}");
+    assert!(!world.out().exists());
+}

@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::world::demo_templates_words;
 use rand::SeedableRng;
@@ -95,13 +95,18 @@ impl World {
             }
         }
         // The policy's prompts and held-out questions, about rendered scenes (media paths relative to the files).
-        let (mut prompts, mut held_out) = (String::new(), String::new());
+        let (mut prompts, mut held_out, mut sft) = (String::new(), String::new(), String::new());
         for i in 0..5 {
             let scene = Scene::random(&mut rng, 4);
             let q = question(&scene, &mut rng);
             let image = format!("media/scene-{i}.png");
             render(&scene, 48).save(dir.join(&image)).unwrap();
             let context = json!({"question": q.text, "image": image});
+            let turns = [
+                json!({"from": "human", "value": format!("<image>\n{}", q.text)}),
+                json!({"from": "gpt", "value": q.answer}),
+            ];
+            sft += &format!("{}\n", json!({"conversations": turns, "image": image}));
             if i < 3 {
                 prompts +=
                     &format!("{}\n", json!({"id": format!("p{i}"), "task": "image-understanding", "context": context}));
@@ -120,6 +125,7 @@ impl World {
             ("bench.jsonl", bench),
             ("prompts.jsonl", prompts),
             ("held-out.jsonl", held_out),
+            ("policy-sft.jsonl", sft),
         ] {
             std::fs::write(dir.join(name), text).unwrap();
         }
@@ -292,12 +298,15 @@ fn a_pipeline_killed_at_several_points_and_rerun_writes_the_bytes_of_an_uninterr
 #[test]
 fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() {
     let world = World::new("online");
-    // The judge as it is (no judge-train stage).
+    // The judge as it is (no judge-train stage), the policy fine-tuned first.
     let config = CONFIG.replace("train = \"judge-train.jsonl\"\n", "");
+    let config = config.replace("[sample]", "[policy.training]\nbatch_size = 5\nlr = 1e-3\n\n[sample]");
+    let config =
+        config.replace("prompts = \"prompts.jsonl\"", "sft = \"policy-sft.jsonl\"\nprompts = \"prompts.jsonl\"");
     world.write_config(&config.replace("[judge.training]\nbatch_size = 4\nlr = 1e-3\nsave_every = 1\n", ""));
     let online = RunOptions { online: true, ..RunOptions::default() };
     let (outcome, ran, _) = world.run(online.clone()).unwrap();
-    let mut want = vec!["judge-eval".to_string(), "policy-eval-before".to_string()];
+    let mut want = names(&["judge-eval", "policy-sft", "policy-eval-before"]);
     for round in 1..=2 {
         for stage in ["sample", "filter", "dpo", "eval"] {
             want.push(format!("online/round-{round}/{stage}"));
@@ -312,9 +321,12 @@ fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() 
     };
     assert_eq!(ids(1), ["\"p0\"", "\"p1\""]);
     assert_eq!(ids(2), ["\"p2\"", "\"p0\""], "the next prompts, cycling");
-    // Round 2 trains from round 1's policy.
-    let record = std::fs::read_to_string(out.join("online/round-2/dpo/record.json")).unwrap();
-    assert!(!record.contains("\"policy\""), "round 2's policy is round 1's output, not an input file: {record}");
+    assert!(out.join("policy-sft/checkpoint-1/config.json").is_file());
+    // The policies are the stages' outputs (chained by the records), not the config's checkpoint.
+    for stage in ["online/round-1/sample", "online/round-2/dpo"] {
+        let record = std::fs::read_to_string(out.join(stage).join("record.json")).unwrap();
+        assert!(!record.contains("\"policy\""), "{stage}: {record}");
+    }
     let report = std::fs::read_to_string(outcome.report.unwrap()).unwrap();
     assert!(report.to_lowercase().contains("round"), "{report}");
     let (_, ran, skipped) = world.run(online).unwrap();
@@ -359,4 +371,41 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
     let err = world.run(RunOptions { online: true, ..RunOptions::default() }).unwrap_err().to_string();
     assert!(err.contains("`--online` needs an `[online]` section"), "{err}");
     assert!(!world.out().exists());
+}
+
+#[test]
+fn a_stopped_pipeline_continues_to_the_bytes_of_an_uninterrupted_one() {
+    let world = World::new("stop");
+    world.run(RunOptions::default()).unwrap();
+    let want = files(&world.out());
+    std::fs::rename(world.out(), world.0.join("uninterrupted")).unwrap();
+    for stage in ["judge-train", "sample", "filter", "dpo"] {
+        let config = PipelineConfig::from_file(&world.config_path()).unwrap();
+        let stop = AtomicBool::new(false);
+        let mut stopped = Vec::new();
+        let outcome = run_pipeline(config, &RunOptions::default(), &stop, &mut |e: StageEvent<'_>| match e {
+            StageEvent::Progress { stage: s, done: 1, .. } if s == stage => stop.store(true, Ordering::SeqCst),
+            StageEvent::Interrupted { stage } => stopped.push(stage.to_string()),
+            _ => {}
+        })
+        .unwrap();
+        assert!(outcome.interrupted && outcome.report.is_none());
+        assert_eq!(stopped, [stage]);
+    }
+    let (outcome, ran, _) = world.run(RunOptions::default()).unwrap();
+    assert!(!outcome.interrupted && ran.contains(&"report".to_string()));
+    assert!(files(&world.out()) == want, "the continued run's files differ from the uninterrupted run's");
+}
+
+#[test]
+fn the_example_config_is_the_readmes_and_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/pipeline.toml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains(&format!("```toml\n{example}```")), "README's pipeline config is examples/pipeline.toml");
+    let config = PipelineConfig::from_toml(&example, root).unwrap();
+    assert_eq!(config.out, root.join("runs/pipeline"));
+    assert_eq!(config.sample.k, 10);
+    assert_eq!(config.online.unwrap().rounds, 3);
+    config.judge.training.unwrap().options("judge.training", unireward::Device::Cpu).unwrap();
 }

@@ -309,12 +309,9 @@ impl PipelineConfig {
         resolve(&mut config.judge.model);
         resolve(&mut config.policy.model);
         resolve(&mut config.policy.prompts);
-        for p in [&mut config.judge.train, &mut config.judge.eval, &mut config.policy.sft, &mut config.policy.held_out]
-        {
-            if let Some(p) = p {
-                resolve(p);
-            }
-        }
+        let optional =
+            [&mut config.judge.train, &mut config.judge.eval, &mut config.policy.sft, &mut config.policy.held_out];
+        optional.into_iter().flatten().for_each(resolve);
         Ok(config)
     }
 

@@ -51,7 +51,7 @@ pub fn judge_eval_stage(
         let judge = Judge::load(dir, dtype, device)?;
         let stop = context.stop;
         let outcome = evaluate_bench(&judge, pairs, &options, stop, |done, total| {
-            context.progress(done, total, "pairs", format!("{file}"))
+            context.progress(done, total, "pairs", file.to_string())
         })?;
         if outcome.interrupted {
             return Ok(false);

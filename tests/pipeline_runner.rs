@@ -409,3 +409,23 @@ fn the_example_config_is_the_readmes_and_parses() {
     assert_eq!(config.online.unwrap().rounds, 3);
     config.judge.training.unwrap().options("judge.training", unireward::Device::Cpu).unwrap();
 }
+
+#[test]
+fn without_pairs_dpo_trains_nothing_and_the_policy_stays_as_it_was() {
+    let world = World::new("no-pairs");
+    // Near-greedy sampling gives K equal answers; point sifting pairs none of them (their scores are equal).
+    let config = CONFIG.replace("strategy = \"pair-rank\"", "strategy = \"point-sift\"");
+    world.write_config(&config.replace("seed = 7", "seed = 7\ntemperature = 0.0001"));
+    let (outcome, ran, _) = world.run(RunOptions::default()).unwrap();
+    assert!(!outcome.interrupted && ran.contains(&"dpo".to_string()));
+    let out = world.out();
+    for line in std::fs::read_to_string(out.join("sample/candidates.jsonl")).unwrap().lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let candidates = value["candidates"].as_array().unwrap();
+        assert!(candidates.iter().all(|c| c == &candidates[0]), "{line}");
+    }
+    assert_eq!(std::fs::read(out.join("filter/pairs.jsonl")).unwrap(), b"");
+    assert!(unireward::train::run::latest_checkpoint(&out.join("dpo")).is_none());
+    let evaluation = |stage: &str| std::fs::read(out.join(stage).join("evaluation.json")).unwrap();
+    assert_eq!(evaluation("policy-eval-before"), evaluation("policy-eval-after"));
+}

@@ -1,5 +1,5 @@
 //! The pipeline's config file (TOML): what each stage runs on and how. Unknown keys are refused (a misspelt option
-//! would otherwise be silently ignored); paths are relative to the config file's folder; [`PipelineConfig::check`]
+//! would otherwise be silently ignored); paths are relative to the config file's folder; [`super::Plan::new`]
 //! names every bad value by its key before any stage runs. The README's "Pipeline" section documents each key.
 
 use std::path::{Path, PathBuf};
@@ -287,7 +287,7 @@ fn rename_flags(e: Error, section: &str) -> Error {
 }
 
 impl PipelineConfig {
-    /// Reads `path`, its relative paths resolved against its folder. The values are checked by [`Self::check`].
+    /// Reads `path`, its relative paths resolved against its folder. The values are checked by [`super::Plan::new`].
     pub fn from_file(path: &Path) -> Result<PipelineConfig> {
         let text = read_text(path, MAX_CONFIG_BYTES)?;
         let base = path.parent().unwrap_or(Path::new("."));

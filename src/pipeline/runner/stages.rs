@@ -9,7 +9,7 @@ use serde_json::json;
 use super::data_stages::{filter_stage, pairs_file, sample_stage, FilterSettings, CANDIDATES_FILE};
 use super::evals::{judge_eval_stage, policy_eval_stage, BASE_JUDGE_SUMMARY_FILE, JUDGE_SUMMARY_FILE};
 use super::executor::{Executor, Flow};
-use super::plan::{OnlinePlan, Plan};
+use super::plan::{OnlinePlan, Plan, TrainPlan};
 use super::record::{Hashes, StageRecord};
 use super::train_stage::{dpo_stage, final_checkpoint, policy_after_dpo, sft_stage};
 use crate::pipeline::filter::CandidateFile;
@@ -86,18 +86,10 @@ pub fn run_stages(plan: &Plan, ex: &mut Executor<'_>, hashes: &mut Hashes) -> Re
         policy_external: true,
     };
     if let Some(t) = &plan.judge_train {
-        let record = StageRecord::new(
-            JUDGE_TRAIN,
-            ex.upstream(),
-            json!({"training": t.config, "video_frames": c.judge.video_frames}),
-        )
-        .input("model", &c.judge.model, hashes)?
-        .input("data", &t.data, hashes)?;
-        let run = sft_run(&c.judge.model, &t.data, &t.options, c.judge.video_frames);
-        if ex.stage(JUDGE_TRAIN, record, |cx| sft_stage(cx, run))? == Flow::Stopped {
+        let Some(trained) = sft(ex, hashes, JUDGE_TRAIN, &c.judge.model, t, c.judge.video_frames)? else {
             return Ok(Flow::Stopped);
-        }
-        models.judge = final_checkpoint(&ex.dir(JUDGE_TRAIN))?;
+        };
+        models.judge = trained;
         models.judge_external = false;
     }
     if let (Some(pairs), Some(bench)) = (&plan.bench, &c.judge.eval) {
@@ -116,18 +108,10 @@ pub fn run_stages(plan: &Plan, ex: &mut Executor<'_>, hashes: &mut Hashes) -> Re
         }
     }
     if let Some(t) = &plan.policy_sft {
-        let record = StageRecord::new(
-            POLICY_SFT,
-            ex.upstream(),
-            json!({"training": t.config, "video_frames": c.policy.video_frames}),
-        )
-        .input("model", &c.policy.model, hashes)?
-        .input("data", &t.data, hashes)?;
-        let run = sft_run(&c.policy.model, &t.data, &t.options, c.policy.video_frames);
-        if ex.stage(POLICY_SFT, record, |cx| sft_stage(cx, run))? == Flow::Stopped {
+        let Some(trained) = sft(ex, hashes, POLICY_SFT, &c.policy.model, t, c.policy.video_frames)? else {
             return Ok(Flow::Stopped);
-        }
-        models.policy = final_checkpoint(&ex.dir(POLICY_SFT))?;
+        };
+        models.policy = trained;
         models.policy_external = false;
     }
     if policy_eval(plan, ex, hashes, POLICY_EVAL_BEFORE, &models)? == Flow::Stopped {
@@ -151,17 +135,32 @@ pub fn run_stages(plan: &Plan, ex: &mut Executor<'_>, hashes: &mut Hashes) -> Re
     }
 }
 
-fn sft_run(model: &Path, data: &Path, options: &TrainOptions, video_frames: usize) -> SftRun {
-    SftRun {
+/// The SFT stage `name` of the checkpoint `model` on `t`: the checkpoint it ends with (`None`: stopped early).
+fn sft(
+    ex: &mut Executor<'_>,
+    hashes: &mut Hashes,
+    name: &str,
+    model: &Path,
+    t: &TrainPlan,
+    video_frames: usize,
+) -> Result<Option<PathBuf>> {
+    let options = json!({"training": t.config, "video_frames": video_frames});
+    let record =
+        StageRecord::new(name, ex.upstream(), options).input("model", model, hashes)?.input("data", &t.data, hashes)?;
+    let run = SftRun {
         model: model.to_path_buf(),
-        data: data.to_path_buf(),
+        data: t.data.clone(),
         out: PathBuf::new(),
-        train: options.clone(),
+        train: t.options.clone(),
         media_folder: None,
         video_frames,
         eval: None,
         eval_every: 0,
+    };
+    if ex.stage(name, record, |cx| sft_stage(cx, run))? == Flow::Stopped {
+        return Ok(None);
     }
+    final_checkpoint(&ex.dir(name)).map(Some)
 }
 
 /// `record` with the judge's hash when the judge is the config's (a fine-tuned one is the upstream stage's).

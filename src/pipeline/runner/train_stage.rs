@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use super::executor::StageContext;
 use crate::model::files::read_text;
@@ -15,6 +16,7 @@ use crate::train::sft::SftRun;
 use crate::{Error, Result};
 
 const METRICS_FILE: &str = "metrics.jsonl";
+/// The largest metrics log read back.
 const MAX_METRICS_BYTES: u64 = 1 << 30;
 
 /// The checkpoint a finished training stage in `dir` leaves (its latest).
@@ -68,47 +70,54 @@ impl MetricsLog {
     }
 }
 
+/// What a trainer's step reports: its step, the run's steps, its metrics line and a short message.
+type OnStep<'a> = &'a mut dyn FnMut(u64, usize, serde_json::Value, String);
+
+/// Runs a trainer (`train(stop, on_step)`, returning whether it was interrupted) with the stage's metrics log and
+/// progress; false when stopped early.
+fn logged(context: &mut StageContext<'_>, train: impl FnOnce(&AtomicBool, OnStep<'_>) -> Result<bool>) -> Result<bool> {
+    let mut log = MetricsLog::open(&context.dir, context.resume)?;
+    let mut failed = None;
+    let stop = context.stop;
+    let interrupted = train(stop, &mut |step, total, line, message| {
+        if let Err(e) = log.append(&line) {
+            failed.get_or_insert(e);
+        }
+        context.progress(step as usize, total, "steps", message);
+    })?;
+    failed.map_or(Ok(()), Err)?;
+    if !interrupted {
+        log.finish();
+    }
+    Ok(!interrupted)
+}
+
 /// Runs an SFT stage (`run.out`, `run.train.resume` set here); false when stopped early.
 pub fn sft_stage(context: &mut StageContext<'_>, mut run: SftRun) -> Result<bool> {
     run.out = context.dir.clone();
     run.train.resume = context.resume;
-    let mut log = MetricsLog::open(&context.dir, context.resume)?;
-    let mut failed = None;
-    let outcome = run.run(context.stop, |m, total| {
-        if let Err(e) = log.append(&m.log_line()) {
-            failed.get_or_insert(e);
-        }
-        context.progress(m.step as usize, total, "steps", format!("loss {:.4}", m.loss));
-    })?;
-    failed.map_or(Ok(()), Err)?;
-    if !outcome.interrupted {
-        log.finish();
-    }
-    Ok(!outcome.interrupted)
+    logged(context, |stop, on_step| {
+        let outcome = run.run(stop, |m, total| on_step(m.step, total, m.log_line(), format!("loss {:.4}", m.loss)))?;
+        Ok(outcome.interrupted)
+    })
 }
 
 /// Runs a DPO stage like [`sft_stage`]; a pair file without pairs trains nothing (the policy stays as it was).
 pub fn dpo_stage(context: &mut StageContext<'_>, mut run: DpoRun) -> Result<bool> {
-    let pairs = read_text(&run.pairs, MAX_METRICS_BYTES)?;
-    if pairs.trim().is_empty() {
+    let pairs = std::fs::metadata(&run.pairs)
+        .map_err(|e| Error::InvalidArgument(format!("reading {}: {e}", run.pairs.display())))?;
+    if pairs.len() == 0 {
         return Ok(true);
     }
     run.out = context.dir.clone();
     run.train.resume = context.resume;
-    let mut log = MetricsLog::open(&context.dir, context.resume)?;
-    let mut failed = None;
-    let outcome = run.run(context.stop, |s, total| {
-        if let Err(e) = log.append(&s.log_line()) {
-            failed.get_or_insert(e);
-        }
-        let message = format!("loss {:.4}  reward acc {:.2}", s.loss, s.metrics.rewards_accuracies);
-        context.progress(s.step as usize, total, "steps", message);
-    })?;
-    failed.map_or(Ok(()), Err)?;
-    if !outcome.interrupted {
-        log.finish();
-    }
-    Ok(!outcome.interrupted)
+    logged(context, |stop, on_step| {
+        let outcome = run.run(stop, |s, total| {
+            let message = format!("loss {:.4}  reward acc {:.2}", s.loss, s.metrics.rewards_accuracies);
+            on_step(s.step, total, s.log_line(), message)
+        })?;
+        Ok(outcome.interrupted)
+    })
 }
 
 /// The policy after a DPO stage in `dir`: its checkpoint, or `before` when the stage had no pairs to train on.

@@ -329,8 +329,33 @@ fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() 
     }
     let report = std::fs::read_to_string(outcome.report.unwrap()).unwrap();
     assert!(report.to_lowercase().contains("round"), "{report}");
-    let (_, ran, skipped) = world.run(online).unwrap();
+    let (_, ran, skipped) = world.run(online.clone()).unwrap();
     assert!(ran.is_empty() && skipped == want, "{ran:?} {skipped:?}");
+
+    // Stopped in round 2 and continued: the bytes of the uninterrupted rounds.
+    let want = files(&out);
+    std::fs::rename(&out, world.0.join("uninterrupted")).unwrap();
+    for stage in ["online/round-1/dpo", "online/round-2/filter"] {
+        assert!(run_stopped_at(&world, &online, stage).interrupted, "{stage}");
+    }
+    world.run(online).unwrap();
+    assert!(files(&out) == want, "the continued rounds' files differ from the uninterrupted ones'");
+}
+
+/// Runs the pipeline, setting the stop flag when `stage` reports its first unit done; the stages it stopped.
+fn run_stopped_at(world: &World, options: &RunOptions, stage: &str) -> PipelineOutcome {
+    let config = PipelineConfig::from_file(&world.config_path()).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut stopped = Vec::new();
+    let outcome = run_pipeline(config, options, &stop, &mut |e: StageEvent<'_>| match e {
+        StageEvent::Progress { stage: s, done: 1, .. } if s == stage => stop.store(true, Ordering::SeqCst),
+        StageEvent::Interrupted { stage } => stopped.push(stage.to_string()),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(stopped, [stage]);
+    assert!(outcome.report.is_none());
+    outcome
 }
 
 /// The error of a config with `replace` applied to the base config.
@@ -365,6 +390,12 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
     let model = text_judge.0.join("model");
     let err = refused(&world, "model = \"judge\"", &format!("model = {:?}", model.display().to_string()));
     assert!(err.contains("[judge] model") && err.contains("text-only"), "{err}");
+    // The command prints the same, one `error:` line and its causes, and fails.
+    world.write_config(&CONFIG.replace("k = 4", "k = 4\nkk = 3"));
+    let output = world.run_child(None);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.starts_with("error: ") && err.contains("`kk`"), "{err}");
+    assert!(!world.out().exists());
     // --online without [online].
     let without_online = &CONFIG[..CONFIG.find("[online]").unwrap()];
     world.write_config(without_online);
@@ -380,17 +411,7 @@ fn a_stopped_pipeline_continues_to_the_bytes_of_an_uninterrupted_one() {
     let want = files(&world.out());
     std::fs::rename(world.out(), world.0.join("uninterrupted")).unwrap();
     for stage in ["judge-train", "sample", "filter", "dpo"] {
-        let config = PipelineConfig::from_file(&world.config_path()).unwrap();
-        let stop = AtomicBool::new(false);
-        let mut stopped = Vec::new();
-        let outcome = run_pipeline(config, &RunOptions::default(), &stop, &mut |e: StageEvent<'_>| match e {
-            StageEvent::Progress { stage: s, done: 1, .. } if s == stage => stop.store(true, Ordering::SeqCst),
-            StageEvent::Interrupted { stage } => stopped.push(stage.to_string()),
-            _ => {}
-        })
-        .unwrap();
-        assert!(outcome.interrupted && outcome.report.is_none());
-        assert_eq!(stopped, [stage]);
+        assert!(run_stopped_at(&world, &RunOptions::default(), stage).interrupted, "{stage}");
     }
     let (outcome, ran, _) = world.run(RunOptions::default()).unwrap();
     assert!(!outcome.interrupted && ran.contains(&"report".to_string()));

@@ -131,6 +131,19 @@ pub struct BenchOptions {
     pub resume: bool,
 }
 
+impl BenchOptions {
+    /// Refuses a batch of 0 and a resume without an output file, naming the CLI's flags.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(invalid("--batch must be at least 1".into()));
+        }
+        if self.resume && self.out.is_none() {
+            return Err(invalid("--resume continues an output file: give --out".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions { batch: 8, out: None, resume: false }
@@ -242,14 +255,9 @@ pub fn evaluate_bench(
     stop: &AtomicBool,
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<BenchOutcome> {
-    if options.batch == 0 {
-        return Err(invalid("--batch must be at least 1".into()));
-    }
+    options.validate()?;
     if pairs.is_empty() {
         return Err(invalid("the benchmark holds no pairs".into()));
-    }
-    if options.resume && options.out.is_none() {
-        return Err(invalid("--resume continues an output file: give --out".into()));
     }
     let (mut output, mut results) = match &options.out {
         None => (None, Vec::new()),

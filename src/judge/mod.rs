@@ -1,6 +1,6 @@
 //! The judge: Qwen2's tokenizer and chat template, text generation, UnifiedReward's task templates, the answer
 //! parser, one-pass verdicts (teacher-forced class scoring with a shared prefix), the benchmark metrics and the
-//! evaluation of a judge on a benchmark file ([`bench`]).
+//! evaluation of a judge on a benchmark file ([`mod@bench`]).
 
 pub mod answer;
 pub mod api;

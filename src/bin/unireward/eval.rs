@@ -46,12 +46,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    let options = BenchOptions { batch: args.batch, out: args.out.clone(), resume: args.resume };
+    options.validate()?;
     let folder = args.data.parent().unwrap_or(std::path::Path::new("."));
     let pairs = read_bench_file(&args.data, folder)?;
     anyhow::ensure!(!pairs.is_empty(), "--data {} holds no pairs", args.data.display());
     let judge = Judge::load(&args.model, args.dtype, args.device)
         .with_context(|| format!("loading the judge in {}", args.model.display()))?;
-    let options = BenchOptions { batch: args.batch, out: args.out.clone(), resume: args.resume };
     let progress = Progress::new("pairs", args.batch.max(1))?;
     // No Ctrl-C handler: a killed run continues with --resume.
     let never = AtomicBool::new(false);

@@ -380,6 +380,14 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
     assert!(err.contains("[dpo] loss_type"), "{err}");
     let err = refused(&world, "strategy = \"pair-rank\"", "strategy = \"best-of\"");
     assert!(err.contains("[filter] strategy") && err.contains("best-of"), "{err}");
+    let err = refused(&world, "train = \"judge-train.jsonl\"\n", "");
+    assert!(err.contains("`[judge.training]` is given but `[judge] train` is not"), "{err}");
+    let err = refused(
+        &world,
+        "rounds = 2\nprompts_per_round = 2",
+        "rounds = 2\nprompts_per_round = 2\ndpo_epochs = 1\nfoo = 1",
+    );
+    assert!(err.contains("unknown field `foo`"), "{err}");
     // Every problem at once, each by its key.
     world.write_config(&CONFIG.replace("lr = 5e-3", "lr = -1.0").replace("k = 4", "k = 1"));
     let err = world.run(RunOptions::default()).unwrap_err().to_string();

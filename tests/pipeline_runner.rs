@@ -235,6 +235,13 @@ fn the_offline_pipeline_runs_every_stage_then_skips_them_and_reruns_what_a_chang
     let options = RunOptions { rerun: Some("filter".into()), ..RunOptions::default() };
     let (_, ran, _) = world.run(options).unwrap();
     assert_eq!(ran, names(&all[4..]));
+    // A record that is not one is an error, until the stage is rerun.
+    std::fs::write(out.join("filter/record.json"), "{\"stage\": ").unwrap();
+    let err = world.run(RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("filter/record.json") && err.contains("not a stage record"), "{err}");
+    let options = RunOptions { rerun: Some("filter".into()), ..RunOptions::default() };
+    let (_, ran, _) = world.run(options).unwrap();
+    assert_eq!(ran, names(&all[4..]));
     let options = RunOptions { rerun: Some("nope".into()), ..RunOptions::default() };
     let err = world.run(options).unwrap_err().to_string();
     assert!(err.contains("--rerun nope") && err.contains("judge-train, judge-eval"), "{err}");

@@ -5,15 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use super::executor::StageContext;
+use super::json_file::{read_json, write_json};
 use crate::judge::Judge;
-use crate::model::files::read_text;
 use crate::pipeline::filter::{
     default_audit, read_candidates, run_filter, CandidateFile, FilterOptions, InvalidPolicy, JudgeJudgments, Shard,
     Strategy, Summary,
 };
 use crate::pipeline::sample::{run_sample, Policy, SampleOptions};
 use crate::runtime::{DType, Device};
-use crate::{Error, Result};
+use crate::Result;
 
 pub const CANDIDATES_FILE: &str = "candidates.jsonl";
 pub const PAIRS_FILE: &str = "pairs.jsonl";
@@ -73,17 +73,13 @@ pub fn filter_stage(
     if outcome.interrupted {
         return Ok(false);
     }
-    let summary = serde_json::to_string_pretty(&outcome.summary).expect("summaries serialize") + "\n";
-    let path = context.dir.join(SUMMARY_FILE);
-    std::fs::write(&path, summary).map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))?;
+    write_json(&context.dir.join(SUMMARY_FILE), &outcome.summary)?;
     Ok(true)
 }
 
 /// The filter summary a finished filter stage in `dir` wrote.
 pub fn read_filter_summary(dir: &Path) -> Result<Summary> {
-    let path = dir.join(SUMMARY_FILE);
-    serde_json::from_str(&read_text(&path, 1 << 20)?)
-        .map_err(|e| Error::InvalidArgument(format!("{}: not a filter summary: {e}", path.display())))
+    read_json(&dir.join(SUMMARY_FILE))
 }
 
 /// The pairs file of a filter stage in `dir`.

@@ -3,33 +3,20 @@
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use super::executor::StageContext;
+use super::json_file::{read_json, write_json};
 use crate::judge::bench::{evaluate_bench, BenchOptions, BenchPair, BenchSummary};
 use crate::judge::Judge;
-use crate::model::files::read_text;
 use crate::pipeline::policy_eval::{evaluate_policy, PolicyEvalOptions, PolicyEvaluation, PolicyQuestion};
 use crate::pipeline::sample::Policy;
 use crate::runtime::{DType, Device};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The evaluation file of a policy-eval stage.
 pub const EVALUATION_FILE: &str = "evaluation.json";
 /// The judge-eval stage's summaries: of the judge the filter uses, and of the judge before its fine-tuning.
 pub const JUDGE_SUMMARY_FILE: &str = "summary.json";
 pub const BASE_JUDGE_SUMMARY_FILE: &str = "base-summary.json";
-
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("summaries serialize") + "\n";
-    std::fs::write(path, text).map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))
-}
-
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_str(&read_text(path, 1 << 26)?)
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
-}
 
 /// Evaluates each `(summary file, judge)` on `pairs` (results appended beside it, continued when the stage
 /// resumes); false when stopped early.

@@ -15,6 +15,7 @@ pub mod config;
 mod data_stages;
 mod evals;
 pub mod executor;
+mod json_file;
 pub mod observer;
 pub mod plan;
 pub mod record;

@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::files::read_text;
+use super::json_file::{read_json, write_json};
 use crate::train::fingerprint::Fingerprint;
 use crate::{Error, Result};
 
 pub const RECORD_FILE: &str = "record.json";
 const FORMAT: &str = "unireward-pipeline-stage-1";
-const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 /// What a stage runs on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,24 +62,16 @@ impl StageRecord {
         if !path.exists() {
             return Ok(None);
         }
-        let text = read_text(&path, MAX_RECORD_BYTES)?;
-        serde_json::from_str(&text).map(Some).map_err(|e| {
+        read_json(&path).map(Some).map_err(|e| {
             Error::InvalidArgument(format!(
-                "{}: not a stage record ({e}); remove the stage's folder or rerun it with --rerun",
-                path.display()
+                "not a stage record ({e}); remove the stage's folder or rerun it with --rerun",
             ))
         })
     }
 
-    /// Writes the record into `dir` atomically (a temporary file renamed), synced.
+    /// Writes the record into `dir`, atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let io = |e: std::io::Error| Error::InvalidArgument(format!("writing the record in {}: {e}", dir.display()));
-        let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self).expect("records serialize") + "\n";
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut &file, text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, dir.join(RECORD_FILE)).map_err(io)
+        write_json(&dir.join(RECORD_FILE), self)
     }
 }
 

@@ -235,6 +235,14 @@ fn the_offline_pipeline_runs_every_stage_then_skips_them_and_reruns_what_a_chang
     let options = RunOptions { rerun: Some("filter".into()), ..RunOptions::default() };
     let (_, ran, _) = world.run(options).unwrap();
     assert_eq!(ran, names(&all[4..]));
+    // An input file changed (a prompt less): the stages from the first that reads it run again.
+    let prompts = std::fs::read_to_string(world.0.join("prompts.jsonl")).unwrap();
+    let fewer: String = prompts.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(world.0.join("prompts.jsonl"), fewer).unwrap();
+    let (_, ran, skipped) = world.run(RunOptions::default()).unwrap();
+    assert_eq!((ran, skipped), (names(&all[3..]), names(&all[..3])));
+    assert_eq!(std::fs::read_to_string(out.join("sample/candidates.jsonl")).unwrap().lines().count(), 2);
+
     // A record that is not one is an error, until the stage is rerun.
     std::fs::write(out.join("filter/record.json"), "{\"stage\": ").unwrap();
     let err = world.run(RunOptions::default()).unwrap_err().to_string();

@@ -106,15 +106,15 @@ fn checkpoint(key: &str, path: &Path) -> Result<()> {
     }
 }
 
-/// A training stage's plan: its file and options both given, or neither.
+/// A training stage's plan from `[section] data_key` (its data file) and `[section.training]` (its options): the
+/// file given (the options default), or neither.
 fn train_plan(
     problems: &mut Problems,
-    key: &str,
+    (section, data_key): (&str, &str),
     data: &Option<PathBuf>,
     config: &Option<TrainConfig>,
     device: Device,
 ) -> Option<TrainPlan> {
-    let (section, data_key) = key.split_once(' ').unwrap_or((key, ""));
     match (data, config) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -142,9 +142,9 @@ impl Plan {
         let train_device = device.unwrap_or_default();
         let dpo_train = problems.take(config.dpo.training.options("dpo.training", train_device));
         let judge_train =
-            train_plan(&mut problems, "judge train", &config.judge.train, &config.judge.training, train_device);
+            train_plan(&mut problems, ("judge", "train"), &config.judge.train, &config.judge.training, train_device);
         let policy_sft =
-            train_plan(&mut problems, "policy sft", &config.policy.sft, &config.policy.training, train_device);
+            train_plan(&mut problems, ("policy", "sft"), &config.policy.sft, &config.policy.training, train_device);
         for (key, value) in [
             ("[judge] batch", config.judge.batch),
             ("[judge] video_frames", config.judge.video_frames),

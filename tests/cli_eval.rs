@@ -1,6 +1,7 @@
 //! `unireward eval` on a small benchmark file judged by the tiny LLaVA-OneVision judge of tests/judge_checkpoint: the
 //! summary must be the metrics of the printed per-pair verdicts, a run killed mid-way and resumed writes the bytes
-//! and reports the metrics of an uninterrupted one, and a bad line must fail naming its line and field.
+//! and reports the metrics of an uninterrupted one (a resume with another --batch is refused, the file untouched),
+//! and a bad line must fail naming its line and field.
 
 mod common;
 mod judge_checkpoint;
@@ -106,6 +107,37 @@ fn results_resume_after_a_kill_with_the_same_bytes_and_metrics() {
     let out = run("straight.jsonl", &[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("pass --resume"), "{err}");
+}
+
+#[test]
+fn resuming_with_another_batch_is_refused_and_changes_nothing() {
+    let dir = judge_dir("eval-batch");
+    let a = image("two_images_0.png");
+    let a = a.to_str().unwrap();
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                r#"{{"task": "image-generation", "caption": "red {i}", "candidates": ["{a}", "{a}"], "label": "tie"}}"#
+            )
+        })
+        .collect();
+    let data = dir.0.join("bench.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let (model, data, out) = (dir.0.to_str().unwrap(), data.to_str().unwrap(), dir.0.join("out.jsonl"));
+    let out = out.to_str().unwrap();
+    let first = unireward(&["--model", model, "--data", data, "--batch", "2", "--out", out]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // As a kill after the first batch and a half leaves it.
+    let written = std::fs::read_to_string(out).unwrap();
+    let kept: String = written.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(out, &kept).unwrap();
+    let resumed = unireward(&["--model", model, "--data", data, "--batch", "3", "--out", out, "--resume"]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(!resumed.status.success() && err.contains("--batch 2") && err.contains("--batch 3"), "{err}");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), kept, "the refused resume changed the file");
+    let resumed = unireward(&["--model", model, "--data", data, "--batch", "2", "--out", out, "--resume"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(std::fs::read_to_string(out).unwrap(), written);
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! The judge: Qwen2's tokenizer and chat template, text generation, UnifiedReward's task templates, the answer
-//! parser, one-pass verdicts (teacher-forced class scoring with a shared prefix) and the benchmark metrics.
+//! parser, one-pass verdicts (teacher-forced class scoring with a shared prefix), the benchmark metrics and the
+//! evaluation of a judge on a benchmark file ([`mod@bench`]).
 
 pub mod answer;
 pub mod api;
+pub mod bench;
 pub mod chat_template;
 pub mod generate;
 pub mod media_prompt;

@@ -66,6 +66,16 @@ pub(crate) fn append_synced(file: &mut File, text: &str, path: &Path) -> Result<
     file.sync_data().map_err(|e| io_error("flush", path, e))
 }
 
+/// The complete lines (without their newlines) of the output of an earlier run, which must exist, leaving the file
+/// as it is: what [`JsonlAppender::resume`] would keep with `group` 1, for checks before anything is cut. Files
+/// larger than `max_bytes` are refused.
+pub fn read_complete_lines(path: &Path, max_bytes: u64) -> Result<Vec<String>> {
+    require_existing(path)?;
+    let text = crate::model::files::read_text(path, max_bytes)?;
+    let complete = text.rfind('\n').map_or(0, |at| at + 1);
+    Ok(text[..complete].split_terminator('\n').map(str::to_string).collect())
+}
+
 /// A JSONL output appended whole records at a time, each append on disk before [`JsonlAppender::append`] returns.
 #[derive(Debug)]
 pub struct JsonlAppender {
@@ -86,16 +96,12 @@ impl JsonlAppender {
     /// lines (records appended together; 1: line by line); returns it and the lines kept (without their newlines).
     /// Files larger than `max_bytes` are refused.
     pub fn resume(path: &Path, group: usize, max_bytes: u64) -> Result<(JsonlAppender, Vec<String>)> {
-        require_existing(path)?;
-        let text = crate::model::files::read_text(path, max_bytes)?;
-        let complete = text.rfind('\n').map_or(0, |at| at + 1);
-        let lines: Vec<&str> = text[..complete].split_terminator('\n').collect();
-        let keep = lines.len() / group.max(1) * group.max(1);
-        let kept_bytes: usize = lines[..keep].iter().map(|l| l.len() + 1).sum();
+        let mut lines = read_complete_lines(path, max_bytes)?;
+        lines.truncate(lines.len() / group.max(1) * group.max(1));
+        let kept_bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
         let mut file = open_rw(path, false)?;
         truncate_to(&mut file, kept_bytes as u64, path)?;
-        let kept = lines[..keep].iter().map(|l| l.to_string()).collect();
-        Ok((JsonlAppender { path: path.to_path_buf(), file }, kept))
+        Ok((JsonlAppender { path: path.to_path_buf(), file }, lines))
     }
 
     /// Appends `text` (whole lines, each ending in a newline) and flushes it to disk.

@@ -23,7 +23,7 @@ use super::filter::candidates::{fingerprint, refuse_invalid, CandidateFile, Cand
 use crate::judge::tokenizer::DEFAULT_SYSTEM_PROMPT;
 use crate::judge::{
     expand_media_markers, generate_with_prefix, load_media, Candidate, ChatMessage, ChatTemplate, GenerationConfig,
-    MediaPixels, Tokenizer,
+    JudgeModel, MediaPixels, Tokenizer,
 };
 use crate::media::ImageProcessor;
 use crate::model::llava::{LlavaOnevisionModel, MediaInput};
@@ -87,12 +87,9 @@ pub fn prompt_seed(seed: u64, id: &str) -> u64 {
     fingerprint(&[&seed.to_le_bytes(), id.as_bytes()].concat())
 }
 
-/// A policy's model.
-#[derive(Debug)]
-pub enum PolicyModel {
-    Text(Box<Qwen2Model>),
-    Llava(Box<LlavaOnevisionModel>),
-}
+/// A policy's model: the judge's model type (a text-only Qwen2 or a LLaVA-OneVision), so that a policy scores
+/// continuations as a judge does ([`JudgeModel::score`]).
+pub type PolicyModel = JudgeModel;
 
 /// A checkpoint that answers questions: the model, its tokenizer, chat template and (LLaVA) image processor.
 #[derive(Debug)]
@@ -122,13 +119,6 @@ impl Policy {
         })
     }
 
-    fn language_model(&self) -> &Qwen2Model {
-        match &self.model {
-            PolicyModel::Text(m) => m,
-            PolicyModel::Llava(m) => &m.language_model,
-        }
-    }
-
     /// The rendered prompt of `prompt`: the chat template around the system turn and the user turn.
     pub fn prompt_text(&self, prompt: &CandidatePrompt) -> Result<String> {
         let messages = [ChatMessage::system(DEFAULT_SYSTEM_PROMPT), ChatMessage::user(prompt.user_text())];
@@ -137,15 +127,20 @@ impl Policy {
 
     /// How row 0 of `prompt` draws (row r: the seed plus r), stopping at the checkpoint's eos and the chat's end.
     pub fn generation_config(&self, options: &SampleOptions, prompt: &CandidatePrompt) -> GenerationConfig {
-        let mut stop_tokens = self.language_model().config.eos_token_ids.clone();
-        stop_tokens.extend(self.tokenizer.stop_ids().iter().filter(|id| !stop_tokens.contains(id)).collect::<Vec<_>>());
         GenerationConfig {
             max_new_tokens: options.max_new_tokens,
             temperature: options.temperature,
             top_p: options.top_p,
             seed: prompt_seed(options.seed, &prompt.id),
-            stop_tokens,
+            stop_tokens: self.stop_tokens(),
         }
+    }
+
+    /// Where an answer ends: the checkpoint's eos tokens and the chat's end of turn.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop_tokens = self.model.language_model().config.eos_token_ids.clone();
+        stop_tokens.extend(self.tokenizer.stop_ids().iter().filter(|id| !stop_tokens.contains(id)).collect::<Vec<_>>());
+        stop_tokens
     }
 
     /// The prompt's ids (placeholders expanded) and its preprocessed media (none for a text-only policy).
@@ -177,18 +172,29 @@ impl Policy {
         options.validate()?;
         let (ids, pixels) = self.prompt_inputs(prompt, options)?;
         let cfg = self.generation_config(options, prompt);
-        let suffixes = vec![Vec::new(); options.k];
-        let tokens = match &self.model {
+        let tokens = self.generate(&ids, &pixels, &vec![Vec::new(); options.k], &cfg)?;
+        tokens.iter().map(|t| self.tokenizer.decode(t, true)).collect()
+    }
+
+    /// The new tokens after the prompt `ids` (from [`Policy::prompt_inputs`], with its media `pixels`) followed by
+    /// each of `suffixes`: the prompt and its media encoded once, the cache forked to every suffix.
+    pub fn generate(
+        &self,
+        ids: &[i64],
+        pixels: &[MediaPixels],
+        suffixes: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>> {
+        match &self.model {
             PolicyModel::Text(model) => {
                 let prefix: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
-                generate_with_prefix(model, &prefix, &suffixes, &cfg)?
+                generate_with_prefix(model, &prefix, suffixes, cfg)
             }
             PolicyModel::Llava(model) => {
                 let inputs: Vec<MediaInput<'_>> = pixels.iter().map(MediaPixels::input).collect();
-                model.generate_with_prefix(&ids, &inputs, &suffixes, &cfg)?
+                model.generate_with_prefix(ids, &inputs, suffixes, cfg)
             }
-        };
-        tokens.iter().map(|t| self.tokenizer.decode(t, true)).collect()
+        }
     }
 
     /// `prompt` with `options.k` sampled answers as its candidates: what the filter judges.

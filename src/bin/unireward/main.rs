@@ -9,7 +9,7 @@ mod bench_products;
 mod demo;
 mod dpo;
 mod eval;
-mod eval_results;
+mod eval_policy;
 mod filter;
 mod filter_merge;
 mod generate;
@@ -57,6 +57,9 @@ enum Command {
     /// A judge on a pairwise benchmark file (JSONL): GenAI-Bench tau/diff, VL-RewardBench accuracies, position
     /// consistency, calibration.
     Eval(eval::Args),
+    /// A policy's accuracy on held-out understanding questions with known answers: greedy exact match and
+    /// preference of the answer over the wrong ones, per task.
+    EvalPolicy(eval_policy::Args),
     /// Judges K candidates per prompt (a candidates JSONL) into chosen/rejected preference pairs, resumable and
     /// shardable, with an audit file of every judgment.
     Filter(filter::Args),
@@ -127,6 +130,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Judge(args) => judge::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::EvalPolicy(args) => eval_policy::run(&args),
         Command::Filter(args) => filter::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::FilterMerge(args) => filter_merge::run(&args),

@@ -190,6 +190,20 @@ fn read_lines(path: &Path, media_folder: &Path, kind: Kind) -> Result<CandidateF
     Ok(file)
 }
 
+/// A prompts file's line from its parts, checked as [`read_prompts`] checks it (understanding tasks, media paths
+/// resolved against `folder` and found): for files whose lines carry more than a prompt (a policy's held-out
+/// questions with their answers).
+pub(crate) fn understanding_prompt(
+    id: String,
+    task: String,
+    context: BTreeMap<String, Value>,
+    index: usize,
+    line: usize,
+    folder: &Path,
+) -> std::result::Result<CandidatePrompt, String> {
+    prompt(Line { id, task, context, candidates: None }, index, line, folder, Kind::Prompts)
+}
+
 /// A media file of `task`'s kind at `written` under `folder`, required to exist.
 fn media(task: Task, written: &str, folder: &Path, what: &str) -> std::result::Result<MediaFile, String> {
     let path = folder.join(written);

@@ -25,6 +25,6 @@ pub use candidates::{read_candidates, read_prompts, CandidateFile, CandidateProm
 pub use judge_judgments::JudgeJudgments;
 pub use judgments::{Judgments, PairJudgment, PointJudgment};
 pub use merge::{merge_shards, ShardOutput};
-pub use records::{GenerationPair, Summary};
+pub use records::{AuditRecord, GenerationPair, Summary};
 pub use run::{run_filter, FilterOptions, FilterOutcome, InvalidPolicy, Shard};
 pub use strategy::{Selected, Strategy};

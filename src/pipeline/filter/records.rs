@@ -128,25 +128,46 @@ pub(crate) fn pair_line(prompt: &CandidatePrompt, strategy: Strategy, pick: &Sel
     json.expect("pair records serialize") + "\n"
 }
 
-/// One judgment, for audit.
-#[derive(Serialize)]
-struct Audit<'a> {
-    id: &'a str,
-    index: usize,
-    mode: &'static str,
+/// One judgment, for audit: a line of the audit file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    pub id: String,
+    pub index: usize,
+    /// `pairwise` or `pointwise`.
+    pub mode: String,
     /// The candidates judged: two (the first shown first) or one.
-    candidates: &'a [usize],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    verdict: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    margin: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unparsable: Option<&'a str>,
-    probs: &'a [f32],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    answer: Option<&'a str>,
+    pub candidates: Vec<usize>,
+    /// Pairwise: `first`, `second` or `tie`, and the margin of the first over the second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f32>,
+    /// Pointwise: the score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Why the judgment has no verdict or score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unparsable: Option<String>,
+    /// NaN is written `null`.
+    #[serde(deserialize_with = "nan_for_null")]
+    pub probs: Vec<f32>,
+    /// A reasoned judgment's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// Floats written with NaN as `null`, read back.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+    let values: Vec<Option<f32>> = Deserialize::deserialize(d)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f32::NAN)).collect())
+}
+
+impl AuditRecord {
+    /// The line, with its newline.
+    fn line(&self) -> String {
+        serde_json::to_string(self).expect("audit records serialize") + "\n"
+    }
 }
 
 fn verdict_name(v: Verdict) -> &'static str {
@@ -159,34 +180,34 @@ fn verdict_name(v: Verdict) -> &'static str {
 
 /// The audit line of a pairwise judgment.
 pub(crate) fn pair_audit(prompt: &CandidatePrompt, pair: (usize, usize), j: &PairJudgment) -> String {
-    let audit = Audit {
-        id: &prompt.id,
+    AuditRecord {
+        id: prompt.id.clone(),
         index: prompt.index,
-        mode: "pairwise",
-        candidates: &[pair.0, pair.1],
-        verdict: j.verdict.as_ref().ok().map(|v| verdict_name(*v)),
+        mode: "pairwise".into(),
+        candidates: vec![pair.0, pair.1],
+        verdict: j.verdict.as_ref().ok().map(|v| verdict_name(*v).into()),
         margin: Some(j.margin),
         score: None,
-        unparsable: j.verdict.as_ref().err().map(String::as_str),
-        probs: &j.probs,
-        answer: j.answer.as_deref(),
-    };
-    serde_json::to_string(&audit).expect("audit records serialize") + "\n"
+        unparsable: j.verdict.as_ref().err().cloned(),
+        probs: j.probs.clone(),
+        answer: j.answer.clone(),
+    }
+    .line()
 }
 
 /// The audit line of a pointwise judgment.
 pub(crate) fn point_audit(prompt: &CandidatePrompt, candidate: usize, j: &PointJudgment) -> String {
-    let audit = Audit {
-        id: &prompt.id,
+    AuditRecord {
+        id: prompt.id.clone(),
         index: prompt.index,
-        mode: "pointwise",
-        candidates: &[candidate],
+        mode: "pointwise".into(),
+        candidates: vec![candidate],
         verdict: None,
         margin: None,
         score: j.score.as_ref().ok().copied(),
-        unparsable: j.score.as_ref().err().map(String::as_str),
-        probs: &j.probs,
-        answer: j.answer.as_deref(),
-    };
-    serde_json::to_string(&audit).expect("audit records serialize") + "\n"
+        unparsable: j.score.as_ref().err().cloned(),
+        probs: j.probs.clone(),
+        answer: j.answer.clone(),
+    }
+    .line()
 }

@@ -11,9 +11,9 @@ pub mod series;
 
 use std::path::{Path, PathBuf};
 
-use image::ImageFormat;
+use image::{ImageFormat, RgbImage};
 
-pub use render::render;
+pub use render::{bar_chart, histogram, line_chart, render};
 pub use series::{parse_metrics, read_metrics, MetricsLog, Series, MAX_METRICS_BYTES, MAX_SERIES};
 
 use crate::{Error, Result};
@@ -67,17 +67,23 @@ pub fn write_metric_plots(metrics: &Path, out_dir: &Path) -> Result<PlotReport> 
         let image = render(&family, &members, PLOT_WIDTH, PLOT_HEIGHT).map_err(series::naming(metrics))?;
         images.push((family.clone(), image));
     }
+    let mut files = Vec::new();
+    for (family, image) in images {
+        files.push(save_png(&image, out_dir, &format!("{family}.png"))?);
+    }
+    Ok(PlotReport { files, log })
+}
+
+/// Writes `image` as the PNG `out_dir/name` (the folder created if missing), whole: under a temporary name, then
+/// renamed; returns its path.
+pub fn save_png(image: &RgbImage, out_dir: &Path, name: &str) -> Result<PathBuf> {
     let io = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         Error::Checkpoint(format!("cannot {what} {}: {e}", path.display()))
     };
     std::fs::create_dir_all(out_dir).map_err(|e| io("create", out_dir, &e))?;
-    let mut files = Vec::new();
-    for (family, image) in images {
-        let path = out_dir.join(format!("{family}.png"));
-        let partial = out_dir.join(format!(".{family}.png.partial"));
-        image.save_with_format(&partial, ImageFormat::Png).map_err(|e| io("write", &partial, &e))?;
-        std::fs::rename(&partial, &path).map_err(|e| io("rename into place", &path, &e))?;
-        files.push(path);
-    }
-    Ok(PlotReport { files, log })
+    let path = out_dir.join(name);
+    let partial = out_dir.join(format!(".{name}.partial"));
+    image.save_with_format(&partial, ImageFormat::Png).map_err(|e| io("write", &partial, &e))?;
+    std::fs::rename(&partial, &path).map_err(|e| io("rename into place", &path, &e))?;
+    Ok(path)
 }

@@ -422,6 +422,17 @@ fn train_judge_and_eval_run_on_the_world() {
     ]);
     assert!(trained.contains("done: 9 steps of 9"), "{trained}");
     let (_, checkpoint) = unireward::train::run::latest_checkpoint(&dir.join("out")).unwrap();
+    // The trained judge keeps the task templates it was trained in: asked in another format it would be guessing.
+    let templates = |d: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d.join(unireward::judge::CHECKPOINT_TEMPLATES))
+            .unwrap()
+            .map(|e| (e.as_ref().unwrap().file_name(), std::fs::read(e.unwrap().path()).unwrap()))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(templates(&checkpoint), templates(&dir.join("judge")));
+    assert_eq!(templates(&checkpoint).len(), 8);
     let evaluated =
         run(&["eval", "--model", checkpoint.to_str().unwrap(), "--data", &path("held_out.jsonl"), "--json"]);
     let report: serde_json::Value = serde_json::from_str(&evaluated[..evaluated.rfind('}').unwrap() + 1]).unwrap();

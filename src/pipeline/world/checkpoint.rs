@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
 
+use crate::judge::tokenizer::DEFAULT_SYSTEM_PROMPT;
 use crate::judge::{Mode, Task, TaskTemplate, Variant, CHECKPOINT_TEMPLATES};
 use crate::model::init::initial_parameters;
 use crate::model::llava::{LlavaLayout, LlavaOnevisionConfig, VisionTower};
@@ -21,8 +22,10 @@ use crate::{Error, Result};
 pub const SPECIAL_TOKENS: [&str; 7] =
     ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>", "<video>"];
 
-/// A chat template without Qwen2's default system turn: a tiny model's sequences stay short.
-pub const CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+/// Qwen2's chat format, short: a default system turn when the conversation has none (as Qwen2's template and the
+/// trainers, which put LLaVA-NeXT's system message first, both do — a judge must be asked as it was trained), each
+/// message as `<|im_start|>role\ncontent<|im_end|>\n`, then the assistant's header when asked for.
+pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 /// What a word is: a run of word characters, a run of punctuation, or a line break (kept: the chat format's turns
 /// end in one, and the trainers find the assistant's turns by it); other white space separates words.
@@ -46,10 +49,10 @@ fn words(text: &str) -> Result<Vec<String>> {
 }
 
 /// `tokenizer.json` of a word-level tokenizer: [`SPECIAL_TOKENS`], then every word of `corpus`, of
-/// [`CHAT_TEMPLATE`]'s roles and the line break in sorted order; an unknown word reads as `<unk>`.
+/// [`CHAT_TEMPLATE`]'s roles, default system message and the line break in sorted order; an unknown word reads as `<unk>`.
 pub fn word_level_tokenizer<'a>(corpus: impl IntoIterator<Item = &'a str>) -> Result<String> {
     let mut vocabulary = BTreeSet::new();
-    for text in corpus.into_iter().chain(["system user assistant\n"]) {
+    for text in corpus.into_iter().chain(["system user assistant\n", DEFAULT_SYSTEM_PROMPT]) {
         vocabulary.extend(words(text)?);
     }
     let tokens: Vec<&str> = SPECIAL_TOKENS.into_iter().chain(vocabulary.iter().map(String::as_str)).collect();
@@ -105,8 +108,8 @@ impl Default for TinyLlava {
             vision_layers: 2,
             vision_heads: 2,
             vision_intermediate: 64,
-            image_size: 24,
-            patch_size: 6,
+            image_size: 48,
+            patch_size: 16,
             max_positions: 1024,
         }
     }

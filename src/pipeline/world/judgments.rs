@@ -21,7 +21,7 @@ pub const IMAGE_SIZE: u32 = 48;
 /// Frames per video (the demo templates' `frames_per_video`).
 pub const FRAMES: usize = 4;
 /// Shapes per scene at most.
-const MAX_SHAPES: usize = 4;
+pub(super) const MAX_SHAPES: usize = 2;
 /// The score of the better and of the worse candidate in the pointwise conversations (the templates' 1–5 scale).
 const SCORES: [u32; 2] = [5, 1];
 
@@ -45,7 +45,7 @@ pub struct WorldJudgment {
 }
 
 /// Writes the frames of `motion` into the folder `dir` (`frame_0.png`, …).
-fn write_video(motion: &Motion, dir: &Path) -> Result<PathBuf> {
+pub(super) fn write_video(motion: &Motion, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
     for (i, frame) in render_frames(motion, IMAGE_SIZE, FRAMES).iter().enumerate() {
         save(frame, &dir.join(format!("frame_{i}.png")))?;
@@ -190,6 +190,17 @@ impl WorldJudgment {
             });
         }
         Ok(out)
+    }
+
+    /// The candidates' texts (none for media candidates).
+    pub fn candidate_texts(&self) -> Vec<String> {
+        [&self.better, &self.worse]
+            .into_iter()
+            .filter_map(|c| match c {
+                WorldCandidate::Text(text) => Some(text.clone()),
+                WorldCandidate::Media(_) => None,
+            })
+            .collect()
     }
 
     /// A line of `unireward eval`'s pairwise benchmark file: the candidates in a random order, `label` the better's

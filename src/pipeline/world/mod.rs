@@ -7,6 +7,7 @@
 //! true of the images, not only of the scene descriptions.
 
 mod checkpoint;
+mod dataset;
 mod draw;
 mod judgments;
 mod motion;
@@ -14,6 +15,7 @@ mod scene;
 mod text;
 
 pub use checkpoint::{word_level_tokenizer, TinyLlava, CHAT_TEMPLATE, SPECIAL_TOKENS};
+pub use dataset::{template_words, DemoFiles, DemoSizes};
 pub use draw::{render, render_frames};
 pub use judgments::{judgments, WorldCandidate, WorldJudgment, FRAMES, IMAGE_SIZE};
 pub use motion::{Direction, Motion};

@@ -6,6 +6,7 @@
 //!   config.json                          copied from the source checkpoint
 //!   model.safetensors                    or model-0000i-of-0000n.safetensors + model.safetensors.index.json
 //!   tokenizer.json, tokenizer_config.json, chat_template.jinja, preprocessor_config.json, ...   copied
+//!   judge_templates/*.json               copied: the task templates a judge checkpoint carries (its interface)
 //!   <mm_vision_tower>/config.json        copied when a `llava_qwen` config names its tower by a local directory
 //!   trainer_state/                       reserved for the trainer: optimizer moments, schedule step, loader
 //!                                        position (`LoaderState`), RNG state — written into the same temporary
@@ -28,6 +29,7 @@ pub use atomic::{write_dir_atomically, PARTIAL_MARKER};
 use std::collections::HashSet;
 use std::path::Path;
 
+use crate::judge::CHECKPOINT_TEMPLATES;
 use crate::model::files::{open_regular, read_text, MAX_JSON_BYTES};
 use crate::model::llava::LlavaOnevisionModel;
 use crate::model::weights::{save_sharded, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
@@ -114,6 +116,7 @@ pub fn save_checkpoint(
                 copy_file(&from, &dir.join(name))?;
             }
         }
+        copy_templates(source, dir)?;
         save_sharded(dir, &tensors, options.max_shard_bytes)?;
         extra(dir)
     })
@@ -188,6 +191,25 @@ fn local_tower_dir(source: &Path) -> Result<Option<String>> {
         relative && source.join(name).join("config.json").is_file()
     });
     Ok(tower.map(str::to_string))
+}
+
+/// Copies the task templates of a judge checkpoint (`judge_templates/*.json`), which the judge reads its prompt
+/// formats from: a trained judge must keep asking in the format it was trained in.
+fn copy_templates(source: &Path, dir: &Path) -> Result<()> {
+    let folder = source.join(CHECKPOINT_TEMPLATES);
+    if !folder.is_dir() {
+        return Ok(());
+    }
+    let entries =
+        std::fs::read_dir(&folder).map_err(|e| Error::Checkpoint(format!("cannot list {}: {e}", folder.display())))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::Checkpoint(format!("cannot list {}: {e}", folder.display())))?.path();
+        if path.is_file() && path.extension().is_some_and(|x| x == "json") {
+            let name = path.file_name().expect("a listed file has a name");
+            copy_file(&path, &dir.join(CHECKPOINT_TEMPLATES).join(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the regular file `from` to `to`, creating `to`'s folder.

@@ -1,0 +1,231 @@
+//! The demo's data set written to a folder: the judge's training conversations (all four tasks, and each task alone
+//! for the joint-versus-single comparison), held-out judgments in `unireward eval`'s format, the policy's
+//! supervised answers, the prompts it samples candidates for, held-out questions with their answers, and the two
+//! tiny checkpoints (judge and policy) made from nothing over one word-level tokenizer of everything said.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use super::checkpoint::{word_level_tokenizer, TinyLlava};
+use super::draw::render;
+use super::judgments::{judgments, write_video, IMAGE_SIZE, MAX_SHAPES};
+use super::motion::Motion;
+use super::scene::Scene;
+use super::text::{question, Question};
+use crate::judge::{AnswerGrammar, Mode, Task, TaskTemplate, Variant};
+use crate::train::data::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
+use crate::{Error, Result};
+
+/// How much of everything the data set holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DemoSizes {
+    /// Judgments per task the judge trains on (each gives a pairwise and two pointwise conversations).
+    pub judge_train: usize,
+    /// Held-out judgments per task.
+    pub judge_held_out: usize,
+    /// Questions with their answer the policy is fine-tuned on first (half about images, half about videos).
+    pub policy_sft: usize,
+    /// Questions the policy samples candidates for, to be judged and filtered into preference pairs.
+    pub prompts: usize,
+    /// Held-out questions the policy is measured on before and after alignment.
+    pub policy_held_out: usize,
+}
+
+/// The files of a written data set (all inside its folder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DemoFiles {
+    pub dir: PathBuf,
+    /// The judge's conversations, all tasks mixed.
+    pub judge_train: PathBuf,
+    /// The same conversations, one file per task.
+    pub judge_train_single: BTreeMap<Task, PathBuf>,
+    /// Held-out judgments (`unireward eval` lines).
+    pub judge_held_out: PathBuf,
+    /// The policy's supervised conversations.
+    pub policy_sft: PathBuf,
+    /// The sampler's prompts (`unireward sample --prompts`).
+    pub prompts: PathBuf,
+    /// The prompts' true answers by prompt id: what the filter's pairs are checked against.
+    pub prompt_answers: BTreeMap<String, String>,
+    /// Held-out questions with their answers (`unireward eval-policy` lines).
+    pub policy_held_out: PathBuf,
+    /// The untrained checkpoints.
+    pub judge: PathBuf,
+    pub policy: PathBuf,
+}
+
+/// The words the demo's task templates say (instructions and verdict phrases).
+pub fn template_words() -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    for task in Task::ALL {
+        for mode in Mode::ALL {
+            let template = TaskTemplate::built_in_variant(Variant::Demo, task, mode)?;
+            words.push(template.instruction.clone());
+            if let AnswerGrammar::Verdict(v) = &template.answer {
+                words.extend(v.first.iter().chain(&v.second).chain(&v.tie).cloned());
+            }
+        }
+    }
+    Ok(words)
+}
+
+/// A question the policy answers: its id, task, context media (as written, relative to the data folder) and text.
+struct PolicyQuestion {
+    id: String,
+    task: Task,
+    media: String,
+    question: Question,
+}
+
+impl PolicyQuestion {
+    /// A question about a new scene (even `i`) or a new video (odd `i`), its media drawn into `media_dir`.
+    fn draw(i: usize, prefix: &str, media_dir: &Path, rng: &mut impl Rng) -> Result<PolicyQuestion> {
+        let id = format!("{prefix}{i}");
+        if i % 2 == 0 {
+            let scene = Scene::random(rng, MAX_SHAPES);
+            let question = question(&scene, rng);
+            let name = format!("{id}.png");
+            let path = media_dir.join(&name);
+            render(&scene, IMAGE_SIZE)
+                .save(&path)
+                .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))?;
+            Ok(PolicyQuestion { id, task: Task::ImageUnderstanding, media: format!("media/{name}"), question })
+        } else {
+            let motion = Motion::random(rng);
+            let question = motion.question(rng);
+            write_video(&motion, &media_dir.join(&id))?;
+            Ok(PolicyQuestion {
+                id: id.clone(),
+                task: Task::VideoUnderstanding,
+                media: format!("media/{id}"),
+                question,
+            })
+        }
+    }
+
+    fn media_key(&self) -> &'static str {
+        if self.task == Task::VideoUnderstanding {
+            "video"
+        } else {
+            "image"
+        }
+    }
+
+    /// A supervised conversation: the question about the media, the true answer.
+    fn conversation(&self) -> Value {
+        let placeholder = if self.task == Task::VideoUnderstanding { VIDEO_PLACEHOLDER } else { IMAGE_PLACEHOLDER };
+        json!({
+            "task": self.task.name(),
+            self.media_key(): self.media,
+            "conversations": [
+                {"from": "human", "value": format!("{placeholder}\n{}", self.question.text)},
+                {"from": "gpt", "value": self.question.answer},
+            ],
+        })
+    }
+
+    /// A sampler prompt line.
+    fn prompt(&self) -> Value {
+        json!({"id": self.id, "task": self.task.name(), "context": {"question": self.question.text, self.media_key(): self.media}})
+    }
+
+    /// A held-out line: the prompt with its answer and the wrong one.
+    fn held_out(&self) -> Value {
+        let mut line = self.prompt();
+        line["answer"] = json!(self.question.answer);
+        line["wrong_answers"] = json!([self.question.wrong_answer]);
+        line
+    }
+}
+
+fn write_lines(path: &Path, lines: &str) -> Result<()> {
+    std::fs::write(path, lines).map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))
+}
+
+impl DemoSizes {
+    /// Writes the data set drawn from `seed` into `dir` (created), the checkpoints of `model`'s sizes.
+    pub fn write(&self, dir: &Path, model: &TinyLlava, seed: u64) -> Result<DemoFiles> {
+        let media = dir.join("media");
+        std::fs::create_dir_all(&media)
+            .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", media.display())))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut corpus = template_words()?;
+
+        let (mut joint, mut held_out) = (String::new(), String::new());
+        let mut single: BTreeMap<Task, String> = BTreeMap::new();
+        for task in Task::ALL {
+            let drawn = judgments(task, self.judge_train + self.judge_held_out, &media, "judge-", &mut rng)?;
+            for (i, judgment) in drawn.iter().enumerate() {
+                corpus.push(judgment.text.clone());
+                if i >= self.judge_train {
+                    corpus.extend(judgment.candidate_texts());
+                    writeln!(held_out, "{}", relative(judgment.eval_line(&mut rng), dir)).expect("a String grows");
+                    continue;
+                }
+                for conversation in judgment.conversations(&mut rng)? {
+                    corpus.push(conversation["conversations"][0]["value"].as_str().unwrap_or_default().into());
+                    corpus.push(conversation["conversations"][1]["value"].as_str().unwrap_or_default().into());
+                    let line = format!("{}\n", relative(conversation, dir));
+                    joint.push_str(&line);
+                    single.entry(task).or_default().push_str(&line);
+                }
+            }
+        }
+
+        let mut draw = |count: usize, prefix: &str| -> Result<Vec<PolicyQuestion>> {
+            (0..count).map(|i| PolicyQuestion::draw(i, prefix, &media, &mut rng)).collect()
+        };
+        let (sft, prompts, policy_held_out) =
+            (draw(self.policy_sft, "sft-")?, draw(self.prompts, "prompt-")?, draw(self.policy_held_out, "held-out-")?);
+        for q in sft.iter().chain(&prompts).chain(&policy_held_out) {
+            corpus.extend([q.question.text.clone(), q.question.answer.clone(), q.question.wrong_answer.clone()]);
+        }
+        let lines = |qs: &[PolicyQuestion], line: fn(&PolicyQuestion) -> Value| {
+            qs.iter().map(|q| format!("{}\n", line(q))).collect::<String>()
+        };
+
+        let files = DemoFiles {
+            dir: dir.to_path_buf(),
+            judge_train: dir.join("judge-train.jsonl"),
+            judge_train_single: Task::ALL.iter().map(|&t| (t, dir.join(format!("judge-train-{t}.jsonl")))).collect(),
+            judge_held_out: dir.join("judge-held-out.jsonl"),
+            policy_sft: dir.join("policy-sft.jsonl"),
+            prompts: dir.join("prompts.jsonl"),
+            prompt_answers: prompts.iter().map(|q| (q.id.clone(), q.question.answer.clone())).collect(),
+            policy_held_out: dir.join("policy-held-out.jsonl"),
+            judge: dir.join("judge-init"),
+            policy: dir.join("policy-init"),
+        };
+        write_lines(&files.judge_train, &joint)?;
+        for (task, path) in &files.judge_train_single {
+            write_lines(path, single.get(task).map_or("", String::as_str))?;
+        }
+        write_lines(&files.judge_held_out, &held_out)?;
+        write_lines(&files.policy_sft, &lines(&sft, PolicyQuestion::conversation))?;
+        write_lines(&files.prompts, &lines(&prompts, PolicyQuestion::prompt))?;
+        write_lines(&files.policy_held_out, &lines(&policy_held_out, PolicyQuestion::held_out))?;
+
+        let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str))?;
+        model.write(&files.judge, &tokenizer, seed.wrapping_add(1))?;
+        model.write(&files.policy, &tokenizer, seed.wrapping_add(2))?;
+        Ok(files)
+    }
+}
+
+/// `value` with every string that is a path inside `dir` made relative to it, so the data set can be moved.
+fn relative(value: Value, dir: &Path) -> Value {
+    match value {
+        Value::String(s) => match Path::new(&s).strip_prefix(dir) {
+            Ok(rest) => Value::String(rest.display().to_string()),
+            Err(_) => Value::String(s),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| relative(v, dir)).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, relative(v, dir))).collect()),
+        other => other,
+    }
+}

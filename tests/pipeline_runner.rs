@@ -11,13 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::world::demo_templates_words;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use serde_json::json;
-use unireward::judge::Task;
 use unireward::pipeline::runner::{run_pipeline, PipelineConfig, PipelineOutcome, RunOptions, StageEvent};
-use unireward::pipeline::world::{judgments, question, render, word_level_tokenizer, Scene, TinyLlava};
+use unireward::pipeline::world::{DemoSizes, TinyLlava};
 
 /// A folder with a tiny judge and policy, their data, and a config; removed on drop.
 struct World(PathBuf);
@@ -33,10 +28,11 @@ const CONFIG: &str = r#"
 out = "out"
 
 [judge]
-model = "judge"
+model = "judge-init"
 train = "judge-train.jsonl"
-eval = "bench.jsonl"
+eval = "judge-held-out.jsonl"
 batch = 8
+video_frames = 4
 
 [judge.training]
 batch_size = 4
@@ -44,14 +40,16 @@ lr = 1e-3
 save_every = 1
 
 [policy]
-model = "policy"
+model = "policy-init"
 prompts = "prompts.jsonl"
-held_out = "held-out.jsonl"
+held_out = "policy-held-out.jsonl"
 eval_max_new_tokens = 3
+video_frames = 4
 
 [sample]
 k = 4
 max_new_tokens = 4
+frames = 4
 seed = 7
 
 [filter]
@@ -73,62 +71,13 @@ refresh_reference = true
 "#;
 
 impl World {
+    /// The demo's data set, small: a judgment per task to train on and one held out, 2 supervised answers, 3 prompts
+    /// and 2 held-out questions (images and videos).
     fn new(name: &str) -> World {
         let dir = std::env::temp_dir().join(format!("unireward-pipeline-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("media")).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(41);
-        let mut corpus = demo_templates_words();
-        // The judge: trained on image-understanding judgments, evaluated on one held-out pair.
-        let (mut train, mut bench) = (String::new(), String::new());
-        for (i, judgment) in
-            judgments(Task::ImageUnderstanding, 3, &dir.join("media"), "j-", &mut rng).unwrap().into_iter().enumerate()
-        {
-            corpus.push(judgment.text.clone());
-            for c in judgment.conversations(&mut rng).unwrap() {
-                corpus.extend(c["conversations"][1]["value"].as_str().map(str::to_string));
-                corpus.extend(c["conversations"][0]["value"].as_str().map(str::to_string));
-                train += &format!("{c}\n");
-            }
-            if i == 0 {
-                bench += &format!("{}\n", judgment.eval_line(&mut rng));
-            }
-        }
-        // The policy's prompts and held-out questions, about rendered scenes (media paths relative to the files).
-        let (mut prompts, mut held_out, mut sft) = (String::new(), String::new(), String::new());
-        for i in 0..5 {
-            let scene = Scene::random(&mut rng, 4);
-            let q = question(&scene, &mut rng);
-            let image = format!("media/scene-{i}.png");
-            render(&scene, 48).save(dir.join(&image)).unwrap();
-            let context = json!({"question": q.text, "image": image});
-            let turns = [
-                json!({"from": "human", "value": format!("<image>\n{}", q.text)}),
-                json!({"from": "gpt", "value": q.answer}),
-            ];
-            sft += &format!("{}\n", json!({"conversations": turns, "image": image}));
-            if i < 3 {
-                prompts +=
-                    &format!("{}\n", json!({"id": format!("p{i}"), "task": "image-understanding", "context": context}));
-            } else {
-                let line = json!({"id": format!("q{i}"), "task": "image-understanding", "context": context,
-                                  "answer": q.answer, "wrong_answers": [q.wrong_answer]});
-                held_out += &format!("{line}\n");
-            }
-            corpus.extend([q.text, q.answer, q.wrong_answer]);
-        }
-        let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str)).unwrap();
-        TinyLlava::default().write(&dir.join("judge"), &tokenizer, 5).unwrap();
-        TinyLlava::default().write(&dir.join("policy"), &tokenizer, 6).unwrap();
-        for (name, text) in [
-            ("judge-train.jsonl", train),
-            ("bench.jsonl", bench),
-            ("prompts.jsonl", prompts),
-            ("held-out.jsonl", held_out),
-            ("policy-sft.jsonl", sft),
-        ] {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
+        let sizes = DemoSizes { judge_train: 1, judge_held_out: 1, policy_sft: 2, prompts: 3, policy_held_out: 2 };
+        sizes.write(&dir, &TinyLlava::default(), 41).unwrap();
         let world = World(dir);
         world.write_config(CONFIG);
         world
@@ -315,7 +264,7 @@ fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() 
     let world = World::new("online");
     // The judge as it is (no judge-train stage), the policy fine-tuned first.
     let config = CONFIG.replace("train = \"judge-train.jsonl\"\n", "");
-    let config = config.replace("[sample]", "[policy.training]\nbatch_size = 5\nlr = 1e-3\n\n[sample]");
+    let config = config.replace("[sample]", "[policy.training]\nbatch_size = 2\nlr = 1e-3\n\n[sample]");
     let config =
         config.replace("prompts = \"prompts.jsonl\"", "sft = \"policy-sft.jsonl\"\nprompts = \"prompts.jsonl\"");
     world.write_config(&config.replace("[judge.training]\nbatch_size = 4\nlr = 1e-3\nsave_every = 1\n", ""));
@@ -334,8 +283,8 @@ fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() 
         let text = std::fs::read_to_string(out.join(format!("online/round-{round}/sample/candidates.jsonl"))).unwrap();
         text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string()).collect()
     };
-    assert_eq!(ids(1), ["\"p0\"", "\"p1\""]);
-    assert_eq!(ids(2), ["\"p2\"", "\"p0\""], "the next prompts, cycling");
+    assert_eq!(ids(1), ["\"prompt-0\"", "\"prompt-1\""]);
+    assert_eq!(ids(2), ["\"prompt-2\"", "\"prompt-0\""], "the next prompts, cycling");
     assert!(out.join("policy-sft/checkpoint-1/config.json").is_file());
     // The policies are the stages' outputs (chained by the records), not the config's checkpoint.
     for stage in ["online/round-1/sample", "online/round-2/dpo"] {
@@ -411,7 +360,7 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
     // A text-only judge cannot see the prompts' images.
     let text_judge = common::Scratch::new("pipeline-text-judge");
     let model = text_judge.0.join("model");
-    let err = refused(&world, "model = \"judge\"", &format!("model = {:?}", model.display().to_string()));
+    let err = refused(&world, "model = \"judge-init\"", &format!("model = {:?}", model.display().to_string()));
     assert!(err.contains("[judge] model") && err.contains("text-only"), "{err}");
     // The command prints the same, one `error:` line and its causes, and fails.
     world.write_config(&CONFIG.replace("k = 4", "k = 4\nkk = 3"));

@@ -2,17 +2,14 @@
 //! (connected regions of one colour, their shape from how much of their bounding box they fill, a moving region's
 //! centroid), on random scenes of awkward sizes; the same seed gives the same pixels.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::world::demo_templates_words;
 use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use unireward::pipeline::world::{
-    caption, corrupt, question, render, render_frames, Colour, Direction, Motion, Scene, ShapeKind,
+    caption, corrupt, question, render, render_frames, template_words, Colour, Direction, Motion, Scene, ShapeKind,
 };
 
 /// The (colour, kind) of every connected region of a shape colour in `image` (4-connected flood fill; the kind from
@@ -293,7 +290,7 @@ fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
     let other = corrupt(&scene, &mut rng);
     let text = caption(&scene);
     let dir = temp_dir("judge");
-    let mut corpus = demo_templates_words();
+    let mut corpus = template_words().unwrap();
     corpus.push(text.clone());
     let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str)).unwrap();
     TinyLlava::default().write(&dir, &tokenizer, 3).unwrap();
@@ -380,7 +377,7 @@ fn train_judge_and_eval_run_on_the_world() {
     use unireward::pipeline::world::{judgments, word_level_tokenizer, TinyLlava};
     let dir = temp_dir("judge-stage");
     let mut rng = ChaCha8Rng::seed_from_u64(24);
-    let (mut train, mut held_out, mut corpus) = (String::new(), String::new(), demo_templates_words());
+    let (mut train, mut held_out, mut corpus) = (String::new(), String::new(), template_words().unwrap());
     for task in Task::ALL {
         for (i, judgment) in judgments(task, 3, &dir.join("media"), "", &mut rng).unwrap().into_iter().enumerate() {
             corpus.push(judgment.text.clone());

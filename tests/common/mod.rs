@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod reference;
-pub mod world;
 
 use std::path::{Path, PathBuf};
 

@@ -86,7 +86,7 @@ impl PolicyQuestion {
     /// A question about a new scene (even `i`) or a new video (odd `i`), its media drawn into `media_dir`.
     fn draw(i: usize, prefix: &str, media_dir: &Path, rng: &mut impl Rng) -> Result<PolicyQuestion> {
         let id = format!("{prefix}{i}");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let scene = Scene::random(rng, MAX_SHAPES);
             let question = question(&scene, rng);
             let name = format!("{id}.png");

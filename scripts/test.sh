@@ -10,7 +10,9 @@
 # 3. cargo test: unit, integration and doc tests (CUDA tests are ignored without --features gpu-tests); the C ABI
 #    tests need a C compiler and valgrind (installed with apt-get when missing);
 # 4. the NVRTC compile check of every kernel for sm_80 and sm_90, with its register/spill table;
-# 5. a release build and a smoke run of `unireward demo`.
+# 5. a release build, the demo (`unireward demo --check`: the whole pipeline on its procedural world, failing unless
+#    the judge learned, the filter's pairs beat random ones and DPO raised the policy's accuracy; a few minutes) and
+#    a smoke run of `unireward demo --kernels`.
 # 6. the PyTorch package's tests (bindings/python) in a cached virtual environment with torch, against the release
 #    build of libunireward.so; then the CUDA kernels emulated on the host (tests/reference/*_kernels_on_host.py);
 # 7. the C++ and CMake checks (scripts/cmake_check.sh; installs cmake and valgrind with apt-get when missing).
@@ -103,8 +105,11 @@ run cargo test --test kernels_compile -- --nocapture
 
 step "release build"
 run cargo build --release
-step "smoke run: unireward demo"
-run cargo run --release -- demo
+step "the demo: unireward demo --check (the whole pipeline on the procedural world)"
+rm -rf target/demo
+run cargo run --release -- demo --check --out target/demo
+step "smoke run: unireward demo --kernels"
+run cargo run --release -- demo --kernels
 
 # PyTorch bindings (bindings/python): torch (PyPI's default wheel, used on the CPU here), pytest and numpy in a cached
 # venv, ${UNIREWARD_CACHE:-~/.cache/unireward}/torch-venv, rebuilt when the pins change; the package is installed

@@ -4,6 +4,7 @@
 //! rounds), and the demo's procedural world.
 
 pub mod append;
+pub mod demo;
 pub mod filter;
 pub mod policy_eval;
 pub mod report;

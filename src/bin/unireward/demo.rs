@@ -1,164 +1,177 @@
-//! `unireward demo`: one DPO step's numerical core on a synthetic batch with a Qwen2-sized vocabulary.
+//! `unireward demo`: the whole UnifiedReward pipeline on the procedural world, nothing to download — the world
+//! drawn, a tiny LLaVA-OneVision judge trained jointly on the four tasks (and one judge per task, for the
+//! joint-versus-single comparison), a tiny policy fine-tuned briefly, K samples per prompt, the filter, DPO, and the
+//! policy's held-out accuracy before and after; a progress bar per stage, the report and plots in `--out`. A second
+//! run continues (or skips) what the first finished. `--check` makes the demo's claims its exit status.
 //!
-//! The policy's logits for P chosen and P rejected completions are reduced to per-sequence log-probabilities by the
-//! fused kernel, the sigmoid DPO loss (or any TRL loss type) is taken against precomputed reference log-probs, and
-//! the gradient flows back into the logits in place. The same step then runs the naive way (materialised
-//! log-softmax and gradient, as eager PyTorch does for TRL) on the same inputs, for time, memory and agreement.
+//! `unireward demo --kernels`: one DPO step's loss and gradient, fused against naive (the former demo).
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use unireward::ops::logprobs::{
-    naive_sequence_logprobs, naive_sequence_logprobs_backward, sequence_logprobs, sequence_logprobs_backward_in_place,
-    LogProbsConfig, SequenceLogProbs,
-};
-use unireward::ops::preference::{dpo_loss, DpoConfig, DpoLossType, DpoOutput, PreferenceLogps};
-use unireward::{DType, Device, Tensor};
+use unireward::judge::bench::BenchSummary;
+use unireward::judge::Task;
+use unireward::pipeline::demo::single_task::single_task_judge;
+use unireward::pipeline::demo::{pair_truth, write_pipeline_config, DemoChecks, DemoConfig, PairTruth};
+use unireward::pipeline::policy_eval::PolicyEvaluation;
+use unireward::pipeline::runner::{run_pipeline, PipelineConfig, RunOptions, StageEvent};
 
-use crate::peak_alloc::PeakMeter;
-use crate::report::{self, Measured};
-use crate::synthetic;
+use crate::demo_kernels;
+use crate::pipeline::Bars;
+use crate::progress::Progress;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Preference pairs (each a chosen and a rejected completion).
-    #[arg(long, default_value_t = 2)]
-    pairs: usize,
-    /// Prompt tokens per sequence (ignored by the loss).
-    #[arg(long, default_value_t = 64)]
-    prompt_tokens: usize,
-    /// Completion tokens per sequence.
-    #[arg(long, default_value_t = 192)]
-    completion_tokens: usize,
-    /// Vocabulary size (Qwen2's by default).
-    #[arg(long, default_value_t = 151_936)]
-    vocab: usize,
-    /// TRL loss type: sigmoid, hinge, ipo, robust, bco_pair, exo_pair, nca_pair, sppo_hard, apo_zero, apo_down, ...
-    #[arg(long, default_value = "sigmoid")]
-    loss_type: String,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f32,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
-    device: Device,
-    /// Logits dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32", value_parser = crate::parse_float_dtype)]
-    dtype: DType,
-}
-
-const SEED: u64 = 2503_05236;
-
-/// The policy's logits [2P, T, V] (chosen rows first, as TRL concatenates them) and their labels.
-fn batch(args: &Args, device: Device) -> anyhow::Result<(Tensor, Tensor)> {
-    let (n, t) = (2 * args.pairs, args.prompt_tokens + args.completion_tokens);
-    let logits = synthetic::tensor(SEED, &[n, t, args.vocab], 2.0, args.dtype, device)?;
-    let labels = synthetic::labels(SEED + 1, n, t, args.prompt_tokens, args.vocab, device)?;
-    Ok((logits, labels))
-}
-
-/// The DPO loss of per-sequence log-probs against precomputed reference log-probs; returns the loss output and the
-/// gradient with respect to all 2P log-probs.
-fn dpo_step(
-    out: &SequenceLogProbs,
-    reference: &[f32],
-    cfg: &DpoConfig,
-    device: Device,
-) -> anyhow::Result<(DpoOutput, Tensor)> {
-    let logps = out.logps.to_vec::<f32>()?;
-    let counts = out.token_counts.to_vec::<f32>()?.iter().map(|&c| c as i64).collect::<Vec<_>>();
-    let p = logps.len() / 2;
-    let part = |v: &[f32]| Tensor::from_slice(v, &[p], device);
-    let part_i = |v: &[i64]| Tensor::from_slice(v, &[p], device);
-    let (chosen, rejected) = (part(&logps[..p])?, part(&logps[p..])?);
-    let (ref_chosen, ref_rejected) = (part(&reference[..p])?, part(&reference[p..])?);
-    let (len_chosen, len_rejected) = (part_i(&counts[..p])?, part_i(&counts[p..])?);
-    let mut inputs = PreferenceLogps::new(&chosen, &rejected).with_lengths(&len_chosen, &len_rejected);
-    if !cfg.reference_free {
-        inputs = inputs.with_reference(&ref_chosen, &ref_rejected);
-    }
-    let loss = dpo_loss(&inputs, cfg)?;
-    let mut grad = loss.grad_policy_chosen.to_dtype(DType::F32)?.to_vec::<f32>()?;
-    grad.extend(loss.grad_policy_rejected.to_dtype(DType::F32)?.to_vec::<f32>()?);
-    let grad = Tensor::from_slice(&grad, &[2 * p], device)?;
-    Ok((loss, grad))
+    /// Run the kernel demo instead: one DPO step's loss and gradient, fused against naive.
+    #[arg(long)]
+    kernels: bool,
+    #[command(flatten)]
+    kernel: demo_kernels::KernelArgs,
+    /// Where the world, the models, every stage's output and the report go (a second run continues there).
+    #[arg(long, default_value = "unireward-demo", conflicts_with = "kernels")]
+    out: PathBuf,
+    /// Every stage on a handful of examples: the plumbing in seconds, not a judge that learned anything.
+    #[arg(long, conflicts_with = "kernels")]
+    smoke: bool,
+    /// The world's and the models' seed.
+    #[arg(long, default_value_t = 0, conflicts_with = "kernels")]
+    seed: u64,
+    /// Fail (exit status 1) unless the judge learned, the filter's pairs beat random pairs and DPO raised the
+    /// policy's held-out preference accuracy.
+    #[arg(long, conflicts_with = "kernels")]
+    check: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let loss_type = DpoLossType::from_trl_name(&args.loss_type)?;
-    let cfg = DpoConfig { loss_type, beta: args.beta, ..Default::default() };
-    let (n, t, v) = (2 * args.pairs, args.prompt_tokens + args.completion_tokens, args.vocab);
-    let logits_bytes = n * t * v * args.dtype.size_in_bytes();
-    println!("unireward demo: one DPO step's loss and gradient, fused against naive");
-    println!(
-        "batch: {} pairs, {} prompt + {} completion tokens, vocabulary {v}, {} logits on {} ({})",
-        args.pairs,
-        args.prompt_tokens,
-        args.completion_tokens,
-        args.dtype,
-        args.device,
-        report::bytes(logits_bytes)
-    );
-    println!("loss: {} (β = {})\n", loss_type.trl_name(), args.beta);
-
-    // Precomputed reference log-probs: the policy's own, shifted by a synthetic offset per sequence.
-    let log_cfg = LogProbsConfig::default();
-    let (mut logits, labels) = batch(args, args.device).context("building the synthetic batch")?;
-    let offsets = synthetic::values(SEED + 2, n, 3.0);
-
-    let meter = PeakMeter::start();
-    let start = Instant::now();
-    let out = sequence_logprobs(&logits, &labels, None, &log_cfg)?;
-    let reference: Vec<f32> = out.logps.to_vec::<f32>()?.iter().zip(&offsets).map(|(l, o)| l + o).collect();
-    let (loss, grad_logps) = dpo_step(&out, &reference, &cfg, args.device)?;
-    sequence_logprobs_backward_in_place(&mut logits, &labels, None, &out, &grad_logps, &log_cfg)?;
-    if let Device::Cuda(ordinal) = args.device {
-        unireward::runtime::cuda::backend(ordinal)?.synchronize()?;
+    if args.kernels {
+        return demo_kernels::run(&args.kernel);
     }
-    let fused = Measured { name: "fused (in place)", time: start.elapsed(), peak_bytes: meter.peak_extra() };
+    let started = Instant::now();
+    let config = if args.smoke { DemoConfig::smoke(args.seed) } else { DemoConfig::full(args.seed) };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
+    let out = args.out.canonicalize().with_context(|| format!("--out {}", args.out.display()))?;
+    static STOP: AtomicBool = AtomicBool::new(false);
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
 
-    let m = &loss.metrics;
-    println!("loss                {:>12.6}", loss.loss);
-    for (name, value) in [
-        ("rewards/chosen", m.rewards_chosen),
-        ("rewards/rejected", m.rewards_rejected),
-        ("rewards/accuracies", m.rewards_accuracies),
-        ("rewards/margins", m.rewards_margins),
-        ("logps/chosen", m.logps_chosen),
-        ("logps/rejected", m.logps_rejected),
-    ] {
-        println!("{name:<20}{value:>12.6}");
-    }
-    println!("{:<20}{:>12.6}", "entropy (mean)", mean(&out.entropy.to_vec::<f32>()?));
-    println!("{:<20}{:>12.6}\n", "logits (mean)", mean(&out.mean_logits.to_vec::<f32>()?));
+    eprintln!("world: drawing scenes, videos, captions and questions into {}", out.join("world").display());
+    let files = config.sizes.write(&out.join("world"), &config.model, config.seed)?;
+    let config_path = out.join("pipeline.toml");
+    write_pipeline_config(&config.pipeline_config(&files, &out.join("run"), &out), &config_path)?;
+    let pipeline = PipelineConfig::from_file(&config_path)?;
+    let stage_dir = |stage: &str| pipeline.out.join(stage);
 
-    if args.device != Device::Cpu {
-        println!("fused step on {}: {}", args.device, report::seconds(fused.time));
-        println!("(the naive comparison runs on the CPU: run the demo with --device cpu)");
+    let mut bars = Bars::default();
+    let outcome =
+        run_pipeline(pipeline.clone(), &RunOptions::default(), &STOP, &mut |e: StageEvent<'_>| bars.event(e))?;
+    bars.clear();
+    let Some(report) = outcome.report else {
+        println!("interrupted: run the demo again to continue");
         return Ok(());
-    }
-    let fused_grad = logits;
-    let (logits, labels) = batch(args, Device::Cpu)?;
-    let meter = PeakMeter::start();
-    let start = Instant::now();
-    let naive_out = naive_sequence_logprobs(&logits, &labels, None, &log_cfg)?;
-    let (naive_loss, naive_grad_logps) = dpo_step(&naive_out, &reference, &cfg, Device::Cpu)?;
-    let naive_grad = naive_sequence_logprobs_backward(&logits, &labels, None, &naive_out, &naive_grad_logps, &log_cfg)?;
-    let naive = Measured { name: "naive (materialised)", time: start.elapsed(), peak_bytes: meter.peak_extra() };
+    };
 
-    report::table(&[fused, naive]);
-    let grad_diff =
-        max_abs_diff(&fused_grad.to_dtype(DType::F32)?.to_vec()?, &naive_grad.to_dtype(DType::F32)?.to_vec()?);
-    println!(
-        "\nagreement: |loss difference| = {:.2e}, max |gradient difference| = {grad_diff:.2e}",
-        (loss.loss - naive_loss.loss).abs()
-    );
+    let mut single = BTreeMap::new();
+    for task in Task::ALL {
+        let stage = format!("single-task/{task}");
+        eprintln!("{stage}: a judge trained on {task} alone");
+        let progress = Progress::new("steps", 100)?;
+        let summary = single_task_judge(&config, &files, task, &out.join(&stage), &STOP, |done, total| {
+            progress.update(done, total, "")
+        })?;
+        progress.finish();
+        let Some(summary) = summary else {
+            println!("interrupted: run the demo again to continue");
+            return Ok(());
+        };
+        single.insert(task, summary);
+    }
+
+    let read = |path: PathBuf| -> anyhow::Result<String> {
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let joint: BenchSummary = serde_json::from_str(&read(stage_dir("judge-eval").join("summary.json"))?)?;
+    let untrained: BenchSummary = serde_json::from_str(&read(stage_dir("judge-eval").join("base-summary.json"))?)?;
+    let before: PolicyEvaluation =
+        serde_json::from_str(&read(stage_dir("policy-eval-before").join("evaluation.json"))?)?;
+    let after: PolicyEvaluation = serde_json::from_str(&read(stage_dir("policy-eval-after").join("evaluation.json"))?)?;
+    let truth = pair_truth(&stage_dir("filter").join("pairs.jsonl"), &files.prompt_answers)?;
+
+    let checks = DemoChecks {
+        judge_image_understanding: joint.task_accuracy(Task::ImageUnderstanding).unwrap_or(f64::NAN),
+        pairs: truth.get("all").copied().unwrap_or_default(),
+        policy_before: before.preference_accuracy,
+        policy_after: after.preference_accuracy,
+    };
+    let failures = checks.failures();
+    let summary = summary_markdown(&untrained, &joint, &single, &truth, &before, &after, &failures);
+    let summary_path = out.join("demo.md");
+    std::fs::write(&summary_path, &summary).with_context(|| format!("writing {}", summary_path.display()))?;
+    println!("{summary}");
+    println!("the pipeline's report and plots: {}", report.display());
+    println!("this summary: {}", summary_path.display());
+    println!("rerun the pipeline alone: unireward pipeline --config {}", config_path.display());
+    println!("demo time: {:.0} s", started.elapsed().as_secs_f64());
+    if args.check && !failures.is_empty() {
+        anyhow::bail!("the demo's claims do not hold:\n- {}", failures.join("\n- "));
+    }
     Ok(())
 }
 
-fn mean(values: &[f32]) -> f32 {
-    values.iter().sum::<f32>() / values.len().max(1) as f32
+/// A figure to three decimals, or `-` when absent.
+fn figure(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:.3}"))
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+/// The demo's summary: the judge per task (untrained, joint, single-task), the filter's pairs against the truth,
+/// the policy before and after DPO, and the claims that failed.
+fn summary_markdown(
+    untrained: &BenchSummary,
+    joint: &BenchSummary,
+    single: &BTreeMap<Task, BenchSummary>,
+    truth: &BTreeMap<String, PairTruth>,
+    before: &PolicyEvaluation,
+    after: &PolicyEvaluation,
+    failures: &[String],
+) -> String {
+    let mut s = String::from("# unireward demo\n\n## The judge on held-out judgments (accuracy; chance 0.5)\n\n");
+    s += "| task | untrained | trained jointly on the four tasks | trained on this task alone |\n";
+    s += "| --- | ---: | ---: | ---: |\n";
+    for task in Task::ALL {
+        let single = single.get(&task).and_then(|b| b.task_accuracy(task));
+        let row = [untrained.task_accuracy(task), joint.task_accuracy(task), single].map(figure);
+        let _ = writeln!(s, "| {task} | {} | {} | {} |", row[0], row[1], row[2]);
+    }
+    s += "\n## The filter's pairs against the world's answers (random pairs: 0.5)\n\n";
+    s += "| task | pairs | with one true answer | chose the true one | share |\n| --- | ---: | ---: | ---: | ---: |\n";
+    for (task, t) in truth {
+        let _ =
+            writeln!(s, "| {task} | {} | {} | {} | {} |", t.pairs, t.decisive, t.chosen_true, figure(t.agreement()));
+    }
+    s += "\n## The policy on held-out questions\n\n";
+    s += "Greedy: its answer is the true one. Preference: it gives the true answer a higher log-probability than the \
+          wrong one (chance 0.5).\n\n";
+    s += "| task | greedy before DPO | greedy after | preference before | preference after |\n";
+    s += "| --- | ---: | ---: | ---: | ---: |\n";
+    let _ = writeln!(
+        s,
+        "| all | {:.3} | {:.3} | {:.3} | {:.3} |",
+        before.accuracy, after.accuracy, before.preference_accuracy, after.preference_accuracy
+    );
+    for (task, b) in &before.per_task {
+        let a = after.per_task.get(task);
+        let (greedy, preference) = (figure(a.map(|a| a.accuracy)), figure(a.map(|a| a.preference_accuracy)));
+        let _ = writeln!(s, "| {task} | {:.3} | {greedy} | {:.3} | {preference} |", b.accuracy, b.preference_accuracy);
+    }
+    s += "\n## Claims\n\n";
+    if failures.is_empty() {
+        s += "All hold: the judge learned, the filter's pairs beat random pairs, DPO made the policy prefer the true \
+              answers more often.\n";
+    }
+    for failure in failures {
+        let _ = writeln!(s, "- does not hold: {failure}");
+    }
+    s
 }

@@ -27,13 +27,14 @@ pub struct Args {
 }
 
 /// Draws a run's events: a bar per running stage, a line when a stage starts, is skipped or ends.
-struct Bars {
+#[derive(Default)]
+pub struct Bars {
     bar: Option<Progress>,
     abort_at: Option<(String, usize)>,
 }
 
 impl Bars {
-    fn event(&mut self, event: StageEvent<'_>) {
+    pub fn event(&mut self, event: StageEvent<'_>) {
         match event {
             StageEvent::Started { stage, resumed } => {
                 eprintln!("{stage}: {}", if resumed { "continuing" } else { "running" });
@@ -61,7 +62,7 @@ impl Bars {
         }
     }
 
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish();
         }

@@ -1,0 +1,105 @@
+//! The demo's sizes and options, and the pipeline config it writes.
+
+use std::path::Path;
+
+use crate::pipeline::runner::{
+    DpoSection, FilterConfig, JudgeConfig, PipelineConfig, PolicyConfig, SampleConfig, TrainConfig,
+};
+use crate::pipeline::world::{DemoFiles, DemoSizes, TinyLlava, FRAMES};
+use crate::{Error, Result};
+
+/// Everything the demo runs with.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    pub sizes: DemoSizes,
+    pub model: TinyLlava,
+    /// The world's and the models' seed.
+    pub seed: u64,
+    /// The judge's fine-tuning (jointly on the four tasks, and each single-task judge alike).
+    pub judge_training: TrainConfig,
+    /// The policy's brief supervised fine-tuning.
+    pub policy_training: TrainConfig,
+    pub sample: SampleConfig,
+    pub dpo: DpoSection,
+}
+
+fn training(epochs: usize, lr: f64, warmup_ratio: f64) -> TrainConfig {
+    TrainConfig { epochs, lr, batch_size: 8, warmup_ratio, ..TrainConfig::default() }
+}
+
+impl DemoConfig {
+    /// The demo `unireward demo` runs: sizes at which a judge trained for a few minutes on two cores judges image
+    /// questions well above chance (BENCHMARKS.md has its figures).
+    pub fn full(seed: u64) -> DemoConfig {
+        DemoConfig {
+            sizes: DemoSizes {
+                judge_train: 1000,
+                judge_held_out: 100,
+                policy_sft: 256,
+                prompts: 256,
+                policy_held_out: 128,
+            },
+            model: TinyLlava::default(),
+            seed,
+            judge_training: TrainConfig { save_every: 1500, ..training(8, 3e-3, 0.03) },
+            policy_training: training(10, 3e-3, 0.05),
+            sample: SampleConfig { k: 4, temperature: 0.7, top_p: 0.95, seed, max_new_tokens: 4, frames: FRAMES },
+            // A small step: at 1e-3 the tiny policy's DPO pushed its greedy answers to the rejected answers' format (a
+            // broken answer under a preferred one), 1e-4 moves the preferences without breaking the format.
+            dpo: DpoSection { training: training(2, 1e-4, 0.05), ..DpoSection::default() },
+        }
+    }
+
+    /// Every stage on a handful of examples, one epoch each: the plumbing in seconds (what the tests run), not
+    /// a judge that has learned anything.
+    pub fn smoke(seed: u64) -> DemoConfig {
+        let full = DemoConfig::full(seed);
+        DemoConfig {
+            sizes: DemoSizes { judge_train: 3, judge_held_out: 2, policy_sft: 4, prompts: 4, policy_held_out: 4 },
+            judge_training: training(1, 3e-3, 0.0),
+            policy_training: training(1, 3e-3, 0.0),
+            sample: SampleConfig { k: 2, ..full.sample },
+            dpo: DpoSection { training: training(1, 1e-3, 0.0), ..full.dpo },
+            ..full
+        }
+    }
+
+    /// The pipeline over the data set `files`, its stages' outputs under `out`, every path written relative to
+    /// `base` when inside it (the folder of the config file: a config that moves with its folder).
+    pub fn pipeline_config(&self, files: &DemoFiles, out: &Path, base: &Path) -> PipelineConfig {
+        let rel = |p: &Path| p.strip_prefix(base).unwrap_or(p).to_path_buf();
+        PipelineConfig {
+            out: rel(out),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            judge: JudgeConfig {
+                model: rel(&files.judge),
+                train: Some(rel(&files.judge_train)),
+                training: Some(self.judge_training.clone()),
+                eval: Some(rel(&files.judge_held_out)),
+                batch: 32,
+                video_frames: FRAMES,
+            },
+            policy: PolicyConfig {
+                model: rel(&files.policy),
+                sft: Some(rel(&files.policy_sft)),
+                training: Some(self.policy_training.clone()),
+                prompts: rel(&files.prompts),
+                held_out: Some(rel(&files.policy_held_out)),
+                eval_max_new_tokens: self.sample.max_new_tokens,
+                video_frames: FRAMES,
+            },
+            sample: self.sample.clone(),
+            filter: FilterConfig::default(),
+            dpo: self.dpo.clone(),
+            online: None,
+        }
+    }
+}
+
+/// Writes `config` as TOML to `path`: the file `unireward pipeline --config` reruns the demo's pipeline from.
+pub fn write_pipeline_config(config: &PipelineConfig, path: &Path) -> Result<()> {
+    let text = toml::to_string_pretty(config)
+        .map_err(|e| Error::InvalidArgument(format!("the demo's pipeline config as TOML: {e}")))?;
+    std::fs::write(path, text).map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))
+}

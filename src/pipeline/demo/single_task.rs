@@ -1,0 +1,70 @@
+//! The joint-versus-single comparison: for each task, a judge trained on that task's conversations alone — the
+//! same examples the joint judge saw of it, for the same epochs — and evaluated on that task's held-out judgments.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use super::DemoConfig;
+use crate::judge::bench::{evaluate_bench, read_bench_file, BenchOptions, BenchSummary};
+use crate::judge::{Judge, Task};
+use crate::model::files::read_text;
+use crate::pipeline::world::{DemoFiles, FRAMES};
+use crate::runtime::{DType, Device};
+use crate::train::run::latest_checkpoint;
+use crate::train::sft::SftRun;
+use crate::{Error, Result};
+
+/// The summary a finished single-task judge leaves in its folder.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// Trains (or continues, from its latest checkpoint) the judge of `task` alone under `out` and evaluates it on the
+/// task's held-out judgments; `on_step(done, total)` as it trains. `None` when `stop` ended the training (run
+/// again to continue); a finished judge's summary is read back, not recomputed.
+pub fn single_task_judge(
+    config: &DemoConfig,
+    files: &DemoFiles,
+    task: Task,
+    out: &Path,
+    stop: &AtomicBool,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<Option<BenchSummary>> {
+    let summary_path = out.join(SUMMARY_FILE);
+    if summary_path.is_file() {
+        let text = read_text(&summary_path, 1 << 20)?;
+        return serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", summary_path.display())));
+    }
+    let data = files.judge_train_single.get(&task).ok_or_else(|| {
+        Error::InvalidArgument(format!("the demo's data set has no single-task conversations of {task}"))
+    })?;
+    let checkpoints = out.join("train");
+    let mut train = config.judge_training.options("judge.training", Device::Cpu)?;
+    train.resume = latest_checkpoint(&checkpoints).is_some();
+    let run = SftRun {
+        model: files.judge.clone(),
+        data: data.clone(),
+        out: checkpoints,
+        train,
+        media_folder: Some(files.dir.clone()),
+        video_frames: FRAMES,
+        eval: None,
+        eval_every: 0,
+    };
+    let outcome = run.run(stop, |m, total| on_step(m.step as usize, total))?;
+    if outcome.interrupted {
+        return Ok(None);
+    }
+    let judge = Judge::load(&outcome.checkpoint, DType::F32, Device::Cpu)?;
+    let pairs: Vec<_> =
+        read_bench_file(&files.judge_held_out, &files.dir)?.into_iter().filter(|p| p.request.task == task).collect();
+    let options = BenchOptions { batch: 32, ..BenchOptions::default() };
+    let outcome = evaluate_bench(&judge, &pairs, &options, stop, |_, _| {})?;
+    if outcome.interrupted {
+        return Ok(None);
+    }
+    let text = serde_json::to_string_pretty(&outcome.summary).expect("a summary serialises");
+    std::fs::write(&summary_path, text)
+        .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", summary_path.display())))?;
+    Ok(Some(outcome.summary))
+}

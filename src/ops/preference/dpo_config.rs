@@ -319,25 +319,30 @@ impl DpoConfig {
     /// `` `[dpo] rpo_alpha` ``). The rest (BCO's δ, the upstream gradient) defaults.
     pub fn from_trl(options: &TrlDpoOptions, spell: impl Fn(&str) -> String) -> Result<DpoConfig> {
         let o = options;
-        let bad = |key: &str, what: String| Error::InvalidArgument(format!("{}: {what}", spell(key)));
+        // "`--beta` must be ...", "`[dpo] loss_type` is refused: unknown ..."
+        let bad = |key: &str, what: String| Error::InvalidArgument(format!("{} {what}", spell(key)));
+        let refused = |e: Error| match e {
+            Error::InvalidArgument(m) => format!("is refused: {m}"),
+            other => format!("is refused: {other}"),
+        };
         let names: Vec<&str> = o.loss_type.split(',').map(str::trim).collect();
         let types = names
             .iter()
             .map(|n| DpoLossType::from_trl_name(n))
             .collect::<Result<Vec<_>>>()
-            .map_err(|e| bad("loss_type", e.to_string()))?;
+            .map_err(|e| bad("loss_type", refused(e)))?;
         let weights = o.loss_weights.clone().unwrap_or_else(|| vec![1.0; types.len()]);
         if weights.len() != types.len() {
             let n = (weights.len(), types.len());
-            return Err(bad("loss_weights", format!("{} weights for {} loss types", n.0, n.1)));
+            return Err(bad("loss_weights", format!("has {} weights for {} loss types", n.0, n.1)));
         }
         if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
-            return Err(bad("loss_weights", format!("a weight is {w}")));
+            return Err(bad("loss_weights", format!("holds {w}: weights must be finite")));
         }
         let terms: Vec<_> = types.iter().copied().zip(weights).collect();
         let loss_mixture = match terms.len() {
             1 if o.loss_weights.is_none() => None,
-            _ => Some(LossMixture::new(&terms).map_err(|e| bad("loss_type", e.to_string()))?),
+            _ => Some(LossMixture::new(&terms).map_err(|e| bad("loss_type", refused(e)))?),
         };
         if !(o.beta.is_finite() && o.beta > 0.0) {
             return Err(bad("beta", format!("must be finite and > 0, got {}", o.beta)));
@@ -365,7 +370,7 @@ impl DpoConfig {
             }
             other => {
                 let known = "reverse_kl, js_divergence, alpha_divergence, forward_kl";
-                return Err(bad("f_divergence", format!("unknown f-divergence `{other}`; known: {known}")));
+                return Err(bad("f_divergence", format!("is refused: unknown f-divergence `{other}`; known: {known}")));
             }
         };
         Ok(DpoConfig {

@@ -140,6 +140,16 @@ fn bad_options_and_pair_files_are_one_clear_error_with_nothing_written() {
     refused(&["--beta", "0"], "`--beta` must be finite and > 0");
     refused(&["--beta", "-0.1"], "`--beta` must be finite and > 0");
     refused(&["--label-smoothing", "0.5"], "`--label-smoothing`");
+    refused(&["--loss-type", "sigmoid,nope"], "`--loss-type` is refused: unknown DPO loss type `nope`");
+    refused(&["--loss-type", "sigmoid,sigmoid"], "`--loss-type` is refused: the sigmoid loss is listed twice");
+    refused(&["--loss-type", "sigmoid,simpo"], "`--loss-type` is refused: the simpo loss cannot be mixed");
+    refused(&["--loss-type", "sigmoid,hinge", "--loss-weights", "0.5"], "`--loss-weights` has 1 weights for 2");
+    refused(&["--loss-type", "sigmoid,hinge", "--loss-weights", "0.5,nan"], "`--loss-weights` holds NaN");
+    refused(&["--rpo-alpha", "-1"], "`--rpo-alpha` must be finite and >= 0, got -1");
+    refused(&["--f-divergence", "kl"], "`--f-divergence` is refused: unknown f-divergence `kl`");
+    refused(&["--f-divergence", "alpha_divergence", "--f-alpha-divergence-coef", "0"], "`--f-alpha-divergence-coef`");
+    refused(&["--simpo-gamma", "inf"], "`--simpo-gamma` must be finite");
+    refused(&["--discopop-tau", "0"], "`--discopop-tau` must be finite and > 0");
     // clap's own errors add a line pointing to --help.
     let output = command(&scratch, "out", &["--schedule", "cubic"]).output().unwrap();
     assert!(

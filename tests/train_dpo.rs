@@ -1,12 +1,12 @@
 //! The DPO trainer: 10 steps with gradient accumulation against PyTorch for TRL's sigmoid loss (with label
-//! smoothing) and its IPO loss (`tests/reference/train_dpo.py`: a float64 transformers model, TRL's formulas by hand,
+//! smoothing), its IPO loss, RPO (`rpo_alpha`) and a sigmoid + hinge mixture (`loss_weights`) (`tests/reference/train_dpo.py`: a float64 transformers model, TRL's formulas by hand,
 //! AdamW + clip_grad_norm_ + the cosine warm-up schedule), its reference pass against the same, a toy preference task
 //! it learns, and clear errors on bad batches and losses.
 
 use safetensors::SafeTensors;
 use serde::Deserialize;
 use unireward::model::Qwen2Model;
-use unireward::ops::preference::{DpoConfig, DpoLossType};
+use unireward::ops::preference::{DpoConfig, DpoLossType, TrlDpoOptions};
 use unireward::train::data::{SequenceBatch, IGNORE_INDEX};
 use unireward::train::dpo::{reference_logps, DpoTrainer, DpoTrainerConfig, PairBatch, PairLogps};
 use unireward::train::model::TrainModel;
@@ -49,6 +49,9 @@ struct Step {
 
 #[derive(Deserialize)]
 struct LossRun {
+    loss_type: String,
+    loss_weights: Option<Vec<f32>>,
+    rpo_alpha: Option<f32>,
     beta: f32,
     label_smoothing: f32,
     max_grad_norm: f64,
@@ -72,10 +75,11 @@ fn tiny_model_on(device: Device) -> Qwen2Model {
 }
 
 /// 10 steps on `device` against the fixture, every value within `rel` (relative, with the floors below).
-fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
+/// `run` names the fixture's loss run (its options as `unireward dpo` spells them).
+fn ten_steps_match_pytorch(run_name: &str, device: Device, rel: f64) {
     let text = std::fs::read_to_string(fixture("train_dpo/steps.json")).unwrap();
     let Fixture { config: c, batches, losses } = serde_json::from_str(&text).unwrap();
-    let run = &losses[loss_type.trl_name()];
+    let run = &losses[run_name];
     let optimizer = AdamWConfig {
         lr: c.lr,
         betas: c.betas,
@@ -85,7 +89,15 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
         schedule: Schedule::with_warmup_ratio(ScheduleKind::Cosine, c.total_steps, c.warmup_ratio).unwrap(),
         ..AdamWConfig::default()
     };
-    let loss = DpoConfig { loss_type, beta: run.beta, label_smoothing: run.label_smoothing, ..DpoConfig::default() };
+    let options = TrlDpoOptions {
+        loss_type: run.loss_type.clone(),
+        loss_weights: run.loss_weights.clone(),
+        rpo_alpha: run.rpo_alpha,
+        beta: run.beta,
+        label_smoothing: run.label_smoothing,
+        ..TrlDpoOptions::default()
+    };
+    let loss = DpoConfig::from_trl(&options, str::to_owned).unwrap();
     let groups = vec![ParamGroup::new("frozen", &[&c.frozen]).frozen()];
     let config = DpoTrainerConfig { optimizer, groups, loss, ..DpoTrainerConfig::default() };
     let reference = TrainModel::from(tiny_model_on(device));
@@ -121,7 +133,7 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
             assert_close(&format!("step {k} {name}"), f64::from(g), w, rel, 1.0);
         }
     }
-    let bytes = std::fs::read(fixture(&format!("train_dpo/final_{}.safetensors", loss_type.trl_name()))).unwrap();
+    let bytes = std::fs::read(fixture(&format!("train_dpo/final_{run_name}.safetensors"))).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
     let model = trainer.into_model();
     let named = model.named_parameters();
@@ -138,17 +150,27 @@ fn ten_steps_match_pytorch(loss_type: DpoLossType, device: Device, rel: f64) {
             assert!(err <= rel, "`{name}`[{i}]: got {g}, want {w}");
         }
     }
-    eprintln!("{}: worst relative error of the final parameters: {worst:e}", loss_type.trl_name());
+    eprintln!("{run_name}: worst relative error of the final parameters: {worst:e}");
 }
 
 #[test]
 fn ten_sigmoid_dpo_steps_with_label_smoothing_and_accumulation_match_pytorch() {
-    ten_steps_match_pytorch(DpoLossType::Sigmoid, Device::Cpu, 1e-5);
+    ten_steps_match_pytorch("sigmoid", Device::Cpu, 1e-5);
 }
 
 #[test]
 fn ten_ipo_steps_with_accumulation_match_pytorch() {
-    ten_steps_match_pytorch(DpoLossType::Ipo, Device::Cpu, 1e-5);
+    ten_steps_match_pytorch("ipo", Device::Cpu, 1e-5);
+}
+
+#[test]
+fn ten_rpo_steps_with_accumulation_match_pytorch() {
+    ten_steps_match_pytorch("rpo", Device::Cpu, 1e-5);
+}
+
+#[test]
+fn ten_steps_of_a_sigmoid_hinge_mixture_match_pytorch() {
+    ten_steps_match_pytorch("mixture", Device::Cpu, 1e-5);
 }
 
 /// The same on CUDA, whose kernels reduce in other orders: 1e-4 (the CPU run's worst final parameter is already
@@ -156,8 +178,9 @@ fn ten_ipo_steps_with_accumulation_match_pytorch() {
 #[test]
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
 fn ten_dpo_steps_on_cuda_match_pytorch() {
-    ten_steps_match_pytorch(DpoLossType::Sigmoid, Device::Cuda(0), 1e-4);
-    ten_steps_match_pytorch(DpoLossType::Ipo, Device::Cuda(0), 1e-4);
+    for run in ["sigmoid", "ipo", "rpo", "mixture"] {
+        ten_steps_match_pytorch(run, Device::Cuda(0), 1e-4);
+    }
 }
 
 /// Pairs whose chosen answer is a function of the prompt and whose rejected answer is another prompt's.

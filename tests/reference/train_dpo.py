@@ -1,6 +1,8 @@
 """Float64 reference for the DPO trainer: 10 optimizer steps on the tiny tied Qwen2 checkpoint (mha_tied), each over
-two micro-batches of two pairs (gradient accumulation), for TRL's sigmoid loss (with label smoothing: cDPO) and its
-IPO loss, written out by hand as TRL's DPOTrainer computes them (v0.24-v0.27 `dpo_loss` and
+two micro-batches of two pairs (gradient accumulation), for TRL's sigmoid loss (with label smoothing: cDPO), its
+IPO loss, RPO (sigmoid + `rpo_alpha` times the chosen completions' NLL, TRL's `nll_loss`: the cross-entropy over
+every chosen token of the micro-batch) and a loss mixture (list-valued `loss_type` with `loss_weights`: the weighted
+sum of the losses and of the rewards), written out by hand as TRL's DPOTrainer computes them (v0.24-v0.27 `dpo_loss` and
 `concatenated_forward`): per-sequence log-probs summed over the completion tokens (averaged over them for IPO, for
 the policy and the reference alike), the reference a frozen copy of the initial policy, the loss the mean over the
 step's pairs; torch.optim.AdamW + clip_grad_norm_ + transformers' cosine schedule with warm-up. The model runs with
@@ -30,8 +32,13 @@ FROZEN = "k_proj.bias"
 CONFIG = {"lr": 5e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "warmup_ratio": 0.1,
           "total_steps": STEPS, "frozen": FROZEN}
 # Clipping is active on some steps and not on others.
-LOSSES = {"sigmoid": {"beta": 0.5, "label_smoothing": 0.1, "max_grad_norm": 1.5},
-          "ipo": {"beta": 0.5, "label_smoothing": 0.0, "max_grad_norm": 6.0}}
+# Each run's options as `unireward dpo` spells them (TrlDpoOptions), keyed by the run's name.
+LOSSES = {"sigmoid": {"loss_type": "sigmoid", "beta": 0.5, "label_smoothing": 0.1, "max_grad_norm": 1.5},
+          "ipo": {"loss_type": "ipo", "beta": 0.5, "label_smoothing": 0.0, "max_grad_norm": 6.0},
+          "rpo": {"loss_type": "sigmoid", "beta": 0.5, "label_smoothing": 0.0, "rpo_alpha": 0.7,
+                  "max_grad_norm": 1.5},
+          "mixture": {"loss_type": "sigmoid,hinge", "loss_weights": [0.8, 0.4], "beta": 0.5,
+                      "label_smoothing": 0.1, "max_grad_norm": 1.5}}
 
 
 def micro_batch(g, vocab):
@@ -71,18 +78,28 @@ def completion_logps(model, b, average):
     return logps[:PAIRS], logps[PAIRS:], int(counted.sum())
 
 
-def dpo_loss(loss_type, beta, eps, pc, pr, rc, rr):
-    logits = (pc - rc) - (pr - rr)
+def one_loss(loss_type, beta, eps, logits):
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * logits) * (1 - eps) - F.logsigmoid(-beta * logits) * eps
-    else:
-        losses = (logits - 1 / (2 * beta)) ** 2
-    return losses, beta * (pc - rc).detach(), beta * (pr - rr).detach()
+        return -F.logsigmoid(beta * logits) * (1 - eps) - F.logsigmoid(-beta * logits) * eps
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * logits)
+    return (logits - 1 / (2 * beta)) ** 2
 
 
-def run(loss_type, batches):
-    cfg = LOSSES[loss_type]
-    average = loss_type == "ipo"
+def dpo_loss(cfg, pc, pr, rc, rr):
+    """TRL's loop over a list-valued loss_type: losses and rewards each summed with the loss weights."""
+    types = cfg["loss_type"].split(",")
+    weights = cfg.get("loss_weights", [1.0] * len(types))
+    logits = (pc - rc) - (pr - rr)
+    beta = cfg["beta"]
+    losses = sum(w * one_loss(t, beta, cfg["label_smoothing"], logits) for t, w in zip(types, weights))
+    total = sum(weights)
+    return losses, total * beta * (pc - rc).detach(), total * beta * (pr - rr).detach()
+
+
+def run(run_name, batches):
+    cfg = LOSSES[run_name]
+    average = "ipo" in cfg["loss_type"].split(",")
     model = load("mha_tied", torch.float64).train()
     reference = copy.deepcopy(model).eval()
     # The key biases get a gradient of pure rounding noise (softmax ignores a bias added to every key): frozen.
@@ -106,10 +123,13 @@ def run(loss_type, batches):
             if average:
                 counts = (labels[:, 1:] != -100).sum(1)
                 rc, rr = rc / counts[:PAIRS], rr / counts[PAIRS:]
-            losses, chosen, rejected = dpo_loss(loss_type, cfg["beta"], cfg["label_smoothing"], pc, pr, rc, rr)
-            # Equal micro-batches: the step's loss is the mean over all its pairs.
-            (losses.sum() / (MICRO * PAIRS)).backward()
-            loss += losses.sum().item()
+            losses, chosen, rejected = dpo_loss(cfg, pc, pr, rc, rr)
+            # TRL's nll_loss: the mean cross-entropy over the micro-batch's chosen tokens (summed log-probs here).
+            nll = -pc.sum() / (labels[:PAIRS, 1:] != -100).sum() if "rpo_alpha" in cfg else torch.zeros(())
+            micro_loss = losses.mean() + cfg.get("rpo_alpha", 0.0) * nll
+            # Equal micro-batches: the step's loss is the mean over its micro-batches' (and so over its pairs').
+            (micro_loss / MICRO).backward()
+            loss += micro_loss.item() * PAIRS
             tokens += n
             sums["chosen"] += chosen.sum().item()
             sums["rejected"] += rejected.sum().item()
@@ -128,8 +148,8 @@ def run(loss_type, batches):
                       "logps_chosen": sums["lc"] / pairs, "logps_rejected": sums["lr"] / pairs})
         references.append(step_refs)
     final = {n: p.detach().float().contiguous() for n, p in model.named_parameters()}
-    save_file(final, os.path.join(OUT, f"final_{loss_type}.safetensors"))
-    print(loss_type, "losses", ["%.4f" % s["loss"] for s in steps], "norms", ["%.3f" % s["grad_norm"] for s in steps])
+    save_file(final, os.path.join(OUT, f"final_{run_name}.safetensors"))
+    print(run_name, "losses", ["%.4f" % s["loss"] for s in steps], "norms", ["%.3f" % s["grad_norm"] for s in steps])
     return {**cfg, "references": references, "steps": steps}
 
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use unireward::ops::preference::DpoConfig;
+use unireward::ops::preference::{DpoConfig, TrlDpoOptions};
 use unireward::train::dpo::DpoRun;
 
 use crate::train_options::{report_end, MediaArgs, TrainArgs, TrainProgress};
@@ -34,9 +34,27 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     beta: f32,
     /// TRL's loss type: sigmoid, hinge, ipo, robust, bco_pair, exo_pair, nca_pair, sppo_hard, apo_zero, apo_down,
-    /// simpo, orpo, aot, aot_pair, discopop.
+    /// simpo, orpo, aot, aot_pair, discopop; several comma-separated for their weighted sum (e.g. sigmoid,bco_pair).
     #[arg(long, default_value = "sigmoid")]
     loss_type: String,
+    /// One weight per `--loss-type`, comma-separated (TRL's loss_weights; default 1 each).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    loss_weights: Option<Vec<f32>>,
+    /// RPO: adds α times the NLL of the chosen completions to the loss.
+    #[arg(long, allow_negative_numbers = true)]
+    rpo_alpha: Option<f32>,
+    /// TRL's f_divergence_type: reverse_kl, js_divergence, alpha_divergence, forward_kl.
+    #[arg(long, default_value = "reverse_kl")]
+    f_divergence: String,
+    /// α of `--f-divergence alpha_divergence` (nonzero).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    f_alpha_divergence_coef: f32,
+    /// SimPO's target margin γ.
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    simpo_gamma: f32,
+    /// DiscoPOP's τ > 0.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    discopop_tau: f32,
     /// Label smoothing ε in [0, 0.5) (cDPO, robust, EXO).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     label_smoothing: f32,
@@ -50,8 +68,19 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let loss = DpoConfig::from_trl(&args.loss_type, args.beta, args.label_smoothing, args.reference_free)
-        .context("--loss-type")?;
+    let options = TrlDpoOptions {
+        loss_type: args.loss_type.clone(),
+        loss_weights: args.loss_weights.clone(),
+        beta: args.beta,
+        label_smoothing: args.label_smoothing,
+        reference_free: args.reference_free,
+        rpo_alpha: args.rpo_alpha,
+        f_divergence: args.f_divergence.clone(),
+        f_alpha_divergence_coef: args.f_alpha_divergence_coef,
+        simpo_gamma: args.simpo_gamma,
+        discopop_tau: args.discopop_tau,
+    };
+    let loss = DpoConfig::from_trl(&options, |key| format!("`--{}`", key.replace('_', "-")))?;
     let run = DpoRun {
         policy: args.policy.clone(),
         pairs: args.pairs.clone(),

@@ -314,14 +314,75 @@ impl Default for DpoConfig {
 }
 
 impl DpoConfig {
-    /// The configuration of a run given as TRL spells it (`unireward dpo`'s flags, the pipeline config's `[dpo]`):
-    /// the loss type by its TRL name, β, label smoothing ε, reference-free; the rest defaults.
-    pub fn from_trl(loss_type: &str, beta: f32, label_smoothing: f32, reference_free: bool) -> Result<DpoConfig> {
+    /// The configuration of a run given as TRL spells it (`unireward dpo`'s flags, the pipeline config's `[dpo]`),
+    /// every value checked; an error names the option as `spell` writes TRL's field name (`--rpo-alpha`,
+    /// `` `[dpo] rpo_alpha` ``). The rest (BCO's δ, the upstream gradient) defaults.
+    pub fn from_trl(options: &TrlDpoOptions, spell: impl Fn(&str) -> String) -> Result<DpoConfig> {
+        let o = options;
+        // "`--beta` must be ...", "`[dpo] loss_type` is refused: unknown ..."
+        let bad = |key: &str, what: String| Error::InvalidArgument(format!("{} {what}", spell(key)));
+        let refused = |e: Error| match e {
+            Error::InvalidArgument(m) => format!("is refused: {m}"),
+            other => format!("is refused: {other}"),
+        };
+        let names: Vec<&str> = o.loss_type.split(',').map(str::trim).collect();
+        let types = names
+            .iter()
+            .map(|n| DpoLossType::from_trl_name(n))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| bad("loss_type", refused(e)))?;
+        let weights = o.loss_weights.clone().unwrap_or_else(|| vec![1.0; types.len()]);
+        if weights.len() != types.len() {
+            let n = (weights.len(), types.len());
+            return Err(bad("loss_weights", format!("has {} weights for {} loss types", n.0, n.1)));
+        }
+        if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+            return Err(bad("loss_weights", format!("holds {w}: weights must be finite")));
+        }
+        let terms: Vec<_> = types.iter().copied().zip(weights).collect();
+        let loss_mixture = match terms.len() {
+            1 if o.loss_weights.is_none() => None,
+            _ => Some(LossMixture::new(&terms).map_err(|e| bad("loss_type", refused(e)))?),
+        };
+        if !(o.beta.is_finite() && o.beta > 0.0) {
+            return Err(bad("beta", format!("must be finite and > 0, got {}", o.beta)));
+        }
+        if !(0.0..0.5).contains(&o.label_smoothing) {
+            return Err(bad("label_smoothing", format!("must be in [0, 0.5), got {}", o.label_smoothing)));
+        }
+        if let Some(a) = o.rpo_alpha.filter(|a| !(a.is_finite() && *a >= 0.0)) {
+            return Err(bad("rpo_alpha", format!("must be finite and >= 0, got {a}")));
+        }
+        if !o.simpo_gamma.is_finite() {
+            return Err(bad("simpo_gamma", format!("must be finite, got {}", o.simpo_gamma)));
+        }
+        if !(o.discopop_tau.is_finite() && o.discopop_tau > 0.0) {
+            return Err(bad("discopop_tau", format!("must be finite and > 0, got {}", o.discopop_tau)));
+        }
+        let coef = o.f_alpha_divergence_coef;
+        let f_divergence = match o.f_divergence.as_str() {
+            "reverse_kl" => FDivergence::ReverseKl,
+            "js_divergence" => FDivergence::JsDivergence,
+            "forward_kl" => FDivergence::ForwardKl,
+            "alpha_divergence" if coef.is_finite() && coef != 0.0 => FDivergence::AlphaDivergence(coef),
+            "alpha_divergence" => {
+                return Err(bad("f_alpha_divergence_coef", format!("must be finite and != 0, got {coef}")));
+            }
+            other => {
+                let known = "reverse_kl, js_divergence, alpha_divergence, forward_kl";
+                return Err(bad("f_divergence", format!("is refused: unknown f-divergence `{other}`; known: {known}")));
+            }
+        };
         Ok(DpoConfig {
-            loss_type: DpoLossType::from_trl_name(loss_type)?,
-            beta,
-            label_smoothing,
-            reference_free,
+            loss_type: types[0],
+            loss_mixture,
+            beta: o.beta,
+            label_smoothing: o.label_smoothing,
+            reference_free: o.reference_free,
+            f_divergence,
+            rpo_alpha: o.rpo_alpha,
+            simpo_gamma: o.simpo_gamma,
+            discopop_tau: o.discopop_tau,
             ..DpoConfig::default()
         })
     }
@@ -329,5 +390,44 @@ impl DpoConfig {
     /// The loss types and their weights: `loss_mixture`, or `loss_type` with weight 1.
     pub fn losses(&self) -> LossMixture {
         self.loss_mixture.unwrap_or_else(|| LossMixture::single(self.loss_type))
+    }
+}
+
+/// A run's loss as TRL's `DPOConfig` spells it: what `unireward dpo`'s flags and the pipeline config's `[dpo]` keys
+/// hold, turned into a [`DpoConfig`] by [`DpoConfig::from_trl`]. `Default` is TRL's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrlDpoOptions {
+    /// A TRL loss type, or several comma-separated (TRL's list-valued `loss_type`: a weighted sum).
+    pub loss_type: String,
+    /// One weight per loss type (TRL's `loss_weights`; default 1 each).
+    pub loss_weights: Option<Vec<f32>>,
+    pub beta: f32,
+    pub label_smoothing: f32,
+    pub reference_free: bool,
+    /// RPO's weight of the chosen completions' NLL.
+    pub rpo_alpha: Option<f32>,
+    /// TRL's `f_divergence_type`: `reverse_kl`, `js_divergence`, `alpha_divergence` or `forward_kl`.
+    pub f_divergence: String,
+    /// α of `alpha_divergence` (TRL's `f_alpha_divergence_coef`).
+    pub f_alpha_divergence_coef: f32,
+    pub simpo_gamma: f32,
+    pub discopop_tau: f32,
+}
+
+impl Default for TrlDpoOptions {
+    fn default() -> Self {
+        let d = DpoConfig::default();
+        TrlDpoOptions {
+            loss_type: d.loss_type.trl_name().into(),
+            loss_weights: None,
+            beta: d.beta,
+            label_smoothing: d.label_smoothing,
+            reference_free: d.reference_free,
+            rpo_alpha: d.rpo_alpha,
+            f_divergence: "reverse_kl".into(),
+            f_alpha_divergence_coef: 1.0,
+            simpo_gamma: d.simpo_gamma,
+            discopop_tau: d.discopop_tau,
+        }
     }
 }

@@ -30,7 +30,7 @@ pub use diffusion_dpo::{
     diffusion_dpo_loss, DiffusionDpoConfig, DiffusionDpoInputs, DiffusionDpoMetrics, DiffusionDpoOutput,
 };
 pub use dpo::{dpo_loss, DpoMetrics, DpoOutput, PreferenceLogps};
-pub use dpo_config::{BcoDelta, DpoConfig, DpoLossType, FDivergence, LossMixture};
+pub use dpo_config::{BcoDelta, DpoConfig, DpoLossType, FDivergence, LossMixture, TrlDpoOptions};
 pub use reward_model::{
     bradley_terry_loss, kwise_loss, BradleyTerryConfig, BradleyTerryMetrics, BradleyTerryOutput, KwiseConfig,
     KwiseMethod, KwiseOutput,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::files::read_text;
-use crate::ops::preference::DpoConfig;
+use crate::ops::preference::{DpoConfig, TrlDpoOptions};
 use crate::pipeline::filter::Strategy;
 use crate::pipeline::sample::SampleOptions;
 use crate::runtime::{DType, Device};
@@ -164,19 +164,33 @@ impl Default for FilterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DpoSection {
     pub beta: f32,
+    /// One TRL loss type or several, comma-separated (weighted by `loss_weights`).
     pub loss_type: String,
+    pub loss_weights: Option<Vec<f32>>,
     pub label_smoothing: f32,
     pub reference_free: bool,
+    pub rpo_alpha: Option<f32>,
+    pub f_divergence: String,
+    pub f_alpha_divergence_coef: f32,
+    pub simpo_gamma: f32,
+    pub discopop_tau: f32,
     pub training: TrainConfig,
 }
 
 impl Default for DpoSection {
     fn default() -> Self {
+        let t = TrlDpoOptions::default();
         DpoSection {
-            beta: 0.1,
-            loss_type: "sigmoid".into(),
-            label_smoothing: 0.0,
-            reference_free: false,
+            beta: t.beta,
+            loss_type: t.loss_type,
+            loss_weights: t.loss_weights,
+            label_smoothing: t.label_smoothing,
+            reference_free: t.reference_free,
+            rpo_alpha: t.rpo_alpha,
+            f_divergence: t.f_divergence,
+            f_alpha_divergence_coef: t.f_alpha_divergence_coef,
+            simpo_gamma: t.simpo_gamma,
+            discopop_tau: t.discopop_tau,
             training: TrainConfig::default(),
         }
     }
@@ -327,21 +341,22 @@ impl PipelineConfig {
         self.filter.strategy.parse().map_err(|e| Error::InvalidArgument(format!("`[filter] strategy`: {e}")))
     }
 
-    /// `[dpo]`'s loss.
+    /// `[dpo]`'s loss, every key checked.
     pub fn dpo_loss(&self) -> Result<DpoConfig> {
         let d = &self.dpo;
-        let loss = DpoConfig::from_trl(&d.loss_type, d.beta, d.label_smoothing, d.reference_free)
-            .map_err(|e| Error::InvalidArgument(format!("`[dpo] loss_type`: {e}")))?;
-        if !(d.beta.is_finite() && d.beta > 0.0) {
-            return Err(Error::InvalidArgument(format!("`[dpo] beta` must be finite and > 0, got {}", d.beta)));
-        }
-        if !(0.0..0.5).contains(&d.label_smoothing) {
-            return Err(Error::InvalidArgument(format!(
-                "`[dpo] label_smoothing` must be in [0, 0.5), got {}",
-                d.label_smoothing
-            )));
-        }
-        Ok(loss)
+        let options = TrlDpoOptions {
+            loss_type: d.loss_type.clone(),
+            loss_weights: d.loss_weights.clone(),
+            beta: d.beta,
+            label_smoothing: d.label_smoothing,
+            reference_free: d.reference_free,
+            rpo_alpha: d.rpo_alpha,
+            f_divergence: d.f_divergence.clone(),
+            f_alpha_divergence_coef: d.f_alpha_divergence_coef,
+            simpo_gamma: d.simpo_gamma,
+            discopop_tau: d.discopop_tau,
+        };
+        DpoConfig::from_trl(&options, |key| format!("`[dpo] {key}`"))
     }
 
     /// The sampler's options, checked (`[sample] k` ...).

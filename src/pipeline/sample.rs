@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::append::JsonlAppender;
@@ -34,8 +34,10 @@ use crate::{Error, Result};
 /// The largest candidates file a resumed run reads back.
 const MAX_OUTPUT_BYTES: u64 = 1 << 30;
 
-/// How the candidates are drawn.
-#[derive(Clone, Debug, PartialEq)]
+/// How the candidates are drawn; also the pipeline config's `[sample]` section (its keys are these fields, any
+/// left out takes `unireward sample`'s default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SampleOptions {
     /// Candidates per prompt (2 to [`MAX_CANDIDATES`]).
     pub k: usize,

@@ -2,9 +2,8 @@
 
 use std::path::Path;
 
-use crate::pipeline::runner::{
-    DpoSection, FilterConfig, JudgeConfig, PipelineConfig, PolicyConfig, SampleConfig, TrainConfig,
-};
+use crate::pipeline::runner::{DpoSection, FilterConfig, JudgeConfig, PipelineConfig, PolicyConfig, TrainConfig};
+use crate::pipeline::sample::SampleOptions;
 use crate::pipeline::world::{DemoFiles, DemoSizes, TinyLlava, FRAMES};
 use crate::{Error, Result};
 
@@ -19,7 +18,7 @@ pub struct DemoConfig {
     pub judge_training: TrainConfig,
     /// The policy's brief supervised fine-tuning.
     pub policy_training: TrainConfig,
-    pub sample: SampleConfig,
+    pub sample: SampleOptions,
     pub dpo: DpoSection,
 }
 
@@ -43,7 +42,7 @@ impl DemoConfig {
             seed,
             judge_training: TrainConfig { save_every: 1500, ..training(8, 3e-3, 0.03) },
             policy_training: training(10, 3e-3, 0.05),
-            sample: SampleConfig { k: 4, temperature: 0.7, top_p: 0.95, seed, max_new_tokens: 4, frames: FRAMES },
+            sample: SampleOptions { k: 4, temperature: 0.7, top_p: 0.95, seed, max_new_tokens: 4, frames: FRAMES },
             // A small step: at 1e-3 the tiny policy's DPO pushed its greedy answers to the rejected answers' format (a
             // broken answer under a preferred one), 1e-4 moves the preferences without breaking the format.
             dpo: DpoSection { training: training(2, 1e-4, 0.05), ..DpoSection::default() },
@@ -58,7 +57,7 @@ impl DemoConfig {
             sizes: DemoSizes { judge_train: 3, judge_held_out: 2, policy_sft: 4, prompts: 4, policy_held_out: 4 },
             judge_training: training(1, 3e-3, 0.0),
             policy_training: training(1, 3e-3, 0.0),
-            sample: SampleConfig { k: 2, ..full.sample },
+            sample: SampleOptions { k: 2, ..full.sample },
             dpo: DpoSection { training: training(1, 1e-3, 0.0), ..full.dpo },
             ..full
         }

@@ -34,8 +34,9 @@ pub struct PipelineConfig {
     pub dtype: String,
     pub judge: JudgeConfig,
     pub policy: PolicyConfig,
+    /// `[sample]`: the sampler's options, `unireward sample`'s defaults for keys left out.
     #[serde(default)]
-    pub sample: SampleConfig,
+    pub sample: SampleOptions,
     #[serde(default)]
     pub filter: FilterConfig,
     #[serde(default)]
@@ -104,45 +105,6 @@ pub struct PolicyConfig {
 
 fn default_eval_tokens() -> usize {
     32
-}
-
-/// `[sample]`: [`SampleOptions`], with `unireward sample`'s defaults.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SampleConfig {
-    pub k: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u64,
-    pub max_new_tokens: usize,
-    pub frames: usize,
-}
-
-impl Default for SampleConfig {
-    fn default() -> Self {
-        let o = SampleOptions::default();
-        SampleConfig {
-            k: o.k,
-            temperature: o.temperature,
-            top_p: o.top_p,
-            seed: o.seed,
-            max_new_tokens: o.max_new_tokens,
-            frames: o.frames,
-        }
-    }
-}
-
-impl SampleConfig {
-    pub fn options(&self) -> SampleOptions {
-        SampleOptions {
-            k: self.k,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            seed: self.seed,
-            max_new_tokens: self.max_new_tokens,
-            frames: self.frames,
-        }
-    }
 }
 
 /// `[filter]`: the strategy (one-pass verdicts; the batch is `[judge] batch`).
@@ -361,8 +323,7 @@ impl PipelineConfig {
 
     /// The sampler's options, checked (`[sample] k` ...).
     pub fn sample_options(&self) -> Result<SampleOptions> {
-        let options = self.sample.options();
-        options.validate().map_err(|e| rename_flags(e, "sample"))?;
-        Ok(options)
+        self.sample.validate().map_err(|e| rename_flags(e, "sample"))?;
+        Ok(self.sample.clone())
     }
 }

@@ -26,9 +26,7 @@ mod train_stage;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-pub use config::{
-    DpoSection, FilterConfig, JudgeConfig, OnlineConfig, PipelineConfig, PolicyConfig, SampleConfig, TrainConfig,
-};
+pub use config::{DpoSection, FilterConfig, JudgeConfig, OnlineConfig, PipelineConfig, PolicyConfig, TrainConfig};
 pub use executor::Flow;
 pub use observer::{Observer, StageEvent};
 pub use plan::Plan;

@@ -158,11 +158,21 @@ impl Judge {
             .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join("config.json").display())))?
             .get("model_type")
             .and_then(|v| v.as_str().map(str::to_string));
-        let (model, processor) = if model_type.as_deref() == Some("qwen2") {
-            (JudgeModel::Text(Box::new(Qwen2Model::load(dir, dtype, device)?)), None)
+        let model = if model_type.as_deref() == Some("qwen2") {
+            JudgeModel::Text(Box::new(Qwen2Model::load(dir, dtype, device)?))
         } else {
-            let model = LlavaOnevisionModel::load(dir, dtype, device)?;
-            (JudgeModel::Llava(Box::new(model)), Some(ImageProcessor::for_checkpoint_or_defaults(dir)?))
+            JudgeModel::Llava(Box::new(LlavaOnevisionModel::load(dir, dtype, device)?))
+        };
+        Judge::with_model(model, dir)
+    }
+
+    /// A judge over `model`, already in memory (a trainer's, moved in and taken back with [`Judge::into_model`]:
+    /// no copy), with the rest read from the checkpoint directory `dir` as [`Judge::load`] reads it: the tokenizer,
+    /// the chat template, the task templates and, for LLaVA, the image processor. On an error `model` is dropped.
+    pub fn with_model(model: JudgeModel, dir: &Path) -> Result<Judge> {
+        let processor = match &model {
+            JudgeModel::Text(_) => None,
+            JudgeModel::Llava(_) => Some(ImageProcessor::for_checkpoint_or_defaults(dir)?),
         };
         let overrides = TaskTemplate::from_checkpoint_dir(dir)?.into_iter().map(|t| ((t.task, t.mode), t)).collect();
         Ok(Judge {
@@ -172,6 +182,11 @@ impl Judge {
             processor,
             overrides,
         })
+    }
+
+    /// The model, given back (see [`Judge::with_model`]).
+    pub fn into_model(self) -> JudgeModel {
+        self.model
     }
 
     /// Uses `template` instead of the built-in one for its task and mode.

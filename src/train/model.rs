@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::checkpoint::{save_llava_with, save_qwen2_with, SaveOptions};
 use super::data::{LoadedMedia, MediaLoader, SequenceBatch};
+use crate::judge::{Judge, JudgeModel};
 use crate::model::architecture::Architecture;
 use crate::model::llava::{LlavaBatch, LlavaGradients, LlavaOnevisionModel, LlavaPass, MediaInput};
 use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients};
@@ -254,6 +255,29 @@ impl TrainModel {
             TrainModel::Qwen2(model) => save_qwen2_with(model, source, out, options, extra),
             TrainModel::Llava(llava) => save_llava_with(&llava.model, source, out, options, extra),
         }
+    }
+
+    /// Runs `f` on a judge over this model — moved into the judge and back, not copied — and the judging files of
+    /// the checkpoint directory `dir` ([`Judge::with_model`]), then gives the model back. On an error the model is
+    /// dropped (the run training it ends).
+    pub fn judge_with<R>(self, dir: &Path, f: impl FnOnce(&Judge) -> Result<R>) -> Result<(TrainModel, R)> {
+        let (model, media) = match self {
+            TrainModel::Qwen2(model) => (JudgeModel::Text(model), None),
+            TrainModel::Llava(llava) => {
+                let LlavaTrainModel { model, media } = *llava;
+                (JudgeModel::Llava(Box::new(model)), Some(media))
+            }
+        };
+        let judge = Judge::with_model(model, dir)?;
+        let out = f(&judge)?;
+        let model = match (judge.into_model(), media) {
+            (JudgeModel::Text(model), None) => TrainModel::Qwen2(model),
+            (JudgeModel::Llava(model), Some(media)) => {
+                TrainModel::Llava(Box::new(LlavaTrainModel { model: *model, media }))
+            }
+            _ => unreachable!("a judge gives back the model it was given"),
+        };
+        Ok((model, out))
     }
 }
 

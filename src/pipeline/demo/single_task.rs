@@ -49,6 +49,7 @@ pub fn single_task_judge(
         media_folder: Some(files.dir.clone()),
         video_frames: FRAMES,
         eval: None,
+        eval_bench: None,
         eval_every: 0,
     };
     let outcome = run.run(stop, |m, total| on_step(m.step as usize, total))?;

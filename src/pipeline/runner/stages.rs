@@ -155,6 +155,7 @@ fn sft(
         media_folder: None,
         video_frames,
         eval: None,
+        eval_bench: None,
         eval_every: 0,
     };
     if ex.stage(name, record, |cx| sft_stage(cx, run))? == Flow::Stopped {

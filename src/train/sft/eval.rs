@@ -2,7 +2,9 @@
 //! head's argmax equal to the label) over the labelled tokens, with nothing updated. The logits of the labelled
 //! positions are computed a chunk of rows at a time (never `[N,T,V]`), and the loss in f64 from them.
 
+use super::bench::bench_log_entries;
 use super::SftTrainer;
+use crate::judge::bench::BenchSummary;
 use crate::ops::linear::linear;
 use crate::ops::rows::copy_rows;
 use crate::runtime::{DType, Tensor};
@@ -30,6 +32,29 @@ impl EvalMetrics {
             "step": step, "eval/loss": self.loss, "eval/accuracy": self.accuracy, "eval/tokens": self.tokens,
             "eval/task_loss": self.task_loss, "eval/task_accuracy": self.task_accuracy,
         })
+    }
+}
+
+/// One evaluation of an SFT run, after step `step`: the held-out conversations' metrics and the benchmark's
+/// summary, those the run has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftEvaluation {
+    pub step: u64,
+    pub held_out: Option<EvalMetrics>,
+    pub bench: Option<BenchSummary>,
+}
+
+impl SftEvaluation {
+    /// Its line of a `metrics.jsonl` log: [`EvalMetrics::log_line`]'s keys and [`bench_log_entries`]'.
+    pub fn log_line(&self) -> serde_json::Value {
+        let mut line = serde_json::Map::from_iter([("step".to_string(), serde_json::json!(self.step))]);
+        if let Some(serde_json::Value::Object(held_out)) = self.held_out.as_ref().map(|m| m.log_line(self.step)) {
+            line.extend(held_out);
+        }
+        if let Some(bench) = &self.bench {
+            line.extend(bench_log_entries(bench));
+        }
+        serde_json::Value::Object(line)
     }
 }
 

@@ -5,11 +5,13 @@
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
 //! equals one step on their concatenation.
 
+mod bench;
 mod eval;
 mod run;
 
 pub use crate::train::run::latest_checkpoint;
-pub use eval::EvalMetrics;
+pub use bench::{bench_log_entries, BENCH_KEY_PREFIX};
+pub use eval::{EvalMetrics, SftEvaluation};
 pub use run::{SftOutcome, SftRun};
 
 use super::data::SequenceBatch;

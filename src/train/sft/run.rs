@@ -3,12 +3,14 @@
 //! The checkpoint may be a Qwen2 or a LLaVA-OneVision one ([`TrainModel`]); for the latter every record's images
 //! and videos are decoded when the data is loaded (to expand its placeholders and to find unreadable files) and
 //! again for each batch ([`MediaLoader`]). A held-out file, when given, is evaluated every `eval_every` steps and
-//! at the end ([`SftTrainer::evaluate`]).
+//! at the end ([`SftTrainer::evaluate`]), and so is a pairwise benchmark file, judged by the model being trained
+//! ([`super::bench`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::{EvalMetrics, SftConfig, SftStepMetrics, SftTrainer};
+use super::bench::TrainingBench;
+use super::{SftConfig, SftEvaluation, SftStepMetrics, SftTrainer};
 use crate::runtime::DType;
 use crate::train::data::{
     collate_conversations, BatchSampler, ConversationTokenizer, DataReport, DataSource, MediaLoader, SequenceBatch,
@@ -37,6 +39,9 @@ pub struct SftRun {
     pub video_frames: usize,
     /// A held-out conversation file, evaluated every `eval_every` steps (0: only at the end) and at the end.
     pub eval: Option<PathBuf>,
+    /// A pairwise benchmark file (`unireward eval`'s format; media paths relative to `media_folder`, else to its
+    /// own folder), judged one-pass by the model being trained at the same steps as `eval`.
+    pub eval_bench: Option<PathBuf>,
     pub eval_every: usize,
 }
 
@@ -50,6 +55,7 @@ impl Default for SftRun {
             media_folder: None,
             video_frames: DEFAULT_VIDEO_FRAMES,
             eval: None,
+            eval_bench: None,
             eval_every: 0,
         }
     }
@@ -72,20 +78,53 @@ pub struct SftOutcome {
 /// A run's trainer, data and loader position, as [`drive`] steps them.
 struct Progress<'a, E> {
     run: &'a SftRun,
-    trainer: SftTrainer,
+    /// `None` only while a benchmark evaluation has the trainer (see [`LENT`]).
+    trainer: Option<SftTrainer>,
     data: SftDataset,
     sampler: BatchSampler,
     pad: u32,
     total_steps: usize,
-    /// The held-out batches and what to call with their metrics.
-    eval: Option<(Vec<SequenceBatch>, E)>,
+    /// The held-out batches.
+    eval: Option<Vec<SequenceBatch>>,
+    bench: Option<TrainingBench>,
+    /// Called with each evaluation.
+    on_eval: E,
+    /// The run's stop flag, which also ends a benchmark evaluation early (unreported).
+    stop: &'a AtomicBool,
 }
 
-impl<E: FnMut(u64, &EvalMetrics)> Steps for Progress<'_, E> {
+impl<E> Progress<'_, E> {
+    fn trainer(&self) -> &SftTrainer {
+        self.trainer.as_ref().expect(LENT)
+    }
+}
+
+/// A benchmark evaluation takes the trainer out of its [`Progress`] to lend its model to a judge, and puts it back
+/// or ends the run with an error: every other use finds it there.
+const LENT: &str = "the trainer is back from the benchmark evaluation";
+
+impl<E: FnMut(&SftEvaluation)> Progress<'_, E> {
+    /// Evaluates what the run evaluates on, and reports it (when there is anything to report).
+    fn evaluate(&mut self, step: u64) -> Result<()> {
+        let held_out = self.eval.as_ref().map(|batches| self.trainer().evaluate(batches)).transpose()?;
+        let mut bench = None;
+        if let Some(on) = &self.bench {
+            let (trainer, summary) = on.evaluate(self.trainer.take().expect(LENT), self.stop)?;
+            self.trainer = Some(trainer);
+            bench = summary;
+        }
+        if held_out.is_some() || bench.is_some() {
+            (self.on_eval)(&SftEvaluation { step, held_out, bench });
+        }
+        Ok(())
+    }
+}
+
+impl<E: FnMut(&SftEvaluation)> Steps for Progress<'_, E> {
     type Metrics = SftStepMetrics;
 
     fn steps_done(&self) -> u64 {
-        self.trainer.optimizer().steps_done()
+        self.trainer().optimizer().steps_done()
     }
 
     fn step(&mut self) -> Result<SftStepMetrics> {
@@ -96,19 +135,17 @@ impl<E: FnMut(u64, &EvalMetrics)> Steps for Progress<'_, E> {
                 collate_conversations(&examples, self.pad)
             })
             .collect();
-        let metrics = self.trainer.step(&micro)?;
-        let step = metrics.step as usize;
-        if let Some((batches, on_eval)) = &mut self.eval {
-            let every = self.run.eval_every;
-            if (every > 0 && step.is_multiple_of(every)) || step == self.total_steps {
-                on_eval(metrics.step, &self.trainer.evaluate(batches)?);
-            }
+        let metrics = self.trainer.as_mut().expect(LENT).step(&micro)?;
+        let (step, every) = (metrics.step as usize, self.run.eval_every);
+        if (every > 0 && step.is_multiple_of(every)) || step == self.total_steps {
+            self.evaluate(metrics.step)?;
         }
         Ok(metrics)
     }
 
     fn save(&self) -> Result<PathBuf> {
-        let optimizer = self.trainer.optimizer();
+        let trainer = self.trainer();
+        let optimizer = trainer.optimizer();
         let state = TrainerState {
             step: optimizer.steps_done(),
             total_steps: self.total_steps,
@@ -116,7 +153,7 @@ impl<E: FnMut(u64, &EvalMetrics)> Steps for Progress<'_, E> {
             extra: serde_json::Value::Null,
         };
         save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, extra| {
-            self.trainer.model().save(&self.run.model, dir, options, extra)
+            trainer.model().save(&self.run.model, dir, options, extra)
         })
     }
 }
@@ -124,33 +161,48 @@ impl<E: FnMut(u64, &EvalMetrics)> Steps for Progress<'_, E> {
 impl SftRun {
     /// Trains, calling `on_step` after every step, until the end or until `stop` is set (then saves and returns).
     pub fn run(&self, stop: &AtomicBool, on_step: impl FnMut(&SftStepMetrics, usize)) -> Result<SftOutcome> {
-        self.run_with_eval(stop, on_step, |_, _| {})
+        self.run_with_eval(stop, on_step, |_| {})
     }
 
-    /// [`SftRun::run`], calling `on_eval` with the step and the held-out metrics after each evaluation.
+    /// [`SftRun::run`], calling `on_eval` after each evaluation (of `eval`, `eval_bench` or both). Everything —
+    /// the data, the held-out file, every benchmark pair as the judge would judge it — is checked before the
+    /// first step.
     pub fn run_with_eval(
         &self,
         stop: &AtomicBool,
         on_step: impl FnMut(&SftStepMetrics, usize),
-        on_eval: impl FnMut(u64, &EvalMetrics),
+        on_eval: impl FnMut(&SftEvaluation),
     ) -> Result<SftOutcome> {
         let train = &self.train;
         train.check()?;
-        if self.eval_every > 0 && self.eval.is_none() {
-            return Err(Error::InvalidArgument("`--eval-every` needs a held-out file (`--eval`)".into()));
+        if self.eval_every > 0 && self.eval.is_none() && self.eval_bench.is_none() {
+            return Err(Error::InvalidArgument(
+                "`--eval-every` needs a held-out file (`--eval`) or a benchmark file (`--eval-bench`)".into(),
+            ));
         }
+        let bench = self
+            .eval_bench
+            .as_deref()
+            .map(|path| {
+                let media_folder = data_options_for(train, path, self.media_folder.as_deref()).media_folder;
+                TrainingBench::read(path, &media_folder, &self.model)
+            })
+            .transpose()?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
         let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
         let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
-        let model = TrainModel::load(weights_dir, DType::F32, train.device, self.video_frames)?;
+        let mut model = TrainModel::load(weights_dir, DType::F32, train.device, self.video_frames)?;
         let (data, report) = self.load_data(&self.data, &tokenizer, model.media_loader())?;
         let (eval, eval_data) = match &self.eval {
             Some(path) => {
                 let (eval, report) = self.load_data(path, &tokenizer, model.media_loader())?;
-                (Some((self.eval_batches(&eval, &data.tasks, &tokenizer, path)?, on_eval)), Some(report))
+                (Some(self.eval_batches(&eval, &data.tasks, &tokenizer, path)?), Some(report))
             }
             None => (None, None),
         };
+        if let Some(bench) = &bench {
+            model = bench.check(model)?;
+        }
         let mut sampler = BatchSampler::for_conversations(&data, train.sampler())?;
         let total_steps = train.total_steps(sampler.batches_per_epoch())?;
         let config = SftConfig {
@@ -165,7 +217,8 @@ impl SftRun {
             sampler.restore(&state.loader)?;
         }
         let pad = tokenizer.pad_id();
-        let mut progress = Progress { run: self, trainer, data, sampler, pad, total_steps, eval };
+        let mut progress =
+            Progress { run: self, trainer: Some(trainer), data, sampler, pad, total_steps, eval, bench, on_eval, stop };
         let resumed = resumed.map(|(_, dir)| dir);
         let driven = drive(&mut progress, total_steps, train.save_every, stop, resumed, on_step)?;
         Ok(SftOutcome {

@@ -35,7 +35,12 @@ impl World {
                         train += &format!("{c}\n");
                     }
                 } else {
-                    bench += &format!("{}\n", judgment.eval_line(&mut rng));
+                    let mut line = judgment.eval_line(&mut rng);
+                    // Understanding pairs as VL-RewardBench's: a general and a hallucination subset.
+                    if matches!(task, Task::ImageUnderstanding | Task::VideoUnderstanding) {
+                        line["subset"] = if i == 2 { "vlfeedback" } else { "povid" }.into();
+                    }
+                    bench += &format!("{line}\n");
                 }
             }
         }
@@ -73,7 +78,8 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// The `eval/bench/` entries of each line of `metrics.jsonl` that has any, by step.
+/// The `eval/bench/` entries of each line of `metrics.jsonl` that has any, by step (each line with the held-out
+/// conversations' `eval/loss` beside them).
 fn logged_bench(metrics: &Path) -> Vec<(u64, serde_json::Map<String, serde_json::Value>)> {
     let log = std::fs::read_to_string(metrics).unwrap();
     log.lines()
@@ -85,6 +91,9 @@ fn logged_bench(metrics: &Path) -> Vec<(u64, serde_json::Map<String, serde_json:
                 .iter()
                 .filter_map(|(k, v)| Some((k.strip_prefix(BENCH_KEY_PREFIX)?.to_string(), v.clone())))
                 .collect();
+            if !entries.is_empty() {
+                assert!(line["eval/loss"].as_f64().unwrap().is_finite(), "{line}");
+            }
             (!entries.is_empty()).then(|| (line["step"].as_u64().unwrap(), entries))
         })
         .collect()
@@ -93,12 +102,14 @@ fn logged_bench(metrics: &Path) -> Vec<(u64, serde_json::Map<String, serde_json:
 #[test]
 fn logged_benchmark_metrics_equal_unireward_eval_on_the_checkpoint_of_the_same_step() {
     let world = World::new("equal");
-    // 24 conversations, 4 a batch: 6 steps, evaluated and saved at 2, 4 and 6.
-    let output = world.train_judge("out", "bench.jsonl", &["--eval-every", "2", "--save-every", "2"]);
+    // 24 conversations, 4 a batch: 6 steps, evaluated and saved at 2, 4 and 6; the conversations' own loss too.
+    let output =
+        world.train_judge("out", "bench.jsonl", &["--eval-every", "2", "--save-every", "2", "--eval", "train.jsonl"]);
     let log = text(&output);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("done: 6 steps of 6"), "{log}");
-    assert!(log.contains("step 4  bench  image_generation"), "{log}");
+    assert!(log.contains("accuracy") && log.contains("step 4  eval loss"), "{log}");
+    assert!(log.contains("  bench  image_generation"), "{log}");
     let logged = logged_bench(&world.0.join("out/metrics.jsonl"));
     assert_eq!(logged.iter().map(|(step, _)| *step).collect::<Vec<_>>(), [2, 4, 6]);
     let mut summaries = Vec::new();
@@ -113,7 +124,11 @@ fn logged_benchmark_metrics_equal_unireward_eval_on_the_checkpoint_of_the_same_s
             assert_eq!(summary[&format!("{task}.pairs")], 2, "{summary:?}");
         }
         let rates: serde_json::Map<_, _> = summary.into_iter().filter(|(k, _)| !k.ends_with(".pairs")).collect();
-        assert!(rates.contains_key("image_generation.tau") && rates.contains_key("position_consistency"));
+        for key in
+            ["image_generation.tau", "video_understanding.accuracy", "vl_reward_bench.macro", "position_consistency"]
+        {
+            assert!(rates.contains_key(key), "{key} not in {rates:?}");
+        }
         assert_eq!(entries, &rates, "step {step}: the logged metrics against `unireward eval` of its checkpoint");
         summaries.push(rates);
     }

@@ -2,8 +2,9 @@
 //! records' images and videos are decoded and preprocessed with its image processor) on a conversation file, with
 //! checkpoints in `--out` every `--save-every` steps and at the end, `--resume` from the latest, and one JSON line
 //! of metrics per step appended to `--out/metrics.jsonl` (plus one per evaluation of `--eval`, keys `eval/...`, and
-//! of `--eval-bench`, keys `eval/bench/...`), plotted at the end (and after Ctrl-C) into `--out/*.png`. Progress (step, loss, tokens/s, ETA) is a bar on a
-//! terminal, one line per step otherwise. Ctrl-C stops after the current step with a checkpoint.
+//! of `--eval-bench`, keys `eval/bench/...`), plotted at the end (and after Ctrl-C) into `--out/*.png`. Progress
+//! (step, loss, tokens/s, ETA) is a bar on a terminal, one line per step otherwise. Ctrl-C stops after the current
+//! step with a checkpoint (an evaluation under way ends unreported).
 
 use std::cell::RefCell;
 use std::path::PathBuf;

@@ -154,3 +154,35 @@ fn bad_options_and_media_are_one_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.lines().count() == 1, "{stderr}");
 }
+
+#[test]
+fn task_weights_and_length_grouping_reach_the_sampler() {
+    let scratch = scratch("mixing");
+    // `score` (the second task to appear, index 1) weighted 0: no step trains on it, every step on `pair`.
+    succeed(command(&scratch, "weighted", &["--task-weight", "score=0", "--save-every", "0"]).output().unwrap());
+    let log = std::fs::read_to_string(scratch.path("weighted/metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(steps.len(), 3 * 12 / 2 / 2, "12 `pair` conversations an epoch, 2 a micro-batch, 2 a step");
+    for step in &steps {
+        let tasks = step["task_loss"].as_array().unwrap();
+        assert!(tasks[0].is_f64() && tasks[1].is_null(), "{step}");
+    }
+
+    // The batches' grouping is part of what a resumed run must share with the run it continues.
+    succeed(command(&scratch, "grouped", &["--epochs", "1"]).output().unwrap());
+    let output = command(&scratch, "grouped", &["--epochs", "1", "--resume", "--no-group-by-length"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a resume with other batches was accepted: {stderr}");
+
+    for (weight, wanted) in [
+        ("score", "`score` is not TASK=WEIGHT"),
+        ("score=much", "the weight of `score`"),
+        ("audio=1", "a task the data does not have"),
+        ("score=-1", "weights are between 0 and"),
+    ] {
+        let output = command(&scratch, "bad", &["--task-weight", weight]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(wanted), "--task-weight {weight}: {stderr}");
+        assert!(!scratch.path("bad/metrics.jsonl").exists(), "--task-weight {weight} wrote a log");
+    }
+}

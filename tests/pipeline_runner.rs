@@ -402,6 +402,14 @@ fn the_example_config_is_the_readmes_and_parses() {
     assert_eq!(config.sample.k, 10);
     assert_eq!(config.online.unwrap().rounds, 3);
     config.judge.training.unwrap().options("judge.training", unireward::Device::Cpu).unwrap();
+
+    let mixing = example
+        .replace("group_by_length = true", "group_by_length = false")
+        .replace("task_weights = {}", "task_weights = { video_generation = 0.5, image_generation = 2.0 }");
+    let training = PipelineConfig::from_toml(&mixing, root).unwrap().judge.training.unwrap();
+    let options = training.options("judge.training", unireward::Device::Cpu).unwrap();
+    assert!(!options.group_by_length);
+    assert_eq!(options.task_weights, [("image_generation".to_string(), 2.0), ("video_generation".to_string(), 0.5)]);
 }
 
 /// `[dpo]`'s loss keys reach the loss, survive a write and a read of the config (the demo writes its config), and a

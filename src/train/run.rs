@@ -45,6 +45,11 @@ pub struct TrainOptions {
     pub frozen: Vec<String>,
     /// Bad records: left out and reported, or the run refused.
     pub bad_records: BadRecordPolicy,
+    /// Batch examples of similar lengths together (less padding; in a multi-task file, batches then mostly hold one
+    /// task) or draw every batch from the whole shuffled epoch (each batch a mix of the tasks).
+    pub group_by_length: bool,
+    /// `(task, weight)`: how many times a task's examples are seen per epoch (tasks not named: 1).
+    pub task_weights: Vec<(String, f64)>,
     pub device: Device,
 }
 
@@ -65,6 +70,8 @@ impl Default for TrainOptions {
             resume: false,
             frozen: Vec::new(),
             bad_records: BadRecordPolicy::Skip,
+            group_by_length: true,
+            task_weights: Vec::new(),
             device: Device::Cpu,
         }
     }
@@ -126,7 +133,13 @@ impl TrainOptions {
     }
 
     pub(crate) fn sampler(&self) -> SamplerConfig {
-        SamplerConfig { batch_size: self.batch_size, seed: self.seed, ..SamplerConfig::default() }
+        SamplerConfig {
+            batch_size: self.batch_size,
+            seed: self.seed,
+            group_by_length: self.group_by_length,
+            task_weights: self.task_weights.clone(),
+            ..SamplerConfig::default()
+        }
     }
 
     pub(crate) fn data(&self) -> DataOptions {

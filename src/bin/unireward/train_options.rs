@@ -67,9 +67,23 @@ pub struct TrainArgs {
     /// Refuse the data file at its first bad record instead of skipping bad records (they are counted either way).
     #[arg(long)]
     refuse_bad_records: bool,
+    /// Draw batches from the whole shuffled epoch instead of grouping examples of similar lengths (which, in a
+    /// multi-task file, makes most batches hold one task).
+    #[arg(long)]
+    no_group_by_length: bool,
+    /// How many times a task's examples are seen per epoch, as TASK=WEIGHT (repeatable; 0.5: a random half, 2:
+    /// each twice; tasks not named: 1).
+    #[arg(long, value_parser = parse_task_weight)]
+    task_weight: Vec<(String, f64)>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
     device: Device,
+}
+
+fn parse_task_weight(s: &str) -> Result<(String, f64), String> {
+    let (task, weight) = s.split_once('=').ok_or_else(|| format!("`{s}` is not TASK=WEIGHT"))?;
+    let weight = weight.parse().map_err(|e| format!("the weight of `{task}` in `{s}`: {e}"))?;
+    Ok((task.to_string(), weight))
 }
 
 fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
@@ -93,6 +107,8 @@ impl TrainArgs {
             resume: self.resume,
             frozen: frozen_fragments(&self.freeze),
             bad_records: if self.refuse_bad_records { BadRecordPolicy::Refuse } else { BadRecordPolicy::Skip },
+            group_by_length: !self.no_group_by_length,
+            task_weights: self.task_weight.clone(),
             device: self.device,
         }
     }

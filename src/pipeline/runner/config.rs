@@ -2,6 +2,7 @@
 //! would otherwise be silently ignored); paths are relative to the config file's folder; [`super::Plan::new`]
 //! names every bad value by its key before any stage runs. The README's "Pipeline" section documents each key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -193,6 +194,10 @@ pub struct TrainConfig {
     pub save_every: usize,
     pub freeze: Vec<String>,
     pub refuse_bad_records: bool,
+    /// false: `--no-group-by-length`.
+    pub group_by_length: bool,
+    /// `--task-weight`: a table of task = weight.
+    pub task_weights: BTreeMap<String, f64>,
 }
 
 impl Default for TrainConfig {
@@ -212,6 +217,8 @@ impl Default for TrainConfig {
             save_every: o.save_every,
             freeze: Vec::new(),
             refuse_bad_records: false,
+            group_by_length: o.group_by_length,
+            task_weights: BTreeMap::new(),
         }
     }
 }
@@ -236,6 +243,8 @@ impl TrainConfig {
             resume: false,
             frozen: frozen_fragments(&self.freeze),
             bad_records: if self.refuse_bad_records { BadRecordPolicy::Refuse } else { BadRecordPolicy::Skip },
+            group_by_length: self.group_by_length,
+            task_weights: self.task_weights.iter().map(|(task, &weight)| (task.clone(), weight)).collect(),
             device,
         };
         // The trainers' checks name the command-line flag (`--lr`); here the key is `[section] lr`.

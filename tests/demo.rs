@@ -38,6 +38,26 @@ fn the_smoke_demo_runs_every_stage_writes_its_summary_and_a_second_run_keeps_it(
         assert!(summary.contains(&format!("| {task} |")), "{summary}");
     }
     assert!(text.contains(&summary), "the summary is printed: {text}");
+    assert!(summary.contains("contexts mismatched"), "{summary}");
+
+    // The control judgments: the held-out ones, each with the next judgment's context (caption, or media asked
+    // about) within its task, candidates and labels kept.
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(out.join("world").join(name)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (held_out, mismatched) = (lines("judge-held-out.jsonl"), lines("judge-held-out-mismatched.jsonl"));
+    assert_eq!(held_out.len(), mismatched.len());
+    for (i, (line, control)) in held_out.iter().zip(&mismatched).enumerate() {
+        let field = if line.get("caption").is_some() { "caption" } else { "media" };
+        let same_task: Vec<usize> = (0..held_out.len()).filter(|&j| held_out[j]["task"] == line["task"]).collect();
+        let k = same_task.iter().position(|&j| j == i).unwrap();
+        let next = &held_out[same_task[(k + 1) % same_task.len()]];
+        let mut expected = line.clone();
+        expected[field] = next[field].clone();
+        assert_eq!(control, &expected, "line {i}");
+        assert!(same_task.len() < 2 || control[field] != line[field], "line {i} kept its own context");
+    }
 
     // A second run redraws the same world, finds every stage up to date and writes the same summary.
     let (ok, again) = demo(&["--smoke", "--out", out.to_str().unwrap()]);

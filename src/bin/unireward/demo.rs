@@ -15,10 +15,11 @@ use std::time::Instant;
 use anyhow::Context;
 use unireward::judge::bench::BenchSummary;
 use unireward::judge::Task;
-use unireward::pipeline::demo::single_task::single_task_judge;
+use unireward::pipeline::demo::single_task::{evaluate_judge, single_task_judge};
 use unireward::pipeline::demo::{pair_truth, write_pipeline_config, DemoChecks, DemoConfig, PairTruth};
 use unireward::pipeline::policy_eval::PolicyEvaluation;
 use unireward::pipeline::runner::{run_pipeline, PipelineConfig, RunOptions, StageEvent};
+use unireward::train::run::latest_checkpoint;
 
 use crate::demo_kernels;
 use crate::pipeline::Bars;
@@ -89,6 +90,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         single.insert(task, summary);
     }
 
+    eprintln!("judge-control: the trained judge on the held-out judgments, each shown another one's context");
+    let (_, trained) =
+        latest_checkpoint(&stage_dir("judge-train")).context("the judge-train stage left no checkpoint")?;
+    let Some(mismatched) = evaluate_judge(&trained, &files.judge_held_out_mismatched, &files.dir, None, &STOP)? else {
+        println!("interrupted: run the demo again to continue");
+        return Ok(());
+    };
+
     let read = |path: PathBuf| -> anyhow::Result<String> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
@@ -106,7 +115,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         policy_after: after.preference_accuracy,
     };
     let failures = checks.failures();
-    let summary = summary_markdown(&untrained, &joint, &single, &truth, &before, &after, &failures);
+    let judges = JudgeSummaries { untrained, joint, mismatched, single };
+    let summary = summary_markdown(&judges, &truth, &before, &after, &failures);
     let summary_path = out.join("demo.md");
     std::fs::write(&summary_path, &summary).with_context(|| format!("writing {}", summary_path.display()))?;
     println!("{summary}");
@@ -125,25 +135,36 @@ fn figure(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{v:.3}"))
 }
 
-/// The demo's summary: the judge per task (untrained, joint, single-task), the filter's pairs against the truth,
-/// the policy before and after DPO, and the claims that failed.
+/// The judges' results on the held-out judgments.
+struct JudgeSummaries {
+    untrained: BenchSummary,
+    joint: BenchSummary,
+    /// The joint judge, each judgment shown another judgment's context.
+    mismatched: BenchSummary,
+    single: BTreeMap<Task, BenchSummary>,
+}
+
+/// The demo's summary: the judge per task (untrained, joint, joint with mismatched contexts, single-task), the
+/// filter's pairs against the truth, the policy before and after DPO, and the claims that failed.
 fn summary_markdown(
-    untrained: &BenchSummary,
-    joint: &BenchSummary,
-    single: &BTreeMap<Task, BenchSummary>,
+    judges: &JudgeSummaries,
     truth: &BTreeMap<String, PairTruth>,
     before: &PolicyEvaluation,
     after: &PolicyEvaluation,
     failures: &[String],
 ) -> String {
     let mut s = String::from("# unireward demo\n\n## The judge on held-out judgments (accuracy; chance 0.5)\n\n");
-    s += "| task | untrained | trained jointly on the four tasks | trained on this task alone |\n";
-    s += "| --- | ---: | ---: | ---: |\n";
+    s += "| task | untrained | trained jointly on the four tasks | the same, contexts mismatched | trained on this \
+          task alone |\n";
+    s += "| --- | ---: | ---: | ---: | ---: |\n";
     for task in Task::ALL {
-        let single = single.get(&task).and_then(|b| b.task_accuracy(task));
-        let row = [untrained.task_accuracy(task), joint.task_accuracy(task), single].map(figure);
-        let _ = writeln!(s, "| {task} | {} | {} | {} |", row[0], row[1], row[2]);
+        let single = judges.single.get(&task).and_then(|b| b.task_accuracy(task));
+        let row = [&judges.untrained, &judges.joint, &judges.mismatched].map(|b| figure(b.task_accuracy(task)));
+        let _ = writeln!(s, "| {task} | {} | {} | {} | {} |", row[0], row[1], row[2], figure(single));
     }
+    s += "\nContexts mismatched: each judgment shown the caption, or the picture or video asked about, of another \
+          judgment of its task, candidates and labels unchanged. A judge that relates the candidates to their \
+          context falls to chance there; what it keeps, it gets from the candidates alone (an answer's prior).\n";
     s += "\n## The filter's pairs against the world's answers (random pairs: 0.5)\n\n";
     s += "| task | pairs | with one true answer | chose the true one | share |\n| --- | ---: | ---: | ---: | ---: |\n";
     for (task, t) in truth {
@@ -167,11 +188,26 @@ fn summary_markdown(
     }
     s += "\n## Claims\n\n";
     if failures.is_empty() {
-        s += "All hold: the judge learned, the filter's pairs beat random pairs, DPO made the policy prefer the true \
-              answers more often.\n";
+        s += "All hold: the judge beat chance on held-out image questions, the filter's pairs beat random pairs, DPO \
+              made the policy prefer the true answers more often.\n";
     }
     for failure in failures {
         let _ = writeln!(s, "- does not hold: {failure}");
     }
+    let task = Task::ImageUnderstanding;
+    if let (Some(joint), Some(mismatched)) = (judges.joint.task_accuracy(task), judges.mismatched.task_accuracy(task)) {
+        if joint - mismatched < SEES_CONTEXT_DROP {
+            let _ = writeln!(
+                s,
+                "\nBut the judge does not look: shown another judgment's image, its {task} accuracy stays at \
+                 {mismatched:.3} (from {joint:.3}, a drop under {SEES_CONTEXT_DROP}), so it judges the answers by \
+                 their priors, not by the picture."
+            );
+        }
+    }
     s
 }
+
+/// The drop in accuracy, when contexts are mismatched, that shows a judge relates candidates to their context:
+/// twice the standard deviation of an accuracy over the demo's 100 held-out judgments of a task.
+const SEES_CONTEXT_DROP: f64 = 0.1;

@@ -56,16 +56,29 @@ pub fn single_task_judge(
     if outcome.interrupted {
         return Ok(None);
     }
-    let judge = Judge::load(&outcome.checkpoint, DType::F32, Device::Cpu)?;
-    let pairs: Vec<_> =
-        read_bench_file(&files.judge_held_out, &files.dir)?.into_iter().filter(|p| p.request.task == task).collect();
-    let options = BenchOptions { batch: 32, ..BenchOptions::default() };
-    let outcome = evaluate_bench(&judge, &pairs, &options, stop, |_, _| {})?;
-    if outcome.interrupted {
+    let Some(summary) = evaluate_judge(&outcome.checkpoint, &files.judge_held_out, &files.dir, Some(task), stop)?
+    else {
         return Ok(None);
-    }
-    let text = serde_json::to_string_pretty(&outcome.summary).expect("a summary serialises");
+    };
+    let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");
     std::fs::write(&summary_path, text)
         .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", summary_path.display())))?;
-    Ok(Some(outcome.summary))
+    Ok(Some(summary))
+}
+
+/// The judge in `judge_dir` on the judgments of the benchmark file `bench` (media relative to `media_dir`; only
+/// those of `task` when given), as `unireward eval --batch 32` judges them; `None` when `stop` ended it.
+pub fn evaluate_judge(
+    judge_dir: &Path,
+    bench: &Path,
+    media_dir: &Path,
+    task: Option<Task>,
+    stop: &AtomicBool,
+) -> Result<Option<BenchSummary>> {
+    let judge = Judge::load(judge_dir, DType::F32, Device::Cpu)?;
+    let pairs: Vec<_> =
+        read_bench_file(bench, media_dir)?.into_iter().filter(|p| task.is_none_or(|t| p.request.task == t)).collect();
+    let options = BenchOptions { batch: 32, ..BenchOptions::default() };
+    let outcome = evaluate_bench(&judge, &pairs, &options, stop, |_, _| {})?;
+    Ok((!outcome.interrupted).then_some(outcome.summary))
 }

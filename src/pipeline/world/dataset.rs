@@ -4,7 +4,6 @@
 //! tiny checkpoints (judge and policy) made from nothing over one word-level tokenizer of everything said.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
@@ -46,6 +45,11 @@ pub struct DemoFiles {
     pub judge_train_single: BTreeMap<Task, PathBuf>,
     /// Held-out judgments (`unireward eval` lines).
     pub judge_held_out: PathBuf,
+    /// The same judgments, each with the context of the next judgment of its task (its caption, or the picture or
+    /// video its question is about): the candidates and labels unchanged, the context no longer theirs. A judge
+    /// that relates candidates to their context falls to chance on it; one that reads only the candidates' texts
+    /// (an answer's prior, "no" being more often right than "yes") keeps its accuracy.
+    pub judge_held_out_mismatched: PathBuf,
     /// The policy's supervised conversations.
     pub policy_sft: PathBuf,
     /// The sampler's prompts (`unireward sample --prompts`).
@@ -156,7 +160,7 @@ impl DemoSizes {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut corpus = template_words()?;
 
-        let (mut joint, mut held_out) = (String::new(), String::new());
+        let (mut joint, mut held_out) = (String::new(), Vec::new());
         let mut single: BTreeMap<Task, String> = BTreeMap::new();
         for task in Task::ALL {
             let drawn = judgments(task, self.judge_train + self.judge_held_out, &media, "judge-", &mut rng)?;
@@ -164,7 +168,7 @@ impl DemoSizes {
                 corpus.push(judgment.text.clone());
                 if i >= self.judge_train {
                     corpus.extend(judgment.candidate_texts());
-                    writeln!(held_out, "{}", relative(judgment.eval_line(&mut rng), dir)).expect("a String grows");
+                    held_out.push(relative(judgment.eval_line(&mut rng), dir));
                     continue;
                 }
                 for conversation in judgment.conversations(&mut rng)? {
@@ -194,6 +198,7 @@ impl DemoSizes {
             judge_train: dir.join("judge-train.jsonl"),
             judge_train_single: Task::ALL.iter().map(|&t| (t, dir.join(format!("judge-train-{t}.jsonl")))).collect(),
             judge_held_out: dir.join("judge-held-out.jsonl"),
+            judge_held_out_mismatched: dir.join("judge-held-out-mismatched.jsonl"),
             policy_sft: dir.join("policy-sft.jsonl"),
             prompts: dir.join("prompts.jsonl"),
             prompt_answers: prompts.iter().map(|q| (q.id.clone(), q.question.answer.clone())).collect(),
@@ -205,7 +210,8 @@ impl DemoSizes {
         for (task, path) in &files.judge_train_single {
             write_lines(path, single.get(task).map_or("", String::as_str))?;
         }
-        write_lines(&files.judge_held_out, &held_out)?;
+        write_lines(&files.judge_held_out, &json_lines(&held_out))?;
+        write_lines(&files.judge_held_out_mismatched, &json_lines(&mismatched_contexts(&held_out)))?;
         write_lines(&files.policy_sft, &lines(&sft, PolicyQuestion::conversation))?;
         write_lines(&files.prompts, &lines(&prompts, PolicyQuestion::prompt))?;
         write_lines(&files.policy_held_out, &lines(&policy_held_out, PolicyQuestion::held_out))?;
@@ -215,6 +221,31 @@ impl DemoSizes {
         model.write(&files.policy, &tokenizer, seed.wrapping_add(2))?;
         Ok(files)
     }
+}
+
+fn json_lines(values: &[Value]) -> String {
+    values.iter().map(|v| format!("{v}\n")).collect()
+}
+
+/// Eval lines with the context (`caption`, or `media` of a question) of the next line of the same task, the last
+/// taking the first's: a rotation, so no line keeps its own (a task with one line keeps it).
+fn mismatched_contexts(lines: &[Value]) -> Vec<Value> {
+    let mut out = lines.to_vec();
+    let mut by_task: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        by_task.entry(line["task"].to_string()).or_default().push(i);
+    }
+    for indices in by_task.values() {
+        for (k, &i) in indices.iter().enumerate() {
+            let next = &lines[indices[(k + 1) % indices.len()]];
+            for field in ["caption", "media"] {
+                if let Some(context) = next.get(field) {
+                    out[i][field] = context.clone();
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `value` with every string that is a path inside `dir` made relative to it, so the data set can be moved.

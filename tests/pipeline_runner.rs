@@ -345,6 +345,9 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
     assert!(err.contains("[dpo] loss_type"), "{err}");
     let err = refused(&world, "strategy = \"pair-rank\"", "strategy = \"best-of\"");
     assert!(err.contains("[filter] strategy") && err.contains("best-of"), "{err}");
+    let err =
+        refused(&world, "strategy = \"pair-rank\"", "strategy = \"pair-rank\"\nreasoned = true\nmax_new_tokens = 0");
+    assert!(err.contains("`[filter] max_new_tokens`") && err.contains("at least 1"), "{err}");
     let err = refused(&world, "train = \"judge-train.jsonl\"\n", "");
     assert!(err.contains("`[judge.training]` is given but `[judge] train` is not"), "{err}");
     let err = refused(
@@ -463,4 +466,49 @@ fn without_pairs_dpo_trains_nothing_and_the_policy_stays_as_it_was() {
     assert!(unireward::train::run::latest_checkpoint(&out.join("dpo")).is_none());
     let evaluation = |stage: &str| std::fs::read(out.join(stage).join("evaluation.json")).unwrap();
     assert_eq!(evaluation("policy-eval-before"), evaluation("policy-eval-after"));
+}
+
+/// `[filter] reasoned`: the filter stage generates and parses each judgment's answer — the pairs and audit of
+/// `unireward filter --reasoned` on the same candidates with the same judge — and a changed `max_new_tokens` reruns
+/// the filter and what follows it.
+#[test]
+fn a_reasoned_filter_stage_is_the_filter_commands_reasoned_run() {
+    let world = World::new("reasoned");
+    let reasoned = |tokens: usize| {
+        CONFIG.replacen(
+            "strategy = \"pair-rank\"",
+            &format!("strategy = \"pair-rank\"\nreasoned = true\nmax_new_tokens = {tokens}"),
+            1,
+        )
+    };
+    world.write_config(&reasoned(6));
+    let (outcome, ran, _) = world.run(RunOptions::default()).unwrap();
+    assert!(!outcome.interrupted && ran == names(&OFFLINE), "{ran:?}");
+    let out = world.out();
+    let audit = std::fs::read_to_string(out.join("filter/pairs.jsonl.audit.jsonl")).unwrap();
+    assert!(!audit.is_empty() && audit.lines().all(|l| l.contains("\"answer\"")), "{audit}");
+
+    let (_, judge) = unireward::train::run::latest_checkpoint(&out.join("judge-train")).unwrap();
+    let by_hand = world.0.join("by-hand.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_unireward"))
+        .args(["filter", "--strategy", "pair-rank", "--reasoned", "--max-new-tokens", "6", "--batch", "8"])
+        .arg("--judge")
+        .arg(&judge)
+        .arg("--candidates")
+        .arg(out.join("sample/candidates.jsonl"))
+        .arg("--media-folder")
+        .arg(&world.0)
+        .arg("--out")
+        .arg(&by_hand)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(&out.join("filter/pairs.jsonl")), read(&by_hand));
+    assert_eq!(audit, read(&world.0.join("by-hand.jsonl.audit.jsonl")));
+
+    world.write_config(&reasoned(5));
+    let (_, ran, skipped) = world.run(RunOptions::default()).unwrap();
+    assert_eq!(ran, names(&["filter", "dpo", "policy-eval-after", "report"]));
+    assert_eq!(skipped, names(&["judge-train", "judge-eval", "policy-eval-before", "sample"]));
 }

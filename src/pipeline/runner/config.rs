@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::judge::GenerationConfig;
 use crate::model::files::read_text;
 use crate::ops::preference::{DpoConfig, TrlDpoOptions};
 use crate::pipeline::filter::Strategy;
@@ -108,17 +109,34 @@ fn default_eval_tokens() -> usize {
     32
 }
 
-/// `[filter]`: the strategy (one-pass verdicts; the batch is `[judge] batch`).
+/// `[filter]`: the strategy, and how the judge answers (one-pass verdicts, batched by `[judge] batch`, or reasoned
+/// judgments, as `unireward filter --reasoned`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
     /// pair-rank+point-sift, pair-rank, point-sift, round-robin or bradley-terry.
     pub strategy: String,
+    /// Generate each judgment's answer (greedy) and parse it instead of reading one-pass verdicts.
+    pub reasoned: bool,
+    /// The most tokens a reasoned judgment generates.
+    pub max_new_tokens: usize,
 }
 
 impl Default for FilterConfig {
     fn default() -> Self {
-        FilterConfig { strategy: Strategy::PairRankPointSift.name().into() }
+        FilterConfig { strategy: Strategy::PairRankPointSift.name().into(), reasoned: false, max_new_tokens: 512 }
+    }
+}
+
+impl FilterConfig {
+    /// The reasoned judgments' generation, `None` for one-pass verdicts.
+    pub fn reasoned_generation(&self) -> Result<Option<GenerationConfig>> {
+        if !self.reasoned {
+            return Ok(None);
+        }
+        let generation = GenerationConfig { max_new_tokens: self.max_new_tokens, ..GenerationConfig::default() };
+        generation.validate().map_err(|e| Error::InvalidArgument(format!("`[filter] max_new_tokens`: {e}")))?;
+        Ok(Some(generation))
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::executor::StageContext;
 use super::json_file::{read_json, write_json};
-use crate::judge::Judge;
+use crate::judge::{GenerationConfig, Judge};
 use crate::pipeline::filter::{
     default_audit, read_candidates, run_filter, CandidateFile, FilterOptions, InvalidPolicy, JudgeJudgments, Shard,
     Strategy, Summary,
@@ -41,6 +41,8 @@ pub fn sample_stage(
 pub struct FilterSettings<'a> {
     pub judge: &'a Path,
     pub strategy: Strategy,
+    /// Reasoned judgments generated with this, or one-pass verdicts (`None`).
+    pub reasoned: Option<GenerationConfig>,
     pub batch: usize,
     pub dtype: DType,
     pub device: Device,
@@ -55,7 +57,7 @@ pub fn filter_stage(
 ) -> Result<bool> {
     let file = read_candidates(candidates, media_folder)?;
     let judge = Judge::load(settings.judge, settings.dtype, settings.device)?;
-    let judgments = JudgeJudgments { judge: &judge, reasoned: None, batch: settings.batch };
+    let judgments = JudgeJudgments { judge: &judge, reasoned: settings.reasoned.clone(), batch: settings.batch };
     let pairs = context.dir.join(PAIRS_FILE);
     let options = FilterOptions {
         strategy: settings.strategy,

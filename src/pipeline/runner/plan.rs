@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::{OnlineConfig, PipelineConfig, TrainConfig};
 use crate::judge::bench::{read_bench_file, BenchPair};
-use crate::judge::{Candidate, Judge};
+use crate::judge::{Candidate, GenerationConfig, Judge};
 use crate::ops::preference::DpoConfig;
 use crate::pipeline::filter::{read_prompts, CandidateFile, JudgeJudgments, Judgments, Strategy};
 use crate::pipeline::policy_eval::{read_policy_questions, PolicyQuestion};
@@ -43,6 +43,8 @@ pub struct Plan {
     pub policy_sft: Option<TrainPlan>,
     pub sample: SampleOptions,
     pub strategy: Strategy,
+    /// `[filter] reasoned`: the reasoned judgments' generation (`None`: one-pass verdicts).
+    pub reasoned: Option<GenerationConfig>,
     pub dpo_loss: DpoConfig,
     pub dpo_train: TrainOptions,
     /// The sampler's prompts (read and checked).
@@ -137,6 +139,7 @@ impl Plan {
         let device = problems.take(config.device());
         let dtype = problems.take(config.dtype());
         let strategy = problems.take(config.strategy());
+        let reasoned = problems.take(config.filter.reasoned_generation());
         let dpo_loss = problems.take(config.dpo_loss());
         let sample = problems.take(config.sample_options());
         let train_device = device.unwrap_or_default();
@@ -204,6 +207,7 @@ impl Plan {
             policy_sft,
             sample: sample.expect(unwrap),
             strategy: strategy.expect(unwrap),
+            reasoned: reasoned.expect(unwrap),
             dpo_loss: dpo_loss.expect(unwrap),
             dpo_train: dpo_train.expect(unwrap),
             prompts: prompts.expect(unwrap),

@@ -242,12 +242,16 @@ fn align(
         return Ok(Flow::Stopped);
     }
     let candidates = ex.dir(&sample_name).join(CANDIDATES_FILE);
-    let options =
+    let mut options =
         json!({"strategy": plan.strategy.name(), "batch": c.judge.batch, "dtype": c.dtype, "device": c.device});
+    if let Some(generation) = &plan.reasoned {
+        options["reasoned_max_new_tokens"] = json!(generation.max_new_tokens);
+    }
     let record = judge_input(StageRecord::new(&filter_name, ex.upstream(), options), models, hashes)?;
     let settings = FilterSettings {
         judge: &models.judge,
         strategy: plan.strategy,
+        reasoned: plan.reasoned.clone(),
         batch: c.judge.batch,
         dtype: plan.dtype,
         device: plan.device,

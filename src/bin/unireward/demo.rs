@@ -200,8 +200,8 @@ fn summary_markdown(
             let _ = writeln!(
                 s,
                 "\nBut the judge does not look: shown another judgment's image, its {task} accuracy stays at \
-                 {mismatched:.3} (from {joint:.3}, a drop under {SEES_CONTEXT_DROP}), so it judges the answers by \
-                 their priors, not by the picture."
+                 {mismatched:.3} (from {joint:.3}, a drop under {SEES_CONTEXT_DROP}): what it gets right, it gets \
+                 from the answers alone, not from the picture."
             );
         }
     }

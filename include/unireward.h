@@ -261,6 +261,10 @@ typedef struct ur_judge ur_judge;
 // use a model from one thread at a time. The other calls only read the weights.
 typedef struct ur_model ur_model;
 
+// An SFT trainer: a checkpoint's model in float32 with its AdamW state and tokenizer. Opaque; create it with
+// `ur_sft_trainer_create`, free it with `ur_sft_trainer_free`; one thread at a time.
+typedef struct ur_sft_trainer ur_sft_trainer;
+
 // Configuration of `ur_compare`. Initialise with `ur_compare_config_default()`.
 typedef struct ur_compare_config {
   // `sizeof(ur_compare_config)`.
@@ -667,6 +671,58 @@ typedef struct ur_diffusion_dpo_metrics {
   float ref_mse_winner;
   float ref_mse_loser;
 } ur_diffusion_dpo_metrics;
+
+// Configuration of `ur_sft_trainer_create`: `unireward train-judge`'s optimizer and data settings. Initialise it
+// with `ur_sft_trainer_config_default()`.
+typedef struct ur_sft_trainer_config {
+  // `sizeof(ur_sft_trainer_config)`.
+  uint32_t struct_size;
+  // `UR_SCHEDULE_CONSTANT`, `UR_SCHEDULE_LINEAR` or `UR_SCHEDULE_COSINE` (default).
+  int32_t schedule;
+  // Learning rate, finite and >= 0 (default 1e-5).
+  double lr;
+  // Decoupled weight decay, >= 0 (default 0).
+  double weight_decay;
+  // Clip the gradients' global L2 norm to this (default 1); 0 turns clipping off.
+  double max_grad_norm;
+  // `ceil(total_steps · warmup_ratio)` linear warm-up steps, in [0, 1] (default 0.03).
+  double warmup_ratio;
+  // Optimizer steps the schedule spans; must be set (>= 1). A step past it is refused.
+  uint64_t total_steps;
+  // A record of more tokens is refused (default 2048).
+  uint64_t max_len;
+  // The folder the records' media paths are relative to; NULL: the current directory.
+  const char *media_folder;
+  // `num_freeze` NUL-terminated strings: parameters left untrained, as `--freeze` names them (`vision`,
+  // `projector`, or a fragment of a parameter name); NULL when `num_freeze` is 0.
+  const char *const *freeze;
+  size_t num_freeze;
+  // Where the model is loaded (in float32; default the CPU).
+  DLDevice device;
+  // Frames sampled from each video of a LLaVA-OneVision checkpoint (default 8).
+  uint32_t video_frames;
+  // Must be 0.
+  uint32_t reserved;
+} ur_sft_trainer_config;
+
+// What `ur_sft_trainer_step` reports (the metrics `unireward train-judge` logs). Set `struct_size =
+// sizeof(ur_sft_step_metrics)` before the call.
+typedef struct ur_sft_step_metrics {
+  // `sizeof(ur_sft_step_metrics)`, set by the caller.
+  uint32_t struct_size;
+  // Written 0 (keeps the struct free of padding).
+  uint32_t reserved;
+  // Steps done, this one included.
+  uint64_t step;
+  // Mean next-token loss over the step's labelled tokens, before the update.
+  double loss;
+  // Labelled tokens of the step (all micro-batches).
+  uint64_t tokens;
+  // The gradients' global L2 norm before clipping; NaN when clipping is off.
+  double grad_norm;
+  // This step's learning rate.
+  double lr;
+} ur_sft_step_metrics;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1398,6 +1454,58 @@ enum ur_status ur_diffusion_dpo_loss(struct ur_context *ctx,
                                      const DLTensor *grad_model_loser_out,
                                      struct ur_diffusion_dpo_metrics *metrics_out,
                                      void *stream);
+
+// The defaults of `ur_sft_trainer_config` (`unireward train-judge`'s; `total_steps` still to set).
+struct ur_sft_trainer_config ur_sft_trainer_config_default(void);
+
+// Creates an SFT trainer over the checkpoint folder `model_dir` (config, weights, tokenizer files, chat template;
+// a Qwen2 or a LLaVA-OneVision one, with its `preprocessor_config.json`) under `config` (NULL = defaults, which
+// lack `total_steps`: an error), into `*out`. A missing or unreadable checkpoint is `UR_ERROR_CHECKPOINT` or
+// `UR_ERROR_INVALID_ARGUMENT` naming it. On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `model_dir` is NULL or a NUL-terminated string; `config` is NULL or a
+// readable `ur_sft_trainer_config` whose pointers are NULL or valid; `out` is NULL or writable.
+enum ur_status ur_sft_trainer_create(struct ur_context *ctx,
+                                     const char *model_dir,
+                                     const struct ur_sft_trainer_config *config,
+                                     struct ur_sft_trainer **out);
+
+// One optimizer step on the `count` conversation records of `records` (each one JSON object, as a line of a
+// `train-judge` data file; media paths relative to the config's `media_folder`), cut into micro-batches of
+// `micro_batch_size` consecutive records (the last may be smaller; 0: one micro-batch of all) whose gradients
+// are accumulated, as `train-judge --batch-size B --grad-accum K` does with the same records in its batches.
+// Every record is checked first: a bad one (not JSON, no assistant turn, a missing media file, too long) is
+// `UR_ERROR_INVALID_ARGUMENT` naming it (`micro_batches[i][j]`) and nothing is updated. `metrics` is NULL or
+// receives the step's metrics.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only);
+// `records` points to `count` NUL-terminated strings; `metrics` is NULL or a writable `ur_sft_step_metrics`.
+enum ur_status ur_sft_trainer_step(struct ur_context *ctx,
+                                   struct ur_sft_trainer *trainer,
+                                   const char *const *records,
+                                   size_t count,
+                                   size_t micro_batch_size,
+                                   struct ur_sft_step_metrics *metrics);
+
+// Writes `out_dir/checkpoint-<step>/` (`step`: the steps done) as `unireward train-judge` does: the weights in the
+// source checkpoint's layout with its config and tokenizer files (transformers loads it), and `trainer_state/`
+// (the AdamW moments and fp32 masters, the step), atomically; an existing checkpoint of that step is replaced. It
+// holds no data-loader position, so `train-judge --resume` refuses it.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create`; `out_dir` is NULL or a
+// NUL-terminated string.
+enum ur_status ur_sft_trainer_save(struct ur_context *ctx,
+                                   struct ur_sft_trainer *trainer,
+                                   const char *out_dir);
+
+// Frees a trainer. NULL is accepted and does nothing.
+//
+// # Safety
+// `trainer` is NULL or a pointer returned by `ur_sft_trainer_create`, not yet freed, and no call is using it.
+void ur_sft_trainer_free(struct ur_sft_trainer *trainer);
 
 // The message of the last failing `ur_` call on this thread, "" if none failed yet. The pointer stays valid until
 // the next failing `ur_` call on this thread; copy the text to keep it. Never NULL.

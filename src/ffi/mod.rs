@@ -30,6 +30,7 @@ mod model_media;
 mod network;
 mod optim;
 mod preference;
+mod sft;
 mod status;
 
 pub use abi_version::UR_ABI_VERSION;
@@ -46,6 +47,7 @@ pub use model::*;
 pub use model_media::*;
 pub use optim::*;
 pub use preference::*;
+pub use sft::*;
 pub use status::{ur_last_error_message, ur_status, ur_status_name};
 
 use std::ffi::c_char;

@@ -152,10 +152,26 @@ pub fn frozen_fragments(names: &[String]) -> Vec<String> {
 pub(crate) struct TrainerState {
     pub step: u64,
     pub total_steps: usize,
-    pub loader: LoaderState,
+    /// The loader's position; `None` in a checkpoint of a trainer its caller feeds (`SftRecordTrainer`: the C ABI
+    /// and Python), which has no loader to resume.
+    #[serde(default)]
+    pub loader: Option<LoaderState>,
     /// The trainer's own state (DPO: BCO's running mean); `null` when it has none.
     #[serde(default)]
     pub extra: serde_json::Value,
+}
+
+impl TrainerState {
+    /// The loader's position a run resumes from.
+    pub(crate) fn loader(&self) -> Result<&LoaderState> {
+        self.loader.as_ref().ok_or_else(|| {
+            Error::Checkpoint(
+                "the checkpoint was written by a trainer stepped on its caller's batches (C or Python): it has no \
+                 data-loader position to resume a run from"
+                    .into(),
+            )
+        })
+    }
 }
 
 /// The newest complete `checkpoint-<step>` in `out`, if any.

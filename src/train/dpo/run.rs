@@ -129,7 +129,7 @@ impl Steps for Progress<'_> {
         let state = TrainerState {
             step: optimizer.steps_done(),
             total_steps: self.total_steps,
-            loader: self.sampler.state(),
+            loader: Some(self.sampler.state()),
             extra,
         };
         save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, extra| {
@@ -205,7 +205,7 @@ impl DpoRun {
         let mut trainer = DpoTrainer::new(model, config)?;
         if let Some((_, dir)) = &resumed {
             let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
-            sampler.restore(&state.loader)?;
+            sampler.restore(state.loader()?)?;
             let own: DpoState = serde_json::from_value(state.extra)
                 .map_err(|e| Error::Checkpoint(format!("{}: the DPO state: {e}", dir.display())))?;
             if let Some((mean, count)) = own.bco {

@@ -1342,6 +1342,58 @@ static void test_adamw(void) {
   ur_adamw_free(NULL);
 }
 
+/* The SFT trainer on the judge checkpoint `dir` (a LLaVA-OneVision one, trained here on text): two steps whose
+ * metrics tests/c_abi.rs recomputes with the Rust API, a checkpoint written under `out`, and the failing paths. */
+static void test_sft(const char* dir, const char* out) {
+  const char* records[2] = {
+      "{\"conversations\": [{\"from\": \"human\", \"value\": \"Is the square red?\"}, "
+      "{\"from\": \"gpt\", \"value\": \"Yes, it is red.\"}]}",
+      "{\"id\": 7, \"conversations\": [{\"from\": \"human\", \"value\": \"Better?\"}, "
+      "{\"from\": \"gpt\", \"value\": \"No.\"}]}"};
+  ur_sft_trainer_config cfg = ur_sft_trainer_config_default();
+  CHECK(cfg.struct_size == sizeof cfg && cfg.lr == 1e-5 && cfg.max_grad_norm == 1.0 && cfg.total_steps == 0,
+        "defaults");
+  ur_sft_trainer* trainer = NULL;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_create(ctx, dir, &cfg, &trainer));
+  cfg.total_steps = 2;
+  cfg.lr = 1e-3;
+  FAILS(UR_ERROR_NULL_POINTER, "`model_dir`", ur_sft_trainer_create(ctx, NULL, &cfg, &trainer));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "does not exist", ur_sft_trainer_create(ctx, "/no/such/model", &cfg, &trainer));
+  CHECK(trainer == NULL, "a failed create wrote *out");
+  OK(ur_sft_trainer_create(ctx, dir, &cfg, &trainer));
+  ur_sft_step_metrics m[2];
+  for (int step = 0; step < 2; step++) {
+    m[step].struct_size = sizeof m[step];
+    OK(ur_sft_trainer_step(ctx, trainer, records, 2, step == 0 ? 0 : 1, &m[step]));
+    CHECK(m[step].step == (uint64_t)step + 1 && m[step].tokens > 0 && m[step].loss > 0 && !isnan(m[step].grad_norm),
+          "step %d: step %llu, tokens %llu, loss %g, grad_norm %g", step, (unsigned long long)m[step].step,
+          (unsigned long long)m[step].tokens, m[step].loss, m[step].grad_norm);
+  }
+  /* One warm-up step (ceil(2 * 0.03)) from 0, then the cosine's start. */
+  CHECK(m[0].lr == 0.0 && m[1].lr == 1e-3, "lr %g then %g", m[0].lr, m[1].lr);
+  fprintf(dump_file, "sft.loss f32 1 2 %.17g %.17g\n", m[0].loss, m[1].loss);
+  fprintf(dump_file, "sft.grad_norm f32 1 2 %.17g %.17g\n", m[0].grad_norm, m[1].grad_norm);
+  fprintf(dump_file, "sft.tokens f32 1 2 %llu %llu\n", (unsigned long long)m[0].tokens,
+          (unsigned long long)m[1].tokens);
+  OK(ur_sft_trainer_save(ctx, trainer, out));
+  char path[4096 + 64]; /* `out` is at most 4095 characters (main's buffer) */
+  snprintf(path, sizeof path, "%s/checkpoint-2/model.safetensors", out);
+  FILE* saved = fopen(path, "rb");
+  CHECK(saved != NULL, "%s was not written", path);
+  fclose(saved);
+
+  const char* bad[1] = {"{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi?\"}]}"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`: no assistant",
+        ur_sft_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`count` is 0", ur_sft_trainer_step(ctx, trainer, records, 0, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`records`", ur_sft_trainer_step(ctx, trainer, NULL, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`trainer`", ur_sft_trainer_step(ctx, NULL, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_sft_trainer_save(ctx, trainer, NULL));
+  ur_sft_trainer_free(trainer);
+  ur_sft_trainer_free(NULL);
+}
+
 /* The judge on the tiny LLaVA judge checkpoint `dir` (tests/c_abi.rs assembles it): a pair of image files against a
    caption, a response scored against a question about an image, and the two in one batch. tests/c_abi.rs recomputes
    each with the Rust Judge. Bad input is refused by name with nothing written. */
@@ -1480,6 +1532,9 @@ int main(int argc, char** argv) {
   test_image_processor(argv[5]);
   test_llava(argv[6]);
   test_judge(argv[7], argv[6]);
+  char sft_out[4096];
+  snprintf(sft_out, sizeof sft_out, "%s.sft", argv[1]);
+  test_sft(argv[7], sft_out);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

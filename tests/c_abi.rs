@@ -37,7 +37,8 @@ use unireward::ops::preference::{
     bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
     DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
 };
-use unireward::train::sft::{SftRecordTrainer, SftStepOptions};
+use unireward::train::run::StepOptions;
+use unireward::train::sft::SftRecordTrainer;
 use unireward::{DType, Device, Tensor};
 
 /// `target/<profile>/deps`, where cargo built `libunireward.so` with the rlib this test links (the copy one level
@@ -372,7 +373,7 @@ fn check_sft(d: &Dump, dir: &Path) {
         r#"{"conversations": [{"from": "human", "value": "Is the square red?"}, {"from": "gpt", "value": "Yes, it is red."}]}"#,
         r#"{"id": 7, "conversations": [{"from": "human", "value": "Better?"}, {"from": "gpt", "value": "No."}]}"#,
     ];
-    let options = SftStepOptions { lr: 1e-3, total_steps: 2, ..SftStepOptions::default() };
+    let options = StepOptions { lr: 1e-3, total_steps: 2, ..StepOptions::default() };
     let mut trainer = SftRecordTrainer::new(dir, &options).unwrap();
     let first = trainer.step(&[records.to_vec()]).unwrap();
     let second = trainer.step(&[vec![records[0]], vec![records[1]]]).unwrap();

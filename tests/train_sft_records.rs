@@ -4,8 +4,8 @@
 
 use std::sync::atomic::AtomicBool;
 
-use unireward::train::run::TrainOptions;
-use unireward::train::sft::{SftRecordTrainer, SftRun, SftStepMetrics, SftStepOptions};
+use unireward::train::run::{StepOptions, TrainOptions};
+use unireward::train::sft::{SftRecordTrainer, SftRun, SftStepMetrics};
 
 mod common;
 use common::Scratch;
@@ -23,8 +23,8 @@ fn records(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn options(total_steps: usize) -> SftStepOptions {
-    SftStepOptions { lr: 1e-3, weight_decay: 0.01, total_steps, ..SftStepOptions::default() }
+fn options(total_steps: usize) -> StepOptions {
+    StepOptions { lr: 1e-3, weight_decay: 0.01, total_steps, ..StepOptions::default() }
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     assert!(missing.contains("no-such-model") && missing.contains("does not exist"), "{missing}");
     let no_steps = SftRecordTrainer::new(&scratch.path("model"), &options(0)).unwrap_err().to_string();
     assert!(no_steps.contains("`total_steps`"), "{no_steps}");
-    let bad_lr = SftStepOptions { lr: -1.0, ..options(3) };
+    let bad_lr = StepOptions { lr: -1.0, ..options(3) };
     let err = SftRecordTrainer::new(&scratch.path("model"), &bad_lr).unwrap_err().to_string();
     assert!(err.contains("lr"), "{err}");
 

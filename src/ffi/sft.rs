@@ -11,7 +11,8 @@ use super::dlpack::{device_of, dl_device, DLDevice};
 use super::host_out::HostOut;
 use super::optim::{SCHEDULES, UR_SCHEDULE_COSINE};
 use super::status::{call, ur_status, Failure, FfiResult};
-use crate::train::sft::{SftRecordTrainer, SftStepOptions};
+use crate::train::run::StepOptions;
+use crate::train::sft::SftRecordTrainer;
 
 /// Tells a live trainer from garbage (a freed or never-created pointer is still undefined behaviour).
 const MAGIC: u64 = 0x7572_5f73_6674_0001; // "ur_sft" v1
@@ -58,7 +59,7 @@ impl Versioned for ur_sft_trainer_config {
 
 impl Config for ur_sft_trainer_config {
     fn default_value() -> Self {
-        let d = SftStepOptions::default();
+        let d = StepOptions::default();
         ur_sft_trainer_config {
             struct_size: size_of_u32::<Self>(),
             schedule: UR_SCHEDULE_COSINE,
@@ -87,7 +88,7 @@ pub extern "C" fn ur_sft_trainer_config_default() -> ur_sft_trainer_config {
 impl ur_sft_trainer_config {
     /// # Safety
     /// The strings and the array the struct points to are NULL or valid, as its fields say.
-    unsafe fn to_rust(self) -> FfiResult<SftStepOptions> {
+    unsafe fn to_rust(self) -> FfiResult<StepOptions> {
         if self.reserved != 0 {
             return Err(Failure::invalid("`ur_sft_trainer_config.reserved` must be 0"));
         }
@@ -106,7 +107,7 @@ impl ur_sft_trainer_config {
             // SAFETY: this function's contract: each entry is a NUL-terminated string.
             .map(|(i, &s)| unsafe { text(&format!("freeze[{i}]"), s) })
             .collect::<FfiResult<_>>()?;
-        Ok(SftStepOptions {
+        Ok(StepOptions {
             lr: self.lr,
             weight_decay: self.weight_decay,
             max_grad_norm: (self.max_grad_norm != 0.0).then_some(self.max_grad_norm),

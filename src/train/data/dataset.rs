@@ -366,41 +366,66 @@ impl PairDataset {
         options: &DataOptions,
         media: Option<&MediaLoader>,
     ) -> Result<(PairDataset, DataReport)> {
-        let markers = tokenizer.placeholder_ids();
-        Dataset::load(sources, options, |line, origin| {
-            let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
-                Ok(record) => record,
-                Err(problem) => return Ok(Err(problem)),
-            };
-            if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
-                return Ok(Err(problem));
-            }
-            let PromptTokens { mut prompt, completions } =
-                match tokenizer.prompt_and_completions(&record.prompt, &[&record.chosen, &record.rejected])? {
-                    Ok(tokens) => tokens,
-                    Err(problem) => return Ok(Err(problem)),
-                };
-            let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
-            if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
-                let unlabelled = vec![IGNORE_INDEX; prompt.len()];
-                match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
-                    Ok((ids, _)) => prompt = ids,
-                    Err(problem) => return Ok(Err(problem)),
-                }
-            }
-            let example = PairExample {
-                task: 0,
-                source: origin.source,
-                line: origin.line,
-                prompt,
-                chosen,
-                rejected,
-                margin: record.margin,
-                media: record.media,
-            };
-            Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
+        Dataset::load(sources, options, |line, origin| pair_example(line, origin, tokenizer, options, media))
+    }
+
+    /// Preference-pair records held in memory (one JSON object each), tokenized and expanded as
+    /// [`PairDataset::load_pairs_with_media`] does a file's lines; a bad record is an error naming it as `what[i]`,
+    /// a record naming no task is of task `default_task`.
+    pub fn from_pair_records(
+        records: &[&str],
+        what: &str,
+        default_task: &str,
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<PairDataset> {
+        Dataset::from_records(records, what, default_task, options, |line, origin| {
+            pair_example(line, origin, tokenizer, options, media)
         })
     }
+}
+
+/// One preference-pair line tokenized (its prompt's media expanded with `media`), or what is wrong with it.
+fn pair_example(
+    line: &str,
+    origin: Origin,
+    tokenizer: &ConversationTokenizer,
+    options: &DataOptions,
+    media: Option<&MediaLoader>,
+) -> Result<std::result::Result<Parsed<PairExample>, Problem>> {
+    let markers = tokenizer.placeholder_ids();
+    let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
+        Ok(record) => record,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
+        return Ok(Err(problem));
+    }
+    let PromptTokens { mut prompt, completions } =
+        match tokenizer.prompt_and_completions(&record.prompt, &[&record.chosen, &record.rejected])? {
+            Ok(tokens) => tokens,
+            Err(problem) => return Ok(Err(problem)),
+        };
+    let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
+    if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
+        let unlabelled = vec![IGNORE_INDEX; prompt.len()];
+        match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
+            Ok((ids, _)) => prompt = ids,
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+    let example = PairExample {
+        task: 0,
+        source: origin.source,
+        line: origin.line,
+        prompt,
+        chosen,
+        rejected,
+        margin: record.margin,
+        media: record.media,
+    };
+    Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
 }
 
 impl RankingDataset {

@@ -6,75 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use super::{SftConfig, SftStepMetrics, SftTrainer};
-use crate::runtime::{DType, Device};
-use crate::train::data::{
-    collate_conversations, BadRecordPolicy, ConversationTokenizer, DataOptions, SftDataset, DEFAULT_VIDEO_FRAMES,
-};
+use crate::runtime::DType;
+use crate::train::data::{collate_conversations, ConversationTokenizer, DataOptions, SftDataset};
 use crate::train::model::TrainModel;
-use crate::train::optim::ScheduleKind;
-use crate::train::run::{frozen_fragments, save_run_checkpoint_with, TrainOptions, TrainerState};
+use crate::train::run::{save_run_checkpoint_with, StepOptions, TrainerState};
 use crate::{Error, Result};
-
-/// What a [`SftRecordTrainer`] is built with: [`SftRun`](super::SftRun)'s optimizer and data settings, with the
-/// run's length (`total_steps`, which places the schedule) given instead of derived from a data file.
-#[derive(Clone, Debug)]
-pub struct SftStepOptions {
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub max_grad_norm: Option<f64>,
-    pub schedule: ScheduleKind,
-    /// `ceil(total_steps · warmup_ratio)` warm-up steps.
-    pub warmup_ratio: f64,
-    /// Optimizer steps the schedule spans (at least 1).
-    pub total_steps: usize,
-    /// A record longer than this many tokens is refused.
-    pub max_len: usize,
-    /// Parameters left untrained, as `--freeze` names them (`vision`, `projector`, or a name fragment).
-    pub freeze: Vec<String>,
-    /// The folder the records' media paths are relative to.
-    pub media_folder: PathBuf,
-    /// Frames sampled from each video (a LLaVA-OneVision checkpoint).
-    pub video_frames: usize,
-    pub device: Device,
-}
-
-impl Default for SftStepOptions {
-    /// `unireward train-judge`'s defaults.
-    fn default() -> Self {
-        let t = TrainOptions::default();
-        SftStepOptions {
-            lr: t.lr,
-            weight_decay: t.weight_decay,
-            max_grad_norm: t.max_grad_norm,
-            schedule: t.schedule,
-            warmup_ratio: t.warmup_ratio,
-            total_steps: 0,
-            max_len: t.max_len,
-            freeze: Vec::new(),
-            media_folder: PathBuf::from("."),
-            video_frames: DEFAULT_VIDEO_FRAMES,
-            device: t.device,
-        }
-    }
-}
-
-impl SftStepOptions {
-    /// The run options these stand for (the loop's own fields — epochs, batch size, seed — are the caller's).
-    fn train_options(&self) -> TrainOptions {
-        TrainOptions {
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            max_grad_norm: self.max_grad_norm,
-            schedule: self.schedule,
-            warmup_ratio: self.warmup_ratio,
-            max_len: self.max_len,
-            frozen: frozen_fragments(&self.freeze),
-            bad_records: BadRecordPolicy::Refuse,
-            device: self.device,
-            ..TrainOptions::default()
-        }
-    }
-}
 
 /// The task of every record: the step-driven trainer reports the overall loss only (per-task losses need the task
 /// list before the first step).
@@ -94,7 +30,7 @@ pub struct SftRecordTrainer {
 impl SftRecordTrainer {
     /// Loads the checkpoint in `model` (config, weights, tokenizer files, chat template; for LLaVA-OneVision its
     /// preprocessor config) in f32 on `options.device`, with a fresh optimizer.
-    pub fn new(model: &Path, options: &SftStepOptions) -> Result<SftRecordTrainer> {
+    pub fn new(model: &Path, options: &StepOptions) -> Result<SftRecordTrainer> {
         let train = options.train_options();
         train.check()?;
         if options.total_steps == 0 {

@@ -2,7 +2,8 @@
 reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the judge (`Judge`: one-pass
 verdicts and scores of the four UnifiedReward tasks), the models (`Model`, a Qwen2 decoder
 or LLaVA-OneVision with images and videos: logits, parameter gradients, generation), the fused optimizer
-(`AdamW`), the SFT trainer stepped from Python (`SftTrainer`) and LLaVA-OneVision's image
+(`AdamW`), the SFT and DPO trainers stepped from Python (`SftTrainer`,
+`DpoTrainer`) and LLaVA-OneVision's image
 preprocessing (`ImageProcessor`), loaded from `libunireward.so` through ctypes (no compilation). See README.md, sections "PyTorch" and "Images and videos"."""
 
 import ctypes
@@ -14,7 +15,7 @@ from .judge import Judge, JudgeRequest, JudgeResult
 from .media import ImageProcessor
 from .model import LlavaOnevisionModel, Model, Qwen2Model
 from .optim import AdamW
-from .train import SftTrainer
+from .train import DpoTrainer, SftTrainer
 from .ops import (
     Comparison,
     LogProbs,
@@ -33,7 +34,7 @@ from .ops import (
 from .trl import RunningMean, dpo_loss
 
 # `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
-__all__ = ["ABI_VERSION", "AdamW", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
+__all__ = ["ABI_VERSION", "AdamW", "DpoTrainer", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
            "Qwen2Model", "RunningMean", "SftTrainer", "dpo_loss", "ops", "library_path", "version",
            "host_cache_bytes", "release_host_cache",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",

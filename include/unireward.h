@@ -246,6 +246,11 @@ typedef struct ur_adamw ur_adamw;
 // several threads at once.
 typedef struct ur_context ur_context;
 
+// A DPO trainer: a policy in float32 with its AdamW state, its loss, a frozen reference when the loss needs one,
+// and the tokenizer. Opaque; create it with `ur_dpo_trainer_create`, free it with `ur_dpo_trainer_free`; one thread
+// at a time.
+typedef struct ur_dpo_trainer ur_dpo_trainer;
+
 // A checkpoint's image preprocessing. Opaque; create it with `ur_image_processor_create`, free it with
 // `ur_image_processor_free`. It is only read after creation: any thread may use it.
 typedef struct ur_image_processor ur_image_processor;
@@ -260,6 +265,10 @@ typedef struct ur_judge ur_judge;
 // `ur_model_free`. `ur_model_forward(_ex)`, `ur_model_backward` and `ur_model_gradient` change or read that state:
 // use a model from one thread at a time. The other calls only read the weights.
 typedef struct ur_model ur_model;
+
+// An SFT trainer: a checkpoint's model in float32 with its AdamW state and tokenizer. Opaque; create it with
+// `ur_sft_trainer_create`, free it with `ur_sft_trainer_free`; one thread at a time.
+typedef struct ur_sft_trainer ur_sft_trainer;
 
 // Configuration of `ur_compare`. Initialise with `ur_compare_config_default()`.
 typedef struct ur_compare_config {
@@ -290,6 +299,129 @@ typedef struct ur_select_config {
   // `UR_NANS_ERROR` (default) or `UR_NANS_SKIP`.
   int32_t nans;
 } ur_select_config;
+
+// Configuration of the trainers stepped on the caller's records (`ur_sft_trainer_create`, `ur_dpo_trainer_create`):
+// the optimizer and data settings of `unireward train-judge` / `unireward dpo`. Initialise it with
+// `ur_trainer_config_default()`.
+typedef struct ur_trainer_config {
+  // `sizeof(ur_trainer_config)`.
+  uint32_t struct_size;
+  // `UR_SCHEDULE_CONSTANT`, `UR_SCHEDULE_LINEAR` or `UR_SCHEDULE_COSINE` (default).
+  int32_t schedule;
+  // Learning rate, finite and >= 0 (default 1e-5).
+  double lr;
+  // Decoupled weight decay, >= 0 (default 0).
+  double weight_decay;
+  // Clip the gradients' global L2 norm to this (default 1); 0 turns clipping off.
+  double max_grad_norm;
+  // `ceil(total_steps · warmup_ratio)` linear warm-up steps, in [0, 1] (default 0.03).
+  double warmup_ratio;
+  // Optimizer steps the schedule spans; must be set (>= 1). A step past it is refused.
+  uint64_t total_steps;
+  // A record of more tokens is refused (default 2048).
+  uint64_t max_len;
+  // The folder the records' media paths are relative to; NULL: the current directory.
+  const char *media_folder;
+  // `num_freeze` NUL-terminated strings: parameters left untrained, as `--freeze` names them (`vision`,
+  // `projector`, or a fragment of a parameter name); NULL when `num_freeze` is 0.
+  const char *const *freeze;
+  size_t num_freeze;
+  // Where the model is loaded (in float32; default the CPU).
+  DLDevice device;
+  // Frames sampled from each video of a LLaVA-OneVision checkpoint (default 8).
+  uint32_t video_frames;
+  // Must be 0.
+  uint32_t reserved;
+} ur_trainer_config;
+
+// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
+// from `f_divergence_type` on were added after ABI version 2; the tensors among them are optional extra inputs and
+// outputs of `ur_dpo_loss` (NULL: not given), on the device of the call's other tensors.
+typedef struct ur_dpo_config {
+  // `sizeof(ur_dpo_config)`.
+  uint32_t struct_size;
+  // A `UR_DPO_*` code (default `UR_DPO_SIGMOID`); ignored when `num_loss_types` > 0.
+  int32_t loss_type;
+  // beta > 0 (default 0.1; IPO's tau, ORPO's lambda).
+  float beta;
+  // epsilon in [0, 0.5): cDPO / robust / EXO / AOT / SimPO label smoothing (default 0).
+  float label_smoothing;
+  // Nonzero: TRL's `reference_free` (default 0): the sigmoid, hinge, IPO, robust, EXO and APO losses drop the
+  // reference log-probs; bco_pair, nca_pair, sppo_hard, AOT, DiscoPOP and the rewards still use them. NULL
+  // reference tensors are taken as 0.
+  int32_t reference_free;
+  // Nonzero: add `rpo_alpha * NLL` of the chosen sequences (RPO; needs `chosen_lengths`). Default 0.
+  int32_t use_rpo_alpha;
+  // The RPO weight, read when `use_rpo_alpha` is nonzero.
+  float rpo_alpha;
+  // SimPO's target margin gamma (default 0.5).
+  float simpo_gamma;
+  // BCO's running mean of the rewards before this batch (TRL's `running.mean`, default 0); with a negative
+  // `bco_count`, the delta used as given.
+  float bco_delta;
+  // The upstream gradient of the loss (default 1).
+  float grad_output;
+  // A `UR_F_DIVERGENCE_*` code (default `UR_F_DIVERGENCE_REVERSE_KL`).
+  int32_t f_divergence_type;
+  // The alpha of `UR_F_DIVERGENCE_ALPHA`, nonzero (default 1: forward KL).
+  float f_alpha_divergence_coef;
+  // DiscoPOP's tau > 0 (default 0.05).
+  float discopop_tau;
+  // BCO: how many batch means `bco_delta` averages (TRL's `running.count`, default 0). The call adds this
+  // batch's mean reward first, uses the updated mean, and reports it in `ur_dpo_metrics.bco_delta` /
+  // `bco_count` for the next call. Negative: `bco_delta` is used as delta, not updated.
+  float bco_count;
+  // Nonzero: LD-DPO with `ld_alpha` (default 0); needs `policy_chosen_verbose` and `policy_rejected_verbose`.
+  int32_t use_ld_alpha;
+  // LD-DPO's alpha: the policy log-prob is its public part plus alpha times the verbose part.
+  float ld_alpha;
+  // A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
+  // in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
+  uint32_t num_loss_types;
+  // Must be 0 (explicit padding before the pointers; a future field).
+  uint32_t reserved;
+  const int32_t *loss_types;
+  const float *loss_weights;
+  // Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.
+  const DLTensor *pair_weights;
+  // LD-DPO: the log-probs of the verbose parts (the tokens past `min(chosen, rejected length)`) `[P]`.
+  const DLTensor *policy_chosen_verbose;
+  const DLTensor *policy_rejected_verbose;
+  // LD-DPO: outputs, the gradients with respect to the verbose parts `[P]` (required with `use_ld_alpha`).
+  const DLTensor *grad_policy_chosen_verbose_out;
+  const DLTensor *grad_policy_rejected_verbose_out;
+  // Output, optional: TRL's per-pair losses `[P]` float32 (without the NLL term and the pair weights; AOT's at
+  // sorted positions).
+  const DLTensor *losses_out;
+} ur_dpo_config;
+
+// What `ur_dpo_trainer_step` reports (the metrics `unireward dpo` logs, TRL's). Set `struct_size =
+// sizeof(ur_dpo_step_metrics)` before the call.
+typedef struct ur_dpo_step_metrics {
+  // `sizeof(ur_dpo_step_metrics)`, set by the caller.
+  uint32_t struct_size;
+  // Written 0 (keeps the struct free of padding).
+  uint32_t reserved;
+  // Steps done, this one included.
+  uint64_t step;
+  // The loss before the update: the mean over the step's pairs.
+  double loss;
+  // Pairs of the step, and their labelled completion tokens (chosen and rejected).
+  uint64_t pairs;
+  uint64_t tokens;
+  // The gradients' global L2 norm before clipping; NaN when clipping is off.
+  double grad_norm;
+  // This step's learning rate.
+  double lr;
+  // TRL's `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`,
+  // `logps/rejected`: means over the step's pairs.
+  float rewards_chosen;
+  float rewards_rejected;
+  float rewards_accuracies;
+  float rewards_margins;
+  float logps_chosen;
+  float logps_rejected;
+} ur_dpo_step_metrics;
 
 // Token reduction and chunking of the fused path. Initialise with `ur_fused_linear_config_default()`.
 typedef struct ur_fused_linear_config {
@@ -531,67 +663,6 @@ typedef struct ur_adamw_step_report {
   double clip_coef;
 } ur_adamw_step_report;
 
-// Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields
-// from `f_divergence_type` on were added after ABI version 2; the tensors among them are optional extra inputs and
-// outputs of `ur_dpo_loss` (NULL: not given), on the device of the call's other tensors.
-typedef struct ur_dpo_config {
-  // `sizeof(ur_dpo_config)`.
-  uint32_t struct_size;
-  // A `UR_DPO_*` code (default `UR_DPO_SIGMOID`); ignored when `num_loss_types` > 0.
-  int32_t loss_type;
-  // beta > 0 (default 0.1; IPO's tau, ORPO's lambda).
-  float beta;
-  // epsilon in [0, 0.5): cDPO / robust / EXO / AOT / SimPO label smoothing (default 0).
-  float label_smoothing;
-  // Nonzero: TRL's `reference_free` (default 0): the sigmoid, hinge, IPO, robust, EXO and APO losses drop the
-  // reference log-probs; bco_pair, nca_pair, sppo_hard, AOT, DiscoPOP and the rewards still use them. NULL
-  // reference tensors are taken as 0.
-  int32_t reference_free;
-  // Nonzero: add `rpo_alpha * NLL` of the chosen sequences (RPO; needs `chosen_lengths`). Default 0.
-  int32_t use_rpo_alpha;
-  // The RPO weight, read when `use_rpo_alpha` is nonzero.
-  float rpo_alpha;
-  // SimPO's target margin gamma (default 0.5).
-  float simpo_gamma;
-  // BCO's running mean of the rewards before this batch (TRL's `running.mean`, default 0); with a negative
-  // `bco_count`, the delta used as given.
-  float bco_delta;
-  // The upstream gradient of the loss (default 1).
-  float grad_output;
-  // A `UR_F_DIVERGENCE_*` code (default `UR_F_DIVERGENCE_REVERSE_KL`).
-  int32_t f_divergence_type;
-  // The alpha of `UR_F_DIVERGENCE_ALPHA`, nonzero (default 1: forward KL).
-  float f_alpha_divergence_coef;
-  // DiscoPOP's tau > 0 (default 0.05).
-  float discopop_tau;
-  // BCO: how many batch means `bco_delta` averages (TRL's `running.count`, default 0). The call adds this
-  // batch's mean reward first, uses the updated mean, and reports it in `ur_dpo_metrics.bco_delta` /
-  // `bco_count` for the next call. Negative: `bco_delta` is used as delta, not updated.
-  float bco_count;
-  // Nonzero: LD-DPO with `ld_alpha` (default 0); needs `policy_chosen_verbose` and `policy_rejected_verbose`.
-  int32_t use_ld_alpha;
-  // LD-DPO's alpha: the policy log-prob is its public part plus alpha times the verbose part.
-  float ld_alpha;
-  // A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
-  // in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
-  uint32_t num_loss_types;
-  // Must be 0 (explicit padding before the pointers; a future field).
-  uint32_t reserved;
-  const int32_t *loss_types;
-  const float *loss_weights;
-  // Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.
-  const DLTensor *pair_weights;
-  // LD-DPO: the log-probs of the verbose parts (the tokens past `min(chosen, rejected length)`) `[P]`.
-  const DLTensor *policy_chosen_verbose;
-  const DLTensor *policy_rejected_verbose;
-  // LD-DPO: outputs, the gradients with respect to the verbose parts `[P]` (required with `use_ld_alpha`).
-  const DLTensor *grad_policy_chosen_verbose_out;
-  const DLTensor *grad_policy_rejected_verbose_out;
-  // Output, optional: TRL's per-pair losses `[P]` float32 (without the NLL term and the pair weights; AOT's at
-  // sorted positions).
-  const DLTensor *losses_out;
-} ur_dpo_config;
-
 // TRL's logged DPO metrics, means over the pairs. Values a loss type does not have are NaN.
 typedef struct ur_dpo_metrics {
   // `sizeof(ur_dpo_metrics)`, set by the caller before the call: this library writes the fields both know.
@@ -667,6 +738,25 @@ typedef struct ur_diffusion_dpo_metrics {
   float ref_mse_winner;
   float ref_mse_loser;
 } ur_diffusion_dpo_metrics;
+
+// What `ur_sft_trainer_step` reports (the metrics `unireward train-judge` logs). Set `struct_size =
+// sizeof(ur_sft_step_metrics)` before the call.
+typedef struct ur_sft_step_metrics {
+  // `sizeof(ur_sft_step_metrics)`, set by the caller.
+  uint32_t struct_size;
+  // Written 0 (keeps the struct free of padding).
+  uint32_t reserved;
+  // Steps done, this one included.
+  uint64_t step;
+  // Mean next-token loss over the step's labelled tokens, before the update.
+  double loss;
+  // Labelled tokens of the step (all micro-batches).
+  uint64_t tokens;
+  // The gradients' global L2 norm before clipping; NaN when clipping is off.
+  double grad_norm;
+  // This step's learning rate.
+  double lr;
+} ur_sft_step_metrics;
 
 #ifdef __cplusplus
 extern "C" {
@@ -748,6 +838,56 @@ enum ur_status ur_context_create(struct ur_context **out);
 // # Safety
 // `ctx` is NULL or a pointer returned by `ur_context_create`, not yet freed, and no call is using it.
 void ur_context_free(struct ur_context *ctx);
+
+// Creates a DPO trainer over the policy checkpoint `policy_dir` (config, weights, tokenizer files, chat template;
+// Qwen2 or LLaVA-OneVision), with the reference from `reference_dir` (NULL: a frozen copy of the policy as it
+// starts; not loaded when the loss needs none), under `config` (NULL = defaults, which lack `total_steps`: an
+// error) and `loss` (NULL = TRL's defaults: sigmoid, beta 0.1), into `*out`. On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `policy_dir` and `reference_dir` are NULL or NUL-terminated strings;
+// `config` is NULL or a readable `ur_trainer_config`, `loss` NULL or a readable `ur_dpo_config`, whose pointers are
+// NULL or valid; `out` is NULL or writable.
+enum ur_status ur_dpo_trainer_create(struct ur_context *ctx,
+                                     const char *policy_dir,
+                                     const char *reference_dir,
+                                     const struct ur_trainer_config *config,
+                                     const struct ur_dpo_config *loss,
+                                     struct ur_dpo_trainer **out);
+
+// One optimizer step on the `count` pair records of `records` (each one JSON object with `prompt`, `chosen`,
+// `rejected` and optional media, as a line of a `unireward dpo` pair file), cut into micro-batches of
+// `micro_batch_size` consecutive records (the last may be smaller; 0: one micro-batch of all) whose gradients are
+// accumulated, as `unireward dpo --ref-on-the-fly` does with the same records in its batches. Every record is
+// checked first: a bad one is `UR_ERROR_INVALID_ARGUMENT` naming it (`micro_batches[i][j]`) and nothing is
+// updated. `metrics` is NULL or receives the step's metrics.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_dpo_trainer_create` (used by this thread only);
+// `records` points to `count` NUL-terminated strings; `metrics` is NULL or a writable `ur_dpo_step_metrics`.
+enum ur_status ur_dpo_trainer_step(struct ur_context *ctx,
+                                   struct ur_dpo_trainer *trainer,
+                                   const char *const *records,
+                                   size_t count,
+                                   size_t micro_batch_size,
+                                   struct ur_dpo_step_metrics *metrics);
+
+// Writes `out_dir/checkpoint-<step>/` as `unireward dpo` does: the policy's weights in the source checkpoint's
+// layout with its config and tokenizer files, and `trainer_state/` (the AdamW state, the step, BCO's running
+// mean), atomically; without a data-loader position, so `unireward dpo --resume` refuses it.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_dpo_trainer_create`; `out_dir` is NULL or a
+// NUL-terminated string.
+enum ur_status ur_dpo_trainer_save(struct ur_context *ctx,
+                                   struct ur_dpo_trainer *trainer,
+                                   const char *out_dir);
+
+// Frees a trainer. NULL is accepted and does nothing.
+//
+// # Safety
+// `trainer` is NULL or a pointer returned by `ur_dpo_trainer_create`, not yet freed, and no call is using it.
+void ur_dpo_trainer_free(struct ur_dpo_trainer *trainer);
 
 // The defaults: sum over tokens, ignore index -100, automatic chunks.
 struct ur_fused_linear_config ur_fused_linear_config_default(void);
@@ -1399,6 +1539,55 @@ enum ur_status ur_diffusion_dpo_loss(struct ur_context *ctx,
                                      struct ur_diffusion_dpo_metrics *metrics_out,
                                      void *stream);
 
+// Creates an SFT trainer over the checkpoint folder `model_dir` (config, weights, tokenizer files, chat template;
+// a Qwen2 or a LLaVA-OneVision one, with its `preprocessor_config.json`) under `config` (NULL = defaults, which
+// lack `total_steps`: an error), into `*out`. A missing or unreadable checkpoint is `UR_ERROR_CHECKPOINT` or
+// `UR_ERROR_INVALID_ARGUMENT` naming it. On failure `*out` is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `model_dir` is NULL or a NUL-terminated string; `config` is NULL or a
+// readable `ur_trainer_config` whose pointers are NULL or valid; `out` is NULL or writable.
+enum ur_status ur_sft_trainer_create(struct ur_context *ctx,
+                                     const char *model_dir,
+                                     const struct ur_trainer_config *config,
+                                     struct ur_sft_trainer **out);
+
+// One optimizer step on the `count` conversation records of `records` (each one JSON object, as a line of a
+// `train-judge` data file; media paths relative to the config's `media_folder`), cut into micro-batches of
+// `micro_batch_size` consecutive records (the last may be smaller; 0: one micro-batch of all) whose gradients
+// are accumulated, as `train-judge --batch-size B --grad-accum K` does with the same records in its batches.
+// Every record is checked first: a bad one (not JSON, no assistant turn, a missing media file, too long) is
+// `UR_ERROR_INVALID_ARGUMENT` naming it (`micro_batches[i][j]`) and nothing is updated. `metrics` is NULL or
+// receives the step's metrics.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only);
+// `records` points to `count` NUL-terminated strings; `metrics` is NULL or a writable `ur_sft_step_metrics`.
+enum ur_status ur_sft_trainer_step(struct ur_context *ctx,
+                                   struct ur_sft_trainer *trainer,
+                                   const char *const *records,
+                                   size_t count,
+                                   size_t micro_batch_size,
+                                   struct ur_sft_step_metrics *metrics);
+
+// Writes `out_dir/checkpoint-<step>/` (`step`: the steps done) as `unireward train-judge` does: the weights in the
+// source checkpoint's layout with its config and tokenizer files (transformers loads it), and `trainer_state/`
+// (the AdamW moments and fp32 masters, the step), atomically; an existing checkpoint of that step is replaced. It
+// holds no data-loader position, so `train-judge --resume` refuses it.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create`; `out_dir` is NULL or a
+// NUL-terminated string.
+enum ur_status ur_sft_trainer_save(struct ur_context *ctx,
+                                   struct ur_sft_trainer *trainer,
+                                   const char *out_dir);
+
+// Frees a trainer. NULL is accepted and does nothing.
+//
+// # Safety
+// `trainer` is NULL or a pointer returned by `ur_sft_trainer_create`, not yet freed, and no call is using it.
+void ur_sft_trainer_free(struct ur_sft_trainer *trainer);
+
 // The message of the last failing `ur_` call on this thread, "" if none failed yet. The pointer stays valid until
 // the next failing `ur_` call on this thread; copy the text to keep it. Never NULL.
 const char *ur_last_error_message(void);
@@ -1406,6 +1595,9 @@ const char *ur_last_error_message(void);
 // The name of a status code ("UR_OK", "UR_ERROR_SHAPE", ...), or "UR_UNKNOWN_STATUS" for a number that is not
 // one. A static string; never NULL. Takes an `int32_t` so that any number is safe to pass.
 const char *ur_status_name(int32_t status);
+
+// The defaults of `ur_trainer_config` (`unireward train-judge`'s; `total_steps` still to set).
+struct ur_trainer_config ur_trainer_config_default(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -37,6 +37,9 @@ use unireward::ops::preference::{
     bradley_terry_loss, diffusion_dpo_loss, dpo_loss, kwise_loss, BradleyTerryConfig, DiffusionDpoConfig,
     DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
 };
+use unireward::train::dpo::DpoRecordTrainer;
+use unireward::train::run::StepOptions;
+use unireward::train::sft::SftRecordTrainer;
 use unireward::{DType, Device, Tensor};
 
 /// `target/<profile>/deps`, where cargo built `libunireward.so` with the rlib this test links (the copy one level
@@ -364,6 +367,46 @@ fn check_judge(d: &Dump, dir: &Path) {
     }
 }
 
+/// The C program's two SFT steps (the same records, the second in micro-batches of one) with the Rust API: the
+/// same losses and norms, bit for bit.
+fn check_sft(d: &Dump, dir: &Path) {
+    let records = [
+        r#"{"conversations": [{"from": "human", "value": "Is the square red?"}, {"from": "gpt", "value": "Yes, it is red."}]}"#,
+        r#"{"id": 7, "conversations": [{"from": "human", "value": "Better?"}, {"from": "gpt", "value": "No."}]}"#,
+    ];
+    let options = StepOptions { lr: 1e-3, total_steps: 2, ..StepOptions::default() };
+    let mut trainer = SftRecordTrainer::new(dir, &options).unwrap();
+    let first = trainer.step(&[records.to_vec()]).unwrap();
+    let second = trainer.step(&[vec![records[0]], vec![records[1]]]).unwrap();
+    let (loss, norm, tokens) = (&d.get("sft.loss").2, &d.get("sft.grad_norm").2, &d.get("sft.tokens").2);
+    for (k, m) in [first, second].iter().enumerate() {
+        assert_eq!(loss[k].to_bits(), m.loss.to_bits(), "step {k}: C loss {} vs {}", loss[k], m.loss);
+        assert_eq!(norm[k].to_bits(), m.grad_norm.unwrap().to_bits(), "step {k}: grad norm");
+        assert_eq!(tokens[k], m.tokens as f64, "step {k}: tokens");
+    }
+}
+
+/// The C program's two DPO steps (the same pairs, the second in micro-batches of one) with the Rust API: the same
+/// losses and norms, bit for bit.
+fn check_dpo_trainer(d: &Dump, dir: &Path) {
+    let records = [
+        r#"{"prompt": "Is the square red?", "chosen": "Yes, it is red.", "rejected": "No."}"#,
+        r#"{"prompt": "Better?", "chosen": "The first.", "rejected": "Neither of them, really."}"#,
+    ];
+    let options = StepOptions { lr: 1e-3, total_steps: 2, ..StepOptions::default() };
+    let loss = DpoConfig { beta: 0.5, ..DpoConfig::default() };
+    let mut trainer = DpoRecordTrainer::new(dir, None, loss, &options).unwrap();
+    let first = trainer.step(&[records.to_vec()]).unwrap();
+    let second = trainer.step(&[vec![records[0]], vec![records[1]]]).unwrap();
+    let (loss, norm) = (&d.get("dpo_trainer.loss").2, &d.get("dpo_trainer.grad_norm").2);
+    let margins = &d.get("dpo_trainer.rewards_margins").2;
+    for (k, m) in [first, second].iter().enumerate() {
+        assert_eq!(loss[k].to_bits(), m.loss.to_bits(), "step {k}: C loss {} vs {}", loss[k], m.loss);
+        assert_eq!(norm[k].to_bits(), m.grad_norm.unwrap().to_bits(), "step {k}: grad norm");
+        assert_eq!(margins[k] as f32, m.metrics.rewards_margins, "step {k}: rewards/margins");
+    }
+}
+
 fn check_judgment(d: &Dump, key: &str, r: &JudgeResult) {
     d.check(&format!("{key}.probs"), &Tensor::from_slice(&r.probs, &[r.probs.len()], Device::Cpu).unwrap());
     let verdict =
@@ -412,6 +455,8 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_image_processor(&dump);
     check_llava(&dump);
     check_judge(&dump, &judge.0);
+    check_sft(&dump, &judge.0);
+    check_dpo_trainer(&dump, &judge.0);
 
     assert!(
         valgrind_present(),
@@ -420,6 +465,8 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     );
     run(&program, &args, true);
     std::fs::remove_file(&dump_path).ok();
+    std::fs::remove_dir_all(dump_path.with_extension("dump.sft")).ok();
+    std::fs::remove_dir_all(dump_path.with_extension("dump.dpo")).ok();
     std::fs::remove_file(&program).ok();
 }
 

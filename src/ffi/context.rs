@@ -1,4 +1,6 @@
-//! The context handle, and the checked reading of versioned config structs.
+//! The context handle, and the checked reading of arguments: versioned config structs, strings and arrays.
+
+use std::ffi::{c_char, CStr};
 
 use super::status::{call, ur_status, Failure, FfiResult};
 
@@ -130,4 +132,30 @@ pub(crate) fn code<T: Copy>(field: &str, value: i32, table: &[T]) -> FfiResult<T
         .ok()
         .and_then(|i| table.get(i).copied())
         .ok_or_else(|| Failure::invalid(format!("`{field}` is {value}, expected a code from 0 to {}", table.len() - 1)))
+}
+
+/// A NUL-terminated UTF-8 string argument named `name`.
+///
+/// # Safety
+/// `s` is NULL or NUL-terminated.
+pub(crate) unsafe fn text(name: &str, s: *const c_char) -> FfiResult<String> {
+    if s.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: this function's contract.
+    let s = unsafe { CStr::from_ptr(s) };
+    Ok(s.to_str().map_err(|_| Failure::invalid(format!("`{name}` is not valid UTF-8")))?.to_string())
+}
+
+/// `count` items at `ptr` (NULL only when `count` is 0), as a slice.
+///
+/// # Safety
+/// `ptr` is NULL or holds `count` readable values.
+pub(crate) unsafe fn array<'a, T>(name: &str, ptr: *const T, count: usize) -> FfiResult<&'a [T]> {
+    match (count, ptr.is_null()) {
+        (0, _) => Ok(&[]),
+        (_, true) => Err(Failure::null(name)),
+        // SAFETY: this function's contract.
+        (_, false) => Ok(unsafe { std::slice::from_raw_parts(ptr, count) }),
+    }
 }

@@ -2,12 +2,12 @@
 //! pointwise scores of the four UnifiedReward tasks, one request at a time or batched. Media cross as file paths
 //! (the judge decodes and preprocesses them itself, with the checkpoint's `preprocessor_config.json`).
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 use std::path::{Path, PathBuf};
 
 use bytemuck::NoUninit;
 
-use super::context::{self, caller_size, code, read_config, size_of_u32, ur_context, Config, Versioned};
+use super::context::{self, array, caller_size, code, read_config, size_of_u32, text, ur_context, Config, Versioned};
 use super::dlpack::{device_of, dtype_of, DLDataType, DLDevice};
 use super::host_out::{check_host_outputs, HostOut, HostSpan};
 use super::status::{call, ur_status, Failure, FfiResult};
@@ -215,32 +215,6 @@ unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> {
         None => Err(Failure::null("judge")),
         Some(j) if j.magic == MAGIC => Ok(&j.judge),
         Some(_) => Err(Failure::invalid("`judge` is not a live ur_judge")),
-    }
-}
-
-/// A NUL-terminated UTF-8 string argument named `name`.
-///
-/// # Safety
-/// `s` is NULL or NUL-terminated.
-unsafe fn text(name: &str, s: *const c_char) -> FfiResult<String> {
-    if s.is_null() {
-        return Err(Failure::null(name));
-    }
-    // SAFETY: this function's contract.
-    let s = unsafe { CStr::from_ptr(s) };
-    Ok(s.to_str().map_err(|_| Failure::invalid(format!("`{name}` is not valid UTF-8")))?.to_string())
-}
-
-/// `count` items at `ptr` (NULL only when `count` is 0), as a slice.
-///
-/// # Safety
-/// `ptr` is NULL or holds `count` readable values.
-unsafe fn array<'a, T>(name: &str, ptr: *const T, count: usize) -> FfiResult<&'a [T]> {
-    match (count, ptr.is_null()) {
-        (0, _) => Ok(&[]),
-        (_, true) => Err(Failure::null(name)),
-        // SAFETY: this function's contract.
-        (_, false) => Ok(unsafe { std::slice::from_raw_parts(ptr, count) }),
     }
 }
 

@@ -18,6 +18,7 @@ mod abi_version;
 mod compare;
 mod context;
 mod dlpack;
+mod dpo_trainer;
 mod fused_linear;
 mod generation;
 mod heads;
@@ -30,12 +31,15 @@ mod model_media;
 mod network;
 mod optim;
 mod preference;
+mod sft;
 mod status;
+mod trainer;
 
 pub use abi_version::UR_ABI_VERSION;
 pub use compare::*;
 pub use context::{ur_context, ur_context_create, ur_context_free};
 pub use dlpack::{DLDataType, DLDevice, DLTensor};
+pub use dpo_trainer::*;
 pub use fused_linear::*;
 pub use generation::*;
 pub use heads::*;
@@ -46,7 +50,9 @@ pub use model::*;
 pub use model_media::*;
 pub use optim::*;
 pub use preference::*;
+pub use sft::*;
 pub use status::{ur_last_error_message, ur_status, ur_status_name};
+pub use trainer::*;
 
 use std::ffi::c_char;
 

@@ -23,6 +23,9 @@ pub const UR_SCHEDULE_LINEAR: i32 = 1;
 /// Half a cosine to 0 at `total_steps` after warm-up (transformers' `get_cosine_schedule_with_warmup`).
 pub const UR_SCHEDULE_COSINE: i32 = 2;
 
+/// The schedules by their `UR_SCHEDULE_*` code.
+pub(super) const SCHEDULES: [ScheduleKind; 3] = [ScheduleKind::Constant, ScheduleKind::Linear, ScheduleKind::Cosine];
+
 /// Configuration of `ur_adamw_create`. Initialise with `ur_adamw_config_default()`.
 #[allow(non_camel_case_types)]
 #[repr(C)]
@@ -89,8 +92,7 @@ impl ur_adamw_config {
         if self.reserved != 0 {
             return Err(Failure::invalid("`ur_adamw_config.reserved` must be 0"));
         }
-        let kinds = [ScheduleKind::Constant, ScheduleKind::Linear, ScheduleKind::Cosine];
-        let kind = context::code("schedule", self.schedule, &kinds)?;
+        let kind = context::code("schedule", self.schedule, &SCHEDULES)?;
         let size = |name: &str, v: u64| {
             usize::try_from(v).map_err(|_| Failure::invalid(format!("`{name}` = {v} does not fit in memory")))
         };

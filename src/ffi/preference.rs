@@ -153,7 +153,7 @@ impl ur_dpo_config {
     ///
     /// # Safety
     /// `loss_types` and `loss_weights` hold `num_loss_types` values each when it is nonzero.
-    unsafe fn to_config(self) -> FfiResult<DpoConfig> {
+    pub(super) unsafe fn to_config(self) -> FfiResult<DpoConfig> {
         if self.reserved != 0 {
             return Err(Failure::invalid(format!("`reserved` is {}: it must be 0", self.reserved)));
         }

@@ -13,7 +13,7 @@ use crate::model::files::{read_text, MAX_JSON_BYTES};
 use crate::model::{save_safetensors, WeightStore};
 use crate::runtime::{DType, Device, Tensor};
 use crate::train::checkpoint::{is_checkpoint, SaveOptions, TRAINER_STATE_DIR};
-use crate::train::data::{BadRecordPolicy, DataOptions, LoaderState, SamplerConfig};
+use crate::train::data::{BadRecordPolicy, DataOptions, LoaderState, SamplerConfig, DEFAULT_VIDEO_FRAMES};
 use crate::train::optim::{AdamW, AdamWConfig, ParamGroup, Schedule, ScheduleKind};
 use crate::{Error, Result};
 
@@ -147,6 +147,68 @@ impl TrainOptions {
     }
 }
 
+/// What a trainer stepped on its caller's records ([`SftRecordTrainer`](crate::train::sft::SftRecordTrainer),
+/// [`DpoRecordTrainer`](crate::train::dpo::DpoRecordTrainer)) is built with: a run's optimizer and data settings, with
+/// the run's length (`total_steps`, which places the schedule) given instead of derived from a data file.
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: Option<f64>,
+    pub schedule: ScheduleKind,
+    /// `ceil(total_steps · warmup_ratio)` warm-up steps.
+    pub warmup_ratio: f64,
+    /// Optimizer steps the schedule spans (at least 1).
+    pub total_steps: usize,
+    /// A record longer than this many tokens is refused.
+    pub max_len: usize,
+    /// Parameters left untrained, as `--freeze` names them (`vision`, `projector`, or a name fragment).
+    pub freeze: Vec<String>,
+    /// The folder the records' media paths are relative to.
+    pub media_folder: PathBuf,
+    /// Frames sampled from each video (a LLaVA-OneVision checkpoint).
+    pub video_frames: usize,
+    pub device: Device,
+}
+
+impl Default for StepOptions {
+    /// `unireward train-judge`'s defaults.
+    fn default() -> Self {
+        let t = TrainOptions::default();
+        StepOptions {
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            max_grad_norm: t.max_grad_norm,
+            schedule: t.schedule,
+            warmup_ratio: t.warmup_ratio,
+            total_steps: 0,
+            max_len: t.max_len,
+            freeze: Vec::new(),
+            media_folder: PathBuf::from("."),
+            video_frames: DEFAULT_VIDEO_FRAMES,
+            device: t.device,
+        }
+    }
+}
+
+impl StepOptions {
+    /// The run options these stand for (the loop's own fields — epochs, batch size, seed — are the caller's).
+    pub(crate) fn train_options(&self) -> TrainOptions {
+        TrainOptions {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            schedule: self.schedule,
+            warmup_ratio: self.warmup_ratio,
+            max_len: self.max_len,
+            frozen: frozen_fragments(&self.freeze),
+            bad_records: BadRecordPolicy::Refuse,
+            device: self.device,
+            ..TrainOptions::default()
+        }
+    }
+}
+
 /// The parameter-name fragments that `--freeze` names stand for: `vision` is the LLaVA vision tower, `projector` its
 /// projector in either layout, anything else a fragment as given.
 pub fn frozen_fragments(names: &[String]) -> Vec<String> {
@@ -165,10 +227,26 @@ pub fn frozen_fragments(names: &[String]) -> Vec<String> {
 pub(crate) struct TrainerState {
     pub step: u64,
     pub total_steps: usize,
-    pub loader: LoaderState,
+    /// The loader's position; `None` in a checkpoint of a trainer its caller feeds (`SftRecordTrainer`: the C ABI
+    /// and Python), which has no loader to resume.
+    #[serde(default)]
+    pub loader: Option<LoaderState>,
     /// The trainer's own state (DPO: BCO's running mean); `null` when it has none.
     #[serde(default)]
     pub extra: serde_json::Value,
+}
+
+impl TrainerState {
+    /// The loader's position a run resumes from.
+    pub(crate) fn loader(&self) -> Result<&LoaderState> {
+        self.loader.as_ref().ok_or_else(|| {
+            Error::Checkpoint(
+                "the checkpoint was written by a trainer stepped on its caller's batches (C or Python): it has no \
+                 data-loader position to resume a run from"
+                    .into(),
+            )
+        })
+    }
 }
 
 /// The newest complete `checkpoint-<step>` in `out`, if any.

@@ -1342,6 +1342,117 @@ static void test_adamw(void) {
   ur_adamw_free(NULL);
 }
 
+/* The SFT trainer on the judge checkpoint `dir` (a LLaVA-OneVision one, trained here on text): two steps whose
+ * metrics tests/c_abi.rs recomputes with the Rust API, a checkpoint written under `out`, and the failing paths. */
+static void test_sft(const char* dir, const char* out) {
+  const char* records[2] = {
+      "{\"conversations\": [{\"from\": \"human\", \"value\": \"Is the square red?\"}, "
+      "{\"from\": \"gpt\", \"value\": \"Yes, it is red.\"}]}",
+      "{\"id\": 7, \"conversations\": [{\"from\": \"human\", \"value\": \"Better?\"}, "
+      "{\"from\": \"gpt\", \"value\": \"No.\"}]}"};
+  ur_trainer_config cfg = ur_trainer_config_default();
+  CHECK(cfg.struct_size == sizeof cfg && cfg.lr == 1e-5 && cfg.max_grad_norm == 1.0 && cfg.total_steps == 0,
+        "defaults");
+  ur_sft_trainer* trainer = NULL;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_create(ctx, dir, &cfg, &trainer));
+  cfg.total_steps = 2;
+  cfg.lr = 1e-3;
+  FAILS(UR_ERROR_NULL_POINTER, "`model_dir`", ur_sft_trainer_create(ctx, NULL, &cfg, &trainer));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "does not exist", ur_sft_trainer_create(ctx, "/no/such/model", &cfg, &trainer));
+  CHECK(trainer == NULL, "a failed create wrote *out");
+  OK(ur_sft_trainer_create(ctx, dir, &cfg, &trainer));
+  ur_sft_step_metrics m[2];
+  for (int step = 0; step < 2; step++) {
+    m[step].struct_size = sizeof m[step];
+    OK(ur_sft_trainer_step(ctx, trainer, records, 2, step == 0 ? 0 : 1, &m[step]));
+    CHECK(m[step].step == (uint64_t)step + 1 && m[step].tokens > 0 && m[step].loss > 0 && !isnan(m[step].grad_norm),
+          "step %d: step %llu, tokens %llu, loss %g, grad_norm %g", step, (unsigned long long)m[step].step,
+          (unsigned long long)m[step].tokens, m[step].loss, m[step].grad_norm);
+  }
+  /* One warm-up step (ceil(2 * 0.03)) from 0, then the cosine's start. */
+  CHECK(m[0].lr == 0.0 && m[1].lr == 1e-3, "lr %g then %g", m[0].lr, m[1].lr);
+  fprintf(dump_file, "sft.loss f32 1 2 %.17g %.17g\n", m[0].loss, m[1].loss);
+  fprintf(dump_file, "sft.grad_norm f32 1 2 %.17g %.17g\n", m[0].grad_norm, m[1].grad_norm);
+  fprintf(dump_file, "sft.tokens f32 1 2 %llu %llu\n", (unsigned long long)m[0].tokens,
+          (unsigned long long)m[1].tokens);
+  OK(ur_sft_trainer_save(ctx, trainer, out));
+  char path[4096 + 64]; /* `out` is at most 4095 characters (main's buffer) */
+  snprintf(path, sizeof path, "%s/checkpoint-2/model.safetensors", out);
+  FILE* saved = fopen(path, "rb");
+  CHECK(saved != NULL, "%s was not written", path);
+  fclose(saved);
+
+  const char* bad[1] = {"{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi?\"}]}"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`: no assistant",
+        ur_sft_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`count` is 0", ur_sft_trainer_step(ctx, trainer, records, 0, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`records`", ur_sft_trainer_step(ctx, trainer, NULL, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`trainer`", ur_sft_trainer_step(ctx, NULL, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_sft_trainer_save(ctx, trainer, NULL));
+  ur_sft_trainer_free(trainer);
+  ur_sft_trainer_free(NULL);
+  /* The trainer's activation arenas are large enough for the host cache to keep: hand them back for valgrind. */
+  ur_host_cache_release();
+  CHECK(ur_host_cache_bytes() == 0, "host cache released after the trainer");
+}
+
+/* The DPO trainer on the judge checkpoint `dir` (its own frozen copy as the reference): two steps whose metrics
+ * tests/c_abi.rs recomputes with the Rust API, a checkpoint written under `out`, and the failing paths. */
+static void test_dpo_trainer(const char* dir, const char* out) {
+  const char* records[2] = {
+      "{\"prompt\": \"Is the square red?\", \"chosen\": \"Yes, it is red.\", \"rejected\": \"No.\"}",
+      "{\"prompt\": \"Better?\", \"chosen\": \"The first.\", \"rejected\": \"Neither of them, really.\"}"};
+  ur_trainer_config cfg = ur_trainer_config_default();
+  cfg.total_steps = 2;
+  cfg.lr = 1e-3;
+  ur_dpo_config loss = ur_dpo_config_default();
+  loss.beta = 0.5f;
+  ur_dpo_trainer* trainer = NULL;
+  FAILS(UR_ERROR_NULL_POINTER, "`policy_dir`", ur_dpo_trainer_create(ctx, NULL, NULL, &cfg, &loss, &trainer));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "does not exist",
+        ur_dpo_trainer_create(ctx, dir, "/no/such/reference", &cfg, &loss, &trainer));
+  float weights[2] = {1, 1};
+  Tensor pair_weights;
+  loss.pair_weights = &tensor(&pair_weights, weights, F32, 1, D(2))->dl;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`loss->pair_weights` must be NULL",
+        ur_dpo_trainer_create(ctx, dir, NULL, &cfg, &loss, &trainer));
+  loss.pair_weights = NULL;
+  CHECK(trainer == NULL, "a failed create wrote *out");
+  OK(ur_dpo_trainer_create(ctx, dir, NULL, &cfg, &loss, &trainer));
+  ur_dpo_step_metrics m[2];
+  for (int step = 0; step < 2; step++) {
+    m[step].struct_size = sizeof m[step];
+    OK(ur_dpo_trainer_step(ctx, trainer, records, 2, step == 0 ? 0 : 1, &m[step]));
+    CHECK(m[step].step == (uint64_t)step + 1 && m[step].pairs == 2 && m[step].tokens > 0 && m[step].loss > 0,
+          "step %d: step %llu, pairs %llu, loss %g", step, (unsigned long long)m[step].step,
+          (unsigned long long)m[step].pairs, m[step].loss);
+  }
+  /* Before any update the policy is its reference: every reward is 0 and the loss log 2. */
+  CHECK(m[0].rewards_chosen == 0 && m[0].rewards_margins == 0 && fabs(m[0].loss - log(2.0)) < 1e-6,
+        "first step: rewards %g, margin %g, loss %g", m[0].rewards_chosen, m[0].rewards_margins, m[0].loss);
+  fprintf(dump_file, "dpo_trainer.loss f32 1 2 %.17g %.17g\n", m[0].loss, m[1].loss);
+  fprintf(dump_file, "dpo_trainer.grad_norm f32 1 2 %.17g %.17g\n", m[0].grad_norm, m[1].grad_norm);
+  fprintf(dump_file, "dpo_trainer.rewards_margins f32 1 2 %.9g %.9g\n", m[0].rewards_margins, m[1].rewards_margins);
+  OK(ur_dpo_trainer_save(ctx, trainer, out));
+  char path[4096 + 64]; /* `out` is at most 4095 characters (main's buffer) */
+  snprintf(path, sizeof path, "%s/checkpoint-2/trainer_state/optimizer.safetensors", out);
+  FILE* saved = fopen(path, "rb");
+  CHECK(saved != NULL, "%s was not written", path);
+  fclose(saved);
+
+  const char* bad[1] = {"{\"prompt\": \"Hi?\", \"chosen\": \"Yes.\"}"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`", ur_dpo_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_dpo_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`trainer`", ur_dpo_trainer_step(ctx, NULL, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_dpo_trainer_save(ctx, trainer, NULL));
+  ur_dpo_trainer_free(trainer);
+  ur_dpo_trainer_free(NULL);
+  /* The trainer's activation arenas are large enough for the host cache to keep: hand them back for valgrind. */
+  ur_host_cache_release();
+  CHECK(ur_host_cache_bytes() == 0, "host cache released after the trainer");
+}
+
 /* The judge on the tiny LLaVA judge checkpoint `dir` (tests/c_abi.rs assembles it): a pair of image files against a
    caption, a response scored against a question about an image, and the two in one batch. tests/c_abi.rs recomputes
    each with the Rust Judge. Bad input is refused by name with nothing written. */
@@ -1480,6 +1591,12 @@ int main(int argc, char** argv) {
   test_image_processor(argv[5]);
   test_llava(argv[6]);
   test_judge(argv[7], argv[6]);
+  char sft_out[4096];
+  snprintf(sft_out, sizeof sft_out, "%s.sft", argv[1]);
+  test_sft(argv[7], sft_out);
+  char dpo_out[4096];
+  snprintf(dpo_out, sizeof dpo_out, "%s.dpo", argv[1]);
+  test_dpo_trainer(argv[7], dpo_out);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

@@ -9,7 +9,7 @@ import re
 import pytest
 
 import unireward
-from unireward import _lib, comparisons, heads, judge, logprobs, losses, media, model
+from unireward import _lib, comparisons, heads, judge, logprobs, losses, media, model, optim, train
 from unireward._dlpack import DLDataType, DLDevice, DLTensor
 
 HEADER = pathlib.Path(__file__).resolve().parents[3] / "include" / "unireward.h"
@@ -95,6 +95,11 @@ MIRRORS = {
     "ur_judge_request": judge._JudgeRequest,
     "ur_judge_result": judge._JudgeResult,
     "ur_judge_batch_info": judge._JudgeBatchInfo,
+    "ur_adamw_config": optim._Config,
+    "ur_adamw_step_report": optim._StepReport,
+    "ur_trainer_config": train._Config,
+    "ur_sft_step_metrics": train._SftMetrics,
+    "ur_dpo_step_metrics": train._DpoMetrics,
 }
 
 
@@ -122,7 +127,8 @@ def test_declared_exports_match_the_header():
 
 
 # Opaque handles, passed as `void*`.
-HANDLES = ("void", "ur_context", "ur_model", "ur_image_processor", "ur_judge")
+HANDLES = ("void", "ur_context", "ur_model", "ur_image_processor", "ur_judge", "ur_adamw", "ur_sft_trainer",
+           "ur_dpo_trainer")
 
 
 def matches(t, c: str) -> bool:

@@ -1,7 +1,9 @@
 """unireward for PyTorch: the library's fused ops (log-probs, the DPO family, reward-model losses, Diffusion-DPO,
 reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the judge (`Judge`: one-pass
 verdicts and scores of the four UnifiedReward tasks), the models (`Model`, a Qwen2 decoder
-or LLaVA-OneVision with images and videos: logits, parameter gradients, generation) and LLaVA-OneVision's image
+or LLaVA-OneVision with images and videos: logits, parameter gradients, generation), the fused optimizer
+(`AdamW`), the SFT and DPO trainers stepped from Python (`SftTrainer`,
+`DpoTrainer`) and LLaVA-OneVision's image
 preprocessing (`ImageProcessor`), loaded from `libunireward.so` through ctypes (no compilation). See README.md, sections "PyTorch" and "Images and videos"."""
 
 import ctypes
@@ -12,6 +14,8 @@ from .liger import FusedLinearDPOLoss
 from .judge import Judge, JudgeRequest, JudgeResult
 from .media import ImageProcessor
 from .model import LlavaOnevisionModel, Model, Qwen2Model
+from .optim import AdamW
+from .train import DpoTrainer, SftTrainer
 from .ops import (
     Comparison,
     LogProbs,
@@ -30,8 +34,8 @@ from .ops import (
 from .trl import RunningMean, dpo_loss
 
 # `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
-__all__ = ["ABI_VERSION", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
-           "Qwen2Model", "RunningMean", "dpo_loss", "ops", "library_path", "version",
+__all__ = ["ABI_VERSION", "AdamW", "DpoTrainer", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
+           "Qwen2Model", "RunningMean", "SftTrainer", "dpo_loss", "ops", "library_path", "version",
            "host_cache_bytes", "release_host_cache",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",
            "fused_linear_logprobs", "kwise_loss", "scalar_reward", "select_pairs", "sequence_logprobs",

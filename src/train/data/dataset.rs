@@ -215,25 +215,60 @@ impl<E> Dataset<E> {
                     Err(problem) => Err(problem),
                 };
                 report.records += 1;
-                let parsed = parsed.and_then(|p| match p.tokens > options.max_len {
-                    true => Err(Problem::TooLong { tokens: p.tokens, max: options.max_len }),
-                    false => Ok(p),
-                });
-                match parsed {
-                    Ok(mut p) => {
-                        let task = data.task_index(p.task.unwrap_or_else(|| source.default_task()), &mut report);
-                        report.kept_per_task[task] += 1;
-                        p.example.set_task(task);
-                        data.examples.push(p.example);
-                    }
-                    Err(problem) => report.record_bad(
-                        options.bad_records,
-                        BadRecord { file: source.path.clone(), line: line_no, problem },
-                    )?,
+                if let Err(problem) = data.admit(parsed, || source.default_task(), options, &mut report) {
+                    let bad = BadRecord { file: source.path.clone(), line: line_no, problem };
+                    report.record_bad(options.bad_records, bad)?;
                 }
             }
         }
         Ok((data, report))
+    }
+
+    /// Keeps a parsed line under its task (`default_task` when the record names none), unless it is bad or longer
+    /// than `options.max_len`.
+    fn admit(
+        &mut self,
+        parsed: std::result::Result<Parsed<E>, Problem>,
+        default_task: impl FnOnce() -> String,
+        options: &DataOptions,
+        report: &mut DataReport,
+    ) -> std::result::Result<(), Problem>
+    where
+        E: Tasked,
+    {
+        let mut p = parsed?;
+        if p.tokens > options.max_len {
+            return Err(Problem::TooLong { tokens: p.tokens, max: options.max_len });
+        }
+        let task = self.task_index(p.task.unwrap_or_else(default_task), report);
+        report.kept_per_task[task] += 1;
+        p.example.set_task(task);
+        self.examples.push(p.example);
+        Ok(())
+    }
+
+    /// [`Dataset::load`] over records held in memory (one JSON object each, as a line of a data file), every bad
+    /// one refused with an error naming it as `what[i]`; records naming no task belong to `default_task`.
+    fn from_records(
+        records: &[&str],
+        what: &str,
+        default_task: &str,
+        options: &DataOptions,
+        mut parse: impl FnMut(&str, Origin) -> Result<std::result::Result<Parsed<E>, Problem>>,
+    ) -> Result<Dataset<E>>
+    where
+        E: Tasked,
+    {
+        if options.max_len == 0 {
+            return Err(Error::InvalidArgument("max_len must be at least 1".into()));
+        }
+        let (mut data, mut report) = (Dataset { tasks: Vec::new(), examples: Vec::new() }, DataReport::default());
+        for (i, record) in records.iter().enumerate() {
+            let parsed = parse(record, Origin { source: 0, line: i + 1 })?;
+            data.admit(parsed, || default_task.to_string(), options, &mut report)
+                .map_err(|problem| Error::InvalidArgument(format!("`{what}[{i}]`: {problem}")))?;
+        }
+        Ok(data)
     }
 }
 
@@ -256,41 +291,60 @@ impl SftDataset {
         options: &DataOptions,
         media: Option<&MediaLoader>,
     ) -> Result<(SftDataset, DataReport)> {
-        let markers = tokenizer.placeholder_ids();
-        Dataset::load(sources, options, |line, origin| {
-            let mut record = match record::conversation(line, &options.media_folder, &options.task_field) {
-                Ok(record) => record,
-                Err(problem) => return Ok(Err(problem)),
-            };
-            let mut texts: Vec<&mut String> = record.turns.iter_mut().map(|t| &mut t.content).collect();
-            if let Err(problem) = match_placeholders(&mut texts, &record.media) {
-                return Ok(Err(problem));
-            }
-            let labelled = match tokenizer.conversation(&record.turns)? {
-                Ok(labelled) => labelled,
-                Err(problem) => return Ok(Err(problem)),
-            };
-            let (ids, labels) = match media.filter(|_| !record.media.is_empty()) {
-                Some(loader) => match loader.expand(&labelled.ids, &labelled.labels, &record.media, markers)? {
-                    Ok(expanded) => expanded,
-                    Err(problem) => return Ok(Err(problem)),
-                },
-                None => (labelled.ids, labelled.labels),
-            };
-            Ok(Ok(Parsed {
-                task: record.task,
-                tokens: ids.len(),
-                example: SftExample {
-                    task: 0,
-                    source: origin.source,
-                    line: origin.line,
-                    ids,
-                    labels,
-                    media: record.media,
-                },
-            }))
+        Dataset::load(sources, options, |line, origin| conversation_example(line, origin, tokenizer, options, media))
+    }
+
+    /// Conversation records held in memory (LLaVA's format, one JSON object each), tokenized and expanded as
+    /// [`SftDataset::load_conversations_with_media`] does a file's lines; a bad record is an error naming it as
+    /// `what[i]` (its index), a record naming no task is of task `default_task`. Each example's `line` is its
+    /// 1-based index.
+    pub fn from_conversation_records(
+        records: &[&str],
+        what: &str,
+        default_task: &str,
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<SftDataset> {
+        Dataset::from_records(records, what, default_task, options, |line, origin| {
+            conversation_example(line, origin, tokenizer, options, media)
         })
     }
+}
+
+/// One conversation line tokenized (its media expanded with `media`), or what is wrong with it.
+fn conversation_example(
+    line: &str,
+    origin: Origin,
+    tokenizer: &ConversationTokenizer,
+    options: &DataOptions,
+    media: Option<&MediaLoader>,
+) -> Result<std::result::Result<Parsed<SftExample>, Problem>> {
+    let markers = tokenizer.placeholder_ids();
+    let mut record = match record::conversation(line, &options.media_folder, &options.task_field) {
+        Ok(record) => record,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let mut texts: Vec<&mut String> = record.turns.iter_mut().map(|t| &mut t.content).collect();
+    if let Err(problem) = match_placeholders(&mut texts, &record.media) {
+        return Ok(Err(problem));
+    }
+    let labelled = match tokenizer.conversation(&record.turns)? {
+        Ok(labelled) => labelled,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let (ids, labels) = match media.filter(|_| !record.media.is_empty()) {
+        Some(loader) => match loader.expand(&labelled.ids, &labelled.labels, &record.media, markers)? {
+            Ok(expanded) => expanded,
+            Err(problem) => return Ok(Err(problem)),
+        },
+        None => (labelled.ids, labelled.labels),
+    };
+    Ok(Ok(Parsed {
+        task: record.task,
+        tokens: ids.len(),
+        example: SftExample { task: 0, source: origin.source, line: origin.line, ids, labels, media: record.media },
+    }))
 }
 
 impl PairDataset {
@@ -312,41 +366,66 @@ impl PairDataset {
         options: &DataOptions,
         media: Option<&MediaLoader>,
     ) -> Result<(PairDataset, DataReport)> {
-        let markers = tokenizer.placeholder_ids();
-        Dataset::load(sources, options, |line, origin| {
-            let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
-                Ok(record) => record,
-                Err(problem) => return Ok(Err(problem)),
-            };
-            if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
-                return Ok(Err(problem));
-            }
-            let PromptTokens { mut prompt, completions } =
-                match tokenizer.prompt_and_completions(&record.prompt, &[&record.chosen, &record.rejected])? {
-                    Ok(tokens) => tokens,
-                    Err(problem) => return Ok(Err(problem)),
-                };
-            let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
-            if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
-                let unlabelled = vec![IGNORE_INDEX; prompt.len()];
-                match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
-                    Ok((ids, _)) => prompt = ids,
-                    Err(problem) => return Ok(Err(problem)),
-                }
-            }
-            let example = PairExample {
-                task: 0,
-                source: origin.source,
-                line: origin.line,
-                prompt,
-                chosen,
-                rejected,
-                margin: record.margin,
-                media: record.media,
-            };
-            Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
+        Dataset::load(sources, options, |line, origin| pair_example(line, origin, tokenizer, options, media))
+    }
+
+    /// Preference-pair records held in memory (one JSON object each), tokenized and expanded as
+    /// [`PairDataset::load_pairs_with_media`] does a file's lines; a bad record is an error naming it as `what[i]`,
+    /// a record naming no task is of task `default_task`.
+    pub fn from_pair_records(
+        records: &[&str],
+        what: &str,
+        default_task: &str,
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<PairDataset> {
+        Dataset::from_records(records, what, default_task, options, |line, origin| {
+            pair_example(line, origin, tokenizer, options, media)
         })
     }
+}
+
+/// One preference-pair line tokenized (its prompt's media expanded with `media`), or what is wrong with it.
+fn pair_example(
+    line: &str,
+    origin: Origin,
+    tokenizer: &ConversationTokenizer,
+    options: &DataOptions,
+    media: Option<&MediaLoader>,
+) -> Result<std::result::Result<Parsed<PairExample>, Problem>> {
+    let markers = tokenizer.placeholder_ids();
+    let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
+        Ok(record) => record,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
+        return Ok(Err(problem));
+    }
+    let PromptTokens { mut prompt, completions } =
+        match tokenizer.prompt_and_completions(&record.prompt, &[&record.chosen, &record.rejected])? {
+            Ok(tokens) => tokens,
+            Err(problem) => return Ok(Err(problem)),
+        };
+    let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
+    if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
+        let unlabelled = vec![IGNORE_INDEX; prompt.len()];
+        match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
+            Ok((ids, _)) => prompt = ids,
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+    let example = PairExample {
+        task: 0,
+        source: origin.source,
+        line: origin.line,
+        prompt,
+        chosen,
+        rejected,
+        margin: record.margin,
+        media: record.media,
+    };
+    Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
 }
 
 impl RankingDataset {

@@ -9,9 +9,11 @@
 //! which see each micro-batch as TRL does). Reference log-probabilities come with the batches: precomputed once and
 //! cached ([`mod@reference`]), or from a frozen copy on the fly ([`DpoRun`]).
 
+mod records;
 pub mod reference;
 mod run;
 
+pub use records::DpoRecordTrainer;
 pub use run::{DpoOutcome, DpoRun, ReferenceSource};
 
 use super::data::SequenceBatch;

@@ -79,6 +79,28 @@ struct DpoState {
     bco: Option<(f32, f32)>,
 }
 
+/// The trainer's own part of a checkpoint's state (`TrainerState::extra`): BCO's running mean.
+pub(super) fn trainer_extra(trainer: &DpoTrainer) -> Result<serde_json::Value> {
+    let bco = match trainer.bco_delta() {
+        BcoDelta::Running { mean, count } => Some((mean, count)),
+        BcoDelta::Fixed(_) => None,
+    };
+    serde_json::to_value(DpoState { bco }).map_err(|e| Error::Checkpoint(e.to_string()))
+}
+
+/// Refuses a β or a label smoothing out of range, naming the command-line flag.
+pub(super) fn check_loss_options(loss: &DpoConfig) -> Result<()> {
+    let beta = loss.beta;
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(Error::InvalidArgument(format!("`--beta` must be finite and > 0, got {beta}")));
+    }
+    let eps = loss.label_smoothing;
+    if !(0.0..0.5).contains(&eps) {
+        return Err(Error::InvalidArgument(format!("`--label-smoothing` must be in [0, 0.5), got {eps}")));
+    }
+    Ok(())
+}
+
 /// A run's trainer, data, reference and loader position, as [`drive`] steps them.
 struct Progress<'a> {
     run: &'a DpoRun,
@@ -121,16 +143,11 @@ impl Steps for Progress<'_> {
 
     fn save(&self) -> Result<PathBuf> {
         let optimizer = self.trainer.optimizer();
-        let bco = match self.trainer.bco_delta() {
-            BcoDelta::Running { mean, count } => Some((mean, count)),
-            BcoDelta::Fixed(_) => None,
-        };
-        let extra = serde_json::to_value(DpoState { bco }).map_err(|e| Error::Checkpoint(e.to_string()))?;
         let state = TrainerState {
             step: optimizer.steps_done(),
             total_steps: self.total_steps,
-            loader: self.sampler.state(),
-            extra,
+            loader: Some(self.sampler.state()),
+            extra: trainer_extra(&self.trainer)?,
         };
         save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, extra| {
             self.trainer.model().save(&self.run.policy, dir, options, extra)
@@ -141,15 +158,7 @@ impl Steps for Progress<'_> {
 impl DpoRun {
     fn check(&self) -> Result<()> {
         self.train.check()?;
-        let beta = self.loss.beta;
-        if !(beta.is_finite() && beta > 0.0) {
-            return Err(Error::InvalidArgument(format!("`--beta` must be finite and > 0, got {beta}")));
-        }
-        let eps = self.loss.label_smoothing;
-        if !(0.0..0.5).contains(&eps) {
-            return Err(Error::InvalidArgument(format!("`--label-smoothing` must be in [0, 0.5), got {eps}")));
-        }
-        Ok(())
+        check_loss_options(&self.loss)
     }
 
     /// The pair file, its prompts' media decoded and their placeholders expanded for a LLaVA-OneVision policy
@@ -205,7 +214,7 @@ impl DpoRun {
         let mut trainer = DpoTrainer::new(model, config)?;
         if let Some((_, dir)) = &resumed {
             let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
-            sampler.restore(&state.loader)?;
+            sampler.restore(state.loader()?)?;
             let own: DpoState = serde_json::from_value(state.extra)
                 .map_err(|e| Error::Checkpoint(format!("{}: the DPO state: {e}", dir.display())))?;
             if let Some((mean, count)) = own.bco {

@@ -176,7 +176,7 @@ impl Steps for Progress<'_> {
         let state = TrainerState {
             step: optimizer.steps_done(),
             total_steps: self.total_steps,
-            loader: self.sampler.state(),
+            loader: Some(self.sampler.state()),
             extra: serde_json::Value::Null,
         };
         let config = reward_config(&self.run.model, self.pad)?;
@@ -266,7 +266,7 @@ impl RewardRun {
         let mut trainer = RewardTrainer::new(model, score, config)?;
         if let Some((_, dir)) = &resumed {
             let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
-            sampler.restore(&state.loader)?;
+            sampler.restore(state.loader()?)?;
         }
         let mut progress = Progress { run: self, trainer, data, margins, sampler, eval, pad, total_steps };
         let resumed = resumed.map(|(_, dir)| dir);

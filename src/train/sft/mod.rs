@@ -7,11 +7,13 @@
 
 mod bench;
 mod eval;
+mod records;
 mod run;
 
 pub use crate::train::run::latest_checkpoint;
 pub use bench::{bench_log_entries, BENCH_KEY_PREFIX};
 pub use eval::{EvalMetrics, SftEvaluation};
+pub use records::SftRecordTrainer;
 pub use run::{SftOutcome, SftRun};
 
 use super::data::SequenceBatch;

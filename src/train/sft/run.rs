@@ -149,7 +149,7 @@ impl<E: FnMut(&SftEvaluation)> Steps for Progress<'_, E> {
         let state = TrainerState {
             step: optimizer.steps_done(),
             total_steps: self.total_steps,
-            loader: self.sampler.state(),
+            loader: Some(self.sampler.state()),
             extra: serde_json::Value::Null,
         };
         save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, extra| {
@@ -214,7 +214,7 @@ impl SftRun {
         let mut trainer = SftTrainer::new(model, config)?;
         if let Some((_, dir)) = &resumed {
             let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
-            sampler.restore(&state.loader)?;
+            sampler.restore(state.loader()?)?;
         }
         let pad = tokenizer.pad_id();
         let mut progress =

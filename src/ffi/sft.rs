@@ -1,0 +1,176 @@
+//! `ur_sft_trainer_*`: the SFT trainer (`train::sft::SftRecordTrainer`) behind an opaque handle, stepped on the
+//! caller's batches of conversation records (LLaVA JSON strings), so a loop in C, C++ or Python drives training.
+
+use std::ffi::c_char;
+use std::path::Path;
+
+use bytemuck::NoUninit;
+
+use super::context::{self, read_config, size_of_u32, text, ur_context, Versioned};
+use super::host_out::HostOut;
+use super::status::{call, ur_status, Failure, FfiResult};
+use super::trainer::{as_strs, read_records, ur_trainer_config};
+use crate::train::sft::SftRecordTrainer;
+
+/// Tells a live trainer from garbage (a freed or never-created pointer is still undefined behaviour).
+const MAGIC: u64 = 0x7572_5f73_6674_0001; // "ur_sft" v1
+
+/// What `ur_sft_trainer_step` reports (the metrics `unireward train-judge` logs). Set `struct_size =
+/// sizeof(ur_sft_step_metrics)` before the call.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, NoUninit)]
+pub struct ur_sft_step_metrics {
+    /// `sizeof(ur_sft_step_metrics)`, set by the caller.
+    pub struct_size: u32,
+    /// Written 0 (keeps the struct free of padding).
+    pub reserved: u32,
+    /// Steps done, this one included.
+    pub step: u64,
+    /// Mean next-token loss over the step's labelled tokens, before the update.
+    pub loss: f64,
+    /// Labelled tokens of the step (all micro-batches).
+    pub tokens: u64,
+    /// The gradients' global L2 norm before clipping; NaN when clipping is off.
+    pub grad_norm: f64,
+    /// This step's learning rate.
+    pub lr: f64,
+}
+
+impl Versioned for ur_sft_step_metrics {
+    const NAME: &'static str = "ur_sft_step_metrics";
+}
+
+/// An SFT trainer: a checkpoint's model in float32 with its AdamW state and tokenizer. Opaque; create it with
+/// `ur_sft_trainer_create`, free it with `ur_sft_trainer_free`; one thread at a time.
+#[allow(non_camel_case_types)]
+pub struct ur_sft_trainer {
+    magic: u64,
+    trainer: SftRecordTrainer,
+}
+
+/// The live trainer behind `trainer`.
+///
+/// # Safety
+/// `trainer` is NULL or a pointer returned by `ur_sft_trainer_create`.
+unsafe fn live<'a>(trainer: *mut ur_sft_trainer) -> FfiResult<&'a mut SftRecordTrainer> {
+    // SAFETY: this function's contract.
+    match unsafe { trainer.as_mut() } {
+        None => Err(Failure::null("trainer")),
+        Some(t) if t.magic == MAGIC => Ok(&mut t.trainer),
+        Some(_) => Err(Failure::invalid("`trainer` is not a live ur_sft_trainer")),
+    }
+}
+
+/// Creates an SFT trainer over the checkpoint folder `model_dir` (config, weights, tokenizer files, chat template;
+/// a Qwen2 or a LLaVA-OneVision one, with its `preprocessor_config.json`) under `config` (NULL = defaults, which
+/// lack `total_steps`: an error), into `*out`. A missing or unreadable checkpoint is `UR_ERROR_CHECKPOINT` or
+/// `UR_ERROR_INVALID_ARGUMENT` naming it. On failure `*out` is left unchanged.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`; `model_dir` is NULL or a NUL-terminated string; `config` is NULL or a
+/// readable `ur_trainer_config` whose pointers are NULL or valid; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ur_sft_trainer_create(
+    ctx: *mut ur_context,
+    model_dir: *const c_char,
+    config: *const ur_trainer_config,
+    out: *mut *mut ur_sft_trainer,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        if out.is_null() {
+            return Err(Failure::null("out"));
+        }
+        let dir = text("model_dir", model_dir)?;
+        let options = read_config(config)?.to_rust()?;
+        let trainer = SftRecordTrainer::new(Path::new(&dir), &options)?;
+        *out = Box::into_raw(Box::new(ur_sft_trainer { magic: MAGIC, trainer }));
+        Ok(())
+    })
+}
+
+/// One optimizer step on the `count` conversation records of `records` (each one JSON object, as a line of a
+/// `train-judge` data file; media paths relative to the config's `media_folder`), cut into micro-batches of
+/// `micro_batch_size` consecutive records (the last may be smaller; 0: one micro-batch of all) whose gradients
+/// are accumulated, as `train-judge --batch-size B --grad-accum K` does with the same records in its batches.
+/// Every record is checked first: a bad one (not JSON, no assistant turn, a missing media file, too long) is
+/// `UR_ERROR_INVALID_ARGUMENT` naming it (`micro_batches[i][j]`) and nothing is updated. `metrics` is NULL or
+/// receives the step's metrics.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only);
+/// `records` points to `count` NUL-terminated strings; `metrics` is NULL or a writable `ur_sft_step_metrics`.
+#[no_mangle]
+pub unsafe extern "C" fn ur_sft_trainer_step(
+    ctx: *mut ur_context,
+    trainer: *mut ur_sft_trainer,
+    records: *const *const c_char,
+    count: usize,
+    micro_batch_size: usize,
+    metrics: *mut ur_sft_step_metrics,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let trainer = live(trainer)?;
+        let metrics = HostOut::versioned("metrics", metrics)?;
+        let micro = read_records(records, count, micro_batch_size)?;
+        let done = trainer.step(&as_strs(&micro))?;
+        if let Some(out) = metrics {
+            out.write(ur_sft_step_metrics {
+                struct_size: size_of_u32::<ur_sft_step_metrics>(),
+                reserved: 0,
+                step: done.step,
+                loss: done.loss,
+                tokens: done.tokens as u64,
+                grad_norm: done.grad_norm.unwrap_or(f64::NAN),
+                lr: done.lr,
+            });
+        }
+        Ok(())
+    })
+}
+
+/// Writes `out_dir/checkpoint-<step>/` (`step`: the steps done) as `unireward train-judge` does: the weights in the
+/// source checkpoint's layout with its config and tokenizer files (transformers loads it), and `trainer_state/`
+/// (the AdamW moments and fp32 masters, the step), atomically; an existing checkpoint of that step is replaced. It
+/// holds no data-loader position, so `train-judge --resume` refuses it.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create`; `out_dir` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn ur_sft_trainer_save(
+    ctx: *mut ur_context,
+    trainer: *mut ur_sft_trainer,
+    out_dir: *const c_char,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let trainer = live(trainer)?;
+        let dir = text("out_dir", out_dir)?;
+        trainer.save(Path::new(&dir))?;
+        Ok(())
+    })
+}
+
+/// Frees a trainer. NULL is accepted and does nothing.
+///
+/// # Safety
+/// `trainer` is NULL or a pointer returned by `ur_sft_trainer_create`, not yet freed, and no call is using it.
+#[no_mangle]
+pub unsafe extern "C" fn ur_sft_trainer_free(trainer: *mut ur_sft_trainer) {
+    if trainer.is_null() {
+        return;
+    }
+    // A panic while dropping must not cross into C: the memory is then leaked instead. (The tokenizer's boxed
+    // callbacks are not `UnwindSafe`; nothing is observed after a panic.)
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: this function's contract: `trainer` came from `Box::into_raw` in `ur_sft_trainer_create`.
+        let mut trainer = unsafe { Box::from_raw(trainer) };
+        trainer.magic = 0;
+    }));
+}

@@ -1,0 +1,133 @@
+//! `SftRecordTrainer` (the trainer the C ABI and Python step on their own batches of records) against `SftRun` on
+//! the same records in the same batches: bitwise the same losses, norms, learning rates and saved checkpoint; and
+//! clear errors on bad input.
+
+use std::sync::atomic::AtomicBool;
+
+use unireward::train::run::{StepOptions, TrainOptions};
+use unireward::train::sft::{SftRecordTrainer, SftRun, SftStepMetrics};
+
+mod common;
+use common::Scratch;
+
+/// `n` conversations, record `i` with an answer of `i + 1` words: strictly longer with `i`, so a run whose one
+/// batch holds them all (grouped by length) orders them longest first, whatever its seed.
+fn records(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let answer = vec!["yes"; i + 1].join(" ");
+            format!(
+                r#"{{"id": "r{i}", "conversations": [{{"from": "human", "value": "Is {i} good?"}}, {{"from": "gpt", "value": "{answer}"}}]}}"#
+            )
+        })
+        .collect()
+}
+
+fn options(total_steps: usize) -> StepOptions {
+    StepOptions { lr: 1e-3, weight_decay: 0.01, total_steps, ..StepOptions::default() }
+}
+
+#[test]
+fn record_steps_equal_a_run_on_the_same_batches_bitwise() {
+    let scratch = Scratch::new("sft-records");
+    let (n, steps) = (4, 5);
+    let lines = records(n);
+    std::fs::write(scratch.path("data.jsonl"), lines.join("\n") + "\n").unwrap();
+    let run = SftRun {
+        model: scratch.path("model"),
+        data: scratch.path("data.jsonl"),
+        out: scratch.path("run"),
+        train: TrainOptions {
+            epochs: steps,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            batch_size: n,
+            seed: 11,
+            ..TrainOptions::default()
+        },
+        ..SftRun::default()
+    };
+    let mut logged: Vec<SftStepMetrics> = Vec::new();
+    let outcome = run.run(&AtomicBool::new(false), |m, _| logged.push(m.clone())).unwrap();
+    assert_eq!(outcome.steps_done, steps as u64);
+
+    let mut trainer = SftRecordTrainer::new(&scratch.path("model"), &options(steps)).unwrap();
+    let batch: Vec<&str> = lines.iter().rev().map(String::as_str).collect();
+    for want in &logged {
+        let got = trainer.step(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!((got.step, got.tokens), (want.step, want.tokens));
+        assert_eq!(got.loss.to_bits(), want.loss.to_bits(), "step {}: loss {} vs {}", got.step, got.loss, want.loss);
+        assert_eq!(got.grad_norm.map(f64::to_bits), want.grad_norm.map(f64::to_bits), "step {}", got.step);
+        assert_eq!(got.lr.to_bits(), want.lr.to_bits(), "step {}", got.step);
+    }
+    assert!(logged.last().unwrap().loss < logged[0].loss, "the loss should fall: {logged:?}");
+    let saved = trainer.save(&scratch.path("records")).unwrap();
+    assert_eq!(saved, scratch.path(&format!("records/checkpoint-{steps}")));
+    for file in ["model.safetensors", "trainer_state/optimizer.safetensors", "config.json", "tokenizer.json"] {
+        let read = |dir: &std::path::Path| std::fs::read(dir.join(file)).unwrap();
+        assert!(read(&saved) == read(&outcome.checkpoint), "{file} differs from the run's");
+    }
+
+    // The run refuses to resume from it: it has no loader position.
+    let mut resume = run.clone();
+    resume.out = scratch.path("records");
+    resume.train.resume = true;
+    let err = resume.run(&AtomicBool::new(false), |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("no data-loader position"), "{err}");
+}
+
+#[test]
+fn accumulation_over_micro_batches_is_one_step_on_their_concatenation() {
+    let scratch = Scratch::new("sft-records-accum");
+    let lines = records(4);
+    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut whole = SftRecordTrainer::new(&scratch.path("model"), &options(2)).unwrap();
+    let mut parts = SftRecordTrainer::new(&scratch.path("model"), &options(2)).unwrap();
+    for _ in 0..2 {
+        let a = whole.step(std::slice::from_ref(&all)).unwrap();
+        let b = parts.step(&[all[..1].to_vec(), all[1..].to_vec()]).unwrap();
+        assert_eq!(a.tokens, b.tokens);
+        assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss, "{} vs {}", a.loss, b.loss);
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_changes_nothing() {
+    let scratch = Scratch::new("sft-records-bad");
+    let missing = SftRecordTrainer::new(&scratch.path("no-such-model"), &options(3)).unwrap_err().to_string();
+    assert!(missing.contains("no-such-model") && missing.contains("does not exist"), "{missing}");
+    let no_steps = SftRecordTrainer::new(&scratch.path("model"), &options(0)).unwrap_err().to_string();
+    assert!(no_steps.contains("`total_steps`"), "{no_steps}");
+    let bad_lr = StepOptions { lr: -1.0, ..options(3) };
+    let err = SftRecordTrainer::new(&scratch.path("model"), &bad_lr).unwrap_err().to_string();
+    assert!(err.contains("lr"), "{err}");
+
+    let mut trainer = SftRecordTrainer::new(&scratch.path("model"), &options(1)).unwrap();
+    let good = records(2);
+    let cases = [
+        ("{not json", "`micro_batches[0][1]`: not a JSON object"),
+        (r#"{"conversations": [{"from": "human", "value": "Hi?"}]}"#, "`micro_batches[0][1]`: no assistant"),
+        (r#"{"conversations": "hello"}"#, "`conversations` is a string"),
+        (
+            r#"{"image": "cat.png", "conversations": [{"from": "human", "value": "<image> ok?"}, {"from": "gpt", "value": "Yes."}]}"#,
+            "cat.png",
+        ),
+    ];
+    for (bad, want) in cases {
+        let err = trainer.step(&[vec![good[0].as_str(), bad]]).unwrap_err().to_string();
+        assert!(err.contains(want), "{bad}: {err}");
+    }
+    let long = format!(
+        r#"{{"conversations": [{{"from": "human", "value": "{}"}}, {{"from": "gpt", "value": "a"}}]}}"#,
+        "word ".repeat(3000)
+    );
+    let err = trainer.step(&[vec![long.as_str()]]).unwrap_err().to_string();
+    assert!(err.contains("more than the maximum length"), "{err}");
+    let err = trainer.step(&[vec![]]).unwrap_err().to_string();
+    assert!(err.contains("`micro_batches[0]` holds no record"), "{err}");
+    assert_eq!(trainer.trainer().optimizer().steps_done(), 0, "a refused step counted");
+
+    trainer.step(&[vec![good[0].as_str()]]).unwrap();
+    let err = trainer.step(&[vec![good[0].as_str()]]).unwrap_err().to_string();
+    assert!(err.contains("`total_steps`"), "{err}");
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use unireward::pipeline::demo::{pair_truth, DemoChecks, PairTruth};
+use unireward::pipeline::demo::{pair_truth, random_pairs, DemoChecks, PairTruth};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("unireward-demo-{name}-{}", std::process::id()));
@@ -39,6 +39,7 @@ fn the_smoke_demo_runs_every_stage_writes_its_summary_and_a_second_run_keeps_it(
     }
     assert!(text.contains(&summary), "the summary is printed: {text}");
     assert!(summary.contains("contexts mismatched"), "{summary}");
+    assert!(summary.contains("| all, DPO on random pairs instead (control) |"), "{summary}");
 
     // The control judgments: the held-out ones, each with the next judgment's context (caption, or media asked
     // about) within its task, candidates and labels kept.
@@ -165,4 +166,49 @@ fn the_checks_name_each_claim_that_fails_and_a_nan_never_passes() {
     assert!(failures[0].contains("NaN") && failures[1].contains("10 of 10") && failures[2].contains("not up"));
     let chance = DemoChecks { pairs: PairTruth { pairs: 100, decisive: 40, chosen_true: 20 }, ..holding.clone() };
     assert_eq!(chance.failures().len(), 1);
+}
+
+/// The control's pairs: the judge's pairs with chosen and rejected two different candidates of the same prompt, in
+/// both orders over many pairs, the same for the same seed; a prompt without candidates is an error naming it.
+#[test]
+fn random_pairs_keep_the_prompts_and_draw_two_different_candidates() {
+    let dir = temp_dir("random-pairs");
+    let (candidates, pairs) = (dir.join("candidates.jsonl"), dir.join("pairs.jsonl"));
+    let mut candidate_lines = String::new();
+    let mut pair_lines = String::new();
+    for p in 0..200 {
+        let answers: Vec<String> = (0..4).map(|k| format!("answer {p}.{k}")).collect();
+        candidate_lines += &format!("{}\n", serde_json::json!({"id": format!("p{p}"), "candidates": answers}));
+        let pair = serde_json::json!({"id": format!("p{p}"), "task": "image_understanding", "prompt": "q",
+            "chosen": answers[0], "rejected": answers[1], "image": ["media/x.png"]});
+        pair_lines += &format!("{pair}\n");
+    }
+    std::fs::write(&candidates, candidate_lines).unwrap();
+    std::fs::write(&pairs, &pair_lines).unwrap();
+    let drawn = random_pairs(&pairs, &candidates, 5).unwrap();
+    assert_eq!(drawn, random_pairs(&pairs, &candidates, 5).unwrap());
+    assert_ne!(drawn, random_pairs(&pairs, &candidates, 6).unwrap());
+    let mut ordered = 0;
+    for (line, original) in drawn.lines().zip(pair_lines.lines()) {
+        let (mut got, mut want): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_str(line).unwrap(), serde_json::from_str(original).unwrap());
+        let index = |v: &serde_json::Value| -> usize {
+            let text = v.as_str().unwrap();
+            assert!(text.starts_with(&format!("answer {}.", &want["id"].as_str().unwrap()[1..])), "{text}");
+            text.rsplit('.').next().unwrap().parse().unwrap()
+        };
+        let (chosen, rejected) = (index(&got["chosen"]), index(&got["rejected"]));
+        assert_ne!(chosen, rejected);
+        ordered += usize::from(chosen < rejected);
+        for key in ["chosen", "rejected"] {
+            got[key] = serde_json::Value::Null;
+            want[key] = serde_json::Value::Null;
+        }
+        assert_eq!(got, want, "only chosen and rejected change");
+    }
+    assert!((60..140).contains(&ordered), "both orders: {ordered} of 200 with the lower index chosen");
+    std::fs::write(&candidates, "{\"id\": \"other\", \"candidates\": [\"a\", \"b\"]}\n").unwrap();
+    let err = random_pairs(&pairs, &candidates, 5).unwrap_err().to_string();
+    assert!(err.contains("no two candidates for prompt \"p0\""), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,7 +16,9 @@ use anyhow::Context;
 use unireward::judge::bench::BenchSummary;
 use unireward::judge::Task;
 use unireward::pipeline::demo::single_task::{evaluate_judge, single_task_judge};
-use unireward::pipeline::demo::{pair_truth, write_pipeline_config, DemoChecks, DemoConfig, PairTruth};
+use unireward::pipeline::demo::{
+    dpo_on_random_pairs, pair_truth, write_pipeline_config, DemoChecks, DemoConfig, PairTruth,
+};
 use unireward::pipeline::policy_eval::PolicyEvaluation;
 use unireward::pipeline::runner::{run_pipeline, PipelineConfig, RunOptions, StageEvent};
 use unireward::train::run::latest_checkpoint;
@@ -98,6 +100,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     };
 
+    eprintln!("policy-control: DPO on random pairs of the same prompts' candidates, evaluated alike");
+    let control = out.join("policy-control");
+    let Some(random) = dpo_on_random_pairs(&pipeline, &files, &pipeline.out, &control, &STOP)? else {
+        println!("interrupted: run the demo again to continue");
+        return Ok(());
+    };
+
     let read = |path: PathBuf| -> anyhow::Result<String> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
@@ -116,7 +125,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let failures = checks.failures();
     let judges = JudgeSummaries { untrained, joint, mismatched, single };
-    let summary = summary_markdown(&judges, &truth, &before, &after, &failures);
+    let policies = PolicySummaries { before, after, random };
+    let summary = summary_markdown(&judges, &truth, &policies, &failures);
     let summary_path = out.join("demo.md");
     std::fs::write(&summary_path, &summary).with_context(|| format!("writing {}", summary_path.display()))?;
     println!("{summary}");
@@ -146,13 +156,22 @@ struct JudgeSummaries {
 
 /// The demo's summary: the judge per task (untrained, joint, joint with mismatched contexts, single-task), the
 /// filter's pairs against the truth, the policy before and after DPO, and the claims that failed.
+/// The policy on its held-out questions.
+struct PolicySummaries {
+    before: PolicyEvaluation,
+    /// After DPO on the judge's pairs.
+    after: PolicyEvaluation,
+    /// After DPO on random pairs of the same prompts (the control).
+    random: PolicyEvaluation,
+}
+
 fn summary_markdown(
     judges: &JudgeSummaries,
     truth: &BTreeMap<String, PairTruth>,
-    before: &PolicyEvaluation,
-    after: &PolicyEvaluation,
+    policies: &PolicySummaries,
     failures: &[String],
 ) -> String {
+    let PolicySummaries { before, after, random } = policies;
     let mut s = String::from("# unireward demo\n\n## The judge on held-out judgments (accuracy; chance 0.5)\n\n");
     s += "| task | untrained | trained jointly on the four tasks | the same, contexts mismatched | trained on this \
           task alone |\n";
@@ -180,6 +199,11 @@ fn summary_markdown(
         s,
         "| all | {:.3} | {:.3} | {:.3} | {:.3} |",
         before.accuracy, after.accuracy, before.preference_accuracy, after.preference_accuracy
+    );
+    let _ = writeln!(
+        s,
+        "| all, DPO on random pairs instead (control) | {:.3} | {:.3} | {:.3} | {:.3} |",
+        before.accuracy, random.accuracy, before.preference_accuracy, random.preference_accuracy
     );
     for (task, b) in &before.per_task {
         let a = after.per_task.get(task);

@@ -7,7 +7,9 @@
 
 pub mod checks;
 mod config;
+pub mod random_pairs;
 pub mod single_task;
 
 pub use checks::{pair_truth, DemoChecks, PairTruth};
 pub use config::{write_pipeline_config, DemoConfig};
+pub use random_pairs::{dpo_on_random_pairs, random_pairs};

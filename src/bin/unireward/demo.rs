@@ -20,7 +20,8 @@ use unireward::pipeline::demo::{
     dpo_on_random_pairs, pair_truth, write_pipeline_config, DemoChecks, DemoConfig, PairTruth,
 };
 use unireward::pipeline::policy_eval::PolicyEvaluation;
-use unireward::pipeline::runner::{run_pipeline, PipelineConfig, RunOptions, StageEvent};
+use unireward::pipeline::runner::stages::{FILTER, JUDGE_EVAL, JUDGE_TRAIN, POLICY_EVAL_AFTER, POLICY_EVAL_BEFORE};
+use unireward::pipeline::runner::{pairs_file, run_pipeline, PipelineConfig, RunOptions, StageEvent};
 use unireward::train::run::latest_checkpoint;
 
 use crate::demo_kernels;
@@ -94,7 +95,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     eprintln!("judge-control: the trained judge on the held-out judgments, each shown another one's context");
     let (_, trained) =
-        latest_checkpoint(&stage_dir("judge-train")).context("the judge-train stage left no checkpoint")?;
+        latest_checkpoint(&stage_dir(JUDGE_TRAIN)).context("the judge-train stage left no checkpoint")?;
     let Some(mismatched) = evaluate_judge(&trained, &files.judge_held_out_mismatched, &files.dir, None, &STOP)? else {
         println!("interrupted: run the demo again to continue");
         return Ok(());
@@ -110,12 +111,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let read = |path: PathBuf| -> anyhow::Result<String> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
-    let joint: BenchSummary = serde_json::from_str(&read(stage_dir("judge-eval").join("summary.json"))?)?;
-    let untrained: BenchSummary = serde_json::from_str(&read(stage_dir("judge-eval").join("base-summary.json"))?)?;
-    let before: PolicyEvaluation =
-        serde_json::from_str(&read(stage_dir("policy-eval-before").join("evaluation.json"))?)?;
-    let after: PolicyEvaluation = serde_json::from_str(&read(stage_dir("policy-eval-after").join("evaluation.json"))?)?;
-    let truth = pair_truth(&stage_dir("filter").join("pairs.jsonl"), &files.prompt_answers)?;
+    let joint: BenchSummary = serde_json::from_str(&read(stage_dir(JUDGE_EVAL).join("summary.json"))?)?;
+    let untrained: BenchSummary = serde_json::from_str(&read(stage_dir(JUDGE_EVAL).join("base-summary.json"))?)?;
+    let before: PolicyEvaluation = serde_json::from_str(&read(stage_dir(POLICY_EVAL_BEFORE).join("evaluation.json"))?)?;
+    let after: PolicyEvaluation = serde_json::from_str(&read(stage_dir(POLICY_EVAL_AFTER).join("evaluation.json"))?)?;
+    let truth = pair_truth(&pairs_file(&stage_dir(FILTER)), &files.prompt_answers)?;
 
     let checks = DemoChecks {
         judge_image_understanding: joint.task_accuracy(Task::ImageUnderstanding).unwrap_or(f64::NAN),

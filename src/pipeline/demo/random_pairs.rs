@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::model::files::read_text;
 use crate::pipeline::policy_eval::{evaluate_policy, read_policy_questions, PolicyEvalOptions, PolicyEvaluation};
-use crate::pipeline::runner::PipelineConfig;
+use crate::pipeline::runner::stages::{FILTER, POLICY_SFT, SAMPLE};
+use crate::pipeline::runner::{pairs_file, PipelineConfig, CANDIDATES_FILE};
 use crate::pipeline::sample::Policy;
 use crate::pipeline::world::{DemoFiles, FRAMES};
 use crate::runtime::{DType, Device};
@@ -78,10 +79,11 @@ pub fn dpo_on_random_pairs(
     std::fs::create_dir_all(out).map_err(|e| failed("creating", e))?;
     let pairs = out.join("random-pairs.jsonl");
     let seed = pipeline.sample.seed;
-    let text = random_pairs(&run_dir.join("filter/pairs.jsonl"), &run_dir.join("sample/candidates.jsonl"), seed)?;
+    let candidates = run_dir.join(SAMPLE).join(CANDIDATES_FILE);
+    let text = random_pairs(&pairs_file(&run_dir.join(FILTER)), &candidates, seed)?;
     let no_pairs = text.is_empty();
     std::fs::write(&pairs, text).map_err(|e| failed("writing pairs in", e))?;
-    let policy = latest_checkpoint(&run_dir.join("policy-sft")).map_or_else(|| files.policy.clone(), |(_, p)| p);
+    let policy = latest_checkpoint(&run_dir.join(POLICY_SFT)).map_or_else(|| files.policy.clone(), |(_, p)| p);
     let questions = read_policy_questions(&files.policy_held_out, &files.dir)?;
     let options = PolicyEvalOptions { max_new_tokens: pipeline.policy.eval_max_new_tokens, frames: FRAMES };
     let evaluate = |dir: &Path| evaluate_policy(&Policy::load(dir, DType::F32, Device::Cpu)?, &questions, &options);

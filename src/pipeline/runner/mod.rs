@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 pub use config::{DpoSection, FilterConfig, JudgeConfig, OnlineConfig, PipelineConfig, PolicyConfig, TrainConfig};
+pub use data_stages::{pairs_file, CANDIDATES_FILE};
 pub use executor::Flow;
 pub use observer::{Observer, StageEvent};
 pub use plan::Plan;

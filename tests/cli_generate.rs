@@ -85,7 +85,14 @@ fn raw_sampled_generation_prints_the_library_output() {
     let path = dir.0.to_str().unwrap();
     let args = ["--model", path, "--prompt", "Hello world", "--max-new-tokens", "9", "--temperature", "0.8"];
     let out = unireward(&[&args[..], &["--top-p", "0.9", "--seed", "11"]].concat());
-    let cfg = GenerationConfig { max_new_tokens: 9, temperature: 0.8, top_p: 0.9, seed: 11, stop_tokens: vec![] };
+    let cfg = GenerationConfig {
+        max_new_tokens: 9,
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: 11,
+        stop_tokens: vec![],
+        suppress_tokens: vec![],
+    };
     assert_eq!(stdout(&out), expected(&dir.0, "Hello world", cfg));
 }
 

@@ -71,12 +71,18 @@ fn log_softmax_at(row: &[f64], token: usize) -> f64 {
 /// The greedy answer by a plain loop: the whole sequence run again for every token, the first largest logit taken.
 fn reference_greedy(policy: &Policy, ids: &[i64], pixels: &[MediaPixels], max_new_tokens: usize) -> String {
     let stops = policy.stop_tokens();
+    // A LLaVA policy never generates its media placeholders.
+    let suppressed: Vec<usize> = match &policy.model {
+        PolicyModel::Llava(m) => [m.placeholders().image, m.placeholders().video].map(|id| id as usize).to_vec(),
+        PolicyModel::Text(_) => Vec::new(),
+    };
     let mut sequence = ids.to_vec();
     let mut new = Vec::new();
     for _ in 0..max_new_tokens {
         let logits = full_logits(policy, &sequence, pixels);
         let last = logits.last().unwrap();
-        let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b }) as u32;
+        let allowed = (0..last.len()).filter(|i| !suppressed.contains(i));
+        let best = allowed.clone().fold(allowed.min().unwrap(), |b, i| if last[i] > last[b] { i } else { b }) as u32;
         new.push(best);
         sequence.push(i64::from(best));
         if stops.contains(&best) {

@@ -91,6 +91,7 @@ impl ur_generation_config {
             top_p: self.top_p,
             seed: self.seed,
             stop_tokens: token_ids("cfg->stop_tokens", stop)?,
+            suppress_tokens: Vec::new(),
         })
     }
 }

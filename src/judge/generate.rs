@@ -23,11 +23,22 @@ pub struct GenerationConfig {
     pub seed: u64,
     /// Generation of a sequence ends after it produces one of these (which is kept in its output).
     pub stop_tokens: Vec<u32>,
+    /// Tokens never generated (their logits taken as -inf), as transformers' `suppress_tokens`: a LLaVA model adds
+    /// its image and video placeholders, which an answer cannot hold (a sequence with one more placeholder than
+    /// media has no meaning to a forward pass).
+    pub suppress_tokens: Vec<u32>,
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        GenerationConfig { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, stop_tokens: Vec::new() }
+        GenerationConfig {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_tokens: Vec::new(),
+            suppress_tokens: Vec::new(),
+        }
     }
 }
 
@@ -190,7 +201,13 @@ fn decode(
             if done[row] {
                 continue;
             }
-            let token = pick(&logits[row * vocab..(row + 1) * vocab], cfg, &mut rngs[row]);
+            let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
+            for &token in &cfg.suppress_tokens {
+                if let Some(logit) = row_logits.get_mut(token as usize) {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+            let token = pick(row_logits, cfg, &mut rngs[row]);
             out[row].push(token);
             done[row] = cfg.stop_tokens.contains(&token) || out[row].len() == limits[row];
             if !done[row] {

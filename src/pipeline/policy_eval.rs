@@ -197,6 +197,7 @@ pub fn evaluate_policy(
         top_p: 1.0,
         seed: 0,
         stop_tokens: policy.stop_tokens(),
+        suppress_tokens: Vec::new(),
     };
     cfg.validate().map_err(|e| Error::InvalidArgument(format!("--max-new-tokens: {e}")))?;
     let inputs = SampleOptions { frames: options.frames, ..SampleOptions::default() };

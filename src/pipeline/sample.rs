@@ -135,6 +135,7 @@ impl Policy {
             top_p: options.top_p,
             seed: prompt_seed(options.seed, &prompt.id),
             stop_tokens: self.stop_tokens(),
+            suppress_tokens: Vec::new(),
         }
     }
 

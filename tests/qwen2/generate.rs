@@ -86,7 +86,14 @@ fn a_shared_prefix_generates_what_each_prompt_generates_alone() {
     let prefix: Vec<u32> = vec![5, 17, 33, 2, 90, 41];
     let suffixes: Vec<Vec<u32>> = vec![vec![7, 8, 9], vec![], vec![100], vec![64, 1, 3, 3, 12]];
     let whole: Vec<Vec<u32>> = suffixes.iter().map(|s| [prefix.as_slice(), s].concat()).collect();
-    let sampled = GenerationConfig { max_new_tokens: 10, temperature: 0.9, top_p: 0.8, seed: 7, stop_tokens: vec![] };
+    let sampled = GenerationConfig {
+        max_new_tokens: 10,
+        temperature: 0.9,
+        top_p: 0.8,
+        seed: 7,
+        stop_tokens: vec![],
+        suppress_tokens: vec![],
+    };
     for cfg in [greedy(10), sampled] {
         let shared = generate_with_prefix(&model, &prefix, &suffixes, &cfg).unwrap();
         assert_eq!(shared, generate(&model, &whole, &cfg).unwrap(), "{cfg:?}");
@@ -102,7 +109,14 @@ fn a_shared_prefix_generates_what_each_prompt_generates_alone() {
 fn sampling_is_seeded_and_top_p_narrows_to_greedy() {
     let (model, _) = load("gqa_untied");
     let prompt = vec![vec![3u32, 1, 4, 1, 5]];
-    let cfg = |seed, top_p| GenerationConfig { max_new_tokens: 16, temperature: 1.0, top_p, seed, stop_tokens: vec![] };
+    let cfg = |seed, top_p| GenerationConfig {
+        max_new_tokens: 16,
+        temperature: 1.0,
+        top_p,
+        seed,
+        stop_tokens: vec![],
+        suppress_tokens: vec![],
+    };
     let a = generate(&model, &prompt, &cfg(1, 1.0)).unwrap();
     assert_eq!(a, generate(&model, &prompt, &cfg(1, 1.0)).unwrap(), "same seed, same tokens");
     let others: Vec<_> = (2..6).map(|s| generate(&model, &prompt, &cfg(s, 1.0)).unwrap()).collect();
@@ -159,4 +173,32 @@ fn generation_stops_at_the_context_length_instead_of_refusing() {
     let stop = GenerationConfig { stop_tokens: vec![tokens[0]], ..few };
     let tokens = &generate(&model, std::slice::from_ref(&short), &stop).unwrap()[0];
     assert_eq!((tokens.len(), FinishReason::of(&model, short.len(), tokens, &stop)), (1, FinishReason::Stop));
+}
+
+/// Suppressed tokens are never generated: greedy with the greedy answer's tokens suppressed picks, at each step,
+/// the most likely token of the rest (checked against the full forward's logits), and sampling never draws them.
+#[test]
+fn suppressed_tokens_are_never_generated() {
+    let (model, _) = load("gqa_untied");
+    let prompt = vec![3u32, 1, 4, 1, 5];
+    let free = generate(&model, std::slice::from_ref(&prompt), &greedy(6)).unwrap().remove(0);
+    let cfg = GenerationConfig { suppress_tokens: free.clone(), ..greedy(6) };
+    let got = generate(&model, std::slice::from_ref(&prompt), &cfg).unwrap().remove(0);
+    let mut sequence = prompt.clone();
+    for &token in &got {
+        assert!(!free.contains(&token), "{token} is suppressed: {got:?}");
+        let ids: Vec<i64> = sequence.iter().map(|&t| i64::from(t)).collect();
+        let t = Tensor::from_slice(&ids, &[1, ids.len()], Device::Cpu).unwrap();
+        let mask = Tensor::from_slice(&vec![1i64; ids.len()], &[1, ids.len()], Device::Cpu).unwrap();
+        let logits = model.logits(&model.forward(&t, &mask, ForwardOptions::default()).unwrap()).unwrap();
+        let all = logits.to_vec::<f32>().unwrap();
+        let last = &all[all.len() - model.config.vocab_size..];
+        let allowed = (0..last.len()).filter(|i| !free.contains(&(*i as u32)));
+        let best = allowed.clone().fold(allowed.min().unwrap(), |b, i| if last[i] > last[b] { i } else { b });
+        assert_eq!(token as usize, best);
+        sequence.push(token);
+    }
+    let sampled = GenerationConfig { temperature: 1.0, seed: 3, suppress_tokens: free.clone(), ..greedy(16) };
+    let drawn = generate(&model, std::slice::from_ref(&prompt), &sampled).unwrap().remove(0);
+    assert!(drawn.iter().all(|t| !free.contains(t)), "{drawn:?}");
 }

@@ -84,6 +84,7 @@ pub fn generation_config(args: &Args, model: &Qwen2Model) -> GenerationConfig {
         top_p: args.top_p,
         seed: args.seed,
         stop_tokens: model.config.eos_token_ids.clone(),
+        suppress_tokens: Vec::new(),
     }
 }
 

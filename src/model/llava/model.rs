@@ -328,7 +328,13 @@ impl LlavaOnevisionModel {
     ) -> Result<Vec<Vec<u32>>> {
         let embeds = self.prompt_embeds(ids, media)?;
         let lm = &self.language_model;
-        generate_with_prefilled_prefix(lm, ids.len(), |cache| lm.extend_embeds(cache, &embeds), suffixes, cfg)
+        let mut cfg = cfg.clone();
+        // An answer never holds a media placeholder (a vocabulary id in transformers' layout; LLaVA-NeXT's -200 is
+        // none).
+        let placeholders = self.placeholders();
+        cfg.suppress_tokens
+            .extend([placeholders.image, placeholders.video].into_iter().filter_map(|id| u32::try_from(id).ok()));
+        generate_with_prefilled_prefix(lm, ids.len(), |cache| lm.extend_embeds(cache, &embeds), suffixes, &cfg)
     }
 
     /// The input embeddings `[1,T,H]` of one prompt `ids` with the placeholders of `media` (the media encoded and

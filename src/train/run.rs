@@ -191,6 +191,14 @@ impl Default for StepOptions {
     }
 }
 
+/// Refuses a step of a step-driven trainer past its schedule's `total_steps`, before any of the step's work.
+pub(crate) fn check_steps_left(steps_done: u64, total_steps: usize) -> Result<()> {
+    if steps_done as usize >= total_steps {
+        return Err(Error::InvalidArgument(format!("the schedule's {total_steps} steps are done (`total_steps`)")));
+    }
+    Ok(())
+}
+
 impl StepOptions {
     /// The run options these stand for (the loop's own fields — epochs, batch size, seed — are the caller's).
     pub(crate) fn train_options(&self) -> TrainOptions {

@@ -1362,6 +1362,11 @@ static void test_sft(const char* dir, const char* out) {
   CHECK(trainer == NULL, "a failed create wrote *out");
   OK(ur_sft_trainer_create(ctx, dir, &cfg, &trainer));
   ur_sft_step_metrics m[2];
+  /* Refused before any work (and before the schedule's end is reached): the two steps below still equal Rust's. */
+  m[0].struct_size = sizeof m[0];
+  const char* bad[1] = {"{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi?\"}]}"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`: no assistant",
+        ur_sft_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
   for (int step = 0; step < 2; step++) {
     m[step].struct_size = sizeof m[step];
     OK(ur_sft_trainer_step(ctx, trainer, records, 2, step == 0 ? 0 : 1, &m[step]));
@@ -1382,9 +1387,6 @@ static void test_sft(const char* dir, const char* out) {
   CHECK(saved != NULL, "%s was not written", path);
   fclose(saved);
 
-  const char* bad[1] = {"{\"conversations\": [{\"from\": \"human\", \"value\": \"Hi?\"}]}"};
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`: no assistant",
-        ur_sft_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`count` is 0", ur_sft_trainer_step(ctx, trainer, records, 0, 0, &m[0]));
   FAILS(UR_ERROR_NULL_POINTER, "`records`", ur_sft_trainer_step(ctx, trainer, NULL, 2, 0, &m[0]));
@@ -1421,6 +1423,10 @@ static void test_dpo_trainer(const char* dir, const char* out) {
   CHECK(trainer == NULL, "a failed create wrote *out");
   OK(ur_dpo_trainer_create(ctx, dir, NULL, &cfg, &loss, &trainer));
   ur_dpo_step_metrics m[2];
+  /* Refused before any work: the two steps below still start from the reference and equal Rust's. */
+  m[0].struct_size = sizeof m[0];
+  const char* bad[1] = {"{\"prompt\": \"Hi?\", \"chosen\": \"Yes.\"}"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`", ur_dpo_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
   for (int step = 0; step < 2; step++) {
     m[step].struct_size = sizeof m[step];
     OK(ur_dpo_trainer_step(ctx, trainer, records, 2, step == 0 ? 0 : 1, &m[step]));
@@ -1441,8 +1447,6 @@ static void test_dpo_trainer(const char* dir, const char* out) {
   CHECK(saved != NULL, "%s was not written", path);
   fclose(saved);
 
-  const char* bad[1] = {"{\"prompt\": \"Hi?\", \"chosen\": \"Yes.\"}"};
-  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`", ur_dpo_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_dpo_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
   FAILS(UR_ERROR_NULL_POINTER, "`trainer`", ur_dpo_trainer_step(ctx, NULL, records, 2, 0, &m[0]));
   FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_dpo_trainer_save(ctx, trainer, NULL));

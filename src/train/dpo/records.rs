@@ -11,7 +11,7 @@ use crate::ops::preference::DpoConfig;
 use crate::runtime::DType;
 use crate::train::data::{collate_pairs, ConversationTokenizer, DataOptions, PairDataset};
 use crate::train::model::TrainModel;
-use crate::train::run::{save_run_checkpoint_with, StepOptions, TrainerState};
+use crate::train::run::{check_steps_left, save_run_checkpoint_with, StepOptions, TrainerState};
 use crate::{Error, Result};
 
 /// The task of every record (the DPO trainer reports no per-task metrics).
@@ -88,6 +88,7 @@ impl DpoRecordTrainer {
     /// reference log-probs computed, before the policy runs; a bad record is an error naming it
     /// (`micro_batches[i][j]`) and nothing is updated.
     pub fn step(&mut self, micro_batches: &[Vec<&str>]) -> Result<DpoStepMetrics> {
+        check_steps_left(self.trainer.optimizer().steps_done(), self.total_steps)?;
         let media = self.trainer.model().media_loader();
         let forward = self.trainer.config().forward;
         let mut batches = Vec::with_capacity(micro_batches.len());
@@ -109,12 +110,6 @@ impl DpoRecordTrainer {
             let rows = collate_pairs(&examples, self.tokenizer.pad_id());
             let reference = self.reference.as_ref().map(|model| reference_logps(model, &rows, forward)).transpose()?;
             batches.push(PairBatch { rows, reference });
-        }
-        if self.trainer.optimizer().steps_done() as usize >= self.total_steps {
-            return Err(Error::InvalidArgument(format!(
-                "the schedule's {} steps are done (`total_steps`)",
-                self.total_steps
-            )));
         }
         self.trainer.step(&batches)
     }

@@ -9,7 +9,7 @@ use super::{SftConfig, SftStepMetrics, SftTrainer};
 use crate::runtime::DType;
 use crate::train::data::{collate_conversations, ConversationTokenizer, DataOptions, SftDataset};
 use crate::train::model::TrainModel;
-use crate::train::run::{save_run_checkpoint_with, StepOptions, TrainerState};
+use crate::train::run::{check_steps_left, save_run_checkpoint_with, StepOptions, TrainerState};
 use crate::{Error, Result};
 
 /// The task of every record: the step-driven trainer reports the overall loss only (per-task losses need the task
@@ -69,6 +69,7 @@ impl SftRecordTrainer {
     /// conversation records in batch order. Every record is parsed, tokenized and its media decoded before the
     /// first micro-batch runs; a bad one is an error naming it (`micro_batches[i][j]`) and nothing is updated.
     pub fn step(&mut self, micro_batches: &[Vec<&str>]) -> Result<SftStepMetrics> {
+        check_steps_left(self.trainer.optimizer().steps_done(), self.total_steps)?;
         let media = self.trainer.model().media_loader();
         let mut batches = Vec::with_capacity(micro_batches.len());
         for (i, records) in micro_batches.iter().enumerate() {
@@ -87,12 +88,6 @@ impl SftRecordTrainer {
             }
             let examples: Vec<_> = data.examples.iter().collect();
             batches.push(collate_conversations(&examples, self.tokenizer.pad_id()));
-        }
-        if self.trainer.optimizer().steps_done() as usize >= self.total_steps {
-            return Err(Error::InvalidArgument(format!(
-                "the schedule's {} steps are done (`total_steps`)",
-                self.total_steps
-            )));
         }
         self.trainer.step(&batches)
     }

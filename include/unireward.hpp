@@ -16,6 +16,8 @@
 //   forward, backward, gradients by name, generate (with the finish reason).
 // - `Judge` owns a judge checkpoint (`ur_judge_*`): one-pass `pairwise` / `pointwise` judgments and batches
 //   (`many`) of the four UnifiedReward tasks, media as file paths, results as `Judgment`.
+// - `AdamW` owns the fused optimizer over parameters the caller owns (`ur_adamw_*`); `SftTrainer` and `DpoTrainer`
+//   own the trainers stepped on the caller's records (`ur_sft_trainer_*`, `ur_dpo_trainer_*`).
 // - `TensorRef` describes memory the caller owns as a DLPack tensor (row-major, no copy): from a typed pointer
 //   (float, int32_t, int64_t) or from `void*` plus a dtype (bfloat16 and float16 data), on `cpu()` or `cuda(n)`.
 #ifndef UNIREWARD_HPP
@@ -23,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -50,6 +53,23 @@ namespace detail {
 /// Throws the thread's last error when `status` is not UR_OK.
 inline void check(ur_status status) {
   if (status != UR_OK) throw Error(status, ur_last_error_message());
+}
+
+/// Frees a C handle with its `ur_*_free` (for `std::unique_ptr`: the owning classes are then move-only for free).
+template <auto Free>
+struct Deleter {
+  template <typename T>
+  void operator()(T* handle) const noexcept {
+    Free(handle);
+  }
+};
+
+/// The C strings of `strings` (which must outlive their use).
+inline std::vector<const char*> c_strings(const std::vector<std::string>& strings) {
+  std::vector<const char*> out;
+  out.reserve(strings.size());
+  for (const std::string& s : strings) out.push_back(s.c_str());
+  return out;
 }
 }  // namespace detail
 
@@ -671,6 +691,174 @@ class Judge {
  private:
   ur_context* ctx_ = nullptr;
   ur_judge* judge_ = nullptr;
+};
+
+/// The fused AdamW over parameters the caller owns (`ur_adamw_*`: fp32 moments, fp32 masters for bf16/f16
+/// parameters, optional clipping by global norm and a schedule), owned and freed by this object (move-only). The
+/// context must outlive it; one thread at a time.
+///
+///   std::vector<unireward::TensorRef> params{TensorRef(w.data(), {2, 3}), TensorRef(b.data(), {3})};
+///   ur_adamw_config cfg = ur_adamw_config_default();  cfg.lr = 1e-3;  cfg.max_grad_norm = 1.0;
+///   unireward::AdamW opt(ctx, params, {"weight", "bias"}, cfg);
+///   ur_adamw_step_report r = opt.step(params, grads);  // the parameters are updated in place
+class AdamW {
+ public:
+  /// An optimizer for `params` (their values start the masters), named by `names` (empty: `name_0`, ...).
+  AdamW(const Context& ctx, const std::vector<TensorRef>& params, const std::vector<std::string>& names = {},
+        const ur_adamw_config& config = ur_adamw_config_default())
+      : ctx_(ctx.get()), count_(params.size()) {
+    if (!names.empty() && names.size() != params.size()) {
+      throw Error(UR_ERROR_INVALID_ARGUMENT, std::to_string(names.size()) + " names for " +
+                                                 std::to_string(params.size()) + " parameters");
+    }
+    const std::vector<DLTensor> tensors = dl_tensors(params);
+    const std::vector<const char*> c_names = detail::c_strings(names);
+    ur_adamw* opt = nullptr;
+    detail::check(ur_adamw_create(ctx_, tensors.data(), names.empty() ? nullptr : c_names.data(), count_, &config,
+                                  &opt));
+    opt_.reset(opt);
+  }
+
+  /// The C handle (nullptr after a move).
+  ur_adamw* get() const noexcept { return opt_.get(); }
+
+  /// One step: `grads[i]` updates `params[i]` in place, both in the order the optimizer was created with.
+  ur_adamw_step_report step(const std::vector<TensorRef>& params, const std::vector<TensorRef>& grads,
+                            void* stream = nullptr) {
+    if (params.size() != count_ || grads.size() != count_) {
+      throw Error(UR_ERROR_INVALID_ARGUMENT, std::to_string(params.size()) + " parameters and " +
+                                                 std::to_string(grads.size()) + " gradients for an optimizer of " +
+                                                 std::to_string(count_) + " parameters");
+    }
+    const std::vector<DLTensor> p = dl_tensors(params), g = dl_tensors(grads);
+    ur_adamw_step_report report{};
+    report.struct_size = sizeof report;
+    detail::check(ur_adamw_step(ctx_, opt_.get(), p.data(), g.data(), count_, &report, stream));
+    return report;
+  }
+
+ private:
+  /// The DLTensors of `refs`, contiguous as the C calls take them (shapes still owned by `refs`).
+  static std::vector<DLTensor> dl_tensors(const std::vector<TensorRef>& refs) {
+    std::vector<DLTensor> out;
+    out.reserve(refs.size());
+    for (const TensorRef& r : refs) out.push_back(*r.get());
+    return out;
+  }
+
+  ur_context* ctx_ = nullptr;
+  size_t count_ = 0;
+  std::unique_ptr<ur_adamw, detail::Deleter<ur_adamw_free>> opt_;
+};
+
+/// The settings of the trainers stepped on the caller's records (`ur_trainer_config`), with the strings it points
+/// to held here. `config.total_steps` must be set.
+struct TrainerConfig {
+  ur_trainer_config config = ur_trainer_config_default();
+  /// The folder the records' media paths are relative to; empty: the current directory.
+  std::string media_folder;
+  /// Parameters left untrained, as `--freeze` names them (`vision`, `projector`, or a fragment of a name).
+  std::vector<std::string> freeze;
+};
+
+namespace detail {
+/// `TrainerConfig` as the C calls take it, pointing into the `TrainerConfig` (which must outlive it).
+class TrainerConfigC {
+ public:
+  explicit TrainerConfigC(const TrainerConfig& cfg) : freeze_(c_strings(cfg.freeze)), c_(cfg.config) {
+    c_.media_folder = cfg.media_folder.empty() ? nullptr : cfg.media_folder.c_str();
+    c_.freeze = freeze_.empty() ? nullptr : freeze_.data();
+    c_.num_freeze = freeze_.size();
+  }
+  const ur_trainer_config* get() const noexcept { return &c_; }
+
+ private:
+  std::vector<const char*> freeze_;
+  ur_trainer_config c_;
+};
+
+/// One step's `count` record strings and micro-batch size, checked for the C call.
+inline std::vector<const char*> record_strings(const std::vector<std::string>& records) {
+  if (records.empty()) throw Error(UR_ERROR_INVALID_ARGUMENT, "no records: a step takes at least one");
+  return c_strings(records);
+}
+}  // namespace detail
+
+/// The SFT trainer on the caller's conversation records (`ur_sft_trainer_*`): a checkpoint's model in float32 with
+/// its AdamW state and tokenizer, owned and freed by this object (move-only). `step` takes records as the lines of a
+/// `unireward train-judge` data file; fed the same batches, it is bitwise that command's run.
+///
+///   unireward::TrainerConfig cfg;  cfg.config.total_steps = 100;  cfg.config.lr = 1e-5;
+///   unireward::SftTrainer trainer(ctx, "path/to/judge", cfg);
+///   ur_sft_step_metrics m = trainer.step(records, 4);   // micro-batches of 4 records, gradients accumulated
+///   trainer.save("runs/judge");                        // runs/judge/checkpoint-<step>/
+class SftTrainer {
+ public:
+  SftTrainer(const Context& ctx, const std::string& model_dir, const TrainerConfig& config) : ctx_(ctx.get()) {
+    const detail::TrainerConfigC c(config);
+    ur_sft_trainer* trainer = nullptr;
+    detail::check(ur_sft_trainer_create(ctx_, model_dir.c_str(), c.get(), &trainer));
+    trainer_.reset(trainer);
+  }
+
+  /// The C handle (nullptr after a move).
+  ur_sft_trainer* get() const noexcept { return trainer_.get(); }
+
+  /// One optimizer step on `records` cut into micro-batches of `micro_batch_size` (0: one micro-batch of all).
+  ur_sft_step_metrics step(const std::vector<std::string>& records, size_t micro_batch_size = 0) {
+    const std::vector<const char*> c = detail::record_strings(records);
+    ur_sft_step_metrics metrics{};
+    metrics.struct_size = sizeof metrics;
+    detail::check(ur_sft_trainer_step(ctx_, trainer_.get(), c.data(), c.size(), micro_batch_size, &metrics));
+    return metrics;
+  }
+
+  /// Writes `out_dir/checkpoint-<step>/` (weights, config, tokenizer files and the optimizer state).
+  void save(const std::string& out_dir) { detail::check(ur_sft_trainer_save(ctx_, trainer_.get(), out_dir.c_str())); }
+
+ private:
+  ur_context* ctx_ = nullptr;
+  std::unique_ptr<ur_sft_trainer, detail::Deleter<ur_sft_trainer_free>> trainer_;
+};
+
+/// The DPO trainer on the caller's pair records (`ur_dpo_trainer_*`): a policy in float32 with its AdamW state,
+/// its loss (`ur_dpo_config`, TRL's defaults by default) and a frozen reference when the loss needs one (from
+/// `reference_dir`, or empty: a copy of the policy as it starts), owned and freed by this object (move-only).
+///
+///   ur_dpo_config loss = ur_dpo_config_default();  loss.beta = 0.1f;
+///   unireward::DpoTrainer trainer(ctx, "path/to/policy", cfg, loss);
+///   ur_dpo_step_metrics m = trainer.step(pairs);       // {"prompt": ..., "chosen": ..., "rejected": ...} lines
+class DpoTrainer {
+ public:
+  DpoTrainer(const Context& ctx, const std::string& policy_dir, const TrainerConfig& config,
+             const ur_dpo_config& loss = ur_dpo_config_default(), const std::string& reference_dir = "")
+      : ctx_(ctx.get()) {
+    const detail::TrainerConfigC c(config);
+    ur_dpo_trainer* trainer = nullptr;
+    detail::check(ur_dpo_trainer_create(ctx_, policy_dir.c_str(),
+                                        reference_dir.empty() ? nullptr : reference_dir.c_str(), c.get(), &loss,
+                                        &trainer));
+    trainer_.reset(trainer);
+  }
+
+  /// The C handle (nullptr after a move).
+  ur_dpo_trainer* get() const noexcept { return trainer_.get(); }
+
+  /// One optimizer step on the pair `records` cut into micro-batches of `micro_batch_size` (0: one of all).
+  ur_dpo_step_metrics step(const std::vector<std::string>& records, size_t micro_batch_size = 0) {
+    const std::vector<const char*> c = detail::record_strings(records);
+    ur_dpo_step_metrics metrics{};
+    metrics.struct_size = sizeof metrics;
+    detail::check(ur_dpo_trainer_step(ctx_, trainer_.get(), c.data(), c.size(), micro_batch_size, &metrics));
+    return metrics;
+  }
+
+  /// Writes `out_dir/checkpoint-<step>/` (the policy's weights, config, tokenizer files and the trainer state).
+  void save(const std::string& out_dir) { detail::check(ur_dpo_trainer_save(ctx_, trainer_.get(), out_dir.c_str())); }
+
+ private:
+  ur_context* ctx_ = nullptr;
+  std::unique_ptr<ur_dpo_trainer, detail::Deleter<ur_dpo_trainer_free>> trainer_;
 };
 
 }  // namespace unireward

@@ -530,6 +530,62 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
     std::fs::remove_file(&program).ok();
 }
 
+/// The C++ trainers' two SFT and two DPO steps (tests/c/trainers.cpp: the records of `check_sft` and
+/// `check_dpo_trainer`) equal the Rust trainers' bit for bit, and so do their saved weights; its AdamW checks are its
+/// own (against float64), all of it also under valgrind.
+#[test]
+#[cfg_attr(feature = "gpu-tests", ignore = "runs where the library is built (C++ compiler, valgrind, libunireward.so)")]
+fn cpp_trainers_equal_the_rust_trainers_under_valgrind() {
+    let program = compile_with(("CXX", "c++", "-std=c++17"), "tests/c/trainers.cpp", "trainers_cpp");
+    let judge = judge_checkpoint::judge_dir("cpp-trainers");
+    let scratch = std::env::temp_dir().join(format!("unireward-cpp-trainers-{}", std::process::id()));
+    let (out, rust) = (scratch.join("cpp"), scratch.join("rust"));
+    let stdout = run(&program, &[judge.0.as_os_str(), out.as_os_str()], false);
+    assert!(stdout.contains("adamw ok"), "{stdout}");
+    let lines: HashMap<&str, Vec<f64>> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(key, _)| key.contains('.'))
+        .map(|(key, rest)| (key, rest.split_whitespace().map(|v| v.parse().expect("a number")).collect()))
+        .collect();
+    let check = |key: &str, step: u64, loss: f64, grad_norm: Option<f64>, lr: f64, extra: f64| {
+        let got = lines.get(key).unwrap_or_else(|| panic!("the C++ program printed no `{key}`:\n{stdout}"));
+        let want = [step as f64, loss, grad_norm.unwrap(), lr, extra];
+        let same = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same, "{key}: C++ {got:?}, Rust {want:?}");
+    };
+    let options = StepOptions { lr: 1e-3, total_steps: 2, ..StepOptions::default() };
+    let conversations = [
+        r#"{"conversations": [{"from": "human", "value": "Is the square red?"}, {"from": "gpt", "value": "Yes, it is red."}]}"#,
+        r#"{"id": 7, "conversations": [{"from": "human", "value": "Better?"}, {"from": "gpt", "value": "No."}]}"#,
+    ];
+    let mut sft = SftRecordTrainer::new(&judge.0, &options).unwrap();
+    let m = sft.step(&[conversations.to_vec()]).unwrap();
+    check("sft.0", m.step, m.loss, m.grad_norm, m.lr, 0.0);
+    let m = sft.step(&[vec![conversations[0]], vec![conversations[1]]]).unwrap();
+    check("sft.1", m.step, m.loss, m.grad_norm, m.lr, m.tokens as f64);
+    let pairs = [
+        r#"{"prompt": "Is the square red?", "chosen": "Yes, it is red.", "rejected": "No."}"#,
+        r#"{"prompt": "Better?", "chosen": "The first.", "rejected": "Neither of them, really."}"#,
+    ];
+    let loss = DpoConfig { beta: 0.5, ..DpoConfig::default() };
+    let mut dpo = DpoRecordTrainer::new(&judge.0, None, loss, &options).unwrap();
+    let m = dpo.step(&[pairs.to_vec()]).unwrap();
+    check("dpo.0", m.step, m.loss, m.grad_norm, m.lr, 0.0);
+    let m = dpo.step(&[vec![pairs[0]], vec![pairs[1]]]).unwrap();
+    check("dpo.1", m.step, m.loss, m.grad_norm, m.lr, m.metrics.rewards_margins as f64);
+    let saved = [("sft", sft.save(&rust.join("sft")).unwrap()), ("dpo", dpo.save(&rust.join("dpo")).unwrap())];
+    for (name, saved) in saved {
+        let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+        let from_cpp = out.join(name).join("checkpoint-2");
+        assert!(weights(&from_cpp) == weights(&saved), "{name}: the C++ trainer saved other weights than Rust's");
+    }
+    assert!(valgrind_present(), "valgrind is not installed (apt-get install -y valgrind; scripts/test.sh does)");
+    run(&program, &[judge.0.as_os_str(), scratch.join("valgrind").as_os_str()], true);
+    std::fs::remove_dir_all(&scratch).ok();
+    std::fs::remove_file(&program).ok();
+}
+
 #[test]
 fn c_program_calls_every_function_of_the_header() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -332,6 +332,10 @@ typedef struct ur_trainer_config {
   uint32_t video_frames;
   // Must be 0.
   uint32_t reserved;
+  // A checkpoint folder the trainer's `save` wrote, to continue from (NULL: a fresh start from the model
+  // folder): its weights, optimizer state and step; the trainer must be created with the same settings
+  // (`total_steps` is checked). The model folder still gives the tokenizer and, for DPO, the reference.
+  const char *resume_from;
 } ur_trainer_config;
 
 // Hyper-parameters of `ur_dpo_loss`. Initialise with `ur_dpo_config_default()` (TRL's defaults). The fields

@@ -759,6 +759,8 @@ struct TrainerConfig {
   std::string media_folder;
   /// Parameters left untrained, as `--freeze` names them (`vision`, `projector`, or a fragment of a name).
   std::vector<std::string> freeze;
+  /// A checkpoint the trainer's `save` wrote, to continue from (same settings); empty: a fresh start.
+  std::string resume_from;
 };
 
 namespace detail {
@@ -769,6 +771,7 @@ class TrainerConfigC {
     c_.media_folder = cfg.media_folder.empty() ? nullptr : cfg.media_folder.c_str();
     c_.freeze = freeze_.empty() ? nullptr : freeze_.data();
     c_.num_freeze = freeze_.size();
+    c_.resume_from = cfg.resume_from.empty() ? nullptr : cfg.resume_from.c_str();
   }
   const ur_trainer_config* get() const noexcept { return &c_; }
 

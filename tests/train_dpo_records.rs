@@ -102,3 +102,33 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let err = trainer.step(&[vec![good[0].as_str()]]).unwrap_err().to_string();
     assert!(err.contains("`total_steps`"), "{err}");
 }
+
+/// BCO pair loss (its running mean is trainer state): two steps, `save`, a new trainer with `resume_from` that
+/// checkpoint, two more steps — bitwise the four steps of an uninterrupted trainer, whose reference stays the policy
+/// as the run started (not the checkpoint).
+#[test]
+fn a_saved_trainer_resumes_bitwise_with_its_reference_and_bco_mean() {
+    let scratch = Scratch::new("dpo-records-resume");
+    let lines = pairs(4);
+    let batches: Vec<Vec<&str>> = (0..4).map(|k| vec![lines[k].as_str(), lines[(k + 2) % 4].as_str()]).collect();
+    let loss = DpoConfig { loss_type: DpoLossType::BcoPair, beta: 0.5, ..DpoConfig::default() };
+    let new = |options: &StepOptions| DpoRecordTrainer::new(&scratch.path("model"), None, loss, options).unwrap();
+    let mut whole = new(&options(4));
+    let want: Vec<_> = batches.iter().map(|b| whole.step(std::slice::from_ref(b)).unwrap()).collect();
+    let mut first = new(&options(4));
+    for b in &batches[..2] {
+        first.step(std::slice::from_ref(b)).unwrap();
+    }
+    let saved = first.save(&scratch.path("first")).unwrap();
+    drop(first);
+    let mut second = new(&StepOptions { resume_from: Some(saved), ..options(4) });
+    for (b, want) in batches[2..].iter().zip(&want[2..]) {
+        let got = second.step(std::slice::from_ref(b)).unwrap();
+        assert_eq!(got.loss.to_bits(), want.loss.to_bits(), "step {}: loss {} vs {}", got.step, got.loss, want.loss);
+        assert_eq!(got.log_line(), want.log_line(), "step {}", got.step);
+    }
+    let (a, b) = (whole.save(&scratch.path("whole")).unwrap(), second.save(&scratch.path("second")).unwrap());
+    for file in ["model.safetensors", "trainer_state/optimizer.safetensors", "trainer_state/state.json"] {
+        assert!(std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(), "{file} differs");
+    }
+}

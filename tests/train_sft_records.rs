@@ -131,3 +131,45 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let err = trainer.step(&[vec![good[0].as_str()]]).unwrap_err().to_string();
     assert!(err.contains("`total_steps`"), "{err}");
 }
+
+/// Two steps, `save`, a new trainer with `resume_from` that checkpoint, two more steps: bitwise the four steps of an
+/// uninterrupted trainer (metrics, weights and optimizer state); a resume with other options is refused.
+#[test]
+fn a_saved_trainer_resumes_bitwise() {
+    let scratch = Scratch::new("sft-records-resume");
+    let lines = records(4);
+    let batches: Vec<Vec<&str>> = (0..4).map(|k| vec![lines[k].as_str(), lines[(k + 1) % 4].as_str()]).collect();
+    let mut whole = SftRecordTrainer::new(&scratch.path("model"), &options(4)).unwrap();
+    let want: Vec<_> = batches.iter().map(|b| whole.step(std::slice::from_ref(b)).unwrap()).collect();
+    let mut first = SftRecordTrainer::new(&scratch.path("model"), &options(4)).unwrap();
+    for b in &batches[..2] {
+        first.step(std::slice::from_ref(b)).unwrap();
+    }
+    let saved = first.save(&scratch.path("first")).unwrap();
+    drop(first);
+    let resumed = StepOptions { resume_from: Some(saved.clone()), ..options(4) };
+    let mut second = SftRecordTrainer::new(&scratch.path("model"), &resumed).unwrap();
+    assert_eq!(second.trainer().optimizer().steps_done(), 2);
+    for (b, want) in batches[2..].iter().zip(&want[2..]) {
+        let got = second.step(std::slice::from_ref(b)).unwrap();
+        assert_eq!(
+            (got.step, got.loss.to_bits(), got.lr.to_bits()),
+            (want.step, want.loss.to_bits(), want.lr.to_bits())
+        );
+        assert_eq!(got.grad_norm.map(f64::to_bits), want.grad_norm.map(f64::to_bits), "step {}", got.step);
+    }
+    let (a, b) = (whole.save(&scratch.path("whole")).unwrap(), second.save(&scratch.path("second")).unwrap());
+    for file in ["model.safetensors", "trainer_state/optimizer.safetensors"] {
+        assert!(std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(), "{file} differs");
+    }
+
+    let other_length = StepOptions { resume_from: Some(saved), ..options(5) };
+    let err = SftRecordTrainer::new(&scratch.path("model"), &other_length).unwrap_err().to_string();
+    assert!(err.contains("4 steps") && err.contains("this one has 5"), "{err}");
+    let missing = StepOptions { resume_from: Some(scratch.path("no-such-checkpoint")), ..options(4) };
+    let err = SftRecordTrainer::new(&scratch.path("model"), &missing).unwrap_err().to_string();
+    assert!(err.contains("`resume_from`") && err.contains("no-such-checkpoint"), "{err}");
+    let not_a_checkpoint = StepOptions { resume_from: Some(scratch.path("model")), ..options(4) };
+    let err = SftRecordTrainer::new(&scratch.path("model"), &not_a_checkpoint).unwrap_err().to_string();
+    assert!(err.contains("trainer_state"), "{err}");
+}

@@ -45,6 +45,10 @@ pub struct ur_trainer_config {
     pub video_frames: u32,
     /// Must be 0.
     pub reserved: u32,
+    /// A checkpoint folder the trainer's `save` wrote, to continue from (NULL: a fresh start from the model
+    /// folder): its weights, optimizer state and step; the trainer must be created with the same settings
+    /// (`total_steps` is checked). The model folder still gives the tokenizer and, for DPO, the reference.
+    pub resume_from: *const c_char,
 }
 
 impl Versioned for ur_trainer_config {
@@ -69,6 +73,7 @@ impl Config for ur_trainer_config {
             device: dl_device(d.device),
             video_frames: d.video_frames as u32,
             reserved: 0,
+            resume_from: std::ptr::null(),
         }
     }
 }
@@ -94,6 +99,11 @@ impl ur_trainer_config {
             // SAFETY: this function's contract.
             false => PathBuf::from(unsafe { text("media_folder", self.media_folder) }?),
         };
+        let resume_from = match self.resume_from.is_null() {
+            true => None,
+            // SAFETY: this function's contract.
+            false => Some(PathBuf::from(unsafe { text("resume_from", self.resume_from) }?)),
+        };
         // SAFETY: this function's contract.
         let freeze = unsafe { array("freeze", self.freeze, self.num_freeze) }?
             .iter()
@@ -113,6 +123,7 @@ impl ur_trainer_config {
             media_folder,
             video_frames: self.video_frames as usize,
             device: device_of("device", self.device)?,
+            resume_from,
         })
     }
 }

@@ -169,6 +169,11 @@ pub struct StepOptions {
     /// Frames sampled from each video (a LLaVA-OneVision checkpoint).
     pub video_frames: usize,
     pub device: Device,
+    /// A checkpoint the trainer's `save` wrote, to continue from: its weights, the optimizer's moments and
+    /// masters, the step (the schedule's position) and the trainer's own state. The trainer must be built with the
+    /// same options (`total_steps` is checked); its model folder still gives the tokenizer and, for DPO, the
+    /// reference (the policy as the run started). Fed the same batches after, it continues bitwise.
+    pub resume_from: Option<PathBuf>,
 }
 
 impl Default for StepOptions {
@@ -187,6 +192,7 @@ impl Default for StepOptions {
             media_folder: PathBuf::from("."),
             video_frames: DEFAULT_VIDEO_FRAMES,
             device: t.device,
+            resume_from: None,
         }
     }
 }
@@ -200,6 +206,21 @@ pub(crate) fn check_steps_left(steps_done: u64, total_steps: usize) -> Result<()
 }
 
 impl StepOptions {
+    /// The folder the trainer loads its weights from: the checkpoint it resumes, else `model`. Either must exist.
+    pub(crate) fn weights_dir<'a>(&'a self, model: &'a Path) -> Result<&'a Path> {
+        let dir = self.resume_from.as_deref().unwrap_or(model);
+        if !dir.is_dir() {
+            let what = if self.resume_from.is_some() { "checkpoint to resume (`resume_from`)" } else { "model folder" };
+            return Err(Error::InvalidArgument(format!("the {what} {} does not exist", dir.display())));
+        }
+        Ok(dir)
+    }
+
+    /// Restores `optimizer` from the checkpoint resumed, if any, and returns the rest of its state.
+    pub(crate) fn restore(&self, optimizer: &mut AdamW) -> Result<Option<TrainerState>> {
+        self.resume_from.as_deref().map(|dir| load_run_state(dir, optimizer, self.total_steps)).transpose()
+    }
+
     /// The run options these stand for (the loop's own fields — epochs, batch size, seed — are the caller's).
     pub(crate) fn train_options(&self) -> TrainOptions {
         TrainOptions {

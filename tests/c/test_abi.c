@@ -1389,6 +1389,16 @@ static void test_sft(const char* dir, const char* out) {
 
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`count` is 0", ur_sft_trainer_step(ctx, trainer, records, 0, 0, &m[0]));
+  /* Resumed from its checkpoint at step 2 of 2: no step left (tests/train_sft_records.rs checks the bitwise resume). */
+  char checkpoint[4096 + 64];
+  snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint-2", out);
+  ur_sft_trainer* resumed = NULL;
+  cfg.resume_from = "/no/such/checkpoint";
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`resume_from`", ur_sft_trainer_create(ctx, dir, &cfg, &resumed));
+  cfg.resume_from = checkpoint;
+  OK(ur_sft_trainer_create(ctx, dir, &cfg, &resumed));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_sft_trainer_step(ctx, resumed, records, 2, 0, &m[0]));
+  ur_sft_trainer_free(resumed);
   FAILS(UR_ERROR_NULL_POINTER, "`records`", ur_sft_trainer_step(ctx, trainer, NULL, 2, 0, &m[0]));
   FAILS(UR_ERROR_NULL_POINTER, "`trainer`", ur_sft_trainer_step(ctx, NULL, records, 2, 0, &m[0]));
   FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_sft_trainer_save(ctx, trainer, NULL));

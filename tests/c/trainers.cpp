@@ -99,6 +99,11 @@ void trainer_checks(const unireward::Context& ctx, const std::string& dir, const
   expect_error([&] { sft.step(conversations); }, UR_ERROR_INVALID_ARGUMENT, "`total_steps`");
   expect_error([&] { sft.step({}); }, UR_ERROR_INVALID_ARGUMENT, "no records");
   sft.save(out + "/sft");
+  // Resumed at its step 2 of 2: nothing left to step.
+  unireward::TrainerConfig resumed = cfg;
+  resumed.resume_from = out + "/sft/checkpoint-2";
+  unireward::SftTrainer again(ctx, dir, resumed);
+  expect_error([&] { again.step(conversations); }, UR_ERROR_INVALID_ARGUMENT, "`total_steps`");
 
   const std::vector<std::string> pairs{
       R"({"prompt": "Is the square red?", "chosen": "Yes, it is red.", "rejected": "No."})",

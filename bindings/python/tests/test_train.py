@@ -72,6 +72,28 @@ def test_micro_batches_accumulate(model_dir):
     assert whole["loss"] == pytest.approx(parts["loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_a_saved_trainer_resumes_bitwise(model_dir, tmp_path, kind):
+    """Two steps, `save`, a new trainer with `resume_from`, one more step: the uninterrupted trainer's third step."""
+    make = {"sft": lambda **kw: SftTrainer(model_dir, total_steps=3, lr=1e-3, **kw),
+            "dpo": lambda **kw: unireward.DpoTrainer(model_dir, total_steps=3, beta=0.5, lr=1e-3, **kw)}[kind]
+    data = records(3) if kind == "sft" else pairs(3)
+    whole = make()
+    want = [whole.step(data[k:] + data[:k]) for k in range(3)]
+    first = make()
+    for k in range(2):
+        first.step(data[k:] + data[:k])
+    saved = first.save(tmp_path / "first")
+    first.close()
+    resumed = make(resume_from=saved)
+    assert resumed.steps_done == 2
+    assert resumed.step(data[2:] + data[:2]) == want[2]
+    assert resumed.save(tmp_path / "resumed").joinpath("model.safetensors").read_bytes() == \
+        whole.save(tmp_path / "whole").joinpath("model.safetensors").read_bytes()  # fmt: skip
+    with pytest.raises(ValueError, match="`resume_from`"):
+        make(resume_from=tmp_path / "no-such-checkpoint")
+
+
 def test_bad_input_is_a_clear_error(model_dir, tmp_path):
     with pytest.raises(UnirewardError, match="no-such-model.*does not exist"):
         SftTrainer(tmp_path / "no-such-model", total_steps=3)

@@ -28,7 +28,8 @@ class _Config(ctypes.Structure):
                 ("weight_decay", ctypes.c_double), ("max_grad_norm", ctypes.c_double),
                 ("warmup_ratio", ctypes.c_double), ("total_steps", ctypes.c_uint64), ("max_len", ctypes.c_uint64),
                 ("media_folder", ctypes.c_char_p), ("freeze", _STRINGS), ("num_freeze", ctypes.c_size_t),
-                ("device", DLDevice), ("video_frames", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]  # fmt: skip
+                ("device", DLDevice), ("video_frames", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("resume_from", ctypes.c_char_p)]  # fmt: skip
 
 
 class _SftMetrics(ctypes.Structure):
@@ -85,7 +86,7 @@ class _RecordTrainer:
     _METRICS = _SftMetrics
 
     def _configure(self, total_steps, lr, weight_decay, max_grad_norm, schedule, warmup_ratio, max_len, freeze,
-                   media_folder, video_frames, device):  # fmt: skip
+                   media_folder, video_frames, device, resume_from):  # fmt: skip
         who = type(self).__name__
         self._handle = None
         config = lib.ur_trainer_config_default()
@@ -111,8 +112,17 @@ class _RecordTrainer:
         self.device = torch.device(device)
         config.device = _dl_device(self.device)
         self.total_steps = total_steps
-        #: Optimizer steps taken (the schedule's position).
+        #: Optimizer steps taken (the schedule's position): the checkpoint's step when resuming.
         self.steps_done = 0
+        self._resume_from = None if resume_from is None else os.fsencode(resume_from)
+        config.resume_from = self._resume_from
+        if resume_from is not None:
+            state = pathlib.Path(resume_from) / "trainer_state" / "state.json"
+            try:
+                self.steps_done = int(json.loads(state.read_text())["step"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"unireward.{who}: `resume_from` {resume_from} is not a checkpoint the trainer "
+                                 f"saved ({state}: {e})") from e  # fmt: skip
         return config
 
     def _create(self, *args) -> None:
@@ -175,7 +185,8 @@ class SftTrainer(_RecordTrainer):
     "constant") over `total_steps` optimizer steps after `ceil(total_steps * warmup_ratio)` warm-up steps, records
     of at most `max_len` tokens, parameters named by `freeze` left untrained ("vision", "projector" or a name
     fragment), media paths relative to `media_folder` (default: the current directory), `video_frames` frames a
-    video. Not thread-safe."""
+    video. `resume_from`: a checkpoint `save` wrote, to continue from bitwise (its weights, optimizer state and
+    step; the same settings). Not thread-safe."""
 
     _KIND = "sft"
     _METRICS = _SftMetrics
@@ -183,9 +194,10 @@ class SftTrainer(_RecordTrainer):
     def __init__(self, model_dir: Path, total_steps: int, lr: float = 1e-5, weight_decay: float = 0.0,
                  max_grad_norm: Optional[float] = 1.0, schedule: str = "cosine", warmup_ratio: float = 0.03,
                  max_len: int = 2048, freeze: Sequence[str] = (), media_folder: Optional[Path] = None,
-                 video_frames: int = 8, device: Union[str, torch.device] = "cpu"):  # fmt: skip
+                 video_frames: int = 8, device: Union[str, torch.device] = "cpu",
+                 resume_from: Optional[Path] = None):  # fmt: skip
         config = self._configure(total_steps, lr, weight_decay, max_grad_norm, schedule, warmup_ratio, max_len,
-                                 freeze, media_folder, video_frames, device)  # fmt: skip
+                                 freeze, media_folder, video_frames, device, resume_from)  # fmt: skip
         self.model_dir = pathlib.Path(model_dir)
         self._create(os.fsencode(model_dir), ctypes.byref(config))
 
@@ -216,9 +228,9 @@ class DpoTrainer(_RecordTrainer):
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = 1.0, schedule: str = "cosine",
                  warmup_ratio: float = 0.03, max_len: int = 2048, freeze: Sequence[str] = (),
                  media_folder: Optional[Path] = None, video_frames: int = 8,
-                 device: Union[str, torch.device] = "cpu"):  # fmt: skip
+                 device: Union[str, torch.device] = "cpu", resume_from: Optional[Path] = None):  # fmt: skip
         config = self._configure(total_steps, lr, weight_decay, max_grad_norm, schedule, warmup_ratio, max_len,
-                                 freeze, media_folder, video_frames, device)  # fmt: skip
+                                 freeze, media_folder, video_frames, device, resume_from)  # fmt: skip
         names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
         for name in names:
             if name not in DPO_LOSS_TYPES:

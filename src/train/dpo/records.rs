@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::run::{check_loss_options, trainer_extra};
+use super::run::{check_loss_options, restore_trainer_extra, trainer_extra};
 use super::{needs_reference, reference_logps, DpoStepMetrics, DpoTrainer, DpoTrainerConfig, PairBatch};
 use crate::ops::preference::DpoConfig;
 use crate::runtime::DType;
@@ -32,7 +32,9 @@ pub struct DpoRecordTrainer {
 
 impl DpoRecordTrainer {
     /// Loads the policy in `policy` (and the reference from `reference`, else a second copy of the policy as it
-    /// starts, when the loss needs one) in f32 on `options.device`, with a fresh optimizer and `loss`.
+    /// starts, when the loss needs one) in f32 on `options.device`, with a fresh optimizer and `loss` — or, with
+    /// `options.resume_from`, the policy's weights, optimizer state and BCO mean from a checkpoint
+    /// [`save`](Self::save) wrote (the reference still from `reference`, else `policy`: the run's start).
     pub fn new(
         policy: &Path,
         reference: Option<&Path>,
@@ -55,14 +57,17 @@ impl DpoRecordTrainer {
         }
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(policy)?;
         let load = |dir: &Path| TrainModel::load(dir, DType::F32, options.device, options.video_frames);
-        let model = load(policy)?;
+        let model = load(options.weights_dir(policy)?)?;
         let config = DpoTrainerConfig {
             optimizer: train.optimizer(options.total_steps)?,
             groups: train.groups(),
             loss,
             ..DpoTrainerConfig::default()
         };
-        let trainer = DpoTrainer::new(model, config)?;
+        let mut trainer = DpoTrainer::new(model, config)?;
+        if let Some(state) = options.restore(trainer.optimizer_mut())? {
+            restore_trainer_extra(&mut trainer, state.extra, options.resume_from.as_deref().unwrap_or(policy))?;
+        }
         let reference = match needs_reference(&loss) {
             true => Some(load(reference.unwrap_or(policy))?),
             false => None,

@@ -79,6 +79,16 @@ struct DpoState {
     bco: Option<(f32, f32)>,
 }
 
+/// Restores the trainer's own part of the state of the checkpoint in `dir` (BCO's running mean).
+pub(super) fn restore_trainer_extra(trainer: &mut DpoTrainer, extra: serde_json::Value, dir: &Path) -> Result<()> {
+    let own: DpoState = serde_json::from_value(extra)
+        .map_err(|e| Error::Checkpoint(format!("{}: the DPO state: {e}", dir.display())))?;
+    if let Some((mean, count)) = own.bco {
+        trainer.set_bco_delta(BcoDelta::Running { mean, count });
+    }
+    Ok(())
+}
+
 /// The trainer's own part of a checkpoint's state (`TrainerState::extra`): BCO's running mean.
 pub(super) fn trainer_extra(trainer: &DpoTrainer) -> Result<serde_json::Value> {
     let bco = match trainer.bco_delta() {
@@ -215,11 +225,7 @@ impl DpoRun {
         if let Some((_, dir)) = &resumed {
             let state = load_run_state(dir, trainer.optimizer_mut(), total_steps)?;
             sampler.restore(state.loader()?)?;
-            let own: DpoState = serde_json::from_value(state.extra)
-                .map_err(|e| Error::Checkpoint(format!("{}: the DPO state: {e}", dir.display())))?;
-            if let Some((mean, count)) = own.bco {
-                trainer.set_bco_delta(BcoDelta::Running { mean, count });
-            }
+            restore_trainer_extra(&mut trainer, state.extra, dir)?;
         }
         let pad = tokenizer.pad_id();
         let (reference, source) = self.reference(&data, pad)?;

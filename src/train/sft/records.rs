@@ -29,7 +29,8 @@ pub struct SftRecordTrainer {
 
 impl SftRecordTrainer {
     /// Loads the checkpoint in `model` (config, weights, tokenizer files, chat template; for LLaVA-OneVision its
-    /// preprocessor config) in f32 on `options.device`, with a fresh optimizer.
+    /// preprocessor config) in f32 on `options.device`, with a fresh optimizer — or, with `options.resume_from`,
+    /// the weights and optimizer state of a checkpoint [`save`](Self::save) wrote.
     pub fn new(model: &Path, options: &StepOptions) -> Result<SftRecordTrainer> {
         let train = options.train_options();
         train.check()?;
@@ -43,7 +44,7 @@ impl SftRecordTrainer {
             return Err(Error::InvalidArgument(format!("the model folder {} does not exist", model.display())));
         }
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(model)?;
-        let loaded = TrainModel::load(model, DType::F32, options.device, options.video_frames)?;
+        let loaded = TrainModel::load(options.weights_dir(model)?, DType::F32, options.device, options.video_frames)?;
         let config = SftConfig {
             optimizer: train.optimizer(options.total_steps)?,
             groups: train.groups(),
@@ -51,13 +52,9 @@ impl SftRecordTrainer {
             ..SftConfig::default()
         };
         let data = DataOptions { media_folder: options.media_folder.clone(), ..train.data() };
-        Ok(SftRecordTrainer {
-            trainer: SftTrainer::new(loaded, config)?,
-            tokenizer,
-            data,
-            source: model.to_path_buf(),
-            total_steps: options.total_steps,
-        })
+        let mut trainer = SftTrainer::new(loaded, config)?;
+        options.restore(trainer.optimizer_mut())?;
+        Ok(SftRecordTrainer { trainer, tokenizer, data, source: model.to_path_buf(), total_steps: options.total_steps })
     }
 
     /// The trainer (its model and optimizer).

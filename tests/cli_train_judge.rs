@@ -186,3 +186,24 @@ fn task_weights_and_length_grouping_reach_the_sampler() {
         assert!(!scratch.path("bad/metrics.jsonl").exists(), "--task-weight {weight} wrote a log");
     }
 }
+
+/// `--max-steps 8` over epochs of 6 steps runs into the second epoch: its steps are the first 8 of a two-epoch run
+/// (a constant schedule, so the learning rates agree), logs and weights alike; 0 is refused.
+#[test]
+fn max_steps_counts_the_run_in_steps_across_epochs() {
+    let scratch = scratch("max-steps");
+    let flat = ["--schedule", "constant", "--warmup-ratio", "0"];
+    let stderr = succeed(command(&scratch, "steps", &[&flat[..], &["--max-steps", "8"]].concat()).output().unwrap());
+    assert!(stderr.contains("step 8/8"), "{stderr}");
+    succeed(command(&scratch, "epochs", &[&flat[..], &["--epochs", "2"]].concat()).output().unwrap());
+    let log = |run: &str| std::fs::read_to_string(scratch.0.join(run).join("metrics.jsonl")).unwrap();
+    let (steps, epochs) = (log("steps"), log("epochs"));
+    assert_eq!((steps.lines().count(), epochs.lines().count()), (8, 12));
+    assert!(epochs.lines().take(8).eq(steps.lines()), "the first 8 steps differ:\n{steps}\n{epochs}");
+    let weights = |run: &str| std::fs::read(scratch.0.join(run).join("checkpoint-8/model.safetensors")).unwrap();
+    assert!(weights("steps") == weights("epochs"), "checkpoint-8 differs");
+
+    let output = command(&scratch, "zero", &["--max-steps", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("`--max-steps` must be at least 1"), "{stderr}");
+}

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use unireward::ops::preference::{DpoLossType, FDivergence};
 use unireward::pipeline::runner::{run_pipeline, PipelineConfig, PipelineOutcome, RunOptions, StageEvent};
 use unireward::pipeline::world::{DemoSizes, TinyLlava};
+use unireward::train::run::latest_checkpoint;
 
 /// A folder with a tiny judge and policy, their data, and a config; removed on drop.
 struct World(PathBuf);
@@ -268,6 +269,7 @@ fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() 
     let config = config.replace("[sample]", "[policy.training]\nbatch_size = 2\nlr = 1e-3\n\n[sample]");
     let config =
         config.replace("prompts = \"prompts.jsonl\"", "sft = \"policy-sft.jsonl\"\nprompts = \"prompts.jsonl\"");
+    let config = config.replace("prompts_per_round = 2\n", "prompts_per_round = 2\ndpo_max_steps = 3\n");
     world.write_config(&config.replace("[judge.training]\nbatch_size = 4\nlr = 1e-3\nsave_every = 1\n", ""));
     let online = RunOptions { online: true, ..RunOptions::default() };
     let (outcome, ran, _) = world.run(online.clone()).unwrap();
@@ -287,6 +289,11 @@ fn two_online_rounds_sample_filter_train_and_evaluate_from_the_current_policy() 
     assert_eq!(ids(1), ["\"prompt-0\"", "\"prompt-1\""]);
     assert_eq!(ids(2), ["\"prompt-2\"", "\"prompt-0\""], "the next prompts, cycling");
     assert!(out.join("policy-sft/checkpoint-1/config.json").is_file());
+    for round in 1..=2 {
+        let dpo = out.join(format!("online/round-{round}/dpo"));
+        let last = latest_checkpoint(&dpo).map(|(step, _)| step);
+        assert_eq!(last, Some(3), "round {round}: `dpo_max_steps = 3` (two pairs a batch: three epochs)");
+    }
     // The policies are the stages' outputs (chained by the records), not the config's checkpoint.
     for stage in ["online/round-1/sample", "online/round-2/dpo"] {
         let record = std::fs::read_to_string(out.join(stage).join("record.json")).unwrap();
@@ -356,6 +363,15 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
         "rounds = 2\nprompts_per_round = 2\ndpo_epochs = 1\nfoo = 1",
     );
     assert!(err.contains("unknown field `foo`"), "{err}");
+    let online = "rounds = 2\nprompts_per_round = 2";
+    for (extra, want) in [
+        ("dpo_epochs = 1\ndpo_max_steps = 2", "both `dpo_epochs` and `dpo_max_steps`"),
+        ("dpo_max_steps = 0", "`[online] dpo_max_steps` must be at least 1"),
+    ] {
+        world.write_config(&CONFIG.replacen(online, &format!("{online}\n{extra}"), 1));
+        let err = world.run(RunOptions { online: true, ..RunOptions::default() }).unwrap_err().to_string();
+        assert!(err.contains(want) && !world.out().exists(), "{err}");
+    }
     // Every problem at once, each by its key.
     world.write_config(&CONFIG.replace("lr = 5e-3", "lr = -1.0").replace("k = 4", "k = 1"));
     let err = world.run(RunOptions::default()).unwrap_err().to_string();

@@ -25,6 +25,9 @@ const CHECKPOINT_PREFIX: &str = "checkpoint-";
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub epochs: usize,
+    /// Optimizer steps of the run in place of `epochs` (transformers' `max_steps`): the sampler goes on into the
+    /// next epochs as far as needed, and the schedule spans these steps.
+    pub max_steps: Option<usize>,
     pub lr: f64,
     pub weight_decay: f64,
     pub max_grad_norm: Option<f64>,
@@ -57,6 +60,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             epochs: 1,
+            max_steps: None,
             lr: 1e-5,
             weight_decay: 0.0,
             max_grad_norm: Some(1.0),
@@ -90,6 +94,9 @@ impl TrainOptions {
         if self.max_len == 0 {
             return Err(Error::InvalidArgument("`--max-len` must be at least 1".into()));
         }
+        if self.max_steps == Some(0) {
+            return Err(Error::InvalidArgument("`--max-steps` must be at least 1".into()));
+        }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             return Err(Error::InvalidArgument(format!(
                 "`--warmup-ratio` must be in [0, 1], got {}",
@@ -104,8 +111,11 @@ impl TrainOptions {
         Ok(())
     }
 
-    /// Optimizer steps of the run over `batches_per_epoch` micro-batches an epoch.
+    /// Optimizer steps of the run over `batches_per_epoch` micro-batches an epoch: `max_steps` when set.
     pub(crate) fn total_steps(&self, batches_per_epoch: usize) -> Result<usize> {
+        if let Some(steps) = self.max_steps {
+            return Ok(steps);
+        }
         match self.epochs * batches_per_epoch / self.grad_accum {
             0 => Err(Error::InvalidArgument("the data holds fewer micro-batches than `--grad-accum`".into())),
             steps => Ok(steps),

@@ -31,6 +31,10 @@ pub struct MediaArgs {
 pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     epochs: usize,
+    /// Optimizer steps of the run, in place of --epochs (batches go on into the next epochs as far as needed; the
+    /// schedule spans these steps).
+    #[arg(long)]
+    max_steps: Option<usize>,
     #[arg(long, default_value_t = 1e-5)]
     lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -94,6 +98,7 @@ impl TrainArgs {
     pub fn options(&self) -> TrainOptions {
         TrainOptions {
             epochs: self.epochs,
+            max_steps: self.max_steps,
             lr: self.lr,
             weight_decay: self.weight_decay,
             max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),

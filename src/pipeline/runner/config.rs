@@ -186,6 +186,9 @@ pub struct OnlineConfig {
     pub prompts_per_round: usize,
     /// Epochs of DPO over a round's pairs (default `[dpo.training] epochs`).
     pub dpo_epochs: Option<usize>,
+    /// Optimizer steps of DPO per round, in place of `dpo_epochs` (default `[dpo.training] max_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo_max_steps: Option<usize>,
     /// The reference of a round's DPO: the policy the round starts from (true) or the initial policy (false).
     #[serde(default)]
     pub refresh_reference: bool,
@@ -197,6 +200,9 @@ pub struct OnlineConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     pub epochs: usize,
+    /// `--max-steps`: optimizer steps in place of `epochs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
     pub lr: f64,
     pub weight_decay: f64,
     /// 0: no clipping.
@@ -223,6 +229,7 @@ impl Default for TrainConfig {
         let o = TrainOptions::default();
         TrainConfig {
             epochs: o.epochs,
+            max_steps: o.max_steps,
             lr: o.lr,
             weight_decay: o.weight_decay,
             max_grad_norm: o.max_grad_norm.unwrap_or(0.0),
@@ -248,6 +255,7 @@ impl TrainConfig {
             .map_err(|e| Error::InvalidArgument(format!("`[{key}] schedule`: {e}")))?;
         let options = TrainOptions {
             epochs: self.epochs,
+            max_steps: self.max_steps,
             lr: self.lr,
             weight_decay: self.weight_decay,
             max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),

@@ -230,10 +230,20 @@ fn online_plan(o: &OnlineConfig, dpo: &TrainOptions) -> Result<OnlinePlan> {
     if epochs == 0 {
         return Err(Error::InvalidArgument("`[online] dpo_epochs` must be at least 1".into()));
     }
+    let max_steps = match (o.dpo_epochs, o.dpo_max_steps) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "`[online]` sets both `dpo_epochs` and `dpo_max_steps`: a round's DPO is counted in one".into(),
+            ))
+        }
+        (_, Some(0)) => return Err(Error::InvalidArgument("`[online] dpo_max_steps` must be at least 1".into())),
+        (Some(_), None) => None,
+        (None, steps) => steps.or(dpo.max_steps),
+    };
     Ok(OnlinePlan {
         rounds: o.rounds,
         prompts_per_round: o.prompts_per_round,
-        dpo: TrainOptions { epochs, ..dpo.clone() },
+        dpo: TrainOptions { epochs, max_steps, ..dpo.clone() },
         refresh_reference: o.refresh_reference,
     })
 }

@@ -261,11 +261,14 @@ fn align(
     {
         return Ok(Flow::Stopped);
     }
-    let options = json!({
+    let mut options = json!({
         "beta": c.dpo.beta, "loss_type": c.dpo.loss_type, "label_smoothing": c.dpo.label_smoothing,
         "reference_free": c.dpo.reference_free, "training": c.dpo.training, "epochs": round.train.epochs,
         "video_frames": c.policy.video_frames, "refresh_reference": round.reference.is_none(),
     });
+    if let Some(steps) = round.train.max_steps {
+        options["max_steps"] = steps.into();
+    }
     let record = policy_input(StageRecord::new(&dpo_name, ex.upstream(), options), models, hashes)?;
     let run = DpoRun {
         policy: models.policy.clone(),

@@ -8,10 +8,9 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use unireward::ops::fused_linear::{
     fused_linear_logprobs, fused_linear_logprobs_backward, fused_linear_logprobs_backward_into,
-    fused_linear_logprobs_extended, fused_linear_weighted_logprobs_backward_into, ExtraOutputs, FusedLinearConfig,
-    FusedLinearGrads, FusedLinearGradsMut, LinearHead, WeightedUpstream,
+    fused_linear_logprobs_extended, fused_linear_weighted_logprobs_backward_into, ExtendedLogProbs, ExtraOutputs,
+    FusedLinearConfig, FusedLinearGrads, FusedLinearGradsMut, LinearHead, WeightedUpstream,
 };
-use unireward::ops::fused_linear::ExtendedLogProbs;
 use unireward::ops::logprobs::{sequence_logprobs, LogProbsConfig, SequenceLogProbs, TokenReduction};
 use unireward::{DType, Device, Error, Tensor};
 

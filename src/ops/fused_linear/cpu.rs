@@ -138,7 +138,8 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
         entropy: Tensor::from_slice(&per_token(&sum_entropy), &[n], Device::Cpu)?,
         lse: Tensor::from_slice(&lse, &[n, plan.t], Device::Cpu)?,
     };
-    let sequences = |sums: Option<Vec<f32>>| sums.map(|s| Tensor::from_slice(&reduce(s), &[n], Device::Cpu)).transpose();
+    let sequences =
+        |sums: Option<Vec<f32>>| sums.map(|s| Tensor::from_slice(&reduce(s), &[n], Device::Cpu)).transpose();
     Ok(ExtendedLogProbs { logprobs: out, weighted_logps: sequences(weighted)?, log_collision: sequences(collision)? })
 }
 

@@ -148,10 +148,11 @@ def run(run_name, batches):
             losses, chosen, rejected = dpo_loss(cfg, pc, pr, rc, rr)
             # TRL's nll_loss: the mean cross-entropy over the micro-batch's chosen tokens (summed log-probs here).
             nll = -pc.sum() / (labels[:PAIRS, 1:] != -100).sum() if "rpo_alpha" in cfg else torch.zeros(())
-            losses = losses + cfg.get("rpo_alpha", 0.0) * nll
+            micro_loss = losses.mean() + cfg.get("rpo_alpha", 0.0) * nll
             if cfg.get("use_weighting"):
-                losses = losses * torch.clamp(torch.exp(wpo[:PAIRS] + wpo[PAIRS:]), max=1)
-            micro_loss = losses.mean()
+                # TRL's use_weighting: each pair's loss (with the NLL term) times its detached weight, then the mean.
+                weights = torch.clamp(torch.exp(wpo[:PAIRS] + wpo[PAIRS:]), max=1)
+                micro_loss = ((losses + cfg.get("rpo_alpha", 0.0) * nll) * weights).mean()
             # Equal micro-batches: the step's loss is the mean over its micro-batches' (and so over its pairs').
             (micro_loss / MICRO).backward()
             loss += micro_loss.item() * PAIRS

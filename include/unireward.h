@@ -382,8 +382,10 @@ typedef struct ur_dpo_config {
   // A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
   // in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
   uint32_t num_loss_types;
-  // Must be 0 (explicit padding before the pointers; a future field).
-  uint32_t reserved;
+  // Nonzero: WPO (TRL's `use_weighting`; default 0): `ur_dpo_trainer_*` weight each pair's loss by the policy's
+  // own length-normalised probability of both completions; `ur_dpo_loss` then needs `pair_weights`. (A reserved
+  // field that had to be 0 before: a library older than this field refuses it nonzero.)
+  int32_t use_weighting;
   const int32_t *loss_types;
   const float *loss_weights;
   // Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.

@@ -146,6 +146,9 @@ fn bad_options_and_pair_files_are_one_clear_error_with_nothing_written() {
     refused(&["--loss-type", "sigmoid,hinge", "--loss-weights", "0.5"], "`--loss-weights` has 1 weights for 2");
     refused(&["--loss-type", "sigmoid,hinge", "--loss-weights", "0.5,nan"], "`--loss-weights` holds NaN");
     refused(&["--rpo-alpha", "-1"], "`--rpo-alpha` must be finite and >= 0, got -1");
+    refused(&["--ld-alpha", "-0.5"], "`--ld-alpha` must be in [0, 1], got -0.5");
+    refused(&["--ld-alpha", "0.5", "--reference-free"], "`--ld-alpha` needs a reference");
+    refused(&["--ld-alpha", "0.5", "--loss-type", "ipo"], "`--ld-alpha` does not go with ipo");
     refused(&["--f-divergence", "kl"], "`--f-divergence` is refused: unknown f-divergence `kl`");
     refused(&["--f-divergence", "alpha_divergence", "--f-alpha-divergence-coef", "0"], "`--f-alpha-divergence-coef`");
     refused(&["--simpo-gamma", "inf"], "`--simpo-gamma` must be finite");

@@ -1,12 +1,15 @@
 //! The fused linear log-prob path against float64 references: PyTorch fixtures, an f64 Rust loop on fresh random
-//! inputs, finite differences, and the materialised path (`sequence_logprobs` on `h·Wᵀ + b`).
+//! inputs, finite differences, and the materialised path (`sequence_logprobs` on `h·Wᵀ + b`); with per-token weights
+//! (the weighted sums and their gradient) and the log collision probabilities against the same f64 loop and finite
+//! differences.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use unireward::ops::fused_linear::{
-    fused_linear_logprobs, fused_linear_logprobs_backward, fused_linear_logprobs_backward_into, FusedLinearConfig,
-    FusedLinearGrads, FusedLinearGradsMut, LinearHead,
+    fused_linear_logprobs, fused_linear_logprobs_backward, fused_linear_logprobs_backward_into,
+    fused_linear_logprobs_extended, fused_linear_weighted_logprobs_backward_into, ExtendedLogProbs, ExtraOutputs,
+    FusedLinearConfig, FusedLinearGrads, FusedLinearGradsMut, LinearHead, WeightedUpstream,
 };
 use unireward::ops::logprobs::{sequence_logprobs, LogProbsConfig, SequenceLogProbs, TokenReduction};
 use unireward::{DType, Device, Error, Tensor};
@@ -28,6 +31,11 @@ struct Case {
     labels: Vec<i64>,
     mask: Vec<i64>,
     grad_logps: Vec<f64>,
+    /// Per-token weights `[N,T]` of the weighted sums (empty: none) and their upstream gradient `[N]`.
+    #[serde(default)]
+    token_weights: Vec<f64>,
+    #[serde(default)]
+    grad_weighted: Vec<f64>,
 }
 
 /// Expected outputs, from PyTorch or from [`reference`].
@@ -40,6 +48,12 @@ struct Expected {
     grad_hidden: Vec<f64>,
     grad_weight: Vec<f64>,
     grad_bias: Vec<f64>,
+    /// The weighted sums, when the case has token weights.
+    #[serde(default)]
+    weighted: Vec<f64>,
+    /// Σ over counted tokens of log Σ_v p_v² (reduced like `logps`).
+    #[serde(default)]
+    log_collision: Vec<f64>,
 }
 
 /// The float64 reference: materialised logits, log-softmax, masked reduction and the analytic gradients.
@@ -54,7 +68,10 @@ fn reference(c: &Case) -> Expected {
         grad_hidden: vec![0.0; n * t * h],
         grad_weight: vec![0.0; v * h],
         grad_bias: vec![0.0; if c.has_bias { v } else { 0 }],
+        weighted: vec![0.0; if c.token_weights.is_empty() { 0 } else { n }],
+        log_collision: vec![0.0; n],
     };
+    let weighted = !c.token_weights.is_empty();
     let counted = |p: usize| c.labels[p] != IGNORE && c.mask[p] != 0;
     for p in 0..n * t {
         if counted(p) {
@@ -75,9 +92,15 @@ fn reference(c: &Case) -> Expected {
         let label = c.labels[p] as usize;
         let count = e.token_counts[s];
         e.logps[s] += logits[label] - lse;
+        e.log_collision[s] += probs.iter().map(|q| q * q).sum::<f64>().ln();
+        let mut upstream = c.grad_logps[s];
+        if weighted {
+            e.weighted[s] += c.token_weights[p] * (logits[label] - lse);
+            upstream += c.token_weights[p] * c.grad_weighted[s];
+        }
         e.entropy[s] += -probs.iter().zip(&logits).map(|(q, x)| q * (x - lse)).sum::<f64>() / count;
         e.mean_logits[s] += logits.iter().sum::<f64>() / v as f64 / count;
-        let scale = c.grad_logps[s] / if mean { count } else { 1.0 };
+        let scale = upstream / if mean { count } else { 1.0 };
         for (j, &prob) in probs.iter().enumerate() {
             let g = scale * (if j == label { 1.0 } else { 0.0 } - prob);
             for k in 0..h {
@@ -93,6 +116,10 @@ fn reference(c: &Case) -> Expected {
         for s in 0..n {
             if e.token_counts[s] > 0.0 {
                 e.logps[s] /= e.token_counts[s];
+                e.log_collision[s] /= e.token_counts[s];
+                if weighted {
+                    e.weighted[s] /= e.token_counts[s];
+                }
             }
         }
     }
@@ -121,7 +148,17 @@ fn random_case(rng: &mut StdRng, (n, t, h, v): (usize, usize, usize, usize), has
         labels,
         mask,
         grad_logps,
+        token_weights: vec![],
+        grad_weighted: vec![],
     }
+}
+
+/// `c` with per-token weights (LD-DPO's 0/1 among them, and arbitrary ones) and an upstream gradient for their sums.
+fn with_weights(rng: &mut StdRng, mut c: Case) -> Case {
+    let choices = [0.0, 1.0, 0.5, -0.75, 2.0];
+    c.token_weights = (0..c.n * c.t).map(|_| choices[rng.gen_range(0..choices.len())]).collect();
+    c.grad_weighted = (0..c.n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    c
 }
 
 /// The op's inputs as tensors of `dtype`.
@@ -132,6 +169,8 @@ struct Inputs {
     labels: Tensor,
     mask: Tensor,
     grad_logps: Tensor,
+    token_weights: Option<Tensor>,
+    grad_weighted: Option<Tensor>,
 }
 
 impl Inputs {
@@ -145,13 +184,9 @@ impl Inputs {
             bias: c.has_bias.then(|| f(&c.bias, &[c.v])),
             labels: Tensor::from_slice(&c.labels, &[c.n, c.t], device).unwrap(),
             mask: Tensor::from_slice(&c.mask, &[c.n, c.t], device).unwrap(),
-            grad_logps: Tensor::from_f32(
-                &c.grad_logps.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                &[c.n],
-                DType::F32,
-                device,
-            )
-            .unwrap(),
+            grad_logps: f32s(&c.grad_logps, &[c.n], device),
+            token_weights: (!c.token_weights.is_empty()).then(|| f32s(&c.token_weights, &[c.n, c.t], device)),
+            grad_weighted: (!c.grad_weighted.is_empty()).then(|| f32s(&c.grad_weighted, &[c.n], device)),
         }
     }
 
@@ -165,6 +200,45 @@ impl Inputs {
             fused_linear_logprobs_backward(self.head(), &self.labels, Some(&self.mask), &out, &self.grad_logps, cfg)?;
         Ok((out, grads))
     }
+
+    /// The extended forward (weighted sums and log collision probabilities) and the weighted backward (the case
+    /// must have token weights): the outputs and the gradients.
+    fn run_weighted(&self, cfg: &FusedLinearConfig) -> unireward::Result<(ExtendedLogProbs, FusedLinearGrads)> {
+        let token_weights = self.token_weights.as_ref().expect("a weighted case");
+        let extras = ExtraOutputs { token_weights: Some(token_weights), log_collision: true };
+        let out = fused_linear_logprobs_extended(self.head(), &self.labels, Some(&self.mask), extras, cfg)?;
+        let zeros_like = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device()).unwrap();
+        let mut grads = FusedLinearGrads {
+            grad_hidden: zeros_like(&self.hidden),
+            grad_weight: zeros_like(&self.weight),
+            grad_bias: self.bias.as_ref().map(zeros_like),
+        };
+        let upstream = WeightedUpstream {
+            grad_logps: &self.grad_logps,
+            token_weights,
+            grad_weighted_logps: self.grad_weighted.as_ref().expect("a weighted case"),
+        };
+        let buffers = FusedLinearGradsMut {
+            grad_hidden: &mut grads.grad_hidden,
+            grad_weight: &mut grads.grad_weight,
+            grad_bias: grads.grad_bias.as_mut(),
+            accumulate: false,
+        };
+        fused_linear_weighted_logprobs_backward_into(
+            self.head(),
+            &self.labels,
+            Some(&self.mask),
+            &out.logprobs,
+            upstream,
+            cfg,
+            buffers,
+        )?;
+        Ok((out, grads))
+    }
+}
+
+fn f32s(x: &[f64], shape: &[usize], device: Device) -> Tensor {
+    Tensor::from_f32(&x.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape, DType::F32, device).unwrap()
 }
 
 fn config(c: &Case, chunk_tokens: Option<usize>) -> FusedLinearConfig {
@@ -187,7 +261,14 @@ fn assert_close(what: &str, got: &[f64], expected: &[f64], rel: f64) {
 
 fn check(c: &Case, e: &Expected, dtype: DType, device: Device, chunk_tokens: Option<usize>, rel: f64) {
     let inputs = Inputs::new(c, dtype, device);
-    let (out, grads) = inputs.run(&config(c, chunk_tokens)).unwrap();
+    let (out, grads) = if c.token_weights.is_empty() {
+        inputs.run(&config(c, chunk_tokens)).unwrap()
+    } else {
+        let (out, grads) = inputs.run_weighted(&config(c, chunk_tokens)).unwrap();
+        assert_close("weighted", &values(out.weighted_logps.as_ref().unwrap()), &e.weighted, rel);
+        assert_close("log_collision", &values(out.log_collision.as_ref().unwrap()), &e.log_collision, rel);
+        (out.logprobs, grads)
+    };
     assert_close("logps", &values(&out.logps), &e.logps, rel);
     assert_close("token_counts", &values(&out.token_counts), &e.token_counts, 0.0);
     assert_close("entropy", &values(&out.entropy), &e.entropy, rel);
@@ -264,14 +345,117 @@ fn random_inputs_match_the_f64_loop() {
 }
 
 #[test]
+fn weighted_sums_log_collisions_and_gradients_match_the_f64_loop() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (dims, bias, mean) in
+        [((2, 7, 5, 37), true, false), ((3, 1, 3, 1000), false, true), ((4, 9, 16, 129), true, true)]
+    {
+        let c = random_case(&mut rng, dims, bias, mean);
+        let c = with_weights(&mut rng, c);
+        let e = reference(&c);
+        for chunk in [None, Some(1), Some(4)] {
+            check(&c, &e, DType::F32, Device::Cpu, chunk, 2e-5);
+        }
+    }
+}
+
+/// A zero head gives uniform distributions: each token's log Σ_v p_v² is −log V.
+#[test]
+fn uniform_distributions_have_log_collision_minus_log_v() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let c = random_case(&mut rng, (2, 4, 3, 17), false, false);
+    let mut c = with_weights(&mut rng, c);
+    c.weight.fill(0.0);
+    let (out, _) = Inputs::new(&c, DType::F32, Device::Cpu).run_weighted(&config(&c, None)).unwrap();
+    let counts = values(&out.logprobs.token_counts);
+    let want: Vec<f64> = counts.iter().map(|n| -n * 17f64.ln()).collect();
+    assert_close("log_collision", &values(out.log_collision.as_ref().unwrap()), &want, 1e-6);
+}
+
+/// With all weights 1 the weighted sums are the log-probs, and a weighted upstream gradient adds to the plain one.
+#[test]
+fn unit_weights_give_the_plain_sums_and_gradients() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let c = random_case(&mut rng, (3, 6, 8, 51), true, false);
+    let mut c = with_weights(&mut rng, c);
+    c.token_weights.fill(1.0);
+    let (out, grads) = Inputs::new(&c, DType::F32, Device::Cpu).run_weighted(&config(&c, Some(2))).unwrap();
+    assert_eq!(values(out.weighted_logps.as_ref().unwrap()), values(&out.logprobs.logps));
+    let mut plain = c.clone();
+    plain.grad_logps.iter_mut().zip(&c.grad_weighted).for_each(|(g, w)| *g += w);
+    let (_, plain_grads) = Inputs::new(&plain, DType::F32, Device::Cpu).run(&config(&plain, Some(2))).unwrap();
+    assert_close("grad_weight", &values(&grads.grad_weight), &values(&plain_grads.grad_weight), 1e-6);
+    assert_close("grad_hidden", &values(&grads.grad_hidden), &values(&plain_grads.grad_hidden), 1e-6);
+}
+
+#[test]
+fn bad_token_weights_are_clear_errors() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let c = random_case(&mut rng, (2, 3, 4, 10), false, false);
+    let c = with_weights(&mut rng, c);
+    let cfg = config(&c, None);
+    let refused = |inputs: &Inputs, what: &str| {
+        let err = inputs.run_weighted(&cfg).expect_err("bad token weights must be refused").to_string();
+        assert!(err.contains(what), "{err}");
+    };
+    let mut bad = Inputs::new(&c, DType::F32, Device::Cpu);
+    bad.token_weights = Some(Tensor::zeros(&[2, 4], DType::F32, Device::Cpu).unwrap());
+    refused(&bad, "token_weights");
+    bad.token_weights = Some(Tensor::zeros(&[2, 3], DType::I64, Device::Cpu).unwrap());
+    refused(&bad, "token_weights");
+    bad.token_weights = Some(Tensor::from_f32(&[0.0; 6], &[2, 3], DType::F32, Device::Cpu).unwrap());
+    bad.grad_weighted = Some(Tensor::zeros(&[3], DType::F32, Device::Cpu).unwrap());
+    refused(&bad, "grad_weighted_logps");
+    // A NaN weight is refused where its token counts and never read where it does not.
+    let counted = (0..c.n * c.t).find(|&p| c.labels[p] != IGNORE && c.mask[p] != 0).unwrap();
+    let mut nan = c.clone();
+    nan.token_weights[counted] = f64::NAN;
+    refused(&Inputs::new(&nan, DType::F32, Device::Cpu), "`token_weights` is NaN");
+    let uncounted = (0..c.n * c.t).find(|&p| c.labels[p] == IGNORE).unwrap();
+    let mut ignored = c.clone();
+    ignored.token_weights[uncounted] = f64::NAN;
+    Inputs::new(&ignored, DType::F32, Device::Cpu).run_weighted(&cfg).unwrap();
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     let seed: u64 = rand::random();
     println!("seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let c = random_case(&mut rng, (2, 4, 6, 23), true, true);
+    gradients_match_finite_differences_on(&mut rng, &c);
+}
+
+#[test]
+fn weighted_gradients_match_finite_differences() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for mean in [false, true] {
+        let c = random_case(&mut rng, (2, 5, 6, 23), true, mean);
+        let c = with_weights(&mut rng, c);
+        gradients_match_finite_differences_on(&mut rng, &c);
+    }
+}
+
+/// The objective `Σ g·logps (+ Σ g_w·weighted)` of `e` (the outputs for `c`).
+fn objective_of(c: &Case, logps: &[f64], weighted: &[f64]) -> f64 {
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    dot(logps, &c.grad_logps) + dot(weighted, &c.grad_weighted)
+}
+
+/// The f64 reference's gradients against central differences of its objective, and the f32 op's largest hidden
+/// gradient against a coarse difference of the op's own outputs.
+fn gradients_match_finite_differences_on(rng: &mut StdRng, c: &Case) {
+    let c = c.clone();
     let e = reference(&c);
-    // The objective Σ g·logps in f64, as a function of the inputs.
-    let objective = |c: &Case| reference(c).logps.iter().zip(&c.grad_logps).map(|(l, g)| l * g).sum::<f64>();
+    // The objective in f64, as a function of the inputs.
+    let objective = |c: &Case| {
+        let e = reference(c);
+        objective_of(c, &e.logps, &e.weighted)
+    };
     let step = 1e-6;
     let central = |mutate: &dyn Fn(&mut Case, f64)| {
         let (mut plus, mut minus) = (c.clone(), c.clone());
@@ -299,13 +483,18 @@ fn gradients_match_finite_differences() {
         assert!((fd - e.grad_bias[k]).abs() < 1e-6 * (1.0 + fd.abs()), "d bias[{k}]: fd {fd} vs {}", e.grad_bias[k]);
     }
     // And the f32 op itself, with a step its precision supports.
-    let inputs = Inputs::new(&c, DType::F32, Device::Cpu);
-    let (_, grads) = inputs.run(&config(&c, Some(3))).unwrap();
-    let gh = values(&grads.grad_hidden);
-    let objective_f32 = |c: &Case| {
-        let (out, _) = Inputs::new(c, DType::F32, Device::Cpu).run(&config(c, Some(3))).unwrap();
-        values(&out.logps).iter().zip(&c.grad_logps).map(|(l, g)| l * g).sum::<f64>()
+    let run = |c: &Case| {
+        let inputs = Inputs::new(c, DType::F32, Device::Cpu);
+        if c.token_weights.is_empty() {
+            let (out, grads) = inputs.run(&config(c, Some(3))).unwrap();
+            (objective_of(c, &values(&out.logps), &[]), grads)
+        } else {
+            let (out, grads) = inputs.run_weighted(&config(c, Some(3))).unwrap();
+            (objective_of(c, &values(&out.logprobs.logps), &values(out.weighted_logps.as_ref().unwrap())), grads)
+        }
     };
+    let gh = values(&run(&c).1.grad_hidden);
+    let objective_f32 = |c: &Case| run(c).0;
     let i = (0..c.hidden.len()).max_by(|&a, &b| gh[a].abs().total_cmp(&gh[b].abs())).unwrap();
     let (mut plus, mut minus) = (c.clone(), c.clone());
     plus.hidden[i] += 1e-2;
@@ -525,6 +714,12 @@ fn cuda_matches_cpu() {
             check(&c, &e, DType::F32, Device::Cuda(0), chunk, 1e-4);
             check(&c, &e, DType::BF16, Device::Cuda(0), chunk, 5e-2);
             check(&c, &e, DType::F16, Device::Cuda(0), chunk, 3e-2);
+        }
+        let c = with_weights(&mut rng, c);
+        let e = reference(&c);
+        for chunk in [None, Some(1), Some(8)] {
+            check(&c, &e, DType::F32, Device::Cuda(0), chunk, 1e-4);
+            check(&c, &e, DType::BF16, Device::Cuda(0), chunk, 5e-2);
         }
     }
 }

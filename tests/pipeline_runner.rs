@@ -438,7 +438,7 @@ fn dpo_loss_keys_reach_the_loss_round_trip_and_bad_values_are_refused_by_key() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("examples/pipeline.toml")).unwrap();
     let with = |keys: &str| example.replace("reference_free = false", &format!("reference_free = false\n{keys}"));
-    let keys = "loss_weights = [0.8, 0.25]\nrpo_alpha = 0.5\nf_divergence = \"alpha_divergence\"\n\
+    let keys = "loss_weights = [0.8, 0.25]\nrpo_alpha = 0.5\nld_alpha = 0.25\nf_divergence = \"alpha_divergence\"\n\
                 f_alpha_divergence_coef = 0.3\nsimpo_gamma = 0.7\ndiscopop_tau = 0.02";
     let text = with(keys).replace("loss_type = \"sigmoid\"", "loss_type = \"sigmoid,bco_pair\"");
     let config = PipelineConfig::from_toml(&text, root).unwrap();
@@ -446,13 +446,15 @@ fn dpo_loss_keys_reach_the_loss_round_trip_and_bad_values_are_refused_by_key() {
     let terms = [(DpoLossType::Sigmoid, 0.8), (DpoLossType::BcoPair, 0.25)];
     assert_eq!(loss.losses().terms(), &terms);
     assert_eq!((loss.rpo_alpha, loss.f_divergence), (Some(0.5), FDivergence::AlphaDivergence(0.3)));
-    assert_eq!((loss.simpo_gamma, loss.discopop_tau), (0.7, 0.02));
+    assert_eq!((loss.simpo_gamma, loss.discopop_tau, loss.ld_alpha), (0.7, 0.02, Some(0.25)));
     let written = toml::to_string_pretty(&config).unwrap();
     let again = PipelineConfig::from_toml(&written, root).unwrap().dpo_loss().unwrap();
     assert_eq!(format!("{again:?}"), format!("{loss:?}"));
     for (keys, want) in [
         ("loss_weights = [1.0, 2.0]", "`[dpo] loss_weights` has 2 weights for 1 loss types"),
         ("rpo_alpha = -0.5", "`[dpo] rpo_alpha` must be finite and >= 0"),
+        ("ld_alpha = 1.5", "`[dpo] ld_alpha` must be in [0, 1], got 1.5"),
+        ("ld_alpha = nan", "`[dpo] ld_alpha` must be in [0, 1], got NaN"),
         ("f_divergence = \"kl\"", "`[dpo] f_divergence` is refused: unknown f-divergence `kl`"),
         ("f_divergence = \"alpha_divergence\"\nf_alpha_divergence_coef = 0.0", "`[dpo] f_alpha_divergence_coef`"),
         ("simpo_gamma = nan", "`[dpo] simpo_gamma` must be finite"),

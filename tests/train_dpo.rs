@@ -1,5 +1,6 @@
 //! The DPO trainer: 10 steps with gradient accumulation against PyTorch for TRL's sigmoid loss (with label
-//! smoothing), its IPO loss, RPO (`rpo_alpha`) and a sigmoid + hinge mixture (`loss_weights`) (`tests/reference/train_dpo.py`: a float64 transformers model, TRL's formulas by hand,
+//! smoothing), its IPO loss, RPO (`rpo_alpha`), a sigmoid + hinge mixture (`loss_weights`), LD-DPO (`ld_alpha`,
+//! pairs of unequal lengths both ways) and WPO (`use_weighting`) (`tests/reference/train_dpo.py`: a float64 transformers model, TRL's formulas by hand,
 //! AdamW + clip_grad_norm_ + the cosine warm-up schedule), its reference pass against the same, a toy preference task
 //! it learns, and clear errors on bad batches and losses.
 
@@ -52,6 +53,9 @@ struct LossRun {
     loss_type: String,
     loss_weights: Option<Vec<f32>>,
     rpo_alpha: Option<f32>,
+    ld_alpha: Option<f32>,
+    #[serde(default)]
+    use_weighting: bool,
     beta: f32,
     label_smoothing: f32,
     max_grad_norm: f64,
@@ -93,6 +97,8 @@ fn ten_steps_match_pytorch(run_name: &str, device: Device, rel: f64) {
         loss_type: run.loss_type.clone(),
         loss_weights: run.loss_weights.clone(),
         rpo_alpha: run.rpo_alpha,
+        ld_alpha: run.ld_alpha,
+        use_weighting: run.use_weighting,
         beta: run.beta,
         label_smoothing: run.label_smoothing,
         ..TrlDpoOptions::default()
@@ -108,7 +114,7 @@ fn ten_steps_match_pytorch(run_name: &str, device: Device, rel: f64) {
             .zip(refs)
             .map(|(b, r)| {
                 let rows = b.sequence_batch();
-                let got = reference_logps(&reference, &rows, Default::default()).unwrap();
+                let got = reference_logps(&reference, &rows, Default::default(), run.ld_alpha).unwrap();
                 for (g, w) in got.chosen.iter().chain(&got.rejected).zip(r.chosen.iter().chain(&r.rejected)) {
                     assert_close(&format!("step {k} reference log-prob"), f64::from(*g), *w, rel, 1.0);
                 }
@@ -173,12 +179,22 @@ fn ten_steps_of_a_sigmoid_hinge_mixture_match_pytorch() {
     ten_steps_match_pytorch("mixture", Device::Cpu, 1e-5);
 }
 
+#[test]
+fn ten_ld_dpo_steps_with_accumulation_match_pytorch() {
+    ten_steps_match_pytorch("ld", Device::Cpu, 1e-5);
+}
+
+#[test]
+fn ten_wpo_steps_with_accumulation_match_pytorch() {
+    ten_steps_match_pytorch("wpo", Device::Cpu, 1e-5);
+}
+
 /// The same on CUDA, whose kernels reduce in other orders: 1e-4 (the CPU run's worst final parameter is already
 /// 8e-6 from the float64 reference, an embedding row of a token no batch holds, moved by AdamW alone).
 #[test]
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
 fn ten_dpo_steps_on_cuda_match_pytorch() {
-    for run in ["sigmoid", "ipo", "rpo", "mixture"] {
+    for run in ["sigmoid", "ipo", "rpo", "mixture", "ld", "wpo"] {
         ten_steps_match_pytorch(run, Device::Cuda(0), 1e-4);
     }
 }
@@ -215,8 +231,10 @@ fn the_loss_falls_on_a_learnable_toy_preference_task() {
     let steps = 40;
     let reference = TrainModel::from(tiny_model());
     let batch = toy_batch();
-    let pairs =
-        PairBatch { reference: Some(reference_logps(&reference, &batch, Default::default()).unwrap()), rows: batch };
+    let pairs = PairBatch {
+        reference: Some(reference_logps(&reference, &batch, Default::default(), None).unwrap()),
+        rows: batch,
+    };
     let mut trainer = trainer_with(DpoConfig { beta: 1.0, ..DpoConfig::default() }, 3e-2, steps);
     let first = trainer.step(std::slice::from_ref(&pairs)).unwrap();
     let mut last = first.clone();
@@ -234,7 +252,17 @@ fn bad_batches_and_losses_are_clear_errors() {
     for (loss, what) in [
         (DpoConfig { beta: 0.0, ..DpoConfig::default() }, "`beta` must be positive"),
         (DpoConfig { label_smoothing: 0.5, ..DpoConfig::default() }, "`label_smoothing`"),
-        (DpoConfig { ld_alpha: Some(0.5), ..DpoConfig::default() }, "LD-DPO"),
+        (DpoConfig { ld_alpha: Some(-0.1), ..DpoConfig::default() }, "`ld_alpha` must be in [0, 1], got -0.1"),
+        (DpoConfig { ld_alpha: Some(f32::NAN), ..DpoConfig::default() }, "`ld_alpha` must be in [0, 1], got NaN"),
+        (DpoConfig { ld_alpha: Some(1.5), ..DpoConfig::default() }, "`ld_alpha` must be in [0, 1]"),
+        (
+            DpoConfig { ld_alpha: Some(0.5), reference_free: true, ..DpoConfig::default() },
+            "`ld_alpha` needs a reference",
+        ),
+        (
+            DpoConfig { ld_alpha: Some(0.5), loss_type: DpoLossType::Ipo, ..DpoConfig::default() },
+            "`ld_alpha` does not go with ipo",
+        ),
     ] {
         let config = DpoTrainerConfig { loss, ..DpoTrainerConfig::default() };
         let err = DpoTrainer::new(tiny_model(), config).expect_err("a bad loss must be refused").to_string();
@@ -283,4 +311,57 @@ fn reference_free_and_simpo_need_no_reference() {
         let got = trainer.step(&[PairBatch { rows: toy_batch(), reference: None }]).unwrap();
         assert!(got.loss.is_finite() && got.loss > 0.0, "{got:?}");
     }
+}
+
+/// `unireward dpo`'s and `[dpo]`'s spelling of a bad `ld_alpha` is named in the error.
+#[test]
+fn bad_ld_alpha_options_name_the_flag() {
+    let flag = |key: &str| format!("`--{}`", key.replace('_', "-"));
+    for (options, what) in [
+        (
+            TrlDpoOptions { ld_alpha: Some(f32::NAN), ..TrlDpoOptions::default() },
+            "`--ld-alpha` must be in [0, 1], got NaN",
+        ),
+        (TrlDpoOptions { ld_alpha: Some(-1.0), ..TrlDpoOptions::default() }, "`--ld-alpha` must be in [0, 1], got -1"),
+        (
+            TrlDpoOptions { ld_alpha: Some(0.5), reference_free: true, ..TrlDpoOptions::default() },
+            "`--ld-alpha` needs a reference",
+        ),
+        (
+            TrlDpoOptions { ld_alpha: Some(0.5), loss_type: "sigmoid,ipo".into(), ..TrlDpoOptions::default() },
+            "`--ld-alpha` does not go with ipo",
+        ),
+    ] {
+        let err = DpoConfig::from_trl(&options, flag).expect_err("a bad ld_alpha must be refused").to_string();
+        assert!(err.contains(what), "{err}");
+    }
+    let good = TrlDpoOptions { ld_alpha: Some(0.0), ..TrlDpoOptions::default() };
+    assert_eq!(DpoConfig::from_trl(&good, flag).unwrap().ld_alpha, Some(0.0));
+}
+
+/// LD-DPO with α = 1 is plain DPO: the same step, bit for bit up to the summation order of the two parts.
+#[test]
+fn ld_dpo_with_alpha_one_is_plain_dpo() {
+    let reference = TrainModel::from(tiny_model());
+    let mut batch = toy_batch();
+    // Unequal completions both ways: the first pair's rejected answer is the longer, the second pair's chosen one.
+    batch.labels[4] = IGNORE_INDEX;
+    batch.labels[5 * 5 + 3] = IGNORE_INDEX;
+    let step = |ld_alpha: Option<f32>| {
+        let refs = reference_logps(&reference, &batch, Default::default(), ld_alpha).unwrap();
+        let pairs = PairBatch { reference: Some(refs), rows: batch.clone() };
+        let mut trainer = trainer_with(DpoConfig { beta: 1.0, ld_alpha, ..DpoConfig::default() }, 1e-2, 3);
+        trainer.step(std::slice::from_ref(&pairs)).unwrap();
+        let second = trainer.step(std::slice::from_ref(&pairs)).unwrap();
+        (second.loss, values_f64(trainer.model().language_model().weights.head()))
+    };
+    let (plain_loss, plain) = step(None);
+    let (ld_loss, ld) = step(Some(1.0));
+    assert!((plain_loss - ld_loss).abs() < 1e-6, "{plain_loss} vs {ld_loss}");
+    for (i, (a, b)) in plain.iter().zip(&ld).enumerate() {
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-2), "head[{i}]: {a} vs {b}");
+    }
+    let (_, half) = step(Some(0.5));
+    let moved = half.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(moved > 1e-4, "α = 0.5 must change the update on unequal pairs (moved {moved})");
 }

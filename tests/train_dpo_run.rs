@@ -1,8 +1,8 @@
 //! `DpoRun` on a checkpoint assembled from fixtures (the Qwen2 model `tests/fixtures/qwen2/chat_tied` with the
 //! tokenizer and chat template of `tests/fixtures/qwen2/tokenizer`) and a generated pair file: the reference cache is
-//! written once and reused, a cache of another pair file or reference is refused with nothing written, a run stopped
-//! mid-epoch resumes to bitwise-equal parameters, the on-the-fly reference trains the same model, and bad input is
-//! refused before anything is written.
+//! written once and reused, a cache of another pair file, reference or LD-DPO `ld_alpha` is refused with nothing
+//! written, a run stopped mid-epoch resumes to bitwise-equal parameters, the on-the-fly reference trains the same
+//! model (with and without LD-DPO), and bad input is refused before anything is written.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +91,9 @@ fn the_reference_cache_is_reused_and_a_stale_one_refused() {
     let other_reference = DpoRun { reference: Some(first.checkpoint.clone()), ..run.clone() };
     let err = other_reference.run(&AtomicBool::new(false), |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("computed from another reference checkpoint"), "{err}");
+    let ld = DpoRun { loss: DpoConfig { ld_alpha: Some(0.5), ..run.loss }, ..run.clone() };
+    let err = ld.run(&AtomicBool::new(false), |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("computed from another `ld_alpha`"), "{err}");
     assert!(snapshot(&scratch.path("out")) == before, "a refused run wrote into --out");
 }
 
@@ -127,9 +130,16 @@ fn a_run_stopped_mid_epoch_resumes_to_bitwise_equal_parameters() {
 
 #[test]
 fn the_on_the_fly_reference_trains_the_same_model() {
-    let scratch = scratch("on-the-fly");
-    let cached = train(&dpo_run(&scratch, "cached"));
-    let run = DpoRun { reference_on_the_fly: true, ..dpo_run(&scratch, "fly") };
+    for ld_alpha in [None, Some(0.5)] {
+        on_the_fly_reference_trains_the_same_model(ld_alpha);
+    }
+}
+
+fn on_the_fly_reference_trains_the_same_model(ld_alpha: Option<f32>) {
+    let scratch = scratch(&format!("on-the-fly-{ld_alpha:?}"));
+    let with_loss = |run: DpoRun| DpoRun { loss: DpoConfig { ld_alpha, ..run.loss }, ..run };
+    let cached = train(&with_loss(dpo_run(&scratch, "cached")));
+    let run = with_loss(DpoRun { reference_on_the_fly: true, ..dpo_run(&scratch, "fly") });
     let fly = train(&run);
     assert_eq!(fly.reference, ReferenceSource::OnTheFly);
     assert!(!scratch.path("fly").join(CACHE_FILE).exists());

@@ -91,8 +91,10 @@ pub struct ur_dpo_config {
     /// A weighted sum of loss types (TRL's list-valued `loss_type` with `loss_weights`): `num_loss_types` codes
     /// in `loss_types` and weights in `loss_weights`; 0 (default) uses `loss_type` with weight 1.
     pub num_loss_types: u32,
-    /// Must be 0 (explicit padding before the pointers; a future field).
-    pub reserved: u32,
+    /// Nonzero: WPO (TRL's `use_weighting`; default 0): `ur_dpo_trainer_*` weight each pair's loss by the policy's
+    /// own length-normalised probability of both completions; `ur_dpo_loss` then needs `pair_weights`. (A reserved
+    /// field that had to be 0 before: a library older than this field refuses it nonzero.)
+    pub use_weighting: i32,
     pub loss_types: *const i32,
     pub loss_weights: *const f32,
     /// Per-pair weights `[P]` (WPO's `policy_weights`), constants, in the log-probs' dtype; NULL: all 1.
@@ -135,7 +137,7 @@ impl Config for ur_dpo_config {
             use_ld_alpha: 0,
             ld_alpha: 1.0,
             num_loss_types: 0,
-            reserved: 0,
+            use_weighting: 0,
             loss_types: std::ptr::null(),
             loss_weights: std::ptr::null(),
             pair_weights: std::ptr::null(),
@@ -154,9 +156,6 @@ impl ur_dpo_config {
     /// # Safety
     /// `loss_types` and `loss_weights` hold `num_loss_types` values each when it is nonzero.
     pub(super) unsafe fn to_config(self) -> FfiResult<DpoConfig> {
-        if self.reserved != 0 {
-            return Err(Failure::invalid(format!("`reserved` is {}: it must be 0", self.reserved)));
-        }
         let loss_type = code("loss_type", self.loss_type, &DpoLossType::ALL)?;
         let loss_mixture = match self.num_loss_types {
             0 => None,
@@ -209,6 +208,7 @@ impl ur_dpo_config {
             f_divergence,
             rpo_alpha: (self.use_rpo_alpha != 0).then_some(self.rpo_alpha),
             ld_alpha: (self.use_ld_alpha != 0).then_some(self.ld_alpha),
+            use_weighting: self.use_weighting != 0,
             simpo_gamma: self.simpo_gamma,
             discopop_tau: self.discopop_tau,
             bco_delta,

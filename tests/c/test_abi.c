@@ -450,11 +450,12 @@ static void test_dpo(void) {
     old.struct_size = offsetof(ur_dpo_config, grad_output); /* shorter than any released struct */
     FAILS(UR_ERROR_INVALID_ARGUMENT, "struct_size",
           ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &old, &loss_old, &tgc.dl, &tgr.dl, NULL, NULL));
-    ur_dpo_config padded = ur_dpo_config_default();
-    padded.reserved = 1;
-    FAILS(UR_ERROR_INVALID_ARGUMENT, "reserved",
-          ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &padded, &loss_old, &tgc.dl, &tgr.dl, NULL,
-                      NULL));
+    /* WPO's flag (where a reserved field was) needs the pair weights. */
+    ur_dpo_config weighted = ur_dpo_config_default();
+    weighted.use_weighting = 1;
+    FAILS(UR_ERROR_INVALID_ARGUMENT, "`use_weighting` needs `pair_weights`",
+          ur_dpo_loss(ctx, &tpc.dl, &tpr.dl, &trc.dl, &trr.dl, NULL, NULL, &weighted, &loss_old, &tgc.dl, &tgr.dl,
+                      NULL, NULL));
   }
   /* Outputs over inputs or over each other are refused (one shared check for every export). */
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`grad_policy_chosen_out` overlaps `policy_chosen`",

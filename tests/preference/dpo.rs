@@ -107,6 +107,8 @@ fn parse(case: &Value) -> (Case, DpoConfig) {
         f_divergence,
         rpo_alpha: c["rpo_alpha"].as_f64().map(|v| v as f32),
         ld_alpha: c["ld_alpha"].as_f64().map(|v| v as f32),
+        // The fixtures' pair weights are given as inputs, which the op uses with or without the trainer's flag.
+        use_weighting: false,
         simpo_gamma: f("simpo_gamma"),
         discopop_tau: f("discopop_tau"),
         bco_delta,

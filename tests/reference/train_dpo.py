@@ -2,11 +2,19 @@
 two micro-batches of two pairs (gradient accumulation), for TRL's sigmoid loss (with label smoothing: cDPO), its
 IPO loss, RPO (sigmoid + `rpo_alpha` times the chosen completions' NLL, TRL's `nll_loss`: the cross-entropy over
 every chosen token of the micro-batch) and a loss mixture (list-valued `loss_type` with `loss_weights`: the weighted
-sum of the losses and of the rewards), written out by hand as TRL's DPOTrainer computes them (v0.24-v0.27 `dpo_loss` and
-`concatenated_forward`): per-sequence log-probs summed over the completion tokens (averaged over them for IPO, for
-the policy and the reference alike), the reference a frozen copy of the initial policy, the loss the mean over the
-step's pairs; torch.optim.AdamW + clip_grad_norm_ + transformers' cosine schedule with warm-up. The model runs with
-qwen2_model.py's float64 ops (a true float64 forward).
+sum of the losses and of the rewards), LD-DPO (`ld_alpha`) and WPO (`use_weighting`), written out by hand as TRL's
+DPOTrainer computes them (v0.24-v0.27 `dpo_loss` and `concatenated_forward`): per-sequence log-probs summed over the
+completion tokens (averaged over them for IPO, for the policy and the reference alike), the reference a frozen copy
+of the initial policy, the loss the mean over the step's pairs; torch.optim.AdamW + clip_grad_norm_ + transformers'
+cosine schedule with warm-up. The model runs with qwen2_model.py's float64 ops (a true float64 forward).
+
+LD-DPO (arXiv 2409.06411): a completion's log-prob is the sum over its first min(chosen, rejected token count) tokens
+plus ld_alpha times the sum over the rest, for the policy and the reference alike, positions counted within the
+completion (the paper's definition; TRL compares whole-row positions with the completion lengths and leaves the
+reference whole). WPO (arXiv 2406.11827, TRL's `use_weighting`): each pair's loss times the detached
+min(exp(w_chosen + w_rejected), 1), w the mean over a completion's tokens of log p(token) - log sum_v p_v^2, both at
+the position that predicts the token (TRL subtracts the next position's logsumexp from each log-prob after rolling
+them by one).
 
 Run: ~/.cache/unireward/torch-venv/bin/python tests/reference/train_dpo.py
 Writes tests/fixtures/train_dpo/steps.json (config, the micro-batches as SequenceBatch fields (2P rows: chosen then
@@ -38,7 +46,10 @@ LOSSES = {"sigmoid": {"loss_type": "sigmoid", "beta": 0.5, "label_smoothing": 0.
           "rpo": {"loss_type": "sigmoid", "beta": 0.5, "label_smoothing": 0.0, "rpo_alpha": 0.7,
                   "max_grad_norm": 1.5},
           "mixture": {"loss_type": "sigmoid,hinge", "loss_weights": [0.8, 0.4], "beta": 0.5,
-                      "label_smoothing": 0.1, "max_grad_norm": 1.5}}
+                      "label_smoothing": 0.1, "max_grad_norm": 1.5},
+          "ld": {"loss_type": "sigmoid", "beta": 0.5, "label_smoothing": 0.0, "ld_alpha": 0.5, "max_grad_norm": 1.5},
+          "wpo": {"loss_type": "sigmoid", "beta": 0.5, "label_smoothing": 0.0, "use_weighting": True,
+                  "max_grad_norm": 1.5}}
 
 
 def micro_batch(g, vocab):
@@ -65,17 +76,28 @@ def tensors(b):
     return torch.tensor(b["ids"]).view(shape), torch.tensor(b["mask"]).view(shape), torch.tensor(b["labels"]).view(shape)
 
 
-def completion_logps(model, b, average):
-    """TRL's concatenated_forward: summed (or averaged) log-probs of the labelled tokens, chosen rows then rejected."""
+def completion_logps(model, b, average, ld_alpha=None):
+    """TRL's concatenated_forward: summed (or averaged) log-probs of the labelled tokens, chosen rows then rejected
+    (LD-DPO-weighted with `ld_alpha`), their count and WPO's per-row log weight (detached)."""
     ids, mask, labels = tensors(b)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     target = labels[:, 1:]
     counted = target != -100
-    per_token = torch.gather(logits.log_softmax(-1), 2, target.clamp(min=0).unsqueeze(2)).squeeze(2)
-    logps = (per_token * counted).sum(1)
+    log_probs = logits.log_softmax(-1)
+    per_token = torch.gather(log_probs, 2, target.clamp(min=0).unsqueeze(2)).squeeze(2)
+    weight = counted.double()
+    if ld_alpha is not None:
+        lengths = counted.sum(1)
+        public = torch.minimum(lengths[:PAIRS], lengths[PAIRS:]).repeat(2)
+        ordinal = counted.cumsum(1) - 1
+        weight = torch.where(counted & (ordinal >= public[:, None]), ld_alpha, 1.0) * counted
+    logps = (per_token * weight).sum(1)
     if average:
         logps = logps / counted.sum(1)
-    return logps[:PAIRS], logps[PAIRS:], int(counted.sum())
+    with torch.no_grad():
+        collision = torch.logsumexp(2 * log_probs, -1)  # log sum_v p_v^2 at each position
+        wpo = ((per_token - collision) * counted).sum(1) / counted.sum(1)
+    return logps[:PAIRS], logps[PAIRS:], int(counted.sum()), wpo
 
 
 def one_loss(loss_type, beta, eps, logits):
@@ -116,10 +138,10 @@ def run(run_name, batches):
         step_refs = []
         for b in step:
             with torch.no_grad():
-                rc, rr, _ = completion_logps(reference, b, average=False)
+                rc, rr, _, _ = completion_logps(reference, b, average=False, ld_alpha=cfg.get("ld_alpha"))
             step_refs.append({"chosen": rc.tolist(), "rejected": rr.tolist()})
             ids, mask, labels = tensors(b)
-            pc, pr, n = completion_logps(model, b, average)
+            pc, pr, n, wpo = completion_logps(model, b, average, ld_alpha=cfg.get("ld_alpha"))
             if average:
                 counts = (labels[:, 1:] != -100).sum(1)
                 rc, rr = rc / counts[:PAIRS], rr / counts[PAIRS:]
@@ -127,6 +149,10 @@ def run(run_name, batches):
             # TRL's nll_loss: the mean cross-entropy over the micro-batch's chosen tokens (summed log-probs here).
             nll = -pc.sum() / (labels[:PAIRS, 1:] != -100).sum() if "rpo_alpha" in cfg else torch.zeros(())
             micro_loss = losses.mean() + cfg.get("rpo_alpha", 0.0) * nll
+            if cfg.get("use_weighting"):
+                # TRL's use_weighting: each pair's loss (with the NLL term) times its detached weight, then the mean.
+                weights = torch.clamp(torch.exp(wpo[:PAIRS] + wpo[PAIRS:]), max=1)
+                micro_loss = ((losses + cfg.get("rpo_alpha", 0.0) * nll) * weights).mean()
             # Equal micro-batches: the step's loss is the mean over its micro-batches' (and so over its pairs').
             (micro_loss / MICRO).backward()
             loss += micro_loss.item() * PAIRS
@@ -159,6 +185,11 @@ def main():
     vocab = load("mha_tied", torch.float64).config.vocab_size
     g = torch.Generator().manual_seed(21)
     batches = [[micro_batch(g, vocab) for _ in range(MICRO)] for _ in range(STEPS)]
+    # LD-DPO's split needs pairs whose chosen completion is the longer one and pairs whose rejected one is.
+    counts = [[sum(l != -100 for l in b["labels"][r * b["len"] + 1:(r + 1) * b["len"]]) for r in range(2 * PAIRS)]
+              for step in batches for b in step]
+    assert any(c[p] > c[p + PAIRS] for c in counts for p in range(PAIRS))
+    assert any(c[p] < c[p + PAIRS] for c in counts for p in range(PAIRS))
     os.makedirs(OUT, exist_ok=True)
     losses = {name: run(name, batches) for name in LOSSES}
     with open(os.path.join(OUT, "steps.json"), "w") as f:

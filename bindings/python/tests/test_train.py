@@ -136,21 +136,27 @@ def pairs(n):
     return [{"prompt": f"Is {i} good?", "chosen": " ".join(["yes"] * (i + 1)), "rejected": "No."} for i in range(n)]
 
 
-def test_python_dpo_steps_equal_unireward_dpo_bitwise(model_dir, tmp_path):
+# Plain sigmoid DPO, and LD-DPO with WPO (the chosen answers grow from one word, the rejected one is "No.": pairs of
+# unequal lengths both ways), as `DpoTrainer` keywords and as `unireward dpo` flags.
+DPO_OPTIONS = [({}, []), ({"ld_alpha": 0.5, "use_weighting": True}, ["--ld-alpha", "0.5", "--use-weighting"])]
+
+
+@pytest.mark.parametrize("options,flags", DPO_OPTIONS)
+def test_python_dpo_steps_equal_unireward_dpo_bitwise(model_dir, tmp_path, options, flags):
     n, steps = 3, 4
     data = pairs(n)
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
     cli = pathlib.Path(unireward.library_path()).parent / "unireward"
     assert cli.is_file(), f"{cli} is missing: build it with `cargo build --release` (scripts/test.sh does)"
     args = ["--epochs", str(steps), "--batch-size", str(n), "--lr", "1e-3", "--beta", "0.5", "--label-smoothing",
-            "0.1", "--seed", "9", "--ref-on-the-fly"]  # fmt: skip
+            "0.1", "--seed", "9", "--ref-on-the-fly", *flags]  # fmt: skip
     done = subprocess.run([str(cli), "dpo", "--policy", str(model_dir), "--pairs", str(tmp_path / "pairs.jsonl"),
                            "--out", str(tmp_path / "cli"), *args], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     logged = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == steps
 
-    trainer = unireward.DpoTrainer(model_dir, total_steps=steps, beta=0.5, label_smoothing=0.1, lr=1e-3)
+    trainer = unireward.DpoTrainer(model_dir, total_steps=steps, beta=0.5, label_smoothing=0.1, lr=1e-3, **options)
     f32 = lambda x: torch.tensor(x, dtype=torch.float32).item()  # the log's f32 metrics, as printed  # noqa: E731
     for want in logged:
         got = trainer.step(list(reversed(data)))
@@ -173,6 +179,8 @@ def test_dpo_bad_input_is_a_clear_error(model_dir, tmp_path):
         unireward.DpoTrainer(model_dir, total_steps=2, loss_type="dpo")
     with pytest.raises(ValueError, match="`beta`"):
         unireward.DpoTrainer(model_dir, total_steps=2, beta=0.0)
+    with pytest.raises(UnirewardError, match=r"`ld_alpha` must be in \[0, 1\], got -1"):
+        unireward.DpoTrainer(model_dir, total_steps=2, ld_alpha=-1.0)
     with pytest.raises(ValueError, match="1 `loss_weights` for 2 loss types"):
         unireward.DpoTrainer(model_dir, total_steps=2, loss_type=["sigmoid", "hinge"], loss_weights=[1.0])
     trainer = unireward.DpoTrainer(model_dir, total_steps=2, loss_type=["sigmoid", "hinge"], loss_weights=[0.8, 0.4])

@@ -41,7 +41,7 @@ class _DpoConfig(ctypes.Structure):
                 ("bco_delta", ctypes.c_float), ("grad_output", ctypes.c_float),
                 ("f_divergence_type", ctypes.c_int32), ("f_alpha_divergence_coef", ctypes.c_float),
                 ("discopop_tau", ctypes.c_float), ("bco_count", ctypes.c_float), ("use_ld_alpha", ctypes.c_int32),
-                ("ld_alpha", ctypes.c_float), ("num_loss_types", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("ld_alpha", ctypes.c_float), ("num_loss_types", ctypes.c_uint32), ("use_weighting", ctypes.c_int32),
                 ("loss_types", ctypes.POINTER(ctypes.c_int32)), ("loss_weights", ctypes.POINTER(ctypes.c_float)),
                 ("pair_weights", _T), ("policy_chosen_verbose", _T), ("policy_rejected_verbose", _T),
                 ("grad_policy_chosen_verbose_out", _T), ("grad_policy_rejected_verbose_out", _T),

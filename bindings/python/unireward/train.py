@@ -215,8 +215,9 @@ class DpoTrainer(_RecordTrainer):
     """DPO of the policy checkpoint in `policy_dir` (Qwen2 or LLaVA-OneVision) in float32 on `device` against the
     reference in `reference_dir` (`None`: a frozen copy of the policy as it starts; not loaded for SimPO, ORPO or
     `reference_free`), with `unireward dpo`'s loss options — `loss_type` (one of `DPO_LOSS_TYPES`, or a list mixed
-    with `loss_weights`), `beta`, `label_smoothing`, `reference_free`, `rpo_alpha`, `simpo_gamma` — and the training
-    options of `SftTrainer` (`unireward dpo`'s defaults). Not thread-safe."""
+    with `loss_weights`), `beta`, `label_smoothing`, `reference_free`, `rpo_alpha`, `ld_alpha` (LD-DPO),
+    `use_weighting` (WPO), `simpo_gamma` — and the training options of `SftTrainer` (`unireward dpo`'s defaults). Not
+    thread-safe."""
 
     _KIND = "dpo"
     _METRICS = _DpoMetrics
@@ -224,7 +225,8 @@ class DpoTrainer(_RecordTrainer):
     def __init__(self, policy_dir: Path, total_steps: int, reference_dir: Optional[Path] = None,
                  loss_type: Union[str, Sequence[str]] = "sigmoid", loss_weights: Optional[Sequence[float]] = None,
                  beta: float = 0.1, label_smoothing: float = 0.0, reference_free: bool = False,
-                 rpo_alpha: Optional[float] = None, simpo_gamma: float = 0.5, lr: float = 1e-5,
+                 rpo_alpha: Optional[float] = None, ld_alpha: Optional[float] = None, use_weighting: bool = False,
+                 simpo_gamma: float = 0.5, lr: float = 1e-5,
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = 1.0, schedule: str = "cosine",
                  warmup_ratio: float = 0.03, max_len: int = 2048, freeze: Sequence[str] = (),
                  media_folder: Optional[Path] = None, video_frames: int = 8,
@@ -248,6 +250,8 @@ class DpoTrainer(_RecordTrainer):
         loss.label_smoothing = _finite("DpoTrainer", "label_smoothing", label_smoothing, 0.0)
         loss.reference_free = int(bool(reference_free))
         loss.use_rpo_alpha, loss.rpo_alpha = int(rpo_alpha is not None), 0.0 if rpo_alpha is None else rpo_alpha
+        loss.use_ld_alpha, loss.ld_alpha = int(ld_alpha is not None), 1.0 if ld_alpha is None else ld_alpha
+        loss.use_weighting = int(bool(use_weighting))
         loss.simpo_gamma = simpo_gamma
         self.policy_dir = pathlib.Path(policy_dir)
         reference = None if reference_dir is None else os.fsencode(reference_dir)

@@ -43,6 +43,14 @@ pub struct Args {
     /// RPO: adds α times the NLL of the chosen completions to the loss.
     #[arg(long, allow_negative_numbers = true)]
     rpo_alpha: Option<f32>,
+    /// LD-DPO: weight α in [0, 1] of each completion's tokens past the shorter completion's length of its pair
+    /// (policy and reference alike).
+    #[arg(long, allow_negative_numbers = true)]
+    ld_alpha: Option<f32>,
+    /// WPO: weight each pair's loss by the policy's own (detached) probability of both completions, normalised by
+    /// length (TRL's use_weighting).
+    #[arg(long)]
+    use_weighting: bool,
     /// TRL's f_divergence_type: reverse_kl, js_divergence, alpha_divergence, forward_kl.
     #[arg(long, default_value = "reverse_kl")]
     f_divergence: String,
@@ -75,6 +83,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         label_smoothing: args.label_smoothing,
         reference_free: args.reference_free,
         rpo_alpha: args.rpo_alpha,
+        ld_alpha: args.ld_alpha,
+        use_weighting: args.use_weighting,
         f_divergence: args.f_divergence.clone(),
         f_alpha_divergence_coef: args.f_alpha_divergence_coef,
         simpo_gamma: args.simpo_gamma,

@@ -5,7 +5,9 @@
 use super::{ForwardPass, HeadGradient, OutputGrads, Qwen2Gradients, Qwen2Model};
 use crate::ops::check;
 use crate::ops::fused_linear::{
-    fused_linear_logprobs, fused_linear_logprobs_backward_into, FusedLinearConfig, FusedLinearGradsMut, LinearHead,
+    fused_linear_logprobs, fused_linear_logprobs_backward_into, fused_linear_logprobs_extended,
+    fused_linear_weighted_logprobs_backward_into, ExtraOutputs, FusedLinearConfig, FusedLinearGradsMut, LinearHead,
+    WeightedUpstream,
 };
 use crate::ops::launch::host_ids;
 use crate::ops::logprobs::SequenceLogProbs;
@@ -111,40 +113,79 @@ impl Qwen2Model {
     /// through the fused head: `labels` `[N,T]` aligned with the ids as for
     /// [`Qwen2Model::causal_lm_loss_into_labels`] (−100, `cfg`'s ignore index, on prompt and padding). Keep the
     /// result for [`Qwen2Model::label_logps_backward_into`].
-    pub fn label_logps(&self, pass: &ForwardPass, labels: &[i64], cfg: &FusedLinearConfig) -> Result<LabelLogps> {
+    ///
+    /// The [`LabelExtras`] asked for are taken in the same pass through the head.
+    pub fn label_logps(
+        &self,
+        pass: &ForwardPass,
+        labels: &[i64],
+        extras: LabelExtras<'_>,
+        cfg: &FusedLinearConfig,
+    ) -> Result<LabelLogps> {
+        let token_weights = extras.token_weights;
         let &[n, t, _] = pass.hidden().shape() else { unreachable!("the hidden states are [N,T,H]") };
         if labels.len() != n * t {
             return Err(Error::Shape(format!("`labels` has {} values, the pass is [{n}, {t}]", labels.len())));
         }
+        if let Some(w) = token_weights.filter(|w| w.len() != n * t) {
+            return Err(Error::Shape(format!("`token_weights` has {} values, the pass is [{n}, {t}]", w.len())));
+        }
         let (shifted, _) = shift_labels(labels, t, cfg.logprobs.ignore_index);
         let labels = Tensor::from_slice(&shifted, &[n, t], self.device())?;
+        // Weights move with their labels: the weight of token t + 1 goes to position t, which predicts it.
+        let shift_weights =
+            |w: &[f32]| -> Vec<f32> { (0..w.len()).map(|i| if (i + 1) % t != 0 { w[i + 1] } else { 0.0 }).collect() };
+        let token_weights =
+            token_weights.map(|w| Tensor::from_slice(&shift_weights(w), &[n, t], self.device())).transpose()?;
         let mut cfg = cfg.clone();
         cfg.logprobs.reduction = crate::ops::logprobs::TokenReduction::Sum;
         let head = LinearHead { hidden: pass.hidden(), weight: self.weights.head(), bias: None };
-        let saved = fused_linear_logprobs(head, &labels, None, &cfg)?;
-        let logps = saved.logps.to_vec::<f32>()?.into_iter().map(f64::from).collect();
+        let to_f64 = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_vec::<f32>()?.into_iter().map(f64::from).collect()) };
+        let fused_extras = ExtraOutputs { token_weights: token_weights.as_ref(), log_collision: extras.log_collision };
+        let out = fused_linear_logprobs_extended(head, &labels, None, fused_extras, &cfg)?;
+        let weighted = out.weighted_logps.as_ref().map(to_f64).transpose()?;
+        let log_collision = out.log_collision.as_ref().map(to_f64).transpose()?;
+        let saved = out.logprobs;
+        let logps = to_f64(&saved.logps)?;
         let tokens =
             saved.token_counts.to_dtype(DType::F32)?.to_vec::<f32>()?.into_iter().map(|c| c as usize).collect();
-        Ok(LabelLogps { logps, tokens, labels, saved, cfg })
+        Ok(LabelLogps { logps, tokens, weighted, log_collision, labels, token_weights, saved, cfg })
     }
 
-    /// The gradient of `Σ_n grad_logps[n] · logps[n]` (`grad_logps` `[N]`) of a [`Qwen2Model::label_logps`] result:
-    /// the LM head's share written straight into `out`'s head buffer (as [`Qwen2Model::causal_lm_loss_into`] does),
-    /// the hidden states' returned for [`Qwen2Model::backward_into`] with the same `out`.
+    /// The gradient of `Σ_n grad_logps[n] · logps[n]` (`grad_logps` `[N]`), plus `grad_weighted[n] · weighted[n]`
+    /// when the result was taken with token weights, of a [`Qwen2Model::label_logps`] result: the LM head's share
+    /// written straight into `out`'s head buffer (as [`Qwen2Model::causal_lm_loss_into`] does), the hidden states'
+    /// returned for [`Qwen2Model::backward_into`] with the same `out`.
     pub fn label_logps_backward_into(
         &self,
         pass: &ForwardPass,
         logps: &LabelLogps,
         grad_logps: &[f32],
+        grad_weighted: Option<&[f32]>,
         out: &mut Qwen2Gradients,
     ) -> Result<OutputGrads> {
         let buffer = self.head_gradient_buffer(out)?;
         let n = logps.logps.len();
-        if grad_logps.len() != n {
-            return Err(Error::Shape(format!("`grad_logps` has {} values for {n} rows", grad_logps.len())));
-        }
-        let grad_logps = Tensor::from_f32(grad_logps, &[n], DType::F32, self.device())?;
-        let hidden = self.head_backward(pass, &logps.labels, &logps.saved, &grad_logps, &logps.cfg, buffer)?;
+        let vector = |name: &str, values: &[f32]| {
+            if values.len() != n {
+                return Err(Error::Shape(format!("`{name}` has {} values for {n} rows", values.len())));
+            }
+            Tensor::from_f32(values, &[n], DType::F32, self.device())
+        };
+        let grad_logps = vector("grad_logps", grad_logps)?;
+        let grad_weighted = grad_weighted.map(|g| vector("grad_weighted", g)).transpose()?;
+        let upstream = match (&logps.token_weights, &grad_weighted) {
+            (_, None) => HeadUpstream::Plain(&grad_logps),
+            (Some(token_weights), Some(grad_weighted_logps)) => {
+                HeadUpstream::Weighted(WeightedUpstream { grad_logps: &grad_logps, token_weights, grad_weighted_logps })
+            }
+            (None, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "`grad_weighted` for log-probabilities taken without token weights".into(),
+                ))
+            }
+        };
+        let hidden = self.head_backward(pass, &logps.labels, &logps.saved, upstream, &logps.cfg, buffer)?;
         Ok(OutputGrads { hidden, lm_head: HeadGradient::InBuffers })
     }
 
@@ -183,18 +224,18 @@ impl Qwen2Model {
         let total: f64 = row_nll.iter().sum();
         let n = shape[0];
         let grad_logps = Tensor::from_f32(&vec![-1.0 / tokens as f32; n], &[n], DType::F32, self.device())?;
-        let grad_hidden = self.head_backward(pass, &labels, &out, &grad_logps, &cfg, grad_head)?;
+        let grad_hidden = self.head_backward(pass, &labels, &out, HeadUpstream::Plain(&grad_logps), &cfg, grad_head)?;
         Ok(((total / tokens as f64) as f32, tokens, row_nll, grad_hidden))
     }
 
-    /// The fused head's backward from per-row `grad_logps`: the head's gradient overwrites `grad_head`, the hidden
-    /// states' is returned.
+    /// The fused head's backward from per-row upstream gradients: the head's gradient overwrites `grad_head`, the
+    /// hidden states' is returned.
     fn head_backward(
         &self,
         pass: &ForwardPass,
         labels: &Tensor,
         saved: &SequenceLogProbs,
-        grad_logps: &Tensor,
+        upstream: HeadUpstream<'_>,
         cfg: &FusedLinearConfig,
         grad_head: &mut Tensor,
     ) -> Result<Tensor> {
@@ -206,9 +247,32 @@ impl Qwen2Model {
             grad_bias: None,
             accumulate: false,
         };
-        fused_linear_logprobs_backward_into(head, labels, None, saved, grad_logps, cfg, grads)?;
+        match upstream {
+            HeadUpstream::Plain(grad_logps) => {
+                fused_linear_logprobs_backward_into(head, labels, None, saved, grad_logps, cfg, grads)?
+            }
+            HeadUpstream::Weighted(upstream) => {
+                fused_linear_weighted_logprobs_backward_into(head, labels, None, saved, upstream, cfg, grads)?
+            }
+        }
         Ok(grad_hidden)
     }
+}
+
+/// The upstream gradient of the fused head's backward: of each row's log-probability, or also of its weighted one.
+enum HeadUpstream<'a> {
+    Plain(&'a Tensor),
+    Weighted(WeightedUpstream<'a>),
+}
+
+/// What [`Qwen2Model::label_logps`] takes besides each row's log-probability, in the same pass through the head.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LabelExtras<'a> {
+    /// `[N,T]` weights aligned with the labels: also each row's log-probability weighted per token
+    /// ([`LabelLogps::weighted`]; LD-DPO's verbose tails).
+    pub token_weights: Option<&'a [f32]>,
+    /// Also each row's summed log collision probability ([`LabelLogps::log_collision`]; WPO's weights).
+    pub log_collision: bool,
 }
 
 /// Per-row log-probabilities of labelled tokens ([`Qwen2Model::label_logps`]), with what their backward needs.
@@ -218,8 +282,14 @@ pub struct LabelLogps {
     pub logps: Vec<f64>,
     /// Each row's counted tokens.
     pub tokens: Vec<usize>,
+    /// Each row's log-probability weighted per token, when taken with token weights.
+    pub weighted: Option<Vec<f64>>,
+    /// Each row's summed `log Σ_v p_v²` over its labelled tokens, when asked for.
+    pub log_collision: Option<Vec<f64>>,
     /// The shifted labels the fused head ran on.
     labels: Tensor,
+    /// The shifted token weights, when given.
+    token_weights: Option<Tensor>,
     saved: SequenceLogProbs,
     cfg: FusedLinearConfig,
 }

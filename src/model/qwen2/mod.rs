@@ -16,7 +16,7 @@ mod loss;
 mod weights;
 
 pub use cache::KvCache;
-pub use loss::{CausalLmLoss, LabelLogps};
+pub use loss::{CausalLmLoss, LabelExtras, LabelLogps};
 pub use weights::{LayerWeights, Qwen2Weights};
 
 use crate::model::views::check_gradient_buffers;

@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan};
+use super::{ExtendedLogProbs, FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan};
 use crate::ops::logprobs::row::{row_grad_in_place, row_stats, RowStats};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::ops::tokens::CountedToken;
@@ -89,7 +89,7 @@ fn scratch(head: &Head<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> (usize, Row
     (chunk, rows, F32Scratch::zeroed(chunk * plan.v))
 }
 
-pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<SequenceLogProbs> {
+pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<ExtendedLogProbs> {
     let head_data = Head::new(head, plan)?;
     let (chunk_len, mut rows, mut logits) = scratch(&head_data, plan, cfg);
     let (n, v) = (plan.n, plan.v);
@@ -98,11 +98,25 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     let mut sum_entropy = vec![0.0f32; n];
     let mut counts = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n * plan.t];
-    for chunk in plan.tokens.chunks(chunk_len) {
+    let mut weighted = plan.weights.as_ref().map(|_| vec![0.0f32; n]);
+    let mut collision = plan.log_collision.then(|| vec![0.0f32; n]);
+    for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
         head_data.chunk_logits(chunk, &mut rows, &mut logits)?;
-        let stats: Vec<RowStats> =
-            logits.par_chunks(v).zip(chunk.par_iter()).map(|(row, tok)| row_stats(row, Some(tok.label))).collect();
-        for (s, tok) in stats.iter().zip(chunk) {
+        let stats: Vec<(RowStats, f32)> = logits
+            .par_chunks(v)
+            .zip(chunk.par_iter())
+            .map(|(row, tok)| {
+                let s = row_stats(row, Some(tok.label));
+                (s, if plan.log_collision { log_collision(row, s.lse) } else { 0.0 })
+            })
+            .collect();
+        for (i, ((s, c), tok)) in stats.iter().zip(chunk).enumerate() {
+            if let (Some(sums), Some(weights)) = (weighted.as_mut(), plan.weights.as_ref()) {
+                sums[tok.sequence] += weights[index * chunk_len + i] * s.target_logp;
+            }
+            if let Some(sums) = collision.as_mut() {
+                sums[tok.sequence] += c;
+            }
             logps[tok.sequence] += s.target_logp;
             sum_mean_logits[tok.sequence] += s.sum_logits / v as f32;
             sum_entropy[tok.sequence] += s.entropy;
@@ -113,23 +127,33 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     let per_token = |sums: &[f32]| -> Vec<f32> {
         sums.iter().zip(&counts).map(|(s, &c)| if c > 0.0 { s / c } else { 0.0 }).collect()
     };
-    if cfg.logprobs.reduction == TokenReduction::Mean {
-        logps = per_token(&logps);
-    }
-    Ok(SequenceLogProbs {
-        logps: Tensor::from_slice(&logps, &[n], Device::Cpu)?,
+    let reduce = |sums: Vec<f32>| match cfg.logprobs.reduction {
+        TokenReduction::Sum => sums,
+        TokenReduction::Mean => per_token(&sums),
+    };
+    let out = SequenceLogProbs {
+        logps: Tensor::from_slice(&reduce(logps), &[n], Device::Cpu)?,
         token_counts: Tensor::from_slice(&counts, &[n], Device::Cpu)?,
         mean_logits: Tensor::from_slice(&per_token(&sum_mean_logits), &[n], Device::Cpu)?,
         entropy: Tensor::from_slice(&per_token(&sum_entropy), &[n], Device::Cpu)?,
         lse: Tensor::from_slice(&lse, &[n, plan.t], Device::Cpu)?,
-    })
+    };
+    let sequences =
+        |sums: Option<Vec<f32>>| sums.map(|s| Tensor::from_slice(&reduce(s), &[n], Device::Cpu)).transpose();
+    Ok(ExtendedLogProbs { logprobs: out, weighted_logps: sequences(weighted)?, log_collision: sequences(collision)? })
+}
+
+/// `log Σ_v softmax(row)_v² = log Σ_v exp(2·(x_v − lse))`, summed in f64 (NaN with a NaN lse, as the row's other
+/// statistics).
+fn log_collision(row: &[f32], lse: f32) -> f32 {
+    row.iter().map(|&x| f64::from((2.0 * (x - lse)).exp())).sum::<f64>().ln() as f32
 }
 
 pub(super) fn backward(
     head: &LinearHead<'_>,
     plan: &Plan,
     saved: &SequenceLogProbs,
-    grad_logps: &Tensor,
+    scales: &[f32],
     cfg: &FusedLinearConfig,
     out: FusedLinearGradsMut<'_>,
 ) -> Result<()> {
@@ -137,8 +161,6 @@ pub(super) fn backward(
     let (chunk_len, mut rows, mut grads) = scratch(&head_data, plan, cfg);
     let (h, v) = (plan.h, plan.v);
     let lse = saved.lse.to_f32_cow()?;
-    let upstream = grad_logps.to_f32_cow()?;
-    let scale = plan.gradient_scales(cfg, &upstream);
 
     let mut grad_hidden = Sums::new(out.grad_hidden, false)?;
     let mut grad_weight = Sums::new(out.grad_weight, out.accumulate)?;
@@ -152,11 +174,11 @@ pub(super) fn backward(
         grad_weight.clear_unless_kept();
     }
     let mut grad_rows = F32Scratch::zeroed(chunk_len * h);
-    for (index, chunk) in plan.tokens.chunks(chunk_len).enumerate() {
+    for (index, (chunk, scales)) in plan.tokens.chunks(chunk_len).zip(scales.chunks(chunk_len)).enumerate() {
         let c = chunk.len();
         head_data.chunk_logits(chunk, &mut rows, &mut grads)?;
-        grads[..c * v].par_chunks_mut(v).zip(chunk.par_iter()).for_each(|(row, tok)| {
-            row_grad_in_place(row, lse[tok.position], tok.label, scale[tok.sequence]);
+        grads[..c * v].par_chunks_mut(v).zip(chunk.par_iter().zip(scales)).for_each(|(row, (tok, &scale))| {
+            row_grad_in_place(row, lse[tok.position], tok.label, scale);
         });
         let g = MatRef::row_major(&grads[..c * v], c, v);
         // d_hidden rows = G·W, scattered back to their positions.

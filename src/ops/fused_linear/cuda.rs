@@ -1,7 +1,7 @@
 //! The CUDA fused path: cuBLAS for the chunk products, `kernels/fused_linear.cu` for gathers, row reductions and
 //! gradients. Everything runs on the device's stream; token indices are uploaded once per call.
 
-use super::{FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan, KERNELS};
+use super::{ExtendedLogProbs, FusedLinearConfig, FusedLinearGradsMut, LinearHead, Plan, KERNELS};
 use crate::ops::logprobs::{SequenceLogProbs, TokenReduction};
 use crate::runtime::cuda::blas::{self, DeviceMat};
 use crate::runtime::cuda::{launch_config, CudaBackend, PushKernelArg};
@@ -16,7 +16,6 @@ const MAX_ELEMENT_BLOCKS: usize = 4096;
 struct DeviceTokens {
     positions: Tensor,
     labels: Tensor,
-    sequences: Tensor,
     count: usize,
 }
 
@@ -34,10 +33,15 @@ impl DeviceTokens {
         Ok(DeviceTokens {
             positions: column(&|t| t.position)?,
             labels: column(&|t| t.label)?,
-            sequences: column(&|t| t.sequence)?,
             count: plan.tokens.len(),
         })
     }
+}
+
+/// Per-counted-token f32 values on the device (one padding entry keeps the buffer non-empty).
+fn per_token_values(values: &[f32], device: Device) -> Result<Tensor> {
+    let padded: Vec<f32> = values.iter().copied().chain([0.0]).collect();
+    Tensor::from_slice(&padded, &[padded.len()], device)
 }
 
 fn ptr(t: &Tensor) -> Result<u64> {
@@ -117,25 +121,32 @@ impl<'a> Chunks<'a> {
     }
 }
 
-pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<SequenceLogProbs> {
+pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfig) -> Result<ExtendedLogProbs> {
     let chunks = Chunks::new(head, plan, cfg)?;
     let (n, v, k) = (plan.n, plan.v, chunks.tokens.count);
     let per_token = || Tensor::zeros(&[k.max(1)], DType::F32, plan.device);
     let (lse_tok, logp_tok, mean_logit_tok, entropy_tok) = (per_token()?, per_token()?, per_token()?, per_token()?);
+    let collision_tok = plan.log_collision.then(per_token).transpose()?;
     let stats = chunks.backend.function(&KERNELS, &format!("fl_row_stats_{}", chunks.dtype().name()))?;
     for (first, c) in chunks.ranges() {
         chunks.chunk_logits(first, c)?;
         let (logits, bias, labels) = (ptr(&chunks.logits)?, optional_ptr(head.bias)?, ptr(&chunks.tokens.labels)?);
-        let outs = [ptr(&lse_tok)?, ptr(&logp_tok)?, ptr(&mean_logit_tok)?, ptr(&entropy_tok)?];
+        let outs = [
+            ptr(&lse_tok)?,
+            ptr(&logp_tok)?,
+            ptr(&mean_logit_tok)?,
+            ptr(&entropy_tok)?,
+            optional_ptr(collision_tok.as_ref())?,
+        ];
         let (v_i32, first_i32) = (v as i32, first as i32);
         let mut launch = chunks.backend.stream().launch_builder(&stats);
         launch.arg(&logits).arg(&bias).arg(&labels).arg(&v_i32).arg(&first_i32);
         for out in &outs {
             launch.arg(out);
         }
-        // SAFETY: fl_row_stats_<T>(const float*, const T*, const int*, int, int, float* ×4): one block per chunk
-        // row of `logits` [c, V]; `bias` is null or holds V elements; labels and the four outputs hold k ≥ first + c
-        // entries; labels were validated < V on the host.
+        // SAFETY: fl_row_stats_<T>(const float*, const T*, const int*, int, int, float* ×5): one block per chunk
+        // row of `logits` [c, V]; `bias` is null or holds V elements; labels and the outputs (the last null or not)
+        // hold k ≥ first + c entries; labels were validated < V on the host.
         unsafe { launch.launch(launch_config(c, THREADS, 0)?) }?;
     }
 
@@ -151,6 +162,9 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     let per_sequence = || Tensor::zeros(&[n], DType::F32, plan.device);
     let (logps, counts, mean_logits, entropy) = (per_sequence()?, per_sequence()?, per_sequence()?, per_sequence()?);
     let lse = Tensor::zeros(&[n, plan.t], DType::F32, plan.device)?;
+    let weights = plan.weights.as_deref().map(|w| per_token_values(w, plan.device)).transpose()?;
+    let weighted = weights.as_ref().map(|_| per_sequence()).transpose()?;
+    let collision = collision_tok.as_ref().map(|_| per_sequence()).transpose()?;
     let reduce = chunks.backend.function(&KERNELS, "fl_reduce_sequences")?;
     let mean = i32::from(cfg.logprobs.reduction == TokenReduction::Mean);
     let args = [
@@ -160,8 +174,18 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
         ptr(&logp_tok)?,
         ptr(&mean_logit_tok)?,
         ptr(&entropy_tok)?,
+        optional_ptr(weights.as_ref())?,
+        optional_ptr(collision_tok.as_ref())?,
     ];
-    let outs = [ptr(&logps)?, ptr(&counts)?, ptr(&mean_logits)?, ptr(&entropy)?, ptr(&lse)?];
+    let outs = [
+        ptr(&logps)?,
+        ptr(&counts)?,
+        ptr(&mean_logits)?,
+        ptr(&entropy)?,
+        ptr(&lse)?,
+        optional_ptr(weighted.as_ref())?,
+        optional_ptr(collision.as_ref())?,
+    ];
     let mut launch = chunks.backend.stream().launch_builder(&reduce);
     for a in &args {
         launch.arg(a);
@@ -170,26 +194,26 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     for o in &outs {
         launch.arg(o);
     }
-    // SAFETY: fl_reduce_sequences(const int*, const int*, const float* ×4, int, float* ×5): one block per
-    // sequence; `starts` holds N + 1 offsets into the k-long token arrays; the outputs hold N, N, N, N and N·T floats
-    // and every position is < N·T.
+    // SAFETY: fl_reduce_sequences(const int*, const int*, const float* ×6, int, float* ×7): one block per
+    // sequence; `starts` holds N + 1 offsets into the k-long token arrays (`weights` and `collision` each null or
+    // k + 1 long); the outputs hold N, N, N, N, N·T, N and N floats (the last two null when their inputs are) and
+    // every position is < N·T.
     unsafe { launch.launch(launch_config(n, THREADS, 0)?) }?;
-    Ok(SequenceLogProbs { logps, token_counts: counts, mean_logits, entropy, lse })
+    let logprobs = SequenceLogProbs { logps, token_counts: counts, mean_logits, entropy, lse };
+    Ok(ExtendedLogProbs { logprobs, weighted_logps: weighted, log_collision: collision })
 }
 
 pub(super) fn backward(
     head: &LinearHead<'_>,
     plan: &Plan,
     saved: &SequenceLogProbs,
-    grad_logps: &Tensor,
+    scales: &[f32],
     cfg: &FusedLinearConfig,
     out: FusedLinearGradsMut<'_>,
 ) -> Result<()> {
     let chunks = Chunks::new(head, plan, cfg)?;
     let (h, v, dtype, device) = (plan.h, plan.v, chunks.dtype(), plan.device);
-    let upstream = grad_logps.to_f32_cow()?;
-    let scale = plan.gradient_scales(cfg, &upstream);
-    let scale = Tensor::from_slice(&scale, &[plan.n], device)?;
+    let scale = per_token_values(scales, device)?;
     let lse = &saved.lse;
 
     // For f32 the gradient overwrites the chunk's logits; bf16/f16 products need it in the weight's dtype.
@@ -213,7 +237,6 @@ pub(super) fn backward(
             optional_ptr(head.bias)?,
             ptr(&chunks.tokens.labels)?,
             ptr(&chunks.tokens.positions)?,
-            ptr(&chunks.tokens.sequences)?,
             ptr(lse)?,
             ptr(&scale)?,
         ];
@@ -223,9 +246,9 @@ pub(super) fn backward(
             launch.arg(a);
         }
         launch.arg(&v_i32).arg(&first_i32).arg(&grads);
-        // SAFETY: fl_row_grad_<T>(const float*, const T*, const int* ×3, const float* ×2, int, int, T*): one block
+        // SAFETY: fl_row_grad_<T>(const float*, const T*, const int* ×2, const float* ×2, int, int, T*): one block
         // per chunk row; `grads` holds chunk_len·V elements of T (or is `logits` itself for f32, which the kernel
-        // allows); token arrays hold k ≥ first + c entries; `lse` holds N·T floats, `scale` N.
+        // allows); token arrays and `scale` hold k ≥ first + c entries; `lse` holds N·T floats.
         unsafe { launch.launch(launch_config(c, THREADS, 0)?) }?;
 
         let g = DeviceMat::row_major(grads, dtype, c, v);

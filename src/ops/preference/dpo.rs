@@ -422,6 +422,9 @@ fn validate(inputs: &PreferenceLogps, cfg: &DpoConfig) -> Result<(Device, Plan, 
         }
         _ => None,
     };
+    if cfg.use_weighting && inputs.pair_weights.is_none() {
+        return Err(Error::InvalidArgument("`use_weighting` needs `pair_weights` (WPO's per-pair weights)".into()));
+    }
     let mean_weight = match inputs.pair_weights {
         Some(w) => {
             let w = host::floats(w)?;

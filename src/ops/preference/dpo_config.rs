@@ -281,9 +281,15 @@ pub struct DpoConfig {
     pub rpo_alpha: Option<f32>,
     /// LD-DPO's α (TRL's `ld_alpha`): the policy's log-prob of a completion becomes its public part (the first
     /// `min(chosen, rejected length)` tokens) plus α times the rest; needs the verbose parts
-    /// ([`PreferenceLogps::with_verbose`](super::PreferenceLogps::with_verbose)). As in TRL the reference
-    /// log-probs are left whole and, with IPO, the policy's are then not length-normalised.
+    /// ([`PreferenceLogps::with_verbose`](super::PreferenceLogps::with_verbose)). The op takes the reference
+    /// log-probs as given (the DPO trainer splits them as the policy's, as the paper does; TRL leaves them whole)
+    /// and, with IPO, the policy's are then not length-normalised.
     pub ld_alpha: Option<f32>,
+    /// WPO (TRL's `use_weighting`, arXiv 2406.11827): each pair's loss weighted by the policy's own detached
+    /// `min(exp(w_chosen + w_rejected), 1)`, `w` a completion's mean over its tokens of `log p(token) − log Σ_v p_v²`.
+    /// The DPO trainer computes the weights in its forward; [`dpo_loss`](super::dpo_loss) takes them as
+    /// `pair_weights`, which this flag then requires.
+    pub use_weighting: bool,
     /// SimPO's target margin γ.
     pub simpo_gamma: f32,
     /// DiscoPOP's τ > 0 (TRL's `discopop_tau`).
@@ -305,6 +311,7 @@ impl Default for DpoConfig {
             f_divergence: FDivergence::ReverseKl,
             rpo_alpha: None,
             ld_alpha: None,
+            use_weighting: false,
             simpo_gamma: 0.5,
             discopop_tau: 0.05,
             bco_delta: BcoDelta::default(),
@@ -373,7 +380,7 @@ impl DpoConfig {
                 return Err(bad("f_divergence", format!("is refused: unknown f-divergence `{other}`; known: {known}")));
             }
         };
-        Ok(DpoConfig {
+        let config = DpoConfig {
             loss_type: types[0],
             loss_mixture,
             beta: o.beta,
@@ -381,10 +388,34 @@ impl DpoConfig {
             reference_free: o.reference_free,
             f_divergence,
             rpo_alpha: o.rpo_alpha,
+            ld_alpha: o.ld_alpha,
+            use_weighting: o.use_weighting,
             simpo_gamma: o.simpo_gamma,
             discopop_tau: o.discopop_tau,
             ..DpoConfig::default()
-        })
+        };
+        match config.ld_alpha_problem() {
+            Some(problem) => Err(bad("ld_alpha", problem)),
+            None => Ok(config),
+        }
+    }
+
+    /// What is wrong with `ld_alpha` for the DPO trainer, if anything: α must be in [0, 1], and the loss must
+    /// compare against a reference (the trainer splits the reference's log-probs as the policy's) without
+    /// averaging the log-probs over tokens.
+    pub fn ld_alpha_problem(&self) -> Option<String> {
+        let alpha = self.ld_alpha?;
+        if !(0.0..=1.0).contains(&alpha) {
+            return Some(format!("must be in [0, 1], got {alpha}"));
+        }
+        if self.reference_free {
+            return Some("needs a reference (LD-DPO splits the reference's log-probs too): drop reference_free".into());
+        }
+        let losses = self.losses();
+        if losses.length_normalised() || !losses.uses_reference() {
+            return Some("does not go with ipo, simpo or orpo (they average the log-probs over tokens)".into());
+        }
+        None
     }
 
     /// The loss types and their weights: `loss_mixture`, or `loss_type` with weight 1.
@@ -406,6 +437,12 @@ pub struct TrlDpoOptions {
     pub reference_free: bool,
     /// RPO's weight of the chosen completions' NLL.
     pub rpo_alpha: Option<f32>,
+    /// LD-DPO's α in [0, 1]: the weight of each completion's tokens past its pair's shared length (policy and
+    /// reference alike; see [`DpoConfig::ld_alpha`]).
+    pub ld_alpha: Option<f32>,
+    /// WPO: weight each pair's loss by the policy's probability of both completions (see
+    /// [`DpoConfig::use_weighting`]).
+    pub use_weighting: bool,
     /// TRL's `f_divergence_type`: `reverse_kl`, `js_divergence`, `alpha_divergence` or `forward_kl`.
     pub f_divergence: String,
     /// α of `alpha_divergence` (TRL's `f_alpha_divergence_coef`).
@@ -424,6 +461,8 @@ impl Default for TrlDpoOptions {
             label_smoothing: d.label_smoothing,
             reference_free: d.reference_free,
             rpo_alpha: d.rpo_alpha,
+            ld_alpha: d.ld_alpha,
+            use_weighting: d.use_weighting,
             f_divergence: "reverse_kl".into(),
             f_alpha_divergence_coef: 1.0,
             simpo_gamma: d.simpo_gamma,

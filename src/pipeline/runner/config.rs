@@ -151,6 +151,10 @@ pub struct DpoSection {
     pub label_smoothing: f32,
     pub reference_free: bool,
     pub rpo_alpha: Option<f32>,
+    /// LD-DPO's α in [0, 1] (`unireward dpo --ld-alpha`).
+    pub ld_alpha: Option<f32>,
+    /// WPO (`unireward dpo --use-weighting`).
+    pub use_weighting: bool,
     pub f_divergence: String,
     pub f_alpha_divergence_coef: f32,
     pub simpo_gamma: f32,
@@ -168,6 +172,8 @@ impl Default for DpoSection {
             label_smoothing: t.label_smoothing,
             reference_free: t.reference_free,
             rpo_alpha: t.rpo_alpha,
+            ld_alpha: t.ld_alpha,
+            use_weighting: t.use_weighting,
             f_divergence: t.f_divergence,
             f_alpha_divergence_coef: t.f_alpha_divergence_coef,
             simpo_gamma: t.simpo_gamma,
@@ -348,6 +354,8 @@ impl PipelineConfig {
             label_smoothing: d.label_smoothing,
             reference_free: d.reference_free,
             rpo_alpha: d.rpo_alpha,
+            ld_alpha: d.ld_alpha,
+            use_weighting: d.use_weighting,
             f_divergence: d.f_divergence.clone(),
             f_alpha_divergence_coef: d.f_alpha_divergence_coef,
             simpo_gamma: d.simpo_gamma,

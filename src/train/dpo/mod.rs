@@ -8,17 +8,23 @@
 //! over all its pairs (for the losses that treat pairs independently: all but AOT's sorting and BCO's running mean,
 //! which see each micro-batch as TRL does). Reference log-probabilities come with the batches: precomputed once and
 //! cached ([`mod@reference`]), or from a frozen copy on the fly ([`DpoRun`]).
+//!
+//! LD-DPO (`ld_alpha`) takes each row's verbose tail in the same pass through the head, weighted per token, and
+//! splits the reference's log-probs alike (see `ld.rs`); WPO (`use_weighting`) weights each pair's loss by the
+//! policy's own length-normalised probability of its completions, from statistics of the same pass (see `wpo.rs`).
 
+mod ld;
 mod records;
 pub mod reference;
 mod run;
+mod wpo;
 
 pub use records::DpoRecordTrainer;
 pub use run::{DpoOutcome, DpoRun, ReferenceSource};
 
 use super::data::SequenceBatch;
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::model::qwen2::{ForwardOptions, LabelLogps};
+use crate::model::qwen2::{ForwardOptions, LabelExtras, LabelLogps};
 use crate::ops::fused_linear::FusedLinearConfig;
 use crate::ops::preference::{dpo_loss, BcoDelta, DpoConfig, DpoMetrics, DpoOutput, PreferenceLogps};
 use crate::runtime::{DType, Device, Tensor};
@@ -93,23 +99,45 @@ impl DpoStepMetrics {
     }
 }
 
-/// The summed log-probabilities of each pair's completions under `model` and, with them, what their backward needs.
-/// The only place the trainer runs the model forward.
+/// The summed log-probabilities of each pair's completions under `model` (and, with `ld_alpha`, of their verbose
+/// tails: [`LabelLogps::weighted`]; with `log_collision`, WPO's statistics) and, with them, what their backward
+/// needs. The only place the trainer runs the model forward.
 fn pair_logps(
     model: &TrainModel,
     rows: &SequenceBatch,
     forward: ForwardOptions,
     head: &FusedLinearConfig,
+    ld_alpha: Option<f32>,
+    log_collision: bool,
 ) -> Result<(TrainPass, LabelLogps)> {
+    let verbose = ld_alpha.map(|_| ld::verbose_tokens(rows, head.logprobs.ignore_index));
     let pass = model.forward(&model.prepare(rows)?, forward)?;
-    let logps = model.language_model().label_logps(pass.lm(), &rows.labels, head)?;
+    let extras = LabelExtras { token_weights: verbose.as_deref(), log_collision };
+    let logps = model.language_model().label_logps(pass.lm(), &rows.labels, extras, head)?;
     Ok((pass, logps))
 }
 
-/// [`PairLogps`] of a batch's rows under a model that is not trained (the reference): forward only.
-pub fn reference_logps(model: &TrainModel, rows: &SequenceBatch, forward: ForwardOptions) -> Result<PairLogps> {
-    let (_, logps) = pair_logps(model, rows, forward, &FusedLinearConfig::default())?;
-    Ok(split(&logps.logps))
+/// [`PairLogps`] of a batch's rows under a model that is not trained (the reference): forward only. With LD-DPO's
+/// `ld_alpha` each completion's log-prob is its public part plus α times its verbose tail, as the policy's.
+pub fn reference_logps(
+    model: &TrainModel,
+    rows: &SequenceBatch,
+    forward: ForwardOptions,
+    ld_alpha: Option<f32>,
+) -> Result<PairLogps> {
+    let (_, logps) = pair_logps(model, rows, forward, &FusedLinearConfig::default(), ld_alpha, false)?;
+    Ok(match (ld_alpha, &logps.weighted) {
+        (Some(alpha), Some(verbose)) => {
+            let rows: Vec<f64> = logps
+                .logps
+                .iter()
+                .zip(verbose)
+                .map(|(&full, &verbose)| ld::desensitized(full, verbose, alpha))
+                .collect();
+            split(&rows)
+        }
+        _ => split(&logps.logps),
+    })
 }
 
 /// Rows `0..P` and `P..2P` of per-row values.
@@ -261,12 +289,24 @@ impl DpoTrainer {
     /// Returns the loss's output and the micro-batch's labelled tokens.
     fn micro_batch(&mut self, batch: &PairBatch) -> Result<(DpoOutput, usize)> {
         let device = self.model.device();
-        let (pass, logps) = pair_logps(&self.model, &batch.rows, self.config.forward, &self.config.head)?;
+        let DpoTrainerConfig { forward, head, loss, .. } = &self.config;
+        let (pass, logps) = pair_logps(&self.model, &batch.rows, *forward, head, loss.ld_alpha, loss.use_weighting)?;
         let pairs = batch.pairs();
         let policy = split(&logps.logps);
         let lengths: Vec<i64> = logps.tokens.iter().map(|&n| n as i64).collect();
         let vector = |v: &[f32]| Tensor::from_f32(v, &[pairs], DType::F32, device);
         let (chosen, rejected) = (vector(&policy.chosen)?, vector(&policy.rejected)?);
+        let verbose = match &logps.weighted {
+            Some(weighted) => {
+                let verbose = split(weighted);
+                Some((vector(&verbose.chosen)?, vector(&verbose.rejected)?))
+            }
+            None => None,
+        };
+        let pair_weights = match &logps.log_collision {
+            Some(collision) => Some(vector(&wpo::pair_weights(&logps.logps, collision, &logps.tokens))?),
+            None => None,
+        };
         let chosen_lengths = Tensor::from_slice(&lengths[..pairs], &[pairs], device)?;
         let rejected_lengths = Tensor::from_slice(&lengths[pairs..], &[pairs], device)?;
         let reference = match batch.reference.as_ref().filter(|_| self.needs_reference()) {
@@ -277,12 +317,32 @@ impl DpoTrainer {
         if let Some((c, r)) = &reference {
             inputs = inputs.with_reference(c, r);
         }
+        if let Some((c, r)) = &verbose {
+            inputs = inputs.with_verbose(c, r);
+        }
+        if let Some(w) = &pair_weights {
+            inputs = inputs.with_pair_weights(w);
+        }
         let loss_config = DpoConfig { bco_delta: self.bco_delta, ..self.config.loss };
         let out = dpo_loss(&inputs, &loss_config)?;
-        let mut grad_logps = out.grad_policy_chosen.to_dtype(DType::F32)?.to_vec::<f32>()?;
-        grad_logps.extend(out.grad_policy_rejected.to_dtype(DType::F32)?.to_vec::<f32>()?);
+        let rows = |chosen: &Tensor, rejected: &Tensor| -> Result<Vec<f32>> {
+            let mut values = chosen.to_dtype(DType::F32)?.to_vec::<f32>()?;
+            values.extend(rejected.to_dtype(DType::F32)?.to_vec::<f32>()?);
+            Ok(values)
+        };
+        let grad_logps = rows(&out.grad_policy_chosen, &out.grad_policy_rejected)?;
+        let grad_verbose = match (&out.grad_policy_chosen_verbose, &out.grad_policy_rejected_verbose) {
+            (Some(c), Some(r)) => Some(rows(c, r)?),
+            _ => None,
+        };
         let lm = self.model.language_model();
-        let grads = lm.label_logps_backward_into(pass.lm(), &logps, &grad_logps, self.grads.language_model_mut())?;
+        let grads = lm.label_logps_backward_into(
+            pass.lm(),
+            &logps,
+            &grad_logps,
+            grad_verbose.as_deref(),
+            self.grads.language_model_mut(),
+        )?;
         self.model.backward_into(pass, grads, &mut self.grads)?;
         self.optimizer.accumulate(&self.model.named_gradients(&self.grads), pairs as f64)?;
         self.bco_delta = out.bco_delta;
@@ -321,14 +381,21 @@ pub(crate) fn needs_reference(loss: &DpoConfig) -> bool {
 /// Refuses what the trainer does not do and what [`dpo_loss`] would refuse, by running its own checks on one
 /// made-up pair, so a bad β or mixture is an error when the trainer is built, not at its first step.
 fn check_loss(loss: &DpoConfig) -> Result<()> {
-    if loss.ld_alpha.is_some() {
-        return Err(Error::InvalidArgument("the DPO trainer does not do LD-DPO (`ld_alpha`) yet".into()));
+    if let Some(problem) = loss.ld_alpha_problem() {
+        return Err(Error::InvalidArgument(format!("`ld_alpha` {problem}")));
     }
     let cpu = Device::Cpu;
     let (chosen, rejected) =
         (Tensor::from_f32(&[-1.0], &[1], DType::F32, cpu)?, Tensor::from_f32(&[-2.0], &[1], DType::F32, cpu)?);
     let lengths = Tensor::from_slice(&[2i64], &[1], cpu)?;
-    let inputs =
+    let mut inputs =
         PreferenceLogps::new(&chosen, &rejected).with_lengths(&lengths, &lengths).with_reference(&rejected, &chosen);
+    if loss.ld_alpha.is_some() {
+        inputs = inputs.with_verbose(&rejected, &rejected);
+    }
+    let weights = Tensor::from_f32(&[1.0], &[1], DType::F32, cpu)?;
+    if loss.use_weighting {
+        inputs = inputs.with_pair_weights(&weights);
+    }
     dpo_loss(&inputs, loss).map(|_| ())
 }

@@ -113,7 +113,9 @@ impl DpoRecordTrainer {
             }
             let examples: Vec<_> = data.examples.iter().collect();
             let rows = collate_pairs(&examples, self.tokenizer.pad_id());
-            let reference = self.reference.as_ref().map(|model| reference_logps(model, &rows, forward)).transpose()?;
+            let ld_alpha = self.trainer.config().loss.ld_alpha;
+            let reference =
+                self.reference.as_ref().map(|model| reference_logps(model, &rows, forward, ld_alpha)).transpose()?;
             batches.push(PairBatch { rows, reference });
         }
         self.trainer.step(&batches)

@@ -1,8 +1,9 @@
 //! Reference log-probabilities computed once over a pair file and cached beside the run's checkpoints
 //! (`out/ref_logps.json`), with fingerprints of what they were computed from so that a cache made from another pair
 //! file, another reference checkpoint or another tokenization (tokenizer, chat template, `--max-len`, the records
-//! kept) is refused instead of silently reused. The values are the f32 log-probs the trainer would get from the
-//! reference on the fly (up to the padding of the batch they ran in).
+//! kept) or another LD-DPO `ld_alpha` (which splits the reference's log-probs) is refused instead of silently
+//! reused. The values are the f32 log-probs the trainer would get from the reference on the fly (up to the padding
+//! of the batch they ran in).
 
 use std::path::{Path, PathBuf};
 
@@ -21,16 +22,18 @@ pub const CACHE_FILE: &str = "ref_logps.json";
 
 /// What a cache was computed from: FNV-1a fingerprints of the pair file's bytes, of the reference checkpoint's
 /// `config.json` and weight files, and of the tokenized pairs (line, prompt, chosen and rejected ids of each kept
-/// record).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// record); and LD-DPO's α the values were split with (absent in caches written before LD-DPO: none).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CacheKey {
     pub pairs_file: u64,
     pub reference: u64,
     pub examples: u64,
+    #[serde(default)]
+    pub ld_alpha: Option<f32>,
 }
 
 impl CacheKey {
-    pub fn new(pairs_file: &Path, reference_dir: &Path, data: &PairDataset) -> Result<CacheKey> {
+    pub fn new(pairs_file: &Path, reference_dir: &Path, data: &PairDataset, ld_alpha: Option<f32>) -> Result<CacheKey> {
         let mut file = Fingerprint::default();
         file.file(pairs_file)?;
         let mut reference = Fingerprint::default();
@@ -46,7 +49,7 @@ impl CacheKey {
                 ids.iter().for_each(|&id| examples.word(u64::from(id)));
             }
         }
-        Ok(CacheKey { pairs_file: file.finish(), reference: reference.finish(), examples: examples.finish() })
+        Ok(CacheKey { pairs_file: file.finish(), reference: reference.finish(), examples: examples.finish(), ld_alpha })
     }
 }
 
@@ -77,18 +80,20 @@ struct CacheFile {
     rejected: Vec<f32>,
 }
 
-/// Every pair's reference log-probabilities, in the dataset's order, in batches of `batch_size` pairs.
+/// Every pair's reference log-probabilities, in the dataset's order, in batches of `batch_size` pairs (split by
+/// LD-DPO's `ld_alpha` when given, as [`reference_logps`] does).
 pub fn compute(
     model: &TrainModel,
     data: &PairDataset,
     pad_id: u32,
     batch_size: usize,
     forward: ForwardOptions,
+    ld_alpha: Option<f32>,
 ) -> Result<PairLogps> {
     let mut all = PairLogps::default();
     for chunk in data.examples.chunks(batch_size.max(1)) {
         let examples: Vec<_> = chunk.iter().collect();
-        let logps = reference_logps(model, &collate_pairs(&examples, pad_id), forward)?;
+        let logps = reference_logps(model, &collate_pairs(&examples, pad_id), forward, ld_alpha)?;
         all.chosen.extend(logps.chosen);
         all.rejected.extend(logps.rejected);
     }
@@ -125,6 +130,7 @@ pub fn load(path: &Path, key: CacheKey, pairs: usize) -> Result<Option<PairLogps
         (file.key.pairs_file != key.pairs_file, "another pair file"),
         (file.key.reference != key.reference, "another reference checkpoint"),
         (file.key.examples != key.examples, "another tokenization of the pairs (tokenizer, template or --max-len)"),
+        (file.key.ld_alpha != key.ld_alpha, "another `ld_alpha` (LD-DPO splits the reference's log-probs)"),
     ];
     if let Some((_, why)) = stale.iter().find(|(differs, _)| *differs) {
         return Err(Error::InvalidArgument(format!(

@@ -132,7 +132,10 @@ impl Progress<'_> {
                 chosen: indices.iter().map(|&i| all.chosen[i]).collect(),
                 rejected: indices.iter().map(|&i| all.rejected[i]).collect(),
             }),
-            Reference::OnTheFly(model) => Some(reference_logps(model, &rows, self.trainer.config().forward)?),
+            Reference::OnTheFly(model) => {
+                let config = self.trainer.config();
+                Some(reference_logps(model, &rows, config.forward, config.loss.ld_alpha)?)
+            }
             Reference::Unused => None,
         };
         Ok(PairBatch { rows, reference })
@@ -253,12 +256,13 @@ impl DpoRun {
             return Ok((Reference::OnTheFly(Box::new(load()?)), ReferenceSource::OnTheFly));
         }
         let path = self.out.join(CACHE_FILE);
-        let key = CacheKey::new(&self.pairs, self.reference_dir(), data)?;
+        let key = CacheKey::new(&self.pairs, self.reference_dir(), data, self.loss.ld_alpha)?;
         if let Some(cached) = reference::load(&path, key, data.examples.len())? {
             return Ok((Reference::Cached(cached), ReferenceSource::Cached));
         }
         let model = load()?;
-        let logps = reference::compute(&model, data, pad, self.train.batch_size, Default::default())?;
+        let batch_size = self.train.batch_size;
+        let logps = reference::compute(&model, data, pad, batch_size, Default::default(), self.loss.ld_alpha)?;
         std::fs::create_dir_all(&self.out)
             .map_err(|e| Error::Checkpoint(format!("cannot create {}: {e}", self.out.display())))?;
         reference::save(&path, &logps, key, data)?;

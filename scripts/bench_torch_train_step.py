@@ -12,6 +12,7 @@ has the fused CPU kernel, else foreach).step(); f32, N sequences of T random tex
   LLaVA-OneVision-0.5B's shapes (scripts/bench_torch_llava.py's, 26 tower layers) whose batch is one --image HxW
   image (anyres: random pixels in the tiles its size takes) between 32 and T - 32 random text tokens.
   --freeze-vision leaves the tower untrained (requires_grad False: no gradients, no optimizer state for it).
+  --gradient-checkpointing recomputes each layer in the backward (transformers' gradient_checkpointing_enable).
 
     python scripts/bench_torch_train_step.py --t 512                      # Qwen2-0.5B shapes
     unireward bench train --t 512                                         # unireward's side
@@ -90,6 +91,8 @@ def main():
     p.add_argument("--save", help="write a random LLaVA-OneVision-0.5B-shaped checkpoint and batch here first")
     p.add_argument("--image", default="384x384", help="the image's HxW (--save)")
     p.add_argument("--freeze-vision", action="store_true", help="leave the LLaVA vision tower untrained")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer in the backward (unireward's --recompute)")
     p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="transformers' attention")
     p.add_argument("--iters", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -105,6 +108,8 @@ def main():
         args.llava = args.save
     model, batch = llava_model(args) if args.llava else qwen2_model(args)
     model.train()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, variant = adamw(params)
 
@@ -124,8 +129,8 @@ def main():
     what = f"LLaVA-OneVision from {args.llava}" if args.llava else f"Qwen2 ({args.layers} layers, vocab {args.vocab})"
     n, t = batch["input_ids"].shape
     print(f"PyTorch eager training step, {what}, {total / 1e6:.1f}M parameters, {trained / 1e6:.1f}M trained; f32, "
-          f"{args.attn} attention, AdamW({variant}=True); N = {n}, T = {t}; median of {args.iters} steps after a "
-          f"warm-up")
+          f"{args.attn} attention, AdamW({variant}=True){', gradient checkpointing' * args.gradient_checkpointing}; "
+          f"N = {n}, T = {t}; median of {args.iters} steps after a warm-up")
     print(f"{'step':<16} {'median':>10} {'min':>10} {'tokens/s':>10} {'peak RSS':>12} {'loss':>9}")
     print(f"{'training step':<16} {r['median_s']:>8.3f} s {r['min_s']:>8.3f} s {n * t / r['median_s']:>10.0f} "
           f"{peak / 2**30:>8.2f} GiB {r['result'].item():>9.4f}")

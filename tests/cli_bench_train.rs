@@ -36,10 +36,10 @@ fn steps_a_random_qwen2_and_prints_its_table() {
 fn steps_a_llava_checkpoint_with_its_tower_frozen() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava/hf");
     let model = model.to_str().unwrap();
-    let args = ["--model", model, "--t", "40", "--image", "24x36", "--freeze", "vision", "--iters", "1"];
+    let args = ["--model", model, "--t", "40", "--image", "24x36", "--freeze", "vision", "--recompute", "--iters", "1"];
     let out = succeed(bench_train(&args));
-    assert!(out.contains("LlavaOnevision") && out.contains("one 24×36 image per row"), "{out}");
-    assert!(out.contains("(frozen: vision)") && out.contains("(40 text tokens"), "{out}");
+    assert!(out.contains("LlavaOnevision") && out.contains("one 24×36 image per row, anyres"), "{out}");
+    assert!(out.contains("(frozen: vision)") && out.contains("(40 text tokens") && out.contains("recompute"), "{out}");
     step_loss(&out);
 }
 

@@ -14,7 +14,7 @@ use anyhow::Context;
 use unireward::media::ImageProcessor;
 use unireward::model::architecture::Architecture;
 use unireward::model::llava::LlavaOnevisionModel;
-use unireward::model::Qwen2Model;
+use unireward::model::{ForwardOptions, Qwen2Model};
 use unireward::train::data::{MediaKind, MediaLoader, MediaRef, SequenceBatch, DEFAULT_VIDEO_FRAMES, IGNORE_INDEX};
 use unireward::train::model::{LlavaTrainModel, TrainModel};
 use unireward::train::optim::{AdamWConfig, ParamGroup};
@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// Parameters left untrained, as `train-judge --freeze` names them (repeatable; `vision`: the LLaVA tower).
     #[arg(long)]
     freeze: Vec<String>,
+    /// Keep only each layer's input in the forward and recompute the layer in the backward (PyTorch's side:
+    /// `--gradient-checkpointing`).
+    #[arg(long)]
+    recompute: bool,
     /// Timed steps after two untimed ones (the warm-up and the heap measurement).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -170,6 +174,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let config = SftConfig {
         optimizer: AdamWConfig { lr: 1e-5, weight_decay: 0.01, max_grad_norm: Some(1.0), ..AdamWConfig::default() },
         groups: if frozen.is_empty() { Vec::new() } else { vec![ParamGroup::new("frozen", &frozen).frozen()] },
+        forward: ForwardOptions { recompute: args.recompute },
         tasks: 1,
         ..SftConfig::default()
     };
@@ -190,19 +195,20 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         None => format!("Qwen2-0.5B shapes with {} layers and vocabulary {}, random weights", args.layers, args.vocab),
     };
     let image_note = match args.image {
-        (h, w) if image.is_some() => format!(", one {h}×{w} image per row (anyres)"),
+        (h, w) if image.is_some() => format!(", one {h}×{w} image per row, anyres"),
         _ => String::new(),
     };
     println!(
         "SFT training step (forward, fused-head loss, backward, clip to norm 1, AdamW): {description}; {:.1}M \
-         parameters, {:.1}M trained{}; f32 on the CPU; N = {}, T = {} ({} text tokens{image_note}); median of {} \
-         steps after two untimed ones",
+         parameters, {:.1}M trained{}; f32 on the CPU; N = {}, T = {} ({} text tokens{image_note}){}; median of \
+         {} steps after two untimed ones",
         params as f64 / 1e6,
         trainable as f64 / 1e6,
         if args.freeze.is_empty() { String::new() } else { format!(" (frozen: {})", args.freeze.join(", ")) },
         args.n,
         batch.len,
         args.t,
+        if args.recompute { ", recompute" } else { "" },
         args.iters,
     );
     println!("built in {}", report::seconds(built_in));

@@ -28,7 +28,7 @@ import argparse
 import os
 import types
 
-from bench_torch_llava import INPUTS_FILE, make_checkpoint
+from bench_torch_llava import INPUTS_FILE, make_checkpoint, timing_row
 from bench_torch_qwen2 import status_kib, time_pass
 
 PROMPT_TOKENS = 32  # text tokens before the image (as `unireward bench train`)
@@ -131,9 +131,8 @@ def main():
     print(f"PyTorch eager training step, {what}, {total / 1e6:.1f}M parameters, {trained / 1e6:.1f}M trained; f32, "
           f"{args.attn} attention, AdamW({variant}=True){', gradient checkpointing' * args.gradient_checkpointing}; "
           f"N = {n}, T = {t}; median of {args.iters} steps after a warm-up")
-    print(f"{'step':<16} {'median':>10} {'min':>10} {'tokens/s':>10} {'peak RSS':>12} {'loss':>9}")
-    print(f"{'training step':<16} {r['median_s']:>8.3f} s {r['min_s']:>8.3f} s {n * t / r['median_s']:>10.0f} "
-          f"{peak / 2**30:>8.2f} GiB {r['result'].item():>9.4f}")
+    print(f"{'step':<26} {'median':>10} {'min':>10} {'tokens/s':>10} {'peak RSS':>12} {'loss':>9}")
+    print(timing_row("training step", r, n * t, f"{peak / 2**30:.2f} GiB", r["result"].item()))
     print(f"resident before the first step {rss_before / 2**30:.2f} GiB; torch {r['torch']}, {r['device']}"
           + ("" if r["peak_reset"] else " (peak not reset: VmHWM includes building the model)"))
 

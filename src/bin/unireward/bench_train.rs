@@ -128,15 +128,7 @@ fn batch(model: &TrainModel, n: usize, t: usize, image: Option<&Path>) -> anyhow
         labels.extend(row[..prompt].iter().chain(&vec![IGNORE_INDEX; count]).chain(&row[prompt..]));
     }
     let len = ids.len() / n;
-    Ok(SequenceBatch {
-        rows: n,
-        len,
-        mask: vec![1; ids.len()],
-        ids,
-        labels,
-        tasks: vec![0; n],
-        media: vec![media; n],
-    })
+    Ok(SequenceBatch { rows: n, len, mask: vec![1; ids.len()], ids, labels, tasks: vec![0; n], media: vec![media; n] })
 }
 
 /// The process's resident-set field `field` of /proc/self/status (VmRSS, VmHWM), in bytes.

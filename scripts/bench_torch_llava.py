@@ -104,6 +104,13 @@ def measure(args):
     print(json.dumps({**r, "result": None, "loss": r["result"].item(), "tokens": ids.shape[1]}))
 
 
+def timing_row(label, r, tokens, memory, loss):
+    """A table row of a time_pass result: the label, median and minimum time, tokens per second, memory (text) and
+    loss, under the header these scripts print."""
+    return (f"{label:<26} {r['median_s']:>8.3f} s {r['min_s']:>8.3f} s {tokens / r['median_s']:>10.0f} "
+            f"{memory:>12} {loss:>9.4f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a checkpoint with bench_inputs.safetensors (default: --save's)")
@@ -140,8 +147,7 @@ def main():
         if proc.returncode != 0:
             sys.exit(f"{mode} on {args.device} failed: {proc.stderr.strip().splitlines()[-1:]}")
         r = json.loads(proc.stdout.splitlines()[-1])
-        print(f"{label:<26} {r['median_s']:>8.3f} s {r['min_s']:>8.3f} s {r['tokens'] / r['median_s']:>10.0f} "
-              f"{r['extra_bytes'] / 2**20:>8.1f} MiB {r['loss']:>9.4f}")
+        print(timing_row(label, r, r["tokens"], f"{r['extra_bytes'] / 2**20:.1f} MiB", r["loss"]))
     print(f"torch {r['torch']}, {r['device']}"
           + ("" if r["peak_reset"] else " (peak memory not reset: VmHWM includes building the model)"))
 

@@ -31,6 +31,10 @@ pub enum Bench {
     /// The CPU matrix products alone at Qwen2-0.5B's shapes, f32, bf16 or f16 operands, at a chosen ISA level, in GFLOP/s;
     /// `scripts/bench_torch_matmul.py` is PyTorch's side.
     Products(crate::bench_products::ProductsArgs),
+    /// Whole SFT training steps through the trainer (forward, fused-head loss, backward, clipping, AdamW) at
+    /// Qwen2-0.5B's shapes or on a LLaVA-OneVision checkpoint, with peak resident memory;
+    /// `scripts/bench_torch_train_step.py` is PyTorch's side.
+    Train(crate::bench_train::TrainArgs),
     /// One-pass verdicts against generate-then-parse on one random judge: judgments per second, and the prefill
     /// that prefix sharing saves for K candidates.
     Judge(crate::bench_judge::JudgeArgs),
@@ -76,6 +80,7 @@ pub fn run(bench: &Bench) -> anyhow::Result<()> {
         Bench::Llava(args) => crate::bench_llava::run(args),
         Bench::Products(args) => crate::bench_products::run(args),
         Bench::Judge(args) => crate::bench_judge::run(args),
+        Bench::Train(args) => crate::bench_train::run(args),
     }
 }
 

@@ -90,6 +90,21 @@ fn read_inputs(path: &std::path::Path, dtype: DType, device: Device) -> anyhow::
     Ok(Inputs { ids: ids.to_device(device)?, mask, pixel_values, size: (height, width) })
 }
 
+/// Model FLOPs of a forward and of a forward + backward over `t` tokens with one image in `tiles` tiles: 2·P per
+/// token (or patch) forward, 6·P forward + backward, for the language model over T tokens and the tower over the
+/// tiles' patches, plus attention's 4·L·T²·H forward (3× with the backward) in each.
+pub(crate) fn model_flops(model: &LlavaOnevisionModel, t: usize, tiles: usize) -> [f64; 2] {
+    let (text, tower) = (&model.config.text, &model.vision_tower.config);
+    let lm_params = model.language_model.weights.numel();
+    let vision_params: usize = model.vision_tower.weights.named().iter().map(|(_, w)| w.numel()).sum();
+    let patches = tower.num_patches();
+    let lm_attention = 4.0 * (text.num_hidden_layers * t * t * text.hidden_size) as f64;
+    let tower_layers = model.vision_tower.weights.layers.len();
+    let tower_attention = 4.0 * (tiles * tower_layers * patches * patches * tower.hidden_size) as f64;
+    let matmuls = lm_params as f64 * t as f64 + vision_params as f64 * (tiles * patches) as f64;
+    [2.0 * matmuls + lm_attention + tower_attention, 6.0 * matmuls + 3.0 * (lm_attention + tower_attention)]
+}
+
 struct Bench<'a> {
     model: &'a LlavaOnevisionModel,
     inputs: &'a Inputs,
@@ -194,21 +209,11 @@ pub fn run(args: &LlavaArgs) -> anyhow::Result<()> {
     );
     println!("loaded in {}", report::seconds(built_in));
 
-    // Model FLOPs: 2·P per token (or patch) forward, 6·P forward + backward, for the language model over T tokens
-    // and the tower over the tiles' patches, plus attention's 4·L·T²·H forward (3× with the backward) in each.
-    let patches = tower.num_patches();
-    let lm_attention = 4.0 * (text.num_hidden_layers * t * t * text.hidden_size) as f64;
-    let tower_layers = model.vision_tower.weights.layers.len();
-    let tower_attention = 4.0 * (tiles * tower_layers * patches * patches * tower.hidden_size) as f64;
-    let matmuls = lm_params as f64 * t as f64 + vision_params as f64 * (tiles * patches) as f64;
-    let fwd_flops = 2.0 * matmuls + lm_attention + tower_attention;
-    let bwd_flops = 6.0 * matmuls + 3.0 * (lm_attention + tower_attention);
-
     let passes = bench.timer.measure_training(
         &|| bench.forward(),
         &|| bench.forward_backward(),
         &|| bench.forward_backward_into(&mut kept.borrow_mut()),
-        [fwd_flops, bwd_flops],
+        model_flops(&model, t, tiles),
         args.iters,
     )?;
     bench.timer.print(&passes, t);

@@ -75,6 +75,16 @@ pub(crate) fn random_model(config: Qwen2Config, dtype: DType, device: Device) ->
     Qwen2Model::new(config, weights)
 }
 
+/// Model FLOPs of a forward and of a forward + backward over `n` sequences of `t` tokens: 2·P per token forward,
+/// 6·P forward + backward (`params`, P, counts the tied embeddings once, as the LM head); attention scores and
+/// weighted values add 4·L·T·H per token forward (the full T×T square, as PaLM counts it), 12·L·T·H forward +
+/// backward.
+pub(crate) fn model_flops(config: &Qwen2Config, params: usize, n: usize, t: usize) -> [f64; 2] {
+    let tokens = (n * t) as f64;
+    let attention = 4.0 * config.num_hidden_layers as f64 * tokens * t as f64 * config.hidden_size as f64;
+    [2.0 * params as f64 * tokens + attention, 6.0 * params as f64 * tokens + 3.0 * attention]
+}
+
 struct Bench<'a> {
     model: &'a Qwen2Model,
     ids: Tensor,
@@ -167,19 +177,11 @@ pub fn run(args: &ModelArgs) -> anyhow::Result<()> {
     );
     println!("built in {}", report::seconds(built_in));
 
-    // Model FLOPs: 2·P per token forward, 6·P forward + backward (P counts the tied embeddings once, as the LM
-    // head); attention scores and weighted values add 4·L·T·H per token forward (the full T×T square, as PaLM
-    // counts it), 12·L·T·H forward + backward.
-    let tokens = (n * t) as f64;
-    let attention = 4.0 * config.num_hidden_layers as f64 * tokens * t as f64 * config.hidden_size as f64;
-    let fwd_flops = 2.0 * params as f64 * tokens + attention;
-    let bwd_flops = 6.0 * params as f64 * tokens + 3.0 * attention;
-
     let passes = bench.timer.measure_training(
         &|| bench.forward(),
         &|| bench.forward_backward(),
         &|| bench.forward_backward_into(&mut kept.borrow_mut()),
-        [fwd_flops, bwd_flops],
+        model_flops(&config, params, n, t),
         args.iters,
     )?;
     bench.timer.print(&passes, n * t);

@@ -6,6 +6,7 @@ mod bench_llava;
 mod bench_model;
 mod bench_passes;
 mod bench_products;
+mod bench_train;
 mod demo;
 mod demo_kernels;
 mod dpo;

@@ -4,9 +4,14 @@
 
 mod judge_checkpoint;
 
-use judge_checkpoint::{fixtures, image, judge_dir};
+use judge_checkpoint::{fixtures, image, judge_dir, VOCAB};
 use unireward::judge::answer::Verdict;
-use unireward::judge::{Candidate, Context, GenerationConfig, Judge, JudgeRequest, MediaFile, Mode, Task};
+use unireward::judge::{
+    expand_media_markers, load_media, one_pass, AnswerClasses, AnswerGrammar, Candidate, Context, GenerationConfig,
+    Judge, JudgeModel, JudgeRequest, MediaFile, MediaInput as TemplateMedia, MediaPixels, Mode, ScoreGrammar, Task,
+    TaskTemplate,
+};
+use unireward::media::ImageProcessor;
 use unireward::{DType, Device};
 
 fn judge(name: &str) -> (judge_checkpoint::JudgeDir, Judge) {
@@ -124,6 +129,51 @@ fn reasoned_judgment_reports_its_text_and_parse() {
     );
     assert_eq!(result.probs.len(), 5);
     assert!(close(result.probs.iter().sum(), 1.0));
+}
+
+#[test]
+fn reasoned_verdict_is_scored_after_the_generated_tokens() {
+    let (dir, mut judge) = judge("reasoned_tokens");
+    // Generation between two letters that the tokenizer merges ("h" "e" → "he"): the answer's text encodes to
+    // other ids than the model generated.
+    let letters: Vec<u32> = ["h", "e"].map(|t| judge.tokenizer.token_to_id(t).unwrap()).to_vec();
+    let suppress_tokens = (0..VOCAB as u32).filter(|id| !letters.contains(id)).collect();
+    // Sampled, and flattened: the random model's greedy answer repeats one letter.
+    let cfg = GenerationConfig { max_new_tokens: 16, temperature: 4.0, seed: 7, suppress_tokens, ..Default::default() };
+    // The score prefix "e": the reasoning ends at the answer's last "e", inside the answer.
+    let mut template = TaskTemplate::built_in(Task::ImageGeneration, Mode::Pointwise).unwrap();
+    template.answer = AnswerGrammar::Score(ScoreGrammar { prefix: "e".into(), min: 1, max: 5 });
+    judge.set_template(template.clone());
+    let context = Context::with_field("caption", "a red square");
+    let request = JudgeRequest {
+        task: Task::ImageGeneration,
+        mode: Mode::Pointwise,
+        context: context.clone(),
+        candidates: vec![img("anyres_0.png")],
+    };
+    let result = judge.reasoned(&request, &cfg).unwrap();
+    let reasoning = result.reasoning.as_ref().unwrap();
+    assert_eq!(reasoning.tokens.len(), 16);
+    let end = reasoning.text.rfind('e').unwrap_or(0);
+    assert!(end > 0 && end < reasoning.text.len(), "the answer {:?} has no 'e' past its start", reasoning.text);
+    // One byte a token: the reasoning is the first `end` generated tokens.
+    assert_eq!(reasoning.reasoning_tokens, end);
+    let generated = &reasoning.tokens[..end];
+    assert_ne!(judge.tokenizer.encode(&reasoning.text[..end]).unwrap(), generated, "re-encoding gives them back");
+
+    // The prompt built here from the public pieces: the template, the image preprocessed, its placeholders.
+    let processor = ImageProcessor::for_checkpoint_or_defaults(&dir.0).unwrap();
+    let pixels = load_media(&processor, &[MediaFile::Image(image("anyres_0.png"))], 0).unwrap();
+    let inputs: Vec<_> = pixels.iter().map(MediaPixels::input).collect();
+    let JudgeModel::Llava(model) = &judge.model else { panic!("the test checkpoint is a LLaVA one") };
+    let counts = model.placeholder_counts(&inputs).unwrap();
+    let text = template.render_prompt(&judge.chat, &context.fields, TemplateMedia::Images(1)).unwrap();
+    let mut ids = expand_media_markers(&judge.tokenizer, &text, model.placeholders(), &counts, &[]).unwrap();
+    assert_eq!(ids.len(), result.prompt_tokens);
+    ids.extend(generated.iter().map(|&id| i64::from(id)));
+    let classes = AnswerClasses::for_grammar(&template.answer, &judge.tokenizer).unwrap();
+    let (want, _) = one_pass(&judge.model, &[ids], &inputs, &classes).unwrap();
+    assert_eq!(result.probs, want[0].probs);
 }
 
 #[test]

@@ -72,6 +72,10 @@ pub struct Reasoning {
     pub text: String,
     pub parsed: std::result::Result<Judgment, AnswerError>,
     pub generated_tokens: usize,
+    /// The generated ids, the stop token included when generation stopped on one.
+    pub tokens: Vec<u32>,
+    /// How many of `tokens` the verdict probabilities are conditioned on: the reasoning, as generated.
+    pub reasoning_tokens: usize,
 }
 
 /// A judgment.
@@ -294,8 +298,8 @@ impl Judge {
     }
 
     /// A reasoned judgment: the answer generated (forward order only) and parsed, and the one-pass probabilities of
-    /// the final verdict or score given the generated reasoning (the text before the answer's last verdict phrase
-    /// or score prefix).
+    /// the final verdict or score given the generated reasoning: the generated tokens whose text ends at or before
+    /// the answer's last verdict phrase or score prefix, scored as generated (never decoded and encoded again).
     pub fn reasoned(&self, request: &JudgeRequest, cfg: &GenerationConfig) -> Result<JudgeResult> {
         let template = self.template(request.task, request.mode)?;
         let start = Instant::now();
@@ -315,14 +319,23 @@ impl Judge {
         let answer = self.tokenizer.decode(&new_tokens, true)?;
         let parsed = parse_answer(&answer, &template.answer);
         let answers = AnswerClasses::for_grammar(&template.answer, &self.tokenizer)?;
-        let reasoning_end = reasoning_end(&answer, &answers.labels, &template.answer);
+        let reasoning = &answer[..reasoning_end(&answer, &answers.labels, &template.answer)];
+        let until_stop = match new_tokens.last() {
+            Some(last) if cfg.stop_tokens.contains(last) => &new_tokens[..new_tokens.len() - 1],
+            _ => &new_tokens[..],
+        };
+        let reasoning_tokens = reasoning_tokens(&self.tokenizer, until_stop, reasoning)?;
         let mut with_reasoning = ids.clone();
-        if reasoning_end > 0 {
-            with_reasoning.extend(self.tokenizer.encode(&answer[..reasoning_end])?.into_iter().map(i64::from));
-        }
+        with_reasoning.extend(new_tokens[..reasoning_tokens].iter().map(|&id| i64::from(id)));
         let (mut probs, _) = one_pass(&self.model, &[with_reasoning], &inputs, &answers)?;
         let mut out = result(request, &answers, &probs.remove(0), None, ids.len());
-        out.reasoning = Some(Reasoning { text: answer, parsed, generated_tokens: new_tokens.len() });
+        out.reasoning = Some(Reasoning {
+            text: answer,
+            parsed,
+            generated_tokens: new_tokens.len(),
+            tokens: new_tokens,
+            reasoning_tokens,
+        });
         out.seconds = start.elapsed().as_secs_f64();
         Ok(out)
     }
@@ -473,6 +486,20 @@ fn reasoning_end(answer: &str, labels: &[String], grammar: &AnswerGrammar) -> us
     marker.iter().filter_map(|m| lower.rfind(m.as_str())).max().unwrap_or(answer.len())
 }
 
+/// How many of the generated `tokens` make up `reasoning` (the decoded answer's text before its verdict): the
+/// longest run of them from the start whose decoded text is a prefix of `reasoning`. The verdict is then scored
+/// after the very tokens the model generated: decoding and encoding again would not give them back in general
+/// (merges across the token boundaries, byte fallback, special tokens). Prefixes are tried from the longest down,
+/// as one ending inside a multi-byte character decodes to a replacement character and does not match.
+fn reasoning_tokens(tokenizer: &Tokenizer, tokens: &[u32], reasoning: &str) -> Result<usize> {
+    for k in (1..=tokens.len()).rev() {
+        if reasoning.starts_with(tokenizer.decode(&tokens[..k], true)?.as_str()) {
+            return Ok(k);
+        }
+    }
+    Ok(0)
+}
+
 /// A request's result from its forward order's class probabilities (and the swapped order's, pairwise).
 fn result(
     request: &JudgeRequest,
@@ -513,6 +540,34 @@ fn result(
 mod tests {
     use super::*;
     use crate::judge::templates::{ScoreGrammar, VerdictGrammar};
+
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2/tokenizer")).unwrap()
+    }
+
+    #[test]
+    fn reasoning_tokens_are_the_generated_ones_up_to_the_verdict() {
+        let tokenizer = tokenizer();
+        let id = |token: &str| tokenizer.token_to_id(token).unwrap();
+        // "h" "e" "r" "e" one letter a token, as a model may generate them; the text encodes to merged tokens.
+        let letters = [id("h"), id("e"), id("r"), id("e")];
+        assert_ne!(tokenizer.encode("here").unwrap(), letters);
+        assert_eq!(reasoning_tokens(&tokenizer, &letters, "here").unwrap(), 4);
+        assert_eq!(reasoning_tokens(&tokenizer, &letters, "her").unwrap(), 3);
+        // A token that crosses the reasoning's end is not part of it.
+        let merged = [id("t"), id("he")];
+        assert_eq!(reasoning_tokens(&tokenizer, &merged, "th").unwrap(), 1);
+        assert_eq!(reasoning_tokens(&tokenizer, &merged, "").unwrap(), 0);
+        // "é" as its two byte tokens: half a character decodes to U+FFFD, which the reasoning does not hold.
+        let accent = [id("a"), id("Ã"), id("©")];
+        assert_eq!(tokenizer.decode(&accent, true).unwrap(), "aé");
+        assert_eq!(reasoning_tokens(&tokenizer, &accent, "aé").unwrap(), 3);
+        assert_eq!(reasoning_tokens(&tokenizer, &accent, "a").unwrap(), 1);
+        // Special tokens decode to nothing: they stay inside the reasoning they were generated in.
+        let special = [id("h"), id("<|im_start|>"), id("e"), id("<|im_start|>")];
+        assert_eq!(reasoning_tokens(&tokenizer, &special, "he").unwrap(), 4);
+        assert_eq!(reasoning_tokens(&tokenizer, &special, "h").unwrap(), 2);
+    }
 
     #[test]
     fn reasoning_ends_before_the_last_answer() {

@@ -1,8 +1,7 @@
 //! Supervised fine-tuning of a judge (a text-only Qwen2 or a LLaVA-OneVision [`TrainModel`]) on its judgment text:
 //! per optimizer step, each micro-batch (its media decoded first) runs forward, the next-token cross-entropy on the
 //! batch's labels through the fused LM head (no `[N,T,V]` logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
-//! accumulator weighted by its labelled tokens (a step of one micro-batch steps on its buffers directly); the step then
-//! clips, applies the schedule and updates (AdamW).
+//! accumulator weighted by its labelled tokens; the step then clips, applies the schedule and updates (AdamW).
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
 //! equals one step on their concatenation.
 
@@ -115,14 +114,8 @@ impl SftTrainer {
         let tasks = self.config.tasks;
         let (mut nll, mut tokens) = (0.0, 0);
         let (mut task_nll, mut task_tokens) = (vec![0.0; tasks], vec![0usize; tasks]);
-        // One micro-batch's gradients are the step's: stepping on them directly spares the accumulator (an f32
-        // buffer the size of the trained parameters) and two passes over it.
-        let accumulate = prepared.len() > 1;
         for batch in &prepared {
             let (batch_tokens, row_nll) = self.micro_batch(batch)?;
-            if accumulate {
-                self.optimizer.accumulate(&self.model.named_gradients(&self.grads), batch_tokens as f64)?;
-            }
             let batch = batch.batch;
             nll += row_nll.iter().sum::<f64>();
             tokens += batch_tokens;
@@ -131,12 +124,7 @@ impl SftTrainer {
                 task_tokens[batch.tasks[row]] += batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
             }
         }
-        let report = if accumulate {
-            self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?
-        } else {
-            let grads = self.model.named_gradients(&self.grads);
-            self.optimizer.step(&mut self.model.named_parameters_mut(), &grads)?
-        };
+        let report = self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?;
         let task_loss = task_nll.iter().zip(&task_tokens).map(|(&l, &n)| (n > 0).then(|| l / n as f64)).collect();
         Ok(SftStepMetrics {
             step: report.step,
@@ -179,13 +167,14 @@ impl SftTrainer {
         Ok(())
     }
 
-    /// Forward, loss and backward of one micro-batch into the gradient buffers (the gradient of its mean loss).
+    /// Forward, loss and backward of one micro-batch; its gradients go to the accumulator weighted by its tokens.
     /// Returns its labelled tokens and each row's summed loss.
     fn micro_batch(&mut self, batch: &PreparedBatch<'_>) -> Result<(usize, Vec<f64>)> {
         let pass = self.model.forward(batch, self.config.forward)?;
         let CausalLmLoss { tokens, row_nll, grads, .. } =
             self.model.causal_lm_loss_into_labels(&pass, &batch.batch.labels, &self.config.head, &mut self.grads)?;
         self.model.backward_into(pass, grads, &mut self.grads)?;
+        self.optimizer.accumulate(&self.model.named_gradients(&self.grads), tokens as f64)?;
         Ok((tokens, row_nll))
     }
 }

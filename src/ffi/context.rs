@@ -147,6 +147,15 @@ pub(crate) unsafe fn text(name: &str, s: *const c_char) -> FfiResult<String> {
     Ok(s.to_str().map_err(|_| Failure::invalid(format!("`{name}` is not valid UTF-8")))?.to_string())
 }
 
+/// An optional NUL-terminated UTF-8 string argument named `name`: `None` for NULL.
+///
+/// # Safety
+/// `s` is NULL or NUL-terminated.
+pub(crate) unsafe fn optional_text(name: &str, s: *const c_char) -> FfiResult<Option<String>> {
+    // SAFETY: this function's contract.
+    (!s.is_null()).then(|| unsafe { text(name, s) }).transpose()
+}
+
 /// `count` items at `ptr` (NULL only when `count` is 0), as a slice.
 ///
 /// # Safety

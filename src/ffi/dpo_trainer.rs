@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bytemuck::NoUninit;
 
-use super::context::{self, read_config, size_of_u32, text, ur_context, Versioned};
+use super::context::{self, optional_text, read_config, size_of_u32, text, ur_context, Versioned};
 use super::host_out::HostOut;
 use super::preference::ur_dpo_config;
 use super::status::{call, ur_status, Failure, FfiResult};
@@ -121,8 +121,7 @@ pub unsafe extern "C" fn ur_dpo_trainer_create(
             return Err(Failure::null("out"));
         }
         let policy = text("policy_dir", policy_dir)?;
-        let reference =
-            if reference_dir.is_null() { None } else { Some(PathBuf::from(text("reference_dir", reference_dir)?)) };
+        let reference = optional_text("reference_dir", reference_dir)?.map(PathBuf::from);
         let options = read_config(config)?.to_rust()?;
         let loss = read_loss(loss)?;
         let trainer = DpoRecordTrainer::new(Path::new(&policy), reference.as_deref(), loss, &options)?;

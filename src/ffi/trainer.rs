@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 use std::path::PathBuf;
 
-use super::context::{self, array, size_of_u32, text, Config, Versioned};
+use super::context::{self, array, optional_text, size_of_u32, text, Config, Versioned};
 use super::dlpack::{device_of, dl_device, DLDevice};
 use super::optim::{SCHEDULES, UR_SCHEDULE_COSINE};
 use super::status::{Failure, FfiResult};
@@ -94,16 +94,10 @@ impl ur_trainer_config {
         let size = |name: &str, v: u64| {
             usize::try_from(v).map_err(|_| Failure::invalid(format!("`{name}` = {v} does not fit in memory")))
         };
-        let media_folder = match self.media_folder.is_null() {
-            true => PathBuf::from("."),
-            // SAFETY: this function's contract.
-            false => PathBuf::from(unsafe { text("media_folder", self.media_folder) }?),
-        };
-        let resume_from = match self.resume_from.is_null() {
-            true => None,
-            // SAFETY: this function's contract.
-            false => Some(PathBuf::from(unsafe { text("resume_from", self.resume_from) }?)),
-        };
+        // SAFETY: this function's contract.
+        let media_folder = unsafe { optional_text("media_folder", self.media_folder) }?.unwrap_or_else(|| ".".into());
+        // SAFETY: this function's contract.
+        let resume_from = unsafe { optional_text("resume_from", self.resume_from) }?.map(PathBuf::from);
         // SAFETY: this function's contract.
         let freeze = unsafe { array("freeze", self.freeze, self.num_freeze) }?
             .iter()
@@ -120,7 +114,7 @@ impl ur_trainer_config {
             total_steps: size("total_steps", self.total_steps)?,
             max_len: size("max_len", self.max_len)?,
             freeze,
-            media_folder,
+            media_folder: PathBuf::from(media_folder),
             video_frames: self.video_frames as usize,
             device: device_of("device", self.device)?,
             resume_from,

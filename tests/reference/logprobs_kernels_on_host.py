@@ -81,17 +81,20 @@ void emu_gather(const float* hidden, const int* positions, float* rows, int c, i
     run(capped(((long long)c * h + th - 1) / th, cap), th, [=] { fl_gather_rows_f32(hidden, positions, rows, c, h); });
 }
 void emu_row_stats(const float* logits, const float* bias, const int* labels, int v, int first, int c, float* lse,
-                   float* logp, float* mean_logit, float* entropy, unsigned th) {
-    run(c, th, [=] { fl_row_stats_f32(logits, bias, labels, v, first, lse, logp, mean_logit, entropy); });
+                   float* logp, float* mean_logit, float* entropy, float* log_collision, unsigned th) {
+    run(c, th, [=] { fl_row_stats_f32(logits, bias, labels, v, first, lse, logp, mean_logit, entropy, log_collision); });
 }
 void emu_reduce(const int* starts, const int* positions, const float* lse, const float* logp, const float* mean_logit,
-                const float* entropy, int mean, int n, float* logps, float* counts, float* mean_logits, float* ent,
-                float* lse_full, unsigned th) {
-    run(n, th, [=] { fl_reduce_sequences(starts, positions, lse, logp, mean_logit, entropy, mean, logps, counts, mean_logits, ent, lse_full); });
+                const float* entropy, const float* weights, const float* collision, int mean, int n, float* logps,
+                float* counts, float* mean_logits, float* ent, float* lse_full, float* weighted, float* coll, unsigned th) {
+    run(n, th, [=] {
+        fl_reduce_sequences(starts, positions, lse, logp, mean_logit, entropy, weights, collision, mean, logps, counts,
+                            mean_logits, ent, lse_full, weighted, coll);
+    });
 }
-void emu_row_grad(const float* logits, const float* bias, const int* labels, const int* positions, const int* sequences,
-                  const float* lse_full, const float* scale, int v, int first, int c, float* grad, unsigned th) {
-    run(c, th, [=] { fl_row_grad_f32(logits, bias, labels, positions, sequences, lse_full, scale, v, first, grad); });
+void emu_row_grad(const float* logits, const float* bias, const int* labels, const int* positions,
+                  const float* lse_full, const float* token_scale, int v, int first, int c, float* grad, unsigned th) {
+    run(c, th, [=] { fl_row_grad_f32(logits, bias, labels, positions, lse_full, token_scale, v, first, grad); });
 }
 void emu_scatter(const float* rows, const int* positions, int first, int c, int h, float* gh, unsigned th, long long cap) {
     run(capped(((long long)c * h + th - 1) / th, cap), th, [=] { fl_scatter_rows_f32(rows, positions, first, c, h, gh); });
@@ -254,7 +257,10 @@ def poisoned_rows(x, tg, n, t, v, counted_rows, th, cap):
                  and np.isnan(grad1[poisoned]).all() and np.array_equal(grad1[~poisoned], grad0[~poisoned]))
 
 
-def fused_case(name, th, cap, chunk_len):
+def fused_case(name, th, cap, chunk_len, extended):
+    """The fused LM head's kernels on one fixture. With `extended`, also the per-token weighted sums and each
+    token's log Σ softmax² (LD-DPO / WPO's statistics, against float64), and the backward of both sums (per-token
+    scales g + weight · g_weighted); the plain outputs must stay the fixture's."""
     c = json.load(open(ROOT + "/tests/fixtures/fused_linear/" + name + ".json"))
     n, t, h, v, mean = c["n"], c["t"], c["h"], c["v"], int(c["reduction"] == "mean")
     hidden, w = f32(c["hidden"]), f32(c["weight"]).reshape(v, h)
@@ -262,9 +268,12 @@ def fused_case(name, th, cap, chunk_len):
     labels, mask = np.array(c["labels"]), np.array(c["mask"])
     pos = np.flatnonzero((labels != -100) & (mask != 0))  # counted tokens, in position order
     k = len(pos)
-    positions, tok_labels, sequences = i32(list(pos) + [0]), i32(list(labels[pos]) + [0]), i32(list(pos // t) + [0])
+    positions, tok_labels = i32(list(pos) + [0]), i32(list(labels[pos]) + [0])
+    seq_of = pos // t
     chunk_len = min(chunk_len, max(k, 1))
     ranges = [(f, min(chunk_len, k - f)) for f in range(0, k, chunk_len)]
+    rng = np.random.default_rng(len(name) * 1000 + k)
+    weights = f32(list(rng.uniform(-1.5, 2.0, k)) + [0]) if extended else None
     ok = True
 
     def chunk_logits(first, cnt):
@@ -276,39 +285,55 @@ def fused_case(name, th, cap, chunk_len):
         return rows, np.ascontiguousarray(logits)
 
     tok = [np.zeros(k + 1, np.float32) for _ in range(4)]  # lse, logp, mean logit, entropy per counted token
+    collision = np.full(k + 1, 9.0, np.float32) if extended else None
     gather_ok = True
     for first, cnt in ranges:
         rows, logits = chunk_logits(first, cnt)
         gather_ok &= np.array_equal(rows[:cnt], hidden.reshape(-1, h)[pos[first:first + cnt]])
-        fl_lib.emu_row_stats(P(logits), P(bias), P(tok_labels), v, first, cnt, *[P(a) for a in tok], th)
+        fl_lib.emu_row_stats(P(logits), P(bias), P(tok_labels), v, first, cnt, *[P(a) for a in tok], P(collision), th)
     ok &= check("gather_rows", gather_ok)
-    starts = i32(np.concatenate([[0], np.cumsum(np.bincount(pos // t, minlength=n))]))
+    starts = i32(np.concatenate([[0], np.cumsum(np.bincount(seq_of, minlength=n))]))
     outs = [np.full(n, 9.0, np.float32) for _ in range(4)]
     lse_full = np.zeros(n * t, np.float32)
-    fl_lib.emu_reduce(P(starts), P(positions), *[P(a) for a in tok], mean, n, *[P(o) for o in outs], P(lse_full), th)
+    extra = [np.full(n, 9.0, np.float32) for _ in range(2)] if extended else [None, None]
+    fl_lib.emu_reduce(P(starts), P(positions), *[P(a) for a in tok], P(weights), P(collision), mean, n,
+                      *[P(o) for o in outs], P(lse_full), *[P(e) for e in extra], th)
     logps, counts, mean_logits, entropy = outs
     ok &= close("logps", logps, c["logps"], 1e-4)
     ok &= close("token_counts", counts, c["token_counts"], 0.0)
     ok &= close("mean_logits", mean_logits, c["mean_logits"], 1e-4)
     ok &= close("entropy", entropy, c["entropy"], 1e-4)
-    # lse against float64 logits of the f32 inputs
+    # lse, log-probs and softmax against float64 logits of the f32 inputs
     logits64 = hidden.reshape(-1, h).astype(np.float64) @ w.T.astype(np.float64) + (0 if bias is None else bias)
     m = logits64.max(-1)
     lse64 = m + np.log(np.exp(logits64 - m[:, None]).sum(-1))
     ok &= close("lse", lse_full[pos], lse64[pos], 1e-4)
     ok &= check("lse/uncounted_zero", np.all(np.delete(lse_full, pos) == 0))
+    softmax64 = np.exp(logits64[pos] - lse64[pos, None])
+    divisor = np.maximum(np.bincount(seq_of, minlength=n), 1) if mean else np.ones(n)
+    if extended:
+        logp64 = logits64[pos, labels[pos]] - lse64[pos]
+        w64 = weights[:k].astype(np.float64)
+        weighted64 = np.bincount(seq_of, w64 * logp64, minlength=n) / divisor
+        collision64 = np.log((softmax64 ** 2).sum(-1))
+        ok &= close("log_collision", collision[:k], collision64, 1e-4)
+        ok &= close("weighted_logps", extra[0], weighted64, 1e-4)
+        ok &= close("collision_sums", extra[1], np.bincount(seq_of, collision64, minlength=n) / divisor, 1e-4)
 
-    # Backward (Plan::gradient_scales): scale = -g (sum) or -g / max(count, 1) (mean).
+    # Backward (Plan::gradient_scales): per counted token -(g + weight · g_weighted) / (1 or its sequence's count).
     g = f32(c["grad_logps"])
-    scale = f32(-g / np.maximum(counts, 1.0) if mean else -g)
+    g_weighted = f32(rng.uniform(-1.0, 1.0, n)) if extended else np.zeros(n, np.float32)
+    token_weight = weights[:k] if extended else np.zeros(k, np.float32)
+    scale64 = -(g[seq_of].astype(np.float64) + token_weight * g_weighted[seq_of]) / divisor[seq_of]
+    scale = f32(list(scale64) + [0])
     grad_hidden = np.zeros(n * t * h, np.float32)
     grad_weight = np.zeros((v, h), np.float32)
     grad_bias = np.zeros(v, np.float32)
     for first, cnt in ranges:
         rows, logits = chunk_logits(first, cnt)
         # f32: the gradient overwrites the chunk's logits (in place).
-        fl_lib.emu_row_grad(P(logits), P(bias), P(tok_labels), P(positions), P(sequences), P(lse_full), P(scale), v,
-                            first, cnt, P(logits), th)
+        fl_lib.emu_row_grad(P(logits), P(bias), P(tok_labels), P(positions), P(lse_full), P(scale), v, first, cnt,
+                            P(logits), th)
         G = logits[:cnt]
         grad_rows = np.zeros((chunk_len, h), np.float32)
         grad_rows[:cnt] = G @ w
@@ -317,12 +342,22 @@ def fused_case(name, th, cap, chunk_len):
         fl_lib.emu_scatter(P(np.ascontiguousarray(grad_rows)), P(positions), first, cnt, h, P(grad_hidden), th, LL(cap))
     gw = np.zeros(v * h, np.float32)
     fl_lib.emu_convert(P(np.ascontiguousarray(grad_weight.reshape(-1))), LL(v * h), P(gw), th, LL(cap))
-    ok &= close("grad_hidden", grad_hidden, c["grad_hidden"], 1e-4)
-    ok &= close("grad_weight", gw, c["grad_weight"], 1e-4)
+    if extended:
+        # d/dlogits of Σ g·logp + g_w·weighted = scale · (softmax − onehot), per counted token
+        onehot = np.zeros_like(softmax64)
+        onehot[np.arange(k), labels[pos]] = 1.0
+        G64 = scale64[:, None] * (softmax64 - onehot)
+        exp_hidden = np.zeros((n * t, h))
+        exp_hidden[pos] = G64 @ w.astype(np.float64)
+        expected = {"grad_hidden": exp_hidden.reshape(-1), "grad_weight": (G64.T @ hidden.reshape(-1, h)[pos]).reshape(-1),
+                    "grad_bias": G64.sum(0)}
+    else:
+        expected = {key: c[key] for key in ("grad_hidden", "grad_weight", "grad_bias") if key in c}
+    ok &= close("grad_hidden", grad_hidden, expected["grad_hidden"], 1e-4)
+    ok &= close("grad_weight", gw, expected["grad_weight"], 1e-4)
     if bias is not None:
-        ok &= close("grad_bias", grad_bias, c["grad_bias"], 1e-4)
+        ok &= close("grad_bias", grad_bias, expected["grad_bias"], 1e-4)
     return ok
-
 
 ok = True
 for th in (64, 256):
@@ -333,8 +368,9 @@ for th in (64, 256):
             ok &= logprobs_case(name, th, cap)
         for name in ["sum_bias", "mean_nobias", "single_token", "large_logits"]:
             for chunk_len in ((1 << 30, 2) if cap != 2 else (3,)):
-                print(f"fused_linear {name} (chunks of {min(chunk_len, 999)} tokens)")
-                ok &= fused_case(name, th, 4096 if cap != 2 else cap, chunk_len)
+                for extended in (False, True):
+                    print(f"fused_linear {name} (chunks of {min(chunk_len, 999)} tokens{', weighted + collision' if extended else ''})")
+                    ok &= fused_case(name, th, 4096 if cap != 2 else cap, chunk_len, extended)
 print("worst relative errors: " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items())))
 print("ALL OK" if ok else "FAILURES")
 sys.exit(0 if ok else 1)

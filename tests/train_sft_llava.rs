@@ -4,13 +4,12 @@
 //! to a recomputation from materialised logits, conversation files with images (placeholders expanded, bad media
 //! reported with their lines) and `unireward train-judge` on a tiny chat-capable LLaVA checkpoint.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use unireward::model::llava::{LlavaBatch, MediaInput};
-use unireward::model::{save_safetensors, ForwardOptions, WeightStore};
+use unireward::model::{ForwardOptions, WeightStore};
 use unireward::train::data::{
     BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, MediaKind, MediaRef, PairDataset, Problem,
     SequenceBatch, SftDataset, IGNORE_INDEX,
@@ -22,6 +21,7 @@ use unireward::train::sft::{latest_checkpoint, SftConfig, SftRun, SftTrainer};
 use unireward::{DType, Device, Tensor};
 
 mod common;
+use common::llava::ChatCheckpoint;
 use common::reference::{assert_close, fixture};
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -263,94 +263,9 @@ fn trainer_with_no_update(c: &Config) -> SftTrainer {
     trainer(c, Vec::new())
 }
 
-/// A tiny LLaVA-OneVision checkpoint that can tokenize conversations: the fixture's model with its vocabulary
-/// widened to the Qwen2 fixture tokenizer's (plus `<image>` and `<video>`), and that tokenizer's chat template.
-struct ChatCheckpoint {
-    dir: PathBuf,
-}
-
-impl ChatCheckpoint {
-    fn new(name: &str) -> ChatCheckpoint {
-        let dir = std::env::temp_dir().join(format!("unireward-sft-llava-{name}-{}", std::process::id()));
-        std::fs::remove_dir_all(&dir).ok();
-        let model = dir.join("model");
-        std::fs::create_dir_all(&model).unwrap();
-        let tokenizer_dir = fixture("qwen2/tokenizer");
-        let mut tokenizer: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(tokenizer_dir.join("tokenizer.json")).unwrap()).unwrap();
-        let added = tokenizer["added_tokens"].as_array_mut().unwrap();
-        let next = added.iter().map(|t| t["id"].as_u64().unwrap()).max().unwrap() + 1;
-        for (i, content) in ["<image>", "<video>"].into_iter().enumerate() {
-            added.push(serde_json::json!({"id": next + i as u64, "content": content, "single_word": false,
-                "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
-        }
-        std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-        for f in ["tokenizer_config.json", "chat_template.jinja"] {
-            std::fs::copy(tokenizer_dir.join(f), model.join(f)).unwrap();
-        }
-        let vocab = next as usize + 2;
-        let hf = fixture("llava/hf");
-        std::fs::copy(hf.join("preprocessor_config.json"), model.join("preprocessor_config.json")).unwrap();
-        let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
-        config["text_config"]["vocab_size"] = vocab.into();
-        config["image_token_index"] = next.into();
-        config["video_token_index"] = (next + 1).into();
-        std::fs::write(model.join("config.json"), config.to_string()).unwrap();
-        let store = WeightStore::open(&hf).unwrap();
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for name in store.names() {
-            let shape = store.shape(name).unwrap().to_vec();
-            let tensor = if name.ends_with("embed_tokens.weight") || name.ends_with("lm_head.weight") {
-                let width = shape[1];
-                let data: Vec<f32> =
-                    (0..vocab * width).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5).collect();
-                Tensor::from_f32(&data, &[vocab, width], DType::F32, Device::Cpu).unwrap()
-            } else {
-                store.get(name, &shape).unwrap()
-            };
-            tensors.push((name.to_string(), tensor));
-        }
-        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        save_safetensors(&model.join("model.safetensors"), &named).unwrap();
-        std::fs::create_dir_all(dir.join("data/images")).unwrap();
-        for f in ["anyres_0.png", "downsampled_0.png", "two_images_0.png", "two_images_1.png"] {
-            std::fs::copy(fixture("llava/images").join(f), dir.join("data/images").join(f)).unwrap();
-        }
-        std::fs::write(dir.join("data/images/corrupt.png"), b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
-        ChatCheckpoint { dir }
-    }
-
-    fn model(&self) -> PathBuf {
-        self.dir.join("model")
-    }
-
-    /// A conversation file in `data/`: one record per `(images, question, answer, task)`.
-    fn data(&self, name: &str, records: &[(&[&str], &str, &str, &str)]) -> PathBuf {
-        let mut lines = String::new();
-        for (images, q, a, task) in records {
-            let record = serde_json::json!({
-                "image": images.iter().map(|i| format!("images/{i}")).collect::<Vec<_>>(),
-                "task": task,
-                "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}],
-            });
-            lines += &format!("{record}\n");
-        }
-        let path = self.dir.join("data").join(name);
-        std::fs::write(&path, lines).unwrap();
-        path
-    }
-}
-
-impl Drop for ChatCheckpoint {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 #[test]
 fn conversations_with_images_are_expanded_and_bad_media_reported_by_line() {
-    let checkpoint = ChatCheckpoint::new("data");
+    let checkpoint = ChatCheckpoint::new("sft-data");
     let records: &[(&[&str], &str, &str, &str)] = &[
         (&["anyres_0.png"], "<image>\nIs it good?", "Yes.", "image"),
         (&["missing.png"], "<image>\nIs it good?", "No.", "image"),
@@ -403,7 +318,7 @@ fn conversations_with_images_are_expanded_and_bad_media_reported_by_line() {
 
 #[test]
 fn train_judge_trains_a_llava_checkpoint_on_images_with_evaluation() {
-    let checkpoint = ChatCheckpoint::new("cli");
+    let checkpoint = ChatCheckpoint::new("sft-cli");
     let mut records: Vec<(&[&str], &str, &str, &str)> = Vec::new();
     let images: [&[&str]; 3] = [&["anyres_0.png"], &["downsampled_0.png"], &["two_images_0.png", "two_images_1.png"]];
     for i in 0..6 {
@@ -462,7 +377,7 @@ fn train_judge_trains_a_llava_checkpoint_on_images_with_evaluation() {
 
 #[test]
 fn pair_prompts_with_images_are_expanded() {
-    let checkpoint = ChatCheckpoint::new("pairs");
+    let checkpoint = ChatCheckpoint::new("sft-pairs");
     let pair = |image: &str| {
         serde_json::json!({"prompt": "<image>\nWhich answer is right?", "chosen": "The first.",
             "rejected": "The second.", "image": format!("images/{image}")})
@@ -487,7 +402,7 @@ fn pair_prompts_with_images_are_expanded() {
 
 #[test]
 fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
-    let checkpoint = ChatCheckpoint::new("resume");
+    let checkpoint = ChatCheckpoint::new("sft-resume");
     let images: [&[&str]; 3] = [&["anyres_0.png"], &["downsampled_0.png"], &["two_images_0.png", "two_images_1.png"]];
     let records: Vec<(&[&str], &str, &str, &str)> = (0..6)
         .map(|i| {

@@ -17,7 +17,7 @@ use crate::judge::{Judge, JudgeModel};
 use crate::model::architecture::Architecture;
 use crate::model::llava::{LlavaBatch, LlavaGradients, LlavaOnevisionModel, LlavaPass, MediaInput};
 use crate::model::qwen2::{CausalLmLoss, ForwardPass, OutputGrads, Qwen2Gradients};
-use crate::model::{ForwardOptions, Qwen2Model};
+use crate::model::{ForwardOptions, LoadOptions, Qwen2Model};
 use crate::ops::fused_linear::FusedLinearConfig;
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
@@ -90,10 +90,21 @@ impl TrainModel {
     /// The checkpoint in `dir` (a Qwen2 or a LLaVA-OneVision one, by `config.json`'s `model_type`) in `dtype` on
     /// `device`; a LLaVA model samples `video_frames` frames from each video of its batches.
     pub fn load(dir: &Path, dtype: DType, device: Device, video_frames: usize) -> Result<TrainModel> {
+        TrainModel::load_with(dir, dtype, device, video_frames, &LoadOptions::default())
+    }
+
+    /// [`TrainModel::load`] under `options` (lenient: a reward checkpoint's `score.weight` is not the model's).
+    pub fn load_with(
+        dir: &Path,
+        dtype: DType,
+        device: Device,
+        video_frames: usize,
+        options: &LoadOptions,
+    ) -> Result<TrainModel> {
         Ok(match Architecture::of_checkpoint(dir)? {
-            Architecture::Qwen2 => TrainModel::from(Qwen2Model::load(dir, dtype, device)?),
+            Architecture::Qwen2 => TrainModel::from(Qwen2Model::load_with(dir, dtype, device, options)?.0),
             Architecture::LlavaOnevision => {
-                let model = LlavaOnevisionModel::load(dir, dtype, device)?;
+                let (model, _) = LlavaOnevisionModel::load_with(dir, dtype, device, options)?;
                 let media = MediaLoader::for_checkpoint(dir, &model, video_frames)?;
                 TrainModel::Llava(Box::new(LlavaTrainModel { model, media }))
             }
@@ -251,9 +262,22 @@ impl TrainModel {
         options: &SaveOptions,
         extra: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
+        self.save_with(&[], source, out, options, extra)
+    }
+
+    /// [`TrainModel::save`] with `beside` (tensors that are not the model's, as a reward head's `score.weight`)
+    /// saved among its weights.
+    pub fn save_with(
+        &self,
+        beside: &[(String, &Tensor)],
+        source: &Path,
+        out: &Path,
+        options: &SaveOptions,
+        extra: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
         match self {
-            TrainModel::Qwen2(model) => save_qwen2_with(model, source, out, options, extra),
-            TrainModel::Llava(llava) => save_llava_with(&llava.model, source, out, options, extra),
+            TrainModel::Qwen2(model) => save_qwen2_with(model, beside, source, out, options, extra),
+            TrainModel::Llava(llava) => save_llava_with(&llava.model, beside, source, out, options, extra),
         }
     }
 

@@ -1,6 +1,7 @@
 //! `unireward train-reward`: a scalar reward model (`score.weight` on a Qwen2 decoder, loaded by transformers as
-//! `Qwen2ForSequenceClassification`) trained with Bradley–Terry on a pair file (`--pairs`) or with a K-wise loss on
-//! a ranked-list file (`--rankings`), with a held-out file (`--eval`) evaluated every `--eval-every` steps and at the
+//! `Qwen2ForSequenceClassification`, or on a LLaVA-OneVision model, whose records carry their prompts' `image` /
+//! `video`) trained with Bradley–Terry on a pair file (`--pairs`) or with a K-wise loss on a ranked-list file
+//! (`--rankings`), with a held-out file (`--eval`) evaluated every `--eval-every` steps and at the
 //! end (logged as `eval/loss`, `eval/accuracy`, ...). Checkpoints, `--resume`, Ctrl-C and `metrics.jsonl` (TRL's
 //! RewardTrainer names) with its PNG plots as for `train-judge`.
 
@@ -10,19 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use unireward::train::reward::{RewardData, RewardLoss, RewardMetrics, RewardRun};
 
-use crate::train_options::{report_bad_records, report_end, TrainArgs, TrainProgress};
+use crate::train_options::{report_bad_records, report_end, MediaArgs, TrainArgs, TrainProgress};
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("data").required(true).args(["pairs", "rankings"])))]
 pub struct Args {
-    /// The checkpoint to train: config.json, safetensors weights (with `score.weight` to continue a reward model),
-    /// tokenizer.json and a chat template.
+    /// The checkpoint to train, Qwen2 or LLaVA-OneVision: config.json, safetensors weights (with `score.weight` to
+    /// continue a reward model), tokenizer.json and a chat template (and preprocessor_config.json for LLaVA).
     #[arg(long)]
     model: PathBuf,
-    /// Preference pairs, one JSON object a line: `prompt`, `chosen`, `rejected`, optional `margin`.
+    /// Preference pairs, one JSON object a line: `prompt`, `chosen`, `rejected`, optional `margin` (and the
+    /// prompt's `image` / `video` for LLaVA).
     #[arg(long)]
     pairs: Option<PathBuf>,
-    /// Ranked lists, one JSON object a line: `prompt`, `responses` (best first, as many in every record).
+    /// Ranked lists, one JSON object a line: `prompt`, `responses` (best first, as many in every record), and for
+    /// LLaVA the prompt's `image` / `video`.
     #[arg(long)]
     rankings: Option<PathBuf>,
     /// Where checkpoints (`checkpoint-<step>/`), `metrics.jsonl` and its plots go.
@@ -40,6 +43,8 @@ pub struct Args {
     /// Evaluate every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
+    #[command(flatten)]
+    media: MediaArgs,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -70,6 +75,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         eval_every: args.eval_every,
         loss,
         train: args.train.options(),
+        media_folder: args.media.media_folder.clone(),
+        video_frames: args.media.video_frames,
     };
     static STOP: AtomicBool = AtomicBool::new(false);
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;

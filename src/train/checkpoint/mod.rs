@@ -139,12 +139,14 @@ fn carried_over(source: &Path, held: &HashSet<&str>, left_out: &[&str]) -> Resul
 
 /// Saves a Qwen2 model loaded from (or trained from) the checkpoint in `source` to `out`.
 pub fn save_qwen2(model: &Qwen2Model, source: &Path, out: &Path, options: &SaveOptions) -> Result<()> {
-    save_qwen2_with(model, source, out, options, |_| Ok(()))
+    save_qwen2_with(model, &[], source, out, options, |_| Ok(()))
 }
 
-/// [`save_qwen2`] with `extra` writing more into the checkpoint's temporary directory (see [`save_checkpoint`]).
+/// [`save_qwen2`] with `beside` (named tensors that are not the model's: a reward head) saved with the model's
+/// weights and `extra` writing more into the checkpoint's temporary directory (see [`save_checkpoint`]).
 pub fn save_qwen2_with(
     model: &Qwen2Model,
+    beside: &[(String, &Tensor)],
     source: &Path,
     out: &Path,
     options: &SaveOptions,
@@ -152,17 +154,20 @@ pub fn save_qwen2_with(
 ) -> Result<()> {
     let head = model.weights.names().lm_head.clone();
     let left_out: Vec<&str> = if model.config.tie_word_embeddings { vec![head.as_str()] } else { vec![] };
-    save_checkpoint(out, source, &model.weights.named(), &left_out, options, extra)
+    let mut weights = model.weights.named();
+    weights.extend(beside.iter().cloned());
+    save_checkpoint(out, source, &weights, &left_out, options, extra)
 }
 
 /// Saves a LLaVA-OneVision model (either layout) loaded from the checkpoint in `source` to `out`, in its layout.
 pub fn save_llava(model: &LlavaOnevisionModel, source: &Path, out: &Path, options: &SaveOptions) -> Result<()> {
-    save_llava_with(model, source, out, options, |_| Ok(()))
+    save_llava_with(model, &[], source, out, options, |_| Ok(()))
 }
 
-/// [`save_llava`] with `extra` writing more into the checkpoint's temporary directory (see [`save_checkpoint`]).
+/// [`save_llava`] with `beside` and `extra` as for [`save_qwen2_with`].
 pub fn save_llava_with(
     model: &LlavaOnevisionModel,
+    beside: &[(String, &Tensor)],
     source: &Path,
     out: &Path,
     options: &SaveOptions,
@@ -171,7 +176,9 @@ pub fn save_llava_with(
     let names = model.layout.language_model();
     let left_out: Vec<&str> = if model.config.text.tie_word_embeddings { vec![names.lm_head.as_str()] } else { vec![] };
     let tower_dir = local_tower_dir(source)?;
-    save_checkpoint(out, source, &model.named_parameters(), &left_out, options, |dir| {
+    let mut weights = model.named_parameters();
+    weights.extend(beside.iter().cloned());
+    save_checkpoint(out, source, &weights, &left_out, options, |dir| {
         if let Some(name) = &tower_dir {
             copy_file(&source.join(name).join("config.json"), &dir.join(name).join("config.json"))?;
         }

@@ -394,7 +394,6 @@ fn pair_example(
     options: &DataOptions,
     media: Option<&MediaLoader>,
 ) -> Result<std::result::Result<Parsed<PairExample>, Problem>> {
-    let markers = tokenizer.placeholder_ids();
     let mut record = match record::pair(line, &options.media_folder, &options.task_field) {
         Ok(record) => record,
         Err(problem) => return Ok(Err(problem)),
@@ -408,12 +407,8 @@ fn pair_example(
             Err(problem) => return Ok(Err(problem)),
         };
     let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
-    if let Some(loader) = media.filter(|_| !record.media.is_empty()) {
-        let unlabelled = vec![IGNORE_INDEX; prompt.len()];
-        match loader.expand(&prompt, &unlabelled, &record.media, markers)? {
-            Ok((ids, _)) => prompt = ids,
-            Err(problem) => return Ok(Err(problem)),
-        }
+    if let Err(problem) = expand_prompt(&mut prompt, &record.media, tokenizer, media)? {
+        return Ok(Err(problem));
     }
     let example = PairExample {
         task: 0,
@@ -428,12 +423,40 @@ fn pair_example(
     Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
 }
 
+/// Expands the placeholders of a tokenized `prompt` into its `media`'s placeholder ids when `loader` is given (a
+/// multimodal model) and there are media; what is wrong with the media (missing, unreadable) as a [`Problem`].
+fn expand_prompt(
+    prompt: &mut Vec<u32>,
+    media: &[MediaRef],
+    tokenizer: &ConversationTokenizer,
+    loader: Option<&MediaLoader>,
+) -> Result<std::result::Result<(), Problem>> {
+    let Some(loader) = loader.filter(|_| !media.is_empty()) else {
+        return Ok(Ok(()));
+    };
+    let unlabelled = vec![IGNORE_INDEX; prompt.len()];
+    Ok(loader.expand(prompt, &unlabelled, media, tokenizer.placeholder_ids())?.map(|(ids, _)| *prompt = ids))
+}
+
 impl RankingDataset {
-    /// Reads ranked-list files (`prompt`, `responses` best first, optional media), tokenized by `tokenizer`.
+    /// Reads ranked-list files (`prompt`, `responses` best first, optional media), tokenized by `tokenizer`,
+    /// placeholders left as one token each.
     pub fn load_rankings(
         sources: &[DataSource],
         tokenizer: &ConversationTokenizer,
         options: &DataOptions,
+    ) -> Result<(RankingDataset, DataReport)> {
+        RankingDataset::load_rankings_with_media(sources, tokenizer, options, None)
+    }
+
+    /// [`RankingDataset::load_rankings`] for a multimodal model: with `media`, the prompt's placeholders are
+    /// expanded as [`PairDataset::load_pairs_with_media`] expands a pair's (every response shares its prompt's
+    /// media).
+    pub fn load_rankings_with_media(
+        sources: &[DataSource],
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
     ) -> Result<(RankingDataset, DataReport)> {
         Dataset::load(sources, options, |line, origin| {
             let mut record = match record::ranking(line, &options.media_folder, &options.task_field) {
@@ -444,11 +467,14 @@ impl RankingDataset {
                 return Ok(Err(problem));
             }
             let responses: Vec<&str> = record.responses.iter().map(String::as_str).collect();
-            let PromptTokens { prompt, completions } =
+            let PromptTokens { mut prompt, completions } =
                 match tokenizer.prompt_and_completions(&record.prompt, &responses)? {
                     Ok(tokens) => tokens,
                     Err(problem) => return Ok(Err(problem)),
                 };
+            if let Err(problem) = expand_prompt(&mut prompt, &record.media, tokenizer, media)? {
+                return Ok(Err(problem));
+            }
             let example = RankingExample {
                 task: 0,
                 source: origin.source,

@@ -1,20 +1,20 @@
-//! A scalar reward model (TRL's `RewardTrainer`): a Qwen2 decoder with the head `score.weight` `[1, H]` on each
-//! sequence's last real token (transformers' `Qwen2ForSequenceClassification`, `num_labels = 1`), trained on
+//! A scalar reward model (TRL's `RewardTrainer`): a [`TrainModel`] — a Qwen2 decoder, or a LLaVA-OneVision model
+//! whose rows carry their prompts' images and videos — with the head `score.weight` `[1, H]` on the language model's
+//! hidden state at each sequence's last real token (for Qwen2, transformers' `Qwen2ForSequenceClassification`,
+//! `num_labels = 1`; transformers has no such class for LLaVA-OneVision, see [`run`](RewardRun)), trained on
 //! preference pairs with Bradley–Terry (`-logσ(r_chosen - r_rejected - margin)`, optional margins and TRL's
 //! `center_rewards_coefficient` term) or on ranked lists of K responses with a K-wise loss (Plackett–Luce, or
 //! Bradley–Terry over all pairs).
 //!
 //! Per optimizer step, each micro-batch of G groups (pairs, or ranked lists of K) runs one forward over its `K·G`
 //! rows (response-major: row `k·G + g` is group g's k-th best, as [`collate_pairs`](super::data::collate_pairs) and
-//! [`collate_rankings`](super::data::collate_rankings) lay them out), reads one reward per row through the head,
+//! [`collate_rankings`](super::data::collate_rankings) lay them out; a LLaVA model decodes each row's media first,
+//! every response of a group sharing its prompt's), reads one reward per row through the head,
 //! takes the loss and its gradient with respect to the rewards from the preference ops
 //! ([`bradley_terry_loss`](crate::ops::preference::bradley_terry_loss),
 //! [`kwise_loss`](crate::ops::preference::kwise_loss)), sends that back through the head into the model, and adds
 //! its gradients to the optimizer's accumulator weighted by its groups: a step's loss and gradient are the mean over
 //! all its groups. An untied LM head is not part of the reward model and stays frozen.
-//!
-//! Every model call (forward, backward) is in `forward_rewards` and `RewardTrainer::backward`; beyond them the
-//! model's type appears only where it is held, loaded and saved, so a LLaVA-capable model is a local change.
 
 mod head;
 mod loss;
@@ -25,8 +25,9 @@ pub use loss::{RewardLoss, RewardMetrics};
 pub use run::{RewardData, RewardOutcome, RewardRun};
 
 use super::data::SequenceBatch;
+use super::model::{PreparedBatch, TrainGradients, TrainModel, TrainPass};
 use super::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::model::qwen2::{ForwardOptions, ForwardPass, HeadGradient, OutputGrads, Qwen2Gradients, Qwen2Model};
+use crate::model::qwen2::{ForwardOptions, HeadGradient, OutputGrads};
 use crate::ops::heads::{scalar_reward, scalar_reward_backward, ScalarHead};
 use crate::runtime::{DType, Tensor};
 use crate::{Error, Result};
@@ -93,37 +94,38 @@ fn row_ends(rows: &SequenceBatch) -> std::result::Result<Vec<i64>, String> {
         .collect()
 }
 
-/// The model's forward over `rows` and each row's reward `[rows, 1]`: the only place the trainer runs the model
-/// forward.
+/// The model's forward over a prepared batch and each row's reward `[rows, 1]`: the only place the trainer runs the
+/// model forward.
 fn forward_rewards(
-    model: &Qwen2Model,
+    model: &TrainModel,
     score: &Tensor,
-    rows: &SequenceBatch,
+    rows: &PreparedBatch<'_>,
     ends: &Tensor,
     forward: ForwardOptions,
-) -> Result<(ForwardPass, Tensor)> {
-    let [ids, mask, _] = rows.tensors(model.device())?;
-    let pass = model.forward(&ids, &mask, forward)?;
-    let rewards = scalar_reward(ScalarHead { hidden: pass.hidden(), ends, weight: score, bias: None })?;
+) -> Result<(TrainPass, Tensor)> {
+    let pass = model.forward(rows, forward)?;
+    let rewards = scalar_reward(ScalarHead { hidden: pass.lm().hidden(), ends, weight: score, bias: None })?;
     Ok((pass, rewards))
 }
 
-/// A Qwen2 model with its reward head, optimizer and gradient buffers.
+/// A model with its reward head, optimizer and gradient buffers.
 #[derive(Debug)]
 pub struct RewardTrainer {
-    model: Qwen2Model,
+    model: TrainModel,
     /// `score.weight` `[1, H]`, f32 like the model.
     score: Tensor,
-    grads: Qwen2Gradients,
+    grads: TrainGradients,
     grad_score: Tensor,
     optimizer: AdamW,
     config: RewardTrainerConfig,
 }
 
 impl RewardTrainer {
-    /// Over an f32 `model` and its head `score` `[1, H]` (see [`init_score`] and [`load_score`]).
-    pub fn new(model: Qwen2Model, score: Tensor, config: RewardTrainerConfig) -> Result<RewardTrainer> {
-        let hidden = model.config.hidden_size;
+    /// Over an f32 `model` (a Qwen2 or LLaVA-OneVision one) and its head `score` `[1, H]`, H the language model's
+    /// hidden size (see [`init_score`] and [`load_score`]).
+    pub fn new(model: impl Into<TrainModel>, score: Tensor, config: RewardTrainerConfig) -> Result<RewardTrainer> {
+        let model = model.into();
+        let hidden = model.language_model().config.hidden_size;
         if model.dtype() != DType::F32 || score.dtype() != DType::F32 {
             return Err(Error::InvalidArgument("the reward trainer trains f32 models with an f32 head".into()));
         }
@@ -143,21 +145,19 @@ impl RewardTrainer {
             }
         }
         let mut groups = config.groups.clone();
-        if model.weights.lm_head.is_some() {
+        let lm = &model.language_model().weights;
+        if lm.lm_head.is_some() {
             // Not part of Qwen2ForSequenceClassification: no gradient reaches it, and weight decay must not move it.
-            let name = model.weights.names().lm_head.clone();
+            let name = lm.names().lm_head.clone();
             groups.insert(0, ParamGroup::new("lm_head", &[&name]).frozen());
         }
         let optimizer = AdamW::new(&named(&model, &score), groups, config.optimizer.clone())?;
-        let grads = Qwen2Gradients {
-            weights: model.weights.zeros_like()?,
-            inputs_embeds: Tensor::zeros(&[0, 0, hidden], model.dtype(), model.device())?,
-        };
+        let grads = model.zero_gradients()?;
         let grad_score = Tensor::zeros(&[1, hidden], DType::F32, model.device())?;
         Ok(RewardTrainer { model, score, grads, grad_score, optimizer, config })
     }
 
-    pub fn model(&self) -> &Qwen2Model {
+    pub fn model(&self) -> &TrainModel {
         &self.model
     }
 
@@ -186,31 +186,43 @@ impl RewardTrainer {
 
     /// The gradients of the last [`RewardTrainer::backward`], named as [`RewardTrainer::named_parameters`].
     pub fn gradients(&self) -> Vec<(String, &Tensor)> {
-        let mut all = self.grads.weights.named();
+        let mut all = self.model.named_gradients(&self.grads);
         all.push((SCORE_WEIGHT.into(), &self.grad_score));
         all
     }
 
     /// The trained model and head.
-    pub fn into_parts(self) -> (Qwen2Model, Tensor) {
+    pub fn into_parts(self) -> (TrainModel, Tensor) {
         (self.model, self.score)
     }
 
-    /// Each row's reward (in the batch's order): forward only.
+    /// Each row's reward (in the batch's order): forward only (a LLaVA model decodes the rows' media first).
     pub fn rewards(&self, rows: &SequenceBatch) -> Result<Vec<f32>> {
         self.check_rows(rows).map_err(Error::InvalidArgument)?;
-        let ends = row_ends(rows).map_err(Error::InvalidArgument)?;
-        let ends = Tensor::from_slice(&ends, &[rows.rows], self.model.device())?;
+        self.prepared_rewards(&self.model.prepare(rows)?)
+    }
+
+    /// [`RewardTrainer::rewards`] of a batch already prepared (checked, its media decoded).
+    fn prepared_rewards(&self, rows: &PreparedBatch<'_>) -> Result<Vec<f32>> {
+        let ends = self.ends(rows.batch)?;
         let (_, rewards) = forward_rewards(&self.model, &self.score, rows, &ends, self.config.forward)?;
         rewards.to_vec::<f32>()
+    }
+
+    /// Each row's last real position, on the model's device.
+    fn ends(&self, rows: &SequenceBatch) -> Result<Tensor> {
+        let ends = row_ends(rows).map_err(Error::InvalidArgument)?;
+        Tensor::from_slice(&ends, &[rows.rows], self.model.device())
     }
 
     /// The loss and metrics of `batches` (a held-out set) without training: means over all their groups.
     pub fn evaluate(&self, batches: &[RewardBatch]) -> Result<RewardMetrics> {
         self.check_all(batches)?;
         let mut parts = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let (metrics, _) = loss_of(&self.rewards(&batch.rows)?, batch, self.config.loss)?;
+        for (i, batch) in batches.iter().enumerate() {
+            // One batch's media decoded at a time: a held-out set can be large.
+            let rows = self.model.prepare(&batch.rows).map_err(|e| in_batch(i, e.to_string()))?;
+            let (metrics, _) = loss_of(&self.prepared_rewards(&rows)?, batch, self.config.loss)?;
             parts.push((batch.groups() as f64, metrics));
         }
         Ok(RewardMetrics::weighted_mean(&parts))
@@ -218,18 +230,19 @@ impl RewardTrainer {
 
     /// One optimizer step over `micro_batches` (gradient accumulation: one or more).
     pub fn step(&mut self, micro_batches: &[RewardBatch]) -> Result<RewardStepMetrics> {
-        // Everything is checked before the first micro-batch adds to the accumulator.
-        self.check_all(micro_batches)?;
+        // Everything is checked (and every batch's media decoded) before the first micro-batch adds to the
+        // accumulator, which a failed step would otherwise leave holding a part of its gradients.
+        let prepared = self.prepare_all(micro_batches)?;
         let (mut parts, mut tokens) = (Vec::with_capacity(micro_batches.len()), 0);
-        for batch in micro_batches {
-            let metrics = self.backward(batch)?;
-            let mut grads = self.grads.weights.named();
+        for (batch, rows) in micro_batches.iter().zip(&prepared) {
+            let metrics = self.prepared_backward(batch, rows)?;
+            let mut grads = self.model.named_gradients(&self.grads);
             grads.push((SCORE_WEIGHT.into(), &self.grad_score));
             self.optimizer.accumulate(&grads, batch.groups() as f64)?;
             parts.push((batch.groups() as f64, metrics));
             tokens += batch.rows.mask.iter().filter(|&&m| m != 0).count();
         }
-        let mut params = self.model.weights.named_mut();
+        let mut params = self.model.named_parameters_mut();
         params.push((SCORE_WEIGHT.into(), &mut self.score));
         let report = self.optimizer.step_accumulated(&mut params)?;
         Ok(RewardStepMetrics {
@@ -247,17 +260,18 @@ impl RewardTrainer {
     /// [`RewardTrainer::gradients`] (of the batch's mean loss). Nothing is stepped.
     pub fn backward(&mut self, batch: &RewardBatch) -> Result<RewardMetrics> {
         self.check_batch(batch).map_err(Error::InvalidArgument)?;
+        let rows = self.model.prepare(&batch.rows)?;
+        self.prepared_backward(batch, &rows)
+    }
+
+    /// [`RewardTrainer::backward`] of a batch already checked, `rows` its prepared rows.
+    fn prepared_backward(&mut self, batch: &RewardBatch, rows: &PreparedBatch<'_>) -> Result<RewardMetrics> {
         let device = self.model.device();
-        let stream = [batch.rows.rows, batch.rows.len, self.model.config.hidden_size];
-        if self.grads.inputs_embeds.shape() != stream {
-            self.grads.inputs_embeds = Tensor::zeros(&stream, self.model.dtype(), device)?;
-        }
-        let ends = row_ends(&batch.rows).map_err(Error::InvalidArgument)?;
-        let ends = Tensor::from_slice(&ends, &[batch.rows.rows], device)?;
-        let (pass, rewards) = forward_rewards(&self.model, &self.score, &batch.rows, &ends, self.config.forward)?;
+        let ends = self.ends(&batch.rows)?;
+        let (pass, rewards) = forward_rewards(&self.model, &self.score, rows, &ends, self.config.forward)?;
         let (metrics, grad) = loss_of(&rewards.to_vec::<f32>()?, batch, self.config.loss)?;
         let grad = Tensor::from_f32(&grad, &[batch.rows.rows, 1], DType::F32, device)?;
-        let head = ScalarHead { hidden: pass.hidden(), ends: &ends, weight: &self.score, bias: None };
+        let head = ScalarHead { hidden: pass.lm().hidden(), ends: &ends, weight: &self.score, bias: None };
         let head = scalar_reward_backward(head, &grad)?;
         self.grad_score.copy_from(&head.grad_weight)?;
         let output = OutputGrads { hidden: head.grad_hidden, lm_head: HeadGradient::None };
@@ -265,12 +279,21 @@ impl RewardTrainer {
         Ok(metrics)
     }
 
+    /// Every batch checked, then prepared (its media decoded), in order: an error names the micro-batch.
+    fn prepare_all<'a>(&self, batches: &'a [RewardBatch]) -> Result<Vec<PreparedBatch<'a>>> {
+        self.check_all(batches)?;
+        let prepare = |(i, batch): (usize, &'a RewardBatch)| {
+            self.model.prepare(&batch.rows).map_err(|e| in_batch(i, e.to_string()))
+        };
+        batches.iter().enumerate().map(prepare).collect()
+    }
+
     fn check_all(&self, batches: &[RewardBatch]) -> Result<()> {
         if batches.is_empty() {
             return Err(Error::InvalidArgument("a reward step or evaluation needs at least one batch".into()));
         }
         for (i, batch) in batches.iter().enumerate() {
-            self.check_batch(batch).map_err(|e| Error::InvalidArgument(format!("micro-batch {i}: {e}")))?;
+            self.check_batch(batch).map_err(|e| in_batch(i, e))?;
         }
         Ok(())
     }
@@ -286,7 +309,7 @@ impl RewardTrainer {
                 return Err(format!("`{name}` has {len} values, want {size} for {} rows", rows.rows));
             }
         }
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.language_model().config.vocab_size;
         if let Some(id) = rows.ids.iter().find(|&&id| !(0..vocab as i64).contains(&id)) {
             return Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}"));
         }
@@ -319,9 +342,14 @@ impl RewardTrainer {
     }
 }
 
+/// An error of micro-batch `i`, named so.
+fn in_batch(i: usize, error: String) -> Error {
+    Error::InvalidArgument(format!("micro-batch {i}: {error}"))
+}
+
 /// The model's parameters then `score.weight`.
-fn named<'a>(model: &'a Qwen2Model, score: &'a Tensor) -> Vec<(String, &'a Tensor)> {
-    let mut all = model.weights.named();
+fn named<'a>(model: &'a TrainModel, score: &'a Tensor) -> Vec<(String, &'a Tensor)> {
+    let mut all = model.named_parameters();
     all.push((SCORE_WEIGHT.into(), score));
     all
 }

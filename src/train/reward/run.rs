@@ -1,21 +1,36 @@
 //! The reward-model training loop over a pair file (Bradley–Terry) or a ranked-list file (K-wise), with an optional
 //! held-out file evaluated every `eval_every` steps and at the end, and checkpoints that resume bitwise (see
-//! [`crate::train::run`]) and that transformers loads as `Qwen2ForSequenceClassification`.
+//! [`crate::train::run`]).
+//!
+//! The checkpoint trained may be a Qwen2 or a LLaVA-OneVision one ([`TrainModel`], by `config.json`'s
+//! `model_type`). For the latter each record's images and videos (on the prompt side: every response of a record
+//! shares its prompt's media) are decoded when the data is loaded, to expand the prompt's placeholders and to find
+//! unreadable files, and again for each batch. A checkpoint holds `score.weight` `[1, H]` beside the model's
+//! weights, under that name whatever the layout:
+//!
+//! - Qwen2: `config.json` becomes `Qwen2ForSequenceClassification` with one label, so transformers loads the
+//!   checkpoint as that class, the head as its `score`.
+//! - LLaVA-OneVision: transformers has no sequence-classification class for it, so `config.json` is the source's
+//!   (`LlavaOnevisionForConditionalGeneration` or `llava_qwen`); transformers' loader reports `score.weight` as an
+//!   unexpected key and loads the rest, and the reward is `score.weight · h`, h the language model's last hidden
+//!   state (after its final norm) at each sequence's last real token. This trainer (and [`load_score`]) loads it
+//!   back with the model, as it does a Qwen2 reward checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use super::head::{init_score, load_score, reward_config};
+use super::head::{init_score, load_score, reward_config, SCORE_WEIGHT};
 use super::{RewardBatch, RewardLoss, RewardStepMetrics, RewardTrainer, RewardTrainerConfig};
-use crate::model::{LoadOptions, Qwen2Model};
+use crate::model::LoadOptions;
 use crate::runtime::DType;
-use crate::train::checkpoint::save_checkpoint;
 use crate::train::data::{
-    collate_rankings, BatchSampler, ConversationTokenizer, DataOptions, DataReport, DataSource, PairDataset,
-    RankingDataset, RankingExample,
+    collate_rankings, BatchSampler, ConversationTokenizer, DataOptions, DataReport, DataSource, MediaLoader,
+    PairDataset, RankingDataset, RankingExample, DEFAULT_VIDEO_FRAMES,
 };
+use crate::train::model::TrainModel;
 use crate::train::run::{
-    drive, latest_checkpoint, load_run_state, save_run_checkpoint_with, Steps, TrainOptions, TrainerState,
+    data_options_for, drive, latest_checkpoint, load_run_state, refuse_media_without_loader, save_run_checkpoint_with,
+    Steps, TrainOptions, TrainerState,
 };
 use crate::{Error, Result};
 
@@ -46,24 +61,26 @@ impl RewardData {
     }
 
     /// The file as ranked lists (pairs: chosen then rejected), each pair's margin (0 where a record has none;
-    /// `None` when no record has one) and the load's report. A file with no usable record, or with rankings of
-    /// different lengths, is refused.
+    /// `None` when no record has one) and the load's report. With `media` (a LLaVA model's loader) the prompts'
+    /// media are decoded and their placeholders expanded; without, a record with media is refused. A file with no
+    /// usable record, or with rankings of different lengths, is refused.
     fn load(
         &self,
         tokenizer: &ConversationTokenizer,
         options: &DataOptions,
+        media: Option<&MediaLoader>,
     ) -> Result<(RankingDataset, Option<Vec<f32>>, DataReport)> {
         let sources = [DataSource::new(self.path())];
         let (data, margins, report) = match self {
             RewardData::Pairs(_) => {
-                let (pairs, report) = PairDataset::load_pairs(&sources, tokenizer, options)?;
+                let (pairs, report) = PairDataset::load_pairs_with_media(&sources, tokenizer, options, media)?;
                 let any_margin = pairs.examples.iter().any(|e| e.margin.is_some());
                 let margins = any_margin.then(|| pairs.examples.iter().map(|e| e.margin.unwrap_or(0.0)).collect());
                 let examples = pairs.examples.into_iter().map(RankingExample::from).collect();
                 (RankingDataset { tasks: pairs.tasks, examples }, margins, report)
             }
             RewardData::Rankings(_) => {
-                let (data, report) = RankingDataset::load_rankings(&sources, tokenizer, options)?;
+                let (data, report) = RankingDataset::load_rankings_with_media(&sources, tokenizer, options, media)?;
                 (data, None, report)
             }
         };
@@ -85,21 +102,20 @@ impl RewardData {
                 first.line
             )));
         }
-        if let Some(e) = data.examples.iter().find(|e| !e.media.is_empty()) {
-            return Err(Error::InvalidArgument(format!(
-                "line {} of {path} has images or videos: the reward trainer is text-only (Qwen2) for now",
-                e.line
-            )));
+        if media.is_none() {
+            let first = data.examples.iter().find(|e| !e.media.is_empty()).map(|e| e.line);
+            refuse_media_without_loader(first, self.path())?;
         }
         Ok((data, margins, report))
     }
 }
 
 /// A whole reward-model run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RewardRun {
-    /// The checkpoint trained from (config, weights, tokenizer files, chat template); its `score.weight` is the
-    /// head's start when it has one, otherwise the head is drawn from `train.seed`.
+    /// The checkpoint trained from (config, weights, tokenizer files, chat template; for LLaVA-OneVision its
+    /// `preprocessor_config.json`); its `score.weight` is the head's start when it has one, otherwise the head is
+    /// drawn from `train.seed`.
     pub model: PathBuf,
     pub data: RewardData,
     /// Checkpoints go to `out/checkpoint-<step>/`.
@@ -110,6 +126,26 @@ pub struct RewardRun {
     pub eval_every: usize,
     pub loss: RewardLoss,
     pub train: TrainOptions,
+    /// The folder the records' media paths are relative to; `None`: each data file's own folder.
+    pub media_folder: Option<PathBuf>,
+    /// Frames sampled from each video (a LLaVA-OneVision checkpoint).
+    pub video_frames: usize,
+}
+
+impl Default for RewardRun {
+    fn default() -> Self {
+        RewardRun {
+            model: PathBuf::new(),
+            data: RewardData::default(),
+            out: PathBuf::new(),
+            eval: None,
+            eval_every: 0,
+            loss: RewardLoss::default(),
+            train: TrainOptions::default(),
+            media_folder: None,
+            video_frames: DEFAULT_VIDEO_FRAMES,
+        }
+    }
 }
 
 /// How a run ended.
@@ -169,9 +205,6 @@ impl Steps for Progress<'_> {
 
     fn save(&self) -> Result<PathBuf> {
         let model = self.trainer.model();
-        let head = model.weights.names().lm_head.clone();
-        let left_out: Vec<&str> = if model.config.tie_word_embeddings { vec![head.as_str()] } else { vec![] };
-        let named = self.trainer.named_parameters();
         let optimizer = self.trainer.optimizer();
         let state = TrainerState {
             step: optimizer.steps_done(),
@@ -179,13 +212,19 @@ impl Steps for Progress<'_> {
             loader: Some(self.sampler.state()),
             extra: serde_json::Value::Null,
         };
-        let config = reward_config(&self.run.model, self.pad)?;
+        // Qwen2: a sequence-classification config over the source's, so transformers loads the head as `score`.
+        let config = match model {
+            TrainModel::Qwen2(_) => Some(reward_config(&self.run.model, self.pad)?),
+            TrainModel::Llava(_) => None,
+        };
+        let head = [(SCORE_WEIGHT.to_string(), self.trainer.score())];
         save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, trainer_state| {
-            save_checkpoint(dir, &self.run.model, &named, &left_out, options, |tmp| {
-                // A sequence-classification config over the source's: transformers loads the head as `score`.
-                let path = tmp.join("config.json");
-                std::fs::write(&path, &config)
-                    .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))?;
+            model.save_with(&head, &self.run.model, dir, options, |tmp| {
+                if let Some(config) = &config {
+                    let path = tmp.join("config.json");
+                    std::fs::write(&path, config)
+                        .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))?;
+                }
                 trainer_state(tmp)
             })
         })
@@ -203,7 +242,13 @@ impl RewardRun {
             return Err(Error::InvalidArgument("`--eval-every` needs a held-out file: give `--eval FILE`".into()));
         }
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
-        let (data, margins, report) = self.data.load(&tokenizer, &train.data())?;
+        let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
+        let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
+        // Lenient: a reward checkpoint holds `score.weight` beside the model.
+        let options = LoadOptions { lenient: true, ..LoadOptions::default() };
+        let model = TrainModel::load_with(weights_dir, DType::F32, train.device, self.video_frames, &options)?;
+        let media = model.media_loader();
+        let (data, margins, report) = self.data.load(&tokenizer, &self.data_options(self.data.path()), media)?;
         let k = data.examples[0].responses.len();
         let path = self.data.path().display();
         match self.loss {
@@ -226,7 +271,8 @@ impl RewardRun {
                     RewardData::Pairs(_) => RewardData::Pairs(file.clone()),
                     RewardData::Rankings(_) => RewardData::Rankings(file.clone()),
                 };
-                let (eval_data, eval_margins, eval_report) = held_out.load(&tokenizer, &train.data())?;
+                let (eval_data, eval_margins, eval_report) =
+                    held_out.load(&tokenizer, &self.data_options(file), media)?;
                 let eval_k = eval_data.examples[0].responses.len();
                 if eval_k != k || (eval_margins.is_some() && matches!(self.loss, RewardLoss::Kwise(_))) {
                     return Err(Error::InvalidArgument(format!(
@@ -247,12 +293,7 @@ impl RewardRun {
         };
         let mut sampler = BatchSampler::for_rankings(&data, train.sampler())?;
         let total_steps = train.total_steps(sampler.batches_per_epoch())?;
-        let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
-        let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
-        // Lenient: a reward checkpoint holds `score.weight` beside the decoder.
-        let options = LoadOptions { lenient: true, ..LoadOptions::default() };
-        let (model, _) = Qwen2Model::load_with(weights_dir, DType::F32, train.device, &options)?;
-        let hidden = model.config.hidden_size;
+        let hidden = model.language_model().config.hidden_size;
         let score = match load_score(weights_dir, hidden, train.device)? {
             Some(score) => score,
             None => init_score(hidden, INITIAL_SCORE_STD, train.seed, train.device)?,
@@ -279,5 +320,10 @@ impl RewardRun {
             data: report,
             eval_data: eval_report,
         })
+    }
+
+    /// How the file at `path` is read: media paths relative to `media_folder`, else to the file's folder.
+    fn data_options(&self, path: &Path) -> DataOptions {
+        data_options_for(&self.train, path, self.media_folder.as_deref())
     }
 }

@@ -1451,6 +1451,51 @@ enum ur_status ur_adamw_step(struct ur_context *ctx,
 // `opt` is NULL or a pointer returned by `ur_adamw_create`, not yet freed, and no call is using it.
 void ur_adamw_free(struct ur_adamw *opt);
 
+// The sizes of the optimizer's state, for `ur_adamw_get_state` / `ur_adamw_set_state`: `*moments` elements in each
+// of `exp_avg` and `exp_avg_sq` (every parameter's, in creation order) and `*masters` in `master` (the fp32 masters
+// of the bf16/f16 parameters, in creation order; 0 when all are f32), and the steps done in `*step`. Each output
+// pointer may be NULL.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `opt` from `ur_adamw_create` (used by this thread only); each output is NULL
+// or writable.
+enum ur_status ur_adamw_state_numel(struct ur_context *ctx,
+                                    struct ur_adamw *opt,
+                                    uint64_t *moments,
+                                    uint64_t *masters,
+                                    uint64_t *step);
+
+// Copies the optimizer's state into `exp_avg_out`, `exp_avg_sq_out` (float32, shape `[moments]`) and `master_out`
+// (float32, shape `[masters]`; may be NULL when `masters` is 0), on the optimizer's device, and its steps done into
+// `*step_out` (may be NULL): with `ur_adamw_set_state`, a checkpoint of the training loop. Every output is checked before any is
+// written.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `opt` from `ur_adamw_create` (used by this thread only); each DLTensor is NULL
+// where allowed or describes writable memory valid for its extent; `step_out` is NULL or writable; `stream` is NULL or a
+// valid stream of the device.
+enum ur_status ur_adamw_get_state(struct ur_context *ctx,
+                                  struct ur_adamw *opt,
+                                  const DLTensor *exp_avg_out,
+                                  const DLTensor *exp_avg_sq_out,
+                                  const DLTensor *master_out,
+                                  uint64_t *step_out,
+                                  void *stream);
+
+// Restores a state written by `ur_adamw_get_state` of an optimizer over the same parameters (same names, dtypes and
+// shapes, in the same order): the moments, the masters and `step` (the schedule goes on from it). Every input is
+// checked before anything is copied. The parameters themselves are the caller's to restore.
+//
+// # Safety
+// As for `ur_adamw_get_state`, the DLTensors readable.
+enum ur_status ur_adamw_set_state(struct ur_context *ctx,
+                                  struct ur_adamw *opt,
+                                  const DLTensor *exp_avg,
+                                  const DLTensor *exp_avg_sq,
+                                  const DLTensor *master,
+                                  uint64_t step,
+                                  void *stream);
+
 // TRL's defaults: sigmoid, beta 0.1, no smoothing, reverse KL, no RPO, no LD-DPO, SimPO gamma 0.5, DiscoPOP
 // tau 0.05, a fresh BCO running mean, grad_output 1, no extra tensors.
 struct ur_dpo_config ur_dpo_config_default(void);

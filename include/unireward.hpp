@@ -28,6 +28,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -737,6 +738,39 @@ class AdamW {
     return report;
   }
 
+  /// The sizes of the state (`ur_adamw_state_numel`): elements of each moment, of the masters, and the steps done.
+  struct StateNumel {
+    uint64_t moments = 0, masters = 0, step = 0;
+  };
+  StateNumel state_numel() const {
+    StateNumel n;
+    detail::check(ur_adamw_state_numel(ctx_, opt_.get(), &n.moments, &n.masters, &n.step));
+    return n;
+  }
+
+  /// A host copy of a CPU optimizer's state, for a checkpoint of the loop (`ur_adamw_get_state`; a CUDA optimizer's
+  /// goes to device memory through the C call).
+  struct State {
+    uint64_t step = 0;
+    std::vector<float> exp_avg, exp_avg_sq, master;
+  };
+  State state() const {
+    const StateNumel n = state_numel();
+    State s;
+    s.exp_avg.resize(n.moments);
+    s.exp_avg_sq.resize(n.moments);
+    s.master.resize(n.masters);
+    const auto [m, v, w] = state_refs(s);
+    detail::check(ur_adamw_get_state(ctx_, opt_.get(), m, v, n.masters ? w.get() : nullptr, &s.step, nullptr));
+    return s;
+  }
+
+  /// Restores a `state()` of an optimizer over the same parameters (`ur_adamw_set_state`: all checked first).
+  void load_state(const State& s) {
+    const auto [m, v, w] = state_refs(s);
+    detail::check(ur_adamw_set_state(ctx_, opt_.get(), m, v, s.master.empty() ? nullptr : w.get(), s.step, nullptr));
+  }
+
  private:
   /// The DLTensors of `refs`, contiguous as the C calls take them (shapes still owned by `refs`).
   static std::vector<DLTensor> dl_tensors(const std::vector<TensorRef>& refs) {
@@ -744,6 +778,14 @@ class AdamW {
     out.reserve(refs.size());
     for (const TensorRef& r : refs) out.push_back(*r.get());
     return out;
+  }
+
+  /// Host references to a state's three buffers.
+  static std::tuple<TensorRef, TensorRef, TensorRef> state_refs(const State& s) {
+    const auto ref = [](const std::vector<float>& v) {
+      return TensorRef(v.data(), {static_cast<int64_t>(v.size())});
+    };
+    return {ref(s.exp_avg), ref(s.exp_avg_sq), ref(s.master)};
   }
 
   ur_context* ctx_ = nullptr;

@@ -48,13 +48,15 @@ __device__ __forceinline__ void store_any(u64 base, int dtype, long long i, floa
     else ((float*)base)[i] = x;
 }
 
-// torch.optim.AdamW (single-tensor formulas, fp32), with the gradient scaled by `grad_scale` (clipping coefficient
-// times the accumulation's normalisation; 1 − β1 and 1 − β2 come from the host, computed in double as PyTorch
+// torch.optim.AdamW (single-tensor formulas, fp32), with the gradient times `grad_weight` (rounded to f32: a
+// micro-batch's weight, so that a step on its gradients equals one on the accumulator holding them; 1 otherwise)
+// times `grad_scale` (clipping coefficient times the accumulation's normalisation; 1 − β1 and 1 − β2 come from the host, computed in double as PyTorch
 // does): p ← p·(1 − lr·wd); m ← m + (1 − β1)(g − m); v ← β2·v + (1 − β2)·g²;
 // p ← p − (lr / bc1) · m / (√v / √bc2 + ε). bf16/f16 parameters update their fp32 master and store it rounded.
 extern "C" __global__ void adamw_step(const TensorSlot* __restrict__ slots, const Chunk* __restrict__ chunks,
                                       float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-                                      float* __restrict__ master, float grad_scale, float one_minus_beta1,
+                                      float* __restrict__ master, float grad_weight, float grad_scale,
+                                      float one_minus_beta1,
                                       float beta2, float one_minus_beta2, float eps, float bias_correction1,
                                       float bias_correction2_sqrt) {
     const Chunk chunk = chunks[blockIdx.x];
@@ -65,7 +67,8 @@ extern "C" __global__ void adamw_step(const TensorSlot* __restrict__ slots, cons
     float* m = exp_avg + s.offset;
     float* v = exp_avg_sq + s.offset;
     for (long long i = chunk.start + threadIdx.x; i < end; i += blockDim.x) {
-        const float g = load_any(s.grad, s.grad_dtype, i) * grad_scale;
+        const float weighted = grad_weight * load_any(s.grad, s.grad_dtype, i);
+        const float g = weighted * grad_scale;
         float p = s.master_offset >= 0 ? master[s.master_offset + i] : ((const float*)s.param)[i];
         p *= decay;
         const float mi = m[i] + one_minus_beta1 * (g - m[i]);
@@ -78,16 +81,17 @@ extern "C" __global__ void adamw_step(const TensorSlot* __restrict__ slots, cons
     }
 }
 
-// partial[b] = Σ g² over chunk b (unscaled), summed in fp32 by the block; the host adds the partials in f64.
+// partial[b] = Σ (weight·g)² over chunk b (weight·g rounded to f32 first, as adamw_step weighs it; not scaled),
+// summed in fp32 by the block; the host adds the partials in f64.
 extern "C" __global__ void grad_sq_norm(const TensorSlot* __restrict__ slots, const Chunk* __restrict__ chunks,
-                                        float* __restrict__ partial) {
+                                        float weight, float* __restrict__ partial) {
     __shared__ float scratch[32];
     const Chunk chunk = chunks[blockIdx.x];
     const TensorSlot s = slots[chunk.slot];
     const long long end = chunk_end(chunk, s);
     float acc = 0.0f;
     for (long long i = chunk.start + threadIdx.x; i < end; i += blockDim.x) {
-        const float g = load_any(s.grad, s.grad_dtype, i);
+        const float g = weight * load_any(s.grad, s.grad_dtype, i);
         acc += g * g;
     }
     acc = block_sum(acc, scratch);

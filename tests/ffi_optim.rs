@@ -10,16 +10,23 @@ use unireward::{Device, Tensor};
 
 /// A DLTensor over `data` (f32, CPU) with `shape` (kept alive by the caller).
 fn dl(data: &mut [f32], shape: &mut [i64]) -> DLTensor {
+    dl_as(data, shape, DLDataType { code: 2, bits: 32, lanes: 1 })
+}
+
+/// A DLTensor over `data` read as `dtype` (CPU), with `shape` (kept alive by the caller).
+fn dl_as<T>(data: &mut [T], shape: &mut [i64], dtype: DLDataType) -> DLTensor {
     DLTensor {
         data: data.as_mut_ptr().cast(),
         device: DLDevice { device_type: 1, device_id: 0 },
         ndim: shape.len() as i32,
-        dtype: DLDataType { code: 2, bits: 32, lanes: 1 },
+        dtype,
         shape: shape.as_mut_ptr(),
         strides: null_mut(),
         byte_offset: 0,
     }
 }
+
+const BF16: DLDataType = DLDataType { code: 4, bits: 16, lanes: 1 };
 
 fn last_error() -> String {
     // SAFETY: never NULL, NUL-terminated, valid until the next failing call on this thread.
@@ -148,6 +155,103 @@ fn c_steps_equal_the_rust_api_and_bad_input_is_refused() {
 
         ur_adamw_free(opt);
         ur_adamw_free(null_mut());
+        ur_context_free(ctx);
+    }
+}
+
+/// The moments and masters of `opt` through `ur_adamw_get_state`, with its step.
+///
+/// # Safety
+/// `ctx` and `opt` are live.
+unsafe fn get_state(ctx: *mut ur_context, opt: *mut ur_adamw) -> (Vec<f32>, Vec<f32>, Vec<f32>, u64) {
+    let (mut moments, mut masters, mut step) = (0u64, 0u64, 0u64);
+    // SAFETY: this function's contract; the outputs are live locals.
+    unsafe {
+        assert_eq!(ur_adamw_state_numel(ctx, opt, &mut moments, &mut masters, &mut step), ur_status::UR_OK);
+        let (mut m, mut v, mut w) =
+            (vec![f32::NAN; moments as usize], vec![f32::NAN; moments as usize], vec![f32::NAN; masters as usize]);
+        let (mut ms, mut vs, mut ws) = ([moments as i64], [moments as i64], [masters as i64]);
+        let (dm, dv, dw) = (dl(&mut m, &mut ms), dl(&mut v, &mut vs), dl(&mut w, &mut ws));
+        let mut got_step = u64::MAX;
+        let status = ur_adamw_get_state(ctx, opt, &dm, &dv, &dw, &mut got_step, null_mut());
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        assert_eq!(got_step, step);
+        (m, v, w, step)
+    }
+}
+
+#[test]
+fn state_round_trips_through_c_and_a_resumed_optimizer_steps_bitwise() {
+    let mut ctx = null_mut();
+    // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
+    unsafe {
+        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
+        let mut cfg = ur_adamw_config_default();
+        cfg.lr = 0.05;
+        cfg.max_grad_norm = 0.5;
+        cfg.schedule = UR_SCHEDULE_LINEAR;
+        cfg.warmup_steps = 1;
+        cfg.total_steps = 6;
+        let p = problem();
+        // A bf16 weight (it has an fp32 master) and an f32 bias.
+        let bf16_bits = |x: &f32| half::bf16::from_f32(*x).to_bits();
+        let mut w: Vec<u16> = p.w.iter().map(bf16_bits).collect();
+        let mut b = p.b.clone();
+        let (mut ws, mut bs) = ([2i64, 3], [2i64]);
+        let create = |w: &mut Vec<u16>, b: &mut Vec<f32>, ws: &mut [i64; 2], bs: &mut [i64; 1]| {
+            let params = [dl_as(w, ws, BF16), dl(b, bs)];
+            let mut opt = null_mut();
+            assert_eq!(ur_adamw_create(ctx, params.as_ptr(), null(), 2, &cfg, &mut opt), ur_status::UR_OK);
+            opt
+        };
+        let step = |opt, w: &mut Vec<u16>, b: &mut Vec<f32>, k: usize| {
+            let (mut gw, mut gb) = (p.grads[k].0.clone(), p.grads[k].1.clone());
+            let (mut ws, mut bs, mut gws, mut gbs) = ([2i64, 3], [2i64], [2i64, 3], [2i64]);
+            let params = [dl_as(w, &mut ws, BF16), dl(b, &mut bs)];
+            let grads = [dl(&mut gw, &mut gws), dl(&mut gb, &mut gbs)];
+            let status = ur_adamw_step(ctx, opt, params.as_ptr(), grads.as_ptr(), 2, null_mut(), null_mut());
+            assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        };
+        let original = create(&mut w, &mut b, &mut ws, &mut bs);
+        step(original, &mut w, &mut b, 0);
+        step(original, &mut w, &mut b, 1);
+        let (m, v, masters, done) = get_state(ctx, original);
+        assert_eq!((m.len(), masters.len(), done), (8, 6, 2));
+        assert!(m.iter().chain(&v).chain(&masters).all(|x| x.is_finite()) && v.iter().all(|&x| x > 0.0));
+        // The masters round to the bf16 weights the optimizer wrote.
+        assert_eq!(masters.iter().map(bf16_bits).collect::<Vec<_>>(), w, "masters vs weights");
+
+        let (mut w2, mut b2) = (w.clone(), b.clone());
+        let resumed = create(&mut w2, &mut b2, &mut ws, &mut bs);
+        let (mut m_in, mut v_in, mut w_in) = (m.clone(), v.clone(), masters.clone());
+        let (mut ms, mut vs, mut mws) = ([8i64], [8i64], [6i64]);
+        // Refusals, each leaving the fresh optimizer as it was.
+        let mut short = [7i64];
+        let (dm_short, dv, dw) = (dl(&mut m_in, &mut short), dl(&mut v_in, &mut vs), dl(&mut w_in, &mut mws));
+        let status = ur_adamw_set_state(ctx, resumed, &dm_short, &dv, &dw, done, null_mut());
+        expect_status(status, ur_status::UR_ERROR_INVALID_ARGUMENT, "`exp_avg` is a [7] f32 tensor");
+        let dm = dl(&mut m_in, &mut ms);
+        let status = ur_adamw_set_state(ctx, resumed, &dm, &dv, null(), done, null_mut());
+        expect_status(status, ur_status::UR_ERROR_NULL_POINTER, "`master`");
+        let (mut junk, mut junk_shape) = (vec![-1.0f32; 8], [8i64]);
+        let d_junk = dl(&mut junk, &mut junk_shape);
+        let status = ur_adamw_get_state(ctx, original, &d_junk, &d_junk, &dw, null_mut(), null_mut());
+        expect_status(status, ur_status::UR_ERROR_INVALID_ARGUMENT, "`exp_avg_out` overlaps `exp_avg_sq_out`");
+        assert_eq!(junk, vec![-1.0; 8], "a refused get_state wrote its outputs");
+        let status = ur_adamw_set_state(ctx, null_mut(), &dm, &dv, &dw, done, null_mut());
+        expect_status(status, ur_status::UR_ERROR_NULL_POINTER, "`opt`");
+        assert_eq!(get_state(ctx, resumed).3, 0, "a refused set_state changed the optimizer");
+
+        assert_eq!(ur_adamw_set_state(ctx, resumed, &dm, &dv, &dw, done, null_mut()), ur_status::UR_OK);
+        assert_eq!(get_state(ctx, resumed), (m, v, masters, done), "the state reads back as it was set");
+        for k in 2..4 {
+            step(original, &mut w, &mut b, k % 3);
+            step(resumed, &mut w2, &mut b2, k % 3);
+        }
+        assert_eq!((w2, b2), (w, b), "a resumed optimizer steps bit for bit as the uninterrupted one");
+
+        ur_adamw_free(original);
+        ur_adamw_free(resumed);
         ur_context_free(ctx);
     }
 }

@@ -6,12 +6,12 @@ use std::ffi::{c_char, c_void, CStr};
 use bytemuck::NoUninit;
 
 use super::context::{self, read_config, size_of_u32, ur_context, Config, Versioned};
-use super::dlpack::{on_device, DLTensor, Desc};
+use super::dlpack::{on_device, write_outputs, DLTensor, Desc};
 use super::host_out::HostOut;
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::runtime::cuda;
 use crate::train::optim::{AdamW, AdamWConfig, Schedule, ScheduleKind};
-use crate::{Device, Tensor};
+use crate::{DType, Device, Tensor};
 
 /// Tells a live optimizer from garbage (a freed or never-created pointer is still undefined behaviour).
 const MAGIC: u64 = 0x7572_5f61_6477_0001; // "ur_adw" v1
@@ -248,11 +248,7 @@ pub unsafe extern "C" fn ur_adamw_step(
     // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
     call(|| unsafe {
         context::check(ctx)?;
-        let h = match opt.as_mut() {
-            None => return Err(Failure::null("opt")),
-            Some(h) if h.magic == MAGIC => h,
-            Some(_) => return Err(Failure::invalid("`opt` is not a live ur_adamw")),
-        };
+        let h = live(opt)?;
         if count != h.names.len() {
             return Err(Failure::invalid(format!(
                 "`count` is {count}, the optimizer was created with {} parameters",
@@ -302,4 +298,161 @@ pub unsafe extern "C" fn ur_adamw_free(opt: *mut ur_adamw) {
         let mut opt = unsafe { Box::from_raw(opt) };
         opt.magic = 0;
     });
+}
+
+/// The live optimizer behind `opt` (NULL and freed handles are errors).
+///
+/// # Safety
+/// `opt` is NULL or a pointer returned by `ur_adamw_create`, used by this thread only.
+unsafe fn live<'a>(opt: *mut ur_adamw) -> FfiResult<&'a mut ur_adamw> {
+    // SAFETY: this function's contract.
+    match unsafe { opt.as_mut() } {
+        None => Err(Failure::null("opt")),
+        Some(h) if h.magic == MAGIC => Ok(h),
+        Some(_) => Err(Failure::invalid("`opt` is not a live ur_adamw")),
+    }
+}
+
+/// The sizes of the optimizer's state, for `ur_adamw_get_state` / `ur_adamw_set_state`: `*moments` elements in each
+/// of `exp_avg` and `exp_avg_sq` (every parameter's, in creation order) and `*masters` in `master` (the fp32 masters
+/// of the bf16/f16 parameters, in creation order; 0 when all are f32), and the steps done in `*step`. Each output
+/// pointer may be NULL.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `opt` from `ur_adamw_create` (used by this thread only); each output is NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ur_adamw_state_numel(
+    ctx: *mut ur_context,
+    opt: *mut ur_adamw,
+    moments: *mut u64,
+    masters: *mut u64,
+    step: *mut u64,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let state = live(opt)?.opt.state();
+        for (out, value) in
+            [(moments, state.exp_avg.numel()), (masters, state.master.numel()), (step, state.step as usize)]
+        {
+            if let Some(out) = out.as_mut() {
+                *out = value as u64;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Copies the optimizer's state into `exp_avg_out`, `exp_avg_sq_out` (float32, shape `[moments]`) and `master_out`
+/// (float32, shape `[masters]`; may be NULL when `masters` is 0), on the optimizer's device, and its steps done into
+/// `*step_out` (may be NULL): with `ur_adamw_set_state`, a checkpoint of the training loop. Every output is checked before any is
+/// written.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `opt` from `ur_adamw_create` (used by this thread only); each DLTensor is NULL
+/// where allowed or describes writable memory valid for its extent; `step_out` is NULL or writable; `stream` is NULL or a
+/// valid stream of the device.
+#[no_mangle]
+pub unsafe extern "C" fn ur_adamw_get_state(
+    ctx: *mut ur_context,
+    opt: *mut ur_adamw,
+    exp_avg_out: *const DLTensor,
+    exp_avg_sq_out: *const DLTensor,
+    master_out: *const DLTensor,
+    step_out: *mut u64,
+    stream: *mut c_void,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let h = live(opt)?;
+        let outputs = [exp_avg_out, exp_avg_sq_out, master_out];
+        let descs = StateDescs::read(h, outputs, ["exp_avg_out", "exp_avg_sq_out", "master_out"])?;
+        let state = h.opt.state();
+        on_device(&descs.all(), stream, || {
+            write_outputs(&[
+                (Some(&descs.exp_avg), state.exp_avg),
+                (Some(&descs.exp_avg_sq), state.exp_avg_sq),
+                (descs.master.as_ref(), state.master),
+            ])
+        })?;
+        if let Some(out) = step_out.as_mut() {
+            *out = state.step;
+        }
+        Ok(())
+    })
+}
+
+/// Restores a state written by `ur_adamw_get_state` of an optimizer over the same parameters (same names, dtypes and
+/// shapes, in the same order): the moments, the masters and `step` (the schedule goes on from it). Every input is
+/// checked before anything is copied. The parameters themselves are the caller's to restore.
+///
+/// # Safety
+/// As for `ur_adamw_get_state`, the DLTensors readable.
+#[no_mangle]
+pub unsafe extern "C" fn ur_adamw_set_state(
+    ctx: *mut ur_context,
+    opt: *mut ur_adamw,
+    exp_avg: *const DLTensor,
+    exp_avg_sq: *const DLTensor,
+    master: *const DLTensor,
+    step: u64,
+    stream: *mut c_void,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let h = live(opt)?;
+        let descs = StateDescs::read(h, [exp_avg, exp_avg_sq, master], ["exp_avg", "exp_avg_sq", "master"])?;
+        let empty = Tensor::zeros(&[0], DType::F32, h.device)?;
+        on_device(&descs.all(), stream, || {
+            let (m, v) = (descs.exp_avg.tensor()?, descs.exp_avg_sq.tensor()?);
+            let w = descs.master.as_ref().map(|d| d.tensor()).transpose()?;
+            Ok(h.opt.load_state(step, &m, &v, w.as_ref().unwrap_or(&empty))?)
+        })
+    })
+}
+
+/// The three state buffers of a get/set call, checked against the optimizer's: float32, its shapes, its device.
+struct StateDescs {
+    exp_avg: Desc,
+    exp_avg_sq: Desc,
+    master: Option<Desc>,
+}
+
+impl StateDescs {
+    /// The descriptors `ptrs` (exp_avg, exp_avg_sq, master), named `names` in errors.
+    ///
+    /// # Safety
+    /// Each pointer is NULL or points to a readable DLTensor.
+    unsafe fn read(h: &ur_adamw, ptrs: [*const DLTensor; 3], names: [&'static str; 3]) -> FfiResult<StateDescs> {
+        let state = h.opt.state();
+        // SAFETY: this function's contract.
+        let (m, v, w) = unsafe {
+            (Desc::required(names[0], ptrs[0])?, Desc::required(names[1], ptrs[1])?, Desc::optional(names[2], ptrs[2])?)
+        };
+        if w.is_none() && state.master.numel() > 0 {
+            return Err(Failure::null(names[2]));
+        }
+        for (d, want) in [(Some(&m), state.exp_avg), (Some(&v), state.exp_avg_sq), (w.as_ref(), state.master)] {
+            let Some(d) = d else { continue };
+            if d.device != h.device || d.dtype != DType::F32 || d.shape != want.shape() {
+                return Err(Failure::invalid(format!(
+                    "`{}` is a {:?} {} tensor on {}: this optimizer's is {:?} float32 on {}",
+                    d.name,
+                    d.shape,
+                    d.dtype,
+                    d.device,
+                    want.shape(),
+                    h.device
+                )));
+            }
+        }
+        Ok(StateDescs { exp_avg: m, exp_avg_sq: v, master: w })
+    }
+
+    fn all(&self) -> Vec<Option<&Desc>> {
+        vec![Some(&self.exp_avg), Some(&self.exp_avg_sq), self.master.as_ref()]
+    }
 }

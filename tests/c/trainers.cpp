@@ -72,6 +72,23 @@ void adamw_checks(const unireward::Context& ctx) {
   expect_error([&] { opt.step(params, {grads[0]}); }, UR_ERROR_INVALID_ARGUMENT, "1 gradients");
   expect_error([&] { unireward::AdamW(ctx, params, {"only one"}); }, UR_ERROR_INVALID_ARGUMENT, "1 names");
   require(w == before, "a refused AdamW step wrote the parameters");
+
+  // Resume: a fresh optimizer over copies of the parameters, given the state, steps as the original does (bitwise);
+  // a state of other sizes is refused with nothing changed.
+  const unireward::AdamW::State saved = opt.state();
+  require(saved.step == 2 && saved.exp_avg.size() == 9 && saved.exp_avg_sq.size() == 9 && saved.master.empty(),
+          "AdamW state sizes");
+  std::vector<float> w2(w), b2(b);
+  const std::vector<TensorRef> params2{TensorRef(w2.data(), {2, 3}), TensorRef(b2.data(), {3})};
+  unireward::AdamW resumed(ctx, params2, {"weight", "bias"}, cfg);
+  unireward::AdamW::State truncated = saved;
+  truncated.exp_avg.pop_back();
+  expect_error([&] { resumed.load_state(truncated); }, UR_ERROR_INVALID_ARGUMENT, "exp_avg");
+  require(resumed.state_numel().step == 0, "a refused load_state changed the optimizer");
+  resumed.load_state(saved);
+  const ur_adamw_step_report r3 = opt.step(params, grads), r3b = resumed.step(params2, grads);
+  require(r3.step == 3 && r3b.step == 3 && r3.lr == r3b.lr, "resumed AdamW report");
+  require(w == w2 && b == b2, "a resumed AdamW steps bitwise as the original");
   std::printf("adamw ok\n");
 }
 

@@ -4,7 +4,8 @@ A check of the kernels for machines without a GPU, reusing heads_kernels_on_host
 of a block a std::thread, std::barrier for __syncthreads and the warp shuffles). Launch sizes are the library's: one
 256-thread block per chunk of at most 32768 elements. The descriptors are built with numpy in the 64-byte layout
 src/train/optim/cuda.rs writes. Parameters are f32, bf16 and f16 (with fp32 masters), gradients of mixed dtypes;
-sizes cross the chunk boundary. Needs g++ (C++20) and numpy.
+sizes cross the chunk boundary; a step with a micro-batch's weight equals the step on the accumulator holding the
+weighted gradients, bit for bit. Needs g++ (C++20) and numpy.
 
     ~/.cache/unireward/torch-venv/bin/python tests/reference/adamw_kernels_on_host.py
 """
@@ -30,12 +31,12 @@ static void run(unsigned blocks, unsigned threads, K kernel) {
     }
 }
 extern "C" {
-void emu_step(const TensorSlot* s, const Chunk* c, unsigned blocks, float* m, float* v, float* w, float scale, float omb1,
-              float b2, float omb2, float eps, float bc1, float bc2s) {
-    run(blocks, 256, [=] { adamw_step(s, c, m, v, w, scale, omb1, b2, omb2, eps, bc1, bc2s); });
+void emu_step(const TensorSlot* s, const Chunk* c, unsigned blocks, float* m, float* v, float* w, float weight,
+              float scale, float omb1, float b2, float omb2, float eps, float bc1, float bc2s) {
+    run(blocks, 256, [=] { adamw_step(s, c, m, v, w, weight, scale, omb1, b2, omb2, eps, bc1, bc2s); });
 }
-void emu_norm(const TensorSlot* s, const Chunk* c, unsigned blocks, float* partial) {
-    run(blocks, 256, [=] { grad_sq_norm(s, c, partial); });
+void emu_norm(const TensorSlot* s, const Chunk* c, unsigned blocks, float weight, float* partial) {
+    run(blocks, 256, [=] { grad_sq_norm(s, c, weight, partial); });
 }
 void emu_accumulate(const TensorSlot* s, const Chunk* c, unsigned blocks, float* acc, float weight) {
     run(blocks, 256, [=] { accumulate_grads(s, c, acc, weight); });
@@ -99,6 +100,7 @@ masters_len = sum(n for n, p, *_ in specs if p != "f32")
 beta1, beta2, eps, step = 0.9, 0.999, 1e-8, 3
 bc1, bc2 = 1 - beta1**step, 1 - beta2**step
 scale = 0.37
+weight = np.float32(rng.uniform(0.3, 40.0))  # a micro-batch's weight, stepped without the accumulator
 
 params, grads, pvals, gvals = [], [], [], []
 m = (rng.standard_normal(trainable) * 0.01).astype(np.float32)
@@ -119,12 +121,13 @@ for k, (n, pd, gd, lr, wd) in enumerate(specs):
     offset += n
 chunks = chunk_list(numels)
 m0, v0, w0 = m.astype(np.float64), v.astype(np.float64), w.astype(np.float64)
+start = [a.copy() for a in (m, v, w, *params)]  # the state before the step, for the accumulator's run below
 
 # The float64 reference of the step.
 want_m, want_v, want_p = [], [], []
 for k, (n, pd, gd, lr, wd) in enumerate(specs):
     o, mo = slots[k]["offset"], slots[k]["master_offset"]
-    g = gvals[k].astype(np.float64) * np.float64(np.float32(scale))
+    g = (weight * gvals[k]).astype(np.float64) * np.float64(np.float32(scale))  # weight·g rounded to f32
     x = w0[mo:mo + n] if mo >= 0 else pvals[k].astype(np.float64)
     mm = m0[o:o + n] + (1 - beta1) * (g - m0[o:o + n])
     vv = beta2 * v0[o:o + n] + (1 - beta2) * g * g
@@ -132,8 +135,8 @@ for k, (n, pd, gd, lr, wd) in enumerate(specs):
     x = x - np.float64(np.float32(lr)) / bc1 * mm / (np.sqrt(vv) / np.sqrt(bc2) + eps)
     want_m.append(mm); want_v.append(vv); want_p.append(x)
 
-lib.emu_step(P(slots), P(chunks), len(chunks), P(m), P(v), P(w), F(scale), F(1 - beta1), F(beta2), F(1 - beta2),
-             F(eps), F(bc1), F(np.sqrt(bc2)))
+STEP_SCALARS = (F(scale), F(1 - beta1), F(beta2), F(1 - beta2), F(eps), F(bc1), F(np.sqrt(bc2)))
+lib.emu_step(P(slots), P(chunks), len(chunks), P(m), P(v), P(w), F(weight), *STEP_SCALARS)
 
 
 def check(what, got, want, rel):
@@ -158,11 +161,32 @@ for k, (n, pd, gd, lr, wd) in enumerate(specs):
     else:
         ok &= check(name + " param", params[k], want_p[k], 1e-6)
 
-# The norm's partial sums, and accumulation (weighted, into the moment layout and into the master layout).
+# The same step from the accumulator: the gradients accumulated with `weight` into a zeroed buffer, then stepped with
+# weight 1 from its ranges, must give the weighted step's state and parameters bit for bit (and the same norm).
+m_a, v_a, w_a, *params_a = [a.copy() for a in start]
+acc = np.zeros(trainable, np.float32)
+lib.emu_accumulate(P(slots), P(chunks), len(chunks), P(acc), F(weight))
+slots_a = slots.copy()
+for k in range(len(specs)):
+    slots_a[k]["param"] = params_a[k].ctypes.data
+    slots_a[k]["grad"] = acc.ctypes.data + 4 * int(slots[k]["offset"])
+    slots_a[k]["grad_dtype"] = CODES["f32"]
+lib.emu_step(P(slots_a), P(chunks), len(chunks), P(m_a), P(v_a), P(w_a), F(1.0), *STEP_SCALARS)
+same = all(np.array_equal(a, b) for a, b in zip((m_a, v_a, w_a, *params_a), (m, v, w, *params)))
+print(f"weighted step = step on the accumulator, bit for bit {'ok' if same else 'FAIL'}")
+ok &= same
+
+# The norm's partial sums (weighted, and from the accumulator), and accumulation (weighted, into the moment layout
+# and into the master layout).
 partial = np.full(len(chunks), np.nan, np.float32)
-lib.emu_norm(P(slots), P(chunks), len(chunks), P(partial))
-want_sq = sum(float((g.astype(np.float64) ** 2).sum()) for g in gvals)
+lib.emu_norm(P(slots), P(chunks), len(chunks), F(weight), P(partial))
+want_sq = sum(float(((weight * g).astype(np.float64) ** 2).sum()) for g in gvals)
 ok &= check("sum of squared gradients", np.array([partial.astype(np.float64).sum()]), np.array([want_sq]), 1e-6)
+partial_a = np.full(len(chunks), np.nan, np.float32)
+lib.emu_norm(P(slots_a), P(chunks), len(chunks), F(1.0), P(partial_a))
+same = np.array_equal(partial, partial_a)
+print(f"weighted norm = norm of the accumulator, bit for bit {'ok' if same else 'FAIL'}")
+ok &= same
 acc = rng.standard_normal(trainable).astype(np.float32)
 want_acc = acc.astype(np.float64) + 0.25 * np.concatenate(gvals).astype(np.float64)
 lib.emu_accumulate(P(slots), P(chunks), len(chunks), P(acc), F(0.25))

@@ -2,6 +2,7 @@
 refusals of bad arguments."""
 
 import copy
+import io
 import math
 
 import pytest
@@ -172,3 +173,70 @@ def test_bad_gradients_and_changed_parameters_are_refused_before_any_write():
     opt.close()
     with pytest.raises(RuntimeError, match="closed"):
         opt.step()
+
+
+def train_steps(model, opt, gen, steps):
+    """`steps` optimizer steps of `model` on fresh random batches (a squared-output loss)."""
+    for _ in range(steps):
+        x = torch.randn(4, 7, generator=gen).to(next(model.parameters()).dtype)
+        opt.zero_grad()
+        model(x).float().pow(2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_resumes_bitwise_through_torch_save(gen, dtype):
+    """3 steps, state saved (through torch.save), 3 more, against an optimizer rebuilt from the saved model and
+    state doing the same 3 steps: bitwise the same parameters, steps and learning rates."""
+    model = tiny_model(gen, dtype)
+    kwargs = dict(lr=0.02, max_grad_norm=0.5, schedule="cosine", warmup_steps=2, total_steps=8)
+    opt = unireward.AdamW(model.named_parameters(), **kwargs)
+    train_steps(model, opt, gen, 3)
+    state = opt.state_dict()
+    assert state["step"] == 3 and opt.steps_done == 3
+    masters = sum(p.numel() for p in model.parameters()) if dtype != torch.float32 else 0
+    assert state["exp_avg"].numel() == state["exp_avg_sq"].numel() == sum(p.numel() for p in model.parameters())
+    assert state["master"].numel() == masters
+    assert (state["exp_avg_sq"] > 0).any() and torch.isfinite(state["exp_avg"]).all()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": state}, buffer)
+    batches = torch.Generator().manual_seed(5)
+    train_steps(model, opt, batches, 3)
+
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    twin = tiny_model(torch.Generator().manual_seed(99), dtype)
+    twin.load_state_dict(saved["model"])
+    resumed = unireward.AdamW(twin.named_parameters(), **kwargs)
+    assert resumed.steps_done == 0
+    resumed.load_state_dict(saved["opt"])
+    assert resumed.steps_done == 3
+    train_steps(twin, resumed, torch.Generator().manual_seed(5), 3)
+    assert resumed.last_step == opt.last_step
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_load_state_dict_refuses_another_optimizers_state_before_any_change(gen):
+    model = tiny_model(gen)
+    opt = unireward.AdamW(model.named_parameters(), lr=0.1)
+    train_steps(model, opt, gen, 1)
+    state = opt.state_dict()
+    fresh = unireward.AdamW(tiny_model(gen).named_parameters(), lr=0.1)
+    bad_cases = [
+        ({**state, "names": state["names"][::-1]}, "names"),
+        ({**state, "shapes": [(1,)] + state["shapes"][1:]}, "shapes"),
+        ({**state, "exp_avg": state["exp_avg"][1:]}, "`exp_avg`"),
+        ({**state, "exp_avg_sq": state["exp_avg_sq"].double()}, "`exp_avg_sq`"),
+        ({**state, "step": -1}, "`step`"),
+        ({k: v for k, v in state.items() if k != "master"}, "master"),
+    ]
+    for bad, fragment in bad_cases:
+        with pytest.raises(ValueError, match=fragment):
+            fresh.load_state_dict(bad)
+        assert fresh.steps_done == 0
+        assert torch.equal(fresh.state_dict()["exp_avg"], torch.zeros_like(state["exp_avg"]))
+    with pytest.raises(TypeError, match="dict"):
+        fresh.load_state_dict([state])
+    fresh.load_state_dict(state)
+    assert fresh.steps_done == 1 and torch.equal(fresh.state_dict()["exp_avg"], state["exp_avg"])

@@ -218,14 +218,20 @@ impl DpoTrainer {
         }
         let (mut pairs, mut tokens, mut loss) = (0, 0, 0.0);
         let mut parts = Vec::with_capacity(micro_batches.len());
-        for batch in micro_batches {
+        for (i, batch) in micro_batches.iter().enumerate() {
             let (out, batch_tokens) = self.micro_batch(batch)?;
+            if i + 1 < micro_batches.len() {
+                self.optimizer.accumulate(&self.model.named_gradients(&self.grads), batch.pairs() as f64)?;
+            }
             loss += batch.pairs() as f64 * f64::from(out.loss);
             pairs += batch.pairs();
             tokens += batch_tokens;
             parts.push((batch.pairs() as f64, out.metrics));
         }
-        let report = self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?;
+        let last_pairs = micro_batches[micro_batches.len() - 1].pairs() as f64;
+        let grads = self.model.named_gradients(&self.grads);
+        let params = &mut self.model.named_parameters_mut();
+        let report = self.optimizer.step_with_last_micro_batch(params, &grads, last_pairs)?;
         let metrics = pair_weighted_mean(&parts);
         Ok(DpoStepMetrics {
             step: report.step,
@@ -285,7 +291,7 @@ impl DpoTrainer {
         Ok(())
     }
 
-    /// Forward, loss and backward of one micro-batch; its gradients go to the accumulator weighted by its pairs.
+    /// Forward, loss and backward of one micro-batch into the gradient buffers (the step weighs them by its pairs).
     /// Returns the loss's output and the micro-batch's labelled tokens.
     fn micro_batch(&mut self, batch: &PairBatch) -> Result<(DpoOutput, usize)> {
         let device = self.model.device();
@@ -344,7 +350,6 @@ impl DpoTrainer {
             self.grads.language_model_mut(),
         )?;
         self.model.backward_into(pass, grads, &mut self.grads)?;
-        self.optimizer.accumulate(&self.model.named_gradients(&self.grads), pairs as f64)?;
         self.bco_delta = out.bco_delta;
         Ok((out, logps.tokens.iter().sum()))
     }

@@ -39,24 +39,24 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Σ x² in f64 (eight lanes, so that the loop vectorises).
-    fn sum_of_squares(&self) -> f64 {
-        fn sum<T: FloatElement>(x: &[T]) -> f64 {
+    /// Σ (weight·x)² in f64, each `weight·x` rounded to f32 first (eight lanes, so that the loop vectorises).
+    fn sum_of_squares(&self, weight: f32) -> f64 {
+        fn sum<T: FloatElement>(x: &[T], weight: f32) -> f64 {
             let mut lanes = [0f64; 8];
             let mut blocks = x.chunks_exact(8);
             for block in &mut blocks {
                 for (lane, v) in lanes.iter_mut().zip(block) {
-                    let v = f64::from(v.to_f32());
+                    let v = f64::from(weight * v.to_f32());
                     *lane += v * v;
                 }
             }
-            let tail: f64 = blocks.remainder().iter().map(|v| f64::from(v.to_f32()).powi(2)).sum();
+            let tail: f64 = blocks.remainder().iter().map(|v| f64::from(weight * v.to_f32()).powi(2)).sum();
             lanes.iter().sum::<f64>() + tail
         }
         match self {
-            Values::F32(x) => sum(x),
-            Values::BF16(x) => sum(x),
-            Values::F16(x) => sum(x),
+            Values::F32(x) => sum(x, weight),
+            Values::BF16(x) => sum(x, weight),
+            Values::F16(x) => sum(x, weight),
         }
     }
 }
@@ -106,13 +106,7 @@ pub(super) fn step(bound: Vec<Bound<'_>>, hyper: &[(f32, f32)], state: &mut Stat
     let mut jobs = Vec::new();
     for (b, &(lr, weight_decay)) in bound.into_iter().zip(hyper) {
         let n = b.slot.numel();
-        let grad = match b.grad {
-            GradSource::Tensor(g) => Values::of(g)?,
-            GradSource::Accumulator => {
-                let offset = b.slot.offset.expect("bound parameters are trainable");
-                Values::F32(&accum.expect("checked by the caller")[offset..offset + n])
-            }
-        };
+        let grad = gradient(&b, accum)?;
         let masters: Vec<Option<&mut [f32]>> = match b.slot.master_offset {
             Some(_) => take(&mut w, n).chunks_mut(CHUNK).map(Some).collect(),
             None => (0..n.div_ceil(CHUNK)).map(|_| None).collect(),
@@ -159,7 +153,7 @@ fn update<P: FloatElement, G: FloatElement>(
     let step_size = lr / s.bias_correction1;
     let decay = 1.0 - lr * weight_decay;
     let adam = |x: f32, g: &G, m: &mut f32, v: &mut f32| {
-        let g = g.to_f32() * s.grad_scale;
+        let g = (s.grad_weight * g.to_f32()) * s.grad_scale;
         *m += s.one_minus_beta1 * (g - *m);
         *v = s.beta2 * *v + s.one_minus_beta2 * g * g;
         x * decay - step_size * *m / (v.sqrt() / s.bias_correction2_sqrt + s.eps)
@@ -179,11 +173,23 @@ fn update<P: FloatElement, G: FloatElement>(
     }
 }
 
-/// Σ g² over the gradients (each `(slot, gradient)`), per chunk in f64.
-pub(super) fn sum_of_squares(grads: &[(&Slot, &Tensor)]) -> Result<f64> {
-    let per_tensor = grads.iter().map(|(_, g)| Values::of(g).map(Values::chunks)).collect::<Result<Vec<_>>>()?;
+/// A bound parameter's gradient: the caller's tensor, or its range of the accumulator.
+fn gradient<'a>(b: &Bound<'a>, accum: Option<&'a [f32]>) -> Result<Values<'a>> {
+    Ok(match b.grad {
+        GradSource::Tensor(g) => Values::of(g)?,
+        GradSource::Accumulator => {
+            let offset = b.slot.offset.expect("bound parameters are trainable");
+            Values::F32(&accum.expect("checked by the caller")[offset..offset + b.slot.numel()])
+        }
+    })
+}
+
+/// Σ (weight·g)² over the bound parameters' gradients, per chunk of each in f64.
+pub(super) fn sum_of_squares(bound: &[Bound<'_>], accum: Option<&Tensor>, weight: f32) -> Result<f64> {
+    let accum = accum.map(|a| a.as_slice::<f32>()).transpose()?;
+    let per_tensor = bound.iter().map(|b| gradient(b, accum).map(Values::chunks)).collect::<Result<Vec<_>>>()?;
     let chunks: Vec<Values<'_>> = per_tensor.into_iter().flatten().collect();
-    let partial: Vec<f64> = chunks.par_iter().map(Values::sum_of_squares).collect();
+    let partial: Vec<f64> = chunks.par_iter().map(|c| c.sum_of_squares(weight)).collect();
     Ok(partial.iter().sum())
 }
 

@@ -75,13 +75,7 @@ pub(super) fn step(bound: Vec<Bound<'_>>, hyper: &[(f32, f32)], state: &mut Stat
     let accum = state.accum.as_ref().map(ptr).transpose()?;
     let mut slots = Vec::with_capacity(bound.len());
     for (b, &h) in bound.iter().zip(hyper) {
-        let (grad, grad_dtype) = match b.grad {
-            GradSource::Tensor(g) => (ptr(g)?, g.dtype()),
-            GradSource::Accumulator => {
-                let base = accum.expect("checked by the caller");
-                (base + 4 * b.slot.offset.expect("bound parameters are trainable") as u64, DType::F32)
-            }
-        };
+        let (grad, grad_dtype) = gradient(b, accum)?;
         slots.push(slot(b.slot, ptr(b.param)?, grad, grad_dtype, h));
     }
     let (slots_d, chunks_d, blocks) = upload(&slots, &chunks(bound.iter().map(|b| b.slot)), state.exp_avg.device())?;
@@ -92,32 +86,48 @@ pub(super) fn step(bound: Vec<Bound<'_>>, hyper: &[(f32, f32)], state: &mut Stat
     let (slots_p, chunks_p) = (ptr(&slots_d)?, ptr(&chunks_d)?);
     let (m, v, w) = (ptr(&state.exp_avg)?, ptr(&state.exp_avg_sq)?, ptr(&state.master)?);
     let mut l = backend.stream().launch_builder(&f);
-    l.arg(&slots_p).arg(&chunks_p).arg(&m).arg(&v).arg(&w).arg(&s.grad_scale).arg(&s.one_minus_beta1);
-    l.arg(&s.beta2).arg(&s.one_minus_beta2).arg(&s.eps).arg(&s.bias_correction1).arg(&s.bias_correction2_sqrt);
-    // SAFETY: adamw_step(const TensorSlot*, const Chunk*, float* ×3, float ×7): one block per uploaded chunk, each in
+    l.arg(&slots_p).arg(&chunks_p).arg(&m).arg(&v).arg(&w).arg(&s.grad_weight).arg(&s.grad_scale);
+    l.arg(&s.one_minus_beta1).arg(&s.beta2).arg(&s.one_minus_beta2).arg(&s.eps).arg(&s.bias_correction1);
+    l.arg(&s.bias_correction2_sqrt);
+    // SAFETY: adamw_step(const TensorSlot*, const Chunk*, float* ×3, float ×8): one block per uploaded chunk, each in
     // a slot below `slots.len()`; slots hold `numel` elements (`Layout::bind`), their moment and master ranges lie
     // inside those buffers (`offset + numel <= trainable`, masters likewise), and no two slots overlap.
     unsafe { l.launch(launch_config(blocks, THREADS, 0)?) }?;
     Ok(())
 }
 
-/// Σ g² over the gradients (each `(slot, gradient)`), as fp32 per-chunk partial sums added in f64 on the host.
-pub(super) fn sum_of_squares(grads: &[(&Slot, &Tensor)]) -> Result<f64> {
-    let Some((_, first)) = grads.first() else { return Ok(0.0) };
-    let backend = current_backend(first.device())?;
-    let slots =
-        grads.iter().map(|(s, g)| Ok(slot(s, 0, ptr(g)?, g.dtype(), (0.0, 0.0)))).collect::<Result<Vec<_>>>()?;
-    let (slots_d, chunks_d, blocks) = upload(&slots, &chunks(grads.iter().map(|(s, _)| *s)), first.device())?;
+/// A bound parameter's gradient: the caller's tensor, or its range of the accumulator (at `accum`), and its dtype.
+fn gradient(b: &Bound<'_>, accum: Option<u64>) -> Result<(u64, DType)> {
+    Ok(match b.grad {
+        GradSource::Tensor(g) => (ptr(g)?, g.dtype()),
+        GradSource::Accumulator => {
+            let base = accum.expect("checked by the caller");
+            (base + 4 * b.slot.offset.expect("bound parameters are trainable") as u64, DType::F32)
+        }
+    })
+}
+
+/// Σ (weight·g)² over the bound parameters' gradients, as fp32 per-chunk partial sums added in f64 on the host.
+pub(super) fn sum_of_squares(bound: &[Bound<'_>], accum: Option<&Tensor>, weight: f32) -> Result<f64> {
+    let Some(first) = bound.first() else { return Ok(0.0) };
+    let device = first.param.device();
+    let backend = current_backend(device)?;
+    let accum = accum.map(ptr).transpose()?;
+    let slots = bound
+        .iter()
+        .map(|b| gradient(b, accum).map(|(grad, dtype)| slot(b.slot, 0, grad, dtype, (0.0, 0.0))))
+        .collect::<Result<Vec<_>>>()?;
+    let (slots_d, chunks_d, blocks) = upload(&slots, &chunks(bound.iter().map(|b| b.slot)), device)?;
     if blocks == 0 {
         return Ok(0.0);
     }
-    let mut partial = Tensor::zeros(&[blocks], DType::F32, first.device())?;
+    let mut partial = Tensor::zeros(&[blocks], DType::F32, device)?;
     let f = backend.function(&KERNELS, "grad_sq_norm")?;
     let (slots_p, chunks_p, out) = (ptr(&slots_d)?, ptr(&chunks_d)?, partial.cuda_ptr_mut()?.0);
     let mut l = backend.stream().launch_builder(&f);
-    l.arg(&slots_p).arg(&chunks_p).arg(&out);
-    // SAFETY: grad_sq_norm(const TensorSlot*, const Chunk*, float*): one block per chunk as in `step`, each reading
-    // its slot's gradient within `numel` and writing `partial[block]` (`blocks` floats).
+    l.arg(&slots_p).arg(&chunks_p).arg(&weight).arg(&out);
+    // SAFETY: grad_sq_norm(const TensorSlot*, const Chunk*, float, float*): one block per chunk as in `step`, each
+    // reading its slot's gradient within `numel` and writing `partial[block]` (`blocks` floats).
     unsafe { l.launch(launch_config(blocks, THREADS, 0)?) }?;
     Ok(partial.to_vec::<f32>()?.iter().map(|&p| f64::from(p)).sum())
 }

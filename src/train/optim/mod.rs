@@ -24,7 +24,7 @@ pub use schedule::{Schedule, ScheduleKind};
 use crate::runtime::cuda::KernelModule;
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
-use layout::{Bound, GradSource, Layout, Slot};
+use layout::{Bound, Layout, Slot};
 
 /// `kernels/adamw.cu`.
 pub const KERNELS: KernelModule = crate::kernel_module!("adamw");
@@ -80,6 +80,9 @@ pub(crate) struct State {
 /// The per-step constants of the update, computed in f64 and rounded once to f32 as the kernels use them (`1 − β`
 /// in f64: in f32, `1 − 0.999f32` is off by 1.3e-5 relative).
 pub(crate) struct StepScalars {
+    /// Each gradient element is first multiplied by this in f32 (the weight of a micro-batch stepped without the
+    /// accumulator, rounded as the accumulator rounds it; 1 otherwise), then by `grad_scale`.
+    pub grad_weight: f32,
     pub grad_scale: f32,
     pub one_minus_beta1: f32,
     pub beta2: f32,
@@ -160,7 +163,7 @@ impl AdamW {
     /// gradients of frozen parameters are ignored.
     pub fn step(&mut self, params: &mut [(String, &mut Tensor)], grads: &[(String, &Tensor)]) -> Result<StepReport> {
         let bound = self.layout.bind(params, Some(grads))?;
-        let report = apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, 1.0)?;
+        let report = apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, (1.0, 1.0))?;
         self.step += 1;
         Ok(report)
     }
@@ -169,9 +172,7 @@ impl AdamW {
     /// count of loss tokens for a token-mean loss), into the fp32 accumulator; [`AdamW::step_accumulated`] then
     /// steps with `Σ weight·grad / Σ weight`, which equals the gradient of the whole batch.
     pub fn accumulate(&mut self, grads: &[(String, &Tensor)], weight: f64) -> Result<()> {
-        if !(weight.is_finite() && weight > 0.0) {
-            return Err(Error::InvalidArgument(format!("`weight` must be finite and > 0, got {weight}")));
-        }
+        check_weight(weight)?;
         let pairs = self.layout.trainable_grads(grads)?;
         let accum = match &mut self.state.accum {
             Some(a) => a,
@@ -189,13 +190,41 @@ impl AdamW {
         }
         let bound = self.layout.bind(params, None)?;
         let scale = 1.0 / self.state.accum_weight;
-        let report = apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, scale)?;
+        let report = apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, (scale, 1.0))?;
         self.step += 1;
         self.state.accum_weight = 0.0;
         if let Some(a) = &mut self.state.accum {
             a.fill_zeros()?;
         }
         Ok(report)
+    }
+
+    /// Ends a step with its last micro-batch's gradients `grads` and `weight` (as [`AdamW::accumulate`] takes
+    /// them): `accumulate(grads, weight)` then [`AdamW::step_accumulated`], bit for bit. When nothing was accumulated
+    /// before (a step of one micro-batch), it steps on `grads` directly, each element weighted and rounded as the
+    /// accumulator would hold it: the same update without the accumulator, an fp32 buffer the size of the trainable
+    /// parameters that is then never allocated.
+    pub fn step_with_last_micro_batch(
+        &mut self,
+        params: &mut [(String, &mut Tensor)],
+        grads: &[(String, &Tensor)],
+        weight: f64,
+    ) -> Result<StepReport> {
+        if self.state.accum_weight > 0.0 {
+            self.accumulate(grads, weight)?;
+            return self.step_accumulated(params);
+        }
+        check_weight(weight)?;
+        let bound = self.layout.bind(params, Some(grads))?;
+        let weights = (1.0 / weight, weight as f32);
+        let report = apply(&self.config, &self.groups, &self.layout, &mut self.state, self.step, bound, weights)?;
+        self.step += 1;
+        Ok(report)
+    }
+
+    /// Elements of the gradient accumulator: 0 until a step of several micro-batches needs it.
+    pub fn accumulator_numel(&self) -> usize {
+        self.state.accum.as_ref().map_or(0, Tensor::numel)
     }
 
     /// The optimizer's buffers and step count (for checkpoints).
@@ -246,8 +275,17 @@ impl AdamW {
     }
 }
 
-/// The step shared by [`AdamW::step`] and [`AdamW::step_accumulated`]: clipping norm (refused when not finite
-/// and the config says so), schedule, then the fused update. Nothing is written before every check passed.
+fn check_weight(weight: f64) -> Result<()> {
+    if weight.is_finite() && weight > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("`weight` must be finite and > 0, got {weight}")))
+    }
+}
+
+/// The step shared by [`AdamW::step`], [`AdamW::step_accumulated`] and [`AdamW::step_with_last_micro_batch`]:
+/// clipping norm (refused when not finite and the config says so), schedule, then the fused update, on the
+/// gradients times `grad_weight` (in f32) times `grad_scale`. Nothing is written before every check passed.
 fn apply(
     config: &AdamWConfig,
     groups: &[ParamGroup],
@@ -255,12 +293,12 @@ fn apply(
     state: &mut State,
     step: u64,
     bound: Vec<Bound<'_>>,
-    grad_scale: f64,
+    (grad_scale, grad_weight): (f64, f32),
 ) -> Result<StepReport> {
     let (grad_norm, clip_coef) = match config.max_grad_norm {
         None => (None, 1.0),
         Some(max_norm) => {
-            let norm = grad_scale * sum_of_squares(layout, state, &bound)?.sqrt();
+            let norm = grad_scale * sum_of_squares(layout, state, &bound, grad_weight)?.sqrt();
             if !norm.is_finite() && config.error_if_nonfinite {
                 return Err(Error::InvalidArgument(format!(
                     "the total norm of the gradients is {norm}: refusing to step (`error_if_nonfinite`)"
@@ -275,6 +313,7 @@ fn apply(
     let t = (step + 1) as i32;
     let (beta1, beta2) = config.betas;
     let scalars = StepScalars {
+        grad_weight,
         grad_scale: (grad_scale * clip_coef) as f32,
         one_minus_beta1: (1.0 - beta1) as f32,
         beta2: beta2 as f32,
@@ -297,29 +336,13 @@ fn apply(
     Ok(StepReport { step: step + 1, lr_factor, lr: config.lr * lr_factor, grad_norm, clip_coef })
 }
 
-/// Σ g² over the step's gradients (the accumulator's, or the bound tensors').
-fn sum_of_squares(layout: &Layout, state: &State, bound: &[Bound<'_>]) -> Result<f64> {
-    let whole = Slot {
-        name: "accumulator".into(),
-        shape: vec![layout.trainable],
-        dtype: DType::F32,
-        group: None,
-        offset: Some(0),
-        master_offset: None,
-    };
-    let grads: Vec<(&Slot, &Tensor)> = match (bound.first().map(|b| &b.grad), &state.accum) {
-        (Some(GradSource::Accumulator), Some(accum)) => vec![(&whole, accum)],
-        _ => bound
-            .iter()
-            .filter_map(|b| match b.grad {
-                GradSource::Tensor(g) => Some((b.slot, g)),
-                GradSource::Accumulator => None,
-            })
-            .collect(),
-    };
+/// Σ (grad_weight·g)² over the step's gradients (the bound tensors', or the accumulator's range of each bound
+/// parameter), per parameter in the same chunks either way, so that a step on one micro-batch's gradients and on the
+/// accumulator holding them add the same partial sums.
+fn sum_of_squares(layout: &Layout, state: &State, bound: &[Bound<'_>], grad_weight: f32) -> Result<f64> {
     match layout.device {
-        Device::Cpu => cpu::sum_of_squares(&grads),
-        Device::Cuda(_) => cuda::sum_of_squares(&grads),
+        Device::Cpu => cpu::sum_of_squares(bound, state.accum.as_ref(), grad_weight),
+        Device::Cuda(_) => cuda::sum_of_squares(bound, state.accum.as_ref(), grad_weight),
     }
 }
 

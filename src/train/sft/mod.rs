@@ -1,7 +1,9 @@
 //! Supervised fine-tuning of a judge (a text-only Qwen2 or a LLaVA-OneVision [`TrainModel`]) on its judgment text:
 //! per optimizer step, each micro-batch (its media decoded first) runs forward, the next-token cross-entropy on the
-//! batch's labels through the fused LM head (no `[N,T,V]` logits), backward into gradient buffers kept across steps, and adds its gradients to the optimizer's
-//! accumulator weighted by its labelled tokens; the step then clips, applies the schedule and updates (AdamW).
+//! batch's labels through the fused LM head (no `[N,T,V]` logits), backward into gradient buffers kept across steps,
+//! and adds its gradients to the optimizer's accumulator weighted by its labelled tokens (the last micro-batch's go
+//! to the step directly, so a step of one micro-batch needs no accumulator); the step then clips, applies the
+//! schedule and updates (AdamW).
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
 //! equals one step on their concatenation.
 
@@ -114,8 +116,13 @@ impl SftTrainer {
         let tasks = self.config.tasks;
         let (mut nll, mut tokens) = (0.0, 0);
         let (mut task_nll, mut task_tokens) = (vec![0.0; tasks], vec![0usize; tasks]);
-        for batch in &prepared {
+        let mut last_tokens = 0;
+        for (i, batch) in prepared.iter().enumerate() {
             let (batch_tokens, row_nll) = self.micro_batch(batch)?;
+            if i + 1 < prepared.len() {
+                self.optimizer.accumulate(&self.model.named_gradients(&self.grads), batch_tokens as f64)?;
+            }
+            last_tokens = batch_tokens;
             let batch = batch.batch;
             nll += row_nll.iter().sum::<f64>();
             tokens += batch_tokens;
@@ -124,7 +131,9 @@ impl SftTrainer {
                 task_tokens[batch.tasks[row]] += batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
             }
         }
-        let report = self.optimizer.step_accumulated(&mut self.model.named_parameters_mut())?;
+        let grads = self.model.named_gradients(&self.grads);
+        let params = &mut self.model.named_parameters_mut();
+        let report = self.optimizer.step_with_last_micro_batch(params, &grads, last_tokens as f64)?;
         let task_loss = task_nll.iter().zip(&task_tokens).map(|(&l, &n)| (n > 0).then(|| l / n as f64)).collect();
         Ok(SftStepMetrics {
             step: report.step,
@@ -167,14 +176,13 @@ impl SftTrainer {
         Ok(())
     }
 
-    /// Forward, loss and backward of one micro-batch; its gradients go to the accumulator weighted by its tokens.
-    /// Returns its labelled tokens and each row's summed loss.
+    /// Forward, loss and backward of one micro-batch into the gradient buffers (the gradient of its mean loss;
+    /// the step weighs it by its tokens). Returns its labelled tokens and each row's summed loss.
     fn micro_batch(&mut self, batch: &PreparedBatch<'_>) -> Result<(usize, Vec<f64>)> {
         let pass = self.model.forward(batch, self.config.forward)?;
         let CausalLmLoss { tokens, row_nll, grads, .. } =
             self.model.causal_lm_loss_into_labels(&pass, &batch.batch.labels, &self.config.head, &mut self.grads)?;
         self.model.backward_into(pass, grads, &mut self.grads)?;
-        self.optimizer.accumulate(&self.model.named_gradients(&self.grads), tokens as f64)?;
         Ok((tokens, row_nll))
     }
 }

@@ -458,34 +458,58 @@ impl RankingDataset {
         options: &DataOptions,
         media: Option<&MediaLoader>,
     ) -> Result<(RankingDataset, DataReport)> {
-        Dataset::load(sources, options, |line, origin| {
-            let mut record = match record::ranking(line, &options.media_folder, &options.task_field) {
-                Ok(record) => record,
-                Err(problem) => return Ok(Err(problem)),
-            };
-            if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
-                return Ok(Err(problem));
-            }
-            let responses: Vec<&str> = record.responses.iter().map(String::as_str).collect();
-            let PromptTokens { mut prompt, completions } =
-                match tokenizer.prompt_and_completions(&record.prompt, &responses)? {
-                    Ok(tokens) => tokens,
-                    Err(problem) => return Ok(Err(problem)),
-                };
-            if let Err(problem) = expand_prompt(&mut prompt, &record.media, tokenizer, media)? {
-                return Ok(Err(problem));
-            }
-            let example = RankingExample {
-                task: 0,
-                source: origin.source,
-                line: origin.line,
-                prompt,
-                responses: completions,
-                media: record.media,
-            };
-            Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
+        Dataset::load(sources, options, |line, origin| ranking_example(line, origin, tokenizer, options, media))
+    }
+
+    /// Ranked-list records held in memory (one JSON object each), tokenized and expanded as
+    /// [`RankingDataset::load_rankings_with_media`] does a file's lines; a bad record is an error naming it as
+    /// `what[i]`, a record naming no task is of task `default_task`.
+    pub fn from_ranking_records(
+        records: &[&str],
+        what: &str,
+        default_task: &str,
+        tokenizer: &ConversationTokenizer,
+        options: &DataOptions,
+        media: Option<&MediaLoader>,
+    ) -> Result<RankingDataset> {
+        Dataset::from_records(records, what, default_task, options, |line, origin| {
+            ranking_example(line, origin, tokenizer, options, media)
         })
     }
+}
+
+/// One ranked-list line tokenized (its prompt's media expanded with `media`), or what is wrong with it.
+fn ranking_example(
+    line: &str,
+    origin: Origin,
+    tokenizer: &ConversationTokenizer,
+    options: &DataOptions,
+    media: Option<&MediaLoader>,
+) -> Result<std::result::Result<Parsed<RankingExample>, Problem>> {
+    let mut record = match record::ranking(line, &options.media_folder, &options.task_field) {
+        Ok(record) => record,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
+        return Ok(Err(problem));
+    }
+    let responses: Vec<&str> = record.responses.iter().map(String::as_str).collect();
+    let PromptTokens { mut prompt, completions } = match tokenizer.prompt_and_completions(&record.prompt, &responses)? {
+        Ok(tokens) => tokens,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    if let Err(problem) = expand_prompt(&mut prompt, &record.media, tokenizer, media)? {
+        return Ok(Err(problem));
+    }
+    let example = RankingExample {
+        task: 0,
+        source: origin.source,
+        line: origin.line,
+        prompt,
+        responses: completions,
+        media: record.media,
+    };
+    Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
 }
 
 /// The next line of `reader` (without its line ending): `None` at the end, a [`Problem`] for a line longer than

@@ -13,15 +13,17 @@
 //! takes the loss and its gradient with respect to the rewards from the preference ops
 //! ([`bradley_terry_loss`](crate::ops::preference::bradley_terry_loss),
 //! [`kwise_loss`](crate::ops::preference::kwise_loss)), sends that back through the head into the model, and adds
-//! its gradients to the optimizer's accumulator weighted by its groups: a step's loss and gradient are the mean over
-//! all its groups. An untied LM head is not part of the reward model and stays frozen.
+//! its gradients to the optimizer's accumulator weighted by its groups (the last micro-batch's go to the step
+//! directly): a step's loss and gradient are the mean over all its groups. An untied LM head is not part of the reward model and stays frozen.
 
 mod head;
 mod loss;
+mod records;
 mod run;
 
 pub use head::{init_score, load_score, reward_config, SCORE_WEIGHT};
 pub use loss::{RewardLoss, RewardMetrics};
+pub use records::RewardRecordTrainer;
 pub use run::{RewardData, RewardOutcome, RewardRun};
 
 use super::data::SequenceBatch;
@@ -234,17 +236,22 @@ impl RewardTrainer {
         // accumulator, which a failed step would otherwise leave holding a part of its gradients.
         let prepared = self.prepare_all(micro_batches)?;
         let (mut parts, mut tokens) = (Vec::with_capacity(micro_batches.len()), 0);
-        for (batch, rows) in micro_batches.iter().zip(&prepared) {
+        for (i, (batch, rows)) in micro_batches.iter().zip(&prepared).enumerate() {
             let metrics = self.prepared_backward(batch, rows)?;
-            let mut grads = self.model.named_gradients(&self.grads);
-            grads.push((SCORE_WEIGHT.into(), &self.grad_score));
-            self.optimizer.accumulate(&grads, batch.groups() as f64)?;
+            if i + 1 < micro_batches.len() {
+                let mut grads = self.model.named_gradients(&self.grads);
+                grads.push((SCORE_WEIGHT.into(), &self.grad_score));
+                self.optimizer.accumulate(&grads, batch.groups() as f64)?;
+            }
             parts.push((batch.groups() as f64, metrics));
             tokens += batch.rows.mask.iter().filter(|&&m| m != 0).count();
         }
+        let mut grads = self.model.named_gradients(&self.grads);
+        grads.push((SCORE_WEIGHT.into(), &self.grad_score));
         let mut params = self.model.named_parameters_mut();
         params.push((SCORE_WEIGHT.into(), &mut self.score));
-        let report = self.optimizer.step_accumulated(&mut params)?;
+        let last = micro_batches[micro_batches.len() - 1].groups() as f64;
+        let report = self.optimizer.step_with_last_micro_batch(&mut params, &grads, last)?;
         Ok(RewardStepMetrics {
             step: report.step,
             metrics: RewardMetrics::weighted_mean(&parts),

@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use super::head::{init_score, load_score, reward_config, SCORE_WEIGHT};
 use super::{RewardBatch, RewardLoss, RewardStepMetrics, RewardTrainer, RewardTrainerConfig};
 use crate::model::LoadOptions;
-use crate::runtime::DType;
+use crate::runtime::{DType, Tensor};
 use crate::train::data::{
     collate_rankings, BatchSampler, ConversationTokenizer, DataOptions, DataReport, DataSource, MediaLoader,
     PairDataset, RankingDataset, RankingExample, DEFAULT_VIDEO_FRAMES,
@@ -32,7 +32,7 @@ use crate::train::run::{
     data_options_for, drive, latest_checkpoint, load_run_state, refuse_media_without_loader, save_run_checkpoint_with,
     Steps, TrainOptions, TrainerState,
 };
-use crate::{Error, Result};
+use crate::{Device, Error, Result};
 
 /// The standard deviation of a fresh head (transformers' default `initializer_range`).
 const INITIAL_SCORE_STD: f64 = 0.02;
@@ -204,31 +204,61 @@ impl Steps for Progress<'_> {
     }
 
     fn save(&self) -> Result<PathBuf> {
-        let model = self.trainer.model();
-        let optimizer = self.trainer.optimizer();
         let state = TrainerState {
-            step: optimizer.steps_done(),
+            step: self.trainer.optimizer().steps_done(),
             total_steps: self.total_steps,
             loader: Some(self.sampler.state()),
             extra: serde_json::Value::Null,
         };
-        // Qwen2: a sequence-classification config over the source's, so transformers loads the head as `score`.
-        let config = match model {
-            TrainModel::Qwen2(_) => Some(reward_config(&self.run.model, self.pad)?),
-            TrainModel::Llava(_) => None,
-        };
-        let head = [(SCORE_WEIGHT.to_string(), self.trainer.score())];
-        save_run_checkpoint_with(&self.run.out, optimizer, &state, |dir, options, trainer_state| {
-            model.save_with(&head, &self.run.model, dir, options, |tmp| {
-                if let Some(config) = &config {
-                    let path = tmp.join("config.json");
-                    std::fs::write(&path, config)
-                        .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))?;
-                }
-                trainer_state(tmp)
-            })
-        })
+        save_reward_checkpoint(&self.trainer, &self.run.model, self.pad, &self.run.out, &state)
     }
+}
+
+/// The reward model in `weights_dir` in f32 on `device` (a reward checkpoint's `score.weight` beside its weights is
+/// the head's start; otherwise the head is drawn from `seed`).
+pub(super) fn load_reward_model(
+    weights_dir: &Path,
+    device: Device,
+    video_frames: usize,
+    seed: u64,
+) -> Result<(TrainModel, Tensor)> {
+    // Lenient: a reward checkpoint holds `score.weight` beside the model.
+    let options = LoadOptions { lenient: true, ..LoadOptions::default() };
+    let model = TrainModel::load_with(weights_dir, DType::F32, device, video_frames, &options)?;
+    let hidden = model.language_model().config.hidden_size;
+    let score = match load_score(weights_dir, hidden, device)? {
+        Some(score) => score,
+        None => init_score(hidden, INITIAL_SCORE_STD, seed, device)?,
+    };
+    Ok((model, score))
+}
+
+/// Writes `out/checkpoint-<step>/` for `trainer`: the model in `source`'s layout with `score.weight` beside it (for
+/// Qwen2 under a sequence-classification config, see the module's doc) and `state`, atomically.
+pub(super) fn save_reward_checkpoint(
+    trainer: &RewardTrainer,
+    source: &Path,
+    pad: u32,
+    out: &Path,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    let model = trainer.model();
+    // Qwen2: a sequence-classification config over the source's, so transformers loads the head as `score`.
+    let config = match model {
+        TrainModel::Qwen2(_) => Some(reward_config(source, pad)?),
+        TrainModel::Llava(_) => None,
+    };
+    let head = [(SCORE_WEIGHT.to_string(), trainer.score())];
+    save_run_checkpoint_with(out, trainer.optimizer(), state, |dir, options, trainer_state| {
+        model.save_with(&head, source, dir, options, |tmp| {
+            if let Some(config) = &config {
+                let path = tmp.join("config.json");
+                std::fs::write(&path, config)
+                    .map_err(|e| Error::Checkpoint(format!("cannot write {}: {e}", path.display())))?;
+            }
+            trainer_state(tmp)
+        })
+    })
 }
 
 impl RewardRun {
@@ -244,9 +274,7 @@ impl RewardRun {
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(&self.model)?;
         let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
         let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
-        // Lenient: a reward checkpoint holds `score.weight` beside the model.
-        let options = LoadOptions { lenient: true, ..LoadOptions::default() };
-        let model = TrainModel::load_with(weights_dir, DType::F32, train.device, self.video_frames, &options)?;
+        let (model, score) = load_reward_model(weights_dir, train.device, self.video_frames, train.seed)?;
         let media = model.media_loader();
         let (data, margins, report) = self.data.load(&tokenizer, &self.data_options(self.data.path()), media)?;
         let k = data.examples[0].responses.len();
@@ -293,11 +321,6 @@ impl RewardRun {
         };
         let mut sampler = BatchSampler::for_rankings(&data, train.sampler())?;
         let total_steps = train.total_steps(sampler.batches_per_epoch())?;
-        let hidden = model.language_model().config.hidden_size;
-        let score = match load_score(weights_dir, hidden, train.device)? {
-            Some(score) => score,
-            None => init_score(hidden, INITIAL_SCORE_STD, train.seed, train.device)?,
-        };
         let config = RewardTrainerConfig {
             optimizer: train.optimizer(total_steps)?,
             groups: train.groups(),

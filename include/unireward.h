@@ -205,6 +205,15 @@
 // `ur_kwise_config.method`: the Plackett-Luce negative log-likelihood of the ranking.
 #define UR_KWISE_PLACKETT_LUCE 1
 
+// Bradley–Terry on pairs (TRL's RewardTrainer): records hold `prompt`, `chosen`, `rejected` (optional `margin`).
+#define UR_REWARD_LOSS_BRADLEY_TERRY 0
+
+// Plackett–Luce on ranked lists: records hold `prompt` and `responses`, best first.
+#define UR_REWARD_LOSS_KWISE 1
+
+// Bradley–Terry over every pair of a ranked list.
+#define UR_REWARD_LOSS_KWISE_ALL_PAIRS 2
+
 // What a call did. The numbers are the ABI: they never change and are never reused; new codes are appended.
 // `ur_last_error_message()` explains the last failure on the calling thread.
 typedef enum ur_status {
@@ -265,6 +274,11 @@ typedef struct ur_judge ur_judge;
 // `ur_model_free`. `ur_model_forward(_ex)`, `ur_model_backward` and `ur_model_gradient` change or read that state:
 // use a model from one thread at a time. The other calls only read the weights.
 typedef struct ur_model ur_model;
+
+// A reward-model trainer: a checkpoint's model in float32 with its `score.weight` head, AdamW state, loss and
+// tokenizer. Opaque; create it with `ur_reward_trainer_create`, free it with `ur_reward_trainer_free`; one thread
+// at a time.
+typedef struct ur_reward_trainer ur_reward_trainer;
 
 // An SFT trainer: a checkpoint's model in float32 with its AdamW state and tokenizer. Opaque; create it with
 // `ur_sft_trainer_create`, free it with `ur_sft_trainer_free`; one thread at a time.
@@ -744,6 +758,43 @@ typedef struct ur_diffusion_dpo_metrics {
   float ref_mse_winner;
   float ref_mse_loser;
 } ur_diffusion_dpo_metrics;
+
+// The loss of `ur_reward_trainer_create`. Initialise it with `ur_reward_loss_config_default()`.
+typedef struct ur_reward_loss_config {
+  // `sizeof(ur_reward_loss_config)`.
+  uint32_t struct_size;
+  // `UR_REWARD_LOSS_BRADLEY_TERRY` (default), `UR_REWARD_LOSS_KWISE` or `UR_REWARD_LOSS_KWISE_ALL_PAIRS`.
+  int32_t loss;
+  // Bradley–Terry only: TRL's `center_rewards_coefficient` (adds `c·mean((r_chosen + r_rejected)²)`), finite and
+  // > 0; 0 (default) turns it off.
+  double center_rewards_coefficient;
+} ur_reward_loss_config;
+
+// What `ur_reward_trainer_step` reports (the metrics `unireward train-reward` logs, TRL's). Set `struct_size =
+// sizeof(ur_reward_step_metrics)` before the call.
+typedef struct ur_reward_step_metrics {
+  // `sizeof(ur_reward_step_metrics)`, set by the caller.
+  uint32_t struct_size;
+  // Written 0 (keeps the struct free of padding).
+  uint32_t reserved;
+  // Steps done, this one included.
+  uint64_t step;
+  // Means over the step's groups (pairs or ranked lists), before the update: the loss, the share of pairs
+  // ordered as the data ranks them, the mean reward of the chosen (best) and rejected (worst) responses, and
+  // their mean difference.
+  double loss;
+  double accuracy;
+  double rewards_chosen;
+  double rewards_rejected;
+  double margin;
+  // Groups of the step, and their real tokens.
+  uint64_t groups;
+  uint64_t tokens;
+  // The gradients' global L2 norm before clipping; NaN when clipping is off.
+  double grad_norm;
+  // This step's learning rate.
+  double lr;
+} ur_reward_step_metrics;
 
 // What `ur_sft_trainer_step` reports (the metrics `unireward train-judge` logs). Set `struct_size =
 // sizeof(ur_sft_step_metrics)` before the call.
@@ -1589,6 +1640,61 @@ enum ur_status ur_diffusion_dpo_loss(struct ur_context *ctx,
                                      const DLTensor *grad_model_loser_out,
                                      struct ur_diffusion_dpo_metrics *metrics_out,
                                      void *stream);
+
+// The defaults of `ur_reward_loss_config` (Bradley–Terry, no centring).
+struct ur_reward_loss_config ur_reward_loss_config_default(void);
+
+// Creates a reward-model trainer over the checkpoint folder `model_dir` (a Qwen2 or LLaVA-OneVision checkpoint, or
+// a reward checkpoint holding `score.weight`; a checkpoint without a head gets a fresh one) under `config` (NULL =
+// defaults, which lack `total_steps`: an error) and `loss` (NULL = Bradley–Terry), into `*out`. On failure `*out`
+// is left unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`; `model_dir` is NULL or a NUL-terminated string; `config` is NULL or a
+// readable `ur_trainer_config` whose pointers are NULL or valid; `loss` is NULL or a readable
+// `ur_reward_loss_config`; `out` is NULL or writable.
+enum ur_status ur_reward_trainer_create(struct ur_context *ctx,
+                                        const char *model_dir,
+                                        const struct ur_trainer_config *config,
+                                        const struct ur_reward_loss_config *loss,
+                                        struct ur_reward_trainer **out);
+
+// One optimizer step on the `count` records of `records` (each one JSON object, as a line of a `train-reward`
+// data file: pairs for Bradley–Terry, ranked lists of one length for the K-wise losses; media paths relative to
+// the config's `media_folder`), cut into micro-batches of `micro_batch_size` consecutive records (the last may be
+// smaller; 0: one micro-batch of all) whose gradients are accumulated, as `train-reward --batch-size B
+// --grad-accum K` does with the same records in its batches. Every record is checked first: a bad one is
+// `UR_ERROR_INVALID_ARGUMENT` naming it (`micro_batches[i][j]`) and nothing is updated. `metrics` is NULL or
+// receives the step's metrics.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_reward_trainer_create` (used by this thread only);
+// `records` points to `count` NUL-terminated strings; `metrics` is NULL or a writable `ur_reward_step_metrics`.
+enum ur_status ur_reward_trainer_step(struct ur_context *ctx,
+                                      struct ur_reward_trainer *trainer,
+                                      const char *const *records,
+                                      size_t count,
+                                      size_t micro_batch_size,
+                                      struct ur_reward_step_metrics *metrics);
+
+// Writes `out_dir/checkpoint-<step>/` (`step`: the steps done) as `unireward train-reward` does: the weights in
+// the source checkpoint's layout with `score.weight` beside them (a Qwen2 one under a
+// `Qwen2ForSequenceClassification` config, which transformers loads), its tokenizer files, and `trainer_state/`
+// (the AdamW moments and fp32 masters, the step), atomically; an existing checkpoint of that step is replaced. It
+// holds no data-loader position, so `train-reward --resume` refuses it; `resume_from` takes it.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_reward_trainer_create`; `out_dir` is NULL or a
+// NUL-terminated string.
+enum ur_status ur_reward_trainer_save(struct ur_context *ctx,
+                                      struct ur_reward_trainer *trainer,
+                                      const char *out_dir);
+
+// Frees a trainer. NULL is accepted and does nothing.
+//
+// # Safety
+// `trainer` is NULL or a pointer returned by `ur_reward_trainer_create`, not yet freed, and no call is using it.
+void ur_reward_trainer_free(struct ur_reward_trainer *trainer);
 
 // Creates an SFT trainer over the checkpoint folder `model_dir` (config, weights, tokenizer files, chat template;
 // a Qwen2 or a LLaVA-OneVision one, with its `preprocessor_config.json`) under `config` (NULL = defaults, which

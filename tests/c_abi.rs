@@ -38,6 +38,7 @@ use unireward::ops::preference::{
     DiffusionDpoInputs, DpoConfig, DpoLossType, KwiseConfig, KwiseMethod, PreferenceLogps,
 };
 use unireward::train::dpo::DpoRecordTrainer;
+use unireward::train::reward::{RewardLoss, RewardRecordTrainer};
 use unireward::train::run::StepOptions;
 use unireward::train::sft::SftRecordTrainer;
 use unireward::{DType, Device, Tensor};
@@ -407,6 +408,28 @@ fn check_dpo_trainer(d: &Dump, dir: &Path) {
     }
 }
 
+/// The C program's two reward-model steps (Bradley–Terry with TRL's centring term, the same pairs, the second in
+/// micro-batches of one) with
+/// the Rust API: the same losses, norms and margins, bit for bit.
+fn check_reward_trainer(d: &Dump, dir: &Path) {
+    let records = [
+        r#"{"prompt": "Is the square red?", "chosen": "Yes, it is red.", "rejected": "No.", "margin": 0.5}"#,
+        r#"{"prompt": "Better?", "chosen": "The first.", "rejected": "Neither of them, really."}"#,
+    ];
+    let options = StepOptions { lr: 1e-3, total_steps: 2, ..StepOptions::default() };
+    let loss = RewardLoss::BradleyTerry { center_rewards_coefficient: Some(0.01) };
+    let mut trainer = RewardRecordTrainer::new(dir, loss, &options).unwrap();
+    let first = trainer.step(&[records.to_vec()]).unwrap();
+    let second = trainer.step(&[vec![records[0]], vec![records[1]]]).unwrap();
+    let (loss, norm) = (&d.get("reward_trainer.loss").2, &d.get("reward_trainer.grad_norm").2);
+    let margin = &d.get("reward_trainer.margin").2;
+    for (k, m) in [first, second].iter().enumerate() {
+        assert_eq!(loss[k].to_bits(), m.metrics.loss.to_bits(), "step {k}: C loss {} vs {}", loss[k], m.metrics.loss);
+        assert_eq!(norm[k].to_bits(), m.grad_norm.unwrap().to_bits(), "step {k}: grad norm");
+        assert_eq!(margin[k].to_bits(), m.metrics.margin.to_bits(), "step {k}: margin");
+    }
+}
+
 fn check_judgment(d: &Dump, key: &str, r: &JudgeResult) {
     d.check(&format!("{key}.probs"), &Tensor::from_slice(&r.probs, &[r.probs.len()], Device::Cpu).unwrap());
     let verdict =
@@ -457,6 +480,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_judge(&dump, &judge.0);
     check_sft(&dump, &judge.0);
     check_dpo_trainer(&dump, &judge.0);
+    check_reward_trainer(&dump, &judge.0);
 
     assert!(
         valgrind_present(),
@@ -467,6 +491,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     std::fs::remove_file(&dump_path).ok();
     std::fs::remove_dir_all(dump_path.with_extension("dump.sft")).ok();
     std::fs::remove_dir_all(dump_path.with_extension("dump.dpo")).ok();
+    std::fs::remove_dir_all(dump_path.with_extension("dump.reward")).ok();
     std::fs::remove_file(&program).ok();
 }
 

@@ -1327,6 +1327,37 @@ static void test_adamw(void) {
   FAILS(UR_ERROR_INVALID_ARGUMENT, "`count` is 1", ur_adamw_step(ctx, opt, p_dl, g_dl, 1, &report, NULL));
   FAILS(UR_ERROR_NULL_POINTER, "`opt`", ur_adamw_step(ctx, NULL, p_dl, g_dl, 2, &report, NULL));
   CHECK(memcmp(before, w, sizeof w) == 0, "a refused step wrote the parameters");
+
+  /* The state into a second optimizer over a copy of the parameters: the next step is the same, bit for bit. */
+  uint64_t moments = 0, masters = 7, steps = 0;
+  OK(ur_adamw_state_numel(ctx, opt, &moments, &masters, &steps));
+  CHECK(moments == N && masters == 0 && steps == 2, "state sizes %llu %llu %llu", (unsigned long long)moments,
+        (unsigned long long)masters, (unsigned long long)steps);
+  float exp_avg[N], exp_avg_sq[N], w2[N];
+  Tensor m_t, v_t, p2[2];
+  tensor(&m_t, exp_avg, F32, 1, D(N));
+  tensor(&v_t, exp_avg_sq, F32, 1, D(N));
+  uint64_t got_step = 0;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`exp_avg_out` overlaps",
+        ur_adamw_get_state(ctx, opt, &m_t.dl, &m_t.dl, NULL, &got_step, NULL));
+  OK(ur_adamw_get_state(ctx, opt, &m_t.dl, &v_t.dl, NULL, &got_step, NULL));
+  CHECK(got_step == 2 && exp_avg_sq[0] > 0, "state: step %llu, exp_avg_sq[0] %g", (unsigned long long)got_step,
+        exp_avg_sq[0]);
+  memcpy(w2, w, sizeof w);
+  tensor(&p2[0], w2, F32, 2, D(2), D(3));
+  tensor(&p2[1], w2 + A, F32, 1, D(B));
+  DLTensor p2_dl[2] = {p2[0].dl, p2[1].dl};
+  ur_adamw* resumed = NULL;
+  OK(ur_adamw_create(ctx, p2_dl, names, 2, &cfg, &resumed));
+  Tensor short_t;
+  tensor(&short_t, exp_avg, F32, 1, D(N - 1));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`exp_avg`", ur_adamw_set_state(ctx, resumed, &short_t.dl, &v_t.dl, NULL, 2, NULL));
+  OK(ur_adamw_set_state(ctx, resumed, &m_t.dl, &v_t.dl, NULL, 2, NULL));
+  OK(ur_adamw_step(ctx, opt, p_dl, g_dl, 2, &report, NULL));
+  DLTensor g2_dl[2] = {grads[0].dl, grads[1].dl};
+  OK(ur_adamw_step(ctx, resumed, p2_dl, g2_dl, 2, &report, NULL));
+  CHECK(report.step == 3 && memcmp(w, w2, sizeof w) == 0, "a resumed optimizer steps as the original");
+  ur_adamw_free(resumed);
   ur_adamw_free(opt);
 
   double norm = 0;
@@ -1464,6 +1495,58 @@ static void test_dpo_trainer(const char* dir, const char* out) {
   ur_dpo_trainer_free(trainer);
   ur_dpo_trainer_free(NULL);
   /* The trainer's activation arenas are large enough for the host cache to keep: hand them back for valgrind. */
+  ur_host_cache_release();
+  CHECK(ur_host_cache_bytes() == 0, "host cache released after the trainer");
+}
+
+/* The reward-model trainer on the judge checkpoint `dir` (a LLaVA model given a fresh score head): two
+ * Bradley–Terry steps whose metrics tests/c_abi.rs recomputes with the Rust API, a checkpoint written under `out`,
+ * and the failing paths. */
+static void test_reward_trainer(const char* dir, const char* out) {
+  const char* records[2] = {
+      "{\"prompt\": \"Is the square red?\", \"chosen\": \"Yes, it is red.\", \"rejected\": \"No.\", \"margin\": 0.5}",
+      "{\"prompt\": \"Better?\", \"chosen\": \"The first.\", \"rejected\": \"Neither of them, really.\"}"};
+  ur_trainer_config cfg = ur_trainer_config_default();
+  cfg.total_steps = 2;
+  cfg.lr = 1e-3;
+  ur_reward_loss_config loss = ur_reward_loss_config_default();
+  CHECK(loss.loss == UR_REWARD_LOSS_BRADLEY_TERRY && loss.center_rewards_coefficient == 0, "reward loss defaults");
+  ur_reward_trainer* trainer = NULL;
+  loss.loss = 7;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`loss` is 7", ur_reward_trainer_create(ctx, dir, &cfg, &loss, &trainer));
+  loss.loss = UR_REWARD_LOSS_KWISE;
+  loss.center_rewards_coefficient = 0.01;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "Bradley", ur_reward_trainer_create(ctx, dir, &cfg, &loss, &trainer));
+  loss.loss = UR_REWARD_LOSS_BRADLEY_TERRY; /* with the centring term, 0.01 */
+  FAILS(UR_ERROR_NULL_POINTER, "`model_dir`", ur_reward_trainer_create(ctx, NULL, &cfg, &loss, &trainer));
+  CHECK(trainer == NULL, "a failed create wrote *out");
+  OK(ur_reward_trainer_create(ctx, dir, &cfg, &loss, &trainer));
+  ur_reward_step_metrics m[2];
+  m[0].struct_size = sizeof m[0];
+  const char* bad[1] = {"{\"prompt\": \"Hi?\", \"responses\": [\"Yes.\", \"No.\"]}"};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]`", ur_reward_trainer_step(ctx, trainer, bad, 1, 0, &m[0]));
+  for (int step = 0; step < 2; step++) {
+    m[step].struct_size = sizeof m[step];
+    OK(ur_reward_trainer_step(ctx, trainer, records, 2, step == 0 ? 0 : 1, &m[step]));
+    CHECK(m[step].step == (uint64_t)step + 1 && m[step].groups == 2 && m[step].tokens > 0 && m[step].loss > 0,
+          "step %d: step %llu, groups %llu, loss %g", step, (unsigned long long)m[step].step,
+          (unsigned long long)m[step].groups, m[step].loss);
+  }
+  fprintf(dump_file, "reward_trainer.loss f32 1 2 %.17g %.17g\n", m[0].loss, m[1].loss);
+  fprintf(dump_file, "reward_trainer.grad_norm f32 1 2 %.17g %.17g\n", m[0].grad_norm, m[1].grad_norm);
+  fprintf(dump_file, "reward_trainer.margin f32 1 2 %.17g %.17g\n", m[0].margin, m[1].margin);
+  OK(ur_reward_trainer_save(ctx, trainer, out));
+  char path[4096 + 64]; /* `out` is at most 4095 characters (main's buffer) */
+  snprintf(path, sizeof path, "%s/checkpoint-2/trainer_state/optimizer.safetensors", out);
+  FILE* saved = fopen(path, "rb");
+  CHECK(saved != NULL, "%s was not written", path);
+  fclose(saved);
+
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`total_steps`", ur_reward_trainer_step(ctx, trainer, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`trainer`", ur_reward_trainer_step(ctx, NULL, records, 2, 0, &m[0]));
+  FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_reward_trainer_save(ctx, trainer, NULL));
+  ur_reward_trainer_free(trainer);
+  ur_reward_trainer_free(NULL);
   ur_host_cache_release();
   CHECK(ur_host_cache_bytes() == 0, "host cache released after the trainer");
 }
@@ -1612,6 +1695,9 @@ int main(int argc, char** argv) {
   char dpo_out[4096];
   snprintf(dpo_out, sizeof dpo_out, "%s.dpo", argv[1]);
   test_dpo_trainer(argv[7], dpo_out);
+  char reward_out[4096];
+  snprintf(reward_out, sizeof reward_out, "%s.reward", argv[1]);
+  test_reward_trainer(argv[7], reward_out);
   ur_context_free(ctx);
   fclose(dump_file);
   printf("test_abi: %d checks passed\n", checks);

@@ -1,6 +1,6 @@
-"""`unireward.SftTrainer` and `unireward.DpoTrainer` against `unireward train-judge` and `unireward dpo
---ref-on-the-fly` (the command line built with the library) on the same records in the same batches: bitwise the same
-losses, metrics and saved checkpoint; and clear errors on bad input."""
+"""`unireward.SftTrainer`, `unireward.DpoTrainer` and `unireward.RewardTrainer` against `unireward train-judge`,
+`unireward dpo --ref-on-the-fly` and `unireward train-reward` (the command line built with the library) on the same
+records in the same batches: bitwise the same losses, metrics and saved checkpoint; and clear errors on bad input."""
 
 import json
 import pathlib
@@ -188,3 +188,62 @@ def test_dpo_bad_input_is_a_clear_error(model_dir, tmp_path):
         trainer.step([pairs(1)[0], {"prompt": "Hi?", "chosen": "Yes."}])
     assert trainer.steps_done == 0
     assert trainer.step(pairs(2), micro_batch_size=1)["pairs"] == 2
+
+
+def rankings(n):
+    """`n` ranked lists of 3 responses, the best of `i + 1` words (strictly longer with `i`, see `records`)."""
+    return [{"prompt": f"Rank {i}?", "responses": [" ".join(["yes"] * (i + 1)), "maybe", "no"]} for i in range(n)]
+
+
+# Bradley–Terry with margins and TRL's centring term on pairs; Plackett–Luce on ranked lists.
+REWARD_CASES = [
+    ("bradley-terry", {"center_rewards_coefficient": 0.01}, ["--center-rewards-coefficient", "0.01"], "--pairs",
+     lambda n: [dict(p, margin=0.25 * i) for i, p in enumerate(pairs(n))]),
+    ("kwise", {}, [], "--rankings", rankings),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("loss,options,flags,data_flag,make", REWARD_CASES)
+def test_python_reward_steps_equal_train_reward_bitwise(model_dir, tmp_path, loss, options, flags, data_flag, make):
+    n, steps = 3, 4
+    data = make(n)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    cli = pathlib.Path(unireward.library_path()).parent / "unireward"
+    assert cli.is_file(), f"{cli} is missing: build it with `cargo build --release` (scripts/test.sh does)"
+    args = ["--epochs", str(steps), "--batch-size", str(n), "--lr", "1e-3", "--weight-decay", "0.01", "--loss", loss,
+            *flags]  # fmt: skip
+    done = subprocess.run([str(cli), "train-reward", "--model", str(model_dir), data_flag, str(tmp_path / "data.jsonl"),
+                           "--out", str(tmp_path / "cli"), *args], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    logged = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == steps
+
+    trainer = unireward.RewardTrainer(model_dir, total_steps=steps, loss=loss, lr=1e-3, weight_decay=0.01, **options)
+    for want in logged:
+        got = trainer.step(list(reversed(data)))
+        for key in ("step", "loss", "accuracy", "rewards/chosen", "rewards/rejected", "margin", "groups", "tokens",
+                    "grad_norm", "lr"):  # fmt: skip
+            assert got[key.replace("/", "_")] == want[key], f"step {want['step']} {key}"
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    saved = trainer.save(tmp_path / "py")
+    theirs = tmp_path / "cli" / f"checkpoint-{steps}"
+    for f in ("model.safetensors", "trainer_state/optimizer.safetensors", "config.json"):
+        assert (saved / f).read_bytes() == (theirs / f).read_bytes(), f"{f} differs from unireward train-reward's"
+
+
+def test_reward_bad_input_is_a_clear_error(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="`loss` must be one of"):
+        unireward.RewardTrainer(model_dir, total_steps=2, loss="hinge")
+    with pytest.raises(ValueError, match="`center_rewards_coefficient`"):
+        unireward.RewardTrainer(model_dir, total_steps=2, center_rewards_coefficient=-1.0)
+    with pytest.raises(UnirewardError, match="Bradley"):
+        unireward.RewardTrainer(model_dir, total_steps=2, loss="kwise", center_rewards_coefficient=0.1)
+    trainer = unireward.RewardTrainer(model_dir, total_steps=2)
+    with pytest.raises(UnirewardError, match=r"`micro_batches\[0\]\[1\]`"):
+        trainer.step([pairs(1)[0], rankings(1)[0]])
+    assert trainer.steps_done == 0
+    assert trainer.step(pairs(2), micro_batch_size=1)["groups"] == 2
+    kwise = unireward.RewardTrainer(model_dir, total_steps=2, loss="kwise-all-pairs")
+    with pytest.raises(UnirewardError, match="ranks as many"):
+        kwise.step([rankings(1)[0], {"prompt": "Rank?", "responses": ["a", "b"]}])
+    assert kwise.step(rankings(2))["groups"] == 2

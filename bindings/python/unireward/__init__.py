@@ -2,7 +2,7 @@
 reward heads, comparisons) as `torch.ops.unireward.*` custom ops with autograd, the judge (`Judge`: one-pass
 verdicts and scores of the four UnifiedReward tasks), the models (`Model`, a Qwen2 decoder
 or LLaVA-OneVision with images and videos: logits, parameter gradients, generation), the fused optimizer
-(`AdamW`), the SFT and DPO trainers stepped from Python (`SftTrainer`,
+(`AdamW`), the SFT, DPO and reward-model trainers stepped from Python (`SftTrainer`, `RewardTrainer`,
 `DpoTrainer`) and LLaVA-OneVision's image
 preprocessing (`ImageProcessor`), loaded from `libunireward.so` through ctypes (no compilation). See README.md, sections "PyTorch" and "Images and videos"."""
 
@@ -15,7 +15,7 @@ from .judge import Judge, JudgeRequest, JudgeResult
 from .media import ImageProcessor
 from .model import LlavaOnevisionModel, Model, Qwen2Model
 from .optim import AdamW
-from .train import DpoTrainer, SftTrainer
+from .train import REWARD_LOSSES, DpoTrainer, RewardTrainer, SftTrainer
 from .ops import (
     Comparison,
     LogProbs,
@@ -35,7 +35,7 @@ from .trl import RunningMean, dpo_loss
 
 # `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
 __all__ = ["ABI_VERSION", "AdamW", "DpoTrainer", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
-           "Qwen2Model", "RunningMean", "SftTrainer", "dpo_loss", "ops", "library_path", "version",
+           "Qwen2Model", "REWARD_LOSSES", "RewardTrainer", "RunningMean", "SftTrainer", "dpo_loss", "ops", "library_path", "version",
            "host_cache_bytes", "release_host_cache",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",
            "fused_linear_logprobs", "kwise_loss", "scalar_reward", "select_pairs", "sequence_logprobs",

@@ -1,7 +1,7 @@
-"""`unireward.SftTrainer` and `unireward.DpoTrainer`: the library's trainers (`ur_sft_trainer_*`,
-`ur_dpo_trainer_*`) stepped on the caller's batches of records, so a Python loop drives training exactly as
-`unireward train-judge` / `unireward dpo --ref-on-the-fly` do — the same records in the same batches give bitwise the
-same losses and checkpoints."""
+"""`unireward.SftTrainer`, `unireward.DpoTrainer` and `unireward.RewardTrainer`: the library's trainers
+(`ur_sft_trainer_*`, `ur_dpo_trainer_*`, `ur_reward_trainer_*`) stepped on the caller's batches of records, so a
+Python loop drives training exactly as `unireward train-judge` / `unireward dpo --ref-on-the-fly` / `unireward
+train-reward` do — the same records in the same batches give bitwise the same losses and checkpoints."""
 
 import ctypes
 import json
@@ -19,7 +19,7 @@ from .losses import DPO_LOSS_TYPES, _DpoConfig
 from .model import _dl_device
 from .optim import SCHEDULES
 
-_P = ctypes.c_void_p  # ur_sft_trainer*, ur_dpo_trainer*
+_P = ctypes.c_void_p  # ur_sft_trainer*, ur_dpo_trainer*, ur_reward_trainer*
 _STRINGS = ctypes.POINTER(ctypes.c_char_p)
 
 
@@ -47,13 +47,31 @@ class _DpoMetrics(ctypes.Structure):
                 ("logps_rejected", ctypes.c_float)]  # fmt: skip
 
 
+class _RewardMetrics(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("step", ctypes.c_uint64),
+                ("loss", ctypes.c_double), ("accuracy", ctypes.c_double), ("rewards_chosen", ctypes.c_double),
+                ("rewards_rejected", ctypes.c_double), ("margin", ctypes.c_double), ("groups", ctypes.c_uint64),
+                ("tokens", ctypes.c_uint64), ("grad_norm", ctypes.c_double), ("lr", ctypes.c_double)]  # fmt: skip
+
+
+class _RewardLoss(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("loss", ctypes.c_int32),
+                ("center_rewards_coefficient", ctypes.c_double)]  # fmt: skip
+
+
+#: The reward losses, by their `UR_REWARD_LOSS_*` code.
+REWARD_LOSSES = ("bradley-terry", "kwise", "kwise-all-pairs")
+
 lib.ur_trainer_config_default.argtypes = []
 lib.ur_trainer_config_default.restype = _Config
 _CFG = ctypes.POINTER(_Config)
 lib.ur_sft_trainer_create.argtypes = [_P, ctypes.c_char_p, _CFG, ctypes.POINTER(_P)]
 lib.ur_dpo_trainer_create.argtypes = [_P, ctypes.c_char_p, ctypes.c_char_p, _CFG, ctypes.POINTER(_DpoConfig),
                                       ctypes.POINTER(_P)]  # fmt: skip
-for _kind, _metrics in (("sft", _SftMetrics), ("dpo", _DpoMetrics)):
+lib.ur_reward_loss_config_default.argtypes = []
+lib.ur_reward_loss_config_default.restype = _RewardLoss
+lib.ur_reward_trainer_create.argtypes = [_P, ctypes.c_char_p, _CFG, ctypes.POINTER(_RewardLoss), ctypes.POINTER(_P)]
+for _kind, _metrics in (("sft", _SftMetrics), ("dpo", _DpoMetrics), ("reward", _RewardMetrics)):
     getattr(lib, f"ur_{_kind}_trainer_step").argtypes = [_P, _P, _STRINGS, ctypes.c_size_t, ctypes.c_size_t,
                                                          ctypes.POINTER(_metrics)]  # fmt: skip
     getattr(lib, f"ur_{_kind}_trainer_save").argtypes = [_P, _P, ctypes.c_char_p]
@@ -82,7 +100,7 @@ def _finite(who: str, name: str, value, low: float, low_ok: bool = True) -> floa
 class _RecordTrainer:
     """What both trainers share: the `ur_trainer_config`, stepping on records, saving, freeing."""
 
-    _KIND = ""  # "sft" or "dpo": the C functions' infix
+    _KIND = ""  # "sft", "dpo" or "reward": the C functions' infix
     _METRICS = _SftMetrics
 
     def _configure(self, total_steps, lr, weight_decay, max_grad_norm, schedule, warmup_ratio, max_len, freeze,
@@ -263,4 +281,43 @@ class DpoTrainer(_RecordTrainer):
         micro-batch). A bad record raises `UnirewardError` naming it and nothing changes. Returns the metrics
         `unireward dpo` logs: step, loss, pairs, tokens, grad_norm, lr, and TRL's rewards_chosen, rewards_rejected,
         rewards_accuracies, rewards_margins, logps_chosen, logps_rejected."""
+        return self._step(records, micro_batch_size)
+
+
+class RewardTrainer(_RecordTrainer):
+    """A scalar reward model (TRL's `RewardTrainer`, `unireward train-reward`) trained from the checkpoint in
+    `model_dir` — a Qwen2 or LLaVA-OneVision model, or a reward checkpoint holding `score.weight` (one without it
+    gets a fresh head) — in float32 on `device`, with `loss` "bradley-terry" on pairs (with TRL's
+    `center_rewards_coefficient`, `None`: off), "kwise" (Plackett–Luce) or "kwise-all-pairs" on ranked lists, and
+    the training options of `SftTrainer` (`unireward train-reward`'s defaults). `save` writes a checkpoint that
+    transformers loads (a Qwen2 one as `Qwen2ForSequenceClassification`). Not thread-safe."""
+
+    _KIND = "reward"
+    _METRICS = _RewardMetrics
+
+    def __init__(self, model_dir: Path, total_steps: int, loss: str = "bradley-terry",
+                 center_rewards_coefficient: Optional[float] = None, lr: float = 1e-5, weight_decay: float = 0.0,
+                 max_grad_norm: Optional[float] = 1.0, schedule: str = "cosine", warmup_ratio: float = 0.03,
+                 max_len: int = 2048, freeze: Sequence[str] = (), media_folder: Optional[Path] = None,
+                 video_frames: int = 8, device: Union[str, torch.device] = "cpu",
+                 resume_from: Optional[Path] = None):  # fmt: skip
+        config = self._configure(total_steps, lr, weight_decay, max_grad_norm, schedule, warmup_ratio, max_len,
+                                 freeze, media_folder, video_frames, device, resume_from)  # fmt: skip
+        if loss not in REWARD_LOSSES:
+            raise ValueError(f"unireward.RewardTrainer: `loss` must be one of {', '.join(REWARD_LOSSES)}, got {loss!r}")
+        config_loss = lib.ur_reward_loss_config_default()
+        config_loss.loss = REWARD_LOSSES.index(loss)
+        if center_rewards_coefficient is not None:
+            c = _finite("RewardTrainer", "center_rewards_coefficient", center_rewards_coefficient, 0.0, False)
+            config_loss.center_rewards_coefficient = c
+        self.model_dir = pathlib.Path(model_dir)
+        self._create(os.fsencode(model_dir), ctypes.byref(config), ctypes.byref(config_loss))
+
+    def step(self, records: Sequence[Record], micro_batch_size: Optional[int] = None) -> Dict[str, float]:
+        """One optimizer step on `records` — pairs (`prompt`, `chosen`, `rejected`, optional `margin` and media) for
+        Bradley–Terry, ranked lists (`prompt`, `responses` best first, all of one length) for the K-wise losses:
+        dicts or their JSON text — cut into micro-batches of `micro_batch_size` consecutive records (`None`: one
+        micro-batch). A bad record raises `UnirewardError` naming it and nothing changes. Returns the metrics
+        `unireward train-reward` logs: step, loss, accuracy, rewards_chosen, rewards_rejected, margin, groups,
+        tokens, grad_norm (`None` without clipping) and lr."""
         return self._step(records, micro_batch_size)

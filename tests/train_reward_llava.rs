@@ -29,7 +29,7 @@ use unireward::{DType, Device, Tensor};
 mod common;
 use common::llava::ChatCheckpoint;
 use common::reference::{assert_close, values_f64};
-use common::Scratch;
+use common::{copy_checkpoint_for_transformers, Scratch};
 
 const VIDEO_FRAMES: usize = 4;
 const HIDDEN: usize = 32;
@@ -154,7 +154,7 @@ fn rewards_loss_and_gradients_match_float64_and_finite_differences() {
     let metrics = trainer.backward(&batch).unwrap();
     assert_close("loss", metrics.loss, loss, 1e-5, 1.0);
 
-    let grads: Vec<(String, Vec<f64>)> = trainer.gradients().into_iter().map(|(n, t)| (n, values_f64(&t))).collect();
+    let grads: Vec<(String, Vec<f64>)> = trainer.gradients().into_iter().map(|(n, t)| (n, values_f64(t))).collect();
     let grad = |name: &str| &grads.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no `{name}`")).1;
     for name in [
         SCORE_WEIGHT,
@@ -379,8 +379,12 @@ fn a_run_on_images_reports_bad_media_by_line_saves_the_head_beside_the_llava_wei
     assert_ne!(score.to_vec::<f32>().unwrap(), initial.to_vec::<f32>().unwrap(), "the head was trained");
     let reloaded = RewardTrainer::new(model, score, RewardTrainerConfig::default()).unwrap();
     let records: Vec<_> = pictures(&checkpoint, "f", 2, 3).iter().map(|(p, red)| pair(p, *red)).collect();
-    let metrics = reloaded.evaluate(&batches(&checkpoint, &records, &[2])).unwrap();
+    let batch = batches(&checkpoint, &records, &[2]).remove(0);
+    let metrics = reloaded.evaluate(std::slice::from_ref(&batch)).unwrap();
     assert!(metrics.loss.is_finite());
+    if let Ok(root) = std::env::var("UNIREWARD_REWARD_CHECKPOINT_OUT") {
+        write_for_transformers(Path::new(&root), dir, &reloaded, &batch.rows);
+    }
 
     // Refusing bad records names the first one's line; K-wise trains on ranked lists with images.
     let mut refuse = run(&checkpoint, RewardData::Pairs(pairs), "refused");
@@ -395,6 +399,26 @@ fn a_run_on_images_reports_bad_media_by_line_saves_the_head_beside_the_llava_wei
     let outcome = kwise.run(&never, |m, _| losses.push(m.metrics.loss)).unwrap();
     assert_eq!((outcome.steps_done, losses.len()), (4, 4));
     assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0), "{losses:?}");
+}
+
+/// The checkpoint in `dir` and, per row of `rows`, its real ids, its image's pixels as the trainer gives them to
+/// the model, and its reward, for `tests/reference/train_reward_llava.py ROOT`.
+fn write_for_transformers(root: &Path, dir: &Path, trainer: &RewardTrainer, rows: &SequenceBatch) {
+    copy_checkpoint_for_transformers(dir, root);
+    let TrainModel::Llava(llava) = trainer.model() else { panic!("a LLaVA model") };
+    let rewards = trainer.rewards(rows).unwrap();
+    let expected: Vec<serde_json::Value> = (0..rows.rows)
+        .map(|row| {
+            let real = rows.mask[row * rows.len..(row + 1) * rows.len].iter().filter(|&&m| m != 0).count();
+            let [image] = <[_; 1]>::try_from(llava.media.load(&rows.media[row]).unwrap()).unwrap();
+            serde_json::json!({
+                "ids": &rows.ids[row * rows.len..][..real], "pixel_values": image.pixels.to_vec::<f32>().unwrap(),
+                "pixel_shape": image.pixels.shape(), "image_size": [image.size.0, image.size.1],
+                "reward": rewards[row],
+            })
+        })
+        .collect();
+    std::fs::write(root.join("expected.json"), serde_json::Value::from(expected).to_string()).unwrap();
 }
 
 #[test]

@@ -19,7 +19,7 @@ use unireward::{DType, Device};
 
 mod common;
 
-use common::{pairs, Scratch};
+use common::{copy_checkpoint_for_transformers, pairs, Scratch};
 
 /// `n` ranked lists of 3 responses.
 fn rankings(n: usize) -> String {
@@ -138,14 +138,7 @@ fn write_for_transformers(
     rows: &unireward::train::data::SequenceBatch,
     rewards: &[f32],
 ) {
-    std::fs::remove_dir_all(root).ok();
-    std::fs::create_dir_all(root.join("checkpoint")).unwrap();
-    for entry in std::fs::read_dir(checkpoint).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, root.join("checkpoint").join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_checkpoint_for_transformers(checkpoint, root);
     let expected = serde_json::json!({
         "rows": rows.rows, "len": rows.len, "ids": rows.ids, "mask": rows.mask, "rewards": rewards,
     });

@@ -80,3 +80,16 @@ pub fn kill_when_lines(command: &mut std::process::Command, file: &Path, lines: 
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A fresh `root/checkpoint/` holding the files of the checkpoint `dir` (not its `trainer_state/`): what a reference
+/// script loads in transformers.
+pub fn copy_checkpoint_for_transformers(dir: &Path, root: &Path) {
+    std::fs::remove_dir_all(root).ok();
+    std::fs::create_dir_all(root.join("checkpoint")).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, root.join("checkpoint").join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}

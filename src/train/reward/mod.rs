@@ -1,7 +1,7 @@
 //! A scalar reward model (TRL's `RewardTrainer`): a [`TrainModel`] — a Qwen2 decoder, or a LLaVA-OneVision model
 //! whose rows carry their prompts' images and videos — with the head `score.weight` `[1, H]` on the language model's
 //! hidden state at each sequence's last real token (for Qwen2, transformers' `Qwen2ForSequenceClassification`,
-//! `num_labels = 1`; transformers has no such class for LLaVA-OneVision, see [`run`](RewardRun)), trained on
+//! `num_labels = 1`; transformers has no such class for LLaVA-OneVision: see [`RewardRun`]), trained on
 //! preference pairs with Bradley–Terry (`-logσ(r_chosen - r_rejected - margin)`, optional margins and TRL's
 //! `center_rewards_coefficient` term) or on ranked lists of K responses with a K-wise loss (Plackett–Luce, or
 //! Bradley–Terry over all pairs).

@@ -37,7 +37,8 @@ use crate::{Device, Error, Result};
 /// The standard deviation of a fresh head (transformers' default `initializer_range`).
 const INITIAL_SCORE_STD: f64 = 0.02;
 
-/// A training (or held-out) file and its format.
+/// A training (or held-out) file and its format. Records may carry the prompt's `image` / `video` (a LLaVA-OneVision
+/// model; a text-only one refuses them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RewardData {
     /// `prompt`, `chosen`, `rejected` (optional `margin`): [`PairDataset::load_pairs`]'s format.

@@ -10,7 +10,7 @@ use super::context::{self, optional_text, read_config, size_of_u32, text, ur_con
 use super::host_out::HostOut;
 use super::preference::ur_dpo_config;
 use super::status::{call, ur_status, Failure, FfiResult};
-use super::trainer::{as_strs, read_records, ur_trainer_config};
+use super::trainer::{as_strs, free, live, publish, read_records, save, ur_trainer_config, TrainerHandle};
 use crate::train::dpo::DpoRecordTrainer;
 
 /// Tells a live trainer from garbage (a freed or never-created pointer is still undefined behaviour).
@@ -60,16 +60,23 @@ pub struct ur_dpo_trainer {
     trainer: DpoRecordTrainer,
 }
 
-/// The live trainer behind `trainer`.
-///
-/// # Safety
-/// `trainer` is NULL or a pointer returned by `ur_dpo_trainer_create`.
-unsafe fn live<'a>(trainer: *mut ur_dpo_trainer) -> FfiResult<&'a mut DpoRecordTrainer> {
-    // SAFETY: this function's contract.
-    match unsafe { trainer.as_mut() } {
-        None => Err(Failure::null("trainer")),
-        Some(t) if t.magic == MAGIC => Ok(&mut t.trainer),
-        Some(_) => Err(Failure::invalid("`trainer` is not a live ur_dpo_trainer")),
+impl TrainerHandle for ur_dpo_trainer {
+    type Trainer = DpoRecordTrainer;
+    const NAME: &'static str = "ur_dpo_trainer";
+    fn new(trainer: DpoRecordTrainer) -> Self {
+        ur_dpo_trainer { magic: MAGIC, trainer }
+    }
+    fn is_live(&self) -> bool {
+        self.magic == MAGIC
+    }
+    fn retire(&mut self) {
+        self.magic = 0;
+    }
+    fn trainer(&mut self) -> &mut DpoRecordTrainer {
+        &mut self.trainer
+    }
+    fn save(trainer: &DpoRecordTrainer, out: &Path) -> crate::Result<PathBuf> {
+        trainer.save(out)
     }
 }
 
@@ -125,7 +132,7 @@ pub unsafe extern "C" fn ur_dpo_trainer_create(
         let options = read_config(config)?.to_rust()?;
         let loss = read_loss(loss)?;
         let trainer = DpoRecordTrainer::new(Path::new(&policy), reference.as_deref(), loss, &options)?;
-        *out = Box::into_raw(Box::new(ur_dpo_trainer { magic: MAGIC, trainer }));
+        publish(trainer, out);
         Ok(())
     })
 }
@@ -192,14 +199,8 @@ pub unsafe extern "C" fn ur_dpo_trainer_save(
     trainer: *mut ur_dpo_trainer,
     out_dir: *const c_char,
 ) -> ur_status {
-    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
-    call(|| unsafe {
-        context::check(ctx)?;
-        let trainer = live(trainer)?;
-        let dir = text("out_dir", out_dir)?;
-        trainer.save(Path::new(&dir))?;
-        Ok(())
-    })
+    // SAFETY: this function's contract.
+    unsafe { save(ctx, trainer, out_dir) }
 }
 
 /// Frees a trainer. NULL is accepted and does nothing.
@@ -208,14 +209,6 @@ pub unsafe extern "C" fn ur_dpo_trainer_save(
 /// `trainer` is NULL or a pointer returned by `ur_dpo_trainer_create`, not yet freed, and no call is using it.
 #[no_mangle]
 pub unsafe extern "C" fn ur_dpo_trainer_free(trainer: *mut ur_dpo_trainer) {
-    if trainer.is_null() {
-        return;
-    }
-    // A panic while dropping must not cross into C: the memory is then leaked instead. (The tokenizer's boxed
-    // callbacks are not `UnwindSafe`; the handle is gone after the call, so nothing is observed after a panic.)
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: this function's contract: `trainer` came from `Box::into_raw` in `ur_dpo_trainer_create`.
-        let mut trainer = unsafe { Box::from_raw(trainer) };
-        trainer.magic = 0;
-    }));
+    // SAFETY: this function's contract.
+    unsafe { free(trainer) }
 }

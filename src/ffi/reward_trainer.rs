@@ -3,14 +3,14 @@
 //! trains a reward model.
 
 use std::ffi::c_char;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytemuck::NoUninit;
 
 use super::context::{self, read_config, size_of_u32, text, ur_context, Config, Versioned};
 use super::host_out::HostOut;
 use super::status::{call, ur_status, Failure, FfiResult};
-use super::trainer::{as_strs, read_records, ur_trainer_config};
+use super::trainer::{as_strs, free, live, publish, read_records, save, ur_trainer_config, TrainerHandle};
 use crate::ops::preference::KwiseMethod;
 use crate::train::reward::{RewardLoss, RewardRecordTrainer};
 
@@ -119,16 +119,23 @@ pub struct ur_reward_trainer {
     trainer: RewardRecordTrainer,
 }
 
-/// The live trainer behind `trainer`.
-///
-/// # Safety
-/// `trainer` is NULL or a pointer returned by `ur_reward_trainer_create`.
-unsafe fn live<'a>(trainer: *mut ur_reward_trainer) -> FfiResult<&'a mut RewardRecordTrainer> {
-    // SAFETY: this function's contract.
-    match unsafe { trainer.as_mut() } {
-        None => Err(Failure::null("trainer")),
-        Some(t) if t.magic == MAGIC => Ok(&mut t.trainer),
-        Some(_) => Err(Failure::invalid("`trainer` is not a live ur_reward_trainer")),
+impl TrainerHandle for ur_reward_trainer {
+    type Trainer = RewardRecordTrainer;
+    const NAME: &'static str = "ur_reward_trainer";
+    fn new(trainer: RewardRecordTrainer) -> Self {
+        ur_reward_trainer { magic: MAGIC, trainer }
+    }
+    fn is_live(&self) -> bool {
+        self.magic == MAGIC
+    }
+    fn retire(&mut self) {
+        self.magic = 0;
+    }
+    fn trainer(&mut self) -> &mut RewardRecordTrainer {
+        &mut self.trainer
+    }
+    fn save(trainer: &RewardRecordTrainer, out: &Path) -> crate::Result<PathBuf> {
+        trainer.save(out)
     }
 }
 
@@ -159,7 +166,7 @@ pub unsafe extern "C" fn ur_reward_trainer_create(
         let options = read_config(config)?.to_rust()?;
         let loss = read_config(loss)?.to_rust()?;
         let trainer = RewardRecordTrainer::new(Path::new(&dir), loss, &options)?;
-        *out = Box::into_raw(Box::new(ur_reward_trainer { magic: MAGIC, trainer }));
+        publish(trainer, out);
         Ok(())
     })
 }
@@ -227,14 +234,8 @@ pub unsafe extern "C" fn ur_reward_trainer_save(
     trainer: *mut ur_reward_trainer,
     out_dir: *const c_char,
 ) -> ur_status {
-    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
-    call(|| unsafe {
-        context::check(ctx)?;
-        let trainer = live(trainer)?;
-        let dir = text("out_dir", out_dir)?;
-        trainer.save(Path::new(&dir))?;
-        Ok(())
-    })
+    // SAFETY: this function's contract.
+    unsafe { save(ctx, trainer, out_dir) }
 }
 
 /// Frees a trainer. NULL is accepted and does nothing.
@@ -243,14 +244,6 @@ pub unsafe extern "C" fn ur_reward_trainer_save(
 /// `trainer` is NULL or a pointer returned by `ur_reward_trainer_create`, not yet freed, and no call is using it.
 #[no_mangle]
 pub unsafe extern "C" fn ur_reward_trainer_free(trainer: *mut ur_reward_trainer) {
-    if trainer.is_null() {
-        return;
-    }
-    // A panic while dropping must not cross into C: the memory is then leaked instead. (The tokenizer's boxed
-    // callbacks are not `UnwindSafe`; nothing is observed after a panic.)
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: this function's contract: `trainer` came from `Box::into_raw` in `ur_reward_trainer_create`.
-        let mut trainer = unsafe { Box::from_raw(trainer) };
-        trainer.magic = 0;
-    }));
+    // SAFETY: this function's contract.
+    unsafe { free(trainer) }
 }

@@ -2,14 +2,14 @@
 //! caller's batches of conversation records (LLaVA JSON strings), so a loop in C, C++ or Python drives training.
 
 use std::ffi::c_char;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytemuck::NoUninit;
 
 use super::context::{self, read_config, size_of_u32, text, ur_context, Versioned};
 use super::host_out::HostOut;
-use super::status::{call, ur_status, Failure, FfiResult};
-use super::trainer::{as_strs, read_records, ur_trainer_config};
+use super::status::{call, ur_status, Failure};
+use super::trainer::{as_strs, free, live, publish, read_records, save, ur_trainer_config, TrainerHandle};
 use crate::train::sft::SftRecordTrainer;
 
 /// Tells a live trainer from garbage (a freed or never-created pointer is still undefined behaviour).
@@ -49,16 +49,23 @@ pub struct ur_sft_trainer {
     trainer: SftRecordTrainer,
 }
 
-/// The live trainer behind `trainer`.
-///
-/// # Safety
-/// `trainer` is NULL or a pointer returned by `ur_sft_trainer_create`.
-unsafe fn live<'a>(trainer: *mut ur_sft_trainer) -> FfiResult<&'a mut SftRecordTrainer> {
-    // SAFETY: this function's contract.
-    match unsafe { trainer.as_mut() } {
-        None => Err(Failure::null("trainer")),
-        Some(t) if t.magic == MAGIC => Ok(&mut t.trainer),
-        Some(_) => Err(Failure::invalid("`trainer` is not a live ur_sft_trainer")),
+impl TrainerHandle for ur_sft_trainer {
+    type Trainer = SftRecordTrainer;
+    const NAME: &'static str = "ur_sft_trainer";
+    fn new(trainer: SftRecordTrainer) -> Self {
+        ur_sft_trainer { magic: MAGIC, trainer }
+    }
+    fn is_live(&self) -> bool {
+        self.magic == MAGIC
+    }
+    fn retire(&mut self) {
+        self.magic = 0;
+    }
+    fn trainer(&mut self) -> &mut SftRecordTrainer {
+        &mut self.trainer
+    }
+    fn save(trainer: &SftRecordTrainer, out: &Path) -> crate::Result<PathBuf> {
+        trainer.save(out)
     }
 }
 
@@ -86,7 +93,7 @@ pub unsafe extern "C" fn ur_sft_trainer_create(
         let dir = text("model_dir", model_dir)?;
         let options = read_config(config)?.to_rust()?;
         let trainer = SftRecordTrainer::new(Path::new(&dir), &options)?;
-        *out = Box::into_raw(Box::new(ur_sft_trainer { magic: MAGIC, trainer }));
+        publish(trainer, out);
         Ok(())
     })
 }
@@ -147,14 +154,8 @@ pub unsafe extern "C" fn ur_sft_trainer_save(
     trainer: *mut ur_sft_trainer,
     out_dir: *const c_char,
 ) -> ur_status {
-    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
-    call(|| unsafe {
-        context::check(ctx)?;
-        let trainer = live(trainer)?;
-        let dir = text("out_dir", out_dir)?;
-        trainer.save(Path::new(&dir))?;
-        Ok(())
-    })
+    // SAFETY: this function's contract.
+    unsafe { save(ctx, trainer, out_dir) }
 }
 
 /// Frees a trainer. NULL is accepted and does nothing.
@@ -163,14 +164,6 @@ pub unsafe extern "C" fn ur_sft_trainer_save(
 /// `trainer` is NULL or a pointer returned by `ur_sft_trainer_create`, not yet freed, and no call is using it.
 #[no_mangle]
 pub unsafe extern "C" fn ur_sft_trainer_free(trainer: *mut ur_sft_trainer) {
-    if trainer.is_null() {
-        return;
-    }
-    // A panic while dropping must not cross into C: the memory is then leaked instead. (The tokenizer's boxed
-    // callbacks are not `UnwindSafe`; nothing is observed after a panic.)
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: this function's contract: `trainer` came from `Box::into_raw` in `ur_sft_trainer_create`.
-        let mut trainer = unsafe { Box::from_raw(trainer) };
-        trainer.magic = 0;
-    }));
+    // SAFETY: this function's contract.
+    unsafe { free(trainer) }
 }

@@ -2,12 +2,13 @@
 //! their configuration and the reading of a step's records.
 
 use std::ffi::c_char;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::context::ur_context;
 use super::context::{self, array, optional_text, size_of_u32, text, Config, Versioned};
 use super::dlpack::{device_of, dl_device, DLDevice};
 use super::optim::{SCHEDULES, UR_SCHEDULE_COSINE};
-use super::status::{Failure, FfiResult};
+use super::status::{call, ur_status, Failure, FfiResult};
 use crate::train::run::StepOptions;
 
 /// Configuration of the trainers stepped on the caller's records (`ur_sft_trainer_create`, `ur_dpo_trainer_create`):
@@ -149,4 +150,75 @@ pub(super) unsafe fn read_records(
 /// Borrowed views of [`read_records`]'s micro-batches, as the trainers take them.
 pub(super) fn as_strs(micro: &[Vec<String>]) -> Vec<Vec<&str>> {
     micro.iter().map(|batch| batch.iter().map(String::as_str).collect()).collect()
+}
+
+/// What the opaque handles of the trainers stepped on records share: a magic number that tells a live handle from
+/// garbage (a freed or never-created pointer is still undefined behaviour), the trainer behind it, and its save.
+pub(super) trait TrainerHandle: Sized + 'static {
+    type Trainer;
+    /// The C type's name, for errors.
+    const NAME: &'static str;
+    fn new(trainer: Self::Trainer) -> Self;
+    /// Whether the magic number is the live one.
+    fn is_live(&self) -> bool;
+    /// Clears the magic number (before the handle is freed).
+    fn retire(&mut self);
+    fn trainer(&mut self) -> &mut Self::Trainer;
+    /// Writes `out/checkpoint-<step>/`.
+    fn save(trainer: &Self::Trainer, out: &Path) -> crate::Result<PathBuf>;
+}
+
+/// A new handle for `trainer`, into `*out` (NULL checked by the caller).
+///
+/// # Safety
+/// `out` is writable.
+pub(super) unsafe fn publish<H: TrainerHandle>(trainer: H::Trainer, out: *mut *mut H) {
+    // SAFETY: this function's contract.
+    unsafe { *out = Box::into_raw(Box::new(H::new(trainer))) };
+}
+
+/// The live trainer behind `handle`.
+///
+/// # Safety
+/// `handle` is NULL or a pointer returned by its create function.
+pub(super) unsafe fn live<'a, H: TrainerHandle>(handle: *mut H) -> FfiResult<&'a mut H::Trainer> {
+    // SAFETY: this function's contract.
+    match unsafe { handle.as_mut() } {
+        None => Err(Failure::null("trainer")),
+        Some(h) if h.is_live() => Ok(h.trainer()),
+        Some(_) => Err(Failure::invalid(format!("`trainer` is not a live {}", H::NAME))),
+    }
+}
+
+/// The body of `ur_*_trainer_save`: writes `out_dir/checkpoint-<step>/`.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `handle` from its create function; `out_dir` is NULL or a NUL-terminated
+/// string.
+pub(super) unsafe fn save<H: TrainerHandle>(ctx: *mut ur_context, handle: *mut H, out_dir: *const c_char) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let trainer = live(handle)?;
+        let dir = text("out_dir", out_dir)?;
+        H::save(trainer, Path::new(&dir))?;
+        Ok(())
+    })
+}
+
+/// The body of `ur_*_trainer_free`. NULL is accepted and does nothing.
+///
+/// # Safety
+/// `handle` is NULL or a pointer returned by its create function, not yet freed, and no call is using it.
+pub(super) unsafe fn free<H: TrainerHandle>(handle: *mut H) {
+    if handle.is_null() {
+        return;
+    }
+    // A panic while dropping must not cross into C: the memory is then leaked instead. (The tokenizer's boxed
+    // callbacks are not `UnwindSafe`; the handle is gone after the call, so nothing is observed after a panic.)
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: this function's contract: `handle` came from `Box::into_raw` in `publish`.
+        let mut handle = unsafe { Box::from_raw(handle) };
+        handle.retire();
+    }));
 }

@@ -398,18 +398,13 @@ fn pair_example(
         Ok(record) => record,
         Err(problem) => return Ok(Err(problem)),
     };
-    if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
-        return Ok(Err(problem));
-    }
-    let PromptTokens { mut prompt, completions } =
-        match tokenizer.prompt_and_completions(&record.prompt, &[&record.chosen, &record.rejected])? {
+    let (chosen, rejected) = (record.chosen.as_str(), record.rejected.as_str());
+    let PromptTokens { prompt, completions } =
+        match prompt_and_completions(&mut record.prompt, &record.media, &[chosen, rejected], tokenizer, media)? {
             Ok(tokens) => tokens,
             Err(problem) => return Ok(Err(problem)),
         };
     let [chosen, rejected] = <[Vec<u32>; 2]>::try_from(completions).expect("two completions were encoded");
-    if let Err(problem) = expand_prompt(&mut prompt, &record.media, tokenizer, media)? {
-        return Ok(Err(problem));
-    }
     let example = PairExample {
         task: 0,
         source: origin.source,
@@ -421,6 +416,25 @@ fn pair_example(
         media: record.media,
     };
     Ok(Ok(Parsed { task: record.task, tokens: example.len(), example }))
+}
+
+/// A record's `prompt` (its placeholders matched to its `media` first) and `completions` tokenized, the prompt's
+/// placeholders expanded with `loader` (a multimodal model); what is wrong with them as a [`Problem`].
+fn prompt_and_completions(
+    prompt: &mut String,
+    media: &[MediaRef],
+    completions: &[&str],
+    tokenizer: &ConversationTokenizer,
+    loader: Option<&MediaLoader>,
+) -> Result<std::result::Result<PromptTokens, Problem>> {
+    if let Err(problem) = match_placeholders(&mut [prompt], media) {
+        return Ok(Err(problem));
+    }
+    let mut tokens = match tokenizer.prompt_and_completions(prompt, completions)? {
+        Ok(tokens) => tokens,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    Ok(expand_prompt(&mut tokens.prompt, media, tokenizer, loader)?.map(|()| tokens))
 }
 
 /// Expands the placeholders of a tokenized `prompt` into its `media`'s placeholder ids when `loader` is given (a
@@ -490,17 +504,12 @@ fn ranking_example(
         Ok(record) => record,
         Err(problem) => return Ok(Err(problem)),
     };
-    if let Err(problem) = match_placeholders(&mut [&mut record.prompt], &record.media) {
-        return Ok(Err(problem));
-    }
     let responses: Vec<&str> = record.responses.iter().map(String::as_str).collect();
-    let PromptTokens { mut prompt, completions } = match tokenizer.prompt_and_completions(&record.prompt, &responses)? {
-        Ok(tokens) => tokens,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    if let Err(problem) = expand_prompt(&mut prompt, &record.media, tokenizer, media)? {
-        return Ok(Err(problem));
-    }
+    let PromptTokens { prompt, completions } =
+        match prompt_and_completions(&mut record.prompt, &record.media, &responses, tokenizer, media)? {
+            Ok(tokens) => tokens,
+            Err(problem) => return Ok(Err(problem)),
+        };
     let example = RankingExample {
         task: 0,
         source: origin.source,

@@ -4,7 +4,7 @@
 
 mod judge_checkpoint;
 
-use std::ffi::{CStr, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 
 use judge_checkpoint::{image, judge_dir};
@@ -30,6 +30,15 @@ fn c(s: &str) -> CString {
 
 fn item(kind: i32, value: &CString) -> ur_judge_item {
     ur_judge_item { kind, reserved: 0, value: value.as_ptr().cast() }
+}
+
+/// A context of one field (`names[0]` = `values[0]`) and no media.
+fn one_field(names: &[*const c_char; 1], values: &[*const c_char; 1]) -> ur_judge_context {
+    let mut context = ur_judge_context_default();
+    context.field_names = names.as_ptr();
+    context.field_values = values.as_ptr();
+    context.num_fields = 1;
+    context
 }
 
 fn fresh_result() -> ur_judge_result {
@@ -117,10 +126,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         // Pairwise image generation: A and B files against a caption.
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];
-        let mut gen_ctx = ur_judge_context_default();
-        gen_ctx.field_names = names.as_ptr();
-        gen_ctx.field_values = values.as_ptr();
-        gen_ctx.num_fields = 1;
+        let gen_ctx = one_field(&names, &values);
         let (a, b) = (item(UR_JUDGE_IMAGE, &img0_c), item(UR_JUDGE_IMAGE, &img1_c));
         let mut probs = [0f32; 3];
         let mut result = fresh_result();
@@ -146,10 +152,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         let names_q = [question.as_ptr()];
         let values_q = [question_value.as_ptr()];
         let scene = [item(UR_JUDGE_IMAGE, &scene_c)];
-        let mut und_ctx = ur_judge_context_default();
-        und_ctx.field_names = names_q.as_ptr();
-        und_ctx.field_values = values_q.as_ptr();
-        und_ctx.num_fields = 1;
+        let mut und_ctx = one_field(&names_q, &values_q);
         und_ctx.media = scene.as_ptr();
         und_ctx.num_media = 1;
         let response = item(UR_JUDGE_TEXT, &responses[0]);
@@ -424,10 +427,7 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];
-        let mut gen_ctx = ur_judge_context_default();
-        gen_ctx.field_names = names.as_ptr();
-        gen_ctx.field_values = values.as_ptr();
-        gen_ctx.num_fields = 1;
+        let gen_ctx = one_field(&names, &values);
         let pairwise = |a: &ur_judge_item, b: &ur_judge_item, probs: &mut [f32; 3], r: &mut ur_judge_result| {
             ur_judge_pairwise(ctx, judge, UR_TASK_IMAGE_GENERATION, &gen_ctx, a, b, probs.as_mut_ptr(), 3, r)
         };
@@ -437,7 +437,8 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         let (mut r_files, mut r_pixels) = (fresh_result(), fresh_result());
         let (a, b) = (item(UR_JUDGE_IMAGE, &img0_c), item(UR_JUDGE_IMAGE, &img1_c));
         assert_eq!(pairwise(&a, &b, &mut from_files, &mut r_files), ur_status::UR_OK, "{}", last_error());
-        let (p0, p1) = (pixels_of(&[rgb0.clone()], rgb0.pixels()), pixels_of(&[rgb1.clone()], rgb1.pixels()));
+        let one = std::slice::from_ref;
+        let (p0, p1) = (pixels_of(one(&rgb0), rgb0.pixels()), pixels_of(one(&rgb1), rgb1.pixels()));
         let (a_px, b_px) = (pixel_item(UR_JUDGE_IMAGE_PIXELS, &p0), pixel_item(UR_JUDGE_IMAGE_PIXELS, &p1));
         assert_eq!(pairwise(&a_px, &b_px, &mut from_pixels, &mut r_pixels), ur_status::UR_OK, "{}", last_error());
         assert_eq!(from_files.map(f32::to_bits), from_pixels.map(f32::to_bits));

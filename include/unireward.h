@@ -111,6 +111,12 @@
 // `ur_judge_item.kind`: a video, as a folder of frame images or an animated GIF.
 #define UR_JUDGE_VIDEO 2
 
+// `ur_judge_item.kind`: an image's pixels in memory, `value` pointing to a `ur_judge_pixels` of one frame.
+#define UR_JUDGE_IMAGE_PIXELS 3
+
+// `ur_judge_item.kind`: a video's frames in memory, `value` pointing to a `ur_judge_pixels`.
+#define UR_JUDGE_VIDEO_PIXELS 4
+
 // `ur_judge_result.verdict`: the first candidate given (A) is better.
 #define UR_VERDICT_FIRST 0
 
@@ -507,13 +513,33 @@ typedef struct ur_generation_result {
   uint64_t num_tokens;
 } ur_generation_result;
 
-// One candidate, or one image or video of a context: a kind (`UR_JUDGE_TEXT`, `UR_JUDGE_IMAGE`,
-// `UR_JUDGE_VIDEO`) and its value (the text, or the file's path), NUL-terminated UTF-8. Its layout is fixed.
+// An image or a video as 8-bit RGB pixels in host memory, the value of a `UR_JUDGE_IMAGE_PIXELS` or
+// `UR_JUDGE_VIDEO_PIXELS` item: judged exactly as the same pixels decoded from a file. The bytes are copied during
+// the call. Initialise with `ur_judge_pixels_default()`.
+typedef struct ur_judge_pixels {
+  // `sizeof(ur_judge_pixels)`.
+  uint32_t struct_size;
+  // Set to 0.
+  uint32_t reserved;
+  // `num_frames · height · width · 3` bytes: the frames in playing order, each row-major (rows top to bottom),
+  // R G B interleaved.
+  const uint8_t *data;
+  // 1 for an image (the default); a video's frames, all of them (1 to 100000): the judge samples the
+  // template's frames evenly, as from a video file.
+  uint64_t num_frames;
+  // Each frame's size, 1 to 32768 pixels a side.
+  uint64_t height;
+  uint64_t width;
+} ur_judge_pixels;
+
+// One candidate, or one image or video of a context: a kind (`UR_JUDGE_*`) and its value. Its layout is fixed.
 typedef struct ur_judge_item {
   int32_t kind;
   // Set to 0.
   int32_t reserved;
-  const char *value;
+  // `UR_JUDGE_TEXT`, `UR_JUDGE_IMAGE`, `UR_JUDGE_VIDEO`: the text, or the file's path, NUL-terminated UTF-8
+  // (`const char *`). `UR_JUDGE_IMAGE_PIXELS`, `UR_JUDGE_VIDEO_PIXELS`: a `const ur_judge_pixels *`.
+  const void *value;
 } ur_judge_item;
 
 // What the candidates are judged against: the template's fields by name (`caption` for generation tasks,
@@ -528,7 +554,8 @@ typedef struct ur_judge_context {
   const char *const *field_names;
   const char *const *field_values;
   size_t num_fields;
-  // `num_media` images or videos (`UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` items; NULL when `num_media` is 0).
+  // `num_media` images or videos (`UR_JUDGE_IMAGE`, `_VIDEO`, `_IMAGE_PIXELS` or `_VIDEO_PIXELS` items; NULL
+  // when `num_media` is 0).
   const struct ur_judge_item *media;
   size_t num_media;
 } ur_judge_context;
@@ -545,8 +572,8 @@ typedef struct ur_judge_request {
   int32_t reserved;
   // NULL: an empty context.
   const struct ur_judge_context *context;
-  // Two candidates (A, B) for pairwise, one for pointwise: media files for generation tasks, texts for
-  // understanding tasks.
+  // Two candidates (A, B) for pairwise, one for pointwise: media (files or pixels) for generation tasks, texts
+  // for understanding tasks.
   const struct ur_judge_item *candidates;
   size_t num_candidates;
 } ur_judge_request;
@@ -1106,6 +1133,9 @@ enum ur_status ur_verdict_head_backward(struct ur_context *ctx,
                                         const DLTensor *grad_logits_out,
                                         void *stream);
 
+// One frame, no data, no size yet.
+struct ur_judge_pixels ur_judge_pixels_default(void);
+
 // An empty context: no fields, no media.
 struct ur_judge_context ur_judge_context_default(void);
 
@@ -1144,15 +1174,17 @@ enum ur_status ur_judge_num_probs(const struct ur_judge *judge,
                                   size_t *out);
 
 // Which of candidates `a` and `b` is better for `task` (`UR_TASK_*`), or a tie, judged in one pass from both
-// orders against `context` (NULL: empty): generation tasks judge `UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` files
-// against a `caption` field, understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's
-// image or video. Writes `[A better, B better, tie]` to `probs` (room for `probs_capacity` floats, at least 3)
-// and the verdict to `*result`. Everything (the arguments, the fields the task's template needs, the media files)
-// is checked before anything is written. Synchronises.
+// orders against `context` (NULL: empty): generation tasks judge images or videos (`UR_JUDGE_IMAGE` /
+// `UR_JUDGE_VIDEO` files, `UR_JUDGE_IMAGE_PIXELS` / `UR_JUDGE_VIDEO_PIXELS` pixels) against a `caption` field,
+// understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's image or video. Writes
+// `[A better, B better, tie]` to `probs` (room for `probs_capacity` floats, at least 3) and the verdict to
+// `*result`. Everything (the arguments, the fields the task's template needs, the media) is checked before
+// anything is written. Synchronises.
 //
 // # Safety
 // `ctx` comes from `ur_context_create`, `judge` from `ur_judge_load`; `context` is NULL or a readable
-// `ur_judge_context`; `a` and `b` are NULL or readable items; strings are NUL-terminated; `probs` holds
+// `ur_judge_context`; `a` and `b` are NULL or readable items; strings are NUL-terminated; a pixel item's `value`
+// is a readable `ur_judge_pixels` whose `data` holds its bytes; `probs` holds
 // `probs_capacity` writable floats; `result` is NULL (an error) or points to `result->struct_size` writable bytes.
 enum ur_status ur_judge_pairwise(struct ur_context *ctx,
                                  const struct ur_judge *judge,

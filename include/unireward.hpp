@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -530,15 +531,29 @@ class Model {
   ur_model* model_ = nullptr;
 };
 
-/// A candidate, or an image or video of a judge context: a response text or a file path (`UR_JUDGE_*`).
+/// A candidate, or an image or video of a judge context: a response text, a file path, or 8-bit RGB pixels in
+/// memory (`UR_JUDGE_*`).
 struct JudgeItem {
   int32_t kind = UR_JUDGE_TEXT;
+  /// The text or the path.
   std::string value;
+  /// The `_PIXELS` kinds: `num_frames x height x width x 3` bytes (rows top to bottom, R G B interleaved), not
+  /// copied here: they must outlive the call that judges the item (the library copies them then).
+  const uint8_t* pixels = nullptr;
+  uint64_t num_frames = 0, height = 0, width = 0;
 
   static JudgeItem text(std::string value) { return {UR_JUDGE_TEXT, std::move(value)}; }
   static JudgeItem image(std::string path) { return {UR_JUDGE_IMAGE, std::move(path)}; }
   /// A folder of frame images or an animated GIF.
   static JudgeItem video(std::string path) { return {UR_JUDGE_VIDEO, std::move(path)}; }
+  /// An image's pixels: `height x width x 3` bytes, judged as the same pixels decoded from a file.
+  static JudgeItem image_pixels(const uint8_t* rgb, uint64_t height, uint64_t width) {
+    return {UR_JUDGE_IMAGE_PIXELS, {}, rgb, 1, height, width};
+  }
+  /// A video's frames: `num_frames x height x width x 3` bytes, sampled evenly by the judge as a video file's are.
+  static JudgeItem video_pixels(const uint8_t* rgb, uint64_t num_frames, uint64_t height, uint64_t width) {
+    return {UR_JUDGE_VIDEO_PIXELS, {}, rgb, num_frames, height, width};
+  }
 };
 
 /// What candidates are judged against: the template's fields (`caption`, `question`) and, for understanding tasks,
@@ -591,8 +606,8 @@ class JudgeRequests {
         names_[i].push_back(field.first.c_str());
         values_[i].push_back(field.second.c_str());
       }
-      for (const JudgeItem& m : r.context.media) media_[i].push_back({m.kind, 0, m.value.c_str()});
-      for (const JudgeItem& c : r.candidates) candidates_[i].push_back({c.kind, 0, c.value.c_str()});
+      for (const JudgeItem& m : r.context.media) media_[i].push_back(item(m));
+      for (const JudgeItem& c : r.candidates) candidates_[i].push_back(item(c));
       ur_judge_context& ctx = contexts_[i];
       ctx = ur_judge_context_default();
       ctx.field_names = names_[i].data();
@@ -612,6 +627,19 @@ class JudgeRequests {
   const std::vector<ur_judge_request>& get() const noexcept { return requests_; }
 
  private:
+  /// The C item of `m`: its text or path, or its pixels' description (kept in `pixels_`).
+  ur_judge_item item(const JudgeItem& m) {
+    if (m.kind != UR_JUDGE_IMAGE_PIXELS && m.kind != UR_JUDGE_VIDEO_PIXELS) return {m.kind, 0, m.value.c_str()};
+    ur_judge_pixels p = ur_judge_pixels_default();
+    p.data = m.pixels;
+    p.num_frames = m.num_frames;
+    p.height = m.height;
+    p.width = m.width;
+    pixels_.push_back(p);  // a deque: the items already made keep pointing to theirs
+    return {m.kind, 0, &pixels_.back()};
+  }
+
+  std::deque<ur_judge_pixels> pixels_;
   std::vector<std::vector<const char*>> names_, values_;
   std::vector<std::vector<ur_judge_item>> media_, candidates_;
   std::vector<ur_judge_context> contexts_;

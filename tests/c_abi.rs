@@ -526,12 +526,29 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
     question.media = vec![MediaFile::Image(judge_checkpoint::image("anyres_0.png"))];
     let point = rust.pointwise(Task::ImageUnderstanding, &question, Candidate::Text("It is red.".into()));
     let (pair, point) = (pair.unwrap(), point.unwrap());
+    // The C++ program's pixels: three 10 x 14 frames, byte i of frame k = (13 i + 71 k) mod 256.
+    let frames: Vec<RgbImage> = (0..3)
+        .map(|k| RgbImage::new(14, 10, (0..10 * 14 * 3).map(|i| ((13 * i + 71 * k) % 256) as u8).collect()).unwrap())
+        .collect();
+    let image = Candidate::Media(MediaFile::ImagePixels(frames[0].clone().into()));
+    let image_pixels = rust.pointwise(Task::ImageGeneration, &caption, image);
+    let video_pixels =
+        rust.pointwise(Task::VideoGeneration, &caption, Candidate::Media(MediaFile::VideoFrames(frames.into())));
+    let (image_pixels, video_pixels) = (image_pixels.unwrap(), video_pixels.unwrap());
     let lines: HashMap<&str, Vec<f64>> = stdout
         .lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(key, rest)| (key, rest.split_whitespace().map(|v| v.parse().expect("a number")).collect()))
         .collect();
-    for (key, expected) in [("pair", &pair), ("many.0", &pair), ("point", &point), ("many.1", &point)] {
+    let judgments = [
+        ("pair", &pair),
+        ("many.0", &pair),
+        ("point", &point),
+        ("many.1", &point),
+        ("image_pixels", &image_pixels),
+        ("video_pixels", &video_pixels),
+    ];
+    for (key, expected) in judgments {
         let got = lines.get(key).unwrap_or_else(|| panic!("the C++ program printed no `{key}`:\n{stdout}"));
         let verdict = expected
             .verdict

@@ -4,13 +4,14 @@
 
 mod judge_checkpoint;
 
-use std::ffi::{CStr, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 
 use judge_checkpoint::{image, judge_dir};
 use unireward::ffi::*;
 use unireward::judge::answer::Verdict;
 use unireward::judge::{Candidate, Context, Judge, JudgeResult, MediaFile, Task};
+use unireward::media::{decode_image, RgbImage};
 use unireward::{DType, Device};
 
 fn last_error() -> String {
@@ -28,7 +29,16 @@ fn c(s: &str) -> CString {
 }
 
 fn item(kind: i32, value: &CString) -> ur_judge_item {
-    ur_judge_item { kind, reserved: 0, value: value.as_ptr() }
+    ur_judge_item { kind, reserved: 0, value: value.as_ptr().cast() }
+}
+
+/// A context of one field (`names[0]` = `values[0]`) and no media.
+fn one_field(names: &[*const c_char; 1], values: &[*const c_char; 1]) -> ur_judge_context {
+    let mut context = ur_judge_context_default();
+    context.field_names = names.as_ptr();
+    context.field_values = values.as_ptr();
+    context.num_fields = 1;
+    context
 }
 
 fn fresh_result() -> ur_judge_result {
@@ -116,10 +126,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         // Pairwise image generation: A and B files against a caption.
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];
-        let mut gen_ctx = ur_judge_context_default();
-        gen_ctx.field_names = names.as_ptr();
-        gen_ctx.field_values = values.as_ptr();
-        gen_ctx.num_fields = 1;
+        let gen_ctx = one_field(&names, &values);
         let (a, b) = (item(UR_JUDGE_IMAGE, &img0_c), item(UR_JUDGE_IMAGE, &img1_c));
         let mut probs = [0f32; 3];
         let mut result = fresh_result();
@@ -145,10 +152,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
         let names_q = [question.as_ptr()];
         let values_q = [question_value.as_ptr()];
         let scene = [item(UR_JUDGE_IMAGE, &scene_c)];
-        let mut und_ctx = ur_judge_context_default();
-        und_ctx.field_names = names_q.as_ptr();
-        und_ctx.field_values = values_q.as_ptr();
-        und_ctx.num_fields = 1;
+        let mut und_ctx = one_field(&names_q, &values_q);
         und_ctx.media = scene.as_ptr();
         und_ctx.num_media = 1;
         let response = item(UR_JUDGE_TEXT, &responses[0]);
@@ -382,6 +386,119 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
 
         ur_judge_free(judge);
         ur_judge_free(null_mut());
+        ur_context_free(ctx);
+    }
+}
+
+/// `ur_judge_pixels` over `bytes`, the pixels of `frames` (all of one size).
+fn pixels_of(frames: &[RgbImage], bytes: &[u8]) -> ur_judge_pixels {
+    let mut p = ur_judge_pixels_default();
+    p.data = bytes.as_ptr();
+    p.num_frames = frames.len() as u64;
+    (p.height, p.width) = (frames[0].height() as u64, frames[0].width() as u64);
+    p
+}
+
+fn pixel_item(kind: i32, pixels: &ur_judge_pixels) -> ur_judge_item {
+    ur_judge_item { kind, reserved: 0, value: (pixels as *const ur_judge_pixels).cast() }
+}
+
+#[test]
+fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
+    let dir = judge_dir("ffi-pixels");
+    let rust = Judge::load(&dir.0, DType::F32, Device::Cpu).unwrap();
+    let dir_c = c(dir.0.to_str().unwrap());
+    let (caption, caption_value) = (c("caption"), c("a red square"));
+    let (img0, img1) = (image("two_images_0.png"), image("two_images_1.png"));
+    let (img0_c, img1_c) = (c(img0.to_str().unwrap()), c(img1.to_str().unwrap()));
+    let (rgb0, rgb1) = (decode_image(&img0).unwrap(), decode_image(&img1).unwrap());
+    // Three frames of one size (a C caller's video is one block of bytes), each a different pattern.
+    let frames: Vec<RgbImage> = (0..3)
+        .map(|k| RgbImage::new(14, 10, (0..14 * 10 * 3).map(|i| ((i * 13 + k * 71) % 256) as u8).collect()).unwrap())
+        .collect();
+    let video_bytes: Vec<u8> = frames.iter().flat_map(|f| f.pixels().iter().copied()).collect();
+    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
+
+    let mut ctx = null_mut();
+    // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
+    unsafe {
+        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
+        let mut judge: *mut ur_judge = null_mut();
+        assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
+        let names = [caption.as_ptr()];
+        let values = [caption_value.as_ptr()];
+        let gen_ctx = one_field(&names, &values);
+        let pairwise = |a: &ur_judge_item, b: &ur_judge_item, probs: &mut [f32; 3], r: &mut ur_judge_result| {
+            ur_judge_pairwise(ctx, judge, UR_TASK_IMAGE_GENERATION, &gen_ctx, a, b, probs.as_mut_ptr(), 3, r)
+        };
+
+        // Files, then the same pixels in memory: the same bits.
+        let (mut from_files, mut from_pixels) = ([0f32; 3], [0f32; 3]);
+        let (mut r_files, mut r_pixels) = (fresh_result(), fresh_result());
+        let (a, b) = (item(UR_JUDGE_IMAGE, &img0_c), item(UR_JUDGE_IMAGE, &img1_c));
+        assert_eq!(pairwise(&a, &b, &mut from_files, &mut r_files), ur_status::UR_OK, "{}", last_error());
+        let one = std::slice::from_ref;
+        let (p0, p1) = (pixels_of(one(&rgb0), rgb0.pixels()), pixels_of(one(&rgb1), rgb1.pixels()));
+        let (a_px, b_px) = (pixel_item(UR_JUDGE_IMAGE_PIXELS, &p0), pixel_item(UR_JUDGE_IMAGE_PIXELS, &p1));
+        assert_eq!(pairwise(&a_px, &b_px, &mut from_pixels, &mut r_pixels), ur_status::UR_OK, "{}", last_error());
+        assert_eq!(from_files.map(f32::to_bits), from_pixels.map(f32::to_bits));
+        assert_eq!((r_files.verdict, r_files.prompt_tokens), (r_pixels.verdict, r_pixels.prompt_tokens));
+
+        // A video's frames in memory: the Rust judge's on the same frames.
+        let video = pixels_of(&frames, &video_bytes);
+        let mut scale = [0f32; 10];
+        let mut point = fresh_result();
+        let status = ur_judge_pointwise(
+            ctx,
+            judge,
+            UR_TASK_VIDEO_GENERATION,
+            &gen_ctx,
+            &pixel_item(UR_JUDGE_VIDEO_PIXELS, &video),
+            scale.as_mut_ptr(),
+            10,
+            &mut point,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let in_memory = Candidate::Media(MediaFile::VideoFrames(frames.clone().into()));
+        let context = Context::with_field("caption", "a red square");
+        let expected = rust.pointwise(Task::VideoGeneration, &context, in_memory).unwrap();
+        assert_eq!(scale.map(f32::to_bits).to_vec(), expected.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>());
+
+        // Bad pixels: a status and a message naming the field, nothing written.
+        let mut untouched = fresh_result();
+        let mut p3 = [-1f32; 3];
+        let mut refused = |b: ur_judge_item, want: ur_status, fragment: &str| {
+            expect_status(pairwise(&a_px, &b, &mut p3, &mut untouched), want, fragment)
+        };
+        let invalid = ur_status::UR_ERROR_INVALID_ARGUMENT;
+        for (change, fragment) in [
+            ((|p: &mut ur_judge_pixels| p.num_frames = 2) as fn(&mut ur_judge_pixels), "`b.value->num_frames` is 2"),
+            (|p| p.num_frames = 0, "`b.value->num_frames` is 0: an image (UR_JUDGE_IMAGE_PIXELS) takes 1 to 1"),
+            (|p| p.height = 0, "`b.value->height` is 0: a frame takes 1 to 32768"),
+            (|p| p.width = 40_000, "`b.value->width` is 40000"),
+            (|p| p.struct_size = 4, "`b.value->struct_size` is 4"),
+        ] {
+            let mut bad = p1;
+            change(&mut bad);
+            refused(pixel_item(UR_JUDGE_IMAGE_PIXELS, &bad), invalid, fragment);
+        }
+        let mut no_data = p1;
+        no_data.data = null();
+        refused(pixel_item(UR_JUDGE_IMAGE_PIXELS, &no_data), ur_status::UR_ERROR_NULL_POINTER, "`b.value->data`");
+        let null_value = ur_judge_item { kind: UR_JUDGE_IMAGE_PIXELS, reserved: 0, value: null() };
+        refused(null_value, ur_status::UR_ERROR_NULL_POINTER, "`b.value`");
+        let mut no_frames = video;
+        no_frames.num_frames = 0;
+        refused(
+            pixel_item(UR_JUDGE_VIDEO_PIXELS, &no_frames),
+            invalid,
+            "a video (UR_JUDGE_VIDEO_PIXELS) takes 1 to 100000",
+        );
+        refused(pixel_item(UR_JUDGE_VIDEO_PIXELS, &video), invalid, "takes images, got video of 3 frames");
+        assert_eq!(p3, [-1.0; 3], "a failing call wrote probabilities");
+        assert_eq!(untouched.num_probs, 0, "a failing call wrote a result");
+
+        ur_judge_free(judge);
         ur_context_free(ctx);
     }
 }

@@ -4,6 +4,8 @@
 
 mod judge_checkpoint;
 
+use std::sync::Arc;
+
 use judge_checkpoint::{fixtures, image, judge_dir, VOCAB};
 use unireward::judge::answer::Verdict;
 use unireward::judge::{
@@ -11,7 +13,7 @@ use unireward::judge::{
     Judge, JudgeModel, JudgeRequest, MediaFile, MediaInput as TemplateMedia, MediaPixels, Mode, ScoreGrammar, Task,
     TaskTemplate,
 };
-use unireward::media::ImageProcessor;
+use unireward::media::{decode_image, ImageProcessor, RgbImage, VideoSource};
 use unireward::{DType, Device};
 
 fn judge(name: &str) -> (judge_checkpoint::JudgeDir, Judge) {
@@ -209,4 +211,80 @@ fn bad_requests_are_refused_by_name() {
     };
     let e = judge.judge_many(&[request]).unwrap_err().to_string();
     assert!(e.contains("`candidates`") && e.contains("takes 2, 1 given"), "{e}");
+}
+
+/// An image file's pixels, decoded here and given to the judge in memory.
+fn decoded(name: &str) -> MediaFile {
+    MediaFile::ImagePixels(Arc::new(decode_image(&image(name)).unwrap()))
+}
+
+fn bits(probs: &[f32]) -> Vec<u32> {
+    probs.iter().map(|p| p.to_bits()).collect()
+}
+
+#[test]
+fn media_in_memory_judge_bit_for_bit_as_their_files() {
+    let (_dir, judge) = judge("in_memory");
+    let caption = Context::with_field("caption", "a red square");
+    // Two images of one prompt (square tiles each), as files and as pixels.
+    let files = judge.pairwise(Task::ImageGeneration, &caption, img("two_images_0.png"), img("two_images_1.png"));
+    let (a, b) = (Candidate::Media(decoded("two_images_0.png")), Candidate::Media(decoded("two_images_1.png")));
+    let pixels = judge.pairwise(Task::ImageGeneration, &caption, a, b);
+    let (files, pixels) = (files.unwrap(), pixels.unwrap());
+    assert_eq!(bits(&files.probs), bits(&pixels.probs));
+    assert_eq!((files.prompt_tokens, files.verdict), (pixels.prompt_tokens, pixels.verdict));
+
+    // A context's image alone (anyres tiles), a file beside the same pixels in one batch.
+    let mut question = Context::with_field("question", "What color is the square?");
+    question.media = vec![MediaFile::Image(image("anyres_0.png"))];
+    let mut in_memory = question.clone();
+    in_memory.media = vec![decoded("anyres_0.png")];
+    let request = |context: &Context| JudgeRequest {
+        task: Task::ImageUnderstanding,
+        mode: Mode::Pointwise,
+        context: context.clone(),
+        candidates: vec![Candidate::Text("It is red.".into())],
+    };
+    let batch = judge.judge_many(&[request(&question), request(&in_memory)]).unwrap();
+    let (file, memory) = (&batch.results[0], &batch.results[1]);
+    assert_eq!(bits(&file.probs), bits(&memory.probs));
+    assert_eq!(file.score.unwrap().to_bits(), memory.score.unwrap().to_bits());
+    assert_eq!(file.prompt_tokens, memory.prompt_tokens);
+
+    // A video: every frame of the folder in memory, sampled by the judge as it samples the folder's files.
+    let folder = fixtures().join("llava/video");
+    let VideoSource::Frames(paths) = VideoSource::from_path(&folder).unwrap() else { panic!("a folder of frames") };
+    let frames: Vec<RgbImage> = paths.iter().map(|p| decode_image(p).unwrap()).collect();
+    let caption = Context::with_field("caption", "a square");
+    let file = judge.pointwise(Task::VideoGeneration, &caption, Candidate::Media(MediaFile::Video(folder))).unwrap();
+    let memory =
+        judge.pointwise(Task::VideoGeneration, &caption, Candidate::Media(MediaFile::VideoFrames(frames.into())));
+    assert_eq!(bits(&file.probs), bits(&memory.unwrap().probs));
+}
+
+#[test]
+fn bad_media_in_memory_are_refused_by_name() {
+    let (_dir, judge) = judge("bad_in_memory");
+    let caption = Context::with_field("caption", "x");
+    let err = |task: Task, media: MediaFile| {
+        judge.pointwise(task, &caption, Candidate::Media(media)).unwrap_err().to_string()
+    };
+    let e = err(Task::VideoGeneration, MediaFile::VideoFrames(Vec::new().into()));
+    assert!(e.contains("request 0: video of 0 frames (in memory)") && e.contains("1 to 100000 frames"), "{e}");
+    let e = err(Task::VideoGeneration, decoded("anyres_0.png"));
+    let size = decode_image(&image("anyres_0.png")).unwrap();
+    assert!(e.contains(&format!("takes videos, got image {}x{} (in memory)", size.width(), size.height())), "{e}");
+    let frame = RgbImage::filled(4, 3, [9, 9, 9]).unwrap();
+    let e = err(Task::ImageGeneration, MediaFile::VideoFrames(vec![frame.clone(), frame].into()));
+    assert!(e.contains("takes images, got video of 2 frames of 4x3 (in memory)"), "{e}");
+    let request = JudgeRequest {
+        task: Task::VideoGeneration,
+        mode: Mode::Pointwise,
+        context: caption.clone(),
+        candidates: vec![Candidate::Media(MediaFile::VideoFrames(Vec::new().into()))],
+    };
+    assert!(judge.check(&request).unwrap_err().to_string().contains("video of 0 frames"));
+    // The pixels' own checks are RgbImage's.
+    assert!(RgbImage::new(0, 3, Vec::new()).unwrap_err().to_string().contains("zero size"));
+    assert!(RgbImage::new(2, 2, vec![0; 11]).unwrap_err().to_string().contains("needs 12 bytes"));
 }

@@ -154,7 +154,11 @@ fn video_frames_match_the_per_frame_resize() {
     let out = processor(case["config"].as_str().unwrap()).preprocess_frames(&frames).unwrap();
     assert_eq!(out.shape(), usizes(&case["shape"]));
     assert_eq!(max_difference(case, out.as_slice::<f32>().unwrap()), 0.0);
-    assert!(processor("tiny_bicubic").preprocess_frames(&[]).unwrap_err().to_string().contains("at least one frame"));
+    assert!(processor("tiny_bicubic")
+        .preprocess_frames::<RgbImage>(&[])
+        .unwrap_err()
+        .to_string()
+        .contains("at least one frame"));
 }
 
 /// PIL's `convert("RGB")` of the file: width, height, bytes.

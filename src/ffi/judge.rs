@@ -1,9 +1,11 @@
 //! `ur_judge_*`: the judge (`crate::judge::Judge`) behind an opaque handle — one-pass pairwise verdicts and
 //! pointwise scores of the four UnifiedReward tasks, one request at a time or batched. Media cross as file paths
-//! (the judge decodes and preprocesses them itself, with the checkpoint's `preprocessor_config.json`).
+//! (the judge decodes them itself) or as 8-bit RGB pixels in host memory (`ur_judge_pixels`); either way the judge
+//! preprocesses them with the checkpoint's `preprocessor_config.json`.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytemuck::NoUninit;
 
@@ -13,6 +15,7 @@ use super::host_out::{check_host_outputs, HostOut, HostSpan};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::judge::answer::Verdict;
 use crate::judge::{AnswerClasses, Candidate, Context, Judge, JudgeRequest, JudgeResult, MediaFile, Mode, Task};
+use crate::media::{RgbImage, MAX_IMAGE_SIDE, MAX_VIDEO_FRAMES};
 
 /// `task` codes (the numbers never change).
 pub const UR_TASK_IMAGE_GENERATION: i32 = 0;
@@ -29,6 +32,10 @@ pub const UR_JUDGE_TEXT: i32 = 0;
 pub const UR_JUDGE_IMAGE: i32 = 1;
 /// `ur_judge_item.kind`: a video, as a folder of frame images or an animated GIF.
 pub const UR_JUDGE_VIDEO: i32 = 2;
+/// `ur_judge_item.kind`: an image's pixels in memory, `value` pointing to a `ur_judge_pixels` of one frame.
+pub const UR_JUDGE_IMAGE_PIXELS: i32 = 3;
+/// `ur_judge_item.kind`: a video's frames in memory, `value` pointing to a `ur_judge_pixels`.
+pub const UR_JUDGE_VIDEO_PIXELS: i32 = 4;
 /// `ur_judge_result.verdict`: the first candidate given (A) is better.
 pub const UR_VERDICT_FIRST: i32 = 0;
 /// The second candidate given (B) is better.
@@ -54,8 +61,7 @@ pub struct ur_judge {
     judge: Judge,
 }
 
-/// One candidate, or one image or video of a context: a kind (`UR_JUDGE_TEXT`, `UR_JUDGE_IMAGE`,
-/// `UR_JUDGE_VIDEO`) and its value (the text, or the file's path), NUL-terminated UTF-8. Its layout is fixed.
+/// One candidate, or one image or video of a context: a kind (`UR_JUDGE_*`) and its value. Its layout is fixed.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +69,54 @@ pub struct ur_judge_item {
     pub kind: i32,
     /// Set to 0.
     pub reserved: i32,
-    pub value: *const c_char,
+    /// `UR_JUDGE_TEXT`, `UR_JUDGE_IMAGE`, `UR_JUDGE_VIDEO`: the text, or the file's path, NUL-terminated UTF-8
+    /// (`const char *`). `UR_JUDGE_IMAGE_PIXELS`, `UR_JUDGE_VIDEO_PIXELS`: a `const ur_judge_pixels *`.
+    pub value: *const c_void,
+}
+
+/// An image or a video as 8-bit RGB pixels in host memory, the value of a `UR_JUDGE_IMAGE_PIXELS` or
+/// `UR_JUDGE_VIDEO_PIXELS` item: judged exactly as the same pixels decoded from a file. The bytes are copied during
+/// the call. Initialise with `ur_judge_pixels_default()`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ur_judge_pixels {
+    /// `sizeof(ur_judge_pixels)`.
+    pub struct_size: u32,
+    /// Set to 0.
+    pub reserved: u32,
+    /// `num_frames · height · width · 3` bytes: the frames in playing order, each row-major (rows top to bottom),
+    /// R G B interleaved.
+    pub data: *const u8,
+    /// 1 for an image (the default); a video's frames, all of them (1 to 100000): the judge samples the
+    /// template's frames evenly, as from a video file.
+    pub num_frames: u64,
+    /// Each frame's size, 1 to 32768 pixels a side.
+    pub height: u64,
+    pub width: u64,
+}
+
+impl Versioned for ur_judge_pixels {
+    const NAME: &'static str = "ur_judge_pixels";
+}
+
+impl Config for ur_judge_pixels {
+    fn default_value() -> Self {
+        ur_judge_pixels {
+            struct_size: size_of_u32::<Self>(),
+            reserved: 0,
+            data: std::ptr::null(),
+            num_frames: 1,
+            height: 0,
+            width: 0,
+        }
+    }
+}
+
+/// One frame, no data, no size yet.
+#[no_mangle]
+pub extern "C" fn ur_judge_pixels_default() -> ur_judge_pixels {
+    ur_judge_pixels::default_value()
 }
 
 /// What the candidates are judged against: the template's fields by name (`caption` for generation tasks,
@@ -81,7 +134,8 @@ pub struct ur_judge_context {
     pub field_names: *const *const c_char,
     pub field_values: *const *const c_char,
     pub num_fields: usize,
-    /// `num_media` images or videos (`UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` items; NULL when `num_media` is 0).
+    /// `num_media` images or videos (`UR_JUDGE_IMAGE`, `_VIDEO`, `_IMAGE_PIXELS` or `_VIDEO_PIXELS` items; NULL
+    /// when `num_media` is 0).
     pub media: *const ur_judge_item,
     pub num_media: usize,
 }
@@ -125,8 +179,8 @@ pub struct ur_judge_request {
     pub reserved: i32,
     /// NULL: an empty context.
     pub context: *const ur_judge_context,
-    /// Two candidates (A, B) for pairwise, one for pointwise: media files for generation tasks, texts for
-    /// understanding tasks.
+    /// Two candidates (A, B) for pairwise, one for pointwise: media (files or pixels) for generation tasks, texts
+    /// for understanding tasks.
     pub candidates: *const ur_judge_item,
     pub num_candidates: usize,
 }
@@ -221,12 +275,18 @@ unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> {
 /// An item as the Rust API takes it (a context's media are refused as text by the caller).
 ///
 /// # Safety
-/// `item.value` is NULL or NUL-terminated.
+/// `item.value` is NULL, NUL-terminated (a text or a path) or a readable `ur_judge_pixels` (the pixel kinds) as
+/// [`read_pixels`] needs.
 unsafe fn candidate(name: &str, item: &ur_judge_item) -> FfiResult<Candidate> {
-    let kinds = [UR_JUDGE_TEXT, UR_JUDGE_IMAGE, UR_JUDGE_VIDEO];
+    let kinds = [UR_JUDGE_TEXT, UR_JUDGE_IMAGE, UR_JUDGE_VIDEO, UR_JUDGE_IMAGE_PIXELS, UR_JUDGE_VIDEO_PIXELS];
     let kind = code(&format!("{name}.kind"), item.kind, &kinds)?;
+    if matches!(kind, UR_JUDGE_IMAGE_PIXELS | UR_JUDGE_VIDEO_PIXELS) {
+        // SAFETY: this function's contract.
+        let media = unsafe { read_pixels(name, kind == UR_JUDGE_VIDEO_PIXELS, item.value.cast()) }?;
+        return Ok(Candidate::Media(media));
+    }
     // SAFETY: this function's contract.
-    let value = unsafe { text(&format!("{name}.value"), item.value) }?;
+    let value = unsafe { text(&format!("{name}.value"), item.value.cast()) }?;
     Ok(match kind {
         UR_JUDGE_TEXT => Candidate::Text(value),
         UR_JUDGE_IMAGE => Candidate::Media(MediaFile::Image(PathBuf::from(value))),
@@ -234,11 +294,53 @@ unsafe fn candidate(name: &str, item: &ur_judge_item) -> FfiResult<Candidate> {
     })
 }
 
+/// The pixels of item `name` copied into an image (one frame) or a video's frames, every size checked before any
+/// byte is read.
+///
+/// # Safety
+/// `pixels` is NULL or a readable `ur_judge_pixels` of its `struct_size` whose `data` holds
+/// `num_frames · height · width · 3` readable bytes.
+unsafe fn read_pixels(name: &str, video: bool, pixels: *const ur_judge_pixels) -> FfiResult<MediaFile> {
+    let field = format!("{name}.value->");
+    if pixels.is_null() {
+        return Err(Failure::null(&format!("{name}.value")));
+    }
+    let renamed = |f: Failure| Failure { message: f.message.replace("`ur_judge_pixels.", &format!("`{field}")), ..f };
+    // SAFETY: this function's contract.
+    let p = unsafe { read_config(pixels) }.map_err(renamed)?;
+    let most_frames = if video { MAX_VIDEO_FRAMES } else { 1 };
+    let dim = |value: u64, f: &str, most: usize, what: &str| -> FfiResult<usize> {
+        match usize::try_from(value) {
+            Ok(v) if (1..=most).contains(&v) => Ok(v),
+            _ => Err(Failure::invalid(format!("`{field}{f}` is {value}: {what} takes 1 to {most}"))),
+        }
+    };
+    let kind = if video { "a video (UR_JUDGE_VIDEO_PIXELS)" } else { "an image (UR_JUDGE_IMAGE_PIXELS)" };
+    let frames = dim(p.num_frames, "num_frames", most_frames, kind)?;
+    let height = dim(p.height, "height", MAX_IMAGE_SIDE, "a frame")?;
+    let width = dim(p.width, "width", MAX_IMAGE_SIDE, "a frame")?;
+    if p.data.is_null() {
+        return Err(Failure::null(&format!("{field}data")));
+    }
+    // At most 32768² · 3 bytes a frame and 100000 frames: no overflow in 64 bits.
+    let frame_bytes = height * width * 3;
+    // SAFETY: this function's contract: `data` holds the frames' bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(p.data, frames * frame_bytes) };
+    let mut images = bytes
+        .chunks_exact(frame_bytes)
+        .map(|frame| RgbImage::new(width, height, frame.to_vec()))
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok(match video {
+        true => MediaFile::VideoFrames(images.into()),
+        false => MediaFile::ImagePixels(Arc::new(images.remove(0))),
+    })
+}
+
 /// Reads a context (NULL: empty), its strings copied.
 ///
 /// # Safety
 /// `ctx` is NULL or a readable `ur_judge_context` of its `struct_size` whose arrays hold their counts of valid
-/// pointers.
+/// pointers, its media items valid as [`candidate`] needs.
 unsafe fn read_context(name: &str, ctx: *const ur_judge_context) -> FfiResult<Context> {
     let at = |f: Failure| {
         let message = f.message.replace("`ur_judge_context.", &format!("`{name}->"));
@@ -483,15 +585,17 @@ pub unsafe extern "C" fn ur_judge_num_probs(
 }
 
 /// Which of candidates `a` and `b` is better for `task` (`UR_TASK_*`), or a tie, judged in one pass from both
-/// orders against `context` (NULL: empty): generation tasks judge `UR_JUDGE_IMAGE` / `UR_JUDGE_VIDEO` files
-/// against a `caption` field, understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's
-/// image or video. Writes `[A better, B better, tie]` to `probs` (room for `probs_capacity` floats, at least 3)
-/// and the verdict to `*result`. Everything (the arguments, the fields the task's template needs, the media files)
-/// is checked before anything is written. Synchronises.
+/// orders against `context` (NULL: empty): generation tasks judge images or videos (`UR_JUDGE_IMAGE` /
+/// `UR_JUDGE_VIDEO` files, `UR_JUDGE_IMAGE_PIXELS` / `UR_JUDGE_VIDEO_PIXELS` pixels) against a `caption` field,
+/// understanding tasks `UR_JUDGE_TEXT` responses to a `question` about the context's image or video. Writes
+/// `[A better, B better, tie]` to `probs` (room for `probs_capacity` floats, at least 3) and the verdict to
+/// `*result`. Everything (the arguments, the fields the task's template needs, the media) is checked before
+/// anything is written. Synchronises.
 ///
 /// # Safety
 /// `ctx` comes from `ur_context_create`, `judge` from `ur_judge_load`; `context` is NULL or a readable
-/// `ur_judge_context`; `a` and `b` are NULL or readable items; strings are NUL-terminated; `probs` holds
+/// `ur_judge_context`; `a` and `b` are NULL or readable items; strings are NUL-terminated; a pixel item's `value`
+/// is a readable `ur_judge_pixels` whose `data` holds its bytes; `probs` holds
 /// `probs_capacity` writable floats; `result` is NULL (an error) or points to `result->struct_size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn ur_judge_pairwise(

@@ -9,31 +9,25 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use super::answer::{parse_answer, AnswerError, Judgment, Verdict};
 use super::chat_template::ChatTemplate;
 use super::generate::{generate, GenerationConfig};
+use super::media_file::MediaFile;
 use super::scoring::JudgeModel;
 use super::templates::{
     AnswerGrammar, MediaInput as TemplateMedia, MediaSpec, Mode, Task, TaskTemplate, IMAGE_PLACEHOLDER,
 };
 use super::tokenizer::Tokenizer;
 use super::verdict::{one_pass, AnswerClasses, ClassProbabilities, PairVerdict};
-use crate::media::{decode_image, load_video, ImageLayout, ImagePixels, ImageProcessor, RgbImage, VideoSource};
+use crate::media::{ImageLayout, ImagePixels, ImageProcessor};
 use crate::model::llava::packing::{Media, PackingPlan};
 use crate::model::llava::{LlavaOnevisionModel, MediaInput};
 use crate::model::Qwen2Model;
 use crate::runtime::{DType, Device};
 use crate::{Error, Result};
-
-/// An image file, or a video (a folder of frame images or an animated GIF).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MediaFile {
-    Image(PathBuf),
-    Video(PathBuf),
-}
 
 /// What is judged: a generated image or video (generation tasks), or a response text (understanding tasks).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,13 +282,7 @@ impl Judge {
                 request.task
             )));
         }
-        for m in &media.files {
-            let (MediaFile::Image(path) | MediaFile::Video(path)) = m;
-            if !path.exists() {
-                return Err(Error::InvalidArgument(format!("media file {} does not exist", path.display())));
-            }
-        }
-        Ok(())
+        media.files.iter().try_for_each(MediaFile::check)
     }
 
     /// A reasoned judgment: the answer generated (forward order only) and parsed, and the one-pass probabilities of
@@ -389,9 +377,9 @@ impl Judge {
             request.context.media.clone()
         };
         let video = matches!(template.media, MediaSpec::Video { .. });
-        if let Some(m) = media.iter().find(|m| matches!(m, MediaFile::Video(_)) != video) {
+        if let Some(m) = media.iter().find(|m| m.is_video() != video) {
             return Err(Error::InvalidArgument(format!(
-                "{}.{} takes {}, got {m:?}",
+                "{}.{} takes {}, got {m}",
                 request.task,
                 request.mode,
                 if video { "videos" } else { "images" }
@@ -418,18 +406,9 @@ impl Judge {
         let processor = self.processor.as_ref().ok_or_else(|| {
             Error::InvalidArgument("this checkpoint is a text-only Qwen2: it cannot see images or videos".into())
         })?;
-        let mut images: Vec<RgbImage> = Vec::new();
+        let mut images = Vec::new();
         for m in &media.files {
-            let (MediaFile::Image(path) | MediaFile::Video(path)) = m;
-            if !path.exists() {
-                return Err(Error::InvalidArgument(format!("media file {} does not exist", path.display())));
-            }
-            match m {
-                MediaFile::Image(path) => images.push(decode_image(path)?),
-                MediaFile::Video(path) => {
-                    images.extend(load_video(&VideoSource::from_path(path)?, media.frames_per_video)?.frames)
-                }
-            }
+            images.extend(m.rgb_frames(media.frames_per_video)?);
         }
         let layout = if images.len() == 1 { ImageLayout::Anyres } else { ImageLayout::Square };
         images.iter().map(|image| processor.preprocess(image, layout)).collect()

@@ -3,9 +3,7 @@
 //! packed features have rows (what transformers' processor does); the media preprocessed with the checkpoint's
 //! image processor (one image alone takes the anyres tiles, several are each padded to a square).
 
-use std::path::Path;
-
-use super::api::MediaFile;
+use super::media_file::MediaFile;
 use super::tokenizer::Tokenizer;
 use crate::media::{ImageLayout, ImageProcessor, Size};
 use crate::model::llava::packing::PlaceholderTokens;
@@ -27,16 +25,15 @@ pub struct MediaPixels {
 }
 
 impl MediaPixels {
-    /// Preprocesses `file`: an image with `layout`, a video as `frames` frames sampled evenly.
+    /// Preprocesses `file` (or pixels in memory): an image with `layout`, a video as `frames` frames sampled
+    /// evenly.
     pub fn load(processor: &ImageProcessor, file: &MediaFile, layout: ImageLayout, frames: usize) -> Result<Self> {
-        Ok(match file {
-            MediaFile::Image(path) => {
-                let pixels = processor.preprocess_file(path, layout)?;
-                MediaPixels { pixels: pixels.pixel_values, image_size: Some(pixels.image_size) }
-            }
-            MediaFile::Video(path) => {
-                MediaPixels { pixels: processor.preprocess_video(path, frames)?, image_size: None }
-            }
+        let rgb = file.rgb_frames(frames)?;
+        Ok(if file.is_video() {
+            MediaPixels { pixels: processor.preprocess_frames(&rgb)?, image_size: None }
+        } else {
+            let pixels = processor.preprocess(&rgb[0], layout)?;
+            MediaPixels { pixels: pixels.pixel_values, image_size: Some(pixels.image_size) }
         })
     }
 
@@ -59,20 +56,14 @@ pub fn image_layout(images: usize) -> ImageLayout {
     }
 }
 
-/// Every file of one prompt preprocessed, an error naming the file that fails.
+/// Every file (or pixels in memory) of one prompt preprocessed, an error naming the item that fails.
 pub fn load_media(processor: &ImageProcessor, files: &[MediaFile], frames: usize) -> Result<Vec<MediaPixels>> {
-    let layout = image_layout(files.iter().filter(|f| matches!(f, MediaFile::Image(_))).count());
-    let named = |path: &Path, e: Error| match e {
-        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", path.display())),
+    let layout = image_layout(files.iter().filter(|f| !f.is_video()).count());
+    let named = |file: &MediaFile, e: Error| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{file}: {m}")),
         other => other,
     };
-    files
-        .iter()
-        .map(|f| {
-            let (MediaFile::Image(path) | MediaFile::Video(path)) = f;
-            MediaPixels::load(processor, f, layout, frames).map_err(|e| named(path, e))
-        })
-        .collect()
+    files.iter().map(|f| MediaPixels::load(processor, f, layout, frames).map_err(|e| named(f, e))).collect()
 }
 
 /// The ids of `text` (a rendered prompt), each marker replaced by its item's `counts` placeholders: images' counts

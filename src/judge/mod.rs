@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench;
 pub mod chat_template;
 pub mod generate;
+mod media_file;
 pub mod media_prompt;
 pub mod metrics;
 pub mod scoring;
@@ -14,9 +15,10 @@ pub mod templates;
 pub mod tokenizer;
 pub mod verdict;
 
-pub use api::{Candidate, Context, Judge, JudgeBatch, JudgeRequest, JudgeResult, MediaFile, Reasoning};
+pub use api::{Candidate, Context, Judge, JudgeBatch, JudgeRequest, JudgeResult, Reasoning};
 pub use chat_template::ChatTemplate;
 pub use generate::{generate, generate_with_prefix, FinishReason, GenerationConfig};
+pub use media_file::MediaFile;
 pub use media_prompt::{expand_media_markers, load_media, MediaPixels};
 pub use scoring::{JudgeModel, ScoredSequence, SequenceScores};
 pub use templates::{

@@ -5,6 +5,7 @@
 //! `f32(v · rescale_factor)` (the product in f64, as numpy does it) and `(x - mean) / std` in f32: the result is the
 //! processor's float32 output bit for bit.
 
+use std::borrow::Borrow;
 use std::path::Path;
 
 use super::anyres::{centring_offset, fitted_size, select_best_resolution, Size};
@@ -156,12 +157,13 @@ impl ImageProcessor {
         self.preprocess_frames(&load_video(&VideoSource::from_path(path)?, frames)?.frames)
     }
 
-    /// Video frames (already sampled) each resized plainly to one tile: `[frames, 3, height, width]` f32.
-    pub fn preprocess_frames(&self, frames: &[RgbImage]) -> Result<Tensor> {
+    /// Video frames (already sampled; owned or borrowed) each resized plainly to one tile: `[frames, 3, height,
+    /// width]` f32.
+    pub fn preprocess_frames<F: Borrow<RgbImage>>(&self, frames: &[F]) -> Result<Tensor> {
         if frames.is_empty() {
             return Err(crate::Error::InvalidArgument("a video needs at least one frame".into()));
         }
-        let resized = frames.iter().map(|frame| self.resize_to_tile(frame)).collect::<Result<Vec<_>>>()?;
+        let resized = frames.iter().map(|frame| self.resize_to_tile(frame.borrow())).collect::<Result<Vec<_>>>()?;
         self.to_tensor(&resized)
     }
 

@@ -7,8 +7,8 @@ use crate::{Error, Result};
 /// camera or generated image and keeps every index and product of sizes far from overflow.
 pub const MAX_IMAGE_SIDE: usize = 1 << 15;
 
-/// An 8-bit RGB image.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An 8-bit RGB image. Ordered (size, then bytes) so that media holding one can key a map.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RgbImage {
     width: usize,
     height: usize,

@@ -52,11 +52,22 @@ int judge_checks(const char* dir, const char* llava) {
   print("many.1", batch.at(1));
   if (info.prefill_tokens == 0 || judge.num_probs(UR_TASK_VIDEO_GENERATION, UR_JUDGE_POINTWISE) != 10) return 1;
 
+  // Pixels in memory: three 10 x 14 frames, byte i of frame k = (13 i + 71 k) mod 256 (tests/c_abi.rs makes the same).
+  std::vector<uint8_t> frames(3 * 10 * 14 * 3);
+  for (size_t k = 0; k < 3; ++k)
+    for (size_t i = 0; i < 10 * 14 * 3; ++i) frames[k * 10 * 14 * 3 + i] = static_cast<uint8_t>((13 * i + 71 * k) % 256);
+  print("image_pixels",
+        judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, JudgeItem::image_pixels(frames.data(), 10, 14)));
+  print("video_pixels",
+        judge.pointwise(UR_TASK_VIDEO_GENERATION, caption, JudgeItem::video_pixels(frames.data(), 3, 10, 14)));
+
   expect_error([&] { judge.pairwise(9, caption, a, b); }, UR_ERROR_INVALID_ARGUMENT, "`task` is 9");
   expect_error([&] { judge.pairwise(UR_TASK_IMAGE_GENERATION, {}, a, b); }, UR_ERROR_INVALID_ARGUMENT, "caption");
   expect_error([&] { judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, JudgeItem::image("/no/such.png")); },
                UR_ERROR_INVALID_ARGUMENT, "/no/such.png");
   expect_error([&] { judge.many({}); }, UR_ERROR_INVALID_ARGUMENT, "`num_requests` is 0");
+  expect_error([&] { judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, JudgeItem::image_pixels(frames.data(), 0, 14)); },
+               UR_ERROR_INVALID_ARGUMENT, "candidates[0].value->height` is 0");
   expect_error([&] { unireward::Judge(ctx, "/no/such/judge"); }, UR_ERROR_CHECKPOINT, "/no/such/judge");
   unireward::Judge moved = std::move(judge);
   if (judge.get() != nullptr || moved.get() == nullptr) return 1;

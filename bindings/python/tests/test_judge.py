@@ -1,13 +1,18 @@
 """`unireward.Judge` on a tiny LLaVA-OneVision judge (the random model of tests/fixtures/llava/hf with its vocabulary
 widened to the Qwen2 tokenizer fixture's, as tests/judge_checkpoint does for the Rust tests): pairwise, pointwise and
-batched judgments equal the Rust `Judge`'s (run through `unireward judge --json`, built next to the library), and
-bad input is refused by name."""
+batched judgments equal the Rust `Judge`'s (run through `unireward judge --json`, built next to the library), pixels
+in memory (numpy, torch, PIL) judge bit for bit as the PNG files holding them, and bad input is refused by name."""
 
+import binascii
 import json
 import pathlib
 import shutil
+import struct
 import subprocess
+import zlib
 
+import numpy as np
+import PIL.Image  # Pillow comes with the test environment (diffusers needs it)
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -120,10 +125,8 @@ def test_bad_input_is_refused_by_name(judge, judge_dir):
     assert e.value.status_name == "UR_ERROR_INVALID_ARGUMENT"
     with pytest.raises(UnirewardError, match="no_such.png"):
         judge.pointwise("image_generation", IMAGES / "no_such.png", caption="x")
-    with pytest.raises(TypeError, match="candidates\\[1\\] must be a file path"):
-        judge.pairwise("image_generation", a, torch.zeros(3, 8, 8), caption="x")
-    with pytest.raises(TypeError, match="images\\[0\\] must be a file path"):
-        judge.pointwise("image_understanding", "r", question="q", images=[torch.zeros(3, 8, 8)])
+    with pytest.raises(TypeError, match="candidates\\[1\\] must be a path, a PIL image"):
+        judge.pairwise("image_generation", a, 7, caption="x")
     with pytest.raises(TypeError, match="response text"):
         judge.pointwise("image_understanding", a, question="q", images=[a])
     with pytest.raises(UnirewardError, match="candidates"):
@@ -138,3 +141,82 @@ def test_bad_input_is_refused_by_name(judge, judge_dir):
     closed.close()
     with pytest.raises(RuntimeError, match="closed"):
         closed.pointwise("image_generation", a, caption="x")
+
+
+def write_png(path, pixels):
+    """`pixels` (H x W x 3 uint8) as an 8-bit RGB PNG, with the standard library alone (no decoder under test)."""
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].tobytes() for y in range(h))
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", binascii.crc32(kind + data)))  # fmt: skip
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def test_pixels_in_memory_judge_bit_for_bit_as_their_files(judge, tmp_path):
+    rng = np.random.default_rng(12)
+    a, b = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8), rng.integers(0, 256, (31, 9, 3), dtype=np.uint8)
+    a_png, b_png = write_png(tmp_path / "a.png", a), write_png(tmp_path / "b.png", b)
+    files = judge.pairwise("image_generation", a_png, b_png, caption="a red square")
+    b_transposed = torch.from_numpy(np.ascontiguousarray(b.transpose(1, 0, 2))).transpose(0, 1)
+    assert not b_transposed.is_contiguous() and not np.asfortranarray(b).flags.c_contiguous
+    for a_mem, b_mem in [(a, b), (torch.from_numpy(a), torch.from_numpy(b)),
+                         (PIL.Image.fromarray(a), np.asfortranarray(b)), (str(a_png), b_transposed)]:  # fmt: skip
+        assert judge.pairwise("image_generation", a_mem, b_mem, caption="a red square").probs == files.probs
+    # PIL images of other modes are converted to RGB: grey levels repeated over the channels.
+    grey = PIL.Image.fromarray(a[:, :, 0], "L")
+    grey_png = write_png(tmp_path / "grey.png", np.repeat(a[:, :, :1], 3, axis=2))
+    converted = judge.pointwise("image_generation", grey, caption="x")
+    assert converted.probs == judge.pointwise("image_generation", grey_png, caption="x").probs
+
+    # A context image alone (anyres tiles), in one batch with its file.
+    question = "What color is the square?"
+    requests = [JudgeRequest("image_understanding", "pointwise", ["It is red."], question=question, images=[m])
+                for m in (a_png, a, torch.from_numpy(a))]  # fmt: skip
+    results = judge.judge_many(requests)
+    assert results[0].probs == results[1].probs == results[2].probs and results[0].score == results[2].score
+
+    # A video: a folder of PNG frames, and its F x H x W x 3 frames (every frame; the judge samples them).
+    frames = rng.integers(0, 256, (5, 12, 14, 3), dtype=np.uint8)
+    folder = tmp_path / "video"
+    folder.mkdir()
+    for k, frame in enumerate(frames):
+        write_png(folder / f"frame_{k}.png", frame)
+    from_folder = judge.pointwise("video_generation", folder, caption="a square").probs
+    for video in (frames, torch.from_numpy(frames), [PIL.Image.fromarray(f) for f in frames], list(frames)):
+        assert judge.pointwise("video_generation", video, caption="a square").probs == from_folder
+    understood = judge.pointwise("video_understanding", "It moves.", question="What moves?", videos=[folder])
+    assert judge.pointwise("video_understanding", "It moves.", question="What moves?",
+                           videos=[torch.from_numpy(frames)]).probs == understood.probs  # fmt: skip
+
+
+def test_bad_pixels_are_refused_by_name(judge):
+    image = np.zeros((8, 8, 3), np.uint8)
+    pair = lambda b: judge.pairwise("image_generation", image, b, caption="x")  # noqa: E731
+    with pytest.raises(TypeError, match="candidates\\[1\\] is a torch.float32 tensor.*permute"):
+        pair(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match="candidates\\[1\\] is a numpy array of int16"):
+        pair(np.zeros((8, 8, 3), np.int16))
+    with pytest.raises(ValueError, match="candidates\\[1\\] has shape \\(3, 8, 8\\).*H x W x 3"):
+        pair(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="candidates\\[1\\] has shape \\(8, 8\\)"):
+        pair(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="candidates\\[1\\] has shape \\(0, 8, 3\\)"):
+        pair(np.zeros((0, 8, 3), np.uint8))
+    with pytest.raises(TypeError, match="candidates\\[1\\] must be .*H x W x 3 image.*got list"):
+        pair([image])
+    with pytest.raises(TypeError, match="images\\[0\\] must be a path, a PIL image"):
+        judge.pointwise("image_understanding", "r", question="q", images=[None])
+    video = lambda v: judge.pointwise("video_generation", v, caption="x")  # noqa: E731
+    with pytest.raises(ValueError, match="candidates\\[0\\] has shape \\(8, 8, 3\\).*F x H x W x 3"):
+        video(image)
+    with pytest.raises(ValueError, match="candidates\\[0\\]'s frames differ in size"):
+        video([image, np.zeros((4, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="candidates\\[0\\]\\[1\\] has shape \\(2, 8, 8, 3\\)"):
+        video([image, np.zeros((2, 8, 8, 3), np.uint8)])
+    with pytest.raises(TypeError, match="candidates\\[0\\] must be .*a list of frames"):
+        video([])
+    with pytest.raises(ValueError, match="candidates\\[0\\] has shape \\(8, 8, 3\\).*F x H x W x 3"):
+        video(PIL.Image.new("RGB", (8, 8)))

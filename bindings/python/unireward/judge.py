@@ -1,12 +1,18 @@
 """`unireward.Judge`: a UnifiedReward judge checkpoint held by the library (`ur_judge_*`) — one-pass pairwise
 verdicts and pointwise scores of the four tasks, one at a time or batched (`judge_many`).
 
-Media are file paths: the library decodes and preprocesses them itself with the checkpoint's
-preprocessor_config.json (an image file, or a video as a folder of frames or an animated GIF). Tensors, arrays and
-PIL images are refused: the C judge takes no pixels, and writing them to a file would be lossy for float pixels."""
+Each image or video (a generation task's candidate, an understanding task's `images` / `videos`) is a file path
+(an image file, or a video as a folder of frames or an animated GIF, decoded by the library) or 8-bit RGB pixels in
+memory: a PIL image (converted to RGB), a uint8 numpy array or torch tensor `H x W x 3` (an image) or
+`F x H x W x 3` (a video: all its frames, sampled by the judge as a video file's are), or for a video a list of
+frames (PIL images or `H x W x 3` arrays/tensors of one size). Pixels are judged exactly as the same pixels decoded
+from a file. Float tensors (e.g. torchvision's `C x H x W` in [0, 1]) are refused rather than guessed at: convert
+them with `(x * 255).round().to(torch.uint8).permute(1, 2, 0)` if that is what they hold. Everything is preprocessed
+by the library with the checkpoint's preprocessor_config.json."""
 
 import ctypes
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -27,12 +33,21 @@ MODES = ("pairwise", "pointwise")
 #: `ur_judge_result.verdict` codes 0, 1, 2 ("A": the first candidate given is better).
 VERDICTS = ("A", "B", "tie")
 _TEXT, _IMAGE, _VIDEO = 0, 1, 2  # UR_JUDGE_TEXT, UR_JUDGE_IMAGE, UR_JUDGE_VIDEO
+_PIXELS = {_IMAGE: 3, _VIDEO: 4}  # UR_JUDGE_IMAGE_PIXELS, UR_JUDGE_VIDEO_PIXELS, by the kind of their files
 
 Path = Union[str, os.PathLike]
+#: An image or video: a path, a PIL image, a uint8 numpy array or torch tensor (H x W x 3, or F x H x W x 3 for a
+#: video), or a video's list of frames.
+Media = object
 
 
 class _JudgeItem(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_int32), ("reserved", ctypes.c_int32), ("value", ctypes.c_char_p)]
+    _fields_ = [("kind", ctypes.c_int32), ("reserved", ctypes.c_int32), ("value", ctypes.c_void_p)]
+
+
+class _JudgePixels(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("data", ctypes.c_void_p),
+                ("num_frames", ctypes.c_uint64), ("height", ctypes.c_uint64), ("width", ctypes.c_uint64)]  # fmt: skip
 
 
 class _JudgeContext(ctypes.Structure):
@@ -73,7 +88,8 @@ lib.ur_judge_num_probs.argtypes = [_P, ctypes.c_int32, ctypes.c_int32, ctypes.PO
 lib.ur_judge_num_probs.restype = ctypes.c_int32
 lib.ur_judge_free.argtypes = [_P]
 lib.ur_judge_free.restype = None
-for _name, _struct in [("ur_judge_context_default", _JudgeContext), ("ur_judge_request_default", _JudgeRequest)]:
+for _name, _struct in [("ur_judge_context_default", _JudgeContext), ("ur_judge_request_default", _JudgeRequest),
+                       ("ur_judge_pixels_default", _JudgePixels)]:  # fmt: skip
     getattr(lib, _name).argtypes = []
     getattr(lib, _name).restype = _struct
 
@@ -97,17 +113,18 @@ class JudgeResult:
 
 @dataclass
 class JudgeRequest:
-    """One judgment of a `judge_many` batch: `candidates` (two for "pairwise", one for "pointwise") are media paths
-    for generation tasks and response texts for understanding tasks; the context is `caption` (generation),
-    `question` and `images` / `videos` (understanding), and any other template `fields`."""
+    """One judgment of a `judge_many` batch: `candidates` (two for "pairwise", one for "pointwise") are images or
+    videos (paths or pixels, see the module) for generation tasks and response texts for understanding tasks; the
+    context is `caption` (generation), `question` and `images` / `videos` (understanding), and any other template
+    `fields`."""
 
     task: str
     mode: str
-    candidates: Sequence[Union[str, os.PathLike]]
+    candidates: Sequence[Media]
     caption: Optional[str] = None
     question: Optional[str] = None
-    images: Sequence[Path] = ()
-    videos: Sequence[Path] = ()
+    images: Sequence[Media] = ()
+    videos: Sequence[Media] = ()
     fields: Dict[str, str] = field(default_factory=dict)
 
 
@@ -118,11 +135,55 @@ def _task_code(task: str) -> int:
     return TASKS.index(name)
 
 
-def _path(what: str, value) -> bytes:
+_ACCEPTED = "a path, a PIL image, or a uint8 numpy array or torch tensor"
+
+
+def _pixels(what: str, value, video: bool) -> torch.Tensor:
+    """`value`'s RGB pixels as a contiguous uint8 CPU tensor, `F x H x W x 3` (F = 1 for an image)."""
+    pil = sys.modules.get("PIL.Image")
+    np = sys.modules.get("numpy")
+    if pil is not None and isinstance(value, pil.Image):
+        rgb = value.convert("RGB")
+        t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
+    elif np is not None and isinstance(value, np.ndarray):
+        if value.dtype != np.uint8:
+            raise TypeError(f"unireward: {what} is a numpy array of {value.dtype}; the judge takes uint8 RGB pixels")
+        t = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        if value.dtype != torch.uint8:
+            raise TypeError(f"unireward: {what} is a {value.dtype} tensor; the judge takes uint8 RGB pixels "
+                            "(H x W x 3): convert a float C x H x W tensor in [0, 1] with "
+                            "(x * 255).round().to(torch.uint8).permute(1, 2, 0)")  # fmt: skip
+        t = value.detach().cpu()
+    elif video and isinstance(value, (list, tuple)) and value:
+        frames = [_pixels(f"{what}[{i}]", f, False)[0] for i, f in enumerate(value)]
+        if any(f.shape != frames[0].shape for f in frames):
+            sizes = sorted({tuple(f.shape[:2]) for f in frames})
+            raise ValueError(f"unireward: {what}'s frames differ in size (H, W: {sizes}); give frames of one size")
+        return torch.stack(frames)
+    else:
+        kind = "an F x H x W x 3 video, or a list of frames" if video else "an H x W x 3 image"
+        raise TypeError(f"unireward: {what} must be {_ACCEPTED} ({kind}), got {type(value).__name__}")
+    want = 4 if video else 3
+    if t.dim() != want or t.shape[-1] != 3 or 0 in t.shape:
+        layout = "F x H x W x 3" if video else "H x W x 3"
+        raise ValueError(f"unireward: {what} has shape {tuple(t.shape)}; the judge takes {layout} RGB pixels "
+                         "(channels last, none of size 0)")  # fmt: skip
+    return (t if video else t.unsqueeze(0)).contiguous()
+
+
+def _media(what: str, value, kind: int, keep: list) -> "_JudgeItem":
+    """The C item of an image or video (`kind` `_IMAGE` / `_VIDEO`): its path, or its pixels (kept alive in `keep`,
+    with the struct that points to them)."""
     if isinstance(value, (str, os.PathLike)):
-        return os.fsencode(value)
-    raise TypeError(f"unireward: {what} must be a file path, got {type(value).__name__}: the judge reads media files "
-                    "itself (save tensors, arrays and PIL images losslessly, e.g. as PNG, and pass the path)")  # fmt: skip
+        path = ctypes.c_char_p(os.fsencode(value))
+        keep.append(path)
+        return _JudgeItem(kind, 0, ctypes.cast(path, ctypes.c_void_p).value)
+    t = _pixels(what, value, kind == _VIDEO)
+    pixels = lib.ur_judge_pixels_default()
+    pixels.data, (pixels.num_frames, pixels.height, pixels.width) = t.data_ptr(), t.shape[:3]
+    keep += [t, pixels]
+    return _JudgeItem(_PIXELS[kind], 0, ctypes.addressof(pixels))
 
 
 class _Request:
@@ -140,9 +201,10 @@ class _Request:
         values = [str(v).encode() for v in fields.values()]
         self.names = (ctypes.c_char_p * max(len(names), 1))(*names)
         self.values = (ctypes.c_char_p * max(len(values), 1))(*values)
-        media = [(_IMAGE, _path(f"images[{i}]", m)) for i, m in enumerate(request.images)]
-        media += [(_VIDEO, _path(f"videos[{i}]", m)) for i, m in enumerate(request.videos)]
-        self.media = (_JudgeItem * max(len(media), 1))(*[_JudgeItem(kind, 0, value) for kind, value in media])
+        self.keep = []  # the paths, pixels and pixel structs the items point to
+        media = [_media(f"images[{i}]", m, _IMAGE, self.keep) for i, m in enumerate(request.images)]
+        media += [_media(f"videos[{i}]", m, _VIDEO, self.keep) for i, m in enumerate(request.videos)]
+        self.media = (_JudgeItem * max(len(media), 1))(*media)
         self.context = lib.ur_judge_context_default()
         self.context.field_names, self.context.field_values = self.names, self.values
         self.context.num_fields = len(names)
@@ -154,9 +216,11 @@ class _Request:
                 if not isinstance(c, str):
                     raise TypeError(f"unireward: candidates[{i}] of {TASKS[self.task]} is a response text, "
                                     f"got {type(c).__name__}")  # fmt: skip
-                items.append(_JudgeItem(kind, 0, c.encode()))
+                text = ctypes.c_char_p(c.encode())
+                self.keep.append(text)
+                items.append(_JudgeItem(kind, 0, ctypes.cast(text, ctypes.c_void_p).value))
             else:
-                items.append(_JudgeItem(kind, 0, _path(f"candidates[{i}]", c)))
+                items.append(_media(f"candidates[{i}]", c, kind, self.keep))
         self.candidates = (_JudgeItem * max(len(items), 1))(*items)
         self.c = lib.ur_judge_request_default()
         self.c.task, self.c.mode = self.task, MODES.index(request.mode)
@@ -180,8 +244,9 @@ def _result(r: _JudgeResult, probs) -> JudgeResult:
 class Judge:
     """A judge checkpoint (LLaVA-OneVision, or a text-only Qwen2) with its tokenizer, chat template, image processor
     and the built-in task templates, in `dtype` on `device`. Generation tasks ("image_generation",
-    "video_generation") judge media files against a `caption`; understanding tasks ("image_understanding",
-    "video_understanding") judge response texts to a `question` about `images` / `videos`. Not thread-safe."""
+    "video_generation") judge images or videos against a `caption`; understanding tasks ("image_understanding",
+    "video_understanding") judge response texts to a `question` about `images` / `videos`. Images and videos are
+    paths or pixels in memory (PIL images, uint8 numpy arrays or torch tensors, see the module). Not thread-safe."""
 
     def __init__(self, path: Path, dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu"):
         code_bits = _dlpack._DTYPES.get(dtype)
@@ -213,14 +278,14 @@ class Judge:
         return n.value
 
     def pairwise(self, task: str, a, b, caption: Optional[str] = None, question: Optional[str] = None,
-                 images: Sequence[Path] = (), videos: Sequence[Path] = (),
+                 images: Sequence[Media] = (), videos: Sequence[Media] = (),
                  fields: Optional[Dict[str, str]] = None) -> JudgeResult:  # fmt: skip
         """Which of `a` and `b` is better (or a tie), from both orders in one pass."""
         return self.judge_many([JudgeRequest(task, "pairwise", [a, b], caption, question, images, videos,
                                              dict(fields or {}))])[0]  # fmt: skip
 
     def pointwise(self, task: str, candidate, caption: Optional[str] = None, question: Optional[str] = None,
-                  images: Sequence[Path] = (), videos: Sequence[Path] = (),
+                  images: Sequence[Media] = (), videos: Sequence[Media] = (),
                   fields: Optional[Dict[str, str]] = None) -> JudgeResult:  # fmt: skip
         """The score of `candidate` on the task's scale (the probability of each value, their expectation and the
         most probable value), in one pass."""

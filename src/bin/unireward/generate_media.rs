@@ -43,9 +43,7 @@ fn load_media(args: &Args) -> anyhow::Result<Vec<MediaPixels>> {
     images
         .chain(videos)
         .map(|(flag, file)| {
-            let (MediaFile::Image(path) | MediaFile::Video(path)) = &file;
-            MediaPixels::load(&processor, &file, layout, args.frames)
-                .with_context(|| format!("{flag} {}", path.display()))
+            MediaPixels::load(&processor, &file, layout, args.frames).with_context(|| format!("{flag} {file}"))
         })
         .collect()
 }

@@ -1619,6 +1619,17 @@ static void test_judge(const char* dir, const char* llava_root) {
   OK(ur_judge_pointwise(ctx, judge, UR_TASK_IMAGE_UNDERSTANDING, &und, &response, scale, 101, &sr));
   dump_judgment("judge.point", scale, &sr);
 
+  /* An image in memory: checked field by field before a byte is read (tests/c/judge.cpp judges pixels against
+     their files under valgrind). */
+  ur_judge_pixels pixels = ur_judge_pixels_default();
+  CHECK(pixels.struct_size == sizeof pixels && pixels.num_frames == 1, "ur_judge_pixels defaults");
+  static const uint8_t rgb[2 * 3 * 3] = {0};
+  pixels.data = rgb;
+  pixels.width = 3;
+  const ur_judge_item in_memory = {UR_JUDGE_IMAGE_PIXELS, 0, &pixels};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`b.value->height` is 0",
+        ur_judge_pairwise(ctx, judge, UR_TASK_IMAGE_GENERATION, &gen, &a, &in_memory, pair, 3, &pr));
+
   /* Both again in one batch: the same numbers. */
   ur_judge_request requests[2] = {ur_judge_request_default(), ur_judge_request_default()};
   const ur_judge_item pair_items[2] = {a, b};

@@ -320,8 +320,8 @@ fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
     let mut rng = ChaCha8Rng::seed_from_u64(23);
     for task in Task::ALL {
         for judgment in judgments(task, 3, &dir, "t-", &mut rng).unwrap() {
-            let conversations = judgment.conversations(&mut rng).unwrap();
-            assert_eq!(conversations.len(), 3, "a pairwise and two pointwise conversations");
+            let conversations = judgment.conversations().unwrap();
+            assert_eq!(conversations.len(), 4, "a pairwise conversation in each order and two pointwise ones");
             for c in &conversations {
                 let human = c["conversations"][0]["value"].as_str().unwrap();
                 let images = c["image"].as_array().unwrap();
@@ -332,26 +332,43 @@ fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
             }
             let videos = matches!(task, Task::VideoGeneration | Task::VideoUnderstanding);
             let per_candidate = if videos { FRAMES } else { 1 };
-            let pairwise = &conversations[0];
-            let verdict = pairwise["conversations"][1]["value"].as_str().unwrap();
-            // Which candidate the verdict prefers, read from where the better one sits in the prompt.
-            let better_first = match (&judgment.better, &judgment.worse) {
-                (WorldCandidate::Media(better), _) => {
-                    let first = pairwise["image"][0].as_str().unwrap();
-                    let shown = if videos { Path::new(first).parent().unwrap() } else { Path::new(first) };
-                    assert_eq!(pairwise["image"].as_array().unwrap().len(), 2 * per_candidate);
-                    shown == better.as_path()
-                }
-                (WorldCandidate::Text(better), WorldCandidate::Text(worse)) => {
-                    let human = pairwise["conversations"][0]["value"].as_str().unwrap();
-                    human.contains(&format!("Response 1: {better}\n"))
-                        && human.contains(&format!("Response 2: {worse}\n"))
-                }
-                other => panic!("{other:?}"),
-            };
-            assert_eq!(verdict.contains(" 1 is better"), better_first, "{pairwise}");
+            // Which candidate each pairwise verdict prefers, read from where the better one sits in the prompt: the
+            // better one first in one conversation, second in the other, the verdict following it.
+            let mut better_first_seen = Vec::new();
+            for pairwise in &conversations[..2] {
+                let verdict = pairwise["conversations"][1]["value"].as_str().unwrap();
+                let better_first = match (&judgment.better, &judgment.worse) {
+                    (WorldCandidate::Media(better), WorldCandidate::Media(worse)) => {
+                        let shown: Vec<&Path> = pairwise["image"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|p| Path::new(p.as_str().unwrap()))
+                            .map(|p| if videos { p.parent().unwrap() } else { p })
+                            .collect();
+                        assert_eq!(shown.len(), 2 * per_candidate);
+                        let (first, second) = (shown[0], shown[per_candidate]);
+                        let candidates = [better.as_path(), worse.as_path()];
+                        assert!(first != second && candidates.contains(&first) && candidates.contains(&second));
+                        first == better.as_path()
+                    }
+                    (WorldCandidate::Text(better), WorldCandidate::Text(worse)) => {
+                        let human = pairwise["conversations"][0]["value"].as_str().unwrap();
+                        let in_order = |a: &str, b: &str| {
+                            human.contains(&format!("Response 1: {a}\n"))
+                                && human.contains(&format!("Response 2: {b}\n"))
+                        };
+                        assert!(in_order(better, worse) || in_order(worse, better), "{pairwise}");
+                        in_order(better, worse)
+                    }
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(verdict.contains(" 1 is better"), better_first, "{pairwise}");
+                better_first_seen.push(better_first);
+            }
+            assert_eq!(better_first_seen, [true, false], "both orders");
             let scores: Vec<&str> =
-                conversations[1..].iter().map(|c| c["conversations"][1]["value"].as_str().unwrap()).collect();
+                conversations[2..].iter().map(|c| c["conversations"][1]["value"].as_str().unwrap()).collect();
             assert_eq!(scores, ["Final Score: 5", "Final Score: 1"]);
 
             let line = judgment.eval_line(&mut rng);
@@ -381,7 +398,7 @@ fn train_judge_and_eval_run_on_the_world() {
     for task in Task::ALL {
         for (i, judgment) in judgments(task, 3, &dir.join("media"), "", &mut rng).unwrap().into_iter().enumerate() {
             corpus.push(judgment.text.clone());
-            for c in judgment.conversations(&mut rng).unwrap() {
+            for c in judgment.conversations().unwrap() {
                 corpus.push(c["conversations"][1]["value"].as_str().unwrap().to_string());
                 corpus.extend(c["conversations"][0]["value"].as_str().map(str::to_string));
                 train += &format!("{c}\n");
@@ -417,7 +434,8 @@ fn train_judge_and_eval_run_on_the_world() {
         "--video-frames",
         "4",
     ]);
-    assert!(trained.contains("done: 9 steps of 9"), "{trained}");
+    // 4 tasks × 3 judgments × 4 conversations (a pairwise one in each order, two pointwise), 4 a step.
+    assert!(trained.contains("done: 12 steps of 12"), "{trained}");
     let (_, checkpoint) = unireward::train::run::latest_checkpoint(&dir.join("out")).unwrap();
     // The trained judge keeps the task templates it was trained in: asked in another format it would be guessing.
     let templates = |d: &std::path::Path| {

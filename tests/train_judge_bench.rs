@@ -29,7 +29,7 @@ impl World {
             for (i, judgment) in judgments(task, 4, &dir.join("media"), "", &mut rng).unwrap().into_iter().enumerate() {
                 corpus.push(judgment.text.clone());
                 if i < 2 {
-                    for c in judgment.conversations(&mut rng).unwrap() {
+                    for c in judgment.conversations().unwrap() {
                         corpus.push(c["conversations"][1]["value"].as_str().unwrap().to_string());
                         corpus.extend(c["conversations"][0]["value"].as_str().map(str::to_string));
                         train += &format!("{c}\n");
@@ -102,16 +102,16 @@ fn logged_bench(metrics: &Path) -> Vec<(u64, serde_json::Map<String, serde_json:
 #[test]
 fn logged_benchmark_metrics_equal_unireward_eval_on_the_checkpoint_of_the_same_step() {
     let world = World::new("equal");
-    // 24 conversations, 4 a batch: 6 steps, evaluated and saved at 2, 4 and 6; the conversations' own loss too.
+    // 32 conversations, 4 a batch: 8 steps, evaluated and saved at 2, 4, 6 and 8; the conversations' own loss too.
     let output =
         world.train_judge("out", "bench.jsonl", &["--eval-every", "2", "--save-every", "2", "--eval", "train.jsonl"]);
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("done: 6 steps of 6"), "{log}");
+    assert!(log.contains("done: 8 steps of 8"), "{log}");
     assert!(log.contains("accuracy") && log.contains("step 4  eval loss"), "{log}");
     assert!(log.contains("  bench  image_generation"), "{log}");
     let logged = logged_bench(&world.0.join("out/metrics.jsonl"));
-    assert_eq!(logged.iter().map(|(step, _)| *step).collect::<Vec<_>>(), [2, 4, 6]);
+    assert_eq!(logged.iter().map(|(step, _)| *step).collect::<Vec<_>>(), [2, 4, 6, 8]);
     let mut summaries = Vec::new();
     for (step, entries) in &logged {
         let checkpoint = world.path(&format!("out/checkpoint-{step}"));

@@ -40,7 +40,8 @@ impl DemoConfig {
             },
             model: TinyLlava::default(),
             seed,
-            judge_training: TrainConfig { save_every: 1500, ..training(8, 3e-3, 0.03) },
+            // 6 epochs of the 16,000 conversations: the 12,000 steps of 8 the demo's time allows.
+            judge_training: TrainConfig { save_every: 1500, ..training(6, 3e-3, 0.03) },
             policy_training: training(10, 3e-3, 0.05),
             sample: SampleOptions { k: 4, temperature: 0.7, top_p: 0.95, seed, max_new_tokens: 4, frames: FRAMES },
             // A small step: at 1e-3 the tiny policy's DPO pushed its greedy answers to the rejected answers' format (a

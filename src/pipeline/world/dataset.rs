@@ -23,7 +23,8 @@ use crate::{Error, Result};
 /// How much of everything the data set holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DemoSizes {
-    /// Judgments per task the judge trains on (each gives a pairwise and two pointwise conversations).
+    /// Judgments per task the judge trains on (each gives a pairwise conversation in each order and two pointwise
+    /// ones).
     pub judge_train: usize,
     /// Held-out judgments per task.
     pub judge_held_out: usize,
@@ -171,7 +172,7 @@ impl DemoSizes {
                     held_out.push(relative(judgment.eval_line(&mut rng), dir));
                     continue;
                 }
-                for conversation in judgment.conversations(&mut rng)? {
+                for conversation in judgment.conversations()? {
                     corpus.push(conversation["conversations"][0]["value"].as_str().unwrap_or_default().into());
                     corpus.push(conversation["conversations"][1]["value"].as_str().unwrap_or_default().into());
                     let line = format!("{}\n", relative(conversation, dir));

@@ -148,34 +148,40 @@ fn text_field(task: Task) -> &'static str {
 }
 
 impl WorldJudgment {
-    /// The candidates in a random order, and whether the better one came first.
-    fn shuffled(&self, rng: &mut impl Rng) -> ([&WorldCandidate; 2], bool) {
-        let better_first = rng.gen_bool(0.5);
-        let pair = if better_first { [&self.better, &self.worse] } else { [&self.worse, &self.better] };
-        (pair, better_first)
+    /// The candidates, the better one first or second.
+    fn ordered(&self, better_first: bool) -> [&WorldCandidate; 2] {
+        if better_first {
+            [&self.better, &self.worse]
+        } else {
+            [&self.worse, &self.better]
+        }
     }
 
-    /// The judge's training conversations for this judgment: the pairwise one (candidates in a random order, the
-    /// verdict the template's canonical phrase) and a pointwise one per candidate (scores 5 and 1).
-    pub fn conversations(&self, rng: &mut impl Rng) -> Result<Vec<Value>> {
+    /// The judge's training conversations for this judgment: the pairwise one in both orders (the verdict the
+    /// template's canonical phrase) and a pointwise one per candidate (scores 5 and 1). Both orders, so that the
+    /// position of a candidate says nothing about the verdict: trained on one random order per pair, the demo's
+    /// judge learned to answer by position (both orders agreed on under a fifth of held-out pairs) and at some
+    /// seeds never learned the image questions (BENCHMARKS.md, "The demo").
+    pub fn conversations(&self) -> Result<Vec<Value>> {
         let task = self.task;
         let pairwise = TaskTemplate::built_in_variant(Variant::Demo, task, Mode::Pairwise)?;
         let crate::judge::AnswerGrammar::Verdict(verdict) = &pairwise.answer else {
             return Err(Error::InvalidArgument(format!("the demo's {task} pairwise template has no verdict")));
         };
-        let ([a, b], better_first) = self.shuffled(rng);
-        let answer = if better_first { &verdict.first[0] } else { &verdict.second[0] };
         let text = (text_field(task), self.text.as_str());
-        let mut out = Vec::with_capacity(3);
-        match (a, b, &self.context_media) {
-            (WorldCandidate::Media(a), WorldCandidate::Media(b), None) => {
-                out.push(conversation(task, Mode::Pairwise, &[text], &[a, b], answer)?);
-            }
-            (WorldCandidate::Text(a), WorldCandidate::Text(b), Some(m)) => {
-                let fields = [text, ("first_response", a), ("second_response", b)];
-                out.push(conversation(task, Mode::Pairwise, &fields, &[m], answer)?);
-            }
-            _ => return Err(Error::InvalidArgument(format!("a {task} judgment with mismatched candidates"))),
+        let mut out = Vec::with_capacity(4);
+        for better_first in [true, false] {
+            let answer = if better_first { &verdict.first[0] } else { &verdict.second[0] };
+            out.push(match (self.ordered(better_first), &self.context_media) {
+                ([WorldCandidate::Media(a), WorldCandidate::Media(b)], None) => {
+                    conversation(task, Mode::Pairwise, &[text], &[a, b], answer)?
+                }
+                ([WorldCandidate::Text(a), WorldCandidate::Text(b)], Some(m)) => {
+                    let fields = [text, ("first_response", a), ("second_response", b)];
+                    conversation(task, Mode::Pairwise, &fields, &[m], answer)?
+                }
+                _ => return Err(Error::InvalidArgument(format!("a {task} judgment with mismatched candidates"))),
+            });
         }
         for (candidate, score) in [&self.better, &self.worse].into_iter().zip(SCORES) {
             let answer = format!("Final Score: {score}");
@@ -206,7 +212,8 @@ impl WorldJudgment {
     /// A line of `unireward eval`'s pairwise benchmark file: the candidates in a random order, `label` the better's
     /// position (`A` or `B`).
     pub fn eval_line(&self, rng: &mut impl Rng) -> Value {
-        let ([a, b], better_first) = self.shuffled(rng);
+        let better_first = rng.gen_bool(0.5);
+        let [a, b] = self.ordered(better_first);
         let shown = |c: &WorldCandidate| match c {
             WorldCandidate::Media(path) => path.display().to_string(),
             WorldCandidate::Text(text) => text.clone(),

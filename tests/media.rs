@@ -305,6 +305,8 @@ fn caller_pixels_are_checked() {
     assert!(err.contains("zero size"), "{err}");
     let err = RgbImage::new(40_000, 1, vec![0; 120_000]).unwrap_err().to_string();
     assert!(err.contains("larger than this library accepts"), "{err}");
+    // Debug names the size, never the pixels (errors and logs stay short).
+    assert_eq!(format!("{:?}", RgbImage::new(4, 3, vec![7; 36]).unwrap()), "RgbImage(4x3)");
 }
 
 /// The float32 values of an .npy file the CLI wrote, with its shape.

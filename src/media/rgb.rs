@@ -7,12 +7,19 @@ use crate::{Error, Result};
 /// camera or generated image and keeps every index and product of sizes far from overflow.
 pub const MAX_IMAGE_SIDE: usize = 1 << 15;
 
-/// An 8-bit RGB image. Ordered (size, then bytes) so that media holding one can key a map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An 8-bit RGB image. Ordered (size, then bytes) so that media holding one can key a map. Its `Debug` names the size,
+/// never the pixels (an error or a log line stays short).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RgbImage {
     width: usize,
     height: usize,
     pixels: Vec<u8>,
+}
+
+impl std::fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RgbImage({}x{})", self.width, self.height)
+    }
 }
 
 impl RgbImage {

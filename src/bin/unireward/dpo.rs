@@ -18,7 +18,8 @@ pub struct Args {
     /// The policy to train: config.json, safetensors weights, tokenizer.json and a chat template.
     #[arg(long)]
     policy: PathBuf,
-    /// Preference pairs, one JSON object a line: `prompt`, `chosen`, `rejected` (text-only for now).
+    /// Preference pairs, one JSON object a line: `prompt`, `chosen`, `rejected` (and, for a LLaVA-OneVision policy,
+    /// the prompt's `image` / `video` paths).
     #[arg(long)]
     pairs: PathBuf,
     /// Where checkpoints (`checkpoint-<step>/`), `ref_logps.json` and `metrics.jsonl` go.

@@ -934,6 +934,41 @@ class DpoTrainer {
   std::unique_ptr<ur_dpo_trainer, detail::Deleter<ur_dpo_trainer_free>> trainer_;
 };
 
+/// A scalar reward-model trainer (`ur_reward_trainer_*`) stepped on pair records (Bradley–Terry) or ranked lists
+/// (`UR_REWARD_LOSS_KWISE*`). Move-only.
+class RewardTrainer {
+ public:
+  RewardTrainer(const Context& ctx, const std::string& model_dir, const TrainerConfig& config,
+                const ur_reward_loss_config& loss = ur_reward_loss_config_default())
+      : ctx_(ctx.get()) {
+    const detail::TrainerConfigC c(config);
+    ur_reward_trainer* trainer = nullptr;
+    detail::check(ur_reward_trainer_create(ctx_, model_dir.c_str(), c.get(), &loss, &trainer));
+    trainer_.reset(trainer);
+  }
+
+  /// The C handle (nullptr after a move).
+  ur_reward_trainer* get() const noexcept { return trainer_.get(); }
+
+  /// One optimizer step on `records` cut into micro-batches of `micro_batch_size` (0: one of all).
+  ur_reward_step_metrics step(const std::vector<std::string>& records, size_t micro_batch_size = 0) {
+    const std::vector<const char*> c = detail::record_strings(records);
+    ur_reward_step_metrics metrics{};
+    metrics.struct_size = sizeof metrics;
+    detail::check(ur_reward_trainer_step(ctx_, trainer_.get(), c.data(), c.size(), micro_batch_size, &metrics));
+    return metrics;
+  }
+
+  /// Writes `out_dir/checkpoint-<step>/` (the weights with `score.weight`, config, tokenizer files, trainer state).
+  void save(const std::string& out_dir) {
+    detail::check(ur_reward_trainer_save(ctx_, trainer_.get(), out_dir.c_str()));
+  }
+
+ private:
+  ur_context* ctx_ = nullptr;
+  std::unique_ptr<ur_reward_trainer, detail::Deleter<ur_reward_trainer_free>> trainer_;
+};
+
 }  // namespace unireward
 
 #endif  // UNIREWARD_HPP

@@ -572,7 +572,7 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
     std::fs::remove_file(&program).ok();
 }
 
-/// The C++ trainers' two SFT and two DPO steps (tests/c/trainers.cpp: the records of `check_sft` and
+/// The C++ trainers' two SFT, two DPO and two reward-model steps (tests/c/trainers.cpp: the records of `check_sft` and
 /// `check_dpo_trainer`) equal the Rust trainers' bit for bit, and so do their saved weights; its AdamW checks are its
 /// own (against float64), all of it also under valgrind.
 #[test]
@@ -616,7 +616,17 @@ fn cpp_trainers_equal_the_rust_trainers_under_valgrind() {
     check("dpo.0", m.step, m.loss, m.grad_norm, m.lr, 0.0);
     let m = dpo.step(&[vec![pairs[0]], vec![pairs[1]]]).unwrap();
     check("dpo.1", m.step, m.loss, m.grad_norm, m.lr, m.metrics.rewards_margins as f64);
-    let saved = [("sft", sft.save(&rust.join("sft")).unwrap()), ("dpo", dpo.save(&rust.join("dpo")).unwrap())];
+    let loss = RewardLoss::BradleyTerry { center_rewards_coefficient: Some(0.01) };
+    let mut reward = RewardRecordTrainer::new(&judge.0, loss, &options).unwrap();
+    let m = reward.step(&[pairs.to_vec()]).unwrap();
+    check("reward.0", m.step, m.metrics.loss, m.grad_norm, m.lr, 0.0);
+    let m = reward.step(&[vec![pairs[0]], vec![pairs[1]]]).unwrap();
+    check("reward.1", m.step, m.metrics.loss, m.grad_norm, m.lr, m.metrics.margin);
+    let saved = [
+        ("sft", sft.save(&rust.join("sft")).unwrap()),
+        ("dpo", dpo.save(&rust.join("dpo")).unwrap()),
+        ("reward", reward.save(&rust.join("reward")).unwrap()),
+    ];
     for (name, saved) in saved {
         let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
         let from_cpp = out.join(name).join("checkpoint-2");

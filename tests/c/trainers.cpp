@@ -1,5 +1,6 @@
-// unireward::AdamW, SftTrainer and DpoTrainer (include/unireward.hpp) on the tiny judge checkpoint argv[1]: AdamW
-// against a float64 loop here; two SFT and two DPO steps printed as "key step loss grad_norm lr extra" (%.17g) for
+// unireward::AdamW, SftTrainer, DpoTrainer and RewardTrainer (include/unireward.hpp) on the tiny judge checkpoint
+// argv[1]: AdamW against a float64 loop here; two SFT, two DPO and two reward-model steps printed as "key step loss
+// grad_norm lr extra" (%.17g) for
 // tests/c_abi.rs to compare bit for bit with the Rust trainers, their checkpoints written under argv[2]; bad input
 // throws the status and message. Exits non-zero on a failed check.
 #include <cmath>
@@ -135,6 +136,16 @@ void trainer_checks(const unireward::Context& ctx, const std::string& dir, const
   const ur_dpo_step_metrics m = dpo.step(pairs, 1);
   print_step("dpo.1", m, m.rewards_margins);
   dpo.save(out + "/dpo");
+
+  ur_reward_loss_config reward_loss = ur_reward_loss_config_default();
+  reward_loss.center_rewards_coefficient = 0.01;
+  unireward::RewardTrainer reward(ctx, dir, cfg, reward_loss);
+  expect_error([&] { reward.step({pairs[0], R"({"prompt": "Hi?", "responses": ["a", "b"]})"}, 1); },
+               UR_ERROR_INVALID_ARGUMENT, "`micro_batches[1][0]`");
+  print_step("reward.0", reward.step(pairs), 0);
+  const ur_reward_step_metrics r = reward.step(pairs, 1);
+  print_step("reward.1", r, r.margin);
+  reward.save(out + "/reward");
 }
 
 }  // namespace

@@ -92,7 +92,7 @@ struct InputsProvenance {
 #[derive(Debug)]
 enum TowerOutput {
     /// A pass the tower's backward runs through.
-    Pass(TowerPass),
+    Pass(Box<TowerPass>),
     /// The features of a frozen tower: the backward stops at the projector.
     Frozen(Tensor),
 }
@@ -333,7 +333,7 @@ impl LlavaOnevisionModel {
             None => None,
             Some(pixels) => {
                 let tower = if tower_backward {
-                    TowerOutput::Pass(self.vision_tower.forward(&pixels, opts)?)
+                    TowerOutput::Pass(Box::new(self.vision_tower.forward(&pixels, opts)?))
                 } else {
                     TowerOutput::Frozen(self.vision_tower.encode(&pixels)?)
                 };
@@ -497,7 +497,7 @@ impl LlavaOnevisionModel {
         drop((grad_projected, acts));
         match tower {
             TowerOutput::Pass(pass) => {
-                self.vision_tower.backward_weights_into(pass, &grad_features, &mut out.vision_tower, None)
+                self.vision_tower.backward_weights_into(*pass, &grad_features, &mut out.vision_tower, None)
             }
             TowerOutput::Frozen(_) => Ok(()),
         }

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::checkpoint::{save_llava_with, save_qwen2_with, SaveOptions};
 use super::data::{LoadedMedia, MediaLoader, SequenceBatch};
+use super::optim::ParamGroup;
 use crate::judge::{Judge, JudgeModel};
 use crate::model::architecture::Architecture;
 use crate::model::llava::{LlavaBatch, LlavaGradients, LlavaOnevisionModel, LlavaPass, MediaInput};
@@ -140,6 +141,20 @@ impl TrainModel {
 
     pub fn dtype(&self) -> DType {
         self.language_model().dtype()
+    }
+
+    /// Tells the model which gradients the optimizer's `groups` leave unused: a LLaVA vision tower every parameter
+    /// of which is frozen runs no backward ([`LlavaOnevisionModel::set_vision_tower_frozen`]); a partly frozen tower
+    /// keeps the full backward. The trained parameters step bitwise as with the full backward (the optimizer reads
+    /// no frozen gradient, the clipping norm included).
+    pub fn skip_frozen_gradients(&mut self, groups: &[ParamGroup]) {
+        if let TrainModel::Llava(llava) = self {
+            let model = &mut llava.model;
+            // The tower's parameters come first in `named_parameters`.
+            let tower = model.vision_tower.weights.named().len();
+            let frozen = model.named_parameters()[..tower].iter().all(|(name, _)| ParamGroup::is_frozen(groups, name));
+            model.set_vision_tower_frozen(frozen);
+        }
     }
 
     /// Zeroed buffers for every parameter's gradient.

@@ -78,14 +78,32 @@ pub struct LlavaPass {
 /// How a batch's input embeddings were made, as the backward and the loss need it.
 #[derive(Debug)]
 struct InputsProvenance {
-    /// The tower and projector passes; `None` for a batch without media.
-    vision: Option<(TowerPass, ProjectorActivations)>,
+    /// The tower's output and the projector's pass; `None` for a batch without media.
+    vision: Option<(TowerOutput, ProjectorActivations)>,
     plan: PackingPlan,
     scatter: ScatterMap,
     /// The ids the token embeddings were looked up with (placeholders replaced by 0), on the model's device.
     lookup_ids: Tensor,
     /// The batch's own ids (the loss's labels), on the host.
     ids: Tensor,
+}
+
+/// What the vision tower's forward left for the backward.
+#[derive(Debug)]
+enum TowerOutput {
+    /// A pass the tower's backward runs through.
+    Pass(Box<TowerPass>),
+    /// The features of a frozen tower: the backward stops at the projector.
+    Frozen(Tensor),
+}
+
+impl TowerOutput {
+    fn features(&self) -> &Tensor {
+        match self {
+            TowerOutput::Pass(pass) => pass.features(),
+            TowerOutput::Frozen(features) => features,
+        }
+    }
 }
 
 /// Gradients of every parameter, in the model's parts.
@@ -110,6 +128,8 @@ pub struct LlavaOnevisionModel {
     pub image_newline: Tensor,
     pub language_model: Qwen2Model,
     pub packing: PackingConfig,
+    /// The tower needs no gradient: see [`LlavaOnevisionModel::set_vision_tower_frozen`].
+    vision_tower_frozen: bool,
 }
 
 /// The tower's configuration: the checkpoint's, or the shipped one of a known hub id.
@@ -175,8 +195,16 @@ impl LlavaOnevisionModel {
             },
         };
         packing.validate()?;
-        let model =
-            LlavaOnevisionModel { config, layout, vision_tower, projector, image_newline, language_model, packing };
+        let model = LlavaOnevisionModel {
+            config,
+            layout,
+            vision_tower,
+            projector,
+            image_newline,
+            language_model,
+            packing,
+            vision_tower_frozen: false,
+        };
         if options.check_finite {
             check_finite(model.named_parameters())?;
         }
@@ -266,14 +294,19 @@ impl LlavaOnevisionModel {
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
     /// pixels' shapes, the placeholder counts against the media's packed rows) before the tower runs.
     pub fn forward(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<LlavaPass> {
-        let (embeds, inputs) = self.embed(batch, opts)?;
+        let (embeds, inputs) = self.embed(batch, opts, !self.vision_tower_frozen)?;
         let lm = self.language_model.forward_embeds(&embeds, batch.mask, opts)?;
         Ok(LlavaPass { lm, inputs })
     }
 
     /// The language model's input embeddings of `batch`: token embeddings with the packed vision features at the
-    /// placeholders.
-    fn embed(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<(Tensor, InputsProvenance)> {
+    /// placeholders; the tower keeps its activations for a backward only when `tower_backward` says so.
+    fn embed(
+        &self,
+        batch: &LlavaBatch<'_>,
+        opts: ForwardOptions,
+        tower_backward: bool,
+    ) -> Result<(Tensor, InputsProvenance)> {
         let &[n, t] = check::rank("ids", batch.ids, 2)? else { unreachable!() };
         check::integer("ids", batch.ids)?;
         check::non_empty("the batch (N·T)", n * t)?;
@@ -299,7 +332,11 @@ impl LlavaOnevisionModel {
         let vision = match pixels {
             None => None,
             Some(pixels) => {
-                let tower = self.vision_tower.forward(&pixels, opts)?;
+                let tower = if tower_backward {
+                    TowerOutput::Pass(Box::new(self.vision_tower.forward(&pixels, opts)?))
+                } else {
+                    TowerOutput::Frozen(self.vision_tower.encode(&pixels)?)
+                };
                 let (projected, acts) = self.projector.forward(tower.features())?;
                 let packed = pack(&plan, &projected, &self.image_newline)?;
                 scatter.scatter(&packed, &mut embeds)?;
@@ -342,12 +379,26 @@ impl LlavaOnevisionModel {
     pub fn prompt_embeds(&self, ids: &[i64], media: &[MediaInput<'_>]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
         let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
-        Ok(self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default())?.0)
+        Ok(self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default(), false)?.0)
     }
 
     /// The logits `[N,T,V]` of a pass, in the model's dtype.
     pub fn logits(&self, pass: &LlavaPass) -> Result<Tensor> {
         self.language_model.logits(&pass.lm)
+    }
+
+    /// Whether the tower needs no gradient ([`LlavaOnevisionModel::set_vision_tower_frozen`]).
+    pub fn vision_tower_frozen(&self) -> bool {
+        self.vision_tower_frozen
+    }
+
+    /// Marks the vision tower as frozen (every one of its parameters left untrained) or not. A frozen tower's
+    /// forward keeps no activations ([`SiglipVisionTower::encode`]) and the backward stops at the projector: the
+    /// projector, the newline and the language model get the same gradients bitwise, the tower's buffers are
+    /// allocated by [`LlavaOnevisionModel::zero_gradients`] as always but never written (zero), so an optimizer
+    /// that freezes the tower's parameters steps exactly as with the full backward, for about a quarter less work.
+    pub fn set_vision_tower_frozen(&mut self, frozen: bool) {
+        self.vision_tower_frozen = frozen;
     }
 
     /// Zeroed gradient buffers for every parameter.
@@ -416,7 +467,8 @@ impl LlavaOnevisionModel {
 
     /// The gradient of every parameter from the gradient of the pass's outputs, into `out`'s buffers (every element
     /// written, except that a head gradient [`LlavaOnevisionModel::causal_lm_loss_into`] left in the buffers is
-    /// kept). The vision buffers are checked before anything is written.
+    /// kept, and that a frozen tower's buffers are not touched: they keep what they held, zero from
+    /// [`LlavaOnevisionModel::zero_gradients`]). The vision buffers are checked before anything is written.
     pub fn backward_into(&self, pass: LlavaPass, grads: OutputGrads, out: &mut LlavaGradients) -> Result<()> {
         let LlavaPass { lm, inputs: InputsProvenance { vision, plan, scatter, lookup_ids, .. } } = pass;
         self.check_vision_gradients(out)?;
@@ -431,12 +483,8 @@ impl LlavaOnevisionModel {
         let Some((tower, acts)) = vision else {
             // A batch without media: the vision parameters get zero gradients.
             let [(w1, b1), (w2, b2)] = &mut out.projector;
-            let vision = self.layout.named(
-                out.vision_tower.named_mut(),
-                [(w1, b1), (w2, b2)],
-                &mut out.image_newline,
-                Vec::new(),
-            );
+            let tower = if self.vision_tower_frozen { Vec::new() } else { out.vision_tower.named_mut() };
+            let vision = self.layout.named(tower, [(w1, b1), (w2, b2)], &mut out.image_newline, Vec::new());
             return vision.into_iter().try_for_each(|(_, t)| t.fill_zeros());
         };
         let projected = acts.activation.shape();
@@ -447,7 +495,12 @@ impl LlavaOnevisionModel {
         let mut grad_features = Tensor::zeros(features.shape(), features.dtype(), features.device())?;
         self.projector.backward_into(&grad_projected, features, &acts, &mut grad_features, &mut out.projector)?;
         drop((grad_projected, acts));
-        self.vision_tower.backward_weights_into(tower, &grad_features, &mut out.vision_tower, None)
+        match tower {
+            TowerOutput::Pass(pass) => {
+                self.vision_tower.backward_weights_into(*pass, &grad_features, &mut out.vision_tower, None)
+            }
+            TowerOutput::Frozen(_) => Ok(()),
+        }
     }
 
     /// `out`'s vision buffers (the tower's, the projector's, the newline's) against the parameters.

@@ -73,3 +73,42 @@ impl Activations {
         arena
     }
 }
+
+/// What a forward that no backward follows needs (a frozen tower's): two residual-stream buffers the layers write in
+/// turn, one layer's scratch and the patches, in one arena. About `N·P·(3·H + layer scratch)` values instead of a
+/// training pass's `N·P·(L·H + …)`.
+#[derive(Debug)]
+pub(super) struct InferenceActivations {
+    /// The layer input and output, swapped after each layer.
+    pub xs: [Tensor; 2],
+    pub layer: LayerActivations,
+    pub patches: Tensor,
+    /// The position embeddings broadcast over the batch [N,P,H].
+    pub broadcast: Tensor,
+    arena: Arena,
+}
+
+impl InferenceActivations {
+    /// Activations for `d` and `patches`, in `reuse` when it is on `device` and large enough, else in a new arena.
+    pub fn new(reuse: Option<Arena>, d: Dims, patches: [usize; 3], dtype: DType, device: Device) -> Result<Self> {
+        let mut slots = vec![Slot::new(&d.stream(), dtype); 3];
+        slots.extend(LayerActivations::slots(&d, dtype));
+        slots.push(Slot::new(&patches, dtype));
+        let mut arena = Arena::reuse_or_new(reuse, slots, device)?;
+        // SAFETY: as in `Activations::new`: the views live beside the arena in fields dropped before it, are handed
+        // out only by reference, and are dropped by `into_arena` before the arena leaves.
+        let mut views = unsafe { arena.views()? }.into_iter();
+        let xs = [next_view(&mut views)?, next_view(&mut views)?];
+        let broadcast = next_view(&mut views)?;
+        let layer = LayerActivations::from_views(&mut views)?;
+        let patches = next_view(&mut views)?;
+        Ok(InferenceActivations { xs, layer, patches, broadcast, arena })
+    }
+
+    /// The arena, once every view of it is gone.
+    pub fn into_arena(self) -> Arena {
+        let InferenceActivations { xs, layer, patches, broadcast, arena } = self;
+        drop((xs, layer, patches, broadcast));
+        arena
+    }
+}

@@ -34,7 +34,7 @@ use crate::ops::residual::add_in_place;
 use crate::runtime::arena::ArenaHome;
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
-use activations::Activations;
+use activations::{Activations, InferenceActivations};
 use layer::{Dims, LayerContext};
 use patches::{patches_to_pixels, pixels_to_patches, PatchGrid};
 
@@ -204,22 +204,60 @@ impl SiglipVisionTower {
         let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
         let mut acts = Activations::new(reuse, dims, grid.patches_shape(), dtype, layers, opts.recompute, device)?;
 
-        pixels_to_patches(&grid, pixel_values, &mut acts.patches)?;
-        let w = &self.weights;
-        linear_into(&acts.patches, &self.kernel_matrix()?, Some(&w.patch_bias), &mut acts.xs[0])?;
-        let positions = self.position_column()?;
-        let broadcast = &mut acts.grads.tmp;
-        with_shape(broadcast, &[grid.n, positions.numel()], |b| linear_into(&ones, &positions, None, b))?;
-        add_in_place(&mut acts.xs[0], &acts.grads.tmp)?;
-
+        self.embed_into(&grid, pixel_values, &ones, &mut acts.patches, &mut acts.grads.tmp, &mut acts.xs[0])?;
         let ctx = self.layer_context(dims, &mask)?;
-        for (l, w) in w.layers.iter().enumerate() {
+        for (l, w) in self.weights.layers.iter().enumerate() {
             let (done, next) = acts.xs.split_at_mut(l + 1);
             let layer_acts = &mut acts.layers[if opts.recompute { 0 } else { l }];
             layer::forward_into(w, &ctx, &done[l], layer_acts, &mut next[0])?;
         }
         let home = self.arena.clone();
         Ok(TowerPass { grid, dims, recompute: opts.recompute, ones, mask, acts: Some(acts), home })
+    }
+
+    /// The features `[N, P, hidden]` of `pixel_values` (as [`SiglipVisionTower::forward`] takes them) without
+    /// keeping anything for a backward: two residual-stream buffers and one layer's scratch instead of every layer's
+    /// activations. The values are those of `forward(..).features()` bitwise (the same kernels in the same order).
+    /// What a frozen tower runs.
+    pub fn encode(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let grid = self.grid(pixel_values)?;
+        let (dtype, device) = (self.dtype(), self.device());
+        let dims = Dims::new(&self.config, grid.n);
+        let ones = Tensor::from_f32(&vec![1.0; grid.n], &[grid.n, 1], dtype, device)?;
+        let mask = Tensor::from_slice(&vec![1i32; grid.n * dims.t], &[grid.n, dims.t], device)?;
+        let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
+        let mut acts = InferenceActivations::new(reuse, dims, grid.patches_shape(), dtype, device)?;
+        let [x, out] = &mut acts.xs;
+        let (mut x, mut out) = (x, out);
+        self.embed_into(&grid, pixel_values, &ones, &mut acts.patches, &mut acts.broadcast, x)?;
+        let ctx = self.layer_context(dims, &mask)?;
+        for w in &self.weights.layers {
+            layer::forward_into(w, &ctx, x, &mut acts.layer, out)?;
+            std::mem::swap(&mut x, &mut out);
+        }
+        let features = x.try_clone()?;
+        if let Ok(mut home) = self.arena.lock() {
+            *home = Some(acts.into_arena());
+        }
+        Ok(features)
+    }
+
+    /// The embeddings `x₀ = patches·Kᵀ + b + ones·positionᵀ` of `pixel_values` into `x0`, cutting the pixels into
+    /// `patches` and broadcasting the positions in `broadcast` (both scratch, `[N,P,·]`).
+    fn embed_into(
+        &self,
+        grid: &PatchGrid,
+        pixel_values: &Tensor,
+        ones: &Tensor,
+        patches: &mut Tensor,
+        broadcast: &mut Tensor,
+        x0: &mut Tensor,
+    ) -> Result<()> {
+        pixels_to_patches(grid, pixel_values, patches)?;
+        linear_into(patches, &self.kernel_matrix()?, Some(&self.weights.patch_bias), x0)?;
+        let positions = self.position_column()?;
+        with_shape(broadcast, &[grid.n, positions.numel()], |b| linear_into(ones, &positions, None, b))?;
+        add_in_place(x0, broadcast)
     }
 
     /// The gradient of every parameter and of the pixels, from the gradient of the pass's features `[N,P,hidden]`.

@@ -162,8 +162,9 @@ impl DpoTrainer {
     /// Refuses a loss configuration [`dpo_loss`] would refuse before building anything.
     pub fn new(model: impl Into<TrainModel>, config: DpoTrainerConfig) -> Result<DpoTrainer> {
         check_loss(&config.loss)?;
-        let model = model.into();
+        let mut model = model.into();
         let optimizer = AdamW::new(&model.named_parameters(), config.groups.clone(), config.optimizer.clone())?;
+        model.skip_frozen_gradients(&config.groups);
         let grads = model.zero_gradients()?;
         let bco_delta = config.loss.bco_delta;
         Ok(DpoTrainer { model, grads, optimizer, config, bco_delta })

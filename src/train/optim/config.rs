@@ -103,6 +103,12 @@ impl ParamGroup {
         self
     }
 
+    /// Whether the parameter `name` is frozen under `groups`: it belongs to the first group one of whose patterns its
+    /// name contains, as the optimizer places it.
+    pub fn is_frozen(groups: &[ParamGroup], name: &str) -> bool {
+        groups.iter().find(|g| g.matches(name)).is_some_and(|g| g.frozen)
+    }
+
     pub(crate) fn matches(&self, name: &str) -> bool {
         self.patterns.iter().any(|p| name.contains(p.as_str()))
     }

@@ -76,8 +76,9 @@ pub struct SftTrainer {
 
 impl SftTrainer {
     pub fn new(model: impl Into<TrainModel>, config: SftConfig) -> Result<SftTrainer> {
-        let model = model.into();
+        let mut model = model.into();
         let optimizer = AdamW::new(&model.named_parameters(), config.groups.clone(), config.optimizer.clone())?;
+        model.skip_frozen_gradients(&config.groups);
         let grads = model.zero_gradients()?;
         Ok(SftTrainer { model, grads, optimizer, config })
     }

@@ -126,7 +126,7 @@ impl RewardTrainer {
     /// Over an f32 `model` (a Qwen2 or LLaVA-OneVision one) and its head `score` `[1, H]`, H the language model's
     /// hidden size (see [`init_score`] and [`load_score`]).
     pub fn new(model: impl Into<TrainModel>, score: Tensor, config: RewardTrainerConfig) -> Result<RewardTrainer> {
-        let model = model.into();
+        let mut model = model.into();
         let hidden = model.language_model().config.hidden_size;
         if model.dtype() != DType::F32 || score.dtype() != DType::F32 {
             return Err(Error::InvalidArgument("the reward trainer trains f32 models with an f32 head".into()));
@@ -153,7 +153,8 @@ impl RewardTrainer {
             let name = lm.names().lm_head.clone();
             groups.insert(0, ParamGroup::new("lm_head", &[&name]).frozen());
         }
-        let optimizer = AdamW::new(&named(&model, &score), groups, config.optimizer.clone())?;
+        let optimizer = AdamW::new(&named(&model, &score), groups.clone(), config.optimizer.clone())?;
+        model.skip_frozen_gradients(&groups);
         let grads = model.zero_gradients()?;
         let grad_score = Tensor::zeros(&[1, hidden], DType::F32, model.device())?;
         Ok(RewardTrainer { model, score, grads, grad_score, optimizer, config })

@@ -30,6 +30,9 @@ C_SCALARS = {
     "const float *": ctypes.POINTER(ctypes.c_float),
     "const DLTensor *": ctypes.POINTER(DLTensor),
     "const char *": ctypes.c_char_p,
+    # Addresses the wrappers pass as integers: an item's value, a pixel buffer.
+    "const void *": ctypes.c_void_p,
+    "const uint8_t *": ctypes.c_void_p,
     "double": ctypes.c_double,
     "const char *const *": ctypes.POINTER(ctypes.c_char_p),
     "const struct ur_judge_item *": ctypes.POINTER(judge._JudgeItem),
@@ -91,6 +94,7 @@ MIRRORS = {
     "ur_load_options": model._LoadOptions,
     "ur_media": model._Media,
     "ur_judge_item": judge._JudgeItem,
+    "ur_judge_pixels": judge._JudgePixels,
     "ur_judge_context": judge._JudgeContext,
     "ur_judge_request": judge._JudgeRequest,
     "ur_judge_result": judge._JudgeResult,
@@ -100,6 +104,8 @@ MIRRORS = {
     "ur_trainer_config": train._Config,
     "ur_sft_step_metrics": train._SftMetrics,
     "ur_dpo_step_metrics": train._DpoMetrics,
+    "ur_reward_loss_config": train._RewardLoss,
+    "ur_reward_step_metrics": train._RewardMetrics,
 }
 
 
@@ -128,7 +134,7 @@ def test_declared_exports_match_the_header():
 
 # Opaque handles, passed as `void*`.
 HANDLES = ("void", "ur_context", "ur_model", "ur_image_processor", "ur_judge", "ur_adamw", "ur_sft_trainer",
-           "ur_dpo_trainer")
+           "ur_dpo_trainer", "ur_reward_trainer")
 
 
 def matches(t, c: str) -> bool:
@@ -164,6 +170,8 @@ def test_enum_codes_match_the_header():
     assert [d["UR_TASK_" + name.upper()] for name in judge.TASKS] == [0, 1, 2, 3]
     assert [d["UR_JUDGE_" + name.upper()] for name in judge.MODES] == [0, 1]
     assert [d["UR_JUDGE_TEXT"], d["UR_JUDGE_IMAGE"], d["UR_JUDGE_VIDEO"]] == [judge._TEXT, judge._IMAGE, judge._VIDEO]
+    assert [d["UR_JUDGE_IMAGE_PIXELS"], d["UR_JUDGE_VIDEO_PIXELS"]] == [judge._PIXELS[judge._IMAGE], judge._PIXELS[judge._VIDEO]]
+    assert [d["UR_REWARD_LOSS_" + name.upper().replace("-", "_")] for name in train.REWARD_LOSSES] == [0, 1, 2]
     assert [d["UR_VERDICT_FIRST"], d["UR_VERDICT_SECOND"], d["UR_VERDICT_TIE"], d["UR_VERDICT_NONE"]] == [0, 1, 2, -1]
     assert heads  # the heads take no enums; their exports are checked above
 

@@ -10,7 +10,7 @@ use super::context::{self, optional_text, read_config, size_of_u32, text, ur_con
 use super::host_out::HostOut;
 use super::preference::ur_dpo_config;
 use super::status::{call, ur_status, Failure, FfiResult};
-use super::trainer::{as_strs, free, live, publish, read_records, save, ur_trainer_config, TrainerHandle};
+use super::trainer::{as_strs, free, live, publish, read_records, save, trainer_handle, ur_trainer_config};
 use crate::train::dpo::DpoRecordTrainer;
 
 /// Tells a live trainer from garbage (a freed or never-created pointer is still undefined behaviour).
@@ -60,25 +60,7 @@ pub struct ur_dpo_trainer {
     trainer: DpoRecordTrainer,
 }
 
-impl TrainerHandle for ur_dpo_trainer {
-    type Trainer = DpoRecordTrainer;
-    const NAME: &'static str = "ur_dpo_trainer";
-    fn new(trainer: DpoRecordTrainer) -> Self {
-        ur_dpo_trainer { magic: MAGIC, trainer }
-    }
-    fn is_live(&self) -> bool {
-        self.magic == MAGIC
-    }
-    fn retire(&mut self) {
-        self.magic = 0;
-    }
-    fn trainer(&mut self) -> &mut DpoRecordTrainer {
-        &mut self.trainer
-    }
-    fn save(trainer: &DpoRecordTrainer, out: &Path) -> crate::Result<PathBuf> {
-        trainer.save(out)
-    }
-}
+trainer_handle!(ur_dpo_trainer, DpoRecordTrainer);
 
 /// The loss of a trainer: a `ur_dpo_config` (NULL: TRL's defaults) whose per-call tensors (`pair_weights`, the
 /// LD-DPO parts, `losses_out`) are NULL — the trainer computes its log-probs itself.

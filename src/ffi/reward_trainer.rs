@@ -3,14 +3,14 @@
 //! trains a reward model.
 
 use std::ffi::c_char;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytemuck::NoUninit;
 
 use super::context::{self, read_config, size_of_u32, text, ur_context, Config, Versioned};
 use super::host_out::HostOut;
 use super::status::{call, ur_status, Failure, FfiResult};
-use super::trainer::{as_strs, free, live, publish, read_records, save, ur_trainer_config, TrainerHandle};
+use super::trainer::{as_strs, free, live, publish, read_records, save, trainer_handle, ur_trainer_config};
 use crate::ops::preference::KwiseMethod;
 use crate::train::reward::{RewardLoss, RewardRecordTrainer};
 
@@ -119,25 +119,7 @@ pub struct ur_reward_trainer {
     trainer: RewardRecordTrainer,
 }
 
-impl TrainerHandle for ur_reward_trainer {
-    type Trainer = RewardRecordTrainer;
-    const NAME: &'static str = "ur_reward_trainer";
-    fn new(trainer: RewardRecordTrainer) -> Self {
-        ur_reward_trainer { magic: MAGIC, trainer }
-    }
-    fn is_live(&self) -> bool {
-        self.magic == MAGIC
-    }
-    fn retire(&mut self) {
-        self.magic = 0;
-    }
-    fn trainer(&mut self) -> &mut RewardRecordTrainer {
-        &mut self.trainer
-    }
-    fn save(trainer: &RewardRecordTrainer, out: &Path) -> crate::Result<PathBuf> {
-        trainer.save(out)
-    }
-}
+trainer_handle!(ur_reward_trainer, RewardRecordTrainer);
 
 /// Creates a reward-model trainer over the checkpoint folder `model_dir` (a Qwen2 or LLaVA-OneVision checkpoint, or
 /// a reward checkpoint holding `score.weight`; a checkpoint without a head gets a fresh one) under `config` (NULL =

@@ -2,14 +2,14 @@
 //! caller's batches of conversation records (LLaVA JSON strings), so a loop in C, C++ or Python drives training.
 
 use std::ffi::c_char;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytemuck::NoUninit;
 
 use super::context::{self, read_config, size_of_u32, text, ur_context, Versioned};
 use super::host_out::HostOut;
 use super::status::{call, ur_status, Failure};
-use super::trainer::{as_strs, free, live, publish, read_records, save, ur_trainer_config, TrainerHandle};
+use super::trainer::{as_strs, free, live, publish, read_records, save, trainer_handle, ur_trainer_config};
 use crate::train::sft::SftRecordTrainer;
 
 /// Tells a live trainer from garbage (a freed or never-created pointer is still undefined behaviour).
@@ -49,25 +49,7 @@ pub struct ur_sft_trainer {
     trainer: SftRecordTrainer,
 }
 
-impl TrainerHandle for ur_sft_trainer {
-    type Trainer = SftRecordTrainer;
-    const NAME: &'static str = "ur_sft_trainer";
-    fn new(trainer: SftRecordTrainer) -> Self {
-        ur_sft_trainer { magic: MAGIC, trainer }
-    }
-    fn is_live(&self) -> bool {
-        self.magic == MAGIC
-    }
-    fn retire(&mut self) {
-        self.magic = 0;
-    }
-    fn trainer(&mut self) -> &mut SftRecordTrainer {
-        &mut self.trainer
-    }
-    fn save(trainer: &SftRecordTrainer, out: &Path) -> crate::Result<PathBuf> {
-        trainer.save(out)
-    }
-}
+trainer_handle!(ur_sft_trainer, SftRecordTrainer);
 
 /// Creates an SFT trainer over the checkpoint folder `model_dir` (config, weights, tokenizer files, chat template;
 /// a Qwen2 or a LLaVA-OneVision one, with its `preprocessor_config.json`) under `config` (NULL = defaults, which

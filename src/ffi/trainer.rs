@@ -168,6 +168,32 @@ pub(super) trait TrainerHandle: Sized + 'static {
     fn save(trainer: &Self::Trainer, out: &Path) -> crate::Result<PathBuf>;
 }
 
+/// `TrainerHandle` for an opaque handle struct `{ magic: u64, trainer: $trainer }` whose live magic is `MAGIC`.
+macro_rules! trainer_handle {
+    ($handle:ident, $trainer:ty) => {
+        impl super::trainer::TrainerHandle for $handle {
+            type Trainer = $trainer;
+            const NAME: &'static str = stringify!($handle);
+            fn new(trainer: $trainer) -> Self {
+                $handle { magic: MAGIC, trainer }
+            }
+            fn is_live(&self) -> bool {
+                self.magic == MAGIC
+            }
+            fn retire(&mut self) {
+                self.magic = 0;
+            }
+            fn trainer(&mut self) -> &mut $trainer {
+                &mut self.trainer
+            }
+            fn save(trainer: &$trainer, out: &std::path::Path) -> crate::Result<std::path::PathBuf> {
+                trainer.save(out)
+            }
+        }
+    };
+}
+pub(super) use trainer_handle;
+
 /// A new handle for `trainer`, into `*out` (NULL checked by the caller).
 ///
 /// # Safety

@@ -216,6 +216,23 @@ pub(crate) fn check_steps_left(steps_done: u64, total_steps: usize) -> Result<()
 }
 
 impl StepOptions {
+    /// These options checked for a trainer over the checkpoint folders `models` (each must exist), as the run
+    /// options they stand for.
+    pub(crate) fn checked(&self, models: &[&Path]) -> Result<TrainOptions> {
+        let train = self.train_options();
+        train.check()?;
+        if self.total_steps == 0 {
+            return Err(Error::InvalidArgument("`total_steps` must be at least 1".into()));
+        }
+        if self.video_frames == 0 {
+            return Err(Error::InvalidArgument("`video_frames` must be at least 1".into()));
+        }
+        if let Some(dir) = models.iter().find(|dir| !dir.is_dir()) {
+            return Err(Error::InvalidArgument(format!("the model folder {} does not exist", dir.display())));
+        }
+        Ok(train)
+    }
+
     /// The folder the trainer loads its weights from: the checkpoint it resumes, else `model`. Either must exist.
     pub(crate) fn weights_dir<'a>(&'a self, model: &'a Path) -> Result<&'a Path> {
         let dir = self.resume_from.as_deref().unwrap_or(model);

@@ -194,10 +194,9 @@ pub(super) fn forward(head: &LinearHead<'_>, plan: &Plan, cfg: &FusedLinearConfi
     for o in &outs {
         launch.arg(o);
     }
-    // SAFETY: fl_reduce_sequences(const int*, const int*, const float* ×6, int, float* ×7): one block per
-    // sequence; `starts` holds N + 1 offsets into the k-long token arrays (`weights` and `collision` each null or
-    // k + 1 long); the outputs hold N, N, N, N, N·T, N and N floats (the last two null when their inputs are) and
-    // every position is < N·T.
+    // SAFETY: fl_reduce_sequences(const int* ×2, const float* ×6, int, float* ×7), a block a sequence: `starts`
+    // has N + 1 offsets into the k-long token arrays (`weights`, `collision`: null or k + 1 long); the outputs hold
+    // N, N, N, N, N·T, N, N floats (the last two null when their inputs are); every position is < N·T.
     unsafe { launch.launch(launch_config(n, THREADS, 0)?) }?;
     let logprobs = SequenceLogProbs { logps, token_counts: counts, mean_logits, entropy, lse };
     Ok(ExtendedLogProbs { logprobs, weighted_logps: weighted, log_collision: collision })

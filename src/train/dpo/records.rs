@@ -41,20 +41,9 @@ impl DpoRecordTrainer {
         loss: DpoConfig,
         options: &StepOptions,
     ) -> Result<DpoRecordTrainer> {
-        let train = options.train_options();
-        train.check()?;
         check_loss_options(&loss)?;
-        if options.total_steps == 0 {
-            return Err(Error::InvalidArgument("`total_steps` must be at least 1".into()));
-        }
-        if options.video_frames == 0 {
-            return Err(Error::InvalidArgument("`video_frames` must be at least 1".into()));
-        }
-        for dir in std::iter::once(policy).chain(reference) {
-            if !dir.is_dir() {
-                return Err(Error::InvalidArgument(format!("the model folder {} does not exist", dir.display())));
-            }
-        }
+        let dirs: Vec<&Path> = std::iter::once(policy).chain(reference).collect();
+        let train = options.checked(&dirs)?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(policy)?;
         let load = |dir: &Path| TrainModel::load(dir, DType::F32, options.device, options.video_frames);
         let model = load(options.weights_dir(policy)?)?;

@@ -35,17 +35,7 @@ impl RewardRecordTrainer {
     /// its default seed) in f32 on `options.device`, with a fresh optimizer and `loss` — or, with
     /// `options.resume_from`, the weights, head and optimizer state of a checkpoint [`save`](Self::save) wrote.
     pub fn new(model: &Path, loss: RewardLoss, options: &StepOptions) -> Result<RewardRecordTrainer> {
-        let train = options.train_options();
-        train.check()?;
-        if options.total_steps == 0 {
-            return Err(Error::InvalidArgument("`total_steps` must be at least 1".into()));
-        }
-        if options.video_frames == 0 {
-            return Err(Error::InvalidArgument("`video_frames` must be at least 1".into()));
-        }
-        if !model.is_dir() {
-            return Err(Error::InvalidArgument(format!("the model folder {} does not exist", model.display())));
-        }
+        let train = options.checked(&[model])?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(model)?;
         let weights = options.weights_dir(model)?;
         let (loaded, score) = load_reward_model(weights, options.device, options.video_frames, train.seed)?;

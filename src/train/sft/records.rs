@@ -32,17 +32,7 @@ impl SftRecordTrainer {
     /// preprocessor config) in f32 on `options.device`, with a fresh optimizer — or, with `options.resume_from`,
     /// the weights and optimizer state of a checkpoint [`save`](Self::save) wrote.
     pub fn new(model: &Path, options: &StepOptions) -> Result<SftRecordTrainer> {
-        let train = options.train_options();
-        train.check()?;
-        if options.total_steps == 0 {
-            return Err(Error::InvalidArgument("`total_steps` must be at least 1".into()));
-        }
-        if options.video_frames == 0 {
-            return Err(Error::InvalidArgument("`video_frames` must be at least 1".into()));
-        }
-        if !model.is_dir() {
-            return Err(Error::InvalidArgument(format!("the model folder {} does not exist", model.display())));
-        }
+        let train = options.checked(&[model])?;
         let tokenizer = ConversationTokenizer::from_checkpoint_dir(model)?;
         let loaded = TrainModel::load(options.weights_dir(model)?, DType::F32, options.device, options.video_frames)?;
         let config = SftConfig {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use unireward::model::llava::{LlavaBatch, MediaInput};
 use unireward::model::{ForwardOptions, WeightStore};
 use unireward::train::data::{
-    BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, MediaKind, MediaRef, PairDataset, Problem,
-    SequenceBatch, SftDataset, IGNORE_INDEX,
+    BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, PairDataset, Problem, SequenceBatch, SftDataset,
+    IGNORE_INDEX,
 };
 use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
@@ -22,7 +22,7 @@ use unireward::{DType, Device, Tensor};
 
 mod common;
 use common::llava::ChatCheckpoint;
-use common::reference::{assert_close, fixture};
+use common::reference::{assert_close, fixture, ReferenceBatch};
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap()
@@ -43,23 +43,6 @@ struct Config {
 }
 
 #[derive(Deserialize)]
-struct Media {
-    kind: String,
-    path: String,
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    rows: usize,
-    len: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    tasks: Vec<usize>,
-    media: Vec<Vec<Media>>,
-}
-
-#[derive(Deserialize)]
 struct Step {
     loss: f64,
     tokens: usize,
@@ -71,28 +54,12 @@ struct Step {
 #[derive(Deserialize)]
 struct Steps {
     config: Config,
-    batches: Vec<Vec<Batch>>,
+    batches: Vec<Vec<ReferenceBatch>>,
     steps: Vec<Step>,
 }
 
 fn reference() -> Steps {
     serde_json::from_str(&std::fs::read_to_string(fixture("train_sft_llava/steps.json")).unwrap()).unwrap()
-}
-
-fn sequence_batch(b: Batch) -> SequenceBatch {
-    let media = b
-        .media
-        .into_iter()
-        .map(|row| {
-            row.into_iter()
-                .map(|m| MediaRef {
-                    kind: if m.kind == "video" { MediaKind::Video } else { MediaKind::Image },
-                    path: fixture("llava").join(m.path),
-                })
-                .collect()
-        })
-        .collect();
-    SequenceBatch { rows: b.rows, len: b.len, ids: b.ids, mask: b.mask, labels: b.labels, tasks: b.tasks, media }
 }
 
 fn trainer(c: &Config, extra_groups: Vec<ParamGroup>) -> SftTrainer {
@@ -116,7 +83,7 @@ fn ten_llava_sft_steps_with_images_and_videos_match_pytorch() {
     let Steps { config: c, batches, steps } = reference();
     let mut trainer = trainer(&c, Vec::new());
     for (k, (micro, want)) in batches.into_iter().zip(&steps).enumerate() {
-        let micro: Vec<SequenceBatch> = micro.into_iter().map(sequence_batch).collect();
+        let micro: Vec<SequenceBatch> = micro.into_iter().map(|b| b.sequence_batch()).collect();
         let got = trainer.step(&micro).unwrap();
         assert_eq!(got.step, k as u64 + 1);
         assert_eq!(got.tokens, want.tokens, "step {k} tokens");
@@ -165,7 +132,7 @@ fn a_frozen_vision_tower_and_projector_stay_bit_identical() {
     };
     let before = snapshot(&trainer);
     for micro in batches.into_iter().take(3) {
-        trainer.step(&micro.into_iter().map(sequence_batch).collect::<Vec<_>>()).unwrap();
+        trainer.step(&micro.into_iter().map(|b| b.sequence_batch()).collect::<Vec<_>>()).unwrap();
     }
     let after = snapshot(&trainer);
     assert!(before.iter().any(|(n, _)| is_vision(n)));
@@ -218,7 +185,7 @@ fn recompute(model: &TrainModel, batch: &SequenceBatch, video_frames: usize) -> 
 fn evaluation_equals_a_recomputation_and_updates_nothing() {
     let Steps { config: c, batches, .. } = reference();
     let mut trainer = trainer(&c, Vec::new());
-    let mut batches = batches.into_iter().map(|m| m.into_iter().map(sequence_batch).collect::<Vec<_>>());
+    let mut batches = batches.into_iter().map(|m| m.into_iter().map(|b| b.sequence_batch()).collect::<Vec<_>>());
     trainer.step(&batches.next().unwrap()).unwrap();
     let held_out: Vec<SequenceBatch> = batches.take(2).flatten().collect();
     let before: Vec<Vec<f32>> = trainer.model().named_parameters().iter().map(|(_, p)| values(p)).collect();
@@ -253,7 +220,8 @@ fn evaluation_equals_a_recomputation_and_updates_nothing() {
     // The training loss of the same batch before any update is its evaluation loss.
     let Steps { config: c, batches, .. } = reference();
     let mut fresh = trainer_with_no_update(&c);
-    let first: Vec<SequenceBatch> = batches.into_iter().next().unwrap().into_iter().map(sequence_batch).collect();
+    let first: Vec<SequenceBatch> =
+        batches.into_iter().next().unwrap().into_iter().map(|b| b.sequence_batch()).collect();
     let eval = fresh.evaluate(&first).unwrap();
     let step = fresh.step(&first).unwrap();
     assert_close("eval loss vs step loss", eval.loss, step.loss, 1e-5, 1e-3);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "unireward.hpp"
 
 namespace {
@@ -16,20 +17,6 @@ void print(const char* key, const unireward::Judgment& j) {
               static_cast<unsigned long long>(j.prompt_tokens));
   for (float p : j.probs) std::printf(" %.9g", p);
   std::printf("\n");
-}
-
-// Runs `call`, which must throw `unireward::Error` with `status` and a message holding `needle`.
-template <typename F>
-void expect_error(F call, ur_status status, const char* needle) {
-  try {
-    call();
-  } catch (const unireward::Error& e) {
-    if (e.status() == status && std::strstr(e.what(), needle) != nullptr) return;
-    std::fprintf(stderr, "wrong error: %s (expected %s)\n", e.what(), needle);
-    std::exit(1);
-  }
-  std::fprintf(stderr, "no error (expected %s)\n", needle);
-  std::exit(1);
 }
 
 int judge_checks(const char* dir, const char* llava) {

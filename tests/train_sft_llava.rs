@@ -8,11 +8,12 @@ use std::process::Command;
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
+use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
 use unireward::model::llava::{LlavaBatch, MediaInput};
 use unireward::model::{ForwardOptions, WeightStore};
 use unireward::train::data::{
-    BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, PairDataset, Problem, SequenceBatch, SftDataset,
-    IGNORE_INDEX,
+    collate_conversations, BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, PairDataset, Problem,
+    SequenceBatch, SftDataset, IGNORE_INDEX,
 };
 use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamWConfig, ParamGroup, Schedule, ScheduleKind};
@@ -265,11 +266,11 @@ fn conversations_with_images_are_expanded_and_bad_media_reported_by_line() {
         let inputs: Vec<MediaInput<'_>> = loaded.iter().map(|m| m.input()).collect();
         let TrainModel::Llava(llava) = &model else { unreachable!() };
         assert_eq!(counts, llava.model.placeholder_counts(&inputs).unwrap());
-        let expanded = example.ids.iter().filter(|&&id| i64::from(id) == placeholders.image).count();
+        let expanded = example.ids.iter().filter(|&&id| id == placeholders.image).count();
         assert_eq!(expanded, counts.iter().sum::<usize>(), "line {line}");
         assert_eq!(example.ids.len(), unexpanded.ids.len() + expanded - example.media.len(), "line {line}");
         for (&id, &label) in example.ids.iter().zip(&example.labels) {
-            if i64::from(id) == placeholders.image {
+            if id == placeholders.image {
                 assert_eq!(label, IGNORE_INDEX);
             }
         }
@@ -363,7 +364,7 @@ fn pair_prompts_with_images_are_expanded() {
     let (got, want) = (&pairs.examples[0], &plain.examples[0]);
     let count = loader.placeholder_counts(&loader.load(&got.media).unwrap()).unwrap()[0];
     let image = loader.placeholders().image;
-    assert_eq!(got.prompt.iter().filter(|&&id| i64::from(id) == image).count(), count);
+    assert_eq!(got.prompt.iter().filter(|&&id| id == image).count(), count);
     assert_eq!(got.prompt.len(), want.prompt.len() + count - 1);
     assert_eq!((&got.chosen, &got.rejected), (&want.chosen, &want.rejected));
 }
@@ -402,4 +403,89 @@ fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
         |o: &unireward::train::sft::SftOutcome| std::fs::read(o.checkpoint.join("model.safetensors")).unwrap();
     assert!(weights(&whole) == weights(&resumed), "the resumed run's parameters differ");
     assert!(weights(&whole) != std::fs::read(checkpoint.model().join("model.safetensors")).unwrap());
+}
+
+/// A `llava_qwen` checkpoint (UnifiedReward's released layout: no `<image>` token, placeholders outside the
+/// vocabulary) trains on conversations with images and videos exactly as its Hugging Face twin: the same sequences
+/// but for the placeholder ids, then the same loss, gradient norm and trained parameters.
+#[test]
+fn a_llava_qwen_checkpoint_trains_on_media_as_its_hugging_face_twin() {
+    let (hf, original) = (ChatCheckpoint::new("twin-hf"), ChatCheckpoint::llava_qwen("twin-llava-qwen"));
+    let records = [
+        serde_json::json!({"image": "images/anyres_0.png", "task": "image",
+            "conversations": [{"from": "human", "value": "<image>\nIs it good?"}, {"from": "gpt", "value": "Yes."}]}),
+        serde_json::json!({"image": ["images/two_images_0.png", "images/two_images_1.png"], "task": "pair",
+            "conversations": [{"from": "human", "value": "<image> or <image>: which?"},
+                              {"from": "gpt", "value": "The first."}]}),
+        // LLaVA-NeXT writes a video's placeholder as `<image>`.
+        serde_json::json!({"video": "video", "task": "video",
+            "conversations": [{"from": "human", "value": "<image>\nWhat moves?"}, {"from": "gpt", "value": "A dot."}]}),
+        serde_json::json!({"task": "text",
+            "conversations": [{"from": "human", "value": "1 or 2?"}, {"from": "gpt", "value": "2."}]}),
+    ];
+    let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let load = |checkpoint: &ChatCheckpoint| {
+        let path = checkpoint.dir.join("data/train.jsonl");
+        std::fs::write(&path, &lines).unwrap();
+        let model = TrainModel::load(&checkpoint.model(), DType::F32, Device::Cpu, 3).unwrap();
+        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&checkpoint.model()).unwrap();
+        let options = DataOptions { media_folder: checkpoint.dir.join("data"), ..DataOptions::default() };
+        let (data, report) = SftDataset::load_conversations_with_media(
+            &[DataSource::new(&path)],
+            &tokenizer,
+            &options,
+            model.media_loader(),
+        )
+        .unwrap();
+        assert!(report.bad.is_empty(), "{:?}", report.bad);
+        let batch = collate_conversations(&data.examples.iter().collect::<Vec<_>>(), tokenizer.pad_id());
+        (model, batch)
+    };
+    let ((hf_model, hf_batch), (original_model, original_batch)) = (load(&hf), load(&original));
+    let placeholders = |model: &TrainModel| model.media_loader().unwrap().placeholders();
+    let (hf_ids, original_ids) = (placeholders(&hf_model), placeholders(&original_model));
+    assert_eq!((original_ids.image, original_ids.video), (LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER));
+    let as_original = |id: i64| match id {
+        id if id == hf_ids.image => original_ids.image,
+        id if id == hf_ids.video => original_ids.video,
+        id => id,
+    };
+    assert_eq!(hf_batch.ids.iter().map(|&id| as_original(id)).collect::<Vec<_>>(), original_batch.ids);
+    assert_eq!((&hf_batch.labels, &hf_batch.mask), (&original_batch.labels, &original_batch.mask));
+    for (id, what) in [(original_ids.image, "image"), (original_ids.video, "video")] {
+        assert!(original_batch.ids.contains(&id), "the batch has {what} placeholders");
+    }
+    // A pair's prompt too.
+    let pair = serde_json::json!({"prompt": "<image>\nIs it good?", "chosen": "Yes.", "rejected": "No.",
+        "image": "images/downsampled_0.png"})
+    .to_string();
+    let prompt = |checkpoint: &ChatCheckpoint, model: &TrainModel| {
+        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&checkpoint.model()).unwrap();
+        let options = DataOptions { media_folder: checkpoint.dir.join("data"), ..DataOptions::default() };
+        let data =
+            PairDataset::from_pair_records(&[&pair], "pairs", "image", &tokenizer, &options, model.media_loader());
+        data.unwrap().examples.remove(0).prompt
+    };
+    let (hf_prompt, original_prompt) = (prompt(&hf, &hf_model), prompt(&original, &original_model));
+    assert!(original_prompt.contains(&original_ids.image));
+    assert_eq!(hf_prompt.into_iter().map(as_original).collect::<Vec<_>>(), original_prompt);
+
+    let optimizer = AdamWConfig { lr: 1e-2, max_grad_norm: Some(1.0), ..AdamWConfig::default() };
+    let train = |model: TrainModel, batch: &SequenceBatch| {
+        let config = SftConfig { optimizer: optimizer.clone(), tasks: 4, ..SftConfig::default() };
+        let mut trainer = SftTrainer::new(model, config).unwrap();
+        let metrics = trainer.step(std::slice::from_ref(batch)).unwrap();
+        let params: Vec<Vec<f32>> = trainer.model().named_parameters().iter().map(|(_, t)| values(t)).collect();
+        (metrics, params)
+    };
+    let ((hf_metrics, hf_params), (original_metrics, original_params)) =
+        (train(hf_model, &hf_batch), train(original_model, &original_batch));
+    assert!(hf_metrics.loss.is_finite() && hf_metrics.tokens > 0);
+    assert_eq!(hf_metrics.loss.to_bits(), original_metrics.loss.to_bits());
+    assert_eq!(hf_metrics.grad_norm.map(f64::to_bits), original_metrics.grad_norm.map(f64::to_bits));
+    let sorted = |mut p: Vec<Vec<f32>>| {
+        p.sort_by(|a, b| a.len().cmp(&b.len()).then(a.partial_cmp(b).unwrap()));
+        p
+    };
+    assert_eq!(sorted(hf_params), sorted(original_params));
 }

@@ -1,5 +1,6 @@
 //! The SigLIP-so400m vision tower on one 384×384 image as LLaVA-OneVision runs it (26 of 27 encoder layers, 729
-//! patches, f32): forward, and forward + backward to every parameter and the pixels. On the CPU, or on CUDA with the
+//! patches, f32): the inference forward (`encode`), the training forward, and forward + backward to every parameter
+//! and the pixels. On the CPU, or on CUDA with the
 //! `gpu-tests` feature (scripts/gpu_check.sh). A forward is ~0.6 TFLOP: seconds per iteration on a few cores, hence
 //! the minimum sample count; `UNIREWARD_SIGLIP_BENCH_LAYERS` runs fewer layers on a busy machine (the time scales
 //! with the layer count), `UNIREWARD_SIGLIP_BENCH_TILES` more tiles (10: a 9-tile anyres image and its base
@@ -47,6 +48,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("siglip_so400m_{layers}_layers_{tiles}_tiles_{device}"));
     group.sample_size(10).warm_up_time(Duration::from_millis(1)).measurement_time(Duration::from_secs(1));
     let opts = ForwardOptions::default();
+    // The inference forward (a frozen tower's, the judge's): no activations kept, as PyTorch's under no_grad.
+    group.bench_function("encode_f32", |b| {
+        b.iter(|| {
+            drop(tower.encode(&pixels).unwrap());
+            sync(device);
+        })
+    });
     group.bench_function("forward_f32", |b| {
         b.iter(|| {
             drop(tower.forward(&pixels, opts).unwrap());

@@ -17,7 +17,10 @@ the resident set once the model and inputs exist, or torch.cuda.max_memory_alloc
 
 - forward + loss:            model(input_ids, pixel_values, image_sizes, labels) under no_grad, the labels the ids
                              with the placeholders at -100 (transformers shifts them);
-- forward + loss + backward: the same with grad, then loss.backward() into fresh gradients.
+- forward + loss + backward: the same with grad, then loss.backward() into fresh gradients; with
+                             --gradient-checkpointing, transformers' checkpointing of every decoder and encoder layer
+                             (the match for `unireward bench llava --recompute`; at full depth PyTorch's activations
+                             do not fit in 24 GiB without it).
 
 Times are the median of --iters runs after one warm-up. The loss printed must equal unireward's: as in
 tests/reference/llava_onevision_model.py, SigLIP's post-layernorm is made the identity, since transformers 4.57.1
@@ -85,6 +88,10 @@ def measure(args):
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(args.model, torch_dtype=dtype,
                                                                    attn_implementation=args.attn).to(device)
     model.train(False)
+    if args.gradient_checkpointing:
+        # transformers checkpoints only in training mode; these configs have no dropout, so the loss is unchanged.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train(True)
     model.model.vision_tower.vision_model.post_layernorm.forward = lambda x: x  # transformers issue 40964
     inputs = load_file(os.path.join(args.model, INPUTS_FILE))
     ids = inputs["input_ids"].to(device)
@@ -125,6 +132,8 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--iters", type=int, default=2, help="timed runs after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer in the backward (transformers' gradient checkpointing)")
     p.add_argument("--mode", choices=["fwd", "fwdbwd"], help=argparse.SUPPRESS)
     args = p.parse_args()
     args.image = tuple(int(v) for v in args.image.lower().split("x"))
@@ -142,7 +151,7 @@ def main():
     for mode, label in [("fwd", "forward + loss (no_grad)"), ("fwdbwd", "forward + loss + backward")]:
         cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--dtype", args.dtype,
                "--attn", args.attn, "--device", args.device, "--iters", str(args.iters),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads)] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{mode} on {args.device} failed: {proc.stderr.strip().splitlines()[-1:]}")

@@ -44,6 +44,29 @@ fn one_field(names: &[*const c_char; 1], values: &[*const c_char; 1]) -> ur_judg
     context
 }
 
+const F32: DLDataType = DLDataType { code: 2, bits: 32, lanes: 1 };
+const CPU: DLDevice = DLDevice { device_type: 1, device_id: 0 };
+
+/// A fresh `ur_context`.
+fn new_context() -> *mut ur_context {
+    let mut ctx = null_mut();
+    // SAFETY: a writable out-pointer.
+    assert_eq!(unsafe { ur_context_create(&mut ctx) }, ur_status::UR_OK);
+    ctx
+}
+
+/// The judge in `dir`, loaded through the C ABI in float32 on the CPU.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`.
+unsafe fn load(ctx: *mut ur_context, dir: &CString) -> *mut ur_judge {
+    let mut judge = null_mut();
+    // SAFETY: this function's contract; `dir` is NUL-terminated.
+    let status = unsafe { ur_judge_load(ctx, dir.as_ptr(), F32, CPU, &mut judge) };
+    assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+    judge
+}
+
 fn fresh_result() -> ur_judge_result {
     // SAFETY: a plain-number struct: all zeros is a valid value.
     let mut r: ur_judge_result = unsafe { std::mem::zeroed() };
@@ -85,7 +108,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
     let (caption, caption_value, question, question_value) =
         (c("caption"), c("a red square"), c("question"), c("What color is the square?"));
     let responses = [c("It is red."), c("Blue, I think.")];
-    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
+    let f32_cpu = (F32, CPU);
 
     let mut ctx = null_mut();
     // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
@@ -420,14 +443,11 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         .map(|k| RgbImage::new(14, 10, (0..14 * 10 * 3).map(|i| ((i * 13 + k * 71) % 256) as u8).collect()).unwrap())
         .collect();
     let video_bytes: Vec<u8> = frames.iter().flat_map(|f| f.pixels().iter().copied()).collect();
-    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
 
-    let mut ctx = null_mut();
     // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
     unsafe {
-        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
-        let mut judge: *mut ur_judge = null_mut();
-        assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
+        let ctx = new_context();
+        let judge = load(ctx, &dir_c);
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];
         let gen_ctx = one_field(&names, &values);
@@ -465,6 +485,32 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         let in_memory = Candidate::Media(MediaFile::VideoFrames(frames.clone().into()));
         let context = Context::with_field("caption", "a red square");
         let expected = rust.pointwise(Task::VideoGeneration, &context, in_memory).unwrap();
+        assert_eq!(scale.map(f32::to_bits).to_vec(), expected.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>());
+        // 21 frames, of which the template samples 8 (the only ones the call reads): the Rust judge's on all 21.
+        let long: Vec<RgbImage> = (0..21)
+            .map(|k| frames[k % 3].clone())
+            .rev()
+            .enumerate()
+            .map(|(k, f)| {
+                let shifted = f.pixels().iter().map(|&b| b.wrapping_add(k as u8 * 11)).collect();
+                RgbImage::new(14, 10, shifted).unwrap()
+            })
+            .collect();
+        let long_bytes: Vec<u8> = long.iter().flat_map(|f| f.pixels().iter().copied()).collect();
+        let long_video = pixels_of(&long, &long_bytes);
+        let status = ur_judge_pointwise(
+            ctx,
+            judge,
+            UR_TASK_VIDEO_GENERATION,
+            &gen_ctx,
+            &pixel_item(UR_JUDGE_VIDEO_PIXELS, &long_video),
+            scale.as_mut_ptr(),
+            10,
+            &mut point,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let all = Candidate::Media(MediaFile::VideoFrames(long.into()));
+        let expected = rust.pointwise(Task::VideoGeneration, &context, all).unwrap();
         assert_eq!(scale.map(f32::to_bits).to_vec(), expected.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>());
 
         // Bad pixels: a status and a message naming the field, nothing written.
@@ -561,13 +607,10 @@ fn c_reasoned_judgments_equal_the_rust_judge_and_bad_options_are_refused() {
         (c("caption"), c("a red square"), c("question"), c("What color is the square?"));
     let (scene, scene_c) = (image("anyres_0.png"), c(image("anyres_0.png").to_str().unwrap()));
     let responses = [c("It is red."), c("Blue, I think.")];
-    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
-    let mut ctx = null_mut();
     // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
     unsafe {
-        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
-        let mut judge: *mut ur_judge = null_mut();
-        assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
+        let ctx = new_context();
+        let judge = load(ctx, &dir_c);
 
         // Pointwise image generation, greedy: a random model's answer has no "Final Score", reported as such.
         let names = [caption.as_ptr()];
@@ -742,11 +785,9 @@ fn c_templates_change_the_prompt_as_the_rust_override_does_and_bad_ones_are_refu
     let expected = rust.pointwise(Task::ImageGeneration, &context, scene.clone()).unwrap();
     let built_in = rust_default.pointwise(Task::ImageGeneration, &context, scene).unwrap();
     assert_ne!(expected.prompt_tokens, built_in.prompt_tokens);
-    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
-    let mut ctx = null_mut();
     // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
     unsafe {
-        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
+        let ctx = new_context();
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];
         let gen_ctx = one_field(&names, &values);
@@ -773,8 +814,7 @@ fn c_templates_change_the_prompt_as_the_rust_override_does_and_bad_ones_are_refu
         let mut template = ur_judge_template_default();
         template.mode = UR_JUDGE_POINTWISE;
         for (path, json) in [(path_c.as_ptr(), null()), (null(), json_c.as_ptr())] {
-            let mut judge: *mut ur_judge = null_mut();
-            assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
+            let judge = load(ctx, &dir_c);
             point(judge, &built_in);
             let mut n = 0usize;
             assert_eq!(

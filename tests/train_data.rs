@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
+use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
 use unireward::train::data::{
     collate_conversations, collate_pairs, collate_rankings, BadRecordPolicy, BatchSampler, ConversationTokenizer,
     DataOptions, DataSource, LabelMask, LoaderState, MediaKind, PairDataset, Problem, RankingDataset, SamplerConfig,
@@ -18,7 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 
 #[derive(serde::Deserialize)]
 struct Expected {
-    special_tokens: BTreeMap<String, u32>,
+    special_tokens: BTreeMap<String, i64>,
     conversations: Vec<ExpectedConversation>,
     pairs: Vec<ExpectedPair>,
 }
@@ -26,7 +27,7 @@ struct Expected {
 #[derive(serde::Deserialize)]
 struct ExpectedConversation {
     line: usize,
-    ids: Vec<u32>,
+    ids: Vec<i64>,
     labels_llava_next: Vec<i64>,
     labels_assistant: Vec<i64>,
 }
@@ -34,7 +35,7 @@ struct ExpectedConversation {
 #[derive(serde::Deserialize)]
 struct ExpectedPair {
     line: usize,
-    prompt: Vec<u32>,
+    prompt: Vec<i64>,
     chosen: Vec<u32>,
     rejected: Vec<u32>,
 }
@@ -120,7 +121,7 @@ fn pairs_match_the_chat_template() {
         for (offset, completion) in [(0, &e.chosen), (3, &e.rejected)] {
             let at = (row + offset) * batch.len;
             let n = e.prompt.len() + completion.len();
-            let ids: Vec<i64> = e.prompt.iter().chain(completion.iter()).map(|&i| i64::from(i)).collect();
+            let ids: Vec<i64> = e.prompt.iter().copied().chain(completion.iter().map(|&i| i64::from(i))).collect();
             assert_eq!(batch.ids[at..at + n], ids[..]);
             assert!(batch.ids[at + n..at + batch.len].iter().all(|&i| i == 360));
             assert!(batch.labels[at..at + e.prompt.len()].iter().all(|&l| l == IGNORE_INDEX));
@@ -173,7 +174,7 @@ fn ranked_lists_match_the_chat_template_and_pad_response_major() {
         for (k, response) in e.responses.iter().enumerate() {
             let at = (k * g + row) * batch.len;
             let n = e.prompt.len() + response.len();
-            let ids: Vec<i64> = e.prompt.iter().chain(response.iter()).map(|&i| i64::from(i)).collect();
+            let ids: Vec<i64> = e.prompt.iter().copied().chain(response.iter().map(|&i| i64::from(i))).collect();
             assert_eq!(batch.ids[at..at + n], ids[..]);
             assert!(batch.labels[at..at + e.prompt.len()].iter().all(|&l| l == IGNORE_INDEX));
             assert_eq!(batch.labels[at + e.prompt.len()..at + n], ids[e.prompt.len()..]);
@@ -227,10 +228,32 @@ fn files_that_cannot_be_read_are_errors() {
     let zero = DataOptions { max_len: 0, ..options() };
     let source = [DataSource::new(fixture("train/sft.jsonl"))];
     assert!(SftDataset::load_conversations(&source, &tok, &zero).unwrap_err().to_string().contains("max_len"));
-    // The Qwen2 tokenizer without `<image>`: image records cannot be encoded, which is no record's fault.
+}
+
+/// A tokenizer without `<image>` / `<video>` tokens (a `llava_qwen` checkpoint's) splits the text at the markers,
+/// as LLaVA-NeXT's `tokenizer_image_token` does, and gives them LLaVA-NeXT's ids: the same sequences as a tokenizer
+/// with the tokens, but for the placeholder ids.
+#[test]
+fn markers_the_tokenizer_lacks_become_llava_next_ids() {
+    let source = [DataSource::new(fixture("train/sft.jsonl"))];
+    let with_tokens = conversations(LabelMask::LlavaNext);
     let plain = ConversationTokenizer::from_checkpoint_dir(&fixture("qwen2/tokenizer")).unwrap();
-    let msg = SftDataset::load_conversations(&source, &plain, &options()).unwrap_err().to_string();
-    assert!(msg.contains("`<image>`") && msg.contains("no such token"), "{msg}");
+    let markers = plain.placeholder_ids();
+    assert_eq!((markers.image, markers.video), (LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER));
+    let (without, _) = SftDataset::load_conversations(&source, &plain, &options()).unwrap();
+    let special = expected().special_tokens;
+    let as_llava_next = |id: i64| match id {
+        id if id == special["<image>"] => LLAVA_IMAGE_PLACEHOLDER,
+        id if id == special["<video>"] => LLAVA_VIDEO_PLACEHOLDER,
+        id => id,
+    };
+    assert_eq!(with_tokens.examples.len(), without.examples.len());
+    for (a, b) in with_tokens.examples.iter().zip(&without.examples) {
+        assert_eq!(a.ids.iter().map(|&id| as_llava_next(id)).collect::<Vec<_>>(), b.ids, "line {}", a.line);
+        assert_eq!(a.labels, b.labels, "line {}", a.line);
+    }
+    let placeholders = |id: i64| without.examples.iter().flat_map(|e| &e.ids).filter(|&&i| i == id).count();
+    assert_eq!((placeholders(LLAVA_IMAGE_PLACEHOLDER), placeholders(LLAVA_VIDEO_PLACEHOLDER)), (3, 1));
 }
 
 #[test]
@@ -242,8 +265,7 @@ fn conversations_pad_on_the_right_with_ignored_labels() {
     assert_eq!((batch.rows, batch.len), (refs.len(), longest));
     for (row, e) in refs.iter().enumerate() {
         let at = row * batch.len;
-        let ids: Vec<i64> = e.ids.iter().map(|&i| i64::from(i)).collect();
-        assert_eq!(batch.ids[at..at + e.ids.len()], ids[..]);
+        assert_eq!(batch.ids[at..at + e.ids.len()], e.ids[..]);
         assert_eq!(batch.labels[at..at + e.ids.len()], e.labels[..]);
         assert!(batch.ids[at + e.ids.len()..at + batch.len].iter().all(|&i| i == 360));
         assert!(batch.labels[at + e.ids.len()..at + batch.len].iter().all(|&l| l == IGNORE_INDEX));

@@ -8,57 +8,26 @@ use serde::Deserialize;
 use unireward::model::llava::LlavaOnevisionModel;
 use unireward::model::ForwardOptions;
 use unireward::ops::fused_linear::FusedLinearConfig;
-use unireward::train::data::{MediaKind, MediaRef, SequenceBatch};
+use unireward::train::data::SequenceBatch;
 use unireward::train::model::TrainModel;
 use unireward::train::optim::{AdamW, AdamWConfig, ParamGroup};
 use unireward::train::sft::{SftConfig, SftTrainer};
 use unireward::{DType, Device, Tensor};
 
 mod common;
-use common::reference::fixture;
+use common::reference::{fixture, ReferenceBatch};
 
 const VIDEO_FRAMES: usize = 4;
 
-#[derive(Deserialize)]
-struct Media {
-    kind: String,
-    path: String,
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    rows: usize,
-    len: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    tasks: Vec<usize>,
-    media: Vec<Vec<Media>>,
-}
-
-#[derive(Deserialize)]
-struct Steps {
-    batches: Vec<Vec<Batch>>,
-}
-
 /// The SFT fixture's micro-batches, in order.
 fn batches() -> Vec<SequenceBatch> {
+    #[derive(Deserialize)]
+    struct Steps {
+        batches: Vec<Vec<ReferenceBatch>>,
+    }
     let text = std::fs::read_to_string(fixture("train_sft_llava/steps.json")).unwrap();
     let steps: Steps = serde_json::from_str(&text).unwrap();
-    let media = |m: Media| MediaRef {
-        kind: if m.kind == "video" { MediaKind::Video } else { MediaKind::Image },
-        path: fixture("llava").join(m.path),
-    };
-    let batch = |b: Batch| SequenceBatch {
-        rows: b.rows,
-        len: b.len,
-        ids: b.ids,
-        mask: b.mask,
-        labels: b.labels,
-        tasks: b.tasks,
-        media: b.media.into_iter().map(|row| row.into_iter().map(media).collect()).collect(),
-    };
-    steps.batches.into_iter().flatten().map(batch).collect()
+    steps.batches.iter().flatten().map(ReferenceBatch::sequence_batch).collect()
 }
 
 fn load() -> TrainModel {

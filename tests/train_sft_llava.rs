@@ -8,10 +8,11 @@ use std::process::Command;
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
+use unireward::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
 use unireward::model::llava::{LlavaBatch, MediaInput};
 use unireward::model::{ForwardOptions, WeightStore};
 use unireward::train::data::{
-    BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, MediaKind, MediaRef, PairDataset, Problem,
+    collate_conversations, BadRecordPolicy, ConversationTokenizer, DataOptions, DataSource, PairDataset, Problem,
     SequenceBatch, SftDataset, IGNORE_INDEX,
 };
 use unireward::train::model::TrainModel;
@@ -22,7 +23,7 @@ use unireward::{DType, Device, Tensor};
 
 mod common;
 use common::llava::ChatCheckpoint;
-use common::reference::{assert_close, fixture};
+use common::reference::{assert_close, fixture, ReferenceBatch};
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap()
@@ -43,23 +44,6 @@ struct Config {
 }
 
 #[derive(Deserialize)]
-struct Media {
-    kind: String,
-    path: String,
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    rows: usize,
-    len: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    tasks: Vec<usize>,
-    media: Vec<Vec<Media>>,
-}
-
-#[derive(Deserialize)]
 struct Step {
     loss: f64,
     tokens: usize,
@@ -71,28 +55,12 @@ struct Step {
 #[derive(Deserialize)]
 struct Steps {
     config: Config,
-    batches: Vec<Vec<Batch>>,
+    batches: Vec<Vec<ReferenceBatch>>,
     steps: Vec<Step>,
 }
 
 fn reference() -> Steps {
     serde_json::from_str(&std::fs::read_to_string(fixture("train_sft_llava/steps.json")).unwrap()).unwrap()
-}
-
-fn sequence_batch(b: Batch) -> SequenceBatch {
-    let media = b
-        .media
-        .into_iter()
-        .map(|row| {
-            row.into_iter()
-                .map(|m| MediaRef {
-                    kind: if m.kind == "video" { MediaKind::Video } else { MediaKind::Image },
-                    path: fixture("llava").join(m.path),
-                })
-                .collect()
-        })
-        .collect();
-    SequenceBatch { rows: b.rows, len: b.len, ids: b.ids, mask: b.mask, labels: b.labels, tasks: b.tasks, media }
 }
 
 fn trainer(c: &Config, extra_groups: Vec<ParamGroup>) -> SftTrainer {
@@ -116,7 +84,7 @@ fn ten_llava_sft_steps_with_images_and_videos_match_pytorch() {
     let Steps { config: c, batches, steps } = reference();
     let mut trainer = trainer(&c, Vec::new());
     for (k, (micro, want)) in batches.into_iter().zip(&steps).enumerate() {
-        let micro: Vec<SequenceBatch> = micro.into_iter().map(sequence_batch).collect();
+        let micro: Vec<SequenceBatch> = micro.into_iter().map(|b| b.sequence_batch()).collect();
         let got = trainer.step(&micro).unwrap();
         assert_eq!(got.step, k as u64 + 1);
         assert_eq!(got.tokens, want.tokens, "step {k} tokens");
@@ -165,7 +133,7 @@ fn a_frozen_vision_tower_and_projector_stay_bit_identical() {
     };
     let before = snapshot(&trainer);
     for micro in batches.into_iter().take(3) {
-        trainer.step(&micro.into_iter().map(sequence_batch).collect::<Vec<_>>()).unwrap();
+        trainer.step(&micro.into_iter().map(|b| b.sequence_batch()).collect::<Vec<_>>()).unwrap();
     }
     let after = snapshot(&trainer);
     assert!(before.iter().any(|(n, _)| is_vision(n)));
@@ -218,7 +186,7 @@ fn recompute(model: &TrainModel, batch: &SequenceBatch, video_frames: usize) -> 
 fn evaluation_equals_a_recomputation_and_updates_nothing() {
     let Steps { config: c, batches, .. } = reference();
     let mut trainer = trainer(&c, Vec::new());
-    let mut batches = batches.into_iter().map(|m| m.into_iter().map(sequence_batch).collect::<Vec<_>>());
+    let mut batches = batches.into_iter().map(|m| m.into_iter().map(|b| b.sequence_batch()).collect::<Vec<_>>());
     trainer.step(&batches.next().unwrap()).unwrap();
     let held_out: Vec<SequenceBatch> = batches.take(2).flatten().collect();
     let before: Vec<Vec<f32>> = trainer.model().named_parameters().iter().map(|(_, p)| values(p)).collect();
@@ -253,7 +221,8 @@ fn evaluation_equals_a_recomputation_and_updates_nothing() {
     // The training loss of the same batch before any update is its evaluation loss.
     let Steps { config: c, batches, .. } = reference();
     let mut fresh = trainer_with_no_update(&c);
-    let first: Vec<SequenceBatch> = batches.into_iter().next().unwrap().into_iter().map(sequence_batch).collect();
+    let first: Vec<SequenceBatch> =
+        batches.into_iter().next().unwrap().into_iter().map(|b| b.sequence_batch()).collect();
     let eval = fresh.evaluate(&first).unwrap();
     let step = fresh.step(&first).unwrap();
     assert_close("eval loss vs step loss", eval.loss, step.loss, 1e-5, 1e-3);
@@ -297,11 +266,11 @@ fn conversations_with_images_are_expanded_and_bad_media_reported_by_line() {
         let inputs: Vec<MediaInput<'_>> = loaded.iter().map(|m| m.input()).collect();
         let TrainModel::Llava(llava) = &model else { unreachable!() };
         assert_eq!(counts, llava.model.placeholder_counts(&inputs).unwrap());
-        let expanded = example.ids.iter().filter(|&&id| i64::from(id) == placeholders.image).count();
+        let expanded = example.ids.iter().filter(|&&id| id == placeholders.image).count();
         assert_eq!(expanded, counts.iter().sum::<usize>(), "line {line}");
         assert_eq!(example.ids.len(), unexpanded.ids.len() + expanded - example.media.len(), "line {line}");
         for (&id, &label) in example.ids.iter().zip(&example.labels) {
-            if i64::from(id) == placeholders.image {
+            if id == placeholders.image {
                 assert_eq!(label, IGNORE_INDEX);
             }
         }
@@ -395,7 +364,7 @@ fn pair_prompts_with_images_are_expanded() {
     let (got, want) = (&pairs.examples[0], &plain.examples[0]);
     let count = loader.placeholder_counts(&loader.load(&got.media).unwrap()).unwrap()[0];
     let image = loader.placeholders().image;
-    assert_eq!(got.prompt.iter().filter(|&&id| i64::from(id) == image).count(), count);
+    assert_eq!(got.prompt.iter().filter(|&&id| id == image).count(), count);
     assert_eq!(got.prompt.len(), want.prompt.len() + count - 1);
     assert_eq!((&got.chosen, &got.rejected), (&want.chosen, &want.rejected));
 }
@@ -434,4 +403,89 @@ fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
         |o: &unireward::train::sft::SftOutcome| std::fs::read(o.checkpoint.join("model.safetensors")).unwrap();
     assert!(weights(&whole) == weights(&resumed), "the resumed run's parameters differ");
     assert!(weights(&whole) != std::fs::read(checkpoint.model().join("model.safetensors")).unwrap());
+}
+
+/// A `llava_qwen` checkpoint (UnifiedReward's released layout: no `<image>` token, placeholders outside the
+/// vocabulary) trains on conversations with images and videos exactly as its Hugging Face twin: the same sequences
+/// but for the placeholder ids, then the same loss, gradient norm and trained parameters.
+#[test]
+fn a_llava_qwen_checkpoint_trains_on_media_as_its_hugging_face_twin() {
+    let (hf, original) = (ChatCheckpoint::new("twin-hf"), ChatCheckpoint::llava_qwen("twin-llava-qwen"));
+    let records = [
+        serde_json::json!({"image": "images/anyres_0.png", "task": "image",
+            "conversations": [{"from": "human", "value": "<image>\nIs it good?"}, {"from": "gpt", "value": "Yes."}]}),
+        serde_json::json!({"image": ["images/two_images_0.png", "images/two_images_1.png"], "task": "pair",
+            "conversations": [{"from": "human", "value": "<image> or <image>: which?"},
+                              {"from": "gpt", "value": "The first."}]}),
+        // LLaVA-NeXT writes a video's placeholder as `<image>`.
+        serde_json::json!({"video": "video", "task": "video",
+            "conversations": [{"from": "human", "value": "<image>\nWhat moves?"}, {"from": "gpt", "value": "A dot."}]}),
+        serde_json::json!({"task": "text",
+            "conversations": [{"from": "human", "value": "1 or 2?"}, {"from": "gpt", "value": "2."}]}),
+    ];
+    let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let load = |checkpoint: &ChatCheckpoint| {
+        let path = checkpoint.dir.join("data/train.jsonl");
+        std::fs::write(&path, &lines).unwrap();
+        let model = TrainModel::load(&checkpoint.model(), DType::F32, Device::Cpu, 3).unwrap();
+        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&checkpoint.model()).unwrap();
+        let options = DataOptions { media_folder: checkpoint.dir.join("data"), ..DataOptions::default() };
+        let (data, report) = SftDataset::load_conversations_with_media(
+            &[DataSource::new(&path)],
+            &tokenizer,
+            &options,
+            model.media_loader(),
+        )
+        .unwrap();
+        assert!(report.bad.is_empty(), "{:?}", report.bad);
+        let batch = collate_conversations(&data.examples.iter().collect::<Vec<_>>(), tokenizer.pad_id());
+        (model, batch)
+    };
+    let ((hf_model, hf_batch), (original_model, original_batch)) = (load(&hf), load(&original));
+    let placeholders = |model: &TrainModel| model.media_loader().unwrap().placeholders();
+    let (hf_ids, original_ids) = (placeholders(&hf_model), placeholders(&original_model));
+    assert_eq!((original_ids.image, original_ids.video), (LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER));
+    let as_original = |id: i64| match id {
+        id if id == hf_ids.image => original_ids.image,
+        id if id == hf_ids.video => original_ids.video,
+        id => id,
+    };
+    assert_eq!(hf_batch.ids.iter().map(|&id| as_original(id)).collect::<Vec<_>>(), original_batch.ids);
+    assert_eq!((&hf_batch.labels, &hf_batch.mask), (&original_batch.labels, &original_batch.mask));
+    for (id, what) in [(original_ids.image, "image"), (original_ids.video, "video")] {
+        assert!(original_batch.ids.contains(&id), "the batch has {what} placeholders");
+    }
+    // A pair's prompt too.
+    let pair = serde_json::json!({"prompt": "<image>\nIs it good?", "chosen": "Yes.", "rejected": "No.",
+        "image": "images/downsampled_0.png"})
+    .to_string();
+    let prompt = |checkpoint: &ChatCheckpoint, model: &TrainModel| {
+        let tokenizer = ConversationTokenizer::from_checkpoint_dir(&checkpoint.model()).unwrap();
+        let options = DataOptions { media_folder: checkpoint.dir.join("data"), ..DataOptions::default() };
+        let data =
+            PairDataset::from_pair_records(&[&pair], "pairs", "image", &tokenizer, &options, model.media_loader());
+        data.unwrap().examples.remove(0).prompt
+    };
+    let (hf_prompt, original_prompt) = (prompt(&hf, &hf_model), prompt(&original, &original_model));
+    assert!(original_prompt.contains(&original_ids.image));
+    assert_eq!(hf_prompt.into_iter().map(as_original).collect::<Vec<_>>(), original_prompt);
+
+    let optimizer = AdamWConfig { lr: 1e-2, max_grad_norm: Some(1.0), ..AdamWConfig::default() };
+    let train = |model: TrainModel, batch: &SequenceBatch| {
+        let config = SftConfig { optimizer: optimizer.clone(), tasks: 4, ..SftConfig::default() };
+        let mut trainer = SftTrainer::new(model, config).unwrap();
+        let metrics = trainer.step(std::slice::from_ref(batch)).unwrap();
+        let params: Vec<Vec<f32>> = trainer.model().named_parameters().iter().map(|(_, t)| values(t)).collect();
+        (metrics, params)
+    };
+    let ((hf_metrics, hf_params), (original_metrics, original_params)) =
+        (train(hf_model, &hf_batch), train(original_model, &original_batch));
+    assert!(hf_metrics.loss.is_finite() && hf_metrics.tokens > 0);
+    assert_eq!(hf_metrics.loss.to_bits(), original_metrics.loss.to_bits());
+    assert_eq!(hf_metrics.grad_norm.map(f64::to_bits), original_metrics.grad_norm.map(f64::to_bits));
+    let sorted = |mut p: Vec<Vec<f32>>| {
+        p.sort_by(|a, b| a.len().cmp(&b.len()).then(a.partial_cmp(b).unwrap()));
+        p
+    };
+    assert_eq!(sorted(hf_params), sorted(original_params));
 }

@@ -135,6 +135,19 @@ impl TrainModel {
         }
     }
 
+    /// What is wrong with a batch's input `ids`, if anything: each must be in the language model's vocabulary or be
+    /// one of a LLaVA model's placeholder ids (`llava_qwen`'s are negative).
+    pub fn check_input_ids(&self, ids: &[i64]) -> std::result::Result<(), String> {
+        let vocab = self.language_model().config.vocab_size;
+        let placeholders = self.media_loader().map(|loader| loader.placeholders());
+        let accepted =
+            |id: i64| (0..vocab as i64).contains(&id) || placeholders.is_some_and(|p| id == p.image || id == p.video);
+        match ids.iter().find(|&&id| !accepted(id)) {
+            Some(id) => Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}")),
+            None => Ok(()),
+        }
+    }
+
     pub fn device(&self) -> Device {
         self.language_model().device()
     }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "unireward.hpp"
 
 namespace {
@@ -35,20 +36,6 @@ const char* const kTemplate =
     R"({"task": "image_generation", "mode": "pointwise", "media": {"kind": "image", "count": 1},)"
     R"( "instruction": "<image>\nCaption: {caption}\nRate it.",)"
     R"( "answer": {"score": {"prefix": "Final Score:", "min": 1, "max": 10}}})";
-
-// Runs `call`, which must throw `unireward::Error` with `status` and a message holding `needle`.
-template <typename F>
-void expect_error(F call, ur_status status, const char* needle) {
-  try {
-    call();
-  } catch (const unireward::Error& e) {
-    if (e.status() == status && std::strstr(e.what(), needle) != nullptr) return;
-    std::fprintf(stderr, "wrong error: %s (expected %s)\n", e.what(), needle);
-    std::exit(1);
-  }
-  std::fprintf(stderr, "no error (expected %s)\n", needle);
-  std::exit(1);
-}
 
 int judge_checks(const char* dir, const char* llava) {
   const std::string images = std::string(llava) + "/images/";

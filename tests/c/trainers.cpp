@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "unireward.hpp"
 
 namespace {
@@ -18,20 +19,6 @@ namespace {
 void require(bool ok, const char* what) {
   if (ok) return;
   std::fprintf(stderr, "FAIL %s\n", what);
-  std::exit(1);
-}
-
-// Runs `call`, which must throw `unireward::Error` with `status` and a message holding `needle`.
-template <typename F>
-void expect_error(F call, ur_status status, const char* needle) {
-  try {
-    call();
-  } catch (const unireward::Error& e) {
-    if (e.status() == status && std::strstr(e.what(), needle) != nullptr) return;
-    std::fprintf(stderr, "wrong error: %s (expected %s)\n", e.what(), needle);
-    std::exit(1);
-  }
-  std::fprintf(stderr, "no error (expected %s)\n", needle);
   std::exit(1);
 }
 

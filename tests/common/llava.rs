@@ -1,7 +1,7 @@
 //! A tiny chat-capable LLaVA-OneVision checkpoint for the trainer tests, assembled from fixtures in a scratch
 //! directory with the fixture images beside it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use unireward::model::{save_safetensors, WeightStore};
 use unireward::{DType, Device, Tensor};
@@ -15,7 +15,19 @@ pub struct ChatCheckpoint {
 }
 
 impl ChatCheckpoint {
+    /// In transformers' layout: `<image>` and `<video>` are tokens of the tokenizer and placeholder ids of the model.
     pub fn new(name: &str) -> ChatCheckpoint {
+        ChatCheckpoint::build(name, "hf")
+    }
+
+    /// The same model in LLaVA-NeXT's `llava_qwen` layout, as UnifiedReward releases its checkpoints: the tokenizer
+    /// has no `<image>` / `<video>` token and the placeholders are ids outside the vocabulary. The vocabulary is
+    /// as wide as the Hugging Face twin's (its last two rows never looked up), so both compute the same.
+    pub fn llava_qwen(name: &str) -> ChatCheckpoint {
+        ChatCheckpoint::build(name, "llava_qwen")
+    }
+
+    fn build(name: &str, layout: &str) -> ChatCheckpoint {
         let dir = std::env::temp_dir().join(format!("unireward-llava-{name}-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
         let model = dir.join("model");
@@ -25,24 +37,31 @@ impl ChatCheckpoint {
             serde_json::from_str(&std::fs::read_to_string(tokenizer_dir.join("tokenizer.json")).unwrap()).unwrap();
         let added = tokenizer["added_tokens"].as_array_mut().unwrap();
         let next = added.iter().map(|t| t["id"].as_u64().unwrap()).max().unwrap() + 1;
-        for (i, content) in ["<image>", "<video>"].into_iter().enumerate() {
-            added.push(serde_json::json!({"id": next + i as u64, "content": content, "single_word": false,
-                "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+        if layout == "hf" {
+            for (i, content) in ["<image>", "<video>"].into_iter().enumerate() {
+                added.push(serde_json::json!({"id": next + i as u64, "content": content, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+            }
         }
         std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
         for f in ["tokenizer_config.json", "chat_template.jinja"] {
             std::fs::copy(tokenizer_dir.join(f), model.join(f)).unwrap();
         }
         let vocab = next as usize + 2;
-        let hf = fixture("llava/hf");
-        std::fs::copy(hf.join("preprocessor_config.json"), model.join("preprocessor_config.json")).unwrap();
+        let source = fixture("llava").join(layout);
+        std::fs::copy(fixture("llava/hf/preprocessor_config.json"), model.join("preprocessor_config.json")).unwrap();
         let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
-        config["text_config"]["vocab_size"] = vocab.into();
-        config["image_token_index"] = next.into();
-        config["video_token_index"] = (next + 1).into();
+            serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap()).unwrap();
+        if layout == "hf" {
+            config["text_config"]["vocab_size"] = vocab.into();
+            config["image_token_index"] = next.into();
+            config["video_token_index"] = (next + 1).into();
+        } else {
+            config["vocab_size"] = vocab.into();
+            copy_folder(&source.join("siglip"), &model.join("siglip"));
+        }
         std::fs::write(model.join("config.json"), config.to_string()).unwrap();
-        let store = WeightStore::open(&hf).unwrap();
+        let store = WeightStore::open(&source).unwrap();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for name in store.names() {
             let shape = store.shape(name).unwrap().to_vec();
@@ -62,6 +81,7 @@ impl ChatCheckpoint {
         for f in ["anyres_0.png", "downsampled_0.png", "two_images_0.png", "two_images_1.png"] {
             std::fs::copy(fixture("llava/images").join(f), dir.join("data/images").join(f)).unwrap();
         }
+        copy_folder(&fixture("llava/video"), &dir.join("data/video"));
         std::fs::write(dir.join("data/images/corrupt.png"), b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
         ChatCheckpoint { dir }
     }
@@ -90,5 +110,13 @@ impl ChatCheckpoint {
 impl Drop for ChatCheckpoint {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
     }
 }

@@ -25,7 +25,7 @@ pub struct SequenceBatch {
 
 /// One row before padding.
 struct Row<'a> {
-    ids: Vec<u32>,
+    ids: Vec<i64>,
     labels: Vec<i64>,
     task: usize,
     media: &'a [MediaRef],
@@ -44,9 +44,7 @@ fn pad(rows: Vec<Row<'_>>, pad_id: u32) -> SequenceBatch {
     };
     for row in rows {
         let padding = len - row.ids.len();
-        batch
-            .ids
-            .extend(row.ids.iter().map(|&id| i64::from(id)).chain(std::iter::repeat_n(i64::from(pad_id), padding)));
+        batch.ids.extend(row.ids.iter().copied().chain(std::iter::repeat_n(i64::from(pad_id), padding)));
         batch.mask.extend(std::iter::repeat_n(1, row.ids.len()).chain(std::iter::repeat_n(0, padding)));
         batch.labels.extend(row.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, padding)));
         batch.tasks.push(row.task);
@@ -94,8 +92,8 @@ pub fn collate_conversations(examples: &[&SftExample], pad_id: u32) -> SequenceB
 }
 
 /// Prompt + completion as one row, labels on the completion only.
-fn completion_row<'a>(prompt: &[u32], completion: &[u32], task: usize, media: &'a [MediaRef]) -> Row<'a> {
-    let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+fn completion_row<'a>(prompt: &[i64], completion: &[u32], task: usize, media: &'a [MediaRef]) -> Row<'a> {
+    let ids: Vec<i64> = prompt.iter().copied().chain(completion.iter().map(|&id| i64::from(id))).collect();
     let labels =
         std::iter::repeat_n(IGNORE_INDEX, prompt.len()).chain(completion.iter().map(|&id| i64::from(id))).collect();
     Row { ids, labels, task, media }

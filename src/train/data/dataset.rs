@@ -66,19 +66,21 @@ pub struct SftExample {
     /// Index into the sources the dataset was loaded from, and the 1-based line there.
     pub source: usize,
     pub line: usize,
-    pub ids: Vec<u32>,
+    /// Token ids, and the model's placeholder ids where its media go (outside the vocabulary for `llava_qwen`).
+    pub ids: Vec<i64>,
     /// Aligned with `ids`: the id where the loss learns it, [`IGNORE_INDEX`](super::IGNORE_INDEX) elsewhere.
     pub labels: Vec<i64>,
     pub media: Vec<MediaRef>,
 }
 
-/// A preference pair, tokenized: the prompt (through the assistant header) and each completion.
+/// A preference pair, tokenized: the prompt (through the assistant header, with the model's placeholder ids where
+/// its media go) and each completion.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PairExample {
     pub task: usize,
     pub source: usize,
     pub line: usize,
-    pub prompt: Vec<u32>,
+    pub prompt: Vec<i64>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
     /// The record's optional `margin` (TRL's reward-trainer column; the DPO trainer ignores it).
@@ -92,7 +94,8 @@ pub struct RankingExample {
     pub task: usize,
     pub source: usize,
     pub line: usize,
-    pub prompt: Vec<u32>,
+    /// As a [`PairExample`]'s.
+    pub prompt: Vec<i64>,
     pub responses: Vec<Vec<u32>>,
     pub media: Vec<MediaRef>,
 }
@@ -440,7 +443,7 @@ fn prompt_and_completions(
 /// Expands the placeholders of a tokenized `prompt` into its `media`'s placeholder ids when `loader` is given (a
 /// multimodal model) and there are media; what is wrong with the media (missing, unreadable) as a [`Problem`].
 fn expand_prompt(
-    prompt: &mut Vec<u32>,
+    prompt: &mut Vec<i64>,
     media: &[MediaRef],
     tokenizer: &ConversationTokenizer,
     loader: Option<&MediaLoader>,

@@ -44,7 +44,7 @@ impl LoadedMedia {
 }
 
 /// A record's token ids and labels.
-type Tokens = (Vec<u32>, Vec<i64>);
+type Tokens = (Vec<i64>, Vec<i64>);
 
 /// Decodes, preprocesses and counts the media of records for one LLaVA-OneVision checkpoint.
 #[derive(Clone, Debug)]
@@ -82,9 +82,10 @@ impl MediaLoader {
         })
     }
 
-    /// [`MediaLoader::new`] with the processor of the checkpoint in `dir`.
+    /// [`MediaLoader::new`] with the processor of the checkpoint in `dir`: its `preprocessor_config.json`, or
+    /// transformers' defaults when it has none (as the judge and the sampler preprocess for it).
     pub fn for_checkpoint(dir: &Path, model: &LlavaOnevisionModel, video_frames: usize) -> Result<MediaLoader> {
-        MediaLoader::new(ImageProcessor::for_checkpoint(dir)?, model, video_frames)
+        MediaLoader::new(ImageProcessor::for_checkpoint_or_defaults(dir)?, model, video_frames)
     }
 
     /// The ids the model reads as image and video placeholders.
@@ -145,13 +146,12 @@ impl MediaLoader {
     /// a [`Problem`].
     pub(crate) fn expand(
         &self,
-        ids: &[u32],
+        ids: &[i64],
         labels: &[i64],
         media: &[MediaRef],
         markers: PlaceholderTokens,
     ) -> Result<std::result::Result<Tokens, Problem>> {
-        let (image_id, video_id) =
-            (self.placeholder_u32(self.placeholders.image)?, self.placeholder_u32(self.placeholders.video)?);
+        let (image_id, video_id) = (self.placeholders.image, self.placeholders.video);
         let loaded = match self.try_load(media) {
             Ok(loaded) => loaded,
             Err((path, e)) => return Ok(Err(Problem::UnreadableMedia { path, reason: e.to_string() })),
@@ -160,14 +160,14 @@ impl MediaLoader {
         let kinds = [MediaKind::Image, MediaKind::Video];
         let mismatch = |queue: usize| Problem::PlaceholderMismatch {
             placeholder: [super::IMAGE_PLACEHOLDER, super::VIDEO_PLACEHOLDER][queue],
-            found: ids.iter().filter(|&&t| i64::from(t) == [markers.image, markers.video][queue]).count(),
+            found: ids.iter().filter(|&&t| t == [markers.image, markers.video][queue]).count(),
             media: loaded.iter().filter(|m| m.kind == kinds[queue]).count(),
         };
         let mut queues =
             kinds.map(|kind| loaded.iter().zip(&counts).filter(move |(m, _)| m.kind == kind).map(|(_, &c)| c));
         let (mut out_ids, mut out_labels) = (Vec::with_capacity(ids.len()), Vec::with_capacity(labels.len()));
         for (&id, &label) in ids.iter().zip(labels) {
-            let (queue, placeholder) = match i64::from(id) {
+            let (queue, placeholder) = match id {
                 i if i == markers.image => (0, image_id),
                 i if i == markers.video => (1, video_id),
                 _ => {
@@ -186,16 +186,5 @@ impl MediaLoader {
             return Ok(Err(mismatch(queue)));
         }
         Ok(Ok((out_ids, out_labels)))
-    }
-
-    /// A placeholder id as a token id: the Hugging Face layout's are in the vocabulary; `llava_qwen`'s negative
-    /// ones (LLaVA-NeXT splits the text at each marker instead) are not supported by the data pipeline yet.
-    fn placeholder_u32(&self, id: i64) -> Result<u32> {
-        u32::try_from(id).map_err(|_| {
-            Error::Checkpoint(format!(
-                "the checkpoint's placeholder id {id} is not a token id (a `llava_qwen` config): training data for \
-                 it is not supported yet; convert the checkpoint to the Hugging Face layout"
-            ))
-        })
     }
 }

@@ -1,8 +1,10 @@
 //! Conversations to token ids and labels with the checkpoint's chat template, as LLaVA-NeXT's `preprocess_qwen`
 //! builds them for UnifiedReward's training: a system turn first, each turn tokenized as the template renders it,
 //! labels equal to the ids on assistant turns (their `<|im_start|>assistant\n` header and `<|im_end|>\n` included)
-//! and [`IGNORE_INDEX`] elsewhere. Placeholders stay single tokens: expanding them into feature rows is the
-//! model's job.
+//! and [`IGNORE_INDEX`] elsewhere. Placeholders stay single ids (expanding them into feature rows is the media
+//! loader's job): the tokenizer's `<image>` / `<video>` tokens where it has them (LLaVA-OneVision's Hugging Face
+//! checkpoints), else LLaVA-NeXT's ids outside the vocabulary, the text split at each marker as its
+//! `tokenizer_image_token` splits it (the `llava_qwen` checkpoints UnifiedReward releases). Ids are `i64` for that.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use super::problems::Problem;
 use super::record::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 use crate::judge::tokenizer::{DEFAULT_SYSTEM_PROMPT, END_OF_TEXT, IM_END, IM_START};
 use crate::judge::{ChatMessage, ChatTemplate, Tokenizer};
+use crate::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
 use crate::model::llava::packing::PlaceholderTokens;
 use crate::{Error, Result};
 
@@ -37,7 +40,7 @@ pub struct ConversationTokenizer {
     pub system_message: String,
     pub label_mask: LabelMask,
     /// `<|im_start|>`, `<|im_end|>` and `"\n"`: the tokens [`LabelMask::LlavaNext`] always labels.
-    always_labelled: Vec<u32>,
+    always_labelled: Vec<i64>,
     pad_id: u32,
 }
 
@@ -64,7 +67,7 @@ impl ConversationTokenizer {
             template,
             system_message: DEFAULT_SYSTEM_PROMPT.into(),
             label_mask: LabelMask::default(),
-            always_labelled: vec![im_start, im_end, newline],
+            always_labelled: [im_start, im_end, newline].map(i64::from).to_vec(),
             pad_id,
         })
     }
@@ -83,24 +86,35 @@ impl ConversationTokenizer {
         &self.tokenizer
     }
 
-    /// The ids the tokenizer gives `<image>` and `<video>` (−1 for one it lacks, which no token matches).
+    /// The ids `<image>` and `<video>` stand for in the tokenized text: the tokenizer's where it has them as tokens,
+    /// else LLaVA-NeXT's ([`LLAVA_IMAGE_PLACEHOLDER`], [`LLAVA_VIDEO_PLACEHOLDER`]), outside every vocabulary.
     pub fn placeholder_ids(&self) -> PlaceholderTokens {
-        let id = |p: &str| self.tokenizer.token_to_id(p).map_or(-1, i64::from);
-        PlaceholderTokens { image: id(IMAGE_PLACEHOLDER), video: id(VIDEO_PLACEHOLDER) }
+        let id = |p: &str, fallback: i64| self.tokenizer.token_to_id(p).map_or(fallback, i64::from);
+        PlaceholderTokens {
+            image: id(IMAGE_PLACEHOLDER, LLAVA_IMAGE_PLACEHOLDER),
+            video: id(VIDEO_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER),
+        }
     }
 
-    /// Refuses text holding a placeholder the tokenizer cannot encode as one token (it would be split into
-    /// ordinary tokens and never filled with media features).
-    fn check_placeholders(&self, text: &str) -> Result<()> {
-        for placeholder in [IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER] {
-            if text.contains(placeholder) && self.tokenizer.token_to_id(placeholder).is_none() {
-                return Err(Error::Checkpoint(format!(
-                    "the data holds `{placeholder}` but the tokenizer has no such token (LLaVA-OneVision checkpoints \
-                     add it as a special token)"
-                )));
-            }
+    /// The ids of `text`, each `<image>` / `<video>` marker one id of [`ConversationTokenizer::placeholder_ids`]
+    /// and the text between markers tokenized on its own (as tokenizers split at special tokens).
+    fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let markers = self.placeholder_ids();
+        let mut ids = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = [(IMAGE_PLACEHOLDER, markers.image), (VIDEO_PLACEHOLDER, markers.video)]
+                .into_iter()
+                .filter_map(|(marker, id)| rest.find(marker).map(|at| (at, marker, id)))
+                .min();
+            let Some((at, marker, id)) = next else {
+                ids.extend(self.tokenizer.encode(rest)?.into_iter().map(i64::from));
+                return Ok(ids);
+            };
+            ids.extend(self.tokenizer.encode(&rest[..at])?.into_iter().map(i64::from));
+            ids.push(id);
+            rest = &rest[at + marker.len()..];
         }
-        Ok(())
     }
 
     /// The template's text for each of `messages`, as the differences between the renderings of successive
@@ -125,12 +139,8 @@ impl ConversationTokenizer {
 
     /// Token ids and labels (aligned with the ids; the loss shifts them) of a conversation. A leading `system` turn
     /// replaces the system message; other leading non-user turns are dropped, as LLaVA-NeXT drops them. What only
-    /// this record gets wrong (a template that raises on it, text that does not tokenize) is its [`Problem`]; a
-    /// placeholder the tokenizer lacks is an error.
+    /// this record gets wrong (a template that raises on it, text that does not tokenize) is its [`Problem`].
     pub(crate) fn conversation(&self, turns: &[ChatMessage]) -> Result<std::result::Result<Labelled, Problem>> {
-        for turn in turns {
-            self.check_placeholders(&turn.content)?;
-        }
         let (system, mut rest) = match turns.split_first() {
             Some((first, rest)) if first.role == "system" => (first.content.clone(), rest),
             _ => (self.system_message.clone(), turns),
@@ -149,15 +159,15 @@ impl ConversationTokenizer {
     fn labelled(&self, messages: &[ChatMessage]) -> Result<Labelled> {
         let (mut ids, mut labels) = (Vec::new(), Vec::new());
         for (message, segment) in messages.iter().zip(self.segments(messages)?) {
-            let segment_ids = self.tokenizer.encode(&segment)?;
+            let segment_ids = self.encode(&segment)?;
             let learn = message.role == "assistant";
-            labels.extend(segment_ids.iter().map(|&id| if learn { i64::from(id) } else { IGNORE_INDEX }));
+            labels.extend(segment_ids.iter().map(|&id| if learn { id } else { IGNORE_INDEX }));
             ids.extend(segment_ids);
         }
         if self.label_mask == LabelMask::LlavaNext {
             for (label, &id) in labels.iter_mut().zip(&ids) {
                 if self.always_labelled.contains(&id) {
-                    *label = i64::from(id);
+                    *label = id;
                 }
             }
         }
@@ -172,7 +182,6 @@ impl ConversationTokenizer {
         prompt: &str,
         completions: &[&str],
     ) -> Result<std::result::Result<PromptTokens, Problem>> {
-        self.check_placeholders(prompt)?;
         let messages = vec![ChatMessage::system(self.system_message.clone()), ChatMessage::user(prompt)];
         let encode = || -> Result<PromptTokens> {
             let prompt_text = self.template.render(&messages, true)?;
@@ -190,7 +199,7 @@ impl ConversationTokenizer {
                 self.tokenizer.encode(tail)
             };
             Ok(PromptTokens {
-                prompt: self.tokenizer.encode(&prompt_text)?,
+                prompt: self.encode(&prompt_text)?,
                 completions: completions.iter().map(|c| completion(c)).collect::<Result<_>>()?,
             })
         };
@@ -200,12 +209,12 @@ impl ConversationTokenizer {
 
 /// A tokenized prompt and its completions, in their order.
 pub(crate) struct PromptTokens {
-    pub prompt: Vec<u32>,
+    pub prompt: Vec<i64>,
     pub completions: Vec<Vec<u32>>,
 }
 
 /// A tokenized conversation.
 pub(crate) struct Labelled {
-    pub ids: Vec<u32>,
+    pub ids: Vec<i64>,
     pub labels: Vec<i64>,
 }

@@ -257,10 +257,8 @@ impl DpoTrainer {
                 return Err(format!("`{name}` has {len} values, want {size} for {} rows", rows.rows));
             }
         }
+        self.model.check_input_ids(&rows.ids)?;
         let in_vocab = |id: i64| (0..vocab as i64).contains(&id);
-        if let Some(id) = rows.ids.iter().find(|&&id| !in_vocab(id)) {
-            return Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}"));
-        }
         let ignore = self.config.head.logprobs.ignore_index;
         if let Some(l) = rows.labels.iter().find(|&&l| l != ignore && !in_vocab(l)) {
             return Err(format!("label {l} is neither {ignore} nor in the vocabulary of {vocab}"));

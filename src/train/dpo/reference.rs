@@ -44,7 +44,11 @@ impl CacheKey {
         let mut examples = Fingerprint::default();
         for e in &data.examples {
             examples.word(e.line as u64);
-            for ids in [&e.prompt, &e.chosen, &e.rejected] {
+            // The prompt's ids as their bit patterns (a `llava_qwen` placeholder is negative); a token id hashes as
+            // the completions' do.
+            examples.word(e.prompt.len() as u64);
+            e.prompt.iter().for_each(|&id| examples.word(id as u64));
+            for ids in [&e.chosen, &e.rejected] {
                 examples.word(ids.len() as u64);
                 ids.iter().for_each(|&id| examples.word(u64::from(id)));
             }

@@ -317,10 +317,7 @@ impl RewardTrainer {
                 return Err(format!("`{name}` has {len} values, want {size} for {} rows", rows.rows));
             }
         }
-        let vocab = self.model.language_model().config.vocab_size;
-        if let Some(id) = rows.ids.iter().find(|&&id| !(0..vocab as i64).contains(&id)) {
-            return Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}"));
-        }
+        self.model.check_input_ids(&rows.ids)?;
         row_ends(rows).map(|_| ())
     }
 

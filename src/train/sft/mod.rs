@@ -161,10 +161,8 @@ impl SftTrainer {
                 return Err(format!("`{name}` has {len} values, want {want} for {} rows", batch.rows));
             }
         }
+        self.model.check_input_ids(&batch.ids)?;
         let in_vocab = |id: i64| (0..vocab as i64).contains(&id);
-        if let Some(id) = batch.ids.iter().find(|&&id| !in_vocab(id)) {
-            return Err(format!("token id {id} in `ids` is outside the vocabulary of {vocab}"));
-        }
         if let Some(l) = batch.labels.iter().find(|&&l| l != ignore && !in_vocab(l)) {
             return Err(format!("label {l} is neither {ignore} nor in the vocabulary of {vocab}"));
         }

@@ -129,6 +129,19 @@
 // No verdict: a pointwise judgment.
 #define UR_VERDICT_NONE -1
 
+// `ur_judge_reasoning.parse_status`: the answer states a verdict (pairwise) or a score on the scale (pointwise).
+#define UR_PARSE_OK 0
+
+// Nothing in the answer follows the template's answer grammar (no verdict phrase; no score prefix, or no number
+// after it): no verdict and no score, never a score of 0.
+#define UR_PARSE_UNPARSABLE 1
+
+// A score was read but lies outside the template's scale (`parsed_score` holds it).
+#define UR_PARSE_OUT_OF_SCALE 2
+
+// The answer states its own scale ("7/10") and it is not the template's (`parsed_score` holds the score read).
+#define UR_PARSE_SCALE_MISMATCH 3
+
 // `ur_logprobs_config.reduction`: the sum over counted tokens (DPO).
 #define UR_REDUCTION_SUM 0
 
@@ -515,7 +528,8 @@ typedef struct ur_generation_result {
 
 // An image or a video as 8-bit RGB pixels in host memory, the value of a `UR_JUDGE_IMAGE_PIXELS` or
 // `UR_JUDGE_VIDEO_PIXELS` item: judged exactly as the same pixels decoded from a file. The bytes are copied during
-// the call. Initialise with `ur_judge_pixels_default()`.
+// the call: an image's, and of a video only the frames the task's template samples (the others are never read).
+// Initialise with `ur_judge_pixels_default()`.
 typedef struct ur_judge_pixels {
   // `sizeof(ur_judge_pixels)`.
   uint32_t struct_size;
@@ -613,6 +627,50 @@ typedef struct ur_judge_batch_info {
   uint64_t prefill_tokens_saved;
   double seconds;
 } ur_judge_batch_info;
+
+// What `ur_judge_reasoned` read in the answer it generated. Set `struct_size = sizeof(ur_judge_reasoning)` before
+// the call. The strings are owned by the judge: valid until the next `ur_judge_reasoned` with it or
+// `ur_judge_free`.
+typedef struct ur_judge_reasoning {
+  // `sizeof(ur_judge_reasoning)`, set by the caller.
+  uint32_t struct_size;
+  // `UR_PARSE_OK`, `UR_PARSE_UNPARSABLE`, `UR_PARSE_OUT_OF_SCALE` or `UR_PARSE_SCALE_MISMATCH`.
+  int32_t parse_status;
+  // Pairwise, parsed: the verdict the answer states (`UR_VERDICT_FIRST`: the first candidate given), else
+  // `UR_VERDICT_NONE`.
+  int32_t parsed_verdict;
+  // Written 0.
+  int32_t reserved;
+  // Pointwise: the score the answer states (numbers read as numbers, decimals kept), also when it is out of the
+  // scale or on another scale; NaN when unparsable, and for pairwise.
+  double parsed_score;
+  // The tokens generated (the stop token included when one ended the answer).
+  uint64_t generated_tokens;
+  // How many of them the one-pass probabilities are conditioned on: the reasoning before the answer's last
+  // verdict phrase or score prefix, as generated.
+  uint64_t reasoning_tokens;
+  // The answer, UTF-8, NUL-terminated, `text_len` bytes before the NUL.
+  const char *text;
+  uint64_t text_len;
+  // Why the answer did not parse, NUL-terminated UTF-8 ("" when `parse_status` is `UR_PARSE_OK`).
+  const char *parse_error;
+} ur_judge_reasoning;
+
+// A template for `ur_judge_set_template`: which task × mode it is for, and where it is — a file (`path`) or the
+// file's text (`json`), exactly one of them. Initialise with `ur_judge_template_default()`.
+typedef struct ur_judge_template {
+  // `sizeof(ur_judge_template)`.
+  uint32_t struct_size;
+  // `UR_TASK_*` and `UR_JUDGE_PAIRWISE` / `_POINTWISE`: must be the template's own `task` and `mode`.
+  int32_t task;
+  int32_t mode;
+  // Set to 0.
+  int32_t reserved;
+  // The template file's path, NUL-terminated UTF-8; NULL when `json` is given.
+  const char *path;
+  // The template's JSON text, NUL-terminated UTF-8; NULL when `path` is given.
+  const char *json;
+} ur_judge_template;
 
 // Which tokens count and how they are reduced. Initialise with `ur_logprobs_config_default()`.
 typedef struct ur_logprobs_config {
@@ -1232,6 +1290,45 @@ enum ur_status ur_judge_many(struct ur_context *ctx,
                              size_t probs_capacity,
                              struct ur_judge_result *results,
                              struct ur_judge_batch_info *info);
+
+// A reasoned judgment of `request` (one `ur_judge_request`, pairwise or pointwise, as for `ur_judge_many`): the
+// answer generated with `cfg` (NULL: greedy, 64 tokens at most; `max_new_tokens`, `temperature`, `top_p`, `seed`;
+// the checkpoint's end-of-turn tokens stop it besides `cfg->stop_tokens`) in the forward order only, parsed per the
+// task's template into `*reasoning` (the text, the parse status and the verdict or score read), and the one-pass
+// probabilities of the final verdict or score given the generated reasoning to `probs` (room for
+// `probs_capacity` floats: 3 pairwise, the scale's values pointwise, see `ur_judge_num_probs`) and `*result`
+// (pairwise: the most probable verdict of that one order, `position_consistent` -1). Everything (the request, the
+// generation options, the outputs) is checked before the model runs; nothing is written on failure. Synchronises.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `judge` from `ur_judge_load` (and no other call is using it); `request` is
+// NULL (an error) or a readable `ur_judge_request` whose pointers are valid as for `ur_judge_many`; `cfg` is NULL
+// or a readable `ur_generation_config`; `probs` holds `probs_capacity` writable floats; `result` and `reasoning`
+// are NULL (an error) or point to their `struct_size` writable bytes.
+enum ur_status ur_judge_reasoned(struct ur_context *ctx,
+                                 struct ur_judge *judge,
+                                 const struct ur_judge_request *request,
+                                 const struct ur_generation_config *cfg,
+                                 float *probs,
+                                 size_t probs_capacity,
+                                 struct ur_judge_result *result,
+                                 struct ur_judge_reasoning *reasoning);
+
+// Image generation, pairwise, neither a path nor a text yet.
+struct ur_judge_template ur_judge_template_default(void);
+
+// Judges `user_template->task` × `user_template->mode` with the user's template from now on (until the judge is
+// freed or another template replaces it), instead of the checkpoint's or the built-in one: a file
+// (`user_template->path`) or its text (`user_template->json`) in the schema of the repository's `templates/*.json`
+// (the instruction with its fields and media placeholders, the answer grammar). The template is read, validated (its
+// own `task` and `mode` must be the ones given; its answer phrases or score values must tokenize) and only then
+// replaces the old one; on failure the judge is unchanged.
+//
+// # Safety
+// `judge` comes from `ur_judge_load` (and no other call is using it); `user_template` is NULL (an error) or a readable
+// `ur_judge_template` of its `struct_size` whose strings are NULL or NUL-terminated.
+enum ur_status ur_judge_set_template(struct ur_judge *judge,
+                                     const struct ur_judge_template *user_template);
 
 // The defaults: sum over tokens, ignore index -100.
 struct ur_logprobs_config ur_logprobs_config_default(void);

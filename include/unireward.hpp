@@ -15,7 +15,8 @@
 // - `Model` owns a checkpoint (`ur_model_*`: Qwen2 or LLaVA-OneVision, with images and videos as `Media`):
 //   forward, backward, gradients by name, generate (with the finish reason).
 // - `Judge` owns a judge checkpoint (`ur_judge_*`): one-pass `pairwise` / `pointwise` judgments and batches
-//   (`many`) of the four UnifiedReward tasks, media as file paths, results as `Judgment`.
+//   (`many`) of the four UnifiedReward tasks, media as file paths or pixels, results as `Judgment`; `reasoned`
+//   judgments (the answer generated and parsed, as `Reasoned`); users' templates (`set_template_file` / `_json`).
 // - `AdamW` owns the fused optimizer over parameters the caller owns (`ur_adamw_*`); `SftTrainer` and `DpoTrainer`
 //   own the trainers stepped on the caller's records (`ur_sft_trainer_*`, `ur_dpo_trainer_*`).
 // - `TensorRef` describes memory the caller owns as a DLPack tensor (row-major, no copy): from a typed pointer
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -589,7 +591,32 @@ struct Judgment {
   double seconds = 0.0;
 };
 
+/// A reasoned judgment (`Judge::reasoned`): the answer generated and what the parser read in it, and in `judgment`
+/// the one-pass probabilities of the final verdict or score given the generated reasoning (pairwise: that one
+/// order's, `position_consistent` -1).
+struct Reasoned {
+  Judgment judgment;
+  std::string text;
+  /// `UR_PARSE_OK`, `_UNPARSABLE` (no verdict, no score: never a score of 0), `_OUT_OF_SCALE`, `_SCALE_MISMATCH`.
+  int32_t parse_status = UR_PARSE_UNPARSABLE;
+  /// The verdict stated (`UR_VERDICT_*`; `UR_VERDICT_NONE` unless a pairwise answer parsed).
+  int32_t parsed_verdict = UR_VERDICT_NONE;
+  /// The score stated (also out of the scale or on another one); NaN when none was read.
+  double parsed_score = std::numeric_limits<double>::quiet_NaN();
+  /// Why the answer did not parse ("" when it did).
+  std::string parse_error;
+  uint64_t generated_tokens = 0;
+  /// The generated tokens the probabilities are conditioned on.
+  uint64_t reasoning_tokens = 0;
+};
+
 namespace detail {
+/// The `Judgment` of a C result and its probabilities.
+inline Judgment judgment(const ur_judge_result& r, const float* probs) {
+  return {std::vector<float>(probs, probs + r.num_probs), r.verdict, r.score, r.argmax_score, r.position_consistent,
+          r.prompt_tokens, r.seconds};
+}
+
 /// The C structs of judge requests, pointing into the requests (which must outlive it) and its own arrays.
 class JudgeRequests {
  public:
@@ -708,16 +735,46 @@ class Judge {
     detail::check(ur_judge_many(ctx_, judge_, c.get().data(), requests.size(), probs.data(), capacity,
                                 results.data(), info));
     std::vector<Judgment> out;
-    for (size_t i = 0; i < results.size(); ++i) {
-      const ur_judge_result& r = results[i];
-      const float* p = probs.data() + i * capacity;
-      out.push_back({std::vector<float>(p, p + r.num_probs), r.verdict, r.score, r.argmax_score,
-                     r.position_consistent, r.prompt_tokens, r.seconds});
-    }
+    for (size_t i = 0; i < results.size(); ++i) out.push_back(detail::judgment(results[i], probs.data() + i * capacity));
     return out;
   }
 
+  /// A reasoned judgment of `request` (pairwise or pointwise): the answer generated with `cfg` (nullptr: greedy, 64
+  /// tokens at most), parsed per the task's template, and the final verdict's one-pass probabilities given the
+  /// reasoning.
+  Reasoned reasoned(const JudgeRequest& request, const ur_generation_config* cfg = nullptr) {
+    const size_t capacity = num_probs(request.task, request.mode);
+    const std::vector<JudgeRequest> one{request};  // outlives `c`, which points into it
+    detail::JudgeRequests c(one);
+    std::vector<float> probs(capacity);
+    ur_judge_result result{};
+    result.struct_size = sizeof result;
+    ur_judge_reasoning reasoning{};
+    reasoning.struct_size = sizeof reasoning;
+    detail::check(ur_judge_reasoned(ctx_, judge_, c.get().data(), cfg, probs.data(), capacity, &result, &reasoning));
+    return {detail::judgment(result, probs.data()), std::string(reasoning.text, reasoning.text_len),
+            reasoning.parse_status, reasoning.parsed_verdict, reasoning.parsed_score, reasoning.parse_error,
+            reasoning.generated_tokens, reasoning.reasoning_tokens};
+  }
+
+  /// Judges `task` x `mode` with the template file at `path` (the schema of the repository's templates/*.json)
+  /// from now on; throws, leaving the judge unchanged, when it cannot be read, is invalid, or is for another task
+  /// or mode.
+  void set_template_file(int32_t task, int32_t mode, const std::string& path) { set_template(task, mode, &path, nullptr); }
+
+  /// `set_template_file` with the file's JSON text.
+  void set_template_json(int32_t task, int32_t mode, const std::string& json) { set_template(task, mode, nullptr, &json); }
+
  private:
+  void set_template(int32_t task, int32_t mode, const std::string* path, const std::string* json) {
+    ur_judge_template t = ur_judge_template_default();
+    t.task = task;
+    t.mode = mode;
+    t.path = path != nullptr ? path->c_str() : nullptr;
+    t.json = json != nullptr ? json->c_str() : nullptr;
+    detail::check(ur_judge_set_template(judge_, &t));
+  }
+
   ur_context* ctx_ = nullptr;
   ur_judge* judge_ = nullptr;
 };

@@ -18,8 +18,12 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use judge_checkpoint::parse_codes;
 use unireward::ffi::{UR_ABI_VERSION, UR_VERDICT_FIRST, UR_VERDICT_NONE, UR_VERDICT_SECOND, UR_VERDICT_TIE};
-use unireward::judge::{Candidate, Context, GenerationConfig, Judge, JudgeResult, MediaFile, Task};
+use unireward::judge::{
+    Candidate, Context, GenerationConfig, Judge, JudgeRequest, JudgeResult, MediaFile, Mode, Reasoning, Task,
+    TaskTemplate,
+};
 use unireward::media::{ImageLayout, ImageProcessor, ImageProcessorConfig, RgbImage};
 use unireward::model::llava::{LlavaBatch, LlavaOnevisionModel, MediaInput};
 use unireward::model::qwen2::ForwardOptions;
@@ -354,18 +358,46 @@ fn check_llava(d: &Dump) {
     d.check("llava.tokens", &Tensor::from_slice(&tokens, &[tokens.len()], Device::Cpu).unwrap());
 }
 
-/// The judge calls of the C program against the Rust `Judge` on the same checkpoint and inputs.
-fn check_judge(d: &Dump, dir: &Path) {
-    let judge = Judge::load(dir, DType::F32, Device::Cpu).unwrap();
+/// The judge calls of the C program against the Rust `Judge` on the same checkpoint and inputs, the templated one
+/// with the template file the C program wrote.
+fn check_judge(d: &Dump, dir: &Path, template: &Path) {
+    let mut judge = Judge::load(dir, DType::F32, Device::Cpu).unwrap();
     let image = |name: &str| Candidate::Media(MediaFile::Image(judge_checkpoint::image(name)));
     let caption = Context::with_field("caption", "a red square");
     let pair = judge.pairwise(Task::ImageGeneration, &caption, image("two_images_0.png"), image("two_images_1.png"));
     let mut question = Context::with_field("question", "What color is the square?");
     question.media = vec![MediaFile::Image(judge_checkpoint::image("anyres_0.png"))];
     let point = judge.pointwise(Task::ImageUnderstanding, &question, Candidate::Text("It is red.".into()));
-    for (key, r) in [("judge.pair", pair.unwrap()), ("judge.point", point.unwrap())] {
+    let scored = JudgeRequest {
+        task: Task::ImageGeneration,
+        mode: Mode::Pointwise,
+        context: caption.clone(),
+        candidates: vec![image("anyres_0.png")],
+    };
+    let reasoned = judge.reasoned(&scored, &GenerationConfig { max_new_tokens: 4, ..Default::default() }).unwrap();
+    check_reasoning(d, "judge.reasoned", reasoned.reasoning.as_ref().unwrap());
+    judge.set_template(TaskTemplate::from_file(template).unwrap());
+    let templated = judge.pointwise(Task::ImageGeneration, &caption, image("anyres_0.png"));
+    for (key, r) in [
+        ("judge.pair", pair.unwrap()),
+        ("judge.point", point.unwrap()),
+        ("judge.reasoned", reasoned),
+        ("judge.templated", templated.unwrap()),
+    ] {
         check_judgment(d, key, &r);
     }
+}
+
+/// The C program's reasoned answer (its bytes and NUL) and parse equal the Rust judge's.
+fn check_reasoning(d: &Dump, key: &str, r: &Reasoning) {
+    let bytes: Vec<i32> = r.text.bytes().chain([0]).map(i32::from).collect();
+    d.check(&format!("{key}.text"), &Tensor::from_slice(&bytes, &[bytes.len()], Device::Cpu).unwrap());
+    let (status, verdict, score) = parse_codes(&r.parsed);
+    d.check_scalar(&format!("{key}.parse_status"), status as f32);
+    d.check_scalar(&format!("{key}.parsed_verdict"), verdict as f32);
+    d.check_scalar(&format!("{key}.parsed_score"), score as f32);
+    d.check_scalar(&format!("{key}.generated_tokens"), r.generated_tokens as f32);
+    d.check_scalar(&format!("{key}.reasoning_tokens"), r.reasoning_tokens as f32);
 }
 
 /// The C program's two SFT steps (the same records, the second in micro-batches of one) with the Rust API: the
@@ -477,7 +509,8 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     check_model(&dump);
     check_image_processor(&dump);
     check_llava(&dump);
-    check_judge(&dump, &judge.0);
+    let template = PathBuf::from(format!("{}.template.json", dump_path.display()));
+    check_judge(&dump, &judge.0, &template);
     check_sft(&dump, &judge.0);
     check_dpo_trainer(&dump, &judge.0);
     check_reward_trainer(&dump, &judge.0);
@@ -489,6 +522,7 @@ fn c_program_calls_every_export_and_agrees_with_the_rust_api() {
     );
     run(&program, &args, true);
     std::fs::remove_file(&dump_path).ok();
+    std::fs::remove_file(&template).ok();
     std::fs::remove_dir_all(dump_path.with_extension("dump.sft")).ok();
     std::fs::remove_dir_all(dump_path.with_extension("dump.dpo")).ok();
     std::fs::remove_dir_all(dump_path.with_extension("dump.reward")).ok();
@@ -518,7 +552,7 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
     let llava = Path::new(env!("CARGO_MANIFEST_DIR")).join(LLAVA);
     let args = [judge.0.as_os_str(), llava.as_os_str()];
     let stdout = run(&program, &args, false);
-    let rust = Judge::load(&judge.0, DType::F32, Device::Cpu).unwrap();
+    let mut rust = Judge::load(&judge.0, DType::F32, Device::Cpu).unwrap();
     let image = |name: &str| Candidate::Media(MediaFile::Image(judge_checkpoint::image(name)));
     let caption = Context::with_field("caption", "a red square");
     let pair = rust.pairwise(Task::ImageGeneration, &caption, image("two_images_0.png"), image("two_images_1.png"));
@@ -535,6 +569,19 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
     let video_pixels =
         rust.pointwise(Task::VideoGeneration, &caption, Candidate::Media(MediaFile::VideoFrames(frames.into())));
     let (image_pixels, video_pixels) = (image_pixels.unwrap(), video_pixels.unwrap());
+    // Reasoned, greedy and sampled, then with the template the C++ program wrote.
+    let scored = JudgeRequest {
+        task: Task::ImageGeneration,
+        mode: Mode::Pointwise,
+        context: caption.clone(),
+        candidates: vec![Candidate::Media(MediaFile::Image(judge_checkpoint::image("anyres_0.png")))],
+    };
+    let greedy = GenerationConfig { max_new_tokens: 4, ..Default::default() };
+    let sampled = GenerationConfig { temperature: 1.5, top_p: 0.9, seed: 3, ..greedy.clone() };
+    let reasoned = rust.reasoned(&scored, &greedy).unwrap();
+    let reasoned_sampled = rust.reasoned(&scored, &sampled).unwrap();
+    rust.set_template(TaskTemplate::from_file(&judge.0.join("mine.template.json")).unwrap());
+    let templated = rust.pointwise(Task::ImageGeneration, &caption, scored.candidates[0].clone()).unwrap();
     let lines: HashMap<&str, Vec<f64>> = stdout
         .lines()
         .filter_map(|l| l.split_once(' '))
@@ -547,6 +594,10 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
         ("many.1", &point),
         ("image_pixels", &image_pixels),
         ("video_pixels", &video_pixels),
+        ("reasoned", &reasoned),
+        ("reasoned_sampled", &reasoned_sampled),
+        ("templated", &templated),
+        ("templated_file", &templated),
     ];
     for (key, expected) in judgments {
         let got = lines.get(key).unwrap_or_else(|| panic!("the C++ program printed no `{key}`:\n{stdout}"));
@@ -566,6 +617,15 @@ fn cpp_judge_equals_the_rust_judge_under_valgrind() {
         for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
             assert!(close(g, w), "{key}[{i}]: C++ gave {g}, the Rust Judge {w}");
         }
+    }
+    for (key, expected) in [("reasoned", &reasoned), ("reasoned_sampled", &reasoned_sampled)] {
+        let r = expected.reasoning.as_ref().unwrap();
+        let (status, verdict, score) = parse_codes(&r.parsed);
+        let want = [status as f64, verdict as f64, score, r.generated_tokens as f64, r.reasoning_tokens as f64];
+        let got = &lines[format!("{key}.parse").as_str()];
+        assert!(got.len() == 5 && got.iter().zip(want).all(|(&g, w)| close(g, w)), "{key}: {got:?} vs {want:?}");
+        let text: Vec<f64> = r.text.bytes().chain([0]).map(f64::from).collect();
+        assert_eq!(lines[format!("{key}.text").as_str()], text, "{key}: C++ answer vs {:?}", r.text);
     }
     assert!(valgrind_present(), "valgrind is not installed (apt-get install -y valgrind; scripts/test.sh does)");
     run(&program, &args, true);

@@ -1,16 +1,19 @@
-//! `ur_judge_*` called as C would call them, on the tiny LLaVA judge of tests/judge_checkpoint: pairwise, pointwise
-//! and batched judgments equal the Rust `Judge`'s; bad input is a status and a message naming the C argument, with
-//! nothing written.
+//! `ur_judge_*` called as C would call them, on the tiny LLaVA judge of tests/judge_checkpoint: pairwise, pointwise,
+//! batched and reasoned judgments equal the Rust `Judge`'s, and so do judgments with a user's template; bad input is
+//! a status and a message naming the C argument, with nothing written.
 
 mod judge_checkpoint;
 
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::{null, null_mut};
 
-use judge_checkpoint::{image, judge_dir};
+use judge_checkpoint::{image, judge_dir, parse_codes, VOCAB};
 use unireward::ffi::*;
 use unireward::judge::answer::Verdict;
-use unireward::judge::{Candidate, Context, Judge, JudgeResult, MediaFile, Task};
+use unireward::judge::{
+    Candidate, Context, GenerationConfig, Judge, JudgeRequest, JudgeResult, MediaFile, Mode, Task, TaskTemplate,
+    Variant,
+};
 use unireward::media::{decode_image, RgbImage};
 use unireward::{DType, Device};
 
@@ -39,6 +42,29 @@ fn one_field(names: &[*const c_char; 1], values: &[*const c_char; 1]) -> ur_judg
     context.field_values = values.as_ptr();
     context.num_fields = 1;
     context
+}
+
+const F32: DLDataType = DLDataType { code: 2, bits: 32, lanes: 1 };
+const CPU: DLDevice = DLDevice { device_type: 1, device_id: 0 };
+
+/// A fresh `ur_context`.
+fn new_context() -> *mut ur_context {
+    let mut ctx = null_mut();
+    // SAFETY: a writable out-pointer.
+    assert_eq!(unsafe { ur_context_create(&mut ctx) }, ur_status::UR_OK);
+    ctx
+}
+
+/// The judge in `dir`, loaded through the C ABI in float32 on the CPU.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`.
+unsafe fn load(ctx: *mut ur_context, dir: &CString) -> *mut ur_judge {
+    let mut judge = null_mut();
+    // SAFETY: this function's contract; `dir` is NUL-terminated.
+    let status = unsafe { ur_judge_load(ctx, dir.as_ptr(), F32, CPU, &mut judge) };
+    assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+    judge
 }
 
 fn fresh_result() -> ur_judge_result {
@@ -82,7 +108,7 @@ fn c_judgments_equal_the_rust_judge_and_bad_input_is_refused() {
     let (caption, caption_value, question, question_value) =
         (c("caption"), c("a red square"), c("question"), c("What color is the square?"));
     let responses = [c("It is red."), c("Blue, I think.")];
-    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
+    let f32_cpu = (F32, CPU);
 
     let mut ctx = null_mut();
     // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
@@ -417,14 +443,11 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         .map(|k| RgbImage::new(14, 10, (0..14 * 10 * 3).map(|i| ((i * 13 + k * 71) % 256) as u8).collect()).unwrap())
         .collect();
     let video_bytes: Vec<u8> = frames.iter().flat_map(|f| f.pixels().iter().copied()).collect();
-    let f32_cpu = (DLDataType { code: 2, bits: 32, lanes: 1 }, DLDevice { device_type: 1, device_id: 0 });
 
-    let mut ctx = null_mut();
     // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
     unsafe {
-        assert_eq!(ur_context_create(&mut ctx), ur_status::UR_OK);
-        let mut judge: *mut ur_judge = null_mut();
-        assert_eq!(ur_judge_load(ctx, dir_c.as_ptr(), f32_cpu.0, f32_cpu.1, &mut judge), ur_status::UR_OK);
+        let ctx = new_context();
+        let judge = load(ctx, &dir_c);
         let names = [caption.as_ptr()];
         let values = [caption_value.as_ptr()];
         let gen_ctx = one_field(&names, &values);
@@ -463,6 +486,32 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         let context = Context::with_field("caption", "a red square");
         let expected = rust.pointwise(Task::VideoGeneration, &context, in_memory).unwrap();
         assert_eq!(scale.map(f32::to_bits).to_vec(), expected.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>());
+        // 21 frames, of which the template samples 8 (the only ones the call reads): the Rust judge's on all 21.
+        let long: Vec<RgbImage> = (0..21)
+            .map(|k| frames[k % 3].clone())
+            .rev()
+            .enumerate()
+            .map(|(k, f)| {
+                let shifted = f.pixels().iter().map(|&b| b.wrapping_add(k as u8 * 11)).collect();
+                RgbImage::new(14, 10, shifted).unwrap()
+            })
+            .collect();
+        let long_bytes: Vec<u8> = long.iter().flat_map(|f| f.pixels().iter().copied()).collect();
+        let long_video = pixels_of(&long, &long_bytes);
+        let status = ur_judge_pointwise(
+            ctx,
+            judge,
+            UR_TASK_VIDEO_GENERATION,
+            &gen_ctx,
+            &pixel_item(UR_JUDGE_VIDEO_PIXELS, &long_video),
+            scale.as_mut_ptr(),
+            10,
+            &mut point,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let all = Candidate::Media(MediaFile::VideoFrames(long.into()));
+        let expected = rust.pointwise(Task::VideoGeneration, &context, all).unwrap();
+        assert_eq!(scale.map(f32::to_bits).to_vec(), expected.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>());
 
         // Bad pixels: a status and a message naming the field, nothing written.
         let mut untouched = fresh_result();
@@ -499,6 +548,322 @@ fn c_pixels_judge_bit_for_bit_as_their_files_and_bad_pixels_are_refused() {
         assert_eq!(untouched.num_probs, 0, "a failing call wrote a result");
 
         ur_judge_free(judge);
+        ur_context_free(ctx);
+    }
+}
+
+fn size_of_u32<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+fn fresh_reasoning() -> ur_judge_reasoning {
+    // SAFETY: numbers and NULL pointers: all zeros is a valid value.
+    let mut r: ur_judge_reasoning = unsafe { std::mem::zeroed() };
+    r.struct_size = std::mem::size_of::<ur_judge_reasoning>() as u32;
+    r
+}
+
+/// The C reasoned judgment is the Rust one exactly: the same answer, parse, token counts and probabilities (bits).
+fn assert_same_reasoned(probs: &[f32], result: &ur_judge_result, reasoning: &ur_judge_reasoning, rust: &JudgeResult) {
+    let want = rust.reasoning.as_ref().unwrap();
+    // SAFETY: the judge owns the text until its next reasoned call: `text_len` bytes, then a NUL.
+    let text = unsafe { std::slice::from_raw_parts(reasoning.text.cast::<u8>(), reasoning.text_len as usize + 1) };
+    assert_eq!(&text[..text.len() - 1], want.text.as_bytes());
+    assert_eq!(text.last(), Some(&0));
+    assert_eq!(
+        (reasoning.generated_tokens as usize, reasoning.reasoning_tokens as usize),
+        (want.generated_tokens, want.reasoning_tokens)
+    );
+    let (status, verdict, score) = parse_codes(&want.parsed);
+    assert_eq!((reasoning.parse_status, reasoning.parsed_verdict), (status, verdict));
+    assert_eq!(reasoning.parsed_score.to_bits(), score.to_bits());
+    // SAFETY: as the text.
+    let message = unsafe { CStr::from_ptr(reasoning.parse_error) }.to_str().unwrap();
+    assert_eq!(message, want.parsed.as_ref().err().map_or(String::new(), ToString::to_string));
+    assert_eq!(
+        probs[..rust.probs.len()].iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+        rust.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
+    );
+    assert_same(probs, result, rust);
+}
+
+/// A pairwise template for image understanding whose verdict phrases are single letters: a random model's sampled
+/// answer states one of them.
+fn letter_verdicts() -> String {
+    let mut t: serde_json::Value = serde_json::from_str(
+        TaskTemplate::built_in_file(Variant::Demo, Task::ImageUnderstanding, Mode::Pairwise).unwrap(),
+    )
+    .unwrap();
+    t["answer"]["verdict"] = serde_json::json!({"first": ["e"], "second": ["a"], "tie": ["o"]});
+    t.to_string()
+}
+
+#[test]
+fn c_reasoned_judgments_equal_the_rust_judge_and_bad_options_are_refused() {
+    let dir = judge_dir("ffi-reasoned");
+    let mut rust = Judge::load(&dir.0, DType::F32, Device::Cpu).unwrap();
+    let dir_c = c(dir.0.to_str().unwrap());
+    let (caption, caption_value, question, question_value) =
+        (c("caption"), c("a red square"), c("question"), c("What color is the square?"));
+    let (scene, scene_c) = (image("anyres_0.png"), c(image("anyres_0.png").to_str().unwrap()));
+    let responses = [c("It is red."), c("Blue, I think.")];
+    // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
+    unsafe {
+        let ctx = new_context();
+        let judge = load(ctx, &dir_c);
+
+        // Pointwise image generation, greedy: a random model's answer has no "Final Score", reported as such.
+        let names = [caption.as_ptr()];
+        let values = [caption_value.as_ptr()];
+        let gen_ctx = one_field(&names, &values);
+        let candidate = item(UR_JUDGE_IMAGE, &scene_c);
+        let mut request = ur_judge_request_default();
+        request.mode = UR_JUDGE_POINTWISE;
+        request.context = &gen_ctx;
+        request.candidates = &candidate;
+        request.num_candidates = 1;
+        let mut cfg = ur_generation_config_default();
+        cfg.max_new_tokens = 6;
+        let (mut probs, mut result, mut reasoning) = ([0f32; 5], fresh_result(), fresh_reasoning());
+        let status = ur_judge_reasoned(ctx, judge, &request, &cfg, probs.as_mut_ptr(), 5, &mut result, &mut reasoning);
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let point = JudgeRequest {
+            task: Task::ImageGeneration,
+            mode: Mode::Pointwise,
+            context: Context::with_field("caption", "a red square"),
+            candidates: vec![Candidate::Media(MediaFile::Image(scene.clone()))],
+        };
+        let expected = rust.reasoned(&point, &GenerationConfig { max_new_tokens: 6, ..Default::default() }).unwrap();
+        assert_same_reasoned(&probs, &result, &reasoning, &expected);
+        assert_eq!(reasoning.parse_status, UR_PARSE_UNPARSABLE);
+        assert!(reasoning.parsed_score.is_nan());
+
+        // Pairwise image understanding, sampled, with single-letter verdicts (a user's template) the answer states.
+        let json = c(&letter_verdicts());
+        let mut template = ur_judge_template_default();
+        template.task = UR_TASK_IMAGE_UNDERSTANDING;
+        template.json = json.as_ptr();
+        assert_eq!(ur_judge_set_template(judge, &template), ur_status::UR_OK, "{}", last_error());
+        rust.set_template(TaskTemplate::from_json(&letter_verdicts(), "letters").unwrap());
+        let (names_q, values_q) = ([question.as_ptr()], [question_value.as_ptr()]);
+        let media = [item(UR_JUDGE_IMAGE, &scene_c)];
+        let mut und_ctx = one_field(&names_q, &values_q);
+        und_ctx.media = media.as_ptr();
+        und_ctx.num_media = 1;
+        let pair = [item(UR_JUDGE_TEXT, &responses[0]), item(UR_JUDGE_TEXT, &responses[1])];
+        let mut pair_request = ur_judge_request_default();
+        pair_request.task = UR_TASK_IMAGE_UNDERSTANDING;
+        pair_request.context = &und_ctx;
+        pair_request.candidates = pair.as_ptr();
+        pair_request.num_candidates = 2;
+        (cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed) = (12, 1.5, 0.9, 3);
+        let (mut p3, mut pair_result, mut pair_reasoning) = ([0f32; 3], fresh_result(), fresh_reasoning());
+        let status = ur_judge_reasoned(
+            ctx,
+            judge,
+            &pair_request,
+            &cfg,
+            p3.as_mut_ptr(),
+            3,
+            &mut pair_result,
+            &mut pair_reasoning,
+        );
+        assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+        let mut context_q = Context::with_field("question", "What color is the square?");
+        context_q.media = vec![MediaFile::Image(scene.clone())];
+        let rust_pair = JudgeRequest {
+            task: Task::ImageUnderstanding,
+            mode: Mode::Pairwise,
+            context: context_q,
+            candidates: vec![Candidate::Text("It is red.".into()), Candidate::Text("Blue, I think.".into())],
+        };
+        let sampled =
+            GenerationConfig { max_new_tokens: 12, temperature: 1.5, top_p: 0.9, seed: 3, ..Default::default() };
+        let expected_pair = rust.reasoned(&rust_pair, &sampled).unwrap();
+        assert_same_reasoned(&p3, &pair_result, &pair_reasoning, &expected_pair);
+        assert_eq!(pair_reasoning.parse_status, UR_PARSE_OK, "the sampled answer states no letter verdict");
+        assert!(pair_reasoning.parsed_verdict >= 0 && pair_result.position_consistent == -1);
+
+        // Bad input: a status and a message naming the argument or field, nothing written.
+        let (mut untouched, mut untouched_reasoning, mut p5) = (fresh_result(), fresh_reasoning(), [-1f32; 5]);
+        let mut reasoned = |judge: *mut ur_judge,
+                            request: *const ur_judge_request,
+                            cfg: *const ur_generation_config,
+                            capacity: usize,
+                            result: *mut ur_judge_result,
+                            reasoning: *mut ur_judge_reasoning| {
+            ur_judge_reasoned(ctx, judge, request, cfg, p5.as_mut_ptr(), capacity, result, reasoning)
+        };
+        let (r, rr) = (&mut untouched as *mut ur_judge_result, &mut untouched_reasoning as *mut ur_judge_reasoning);
+        let invalid = ur_status::UR_ERROR_INVALID_ARGUMENT;
+        expect_status(reasoned(null_mut(), &request, &cfg, 5, r, rr), ur_status::UR_ERROR_NULL_POINTER, "`judge`");
+        expect_status(reasoned(judge, null(), &cfg, 5, r, rr), ur_status::UR_ERROR_NULL_POINTER, "`request`");
+        expect_status(
+            reasoned(judge, &request, &cfg, 5, r, null_mut()),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`reasoning`",
+        );
+        expect_status(reasoned(judge, &request, &cfg, 5, null_mut(), rr), ur_status::UR_ERROR_NULL_POINTER, "`result`");
+        expect_status(reasoned(judge, &request, &cfg, 4, r, rr), invalid, "`probs_capacity` is 4");
+        let mut bad_request = request;
+        bad_request.task = 8;
+        expect_status(reasoned(judge, &bad_request, &cfg, 5, r, rr), invalid, "`request.task` is 8");
+        bad_request = request;
+        bad_request.struct_size = 4;
+        expect_status(reasoned(judge, &bad_request, &cfg, 5, r, rr), invalid, "`request.struct_size` is 4");
+        bad_request = request;
+        bad_request.context = null();
+        expect_status(reasoned(judge, &bad_request, &cfg, 5, r, rr), invalid, "caption");
+        let missing_c = c("/no/such/image.png");
+        let missing = item(UR_JUDGE_IMAGE, &missing_c);
+        bad_request = request;
+        bad_request.candidates = &missing;
+        expect_status(reasoned(judge, &bad_request, &cfg, 5, r, rr), invalid, "/no/such/image.png");
+        let stop = [VOCAB as i32];
+        for (change, fragment) in [
+            (
+                (|c: &mut ur_generation_config| c.temperature = -1.0) as fn(&mut ur_generation_config),
+                "`cfg->temperature`",
+            ),
+            (|c| c.temperature = f32::NAN, "`cfg->temperature`"),
+            (|c| c.top_p = 0.0, "`cfg->top_p`"),
+            (|c| c.top_p = 1.5, "`cfg->top_p`"),
+            (|c| c.max_new_tokens = 0, "`cfg->max_new_tokens`"),
+            (|c| c.struct_size = 4, "`cfg->struct_size` is 4"),
+        ] {
+            let mut bad = cfg;
+            change(&mut bad);
+            expect_status(reasoned(judge, &request, &bad, 5, r, rr), invalid, fragment);
+        }
+        let mut bad = cfg;
+        (bad.stop_tokens, bad.num_stop_tokens) = (stop.as_ptr(), 1);
+        expect_status(reasoned(judge, &request, &bad, 5, r, rr), invalid, "`cfg->stop_tokens` holds 365");
+        bad.stop_tokens = null();
+        expect_status(
+            reasoned(judge, &request, &bad, 5, r, rr),
+            ur_status::UR_ERROR_NULL_POINTER,
+            "`cfg->stop_tokens`",
+        );
+        let mut small = fresh_reasoning();
+        small.struct_size = 8;
+        expect_status(reasoned(judge, &request, &cfg, 5, r, &mut small), invalid, "ur_judge_reasoning.struct_size");
+        // A result and a reasoning 16 bytes into it.
+        let mut block = [0u64; 16];
+        let (in_result, in_reasoning) = (block.as_mut_ptr() as *mut u32, block.as_mut_ptr().add(2) as *mut u32);
+        (*in_result, *in_reasoning) = (size_of_u32::<ur_judge_result>(), size_of_u32::<ur_judge_reasoning>());
+        expect_status(reasoned(judge, &request, &cfg, 5, in_result.cast(), in_reasoning.cast()), invalid, "overlaps");
+        assert_eq!(p5, [-1.0; 5], "a failing call wrote probabilities");
+        assert_eq!((untouched.num_probs, untouched_reasoning.text_len), (0, 0), "a failing call wrote a result");
+        assert!(untouched_reasoning.text.is_null());
+        // The texts of the last successful call are still there.
+        assert_same_reasoned(&p3, &pair_result, &pair_reasoning, &expected_pair);
+
+        ur_judge_free(judge);
+        ur_context_free(ctx);
+    }
+}
+
+#[test]
+fn c_templates_change_the_prompt_as_the_rust_override_does_and_bad_ones_are_refused() {
+    let dir = judge_dir("ffi-template");
+    let rust_default = Judge::load(&dir.0, DType::F32, Device::Cpu).unwrap();
+    let mut rust = Judge::load(&dir.0, DType::F32, Device::Cpu).unwrap();
+    // The demo's short instruction, on a 1..=10 scale.
+    let mut mine: serde_json::Value = serde_json::from_str(
+        TaskTemplate::built_in_file(Variant::Demo, Task::ImageGeneration, Mode::Pointwise).unwrap(),
+    )
+    .unwrap();
+    mine["answer"]["score"]["max"] = 10.into();
+    let path = dir.0.join("mine.json");
+    std::fs::write(&path, mine.to_string()).unwrap();
+    rust.set_template(TaskTemplate::from_file(&path).unwrap());
+    let (dir_c, path_c, json_c) = (c(dir.0.to_str().unwrap()), c(path.to_str().unwrap()), c(&mine.to_string()));
+    let (caption, caption_value) = (c("caption"), c("a red square"));
+    let scene_c = c(image("anyres_0.png").to_str().unwrap());
+    let context = Context::with_field("caption", "a red square");
+    let scene = Candidate::Media(MediaFile::Image(image("anyres_0.png")));
+    let expected = rust.pointwise(Task::ImageGeneration, &context, scene.clone()).unwrap();
+    let built_in = rust_default.pointwise(Task::ImageGeneration, &context, scene).unwrap();
+    assert_ne!(expected.prompt_tokens, built_in.prompt_tokens);
+    // SAFETY (whole test): every pointer below is valid for the call (test-owned memory kept alive across it).
+    unsafe {
+        let ctx = new_context();
+        let names = [caption.as_ptr()];
+        let values = [caption_value.as_ptr()];
+        let gen_ctx = one_field(&names, &values);
+        let candidate = item(UR_JUDGE_IMAGE, &scene_c);
+        let point = |judge: *mut ur_judge, want: &JudgeResult| {
+            let (mut probs, mut result) = ([0f32; 10], fresh_result());
+            let status = ur_judge_pointwise(
+                ctx,
+                judge,
+                UR_TASK_IMAGE_GENERATION,
+                &gen_ctx,
+                &candidate,
+                probs.as_mut_ptr(),
+                10,
+                &mut result,
+            );
+            assert_eq!(status, ur_status::UR_OK, "{}", last_error());
+            assert_eq!(
+                probs[..want.probs.len()].iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+                want.probs.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
+            );
+            assert_same(&probs, &result, want);
+        };
+        let mut template = ur_judge_template_default();
+        template.mode = UR_JUDGE_POINTWISE;
+        for (path, json) in [(path_c.as_ptr(), null()), (null(), json_c.as_ptr())] {
+            let judge = load(ctx, &dir_c);
+            point(judge, &built_in);
+            let mut n = 0usize;
+            assert_eq!(
+                ur_judge_num_probs(judge, UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, &mut n),
+                ur_status::UR_OK
+            );
+            assert_eq!(n, 5);
+            (template.path, template.json) = (path, json);
+            assert_eq!(ur_judge_set_template(judge, &template), ur_status::UR_OK, "{}", last_error());
+            assert_eq!(
+                ur_judge_num_probs(judge, UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, &mut n),
+                ur_status::UR_OK
+            );
+            assert_eq!(n, 10);
+            point(judge, &expected);
+
+            // Bad templates: refused naming the field, the judge unchanged.
+            let invalid = ur_status::UR_ERROR_INVALID_ARGUMENT;
+            let unreadable = c("/no/such/template.json");
+            let garbage = c("{\"task\": \"image_generation\"");
+            let pairwise_c =
+                c(TaskTemplate::built_in_file(Variant::Demo, Task::ImageGeneration, Mode::Pairwise).unwrap());
+            let t = ur_judge_template { path: null(), json: null(), ..template };
+            for (bad, status, fragment) in [
+                (ur_judge_template { task: 9, path, json, ..t }, invalid, "`user_template->task` is 9"),
+                (ur_judge_template { mode: -1, path, json, ..t }, invalid, "`user_template->mode` is -1"),
+                (ur_judge_template { struct_size: 4, path, json, ..t }, invalid, "`user_template->struct_size` is 4"),
+                (t, ur_status::UR_ERROR_NULL_POINTER, "`user_template->path` and `user_template->json` are both NULL"),
+                (ur_judge_template { path: path_c.as_ptr(), json: json_c.as_ptr(), ..t }, invalid, "both set"),
+                (ur_judge_template { path: unreadable.as_ptr(), ..t }, invalid, "/no/such/template.json"),
+                (ur_judge_template { json: garbage.as_ptr(), ..t }, invalid, "`user_template->json`"),
+                (
+                    ur_judge_template { json: pairwise_c.as_ptr(), ..t },
+                    invalid,
+                    "say image_generation.pointwise, the template is image_generation.pairwise",
+                ),
+                (
+                    ur_judge_template { task: UR_TASK_VIDEO_GENERATION, path, json, ..t },
+                    invalid,
+                    "say video_generation.pointwise",
+                ),
+            ] {
+                expect_status(ur_judge_set_template(judge, &bad), status, fragment);
+            }
+            expect_status(ur_judge_set_template(judge, null()), ur_status::UR_ERROR_NULL_POINTER, "`user_template`");
+            expect_status(ur_judge_set_template(null_mut(), &template), ur_status::UR_ERROR_NULL_POINTER, "`judge`");
+            point(judge, &expected);
+            ur_judge_free(judge);
+        }
         ur_context_free(ctx);
     }
 }

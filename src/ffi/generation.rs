@@ -76,7 +76,7 @@ impl Config for ur_generation_config {
 impl ur_generation_config {
     /// # Safety
     /// `stop_tokens` is NULL or holds `num_stop_tokens` values.
-    unsafe fn to_rust(self) -> FfiResult<GenerationConfig> {
+    pub(super) unsafe fn to_rust(self) -> FfiResult<GenerationConfig> {
         let stop = if self.num_stop_tokens == 0 {
             &[][..]
         } else if self.stop_tokens.is_null() {

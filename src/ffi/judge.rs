@@ -1,7 +1,8 @@
 //! `ur_judge_*`: the judge (`crate::judge::Judge`) behind an opaque handle — one-pass pairwise verdicts and
 //! pointwise scores of the four UnifiedReward tasks, one request at a time or batched. Media cross as file paths
 //! (the judge decodes them itself) or as 8-bit RGB pixels in host memory (`ur_judge_pixels`); either way the judge
-//! preprocesses them with the checkpoint's `preprocessor_config.json`.
+//! preprocesses them with the checkpoint's `preprocessor_config.json`. Reasoned judgments are in
+//! [`judge_reasoned`](super::judge_reasoned), users' template files in [`judge_template`](super::judge_template).
 
 use std::ffi::{c_char, c_void};
 use std::path::{Path, PathBuf};
@@ -14,8 +15,9 @@ use super::dlpack::{device_of, dtype_of, DLDataType, DLDevice};
 use super::host_out::{check_host_outputs, HostOut, HostSpan};
 use super::status::{call, ur_status, Failure, FfiResult};
 use crate::judge::answer::Verdict;
+use crate::judge::MediaSpec;
 use crate::judge::{AnswerClasses, Candidate, Context, Judge, JudgeRequest, JudgeResult, MediaFile, Mode, Task};
-use crate::media::{RgbImage, MAX_IMAGE_SIDE, MAX_VIDEO_FRAMES};
+use crate::media::{sample_frame_indices, RgbImage, MAX_IMAGE_SIDE, MAX_VIDEO_FRAMES};
 
 /// `task` codes (the numbers never change).
 pub const UR_TASK_IMAGE_GENERATION: i32 = 0;
@@ -45,9 +47,9 @@ pub const UR_VERDICT_TIE: i32 = 2;
 /// No verdict: a pointwise judgment.
 pub const UR_VERDICT_NONE: i32 = -1;
 
-const TASKS: [Task; 4] =
+pub(super) const TASKS: [Task; 4] =
     [Task::ImageGeneration, Task::ImageUnderstanding, Task::VideoGeneration, Task::VideoUnderstanding];
-const MODES: [Mode; 2] = [Mode::Pairwise, Mode::Pointwise];
+pub(super) const MODES: [Mode; 2] = [Mode::Pairwise, Mode::Pointwise];
 
 /// Tells a live judge from garbage (a freed or never-created pointer is still undefined behaviour).
 const MAGIC: u64 = 0x7572_5f6a_7564_0001; // "ur_jud" v1
@@ -58,7 +60,9 @@ const MAGIC: u64 = 0x7572_5f6a_7564_0001; // "ur_jud" v1
 #[allow(non_camel_case_types)]
 pub struct ur_judge {
     magic: u64,
-    judge: Judge,
+    pub(super) judge: Judge,
+    /// The texts of the last reasoned judgment, which its `ur_judge_reasoning` points to.
+    pub(super) reasoning: super::judge_reasoned::ReasoningTexts,
 }
 
 /// One candidate, or one image or video of a context: a kind (`UR_JUDGE_*`) and its value. Its layout is fixed.
@@ -76,7 +80,8 @@ pub struct ur_judge_item {
 
 /// An image or a video as 8-bit RGB pixels in host memory, the value of a `UR_JUDGE_IMAGE_PIXELS` or
 /// `UR_JUDGE_VIDEO_PIXELS` item: judged exactly as the same pixels decoded from a file. The bytes are copied during
-/// the call. Initialise with `ur_judge_pixels_default()`.
+/// the call: an image's, and of a video only the frames the task's template samples (the others are never read).
+/// Initialise with `ur_judge_pixels_default()`.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -263,7 +268,7 @@ impl Versioned for ur_judge_batch_info {
 ///
 /// # Safety
 /// `judge` is NULL or a pointer returned by `ur_judge_load` and not yet freed.
-unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> {
+pub(super) unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> {
     // SAFETY: this function's contract.
     match unsafe { judge.as_ref() } {
         None => Err(Failure::null("judge")),
@@ -272,17 +277,41 @@ unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> {
     }
 }
 
-/// An item as the Rust API takes it (a context's media are refused as text by the caller).
+/// Borrows a judge handle to change it (its templates, its last reasoned texts).
+///
+/// # Safety
+/// `judge` is NULL or a pointer returned by `ur_judge_load`, not yet freed, that no other call is using.
+pub(super) unsafe fn handle_mut<'a>(judge: *mut ur_judge) -> FfiResult<&'a mut ur_judge> {
+    // SAFETY: this function's contract.
+    match unsafe { judge.as_mut() } {
+        None => Err(Failure::null("judge")),
+        Some(j) if j.magic == MAGIC => Ok(j),
+        Some(_) => Err(Failure::invalid("`judge` is not a live ur_judge")),
+    }
+}
+
+/// The frames the template of `task` × `mode` samples from each video (`None` for image templates): reading only
+/// those of a video in memory judges exactly as reading all of them, since the judge would sample the same ones.
+pub(super) fn sampled_frames(judge: &Judge, task: Task, mode: Mode) -> FfiResult<Option<usize>> {
+    Ok(match judge.template(task, mode)?.media {
+        MediaSpec::Video { frames_per_video, .. } => Some(frames_per_video),
+        MediaSpec::Image { .. } => None,
+    })
+}
+
+/// An item as the Rust API takes it (a context's media are refused as text by the caller); of a video in memory
+/// only the `sampled` frames (when known: see [`sampled_frames`]) are read.
 ///
 /// # Safety
 /// `item.value` is NULL, NUL-terminated (a text or a path) or a readable `ur_judge_pixels` (the pixel kinds) as
 /// [`read_pixels`] needs.
-unsafe fn candidate(name: &str, item: &ur_judge_item) -> FfiResult<Candidate> {
+unsafe fn candidate(name: &str, item: &ur_judge_item, sampled: Option<usize>) -> FfiResult<Candidate> {
     let kinds = [UR_JUDGE_TEXT, UR_JUDGE_IMAGE, UR_JUDGE_VIDEO, UR_JUDGE_IMAGE_PIXELS, UR_JUDGE_VIDEO_PIXELS];
     let kind = code(&format!("{name}.kind"), item.kind, &kinds)?;
     if matches!(kind, UR_JUDGE_IMAGE_PIXELS | UR_JUDGE_VIDEO_PIXELS) {
+        let video = (kind == UR_JUDGE_VIDEO_PIXELS).then_some(sampled);
         // SAFETY: this function's contract.
-        let media = unsafe { read_pixels(name, kind == UR_JUDGE_VIDEO_PIXELS, item.value.cast()) }?;
+        let media = unsafe { read_pixels(name, video, item.value.cast()) }?;
         return Ok(Candidate::Media(media));
     }
     // SAFETY: this function's contract.
@@ -294,13 +323,18 @@ unsafe fn candidate(name: &str, item: &ur_judge_item) -> FfiResult<Candidate> {
     })
 }
 
-/// The pixels of item `name` copied into an image (one frame) or a video's frames, every size checked before any
+/// The pixels of item `name` copied into an image (`video` `None`: one frame) or a video's frames (`Some`: all of
+/// them, or only the frames sampled from them when the count to sample is known), every size checked before any
 /// byte is read.
 ///
 /// # Safety
 /// `pixels` is NULL or a readable `ur_judge_pixels` of its `struct_size` whose `data` holds
 /// `num_frames · height · width · 3` readable bytes.
-unsafe fn read_pixels(name: &str, video: bool, pixels: *const ur_judge_pixels) -> FfiResult<MediaFile> {
+unsafe fn read_pixels(
+    name: &str,
+    video: Option<Option<usize>>,
+    pixels: *const ur_judge_pixels,
+) -> FfiResult<MediaFile> {
     let field = format!("{name}.value->");
     if pixels.is_null() {
         return Err(Failure::null(&format!("{name}.value")));
@@ -308,14 +342,14 @@ unsafe fn read_pixels(name: &str, video: bool, pixels: *const ur_judge_pixels) -
     let renamed = |f: Failure| Failure { message: f.message.replace("`ur_judge_pixels.", &format!("`{field}")), ..f };
     // SAFETY: this function's contract.
     let p = unsafe { read_config(pixels) }.map_err(renamed)?;
-    let most_frames = if video { MAX_VIDEO_FRAMES } else { 1 };
+    let most_frames = if video.is_some() { MAX_VIDEO_FRAMES } else { 1 };
     let dim = |value: u64, f: &str, most: usize, what: &str| -> FfiResult<usize> {
         match usize::try_from(value) {
             Ok(v) if (1..=most).contains(&v) => Ok(v),
             _ => Err(Failure::invalid(format!("`{field}{f}` is {value}: {what} takes 1 to {most}"))),
         }
     };
-    let kind = if video { "a video (UR_JUDGE_VIDEO_PIXELS)" } else { "an image (UR_JUDGE_IMAGE_PIXELS)" };
+    let kind = if video.is_some() { "a video (UR_JUDGE_VIDEO_PIXELS)" } else { "an image (UR_JUDGE_IMAGE_PIXELS)" };
     let frames = dim(p.num_frames, "num_frames", most_frames, kind)?;
     let height = dim(p.height, "height", MAX_IMAGE_SIDE, "a frame")?;
     let width = dim(p.width, "width", MAX_IMAGE_SIDE, "a frame")?;
@@ -326,22 +360,26 @@ unsafe fn read_pixels(name: &str, video: bool, pixels: *const ur_judge_pixels) -
     let frame_bytes = height * width * 3;
     // SAFETY: this function's contract: `data` holds the frames' bytes.
     let bytes = unsafe { std::slice::from_raw_parts(p.data, frames * frame_bytes) };
-    let mut images = bytes
-        .chunks_exact(frame_bytes)
-        .map(|frame| RgbImage::new(width, height, frame.to_vec()))
+    let read = match video {
+        Some(Some(count)) => sample_frame_indices(frames, count)?,
+        _ => (0..frames).collect(),
+    };
+    let mut images = read
+        .into_iter()
+        .map(|i| RgbImage::new(width, height, bytes[i * frame_bytes..(i + 1) * frame_bytes].to_vec()))
         .collect::<crate::Result<Vec<_>>>()?;
     Ok(match video {
-        true => MediaFile::VideoFrames(images.into()),
-        false => MediaFile::ImagePixels(Arc::new(images.remove(0))),
+        Some(_) => MediaFile::VideoFrames(images.into()),
+        None => MediaFile::ImagePixels(Arc::new(images.remove(0))),
     })
 }
 
-/// Reads a context (NULL: empty), its strings copied.
+/// Reads a context (NULL: empty), its strings copied, of its videos in memory only the `sampled` frames.
 ///
 /// # Safety
 /// `ctx` is NULL or a readable `ur_judge_context` of its `struct_size` whose arrays hold their counts of valid
 /// pointers, its media items valid as [`candidate`] needs.
-unsafe fn read_context(name: &str, ctx: *const ur_judge_context) -> FfiResult<Context> {
+unsafe fn read_context(name: &str, ctx: *const ur_judge_context, sampled: Option<usize>) -> FfiResult<Context> {
     let at = |f: Failure| {
         let message = f.message.replace("`ur_judge_context.", &format!("`{name}->"));
         Failure { message: message.replace("`ur_judge_context`", &format!("`*{name}`")), ..f }
@@ -361,7 +399,7 @@ unsafe fn read_context(name: &str, ctx: *const ur_judge_context) -> FfiResult<Co
         }
         for (i, item) in array(&format!("{name}->media"), c.media, c.num_media)?.iter().enumerate() {
             let item_name = format!("{name}->media[{i}]");
-            match candidate(&item_name, item)? {
+            match candidate(&item_name, item, sampled)? {
                 Candidate::Media(m) => out.media.push(m),
                 Candidate::Text(_) => {
                     return Err(Failure::invalid(format!(
@@ -374,25 +412,55 @@ unsafe fn read_context(name: &str, ctx: *const ur_judge_context) -> FfiResult<Co
     }
 }
 
+/// Reads request `name` (a readable, non-NULL `ur_judge_request`), its context and candidates.
+///
+/// # Safety
+/// `request` points to a readable `ur_judge_request` of its `struct_size` whose pointers are valid as
+/// [`read_context`] and [`candidate`] need.
+pub(super) unsafe fn read_request(
+    judge: &Judge,
+    name: &str,
+    request: *const ur_judge_request,
+) -> FfiResult<JudgeRequest> {
+    let at = |f: Failure| Failure { message: f.message.replace("`ur_judge_request", &format!("`{name}")), ..f };
+    // SAFETY (block): this function's contract.
+    unsafe {
+        let r = read_config(request).map_err(at)?;
+        let task = code(&format!("{name}.task"), r.task, &TASKS)?;
+        let mode = code(&format!("{name}.mode"), r.mode, &MODES)?;
+        let sampled = sampled_frames(judge, task, mode)?;
+        let context = read_context(&format!("{name}.context"), r.context, sampled)?;
+        let items = array(&format!("{name}.candidates"), r.candidates, r.num_candidates)?;
+        let candidates = items
+            .iter()
+            .enumerate()
+            .map(|(k, c)| candidate(&format!("{name}.candidates[{k}]"), c, sampled))
+            .collect::<FfiResult<Vec<_>>>()?;
+        Ok(JudgeRequest { task, mode, context, candidates })
+    }
+}
+
 /// Where the results go: `count` result structs (stride: the first one's `struct_size`) and `count` runs of
 /// `capacity` probabilities.
-struct Outputs {
+pub(super) struct Outputs {
     results: Vec<HostOut<ur_judge_result>>,
     probs: *mut f32,
     capacity: usize,
 }
 
 impl Outputs {
-    /// Checks the outputs of `count` judgments, each needing the probabilities in `needed` (index: request).
+    /// Checks the outputs of `count` judgments, each needing the probabilities in `needed` (index: request), and
+    /// that none overlaps the call's `other` outputs.
     ///
     /// # Safety
     /// `results` is NULL or points to `count` structs of its first `struct_size` each.
-    unsafe fn check(
+    pub(super) unsafe fn check(
         name: &'static str,
         results: *mut ur_judge_result,
         probs: *mut f32,
         capacity: usize,
         needed: &[usize],
+        other: &[HostSpan],
     ) -> FfiResult<Self> {
         if results.is_null() {
             return Err(Failure::null(name));
@@ -427,6 +495,7 @@ impl Outputs {
         let mut spans: Vec<Option<HostSpan>> = outs.iter().map(|o| Some(o.span())).collect();
         let probs_bytes = needed.len() * capacity * std::mem::size_of::<f32>();
         spans.push(Some(HostSpan::new("probs", probs as *const u8, probs_bytes)));
+        spans.extend(other.iter().copied().map(Some));
         check_host_outputs(&spans, &[])?;
         Ok(Outputs { results: outs, probs, capacity })
     }
@@ -435,7 +504,7 @@ impl Outputs {
     ///
     /// # Safety
     /// `probs` holds `count · capacity` writable floats; the result pointers are writable for their size.
-    unsafe fn write(&self, results: &[JudgeResult]) {
+    pub(super) unsafe fn write(&self, results: &[JudgeResult]) {
         for (i, (out, r)) in self.results.iter().zip(results).enumerate() {
             // SAFETY: this function's contract; `check` made sure each result's probabilities fit its run.
             unsafe {
@@ -467,7 +536,7 @@ impl Outputs {
 
 /// The probabilities a judgment of `task` × `mode` has: 3 pairwise, one per answer class (score value)
 /// pointwise.
-fn probabilities(judge: &Judge, task: Task, mode: Mode) -> FfiResult<usize> {
+pub(super) fn probabilities(judge: &Judge, task: Task, mode: Mode) -> FfiResult<usize> {
     Ok(match mode {
         Mode::Pairwise => 3,
         Mode::Pointwise => {
@@ -491,7 +560,7 @@ unsafe fn run(
 ) -> FfiResult {
     let needed = requests.iter().map(|r| probabilities(judge, r.task, r.mode)).collect::<FfiResult<Vec<_>>>()?;
     // SAFETY: this function's contract.
-    let outputs = unsafe { Outputs::check(name, results, probs, capacity, &needed) }?;
+    let outputs = unsafe { Outputs::check(name, results, probs, capacity, &needed, &[]) }?;
     let batch = judge.judge_many(requests)?;
     // SAFETY: this function's contract.
     unsafe { outputs.write(&batch.results) };
@@ -540,7 +609,7 @@ pub unsafe extern "C" fn ur_judge_load(
             )));
         }
         let judge = Judge::load(Path::new(&dir), dtype, device_of("device", device)?)?;
-        *out = Box::into_raw(Box::new(ur_judge { magic: MAGIC, judge }));
+        *out = Box::into_raw(Box::new(ur_judge { magic: MAGIC, judge, reasoning: Default::default() }));
         Ok(())
     })
 }
@@ -614,9 +683,10 @@ pub unsafe extern "C" fn ur_judge_pairwise(
         context::check(ctx)?;
         let judge = handle(judge)?;
         let task = code("task", task, &TASKS)?;
-        let context = read_context("context", context)?;
-        let a = candidate("a", a.as_ref().ok_or_else(|| Failure::null("a"))?)?;
-        let b = candidate("b", b.as_ref().ok_or_else(|| Failure::null("b"))?)?;
+        let sampled = sampled_frames(judge, task, Mode::Pairwise)?;
+        let context = read_context("context", context, sampled)?;
+        let a = candidate("a", a.as_ref().ok_or_else(|| Failure::null("a"))?, sampled)?;
+        let b = candidate("b", b.as_ref().ok_or_else(|| Failure::null("b"))?, sampled)?;
         let request = JudgeRequest { task, mode: Mode::Pairwise, context, candidates: vec![a, b] };
         run(judge, "result", &[request], probs, probs_capacity, result, None)
     })
@@ -645,8 +715,10 @@ pub unsafe extern "C" fn ur_judge_pointwise(
         context::check(ctx)?;
         let judge = handle(judge)?;
         let task = code("task", task, &TASKS)?;
-        let context = read_context("context", context)?;
-        let one = self::candidate("candidate", candidate.as_ref().ok_or_else(|| Failure::null("candidate"))?)?;
+        let sampled = sampled_frames(judge, task, Mode::Pointwise)?;
+        let context = read_context("context", context, sampled)?;
+        let item = candidate.as_ref().ok_or_else(|| Failure::null("candidate"))?;
+        let one = self::candidate("candidate", item, sampled)?;
         let request = JudgeRequest { task, mode: Mode::Pointwise, context, candidates: vec![one] };
         run(judge, "result", &[request], probs, probs_capacity, result, None)
     })
@@ -696,19 +768,7 @@ pub unsafe extern "C" fn ur_judge_many(
                     "requests[{i}].struct_size is {size}, requests[0]'s {first}: every item of the array has the same size"
                 )));
             }
-            let name = format!("requests[{i}]");
-            let at = |f: Failure| Failure { message: f.message.replace("`ur_judge_request", &format!("`{name}")), ..f };
-            let r = read_config(item).map_err(at)?;
-            let task = code(&format!("{name}.task"), r.task, &TASKS)?;
-            let mode = code(&format!("{name}.mode"), r.mode, &MODES)?;
-            let context = read_context(&format!("{name}.context"), r.context)?;
-            let items = array(&format!("{name}.candidates"), r.candidates, r.num_candidates)?;
-            let candidates = items
-                .iter()
-                .enumerate()
-                .map(|(k, c)| candidate(&format!("{name}.candidates[{k}]"), c))
-                .collect::<FfiResult<Vec<_>>>()?;
-            checked.push(JudgeRequest { task, mode, context, candidates });
+            checked.push(read_request(judge, &format!("requests[{i}]"), item)?);
         }
         let info = HostOut::versioned("info", info)?;
         run(judge, "results", &checked, probs, probs_capacity, results, info)

@@ -1,9 +1,12 @@
 // unireward::Judge (include/unireward.hpp) on the tiny judge checkpoint argv[1] with the LLaVA fixture images under
 // argv[2]: prints each judgment as one line "key verdict score argmax_score position_consistent prompt_tokens probs..."
-// for tests/c_abi.rs to compare with the Rust Judge, and checks that bad input throws the status and message.
+// (a reasoned one also "key.parse parse_status parsed_verdict parsed_score generated_tokens reasoning_tokens" and
+// "key.text" with the answer's bytes and a 0), for tests/c_abi.rs to compare with the Rust Judge, and checks that
+// bad input throws the status and message. It writes a user's template to DIR/mine.template.json.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -18,6 +21,21 @@ void print(const char* key, const unireward::Judgment& j) {
   for (float p : j.probs) std::printf(" %.9g", p);
   std::printf("\n");
 }
+
+void print(const char* key, const unireward::Reasoned& r) {
+  print(key, r.judgment);
+  std::printf("%s.parse %d %d %.17g %llu %llu\n", key, r.parse_status, r.parsed_verdict, r.parsed_score,
+              static_cast<unsigned long long>(r.generated_tokens), static_cast<unsigned long long>(r.reasoning_tokens));
+  std::printf("%s.text", key);
+  for (unsigned char c : r.text) std::printf(" %d", c);
+  std::printf(" 0\n");
+}
+
+// A user's template: image generation scored 1 to 10 after a one-line instruction.
+const char* const kTemplate =
+    R"({"task": "image_generation", "mode": "pointwise", "media": {"kind": "image", "count": 1},)"
+    R"( "instruction": "<image>\nCaption: {caption}\nRate it.",)"
+    R"( "answer": {"score": {"prefix": "Final Score:", "min": 1, "max": 10}}})";
 
 int judge_checks(const char* dir, const char* llava) {
   const std::string images = std::string(llava) + "/images/";
@@ -47,6 +65,31 @@ int judge_checks(const char* dir, const char* llava) {
         judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, JudgeItem::image_pixels(frames.data(), 10, 14)));
   print("video_pixels",
         judge.pointwise(UR_TASK_VIDEO_GENERATION, caption, JudgeItem::video_pixels(frames.data(), 3, 10, 14)));
+
+  // Reasoned: greedy, then sampled; then a user's template, as text and as a file.
+  const unireward::JudgeRequest scored{UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, caption,
+                                       {JudgeItem::image(images + "anyres_0.png")}};
+  ur_generation_config cfg = ur_generation_config_default();
+  cfg.max_new_tokens = 4;
+  print("reasoned", judge.reasoned(scored, &cfg));
+  cfg.temperature = 1.5f;
+  cfg.top_p = 0.9f;
+  cfg.seed = 3;
+  print("reasoned_sampled", judge.reasoned(scored, &cfg));
+  cfg.temperature = -1.0f;
+  expect_error([&] { judge.reasoned(scored, &cfg); }, UR_ERROR_INVALID_ARGUMENT, "`cfg->temperature`");
+  judge.set_template_json(UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, kTemplate);
+  print("templated", judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, scored.candidates.at(0)));
+  const std::string file = std::string(dir) + "/mine.template.json";
+  std::ofstream(file) << kTemplate;
+  judge.set_template_file(UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, file);
+  print("templated_file", judge.pointwise(UR_TASK_IMAGE_GENERATION, caption, scored.candidates.at(0)));
+  expect_error([&] { judge.set_template_file(UR_TASK_IMAGE_GENERATION, UR_JUDGE_PAIRWISE, file); },
+               UR_ERROR_INVALID_ARGUMENT, "say image_generation.pairwise, the template is image_generation.pointwise");
+  expect_error([&] { judge.set_template_file(UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, "/no/such.json"); },
+               UR_ERROR_INVALID_ARGUMENT, "/no/such.json");
+  expect_error([&] { judge.set_template_json(UR_TASK_IMAGE_GENERATION, 5, kTemplate); }, UR_ERROR_INVALID_ARGUMENT,
+               "`user_template->mode` is 5");
 
   expect_error([&] { judge.pairwise(9, caption, a, b); }, UR_ERROR_INVALID_ARGUMENT, "`task` is 9");
   expect_error([&] { judge.pairwise(UR_TASK_IMAGE_GENERATION, {}, a, b); }, UR_ERROR_INVALID_ARGUMENT, "caption");

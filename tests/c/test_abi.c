@@ -1552,8 +1552,9 @@ static void test_reward_trainer(const char* dir, const char* out) {
 }
 
 /* The judge on the tiny LLaVA judge checkpoint `dir` (tests/c_abi.rs assembles it): a pair of image files against a
-   caption, a response scored against a question about an image, and the two in one batch. tests/c_abi.rs recomputes
-   each with the Rust Judge. Bad input is refused by name with nothing written. */
+   caption, a response scored against a question about an image, the two in one batch, a reasoned judgment, and a
+   judgment with a user's template (written to `template_path`). tests/c_abi.rs recomputes each with the Rust Judge.
+   Bad input is refused by name with nothing written. */
 static void dump_judgment(const char* key, const float* probs, const ur_judge_result* r) {
   char name[64];
   float copy[101];
@@ -1572,7 +1573,32 @@ static void dump_judgment(const char* key, const float* probs, const ur_judge_re
   CHECK(r->seconds > 0.0, "%s took no time", key);
 }
 
-static void test_judge(const char* dir, const char* llava_root) {
+/* The reasoned judgment's answer and parse (the text as its bytes and NUL, for tests/c_abi.rs to compare). */
+static void dump_reasoning(const char* key, const ur_judge_reasoning* r) {
+  char name[64];
+  int32_t bytes[512];
+  Tensor t;
+  CHECK(r->text_len < 512 && r->text[r->text_len] == '\0', "%llu bytes", (unsigned long long)r->text_len);
+  for (uint64_t i = 0; i <= r->text_len; i++) bytes[i] = (unsigned char)r->text[i];
+  snprintf(name, sizeof name, "%s.text", key);
+  dump(name, tensor(&t, bytes, I32, 1, D(r->text_len + 1)));
+  const float fields[5] = {(float)r->parse_status, (float)r->parsed_verdict, (float)r->parsed_score,
+                           (float)r->generated_tokens, (float)r->reasoning_tokens};
+  const char* names[5] = {"parse_status", "parsed_verdict", "parsed_score", "generated_tokens", "reasoning_tokens"};
+  for (int i = 0; i < 5; i++) {
+    snprintf(name, sizeof name, "%s.%s", key, names[i]);
+    dump_scalar(name, fields[i]);
+  }
+  CHECK((r->parse_status == UR_PARSE_OK) == (r->parse_error[0] == '\0'), "parse error \"%s\"", r->parse_error);
+}
+
+/* A user's template: image generation scored 1 to 10 after a one-line instruction. */
+static const char* const TEMPLATE_JSON =
+    "{\"task\": \"image_generation\", \"mode\": \"pointwise\", \"media\": {\"kind\": \"image\", \"count\": 1}, "
+    "\"instruction\": \"<image>\\nCaption: {caption}\\nRate it.\", "
+    "\"answer\": {\"score\": {\"prefix\": \"Final Score:\", \"min\": 1, \"max\": 10}}}";
+
+static void test_judge(const char* dir, const char* llava_root, const char* template_path) {
   char image0[512], image1[512], scene[512];
   snprintf(image0, sizeof image0, "%s/images/two_images_0.png", llava_root);
   snprintf(image1, sizeof image1, "%s/images/two_images_1.png", llava_root);
@@ -1653,6 +1679,62 @@ static void test_judge(const char* dir, const char* llava_root) {
         "a batch changed the probabilities");
   CHECK(info.prefill_tokens > 0, "no prefill reported");
 
+  /* A reasoned judgment: 4 tokens generated greedily, parsed, and the score's probabilities given the reasoning. */
+  const ur_judge_item scene_item = {UR_JUDGE_IMAGE, 0, scene};
+  ur_judge_request point = ur_judge_request_default();
+  point.mode = UR_JUDGE_POINTWISE;
+  point.context = &gen;
+  point.candidates = &scene_item;
+  point.num_candidates = 1;
+  ur_generation_config cfg = ur_generation_config_default();
+  cfg.max_new_tokens = 4;
+  float reasoned[5];
+  ur_judge_result rr;
+  memset(&rr, 0, sizeof rr);
+  rr.struct_size = sizeof rr;
+  ur_judge_reasoning why;
+  memset(&why, 0, sizeof why);
+  why.struct_size = sizeof why;
+  OK(ur_judge_reasoned(ctx, judge, &point, &cfg, reasoned, 5, &rr, &why));
+  dump_judgment("judge.reasoned", reasoned, &rr);
+  dump_reasoning("judge.reasoned", &why);
+  cfg.top_p = 0.0f;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`cfg->top_p`", ur_judge_reasoned(ctx, judge, &point, &cfg, reasoned, 5, &rr, &why));
+  cfg.top_p = 1.0f;
+  FAILS(UR_ERROR_NULL_POINTER, "`reasoning`", ur_judge_reasoned(ctx, judge, &point, &cfg, reasoned, 5, &rr, NULL));
+
+  /* A user's template, as text and as a file: the same judgment, on its 1..10 scale. */
+  ur_judge_template mine = ur_judge_template_default();
+  mine.mode = UR_JUDGE_POINTWISE;
+  mine.json = TEMPLATE_JSON;
+  OK(ur_judge_set_template(judge, &mine));
+  OK(ur_judge_num_probs(judge, UR_TASK_IMAGE_GENERATION, UR_JUDGE_POINTWISE, &n));
+  CHECK(n == 10, "%zu probabilities on the template's 1..10 scale", n);
+  float templated[10], from_file[10];
+  ur_judge_result tr;
+  memset(&tr, 0, sizeof tr);
+  tr.struct_size = sizeof tr;
+  OK(ur_judge_pointwise(ctx, judge, UR_TASK_IMAGE_GENERATION, &gen, &scene_item, templated, 10, &tr));
+  dump_judgment("judge.templated", templated, &tr);
+  FILE* file = fopen(template_path, "w");
+  CHECK(file != NULL && fputs(TEMPLATE_JSON, file) >= 0 && fclose(file) == 0, "cannot write %s", template_path);
+  mine.json = NULL;
+  mine.path = template_path;
+  OK(ur_judge_set_template(judge, &mine));
+  OK(ur_judge_pointwise(ctx, judge, UR_TASK_IMAGE_GENERATION, &gen, &scene_item, from_file, 10, &tr));
+  CHECK(memcmp(templated, from_file, sizeof templated) == 0, "the file judged otherwise than its text");
+  mine.json = TEMPLATE_JSON;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "both set", ur_judge_set_template(judge, &mine));
+  mine.json = NULL;
+  mine.task = UR_TASK_VIDEO_GENERATION;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "say video_generation.pointwise", ur_judge_set_template(judge, &mine));
+  mine.task = 7;
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`user_template->task` is 7", ur_judge_set_template(judge, &mine));
+  mine.task = UR_TASK_IMAGE_GENERATION;
+  mine.path = "/no/such/template.json";
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "/no/such/template.json", ur_judge_set_template(judge, &mine));
+  FAILS(UR_ERROR_NULL_POINTER, "`user_template`", ur_judge_set_template(judge, NULL));
+
   /* Bad input: nothing written. */
   float untouched[3] = {-1.0f, -1.0f, -1.0f};
   ur_judge_result none;
@@ -1699,7 +1781,9 @@ int main(int argc, char** argv) {
   test_model(argv[2], argv[3], argv[4]);
   test_image_processor(argv[5]);
   test_llava(argv[6]);
-  test_judge(argv[7], argv[6]);
+  char template_path[4096];
+  snprintf(template_path, sizeof template_path, "%s.template.json", argv[1]);
+  test_judge(argv[7], argv[6], template_path);
   char sft_out[4096];
   snprintf(sft_out, sizeof sft_out, "%s.sft", argv[1]);
   test_sft(argv[7], sft_out);

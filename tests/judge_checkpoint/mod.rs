@@ -6,6 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::{serialize, Dtype, SafeTensors};
+use unireward::ffi::{
+    UR_PARSE_OK, UR_PARSE_OUT_OF_SCALE, UR_PARSE_SCALE_MISMATCH, UR_PARSE_UNPARSABLE, UR_VERDICT_FIRST,
+    UR_VERDICT_NONE, UR_VERDICT_SECOND, UR_VERDICT_TIE,
+};
+use unireward::judge::answer::{AnswerError, Judgment, Verdict};
 
 pub const VOCAB: usize = 365;
 
@@ -65,4 +70,17 @@ pub fn judge_dir(name: &str) -> JudgeDir {
 /// A fixture image.
 pub fn image(name: &str) -> PathBuf {
     fixtures().join("llava/images").join(name)
+}
+
+/// The C codes of a parse: `UR_PARSE_*`, the verdict stated (`UR_VERDICT_*`), the score read (NaN when none).
+#[allow(dead_code)] // the C ABI tests' (tests/c_abi.rs, tests/ffi_judge.rs)
+pub fn parse_codes(parsed: &Result<Judgment, AnswerError>) -> (i32, i32, f64) {
+    let verdict = |v: Verdict| [UR_VERDICT_FIRST, UR_VERDICT_SECOND, UR_VERDICT_TIE][v as usize];
+    match parsed {
+        Ok(Judgment::Verdict(v)) => (UR_PARSE_OK, verdict(*v), f64::NAN),
+        Ok(Judgment::Score(s)) => (UR_PARSE_OK, UR_VERDICT_NONE, *s),
+        Err(AnswerError::Unparsable(_)) => (UR_PARSE_UNPARSABLE, UR_VERDICT_NONE, f64::NAN),
+        Err(AnswerError::OutOfScale { score, .. }) => (UR_PARSE_OUT_OF_SCALE, UR_VERDICT_NONE, *score),
+        Err(AnswerError::ScaleMismatch { score, .. }) => (UR_PARSE_SCALE_MISMATCH, UR_VERDICT_NONE, *score),
+    }
 }

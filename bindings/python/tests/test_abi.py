@@ -99,6 +99,8 @@ MIRRORS = {
     "ur_judge_request": judge._JudgeRequest,
     "ur_judge_result": judge._JudgeResult,
     "ur_judge_batch_info": judge._JudgeBatchInfo,
+    "ur_judge_reasoning": judge._JudgeReasoning,
+    "ur_judge_template": judge._JudgeTemplate,
     "ur_adamw_config": optim._Config,
     "ur_adamw_step_report": optim._StepReport,
     "ur_trainer_config": train._Config,
@@ -173,6 +175,7 @@ def test_enum_codes_match_the_header():
     assert [d["UR_JUDGE_IMAGE_PIXELS"], d["UR_JUDGE_VIDEO_PIXELS"]] == [judge._PIXELS[judge._IMAGE], judge._PIXELS[judge._VIDEO]]
     assert [d["UR_REWARD_LOSS_" + name.upper().replace("-", "_")] for name in train.REWARD_LOSSES] == [0, 1, 2]
     assert [d["UR_VERDICT_FIRST"], d["UR_VERDICT_SECOND"], d["UR_VERDICT_TIE"], d["UR_VERDICT_NONE"]] == [0, 1, 2, -1]
+    assert [d["UR_PARSE_" + name.upper()] for name in judge.PARSE_STATUSES] == [0, 1, 2, 3]
     assert heads  # the heads take no enums; their exports are checked above
 
 

@@ -1,9 +1,11 @@
 """`unireward.Judge` on a tiny LLaVA-OneVision judge (the random model of tests/fixtures/llava/hf with its vocabulary
 widened to the Qwen2 tokenizer fixture's, as tests/judge_checkpoint does for the Rust tests): pairwise, pointwise and
-batched judgments equal the Rust `Judge`'s (run through `unireward judge --json`, built next to the library), pixels
-in memory (numpy, torch, PIL) judge bit for bit as the PNG files holding them, and bad input is refused by name."""
+batched judgments equal the Rust `Judge`'s (run through `unireward judge --json`, built next to the library), and so
+do reasoned judgments and judgments with a user's template; pixels in memory (numpy, torch, PIL) judge bit for bit as
+the PNG files holding them, and bad input is refused by name."""
 
 import binascii
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -220,3 +222,85 @@ def test_bad_pixels_are_refused_by_name(judge):
         video([])
     with pytest.raises(ValueError, match="candidates\\[0\\] has shape \\(8, 8, 3\\).*F x H x W x 3"):
         video(PIL.Image.new("RGB", (8, 8)))
+
+
+def test_reasoned_equals_the_rust_judge(judge, judge_dir, tmp_path):
+    image = IMAGES / "anyres_0.png"
+    request = JudgeRequest("image_generation", "pointwise", [image], caption="a red square")
+    result = judge.reasoned(request, max_new_tokens=4)
+    expected = rust(judge_dir, "--task", "image-generation", "--point", image, "--caption", "a red square",
+                    "--reasoned", "--max-new-tokens", 4)  # fmt: skip
+    assert (result.text, result.generated_tokens) == (expected["answer"], expected["generated_tokens"])
+    assert_same(result, expected)
+    # A random model's answer holds no "Final Score": unparsable, never a score of 0.
+    assert (result.parse_status, result.parse_error) == ("unparsable", expected["parse_error"])
+    assert result.parsed_score is None and result.parsed_verdict is None
+    assert 0 <= result.reasoning_tokens <= result.generated_tokens <= 4
+    # Pixels in memory reason as their file; a sampled answer is the seed's.
+    untimed = lambda r: dataclasses.replace(r, seconds=0.0)  # noqa: E731
+    pixels = np.random.default_rng(5).integers(0, 256, (19, 13, 3), dtype=np.uint8)
+    png = JudgeRequest("image_generation", "pointwise", [write_png(tmp_path / "p.png", pixels)], caption="x")
+    in_memory = JudgeRequest("image_generation", "pointwise", [torch.from_numpy(pixels)], caption="x")
+    assert untimed(judge.reasoned(in_memory, max_new_tokens=4)) == untimed(judge.reasoned(png, max_new_tokens=4))
+    sampled = [judge.reasoned(request, max_new_tokens=6, temperature=1.5, top_p=0.9, seed=s) for s in (3, 3, 4)]
+    assert untimed(sampled[0]) == untimed(sampled[1]) and untimed(sampled[0]) != untimed(sampled[2])
+
+
+def test_reasoned_pairwise_reports_the_verdict_it_read(judge_dir):
+    # A user's template whose verdict phrases are single letters: the sampled answer states one.
+    template = json.loads((pathlib.Path(__file__).resolve().parents[3] / "templates" / "demo"
+                           / "image_understanding.pairwise.json").read_text())  # fmt: skip
+    template["answer"]["verdict"] = {"first": ["e"], "second": ["a"], "tie": ["o"]}
+    lettered = Judge(judge_dir)
+    lettered.set_template("image_understanding", "pairwise", json=json.dumps(template))
+    request = JudgeRequest("image_understanding", "pairwise", ["It is red.", "Blue, I think."],
+                           question="What color is the square?", images=[IMAGES / "anyres_0.png"])  # fmt: skip
+    result = lettered.reasoned(request, max_new_tokens=12, temperature=1.5, top_p=0.9, seed=3)
+    assert result.parse_status == "ok" and result.parsed_verdict in ("A", "B", "tie"), result.text
+    assert result.parse_error is None and result.parsed_score is None and result.position_consistent is None
+    assert len(result.probs) == 3 and result.verdict in ("A", "B", "tie")
+
+
+def test_user_template_changes_the_prompt_as_the_rust_override_does(judge, judge_dir, tmp_path):
+    template = json.loads((pathlib.Path(__file__).resolve().parents[3] / "templates" / "demo"
+                           / "image_generation.pointwise.json").read_text())  # fmt: skip
+    template["answer"]["score"]["max"] = 10
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(template))
+    image = IMAGES / "anyres_0.png"
+    expected = rust(judge_dir, "--task", "image-generation", "--point", image, "--caption", "x", "--template", path)
+    built_in = judge.pointwise("image_generation", image, caption="x")
+    for source in ({"path": path}, {"json": json.dumps(template)}):
+        mine = Judge(judge_dir)
+        mine.set_template("image-generation", "pointwise", **source)
+        result = mine.pointwise("image_generation", image, caption="x")
+        assert_same(result, expected)
+        assert len(result.probs) == 10 and result.prompt_tokens != built_in.prompt_tokens
+    # Bad templates are refused by name, the judge unchanged.
+    with pytest.raises(ValueError, match="unknown task 'image'"):
+        mine.set_template("image", "pointwise", path=path)
+    with pytest.raises(ValueError, match="unknown mode 'pointed'"):
+        mine.set_template("image_generation", "pointed", path=path)
+    with pytest.raises(UnirewardError, match="/no/such/template.json"):
+        mine.set_template("image_generation", "pointwise", path="/no/such/template.json")
+    with pytest.raises(UnirewardError, match="both set"):
+        mine.set_template("image_generation", "pointwise", path=path, json="{}")
+    with pytest.raises(UnirewardError, match="both NULL"):
+        mine.set_template("image_generation", "pointwise")
+    with pytest.raises(UnirewardError, match="say image_generation.pairwise, the template is image_generation.point"):
+        mine.set_template("image_generation", "pairwise", path=path)
+    with pytest.raises(UnirewardError, match="`user_template->json`"):
+        mine.set_template("image_generation", "pointwise", json="{not json")
+    assert mine.pointwise("image_generation", image, caption="x").probs == result.probs
+
+
+def test_bad_generation_options_are_refused_by_name(judge):
+    request = JudgeRequest("image_generation", "pointwise", [IMAGES / "anyres_0.png"], caption="x")
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        judge.reasoned(request, max_new_tokens=0)
+    for options, field in [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
+                           ({"top_p": 2.0}, "top_p"), ({"stop_tokens": [VOCAB]}, "stop_tokens")]:  # fmt: skip
+        with pytest.raises(UnirewardError, match=f"`cfg->{field}`"):
+            judge.reasoned(request, **options)
+    with pytest.raises(UnirewardError, match="caption"):
+        judge.reasoned(JudgeRequest("image_generation", "pointwise", [IMAGES / "anyres_0.png"]))

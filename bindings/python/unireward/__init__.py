@@ -11,7 +11,7 @@ import ctypes
 from . import _c, ops
 from ._lib import ABI_VERSION, UnirewardError
 from .liger import FusedLinearDPOLoss
-from .judge import Judge, JudgeRequest, JudgeResult
+from .judge import Judge, JudgeRequest, JudgeResult, ReasonedResult
 from .media import ImageProcessor
 from .model import LlavaOnevisionModel, Model, Qwen2Model
 from .optim import AdamW
@@ -34,7 +34,7 @@ from .ops import (
 from .trl import RunningMean, dpo_loss
 
 # `dpo_loss` is TRL's `DPOTrainer.dpo_loss` (per-pair losses); `ops.fused_dpo_loss` is the whole objective in one call.
-__all__ = ["ABI_VERSION", "AdamW", "DpoTrainer", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "LlavaOnevisionModel", "Model",
+__all__ = ["ABI_VERSION", "AdamW", "DpoTrainer", "UnirewardError", "FusedLinearDPOLoss", "ImageProcessor", "Judge", "JudgeRequest", "JudgeResult", "ReasonedResult", "LlavaOnevisionModel", "Model",
            "Qwen2Model", "REWARD_LOSSES", "RewardTrainer", "RunningMean", "SftTrainer", "dpo_loss", "ops", "library_path", "version",
            "host_cache_bytes", "release_host_cache",
            "Comparison", "LogProbs", "Selection", "Verdict", "bradley_terry_loss", "compare", "diffusion_dpo_loss",

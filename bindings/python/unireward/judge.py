@@ -1,5 +1,6 @@
 """`unireward.Judge`: a UnifiedReward judge checkpoint held by the library (`ur_judge_*`) — one-pass pairwise
-verdicts and pointwise scores of the four tasks, one at a time or batched (`judge_many`).
+verdicts and pointwise scores of the four tasks, one at a time or batched (`judge_many`); reasoned judgments
+(`reasoned`: the answer generated and parsed); users' task templates (`set_template`).
 
 Each image or video (a generation task's candidate, an understanding task's `images` / `videos`) is a file path
 (an image file, or a video as a folder of frames or an animated GIF, decoded by the library) or 8-bit RGB pixels in
@@ -11,6 +12,7 @@ them with `(x * 255).round().to(torch.uint8).permute(1, 2, 0)` if that is what t
 by the library with the checkpoint's preprocessor_config.json."""
 
 import ctypes
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from . import _dlpack
 from ._c import call, declare, lib
 from ._dlpack import DLDataType, DLDevice
 from ._lib import check
-from .model import _dl_device
+from .model import _dl_device, _GenerationConfig, _generation_config
 
 _P = ctypes.c_void_p  # ur_judge*
 
@@ -32,6 +34,8 @@ TASKS = ("image_generation", "image_understanding", "video_generation", "video_u
 MODES = ("pairwise", "pointwise")
 #: `ur_judge_result.verdict` codes 0, 1, 2 ("A": the first candidate given is better).
 VERDICTS = ("A", "B", "tie")
+#: `ur_judge_reasoning.parse_status` codes 0 to 3.
+PARSE_STATUSES = ("ok", "unparsable", "out_of_scale", "scale_mismatch")
 _TEXT, _IMAGE, _VIDEO = 0, 1, 2  # UR_JUDGE_TEXT, UR_JUDGE_IMAGE, UR_JUDGE_VIDEO
 _PIXELS = {_IMAGE: 3, _VIDEO: 4}  # UR_JUDGE_IMAGE_PIXELS, UR_JUDGE_VIDEO_PIXELS, by the kind of their files
 
@@ -75,6 +79,18 @@ class _JudgeBatchInfo(ctypes.Structure):
                 ("prefill_tokens_saved", ctypes.c_uint64), ("seconds", ctypes.c_double)]  # fmt: skip
 
 
+class _JudgeReasoning(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("parse_status", ctypes.c_int32), ("parsed_verdict", ctypes.c_int32),
+                ("reserved", ctypes.c_int32), ("parsed_score", ctypes.c_double), ("generated_tokens", ctypes.c_uint64),
+                ("reasoning_tokens", ctypes.c_uint64), ("text", ctypes.c_char_p), ("text_len", ctypes.c_uint64),
+                ("parse_error", ctypes.c_char_p)]  # fmt: skip
+
+
+class _JudgeTemplate(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("task", ctypes.c_int32), ("mode", ctypes.c_int32),
+                ("reserved", ctypes.c_int32), ("path", ctypes.c_char_p), ("json", ctypes.c_char_p)]  # fmt: skip
+
+
 _I = ctypes.POINTER(_JudgeItem)
 _C = ctypes.POINTER(_JudgeContext)
 _F = ctypes.POINTER(ctypes.c_float)
@@ -84,12 +100,17 @@ declare("ur_judge_pairwise", [_P, ctypes.c_int32, _C, _I, _I, _F, ctypes.c_size_
 declare("ur_judge_pointwise", [_P, ctypes.c_int32, _C, _I, _F, ctypes.c_size_t, _R])
 declare("ur_judge_many", [_P, ctypes.POINTER(_JudgeRequest), ctypes.c_size_t, _F, ctypes.c_size_t, _R,
                           ctypes.POINTER(_JudgeBatchInfo)])  # fmt: skip
+declare("ur_judge_reasoned", [_P, ctypes.POINTER(_JudgeRequest), ctypes.POINTER(_GenerationConfig), _F,
+                              ctypes.c_size_t, _R, ctypes.POINTER(_JudgeReasoning)])  # fmt: skip
 lib.ur_judge_num_probs.argtypes = [_P, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)]
 lib.ur_judge_num_probs.restype = ctypes.c_int32
+lib.ur_judge_set_template.argtypes = [_P, ctypes.POINTER(_JudgeTemplate)]
+lib.ur_judge_set_template.restype = ctypes.c_int32
 lib.ur_judge_free.argtypes = [_P]
 lib.ur_judge_free.restype = None
 for _name, _struct in [("ur_judge_context_default", _JudgeContext), ("ur_judge_request_default", _JudgeRequest),
-                       ("ur_judge_pixels_default", _JudgePixels)]:  # fmt: skip
+                       ("ur_judge_pixels_default", _JudgePixels),
+                       ("ur_judge_template_default", _JudgeTemplate)]:  # fmt: skip
     getattr(lib, _name).argtypes = []
     getattr(lib, _name).restype = _struct
 
@@ -109,6 +130,25 @@ class JudgeResult:
     position_consistent: Optional[bool]
     prompt_tokens: int
     seconds: float
+
+
+@dataclass
+class ReasonedResult(JudgeResult):
+    """A reasoned judgment (`Judge.reasoned`): the answer `text` generated and what the parser read in it —
+    `parse_status` "ok", "unparsable" (no verdict, no score: never a score of 0), "out_of_scale" or
+    "scale_mismatch", `parsed_verdict` ("A", "B", "tie"; pairwise, parsed), `parsed_score` (pointwise: the score
+    stated, also out of the scale; None when none was read), `parse_error` (None when parsed) — and, in the
+    `JudgeResult` fields, the one-pass probabilities of the final verdict or score given the generated reasoning
+    (pairwise: that one order's, `position_consistent` None). `reasoning_tokens` of the `generated_tokens` are the
+    reasoning the probabilities are conditioned on."""
+
+    text: str
+    parse_status: str
+    parsed_verdict: Optional[str]
+    parsed_score: Optional[float]
+    parse_error: Optional[str]
+    generated_tokens: int
+    reasoning_tokens: int
 
 
 @dataclass
@@ -133,6 +173,12 @@ def _task_code(task: str) -> int:
     if name not in TASKS:
         raise ValueError(f"unireward: unknown task {task!r}; known: {', '.join(TASKS)}")
     return TASKS.index(name)
+
+
+def _mode_code(mode: str) -> int:
+    if mode not in MODES:
+        raise ValueError(f"unireward: unknown mode {mode!r}; known: {', '.join(MODES)}")
+    return MODES.index(mode)
 
 
 _ACCEPTED = "a path, a PIL image, or a uint8 numpy array or torch tensor"
@@ -191,8 +237,7 @@ class _Request:
 
     def __init__(self, request: JudgeRequest):
         self.task = _task_code(request.task)
-        if request.mode not in MODES:
-            raise ValueError(f"unireward: unknown mode {request.mode!r}; known: {', '.join(MODES)}")
+        mode = _mode_code(request.mode)
         fields = dict(request.fields)
         for name, value in (("caption", request.caption), ("question", request.question)):
             if value is not None:
@@ -223,21 +268,42 @@ class _Request:
                 items.append(_media(f"candidates[{i}]", c, kind, self.keep))
         self.candidates = (_JudgeItem * max(len(items), 1))(*items)
         self.c = lib.ur_judge_request_default()
-        self.c.task, self.c.mode = self.task, MODES.index(request.mode)
+        self.c.task, self.c.mode = self.task, mode
         self.c.context = ctypes.pointer(self.context)
         self.c.candidates, self.c.num_candidates = self.candidates, len(items)
 
 
-def _result(r: _JudgeResult, probs) -> JudgeResult:
+def _result_fields(r: _JudgeResult, probs) -> dict:
     pairwise = r.verdict >= 0
-    return JudgeResult(
+    return dict(
         probs=[float(p) for p in probs[: r.num_probs]],
         verdict=VERDICTS[r.verdict] if pairwise else None,
         score=None if pairwise else float(r.score),
         argmax_score=None if pairwise else float(r.argmax_score),
-        position_consistent=bool(r.position_consistent) if pairwise else None,
+        position_consistent=bool(r.position_consistent) if pairwise and r.position_consistent >= 0 else None,
         prompt_tokens=int(r.prompt_tokens),
         seconds=float(r.seconds),
+    )
+
+
+def _text_at(why: _JudgeReasoning) -> str:
+    """The answer: `text_len` bytes read at the address (the text may hold a NUL the model generated)."""
+    address = ctypes.c_void_p.from_buffer(why, _JudgeReasoning.text.offset).value
+    return ctypes.string_at(address, why.text_len).decode()
+
+
+def _reasoned_result(r: _JudgeResult, probs, why: _JudgeReasoning) -> ReasonedResult:
+    parsed = why.parse_status == 0
+    score = None if math.isnan(why.parsed_score) else float(why.parsed_score)
+    return ReasonedResult(
+        **_result_fields(r, probs),
+        text=_text_at(why),
+        parse_status=PARSE_STATUSES[why.parse_status],
+        parsed_verdict=VERDICTS[why.parsed_verdict] if why.parsed_verdict >= 0 else None,
+        parsed_score=score,
+        parse_error=None if parsed else why.parse_error.decode(),
+        generated_tokens=int(why.generated_tokens),
+        reasoning_tokens=int(why.reasoning_tokens),
     )
 
 
@@ -306,9 +372,36 @@ class Judge:
         results = (_JudgeResult * n)(*[_JudgeResult(struct_size=ctypes.sizeof(_JudgeResult)) for _ in built])
         info = _JudgeBatchInfo(struct_size=ctypes.sizeof(_JudgeBatchInfo))
         call("ur_judge_many", self._live(), array, n, probs, capacity, results, ctypes.byref(info))
-        out = [_result(r, probs[i * capacity : (i + 1) * capacity]) for i, r in enumerate(results)]
+        out = [JudgeResult(**_result_fields(r, probs[i * capacity : (i + 1) * capacity]))
+               for i, r in enumerate(results)]  # fmt: skip
         if return_info:
             stats = {"prefill_tokens": info.prefill_tokens, "prefill_tokens_saved": info.prefill_tokens_saved,
                      "seconds": info.seconds}  # fmt: skip
             return out, stats
         return out
+
+    def reasoned(self, request: JudgeRequest, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0, stop_tokens: Optional[Sequence[int]] = None) -> ReasonedResult:  # fmt: skip
+        """A reasoned judgment of `request` (pairwise or pointwise, its media in any form the one-pass calls take):
+        the answer generated (greedy at temperature 0, else sampled with `top_p` and `seed`; the checkpoint's
+        end-of-turn tokens and `stop_tokens` end it) in the forward order, parsed per the task's template, and the
+        one-pass probabilities of the final verdict or score given the generated reasoning."""
+        built = _Request(request)
+        cfg, _stop = _generation_config(max_new_tokens, temperature, top_p, seed, stop_tokens)
+        capacity = self._num_probs(built.c.task, built.c.mode)
+        probs = (ctypes.c_float * capacity)()
+        result = _JudgeResult(struct_size=ctypes.sizeof(_JudgeResult))
+        why = _JudgeReasoning(struct_size=ctypes.sizeof(_JudgeReasoning))
+        call("ur_judge_reasoned", self._live(), ctypes.byref(built.c), ctypes.byref(cfg), probs, capacity,
+             ctypes.byref(result), ctypes.byref(why))  # fmt: skip
+        return _reasoned_result(result, probs, why)
+
+    def set_template(self, task: str, mode: str, path: Optional[Path] = None, json: Optional[str] = None) -> None:
+        """Judges `task` x `mode` with the user's template from now on: a file at `path`, or its JSON text `json`
+        (exactly one), in the schema of the repository's templates/*.json. Raises, leaving the judge unchanged, when
+        it cannot be read, is invalid, or is another task's or mode's."""
+        template = lib.ur_judge_template_default()
+        template.task, template.mode = _task_code(task), _mode_code(mode)
+        template.path = None if path is None else os.fsencode(path)
+        template.json = None if json is None else json.encode()
+        check(lib, "ur_judge_set_template", lib.ur_judge_set_template(self._live(), ctypes.byref(template)))

@@ -50,6 +50,20 @@ class _GenerationConfig(ctypes.Structure):
                 ("num_stop_tokens", ctypes.c_size_t)]  # fmt: skip
 
 
+def _generation_config(max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                       stop_tokens: Optional[Sequence[int]]):  # fmt: skip
+    """A `ur_generation_config` and the stop-token array it points to (keep both alive for the call)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"unireward: max_new_tokens must be at least 1, got {max_new_tokens}")
+    stop = list(stop_tokens or [])
+    stop_array = (ctypes.c_int32 * max(len(stop), 1))(*stop)
+    cfg = lib.ur_generation_config_default()
+    cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed = max_new_tokens, temperature, top_p, seed
+    cfg.stop_tokens = ctypes.cast(stop_array, ctypes.POINTER(ctypes.c_int32))
+    cfg.num_stop_tokens = len(stop)
+    return cfg, stop_array
+
+
 declare("ur_model_load_ex", [ctypes.c_char_p, DLDataType, DLDevice, ctypes.POINTER(_LoadOptions), ctypes.POINTER(_P)])
 _M = ctypes.POINTER(_Media)
 declare("ur_model_forward", [_P, _T, _T, _T, ctypes.c_void_p])
@@ -340,15 +354,8 @@ class Model:
         early after a token of `stop_tokens`, which is kept, or when the context is full. LLaVA-OneVision: `images`
         and `videos` as for `forward` (the prompt holds their expanded placeholders). With `return_finish_reason`,
         returns `(tokens, reason)`, reason one of "stop", "max_new_tokens", "context_length"."""  # fmt: skip
-        if max_new_tokens < 1:
-            raise ValueError(f"unireward: max_new_tokens must be at least 1, got {max_new_tokens}")
         prompt = (ctypes.c_int32 * max(len(prompt_ids), 1))(*prompt_ids)
-        stop = list(stop_tokens or [])
-        stop_array = (ctypes.c_int32 * max(len(stop), 1))(*stop)
-        cfg = lib.ur_generation_config_default()
-        cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed = max_new_tokens, temperature, top_p, seed
-        cfg.stop_tokens = ctypes.cast(stop_array, ctypes.POINTER(ctypes.c_int32))
-        cfg.num_stop_tokens = len(stop)
+        cfg, _stop = _generation_config(max_new_tokens, temperature, top_p, seed, stop_tokens)
         media = _MediaArray(self.device, images, videos, image_layout, video_frames)
         if media.count and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # generation reads the pixels on its own stream

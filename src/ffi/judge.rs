@@ -47,6 +47,16 @@ pub const UR_VERDICT_TIE: i32 = 2;
 /// No verdict: a pointwise judgment.
 pub const UR_VERDICT_NONE: i32 = -1;
 
+/// The C code of a verdict (`UR_VERDICT_NONE` for none: a pointwise judgment, an answer that states none).
+pub(super) fn verdict_code(verdict: Option<Verdict>) -> i32 {
+    match verdict {
+        Some(Verdict::First) => UR_VERDICT_FIRST,
+        Some(Verdict::Second) => UR_VERDICT_SECOND,
+        Some(Verdict::Tie) => UR_VERDICT_TIE,
+        None => UR_VERDICT_NONE,
+    }
+}
+
 pub(super) const TASKS: [Task; 4] =
     [Task::ImageGeneration, Task::ImageUnderstanding, Task::VideoGeneration, Task::VideoUnderstanding];
 pub(super) const MODES: [Mode; 2] = [Mode::Pairwise, Mode::Pointwise];
@@ -270,11 +280,7 @@ impl Versioned for ur_judge_batch_info {
 /// `judge` is NULL or a pointer returned by `ur_judge_load` and not yet freed.
 pub(super) unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> {
     // SAFETY: this function's contract.
-    match unsafe { judge.as_ref() } {
-        None => Err(Failure::null("judge")),
-        Some(j) if j.magic == MAGIC => Ok(&j.judge),
-        Some(_) => Err(Failure::invalid("`judge` is not a live ur_judge")),
-    }
+    live(unsafe { judge.as_ref() }).map(|j| &j.judge)
 }
 
 /// Borrows a judge handle to change it (its templates, its last reasoned texts).
@@ -283,7 +289,12 @@ pub(super) unsafe fn handle<'a>(judge: *const ur_judge) -> FfiResult<&'a Judge> 
 /// `judge` is NULL or a pointer returned by `ur_judge_load`, not yet freed, that no other call is using.
 pub(super) unsafe fn handle_mut<'a>(judge: *mut ur_judge) -> FfiResult<&'a mut ur_judge> {
     // SAFETY: this function's contract.
-    match unsafe { judge.as_mut() } {
+    live(unsafe { judge.as_mut() })
+}
+
+/// `judge` when it is a live handle: NULL and anything without the magic are errors.
+fn live<J: std::ops::Deref<Target = ur_judge>>(judge: Option<J>) -> FfiResult<J> {
+    match judge {
         None => Err(Failure::null("judge")),
         Some(j) if j.magic == MAGIC => Ok(j),
         Some(_) => Err(Failure::invalid("`judge` is not a live ur_judge")),
@@ -510,12 +521,7 @@ impl Outputs {
             unsafe {
                 std::ptr::copy_nonoverlapping(r.probs.as_ptr(), self.probs.add(i * self.capacity), r.probs.len())
             };
-            let verdict = match r.verdict {
-                Some(Verdict::First) => UR_VERDICT_FIRST,
-                Some(Verdict::Second) => UR_VERDICT_SECOND,
-                Some(Verdict::Tie) => UR_VERDICT_TIE,
-                None => UR_VERDICT_NONE,
-            };
+            let verdict = verdict_code(r.verdict);
             // SAFETY: this function's contract.
             unsafe {
                 out.write(ur_judge_result {

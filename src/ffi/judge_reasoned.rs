@@ -10,9 +10,9 @@ use super::context::{self, read_config, ur_context, Versioned};
 use super::generation::ur_generation_config;
 use super::host_out::HostOut;
 use super::judge::{handle_mut, probabilities, read_request, ur_judge, ur_judge_request, ur_judge_result, Outputs};
-use super::judge::{UR_VERDICT_FIRST, UR_VERDICT_NONE, UR_VERDICT_SECOND, UR_VERDICT_TIE};
+use super::judge::{verdict_code, UR_VERDICT_NONE};
 use super::status::{call, ur_status, Failure, FfiResult};
-use crate::judge::answer::{AnswerError, Judgment, Verdict};
+use crate::judge::answer::{AnswerError, Judgment};
 use crate::judge::{GenerationConfig, Judge, Reasoning};
 
 /// `ur_judge_reasoning.parse_status`: the answer states a verdict (pairwise) or a score on the scale (pointwise).
@@ -79,15 +79,6 @@ fn nul_terminated(text: &str) -> Vec<u8> {
     bytes
 }
 
-/// The C code of a verdict.
-fn verdict_code(v: Verdict) -> i32 {
-    match v {
-        Verdict::First => UR_VERDICT_FIRST,
-        Verdict::Second => UR_VERDICT_SECOND,
-        Verdict::Tie => UR_VERDICT_TIE,
-    }
-}
-
 /// The generation config of the call, checked as generation will check it, named as the C caller wrote it.
 ///
 /// # Safety
@@ -109,7 +100,7 @@ unsafe fn generation_config(judge: &Judge, cfg: *const ur_generation_config) -> 
 /// The `ur_judge_reasoning` of `reasoning`, its strings kept in `texts`.
 fn reasoning_struct(reasoning: &Reasoning, texts: &mut ReasoningTexts) -> ur_judge_reasoning {
     let (parse_status, parsed_verdict, parsed_score) = match &reasoning.parsed {
-        Ok(Judgment::Verdict(v)) => (UR_PARSE_OK, verdict_code(*v), f64::NAN),
+        Ok(Judgment::Verdict(v)) => (UR_PARSE_OK, verdict_code(Some(*v)), f64::NAN),
         Ok(Judgment::Score(s)) => (UR_PARSE_OK, UR_VERDICT_NONE, *s),
         Err(AnswerError::Unparsable(_)) => (UR_PARSE_UNPARSABLE, UR_VERDICT_NONE, f64::NAN),
         Err(AnswerError::OutOfScale { score, .. }) => (UR_PARSE_OUT_OF_SCALE, UR_VERDICT_NONE, *score),

@@ -66,6 +66,33 @@ pub fn load_media(processor: &ImageProcessor, files: &[MediaFile], frames: usize
     files.iter().map(|f| MediaPixels::load(processor, f, layout, frames).map_err(|e| named(f, e))).collect()
 }
 
+/// A piece of a prompt's text: the text before, between or after its media markers, or a marker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptPiece<'a> {
+    Text(&'a str),
+    Image,
+    Video,
+}
+
+/// `text` cut at each `<image>` / `<video>` marker, in order: a text piece (possibly empty) before each marker and
+/// after the last, so that each piece is tokenized on its own, as tokenizers split at special tokens.
+pub fn split_at_markers(text: &str) -> Vec<PromptPiece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    loop {
+        let next_marker = [(IMAGE_MARKER, PromptPiece::Image), (VIDEO_MARKER, PromptPiece::Video)]
+            .into_iter()
+            .filter_map(|(marker, piece)| rest.find(marker).map(|at| (at, marker, piece)))
+            .min_by_key(|&(at, ..)| at);
+        let Some((at, marker, piece)) = next_marker else {
+            pieces.push(PromptPiece::Text(rest));
+            return pieces;
+        };
+        pieces.extend([PromptPiece::Text(&rest[..at]), piece]);
+        rest = &rest[at + marker.len()..];
+    }
+}
+
 /// The ids of `text` (a rendered prompt), each marker replaced by its item's `counts` placeholders: images' counts
 /// in `image_counts` in order, videos' in `video_counts`.
 pub fn expand_media_markers(
@@ -77,21 +104,14 @@ pub fn expand_media_markers(
 ) -> Result<Vec<i64>> {
     let (mut images, mut videos) = (image_counts.iter(), video_counts.iter());
     let mut ids = Vec::new();
-    let mut rest = text;
-    loop {
-        let next_marker = [IMAGE_MARKER, VIDEO_MARKER]
-            .into_iter()
-            .filter_map(|marker| rest.find(marker).map(|at| (at, marker)))
-            .min();
-        let Some((at, marker)) = next_marker else {
-            ids.extend(tokenizer.encode(rest)?.into_iter().map(i64::from));
-            break;
-        };
-        ids.extend(tokenizer.encode(&rest[..at])?.into_iter().map(i64::from));
-        let (count, id) = if marker == IMAGE_MARKER {
-            (images.next(), placeholders.image)
-        } else {
-            (videos.next(), placeholders.video)
+    for piece in split_at_markers(text) {
+        let (count, id, marker) = match piece {
+            PromptPiece::Text(text) => {
+                ids.extend(tokenizer.encode(text)?.into_iter().map(i64::from));
+                continue;
+            }
+            PromptPiece::Image => (images.next(), placeholders.image, IMAGE_MARKER),
+            PromptPiece::Video => (videos.next(), placeholders.video, VIDEO_MARKER),
         };
         let count = count.ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -99,7 +119,6 @@ pub fn expand_media_markers(
             ))
         })?;
         ids.extend(std::iter::repeat_n(id, *count));
-        rest = &rest[at + marker.len()..];
     }
     if images.next().is_some() || videos.next().is_some() {
         return Err(Error::InvalidArgument("the prompt has fewer markers than media".into()));

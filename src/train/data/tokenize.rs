@@ -10,6 +10,7 @@ use std::path::Path;
 
 use super::problems::Problem;
 use super::record::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
+use crate::judge::media_prompt::{split_at_markers, PromptPiece};
 use crate::judge::tokenizer::{DEFAULT_SYSTEM_PROMPT, END_OF_TEXT, IM_END, IM_START};
 use crate::judge::{ChatMessage, ChatTemplate, Tokenizer};
 use crate::model::llava::config::{LLAVA_IMAGE_PLACEHOLDER, LLAVA_VIDEO_PLACEHOLDER};
@@ -101,20 +102,14 @@ impl ConversationTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let markers = self.placeholder_ids();
         let mut ids = Vec::new();
-        let mut rest = text;
-        loop {
-            let next = [(IMAGE_PLACEHOLDER, markers.image), (VIDEO_PLACEHOLDER, markers.video)]
-                .into_iter()
-                .filter_map(|(marker, id)| rest.find(marker).map(|at| (at, marker, id)))
-                .min();
-            let Some((at, marker, id)) = next else {
-                ids.extend(self.tokenizer.encode(rest)?.into_iter().map(i64::from));
-                return Ok(ids);
-            };
-            ids.extend(self.tokenizer.encode(&rest[..at])?.into_iter().map(i64::from));
-            ids.push(id);
-            rest = &rest[at + marker.len()..];
+        for piece in split_at_markers(text) {
+            match piece {
+                PromptPiece::Text(text) => ids.extend(self.tokenizer.encode(text)?.into_iter().map(i64::from)),
+                PromptPiece::Image => ids.push(markers.image),
+                PromptPiece::Video => ids.push(markers.video),
+            }
         }
+        Ok(ids)
     }
 
     /// The template's text for each of `messages`, as the differences between the renderings of successive

@@ -33,6 +33,21 @@ fn weight(rng: &mut rand::rngs::StdRng, h: usize) -> Vec<f64> {
 
 const NAMES: [&str; 4] = ["y", "grad_x", "grad_weight", "grad_bias"];
 
+/// The largest term of any row's input gradient, |w·g|·rstd: what its rounding error scales with. A short row whose
+/// gradient cancels (two close values of three make a small deviation and a large rstd) leaves a result far below
+/// its terms, and is judged on them.
+fn grad_x_term_scale(x: &[f64], w: &[f64], g: &[f64], eps: f64) -> f64 {
+    let h = w.len();
+    x.chunks(h)
+        .zip(g.chunks(h))
+        .map(|(xr, gr)| {
+            let mean = xr.iter().sum::<f64>() / h as f64;
+            let var = xr.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
+            gr.iter().zip(w).map(|(g, w)| (g * w).abs()).fold(0.0, f64::max) / (var + eps).sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Forward and backward on `device`: y, the saved mean and rstd, and the three gradients.
 fn run(x: &[f64], w: &[f64], b: &[f64], g: &[f64], shape: &[usize], dtype: DType, device: Device) -> [Vec<f64>; 6] {
     let h = w.len();
@@ -81,9 +96,11 @@ fn random_awkward_shapes_every_dtype_and_finite_differences() {
             let r = |v: &[f64]| rounded(v, dtype);
             let want = reference(&r(&x), &r(&w), &r(&b), &r(&g), eps);
             let got = run(&x, &w, &b, &g, &[rows, h], dtype, Device::Cpu);
+            let grad_x_scale = grad_x_term_scale(&r(&x), &r(&w), &r(&g), eps);
             for (name, (got, want)) in NAMES.iter().zip(got.iter().zip(&want)) {
                 let rtol = if offset == 0.0 { tol(dtype) } else { 1e-4 };
-                assert_close(&format!("{name} {dtype} {rows}x{h}"), got, want, rtol);
+                let scale = if *name == "grad_x" { grad_x_scale } else { 0.0 };
+                assert_close_on_scale(&format!("{name} {dtype} {rows}x{h}"), got, want, rtol, scale);
             }
             if dtype == DType::F32 && offset == 0.0 {
                 let loss_x = |xp: &[f64]| dot(&reference(xp, &w, &b, &g, eps)[0], &g);

@@ -59,7 +59,10 @@ fn random_every_dtype_and_finite_differences() {
             let want_dx: Vec<f64> = xr.iter().zip(&gr).map(|(&x, g)| g * reference(x, form).1).collect();
             let [y, dx] = run(&x, &g, &shape, form, dtype, Device::Cpu);
             assert_close(&format!("y {form:?} {dtype} {shape:?}"), &y, &want_y, tol(dtype));
-            assert_close(&format!("grad_x {form:?} {dtype} {shape:?}"), &dx, &want_dx, tol(dtype));
+            // gelu'(x) = Φ(x) + x·φ(x): terms of at most 1 in size that cancel near x ≈ −0.75, so the gradient is
+            // judged on |g| (a lone element there is far below its terms).
+            let g_scale = gr.iter().fold(0.0, |m: f64, g| m.max(g.abs()));
+            assert_close_on_scale(&format!("grad_x {form:?} {dtype} {shape:?}"), &dx, &want_dx, tol(dtype), g_scale);
             if dtype == DType::F32 {
                 let fd = finite_differences(&x, 50, |xp| dot(&forward_ref(xp, form), &g));
                 assert_fd(&format!("grad_x {form:?}"), &dx, &fd);

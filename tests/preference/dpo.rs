@@ -376,7 +376,8 @@ fn gradients_match_finite_differences() {
                     c
                 };
                 let kinked = [moved(-h), moved(h)].iter().any(|c| !same_sort_orders(&case, c, &cfg))
-                    || (cfg.losses().contains(DpoLossType::Hinge) && near_hinge_kink(&case, &cfg, i, h));
+                    || (cfg.losses().contains(DpoLossType::Hinge) && near_hinge_kink(&case, &cfg, i, h))
+                    || near_exp_cap(&case, &cfg, i, h);
                 if kinked {
                     continue;
                 }
@@ -421,13 +422,32 @@ fn same_sort_orders(a: &Case, b: &Case, cfg: &DpoConfig) -> bool {
 
 /// Whether moving pair `i`'s log-probs by `h` can cross the hinge's kink at βz = 1 (no derivative there).
 fn near_hinge_kink(case: &Case, cfg: &DpoConfig, i: usize, h: f32) -> bool {
+    let (a, b) = free_log_ratios(case, cfg, i);
+    let beta = cfg.beta as f64;
+    (1.0 - beta * (a - b)).abs() <= 2.0 * beta * h as f64
+}
+
+/// Pair `i`'s log-ratios of the chosen and the rejected answer, the reference left out under `reference_free`.
+fn free_log_ratios(case: &Case, cfg: &DpoConfig, i: usize) -> (f64, f64) {
     let (c, r) = (case.policy_chosen[i] as f64, case.policy_rejected[i] as f64);
     let (rc, rr) = match &case.reference {
         Some((a, b)) if !cfg.reference_free => (a[i] as f64, b[i] as f64),
         _ => (0.0, 0.0),
     };
-    let beta = cfg.beta as f64;
-    (1.0 - beta * ((c - rc) - (r - rr))).abs() <= 2.0 * beta * h as f64
+    (c - rc, r - rr)
+}
+
+/// Whether an α-divergence exponent `-α·log-ratio` of pair `i` is within the steps `±h` of TRL's `cap_exp` bound
+/// (log of f32's largest value): the capped side has no gradient, so the loss has a kink there.
+fn near_exp_cap(case: &Case, cfg: &DpoConfig, i: usize, h: f32) -> bool {
+    let alpha = match cfg.f_divergence {
+        FDivergence::AlphaDivergence(alpha) => alpha as f64,
+        FDivergence::ForwardKl => 1.0,
+        _ => return false,
+    };
+    let cap = ((f32::MAX as f64).ln() * 1e4).floor() / 1e4;
+    let (a, b) = free_log_ratios(case, cfg, i);
+    [a, b].iter().any(|x| (-alpha * x - cap).abs() <= 2.0 * alpha.abs() * h as f64)
 }
 
 /// A plain f64 loop of TRL's sigmoid loss with label smoothing and RPO, on fresh random inputs.

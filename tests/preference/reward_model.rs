@@ -129,8 +129,16 @@ fn gradients_match_finite_differences() {
     let rc: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     let rr: Vec<f32> = (0..n).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     let m: Vec<f32> = (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+    // Each loss is rounded to f32, so a central difference is off by up to an ulp of the loss over 2h: at a loss of
+    // 14 (K-wise, three groups of five) that is 3e-5, more than a small gradient's tolerance. Judged, as the DPO test
+    // judges it, with that noise and on the scale of the largest gradient.
+    let tolerance = |grad: &[f32], loss: f32| {
+        let scale = grad.iter().fold(0.0f32, |m, g| m.max(g.abs())) as f64;
+        2e-3 * scale + f32::EPSILON as f64 * loss.abs() as f64 / h as f64 + 2e-6
+    };
     let out = bt(&rc, &rr, Some(&m), Some(0.05), DType::F32, Device::Cpu);
     for (side, grad) in [(0, values(&out.grad_chosen)), (1, values(&out.grad_rejected))] {
+        let atol = tolerance(&grad, out.loss);
         for i in 0..n {
             let at = |d: f32| {
                 let (mut c, mut r) = (rc.clone(), rr.clone());
@@ -142,7 +150,7 @@ fn gradients_match_finite_differences() {
                 bt(&c, &r, Some(&m), Some(0.05), DType::F32, Device::Cpu).loss as f64
             };
             let fd = (at(h) - at(-h)) / (2.0 * h as f64);
-            assert_close(&format!("bt side {side} [{i}]"), grad[i] as f64, fd, 2e-3, 2e-5);
+            assert_close(&format!("bt side {side} [{i}]"), grad[i] as f64, fd, 2e-3, atol);
         }
     }
     // K-wise, with a permutation.
@@ -150,7 +158,9 @@ fn gradients_match_finite_differences() {
     let r: Vec<f32> = (0..g * k).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
     let order: Vec<i64> = [[4, 0, 3, 1, 2], [0, 1, 2, 3, 4], [2, 4, 1, 0, 3]].concat();
     for method in [KwiseMethod::AllPairs, KwiseMethod::PlackettLuce] {
-        let grad = values(&kw(&r, g, k, Some(&order), method, DType::F32, Device::Cpu).grad);
+        let out = kw(&r, g, k, Some(&order), method, DType::F32, Device::Cpu);
+        let grad = values(&out.grad);
+        let atol = tolerance(&grad, out.loss);
         for i in 0..g * k {
             let at = |d: f32| {
                 let mut x = r.clone();
@@ -158,7 +168,7 @@ fn gradients_match_finite_differences() {
                 kw(&x, g, k, Some(&order), method, DType::F32, Device::Cpu).loss as f64
             };
             let fd = (at(h) - at(-h)) / (2.0 * h as f64);
-            assert_close(&format!("{method:?} [{i}]"), grad[i] as f64, fd, 2e-3, 2e-5);
+            assert_close(&format!("{method:?} [{i}]"), grad[i] as f64, fd, 2e-3, atol);
         }
     }
 }

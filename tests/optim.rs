@@ -415,8 +415,14 @@ fn accumulated_micro_batches_equal_one_big_batch() {
         assert!((a - b).abs() <= 1e-6 * a, "norm of the accumulated gradient {b} vs the big batch's {a}");
         assert!(big_report.clip_coef < 1.0, "clipping is active");
     }
+    // The two gradients differ by their f32 rounding (about 1e-7 of their scale), and Adam divides each element by
+    // its own running RMS: an element whose gradient is near zero turns that into a relative change of its update
+    // (measured up to 6e-5 of lr). So the parameters are judged on what the three steps can move them, 3·lr.
+    let moved = 3.0 * config.lr;
     for k in 0..2 {
-        assert_params_close(&names[k], &values(&micro[k]), &values(&big[k]));
+        let (got, want) = (values(&micro[k]), values(&big[k]));
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-3 * moved, "{}: parameters differ by {worst:e}, over 1e-3 of {moved}", names[k]);
     }
     let mut named: Vec<(String, &mut Tensor)> = names.iter().cloned().zip(micro.iter_mut()).collect();
     expect_err(micro_opt.step_accumulated(&mut named), "no accumulated gradients");

@@ -1856,6 +1856,31 @@ enum ur_status ur_sft_trainer_step(struct ur_context *ctx,
                                    size_t micro_batch_size,
                                    struct ur_sft_step_metrics *metrics);
 
+// Names the tasks of the records later steps take (each record's `task` field, as in a `train-judge` data file):
+// every step then reports each task's mean loss over its labelled tokens (`ur_sft_trainer_task_losses`), and a
+// record of another task, or of none, is `UR_ERROR_INVALID_ARGUMENT` naming it. Without a call every record counts
+// as one task. The `count` names must be distinct and not empty; on error the trainer is unchanged.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only); `tasks`
+// points to `count` NUL-terminated strings.
+enum ur_status ur_sft_trainer_set_tasks(struct ur_context *ctx,
+                                        struct ur_sft_trainer *trainer,
+                                        const char *const *tasks,
+                                        size_t count);
+
+// Writes the last step's mean loss of each task named by `ur_sft_trainer_set_tasks`, in that order, into
+// `losses[0..count]` (NaN for a task none of whose tokens was in the step). `count` must be the number of tasks;
+// before the first step, or without a task list (one task: `count` = 1), it is an error and nothing is written.
+//
+// # Safety
+// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only);
+// `losses` is NULL or holds `count` writable doubles.
+enum ur_status ur_sft_trainer_task_losses(struct ur_context *ctx,
+                                          struct ur_sft_trainer *trainer,
+                                          double *losses,
+                                          size_t count);
+
 // Writes `out_dir/checkpoint-<step>/` (`step`: the steps done) as `unireward train-judge` does: the weights in the
 // source checkpoint's layout with its config and tokenizer files (transformers loads it), and `trainer_state/`
 // (the AdamW moments and fp32 masters, the step), atomically; an existing checkpoint of that step is replaced. It

@@ -943,12 +943,29 @@ class SftTrainer {
     return metrics;
   }
 
+  /// Names the tasks of later steps' records (each record's `task` field): every step then has each task's mean
+  /// loss, `task_losses()` in this order; a record of another task, or of none, is an error naming it.
+  void set_tasks(const std::vector<std::string>& tasks) {
+    const std::vector<const char*> c = detail::c_strings(tasks);
+    detail::check(ur_sft_trainer_set_tasks(ctx_, trainer_.get(), c.data(), c.size()));
+    tasks_ = tasks.size();
+  }
+
+  /// The last step's mean loss of each task of `set_tasks` (NaN: none of its tokens in the step); without a task list
+  /// one loss, the step's.
+  std::vector<double> task_losses() const {
+    std::vector<double> losses(tasks_);
+    detail::check(ur_sft_trainer_task_losses(ctx_, trainer_.get(), losses.data(), losses.size()));
+    return losses;
+  }
+
   /// Writes `out_dir/checkpoint-<step>/` (weights, config, tokenizer files and the optimizer state).
   void save(const std::string& out_dir) { detail::check(ur_sft_trainer_save(ctx_, trainer_.get(), out_dir.c_str())); }
 
  private:
   ur_context* ctx_ = nullptr;
   std::unique_ptr<ur_sft_trainer, detail::Deleter<ur_sft_trainer_free>> trainer_;
+  size_t tasks_ = 1;
 };
 
 /// The DPO trainer on the caller's pair records (`ur_dpo_trainer_*`): a policy in float32 with its AdamW state,

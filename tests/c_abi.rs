@@ -417,6 +417,22 @@ fn check_sft(d: &Dump, dir: &Path) {
         assert_eq!(norm[k].to_bits(), m.grad_norm.unwrap().to_bits(), "step {k}: grad norm");
         assert_eq!(tokens[k], m.tokens as f64, "step {k}: tokens");
     }
+    let c = &d.get("sft.task_loss").2;
+    for (k, loss) in tasked_sft_losses(dir, &records).iter().enumerate() {
+        assert_eq!(c[k].to_bits(), loss.to_bits(), "task {k}: C loss {} vs {loss}", c[k]);
+    }
+}
+
+/// A trainer of the tasks chat and qa, one step on `records` (the first qa, the second chat): its task losses, as
+/// the C and C++ programs take that step.
+fn tasked_sft_losses(dir: &Path, records: &[&str; 2]) -> Vec<f64> {
+    let tasked = [("qa", records[0]), ("chat", records[1])]
+        .map(|(task, r)| r.replacen('{', &format!(r#"{{"task": "{task}", "#), 1));
+    let options = StepOptions { lr: 1e-3, total_steps: 1, ..StepOptions::default() };
+    let mut trainer = SftRecordTrainer::new(dir, &options).unwrap();
+    trainer.set_tasks(&["chat", "qa"]).unwrap();
+    let m = trainer.step(&[tasked.iter().map(String::as_str).collect()]).unwrap();
+    m.task_loss.iter().map(|l| l.expect("both tasks have tokens")).collect()
 }
 
 /// The C program's two DPO steps (the same pairs, the second in micro-batches of one) with the Rust API: the same
@@ -666,6 +682,12 @@ fn cpp_trainers_equal_the_rust_trainers_under_valgrind() {
     check("sft.0", m.step, m.loss, m.grad_norm, m.lr, 0.0);
     let m = sft.step(&[vec![conversations[0]], vec![conversations[1]]]).unwrap();
     check("sft.1", m.step, m.loss, m.grad_norm, m.lr, m.tokens as f64);
+    let got = lines.get("sft.tasks").unwrap_or_else(|| panic!("the C++ program printed no `sft.tasks`:\n{stdout}"));
+    let want = tasked_sft_losses(&judge.0, &conversations);
+    assert_eq!(
+        got.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|l| l.to_bits()).collect::<Vec<_>>()
+    );
     let pairs = [
         r#"{"prompt": "Is the square red?", "chosen": "Yes, it is red.", "rejected": "No."}"#,
         r#"{"prompt": "Better?", "chosen": "The first.", "rejected": "Neither of them, really."}"#,

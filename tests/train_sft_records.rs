@@ -173,3 +173,93 @@ fn a_saved_trainer_resumes_bitwise() {
     let err = SftRecordTrainer::new(&scratch.path("model"), &not_a_checkpoint).unwrap_err().to_string();
     assert!(err.contains("trainer_state"), "{err}");
 }
+
+/// [`records`] with a `task` field: even records of task `a`, odd ones of task `b`.
+fn tasked_records(n: usize) -> Vec<String> {
+    records(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.replacen('{', &format!(r#"{{"task": "{}", "#, ["a", "b"][i % 2]), 1))
+        .collect()
+}
+
+#[test]
+fn per_task_losses_equal_a_run_on_the_same_batches_bitwise() {
+    let scratch = Scratch::new("sft-records-tasks");
+    let (n, steps) = (4, 3);
+    let lines = tasked_records(n);
+    std::fs::write(scratch.path("data.jsonl"), lines.join("\n") + "\n").unwrap();
+    let run = SftRun {
+        model: scratch.path("model"),
+        data: scratch.path("data.jsonl"),
+        out: scratch.path("run"),
+        train: TrainOptions {
+            epochs: steps,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            batch_size: n,
+            seed: 11,
+            ..TrainOptions::default()
+        },
+        ..SftRun::default()
+    };
+    let mut logged: Vec<SftStepMetrics> = Vec::new();
+    run.run(&AtomicBool::new(false), |m, _| logged.push(m.clone())).unwrap();
+
+    // A step on a's records alone: b's loss is absent, and the tokens are a's.
+    let mut only_a = SftRecordTrainer::new(&scratch.path("model"), &options(1)).unwrap();
+    only_a.set_tasks(&["a", "b"]).unwrap();
+    let got = only_a.step(&[vec![lines[0].as_str(), lines[2].as_str()]]).unwrap();
+    assert!(got.task_loss[0].is_some() && got.task_loss[1].is_none(), "{:?}", got.task_loss);
+    let a_tokens = got.tokens as f64;
+
+    // The run numbers its tasks in the order the file names them (a, b); the trainer in the order given (b, a).
+    let mut trainer = SftRecordTrainer::new(&scratch.path("model"), &options(steps)).unwrap();
+    trainer.set_tasks(&["b", "a"]).unwrap();
+    assert_eq!(trainer.tasks(), ["b", "a"]);
+    assert!(trainer.last_task_loss().is_empty());
+    let batch: Vec<&str> = lines.iter().rev().map(String::as_str).collect();
+    for want in &logged {
+        let got = trainer.step(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(got.loss.to_bits(), want.loss.to_bits(), "step {}", got.step);
+        let bits = |l: &[Option<f64>]| l.iter().map(|l| l.map(f64::to_bits)).collect::<Vec<_>>();
+        assert_eq!(bits(&got.task_loss), bits(&[want.task_loss[1], want.task_loss[0]]), "step {}", got.step);
+        assert_eq!(trainer.last_task_loss(), got.task_loss.as_slice());
+        // Each task's mean over its tokens, weighted by them, is the step's mean.
+        let b_tokens = got.tokens as f64 - a_tokens;
+        let [b, a] = [0, 1].map(|k| got.task_loss[k].unwrap());
+        let mean = (a * a_tokens + b * b_tokens) / (a_tokens + b_tokens);
+        assert!((mean - got.loss).abs() <= 1e-12 * got.loss, "{mean} vs {}", got.loss);
+    }
+}
+
+#[test]
+fn tasks_are_checked_and_without_a_list_every_record_is_one_task() {
+    let scratch = Scratch::new("sft-records-task-errors");
+    let lines = tasked_records(3);
+    let untasked = records(1);
+    let mut trainer = SftRecordTrainer::new(&scratch.path("model"), &options(2)).unwrap();
+    for (tasks, want) in [
+        (&[][..], "the task list is empty"),
+        (&["a", ""][..], "`tasks[1]` is empty"),
+        (&["a", "b", "a"][..], "`tasks[2]` (\"a\") is named twice"),
+    ] {
+        let err = trainer.set_tasks(tasks).unwrap_err().to_string();
+        assert!(err.contains(want), "{tasks:?}: {err}");
+        assert!(trainer.tasks().is_empty(), "a refused list was kept");
+    }
+    // No list: records of two tasks (and of none) are one task.
+    let got = trainer.step(&[vec![lines[0].as_str(), lines[1].as_str(), untasked[0].as_str()]]).unwrap();
+    assert_eq!(got.task_loss.len(), 1);
+    assert_eq!(got.task_loss[0].map(f64::to_bits), Some(got.loss.to_bits()));
+
+    trainer.set_tasks(&["a"]).unwrap();
+    let err = trainer.step(&[vec![lines[0].as_str()], vec![lines[2].as_str(), lines[1].as_str()]]).unwrap_err();
+    assert!(
+        err.to_string().contains("`micro_batches[1][1]` is of task \"b\", not one of the trainer's tasks [\"a\"]"),
+        "{err}"
+    );
+    let err = trainer.step(&[vec![lines[0].as_str(), untasked[0].as_str()]]).unwrap_err().to_string();
+    assert!(err.contains("`micro_batches[0][1]` has no `task` field"), "{err}");
+    assert_eq!(trainer.trainer().optimizer().steps_done(), 1, "a refused step counted");
+}

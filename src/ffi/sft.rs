@@ -6,9 +6,9 @@ use std::path::Path;
 
 use bytemuck::NoUninit;
 
-use super::context::{self, read_config, size_of_u32, text, ur_context, Versioned};
+use super::context::{self, array, read_config, size_of_u32, text, ur_context, Versioned};
 use super::host_out::HostOut;
-use super::status::{call, ur_status, Failure};
+use super::status::{call, ur_status, Failure, FfiResult};
 use super::trainer::{as_strs, free, live, publish, read_records, save, trainer_handle, ur_trainer_config};
 use crate::train::sft::SftRecordTrainer;
 
@@ -117,6 +117,71 @@ pub unsafe extern "C" fn ur_sft_trainer_step(
                 grad_norm: done.grad_norm.unwrap_or(f64::NAN),
                 lr: done.lr,
             });
+        }
+        Ok(())
+    })
+}
+
+/// Names the tasks of the records later steps take (each record's `task` field, as in a `train-judge` data file):
+/// every step then reports each task's mean loss over its labelled tokens (`ur_sft_trainer_task_losses`), and a
+/// record of another task, or of none, is `UR_ERROR_INVALID_ARGUMENT` naming it. Without a call every record counts
+/// as one task. The `count` names must be distinct and not empty; on error the trainer is unchanged.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only); `tasks`
+/// points to `count` NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn ur_sft_trainer_set_tasks(
+    ctx: *mut ur_context,
+    trainer: *mut ur_sft_trainer,
+    tasks: *const *const c_char,
+    count: usize,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract, passed on to the helpers that read the pointers.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let trainer = live(trainer)?;
+        let names: Vec<String> = array("tasks", tasks, count)?
+            .iter()
+            .enumerate()
+            .map(|(i, &name)| text(&format!("tasks[{i}]"), name))
+            .collect::<FfiResult<_>>()?;
+        trainer.set_tasks(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(())
+    })
+}
+
+/// Writes the last step's mean loss of each task named by `ur_sft_trainer_set_tasks`, in that order, into
+/// `losses[0..count]` (NaN for a task none of whose tokens was in the step). `count` must be the number of tasks;
+/// before the first step, or without a task list (one task: `count` = 1), it is an error and nothing is written.
+///
+/// # Safety
+/// `ctx` comes from `ur_context_create`, `trainer` from `ur_sft_trainer_create` (used by this thread only);
+/// `losses` is NULL or holds `count` writable doubles.
+#[no_mangle]
+pub unsafe extern "C" fn ur_sft_trainer_task_losses(
+    ctx: *mut ur_context,
+    trainer: *mut ur_sft_trainer,
+    losses: *mut f64,
+    count: usize,
+) -> ur_status {
+    // SAFETY (whole body): this function's contract.
+    call(|| unsafe {
+        context::check(ctx)?;
+        let trainer = live(trainer)?;
+        if losses.is_null() {
+            return Err(Failure::null("losses"));
+        }
+        let last = trainer.last_task_loss();
+        if last.is_empty() {
+            return Err(Failure::invalid("no step yet: the task losses are a step's"));
+        }
+        if count != last.len() {
+            return Err(Failure::invalid(format!("`count` is {count}; the trainer has {} tasks", last.len())));
+        }
+        let out = std::slice::from_raw_parts_mut(losses, count);
+        for (o, loss) in out.iter_mut().zip(last) {
+            *o = loss.unwrap_or(f64::NAN);
         }
         Ok(())
     })

@@ -1436,6 +1436,34 @@ static void test_sft(const char* dir, const char* out) {
   FAILS(UR_ERROR_NULL_POINTER, "`out_dir`", ur_sft_trainer_save(ctx, trainer, NULL));
   ur_sft_trainer_free(trainer);
   ur_sft_trainer_free(NULL);
+
+  /* Per-task losses: the same records with a task each, one step (tests/c_abi.rs recomputes them with Rust). */
+  const char* tasked[2] = {
+      "{\"task\": \"qa\", \"conversations\": [{\"from\": \"human\", \"value\": \"Is the square red?\"}, "
+      "{\"from\": \"gpt\", \"value\": \"Yes, it is red.\"}]}",
+      "{\"task\": \"chat\", \"conversations\": [{\"from\": \"human\", \"value\": \"Better?\"}, "
+      "{\"from\": \"gpt\", \"value\": \"No.\"}]}"};
+  const char* tasks[2] = {"chat", "qa"};
+  const char* twice[2] = {"qa", "qa"};
+  cfg.resume_from = NULL;
+  cfg.total_steps = 1;
+  OK(ur_sft_trainer_create(ctx, dir, &cfg, &trainer));
+  double task_loss[2] = {-1.0, -1.0};
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "no step yet", ur_sft_trainer_task_losses(ctx, trainer, task_loss, 1));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "named twice", ur_sft_trainer_set_tasks(ctx, trainer, twice, 2));
+  FAILS(UR_ERROR_NULL_POINTER, "`tasks`", ur_sft_trainer_set_tasks(ctx, trainer, NULL, 2));
+  OK(ur_sft_trainer_set_tasks(ctx, trainer, tasks, 2));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "`micro_batches[0][0]` has no `task` field",
+        ur_sft_trainer_step(ctx, trainer, records, 2, 0, NULL));
+  OK(ur_sft_trainer_step(ctx, trainer, tasked, 2, 0, NULL));
+  FAILS(UR_ERROR_INVALID_ARGUMENT, "the trainer has 2 tasks", ur_sft_trainer_task_losses(ctx, trainer, task_loss, 1));
+  FAILS(UR_ERROR_NULL_POINTER, "`losses`", ur_sft_trainer_task_losses(ctx, trainer, NULL, 2));
+  CHECK(task_loss[0] == -1.0 && task_loss[1] == -1.0, "a refused call wrote the losses");
+  OK(ur_sft_trainer_task_losses(ctx, trainer, task_loss, 2));
+  CHECK(task_loss[0] > 0 && task_loss[1] > 0 && task_loss[0] != task_loss[1], "task losses %g, %g", task_loss[0],
+        task_loss[1]);
+  fprintf(dump_file, "sft.task_loss f32 1 2 %.17g %.17g\n", task_loss[0], task_loss[1]);
+  ur_sft_trainer_free(trainer);
   /* The trainer's activation arenas are large enough for the host cache to keep: hand them back for valgrind. */
   ur_host_cache_release();
   CHECK(ur_host_cache_bytes() == 0, "host cache released after the trainer");

@@ -109,6 +109,15 @@ void trainer_checks(const unireward::Context& ctx, const std::string& dir, const
   resumed.resume_from = out + "/sft/checkpoint-2";
   unireward::SftTrainer again(ctx, dir, resumed);
   expect_error([&] { again.step(conversations); }, UR_ERROR_INVALID_ARGUMENT, "`total_steps`");
+  // Per-task losses: the records with a task each, one step.
+  unireward::TrainerConfig one = cfg;
+  one.config.total_steps = 1;
+  unireward::SftTrainer tasked(ctx, dir, one);
+  expect_error([&] { tasked.set_tasks({"qa", "qa"}); }, UR_ERROR_INVALID_ARGUMENT, "named twice");
+  tasked.set_tasks({"chat", "qa"});
+  tasked.step({R"({"task": "qa", )" + conversations[0].substr(1), R"({"task": "chat", )" + conversations[1].substr(1)});
+  const std::vector<double> task_losses = tasked.task_losses();
+  std::printf("sft.tasks %.17g %.17g\n", task_losses[0], task_losses[1]);
 
   const std::vector<std::string> pairs{
       R"({"prompt": "Is the square red?", "chosen": "Yes, it is red.", "rejected": "No."})",

@@ -63,6 +63,36 @@ def test_python_steps_equal_train_judge_bitwise(model_dir, tmp_path):
         assert (saved / f).read_bytes() == (theirs / f).read_bytes(), f"{f} differs from train-judge's"
 
 
+def test_per_task_losses_equal_train_judge_bitwise(model_dir, tmp_path):
+    n, steps = 4, 3
+    data = [dict(r, task="ab"[i % 2]) for i, r in enumerate(records(n))]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    cli = pathlib.Path(unireward.library_path()).parent / "unireward"
+    done = subprocess.run([str(cli), "train-judge", "--model", str(model_dir), "--data", str(tmp_path / "data.jsonl"),
+                           "--out", str(tmp_path / "cli"), "--epochs", str(steps), "--batch-size", str(n), "--lr",
+                           "1e-3", "--seed", "3"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    logged = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    # train-judge numbers the tasks as its file first names them (a, b); the trainer as it is told (b, a).
+    trainer = SftTrainer(model_dir, total_steps=steps, lr=1e-3, tasks=["b", "a"])
+    for want in logged:
+        got = trainer.step(list(reversed(data)))
+        assert got["loss"] == want["loss"]
+        assert got["task_loss"] == {"a": want["task_loss"][0], "b": want["task_loss"][1]}, (got, want)
+    only_a = SftTrainer(model_dir, total_steps=1, tasks=["a", "b"]).step(data[::2])
+    assert only_a["task_loss"]["b"] is None and only_a["task_loss"]["a"] == only_a["loss"]
+    assert "task_loss" not in SftTrainer(model_dir, total_steps=1).step(data)
+
+    with pytest.raises(UnirewardError, match=r"`micro_batches\[0\]\[1\]` is of task \"b\""):
+        SftTrainer(model_dir, total_steps=1, tasks=["a"]).step(data)
+    with pytest.raises(UnirewardError, match="named twice"):
+        SftTrainer(model_dir, total_steps=1, tasks=["a", "a"])
+    with pytest.raises(UnirewardError, match="the task list is empty"):
+        SftTrainer(model_dir, total_steps=1, tasks=[])
+    with pytest.raises(TypeError, match="`tasks` must be a list"):
+        SftTrainer(model_dir, total_steps=1, tasks="ab")
+
+
 def test_micro_batches_accumulate(model_dir):
     """Two micro-batches are one step on their concatenation (the token-weighted mean)."""
     data = records(3)

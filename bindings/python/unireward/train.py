@@ -80,6 +80,11 @@ for _kind, _metrics in (("sft", _SftMetrics), ("dpo", _DpoMetrics), ("reward", _
     getattr(lib, f"ur_{_kind}_trainer_free").argtypes = [_P]
     getattr(lib, f"ur_{_kind}_trainer_free").restype = None
 
+lib.ur_sft_trainer_set_tasks.argtypes = [_P, _P, _STRINGS, ctypes.c_size_t]
+lib.ur_sft_trainer_task_losses.argtypes = [_P, _P, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t]
+for _call in ("set_tasks", "task_losses"):
+    getattr(lib, f"ur_sft_trainer_{_call}").restype = ctypes.c_int32
+
 Record = Union[str, dict]
 Path = Union[str, os.PathLike]
 
@@ -204,7 +209,9 @@ class SftTrainer(_RecordTrainer):
     of at most `max_len` tokens, parameters named by `freeze` left untrained ("vision", "projector" or a name
     fragment), media paths relative to `media_folder` (default: the current directory), `video_frames` frames a
     video. `resume_from`: a checkpoint `save` wrote, to continue from bitwise (its weights, optimizer state and
-    step; the same settings). Not thread-safe."""
+    step; the same settings). `tasks`: the names of the records' tasks (each record's `task` field, as in a
+    `train-judge` data file), so that each step also returns every task's mean loss (`task_loss`, by name: the
+    per-task losses of joint training); every record must then name one of them. Not thread-safe."""
 
     _KIND = "sft"
     _METRICS = _SftMetrics
@@ -213,11 +220,19 @@ class SftTrainer(_RecordTrainer):
                  max_grad_norm: Optional[float] = 1.0, schedule: str = "cosine", warmup_ratio: float = 0.03,
                  max_len: int = 2048, freeze: Sequence[str] = (), media_folder: Optional[Path] = None,
                  video_frames: int = 8, device: Union[str, torch.device] = "cpu",
-                 resume_from: Optional[Path] = None):  # fmt: skip
+                 resume_from: Optional[Path] = None, tasks: Optional[Sequence[str]] = None):  # fmt: skip
+        if isinstance(tasks, (str, bytes)):
+            raise TypeError("unireward.SftTrainer: `tasks` must be a list of names, not one string")
         config = self._configure(total_steps, lr, weight_decay, max_grad_norm, schedule, warmup_ratio, max_len,
                                  freeze, media_folder, video_frames, device, resume_from)  # fmt: skip
         self.model_dir = pathlib.Path(model_dir)
         self._create(os.fsencode(model_dir), ctypes.byref(config))
+        #: The task names of `task_loss`, in order (`None`: every record counts as one task).
+        self.tasks = None if tasks is None else [str(t) for t in tasks]
+        if self.tasks is not None:
+            names = (ctypes.c_char_p * max(len(self.tasks), 1))(*[t.encode() for t in self.tasks])
+            check(lib, "ur_sft_trainer_set_tasks", lib.ur_sft_trainer_set_tasks(
+                _context, self._live(), ctypes.cast(names, _STRINGS), len(self.tasks)))  # fmt: skip
 
     def step(self, records: Sequence[Record], micro_batch_size: Optional[int] = None) -> Dict[str, float]:
         """One optimizer step on `records` (LLaVA conversation records: dicts, or their JSON text), cut into
@@ -225,8 +240,15 @@ class SftTrainer(_RecordTrainer):
         accumulated — `train-judge --batch-size B --grad-accum K` on the same records in its batches. Every record
         is checked first; a bad one raises `UnirewardError` naming it (`micro_batches[i][j]`) and nothing changes.
         Returns the metrics `train-judge` logs: step, loss (before the update), tokens, grad_norm (`None` without
-        clipping) and lr."""
-        return self._step(records, micro_batch_size)
+        clipping) and lr; with `tasks`, also task_loss: each task's mean loss by name (`None` for a task none of whose
+        records was in the step)."""
+        out = self._step(records, micro_batch_size)
+        if self.tasks is not None:
+            losses = (ctypes.c_double * len(self.tasks))()
+            check(lib, "ur_sft_trainer_task_losses",
+                  lib.ur_sft_trainer_task_losses(_context, self._live(), losses, len(self.tasks)))  # fmt: skip
+            out["task_loss"] = {t: None if math.isnan(v) else v for t, v in zip(self.tasks, losses)}
+        return out
 
 
 class DpoTrainer(_RecordTrainer):

@@ -96,6 +96,11 @@ impl SftTrainer {
         &mut self.optimizer
     }
 
+    /// Sets how many tasks the batches' `tasks` index: the length of each step's `task_loss`.
+    pub fn set_task_count(&mut self, tasks: usize) {
+        self.config.tasks = tasks;
+    }
+
     /// The trained model.
     pub fn into_model(self) -> TrainModel {
         self.model

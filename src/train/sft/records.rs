@@ -12,9 +12,8 @@ use crate::train::model::TrainModel;
 use crate::train::run::{check_steps_left, save_run_checkpoint_with, StepOptions, TrainerState};
 use crate::{Error, Result};
 
-/// The task of every record: the step-driven trainer reports the overall loss only (per-task losses need the task
-/// list before the first step).
-const TASK: &str = "records";
+/// The task name the data reader gives a record without a `task` field.
+const NO_TASK: &str = "";
 
 /// An SFT trainer over a checkpoint, stepped on the caller's batches of conversation records.
 #[derive(Debug)]
@@ -25,6 +24,11 @@ pub struct SftRecordTrainer {
     /// The checkpoint trained from (its tokenizer files and config are copied into each saved checkpoint).
     source: PathBuf,
     total_steps: usize,
+    /// The tasks of [`set_tasks`](Self::set_tasks), in the order of the metrics' `task_loss`; empty: every record
+    /// counts as one task.
+    tasks: Vec<String>,
+    /// The last step's mean loss per task (`None`: none of its tokens in the step); empty before the first step.
+    last_task_loss: Vec<Option<f64>>,
 }
 
 impl SftRecordTrainer {
@@ -44,7 +48,42 @@ impl SftRecordTrainer {
         let data = DataOptions { media_folder: options.media_folder.clone(), ..train.data() };
         let mut trainer = SftTrainer::new(loaded, config)?;
         options.restore(trainer.optimizer_mut())?;
-        Ok(SftRecordTrainer { trainer, tokenizer, data, source: model.to_path_buf(), total_steps: options.total_steps })
+        Ok(SftRecordTrainer {
+            trainer,
+            tokenizer,
+            data,
+            source: model.to_path_buf(),
+            total_steps: options.total_steps,
+            tasks: Vec::new(),
+            last_task_loss: Vec::new(),
+        })
+    }
+
+    /// Names the tasks of the caller's records (each record's `task` field, as in `train-judge`'s data files), so
+    /// that every later step's `task_loss` holds each task's mean loss over its labelled tokens, in this order — the
+    /// per-task losses of the paper's joint training. Every record must then name one of them; without a list (the
+    /// default) every record counts as one task and no `task` field is read. The names must be distinct and not
+    /// empty; on error the trainer is unchanged.
+    pub fn set_tasks(&mut self, tasks: &[&str]) -> Result<()> {
+        if tasks.is_empty() {
+            return Err(Error::InvalidArgument("the task list is empty: name at least one task".into()));
+        }
+        for (i, task) in tasks.iter().enumerate() {
+            if task.is_empty() {
+                return Err(Error::InvalidArgument(format!("`tasks[{i}]` is empty")));
+            }
+            if tasks[..i].contains(task) {
+                return Err(Error::InvalidArgument(format!("`tasks[{i}]` ({task:?}) is named twice")));
+            }
+        }
+        self.tasks = tasks.iter().map(|t| t.to_string()).collect();
+        self.trainer.set_task_count(tasks.len());
+        Ok(())
+    }
+
+    /// The tasks [`set_tasks`](Self::set_tasks) named (empty when it was not called).
+    pub fn tasks(&self) -> &[String] {
+        &self.tasks
     }
 
     /// The trainer (its model and optimizer).
@@ -54,7 +93,8 @@ impl SftRecordTrainer {
 
     /// One optimizer step over `micro_batches` (gradient accumulation over one or more), each a list of
     /// conversation records in batch order. Every record is parsed, tokenized and its media decoded before the
-    /// first micro-batch runs; a bad one is an error naming it (`micro_batches[i][j]`) and nothing is updated.
+    /// first micro-batch runs; a bad one (or, with [`set_tasks`](Self::set_tasks), one of no task the trainer
+    /// has) is an error naming it (`micro_batches[i][j]`) and nothing is updated.
     pub fn step(&mut self, micro_batches: &[Vec<&str>]) -> Result<SftStepMetrics> {
         check_steps_left(self.trainer.optimizer().steps_done(), self.total_steps)?;
         let media = self.trainer.model().media_loader();
@@ -64,7 +104,12 @@ impl SftRecordTrainer {
                 return Err(Error::InvalidArgument(format!("`micro_batches[{i}]` holds no record")));
             }
             let what = format!("micro_batches[{i}]");
-            let data = SftDataset::from_conversation_records(records, &what, TASK, &self.tokenizer, &self.data, media)?;
+            let mut data =
+                SftDataset::from_conversation_records(records, &what, NO_TASK, &self.tokenizer, &self.data, media)?;
+            let indices = self.task_indices(&data, &what)?;
+            for example in &mut data.examples {
+                example.task = indices[example.task];
+            }
             if media.is_none() {
                 if let Some(e) = data.examples.iter().find(|e| !e.media.is_empty()) {
                     return Err(Error::InvalidArgument(format!(
@@ -76,7 +121,33 @@ impl SftRecordTrainer {
             let examples: Vec<_> = data.examples.iter().collect();
             batches.push(collate_conversations(&examples, self.tokenizer.pad_id()));
         }
-        self.trainer.step(&batches)
+        let metrics = self.trainer.step(&batches)?;
+        self.last_task_loss = metrics.task_loss.clone();
+        Ok(metrics)
+    }
+
+    /// The last step's `task_loss` (in the order of [`tasks`](Self::tasks)); empty before the first step.
+    pub fn last_task_loss(&self) -> &[Option<f64>] {
+        &self.last_task_loss
+    }
+
+    /// The trainer's task index of each of `data`'s tasks (a micro-batch's, in the order its records named them),
+    /// or an error naming the first record of a task the trainer does not have.
+    fn task_indices(&self, data: &SftDataset, what: &str) -> Result<Vec<usize>> {
+        if self.tasks.is_empty() {
+            return Ok(vec![0; data.tasks.len()]);
+        }
+        let index = |(k, name): (usize, &String)| {
+            self.tasks.iter().position(|t| t == name).ok_or_else(|| {
+                let record = data.examples.iter().find(|e| e.task == k).map_or(0, |e| e.line - 1);
+                let which = if name == NO_TASK { "has no `task` field".into() } else { format!("is of task {name:?}") };
+                Error::InvalidArgument(format!(
+                    "`{what}[{record}]` {which}, not one of the trainer's tasks {:?}",
+                    self.tasks
+                ))
+            })
+        };
+        data.tasks.iter().enumerate().map(index).collect()
     }
 
     /// Writes `out/checkpoint-<step>/` as [`SftRun`](super::SftRun) does — the weights in the source's layout

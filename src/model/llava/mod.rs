@@ -6,6 +6,7 @@
 pub mod config;
 pub mod layout;
 mod model;
+mod pass_arena;
 pub mod packing;
 pub mod projector;
 

@@ -4,8 +4,8 @@
 //! gradient and the four parameters'.
 
 use crate::ops::check;
-use crate::ops::gelu::{gelu, gelu_backward_into, GeluApproximation};
-use crate::ops::linear::{linear, linear_backward_into};
+use crate::ops::gelu::{gelu, gelu_backward_into, gelu_into, GeluApproximation};
+use crate::ops::linear::{linear, linear_backward_into, linear_into};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -138,6 +138,18 @@ impl Projector {
         let activation = gelu(&pre_activation, self.act)?;
         let y = linear(&activation, w2, Some(b2))?;
         Ok((y, ProjectorActivations { pre_activation, activation }))
+    }
+
+    /// [`Projector::forward`] into `saved` and `y`, each `[.., H]` over `x`'s rows (`x` not empty) in its dtype and on
+    /// its device and overwritten whole: views of a pass's arena.
+    pub fn forward_into(&self, x: &Tensor, saved: &mut ProjectorActivations, y: &mut Tensor) -> Result<()> {
+        let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
+        if self.empty_output(x)?.is_some() {
+            return Err(Error::Shape("`x` holds no rows: use `Projector::forward`".into()));
+        }
+        linear_into(x, w1, Some(b1), &mut saved.pre_activation)?;
+        gelu_into(&saved.pre_activation, self.act, &mut saved.activation)?;
+        linear_into(&saved.activation, w2, Some(b2), y)
     }
 
     /// The gradients of `Σ grad_y · forward(x)` from the forward's input `x` and `saved` activations.

@@ -2,6 +2,10 @@
 //! shape (each tensor 256-byte aligned, back to back) and reuses the memory on every step: no allocator traffic, no
 //! fresh pages to fault in, and the footprint is known before the first op runs.
 //!
+//! A [`Layout`] may overlay slots whose lifetimes never meet (they share one region, the larger's size), and a
+//! [`Lease`] lends one arena to several passes at once (a multimodal model's parts) and hands it back to its
+//! [`ArenaHome`] when the last is done.
+//!
 //! On CUDA the views' work is queued on the stream current when they were made; an arena taken up on another stream
 //! first waits for that one, so a pass on one stream never overwrites what a pass on another is still reading.
 
@@ -228,6 +232,10 @@ impl Arena {
             .collect()
     }
 }
+
+/// The next views of a lent arena, in the order its layout gives them, and a clone of the lease that keeps it: what a
+/// model's forward takes to lay its activations out in an arena someone else laid out.
+pub type LentViews<'a> = (&'a mut dyn Iterator<Item = Tensor>, Arc<Lease>);
 
 /// An arena lent to the passes that view it. Each pass keeps its views and a clone of the lease, declared after the
 /// views so that they drop first; when the last clone drops, the arena goes back to its home for the next pass. One

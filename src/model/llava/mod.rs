@@ -6,8 +6,8 @@
 pub mod config;
 pub mod layout;
 mod model;
-mod pass_arena;
 pub mod packing;
+mod pass_arena;
 pub mod projector;
 
 pub use config::{LlavaConfigFormat, LlavaOnevisionConfig, VisionTower};

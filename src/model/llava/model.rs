@@ -10,6 +10,8 @@
 //! transformers' `masked_scatter` does. The backward runs the chain in reverse: the language model's
 //! `inputs_embeds` gradient is split by [`ScatterMap::backward`] into the packed features' gradient and the token
 //! embeddings' (added onto the embedding table's gradient, after the tied head's share when there is one).
+//!
+//! A pass lays out one activation arena for all of it, reused by the next pass ([`super::pass_arena`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use super::packing::{
     pack_backward_into, pack_into, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap,
     UnpadRounding,
 };
-use super::pass_arena::{self, PassShape, PassViews, Parts, VisionViews};
+use super::pass_arena::{self, Parts, PassShape, PassViews, VisionViews};
 use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
 use crate::judge::generate::{generate_with_prefilled_prefix, GenerationConfig};
 use crate::media::Size;
@@ -34,7 +36,7 @@ use crate::ops::embedding::{embedding_backward_accumulate, embedding_into};
 use crate::ops::fused_linear::FusedLinearConfig;
 use crate::ops::launch::host_ids;
 use crate::ops::rows::copy_rows;
-use crate::runtime::arena::{ArenaHome, Lease};
+use crate::runtime::arena::{ArenaHome, Lease, LentViews};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -334,7 +336,7 @@ impl LlavaOnevisionModel {
     pub fn forward(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<LlavaPass> {
         let mut inputs = self.embed(batch, opts, !self.vision_tower_frozen, true)?;
         let mut views = std::mem::take(&mut inputs.language_model).into_iter();
-        let arena = (&mut views as &mut dyn Iterator<Item = Tensor>, inputs.lease.clone());
+        let arena: LentViews<'_> = (&mut views, inputs.lease.clone());
         let lm = self.language_model.forward_embeds_in(&inputs.embeds, batch.mask, opts, arena)?;
         Ok(LlavaPass { lm, inputs })
     }
@@ -377,7 +379,9 @@ impl LlavaOnevisionModel {
             unsafe { pass_arena::take(&self.arena, &parts, &shape)? };
         embedding_into(&self.language_model.weights.embed_tokens, &lookup_ids, &mut embeds)?;
         let vision = match (pixels, vision) {
-            (Some(pixels), Some(views)) => Some(self.encode_media(&pixels, views, opts, &lease, &plan, &scatter, &mut embeds)?),
+            (Some(pixels), Some(views)) => {
+                Some(self.encode_media(&pixels, views, opts, &lease, &plan, &scatter, &mut embeds)?)
+            }
             _ => None,
         };
         let ids = Tensor::from_slice(&host, &[n, t], Device::Cpu)?;
@@ -400,7 +404,7 @@ impl LlavaOnevisionModel {
         let VisionViews { tower, features, mut projector, mut projected, grad_projected, mut packed, grad_features } =
             views;
         let mut tower_views = tower.into_iter();
-        let arena = (&mut tower_views as &mut dyn Iterator<Item = Tensor>, lease.clone());
+        let arena: LentViews<'_> = (&mut tower_views, lease.clone());
         let tower = match features {
             None => TowerOutput::Pass(Box::new(self.vision_tower.forward_in(pixels, opts, arena)?)),
             Some(mut features) => {
@@ -446,7 +450,8 @@ impl LlavaOnevisionModel {
     pub fn prompt_embeds(&self, ids: &[i64], media: &[MediaInput<'_>]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
         let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
-        let inputs = self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default(), false, false)?;
+        let inputs =
+            self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default(), false, false)?;
         inputs.embeds.try_clone()
     }
 
@@ -557,7 +562,13 @@ impl LlavaOnevisionModel {
         };
         pack_backward_into(&plan, &grad_packed, &mut grad_projected, &mut out.image_newline)?;
         drop(grad_packed);
-        self.projector.backward_into(&grad_projected, tower.features(), &acts, &mut grad_features, &mut out.projector)?;
+        self.projector.backward_into(
+            &grad_projected,
+            tower.features(),
+            &acts,
+            &mut grad_features,
+            &mut out.projector,
+        )?;
         drop((grad_projected, acts));
         match tower {
             TowerOutput::Pass(pass) => {

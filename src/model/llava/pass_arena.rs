@@ -101,17 +101,18 @@ pub(super) unsafe fn take(home: &ArenaHome, parts: &Parts<'_>, shape: &PassShape
     let language_model =
         if shape.language_model { parts.language_model.activation_slots((n, t), shape.opts) } else { Vec::new() };
     let hidden = parts.language_model.config.hidden_size;
-    let mut layout = Layout::from(kept.clone());
+    let (kept_count, scratch_count) = (kept.len(), scratch.len());
+    let mut layout = Layout::from(kept);
     layout.extend([Slot::new(&[n, t, hidden], parts.dtype)]);
-    layout.overlay(vec![scratch.clone(), language_model]);
+    layout.overlay(vec![scratch, language_model]);
     // SAFETY: the caller's promise, passed on.
     let (views, lease) = unsafe { Lease::take(home, layout, parts.device)? };
     let mut views = views.into_iter();
-    let mut take = |count: usize| views.by_ref().take(count).collect::<Vec<_>>();
-    let kept_views = take(kept.len());
-    let embeds = take(1).pop().expect("the layout holds the embeddings");
-    let scratch_views = take(scratch.len());
-    let language_model = take(usize::MAX);
+    let mut next = |count: usize| views.by_ref().take(count).collect::<Vec<_>>();
+    let kept_views = next(kept_count);
+    let embeds = next(1).pop().expect("the layout holds the embeddings");
+    let scratch_views = next(scratch_count);
+    let language_model = next(usize::MAX);
     let vision = (shape.tiles > 0).then(|| split_vision(kept_views, scratch_views, shape));
     Ok(PassViews { vision, embeds, language_model, lease })
 }

@@ -5,7 +5,8 @@
 //! [`ForwardOptions::recompute`], only each layer's input, recomputing the rest in the backward); the final hidden
 //! states go to the fused log-prob and DPO kernels (or to [`Qwen2Model::causal_lm_loss`], or to materialised
 //! logits), whose gradient [`Qwen2Model::backward`] turns into the gradient of every parameter and of the input
-//! embeddings. The arena outlives the pass: the model keeps it for the next one. Inference:
+//! embeddings. The arena outlives the pass: the model keeps it for the next one (a multimodal model lays the same
+//! slots out in its own arena for its whole pass: [`crate::model::llava`]). Inference:
 //! [`Qwen2Model::extend`] runs new tokens against a [`KvCache`], which a prompt encoded once can fork into many
 //! rows ([`KvCache::fork`]).
 
@@ -27,13 +28,12 @@ use crate::ops::linear::{linear, linear_backward};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig};
 use crate::ops::rope::RopeConfig;
-use crate::runtime::arena::{ArenaHome, Lease, Slot};
+use crate::runtime::arena::{ArenaHome, Lease, LentViews, Slot};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 use activations::Activations;
 use layer::{Dims, LayerContext};
 use std::path::Path;
-use std::sync::Arc;
 
 /// A Qwen2 decoder with its weights in one compute dtype on one device.
 #[derive(Debug)]
@@ -245,7 +245,7 @@ impl Qwen2Model {
         embeds: &Tensor,
         mask: &Tensor,
         opts: ForwardOptions,
-        arena: (&mut dyn Iterator<Item = Tensor>, Arc<Lease>),
+        arena: LentViews<'_>,
     ) -> Result<ForwardPass> {
         let (n, t) = self.embeds_batch(embeds)?;
         self.run(Inputs::Embeds(embeds), (n, t), mask, opts, Some(arena))
@@ -274,7 +274,7 @@ impl Qwen2Model {
         (n, t): (usize, usize),
         mask: &Tensor,
         opts: ForwardOptions,
-        arena: Option<(&mut dyn Iterator<Item = Tensor>, Arc<Lease>)>,
+        arena: Option<LentViews<'_>>,
     ) -> Result<ForwardPass> {
         let (mask, positions) = self.mask_and_positions((n, t), mask)?;
         let dims = Dims::new(&self.config, n, t);

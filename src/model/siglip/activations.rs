@@ -82,8 +82,7 @@ impl Activations {
         let bytes = crate::runtime::arena::Layout::from([kept, scratch].concat()).size_in_bytes()?;
         let (kept_layers, shared_layers) = shapes.layer_sets();
         let xs = (0..shapes.layers + 1).map(|_| next_view(views)).collect::<Result<Vec<_>>>()?;
-        let mut layers =
-            (0..kept_layers).map(|_| LayerActivations::from_views(views)).collect::<Result<Vec<_>>>()?;
+        let mut layers = (0..kept_layers).map(|_| LayerActivations::from_views(views)).collect::<Result<Vec<_>>>()?;
         let patches = next_view(views)?;
         let spare = if shapes.recompute { Some(next_view(views)?) } else { None };
         for _ in 0..shared_layers {

@@ -11,7 +11,8 @@
 //! How a LLaVA config's feature layer maps to the number of layers to run is in [`layers_for_feature_layer`] (both
 //! the Hugging Face and the original LLaVA-NeXT conventions). The tower keeps each layer's activations in one arena
 //! (or, with [`ForwardOptions::recompute`], only each layer's input), which it keeps between passes like
-//! [`crate::model::Qwen2Model`]. The backward gives the gradient of every parameter, under the checkpoint's names
+//! [`crate::model::Qwen2Model`] (inside LLaVA, the same slots lie in the whole model's arena, the tower's scratch
+//! overlaid on the language model's activations). The backward gives the gradient of every parameter, under the checkpoint's names
 //! relative to the tower's prefix, and of the pixels.
 
 mod activations;
@@ -31,11 +32,10 @@ use crate::ops::check;
 use crate::ops::layernorm::LayerNormConfig;
 use crate::ops::linear::{linear_backward_into, linear_into, linear_params_backward_into};
 use crate::ops::residual::add_in_place;
-use crate::runtime::arena::{ArenaHome, Lease, Slot};
+use crate::runtime::arena::{ArenaHome, Lease, LentViews, Slot};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 use activations::{Activations, InferenceActivations, Shapes};
-use std::sync::Arc;
 use layer::{Dims, LayerContext};
 use patches::{patches_to_pixels, pixels_to_patches, PatchGrid};
 
@@ -194,7 +194,7 @@ impl SiglipVisionTower {
         &self,
         pixel_values: &Tensor,
         opts: ForwardOptions,
-        arena: (&mut dyn Iterator<Item = Tensor>, Arc<Lease>),
+        arena: LentViews<'_>,
     ) -> Result<TowerPass> {
         self.run(pixel_values, opts, Some(arena))
     }
@@ -224,12 +224,7 @@ impl SiglipVisionTower {
     }
 
     /// The forward, its activations in the views `arena` gives, or in the tower's own arena.
-    fn run(
-        &self,
-        pixel_values: &Tensor,
-        opts: ForwardOptions,
-        arena: Option<(&mut dyn Iterator<Item = Tensor>, Arc<Lease>)>,
-    ) -> Result<TowerPass> {
+    fn run(&self, pixel_values: &Tensor, opts: ForwardOptions, arena: Option<LentViews<'_>>) -> Result<TowerPass> {
         let grid = self.grid(pixel_values)?;
         let (dtype, device) = (self.dtype(), self.device());
         let shapes = self.shapes(grid.n, opts);
@@ -273,12 +268,7 @@ impl SiglipVisionTower {
 
     /// [`SiglipVisionTower::encode`] into `features` `[N, P, hidden]`, with the scratch in the next views of an
     /// arena the caller laid out with [`SiglipVisionTower::inference_slots`], which `lease` keeps.
-    pub(crate) fn encode_in(
-        &self,
-        pixel_values: &Tensor,
-        arena: (&mut dyn Iterator<Item = Tensor>, Arc<Lease>),
-        features: &mut Tensor,
-    ) -> Result<()> {
+    pub(crate) fn encode_in(&self, pixel_values: &Tensor, arena: LentViews<'_>, features: &mut Tensor) -> Result<()> {
         let grid = self.grid(pixel_values)?;
         let (mut views, lease) = arena;
         let mut acts = InferenceActivations::from_views(&mut views, lease)?;

@@ -119,9 +119,13 @@ struct InputsProvenance {
 struct VisionPass {
     tower: TowerOutput,
     projector: ProjectorActivations,
-    /// `[K,P,H]`.
+    /// `[R,H]`: the packed features' gradient.
+    grad_packed: Tensor,
+    /// `[K,P,H]`: the projector output's gradient.
     grad_projected: Tensor,
-    /// `[K,P,C]`.
+    /// The gradients of the projector's two saved activations.
+    projector_grads: ProjectorActivations,
+    /// `[K,P,C]`: the tower features' gradient.
     grad_features: Tensor,
 }
 
@@ -401,8 +405,17 @@ impl LlavaOnevisionModel {
         scatter: &ScatterMap,
         embeds: &mut Tensor,
     ) -> Result<VisionPass> {
-        let VisionViews { tower, features, mut projector, mut projected, grad_projected, mut packed, grad_features } =
-            views;
+        let VisionViews {
+            tower,
+            features,
+            mut projector,
+            mut projected,
+            mut packed,
+            grad_packed,
+            grad_projected,
+            projector_grads,
+            grad_features,
+        } = views;
         let mut tower_views = tower.into_iter();
         let arena: LentViews<'_> = (&mut tower_views, lease.clone());
         let tower = match features {
@@ -415,7 +428,7 @@ impl LlavaOnevisionModel {
         self.projector.forward_into(tower.features(), &mut projector, &mut projected)?;
         pack_into(plan, &projected, &self.image_newline, &mut packed)?;
         scatter.scatter(&packed, embeds)?;
-        Ok(VisionPass { tower, projector, grad_projected, grad_features })
+        Ok(VisionPass { tower, projector, grad_packed, grad_projected, projector_grads, grad_features })
     }
 
     /// The new tokens after one prompt `ids` (with its placeholders) and its `media`, greedy or sampled as `cfg`
@@ -543,17 +556,28 @@ impl LlavaOnevisionModel {
     /// kept, and that a frozen tower's buffers are not touched: they keep what they held, zero from
     /// [`LlavaOnevisionModel::zero_gradients`]). The vision buffers are checked before anything is written.
     pub fn backward_into(&self, pass: LlavaPass, grads: OutputGrads, out: &mut LlavaGradients) -> Result<()> {
-        let LlavaPass { lm, inputs: InputsProvenance { vision, plan, scatter, lookup_ids, .. } } = pass;
+        let LlavaPass { lm, inputs: InputsProvenance { mut vision, plan, scatter, lookup_ids, .. } } = pass;
         self.check_vision_gradients(out)?;
         self.fit_inputs_embeds(&lm, &mut out.language_model)?;
         self.language_model.backward_into(lm, grads, &mut out.language_model)?;
         let lm_grads = &mut out.language_model;
         let inputs_embeds = &mut lm_grads.inputs_embeds;
-        // The placeholder rows go to the packed features; the rest is the token embeddings' gradient.
-        let grad_packed = scatter.backward(inputs_embeds)?;
+        // The placeholder rows go to the packed features; the rest is the token embeddings' gradient. (A batch
+        // without media has no placeholder.)
+        if let Some(vision) = vision.as_mut() {
+            scatter.backward_into(inputs_embeds, &mut vision.grad_packed)?;
+        }
         let vocab = self.config.text.vocab_size;
         embedding_backward_accumulate(inputs_embeds, &lookup_ids, vocab, &mut lm_grads.weights.embed_tokens)?;
-        let Some(VisionPass { tower, projector: acts, mut grad_projected, mut grad_features }) = vision else {
+        let Some(VisionPass {
+            tower,
+            projector: acts,
+            grad_packed,
+            mut grad_projected,
+            mut projector_grads,
+            mut grad_features,
+        }) = vision
+        else {
             // A batch without media: the vision parameters get zero gradients.
             let [(w1, b1), (w2, b2)] = &mut out.projector;
             let tower = if self.vision_tower_frozen { Vec::new() } else { out.vision_tower.named_mut() };
@@ -561,15 +585,17 @@ impl LlavaOnevisionModel {
             return vision.into_iter().try_for_each(|(_, t)| t.fill_zeros());
         };
         pack_backward_into(&plan, &grad_packed, &mut grad_projected, &mut out.image_newline)?;
-        drop(grad_packed);
+        let features = tower.features();
+        let scratch = Some(&mut projector_grads);
         self.projector.backward_into(
             &grad_projected,
-            tower.features(),
+            features,
             &acts,
             &mut grad_features,
             &mut out.projector,
+            scratch,
         )?;
-        drop((grad_projected, acts));
+        drop((grad_packed, grad_projected, acts, projector_grads));
         match tower {
             TowerOutput::Pass(pass) => {
                 self.vision_tower.backward_weights_into(*pass, &grad_features, &mut out.vision_tower, None)

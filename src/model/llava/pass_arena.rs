@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! kept      tower (what its backward reads; a frozen tower's features) │ projector pre-activation, activation │ embeds
-//! overlay   vision scratch: tower scratch │ projected │ packed │ grad projected │ grad features
+//! overlay   vision scratch: tower scratch │ projected │ packed │ grad packed │ grad projected │ the projector's
+//!           saved activations' grads │ grad features
 //!           ── or ──  language model: activations │ backward scratch
 //! ```
 //!
@@ -55,11 +56,14 @@ pub(super) struct VisionViews {
     /// A frozen tower's features `[K,P,C]`.
     pub features: Option<Tensor>,
     pub projector: ProjectorActivations,
-    /// `[K,P,H]`: the projector's output, and its gradient.
+    /// `[K,P,H]`: the projector's output.
     pub projected: Tensor,
-    pub grad_projected: Tensor,
-    /// `[R,H]`.
+    /// `[R,H]`: the packed features, and their gradient.
     pub packed: Tensor,
+    pub grad_packed: Tensor,
+    /// `[K,P,H]`: the gradients of the projector's output and of its two saved activations.
+    pub grad_projected: Tensor,
+    pub projector_grads: ProjectorActivations,
     /// `[K,P,C]`: the gradient of the tower's features.
     pub grad_features: Tensor,
 }
@@ -75,7 +79,8 @@ pub(super) struct PassViews {
 }
 
 /// The vision slots: kept (the tower's, the projector's two) and scratch (the tower's, then the projected output,
-/// the packed features and the two gradients).
+/// the packed features and their gradient, the gradients of the projected output and of the projector's two saved
+/// activations, the gradient of the features).
 fn vision_slots(parts: &Parts<'_>, shape: &PassShape) -> (Vec<Slot>, Vec<Slot>) {
     let (tower, dtype, k) = (parts.tower, parts.dtype, shape.tiles);
     let (p, c, h) = (tower.config.num_patches(), tower.config.hidden_size, parts.language_model.config.hidden_size);
@@ -86,7 +91,9 @@ fn vision_slots(parts: &Parts<'_>, shape: &PassShape) -> (Vec<Slot>, Vec<Slot>) 
         (vec![features.clone()], tower.inference_slots(k))
     };
     kept.extend([projected.clone(), projected.clone()]);
-    scratch.extend([projected.clone(), projected, Slot::new(&[shape.packed_rows, h], dtype), features]);
+    let packed = Slot::new(&[shape.packed_rows, h], dtype);
+    scratch.extend([projected.clone(), packed.clone(), packed]);
+    scratch.extend([projected.clone(), projected.clone(), projected, features]);
     (kept, scratch)
 }
 
@@ -121,8 +128,10 @@ pub(super) unsafe fn take(home: &ArenaHome, parts: &Parts<'_>, shape: &PassShape
 fn split_vision(mut kept: Vec<Tensor>, mut scratch: Vec<Tensor>, shape: &PassShape) -> VisionViews {
     let pop = |views: &mut Vec<Tensor>| views.pop().expect("the layout holds every vision slot");
     let grad_features = pop(&mut scratch);
-    let packed = pop(&mut scratch);
+    let projector_grads = ProjectorActivations { activation: pop(&mut scratch), pre_activation: pop(&mut scratch) };
     let grad_projected = pop(&mut scratch);
+    let grad_packed = pop(&mut scratch);
+    let packed = pop(&mut scratch);
     let projected = pop(&mut scratch);
     let activation = pop(&mut kept);
     let pre_activation = pop(&mut kept);
@@ -133,8 +142,10 @@ fn split_vision(mut kept: Vec<Tensor>, mut scratch: Vec<Tensor>, shape: &PassSha
         features,
         projector: ProjectorActivations { pre_activation, activation },
         projected,
-        grad_projected,
         packed,
+        grad_packed,
+        grad_projected,
+        projector_grads,
         grad_features,
     }
 }

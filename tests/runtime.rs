@@ -506,6 +506,35 @@ fn an_arena_carves_aligned_disjoint_tensors_and_relays_them_out() {
 }
 
 #[test]
+fn an_arena_overlay_shares_one_region_among_its_alternatives() {
+    use unireward::runtime::arena::{Arena, Layout, Slot};
+    let f32s = |n: usize| Slot::new(&[n], DType::F32);
+    // kept [100] | overlay: ([10], [70]) or ([300]) | after [1]
+    let mut layout = Layout::from(vec![f32s(100)]);
+    layout.overlay(vec![vec![f32s(10), f32s(70)], vec![f32s(300)]]);
+    layout.extend([f32s(1)]);
+    // 400 B → 512; the overlay: 256 + 280 → 512 + 256 = 768 against 1200 → 1280, the larger; the last slot: 256.
+    assert_eq!(layout.size_in_bytes().unwrap(), 512 + 1280 + 256);
+    let mut arena = Arena::new(layout, Device::Cpu).unwrap();
+    assert_eq!(arena.used_bytes(), 512 + 1280 + 256);
+    assert_eq!(arena.slots().len(), 5, "every alternative's slots, in view order");
+    // SAFETY: the views are dropped at the end of this test, before the arena; the two alternatives are used in turn.
+    let mut views = unsafe { arena.views() }.unwrap();
+    let address = |t: &mut Tensor| t.as_mut_slice::<f32>().unwrap().as_ptr() as usize;
+    let addresses: Vec<usize> = views.iter_mut().map(address).collect();
+    let base = addresses[0];
+    assert_eq!(addresses.iter().map(|a| a - base).collect::<Vec<_>>(), vec![0, 512, 768, 512, 1792]);
+    // One alternative's writes are what the other then reads: the memory is shared, not copied.
+    views[1].as_mut_slice::<f32>().unwrap().fill(2.0);
+    assert_eq!(views[3].to_vec::<f32>().unwrap()[..10], [2.0; 10]);
+    views[0].as_mut_slice::<f32>().unwrap().fill(1.0);
+    views[3].as_mut_slice::<f32>().unwrap().fill(3.0);
+    views[4].as_mut_slice::<f32>().unwrap().fill(4.0);
+    assert_eq!(views[0].to_vec::<f32>().unwrap(), vec![1.0; 100], "the overlay stays inside its region");
+    assert_eq!(views[4].to_vec::<f32>().unwrap(), vec![4.0]);
+}
+
+#[test]
 #[cfg_attr(not(feature = "gpu-tests"), ignore = "needs a CUDA device: scripts/gpu_check.sh runs it")]
 fn an_arena_taken_up_on_another_stream_sees_the_first_streams_writes() {
     use unireward::runtime::arena::{Arena, Slot};

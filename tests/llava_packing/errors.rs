@@ -3,7 +3,7 @@
 use unireward::model::llava::packing::{
     pack, pack_backward, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap, UnpadRounding,
 };
-use unireward::model::llava::projector::{Projector, ProjectorWeights};
+use unireward::model::llava::projector::{Projector, ProjectorActivations, ProjectorWeights};
 use unireward::{DType, Device, Tensor};
 
 use crate::common::{tensor, values};
@@ -167,4 +167,57 @@ fn into_variants_overwrite_garbage() {
     let mut wrong = zeros(&[plan.rows() + 1, 2]);
     let e = err(unireward::model::llava::packing::pack_into(&plan, &features, &newline, &mut wrong));
     assert!(e.contains("packed"), "{e}");
+}
+
+#[test]
+fn scatter_and_projector_into_variants_overwrite_garbage_and_refuse_wrong_buffers() {
+    let nan = |shape: &[usize]| tensor(&vec![f64::NAN; shape.iter().product()], shape, DType::F32, Device::Cpu);
+    let noise = |shape: &[usize], k: f64| {
+        let v: Vec<f64> = (0..shape.iter().product()).map(|i| (i as f64 * k).sin()).collect();
+        tensor(&v, shape, DType::F32, Device::Cpu)
+    };
+    // The scatter's backward: a video frame's packed rows at the placeholders between 2 tokens and 1.
+    let plan = PackingPlan::new(&config(), &[Media::Video { frames: 1 }], [1, 16]).unwrap();
+    let rows = plan.rows();
+    let ids = Tensor::from_slice(&[vec![3i64; 2], vec![11; rows], vec![3]].concat(), &[1, rows + 3], Device::Cpu);
+    let map = ScatterMap::new(&ids.unwrap(), PlaceholderTokens { image: 10, video: 11 }, &plan).unwrap();
+    let grad = noise(&[1, rows + 3, 3], 0.7);
+    let (mut fresh_embeds, mut into_embeds) = (grad.try_clone().unwrap(), grad.try_clone().unwrap());
+    let fresh = map.backward(&mut fresh_embeds).unwrap();
+    let mut into = nan(&[rows, 3]);
+    map.backward_into(&mut into_embeds, &mut into).unwrap();
+    assert_eq!((values(&into), values(&into_embeds)), (values(&fresh), values(&fresh_embeds)));
+    let e = err(map.backward_into(&mut grad.try_clone().unwrap(), &mut zeros(&[rows + 1, 3])));
+    assert!(e.contains("grad_packed"), "{e}");
+
+    // The projector's forward into views and its backward through given scratch.
+    let w = ProjectorWeights {
+        linear_1: (noise(&[3, 4], 0.3), noise(&[3], 0.5)),
+        linear_2: (noise(&[3, 3], 0.9), noise(&[3], 1.1)),
+    };
+    let p = Projector::new(w, "gelu").unwrap();
+    let x = noise(&[2, 5, 4], 0.13);
+    let (y, saved) = p.forward(&x).unwrap();
+    let mut into_saved = ProjectorActivations { pre_activation: nan(&[2, 5, 3]), activation: nan(&[2, 5, 3]) };
+    let mut into_y = nan(&[2, 5, 3]);
+    p.forward_into(&x, &mut into_saved, &mut into_y).unwrap();
+    assert_eq!(values(&into_y), values(&y));
+    assert_eq!(values(&into_saved.pre_activation), values(&saved.pre_activation));
+    assert_eq!(values(&into_saved.activation), values(&saved.activation));
+    let e = err(p.forward_into(&zeros(&[0, 4]), &mut into_saved, &mut into_y));
+    assert!(e.contains("no rows"), "{e}");
+
+    let grad_y = noise(&[2, 5, 3], 0.29);
+    let want = p.backward(&grad_y, &x, &saved).unwrap();
+    let params = || [(nan(&[3, 4]), nan(&[3])), (nan(&[3, 3]), nan(&[3]))];
+    let (mut grad_x, mut got) = (nan(&[2, 5, 4]), params());
+    let mut scratch = ProjectorActivations { pre_activation: nan(&[2, 5, 3]), activation: nan(&[2, 5, 3]) };
+    p.backward_into(&grad_y, &x, &saved, &mut grad_x, &mut got, Some(&mut scratch)).unwrap();
+    assert_eq!(values(&grad_x), values(&want.grad_x));
+    assert_eq!((values(&got[0].0), values(&got[1].1)), (values(&want.linear_1.0), values(&want.linear_2.1)));
+    let mut wrong = ProjectorActivations { pre_activation: zeros(&[2, 5, 3]), activation: zeros(&[10, 3]) };
+    let mut untouched = params();
+    let e = err(p.backward_into(&grad_y, &x, &saved, &mut nan(&[2, 5, 4]), &mut untouched, Some(&mut wrong)));
+    assert!(e.contains("activation's gradient scratch"), "{e}");
+    assert!(values(&untouched[0].0).iter().all(|v| v.is_nan()), "nothing is written before the check");
 }

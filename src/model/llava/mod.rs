@@ -7,6 +7,7 @@ pub mod config;
 pub mod layout;
 mod model;
 pub mod packing;
+mod pass_arena;
 pub mod projector;
 
 pub use config::{LlavaConfigFormat, LlavaOnevisionConfig, VisionTower};

@@ -10,15 +10,19 @@
 //! transformers' `masked_scatter` does. The backward runs the chain in reverse: the language model's
 //! `inputs_embeds` gradient is split by [`ScatterMap::backward`] into the packed features' gradient and the token
 //! embeddings' (added onto the embedding table's gradient, after the tied head's share when there is one).
+//!
+//! A pass lays out one activation arena for all of it, reused by the next pass ([`super::pass_arena`]).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::config::{LlavaOnevisionConfig, VisionTower};
 use super::layout::LlavaLayout;
 use super::packing::{
-    pack, pack_backward_into, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap,
+    pack_backward_into, pack_into, FeatureSelect, Media, PackingConfig, PackingPlan, PlaceholderTokens, ScatterMap,
     UnpadRounding,
 };
+use super::pass_arena::{self, Parts, PassShape, PassViews, VisionViews};
 use super::projector::{Projector, ProjectorActivations, ProjectorWeights};
 use crate::judge::generate::{generate_with_prefilled_prefix, GenerationConfig};
 use crate::media::Size;
@@ -32,6 +36,7 @@ use crate::ops::embedding::{embedding_backward_accumulate, embedding_into};
 use crate::ops::fused_linear::FusedLinearConfig;
 use crate::ops::launch::host_ids;
 use crate::ops::rows::copy_rows;
+use crate::runtime::arena::{ArenaHome, Lease, LentViews};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -68,24 +73,60 @@ pub struct LlavaBatch<'a> {
     pub media: &'a [MediaInput<'a>],
 }
 
-/// A forward pass, holding what the backward needs.
+/// A forward pass, holding what the backward needs. Its activations (the tower's, the projector's, the packed
+/// features, the language model's) live in one arena, which goes back to the model for the next pass when the
+/// pass ends.
 #[derive(Debug)]
 pub struct LlavaPass {
     pub lm: ForwardPass,
     inputs: InputsProvenance,
 }
 
-/// How a batch's input embeddings were made, as the backward and the loss need it.
+impl LlavaPass {
+    /// Bytes of the pass's activations and backward scratch in its arena (the overlaid parts counted once: see
+    /// [`Layout::overlay`](crate::runtime::arena::Layout::overlay)).
+    pub fn activation_bytes(&self) -> usize {
+        self.inputs.lease.used_bytes()
+    }
+
+    /// Bytes of the arena holding them (more than [`LlavaPass::activation_bytes`] after a larger pass).
+    pub fn arena_bytes(&self) -> usize {
+        self.inputs.lease.size_in_bytes()
+    }
+}
+
+/// How a batch's input embeddings were made, as the backward and the loss need it. Field order matters: the views
+/// are dropped before the lease that keeps their arena.
 #[derive(Debug)]
 struct InputsProvenance {
-    /// The tower's output and the projector's pass; `None` for a batch without media.
-    vision: Option<(TowerOutput, ProjectorActivations)>,
+    /// The tower's and the projector's passes; `None` for a batch without media.
+    vision: Option<VisionPass>,
     plan: PackingPlan,
     scatter: ScatterMap,
     /// The ids the token embeddings were looked up with (placeholders replaced by 0), on the model's device.
     lookup_ids: Tensor,
     /// The batch's own ids (the loss's labels), on the host.
     ids: Tensor,
+    /// `[N,T,H]`: the language model's input embeddings, in the arena.
+    embeds: Tensor,
+    /// The language model's views of the arena, until its forward takes them.
+    language_model: Vec<Tensor>,
+    lease: Arc<Lease>,
+}
+
+/// The vision half of a pass: what the backward reads, and its gradient buffers in the arena.
+#[derive(Debug)]
+struct VisionPass {
+    tower: TowerOutput,
+    projector: ProjectorActivations,
+    /// `[R,H]`: the packed features' gradient.
+    grad_packed: Tensor,
+    /// `[K,P,H]`: the projector output's gradient.
+    grad_projected: Tensor,
+    /// The gradients of the projector's two saved activations.
+    projector_grads: ProjectorActivations,
+    /// `[K,P,C]`: the tower features' gradient.
+    grad_features: Tensor,
 }
 
 /// What the vision tower's forward left for the backward.
@@ -130,6 +171,8 @@ pub struct LlavaOnevisionModel {
     pub packing: PackingConfig,
     /// The tower needs no gradient: see [`LlavaOnevisionModel::set_vision_tower_frozen`].
     vision_tower_frozen: bool,
+    /// The last pass's activation arena (the whole model's: [`super::pass_arena`]), reused by the next.
+    arena: ArenaHome,
 }
 
 /// The tower's configuration: the checkpoint's, or the shipped one of a known hub id.
@@ -204,6 +247,7 @@ impl LlavaOnevisionModel {
             language_model,
             packing,
             vision_tower_frozen: false,
+            arena: ArenaHome::default(),
         };
         if options.check_finite {
             check_finite(model.named_parameters())?;
@@ -294,19 +338,23 @@ impl LlavaOnevisionModel {
     /// Forward over `batch`, keeping what [`LlavaOnevisionModel::backward`] needs. Everything is checked (the
     /// pixels' shapes, the placeholder counts against the media's packed rows) before the tower runs.
     pub fn forward(&self, batch: &LlavaBatch<'_>, opts: ForwardOptions) -> Result<LlavaPass> {
-        let (embeds, inputs) = self.embed(batch, opts, !self.vision_tower_frozen)?;
-        let lm = self.language_model.forward_embeds(&embeds, batch.mask, opts)?;
+        let mut inputs = self.embed(batch, opts, !self.vision_tower_frozen, true)?;
+        let mut views = std::mem::take(&mut inputs.language_model).into_iter();
+        let arena: LentViews<'_> = (&mut views, inputs.lease.clone());
+        let lm = self.language_model.forward_embeds_in(&inputs.embeds, batch.mask, opts, arena)?;
         Ok(LlavaPass { lm, inputs })
     }
 
     /// The language model's input embeddings of `batch`: token embeddings with the packed vision features at the
-    /// placeholders; the tower keeps its activations for a backward only when `tower_backward` says so.
+    /// placeholders, in the pass's arena ([`super::pass_arena`]), which also holds the language model's views when
+    /// `language_model` says so; the tower keeps its activations for a backward only when `tower_backward` says so.
     fn embed(
         &self,
         batch: &LlavaBatch<'_>,
         opts: ForwardOptions,
         tower_backward: bool,
-    ) -> Result<(Tensor, InputsProvenance)> {
+        language_model: bool,
+    ) -> Result<InputsProvenance> {
         let &[n, t] = check::rank("ids", batch.ids, 2)? else { unreachable!() };
         check::integer("ids", batch.ids)?;
         check::non_empty("the batch (N·T)", n * t)?;
@@ -325,26 +373,62 @@ impl LlavaOnevisionModel {
             host.iter().map(|&id| if id == placeholders.image || id == placeholders.video { 0 } else { id }).collect();
         let device = self.device();
         let lookup_ids = Tensor::from_slice(&lookup, &[n, t], device)?;
-        let hidden = self.config.text.hidden_size;
-        let mut embeds = Tensor::zeros(&[n, t, hidden], self.dtype(), device)?;
+        let shape = PassShape { tokens: (n, t), tiles, packed_rows: plan.rows(), opts, tower_backward, language_model };
+        let parts =
+            Parts { tower: &self.vision_tower, language_model: &self.language_model, dtype: self.dtype(), device };
+        // SAFETY: every view goes into the provenance (or the passes made from it), beside a clone of the lease and
+        // dropped before it; the vision scratch is used below and in the backward, after the language model's pass
+        // is consumed, the language model's views only by that pass.
+        let PassViews { vision, mut embeds, language_model, lease } =
+            unsafe { pass_arena::take(&self.arena, &parts, &shape)? };
         embedding_into(&self.language_model.weights.embed_tokens, &lookup_ids, &mut embeds)?;
-
-        let vision = match pixels {
-            None => None,
-            Some(pixels) => {
-                let tower = if tower_backward {
-                    TowerOutput::Pass(Box::new(self.vision_tower.forward(&pixels, opts)?))
-                } else {
-                    TowerOutput::Frozen(self.vision_tower.encode(&pixels)?)
-                };
-                let (projected, acts) = self.projector.forward(tower.features())?;
-                let packed = pack(&plan, &projected, &self.image_newline)?;
-                scatter.scatter(&packed, &mut embeds)?;
-                Some((tower, acts))
+        let vision = match (pixels, vision) {
+            (Some(pixels), Some(views)) => {
+                Some(self.encode_media(&pixels, views, opts, &lease, &plan, &scatter, &mut embeds)?)
             }
+            _ => None,
         };
         let ids = Tensor::from_slice(&host, &[n, t], Device::Cpu)?;
-        Ok((embeds, InputsProvenance { vision, plan, scatter, lookup_ids, ids }))
+        Ok(InputsProvenance { vision, plan, scatter, lookup_ids, ids, embeds, language_model, lease })
+    }
+
+    /// The tower, the projector and the packing over `pixels` in the arena's vision `views`, the packed features
+    /// scattered into `embeds`.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_media(
+        &self,
+        pixels: &Tensor,
+        views: VisionViews,
+        opts: ForwardOptions,
+        lease: &Arc<Lease>,
+        plan: &PackingPlan,
+        scatter: &ScatterMap,
+        embeds: &mut Tensor,
+    ) -> Result<VisionPass> {
+        let VisionViews {
+            tower,
+            features,
+            mut projector,
+            mut projected,
+            mut packed,
+            grad_packed,
+            grad_projected,
+            projector_grads,
+            grad_features,
+        } = views;
+        let mut tower_views = tower.into_iter();
+        let arena: LentViews<'_> = (&mut tower_views, lease.clone());
+        let tower = match features {
+            None => TowerOutput::Pass(Box::new(self.vision_tower.forward_in(pixels, opts, arena)?)),
+            Some(mut features) => {
+                self.vision_tower.encode_in(pixels, arena, &mut features)?;
+                TowerOutput::Frozen(features)
+            }
+        };
+        self.projector.forward_into(tower.features(), &mut projector, &mut projected)?;
+        pack_into(plan, &projected, &self.image_newline, &mut packed)?;
+        scatter.scatter(&packed, embeds)?;
+        Ok(VisionPass { tower, projector, grad_packed, grad_projected, projector_grads, grad_features })
     }
 
     /// The new tokens after one prompt `ids` (with its placeholders) and its `media`, greedy or sampled as `cfg`
@@ -379,7 +463,9 @@ impl LlavaOnevisionModel {
     pub fn prompt_embeds(&self, ids: &[i64], media: &[MediaInput<'_>]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, &[1, ids.len()], Device::Cpu)?;
         let mask = Tensor::from_slice(&vec![1i64; ids.numel()], ids.shape(), Device::Cpu)?;
-        Ok(self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default(), false)?.0)
+        let inputs =
+            self.embed(&LlavaBatch { ids: &ids, mask: &mask, media }, ForwardOptions::default(), false, false)?;
+        inputs.embeds.try_clone()
     }
 
     /// The logits `[N,T,V]` of a pass, in the model's dtype.
@@ -470,31 +556,46 @@ impl LlavaOnevisionModel {
     /// kept, and that a frozen tower's buffers are not touched: they keep what they held, zero from
     /// [`LlavaOnevisionModel::zero_gradients`]). The vision buffers are checked before anything is written.
     pub fn backward_into(&self, pass: LlavaPass, grads: OutputGrads, out: &mut LlavaGradients) -> Result<()> {
-        let LlavaPass { lm, inputs: InputsProvenance { vision, plan, scatter, lookup_ids, .. } } = pass;
+        let LlavaPass { lm, inputs: InputsProvenance { mut vision, plan, scatter, lookup_ids, .. } } = pass;
         self.check_vision_gradients(out)?;
         self.fit_inputs_embeds(&lm, &mut out.language_model)?;
         self.language_model.backward_into(lm, grads, &mut out.language_model)?;
         let lm_grads = &mut out.language_model;
         let inputs_embeds = &mut lm_grads.inputs_embeds;
-        // The placeholder rows go to the packed features; the rest is the token embeddings' gradient.
-        let grad_packed = scatter.backward(inputs_embeds)?;
+        // The placeholder rows go to the packed features; the rest is the token embeddings' gradient. (A batch
+        // without media has no placeholder.)
+        if let Some(vision) = vision.as_mut() {
+            scatter.backward_into(inputs_embeds, &mut vision.grad_packed)?;
+        }
         let vocab = self.config.text.vocab_size;
         embedding_backward_accumulate(inputs_embeds, &lookup_ids, vocab, &mut lm_grads.weights.embed_tokens)?;
-        let Some((tower, acts)) = vision else {
+        let Some(VisionPass {
+            tower,
+            projector: acts,
+            grad_packed,
+            mut grad_projected,
+            mut projector_grads,
+            mut grad_features,
+        }) = vision
+        else {
             // A batch without media: the vision parameters get zero gradients.
             let [(w1, b1), (w2, b2)] = &mut out.projector;
             let tower = if self.vision_tower_frozen { Vec::new() } else { out.vision_tower.named_mut() };
             let vision = self.layout.named(tower, [(w1, b1), (w2, b2)], &mut out.image_newline, Vec::new());
             return vision.into_iter().try_for_each(|(_, t)| t.fill_zeros());
         };
-        let projected = acts.activation.shape();
-        let mut grad_projected = Tensor::zeros(projected, self.dtype(), self.device())?;
         pack_backward_into(&plan, &grad_packed, &mut grad_projected, &mut out.image_newline)?;
-        drop(grad_packed);
         let features = tower.features();
-        let mut grad_features = Tensor::zeros(features.shape(), features.dtype(), features.device())?;
-        self.projector.backward_into(&grad_projected, features, &acts, &mut grad_features, &mut out.projector)?;
-        drop((grad_projected, acts));
+        let scratch = Some(&mut projector_grads);
+        self.projector.backward_into(
+            &grad_projected,
+            features,
+            &acts,
+            &mut grad_features,
+            &mut out.projector,
+            scratch,
+        )?;
+        drop((grad_packed, grad_projected, acts, projector_grads));
         match tower {
             TowerOutput::Pass(pass) => {
                 self.vision_tower.backward_weights_into(*pass, &grad_features, &mut out.vision_tower, None)

@@ -4,8 +4,8 @@
 //! gradient and the four parameters'.
 
 use crate::ops::check;
-use crate::ops::gelu::{gelu, gelu_backward_into, GeluApproximation};
-use crate::ops::linear::{linear, linear_backward_into};
+use crate::ops::gelu::{gelu, gelu_backward_into, gelu_into, GeluApproximation};
+use crate::ops::linear::{linear, linear_backward_into, linear_into};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -140,6 +140,18 @@ impl Projector {
         Ok((y, ProjectorActivations { pre_activation, activation }))
     }
 
+    /// [`Projector::forward`] into `saved` and `y`, each `[.., H]` over `x`'s rows (`x` not empty) in its dtype and on
+    /// its device and overwritten whole: views of a pass's arena.
+    pub fn forward_into(&self, x: &Tensor, saved: &mut ProjectorActivations, y: &mut Tensor) -> Result<()> {
+        let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
+        if self.empty_output(x)?.is_some() {
+            return Err(Error::Shape("`x` holds no rows: use `Projector::forward`".into()));
+        }
+        linear_into(x, w1, Some(b1), &mut saved.pre_activation)?;
+        gelu_into(&saved.pre_activation, self.act, &mut saved.activation)?;
+        linear_into(&saved.activation, w2, Some(b2), y)
+    }
+
     /// The gradients of `Σ grad_y · forward(x)` from the forward's input `x` and `saved` activations.
     pub fn backward(&self, grad_y: &Tensor, x: &Tensor, saved: &ProjectorActivations) -> Result<ProjectorGrads> {
         let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
@@ -147,14 +159,15 @@ impl Projector {
         let mut grad_x = zeros(x)?;
         let mut params =
             [(zeros(&w.linear_1.0)?, zeros(&w.linear_1.1)?), (zeros(&w.linear_2.0)?, zeros(&w.linear_2.1)?)];
-        self.backward_into(grad_y, x, saved, &mut grad_x, &mut params)?;
+        self.backward_into(grad_y, x, saved, &mut grad_x, &mut params, None)?;
         let [linear_1, linear_2] = params;
         Ok(ProjectorGrads { grad_x, linear_1, linear_2 })
     }
 
     /// [`Projector::backward`] into `grad_x` (`x`'s shape) and `params`, `(weight, bias)` of `linear_1` and
     /// `linear_2` in the parameters' shapes, dtype and device: all checked before any is written, then overwritten
-    /// whole (the buffers a training loop keeps).
+    /// whole (the buffers a training loop keeps). The gradients of the two saved activations go into `scratch` when
+    /// given (buffers of their shapes, dtype and device, overwritten: a pass's arena), else into fresh tensors.
     pub fn backward_into(
         &self,
         grad_y: &Tensor,
@@ -162,6 +175,7 @@ impl Projector {
         saved: &ProjectorActivations,
         grad_x: &mut Tensor,
         params: &mut [(Tensor, Tensor); 2],
+        scratch: Option<&mut ProjectorActivations>,
     ) -> Result<()> {
         let ((w1, b1), (w2, b2)) = (&self.weights.linear_1, &self.weights.linear_2);
         let empty = self.empty_output(x)?.is_some();
@@ -172,17 +186,30 @@ impl Projector {
         for (name, g, w) in outputs.into_iter().chain([("linear_2.bias", &*gb2, b2)]) {
             check::output(name, g, w.shape(), w.dtype(), w.device())?;
         }
+        if let Some(s) = &scratch {
+            let pre = ("the pre-activation's gradient scratch", &s.pre_activation, &saved.pre_activation);
+            for (name, g, t) in [pre, ("the activation's gradient scratch", &s.activation, &saved.activation)] {
+                check::output(name, g, t.shape(), t.dtype(), t.device())?;
+            }
+        }
         if empty {
             for t in [grad_x, gw1, gb1, gw2, gb2] {
                 t.fill_zeros()?;
             }
             return Ok(());
         }
-        let mut grad_activation = Tensor::zeros(saved.activation.shape(), saved.activation.dtype(), x.device())?;
-        linear_backward_into(grad_y, &saved.activation, w2, Some(b2), &mut grad_activation, gw2, Some(gb2))?;
-        let mut grad_pre = Tensor::zeros(saved.pre_activation.shape(), saved.pre_activation.dtype(), x.device())?;
-        gelu_backward_into(&grad_activation, &saved.pre_activation, self.act, &mut grad_pre)?;
-        drop(grad_activation); // before `linear_1`'s backward: a lower peak
-        linear_backward_into(&grad_pre, x, w1, Some(b1), grad_x, gw1, Some(gb1))
+        let zeros = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), t.device());
+        let mut fresh = None;
+        let grads = match scratch {
+            Some(scratch) => scratch,
+            None => fresh.insert(ProjectorActivations {
+                pre_activation: zeros(&saved.pre_activation)?,
+                activation: zeros(&saved.activation)?,
+            }),
+        };
+        let (grad_pre, grad_activation) = (&mut grads.pre_activation, &mut grads.activation);
+        linear_backward_into(grad_y, &saved.activation, w2, Some(b2), grad_activation, gw2, Some(gb2))?;
+        gelu_backward_into(grad_activation, &saved.pre_activation, self.act, grad_pre)?;
+        linear_backward_into(grad_pre, x, w1, Some(b1), grad_x, gw1, Some(gb1))
     }
 }

@@ -5,7 +5,8 @@
 //! [`ForwardOptions::recompute`], only each layer's input, recomputing the rest in the backward); the final hidden
 //! states go to the fused log-prob and DPO kernels (or to [`Qwen2Model::causal_lm_loss`], or to materialised
 //! logits), whose gradient [`Qwen2Model::backward`] turns into the gradient of every parameter and of the input
-//! embeddings. The arena outlives the pass: the model keeps it for the next one. Inference:
+//! embeddings. The arena outlives the pass: the model keeps it for the next one (a multimodal model lays the same
+//! slots out in its own arena for its whole pass: [`crate::model::llava`]). Inference:
 //! [`Qwen2Model::extend`] runs new tokens against a [`KvCache`], which a prompt encoded once can fork into many
 //! rows ([`KvCache::fork`]).
 
@@ -27,7 +28,7 @@ use crate::ops::linear::{linear, linear_backward};
 use crate::ops::residual::add_in_place;
 use crate::ops::rmsnorm::{rmsnorm_backward_into, rmsnorm_into, RmsNormConfig};
 use crate::ops::rope::RopeConfig;
-use crate::runtime::arena::ArenaHome;
+use crate::runtime::arena::{ArenaHome, Lease, LentViews, Slot};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
 use activations::Activations;
@@ -53,7 +54,8 @@ pub struct ForwardOptions {
 }
 
 /// A forward pass over a batch, holding what the backward needs. Dropping it hands its activation arena back to the
-/// model for the next pass.
+/// model for the next pass (or, in a multimodal model's pass, lets that pass's arena go back once its other parts
+/// are done).
 #[derive(Debug)]
 pub struct ForwardPass {
     /// Token ids [N,T] when the pass started from ids (the embedding backward reads them).
@@ -62,19 +64,13 @@ pub struct ForwardPass {
     positions: Tensor,
     dims: Dims,
     recompute: bool,
-    /// Present until the pass drops.
-    acts: Option<Activations>,
-    home: ArenaHome,
+    acts: Activations,
 }
 
 impl ForwardPass {
-    fn acts(&self) -> &Activations {
-        self.acts.as_ref().expect("a pass holds its activations until it drops")
-    }
-
     /// The final hidden states `[N,T,H]` (after the final norm): the LM head's input.
     pub fn hidden(&self) -> &Tensor {
-        &self.acts().norm.y
+        &self.acts.norm.y
     }
 
     /// The attention mask `[N,T]` on the model's device.
@@ -85,15 +81,7 @@ impl ForwardPass {
     /// Bytes of activations kept for the backward and of the backward's scratch (the arena holding them may be
     /// larger when a larger batch ran before).
     pub fn activation_bytes(&self) -> usize {
-        self.acts().size_in_bytes()
-    }
-}
-
-impl Drop for ForwardPass {
-    fn drop(&mut self) {
-        if let (Some(acts), Ok(mut home)) = (self.acts.take(), self.home.lock()) {
-            *home = Some(acts.into_arena());
-        }
+        self.acts.size_in_bytes()
     }
 }
 
@@ -239,32 +227,69 @@ impl Qwen2Model {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, opts: ForwardOptions) -> Result<ForwardPass> {
         let &[n, t] = check::rank("ids", ids, 2)? else { unreachable!() };
         check::integer("ids", ids)?;
-        self.run(Inputs::Ids(ids), (n, t), mask, opts)
+        self.run(Inputs::Ids(ids), (n, t), mask, opts, None)
     }
 
     /// Forward from input embeddings `[N,T,H]` in the model's dtype (token embeddings with, for the judge, image
     /// features spliced in).
     pub fn forward_embeds(&self, embeds: &Tensor, mask: &Tensor, opts: ForwardOptions) -> Result<ForwardPass> {
+        let (n, t) = self.embeds_batch(embeds)?;
+        self.run(Inputs::Embeds(embeds), (n, t), mask, opts, None)
+    }
+
+    /// [`Qwen2Model::forward_embeds`] with the activations in the next views of an arena the caller laid out
+    /// (with [`Qwen2Model::activation_slots`] of this batch and `opts`), which `lease` keeps: a multimodal model's
+    /// one arena for its whole pass.
+    pub(crate) fn forward_embeds_in(
+        &self,
+        embeds: &Tensor,
+        mask: &Tensor,
+        opts: ForwardOptions,
+        arena: LentViews<'_>,
+    ) -> Result<ForwardPass> {
+        let (n, t) = self.embeds_batch(embeds)?;
+        self.run(Inputs::Embeds(embeds), (n, t), mask, opts, Some(arena))
+    }
+
+    /// The arena slots of a pass over `[n, t]` tokens under `opts`, in the order [`Qwen2Model::forward_embeds_in`]
+    /// takes their views.
+    pub(crate) fn activation_slots(&self, (n, t): (usize, usize), opts: ForwardOptions) -> Vec<Slot> {
+        activations::slots(&Dims::new(&self.config, n, t), self.dtype(), self.weights.layers.len(), opts.recompute)
+    }
+
+    /// `(N, T)` of input embeddings `[N,T,H]`, checked against the model's width and dtype.
+    fn embeds_batch(&self, embeds: &Tensor) -> Result<(usize, usize)> {
         let &[n, t, h] = check::rank("inputs_embeds", embeds, 3)? else { unreachable!() };
         if h != self.config.hidden_size {
             return Err(Error::Shape(format!("`inputs_embeds` has width {h}, the model {}", self.config.hidden_size)));
         }
         check::dtype("inputs_embeds", embeds, self.dtype())?;
-        self.run(Inputs::Embeds(embeds), (n, t), mask, opts)
+        Ok((n, t))
     }
 
+    /// The forward, its activations in the views `arena` gives, or in the model's own arena.
     fn run(
         &self,
         inputs: Inputs<'_>,
         (n, t): (usize, usize),
         mask: &Tensor,
         opts: ForwardOptions,
+        arena: Option<LentViews<'_>>,
     ) -> Result<ForwardPass> {
         let (mask, positions) = self.mask_and_positions((n, t), mask)?;
         let dims = Dims::new(&self.config, n, t);
         let layers = self.weights.layers.len();
-        let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
-        let mut acts = Activations::new(reuse, dims, self.dtype(), layers, opts.recompute, self.device())?;
+        let (dtype, recompute) = (self.dtype(), opts.recompute);
+        let mut acts = match arena {
+            Some((mut views, lease)) => Activations::from_views(&mut views, lease, dims, dtype, layers, recompute)?,
+            None => {
+                let slots = activations::slots(&dims, dtype, layers, recompute);
+                // SAFETY: the views go into the activations, beside the lease and dropped before it (field order);
+                // the layout has no overlay.
+                let (views, lease) = unsafe { Lease::take(&self.arena, slots, self.device())? };
+                Activations::from_views(&mut views.into_iter(), lease, dims, dtype, layers, recompute)?
+            }
+        };
         let ids = match inputs {
             Inputs::Ids(ids) => {
                 let ids = ids.to_device(self.device())?;
@@ -284,8 +309,7 @@ impl Qwen2Model {
         }
         let norm = &mut acts.norm;
         rmsnorm_into(&acts.xs[layers], &self.weights.norm, &self.norm_config(), &mut norm.y, &mut norm.rstd)?;
-        let home = self.arena.clone();
-        Ok(ForwardPass { ids, mask, positions, dims, recompute: opts.recompute, acts: Some(acts), home })
+        Ok(ForwardPass { ids, mask, positions, dims, recompute, acts })
     }
 
     /// The logits `[N,T,V]` of a pass, materialised in the model's dtype (prefer the fused kernels for losses).
@@ -325,8 +349,7 @@ impl Qwen2Model {
     /// [`Qwen2Model::backward`] into gradient buffers the caller keeps across steps (every element is written).
     pub fn backward_into(&self, mut pass: ForwardPass, grads: OutputGrads, out: &mut Qwen2Gradients) -> Result<()> {
         self.check_gradients(&pass, &grads, out)?;
-        let ForwardPass { ids, mask, positions, dims, recompute, acts, .. } = &mut pass;
-        let acts = acts.as_mut().expect("a pass holds its activations until it drops");
+        let ForwardPass { ids, mask, positions, dims, recompute, acts } = &mut pass;
         let layers = self.weights.layers.len();
         let g = &mut acts.grads;
         rmsnorm_backward_into(

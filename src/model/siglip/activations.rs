@@ -1,13 +1,20 @@
-//! The activations of a tower pass in one [`Arena`] (as Qwen2's): laid out for the batch and reused by the next
-//! pass, which gets the arena back when a pass drops.
+//! The activations of a tower pass in an [`Arena`](crate::runtime::arena::Arena) (as Qwen2's): laid out for the
+//! batch and reused by the next pass, which gets the arena back when the pass's [`Lease`] ends. The arena is the
+//! tower's own, or a multimodal model's that lays these slots out beside its language model's.
+//!
+//! A training pass's slots come in two lists: what lives from the forward to the end of the backward (the residual
+//! stream, each layer's activations, the patches), and scratch used only while the tower itself runs (the recomputed
+//! layer, the backward's buffers), which a multimodal model overlays on its language model's activations.
+
+use std::sync::Arc;
 
 use super::layer::{Dims, GradScratch, LayerActivations};
 use crate::model::views::next_view;
-use crate::runtime::arena::{Arena, Slot};
-use crate::runtime::{DType, Device, Tensor};
+use crate::runtime::arena::{Lease, Slot};
+use crate::runtime::{DType, Tensor};
 use crate::Result;
 
-/// Views of the arena. Field order matters: the views are dropped before the arena they borrow.
+/// Views of the arena. Field order matters: the views are dropped before the lease that keeps the arena.
 #[derive(Debug)]
 pub(super) struct Activations {
     /// The residual stream [N,P,H]: the embeddings, then each layer's output (L + 1 tensors); the last is the
@@ -21,56 +28,74 @@ pub(super) struct Activations {
     pub patches: Tensor,
     pub grad_patches: Tensor,
     pub grads: GradScratch,
-    arena: Arena,
+    /// Bytes these slots span laid out back to back.
+    bytes: usize,
+    _lease: Arc<Lease>,
 }
 
-fn slots(d: &Dims, patches: &[usize; 3], dtype: DType, layers: usize, recompute: bool) -> Vec<Slot> {
-    let stream = Slot::new(&d.stream(), dtype);
-    let mut slots = vec![stream; layers + 1 + usize::from(recompute)];
-    for _ in 0..if recompute { layers.min(1) } else { layers } {
-        slots.extend(LayerActivations::slots(d, dtype));
+/// The shapes of a training pass's activations.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shapes {
+    pub dims: Dims,
+    pub patches: [usize; 3],
+    pub dtype: DType,
+    pub layers: usize,
+    pub recompute: bool,
+}
+
+impl Shapes {
+    /// How many layers keep their own activations, and how many sets the recomputation shares.
+    fn layer_sets(&self) -> (usize, usize) {
+        if self.recompute {
+            (0, self.layers.min(1))
+        } else {
+            (self.layers, 0)
+        }
     }
-    slots.extend(vec![Slot::new(patches, dtype); 2]);
-    slots.extend(GradScratch::slots(d, dtype));
-    slots
+
+    /// The slots the backward reads (the residual stream, each kept layer's activations, the patches), then the
+    /// tower's scratch (the spare and the shared layer of a recomputation, the patches' gradient, the backward's
+    /// buffers): the order [`Activations::from_views`] takes them in.
+    pub fn slots(&self) -> (Vec<Slot>, Vec<Slot>) {
+        let (d, dtype) = (&self.dims, self.dtype);
+        let (kept_layers, shared_layers) = self.layer_sets();
+        let mut kept = vec![Slot::new(&d.stream(), dtype); self.layers + 1];
+        kept.extend((0..kept_layers).flat_map(|_| LayerActivations::slots(d, dtype)));
+        kept.push(Slot::new(&self.patches, dtype));
+        let mut scratch = vec![Slot::new(&d.stream(), dtype); usize::from(self.recompute)];
+        scratch.extend((0..shared_layers).flat_map(|_| LayerActivations::slots(d, dtype)));
+        scratch.push(Slot::new(&self.patches, dtype));
+        scratch.extend(GradScratch::slots(d, dtype));
+        (kept, scratch)
+    }
 }
 
 impl Activations {
-    /// Activations for `d` and `patches`, in `reuse` when it is on `device` and large enough, else in a new arena.
-    pub fn new(
-        reuse: Option<Arena>,
-        d: Dims,
-        patches: [usize; 3],
-        dtype: DType,
-        layers: usize,
-        recompute: bool,
-        device: Device,
+    /// The activations of `shapes` from the next views of an arena that `lease` keeps, in the order of
+    /// [`Shapes::slots`] (the kept slots, then the scratch).
+    pub fn from_views(
+        views: &mut impl Iterator<Item = Tensor>,
+        lease: Arc<Lease>,
+        shapes: Shapes,
     ) -> Result<Activations> {
-        let mut arena = Arena::reuse_or_new(reuse, slots(&d, &patches, dtype, layers, recompute), device)?;
-        // SAFETY: the views are stored beside the arena, in fields dropped before it, handed out only by
-        // reference, and dropped by `into_arena` before the arena leaves; the arena is not laid out again while
-        // they live.
-        let mut views = unsafe { arena.views()? }.into_iter();
-        let xs = (0..layers + 1).map(|_| next_view(&mut views)).collect::<Result<Vec<_>>>()?;
-        let spare = if recompute { Some(next_view(&mut views)?) } else { None };
-        let layers = (0..if recompute { layers.min(1) } else { layers })
-            .map(|_| LayerActivations::from_views(&mut views))
-            .collect::<Result<Vec<_>>>()?;
-        let (patches, grad_patches) = (next_view(&mut views)?, next_view(&mut views)?);
-        let grads = GradScratch::from_views(&mut views)?;
-        Ok(Activations { xs, layers, spare, patches, grad_patches, grads, arena })
+        let (kept, scratch) = shapes.slots();
+        let bytes = crate::runtime::arena::Layout::from([kept, scratch].concat()).size_in_bytes()?;
+        let (kept_layers, shared_layers) = shapes.layer_sets();
+        let xs = (0..shapes.layers + 1).map(|_| next_view(views)).collect::<Result<Vec<_>>>()?;
+        let mut layers = (0..kept_layers).map(|_| LayerActivations::from_views(views)).collect::<Result<Vec<_>>>()?;
+        let patches = next_view(views)?;
+        let spare = if shapes.recompute { Some(next_view(views)?) } else { None };
+        for _ in 0..shared_layers {
+            layers.push(LayerActivations::from_views(views)?);
+        }
+        let grad_patches = next_view(views)?;
+        let grads = GradScratch::from_views(views)?;
+        Ok(Activations { xs, layers, spare, patches, grad_patches, grads, bytes, _lease: lease })
     }
 
-    /// Bytes the activations span in the arena.
+    /// Bytes the activations span.
     pub fn size_in_bytes(&self) -> usize {
-        self.arena.used_bytes()
-    }
-
-    /// The arena, once every view of it is gone.
-    pub fn into_arena(self) -> Arena {
-        let Activations { xs, layers, spare, patches, grad_patches, grads, arena } = self;
-        drop((xs, layers, spare, patches, grad_patches, grads));
-        arena
+        self.bytes
     }
 }
 
@@ -85,30 +110,24 @@ pub(super) struct InferenceActivations {
     pub patches: Tensor,
     /// The position embeddings broadcast over the batch [N,P,H].
     pub broadcast: Tensor,
-    arena: Arena,
+    _lease: Arc<Lease>,
 }
 
 impl InferenceActivations {
-    /// Activations for `d` and `patches`, in `reuse` when it is on `device` and large enough, else in a new arena.
-    pub fn new(reuse: Option<Arena>, d: Dims, patches: [usize; 3], dtype: DType, device: Device) -> Result<Self> {
+    /// The slots, in the order [`InferenceActivations::from_views`] takes them.
+    pub fn slots(d: &Dims, patches: &[usize; 3], dtype: DType) -> Vec<Slot> {
         let mut slots = vec![Slot::new(&d.stream(), dtype); 3];
-        slots.extend(LayerActivations::slots(&d, dtype));
-        slots.push(Slot::new(&patches, dtype));
-        let mut arena = Arena::reuse_or_new(reuse, slots, device)?;
-        // SAFETY: as in `Activations::new`: the views live beside the arena in fields dropped before it, are handed
-        // out only by reference, and are dropped by `into_arena` before the arena leaves.
-        let mut views = unsafe { arena.views()? }.into_iter();
-        let xs = [next_view(&mut views)?, next_view(&mut views)?];
-        let broadcast = next_view(&mut views)?;
-        let layer = LayerActivations::from_views(&mut views)?;
-        let patches = next_view(&mut views)?;
-        Ok(InferenceActivations { xs, layer, patches, broadcast, arena })
+        slots.extend(LayerActivations::slots(d, dtype));
+        slots.push(Slot::new(patches, dtype));
+        slots
     }
 
-    /// The arena, once every view of it is gone.
-    pub fn into_arena(self) -> Arena {
-        let InferenceActivations { xs, layer, patches, broadcast, arena } = self;
-        drop((xs, layer, patches, broadcast));
-        arena
+    /// The activations of [`InferenceActivations::slots`] from the next views of an arena that `lease` keeps.
+    pub fn from_views(views: &mut impl Iterator<Item = Tensor>, lease: Arc<Lease>) -> Result<Self> {
+        let xs = [next_view(views)?, next_view(views)?];
+        let broadcast = next_view(views)?;
+        let layer = LayerActivations::from_views(views)?;
+        let patches = next_view(views)?;
+        Ok(InferenceActivations { xs, layer, patches, broadcast, _lease: lease })
     }
 }

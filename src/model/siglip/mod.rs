@@ -11,7 +11,8 @@
 //! How a LLaVA config's feature layer maps to the number of layers to run is in [`layers_for_feature_layer`] (both
 //! the Hugging Face and the original LLaVA-NeXT conventions). The tower keeps each layer's activations in one arena
 //! (or, with [`ForwardOptions::recompute`], only each layer's input), which it keeps between passes like
-//! [`crate::model::Qwen2Model`]. The backward gives the gradient of every parameter, under the checkpoint's names
+//! [`crate::model::Qwen2Model`] (inside LLaVA, the same slots lie in the whole model's arena, the tower's scratch
+//! overlaid on the language model's activations). The backward gives the gradient of every parameter, under the checkpoint's names
 //! relative to the tower's prefix, and of the pixels.
 
 mod activations;
@@ -31,10 +32,10 @@ use crate::ops::check;
 use crate::ops::layernorm::LayerNormConfig;
 use crate::ops::linear::{linear_backward_into, linear_into, linear_params_backward_into};
 use crate::ops::residual::add_in_place;
-use crate::runtime::arena::ArenaHome;
+use crate::runtime::arena::{ArenaHome, Lease, LentViews, Slot};
 use crate::runtime::{DType, Device, Tensor};
 use crate::{Error, Result};
-use activations::{Activations, InferenceActivations};
+use activations::{Activations, InferenceActivations, Shapes};
 use layer::{Dims, LayerContext};
 use patches::{patches_to_pixels, pixels_to_patches, PatchGrid};
 
@@ -49,7 +50,8 @@ pub struct SiglipVisionTower {
 }
 
 /// A forward pass over a batch of images, holding what the backward needs. Dropping it hands its activation arena
-/// back to the tower for the next pass.
+/// back to the tower for the next pass (or, in a multimodal model's pass, lets that pass's arena go back once its
+/// other parts are done).
 #[derive(Debug)]
 pub struct TowerPass {
     grid: PatchGrid,
@@ -60,33 +62,19 @@ pub struct TowerPass {
     ones: Tensor,
     /// `[N,P]` ones: no patch is padding.
     mask: Tensor,
-    /// Present until the pass drops.
-    acts: Option<Activations>,
-    home: ArenaHome,
+    acts: Activations,
 }
 
 impl TowerPass {
-    fn acts(&self) -> &Activations {
-        self.acts.as_ref().expect("a pass holds its activations until it drops")
-    }
-
     /// `[N, P, hidden]`: the output of the tower's last layer (the embeddings when it runs none), before any
     /// post-norm.
     pub fn features(&self) -> &Tensor {
-        self.acts().xs.last().expect("a pass holds at least the embeddings")
+        self.acts.xs.last().expect("a pass holds at least the embeddings")
     }
 
     /// Bytes of activations kept for the backward and of the backward's scratch.
     pub fn activation_bytes(&self) -> usize {
-        self.acts().size_in_bytes()
-    }
-}
-
-impl Drop for TowerPass {
-    fn drop(&mut self) {
-        if let (Some(acts), Ok(mut home)) = (self.acts.take(), self.home.lock()) {
-            *home = Some(acts.into_arena());
-        }
+        self.acts.size_in_bytes()
     }
 }
 
@@ -196,13 +184,63 @@ impl SiglipVisionTower {
     /// Forward over `pixel_values` `[N, C, image_size, image_size]` (any float dtype, on any device; converted to
     /// the tower's), keeping what [`SiglipVisionTower::backward`] needs.
     pub fn forward(&self, pixel_values: &Tensor, opts: ForwardOptions) -> Result<TowerPass> {
+        self.run(pixel_values, opts, None)
+    }
+
+    /// [`SiglipVisionTower::forward`] with the activations in the next views of an arena the caller laid out (with
+    /// [`SiglipVisionTower::activation_slots`] of these images and `opts`: the kept slots' views, then the
+    /// scratch's), which `lease` keeps: a multimodal model's one arena for its whole pass.
+    pub(crate) fn forward_in(
+        &self,
+        pixel_values: &Tensor,
+        opts: ForwardOptions,
+        arena: LentViews<'_>,
+    ) -> Result<TowerPass> {
+        self.run(pixel_values, opts, Some(arena))
+    }
+
+    /// The arena slots of a training pass over `images` images under `opts`: those the backward reads, and the
+    /// tower's scratch, used only while the tower runs (in its forward and its backward).
+    pub(crate) fn activation_slots(&self, images: usize, opts: ForwardOptions) -> (Vec<Slot>, Vec<Slot>) {
+        self.shapes(images, opts).slots()
+    }
+
+    /// The arena slots of [`SiglipVisionTower::encode_in`] over `images` images.
+    pub(crate) fn inference_slots(&self, images: usize) -> Vec<Slot> {
+        let shapes = self.shapes(images, ForwardOptions::default());
+        InferenceActivations::slots(&shapes.dims, &shapes.patches, shapes.dtype)
+    }
+
+    fn shapes(&self, images: usize, opts: ForwardOptions) -> Shapes {
+        let c = &self.config;
+        let grid = PatchGrid { n: images, channels: c.num_channels, image: c.image_size, patch: c.patch_size };
+        Shapes {
+            dims: Dims::new(c, images),
+            patches: grid.patches_shape(),
+            dtype: self.dtype(),
+            layers: self.layers(),
+            recompute: opts.recompute,
+        }
+    }
+
+    /// The forward, its activations in the views `arena` gives, or in the tower's own arena.
+    fn run(&self, pixel_values: &Tensor, opts: ForwardOptions, arena: Option<LentViews<'_>>) -> Result<TowerPass> {
         let grid = self.grid(pixel_values)?;
-        let (dtype, device, layers) = (self.dtype(), self.device(), self.layers());
-        let dims = Dims::new(&self.config, grid.n);
+        let (dtype, device) = (self.dtype(), self.device());
+        let shapes = self.shapes(grid.n, opts);
+        let dims = shapes.dims;
         let ones = Tensor::from_f32(&vec![1.0; grid.n], &[grid.n, 1], dtype, device)?;
         let mask = Tensor::from_slice(&vec![1i32; grid.n * dims.t], &[grid.n, dims.t], device)?;
-        let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
-        let mut acts = Activations::new(reuse, dims, grid.patches_shape(), dtype, layers, opts.recompute, device)?;
+        let mut acts = match arena {
+            Some((mut views, lease)) => Activations::from_views(&mut views, lease, shapes)?,
+            None => {
+                let (kept, scratch) = shapes.slots();
+                // SAFETY: the views go into the activations, beside the lease and dropped before it (field order);
+                // the layout has no overlay.
+                let (views, lease) = unsafe { Lease::take(&self.arena, [kept, scratch].concat(), device)? };
+                Activations::from_views(&mut views.into_iter(), lease, shapes)?
+            }
+        };
 
         self.embed_into(&grid, pixel_values, &ones, &mut acts.patches, &mut acts.grads.tmp, &mut acts.xs[0])?;
         let ctx = self.layer_context(dims, &mask)?;
@@ -211,8 +249,7 @@ impl SiglipVisionTower {
             let layer_acts = &mut acts.layers[if opts.recompute { 0 } else { l }];
             layer::forward_into(w, &ctx, &done[l], layer_acts, &mut next[0])?;
         }
-        let home = self.arena.clone();
-        Ok(TowerPass { grid, dims, recompute: opts.recompute, ones, mask, acts: Some(acts), home })
+        Ok(TowerPass { grid, dims, recompute: opts.recompute, ones, mask, acts })
     }
 
     /// The features `[N, P, hidden]` of `pixel_values` (as [`SiglipVisionTower::forward`] takes them) without
@@ -221,25 +258,43 @@ impl SiglipVisionTower {
     /// What a frozen tower runs.
     pub fn encode(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let grid = self.grid(pixel_values)?;
+        let slots = self.inference_slots(grid.n);
+        // SAFETY: the views go into the activations, beside the lease and dropped before it (field order); the
+        // layout has no overlay.
+        let (views, lease) = unsafe { Lease::take(&self.arena, slots, self.device())? };
+        let mut acts = InferenceActivations::from_views(&mut views.into_iter(), lease)?;
+        self.encode_layers(&grid, pixel_values, &mut acts)?.try_clone()
+    }
+
+    /// [`SiglipVisionTower::encode`] into `features` `[N, P, hidden]`, with the scratch in the next views of an
+    /// arena the caller laid out with [`SiglipVisionTower::inference_slots`], which `lease` keeps.
+    pub(crate) fn encode_in(&self, pixel_values: &Tensor, arena: LentViews<'_>, features: &mut Tensor) -> Result<()> {
+        let grid = self.grid(pixel_values)?;
+        let (mut views, lease) = arena;
+        let mut acts = InferenceActivations::from_views(&mut views, lease)?;
+        features.copy_from(self.encode_layers(&grid, pixel_values, &mut acts)?)
+    }
+
+    /// The encoder over `pixel_values` (checked into `grid`) in `acts`; returns the buffer holding the features.
+    fn encode_layers<'a>(
+        &self,
+        grid: &PatchGrid,
+        pixel_values: &Tensor,
+        acts: &'a mut InferenceActivations,
+    ) -> Result<&'a Tensor> {
         let (dtype, device) = (self.dtype(), self.device());
         let dims = Dims::new(&self.config, grid.n);
         let ones = Tensor::from_f32(&vec![1.0; grid.n], &[grid.n, 1], dtype, device)?;
         let mask = Tensor::from_slice(&vec![1i32; grid.n * dims.t], &[grid.n, dims.t], device)?;
-        let reuse = self.arena.lock().ok().and_then(|mut home| home.take());
-        let mut acts = InferenceActivations::new(reuse, dims, grid.patches_shape(), dtype, device)?;
         let [x, out] = &mut acts.xs;
         let (mut x, mut out) = (x, out);
-        self.embed_into(&grid, pixel_values, &ones, &mut acts.patches, &mut acts.broadcast, x)?;
+        self.embed_into(grid, pixel_values, &ones, &mut acts.patches, &mut acts.broadcast, x)?;
         let ctx = self.layer_context(dims, &mask)?;
         for w in &self.weights.layers {
             layer::forward_into(w, &ctx, x, &mut acts.layer, out)?;
             std::mem::swap(&mut x, &mut out);
         }
-        let features = x.try_clone()?;
-        if let Ok(mut home) = self.arena.lock() {
-            *home = Some(acts.into_arena());
-        }
-        Ok(features)
+        Ok(x)
     }
 
     /// The embeddings `x₀ = patches·Kᵀ + b + ones·positionᵀ` of `pixel_values` into `x0`, cutting the pixels into
@@ -287,8 +342,7 @@ impl SiglipVisionTower {
         grad_pixels: Option<&mut Tensor>,
     ) -> Result<()> {
         self.check_gradients(&pass, grad_features, weights, grad_pixels.as_deref())?;
-        let TowerPass { grid, dims, recompute, ones, mask, acts, .. } = &mut pass;
-        let acts = acts.as_mut().expect("a pass holds its activations until it drops");
+        let TowerPass { grid, dims, recompute, ones, mask, acts } = &mut pass;
         let g = &mut acts.grads;
         g.stream.copy_from(grad_features)?;
         let ctx = self.layer_context(*dims, mask)?;

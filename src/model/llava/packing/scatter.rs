@@ -84,13 +84,22 @@ impl ScatterMap {
     /// nothing from the embedding backward (as `masked_scatter`'s backward gives `inputs_embeds`).
     pub fn backward(&self, grad_embeddings: &mut Tensor) -> Result<Tensor> {
         let c = self.check_embeddings("grad_embeddings", grad_embeddings)?;
+        let (dtype, device) = (grad_embeddings.dtype(), grad_embeddings.device());
+        let mut grad_packed = Tensor::zeros(&[self.positions.len(), c], dtype, device)?;
+        self.backward_into(grad_embeddings, &mut grad_packed)?;
+        Ok(grad_packed)
+    }
+
+    /// [`ScatterMap::backward`] into `grad_packed` (`[rows, C]` in `grad_embeddings`' dtype, on its device, e.g. a
+    /// view of a pass's arena), every row of which is written.
+    pub fn backward_into(&self, grad_embeddings: &mut Tensor, grad_packed: &mut Tensor) -> Result<()> {
+        let c = self.check_embeddings("grad_embeddings", grad_embeddings)?;
         check::float("grad_embeddings", grad_embeddings)?;
         let (dtype, device) = (grad_embeddings.dtype(), grad_embeddings.device());
         let rows = self.positions.len();
-        let mut grad_packed = Tensor::zeros(&[rows, c], dtype, device)?;
-        copy_rows(grad_embeddings, &self.positions, &mut grad_packed, &(0..rows).collect::<Vec<_>>())?;
+        check::output("grad_packed", grad_packed, &[rows, c], dtype, device)?;
+        copy_rows(grad_embeddings, &self.positions, grad_packed, &(0..rows).collect::<Vec<_>>())?;
         let zero = Tensor::zeros(&[1, c], dtype, device)?;
-        copy_rows(&zero, &vec![0; rows], grad_embeddings, &self.positions)?;
-        Ok(grad_packed)
+        copy_rows(&zero, &vec![0; rows], grad_embeddings, &self.positions)
     }
 }

@@ -263,3 +263,34 @@ fn tasks_are_checked_and_without_a_list_every_record_is_one_task() {
     assert!(err.contains("`micro_batches[0][1]` has no `task` field"), "{err}");
     assert_eq!(trainer.trainer().optimizer().steps_done(), 1, "a refused step counted");
 }
+
+/// A record within `--max-len` but longer than the model's positions (the fixture takes 64 tokens) is a bad record
+/// like any too-long one: the run skips and reports it by line, the stepped trainer refuses it by name, before
+/// anything runs — not a shape error in the middle of a run.
+#[test]
+fn a_record_longer_than_the_model_takes_is_a_bad_record() {
+    let scratch = Scratch::new("sft-records-positions");
+    let long = format!(
+        r#"{{"conversations": [{{"from": "human", "value": "{}?"}}, {{"from": "gpt", "value": "yes"}}]}}"#,
+        "good ".repeat(80)
+    );
+    let mut lines = records(3);
+    lines.insert(1, long.clone());
+    std::fs::write(scratch.path("data.jsonl"), lines.join("\n") + "\n").unwrap();
+    let run = SftRun {
+        model: scratch.path("model"),
+        data: scratch.path("data.jsonl"),
+        out: scratch.path("run"),
+        train: TrainOptions { epochs: 1, lr: 1e-3, batch_size: 4, ..TrainOptions::default() },
+        ..SftRun::default()
+    };
+    let outcome = run.run(&AtomicBool::new(false), |_, _| {}).unwrap();
+    assert_eq!((outcome.data.kept(), outcome.data.bad.len()), (3, 1), "{:?}", outcome.data);
+    let bad = outcome.data.bad[0].to_string();
+    assert!(bad.contains("line 2") && bad.contains("more than the maximum length 64"), "{bad}");
+
+    let mut trainer = SftRecordTrainer::new(&scratch.path("model"), &options(1)).unwrap();
+    let err = trainer.step(&[vec![lines[0].as_str(), long.as_str()]]).unwrap_err().to_string();
+    assert!(err.contains("`micro_batches[0][1]`") && err.contains("more than the maximum length 64"), "{err}");
+    assert_eq!(trainer.trainer().optimizer().steps_done(), 0);
+}

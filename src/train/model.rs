@@ -127,6 +127,12 @@ impl TrainModel {
         }
     }
 
+    /// The longest sequence the model takes: its language model's `max_position_embeddings` (a LLaVA model's
+    /// image and video tokens counted).
+    pub fn max_positions(&self) -> usize {
+        self.language_model().config.max_position_embeddings
+    }
+
     /// The loader of a LLaVA model's media (`None` for a text-only model).
     pub fn media_loader(&self) -> Option<&MediaLoader> {
         match self {

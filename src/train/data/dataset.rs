@@ -47,6 +47,14 @@ pub struct DataOptions {
     pub task_field: String,
 }
 
+impl DataOptions {
+    /// These options for a model that takes at most `positions` tokens: a longer record is a bad record (counted and
+    /// reported with its line, skipped or refused as `bad_records` says), not an error in the middle of a run.
+    pub fn within(self, positions: usize) -> DataOptions {
+        DataOptions { max_len: self.max_len.min(positions), ..self }
+    }
+}
+
 impl Default for DataOptions {
     fn default() -> Self {
         DataOptions {

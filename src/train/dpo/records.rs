@@ -61,7 +61,8 @@ impl DpoRecordTrainer {
             true => Some(load(reference.unwrap_or(policy))?),
             false => None,
         };
-        let data = DataOptions { media_folder: options.media_folder.clone(), ..train.data() };
+        let positions = trainer.model().max_positions();
+        let data = DataOptions { media_folder: options.media_folder.clone(), ..train.data() }.within(positions);
         Ok(DpoRecordTrainer {
             trainer,
             reference,

@@ -8,9 +8,7 @@ use super::reference::{self, CacheKey, CACHE_FILE};
 use super::{needs_reference, reference_logps, DpoStepMetrics, DpoTrainer, DpoTrainerConfig, PairBatch, PairLogps};
 use crate::ops::preference::{BcoDelta, DpoConfig};
 use crate::runtime::DType;
-use crate::train::data::{
-    collate_pairs, BatchSampler, ConversationTokenizer, DataReport, DataSource, MediaLoader, PairDataset,
-};
+use crate::train::data::{collate_pairs, BatchSampler, ConversationTokenizer, DataReport, DataSource, PairDataset};
 use crate::train::model::TrainModel;
 use crate::train::run::{
     data_options_for, drive, latest_checkpoint, load_run_state, refuse_media_without_loader, save_run_checkpoint_with,
@@ -176,12 +174,10 @@ impl DpoRun {
 
     /// The pair file, its prompts' media decoded and their placeholders expanded for a LLaVA-OneVision policy
     /// (`media`); a text-only policy refuses a record with media.
-    fn load_pairs(
-        &self,
-        tokenizer: &ConversationTokenizer,
-        media: Option<&MediaLoader>,
-    ) -> Result<(PairDataset, DataReport)> {
-        let options = data_options_for(&self.train, &self.pairs, self.media_folder.as_deref());
+    fn load_pairs(&self, tokenizer: &ConversationTokenizer, model: &TrainModel) -> Result<(PairDataset, DataReport)> {
+        let options =
+            data_options_for(&self.train, &self.pairs, self.media_folder.as_deref()).within(model.max_positions());
+        let media = model.media_loader();
         let (data, report) =
             PairDataset::load_pairs_with_media(&[DataSource::new(&self.pairs)], tokenizer, &options, media)?;
         if media.is_none() {
@@ -206,7 +202,7 @@ impl DpoRun {
         let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
         let weights_dir = resumed.as_ref().map_or(self.policy.as_path(), |(_, dir)| dir.as_path());
         let model = TrainModel::load(weights_dir, DType::F32, train.device, self.video_frames)?;
-        let (data, report) = self.load_pairs(&tokenizer, model.media_loader())?;
+        let (data, report) = self.load_pairs(&tokenizer, &model)?;
         if data.examples.is_empty() {
             let first = report.bad.first().map_or(String::new(), |b| format!("; first: {b}"));
             return Err(Error::InvalidArgument(format!(

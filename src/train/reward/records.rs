@@ -45,7 +45,8 @@ impl RewardRecordTrainer {
             loss,
             ..RewardTrainerConfig::default()
         };
-        let data = DataOptions { media_folder: options.media_folder.clone(), ..train.data() };
+        let data =
+            DataOptions { media_folder: options.media_folder.clone(), ..train.data() }.within(loaded.max_positions());
         let mut trainer = RewardTrainer::new(loaded, score, config)?;
         options.restore(trainer.optimizer_mut())?;
         Ok(RewardRecordTrainer {

@@ -277,7 +277,9 @@ impl RewardRun {
         let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
         let (model, score) = load_reward_model(weights_dir, train.device, self.video_frames, train.seed)?;
         let media = model.media_loader();
-        let (data, margins, report) = self.data.load(&tokenizer, &self.data_options(self.data.path()), media)?;
+        let positions = model.max_positions();
+        let (data, margins, report) =
+            self.data.load(&tokenizer, &self.data_options(self.data.path(), positions), media)?;
         let k = data.examples[0].responses.len();
         let path = self.data.path().display();
         match self.loss {
@@ -301,7 +303,7 @@ impl RewardRun {
                     RewardData::Rankings(_) => RewardData::Rankings(file.clone()),
                 };
                 let (eval_data, eval_margins, eval_report) =
-                    held_out.load(&tokenizer, &self.data_options(file), media)?;
+                    held_out.load(&tokenizer, &self.data_options(file, positions), media)?;
                 let eval_k = eval_data.examples[0].responses.len();
                 if eval_k != k || (eval_margins.is_some() && matches!(self.loss, RewardLoss::Kwise(_))) {
                     return Err(Error::InvalidArgument(format!(
@@ -346,8 +348,9 @@ impl RewardRun {
         })
     }
 
-    /// How the file at `path` is read: media paths relative to `media_folder`, else to the file's folder.
-    fn data_options(&self, path: &Path) -> DataOptions {
-        data_options_for(&self.train, path, self.media_folder.as_deref())
+    /// How the file at `path` is read: media paths relative to `media_folder`, else to the file's folder; records
+    /// longer than the model's `positions` are bad records.
+    fn data_options(&self, path: &Path, positions: usize) -> DataOptions {
+        data_options_for(&self.train, path, self.media_folder.as_deref()).within(positions)
     }
 }

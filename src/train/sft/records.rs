@@ -45,7 +45,8 @@ impl SftRecordTrainer {
             tasks: 1,
             ..SftConfig::default()
         };
-        let data = DataOptions { media_folder: options.media_folder.clone(), ..train.data() };
+        let data =
+            DataOptions { media_folder: options.media_folder.clone(), ..train.data() }.within(loaded.max_positions());
         let mut trainer = SftTrainer::new(loaded, config)?;
         options.restore(trainer.optimizer_mut())?;
         Ok(SftRecordTrainer {

@@ -13,8 +13,8 @@ use super::bench::TrainingBench;
 use super::{SftConfig, SftEvaluation, SftStepMetrics, SftTrainer};
 use crate::runtime::DType;
 use crate::train::data::{
-    collate_conversations, BatchSampler, ConversationTokenizer, DataReport, DataSource, MediaLoader, SequenceBatch,
-    SftDataset, DEFAULT_VIDEO_FRAMES,
+    collate_conversations, BatchSampler, ConversationTokenizer, DataReport, DataSource, SequenceBatch, SftDataset,
+    DEFAULT_VIDEO_FRAMES,
 };
 use crate::train::model::TrainModel;
 use crate::train::run::{
@@ -192,10 +192,10 @@ impl SftRun {
         let resumed = if train.resume { latest_checkpoint(&self.out) } else { None };
         let weights_dir = resumed.as_ref().map_or(self.model.as_path(), |(_, dir)| dir.as_path());
         let mut model = TrainModel::load(weights_dir, DType::F32, train.device, self.video_frames)?;
-        let (data, report) = self.load_data(&self.data, &tokenizer, model.media_loader())?;
+        let (data, report) = self.load_data(&self.data, &tokenizer, &model)?;
         let (eval, eval_data) = match &self.eval {
             Some(path) => {
-                let (eval, report) = self.load_data(path, &tokenizer, model.media_loader())?;
+                let (eval, report) = self.load_data(path, &tokenizer, &model)?;
                 (Some(self.eval_batches(&eval, &data.tasks, &tokenizer, path)?), Some(report))
             }
             None => (None, None),
@@ -236,9 +236,10 @@ impl SftRun {
         &self,
         path: &Path,
         tokenizer: &ConversationTokenizer,
-        media: Option<&MediaLoader>,
+        model: &TrainModel,
     ) -> Result<(SftDataset, DataReport)> {
-        let options = data_options_for(&self.train, path, self.media_folder.as_deref());
+        let options = data_options_for(&self.train, path, self.media_folder.as_deref()).within(model.max_positions());
+        let media = model.media_loader();
         let sources = [DataSource::new(path)];
         let (data, report) = SftDataset::load_conversations_with_media(&sources, tokenizer, &options, media)?;
         if media.is_none() {

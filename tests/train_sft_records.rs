@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 
 use unireward::train::run::{StepOptions, TrainOptions};
-use unireward::train::sft::{SftRecordTrainer, SftRun, SftStepMetrics};
+use unireward::train::sft::{SftOutcome, SftRecordTrainer, SftRun, SftStepMetrics};
 
 mod common;
 use common::Scratch;
@@ -27,11 +27,9 @@ fn options(total_steps: usize) -> StepOptions {
     StepOptions { lr: 1e-3, weight_decay: 0.01, total_steps, ..StepOptions::default() }
 }
 
-#[test]
-fn record_steps_equal_a_run_on_the_same_batches_bitwise() {
-    let scratch = Scratch::new("sft-records");
-    let (n, steps) = (4, 5);
-    let lines = records(n);
+/// `SftRun` for `steps` epochs of `lines` (written to the scratch's data file) in one batch of them all, with
+/// [`options`]' learning rate and weight decay: the run, its outcome and its logged steps.
+fn one_batch_run(scratch: &Scratch, lines: &[String], steps: usize) -> (SftRun, SftOutcome, Vec<SftStepMetrics>) {
     std::fs::write(scratch.path("data.jsonl"), lines.join("\n") + "\n").unwrap();
     let run = SftRun {
         model: scratch.path("model"),
@@ -41,7 +39,7 @@ fn record_steps_equal_a_run_on_the_same_batches_bitwise() {
             epochs: steps,
             lr: 1e-3,
             weight_decay: 0.01,
-            batch_size: n,
+            batch_size: lines.len(),
             seed: 11,
             ..TrainOptions::default()
         },
@@ -49,6 +47,15 @@ fn record_steps_equal_a_run_on_the_same_batches_bitwise() {
     };
     let mut logged: Vec<SftStepMetrics> = Vec::new();
     let outcome = run.run(&AtomicBool::new(false), |m, _| logged.push(m.clone())).unwrap();
+    (run, outcome, logged)
+}
+
+#[test]
+fn record_steps_equal_a_run_on_the_same_batches_bitwise() {
+    let scratch = Scratch::new("sft-records");
+    let (n, steps) = (4, 5);
+    let lines = records(n);
+    let (run, outcome, logged) = one_batch_run(&scratch, &lines, steps);
     assert_eq!(outcome.steps_done, steps as u64);
 
     let mut trainer = SftRecordTrainer::new(&scratch.path("model"), &options(steps)).unwrap();
@@ -186,25 +193,8 @@ fn tasked_records(n: usize) -> Vec<String> {
 #[test]
 fn per_task_losses_equal_a_run_on_the_same_batches_bitwise() {
     let scratch = Scratch::new("sft-records-tasks");
-    let (n, steps) = (4, 3);
-    let lines = tasked_records(n);
-    std::fs::write(scratch.path("data.jsonl"), lines.join("\n") + "\n").unwrap();
-    let run = SftRun {
-        model: scratch.path("model"),
-        data: scratch.path("data.jsonl"),
-        out: scratch.path("run"),
-        train: TrainOptions {
-            epochs: steps,
-            lr: 1e-3,
-            weight_decay: 0.01,
-            batch_size: n,
-            seed: 11,
-            ..TrainOptions::default()
-        },
-        ..SftRun::default()
-    };
-    let mut logged: Vec<SftStepMetrics> = Vec::new();
-    run.run(&AtomicBool::new(false), |m, _| logged.push(m.clone())).unwrap();
+    let (lines, steps) = (tasked_records(4), 3);
+    let (_, _, logged) = one_batch_run(&scratch, &lines, steps);
 
     // A step on a's records alone: b's loss is absent, and the tokens are a's.
     let mut only_a = SftRecordTrainer::new(&scratch.path("model"), &options(1)).unwrap();

@@ -376,9 +376,9 @@ impl LlavaOnevisionModel {
         let shape = PassShape { tokens: (n, t), tiles, packed_rows: plan.rows(), opts, tower_backward, language_model };
         let parts =
             Parts { tower: &self.vision_tower, language_model: &self.language_model, dtype: self.dtype(), device };
-        // SAFETY: every view goes into the provenance (or the passes made from it), beside a clone of the lease and
-        // dropped before it; the vision scratch is used below and in the backward, after the language model's pass
-        // is consumed, the language model's views only by that pass.
+        // The views go into the provenance (or the passes made from it) beside a clone of the lease, dropped before it.
+        // SAFETY: that drop order, and the overlay used in turn: the vision scratch here and in the backward after
+        // the language model's pass is consumed, the language model's views only by that pass.
         let PassViews { vision, mut embeds, language_model, lease } =
             unsafe { pass_arena::take(&self.arena, &parts, &shape)? };
         embedding_into(&self.language_model.weights.embed_tokens, &lookup_ids, &mut embeds)?;

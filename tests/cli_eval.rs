@@ -1,7 +1,7 @@
 //! `unireward eval` on a small benchmark file judged by the tiny LLaVA-OneVision judge of tests/judge_checkpoint: the
 //! summary must be the metrics of the printed per-pair verdicts, a run killed mid-way and resumed writes the bytes
 //! and reports the metrics of an uninterrupted one (a resume with another --batch is refused, the file untouched),
-//! and a bad line must fail naming its line and field.
+//! `--reasoned` judges as the library's reasoned benchmark run, and a bad line must fail naming its line and field.
 
 mod common;
 mod judge_checkpoint;
@@ -50,6 +50,44 @@ fn summary_is_the_metrics_of_the_verdicts() {
     assert!((summary["position_consistency"].as_f64().unwrap() - consistent as f64 / 4.0).abs() < 1e-12);
     let ece = summary["ece"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ece));
+}
+
+#[test]
+fn reasoned_runs_judge_as_the_library_does() {
+    let dir = judge_dir("eval-reasoned");
+    let c = image("anyres_0.png");
+    let c = c.to_str().unwrap();
+    let lines = [
+        format!(
+            r#"{{"task": "image-understanding", "question": "q", "media": "{c}", "candidates": ["x", "y"], "label": "B"}}"#
+        ),
+        format!(
+            r#"{{"task": "image-understanding", "question": "r", "media": "{c}", "candidates": ["z", "x"], "label": "A"}}"#
+        ),
+    ];
+    let data = dir.0.join("bench.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let (model, data_arg) = (dir.0.to_str().unwrap(), data.to_str().unwrap());
+    let out = unireward(&["--model", model, "--data", data_arg, "--reasoned", "--max-new-tokens", "3", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let judge = unireward::judge::Judge::load(&dir.0, unireward::DType::F32, unireward::Device::Cpu).unwrap();
+    let pairs = unireward::judge::bench::read_bench_file(&data, &dir.0).unwrap();
+    let cfg = unireward::judge::GenerationConfig { max_new_tokens: 3, ..Default::default() };
+    let options = unireward::judge::bench::BenchOptions { reasoned: Some(cfg), ..Default::default() };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let expected = unireward::judge::bench::evaluate_bench(&judge, &pairs, &options, &never, |_, _| {}).unwrap();
+    for (printed, result) in got["pairs"].as_array().unwrap().iter().zip(&expected.results) {
+        assert_eq!(printed["verdict"], result.verdict.as_str());
+        let probs: Vec<f64> = printed["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
+        assert_eq!(probs, result.probs);
+    }
+    assert_eq!(got["summary"], serde_json::to_value(&expected.summary).unwrap());
+
+    let out = unireward(&["--model", model, "--data", data_arg, "--max-new-tokens", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reasoned"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

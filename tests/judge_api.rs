@@ -134,6 +134,41 @@ fn reasoned_judgment_reports_its_text_and_parse() {
 }
 
 #[test]
+fn a_reasoned_pair_from_both_orders_is_the_two_orders_reasoned_and_combined() {
+    let (_dir, judge) = judge("reasoned_both");
+    let mut context = Context::with_field("question", "What moves?");
+    context.media = vec![MediaFile::Image(image("downsampled_0.png"))];
+    let request = |first: &str, second: &str| JudgeRequest {
+        task: Task::ImageUnderstanding,
+        mode: Mode::Pairwise,
+        context: context.clone(),
+        candidates: vec![Candidate::Text(first.into()), Candidate::Text(second.into())],
+    };
+    // Sampled, so that the two orders generate different answers of several tokens.
+    let cfg = GenerationConfig { max_new_tokens: 5, temperature: 2.0, seed: 3, ..Default::default() };
+    let both = judge.reasoned_both_orders(&request("red", "a blue one"), &cfg).unwrap();
+    let forward = judge.reasoned(&request("red", "a blue one"), &cfg).unwrap();
+    let swapped = judge.reasoned(&request("a blue one", "red"), &cfg).unwrap();
+    let pair = both.pair.expect("both orders");
+    assert_eq!(both.reasoning, forward.reasoning, "the forward order's reasoning");
+    // No tie phrase for understanding: each order has two classes.
+    assert_eq!((forward.probs.len(), swapped.probs.len()), (2, 2));
+    assert_eq!(pair.forward, [forward.probs[0], forward.probs[1], 0.0]);
+    assert_eq!(pair.swapped, [swapped.probs[1], swapped.probs[0], 0.0]);
+    for i in 0..3 {
+        assert_eq!(pair.debiased[i], 0.5 * (pair.forward[i] + pair.swapped[i]));
+    }
+    assert_eq!(both.probs, pair.debiased);
+    let best = if pair.debiased[0] >= pair.debiased[1] { Verdict::First } else { Verdict::Second };
+    assert_eq!(both.verdict, Some(best));
+
+    let point =
+        JudgeRequest { mode: Mode::Pointwise, candidates: vec![Candidate::Text("red".into())], ..request("a", "b") };
+    let err = judge.reasoned_both_orders(&point, &cfg).unwrap_err().to_string();
+    assert!(err.contains("pointwise judgment has one order"), "{err}");
+}
+
+#[test]
 fn reasoned_verdict_is_scored_after_the_generated_tokens() {
     let (dir, mut judge) = judge("reasoned_tokens");
     // Generation between two letters that the tokenizer merges ("h" "e" → "he"): the answer's text encodes to

@@ -72,6 +72,13 @@ pub struct Reasoning {
     pub reasoning_tokens: usize,
 }
 
+/// One order of a reasoned judgment: its classes' probabilities after the reasoning, and the reasoning.
+struct ReasonedOrder {
+    probs: ClassProbabilities,
+    prompt_tokens: usize,
+    reasoning: Reasoning,
+}
+
 /// A judgment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JudgeResult {
@@ -289,9 +296,46 @@ impl Judge {
     /// the final verdict or score given the generated reasoning: the generated tokens whose text ends at or before
     /// the answer's last verdict phrase or score prefix, scored as generated (never decoded and encoded again).
     pub fn reasoned(&self, request: &JudgeRequest, cfg: &GenerationConfig) -> Result<JudgeResult> {
-        let template = self.template(request.task, request.mode)?;
         let start = Instant::now();
-        let Rendered { text, media } = self.render(request, false)?;
+        let answers = AnswerClasses::for_grammar(&self.template(request.task, request.mode)?.answer, &self.tokenizer)?;
+        let forward = self.reasoned_order(request, false, &answers, cfg)?;
+        let mut out = result(request, &answers, &forward.probs, None, forward.prompt_tokens);
+        out.reasoning = Some(forward.reasoning);
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// A reasoned pairwise judgment from both orders: each order's answer generated and its verdict read as
+    /// [`Judge::reasoned`] reads it, the two combined as one-pass verdicts are ([`PairVerdict`]: the position bias
+    /// cancels). `reasoning` is the forward order's. A pointwise request is refused.
+    pub fn reasoned_both_orders(&self, request: &JudgeRequest, cfg: &GenerationConfig) -> Result<JudgeResult> {
+        if request.mode != Mode::Pairwise {
+            return Err(Error::InvalidArgument(format!(
+                "a {} judgment has one order: judge it with `reasoned`",
+                request.mode
+            )));
+        }
+        let start = Instant::now();
+        let answers = AnswerClasses::for_grammar(&self.template(request.task, request.mode)?.answer, &self.tokenizer)?;
+        let forward = self.reasoned_order(request, false, &answers, cfg)?;
+        let swapped = self.reasoned_order(request, true, &answers, cfg)?;
+        let mut out = result(request, &answers, &forward.probs, Some(&swapped.probs), forward.prompt_tokens);
+        out.reasoning = Some(forward.reasoning);
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// One order of a reasoned judgment (swapped when `swap`): the answer generated and parsed, and the classes'
+    /// one-pass probabilities after the reasoning it generated.
+    fn reasoned_order(
+        &self,
+        request: &JudgeRequest,
+        swap: bool,
+        answers: &AnswerClasses,
+        cfg: &GenerationConfig,
+    ) -> Result<ReasonedOrder> {
+        let template = self.template(request.task, request.mode)?;
+        let Rendered { text, media } = self.render(request, swap)?;
         let pixels = self.load_media(&media)?;
         let inputs: Vec<MediaInput<'_>> = pixels.iter().map(MediaInput::image).collect();
         let ids = self.prompt_ids(&text, &pixels)?;
@@ -306,7 +350,6 @@ impl Judge {
         };
         let answer = self.tokenizer.decode(&new_tokens, true)?;
         let parsed = parse_answer(&answer, &template.answer);
-        let answers = AnswerClasses::for_grammar(&template.answer, &self.tokenizer)?;
         let reasoning = &answer[..reasoning_end(&answer, &answers.labels, &template.answer)];
         let until_stop = match new_tokens.last() {
             Some(last) if cfg.stop_tokens.contains(last) => &new_tokens[..new_tokens.len() - 1],
@@ -315,17 +358,18 @@ impl Judge {
         let reasoning_tokens = reasoning_tokens(&self.tokenizer, until_stop, reasoning)?;
         let mut with_reasoning = ids.clone();
         with_reasoning.extend(new_tokens[..reasoning_tokens].iter().map(|&id| i64::from(id)));
-        let (mut probs, _) = one_pass(&self.model, &[with_reasoning], &inputs, &answers)?;
-        let mut out = result(request, &answers, &probs.remove(0), None, ids.len());
-        out.reasoning = Some(Reasoning {
-            text: answer,
-            parsed,
-            generated_tokens: new_tokens.len(),
-            tokens: new_tokens,
-            reasoning_tokens,
-        });
-        out.seconds = start.elapsed().as_secs_f64();
-        Ok(out)
+        let (mut probs, _) = one_pass(&self.model, &[with_reasoning], &inputs, answers)?;
+        Ok(ReasonedOrder {
+            probs: probs.remove(0),
+            prompt_tokens: ids.len(),
+            reasoning: Reasoning {
+                text: answer,
+                parsed,
+                generated_tokens: new_tokens.len(),
+                tokens: new_tokens,
+                reasoning_tokens,
+            },
+        })
     }
 
     /// The rendered prompt of `request` (in swapped order when `swap`) and its media in prompt order, after every

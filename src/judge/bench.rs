@@ -1,7 +1,8 @@
-//! A judge on a pairwise benchmark file (JSONL, one pair a line), one-pass from both orders, with the papers'
-//! metrics: GenAI-Bench / VideoGen-RewardBench `tau` and `diff` for generation tasks, VL-RewardBench general /
-//! hallucination / reasoning accuracy with overall and macro average for understanding tasks, plus position
-//! consistency and the expected calibration error of the debiased verdict probabilities (see [`super::metrics`]).
+//! A judge on a pairwise benchmark file (JSONL, one pair a line), from both orders (one-pass verdicts, or reasoned
+//! judgments: [`BenchOptions::reasoned`]), with the papers' metrics: GenAI-Bench / VideoGen-RewardBench `tau` and
+//! `diff` for generation tasks, VL-RewardBench general / hallucination / reasoning accuracy with overall and macro
+//! average for understanding tasks, plus position consistency and the expected calibration error of the debiased
+//! verdict probabilities (see [`super::metrics`]).
 //!
 //! A line: `{"task": "image-generation", "caption": "…", "candidates": ["a.png", "b.png"], "label": "A"}` for
 //! generation tasks (candidates: media paths), `{"task": "image-understanding", "question": "…", "media": "x.png",
@@ -24,7 +25,7 @@ use super::metrics::{
     expected_calibration_error, pairwise_accuracy, position_consistency, swapped, vl_reward_bench_accuracy, VlCategory,
     DEFAULT_CALIBRATION_BINS,
 };
-use super::{Candidate, Context, Judge, JudgeRequest, MediaFile, Mode, Task};
+use super::{Candidate, Context, GenerationConfig, Judge, JudgeRequest, MediaFile, Mode, Task};
 use crate::pipeline::append::{read_complete_lines, JsonlAppender};
 use crate::{Error, Result};
 
@@ -120,7 +121,7 @@ pub fn read_bench_file(path: &Path, media_folder: &Path) -> Result<Vec<BenchPair
 }
 
 /// How a benchmark is judged.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BenchOptions {
     /// Pairs judged per batch (at least 1). Batches start at multiples of it, whatever a resumed run starts from.
     pub batch: usize,
@@ -129,6 +130,10 @@ pub struct BenchOptions {
     /// Continue the run whose `out` this is, after its last complete batch; the run must have used the same batch
     /// size (the batches then hold the same pairs and the file the same bytes as an uninterrupted run's).
     pub resume: bool,
+    /// Reasoned judgments (each order's answer generated, then its verdict read: [`Judge::reasoned_both_orders`],
+    /// one pair at a time) with this generation; `None`: one-pass verdicts, batched. A judge trained to reason
+    /// before its verdict is only measured this way.
+    pub reasoned: Option<GenerationConfig>,
 }
 
 impl BenchOptions {
@@ -146,7 +151,7 @@ impl BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { batch: 8, out: None, resume: false }
+        BenchOptions { batch: 8, out: None, resume: false, reasoned: None }
     }
 }
 
@@ -169,6 +174,9 @@ pub struct PairResult {
     /// The most probable verdict of each order, in the pair's own positions.
     pub forward: String,
     pub swapped: String,
+    /// Judged with reasoning of at most this many generated tokens (absent: one-pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoned_max_new_tokens: Option<usize>,
 }
 
 impl PairResult {
@@ -244,7 +252,7 @@ fn most_probable(p: [f32; 3]) -> Verdict {
     [Verdict::First, Verdict::Second, Verdict::Tie][best]
 }
 
-/// Judges `pairs` in batches of `options.batch` (one-pass, both orders), appending each batch's results to
+/// Judges `pairs` in batches of `options.batch` (both orders; one-pass, or reasoned per `options.reasoned`), appending each batch's results to
 /// `options.out` when given. The options and a resumed file are checked before anything is judged or written.
 /// `stop` is read before each batch; `on_progress(done, total)` follows each. The summary is that of every result
 /// (read back from `out` when given).
@@ -263,7 +271,8 @@ pub fn evaluate_bench(
         None => (None, Vec::new()),
         Some(out) if options.resume => {
             // Checked before the file is cut back to whole batches: another run's lines are never removed.
-            check_resumed(out, &read_results(&read_complete_lines(out, MAX_BENCH_BYTES)?, out)?, pairs, options.batch)?;
+            let judged = read_results(&read_complete_lines(out, MAX_BENCH_BYTES)?, out)?;
+            check_resumed(out, &judged, pairs, options)?;
             let (output, lines) = JsonlAppender::resume(out, options.batch, MAX_BENCH_BYTES)?;
             (Some(output), read_results(&lines, out)?)
         }
@@ -275,10 +284,12 @@ pub fn evaluate_bench(
             interrupted = true;
             break;
         }
-        let requests: Vec<JudgeRequest> = chunk.iter().map(|p| p.request.clone()).collect();
-        let batch = judge.judge_many(&requests)?;
+        let judged = match &options.reasoned {
+            None => judge.judge_many(&chunk.iter().map(|p| p.request.clone()).collect::<Vec<_>>())?.results,
+            Some(cfg) => chunk.iter().map(|p| judge.reasoned_both_orders(&p.request, cfg)).collect::<Result<_>>()?,
+        };
         let mut lines = String::new();
-        for (i, (pair, result)) in chunk.iter().zip(batch.results).enumerate() {
+        for (i, (pair, result)) in chunk.iter().zip(judged).enumerate() {
             let verdict = result.pair.ok_or_else(|| invalid("a pairwise result holds both orders".into()))?;
             // The swapped order's own verdict, in its positions (its "first" is candidate B).
             let [a, b, tie] = verdict.swapped;
@@ -292,6 +303,7 @@ pub fn evaluate_bench(
                 probs: verdict.debiased.map(f64::from),
                 forward: verdict_name(most_probable(verdict.forward)).into(),
                 swapped: verdict_name(most_probable([b, a, tie])).into(),
+                reasoned_max_new_tokens: options.reasoned.as_ref().map(|cfg| cfg.max_new_tokens),
             };
             lines += &judged.line();
             results.push(judged);
@@ -310,7 +322,9 @@ pub fn evaluate_bench(
 }
 
 /// Refuses to continue an output that is not this benchmark's first pairs, or was judged in other batches.
-fn check_resumed(out: &Path, results: &[PairResult], pairs: &[BenchPair], batch: usize) -> Result<()> {
+fn check_resumed(out: &Path, results: &[PairResult], pairs: &[BenchPair], options: &BenchOptions) -> Result<()> {
+    let batch = options.batch;
+    let reasoned = options.reasoned.as_ref().map(|cfg| cfg.max_new_tokens);
     if results.len() > pairs.len() {
         return Err(invalid(format!(
             "--resume: {} has {} pairs, the benchmark {}: another run's output",
@@ -328,6 +342,17 @@ fn check_resumed(out: &Path, results: &[PairResult], pairs: &[BenchPair], batch:
                 i + 1,
                 r.batch,
                 r.batch
+            )));
+        }
+        if r.reasoned_max_new_tokens != reasoned {
+            let how =
+                |m: Option<usize>| m.map_or("one-pass".to_string(), |m| format!("reasoned (--max-new-tokens {m})"));
+            return Err(invalid(format!(
+                "--resume: {} line {} was judged {}, this run {}: resume it as it was judged",
+                out.display(),
+                i + 1,
+                how(r.reasoned_max_new_tokens),
+                how(reasoned)
             )));
         }
         let same = r.index == i && r.task == pair.request.task.name() && r.label == verdict_name(pair.truth);

@@ -1,6 +1,6 @@
-//! `unireward eval`: a judge on a pairwise benchmark file (JSONL, one pair a line), one-pass from both orders, with
-//! the papers' metrics — [`unireward::judge::bench`] behind a command line (the file format and the metrics are
-//! documented there).
+//! `unireward eval`: a judge on a pairwise benchmark file (JSONL, one pair a line), from both orders — one-pass, or
+//! reasoned with `--reasoned` — with the papers' metrics: [`unireward::judge::bench`] behind a command line (the file
+//! format and the metrics are documented there).
 //!
 //! With `--out`, every pair's result is appended to a JSONL file as its batch finishes (flushed to disk), `--resume`
 //! continues after the last complete batch (of a run with the same `--batch`), and the metrics are those of the whole
@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use unireward::judge::bench::{evaluate_bench, read_bench_file, BenchOptions};
-use unireward::judge::Judge;
+use unireward::judge::{GenerationConfig, Judge};
 use unireward::{DType, Device};
 
 use crate::progress::Progress;
@@ -34,6 +34,13 @@ pub struct Args {
     /// then hold the same pairs and the file the same bytes as an uninterrupted run's); another is refused.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// Reasoned judgments: each order's answer generated (greedy) and its verdict read after the reasoning, one pair
+    /// at a time — how a judge trained to reason before its verdict is measured (one-pass reads the verdict first).
+    #[arg(long)]
+    reasoned: bool,
+    /// Reasoned: tokens each answer generates at most.
+    #[arg(long, default_value_t = 512, requires = "reasoned")]
+    max_new_tokens: usize,
     /// Print every pair's result and the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -46,7 +53,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let options = BenchOptions { batch: args.batch, out: args.out.clone(), resume: args.resume };
+    let reasoned =
+        args.reasoned.then(|| GenerationConfig { max_new_tokens: args.max_new_tokens, ..Default::default() });
+    let options = BenchOptions { batch: args.batch, out: args.out.clone(), resume: args.resume, reasoned };
     options.validate()?;
     let folder = args.data.parent().unwrap_or(std::path::Path::new("."));
     let pairs = read_bench_file(&args.data, folder)?;

@@ -34,7 +34,8 @@ pub fn judge_eval_stage(
             continue; // finished before the stage was stopped
         }
         let results = context.dir.join(format!("{}.results.jsonl", file.trim_end_matches(".json")));
-        let options = BenchOptions { batch, resume: context.resume && results.exists(), out: Some(results) };
+        let options =
+            BenchOptions { batch, resume: context.resume && results.exists(), out: Some(results), reasoned: None };
         let judge = Judge::load(dir, dtype, device)?;
         let stop = context.stop;
         let outcome = evaluate_bench(&judge, pairs, &options, stop, |done, total| {

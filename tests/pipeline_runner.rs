@@ -487,8 +487,8 @@ fn without_pairs_dpo_trains_nothing_and_the_policy_stays_as_it_was() {
 }
 
 /// `[filter] reasoned`: the filter stage generates and parses each judgment's answer — the pairs and audit of
-/// `unireward filter --reasoned` on the same candidates with the same judge — and a changed `max_new_tokens` reruns
-/// the filter and what follows it.
+/// `unireward filter --reasoned` on the same candidates with the same judge — the judge-eval stage judges reasoned
+/// too (`unireward eval --reasoned`'s metrics), and a changed `max_new_tokens` reruns the stages from the judge-eval on.
 #[test]
 fn a_reasoned_filter_stage_is_the_filter_commands_reasoned_run() {
     let world = World::new("reasoned");
@@ -525,8 +525,23 @@ fn a_reasoned_filter_stage_is_the_filter_commands_reasoned_run() {
     assert_eq!(read(&out.join("filter/pairs.jsonl")), read(&by_hand));
     assert_eq!(audit, read(&world.0.join("by-hand.jsonl.audit.jsonl")));
 
+    let eval = Command::new(env!("CARGO_BIN_EXE_unireward"))
+        .args(["eval", "--reasoned", "--max-new-tokens", "6", "--batch", "8", "--json", "--model"])
+        .arg(&judge)
+        .arg("--data")
+        .arg(world.0.join("judge-held-out.jsonl"))
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let by_cli: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&read(&out.join("judge-eval/summary.json"))).unwrap();
+    assert_eq!(summary, by_cli["summary"]);
+    let results = read(&out.join("judge-eval/summary.results.jsonl"));
+    assert!(!results.is_empty() && results.lines().all(|l| l.contains("\"reasoned_max_new_tokens\":6")), "{results}");
+
     world.write_config(&reasoned(5));
     let (_, ran, skipped) = world.run(RunOptions::default()).unwrap();
-    assert_eq!(ran, names(&["filter", "dpo", "policy-eval-after", "report"]));
-    assert_eq!(skipped, names(&["judge-train", "judge-eval", "policy-eval-before", "sample"]));
+    // Every stage after a rerun one reruns (each record holds its upstream's).
+    assert_eq!(ran, names(&OFFLINE[1..]));
+    assert_eq!(skipped, names(&["judge-train"]));
 }

@@ -110,7 +110,8 @@ fn default_eval_tokens() -> usize {
 }
 
 /// `[filter]`: the strategy, and how the judge answers (one-pass verdicts, batched by `[judge] batch`, or reasoned
-/// judgments, as `unireward filter --reasoned`).
+/// judgments, as `unireward filter --reasoned`) — in the filter and in the judge-eval stage alike (`unireward eval
+/// --reasoned`), since a judge trained to reason before its verdict is only measured that way.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {

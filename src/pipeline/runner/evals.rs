@@ -6,7 +6,7 @@ use std::path::Path;
 use super::executor::StageContext;
 use super::json_file::{read_json, write_json};
 use crate::judge::bench::{evaluate_bench, BenchOptions, BenchPair, BenchSummary};
-use crate::judge::Judge;
+use crate::judge::{GenerationConfig, Judge};
 use crate::pipeline::policy_eval::{evaluate_policy, PolicyEvalOptions, PolicyEvaluation, PolicyQuestion};
 use crate::pipeline::sample::Policy;
 use crate::runtime::{DType, Device};
@@ -18,15 +18,22 @@ pub const EVALUATION_FILE: &str = "evaluation.json";
 pub const JUDGE_SUMMARY_FILE: &str = "summary.json";
 pub const BASE_JUDGE_SUMMARY_FILE: &str = "base-summary.json";
 
+/// How the judge-eval stage judges: pairs per batch (one-pass), reasoned or not, and where.
+pub struct JudgeSettings {
+    pub batch: usize,
+    /// Reasoned judgments with this generation (`[filter] reasoned`); `None`: one-pass verdicts.
+    pub reasoned: Option<GenerationConfig>,
+    pub dtype: DType,
+    pub device: Device,
+}
+
 /// Evaluates each `(summary file, judge)` on `pairs` (results appended beside it, continued when the stage
 /// resumes); false when stopped early.
 pub fn judge_eval_stage(
     context: &mut StageContext<'_>,
     judges: &[(&str, &Path)],
     pairs: &[BenchPair],
-    batch: usize,
-    dtype: DType,
-    device: Device,
+    how: &JudgeSettings,
 ) -> Result<bool> {
     for (file, dir) in judges {
         let summary_path = context.dir.join(file);
@@ -34,9 +41,13 @@ pub fn judge_eval_stage(
             continue; // finished before the stage was stopped
         }
         let results = context.dir.join(format!("{}.results.jsonl", file.trim_end_matches(".json")));
-        let options =
-            BenchOptions { batch, resume: context.resume && results.exists(), out: Some(results), reasoned: None };
-        let judge = Judge::load(dir, dtype, device)?;
+        let options = BenchOptions {
+            batch: how.batch,
+            resume: context.resume && results.exists(),
+            out: Some(results),
+            reasoned: how.reasoned.clone(),
+        };
+        let judge = Judge::load(dir, how.dtype, how.device)?;
         let stop = context.stop;
         let outcome = evaluate_bench(&judge, pairs, &options, stop, |done, total| {
             context.progress(done, total, "pairs", file.to_string())

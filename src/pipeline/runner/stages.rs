@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::data_stages::{filter_stage, pairs_file, sample_stage, FilterSettings, CANDIDATES_FILE};
-use super::evals::{judge_eval_stage, policy_eval_stage, BASE_JUDGE_SUMMARY_FILE, JUDGE_SUMMARY_FILE};
+use super::evals::{judge_eval_stage, policy_eval_stage, JudgeSettings, BASE_JUDGE_SUMMARY_FILE, JUDGE_SUMMARY_FILE};
 use super::executor::{Executor, Flow};
 use super::plan::{OnlinePlan, Plan, TrainPlan};
 use super::record::{Hashes, StageRecord};
@@ -93,17 +93,24 @@ pub fn run_stages(plan: &Plan, ex: &mut Executor<'_>, hashes: &mut Hashes) -> Re
         models.judge_external = false;
     }
     if let (Some(pairs), Some(bench)) = (&plan.bench, &c.judge.eval) {
-        let options = json!({"batch": c.judge.batch, "dtype": c.dtype, "device": c.device});
+        let mut options = json!({"batch": c.judge.batch, "dtype": c.dtype, "device": c.device});
+        if let Some(generation) = &plan.reasoned {
+            options["reasoned_max_new_tokens"] = json!(generation.max_new_tokens);
+        }
         let record = judge_input(StageRecord::new(JUDGE_EVAL, ex.upstream(), options), &models, hashes)?
             .input("eval", bench, hashes)?;
         let mut judges = vec![(JUDGE_SUMMARY_FILE, models.judge.as_path())];
         if !models.judge_external {
             judges.insert(0, (BASE_JUDGE_SUMMARY_FILE, c.judge.model.as_path()));
         }
-        let (batch, dtype, device) = (c.judge.batch, plan.dtype, plan.device);
-        if ex.stage(JUDGE_EVAL, record, |cx| judge_eval_stage(cx, &judges, pairs, batch, dtype, device))?
-            == Flow::Stopped
-        {
+        // The judge answers here as in the filter: a judge trained to reason is measured reasoned.
+        let how = JudgeSettings {
+            batch: c.judge.batch,
+            reasoned: plan.reasoned.clone(),
+            dtype: plan.dtype,
+            device: plan.device,
+        };
+        if ex.stage(JUDGE_EVAL, record, |cx| judge_eval_stage(cx, &judges, pairs, &how))? == Flow::Stopped {
             return Ok(Flow::Stopped);
         }
     }

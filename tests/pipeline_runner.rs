@@ -30,7 +30,7 @@ const CONFIG: &str = r#"
 out = "out"
 
 [judge]
-model = "judge-init"
+model = "base-init"
 train = "judge-train.jsonl"
 eval = "judge-held-out.jsonl"
 batch = 8
@@ -42,7 +42,7 @@ lr = 1e-3
 save_every = 1
 
 [policy]
-model = "policy-init"
+model = "base-init"
 prompts = "prompts.jsonl"
 held_out = "policy-held-out.jsonl"
 eval_max_new_tokens = 3
@@ -78,7 +78,14 @@ impl World {
     fn new(name: &str) -> World {
         let dir = std::env::temp_dir().join(format!("unireward-pipeline-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let sizes = DemoSizes { judge_train: 1, judge_held_out: 1, policy_sft: 2, prompts: 3, policy_held_out: 2 };
+        let sizes = DemoSizes {
+            base_answers: 2,
+            judge_train: 1,
+            judge_held_out: 1,
+            policy_sft: 2,
+            prompts: 3,
+            policy_held_out: 2,
+        };
         sizes.write(&dir, &TinyLlava::default(), 41).unwrap();
         let world = World(dir);
         world.write_config(CONFIG);
@@ -380,7 +387,7 @@ fn bad_configs_are_refused_by_key_before_anything_is_written() {
     // A text-only judge cannot see the prompts' images.
     let text_judge = common::Scratch::new("pipeline-text-judge");
     let model = text_judge.0.join("model");
-    let err = refused(&world, "model = \"judge-init\"", &format!("model = {:?}", model.display().to_string()));
+    let err = refused(&world, "model = \"base-init\"", &format!("model = {:?}", model.display().to_string()));
     assert!(err.contains("[judge] model") && err.contains("text-only"), "{err}");
     // The command prints the same, one `error:` line and its causes, and fails.
     world.write_config(&CONFIG.replace("k = 4", "k = 4\nkk = 3"));
@@ -469,9 +476,10 @@ fn dpo_loss_keys_reach_the_loss_round_trip_and_bad_values_are_refused_by_key() {
 #[test]
 fn without_pairs_dpo_trains_nothing_and_the_policy_stays_as_it_was() {
     let world = World::new("no-pairs");
-    // Near-greedy sampling gives K equal answers; point sifting pairs none of them (their scores are equal).
+    // Sampling from the most likely token alone (a nucleus of one) gives K equal answers; point sifting pairs none
+    // of them (their scores are equal).
     let config = CONFIG.replace("strategy = \"pair-rank\"", "strategy = \"point-sift\"");
-    world.write_config(&config.replace("seed = 7", "seed = 7\ntemperature = 0.0001"));
+    world.write_config(&config.replace("seed = 7", "seed = 7\ntemperature = 1.0\ntop_p = 0.000001"));
     let (outcome, ran, _) = world.run(RunOptions::default()).unwrap();
     assert!(!outcome.interrupted && ran.contains(&"dpo".to_string()));
     let out = world.out();

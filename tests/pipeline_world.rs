@@ -100,8 +100,9 @@ fn answer_from_pixels(question: &str, image: &RgbImage) -> String {
     let words: Vec<&str> = question.trim_end_matches('?').split(' ').collect();
     match words[..] {
         ["How", "many", "shapes", "are", "there"] => regions.len().to_string(),
-        ["How", "many", colour, "shapes", "are", "there"] => {
-            regions.iter().filter(|r| Some(r.0) == colour_named(colour)).count().to_string()
+        ["Is", "there", "a", colour, "shape"] => {
+            let wanted = colour_named(colour).unwrap();
+            if regions.iter().any(|r| r.0 == wanted) { "yes" } else { "no" }.to_string()
         }
         ["Is", "there", "a", colour, kind] => {
             let wanted = (colour_named(colour).unwrap(), kind_named(kind).unwrap());
@@ -122,13 +123,38 @@ fn answers_are_true_of_the_pixels_and_wrong_answers_are_not() {
     let mut forms = std::collections::HashSet::new();
     for trial in 0..200 {
         let scene = Scene::random(&mut rng, 6);
-        let q = question(&scene, &mut rng);
+        let q = question(&scene, 6, &mut rng);
         let image = render(&scene, SIZES[trial % SIZES.len()]);
         assert_eq!(answer_from_pixels(&q.text, &image), q.answer, "{q:?} about {scene:?}");
         assert_ne!(q.wrong_answer, q.answer, "{q:?}");
         forms.insert(q.text.split(' ').take(2).collect::<Vec<_>>().join(" "));
     }
     assert_eq!(forms.len(), 3, "every form of question comes up: {forms:?}"); // "How many", "Is there", "What colour"
+}
+
+#[test]
+fn the_two_answers_alone_do_not_tell_which_is_true() {
+    // Per question form and pair of answers, how often the first of the two (in sorted order) is the true one: a
+    // judge reading only the answers can do no better than the larger share, so every share must be near 0.5.
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let mut tally: std::collections::BTreeMap<(String, String, String), [usize; 2]> = Default::default();
+    for _ in 0..20_000 {
+        let scene = Scene::random(&mut rng, 2);
+        let q = question(&scene, 2, &mut rng);
+        let form = q.text.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let (first, second) =
+            if q.answer < q.wrong_answer { (&q.answer, &q.wrong_answer) } else { (&q.wrong_answer, &q.answer) };
+        let counts = tally.entry((form, first.clone(), second.clone())).or_default();
+        counts[usize::from(q.answer != *first)] += 1;
+    }
+    for ((form, first, second), [first_true, second_true]) in &tally {
+        let n = first_true + second_true;
+        let share = *first_true as f64 / n as f64;
+        // 5 standard errors of a fair coin: a leak of a few percent in the big groups shows.
+        let bound = 5.0 * (0.25 / n as f64).sqrt();
+        assert!((share - 0.5).abs() <= bound, "{form}: {first} is true in {first_true} of {n} pairs with {second}");
+    }
+    assert_eq!(tally.len(), 8, "every form and pair of answers comes up: {tally:?}");
 }
 
 /// The centroid of the shape's pixels in each frame.
@@ -177,7 +203,7 @@ fn the_same_seed_gives_the_same_world() {
     let world = |seed| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let scene = Scene::random(&mut rng, 9);
-        let q = question(&scene, &mut rng);
+        let q = question(&scene, 9, &mut rng);
         let other = corrupt(&scene, &mut rng);
         let motion = Motion::random(&mut rng);
         let pixels = [render(&scene, 40), render(&other, 40)].map(RgbImage::into_raw);
@@ -367,9 +393,41 @@ fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
                 better_first_seen.push(better_first);
             }
             assert_eq!(better_first_seen, [true, false], "both orders");
-            let scores: Vec<&str> =
-                conversations[2..].iter().map(|c| c["conversations"][1]["value"].as_str().unwrap()).collect();
-            assert_eq!(scores, ["Final Score: 5", "Final Score: 1"]);
+            // An understanding judgment states what its picture or video shows and the true answer before its
+            // verdict, read back from the pixels; a generation judgment says its verdict alone.
+            let rationale = match (task, &judgment.context_media, &judgment.better) {
+                (Task::ImageUnderstanding, Some(image), WorldCandidate::Text(answer)) => {
+                    let pixels = image::open(image).unwrap().to_rgb8();
+                    assert_eq!(answer_from_pixels(&judgment.text, &pixels), *answer);
+                    format!("{}. {answer}. ", caption_from_pixels(&pixels))
+                }
+                (Task::VideoUnderstanding, Some(_), WorldCandidate::Text(answer)) => {
+                    let said = judgment.rationale.as_deref().unwrap();
+                    assert!(
+                        said.starts_with("a ") && said.ends_with(&format!(" moving {answer}. {answer}.")),
+                        "{said}"
+                    );
+                    format!("{said} ")
+                }
+                _ => {
+                    assert_eq!(judgment.rationale, None);
+                    String::new()
+                }
+            };
+            let answers: Vec<&str> =
+                conversations.iter().map(|c| c["conversations"][1]["value"].as_str().unwrap()).collect();
+            for answer in &answers {
+                assert!(answer.starts_with(&rationale), "{answer:?} after {rationale:?}");
+            }
+            let scores: Vec<&str> = answers[2..].iter().map(|a| &a[rationale.len()..]).collect();
+            match (&judgment.better, &judgment.worse) {
+                // An understanding judgment's pointwise rationale repeats the response before the score.
+                (WorldCandidate::Text(better), WorldCandidate::Text(worse)) => assert_eq!(
+                    scores,
+                    [format!("Response: {better}. Final Score: 5"), format!("Response: {worse}. Final Score: 1")]
+                ),
+                _ => assert_eq!(scores, ["Final Score: 5", "Final Score: 1"]),
+            }
 
             let line = judgment.eval_line(&mut rng);
             let shown = |c: &WorldCandidate| match c {
@@ -469,7 +527,7 @@ fn dpo_trains_a_llava_policy_on_questions_about_rendered_scenes() {
     let (mut pairs, mut corpus) = (String::new(), Vec::new());
     for i in 0..8 {
         let scene = Scene::random(&mut rng, 4);
-        let q = question(&scene, &mut rng);
+        let q = question(&scene, 4, &mut rng);
         let image = dir.join(format!("scene-{i}.png"));
         render(&scene, 48).save(&image).unwrap();
         let line = serde_json::json!({
@@ -485,7 +543,8 @@ fn dpo_trains_a_llava_policy_on_questions_about_rendered_scenes() {
     let path = |p: &str| dir.join(p).display().to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_unireward"))
         .args(["dpo", "--policy", &path("policy"), "--pairs", &path("pairs.jsonl"), "--out", &path("out")])
-        .args(["--batch-size", "4", "--epochs", "4", "--lr", "5e-3", "--warmup-ratio", "0"])
+        // All eight pairs in every batch: the loss measured each step is over the same pairs, and falls as they are learned.
+        .args(["--batch-size", "8", "--epochs", "8", "--lr", "5e-3", "--warmup-ratio", "0"])
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -495,5 +554,37 @@ fn dpo_trains_a_llava_policy_on_questions_about_rendered_scenes() {
         log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
     assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-4, "{log}");
     assert!(losses[7] < losses[0], "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The base model's pretraining data: questions about new pictures and videos, each answered with the caption of
+/// what it shows and then the true answer — both read back from the pixels for the pictures.
+#[test]
+fn base_answers_describe_the_picture_then_answer() {
+    use unireward::pipeline::world::{DemoSizes, TinyLlava};
+    let dir = temp_dir("base-answers");
+    let sizes =
+        DemoSizes { base_answers: 8, judge_train: 1, judge_held_out: 1, policy_sft: 2, prompts: 2, policy_held_out: 2 };
+    let files = sizes.write(&dir, &TinyLlava::default(), 5).unwrap();
+    let text = std::fs::read_to_string(&files.base_answers).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 8);
+    for line in &lines {
+        let question = line["conversations"][0]["value"].as_str().unwrap();
+        let said = line["conversations"][1]["value"].as_str().unwrap();
+        match line.get("image") {
+            Some(image) => {
+                let pixels = image::open(dir.join(image.as_str().unwrap())).unwrap().to_rgb8();
+                let question = question.strip_prefix("<image>\n").unwrap();
+                let expected = format!("{}. {}.", caption_from_pixels(&pixels), answer_from_pixels(question, &pixels));
+                assert_eq!(said, expected, "{line}");
+            }
+            None => {
+                let question = question.strip_prefix("<video>\n").unwrap();
+                let (caption, answer) = said.trim_end_matches('.').split_once(". ").unwrap();
+                assert!(caption.ends_with(&format!("moving {answer}")) && question.starts_with("Which way"), "{line}");
+            }
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

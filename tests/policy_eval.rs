@@ -150,7 +150,7 @@ fn world(dir: &Path, seed: u64) -> PathBuf {
     let (mut lines, mut corpus) = (String::new(), vec![DEFAULT_SYSTEM_PROMPT.to_string()]);
     for i in 0..3 {
         let scene = Scene::random(&mut rng, 4);
-        let q = question(&scene, &mut rng);
+        let q = question(&scene, 4, &mut rng);
         render(&scene, 48).save(dir.join(format!("scene-{i}.png"))).unwrap();
         let line = serde_json::json!({"id": format!("image-{i}"), "task": "image-understanding",
             "context": {"question": q.text, "image": format!("scene-{i}.png")},

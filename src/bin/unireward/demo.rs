@@ -1,5 +1,5 @@
 //! `unireward demo`: the whole UnifiedReward pipeline on the procedural world, nothing to download — the world
-//! drawn, a tiny LLaVA-OneVision judge trained jointly on the four tasks (and one judge per task, for the
+//! drawn, a tiny LLaVA-OneVision base model pretrained on its described answers, a judge made from it trained jointly on the four tasks (and one judge per task, for the
 //! joint-versus-single comparison), a tiny policy fine-tuned briefly, K samples per prompt, the filter, DPO, and the
 //! policy's held-out accuracy before and after; a progress bar per stage, the report and plots in `--out`. A second
 //! run continues (or skips) what the first finished. `--check` makes the demo's claims its exit status.
@@ -17,7 +17,7 @@ use unireward::judge::bench::BenchSummary;
 use unireward::judge::Task;
 use unireward::pipeline::demo::single_task::{evaluate_judge, single_task_judge};
 use unireward::pipeline::demo::{
-    dpo_on_random_pairs, pair_truth, write_pipeline_config, DemoChecks, DemoConfig, PairTruth,
+    dpo_on_random_pairs, pair_truth, pretrain_base, write_pipeline_config, DemoChecks, DemoConfig, PairTruth,
 };
 use unireward::pipeline::policy_eval::PolicyEvaluation;
 use unireward::pipeline::runner::stages::{FILTER, JUDGE_EVAL, JUDGE_TRAIN, POLICY_EVAL_AFTER, POLICY_EVAL_BEFORE};
@@ -63,8 +63,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     eprintln!("world: drawing scenes, videos, captions and questions into {}", out.join("world").display());
     let files = config.sizes.write(&out.join("world"), &config.model, config.seed)?;
+
+    eprintln!("base: the tiny model pretrained on described answers, the judge's and the policy's start");
+    let progress = Progress::new("steps", 100)?;
+    let base =
+        pretrain_base(&config, &files, &out.join("base"), &STOP, |done, total| progress.update(done, total, ""))?;
+    progress.finish();
+    let Some(base) = base else {
+        println!("interrupted: run the demo again to continue");
+        return Ok(());
+    };
     let config_path = out.join("pipeline.toml");
-    write_pipeline_config(&config.pipeline_config(&files, &out.join("run"), &out), &config_path)?;
+    write_pipeline_config(&config.pipeline_config(&files, &base, &out.join("run"), &out), &config_path)?;
     let pipeline = PipelineConfig::from_file(&config_path)?;
     let stage_dir = |stage: &str| pipeline.out.join(stage);
 
@@ -82,7 +92,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let stage = format!("single-task/{task}");
         eprintln!("{stage}: a judge trained on {task} alone");
         let progress = Progress::new("steps", 100)?;
-        let summary = single_task_judge(&config, &files, task, &out.join(&stage), &STOP, |done, total| {
+        let summary = single_task_judge(&config, &files, &base, task, &out.join(&stage), &STOP, |done, total| {
             progress.update(done, total, "")
         })?;
         progress.finish();
@@ -96,7 +106,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("judge-control: the trained judge on the held-out judgments, each shown another one's context");
     let (_, trained) =
         latest_checkpoint(&stage_dir(JUDGE_TRAIN)).context("the judge-train stage left no checkpoint")?;
-    let Some(mismatched) = evaluate_judge(&trained, &files.judge_held_out_mismatched, &files.dir, None, &STOP)? else {
+    let reasoned = config.filter.reasoned_generation()?;
+    let mismatched_bench = &files.judge_held_out_mismatched;
+    let Some(mismatched) = evaluate_judge(&trained, mismatched_bench, &files.dir, None, reasoned, &STOP)? else {
         println!("interrupted: run the demo again to continue");
         return Ok(());
     };
@@ -112,7 +124,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
     let joint: BenchSummary = serde_json::from_str(&read(stage_dir(JUDGE_EVAL).join("summary.json"))?)?;
-    let untrained: BenchSummary = serde_json::from_str(&read(stage_dir(JUDGE_EVAL).join("base-summary.json"))?)?;
+    let base_judge: BenchSummary = serde_json::from_str(&read(stage_dir(JUDGE_EVAL).join("base-summary.json"))?)?;
     let before: PolicyEvaluation = serde_json::from_str(&read(stage_dir(POLICY_EVAL_BEFORE).join("evaluation.json"))?)?;
     let after: PolicyEvaluation = serde_json::from_str(&read(stage_dir(POLICY_EVAL_AFTER).join("evaluation.json"))?)?;
     let truth = pair_truth(&pairs_file(&stage_dir(FILTER)), &files.prompt_answers)?;
@@ -124,7 +136,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         policy_after: after.preference_accuracy,
     };
     let failures = checks.failures();
-    let judges = JudgeSummaries { untrained, joint, mismatched, single };
+    let judges = JudgeSummaries { base: base_judge, joint, mismatched, single };
     let policies = PolicySummaries { before, after, random };
     let summary = summary_markdown(&judges, &truth, &policies, &failures);
     let summary_path = out.join("demo.md");
@@ -147,14 +159,15 @@ fn figure(value: Option<f64>) -> String {
 
 /// The judges' results on the held-out judgments.
 struct JudgeSummaries {
-    untrained: BenchSummary,
+    /// The base model, pretrained on described answers only.
+    base: BenchSummary,
     joint: BenchSummary,
     /// The joint judge, each judgment shown another judgment's context.
     mismatched: BenchSummary,
     single: BTreeMap<Task, BenchSummary>,
 }
 
-/// The demo's summary: the judge per task (untrained, joint, joint with mismatched contexts, single-task), the
+/// The demo's summary: the judge per task (the base model, joint, joint with mismatched contexts, single-task), the
 /// filter's pairs against the truth, the policy before and after DPO, and the claims that failed.
 /// The policy on its held-out questions.
 struct PolicySummaries {
@@ -173,12 +186,12 @@ fn summary_markdown(
 ) -> String {
     let PolicySummaries { before, after, random } = policies;
     let mut s = String::from("# unireward demo\n\n## The judge on held-out judgments (accuracy; chance 0.5)\n\n");
-    s += "| task | untrained | trained jointly on the four tasks | the same, contexts mismatched | trained on this \
+    s += "| task | base model (described answers only) | trained jointly on the four tasks | the same, contexts mismatched | trained on this \
           task alone |\n";
     s += "| --- | ---: | ---: | ---: | ---: |\n";
     for task in Task::ALL {
         let single = judges.single.get(&task).and_then(|b| b.task_accuracy(task));
-        let row = [&judges.untrained, &judges.joint, &judges.mismatched].map(|b| figure(b.task_accuracy(task)));
+        let row = [&judges.base, &judges.joint, &judges.mismatched].map(|b| figure(b.task_accuracy(task)));
         let _ = writeln!(s, "| {task} | {} | {} | {} | {} |", row[0], row[1], row[2], figure(single));
     }
     s += "\nContexts mismatched: each judgment shown the caption, or the picture or video asked about, of another \

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::judge::Task;
 use crate::pipeline::runner::{DpoSection, FilterConfig, JudgeConfig, PipelineConfig, PolicyConfig, TrainConfig};
 use crate::pipeline::sample::SampleOptions;
 use crate::pipeline::world::{DemoFiles, DemoSizes, TinyLlava, FRAMES};
@@ -14,11 +15,15 @@ pub struct DemoConfig {
     pub model: TinyLlava,
     /// The world's and the models' seed.
     pub seed: u64,
+    /// The base model's pretraining on described answers, before the judge and the policy are made from it.
+    pub base_training: TrainConfig,
     /// The judge's fine-tuning (jointly on the four tasks, and each single-task judge alike).
     pub judge_training: TrainConfig,
     /// The policy's brief supervised fine-tuning.
     pub policy_training: TrainConfig,
     pub sample: SampleOptions,
+    /// How the judge answers in the filter and in every evaluation of a judge.
+    pub filter: FilterConfig,
     pub dpo: DpoSection,
 }
 
@@ -32,21 +37,36 @@ impl DemoConfig {
     pub fn full(seed: u64) -> DemoConfig {
         DemoConfig {
             sizes: DemoSizes {
+                base_answers: 4000,
                 judge_train: 1000,
                 judge_held_out: 100,
-                policy_sft: 256,
+                policy_sft: 4096,
                 prompts: 256,
                 policy_held_out: 128,
             },
             model: TinyLlava::default(),
             seed,
-            // 6 epochs of the 16,000 conversations: the 12,000 steps of 8 the demo's time allows.
-            judge_training: TrainConfig { save_every: 1500, ..training(6, 3e-3, 0.03) },
-            policy_training: training(10, 3e-3, 0.05),
+            // 12 epochs of the described answers, 6,000 steps: the base reads by then (BENCHMARKS.md).
+            base_training: training(12, 3e-3, 0.05),
+            // 16 epochs of the judgments, the generation tasks' at a quarter (they are learned without a rationale,
+            // and the understanding verdicts need the steps): 20,000 steps of 8.
+            judge_training: TrainConfig {
+                save_every: 2500,
+                task_weights: [Task::ImageGeneration, Task::VideoGeneration]
+                    .into_iter()
+                    .map(|t| (t.name().to_string(), 0.25))
+                    .collect(),
+                ..training(16, 3e-3, 0.03)
+            },
+            policy_training: training(4, 1e-3, 0.05),
             sample: SampleOptions { k: 4, temperature: 0.7, top_p: 0.95, seed, max_new_tokens: 4, frames: FRAMES },
-            // A small step: at 1e-3 the tiny policy's DPO pushed its greedy answers to the rejected answers' format (a
-            // broken answer under a preferred one), 1e-4 moves the preferences without breaking the format.
-            dpo: DpoSection { training: training(2, 1e-4, 0.05), ..DpoSection::default() },
+            // Reasoned: the judge writes what it sees and the true answer before its verdict (the world's
+            // rationale, a dozen tokens), and is read after them.
+            filter: FilterConfig { reasoned: true, max_new_tokens: 24, ..FilterConfig::default() },
+            // With an SFT term on the chosen answers (RPO, alpha 1) so that the answers keep their form: at 1e-3
+            // without it the policy's greedy video answers fell from 0.33 to 0.03 (seed 0), at 1e-4 DPO moved
+            // nothing the held-out questions show.
+            dpo: DpoSection { training: training(4, 1e-3, 0.05), rpo_alpha: Some(1.0), ..DpoSection::default() },
         }
     }
 
@@ -55,7 +75,15 @@ impl DemoConfig {
     pub fn smoke(seed: u64) -> DemoConfig {
         let full = DemoConfig::full(seed);
         DemoConfig {
-            sizes: DemoSizes { judge_train: 3, judge_held_out: 2, policy_sft: 4, prompts: 4, policy_held_out: 4 },
+            sizes: DemoSizes {
+                base_answers: 3,
+                judge_train: 3,
+                judge_held_out: 2,
+                policy_sft: 4,
+                prompts: 4,
+                policy_held_out: 4,
+            },
+            base_training: training(1, 3e-3, 0.0),
             judge_training: training(1, 3e-3, 0.0),
             policy_training: training(1, 3e-3, 0.0),
             sample: SampleOptions { k: 2, ..full.sample },
@@ -64,16 +92,17 @@ impl DemoConfig {
         }
     }
 
-    /// The pipeline over the data set `files`, its stages' outputs under `out`, every path written relative to
-    /// `base` when inside it (the folder of the config file: a config that moves with its folder).
-    pub fn pipeline_config(&self, files: &DemoFiles, out: &Path, base: &Path) -> PipelineConfig {
-        let rel = |p: &Path| p.strip_prefix(base).unwrap_or(p).to_path_buf();
+    /// The pipeline over the data set `files` with the judge and the policy made from the checkpoint `model` (the
+    /// pretrained base), its stages' outputs under `out`, every path written relative to `folder` when inside it
+    /// (the folder of the config file: a config that moves with its folder).
+    pub fn pipeline_config(&self, files: &DemoFiles, model: &Path, out: &Path, folder: &Path) -> PipelineConfig {
+        let rel = |p: &Path| p.strip_prefix(folder).unwrap_or(p).to_path_buf();
         PipelineConfig {
             out: rel(out),
             device: "cpu".into(),
             dtype: "f32".into(),
             judge: JudgeConfig {
-                model: rel(&files.judge),
+                model: rel(model),
                 train: Some(rel(&files.judge_train)),
                 training: Some(self.judge_training.clone()),
                 eval: Some(rel(&files.judge_held_out)),
@@ -81,7 +110,7 @@ impl DemoConfig {
                 video_frames: FRAMES,
             },
             policy: PolicyConfig {
-                model: rel(&files.policy),
+                model: rel(model),
                 sft: Some(rel(&files.policy_sft)),
                 training: Some(self.policy_training.clone()),
                 prompts: rel(&files.prompts),
@@ -90,7 +119,7 @@ impl DemoConfig {
                 video_frames: FRAMES,
             },
             sample: self.sample.clone(),
-            filter: FilterConfig::default(),
+            filter: self.filter.clone(),
             dpo: self.dpo.clone(),
             online: None,
         }

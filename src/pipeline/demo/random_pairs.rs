@@ -83,7 +83,7 @@ pub fn dpo_on_random_pairs(
     let text = random_pairs(&pairs_file(&run_dir.join(FILTER)), &candidates, seed)?;
     let no_pairs = text.is_empty();
     std::fs::write(&pairs, text).map_err(|e| failed("writing pairs in", e))?;
-    let policy = latest_checkpoint(&run_dir.join(POLICY_SFT)).map_or_else(|| files.policy.clone(), |(_, p)| p);
+    let policy = latest_checkpoint(&run_dir.join(POLICY_SFT)).map_or_else(|| pipeline.policy.model.clone(), |(_, p)| p);
     let questions = read_policy_questions(&files.policy_held_out, &files.dir)?;
     let options = PolicyEvalOptions { max_new_tokens: pipeline.policy.eval_max_new_tokens, frames: FRAMES };
     let evaluate = |dir: &Path| evaluate_policy(&Policy::load(dir, DType::F32, Device::Cpu)?, &questions, &options);

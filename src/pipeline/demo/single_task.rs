@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::DemoConfig;
 use crate::judge::bench::{evaluate_bench, read_bench_file, BenchOptions, BenchSummary};
-use crate::judge::{Judge, Task};
+use crate::judge::{GenerationConfig, Judge, Task};
 use crate::model::files::read_text;
 use crate::pipeline::world::{DemoFiles, FRAMES};
 use crate::runtime::{DType, Device};
@@ -17,12 +17,14 @@ use crate::{Error, Result};
 /// The summary a finished single-task judge leaves in its folder.
 pub const SUMMARY_FILE: &str = "summary.json";
 
-/// Trains (or continues, from its latest checkpoint) the judge of `task` alone under `out` and evaluates it on the
+/// Trains (or continues, from its latest checkpoint) the judge of `task` alone from the checkpoint `base` (the
+/// joint judge's start) under `out` and evaluates it on the
 /// task's held-out judgments; `on_step(done, total)` as it trains. `None` when `stop` ended the training (run
 /// again to continue); a finished judge's summary is read back, not recomputed.
 pub fn single_task_judge(
     config: &DemoConfig,
     files: &DemoFiles,
+    base: &Path,
     task: Task,
     out: &Path,
     stop: &AtomicBool,
@@ -40,9 +42,11 @@ pub fn single_task_judge(
     })?;
     let checkpoints = out.join("train");
     let mut train = config.judge_training.options("judge.training", Device::Cpu)?;
+    // The task's own weight only: its share of each epoch is the joint judge's share of it.
+    train.task_weights.retain(|(name, _)| name == task.name());
     train.resume = latest_checkpoint(&checkpoints).is_some();
     let run = SftRun {
-        model: files.judge.clone(),
+        model: base.to_path_buf(),
         data: data.clone(),
         out: checkpoints,
         train,
@@ -56,8 +60,9 @@ pub fn single_task_judge(
     if outcome.interrupted {
         return Ok(None);
     }
-    let Some(summary) = evaluate_judge(&outcome.checkpoint, &files.judge_held_out, &files.dir, Some(task), stop)?
-    else {
+    let reasoned = config.filter.reasoned_generation()?;
+    let held_out = &files.judge_held_out;
+    let Some(summary) = evaluate_judge(&outcome.checkpoint, held_out, &files.dir, Some(task), reasoned, stop)? else {
         return Ok(None);
     };
     let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");
@@ -67,18 +72,20 @@ pub fn single_task_judge(
 }
 
 /// The judge in `judge_dir` on the judgments of the benchmark file `bench` (media relative to `media_dir`; only
-/// those of `task` when given), as `unireward eval --batch 32` judges them; `None` when `stop` ended it.
+/// those of `task` when given), as `unireward eval --batch 32` judges them — reasoned with `reasoned`, as the
+/// pipeline's judge answers; `None` when `stop` ended it.
 pub fn evaluate_judge(
     judge_dir: &Path,
     bench: &Path,
     media_dir: &Path,
     task: Option<Task>,
+    reasoned: Option<GenerationConfig>,
     stop: &AtomicBool,
 ) -> Result<Option<BenchSummary>> {
     let judge = Judge::load(judge_dir, DType::F32, Device::Cpu)?;
     let pairs: Vec<_> =
         read_bench_file(bench, media_dir)?.into_iter().filter(|p| task.is_none_or(|t| p.request.task == t)).collect();
-    let options = BenchOptions { batch: 32, ..BenchOptions::default() };
+    let options = BenchOptions { batch: 32, reasoned, ..BenchOptions::default() };
     let outcome = evaluate_bench(&judge, &pairs, &options, stop, |_, _| {})?;
     Ok((!outcome.interrupted).then_some(outcome.summary))
 }

@@ -1,7 +1,8 @@
 //! The demo's data set written to a folder: the judge's training conversations (all four tasks, and each task alone
 //! for the joint-versus-single comparison), held-out judgments in `unireward eval`'s format, the policy's
-//! supervised answers, the prompts it samples candidates for, held-out questions with their answers, and the two
-//! tiny checkpoints (judge and policy) made from nothing over one word-level tokenizer of everything said.
+//! supervised answers, the prompts it samples candidates for, held-out questions with their answers, questions
+//! answered with a description first that the base model is pretrained on, and the tiny base checkpoint made from
+//! nothing over one word-level tokenizer of everything said.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use super::draw::render;
 use super::judgments::{judgments, write_video, IMAGE_SIZE, MAX_SHAPES};
 use super::motion::Motion;
 use super::scene::Scene;
-use super::text::{question, Question};
+use super::text::{caption, question, Question};
 use crate::judge::{AnswerGrammar, Mode, Task, TaskTemplate, Variant};
 use crate::train::data::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 use crate::{Error, Result};
@@ -23,6 +24,11 @@ use crate::{Error, Result};
 /// How much of everything the data set holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DemoSizes {
+    /// Questions about new pictures and videos answered with a description first ("one red circle. yes."): the
+    /// base model's pretraining, what teaches a model made from nothing to look before the judge and the policy
+    /// are fine-tuned from it (on answers alone it learns their priors and never the picture; on captions alone it
+    /// began to read at some draws and not at others — BENCHMARKS.md).
+    pub base_answers: usize,
     /// Judgments per task the judge trains on (each gives a pairwise conversation in each order and two pointwise
     /// ones).
     pub judge_train: usize,
@@ -59,9 +65,10 @@ pub struct DemoFiles {
     pub prompt_answers: BTreeMap<String, String>,
     /// Held-out questions with their answers (`unireward eval-policy` lines).
     pub policy_held_out: PathBuf,
-    /// The untrained checkpoints.
-    pub judge: PathBuf,
-    pub policy: PathBuf,
+    /// The base model's described answers.
+    pub base_answers: PathBuf,
+    /// The untrained base checkpoint the judge and the policy are both made from (after its pretraining).
+    pub base: PathBuf,
 }
 
 /// The words the demo's task templates say (instructions and verdict phrases).
@@ -85,6 +92,8 @@ struct PolicyQuestion {
     task: Task,
     media: String,
     question: Question,
+    /// The caption of the picture or video asked about.
+    caption: String,
 }
 
 impl PolicyQuestion {
@@ -93,13 +102,14 @@ impl PolicyQuestion {
         let id = format!("{prefix}{i}");
         if i.is_multiple_of(2) {
             let scene = Scene::random(rng, MAX_SHAPES);
-            let question = question(&scene, rng);
+            let question = question(&scene, MAX_SHAPES, rng);
             let name = format!("{id}.png");
             let path = media_dir.join(&name);
             render(&scene, IMAGE_SIZE)
                 .save(&path)
                 .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))?;
-            Ok(PolicyQuestion { id, task: Task::ImageUnderstanding, media: format!("media/{name}"), question })
+            let caption = caption(&scene);
+            Ok(PolicyQuestion { id, task: Task::ImageUnderstanding, media: format!("media/{name}"), question, caption })
         } else {
             let motion = Motion::random(rng);
             let question = motion.question(rng);
@@ -109,6 +119,7 @@ impl PolicyQuestion {
                 task: Task::VideoUnderstanding,
                 media: format!("media/{id}"),
                 question,
+                caption: motion.caption(),
             })
         }
     }
@@ -123,13 +134,27 @@ impl PolicyQuestion {
 
     /// A supervised conversation: the question about the media, the true answer.
     fn conversation(&self) -> Value {
+        self.answered(&self.question.answer)
+    }
+
+    /// The true answer after the caption of what is asked about: the judge's rationale, the base's pretraining.
+    fn described_answer(&self) -> String {
+        format!("{}. {}.", self.caption, self.question.answer)
+    }
+
+    /// A supervised conversation answering with [`Self::described_answer`].
+    fn described(&self) -> Value {
+        self.answered(&self.described_answer())
+    }
+
+    fn answered(&self, answer: &str) -> Value {
         let placeholder = if self.task == Task::VideoUnderstanding { VIDEO_PLACEHOLDER } else { IMAGE_PLACEHOLDER };
         json!({
             "task": self.task.name(),
             self.media_key(): self.media,
             "conversations": [
                 {"from": "human", "value": format!("{placeholder}\n{}", self.question.text)},
-                {"from": "gpt", "value": self.question.answer},
+                {"from": "gpt", "value": answer},
             ],
         })
     }
@@ -187,8 +212,10 @@ impl DemoSizes {
         };
         let (sft, prompts, policy_held_out) =
             (draw(self.policy_sft, "sft-")?, draw(self.prompts, "prompt-")?, draw(self.policy_held_out, "held-out-")?);
-        for q in sft.iter().chain(&prompts).chain(&policy_held_out) {
+        let base_answers = draw(self.base_answers, "base-")?;
+        for q in sft.iter().chain(&prompts).chain(&policy_held_out).chain(&base_answers) {
             corpus.extend([q.question.text.clone(), q.question.answer.clone(), q.question.wrong_answer.clone()]);
+            corpus.push(q.described_answer());
         }
         let lines = |qs: &[PolicyQuestion], line: fn(&PolicyQuestion) -> Value| {
             qs.iter().map(|q| format!("{}\n", line(q))).collect::<String>()
@@ -204,8 +231,8 @@ impl DemoSizes {
             prompts: dir.join("prompts.jsonl"),
             prompt_answers: prompts.iter().map(|q| (q.id.clone(), q.question.answer.clone())).collect(),
             policy_held_out: dir.join("policy-held-out.jsonl"),
-            judge: dir.join("judge-init"),
-            policy: dir.join("policy-init"),
+            base_answers: dir.join("base-answers.jsonl"),
+            base: dir.join("base-init"),
         };
         write_lines(&files.judge_train, &joint)?;
         for (task, path) in &files.judge_train_single {
@@ -216,10 +243,10 @@ impl DemoSizes {
         write_lines(&files.policy_sft, &lines(&sft, PolicyQuestion::conversation))?;
         write_lines(&files.prompts, &lines(&prompts, PolicyQuestion::prompt))?;
         write_lines(&files.policy_held_out, &lines(&policy_held_out, PolicyQuestion::held_out))?;
+        write_lines(&files.base_answers, &lines(&base_answers, PolicyQuestion::described))?;
 
         let tokenizer = word_level_tokenizer(corpus.iter().map(String::as_str))?;
-        model.write(&files.judge, &tokenizer, seed.wrapping_add(1))?;
-        model.write(&files.policy, &tokenizer, seed.wrapping_add(2))?;
+        model.write(&files.base, &tokenizer, seed.wrapping_add(1))?;
         Ok(files)
     }
 }

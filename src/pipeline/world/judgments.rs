@@ -42,6 +42,10 @@ pub struct WorldJudgment {
     pub context_media: Option<PathBuf>,
     pub better: WorldCandidate,
     pub worse: WorldCandidate,
+    /// Understanding tasks: what the judge says before its verdict — the caption of the picture or video, then the
+    /// true answer ("one red circle. no."). A judge trained on the verdict alone never learns to look at these
+    /// sizes; one that first writes what it sees does (BENCHMARKS.md, "A judge that reasons looks").
+    pub rationale: Option<String>,
 }
 
 /// Writes the frames of `motion` into the folder `dir` (`frame_0.png`, …).
@@ -78,29 +82,31 @@ pub fn judgments(
                     save(&render(&scene, IMAGE_SIZE), &good)?;
                     save(&render(&other, IMAGE_SIZE), &bad)?;
                     let (better, worse) = (WorldCandidate::Media(good), WorldCandidate::Media(bad));
-                    WorldJudgment { task, text: caption(&scene), context_media: None, better, worse }
+                    WorldJudgment { task, text: caption(&scene), context_media: None, better, worse, rationale: None }
                 }
                 Task::ImageUnderstanding => {
                     let scene = Scene::random(rng, MAX_SHAPES);
-                    let q = question(&scene, rng);
+                    let q = question(&scene, MAX_SHAPES, rng);
                     let image = name(i, "scene.png");
                     save(&render(&scene, IMAGE_SIZE), &image)?;
+                    let rationale = Some(format!("{}. {}.", caption(&scene), q.answer));
                     let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
-                    WorldJudgment { task, text: q.text, context_media: Some(image), better, worse }
+                    WorldJudgment { task, text: q.text, context_media: Some(image), better, worse, rationale }
                 }
                 Task::VideoGeneration => {
                     let motion = Motion::random(rng);
                     let good = write_video(&motion, &name(i, "match"))?;
                     let bad = write_video(&motion.corrupt(rng), &name(i, "mismatch"))?;
                     let (better, worse) = (WorldCandidate::Media(good), WorldCandidate::Media(bad));
-                    WorldJudgment { task, text: motion.caption(), context_media: None, better, worse }
+                    WorldJudgment { task, text: motion.caption(), context_media: None, better, worse, rationale: None }
                 }
                 Task::VideoUnderstanding => {
                     let motion = Motion::random(rng);
                     let q = motion.question(rng);
                     let video = write_video(&motion, &name(i, "video"))?;
+                    let rationale = Some(format!("{}. {}.", motion.caption(), q.answer));
                     let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
-                    WorldJudgment { task, text: q.text, context_media: Some(video), better, worse }
+                    WorldJudgment { task, text: q.text, context_media: Some(video), better, worse, rationale }
                 }
             })
         })
@@ -158,7 +164,8 @@ impl WorldJudgment {
     }
 
     /// The judge's training conversations for this judgment: the pairwise one in both orders (the verdict the
-    /// template's canonical phrase) and a pointwise one per candidate (scores 5 and 1). Both orders, so that the
+    /// template's canonical phrase) and a pointwise one per candidate (scores 5 and 1), each answer after the
+    /// judgment's rationale when it has one. Both orders, so that the
     /// position of a candidate says nothing about the verdict: trained on one random order per pair, the demo's
     /// judge learned to answer by position (both orders agreed on under a fifth of held-out pairs) and at some
     /// seeds never learned the image questions (BENCHMARKS.md, "The demo").
@@ -169,9 +176,14 @@ impl WorldJudgment {
             return Err(Error::InvalidArgument(format!("the demo's {task} pairwise template has no verdict")));
         };
         let text = (text_field(task), self.text.as_str());
+        // The rationale, then the verdict or score.
+        let said = |verdict: &str| match &self.rationale {
+            Some(rationale) => format!("{rationale} {verdict}"),
+            None => verdict.to_string(),
+        };
         let mut out = Vec::with_capacity(4);
         for better_first in [true, false] {
-            let answer = if better_first { &verdict.first[0] } else { &verdict.second[0] };
+            let answer = &said(if better_first { &verdict.first[0] } else { &verdict.second[0] });
             out.push(match (self.ordered(better_first), &self.context_media) {
                 ([WorldCandidate::Media(a), WorldCandidate::Media(b)], None) => {
                     conversation(task, Mode::Pairwise, &[text], &[a, b], answer)?
@@ -184,7 +196,14 @@ impl WorldJudgment {
             });
         }
         for (candidate, score) in [&self.better, &self.worse].into_iter().zip(SCORES) {
-            let answer = format!("Final Score: {score}");
+            // A pointwise rationale also repeats the response, beside the true answer: the score is then whether
+            // two neighbouring words are the same, not a search of the prompt for the response.
+            let answer = match candidate {
+                WorldCandidate::Text(response) if self.rationale.is_some() => {
+                    said(&format!("Response: {response}. Final Score: {score}"))
+                }
+                _ => said(&format!("Final Score: {score}")),
+            };
             out.push(match (candidate, &self.context_media) {
                 (WorldCandidate::Media(c), _) => conversation(task, Mode::Pointwise, &[text], &[c], &answer)?,
                 (WorldCandidate::Text(c), Some(m)) => {

@@ -1,6 +1,7 @@
 //! The world's language: a scene's caption, a scene that the caption no longer describes, and questions with a
 //! right and a wrong answer.
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::scene::{random_colour, random_kind, Colour, Scene, Shape, ShapeKind};
@@ -66,30 +67,31 @@ pub struct Question {
     pub wrong_answer: String,
 }
 
-/// A random question about `scene`: how many shapes (of a colour), whether a coloured shape is there, or which
-/// colour the only shape of a kind has.
-pub fn question(scene: &Scene, rng: &mut impl Rng) -> Question {
+/// A random question about `scene` (a scene of one to `max_shapes` shapes): how many shapes, whether a shape of a
+/// colour (and kind) is there, or which colour the only shape of a kind has. The wrong answer is one the question
+/// could have had, and the true answers come evenly ("yes" as often as "no", any count or colour alike), so the
+/// two answers alone do not tell which is true: a model must look at the picture to judge them (a judge that
+/// reads only the answers is at chance, as the demo's mismatched-context control shows).
+pub fn question(scene: &Scene, max_shapes: usize, rng: &mut impl Rng) -> Question {
     loop {
-        let colour = random_colour(rng);
-        let kind = random_kind(rng);
         let (text, answer, wrong_answer) = match rng.gen_range(0..4) {
-            0 => count_question("How many shapes are there?".into(), scene.count(None, None), rng),
-            1 => count_question(
-                format!("How many {} shapes are there?", colour.name()),
-                scene.count(Some(colour), None),
-                rng,
-            ),
+            0 => {
+                // Scene::random draws the count evenly from 1..=max_shapes.
+                let count = scene.count(None, None);
+                let others: Vec<usize> = (1..=max_shapes).filter(|&n| n != count).collect();
+                let Some(&wrong) = others.choose(rng) else { continue };
+                ("How many shapes are there?".into(), count.to_string(), wrong.to_string())
+            }
+            1 => {
+                let (colour, present) = asked_colour(scene, rng);
+                yes_or_no(format!("Is there a {} shape?", colour.name()), present)
+            }
             2 => {
-                let present = scene.count(Some(colour), Some(kind)) > 0;
-                let text = format!("Is there a {} {}?", colour.name(), kind.name());
-                let [yes, no] = ["yes".to_string(), "no".to_string()];
-                if present {
-                    (text, yes, no)
-                } else {
-                    (text, no, yes)
-                }
+                let (colour, kind, present) = asked_shape(scene, rng);
+                yes_or_no(format!("Is there a {} {}?", colour.name(), kind.name()), present)
             }
             _ => {
+                let kind = random_kind(rng);
                 let [only] = scene.shapes.iter().filter(|s| s.kind == kind).collect::<Vec<_>>()[..] else { continue };
                 let wrong = Colour::ALL
                     .into_iter()
@@ -103,12 +105,38 @@ pub fn question(scene: &Scene, rng: &mut impl Rng) -> Question {
     }
 }
 
-/// A counting question's true count and a different one near it.
-fn count_question(text: String, count: usize, rng: &mut impl Rng) -> (String, String, String) {
-    let wrong = match count {
-        0 => rng.gen_range(1..=3),
-        n if rng.gen_bool(0.5) => n + 1,
-        n => n - 1,
-    };
-    (text, count.to_string(), wrong.to_string())
+/// A colour to ask about: one in the scene or (as often) one not in it, and which.
+fn asked_colour(scene: &Scene, rng: &mut impl Rng) -> (Colour, bool) {
+    let present = |c: &Colour| scene.count(Some(*c), None) > 0;
+    let want = rng.gen_bool(0.5);
+    let choices: Vec<Colour> = Colour::ALL.into_iter().filter(|c| present(c) == want).collect();
+    // A scene holds at least one colour and, of up to nine shapes, may hold all four: then only "yes" can be asked.
+    match choices.choose(rng) {
+        Some(&c) => (c, want),
+        None => (*Colour::ALL.choose(rng).expect("non-empty"), !want),
+    }
+}
+
+/// A coloured shape to ask about: one in the scene or (as often) one not in it, and which.
+fn asked_shape(scene: &Scene, rng: &mut impl Rng) -> (Colour, ShapeKind, bool) {
+    if rng.gen_bool(0.5) {
+        let shown = scene.shapes.choose(rng).expect("a scene has a shape");
+        return (shown.colour, shown.kind, true);
+    }
+    loop {
+        let (colour, kind) = (random_colour(rng), random_kind(rng));
+        if scene.count(Some(colour), Some(kind)) == 0 {
+            return (colour, kind, false);
+        }
+    }
+}
+
+/// A yes-or-no question's text, true answer and wrong one.
+fn yes_or_no(text: String, yes: bool) -> (String, String, String) {
+    let [yes_word, no_word] = ["yes".to_string(), "no".to_string()];
+    if yes {
+        (text, yes_word, no_word)
+    } else {
+        (text, no_word, yes_word)
+    }
 }

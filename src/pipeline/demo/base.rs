@@ -10,25 +10,39 @@ use std::sync::atomic::AtomicBool;
 use super::DemoConfig;
 use crate::pipeline::world::{DemoFiles, FRAMES};
 use crate::runtime::Device;
-use crate::train::run::latest_checkpoint;
+use crate::train::run::{latest_checkpoint, TrainOptions};
 use crate::train::sft::SftRun;
 use crate::Result;
 
-/// Pretrains (or continues, from its latest checkpoint) the base model of `files` on its described answers under `out`;
-/// `on_step(done, total)` as it trains. The pretrained checkpoint, or `None` when `stop` ended the training (run
-/// again to continue; a finished run is not redone).
+/// Pretrains (or continues, from its latest checkpoint) the base model of `files` on its described answers under
+/// `out`; `on_step(done, total)` as it trains. The pretrained checkpoint, or `None` when `stop` ended the training
+/// (run again to continue; a finished run is not redone).
 pub fn pretrain_base(
     config: &DemoConfig,
     files: &DemoFiles,
     out: &Path,
     stop: &AtomicBool,
+    on_step: impl FnMut(usize, usize),
+) -> Result<Option<PathBuf>> {
+    let train = config.base_training.options("base_training", Device::Cpu)?;
+    fine_tune(files, &files.base, &files.base_answers, out, train, stop, on_step)
+}
+
+/// Fine-tunes `model` on the world's conversations in `data` under `out` with `train`, continuing from the latest
+/// checkpoint there; the final checkpoint, or `None` when `stop` ended the training.
+pub(super) fn fine_tune(
+    files: &DemoFiles,
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    mut train: TrainOptions,
+    stop: &AtomicBool,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Option<PathBuf>> {
-    let mut train = config.base_training.options("base_training", Device::Cpu)?;
     train.resume = latest_checkpoint(out).is_some();
     let run = SftRun {
-        model: files.base.clone(),
-        data: files.base_answers.clone(),
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
         out: out.to_path_buf(),
         train,
         media_folder: Some(files.dir.clone()),

@@ -4,14 +4,13 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use super::base::fine_tune;
 use super::DemoConfig;
 use crate::judge::bench::{evaluate_bench, read_bench_file, BenchOptions, BenchSummary};
 use crate::judge::{GenerationConfig, Judge, Task};
 use crate::model::files::read_text;
-use crate::pipeline::world::{DemoFiles, FRAMES};
+use crate::pipeline::world::DemoFiles;
 use crate::runtime::{DType, Device};
-use crate::train::run::latest_checkpoint;
-use crate::train::sft::SftRun;
 use crate::{Error, Result};
 
 /// The summary a finished single-task judge leaves in its folder.
@@ -28,7 +27,7 @@ pub fn single_task_judge(
     task: Task,
     out: &Path,
     stop: &AtomicBool,
-    mut on_step: impl FnMut(usize, usize),
+    on_step: impl FnMut(usize, usize),
 ) -> Result<Option<BenchSummary>> {
     let summary_path = out.join(SUMMARY_FILE);
     if summary_path.is_file() {
@@ -40,29 +39,15 @@ pub fn single_task_judge(
     let data = files.judge_train_single.get(&task).ok_or_else(|| {
         Error::InvalidArgument(format!("the demo's data set has no single-task conversations of {task}"))
     })?;
-    let checkpoints = out.join("train");
     let mut train = config.judge_training.options("judge.training", Device::Cpu)?;
     // The task's own weight only: its share of each epoch is the joint judge's share of it.
     train.task_weights.retain(|(name, _)| name == task.name());
-    train.resume = latest_checkpoint(&checkpoints).is_some();
-    let run = SftRun {
-        model: base.to_path_buf(),
-        data: data.clone(),
-        out: checkpoints,
-        train,
-        media_folder: Some(files.dir.clone()),
-        video_frames: FRAMES,
-        eval: None,
-        eval_bench: None,
-        eval_every: 0,
-    };
-    let outcome = run.run(stop, |m, total| on_step(m.step as usize, total))?;
-    if outcome.interrupted {
+    let Some(checkpoint) = fine_tune(files, base, data, &out.join("train"), train, stop, on_step)? else {
         return Ok(None);
-    }
+    };
     let reasoned = config.filter.reasoned_generation()?;
     let held_out = &files.judge_held_out;
-    let Some(summary) = evaluate_judge(&outcome.checkpoint, held_out, &files.dir, Some(task), reasoned, stop)? else {
+    let Some(summary) = evaluate_judge(&checkpoint, held_out, &files.dir, Some(task), reasoned, stop)? else {
         return Ok(None);
     };
     let text = serde_json::to_string_pretty(&summary).expect("a summary serialises");

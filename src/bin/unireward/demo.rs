@@ -1,8 +1,9 @@
 //! `unireward demo`: the whole UnifiedReward pipeline on the procedural world, nothing to download — the world
-//! drawn, a tiny LLaVA-OneVision base model pretrained on its described answers, a judge made from it trained jointly on the four tasks (and one judge per task, for the
-//! joint-versus-single comparison), a tiny policy fine-tuned briefly, K samples per prompt, the filter, DPO, and the
-//! policy's held-out accuracy before and after; a progress bar per stage, the report and plots in `--out`. A second
-//! run continues (or skips) what the first finished. `--check` makes the demo's claims its exit status.
+//! drawn, a tiny LLaVA-OneVision base model pretrained on its described answers, a judge made from it trained
+//! jointly on the four tasks (and one judge per task, for the joint-versus-single comparison), a tiny policy made
+//! from it and fine-tuned, K samples per prompt, the filter, DPO, and the policy's held-out accuracy before and
+//! after; a progress bar per stage, the report and plots in `--out`. A second run continues (or skips) what the
+//! first finished. `--check` makes the demo's claims its exit status.
 //!
 //! `unireward demo --kernels`: one DPO step's loss and gradient, fused against naive (the former demo).
 
@@ -186,8 +187,8 @@ fn summary_markdown(
 ) -> String {
     let PolicySummaries { before, after, random } = policies;
     let mut s = String::from("# unireward demo\n\n## The judge on held-out judgments (accuracy; chance 0.5)\n\n");
-    s += "| task | base model (described answers only) | trained jointly on the four tasks | the same, contexts mismatched | trained on this \
-          task alone |\n";
+    s += "| task | base model (described answers only) | trained jointly on the four tasks | the same, contexts \
+          mismatched | trained on this task alone |\n";
     s += "| --- | ---: | ---: | ---: | ---: |\n";
     for task in Task::ALL {
         let single = judges.single.get(&task).and_then(|b| b.task_accuracy(task));

@@ -46,7 +46,8 @@ impl DemoConfig {
             },
             model: TinyLlava::default(),
             seed,
-            // 12 epochs of the described answers, 6,000 steps: the base reads by then (BENCHMARKS.md).
+            // 12 epochs of the described answers, 6,000 steps: the base does not read by then (its described
+            // answers end in the true one at chance, BENCHMARKS.md), but the judge and the policy start from it.
             base_training: training(12, 3e-3, 0.05),
             // 16 epochs of the judgments, the generation tasks' at a quarter (they are learned without a rationale,
             // and the understanding verdicts need the steps): 20,000 steps of 8.

@@ -16,7 +16,7 @@ use super::draw::render;
 use super::judgments::{judgments, write_video, IMAGE_SIZE, MAX_SHAPES};
 use super::motion::Motion;
 use super::scene::Scene;
-use super::text::{caption, question, Question};
+use super::text::{caption, described_answer, question, Question};
 use crate::judge::{AnswerGrammar, Mode, Task, TaskTemplate, Variant};
 use crate::train::data::{IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER};
 use crate::{Error, Result};
@@ -137,9 +137,9 @@ impl PolicyQuestion {
         self.answered(&self.question.answer)
     }
 
-    /// The true answer after the caption of what is asked about: the judge's rationale, the base's pretraining.
+    /// The true answer after the caption of what is asked about: the base's pretraining, the judge's rationale's form.
     fn described_answer(&self) -> String {
-        format!("{}. {}.", self.caption, self.question.answer)
+        described_answer(&self.caption, &self.question.answer)
     }
 
     /// A supervised conversation answering with [`Self::described_answer`].

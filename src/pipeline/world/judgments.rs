@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::draw::{render, render_frames};
 use super::motion::Motion;
 use super::scene::Scene;
-use super::text::{caption, corrupt, question};
+use super::text::{caption, corrupt, described_answer, question};
 use crate::judge::{MediaInput, Mode, Task, TaskTemplate, Variant};
 use crate::{Error, Result};
 
@@ -89,7 +89,7 @@ pub fn judgments(
                     let q = question(&scene, MAX_SHAPES, rng);
                     let image = name(i, "scene.png");
                     save(&render(&scene, IMAGE_SIZE), &image)?;
-                    let rationale = Some(format!("{}. {}.", caption(&scene), q.answer));
+                    let rationale = Some(described_answer(&caption(&scene), &q.answer));
                     let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
                     WorldJudgment { task, text: q.text, context_media: Some(image), better, worse, rationale }
                 }
@@ -104,7 +104,7 @@ pub fn judgments(
                     let motion = Motion::random(rng);
                     let q = motion.question(rng);
                     let video = write_video(&motion, &name(i, "video"))?;
-                    let rationale = Some(format!("{}. {}.", motion.caption(), q.answer));
+                    let rationale = Some(described_answer(&motion.caption(), &q.answer));
                     let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
                     WorldJudgment { task, text: q.text, context_media: Some(video), better, worse, rationale }
                 }

@@ -20,4 +20,4 @@ pub use draw::{render, render_frames};
 pub use judgments::{judgments, WorldCandidate, WorldJudgment, FRAMES, IMAGE_SIZE};
 pub use motion::{Direction, Motion};
 pub use scene::{Colour, Scene, Shape, ShapeKind, GRID};
-pub use text::{caption, corrupt, question, Question};
+pub use text::{caption, corrupt, described_answer, question, Question};

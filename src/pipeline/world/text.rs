@@ -59,6 +59,13 @@ fn pick<'a>(scene: &'a mut Scene, rng: &mut impl Rng) -> &'a mut Shape {
     &mut scene.shapes[i]
 }
 
+/// What a model that looks says before it answers, and its answer: the caption of the picture or video asked
+/// about, then the answer ("one red circle. yes."). The judge's rationale and the base model's pretraining answers
+/// are both this one form.
+pub fn described_answer(caption: &str, answer: &str) -> String {
+    format!("{caption}. {answer}.")
+}
+
 /// A question about a scene, its true answer and a false one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Question {

@@ -1,15 +1,16 @@
 //! `unireward demo`: the whole UnifiedReward pipeline on the procedural world, nothing to download — the world
 //! drawn, a tiny LLaVA-OneVision base model pretrained on its described answers, a judge made from it trained
-//! jointly on the four tasks (and one judge per task, for the joint-versus-single comparison), a tiny policy made
-//! from it and fine-tuned, K samples per prompt, the filter, DPO, and the policy's held-out accuracy before and
-//! after; a progress bar per stage, the report and plots in `--out`. A second run continues (or skips) what the
-//! first finished. `--check` makes the demo's claims its exit status.
+//! jointly on the four tasks (and, on the other half of the cores meanwhile, one judge per task for the
+//! joint-versus-single comparison), a tiny policy made from it and fine-tuned, K samples per prompt, the filter,
+//! DPO, and the policy's held-out accuracy before and after; a progress bar per stage, the report and plots in
+//! `--out`. A second run continues (or skips) what the first finished. `--check` makes the demo's claims its exit
+//! status.
 //!
 //! `unireward demo --kernels`: one DPO step's loss and gradient, fused against naive (the former demo).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -23,11 +24,12 @@ use unireward::pipeline::demo::{
 use unireward::pipeline::policy_eval::PolicyEvaluation;
 use unireward::pipeline::runner::stages::{FILTER, JUDGE_EVAL, JUDGE_TRAIN, POLICY_EVAL_AFTER, POLICY_EVAL_BEFORE};
 use unireward::pipeline::runner::{pairs_file, run_pipeline, PipelineConfig, RunOptions, StageEvent};
+use unireward::pipeline::world::DemoFiles;
 use unireward::train::run::latest_checkpoint;
 
 use crate::demo_kernels;
 use crate::pipeline::Bars;
-use crate::progress::Progress;
+use crate::progress::{say, Progress};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,6 +53,9 @@ pub struct Args {
     check: bool,
 }
 
+/// Set by Ctrl-C (or a failed stage): every stage stops after its current step, keeping what it finished.
+static STOP: AtomicBool = AtomicBool::new(false);
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.kernels {
         return demo_kernels::run(&args.kernel);
@@ -59,16 +64,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = if args.smoke { DemoConfig::smoke(args.seed) } else { DemoConfig::full(args.seed) };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating --out {}", args.out.display()))?;
     let out = args.out.canonicalize().with_context(|| format!("--out {}", args.out.display()))?;
-    static STOP: AtomicBool = AtomicBool::new(false);
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
 
-    eprintln!("world: drawing scenes, videos, captions and questions into {}", out.join("world").display());
+    say(&format!("world: drawing scenes, videos, captions and questions into {}", out.join("world").display()));
     let files = config.sizes.write(&out.join("world"), &config.model, config.seed)?;
 
-    eprintln!("base: the tiny model pretrained on described answers, the judge's and the policy's start");
+    // The pipeline's half of the cores trains the base too: at the demo's sizes one thread per model runs faster
+    // than two (BENCHMARKS.md).
+    let (pipeline_threads, side_threads) = thread_pools()?;
+    say("base: the tiny model pretrained on described answers, the judge's and the policy's start");
     let progress = Progress::new("steps", 100)?;
-    let base =
-        pretrain_base(&config, &files, &out.join("base"), &STOP, |done, total| progress.update(done, total, ""))?;
+    let base = pipeline_threads.install(|| {
+        pretrain_base(&config, &files, &out.join("base"), &STOP, |done, total| progress.update(done, total, ""))
+    })?;
     progress.finish();
     let Some(base) = base else {
         println!("interrupted: run the demo again to continue");
@@ -79,32 +87,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let pipeline = PipelineConfig::from_file(&config_path)?;
     let stage_dir = |stage: &str| pipeline.out.join(stage);
 
+    // The single-task judges need only the base: they train on their own threads while the pipeline runs.
     let mut bars = Bars::default();
-    let outcome =
-        run_pipeline(pipeline.clone(), &RunOptions::default(), &STOP, &mut |e: StageEvent<'_>| bars.event(e))?;
+    let (outcome, single) = std::thread::scope(|scope| {
+        let side = scope.spawn(|| {
+            let single = side_threads.install(|| single_task_judges(&config, &files, &base, &out));
+            if single.is_err() {
+                // A judge failed: the pipeline stops too, for the error to be told now.
+                STOP.store(true, Ordering::SeqCst);
+            }
+            single
+        });
+        let outcome = pipeline_threads.install(|| {
+            run_pipeline(pipeline.clone(), &RunOptions::default(), &STOP, &mut |e: StageEvent<'_>| bars.event(e))
+        });
+        if outcome.is_err() {
+            // The pipeline failed: the judges beside it stop too.
+            STOP.store(true, Ordering::SeqCst);
+        }
+        let single = side.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the single-task judges' thread panicked")));
+        (outcome, single)
+    });
     bars.clear();
-    let Some(report) = outcome.report else {
+    let (Some(report), Some(single)) = (outcome?.report, single?) else {
         println!("interrupted: run the demo again to continue");
         return Ok(());
     };
 
-    let mut single = BTreeMap::new();
-    for task in Task::ALL {
-        let stage = format!("single-task/{task}");
-        eprintln!("{stage}: a judge trained on {task} alone");
-        let progress = Progress::new("steps", 100)?;
-        let summary = single_task_judge(&config, &files, &base, task, &out.join(&stage), &STOP, |done, total| {
-            progress.update(done, total, "")
-        })?;
-        progress.finish();
-        let Some(summary) = summary else {
-            println!("interrupted: run the demo again to continue");
-            return Ok(());
-        };
-        single.insert(task, summary);
-    }
-
-    eprintln!("judge-control: the trained judge on the held-out judgments, each shown another one's context");
+    say("judge-control: the trained judge on the held-out judgments, each shown another one's context");
     let (_, trained) =
         latest_checkpoint(&stage_dir(JUDGE_TRAIN)).context("the judge-train stage left no checkpoint")?;
     let reasoned = config.filter.reasoned_generation()?;
@@ -114,7 +124,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     };
 
-    eprintln!("policy-control: DPO on random pairs of the same prompts' candidates, evaluated alike");
+    say("policy-control: DPO on random pairs of the same prompts' candidates, evaluated alike");
     let control = out.join("policy-control");
     let Some(random) = dpo_on_random_pairs(&pipeline, &files, &pipeline.out, &control, &STOP)? else {
         println!("interrupted: run the demo again to continue");
@@ -151,6 +161,40 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("the demo's claims do not hold:\n- {}", failures.join("\n- "));
     }
     Ok(())
+}
+
+/// Two thread pools splitting this machine's cores: the pipeline's, and the one the single-task judges train on
+/// beside it (one core each on two; a single core shared).
+fn thread_pools() -> anyhow::Result<(rayon::ThreadPool, rayon::ThreadPool)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().context("starting a thread pool")
+    };
+    Ok((pool(cores - cores / 2)?, pool(cores / 2)?))
+}
+
+/// Each task's judge trained alone from `base` and evaluated on its held-out judgments, in the order of
+/// [`Task::ALL`]; `None` when Ctrl-C stopped them.
+fn single_task_judges(
+    config: &DemoConfig,
+    files: &DemoFiles,
+    base: &Path,
+    out: &Path,
+) -> anyhow::Result<Option<BTreeMap<Task, BenchSummary>>> {
+    let mut single = BTreeMap::new();
+    for task in Task::ALL {
+        let stage = format!("single-task/{task}");
+        say(&format!("{stage}: a judge trained on {task} alone, beside the pipeline"));
+        let progress = Progress::new("steps", 100)?;
+        let summary = single_task_judge(config, files, base, task, &out.join(&stage), &STOP, |done, total| {
+            progress.update(done, total, &stage)
+        })?;
+        progress.finish();
+        let Some(summary) = summary else { return Ok(None) };
+        say(&format!("{stage}: done"));
+        single.insert(task, summary);
+    }
+    Ok(Some(single))
 }
 
 /// A figure to three decimals, or `-` when absent.

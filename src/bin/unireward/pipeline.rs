@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use unireward::pipeline::runner::{run_pipeline, PipelineConfig, RunOptions, StageEvent};
 
-use crate::progress::Progress;
+use crate::progress::{say, Progress};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,9 +37,9 @@ impl Bars {
     pub fn event(&mut self, event: StageEvent<'_>) {
         match event {
             StageEvent::Started { stage, resumed } => {
-                eprintln!("{stage}: {}", if resumed { "continuing" } else { "running" });
+                say(&format!("{stage}: {}", if resumed { "continuing" } else { "running" }));
             }
-            StageEvent::Skipped { stage } => eprintln!("{stage}: up to date, kept"),
+            StageEvent::Skipped { stage } => say(&format!("{stage}: up to date, kept")),
             StageEvent::Progress { stage, done, total, unit, message } => {
                 if self.bar.is_none() {
                     self.bar = Progress::new(unit, 10).ok();
@@ -53,11 +53,11 @@ impl Bars {
             }
             StageEvent::Finished { stage, seconds } => {
                 self.clear();
-                eprintln!("{stage}: done in {seconds:.1} s");
+                say(&format!("{stage}: done in {seconds:.1} s"));
             }
             StageEvent::Interrupted { stage } => {
                 self.clear();
-                eprintln!("{stage}: interrupted; run the command again to continue");
+                say(&format!("{stage}: interrupted; run the command again to continue"));
             }
         }
     }

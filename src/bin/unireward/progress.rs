@@ -1,8 +1,24 @@
 //! The progress of a long command over records: a bar on a terminal, else (a log, a pipe) one line on stderr every
-//! few records, so that a run in the background still says how far it got.
+//! few records, so that a run in the background still says how far it got. Bars of work running side by side (the
+//! demo's) are drawn together, and lines said with [`say`] go above them.
+
+use std::sync::LazyLock;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Every bar of the process, drawn together on stderr.
+static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
+
+/// Writes `line` to stderr, above the bars being drawn.
+pub fn say(line: &str) {
+    if BARS.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        // A failed write to the terminal leaves nothing to tell.
+        let _ = BARS.println(line);
+    }
+}
 
 pub struct Progress {
     bar: ProgressBar,
@@ -16,7 +32,8 @@ impl Progress {
     pub fn new(unit: &'static str, every: usize) -> anyhow::Result<Progress> {
         let style = ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} ETA {{eta}}"))
             .context("the progress bar's template")?;
-        Ok(Progress { bar: ProgressBar::new(0).with_style(style), unit, every: every.max(1) })
+        let bar = BARS.add(ProgressBar::new(0).with_style(style));
+        Ok(Progress { bar, unit, every: every.max(1) })
     }
 
     /// `done` of `total` records finished (`message`: the counts so far).
@@ -34,5 +51,6 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+        BARS.remove(&self.bar);
     }
 }

@@ -9,7 +9,8 @@ use image::RgbImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use unireward::pipeline::world::{
-    caption, corrupt, question, render, render_frames, template_words, Colour, Direction, Motion, Scene, ShapeKind,
+    caption, corrupt, question, render, render_frames, template_words, Colour, Direction, Motion, Rationale, Scene,
+    ShapeKind, FRAMES,
 };
 
 /// The (colour, kind) of every connected region of a shape colour in `image` (4-connected flood fill; the kind from
@@ -171,6 +172,27 @@ fn centroids(frames: &[RgbImage], colour: Colour) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The way the shape of `colour` moves over `frames`: the larger of its centroid's moves across and down.
+fn direction_seen(frames: &[RgbImage], colour: Colour) -> Direction {
+    let path = centroids(frames, colour);
+    let (dx, dy) = (path.last().unwrap().0 - path[0].0, path.last().unwrap().1 - path[0].1);
+    match (dx.abs() > dy.abs(), dx > 0.0, dy > 0.0) {
+        (true, true, _) => Direction::Right,
+        (true, false, _) => Direction::Left,
+        (false, _, true) => Direction::Down,
+        (false, _, false) => Direction::Up,
+    }
+}
+
+/// The caption of the video in the folder `dir` (its frames `frame_0.png`, …), rebuilt from its pixels alone.
+fn video_caption_from_pixels(dir: &Path) -> String {
+    let frames: Vec<RgbImage> =
+        (0..FRAMES).map(|i| image::open(dir.join(format!("frame_{i}.png"))).unwrap().to_rgb8()).collect();
+    let [(colour, kind)] = regions(&frames[0])[..] else { panic!("a video of more than one shape: {}", dir.display()) };
+    // The caption function under test, given back only the facts read off the pixels.
+    Motion { kind, colour, direction: direction_seen(&frames, colour), lane: 0.5 }.caption()
+}
+
 #[test]
 fn videos_move_the_way_their_captions_say() {
     let mut rng = ChaCha8Rng::seed_from_u64(14);
@@ -178,15 +200,7 @@ fn videos_move_the_way_their_captions_say() {
     for trial in 0..40 {
         let motion = Motion::random(&mut rng);
         let frames = render_frames(&motion, SIZES[trial % SIZES.len()], 2 + trial % 7);
-        let path = centroids(&frames, motion.colour);
-        let (dx, dy) = (path.last().unwrap().0 - path[0].0, path.last().unwrap().1 - path[0].1);
-        let seen = match (dx.abs() > dy.abs(), dx > 0.0, dy > 0.0) {
-            (true, true, _) => Direction::Right,
-            (true, false, _) => Direction::Left,
-            (false, _, true) => Direction::Down,
-            (false, _, false) => Direction::Up,
-        };
-        assert_eq!(seen, motion.direction, "{motion:?}: moved by ({dx}, {dy})");
+        assert_eq!(direction_seen(&frames, motion.colour), motion.direction, "{motion:?}");
         for (frame, later) in frames.iter().zip(&frames[1..]) {
             assert_eq!(regions(frame), regions(later), "one shape, unchanged, in every frame");
         }
@@ -341,7 +355,7 @@ fn the_untrained_tiny_judge_judges_rendered_scenes_with_the_demo_templates() {
 #[test]
 fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
     use unireward::judge::Task;
-    use unireward::pipeline::world::{judgments, WorldCandidate, FRAMES};
+    use unireward::pipeline::world::{judgments, WorldCandidate};
     let dir = temp_dir("judgments");
     let mut rng = ChaCha8Rng::seed_from_u64(23);
     for task in Task::ALL {
@@ -393,41 +407,48 @@ fn world_judgments_become_conversations_and_eval_lines_that_state_the_truth() {
                 better_first_seen.push(better_first);
             }
             assert_eq!(better_first_seen, [true, false], "both orders");
-            // An understanding judgment states what its picture or video shows and the true answer before its
-            // verdict, read back from the pixels; a generation judgment says its verdict alone.
-            let rationale = match (task, &judgment.context_media, &judgment.better) {
-                (Task::ImageUnderstanding, Some(image), WorldCandidate::Text(answer)) => {
-                    let pixels = image::open(image).unwrap().to_rgb8();
-                    assert_eq!(answer_from_pixels(&judgment.text, &pixels), *answer);
-                    format!("{}. {answer}. ", caption_from_pixels(&pixels))
+            // Every judgment says what it sees before its verdict, read back here from the pixels: an understanding
+            // judgment the caption of its picture or video and the true answer (then, pointwise, the response
+            // repeated); a generation judgment the caption of each candidate in the order shown.
+            let seen = |path: &Path| match task {
+                Task::ImageGeneration | Task::ImageUnderstanding => {
+                    caption_from_pixels(&image::open(path).unwrap().to_rgb8())
                 }
-                (Task::VideoUnderstanding, Some(_), WorldCandidate::Text(answer)) => {
-                    let said = judgment.rationale.as_deref().unwrap();
-                    assert!(
-                        said.starts_with("a ") && said.ends_with(&format!(" moving {answer}. {answer}.")),
-                        "{said}"
-                    );
-                    format!("{said} ")
-                }
-                _ => {
-                    assert_eq!(judgment.rationale, None);
-                    String::new()
-                }
+                Task::VideoGeneration | Task::VideoUnderstanding => video_caption_from_pixels(path),
             };
+            // The pairwise answers' rationales (their verdicts checked above) and the pointwise answers.
+            let (pairwise, pointwise): ([String; 2], [String; 2]) =
+                match (&judgment.context_media, &judgment.better, &judgment.worse) {
+                    (Some(context), WorldCandidate::Text(better), WorldCandidate::Text(worse)) => {
+                        if task == Task::ImageUnderstanding {
+                            let pixels = image::open(context).unwrap().to_rgb8();
+                            assert_eq!(answer_from_pixels(&judgment.text, &pixels), *better);
+                        } else {
+                            assert!(judgment.text.starts_with("Which way"), "{}", judgment.text);
+                        }
+                        let rationale = format!("{}. {better}.", seen(context));
+                        assert_eq!(judgment.rationale, Rationale::Answer(rationale.clone()));
+                        let pointwise = [
+                            format!("Response: {better}. Final Score: 5"),
+                            format!("Response: {worse}. Final Score: 1"),
+                        ];
+                        ([rationale.clone(), rationale.clone()], pointwise.map(|p| format!("{rationale} {p}")))
+                    }
+                    (None, WorldCandidate::Media(better), WorldCandidate::Media(worse)) => {
+                        let (better, worse) = (seen(better), seen(worse));
+                        assert_eq!(better, judgment.text, "the better candidate shows its caption");
+                        assert_ne!(worse, judgment.text, "the worse candidate does not");
+                        let pointwise = [format!("{better}. Final Score: 5"), format!("{worse}. Final Score: 1")];
+                        ([format!("{better}. {worse}."), format!("{worse}. {better}.")], pointwise)
+                    }
+                    other => panic!("{other:?}"),
+                };
             let answers: Vec<&str> =
                 conversations.iter().map(|c| c["conversations"][1]["value"].as_str().unwrap()).collect();
-            for answer in &answers {
-                assert!(answer.starts_with(&rationale), "{answer:?} after {rationale:?}");
+            for (answer, rationale) in answers[..2].iter().zip(&pairwise) {
+                assert!(answer.starts_with(&format!("{rationale} ")), "{answer:?} after {rationale:?}");
             }
-            let scores: Vec<&str> = answers[2..].iter().map(|a| &a[rationale.len()..]).collect();
-            match (&judgment.better, &judgment.worse) {
-                // An understanding judgment's pointwise rationale repeats the response before the score.
-                (WorldCandidate::Text(better), WorldCandidate::Text(worse)) => assert_eq!(
-                    scores,
-                    [format!("Response: {better}. Final Score: 5"), format!("Response: {worse}. Final Score: 1")]
-                ),
-                _ => assert_eq!(scores, ["Final Score: 5", "Final Score: 1"]),
-            }
+            assert_eq!(answers[2..], pointwise);
 
             let line = judgment.eval_line(&mut rng);
             let shown = |c: &WorldCandidate| match c {

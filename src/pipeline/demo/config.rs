@@ -52,8 +52,8 @@ impl DemoConfig {
             // 40 epochs of the described answers, 20,000 steps: the base's reading forms between 10,000 and 20,000
             // (BENCHMARKS.md), and the judge and the policy start from it.
             base_training: training(40, 3e-3, 0.05),
-            // 16 epochs of the judgments, the generation tasks' at a quarter (they are learned without a rationale,
-            // and the understanding verdicts need the steps): 20,000 steps of 8.
+            // 16 epochs of the judgments, the generation tasks' at a quarter (the understanding verdicts need the
+            // steps, and the demo's policy answers questions): 20,000 steps of 8.
             judge_training: TrainConfig {
                 save_every: 2500,
                 task_weights: [Task::ImageGeneration, Task::VideoGeneration]

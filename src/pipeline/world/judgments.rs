@@ -42,10 +42,19 @@ pub struct WorldJudgment {
     pub context_media: Option<PathBuf>,
     pub better: WorldCandidate,
     pub worse: WorldCandidate,
-    /// Understanding tasks: what the judge says before its verdict — the caption of the picture or video, then the
-    /// true answer ("one red circle. no."). A judge trained on the verdict alone never learns to look at these
-    /// sizes; one that first writes what it sees does (BENCHMARKS.md, "A judge that reasons looks").
-    pub rationale: Option<String>,
+    /// What the judge says before its verdict or score.
+    pub rationale: Rationale,
+}
+
+/// What the judge says before its verdict or score: what it sees. A judge trained on the verdict alone never learns
+/// to look at these sizes; one that first writes what it sees does (BENCHMARKS.md, "A judge that reasons looks").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rationale {
+    /// Understanding: the caption of the picture or video asked about, then the true answer ("one red circle. no.").
+    Answer(String),
+    /// Generation: the caption of what each candidate shows — the better one's is the prompt's caption — said in
+    /// the order the candidates are shown ("one red circle. one blue circle.").
+    Shown { better: String, worse: String },
 }
 
 /// Writes the frames of `motion` into the folder `dir` (`frame_0.png`, …).
@@ -82,29 +91,32 @@ pub fn judgments(
                     save(&render(&scene, IMAGE_SIZE), &good)?;
                     save(&render(&other, IMAGE_SIZE), &bad)?;
                     let (better, worse) = (WorldCandidate::Media(good), WorldCandidate::Media(bad));
-                    WorldJudgment { task, text: caption(&scene), context_media: None, better, worse, rationale: None }
+                    let rationale = Rationale::Shown { better: caption(&scene), worse: caption(&other) };
+                    WorldJudgment { task, text: caption(&scene), context_media: None, better, worse, rationale }
                 }
                 Task::ImageUnderstanding => {
                     let scene = Scene::random(rng, MAX_SHAPES);
                     let q = question(&scene, MAX_SHAPES, rng);
                     let image = name(i, "scene.png");
                     save(&render(&scene, IMAGE_SIZE), &image)?;
-                    let rationale = Some(described_answer(&caption(&scene), &q.answer));
+                    let rationale = Rationale::Answer(described_answer(&caption(&scene), &q.answer));
                     let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
                     WorldJudgment { task, text: q.text, context_media: Some(image), better, worse, rationale }
                 }
                 Task::VideoGeneration => {
                     let motion = Motion::random(rng);
+                    let other = motion.corrupt(rng);
                     let good = write_video(&motion, &name(i, "match"))?;
-                    let bad = write_video(&motion.corrupt(rng), &name(i, "mismatch"))?;
+                    let bad = write_video(&other, &name(i, "mismatch"))?;
                     let (better, worse) = (WorldCandidate::Media(good), WorldCandidate::Media(bad));
-                    WorldJudgment { task, text: motion.caption(), context_media: None, better, worse, rationale: None }
+                    let rationale = Rationale::Shown { better: motion.caption(), worse: other.caption() };
+                    WorldJudgment { task, text: motion.caption(), context_media: None, better, worse, rationale }
                 }
                 Task::VideoUnderstanding => {
                     let motion = Motion::random(rng);
                     let q = motion.question(rng);
                     let video = write_video(&motion, &name(i, "video"))?;
-                    let rationale = Some(described_answer(&motion.caption(), &q.answer));
+                    let rationale = Rationale::Answer(described_answer(&motion.caption(), &q.answer));
                     let (better, worse) = (WorldCandidate::Text(q.answer), WorldCandidate::Text(q.wrong_answer));
                     WorldJudgment { task, text: q.text, context_media: Some(video), better, worse, rationale }
                 }
@@ -165,10 +177,10 @@ impl WorldJudgment {
 
     /// The judge's training conversations for this judgment: the pairwise one in both orders (the verdict the
     /// template's canonical phrase) and a pointwise one per candidate (scores 5 and 1), each answer after the
-    /// judgment's rationale when it has one. Both orders, so that the
-    /// position of a candidate says nothing about the verdict: trained on one random order per pair, the demo's
-    /// judge learned to answer by position (both orders agreed on under a fifth of held-out pairs) and at some
-    /// seeds never learned the image questions (BENCHMARKS.md, "The demo").
+    /// judgment's rationale. Both orders, so that the position of a candidate says nothing about the verdict:
+    /// trained on one random order per pair, the demo's judge learned to answer by position (both orders agreed on
+    /// under a fifth of held-out pairs) and at some seeds never learned the image questions (BENCHMARKS.md, "The
+    /// demo").
     pub fn conversations(&self) -> Result<Vec<Value>> {
         let task = self.task;
         let pairwise = TaskTemplate::built_in_variant(Variant::Demo, task, Mode::Pairwise)?;
@@ -176,14 +188,15 @@ impl WorldJudgment {
             return Err(Error::InvalidArgument(format!("the demo's {task} pairwise template has no verdict")));
         };
         let text = (text_field(task), self.text.as_str());
-        // The rationale, then the verdict or score.
-        let said = |verdict: &str| match &self.rationale {
-            Some(rationale) => format!("{rationale} {verdict}"),
-            None => verdict.to_string(),
-        };
         let mut out = Vec::with_capacity(4);
         for better_first in [true, false] {
-            let answer = &said(if better_first { &verdict.first[0] } else { &verdict.second[0] });
+            let said = match &self.rationale {
+                Rationale::Answer(rationale) => rationale.clone(),
+                Rationale::Shown { better, worse } if better_first => format!("{better}. {worse}."),
+                Rationale::Shown { better, worse } => format!("{worse}. {better}."),
+            };
+            let phrase = if better_first { &verdict.first[0] } else { &verdict.second[0] };
+            let answer = &format!("{said} {phrase}");
             out.push(match (self.ordered(better_first), &self.context_media) {
                 ([WorldCandidate::Media(a), WorldCandidate::Media(b)], None) => {
                     conversation(task, Mode::Pairwise, &[text], &[a, b], answer)?
@@ -195,14 +208,18 @@ impl WorldJudgment {
                 _ => return Err(Error::InvalidArgument(format!("a {task} judgment with mismatched candidates"))),
             });
         }
-        for (candidate, score) in [&self.better, &self.worse].into_iter().zip(SCORES) {
-            // A pointwise rationale also repeats the response, beside the true answer: the score is then whether
-            // two neighbouring words are the same, not a search of the prompt for the response.
-            let answer = match candidate {
-                WorldCandidate::Text(response) if self.rationale.is_some() => {
-                    said(&format!("Response: {response}. Final Score: {score}"))
+        for (is_better, score) in [true, false].into_iter().zip(SCORES) {
+            let candidate = if is_better { &self.better } else { &self.worse };
+            // An understanding rationale is followed by the response repeated: the score is then whether two
+            // neighbouring words are the same, not a search of the prompt for the response.
+            let answer = match (&self.rationale, candidate) {
+                (Rationale::Answer(rationale), WorldCandidate::Text(response)) => {
+                    format!("{rationale} Response: {response}. Final Score: {score}")
                 }
-                _ => said(&format!("Final Score: {score}")),
+                (Rationale::Shown { better, worse }, WorldCandidate::Media(_)) => {
+                    format!("{}. Final Score: {score}", if is_better { better } else { worse })
+                }
+                _ => return Err(Error::InvalidArgument(format!("a {task} judgment with a mismatched rationale"))),
             };
             out.push(match (candidate, &self.context_media) {
                 (WorldCandidate::Media(c), _) => conversation(task, Mode::Pointwise, &[text], &[c], &answer)?,

@@ -17,7 +17,7 @@ mod text;
 pub use checkpoint::{word_level_tokenizer, TinyLlava, CHAT_TEMPLATE, SPECIAL_TOKENS};
 pub use dataset::{template_words, DemoFiles, DemoSizes};
 pub use draw::{render, render_frames};
-pub use judgments::{judgments, WorldCandidate, WorldJudgment, FRAMES, IMAGE_SIZE};
+pub use judgments::{judgments, Rationale, WorldCandidate, WorldJudgment, FRAMES, IMAGE_SIZE};
 pub use motion::{Direction, Motion};
 pub use scene::{Colour, Scene, Shape, ShapeKind, GRID};
 pub use text::{caption, corrupt, described_answer, question, Question};

@@ -253,9 +253,9 @@ fn most_probable(p: [f32; 3]) -> Verdict {
 }
 
 /// Judges `pairs` in batches of `options.batch` (both orders; one-pass, or reasoned per `options.reasoned`),
-/// appending each batch's results to `options.out` when given. The options and a resumed file are checked before anything is judged or written.
-/// `stop` is read before each batch; `on_progress(done, total)` follows each. The summary is that of every result
-/// (read back from `out` when given).
+/// appending each batch's results to `options.out` when given. The options and a resumed file are checked before
+/// anything is judged or written. `stop` is read before each batch; `on_progress(done, total)` follows each. The
+/// summary is that of every result (read back from `out` when given).
 pub fn evaluate_bench(
     judge: &Judge,
     pairs: &[BenchPair],

@@ -18,8 +18,8 @@ pub const SUMMARY_FILE: &str = "summary.json";
 
 /// Trains (or continues, from its latest checkpoint) the judge of `task` alone from the checkpoint `base` (the
 /// joint judge's start) under `out` and evaluates it on the task's held-out judgments; `on_step(done, total)` as it
-/// trains. `None` when `stop` ended the training (run
-/// again to continue); a finished judge's summary is read back, not recomputed.
+/// trains. `None` when `stop` ended the training (run again to continue); a finished judge's summary is read back,
+/// not recomputed.
 pub fn single_task_judge(
     config: &DemoConfig,
     files: &DemoFiles,

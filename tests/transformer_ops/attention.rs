@@ -186,6 +186,44 @@ fn random_awkward_shapes_every_dtype_and_finite_differences() {
     }
 }
 
+/// A NaN in one query shows in that query's output and logsumexp (and the gradients of what it read), while the
+/// other queries keep finite values; a NaN in a key reaches only the queries that see it.
+#[test]
+fn a_nan_shows_where_it_is_read() {
+    let mut rng = seed();
+    let z = Dims { n: 1, t: 9, hq: 2, hkv: 1, d: 4 };
+    let mut x = random_inputs(&mut rng, z, Masking::Causal);
+    x.mask = vec![1; z.t];
+    // Query 4 of head 1 is NaN: only its output row is.
+    x.q[z.q_at(0, 4, 1)] = f64::NAN;
+    let [out, lse, dq, dk, dv] = run(z, &x, DType::F32, Device::Cpu);
+    for i in 0..z.t {
+        for h in 0..z.hq {
+            let nan = (i, h) == (4, 1);
+            let row = &out[z.q_at(0, i, h)..z.q_at(0, i, h) + z.d];
+            assert!(row.iter().all(|v| v.is_nan() == nan), "out of query {i} head {h}: {row:?}");
+            assert_eq!(lse[h * z.t + i].is_nan(), nan, "lse of query {i} head {h}");
+        }
+    }
+    // Keys and values 0..=4 were read by the NaN query: their gradients are NaN; the later values' are not (the
+    // later keys' gradients are a product with the NaN query's row, as in any dense backward).
+    for j in 0..z.t {
+        let at = z.kv_at(0, j, 0)..z.kv_at(0, j, 0) + z.d;
+        assert!(dv[at.clone()].iter().all(|v| v.is_nan() == (j <= 4)), "grad_v of key {j}: {:?}", &dv[at.clone()]);
+        assert!(j > 4 || dk[at.clone()].iter().all(|v| v.is_nan()), "grad_k of key {j}: {:?}", &dk[at]);
+    }
+    assert!(dq[z.q_at(0, 4, 1)].is_nan() && dq[z.q_at(0, 3, 1)].is_finite());
+    // A NaN in key 6: queries 0..6 do not see it (causal) and stay finite; 6.. are NaN.
+    x = random_inputs(&mut rng, z, Masking::Causal);
+    x.mask = vec![1; z.t];
+    x.k[z.kv_at(0, 6, 0)] = f64::NAN;
+    let [out, ..] = run(z, &x, DType::F32, Device::Cpu);
+    for i in 0..z.t {
+        let row = &out[z.q_at(0, i, 0)..z.q_at(0, i, 0) + z.d];
+        assert!(row.iter().all(|v| v.is_nan() == (i >= 6)), "out of query {i}: {row:?}");
+    }
+}
+
 #[test]
 fn bad_input() {
     let t = |shape: &[usize]| tensor(&vec![0.0; shape.iter().product()], shape, DType::F32, Device::Cpu);

@@ -1,14 +1,13 @@
 //! CPU attention: per (n, head), blocks of queries at a time: the block's scores against the keys its queries may
 //! see through `gemm` (causal: up to its last query, so most of the upper triangle is never computed), a masked
-//! softmax per row, and
-//! `gemm` again. Rayon over (n, query head) in the forward and over (n, KV head) in the backward, where each task
+//! softmax per row (`cpu_rows`), and `gemm` again. Rayon over (n, query head) in the forward and over (n, KV head) in the backward, where each task
 //! owns its group's `d_k` and `d_v`.
 
 use rayon::prelude::*;
 
+use super::cpu_rows::{probabilities, score_grads, Block};
 use super::{Outputs, Plan};
 use crate::ops::convert::{f32_values, write_f32};
-use crate::ops::logprobs::row::exp_approx;
 use crate::runtime::cpu::{matmul, MatRef};
 use crate::runtime::Tensor;
 use crate::Result;
@@ -46,49 +45,6 @@ fn query_blocks(p: &Plan) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     })
 }
 
-/// Raw scores of queries `first..` of sequence `n` against keys `0..keys` (`scores` is [queries, keys]) turned into
-/// probabilities in place, from the logsumexp in `lse` when `lse_known` (backward), else computing it there
-/// (forward). Rows of padding queries become zero (with a logsumexp of 0). One vectorisable exp per score.
-fn probabilities(scores: &mut [f32], p: &Plan, n: usize, first: usize, keys: usize, lse: &mut [f32], lse_known: bool) {
-    let scale = p.scale();
-    let valid = &p.valid[n * p.t..(n + 1) * p.t];
-    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
-        let i = first + r;
-        if !valid[i] {
-            row.fill(0.0);
-            lse[r] = 0.0;
-            continue;
-        }
-        // Scaled scores, −inf where the key is hidden (causal future) or padding (exp gives 0 there).
-        let end = p.key_end(i);
-        for (j, (s, &real)) in row.iter_mut().zip(valid).enumerate() {
-            *s = if j < end && real { *s * scale } else { f32::NEG_INFINITY };
-        }
-        if lse_known {
-            row.iter_mut().for_each(|s| *s = exp_approx::<false>(*s - lse[r]));
-            continue;
-        }
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        // Eight partial sums, so that the loop vectorises without reordering a single float sum.
-        let mut sums = [0.0f32; 8];
-        let mut chunks = row.chunks_exact_mut(8);
-        for chunk in &mut chunks {
-            for (s, acc) in chunk.iter_mut().zip(&mut sums) {
-                *s = exp_approx::<false>(*s - max);
-                *acc += *s;
-            }
-        }
-        for (s, acc) in chunks.into_remainder().iter_mut().zip(&mut sums) {
-            *s = exp_approx::<false>(*s - max);
-            *acc += *s;
-        }
-        let sum: f32 = sums.iter().sum();
-        lse[r] = max + sum.ln();
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|s| *s *= inv);
-    }
-}
-
 /// Whether queries `first..first + rows` of sequence `n` hold a real token (blocks of padding are skipped).
 fn any_real(p: &Plan, n: usize, first: usize, rows: usize) -> bool {
     p.valid[n * p.t + first..n * p.t + first + rows].iter().any(|&v| v)
@@ -107,7 +63,7 @@ pub(super) fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: &Plan, out: &mut Te
                 let scores = &mut scores[..rows * keys];
                 let kh = head_rows(&ks, p, p.hkv, n, kv, 0, keys);
                 matmul(scores, head_rows(&qs, p, p.hq, n, h, first, rows), kh.t(), 0.0);
-                probabilities(scores, p, n, first, keys, &mut lse[first..first + rows], false);
+                probabilities(scores, Block { plan: p, n, first, keys }, &mut lse[first..first + rows], false);
                 let probs = MatRef::row_major(scores, rows, keys);
                 matmul(&mut o[first * d..(first + rows) * d], probs, head_rows(&vs, p, p.hkv, n, kv, 0, keys), 0.0);
             }
@@ -142,7 +98,7 @@ pub(super) fn backward(
 ) -> Result<()> {
     let (g, qs, ks, vs) = (f32_values(grad_out)?, f32_values(q)?, f32_values(k)?, f32_values(v)?);
     let lse_all = f32_values(lse)?;
-    let (t, d, group, scale) = (p.t, p.d, p.group(), p.scale());
+    let (t, d, group) = (p.t, p.d, p.group());
     let tasks: Vec<GroupGrads> = (0..p.n * p.hkv)
         .into_par_iter()
         .map(|task| {
@@ -159,15 +115,12 @@ pub(super) fn backward(
                     let (qh, doh) =
                         (head_rows(&qs, p, p.hq, n, h, first, rows), head_rows(&g, p, p.hq, n, h, first, rows));
                     matmul(probs, qh, kh.t(), 0.0);
-                    probabilities(probs, p, n, first, keys, &mut lse_h[first..first + rows], true);
+                    let block = Block { plan: p, n, first, keys };
+                    probabilities(probs, block, &mut lse_h[first..first + rows], true);
                     let pm = MatRef::row_major(probs, rows, keys);
                     matmul(&mut out.dv[..keys * d], pm.t(), doh, 1.0);
                     matmul(dprobs, doh, vh.t(), 0.0);
-                    // d_scores = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP.
-                    for (prow, dprow) in probs.chunks_exact(keys).zip(dprobs.chunks_exact_mut(keys)) {
-                        let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                        dprow.iter_mut().zip(prow).for_each(|(ds, &pr)| *ds = pr * (*ds - dot) * scale);
-                    }
+                    score_grads(probs, dprobs, block);
                     let ds = MatRef::row_major(dprobs, rows, keys);
                     matmul(&mut dq[first * d..(first + rows) * d], ds, kh, 0.0);
                     matmul(&mut out.dk[..keys * d], ds.t(), qh, 1.0);

@@ -14,6 +14,7 @@ mod cached;
 mod cached_cpu;
 mod cached_cuda;
 mod cpu;
+mod cpu_rows;
 mod cuda;
 
 pub use cached::{attention_cached, kv_cache_write};

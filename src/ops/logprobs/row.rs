@@ -207,7 +207,7 @@ fn softmax_in_place<const FMA: bool>(xs: &mut [f32], lse: f32, scale: f32) {
 
 /// The max of `xs` (−∞ when empty) over independent lanes; a select rather than `f32::max` so it vectorises.
 #[inline(always)]
-fn lane_max(xs: &[f32]) -> f32 {
+pub(crate) fn lane_max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
@@ -267,7 +267,8 @@ pub(crate) fn exp_approx<const FMA: bool>(d: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2²³: adding it rounds to an integer, which lands in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let x = d.max(-87.0);
+    // A select, not `max`, which would turn a NaN into −87: a NaN in gives a NaN out.
+    let x = if d < -87.0 { -87.0 } else { d };
     let shifted = madd::<FMA>(x, LOG2E, ROUND);
     let n = shifted - ROUND;
     let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, x));
@@ -400,6 +401,7 @@ mod tests {
             d += 0.0137;
         }
         assert_eq!(exp_approx::<false>(f32::NEG_INFINITY), 0.0);
+        assert!(exp_approx::<false>(f32::NAN).is_nan() && exp_approx::<true>(f32::NAN).is_nan());
     }
 
     /// Every variant this CPU can run (portable, AVX2 + FMA, AVX-512) against an f64 loop.

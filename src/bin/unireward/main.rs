@@ -106,7 +106,10 @@ fn parse_float_dtype(s: &str) -> Result<DType, String> {
 /// Errors are for the user: one line with its causes (`{:#}`), exit status 1. Returning them from `main` would print
 /// their Debug form, a backtrace included whenever `RUST_BACKTRACE` is set.
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse().command) {
+    let command = Cli::parse().command;
+    // On a worker of rayon's pool, an op's parallel work starts on this thread; from the main thread every op would
+    // be handed to the pool and waited for, a context switch per op (a fifth of a tiny model's training step).
+    match rayon::scope(|_| run(command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,7 +1,7 @@
 //! CPU attention: per (n, head), blocks of queries at a time: the block's scores against the keys its queries may
 //! see through `gemm` (causal: up to its last query, so most of the upper triangle is never computed), a masked
-//! softmax per row (`cpu_rows`), and `gemm` again. Rayon over (n, query head) in the forward and over (n, KV head) in the backward, where each task
-//! owns its group's `d_k` and `d_v`.
+//! softmax per row (`cpu_rows`), and `gemm` again. Rayon over (n, query head) in the forward and over (n, KV head)
+//! in the backward, where each task owns its group's `d_k` and `d_v`.
 
 use rayon::prelude::*;
 

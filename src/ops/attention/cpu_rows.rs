@@ -6,8 +6,7 @@
 
 use super::Plan;
 use crate::ops::logprobs::row::{exp_approx, lane_max};
-#[cfg(target_arch = "x86_64")]
-use crate::runtime::cpu::isa::{self, Isa};
+use crate::runtime::cpu::isa::by_isa;
 
 /// A block of rows of one sequence: queries `first..` of sequence `n`, each row `keys` wide.
 #[derive(Clone, Copy)]
@@ -39,30 +38,16 @@ impl Block<'_> {
 /// `lse_known` (backward), else computing it there (forward). Rows of padding queries become zero (with a
 /// logsumexp of 0).
 pub(super) fn probabilities(scores: &mut [f32], block: Block<'_>, lse: &mut [f32], lse_known: bool) {
-    dispatch!(probabilities_impl(scores, block, lse, lse_known))
+    by_isa!(simd::avx512::probabilities_impl, simd::avx2::probabilities_impl, probabilities_impl; (
+        scores, block, lse, lse_known
+    ))
 }
 
 /// The scores' gradient from the probabilities' (`dprobs`, replaced in place):
 /// `P ∘ (dP − rowsum(P ∘ dP)) · scale`, zero past the keys a row sees.
 pub(super) fn score_grads(probs: &[f32], dprobs: &mut [f32], block: Block<'_>) {
-    dispatch!(score_grads_impl(probs, dprobs, block))
+    by_isa!(simd::avx512::score_grads_impl, simd::avx2::score_grads_impl, score_grads_impl; (probs, dprobs, block))
 }
-
-/// Calls `$f` compiled for the active ISA level (the portable build when the CPU has no AVX2).
-macro_rules! dispatch {
-    ($f:ident($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        match isa::active() {
-            // SAFETY: `isa::active` only returns levels this CPU has.
-            Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { simd::avx512::$f($($arg),*) },
-            // SAFETY: as above.
-            Isa::Avx2 => return unsafe { simd::avx2::$f($($arg),*) },
-            Isa::Portable => {}
-        }
-        $f($($arg),*)
-    }};
-}
-use dispatch;
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -146,7 +131,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::runtime::cpu::with_isa;
+    use crate::runtime::cpu::{with_isa, Isa};
     use crate::runtime::Device;
 
     /// A float64 softmax over the keys row `r` of `block` sees, and its gradient for `dprobs`: (probabilities,

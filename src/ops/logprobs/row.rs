@@ -4,8 +4,10 @@
 //! first (a branch-free vector max), the running sums are rescaled only when that max rises (rare after the first
 //! blocks), then `exp(x − max)` is accumulated over `LANES` independent f32 lanes with a polynomial exp, so the
 //! loop vectorises; block totals go into f64 so that a 151,936-wide row loses nothing to summation order. On
-//! x86-64 the same code is also compiled for AVX2 and chosen at run time.
+//! x86-64 the same code is also compiled for AVX2 and AVX-512 (with fused multiply-adds) and picked by the active
+//! ISA level.
 
+use crate::runtime::cpu::isa::by_isa;
 use crate::runtime::{DType, FloatElement};
 
 /// Elements widened to f32 at a time: 4 KiB, which stays in L1 between the max pass and the sum pass.
@@ -32,40 +34,30 @@ pub struct RowStats {
 /// numbers, so it stays exact for logits of magnitude 1e4.
 #[inline]
 pub fn row_stats<T: FloatElement>(row: &[T], target: Option<usize>) -> RowStats {
-    dispatch!(row_stats_impl::<T>(row, target))
+    by_isa!(avx512::row_stats_impl::<T>, avx2::row_stats_impl::<T>, row_stats_impl::<T, false>; (row, target))
 }
 
 /// Writes `scale · (softmax(row) − onehot(target))` into `out` (as long as `row`) given the row's logsumexp.
 #[inline]
 pub fn row_grad<T: FloatElement>(row: &[T], lse: f32, target: usize, scale: f32, out: &mut [T]) {
-    dispatch!(row_grad_impl::<T>(row, lse, target, scale, out))
+    by_isa!(
+        avx512::row_grad_impl::<T>,
+        avx2::row_grad_impl::<T>,
+        row_grad_impl::<T, false>;
+        (row, lse, target, scale, out)
+    )
 }
 
 /// [`row_grad`] over the row itself, replacing the logits by their gradient.
 #[inline]
 pub fn row_grad_in_place<T: FloatElement>(row: &mut [T], lse: f32, target: usize, scale: f32) {
-    dispatch!(row_grad_in_place_impl::<T>(row, lse, target, scale))
+    by_isa!(
+        avx512::row_grad_in_place_impl::<T>,
+        avx2::row_grad_in_place_impl::<T>,
+        row_grad_in_place_impl::<T, false>;
+        (row, lse, target, scale)
+    )
 }
-
-/// Calls the widest variant of `$f` this CPU runs: AVX-512, AVX2 + FMA, or the portable build (the default
-/// x86-64 target has SSE2 only).
-macro_rules! dispatch {
-    ($f:ident::<$t:ty>($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (which implies AVX2 and FMA), checked just above.
-                return unsafe { avx512::$f::<$t>($($arg),*) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                return unsafe { avx2::$f::<$t>($($arg),*) };
-            }
-        }
-        $f::<$t, false>($($arg),*)
-    }};
-}
-use dispatch;
 
 /// The row functions compiled with `$features` enabled, with fused multiply-adds.
 macro_rules! simd_variant {
@@ -388,6 +380,7 @@ fn f32_to_f16(x: f32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::cpu::{with_isa, Isa};
     use half::f16;
 
     #[test]
@@ -404,44 +397,24 @@ mod tests {
         assert!(exp_approx::<false>(f32::NAN).is_nan() && exp_approx::<true>(f32::NAN).is_nan());
     }
 
-    /// Every variant this CPU can run (portable, AVX2 + FMA, AVX-512) against an f64 loop.
+    /// Every ISA level this CPU has (portable, AVX2 + FMA, AVX-512), picked through `with_isa`, against an f64 loop.
     #[test]
-    fn every_variant_matches_f64() {
+    fn every_isa_level_matches_f64() {
         let row: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 1013) as f32 / 64.0 - 8.0).collect();
         let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
         let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
         let entropy = -row.iter().map(|&x| (x as f64 - lse).exp() * (x as f64 - lse)).sum::<f64>();
-        type Stats = fn(&[f32], Option<usize>) -> RowStats;
-        type Grad = fn(&[f32], f32, usize, f32, &mut [f32]);
-        let mut variants: Vec<(&str, Stats, Grad)> =
-            vec![("portable", row_stats_impl::<f32, false>, row_grad_impl::<f32, false>)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                variants.push((
-                    "avx2",
-                    // SAFETY: this CPU has AVX2 and FMA (checked just above).
-                    |r, t| unsafe { avx2::row_stats_impl(r, t) },
-                    // SAFETY: as above.
-                    |r, l, t, s, o| unsafe { avx2::row_grad_impl(r, l, t, s, o) },
-                ));
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                variants.push((
-                    "avx512",
-                    // SAFETY: this CPU has AVX-512F (checked just above).
-                    |r, t| unsafe { avx512::row_stats_impl(r, t) },
-                    // SAFETY: as above.
-                    |r, l, t, s, o| unsafe { avx512::row_grad_impl(r, l, t, s, o) },
-                ));
-            }
-        }
-        for (name, stats, grad) in variants {
-            let s = stats(&row, Some(123));
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.available()) {
+            let name = isa.name();
+            let (s, out) = with_isa(isa, || {
+                let s = row_stats(&row, Some(123));
+                let mut out = vec![0.0f32; row.len()];
+                row_grad(&row, s.lse, 123, 2.0, &mut out);
+                (s, out)
+            })
+            .unwrap();
             assert!((s.lse as f64 - lse).abs() < 1e-5 * lse.abs(), "{name}: lse {} vs {lse}", s.lse);
             assert!((s.entropy as f64 - entropy).abs() < 1e-5 * entropy, "{name}: entropy {} vs {entropy}", s.entropy);
-            let mut out = vec![0.0f32; row.len()];
-            grad(&row, s.lse, 123, 2.0, &mut out);
             for (j, (&g, &x)) in out.iter().zip(&row).enumerate() {
                 let want = 2.0 * ((x as f64 - lse).exp() - if j == 123 { 1.0 } else { 0.0 });
                 assert!((g as f64 - want).abs() < 1e-5 * want.abs().max(1e-3), "{name}: grad[{j}] {g} vs {want}");

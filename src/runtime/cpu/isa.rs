@@ -110,6 +110,30 @@ pub fn active() -> Isa {
     THREAD_ISA.with(Cell::get).unwrap_or_else(process_isa)
 }
 
+/// Calls the variant of a function compiled for the active level ([`active`]): `$avx512` at the AVX-512 levels,
+/// `$avx2` at AVX2, `$portable` otherwise (and always off x86-64). The two x86-64 variants are `unsafe fn`s
+/// compiled with `#[target_feature]` for features their level includes (AVX2 and FMA; AVX-512F), so that
+/// `UNIREWARD_CPU_ISA` and [`with_isa`] reach every such function the way they reach the products.
+macro_rules! by_isa {
+    ($avx512:expr, $avx2:expr, $portable:expr; ($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        let result = match $crate::runtime::cpu::isa::active() {
+            $crate::runtime::cpu::isa::Isa::Avx512 | $crate::runtime::cpu::isa::Isa::Avx512Bf16 => {
+                // SAFETY: `isa::active` only returns levels this CPU has, and the variant enables no feature
+                // beyond its level's.
+                unsafe { ($avx512)($($arg),*) }
+            }
+            // SAFETY: as above.
+            $crate::runtime::cpu::isa::Isa::Avx2 => unsafe { ($avx2)($($arg),*) },
+            $crate::runtime::cpu::isa::Isa::Portable => ($portable)($($arg),*),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let result = ($portable)($($arg),*);
+        result
+    }};
+}
+pub(crate) use by_isa;
+
 /// Runs `f` with the products called from this thread at level `isa` (each product picks its kernels on the thread
 /// that calls it, then splits the work over rayon); an error when this CPU lacks it. Products called from other
 /// threads, an op's own rayon tasks included, keep the process-wide level.

@@ -37,10 +37,10 @@ fn splitter() -> Result<Split> {
         .map_err(|e| Error::InvalidArgument(format!("the word pattern: {e}")))
 }
 
-/// The words of `text` as the tokenizer splits them.
-fn words(text: &str) -> Result<Vec<String>> {
+/// The words of `text` as `splitter` (the tokenizer's, built once: it compiles a regex) splits them.
+fn words(splitter: &Split, text: &str) -> Result<Vec<String>> {
     let mut split = PreTokenizedString::from(text);
-    splitter()?.pre_tokenize(&mut split).map_err(|e| Error::InvalidArgument(format!("splitting `{text}`: {e}")))?;
+    splitter.pre_tokenize(&mut split).map_err(|e| Error::InvalidArgument(format!("splitting `{text}`: {e}")))?;
     Ok(split
         .get_splits(OffsetReferential::Original, OffsetType::Byte)
         .into_iter()
@@ -51,9 +51,9 @@ fn words(text: &str) -> Result<Vec<String>> {
 /// `tokenizer.json` of a word-level tokenizer: [`SPECIAL_TOKENS`], then every word of `corpus`, of
 /// [`CHAT_TEMPLATE`]'s roles, default system message and the line break in sorted order; an unknown word reads as `<unk>`.
 pub fn word_level_tokenizer<'a>(corpus: impl IntoIterator<Item = &'a str>) -> Result<String> {
-    let mut vocabulary = BTreeSet::new();
+    let (splitter, mut vocabulary) = (splitter()?, BTreeSet::new());
     for text in corpus.into_iter().chain(["system user assistant\n", DEFAULT_SYSTEM_PROMPT]) {
-        vocabulary.extend(words(text)?);
+        vocabulary.extend(words(&splitter, text)?);
     }
     let tokens: Vec<&str> = SPECIAL_TOKENS.into_iter().chain(vocabulary.iter().map(String::as_str)).collect();
     let vocab: serde_json::Map<String, Value> =
@@ -68,7 +68,7 @@ pub fn word_level_tokenizer<'a>(corpus: impl IntoIterator<Item = &'a str>) -> Re
         .collect();
     let tokenizer = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-        "pre_tokenizer": serde_json::to_value(splitter()?).expect("a pre-tokenizer serialises"),
+        "pre_tokenizer": serde_json::to_value(splitter).expect("a pre-tokenizer serialises"),
         "post_processor": null, "decoder": null,
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
     });

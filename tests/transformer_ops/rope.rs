@@ -48,10 +48,20 @@ fn matches_pytorch_fixture() {
 #[test]
 fn random_every_dtype_in_place_and_finite_differences() {
     let mut rng = seed();
-    for (n, t, heads, d, theta) in [(2, 9, 14, 64, 1e6f32), (1, 1, 1, 2, 1e4), (3, 5, 2, 72, 1e4)] {
+    // Scattered positions (each row's angles computed alone), and each sequence counting from 0 (the angles of
+    // each position computed once for every row that has it).
+    let cases =
+        [(2, 9, 14, 64, 1e6f32, false), (1, 1, 1, 2, 1e4, false), (3, 5, 2, 72, 1e4, false), (4, 7, 3, 10, 1e4, true)];
+    for (n, t, heads, d, theta, counting) in cases {
         let x = normal(&mut rng, n * t * heads * d);
         let g = normal(&mut rng, x.len());
-        let pos: Vec<i64> = (0..n * t).map(|i| if i % 4 == 3 { 0 } else { rng.gen_range(0..40_000) }).collect();
+        let pos: Vec<i64> = (0..n * t)
+            .map(|i| match (counting, i % 4 == 3) {
+                (true, _) => (i % t) as i64,
+                (false, true) => 0,
+                (false, false) => rng.gen_range(0..40_000),
+            })
+            .collect();
         let cfg = RopeConfig { theta };
         let shape = [n, t, heads, d];
         for (dtype, pos_dtype) in FLOATS.into_iter().zip([DType::I64, DType::I32, DType::I64]) {

@@ -405,6 +405,51 @@ fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
     assert!(weights(&whole) != std::fs::read(checkpoint.model().join("model.safetensors")).unwrap());
 }
 
+/// A step's micro-batches trained side by side (`data_parallel`, on a pool of two threads) give the sequential
+/// run's parameters, optimizer state and losses to the bit: two at once, and three in waves of two and one. Out of
+/// range, it is an error naming the flag.
+#[test]
+fn micro_batches_trained_side_by_side_match_the_sequential_run_bitwise() {
+    let checkpoint = ChatCheckpoint::new("sft-data-parallel");
+    let images: [&[&str]; 3] = [&["anyres_0.png"], &["downsampled_0.png"], &["two_images_0.png", "two_images_1.png"]];
+    let records: Vec<(&[&str], &str, &str, &str)> = (0..6)
+        .map(|i| {
+            let question = if i % 3 == 2 { "<image> or <image>?" } else { "<image>\nIs it good, then?" };
+            (images[i % 3], question, if i % 2 == 0 { "Yes." } else { "No, not at all." }, "image")
+        })
+        .collect();
+    let data = checkpoint.data("train.jsonl", &records);
+    let run = |out: &str, data_parallel: usize| SftRun {
+        model: checkpoint.model(),
+        data: data.clone(),
+        out: checkpoint.dir.join(out),
+        train: TrainOptions { epochs: 2, lr: 1e-3, batch_size: 1, grad_accum: 3, seed: 7, ..TrainOptions::default() },
+        video_frames: 4,
+        data_parallel,
+        ..SftRun::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let train = |out: &str, data_parallel: usize| {
+        let mut losses = Vec::new();
+        let outcome = pool.install(|| run(out, data_parallel).run(&never, |m, _| losses.push(m.clone()))).unwrap();
+        let read = |name: &str| std::fs::read(outcome.checkpoint.join(name)).unwrap();
+        (read("model.safetensors"), read("trainer_state/optimizer.safetensors"), losses)
+    };
+    let sequential = train("sequential", 1);
+    assert_eq!(sequential.2.len(), 4);
+    for data_parallel in [2, 3] {
+        let side_by_side = train(&format!("side-by-side-{data_parallel}"), data_parallel);
+        assert!(side_by_side.0 == sequential.0, "{data_parallel} at once: the parameters differ");
+        assert!(side_by_side.1 == sequential.1, "{data_parallel} at once: the optimizer state differs");
+        assert_eq!(side_by_side.2, sequential.2, "{data_parallel} at once");
+    }
+    for bad in [0, 4] {
+        let e = run("bad", bad).run(&never, |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("`--data-parallel` must be between 1 and `--grad-accum` (3)"), "{e}");
+    }
+}
+
 /// A `llava_qwen` checkpoint (UnifiedReward's released layout: no `<image>` token, placeholders outside the
 /// vocabulary) trains on conversations with images and videos exactly as its Hugging Face twin: the same sequences
 /// but for the placeholder ids, then the same loss, gradient norm and trained parameters.

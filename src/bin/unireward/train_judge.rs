@@ -38,6 +38,11 @@ pub struct Args {
     /// Evaluate (--eval, --eval-bench) every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
+    /// Train this many of a step's --grad-accum micro-batches at once, on the threads of the pool (each with its
+    /// own copy of the gradients): for a model too small to keep the cores busy inside one micro-batch. The steps
+    /// are the same to the bit as with 1.
+    #[arg(long, default_value_t = 1)]
+    data_parallel: usize,
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
@@ -55,6 +60,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         eval: args.eval.clone(),
         eval_bench: args.eval_bench.clone(),
         eval_every: args.eval_every,
+        data_parallel: args.data_parallel,
     };
     static STOP: AtomicBool = AtomicBool::new(false);
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;

@@ -50,6 +50,7 @@ pub(super) fn fine_tune(
         eval: None,
         eval_bench: None,
         eval_every: 0,
+        data_parallel: 1,
     };
     let outcome = run.run(stop, |m, total| on_step(m.step as usize, total))?;
     Ok((!outcome.interrupted).then_some(outcome.checkpoint))

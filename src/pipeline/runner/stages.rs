@@ -164,6 +164,7 @@ fn sft(
         eval: None,
         eval_bench: None,
         eval_every: 0,
+        data_parallel: 1,
     };
     if ex.stage(name, record, |cx| sft_stage(cx, run))? == Flow::Stopped {
         return Ok(None);

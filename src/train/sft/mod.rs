@@ -5,7 +5,8 @@
 //! to the step directly, so a step of one micro-batch needs no accumulator); the step then clips, applies the
 //! schedule and updates (AdamW).
 //! The loss of a step is the mean over all labelled tokens of its micro-batches, so accumulation over micro-batches
-//! equals one step on their concatenation.
+//! equals one step on their concatenation. With `data_parallel` > 1 that many micro-batches run at once on rayon's
+//! threads, each into its own gradient buffers, and still reach the accumulator in their order.
 
 mod bench;
 mod eval;
@@ -17,6 +18,8 @@ pub use bench::{bench_log_entries, BENCH_KEY_PREFIX};
 pub use eval::{EvalMetrics, SftEvaluation};
 pub use records::SftRecordTrainer;
 pub use run::{SftOutcome, SftRun};
+
+use rayon::prelude::*;
 
 use super::data::SequenceBatch;
 use super::model::{PreparedBatch, TrainGradients, TrainModel};
@@ -36,6 +39,10 @@ pub struct SftConfig {
     pub forward: ForwardOptions,
     /// The number of tasks the batches' `tasks` index (per-task losses).
     pub tasks: usize,
+    /// Micro-batches of a step trained at once on rayon's threads, each into its own gradient buffers (0 or 1:
+    /// one at a time). For models too small to keep the cores busy inside one micro-batch; the step's result is
+    /// the same to the bit, as the gradients are still added up in the micro-batches' order.
+    pub data_parallel: usize,
 }
 
 /// What one optimizer step did.
@@ -65,11 +72,11 @@ impl SftStepMetrics {
     }
 }
 
-/// A model with its optimizer and gradient buffers.
+/// A model with its optimizer and gradient buffers (one set per micro-batch trained at once).
 #[derive(Debug)]
 pub struct SftTrainer {
     model: TrainModel,
-    grads: TrainGradients,
+    grads: Vec<TrainGradients>,
     optimizer: AdamW,
     config: SftConfig,
 }
@@ -79,7 +86,7 @@ impl SftTrainer {
         let mut model = model.into();
         let optimizer = AdamW::new(&model.named_parameters(), config.groups.clone(), config.optimizer.clone())?;
         model.skip_frozen_gradients(&config.groups);
-        let grads = model.zero_gradients()?;
+        let grads = (0..config.data_parallel.max(1)).map(|_| model.zero_gradients()).collect::<Result<_>>()?;
         Ok(SftTrainer { model, grads, optimizer, config })
     }
 
@@ -122,24 +129,37 @@ impl SftTrainer {
         let tasks = self.config.tasks;
         let (mut nll, mut tokens) = (0.0, 0);
         let (mut task_nll, mut task_tokens) = (vec![0.0; tasks], vec![0usize; tasks]);
-        let mut last_tokens = 0;
-        for (i, batch) in prepared.iter().enumerate() {
-            let (batch_tokens, row_nll) = self.micro_batch(batch)?;
-            if i + 1 < prepared.len() {
-                self.optimizer.accumulate(&self.model.named_gradients(&self.grads), batch_tokens as f64)?;
-            }
-            last_tokens = batch_tokens;
-            let batch = batch.batch;
-            nll += row_nll.iter().sum::<f64>();
-            tokens += batch_tokens;
-            for (row, row_nll) in row_nll.iter().enumerate() {
-                task_nll[batch.tasks[row]] += row_nll;
-                task_tokens[batch.tasks[row]] += batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
+        // Micro-batches run a wave at a time, one per gradient buffer; their gradients then go to the optimizer in
+        // the micro-batches' order, each computed alone as in a sequential step: the same step to the bit.
+        let (width, last) = (self.grads.len(), prepared.len() - 1);
+        let mut report = None;
+        for (wave, batches) in prepared.chunks(width).enumerate() {
+            let (model, config) = (&self.model, &self.config);
+            let outcomes: Vec<Result<(usize, Vec<f64>)>> = batches
+                .par_iter()
+                .zip(&mut self.grads)
+                .map(|(batch, grads)| micro_batch(model, config, batch, grads))
+                .collect();
+            for (i, ((batch, outcome), grads)) in batches.iter().zip(outcomes).zip(&self.grads).enumerate() {
+                let (batch_tokens, row_nll) = outcome?;
+                let grads = self.model.named_gradients(grads);
+                if wave * width + i < last {
+                    self.optimizer.accumulate(&grads, batch_tokens as f64)?;
+                } else {
+                    let params = &mut self.model.named_parameters_mut();
+                    report = Some(self.optimizer.step_with_last_micro_batch(params, &grads, batch_tokens as f64)?);
+                }
+                let batch = batch.batch;
+                nll += row_nll.iter().sum::<f64>();
+                tokens += batch_tokens;
+                for (row, row_nll) in row_nll.iter().enumerate() {
+                    task_nll[batch.tasks[row]] += row_nll;
+                    task_tokens[batch.tasks[row]] +=
+                        batch.predicted_labels(row, self.config.head.logprobs.ignore_index);
+                }
             }
         }
-        let grads = self.model.named_gradients(&self.grads);
-        let params = &mut self.model.named_parameters_mut();
-        let report = self.optimizer.step_with_last_micro_batch(params, &grads, last_tokens as f64)?;
+        let report = report.expect("the last micro-batch makes the step");
         let task_loss = task_nll.iter().zip(&task_tokens).map(|(&l, &n)| (n > 0).then(|| l / n as f64)).collect();
         Ok(SftStepMetrics {
             step: report.step,
@@ -179,14 +199,19 @@ impl SftTrainer {
         }
         Ok(())
     }
+}
 
-    /// Forward, loss and backward of one micro-batch into the gradient buffers (the gradient of its mean loss;
-    /// the step weighs it by its tokens). Returns its labelled tokens and each row's summed loss.
-    fn micro_batch(&mut self, batch: &PreparedBatch<'_>) -> Result<(usize, Vec<f64>)> {
-        let pass = self.model.forward(batch, self.config.forward)?;
-        let CausalLmLoss { tokens, row_nll, grads, .. } =
-            self.model.causal_lm_loss_into_labels(&pass, &batch.batch.labels, &self.config.head, &mut self.grads)?;
-        self.model.backward_into(pass, grads, &mut self.grads)?;
-        Ok((tokens, row_nll))
-    }
+/// Forward, loss and backward of one micro-batch into `grads` (the gradient of its mean loss; the step weighs it
+/// by its tokens). Returns its labelled tokens and each row's summed loss.
+fn micro_batch(
+    model: &TrainModel,
+    config: &SftConfig,
+    batch: &PreparedBatch<'_>,
+    grads: &mut TrainGradients,
+) -> Result<(usize, Vec<f64>)> {
+    let pass = model.forward(batch, config.forward)?;
+    let CausalLmLoss { tokens, row_nll, grads: output_grads, .. } =
+        model.causal_lm_loss_into_labels(&pass, &batch.batch.labels, &config.head, grads)?;
+    model.backward_into(pass, output_grads, grads)?;
+    Ok((tokens, row_nll))
 }

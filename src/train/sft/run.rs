@@ -43,6 +43,9 @@ pub struct SftRun {
     /// own folder), judged one-pass by the model being trained at the same steps as `eval`.
     pub eval_bench: Option<PathBuf>,
     pub eval_every: usize,
+    /// Micro-batches of a step (of `train.grad_accum`) trained at once, each on its own copy of the gradients:
+    /// for a model too small to keep the cores busy inside one micro-batch. The same steps to the bit as 1.
+    pub data_parallel: usize,
 }
 
 impl Default for SftRun {
@@ -57,6 +60,7 @@ impl Default for SftRun {
             eval: None,
             eval_bench: None,
             eval_every: 0,
+            data_parallel: 1,
         }
     }
 }
@@ -175,6 +179,12 @@ impl SftRun {
     ) -> Result<SftOutcome> {
         let train = &self.train;
         train.check()?;
+        if !(1..=train.grad_accum).contains(&self.data_parallel) {
+            return Err(Error::InvalidArgument(format!(
+                "`--data-parallel` must be between 1 and `--grad-accum` ({}), got {}",
+                train.grad_accum, self.data_parallel
+            )));
+        }
         if self.eval_every > 0 && self.eval.is_none() && self.eval_bench.is_none() {
             return Err(Error::InvalidArgument(
                 "`--eval-every` needs a held-out file (`--eval`) or a benchmark file (`--eval-bench`)".into(),
@@ -209,6 +219,7 @@ impl SftRun {
             optimizer: train.optimizer(total_steps)?,
             groups: train.groups(),
             tasks: data.tasks.len(),
+            data_parallel: self.data_parallel,
             ..SftConfig::default()
         };
         let mut trainer = SftTrainer::new(model, config)?;

@@ -369,17 +369,21 @@ fn pair_prompts_with_images_are_expanded() {
     assert_eq!((&got.chosen, &got.rejected), (&want.chosen, &want.rejected));
 }
 
-#[test]
-fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
-    let checkpoint = ChatCheckpoint::new("sft-resume");
+/// Six records over the fixture's images (one image, a downsampled one, two images), answered yes or no.
+fn six_image_records() -> Vec<(&'static [&'static str], &'static str, &'static str, &'static str)> {
     let images: [&[&str]; 3] = [&["anyres_0.png"], &["downsampled_0.png"], &["two_images_0.png", "two_images_1.png"]];
-    let records: Vec<(&[&str], &str, &str, &str)> = (0..6)
+    (0..6)
         .map(|i| {
             let question = if i % 3 == 2 { "<image> or <image>?" } else { "<image>\nIs it good?" };
             (images[i % 3], question, if i % 2 == 0 { "Yes." } else { "No." }, "image")
         })
-        .collect();
-    let data = checkpoint.data("train.jsonl", &records);
+        .collect()
+}
+
+#[test]
+fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
+    let checkpoint = ChatCheckpoint::new("sft-resume");
+    let data = checkpoint.data("train.jsonl", &six_image_records());
     let run = |out: &str| SftRun {
         model: checkpoint.model(),
         data: data.clone(),
@@ -411,14 +415,7 @@ fn a_stopped_llava_run_resumes_to_bitwise_equal_parameters() {
 #[test]
 fn micro_batches_trained_side_by_side_match_the_sequential_run_bitwise() {
     let checkpoint = ChatCheckpoint::new("sft-data-parallel");
-    let images: [&[&str]; 3] = [&["anyres_0.png"], &["downsampled_0.png"], &["two_images_0.png", "two_images_1.png"]];
-    let records: Vec<(&[&str], &str, &str, &str)> = (0..6)
-        .map(|i| {
-            let question = if i % 3 == 2 { "<image> or <image>?" } else { "<image>\nIs it good, then?" };
-            (images[i % 3], question, if i % 2 == 0 { "Yes." } else { "No, not at all." }, "image")
-        })
-        .collect();
-    let data = checkpoint.data("train.jsonl", &records);
+    let data = checkpoint.data("train.jsonl", &six_image_records());
     let run = |out: &str, data_parallel: usize| SftRun {
         model: checkpoint.model(),
         data: data.clone(),

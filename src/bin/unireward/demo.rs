@@ -1,9 +1,9 @@
 //! `unireward demo`: the whole UnifiedReward pipeline on the procedural world, nothing to download — the world
 //! drawn, a tiny LLaVA-OneVision base model pretrained on its described answers, a judge made from it trained
 //! jointly on the four tasks (and, on the other half of the cores meanwhile, one judge per task for the
-//! joint-versus-single comparison), a tiny policy made from it and fine-tuned, K samples per prompt, the filter,
-//! DPO, and the policy's held-out accuracy before and after; a progress bar per stage, the report and plots in
-//! `--out`. A second run continues (or skips) what the first finished. `--check` makes the demo's claims its exit
+//! joint-versus-single comparison, then the two controls), a tiny policy made from it and fine-tuned, K samples per
+//! prompt, the filter, DPO, and the policy's held-out accuracy before and after; a progress bar per stage, the
+//! report and plots in `--out`. A second run continues (or skips) what the first finished. `--check` makes the demo's claims its exit
 //! status.
 //!
 //! `unireward demo --kernels`: one DPO step's loss and gradient, fused against naive (the former demo).
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -87,49 +88,48 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let pipeline = PipelineConfig::from_file(&config_path)?;
     let stage_dir = |stage: &str| pipeline.out.join(stage);
 
-    // The single-task judges need only the base: they train on their own threads while the pipeline runs.
+    // The single-task judges need only the base: they train on their own threads while the pipeline runs, and
+    // the two controls run there after them, each once the pipeline has finished the stage it reads.
     let mut bars = Bars::default();
-    let (outcome, single) = std::thread::scope(|scope| {
+    let (finished, finished_stages) = mpsc::channel::<String>();
+    let (outcome, beside) = std::thread::scope(|scope| {
         let side = scope.spawn(|| {
-            let single = side_threads.install(|| single_task_judges(&config, &files, &base, &out));
-            if single.is_err() {
-                // A judge failed: the pipeline stops too, for the error to be told now.
+            let (config, files, base, out, pipeline) = (&config, &files, &base, &out, &pipeline);
+            let beside =
+                side_threads.install(move || beside_the_pipeline(config, files, base, out, pipeline, &finished_stages));
+            if beside.is_err() {
+                // A judge or a control failed: the pipeline stops too, for the error to be told now.
                 STOP.store(true, Ordering::SeqCst);
             }
-            single
+            beside
         });
         let outcome = pipeline_threads.install(|| {
-            run_pipeline(pipeline.clone(), &RunOptions::default(), &STOP, &mut |e: StageEvent<'_>| bars.event(e))
+            run_pipeline(pipeline.clone(), &RunOptions::default(), &STOP, &mut |e: StageEvent<'_>| {
+                if let StageEvent::Finished { stage, .. } | StageEvent::Skipped { stage } = &e {
+                    // Nobody listens once the side thread has failed: nothing to tell then.
+                    let _ = finished.send(stage.to_string());
+                }
+                bars.event(e)
+            })
         });
+        // No stage finishes any more: a control still waiting for one gives up.
+        drop(finished);
         if outcome.is_err() {
             // The pipeline failed: the judges beside it stop too.
             STOP.store(true, Ordering::SeqCst);
         }
-        let single = side.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the single-task judges' thread panicked")));
-        (outcome, single)
+        let beside = side.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the thread beside the pipeline panicked")));
+        (outcome, beside)
     });
     bars.clear();
-    let (Some(report), Some(single)) = (outcome?.report, single?) else {
+    let (Some(report), Some(beside)) = (outcome?.report, beside?) else {
         println!("interrupted: run the demo again to continue");
         return Ok(());
     };
-
-    say("judge-control: the trained judge on the held-out judgments, each shown another one's context");
-    let (_, trained) =
-        latest_checkpoint(&stage_dir(JUDGE_TRAIN)).context("the judge-train stage left no checkpoint")?;
-    let reasoned = config.filter.reasoned_generation()?;
-    let mismatched_bench = &files.judge_held_out_mismatched;
-    let Some(mismatched) = evaluate_judge(&trained, mismatched_bench, &files.dir, None, reasoned, &STOP)? else {
-        println!("interrupted: run the demo again to continue");
-        return Ok(());
-    };
-
-    say("policy-control: DPO on random pairs of the same prompts' candidates, evaluated alike");
-    let control = out.join("policy-control");
-    let Some(random) = dpo_on_random_pairs(&pipeline, &files, &pipeline.out, &control, &STOP)? else {
-        println!("interrupted: run the demo again to continue");
-        return Ok(());
-    };
+    let Beside { single, mismatched, random } = beside;
+    // The pipeline finished every stage, so both controls ran beside it.
+    let mismatched = mismatched.context("the judge-control did not run")?;
+    let random = random.context("the policy-control did not run")?;
 
     let read = |path: PathBuf| -> anyhow::Result<String> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
@@ -171,6 +171,53 @@ fn thread_pools() -> anyhow::Result<(rayon::ThreadPool, rayon::ThreadPool)> {
         rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().context("starting a thread pool")
     };
     Ok((pool(cores - cores / 2)?, pool(cores / 2)?))
+}
+
+/// What runs beside the pipeline: the single-task judges, then each control once the pipeline has finished the
+/// stage it reads (a control the pipeline never got that far for is `None`).
+struct Beside {
+    single: BTreeMap<Task, BenchSummary>,
+    /// The trained judge on the held-out judgments with mismatched contexts.
+    mismatched: Option<BenchSummary>,
+    /// The policy after DPO on random pairs.
+    random: Option<PolicyEvaluation>,
+}
+
+/// The single-task judges, then the judge-control once `finished` names judge-train and the policy-control once it
+/// names the filter (it closes when the pipeline ends); `None` when Ctrl-C stopped them.
+fn beside_the_pipeline(
+    config: &DemoConfig,
+    files: &DemoFiles,
+    base: &Path,
+    out: &Path,
+    pipeline: &PipelineConfig,
+    finished: &mpsc::Receiver<String>,
+) -> anyhow::Result<Option<Beside>> {
+    let Some(single) = single_task_judges(config, files, base, out)? else { return Ok(None) };
+    let mut beside = Beside { single, mismatched: None, random: None };
+    let reached = |stage: &str| finished.iter().any(|done| done == stage);
+    if !reached(JUDGE_TRAIN) {
+        return Ok(Some(beside));
+    }
+    say("judge-control: the trained judge on the held-out judgments, each shown another one's context");
+    let (_, trained) =
+        latest_checkpoint(&pipeline.out.join(JUDGE_TRAIN)).context("the judge-train stage left no checkpoint")?;
+    let reasoned = config.filter.reasoned_generation()?;
+    let mismatched_bench = &files.judge_held_out_mismatched;
+    let Some(mismatched) = evaluate_judge(&trained, mismatched_bench, &files.dir, None, reasoned, &STOP)? else {
+        return Ok(None);
+    };
+    beside.mismatched = Some(mismatched);
+    if !reached(FILTER) {
+        return Ok(Some(beside));
+    }
+    say("policy-control: DPO on random pairs of the same prompts' candidates, evaluated alike");
+    let control = out.join("policy-control");
+    let Some(random) = dpo_on_random_pairs(pipeline, files, &pipeline.out, &control, &STOP)? else {
+        return Ok(None);
+    };
+    beside.random = Some(random);
+    Ok(Some(beside))
 }
 
 /// Each task's judge trained alone from `base` and evaluated on its held-out judgments, in the order of

@@ -148,7 +148,8 @@ def check(what, got, want, rel, size=None):
     """The largest error against the largest value (or of the results' terms: `size`)."""
     err = np.abs(got - want).max() / max(np.abs(want if size is None else size).max(), 1e-30)
     good = bool(err <= rel)
-    print(f"{what}: max error {err:.1e} of the largest {'value' if size is None else 'term'} {'ok' if good else 'FAIL'}")
+    largest = "value" if size is None else "term"
+    print(f"{what}: max error {err:.1e} of the largest {largest} {'ok' if good else 'FAIL'}")
     return good
 
 

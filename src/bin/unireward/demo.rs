@@ -3,8 +3,8 @@
 //! jointly on the four tasks (and, on the other half of the cores meanwhile, one judge per task for the
 //! joint-versus-single comparison, then the two controls), a tiny policy made from it and fine-tuned, K samples per
 //! prompt, the filter, DPO, and the policy's held-out accuracy before and after; a progress bar per stage, the
-//! report and plots in `--out`. A second run continues (or skips) what the first finished. `--check` makes the demo's claims its exit
-//! status.
+//! report and plots in `--out`. A second run continues (or skips) what the first finished. `--check` makes the
+//! demo's claims its exit status.
 //!
 //! `unireward demo --kernels`: one DPO step's loss and gradient, fused against naive (the former demo).
 
